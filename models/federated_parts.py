@@ -7,6 +7,14 @@ into the inference graph by name: no torch and no re-export on the box's inferen
 
 The flat vector order is the order of ``initializers``; every box and every round of a
 federation must use the same part (its ``key`` travels with the federation config).
+
+Most parts map one to one onto ONNX initializers. A low-rank part (``low_rank``) carries
+factors ``<name>.lora_a`` / ``<name>.lora_b`` instead of a large matrix: the box turns
+them into the real initializer with ``onnx_weights(vector, base)`` (W = W0 + A @ B)
+before patching, so only r * (rows + cols) values travel instead of rows * cols.
+
+``cut`` names the frozen-trunk tensor the trainable tail starts from: trunk features are
+computed once per enrolment crop at that tensor and cached.
 """
 
 from __future__ import annotations
@@ -28,6 +36,10 @@ class FederatedPart:
     # (initializer name, shape) in flat-vector order
     initializers: tuple[tuple[str, tuple[int, ...]], ...]
     description: str = ""
+    # frozen-trunk tensor the trainable tail starts from (ONNX value name)
+    cut: str = "conv_14_dw_relu"
+    # ONNX initializer names that this part updates through low-rank factors
+    low_rank: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -71,6 +83,44 @@ class FederatedPart:
         return out
 
 
+    def initial_vector(self, base: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The round-0 vector: pretrained values; for low-rank factors A = 0 and a fixed
+        pseudo-random B (seeded by the part key, identical on every box) so that
+        W0 + A @ B starts at W0 while gradients can still flow into A."""
+        weights: dict[str, np.ndarray] = {}
+        for name, shape in self.initializers:
+            if name.endswith(".lora_a"):
+                weights[name] = np.zeros(shape, dtype=np.float32)
+            elif name.endswith(".lora_b"):
+                seed = int.from_bytes(self.key.encode()[:8].ljust(8, b"\0"), "little")
+                rng = np.random.default_rng(seed)
+                weights[name] = (rng.standard_normal(shape) / np.sqrt(shape[1])).astype(
+                    np.float32
+                )
+            else:
+                if name not in base:
+                    raise PartMismatchError(f"{self.key}: base weights lack {name!r}")
+                weights[name] = np.asarray(base[name], dtype=np.float32)
+        return self.flatten(weights)
+
+    def onnx_weights(
+        self, vector: np.ndarray, base: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """The ONNX initializers to patch for this vector (low-rank factors materialised).
+
+        ``base`` holds the pretrained initializers (needed only for low-rank parts).
+        """
+        named = self.unflatten(vector)
+        for target in self.low_rank:
+            a = named.pop(f"{target}.lora_a")
+            b = named.pop(f"{target}.lora_b")
+            if target not in base:
+                raise PartMismatchError(f"{self.key}: base weights lack {target!r}")
+            w0 = np.asarray(base[target], dtype=np.float32)
+            named[target] = (w0 + a @ b).astype(np.float32)
+        return named
+
+
 def _bn_affine(prefix: str, channels: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
     # Only the affine scale/shift are trained; running mean/var stay frozen.
     return ((f"{prefix}_gamma", (channels,)), (f"{prefix}_beta", (channels,)))
@@ -89,7 +139,39 @@ CONV14 = FederatedPart(
     description="last 1x1 conv block (conv_14) + batch-norm affines of conv_14, bn1, fc1",
 )
 
-PARTS: dict[str, FederatedPart] = {CONV14.name: CONV14}
+# The affine parameters after the last big convolution: conv_14 batch norm, its PReLU
+# slopes, bn1 and fc1 (5.4k values). Tiny to send; starts after the 1x1 convolution.
+EMBED_BN = FederatedPart(
+    name="embed_bn",
+    version=1,
+    initializers=(
+        *_bn_affine("conv_14_batchnorm", 1024),
+        ("conv_14_relu_gamma", (1024, 1, 1)),
+        *_bn_affine("bn1", 1024),
+        *_bn_affine("fc1", 128),
+    ),
+    description="batch-norm affines + PReLU slopes after conv_14, bn1, fc1",
+    cut="conv_14_conv2d",
+)
+
+# Rank-8 update of the 6.4M-value embedding Gemm: 402k values instead of 6.4M.
+FC1_LORA_RANK = 8
+FC1_LORA = FederatedPart(
+    name="fc1_lora",
+    version=1,
+    initializers=(
+        ("pre_fc1_weight.lora_a", (128, FC1_LORA_RANK)),
+        ("pre_fc1_weight.lora_b", (FC1_LORA_RANK, 50176)),
+        ("pre_fc1_bias", (128,)),
+        *_bn_affine("fc1", 128),
+    ),
+    description="rank-8 update of pre_fc1_weight (128x50176) + pre_fc1 bias + fc1 affine",
+    # same cut as embed_bn (one feature cache); the frozen BN/PReLU/bn1 run in the tail
+    cut="conv_14_conv2d",
+    low_rank=("pre_fc1_weight",),
+)
+
+PARTS: dict[str, FederatedPart] = {p.name: p for p in (CONV14, EMBED_BN, FC1_LORA)}
 DEFAULT_PART = CONV14.name
 
 
