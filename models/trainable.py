@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -132,23 +133,23 @@ class TrainableTail(torch.nn.Module):
         return values[EMBEDDING]
 
 
-def _apply(op: str, attrs: Mapping[str, object], args: list[torch.Tensor]) -> torch.Tensor:
+def _apply(op: str, attrs: Mapping[str, Any], args: list[torch.Tensor]) -> torch.Tensor:
     if op == "Conv":
-        pads = list(attrs.get("pads", [0, 0, 0, 0]))  # type: ignore[call-overload]
+        pads = list(attrs.get("pads", [0, 0, 0, 0]))
         if pads[:2] != pads[2:]:
             raise PartMismatchError(f"asymmetric Conv pads {pads} are not supported")
         return F.conv2d(
             args[0],
             args[1],
             args[2] if len(args) > 2 else None,
-            stride=tuple(attrs.get("strides", [1, 1])),  # type: ignore[call-overload]
+            stride=tuple(attrs.get("strides", [1, 1])),
             padding=tuple(pads[:2]),
-            dilation=tuple(attrs.get("dilations", [1, 1])),  # type: ignore[call-overload]
-            groups=int(attrs.get("group", 1)),  # type: ignore[call-overload]
+            dilation=tuple(attrs.get("dilations", [1, 1])),
+            groups=int(attrs.get("group", 1)),
         )
     if op == "BatchNormalization":
         x, gamma, beta, mean, var = args
-        eps = float(attrs.get("epsilon", 1e-5))  # type: ignore[arg-type]
+        eps = float(attrs.get("epsilon", 1e-5))
         return F.batch_norm(x, mean, var, gamma, beta, training=False, eps=eps)
     if op == "PRelu":
         x, slope = args
@@ -158,15 +159,15 @@ def _apply(op: str, attrs: Mapping[str, object], args: list[torch.Tensor]) -> to
     if op == "Dropout":
         return args[0]  # inference semantics; the margin loss and few epochs regularise
     if op == "Flatten":
-        return torch.flatten(args[0], int(attrs.get("axis", 1)))  # type: ignore[call-overload]
+        return torch.flatten(args[0], int(attrs.get("axis", 1)))
     if op == "Gemm":
         x, w = args[0], args[1]
-        if int(attrs.get("transA", 0)):  # type: ignore[call-overload]
+        if int(attrs.get("transA", 0)):
             x = x.t()
-        out = x @ (w.t() if int(attrs.get("transB", 0)) else w)  # type: ignore[call-overload]
-        out = out * float(attrs.get("alpha", 1.0))  # type: ignore[arg-type]
+        out = x @ (w.t() if int(attrs.get("transB", 0)) else w)
+        out = out * float(attrs.get("alpha", 1.0))
         if len(args) > 2:
-            out = out + float(attrs.get("beta", 1.0)) * args[2]  # type: ignore[arg-type]
+            out = out + float(attrs.get("beta", 1.0)) * args[2]
         return out
     raise PartMismatchError(f"op {op} is not supported")
 
