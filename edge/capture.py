@@ -51,7 +51,7 @@ class SourceError(FedFaceError):
 
 
 class Frame(NamedTuple):
-    index: int
+    frame_index: int
     timestamp: float  # wall-clock seconds since the epoch when the frame was read
     image: np.ndarray  # BGR uint8, HxWx3
 

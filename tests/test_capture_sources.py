@@ -23,11 +23,17 @@ def lfw_images(lfw_dir: Path, count: int) -> list[Path]:
     return files[:count]
 
 
+def read(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path))
+    assert image is not None, path
+    return np.asarray(image)
+
+
 def write_video(path: Path, images: list[Path], fps: float = 10.0) -> None:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (250, 250))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (250, 250))
     assert writer.isOpened()
     for image in images:
-        writer.write(cv2.imread(str(image)))
+        writer.write(read(image))
     writer.release()
 
 
@@ -42,10 +48,10 @@ def frame_folder(tmp_path: Path, lfw_dir: Path) -> Path:
 
 
 def test_folder_source_plays_images_in_name_order(frame_folder: Path) -> None:
-    expected = [cv2.imread(str(p)) for p in sorted(frame_folder.glob("*.jpg"))]
+    expected = [read(p) for p in sorted(frame_folder.glob("*.jpg"))]
     with open_source(f"dir:{frame_folder}") as source:
         frames = list(source)
-    assert [f.index for f in frames] == [0, 1, 2, 3]
+    assert [f.frame_index for f in frames] == [0, 1, 2, 3]
     assert all(np.array_equal(f.image, e) for f, e in zip(frames, expected, strict=True))
     assert frames[0].timestamp <= frames[-1].timestamp
     # a bare directory path is a folder source too
@@ -74,7 +80,7 @@ def test_video_file_source_reads_every_frame(tmp_path: Path, lfw_dir: Path) -> N
     assert len(frames) == 6
     assert frames[0].image.shape == (250, 250, 3)
     # MJPG is lossy: frames are close to, not equal to, the source images
-    first = cv2.imread(str(images[0])).astype(np.int16)
+    first = read(images[0]).astype(np.int16)
     assert np.abs(frames[0].image.astype(np.int16) - first).mean() < 8
     assert isinstance(source, VideoCaptureSource) and not source.live
 
@@ -89,14 +95,14 @@ def test_live_source_reconnects_when_its_file_comes_back(tmp_path: Path, lfw_dir
     indices = []
     with source:
         for frame in source:
-            indices.append(frame.index)
-            if frame.index == 0:
+            indices.append(frame.frame_index)
+            if frame.frame_index == 0:
                 # the "camera" disappears: the open capture still plays what it has, then
                 # every reopening fails until the file is back
                 video.rename(hidden)
                 restorer = threading.Timer(0.4, hidden.rename, args=(video,))
                 restorer.start()
-            if frame.index == 5:
+            if frame.frame_index == 5:
                 break
     assert restorer is not None
     restorer.join()
@@ -112,7 +118,7 @@ def test_live_source_gives_up_after_bounded_attempts(tmp_path: Path, lfw_dir: Pa
                          backoff=Backoff(initial_delay=0.01, max_delay=0.02, max_attempts=3))
     with source, pytest.raises(SourceError, match="3 reconnect attempts failed"):
         for frame in source:
-            if frame.index == 0:
+            if frame.frame_index == 0:
                 video.unlink()
     assert source.stats.failed_attempts == 3
 
