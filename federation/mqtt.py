@@ -1,0 +1,282 @@
+"""MQTT adapter of ``Transport`` on paho-mqtt 2.x (callback API v2), QoS 1.
+
+MQTT v5 by default: a persistent session needs a Session Expiry Interval (the broker
+keeps the session and queues QoS 1 messages for a bounded time, instead of forever as
+with 3.1.1's clean_session=False), PUBACK reason codes make a refused publish (ACL,
+quota, packet too large) visible instead of a silent drop, and retain handling lets a
+reconnect with a surviving session skip re-sending retained messages. ``protocol="3.1.1"``
+is kept for brokers that only speak 3.1.1 (the demo's embedded amqtt).
+
+Threading: paho runs its network loop in a background thread (``loop_start``); it
+connects, reconnects with exponential backoff (``reconnect_delay_set``) and resubscribes
+(when the broker lost the session). Handlers run on that thread: keep them quick and
+hand work to a queue; never call ``publish(..., wait_timeout=...)`` from a handler.
+
+Publishing while disconnected: paho keeps QoS 1 messages in memory (bounded by
+``max_queued``) and sends them after reconnecting; ``publish`` returns normally in that
+case (``offline_queue=True``, the default) or raises ``TransportError(not_connected)``
+(``offline_queue=False``). Memory does not survive a restart: the edge client also keeps
+its updates on disk until they are acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from federation.errors import (
+    BAD_URL,
+    NOT_CONNECTED,
+    PUBLISH_REFUSED,
+    PUBLISH_TIMEOUT,
+    QUEUE_FULL,
+    TransportError,
+)
+from federation.topics import matches
+from federation.transport import Handler, Will
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SESSION_EXPIRY = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class BrokerUrl:
+    host: str
+    port: int
+    tls: bool
+
+
+def parse_broker_url(url: str) -> BrokerUrl:
+    """``mqtt://host[:1883]`` or ``mqtts://host[:8883]`` (credentials never in the URL)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise TransportError(BAD_URL, f"invalid broker URL {url!r}: {exc}") from None
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise TransportError(BAD_URL, f"broker URL {url!r} must start with mqtt:// or mqtts://")
+    if not parts.hostname:
+        raise TransportError(BAD_URL, f"broker URL {url!r} has no host")
+    if parts.username or parts.password:
+        raise TransportError(
+            BAD_URL, "put broker credentials in the config/password file, not in the URL"
+        )
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise TransportError(BAD_URL, f"broker URL {url!r} must not have a path or query")
+    tls = parts.scheme == "mqtts"
+    return BrokerUrl(host=parts.hostname, port=port or (8883 if tls else 1883), tls=tls)
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """CA bundle to verify the broker, and this client's certificate and key."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+class MqttTransport:
+    """``Transport`` over a real MQTT broker. Starts connecting in the constructor."""
+
+    def __init__(
+        self,
+        url: str,
+        client_id: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        tls: TlsConfig | None = None,
+        will: Will | None = None,
+        clean_start: bool = False,
+        session_expiry: int = DEFAULT_SESSION_EXPIRY,
+        keepalive: int = 30,
+        max_inflight: int = 20,
+        max_queued: int = 10_000,
+        reconnect_min_delay: int = 1,
+        reconnect_max_delay: int = 30,
+        protocol: str = "5",
+        offline_queue: bool = True,
+    ) -> None:
+        self.url = parse_broker_url(url)
+        self.client_id = client_id
+        self.offline_queue = offline_queue
+        self._v5 = protocol in ("5", "v5", "5.0")
+        if not self._v5 and protocol not in ("3.1.1", "v311", "311"):
+            raise ValueError(f"protocol must be '5' or '3.1.1', got {protocol!r}")
+        self._subs: dict[str, Handler] = {}
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self._closed = False
+        self._refused: OrderedDict[int, str] = OrderedDict()
+        self.connects = 0
+        kwargs: dict[str, object] = {}
+        if not self._v5:
+            kwargs["clean_session"] = clean_start
+        self._client = paho.Client(
+            paho.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
+            **kwargs,  # type: ignore[arg-type]
+        )
+        if username is not None:
+            self._client.username_pw_set(username, password)
+        if self.url.tls or tls is not None:
+            t = tls or TlsConfig()
+            self._client.tls_set(
+                ca_certs=str(t.ca_file) if t.ca_file else None,
+                certfile=str(t.cert_file) if t.cert_file else None,
+                keyfile=str(t.key_file) if t.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        if will is not None:
+            self._client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
+        self._client.reconnect_delay_set(
+            min_delay=reconnect_min_delay, max_delay=reconnect_max_delay
+        )
+        self._client.max_inflight_messages_set(max_inflight)
+        self._client.max_queued_messages_set(max_queued)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._client.on_publish = self._on_publish
+        props = None
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 0 if clean_start else session_expiry
+        self._client.connect_async(
+            self.url.host,
+            self.url.port,
+            keepalive=keepalive,
+            clean_start=clean_start if self._v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=props,
+        )
+        self._client.loop_start()
+
+    # -- Transport -------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        wait_timeout: float | None = None,
+    ) -> None:
+        """QoS 1 publish. With ``wait_timeout``, block until the broker's PUBACK."""
+        if not self.connected and not self.offline_queue:
+            raise TransportError(NOT_CONNECTED, f"not connected to {self.url.host}:{self.url.port}")
+        deadline = None if wait_timeout is None else time.monotonic() + wait_timeout
+        if deadline is not None and not self.connected:
+            self.wait_connected(wait_timeout or 0)
+        info = self._client.publish(topic, bytes(payload), qos=1, retain=retain)
+        if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
+            raise TransportError(QUEUE_FULL, "outgoing MQTT queue is full; retry later")
+        if info.rc == paho.MQTT_ERR_NO_CONN:
+            if deadline is not None or not self.offline_queue:
+                raise TransportError(NOT_CONNECTED, "not connected; message queued in memory")
+            log.debug("offline: queued %d bytes for %s", len(payload), topic)
+            return
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise TransportError(NOT_CONNECTED, f"publish failed: {paho.error_string(info.rc)}")
+        if deadline is None:
+            return
+        try:
+            info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+            published = info.is_published()
+        except (RuntimeError, ValueError) as exc:
+            raise TransportError(NOT_CONNECTED, f"publish not confirmed: {exc}") from None
+        if not published:
+            raise TransportError(PUBLISH_TIMEOUT, f"no PUBACK for {topic} in {wait_timeout}s")
+        with self._lock:
+            refused = self._refused.pop(info.mid, None)
+        if refused is not None:
+            raise TransportError(PUBLISH_REFUSED, f"broker refused {topic}: {refused}")
+
+    def subscribe(self, topic_filter: str, handler: Handler) -> None:
+        with self._lock:
+            self._subs[topic_filter] = handler
+        if self.connected:
+            self._send_subscribe([topic_filter])
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        with self._lock:
+            self._subs.pop(topic_filter, None)
+        if self.connected:
+            self._client.unsubscribe(topic_filter)
+
+    def close(self) -> None:
+        """Disconnect cleanly (no last will) and stop the network thread."""
+        self._closed = True
+        try:
+            self._client.disconnect()
+        finally:
+            self._client.loop_stop()
+            self._connected.clear()
+
+    # -- paho callbacks (network thread) ---------------------------------------------
+
+    def _send_subscribe(self, filters: list[str]) -> None:
+        for f in filters:
+            if self._v5:
+                # retainHandling 0: a (re)subscribe always gets the current retained
+                # announce / model pointer, also in a surviving persistent session.
+                self._client.subscribe(f, options=SubscribeOptions(qos=1, retainHandling=0))
+            else:
+                self._client.subscribe(f, qos=1)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.warning("MQTT connect to %s:%s refused: %s", self.url.host, self.url.port,
+                        reason_code)
+            return
+        self.connects += 1
+        with self._lock:
+            filters = list(self._subs)
+        if not flags.session_present and filters:
+            self._send_subscribe(filters)
+        log.info("MQTT connected to %s:%s as %s (session present: %s)",
+                 self.url.host, self.url.port, self.client_id, flags.session_present)
+        self._connected.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._connected.clear()
+        if not self._closed:
+            log.warning("MQTT connection to %s:%s lost (%s); reconnecting",
+                        self.url.host, self.url.port, reason_code)
+
+    def _on_message(self, client, userdata, message) -> None:
+        with self._lock:
+            handlers = [h for f, h in self._subs.items() if matches(f, message.topic)]
+        for handler in handlers[:1]:
+            try:
+                handler(message.topic, bytes(message.payload))
+            except Exception:
+                log.exception("handler for %s failed", message.topic)
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.warning("broker refused message %s: %s", mid, reason_code)
+            with self._lock:
+                self._refused[mid] = str(reason_code)
+                while len(self._refused) > 1000:
+                    self._refused.popitem(last=False)
