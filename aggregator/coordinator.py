@@ -1,0 +1,371 @@
+"""The round state machine: plain Python over typed messages, no transport inside.
+
+open (announce) -> collect (each accepted update is added to the running sum and
+persisted before it is acked) -> close (all active devices sent, or deadline with
+quorum) -> result ready (the service publishes it) -> published -> next round, whose
+base model version is the result's version.
+
+At a deadline without quorum the round is extended (up to ``max_extensions`` times,
+each logged and re-announced); after that it fails (logged, counted) and a new round
+opens on the same base model, so boxes simply resend on the new announce.
+
+Time comes from an injected clock, so tests drive deadlines deterministically.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aggregator.accumulator import Accumulator, AccumulatorFactory, UpdateRejected
+from aggregator.registry import DeviceRegistry
+from aggregator.store import RoundRow, Store
+
+log = logging.getLogger(__name__)
+
+# Reasons beyond the federation's envelope-level ones.
+NOT_OPEN = "not_open"  # no round open with that number (future round, or none)
+UNAVAILABLE = "unavailable"  # the aggregator could not persist the update (disk full...)
+
+
+@dataclass(frozen=True)
+class RoundSettings:
+    deadline_seconds: float = 300.0
+    quorum: int = 2
+    count_scale: float = 1.0
+    part_key: str = ""
+    chunk_size: int = 256 * 1024
+    max_extensions: int = 3
+
+    def __post_init__(self) -> None:
+        if self.deadline_seconds <= 0:
+            raise ValueError("round deadline must be > 0 seconds")
+        if self.quorum < 1:
+            raise ValueError("quorum must be >= 1")
+        if self.chunk_size < 1024:
+            raise ValueError("chunk size must be >= 1024 bytes")
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A reassembled, signature-checked update as the service hands it over."""
+
+    device_id: str
+    round: int
+    model: str
+    msg_id: str
+    blob_sha256: str
+    blob: bytes
+
+
+@dataclass(frozen=True)
+class Decision:
+    accepted: bool
+    reason: str | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Announce:
+    round: int
+    base_model: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ResultReady:
+    round: int
+    model: str
+    base_model: str
+    sum_blob: str
+    contributors: list[str] = field(default_factory=list)
+
+
+Event = Announce | ResultReady
+
+
+def result_model_version(round_no: int) -> str:
+    return f"round-{round_no}"
+
+
+class Coordinator:
+    def __init__(
+        self,
+        store: Store,
+        registry: DeviceRegistry,
+        accumulators: AccumulatorFactory,
+        fed_id: str,
+        settings: RoundSettings,
+        initial_model: str = "base",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.accumulators = accumulators
+        self.fed_id = fed_id
+        self.settings = settings
+        self.initial_model = initial_model
+        self.clock = clock
+        self.current: RoundRow | None = None
+        self.sum: Accumulator | None = None
+
+    # --- lifecycle --------------------------------------------------------------------
+    def start(self, open_round: bool = True) -> list[Event]:
+        """Resume from disk: results closed but not yet published come first, then the
+        open round (with every update accepted before a crash) or a new one."""
+        events: list[Event] = []
+        removed = self.store.remove_unreferenced_blobs()
+        if removed:
+            log.info("removed %d unreferenced blob file(s) left by an interrupted write", removed)
+        for row in self.store.list_rounds():
+            if row.status == "closed":
+                events.append(self._result_event(row))
+        latest = self.store.latest_round()
+        if latest is not None and latest.status == "open":
+            self.current = latest
+            self.sum = self._load_sum(latest)
+            log.info(
+                "resumed round %d (base %s) with %d accepted update(s)",
+                latest.round,
+                latest.base_model,
+                latest.contributions,
+            )
+            events.append(Announce(latest.round, latest.base_model, latest.announce))
+        elif not events and open_round:
+            events.append(self._open_next())
+        return events
+
+    def _load_sum(self, row: RoundRow) -> Accumulator:
+        if row.sum_blob is None:
+            return self.accumulators.new()
+        return self.accumulators.restore(self.store.read_blob(row.sum_blob), row.contributions)
+
+    def _open_next(self) -> Announce:
+        latest = self.store.latest_round()
+        published = self.store.latest_published()
+        base = (
+            published.result_model if published and published.result_model else self.initial_model
+        )
+        round_no = 1 if latest is None else latest.round + 1
+        now = self.clock()
+        deadline = now + self.settings.deadline_seconds
+        payload = self._announce_payload(round_no, base, deadline, now)
+        self.store.insert_round(round_no, base, now, deadline, self.settings.quorum, payload)
+        self.current = self.store.get_round(round_no)
+        self.sum = self.accumulators.new()
+        log.info(
+            "round %d opened: base model %s, deadline in %.0f s, quorum %d",
+            round_no,
+            base,
+            self.settings.deadline_seconds,
+            self.settings.quorum,
+        )
+        return Announce(round_no, base, payload)
+
+    def _announce_payload(
+        self, round_no: int, base: str, deadline: float, now: float
+    ) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "round": round_no,
+            "base_model": base,
+            "state": "open",
+            "opened_at": now,
+            "deadline": deadline,
+            "quorum": s.quorum,
+            "count_scale": s.count_scale,
+            "part_key": s.part_key,
+            "chunk_size": s.chunk_size,
+            "devices": sorted(self.registry.active_ids()),
+        }
+
+    # --- updates ----------------------------------------------------------------------
+    def submit(self, sub: Submission) -> Decision:
+        decision = self._check(sub)
+        if decision is not None:
+            return self._reject(sub, decision)
+        assert self.current is not None and self.sum is not None
+        try:
+            self.sum.add_blob(sub.blob)
+        except UpdateRejected as exc:
+            # add_blob validates before it touches the sum, so the sum is intact.
+            return self._reject(sub, Decision(False, exc.reason, exc.detail))
+        try:
+            self._persist(sub)
+        except OSError as exc:
+            # The in-memory sum already holds this update: roll it back to what is on disk.
+            self.sum = self._load_sum(self.current)
+            what = "disk full" if exc.errno == errno.ENOSPC else f"I/O error: {exc.strerror or exc}"
+            log.error(
+                "round %d: could not persist the update of %s (%s); it is NOT counted, "
+                "the device must resend",
+                self.current.round,
+                sub.device_id,
+                what,
+            )
+            return self._reject(sub, Decision(False, UNAVAILABLE, f"aggregator storage: {what}"))
+        log.info(
+            "round %d: accepted update %d from %s",
+            self.current.round,
+            self.current.contributions,
+            sub.device_id,
+        )
+        return Decision(True)
+
+    def _check(self, sub: Submission) -> Decision | None:
+        if self.registry.active_key(sub.device_id) is None:
+            known = self.registry.get(sub.device_id) is not None
+            return Decision(
+                False, "unknown_device", "device revoked" if known else "device not registered"
+            )
+        cur = self.current
+        if cur is None or sub.round > cur.round:
+            return Decision(False, NOT_OPEN, f"round {sub.round} is not open")
+        if sub.round < cur.round:
+            seen_in = self.store.device_contributed_msg(sub.device_id, sub.msg_id)
+            if seen_in is not None:
+                return Decision(
+                    False, "replay", f"update {sub.msg_id} was counted in round {seen_in}"
+                )
+            return Decision(
+                False, "late", f"round {sub.round} is closed (current round {cur.round})"
+            )
+        if cur.status != "open":
+            return Decision(False, "late", f"round {cur.round} is closed")
+        prior = self.store.contribution(cur.round, sub.device_id)
+        if prior is not None:
+            return Decision(
+                False,
+                "duplicate",
+                f"an update of this device (msg {prior['msg_id']}) is already counted "
+                f"in round {cur.round}",
+            )
+        if sub.model != cur.base_model:
+            return Decision(
+                False,
+                "stale_version",
+                f"update is based on {sub.model}, round {cur.round} on {cur.base_model}",
+            )
+        return None
+
+    def _persist(self, sub: Submission) -> None:
+        assert self.current is not None and self.sum is not None
+        cur = self.current
+        seq = cur.contributions + 1
+        name = f"round-{cur.round}-sum-{seq}.bin"
+        self.store.write_blob(name, self.sum.to_bytes())
+        self.store.record_contribution(
+            cur.round, sub.device_id, sub.msg_id, sub.blob_sha256, seq, name, self.clock()
+        )
+        if cur.sum_blob is not None:
+            self.store.blob_path(cur.sum_blob).unlink(missing_ok=True)
+        self.current = self.store.get_round(cur.round)
+
+    def _reject(self, sub: Submission, decision: Decision) -> Decision:
+        self.record_rejection(
+            sub.round, sub.device_id, decision.reason or "malformed", decision.detail
+        )
+        return decision
+
+    def record_rejection(
+        self, round_no: int | None, device_id: str | None, reason: str, detail: str
+    ) -> None:
+        """Log + count a rejection (also used by the service for envelope-level ones)."""
+        log.warning(
+            "rejected update from %s for round %s: %s (%s)", device_id, round_no, reason, detail
+        )
+        try:
+            self.store.record_rejection(round_no, device_id, reason, detail)
+        except OSError as exc:  # counting must never stop the service
+            log.error("could not count rejection %s: %s", reason, exc)
+
+    # --- closing ----------------------------------------------------------------------
+    def tick(self) -> list[Event]:
+        """Close, extend or fail the open round as its devices and deadline dictate."""
+        cur = self.current
+        if cur is None or cur.status != "open":
+            return []
+        active = self.registry.active_ids()
+        contributors = set(self.store.contributors(cur.round))
+        if active and active <= contributors:
+            return [self._close(cur, "all active devices sent")]
+        if self.clock() < cur.deadline:
+            return []
+        if cur.contributions >= cur.quorum:
+            return [self._close(cur, f"deadline with quorum ({cur.contributions}/{len(active)})")]
+        if cur.extensions < self.settings.max_extensions:
+            deadline = cur.deadline + self.settings.deadline_seconds
+            announce = dict(cur.announce, deadline=deadline)
+            self.store.update_round(
+                cur.round, deadline=deadline, extensions=cur.extensions + 1, announce=announce
+            )
+            self.current = self.store.get_round(cur.round)
+            log.warning(
+                "round %d: deadline reached with %d/%d updates (quorum %d): "
+                "extended to %.0f (%d/%d)",
+                cur.round,
+                cur.contributions,
+                len(active),
+                cur.quorum,
+                deadline,
+                cur.extensions + 1,
+                self.settings.max_extensions,
+            )
+            return [Announce(cur.round, cur.base_model, announce)]
+        self.store.update_round(
+            cur.round, status="failed", closed_at=self.clock(), close_reason="no quorum"
+        )
+        self.store.record_rejection(cur.round, None, "round_failed", "no quorum after extensions")
+        log.error(
+            "round %d FAILED: %d update(s) < quorum %d after %d extension(s); opening a new round",
+            cur.round,
+            cur.contributions,
+            cur.quorum,
+            cur.extensions,
+        )
+        return [self._open_next()]
+
+    def _close(self, cur: RoundRow, why: str) -> ResultReady:
+        model = result_model_version(cur.round)
+        self.store.update_round(
+            cur.round, status="closed", closed_at=self.clock(), close_reason=why, result_model=model
+        )
+        row = self.store.get_round(cur.round)
+        assert row is not None
+        self.current = row
+        self.sum = None
+        log.info("round %d closed (%s) with %d update(s)", cur.round, why, cur.contributions)
+        return self._result_event(row)
+
+    def _result_event(self, row: RoundRow) -> ResultReady:
+        assert row.sum_blob is not None and row.result_model is not None
+        return ResultReady(
+            row.round,
+            row.result_model,
+            row.base_model,
+            row.sum_blob,
+            self.store.contributors(row.round),
+        )
+
+    def result_published(
+        self, round_no: int, sha256: str, size: int, chunks: int, msg_id: str, open_next: bool
+    ) -> list[Event]:
+        self.store.update_round(
+            round_no,
+            status="published",
+            result_sha256=sha256,
+            result_size=size,
+            result_chunks=chunks,
+            result_msg=msg_id,
+        )
+        log.info("round %d result published (%d bytes, %d chunks)", round_no, size, chunks)
+        latest = self.store.latest_round()
+        if open_next and latest is not None and latest.round == round_no:
+            return [self._open_next()]
+        if latest is not None and latest.round == round_no:
+            self.current = self.store.get_round(round_no)
+        return []

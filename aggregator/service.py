@@ -1,0 +1,350 @@
+"""Wires a Transport to the Coordinator.
+
+Two threads, one rule each:
+
+- the transport's delivery thread (``_on_update``) only does cheap, stateless work:
+  topic + envelope parsing, federation/sender/signature checks against a key snapshot,
+  and spooling the chunk to disk. It never touches SQLite or the running sum, and
+  never publishes (a transport handler must not block on the transport);
+- the worker (``pump``) owns the coordinator: it adds completed updates to the sum,
+  records rejections, acks, checks deadlines and publishes announce/result/pointer.
+
+They meet in a queue of small items (a completed blob is a file path, not bytes), so a
+backlog costs disk, not memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from aggregator.accumulator import AccumulatorFactory, CkksAccumulatorFactory
+from aggregator.coordinator import (
+    Announce,
+    Coordinator,
+    Decision,
+    Event,
+    ResultReady,
+    RoundSettings,
+    Submission,
+)
+from aggregator.registry import DeviceRegistry
+from aggregator.spool import DiskReassembler
+from aggregator.store import Store
+from federation import topics
+from federation.chunking import split_blob
+from federation.ckks import FederationContext, require_public_only
+from federation.envelope import Envelope, decode, encode
+from federation.errors import MALFORMED, UNKNOWN_DEVICE, WRONG_FEDERATION, FederationError
+from federation.signing import verify
+from federation.transport import Transport
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BLOB_BYTES = 256 * 1024 * 1024
+DEFAULT_MAX_SPOOL_BYTES = 8 * 1024 * 1024 * 1024
+_FINISHED_MEMORY = 4096  # (device, msg) pairs whose late chunks are dropped silently
+
+
+@dataclass(frozen=True)
+class _Reject:
+    device: str | None
+    round: int | None
+    msg: str | None
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class _Ready:
+    env: Envelope  # header of the blob's first chunk (payload dropped)
+    path: Path
+
+
+class AggregatorService:
+    def __init__(
+        self,
+        transport: Transport,
+        store: Store,
+        context: FederationContext,
+        signing_key: Ed25519PrivateKey,
+        fed_id: str,
+        *,
+        aggregator_id: str = "aggregator",
+        settings: RoundSettings | None = None,
+        initial_model: str = "base",
+        vector_length: int | None = None,
+        accumulators: AccumulatorFactory | None = None,
+        max_rounds: int | None = None,
+        max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES,
+        max_spool_bytes: int = DEFAULT_MAX_SPOOL_BYTES,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        # Refuse a secret context before anything else: the aggregator must never hold one.
+        require_public_only(context)
+        topics.prefix(fed_id)  # validates the id
+        self.transport = transport
+        self.store = store
+        self.fed_id = fed_id
+        self.aggregator_id = aggregator_id
+        self.signing_key = signing_key
+        self.settings = settings or RoundSettings()
+        self.registry = DeviceRegistry(store)
+        self.coordinator = Coordinator(
+            store,
+            self.registry,
+            accumulators or CkksAccumulatorFactory(context, vector_length),
+            fed_id,
+            self.settings,
+            initial_model=initial_model,
+            clock=clock,
+        )
+        self.spool = DiskReassembler(store.state_dir / "spool", max_blob_bytes, max_spool_bytes)
+        self.max_rounds = max_rounds
+        self.published_rounds = 0
+        self.finished = threading.Event()
+        self._queue: queue.Queue[_Reject | _Ready] = queue.Queue()
+        self._keys: dict[str, Ed25519PublicKey] = {}
+        self._finished_msgs: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._last_announce: dict[str, Any] | None = None
+
+    # --- start / loop -----------------------------------------------------------------
+    def start(self) -> None:
+        self.refresh_keys()
+        self.transport.subscribe(topics.update_filter(self.fed_id), self._on_update)
+        if self.max_rounds == 0:
+            self.finished.set()
+        self._handle(self.coordinator.start(open_round=not self.finished.is_set()))
+
+    def pump(self, timeout: float = 0.0) -> int:
+        """Process queued items (waiting up to ``timeout`` for the first), then check
+        deadlines. Returns the number of items processed."""
+        n = 0
+        try:
+            item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+            while True:
+                self._process(item)
+                n += 1
+                item = self._queue.get_nowait()
+        except queue.Empty:
+            pass
+        self.refresh_keys()
+        self._handle(self.coordinator.tick())
+        return n
+
+    def run(self, stop: threading.Event, tick_seconds: float = 0.2) -> None:
+        self.start()
+        while not stop.is_set() and not self.finished.is_set():
+            self.pump(timeout=tick_seconds)
+
+    def refresh_keys(self) -> None:
+        """Snapshot active device keys for the delivery thread (swapped atomically)."""
+        self._keys = {
+            d.device_id: Ed25519PublicKey.from_public_bytes(d.public_key)
+            for d in self.registry.list()
+            if d.active
+        }
+
+    # --- delivery thread --------------------------------------------------------------
+    def _on_update(self, topic: str, payload: bytes) -> None:
+        try:
+            device = topics.parse(topic).device
+        except FederationError as exc:
+            self._queue.put(_Reject(None, None, None, exc.reason, exc.message))
+            return
+        try:
+            env = decode(payload)
+        except FederationError as exc:
+            self._queue.put(_Reject(device, None, None, exc.reason, exc.message))
+            return
+        key = (env.sender, env.msg)
+        if key in self._finished_msgs:
+            return  # a redelivered chunk of an update already decided
+        try:
+            self._check_envelope(device, env)
+            path = self.spool.add(env)
+        except FederationError as exc:
+            self.spool.discard(*key)
+            self._remember(key)
+            self._queue.put(_Reject(device, env.round, env.msg, exc.reason, exc.message))
+            return
+        except OSError as exc:
+            self.spool.discard(*key)
+            self._remember(key)
+            log.error("cannot spool a chunk of %s from %s: %s", env.msg, device, exc)
+            self._queue.put(
+                _Reject(device, env.round, env.msg, "unavailable", "spool write failed")
+            )
+            return
+        if path is not None:
+            self._remember(key)
+            self._queue.put(_Ready(Envelope(**{**env.header(), "payload": b""}), path))
+
+    def _check_envelope(self, device: str | None, env: Envelope) -> None:
+        if env.fed != self.fed_id:
+            raise FederationError(WRONG_FEDERATION, f"update for federation {env.fed!r}")
+        if env.kind != "update":
+            raise FederationError(MALFORMED, f"a {env.kind!r} message on an update topic")
+        if env.sender != device:
+            raise FederationError(MALFORMED, f"sender {env.sender!r} on the topic of {device!r}")
+        key = self._keys.get(env.sender)
+        if key is None:
+            raise FederationError(UNKNOWN_DEVICE, f"{env.sender!r} is not an active device")
+        verify(key, env.signing_bytes(), env.sig)
+
+    def _remember(self, key: tuple[str, str]) -> None:
+        self._finished_msgs[key] = None
+        while len(self._finished_msgs) > _FINISHED_MEMORY:
+            self._finished_msgs.popitem(last=False)
+
+    # --- worker -----------------------------------------------------------------------
+    def _process(self, item: _Reject | _Ready) -> None:
+        if isinstance(item, _Reject):
+            self.coordinator.record_rejection(item.round, item.device, item.reason, item.detail)
+            if item.device is not None:
+                self._ack(
+                    item.device, item.round, item.msg, Decision(False, item.reason, item.detail)
+                )
+            return
+        env = item.env
+        try:
+            data = item.path.read_bytes()
+        except OSError as exc:
+            log.error("cannot read spooled update %s: %s", env.msg, exc)
+            self.coordinator.record_rejection(env.round, env.sender, "unavailable", str(exc))
+            self._ack(env.sender, env.round, env.msg, Decision(False, "unavailable", "spool read"))
+            return
+        finally:
+            item.path.unlink(missing_ok=True)
+        sub = Submission(env.sender, env.round, env.model, env.msg, env.blob_sha256, data)
+        del data
+        decision = self.coordinator.submit(sub)
+        self._ack(env.sender, env.round, env.msg, decision)
+        self._handle(self.coordinator.tick())
+
+    def _ack(self, device: str, round_no: int | None, msg: str | None, d: Decision) -> None:
+        cur = self.coordinator.current
+        body = {
+            "device": device,
+            "round": round_no,
+            "msg": msg,
+            "accepted": d.accepted,
+            "reason": d.reason,
+            "detail": d.detail,
+            "current_round": None if cur is None else cur.round,
+            "contributions": None if cur is None else cur.contributions,
+        }
+        try:
+            self._publish_json(
+                topics.ack(self.fed_id, device),
+                "ack",
+                body,
+                round_no or 0,
+                "" if cur is None else cur.base_model,
+                retain=False,
+            )
+        except FederationError as exc:  # e.g. a device id that is not a valid topic level
+            log.warning("cannot ack %s: %s", device, exc)
+
+    def _publish_json(
+        self, topic: str, kind: str, body: dict[str, Any], round_no: int, model: str, retain: bool
+    ) -> None:
+        data = json.dumps(body, sort_keys=True).encode()
+        for env in split_blob(
+            data,
+            self.signing_key,
+            kind=kind,
+            fed=self.fed_id,
+            sender=self.aggregator_id,
+            round=round_no,
+            model=model,
+            chunk_size=max(len(data), 1),
+        ):
+            self.transport.publish(topic, encode(env), retain=retain)
+
+    def _handle(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, Announce):
+                self._announce(event.round, event.base_model, event.payload)
+            elif isinstance(event, ResultReady):
+                self._publish_result(event)
+
+    def _announce(self, round_no: int, base: str, payload: dict[str, Any]) -> None:
+        self._last_announce = payload
+        self._publish_json(topics.announce(self.fed_id), "announce", payload, round_no, base, True)
+        log.info("announced round %d (state %s)", round_no, payload.get("state"))
+
+    def _publish_result(self, event: ResultReady) -> None:
+        previous = self.store.latest_published()
+        blob = self.store.read_blob(event.sum_blob)
+        sha = hashlib.sha256(blob).hexdigest()
+        msg = sha[:32]  # deterministic: a republish after a crash is the same message
+        envs = split_blob(
+            blob,
+            self.signing_key,
+            kind="result",
+            fed=self.fed_id,
+            sender=self.aggregator_id,
+            round=event.round,
+            model=event.model,
+            chunk_size=self.settings.chunk_size,
+            msg=msg,
+        )
+        del blob
+        for env in envs:
+            self.transport.publish(
+                topics.result(self.fed_id, event.round, env.index), encode(env), retain=True
+            )
+        pointer = {
+            "round": event.round,
+            "model": event.model,
+            "base_model": event.base_model,
+            "msg": msg,
+            "blob_sha256": sha,
+            "blob_size": envs[0].blob_size,
+            "chunks": len(envs),
+            "chunk_size": self.settings.chunk_size,
+            "contributors": len(event.contributors),
+            "result_topic": topics.result_filter(self.fed_id, event.round),
+        }
+        self._publish_json(
+            topics.model_latest(self.fed_id), "result", pointer, event.round, event.model, True
+        )
+        if previous is not None and previous.round != event.round and previous.result_chunks:
+            for index in range(previous.result_chunks):  # only the latest result stays retained
+                self.transport.publish(
+                    topics.result(self.fed_id, previous.round, index), b"", retain=True
+                )
+        self.published_rounds += 1
+        done = self.max_rounds is not None and self.published_rounds >= self.max_rounds
+        events = self.coordinator.result_published(
+            event.round, sha, envs[0].blob_size, len(envs), msg, open_next=not done
+        )
+        if done:
+            self.finished.set()
+            cur = self.store.get_round(event.round)
+            if cur is not None and not events:
+                self._announce(event.round, cur.base_model, dict(cur.announce, state="closed"))
+        self._handle(events)
+
+    # --- status -----------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        cur = self.coordinator.current
+        return {
+            "fed": self.fed_id,
+            "round": None if cur is None else cur.as_dict(),
+            "counters": self.store.counters(),
+            "devices": sorted(self._keys),
+            "published_this_run": self.published_rounds,
+        }

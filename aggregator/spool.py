@@ -1,0 +1,170 @@
+"""Reassembly of chunked updates spooled to disk, not memory.
+
+Twenty boxes publishing at once interleave their chunks at the broker, so every update
+is "in flight" at the same time; holding them in RAM would make the aggregator's memory
+grow with the number of clients (20 x 32 MB for a 1M-parameter CKKS update). Chunks go
+to one spool file per message instead, at ``index * chunk_size``; only the completed
+blob is read back (one at a time, since the service handles messages sequentially).
+
+Checks: chunk hash, consistent header across chunks (size, hash, count, chunk size),
+max blob size, max spooled bytes, expiry of partial blobs; the whole blob's size and
+SHA-256 on completion. Duplicate chunks (QoS 1 redelivery) are ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from federation.envelope import Envelope, validate
+from federation.errors import INTEGRITY, MALFORMED, OVERSIZED, FederationError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Partial:
+    path: Path
+    blob_size: int
+    blob_sha256: str
+    count: int
+    chunk_size: int
+    first_seen: float
+    ident: tuple[object, ...] = ()
+    have: set[int] = field(default_factory=set)
+
+
+class DiskReassembler:
+    def __init__(
+        self,
+        spool_dir: Path,
+        max_blob_bytes: int,
+        max_spool_bytes: int,
+        ttl_seconds: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.dir = Path(spool_dir)
+        shutil.rmtree(self.dir, ignore_errors=True)  # partials of a previous run are unacked
+        self.dir.mkdir(parents=True)
+        self.max_blob_bytes = max_blob_bytes
+        self.max_spool_bytes = max_spool_bytes
+        self.ttl = ttl_seconds
+        self.clock = clock
+        self.partials: dict[tuple[str, str], _Partial] = {}
+
+    @property
+    def spooled_bytes(self) -> int:
+        return sum(p.blob_size for p in self.partials.values())
+
+    def discard(self, sender: str, msg: str) -> None:
+        part = self.partials.pop((sender, msg), None)
+        if part is not None:
+            part.path.unlink(missing_ok=True)
+
+    def expire(self) -> list[tuple[str, str]]:
+        now = self.clock()
+        old = [k for k, p in self.partials.items() if now - p.first_seen > self.ttl]
+        for key in old:
+            log.warning("dropping partial update %s/%s: incomplete after %.0f s", *key, self.ttl)
+            self.discard(*key)
+        return old
+
+    def add(self, env: Envelope) -> Path | None:
+        """Spool one (signature-checked) chunk; return the blob's file once complete."""
+        validate(env)
+        key = (env.sender, env.msg)
+        msg, index, count, chunk = env.msg, env.index, env.count, env.payload
+        blob_size, blob_sha256, chunk_sha256 = env.blob_size, env.blob_sha256, env.chunk_sha256
+        if hashlib.sha256(chunk).hexdigest() != chunk_sha256:
+            self.discard(*key)
+            raise FederationError(INTEGRITY, f"chunk {index} of {msg}: SHA-256 mismatch")
+        if not (0 <= index < count) or count < 1 or blob_size < 0:
+            raise FederationError(MALFORMED, f"chunk index {index} / count {count} out of range")
+        if blob_size > self.max_blob_bytes:
+            raise FederationError(
+                OVERSIZED, f"blob of {blob_size} bytes exceeds the {self.max_blob_bytes}-byte limit"
+            )
+        part = self.partials.get(key)
+        if part is None:
+            self.expire()
+            if self.spooled_bytes + blob_size > self.max_spool_bytes:
+                raise FederationError(
+                    "unavailable",
+                    f"spool full ({self.spooled_bytes} bytes in flight); resend later",
+                )
+            # Chunk size is deduced from a non-last chunk; a single chunk is the blob.
+            chunk_size = len(chunk) if index < count - 1 or count == 1 else 0
+            path = self.dir / hashlib.sha256(f"{env.sender}/{msg}".encode()).hexdigest()
+            path.touch()
+            part = _Partial(
+                path, blob_size, blob_sha256, count, chunk_size, self.clock(), _ident(env)
+            )
+            self.partials[key] = part
+        elif part.ident != _ident(env):
+            self.discard(*key)
+            raise FederationError(
+                INTEGRITY, f"chunk {index} of {msg} disagrees with earlier chunks"
+            )
+        if index in part.have:
+            return None
+        if index < count - 1:
+            if part.chunk_size == 0:
+                part.chunk_size = len(chunk)
+            if len(chunk) != part.chunk_size:
+                self.discard(*key)
+                raise FederationError(MALFORMED, f"chunk {index} of {msg} has an irregular size")
+        self._write_at(key, part, index, chunk)
+        part.have.add(index)
+        if len(part.have) < part.count:
+            return None
+        return self._complete(key, part)
+
+    def _write_at(self, key: tuple[str, str], part: _Partial, index: int, chunk: bytes) -> None:
+        if index == part.count - 1 and part.count > 1 and part.chunk_size == 0:
+            # Last chunk arrived before any other: its offset is blob_size - len(chunk).
+            offset = part.blob_size - len(chunk)
+        else:
+            offset = index * part.chunk_size
+        if offset < 0 or offset + len(chunk) > part.blob_size:
+            self.discard(*key)
+            raise FederationError(INTEGRITY, "chunk does not fit inside the declared blob size")
+        fd = os.open(part.path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, chunk, offset)
+        finally:
+            os.close(fd)
+
+    def _complete(self, key: tuple[str, str], part: _Partial) -> Path:
+        """Verify the whole blob on disk and hand it over as a file (the caller reads it
+        when it is ready to add it, and deletes it), so a backlog costs disk, not RAM."""
+        self.partials.pop(key, None)
+        ready = part.path.with_name(part.path.name + ".ready")
+        try:
+            digest = hashlib.sha256()
+            size = 0
+            with part.path.open("rb") as fh:
+                while block := fh.read(1 << 20):
+                    digest.update(block)
+                    size += len(block)
+            if size != part.blob_size:
+                raise FederationError(
+                    INTEGRITY, f"reassembled {size} bytes, header says {part.blob_size}"
+                )
+            if digest.hexdigest() != part.blob_sha256:
+                raise FederationError(INTEGRITY, "reassembled blob SHA-256 mismatch")
+            os.replace(part.path, ready)
+        except BaseException:
+            part.path.unlink(missing_ok=True)
+            raise
+        return ready
+
+
+def _ident(env: Envelope) -> tuple[object, ...]:
+    """Header fields every chunk of one blob must agree on."""
+    return (env.kind, env.fed, env.round, env.model, env.blob_sha256, env.blob_size, env.count)

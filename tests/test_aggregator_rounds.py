@@ -1,0 +1,144 @@
+"""Coordinator + service over the in-memory transport with real CKKS updates."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aggregator.coordinator import RoundSettings
+from aggregator.registry import DeviceRegistry
+from aggregator.service import AggregatorService
+from aggregator.store import Store
+from federation import topics
+from federation.ckks import FederationContext, new_secret_context
+from federation.errors import SECRET_KEY_REFUSED, FederationError
+from federation.packing import EncryptedUpdate, decrypt_average, plain_weighted_average
+from federation.signing import generate_signing_key
+from federation.transport import InMemoryBus, InMemoryTransport
+from tests.aggregator_boxes import ScriptedBox, collect_result, decrypt_result, latest_announce
+
+FED = "fedtest"
+COUNT_SCALE = 64.0
+LENGTH = 3000  # 2 ciphertexts of 2048 slots: exercises the multi-ciphertext path
+# c*sum(n) = sum(n)/count_scale sets the precision of the decrypted average (CKKS noise
+# ~1.5e-5 per slot at scale 2^26 is divided by it): a few hundred samples per box with
+# count_scale 64 keep it well under the 1e-5 the test asks.
+
+
+@pytest.fixture(scope="module")
+def secret_ctx() -> FederationContext:
+    return new_secret_context()
+
+
+@dataclass
+class Rig:
+    bus: InMemoryBus
+    store: Store
+    service: AggregatorService
+    boxes: list[ScriptedBox]
+    clock: list[float]
+
+    def reopen(self, settings: RoundSettings, public: FederationContext) -> AggregatorService:
+        """A new service on the same state dir (a restart), same bus."""
+        self.store.close()
+        self.store = Store(self.store.state_dir)
+        self.service = make_service(self.bus, self.store, public, settings, self.clock)
+        self.service.start()
+        return self.service
+
+
+def make_service(
+    bus: InMemoryBus, store: Store, public: FederationContext, settings: RoundSettings,
+    clock: list[float],
+) -> AggregatorService:
+    return AggregatorService(
+        InMemoryTransport(bus, "aggregator"), store, public, generate_signing_key(), FED,
+        settings=settings, clock=lambda: clock[0],
+    )
+
+
+def make_rig(
+    tmp_path: Path, secret_ctx: FederationContext, n_boxes: int = 3,
+    settings: RoundSettings | None = None,
+) -> Rig:
+    bus = InMemoryBus(synchronous=True)
+    store = Store(tmp_path)
+    clock = [1_000_000.0]
+    boxes = [
+        ScriptedBox(f"box{i}", FED, secret_ctx, InMemoryTransport(bus, f"box{i}"))
+        for i in range(n_boxes)
+    ]
+    registry = DeviceRegistry(store)
+    for box in boxes:
+        registry.add(box.device_id, bytes.fromhex(box.public_hex))
+    service = make_service(
+        bus, store, secret_ctx.public(),
+        settings or RoundSettings(deadline_seconds=60, quorum=2, count_scale=COUNT_SCALE), clock,
+    )
+    service.start()
+    return Rig(bus, store, service, boxes, clock)
+
+
+@pytest.fixture
+def rig(tmp_path: Path, secret_ctx: FederationContext) -> Iterator[Rig]:
+    r = make_rig(tmp_path, secret_ctx)
+    yield r
+    r.store.close()
+
+
+def test_three_rounds_three_boxes_decrypt_to_the_plain_weighted_average(
+    rig: Rig, secret_ctx: FederationContext
+) -> None:
+    rng = np.random.default_rng(1)
+    for expected_round in (1, 2, 3):
+        ann = latest_announce(rig.bus.retained, FED)
+        assert ann["round"] == expected_round and ann["state"] == "open"
+        vectors = [rng.normal(0, 0.5, LENGTH).astype(np.float32) for _ in rig.boxes]
+        counts = [int(c) for c in rng.integers(100, 400, len(rig.boxes))]
+        for box, vec, n in zip(rig.boxes, vectors, counts, strict=True):
+            blob = box.encrypted_blob(vec, n, ann["count_scale"])
+            box.send(box.envelopes(blob, ann["round"], ann["base_model"]))
+            rig.service.pump()
+            assert box.acks[-1]["accepted"] is True, box.acks[-1]
+        pointer, blob = collect_result(rig.bus.retained, FED)
+        assert pointer["round"] == expected_round
+        assert pointer["base_model"] == ann["base_model"]
+        assert pointer["contributors"] == 3
+        got = decrypt_result(secret_ctx, blob)
+        want = plain_weighted_average(vectors, counts)
+        assert np.max(np.abs(got - want)) < 1e-5
+        nxt = latest_announce(rig.bus.retained, FED)
+        assert nxt["base_model"] == pointer["model"]  # next round builds on the result
+    # only the latest result stays retained
+    assert not any(t.startswith(topics.prefix(FED) + "/result/1/") for t in rig.bus.retained)
+    assert rig.store.counters()["accepted"] == 9
+
+
+def test_service_refuses_a_secret_context(tmp_path: Path, secret_ctx: FederationContext) -> None:
+    store = Store(tmp_path)
+    with pytest.raises(FederationError) as err:
+        AggregatorService(
+            InMemoryTransport(InMemoryBus(), "agg"), store, secret_ctx, generate_signing_key(), FED
+        )
+    assert err.value.reason == SECRET_KEY_REFUSED
+
+
+def test_aggregator_context_cannot_decrypt(secret_ctx: FederationContext) -> None:
+    vec = np.linspace(-1, 1, 100, dtype=np.float32)
+    from federation.packing import encrypt_update
+
+    update = encrypt_update(secret_ctx, vec, 10)
+    public = secret_ctx.public()
+    assert not public.is_private
+    with pytest.raises(FederationError):
+        decrypt_average(public, EncryptedUpdate.from_bytes(update.to_bytes(), public))
+    # the raw TenSEAL context refuses too (no secret key inside at all)
+    import tenseal as ts
+
+    ct = ts.ckks_vector_from(public.context, update.ciphertexts[0])
+    with pytest.raises(ValueError):
+        ct.decrypt()
