@@ -91,6 +91,11 @@ class FrameSource:
         self.stats = SourceStats()
         self._next_index = 0
 
+    @property
+    def nominal_fps(self) -> float | None:
+        """Frame rate the source announces (None if unknown)."""
+        return None
+
     def open(self) -> FrameSource:
         return self
 
@@ -138,6 +143,10 @@ class FolderSource(FrameSource):
         self._files: list[Path] = []
         self._position = 0
         self._next_due = 0.0
+
+    @property
+    def nominal_fps(self) -> float | None:
+        return self.fps
 
     def open(self) -> FolderSource:
         if not self.folder.is_dir():
@@ -207,6 +216,15 @@ class VideoCaptureSource(FrameSource):
         self.live = live
         self.backoff = backoff or Backoff()
         self._capture: Any = None
+
+    @property
+    def nominal_fps(self) -> float | None:
+        import cv2
+
+        if self._capture is None:
+            return None
+        fps = float(self._capture.get(cv2.CAP_PROP_FPS))
+        return fps if 0 < fps < 1000 else None
 
     def _try_open(self) -> bool:
         import cv2

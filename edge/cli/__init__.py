@@ -1,0 +1,93 @@
+"""``fedface-edge``: the edge box's command line.
+
+Each command group lives in its own module exposing ``register(app)``; the modules are
+listed in ``COMMAND_MODULES`` below, so adding one (``train``, ``federate``...) is one
+line. Command modules import heavy packages (cv2, onnxruntime; torch only for ``train``)
+inside their functions, so ``fedface-edge --help`` stays fast and light.
+
+Every exception raised by a command passes through ``FedFaceGroup`` (edge/cli/errors.py),
+which prints ``error: ...`` / ``hint: ...`` on stderr and exits with a code grouped by
+component (table in edge/cli/errors.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from importlib import import_module
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edge.cli.context import BoxContext
+from edge.cli.errors import FedFaceGroup
+
+COMMAND_MODULES = (
+    "models",
+    "enroll",
+    "people",
+    "identify",
+    "run",
+    "bench",
+)
+
+EPILOG = (
+    "Exit codes: 0 ok, 1 internal error, 2 usage, 3 input image, 4 models, 5 gallery/data "
+    "dir, 6 video source, 7 configuration, 130 interrupted."
+)
+
+app = typer.Typer(
+    name="fedface-edge",
+    cls=FedFaceGroup,
+    help="FedFace edge box: enrol people, recognise faces from cameras, manage models.",
+    epilog=EPILOG,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    if verbose < 2:
+        # OpenCV and FFmpeg print their own warnings straight to stderr (e.g. every failed
+        # camera open); our own log lines already say what went wrong.
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
+
+@app.callback()
+def _box_options(
+    ctx: typer.Context,
+    data_dir: Annotated[Path | None, typer.Option(
+        "--data-dir", help="Box data directory (gallery). Env: FEDFACE_DATA_DIR.",
+        show_default=False)] = None,
+    model_dir: Annotated[Path | None, typer.Option(
+        "--model-dir", help="Verified model directory. Env: FEDFACE_MODEL_DIR.",
+        show_default=False)] = None,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", help="CPU threads for inference (default 1).", show_default=False)] = None,
+    verbose: Annotated[int, typer.Option(
+        "--verbose", "-v", count=True, help="-v info, -vv debug logging.")] = 0,
+    debug: Annotated[bool, typer.Option(
+        "--debug", help="Show tracebacks instead of one-line errors.")] = False,
+) -> None:
+    from edge.config import EdgeSettings
+
+    _setup_logging(verbose)
+    ctx.obj = BoxContext(settings=EdgeSettings(), debug=debug)  # debug known before validating
+    settings = EdgeSettings.from_mapping(
+        {"data_dir": data_dir, "model_dir": model_dir, "threads": threads}, source="options")
+    ctx.obj.settings = settings
+    ctx.call_on_close(ctx.obj.close)
+
+
+for _module in COMMAND_MODULES:
+    import_module(f"{__name__}.{_module}").register(app)
+
+
+def main() -> None:
+    """Console-script entry point (pyproject: fedface-edge = "edge.cli:main")."""
+    app(prog_name="fedface-edge")

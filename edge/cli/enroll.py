@@ -1,0 +1,106 @@
+"""``fedface-edge enroll``: add people to the box's gallery from photos."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from edge.cli.context import box
+from edge.cli.errors import EXIT_INPUT, CliError
+
+if TYPE_CHECKING:
+    from edge.recognizer import ProgressCallback
+
+
+@contextmanager
+def _progress(total: int, label: str) -> Iterator[ProgressCallback]:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    # stderr: stdout is kept for results a script may parse
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(label, total=total)
+
+        def advance(_image: Path, _failure: str | None) -> None:
+            progress.advance(task)
+
+        yield advance
+
+
+def _enrol_named(ctx: typer.Context, name: str, images: list[Path]) -> None:
+    recognizer = box(ctx).recognizer()
+    existed = any(p.name == name for p in recognizer.gallery.people())
+    with _progress(len(images), f"enrolling {name}") as advance:
+        # every photo named on the command line must be usable: the first bad one stops
+        # the enrolment before anything is written
+        outcome = recognizer.enroll_images(name, images, skip_bad=False, progress=advance)
+    verb = "added" if existed else "enrolled"
+    typer.echo(f"{verb} {name}: {len(outcome.added)} image(s) (model {recognizer.model_version})")
+
+
+def _enrol_folder(ctx: typer.Context, root: Path, max_per_person: int | None) -> None:
+    from edge.recognizer import images_in, people_folders
+
+    folders = people_folders(root)
+    plan = [(folder.name, images_in(folder)) for folder in folders]
+    total = sum(len(imgs) if max_per_person is None else min(len(imgs), max_per_person)
+                for _, imgs in plan)
+    recognizer = box(ctx).recognizer()
+    enrolled, photos, skipped, nobody = 0, 0, [], []
+    with _progress(total, f"enrolling {len(plan)} people") as advance:
+        for name, imgs in plan:
+            outcome = recognizer.enroll_images(name, imgs, max_images=max_per_person,
+                                               progress=advance)
+            skipped += outcome.skipped
+            if outcome.added:
+                enrolled += 1
+                photos += len(outcome.added)
+            else:
+                nobody.append(name)
+    for image, reason in skipped:
+        typer.echo(f"skipped {image}: {reason}", err=True)
+    for name in nobody:
+        typer.echo(f"not enrolled: {name} (no usable photo)", err=True)
+    typer.echo(f"enrolled {enrolled} of {len(plan)} people from {photos} image(s); "
+               f"skipped {len(skipped)} image(s) (model {recognizer.model_version})")
+    if enrolled == 0:
+        raise CliError(f"no one could be enrolled from {root}",
+                       hint="each sub-folder needs photos with a visible face",
+                       exit_code=EXIT_INPUT)
+
+
+def enroll(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Argument(
+        help="Person's name (unique in the gallery).", show_default=False)] = None,
+    images: Annotated[list[Path] | None, typer.Argument(
+        help="Photos of that person (the largest face of each is used).",
+        show_default=False)] = None,
+    from_dir: Annotated[Path | None, typer.Option(
+        "--from-dir", help="Folder with one sub-folder of photos per person (named after "
+        "them). Photos without a face are reported and skipped.", show_default=False)] = None,
+    max_per_person: Annotated[int | None, typer.Option(
+        "--max-per-person", min=1, help="With --from-dir: at most N photos per person.",
+        show_default=False)] = None,
+) -> None:
+    """Enrol NAME from IMAGE..., or everyone in --from-dir."""
+    if from_dir is not None:
+        if name is not None or images:
+            raise CliError("give either NAME IMAGE... or --from-dir DIR, not both")
+        _enrol_folder(ctx, from_dir, max_per_person)
+        return
+    if name is None or not images:
+        raise CliError("nothing to enrol: give NAME IMAGE... or --from-dir DIR",
+                       hint="e.g. fedface-edge enroll Ada ada1.jpg ada2.jpg")
+    if max_per_person is not None:
+        images = images[:max_per_person]
+    _enrol_named(ctx, name, images)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("enroll")(enroll)

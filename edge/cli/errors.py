@@ -1,0 +1,153 @@
+"""Turn expected failures into one ``error:`` line (+ ``hint:``) and a grouped exit code.
+
+Exit codes of ``fedface-edge`` (grouped by component):
+
+====  ==================================================================
+0     success
+1     internal error (a bug: re-run with ``--debug`` for the traceback)
+2     usage error (unknown option, missing argument; printed by Typer)
+3     input image: unreadable file, no face found
+4     models: missing, corrupt or unfetchable model files
+5     gallery / data directory: not writable, unknown person, model mismatch
+6     video source: bad URI, cannot open, stream lost for good
+7     configuration: invalid setting
+8-19  reserved for later components (federation, training, provisioning...):
+      an exception class declares its own ``exit_code`` attribute
+130   interrupted (Ctrl-C)
+141   stdout closed by the reader (``fedface-edge run | head``), no message
+====  ==================================================================
+
+Any exception with an integer ``exit_code`` attribute and a message is treated as a user
+error; ``FedFaceError`` subclasses without one get 1 unless listed in ``_CODES_BY_NAME``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from contextlib import suppress
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+
+log = logging.getLogger(__name__)
+
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_INPUT = 3
+EXIT_MODELS = 4
+EXIT_GALLERY = 5
+EXIT_SOURCE = 6
+EXIT_CONFIG = 7
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell pipeline reports it
+
+# Errors owned by other modules that do not carry an exit_code of their own.
+_CODES_BY_NAME = {
+    "ImageReadError": EXIT_INPUT,
+    "NoFaceError": EXIT_INPUT,
+    "ModelError": EXIT_MODELS,
+    "GalleryError": EXIT_GALLERY,
+    "SourceError": EXIT_SOURCE,
+    "ConfigError": EXIT_CONFIG,
+}
+
+
+def _pass_through() -> tuple[type[BaseException], ...]:
+    """Exceptions the framework itself turns into usage messages and exit codes."""
+    types: list[type[BaseException]] = [typer.Exit, typer.Abort]
+    typer_exception = getattr(typer, "TyperException", None)  # typer >= 0.22 vendors click
+    if isinstance(typer_exception, type):
+        types.append(typer_exception)
+    try:
+        import click
+
+        types += [click.exceptions.ClickException, click.exceptions.Exit,
+                  click.exceptions.Abort]
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+_PASS_THROUGH = _pass_through()
+
+
+class CliError(Exception):
+    """Raised by a command for a user error detected in the CLI layer itself."""
+
+    def __init__(self, message: str, hint: str | None = None, exit_code: int = EXIT_USAGE):
+        super().__init__(message)
+        self.hint = hint
+        self.exit_code = exit_code
+
+
+def _user_error_code(exc: BaseException) -> int | None:
+    """Exit code if ``exc`` is an expected (user) error, None if it is a bug."""
+    from edge.errors import FedFaceError
+    from models.registry import ModelError
+
+    explicit = getattr(exc, "exit_code", None)
+    if isinstance(explicit, int) and not isinstance(explicit, bool):
+        return explicit
+    for klass in type(exc).__mro__:
+        if klass.__name__ in _CODES_BY_NAME:
+            return _CODES_BY_NAME[klass.__name__]
+    if isinstance(exc, (FedFaceError, ModelError)):
+        return EXIT_INTERNAL
+    return None
+
+
+def _message_and_hint(exc: BaseException) -> tuple[str, str | None]:
+    text = str(exc)
+    hint = str(getattr(exc, "hint", "") or "")
+    # FedFaceError and ModelError fold the hint into str(exc) as "message (hint)":
+    # print it on its own line instead
+    if hint and text.endswith(f" ({hint})"):
+        text = text[: -len(hint) - 3]
+    message = " ".join(text.split()) or type(exc).__name__
+    return message, (" ".join(hint.split()) or None)
+
+
+def report(exc: BaseException, code: int) -> None:
+    message, hint = _message_and_hint(exc)
+    typer.echo(f"error: {message}", err=True)
+    if hint:
+        typer.echo(f"hint: {hint}", err=True)
+    log.debug("exit %d after %s", code, type(exc).__name__, exc_info=exc)
+
+
+def debug_enabled(ctx: typer.Context) -> bool:
+    obj = ctx.find_root().obj
+    return bool(getattr(obj, "debug", False))
+
+
+class FedFaceGroup(TyperGroup):
+    """The root command group: every command's exceptions pass through here."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer.Context; base class types it privately
+        try:
+            return super().invoke(ctx)
+        except _PASS_THROUGH:
+            raise
+        except BrokenPipeError:
+            # `fedface-edge run | head`: the reader is gone; stop quietly like a pipe tool
+            # (stdout is pointed at /dev/null so the final flush cannot raise again)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            with suppress(OSError, ValueError):
+                os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(EXIT_BROKEN_PIPE) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Exception as exc:
+            if debug_enabled(ctx):
+                raise
+            code = _user_error_code(exc)
+            if code is None:
+                typer.echo(f"error: internal error: {type(exc).__name__}: {exc}", err=True)
+                typer.echo("hint: re-run with --debug for the traceback and report it", err=True)
+                raise typer.Exit(EXIT_INTERNAL) from None
+            report(exc, code)
+            raise typer.Exit(code) from None

@@ -1,0 +1,182 @@
+"""``fedface-edge run``: live recognition from a camera, stream, video or image folder."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
+
+import typer
+
+from edge.cli.context import box
+from edge.cli.errors import EXIT_USAGE, CliError
+from edge.cli.identify import ThresholdOption, warn_if_empty
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from edge.recognizer import Recognition
+
+log = logging.getLogger(__name__)
+
+HEAVY_MODULES = ("torch", "tensorflow", "jax")
+REPORT_EVERY_S = 5.0
+KNOWN_COLOUR = (60, 200, 60)  # BGR
+UNKNOWN_COLOUR = (40, 40, 220)
+
+
+class _Annotator:
+    """Writes frames with boxes and names into a video, opened at the first frame."""
+
+    def __init__(self, path: Path, fps: float) -> None:
+        self.path = path
+        self.fps = fps
+        self._writer: Any = None
+        self._size: tuple[int, int] | None = None
+
+    def write(self, bgr: np.ndarray, recognitions: list[Recognition]) -> None:
+        import cv2
+
+        if self._writer is None:
+            codec = "MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"
+            self._size = (bgr.shape[1], bgr.shape[0])
+            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter.fourcc(*codec),
+                                           self.fps, self._size)
+            if not self._writer.isOpened():
+                raise CliError(f"cannot write annotated video {self.path}",
+                               hint="use a writable path ending in .mp4 or .avi",
+                               exit_code=EXIT_USAGE)
+        frame = bgr.copy()
+        for r in recognitions:
+            x, y, w, h = r.box
+            colour = KNOWN_COLOUR if r.match.known else UNKNOWN_COLOUR
+            cv2.rectangle(frame, (x, y), (x + w, y + h), colour, 2)
+            cv2.putText(frame, f"{r.name} {r.match.score:.2f}", (x, max(12, y - 6)),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
+        if self._size is not None and (frame.shape[1], frame.shape[0]) != self._size:
+            frame = cv2.resize(frame, self._size)  # a folder may mix sizes; video cannot
+        self._writer.write(frame)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+
+
+class _Throughput:
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.frames = 0
+        self.faces = 0
+        self.known = 0
+        self.stage_ms: dict[str, float] = {}
+        self._last_report = self.started
+
+    def add(self, recognitions: list[Recognition], stage_ms: dict[str, float]) -> None:
+        self.frames += 1
+        self.faces += len(recognitions)
+        self.known += sum(1 for r in recognitions if r.match.known)
+        for stage, ms in stage_ms.items():
+            self.stage_ms[stage] = self.stage_ms.get(stage, 0.0) + ms
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now - self._last_report >= REPORT_EVERY_S:
+            self._last_report = now
+            return True
+        return False
+
+    def line(self) -> str:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        means = " ".join(f"{k} {v / max(self.frames, 1):.1f}" for k, v in self.stage_ms.items())
+        return (f"{self.frames} frames, {self.faces} faces ({self.known} known) in "
+                f"{elapsed:.1f} s: {self.frames / elapsed:.1f} fps; mean ms/frame: {means}")
+
+
+def _events_stream(stack: ExitStack, events: str) -> TextIO:
+    if events == "-":
+        return sys.stdout
+    try:
+        return stack.enter_context(open(events, "a", encoding="utf-8", buffering=1))
+    except OSError as exc:
+        raise CliError(f"cannot write events to {events}: {exc.strerror}",
+                       hint="pass a writable file or - for stdout", exit_code=EXIT_USAGE) from exc
+
+
+@contextmanager
+def _stop_on_sigterm() -> Iterator[list[bool]]:
+    """systemd stops the service with SIGTERM: finish the frame, flush, exit 0."""
+    stop = [False]
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        stop[0] = True
+
+    previous = None
+    with suppress(ValueError):  # not the main thread (e.g. called from a test thread)
+        previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield stop
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def run(
+    ctx: typer.Context,
+    source: Annotated[str, typer.Option(
+        "--source", help="Frame source: /dev/video0 or 0 (camera), rtsp://... or "
+        "http(s)://... (stream), a video file, dir:FOLDER[?fps=N&loop=1] (image folder).")],
+    events: Annotated[str, typer.Option(
+        "--events", help="Where to append one JSON line per recognised face "
+        "(- for stdout).")] = "-",
+    annotate: Annotated[Path | None, typer.Option(
+        "--annotate", help="Also write the frames with boxes and names to this video "
+        "(.mp4 or .avi).", show_default=False)] = None,
+    max_frames: Annotated[int | None, typer.Option(
+        "--max-frames", min=1, help="Stop after N frames.", show_default=False)] = None,
+    fps: Annotated[bool, typer.Option(
+        "--fps", help="Report throughput and per-stage ms on stderr every 5 s.")] = False,
+    threshold: ThresholdOption = None,
+) -> None:
+    """Recognise faces live; write events as JSON lines (time, frame, box, name, score)."""
+    from edge.capture import open_source
+    from edge.events import EventWriter
+
+    frame_source = open_source(source)
+    recognizer = box(ctx).recognizer(threshold)
+    warn_if_empty(ctx)
+    stats = _Throughput()
+    with ExitStack() as stack:
+        stop = stack.enter_context(_stop_on_sigterm())
+        writer = EventWriter(_events_stream(stack, events))
+        stack.enter_context(frame_source)
+        annotator = None
+        if annotate is not None:
+            annotator = _Annotator(annotate, frame_source.nominal_fps or 10.0)
+            stack.callback(annotator.close)
+        try:
+            for frame in frame_source:
+                recognitions = recognizer.recognise(frame.image)
+                for r in recognitions:
+                    writer.write(r.event(frame.frame_index, frame.timestamp))
+                stats.add(recognitions, recognizer.last_timings.as_ms())
+                if annotator is not None:
+                    annotator.write(frame.image, recognitions)
+                if fps and stats.due():
+                    typer.echo(stats.line(), err=True)
+                if stop[0] or (max_frames is not None and stats.frames >= max_frames):
+                    break
+        except KeyboardInterrupt:
+            log.info("interrupted: stopping after %d frames", stats.frames)
+    log.debug("heavy modules loaded in this process: %s",
+              [m for m in HEAVY_MODULES if m in sys.modules] or "none")
+    typer.echo(stats.line(), err=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)
