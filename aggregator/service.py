@@ -145,6 +145,10 @@ class AggregatorService:
 
     def run(self, stop: threading.Event, tick_seconds: float = 0.2) -> None:
         self.start()
+        self.loop(stop, tick_seconds)
+
+    def loop(self, stop: threading.Event, tick_seconds: float = 0.2) -> None:
+        """Pump until ``stop`` is set or ``max_rounds`` results are published."""
         while not stop.is_set() and not self.finished.is_set():
             self.pump(timeout=tick_seconds)
 
