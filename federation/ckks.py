@@ -14,8 +14,9 @@ limit of 128-bit security at N=4096), scale 2^26.
 - Bytes on the wire follow the data prime: a ciphertext is 2 polynomials x N
   coefficients mod the data prime, zstd-compressed by SEAL, about 23.8 bytes per value
   with a 38-bit prime (24.0 with 40 bits).
-- The scale sets the absolute precision (fresh noise is ~2^10 in slot units, so
-  2^-16 absolute error per decrypted sum at scale 2^26); the data prime minus the scale
+- The scale sets the absolute precision (fresh noise is up to ~2^11 in slot units over
+  a 1M-value model, so ~3e-5 absolute error per decrypted sum at scale 2^26, divided
+  by c*sum(n) in the average, see ``packing``); the data prime minus the scale
   sets the range: decoded values must stay below 2^(38-1-26) = 2048 in magnitude or
   they wrap around. ``packing`` documents how count_scale keeps c*n*w inside that.
 - Symmetric encryption: fresh symmetric ciphertexts carry less noise than public-key

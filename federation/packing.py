@@ -7,18 +7,21 @@ a 1M-value update needs ceil((1M+1)/2048) = 489 ciphertexts and no extra one for
 count. The aggregator only adds; boxes decrypt both sums and divide (``c`` cancels).
 
 Scale budget (default params: scale 2^26, 38-bit data prime, so decrypted magnitudes
-must stay below ``params.value_bound`` = 2048; count_scale 256, so c = 1/256):
+must stay below ``params.value_bound`` = 2^11 = 2048; count_scale 64, so c = 1/64):
 
-- precision: fresh noise is ~2^10 in slot units, i.e. ~1.5e-5 absolute per decrypted
-  slot of a sum of a few updates; the average divides by c*sum(n) = sum(n)/256, so three
-  boxes with a few hundred samples each (c*sum(n) ~ 3) average to ~5e-6 max abs error,
-  and more samples only make it smaller.
-- range: sum_i c*n_i*max|w_i| must stay below 2048, i.e. sum_i n_i*max|w_i| < 524,288
-  (e.g. 32 boxes x 1,600 samples x |w| <= 10, or 128 boxes x 4,096 samples x |w| <= 1).
+- precision: fresh noise is up to ~2^11 in slot units over a 1M-value model, i.e.
+  ~3e-5 absolute per decrypted slot of the weighted sum; the average divides that by
+  c*sum(n) = sum(n)/64, so two boxes with 400 samples in all (c*sum(n) = 6.25) average
+  to ~5e-6 max abs error, three boxes with a few hundred each to ~2e-6, and more
+  samples only make it smaller. (Measured: ``python -m bench.ckks_params``.)
+- range: sum_i c*n_i*max|w_i| must stay below 2048, i.e. sum_i n_i*max|w_i| < 131,072
+  (e.g. 16 boxes x 800 samples x |w| <= 10, or 32 boxes x 4,000 samples x |w| <= 1).
   ``encrypt_update`` refuses one update that would take more than 1/headroom of it
-  (default headroom 16), so a round of 16 maximal updates still decodes. Sending
-  weight deltas against the round's base model instead of absolute weights shrinks
-  max|w| and widens the envelope.
+  (default headroom 8: n*max|w| <= 16,384), so a round of 8 maximal updates still
+  decodes; a wrapped sum decrypts to garbage, which the box's canary check rejects.
+  Sending weight deltas against the round's base model instead of absolute weights
+  shrinks max|w| and widens the envelope; a federation with bigger rounds raises
+  count_scale (a federation-wide constant) at the cost of precision for small rounds.
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ from federation.errors import CANNOT_ENCRYPT, MALFORMED, OUT_OF_RANGE, WRONG_KEY
 
 log = logging.getLogger(__name__)
 
-DEFAULT_COUNT_SCALE = 256.0
-DEFAULT_HEADROOM = 16
+DEFAULT_COUNT_SCALE = 64.0
+DEFAULT_HEADROOM = 8
 
 UPDATE_MAGIC = b"FFU1"
 UPDATE_VERSION = 1
