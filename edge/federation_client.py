@@ -1,0 +1,522 @@
+"""The edge box's federation client: join rounds, send encrypted updates, apply results.
+
+Threads, one job each:
+
+- the transport's delivery thread (paho's network loop) only decodes envelopes and
+  queues them: it never trains, encrypts, decrypts or publishes;
+- the client's worker owns all state: it verifies aggregator signatures, decides to
+  join a round, publishes (and re-publishes) updates from the outbox, reassembles,
+  decrypts and validates results, and hands accepted weights to the ``ModelSink``;
+- a training job per round runs the ``LocalTrainer``, encrypts, signs and chunks the
+  update at a lower CPU priority (``nice``), so the recognition pipeline keeps its
+  cores, and stores the update in the on-disk outbox BEFORE the first publish.
+
+An update leaves the outbox when the aggregator acks it (accepted, or rejected for a
+reason that resending cannot fix) or when its round is over; until then it is resent
+after every reconnect and every ``retry_seconds``. Duplicate chunks and duplicate
+updates are harmless: the aggregator's reassembler and round logic drop them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from edge.fed_messages import ModelPointer, RoundAnnounce, parse_ack, parse_announce, parse_pointer
+from edge.model_store import FederatedModelStore
+from edge.outbox import Outbox, PendingUpdate, atomic_write
+from edge.trainer_api import LocalTrainer
+from federation import topics
+from federation.chunking import Reassembler, split_blob
+from federation.ckks import FederationContext, require_secret
+from federation.envelope import Envelope, decode, encode, verify_envelope
+from federation.errors import FederationError
+from federation.packing import EncryptedUpdate, decrypt_average, encrypt_update
+from federation.signing import KeyRing
+from federation.transport import Transport, Will
+
+log = logging.getLogger(__name__)
+
+# Rejections after which resending the same update is pointless (the aggregator has it,
+# or will never take it). Anything else (e.g. "unavailable": its disk was full) is retried.
+TERMINAL_REJECTIONS = frozenset(
+    {"duplicate", "replay", "late", "stale_version", "not_open", "unknown_device",
+     "wrong_federation", "bad_signature", "malformed", "oversized", "integrity",
+     "out_of_range", "wrong_key"}
+)
+
+
+class ResultRejected(FederationError):
+    """A decrypted federated result failed validation and was not applied."""
+
+
+class ModelSink(Protocol):
+    """Where accepted federated weights go (the engine's hot swap)."""
+
+    def apply(self, version: str, vector: np.ndarray) -> None: ...
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    fed_id: str
+    device_id: str
+    aggregator_id: str = "aggregator"
+    initial_model: str = "base"  # the aggregator's name for the pretrained weights
+    retry_seconds: float = 30.0
+    # A federated average that moves the weights by more than this fraction of their
+    # norm is not an average of honest fine-tuning steps: refuse it (keep the old model).
+    max_relative_change: float = 0.5
+    train_niceness: int = 10
+    tick_seconds: float = 0.5
+
+
+@dataclass(frozen=True)
+class ClientEvent:
+    kind: str  # joined, submitted, acked, rejected, applied, result_rejected, error
+    round: int
+    data: dict[str, Any]
+
+
+EventCallback = Callable[[ClientEvent], None]
+TransportFactory = Callable[[Will], Transport]
+
+
+def _lower_thread_priority(niceness: int) -> None:
+    # Linux gives every thread its own nice value (setpriority on the thread id), so the
+    # training job yields to the camera/recognition threads of the same process.
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError, PermissionError) as exc:
+        log.debug("could not lower the training thread's priority: %s", exc)
+
+
+class FederationClient:
+    def __init__(
+        self,
+        config: ClientConfig,
+        transport_factory: TransportFactory,
+        context: FederationContext,
+        signing_key: Ed25519PrivateKey,
+        aggregator_key: Ed25519PublicKey,
+        trainer: LocalTrainer,
+        sink: ModelSink,
+        state_dir: Path,
+        base_vector: np.ndarray,
+        on_event: EventCallback | None = None,
+    ) -> None:
+        require_secret(context)  # a box must be able to decrypt results
+        self.config = config
+        self.context = context
+        self.signing_key = signing_key
+        self.keyring = KeyRing({config.aggregator_id: aggregator_key})
+        self.trainer = trainer
+        self.part = trainer.part
+        self.sink = sink
+        self.on_event = on_event
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.outbox = Outbox(self.state_dir / "outbox")
+        self.models = FederatedModelStore(self.state_dir / "federated")
+        base = np.asarray(base_vector, dtype=np.float32).ravel()
+        if base.size != self.part.size:
+            raise ValueError(f"base vector has {base.size} values, part {self.part.key} has "
+                             f"{self.part.size}")
+        self.version = config.initial_model
+        self.vector = base
+        self._state_path = self.state_dir / "client-state.json"
+        self._last_submitted = self._load_state().get("last_submitted_round", 0)
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._announce: RoundAnnounce | None = None
+        self._wanted: ModelPointer | None = None
+        self._result_filter: str | None = None
+        self._reassembler = Reassembler(max_blob_bytes=512 * 1024 * 1024,
+                                        max_inflight_bytes=512 * 1024 * 1024)
+        self._job: threading.Thread | None = None
+        self._job_round = 0
+        self._pending_sent: dict[str, float] = {}  # msg id -> last send time
+        self._was_connected = False
+        self._connects_seen = 0
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self.counters: dict[str, int] = {}
+        t = topics
+        fed, dev = config.fed_id, config.device_id
+        self._topics = {
+            "announce": t.announce(fed),
+            "ack": t.ack(fed, dev),
+            "latest": t.model_latest(fed),
+            "update": t.update(fed, dev),
+            "status": t.status(fed, dev),
+        }
+        self.transport = transport_factory(Will(self._topics["status"], self._status_payload(
+            "offline"), retain=True))
+
+    # --- lifecycle --------------------------------------------------------------------
+    def start(self) -> None:
+        stored = self.models.load_current()
+        if stored is not None and stored.vector.size == self.part.size:
+            self.version, self.vector = stored.version, stored.vector.astype(np.float32)
+            log.info("resuming on federated model %s (round %d)", stored.version, stored.round_no)
+            self.sink.apply(self.version, self.vector)
+        for pending in self.outbox.pending():
+            log.info("outbox: round %d update %s waiting to be sent", pending.round_no,
+                     pending.msg_id[:12])
+        self.transport.subscribe(self._topics["announce"], self._on_message("announce"))
+        self.transport.subscribe(self._topics["ack"], self._on_message("ack"))
+        self.transport.subscribe(self._topics["latest"], self._on_message("latest"))
+        self._worker = threading.Thread(target=self._run, name="federation-client", daemon=True)
+        self._worker.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Say offline (retained), stop the worker, close the transport. Pending updates
+        stay in the outbox for the next start."""
+        self._stop.set()
+        self._queue.put(("stop", None))
+        if self._worker is not None:
+            self._worker.join(timeout)
+        try:
+            if self.transport.connected:
+                self.transport.publish(self._topics["status"], self._status_payload("offline"),
+                                       retain=True)
+        except FederationError as exc:
+            log.debug("could not publish offline status: %s", exc)
+        self.transport.close()
+
+    # --- delivery thread: decode and queue only ----------------------------------------
+    def _on_message(self, kind: str) -> Callable[[str, bytes], None]:
+        def handler(topic: str, payload: bytes) -> None:
+            if not payload:  # a retained message being deleted
+                return
+            try:
+                env = decode(payload)
+            except FederationError as exc:
+                self._queue.put(("bad", (topic, exc)))
+                return
+            self._queue.put((kind, env))
+
+        return handler
+
+    # --- worker -----------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                kind, item = self._queue.get(timeout=self.config.tick_seconds)
+            except queue.Empty:
+                kind, item = "tick", None
+            if kind == "stop":
+                break
+            try:
+                self._dispatch(kind, item)
+                if kind != "tick":
+                    self._dispatch("tick", None)
+            except FederationError as exc:
+                self._count(exc.reason)
+                log.warning("federation message refused (%s): %s", exc.reason, exc.message)
+            except Exception:  # the worker must survive any one bad message or job
+                self._count("internal")
+                log.exception("federation client: unexpected error handling %s", kind)
+
+    def _dispatch(self, kind: str, item: Any) -> None:
+        if kind == "announce":
+            self._handle_announce(item)
+        elif kind == "ack":
+            self._handle_ack(item)
+        elif kind == "latest":
+            self._handle_pointer(item)
+        elif kind == "result":
+            self._handle_result_chunk(item)
+        elif kind == "job_done":
+            self._handle_job_done(*item)
+        elif kind == "bad":
+            topic, exc = item
+            raise FederationError(exc.reason, f"undecodable message on {topic}: {exc.message}")
+        elif kind == "tick":
+            self._tick()
+
+    def _verify(self, env: Envelope, kind: str) -> None:
+        if env.kind != kind:
+            raise FederationError("malformed", f"expected a {kind} message, got {env.kind}")
+        verify_envelope(env, self.keyring, fed=self.config.fed_id)
+
+    # announce ------------------------------------------------------------------------
+    def _handle_announce(self, env: Envelope) -> None:
+        self._verify(env, "announce")
+        ann = parse_announce(env)
+        if self._announce is not None and ann.round < self._announce.round:
+            return  # an old announce redelivered after a newer one
+        self._announce = ann
+        dropped = self.outbox.remove_rounds_before(ann.round)
+        if dropped:
+            log.info("outbox: dropped %d update(s) of rounds before %d (closed)", dropped,
+                     ann.round)
+        if not ann.open:
+            dropped = self.outbox.remove_rounds_before(ann.round + 1)
+        self._maybe_join()
+
+    def _maybe_join(self) -> None:
+        ann = self._announce
+        if ann is None or not ann.open or ann.round <= self._last_submitted:
+            return
+        if self._job is not None and self._job.is_alive():
+            return
+        if ann.part_key and ann.part_key != self.part.key:
+            if self._count("wrong_part") == 1:
+                log.error("round %d trains part %s but this box has %s: not joining",
+                          ann.round, ann.part_key, self.part.key)
+            return
+        if ann.devices and self.config.device_id not in ann.devices:
+            if self._count("not_listed") == 1:
+                log.warning("round %d does not list this device (%s): not joining; is it "
+                            "registered with the aggregator?", ann.round, self.config.device_id)
+            return
+        if ann.base_model != self.version:
+            log.info("round %d is based on %s, this box has %s: waiting for that result",
+                     ann.round, ann.base_model, self.version)
+            return
+        self._job_round = ann.round
+        self._emit("joined", ann.round, {"base_model": ann.base_model})
+        global_vector = None if self.version == self.config.initial_model else self.vector.copy()
+        self._job = threading.Thread(
+            target=self._train_and_seal, args=(ann, global_vector),
+            name=f"federation-train-r{ann.round}", daemon=True,
+        )
+        self._job.start()
+
+    # training job (own thread, lower priority) ----------------------------------------
+    def _train_and_seal(self, ann: RoundAnnounce, global_vector: np.ndarray | None) -> None:
+        _lower_thread_priority(self.config.train_niceness)
+        try:
+            update = self.trainer.local_update(global_vector, ann.round)
+            vector = np.asarray(update.vector, dtype=np.float32).ravel()
+            if vector.size != self.part.size or not np.all(np.isfinite(vector)):
+                raise ValueError(f"trainer returned {vector.size} values (finite: "
+                                 f"{bool(np.all(np.isfinite(vector)))}); expected "
+                                 f"{self.part.size} finite values")
+            t0 = time.perf_counter()
+            encrypted = encrypt_update(self.context, vector, int(update.n_samples),
+                                       count_scale=ann.count_scale)
+            blob = encrypted.to_bytes()
+            encrypt_s = time.perf_counter() - t0
+            envelopes = split_blob(
+                blob, self.signing_key, kind="update", fed=self.config.fed_id,
+                sender=self.config.device_id, round=ann.round, model=ann.base_model,
+                chunk_size=ann.chunk_size,
+            )
+            chunks = [encode(e) for e in envelopes]
+            pending = self.outbox.put(ann.round, ann.base_model, envelopes[0].msg, chunks)
+            stats = {"n_samples": int(update.n_samples), "train_s": float(update.seconds),
+                     "encrypt_s": encrypt_s, "bytes": pending.size, "chunks": len(chunks),
+                     "vector": vector}
+            self._queue.put(("job_done", (ann.round, pending, stats, None)))
+        except Exception as exc:  # reported by the worker; the next announce retries
+            self._queue.put(("job_done", (ann.round, None, {}, exc)))
+
+    def _handle_job_done(self, round_no: int, pending: PendingUpdate | None,
+                         stats: dict[str, Any], error: Exception | None) -> None:
+        if error is not None or pending is None:
+            self._count("train_failed")
+            log.error("round %d: local update failed: %s", round_no, error)
+            self._emit("error", round_no, {"error": str(error)})
+            return
+        self._last_submitted = max(self._last_submitted, round_no)
+        self._save_state()
+        self._emit("submitted", round_no, stats)
+        log.info("round %d: update %s sealed (%d samples, %d bytes in %d chunks, encrypt "
+                 "%.2f s)", round_no, pending.msg_id[:12], stats["n_samples"], stats["bytes"],
+                 stats["chunks"], stats["encrypt_s"])
+        self._send(pending)
+
+    # outbox --------------------------------------------------------------------------
+    def _send(self, pending: PendingUpdate) -> None:
+        try:
+            for chunk in pending.chunks:
+                self.transport.publish(self._topics["update"], chunk)
+        except FederationError as exc:
+            log.warning("round %d: sending update %s failed (%s); it stays in the outbox",
+                        pending.round_no, pending.msg_id[:12], exc.message)
+            self._pending_sent[pending.msg_id] = 0.0
+            return
+        self._pending_sent[pending.msg_id] = time.monotonic()
+
+    def _tick(self) -> None:
+        connected = self.transport.connected
+        connects = int(getattr(self.transport, "connects", 0))
+        reconnected = connected and (not self._was_connected or connects != self._connects_seen)
+        self._was_connected, self._connects_seen = connected, connects
+        if reconnected:
+            self._publish_status()
+            if self._wanted is not None and self._result_filter is not None:
+                # A subscription made while offline is not re-sent when the broker kept
+                # the session; subscribing again also re-delivers the retained chunks.
+                self.transport.subscribe(self._result_filter, self._on_message("result"))
+        if not connected:
+            return
+        now = time.monotonic()
+        for pending in self.outbox.pending():
+            last = self._pending_sent.get(pending.msg_id)
+            if last is None or reconnected or now - last >= self.config.retry_seconds:
+                if last is not None:
+                    self._count("resent")
+                    log.info("round %d: re-sending update %s from the outbox",
+                             pending.round_no, pending.msg_id[:12])
+                self._send(pending)
+
+    # ack -----------------------------------------------------------------------------
+    def _handle_ack(self, env: Envelope) -> None:
+        self._verify(env, "ack")
+        ack = parse_ack(env)
+        if ack.msg is None or ack.round is None:
+            return
+        if ack.accepted:
+            self.outbox.remove(ack.round, ack.msg)
+            self._pending_sent.pop(ack.msg, None)
+            self._emit("acked", ack.round, {"msg": ack.msg})
+            log.info("round %d: update %s accepted", ack.round, ack.msg[:12])
+            return
+        reason = ack.reason or "unknown"
+        self._count(f"rejected_{reason}")
+        if reason in TERMINAL_REJECTIONS:
+            if self.outbox.remove(ack.round, ack.msg):
+                log.warning("round %d: update %s rejected (%s: %s); dropped from the outbox",
+                            ack.round, ack.msg[:12], reason, ack.detail)
+            self._pending_sent.pop(ack.msg, None)
+        else:
+            log.warning("round %d: update %s not taken (%s: %s); will resend", ack.round,
+                        ack.msg[:12], reason, ack.detail)
+        self._emit("rejected", ack.round, {"msg": ack.msg, "reason": reason,
+                                           "detail": ack.detail})
+
+    # results -------------------------------------------------------------------------
+    def _handle_pointer(self, env: Envelope) -> None:
+        self._verify(env, "result")
+        pointer = parse_pointer(env)
+        self.outbox.remove_rounds_before(pointer.round + 1)
+        if pointer.model == self.version:
+            return
+        if self._wanted is not None and self._wanted.msg == pointer.msg:
+            return
+        self._wanted = pointer
+        new_filter = topics.result_filter(self.config.fed_id, pointer.round)
+        if self._result_filter and self._result_filter != new_filter:
+            self.transport.unsubscribe(self._result_filter)
+        self._result_filter = new_filter
+        log.info("fetching result of round %d (model %s, %d bytes in %d chunks)",
+                 pointer.round, pointer.model, pointer.blob_size, pointer.chunks)
+        self.transport.subscribe(new_filter, self._on_message("result"))
+
+    def _handle_result_chunk(self, env: Envelope) -> None:
+        wanted = self._wanted
+        if wanted is None or env.msg != wanted.msg:
+            return
+        self._verify(env, "result")
+        if env.blob_sha256 != wanted.blob_sha256 or env.model != wanted.model:
+            raise FederationError("integrity", "result chunk disagrees with the model pointer")
+        blob = self._reassembler.add(env)
+        if blob is None:
+            return
+        if self._result_filter:
+            self.transport.unsubscribe(self._result_filter)
+            self._result_filter = None
+        self._wanted = None
+        try:
+            self._apply_result(wanted, blob)
+        except FederationError as exc:
+            self._count("result_rejected")
+            log.error("result of round %d NOT applied (%s): %s; keeping model %s",
+                      wanted.round, exc.reason, exc.message, self.version)
+            self._emit("result_rejected", wanted.round, {"reason": exc.reason,
+                                                         "detail": exc.message})
+
+    def _apply_result(self, pointer: ModelPointer, blob: bytes) -> None:
+        t0 = time.perf_counter()
+        summed = EncryptedUpdate.from_bytes(blob, self.context)
+        average = decrypt_average(self.context, summed)
+        decrypt_s = time.perf_counter() - t0
+        self._validate(average, pointer)
+        self.models.save(pointer.model, pointer.round, average)
+        t1 = time.perf_counter()
+        self.sink.apply(pointer.model, average)
+        swap_s = time.perf_counter() - t1
+        previous = self.version
+        self.version, self.vector = pointer.model, average
+        log.info("applied federated model %s (round %d, %d update(s)); was %s", pointer.model,
+                 pointer.round, summed.n_updates, previous)
+        self._publish_status()
+        self._emit("applied", pointer.round, {
+            "model": pointer.model, "previous": previous, "updates": summed.n_updates,
+            "decrypt_s": decrypt_s, "swap_s": swap_s, "bytes": len(blob), "vector": average,
+        })
+        self._maybe_join()
+
+    def _validate(self, average: np.ndarray, pointer: ModelPointer) -> None:
+        if average.size != self.part.size:
+            raise ResultRejected("malformed", f"result has {average.size} values, part "
+                                 f"{self.part.key} has {self.part.size}")
+        if not np.all(np.isfinite(average)):
+            raise ResultRejected("out_of_range", "result holds NaN or infinite values")
+        base_norm = float(np.linalg.norm(self.vector))
+        change = float(np.linalg.norm(average - self.vector)) / max(base_norm, 1e-12)
+        if change > self.config.max_relative_change:
+            raise ResultRejected(
+                "out_of_range", f"result moves the weights by {change:.1%} of their norm "
+                f"(limit {self.config.max_relative_change:.0%}): not a plausible average")
+
+    # status --------------------------------------------------------------------------
+    def _status_payload(self, state: str) -> bytes:
+        body = json.dumps({"state": state, "device": self.config.device_id,
+                           "model": getattr(self, "version", ""), "ts": time.time()},
+                          sort_keys=True).encode()
+        (env,) = split_blob(body, self.signing_key, kind="status", fed=self.config.fed_id,
+                            sender=self.config.device_id, round=self._last_submitted
+                            if hasattr(self, "_last_submitted") else 0,
+                            model=getattr(self, "version", ""), chunk_size=max(1, len(body)))
+        return encode(env)
+
+    def _publish_status(self) -> None:
+        try:
+            self.transport.publish(self._topics["status"], self._status_payload("online"),
+                                   retain=True)
+        except FederationError as exc:
+            log.debug("status not published: %s", exc.message)
+
+    # helpers -------------------------------------------------------------------------
+    def _emit(self, kind: str, round_no: int, data: dict[str, Any]) -> None:
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(ClientEvent(kind, round_no, data))
+        except Exception:
+            log.exception("federation event callback failed")
+
+    def _count(self, key: str) -> int:
+        self.counters[key] = self.counters.get(key, 0) + 1
+        return self.counters[key]
+
+    def _load_state(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self._state_path.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError:
+            log.warning("%s is corrupt; starting with an empty client state", self._state_path)
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _save_state(self) -> None:
+        atomic_write(self._state_path, json.dumps(
+            {"last_submitted_round": self._last_submitted}).encode())
+
+    @property
+    def pending_updates(self) -> int:
+        return len(self.outbox.pending())
