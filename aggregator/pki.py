@@ -455,3 +455,14 @@ def verify_chain(ca_cert_pem: bytes, cert_pem: bytes) -> x509.Certificate:
     except (ValueError, TypeError, InvalidSignature) as e:
         raise PkiError(f"certificate was not issued by this CA: {e}") from None
     return cert
+
+
+def crl_days_left(ca: CertificateAuthority) -> float:
+    """Days until the CRL's nextUpdate (negative: expired, every client is refused)."""
+    if not ca.crl_path.exists():
+        raise PkiError(f"{ca.crl_path} missing: run renew_crl (crl-renew) to create it")
+    crl = x509.load_pem_x509_crl(ca.crl_path.read_bytes())
+    next_update = crl.next_update_utc
+    if next_update is None:
+        return float("inf")
+    return (next_update - _now()).total_seconds() / 86400
