@@ -1,0 +1,266 @@
+"""Bad updates are rejected with a counted reason and the aggregator keeps serving;
+deadlines, restarts and a full disk, over the in-memory transport with real CKKS."""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aggregator.coordinator import RoundSettings
+from aggregator.store import Store
+from federation.ckks import FederationContext, new_secret_context
+from federation.envelope import encode
+from federation.packing import plain_weighted_average
+from federation.signing import generate_signing_key
+from federation.transport import InMemoryTransport
+from tests.aggregator_boxes import ScriptedBox, collect_result, decrypt_result, latest_announce
+from tests.test_aggregator_rounds import COUNT_SCALE, FED, Rig, make_rig
+
+LENGTH = 2500
+
+
+@pytest.fixture(scope="module")
+def secret_ctx() -> FederationContext:
+    return new_secret_context()
+
+
+@pytest.fixture
+def rig(tmp_path: Path, secret_ctx: FederationContext) -> Iterator[Rig]:
+    r = make_rig(tmp_path, secret_ctx, n_boxes=3)
+    yield r
+    r.store.close()
+
+
+def _vec(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, 0.3, LENGTH).astype(np.float32)
+
+
+def _send_valid(rig: Rig, box: ScriptedBox, vec: np.ndarray, n: int) -> dict:
+    ann = latest_announce(rig.bus.retained, FED)
+    blob = box.encrypted_blob(vec, n, COUNT_SCALE)
+    box.send(box.envelopes(blob, ann["round"], ann["base_model"]))
+    rig.service.pump()
+    return box.acks[-1]
+
+
+def _reject(rig: Rig, box: ScriptedBox, send: Callable[[], None]) -> dict:
+    before = len(box.acks)
+    send()
+    rig.service.pump()
+    assert len(box.acks) == before + 1, "exactly one ack per bad update"
+    ack = box.acks[-1]
+    assert ack["accepted"] is False
+    return ack
+
+
+def test_each_bad_update_is_rejected_counted_and_a_valid_one_follows(rig: Rig) -> None:
+    box, other, third = rig.boxes
+    ann = latest_announce(rig.bus.retained, FED)
+    r, base = ann["round"], ann["base_model"]
+    good_blob = box.encrypted_blob(_vec(1), 100, COUNT_SCALE)
+    truncated = encode(box.envelopes(good_blob, r, base, chunk_size=4096)[0])[:-100]
+    reasons = {}
+
+    # truncated chunk: the signed header promises bytes that are not there
+    reasons["truncated"] = _reject(rig, box, lambda: box.send_raw(truncated))
+    # wrong signature: signed by a key that is not the registered one
+    reasons["bad_sig"] = _reject(
+        rig, box, lambda: box.send(box.envelopes(good_blob, r, base, key=generate_signing_key()))
+    )
+    # garbage bytes
+    reasons["garbage"] = _reject(rig, box, lambda: box.send_raw(b"\x00garbage" * 50))
+    # wrong federation id (validly signed)
+    reasons["wrong_fed"] = _reject(
+        rig, box, lambda: box.send(box.envelopes(good_blob, r, base, fed="otherfed"))
+    )
+    # oversized: the header announces a blob above the limit
+    rig.service.spool.max_blob_bytes = len(good_blob) - 1
+    reasons["oversized"] = _reject(rig, box, lambda: box.send(box.envelopes(good_blob, r, base)))
+    rig.service.spool.max_blob_bytes = 1 << 30
+    # stale model version
+    reasons["stale"] = _reject(
+        rig, box, lambda: box.send(box.envelopes(good_blob, r, "some-old-model"))
+    )
+    # garbage inside a correctly signed, intact envelope: not a CKKS update
+    reasons["not_ckks"] = _reject(rig, box, lambda: box.send(box.envelopes(b"x" * 5000, r, base)))
+    # unknown device: a box the registry never saw, on its own topic
+    stranger = ScriptedBox("stranger", FED, box.secret, InMemoryTransport(rig.bus, "stranger"))
+    reasons["unknown"] = _reject(
+        rig, stranger, lambda: stranger.send(stranger.envelopes(good_blob, r, base))
+    )
+
+    assert reasons["truncated"]["reason"] in ("integrity", "malformed")
+    assert reasons["bad_sig"]["reason"] == "bad_signature"
+    assert reasons["garbage"]["reason"] == "malformed"
+    assert reasons["wrong_fed"]["reason"] == "wrong_federation"
+    assert reasons["oversized"]["reason"] == "oversized"
+    assert reasons["stale"]["reason"] == "stale_version"
+    assert reasons["not_ckks"]["reason"] == "malformed"
+    assert reasons["unknown"]["reason"] == "unknown_device"
+
+    # after all that, the genuine update (fresh msg id) is accepted
+    box.send(box.envelopes(good_blob, r, base))
+    rig.service.pump()
+    assert box.acks[-1]["accepted"] is True
+    # duplicate: a second update of the same box in the same round
+    dup = _reject(rig, box, lambda: box.send(box.envelopes(good_blob, r, base)))
+    assert dup["reason"] == "duplicate"
+
+    counters = rig.store.counters()
+    for reason in ("bad_signature", "malformed", "wrong_federation", "oversized",
+                   "stale_version", "unknown_device", "duplicate"):
+        assert counters.get(f"rejected.{reason}", 0) >= 1, (reason, counters)
+    assert counters["accepted"] == 1
+
+    # the round closes; a fresh update for the closed round is late
+    assert _send_valid(rig, other, _vec(2), 150)["accepted"]
+    assert _send_valid(rig, third, _vec(3), 170)["accepted"]
+    assert latest_announce(rig.bus.retained, FED)["round"] == r + 1
+    late = _reject(rig, box, lambda: box.send(box.envelopes(good_blob, r, base)))
+    assert late["reason"] == "late"
+    assert rig.store.counters()["rejected.late"] == 1
+
+
+def test_replay_of_an_accepted_update_from_an_earlier_round(rig: Rig) -> None:
+    box, other, third = rig.boxes
+    ann = latest_announce(rig.bus.retained, FED)
+    blob = box.encrypted_blob(_vec(4), 90, COUNT_SCALE)
+    envs = box.envelopes(blob, ann["round"], ann["base_model"])
+    box.send(envs)
+    rig.service.pump()
+    assert box.acks[-1]["accepted"]
+    assert _send_valid(rig, other, _vec(5), 90)["accepted"]
+    assert _send_valid(rig, third, _vec(6), 90)["accepted"]
+    assert latest_announce(rig.bus.retained, FED)["round"] == ann["round"] + 1
+    # an attacker (or a confused broker) re-publishes the captured round-1 chunks
+    rig.service._finished_msgs.clear()  # not relying on the in-memory redelivery filter
+    ack = _reject(rig, box, lambda: box.send(envs))
+    assert ack["reason"] == "replay"
+    # and the service keeps serving round 2
+    assert _send_valid(rig, box, _vec(7), 90)["accepted"]
+    assert rig.store.counters()["rejected.replay"] == 1
+
+
+def test_deadline_closes_with_quorum_when_a_box_is_silent(
+    tmp_path: Path, secret_ctx: FederationContext
+) -> None:
+    rig = make_rig(tmp_path, secret_ctx, n_boxes=4,
+                   settings=RoundSettings(deadline_seconds=60, quorum=3, count_scale=COUNT_SCALE))
+    vecs, counts = [_vec(10 + i) for i in range(3)], [100, 200, 300]
+    for box, vec, n in zip(rig.boxes[:3], vecs, counts, strict=True):
+        assert _send_valid(rig, box, vec, n)["accepted"]
+    rig.clock[0] += 59
+    rig.service.pump()
+    assert latest_announce(rig.bus.retained, FED)["round"] == 1  # still collecting
+    rig.clock[0] += 2
+    rig.service.pump()
+    assert latest_announce(rig.bus.retained, FED)["round"] == 2
+    pointer, blob = collect_result(rig.bus.retained, FED)
+    assert pointer["contributors"] == 3
+    got = decrypt_result(secret_ctx, blob)
+    assert np.max(np.abs(got - plain_weighted_average(vecs, counts))) < 1e-5
+    assert "deadline with quorum" in (rig.store.get_round(1).close_reason or "")  # type: ignore[union-attr]
+    rig.store.close()
+
+
+def test_deadline_without_quorum_extends_then_fails_and_reopens(
+    tmp_path: Path, secret_ctx: FederationContext
+) -> None:
+    settings = RoundSettings(deadline_seconds=10, quorum=2, count_scale=COUNT_SCALE,
+                             max_extensions=1)
+    rig = make_rig(tmp_path, secret_ctx, n_boxes=3, settings=settings)
+    assert _send_valid(rig, rig.boxes[0], _vec(20), 100)["accepted"]
+    first_deadline = latest_announce(rig.bus.retained, FED)["deadline"]
+    rig.clock[0] += 11
+    rig.service.pump()
+    ann = latest_announce(rig.bus.retained, FED)
+    assert ann["round"] == 1 and ann["deadline"] == first_deadline + 10  # extended
+    rig.clock[0] += 10
+    rig.service.pump()
+    ann = latest_announce(rig.bus.retained, FED)
+    assert ann["round"] == 2 and ann["base_model"] == "base"  # failed, reopened on same base
+    assert rig.store.get_round(1).status == "failed"  # type: ignore[union-attr]
+    assert rig.store.counters()["rejected.round_failed"] == 1
+    rig.store.close()
+
+
+def test_restart_resumes_the_open_round_with_every_accepted_update(
+    tmp_path: Path, secret_ctx: FederationContext
+) -> None:
+    rig = make_rig(tmp_path, secret_ctx, n_boxes=3)
+    settings = rig.service.settings
+    vecs, counts = [_vec(30 + i) for i in range(3)], [120, 80, 260]
+    for box, vec, n in zip(rig.boxes[:2], vecs[:2], counts[:2], strict=True):
+        assert _send_valid(rig, box, vec, n)["accepted"]
+    # "crash": drop the service without any shutdown and start a new one on the state dir
+    rig.service.transport.close()
+    service = rig.reopen(settings, secret_ctx.public())
+    assert service.coordinator.current is not None
+    assert service.coordinator.current.contributions == 2
+    # a resend by an already-counted box is a duplicate, not a double count
+    ack = _send_valid(rig, rig.boxes[0], vecs[0], counts[0])
+    assert ack["reason"] == "duplicate"
+    assert _send_valid(rig, rig.boxes[2], vecs[2], counts[2])["accepted"]
+    pointer, blob = collect_result(rig.bus.retained, FED)
+    assert pointer["round"] == 1 and pointer["contributors"] == 3
+    got = decrypt_result(secret_ctx, blob)
+    assert np.max(np.abs(got - plain_weighted_average(vecs, counts))) < 1e-5
+    rig.store.close()
+
+
+def test_disk_full_rejects_that_update_cleanly_and_keeps_serving(
+    rig: Rig, secret_ctx: FederationContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vecs, counts = [_vec(40 + i) for i in range(3)], [100, 110, 120]
+    assert _send_valid(rig, rig.boxes[0], vecs[0], counts[0])["accepted"]
+    store = rig.store
+    real_write = Store.write_blob
+
+    def full_disk(self: Store, name: str, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Store, "write_blob", full_disk)
+    ack = _send_valid(rig, rig.boxes[1], vecs[1], counts[1])
+    assert ack["accepted"] is False and ack["reason"] == "unavailable"
+    assert "disk full" in ack["detail"]
+    assert store.get_round(1).contributions == 1  # type: ignore[union-attr]
+    monkeypatch.setattr(Store, "write_blob", real_write)
+    # the box resends after the operator freed space: accepted, and nothing double counted
+    assert _send_valid(rig, rig.boxes[1], vecs[1], counts[1])["accepted"]
+    assert _send_valid(rig, rig.boxes[2], vecs[2], counts[2])["accepted"]
+    _, blob = collect_result(rig.bus.retained, FED)
+    got = decrypt_result(secret_ctx, blob)
+    assert np.max(np.abs(got - plain_weighted_average(vecs, counts))) < 1e-5
+
+
+def test_restart_after_an_interrupted_blob_write_uses_the_committed_sum(
+    tmp_path: Path, secret_ctx: FederationContext
+) -> None:
+    rig = make_rig(tmp_path, secret_ctx, n_boxes=3)
+    vecs, counts = [_vec(50 + i) for i in range(3)], [100, 200, 300]
+    assert _send_valid(rig, rig.boxes[0], vecs[0], counts[0])["accepted"]
+    # a crash after the next sum blob was renamed into place but before the db commit:
+    # simulate it with an orphan blob of the next sequence number holding junk
+    (rig.store.blob_dir / "round-1-sum-2.bin").write_bytes(b"junk from a torn step")
+    rig.service.transport.close()
+    rig.reopen(rig.service.settings, secret_ctx.public())
+    assert not (rig.store.blob_dir / "round-1-sum-2.bin").exists()
+    for box, vec, n in zip(rig.boxes[1:], vecs[1:], counts[1:], strict=True):
+        assert _send_valid(rig, box, vec, n)["accepted"]
+    _, blob = collect_result(rig.bus.retained, FED)
+    got = decrypt_result(secret_ctx, blob)
+    assert np.max(np.abs(got - plain_weighted_average(vecs, counts))) < 1e-5
+    rig.store.close()
+
+
+def test_revoked_device_is_refused(rig: Rig) -> None:
+    from aggregator.registry import DeviceRegistry
+
+    DeviceRegistry(rig.store).revoke(rig.boxes[0].device_id)
+    rig.service.pump()  # the service refreshes its key snapshot every pump
+    ack = _send_valid(rig, rig.boxes[0], _vec(60), 100)
+    assert ack["accepted"] is False and ack["reason"] == "unknown_device"
