@@ -28,12 +28,12 @@ LENGTH = 30_000
 
 
 @pytest.fixture(scope="module")
-def secret():  # type: ignore[no-untyped-def]
+def secret():
     return new_secret_context()
 
 
 @pytest.fixture(scope="module")
-def public(secret):  # type: ignore[no-untyped-def]
+def public(secret):
     return load_context(public_context_bytes(secret))
 
 
@@ -47,7 +47,7 @@ def realistic_update(seed: int, length: int = LENGTH) -> np.ndarray:
     return w.astype(np.float32)
 
 
-def test_encrypted_fedavg_matches_plain_weighted_average(secret, public) -> None:  # type: ignore[no-untyped-def]
+def test_encrypted_fedavg_matches_plain_weighted_average(secret, public) -> None:
     vectors = [realistic_update(s) for s in range(4)]
     counts = [312, 97, 450, 1200]
     total = StreamingSum(public, LENGTH)
@@ -61,17 +61,17 @@ def test_encrypted_fedavg_matches_plain_weighted_average(secret, public) -> None
     oracle = plain_weighted_average(vectors, counts)
     assert avg.dtype == np.float32 and avg.shape == (LENGTH,)
     assert np.max(np.abs(avg - oracle)) < 1e-5
-    weighted, count = decrypt_sums(secret, EncryptedUpdate.from_bytes(wire))
+    _weighted, count = decrypt_sums(secret, EncryptedUpdate.from_bytes(wire))
     assert count * 64 == pytest.approx(sum(counts), rel=1e-6)
 
 
-def test_wire_size_per_value(secret) -> None:  # type: ignore[no-untyped-def]
+def test_wire_size_per_value(secret) -> None:
     upd = encrypt_update(secret, realistic_update(9, 20_479), 100)
     assert len(upd.ciphertexts) == 10  # count rides in the last slot, no extra ciphertext
     assert len(upd.to_bytes()) / 20_479 <= 24.0
 
 
-def test_public_context_cannot_decrypt_and_secret_is_refused(secret, public) -> None:  # type: ignore[no-untyped-def]
+def test_public_context_cannot_decrypt_and_secret_is_refused(secret, public) -> None:
     assert not public.is_private and secret.is_private
     require_public_only(public)
     with pytest.raises(FederationError) as exc:
@@ -90,13 +90,13 @@ def test_public_context_cannot_decrypt_and_secret_is_refused(secret, public) -> 
     assert len(public_context_bytes(secret)) < len(secret_context_bytes(secret)) / 10
 
 
-def test_aggregator_cannot_encrypt_with_symmetric_public_context(public) -> None:  # type: ignore[no-untyped-def]
+def test_aggregator_cannot_encrypt_with_symmetric_public_context(public) -> None:
     with pytest.raises(FederationError) as exc:
         encrypt_update(public, np.ones(10, np.float32), 1)
     assert exc.value.reason == "cannot_encrypt"
 
 
-def test_other_federation_key_is_detected(secret, public) -> None:  # type: ignore[no-untyped-def]
+def test_other_federation_key_is_detected(secret, public) -> None:
     stranger = new_secret_context()
     upd = encrypt_update(stranger, realistic_update(2, 1000), 50)
     with pytest.raises(FederationError) as exc:
@@ -107,7 +107,7 @@ def test_other_federation_key_is_detected(secret, public) -> None:  # type: igno
     assert exc.value.reason == "wrong_key"
 
 
-def test_bad_update_leaves_running_sum_intact(secret, public) -> None:  # type: ignore[no-untyped-def]
+def test_bad_update_leaves_running_sum_intact(secret, public) -> None:
     a, b = realistic_update(3, 5000), realistic_update(4, 5000)
     s = StreamingSum(public, 5000)
     s.add(encrypt_update(secret, a, 100))
@@ -140,14 +140,14 @@ def test_bad_update_leaves_running_sum_intact(secret, public) -> None:  # type: 
         lambda d: d[:44] + (2**31).to_bytes(4, "big") + d[48:],  # ciphertext length
     ],
 )
-def test_malformed_update_bytes(secret, mutate) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_update_bytes(secret, mutate) -> None:
     data = encrypt_update(secret, realistic_update(6, 3000), 20).to_bytes()
     with pytest.raises(FederationError) as exc:
         EncryptedUpdate.from_bytes(mutate(data), secret)
     assert exc.value.reason == "malformed"
 
 
-def test_out_of_range_update_is_refused(secret) -> None:  # type: ignore[no-untyped-def]
+def test_out_of_range_update_is_refused(secret) -> None:
     with pytest.raises(FederationError) as exc:
         encrypt_update(secret, np.full(10, 10.0, np.float32), 2000)
     assert exc.value.reason == "out_of_range"
@@ -158,7 +158,7 @@ def test_out_of_range_update_is_refused(secret) -> None:  # type: ignore[no-unty
         encrypt_update(secret, np.ones(3, np.float32), 0)
 
 
-def test_no_native_output_reaches_stdout(secret, public, capfd) -> None:  # type: ignore[no-untyped-def]
+def test_no_native_output_reaches_stdout(secret, public, capfd) -> None:
     s = StreamingSum(public, 10_000)
     for seed in range(2):
         s.add(encrypt_update(secret, realistic_update(seed, 10_000), 10))
@@ -167,7 +167,7 @@ def test_no_native_output_reaches_stdout(secret, public, capfd) -> None:  # type
     assert out == "" and err == ""
 
 
-def test_params_validation_and_container_round_trip(secret) -> None:  # type: ignore[no-untyped-def]
+def test_params_validation_and_container_round_trip(secret) -> None:
     with pytest.raises(ValueError):
         CkksParams(poly_modulus_degree=3000)
     with pytest.raises(ValueError):

@@ -72,7 +72,7 @@ def _rebuild(env: Envelope, header: dict[str, object]) -> bytes:
         lambda w: MAGIC + struct.pack(">I", 3) + b"\xff\xfe{",  # not UTF-8
     ],
 )
-def test_malformed_bytes(mutate) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_bytes(mutate) -> None:
     assert reason(mutate(encode(make()))) == "malformed"
 
 

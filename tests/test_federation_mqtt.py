@@ -1,0 +1,157 @@
+"""MqttTransport against a real Mosquitto (started by the conftest fixtures)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import time
+
+import pytest
+
+from federation import topics
+from federation.chunking import Reassembler, split_blob
+from federation.envelope import decode, encode, verify_envelope
+from federation.errors import TransportError
+from federation.mqtt import MqttTransport
+from federation.signing import KeyRing, generate_signing_key
+
+pytestmark = pytest.mark.mosquitto
+FED = "fed-t"
+
+
+def connect(url: str, client_id: str, **kw: object) -> MqttTransport:
+    t = MqttTransport(url, client_id, **kw)  # type: ignore[arg-type]
+    assert t.wait_connected(10), f"{client_id} did not connect to {url}"
+    return t
+
+
+def collect(t: MqttTransport, topic_filter: str) -> queue.Queue[tuple[str, bytes]]:
+    q: queue.Queue[tuple[str, bytes]] = queue.Queue()
+    t.subscribe(topic_filter, lambda topic, payload: q.put((topic, payload)))
+    return q
+
+
+def settle_subscription(pub: MqttTransport, sub_q: queue.Queue[tuple[str, bytes]],
+                        topic: str) -> None:
+    """Publish probes until one arrives: the SUBACK has certainly been processed."""
+    for _ in range(50):
+        pub.publish(topic, b"probe")
+        try:
+            while sub_q.get(timeout=0.2)[1] != b"probe":
+                pass
+            break
+        except queue.Empty:
+            continue
+    while not sub_q.empty():
+        sub_q.get_nowait()
+
+
+def test_multi_chunk_blob_over_mosquitto(mosquitto) -> None:
+    key = generate_signing_key()
+    ring = KeyRing({"box-1": key.public_key()})
+    agg = connect(mosquitto.url, "agg")
+    box = connect(mosquitto.url, "box-1")
+    try:
+        q = collect(agg, topics.update_filter(FED))
+        settle_subscription(box, q, topics.update(FED, "box-1"))
+        blob = os.urandom(3 * 256 * 1024 + 123)
+        envs = split_blob(blob, key, kind="update", fed=FED, sender="box-1", round=1, model="m0")
+        assert len(envs) == 4
+        for env in envs:
+            box.publish(topics.update(FED, "box-1"), encode(env), wait_timeout=10)
+        r = Reassembler()
+        out = None
+        for _ in envs:
+            topic, payload = q.get(timeout=10)
+            env = decode(payload)
+            verify_envelope(env, ring, fed=FED)
+            assert topics.parse(topic).device == env.sender
+            out = r.add(env) or out
+        assert out == blob
+    finally:
+        box.close()
+        agg.close()
+
+
+def test_retained_message_reaches_late_subscriber(mosquitto) -> None:
+    agg = connect(mosquitto.url, "agg")
+    agg.publish(topics.announce(FED), b"round 5", retain=True, wait_timeout=10)
+    late = connect(mosquitto.url, "late-box", clean_start=True)
+    try:
+        q = collect(late, topics.announce(FED))
+        assert q.get(timeout=10) == (topics.announce(FED), b"round 5")
+        agg.publish(topics.announce(FED), b"", retain=True, wait_timeout=10)  # delete
+        fresh = connect(mosquitto.url, "fresh-box", clean_start=True)
+        q2 = collect(fresh, topics.announce(FED))
+        with pytest.raises(queue.Empty):
+            q2.get(timeout=1.0)
+        fresh.close()
+    finally:
+        late.close()
+        agg.close()
+
+
+def test_reconnects_and_resubscribes_after_broker_restart(mosquitto) -> None:
+    agg = connect(mosquitto.url, "agg", reconnect_max_delay=2)
+    box = connect(mosquitto.url, "box-1", reconnect_max_delay=2)
+    try:
+        q = collect(agg, topics.update_filter(FED))
+        settle_subscription(box, q, topics.update(FED, "box-1"))
+        connects = agg.connects
+        mosquitto.restart()
+        deadline = time.monotonic() + 20
+        while (agg.connects == connects or not box.connected) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert agg.connected and box.connected and agg.connects > connects
+        box.publish(topics.update(FED, "box-1"), b"after restart", wait_timeout=10)
+        assert q.get(timeout=10) == (topics.update(FED, "box-1"), b"after restart")
+    finally:
+        box.close()
+        agg.close()
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_persistent_session_gets_messages_sent_while_offline(mosquitto, protocol) -> None:
+    box = connect(mosquitto.url, "box-7", protocol=protocol)
+    agg = connect(mosquitto.url, "agg", protocol=protocol)
+    q = collect(box, topics.ack(FED, "box-7"))
+    settle_subscription(agg, q, topics.ack(FED, "box-7"))
+    box.close()
+    for i in range(3):
+        agg.publish(topics.ack(FED, "box-7"), f"ack {i}".encode(), wait_timeout=10)
+    back = MqttTransport(mosquitto.url, "box-7", protocol=protocol)
+    q2: queue.Queue[tuple[str, bytes]] = queue.Queue()
+    # Handler registered before the connection completes: queued messages are
+    # dispatched to it as soon as the broker resumes the session.
+    back.subscribe(topics.ack(FED, "box-7"), lambda t, p: q2.put((t, p)))
+    try:
+        assert back.wait_connected(10)
+        got = sorted(q2.get(timeout=10)[1] for _ in range(3))
+        assert got == [b"ack 0", b"ack 1", b"ack 2"]
+    finally:
+        back.close()
+        agg.close()
+
+
+def test_offline_publish_behaviour(mosquitto_factory) -> None:
+    broker = mosquitto_factory()
+    strict = connect(broker.url, "strict", offline_queue=False, reconnect_max_delay=1)
+    queued = connect(broker.url, "queued", reconnect_max_delay=1)
+    try:
+        broker.stop()
+        deadline = time.monotonic() + 10
+        while (strict.connected or queued.connected) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(TransportError) as exc:
+            strict.publish(topics.status(FED, "strict"), b"x")
+        assert exc.value.reason == "not_connected"
+        queued.publish(topics.announce(FED), b"sent later", retain=True)  # kept in memory
+        broker.start()
+        assert queued.wait_connected(15)
+        reader = connect(broker.url, "reader", clean_start=True)
+        q = collect(reader, topics.announce(FED))
+        assert q.get(timeout=10) == (topics.announce(FED), b"sent later")
+        reader.close()
+    finally:
+        strict.close()
+        queued.close()
