@@ -16,6 +16,7 @@ backlog costs disk, not memory.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import queue
@@ -46,7 +47,13 @@ from federation import topics
 from federation.chunking import split_blob
 from federation.ckks import FederationContext, require_public_only
 from federation.envelope import Envelope, decode, encode
-from federation.errors import MALFORMED, UNKNOWN_DEVICE, WRONG_FEDERATION, FederationError
+from federation.errors import (
+    MALFORMED,
+    UNKNOWN_DEVICE,
+    WRONG_FEDERATION,
+    FederationError,
+    TransportError,
+)
 from federation.signing import verify
 from federation.transport import Transport
 
@@ -54,6 +61,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BLOB_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_SPOOL_BYTES = 8 * 1024 * 1024 * 1024
+CONFIRM_TIMEOUT = 60.0  # seconds to wait for the broker's PUBACK of a result pointer
 _FINISHED_MEMORY = 4096  # (device, msg) pairs whose late chunks are dropped silently
 
 
@@ -118,6 +126,8 @@ class AggregatorService:
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._finished_msgs: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._last_announce: dict[str, Any] | None = None
+        self._unpublished: list[ResultReady] = []
+        self._can_confirm = "wait_timeout" in inspect.signature(transport.publish).parameters
 
     # --- start / loop -----------------------------------------------------------------
     def start(self) -> None:
@@ -140,6 +150,7 @@ class AggregatorService:
         except queue.Empty:
             pass
         self.refresh_keys()
+        self._retry_unpublished()
         self._handle(self.coordinator.tick())
         return n
 
@@ -262,7 +273,14 @@ class AggregatorService:
             log.warning("cannot ack %s: %s", device, exc)
 
     def _publish_json(
-        self, topic: str, kind: str, body: dict[str, Any], round_no: int, model: str, retain: bool
+        self,
+        topic: str,
+        kind: str,
+        body: dict[str, Any],
+        round_no: int,
+        model: str,
+        retain: bool,
+        confirm: bool = False,
     ) -> None:
         data = json.dumps(body, sort_keys=True).encode()
         for env in split_blob(
@@ -275,18 +293,46 @@ class AggregatorService:
             model=model,
             chunk_size=max(len(data), 1),
         ):
-            self.transport.publish(topic, encode(env), retain=retain)
+            if confirm:
+                self._publish_confirmed(topic, encode(env), retain)
+            else:
+                self.transport.publish(topic, encode(env), retain=retain)
 
     def _handle(self, events: list[Event]) -> None:
         for event in events:
             if isinstance(event, Announce):
                 self._announce(event.round, event.base_model, event.payload)
             elif isinstance(event, ResultReady):
-                self._publish_result(event)
+                try:
+                    self._publish_result(event)
+                except TransportError as exc:
+                    # Stays 'closed' in the db; retried every pump until the broker confirms.
+                    log.error("round %d result not confirmed by the broker (%s); will retry",
+                              event.round, exc)
+                    if event not in self._unpublished:
+                        self._unpublished.append(event)
+
+    def _retry_unpublished(self) -> None:
+        pending, self._unpublished = self._unpublished, []
+        self._handle(list(pending))
+
+    def _publish_confirmed(self, topic: str, payload: bytes, retain: bool) -> None:
+        """Publish and wait for the broker's PUBACK where the transport can (MQTT): the
+        last message of a result confirms the whole result (one client's QoS 1 messages
+        reach the broker in order), before the round is marked published."""
+        if self._can_confirm:
+            self.transport.publish(  # type: ignore[call-arg]
+                topic, payload, retain=retain, wait_timeout=CONFIRM_TIMEOUT
+            )
+        else:
+            self.transport.publish(topic, payload, retain=retain)
 
     def _announce(self, round_no: int, base: str, payload: dict[str, Any]) -> None:
         self._last_announce = payload
-        self._publish_json(topics.announce(self.fed_id), "announce", payload, round_no, base, True)
+        closing = payload.get("state") != "open"  # the last message before exiting
+        self._publish_json(
+            topics.announce(self.fed_id), "announce", payload, round_no, base, True, closing
+        )
         log.info("announced round %d (state %s)", round_no, payload.get("state"))
 
     def _publish_result(self, event: ResultReady) -> None:
@@ -323,7 +369,8 @@ class AggregatorService:
             "result_topic": topics.result_filter(self.fed_id, event.round),
         }
         self._publish_json(
-            topics.model_latest(self.fed_id), "result", pointer, event.round, event.model, True
+            topics.model_latest(self.fed_id), "result", pointer, event.round, event.model, True,
+            confirm=True,
         )
         if previous is not None and previous.round != event.round and previous.result_chunks:
             for index in range(previous.result_chunks):  # only the latest result stays retained
