@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import Result
 from typer.testing import CliRunner
 
 from aggregator.cli import app
@@ -30,7 +31,7 @@ def keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _one_line_error(result) -> str:  # type: ignore[no-untyped-def]
+def _one_line_error(result: Result) -> str:
     assert result.exit_code == 2, result.output
     err = result.stderr.strip()
     assert err.startswith("error: ") and "\n" not in err and "Traceback" not in result.output
