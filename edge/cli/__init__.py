@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "identify",
     "run",
     "bench",
+    "federate",
 )
 
 EPILOG = (

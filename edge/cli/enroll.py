@@ -21,9 +21,11 @@ def _progress(total: int, label: str) -> Iterator[ProgressCallback]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    # stderr: stdout is kept for results a script may parse
+    # stderr: stdout is kept for results a script may parse; no bar when stderr is a log
+    console = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  console=Console(stderr=True), transient=True) as progress:
+                  console=console, transient=True,
+                  disable=not console.is_terminal) as progress:
         task = progress.add_task(label, total=total)
 
         def advance(_image: Path, _failure: str | None) -> None:

@@ -148,13 +148,15 @@ def run(
     from edge.events import EventWriter
 
     frame_source = open_source(source)
-    recognizer = box(ctx).recognizer(threshold)
-    warn_if_empty(ctx)
     stats = _Throughput()
     with ExitStack() as stack:
-        stop = stack.enter_context(_stop_on_sigterm())
-        writer = EventWriter(_events_stream(stack, events))
+        # open the source and the events file first: a wrong URI or path fails in
+        # milliseconds, before the models load
         stack.enter_context(frame_source)
+        writer = EventWriter(_events_stream(stack, events))
+        recognizer = box(ctx).recognizer(threshold)
+        warn_if_empty(ctx)
+        stop = stack.enter_context(_stop_on_sigterm())
         annotator = None
         if annotate is not None:
             annotator = _Annotator(annotate, frame_source.nominal_fps or 10.0)

@@ -1,0 +1,109 @@
+"""``fedface-edge demo`` (a whole federation on this machine) and ``fedface-edge join``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edge.cli.context import box
+
+
+def demo(
+    faces: Annotated[Path, typer.Option(
+        "--faces", help="Folder with one sub-folder of photos per person (e.g. LFW).")],
+    boxes: Annotated[int, typer.Option("--boxes", min=1, help="Emulated edge boxes.")] = 3,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Federated rounds.")] = 3,
+    broker: Annotated[str | None, typer.Option(
+        "--broker", help="mqtt://host:port of a running broker; default: an embedded one.",
+        show_default=False)] = None,
+    people_per_box: Annotated[int, typer.Option(
+        "--people-per-box", min=2, help="People enrolled on each box (disjoint).")] = 8,
+    images_per_person: Annotated[int, typer.Option(
+        "--images-per-person", min=1, help="Enrolment photos per person.")] = 4,
+    heldout_per_person: Annotated[int, typer.Option(
+        "--heldout-per-person", min=0, help="Photos per person kept for accuracy.")] = 2,
+    workdir: Annotated[Path | None, typer.Option(
+        "--workdir", help="New or empty directory for keys and state (default: a temp dir).",
+        show_default=False)] = None,
+    part: Annotated[str, typer.Option("--part", help="Federated parameter set.")] = "conv14",
+    timeout: Annotated[float, typer.Option("--timeout", help="Give up after (s).")] = 900.0,
+    train_budget: Annotated[float, typer.Option(
+        "--train-budget", help="Max training seconds per box per round.")] = 20.0,
+) -> None:
+    """Run a whole federation on this machine: keys, aggregator, N boxes, R rounds."""
+    from edge.demo import DemoOptions, run_demo
+
+    run_demo(DemoOptions(
+        faces=faces, boxes=boxes, rounds=rounds, broker=broker, people_per_box=people_per_box,
+        images_per_person=images_per_person, heldout_per_person=heldout_per_person,
+        workdir=workdir, part=part, timeout_s=timeout, train_budget_s=train_budget,
+    ), out=typer.echo)
+
+
+def join(
+    ctx: typer.Context,
+    broker: Annotated[str, typer.Option("--broker", help="mqtt://host:port or mqtts://...")],
+    fed: Annotated[str, typer.Option("--fed", help="Federation id.")],
+    device_id: Annotated[str, typer.Option("--device-id", help="This box's device id.")],
+    secret_context: Annotated[Path, typer.Option(
+        "--secret-context", exists=True, dir_okay=False, help="federation-secret.tenseal")],
+    device_key: Annotated[Path, typer.Option(
+        "--device-key", exists=True, dir_okay=False, help="This box's Ed25519 key (0600).")],
+    aggregator_key: Annotated[Path, typer.Option(
+        "--aggregator-key", exists=True, dir_okay=False, help="aggregator.pub")],
+    part: Annotated[str, typer.Option("--part", help="Federated parameter set.")] = "conv14",
+    protocol: Annotated[str, typer.Option("--protocol", help="MQTT 5 or 3.1.1.")] = "5",
+) -> None:
+    """Take part in the federation until Ctrl-C: train on the gallery, send encrypted
+    updates, apply federated models."""
+    import signal
+    import threading
+
+    from edge.demo_box import gallery_crops
+    from edge.federation_client import ClientConfig, FederationClient
+    from edge.model_sink import OnnxModelSink
+    from federation.keys import load_secret_context, read_private_key, read_public_key
+    from federation.mqtt import MqttTransport
+    from federation.transport import Will
+    from models.federated_parts import get_part
+    from models.registry import model_path, optimised_sface_path
+
+    try:
+        from edge.trainer import TorchLocalTrainer
+    except ImportError as exc:
+        from edge.cli.errors import CliError
+
+        raise CliError(f"training needs torch ({exc})",
+                       hint="pip install 'fedface[train]' on this box") from None
+    settings = box(ctx).settings
+    gallery = box(ctx).gallery()
+    fed_part = get_part(part)
+    sink = OnnxModelSink(optimised_sface_path(settings.model_dir), fed_part,
+                         settings.data_dir / "models", gallery, threads=settings.threads)
+    trainer = TorchLocalTrainer(model_path("sface", settings.model_dir),
+                                lambda: gallery_crops(gallery), settings.data_dir / "train",
+                                fed_part)
+
+    def transport(will: Will) -> MqttTransport:
+        return MqttTransport(broker, device_id, will=will, protocol=protocol)
+
+    client = FederationClient(
+        ClientConfig(fed, device_id), transport, load_secret_context(secret_context),
+        read_private_key(device_key), read_public_key(aggregator_key), trainer, sink,
+        settings.data_dir / "federation", sink.base_vector(),
+        on_event=lambda e: typer.echo(f"round {e.round}: {e.kind}"),
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    client.start()
+    typer.echo(f"{device_id} joined federation {fed} via {broker}; model {client.version}")
+    stop.wait()
+    client.stop()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)
+    app.command("join")(join)
