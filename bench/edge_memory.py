@@ -50,6 +50,8 @@ def make_frames(lfw_dir: Path, folder: Path, count: int) -> None:
     for i in range(count):
         frame = np.full((480, 640, 3), 90, np.uint8)
         image = cv2.imread(str(photos[i % len(photos)]))
+        if image is None:
+            raise SystemExit(f"cannot read {photos[i % len(photos)]}")
         x, y = int(rng.integers(0, 390)), int(rng.integers(0, 230))
         frame[y:y + 250, x:x + 250] = image
         cv2.imwrite(str(folder / f"{i:05d}.jpg"), frame)
