@@ -138,25 +138,36 @@ def render_mosquitto_conf(
 def write_broker_config(
     ca: CertificateAuthority,
     server: IssuedCert,
-    out_dir: Path | str,
+    broker_dir: Path | str,
     *,
     fed_ids: str | Sequence[str] | None = None,
     port: int = DEFAULT_TLS_PORT,
     bind_address: str | None = None,
     max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
 ) -> tuple[Path, BrokerTlsFiles]:
-    """Write ``fedface.conf`` and ``fedface.acl`` into ``out_dir``, pointing at the CA's
-    certificate and CRL and at ``server``. Returns the conf path and the file set."""
+    """Make ``broker_dir`` self-contained for Mosquitto: copies of ``ca.crt``,
+    ``crl.pem``, ``server.crt``, ``server.key`` (0600) and the generated ``fedface.acl``
+    and ``fedface.conf`` (which points at those copies). The CA directory (and its key)
+    can then live elsewhere, offline. Returns the conf path and the file set."""
     if server.key_path is None:
         raise ValueError("the broker needs the server private key path")
-    out = Path(out_dir)
+    out = Path(broker_dir)
     files = BrokerTlsFiles(
-        ca_cert=ca.cert_path,
-        server_cert=server.cert_path,
-        server_key=server.key_path,
-        crl=ca.crl_path,
+        ca_cert=out / "ca.crt",
+        server_cert=out / "server.crt",
+        server_key=out / "server.key",
+        crl=out / "crl.pem",
         acl=out / "fedface.acl",
     )
+    copies = [
+        (ca.cert_path, files.ca_cert, 0o644),
+        (server.cert_path, files.server_cert, 0o644),
+        (server.key_path, files.server_key, 0o600),
+    ]
+    for src, dest, mode in copies:
+        if src.resolve() != dest.resolve():
+            atomic_write(dest, src.read_bytes(), mode)
+    publish_crl(ca, out)
     atomic_write(files.acl, render_acl(fed_ids or ca.fed_id).encode(), 0o644)
     conf = out / "fedface.conf"
     text = render_mosquitto_conf(
@@ -165,3 +176,11 @@ def write_broker_config(
     atomic_write(conf, text.encode(), 0o644)
     log.info("wrote broker config %s (port %d)", conf, port)
     return conf, files
+
+
+def publish_crl(ca: CertificateAuthority, broker_dir: Path | str) -> Path:
+    """Copy the CA's current CRL into the broker directory (atomically: Mosquitto may
+    reload at any moment). Then reload the broker (SIGHUP) to apply it."""
+    dest = Path(broker_dir) / "crl.pem"
+    atomic_write(dest, ca.crl_path.read_bytes(), 0o644)
+    return dest

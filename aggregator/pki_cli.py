@@ -18,7 +18,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from aggregator import pki
-from aggregator.broker_config import DEFAULT_TLS_PORT, write_broker_config
+from aggregator.broker_config import DEFAULT_TLS_PORT, publish_crl, write_broker_config
 
 app = typer.Typer(
     help="Federation TLS PKI (CA, broker/device certificates, CRL) and Mosquitto config.",
@@ -116,9 +116,15 @@ def revoke(
     ca_dir: CaDir,
     device_id: Annotated[str, typer.Option("--device-id")],
     crl_days: Annotated[int, typer.Option(min=1)] = pki.DEFAULT_CRL_DAYS,
+    broker_dir: Annotated[
+        Path | None, typer.Option(help="also copy the CRL into this broker directory")
+    ] = None,
 ) -> None:
     """Revoke a box's certificates; then reload the broker (systemctl reload mosquitto)."""
-    crl = pki.revoke(pki.load_ca(ca_dir), device_id, crl_days=crl_days)
+    ca = pki.load_ca(ca_dir)
+    crl = pki.revoke(ca, device_id, crl_days=crl_days)
+    if broker_dir is not None:
+        crl = publish_crl(ca, broker_dir)
     typer.echo(f"revoked {device_id}: CRL {crl}; now run `systemctl reload mosquitto`")
 
 
@@ -130,6 +136,9 @@ def crl_renew(
     if_expires_within: Annotated[
         int, typer.Option(min=0, help="only renew when nextUpdate is this many days away")
     ] = 0,
+    broker_dir: Annotated[
+        Path | None, typer.Option(help="also copy the CRL into this broker directory")
+    ] = None,
 ) -> None:
     """Re-sign the CRL (an expired CRL makes the broker refuse EVERY client)."""
     ca = pki.load_ca(ca_dir)
@@ -137,7 +146,10 @@ def crl_renew(
     if if_expires_within and left > if_expires_within:
         typer.echo(f"CRL valid for {left:.1f} more days: not renewed")
         return
-    typer.echo(f"CRL renewed: {pki.renew_crl(ca, crl_days=crl_days)}")
+    crl = pki.renew_crl(ca, crl_days=crl_days)
+    if broker_dir is not None:
+        crl = publish_crl(ca, broker_dir)
+    typer.echo(f"CRL renewed: {crl}")
 
 
 @app.command("broker-config")
@@ -145,7 +157,7 @@ def crl_renew(
 def broker_config(
     ca_dir: CaDir,
     server_dir: Annotated[Path, typer.Option(help="directory holding server.crt/server.key")],
-    out: Annotated[Path, typer.Option("--out", help="directory for fedface.conf/fedface.acl")],
+    out: Annotated[Path, typer.Option("--out", help="broker directory (conf, ACL, cert copies)")],
     port: Annotated[int, typer.Option(min=1, max=65535)] = DEFAULT_TLS_PORT,
     bind: Annotated[str | None, typer.Option(help="bind address (default: all)")] = None,
     fed: Annotated[

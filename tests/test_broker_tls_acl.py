@@ -24,7 +24,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from aggregator import pki
-from aggregator.broker_config import render_acl, write_broker_config
+from aggregator.broker_config import publish_crl, render_acl, write_broker_config
 from tests.conftest import MosquittoBroker, free_port
 
 pytestmark = pytest.mark.mosquitto
@@ -41,6 +41,7 @@ class Pki:
     certs: dict[str, tuple[Path, Path]]  # identity -> (cert, key)
     conf_text: str
     port: int
+    broker_dir: Path
 
 
 @pytest.fixture
@@ -60,7 +61,7 @@ def fed_pki(tmp_path: Path) -> Pki:
     conf, _ = write_broker_config(
         ca, server, tmp_path / "broker", port=port, bind_address="127.0.0.1"
     )
-    return Pki(ca, certs, conf.read_text(), port)
+    return Pki(ca, certs, conf.read_text(), port, conf.parent)
 
 
 def broker_config(fed_pki: Pki) -> str:
@@ -283,6 +284,7 @@ def test_revoked_device_is_refused_after_reload(
     assert first.connect() == "Success"
     first.close()
     pki.revoke(fed_pki.ca, "box-c")
+    publish_crl(fed_pki.ca, fed_pki.broker_dir)
     assert broker.proc is not None
     broker.proc.send_signal(signal.SIGHUP)  # what `systemctl reload mosquitto` sends
     deadline = time.monotonic() + 5
@@ -302,6 +304,7 @@ def test_revoked_device_is_refused_at_broker_start(
     fed_pki: Pki, mosquitto_factory: Callable[..., MosquittoBroker]
 ) -> None:
     pki.revoke(fed_pki.ca, "box-b")
+    publish_crl(fed_pki.ca, fed_pki.broker_dir)
     b = mosquitto_factory(extra_config=broker_config(fed_pki), port=fed_pki.port)
     refused, control = Client(b.port, "box-b", fed_pki), Client(b.port, "box-a", fed_pki)
     try:
