@@ -122,8 +122,11 @@ def test_unwritable_data_directory(tmp_path: Path) -> None:
                        "hint: choose a writable data directory")
 
 
-def test_gallery_and_option_mistakes(tmp_path: Path) -> None:
+def test_gallery_and_option_mistakes(tmp_path: Path, lfw_dir: Path) -> None:
     box = tmp_path / "box"
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    shutil.copy(lfw_dir / "Tony_Blair" / "Tony_Blair_0001.jpg", frames)
     assert_clear_error(invoke(box, "people", "remove", "Nobody"), EXIT_GALLERY,
                        "no person named 'Nobody'", "people list")
     assert_clear_error(CliRunner().invoke(app, ["--threads", "0", "people", "list"]),
@@ -131,8 +134,8 @@ def test_gallery_and_option_mistakes(tmp_path: Path) -> None:
     assert_clear_error(invoke(box, "enroll"), EXIT_USAGE, "nothing to enrol")
     assert_clear_error(invoke(box, "enroll", "--from-dir", str(tmp_path / "none")), EXIT_INPUT,
                        "is not a directory")
-    assert_clear_error(invoke(box, "run", "--source", str(tmp_path), "--events",
-                              str(tmp_path / "afile" / "x")), EXIT_USAGE, "cannot write events")
+    assert_clear_error(invoke(box, "run", "--source", str(frames), "--events",
+                              str(tmp_path / "nodir" / "x")), EXIT_USAGE, "cannot write events")
 
 
 def test_console_script_errors_are_one_line(tmp_path: Path, corrupt_model_dir: Path,
