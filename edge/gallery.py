@@ -159,9 +159,16 @@ def _data_dir_hint(path: Path) -> str:
 def ensure_private_dir(path: Path) -> Path:
     """Create ``path`` (0700) or check it is a writable directory; GalleryError if not."""
     try:
+        existed = path.is_dir()
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if stat.S_IMODE(path.stat().st_mode) & 0o077:
-            os.chmod(path, 0o700)
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            if existed:
+                # not ours to tighten (it may be a shared folder): say so instead
+                log.warning("data directory %s is open to other users (mode %o); it will hold "
+                            "face data: chmod 700 it", path, mode)
+            else:
+                os.chmod(path, 0o700)
     except OSError as exc:
         raise GalleryError(f"cannot create data directory {path}: {exc.strerror or exc}",
                            hint=_data_dir_hint(path)) from exc
