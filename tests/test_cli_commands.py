@@ -145,8 +145,11 @@ def test_run_writes_events_and_an_annotated_video(enrolled: Path, tmp_path: Path
 def test_run_events_to_stdout(enrolled: Path, tmp_path: Path, lfw_dir: Path) -> None:
     frames = tmp_path / "frames"
     make_frames(frames, lfw_dir, [("Colin_Powell", 5), ("Colin_Powell", 6)])
+    (frames / "0001a.jpg").write_bytes(b"half a frame")  # a damaged frame is skipped
     result = invoke(enrolled, "run", "--source", str(frames))
     assert result.exit_code == 0, result.output
+    assert "2 frames, 2 faces (2 known)" in result.stderr
+    assert "1 unreadable frames skipped" in result.stderr
     names = [json.loads(line)["name"] for line in result.stdout.splitlines()]
     assert names == ["Colin_Powell", "Colin_Powell"]
 

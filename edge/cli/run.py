@@ -177,7 +177,13 @@ def run(
             log.info("interrupted: stopping after %d frames", stats.frames)
     log.debug("heavy modules loaded in this process: %s",
               [m for m in HEAVY_MODULES if m in sys.modules] or "none")
-    typer.echo(stats.line(), err=True)
+    source_stats = frame_source.stats
+    extra = ""
+    if source_stats.reconnects or source_stats.failed_attempts or source_stats.skipped:
+        extra = (f"; source: {source_stats.reconnects} reconnects, "
+                 f"{source_stats.failed_attempts} failed attempts, "
+                 f"{source_stats.skipped} unreadable frames skipped")
+    typer.echo(stats.line() + extra, err=True)
 
 
 def register(app: typer.Typer) -> None:
