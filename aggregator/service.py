@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from aggregator.accumulator import AccumulatorFactory, CkksAccumulatorFactory
 from aggregator.coordinator import (
+    UNAVAILABLE,
     Announce,
     Coordinator,
     Decision,
@@ -125,6 +126,7 @@ class AggregatorService:
         self._queue: queue.Queue[_Reject | _Ready] = queue.Queue()
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._finished_msgs: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._finished_lock = threading.Lock()
         self._last_announce: dict[str, Any] | None = None
         self._unpublished: list[ResultReady] = []
         self._can_confirm = "wait_timeout" in inspect.signature(transport.publish).parameters
@@ -184,8 +186,9 @@ class AggregatorService:
             self._queue.put(_Reject(device, None, None, exc.reason, exc.message))
             return
         key = (env.sender, env.msg)
-        if key in self._finished_msgs:
-            return  # a redelivered chunk of an update already decided
+        with self._finished_lock:
+            if key in self._finished_msgs:
+                return  # a redelivered chunk of an update already decided
         try:
             self._check_envelope(device, env)
             path = self.spool.add(env)
@@ -199,7 +202,7 @@ class AggregatorService:
             self._remember(key)
             log.error("cannot spool a chunk of %s from %s: %s", env.msg, device, exc)
             self._queue.put(
-                _Reject(device, env.round, env.msg, "unavailable", "spool write failed")
+                _Reject(device, env.round, env.msg, UNAVAILABLE, "spool write failed")
             )
             return
         if path is not None:
@@ -219,14 +222,22 @@ class AggregatorService:
         verify(key, env.signing_bytes(), env.sig)
 
     def _remember(self, key: tuple[str, str]) -> None:
-        self._finished_msgs[key] = None
-        while len(self._finished_msgs) > _FINISHED_MEMORY:
-            self._finished_msgs.popitem(last=False)
+        with self._finished_lock:
+            self._finished_msgs[key] = None
+            while len(self._finished_msgs) > _FINISHED_MEMORY:
+                self._finished_msgs.popitem(last=False)
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        """After a transient failure the device may resend the SAME message: let it in."""
+        with self._finished_lock:
+            self._finished_msgs.pop(key, None)
 
     # --- worker -----------------------------------------------------------------------
     def _process(self, item: _Reject | _Ready) -> None:
         if isinstance(item, _Reject):
             self.coordinator.record_rejection(item.round, item.device, item.reason, item.detail)
+            if item.reason == UNAVAILABLE and item.device is not None and item.msg is not None:
+                self._forget((item.device, item.msg))
             if item.device is not None:
                 self._ack(
                     item.device, item.round, item.msg, Decision(False, item.reason, item.detail)
@@ -237,14 +248,17 @@ class AggregatorService:
             data = item.path.read_bytes()
         except OSError as exc:
             log.error("cannot read spooled update %s: %s", env.msg, exc)
-            self.coordinator.record_rejection(env.round, env.sender, "unavailable", str(exc))
-            self._ack(env.sender, env.round, env.msg, Decision(False, "unavailable", "spool read"))
+            self.coordinator.record_rejection(env.round, env.sender, UNAVAILABLE, str(exc))
+            self._forget((env.sender, env.msg))
+            self._ack(env.sender, env.round, env.msg, Decision(False, UNAVAILABLE, "spool read"))
             return
         finally:
             item.path.unlink(missing_ok=True)
         sub = Submission(env.sender, env.round, env.model, env.msg, env.blob_sha256, data)
         del data
         decision = self.coordinator.submit(sub)
+        if decision.reason == UNAVAILABLE:
+            self._forget((env.sender, env.msg))
         self._ack(env.sender, env.round, env.msg, decision)
         self._handle(self.coordinator.tick())
 

@@ -224,13 +224,21 @@ def test_disk_full_rejects_that_update_cleanly_and_keeps_serving(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(Store, "write_blob", full_disk)
-    ack = _send_valid(rig, rig.boxes[1], vecs[1], counts[1])
+    box = rig.boxes[1]
+    ann = latest_announce(rig.bus.retained, FED)
+    envs = box.envelopes(box.encrypted_blob(vecs[1], counts[1], COUNT_SCALE), 1, ann["base_model"])
+    box.send(envs)
+    rig.service.pump()
+    ack = box.acks[-1]
     assert ack["accepted"] is False and ack["reason"] == "unavailable"
     assert "disk full" in ack["detail"]
     assert store.get_round(1).contributions == 1  # type: ignore[union-attr]
+    assert sorted(p.name for p in store.blob_dir.iterdir()) == ["round-1-sum-1.bin"]
     monkeypatch.setattr(Store, "write_blob", real_write)
-    # the box resends after the operator freed space: accepted, and nothing double counted
-    assert _send_valid(rig, rig.boxes[1], vecs[1], counts[1])["accepted"]
+    # the box resends the SAME message after the operator freed space: accepted once
+    box.send(envs)
+    rig.service.pump()
+    assert box.acks[-1]["accepted"], box.acks[-1]
     assert _send_valid(rig, rig.boxes[2], vecs[2], counts[2])["accepted"]
     _, blob = collect_result(rig.bus.retained, FED)
     got = decrypt_result(secret_ctx, blob)

@@ -1,0 +1,82 @@
+"""Aggregator peak RSS for one round with many boxes vs few, same model size.
+
+    .venv/bin/python -m bench.aggregator_memory [--length 1000000] [--few 2] [--many 20]
+
+The streaming sum keeps one model's ciphertexts (plus the one update being added)
+whatever the number of clients, and chunks of updates still in flight are spooled to
+disk, so peak RSS should not grow with the box count. Boxes are two processes that each
+play half of the devices: they encrypt every update first (real CKKS, federation API),
+then publish all of them round-robin, chunk by chunk, so every update is in flight at
+once (the worst case for reassembly). Peak RSS = the aggregator process's ru_maxrss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+
+from bench.aggregator_common import (
+    RoundWatcher,
+    last_json,
+    make_federation,
+    spawn,
+    start_mosquitto,
+    stop,
+    tmpdir,
+)
+
+
+def one_round(n_boxes: int, length: int, chunk: int) -> tuple[float, float]:
+    root = tmpdir(f"aggmem-{n_boxes}-")
+    broker, url = start_mosquitto(root / "mosquitto")
+    fed = make_federation(root, n_boxes)
+    watcher = RoundWatcher(url)
+    common = ["--broker", url, "--rounds", "1", "--length", str(length),
+              "--chunk-size", str(chunk)]
+    halves = [fed.devices[0::2], fed.devices[1::2]]
+    boxes = [spawn("box", *common, "--devices", ",".join(h), "--keys", str(fed.key_dir),
+                   "--secret", str(fed.secret_path)) for h in halves if h]
+    agg = spawn("agg", *common, "--state", str(fed.state), "--quorum", str(n_boxes))
+    try:
+        round_s = watcher.wait_published(1, 1800)
+        reports = [last_json(stop(b, 300)[0]) for b in boxes]
+        assert all(r["accepted"] for r in reports), reports
+        out, _ = stop(agg, 60)
+        return last_json(out)["peak_rss_mb"], round_s
+    finally:
+        watcher.close()
+        for p in [*boxes, agg]:
+            if p.poll() is None:
+                p.kill()
+        broker.kill()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--length", type=int, default=1_000_000)
+    p.add_argument("--few", type=int, default=2)
+    p.add_argument("--many", type=int, default=20)
+    p.add_argument("--runs", type=int, default=1)
+    p.add_argument("--chunk-size", type=int, default=256 * 1024)
+    ns = p.parse_args()
+    rss: dict[int, list[float]] = {ns.few: [], ns.many: []}
+    for run in range(ns.runs):
+        for n in (ns.few, ns.many):
+            print(f"run {run + 1}: {n} boxes x {ns.length:,} params...", file=sys.stderr,
+                  flush=True)
+            peak, round_s = one_round(n, ns.length, ns.chunk_size)
+            rss[n].append(peak)
+            print(f"  {n:3d} boxes: aggregator peak RSS {peak:.0f} MB, round {round_s:.1f} s",
+                  file=sys.stderr, flush=True)
+    few, many = statistics.median(rss[ns.few]), statistics.median(rss[ns.many])
+    print(f"\naggregator peak RSS, one round, {ns.length:,} parameters (median of {ns.runs})")
+    print(f"  {ns.few:3d} boxes: {few:.0f} MB")
+    print(f"  {ns.many:3d} boxes: {many:.0f} MB")
+    growth = many / few - 1
+    verdict = "MET" if abs(growth) <= 0.2 else "NOT MET"
+    print(f"  growth {growth:+.1%} (target within 20%: {verdict})")
+
+
+if __name__ == "__main__":
+    main()
