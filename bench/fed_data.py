@@ -1,0 +1,191 @@
+"""The federated experiment's data design: identity split, test pairs, institutions, domains.
+
+Everything is a deterministic function of the LFW folder listing and a seed.
+- People with 2+ images are split: a fixed 30% are test people (never trained on), the
+  rest are split into disjoint institutions of unequal size.
+- Test pairs: same-person pairs from a pool of at most 8 images per test person,
+  different-person pairs from the same pool, 10 folds of equal same/different counts.
+- Each institution has a camera domain: a deterministic degradation (low resolution,
+  greyscale or colour cast, sensor noise, JPEG, low light, blur); by default 8 camera
+  models, each used by two institutions (institution i has camera i % 8).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    low_res: int = 0  # 0: keep 112 px; else down to this many px (area) and back (linear)
+    grey: bool = False
+    colour_gain: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    gamma: float = 1.0  # > 1 darkens (low light)
+    blur_sigma: float = 0.0
+    noise_sigma: float = 0.0
+    jpeg_quality: int = 0  # 0: no JPEG round trip
+
+    def apply(self, crop: np.ndarray, seed: int) -> np.ndarray:
+        """Degrade an aligned 112x112 BGR crop as this camera would."""
+        img: np.ndarray = crop.astype(np.float32) * np.asarray(self.colour_gain, dtype=np.float32)
+        if self.grey:
+            grey = cv2.cvtColor(np.clip(img, 0, 255).astype(np.uint8), cv2.COLOR_BGR2GRAY)
+            img = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+        if self.gamma != 1.0:
+            img = 255.0 * (np.clip(img, 0, 255) / 255.0) ** self.gamma
+        if self.blur_sigma > 0:
+            img = cv2.GaussianBlur(img, (0, 0), self.blur_sigma)
+        if self.low_res:
+            small = cv2.resize(img, (self.low_res, self.low_res), interpolation=cv2.INTER_AREA)
+            img = cv2.resize(small, (112, 112), interpolation=cv2.INTER_LINEAR)
+        if self.noise_sigma > 0:
+            rng = np.random.default_rng(seed)
+            img = img + rng.normal(0.0, self.noise_sigma, img.shape).astype(np.float32)
+        out = np.clip(img, 0, 255).astype(np.uint8)
+        if self.jpeg_quality:
+            ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+            assert ok
+            decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+            assert decoded is not None
+            out = np.asarray(decoded, dtype=np.uint8)
+        return out
+
+
+CLEAN = Domain("clean")
+
+
+def institution_domain(index: int, seed: int) -> Domain:
+    """A distinct, harsh camera per institution (about the strength of the reference
+    degradation: greyscale, 24 px, noise 8, JPEG 30 -> SFace 99.0% -> 90.8%)."""
+    rng = np.random.default_rng([seed, 7919, index])
+    grey = bool(index % 2 == 0)
+    gain = (1.0, 1.0, 1.0) if grey else tuple(float(g) for g in rng.uniform(0.75, 1.25, 3))
+    return Domain(
+        name=f"d{index:02d}",
+        low_res=int(rng.choice([20, 22, 24, 26, 28])),
+        grey=grey,
+        colour_gain=gain,  # type: ignore[arg-type]
+        gamma=float(rng.choice([1.0, 1.0, 1.7, 2.2])),
+        blur_sigma=float(rng.choice([0.0, 0.0, 0.8, 1.2])),
+        noise_sigma=float(rng.uniform(5.0, 10.0)),
+        jpeg_quality=int(rng.integers(20, 41)),
+    )
+
+
+@dataclass(frozen=True)
+class Institution:
+    index: int
+    people: tuple[str, ...]
+    domain: Domain
+
+
+@dataclass
+class Design:
+    images: list[str]  # relative paths "Person/Person_0001.jpg"; indices used below
+    test_people: list[str]
+    pairs: np.ndarray  # (n, 2) image indices
+    same: np.ndarray  # (n,) bool
+    folds: np.ndarray  # (n,) fold 0-9
+    test_images: np.ndarray  # image indices used by the pairs (sorted)
+    institutions: list[Institution]
+    train_images: dict[str, list[int]] = field(default_factory=dict)  # person -> indices
+
+
+def _listing(lfw_dir: Path) -> dict[str, list[str]]:
+    people = {}
+    for person in sorted(p.name for p in lfw_dir.iterdir() if p.is_dir()):
+        files = sorted(f.name for f in (lfw_dir / person).glob("*.jpg"))
+        if len(files) >= 2:
+            people[person] = [f"{person}/{f}" for f in files]
+    return people
+
+
+def _sizes(total: int, n: int, low: int, rng: np.random.Generator) -> list[int]:
+    extra = total - n * low
+    if extra < 0:
+        raise ValueError(f"{total} people cannot fill {n} institutions of {low}+ people")
+    shares = rng.multinomial(extra, rng.dirichlet(np.full(n, 10.0)))
+    return [low + int(s) for s in shares]
+
+
+def build_design(
+    lfw_dir: Path,
+    seed: int = 0,
+    n_institutions: int = 16,
+    min_people: int = 40,
+    test_fraction: float = 0.3,
+    n_pairs: int = 3000,
+    n_cameras: int = 8,
+    train_cap: int = 40,
+    test_pool_cap: int = 8,
+    max_train_people: int | None = None,
+    max_test_people: int | None = None,
+) -> Design:
+    listing = _listing(lfw_dir)
+    names = sorted(listing)
+    rng = np.random.default_rng(seed)
+    order = [names[i] for i in rng.permutation(len(names))]
+    n_test = round(test_fraction * len(names))
+    test_people, train_people = order[:n_test], order[n_test:]
+    if max_test_people:
+        test_people = test_people[:max_test_people]
+    if max_train_people:
+        train_people = train_people[:max_train_people]
+
+    images: list[str] = []
+    index: dict[str, int] = {}
+
+    def idx(path: str) -> int:
+        if path not in index:
+            index[path] = len(images)
+            images.append(path)
+        return index[path]
+
+    pools = {}
+    for person in test_people:
+        files = listing[person]
+        pick = sorted(rng.choice(len(files), min(len(files), test_pool_cap), replace=False))
+        pools[person] = [idx(files[i]) for i in pick]
+    same_all = [pair for p in test_people for pair in itertools.combinations(pools[p], 2)]
+    n_same = min(n_pairs, len(same_all))
+    same_pairs = [same_all[i] for i in sorted(rng.choice(len(same_all), n_same, replace=False))]
+    diff_pairs: set[tuple[int, int]] = set()
+    while len(diff_pairs) < n_same:
+        a, b = rng.choice(len(test_people), 2, replace=False)
+        pa, pb = pools[test_people[a]], pools[test_people[b]]
+        diff_pairs.add((int(pa[rng.integers(len(pa))]), int(pb[rng.integers(len(pb))])))
+    diff = sorted(diff_pairs)
+    pairs = np.array(same_pairs + diff, dtype=np.int64)
+    same = np.array([True] * n_same + [False] * n_same)
+    folds = np.concatenate([rng.permutation(n_same) % 10, rng.permutation(n_same) % 10])
+
+    train_images = {}
+    for person in train_people:
+        files = listing[person]
+        pick = sorted(rng.choice(len(files), min(len(files), train_cap), replace=False))
+        train_images[person] = [idx(files[i]) for i in pick]
+    sizes = _sizes(len(train_people), n_institutions, min_people, rng)
+    institutions, start = [], 0
+    for i, size in enumerate(sizes):
+        members = tuple(sorted(train_people[start : start + size]))
+        # institutions share camera models in pairs: 8 distinct domains for 16 sites
+        # (each test domain costs a full trunk pass over the test images)
+        domain = institution_domain(i % n_cameras, seed)
+        institutions.append(Institution(i, members, domain))
+        start += size
+    return Design(
+        images=images,
+        test_people=test_people,
+        pairs=pairs,
+        same=same,
+        folds=folds,
+        test_images=np.unique(pairs),
+        institutions=institutions,
+        train_images=train_images,
+    )
