@@ -4,12 +4,12 @@
 # federation's TLS-only listener, client certificates, CRL and per-device ACL.
 # Idempotent: an existing CA, broker certificate and config are kept.
 set -euo pipefail
-# shellcheck source=lib/common.sh
+# shellcheck source=SCRIPTDIR/lib/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 FED=""
 HOSTS=()
-PORT=8883
+PORT=""
 BIND=""
 
 usage() {
@@ -91,7 +91,14 @@ main() {
     done
     ff_parse_common "${args[@]}"
     [ ${#FF_EXTRA_ARGS[@]} -eq 0 ] || ff_die "unknown option ${FF_EXTRA_ARGS[0]} (see --help)"
-    case "$PORT" in '' | *[!0-9]*) ff_die "--port must be a number" ;; esac
+    # A re-run (repair, upgrade.sh) keeps the recorded broker port and bind address.
+    local record="$FF_PREFIX/installed-aggregator.env"
+    if [ -f "$record" ]; then
+        [ -n "$PORT" ] || PORT="$(sed -n 's/^FF_BROKER_PORT=//p' "$record" | tail -n 1)"
+        [ -n "$BIND" ] || BIND="$(sed -n 's/^FF_BROKER_BIND=//p' "$record" | tail -n 1)"
+    fi
+    [ -n "$PORT" ] || PORT=8883
+    case "$PORT" in *[!0-9]*) ff_die "--port must be a number" ;; esac
     ff_require_root
     ff_apt_install python3 python3-venv ca-certificates
     ff_ensure_user
@@ -105,6 +112,7 @@ main() {
     ff_render_config_once "$FF_SCRIPTS_DIR/config/aggregator.env.in" "$FF_CONF_DIR/aggregator.env"
     ff_install_units fedface-aggregator.service fedface-crl-renew.service fedface-crl-renew.timer
     ff_record_install aggregator aggregator
+    printf 'FF_BROKER_PORT=%s\nFF_BROKER_BIND=%s\n' "$PORT" "$BIND" >>"$FF_PREFIX/installed-aggregator.env"
     if ff_system && command -v systemctl >/dev/null 2>&1; then
         systemctl daemon-reload
         systemctl enable mosquitto.service fedface-crl-renew.timer fedface-aggregator.service

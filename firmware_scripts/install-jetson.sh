@@ -3,7 +3,7 @@
 # CUDA / TensorRT execution providers of ONNX Runtime when a Jetson onnxruntime-gpu
 # wheel is available locally, CPU otherwise. Idempotent.
 set -euo pipefail
-# shellcheck source=lib/common.sh
+# shellcheck source=SCRIPTDIR/lib/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 ORT_WHEEL=""

@@ -2,7 +2,7 @@
 # Installs a FedFace edge box on Raspberry Pi OS (64-bit, bookworm; Pi 4/5).
 # Idempotent: run it again to repair; upgrades keep config and state.
 set -euo pipefail
-# shellcheck source=lib/common.sh
+# shellcheck source=SCRIPTDIR/lib/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 usage() {

@@ -3,7 +3,7 @@
 # the venv. Keeps config, state (gallery, models, keys, aggregator rounds), logs and
 # the federation CA unless --purge is given. Idempotent.
 set -euo pipefail
-# shellcheck source=lib/common.sh
+# shellcheck source=SCRIPTDIR/lib/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 PURGE=0

@@ -4,7 +4,7 @@
 # with (same platform and options), which keeps config, state, keys and certificates,
 # then starts them again. Idempotent.
 set -euo pipefail
-# shellcheck source=lib/common.sh
+# shellcheck source=SCRIPTDIR/lib/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 usage() {
