@@ -48,7 +48,9 @@ def free_port() -> int:
 
 
 def _mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    found = shutil.which("mosquitto")
+    if not found and Path("/usr/sbin/mosquitto").exists():
+        found = "/usr/sbin/mosquitto"
     if not found:
         pytest.fail("mosquitto is not installed: run `make setup-test` (apt-get install mosquitto)")
     return found
@@ -98,6 +100,10 @@ class MosquittoBroker:
             "log_type warning",
             "log_type notice",
         ]
+        if os.geteuid() == 0:
+            # Started as root, Mosquitto drops to user `mosquitto`, which cannot enter
+            # pytest's 0700 temp dirs (config, ACL, CRL, log, persistence).
+            lines.append("user root")
         if "listener" not in self.extra_config:
             lines += [f"listener {self.port} 127.0.0.1", "allow_anonymous true"]
         lines.append(self.extra_config)

@@ -9,7 +9,6 @@ because nothing was delivered at all.
 
 from __future__ import annotations
 
-import os
 import queue
 import signal
 import ssl
@@ -65,11 +64,9 @@ def fed_pki(tmp_path: Path) -> Pki:
 
 
 def broker_config(fed_pki: Pki) -> str:
-    # Started as root, Mosquitto drops to user `mosquitto`, which cannot enter pytest's
-    # 0700 tmp dirs (ACL, CRL on SIGHUP, log). Production installs make the files
-    # readable by `mosquitto` instead (install-aggregator.sh); here we stay as root.
-    # Ignored when the tests run as a normal user.
-    return fed_pki.conf_text + ("user root\n" if os.geteuid() == 0 else "")
+    # The fixture keeps Mosquitto as root when the tests run as root (pytest's 0700 tmp
+    # dirs); production installs make the files readable by `mosquitto` instead.
+    return fed_pki.conf_text
 
 
 @pytest.fixture
