@@ -1,0 +1,88 @@
+"""``fedface-edge kiosk``: the staff web page (``serve``) and its password (``set-password``)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from typing import Annotated
+
+import typer
+
+from edge.cli.context import box
+from edge.cli.errors import EXIT_USAGE, CliError
+
+log = logging.getLogger(__name__)
+
+kiosk_app = typer.Typer(help="The kiosk web page for security staff.", no_args_is_help=True)
+
+
+def _read_new_password() -> str:
+    if not sys.stdin.isatty():
+        # provisioning scripts pipe it in: one line, the newline is not part of it
+        return sys.stdin.readline().rstrip("\r\n")
+    first = typer.prompt("New kiosk password", hide_input=True)
+    second = typer.prompt("Repeat it", hide_input=True)
+    if first != second:
+        raise CliError("the two passwords differ; nothing was changed",
+                       hint="run the command again")
+    return str(first)
+
+
+@kiosk_app.command("set-password")
+def set_password(ctx: typer.Context) -> None:
+    """Set the staff password (read from stdin, or prompted twice on a terminal).
+
+    Only a hash is stored (argon2id, or scrypt without argon2-cffi), in
+    DATA_DIR/kiosk/password.hash, mode 0600. Logged-in sessions end.
+    """
+    from edge.kiosk.auth import PasswordStore
+
+    password = _read_new_password()
+    if not password:
+        raise CliError("no password given on stdin",
+                       hint="echo 'a long passphrase' | fedface-edge kiosk set-password")
+    store = PasswordStore(box(ctx).settings.data_dir)
+    store.set(password)
+    typer.echo(f"kiosk password set ({store.path})")
+
+
+@kiosk_app.command("serve")
+def serve(
+    ctx: typer.Context,
+    source: Annotated[str, typer.Option(
+        "--source", help="Frame source: /dev/video0 or 0 (camera), rtsp://... (stream), a "
+        "video file, dir:FOLDER[?fps=N&loop=1] (image folder).")],
+    host: Annotated[str, typer.Option(
+        "--host", help="Listen address. Keep 127.0.0.1 unless a TLS proxy fronts the kiosk.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8080,
+    idle_timeout: Annotated[float, typer.Option(
+        "--idle-timeout", min=1.0, help="Log staff out after this many idle seconds.")] = 900.0,
+    cookie_secure: Annotated[bool, typer.Option(
+        "--cookie-secure", help="Send the session cookie over HTTPS only (behind TLS).")
+    ] = False,
+) -> None:
+    """Serve the kiosk page: live view, recognitions, alerts, enrolment, people."""
+    from edge.kiosk import KioskSettings, build_kiosk
+
+    settings = KioskSettings.from_mapping(
+        {"host": host, "port": port, "idle_timeout_s": idle_timeout,
+         "cookie_secure": cookie_secure}, source="kiosk options")
+    kiosk = build_kiosk(box(ctx).settings, settings, source)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    kiosk.start()
+    typer.echo(f"kiosk on {kiosk.url} (Ctrl-C to stop)", err=True)
+    try:
+        stop.wait()
+    finally:
+        kiosk.stop()
+    if kiosk.services.worker.status().state == "error":
+        raise CliError(kiosk.services.worker.status().message, exit_code=EXIT_USAGE)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(kiosk_app, name="kiosk")

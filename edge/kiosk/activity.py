@@ -1,0 +1,192 @@
+"""What the kiosk shows of the recent past: recognitions and unknown-face alerts.
+
+Both are small bounded rings in memory, newest first, each entry with a JPEG thumbnail
+of the aligned face crop. Memory only, on purpose: the kiosk's history is for the staff
+on duty, not a face archive (the JSON-lines events of ``fedface-edge run`` are the log).
+
+- A known person seen again within ``recent_merge_s`` of their last sighting updates that
+  entry (last time, count, best score) instead of filling the list with one line per
+  frame.
+- An unknown face joins an existing unknown *track* when its embedding is close to one of
+  the track's recent embeddings (cosine >= ``track_similarity``) and the track was seen
+  within ``alert_cooldown_s``; only a face that starts a new track raises a new alert.
+  Embeddings rather than box overlap define a track, because a fixed camera sees
+  different people at the same spot one after the other.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import cv2
+import numpy as np
+
+TRACK_EMBEDDINGS = 5  # recent embeddings kept per unknown track (pose changes)
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """One face seen in one frame, as the worker hands it over."""
+
+    name: str | None  # None: unknown
+    person_id: int | None
+    score: float
+    crop: np.ndarray = field(repr=False)  # 112x112 BGR
+    embedding: np.ndarray = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A recognition or an alert as shown on the page."""
+
+    id: int
+    name: str | None
+    person_id: int | None
+    score: float
+    first_seen: float
+    last_seen: float
+    count: int
+    thumbnail: bytes = field(repr=False)
+    acknowledged: bool = False
+
+    def to_dict(self) -> dict[str, object]:
+        return {"id": self.id, "name": self.name, "score": round(self.score, 3),
+                "first_seen": self.first_seen, "last_seen": self.last_seen,
+                "count": self.count, "acknowledged": self.acknowledged}
+
+
+@dataclass
+class _Track:
+    alert_id: int
+    last_seen: float
+    embeddings: deque[np.ndarray]
+
+
+def thumbnail_jpeg(crop: np.ndarray, quality: int = 85) -> bytes:
+    ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("could not encode a face thumbnail")
+    return buf.tobytes()
+
+
+class ActivityLog:
+    """Thread-safe rings of recognitions and alerts (the worker writes, web handlers read)."""
+
+    def __init__(
+        self,
+        recent_size: int = 30,
+        alert_size: int = 30,
+        recent_merge_s: float = 10.0,
+        alert_cooldown_s: float = 60.0,
+        track_similarity: float = 0.363,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.recent_merge_s = recent_merge_s
+        self.alert_cooldown_s = alert_cooldown_s
+        self.track_similarity = track_similarity
+        self._clock = clock
+        self._recent: deque[Entry] = deque(maxlen=recent_size)
+        self._alerts: deque[Entry] = deque(maxlen=alert_size)
+        self._tracks: list[_Track] = []
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self.unknown_sightings = 0  # every unknown face seen (alerts are far fewer)
+
+    # --- writing (worker thread) --------------------------------------------------------
+
+    def record(self, sightings: Sequence[Sighting], when: float | None = None) -> None:
+        now = self._clock() if when is None else when
+        with self._lock:
+            for s in sightings:
+                if s.name is not None:
+                    self._record_known(s, now)
+                else:
+                    self.unknown_sightings += 1
+                    self._record_unknown(s, now)
+
+    @staticmethod
+    def _bump(entry: Entry, s: Sighting, now: float) -> Entry:
+        better = s.score > entry.score
+        return replace(entry, last_seen=now, count=entry.count + 1,
+                       score=max(entry.score, s.score),
+                       thumbnail=thumbnail_jpeg(s.crop) if better else entry.thumbnail)
+
+    def _record_known(self, s: Sighting, now: float) -> None:
+        for index, entry in enumerate(self._recent):
+            if entry.person_id == s.person_id and now - entry.last_seen <= self.recent_merge_s:
+                self._recent[index] = self._bump(entry, s, now)
+                return
+        self._recent.appendleft(Entry(next(self._ids), s.name, s.person_id, s.score, now, now,
+                                      1, thumbnail_jpeg(s.crop)))
+
+    def _find_track(self, embedding: np.ndarray, now: float) -> _Track | None:
+        self._tracks = [t for t in self._tracks if now - t.last_seen <= self.alert_cooldown_s]
+        best: tuple[float, _Track | None] = (self.track_similarity, None)
+        for track in self._tracks:
+            score = max(float(np.dot(e, embedding)) for e in track.embeddings)
+            if score >= best[0]:
+                best = (score, track)
+        return best[1]
+
+    def _record_unknown(self, s: Sighting, now: float) -> None:
+        embedding = np.asarray(s.embedding, dtype=np.float32)
+        track = self._find_track(embedding, now)
+        if track is not None:
+            track.last_seen = now
+            track.embeddings.append(embedding)
+            for index, entry in enumerate(self._alerts):
+                if entry.id == track.alert_id:
+                    # a repeat is not news: count it, but do not un-acknowledge the alert
+                    self._alerts[index] = replace(self._bump(entry, s, now),
+                                                  thumbnail=entry.thumbnail)
+                    return
+            return  # the alert scrolled out of the ring; its track still mutes repeats
+        entry = Entry(next(self._ids), None, None, s.score, now, now, 1, thumbnail_jpeg(s.crop))
+        self._alerts.appendleft(entry)
+        self._tracks.append(_Track(entry.id, now, deque([embedding], maxlen=TRACK_EMBEDDINGS)))
+
+    # --- reading (web handlers) ---------------------------------------------------------
+
+    def recent(self) -> list[Entry]:
+        with self._lock:
+            return list(self._recent)
+
+    def alerts(self) -> list[Entry]:
+        with self._lock:
+            return list(self._alerts)
+
+    def unacknowledged(self) -> int:
+        with self._lock:
+            return sum(1 for a in self._alerts if not a.acknowledged)
+
+    def thumbnail(self, entry_id: int) -> bytes | None:
+        with self._lock:
+            for entry in itertools.chain(self._recent, self._alerts):
+                if entry.id == entry_id:
+                    return entry.thumbnail
+        return None
+
+    # --- staff actions ------------------------------------------------------------------
+
+    def acknowledge_all(self) -> int:
+        with self._lock:
+            count = 0
+            for index, entry in enumerate(self._alerts):
+                if not entry.acknowledged:
+                    self._alerts[index] = replace(entry, acknowledged=True)
+                    count += 1
+            return count
+
+    def forget_person(self, person_id: int) -> int:
+        """Drop a removed person's recognitions (their face must not linger on screen)."""
+        with self._lock:
+            kept = [e for e in self._recent if e.person_id != person_id]
+            removed = len(self._recent) - len(kept)
+            self._recent.clear()
+            self._recent.extend(kept)
+            return removed

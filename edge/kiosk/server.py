@@ -1,0 +1,128 @@
+"""Assemble and run a kiosk: source, pipeline, gallery, worker, web server.
+
+The web server is Werkzeug's threaded WSGI server (Flask's own), run in a thread: a
+kiosk serves one screen and a few phones on the box's loopback or LAN, where a thread
+per request is plenty, and it stops cleanly (``shutdown``) for tests and systemd.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import ip_address
+
+from flask import Flask
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from edge.capture import open_source
+from edge.config import EdgeSettings
+from edge.detect import FaceDetector
+from edge.gallery import Gallery
+from edge.kiosk.activity import ActivityLog
+from edge.kiosk.app import KioskServices, create_app
+from edge.kiosk.auth import KioskAuthError, LoginLimiter, PasswordStore
+from edge.kiosk.enrolment import EnrolmentDesk
+from edge.kiosk.settings import KioskSettings
+from edge.kiosk.worker import RecognitionWorker
+from edge.pipeline import FacePipeline
+from models.registry import model_path
+
+log = logging.getLogger(__name__)
+
+
+class KioskStartError(KioskAuthError):
+    """The kiosk cannot start (port in use, no password set...)."""
+
+
+@dataclass
+class Kiosk:
+    services: KioskServices
+    app: Flask
+    _server: BaseWSGIServer | None = field(default=None, repr=False)
+    _thread: threading.Thread | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the kiosk server is not started")
+        host = self._server.host
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{self._server.port}"
+
+    def start(self) -> Kiosk:
+        """Start recognition and serve in a background thread (``url`` is then valid)."""
+        settings = self.services.settings
+        try:
+            self._server = make_server(settings.host, settings.port, self.app, threaded=True)
+        except OSError as exc:
+            raise KioskStartError(f"cannot listen on {settings.host}:{settings.port}: "
+                                  f"{exc.strerror or exc}",
+                                  hint="choose another --port or stop what uses it") from exc
+        self.services.worker.start()
+        self._thread = threading.Thread(target=self._server.serve_forever, name="kiosk-http",
+                                        daemon=True)
+        self._thread.start()
+        log.info("kiosk serving on %s", self.url)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(10)
+        self.services.worker.stop()
+        self.services.gallery.close()
+
+
+def _warn_if_exposed(host: str, cookie_secure: bool) -> None:
+    try:
+        loopback = ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback and not cookie_secure:
+        log.warning("kiosk listens on %s over plain HTTP: face images and the staff password "
+                    "cross the network unencrypted; put a TLS proxy in front and set "
+                    "cookie_secure", host)
+
+
+def build_kiosk(
+    edge: EdgeSettings,
+    settings: KioskSettings,
+    source_uri: str,
+    pipeline: FacePipeline | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Kiosk:
+    """Everything a kiosk needs, checked in the order that fails fastest."""
+    passwords = PasswordStore(edge.data_dir)
+    if not passwords.is_set():
+        raise KioskStartError(f"no kiosk password is set for {edge.data_dir}",
+                              hint="run `fedface-edge kiosk set-password` first")
+    _warn_if_exposed(settings.host, settings.cookie_secure)
+    source = open_source(source_uri)  # a bad URI fails before the models load
+    gallery = Gallery.open(edge.data_dir)
+    try:
+        if pipeline is None:
+            pipeline = FacePipeline.from_model_dir(edge.model_dir, threads=edge.threads)
+        # the uploads get their own detector (YuNet keeps per-size state) and share the
+        # embedder, whose ONNX Runtime session is safe to call from several threads
+        upload_pipeline = FacePipeline(FaceDetector(model_path("yunet", edge.model_dir)),
+                                       pipeline.embedder)
+        activity = ActivityLog(settings.recent_size, settings.alert_size,
+                               settings.recent_merge_s, settings.alert_cooldown_s,
+                               settings.track_similarity, clock=clock)
+        worker = RecognitionWorker(source, pipeline, gallery, edge.match_threshold, activity,
+                                   settings.display_width, settings.jpeg_quality)
+        desk = EnrolmentDesk(worker, gallery, upload_pipeline, settings, edge.match_threshold,
+                             clock=clock)
+        services = KioskServices(settings, edge.data_dir, worker, activity, desk, gallery,
+                                 passwords, LoginLimiter(settings.login_max_failures,
+                                                         settings.login_window_s),
+                                 clock=clock)
+        return Kiosk(services, create_app(services))
+    except BaseException:
+        gallery.close()
+        raise

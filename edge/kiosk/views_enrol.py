@@ -1,0 +1,111 @@
+"""Enrolment pages: camera shots with per-shot feedback, or photo uploads."""
+
+from __future__ import annotations
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    flash,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from werkzeug.wrappers import Response as BaseResponse
+
+from edge.kiosk.activity import thumbnail_jpeg
+from edge.kiosk.app import services
+from edge.kiosk.enrolment import EnrolmentRejected, Saved
+
+blueprint = Blueprint("enrol", __name__)
+
+
+def _sid() -> str:
+    return str(session.get("sid", ""))
+
+
+def _saved_message(saved: Saved) -> str:
+    photos = f"{saved.added} photo{'s' if saved.added != 1 else ''}"
+    if saved.existed:
+        return f"Added {photos} to {saved.name}, who was already enrolled."
+    return f"{saved.name} is enrolled with {photos}."
+
+
+@blueprint.route("/enrol")
+def enrol() -> str:
+    svc = services()
+    return render_template("enrol.html", settings=svc.settings,
+                           pending=svc.desk.pending(_sid()))
+
+
+@blueprint.route("/enrol/camera/start", methods=["POST"])
+def camera_start() -> BaseResponse:
+    try:
+        services().desk.start_camera(_sid(), request.form.get("name", ""))
+    except EnrolmentRejected as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("enrol.enrol"))
+    return redirect(url_for("enrol.camera"))
+
+
+@blueprint.route("/enrol/camera")
+def camera() -> BaseResponse | str:
+    svc = services()
+    pending = svc.desk.pending(_sid())
+    if pending is None:
+        flash("Start a camera enrolment by entering the person's name.", "info")
+        return redirect(url_for("enrol.enrol"))
+    return render_template("enrol_camera.html", pending=pending, settings=svc.settings)
+
+
+@blueprint.route("/enrol/camera/shot", methods=["POST"])
+def camera_shot() -> BaseResponse:
+    try:
+        verdict = services().desk.take_shot(_sid())
+    except EnrolmentRejected as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("enrol.enrol"))
+    flash(verdict.message, "success" if verdict.ok else "error")
+    return redirect(url_for("enrol.camera"))
+
+
+@blueprint.route("/enrol/camera/shot/<int:index>.jpg")
+def shot_jpeg(index: int) -> Response:
+    pending = services().desk.pending(_sid())
+    if pending is None or not 0 <= index < len(pending.shots):
+        abort(404)
+    return Response(thumbnail_jpeg(pending.shots[index].crop), mimetype="image/jpeg")
+
+
+@blueprint.route("/enrol/camera/save", methods=["POST"])
+def camera_save() -> BaseResponse:
+    try:
+        saved = services().desk.save_camera(_sid())
+    except EnrolmentRejected as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("enrol.camera"))
+    flash(_saved_message(saved), "success")
+    return redirect(url_for("people.people"))
+
+
+@blueprint.route("/enrol/camera/cancel", methods=["POST"])
+def camera_cancel() -> BaseResponse:
+    services().desk.cancel(_sid())
+    flash("Camera enrolment cancelled; nothing was stored.", "info")
+    return redirect(url_for("enrol.enrol"))
+
+
+@blueprint.route("/enrol/upload", methods=["POST"])
+def upload() -> BaseResponse | tuple[str, int]:
+    svc = services()
+    files = [(f.filename or "", f.read()) for f in request.files.getlist("photos")]
+    try:
+        saved = svc.desk.enrol_uploads(request.form.get("name", ""), files)
+    except EnrolmentRejected as exc:
+        flash(str(exc), "error")
+        return render_template("enrol.html", settings=svc.settings,
+                               pending=svc.desk.pending(_sid())), 400
+    flash(_saved_message(saved), "success")
+    return redirect(url_for("people.people"))

@@ -1,0 +1,191 @@
+"""The kiosk's one recognition thread: capture -> pipeline -> gallery -> shared state.
+
+Web handlers never run the pipeline on live frames: they read the latest ``LiveFrame``
+(annotated JPEG plus the faces of that frame) and the ``ActivityLog``, both replaced or
+updated under a lock by this thread alone. A slow or stalled browser therefore never
+slows recognition, and recognition never waits for the web server.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field, replace
+
+import cv2
+import numpy as np
+
+from edge.capture import FrameSource, SourceError
+from edge.gallery import Gallery, GalleryError, Match
+from edge.kiosk.activity import ActivityLog, Sighting
+from edge.pipeline import FacePipeline, RecognisedFace
+
+log = logging.getLogger(__name__)
+
+KNOWN_COLOUR = (60, 200, 60)  # BGR
+UNKNOWN_COLOUR = (40, 40, 230)
+RETRY_SOURCE_S = 5.0
+
+
+@dataclass(frozen=True)
+class LiveFrame:
+    seq: int  # increases by one per processed frame
+    frame_index: int
+    timestamp: float
+    jpeg: bytes = field(repr=False)
+    faces: tuple[RecognisedFace, ...] = field(repr=False)
+    matches: tuple[Match, ...] = field(repr=False)
+
+    def labels(self) -> list[dict[str, object]]:
+        return [{"name": m.name, "score": round(m.score, 3)} for m in self.matches]
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    state: str  # starting, running, reconnecting, ended, error, stopped
+    message: str = ""
+    ms_per_frame: float = 0.0  # recognition time of one frame (smoothed)
+
+
+def annotate(bgr: np.ndarray, faces: tuple[RecognisedFace, ...],
+             matches: tuple[Match, ...], width: int) -> np.ndarray:
+    """A display copy of the frame, scaled to ``width``, with boxes and names drawn."""
+    scale = width / float(bgr.shape[1])
+    size = (width, max(1, round(bgr.shape[0] * scale)))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    canvas = cv2.resize(bgr, size, interpolation=interpolation)
+    thickness = max(2, round(width / 320))
+    font_scale = max(0.5, width / 900)
+    for face, match in zip(faces, matches, strict=True):
+        x, y, w, h = (round(v * scale) for v in face.face.box)
+        colour = KNOWN_COLOUR if match.known else UNKNOWN_COLOUR
+        label = f"{match.name} {match.score:.2f}" if match.known else "UNKNOWN"
+        cv2.rectangle(canvas, (x, y), (x + w, y + h), colour, thickness)
+        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 2)
+        top = max(0, y - th - base - 6)
+        cv2.rectangle(canvas, (x, top), (x + tw + 8, top + th + base + 6), colour, -1)
+        cv2.putText(canvas, label, (x + 4, top + th + 3), cv2.FONT_HERSHEY_SIMPLEX,
+                    font_scale, (255, 255, 255), 2, cv2.LINE_AA)
+    return canvas
+
+
+class RecognitionWorker:
+    """Reads ``source`` in its own thread until stopped; see the module docstring."""
+
+    def __init__(
+        self,
+        source: FrameSource,
+        pipeline: FacePipeline,
+        gallery: Gallery,
+        threshold: float,
+        activity: ActivityLog,
+        display_width: int = 640,
+        jpeg_quality: int = 80,
+    ) -> None:
+        self.source = source
+        self.pipeline = pipeline
+        self.gallery = gallery
+        self.threshold = threshold
+        self.activity = activity
+        self.display_width = display_width
+        self.jpeg_quality = jpeg_quality
+        self._lock = threading.Lock()
+        self._latest: LiveFrame | None = None
+        self._status = WorkerStatus("starting")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ms = 0.0
+        self._seq = 0
+
+    @property
+    def model_version(self) -> str:
+        return str(self.pipeline.embedder.version)
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> RecognitionWorker:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="kiosk-recognition",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("recognition thread still busy after %.0f s", timeout)
+            self._thread = None
+        self._set_status("stopped")
+
+    # --- shared state (read by web handlers) --------------------------------------------
+
+    def latest(self) -> LiveFrame | None:
+        with self._lock:
+            return self._latest
+
+    def status(self) -> WorkerStatus:
+        with self._lock:
+            return replace(self._status, ms_per_frame=self._ms)
+
+    def _set_status(self, state: str, message: str = "") -> None:
+        with self._lock:
+            self._status = WorkerStatus(state, message, self._ms)
+
+    # --- the thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with self.source:
+                    self._set_status("running")
+                    for frame in self.source:
+                        self._process(frame.frame_index, frame.timestamp, frame.image)
+                        if self._stop.is_set():
+                            return
+                if not self.source.live:
+                    self._set_status("ended", "the video source has no more frames")
+                    log.info("kiosk source %s ended", self.source.uri)
+                    return
+            except SourceError as exc:
+                log.warning("kiosk source: %s; retrying in %.0f s", exc, RETRY_SOURCE_S)
+                self._set_status("reconnecting", f"camera unavailable: {exc.reason}")
+            except Exception as exc:  # keep the kiosk up; the page shows what broke
+                log.exception("kiosk recognition failed")
+                self._set_status("error", f"recognition failed: {type(exc).__name__}: {exc}")
+            self._stop.wait(RETRY_SOURCE_S)
+
+    def _identify(self, faces: list[RecognisedFace]) -> list[Match] | None:
+        if not faces:
+            return []
+        try:
+            return self.gallery.identify_many(np.stack([f.embedding for f in faces]),
+                                              self.model_version, self.threshold)
+        except GalleryError as exc:
+            # e.g. embeddings of another model only: name nobody rather than raise
+            # an alert for every enrolled person
+            self._set_status("error", str(exc))
+            return None
+
+    def _process(self, frame_index: int, timestamp: float, image: np.ndarray) -> None:
+        started = time.perf_counter()
+        faces = self.pipeline.process(image)
+        found = self._identify(faces)
+        matches = found if found is not None else [Match(None, 0.0, None) for _ in faces]
+        display = annotate(image, tuple(faces), tuple(matches), self.display_width)
+        ok, buf = cv2.imencode(".jpg", display, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+        if found is not None:
+            self.activity.record([Sighting(m.name, m.person_id, m.score, f.crop, f.embedding)
+                                  for f, m in zip(faces, matches, strict=True)], when=timestamp)
+        elapsed = time.perf_counter() - started
+        with self._lock:
+            self._seq += 1
+            ms = elapsed * 1e3
+            self._ms = ms if self._ms == 0 else 0.9 * self._ms + 0.1 * ms
+            if ok:
+                self._latest = LiveFrame(self._seq, frame_index, timestamp, buf.tobytes(),
+                                         tuple(faces), tuple(matches))
+            if found is not None and self._status.state != "running":
+                self._status = WorkerStatus("running", "", self._ms)

@@ -1,0 +1,200 @@
+"""The kiosk in a real headless Chromium (Debian's package, driven by Playwright).
+
+One flow, as security staff would use it: log in, watch the live view change, enrol a
+person from the camera with several checked shots, see them recognised, see an alert
+for a face that is not enrolled, remove the person. The camera is an image folder of
+real LFW photos (tests/test_kiosk_support.py). Screenshots of the main screens at kiosk
+(1280x800) and phone (390x844) size go to artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.gallery import Gallery
+from edge.kiosk import Kiosk
+from edge.pipeline import FacePipeline
+from tests.test_kiosk_support import (
+    A_FRAMES,
+    CYCLE,
+    KIOSK_PASSWORD,
+    kiosk_frames,  # noqa: F401  (fixture)
+    kiosk_pipeline,  # noqa: F401  (fixture)
+    make_kiosk,
+)
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+KIOSK_VIEW = {"width": 1280, "height": 800}
+PHONE_VIEW = {"width": 390, "height": 844}
+ENROLLED = "George W Bush"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHOTS = REPO_ROOT / "artifacts" / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail("chromium is not installed: apt-get install -y chromium "
+                    "(firmware_scripts/dev/install-test-deps.sh)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    with sync_api.sync_playwright() as playwright:
+        # Debian's Chromium, never a downloaded browser build (`playwright install`)
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def kiosk(tmp_path_factory: pytest.TempPathFactory, kiosk_frames: Path,  # noqa: F811
+          kiosk_pipeline: FacePipeline) -> Iterator[Kiosk]:  # noqa: F811
+    running = make_kiosk(tmp_path_factory.mktemp("kiosk-data"), kiosk_frames,
+                         kiosk_pipeline).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def screenshots() -> Path:
+    shutil.rmtree(SHOTS, ignore_errors=True)
+    SHOTS.mkdir(parents=True)
+    return SHOTS
+
+
+def log_in(page: Any, url: str) -> None:
+    page.goto(url + "/")
+    assert page.url.endswith("/login"), "an anonymous visit must land on the login form"
+    page.fill("#password", KIOSK_PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(url + "/")
+
+
+def status(page: Any) -> dict[str, Any]:
+    result = page.evaluate("fetch('/api/status', {cache: 'no-store'}).then(r => r.json())")
+    assert isinstance(result, dict)
+    return result
+
+
+def wait_for(condition: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def live_seq(page: Any) -> int:
+    return int(page.get_attribute("#live", "data-seq") or 0)
+
+
+def check_fits_phone(page: Any) -> None:
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE_VIEW["width"], f"page scrolls sideways on a phone ({width} px)"
+    small = page.evaluate(
+        "[...document.querySelectorAll('button, a.button, nav a')]"
+        ".filter(e => e.offsetParent !== null && e.getBoundingClientRect().height < 44)"
+        ".map(e => e.textContent.trim())")
+    assert small == [], f"touch targets under 44 px: {small}"
+
+
+def take_camera_shots(page: Any, needed: int) -> list[str]:
+    """Press 'Take shot' while the camera shows the person being enrolled."""
+    feedback = []
+    for _ in range(4 * needed):
+        # shoot inside PERSON_A's run of frames, away from its edges
+        wait_for(lambda: 1 <= (status(page)["frame"] or 0) % CYCLE <= A_FRAMES - 3,
+                 10, "a frame of the person being enrolled")
+        page.click("#take-shot")
+        page.wait_for_load_state()
+        feedback.append(page.inner_text("#feedback li:first-child"))
+        if page.is_enabled("#save"):
+            return feedback
+        time.sleep(0.3)
+    raise AssertionError(f"could not take {needed} good shots: {feedback}")
+
+
+def test_staff_flow_in_chromium(browser: Any, kiosk: Kiosk, screenshots: Path) -> None:
+    url = kiosk.url
+    context = browser.new_context(viewport=KIOSK_VIEW)
+    page = context.new_page()
+    page.goto(url + "/")
+    page.screenshot(path=str(screenshots / "kiosk-login.png"))
+    log_in(page, url)
+
+    # live view: the image is refreshed by the page's script
+    page.wait_for_selector("#live")
+    first = wait_for(lambda: live_seq(page), 10, "a first live frame")
+    image_a = page.locator("#live").screenshot()
+    wait_for(lambda: live_seq(page) > first, 5, "the live image to refresh")
+    time.sleep(0.2)
+    assert page.locator("#live").screenshot() != image_a, "live image did not change"
+
+    # enrol from the camera
+    page.click("nav >> text=Enrol")
+    page.fill("#camera-name", ENROLLED)
+    page.click("text=Start camera enrolment")
+    page.wait_for_url(url + "/enrol/camera")
+    feedback = take_camera_shots(page, kiosk.services.settings.enrol_shots)
+    assert "3 of 3 taken" in feedback[-1]
+    assert page.locator(".shots img").count() == 3
+    page.screenshot(path=str(screenshots / "kiosk-enrol-camera.png"))
+    enrolled_at = time.time()
+    page.click("#save")
+    page.wait_for_url(url + "/people")
+    assert f"{ENROLLED} is enrolled with 3 photos" in page.inner_text("#flashes")
+    assert ENROLLED in page.inner_text("#people")
+
+    # recognised, and the unknown face raises an alert
+    page.click("nav >> text=Live")
+    page.wait_for_selector(f"#recent .who:text-is('{ENROLLED}')", timeout=15_000)
+    page.wait_for_selector("#alerts li.entry", timeout=10_000)
+    late = wait_for(lambda: [a for a in status(page)["alerts"] if a["last_seen"] > enrolled_at],
+                    10, "an alert for the face that is not enrolled, after the enrolment")
+    assert late[0]["name"] is None
+    current = status(page)
+    # repeated sightings of the same unknown person do not each raise an alert
+    assert current["unknown_sightings"] > 2 * len(current["alerts"])
+    assert page.is_visible("#alert-badge")
+    page.wait_for_selector("#recent img")
+    time.sleep(1.2)  # let the thumbnails load before the screenshot
+    page.screenshot(path=str(screenshots / "kiosk-live.png"))
+
+    # the same screens on a phone
+    phone = browser.new_context(viewport=PHONE_VIEW, is_mobile=True, has_touch=True)
+    mobile = phone.new_page()
+    log_in(mobile, url)
+    mobile.wait_for_selector(f"#recent .who:text-is('{ENROLLED}')", timeout=10_000)
+    time.sleep(1.0)
+    check_fits_phone(mobile)
+    mobile.screenshot(path=str(screenshots / "phone-live.png"), full_page=True)
+    for name, path in (("enrol", "/enrol"), ("people", "/people")):
+        mobile.goto(url + path)
+        check_fits_phone(mobile)
+        mobile.screenshot(path=str(screenshots / f"phone-{name}.png"), full_page=True)
+    phone.close()
+
+    # remove the person, behind a confirmation page
+    page.click("nav >> text=People")
+    page.screenshot(path=str(screenshots / "kiosk-people.png"))
+    page.click(f".person:has-text('{ENROLLED}') >> text=Remove")
+    page.wait_for_selector("#confirm-remove")
+    page.screenshot(path=str(screenshots / "kiosk-confirm-remove.png"))
+    page.click("#confirm-remove")
+    page.wait_for_url(url + "/people")
+    assert f"{ENROLLED} was removed with 3 photos" in page.inner_text("#flashes")
+    assert ENROLLED not in page.inner_text("#people")
+    with Gallery.open(kiosk.services.data_dir) as gallery:
+        assert gallery.people() == []
+        assert gallery.count_rows() == {"people": 0, "crops": 0, "embeddings": 0}
+    assert all(r["name"] != ENROLLED for r in status(page)["recent"])
+    context.close()
