@@ -1,0 +1,187 @@
+"""One emulated edge box of the demo, run as its own process by ``edge.demo``.
+
+``python -m edge.demo_box BOX.json``: enrols the box's people with the real pipeline
+(YuNet -> align -> SFace), measures identification accuracy on its held-out photos,
+then runs the federation client (real trainer when torch is installed) until SIGTERM.
+Progress goes to stdout as one JSON object per line prefixed by ``EVENT_PREFIX`` (the
+parent parses them); logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.federation_client import ClientConfig, ClientEvent, FederationClient
+from edge.gallery import Gallery
+from edge.model_sink import OnnxModelSink
+from edge.pipeline import FacePipeline
+from edge.recognizer import Recognizer
+from edge.trainer_api import LocalTrainer
+from federation.keys import load_secret_context, read_private_key, read_public_key
+from federation.mqtt import MqttTransport
+from federation.transport import Will
+from models.federated_parts import FederatedPart, get_part
+from models.registry import model_path as pinned_model_path
+from models.registry import optimised_sface_path
+
+log = logging.getLogger(__name__)
+
+EVENT_PREFIX = "FEDFACE-EVENT "
+_emit_lock = threading.Lock()
+
+
+def emit(kind: str, /, **data: Any) -> None:
+    line = json.dumps({"event": kind, "t": time.time(), **data}, sort_keys=True)
+    with _emit_lock:
+        try:
+            sys.stdout.write(EVENT_PREFIX + line + "\n")
+            sys.stdout.flush()
+        except (BrokenPipeError, ValueError):  # the parent stopped reading (shutting down)
+            pass
+
+
+@dataclass
+class HeldOut:
+    names: list[str]
+    crops: list[np.ndarray]
+
+
+def enrol(pipeline: FacePipeline, gallery: Gallery, people: list[dict[str, Any]]) -> HeldOut:
+    recognizer = Recognizer(pipeline, gallery, threshold=0.0)
+    held = HeldOut([], [])
+    for person in people:
+        outcome = recognizer.enroll_images(person["name"], [Path(p) for p in person["enrol"]])
+        if not outcome.added:
+            log.warning("%s: no usable enrolment photo", person["name"])
+            continue
+        for path in person["heldout"]:
+            try:
+                face = pipeline.embed_image_file(Path(path))
+            except Exception as exc:  # a held-out photo without a face is just skipped
+                log.info("held-out %s skipped: %s", path, exc)
+                continue
+            held.names.append(person["name"])
+            held.crops.append(face.crop)
+    return held
+
+
+def accuracy(embed: Any, version: str, gallery: Gallery, held: HeldOut) -> float | None:
+    """Closed-set identification: share of held-out photos whose best match is right."""
+    if not held.crops:
+        return None
+    matches = gallery.identify_many(embed(held.crops), version, threshold=-1.0)
+    right = sum(m.name == n for m, n in zip(matches, held.names, strict=True))
+    return right / len(held.names)
+
+
+def gallery_crops(gallery: Gallery) -> dict[str, list[np.ndarray]]:
+    names = {p.id: p.name for p in gallery.people()}
+    out: dict[str, list[np.ndarray]] = {}
+    for crop in gallery.iter_crops():
+        out.setdefault(names[crop.person_id], []).append(crop.image)
+    return out
+
+
+def make_trainer(cfg: dict[str, Any], part: FederatedPart, gallery: Gallery,
+                 model_path: Path, base: np.ndarray) -> tuple[LocalTrainer, str]:
+    if not cfg.get("force_drift"):
+        try:
+            import torch
+
+            from edge.trainer import TorchLocalTrainer, TrainConfig
+        except ImportError as exc:
+            log.warning("torch is not installed (%s): FALLING BACK to NumpyDriftTrainer, "
+                        "which does not learn", exc)
+        else:
+            torch.set_num_threads(1)
+            train_cfg = TrainConfig(epochs=float(cfg.get("epochs", 1.0)),
+                                    time_budget_s=float(cfg.get("train_budget_s", 30.0)))
+            trainer = TorchLocalTrainer(model_path, lambda: gallery_crops(gallery),
+                                        Path(cfg["data_dir"]) / "train", part, train_cfg,
+                                        n_views=int(cfg.get("views", 2)), isolate=False)
+            return trainer, "torch"
+    from edge.drift_trainer import NumpyDriftTrainer
+
+    n = sum(len(v) for v in gallery_crops(gallery).values())
+    return NumpyDriftTrainer(part, base, cfg["device_id"], max(1, n)), "numpy-drift (NOT learning)"
+
+
+def run(cfg: dict[str, Any]) -> int:
+    data_dir = Path(cfg["data_dir"])
+    part = get_part(cfg.get("part", "conv14"))
+    model_dir = Path(cfg["model_dir"]) if cfg.get("model_dir") else None
+    # the sink patches the inference graph; the trainer rebuilds its torch tail from the
+    # original graph (the optimised one rewrote PRelu into ops the tail builder lacks)
+    inference_model = optimised_sface_path(model_dir)
+    training_model = pinned_model_path("sface", model_dir)
+    pipeline = FacePipeline.from_model_dir(model_dir, threads=1)
+    gallery = Gallery.open(data_dir / "gallery")
+    t0 = time.perf_counter()
+    held = enrol(pipeline, gallery, cfg["people"])
+    base_version = pipeline.embedder.version
+    acc0 = accuracy(pipeline.embedder.embed, base_version, gallery, held)
+    counts = gallery.count_rows()
+    emit("enrolled", people=counts["people"], crops=counts["crops"], heldout=len(held.crops),
+         accuracy=acc0, seconds=time.perf_counter() - t0)
+
+    sink = OnnxModelSink(inference_model, part, data_dir / "models", gallery, threads=1)
+    base = sink.base_vector()
+    trainer, trainer_kind = make_trainer(cfg, part, gallery, training_model, base)
+    emit("trainer", kind=trainer_kind)
+
+    def on_event(event: ClientEvent) -> None:
+        data = {k: v for k, v in event.data.items() if k != "vector"}
+        if event.kind == "applied" and sink.embedder is not None:
+            data["accuracy"] = accuracy(sink.embedder.embed, sink.embedder.version, gallery, held)
+        emit(event.kind, round=event.round, **data)
+
+    def transport(will: Will) -> MqttTransport:
+        return MqttTransport(cfg["broker"], cfg["device_id"], will=will,
+                             protocol=cfg.get("protocol", "5"), reconnect_max_delay=5)
+
+    client = FederationClient(
+        ClientConfig(cfg["fed"], cfg["device_id"], retry_seconds=float(cfg.get("retry_s", 30))),
+        transport, load_secret_context(Path(cfg["secret_context"])),
+        read_private_key(Path(cfg["device_key"])), read_public_key(Path(cfg["aggregator_key"])),
+        trainer, sink, data_dir / "federation", base, on_event=on_event,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    client.start()
+    emit("started")
+    stop.wait()
+    client.stop()
+    gallery.close()
+    emit("stopped", model=client.version)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.stderr.write("usage: python -m edge.demo_box BOX.json\n")
+        return 2
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = json.loads(Path(args[0]).read_text())
+    try:
+        return run(cfg)
+    except Exception as exc:
+        log.exception("box %s failed", cfg.get("device_id"))
+        emit("failed", error=f"{type(exc).__name__}: {exc}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
