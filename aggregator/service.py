@@ -11,10 +11,33 @@ Two threads, one rule each:
 
 They meet in a queue of small items (a completed blob is a file path, not bytes), so a
 backlog costs disk, not memory.
+
+What an edge client sees (all payloads are signed envelopes, sender = aggregator id;
+JSON bodies are one-chunk blobs):
+
+- ``announce`` (retained, kind announce, round r, model = base version): JSON
+  {round, base_model, state: open|closed, opened_at, deadline (unix s), quorum,
+  count_scale, part_key, chunk_size, devices}. Re-published with a later deadline on
+  an extension; a failed round is followed by an announce of round r+1, same base.
+- ``update/<device>``: the box's EncryptedUpdate bytes chunked with kind update,
+  round r, model = the announced base_model.
+- ``ack/<device>`` (kind ack): JSON {device, round, msg, accepted, reason, detail,
+  current_round, contributions}, one per update message. Reasons: malformed,
+  bad_signature, unknown_device (also revoked), wrong_federation, integrity,
+  oversized, stale_version, late, duplicate (already counted: treat as success),
+  replay, not_open, unavailable (transient: resend, same msg id allowed).
+- ``result/<r>/<i>`` (retained, kind result, model = result version ``round-<r>``):
+  chunks of the summed EncryptedUpdate (self-contained: decrypt_average gives the
+  federated weights). Only the latest round stays retained.
+- ``model/latest`` (retained, kind result): JSON {round, model, base_model, msg,
+  blob_sha256, blob_size, chunks, chunk_size, contributors, result_topic}; published
+  after every result chunk, confirmed by the broker before the round is marked
+  published.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import inspect
 import json
@@ -79,6 +102,30 @@ class _Reject:
 class _Ready:
     env: Envelope  # header of the blob's first chunk (payload dropped)
     path: Path
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        fn: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        return None
+    return fn
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def _return_freed_memory() -> None:
+    """Give the freed buffers of the update just added back to the OS.
+
+    Each update passes through ~100 MB of short-lived buffers (blob, ciphertext bytes,
+    SEAL objects, the serialised sum). glibc keeps freed blocks in per-thread arenas, and
+    with the delivery thread and the worker allocating alternately the arenas fragment:
+    measured, peak RSS grew from ~200 MB (2 boxes) to ~440 MB (20 boxes) without this
+    call although the live data stays one model.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 class AggregatorService:
@@ -254,9 +301,11 @@ class AggregatorService:
             return
         finally:
             item.path.unlink(missing_ok=True)
-        sub = Submission(env.sender, env.round, env.model, env.msg, env.blob_sha256, data)
+        decision = self.coordinator.submit(
+            Submission(env.sender, env.round, env.model, env.msg, env.blob_sha256, data)
+        )
         del data
-        decision = self.coordinator.submit(sub)
+        _return_freed_memory()
         if decision.reason == UNAVAILABLE:
             self._forget((env.sender, env.msg))
         self._ack(env.sender, env.round, env.msg, decision)

@@ -204,12 +204,20 @@ def agg_main(ns: argparse.Namespace) -> None:
         service.coordinator.accumulators = PlainAccumulatorFactory(ns.length + 1)
     stop_event = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
+    threading.Thread(target=_log_rss, args=(stop_event,), daemon=True).start()
     service.start()
     transport.release()
     service.loop(stop_event)
     transport.close()
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"peak_rss_mb": peak_kb / 1024}), flush=True)
+
+
+def _log_rss(stop_event: threading.Event) -> None:
+    log = logging.getLogger("bench.rss")
+    while not stop_event.wait(1.0):
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        log.info("rss %.0f MB", pages * os.sysconf("SC_PAGE_SIZE") / 2**20)
 
 
 # --- child: boxes ------------------------------------------------------------------

@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import Result
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from aggregator.cli import app
 from federation.keys import write_public_key
@@ -108,3 +107,15 @@ def test_serve_refuses_a_secret_context_swapped_into_the_state(
     assert proc.returncode == 2
     assert "secret_key_refused" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_aggregator_never_imports_ml_or_edge_code() -> None:
+    code = (
+        "import sys, aggregator.cli, aggregator.service, aggregator.runner, aggregator.config\n"
+        "bad = [m for m in ('torch', 'cv2', 'onnxruntime', 'edge', 'models') if m in sys.modules]\n"
+        "print(','.join(bad))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ""
