@@ -44,6 +44,8 @@ class KioskAuthError(FedFaceError):
 
 
 def kiosk_dir(data_dir: Path) -> Path:
+    # the data dir first: mkdir(parents=True) would create it with the umask's mode
+    ensure_private_dir(Path(data_dir))
     return ensure_private_dir(Path(data_dir) / KIOSK_DIRNAME)
 
 

@@ -61,6 +61,11 @@ class Kiosk:
             raise KioskStartError(f"cannot listen on {settings.host}:{settings.port}: "
                                   f"{exc.strerror or exc}",
                                   hint="choose another --port or stop what uses it") from exc
+        access_log = logging.getLogger("werkzeug")
+        if access_log.level == logging.NOTSET:
+            # one line per request is 4+ lines a second per open live view: keep it for -vv
+            access_log.setLevel(logging.DEBUG if log.isEnabledFor(logging.DEBUG)
+                                else logging.WARNING)
         self.services.worker.start()
         self._thread = threading.Thread(target=self._server.serve_forever, name="kiosk-http",
                                         daemon=True)
@@ -120,7 +125,7 @@ def build_kiosk(
                              clock=clock)
         services = KioskServices(settings, edge.data_dir, worker, activity, desk, gallery,
                                  passwords, LoginLimiter(settings.login_max_failures,
-                                                         settings.login_window_s),
+                                                         settings.login_window_s, clock),
                                  clock=clock)
         return Kiosk(services, create_app(services))
     except BaseException:

@@ -28,7 +28,7 @@ def _wait_text(seconds: float) -> str:
 @blueprint.route("/login", methods=["GET", "POST"])
 def login() -> BaseResponse | str:
     svc = services()
-    if request.method == "GET":
+    if request.method != "POST":  # GET, and HEAD (which is no login attempt either)
         return render_template("login.html", password_set=svc.passwords.is_set())
     client = _client()
     wait = svc.limiter.retry_after(client)

@@ -142,7 +142,7 @@ class RecognitionWorker:
                 with self.source:
                     self._set_status("running")
                     for frame in self.source:
-                        self._process(frame.frame_index, frame.timestamp, frame.image)
+                        self.process_frame(frame.frame_index, frame.timestamp, frame.image)
                         if self._stop.is_set():
                             return
                 if not self.source.live:
@@ -169,7 +169,8 @@ class RecognitionWorker:
             self._set_status("error", str(exc))
             return None
 
-    def _process(self, frame_index: int, timestamp: float, image: np.ndarray) -> None:
+    def process_frame(self, frame_index: int, timestamp: float, image: np.ndarray) -> None:
+        """Recognise one frame and publish it (the thread calls this for every frame)."""
         started = time.perf_counter()
         faces = self.pipeline.process(image)
         found = self._identify(faces)
