@@ -38,9 +38,6 @@ JSON bodies are one-chunk blobs):
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import inspect
-import json
 import logging
 import queue
 import threading
@@ -64,13 +61,13 @@ from aggregator.coordinator import (
     RoundSettings,
     Submission,
 )
+from aggregator.publisher import Publisher
 from aggregator.registry import DeviceRegistry
 from aggregator.spool import DiskReassembler
 from aggregator.store import Store
 from federation import topics
-from federation.chunking import split_blob
 from federation.ckks import FederationContext, require_public_only
-from federation.envelope import Envelope, decode, encode
+from federation.envelope import Envelope, decode
 from federation.errors import (
     MALFORMED,
     UNKNOWN_DEVICE,
@@ -85,7 +82,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BLOB_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_SPOOL_BYTES = 8 * 1024 * 1024 * 1024
-CONFIRM_TIMEOUT = 60.0  # seconds to wait for the broker's PUBACK of a result pointer
 _FINISHED_MEMORY = 4096  # (device, msg) pairs whose late chunks are dropped silently
 
 
@@ -174,9 +170,10 @@ class AggregatorService:
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._finished_msgs: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._finished_lock = threading.Lock()
-        self._last_announce: dict[str, Any] | None = None
         self._unpublished: list[ResultReady] = []
-        self._can_confirm = "wait_timeout" in inspect.signature(transport.publish).parameters
+        self.publisher = Publisher(
+            transport, signing_key, fed_id, aggregator_id, self.settings.chunk_size
+        )
 
     # --- start / loop -----------------------------------------------------------------
     def start(self) -> None:
@@ -312,54 +309,7 @@ class AggregatorService:
         self._handle(self.coordinator.tick())
 
     def _ack(self, device: str, round_no: int | None, msg: str | None, d: Decision) -> None:
-        cur = self.coordinator.current
-        body = {
-            "device": device,
-            "round": round_no,
-            "msg": msg,
-            "accepted": d.accepted,
-            "reason": d.reason,
-            "detail": d.detail,
-            "current_round": None if cur is None else cur.round,
-            "contributions": None if cur is None else cur.contributions,
-        }
-        try:
-            self._publish_json(
-                topics.ack(self.fed_id, device),
-                "ack",
-                body,
-                round_no or 0,
-                "" if cur is None else cur.base_model,
-                retain=False,
-            )
-        except FederationError as exc:  # e.g. a device id that is not a valid topic level
-            log.warning("cannot ack %s: %s", device, exc)
-
-    def _publish_json(
-        self,
-        topic: str,
-        kind: str,
-        body: dict[str, Any],
-        round_no: int,
-        model: str,
-        retain: bool,
-        confirm: bool = False,
-    ) -> None:
-        data = json.dumps(body, sort_keys=True).encode()
-        for env in split_blob(
-            data,
-            self.signing_key,
-            kind=kind,
-            fed=self.fed_id,
-            sender=self.aggregator_id,
-            round=round_no,
-            model=model,
-            chunk_size=max(len(data), 1),
-        ):
-            if confirm:
-                self._publish_confirmed(topic, encode(env), retain)
-            else:
-                self.transport.publish(topic, encode(env), retain=retain)
+        self.publisher.ack(device, round_no, msg, d, self.coordinator.current)
 
     def _handle(self, events: list[Event]) -> None:
         for event in events:
@@ -379,71 +329,19 @@ class AggregatorService:
         pending, self._unpublished = self._unpublished, []
         self._handle(list(pending))
 
-    def _publish_confirmed(self, topic: str, payload: bytes, retain: bool) -> None:
-        """Publish and wait for the broker's PUBACK where the transport can (MQTT): the
-        last message of a result confirms the whole result (one client's QoS 1 messages
-        reach the broker in order), before the round is marked published."""
-        if self._can_confirm:
-            self.transport.publish(  # type: ignore[call-arg]
-                topic, payload, retain=retain, wait_timeout=CONFIRM_TIMEOUT
-            )
-        else:
-            self.transport.publish(topic, payload, retain=retain)
-
     def _announce(self, round_no: int, base: str, payload: dict[str, Any]) -> None:
-        self._last_announce = payload
-        closing = payload.get("state") != "open"  # the last message before exiting
-        self._publish_json(
-            topics.announce(self.fed_id), "announce", payload, round_no, base, True, closing
-        )
-        log.info("announced round %d (state %s)", round_no, payload.get("state"))
+        self.publisher.announce(round_no, base, payload)
 
     def _publish_result(self, event: ResultReady) -> None:
         previous = self.store.latest_published()
         blob = self.store.read_blob(event.sum_blob)
-        sha = hashlib.sha256(blob).hexdigest()
-        msg = sha[:32]  # deterministic: a republish after a crash is the same message
-        envs = split_blob(
-            blob,
-            self.signing_key,
-            kind="result",
-            fed=self.fed_id,
-            sender=self.aggregator_id,
-            round=event.round,
-            model=event.model,
-            chunk_size=self.settings.chunk_size,
-            msg=msg,
-        )
+        done_result = self.publisher.result(event, blob, previous)
         del blob
-        for env in envs:
-            self.transport.publish(
-                topics.result(self.fed_id, event.round, env.index), encode(env), retain=True
-            )
-        pointer = {
-            "round": event.round,
-            "model": event.model,
-            "base_model": event.base_model,
-            "msg": msg,
-            "blob_sha256": sha,
-            "blob_size": envs[0].blob_size,
-            "chunks": len(envs),
-            "chunk_size": self.settings.chunk_size,
-            "contributors": len(event.contributors),
-            "result_topic": topics.result_filter(self.fed_id, event.round),
-        }
-        self._publish_json(
-            topics.model_latest(self.fed_id), "result", pointer, event.round, event.model, True,
-            confirm=True,
-        )
-        if previous is not None and previous.round != event.round and previous.result_chunks:
-            for index in range(previous.result_chunks):  # only the latest result stays retained
-                self.transport.publish(
-                    topics.result(self.fed_id, previous.round, index), b"", retain=True
-                )
         self.published_rounds += 1
         done = self.max_rounds is not None and self.published_rounds >= self.max_rounds
         events = self.coordinator.result_published(
-            event.round, sha, envs[0].blob_size, len(envs), msg, open_next=not done
+            event.round, done_result.sha256, done_result.size, done_result.chunks,
+            done_result.msg, open_next=not done,
         )
         if done:
             self.finished.set()
