@@ -378,11 +378,14 @@ class FederationClient:
         ack = parse_ack(env)
         if ack.msg is None or ack.round is None:
             return
-        if ack.accepted:
+        # "duplicate": the aggregator already counted this update (our resend crossed
+        # its ack), which is a success for the box
+        if ack.accepted or ack.reason == "duplicate":
             self.outbox.remove(ack.round, ack.msg)
             self._pending_sent.pop(ack.msg, None)
-            self._emit("acked", ack.round, {"msg": ack.msg})
-            log.info("round %d: update %s accepted", ack.round, ack.msg[:12])
+            self._emit("acked", ack.round, {"msg": ack.msg, "duplicate": not ack.accepted})
+            log.info("round %d: update %s accepted%s", ack.round, ack.msg[:12],
+                     "" if ack.accepted else " (already counted)")
             return
         reason = ack.reason or "unknown"
         self._count(f"rejected_{reason}")

@@ -22,8 +22,8 @@ from edge.trainer_api import LocalUpdate
 from federation import topics
 from federation.chunking import split_blob
 from federation.ckks import FederationContext, new_secret_context
-from federation.envelope import encode
-from federation.signing import generate_signing_key, public_key_hex
+from federation.envelope import decode, encode, verify_envelope
+from federation.signing import KeyRing, generate_signing_key, public_key_hex
 from federation.transport import InMemoryBus, InMemoryTransport
 from tests.e2e_support import PART, GatedTrainer, RecordingSink, part_base_vector, wait_for
 
@@ -96,6 +96,13 @@ def make_setup(tmp_path: Path, ctx: FederationContext) -> Iterator:
         s.close()
 
 
+def _status(s: Setup, device: str) -> dict:
+    env = decode(s.bus.retained[topics.status(FED, device)])
+    verify_envelope(env, KeyRing({device: s.keys[device].public_key()}), fed=FED)
+    body: dict = json.loads(env.payload)
+    return body
+
+
 def _gated(device: str, n: int = 50) -> GatedTrainer:
     return GatedTrainer(NumpyDriftTrainer(PART, part_base_vector(), device, n, 1e-2))
 
@@ -107,7 +114,10 @@ def test_update_kept_on_disk_while_offline_then_sent(make_setup) -> None:
     a, events, _ = s.client("a", trainer=gated)
     a.start()
     wait_for(lambda: any(e.kind == "joined" for e in events), 10, "a joined round 1")
-    s.transports["a"].drop()  # link lost while training
+    status_topic = topics.status(FED, "a")
+    assert _status(s, "a")["state"] == "online"
+    s.transports["a"].drop()  # link lost while training: the broker publishes the will
+    assert _status(s, "a")["state"] == "offline"
     gated.gate.set()
     wait_for(lambda: any(e.kind == "submitted" for e in events), 20, "a sealed its update")
     time.sleep(0.3)  # a few retry ticks while offline
@@ -116,11 +126,15 @@ def test_update_kept_on_disk_while_offline_then_sent(make_setup) -> None:
     assert a.pending_updates == 1
     s.transports["a"].reconnect()
     wait_for(lambda: any(e.kind == "acked" for e in events), 20, "update acked after reconnect")
+    wait_for(lambda: _status(s, "a")["state"] == "online", 5, "online status after reconnect")
+    assert status_topic in s.bus.retained
     assert a.pending_updates == 0
     b, _, _ = s.client("b")
     b.start()
     wait_for(lambda: b.version == "round-1" and a.version == "round-1", 20, "round 1 applied")
-    a.stop()
+    wait_for(lambda: _status(s, "a")["model"] == "round-1", 5, "status names the new model")
+    a.stop()  # graceful: says offline itself (no will)
+    assert _status(s, "a")["state"] == "offline"
     b.stop()
 
 
