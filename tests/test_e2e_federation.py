@@ -5,6 +5,11 @@ these tests are about transport, encryption and fault handling, not learning."""
 
 from __future__ import annotations
 
+import shutil
+import signal
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +17,13 @@ import onnx
 import pytest
 
 from edge.drift_trainer import NumpyDriftTrainer
+from edge.gallery import Gallery
 from edge.model_sink import OnnxModelSink
 from federation.mqtt import MqttTransport
 from models.onnx_graph import read_initializers
 from models.registry import optimised_sface_path
 from tests.e2e_support import (
+    FED,
     PART,
     Federation,
     GatedTrainer,
@@ -127,3 +134,46 @@ def test_box_offline_at_publication_gets_retained_result(tmp_path: Path, mosquit
         assert sink.embedder is not None and sink.embedder.version.endswith("round-1")
     finally:
         fed.stop()
+
+
+@pytest.mark.slow
+def test_join_command_takes_part_in_a_round(tmp_path: Path, mosquitto, lfw_dir: Path) -> None:
+    """``fedface-edge join`` as a real box process: enrolled gallery, torch trainer,
+    update sent, federated model applied and the gallery re-embedded with it."""
+    fed = Federation.create(tmp_path, mosquitto.url, ["box-a", "box-cli"])
+    faces = tmp_path / "faces"
+    people = [p for p in sorted(lfw_dir.iterdir()) if len(list(p.glob("*.jpg"))) >= 3][:3]
+    for person in people:
+        (faces / person.name).mkdir(parents=True)
+        for img in sorted(person.glob("*.jpg"))[:3]:
+            shutil.copy(img, faces / person.name / img.name)
+    data = tmp_path / "box-cli-data"
+    edge_cli = str(Path(sys.executable).parent / "fedface-edge")
+    subprocess.run([edge_cli, "--data-dir", str(data), "enroll", "--from-dir", str(faces)],
+                   check=True, capture_output=True)
+    lines: list[str] = []
+    proc = subprocess.Popen(
+        [edge_cli, "--data-dir", str(data), "join", "--broker", mosquitto.url, "--fed", FED,
+         "--device-id", "box-cli", "--secret-context", str(fed.secret_context),
+         "--device-key", str(tmp_path / "box-cli.key"), "--aggregator-key",
+         str(fed.agg_state / "aggregator.pub"), "--part", PART.name],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
+    reader.start()
+    try:
+        fed.start_aggregator(quorum=2, rounds=1)
+        fed.start_box("box-a", n_samples=30)
+        wait_for(lambda: fed.boxes["box-a"].client.version == "round-1", 120,
+                 "round 1 with the CLI box", fed)
+        wait_for(lambda: any("round 1: applied" in line for line in lines), 30,
+                 "the CLI box to apply round 1")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        fed.stop()
+    assert proc.returncode == 0, err
+    assert fed.boxes["box-a"].event("applied", 1).data["updates"] == 2  # type: ignore[union-attr]
+    assert (data / "models" / "sface-fed-round-1.onnx").is_file()
+    with Gallery.open(data) as gallery:
+        assert gallery.model_versions() == {"sface-fed-round-1": 9}
