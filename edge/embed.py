@@ -62,8 +62,8 @@ class Embedder:
         if len(inputs) != 1:
             names = [i.name for i in inputs]
             raise ValueError(
-                f"SFace graph should have one runtime input, has {names}: were its weights "
-                "moved to initializers (models.registry.optimised_sface_path)?"
+                f"expected an SFace graph with one image input, this one has {names}; use "
+                "models.registry.optimised_sface_path() or a patched copy of it"
             )
         self._input_name = inputs[0].name
         batch_dim = inputs[0].shape[0]
@@ -75,8 +75,11 @@ class Embedder:
 
     def _run(self, blob: np.ndarray) -> np.ndarray:
         if self._fixed_batch is not None and blob.shape[0] != self._fixed_batch:
-            rows = [self._session.run(None, {self._input_name: blob[i : i + 1]})[0] for i in
-                    range(blob.shape[0])]  # fmt: skip
+            # A graph with a fixed batch of 1 (e.g. the shipped file): one run per crop.
+            rows = [
+                self._session.run(None, {self._input_name: blob[i : i + 1]})[0]
+                for i in range(blob.shape[0])
+            ]
             return np.concatenate(rows, axis=0)
         return np.asarray(self._session.run(None, {self._input_name: blob})[0])
 
