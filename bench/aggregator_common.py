@@ -166,6 +166,15 @@ class RoundWatcher:
         self.t.close()
 
 
+def wait_ready(proc: subprocess.Popen[str], timeout_note: str = "box") -> None:
+    """Block until a box process printed its ready line (after any precomputation)."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if '"ready"' in line:
+            return
+    raise RuntimeError(f"{timeout_note} exited before it was ready: {proc.communicate()[1]}")
+
+
 def stop(proc: subprocess.Popen[str], timeout: float = 10) -> tuple[str, str]:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -253,6 +262,17 @@ def box_main(ns: argparse.Namespace) -> None:
     for d, link in links.items():
         link.subscribe(topics.ack(FED, d), on_ack)
         assert link.wait_connected(10)
+    # --precompute: every round's update is encrypted before the aggregator even starts
+    # (the orchestrator waits for "ready"), so no encryption falls inside a round.
+    precomputed: dict[int, dict[str, bytes]] = {}
+    if ns.precompute:
+        for r in range(1, ns.rounds + 1):
+            precomputed[r] = {}
+            for d in devices:
+                vec, n = box_vector(int(d[3:]), r, ns.length)
+                precomputed[r][d] = (encrypt_update(secret, vec, n, COUNT_SCALE).to_bytes()
+                                     if secret is not None else b"")
+    print(json.dumps({"ready": True}), flush=True)
     links[devices[0]].subscribe(topics.announce(FED), on_announce)
     for round_no in range(1, ns.rounds + 1):
         def announced(r: int = round_no) -> bool:
@@ -268,16 +288,14 @@ def box_main(ns: argparse.Namespace) -> None:
             c_n = n / count_scale
             return np.append(vec * np.float32(c_n), np.float32(c_n)).astype("<f4").tobytes()
 
-        blobs: dict[str, bytes] = {}
-        if ns.precompute:  # encrypt before the round opens (count_scale is a fed constant)
-            blobs = {d: make_blob(d, COUNT_SCALE) for d in devices}
+        blobs = precomputed.pop(round_no, {})
         with cond:
             assert cond.wait_for(announced, 600), "no announce"
             ann = announces[round_no]
         t0 = time.perf_counter()
         per_device: dict[str, list[bytes]] = {}
         for d in devices:
-            blob = blobs.pop(d) if d in blobs else make_blob(d, ann["count_scale"])
+            blob = blobs.get(d) or make_blob(d, ann["count_scale"])
             envs = split_blob(blob, keys[d], kind="update", fed=FED, sender=d, round=round_no,
                               model=ann["base_model"], chunk_size=ns.chunk_size)
             per_device[d] = [encode(e) for e in envs]

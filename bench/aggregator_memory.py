@@ -24,6 +24,7 @@ from bench.aggregator_common import (
     start_mosquitto,
     stop,
     tmpdir,
+    wait_ready,
 )
 
 
@@ -37,6 +38,8 @@ def one_round(n_boxes: int, length: int, chunk: int) -> tuple[float, float]:
     halves = [fed.devices[0::2], fed.devices[1::2]]
     boxes = [spawn("box", *common, "--devices", ",".join(h), "--keys", str(fed.key_dir),
                    "--secret", str(fed.secret_path)) for h in halves if h]
+    for b in boxes:
+        wait_ready(b)
     agg = spawn("agg", *common, "--state", str(fed.state), "--quorum", str(n_boxes))
     try:
         round_s = watcher.wait_published(1, 1800)

@@ -30,6 +30,7 @@ from bench.aggregator_common import (
     start_mosquitto,
     stop,
     tmpdir,
+    wait_ready,
 )
 
 
@@ -45,6 +46,8 @@ def run_mode(
     boxes = [spawn("box", *common, "--devices", dev, "--keys", str(fed.key_dir),
                    "--secret", str(fed.secret_path), "--mode", mode,
                    *(["--precompute"] if precompute else [])) for dev in fed.devices]
+    for b in boxes:
+        wait_ready(b)
     agg = spawn("agg", *common, "--state", str(fed.state), "--mode", mode,
                 "--quorum", str(n_boxes))
     try:
@@ -105,7 +108,7 @@ def main() -> None:
     print(f"\n{ns.boxes} boxes, {ns.length:,} parameters, {ns.rounds} rounds each (median); "
           f"{os.cpu_count()} cores, load average {load:.1f}")
     print("CKKS: encryption inside the round, in parallel by the box processes;")
-    print("CKKS pre: encryption done by the boxes before the announce (not in the round time)")
+    print("CKKS pre: every update encrypted by the boxes before the aggregator starts")
     print(f"{'':26}{'plaintext':>11}{'CKKS':>9}{'ratio':>8}{'CKKS pre':>10}{'ratio':>8}")
     rows = [("round wall time (s)", "round_s", "{:.2f}"),
             ("box prepare in round (s)", "prepare_s", "{:.2f}"),
