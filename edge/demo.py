@@ -57,7 +57,6 @@ class DemoOptions:
     part: str = "conv14"
     timeout_s: float = 900.0
     train_budget_s: float = 20.0
-    force_drift: bool = False  # tests only: skip torch even if installed
 
 
 @dataclass
@@ -183,6 +182,10 @@ class Progress:
                          f"model ({ev['seconds']:.1f} s)")
             elif kind == "trainer":
                 self.trainer[box] = ev["kind"]
+                if ev["kind"] != "torch":
+                    self.out(f"  {box}: WARNING: torch is not installed, so this box sends a "
+                             "deterministic weight drift instead of real training "
+                             "(pip install 'fedface[train]')")
             elif kind == "failed":
                 self.failed[box] = ev.get("error", "?")
             elif kind == "error":
@@ -312,7 +315,7 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> dict[str,
                 "aggregator_key": str(agg_state / "aggregator.pub"),
                 "people": [{"name": p.name, "enrol": [str(x) for x in p.enrol],
                             "heldout": [str(x) for x in p.heldout]} for p in people],
-                "train_budget_s": opts.train_budget_s, "force_drift": opts.force_drift,
+                "train_budget_s": opts.train_budget_s,
                 "model_dir": os.environ.get("FEDFACE_MODEL_DIR"),
             }
             (box_dir / "box.json").write_text(json.dumps(cfg, indent=2))

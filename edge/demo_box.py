@@ -96,22 +96,22 @@ def gallery_crops(gallery: Gallery) -> dict[str, list[np.ndarray]]:
 
 def make_trainer(cfg: dict[str, Any], part: FederatedPart, gallery: Gallery,
                  model_path: Path, base: np.ndarray) -> tuple[LocalTrainer, str]:
-    if not cfg.get("force_drift"):
-        try:
-            import torch
+    try:
+        import torch
 
-            from edge.trainer import TorchLocalTrainer, TrainConfig
-        except ImportError as exc:
-            log.warning("torch is not installed (%s): FALLING BACK to NumpyDriftTrainer, "
-                        "which does not learn", exc)
-        else:
-            torch.set_num_threads(1)
-            train_cfg = TrainConfig(epochs=float(cfg.get("epochs", 1.0)),
-                                    time_budget_s=float(cfg.get("train_budget_s", 30.0)))
-            trainer = TorchLocalTrainer(model_path, lambda: gallery_crops(gallery),
-                                        Path(cfg["data_dir"]) / "train", part, train_cfg,
-                                        n_views=int(cfg.get("views", 2)), isolate=False)
-            return trainer, "torch"
+        from edge.trainer import TorchLocalTrainer, TrainConfig
+    except ImportError as exc:
+        log.warning("torch is not installed (%s): FALLING BACK to NumpyDriftTrainer, "
+                    "which does not learn", exc)
+    else:
+        torch.set_num_threads(1)
+        # the trainer's own defaults, with a time budget so the demo stays short; in
+        # process (isolate=False): a spawned child per round would re-import torch
+        train_cfg = TrainConfig(time_budget_s=float(cfg.get("train_budget_s", 30.0)))
+        trainer = TorchLocalTrainer(model_path, lambda: gallery_crops(gallery),
+                                    Path(cfg["data_dir"]) / "train", part, train_cfg,
+                                    isolate=False)
+        return trainer, "torch"
     from edge.drift_trainer import NumpyDriftTrainer
 
     n = sum(len(v) for v in gallery_crops(gallery).values())

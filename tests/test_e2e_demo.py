@@ -21,9 +21,11 @@ TINY = ["--boxes", "2", "--rounds", "2", "--people-per-box", "2", "--images-per-
         "--timeout", "240"]
 
 
-def _demo(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def _demo(*args: str, timeout: float = 300, env: dict[str, str] | None = None
+          ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([EDGE, "demo", *args], capture_output=True, text=True,
-                          timeout=timeout, check=False, env={**os.environ, "COLUMNS": "200"})
+                          timeout=timeout, check=False,
+                          env={**os.environ, "COLUMNS": "200", **(env or {})})
 
 
 def _check_finished_federation(proc: subprocess.CompletedProcess[str], workdir: Path) -> None:
@@ -92,3 +94,20 @@ def test_demo_input_errors(lfw_dir: Path, tmp_path: Path) -> None:
     (workdir / "keep.txt").write_text("x")
     _assert_clear_error(_demo("--faces", str(lfw_dir), "--workdir", str(workdir)),
                         "not empty")
+
+
+def test_demo_without_torch_says_it_falls_back(lfw_dir: Path, tmp_path: Path) -> None:
+    """A box without the train extra still federates, and the demo says loudly that its
+    updates are a weight drift, not training."""
+    hide = tmp_path / "hide" / "torch"
+    hide.mkdir(parents=True)
+    (hide / "__init__.py").write_text("raise ImportError('torch hidden by the test')\n")
+    workdir = tmp_path / "demo"
+    proc = _demo("--faces", str(lfw_dir), "--workdir", str(workdir), "--boxes", "2",
+                 "--rounds", "1", "--people-per-box", "2", "--images-per-person", "2",
+                 "--heldout-per-person", "1", "--part", "embed_bn",
+                 env={"PYTHONPATH": str(hide.parent)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("WARNING: torch is not installed") == 2
+    assert "trainer: numpy-drift (NOT learning)" in proc.stdout
+    assert "round 1: 2 updates in" in proc.stdout
