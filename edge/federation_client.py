@@ -144,6 +144,7 @@ class FederationClient:
                                         max_inflight_bytes=512 * 1024 * 1024)
         self._job: threading.Thread | None = None
         self._job_round = 0
+        self._pending: dict[str, PendingUpdate] = {}  # in-memory view of the outbox
         self._pending_sent: dict[str, float] = {}  # msg id -> last send time
         self._was_connected = False
         self._connects_seen = 0
@@ -170,6 +171,7 @@ class FederationClient:
             log.info("resuming on federated model %s (round %d)", stored.version, stored.round_no)
             self.sink.apply(self.version, self.vector)
         for pending in self.outbox.pending():
+            self._pending[pending.msg_id] = pending
             log.info("outbox: round %d update %s waiting to be sent", pending.round_no,
                      pending.msg_id[:12])
         self.transport.subscribe(self._topics["announce"], self._on_message("announce"))
@@ -256,12 +258,7 @@ class FederationClient:
         if self._announce is not None and ann.round < self._announce.round:
             return  # an old announce redelivered after a newer one
         self._announce = ann
-        dropped = self.outbox.remove_rounds_before(ann.round)
-        if dropped:
-            log.info("outbox: dropped %d update(s) of rounds before %d (closed)", dropped,
-                     ann.round)
-        if not ann.open:
-            dropped = self.outbox.remove_rounds_before(ann.round + 1)
+        self._drop_closed_rounds(ann.round if ann.open else ann.round + 1)
         self._maybe_join()
 
     def _maybe_join(self) -> None:
@@ -331,6 +328,7 @@ class FederationClient:
             return
         self._last_submitted = max(self._last_submitted, round_no)
         self._save_state()
+        self._pending[pending.msg_id] = pending
         self._emit("submitted", round_no, stats)
         log.info("round %d: update %s sealed (%d samples, %d bytes in %d chunks, encrypt "
                  "%.2f s)", round_no, pending.msg_id[:12], stats["n_samples"], stats["bytes"],
@@ -363,7 +361,7 @@ class FederationClient:
         if not connected:
             return
         now = time.monotonic()
-        for pending in self.outbox.pending():
+        for pending in list(self._pending.values()):
             last = self._pending_sent.get(pending.msg_id)
             if last is None or reconnected or now - last >= self.config.retry_seconds:
                 if last is not None:
@@ -381,8 +379,7 @@ class FederationClient:
         # "duplicate": the aggregator already counted this update (our resend crossed
         # its ack), which is a success for the box
         if ack.accepted or ack.reason == "duplicate":
-            self.outbox.remove(ack.round, ack.msg)
-            self._pending_sent.pop(ack.msg, None)
+            self._forget(ack.round, ack.msg)
             self._emit("acked", ack.round, {"msg": ack.msg, "duplicate": not ack.accepted})
             log.info("round %d: update %s accepted%s", ack.round, ack.msg[:12],
                      "" if ack.accepted else " (already counted)")
@@ -390,10 +387,9 @@ class FederationClient:
         reason = ack.reason or "unknown"
         self._count(f"rejected_{reason}")
         if reason in TERMINAL_REJECTIONS:
-            if self.outbox.remove(ack.round, ack.msg):
+            if self._forget(ack.round, ack.msg):
                 log.warning("round %d: update %s rejected (%s: %s); dropped from the outbox",
                             ack.round, ack.msg[:12], reason, ack.detail)
-            self._pending_sent.pop(ack.msg, None)
         else:
             log.warning("round %d: update %s not taken (%s: %s); will resend", ack.round,
                         ack.msg[:12], reason, ack.detail)
@@ -404,7 +400,7 @@ class FederationClient:
     def _handle_pointer(self, env: Envelope) -> None:
         self._verify(env, "result")
         pointer = parse_pointer(env)
-        self.outbox.remove_rounds_before(pointer.round + 1)
+        self._drop_closed_rounds(pointer.round + 1)
         if pointer.model == self.version:
             return
         if self._wanted is not None and self._wanted.msg == pointer.msg:
@@ -494,6 +490,19 @@ class FederationClient:
             log.debug("status not published: %s", exc.message)
 
     # helpers -------------------------------------------------------------------------
+    def _forget(self, round_no: int, msg: str) -> bool:
+        self._pending.pop(msg, None)
+        self._pending_sent.pop(msg, None)
+        return self.outbox.remove(round_no, msg)
+
+    def _drop_closed_rounds(self, before: int) -> None:
+        dropped = self.outbox.remove_rounds_before(before)
+        for msg in dropped:
+            self._pending.pop(msg, None)
+            self._pending_sent.pop(msg, None)
+        if dropped:
+            log.info("outbox: dropped %d update(s) of rounds before %d (closed)",
+                     len(dropped), before)
     def _emit(self, kind: str, round_no: int, data: dict[str, Any]) -> None:
         if self.on_event is None:
             return
@@ -522,4 +531,4 @@ class FederationClient:
 
     @property
     def pending_updates(self) -> int:
-        return len(self.outbox.pending())
+        return len(self.outbox.stored())

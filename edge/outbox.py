@@ -140,11 +140,20 @@ class Outbox:
             return False
         return True
 
-    def remove_rounds_before(self, round_no: int) -> int:
-        """Drop updates of rounds that are over (the aggregator would reject them as late)."""
-        removed = 0
-        for item in self.pending():
-            if item.round_no < round_no:
-                item.path.unlink(missing_ok=True)
-                removed += 1
+    def stored(self) -> list[tuple[int, str]]:
+        """(round, msg id) of every stored update, from the file names (reads no data)."""
+        out = []
+        for path in sorted(self.directory.glob("r*.upd")):
+            round_part, _, msg = path.stem.partition("-")
+            if round_part[1:].isdigit() and msg:
+                out.append((int(round_part[1:]), msg))
+        return out
+
+    def remove_rounds_before(self, round_no: int) -> list[str]:
+        """Drop updates of rounds that are over (the aggregator would reject them as late);
+        returns their message ids."""
+        removed = []
+        for stored_round, msg in self.stored():
+            if stored_round < round_no and self.remove(stored_round, msg):
+                removed.append(msg)
         return removed

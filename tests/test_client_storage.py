@@ -23,7 +23,8 @@ def test_outbox_round_trip_mode_and_cleanup(tmp_path: Path) -> None:
     assert item3.path.stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "outbox").stat().st_mode & 0o777 == 0o700
     assert not list((tmp_path / "outbox").glob(".*.tmp"))  # no leftovers of the rename
-    assert box.remove_rounds_before(4) == 1
+    assert box.stored() == [(3, "ab12cd34"), (4, "ef56ab78")]
+    assert box.remove_rounds_before(4) == ["ab12cd34"]
     assert [p.round_no for p in box.pending()] == [4]
     assert box.remove(4, "ef56ab78") and not box.remove(4, "ef56ab78")
     assert box.pending() == []
