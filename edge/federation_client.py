@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -37,12 +36,13 @@ from edge.fed_messages import ModelPointer, RoundAnnounce, parse_ack, parse_anno
 from edge.model_store import FederatedModelStore
 from edge.outbox import Outbox, PendingUpdate, atomic_write
 from edge.trainer_api import LocalTrainer
+from edge.update_sealing import Sealer, check_average, lower_thread_priority
 from federation import topics
 from federation.chunking import Reassembler, split_blob
 from federation.ckks import FederationContext, require_secret
 from federation.envelope import Envelope, decode, encode, verify_envelope
 from federation.errors import FederationError
-from federation.packing import EncryptedUpdate, decrypt_average, encrypt_update
+from federation.packing import EncryptedUpdate, decrypt_average
 from federation.signing import KeyRing
 from federation.transport import Transport, Will
 
@@ -55,10 +55,6 @@ TERMINAL_REJECTIONS = frozenset(
      "wrong_federation", "bad_signature", "malformed", "oversized", "integrity",
      "out_of_range", "wrong_key"}
 )
-
-
-class ResultRejected(FederationError):
-    """A decrypted federated result failed validation and was not applied."""
 
 
 class ModelSink(Protocol):
@@ -92,15 +88,6 @@ EventCallback = Callable[[ClientEvent], None]
 TransportFactory = Callable[[Will], Transport]
 
 
-def _lower_thread_priority(niceness: int) -> None:
-    # Linux gives every thread its own nice value (setpriority on the thread id), so the
-    # training job yields to the camera/recognition threads of the same process.
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
-    except (AttributeError, OSError, PermissionError) as exc:
-        log.debug("could not lower the training thread's priority: %s", exc)
-
-
 class FederationClient:
     def __init__(
         self,
@@ -127,6 +114,8 @@ class FederationClient:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(self.state_dir / "outbox")
+        self._sealer = Sealer(trainer, context, signing_key, self.outbox, config.fed_id,
+                              config.device_id)
         self.models = FederatedModelStore(self.state_dir / "federated")
         base = np.asarray(base_vector, dtype=np.float32).ravel()
         if base.size != self.part.size:
@@ -292,29 +281,9 @@ class FederationClient:
 
     # training job (own thread, lower priority) ----------------------------------------
     def _train_and_seal(self, ann: RoundAnnounce, global_vector: np.ndarray | None) -> None:
-        _lower_thread_priority(self.config.train_niceness)
+        lower_thread_priority(self.config.train_niceness)
         try:
-            update = self.trainer.local_update(global_vector, ann.round)
-            vector = np.asarray(update.vector, dtype=np.float32).ravel()
-            if vector.size != self.part.size or not np.all(np.isfinite(vector)):
-                raise ValueError(f"trainer returned {vector.size} values (finite: "
-                                 f"{bool(np.all(np.isfinite(vector)))}); expected "
-                                 f"{self.part.size} finite values")
-            t0 = time.perf_counter()
-            encrypted = encrypt_update(self.context, vector, int(update.n_samples),
-                                       count_scale=ann.count_scale)
-            blob = encrypted.to_bytes()
-            encrypt_s = time.perf_counter() - t0
-            envelopes = split_blob(
-                blob, self.signing_key, kind="update", fed=self.config.fed_id,
-                sender=self.config.device_id, round=ann.round, model=ann.base_model,
-                chunk_size=ann.chunk_size,
-            )
-            chunks = [encode(e) for e in envelopes]
-            pending = self.outbox.put(ann.round, ann.base_model, envelopes[0].msg, chunks)
-            stats = {"n_samples": int(update.n_samples), "train_s": float(update.seconds),
-                     "encrypt_s": encrypt_s, "bytes": pending.size, "chunks": len(chunks),
-                     "vector": vector}
+            pending, stats = self._sealer.seal(ann, global_vector)
             self._queue.put(("job_done", (ann.round, pending, stats, None)))
         except Exception as exc:  # reported by the worker; the next announce retries
             self._queue.put(("job_done", (ann.round, None, {}, exc)))
@@ -442,7 +411,7 @@ class FederationClient:
         summed = EncryptedUpdate.from_bytes(blob, self.context)
         average = decrypt_average(self.context, summed)
         decrypt_s = time.perf_counter() - t0
-        self._validate(average, pointer)
+        check_average(average, self.vector, self.part, self.config.max_relative_change)
         self.models.save(pointer.model, pointer.round, average)
         t1 = time.perf_counter()
         self.sink.apply(pointer.model, average)
@@ -457,19 +426,6 @@ class FederationClient:
             "decrypt_s": decrypt_s, "swap_s": swap_s, "bytes": len(blob), "vector": average,
         })
         self._maybe_join()
-
-    def _validate(self, average: np.ndarray, pointer: ModelPointer) -> None:
-        if average.size != self.part.size:
-            raise ResultRejected("malformed", f"result has {average.size} values, part "
-                                 f"{self.part.key} has {self.part.size}")
-        if not np.all(np.isfinite(average)):
-            raise ResultRejected("out_of_range", "result holds NaN or infinite values")
-        base_norm = float(np.linalg.norm(self.vector))
-        change = float(np.linalg.norm(average - self.vector)) / max(base_norm, 1e-12)
-        if change > self.config.max_relative_change:
-            raise ResultRejected(
-                "out_of_range", f"result moves the weights by {change:.1%} of their norm "
-                f"(limit {self.config.max_relative_change:.0%}): not a plausible average")
 
     # status --------------------------------------------------------------------------
     def _status_payload(self, state: str) -> bytes:

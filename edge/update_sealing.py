@@ -1,0 +1,97 @@
+"""The two CPU-heavy steps of a round on the box, kept out of the client's event loop.
+
+``seal_update``: local training -> CKKS encryption -> signed chunks -> on-disk outbox
+(before anything is published). Runs in its own thread at a lower priority.
+``check_average``: is a decrypted federated average fit to be served?
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge.fed_messages import RoundAnnounce
+from edge.outbox import Outbox, PendingUpdate
+from edge.trainer_api import LocalTrainer
+from federation.chunking import split_blob
+from federation.ckks import FederationContext
+from federation.envelope import encode
+from federation.errors import FederationError
+from federation.packing import encrypt_update
+from models.federated_parts import FederatedPart
+
+log = logging.getLogger(__name__)
+
+
+class ResultRejected(FederationError):
+    """A decrypted federated result failed validation and was not applied."""
+
+
+def lower_thread_priority(niceness: int) -> None:
+    # Linux gives every thread its own nice value (setpriority on the thread id), so the
+    # training job yields to the camera/recognition threads of the same process.
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError) as exc:
+        log.debug("could not lower the training thread's priority: %s", exc)
+
+
+@dataclass(frozen=True)
+class Sealer:
+    trainer: LocalTrainer
+    context: FederationContext
+    signing_key: Ed25519PrivateKey
+    outbox: Outbox
+    fed_id: str
+    device_id: str
+
+    def seal(self, ann: RoundAnnounce, global_vector: np.ndarray | None
+             ) -> tuple[PendingUpdate, dict[str, Any]]:
+        """Train, encrypt, sign, chunk and store one round's update; returns it + stats."""
+        part = self.trainer.part
+        update = self.trainer.local_update(global_vector, ann.round)
+        vector = np.asarray(update.vector, dtype=np.float32).ravel()
+        if vector.size != part.size or not np.all(np.isfinite(vector)):
+            raise ValueError(f"trainer returned {vector.size} values (finite: "
+                             f"{bool(np.all(np.isfinite(vector)))}); expected {part.size} "
+                             "finite values")
+        t0 = time.perf_counter()
+        encrypted = encrypt_update(self.context, vector, int(update.n_samples),
+                                   count_scale=ann.count_scale)
+        blob = encrypted.to_bytes()
+        encrypt_s = time.perf_counter() - t0
+        envelopes = split_blob(
+            blob, self.signing_key, kind="update", fed=self.fed_id, sender=self.device_id,
+            round=ann.round, model=ann.base_model, chunk_size=ann.chunk_size,
+        )
+        chunks = [encode(e) for e in envelopes]
+        pending = self.outbox.put(ann.round, ann.base_model, envelopes[0].msg, chunks)
+        stats = {"n_samples": int(update.n_samples), "train_s": float(update.seconds),
+                 "encrypt_s": encrypt_s, "bytes": pending.size, "chunks": len(chunks),
+                 "vector": vector}
+        return pending, stats
+
+
+def check_average(average: np.ndarray, current: np.ndarray, part: FederatedPart,
+                  max_relative_change: float) -> None:
+    """Raise ResultRejected unless ``average`` has the part's length, is finite, and moves
+    the weights by at most ``max_relative_change`` of their norm (an average of honest
+    fine-tuning steps does not jump; a forged or overflowed sum does)."""
+    if average.size != part.size:
+        raise ResultRejected("malformed", f"result has {average.size} values, part "
+                             f"{part.key} has {part.size}")
+    if not np.all(np.isfinite(average)):
+        raise ResultRejected("out_of_range", "result holds NaN or infinite values")
+    base_norm = float(np.linalg.norm(current))
+    change = float(np.linalg.norm(average - current)) / max(base_norm, 1e-12)
+    if change > max_relative_change:
+        raise ResultRejected(
+            "out_of_range", f"result moves the weights by {change:.1%} of their norm "
+            f"(limit {max_relative_change:.0%}): not a plausible average")
