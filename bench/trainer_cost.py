@@ -1,0 +1,79 @@
+"""Cost of one local training round on a box with 80 enrolled people (one core).
+
+    .venv/bin/python -m bench.trainer_cost [--people 80] [--part conv14]
+
+Round 1 includes computing and caching the frozen-trunk features of every augmented
+view; later rounds only train the tail. The round runs the way a box runs it: in a
+child process at nice 10 with one torch thread. Peak RSS is the child's (the trainer)
+and this process's (holding the crops).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.trainer import TorchLocalTrainer, TrainConfig
+from models.federated_parts import DEFAULT_PART, get_part
+from models.registry import model_path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def enrolment_crops(lfw_dir: Path, people: int, per_person: int) -> dict[str, list[np.ndarray]]:
+    detector = cv2.FaceDetectorYN.create(str(model_path("yunet")), "", (250, 250), 0.5)
+    recogniser = cv2.FaceRecognizerSF.create(str(model_path("sface")), "")
+    chosen = sorted(p.name for p in lfw_dir.iterdir() if len(list(p.glob("*.jpg"))) >= 3)
+    rng = np.random.default_rng(0)
+    out: dict[str, list[np.ndarray]] = {}
+    for person in rng.choice(chosen, people, replace=False):
+        for path in sorted((lfw_dir / person).glob("*.jpg"))[:per_person]:
+            img = cv2.imread(str(path))
+            _, faces = detector.detect(img)
+            if faces is not None and len(faces):
+                out.setdefault(str(person), []).append(recogniser.alignCrop(img, faces[0]))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--people", type=int, default=80)
+    parser.add_argument("--per-person", type=int, default=5)
+    parser.add_argument("--part", default=DEFAULT_PART)
+    parser.add_argument("--views", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    crops = enrolment_crops(args.data / "lfw", args.people, args.per_person)
+    n_crops = sum(len(c) for c in crops.values())
+    part = get_part(args.part)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = TorchLocalTrainer(model_path("sface"), crops, Path(tmp), part,
+                                    TrainConfig(), n_views=args.views)
+        vector = None
+        print(f"box: {len(crops)} people, {n_crops} crops x {args.views} views; part "
+              f"{part.key} ({part.size:,} values); one core, nice 10")
+        for r in range(args.rounds):
+            t0 = time.perf_counter()
+            update = trainer.local_update(vector, r)
+            vector = update.vector
+            result = trainer.last_result
+            assert result is not None
+            print(f"round {r + 1}: {time.perf_counter() - t0:6.1f} s total, "
+                  f"{result.seconds:5.1f} s training ({result.steps} steps), "
+                  f"n_samples {update.n_samples}{' (includes trunk features)' if r == 0 else ''}")
+    child_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    self_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS: trainer process {child_mb:.0f} MB, feature-caching process {self_mb:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
