@@ -265,10 +265,6 @@ def model_paths(models: Path | None) -> tuple[Path, Path]:
     return model_path("yunet"), model_path("sface")
 
 
-# learning rates per part (Adam): larger tensors need smaller steps
-PART_LR = {"conv14": 2e-5, "fc1_lora": 1e-3, "embed_bn": 2e-3}
-
-
 def run(args: argparse.Namespace, design: Design | None = None) -> tuple[Setup, list[PartResult]]:
     from edge.trainer import TrainConfig
     from federation.ckks import new_secret_context
@@ -290,8 +286,7 @@ def run(args: argparse.Namespace, design: Design | None = None) -> tuple[Setup, 
     pretrained = evaluate(setup, "conv14", None)
     results = []
     for name in args.parts.split(","):
-        lr = args.lr or PART_LR.get(name, 1e-4)
-        config = TrainConfig(epochs=args.epochs, lr=lr, seed=args.seed)
+        config = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed)
         results.append(run_part(setup, name, args.rounds, config, ctx, pretrained,
                                 args.views))
     setup.workers.close()
