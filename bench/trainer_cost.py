@@ -36,6 +36,8 @@ def enrolment_crops(lfw_dir: Path, people: int, per_person: int) -> dict[str, li
     for person in rng.choice(chosen, people, replace=False):
         for path in sorted((lfw_dir / person).glob("*.jpg"))[:per_person]:
             img = cv2.imread(str(path))
+            if img is None:
+                raise FileNotFoundError(f"cannot read {path}")
             _, faces = detector.detect(img)
             if faces is not None and len(faces):
                 out.setdefault(str(person), []).append(recogniser.alignCrop(img, faces[0]))
