@@ -129,6 +129,9 @@ def serve(
     ca_file: Annotated[Path | None, typer.Option(help="TLS CA certificate")] = None,
     cert_file: Annotated[Path | None, typer.Option(help="TLS client certificate")] = None,
     key_file: Annotated[Path | None, typer.Option(help="TLS client key")] = None,
+    mqtt_protocol: Annotated[str, typer.Option(
+        "--mqtt-protocol", help="MQTT version: 5, or 3.1.1 for brokers without MQTT 5 "
+        "(e.g. the demo's embedded amqtt)")] = "5",
     log_level: str = "INFO",
 ) -> None:
     """Run rounds: announce, collect, sum, publish. Ctrl-C / SIGTERM stop cleanly."""
@@ -141,14 +144,13 @@ def serve(
                              max_extensions)
     service, transport = build_service(
         state, cfg, settings, broker, client_id or f"aggregator-{cfg.fed}",
-        rounds or None, ca_file, cert_file, key_file,
+        rounds or None, ca_file, cert_file, key_file, mqtt_protocol,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         service.start()
-        transport.release()
         service.loop(stop)
     finally:
         transport.close()

@@ -7,7 +7,6 @@ one-chunk blobs, result blobs in ``chunk_size`` pieces. See service.py for the f
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 from dataclasses import dataclass
@@ -50,20 +49,12 @@ class Publisher:
         self.fed_id = fed_id
         self.aggregator_id = aggregator_id
         self.chunk_size = chunk_size
-        self._can_confirm = "wait_timeout" in inspect.signature(transport.publish).parameters
 
     def _confirmed(self, topic: str, payload: bytes, retain: bool) -> None:
-        """Publish and wait for the broker's PUBACK where the transport can (MQTT). One
-        client's QoS 1 messages reach the broker in order, so the PUBACK of a result's
-        last message confirms the whole result before the round is marked published
-        (paho drops its unsent queue on disconnect: an exit right after publishing
-        would otherwise lose the result)."""
-        if self._can_confirm:
-            self.transport.publish(  # type: ignore[call-arg]
-                topic, payload, retain=retain, wait_timeout=CONFIRM_TIMEOUT
-            )
-        else:
-            self.transport.publish(topic, payload, retain=retain)
+        """Publish and wait for the broker's PUBACK. One client's QoS 1 messages reach
+        the broker in order, so the PUBACK of a result's last message confirms the whole
+        result before the round is marked published."""
+        self.transport.publish(topic, payload, retain=retain, wait_timeout=CONFIRM_TIMEOUT)
 
     def json(
         self,

@@ -215,7 +215,6 @@ def agg_main(ns: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
     threading.Thread(target=_log_rss, args=(stop_event,), daemon=True).start()
     service.start()
-    transport.release()
     service.loop(stop_event)
     transport.close()
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -8,15 +8,24 @@ reconnect with a surviving session skip re-sending retained messages. ``protocol
 is kept for brokers that only speak 3.1.1 (the demo's embedded amqtt).
 
 Threading: paho runs its network loop in a background thread (``loop_start``); it
-connects, reconnects with exponential backoff (``reconnect_delay_set``) and resubscribes
-(when the broker lost the session). Handlers run on that thread: keep them quick and
-hand work to a queue; never call ``publish(..., wait_timeout=...)`` from a handler.
+connects, reconnects with exponential backoff (``reconnect_delay_set``) and re-sends
+every subscription on every connect (a filter subscribed while disconnected would
+otherwise never reach a broker that kept the session). Handlers run on that thread:
+keep them quick and hand work to a queue; never call ``publish(..., wait_timeout=...)``
+or ``flush`` from a handler.
+
+Messages no handler matches yet are buffered (bounded, with a warning when the bound
+drops one) and handed to the first matching ``subscribe``: with a persistent session the
+broker delivers its queue right after CONNACK, and paho acks each message when the
+callback returns, so dropping them would lose them. Messages for a filter the
+application unsubscribed are dropped instead.
 
 Publishing while disconnected: paho keeps QoS 1 messages in memory (bounded by
 ``max_queued``) and sends them after reconnecting; ``publish`` returns normally in that
 case (``offline_queue=True``, the default) or raises ``TransportError(not_connected)``
 (``offline_queue=False``). Memory does not survive a restart: the edge client also keeps
-its updates on disk until they are acknowledged.
+its updates on disk until they are acknowledged. ``flush(timeout)`` waits until the
+broker acknowledged everything published so far; ``close()`` flushes (bounded) first.
 """
 
 from __future__ import annotations
@@ -25,9 +34,10 @@ import logging
 import ssl
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
@@ -49,6 +59,13 @@ from federation.transport import Handler, Will
 log = logging.getLogger(__name__)
 
 DEFAULT_SESSION_EXPIRY = 7 * 24 * 3600
+# Messages that arrive before any handler matches them are kept for a later subscribe:
+# room for a persistent session's backlog (e.g. a few boxes' 24 MB updates in 256 KiB
+# chunks queued while the aggregator restarted) without unbounded memory.
+DEFAULT_UNROUTED_MAX_MESSAGES = 10_000
+DEFAULT_UNROUTED_MAX_BYTES = 256 * 1024 * 1024
+# close() waits this long for the broker to acknowledge what was just published.
+DEFAULT_CLOSE_FLUSH_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -89,7 +106,11 @@ class TlsConfig:
 
 
 class MqttTransport:
-    """``Transport`` over a real MQTT broker. Starts connecting in the constructor."""
+    """``Transport`` over a real MQTT broker.
+
+    Starts connecting in the constructor, or with ``connect=False`` only when ``start()``
+    is called (so handlers can be subscribed before the first message can arrive).
+    """
 
     def __init__(
         self,
@@ -109,6 +130,9 @@ class MqttTransport:
         reconnect_max_delay: int = 30,
         protocol: str = "5",
         offline_queue: bool = True,
+        unrouted_max_messages: int = DEFAULT_UNROUTED_MAX_MESSAGES,
+        unrouted_max_bytes: int = DEFAULT_UNROUTED_MAX_BYTES,
+        connect: bool = True,
     ) -> None:
         self.url = parse_broker_url(url)
         self.client_id = client_id
@@ -118,9 +142,22 @@ class MqttTransport:
             raise ValueError(f"protocol must be '5' or '3.1.1', got {protocol!r}")
         self._subs: dict[str, Handler] = {}
         self._lock = threading.Lock()
+        # Serialises handler calls: paho's thread and a subscribe() that delivers
+        # buffered messages must not run handlers at the same time, nor out of order.
+        self._deliver_lock = threading.RLock()
         self._connected = threading.Event()
         self._closed = False
+        self._started = False
         self._refused: OrderedDict[int, str] = OrderedDict()
+        self._acked = threading.Condition(self._lock)
+        self._unacked: set[int] = set()
+        self._acked_early: set[int] = set()
+        self._unrouted: deque[tuple[str, bytes]] = deque()
+        self._unrouted_bytes = 0
+        self._unrouted_max_messages = unrouted_max_messages
+        self._unrouted_max_bytes = unrouted_max_bytes
+        self._unrouted_dropped = 0
+        self._unwanted: OrderedDict[str, None] = OrderedDict()  # recently unsubscribed
         self.connects = 0
         kwargs: dict[str, object] = {}
         if not self._v5:
@@ -152,17 +189,22 @@ class MqttTransport:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_publish = self._on_publish
-        props = None
+        self._connect_args: dict[str, Any] = {"keepalive": keepalive}
         if self._v5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = 0 if clean_start else session_expiry
-        self._client.connect_async(
-            self.url.host,
-            self.url.port,
-            keepalive=keepalive,
-            clean_start=clean_start if self._v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
-            properties=props,
-        )
+            self._connect_args.update(clean_start=clean_start, properties=props)
+        else:
+            self._connect_args.update(clean_start=paho.MQTT_CLEAN_START_FIRST_ONLY)
+        if connect:
+            self.start()
+
+    def start(self) -> None:
+        """Start connecting (in the background); idempotent."""
+        if self._started:
+            return
+        self._started = True
+        self._client.connect_async(self.url.host, self.url.port, **self._connect_args)
         self._client.loop_start()
 
     # -- Transport -------------------------------------------------------------------
@@ -188,9 +230,13 @@ class MqttTransport:
         deadline = None if wait_timeout is None else time.monotonic() + wait_timeout
         if deadline is not None and not self.connected:
             self.wait_connected(wait_timeout or 0)
-        info = self._client.publish(topic, bytes(payload), qos=1, retain=retain)
+        # paho takes bytes as they are (no copy for bytes; bytearray/memoryview -> bytes)
+        data = payload if isinstance(payload, bytes) else bytes(payload)
+        info = self._client.publish(topic, data, qos=1, retain=retain)
         if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
             raise TransportError(QUEUE_FULL, "outgoing MQTT queue is full; retry later")
+        if info.rc in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+            self._track(info.mid)  # queued by paho: flush() waits for its PUBACK
         if info.rc == paho.MQTT_ERR_NO_CONN:
             if deadline is not None or not self.offline_queue:
                 raise TransportError(NOT_CONNECTED, "not connected; message queued in memory")
@@ -212,26 +258,112 @@ class MqttTransport:
         if refused is not None:
             raise TransportError(PUBLISH_REFUSED, f"broker refused {topic}: {refused}")
 
-    def subscribe(self, topic_filter: str, handler: Handler) -> None:
+    def flush(self, timeout: float) -> bool:
+        """Wait until the broker acknowledged every message published so far (QoS 1
+        PUBACK) or ``timeout`` seconds passed; returns True when nothing is outstanding.
+        Never call it from a handler (the PUBACKs arrive on the handler's thread)."""
+        deadline = time.monotonic() + timeout
+        with self._acked:
+            while self._unacked:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._acked.wait(left)
+        return True
+
+    @property
+    def unacked(self) -> int:
+        """Messages published but not yet acknowledged by the broker."""
         with self._lock:
-            self._subs[topic_filter] = handler
+            return len(self._unacked)
+
+    def subscribe(self, topic_filter: str, handler: Handler) -> None:
+        with self._deliver_lock:
+            with self._lock:
+                self._subs[topic_filter] = handler
+                self._unwanted.pop(topic_filter, None)
+                early = self._take_unrouted(topic_filter)
+            if early:
+                log.info("delivering %d message(s) for %s that arrived before it was "
+                         "subscribed", len(early), topic_filter)
+            for topic, payload in early:
+                self._call(handler, topic, payload)
         if self.connected:
             self._send_subscribe([topic_filter])
 
     def unsubscribe(self, topic_filter: str) -> None:
-        with self._lock:
+        with self._deliver_lock, self._lock:
             self._subs.pop(topic_filter, None)
+            # Messages the broker still had in flight for this filter are not wanted:
+            # drop them instead of buffering them for a subscription that never comes.
+            self._unwanted[topic_filter] = None
+            while len(self._unwanted) > 256:
+                self._unwanted.popitem(last=False)
+            self._take_unrouted(topic_filter)
         if self.connected:
             self._client.unsubscribe(topic_filter)
 
-    def close(self) -> None:
-        """Disconnect cleanly (no last will) and stop the network thread."""
+    def close(self, flush_timeout: float = DEFAULT_CLOSE_FLUSH_TIMEOUT) -> None:
+        """Wait (bounded) for unacknowledged messages, then disconnect cleanly (no last
+        will) and stop the network thread. paho forgets its unsent queue on disconnect,
+        so without the flush a result or ack published just before would be lost."""
+        if self.connected and flush_timeout > 0 and not self.flush(flush_timeout):
+            log.warning("closing with %d message(s) not acknowledged by the broker after "
+                        "%.1f s", self.unacked, flush_timeout)
         self._closed = True
         try:
             self._client.disconnect()
         finally:
             self._client.loop_stop()
             self._connected.clear()
+
+    # -- internals -------------------------------------------------------------------
+
+    def _track(self, mid: int) -> None:
+        with self._lock:
+            if mid in self._acked_early:  # PUBACK won the race against this bookkeeping
+                self._acked_early.discard(mid)
+            else:
+                self._unacked.add(mid)
+
+    def _take_unrouted(self, topic_filter: str) -> list[tuple[str, bytes]]:
+        """Remove and return buffered messages matching ``topic_filter`` (lock held)."""
+        if not self._unrouted:
+            return []
+        taken = [m for m in self._unrouted if matches(topic_filter, m[0])]
+        if taken:
+            kept = deque(m for m in self._unrouted if not matches(topic_filter, m[0]))
+            self._unrouted = kept
+            self._unrouted_bytes = sum(len(p) for _, p in kept)
+        return taken
+
+    def _buffer_unrouted(self, topic: str, payload: bytes) -> None:
+        """Keep a message no handler matches (lock held): paho acks it when the callback
+        returns, so dropping it would lose it (e.g. a persistent session's queue that the
+        broker delivers right after CONNACK, before the application subscribed)."""
+        if any(matches(f, topic) for f in self._unwanted):
+            return
+        self._unrouted.append((topic, payload))
+        self._unrouted_bytes += len(payload)
+        while self._unrouted and (len(self._unrouted) > self._unrouted_max_messages
+                                  or self._unrouted_bytes > self._unrouted_max_bytes):
+            old_topic, old = self._unrouted.popleft()
+            self._unrouted_bytes -= len(old)
+            self._unrouted_dropped += 1
+            if self._unrouted_dropped == 1 or self._unrouted_dropped % 100 == 0:
+                log.warning(
+                    "dropped %d message(s) that arrived with no subscribed handler (buffer "
+                    "full: %d messages / %d bytes max); latest dropped topic %s",
+                    self._unrouted_dropped, self._unrouted_max_messages,
+                    self._unrouted_max_bytes, old_topic,
+                )
+
+    @staticmethod
+    def _call(handler: Handler, topic: str, payload: bytes) -> None:
+        try:
+            handler(topic, payload)
+        except Exception:
+            log.exception("handler for %s failed", topic)
 
     # -- paho callbacks (network thread) ---------------------------------------------
 
@@ -252,7 +384,10 @@ class MqttTransport:
         self.connects += 1
         with self._lock:
             filters = list(self._subs)
-        if not flags.session_present and filters:
+        # Every filter, on every connect, even when the broker kept the session: one
+        # made while disconnected is otherwise never sent (re-subscribing is idempotent
+        # at the broker; it also re-sends the retained messages, which handlers dedupe).
+        if filters:
             self._send_subscribe(filters)
         log.info("MQTT connected to %s:%s as %s (session present: %s)",
                  self.url.host, self.url.port, self.client_id, flags.session_present)
@@ -265,18 +400,31 @@ class MqttTransport:
                         self.url.host, self.url.port, reason_code)
 
     def _on_message(self, client, userdata, message) -> None:
-        with self._lock:
-            handlers = [h for f, h in self._subs.items() if matches(f, message.topic)]
-        for handler in handlers[:1]:
-            try:
-                handler(message.topic, bytes(message.payload))
-            except Exception:
-                log.exception("handler for %s failed", message.topic)
+        payload = message.payload if isinstance(message.payload, bytes) else bytes(
+            message.payload)
+        with self._deliver_lock:
+            with self._lock:
+                handler = next(
+                    (h for f, h in self._subs.items() if matches(f, message.topic)), None
+                )
+                if handler is None:
+                    self._buffer_unrouted(message.topic, payload)
+                    return
+            self._call(handler, message.topic, payload)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            log.warning("broker refused message %s: %s", mid, reason_code)
-            with self._lock:
+        with self._acked:
+            if mid in self._unacked:
+                self._unacked.discard(mid)
+            else:
+                self._acked_early.add(mid)
+                while len(self._acked_early) > 1000:  # never matched: not our publish
+                    self._acked_early.pop()
+            if not self._unacked:
+                self._acked.notify_all()
+            if reason_code.is_failure:
                 self._refused[mid] = str(reason_code)
                 while len(self._refused) > 1000:
                     self._refused.popitem(last=False)
+        if reason_code.is_failure:
+            log.warning("broker refused message %s: %s", mid, reason_code)

@@ -34,8 +34,13 @@ class Transport(Protocol):
     @property
     def connected(self) -> bool: ...
 
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        """Send at QoS 1. ``retain`` with an empty payload deletes the retained message."""
+    def publish(
+        self, topic: str, payload: bytes, *, retain: bool = False,
+        wait_timeout: float | None = None,
+    ) -> None:
+        """Send at QoS 1. ``retain`` with an empty payload deletes the retained message.
+        With ``wait_timeout``, block until the broker acknowledged it (``TransportError``
+        when it did not in time); never from a handler."""
         ...
 
     def subscribe(self, topic_filter: str, handler: Handler) -> None:
@@ -48,7 +53,14 @@ class Transport(Protocol):
         """Block until connected or ``timeout`` seconds passed; return ``connected``."""
         ...
 
-    def close(self) -> None: ...
+    def flush(self, timeout: float) -> bool:
+        """Block until the broker acknowledged everything published so far (True) or
+        ``timeout`` seconds passed (False); never from a handler."""
+        ...
+
+    def close(self) -> None:
+        """Flush (bounded), then disconnect without the last will."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -66,7 +78,8 @@ class InMemoryBus:
 
     Persistent sessions: a client id that disconnects (``drop``/``close`` with
     ``persistent=True``) keeps its subscriptions and QoS 1 messages are queued for it
-    until it reconnects with the same id.
+    until it reconnects with the same id. On every connect the client's subscriptions
+    get the retained messages again, as ``MqttTransport`` re-subscribes on every connect.
     """
 
     def __init__(self, synchronous: bool = True) -> None:
@@ -92,6 +105,8 @@ class InMemoryBus:
                 client._subs.setdefault(filt, handler)
             for topic, payload in pending:
                 self._deliver(client, topic, payload)
+        for topic_filter in list(client._subs):
+            self.deliver_retained(client, topic_filter)
 
     def disconnect(self, client: InMemoryTransport, *, graceful: bool) -> None:
         with self._lock:
@@ -193,10 +208,20 @@ class InMemoryTransport:
         else:
             self._connected.clear()
 
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+    def publish(
+        self, topic: str, payload: bytes, *, retain: bool = False,
+        wait_timeout: float | None = None,
+    ) -> None:
+        """The bus takes the message at once (it is "acknowledged" on return), so
+        ``wait_timeout`` only bounds the wait for a connection."""
+        if not self.connected and wait_timeout is not None:
+            self.wait_connected(wait_timeout)
         if not self.connected:
             raise TransportError(NOT_CONNECTED, f"{self.client_id} is not connected")
         self.bus.publish(topic, payload, retain=retain)
+
+    def flush(self, timeout: float) -> bool:
+        return True  # nothing is ever outstanding: publish hands over synchronously
 
     def subscribe(self, topic_filter: str, handler: Handler) -> None:
         self._subs[topic_filter] = handler
