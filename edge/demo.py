@@ -130,24 +130,8 @@ def _run(cmd: list[str], what: str) -> str:
 
 
 def _serve_command(agg: list[str], protocol: str) -> list[str]:
-    """``serve`` speaking MQTT 3.1.1 for the embedded broker (amqtt has no MQTT 5).
-
-    Uses the serve command's own protocol option when it has one; otherwise a shim that
-    only changes the transport's default protocol (no other aggregator code involved).
-    """
-    if protocol == "5":
-        return [*agg, "serve"]
-    help_text = subprocess.run([*agg, "serve", "--help"], capture_output=True, text=True,
-                               check=False).stdout
-    for option in ("--mqtt-protocol", "--protocol"):
-        if option in help_text:
-            return [*agg, "serve", option, protocol]
-    shim = ("import functools, federation.mqtt as m; "
-            "m.MqttTransport.__init__ = functools.partialmethod("
-            f"m.MqttTransport.__init__, protocol={protocol!r}); "
-            "import sys; sys.argv[0] = 'fedface-aggregator'; "
-            "from aggregator.cli import main; main()")
-    return [sys.executable, "-c", shim, "serve"]
+    """``serve`` speaking the broker's MQTT version (the embedded amqtt has no MQTT 5)."""
+    return [*agg, "serve", "--mqtt-protocol", protocol]
 
 
 @dataclass

@@ -323,10 +323,6 @@ class FederationClient:
         self._was_connected, self._connects_seen = connected, connects
         if reconnected:
             self._publish_status()
-            if self._wanted is not None and self._result_filter is not None:
-                # A subscription made while offline is not re-sent when the broker kept
-                # the session; subscribing again also re-delivers the retained chunks.
-                self.transport.subscribe(self._result_filter, self._on_message("result"))
         if not connected:
             return
         now = time.monotonic()
