@@ -159,6 +159,7 @@ class MqttTransport:
         self._unrouted_dropped = 0
         self._unwanted: OrderedDict[str, None] = OrderedDict()  # recently unsubscribed
         self.connects = 0
+        self.session_present = False  # of the latest connect: the broker kept the session
         kwargs: dict[str, object] = {}
         if not self._v5:
             kwargs["clean_session"] = clean_start
@@ -382,6 +383,7 @@ class MqttTransport:
                         reason_code)
             return
         self.connects += 1
+        self.session_present = bool(flags.session_present)
         with self._lock:
             filters = list(self._subs)
         # Every filter, on every connect, even when the broker kept the session: one
