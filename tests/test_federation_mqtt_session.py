@@ -132,7 +132,7 @@ def test_close_flushes_the_last_messages(mosquitto) -> None:
     threading.Thread(target=consume, daemon=True).start()
     try:
         chunk = b"x" * (256 * 1024)
-        for i in range(n - 1):
+        for _ in range(n - 1):
             writer.publish(topic, chunk)
         writer.publish(topic, b"the last one")  # no wait_timeout: paho only queues it
         assert writer.unacked > 0  # 30 MB cannot have been acked yet
