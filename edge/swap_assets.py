@@ -1,0 +1,108 @@
+"""What a swap needs ready before weights arrive: base bytes, layouts, tail, trunk features.
+
+Everything here is prepared once (start-up, or in the background as people enrol) so a
+swap does only byte copies, two session builds and the tail's arithmetic:
+
+- the base model's bytes and the byte layout of its initializers (``edge.onnx_bytes``);
+- the tail graph after ``part.cut`` (cut once with onnx, then cached on disk keyed by
+  the base model's SHA-256; cutting it costs ~0.5-1 s of protobuf work on the GIL);
+- each enrolment crop's trunk features (``edge.tail_model.TrunkFeatures``), keyed by the
+  crop's content so a crop removed and re-enrolled reuses its entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from edge.gallery_snapshot import GalleryRows
+from edge.onnx_bytes import InitializerLayout
+from edge.outbox import atomic_write
+from edge.tail_model import TrunkFeatures, crop_key, tail_model
+from models.federated_parts import FederatedPart
+
+log = logging.getLogger(__name__)
+
+
+class SwapAssets:
+    def __init__(self, base_model: Path, part: FederatedPart, directory: Path,
+                 rows: GalleryRows | None, threads: int = 1) -> None:
+        self.part, self.rows = part, rows
+        self.base_bytes = Path(base_model).read_bytes()
+        digest = hashlib.sha256(self.base_bytes).hexdigest()[:16]
+        self.layout = InitializerLayout.scan(self.base_bytes)
+        # the initializers a vector of this part turns into (low-rank factors materialised)
+        self.patch_names = tuple(
+            [n for n in part.names if not n.endswith((".lora_a", ".lora_b"))]
+            + list(part.low_rank))
+        self.base_weights = self.layout.read(self.base_bytes, self.patch_names)
+        self.tail_bytes = self._tail(Path(directory) / f"tail-{digest}-{part.cut}.onnx")
+        self.tail_layout = InitializerLayout.scan(self.tail_bytes)
+        self.trunk = TrunkFeatures(Path(base_model), part.cut,
+                                   Path(directory) / f"trunk-{digest}-{part.cut}", threads)
+        self._keys: dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    def _tail(self, path: Path) -> bytes:
+        try:
+            data = path.read_bytes()
+            InitializerLayout.scan(data)
+            return data
+        except FileNotFoundError:
+            pass
+        except ValueError:
+            log.warning("cached tail graph %s is damaged; rebuilding it", path.name)
+        data = tail_model(onnx.load_from_string(self.base_bytes), self.part.cut
+                          ).SerializeToString()
+        atomic_write(path, data, mode=0o600)
+        return data
+
+    # --- weights --------------------------------------------------------------------------
+
+    def patch_model(self, weights: Mapping[str, np.ndarray]) -> bytes:
+        return self.layout.patch(self.base_bytes, weights)
+
+    def patch_tail(self, weights: Mapping[str, np.ndarray]) -> bytes:
+        # the part lies entirely after the cut, so every patched name is in the tail
+        return self.tail_layout.patch(self.tail_bytes, weights)
+
+    def read_weights(self, model_bytes: bytes) -> dict[str, np.ndarray]:
+        """The part's initializers as stored in a model file of this base (rollback)."""
+        return self.layout.read(model_bytes, self.patch_names)
+
+    # --- trunk features of the gallery ------------------------------------------------
+
+    def warm(self) -> int:
+        """Compute trunk features of crops enrolled since the last call; returns how many."""
+        if self.rows is None:
+            return 0
+        with self._lock:
+            crops = self.rows.crops()
+            new = [cid for cid, _ in crops if cid not in self._keys]
+            if not new:
+                return 0
+            images = self.rows.crop_images(new)
+            ids = [cid for cid in new if cid in images]
+            keys = [crop_key(images[cid]) for cid in ids]
+            computed = self.trunk.ensure(keys, [images[cid] for cid in ids])
+            self._keys.update(zip(ids, keys, strict=True))
+            return computed
+
+    def features(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(crop ids, person ids, trunk features) of every stored crop, in id order."""
+        if self.rows is None:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0,), np.float16)
+        self.warm()  # normally a no-op: the watcher already did it in the background
+        with self._lock:
+            crops = [(cid, pid) for cid, pid in self.rows.crops() if cid in self._keys]
+            ids = np.array([c for c, _ in crops], np.int64)
+            people = np.array([p for _, p in crops], np.int64)
+            if not crops:
+                return ids, people, np.zeros((0,), np.float16)
+            return ids, people, self.trunk.stack([self._keys[c] for c in ids.tolist()])

@@ -1,0 +1,164 @@
+"""The hot swap's durable state: which model the box serves, N-1, refusals, history.
+
+``current.json`` is the single commit point of a swap, written by atomic rename::
+
+    {"version": "r3-ab12", "tag": "sface-fed-r3-ab12", "model_file": "sface-fed-r3-ab12.onnx",
+     "sha256": "...", "since": 1700000000.0, "reason": "federated round result",
+     "previous": {... the same fields for version N-1, or null}}
+
+``model_file`` null means the pretrained model from the registry (version "base"). The
+gallery rows of ``tag`` always exist before the pointer names it (``edge.hot_swap``).
+``history.json`` keeps the last events (swapped, refused, rolled back) for
+``fedface-edge model status``; ``refused/`` keeps refused weights (0600) and
+``blocked.json`` the versions never to serve again (refused, or rolled back by the
+operator), so a re-delivered result is refused at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.model_store import ModelStoreError, _check_version
+from edge.outbox import atomic_write
+
+log = logging.getLogger(__name__)
+
+BASE_VERSION = "base"
+HISTORY_KEEP = 50
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    version: str
+    tag: str
+    model_file: str | None
+    sha256: str | None
+    since: float
+    reason: str
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ServedModel:
+        return cls(str(data["version"]), str(data["tag"]), data.get("model_file"),
+                   data.get("sha256"), float(data.get("since", 0.0)),
+                   str(data.get("reason", "")))
+
+
+@dataclass(frozen=True)
+class Pointer:
+    current: ServedModel
+    previous: ServedModel | None
+
+    def to_json(self) -> bytes:
+        body = {**asdict(self.current),
+                "previous": asdict(self.previous) if self.previous else None}
+        return json.dumps(body, sort_keys=True, indent=1).encode()
+
+
+class SwapStore:
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    @property
+    def pointer_path(self) -> Path:
+        return self.directory / "current.json"
+
+    def model_path(self, model_file: str) -> Path:
+        return self.directory / model_file
+
+    # --- pointer ------------------------------------------------------------------------
+
+    def load(self) -> Pointer | None:
+        try:
+            data = json.loads(self.pointer_path.read_text())
+            previous = data.get("previous")
+            return Pointer(ServedModel.from_dict(data),
+                           ServedModel.from_dict(previous) if previous else None)
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelStoreError(f"{self.pointer_path} is corrupt: {exc}") from exc
+
+    def commit(self, pointer: Pointer) -> None:
+        """The durable commit point of a swap: one atomic rename."""
+        atomic_write(self.pointer_path, pointer.to_json())
+
+    def pointer_stamp(self) -> tuple[int, int] | None:
+        """Cheap change detection for followers (mtime_ns, size)."""
+        try:
+            st = self.pointer_path.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def model_files(self) -> list[Path]:
+        return sorted(self.directory.glob("sface-fed-*.onnx"))
+
+    def remove_strays(self, keep: set[str]) -> list[str]:
+        """Delete model files the pointer does not name, and temp files of killed writes."""
+        removed = []
+        for path in [*self.model_files(), *self.directory.glob(".*.tmp")]:
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
+                removed.append(path.name)
+        return removed
+
+    # --- refusals and history -----------------------------------------------------------
+
+    @property
+    def _blocked_path(self) -> Path:
+        return self.directory / "blocked.json"
+
+    def blocked(self) -> dict[str, dict[str, Any]]:
+        try:
+            data = json.loads(self._blocked_path.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError:
+            log.warning("%s is corrupt; no version is blocked", self._blocked_path)
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def block(self, version: str, reason: str, vector: np.ndarray | None = None) -> None:
+        """Never serve ``version`` again; keep its weights (0600) for the operator."""
+        _check_version(version)
+        entry: dict[str, Any] = {"reason": reason, "at": time.time()}
+        if vector is not None:
+            buf = io.BytesIO()
+            np.save(buf, np.asarray(vector, dtype=np.float32), allow_pickle=False)
+            path = self.directory / "refused" / f"{version}.npy"
+            atomic_write(path, buf.getvalue(), mode=0o600)
+            entry.update(file=str(path.relative_to(self.directory)),
+                         sha256=hashlib.sha256(buf.getvalue()).hexdigest())
+        blocked = self.blocked()
+        blocked[version] = entry
+        atomic_write(self._blocked_path, json.dumps(blocked, sort_keys=True).encode())
+
+    @property
+    def _history_path(self) -> Path:
+        return self.directory / "history.json"
+
+    def history(self) -> list[dict[str, Any]]:
+        try:
+            data = json.loads(self._history_path.read_text())
+        except FileNotFoundError:
+            return []
+        except ValueError:
+            log.warning("%s is corrupt; starting a new history", self._history_path)
+            return []
+        return data if isinstance(data, list) else []
+
+    def record(self, event: str, version: str, **details: Any) -> dict[str, Any]:
+        entry = {"event": event, "version": version, "at": time.time(), **details}
+        history = [*self.history(), entry][-HISTORY_KEEP:]
+        atomic_write(self._history_path, json.dumps(history, sort_keys=True).encode())
+        return entry
