@@ -6,25 +6,22 @@ with ONE line on stderr and exit code 2; never a traceback.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import signal
-import sqlite3
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
-from aggregator.config import init_state, load_config
+from aggregator import operator_cli
+from aggregator.cli_common import JsonOpt, StateOpt, one_line_errors
+from aggregator.config import load_config
 from aggregator.coordinator import RoundSettings
-from aggregator.registry import DeviceRegistry, RegistryError, load_public_key_bytes
 from aggregator.store import Store, StoreError
 from federation.ckks import DEFAULT_PARAMS, CkksParams
-from federation.errors import FederationError
 from federation.keys import create_federation_keys
 
 app = typer.Typer(help="FedFace aggregator: adds encrypted updates it can never decrypt.",
@@ -36,28 +33,8 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(devices_app, name="devices")
 app.add_typer(rounds_app, name="rounds")
 
-F = TypeVar("F", bound=Callable[..., Any])
-EXPECTED = (FederationError, StoreError, RegistryError, ValueError, OSError, sqlite3.Error)
-
-StateOpt = Annotated[
-    Path, typer.Option("--state", envvar="FEDFACE_AGGREGATOR_STATE", help="state directory")
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
-
-
-def one_line_errors(fn: F) -> F:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except EXPECTED as exc:
-            message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            if isinstance(exc, OSError) and exc.filename:
-                message = f"{exc.filename}: {message}"
-            typer.echo(f"error: {message}", err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
+# init, status, devices, models and keys bundle live in operator_cli.py
+operator_cli.register(app, keys_app, devices_app)
 
 
 def _store(state: Path) -> Store:
@@ -92,29 +69,7 @@ def keys_create(
                f"--public-context {files.public_context}")
 
 
-# --- init / serve / status ---------------------------------------------------------
-@app.command("init")
-@one_line_errors
-def init(
-    fed: Annotated[str, typer.Option("--fed", help="federation id (a topic level)")],
-    state: StateOpt,
-    public_context: Annotated[Path, typer.Option("--public-context", help="public context file")],
-    aggregator_id: str = "aggregator",
-    initial_model: Annotated[str, typer.Option(help="model version round 1 builds on")] = "base",
-    count_scale: Annotated[float, typer.Option(help="c = 1/count_scale (federation-wide)")] = 0,
-    part_key: Annotated[str, typer.Option(help="federated parameter set key")] = "",
-    vector_length: Annotated[int, typer.Option(help="values per update; 0 = first update")] = 0,
-) -> None:
-    """Create the aggregator's state: config, public context copy, signing key (0600)."""
-    kwargs: dict[str, Any] = {"aggregator_id": aggregator_id, "initial_model": initial_model,
-                              "part_key": part_key, "vector_length": vector_length or None}
-    if count_scale:
-        kwargs["count_scale"] = count_scale
-    cfg = init_state(state, fed, public_context, **kwargs)
-    typer.echo(f"initialised federation {cfg.fed} (key {cfg.key_id}) in {state}")
-    typer.echo(f"  give {state / 'aggregator.pub'} to every box (it verifies announcements)")
-
-
+# --- serve -------------------------------------------------------------------------
 @app.command("serve")
 @one_line_errors
 def serve(
@@ -157,37 +112,6 @@ def serve(
         service.store.close()
 
 
-@app.command("status")
-@one_line_errors
-def status(state: StateOpt, as_json: JsonOpt = False) -> None:
-    """Federation, current round, devices, counters."""
-    cfg = load_config(state)
-    store = Store(state)
-    latest = store.latest_round()
-    published = store.latest_published()
-    info: dict[str, Any] = {
-        "fed": cfg.fed,
-        "key_id": cfg.key_id,
-        "current_round": None if latest is None else _round_summary(store, latest.round),
-        "latest_model": None if published is None else published.result_model,
-        "devices": {"active": len(DeviceRegistry(store).active_ids()),
-                    "total": len(DeviceRegistry(store).list())},
-        "counters": store.counters(),
-    }
-    if as_json:
-        typer.echo(json.dumps(info, indent=2))
-        return
-    typer.echo(f"federation {cfg.fed} (key {cfg.key_id})")
-    cur = info["current_round"]
-    if cur:
-        typer.echo(f"round {cur['round']}: {cur['status']}, base {cur['base_model']}, "
-                   f"{cur['contributions']} update(s), quorum {cur['quorum']}")
-    typer.echo(f"latest model: {info['latest_model'] or '-'}")
-    typer.echo(f"devices: {info['devices']['active']} active / {info['devices']['total']}")
-    for name, value in store.counters().items():
-        typer.echo(f"  {name}: {value}")
-
-
 def _round_summary(store: Store, round_no: int) -> dict[str, Any]:
     row = store.get_round(round_no)
     if row is None:
@@ -195,40 +119,6 @@ def _round_summary(store: Store, round_no: int) -> dict[str, Any]:
     data = row.as_dict()
     data["contributors"] = store.contributors(round_no)
     return data
-
-
-# --- devices -----------------------------------------------------------------------
-@devices_app.command("add")
-@one_line_errors
-def devices_add(
-    device_id: str,
-    public_key: Annotated[Path, typer.Option("--public-key", help="the device's public key")],
-    state: StateOpt,
-) -> None:
-    """Register a device and its Ed25519 public key."""
-    device = DeviceRegistry(_store(state)).add(device_id, load_public_key_bytes(public_key))
-    typer.echo(f"added {device.device_id} (key {device.fingerprint()}...)")
-
-
-@devices_app.command("list")
-@one_line_errors
-def devices_list(state: StateOpt, as_json: JsonOpt = False) -> None:
-    devices = DeviceRegistry(_store(state)).list()
-    rows = [{"device_id": d.device_id, "public_key": d.public_key.hex(), "added_at": d.added_at,
-             "revoked_at": d.revoked_at, "active": d.active} for d in devices]
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2))
-        return
-    for d in devices:
-        typer.echo(f"{d.device_id}\t{'active' if d.active else 'REVOKED'}\t{d.fingerprint()}...")
-
-
-@devices_app.command("revoke")
-@one_line_errors
-def devices_revoke(device_id: str, state: StateOpt) -> None:
-    """Stop accepting updates from a device (a running serve picks it up within a tick)."""
-    DeviceRegistry(_store(state)).revoke(device_id)
-    typer.echo(f"revoked {device_id}")
 
 
 # --- rounds ------------------------------------------------------------------------

@@ -8,6 +8,7 @@ a bad entry as key path + value + reason.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -103,3 +104,140 @@ def describe_validation_error(exc: ValidationError, source: str) -> str:
         else:
             problems.append(f"{key} = {error.get('input')!r}: {error['msg']}")
     return f"invalid {source}: " + "; ".join(problems)
+
+
+# --- the box's config file (written by `fedface-edge provision`) ------------------------
+CONFIG_ENV = "FEDFACE_CONFIG"
+CONFIG_NAME = "edge.toml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BoxSection(_Section):
+    device_id: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="This box's device id: its certificate CN, MQTT username and topic "
+        "level. Letters, digits, '_', '.', '-'.")
+    fed: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+                     description="Federation id (from the key bundle).")
+    data_dir: Path = Field(description="Gallery, federation state, keys and certificates "
+                           "(0700).")
+    model_dir: Path | None = Field(default=None, description="Verified model directory; "
+                                   "empty: the models registry's cache.")
+    threads: int = Field(default=1, ge=1, le=64, description="ONNX Runtime threads.")
+    match_threshold: float = Field(default=DEFAULT_MATCH_THRESHOLD, ge=-1.0, le=1.0,
+                                   description="SFace cosine similarity needed to name a face.")
+
+
+class CameraSection(_Section):
+    source: str = Field(description="Frame source: /dev/fedface-camera, /dev/videoN, "
+                        "rtsp://..., a video file or dir:FOLDER.")
+
+
+class BrokerSection(_Section):
+    url: str = Field(pattern=r"^mqtts?://", description="mqtts://host:8883 (TLS) of the "
+                     "federation broker; mqtt:// only for a lab broker without TLS.")
+    ca_file: Path = Field(description="Federation CA certificate (verifies the broker).")
+    cert_file: Path = Field(description="This box's client certificate (CN = device id), "
+                            "returned by the operator's `devices add`.")
+    key_file: Path = Field(description="This box's TLS private key (0600, never leaves "
+                           "the box).")
+    protocol: str = Field(default="5", pattern=r"^(5|3\.1\.1)$",
+                          description="MQTT protocol version: 5 or 3.1.1.")
+
+
+class FederationSection(_Section):
+    key_id: str = Field(description="Federation CKKS key id (checked against the secret "
+                        "context).")
+    aggregator_id: str = Field(default="aggregator", description="Aggregator's sender id.")
+    secret_context: Path = Field(description="federation-secret.tenseal (0600).")
+    device_key: Path = Field(description="This box's Ed25519 message-signing key (0600).")
+    aggregator_key: Path = Field(description="aggregator.pub: verifies announcements "
+                                 "and results.")
+    part: str = Field(default="conv14", description="Federated parameter set.")
+
+
+class DoctorSection(_Section):
+    min_free_disk_mb: int = Field(default=1024, ge=0, description="`doctor` fails below "
+                                  "this much free space in data_dir (MiB).")
+    max_clock_skew_s: float = Field(default=120.0, gt=0, description="`doctor` fails when "
+                                    "the clock is behind a signed timestamp by more (s).")
+    broker_timeout_s: float = Field(default=10.0, gt=0, description="`doctor`: seconds to "
+                                    "wait for the TLS connection to the broker.")
+
+
+class BoxConfig(_Section):
+    """The box's config file (TOML). Unknown keys are rejected. Secrets are never in it:
+    it names the files that hold them (0600), and the bundle passphrase comes from a file
+    or the FEDFACE_BUNDLE_PASSPHRASE environment variable."""
+
+    box: BoxSection
+    camera: CameraSection
+    broker: BrokerSection
+    federation: FederationSection
+    doctor: DoctorSection = Field(default_factory=DoctorSection)
+
+    def settings(self) -> EdgeSettings:
+        return EdgeSettings(data_dir=self.box.data_dir, model_dir=self.box.model_dir,
+                            threads=self.box.threads,
+                            match_threshold=self.box.match_threshold)
+
+
+def default_config_path(settings: EdgeSettings | None = None) -> Path:
+    """FEDFACE_CONFIG, else ``<data dir>/edge.toml``."""
+    env = _from_env(CONFIG_ENV)
+    if env is not None:
+        return env
+    return (settings or EdgeSettings()).data_dir / CONFIG_NAME
+
+
+def parse_box_config(values: Mapping[str, Any], source: str) -> BoxConfig:
+    try:
+        return BoxConfig.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, source),
+                          hint="fix the entry (every key is described in docs/operations.md)"
+                          ) from None
+
+
+def load_box_config(path: Path) -> BoxConfig:
+    import tomllib
+
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"no box config at {path}",
+                          hint="provision the box first: fedface-edge provision") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid {path}: not TOML: {exc}") from None
+    return parse_box_config(data, str(path))
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def render_box_config(config: BoxConfig) -> str:
+    """TOML with every key's description as a comment above it."""
+    lines = ["# FedFace edge box configuration (written by `fedface-edge provision`).",
+             "# Unknown keys are rejected; see docs/operations.md for every key.", ""]
+    for section_name in BoxConfig.model_fields:
+        section = getattr(config, section_name)
+        lines.append(f"[{section_name}]")
+        for name, fld in type(section).model_fields.items():
+            value = getattr(section, name)
+            lines.append(f"# {fld.description}")
+            if value is None:
+                lines.append(f"# {name} =")
+            else:
+                lines.append(f"{name} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)

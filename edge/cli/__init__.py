@@ -32,6 +32,9 @@ COMMAND_MODULES = (
     "bench",
     "federate",
     "kiosk",
+    "provision",
+    "doctor",
+    "status",
 )
 
 EPILOG = (

@@ -1,0 +1,196 @@
+"""Operator actions behind ``fedface-aggregator``: key bundles, device enrolment and
+revocation across both layers (broker TLS and aggregator registry), device status.
+
+Enrolment is one exchange of files with the technician: ``fedface-edge provision``
+writes ``<device>.request.json`` (device id, TLS CSR, Ed25519 public key; no secret),
+``register_device`` signs the CSR with the federation CA, registers the signing key and
+returns the reply (certificate + CA certificate) the box installs.
+
+Revocation must take effect in both places or it is not a revocation: the registry
+stops taking the device's updates (a running ``serve`` reads it on every update and
+every announce), and the CRL, copied to the broker and reloaded, stops its TLS
+connections.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from aggregator import pki
+from aggregator.broker_config import publish_crl
+from aggregator.config import AggregatorConfig, PkiConfig
+from aggregator.registry import DeviceRegistry, RegistryError, validate_device_id
+from aggregator.store import Store
+from federation.errors import FederationError
+from federation.key_bundle import AGGREGATOR_PUB, CA_CERT, SECRET_CONTEXT, KeyBundle, seal_bundle
+from federation.keys import load_secret_context
+from federation.signing import public_key_from_hex
+
+log = logging.getLogger(__name__)
+
+
+class OperatorError(ValueError):
+    """An operator action was refused; the message says what and how to fix it."""
+
+
+def create_key_bundle(secret_context: Path, aggregator_pub: Path, ca_cert: Path, fed: str,
+                      passphrase: str, *, broker_url: str = "",
+                      aggregator_id: str = "aggregator") -> bytes:
+    """The passphrase-protected file a technician imports on every box."""
+    ctx = load_secret_context(secret_context)  # refuses a public-only or too-open file
+    files = {SECRET_CONTEXT: Path(secret_context).read_bytes(),
+             AGGREGATOR_PUB: Path(aggregator_pub).read_bytes(), CA_CERT: Path(ca_cert).read_bytes()}
+    bundle = KeyBundle(fed_id=fed, key_id=ctx.key_id, params=ctx.params.to_dict(),
+                       aggregator_id=aggregator_id, broker_url=broker_url, files=files)
+    return seal_bundle(bundle, passphrase)
+
+
+@dataclass(frozen=True)
+class DeviceRequest:
+    device_id: str
+    csr_pem: bytes
+    signing_key: bytes  # raw 32-byte Ed25519 public key
+
+
+def read_request(path: Path, fed: str) -> DeviceRequest:
+    try:
+        data = json.loads(Path(path).read_text())
+        device_id, csr, key_hex = str(data["device_id"]), data["csr"], str(data["signing_key"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise OperatorError(f"{path} is not a request from `fedface-edge provision`: "
+                            f"{exc}") from None
+    if data.get("fed") not in (None, fed):
+        raise OperatorError(f"{path} is for federation {data.get('fed')!r}, this aggregator "
+                            f"runs {fed!r}")
+    try:
+        raw = public_key_from_hex(key_hex).public_bytes_raw()
+    except FederationError as exc:
+        raise OperatorError(f"{path}: {exc.message}") from None
+    return DeviceRequest(device_id, str(csr).encode(), raw)
+
+
+def _require_pki(cfg: AggregatorConfig) -> PkiConfig:
+    if cfg.pki is None:
+        raise OperatorError("this aggregator has no CA configured: run `fedface-aggregator "
+                            "init --ca-dir DIR` (or add a pki section to config.json)")
+    return cfg.pki
+
+
+def register_device(store: Store, cfg: AggregatorConfig, request: DeviceRequest,
+                    *, cert_days: int = pki.DEFAULT_DEVICE_DAYS) -> dict[str, Any]:
+    """Sign the CSR and register the signing key; returns the reply for the box.
+    Everything is checked before anything is written."""
+    validate_device_id(request.device_id)
+    registry = DeviceRegistry(store)
+    if registry.get(request.device_id) is not None:
+        raise RegistryError(f"device {request.device_id} is already registered (or revoked: "
+                            "re-provision under a new device id)")
+    ca = pki.load_ca(_require_pki(cfg).ca_dir)
+    cert_pem = pki.sign_device_csr(ca, request.csr_pem, request.device_id,
+                                   valid_days=cert_days)
+    registry.add(request.device_id, request.signing_key)
+    return {"v": 1, "device_id": request.device_id, "fed": cfg.fed,
+            "cert": cert_pem.decode("ascii"), "ca_cert": ca.cert_path.read_text()}
+
+
+@dataclass(frozen=True)
+class Revocation:
+    device_id: str
+    registry: bool
+    crl: Path | None
+    broker_reloaded: str
+
+
+def revoke_device(store: Store, cfg: AggregatorConfig, device_id: str) -> Revocation:
+    """Revoke in the registry and, with a CA configured, in the CRL: copy it to the
+    broker and make the broker reload it."""
+    registry = DeviceRegistry(store)
+    device = registry.get(device_id)
+    if device is None:
+        raise RegistryError(f"unknown device {device_id}")
+    registry.revoke(device_id)  # refuses a device revoked before
+    crl, reloaded = None, "no CA configured: only the registry was changed"
+    if cfg.pki is not None:
+        ca = pki.load_ca(cfg.pki.ca_dir)
+        crl = pki.revoke(ca, device_id)
+        if cfg.pki.broker_dir is not None:
+            crl = publish_crl(ca, cfg.pki.broker_dir)
+        reloaded = reload_broker(cfg.pki)
+    return Revocation(device_id, device.active, crl, reloaded)
+
+
+def reload_broker(p: PkiConfig) -> str:
+    """SIGHUP to the broker (pid file) or the configured reload command."""
+    if p.broker_pid_file is not None:
+        try:
+            pid = int(Path(p.broker_pid_file).read_text().strip())
+            os.kill(pid, signal.SIGHUP)
+        except (OSError, ValueError) as exc:
+            raise OperatorError(f"cannot signal the broker via {p.broker_pid_file}: {exc}; "
+                                "the CRL is updated but NOT applied: reload the broker") from None
+        return f"SIGHUP sent to broker pid {pid}"
+    if p.broker_reload_command:
+        result = subprocess.run(p.broker_reload_command, capture_output=True, text=True,
+                                timeout=60, check=False)
+        if result.returncode != 0:
+            raise OperatorError(f"{' '.join(p.broker_reload_command)} failed: "
+                                f"{result.stderr.strip()[-300:]}; the CRL is updated but NOT "
+                                "applied: reload the broker")
+        return f"ran {' '.join(p.broker_reload_command)}"
+    return "reload the broker yourself (systemctl reload mosquitto): no reload configured"
+
+
+def device_statuses(cfg: AggregatorConfig, store: Store, wait: float = 2.0) -> dict[str, Any]:
+    """Retained status of each device (its last will says offline), signature-checked
+    against the registry. Needs the ``broker`` section of the config."""
+    from federation import topics
+    from federation.envelope import decode, verify_envelope
+    from federation.mqtt import MqttTransport, TlsConfig
+    from federation.signing import KeyRing
+
+    if cfg.broker is None:
+        raise OperatorError("no broker section in config.json: run init with --broker-url "
+                            "(and --broker-ca/--broker-cert/--broker-key for TLS)")
+    b = cfg.broker
+    registry = DeviceRegistry(store)
+    ring = KeyRing({d.device_id: Ed25519PublicKey.from_public_bytes(d.public_key)
+                    for d in registry.list()})
+    seen: dict[str, Any] = {}
+    lock = threading.Lock()
+
+    def on_status(topic: str, payload: bytes) -> None:
+        device = topic.rsplit("/", 1)[-1]
+        try:
+            env = decode(payload)
+            verify_envelope(env, ring, fed=cfg.fed)
+            body = json.loads(env.payload)
+            entry = {"state": str(body.get("state")), "model": body.get("model"),
+                     "ts": float(body.get("ts", env.ts))}
+        except (FederationError, ValueError) as exc:
+            entry = {"state": "invalid", "model": None, "ts": None, "error": str(exc)}
+        with lock:
+            seen[device] = entry
+
+    tls = TlsConfig(b.ca_file, b.cert_file, b.key_file) if b.cert_file else None
+    transport = MqttTransport(b.url, f"{cfg.aggregator_id}-status-{os.getpid()}",
+                              tls=tls, clean_start=True)
+    try:
+        if not transport.wait_connected(10.0):
+            raise OperatorError(f"cannot reach the broker at {b.url}")
+        transport.subscribe(topics.status_filter(cfg.fed), on_status)
+        time.sleep(wait)  # retained messages arrive right after SUBACK
+    finally:
+        transport.close()
+    with lock:
+        return dict(seen)

@@ -1,0 +1,46 @@
+"""``fedface-edge doctor``: one PASS/FAIL line per check with a hint; exit 9 if any fails."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edge.cli.context import box
+
+EXIT_DOCTOR = 9
+
+
+def doctor(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="Config file (default FEDFACE_CONFIG or DATA_DIR/edge.toml).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Check camera, models, key files, certificate, broker (TLS), clock and disk."""
+    from edge.config import ConfigError, default_config_path, load_box_config
+    from edge.doctor import Check, run_checks
+
+    path = config or default_config_path(box(ctx).settings)
+    try:
+        checks = run_checks(load_box_config(path))
+    except ConfigError as exc:
+        checks = [Check("config", False, str(exc.args[0]) if exc.args else str(exc),
+                        exc.hint or "fedface-edge provision")]
+    if as_json:
+        typer.echo(json.dumps([c.__dict__ for c in checks], indent=2))
+    else:
+        for c in checks:
+            typer.echo(f"{'PASS' if c.ok else 'FAIL'}  {c.name:16s} {c.detail}")
+            if not c.ok and c.hint:
+                typer.echo(f"      {'':16s} hint: {c.hint}")
+    failed = [c.name for c in checks if not c.ok]
+    if failed:
+        typer.echo(f"{len(failed)} check(s) failed: {', '.join(failed)}", err=True)
+        raise typer.Exit(EXIT_DOCTOR)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("doctor")(doctor)

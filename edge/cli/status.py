@@ -1,0 +1,57 @@
+"""``fedface-edge status``: who this box is, its federation, model and pending updates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from edge.cli.context import box
+
+
+def status(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="Config file (default FEDFACE_CONFIG or DATA_DIR/edge.toml).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Device id, federation, broker, certificate expiry, federated model, outbox."""
+    from edge.config import default_config_path, load_box_config
+    from edge.doctor import check_certificate
+    from edge.kiosk.auth import PasswordStore
+    from edge.model_store import FederatedModelStore
+    from edge.outbox import Outbox
+
+    cfg = load_box_config(config or default_config_path(box(ctx).settings))
+    fed_dir = cfg.box.data_dir / "federation"
+    current = FederatedModelStore(fed_dir / "federated").load_current() \
+        if (fed_dir / "federated").exists() else None
+    pending = len(Outbox(fed_dir / "outbox").stored()) if (fed_dir / "outbox").exists() else 0
+    cert = check_certificate(cfg)
+    info: dict[str, Any] = {
+        "device_id": cfg.box.device_id, "fed": cfg.box.fed, "broker": cfg.broker.url,
+        "camera": cfg.camera.source, "key_id": cfg.federation.key_id,
+        "certificate": {"ok": cert.ok, "detail": cert.detail},
+        "model": None if current is None else {"version": current.version,
+                                               "round": current.round_no},
+        "pending_updates": pending,
+        "kiosk_password_set": PasswordStore(cfg.box.data_dir).is_set(),
+    }
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    typer.echo(f"device      {info['device_id']} (federation {info['fed']}, key {info['key_id']})")
+    typer.echo(f"broker      {info['broker']}")
+    typer.echo(f"camera      {info['camera']}")
+    typer.echo(f"certificate {'ok' if cert.ok else 'NOT OK'}: {cert.detail}")
+    model = info["model"]
+    typer.echo("model       " + (f"{model['version']} (round {model['round']})" if model
+                                 else "pretrained base (no federated result applied yet)"))
+    typer.echo(f"outbox      {pending} update(s) waiting for an ack")
+    typer.echo(f"kiosk       password {'set' if info['kiosk_password_set'] else 'NOT set'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("status")(status)

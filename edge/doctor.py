@@ -1,0 +1,261 @@
+"""``fedface-edge doctor``: is this box ready? One pass/fail line per check, with a hint.
+
+Each check is a small function of the box config returning a ``Check``; none raises.
+The broker check makes a real TLS handshake with the device certificate (so a wrong CA,
+a wrong broker name, a revoked or expired certificate is named precisely), then a real
+MQTT connection; the retained, aggregator-signed announcement it reads doubles as the
+clock reference (a Pi without RTC that boots without NTP sits in 1970 and fails TLS in
+ways that look like anything but a clock problem).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import socket
+import ssl
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from edge.config import BoxConfig
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    hint: str = ""
+
+
+def check_camera(cfg: BoxConfig) -> Check:
+    from edge.provision import probe_camera
+
+    try:
+        w, h = probe_camera(cfg.camera.source)
+    except Exception as exc:  # SourceError and whatever the capture backend raises
+        return Check("camera", False, f"{cfg.camera.source}: {exc}",
+                     str(getattr(exc, "hint", "")) or "set camera.source in the config")
+    return Check("camera", True, f"{cfg.camera.source}: {w}x{h} frame read")
+
+
+def check_models(cfg: BoxConfig) -> Check:
+    from models.registry import ModelError, verify_models
+
+    try:
+        paths = verify_models(cfg.box.model_dir)
+    except ModelError as exc:
+        return Check("models", False, str(exc.args[0] if exc.args else exc),
+                     getattr(exc, "hint", "") or "fedface-edge models fetch")
+    return Check("models", True, "sha256 ok: " + ", ".join(sorted(paths)))
+
+
+def _secret_files(cfg: BoxConfig) -> list[Path]:
+    return [cfg.broker.key_file, cfg.federation.device_key, cfg.federation.secret_context]
+
+
+def check_key_permissions(cfg: BoxConfig) -> Check:
+    problems, fixes = [], []
+    for path in _secret_files(cfg):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            problems.append(f"{path} missing")
+            continue
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o077:
+            problems.append(f"{path} is {mode:04o}")
+            fixes.append(f"chmod 600 {path}")
+        if st.st_uid != os.geteuid():
+            problems.append(f"{path} owned by uid {st.st_uid}, not {os.geteuid()}")
+            fixes.append(f"chown {os.geteuid()} {path}")
+    if problems:
+        return Check("key files", False, "; ".join(problems),
+                     "; ".join(fixes) or "re-run fedface-edge provision")
+    return Check("key files", True, f"{len(_secret_files(cfg))} secret files 0600, owned by "
+                 "this user")
+
+
+def check_federation_keys(cfg: BoxConfig) -> Check:
+    from federation.errors import FederationError
+    from federation.keys import load_secret_context, read_private_key, read_public_key
+
+    try:
+        ctx = load_secret_context(cfg.federation.secret_context)
+        read_private_key(cfg.federation.device_key)
+        read_public_key(cfg.federation.aggregator_key)
+    except FederationError as exc:
+        return Check("federation keys", False, exc.message,
+                     "re-import the key bundle: fedface-edge provision --bundle FILE")
+    if ctx.key_id != cfg.federation.key_id:
+        return Check("federation keys", False, f"secret context is key {ctx.key_id}, config "
+                     f"says {cfg.federation.key_id}", "re-import the federation's key bundle")
+    return Check("federation keys", True, f"key {ctx.key_id}, signing key and aggregator key")
+
+
+def _load_cert(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(Path(path).read_bytes())
+
+
+def check_certificate(cfg: BoxConfig, now: Clock = time.time) -> Check:
+    b = cfg.broker
+    request = cfg.box.data_dir / f"{cfg.box.device_id}.request.json"
+    if not Path(b.cert_file).exists():
+        return Check("certificate", False, f"{b.cert_file} missing (not signed yet)",
+                     f"give {request} to the operator, then "
+                     "fedface-edge provision --install-reply REPLY")
+    try:
+        cert, ca = _load_cert(b.cert_file), _load_cert(b.ca_file)
+        cert.verify_directly_issued_by(ca)
+        key = serialization.load_pem_private_key(Path(b.key_file).read_bytes(), password=None)
+    except Exception as exc:  # unreadable, malformed, wrong issuer: all mean "re-provision"
+        return Check("certificate", False, f"{b.cert_file}: {exc}",
+                     "install the operator's reply again: fedface-edge provision "
+                     "--install-reply REPLY")
+    if cert.public_key() != key.public_key():
+        return Check("certificate", False, "certificate does not match the TLS key",
+                     "send the current request to the operator and install the new reply")
+    days = (cert.not_valid_after_utc.timestamp() - now()) / 86400
+    if days < 0:
+        return Check("certificate", False, f"expired {-days:.0f} days ago",
+                     "ask the operator to sign the request again")
+    return Check("certificate", True, f"CN {cfg.box.device_id}, valid {days:.0f} more days")
+
+
+def _tls_context(cfg: BoxConfig) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(cfg.broker.ca_file))
+    ctx.load_cert_chain(str(cfg.broker.cert_file), str(cfg.broker.key_file))
+    return ctx
+
+
+def _tls_probe(cfg: BoxConfig) -> str | None:
+    """None if the broker completes a TLS handshake and keeps this box's certificate;
+    else why not. TLS 1.3 servers reject a client certificate after the handshake, so a
+    short read waits for that alert (an accepting broker sends nothing before CONNECT)."""
+    from federation.mqtt import parse_broker_url
+
+    url = parse_broker_url(cfg.broker.url)
+    if not url.tls:
+        return "broker.url is mqtt:// (no TLS): use mqtts://"
+    try:
+        raw = socket.create_connection((url.host, url.port), timeout=cfg.doctor.broker_timeout_s)
+    except OSError as exc:
+        return f"cannot reach {url.host}:{url.port}: {exc.strerror or exc}"
+    try:
+        with _tls_context(cfg).wrap_socket(raw, server_hostname=url.host) as tls:
+            tls.settimeout(1.5)
+            try:
+                if tls.recv(1) == b"":
+                    return "the broker closed the connection after the TLS handshake"
+            except TimeoutError:
+                return None
+            except ssl.SSLError as exc:
+                return f"the broker refused this box's certificate ({exc.reason or exc})"
+    except ssl.SSLCertVerificationError as exc:
+        return f"broker certificate not trusted: {exc.verify_message}"
+    except (ssl.SSLError, OSError) as exc:
+        return f"TLS failed: {getattr(exc, 'reason', None) or exc}"
+    finally:
+        raw.close()
+    return None
+
+
+def check_broker(cfg: BoxConfig, seen_ts: list[float]) -> Check:
+    """TLS probe, then a real MQTT session; records the aggregator's signed timestamps
+    into ``seen_ts`` for the clock check."""
+    hint = ("check broker.url and the network; a revoked or expired certificate needs a "
+            "new one from the operator; a wrong clock breaks TLS too")
+    why = _tls_probe(cfg)
+    if why is not None:
+        return Check("broker", False, why, hint)
+    from federation import topics
+    from federation.envelope import decode
+    from federation.mqtt import MqttTransport, TlsConfig
+
+    got = threading.Event()
+
+    def on_announce(topic: str, payload: bytes) -> None:
+        try:
+            seen_ts.append(float(decode(payload).ts))
+        except Exception as exc:  # the clock check then just has fewer references
+            log.debug("unreadable announce on %s: %s", topic, exc)
+        got.set()
+
+    transport = MqttTransport(
+        cfg.broker.url, f"{cfg.box.device_id}-doctor", clean_start=True,
+        tls=TlsConfig(cfg.broker.ca_file, cfg.broker.cert_file, cfg.broker.key_file),
+        protocol=cfg.broker.protocol, reconnect_max_delay=2)
+    try:
+        if not transport.wait_connected(cfg.doctor.broker_timeout_s):
+            return Check("broker", False, f"TLS ok but no MQTT CONNACK from {cfg.broker.url}",
+                         hint)
+        transport.subscribe(topics.announce(cfg.box.fed), on_announce)
+        got.wait(2.0)
+    finally:
+        transport.close()
+    return Check("broker", True, f"{cfg.broker.url}: TLS with the device certificate, "
+                 "MQTT connected")
+
+
+def check_clock(cfg: BoxConfig, seen_ts: list[float], now: Clock = time.time) -> Check:
+    """The clock may not be behind anything signed: the certificate's notBefore, the key
+    bundle's creation time, the aggregator's last announcement."""
+    refs: list[tuple[str, float]] = []
+    with contextlib.suppress(OSError, ValueError):
+        refs.append(("certificate notBefore",
+                     _load_cert(cfg.broker.cert_file).not_valid_before_utc.timestamp()))
+    refs += [("aggregator announcement", ts) for ts in seen_ts]
+    from edge.provision import BoxFiles
+
+    trust = BoxFiles(cfg.box.data_dir).trust
+    if trust.exists():
+        refs.append(("key bundle", float(json.loads(trust.read_text())
+                                        .get("bundle_created_at", 0.0))))
+    if not refs:
+        return Check("clock", False, "no signed time reference (no certificate, bundle or "
+                     "announcement)", "provision the box first")
+    what, latest = max(refs, key=lambda r: r[1])
+    behind = latest - now()
+    if behind > cfg.doctor.max_clock_skew_s:
+        return Check("clock", False, f"{behind:.0f} s behind the {what}",
+                     "enable NTP (timedatectl set-ntp true) or set the date; TLS and "
+                     "round deadlines need a correct clock")
+    margin = cfg.doctor.max_clock_skew_s
+    return Check("clock", True, f"not behind the {what} (margin {margin:.0f} s)")
+
+
+def check_disk(cfg: BoxConfig) -> Check:
+    try:
+        free = shutil.disk_usage(cfg.box.data_dir).free // (1024 * 1024)
+    except OSError as exc:
+        return Check("disk", False, f"{cfg.box.data_dir}: {exc.strerror}",
+                     "check box.data_dir")
+    if free < cfg.doctor.min_free_disk_mb:
+        return Check("disk", False, f"{free} MiB free in {cfg.box.data_dir}, need "
+                     f"{cfg.doctor.min_free_disk_mb}", "free space (old logs, models) "
+                     "or lower doctor.min_free_disk_mb")
+    return Check("disk", True, f"{free} MiB free in {cfg.box.data_dir}")
+
+
+def run_checks(cfg: BoxConfig, now: Clock = time.time) -> list[Check]:
+    seen_ts: list[float] = []
+    checks = [check_camera(cfg), check_models(cfg), check_key_permissions(cfg),
+              check_federation_keys(cfg), check_certificate(cfg, now)]
+    checks.append(check_broker(cfg, seen_ts))
+    checks.append(check_clock(cfg, seen_ts, now))
+    checks.append(check_disk(cfg))
+    return checks
