@@ -85,6 +85,12 @@ class Engine:
         self.detector = detector
         self.threshold = threshold
         self.rows = rows
+        # The frame thread's own connection: ``PRAGMA data_version`` on it costs a few
+        # microseconds and never waits for a writer (WAL), so an enrolment committed by
+        # anyone shows on the very next frame.
+        self._frame_rows = GalleryRows(rows.path) if rows is not None else None
+        self._frame_data_version = (self._frame_rows.data_version()
+                                    if self._frame_rows is not None else 0)
         self._state = state
         self._install_lock = threading.Lock()
         self._stop = threading.Event()
@@ -101,6 +107,11 @@ class Engine:
 
     def recognise(self, bgr: np.ndarray) -> FrameResult:
         state = self._state  # the one read of the frame: everything below uses `state`
+        if self._frame_rows is not None:
+            version = self._frame_rows.data_version()
+            if version != self._frame_data_version:
+                self._frame_data_version = version
+                state = self._reload_snapshot(state)
         if self.detector is None:
             raise RuntimeError("this engine has no face detector (it only swaps models)")
         t0 = time.perf_counter()
@@ -139,6 +150,20 @@ class Engine:
             if changed_model:
                 self.swaps += 1
         return True
+
+    def _reload_snapshot(self, state: ServingState) -> ServingState:
+        """Fresh gallery vectors of the frame's own version (someone committed rows)."""
+        assert self._frame_rows is not None
+        fresh = ServingState(state.model_version, state.embedder,
+                             self._frame_rows.snapshot(state.tag), state.since)
+        self.install(fresh, replaces=state)  # never undoes a swap installed meanwhile
+        return fresh
+
+    def close(self) -> None:
+        self.stop_watcher()
+        for rows in (self.rows, self._frame_rows):
+            if rows is not None:
+                rows.close()
 
     def refresh_gallery(self) -> None:
         """Embed crops missing for the serving version and install a fresh snapshot."""

@@ -111,7 +111,7 @@ class HotSwapper:
                  base_embedder: Embedder | None = None) -> None:
         self.base_model, self.part, self.threads = Path(base_model), part, threads
         self.policy = policy or CanaryPolicy.from_env(threshold)
-        self.store = SwapStore(swap_dir)
+        self.store = SwapStore(swap_dir, create=True)
         self.rows = GalleryRows(gallery_db) if gallery_db is not None else None
         self.base_embedder = base_embedder
         self._lock = threading.RLock()
@@ -310,7 +310,7 @@ class HotSwapper:
                                        hint="see `fedface-edge model status`")
                 target, current = pointer.previous, pointer.current
                 data = read_model(self.store, target, self.base_model)
-                weights = self.assets.read_weights(data)
+                weights = self.assets.read_tail_weights(data)
                 steps = _Steps()
                 report = self._install(target.version, target.model_file, data,
                                        self.assets.patch_tail(weights), steps,

@@ -8,7 +8,6 @@ person, so a failed enrolment leaves nothing half-written). No torch here.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.detect import Face
+from edge.engine import Engine
 from edge.errors import FedFaceError, ImageReadError, NoFaceError
 from edge.events import UNKNOWN, RecognitionEvent
 from edge.gallery import Gallery, Match
@@ -91,28 +91,32 @@ ProgressCallback = Callable[[Path, str | None], None]  # (image, failure reason 
 
 
 class Recognizer:
-    def __init__(self, pipeline: FacePipeline, gallery: Gallery, threshold: float) -> None:
+    """Serves from an ``Engine`` (``edge.engine``): the model the swap pointer names, and
+    its gallery snapshot; ``engine.start_watcher()`` makes it follow swaps and enrolments."""
+
+    def __init__(self, pipeline: FacePipeline, gallery: Gallery, threshold: float,
+                 engine: Engine | None = None) -> None:
         self.pipeline = pipeline
         self.gallery = gallery
         self.threshold = threshold
         self.last_timings = FrameTimings(StageTimings(), 0.0)
+        if engine is None:
+            from edge.serving import open_engine
+
+            engine = open_engine(pipeline.detector, gallery.path, None,
+                                 threads=pipeline.embedder.threads, threshold=threshold,
+                                 base_embedder=pipeline.embedder)
+        self.engine = engine
 
     @property
     def model_version(self) -> str:
-        return self.pipeline.embedder.version
+        return self.engine.state.tag
 
     def recognise(self, bgr: np.ndarray) -> list[Recognition]:
-        faces = self.pipeline.process(bgr)
-        stages = self.pipeline.last_timings
-        started = time.perf_counter()
-        if faces:
-            embeddings = np.stack([f.embedding for f in faces])
-            matches = self.gallery.identify_many(embeddings, self.model_version, self.threshold)
-        else:
-            matches = []
-        self.last_timings = FrameTimings(stages, time.perf_counter() - started)
-        return [Recognition(f.face, m, f.model_version or self.model_version)
-                for f, m in zip(faces, matches, strict=True)]
+        result = self.engine.recognise(bgr)
+        self.last_timings = FrameTimings(result.timings, result.match_seconds)
+        return [Recognition(f.face, m, result.embedder_version)
+                for f, m in zip(result.faces, result.matches, strict=True)]
 
     def enroll_images(
         self,
@@ -151,9 +155,13 @@ class Recognizer:
             if progress:
                 progress(image, None)
         if crops:
+            state = self.engine.state  # one read: vectors and their version tag agree
+            if state.embedder is not self.pipeline.embedder:  # a federated model serves
+                vectors = list(state.embedder.embed(crops))
             outcome.person_id = self.gallery.enroll(
-                name, crops, np.stack(vectors), self.model_version,
+                name, crops, np.stack(vectors), state.tag,
                 sources=[p.name for p in outcome.added])
+            self.engine.refresh_gallery()
         return outcome
 
 

@@ -39,9 +39,11 @@ def base_served() -> ServedModel:
     return ServedModel(BASE_VERSION, BASE_TAG, None, None, 0.0, "pretrained model")
 
 
-def read_model(store: SwapStore, served: ServedModel, base_model: Path) -> bytes:
+def read_model(store: SwapStore, served: ServedModel, base_model: Path | None) -> bytes:
     """The bytes of a served model, checked against the pointer's SHA-256."""
     if served.model_file is None:
+        if base_model is None:
+            raise ModelStoreError("the base model's path is needed to serve it")
         return Path(base_model).read_bytes()
     path = store.model_path(served.model_file)
     try:
@@ -60,7 +62,7 @@ def served_models(store: SwapStore) -> tuple[ServedModel, ServedModel | None]:
     return pointer.current, pointer.previous
 
 
-def load_current(store: SwapStore, base_model: Path, threads: int,
+def load_current(store: SwapStore, base_model: Path | None, threads: int,
                  base_embedder: Embedder | None = None) -> tuple[ServedModel, Embedder]:
     """The pointer's model as a new Embedder; falls back to N-1, then to the base model,
     if a file is missing or damaged (atomic renames make that a disk fault, not a crash
@@ -89,9 +91,9 @@ def load_current(store: SwapStore, base_model: Path, threads: int,
 class PointerFollower:
     """Engine ``follow`` hook: install the pointer's model when another process moves it."""
 
-    def __init__(self, engine: Engine, store: SwapStore, base_model: Path, threads: int,
-                 base_embedder: Embedder | None = None) -> None:
-        self.engine, self.store, self.base_model = engine, store, Path(base_model)
+    def __init__(self, engine: Engine, store: SwapStore, base_model: Path | None,
+                 threads: int, base_embedder: Embedder | None = None) -> None:
+        self.engine, self.store, self.base_model = engine, store, base_model
         self.threads, self.base_embedder = threads, base_embedder
         self._stamp = store.pointer_stamp()
 
@@ -115,7 +117,7 @@ class PointerFollower:
                  time.perf_counter() - started)
 
 
-def open_engine(detector: FaceDetector | None, gallery_db: Path | None, base_model: Path,
+def open_engine(detector: FaceDetector | None, gallery_db: Path | None, base_model: Path | None,
                 threads: int, threshold: float, base_embedder: Embedder | None = None,
                 follow: bool = True, swap_dir: Path | None = None) -> Engine:
     """An engine serving what the swap pointer names (the base model if there is none).

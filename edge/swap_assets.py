@@ -72,9 +72,11 @@ class SwapAssets:
         # the part lies entirely after the cut, so every patched name is in the tail
         return self.tail_layout.patch(self.tail_bytes, weights)
 
-    def read_weights(self, model_bytes: bytes) -> dict[str, np.ndarray]:
-        """The part's initializers as stored in a model file of this base (rollback)."""
-        return self.layout.read(model_bytes, self.patch_names)
+    def read_tail_weights(self, model_bytes: bytes) -> dict[str, np.ndarray]:
+        """Every tail initializer as stored in a model file of this base (rollback): all
+        of them, not only this part's, so a rollback is right whichever part made it."""
+        names = tuple(n for n in self.tail_layout.slots if n in self.layout.slots)
+        return self.layout.read(model_bytes, names)
 
     # --- trunk features of the gallery ------------------------------------------------
 

@@ -64,9 +64,12 @@ class Pointer:
 
 
 class SwapStore:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, create: bool = False) -> None:
+        """``create``: make the directory now (the swapper); readers and followers never
+        create it, so a box that never federated gets no empty ``models`` folder."""
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if create:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     @property
     def pointer_path(self) -> Path:

@@ -155,6 +155,9 @@ def run(
         stack.enter_context(frame_source)
         writer = EventWriter(_events_stream(stack, events))
         recognizer = box(ctx).recognizer(threshold)
+        # follow hot swaps (the swap pointer) and enrolments made while running
+        recognizer.engine.start_watcher()
+        stack.callback(recognizer.engine.stop_watcher)
         warn_if_empty(ctx)
         stop = stack.enter_context(_stop_on_sigterm())
         annotator = None

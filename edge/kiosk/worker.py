@@ -97,15 +97,23 @@ class RecognitionWorker:
         self._thread: threading.Thread | None = None
         self._ms = 0.0
         self._seq = 0
+        from edge.serving import open_engine
+
+        # frames are served by the engine: the model the swap pointer names, followed
+        # (with enrolments) by its watcher once started
+        self.engine = open_engine(pipeline.detector, gallery.path, None,
+                                  threads=pipeline.embedder.threads, threshold=threshold,
+                                  base_embedder=pipeline.embedder)
 
     @property
     def model_version(self) -> str:
-        return str(self.pipeline.embedder.version)
+        return self.engine.state.tag
 
     # --- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> RecognitionWorker:
         if self._thread is None:
+            self.engine.start_watcher()
             self._thread = threading.Thread(target=self._run, name="kiosk-recognition",
                                             daemon=True)
             self._thread.start()
@@ -113,6 +121,7 @@ class RecognitionWorker:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        self.engine.stop_watcher()
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
@@ -157,23 +166,19 @@ class RecognitionWorker:
                 self._set_status("error", f"recognition failed: {type(exc).__name__}: {exc}")
             self._stop.wait(RETRY_SOURCE_S)
 
-    def _identify(self, faces: list[RecognisedFace]) -> list[Match] | None:
-        if not faces:
-            return []
+    def _identify(self, image: np.ndarray) -> tuple[list[RecognisedFace], list[Match] | None]:
         try:
-            return self.gallery.identify_many(np.stack([f.embedding for f in faces]),
-                                              self.model_version, self.threshold)
+            # one engine state for the whole frame: probe and gallery of the same model
+            result = self.engine.recognise(image)
         except GalleryError as exc:
-            # e.g. embeddings of another model only: name nobody rather than raise
-            # an alert for every enrolled person
             self._set_status("error", str(exc))
-            return None
+            return [], None
+        return result.faces, result.matches
 
     def process_frame(self, frame_index: int, timestamp: float, image: np.ndarray) -> None:
         """Recognise one frame and publish it (the thread calls this for every frame)."""
         started = time.perf_counter()
-        faces = self.pipeline.process(image)
-        found = self._identify(faces)
+        faces, found = self._identify(image)
         matches = found if found is not None else [Match(None, 0.0, None) for _ in faces]
         display = annotate(image, tuple(faces), tuple(matches), self.display_width)
         ok, buf = cv2.imencode(".jpg", display, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])

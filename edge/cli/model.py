@@ -1,0 +1,101 @@
+"""``fedface-edge model status|rollback``: the federated model the box serves.
+
+``status`` reads only the swap directory (``<data dir>/models``): no model is loaded.
+``rollback`` serves version N-1 again (re-embedding the gallery with it) and blocks N,
+so the federation client does not swap it back in; a running kiosk or ``run`` follows
+the pointer within a second.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Annotated, Any
+
+import typer
+
+from edge.cli.context import box
+
+model_app = typer.Typer(help="Show or roll back the federated model the box serves.",
+                        no_args_is_help=True)
+
+
+def _when(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    return dt.datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def status_data(ctx: typer.Context) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from edge.gallery import DB_FILENAME
+    from edge.serving import base_served, served_models, swap_dir_for
+    from edge.swap_store import SwapStore
+
+    swap_dir = swap_dir_for(box(ctx).settings.data_dir / DB_FILENAME)
+    if not swap_dir.is_dir():
+        return {"current": asdict(base_served()), "previous": None, "blocked": {},
+                "history": [], "swap_dir": str(swap_dir)}
+    store = SwapStore(swap_dir)
+    current, previous = served_models(store)
+    return {"current": asdict(current), "previous": asdict(previous) if previous else None,
+            "blocked": store.blocked(), "history": store.history(), "swap_dir": str(swap_dir)}
+
+
+@model_app.command("status")
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    last: Annotated[int, typer.Option("--last", min=0, help="History entries shown.")] = 10,
+) -> None:
+    """Current and previous model: when and why each was swapped in; refusals."""
+    data = status_data(ctx)
+    data["history"] = data["history"][-last:] if last else []
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, sort_keys=True))
+        return
+    for label in ("current", "previous"):
+        served = data[label]
+        if served is None:
+            typer.echo(f"{label:9s} none (nothing to roll back to)")
+            continue
+        typer.echo(f"{label:9s} {served['version']}  since {_when(served['since'])}  "
+                   f"({served['reason']})")
+    for version, entry in sorted(data["blocked"].items()):
+        typer.echo(f"refused   {version}  {_when(entry.get('at'))}  ({entry.get('reason')})")
+    for entry in reversed(data["history"]):
+        seconds = entry.get("seconds") or {}
+        took = f" in {max(seconds.values()):.2f} s" if seconds else ""
+        typer.echo(f"  {_when(entry['at'])}  {entry['event']:11s} {entry['version']}{took}"
+                   f"  {entry.get('reason', '')}")
+
+
+@model_app.command("rollback")
+def rollback(
+    ctx: typer.Context,
+    part: Annotated[str, typer.Option("--part", help="Federated parameter set.")] = "conv14",
+) -> None:
+    """Serve the previous model again and refuse the current one from now on."""
+    from edge.gallery import DB_FILENAME
+    from edge.hot_swap import HotSwapError, HotSwapper
+    from edge.serving import swap_dir_for
+    from models.federated_parts import get_part
+    from models.registry import optimised_sface_path
+
+    settings = box(ctx).settings
+    gallery = box(ctx).gallery()  # creates/validates the data dir with its usual errors
+    swap_dir = swap_dir_for(gallery.path)
+    if not (swap_dir / "current.json").is_file():
+        raise HotSwapError("this box has never swapped in a federated model: nothing to "
+                           "roll back", hint="see `fedface-edge model status`")
+    swapper = HotSwapper(optimised_sface_path(settings.model_dir), get_part(part), swap_dir,
+                         settings.data_dir / DB_FILENAME, threads=settings.threads,
+                         threshold=settings.match_threshold)
+    report = swapper.rollback()
+    typer.echo(f"now serving {report.version} (gallery re-embedded in {report.total:.2f} s); "
+               "the rolled-back model will be refused if it is sent again")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(model_app, name="model")
