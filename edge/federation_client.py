@@ -154,11 +154,21 @@ class FederationClient:
 
     # --- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
-        stored = self.models.load_current()
-        if stored is not None and stored.vector.size == self.part.size:
+        for _ in range(2):  # the stored model, or N-1 if the sink refuses it
+            stored = self.models.load_current()
+            if stored is None or stored.vector.size != self.part.size:
+                break
+            try:  # the sink may refuse it (e.g. rolled back by the operator meanwhile)
+                self.sink.apply(stored.version, stored.vector.astype(np.float32))
+            except FederationError as exc:
+                self.models.discard(stored.version)
+                log.warning("stored federated model %s not served: %s", stored.version,
+                            exc.message)
+                continue
             self.version, self.vector = stored.version, stored.vector.astype(np.float32)
-            log.info("resuming on federated model %s (round %d)", stored.version, stored.round_no)
-            self.sink.apply(self.version, self.vector)
+            log.info("resuming on federated model %s (round %d)", stored.version,
+                     stored.round_no)
+            break
         for pending in self.outbox.pending():
             self._pending[pending.msg_id] = pending
             log.info("outbox: round %d update %s waiting to be sent", pending.round_no,
@@ -401,6 +411,7 @@ class FederationClient:
                       wanted.round, exc.reason, exc.message, self.version)
             self._emit("result_rejected", wanted.round, {"reason": exc.reason,
                                                          "detail": exc.message})
+            self._publish_status()  # the sink's refusal shows in the retained status
 
     def _apply_result(self, pointer: ModelPointer, blob: bytes) -> None:
         t0 = time.perf_counter()
@@ -410,7 +421,11 @@ class FederationClient:
         check_average(average, self.vector, self.part, self.config.max_relative_change)
         self.models.save(pointer.model, pointer.round, average)
         t1 = time.perf_counter()
-        self.sink.apply(pointer.model, average)
+        try:
+            self.sink.apply(pointer.model, average)
+        except FederationError:
+            self.models.discard(pointer.model)  # a restart resumes on the served model
+            raise
         swap_s = time.perf_counter() - t1
         previous = self.version
         self.version, self.vector = pointer.model, average
@@ -425,7 +440,14 @@ class FederationClient:
 
     # status --------------------------------------------------------------------------
     def _status_payload(self, state: str) -> bytes:
-        body = json.dumps({"state": state, "device": self.config.device_id,
+        extra: dict[str, Any] = {}
+        sink_fields = getattr(getattr(self, "sink", None), "status_fields", None)
+        if callable(sink_fields):  # e.g. the hot swap's serving model and last swap/refusal
+            try:
+                extra = dict(sink_fields())
+            except Exception:
+                log.exception("sink status fields failed")
+        body = json.dumps({**extra, "state": state, "device": self.config.device_id,
                            "model": getattr(self, "version", ""), "ts": time.time()},
                           sort_keys=True).encode()
         (env,) = split_blob(body, self.signing_key, kind="status", fed=self.config.fed_id,

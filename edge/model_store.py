@@ -87,6 +87,23 @@ class FederatedModelStore:
         log.info("federated model %s (round %d) stored; previous %s", version, round_no, previous)
         return path
 
+    def discard(self, version: str) -> None:
+        """Forget ``version`` (refused by the engine): current goes back to the previous
+        version if its file is still here, else to none (the pretrained model)."""
+        if self.current_version() != version:
+            return
+        previous = self._previous()
+        path = self.directory / f"{previous}.npy" if previous else None
+        if path is not None and path.is_file():
+            data = path.read_bytes()
+            pointer = {"version": previous, "previous": None, "round": -1,
+                       "sha256": hashlib.sha256(data).hexdigest()}
+            atomic_write(self._pointer, json.dumps(pointer, sort_keys=True).encode())
+        else:
+            self._pointer.unlink(missing_ok=True)
+        (self.directory / f"{_check_version(version)}.npy").unlink(missing_ok=True)
+        log.info("federated model %s discarded; current is now %s", version, previous)
+
     def _previous(self) -> str | None:
         try:
             prev = json.loads(self._pointer.read_text()).get("previous")
