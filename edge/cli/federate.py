@@ -44,17 +44,23 @@ def demo(
 
 def join(
     ctx: typer.Context,
-    broker: Annotated[str, typer.Option("--broker", help="mqtt://host:port or mqtts://...")],
-    fed: Annotated[str, typer.Option("--fed", help="Federation id.")],
-    device_id: Annotated[str, typer.Option("--device-id", help="This box's device id.")],
-    secret_context: Annotated[Path, typer.Option(
-        "--secret-context", exists=True, dir_okay=False, help="federation-secret.tenseal")],
-    device_key: Annotated[Path, typer.Option(
-        "--device-key", exists=True, dir_okay=False, help="This box's Ed25519 key (0600).")],
-    aggregator_key: Annotated[Path, typer.Option(
-        "--aggregator-key", exists=True, dir_okay=False, help="aggregator.pub")],
+    broker: Annotated[str | None, typer.Option(
+        "--broker", help="mqtt://host:port or mqtts://... (default: the config's)")] = None,
+    fed: Annotated[str | None, typer.Option("--fed", help="Federation id.")] = None,
+    device_id: Annotated[str | None, typer.Option("--device-id", help="This box's id.")] = None,
+    secret_context: Annotated[Path | None, typer.Option(
+        "--secret-context", exists=True, dir_okay=False, help="federation-secret.tenseal")
+    ] = None,
+    device_key: Annotated[Path | None, typer.Option(
+        "--device-key", exists=True, dir_okay=False, help="This box's Ed25519 key (0600).")
+    ] = None,
+    aggregator_key: Annotated[Path | None, typer.Option(
+        "--aggregator-key", exists=True, dir_okay=False, help="aggregator.pub")] = None,
     part: Annotated[str, typer.Option("--part", help="Federated parameter set.")] = "conv14",
     protocol: Annotated[str, typer.Option("--protocol", help="MQTT 5 or 3.1.1.")] = "5",
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="Provisioned box config (edge.toml): broker with TLS client "
+        "certificate, keys, ids. Options given explicitly win.")] = None,
 ) -> None:
     """Take part in the federation until Ctrl-C: train on the gallery, send encrypted
     updates, apply federated models."""
@@ -77,6 +83,20 @@ def join(
 
         raise CliError(f"training needs torch ({exc})",
                        hint="pip install 'fedface[train]' on this box") from None
+    tls = None
+    if config is not None or None in (broker, fed, device_id, secret_context, device_key,
+                                      aggregator_key):
+        from edge.config import default_config_path, load_box_config
+        from federation.mqtt import TlsConfig
+
+        cfg = load_box_config(config or default_config_path(box(ctx).settings))
+        broker, fed = broker or cfg.broker.url, fed or cfg.box.fed
+        device_id = device_id or cfg.box.device_id
+        secret_context = secret_context or cfg.federation.secret_context
+        device_key = device_key or cfg.federation.device_key
+        aggregator_key = aggregator_key or cfg.federation.aggregator_key
+        tls = TlsConfig(cfg.broker.ca_file, cfg.broker.cert_file, cfg.broker.key_file)
+    assert broker and fed and device_id and secret_context and device_key and aggregator_key
     settings = box(ctx).settings
     gallery = box(ctx).gallery()
     fed_part = get_part(part)
@@ -87,7 +107,7 @@ def join(
                                 fed_part)
 
     def transport(will: Will) -> MqttTransport:
-        return MqttTransport(broker, device_id, will=will, protocol=protocol)
+        return MqttTransport(broker, device_id, will=will, protocol=protocol, tls=tls)
 
     client = FederationClient(
         ClientConfig(fed, device_id), transport, load_secret_context(secret_context),
