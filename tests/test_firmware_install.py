@@ -204,7 +204,9 @@ def test_edge_cli_runs_from_the_prefix(installed: Install) -> None:
             "doctor",
             env={"FEDFACE_MODEL_DIR": str(state / "models"), "FEDFACE_DATA_DIR": str(state)},
         )
-        assert r.returncode == 0, r.stdout + r.stderr
+        # installed, not provisioned yet: doctor says exactly that, in one FAIL line
+        assert r.returncode == 9, r.stdout + r.stderr
+        assert "no box config" in r.stdout and "fedface-edge provision" in r.stdout
     # The edge box's inference path has no torch (no --with-train).
     probe = installed.run(
         str(installed.venv_python),
