@@ -4,9 +4,14 @@
     result = peak_rss([sys.executable, "-m", "edge.cli", "run", ...], timeout=60)
     print(result.peak_mib)
 
-Two measurements, the larger wins: psutil polls the RSS of the process tree every
-``interval`` seconds (sees children that are still running), and the kernel's exact
-``ru_maxrss`` of the direct child from ``wait4`` (catches a peak between two polls).
+Two measurements, the larger wins:
+- polling the process tree every ``interval`` seconds (psutil) for each process's
+  high-water mark (``VmHWM`` in /proc, which is monotonic, so a peak between two polls
+  is still seen at the next one; plain RSS where VmHWM is unavailable);
+- the kernel's ``ru_maxrss`` of the direct child from ``wait4``, which also covers the
+  last moments before exit. Linux carries the parent's high-water mark into a forked
+  child at exec, so this figure is only used when it exceeds the parent's own VmHWM at
+  spawn time (then it can only be the child's); otherwise the polled figure stands.
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ import psutil
 class PeakRss:
     returncode: int
     peak_bytes: int
-    polled_bytes: int  # max of the psutil samples of the whole tree
-    kernel_bytes: int  # ru_maxrss of the direct child (0 where wait4 is unavailable)
+    polled_bytes: int  # max over polls of the tree's summed high-water marks
+    kernel_bytes: int  # ru_maxrss of the direct child, 0 when not attributable to it
     seconds: float
 
     @property
@@ -34,7 +39,19 @@ class PeakRss:
         return self.peak_bytes / (1024 * 1024)
 
 
-def _tree_rss(process: psutil.Process) -> int:
+def _high_water(pid: int) -> int | None:
+    """VmHWM of a live process in bytes (None if /proc does not say)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _tree_peak(process: psutil.Process) -> int:
     total = 0
     try:
         procs = [process, *process.children(recursive=True)]
@@ -42,7 +59,8 @@ def _tree_rss(process: psutil.Process) -> int:
         return 0
     for proc in procs:
         try:
-            total += proc.memory_info().rss
+            hwm = _high_water(proc.pid)
+            total += hwm if hwm is not None else proc.memory_info().rss
         except psutil.Error:
             continue
     return total
@@ -62,6 +80,7 @@ def peak_rss(
     as ``fedface-edge run``); ``timeout`` kills the process. Output is discarded.
     """
     start = time.monotonic()
+    parent_hwm = _high_water(os.getpid()) or psutil.Process().memory_info().rss
     proc = subprocess.Popen(
         list(cmd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=cwd
     )
@@ -72,7 +91,7 @@ def peak_rss(
         while True:
             if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
                 break  # exited: still a zombie, so wait4 below can read its rusage
-            polled = max(polled, _tree_rss(watched))
+            polled = max(polled, _tree_peak(watched))
             elapsed = time.monotonic() - start
             if stop_after is not None and not interrupted and elapsed > stop_after:
                 proc.send_signal(signal.SIGINT)
@@ -87,6 +106,8 @@ def peak_rss(
             proc.kill()
             proc.wait()
     kernel = int(usage.ru_maxrss) * 1024  # Linux reports kilobytes
+    if kernel <= parent_hwm:
+        kernel = 0  # may be the parent's mark inherited at fork: not the child's
     return PeakRss(
         returncode=proc.returncode,
         peak_bytes=max(polled, kernel),

@@ -9,11 +9,26 @@ from bench.peak_rss import peak_rss
 
 def test_peak_rss_sees_a_short_lived_allocation() -> None:
     # 300 MiB held for a moment then freed: the peak must include it even though the
-    # process ends small.
-    code = "b = bytearray(300 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096]); del b"
+    # process ends small (and even when this test process is itself large, as it is
+    # after the vision tests: its own high-water mark must not be reported).
+    code = (
+        "import time; b = bytearray(300 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096]); "
+        "time.sleep(0.3); del b; time.sleep(0.2)"
+    )
     result = peak_rss([sys.executable, "-c", code], timeout=60)
     assert result.returncode == 0
     assert 300 <= result.peak_mib < 450, result
+
+
+def test_peak_rss_ignores_the_parents_inherited_mark() -> None:
+    ballast = bytearray(600 * 1024 * 1024)  # this process's high-water mark > 600 MiB
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    try:
+        result = peak_rss([sys.executable, "-c", "import time; time.sleep(0.3)"], timeout=60)
+    finally:
+        del ballast
+    assert result.returncode == 0
+    assert result.peak_mib < 100, result  # a bare interpreter, not the parent's 600 MiB
 
 
 def test_peak_rss_reports_exit_code_and_stops_long_runs() -> None:
