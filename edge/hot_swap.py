@@ -256,7 +256,9 @@ class HotSwapper:
         # the operator's rollback returns to a version that was validated when it came
         canary = None if rollback else self._canary(crop_ids, person_ids, vectors)
         if canary is not None and not canary.passed:
-            self.store.block(version, canary.reason, vector)
+            self.store.block(version, canary.reason, vector)  # weights kept, 0600
+            if model_file:
+                self.store.model_path(model_file).unlink(missing_ok=True)
             entry = self.store.record("refused", version, reason=canary.reason,
                                       canary=canary.to_dict())
             self._changed(entry)

@@ -1,0 +1,80 @@
+"""Shared set-up of the hot-swap tests: a box data dir with real LFW people enrolled.
+
+Built once per test session (enrolment through the real pipeline, trunk features and
+the tail graph cached by a first HotSwapper) and copied per test.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from edge.gallery import DB_FILENAME, Gallery
+from edge.hot_swap import HotSwapper
+from edge.pipeline import FacePipeline
+from edge.recognizer import Recognizer, images_in
+from models.federated_parts import CONV14, FederatedPart
+from models.registry import optimised_sface_path
+
+PART = CONV14
+PEOPLE = 8
+CROPS_PER_PERSON = 3
+
+
+def lfw_people(lfw_dir: Path, n: int, min_images: int) -> list[Path]:
+    return [p for p in sorted(lfw_dir.iterdir())
+            if len(list(p.glob("*.jpg"))) >= min_images][:n]
+
+
+def build_box(lfw_dir: Path, data_dir: Path) -> Path:
+    """Enrol PEOPLE x CROPS_PER_PERSON real faces; warm the swapper's caches."""
+    pipeline = FacePipeline.from_model_dir(threads=1)
+    with Gallery.open(data_dir) as gallery:
+        recognizer = Recognizer(pipeline, gallery, 0.40)
+        for person in lfw_people(lfw_dir, PEOPLE, CROPS_PER_PERSON + 2):
+            recognizer.enroll_images(person.name, images_in(person)[:CROPS_PER_PERSON])
+        recognizer.engine.close()
+    swapper = open_swapper(data_dir)
+    swapper.assets.warm()
+    swapper.engine.close()
+    return data_dir
+
+
+def copy_box(template: Path, dest: Path) -> Path:
+    shutil.copytree(template, dest)
+    return dest
+
+
+def open_swapper(data_dir: Path, part: FederatedPart = PART, **kwargs: object) -> HotSwapper:
+    return HotSwapper(optimised_sface_path(), part, data_dir / "models",
+                      data_dir / DB_FILENAME, **kwargs)  # type: ignore[arg-type]
+
+
+def perturbed(base: np.ndarray, seed: int, scale: float = 1e-3) -> np.ndarray:
+    """A plausible federated result: the weights moved a little."""
+    rng = np.random.default_rng(seed)
+    return (base * (1 + scale * rng.standard_normal(base.shape))).astype(np.float32)
+
+
+def wrecked_conv14(base: np.ndarray, how: str, seed: int = 0) -> np.ndarray:
+    """conv14's 1x1 weights zeroed, or replaced by noise of the same overall scale."""
+    out = base.copy()
+    n = 1024 * 1024  # conv_14_conv2d_weight comes first in the part's vector
+    if how == "zero":
+        out[:n] = 0.0
+    else:
+        rng = np.random.default_rng(seed)
+        out[:n] = rng.standard_normal(n).astype(np.float32) * float(np.std(base[:n]))
+    return out
+
+
+def template_box(base_temp: Path, lfw_dir: Path) -> Path:
+    """The session's enrolled box (built on first use; test modules share it)."""
+    template = base_temp / "hot-swap-template"
+    if not (template / "ready").exists():
+        shutil.rmtree(template, ignore_errors=True)
+        build_box(lfw_dir, template)
+        (template / "ready").write_text("ok")
+    return template

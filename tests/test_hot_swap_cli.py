@@ -1,0 +1,87 @@
+"""``fedface-edge model status`` and ``model rollback`` through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from edge.cli import model as model_cli
+from edge.cli.errors import FedFaceGroup
+from edge.gallery import DB_FILENAME
+from edge.hot_swap import ModelRefused
+from edge.serving import open_engine
+from models.registry import optimised_sface_path
+from tests.hot_swap_support import copy_box, open_swapper, perturbed, template_box, wrecked_conv14
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory, lfw_dir: Path) -> Path:
+    return template_box(tmp_path_factory.getbasetemp(), lfw_dir)
+
+
+def cli() -> typer.Typer:
+    # the module as edge/cli/__init__.py registers it (one line in COMMAND_MODULES)
+    app = typer.Typer(cls=FedFaceGroup, pretty_exceptions_enable=False)
+    model_cli.register(app)
+
+    @app.callback()
+    def _root() -> None:
+        pass
+
+    return app
+
+
+def invoke(data_dir: Path, *args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli(), list(args), env={"FEDFACE_DATA_DIR": str(data_dir)})
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_status_rollback_and_the_rolled_back_version_stays_refused(
+        template: Path, tmp_path: Path) -> None:
+    box = copy_box(template, tmp_path / "box")
+    code, out, _ = invoke(box, "model", "status")
+    assert code == 0 and out.startswith("current   base") and "previous  none" in out
+    code, _, err = invoke(box, "model", "rollback")
+    assert code == 9 and err.count("\n") <= 2 and "nothing to roll back" in err
+    assert "Traceback" not in err
+
+    swapper = open_swapper(box)
+    base = swapper.part.initial_vector(swapper.assets.base_weights)
+    swapper.apply("r1", perturbed(base, 1))
+    swapper.apply("r2", perturbed(base, 2))
+    with pytest.raises(ModelRefused):
+        swapper.apply("r3", wrecked_conv14(base, "zero"))
+    swapper.engine.close()
+
+    code, out, _ = invoke(box, "model", "status", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["current"]["version"] == "r2"
+    assert data["previous"]["version"] == "r1"
+    assert [e["event"] for e in data["history"]] == ["swapped", "swapped", "refused"]
+    assert "collapsed" in data["blocked"]["r3"]["reason"]
+    code, out, _ = invoke(box, "model", "status")
+    assert "current   r2" in out and "previous  r1" in out and "refused   r3" in out
+
+    follower = open_engine(None, box / DB_FILENAME, optimised_sface_path(), threads=1,
+                           threshold=0.40)  # e.g. the kiosk, another process
+    assert follower.state.model_version == "r2"
+    code, out, err = invoke(box, "model", "rollback")
+    assert code == 0, err
+    follower.watch_once()  # what its watcher does every 0.5 s
+    assert follower.state.model_version == "r1" and follower.state.tag == "sface-fed-r1"
+    assert len(follower.state.gallery) == len(open_swapper(box).rows.crops())  # type: ignore[union-attr]
+    assert "now serving r1" in out
+    data = json.loads(invoke(box, "model", "status", "--json")[1])
+    assert data["current"]["version"] == "r1" and data["previous"] is None
+    assert data["history"][-1]["event"] == "rolled_back" and "r2" in data["blocked"]
+
+    restarted = open_swapper(box)  # the box's next start serves r1 with r1's gallery
+    state = restarted.engine.state
+    assert state.model_version == "r1" and state.gallery.model_version == "sface-fed-r1"
+    assert len(state.gallery) == len(restarted.rows.crops())  # type: ignore[union-attr]
+    with pytest.raises(ModelRefused, match="refused before"):
+        restarted.apply("r2", perturbed(base, 2))  # the client re-delivering r2

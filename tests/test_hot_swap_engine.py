@@ -1,0 +1,94 @@
+"""The engine under a live frame stream, byte-level patching, tail re-embedding."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+
+from edge.engine import FrameResult
+from edge.onnx_bytes import InitializerLayout, LayoutError
+from edge.pipeline import FacePipeline
+from models.onnx_graph import patch_initializers, read_initializers
+from models.registry import optimised_sface_path
+from tests.hot_swap_support import PART, copy_box, lfw_people, open_swapper, perturbed, template_box
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory, lfw_dir: Path) -> Path:
+    return template_box(tmp_path_factory.getbasetemp(), lfw_dir)
+
+
+def test_byte_patch_gives_the_same_weights_as_the_onnx_patch() -> None:
+    data = optimised_sface_path().read_bytes()
+    layout = InitializerLayout.scan(data)
+    model = onnx.load_from_string(data)
+    base = read_initializers(model, PART.names)
+    assert all(np.array_equal(layout.read(data, PART.names)[n], base[n]) for n in PART.names)
+    new = {n: (v + 0.01).astype(np.float32) for n, v in base.items()}
+    patched = onnx.load_from_string(layout.patch(data, new))
+    reference = patch_initializers(model, new)
+    names = [i.name for i in model.graph.initializer]
+    ours, theirs = read_initializers(patched, names), read_initializers(reference, names)
+    assert all(np.array_equal(ours[n], theirs[n]) for n in names)
+    assert not np.array_equal(ours[PART.names[0]], base[PART.names[0]])
+    with pytest.raises(LayoutError, match="expects float32"):
+        layout.patch(data, {PART.names[0]: np.zeros((1024, 1024, 1, 1), np.float64)})
+    with pytest.raises(LayoutError, match="no raw-data initializer named 'nope'"):
+        layout.patch(data, {"nope": np.zeros(1, np.float32)})
+
+
+def test_tail_embeddings_match_the_full_model(template: Path, tmp_path: Path) -> None:
+    box = copy_box(template, tmp_path / "box")
+    swapper = open_swapper(box)
+    swapper.apply("r1", perturbed(swapper.part.initial_vector(swapper.assets.base_weights), 1))
+    state = swapper.engine.state
+    assert state.model_version == "r1" and len(state.gallery) > 0
+    images = swapper.rows.crop_images(state.gallery.crop_ids.tolist())  # type: ignore[union-attr]
+    full = state.embedder.embed([images[int(i)] for i in state.gallery.crop_ids])
+    cosines = np.sum(full * state.gallery.vectors, axis=1)
+    assert float(cosines.min()) > 0.9999  # float16 trunk cache + tail == full graph
+
+
+def frame_with_face(lfw_dir: Path) -> np.ndarray:
+    """A 640x480 camera-like frame with one LFW face in it."""
+    person = lfw_people(lfw_dir, 1, 5)[0]
+    image = cv2.imread(str(sorted(person.glob("*.jpg"))[4]))
+    assert image is not None and image.shape == (250, 250, 3)
+    frame = np.full((480, 640, 3), 90, np.uint8)
+    frame[115:365, 195:445] = image
+    return frame
+
+
+def test_swaps_during_a_live_stream_never_mix_models(template: Path, tmp_path: Path,
+                                                     lfw_dir: Path) -> None:
+    box = copy_box(template, tmp_path / "box")
+    pipeline = FacePipeline.from_model_dir(threads=1)
+    swapper = open_swapper(box, detector=pipeline.detector)
+    frame = frame_with_face(lfw_dir)
+    results: list[FrameResult] = []
+    stop = threading.Event()
+
+    def stream() -> None:
+        while not stop.is_set():
+            results.append(swapper.engine.recognise(frame))
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    base = swapper.part.initial_vector(swapper.assets.base_weights)
+    try:
+        for k in range(2):
+            swapper.apply(f"r{k + 1}", perturbed(base, k))
+    finally:
+        stop.set()
+        thread.join()
+    versions = [r.model_version for r in results]
+    assert set(versions) >= {"base", "r2"}  # frames ran before and after the swaps
+    assert all(r.consistent for r in results)  # probe and gallery always of one model
+    assert all(len(r.faces) == 1 and r.matches[0].best_name is not None for r in results)
+    assert versions == sorted(versions, key=["base", "r1", "r2"].index)
+    assert swapper.rows.versions() == {"sface-fed-r2": len(swapper.engine.state.gallery)}  # type: ignore[union-attr]
