@@ -12,7 +12,10 @@ cost). Baselines, measured in the same run on the same frames:
             gains.
 The one-core run pins the process with os.sched_setaffinity and uses 1 thread in OpenCV
 and ONNX Runtime; the two-core run uses 2. Each configuration runs ``--repeats`` times,
-interleaved; the table shows medians over repeats of each repeat's p50/p99.
+interleaved; the table shows medians over repeats of each repeat's p50/p99. "cpu p50" is
+the CPU time of the calling thread per frame: in the one-core run all work happens on
+that thread, so it is the latency the frame would have on an idle core, robust to other
+processes sharing the machine (on the two-thread run it only counts the caller's share).
 
 What gets the pipeline under 25 ms on one core (naive about 32-42 ms):
   1. detector at 320 px on the long side instead of 640x480 (22 -> ~5 ms), accuracy
@@ -84,9 +87,9 @@ StageTimes = dict[str, list[float]]
 def run_ours(
     frames: Sequence[np.ndarray], detector: FaceDetector, embedder: Embedder, gallery: np.ndarray
 ) -> StageTimes:
-    times: StageTimes = {"detect": [], "align": [], "embed": [], "match": [], "total": []}
+    times: StageTimes = {k: [] for k in ("detect", "align", "embed", "match", "total", "cpu")}
     for frame in frames:
-        t0 = time.perf_counter()
+        c0, t0 = time.thread_time(), time.perf_counter()
         faces = detector.detect(frame)
         t1 = time.perf_counter()
         crops = [align_face(frame, f.landmarks) for f in faces]
@@ -95,8 +98,9 @@ def run_ours(
         t3 = time.perf_counter()
         for embedding in embeddings:
             match(gallery, embedding)
-        t4 = time.perf_counter()
-        for key, value in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0), strict=True):
+        t4, c4 = time.perf_counter(), time.thread_time()
+        stages = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0, c4 - c0)
+        for key, value in zip(times, stages, strict=True):
             times[key].append(value)
     return times
 
@@ -108,9 +112,9 @@ def run_naive(
     gallery: np.ndarray,
     scale: float = 1.0,
 ) -> StageTimes:
-    times: StageTimes = {"detect": [], "align": [], "embed": [], "match": [], "total": []}
+    times: StageTimes = {k: [] for k in ("detect", "align", "embed", "match", "total", "cpu")}
     for frame in frames:
-        t0 = time.perf_counter()
+        c0, t0 = time.thread_time(), time.perf_counter()
         image = frame if scale == 1.0 else cv2.resize(frame, None, fx=scale, fy=scale)
         yunet.setInputSize((image.shape[1], image.shape[0]))
         _, raw = yunet.detect(image)
@@ -125,8 +129,9 @@ def run_naive(
         t3 = time.perf_counter()
         for feature in features:
             match(gallery, feature / np.linalg.norm(feature))
-        t4 = time.perf_counter()
-        for key, value in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0), strict=True):
+        t4, c4 = time.perf_counter(), time.thread_time()
+        stages = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0, c4 - c0)
+        for key, value in zip(times, stages, strict=True):
             times[key].append(value)
     return times
 
@@ -174,11 +179,12 @@ def measure(
 def print_table(title: str, table: dict[str, dict[str, float]]) -> None:
     print(f"\n{title}")
     print(f"{'path':<10} {'detect':>7} {'align':>6} {'embed':>6} {'match':>6} "
-          f"{'p50':>7} {'p99':>7} {'fps':>6}  (ms, p50 per stage)")  # fmt: skip
+          f"{'p50':>7} {'p99':>7} {'fps':>6} {'cpu p50':>8}  (ms)")  # fmt: skip
     for name, row in table.items():
         print(
             f"{name:<10} {row['detect']:7.2f} {row['align']:6.2f} {row['embed']:6.2f} "
-            f"{row['match']:6.2f} {row['total']:7.2f} {row['p99']:7.2f} {row['fps']:6.1f}"
+            f"{row['match']:6.2f} {row['total']:7.2f} {row['p99']:7.2f} {row['fps']:6.1f} "
+            f"{row['cpu']:8.2f}"
         )
     ours, naive = table["fedface"]["total"], table["naive"]["total"]
     print(f"p50 speed-up vs naive: {naive / ours:.2f}x; vs naive@320: "
@@ -225,9 +231,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if len(all_cpus) >= 2:
         two = set(sorted(all_cpus)[:2])
         print_table("two cores (2 threads)", measure(2, frames, args.repeats, two))
-    target = one_core["fedface"]["total"]
-    print(f"\none-core p50 {target:.1f} ms per frame (target <= 25 ms): "
-          f"{'met' if target <= 25 else 'NOT met'}")  # fmt: skip
+    target, cpu = one_core["fedface"]["total"], one_core["fedface"]["cpu"]
+    print(f"\none-core p50 {target:.1f} ms per frame wall, {cpu:.1f} ms CPU (target <= 25 ms): "
+          f"{'met' if target <= 25 else 'NOT met'} on wall time")  # fmt: skip
 
 
 if __name__ == "__main__":
