@@ -19,14 +19,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from edge.align import align_face
 from edge.detect import FaceDetector
-from edge.embed import Embedder
 from edge.gallery import Match
 from edge.gallery_snapshot import GalleryRows, GallerySnapshot
 from edge.pipeline import RecognisedFace, StageTimings
@@ -38,6 +38,15 @@ WATCH_SECONDS = 0.5
 BACKGROUND_NICENESS = 10
 
 
+class FaceEmbedder(Protocol):
+    """``edge.embed.Embedder`` (one SFace session) or ``edge.tail_model.SplitEmbedder``."""
+
+    @property
+    def version(self) -> str: ...
+
+    def embed(self, crops: Sequence[np.ndarray] | np.ndarray) -> np.ndarray: ...
+
+
 class StateMismatchError(ValueError):
     """An embedder and a gallery snapshot of different model versions were paired."""
 
@@ -45,7 +54,7 @@ class StateMismatchError(ValueError):
 @dataclass(frozen=True, eq=False)
 class ServingState:
     model_version: str  # federated version name ("base" for the pretrained model)
-    embedder: Embedder = field(repr=False)
+    embedder: FaceEmbedder = field(repr=False)
     gallery: GallerySnapshot = field(repr=False)
     since: float = field(default_factory=time.time)
 

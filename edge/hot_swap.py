@@ -52,7 +52,7 @@ from edge.gallery_snapshot import GalleryRows, empty_snapshot
 from edge.serving import BASE_TAG, load_current, read_model
 from edge.swap_assets import SwapAssets
 from edge.swap_store import Pointer, ServedModel, SwapStore
-from edge.tail_model import TailEmbedder
+from edge.tail_model import SplitEmbedder, TailEmbedder
 from edge.update_sealing import ResultRejected, lower_thread_priority
 from models.federated_parts import FederatedPart
 
@@ -126,6 +126,8 @@ class HotSwapper:
         self._stamp = self.store.pointer_stamp()
         self.engine.follow = self._follow
         self.last_report: SwapReport | None = None
+        # the swap thread's nice value: the frame thread keeps its core on a 2-core box
+        self.niceness = BACKGROUND_NICENESS
         self.on_change: Callable[[dict[str, Any]], None] | None = None
 
     # --- locking and background work -------------------------------------------------
@@ -137,12 +139,12 @@ class HotSwapper:
             fcntl.flock(handle, fcntl.LOCK_EX)  # released by the kernel if we are killed
             yield
 
-    @staticmethod
-    def _in_background(job: Callable[[], T]) -> T:
+    def _in_background(self, job: Callable[[], T]) -> T:
         box: dict[str, Any] = {}
 
         def run() -> None:
-            lower_thread_priority(BACKGROUND_NICENESS)
+            if self.niceness:
+                lower_thread_priority(self.niceness)
             try:
                 box["value"] = job()
             except BaseException as exc:  # re-raised in the caller's thread
@@ -242,16 +244,13 @@ class HotSwapper:
                  tail_bytes: bytes, steps: _Steps, reason: str, vector: np.ndarray | None,
                  rollback: bool = False) -> SwapReport:
         tag = embedder_version(version) if model_file else BASE_TAG
-        built: dict[str, Embedder] = {}
-        session = threading.Thread(target=lambda: built.setdefault(
-            "e", Embedder(model_bytes, threads=self.threads, version=tag)), daemon=True)
-        session.start()  # ORT releases the GIL while building: overlaps the re-embedding
-        crop_ids, person_ids, features = self.assets.features()
-        vectors = TailEmbedder(tail_bytes).embed_features(features)
-        session.join()
-        if "e" not in built:
-            raise HotSwapError(f"could not build an inference session for model {version}")
+        # One new session per swap: the tail. The frames run the shared trunk session
+        # then this tail, and the gallery is re-embedded through the same tail.
+        tail = TailEmbedder(tail_bytes, threads=self.threads)
+        embedder = SplitEmbedder(self.assets.head, tail, tag, threads=self.threads)
         steps.done("session_built")
+        crop_ids, person_ids, features = self.assets.features()
+        vectors = tail.embed_features(features)
         steps.done("reembedded")
         # the operator's rollback returns to a version that was validated when it came
         canary = None if rollback else self._canary(crop_ids, person_ids, vectors)
@@ -275,7 +274,7 @@ class HotSwapper:
         self._stamp = self.store.pointer_stamp()
         steps.done("committed")
         snapshot = self.rows.snapshot(tag) if self.rows is not None else empty_snapshot(tag)
-        self.engine.install(ServingState(version, built["e"], snapshot))
+        self.engine.install(ServingState(version, embedder, snapshot))
         old, self.served = self.served, new
         steps.done("swapped")
         if self.rows is not None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edge.embed import Embedder
+from edge.engine import FaceEmbedder
 from edge.gallery import Gallery
 from edge.hot_swap import MODEL_PREFIX, HotSwapper, ModelRefused, embedder_version
 from edge.swap_store import BASE_VERSION
@@ -56,7 +56,7 @@ class OnnxModelSink(HotSwapper):
         return None if served == BASE_VERSION else served
 
     @property
-    def embedder(self) -> Embedder:
+    def embedder(self) -> FaceEmbedder:
         return self.engine.state.embedder
 
     @property

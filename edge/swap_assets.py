@@ -4,8 +4,9 @@ Everything here is prepared once (start-up, or in the background as people enrol
 swap does only byte copies, two session builds and the tail's arithmetic:
 
 - the base model's bytes and the byte layout of its initializers (``edge.onnx_bytes``);
-- the tail graph after ``part.cut`` (cut once with onnx, then cached on disk keyed by
-  the base model's SHA-256; cutting it costs ~0.5-1 s of protobuf work on the GIL);
+- the tail graph after ``part.cut`` and the head (trunk) before it (cut once with onnx,
+  then cached on disk keyed by the base model's SHA-256; cutting costs ~0.5-1 s of
+  protobuf work on the GIL), and the head's session, shared by every version;
 - each enrolment crop's trunk features (``edge.tail_model.TrunkFeatures``), keyed by the
   crop's content so a crop removed and re-enrolled reuses its entry.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ import onnx
 from edge.gallery_snapshot import GalleryRows
 from edge.onnx_bytes import InitializerLayout
 from edge.outbox import atomic_write
-from edge.tail_model import TrunkFeatures, crop_key, tail_model
+from edge.tail_model import TrunkFeatures, crop_key, head_model, head_session, tail_model
 from models.federated_parts import FederatedPart
 
 log = logging.getLogger(__name__)
@@ -42,14 +43,20 @@ class SwapAssets:
             [n for n in part.names if not n.endswith((".lora_a", ".lora_b"))]
             + list(part.low_rank))
         self.base_weights = self.layout.read(self.base_bytes, self.patch_names)
-        self.tail_bytes = self._tail(Path(directory) / f"tail-{digest}-{part.cut}.onnx")
+        directory = Path(directory)
+        self.tail_bytes = self._cached_graph(directory / f"tail-{digest}-{part.cut}.onnx",
+                                             tail_model)
         self.tail_layout = InitializerLayout.scan(self.tail_bytes)
+        # the frozen trunk's session, shared by every version's frames embedder
+        self.head = head_session(self._cached_graph(
+            directory / f"head-{digest}-{part.cut}.onnx", head_model), threads)
         self.trunk = TrunkFeatures(Path(base_model), part.cut,
                                    Path(directory) / f"trunk-{digest}-{part.cut}", threads)
         self._keys: dict[int, str] = {}
         self._lock = threading.Lock()
 
-    def _tail(self, path: Path) -> bytes:
+    def _cached_graph(self, path: Path,
+                      cut: Callable[[onnx.ModelProto, str], onnx.ModelProto]) -> bytes:
         try:
             data = path.read_bytes()
             InitializerLayout.scan(data)
@@ -57,9 +64,8 @@ class SwapAssets:
         except FileNotFoundError:
             pass
         except ValueError:
-            log.warning("cached tail graph %s is damaged; rebuilding it", path.name)
-        data = tail_model(onnx.load_from_string(self.base_bytes), self.part.cut
-                          ).SerializeToString()
+            log.warning("cached graph %s is damaged; rebuilding it", path.name)
+        data = cut(onnx.load_from_string(self.base_bytes), self.part.cut).SerializeToString()
         atomic_write(path, data, mode=0o600)
         return data
 

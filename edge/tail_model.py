@@ -26,7 +26,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from edge.embed import session_options
-from models.trunk import TrunkRunner
+from models.trunk import TrunkRunner, crops_to_blob
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,33 @@ def tail_model(model: onnx.ModelProto, cut: str) -> onnx.ModelProto:
     return out
 
 
+def head_model(model: onnx.ModelProto, cut: str) -> onnx.ModelProto:
+    """The frozen trunk alone: the model's image input to tensor ``cut`` (its output)."""
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    if cut not in producers:
+        raise TailError(f"no node of the model produces {cut!r}")
+    initializers = {init.name for init in graph.initializer}
+    needed: set[int] = set()
+    stack, seen = [cut], set()
+    while stack:
+        tensor = stack.pop()
+        if tensor in initializers or tensor in seen or tensor not in producers:
+            continue
+        seen.add(tensor)
+        needed.add(id(producers[tensor]))
+        stack.extend(producers[tensor].input)
+    nodes = [node for node in graph.node if id(node) in needed]
+    used = {name for node in nodes for name in node.input}
+    output = helper.make_tensor_value_info(cut, onnx.TensorProto.FLOAT,
+                                           ["batch", None, None, None])
+    head = helper.make_graph(nodes, "fedface-head", list(graph.input), [output],
+                             [init for init in graph.initializer if init.name in used])
+    out = helper.make_model(head, opset_imports=model.opset_import, ir_version=model.ir_version)
+    onnx.checker.check_model(out)
+    return out
+
+
 def _channels_of(model: onnx.ModelProto, cut: str) -> int | None:
     """Channel count of ``cut`` from the first conv/BN weight that consumes it (or None)."""
     shapes = {init.name: tuple(init.dims) for init in model.graph.initializer}
@@ -95,6 +122,34 @@ class TailEmbedder:
             outputs.append(self._session.run(None, {self._input: chunk})[0])
         vectors = np.concatenate(outputs).astype(np.float32, copy=False)
         return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+class SplitEmbedder:
+    """A frames' embedder made of the frozen trunk (one session for the box's lifetime)
+    and a version's tail: a swap builds only the small tail session, the same one that
+    re-embeds the gallery. Same interface as ``edge.embed.Embedder``."""
+
+    def __init__(self, head: ort.InferenceSession, tail: TailEmbedder, version: str,
+                 threads: int = 1, batch_size: int = 16) -> None:
+        self.head, self.tail, self.version = head, tail, version
+        self.threads, self.batch_size = threads, batch_size
+        self._input = head.get_inputs()[0].name
+
+    def embed(self, crops: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+        if len(crops) == 0:
+            return np.zeros((0, 128), np.float32)
+        blob = crops_to_blob(list(crops))
+        features = [self.head.run(None, {self._input: blob[i:i + self.batch_size]})[0]
+                    for i in range(0, len(blob), self.batch_size)]
+        return self.tail.embed_features(np.concatenate(features), batch=self.batch_size)
+
+    def embed_one(self, crop: np.ndarray) -> np.ndarray:
+        return self.embed([crop])[0]
+
+
+def head_session(head_bytes: bytes, threads: int) -> ort.InferenceSession:
+    return ort.InferenceSession(head_bytes, session_options(threads),
+                                providers=["CPUExecutionProvider"])
 
 
 def crop_key(crop: np.ndarray) -> str:

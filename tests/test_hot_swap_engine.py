@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
+from edge.embed import Embedder
 from edge.engine import FrameResult
 from edge.onnx_bytes import InitializerLayout, LayoutError
 from edge.pipeline import FacePipeline
@@ -45,13 +46,20 @@ def test_byte_patch_gives_the_same_weights_as_the_onnx_patch() -> None:
 def test_tail_embeddings_match_the_full_model(template: Path, tmp_path: Path) -> None:
     box = copy_box(template, tmp_path / "box")
     swapper = open_swapper(box)
-    swapper.apply("r1", perturbed(swapper.part.initial_vector(swapper.assets.base_weights), 1))
+    base_vector = swapper.part.initial_vector(swapper.assets.base_weights)
+    swapper.apply("r1", perturbed(base_vector, 1, scale=0.1))
     state = swapper.engine.state
     assert state.model_version == "r1" and len(state.gallery) > 0
     images = swapper.rows.crop_images(state.gallery.crop_ids.tolist())  # type: ignore[union-attr]
-    full = state.embedder.embed([images[int(i)] for i in state.gallery.crop_ids])
-    cosines = np.sum(full * state.gallery.vectors, axis=1)
-    assert float(cosines.min()) > 0.9999  # float16 trunk cache + tail == full graph
+    crops = [images[int(i)] for i in state.gallery.crop_ids]
+    # the written model file, as a restart would serve it: one whole-graph session
+    full = Embedder((box / "models" / "sface-fed-r1.onnx").read_bytes()).embed(crops)
+    cached = np.sum(full * state.gallery.vectors, axis=1)
+    assert float(cached.min()) > 0.9999  # float16 trunk cache + tail == full graph
+    split = np.sum(full * state.embedder.embed(crops), axis=1)  # frames: trunk + tail
+    assert float(split.min()) > 0.99999
+    base = Embedder(optimised_sface_path().read_bytes()).embed(crops)
+    assert float(np.sum(full * base, axis=1).mean()) < 0.999  # the swap changed the model
 
 
 def frame_with_face(lfw_dir: Path) -> np.ndarray:

@@ -1,0 +1,225 @@
+"""Hot swap under a live stream: dropped frames, mixed-model frames, latency, swap time.
+
+    .venv/bin/python -m bench.hot_swap --lfw ../shared/data/lfw [--people 1000] [--swaps 20]
+
+A camera thread offers 640x480 frames (one LFW face) into a bounded queue at a fixed
+rate (``--fps``, default 80% of the throughput measured without swaps, so a healthy
+engine keeps up); a frame that finds the queue full is DROPPED and counted. The frame
+thread recognises every queued frame through the engine. The main thread applies
+``--swaps`` federated results (small real perturbations of the pretrained conv14 part)
+with ``--people`` enrolled. Reported:
+
+- dropped frames, and frames whose probe and gallery vectors came from different models
+  (``FrameResult.consistent``; must be 0);
+- p50/p99 frame latency (queue wait excluded) on frames that overlapped a swap, next to
+  the same on frames of the no-swap windows before and after (target p99 <= 1.5x);
+- time from weights received to serving per swap (median, max; target <= 1 s), with
+  its steps.
+
+The enrolled box is built once under ``--workdir`` (enrolment + trunk-feature cache take
+minutes) and reused by later runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import queue
+import shutil
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.gallery import DB_FILENAME, Gallery
+from edge.hot_swap import HotSwapper, SwapReport
+from edge.pipeline import FacePipeline
+from edge.recognizer import Recognizer
+from models.federated_parts import get_part
+from models.registry import optimised_sface_path
+
+log = logging.getLogger("bench.hot_swap")
+
+
+def build_box(lfw: Path, workdir: Path, people: int, multi: int) -> Path:
+    box = workdir / f"box-{people}-{multi}"
+    if (box / "ready").exists():
+        return box
+    shutil.rmtree(box, ignore_errors=True)
+    folders = sorted(p for p in lfw.iterdir() if p.is_dir())
+    multi_folders = [p for p in folders if len(list(p.glob("*.jpg"))) >= 2][:multi]
+    single = [p for p in folders if p not in set(multi_folders)][:people - len(multi_folders)]
+    pipeline = FacePipeline.from_model_dir(threads=2)
+    t0 = time.perf_counter()
+    with Gallery.open(box) as gallery:
+        recognizer = Recognizer(pipeline, gallery, 0.40)
+        for i, person in enumerate([*multi_folders, *single]):
+            images = sorted(person.glob("*.jpg"))[:2 if person in multi_folders else 1]
+            recognizer.enroll_images(person.name, images)
+            if i % 100 == 0:
+                print(f"  enrolled {i}/{people} people ({time.perf_counter() - t0:.0f} s)")
+        recognizer.engine.close()
+    swapper = open_box(box)
+    print(f"  trunk features: {swapper.assets.warm()} computed")
+    swapper.engine.close()
+    (box / "ready").write_text("ok")
+    return box
+
+
+def open_box(box: Path, detector: object = None) -> HotSwapper:
+    return HotSwapper(optimised_sface_path(), get_part("conv14"), box / "models",
+                      box / DB_FILENAME, detector=detector, threads=1)  # type: ignore[arg-type]
+
+
+def test_frame(lfw: Path) -> np.ndarray:
+    person = next(p for p in sorted(lfw.iterdir()) if len(list(p.glob("*.jpg"))) >= 5)
+    face = cv2.imread(str(sorted(person.glob("*.jpg"))[4]))
+    if face is None or face.shape != (250, 250, 3):
+        raise SystemExit(f"{person} does not hold 250x250 LFW images")
+    frame = np.full((480, 640, 3), 90, np.uint8)
+    frame[115:365, 195:445] = face
+    return frame
+
+
+@dataclass
+class Stream:
+    swapper: HotSwapper
+    frame: np.ndarray
+    fps: float
+    queue: queue.Queue[float] = field(default_factory=lambda: queue.Queue(maxsize=4))
+    offered: int = 0
+    dropped: int = 0
+    processed: int = 0
+    mixed: int = 0
+    frames: list[tuple[float, float, str]] = field(default_factory=list)  # start, end, model
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def camera(self) -> None:
+        period = 1.0 / self.fps
+        next_at = time.perf_counter()
+        while not self.stop.is_set():
+            self.offered += 1
+            try:
+                self.queue.put_nowait(time.perf_counter())
+            except queue.Full:
+                self.dropped += 1
+            next_at += period
+            time.sleep(max(0.0, next_at - time.perf_counter()))
+
+    def recognise(self) -> None:
+        while not self.stop.is_set() or not self.queue.empty():
+            try:
+                self.queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            start = time.perf_counter()
+            result = self.swapper.engine.recognise(self.frame)
+            end = time.perf_counter()
+            self.processed += 1
+            self.mixed += 0 if result.consistent else 1
+            self.frames.append((start, end, result.model_version))
+
+
+def max_throughput(swapper: HotSwapper, frame: np.ndarray, seconds: float) -> float:
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        swapper.engine.recognise(frame)
+        n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.array(values) * 1e3, q)) if values else float("nan")
+
+
+def run(args: argparse.Namespace) -> None:
+    box = build_box(args.lfw, args.workdir, args.people, args.multi)
+    pipeline = FacePipeline.from_model_dir(threads=1)
+    swapper = open_box(box, detector=pipeline.detector)
+    swapper.niceness = args.niceness
+    swapper.assets.warm()
+    counts = swapper.rows.crops() if swapper.rows else []
+    print(f"box: {args.people} people, {len(counts)} crops, serving "
+          f"{swapper.engine.state.model_version}")
+    frame = test_frame(args.lfw)
+    fps = args.fps or 0.8 * max_throughput(swapper, frame, 5.0)
+    stream = Stream(swapper, frame, fps)
+    threads = [threading.Thread(target=stream.camera), threading.Thread(target=stream.recognise)]
+    for t in threads:
+        t.start()
+    base = swapper.part.initial_vector(swapper.assets.base_weights)
+    rng = np.random.default_rng(args.seed)
+    windows: list[tuple[float, float]] = []
+    reports: list[SwapReport] = []
+    time.sleep(args.quiet)  # no-swap window before
+    quiet_before = (time.perf_counter() - args.quiet, time.perf_counter())
+    for k in range(args.swaps):
+        vector = (base * (1 + 1e-2 * rng.standard_normal(base.shape))).astype(np.float32)
+        start = time.perf_counter()
+        swapper.apply(f"bench-{int(time.time())}-{k}", vector)
+        windows.append((start, time.perf_counter()))
+        assert swapper.last_report is not None
+        reports.append(swapper.last_report)
+        time.sleep(args.gap)
+    quiet_after_start = time.perf_counter()
+    time.sleep(args.quiet)  # no-swap window after
+    stream.stop.set()
+    for t in threads:
+        t.join()
+    report(stream, windows, [quiet_before, (quiet_after_start, time.perf_counter())], reports,
+           fps)
+
+
+def report(stream: Stream, windows: list[tuple[float, float]],
+           quiet: list[tuple[float, float]], reports: list[SwapReport], fps: float) -> None:
+    def overlaps(s: float, e: float, spans: list[tuple[float, float]]) -> bool:
+        return any(s < b and e > a for a, b in spans)
+
+    during = [e - s for s, e, _ in stream.frames if overlaps(s, e, windows)]
+    calm = [e - s for s, e, _ in stream.frames if overlaps(s, e, quiet)
+            and not overlaps(s, e, windows)]
+    print(f"camera {fps:.1f} fps: offered {stream.offered}, processed {stream.processed}, "
+          f"DROPPED {stream.dropped}, mixed-model frames {stream.mixed}")
+    print(f"frame latency without swaps: p50 {pct(calm, 50):.1f} ms, p99 {pct(calm, 99):.1f} "
+          f"ms ({len(calm)} frames)")
+    print(f"frame latency during swaps:  p50 {pct(during, 50):.1f} ms, p99 {pct(during, 99):.1f}"
+          f" ms ({len(during)} frames); p99 ratio {pct(during, 99) / pct(calm, 99):.2f}x "
+          "(target <= 1.5x)")
+    totals = [r.total for r in reports]
+    print(f"received -> serving over {len(reports)} swaps: median {statistics.median(totals):.2f}"
+          f" s, min {min(totals):.2f} s, max {max(totals):.2f} s (target <= 1 s)")
+    steps = list(reports[0].seconds)
+    medians = {s: statistics.median(r.seconds[s] for r in reports) for s in steps}
+    prev = 0.0
+    parts = []
+    for s in steps:
+        parts.append(f"{s} {1e3 * (medians[s] - prev):.0f}")
+        prev = medians[s]
+    print("median ms per step: " + ", ".join(parts))
+    canary = reports[-1].canary
+    if canary is not None:
+        print(f"canary: {canary.reason} ({canary.probes} probes)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--lfw", type=Path, required=True)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/fedface-bench-hot-swap"))
+    parser.add_argument("--people", type=int, default=1000)
+    parser.add_argument("--multi", type=int, default=100, help="people with 2 crops")
+    parser.add_argument("--swaps", type=int, default=20)
+    parser.add_argument("--fps", type=float, default=0.0)
+    parser.add_argument("--gap", type=float, default=0.5, help="seconds between swaps")
+    parser.add_argument("--quiet", type=float, default=8.0, help="no-swap windows (s)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--niceness", type=int, default=10, help="of the swap thread")
+    logging.basicConfig(level=logging.WARNING)
+    run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()
