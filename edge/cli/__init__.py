@@ -25,6 +25,7 @@ from edge.cli.errors import FedFaceGroup
 
 COMMAND_MODULES = (
     "models",
+    "model",
     "enroll",
     "people",
     "identify",
