@@ -84,11 +84,11 @@ def rollback(
     from models.registry import optimised_sface_path
 
     settings = box(ctx).settings
-    gallery = box(ctx).gallery()  # creates/validates the data dir with its usual errors
-    swap_dir = swap_dir_for(gallery.path)
+    swap_dir = swap_dir_for(settings.data_dir / DB_FILENAME)
     if not (swap_dir / "current.json").is_file():
         raise HotSwapError("this box has never swapped in a federated model: nothing to "
                            "roll back", hint="see `fedface-edge model status`")
+    box(ctx).gallery()  # validates the data dir with the gallery's usual errors
     swapper = HotSwapper(optimised_sface_path(settings.model_dir), get_part(part), swap_dir,
                          settings.data_dir / DB_FILENAME, threads=settings.threads,
                          threshold=settings.match_threshold)
