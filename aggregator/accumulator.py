@@ -2,20 +2,38 @@
 whether it adds CKKS ciphertexts (the product) or float32 vectors (the plaintext
 baseline of bench/he_overhead.py).
 
-Memory is one model: each update is deserialised, added into the running sum in place
-and dropped before the next one arrives (holding ten 1M-value updates at once peaked at
-2.4 GiB; the streaming sum stays at one update + one sum whatever the client count).
+An update is added in two steps so that it can be made durable in between:
+``prepare`` parses and validates it completely (deserialises every ciphertext and checks
+its scale and parameters) without touching the sum; the coordinator then persists the
+accepted blob; ``commit`` adds the prepared update in place (``+=``), which cannot fail
+for a prepared update. The sum is serialised only when the round closes (``to_bytes``).
+
+Memory is one model: each update is deserialised, added into the running sum and
+dropped before the next one (holding ten 1M-value updates at once peaked at 2.4 GiB;
+the streaming sum stays at one update + one sum whatever the client count).
 """
 
 from __future__ import annotations
 
+import struct
 from typing import Protocol
 
 import numpy as np
+import tenseal as ts
 
 from federation.ckks import FederationContext, require_public_only
 from federation.errors import MALFORMED, FederationError
-from federation.packing import EncryptedUpdate, StreamingSum
+from federation.packing import (
+    MAX_CIPHERTEXT_BYTES,
+    MAX_VECTOR_LENGTH,
+    UPDATE_MAGIC,
+    UPDATE_VERSION,
+    EncryptedUpdate,
+    n_ciphertexts,
+)
+
+_HEADER = struct.Struct(">4sHH16sQIII")  # federation.packing's update header
+_CT_LEN = struct.Struct(">I")
 
 
 class UpdateRejected(Exception):
@@ -27,22 +45,35 @@ class UpdateRejected(Exception):
         self.detail = detail
 
 
+# A validated update, ready to be added: opaque to the coordinator.
+Prepared = object
+
+
 class Accumulator(Protocol):
     @property
     def count(self) -> int: ...
 
+    def prepare(self, blob: bytes) -> Prepared:
+        """Parse and validate one update; raise UpdateRejected. Never touches the sum."""
+        ...
+
+    def commit(self, prepared: Prepared) -> None:
+        """Add a prepared update to the sum in place."""
+
     def add_blob(self, blob: bytes) -> None:
-        """Add one update (serialised); raise UpdateRejected if it cannot be added."""
+        """prepare + commit (rebuilding a sum from stored updates)."""
 
     def to_bytes(self) -> bytes:
-        """The running sum, serialised: this is also the published result blob."""
+        """The running sum, serialised: this is the published result blob."""
+        ...
 
 
 class AccumulatorFactory(Protocol):
     def new(self) -> Accumulator: ...
 
     def restore(self, data: bytes, count: int) -> Accumulator:
-        """Rebuild a running sum from ``to_bytes()`` output (after a restart)."""
+        """Rebuild a running sum from ``to_bytes()`` output (a state directory written by
+        a version that persisted the running sum after every update)."""
         ...
 
 
@@ -54,13 +85,20 @@ class PlainAccumulator:
         self.total = np.zeros(length, dtype=np.float64) if data is None else data
         self.count = count
 
-    def add_blob(self, blob: bytes) -> None:
+    def prepare(self, blob: bytes) -> Prepared:
         if len(blob) != 4 * self.length:
             raise UpdateRejected(
                 "malformed", f"plain update is {len(blob)} bytes, expected {4 * self.length}"
             )
-        self.total += np.frombuffer(blob, dtype="<f4")
+        return np.frombuffer(blob, dtype="<f4")
+
+    def commit(self, prepared: Prepared) -> None:
+        assert isinstance(prepared, np.ndarray)
+        np.add(self.total, prepared, out=self.total)
         self.count += 1
+
+    def add_blob(self, blob: bytes) -> None:
+        self.commit(self.prepare(blob))
 
     def to_bytes(self) -> bytes:
         return self.total.astype("<f8").tobytes()
@@ -77,6 +115,13 @@ class PlainAccumulatorFactory:
         return PlainAccumulator(self.length, np.frombuffer(data, dtype="<f8").copy(), count)
 
 
+class _CkksUpdate:
+    def __init__(self, length: int, n_updates: int, vectors: list[ts.CKKSVector]) -> None:
+        self.length = length
+        self.n_updates = n_updates
+        self.vectors = vectors
+
+
 class CkksAccumulator:
     """The product's sum: CKKS ciphertexts added with TenSEAL, under a public-only context.
 
@@ -84,38 +129,107 @@ class CkksAccumulator:
     later update of another length is rejected as malformed, the sum untouched.
     """
 
-    def __init__(
-        self, ctx: FederationContext, length: int | None, running: StreamingSum | None = None
-    ) -> None:
+    def __init__(self, ctx: FederationContext, length: int | None) -> None:
         self.ctx = ctx
         self.length = length
-        self.running = running
+        self.count = 0
+        self._sum: list[ts.CKKSVector] | None = None
+        self._sum_length = length  # fixed by the configuration or by the first update
+        self._scale = float(ctx.context.global_scale)
 
-    @property
-    def count(self) -> int:
-        return 0 if self.running is None else self.running.count
-
-    def add_blob(self, blob: bytes) -> None:
+    def prepare(self, blob: bytes) -> Prepared:
         try:
-            update = EncryptedUpdate.from_bytes(blob, self.ctx)
-            if self.running is None:
-                if self.length is not None and update.length != self.length:
-                    raise FederationError(
-                        MALFORMED,
-                        f"update has {update.length} values, the federation {self.length}",
-                    )
-                running = StreamingSum(self.ctx, update.length)
-                running.add(update)
-                self.running = running
-            else:
-                self.running.add(update)
+            return self._parse(blob)
         except FederationError as exc:
             raise UpdateRejected(exc.reason, exc.message) from None
 
+    def _parse(self, blob: bytes) -> _CkksUpdate:
+        """The update's ciphertexts deserialised straight from the blob: one slice per
+        ciphertext (TenSEAL takes bytes), no intermediate tuple of all ciphertexts."""
+        if len(blob) < _HEADER.size:
+            raise FederationError(MALFORMED, "encrypted update shorter than its header")
+        magic, version, _r, key_raw, length, slots, count, n_updates = _HEADER.unpack_from(blob)
+        if magic != UPDATE_MAGIC or version != UPDATE_VERSION:
+            raise FederationError(MALFORMED, "not an encrypted update (magic/version)")
+        if key_raw.hex() != self.ctx.key_id:
+            raise FederationError(
+                "wrong_key", f"update was encrypted under federation key {key_raw.hex()}, "
+                f"the aggregator holds {self.ctx.key_id}")
+        slots_here = self.ctx.params.slots
+        if slots != slots_here or not 0 < length <= MAX_VECTOR_LENGTH:
+            raise FederationError(MALFORMED, f"bad vector length {length} or slots {slots}")
+        if count != n_ciphertexts(length, slots) or n_updates < 1:
+            raise FederationError(
+                MALFORMED, f"{count} ciphertexts / {n_updates} updates for {length} values")
+        if self._sum_length is not None and length != self._sum_length:
+            raise FederationError(
+                MALFORMED, f"update has {length} values, the federation {self._sum_length}")
+        view = memoryview(blob)
+        offset = _HEADER.size
+        vectors: list[ts.CKKSVector] = []
+        parms = None
+        for i in range(count):
+            if offset + _CT_LEN.size > len(blob):
+                raise FederationError(MALFORMED, f"encrypted update truncated at ciphertext {i}")
+            (ct_len,) = _CT_LEN.unpack_from(blob, offset)
+            offset += _CT_LEN.size
+            if ct_len == 0 or ct_len > MAX_CIPHERTEXT_BYTES or offset + ct_len > len(blob):
+                raise FederationError(MALFORMED, f"ciphertext {i} length {ct_len} out of range")
+            size = min(slots, length + 1 - i * slots)
+            vec = self._load(bytes(view[offset:offset + ct_len]), size, i)
+            offset += ct_len
+            # += raises on a scale/parameter mismatch half-way through the sum: check all
+            # here, so that commit() cannot fail on an update already made durable.
+            (ct,) = vec.ciphertext()
+            if ct.scale != self._scale or ct.size() != 2:
+                raise FederationError(
+                    MALFORMED, f"ciphertext {i}: scale 2^{np.log2(ct.scale):.1f} / size "
+                    f"{ct.size()}, expected a fresh ciphertext at the federation scale")
+            if parms is None:
+                parms = ct.parms_id()
+            elif ct.parms_id() != parms:
+                raise FederationError(MALFORMED, f"ciphertext {i} is at another level")
+            vectors.append(vec)
+        if offset != len(blob):
+            raise FederationError(MALFORMED, f"{len(blob) - offset} trailing bytes after update")
+        if self._sum is not None:
+            (ref,) = self._sum[0].ciphertext()
+            if ref.parms_id() != parms:
+                raise FederationError(MALFORMED, "update ciphertexts are at another level")
+        return _CkksUpdate(length, n_updates, vectors)
+
+    def _load(self, data: bytes, expected_size: int, i: int) -> ts.CKKSVector:
+        try:
+            vec = ts.ckks_vector_from(self.ctx.context, data)
+        except Exception as exc:  # TenSEAL raises assorted errors on corrupt bytes
+            raise FederationError(
+                MALFORMED, f"ciphertext {i} does not deserialize: {exc}") from None
+        if vec.size() != expected_size:
+            raise FederationError(
+                MALFORMED, f"ciphertext {i} holds {vec.size()} values, expected {expected_size}")
+        return vec
+
+    def commit(self, prepared: Prepared) -> None:
+        update = prepared
+        assert isinstance(update, _CkksUpdate)
+        if self._sum is None:
+            self._sum = update.vectors
+            self._sum_length = update.length
+        else:
+            for acc, vec in zip(self._sum, update.vectors, strict=True):
+                acc += vec
+        self.count += update.n_updates
+
+    def add_blob(self, blob: bytes) -> None:
+        self.commit(self.prepare(blob))
+
     def to_bytes(self) -> bytes:
-        if self.running is None:
+        if self._sum is None or self._sum_length is None:
             raise ValueError("empty sum")
-        return self.running.result().to_bytes()
+        return EncryptedUpdate(
+            key_id=self.ctx.key_id, length=self._sum_length, slots=self.ctx.params.slots,
+            ciphertexts=tuple(v.serialize() for v in self._sum), n_updates=self.count,
+        ).to_bytes()
 
 
 class CkksAccumulatorFactory:
@@ -131,4 +245,8 @@ class CkksAccumulatorFactory:
         partial = EncryptedUpdate.from_bytes(data, self.ctx)
         if partial.n_updates != count:
             raise ValueError(f"sum blob holds {partial.n_updates} updates, the db says {count}")
-        return CkksAccumulator(self.ctx, partial.length, StreamingSum.resume(self.ctx, partial))
+        acc = CkksAccumulator(self.ctx, partial.length)
+        vectors = [acc._load(ct, min(partial.slots, partial.length + 1 - i * partial.slots), i)
+                   for i, ct in enumerate(partial.ciphertexts)]
+        acc.commit(_CkksUpdate(partial.length, partial.n_updates, vectors))
+        return acc

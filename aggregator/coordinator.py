@@ -1,7 +1,8 @@
 """The round state machine: plain Python over typed messages, no transport inside.
 
-open (announce) -> collect (each accepted update is added to the running sum and
-persisted before it is acked) -> close (all active devices sent, or deadline with
+open (announce) -> collect (each accepted update is persisted as its own blob, then
+added to the in-memory running sum, then acked) -> close (the sum is serialised once,
+as the result blob) (all active devices sent, or deadline with
 quorum) -> result ready (the service publishes it) -> published -> next round, whose
 base model version is the result's version.
 
@@ -16,14 +17,17 @@ from __future__ import annotations
 
 import errno
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aggregator.accumulator import Accumulator, AccumulatorFactory, UpdateRejected
 from aggregator.registry import DeviceRegistry
-from aggregator.store import RoundRow, Store
+from aggregator.store import RoundRow, Store, StoreError
+from federation.packing import DEFAULT_COUNT_SCALE
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +40,14 @@ UNAVAILABLE = "unavailable"  # the aggregator could not persist the update (disk
 class RoundSettings:
     deadline_seconds: float = 300.0
     quorum: int = 2
-    count_scale: float = 1.0
+    count_scale: float = DEFAULT_COUNT_SCALE  # announced; boxes encrypt with it
     part_key: str = ""
     chunk_size: int = 256 * 1024
     max_extensions: int = 3
 
     def __post_init__(self) -> None:
+        if not self.count_scale > 0:
+            raise ValueError("count_scale must be > 0")
         if self.deadline_seconds <= 0:
             raise ValueError("round deadline must be > 0 seconds")
         if self.quorum < 1:
@@ -60,6 +66,7 @@ class Submission:
     msg_id: str
     blob_sha256: str
     blob: bytes
+    spooled: Path | None = None  # the blob's reassembled file: moved into the store
 
 
 @dataclass(frozen=True)
@@ -118,9 +125,10 @@ class Coordinator:
         """Resume from disk: results closed but not yet published come first, then the
         open round (with every update accepted before a crash) or a new one."""
         events: list[Event] = []
-        removed = self.store.remove_unreferenced_blobs()
+        removed = self.store.remove_stale_files()
         if removed:
-            log.info("removed %d unreferenced blob file(s) left by an interrupted write", removed)
+            log.info("removed %d stale file(s): interrupted writes, blobs of finished rounds",
+                     removed)
         for row in self.store.list_rounds():
             if row.status == "closed":
                 events.append(self._result_event(row))
@@ -140,9 +148,30 @@ class Coordinator:
         return events
 
     def _load_sum(self, row: RoundRow) -> Accumulator:
-        if row.sum_blob is None:
-            return self.accumulators.new()
-        return self.accumulators.restore(self.store.read_blob(row.sum_blob), row.contributions)
+        """The open round's sum rebuilt from disk: its accepted blobs re-added one at a
+        time (memory stays one update + the sum). A state dir written by an older version
+        may also hold a running sum blob of its first contributions."""
+        legacy = self.store.legacy_contributions(row.round)
+        if row.sum_blob is not None and legacy:
+            acc = self.accumulators.restore(self.store.read_blob(row.sum_blob), legacy)
+        else:
+            acc = self.accumulators.new()
+        for device, name in self.store.accepted_blobs(row.round):
+            try:
+                data = self.store.accepted_path(name).read_bytes()
+                acc.add_blob(data)
+            except (OSError, UpdateRejected) as exc:
+                raise StoreError(
+                    f"round {row.round}: the accepted update of {device} ({name}) cannot be "
+                    f"re-added ({exc}); the state directory is damaged"
+                ) from None
+            del data
+        if acc.count != row.contributions:
+            raise StoreError(
+                f"round {row.round}: rebuilt a sum of {acc.count} update(s), the db counts "
+                f"{row.contributions}; the state directory is damaged"
+            )
+        return acc
 
     def _open_next(self) -> Announce:
         latest = self.store.latest_round()
@@ -190,16 +219,14 @@ class Coordinator:
             return self._reject(sub, decision)
         assert self.current is not None and self.sum is not None
         try:
-            self.sum.add_blob(sub.blob)
+            prepared = self.sum.prepare(sub.blob)  # validates everything; sum untouched
         except UpdateRejected as exc:
-            # add_blob validates before it touches the sum, so the sum is intact.
             return self._reject(sub, Decision(False, exc.reason, exc.detail))
         try:
             self._persist(sub)
-        except OSError as exc:
-            # The in-memory sum already holds this update: roll it back to what is on disk.
-            self.sum = self._load_sum(self.current)
-            what = "disk full" if exc.errno == errno.ENOSPC else f"I/O error: {exc.strerror or exc}"
+        except (OSError, sqlite3.Error) as exc:
+            # Nothing was counted and the in-memory sum does not hold this update.
+            what = _storage_failure(exc)
             log.error(
                 "round %d: could not persist the update of %s (%s); it is NOT counted, "
                 "the device must resend",
@@ -208,6 +235,13 @@ class Coordinator:
                 what,
             )
             return self._reject(sub, Decision(False, UNAVAILABLE, f"aggregator storage: {what}"))
+        try:
+            self.sum.commit(prepared)
+        except Exception:  # prepare() checked what += needs: this is a bug, not bad input
+            log.exception("round %d: adding a prepared update failed; rebuilding the sum from "
+                          "the accepted blobs on disk", self.current.round)
+            self.sum = self._load_sum(self.current)
+        del prepared
         log.info(
             "round %d: accepted update %d from %s",
             self.current.round,
@@ -255,14 +289,10 @@ class Coordinator:
     def _persist(self, sub: Submission) -> None:
         assert self.current is not None and self.sum is not None
         cur = self.current
-        seq = cur.contributions + 1
-        name = f"round-{cur.round}-sum-{seq}.bin"
-        self.store.write_blob(name, self.sum.to_bytes())
-        self.store.record_contribution(
-            cur.round, sub.device_id, sub.msg_id, sub.blob_sha256, seq, name, self.clock()
+        self.store.accept_update(
+            cur.round, sub.device_id, sub.msg_id, sub.blob_sha256, cur.contributions + 1,
+            self.clock(), spooled=sub.spooled, data=None if sub.spooled else sub.blob,
         )
-        if cur.sum_blob is not None:
-            self.store.blob_path(cur.sum_blob).unlink(missing_ok=True)
         self.current = self.store.get_round(cur.round)
 
     def _reject(self, sub: Submission, decision: Decision) -> Decision:
@@ -292,11 +322,11 @@ class Coordinator:
         active = self.registry.active_ids()
         contributors = set(self.store.contributors(cur.round))
         if active and active <= contributors:
-            return [self._close(cur, "all active devices sent")]
+            return self._close(cur, "all active devices sent")
         if self.clock() < cur.deadline:
             return []
         if cur.contributions >= cur.quorum:
-            return [self._close(cur, f"deadline with quorum ({cur.contributions}/{len(active)})")]
+            return self._close(cur, f"deadline with quorum ({cur.contributions}/{len(active)})")
         if cur.extensions < self.settings.max_extensions:
             deadline = cur.deadline + self.settings.deadline_seconds
             announce = dict(cur.announce, deadline=deadline)
@@ -319,6 +349,7 @@ class Coordinator:
         self.store.update_round(
             cur.round, status="failed", closed_at=self.clock(), close_reason="no quorum"
         )
+        self.store.drop_accepted(cur.round)
         self.store.record_rejection(cur.round, None, "round_failed", "no quorum after extensions")
         log.error(
             "round %d FAILED: %d update(s) < quorum %d after %d extension(s); opening a new round",
@@ -329,17 +360,29 @@ class Coordinator:
         )
         return [self._open_next()]
 
-    def _close(self, cur: RoundRow, why: str) -> ResultReady:
+    def _close(self, cur: RoundRow, why: str) -> list[Event]:
+        """Serialise the sum once, as the result blob, then mark the round closed."""
+        assert self.sum is not None
         model = result_model_version(cur.round)
-        self.store.update_round(
-            cur.round, status="closed", closed_at=self.clock(), close_reason=why, result_model=model
-        )
+        name = f"round-{cur.round}-result.bin"
+        try:
+            self.store.write_blob(name, self.sum.to_bytes())
+            self.store.update_round(
+                cur.round, status="closed", closed_at=self.clock(), close_reason=why,
+                result_model=model, sum_blob=name,
+            )
+        except (OSError, sqlite3.Error) as exc:
+            # The round stays open with every accepted update; the next tick retries.
+            log.error("round %d: cannot store its result (%s); will retry", cur.round,
+                      _storage_failure(exc))
+            self.store.blob_path(name).unlink(missing_ok=True)
+            return []
         row = self.store.get_round(cur.round)
         assert row is not None
         self.current = row
         self.sum = None
         log.info("round %d closed (%s) with %d update(s)", cur.round, why, cur.contributions)
-        return self._result_event(row)
+        return [self._result_event(row)]
 
     def _result_event(self, row: RoundRow) -> ResultReady:
         assert row.sum_blob is not None and row.result_model is not None
@@ -363,9 +406,17 @@ class Coordinator:
             result_msg=msg_id,
         )
         log.info("round %d result published (%d bytes, %d chunks)", round_no, size, chunks)
+        self.store.drop_accepted(round_no)  # the result holds their sum now
         latest = self.store.latest_round()
         if open_next and latest is not None and latest.round == round_no:
             return [self._open_next()]
         if latest is not None and latest.round == round_no:
             self.current = self.store.get_round(round_no)
         return []
+
+
+def _storage_failure(exc: OSError | sqlite3.Error) -> str:
+    if isinstance(exc, OSError):
+        return "disk full" if exc.errno == errno.ENOSPC else f"I/O error: {exc.strerror or exc}"
+    text = str(exc)
+    return "disk full" if "full" in text else f"database error: {text}"

@@ -1,17 +1,22 @@
-"""Aggregator state on disk: SQLite (WAL) for rounds, contributions, counters and devices,
-plus the running encrypted sum as a blob file written by atomic rename.
+"""Aggregator state on disk: SQLite (WAL) for rounds, contributions, counters and devices;
+the accepted update blobs of the open round under ``accepted/round-<r>/``; the result
+(summed) blob of each closed round under ``blobs/``.
 
 Crash safety of an accepted update (the order is the point):
 
-1. the new running sum is written to ``blobs/round-<r>-sum-<k>.bin`` (k = contribution
-   count after this update) via tmp file + fsync + ``os.replace`` + fsync of the dir;
-2. ONE SQLite transaction inserts the contribution row and points the round at that blob;
-3. only then is the update acked; the previous sum blob is deleted afterwards.
+1. the reassembled update blob (already on disk in the spool) is fsync'ed and renamed
+   into ``accepted/round-<r>/<seq>-<device>.bin``, then the directory is fsync'ed;
+2. ONE SQLite transaction inserts the contribution row naming that file;
+3. only then is the update added to the in-memory sum and acked.
 
-A crash before (2) leaves the db pointing at the previous blob and the device un-acked
-(it resends, nothing is double-counted); a crash after (2) leaves the update counted
-(a resend is answered ``duplicate``, nothing is lost). Blobs no row points at are
-garbage and are removed on open.
+A crash before (2) leaves an orphan file (removed on open) and the device un-acked (it
+resends, nothing is double-counted); a crash after (2) leaves the update counted: on
+restart the open round's sum is rebuilt by re-adding its accepted blobs one at a time
+(a resend is answered ``duplicate``, nothing is lost). So an accepted update costs an
+fsync of its blob and a commit, not a re-serialisation of the whole running sum; the
+sum is serialised once, when the round closes (``write_blob`` of the result, then the
+round row points at it). Accepted blobs of a round are deleted once its result is
+published (or the round failed).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -48,7 +55,7 @@ CREATE TABLE IF NOT EXISTS rounds (
     extensions INTEGER NOT NULL DEFAULT 0,
     announce TEXT NOT NULL,          -- the announce payload (JSON), republished on restart
     contributions INTEGER NOT NULL DEFAULT 0,
-    sum_blob TEXT,                   -- file name under blobs/ of the running / final sum
+    sum_blob TEXT,                   -- file name under blobs/ of the result (the final sum)
     closed_at REAL,
     close_reason TEXT,
     result_sha256 TEXT,
@@ -63,6 +70,7 @@ CREATE TABLE IF NOT EXISTS contributions (
     blob_sha256 TEXT NOT NULL,
     seq INTEGER NOT NULL,
     accepted_at REAL NOT NULL,
+    blob TEXT,                       -- file under accepted/ (NULL: added to a legacy sum_blob)
     PRIMARY KEY (round, device_id)
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -78,6 +86,7 @@ CREATE TABLE IF NOT EXISTS rejections (
 
 # Rejection log rows kept (counters are kept forever); bounds the db under a flood.
 MAX_REJECTION_ROWS = 10_000
+_ROUND_DIR = re.compile(r"^round-(\d+)$")
 
 
 class StoreError(Exception):
@@ -116,6 +125,14 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     """tmp + fsync + rename + fsync(dir): after return the file is whole on disk, and a
     crash at any point leaves either the old file or the new one, never a torn one."""
@@ -138,17 +155,19 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 
 class Store:
-    """The aggregator's state directory: ``state.db`` + ``blobs/``."""
+    """The aggregator's state directory: ``state.db`` + ``blobs/`` + ``accepted/``."""
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = Path(state_dir)
         self.blob_dir = self.state_dir / "blobs"
+        self.accepted_dir = self.state_dir / "accepted"
         if not self.state_dir.is_dir():
             raise StoreError(
                 f"state directory {self.state_dir} does not exist: "
                 "run `fedface-aggregator init` first"
             )
         self.blob_dir.mkdir(exist_ok=True)
+        self.accepted_dir.mkdir(exist_ok=True)
         # check_same_thread=False: the service touches the store from the transport
         # thread and the deadline ticker, always under its own lock.
         self.db = sqlite3.connect(
@@ -159,6 +178,9 @@ class Store:
         # FULL: a committed contribution must survive power loss, since it is acked next.
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        columns = {str(r[1]) for r in self.db.execute("PRAGMA table_info(contributions)")}
+        if "blob" not in columns:  # a state dir of a version that kept a running sum blob
+            self.db.execute("ALTER TABLE contributions ADD COLUMN blob TEXT")
 
     def close(self) -> None:
         self.db.close()
@@ -191,7 +213,10 @@ class Store:
     def read_blob(self, name: str) -> bytes:
         return (self.blob_dir / name).read_bytes()
 
-    def remove_unreferenced_blobs(self) -> int:
+    def remove_stale_files(self) -> int:
+        """Remove what no committed row points at: result blobs of a write interrupted
+        before its commit, accepted blobs renamed into place before a crash prevented
+        their commit, and accepted blobs of rounds already published or failed."""
         keep = {
             str(r[0])
             for r in self.db.execute("SELECT sum_blob FROM rounds WHERE sum_blob IS NOT NULL")
@@ -201,7 +226,44 @@ class Store:
             if path.name not in keep:
                 path.unlink(missing_ok=True)
                 removed += 1
+        live = {
+            int(r[0]) for r in self.db.execute(
+                "SELECT round FROM rounds WHERE status IN ('open', 'closed')")
+        }
+        for path in self.accepted_dir.iterdir():
+            m = _ROUND_DIR.match(path.name)
+            if m is None or int(m.group(1)) not in live:
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
+                removed += 1
+                continue
+            wanted = {Path(name).name for _, name in self.accepted_blobs(int(m.group(1)))}
+            for f in path.iterdir():
+                if f.name not in wanted:
+                    f.unlink(missing_ok=True)
+                    removed += 1
         return removed
+
+    # --- accepted update blobs ----------------------------------------------------------
+    def accepted_path(self, name: str) -> Path:
+        return self.accepted_dir / name
+
+    def accepted_blobs(self, round_no: int) -> list[tuple[str, str]]:
+        """(device, file name) of the round's stored accepted updates, in acceptance order."""
+        rows = self.db.execute(
+            "SELECT device_id, blob FROM contributions WHERE round=? AND blob IS NOT NULL"
+            " ORDER BY seq", (round_no,))
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    def legacy_contributions(self, round_no: int) -> int:
+        """Contributions held only in a running sum blob written by an older version."""
+        row = self.db.execute(
+            "SELECT COUNT(*) FROM contributions WHERE round=? AND blob IS NULL", (round_no,)
+        ).fetchone()
+        return int(row[0])
+
+    def drop_accepted(self, round_no: int) -> None:
+        """The round's accepted blobs are no longer needed (result published, or failed)."""
+        shutil.rmtree(self.accepted_dir / f"round-{round_no}", ignore_errors=True)
 
     # --- rounds -----------------------------------------------------------------------
     def _round(self, row: sqlite3.Row | None) -> RoundRow | None:
@@ -261,28 +323,51 @@ class Store:
         self.db.execute(f"UPDATE rounds SET {cols} WHERE round=?", (*fields.values(), round_no))
 
     # --- contributions ----------------------------------------------------------------
-    def record_contribution(
+    def accept_update(
         self,
         round_no: int,
         device_id: str,
         msg_id: str,
         blob_sha256: str,
         seq: int,
-        sum_blob: str,
         at: float,
-    ) -> None:
-        """Contribution row + round pointer in one transaction (see module docstring)."""
-        with self.transaction() as db:
-            db.execute(
-                "INSERT INTO contributions(round, device_id, msg_id, blob_sha256, seq, accepted_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (round_no, device_id, msg_id, blob_sha256, seq, at),
-            )
-            db.execute(
-                "UPDATE rounds SET contributions=?, sum_blob=? WHERE round=?",
-                (seq, sum_blob, round_no),
-            )
-            self._bump(db, "accepted")
+        *,
+        spooled: Path | None = None,
+        data: bytes | None = None,
+    ) -> str:
+        """Make an accepted update durable, then count it (see the module docstring).
+
+        ``spooled`` (the reassembled blob file, same file system) is moved into place;
+        otherwise ``data`` is written. Returns the stored file's name. On any error
+        (disk full...) nothing is counted and no file is left behind.
+        """
+        round_dir = self.accepted_dir / f"round-{round_no}"
+        name = f"round-{round_no}/{seq:05d}-{device_id}.bin"
+        path = self.accepted_dir / name
+        try:
+            if not round_dir.is_dir():
+                round_dir.mkdir()
+                fsync_dir(self.accepted_dir)
+            if spooled is not None:
+                fsync_file(spooled)
+                os.replace(spooled, path)
+                fsync_dir(round_dir)
+            elif data is not None:
+                write_atomic(path, data)
+            else:
+                raise ValueError("accept_update needs the spooled file or the data")
+            with self.transaction() as db:
+                db.execute(
+                    "INSERT INTO contributions(round, device_id, msg_id, blob_sha256, seq,"
+                    " accepted_at, blob) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (round_no, device_id, msg_id, blob_sha256, seq, at, name),
+                )
+                db.execute("UPDATE rounds SET contributions=? WHERE round=?", (seq, round_no))
+                self._bump(db, "accepted")
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return name
 
     def contribution(self, round_no: int, device_id: str) -> sqlite3.Row | None:
         row: sqlite3.Row | None = self.db.execute(

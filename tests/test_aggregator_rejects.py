@@ -4,17 +4,18 @@ deadlines, restarts and a full disk, over the in-memory transport with real CKKS
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import aggregator.store
 from aggregator.coordinator import RoundSettings
-from aggregator.store import Store
 from federation.ckks import FederationContext, new_secret_context
 from federation.envelope import encode
-from federation.packing import plain_weighted_average
+from federation.packing import encrypt_update, plain_weighted_average
 from federation.signing import generate_signing_key
 from federation.transport import InMemoryTransport
 from tests.aggregator_boxes import ScriptedBox, collect_result, decrypt_result, latest_announce
@@ -218,12 +219,12 @@ def test_disk_full_rejects_that_update_cleanly_and_keeps_serving(
     vecs, counts = [_vec(40 + i) for i in range(3)], [100, 110, 120]
     assert _send_valid(rig, rig.boxes[0], vecs[0], counts[0])["accepted"]
     store = rig.store
-    real_write = Store.write_blob
+    real_fsync = os.fsync
 
-    def full_disk(self: Store, name: str, data: bytes) -> None:
+    def full_disk(fd: int) -> None:  # delayed allocation: ENOSPC shows at fsync
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(Store, "write_blob", full_disk)
+    monkeypatch.setattr(aggregator.store.os, "fsync", full_disk)
     box = rig.boxes[1]
     ann = latest_announce(rig.bus.retained, FED)
     envs = box.envelopes(box.encrypted_blob(vecs[1], counts[1], COUNT_SCALE), 1, ann["base_model"])
@@ -233,8 +234,10 @@ def test_disk_full_rejects_that_update_cleanly_and_keeps_serving(
     assert ack["accepted"] is False and ack["reason"] == "unavailable"
     assert "disk full" in ack["detail"]
     assert store.get_round(1).contributions == 1  # type: ignore[union-attr]
-    assert sorted(p.name for p in store.blob_dir.iterdir()) == ["round-1-sum-1.bin"]
-    monkeypatch.setattr(Store, "write_blob", real_write)
+    stored = sorted(p.name for p in (store.accepted_dir / "round-1").iterdir())
+    assert stored == ["00001-box0.bin"]  # nothing of the refused update left behind
+    assert not list(rig.service.spool.dir.iterdir())
+    monkeypatch.setattr(aggregator.store.os, "fsync", real_fsync)
     # the box resends the SAME message after the operator freed space: accepted once
     box.send(envs)
     rig.service.pump()
@@ -243,26 +246,65 @@ def test_disk_full_rejects_that_update_cleanly_and_keeps_serving(
     _, blob = collect_result(rig.bus.retained, FED)
     got = decrypt_result(secret_ctx, blob)
     assert np.max(np.abs(got - plain_weighted_average(vecs, counts))) < 1e-5
+    # the result is kept, the accepted blobs of the published round are gone
+    assert not (store.accepted_dir / "round-1").exists()
+    assert (store.blob_dir / "round-1-result.bin").exists()
 
 
-def test_restart_after_an_interrupted_blob_write_uses_the_committed_sum(
+def test_restart_after_an_interrupted_accept_uses_the_committed_updates(
     tmp_path: Path, secret_ctx: FederationContext
 ) -> None:
     rig = make_rig(tmp_path, secret_ctx, n_boxes=3)
     vecs, counts = [_vec(50 + i) for i in range(3)], [100, 200, 300]
     assert _send_valid(rig, rig.boxes[0], vecs[0], counts[0])["accepted"]
-    # a crash after the next sum blob was renamed into place but before the db commit:
-    # simulate it with an orphan blob of the next sequence number holding junk
-    (rig.store.blob_dir / "round-1-sum-2.bin").write_bytes(b"junk from a torn step")
+    # a crash after the next update was renamed into place but before the db commit:
+    # simulate it with an orphan accepted blob of the next sequence number holding junk
+    orphan = rig.store.accepted_dir / "round-1" / "00002-box1.bin"
+    orphan.write_bytes(b"junk from a torn step")
     rig.service.transport.close()
     rig.reopen(rig.service.settings, secret_ctx.public())
-    assert not (rig.store.blob_dir / "round-1-sum-2.bin").exists()
+    assert not orphan.exists()
     for box, vec, n in zip(rig.boxes[1:], vecs[1:], counts[1:], strict=True):
         assert _send_valid(rig, box, vec, n)["accepted"]
     _, blob = collect_result(rig.bus.retained, FED)
     got = decrypt_result(secret_ctx, blob)
     assert np.max(np.abs(got - plain_weighted_average(vecs, counts))) < 1e-5
     rig.store.close()
+
+
+def test_sum_rebuilt_after_restart_equals_the_uninterrupted_sum(
+    tmp_path: Path, secret_ctx: FederationContext
+) -> None:
+    """CKKS addition is deterministic: re-adding the accepted blobs after a restart must
+    give the very same result bytes as the sum that never stopped."""
+    vecs, counts = [_vec(70 + i) for i in range(3)], [130, 170, 210]
+    blobs = [encrypt_update(secret_ctx, v, n, COUNT_SCALE).to_bytes()
+             for v, n in zip(vecs, counts, strict=True)]
+
+    def send(rig: Rig, i: int) -> dict:
+        ann = latest_announce(rig.bus.retained, FED)
+        box = rig.boxes[i]
+        box.send(box.envelopes(blobs[i], ann["round"], ann["base_model"]))
+        rig.service.pump()
+        return box.acks[-1]
+
+    (tmp_path / "steady").mkdir()
+    (tmp_path / "restarted").mkdir()
+    steady = make_rig(tmp_path / "steady", secret_ctx, n_boxes=3)
+    for i in range(3):
+        assert send(steady, i)["accepted"]
+    _, want = collect_result(steady.bus.retained, FED)
+    steady.store.close()
+
+    restarted = make_rig(tmp_path / "restarted", secret_ctx, n_boxes=3)
+    assert send(restarted, 0)["accepted"] and send(restarted, 1)["accepted"]
+    restarted.service.transport.close()  # "crash": no shutdown
+    service = restarted.reopen(restarted.service.settings, secret_ctx.public())
+    assert service.coordinator.sum is not None and service.coordinator.sum.count == 2
+    assert send(restarted, 2)["accepted"]
+    _, got = collect_result(restarted.bus.retained, FED)
+    assert got == want
+    restarted.store.close()
 
 
 def test_revoked_device_is_refused(rig: Rig) -> None:
@@ -272,3 +314,27 @@ def test_revoked_device_is_refused(rig: Rig) -> None:
     rig.service.pump()  # the service refreshes its key snapshot every pump
     ack = _send_valid(rig, rig.boxes[0], _vec(60), 100)
     assert ack["accepted"] is False and ack["reason"] == "unknown_device"
+
+
+def test_update_at_another_scale_is_rejected_before_it_is_stored(
+    rig: Rig, secret_ctx: FederationContext
+) -> None:
+    """+= would fail half-way through the sum on such an update: prepare refuses it."""
+    import tenseal as ts
+
+    from federation.packing import EncryptedUpdate
+
+    good = encrypt_update(secret_ctx, _vec(80), 100, COUNT_SCALE)
+    odd = ts.ckks_vector(secret_ctx.context, [0.5] * (LENGTH + 1 - secret_ctx.params.slots),
+                         scale=2**20).serialize()
+    forged = EncryptedUpdate(good.key_id, good.length, good.slots,
+                             (good.ciphertexts[0], odd)).to_bytes()
+    assert _send_valid(rig, rig.boxes[0], _vec(81), 100)["accepted"]
+    ann = latest_announce(rig.bus.retained, FED)
+    box = rig.boxes[1]
+    ack = _reject(rig, box, lambda: box.send(box.envelopes(forged, ann["round"],
+                                                           ann["base_model"])))
+    assert ack["reason"] == "malformed" and "scale" in ack["detail"]
+    assert sorted(p.name for p in (rig.store.accepted_dir / "round-1").iterdir()) == [
+        "00001-box0.bin"]
+    assert rig.service.coordinator.sum is not None and rig.service.coordinator.sum.count == 1
