@@ -15,14 +15,17 @@ the streaming sum stays at one update + one sum whatever the client count).
 
 from __future__ import annotations
 
+import os
 import struct
-from typing import Protocol
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol, TypeVar
 
 import numpy as np
 import tenseal as ts
 
 from federation.ckks import FederationContext, require_public_only
-from federation.errors import MALFORMED, FederationError
+from federation.errors import MALFORMED, WRONG_KEY, FederationError
 from federation.packing import (
     MAX_CIPHERTEXT_BYTES,
     MAX_VECTOR_LENGTH,
@@ -34,6 +37,22 @@ from federation.packing import (
 
 _HEADER = struct.Struct(">4sHH16sQIII")  # federation.packing's update header
 _CT_LEN = struct.Struct(">I")
+# TenSEAL releases the GIL while it (de)serialises (SEAL's zstd dominates): a few threads
+# deserialise an update / serialise the result that much faster on a multi-core server.
+_WORKERS = max(1, min(4, os.cpu_count() or 1))
+_POOL: ThreadPoolExecutor | None = None
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """``[fn(x) for x in items]`` in order, on the module's thread pool."""
+    global _POOL
+    if _WORKERS == 1:
+        return [fn(x) for x in items]
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(_WORKERS, thread_name_prefix="ckks")
+    return list(_POOL.map(fn, items))
 
 
 class UpdateRejected(Exception):
@@ -144,8 +163,8 @@ class CkksAccumulator:
             raise UpdateRejected(exc.reason, exc.message) from None
 
     def _parse(self, blob: bytes) -> _CkksUpdate:
-        """The update's ciphertexts deserialised straight from the blob: one slice per
-        ciphertext (TenSEAL takes bytes), no intermediate tuple of all ciphertexts."""
+        """The update's ciphertexts deserialised straight from the blob (no intermediate
+        EncryptedUpdate holding a copy of every ciphertext), on a few threads."""
         if len(blob) < _HEADER.size:
             raise FederationError(MALFORMED, "encrypted update shorter than its header")
         magic, version, _r, key_raw, length, slots, count, n_updates = _HEADER.unpack_from(blob)
@@ -153,7 +172,7 @@ class CkksAccumulator:
             raise FederationError(MALFORMED, "not an encrypted update (magic/version)")
         if key_raw.hex() != self.ctx.key_id:
             raise FederationError(
-                "wrong_key", f"update was encrypted under federation key {key_raw.hex()}, "
+                WRONG_KEY, f"update was encrypted under federation key {key_raw.hex()}, "
                 f"the aggregator holds {self.ctx.key_id}")
         slots_here = self.ctx.params.slots
         if slots != slots_here or not 0 < length <= MAX_VECTOR_LENGTH:
@@ -164,10 +183,8 @@ class CkksAccumulator:
         if self._sum_length is not None and length != self._sum_length:
             raise FederationError(
                 MALFORMED, f"update has {length} values, the federation {self._sum_length}")
-        view = memoryview(blob)
+        spans: list[tuple[int, int]] = []
         offset = _HEADER.size
-        vectors: list[ts.CKKSVector] = []
-        parms = None
         for i in range(count):
             if offset + _CT_LEN.size > len(blob):
                 raise FederationError(MALFORMED, f"encrypted update truncated at ciphertext {i}")
@@ -175,28 +192,34 @@ class CkksAccumulator:
             offset += _CT_LEN.size
             if ct_len == 0 or ct_len > MAX_CIPHERTEXT_BYTES or offset + ct_len > len(blob):
                 raise FederationError(MALFORMED, f"ciphertext {i} length {ct_len} out of range")
-            size = min(slots, length + 1 - i * slots)
-            vec = self._load(bytes(view[offset:offset + ct_len]), size, i)
+            spans.append((offset, offset + ct_len))
             offset += ct_len
-            # += raises on a scale/parameter mismatch half-way through the sum: check all
-            # here, so that commit() cannot fail on an update already made durable.
+        if offset != len(blob):
+            raise FederationError(MALFORMED, f"{len(blob) - offset} trailing bytes after update")
+        view = memoryview(blob)
+
+        def load(i: int) -> ts.CKKSVector:  # TenSEAL takes bytes: one slice per ciphertext
+            start, end = spans[i]
+            return self._load(bytes(view[start:end]), min(slots, length + 1 - i * slots), i)
+
+        vectors = _map(load, range(count))
+        self._check_compatible(vectors)
+        return _CkksUpdate(length, n_updates, vectors)
+
+    def _check_compatible(self, vectors: list[ts.CKKSVector]) -> None:
+        """+= raises on a scale/level mismatch half-way through the sum: check every
+        ciphertext here, so that commit() cannot fail on an update already stored."""
+        ref = self._sum[0] if self._sum is not None else vectors[0]
+        (ref_ct,) = ref.ciphertext()
+        parms = ref_ct.parms_id()
+        for i, vec in enumerate(vectors):
             (ct,) = vec.ciphertext()
             if ct.scale != self._scale or ct.size() != 2:
                 raise FederationError(
                     MALFORMED, f"ciphertext {i}: scale 2^{np.log2(ct.scale):.1f} / size "
                     f"{ct.size()}, expected a fresh ciphertext at the federation scale")
-            if parms is None:
-                parms = ct.parms_id()
-            elif ct.parms_id() != parms:
+            if ct.parms_id() != parms:
                 raise FederationError(MALFORMED, f"ciphertext {i} is at another level")
-            vectors.append(vec)
-        if offset != len(blob):
-            raise FederationError(MALFORMED, f"{len(blob) - offset} trailing bytes after update")
-        if self._sum is not None:
-            (ref,) = self._sum[0].ciphertext()
-            if ref.parms_id() != parms:
-                raise FederationError(MALFORMED, "update ciphertexts are at another level")
-        return _CkksUpdate(length, n_updates, vectors)
 
     def _load(self, data: bytes, expected_size: int, i: int) -> ts.CKKSVector:
         try:
@@ -228,7 +251,7 @@ class CkksAccumulator:
             raise ValueError("empty sum")
         return EncryptedUpdate(
             key_id=self.ctx.key_id, length=self._sum_length, slots=self.ctx.params.slots,
-            ciphertexts=tuple(v.serialize() for v in self._sum), n_updates=self.count,
+            ciphertexts=tuple(_map(lambda v: v.serialize(), self._sum)), n_updates=self.count,
         ).to_bytes()
 
 

@@ -37,6 +37,7 @@ JSON bodies are one-chunk blobs):
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import queue
@@ -64,7 +65,7 @@ from aggregator.coordinator import (
 from aggregator.publisher import Publisher
 from aggregator.registry import DeviceRegistry
 from aggregator.spool import DiskReassembler
-from aggregator.store import Store
+from aggregator.store import Store, fsync_file
 from federation import topics
 from federation.ckks import FederationContext, require_public_only
 from federation.envelope import Envelope, decode
@@ -122,6 +123,11 @@ def _return_freed_memory() -> None:
     """
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
+
+
+def _flush_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):  # the store's own fsync reports what matters
+        fsync_file(path)
 
 
 class AggregatorService:
@@ -297,12 +303,18 @@ class AggregatorService:
             self._forget((env.sender, env.msg))
             self._ack(env.sender, env.round, env.msg, Decision(False, UNAVAILABLE, "spool read"))
             return
+        # The blob must be on disk before its ack: start flushing it now, while the
+        # ciphertexts deserialise (fsync releases the GIL), so the store's own fsync
+        # finds little left to write.
+        syncer = threading.Thread(target=_flush_quietly, args=(item.path,), daemon=True)
+        syncer.start()
         try:
             # An accepted update's spool file is moved into the store (no second write).
             decision = self.coordinator.submit(Submission(
                 env.sender, env.round, env.model, env.msg, env.blob_sha256, data, item.path
             ))
         finally:
+            syncer.join()
             item.path.unlink(missing_ok=True)
         del data
         _return_freed_memory()
