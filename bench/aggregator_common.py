@@ -29,8 +29,10 @@ from typing import Any
 
 import numpy as np
 
+from federation.packing import DEFAULT_COUNT_SCALE
+
 FED = "benchfed"
-COUNT_SCALE = 256.0
+COUNT_SCALE = DEFAULT_COUNT_SCALE  # what the aggregator announces (single source of truth)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -263,6 +265,8 @@ def box_main(ns: argparse.Namespace) -> None:
         assert link.wait_connected(10)
     # --precompute: every round's update is encrypted before the aggregator even starts
     # (the orchestrator waits for "ready"), so no encryption falls inside a round.
+    trainers = _make_trainers(ns, devices) if ns.train_people else {}
+    train_s: dict[str, float] = {}  # this round's training time per device
     precomputed: dict[int, dict[str, bytes]] = {}
     if ns.precompute:
         for r in range(1, ns.rounds + 1):
@@ -281,7 +285,12 @@ def box_main(ns: argparse.Namespace) -> None:
             return all((d, r) in acks for d in devices)
 
         def make_blob(d: str, count_scale: float, r: int = round_no) -> bytes:
-            vec, n = box_vector(int(d[3:]), r, ns.length)
+            if d in trainers:  # the box's real local training step, then its update
+                update = trainers[d].local_update(None, r)
+                vec, n = update.vector, update.n_samples
+                train_s[d] = update.seconds
+            else:
+                vec, n = box_vector(int(d[3:]), r, ns.length)
             if secret is not None:
                 return encrypt_update(secret, vec, n, count_scale).to_bytes()
             c_n = n / count_scale
@@ -292,6 +301,7 @@ def box_main(ns: argparse.Namespace) -> None:
             assert cond.wait_for(announced, 600), "no announce"
             ann = announces[round_no]
         t0 = time.perf_counter()
+        train_s.clear()
         per_device: dict[str, list[bytes]] = {}
         for d in devices:
             blob = blobs.get(d) or make_blob(d, ann["count_scale"])
@@ -313,9 +323,43 @@ def box_main(ns: argparse.Namespace) -> None:
         assert ok, "acks missing"
         accepted = all(acks[(d, round_no)]["accepted"] for d in devices)
         print(json.dumps({"round": round_no, "prepare_s": prepare_s, "accepted": accepted,
-                          "upload_bytes": upload}), flush=True)
+                          "upload_bytes": upload, "train_s": max(train_s.values(), default=0.0)}),
+              flush=True)
     for link in links.values():
         link.close()
+
+
+def trained_part_size() -> int:
+    """Values of the federated part the trainer trains (the update length with --train)."""
+    from models.federated_parts import DEFAULT_PART, get_part
+
+    return get_part(DEFAULT_PART).size
+
+
+def _make_trainers(ns: argparse.Namespace, devices: list[str]) -> dict[str, Any]:
+    """One real edge trainer per device, each on its own LFW people (5 photos each),
+    trunk features cached before "ready" (a box caches them once, not every round)."""
+    from bench.trainer_cost import enrolment_crops
+    from edge.trainer import TorchLocalTrainer, TrainConfig
+    from models.registry import model_path
+
+    n_boxes = int(ns.n_boxes)
+    crops = enrolment_crops(ns.lfw, ns.train_people * n_boxes, 5)
+    people = sorted(crops)
+    trainers = {}
+    for d in devices:
+        index = int(d[3:])
+        mine = {p: crops[p] for p in people[index::n_boxes]}
+        cache = tmpdir(f"bench-train-{d}-")
+        # epochs high, budget fixed: every round trains for the same wall time
+        config = TrainConfig(epochs=1000.0, time_budget_s=ns.train_budget)
+        # isolate=False: this process is the box's trainer already; the product's child
+        # process (spawn + torch import per round) would add the same cost to both arms.
+        trainer = TorchLocalTrainer(model_path("sface"), mine, cache, config=config,
+                                    isolate=False)
+        trainer._training_set()  # computes and caches the trunk features
+        trainers[d] = trainer
+    return trainers
 
 
 def main() -> None:
@@ -340,6 +384,11 @@ def main() -> None:
     b.add_argument("--rounds", type=int, default=1)
     b.add_argument("--length", type=int, default=1_000_000)
     b.add_argument("--chunk-size", type=int, default=256 * 1024)
+    b.add_argument("--n-boxes", type=int, default=1, help="boxes in the federation")
+    b.add_argument("--train-people", type=int, default=0,
+                   help="train for real (edge.trainer) on this many LFW people per box")
+    b.add_argument("--lfw", type=Path, default=REPO.parent / "shared" / "data" / "lfw")
+    b.add_argument("--train-budget", type=float, default=20.0, help="seconds of training")
     ns = p.parse_args()
     agg_main(ns) if ns.cmd == "agg" else box_main(ns)
 
