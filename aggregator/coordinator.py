@@ -377,6 +377,8 @@ class Coordinator:
                       _storage_failure(exc))
             self.store.blob_path(name).unlink(missing_ok=True)
             return []
+        if cur.sum_blob is not None and cur.sum_blob != name:  # a legacy running sum
+            self.store.blob_path(cur.sum_blob).unlink(missing_ok=True)
         row = self.store.get_round(cur.round)
         assert row is not None
         self.current = row
