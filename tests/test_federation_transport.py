@@ -83,3 +83,26 @@ def test_broker_url_parser() -> None:
         with pytest.raises(TransportError) as exc:
             parse_broker_url(bad)
         assert exc.value.reason == "bad_url"
+
+
+def test_in_memory_reconnect_resends_retained_and_publish_waits_like_mqtt() -> None:
+    """Like MqttTransport: every connect re-subscribes (retained messages again, also for
+    a filter subscribed while offline); publish(wait_timeout) and flush exist."""
+    bus = InMemoryBus()
+    agg = InMemoryTransport(bus, "agg")
+    box = InMemoryTransport(bus, "box")
+    got: list[tuple[str, bytes]] = []
+    box.subscribe(topics.announce("f"), lambda t, p: got.append((t, p)))
+    agg.publish(topics.announce("f"), b"round 1", retain=True, wait_timeout=1.0)
+    assert got == [(topics.announce("f"), b"round 1")]
+    box.drop()
+    late: list[bytes] = []
+    box.subscribe(topics.model_latest("f"), lambda t, p: late.append(p))  # while offline
+    agg.publish(topics.model_latest("f"), b"pointer", retain=True)
+    with pytest.raises(TransportError):
+        box.publish(topics.status("f", "box"), b"x", wait_timeout=0.05)
+    box.reconnect()
+    assert got[-1] == (topics.announce("f"), b"round 1") and len(got) == 2
+    assert late == [b"pointer"]
+    assert agg.flush(1.0) is True
+    assert isinstance(box, Transport)
