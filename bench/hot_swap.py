@@ -93,6 +93,7 @@ class Stream:
     queue: queue.Queue[float] = field(default_factory=lambda: queue.Queue(maxsize=4))
     offered: int = 0
     dropped: int = 0
+    drop_times: list[float] = field(default_factory=list)
     processed: int = 0
     mixed: int = 0
     frames: list[tuple[float, float, str]] = field(default_factory=list)  # start, end, model
@@ -107,6 +108,7 @@ class Stream:
                 self.queue.put_nowait(time.perf_counter())
             except queue.Full:
                 self.dropped += 1
+                self.drop_times.append(time.perf_counter())
             next_at += period
             time.sleep(max(0.0, next_at - time.perf_counter()))
 
@@ -182,8 +184,10 @@ def report(stream: Stream, windows: list[tuple[float, float]],
     during = [e - s for s, e, _ in stream.frames if overlaps(s, e, windows)]
     calm = [e - s for s, e, _ in stream.frames if overlaps(s, e, quiet)
             and not overlaps(s, e, windows)]
+    swap_drops = sum(1 for t in stream.drop_times if any(a <= t <= b for a, b in windows))
     print(f"camera {fps:.1f} fps: offered {stream.offered}, processed {stream.processed}, "
-          f"DROPPED {stream.dropped}, mixed-model frames {stream.mixed}")
+          f"DROPPED {stream.dropped} ({swap_drops} during swaps), mixed-model frames "
+          f"{stream.mixed}")
     print(f"frame latency without swaps: p50 {pct(calm, 50):.1f} ms, p99 {pct(calm, 99):.1f} "
           f"ms ({len(calm)} frames)")
     print(f"frame latency during swaps:  p50 {pct(during, 50):.1f} ms, p99 {pct(during, 99):.1f}"
