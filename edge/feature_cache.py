@@ -81,7 +81,8 @@ class FeatureCache:
         seed = self.seed + int(self._key(crop)[:8], 16)
         views = augmented_views(crop, self.n_views, seed=seed)
         features = self._runner.run(views)[self.cut].astype(np.float16)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        # features of enrolled faces are biometric data: private to the box user
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = path.with_suffix(".tmp.npy")
         np.save(tmp, features)
         os.replace(tmp, path)  # atomic: a crash never leaves a half-written entry
