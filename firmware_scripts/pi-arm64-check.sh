@@ -118,7 +118,20 @@ cleanup() {
     fi
 }
 
-in_root() { chroot "$ROOT" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 "$@"; }
+# pip inside the root must trust what pip trusts here: a site that reaches PyPI through
+# a TLS-inspecting proxy sets PIP_CERT (or REQUESTS_CA_BUNDLE) to its own CA bundle,
+# which the fresh root does not have. Copy it in and point pip at the copy.
+PIP_ENV=()
+carry_pip_trust() {
+    local bundle="${PIP_CERT:-${REQUESTS_CA_BUNDLE:-}}"
+    [ -n "$bundle" ] && [ -f "$bundle" ] || return 0
+    mkdir -p "$ROOT/etc/fedface-build"
+    cp "$bundle" "$ROOT/etc/fedface-build/pip-ca.crt"
+    PIP_ENV+=(PIP_CERT=/etc/fedface-build/pip-ca.crt)
+    log "pip inside the root trusts $bundle (copied)"
+}
+
+in_root() { chroot "$ROOT" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 "${PIP_ENV[@]}" "$@"; }
 
 main() {
     parse_args "$@"
@@ -129,6 +142,7 @@ main() {
     build_root
     log "root ready after $((SECONDS - t0)) s: $(in_root uname -m), $(in_root python3 --version)"
     mount_root
+    carry_pip_trust
     rm -rf "$ROOT/src/fedface" "$ROOT/src/input"
     mkdir -p "$ROOT/src/fedface" "$ROOT/src/input"
     tar -C "$SOURCE" -c --exclude=.git --exclude=.venv --exclude=build --exclude='*.egg-info' \
