@@ -7,9 +7,10 @@ background thread at a lower CPU priority so the frame thread keeps its core:
    (``edge.onnx_bytes``: no torch, no re-export, no protobuf parse on the GIL), and
    into the small tail graph the same way;
 2. ``model_written``: ``sface-fed-<version>.onnx`` by atomic rename (0600);
-3. ``session_built``: the frames' new InferenceSession (built in a second thread while
-   step 4 runs: ORT releases the GIL while it builds);
-4. ``reembedded``: every enrolment crop's cached trunk features through the new tail;
+3. ``session_built``: ONE new InferenceSession, of the tail only: the frames run the
+   shared frozen-trunk session then this tail (``edge.tail_model.SplitEmbedder``);
+4. ``reembedded``: every enrolment crop's cached trunk features through that same tail
+   (the dominant cost: ~58 M multiply-adds per crop for the conv14 part);
 5. ``validated``: the canary (``edge.canary``); a refusal blocks the version, keeps its
    weights (0600) and records why, and the old model keeps serving;
 6. ``rows_written``: the new version's gallery rows, one transaction;
