@@ -240,6 +240,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--views", type=int, default=2)
     parser.add_argument("--institutions", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--use-cameras", type=int, default=0,
+                        help="only institutions whose camera is among the first K "
+                             "(reuses the full design's cached features; 0: all)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench_results"))
     parser.add_argument("--cache", type=Path, default=None)
@@ -273,6 +276,9 @@ def run(args: argparse.Namespace, design: Design | None = None) -> tuple[Setup, 
     cache = args.cache or default_cache()
     design = design or build_design(args.data / "lfw", seed=args.seed,
                                     n_institutions=args.institutions)
+    if getattr(args, "use_cameras", 0):
+        cams = list(dict.fromkeys(i.domain.name for i in design.institutions))[: args.use_cameras]
+        design.institutions = [i for i in design.institutions if i.domain.name in cams]
     crops = align_crops(args.data / "lfw", design.images, yunet, sface, cache)
     crops_path = Path(crops.filename) if hasattr(crops, "filename") else None
     assert crops_path is not None
