@@ -138,7 +138,7 @@ def _merge(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 ROWS = [("round wall time (s)", "round_s", "{:.2f}"),
         ("box training in round (s)", "train_s", "{:.2f}"),
-        ("box prepare in round (s)", "prepare_s", "{:.2f}"),
+        ("box work in round (s)", "prepare_s", "{:.2f}"),  # training + encrypt + sign
         ("upload per box (MB)", "upload_bytes", "{:.1f}"),
         ("result download (MB)", "result_bytes", "{:.1f}"),
         ("aggregator peak RSS (MB)", "agg_peak_rss_mb", "{:.0f}")]
