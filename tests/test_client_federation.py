@@ -115,7 +115,12 @@ def test_update_kept_on_disk_while_offline_then_sent(make_setup) -> None:
     a.start()
     wait_for(lambda: any(e.kind == "joined" for e in events), 10, "a joined round 1")
     status_topic = topics.status(FED, "a")
-    assert _status(s, "a")["state"] == "online"
+    # "joined" can come before the worker's first tick publishes the online status
+    wait_for(
+        lambda: status_topic in s.bus.retained and _status(s, "a")["state"] == "online",
+        5,
+        "online status",
+    )
     s.transports["a"].drop()  # link lost while training: the broker publishes the will
     assert _status(s, "a")["state"] == "offline"
     gated.gate.set()
