@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from aggregator.accumulator import Accumulator, AccumulatorFactory, UpdateRejected
+from aggregator.model_pins import next_base
 from aggregator.registry import DeviceRegistry
 from aggregator.store import RoundRow, Store, StoreError
 from federation.packing import DEFAULT_COUNT_SCALE
@@ -175,14 +176,13 @@ class Coordinator:
 
     def _open_next(self) -> Announce:
         latest = self.store.latest_round()
-        published = self.store.latest_published()
-        base = (
-            published.result_model if published and published.result_model else self.initial_model
-        )
+        # the latest published result, or the one the operator pinned (model_pins)
+        base, is_pinned = next_base(self.store, self.initial_model)
         round_no = 1 if latest is None else latest.round + 1
         now = self.clock()
         deadline = now + self.settings.deadline_seconds
         payload = self._announce_payload(round_no, base, deadline, now)
+        payload["pinned"] = is_pinned
         self.store.insert_round(round_no, base, now, deadline, self.settings.quorum, payload)
         self.current = self.store.get_round(round_no)
         self.sum = self.accumulators.new()

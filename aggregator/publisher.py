@@ -102,12 +102,14 @@ class Publisher:
         log.info("announced round %d (state %s)", round_no, payload.get("state"))
 
     def result(
-        self, event: ResultReady, blob: bytes, previous: RoundRow | None
+        self, event: ResultReady, blob: bytes, previous: RoundRow | None,
+        msg: str | None = None, extra: dict[str, Any] | None = None,
     ) -> PublishedResult:
         """Result chunks (retained), then the model/latest pointer (retained, confirmed),
-        then the previous round's retained chunks are cleared."""
+        then the previous round's retained chunks are cleared. ``msg``/``extra``: a
+        re-publication of an older result (``aggregator.model_pins``)."""
         sha = hashlib.sha256(blob).hexdigest()
-        msg = sha[:32]  # deterministic: a republish after a crash is the same message
+        msg = msg or sha[:32]  # deterministic: a republish after a crash is the same message
         envs = split_blob(
             blob, self.signing_key, kind="result", fed=self.fed_id, sender=self.aggregator_id,
             round=event.round, model=event.model, chunk_size=self.chunk_size, msg=msg,
@@ -127,6 +129,7 @@ class Publisher:
             "chunk_size": self.chunk_size,
             "contributors": len(event.contributors),
             "result_topic": topics.result_filter(self.fed_id, event.round),
+            **(extra or {}),
         }
         self.json(topics.model_latest(self.fed_id), "result", pointer, event.round, event.model,
                   True, confirm=True)

@@ -51,6 +51,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from aggregator import model_pins
 from aggregator.accumulator import AccumulatorFactory, CkksAccumulatorFactory
 from aggregator.coordinator import (
     UNAVAILABLE,
@@ -345,13 +346,19 @@ class AggregatorService:
         self._handle(list(pending))
 
     def _announce(self, round_no: int, base: str, payload: dict[str, Any]) -> None:
+        if payload.get("state") == "open":  # boxes must be able to fetch the base
+            try:
+                model_pins.republish_base(self.store, self.publisher, base, round_no)
+            except (OSError, TransportError) as exc:  # boxes then wait; the round runs on
+                log.error("round %d: cannot re-publish its base %s (%s)", round_no, base, exc)
         self.publisher.announce(round_no, base, payload)
 
     def _publish_result(self, event: ResultReady) -> None:
-        previous = self.store.latest_published()
+        previous = model_pins.retained_row(self.store)  # its retained chunks are cleared
         blob = self.store.read_blob(event.sum_blob)
         done_result = self.publisher.result(event, blob, previous)
         del blob
+        model_pins.set_retained(self.store, event.round)
         self.published_rounds += 1
         done = self.max_rounds is not None and self.published_rounds >= self.max_rounds
         events = self.coordinator.result_published(
