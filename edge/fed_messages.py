@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from federation.dp import DpConfig
 from federation.envelope import Envelope
 from federation.errors import MALFORMED, FederationError
 
@@ -43,6 +44,7 @@ class RoundAnnounce:
     part_key: str
     chunk_size: int
     devices: tuple[str, ...]
+    dp: DpConfig | None = None  # differential privacy the federation asks of every box
 
 
 def parse_announce(env: Envelope) -> RoundAnnounce:
@@ -51,6 +53,9 @@ def parse_announce(env: Envelope) -> RoundAnnounce:
     if not count_scale > 0:
         raise FederationError(MALFORMED, f"announce count_scale {count_scale} is not positive")
     devices = b.get("devices") or []
+    # A malformed dp object refuses the announce: a box must never send a non-private
+    # update into a round that asked for privacy.
+    dp = DpConfig.from_dict(b["dp"]) if b.get("dp") is not None else None
     return RoundAnnounce(
         round=int(_field(b, "round", int, "announce")),
         base_model=str(_field(b, "base_model", str, "announce")),
@@ -61,6 +66,7 @@ def parse_announce(env: Envelope) -> RoundAnnounce:
         part_key=str(b.get("part_key") or ""),
         chunk_size=int(_field(b, "chunk_size", int, "announce")),
         devices=tuple(str(d) for d in devices if isinstance(d, str)),
+        dp=dp,
     )
 
 

@@ -36,7 +36,7 @@ from edge.fed_messages import ModelPointer, RoundAnnounce, parse_ack, parse_anno
 from edge.model_store import FederatedModelStore
 from edge.outbox import Outbox, PendingUpdate, atomic_write
 from edge.trainer_api import LocalTrainer
-from edge.update_sealing import Sealer, check_average, lower_thread_priority
+from edge.update_sealing import Sealer, check_average, load_ledger, lower_thread_priority
 from federation import topics
 from federation.chunking import Reassembler, split_blob
 from federation.ckks import FederationContext, require_secret
@@ -114,8 +114,9 @@ class FederationClient:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(self.state_dir / "outbox")
+        self.ledger_path = self.state_dir / "privacy-ledger.json"  # DP budget spent
         self._sealer = Sealer(trainer, context, signing_key, self.outbox, config.fed_id,
-                              config.device_id)
+                              config.device_id, self.ledger_path)
         self.models = FederatedModelStore(self.state_dir / "federated")
         base = np.asarray(base_vector, dtype=np.float32).ravel()
         if base.size != self.part.size:
@@ -284,16 +285,17 @@ class FederationClient:
         self._emit("joined", ann.round, {"base_model": ann.base_model})
         global_vector = None if self.version == self.config.initial_model else self.vector.copy()
         self._job = threading.Thread(
-            target=self._train_and_seal, args=(ann, global_vector),
+            target=self._train_and_seal, args=(ann, global_vector, self.vector.copy()),
             name=f"federation-train-r{ann.round}", daemon=True,
         )
         self._job.start()
 
     # training job (own thread, lower priority) ----------------------------------------
-    def _train_and_seal(self, ann: RoundAnnounce, global_vector: np.ndarray | None) -> None:
+    def _train_and_seal(self, ann: RoundAnnounce, global_vector: np.ndarray | None,
+                        base_vector: np.ndarray) -> None:
         lower_thread_priority(self.config.train_niceness)
         try:
-            pending, stats = self._sealer.seal(ann, global_vector)
+            pending, stats = self._sealer.seal(ann, global_vector, base_vector)
             self._queue.put(("job_done", (ann.round, pending, stats, None)))
         except Exception as exc:  # reported by the worker; the next announce retries
             self._queue.put(("job_done", (ann.round, None, {}, exc)))
@@ -447,6 +449,9 @@ class FederationClient:
                 extra = dict(sink_fields())
             except Exception:
                 log.exception("sink status fields failed")
+        privacy = self.privacy_report()
+        if privacy is not None:
+            extra["dp"] = privacy
         body = json.dumps({**extra, "state": state, "device": self.config.device_id,
                            "model": getattr(self, "version", ""), "ts": time.time()},
                           sort_keys=True).encode()
@@ -502,6 +507,17 @@ class FederationClient:
     def _save_state(self) -> None:
         atomic_write(self._state_path, json.dumps(
             {"last_submitted_round": self._last_submitted}).encode())
+
+    def privacy_report(self) -> dict[str, Any] | None:
+        """Differential-privacy budget this box has spent (None: never sent a DP update)."""
+        path = getattr(self, "ledger_path", None)
+        if path is None or not path.exists():
+            return None
+        try:
+            return load_ledger(path).report()
+        except FederationError as exc:
+            log.error("%s", exc.message)
+            return {"error": exc.message}
 
     @property
     def pending_updates(self) -> int:
