@@ -15,9 +15,10 @@ from typing import Annotated, Any
 
 import typer
 
-from aggregator import pki
+from aggregator import model_pins, pki
 from aggregator.cli_common import JsonOpt, StateOpt, one_line_errors
 from aggregator.config import BrokerClientConfig, PkiConfig, init_state, load_config
+from aggregator.models_cli import models_app
 from aggregator.operator import (
     DeviceRequest,
     create_key_bundle,
@@ -29,8 +30,6 @@ from aggregator.operator import (
 from aggregator.registry import DeviceRegistry, RegistryError, load_public_key_bytes
 from aggregator.store import Store
 
-models_app = typer.Typer(help="Federated model versions (published round results).",
-                         no_args_is_help=True)
 Opt = typer.Option
 
 
@@ -170,21 +169,6 @@ def devices_revoke(device_id: str, state: StateOpt) -> None:
         typer.echo(result.broker_reloaded)
 
 
-@one_line_errors
-def models_list(state: StateOpt, as_json: JsonOpt = False) -> None:
-    """Published model versions, newest last (the last one is what boxes run)."""
-    rows = [{"model": r.result_model, "round": r.round, "base_model": r.base_model,
-             "updates": r.contributions, "published_at": r.closed_at,
-             "result_sha256": r.result_sha256}
-            for r in _store(state).list_rounds() if r.status == "published"]
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2))
-        return
-    for r in rows:
-        typer.echo(f"{r['model']}\tround {r['round']}\tfrom {r['base_model']}\t"
-                   f"{r['updates']} update(s)")
-
-
 def _age(ts: float | None) -> str:
     if ts is None:
         return "-"
@@ -227,6 +211,8 @@ def status(
         "devices": {"active": sum(d["registered"] == "active" for d in devices),
                     "total": len(devices)},
         "device_status": devices, "recent_results": results, "counters": store.counters(),
+        "next_base": model_pins.next_base(store, cfg.initial_model)[0],
+        "pinned": model_pins.pinned(store),
         "broker_checked": cfg.broker is not None and not no_broker,
     }
     if as_json:
@@ -246,6 +232,9 @@ def _print_status(info: dict[str, Any]) -> None:
                                  f"{cur['contributions']}/{cur['quorum']} update(s), deadline "
                                  f"in {max(0, cur['deadline'] - time.time()):.0f}s"
                                  if cur else "none"))
+    typer.echo(f"next round builds on: {info['next_base']}"
+               + (" (PINNED: fedface-aggregator models unpin to follow the latest)"
+                  if info["pinned"] else ""))
     for r in info["recent_results"]:
         typer.echo(f"result: round {r['round']} -> {r['model']} ({r['updates']} update(s), "
                    f"{_age(r['closed_at'])})")
@@ -260,5 +249,4 @@ def register(app: typer.Typer, keys_app: typer.Typer, devices_app: typer.Typer) 
     devices_app.command("add")(devices_add)
     devices_app.command("list")(devices_list)
     devices_app.command("revoke")(devices_revoke)
-    models_app.command("list")(models_list)
     app.add_typer(models_app, name="models")
