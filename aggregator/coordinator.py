@@ -26,8 +26,10 @@ from typing import Any
 
 from aggregator.accumulator import Accumulator, AccumulatorFactory, UpdateRejected
 from aggregator.model_pins import next_base
+from aggregator.regions import kind_problem
 from aggregator.registry import DeviceRegistry
 from aggregator.store import RoundRow, Store, StoreError
+from federation.dp import DpConfig
 from federation.packing import DEFAULT_COUNT_SCALE
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ class RoundSettings:
     part_key: str = ""
     chunk_size: int = 256 * 1024
     max_extensions: int = 3
+    dp: DpConfig | None = None  # differential privacy every box applies (federation.dp)
 
     def __post_init__(self) -> None:
         if not self.count_scale > 0:
@@ -68,6 +71,7 @@ class Submission:
     blob_sha256: str
     blob: bytes
     spooled: Path | None = None  # the blob's reassembled file: moved into the store
+    kind: str = "update"  # or "partial": a regional aggregator's sum (aggregator.regions)
 
 
 @dataclass(frozen=True)
@@ -157,19 +161,21 @@ class Coordinator:
             acc = self.accumulators.restore(self.store.read_blob(row.sum_blob), legacy)
         else:
             acc = self.accumulators.new()
+        readded = legacy  # blobs re-added (a regional partial sums several updates)
         for device, name in self.store.accepted_blobs(row.round):
             try:
                 data = self.store.accepted_path(name).read_bytes()
                 acc.add_blob(data)
+                readded += 1
             except (OSError, UpdateRejected) as exc:
                 raise StoreError(
                     f"round {row.round}: the accepted update of {device} ({name}) cannot be "
                     f"re-added ({exc}); the state directory is damaged"
                 ) from None
             del data
-        if acc.count != row.contributions:
+        if readded != row.contributions or acc.count < readded:
             raise StoreError(
-                f"round {row.round}: rebuilt a sum of {acc.count} update(s), the db counts "
+                f"round {row.round}: rebuilt a sum of {readded} blob(s), the db counts "
                 f"{row.contributions}; the state directory is damaged"
             )
         return acc
@@ -210,6 +216,7 @@ class Coordinator:
             "part_key": s.part_key,
             "chunk_size": s.chunk_size,
             "devices": sorted(self.registry.active_ids()),
+            **({"dp": s.dp.to_dict()} if s.dp is not None else {}),
         }
 
     # --- updates ----------------------------------------------------------------------
@@ -256,6 +263,9 @@ class Coordinator:
             return Decision(
                 False, "unknown_device", "device revoked" if known else "device not registered"
             )
+        problem = kind_problem(self.store, sub.device_id, sub.kind, sub.blob)
+        if problem is not None:
+            return Decision(False, "malformed", problem)
         cur = self.current
         if cur is None or sub.round > cur.round:
             return Decision(False, NOT_OPEN, f"round {sub.round} is not open")
@@ -325,7 +335,7 @@ class Coordinator:
             return self._close(cur, "all active devices sent")
         if self.clock() < cur.deadline:
             return []
-        if cur.contributions >= cur.quorum:
+        if self.updates_summed() >= cur.quorum:
             return self._close(cur, f"deadline with quorum ({cur.contributions}/{len(active)})")
         if cur.extensions < self.settings.max_extensions:
             deadline = cur.deadline + self.settings.deadline_seconds
@@ -359,6 +369,13 @@ class Coordinator:
             cur.extensions,
         )
         return [self._open_next()]
+
+    def updates_summed(self) -> int:
+        """Box updates in the open round's sum: a regional partial counts as the updates
+        it holds (EncryptedUpdate.n_updates), a box's update as one."""
+        if self.sum is not None:
+            return int(self.sum.count)
+        return 0 if self.current is None else self.current.contributions
 
     def _close(self, cur: RoundRow, why: str) -> list[Event]:
         """Serialise the sum once, as the result blob, then mark the round closed."""

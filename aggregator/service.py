@@ -64,6 +64,7 @@ from aggregator.coordinator import (
     Submission,
 )
 from aggregator.publisher import Publisher
+from aggregator.ratelimit import RATE_LIMITED, RateLimiter, count_dropped
 from aggregator.registry import DeviceRegistry
 from aggregator.spool import DiskReassembler
 from aggregator.store import Store, fsync_file
@@ -149,6 +150,7 @@ class AggregatorService:
         max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES,
         max_spool_bytes: int = DEFAULT_MAX_SPOOL_BYTES,
         clock: Callable[[], float] = time.time,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
         # Refuse a secret context before anything else: the aggregator must never hold one.
         require_public_only(context)
@@ -181,6 +183,11 @@ class AggregatorService:
         self.publisher = Publisher(
             transport, signing_key, fed_id, aggregator_id, self.settings.chunk_size
         )
+        # Per-device token buckets checked before any signature/disk work (None: off).
+        self.rate_limiter = rate_limiter
+        # Regional mode (aggregator.regional): a closed round's sum goes to the root
+        # aggregator as a partial, and the root's result is what this region publishes.
+        self.forwarder: Any = None
 
     # --- start / loop -----------------------------------------------------------------
     def start(self) -> None:
@@ -202,6 +209,7 @@ class AggregatorService:
                 item = self._queue.get_nowait()
         except queue.Empty:
             pass
+        self._report_rate_limited()
         self.refresh_keys()
         self._retry_unpublished()
         self._handle(self.coordinator.tick())
@@ -236,6 +244,9 @@ class AggregatorService:
         except FederationError as exc:
             self._queue.put(_Reject(device, None, None, exc.reason, exc.message))
             return
+        if self.rate_limiter is not None and device is not None and not (
+                self.rate_limiter.allow(device, len(payload))):
+            return  # counted by the limiter; logged and acked once per period (pump)
         key = (env.sender, env.msg)
         with self._finished_lock:
             if key in self._finished_msgs:
@@ -263,7 +274,7 @@ class AggregatorService:
     def _check_envelope(self, device: str | None, env: Envelope) -> None:
         if env.fed != self.fed_id:
             raise FederationError(WRONG_FEDERATION, f"update for federation {env.fed!r}")
-        if env.kind != "update":
+        if env.kind not in ("update", "partial"):  # partial: a regional aggregator's sum
             raise FederationError(MALFORMED, f"a {env.kind!r} message on an update topic")
         if env.sender != device:
             raise FederationError(MALFORMED, f"sender {env.sender!r} on the topic of {device!r}")
@@ -312,7 +323,8 @@ class AggregatorService:
         try:
             # An accepted update's spool file is moved into the store (no second write).
             decision = self.coordinator.submit(Submission(
-                env.sender, env.round, env.model, env.msg, env.blob_sha256, data, item.path
+                env.sender, env.round, env.model, env.msg, env.blob_sha256, data, item.path,
+                kind=env.kind,
             ))
         finally:
             syncer.join()
@@ -356,6 +368,8 @@ class AggregatorService:
     def _publish_result(self, event: ResultReady) -> None:
         previous = model_pins.retained_row(self.store)  # its retained chunks are cleared
         blob = self.store.read_blob(event.sum_blob)
+        if self.forwarder is not None:  # regional: raises TransportError until the root's
+            blob = self.forwarder.exchange(event, blob)  # result is in (retried each pump)
         done_result = self.publisher.result(event, blob, previous)
         del blob
         model_pins.set_retained(self.store, event.round)
@@ -371,6 +385,21 @@ class AggregatorService:
             if cur is not None and not events:
                 self._announce(event.round, cur.base_model, dict(cur.announce, state="closed"))
         self._handle(events)
+
+    def _report_rate_limited(self) -> None:
+        """Rate-limited messages: one log line, one counted rejection and one ack per
+        device per report period, however many messages were dropped."""
+        if self.rate_limiter is None:
+            return
+        for device, (msgs, nbytes) in self.rate_limiter.drain().items():
+            detail = (f"{msgs} message(s), {nbytes} bytes over the per-device rate limit "
+                      "dropped; slow down and resend")
+            self.coordinator.record_rejection(None, device, RATE_LIMITED, detail)
+            try:
+                count_dropped(self.store, msgs)
+            except Exception as exc:  # counting must never stop the service
+                log.error("cannot count rate-limited messages: %s", exc)
+            self._ack(device, None, None, Decision(False, RATE_LIMITED, detail))
 
     # --- status -----------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -48,6 +48,7 @@ class DiskReassembler:
         max_spool_bytes: int,
         ttl_seconds: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
+        max_partials_per_sender: int = 4,
     ) -> None:
         self.dir = Path(spool_dir)
         shutil.rmtree(self.dir, ignore_errors=True)  # partials of a previous run are unacked
@@ -57,6 +58,11 @@ class DiskReassembler:
         self.ttl = ttl_seconds
         self.clock = clock
         self.partials: dict[tuple[str, str], _Partial] = {}
+        # A box has one update (plus perhaps a resend under a new id) in flight: a sender
+        # starting more loses its oldest partial, so a flood of chunk starts that never
+        # complete holds at most this many partials (and spool files) per device.
+        self.max_partials_per_sender = max_partials_per_sender
+        self.evicted = 0
 
     @property
     def spooled_bytes(self) -> int:
@@ -74,6 +80,17 @@ class DiskReassembler:
             log.warning("dropping partial update %s/%s: incomplete after %.0f s", *key, self.ttl)
             self.discard(*key)
         return old
+
+    def _make_room_for(self, sender: str) -> None:
+        mine = [k for k in self.partials if k[0] == sender]  # insertion order = oldest first
+        for key in mine[: max(0, len(mine) - self.max_partials_per_sender + 1)]:
+            part = self.partials[key]
+            self.evicted += 1
+            if self.evicted <= 10 or self.evicted % 1000 == 0:  # a flood must not flood the log
+                log.warning("evicting partial update %s/%s (%d/%d chunks): the sender started "
+                            "more than %d (%d evicted so far)", *key, len(part.have), part.count,
+                            self.max_partials_per_sender, self.evicted)
+            self.discard(*key)
 
     def add(self, env: Envelope) -> Path | None:
         """Spool one (signature-checked) chunk; return the blob's file once complete."""
@@ -93,6 +110,7 @@ class DiskReassembler:
         part = self.partials.get(key)
         if part is None:
             self.expire()
+            self._make_room_for(env.sender)
             if self.spooled_bytes + blob_size > self.max_spool_bytes:
                 raise FederationError(
                     "unavailable",
