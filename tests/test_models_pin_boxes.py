@@ -135,8 +135,10 @@ def test_boxes_on_round_2_go_back_to_the_pinned_round_1_and_train_from_it(
         assert pointer is not None and pointer.previous is not None
         assert (pointer.current.version, pointer.previous.version) == ("round-1", "round-2")
         assert "round-2" not in sink.store.blocked()  # the box keeps N-1 usable
-        wait_for(lambda d=d: any(e.kind == "joined" and e.round == 3
-                                 for e in fed.events[d]), 10, f"{d} to join round 3")
+    for d in DEVICES:
+        events = fed.events[d]
+        wait_for(lambda events=events: any(  # type: ignore[misc]
+            e.kind == "joined" and e.round == 3 for e in events), 10, f"{d} to join round 3")
     for trainer in fed.trainers.values():
         trainer.gate.set()
     wait_for(lambda: all(fed.applied(d)[-1:] == ["round-3"] for d in DEVICES), 60,
