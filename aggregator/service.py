@@ -177,6 +177,7 @@ class AggregatorService:
         self.finished = threading.Event()
         self._queue: queue.Queue[_Reject | _Ready] = queue.Queue()
         self._keys: dict[str, Ed25519PublicKey] = {}
+        self._revoked: frozenset[str] = frozenset()
         self._finished_msgs: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._finished_lock = threading.Lock()
         self._unpublished: list[ResultReady] = []
@@ -225,10 +226,14 @@ class AggregatorService:
             self.pump(timeout=tick_seconds)
 
     def refresh_keys(self) -> None:
-        """Snapshot active device keys for the delivery thread (swapped atomically)."""
+        """Snapshot active device keys for the delivery thread (swapped atomically).
+        Every pump re-reads the registry, so `devices revoke` (another process, same
+        SQLite db) takes effect within one tick."""
+        devices = self.registry.list()
+        self._revoked = frozenset(d.device_id for d in devices if not d.active)
         self._keys = {
             d.device_id: Ed25519PublicKey.from_public_bytes(d.public_key)
-            for d in self.registry.list()
+            for d in devices
             if d.active
         }
 
@@ -280,7 +285,8 @@ class AggregatorService:
             raise FederationError(MALFORMED, f"sender {env.sender!r} on the topic of {device!r}")
         key = self._keys.get(env.sender)
         if key is None:
-            raise FederationError(UNKNOWN_DEVICE, f"{env.sender!r} is not an active device")
+            why = "was revoked" if env.sender in self._revoked else "is not registered"
+            raise FederationError(UNKNOWN_DEVICE, f"device {env.sender!r} {why}")
         verify(key, env.signing_bytes(), env.sig)
 
     def _remember(self, key: tuple[str, str]) -> None:
