@@ -1,0 +1,103 @@
+"""A provisioned federation running rounds over TLS: the real ``fedface-aggregator serve``
+process on the TLS-only Mosquitto of ``provisioning_support`` (aggregator client
+certificate, per-device ACL, CRL), and in-process box clients that use exactly the
+files ``fedface-edge provision`` wrote (device certificate, signing key, secret context,
+aggregator key)."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aggregator import pki
+from edge.config import BoxConfig, load_box_config
+from edge.drift_trainer import NumpyDriftTrainer
+from edge.federation_client import ClientConfig, ClientEvent, FederationClient
+from federation.keys import load_secret_context, read_private_key, read_public_key
+from federation.mqtt import MqttTransport, TlsConfig
+from federation.transport import Will
+from tests.e2e_support import AGGREGATOR, PART, GatedTrainer, RecordingSink, part_base_vector
+from tests.provisioning_support import Federation
+
+
+def serve(fed: Federation, *, quorum: int, rounds: int, deadline: float = 60.0
+          ) -> subprocess.Popen[bytes]:
+    """`fedface-aggregator serve` connecting with the aggregator's TLS client certificate
+    (CN aggregator: the ACL's aggregator section)."""
+    tls = fed.root / "agg-tls"
+    log = (fed.root / "aggregator.log").open("wb")
+    return subprocess.Popen(
+        [*AGGREGATOR, "serve", "--state", str(fed.state), "--broker", fed.url,
+         "--ca-file", str(fed.ca_dir / pki.CA_CERT),
+         "--cert-file", str(tls / f"{pki.AGGREGATOR_IDENTITY}.crt"),
+         "--key-file", str(tls / f"{pki.AGGREGATOR_IDENTITY}.key"),
+         "--quorum", str(quorum), "--rounds", str(rounds), "--round-deadline", str(deadline),
+         "--chunk-size", "16384"],
+        stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def aggregator_log(fed: Federation) -> str:
+    path = fed.root / "aggregator.log"
+    return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+
+def box_tls(cfg: BoxConfig) -> TlsConfig:
+    return TlsConfig(cfg.broker.ca_file, cfg.broker.cert_file, cfg.broker.key_file)
+
+
+@dataclass
+class TlsBox:
+    """A provisioned box's federation client (drift trainer, gated) over its own TLS."""
+
+    device_id: str
+    cfg: BoxConfig
+    client: FederationClient
+    trainer: GatedTrainer
+    events: list[ClientEvent] = field(default_factory=list)
+
+    def has(self, kind: str, round_no: int) -> ClientEvent | None:
+        return next((e for e in list(self.events) if e.kind == kind and e.round == round_no),
+                    None)
+
+
+def start_box(box_dir: Path, *, open_gate: bool = True) -> TlsBox:
+    cfg = load_box_config(box_dir / "edge.toml")
+    base = part_base_vector()
+    trainer = GatedTrainer(NumpyDriftTrainer(PART, base, cfg.box.device_id, 50, 1e-2))
+    if open_gate:
+        trainer.gate.set()
+    events: list[ClientEvent] = []
+
+    def transport(will: Will) -> MqttTransport:
+        return MqttTransport(cfg.broker.url, cfg.box.device_id, will=will,
+                             reconnect_max_delay=2, tls=box_tls(cfg))
+
+    client = FederationClient(
+        ClientConfig(cfg.box.fed, cfg.box.device_id, retry_seconds=2.0, tick_seconds=0.1),
+        transport, load_secret_context(cfg.federation.secret_context),
+        read_private_key(cfg.federation.device_key),
+        read_public_key(cfg.federation.aggregator_key), trainer, RecordingSink(),
+        box_dir / "federation-test", base, on_event=events.append)
+    client.start()
+    return TlsBox(cfg.box.device_id, cfg, client, trainer, events)
+
+
+def connects(cfg: BoxConfig, client_id: str, timeout: float = 2.0) -> bool:
+    """Whether the broker accepts a NEW TLS connection with this box's certificate."""
+    t = MqttTransport(cfg.broker.url, client_id, clean_start=True, reconnect_max_delay=1,
+                      tls=box_tls(cfg))
+    try:
+        return t.wait_connected(timeout)
+    finally:
+        t.close()
