@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from aggregator import operator_cli
+from aggregator import operator_cli, regional_cli
 from aggregator.cli_common import JsonOpt, StateOpt, one_line_errors
 from aggregator.config import load_config
 from aggregator.coordinator import RoundSettings
@@ -32,6 +32,7 @@ rounds_app = typer.Typer(help="Training rounds.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(devices_app, name="devices")
 app.add_typer(rounds_app, name="rounds")
+app.add_typer(regional_cli.regions_app, name="regions")
 
 # init, status, devices, models and keys bundle live in operator_cli.py
 operator_cli.register(app, keys_app, devices_app)
@@ -88,6 +89,21 @@ def serve(
         "--mqtt-protocol", help="MQTT version: 5, or 3.1.1 for brokers without MQTT 5 "
         "(e.g. the demo's embedded amqtt)")] = "5",
     log_level: str = "INFO",
+    # --- fleet options (aggregator/regional_cli.py) ---
+    forward_to: Annotated[str, typer.Option(
+        help="regional mode: the ROOT aggregator's broker; closed rounds' sums go there as "
+        "partials and the root's result is published here")] = "",
+    root_key: Annotated[Path | None, typer.Option(help="the root's aggregator.pub")] = None,
+    region_id: Annotated[str, typer.Option(help="this region's id at the root")] = "",
+    root_aggregator_id: Annotated[str, typer.Option(help="the root's sender id")] = "aggregator",
+    dp_clip: Annotated[float, typer.Option(help="DP: L2 clip of each box's delta")] = 0.0,
+    dp_noise: Annotated[float, typer.Option(help="DP: Gaussian noise multiplier z")] = 0.0,
+    dp_delta: Annotated[float, typer.Option(help="DP: delta of the reported epsilon")] = 1e-5,
+    dp_mode: Annotated[str, typer.Option(help="DP: local or distributed")] = "local",
+    rate_limit_msgs: Annotated[float, typer.Option(
+        help="per-device messages/s (burst 10 s worth); 0 with --rate-limit-mib 0: off")] = 200.0,
+    rate_limit_mib: Annotated[float, typer.Option(
+        help="per-device MiB/s (burst 8 s worth)")] = 16.0,
 ) -> None:
     """Run rounds: announce, collect, sum, publish. Ctrl-C / SIGTERM stop cleanly."""
     from aggregator.runner import build_service  # keeps paho out of the other commands
@@ -95,12 +111,27 @@ def serve(
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(state)
+    dp = regional_cli.dp_settings(dp_clip, dp_noise, dp_delta, dp_mode)
     settings = RoundSettings(round_deadline, quorum, cfg.count_scale, cfg.part_key, chunk_size,
-                             max_extensions)
+                             max_extensions, dp)
+    limiter = regional_cli.rate_limiter(rate_limit_msgs, rate_limit_mib)
     service, transport = build_service(
         state, cfg, settings, broker, client_id or f"aggregator-{cfg.fed}",
         rounds or None, ca_file, cert_file, key_file, mqtt_protocol,
     )
+    service.rate_limiter = limiter
+    if dp is not None:
+        logging.getLogger("aggregator").info("%s", regional_cli.describe_dp(dp))
+    links = [transport]
+    if forward_to:
+        try:
+            links.append(regional_cli.attach_forwarder(
+                service, state, forward_to, root_key, region_id, root_aggregator_id,
+                mqtt_protocol, _tls(ca_file, cert_file, key_file)))
+        except BaseException:
+            transport.close()
+            service.store.close()
+            raise
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -108,8 +139,15 @@ def serve(
         service.start()
         service.loop(stop)
     finally:
-        transport.close()
+        for link in reversed(links):
+            link.close()
         service.store.close()
+
+
+def _tls(ca: Path | None, cert: Path | None, key: Path | None) -> Any:
+    from federation.mqtt import TlsConfig
+
+    return TlsConfig(ca, cert, key) if (ca or cert or key) else None
 
 
 def _round_summary(store: Store, round_no: int) -> dict[str, Any]:
