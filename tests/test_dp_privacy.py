@@ -123,7 +123,7 @@ def test_boxes_apply_the_announced_dp_and_report_their_budget(
     for d, n in zip(devices, counts, strict=True):
         sink = RecordingSink()
 
-        def factory(will, d=d):  # type: ignore[no-untyped-def]
+        def factory(will, d=d):
             return InMemoryTransport(bus, d, will=will)
 
         c = FederationClient(
