@@ -40,6 +40,7 @@ def crops_by_person(lfw_dir: Path) -> dict[str, list[np.ndarray]]:
     for person in PEOPLE:
         for i in range(1, PER_PERSON + 1):
             image = cv2.imread(str(lfw_dir / person / f"{person}_{i:04d}.jpg"))
+            assert image is not None
             faces = detector.detect(image)
             assert faces, f"no face in {person} {i}"
             out.setdefault(person, []).append(align_face(image, faces[0].landmarks))
