@@ -128,6 +128,7 @@ class FederationClient:
         self._last_submitted = self._load_state().get("last_submitted_round", 0)
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._announce: RoundAnnounce | None = None
+        self._not_joining: dict[str, Any] = {}  # why the last open round was not joined
         self._wanted: ModelPointer | None = None
         self._result_filter: str | None = None
         self._reassembler = Reassembler(max_blob_bytes=512 * 1024 * 1024,
@@ -268,10 +269,20 @@ class FederationClient:
         if self._job is not None and self._job.is_alive():
             return
         if ann.part_key and ann.part_key != self.part.key:
-            if self._count("wrong_part") == 1:
-                log.error("round %d trains part %s but this box has %s: not joining",
-                          ann.round, ann.part_key, self.part.key)
+            # A vector of another part would be summed with the wrong layout: never train
+            # or send it. Said once per round, in the log, the events and the status.
+            if self._not_joining.get("round") != ann.round:
+                self._count("wrong_part")
+                detail = (f"the federation trains part {ann.part_key}, this box is set up "
+                          f"for {self.part.key}; set the box's federation part to "
+                          f"{ann.part_key.split('@')[0]} (edge.toml [federation] part)")
+                self._not_joining = {"reason": "wrong_part", "round": ann.round,
+                                     "detail": detail}
+                log.error("round %d: not joining: %s", ann.round, detail)
+                self._emit("not_joined", ann.round, {"reason": "wrong_part", "detail": detail})
+                self._publish_status()
             return
+        self._not_joining = {}
         if ann.devices and self.config.device_id not in ann.devices:
             if self._count("not_listed") == 1:
                 log.warning("round %d does not list this device (%s): not joining; is it "
@@ -380,6 +391,11 @@ class FederationClient:
         self._drop_closed_rounds(pointer.round + 1)
         if pointer.model == self.version:
             return
+        ann = self._announce
+        if ann is not None and ann.part_key and ann.part_key != self.part.key:
+            log.warning("result %s not fetched: the federation trains part %s, this box %s",
+                        pointer.model, ann.part_key, self.part.key)
+            return
         if self._wanted is not None and self._wanted.msg == pointer.msg:
             return
         self._wanted = pointer
@@ -449,6 +465,8 @@ class FederationClient:
                 extra = dict(sink_fields())
             except Exception:
                 log.exception("sink status fields failed")
+        if getattr(self, "_not_joining", None):
+            extra["not_joining"] = self._not_joining
         privacy = self.privacy_report()
         if privacy is not None:
             extra["dp"] = privacy
