@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edge.errors import FedFaceError
+from models.federated_parts import DEFAULT_PART, PARTS
 
 DATA_DIR_ENV = "FEDFACE_DATA_DIR"
 MODEL_DIR_ENV = "FEDFACE_MODEL_DIR"
@@ -156,7 +157,16 @@ class FederationSection(_Section):
     device_key: Path = Field(description="This box's Ed25519 message-signing key (0600).")
     aggregator_key: Path = Field(description="aggregator.pub: verifies announcements "
                                  "and results.")
-    part: str = Field(default="conv14", description="Federated parameter set.")
+    part: str = Field(default=DEFAULT_PART, description="Federated parameter set "
+                      "(the same on every box of the federation; the aggregator announces it).")
+
+    @field_validator("part")
+    @classmethod
+    def _known_part(cls, value: str) -> str:
+        if value not in PARTS:
+            known = ", ".join(sorted(PARTS))
+            raise ValueError(f"unknown federated part {value!r} (known: {known})")
+        return value
 
 
 class DoctorSection(_Section):
@@ -241,3 +251,12 @@ def render_box_config(config: BoxConfig) -> str:
                 lines.append(f"{name} = {_toml_value(value)}")
         lines.append("")
     return "\n".join(lines)
+
+
+def configured_part(settings: EdgeSettings | None = None) -> str:
+    """The box's federated part: its config's ``federation.part`` when the box is
+    provisioned, else the project default (``models.federated_parts.DEFAULT_PART``)."""
+    path = default_config_path(settings)
+    if not path.is_file():
+        return DEFAULT_PART
+    return load_box_config(path).federation.part

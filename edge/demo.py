@@ -30,7 +30,7 @@ from edge.errors import FedFaceError
 from federation.keys import create_federation_keys, write_private_key, write_public_key
 from federation.mqtt import parse_broker_url
 from federation.signing import generate_signing_key
-from models.federated_parts import get_part
+from models.federated_parts import DEFAULT_PART, get_part
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class DemoOptions:
     images_per_person: int = 4
     heldout_per_person: int = 2
     workdir: Path | None = None
-    part: str = "conv14"
+    part: str = DEFAULT_PART
     timeout_s: float = 900.0
     train_budget_s: float = 20.0
 

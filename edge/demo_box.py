@@ -30,7 +30,7 @@ from edge.trainer_api import LocalTrainer
 from federation.keys import load_secret_context, read_private_key, read_public_key
 from federation.mqtt import MqttTransport
 from federation.transport import Will
-from models.federated_parts import FederatedPart, get_part
+from models.federated_parts import DEFAULT_PART, FederatedPart, get_part
 from models.registry import model_path as pinned_model_path
 from models.registry import optimised_sface_path
 
@@ -120,7 +120,7 @@ def make_trainer(cfg: dict[str, Any], part: FederatedPart, gallery: Gallery,
 
 def run(cfg: dict[str, Any]) -> int:
     data_dir = Path(cfg["data_dir"])
-    part = get_part(cfg.get("part", "conv14"))
+    part = get_part(cfg.get("part", DEFAULT_PART))
     model_dir = Path(cfg["model_dir"]) if cfg.get("model_dir") else None
     # the sink patches the inference graph; the trainer rebuilds its torch tail from the
     # original graph (the optimised one rewrote PRelu into ops the tail builder lacks)

@@ -47,6 +47,7 @@ from federation.keys import (
     write_secret_file,
 )
 from federation.signing import public_key_hex
+from models.federated_parts import DEFAULT_PART
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +218,7 @@ def read_reply(path: Path) -> tuple[str, bytes, bytes]:
 
 
 def build_config(files: BoxFiles, device_id: str, trust: dict[str, Any], broker_url: str,
-                 camera: str, model_dir: Path | None, part: str = "conv14") -> BoxConfig:
+                 camera: str, model_dir: Path | None, part: str = DEFAULT_PART) -> BoxConfig:
     return BoxConfig(
         box=BoxSection(device_id=device_id, fed=trust["fed_id"], data_dir=files.data_dir,
                        model_dir=model_dir),

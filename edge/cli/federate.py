@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from edge.cli.context import box
+from models.federated_parts import DEFAULT_PART
 
 
 def demo(
@@ -27,7 +28,7 @@ def demo(
     workdir: Annotated[Path | None, typer.Option(
         "--workdir", help="New or empty directory for keys and state (default: a temp dir).",
         show_default=False)] = None,
-    part: Annotated[str, typer.Option("--part", help="Federated parameter set.")] = "conv14",
+    part: Annotated[str, typer.Option("--part", help="Federated parameter set.")] = DEFAULT_PART,
     timeout: Annotated[float, typer.Option("--timeout", help="Give up after (s).")] = 900.0,
     train_budget: Annotated[float, typer.Option(
         "--train-budget", help="Max training seconds per box per round.")] = 20.0,
@@ -56,7 +57,9 @@ def join(
     ] = None,
     aggregator_key: Annotated[Path | None, typer.Option(
         "--aggregator-key", exists=True, dir_okay=False, help="aggregator.pub")] = None,
-    part: Annotated[str, typer.Option("--part", help="Federated parameter set.")] = "conv14",
+    part: Annotated[str | None, typer.Option(
+        "--part", help=f"Federated parameter set (default: the config's, else {DEFAULT_PART}); "
+        "must be the one the aggregator announces.", show_default=False)] = None,
     protocol: Annotated[str, typer.Option("--protocol", help="MQTT 5 or 3.1.1.")] = "5",
     config: Annotated[Path | None, typer.Option(
         "--config", help="Provisioned box config (edge.toml): broker with TLS client "
@@ -96,9 +99,14 @@ def join(
         device_key = device_key or cfg.federation.device_key
         aggregator_key = aggregator_key or cfg.federation.aggregator_key
         tls = TlsConfig(cfg.broker.ca_file, cfg.broker.cert_file, cfg.broker.key_file)
+        part = part or cfg.federation.part
     assert broker and fed and device_id and secret_context and device_key and aggregator_key
     settings = box(ctx).settings
     gallery = box(ctx).gallery()
+    if part is None:
+        from edge.config import configured_part
+
+        part = configured_part(settings)
     fed_part = get_part(part)
     sink = OnnxModelSink(optimised_sface_path(settings.model_dir), fed_part,
                          settings.data_dir / "models", gallery, threads=settings.threads)

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from edge.cli.context import box
+from models.federated_parts import DEFAULT_PART
 
 model_app = typer.Typer(help="Show or roll back the federated model the box serves.",
                         no_args_is_help=True)
@@ -74,9 +75,12 @@ def status(
 @model_app.command("rollback")
 def rollback(
     ctx: typer.Context,
-    part: Annotated[str, typer.Option("--part", help="Federated parameter set.")] = "conv14",
+    part: Annotated[str | None, typer.Option(
+        "--part", help="Federated parameter set (default: the box config's, else "
+        f"{DEFAULT_PART}).", show_default=False)] = None,
 ) -> None:
     """Serve the previous model again and refuse the current one from now on."""
+    from edge.config import configured_part
     from edge.gallery import DB_FILENAME
     from edge.hot_swap import HotSwapError, HotSwapper
     from edge.serving import swap_dir_for
@@ -84,6 +88,7 @@ def rollback(
     from models.registry import optimised_sface_path
 
     settings = box(ctx).settings
+    part = part or configured_part(settings)
     swap_dir = swap_dir_for(settings.data_dir / DB_FILENAME)
     if not (swap_dir / "current.json").is_file():
         raise HotSwapError("this box has never swapped in a federated model: nothing to "
