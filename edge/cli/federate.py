@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from edge.cli.context import box
 from models.federated_parts import DEFAULT_PART
+
+if TYPE_CHECKING:
+    from edge.federation_client import ClientEvent
 
 
 def demo(
@@ -121,7 +124,7 @@ def join(
         ClientConfig(fed, device_id), transport, load_secret_context(secret_context),
         read_private_key(device_key), read_public_key(aggregator_key), trainer, sink,
         settings.data_dir / "federation", sink.base_vector(),
-        on_event=lambda e: typer.echo(f"round {e.round}: {e.kind}"),
+        on_event=_echo_event,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -130,6 +133,12 @@ def join(
     typer.echo(f"{device_id} joined federation {fed} via {broker}; model {client.version}")
     stop.wait()
     client.stop()
+
+
+def _echo_event(event: ClientEvent) -> None:
+    why = event.data.get("detail") or event.data.get("reason") or event.data.get("error")
+    typer.echo(f"round {event.round}: {event.kind}" + (f" ({why})" if why else ""),
+               err=event.kind in ("not_joined", "result_rejected", "error"))
 
 
 def register(app: typer.Typer) -> None:
