@@ -17,8 +17,9 @@ JSON bodies are one-chunk blobs):
 
 - ``announce`` (retained, kind announce, round r, model = base version): JSON
   {round, base_model, state: open|closed, opened_at, deadline (unix s), quorum,
-  count_scale, part_key, chunk_size, devices}. Re-published with a later deadline on
-  an extension; a failed round is followed by an announce of round r+1, same base.
+  count_scale, part_key, chunk_size, devices, pinned (the base is the operator's pinned
+  version, aggregator.model_pins)}. Re-published with a later deadline on an extension;
+  a failed round is followed by an announce of round r+1, same base.
 - ``update/<device>``: the box's EncryptedUpdate bytes chunked with kind update,
   round r, model = the announced base_model.
 - ``ack/<device>`` (kind ack): JSON {device, round, msg, accepted, reason, detail,
@@ -28,11 +29,12 @@ JSON bodies are one-chunk blobs):
   replay, not_open, unavailable (transient: resend, same msg id allowed).
 - ``result/<r>/<i>`` (retained, kind result, model = result version ``round-<r>``):
   chunks of the summed EncryptedUpdate (self-contained: decrypt_average gives the
-  federated weights). Only the latest round stays retained.
+  federated weights). Only one result stays retained: the latest, or the pinned base.
 - ``model/latest`` (retained, kind result): JSON {round, model, base_model, msg,
   blob_sha256, blob_size, chunks, chunk_size, contributors, result_topic}; published
   after every result chunk, confirmed by the broker before the round is marked
-  published.
+  published. When a round opens on an older (pinned) base, that result is re-published
+  (chunks under its own round, new msg id) with ``republished: true, for_round``.
 """
 
 from __future__ import annotations
