@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "run",
     "bench",
     "federate",
+    "train",
     "kiosk",
     "provision",
     "doctor",
