@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from federation.packing import DEFAULT_COUNT_SCALE
+from models.federated_parts import DEFAULT_PART
 
 FED = "benchfed"
 COUNT_SCALE = DEFAULT_COUNT_SCALE  # what the aggregator announces (single source of truth)
@@ -187,6 +188,16 @@ def stop(proc: subprocess.Popen[str], timeout: float = 10) -> tuple[str, str]:
         return proc.communicate()
 
 
+def finish(proc: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+    """Output of a box that ends by itself after its last round. Not SIGTERM first: the
+    result can be published before the box has read its last ack (a loaded machine),
+    and a box stopped then never prints its report."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return stop(proc, 10)
+
+
 def last_json(text: str) -> dict[str, Any]:
     for line in reversed(text.strip().splitlines()):
         if line.startswith("{"):
@@ -329,11 +340,12 @@ def box_main(ns: argparse.Namespace) -> None:
         link.close()
 
 
-def trained_part_size() -> int:
-    """Values of the federated part the trainer trains (the update length with --train)."""
+def trained_part_size(part: str | None = None) -> int:
+    """Values of the federated part the trainer trains (the update length with --train);
+    default: the project's default part."""
     from models.federated_parts import DEFAULT_PART, get_part
 
-    return get_part(DEFAULT_PART).size
+    return get_part(part or DEFAULT_PART).size
 
 
 def _make_trainers(ns: argparse.Namespace, devices: list[str]) -> dict[str, Any]:
@@ -341,6 +353,7 @@ def _make_trainers(ns: argparse.Namespace, devices: list[str]) -> dict[str, Any]
     trunk features cached before "ready" (a box caches them once, not every round)."""
     from bench.trainer_cost import enrolment_crops
     from edge.trainer import TorchLocalTrainer, TrainConfig
+    from models.federated_parts import get_part
     from models.registry import model_path
 
     n_boxes = int(ns.n_boxes)
@@ -355,8 +368,8 @@ def _make_trainers(ns: argparse.Namespace, devices: list[str]) -> dict[str, Any]
         config = TrainConfig(epochs=1000.0, time_budget_s=ns.train_budget)
         # isolate=False: this process is the box's trainer already; the product's child
         # process (spawn + torch import per round) would add the same cost to both arms.
-        trainer = TorchLocalTrainer(model_path("sface"), mine, cache, config=config,
-                                    isolate=False)
+        trainer = TorchLocalTrainer(model_path("sface"), mine, cache, get_part(ns.part),
+                                    config=config, isolate=False)
         trainer._training_set()  # computes and caches the trunk features
         trainers[d] = trainer
     return trainers
@@ -389,6 +402,7 @@ def main() -> None:
                    help="train for real (edge.trainer) on this many LFW people per box")
     b.add_argument("--lfw", type=Path, default=REPO.parent / "shared" / "data" / "lfw")
     b.add_argument("--train-budget", type=float, default=20.0, help="seconds of training")
+    b.add_argument("--part", default=DEFAULT_PART, help="federated part trained (--train-people)")
     ns = p.parse_args()
     agg_main(ns) if ns.cmd == "agg" else box_main(ns)
 

@@ -1,6 +1,9 @@
 """Aggregator peak RSS for one round with many boxes vs few, same model size.
 
-    .venv/bin/python -m bench.aggregator_memory [--length 1000000] [--few 2] [--many 20]
+    .venv/bin/python -m bench.aggregator_memory [--length 1052928] [--few 2] [--many 20]
+
+Default length: the conv14 part's 1,052,928 values, the "same 1M-parameter updates" the
+issue asks for (the default part, embed_bn, is 5,376 values: memory is no concern there).
 
 The streaming sum keeps one model's ciphertexts (plus the one update being added)
 whatever the number of clients, and chunks of updates still in flight are spooled to
@@ -18,6 +21,7 @@ import sys
 
 from bench.aggregator_common import (
     RoundWatcher,
+    finish,
     last_json,
     make_federation,
     spawn,
@@ -26,6 +30,7 @@ from bench.aggregator_common import (
     tmpdir,
     wait_ready,
 )
+from models.federated_parts import CONV14
 
 
 def one_round(n_boxes: int, length: int, chunk: int) -> tuple[float, float]:
@@ -43,7 +48,7 @@ def one_round(n_boxes: int, length: int, chunk: int) -> tuple[float, float]:
     agg = spawn("agg", *common, "--state", str(fed.state), "--quorum", str(n_boxes))
     try:
         round_s = watcher.wait_published(1, 1800)
-        reports = [last_json(stop(b, 300)[0]) for b in boxes]
+        reports = [last_json(finish(b, 300)[0]) for b in boxes]
         assert all(r["accepted"] for r in reports), reports
         out, _ = stop(agg, 60)
         return last_json(out)["peak_rss_mb"], round_s
@@ -57,7 +62,7 @@ def one_round(n_boxes: int, length: int, chunk: int) -> tuple[float, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--length", type=int, default=1_000_000)
+    p.add_argument("--length", type=int, default=CONV14.size)
     p.add_argument("--few", type=int, default=2)
     p.add_argument("--many", type=int, default=20)
     p.add_argument("--runs", type=int, default=1)
