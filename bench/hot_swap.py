@@ -1,13 +1,14 @@
 """Hot swap under a live stream: dropped frames, mixed-model frames, latency, swap time.
 
     .venv/bin/python -m bench.hot_swap --lfw ../shared/data/lfw [--people 1000] [--swaps 20]
+        [--part embed_bn|conv14|fc1_lora]
 
 A camera thread offers 640x480 frames (one LFW face) into a bounded queue at a fixed
 rate (``--fps``, default 80% of the throughput measured without swaps, so a healthy
 engine keeps up); a frame that finds the queue full is DROPPED and counted. The frame
 thread recognises every queued frame through the engine. The main thread applies
-``--swaps`` federated results (small real perturbations of the pretrained conv14 part)
-with ``--people`` enrolled. Reported:
+``--swaps`` federated results (small real perturbations of the pretrained weights of
+``--part``, default ``models.federated_parts.DEFAULT_PART``) with ``--people`` enrolled. Reported:
 
 - dropped frames, and frames whose probe and gallery vectors came from different models
   (``FrameResult.consistent``; must be 0);
@@ -39,15 +40,21 @@ from edge.gallery import DB_FILENAME, Gallery
 from edge.hot_swap import HotSwapper, SwapReport
 from edge.pipeline import FacePipeline
 from edge.recognizer import Recognizer
-from models.federated_parts import get_part
+from models.federated_parts import DEFAULT_PART, FederatedPart, get_part
 from models.registry import optimised_sface_path
 
 log = logging.getLogger("bench.hot_swap")
 
 
-def build_box(lfw: Path, workdir: Path, people: int, multi: int) -> Path:
+def build_box(lfw: Path, workdir: Path, people: int, multi: int, part: FederatedPart) -> Path:
     box = workdir / f"box-{people}-{multi}"
-    if (box / "ready").exists():
+    if (box / f"ready-{part.cut}").exists():
+        return box
+    if (box / "ready").exists():  # enrolled already: only this part's trunk features
+        swapper = open_box(box, part)
+        print(f"  trunk features at {part.cut}: {swapper.assets.warm()} computed")
+        swapper.engine.close()
+        (box / f"ready-{part.cut}").write_text("ok")
         return box
     shutil.rmtree(box, ignore_errors=True)
     folders = sorted(p for p in lfw.iterdir() if p.is_dir())
@@ -63,15 +70,16 @@ def build_box(lfw: Path, workdir: Path, people: int, multi: int) -> Path:
             if i % 100 == 0:
                 print(f"  enrolled {i}/{people} people ({time.perf_counter() - t0:.0f} s)")
         recognizer.engine.close()
-    swapper = open_box(box)
-    print(f"  trunk features: {swapper.assets.warm()} computed")
+    swapper = open_box(box, part)
+    print(f"  trunk features at {part.cut}: {swapper.assets.warm()} computed")
     swapper.engine.close()
     (box / "ready").write_text("ok")
+    (box / f"ready-{part.cut}").write_text("ok")
     return box
 
 
-def open_box(box: Path, detector: object = None) -> HotSwapper:
-    return HotSwapper(optimised_sface_path(), get_part("conv14"), box / "models",
+def open_box(box: Path, part: FederatedPart, detector: object = None) -> HotSwapper:
+    return HotSwapper(optimised_sface_path(), part, box / "models",
                       box / DB_FILENAME, detector=detector, threads=1)  # type: ignore[arg-type]
 
 
@@ -139,14 +147,15 @@ def pct(values: list[float], q: float) -> float:
 
 
 def run(args: argparse.Namespace) -> None:
-    box = build_box(args.lfw, args.workdir, args.people, args.multi)
+    part = get_part(args.part)
+    box = build_box(args.lfw, args.workdir, args.people, args.multi, part)
     pipeline = FacePipeline.from_model_dir(threads=1)
-    swapper = open_box(box, detector=pipeline.detector)
+    swapper = open_box(box, part, detector=pipeline.detector)
     swapper.niceness = args.niceness
     swapper.assets.warm()
     counts = swapper.rows.crops() if swapper.rows else []
-    print(f"box: {args.people} people, {len(counts)} crops, serving "
-          f"{swapper.engine.state.model_version}")
+    print(f"box: {args.people} people, {len(counts)} crops, part {part.key} ({part.size:,} "
+          f"values, cut {part.cut}), serving {swapper.engine.state.model_version}")
     frame = test_frame(args.lfw)
     fps = args.fps or 0.8 * max_throughput(swapper, frame, 5.0)
     stream = Stream(swapper, frame, fps)
@@ -221,6 +230,7 @@ def main() -> None:
     parser.add_argument("--quiet", type=float, default=8.0, help="no-swap windows (s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--niceness", type=int, default=10, help="of the swap thread")
+    parser.add_argument("--part", default=DEFAULT_PART, help="federated part swapped")
     logging.basicConfig(level=logging.WARNING)
     run(parser.parse_args())
 
