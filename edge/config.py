@@ -224,6 +224,9 @@ def load_box_config(path: Path) -> BoxConfig:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"invalid {path}: not TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # found by bench.fuzz: a non-UTF-8 file
+        raise ConfigError(f"invalid {path}: not UTF-8 text ({exc.reason} at byte "
+                          f"{exc.start})") from None
     return parse_box_config(data, str(path))
 
 
