@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--cache", type=Path, default=None)
+    p.add_argument("--clip-only", action="store_true", help="also the clipped, noiseless arm")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from edge.trainer import TrainConfig
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     g, norms = run_arm(setup, args.part, plain, args.rounds, config, ctx, counts, base, 0.0, 0)
     rows[plain.name] = _summary(setup, evaluate(setup, args.part, g))
     clip = norms[0]
-    arms = [Arm("clipped only (eps inf)", None, clip=True)]
+    arms = [Arm("clipped only (eps inf)", None, clip=True)] if args.clip_only else []
     spent: dict[str, tuple[float, float]] = {}
     for mode in args.modes.split(","):
         for target in (float(e) for e in args.epsilons.split(",")):
