@@ -320,7 +320,7 @@ class Coordinator:
         )
         try:
             self.store.record_rejection(round_no, device_id, reason, detail)
-        except OSError as exc:  # counting must never stop the service
+        except (OSError, sqlite3.Error) as exc:  # counting must never stop the service
             log.error("could not count rejection %s: %s", reason, exc)
 
     # --- closing ----------------------------------------------------------------------

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import logging
 import queue
 import threading
@@ -270,8 +271,9 @@ class AggregatorService:
             self.spool.discard(*key)
             self._remember(key)
             log.error("cannot spool a chunk of %s from %s: %s", env.msg, device, exc)
+            why = "disk full" if exc.errno == errno.ENOSPC else "I/O error"
             self._queue.put(
-                _Reject(device, env.round, env.msg, UNAVAILABLE, "spool write failed")
+                _Reject(device, env.round, env.msg, UNAVAILABLE, f"spool write failed ({why})")
             )
             return
         if path is not None:
