@@ -1,0 +1,89 @@
+"""Resource limits at the aggregator under a real flood through a real Mosquitto: a
+device that floods chunk starts that never complete is rate limited (counted, reported
+once per period, not once per message), holds at most a few spooled partials, and an
+honest box's update is accepted meanwhile."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from aggregator.coordinator import RoundSettings
+from aggregator.ratelimit import RateLimiter, RateLimits
+from aggregator.registry import DeviceRegistry
+from aggregator.service import AggregatorService
+from aggregator.store import Store
+from federation import topics
+from federation.ckks import new_secret_context
+from federation.envelope import encode, sign_envelope
+from federation.mqtt import MqttTransport
+from federation.signing import generate_signing_key
+from tests.aggregator_boxes import ScriptedBox
+from tests.e2e_support import wait_for
+
+FED = "limitfed"
+
+
+def test_flooding_device_is_rate_limited_and_bounded_while_an_honest_box_gets_in(
+    mosquitto, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    ctx = new_secret_context()
+    store = Store(tmp_path)
+    agg_link = MqttTransport(mosquitto.url, "agg", clean_start=True)
+    links = {d: MqttTransport(mosquitto.url, d, clean_start=True) for d in ("flood", "honest")}
+    boxes = {d: ScriptedBox(d, FED, ctx, link) for d, link in links.items()}
+    for d, box in boxes.items():
+        DeviceRegistry(store).add(d, bytes.fromhex(box.public_hex))
+    limiter = RateLimiter(RateLimits(messages_per_second=50, message_burst=100,
+                                     bytes_per_second=8 * 2**20, byte_burst=16 * 2**20,
+                                     report_seconds=30))
+    service = AggregatorService(agg_link, store, ctx.public(), generate_signing_key(), FED,
+                                settings=RoundSettings(60, 1, 64.0), rate_limiter=limiter)
+    stop = threading.Event()
+    thread = threading.Thread(target=service.run, args=(stop, 0.05), daemon=True)
+    assert all(link.wait_connected(10) for link in [agg_link, *links.values()])
+    thread.start()
+    try:
+        wait_for(lambda: service.coordinator.current is not None, 10, "round 1 open")
+        flood = boxes["flood"]
+        template = flood.envelopes(b"y" * 2048, 1, "base", chunk_size=1024)[0]
+        sent = 3000
+        for i in range(sent):  # validly signed first chunks of blobs that never complete
+            payload = i.to_bytes(8, "big") * 128
+            env = dataclasses.replace(template, msg=f"{i:016x}", payload=payload,
+                                      chunk_sha256=hashlib.sha256(payload).hexdigest(), sig="")
+            links["flood"].publish(topics.update(FED, "flood"),
+                                   encode(sign_envelope(env, flood.key)))
+        honest = boxes["honest"]
+        vec = np.random.default_rng(0).normal(0, 0.3, 3000).astype(np.float32)
+        honest.send(honest.envelopes(honest.encrypted_blob(vec, 100, 64.0), 1, "base"))
+        wait_for(lambda: bool(honest.acks), 30, "honest box acked")
+        assert honest.acks[-1]["accepted"], honest.acks[-1]
+        wait_for(lambda: limiter.total_dropped + len(service.spool.partials) > 0
+                 and any(a["reason"] == "rate_limited" for a in flood.acks), 30,
+                 "flood reported")
+        time.sleep(1.0)  # let the rest of the flood arrive
+        dropped = limiter.total_dropped
+        assert dropped >= sent - 200, dropped  # burst 100 + 50/s for a couple of seconds
+        # one ack and one counted rejection per report period, not one per message
+        limited = [a for a in flood.acks if a["reason"] == "rate_limited"]
+        assert len(limited) == 1, len(limited)
+        assert "over the per-device rate limit" in limited[0]["detail"]
+        counters = store.counters()
+        assert counters["rejected.rate_limited"] == 1
+        assert counters["rate_limited.messages"] >= 1
+        # the messages let through are partials that never complete: at most 4 spooled
+        flood_partials = [k for k in service.spool.partials if k[0] == "flood"]
+        assert len(flood_partials) <= 4 and service.spool.evicted >= sent - dropped - 4
+        assert sum(1 for _ in service.spool.dir.iterdir()) <= 4
+    finally:
+        stop.set()
+        thread.join(10)
+        for link in [*links.values(), agg_link]:
+            link.close()
+        store.close()
