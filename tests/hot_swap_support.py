@@ -15,10 +15,10 @@ from edge.gallery import DB_FILENAME, Gallery
 from edge.hot_swap import HotSwapper
 from edge.pipeline import FacePipeline
 from edge.recognizer import Recognizer, images_in
-from models.federated_parts import CONV14, FederatedPart
+from models.federated_parts import DEFAULT_PART, FederatedPart, get_part
 from models.registry import optimised_sface_path
 
-PART = CONV14
+PART = get_part(DEFAULT_PART)  # the part the product swaps by default
 PEOPLE = 8
 CROPS_PER_PERSON = 3
 
@@ -58,15 +58,18 @@ def perturbed(base: np.ndarray, seed: int, scale: float = 1e-3) -> np.ndarray:
     return (base * (1 + scale * rng.standard_normal(base.shape))).astype(np.float32)
 
 
-def wrecked_conv14(base: np.ndarray, how: str, seed: int = 0) -> np.ndarray:
-    """conv14's 1x1 weights zeroed, or replaced by noise of the same overall scale."""
+def wrecked(part: FederatedPart, base: np.ndarray, how: str, seed: int = 0) -> np.ndarray:
+    """The part's first tensor (conv14: the 1x1 conv weights; embed_bn: the conv_14
+    batch-norm scale) zeroed, or replaced by zero-mean noise of the same overall scale
+    (root mean square)."""
     out = base.copy()
-    n = 1024 * 1024  # conv_14_conv2d_weight comes first in the part's vector
+    n = int(np.prod(part.initializers[0][1]))  # the first tensor leads the part's vector
     if how == "zero":
         out[:n] = 0.0
     else:
         rng = np.random.default_rng(seed)
-        out[:n] = rng.standard_normal(n).astype(np.float32) * float(np.std(base[:n]))
+        rms = float(np.sqrt(np.mean(np.square(base[:n], dtype=np.float64))))
+        out[:n] = rng.standard_normal(n).astype(np.float32) * rms
     return out
 
 

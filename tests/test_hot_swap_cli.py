@@ -15,7 +15,14 @@ from edge.gallery import DB_FILENAME
 from edge.hot_swap import ModelRefused
 from edge.serving import open_engine
 from models.registry import optimised_sface_path
-from tests.hot_swap_support import copy_box, open_swapper, perturbed, template_box, wrecked_conv14
+from tests.hot_swap_support import (
+    PART,
+    copy_box,
+    open_swapper,
+    perturbed,
+    template_box,
+    wrecked,
+)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +61,7 @@ def test_status_rollback_and_the_rolled_back_version_stays_refused(
     swapper.apply("r1", perturbed(base, 1))
     swapper.apply("r2", perturbed(base, 2))
     with pytest.raises(ModelRefused):
-        swapper.apply("r3", wrecked_conv14(base, "zero"))
+        swapper.apply("r3", wrecked(PART, base, "zero"))
     swapper.engine.close()
 
     code, out, _ = invoke(box, "model", "status", "--json")

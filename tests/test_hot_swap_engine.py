@@ -38,7 +38,7 @@ def test_byte_patch_gives_the_same_weights_as_the_onnx_patch() -> None:
     assert all(np.array_equal(ours[n], theirs[n]) for n in names)
     assert not np.array_equal(ours[PART.names[0]], base[PART.names[0]])
     with pytest.raises(LayoutError, match="expects float32"):
-        layout.patch(data, {PART.names[0]: np.zeros((1024, 1024, 1, 1), np.float64)})
+        layout.patch(data, {PART.names[0]: np.zeros(base[PART.names[0]].shape, np.float64)})
     with pytest.raises(LayoutError, match="no raw-data initializer named 'nope'"):
         layout.patch(data, {"nope": np.zeros(1, np.float32)})
 
