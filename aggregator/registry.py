@@ -21,7 +21,7 @@ from aggregator.store import Store
 log = logging.getLogger(__name__)
 
 # Device ids become MQTT topic levels: no wildcards, no separators, no whitespace.
-DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # \Z: $ allows a final \n
 
 
 class RegistryError(Exception):

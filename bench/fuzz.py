@@ -28,6 +28,7 @@ bounded. No coverage guidance (atheris not used): the mutators are structure-awa
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import gc
 import hashlib
@@ -91,9 +92,13 @@ _WEIRD: tuple[Any, ...] = (None, True, False, 0, -1, 1, 2**53, 2**64, 1.5, -0.0,
                            "0" * 64, "f" * 128, 1e-300)
 
 
+def _weird(rng: random.Random) -> Any:
+    return copy.deepcopy(rng.choice(_WEIRD))  # fresh: a shared {} could end up inside itself
+
+
 def mutate_value(rng: random.Random, value: Any) -> Any:
     if rng.random() < 0.5:
-        return rng.choice(_WEIRD)
+        return _weird(rng)
     if isinstance(value, bool):
         return not value
     if isinstance(value, int):
@@ -102,7 +107,7 @@ def mutate_value(rng: random.Random, value: Any) -> Any:
         return rng.choice((value * -1, value * 1e9, 0.0))
     if isinstance(value, str):
         return value[: rng.randrange(len(value) + 1)] + rng.choice(("", "/", "Z", " ", "\n"))
-    return rng.choice(_WEIRD)
+    return _weird(rng)
 
 
 def mutate_mapping(rng: random.Random, data: dict[str, Any]) -> dict[str, Any]:
@@ -123,7 +128,7 @@ def mutate_mapping(rng: random.Random, data: dict[str, Any]) -> dict[str, Any]:
             del target[rng.choice(keys)]
         elif op == 2:
             target[rng.choice(("extra", "v", "kind", "fed", "sig", "__class__", ""))] = \
-                rng.choice(_WEIRD)
+                _weird(rng)
         elif keys:
             a, b = rng.choice(keys), rng.choice(keys)
             target[a], target[b] = target[b], target[a]
@@ -444,12 +449,13 @@ def main() -> None:
         for name, counts in stats.items():
             print(f"  {name:<9}" + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
         f = flood(ns.flood, Path(tmp))
-        print(f"flood: {f['starts']:,} chunk starts that never complete (3 senders): peak "
-              f"Python heap {f['peak_heap_mb']:.1f} MB (after 10k starts "
-              f"{f['heap_after_10k_mb']:.1f} MB); memory reassembler holds "
-              f"{f['memory_partials']} partials / {f['memory_inflight_mb']:.1f} MB "
-              f"({f['memory_evicted']:,} evicted); disk spool holds {f['disk_partials']} "
-              f"partials / {f['spool_files']} files ({f['disk_evicted']:,} evicted)")
+        print(f"flood: {f['starts']:,} chunk starts that never complete (3 senders): "
+              f"Python heap held after the first quarter {f['heap_after_quarter_mb']:.1f} MB, "
+              f"at the end {f['heap_end_mb']:.1f} MB, peak {f['peak_heap_mb']:.1f} MB; memory "
+              f"reassembler holds {f['memory_partials']} partials / "
+              f"{f['memory_inflight_mb']:.1f} MB ({f['memory_evicted']:,} evicted); disk spool "
+              f"holds {f['disk_partials']} partials / {f['spool_files']} files "
+              f"({f['disk_evicted']:,} evicted)")
 
 
 if __name__ == "__main__":

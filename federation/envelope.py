@@ -28,11 +28,12 @@ KINDS = frozenset({"announce", "update", "result", "ack", "status", "partial"})
 DEFAULT_MAX_HEADER = 4096
 _LEN = struct.Struct(">I")
 
-# Ids appear in MQTT topics: no '/', '+', '#', no spaces.
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_MSG = re.compile(r"^[0-9a-f]{8,64}$")
-_SIG = re.compile(r"^(|[0-9a-f]{128})$")
+# Ids appear in MQTT topics: no '/', '+', '#', no spaces. \Z, not $: Python's $ also
+# matches before a trailing newline (bench.fuzz found "sig\n" accepted).
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
+_MSG = re.compile(r"^[0-9a-f]{8,64}\Z")
+_SIG = re.compile(r"^(|[0-9a-f]{128})\Z")
 _MODEL_MAX = 128
 _INT_MAX = 2**53
 
