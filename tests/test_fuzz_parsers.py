@@ -84,3 +84,21 @@ def test_flood_of_chunk_starts_that_never_complete_stays_bounded(
     # bounded: unbounded retention would hold 8,000 x 4 KiB = 31 MiB; the live set is the
     # 256 memory partials (1 MiB) plus bookkeeping
     assert f["peak_heap_mb"] < 8 and f["heap_end_mb"] < 4
+
+
+def test_a_trailing_newline_in_a_hex_or_id_field_is_malformed() -> None:
+    # found by bench.fuzz: Python's $ matches before a final "\n", so a signature with a
+    # trailing newline decoded and verified (bytes.fromhex skips whitespace)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from federation.chunking import split_blob
+    from federation.envelope import canonical_json
+
+    (env,) = split_blob(b"data", Ed25519PrivateKey.generate(), kind="update", fed="f",
+                        sender="box", round=1, model="m")
+    for field, value in (("sig", env.sig + "\n"), ("sender", "box\n"), ("msg", env.msg + "\n")):
+        header = {**env.header(), field: value}
+        text = canonical_json(header)
+        with pytest.raises(FederationError) as info:
+            decode(MAGIC + len(text).to_bytes(4, "big") + text + env.payload)
+        assert info.value.reason == "malformed"
