@@ -30,7 +30,7 @@ FED = "limitfed"
 
 
 def test_flooding_device_is_rate_limited_and_bounded_while_an_honest_box_gets_in(
-    mosquitto, tmp_path: Path  # type: ignore[no-untyped-def]
+    mosquitto, tmp_path: Path
 ) -> None:
     ctx = new_secret_context()
     store = Store(tmp_path)
