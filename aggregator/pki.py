@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from federation.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -119,18 +120,7 @@ def _now() -> dt.datetime:
 def atomic_write(path: Path, data: bytes, mode: int) -> None:
     """Write by rename so a reader (Mosquitto on SIGHUP) never sees half a file; the temp
     file is created with ``mode`` so a private key is never readable, even briefly."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, data, mode)
 
 
 def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from edge.fed_messages import ModelPointer, RoundAnnounce, parse_ack, parse_announce, parse_pointer
 from edge.model_store import FederatedModelStore
-from edge.outbox import Outbox, PendingUpdate, atomic_write
+from edge.outbox import Outbox, PendingUpdate
 from edge.trainer_api import LocalTrainer
 from edge.update_sealing import Sealer, check_average, load_ledger, lower_thread_priority
 from federation import topics
@@ -42,6 +42,7 @@ from federation.chunking import Reassembler, split_blob
 from federation.ckks import FederationContext, require_secret
 from federation.envelope import Envelope, decode, encode, verify_envelope
 from federation.errors import FederationError
+from federation.files import write_atomic
 from federation.packing import EncryptedUpdate, decrypt_average
 from federation.signing import KeyRing
 from federation.transport import Transport, Will
@@ -523,7 +524,7 @@ class FederationClient:
         return data if isinstance(data, dict) else {}
 
     def _save_state(self) -> None:
-        atomic_write(self._state_path, json.dumps(
+        write_atomic(self._state_path, json.dumps(
             {"last_submitted_round": self._last_submitted}).encode())
 
     def privacy_report(self) -> dict[str, Any] | None:

@@ -237,9 +237,9 @@ class HotSwapper:
                                  reason, vector)
 
     def _write_model(self, model_file: str, data: bytes) -> None:
-        from edge.outbox import atomic_write
+        from federation.files import write_atomic
 
-        atomic_write(self.store.model_path(model_file), data, mode=0o600)
+        write_atomic(self.store.model_path(model_file), data, mode=0o600)
 
     def _install(self, version: str, model_file: str | None, model_bytes: bytes,
                  tail_bytes: bytes, steps: _Steps, reason: str, vector: np.ndarray | None,

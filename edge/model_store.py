@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.outbox import atomic_write
+from federation.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class FederatedModelStore:
         np.save(buf, np.asarray(vector, dtype=np.float32), allow_pickle=False)
         data = buf.getvalue()
         path = self.directory / f"{version}.npy"
-        atomic_write(path, data)
+        write_atomic(path, data)
         previous = self.current_version()
         if previous == version:
             previous = self._previous()
@@ -79,7 +79,7 @@ class FederatedModelStore:
             "round": int(round_no),
             "sha256": hashlib.sha256(data).hexdigest(),
         }
-        atomic_write(self._pointer, json.dumps(pointer, sort_keys=True).encode())
+        write_atomic(self._pointer, json.dumps(pointer, sort_keys=True).encode())
         keep = {f"{version}.npy"} | ({f"{previous}.npy"} if previous else set())
         for old in self.directory.glob("*.npy"):
             if old.name not in keep:
@@ -98,7 +98,7 @@ class FederatedModelStore:
             data = path.read_bytes()
             pointer = {"version": previous, "previous": None, "round": -1,
                        "sha256": hashlib.sha256(data).hexdigest()}
-            atomic_write(self._pointer, json.dumps(pointer, sort_keys=True).encode())
+            write_atomic(self._pointer, json.dumps(pointer, sort_keys=True).encode())
         else:
             self._pointer.unlink(missing_ok=True)
         (self.directory / f"{_check_version(version)}.npy").unlink(missing_ok=True)

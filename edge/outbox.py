@@ -15,14 +15,14 @@ then the chunk payloads back to back.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from federation.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -44,33 +44,6 @@ class PendingUpdate:
     @property
     def size(self) -> int:
         return sum(len(c) for c in self.chunks)
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never half.
-
-    The temporary file is created with ``mode`` from the start (no window where it is
-    world-readable), fsynced, renamed over ``path``, and the directory is fsynced so the
-    rename survives a power cut.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class Outbox:
@@ -98,7 +71,7 @@ class Outbox:
         ).encode()
         data = b"".join([_MAGIC, struct.pack(">I", len(header)), header, *chunks])
         path = self._path(round_no, msg_id)
-        atomic_write(path, data)
+        write_atomic(path, data)
         log.info("outbox: stored round %d update %s (%d chunks, %d bytes)",
                  round_no, msg_id[:12], len(chunks), len(data))
         return PendingUpdate(round_no, model_version, msg_id, tuple(chunks), path)

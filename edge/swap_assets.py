@@ -24,8 +24,8 @@ import onnx
 
 from edge.gallery_snapshot import GalleryRows
 from edge.onnx_bytes import InitializerLayout
-from edge.outbox import atomic_write
 from edge.tail_model import TrunkFeatures, crop_key, head_model, head_session, tail_model
+from federation.files import write_atomic
 from models.federated_parts import FederatedPart
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class SwapAssets:
         except ValueError:
             log.warning("cached graph %s is damaged; rebuilding it", path.name)
         data = cut(onnx.load_from_string(self.base_bytes), self.part.cut).SerializeToString()
-        atomic_write(path, data, mode=0o600)
+        write_atomic(path, data, mode=0o600)
         return data
 
     # --- weights --------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from edge.model_store import ModelStoreError, _check_version
-from edge.outbox import atomic_write
+from federation.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class SwapStore:
 
     def commit(self, pointer: Pointer) -> None:
         """The durable commit point of a swap: one atomic rename."""
-        atomic_write(self.pointer_path, pointer.to_json())
+        write_atomic(self.pointer_path, pointer.to_json())
 
     def pointer_stamp(self) -> tuple[int, int] | None:
         """Cheap change detection for followers (mtime_ns, size)."""
@@ -139,12 +139,12 @@ class SwapStore:
             buf = io.BytesIO()
             np.save(buf, np.asarray(vector, dtype=np.float32), allow_pickle=False)
             path = self.directory / "refused" / f"{version}.npy"
-            atomic_write(path, buf.getvalue(), mode=0o600)
+            write_atomic(path, buf.getvalue(), mode=0o600)
             entry.update(file=str(path.relative_to(self.directory)),
                          sha256=hashlib.sha256(buf.getvalue()).hexdigest())
         blocked = self.blocked()
         blocked[version] = entry
-        atomic_write(self._blocked_path, json.dumps(blocked, sort_keys=True).encode())
+        write_atomic(self._blocked_path, json.dumps(blocked, sort_keys=True).encode())
 
     @property
     def _history_path(self) -> Path:
@@ -163,5 +163,5 @@ class SwapStore:
     def record(self, event: str, version: str, **details: Any) -> dict[str, Any]:
         entry = {"event": event, "version": version, "at": time.time(), **details}
         history = [*self.history(), entry][-HISTORY_KEEP:]
-        atomic_write(self._history_path, json.dumps(history, sort_keys=True).encode())
+        write_atomic(self._history_path, json.dumps(history, sort_keys=True).encode())
         return entry

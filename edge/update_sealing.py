@@ -20,13 +20,14 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.fed_messages import RoundAnnounce
-from edge.outbox import Outbox, PendingUpdate, atomic_write
+from edge.outbox import Outbox, PendingUpdate
 from edge.trainer_api import LocalTrainer
 from federation.chunking import split_blob
 from federation.ckks import FederationContext
 from federation.dp import PrivacyLedger, epsilon, privatize
 from federation.envelope import encode
 from federation.errors import FederationError
+from federation.files import write_atomic
 from federation.packing import encrypt_update
 from models.federated_parts import FederatedPart
 
@@ -98,7 +99,7 @@ class Sealer:
                              "base vector / privacy ledger to apply it with")
         ledger = load_ledger(self.ledger_path)
         ledger.spend(ann.round, ann.dp)
-        atomic_write(self.ledger_path, json.dumps(ledger.to_json()).encode())
+        write_atomic(self.ledger_path, json.dumps(ledger.to_json()).encode())
         noisy, norm = privatize(vector, base, ann.dp, ann.quorum)
         report = ledger.report()
         log.info("round %d: DP update (%s, clip %g, noise multiplier %g, delta norm %.3g): "

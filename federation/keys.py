@@ -8,11 +8,9 @@ crash never leaves a half-written key. Public files are 0644.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import stat
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from federation.ckks import (
     secret_context_bytes,
 )
 from federation.errors import INSECURE_KEY_FILE, KEY_FILE, FederationError, KeyFileError
+from federation.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -42,21 +41,7 @@ def _write_atomic(path: Path, data: bytes, mode: int, overwrite: bool) -> Path:
     path = Path(path)
     if path.exists() and not overwrite:
         raise KeyFileError(KEY_FILE, f"{path} already exists; refusing to overwrite a key file")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.fchmod(fd, mode)  # the umask may have removed bits we want (0644 public files)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_atomic(path, data, mode)
 
 
 def write_secret_file(path: Path, data: bytes, *, overwrite: bool = False) -> Path:
