@@ -11,8 +11,11 @@ Exit codes of ``fedface-edge`` (grouped by component):
 5     gallery / data directory: not writable, unknown person, model mismatch
 6     video source: bad URI, cannot open, stream lost for good
 7     configuration: invalid setting
-8-19  reserved for later components (federation, training, provisioning...):
-      an exception class declares its own ``exit_code`` attribute
+9     a check failed: ``doctor``, ``model`` (refused or impossible swap/rollback),
+      a trained result the canary refused
+10    training: torch missing (install ``fedface[train]``) or training failed
+8, 11-19  reserved for later components: an exception class declares its own
+      ``exit_code`` attribute
 130   interrupted (Ctrl-C)
 141   stdout closed by the reader (``fedface-edge run | head``), no message
 ====  ==================================================================
