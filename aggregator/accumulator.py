@@ -16,7 +16,6 @@ the streaming sum stays at one update + one sum whatever the client count).
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
@@ -26,17 +25,8 @@ import tenseal as ts
 
 from federation.ckks import FederationContext, require_public_only
 from federation.errors import MALFORMED, WRONG_KEY, FederationError
-from federation.packing import (
-    MAX_CIPHERTEXT_BYTES,
-    MAX_VECTOR_LENGTH,
-    UPDATE_MAGIC,
-    UPDATE_VERSION,
-    EncryptedUpdate,
-    n_ciphertexts,
-)
+from federation.packing import EncryptedUpdate, parse_layout
 
-_HEADER = struct.Struct(">4sHH16sQIII")  # federation.packing's update header
-_CT_LEN = struct.Struct(">I")
 # TenSEAL releases the GIL while it (de)serialises (SEAL's zstd dominates): a few threads
 # deserialise an update / serialise the result that much faster on a multi-core server.
 _WORKERS = max(1, min(4, os.cpu_count() or 1))
@@ -165,37 +155,20 @@ class CkksAccumulator:
     def _parse(self, blob: bytes) -> _CkksUpdate:
         """The update's ciphertexts deserialised straight from the blob (no intermediate
         EncryptedUpdate holding a copy of every ciphertext), on a few threads."""
-        if len(blob) < _HEADER.size:
-            raise FederationError(MALFORMED, "encrypted update shorter than its header")
-        magic, version, _r, key_raw, length, slots, count, n_updates = _HEADER.unpack_from(blob)
-        if magic != UPDATE_MAGIC or version != UPDATE_VERSION:
-            raise FederationError(MALFORMED, "not an encrypted update (magic/version)")
-        if key_raw.hex() != self.ctx.key_id:
+        layout = parse_layout(blob)
+        length, slots, n_updates = layout.length, layout.slots, layout.n_updates
+        if layout.key_id != self.ctx.key_id:
             raise FederationError(
-                WRONG_KEY, f"update was encrypted under federation key {key_raw.hex()}, "
+                WRONG_KEY, f"update was encrypted under federation key {layout.key_id}, "
                 f"the aggregator holds {self.ctx.key_id}")
-        slots_here = self.ctx.params.slots
-        if slots != slots_here or not 0 < length <= MAX_VECTOR_LENGTH:
-            raise FederationError(MALFORMED, f"bad vector length {length} or slots {slots}")
-        if count != n_ciphertexts(length, slots) or n_updates < 1:
-            raise FederationError(
-                MALFORMED, f"{count} ciphertexts / {n_updates} updates for {length} values")
+        if slots != self.ctx.params.slots:
+            raise FederationError(MALFORMED, f"update packed at {slots} slots, the federation "
+                                  f"{self.ctx.params.slots}")
         if self._sum_length is not None and length != self._sum_length:
             raise FederationError(
                 MALFORMED, f"update has {length} values, the federation {self._sum_length}")
-        spans: list[tuple[int, int]] = []
-        offset = _HEADER.size
-        for i in range(count):
-            if offset + _CT_LEN.size > len(blob):
-                raise FederationError(MALFORMED, f"encrypted update truncated at ciphertext {i}")
-            (ct_len,) = _CT_LEN.unpack_from(blob, offset)
-            offset += _CT_LEN.size
-            if ct_len == 0 or ct_len > MAX_CIPHERTEXT_BYTES or offset + ct_len > len(blob):
-                raise FederationError(MALFORMED, f"ciphertext {i} length {ct_len} out of range")
-            spans.append((offset, offset + ct_len))
-            offset += ct_len
-        if offset != len(blob):
-            raise FederationError(MALFORMED, f"{len(blob) - offset} trailing bytes after update")
+        spans = layout.spans
+        count = len(spans)
         view = memoryview(blob)
 
         def load(i: int) -> ts.CKKSVector:  # TenSEAL takes bytes: one slice per ciphertext

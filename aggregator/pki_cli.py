@@ -9,16 +9,15 @@ drop-in). Expected failures end with one ``error:`` line on stderr and exit code
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 
 from aggregator import pki
 from aggregator.broker_config import DEFAULT_TLS_PORT, publish_crl, write_broker_config
+from aggregator.cli_common import one_line_errors
 
 app = typer.Typer(
     help="Federation TLS PKI (CA, broker/device certificates, CRL) and Mosquitto config.",
@@ -27,23 +26,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-F = TypeVar("F", bound=Callable[..., Any])
 CaDir = Annotated[Path, typer.Option("--ca-dir", help="the federation CA directory")]
-
-
-def one_line_errors(fn: F) -> F:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (pki.PkiError, ValueError, OSError) as exc:
-            message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            if isinstance(exc, OSError) and exc.filename:
-                message = f"{exc.filename}: {message}"
-            typer.echo(f"error: {message}", err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 @app.command("ca-create")

@@ -92,46 +92,63 @@ class EncryptedUpdate:
     @classmethod
     def from_bytes(cls, data: bytes, ctx: FederationContext | None = None) -> EncryptedUpdate:
         """Parse strictly; ``ctx`` (if given) must be of the same federation key."""
-        if len(data) < _HEADER.size:
-            raise FederationError(MALFORMED, "encrypted update shorter than its header")
-        magic, version, _reserved, key_raw, length, slots, count, n_updates = _HEADER.unpack_from(
-            data, 0
-        )
-        if magic != UPDATE_MAGIC:
-            raise FederationError(MALFORMED, "not an encrypted update (bad magic)")
-        if version != UPDATE_VERSION:
-            raise FederationError(MALFORMED, f"unsupported encrypted update version {version}")
-        if not 0 < length <= MAX_VECTOR_LENGTH or slots <= 0 or slots & (slots - 1):
-            raise FederationError(MALFORMED, f"bad vector length {length} or slots {slots}")
-        if count != n_ciphertexts(length, slots):
-            raise FederationError(
-                MALFORMED, f"{count} ciphertexts for {length} values at {slots} slots"
-            )
-        if n_updates < 1:
-            raise FederationError(MALFORMED, "encrypted update sums zero updates")
-        key_id = key_raw.hex()
+        layout = parse_layout(data)
         if ctx is not None:
-            _check_same_key(ctx, key_id, slots)
-        offset = _HEADER.size
-        cts: list[bytes] = []
+            _check_same_key(ctx, layout.key_id, layout.slots)
         view = memoryview(data)
-        for i in range(count):
-            if offset + _CT_LEN.size > len(data):
-                raise FederationError(MALFORMED, f"encrypted update truncated at ciphertext {i}")
-            (ct_len,) = _CT_LEN.unpack_from(data, offset)
-            offset += _CT_LEN.size
-            if ct_len == 0 or ct_len > MAX_CIPHERTEXT_BYTES or offset + ct_len > len(data):
-                raise FederationError(MALFORMED, f"ciphertext {i} length {ct_len} out of range")
-            cts.append(bytes(view[offset : offset + ct_len]))
-            offset += ct_len
-        if offset != len(data):
-            raise FederationError(MALFORMED, f"{len(data) - offset} trailing bytes after update")
-        return cls(key_id=key_id, length=length, slots=slots, ciphertexts=tuple(cts),
-                   n_updates=n_updates)
+        cts = tuple(bytes(view[start:end]) for start, end in layout.spans)
+        return cls(key_id=layout.key_id, length=layout.length, slots=layout.slots,
+                   ciphertexts=cts, n_updates=layout.n_updates)
 
     @property
     def nbytes(self) -> int:
         return _HEADER.size + sum(_CT_LEN.size + len(ct) for ct in self.ciphertexts)
+
+
+@dataclass(frozen=True)
+class UpdateLayout:
+    """Where an encrypted update's ciphertexts lie in its bytes, validated, uncopied."""
+
+    key_id: str
+    length: int
+    slots: int
+    n_updates: int
+    spans: tuple[tuple[int, int], ...]
+
+
+def parse_layout(data: bytes) -> UpdateLayout:
+    """Strictly validate an encrypted update's header and framing (no TenSEAL work)."""
+    if len(data) < _HEADER.size:
+        raise FederationError(MALFORMED, "encrypted update shorter than its header")
+    magic, version, _reserved, key_raw, length, slots, count, n_updates = _HEADER.unpack_from(
+        data, 0
+    )
+    if magic != UPDATE_MAGIC:
+        raise FederationError(MALFORMED, "not an encrypted update (bad magic)")
+    if version != UPDATE_VERSION:
+        raise FederationError(MALFORMED, f"unsupported encrypted update version {version}")
+    if not 0 < length <= MAX_VECTOR_LENGTH or slots <= 0 or slots & (slots - 1):
+        raise FederationError(MALFORMED, f"bad vector length {length} or slots {slots}")
+    if count != n_ciphertexts(length, slots):
+        raise FederationError(
+            MALFORMED, f"{count} ciphertexts for {length} values at {slots} slots"
+        )
+    if n_updates < 1:
+        raise FederationError(MALFORMED, "encrypted update sums zero updates")
+    spans: list[tuple[int, int]] = []
+    offset = _HEADER.size
+    for i in range(count):
+        if offset + _CT_LEN.size > len(data):
+            raise FederationError(MALFORMED, f"encrypted update truncated at ciphertext {i}")
+        (ct_len,) = _CT_LEN.unpack_from(data, offset)
+        offset += _CT_LEN.size
+        if ct_len == 0 or ct_len > MAX_CIPHERTEXT_BYTES or offset + ct_len > len(data):
+            raise FederationError(MALFORMED, f"ciphertext {i} length {ct_len} out of range")
+        spans.append((offset, offset + ct_len))
+        offset += ct_len
+    if offset != len(data):
+        raise FederationError(MALFORMED, f"{len(data) - offset} trailing bytes after update")
+    return UpdateLayout(key_raw.hex(), length, slots, n_updates, tuple(spans))
 
 
 def _check_same_key(ctx: FederationContext, key_id: str, slots: int) -> None:
