@@ -86,14 +86,6 @@ def accuracy(embed: Any, version: str, gallery: Gallery, held: HeldOut) -> float
     return right / len(held.names)
 
 
-def gallery_crops(gallery: Gallery) -> dict[str, list[np.ndarray]]:
-    names = {p.id: p.name for p in gallery.people()}
-    out: dict[str, list[np.ndarray]] = {}
-    for crop in gallery.iter_crops():
-        out.setdefault(names[crop.person_id], []).append(crop.image)
-    return out
-
-
 def make_trainer(cfg: dict[str, Any], part: FederatedPart, gallery: Gallery,
                  model_path: Path, base: np.ndarray) -> tuple[LocalTrainer, str]:
     try:
@@ -108,13 +100,13 @@ def make_trainer(cfg: dict[str, Any], part: FederatedPart, gallery: Gallery,
         # the trainer's own defaults, with a time budget so the demo stays short; in
         # process (isolate=False): a spawned child per round would re-import torch
         train_cfg = TrainConfig(time_budget_s=float(cfg.get("train_budget_s", 30.0)))
-        trainer = TorchLocalTrainer(model_path, lambda: gallery_crops(gallery),
+        trainer = TorchLocalTrainer(model_path, gallery.crops_by_person,
                                     Path(cfg["data_dir"]) / "train", part, train_cfg,
                                     isolate=False)
         return trainer, "torch"
     from edge.drift_trainer import NumpyDriftTrainer
 
-    n = sum(len(v) for v in gallery_crops(gallery).values())
+    n = sum(len(v) for v in gallery.crops_by_person().values())
     return NumpyDriftTrainer(part, base, cfg["device_id"], max(1, n)), "numpy-drift (NOT learning)"
 
 

@@ -362,6 +362,14 @@ class Gallery:
             return {table: int(self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
                     for table in ("people", "crops", "embeddings")}
 
+    def crops_by_person(self) -> dict[str, list[np.ndarray]]:
+        """Every stored enrolment crop, grouped by person name (the trainer's input)."""
+        names = {p.id: p.name for p in self.people()}
+        out: dict[str, list[np.ndarray]] = {}
+        for crop in self.iter_crops():
+            out.setdefault(names[crop.person_id], []).append(crop.image)
+        return out
+
     def iter_crops(self) -> Iterator[StoredCrop]:
         with self._lock:
             rows = self._db.execute("SELECT id, person_id, image FROM crops ORDER BY id").fetchall()

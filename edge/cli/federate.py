@@ -73,7 +73,6 @@ def join(
     import signal
     import threading
 
-    from edge.demo_box import gallery_crops
     from edge.federation_client import ClientConfig, FederationClient
     from edge.model_sink import OnnxModelSink
     from federation.keys import load_secret_context, read_private_key, read_public_key
@@ -114,7 +113,7 @@ def join(
     sink = OnnxModelSink(optimised_sface_path(settings.model_dir), fed_part,
                          settings.data_dir / "models", gallery, threads=settings.threads)
     trainer = TorchLocalTrainer(model_path("sface", settings.model_dir),
-                                lambda: gallery_crops(gallery), settings.data_dir / "train",
+                                gallery.crops_by_person, settings.data_dir / "train",
                                 fed_part)
 
     def transport(will: Will) -> MqttTransport:

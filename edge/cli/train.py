@@ -62,7 +62,6 @@ def train(
     """Fine-tune the federated part on this box's people; report leave-one-out accuracy."""
     _require_torch()
     from edge.config import configured_part
-    from edge.demo_box import gallery_crops
     from edge.gallery import DB_FILENAME
     from edge.hot_swap import HotSwapper, ModelRefused
     from edge.local_training import train_box
@@ -95,7 +94,7 @@ def train(
     train_dir = settings.data_dir / "train"
     # in process: this command already runs at a lower priority with one thread
     trainer = TorchLocalTrainer(model_path("sface", settings.model_dir),
-                                lambda: gallery_crops(gallery), train_dir, fed_part,
+                                gallery.crops_by_person, train_dir, fed_part,
                                 TrainConfig(epochs=epochs, time_budget_s=budget_seconds),
                                 isolate=False)
     try:
