@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -91,6 +92,11 @@ def test_swaps_during_a_live_stream_never_mix_models(template: Path, tmp_path: P
     try:
         for k in range(2):
             swapper.apply(f"r{k + 1}", perturbed(base, k))
+        # the frame in flight when r2 was installed may still be on r1: let one run on r2
+        deadline = time.monotonic() + 30
+        while not any(r.model_version == "r2" for r in results[-3:]):
+            assert time.monotonic() < deadline, "no frame ran on the swapped-in model"
+            time.sleep(0.01)
     finally:
         stop.set()
         thread.join()
