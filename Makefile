@@ -30,6 +30,8 @@ demo: setup
 	$(VENV)/bin/fedface-edge demo --faces '$(FACES)'
 
 test: setup-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q
 
 lint: setup
