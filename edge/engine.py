@@ -19,32 +19,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
-from edge.align import align_face
 from edge.detect import FaceDetector
 from edge.gallery import Match
 from edge.gallery_snapshot import GalleryRows, GallerySnapshot
-from edge.pipeline import RecognisedFace, StageTimings
+from edge.pipeline import FaceEmbedder, RecognisedFace, StageTimings, detect_align_embed
 from edge.update_sealing import lower_thread_priority
 
 log = logging.getLogger(__name__)
 
 WATCH_SECONDS = 0.5
 BACKGROUND_NICENESS = 10
-
-
-class FaceEmbedder(Protocol):
-    """``edge.embed.Embedder`` (one SFace session) or ``edge.tail_model.SplitEmbedder``."""
-
-    @property
-    def version(self) -> str: ...
-
-    def embed(self, crops: Sequence[np.ndarray] | np.ndarray) -> np.ndarray: ...
 
 
 class StateMismatchError(ValueError):
@@ -123,20 +112,14 @@ class Engine:
                 state = self._reload_snapshot(state)
         if self.detector is None:
             raise RuntimeError("this engine has no face detector (it only swaps models)")
-        t0 = time.perf_counter()
-        faces = self.detector.detect(bgr)
-        t1 = time.perf_counter()
-        crops = [align_face(bgr, face.landmarks) for face in faces]
-        t2 = time.perf_counter()
-        vectors = state.embedder.embed(crops) if crops else np.zeros((0, 128), np.float32)
+        faces, crops, vectors, timings = detect_align_embed(self.detector, state.embedder, bgr)
         t3 = time.perf_counter()
         matches = state.gallery.identify_many(vectors, self.threshold) if crops else []
         recognised = [RecognisedFace(f, c, v, state.tag)
                       for f, c, v in zip(faces, crops, vectors, strict=True)]
         return FrameResult(recognised, matches, state.model_version, state.embedder.version,
                            state.gallery.model_version,
-                           StageTimings(detect=t1 - t0, align=t2 - t1, embed=t3 - t2),
-                           time.perf_counter() - t3)
+                           timings, time.perf_counter() - t3)
 
     def embed_crops(self, crops: list[np.ndarray]) -> tuple[np.ndarray, str]:
         """Embeddings of crops plus the version tag they belong to (one state read)."""

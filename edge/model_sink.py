@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edge.engine import FaceEmbedder
 from edge.gallery import Gallery
 from edge.hot_swap import MODEL_PREFIX, HotSwapper, ModelRefused, embedder_version
+from edge.pipeline import FaceEmbedder
 from edge.swap_store import BASE_VERSION
 from models.federated_parts import FederatedPart
 from models.onnx_graph import read_initializers

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -49,6 +51,30 @@ class StageTimings:
         return self.detect + self.align + self.embed
 
 
+class FaceEmbedder(Protocol):
+    """``edge.embed.Embedder`` (one SFace session) or ``edge.tail_model.SplitEmbedder``."""
+
+    @property
+    def version(self) -> str: ...
+
+    def embed(self, crops: Sequence[np.ndarray] | np.ndarray) -> np.ndarray: ...
+
+
+def detect_align_embed(
+    detector: FaceDetector, embedder: FaceEmbedder, bgr: np.ndarray
+) -> tuple[list[Face], list[np.ndarray], np.ndarray, StageTimings]:
+    """The frame path shared by the pipeline and the hot-swapping engine (which passes
+    the embedder of the serving state it read once for the whole frame)."""
+    t0 = time.perf_counter()
+    faces = detector.detect(bgr)
+    t1 = time.perf_counter()
+    crops = [align_face(bgr, face.landmarks) for face in faces]
+    t2 = time.perf_counter()
+    embeddings = embedder.embed(crops) if crops else np.zeros((0, 128), np.float32)
+    t3 = time.perf_counter()
+    return faces, crops, embeddings, StageTimings(detect=t1 - t0, align=t2 - t1, embed=t3 - t2)
+
+
 class FacePipeline:
     def __init__(self, detector: FaceDetector, embedder: Embedder) -> None:
         self.detector = detector
@@ -71,14 +97,8 @@ class FacePipeline:
 
     def process(self, bgr: np.ndarray) -> list[RecognisedFace]:
         """Detect, align and embed every face in a BGR frame (best detection first)."""
-        t0 = time.perf_counter()
-        faces = self.detector.detect(bgr)
-        t1 = time.perf_counter()
-        crops = [align_face(bgr, face.landmarks) for face in faces]
-        t2 = time.perf_counter()
-        embeddings = self.embedder.embed(crops) if crops else np.zeros((0, 128), np.float32)
-        t3 = time.perf_counter()
-        self.last_timings = StageTimings(detect=t1 - t0, align=t2 - t1, embed=t3 - t2)
+        faces, crops, embeddings, self.last_timings = detect_align_embed(
+            self.detector, self.embedder, bgr)
         version = self.embedder.version
         return [
             RecognisedFace(face=f, crop=c, embedding=e, model_version=version)
