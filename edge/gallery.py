@@ -51,6 +51,7 @@ import stat
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -256,22 +257,27 @@ class Gallery:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _write(self, sql_and_args: Sequence[tuple[str, tuple[object, ...]]]) -> list[int]:
-        """Run statements in one transaction; return lastrowid of each."""
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the lock: committed whole or rolled back, with a
+        GalleryError naming ``what`` failed; cached match matrices dropped after it."""
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                ids = []
-                for sql, args in sql_and_args:
-                    ids.append(int(self._db.execute(sql, args).lastrowid or 0))
+                yield self._db
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
-                raise GalleryError(f"gallery write failed ({self.path}): {exc}",
+                raise GalleryError(f"{what} failed ({self.path}): {exc}",
                                    hint=_data_dir_hint(self.path.parent)) from exc
-            self._matrices.clear()
-            return ids
+            finally:
+                self._matrices.clear()
+
+    def _write(self, sql_and_args: Sequence[tuple[str, tuple[object, ...]]]) -> list[int]:
+        """Run statements in one transaction; return lastrowid of each."""
+        with self._transaction("gallery write") as db:
+            return [int(db.execute(sql, args).lastrowid or 0) for sql, args in sql_and_args]
 
     # --- enrolment ---------------------------------------------------------------------
 
@@ -293,27 +299,16 @@ class Gallery:
         sources = list(sources) if sources is not None else [None] * len(crops)
         blobs = [encode_crop(np.asarray(c)) for c in crops]
         now = time.time()
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute("INSERT OR IGNORE INTO people(name, created) VALUES (?, ?)",
-                                 (name, now))
-                (person_id,) = self._db.execute("SELECT id FROM people WHERE name = ?",
-                                                (name,)).fetchone()
-                for blob, vector, source in zip(blobs, vectors, sources, strict=True):
-                    cur = self._db.execute(
-                        "INSERT INTO crops(person_id, image, source, created) VALUES (?,?,?,?)",
-                        (person_id, blob, source, now))
-                    self._db.execute(
-                        "INSERT INTO embeddings(crop_id, model_version, vector) VALUES (?,?,?)",
-                        (cur.lastrowid, model_version, vector.tobytes()))
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise GalleryError(f"could not enrol {name!r} in {self.path}: {exc}",
-                                   hint=_data_dir_hint(self.path.parent)) from exc
-            self._matrices.clear()
+        with self._transaction(f"enrolling {name!r}") as db:
+            db.execute("INSERT OR IGNORE INTO people(name, created) VALUES (?, ?)", (name, now))
+            (person_id,) = db.execute("SELECT id FROM people WHERE name = ?", (name,)).fetchone()
+            for blob, vector, source in zip(blobs, vectors, sources, strict=True):
+                cur = db.execute(
+                    "INSERT INTO crops(person_id, image, source, created) VALUES (?,?,?,?)",
+                    (person_id, blob, source, now))
+                db.execute(
+                    "INSERT INTO embeddings(crop_id, model_version, vector) VALUES (?,?,?)",
+                    (cur.lastrowid, model_version, vector.tobytes()))
         log.info("enrolled %d crop(s) for %s (model %s)", len(blobs), name, model_version)
         return int(person_id)
 
