@@ -3,12 +3,13 @@
 ``HotSwapper.apply(version, vector)`` (the federation client's ``ModelSink``) runs, in a
 background thread at a lower CPU priority so the frame thread keeps its core:
 
-1. ``patched``: the part's weights go into the ONNX bytes by initializer name
-   (``edge.onnx_bytes``: no torch, no re-export, no protobuf parse on the GIL), and
-   into the small tail graph the same way;
+1. ``patched``: the part's weights are placed into the ONNX bytes by initializer name
+   (``edge.onnx_bytes``: no torch, no re-export, no protobuf parse), as pieces: views
+   of the base bytes around the new values, so no 38 MB copy holds the GIL;
 2. ``model_written``: ``sface-fed-<version>.onnx`` by atomic rename (0600);
-3. ``session_built``: ONE new InferenceSession, of the tail only: the frames run the
-   shared frozen-trunk session then this tail (``edge.tail_model.SplitEmbedder``);
+3. ``session_built``: ONE new InferenceSession, of the tail only, with the new weights
+   given to ONNX Runtime by name: the frames run the shared frozen-trunk session then
+   this tail (``edge.tail_model.SplitEmbedder``);
 4. ``reembedded``: every enrolment crop's cached trunk features through that same tail
    (the dominant cost: ~58 M multiply-adds per crop for the conv14 part);
 5. ``validated``: the canary (``edge.canary``); a refusal blocks the version, keeps its
@@ -37,7 +38,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -53,8 +54,9 @@ from edge.gallery_snapshot import GalleryRows, empty_snapshot
 from edge.serving import BASE_TAG, load_current, read_model
 from edge.swap_assets import SwapAssets
 from edge.swap_store import Pointer, ServedModel, SwapStore
-from edge.tail_model import SplitEmbedder, TailEmbedder
+from edge.tail_model import SplitEmbedder
 from edge.update_sealing import ResultRejected, lower_thread_priority
+from federation.files import write_atomic
 from models.federated_parts import FederatedPart
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,11 @@ class SwapReport:
     @property
     def total(self) -> float:
         return max(self.seconds.values(), default=0.0)
+
+    @property
+    def serving_after(self) -> float:
+        """Weights received -> the new state serving frames (cleanup comes after)."""
+        return self.seconds.get("swapped", self.total)
 
 
 class _Steps:
@@ -227,27 +234,29 @@ class HotSwapper:
         with self._locked():
             steps = _Steps()
             weights = self.part.onnx_weights(vector, self.assets.base_weights)
-            model_bytes = self.assets.patch_model(weights)
-            tail_bytes = self.assets.patch_tail(weights)
+            pieces = self.assets.model_pieces(weights)
             steps.done("patched")
             model_file = f"{MODEL_PREFIX}{version}.onnx"
-            self._write_model(model_file, model_bytes)
+            sha = self._write_model(model_file, pieces)
             steps.done("model_written")
-            return self._install(version, model_file, model_bytes, tail_bytes, steps,
-                                 reason, vector)
+            return self._install(version, model_file, sha, weights, steps, reason, vector)
 
-    def _write_model(self, model_file: str, data: bytes) -> None:
-        from federation.files import write_atomic
+    def _write_model(self, model_file: str, pieces: list[memoryview]) -> str:
+        """Write the patched model by atomic rename; its SHA-256 (hashed piecewise: the
+        hash and the writes release the GIL, a joined copy would hold it)."""
+        digest = hashlib.sha256()
+        for piece in pieces:
+            digest.update(piece)
+        write_atomic(self.store.model_path(model_file), pieces, mode=0o600)
+        return digest.hexdigest()
 
-        write_atomic(self.store.model_path(model_file), data, mode=0o600)
-
-    def _install(self, version: str, model_file: str | None, model_bytes: bytes,
-                 tail_bytes: bytes, steps: _Steps, reason: str, vector: np.ndarray | None,
-                 rollback: bool = False) -> SwapReport:
+    def _install(self, version: str, model_file: str | None, sha: str | None,
+                 tail_weights: Mapping[str, np.ndarray], steps: _Steps, reason: str,
+                 vector: np.ndarray | None, rollback: bool = False) -> SwapReport:
         tag = embedder_version(version) if model_file else BASE_TAG
         # One new session per swap: the tail. The frames run the shared trunk session
         # then this tail, and the gallery is re-embedded through the same tail.
-        tail = TailEmbedder(tail_bytes, threads=self.threads)
+        tail = self.assets.tail_embedder(tail_weights, threads=self.threads)
         embedder = SplitEmbedder(self.assets.head, tail, tag, threads=self.threads)
         steps.done("session_built")
         crop_ids, person_ids, features = self.assets.features()
@@ -268,7 +277,6 @@ class HotSwapper:
         if self.rows is not None:
             self.rows.write(tag, crop_ids, vectors)
         steps.done("rows_written")
-        sha = hashlib.sha256(model_bytes).hexdigest() if model_file else None
         new = ServedModel(version, tag, model_file, sha, time.time(), reason)
         previous = None if rollback else self.served
         self.store.commit(Pointer(new, previous))
@@ -288,7 +296,8 @@ class HotSwapper:
                                   previous=old.version, reason=reason,
                                   canary=canary.to_dict() if canary else None,
                                   seconds=report.seconds)
-        log.info("serving model %s (was %s) after %.2f s", version, old.version, report.total)
+        log.info("serving model %s (was %s) after %.2f s", version, old.version,
+                 report.serving_after)
         self._changed(entry)
         return report
 
@@ -314,8 +323,8 @@ class HotSwapper:
                 data = read_model(self.store, target, self.base_model)
                 weights = self.assets.read_tail_weights(data)
                 steps = _Steps()
-                report = self._install(target.version, target.model_file, data,
-                                       self.assets.patch_tail(weights), steps,
+                report = self._install(target.version, target.model_file, target.sha256,
+                                       weights, steps,
                                        f"rolled back by operator from {current.version}",
                                        None, rollback=True)
                 self.store.block(current.version, "rolled back by operator")

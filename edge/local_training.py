@@ -24,7 +24,6 @@ import numpy as np
 from edge.canary import leave_one_out_accuracy
 from edge.hot_swap import HotSwapper
 from edge.model_store import FederatedModelStore, ModelStoreError
-from edge.tail_model import TailEmbedder
 from edge.trainer_api import LocalUpdate, TrainingError
 from models.federated_parts import FederatedPart
 
@@ -97,7 +96,7 @@ def _accuracies(swapper: HotSwapper, vector: np.ndarray,
     if len(crop_ids) == 0:
         return None, None, 0
     weights = swapper.part.onnx_weights(vector, swapper.assets.base_weights)
-    candidate = TailEmbedder(swapper.assets.patch_tail(weights)).embed_features(features)
+    candidate = swapper.assets.tail_embedder(weights).embed_features(features)
     current = swapper.engine.state.gallery
     _, new_rows, old_rows = np.intersect1d(crop_ids, current.crop_ids, return_indices=True)
     people = person_ids[new_rows]

@@ -1,7 +1,7 @@
 """What a swap needs ready before weights arrive: base bytes, layouts, tail, trunk features.
 
 Everything here is prepared once (start-up, or in the background as people enrol) so a
-swap does only byte copies, two session builds and the tail's arithmetic:
+swap writes one model file, builds one small session and runs the tail's arithmetic:
 
 - the base model's bytes and the byte layout of its initializers (``edge.onnx_bytes``);
 - the tail graph after ``part.cut`` and the head (trunk) before it (cut once with onnx,
@@ -24,7 +24,14 @@ import onnx
 
 from edge.gallery_snapshot import GalleryRows
 from edge.onnx_bytes import InitializerLayout
-from edge.tail_model import TrunkFeatures, crop_key, head_model, head_session, tail_model
+from edge.tail_model import (
+    TailEmbedder,
+    TrunkFeatures,
+    crop_key,
+    head_model,
+    head_session,
+    tail_model,
+)
 from federation.files import write_atomic
 from models.federated_parts import FederatedPart
 
@@ -71,12 +78,18 @@ class SwapAssets:
 
     # --- weights --------------------------------------------------------------------------
 
-    def patch_model(self, weights: Mapping[str, np.ndarray]) -> bytes:
-        return self.layout.patch(self.base_bytes, weights)
+    def model_pieces(self, weights: Mapping[str, np.ndarray]) -> list[memoryview]:
+        """The patched full model as pieces to write and hash (no 38 MB copy)."""
+        return self.layout.patched_chunks(self.base_bytes, weights)
 
-    def patch_tail(self, weights: Mapping[str, np.ndarray]) -> bytes:
-        # the part lies entirely after the cut, so every patched name is in the tail
-        return self.tail_layout.patch(self.tail_bytes, weights)
+    def tail_embedder(self, weights: Mapping[str, np.ndarray], threads: int = 1
+                      ) -> TailEmbedder:
+        """A version's tail session: the shared tail graph with ``weights`` by name (the
+        part lies entirely after the cut, so every patched name is in the tail)."""
+        missing = [name for name in weights if name not in self.tail_layout.slots]
+        if missing:
+            raise ValueError(f"not initializers of the tail after {self.part.cut}: {missing}")
+        return TailEmbedder(self.tail_bytes, threads=threads, overrides=weights)
 
     def read_tail_weights(self, model_bytes: bytes) -> dict[str, np.ndarray]:
         """Every tail initializer as stored in a model file of this base (rollback): all

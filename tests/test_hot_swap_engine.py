@@ -15,6 +15,10 @@ from edge.embed import Embedder
 from edge.engine import FrameResult
 from edge.onnx_bytes import InitializerLayout, LayoutError
 from edge.pipeline import FacePipeline
+from edge.swap_assets import SwapAssets
+from edge.tail_model import TailEmbedder
+from federation.files import write_atomic
+from models.federated_parts import get_part
 from models.onnx_graph import patch_initializers, read_initializers
 from models.registry import optimised_sface_path
 from tests.hot_swap_support import PART, copy_box, lfw_people, open_swapper, perturbed, template_box
@@ -42,6 +46,30 @@ def test_byte_patch_gives_the_same_weights_as_the_onnx_patch() -> None:
         layout.patch(data, {PART.names[0]: np.zeros(base[PART.names[0]].shape, np.float64)})
     with pytest.raises(LayoutError, match="no raw-data initializer named 'nope'"):
         layout.patch(data, {"nope": np.zeros(1, np.float32)})
+
+
+@pytest.mark.parametrize("key", ["embed_bn", "conv14", "fc1_lora"])
+def test_version_weights_given_by_name_equal_a_byte_patch(key: str, tmp_path: Path) -> None:
+    """A swap no longer copies the graph: its tail session gets the new initializers by
+    name and its model file is written from pieces. Both must equal the byte patch."""
+    part = get_part(key)
+    assets = SwapAssets(optimised_sface_path(), part, tmp_path, rows=None)
+    rng = np.random.default_rng(3)
+    base = part.initial_vector(assets.base_weights)
+    vector = (base + 0.05 * rng.standard_normal(base.shape) * (np.abs(base) + 0.01)
+              ).astype(np.float32)
+    weights = part.onnx_weights(vector, assets.base_weights)
+    patched = TailEmbedder(assets.tail_layout.patch(assets.tail_bytes, weights))
+    by_name = assets.tail_embedder(weights)
+    features = rng.standard_normal((4, patched.input_channels, 7, 7)).astype(np.float32)
+    ours, reference = by_name.embed_features(features), patched.embed_features(features)
+    unchanged = assets.tail_embedder({}).embed_features(features)
+    assert float(np.abs(ours - reference).max()) < 1e-6, key
+    assert float(np.abs(unchanged - reference).max()) > 1e-3  # the weights did change it
+    path = write_atomic(tmp_path / "model.onnx", assets.model_pieces(weights))
+    assert path.read_bytes() == assets.layout.patch(assets.base_bytes, weights)
+    with pytest.raises(ValueError, match="not initializers of the tail"):
+        assets.tail_embedder({"data_bn_gamma": np.zeros(3, np.float32)})
 
 
 def test_tail_embeddings_match_the_full_model(template: Path, tmp_path: Path) -> None:
