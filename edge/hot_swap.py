@@ -3,10 +3,11 @@
 ``HotSwapper.apply(version, vector)`` (the federation client's ``ModelSink``) runs, in a
 background thread at a lower CPU priority so the frame thread keeps its core:
 
-1. ``patched``: the part's weights are placed into the ONNX bytes by initializer name
-   (``edge.onnx_bytes``: no torch, no re-export, no protobuf parse), as pieces: views
-   of the base bytes around the new values, so no 38 MB copy holds the GIL;
-2. ``model_written``: ``sface-fed-<version>.onnx`` by atomic rename (0600);
+1. ``patched``: the vector becomes the graph's initializers, by name (no torch, no
+   re-export, no protobuf parse);
+2. ``model_written``: ``sface-fed-<version>.weights.npz`` by atomic rename (0600): the
+   version's initializers and the base model's SHA-256 (``edge.swap_store``): 22 kB for
+   the default part instead of a 38 MB graph (an SD card writes that in seconds);
 3. ``session_built``: ONE new InferenceSession, of the tail only, with the new weights
    given to ONNX Runtime by name: the frames run the shared frozen-trunk session then
    this tail (``edge.tail_model.SplitEmbedder``);
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import logging
 import os
 import signal
@@ -53,10 +53,9 @@ from edge.errors import FedFaceError
 from edge.gallery_snapshot import GalleryRows, empty_snapshot
 from edge.serving import BASE_TAG, load_current, read_model
 from edge.swap_assets import SwapAssets
-from edge.swap_store import Pointer, ServedModel, SwapStore
+from edge.swap_store import MODEL_PREFIX, WEIGHTS_SUFFIX, Pointer, ServedModel, SwapStore
 from edge.tail_model import SplitEmbedder
 from edge.update_sealing import ResultRejected, lower_thread_priority
-from federation.files import write_atomic
 from models.federated_parts import FederatedPart
 
 log = logging.getLogger(__name__)
@@ -64,7 +63,6 @@ log = logging.getLogger(__name__)
 STEPS = ("patched", "model_written", "session_built", "reembedded", "validated",
          "rows_written", "committed", "swapped", "old_dropped")
 CRASH_ENV = "FEDFACE_SWAP_CRASH_AFTER"
-MODEL_PREFIX = "sface-fed-"
 T = TypeVar("T")
 
 
@@ -234,21 +232,11 @@ class HotSwapper:
         with self._locked():
             steps = _Steps()
             weights = self.part.onnx_weights(vector, self.assets.base_weights)
-            pieces = self.assets.model_pieces(weights)
             steps.done("patched")
-            model_file = f"{MODEL_PREFIX}{version}.onnx"
-            sha = self._write_model(model_file, pieces)
+            model_file = f"{MODEL_PREFIX}{version}{WEIGHTS_SUFFIX}"
+            sha = self.store.write_weights(model_file, weights, self.assets.base_sha256)
             steps.done("model_written")
             return self._install(version, model_file, sha, weights, steps, reason, vector)
-
-    def _write_model(self, model_file: str, pieces: list[memoryview]) -> str:
-        """Write the patched model by atomic rename; its SHA-256 (hashed piecewise: the
-        hash and the writes release the GIL, a joined copy would hold it)."""
-        digest = hashlib.sha256()
-        for piece in pieces:
-            digest.update(piece)
-        write_atomic(self.store.model_path(model_file), pieces, mode=0o600)
-        return digest.hexdigest()
 
     def _install(self, version: str, model_file: str | None, sha: str | None,
                  tail_weights: Mapping[str, np.ndarray], steps: _Steps, reason: str,
@@ -256,7 +244,12 @@ class HotSwapper:
         tag = embedder_version(version) if model_file else BASE_TAG
         # One new session per swap: the tail. The frames run the shared trunk session
         # then this tail, and the gallery is re-embedded through the same tail.
-        tail = self.assets.tail_embedder(tail_weights, threads=self.threads)
+        try:
+            tail = self.assets.tail_embedder(tail_weights, threads=self.threads)
+        except ValueError as exc:  # a rollback to a version of a part with an earlier cut
+            raise HotSwapError(f"model {version} cannot be served with part "
+                               f"{self.part.name}: {exc}",
+                               hint="roll back with that version's part: --part") from exc
         embedder = SplitEmbedder(self.assets.head, tail, tag, threads=self.threads)
         steps.done("session_built")
         crop_ids, person_ids, features = self.assets.features()
@@ -277,7 +270,8 @@ class HotSwapper:
         if self.rows is not None:
             self.rows.write(tag, crop_ids, vectors)
         steps.done("rows_written")
-        new = ServedModel(version, tag, model_file, sha, time.time(), reason)
+        new = ServedModel(version, tag, model_file, sha, time.time(), reason,
+                          self.part.name if model_file else None)
         previous = None if rollback else self.served
         self.store.commit(Pointer(new, previous))
         self._stamp = self.store.pointer_stamp()
@@ -320,8 +314,7 @@ class HotSwapper:
                     raise HotSwapError("there is no previous model to roll back to",
                                        hint="see `fedface-edge model status`")
                 target, current = pointer.previous, pointer.current
-                data = read_model(self.store, target, self.base_model)
-                weights = self.assets.read_tail_weights(data)
+                weights = self._version_weights(target)
                 steps = _Steps()
                 report = self._install(target.version, target.model_file, target.sha256,
                                        weights, steps,
@@ -332,6 +325,20 @@ class HotSwapper:
         report = self._in_background(job)
         self.last_report = report
         return report
+
+    def _version_weights(self, served: ServedModel) -> dict[str, np.ndarray]:
+        """The tail initializers a stored version overrides ({} for the base model)."""
+        if served.model_file is None:
+            return {}
+        if served.model_file.endswith(WEIGHTS_SUFFIX):
+            weights, base_sha = self.store.read_weights(served)
+            if base_sha != self.assets.base_sha256:
+                raise HotSwapError(f"model {served.version} was made for another base model",
+                                   hint="fedface-edge models fetch")
+            return weights
+        # a whole .onnx file (written by older releases): all its tail initializers, so a
+        # rollback is right whichever part made it
+        return self.assets.read_tail_weights(read_model(self.store, served, self.base_model))
 
     def _changed(self, entry: dict[str, Any]) -> None:
         if self.on_change is not None:

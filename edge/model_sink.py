@@ -15,16 +15,18 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from edge.canary import CanaryPolicy
 from edge.gallery import Gallery
-from edge.hot_swap import MODEL_PREFIX, HotSwapper, ModelRefused, embedder_version
+from edge.hot_swap import HotSwapper, ModelRefused, embedder_version
 from edge.pipeline import FaceEmbedder
+from edge.serving import read_model
 from edge.swap_store import BASE_VERSION
 from models.federated_parts import FederatedPart
 from models.onnx_graph import read_initializers
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MODEL_PREFIX", "ModelRefused", "OnnxModelSink", "base_vector", "base_weights",
+__all__ = ["ModelRefused", "OnnxModelSink", "base_vector", "base_weights",
            "embedder_version"]
 
 
@@ -43,9 +45,11 @@ class OnnxModelSink(HotSwapper):
     """A HotSwapper built from the box's gallery (``None``: no gallery, no canary)."""
 
     def __init__(self, base_model_path: Path, part: FederatedPart, model_dir: Path,
-                 gallery: Gallery | None, threads: int = 1) -> None:
+                 gallery: Gallery | None, threads: int = 1,
+                 policy: CanaryPolicy | None = None) -> None:
         super().__init__(base_model_path, part, model_dir,
-                         gallery.path if gallery is not None else None, threads=threads)
+                         gallery.path if gallery is not None else None, threads=threads,
+                         policy=policy)
         self.model_dir = Path(model_dir)
         self.start()  # trunk features of enrolled crops, then new ones, in the background
 
@@ -66,5 +70,6 @@ class OnnxModelSink(HotSwapper):
     def base_vector(self) -> np.ndarray:
         return self.part.initial_vector(self.assets.base_weights)
 
-    def path_for(self, version: str) -> Path:
-        return self.model_dir / f"{MODEL_PREFIX}{version}.onnx"
+    def served_model_bytes(self) -> bytes:
+        """The whole ONNX graph this box serves now (base + the version's weights)."""
+        return read_model(self.store, self.served, self.base_model)

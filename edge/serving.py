@@ -23,7 +23,8 @@ from edge.embed import Embedder
 from edge.engine import Engine, ServingState
 from edge.gallery_snapshot import GalleryRows, empty_snapshot
 from edge.model_store import ModelStoreError
-from edge.swap_store import BASE_VERSION, Pointer, ServedModel, SwapStore
+from edge.onnx_bytes import InitializerLayout, LayoutError
+from edge.swap_store import BASE_VERSION, WEIGHTS_SUFFIX, Pointer, ServedModel, SwapStore
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +41,25 @@ def base_served() -> ServedModel:
 
 
 def read_model(store: SwapStore, served: ServedModel, base_model: Path | None) -> bytes:
-    """The bytes of a served model, checked against the pointer's SHA-256."""
-    if served.model_file is None:
+    """The whole ONNX graph of a served model, checked against the pointer's SHA-256
+    (a weights file is applied to the base model it was made for, and only to it)."""
+    if served.model_file is None or served.model_file.endswith(WEIGHTS_SUFFIX):
         if base_model is None:
             raise ModelStoreError("the base model's path is needed to serve it")
-        return Path(base_model).read_bytes()
+        base = Path(base_model).read_bytes()
+        if served.model_file is None:
+            return base
+        weights, base_sha = store.read_weights(served)
+        if hashlib.sha256(base).hexdigest() != base_sha:
+            raise ModelStoreError(
+                f"{served.model_file} was made for base model {base_sha[:12]}..., not "
+                f"{Path(base_model).name} (re-fetch the pinned models: fedface-edge models "
+                "fetch)")
+        try:
+            return InitializerLayout.scan(base).patch(base, weights)
+        except LayoutError as exc:
+            raise ModelStoreError(f"{served.model_file} does not fit the base model: "
+                                  f"{exc}") from exc
     path = store.model_path(served.model_file)
     try:
         data = path.read_bytes()

@@ -1,7 +1,7 @@
 """What a swap needs ready before weights arrive: base bytes, layouts, tail, trunk features.
 
 Everything here is prepared once (start-up, or in the background as people enrol) so a
-swap writes one model file, builds one small session and runs the tail's arithmetic:
+swap writes one small weights file, builds one small session and runs the tail:
 
 - the base model's bytes and the byte layout of its initializers (``edge.onnx_bytes``);
 - the tail graph after ``part.cut`` and the head (trunk) before it (cut once with onnx,
@@ -43,7 +43,8 @@ class SwapAssets:
                  rows: GalleryRows | None, threads: int = 1) -> None:
         self.part, self.rows = part, rows
         self.base_bytes = Path(base_model).read_bytes()
-        digest = hashlib.sha256(self.base_bytes).hexdigest()[:16]
+        self.base_sha256 = hashlib.sha256(self.base_bytes).hexdigest()
+        digest = self.base_sha256[:16]
         self.layout = InitializerLayout.scan(self.base_bytes)
         # the initializers a vector of this part turns into (low-rank factors materialised)
         self.patch_names = tuple(
@@ -77,10 +78,6 @@ class SwapAssets:
         return data
 
     # --- weights --------------------------------------------------------------------------
-
-    def model_pieces(self, weights: Mapping[str, np.ndarray]) -> list[memoryview]:
-        """The patched full model as pieces to write and hash (no 38 MB copy)."""
-        return self.layout.patched_chunks(self.base_bytes, weights)
 
     def tail_embedder(self, weights: Mapping[str, np.ndarray], threads: int = 1
                       ) -> TailEmbedder:

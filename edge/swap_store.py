@@ -2,10 +2,16 @@
 
 ``current.json`` is the single commit point of a swap, written by atomic rename::
 
-    {"version": "r3-ab12", "tag": "sface-fed-r3-ab12", "model_file": "sface-fed-r3-ab12.onnx",
-     "sha256": "...", "since": 1700000000.0, "reason": "federated round result",
+    {"version": "r3-ab12", "tag": "sface-fed-r3-ab12",
+     "model_file": "sface-fed-r3-ab12.weights.npz", "sha256": "...",
+     "since": 1700000000.0, "reason": "federated round result",
      "previous": {... the same fields for version N-1, or null}}
 
+A version's model file holds only what differs from the pinned base model: its
+initializers by name, plus the base model's SHA-256 (a file never applies to another
+base). For the default part that is 22 kB instead of a 38 MB ONNX copy per swap: an SD
+card writes it in milliseconds, not seconds, and a swap moves no model-sized buffers
+next to the frame thread. Full ``.onnx`` files (older boxes) are still read.
 ``model_file`` null means the pretrained model from the registry (version "base"). The
 gallery rows of ``tag`` always exist before the pointer names it (``edge.hot_swap``).
 ``history.json`` keeps the last events (swapped, refused, rolled back) for
@@ -34,6 +40,9 @@ log = logging.getLogger(__name__)
 
 BASE_VERSION = "base"
 HISTORY_KEEP = 50
+MODEL_PREFIX = "sface-fed-"
+WEIGHTS_SUFFIX = ".weights.npz"
+_BASE_SHA_KEY = "__base_sha256__"
 
 
 @dataclass(frozen=True)
@@ -44,12 +53,14 @@ class ServedModel:
     sha256: str | None
     since: float
     reason: str
+    part: str | None = None  # federated part whose cut the version's weights need
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ServedModel:
+        part = data.get("part")
         return cls(str(data["version"]), str(data["tag"]), data.get("model_file"),
                    data.get("sha256"), float(data.get("since", 0.0)),
-                   str(data.get("reason", "")))
+                   str(data.get("reason", "")), str(part) if part else None)
 
 
 @dataclass(frozen=True)
@@ -104,7 +115,44 @@ class SwapStore:
         return (st.st_mtime_ns, st.st_size)
 
     def model_files(self) -> list[Path]:
-        return sorted(self.directory.glob("sface-fed-*.onnx"))
+        return sorted([*self.directory.glob(f"{MODEL_PREFIX}*.onnx"),
+                       *self.directory.glob(f"{MODEL_PREFIX}*{WEIGHTS_SUFFIX}")])
+
+    # --- a version's weights ------------------------------------------------------------
+
+    def write_weights(self, model_file: str, weights: dict[str, np.ndarray],
+                      base_sha256: str) -> str:
+        """Write a version's initializers (0600, atomic rename); the file's SHA-256."""
+        if not model_file.endswith(WEIGHTS_SUFFIX):
+            raise ValueError(f"{model_file!r} is not a weights file name")
+        buf = io.BytesIO()
+        arrays: dict[str, Any] = {name: np.ascontiguousarray(value)
+                                  for name, value in weights.items()}
+        arrays[_BASE_SHA_KEY] = np.array(base_sha256)
+        np.savez(buf, **arrays)
+        data = buf.getvalue()
+        write_atomic(self.model_path(model_file), data, mode=0o600)
+        return hashlib.sha256(data).hexdigest()
+
+    def read_weights(self, served: ServedModel) -> tuple[dict[str, np.ndarray], str]:
+        """(initializers by name, base model SHA-256) of a served weights file, checked
+        against the pointer's SHA-256."""
+        if served.model_file is None or not served.model_file.endswith(WEIGHTS_SUFFIX):
+            raise ModelStoreError(f"model {served.version} has no weights file")
+        path = self.model_path(served.model_file)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise ModelStoreError(f"{path} is missing (the swap pointer names it)") from exc
+        if served.sha256 and hashlib.sha256(data).hexdigest() != served.sha256:
+            raise ModelStoreError(f"{path} does not match the SHA-256 in {self.pointer_path}")
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                arrays = {name: npz[name] for name in npz.files}
+            base_sha = str(arrays.pop(_BASE_SHA_KEY))
+        except (ValueError, KeyError, OSError) as exc:
+            raise ModelStoreError(f"{path} is not a weights file: {exc}") from exc
+        return arrays, base_sha
 
     def remove_strays(self, keep: set[str]) -> list[str]:
         """Delete model files the pointer does not name, and temp files of killed writes."""

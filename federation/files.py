@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -23,10 +22,8 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes | Iterable[bytes | memoryview],
-                 mode: int = 0o600) -> Path:
-    """Write ``data`` (bytes, or pieces written one after the other) to ``path``
-    atomically and durably with permissions ``mode``."""
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> Path:
+    """Write ``data`` to ``path`` atomically and durably with permissions ``mode``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -34,8 +31,7 @@ def write_atomic(path: Path, data: bytes | Iterable[bytes | memoryview],
         # mkstemp creates 0600; fchmod sets the wanted mode exactly, whatever the umask.
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
-            for piece in [data] if isinstance(data, bytes | bytearray) else data:
-                fh.write(piece)  # large pieces go straight to write(2), GIL released
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -40,8 +40,8 @@ def _check_finished_federation(proc: subprocess.CompletedProcess[str], workdir: 
         pointer = json.loads((workdir / box / "federation" / "federated" /
                               "current.json").read_text())
         assert pointer["version"] == "round-2"
-        assert (workdir / box / "models" / "sface-fed-round-2.onnx").is_file()
-        assert (workdir / box / "models" / "sface-fed-round-1.onnx").is_file()  # N-1 kept
+        assert (workdir / box / "models" / "sface-fed-round-2.weights.npz").is_file()
+        assert (workdir / box / "models" / "sface-fed-round-1.weights.npz").is_file()  # N-1
         assert not list((workdir / box / "federation" / "outbox").glob("*.upd"))
     rounds = json.loads(subprocess.run(
         [AGGREGATOR, "rounds", "list", "--json", "--state", str(workdir / "aggregator")],

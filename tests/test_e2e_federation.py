@@ -128,7 +128,7 @@ def test_box_offline_at_publication_gets_retained_result(tmp_path: Path, mosquit
         np.testing.assert_array_equal(late.client.vector, expected)
         assert late.event("submitted", 1) is None  # it never trained for the closed round
         # the patched inference graph holds exactly the federated weights
-        model = onnx.load(str(sink.path_for("round-1")))
+        model = onnx.load_from_string(sink.served_model_bytes())
         patched = PART.flatten(read_initializers(model, PART.names))
         np.testing.assert_array_equal(patched, expected)
         assert sink.embedder is not None and sink.embedder.version.endswith("round-1")
@@ -174,6 +174,6 @@ def test_join_command_takes_part_in_a_round(tmp_path: Path, mosquitto, lfw_dir: 
         fed.stop()
     assert proc.returncode == 0, err
     assert fed.boxes["box-a"].event("applied", 1).data["updates"] == 2  # type: ignore[union-attr]
-    assert (data / "models" / "sface-fed-round-1.onnx").is_file()
+    assert (data / "models" / "sface-fed-round-1.weights.npz").is_file()
     with Gallery.open(data) as gallery:
         assert gallery.model_versions() == {"sface-fed-round-1": 9}

@@ -14,6 +14,7 @@ from edge.cli.errors import FedFaceGroup
 from edge.gallery import DB_FILENAME
 from edge.hot_swap import ModelRefused
 from edge.serving import open_engine
+from models.federated_parts import get_part
 from models.registry import optimised_sface_path
 from tests.hot_swap_support import (
     PART,
@@ -92,3 +93,26 @@ def test_status_rollback_and_the_rolled_back_version_stays_refused(
     assert len(state.gallery) == len(restarted.rows.crops())  # type: ignore[union-attr]
     with pytest.raises(ModelRefused, match="refused before"):
         restarted.apply("r2", perturbed(base, 2))  # the client re-delivering r2
+
+
+def test_rollback_serves_the_previous_version_with_the_part_it_was_made_with(
+        template: Path, tmp_path: Path) -> None:
+    """A box that changed part (conv14 -> the default): `model rollback` with no --part
+    takes the part recorded in the swap pointer; the default part's cut could not hold
+    conv14's 1x1 convolution weights."""
+    box = copy_box(template, tmp_path / "box")
+    conv14 = open_swapper(box, part=get_part("conv14"))
+    conv14.apply("c1", perturbed(conv14.part.initial_vector(conv14.assets.base_weights), 1))
+    conv14.engine.close()
+    swapper = open_swapper(box)  # the default part from now on
+    swapper.apply("e1", perturbed(swapper.part.initial_vector(swapper.assets.base_weights), 2))
+    swapper.engine.close()
+    data = json.loads(invoke(box, "model", "status", "--json")[1])
+    assert data["current"]["part"] == PART.name and data["previous"]["part"] == "conv14"
+
+    code, out, err = invoke(box, "model", "rollback", "--part", PART.name)
+    assert code == 9 and "cannot be served with part" in err and "Traceback" not in err
+    code, out, err = invoke(box, "model", "rollback")
+    assert code == 0 and "now serving c1" in out, err
+    state = open_swapper(box, part=get_part("conv14")).engine.state
+    assert state.model_version == "c1" and state.gallery.model_version == "sface-fed-c1"

@@ -47,11 +47,11 @@ def assert_consistent(data_dir: Path, expected: str) -> None:
         crops = swapper.rows.crops()  # type: ignore[union-attr]
         assert swapper.rows.versions() == {state.tag: len(crops)}  # type: ignore[union-attr]
         assert len(state.gallery) == len(crops)
-        files = sorted(p.name for p in (data_dir / "models").glob("sface-fed-*.onnx"))
+        files = sorted(p.name for p in (data_dir / "models").glob("sface-fed-*"))
         kept = {m.model_file for m in ((pointer.current, pointer.previous) if pointer else ())
                 if m is not None and m.model_file}
         assert files == sorted(kept)  # N and N-1 only: no file of an unfinished swap
-        assert (expected == "base") == (f"sface-fed-{expected}.onnx" not in files)
+        assert (expected == "base") == (f"sface-fed-{expected}.weights.npz" not in files)
         assert not list((data_dir / "models").glob(".*.tmp"))
     finally:
         swapper.engine.close()

@@ -42,7 +42,7 @@ def test_wrecked_weights_are_refused_and_the_old_model_keeps_serving(
     kept = box / "models" / "refused" / "r2.npy"
     assert stat.S_IMODE(kept.stat().st_mode) == 0o600
     np.testing.assert_array_equal(np.load(kept), wrecked(part, base, how))
-    assert not (box / "models" / "sface-fed-r2.onnx").exists()
+    assert not (box / "models" / "sface-fed-r2.weights.npz").exists()
     status = swapper.status_fields()  # what the federation client's retained status carries
     assert status["serving"] == "r1" and status["last_swap"]["event"] == "refused"
     assert status["last_swap"]["version"] == "r2"

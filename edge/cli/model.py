@@ -76,8 +76,9 @@ def status(
 def rollback(
     ctx: typer.Context,
     part: Annotated[str | None, typer.Option(
-        "--part", help="Federated parameter set (default: the box config's, else "
-        f"{DEFAULT_PART}).", show_default=False)] = None,
+        "--part", help="Federated parameter set (default: the one the previous version "
+        f"was made with, else the box config's, else {DEFAULT_PART}).",
+        show_default=False)] = None,
 ) -> None:
     """Serve the previous model again and refuse the current one from now on."""
     from edge.config import configured_part
@@ -88,11 +89,16 @@ def rollback(
     from models.registry import optimised_sface_path
 
     settings = box(ctx).settings
-    part = part or configured_part(settings)
+    from edge.swap_store import SwapStore
+
     swap_dir = swap_dir_for(settings.data_dir / DB_FILENAME)
-    if not (swap_dir / "current.json").is_file():
+    pointer = SwapStore(swap_dir).load() if (swap_dir / "current.json").is_file() else None
+    if pointer is None:
         raise HotSwapError("this box has never swapped in a federated model: nothing to "
                            "roll back", hint="see `fedface-edge model status`")
+    # the part the target version was made with (its weights need that part's cut)
+    recorded = pointer.previous.part if pointer.previous is not None else None
+    part = part or recorded or configured_part(settings)
     box(ctx).gallery()  # validates the data dir with the gallery's usual errors
     swapper = HotSwapper(optimised_sface_path(settings.model_dir), get_part(part), swap_dir,
                          settings.data_dir / DB_FILENAME, threads=settings.threads,
