@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from edge.canary import CanaryPolicy
 from edge.errors import FedFaceError
 from models.federated_parts import DEFAULT_PART, PARTS
 
@@ -74,6 +75,17 @@ class EdgeSettings(BaseModel):
         description="CPU threads for the recogniser (ONNX Runtime intra-op threads). One "
         "per stream is the right choice on 2-4 core boxes that also capture and train.",
     )
+    canary_margin: float = Field(
+        default_factory=lambda: CanaryPolicy.from_env().margin,
+        ge=0.0,
+        le=1.0,
+        description="A federated model is refused if the box's leave-one-out "
+        "identification accuracy on its own people drops by more than this (absolute; "
+        "0.02 = 2 points). Env: FEDFACE_CANARY_MARGIN.",
+    )
+
+    def canary_policy(self) -> CanaryPolicy:
+        return CanaryPolicy(margin=self.canary_margin, threshold=self.match_threshold)
 
     @field_validator("data_dir", "model_dir")
     @classmethod
@@ -159,6 +171,9 @@ class FederationSection(_Section):
                                  "and results.")
     part: str = Field(default=DEFAULT_PART, description="Federated parameter set "
                       "(the same on every box of the federation; the aggregator announces it).")
+    canary_margin: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Refuse a federated model that lowers "
+        "the box's own identification accuracy by more than this (empty: 0.02).")
 
     @field_validator("part")
     @classmethod
@@ -190,9 +205,11 @@ class BoxConfig(_Section):
     doctor: DoctorSection = Field(default_factory=DoctorSection)
 
     def settings(self) -> EdgeSettings:
+        margin = self.federation.canary_margin
         return EdgeSettings(data_dir=self.box.data_dir, model_dir=self.box.model_dir,
                             threads=self.box.threads,
-                            match_threshold=self.box.match_threshold)
+                            match_threshold=self.box.match_threshold,
+                            **({} if margin is None else {"canary_margin": margin}))
 
 
 def default_config_path(settings: EdgeSettings | None = None) -> Path:

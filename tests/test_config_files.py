@@ -69,6 +69,22 @@ def test_bad_value_names_key_path_value_and_reason(tmp_path: Path, old: str, new
     assert str(tmp_path / "edge.toml") in str(err.value)
 
 
+def test_canary_margin_comes_from_the_config_file_else_the_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FEDFACE_CANARY_MARGIN", raising=False)
+    assert load_box_config(write(tmp_path, GOOD)).settings().canary_margin == 0.02
+    monkeypatch.setenv("FEDFACE_CANARY_MARGIN", "0.05")
+    assert load_box_config(write(tmp_path, GOOD)).settings().canary_margin == 0.05
+    text = GOOD.replace('key_id = "abc"', 'key_id = "abc"\ncanary_margin = 0.1')
+    settings = load_box_config(write(tmp_path, text)).settings()
+    assert settings.canary_margin == 0.1
+    assert settings.canary_policy().margin == 0.1
+    assert settings.canary_policy().threshold == settings.match_threshold
+    with pytest.raises(ConfigError, match=r"federation\.canary_margin = 1\.5: Input should "
+                       "be less than or equal to 1"):
+        load_box_config(write(tmp_path, text.replace("0.1", "1.5")))
+
+
 def test_unknown_and_missing_keys(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"camera\.fps: unknown setting"):
         load_box_config(write(tmp_path, GOOD.replace("[camera]", "[camera]\nfps = 5")))

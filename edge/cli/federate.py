@@ -111,7 +111,8 @@ def join(
         part = configured_part(settings)
     fed_part = get_part(part)
     sink = OnnxModelSink(optimised_sface_path(settings.model_dir), fed_part,
-                         settings.data_dir / "models", gallery, threads=settings.threads)
+                         settings.data_dir / "models", gallery, threads=settings.threads,
+                         policy=settings.canary_policy())
     trainer = TorchLocalTrainer(model_path("sface", settings.model_dir),
                                 gallery.crops_by_person, settings.data_dir / "train",
                                 fed_part)

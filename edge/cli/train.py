@@ -90,7 +90,7 @@ def train(
     swapper = HotSwapper(optimised_sface_path(settings.model_dir), fed_part,
                          swap_dir_for(settings.data_dir / DB_FILENAME),
                          settings.data_dir / DB_FILENAME, threads=settings.threads,
-                         threshold=settings.match_threshold)
+                         threshold=settings.match_threshold, policy=settings.canary_policy())
     train_dir = settings.data_dir / "train"
     # in process: this command already runs at a lower priority with one thread
     trainer = TorchLocalTrainer(model_path("sface", settings.model_dir),
