@@ -151,6 +151,21 @@ def reload_broker(p: PkiConfig) -> str:
     return "reload the broker yourself (systemctl reload mosquitto): no reload configured"
 
 
+def _last_swap(value: Any) -> dict[str, Any] | None:
+    """The box's last hot-swap event (swapped / refused / rolled_back), as plain scalars:
+    a box reports there that it refused a federated model its canary rejected."""
+    if not isinstance(value, dict):
+        return None
+    kept: dict[str, Any] = {}
+    for key in ("event", "version", "reason"):
+        if isinstance(value.get(key), str):
+            # a box's text reaches the operator's terminal: printable characters only
+            kept[key] = "".join(c for c in value[key] if c.isprintable())[:300]
+    if isinstance(value.get("at"), int | float) and not isinstance(value["at"], bool):
+        kept["at"] = float(value["at"])
+    return kept if "event" in kept else None
+
+
 def device_statuses(cfg: AggregatorConfig, store: Store, wait: float = 2.0) -> dict[str, Any]:
     """Retained status of each device (its last will says offline), signature-checked
     against the registry. Needs the ``broker`` section of the config."""
@@ -176,7 +191,8 @@ def device_statuses(cfg: AggregatorConfig, store: Store, wait: float = 2.0) -> d
             verify_envelope(env, ring, fed=cfg.fed)
             body = json.loads(env.payload)
             entry = {"state": str(body.get("state")), "model": body.get("model"),
-                     "ts": float(body.get("ts", env.ts))}
+                     "ts": float(body.get("ts", env.ts)),
+                     "last_swap": _last_swap(body.get("last_swap"))}
         except (FederationError, ValueError) as exc:
             entry = {"state": "invalid", "model": None, "ts": None, "error": str(exc)}
         with lock:

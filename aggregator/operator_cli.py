@@ -197,7 +197,8 @@ def status(
         devices.append({"device_id": d.device_id, "registered": "active" if d.active else
                         "revoked", "state": st.get("state", "unknown" if live or not
                                                    cfg.broker else "never seen"),
-                        "model": st.get("model"), "since": st.get("ts")})
+                        "model": st.get("model"), "since": st.get("ts"),
+                        "last_swap": st.get("last_swap")})
     latest = store.latest_round()
     results = [{"round": r.round, "model": r.result_model, "updates": r.contributions,
                 "closed_at": r.closed_at}
@@ -227,6 +228,11 @@ def _print_status(info: dict[str, Any]) -> None:
     for d in info["device_status"]:
         typer.echo(f"{d['device_id']:20s} {d['registered']:9s} {d['state']:10s} "
                    f"{d['model'] or '-'!s:18s} {_age(d['since'])}")
+    for d in info["device_status"]:
+        swap = d.get("last_swap") or {}
+        if swap.get("event") == "refused":
+            typer.echo(f"  {d['device_id']} REFUSED model {swap.get('version')} "
+                       f"{_age(swap.get('at'))}: {swap.get('reason')}")
     cur = info["open_round"]
     typer.echo("open round: " + (f"{cur['round']} on {cur['base_model']}, "
                                  f"{cur['contributions']}/{cur['quorum']} update(s), deadline "

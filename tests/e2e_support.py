@@ -89,7 +89,7 @@ class Federation:
         keys = create_federation_keys(root / "keys")
         agg_state = root / "aggregator"
         run_cli("init", "--fed", FED, "--state", str(agg_state), "--public-context",
-                str(keys.public_context), "--part-key", PART.key)
+                str(keys.public_context), "--part-key", PART.key, "--broker-url", broker_url)
         for dev in devices:
             key = generate_signing_key()
             write_private_key(root / f"{dev}.key", key)
@@ -107,7 +107,8 @@ class Federation:
             stdout=log, stderr=subprocess.STDOUT)
 
     def start_box(self, name: str, trainer: LocalTrainer | None = None, n_samples: int = 50,
-                  sink: ModelSink | None = None, retry_seconds: float = 30.0) -> Box:
+                  sink: ModelSink | None = None, retry_seconds: float = 30.0,
+                  max_relative_change: float = 0.5) -> Box:
         from federation.keys import read_private_key
 
         base = part_base_vector()
@@ -119,7 +120,8 @@ class Federation:
             return MqttTransport(self.broker_url, name, will=will, reconnect_max_delay=2)
 
         client = FederationClient(
-            ClientConfig(FED, name, retry_seconds=retry_seconds), transport,
+            ClientConfig(FED, name, retry_seconds=retry_seconds,
+                         max_relative_change=max_relative_change), transport,
             load_secret_context(self.secret_context), read_private_key(self.root / f"{name}.key"),
             read_public_key(self.agg_state / "aggregator.pub"), trainer, sink,
             self.root / "boxes" / name, base, on_event=box_events.append,
