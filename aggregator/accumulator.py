@@ -2,23 +2,34 @@
 whether it adds CKKS ciphertexts (the product) or float32 vectors (the plaintext
 baseline of bench/he_overhead.py).
 
-An update is added in two steps so that it can be made durable in between:
-``prepare`` parses and validates it completely (deserialises every ciphertext and checks
-its scale and parameters) without touching the sum; the coordinator then persists the
-accepted blob; ``commit`` adds the prepared update in place (``+=``), which cannot fail
-for a prepared update. The sum is serialised only when the round closes (``to_bytes``).
+Updates are added in batches, so that a batch can be made durable with ONE group commit
+in between (aggregator.store.accept_updates):
 
-Memory is one model: each update is deserialised, added into the running sum and
-dropped before the next one (holding ten 1M-value updates at once peaked at 2.4 GiB;
-the streaming sum stays at one update + one sum whatever the client count).
+- ``stage_many`` parses and validates each update completely (deserialises every
+  ciphertext, checks its scale and level) and adds the valid ones into a *staged* sum,
+  never into the round's sum; it answers per update (None, or why it was refused);
+- the coordinator then stores the valid updates durably;
+- ``commit_staged`` adds the staged sum into the round's sum (one model-sized ``+=``,
+  which cannot fail for validated ciphertexts), or ``discard_staged`` drops it when the
+  store failed, leaving the sum exactly as it was.
+
+``prepare``/``commit`` are the one-update form of the same thing. The sum is serialised
+only when the round closes (``to_bytes``).
+
+Memory is bounded by models, not by clients: the sum, the staged sum and the one update
+being parsed (holding ten 1M-value updates at once peaked at 2.4 GiB; this stays at
+three models whatever the batch or client count).
+
+TenSEAL holds the GIL while it deserialises, adds and serialises (measured: a Python
+thread next to a deserialising one never ran with a 2 s switch interval), so threads do
+not sum in parallel; ``aggregator.sumpool`` runs these accumulators in worker processes.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol, TypeVar
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import tenseal as ts
@@ -26,23 +37,6 @@ import tenseal as ts
 from federation.ckks import FederationContext, require_public_only
 from federation.errors import MALFORMED, WRONG_KEY, FederationError
 from federation.packing import EncryptedUpdate, parse_layout
-
-# TenSEAL releases the GIL while it (de)serialises (SEAL's zstd dominates): a few threads
-# deserialise an update / serialise the result that much faster on a multi-core server.
-_WORKERS = max(1, min(4, os.cpu_count() or 1))
-_POOL: ThreadPoolExecutor | None = None
-T = TypeVar("T")
-R = TypeVar("R")
-
-
-def _map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
-    """``[fn(x) for x in items]`` in order, on the module's thread pool."""
-    global _POOL
-    if _WORKERS == 1:
-        return [fn(x) for x in items]
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(_WORKERS, thread_name_prefix="ckks")
-    return list(_POOL.map(fn, items))
 
 
 class UpdateRejected(Exception):
@@ -54,23 +48,35 @@ class UpdateRejected(Exception):
         self.detail = detail
 
 
+class AccumulatorBroken(Exception):
+    """The sum itself is lost (a summing worker process died): rebuild it from disk."""
+
+
 # A validated update, ready to be added: opaque to the coordinator.
 Prepared = object
+# An update to add: its bytes, or the file holding them (read by whoever sums it).
+UpdateSource = bytes | Path
+
+
+def read_source(source: UpdateSource) -> bytes:
+    """The update's bytes (OSError if its file cannot be read)."""
+    return source.read_bytes() if isinstance(source, Path) else source
 
 
 class Accumulator(Protocol):
     @property
     def count(self) -> int: ...
 
-    def prepare(self, blob: bytes) -> Prepared:
-        """Parse and validate one update; raise UpdateRejected. Never touches the sum."""
+    def stage_many(self, sources: Sequence[UpdateSource]) -> list[UpdateRejected | None]:
+        """Validate each update and add the valid ones to the staged sum (never to the
+        round's sum); per update: None (staged) or why it was refused."""
         ...
 
-    def commit(self, prepared: Prepared) -> None:
-        """Add a prepared update to the sum in place."""
+    def commit_staged(self) -> None:
+        """Add the staged sum to the round's sum (after the batch was stored)."""
 
-    def add_blob(self, blob: bytes) -> None:
-        """prepare + commit (rebuilding a sum from stored updates)."""
+    def discard_staged(self) -> None:
+        """Drop the staged sum (the batch could not be stored)."""
 
     def to_bytes(self) -> bytes:
         """The running sum, serialised: this is the published result blob."""
@@ -85,6 +91,24 @@ class AccumulatorFactory(Protocol):
         a version that persisted the running sum after every update)."""
         ...
 
+    def close(self) -> None:
+        """Release what the factory holds (worker processes); idempotent."""
+
+
+def _stage_each(
+    stage: Callable[[bytes], None], sources: Sequence[UpdateSource]
+) -> list[UpdateRejected | None]:
+    out: list[UpdateRejected | None] = []
+    for source in sources:
+        try:
+            stage(read_source(source))
+            out.append(None)
+        except UpdateRejected as exc:
+            out.append(exc)
+        except OSError as exc:  # the spooled file vanished or cannot be read
+            out.append(UpdateRejected("unavailable", f"cannot read the update: {exc}"))
+    return out
+
 
 class PlainAccumulator:
     """float32 baseline: blob = raw little-endian float32 vector [c*n*w..., c*n]."""
@@ -93,6 +117,8 @@ class PlainAccumulator:
         self.length = length
         self.total = np.zeros(length, dtype=np.float64) if data is None else data
         self.count = count
+        self._staged: np.ndarray | None = None
+        self._staged_count = 0
 
     def prepare(self, blob: bytes) -> Prepared:
         if len(blob) != 4 * self.length:
@@ -109,6 +135,26 @@ class PlainAccumulator:
     def add_blob(self, blob: bytes) -> None:
         self.commit(self.prepare(blob))
 
+    def _stage(self, blob: bytes) -> None:
+        vec = self.prepare(blob)
+        assert isinstance(vec, np.ndarray)
+        if self._staged is None:
+            self._staged = np.zeros(self.length, dtype=np.float64)
+        np.add(self._staged, vec, out=self._staged)
+        self._staged_count += 1
+
+    def stage_many(self, sources: Sequence[UpdateSource]) -> list[UpdateRejected | None]:
+        return _stage_each(self._stage, sources)
+
+    def commit_staged(self) -> None:
+        if self._staged is not None:
+            np.add(self.total, self._staged, out=self.total)
+            self.count += self._staged_count
+        self.discard_staged()
+
+    def discard_staged(self) -> None:
+        self._staged, self._staged_count = None, 0
+
     def to_bytes(self) -> bytes:
         return self.total.astype("<f8").tobytes()
 
@@ -123,12 +169,24 @@ class PlainAccumulatorFactory:
     def restore(self, data: bytes, count: int) -> Accumulator:
         return PlainAccumulator(self.length, np.frombuffer(data, dtype="<f8").copy(), count)
 
+    def close(self) -> None:
+        pass
+
 
 class _CkksUpdate:
     def __init__(self, length: int, n_updates: int, vectors: list[ts.CKKSVector]) -> None:
         self.length = length
         self.n_updates = n_updates
         self.vectors = vectors
+
+
+def _fresh_parms_id(ctx: FederationContext) -> list[int] | None:
+    """The level of a fresh ciphertext (the first data level), from the context itself, so
+    that no update (not even the round's first) decides which level is accepted."""
+    try:
+        return list(ctx.context.seal_context().data.first_parms_id())
+    except Exception:  # an older TenSEAL without the SEAL API: fall back to the first update
+        return None
 
 
 class CkksAccumulator:
@@ -145,6 +203,8 @@ class CkksAccumulator:
         self._sum: list[ts.CKKSVector] | None = None
         self._sum_length = length  # fixed by the configuration or by the first update
         self._scale = float(ctx.context.global_scale)
+        self._parms = _fresh_parms_id(ctx)
+        self._staged: _CkksUpdate | None = None
 
     def prepare(self, blob: bytes) -> Prepared:
         try:
@@ -152,9 +212,14 @@ class CkksAccumulator:
         except FederationError as exc:
             raise UpdateRejected(exc.reason, exc.message) from None
 
+    def _expected_length(self) -> int | None:
+        if self._sum_length is not None:
+            return self._sum_length
+        return None if self._staged is None else self._staged.length
+
     def _parse(self, blob: bytes) -> _CkksUpdate:
         """The update's ciphertexts deserialised straight from the blob (no intermediate
-        EncryptedUpdate holding a copy of every ciphertext), on a few threads."""
+        EncryptedUpdate holding a copy of every ciphertext)."""
         layout = parse_layout(blob)
         length, slots, n_updates = layout.length, layout.slots, layout.n_updates
         if layout.key_id != self.ctx.key_id:
@@ -164,34 +229,33 @@ class CkksAccumulator:
         if slots != self.ctx.params.slots:
             raise FederationError(MALFORMED, f"update packed at {slots} slots, the federation "
                                   f"{self.ctx.params.slots}")
-        if self._sum_length is not None and length != self._sum_length:
+        expected = self._expected_length()
+        if expected is not None and length != expected:
             raise FederationError(
-                MALFORMED, f"update has {length} values, the federation {self._sum_length}")
-        spans = layout.spans
-        count = len(spans)
+                MALFORMED, f"update has {length} values, the federation {expected}")
         view = memoryview(blob)
-
-        def load(i: int) -> ts.CKKSVector:  # TenSEAL takes bytes: one slice per ciphertext
-            start, end = spans[i]
-            return self._load(bytes(view[start:end]), min(slots, length + 1 - i * slots), i)
-
-        vectors = _map(load, range(count))
+        vectors = [  # TenSEAL takes bytes: one slice per ciphertext
+            self._load(bytes(view[start:end]), min(slots, length + 1 - i * slots), i)
+            for i, (start, end) in enumerate(layout.spans)
+        ]
         self._check_compatible(vectors)
         return _CkksUpdate(length, n_updates, vectors)
 
     def _check_compatible(self, vectors: list[ts.CKKSVector]) -> None:
         """+= raises on a scale/level mismatch half-way through the sum: check every
         ciphertext here, so that commit() cannot fail on an update already stored."""
-        ref = self._sum[0] if self._sum is not None else vectors[0]
-        (ref_ct,) = ref.ciphertext()
-        parms = ref_ct.parms_id()
+        parms = self._parms
+        if parms is None:
+            ref = self._sum or (self._staged.vectors if self._staged else None) or vectors
+            (ref_ct,) = ref[0].ciphertext()
+            parms = list(ref_ct.parms_id())
         for i, vec in enumerate(vectors):
             (ct,) = vec.ciphertext()
             if ct.scale != self._scale or ct.size() != 2:
                 raise FederationError(
                     MALFORMED, f"ciphertext {i}: scale 2^{np.log2(ct.scale):.1f} / size "
                     f"{ct.size()}, expected a fresh ciphertext at the federation scale")
-            if ct.parms_id() != parms:
+            if list(ct.parms_id()) != parms:
                 raise FederationError(MALFORMED, f"ciphertext {i} is at another level")
 
     def _load(self, data: bytes, expected_size: int, i: int) -> ts.CKKSVector:
@@ -219,12 +283,37 @@ class CkksAccumulator:
     def add_blob(self, blob: bytes) -> None:
         self.commit(self.prepare(blob))
 
+    def _stage(self, blob: bytes) -> None:
+        update = self.prepare(blob)
+        assert isinstance(update, _CkksUpdate)
+        if self._staged is None:  # the first of the batch: its vectors become the staged sum
+            self._staged = update
+            return
+        for acc, vec in zip(self._staged.vectors, update.vectors, strict=True):
+            acc += vec
+        self._staged.n_updates += update.n_updates
+
+    def stage_many(self, sources: Sequence[UpdateSource]) -> list[UpdateRejected | None]:
+        return _stage_each(self._stage, sources)
+
+    @property
+    def staged_count(self) -> int:
+        return 0 if self._staged is None else self._staged.n_updates
+
+    def commit_staged(self) -> None:
+        staged, self._staged = self._staged, None
+        if staged is not None:
+            self.commit(staged)
+
+    def discard_staged(self) -> None:
+        self._staged = None
+
     def to_bytes(self) -> bytes:
         if self._sum is None or self._sum_length is None:
             raise ValueError("empty sum")
         return EncryptedUpdate(
             key_id=self.ctx.key_id, length=self._sum_length, slots=self.ctx.params.slots,
-            ciphertexts=tuple(_map(lambda v: v.serialize(), self._sum)), n_updates=self.count,
+            ciphertexts=tuple(v.serialize() for v in self._sum), n_updates=self.count,
         ).to_bytes()
 
 
@@ -246,3 +335,6 @@ class CkksAccumulatorFactory:
                    for i, ct in enumerate(partial.ciphertexts)]
         acc.commit(_CkksUpdate(partial.length, partial.n_updates, vectors))
         return acc
+
+    def close(self) -> None:
+        pass

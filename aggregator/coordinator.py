@@ -1,8 +1,9 @@
 """The round state machine: plain Python over typed messages, no transport inside.
 
-open (announce) -> collect (each accepted update is persisted as its own blob, then
-added to the in-memory running sum, then acked) -> close (the sum is serialised once,
-as the result blob) (all active devices sent, or deadline with
+open (announce) -> collect (updates come in batches: each batch is checked and staged,
+its valid updates stored with ONE group commit, then added to the in-memory running sum,
+then acked; aggregator.store says why that order is crash-safe) -> close (the sum is
+serialised once, as the result blob) (all active devices sent, or deadline with
 quorum) -> result ready (the service publishes it) -> published -> next round, whose
 base model version is the result's version.
 
@@ -21,21 +22,20 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from aggregator.accumulator import Accumulator, AccumulatorFactory, UpdateRejected
+from aggregator.accumulator import Accumulator, AccumulatorBroken, AccumulatorFactory
+from aggregator.intake import NOT_OPEN as NOT_OPEN  # re-exported: part of the reasons
+from aggregator.intake import Decision, Submission, check, rebuild_sum
 from aggregator.model_pins import next_base
-from aggregator.regions import kind_problem
 from aggregator.registry import DeviceRegistry
-from aggregator.store import RoundRow, Store, StoreError
+from aggregator.store import AcceptedUpdate, RoundRow, Store
 from federation.dp import DpConfig
 from federation.packing import DEFAULT_COUNT_SCALE
 
 log = logging.getLogger(__name__)
 
-# Reasons beyond the federation's envelope-level ones.
-NOT_OPEN = "not_open"  # no round open with that number (future round, or none)
+# Reasons beyond the federation's envelope-level ones (and NOT_OPEN).
 UNAVAILABLE = "unavailable"  # the aggregator could not persist the update (disk full...)
 
 
@@ -58,27 +58,6 @@ class RoundSettings:
             raise ValueError("quorum must be >= 1")
         if self.chunk_size < 1024:
             raise ValueError("chunk size must be >= 1024 bytes")
-
-
-@dataclass(frozen=True)
-class Submission:
-    """A reassembled, signature-checked update as the service hands it over."""
-
-    device_id: str
-    round: int
-    model: str
-    msg_id: str
-    blob_sha256: str
-    blob: bytes
-    spooled: Path | None = None  # the blob's reassembled file: moved into the store
-    kind: str = "update"  # or "partial": a regional aggregator's sum (aggregator.regions)
-
-
-@dataclass(frozen=True)
-class Decision:
-    accepted: bool
-    reason: str | None = None
-    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -153,32 +132,7 @@ class Coordinator:
         return events
 
     def _load_sum(self, row: RoundRow) -> Accumulator:
-        """The open round's sum rebuilt from disk: its accepted blobs re-added one at a
-        time (memory stays one update + the sum). A state dir written by an older version
-        may also hold a running sum blob of its first contributions."""
-        legacy = self.store.legacy_contributions(row.round)
-        if row.sum_blob is not None and legacy:
-            acc = self.accumulators.restore(self.store.read_blob(row.sum_blob), legacy)
-        else:
-            acc = self.accumulators.new()
-        readded = legacy  # blobs re-added (a regional partial sums several updates)
-        for device, name in self.store.accepted_blobs(row.round):
-            try:
-                data = self.store.accepted_path(name).read_bytes()
-                acc.add_blob(data)
-                readded += 1
-            except (OSError, UpdateRejected) as exc:
-                raise StoreError(
-                    f"round {row.round}: the accepted update of {device} ({name}) cannot be "
-                    f"re-added ({exc}); the state directory is damaged"
-                ) from None
-            del data
-        if readded != row.contributions or acc.count < readded:
-            raise StoreError(
-                f"round {row.round}: rebuilt a sum of {readded} blob(s), the db counts "
-                f"{row.contributions}; the state directory is damaged"
-            )
-        return acc
+        return rebuild_sum(self.store, self.accumulators, row)
 
     def _open_next(self) -> Announce:
         latest = self.store.latest_round()
@@ -221,89 +175,84 @@ class Coordinator:
 
     # --- updates ----------------------------------------------------------------------
     def submit(self, sub: Submission) -> Decision:
-        decision = self._check(sub)
-        if decision is not None:
-            return self._reject(sub, decision)
+        return self.submit_batch([sub])[0]
+
+    def submit_batch(self, subs: list[Submission]) -> list[Decision]:
+        """Check, stage, store (ONE group commit) and add a batch of updates; a decision
+        per update, in order. Accepted means durably stored AND in the sum: the caller
+        acks only after this returns."""
+        decisions: list[Decision | None] = [None] * len(subs)
+        taken: dict[str, str] = {}  # device -> msg of this batch's updates (duplicates)
+        todo: list[int] = []
+        for i, sub in enumerate(subs):
+            problem = check(self.store, self.registry, self.current, sub, taken)
+            if problem is not None:
+                decisions[i] = self._reject(sub, problem)
+            else:
+                taken[sub.device_id] = sub.msg_id
+                todo.append(i)
+        if todo:
+            for i, decision in self._stage_and_store([subs[i] for i in todo]).items():
+                decisions[todo[i]] = decision
+        return [d if d is not None else Decision(False, UNAVAILABLE, "not decided")
+                for d in decisions]
+
+    def _stage_and_store(self, subs: list[Submission]) -> dict[int, Decision]:
         assert self.current is not None and self.sum is not None
+        cur = self.current
+        out: dict[int, Decision] = {}
+        try:  # validates everything; the round's sum is untouched until commit_staged
+            results = self.sum.stage_many([s.spooled or s.blob or b"" for s in subs])
+        except AccumulatorBroken as exc:
+            self._sum_lost(cur, exc)
+            return {i: self._reject(s, Decision(False, UNAVAILABLE, "aggregator restarting its "
+                                                "summing workers; resend"))
+                    for i, s in enumerate(subs)}
+        valid = []
+        for i, (sub, rejected) in enumerate(zip(subs, results, strict=True)):
+            if rejected is not None:
+                out[i] = self._reject(sub, Decision(False, rejected.reason, rejected.detail))
+            else:
+                valid.append(i)
+        if not valid:
+            return out
         try:
-            prepared = self.sum.prepare(sub.blob)  # validates everything; sum untouched
-        except UpdateRejected as exc:
-            return self._reject(sub, Decision(False, exc.reason, exc.detail))
-        try:
-            self._persist(sub)
+            self.store.accept_updates(cur.round, [
+                AcceptedUpdate(subs[i].device_id, subs[i].msg_id, subs[i].blob_sha256,
+                               subs[i].spooled, None if subs[i].spooled else subs[i].blob)
+                for i in valid], cur.contributions + 1, self.clock())
         except (OSError, sqlite3.Error) as exc:
-            # Nothing was counted and the in-memory sum does not hold this update.
+            # Nothing of the batch was counted and the round's sum holds none of it.
             what = _storage_failure(exc)
-            log.error(
-                "round %d: could not persist the update of %s (%s); it is NOT counted, "
-                "the device must resend",
-                self.current.round,
-                sub.device_id,
-                what,
-            )
-            return self._reject(sub, Decision(False, UNAVAILABLE, f"aggregator storage: {what}"))
-        try:
-            self.sum.commit(prepared)
-        except Exception:  # prepare() checked what += needs: this is a bug, not bad input
-            log.exception("round %d: adding a prepared update failed; rebuilding the sum from "
-                          "the accepted blobs on disk", self.current.round)
-            self.sum = self._load_sum(self.current)
-        del prepared
-        log.info(
-            "round %d: accepted update %d from %s",
-            self.current.round,
-            self.current.contributions,
-            sub.device_id,
-        )
-        return Decision(True)
-
-    def _check(self, sub: Submission) -> Decision | None:
-        if self.registry.active_key(sub.device_id) is None:
-            known = self.registry.get(sub.device_id) is not None
-            return Decision(
-                False, "unknown_device", "device revoked" if known else "device not registered"
-            )
-        problem = kind_problem(self.store, sub.device_id, sub.kind, sub.blob)
-        if problem is not None:
-            return Decision(False, "malformed", problem)
-        cur = self.current
-        if cur is None or sub.round > cur.round:
-            return Decision(False, NOT_OPEN, f"round {sub.round} is not open")
-        if sub.round < cur.round:
-            seen_in = self.store.device_contributed_msg(sub.device_id, sub.msg_id)
-            if seen_in is not None:
-                return Decision(
-                    False, "replay", f"update {sub.msg_id} was counted in round {seen_in}"
-                )
-            return Decision(
-                False, "late", f"round {sub.round} is closed (current round {cur.round})"
-            )
-        if cur.status != "open":
-            return Decision(False, "late", f"round {cur.round} is closed")
-        prior = self.store.contribution(cur.round, sub.device_id)
-        if prior is not None:
-            return Decision(
-                False,
-                "duplicate",
-                f"an update of this device (msg {prior['msg_id']}) is already counted "
-                f"in round {cur.round}",
-            )
-        if sub.model != cur.base_model:
-            return Decision(
-                False,
-                "stale_version",
-                f"update is based on {sub.model}, round {cur.round} on {cur.base_model}",
-            )
-        return None
-
-    def _persist(self, sub: Submission) -> None:
-        assert self.current is not None and self.sum is not None
-        cur = self.current
-        self.store.accept_update(
-            cur.round, sub.device_id, sub.msg_id, sub.blob_sha256, cur.contributions + 1,
-            self.clock(), spooled=sub.spooled, data=None if sub.spooled else sub.blob,
-        )
+            log.error("round %d: could not store %d update(s) (%s); they are NOT counted, "
+                      "the devices must resend", cur.round, len(valid), what)
+            try:
+                self.sum.discard_staged()
+            except AccumulatorBroken as broken:
+                self._sum_lost(cur, broken)
+            for i in valid:
+                out[i] = self._reject(
+                    subs[i], Decision(False, UNAVAILABLE, f"aggregator storage: {what}"))
+            return out
         self.current = self.store.get_round(cur.round)
+        try:
+            self.sum.commit_staged()
+        except Exception as exc:  # staging checked what += needs: a bug or a dead worker
+            self._sum_lost(cur, exc)
+        for i in valid:
+            out[i] = Decision(True)
+        log.info("round %d: accepted %d update(s) (%s), %d in all", cur.round, len(valid),
+                 ", ".join(subs[i].device_id for i in valid[:5]) + (", ..." if len(valid) > 5
+                                                                     else ""),
+                 self.current.contributions if self.current else 0)
+        return out
+
+    def _sum_lost(self, cur: RoundRow, exc: Exception) -> None:
+        """The in-memory sum cannot be trusted: rebuild it from the stored updates."""
+        log.error("round %d: the running sum was lost (%s); rebuilding it from the accepted "
+                  "updates on disk", cur.round, exc)
+        row = self.store.get_round(cur.round)
+        self.sum = self._load_sum(row if row is not None else cur)
 
     def _reject(self, sub: Submission, decision: Decision) -> Decision:
         self.record_rejection(
@@ -383,7 +332,12 @@ class Coordinator:
         model = result_model_version(cur.round)
         name = f"round-{cur.round}-result.bin"
         try:
-            self.store.write_blob(name, self.sum.to_bytes())
+            data = self.sum.to_bytes()
+        except AccumulatorBroken as exc:  # a summing worker died: rebuild, close next tick
+            self._sum_lost(cur, exc)
+            return []
+        try:
+            self.store.write_blob(name, data)
             self.store.update_round(
                 cur.round, status="closed", closed_at=self.clock(), close_reason=why,
                 result_model=model, sum_blob=name,

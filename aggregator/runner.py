@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 from pathlib import Path
 
@@ -9,12 +11,24 @@ from aggregator.config import AggregatorConfig, load_context, load_signing_key
 from aggregator.coordinator import RoundSettings
 from aggregator.service import AggregatorService
 from aggregator.store import Store
+from aggregator.sumpool import ProcessSumFactory
 from federation.errors import NOT_CONNECTED, TransportError
 from federation.mqtt import MqttTransport, TlsConfig
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 20.0
+_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+
+def _fix_mmap_threshold() -> None:
+    """glibc raises its mmap threshold each time a large mmapped block is freed (up to
+    32 MB); from then on the MQTT thread's 256 KB chunk buffers come from malloc arenas,
+    which fragment as threads allocate alternately: the service process alone grew from
+    264 MB (10 boxes) to 349 MB (100 boxes) at 1M values. A fixed threshold keeps every
+    chunk-sized buffer mmapped, so freeing one returns it to the OS."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to fix
+        ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
 
 
 def build_service(
@@ -28,13 +42,20 @@ def build_service(
     cert_file: Path | None = None,
     key_file: Path | None = None,
     protocol: str = "5",
+    sum_workers: int | None = None,
 ) -> tuple[AggregatorService, MqttTransport]:
     """The service on a connected MQTT transport (persistent session). Updates the
     broker queued while the aggregator was down may arrive before ``service.start()``
-    subscribes: the transport buffers them and hands them over on subscribe."""
+    subscribes: the transport buffers them and hands them over on subscribe.
+
+    ``sum_workers``: processes that hold the round's CKKS sum (aggregator.sumpool);
+    None: one per core (at most 4); 0: sum in this process."""
     ctx = load_context(state, cfg)  # refuses a secret context (secret_key_refused)
+    _fix_mmap_threshold()
     signing_key = load_signing_key(state)
     store = Store(state)
+    # Started first: the workers import TenSEAL while this process connects.
+    sums = None if sum_workers == 0 else ProcessSumFactory(ctx, cfg.vector_length, sum_workers)
     tls = TlsConfig(ca_file, cert_file, key_file) if (ca_file or cert_file or key_file) else None
     transport = MqttTransport(broker, client_id, tls=tls, clean_start=False, protocol=protocol)
     try:
@@ -42,7 +63,7 @@ def build_service(
             transport, store, ctx, signing_key, cfg.fed,
             aggregator_id=cfg.aggregator_id, settings=settings,
             initial_model=cfg.initial_model, vector_length=cfg.vector_length,
-            max_rounds=max_rounds,
+            max_rounds=max_rounds, accumulators=sums,
         )
         if not transport.wait_connected(CONNECT_TIMEOUT):
             raise TransportError(
@@ -52,5 +73,7 @@ def build_service(
     except BaseException:
         transport.close()
         store.close()
+        if sums is not None:
+            sums.close()
         raise
     return service, transport

@@ -9,6 +9,11 @@ blob is read back (one at a time, since the service handles messages sequentiall
 Checks: chunk hash, consistent header across chunks (size, hash, count, chunk size),
 max blob size, max spooled bytes, expiry of partial blobs; the whole blob's size and
 SHA-256 on completion. Duplicate chunks (QoS 1 redelivery) are ignored.
+
+The whole blob's SHA-256 is computed as its chunks arrive when they arrive in order (one
+client's QoS 1 messages do), from the chunk already in memory: the completed blob is not
+read back from disk to be hashed (a 25 MB read per 1M-value update saved on the MQTT
+thread). Chunks out of order fall back to hashing the file on completion.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from federation.envelope import Envelope, validate
 from federation.errors import INTEGRITY, MALFORMED, OVERSIZED, FederationError
@@ -38,6 +44,9 @@ class _Partial:
     first_seen: float
     ident: tuple[object, ...] = ()
     have: set[int] = field(default_factory=set)
+    digest: Any = field(default_factory=hashlib.sha256)  # of bytes [0, hashed), in order
+    hashed: int = 0
+    in_order: bool = True
 
 
 class DiskReassembler:
@@ -137,13 +146,18 @@ class DiskReassembler:
             if len(chunk) != part.chunk_size:
                 self.discard(*key)
                 raise FederationError(MALFORMED, f"chunk {index} of {msg} has an irregular size")
-        self._write_at(key, part, index, chunk)
+        offset = self._write_at(key, part, index, chunk)
         part.have.add(index)
+        if part.in_order and offset == part.hashed:
+            part.digest.update(chunk)  # hashlib releases the GIL on buffers this size
+            part.hashed += len(chunk)
+        else:
+            part.in_order = False
         if len(part.have) < part.count:
             return None
         return self._complete(key, part)
 
-    def _write_at(self, key: tuple[str, str], part: _Partial, index: int, chunk: bytes) -> None:
+    def _write_at(self, key: tuple[str, str], part: _Partial, index: int, chunk: bytes) -> int:
         if index == part.count - 1 and part.count > 1 and part.chunk_size == 0:
             # Last chunk arrived before any other: its offset is blob_size - len(chunk).
             offset = part.blob_size - len(chunk)
@@ -157,6 +171,7 @@ class DiskReassembler:
             os.pwrite(fd, chunk, offset)
         finally:
             os.close(fd)
+        return offset
 
     def _complete(self, key: tuple[str, str], part: _Partial) -> Path:
         """Verify the whole blob on disk and hand it over as a file (the caller reads it
@@ -164,12 +179,10 @@ class DiskReassembler:
         self.partials.pop(key, None)
         ready = part.path.with_name(part.path.name + ".ready")
         try:
-            digest = hashlib.sha256()
-            size = 0
-            with part.path.open("rb") as fh:
-                while block := fh.read(1 << 20):
-                    digest.update(block)
-                    size += len(block)
+            if part.in_order and part.hashed == part.blob_size:
+                digest, size = part.digest, os.stat(part.path).st_size
+            else:
+                digest, size = _hash_file(part.path)
             if size != part.blob_size:
                 raise FederationError(
                     INTEGRITY, f"reassembled {size} bytes, header says {part.blob_size}"
@@ -181,6 +194,16 @@ class DiskReassembler:
             part.path.unlink(missing_ok=True)
             raise
         return ready
+
+
+def _hash_file(path: Path) -> tuple[Any, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+            size += len(block)
+    return digest, size
 
 
 def _ident(env: Envelope) -> tuple[object, ...]:
