@@ -23,8 +23,13 @@ confirm a result), blocking at most ``wait_seconds`` per try.
 Model names: the region names its results ``round-<r>`` of its own round numbers; the
 forwarder maps each to the root's model name (persisted in ``regional.json``), so the
 partial of a region round built on root model M is sent for a root round based on M. If
-the root has moved on (its open round is based on another model), the region's sum is
-stale: it is not sent, and the region publishes the root's latest result instead.
+the root has moved on (its round is based on another model), the region's sum is stale:
+it is not sent, and the region publishes the root's current base (its retained result)
+at once, so the region's next round reaches the root's open one.
+
+A partial is recorded in ``regional.json`` before its first chunk is sent: after a crash
+or a lost PUBACK the region sends the same message again while the root's round is open
+(the root counts it once), or waits for that round's result, never for a later one.
 """
 
 from __future__ import annotations
@@ -106,6 +111,8 @@ class RegionalForwarder:
         sent = self._state["forwarded"].get(key)
         if sent is None:
             sent = self._forward(event, partial_blob)
+        elif sent.get("msg") and not sent.get("confirmed", True):
+            self._resend(event, partial_blob, sent)
         deadline = time.monotonic() + self.wait_seconds
         with self._cond:
             while True:
@@ -129,31 +136,69 @@ class RegionalForwarder:
         if ann is None:
             raise TransportError(PUBLISH_TIMEOUT, "no announce from the root aggregator yet")
         wanted_base = self._state["models"].get(event.base_model, event.base_model)
-        if not ann.open or ann.base_model != wanted_base:
-            if ann.open or ann.base_model == wanted_base:
-                raise TransportError(PUBLISH_TIMEOUT, "the root has no open round yet")
-            # The root moved on: this region's sum is of a stale base; publish the root's
-            # next result instead (the region's boxes catch up on it).
+        if ann.base_model == wanted_base and not ann.open:
+            # the root's round on this base closed (its result is on the way) or the root
+            # stopped: nothing to send to yet
+            raise TransportError(PUBLISH_TIMEOUT, "the root has no open round yet")
+        if ann.base_model != wanted_base:
+            # The root moved on (its round is based on another model, open or closed): this
+            # region's sum is of a stale base. Publish the root's current base now if it
+            # is in (the region's next round then builds on it and reaches the root's
+            # open round), else the result of the root's round.
+            base_round = next((r for r, (_, model) in sorted(self._results.items())
+                               if model == ann.base_model), None)
+            root_round = ann.round if base_round is None else base_round
             log.error("region round %d is based on %s but the root's round %d on %s: the "
-                      "region's sum is NOT forwarded", event.round, wanted_base, ann.round,
-                      ann.base_model)
-            sent: dict[str, Any] = {"root_round": ann.round, "msg": None}
+                      "region's sum is NOT forwarded; publishing the root's result of its "
+                      "round %d", event.round, wanted_base, ann.round, ann.base_model,
+                      root_round)
+            sent: dict[str, Any] = {"root_round": root_round, "msg": None}
         else:
             msg = hashlib.sha256(b"fedface-partial\0" + blob).hexdigest()[:32]
-            envs = split_blob(blob, self.signing_key, kind="partial", fed=self.fed_id,
-                              sender=self.region_id, round=ann.round, model=ann.base_model,
-                              chunk_size=self.chunk_size, msg=msg)
-            topic = topics.update(self.fed_id, self.region_id)
-            for i, env in enumerate(envs):
-                last = i == len(envs) - 1
-                self.root.publish(topic, encode(env),
-                                  wait_timeout=CONFIRM_TIMEOUT if last else None)
-            log.info("region round %d: partial sum (%d bytes, %d chunks) sent to root round "
-                     "%d", event.round, len(blob), len(envs), ann.round)
-            sent = {"root_round": ann.round, "msg": msg}
+            # Recorded BEFORE the first chunk leaves: the root may count the partial (and
+            # ack it) before this process sees the broker's PUBACK. A crash or a lost
+            # PUBACK then leaves an unconfirmed entry, and the retry resends the SAME
+            # message (the root dedupes it) or waits for that root round's result,
+            # instead of taking the root's next round for a stale base and waiting a
+            # whole root round for nothing.
+            sent = {"root_round": ann.round, "model": ann.base_model, "msg": msg,
+                    "confirmed": False}
+            self._state["forwarded"][str(event.round)] = sent
+            self._save()
+            self._publish_partial(event, blob, sent)
+            return sent
         self._state["forwarded"][str(event.round)] = sent
         self._save()
         return sent
+
+    def _resend(self, event: ResultReady, blob: bytes, sent: dict[str, Any]) -> None:
+        """An unconfirmed partial (crash or lost PUBACK): send it again while the root's
+        round is open (same msg id: the root counts it once); once that round closed, its
+        result is the one to wait for (whether or not the partial made it in)."""
+        with self._cond:
+            ann = self._announce
+        if ann is None or not ann.open or ann.round != int(sent["root_round"]):
+            return
+        if self._result_for(int(sent["root_round"])) is not None:
+            return
+        log.warning("region round %d: the root's round %d is open and the partial %s was "
+                    "not confirmed; sending it again (same msg id)", event.round, ann.round,
+                    sent["msg"])
+        self._publish_partial(event, blob, sent)
+
+    def _publish_partial(self, event: ResultReady, blob: bytes, sent: dict[str, Any]) -> None:
+        root_round = int(sent["root_round"])
+        envs = split_blob(blob, self.signing_key, kind="partial", fed=self.fed_id,
+                          sender=self.region_id, round=root_round, model=str(sent["model"]),
+                          chunk_size=self.chunk_size, msg=str(sent["msg"]))
+        topic = topics.update(self.fed_id, self.region_id)
+        for i, env in enumerate(envs):
+            last = i == len(envs) - 1
+            self.root.publish(topic, encode(env), wait_timeout=CONFIRM_TIMEOUT if last else None)
+        log.info("region round %d: partial sum (%d bytes, %d chunks) sent to root round %d",
+                 event.round, len(blob), len(envs), root_round)
+        sent["confirmed"] = True
+        self._save()
 
     def _result_for(self, root_round: int) -> tuple[bytes, str] | None:
         if root_round in self._results:
