@@ -96,6 +96,13 @@ def serve(
     root_key: Annotated[Path | None, typer.Option(help="the root's aggregator.pub")] = None,
     region_id: Annotated[str, typer.Option(help="this region's id at the root")] = "",
     root_aggregator_id: Annotated[str, typer.Option(help="the root's sender id")] = "aggregator",
+    root_ca_file: Annotated[Path | None, typer.Option(
+        help="TLS CA of the root's broker (default: --ca-file)")] = None,
+    root_cert_file: Annotated[Path | None, typer.Option(
+        help="client certificate for the root's broker, CN = --region-id, issued by the "
+        "root's CA (default: --cert-file)")] = None,
+    root_key_file: Annotated[Path | None, typer.Option(
+        help="its private key (with --root-cert-file)")] = None,
     dp_clip: Annotated[float, typer.Option(help="DP: L2 clip of each box's delta")] = 0.0,
     dp_noise: Annotated[float, typer.Option(help="DP: Gaussian noise multiplier z")] = 0.0,
     dp_delta: Annotated[float, typer.Option(help="DP: delta of the reported epsilon")] = 1e-5,
@@ -115,6 +122,9 @@ def serve(
     settings = RoundSettings(round_deadline, quorum, cfg.count_scale, cfg.part_key, chunk_size,
                              max_extensions, dp)
     limiter = regional_cli.rate_limiter(rate_limit_msgs, rate_limit_mib)
+    # checked before connecting anywhere: a bad option fails fast, with nothing to undo
+    root_tls = regional_cli.root_link_tls(_tls(ca_file, cert_file, key_file), root_ca_file,
+                                          root_cert_file, root_key_file)
     service, transport = build_service(
         state, cfg, settings, broker, client_id or f"aggregator-{cfg.fed}",
         rounds or None, ca_file, cert_file, key_file, mqtt_protocol,
@@ -127,7 +137,7 @@ def serve(
         try:
             links.append(regional_cli.attach_forwarder(
                 service, state, forward_to, root_key, region_id, root_aggregator_id,
-                mqtt_protocol, _tls(ca_file, cert_file, key_file)))
+                mqtt_protocol, root_tls))
         except BaseException:
             transport.close()
             service.store.close()

@@ -76,10 +76,32 @@ def rate_limiter(messages_per_second: float, mib_per_second: float) -> RateLimit
         bytes_per_second=mib_per_second * 2**20, byte_burst=8 * mib_per_second * 2**20))
 
 
+def root_link_tls(own: Any, root_ca: Path | None, root_cert: Path | None,
+                  root_key: Path | None) -> Any:
+    """TLS files of the region's link to the root's broker: ``--root-*`` files, each
+    defaulting to the region's own (``own``, a TlsConfig or None).
+
+    The root's broker knows a region as a device: its ACL grants ``update/<CN>`` to the
+    certificate's CN, so the region needs a client certificate with CN = its region id
+    from the CA the root's broker trusts. The region's own broker certificate (CN
+    ``aggregator``) would be refused there (wrong CA, or ACL: the aggregator may not
+    write to ``update/...``)."""
+    from federation.mqtt import TlsConfig
+
+    if (root_cert is None) != (root_key is None):
+        raise ValueError("--root-cert-file and --root-key-file go together (the region's "
+                         "client certificate for the root's broker and its key)")
+    if root_ca is None and root_cert is None:
+        return own
+    base = own or TlsConfig()
+    return TlsConfig(root_ca or base.ca_file, root_cert or base.cert_file,
+                     root_key or base.key_file)
+
+
 def attach_forwarder(service: Any, state: Path, forward_to: str, root_key: Path | None,
                      region_id: str, root_aggregator_id: str, protocol: str,
                      tls: Any = None) -> Any:
-    """Regional mode: connect to the root's broker (same TLS files as the region's) and
+    """Regional mode: connect to the root's broker (``tls``: see ``root_link_tls``) and
     attach a RegionalForwarder. Returns the root transport (the caller closes it)."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
