@@ -42,28 +42,29 @@ class SwapAssets:
     def __init__(self, base_model: Path, part: FederatedPart, directory: Path,
                  rows: GalleryRows | None, threads: int = 1) -> None:
         self.part, self.rows = part, rows
-        self.base_bytes = Path(base_model).read_bytes()
-        self.base_sha256 = hashlib.sha256(self.base_bytes).hexdigest()
+        # the base model's bytes are only needed here: not kept (38 MB for the box's life)
+        base_bytes = Path(base_model).read_bytes()
+        self.base_sha256 = hashlib.sha256(base_bytes).hexdigest()
         digest = self.base_sha256[:16]
-        self.layout = InitializerLayout.scan(self.base_bytes)
+        self.layout = InitializerLayout.scan(base_bytes)
         # the initializers a vector of this part turns into (low-rank factors materialised)
         self.patch_names = tuple(
             [n for n in part.names if not n.endswith((".lora_a", ".lora_b"))]
             + list(part.low_rank))
-        self.base_weights = self.layout.read(self.base_bytes, self.patch_names)
+        self.base_weights = self.layout.read(base_bytes, self.patch_names)
         directory = Path(directory)
         self.tail_bytes = self._cached_graph(directory / f"tail-{digest}-{part.cut}.onnx",
-                                             tail_model)
+                                             base_bytes, tail_model)
         self.tail_layout = InitializerLayout.scan(self.tail_bytes)
         # the frozen trunk's session, shared by every version's frames embedder
         self.head = head_session(self._cached_graph(
-            directory / f"head-{digest}-{part.cut}.onnx", head_model), threads)
+            directory / f"head-{digest}-{part.cut}.onnx", base_bytes, head_model), threads)
         self.trunk = TrunkFeatures(Path(base_model), part.cut,
                                    Path(directory) / f"trunk-{digest}-{part.cut}", threads)
         self._keys: dict[int, str] = {}
         self._lock = threading.Lock()
 
-    def _cached_graph(self, path: Path,
+    def _cached_graph(self, path: Path, base_bytes: bytes,
                       cut: Callable[[onnx.ModelProto, str], onnx.ModelProto]) -> bytes:
         try:
             data = path.read_bytes()
@@ -73,7 +74,7 @@ class SwapAssets:
             pass
         except ValueError:
             log.warning("cached graph %s is damaged; rebuilding it", path.name)
-        data = cut(onnx.load_from_string(self.base_bytes), self.part.cut).SerializeToString()
+        data = cut(onnx.load_from_string(base_bytes), self.part.cut).SerializeToString()
         write_atomic(path, data, mode=0o600)
         return data
 
