@@ -89,6 +89,10 @@ def serve(
         "--mqtt-protocol", help="MQTT version: 5, or 3.1.1 for brokers without MQTT 5 "
         "(e.g. the demo's embedded amqtt)")] = "5",
     log_level: str = "INFO",
+    sum_workers: Annotated[int | None, typer.Option(
+        min=0, max=16, help="processes holding the round's CKKS sum (default: one per "
+        "core, at most 4; 0: sum in the service process, least memory)",
+        show_default=False)] = None,
     # --- fleet options (aggregator/regional_cli.py) ---
     forward_to: Annotated[str, typer.Option(
         help="regional mode: the ROOT aggregator's broker; closed rounds' sums go there as "
@@ -127,7 +131,7 @@ def serve(
                                           root_cert_file, root_key_file)
     service, transport = build_service(
         state, cfg, settings, broker, client_id or f"aggregator-{cfg.fed}",
-        rounds or None, ca_file, cert_file, key_file, mqtt_protocol,
+        rounds or None, ca_file, cert_file, key_file, mqtt_protocol, sum_workers,
     )
     service.rate_limiter = limiter
     if dp is not None:

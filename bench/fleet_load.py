@@ -156,14 +156,16 @@ def spawn_boxes(url: str, dev_keys: Path, updates: Path, devices: list[str], rou
 class AggregatorProcess:
     """``fedface-aggregator serve`` with an RSS poll; rusage from wait4 at exit."""
 
-    def __init__(self, state: Path, url: str, n: int, rounds: int, log: Path) -> None:
+    def __init__(self, state: Path, url: str, n: int, rounds: int, log: Path,
+                 sum_workers: int | None = None) -> None:
         import psutil
 
         exe = Path(sys.executable).parent / "fedface-aggregator"
         self.log = log.open("w")
         self.proc = subprocess.Popen(
             [str(exe), "serve", "--state", str(state), "--broker", url, "--quorum", str(n),
-             "--rounds", str(rounds), "--round-deadline", "3600"],
+             "--rounds", str(rounds), "--round-deadline", "3600",
+             *([] if sum_workers is None else ["--sum-workers", str(sum_workers)])],
             stdout=subprocess.DEVNULL, stderr=self.log)
         self.ps = psutil.Process(self.proc.pid)
         self.max_rss = 0  # of the process tree: the aggregator and its summing workers
@@ -213,7 +215,7 @@ class AggregatorProcess:
 
 
 def run_fleet(n: int, rounds: int, keys_dir: Path, updates: Path, procs: int, chunk: int,
-              meta: list[dict[str, Any]]) -> dict[str, Any]:
+              meta: list[dict[str, Any]], sum_workers: int | None = None) -> dict[str, Any]:
     root = tmpdir(f"fleet-{n}-")
     broker, url = start_broker(root / "mosquitto")
     agg: AggregatorProcess | None = None
@@ -225,7 +227,7 @@ def run_fleet(n: int, rounds: int, keys_dir: Path, updates: Path, procs: int, ch
         sys_counters = SysCounters(url)
         boxes = spawn_boxes(url, dev_keys, updates, devices, rounds, procs, chunk)
         before = sys_counters.snapshot()
-        agg = AggregatorProcess(state, url, n, rounds, root / "aggregator.log")
+        agg = AggregatorProcess(state, url, n, rounds, root / "aggregator.log", sum_workers)
         with watcher.cond:
             watcher.cond.wait_for(lambda: 1 in watcher.opened, 120)
         agg.mark_open()
@@ -448,6 +450,8 @@ def main() -> None:
     p.add_argument("--distinct", type=int, default=6)
     p.add_argument("--length", type=int, default=0, help="values per update (0: the default part)")
     p.add_argument("--procs", type=int, default=2)
+    p.add_argument("--sum-workers", type=int, default=None,
+                   help="serve --sum-workers (default: the service's own default)")
     p.add_argument("--chunk-size", type=int, default=256 * 1024)
     ns = p.parse_args()
     if ns.cmd == "box":
@@ -470,7 +474,7 @@ def main() -> None:
     for n in (int(x) for x in ns.fleets.split(",")):
         print(f"fleet of {n} boxes, {ns.rounds} rounds...", file=sys.stderr, flush=True)
         res = run_fleet(n, ns.rounds, work / "keys", work / "updates", ns.procs, ns.chunk_size,
-                        meta)
+                        meta, ns.sum_workers)
         print(json.dumps(res), file=sys.stderr, flush=True)
         results.append(res)
     print_table(results, meta, length, ns.procs)
