@@ -287,7 +287,21 @@ class AggregatorService:
             if key in self._finished_msgs:
                 return  # a redelivered chunk of an update already decided
         try:
-            self._check_envelope(device, env)
+            self._authenticate(device, env)
+        except FederationError as exc:
+            # Not proven to come from `device`: it must not discard, block or answer for
+            # that device's genuine upload with the same message id (a forged chunk
+            # could otherwise make the box drop its update as rejected). Counted and
+            # logged only; a registered box with a wrong key shows in the counters.
+            answer = device if exc.reason == UNKNOWN_DEVICE else None
+            if answer is not None:
+                self._remember(key)  # one answer per upload, not per chunk
+            self._queue.put(_Reject(answer, env.round, env.msg, exc.reason,
+                                    f"{exc.message} (claimed sender {env.sender!r} on the "
+                                    f"topic of {device!r})"))
+            return
+        try:
+            self._check_envelope(env)
             path = self.spool.add(env)
         except FederationError as exc:
             self.spool.discard(*key)
@@ -308,18 +322,22 @@ class AggregatorService:
             self._flusher.submit(_flush_quietly, path)
             self._queue.put(_Ready(Envelope(**{**env.header(), "payload": b""}), path))
 
-    def _check_envelope(self, device: str | None, env: Envelope) -> None:
+    def _authenticate(self, device: str | None, env: Envelope) -> None:
+        """The chunk is signed by the registered, active device whose topic it came on."""
+        if env.sender != device:
+            raise FederationError(MALFORMED, f"sender {env.sender!r} on the topic of {device!r}")
+        key = self._keys.get(env.sender)
+        if key is None:  # answered: only that id's own (unregistered) box can be misled
+            why = "was revoked" if env.sender in self._revoked else "is not registered"
+            raise FederationError(UNKNOWN_DEVICE, f"device {env.sender!r} {why}")
+        verify(key, env.signing_bytes(), env.sig)
+
+    def _check_envelope(self, env: Envelope) -> None:
+        """What an authenticated chunk must be (answered: the device did send it)."""
         if env.fed != self.fed_id:
             raise FederationError(WRONG_FEDERATION, f"update for federation {env.fed!r}")
         if env.kind not in ("update", "partial"):  # partial: a regional aggregator's sum
             raise FederationError(MALFORMED, f"a {env.kind!r} message on an update topic")
-        if env.sender != device:
-            raise FederationError(MALFORMED, f"sender {env.sender!r} on the topic of {device!r}")
-        key = self._keys.get(env.sender)
-        if key is None:
-            why = "was revoked" if env.sender in self._revoked else "is not registered"
-            raise FederationError(UNKNOWN_DEVICE, f"device {env.sender!r} {why}")
-        verify(key, env.signing_bytes(), env.sig)
 
     def _remember(self, key: tuple[str, str]) -> None:
         with self._finished_lock:

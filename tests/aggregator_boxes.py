@@ -58,11 +58,11 @@ class ScriptedBox:
 
     def envelopes(
         self, blob: bytes, round_no: int, model: str, chunk_size: int = 64 * 1024,
-        fed: str | None = None, key: Any = None,
+        fed: str | None = None, key: Any = None, msg: str | None = None,
     ) -> list[Envelope]:
         return split_blob(
             blob, key or self.key, kind="update", fed=fed or self.fed, sender=self.device_id,
-            round=round_no, model=model, chunk_size=chunk_size,
+            round=round_no, model=model, chunk_size=chunk_size, msg=msg,
         )
 
     def send(self, envs: list[Envelope]) -> None:

@@ -183,12 +183,13 @@ def test_region_and_root_processes_over_two_brokers_equal_flat_average(
     send_partial(rogue, forged_blob, 1, "base")
     send_partial(h.direct_box, forged_blob, 1, "base")  # registered box, not a region
     refusals = {
-        "impostor": impostor.wait_acks(1, 30)[0],
         "rogue": rogue.wait_acks(1, 30)[0],
         "box": h.direct_box.wait_acks(1, 30)[0],
     }
+    # the impostor's partial is refused (counted as bad_signature below) but never
+    # answered: an unauthenticated message gets no reply in the region's name
+    assert impostor.acks == [], impostor.acks
     assert not any(a["accepted"] for a in refusals.values()), refusals
-    assert refusals["impostor"]["reason"] == "bad_signature", refusals
     assert refusals["rogue"]["reason"] == "unknown_device", refusals
     assert "not registered" in refusals["rogue"]["detail"]
     assert refusals["box"]["reason"] == "malformed", refusals
@@ -226,8 +227,8 @@ def test_region_and_root_processes_over_two_brokers_equal_flat_average(
           f"max |hierarchy - flat encrypted| {err_flat:.2e}")
     assert err_plain < 1e-5 and err_flat < 1e-5
     north_acks = [a for a in h.root_watch.acks_of(REGION) if a["round"] == 1]
-    assert [a["reason"] for a in north_acks] == ["bad_signature", None], north_acks
-    assert north_acks[1]["accepted"]
+    assert [a["reason"] for a in north_acks] == [None], north_acks
+    assert north_acks[0]["accepted"]
 
     # --- round 2: the region dies (-9) after forwarding, before the root's result ------
     h.root_watch.wait("root round 2 open", h.root_watch.open_round(2), 30, h.logs)
@@ -270,7 +271,7 @@ def test_region_and_root_processes_over_two_brokers_equal_flat_average(
     # --- the root kept serving and counted every refusal; nobody held the secret key --
     status = status_json(h.root_state)
     counters = status["counters"]
-    assert counters.get("rejected.bad_signature") == 1, counters
+    assert counters.get("rejected.bad_signature", 0) >= 1, counters  # once per chunk
     assert counters.get("rejected.unknown_device") == 1, counters
     assert counters.get("rejected.malformed") == 1, counters
     assert [r["updates"] for r in status["recent_results"]] == [2, 2]
