@@ -122,11 +122,13 @@ class _Worker:
         self.proc.start()
         child.close()
         self.ready = False
+        self.broken = False  # its pipe failed: replace it even if it is not reaped yet
 
     def send(self, *request: Any) -> None:
         try:
             self.conn.send(request)
         except (OSError, ValueError) as exc:
+            self.broken = True
             raise AccumulatorBroken(f"summing worker {self.proc.name} is gone ({exc})") from None
 
     def reply(self, timeout: float | None = None) -> tuple[Any, ...]:
@@ -136,6 +138,7 @@ class _Worker:
                                         f"within {timeout:.0f} s")
             answer: tuple[Any, ...] = self.conn.recv()
         except (EOFError, OSError) as exc:
+            self.broken = True
             raise AccumulatorBroken(
                 f"summing worker {self.proc.name} died (exit code {self.proc.exitcode}): "
                 f"{exc or 'connection closed'}") from None
@@ -174,7 +177,7 @@ class ProcessSumFactory:
     def workers(self) -> list[_Worker]:
         """The live workers, restarted if any died (their sums are rebuilt by the caller)."""
         for i, w in enumerate(self._workers):
-            if not w.proc.is_alive():
+            if w.broken or not w.proc.is_alive():
                 log.warning("summing worker %s exited (code %s); starting a new one",
                             w.proc.name, w.proc.exitcode)
                 w.stop()
@@ -189,13 +192,24 @@ class ProcessSumFactory:
         return [w.proc.pid for w in self._workers if w.proc.pid is not None]
 
     def new(self) -> Accumulator:
-        workers = self.workers()
-        for w in workers:
-            w.send("new", self.length)
-        for w in workers:
-            w.reply()
-        self._current = PooledAccumulator(self, workers, self.length)
-        return self._current
+        for attempt in range(3):
+            workers = self.workers()
+            try:
+                for w in workers:
+                    w.send("new", self.length)
+                for w in workers:
+                    w.reply()
+            except AccumulatorBroken:
+                # one was killed after the liveness check (SIGKILL is not reaped at once);
+                # the others may hold an unread reply: replace them all (a rare path)
+                for w in workers:
+                    w.broken = True
+                if attempt == 2:
+                    raise
+                continue
+            self._current = PooledAccumulator(self, workers, self.length)
+            return self._current
+        raise AssertionError("unreachable")
 
     def restore(self, data: bytes, count: int) -> Accumulator:
         acc = self.new()
