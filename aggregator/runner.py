@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
 from pathlib import Path
 
@@ -13,24 +11,12 @@ from aggregator.service import AggregatorService
 from aggregator.store import Store
 from aggregator.sumpool import ProcessSumFactory
 from federation.errors import NOT_CONNECTED, TransportError
+from federation.memory import pin_mmap_threshold
 from federation.mqtt import MqttTransport, TlsConfig
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 20.0
-_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
-
-
-def _fix_mmap_threshold() -> None:
-    """glibc raises its mmap threshold each time a large mmapped block is freed (up to
-    32 MB); from then on the MQTT thread's 256 KB chunk buffers come from malloc arenas,
-    which fragment as threads allocate alternately: the service process alone grew from
-    264 MB (10 boxes) to 349 MB (100 boxes) at 1M values. A fixed threshold keeps every
-    chunk-sized buffer mmapped, so freeing one returns it to the OS."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to fix
-        ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
-
-
 def build_service(
     state: Path,
     cfg: AggregatorConfig,
@@ -51,7 +37,7 @@ def build_service(
     ``sum_workers``: processes that hold the round's CKKS sum (aggregator.sumpool);
     None: one per core (at most 4); 0: sum in this process."""
     ctx = load_context(state, cfg)  # refuses a secret context (secret_key_refused)
-    _fix_mmap_threshold()
+    pin_mmap_threshold()  # chunk buffers back to the OS when freed (federation.memory)
     signing_key = load_signing_key(state)
     store = Store(state)
     # Started first: the workers import TenSEAL while this process connects.

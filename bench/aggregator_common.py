@@ -370,7 +370,7 @@ def _make_trainers(ns: argparse.Namespace, devices: list[str]) -> dict[str, Any]
         # process (spawn + torch import per round) would add the same cost to both arms.
         trainer = TorchLocalTrainer(model_path("sface"), mine, cache, get_part(ns.part),
                                     config=config, isolate=False)
-        trainer._training_set()  # computes and caches the trunk features
+        trainer.warm_features()  # computes and caches the trunk features
         trainers[d] = trainer
     return trainers
 

@@ -28,6 +28,7 @@ from edge.pipeline import FacePipeline
 from edge.recognizer import Recognizer
 from edge.trainer_api import LocalTrainer
 from federation.keys import load_secret_context, read_private_key, read_public_key
+from federation.memory import pin_mmap_threshold
 from federation.mqtt import MqttTransport
 from federation.transport import Will
 from models.federated_parts import DEFAULT_PART, FederatedPart, get_part
@@ -168,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    pin_mmap_threshold()  # as every box process (federation.memory)
     cfg = json.loads(Path(args[0]).read_text())
     try:
         return run(cfg)

@@ -8,133 +8,32 @@ federated part's vector leaves; the head is dropped at the end of the round.
 
 Priority: by default the round runs in a child process that lowers its own priority
 (nice 10) and uses one torch thread, so the live recognition stream keeps its cores.
+The child also computes the trunk features of new crops: the box's long-lived process
+then never holds the trunk's ONNX Runtime session, its batch buffers or the feature
+arrays (measured: ~450 MB it would otherwise keep for the rest of its life).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
-import math
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from edge.feature_cache import CropsByPerson, FeatureCache, TrainingSet
-from edge.trainer_api import LocalUpdate, TrainingError
+from edge.augment import check_crop
+from edge.feature_cache import CropsByPerson, FeatureCache, group_crops
+from edge.trainer_api import FitResult, LocalUpdate, TrainConfig, TrainingError
 from models.federated_parts import DEFAULT_PART, FederatedPart, get_part
-from models.trainable import (
-    CosFaceHead,
-    TrainableTail,
-    class_centres,
-    cosine_lr,
-    proximal_penalty,
-)
+
+__all__ = ["TorchLocalTrainer", "TrainConfig", "train_local"]
 
 log = logging.getLogger(__name__)
-
-
-# Adam learning rates per federated part, measured on the LFW experiment
-# (bench.federated_accuracy): the 1M-value conv block needs small steps, the affine-only
-# and low-rank parts larger ones.
-PART_LR = {"conv14": 1e-4, "fc1_lora": 3e-3, "embed_bn": 5e-3}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: float = 2.0  # passes over the box's augmented views per round
-    batch_size: int = 64
-    lr: float | None = None  # Adam, federated part; None: PART_LR of the part
-    head_lr: float = 1e-2  # Adam, local class centres
-    prox: float = 0.0  # weight of ||theta - theta_round_start||^2
-    scale: float = 30.0  # CosFace s
-    margin: float = 0.25  # CosFace m
-    time_budget_s: float = 300.0  # stop the round early after this much training
-    threads: int = 1
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class FitResult:
-    steps: int
-    seconds: float
-    first_loss: float
-    last_loss: float
-    stopped_by_budget: bool = False
-    losses: list[float] = field(default_factory=list)
-
-
-def embed_all(tail: TrainableTail, features: np.ndarray, batch: int = 256) -> torch.Tensor:
-    """Embeddings of cached trunk features (no grad, float32)."""
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(features), batch):
-            x = torch.from_numpy(np.asarray(features[start : start + batch], dtype=np.float32))
-            out.append(tail(x))
-    return torch.cat(out)
-
-
-def fit(
-    tail: TrainableTail, features: np.ndarray, labels: np.ndarray, config: TrainConfig
-) -> FitResult:
-    """Train ``tail``'s federated part in place on cached features with a fresh head."""
-    if len(features) != len(labels) or len(features) == 0:
-        raise TrainingError(f"{len(features)} feature rows for {len(labels)} labels")
-    torch.set_num_threads(config.threads)
-    generator = torch.Generator().manual_seed(config.seed)
-    y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-    n_classes = int(y_all.max()) + 1
-    t0 = time.perf_counter()
-    head = CosFaceHead(
-        class_centres(embed_all(tail, features), y_all, n_classes), config.scale, config.margin
-    )
-    anchor = {k: p.detach().clone() for k, p in tail.trained.items()}
-    lr = config.lr if config.lr is not None else PART_LR.get(tail.part.name, 1e-4)
-    optimiser = torch.optim.Adam(
-        [
-            {"params": list(tail.trained.values()), "lr": lr, "base": lr},
-            {"params": list(head.parameters()), "lr": config.head_lr, "base": config.head_lr},
-        ]
-    )
-    n = len(features)
-    total = max(1, math.ceil(config.epochs * n / config.batch_size))
-    losses: list[float] = []
-    order = torch.randperm(n, generator=generator)
-    cursor, step, stopped = 0, 0, False
-    for step in range(total):
-        # at least one step: a budget eaten by the head's set-up on a loaded box must
-        # not return the starting weights as if they were trained
-        if step > 0 and time.perf_counter() - t0 > config.time_budget_s:
-            stopped = True
-            break
-        if cursor + config.batch_size > n:
-            order, cursor = torch.randperm(n, generator=generator), 0
-        idx = np.sort(order[cursor : cursor + config.batch_size].numpy())
-        cursor += config.batch_size
-        x = torch.from_numpy(np.asarray(features[idx], dtype=np.float32))
-        loss = head(tail(x), y_all[idx])
-        if config.prox > 0:
-            loss = loss + config.prox * proximal_penalty(tail, anchor)
-        for group in optimiser.param_groups:
-            group["lr"] = cosine_lr(step, total, group["base"])
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        losses.append(float(loss.detach()))
-    else:
-        step = total
-    return FitResult(
-        steps=step,
-        seconds=time.perf_counter() - t0,
-        first_loss=losses[0] if losses else float("nan"),
-        last_loss=losses[-1] if losses else float("nan"),
-        stopped_by_budget=stopped,
-        losses=losses,
-    )
 
 
 def _lower_priority(niceness: int) -> None:
@@ -143,6 +42,8 @@ def _lower_priority(niceness: int) -> None:
         os.nice(niceness)
     except OSError:
         log.warning("could not lower the trainer's priority")
+    import torch
+
     torch.set_num_threads(1)
 
 
@@ -150,20 +51,39 @@ def _lower_priority(niceness: int) -> None:
 class _RoundJob:
     model_path: Path
     part_name: str
-    features_path: Path
-    labels_path: Path
+    crops_path: Path  # .npz: the crops (N x 112 x 112 x 3) and each one's person
+    cache_dir: Path
+    n_views: int
+    cache_seed: int  # the augmentation seed of the feature cache (the same every round)
     global_vector: np.ndarray | None
     config: TrainConfig
 
 
-def _run_round(job: _RoundJob) -> tuple[np.ndarray, FitResult]:
-    tail = TrainableTail(job.model_path, get_part(job.part_name))
+def _run_round(job: _RoundJob, cache: FeatureCache | None = None
+               ) -> tuple[np.ndarray, FitResult, int, int]:
+    """(vector, fit result, people, crops); ``cache``: the caller's, when in process."""
+    from edge.training_loop import fit
+    from models.trainable import TrainableTail
+
+    part = get_part(job.part_name)
+    if cache is None:
+        cache = _feature_cache(job.model_path, part, job.cache_dir, job.n_views,
+                               job.cache_seed)
+    with np.load(job.crops_path, allow_pickle=False) as data:
+        crops, people = data["crops"], data["people"]
+    data_set = cache.training_set([(str(p), c) for p, c in zip(people, crops, strict=True)])
+    del crops
+    tail = TrainableTail(job.model_path, part)
     if job.global_vector is not None:
         tail.set_vector(job.global_vector)
-    features = np.load(job.features_path, mmap_mode="r")
-    labels = np.load(job.labels_path)
-    result = fit(tail, features, labels, job.config)
-    return tail.get_vector(), result
+    result = fit(tail, data_set.features, data_set.labels, job.config)
+    return tail.get_vector(), result, len(data_set.people), data_set.n_crops
+
+
+def _feature_cache(model_path: Path, part: FederatedPart, cache_dir: Path, n_views: int,
+                   seed: int) -> FeatureCache:
+    return FeatureCache(model_path, part.cut, cache_dir / "features", n_views=n_views,
+                        seed=seed)
 
 
 class TorchLocalTrainer:
@@ -184,20 +104,42 @@ class TorchLocalTrainer:
         isolate: bool = True,
         niceness: int = 10,
     ) -> None:
+        # torch is imported by the round's process only; fail here, not at round 1
+        if importlib.util.find_spec("torch") is None:
+            raise ImportError("No module named 'torch' (the train extra is not installed)")
         self.part = part or get_part(DEFAULT_PART)
         self.model_path = Path(model_path)
         self.config = config or TrainConfig()
         self.isolate = isolate
         self.niceness = niceness
         self._crops = crops
-        self._cache = FeatureCache(self.model_path, self.part.cut, cache_dir / "features",
-                                   n_views=n_views, seed=self.config.seed)
+        self._cache_dir, self._n_views = cache_dir, n_views
+        self._cache: FeatureCache | None = None  # in process only (isolate=False)
         self._work = cache_dir / "round"
         self.last_result: FitResult | None = None
 
-    def _training_set(self) -> TrainingSet:
+    def warm_features(self) -> int:
+        """Compute and cache (on disk) the trunk features of the enrolled crops, in this
+        process; returns the number of crops. For benches, whose rounds must time the
+        training only; a box leaves it to the round's process."""
+        if self._cache is None:
+            self._cache = _feature_cache(self.model_path, self.part, self._cache_dir,
+                                         self._n_views, self.config.seed)
         crops = self._crops() if callable(self._crops) else self._crops
-        return self._cache.training_set(crops)  # type: ignore[arg-type]
+        return self._cache.training_set(crops).n_crops  # type: ignore[arg-type]
+
+    def _save_crops(self, path: Path) -> None:
+        """The enrolment crops for this round, for the round's process (0600: biometric)."""
+        crops = self._crops() if callable(self._crops) else self._crops
+        grouped = group_crops(crops)  # type: ignore[arg-type]
+        if len(grouped) < 2:
+            raise TrainingError(f"{len(grouped)} enrolled people: training needs at least 2 "
+                                "(enrol more people before training)")
+        people = [p for p, cs in grouped.items() for _ in cs]
+        stacked = np.stack([check_crop(c) for cs in grouped.values() for c in cs])
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, crops=stacked, people=np.array(people))
 
     def local_update(self, global_vector: np.ndarray | None, round_no: int) -> LocalUpdate:
         t0 = time.perf_counter()
@@ -209,29 +151,33 @@ class TorchLocalTrainer:
                     f"{bool(np.all(np.isfinite(global_vector)))}), part {self.part.key} "
                     f"needs {self.part.size} finite values"
                 )
-        data = self._training_set()
-        self._work.mkdir(parents=True, exist_ok=True)
-        features_path, labels_path = self._work / "features.npy", self._work / "labels.npy"
-        np.save(features_path, data.features)
-        np.save(labels_path, data.labels)
+        self._work.mkdir(parents=True, exist_ok=True, mode=0o700)
+        crops_path = self._work / "crops.npz"
+        self._save_crops(crops_path)
         config = TrainConfig(**{**self.config.__dict__, "seed": self.config.seed + round_no})
-        job = _RoundJob(self.model_path, self.part.name, features_path, labels_path,
-                        global_vector, config)
-        if self.isolate:
-            with ProcessPoolExecutor(
-                1, get_context("spawn"), _lower_priority, (self.niceness,)
-            ) as pool:
-                vector, result = pool.submit(_run_round, job).result()
-        else:
-            vector, result = _run_round(job)
+        job = _RoundJob(self.model_path, self.part.name, crops_path, self._cache_dir,
+                        self._n_views, self.config.seed, global_vector, config)
+        try:
+            if self.isolate:
+                with ProcessPoolExecutor(
+                    1, get_context("spawn"), _lower_priority, (self.niceness,)
+                ) as pool:
+                    vector, result, people, n_crops = pool.submit(_run_round, job).result()
+            else:
+                if self._cache is None:
+                    self._cache = _feature_cache(self.model_path, self.part, self._cache_dir,
+                                                 self._n_views, self.config.seed)
+                vector, result, people, n_crops = _run_round(job, self._cache)
+        finally:
+            crops_path.unlink(missing_ok=True)
         self.last_result = result
         seconds = time.perf_counter() - t0
         log.info(
             "round %d: %s trained on %d people / %d crops, %d steps, loss %.3f -> %.3f, %.1f s",
-            round_no, self.part.key, len(data.people), data.n_crops, result.steps,
+            round_no, self.part.key, people, n_crops, result.steps,
             result.first_loss, result.last_loss, seconds,
         )
-        return LocalUpdate(vector=vector, n_samples=data.n_crops, seconds=seconds)
+        return LocalUpdate(vector=vector, n_samples=n_crops, seconds=seconds)
 
 
 def train_local(

@@ -3,6 +3,8 @@ into the graph, frozen parts stay frozen, and a real local round runs on LFW fac
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -15,8 +17,9 @@ import torch
 from edge.align import align_face
 from edge.augment import CropError
 from edge.detect import FaceDetector
-from edge.trainer import TorchLocalTrainer, TrainConfig, fit, train_local
+from edge.trainer import TorchLocalTrainer, TrainConfig, train_local
 from edge.trainer_api import LocalTrainer, TrainingError
+from edge.training_loop import fit
 from models.federated_parts import PARTS, get_part
 from models.onnx_graph import patch_initializers, weights_to_initializers
 from models.registry import model_path
@@ -142,3 +145,34 @@ def test_bad_inputs_are_refused_with_a_clear_error(
         train_local(sface, one_person, tmp_path, isolate=False)
     with pytest.raises(CropError, match="112, 112, 3"):
         train_local(sface, {"a": [np.zeros((50, 50, 3), np.uint8)]}, tmp_path, isolate=False)
+
+
+def test_the_box_process_never_imports_torch_or_runs_the_trunk_for_training(
+        tmp_path: Path, lfw_dir: Path) -> None:
+    """A box's long-lived process (``join``) asks for a round: torch, the trunk's session
+    and the feature arrays live in the round's process only (the parent would keep
+    ~450 MB of them, and ~180 MB for torch, for the rest of its life)."""
+    script = f"""
+import sys
+from pathlib import Path
+import cv2
+from edge.pipeline import FacePipeline
+from edge.trainer import TorchLocalTrainer, TrainConfig
+from models.registry import model_path
+pipeline = FacePipeline.from_model_dir(threads=1)
+lfw = Path({str(lfw_dir)!r})
+people = [p for p in sorted(lfw.iterdir()) if len(list(p.glob("*.jpg"))) >= 3][:3]
+crops = {{p.name: [pipeline.process(cv2.imread(str(f)))[0].crop
+                   for f in sorted(p.glob("*.jpg"))[:3]] for p in people}}
+trainer = TorchLocalTrainer(model_path("sface"), crops, Path({str(tmp_path)!r}),
+                            config=TrainConfig(epochs=1, batch_size=8), n_views=2,
+                            niceness=0)
+update = trainer.local_update(None, round_no=0)
+assert update.n_samples == 9, update.n_samples
+print("torch" in sys.modules, trainer._cache is None)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300, cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["False", "True"], out.stdout
+    assert not list(tmp_path.glob("round/*.npz"))  # the round's crops file is removed

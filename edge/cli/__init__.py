@@ -97,4 +97,7 @@ for _module in COMMAND_MODULES:
 
 def main() -> None:
     """Console-script entry point (pyproject: fedface-edge = "edge.cli:main")."""
+    from federation.memory import pin_mmap_threshold
+
+    pin_mmap_threshold()  # graph and batch buffers go back to the OS (federation.memory)
     app(prog_name="fedface-edge")
