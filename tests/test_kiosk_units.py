@@ -149,6 +149,11 @@ def test_alerts_are_rate_limited_per_unknown_track(
     log.record(known[:1])
     assert [r.count for r in log.recent()] == [1, 4]
     assert log.forget_person(7) == 2 and log.recent() == []
+    log.record(known[:1])  # a frame that was in flight during the removal
+    assert log.recent() == []
+    now[0] += 4  # later (e.g. the id re-used by a new enrolment): shown again
+    log.record(known[:1])
+    assert [r.person_id for r in log.recent()] == [7]
 
 
 def test_password_hashes_argon2_and_scrypt() -> None:

@@ -27,6 +27,10 @@ import cv2
 import numpy as np
 
 TRACK_EMBEDDINGS = 5  # recent embeddings kept per unknown track (pose changes)
+# Frames in flight when a person is removed finish well within this (a frame is ~20-50 ms;
+# the engine reloads the gallery on the next frame); short, as a re-enrolled person may
+# get the same id back.
+REMOVAL_GRACE_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,9 @@ class ActivityLog:
         self._tracks: list[_Track] = []
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+        # person id -> when removed: a frame already in flight when staff removed them
+        # still carries their name; for a moment its sightings are dropped
+        self._removed: dict[int, float] = {}
         self.unknown_sightings = 0  # every unknown face seen (alerts are far fewer)
 
     # --- writing (worker thread) --------------------------------------------------------
@@ -117,6 +124,10 @@ class ActivityLog:
                        thumbnail=thumbnail_jpeg(s.crop) if better else entry.thumbnail)
 
     def _record_known(self, s: Sighting, now: float) -> None:
+        self._removed = {p: t for p, t in self._removed.items()
+                         if now - t <= REMOVAL_GRACE_S}
+        if s.person_id in self._removed:
+            return
         for index, entry in enumerate(self._recent):
             if entry.person_id == s.person_id and now - entry.last_seen <= self.recent_merge_s:
                 self._recent[index] = self._bump(entry, s, now)
@@ -185,6 +196,7 @@ class ActivityLog:
     def forget_person(self, person_id: int) -> int:
         """Drop a removed person's recognitions (their face must not linger on screen)."""
         with self._lock:
+            self._removed[person_id] = self._clock()
             kept = [e for e in self._recent if e.person_id != person_id]
             removed = len(self._recent) - len(kept)
             self._recent.clear()
