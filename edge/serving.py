@@ -60,14 +60,7 @@ def read_model(store: SwapStore, served: ServedModel, base_model: Path | None) -
         except LayoutError as exc:
             raise ModelStoreError(f"{served.model_file} does not fit the base model: "
                                   f"{exc}") from exc
-    path = store.model_path(served.model_file)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise ModelStoreError(f"{path} is missing (the swap pointer names it)") from exc
-    if served.sha256 and hashlib.sha256(data).hexdigest() != served.sha256:
-        raise ModelStoreError(f"{path} does not match the SHA-256 in {store.pointer_path}")
-    return data
+    return store.read_checked(served)  # a whole .onnx file (written by older releases)
 
 
 def served_models(store: SwapStore) -> tuple[ServedModel, ServedModel | None]:

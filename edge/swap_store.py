@@ -120,6 +120,19 @@ class SwapStore:
 
     # --- a version's weights ------------------------------------------------------------
 
+    def read_checked(self, served: ServedModel) -> bytes:
+        """The bytes of a served version's file, checked against the pointer's SHA-256."""
+        if served.model_file is None:
+            raise ModelStoreError(f"model {served.version} is the pretrained one: no file")
+        path = self.model_path(served.model_file)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise ModelStoreError(f"{path} is missing (the swap pointer names it)") from exc
+        if served.sha256 and hashlib.sha256(data).hexdigest() != served.sha256:
+            raise ModelStoreError(f"{path} does not match the SHA-256 in {self.pointer_path}")
+        return data
+
     def write_weights(self, model_file: str, weights: dict[str, np.ndarray],
                       base_sha256: str) -> str:
         """Write a version's initializers (0600, atomic rename); the file's SHA-256."""
@@ -140,12 +153,7 @@ class SwapStore:
         if served.model_file is None or not served.model_file.endswith(WEIGHTS_SUFFIX):
             raise ModelStoreError(f"model {served.version} has no weights file")
         path = self.model_path(served.model_file)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError as exc:
-            raise ModelStoreError(f"{path} is missing (the swap pointer names it)") from exc
-        if served.sha256 and hashlib.sha256(data).hexdigest() != served.sha256:
-            raise ModelStoreError(f"{path} does not match the SHA-256 in {self.pointer_path}")
+        data = self.read_checked(served)
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as npz:
                 arrays = {name: npz[name] for name in npz.files}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,9 @@ from edge.cli import model as model_cli
 from edge.cli.errors import FedFaceGroup
 from edge.gallery import DB_FILENAME
 from edge.hot_swap import ModelRefused
-from edge.serving import open_engine
+from edge.model_store import ModelStoreError
+from edge.serving import open_engine, read_model
+from edge.swap_store import Pointer
 from models.federated_parts import get_part
 from models.registry import optimised_sface_path
 from tests.hot_swap_support import (
@@ -116,3 +119,37 @@ def test_rollback_serves_the_previous_version_with_the_part_it_was_made_with(
     assert code == 0 and "now serving c1" in out, err
     state = open_swapper(box, part=get_part("conv14")).engine.state
     assert state.model_version == "c1" and state.gallery.model_version == "sface-fed-c1"
+
+
+def test_a_damaged_or_foreign_weights_file_falls_back_to_the_previous_version(
+        template: Path, tmp_path: Path) -> None:
+    """A disk fault on the served version's file (atomic renames rule out a torn write):
+    the restart serves N-1, says so in the history, and its gallery matches it. A file
+    made for another base model is refused the same way."""
+    box = copy_box(template, tmp_path / "box")
+    swapper = open_swapper(box)
+    base = swapper.part.initial_vector(swapper.assets.base_weights)
+    swapper.apply("r1", perturbed(base, 1))
+    swapper.apply("r2", perturbed(base, 2))
+    swapper.engine.close()
+    damaged = box / "models" / "sface-fed-r2.weights.npz"
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    restarted = open_swapper(box)
+    state = restarted.engine.state
+    assert state.model_version == "r1" and state.gallery.model_version == "sface-fed-r1"
+    assert restarted.store.history()[-1]["event"] == "fallback"
+    restarted.engine.close()
+
+    # r1's file made for another base: same weights, another base SHA-256 (re-signed
+    # pointer, so only the base check can catch it)
+    served = restarted.store.load().current  # type: ignore[union-attr]
+    weights, _ = restarted.store.read_weights(served)
+    sha = restarted.store.write_weights(served.model_file, weights, "0" * 64)  # type: ignore[arg-type]
+    restarted.store.commit(Pointer(replace(served, sha256=sha), None))
+    with pytest.raises(ModelStoreError, match="was made for base model 000000000000"):
+        read_model(restarted.store, restarted.store.load().current,  # type: ignore[union-attr]
+                   optimised_sface_path())
+    state = open_swapper(box).engine.state
+    assert state.model_version == "base" and state.gallery.model_version == "sface-2021dec"
