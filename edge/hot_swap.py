@@ -7,7 +7,7 @@ background thread at a lower CPU priority so the frame thread keeps its core:
    re-export, no protobuf parse);
 2. ``model_written``: ``sface-fed-<version>.weights.npz`` by atomic rename (0600): the
    version's initializers and the base model's SHA-256 (``edge.swap_store``): 22 kB for
-   the default part instead of a 38 MB graph (an SD card writes that in seconds);
+   the default part instead of a 38 MB graph (an SD card takes seconds for that);
 3. ``session_built``: ONE new InferenceSession, of the tail only, with the new weights
    given to ONNX Runtime by name: the frames run the shared frozen-trunk session then
    this tail (``edge.tail_model.SplitEmbedder``);

@@ -1,9 +1,10 @@
-"""What a swap needs ready before weights arrive: base bytes, layouts, tail, trunk features.
+"""What a swap needs ready before weights arrive: layouts, tail, trunk features.
 
 Everything here is prepared once (start-up, or in the background as people enrol) so a
 swap writes one small weights file, builds one small session and runs the tail:
 
-- the base model's bytes and the byte layout of its initializers (``edge.onnx_bytes``);
+- the base model's SHA-256, its initializer layout (``edge.onnx_bytes``) and the part's
+  pretrained weights (the bytes themselves are not kept);
 - the tail graph after ``part.cut`` and the head (trunk) before it (cut once with onnx,
   then cached on disk keyed by the base model's SHA-256; cutting costs ~0.5-1 s of
   protobuf work on the GIL), and the head's session, shared by every version;
