@@ -19,7 +19,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from aggregator.store import Store, StoreError, write_atomic
+from aggregator.durable_io import write_atomic
+from aggregator.store import Store, StoreError
 from federation import topics
 from federation.ckks import FederationContext
 from federation.keys import (

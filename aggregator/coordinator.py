@@ -29,7 +29,8 @@ from aggregator.intake import NOT_OPEN as NOT_OPEN  # re-exported: part of the r
 from aggregator.intake import Decision, Submission, check, rebuild_sum
 from aggregator.model_pins import next_base
 from aggregator.registry import DeviceRegistry
-from aggregator.store import AcceptedUpdate, RoundRow, Store
+from aggregator.state_db import RoundRow
+from aggregator.store import AcceptedUpdate, Store
 from federation.dp import DpConfig
 from federation.packing import DEFAULT_COUNT_SCALE
 

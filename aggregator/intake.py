@@ -11,7 +11,8 @@ from pathlib import Path
 from aggregator.accumulator import Accumulator, AccumulatorFactory
 from aggregator.regions import kind_problem
 from aggregator.registry import DeviceRegistry
-from aggregator.store import RoundRow, Store, StoreError
+from aggregator.state_db import RoundRow
+from aggregator.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,8 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from aggregator.store import RoundRow, Store, StoreError
+from aggregator.state_db import RoundRow
+from aggregator.store import Store, StoreError
 
 if TYPE_CHECKING:  # the publisher imports the coordinator, which imports this module
     from aggregator.publisher import Publisher

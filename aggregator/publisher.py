@@ -15,7 +15,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aggregator.coordinator import Decision, ResultReady
-from aggregator.store import RoundRow
+from aggregator.state_db import RoundRow
 from federation import topics
 from federation.chunking import split_blob
 from federation.envelope import encode

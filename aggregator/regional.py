@@ -46,7 +46,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from aggregator.coordinator import ResultReady
-from aggregator.store import write_atomic
+from aggregator.durable_io import write_atomic
 from federation import topics
 from federation.chunking import DEFAULT_CHUNK_SIZE, Reassembler, split_blob
 from federation.envelope import Envelope, decode, encode, verify_envelope

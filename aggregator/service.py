@@ -70,11 +70,12 @@ from aggregator.coordinator import (
     RoundSettings,
     Submission,
 )
+from aggregator.durable_io import fsync_file
 from aggregator.publisher import Publisher
 from aggregator.ratelimit import RATE_LIMITED, RateLimiter, count_dropped
 from aggregator.registry import DeviceRegistry
 from aggregator.spool import DiskReassembler
-from aggregator.store import Store, fsync_file
+from aggregator.store import Store
 from federation import topics
 from federation.ckks import FederationContext, require_public_only
 from federation.envelope import Envelope, decode

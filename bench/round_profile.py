@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from aggregator.accumulator import CkksAccumulator
+from aggregator.durable_io import write_atomic
 from aggregator.spool import DiskReassembler
-from aggregator.store import Store, write_atomic
+from aggregator.store import Store
 from bench.aggregator_common import start_mosquitto
 from federation import topics
 from federation.chunking import split_blob

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import aggregator.store
+import aggregator.durable_io
 from aggregator.coordinator import RoundSettings
 from federation.ckks import FederationContext, new_secret_context
 from federation.envelope import encode
@@ -257,7 +257,7 @@ def test_disk_full_rejects_that_update_cleanly_and_keeps_serving(
     def full_disk(fd: int) -> None:  # delayed allocation: ENOSPC shows at fsync
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(aggregator.store.os, "fsync", full_disk)
+    monkeypatch.setattr(aggregator.durable_io.os, "fsync", full_disk)
     box = rig.boxes[1]
     ann = latest_announce(rig.bus.retained, FED)
     envs = box.envelopes(box.encrypted_blob(vecs[1], counts[1], COUNT_SCALE), 1, ann["base_model"])
@@ -270,7 +270,7 @@ def test_disk_full_rejects_that_update_cleanly_and_keeps_serving(
     stored = sorted(p.name for p in (store.accepted_dir / "round-1").iterdir())
     assert stored == ["00001-box0.bin"]  # nothing of the refused update left behind
     assert not list(rig.service.spool.dir.iterdir())
-    monkeypatch.setattr(aggregator.store.os, "fsync", real_fsync)
+    monkeypatch.setattr(aggregator.durable_io.os, "fsync", real_fsync)
     # the box resends the SAME message after the operator freed space: accepted once
     box.send(envs)
     rig.service.pump()
