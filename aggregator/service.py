@@ -2,11 +2,12 @@
 
 Two threads, one rule each:
 
-- the transport's delivery thread (``_on_update``) only does cheap, stateless work:
-  topic + envelope parsing, federation/sender/signature checks against a key snapshot,
-  and spooling the chunk to disk. It never touches SQLite or the running sum, and
-  never publishes (a transport handler must not block on the transport);
-- the worker (``pump``) owns the coordinator: it takes the completed updates waiting in
+- the transport's delivery thread (``_on_update``, aggregator.delivery) only does cheap,
+  stateless work: topic + envelope parsing, federation/sender/signature checks against
+  a key snapshot, and spooling the chunk to disk. It never touches SQLite or the running
+  sum, and never publishes (a transport handler must not block on the transport);
+- the worker (``pump``, below; its events are published by aggregator.round_events)
+  owns the coordinator: it takes the completed updates waiting in
   the queue as one batch (group commit: checked, staged into the sum by the summing
   workers, stored with one fsync round and one SQLite commit, then acked), records
   rejections, acks, checks deadlines and publishes announce/result/pointer.
@@ -42,9 +43,7 @@ JSON bodies are one-chunk blobs):
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import errno
 import logging
 import queue
 import threading
@@ -52,69 +51,39 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from aggregator import model_pins
 from aggregator.accumulator import AccumulatorFactory, CkksAccumulatorFactory
 from aggregator.coordinator import (
     UNAVAILABLE,
-    Announce,
     Coordinator,
     Decision,
-    Event,
-    ResultReady,
     RoundSettings,
     Submission,
 )
-from aggregator.durable_io import fsync_file
+from aggregator.delivery import DeliveryIntake, Rejection, SpooledUpdate
 from aggregator.publisher import Publisher
 from aggregator.ratelimit import RATE_LIMITED, RateLimiter, count_dropped
 from aggregator.registry import DeviceRegistry
+from aggregator.round_events import RoundEventHandler
 from aggregator.spool import DiskReassembler
 from aggregator.store import Store
 from federation import topics
 from federation.ckks import FederationContext, require_public_only
-from federation.envelope import Envelope, decode
-from federation.errors import (
-    MALFORMED,
-    UNKNOWN_DEVICE,
-    WRONG_FEDERATION,
-    FederationError,
-    TransportError,
-)
-from federation.signing import verify
 from federation.transport import Transport
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BLOB_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_SPOOL_BYTES = 8 * 1024 * 1024 * 1024
-_FINISHED_MEMORY = 4096  # (device, msg) pairs whose late chunks are dropped silently
 # One group commit takes at most this many completed updates / blob bytes: enough to
 # amortise its fsyncs and commit (~10-20 ms) over many small updates, while the acks
 # of a batch of 1M-value updates (~25 MB each) still follow within about a second.
 MAX_BATCH_UPDATES = 64
 MAX_BATCH_BYTES = 256 * 1024 * 1024
 _MAX_ITEMS_PER_PUMP = 4 * MAX_BATCH_UPDATES  # then deadlines and keys get their turn
-
-
-@dataclass(frozen=True)
-class _Reject:
-    device: str | None
-    round: int | None
-    msg: str | None
-    reason: str
-    detail: str
-
-
-@dataclass(frozen=True)
-class _Ready:
-    env: Envelope  # header of the blob's first chunk (payload dropped)
-    path: Path
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:
@@ -142,12 +111,10 @@ def _return_freed_memory() -> None:
         _MALLOC_TRIM(0)
 
 
-def _flush_quietly(path: Path) -> None:
-    with contextlib.suppress(OSError):  # the store's own fsync reports what matters
-        fsync_file(path)
+class AggregatorService(DeliveryIntake, RoundEventHandler):
+    """The aggregator: its delivery-thread intake (aggregator.delivery), its worker
+    (``pump``, below) and the publishing of round events (aggregator.round_events)."""
 
-
-class AggregatorService:
     def __init__(
         self,
         transport: Transport,
@@ -190,12 +157,12 @@ class AggregatorService:
         self.max_rounds = max_rounds
         self.published_rounds = 0
         self.finished = threading.Event()
-        self._queue: queue.Queue[_Reject | _Ready] = queue.Queue()
-        self._keys: dict[str, Ed25519PublicKey] = {}
-        self._revoked: frozenset[str] = frozenset()
-        self._finished_msgs: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._queue = queue.Queue()
+        self._keys = {}
+        self._revoked = frozenset()
+        self._finished_msgs = OrderedDict()
         self._finished_lock = threading.Lock()
-        self._unpublished: list[ResultReady] = []
+        self._unpublished = []
         # fsyncs of completed blobs, started as they complete (they release the GIL)
         self._flusher = ThreadPoolExecutor(2, thread_name_prefix="spool-flush")
         self.publisher = Publisher(
@@ -205,7 +172,7 @@ class AggregatorService:
         self.rate_limiter = rate_limiter
         # Regional mode (aggregator.regional): a closed round's sum goes to the root
         # aggregator as a partial, and the root's result is what this region publishes.
-        self.forwarder: Any = None
+        self.forwarder = None
 
     # --- start / loop -----------------------------------------------------------------
     def start(self) -> None:
@@ -220,13 +187,13 @@ class AggregatorService:
         by one, completed updates in group-commit batches; then check deadlines. Returns
         the number of items processed."""
         n = 0
-        batch: list[_Ready] = []
+        batch: list[SpooledUpdate] = []
         batch_bytes = 0
         try:
             item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
             while True:
                 n += 1
-                if isinstance(item, _Reject):
+                if isinstance(item, Rejection):
                     self._process_reject(item)
                 else:
                     batch.append(item)
@@ -256,110 +223,15 @@ class AggregatorService:
         while not stop.is_set() and not self.finished.is_set():
             self.pump(timeout=tick_seconds)
 
-    def refresh_keys(self) -> None:
-        """Snapshot active device keys for the delivery thread (swapped atomically).
-        Every pump re-reads the registry, so `devices revoke` (another process, same
-        SQLite db) takes effect within one tick."""
-        devices = self.registry.list()
-        self._revoked = frozenset(d.device_id for d in devices if not d.active)
-        self._keys = {
-            d.device_id: Ed25519PublicKey.from_public_bytes(d.public_key)
-            for d in devices
-            if d.active
-        }
-
-    # --- delivery thread --------------------------------------------------------------
-    def _on_update(self, topic: str, payload: bytes) -> None:
-        try:
-            device = topics.parse(topic).device
-        except FederationError as exc:
-            self._queue.put(_Reject(None, None, None, exc.reason, exc.message))
-            return
-        try:
-            env = decode(payload)
-        except FederationError as exc:
-            self._queue.put(_Reject(device, None, None, exc.reason, exc.message))
-            return
-        if self.rate_limiter is not None and device is not None and not (
-                self.rate_limiter.allow(device, len(payload))):
-            return  # counted by the limiter; logged and acked once per period (pump)
-        key = (env.sender, env.msg)
-        with self._finished_lock:
-            if key in self._finished_msgs:
-                return  # a redelivered chunk of an update already decided
-        try:
-            self._authenticate(device, env)
-        except FederationError as exc:
-            # Not proven to come from `device`: it must not discard, block or answer for
-            # that device's genuine upload with the same message id (a forged chunk
-            # could otherwise make the box drop its update as rejected). Counted and
-            # logged only; a registered box with a wrong key shows in the counters.
-            answer = device if exc.reason == UNKNOWN_DEVICE else None
-            if answer is not None:
-                self._remember(key)  # one answer per upload, not per chunk
-            self._queue.put(_Reject(answer, env.round, env.msg, exc.reason,
-                                    f"{exc.message} (claimed sender {env.sender!r} on the "
-                                    f"topic of {device!r})"))
-            return
-        try:
-            self._check_envelope(env)
-            path = self.spool.add(env)
-        except FederationError as exc:
-            self.spool.discard(*key)
-            self._remember(key)
-            self._queue.put(_Reject(device, env.round, env.msg, exc.reason, exc.message))
-            return
-        except OSError as exc:
-            self.spool.discard(*key)
-            self._remember(key)
-            log.error("cannot spool a chunk of %s from %s: %s", env.msg, device, exc)
-            why = "disk full" if exc.errno == errno.ENOSPC else "I/O error"
-            self._queue.put(
-                _Reject(device, env.round, env.msg, UNAVAILABLE, f"spool write failed ({why})")
-            )
-            return
-        if path is not None:
-            self._remember(key)
-            self._flusher.submit(_flush_quietly, path)
-            self._queue.put(_Ready(Envelope(**{**env.header(), "payload": b""}), path))
-
-    def _authenticate(self, device: str | None, env: Envelope) -> None:
-        """The chunk is signed by the registered, active device whose topic it came on."""
-        if env.sender != device:
-            raise FederationError(MALFORMED, f"sender {env.sender!r} on the topic of {device!r}")
-        key = self._keys.get(env.sender)
-        if key is None:  # answered: only that id's own (unregistered) box can be misled
-            why = "was revoked" if env.sender in self._revoked else "is not registered"
-            raise FederationError(UNKNOWN_DEVICE, f"device {env.sender!r} {why}")
-        verify(key, env.signing_bytes(), env.sig)
-
-    def _check_envelope(self, env: Envelope) -> None:
-        """What an authenticated chunk must be (answered: the device did send it)."""
-        if env.fed != self.fed_id:
-            raise FederationError(WRONG_FEDERATION, f"update for federation {env.fed!r}")
-        if env.kind not in ("update", "partial"):  # partial: a regional aggregator's sum
-            raise FederationError(MALFORMED, f"a {env.kind!r} message on an update topic")
-
-    def _remember(self, key: tuple[str, str]) -> None:
-        with self._finished_lock:
-            self._finished_msgs[key] = None
-            while len(self._finished_msgs) > _FINISHED_MEMORY:
-                self._finished_msgs.popitem(last=False)
-
-    def _forget(self, key: tuple[str, str]) -> None:
-        """After a transient failure the device may resend the SAME message: let it in."""
-        with self._finished_lock:
-            self._finished_msgs.pop(key, None)
-
     # --- worker -----------------------------------------------------------------------
-    def _process_reject(self, item: _Reject) -> None:
+    def _process_reject(self, item: Rejection) -> None:
         self.coordinator.record_rejection(item.round, item.device, item.reason, item.detail)
         if item.reason == UNAVAILABLE and item.device is not None and item.msg is not None:
             self._forget((item.device, item.msg))
         if item.device is not None:
             self._ack(item.device, item.round, item.msg, Decision(False, item.reason, item.detail))
 
-    def _process_batch(self, items: list[_Ready]) -> None:
+    def _process_batch(self, items: list[SpooledUpdate]) -> None:
         """One group commit: every decision is final (stored, in the sum) before the
         first ack of the batch goes out."""
         subs = [Submission(it.env.sender, it.env.round, it.env.model, it.env.msg,
@@ -387,53 +259,6 @@ class AggregatorService:
 
     def _ack(self, device: str, round_no: int | None, msg: str | None, d: Decision) -> None:
         self.publisher.ack(device, round_no, msg, d, self.coordinator.current)
-
-    def _handle(self, events: list[Event]) -> None:
-        for event in events:
-            if isinstance(event, Announce):
-                self._announce(event.round, event.base_model, event.payload)
-            elif isinstance(event, ResultReady):
-                try:
-                    self._publish_result(event)
-                except TransportError as exc:
-                    # Stays 'closed' in the db; retried every pump until the broker confirms.
-                    log.error("round %d result not confirmed by the broker (%s); will retry",
-                              event.round, exc)
-                    if event not in self._unpublished:
-                        self._unpublished.append(event)
-
-    def _retry_unpublished(self) -> None:
-        pending, self._unpublished = self._unpublished, []
-        self._handle(list(pending))
-
-    def _announce(self, round_no: int, base: str, payload: dict[str, Any]) -> None:
-        if payload.get("state") == "open":  # boxes must be able to fetch the base
-            try:
-                model_pins.republish_base(self.store, self.publisher, base, round_no)
-            except (OSError, TransportError) as exc:  # boxes then wait; the round runs on
-                log.error("round %d: cannot re-publish its base %s (%s)", round_no, base, exc)
-        self.publisher.announce(round_no, base, payload)
-
-    def _publish_result(self, event: ResultReady) -> None:
-        previous = model_pins.retained_row(self.store)  # its retained chunks are cleared
-        blob = self.store.read_blob(event.sum_blob)
-        if self.forwarder is not None:  # regional: raises TransportError until the root's
-            blob = self.forwarder.exchange(event, blob)  # result is in (retried each pump)
-        done_result = self.publisher.result(event, blob, previous)
-        del blob
-        model_pins.set_retained(self.store, event.round)
-        self.published_rounds += 1
-        done = self.max_rounds is not None and self.published_rounds >= self.max_rounds
-        events = self.coordinator.result_published(
-            event.round, done_result.sha256, done_result.size, done_result.chunks,
-            done_result.msg, open_next=not done,
-        )
-        if done:
-            self.finished.set()
-            cur = self.store.get_round(event.round)
-            if cur is not None and not events:
-                self._announce(event.round, cur.base_model, dict(cur.announce, state="closed"))
-        self._handle(events)
 
     def _report_rate_limited(self) -> None:
         """Rate-limited messages: one log line, one counted rejection and one ack per
