@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from aggregator.pki import (
+from aggregator.pki_files import (
     AGGREGATOR_IDENTITY,
     CertificateAuthority,
     IssuedCert,

@@ -27,7 +27,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from aggregator import pki
+from aggregator import pki, pki_issue
 from aggregator.broker_config import publish_crl
 from aggregator.config import AggregatorConfig, PkiConfig
 from aggregator.registry import DeviceRegistry, RegistryError, validate_device_id
@@ -88,7 +88,7 @@ def _require_pki(cfg: AggregatorConfig) -> PkiConfig:
 
 
 def register_device(store: Store, cfg: AggregatorConfig, request: DeviceRequest,
-                    *, cert_days: int = pki.DEFAULT_DEVICE_DAYS) -> dict[str, Any]:
+                    *, cert_days: int = pki_issue.DEFAULT_DEVICE_DAYS) -> dict[str, Any]:
     """Sign the CSR and register the signing key; returns the reply for the box.
     Everything is checked before anything is written."""
     validate_device_id(request.device_id)

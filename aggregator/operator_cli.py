@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from aggregator import model_pins, pki
+from aggregator import model_pins, pki, pki_files, pki_issue
 from aggregator.cli_common import JsonOpt, StateOpt, one_line_errors
 from aggregator.config import BrokerClientConfig, PkiConfig, init_state, load_config
 from aggregator.models_cli import models_app
@@ -64,9 +64,9 @@ def init(
     if count_scale:
         kwargs["count_scale"] = count_scale
     if ca_dir is not None:
-        if not (ca_dir / pki.CA_KEY).exists():
+        if not (ca_dir / pki_files.CA_KEY).exists():
             pki.create_ca(ca_dir, fed)
-            typer.echo(f"created federation CA {ca_dir / pki.CA_CERT}")
+            typer.echo(f"created federation CA {ca_dir / pki_files.CA_CERT}")
         elif pki.load_ca(ca_dir).fed_id not in ("", fed):
             raise pki.PkiError(f"the CA in {ca_dir} belongs to another federation")
         kwargs["pki"] = PkiConfig(ca_dir=ca_dir.resolve(), broker_dir=broker_dir,
@@ -117,7 +117,9 @@ def devices_add(
     public_key: Annotated[Path | None, Opt("--public-key", help="Ed25519 public key")] = None,
     csr: Annotated[Path | None, Opt("--csr", help="the box's TLS CSR")] = None,
     reply: Annotated[Path | None, Opt("--reply", help="reply file for the box")] = None,
-    cert_days: Annotated[int, Opt(min=1, help="certificate validity")] = pki.DEFAULT_DEVICE_DAYS,
+    cert_days: Annotated[
+        int, Opt(min=1, help="certificate validity")
+    ] = pki_issue.DEFAULT_DEVICE_DAYS,
 ) -> None:
     """Register a device: sign its certificate request and register its signing key.
     Without a CSR (no CA configured), only the signing key is registered."""
@@ -138,7 +140,7 @@ def devices_add(
         return
     answer = register_device(store, cfg, req, cert_days=cert_days)
     out = reply or Path(f"{req.device_id}.reply.json")
-    pki.atomic_write(out, json.dumps(answer, indent=2).encode(), 0o644)
+    pki_files.atomic_write(out, json.dumps(answer, indent=2).encode(), 0o644)
     typer.echo(f"added {req.device_id}: certificate signed, signing key registered; give "
                f"{out} to the technician (fedface-edge provision --install-reply {out.name})")
 

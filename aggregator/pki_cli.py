@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from aggregator import pki
+from aggregator import pki, pki_crl, pki_files, pki_issue
 from aggregator.broker_config import DEFAULT_TLS_PORT, publish_crl, write_broker_config
 from aggregator.cli_common import one_line_errors
 
@@ -47,10 +47,10 @@ def server_cert(
     ca_dir: CaDir,
     out: Annotated[Path, typer.Option("--out", help="directory for server.crt/server.key")],
     host: Annotated[list[str], typer.Option("--host", help="DNS name or IP boxes connect to")],
-    days: Annotated[int, typer.Option(min=1)] = pki.DEFAULT_SERVER_DAYS,
+    days: Annotated[int, typer.Option(min=1)] = pki_issue.DEFAULT_SERVER_DAYS,
 ) -> None:
     """Issue the broker's TLS server certificate."""
-    issued = pki.issue_server_cert(pki.load_ca(ca_dir), host, out, valid_days=days)
+    issued = pki_issue.issue_server_cert(pki.load_ca(ca_dir), host, out, valid_days=days)
     typer.echo(f"broker certificate {issued.cert_path} (key {issued.key_path})")
 
 
@@ -60,10 +60,10 @@ def client_cert(
     ca_dir: CaDir,
     out: Annotated[Path, typer.Option("--out", help="directory for <identity>.crt/.key")],
     identity: Annotated[str, typer.Option(help="certificate CN")] = pki.AGGREGATOR_IDENTITY,
-    days: Annotated[int, typer.Option(min=1)] = pki.DEFAULT_SERVER_DAYS,
+    days: Annotated[int, typer.Option(min=1)] = pki_issue.DEFAULT_SERVER_DAYS,
 ) -> None:
     """Issue a service client certificate (the aggregator's, by default)."""
-    issued = pki.issue_client_cert(pki.load_ca(ca_dir), identity, out, valid_days=days)
+    issued = pki_issue.issue_client_cert(pki.load_ca(ca_dir), identity, out, valid_days=days)
     typer.echo(f"client certificate {issued.cert_path} (key {issued.key_path})")
 
 
@@ -85,11 +85,11 @@ def sign(
     csr: Annotated[Path, typer.Option("--csr", help="the box's CSR", exists=True)],
     device_id: Annotated[str, typer.Option("--device-id", help="the box's device id")],
     out: Annotated[Path, typer.Option("--out", help="certificate file to write")],
-    days: Annotated[int, typer.Option(min=1)] = pki.DEFAULT_DEVICE_DAYS,
+    days: Annotated[int, typer.Option(min=1)] = pki_issue.DEFAULT_DEVICE_DAYS,
 ) -> None:
     """Sign a box's CSR: CN = device id, clientAuth, short validity."""
     pem = pki.sign_device_csr(pki.load_ca(ca_dir), csr.read_bytes(), device_id, valid_days=days)
-    pki.atomic_write(out, pem, 0o644)
+    pki_files.atomic_write(out, pem, 0o644)
     typer.echo(f"device certificate {out}: give it to the technician with ca.crt")
 
 
@@ -98,7 +98,7 @@ def sign(
 def revoke(
     ca_dir: CaDir,
     device_id: Annotated[str, typer.Option("--device-id")],
-    crl_days: Annotated[int, typer.Option(min=1)] = pki.DEFAULT_CRL_DAYS,
+    crl_days: Annotated[int, typer.Option(min=1)] = pki_crl.DEFAULT_CRL_DAYS,
     broker_dir: Annotated[
         Path | None, typer.Option(help="also copy the CRL into this broker directory")
     ] = None,
@@ -115,7 +115,7 @@ def revoke(
 @one_line_errors
 def crl_renew(
     ca_dir: CaDir,
-    crl_days: Annotated[int, typer.Option(min=1)] = pki.DEFAULT_CRL_DAYS,
+    crl_days: Annotated[int, typer.Option(min=1)] = pki_crl.DEFAULT_CRL_DAYS,
     if_expires_within: Annotated[
         int, typer.Option(min=0, help="only renew when nextUpdate is this many days away")
     ] = 0,
@@ -125,11 +125,11 @@ def crl_renew(
 ) -> None:
     """Re-sign the CRL (an expired CRL makes the broker refuse EVERY client)."""
     ca = pki.load_ca(ca_dir)
-    left = pki.crl_days_left(ca)
+    left = pki_crl.crl_days_left(ca)
     if if_expires_within and left > if_expires_within:
         typer.echo(f"CRL valid for {left:.1f} more days: not renewed")
         return
-    crl = pki.renew_crl(ca, crl_days=crl_days)
+    crl = pki_crl.renew_crl(ca, crl_days=crl_days)
     if broker_dir is not None:
         crl = publish_crl(ca, broker_dir)
     typer.echo(f"CRL renewed: {crl}")
@@ -152,7 +152,7 @@ def broker_config(
     for name in ("server.crt", "server.key"):
         if not (server_dir / name).is_file():
             raise pki.PkiError(f"{server_dir / name} missing: run server-cert first")
-    server = pki.IssuedCert(server_dir / "server.crt", server_dir / "server.key", 0)
+    server = pki_files.IssuedCert(server_dir / "server.crt", server_dir / "server.key", 0)
     conf, files = write_broker_config(
         ca, server, out, fed_ids=fed or None, port=port, bind_address=bind
     )
@@ -165,7 +165,7 @@ def list_certs(ca_dir: CaDir) -> None:
     """Issued and revoked certificates, as JSON."""
     ca = pki.load_ca(ca_dir)
     data = json.loads(ca.issued_path.read_text())
-    data["crl_days_left"] = round(pki.crl_days_left(ca), 2)
+    data["crl_days_left"] = round(pki_crl.crl_days_left(ca), 2)
     data["now"] = dt.datetime.now(dt.timezone.utc).isoformat()
     typer.echo(json.dumps(data, indent=2, sort_keys=True))
 

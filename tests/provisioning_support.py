@@ -12,7 +12,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from aggregator import pki
+from aggregator import pki, pki_issue
 from aggregator.broker_config import write_broker_config
 from aggregator.cli import app as aggregator_app
 from edge.cli import app as edge_app
@@ -53,8 +53,8 @@ def start_federation(root: Path, factory: Callable[..., MosquittoBroker]) -> Fed
     keys = create_federation_keys(root / "commissioner")
     state, ca_dir, broker_dir = root / "agg-state", root / "ca", root / "broker"
     ca = pki.create_ca(ca_dir, FED)
-    server = pki.issue_server_cert(ca, ["localhost", "127.0.0.1"], root / "server")
-    agg_tls = pki.issue_client_cert(ca, pki.AGGREGATOR_IDENTITY, root / "agg-tls")
+    server = pki_issue.issue_server_cert(ca, ["localhost", "127.0.0.1"], root / "server")
+    agg_tls = pki_issue.issue_client_cert(ca, pki.AGGREGATOR_IDENTITY, root / "agg-tls")
     port = free_port()
     conf, _ = write_broker_config(ca, server, broker_dir, port=port, bind_address="127.0.0.1")
     broker = factory(extra_config=conf.read_text(), port=port)

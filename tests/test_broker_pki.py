@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from aggregator import pki
+from aggregator import pki, pki_crl, pki_issue
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ def test_ca_files_and_modes(ca: pki.CertificateAuthority) -> None:
     assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
     assert cert.public_key().curve.name == "secp256r1"  # type: ignore[union-attr]
-    assert pki.crl_days_left(ca) == pytest.approx(pki.DEFAULT_CRL_DAYS, abs=0.01)
+    assert pki_crl.crl_days_left(ca) == pytest.approx(pki_crl.DEFAULT_CRL_DAYS, abs=0.01)
     with pytest.raises(pki.PkiError, match="already exists"):
         pki.create_ca(ca.directory, "fed1")
     assert pki.load_ca(ca.directory).certificate == cert
@@ -52,7 +52,7 @@ def test_device_certificate_is_short_lived_client_only(
 ) -> None:
     pem = device_cert(ca, tmp_path, "box-7", days=7)
     assert mode(tmp_path / "box-7" / "device-tls.key") == 0o600
-    cert = pki.verify_chain(ca.cert_path.read_bytes(), pem)
+    cert = pki_issue.verify_chain(ca.cert_path.read_bytes(), pem)
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "box-7"
     eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -62,7 +62,7 @@ def test_device_certificate_is_short_lived_client_only(
 
 
 def test_server_certificate_names(ca: pki.CertificateAuthority, tmp_path: Path) -> None:
-    issued = pki.issue_server_cert(ca, ["broker.example", "10.0.0.5"], tmp_path / "srv")
+    issued = pki_issue.issue_server_cert(ca, ["broker.example", "10.0.0.5"], tmp_path / "srv")
     assert issued.key_path is not None and mode(issued.key_path) == 0o600
     cert = x509.load_pem_x509_certificate(issued.cert_path.read_bytes())
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -112,10 +112,10 @@ def test_revocation_lists_every_serial_of_the_device(
     assert crl.get_revoked_certificate_by_serial_number(first.serial_number) is not None
     assert crl.get_revoked_certificate_by_serial_number(other.serial_number) is None
     # Renewing keeps the revocations (they live in issued.json, not only in the CRL).
-    pki.renew_crl(ca, crl_days=3)
+    pki_crl.renew_crl(ca, crl_days=3)
     crl = x509.load_pem_x509_crl(crl_path.read_bytes())
     assert crl.get_revoked_certificate_by_serial_number(first.serial_number) is not None
-    assert pki.crl_days_left(ca) == pytest.approx(3, abs=0.01)
+    assert pki_crl.crl_days_left(ca) == pytest.approx(3, abs=0.01)
     with pytest.raises(pki.PkiError, match="no certificate was issued"):
         pki.revoke(ca, "box-unknown")
 
@@ -176,7 +176,7 @@ def test_cli_operator_and_technician_flow(tmp_path: Path) -> None:
     assert "not renewed" in r.stdout  # 30 days left > 7
     assert "listener 18883" in (broker / "fedface.conf").read_text()
     assert mode(broker / "aggregator.key") == 0o600
-    pki.verify_chain((ca_dir / "ca.crt").read_bytes(), (box / "device-tls.crt").read_bytes())
+    pki_issue.verify_chain((ca_dir / "ca.crt").read_bytes(), (box / "device-tls.crt").read_bytes())
 
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from aggregator import pki
+from aggregator import pki, pki_issue
 from aggregator.broker_config import publish_crl, render_acl, write_broker_config
 from tests.conftest import MosquittoBroker, free_port
 
@@ -46,8 +46,8 @@ class Pki:
 @pytest.fixture
 def fed_pki(tmp_path: Path) -> Pki:
     ca = pki.create_ca(tmp_path / "ca", FED)
-    server = pki.issue_server_cert(ca, ["localhost", "127.0.0.1"], tmp_path / "broker")
-    agg = pki.issue_client_cert(ca, pki.AGGREGATOR_IDENTITY, tmp_path / "aggregator")
+    server = pki_issue.issue_server_cert(ca, ["localhost", "127.0.0.1"], tmp_path / "broker")
+    agg = pki_issue.issue_client_cert(ca, pki.AGGREGATOR_IDENTITY, tmp_path / "aggregator")
     assert agg.key_path is not None
     certs = {pki.AGGREGATOR_IDENTITY: (agg.cert_path, agg.key_path)}
     for dev in DEVICES:
@@ -336,7 +336,7 @@ def test_certificate_from_another_ca_is_refused(
 ) -> None:
     # A rogue CA issuing itself an "aggregator" certificate must get nowhere.
     rogue = pki.create_ca(tmp_path / "rogue-ca", FED)
-    cert = pki.issue_client_cert(rogue, pki.AGGREGATOR_IDENTITY, tmp_path / "rogue")
+    cert = pki_issue.issue_client_cert(rogue, pki.AGGREGATOR_IDENTITY, tmp_path / "rogue")
     assert cert.key_path is not None
     fed_pki.certs["rogue"] = (cert.cert_path, cert.key_path)
     c = Client(broker.port, "rogue", fed_pki)

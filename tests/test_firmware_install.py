@@ -21,7 +21,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from aggregator import pki
+from aggregator import pki_issue
 from tests.conftest import MosquittoBroker, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.mosquitto]
@@ -186,7 +186,9 @@ def test_installed_broker_config_serves_the_installed_aggregator_cert(
         for c in (agg, dev):
             c.disconnect()
             c.loop_stop()
-    assert pki.verify_chain((tls / "ca.crt").read_bytes(), (box / "device-tls.crt").read_bytes())
+    assert pki_issue.verify_chain(
+        (tls / "ca.crt").read_bytes(), (box / "device-tls.crt").read_bytes()
+    )
 
 
 def test_edge_cli_runs_from_the_prefix(installed: Install) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aggregator import pki
+from aggregator import pki, pki_issue
 from aggregator.broker_config import write_broker_config
 from federation.keys import (
     PUBLIC_CONTEXT_NAME,
@@ -48,7 +48,7 @@ REGION = "region-south"
 def _tls_broker(tmp: Path, name: str, factory: Callable[..., MosquittoBroker]
                 ) -> tuple[pki.CertificateAuthority, str]:
     ca = pki.create_ca(tmp / f"{name}-ca", FED)
-    server = pki.issue_server_cert(ca, ["localhost", "127.0.0.1"], tmp / f"{name}-server")
+    server = pki_issue.issue_server_cert(ca, ["localhost", "127.0.0.1"], tmp / f"{name}-server")
     port = free_port()
     conf, _ = write_broker_config(ca, server, tmp / f"{name}-broker", port=port,
                                   bind_address="127.0.0.1")
@@ -57,7 +57,7 @@ def _tls_broker(tmp: Path, name: str, factory: Callable[..., MosquittoBroker]
 
 
 def _client_tls(ca: pki.CertificateAuthority, identity: str, out: Path) -> TlsConfig:
-    issued = pki.issue_client_cert(ca, identity, out)
+    issued = pki_issue.issue_client_cert(ca, identity, out)
     return TlsConfig(ca.cert_path, issued.cert_path, issued.key_path)
 
 

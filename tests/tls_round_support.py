@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aggregator import pki
+from aggregator import pki, pki_files
 from edge.config import BoxConfig, load_box_config
 from edge.drift_trainer import NumpyDriftTrainer
 from edge.federation_client import ClientConfig, ClientEvent, FederationClient
@@ -29,7 +29,7 @@ def serve(fed: Federation, *, quorum: int, rounds: int, deadline: float = 60.0
     log = (fed.root / "aggregator.log").open("wb")
     return subprocess.Popen(
         [*AGGREGATOR, "serve", "--state", str(fed.state), "--broker", fed.url,
-         "--ca-file", str(fed.ca_dir / pki.CA_CERT),
+         "--ca-file", str(fed.ca_dir / pki_files.CA_CERT),
          "--cert-file", str(tls / f"{pki.AGGREGATOR_IDENTITY}.crt"),
          "--key-file", str(tls / f"{pki.AGGREGATOR_IDENTITY}.key"),
          "--quorum", str(quorum), "--rounds", str(rounds), "--round-deadline", str(deadline),
