@@ -9,16 +9,13 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from federation.files import fsync_dir
+from federation.files import write_atomic as federation_write_atomic
+
+__all__ = ["fsync_dir", "fsync_file", "sync_all", "write_atomic", "write_synced"]
+
 # fsyncs of one group commit run side by side (they release the GIL and wait on the disk).
 _FSYNC_THREADS = 8
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def fsync_file(path: Path) -> None:
@@ -30,24 +27,10 @@ def fsync_file(path: Path) -> None:
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """tmp + fsync + rename + fsync(dir): after return the file is whole on disk, and a
-    crash at any point leaves either the old file or the new one, never a torn one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """tmp + fsync + rename + fsync(dir) (``federation.files``, shared with the box):
+    after return the file is whole on disk, and a crash at any point leaves either the
+    old file or the new one, never a torn one. State files are 0644 unless told."""
+    federation_write_atomic(path, data, mode=mode)
 
 
 def sync_all(paths: list[Path]) -> None:
