@@ -35,10 +35,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from edge.fed_messages import ModelPointer, RoundAnnounce, parse_ack, parse_announce, parse_pointer
 from edge.model_store import FederatedModelStore
 from edge.outbox import Outbox, PendingUpdate
+from edge.result_fetch import ResultFetcher
 from edge.trainer_api import LocalTrainer
 from edge.update_sealing import Sealer, check_average, load_ledger, lower_thread_priority
 from federation import topics
-from federation.chunking import Reassembler, split_blob
+from federation.chunking import split_blob
 from federation.ckks import FederationContext, require_secret
 from federation.envelope import Envelope, decode, encode, verify_envelope
 from federation.errors import FederationError
@@ -130,10 +131,6 @@ class FederationClient:
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._announce: RoundAnnounce | None = None
         self._not_joining: dict[str, Any] = {}  # why the last open round was not joined
-        self._wanted: ModelPointer | None = None
-        self._result_filter: str | None = None
-        self._reassembler = Reassembler(max_blob_bytes=512 * 1024 * 1024,
-                                        max_inflight_bytes=512 * 1024 * 1024)
         self._job: threading.Thread | None = None
         self._job_round = 0
         self._pending: dict[str, PendingUpdate] = {}  # in-memory view of the outbox
@@ -154,6 +151,9 @@ class FederationClient:
         }
         self.transport = transport_factory(Will(self._topics["status"], self._status_payload(
             "offline"), retain=True))
+        self._results = ResultFetcher(
+            fed, lambda topic: self.transport.subscribe(topic, self._on_message("result")),
+            self.transport.unsubscribe)
 
     # --- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
@@ -397,31 +397,16 @@ class FederationClient:
             log.warning("result %s not fetched: the federation trains part %s, this box %s",
                         pointer.model, ann.part_key, self.part.key)
             return
-        if self._wanted is not None and self._wanted.msg == pointer.msg:
-            return
-        self._wanted = pointer
-        new_filter = topics.result_filter(self.config.fed_id, pointer.round)
-        if self._result_filter and self._result_filter != new_filter:
-            self.transport.unsubscribe(self._result_filter)
-        self._result_filter = new_filter
-        log.info("fetching result of round %d (model %s, %d bytes in %d chunks)",
-                 pointer.round, pointer.model, pointer.blob_size, pointer.chunks)
-        self.transport.subscribe(new_filter, self._on_message("result"))
+        self._results.want(pointer)
 
     def _handle_result_chunk(self, env: Envelope) -> None:
-        wanted = self._wanted
-        if wanted is None or env.msg != wanted.msg:
-            return
+        if not self._results.is_wanted(env):
+            return  # another result's chunk, or a stale retained one: not even verified
         self._verify(env, "result")
-        if env.blob_sha256 != wanted.blob_sha256 or env.model != wanted.model:
-            raise FederationError("integrity", "result chunk disagrees with the model pointer")
-        blob = self._reassembler.add(env)
-        if blob is None:
+        done = self._results.add(env)
+        if done is None:
             return
-        if self._result_filter:
-            self.transport.unsubscribe(self._result_filter)
-            self._result_filter = None
-        self._wanted = None
+        wanted, blob = done
         try:
             self._apply_result(wanted, blob)
         except FederationError as exc:
