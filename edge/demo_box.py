@@ -90,20 +90,19 @@ def accuracy(embed: Any, version: str, gallery: Gallery, held: HeldOut) -> float
 def make_trainer(cfg: dict[str, Any], part: FederatedPart, gallery: Gallery,
                  model_path: Path, base: np.ndarray) -> tuple[LocalTrainer, str]:
     try:
-        import torch
+        from edge.trainer import TorchLocalTrainer, TrainConfig, check_torch
 
-        from edge.trainer import TorchLocalTrainer, TrainConfig
+        check_torch()
+        # the trainer's own defaults, with a time budget so the demo stays short; each
+        # round in its own low-priority process, as on a real box (fedface-edge join)
+        train_cfg = TrainConfig(time_budget_s=float(cfg.get("train_budget_s", 30.0)))
+        trainer = TorchLocalTrainer(model_path, gallery.crops_by_person,
+                                    Path(cfg["data_dir"]) / "train", part, train_cfg,
+                                    isolate=True)
     except ImportError as exc:
         log.warning("torch is not installed (%s): FALLING BACK to NumpyDriftTrainer, "
                     "which does not learn", exc)
     else:
-        torch.set_num_threads(1)
-        # the trainer's own defaults, with a time budget so the demo stays short; in
-        # process (isolate=False): a spawned child per round would re-import torch
-        train_cfg = TrainConfig(time_budget_s=float(cfg.get("train_budget_s", 30.0)))
-        trainer = TorchLocalTrainer(model_path, gallery.crops_by_person,
-                                    Path(cfg["data_dir"]) / "train", part, train_cfg,
-                                    isolate=False)
         return trainer, "torch"
     from edge.drift_trainer import NumpyDriftTrainer
 

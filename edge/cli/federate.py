@@ -82,7 +82,9 @@ def join(
     from models.registry import model_path, optimised_sface_path
 
     try:
-        from edge.trainer import TorchLocalTrainer
+        from edge.trainer import TorchLocalTrainer, check_torch
+
+        check_torch()  # in a child: this process never imports torch (edge.trainer)
     except ImportError as exc:
         from edge.cli.errors import CliError
 
