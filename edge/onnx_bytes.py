@@ -151,14 +151,8 @@ class InitializerLayout:
         return out
 
     def patch(self, model_bytes: bytes, weights: Mapping[str, np.ndarray]) -> bytes:
-        """A copy of ``model_bytes`` with the named initializers replaced."""
-        return b"".join(self.patched_chunks(model_bytes, weights))
-
-    def patched_chunks(self, model_bytes: bytes, weights: Mapping[str, np.ndarray]
-                       ) -> list[memoryview]:
-        """``patch``'s bytes as consecutive pieces; the unchanged spans are views of
-        ``model_bytes``. Writing or hashing the pieces copies nothing while holding the
-        GIL (a 38 MB ``bytearray`` copy does, for tens of ms: a live frame thread waits)."""
+        """A copy of ``model_bytes`` with the named initializers replaced (one copy: the
+        unchanged spans are joined from views around the new values)."""
         if len(model_bytes) != self.size:
             raise LayoutError(f"model has {len(model_bytes)} bytes, layout is for {self.size}")
         replaced: list[tuple[TensorSlot, bytes]] = []
@@ -176,4 +170,4 @@ class InitializerLayout:
             pieces += [view[pos:slot.offset], memoryview(raw)]
             pos = slot.offset + slot.nbytes
         pieces.append(view[pos:])
-        return pieces
+        return b"".join(pieces)
