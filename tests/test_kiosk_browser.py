@@ -141,6 +141,7 @@ def test_staff_flow_in_chromium(browser: Any, kiosk: Kiosk, screenshots: Path) -
 
     # enrol from the camera
     page.click("nav >> text=Enrol")
+    page.wait_for_url(url + "/enrol")
     page.fill("#camera-name", ENROLLED)
     page.click("text=Start camera enrolment")
     page.wait_for_url(url + "/enrol/camera")
@@ -185,9 +186,14 @@ def test_staff_flow_in_chromium(browser: Any, kiosk: Kiosk, screenshots: Path) -
 
     # remove the person, behind a confirmation page
     page.click("nav >> text=People")
+    # a screenshot taken while the navigation is still tearing down the old page fails
+    # with "Unable to capture screenshot" (seen once in CI): wait for the new page first
+    page.wait_for_url(url + "/people")
+    page.wait_for_load_state("load")
     page.screenshot(path=str(screenshots / "kiosk-people.png"))
     page.click(f".person:has-text('{ENROLLED}') >> text=Remove")
     page.wait_for_selector("#confirm-remove")
+    page.wait_for_load_state("load")
     page.screenshot(path=str(screenshots / "kiosk-confirm-remove.png"))
     page.click("#confirm-remove")
     page.wait_for_url(url + "/people")
