@@ -18,6 +18,7 @@ thread). Chunks out of order fall back to hashing the file on completion.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -117,6 +118,8 @@ class DiskReassembler:
                 OVERSIZED, f"blob of {blob_size} bytes exceeds the {self.max_blob_bytes}-byte limit"
             )
         part = self.partials.get(key)
+        if part is None and count == 1:
+            return self._single(key, env)
         if part is None:
             self.expire()
             self._make_room_for(env.sender)
@@ -156,6 +159,30 @@ class DiskReassembler:
         if len(part.have) < part.count:
             return None
         return self._complete(key, part)
+
+    def _single(self, key: tuple[str, str], env: Envelope) -> Path:
+        """A blob of one chunk (every update of the default part): its chunk hash,
+        already checked, is the blob's hash, and it goes straight into its ``.ready``
+        file with one open and one write: no partial record, no second hash, no rename.
+        Half of the delivery thread's spooling cost at 100 boxes per round went to the
+        general path's extra syscalls and hashing."""
+        if len(env.payload) != env.blob_size or env.chunk_sha256 != env.blob_sha256:
+            raise FederationError(
+                INTEGRITY, f"single-chunk blob {env.msg}: its size or SHA-256 is not its chunk's")
+        name = hashlib.sha256(f"{key[0]}/{key[1]}".encode()).hexdigest() + ".ready"
+        path = self.dir / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            written = os.write(fd, env.payload)
+            if written != env.blob_size:  # a regular file writes short only when full
+                raise OSError(errno.ENOSPC, f"short write spooling {env.msg}: {written} of "
+                              f"{env.blob_size} bytes")
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        return path
 
     def _write_at(self, key: tuple[str, str], part: _Partial, index: int, chunk: bytes) -> int:
         if index == part.count - 1 and part.count > 1 and part.chunk_size == 0:
