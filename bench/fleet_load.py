@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.aggregator_common import FED, REPO, RoundWatcher, free_port, stop, tmpdir
+from bench.aggregator_common import FED, REPO, RoundWatcher, free_port, tmpdir
 
 COUNT_SCALE = 64.0
 
@@ -128,6 +128,30 @@ def make_state(root: Path, keys_dir: Path, n_devices: int) -> tuple[Path, Path]:
         DeviceRegistry(store).add(f"box{i}", bytes.fromhex(public_key_hex(key)))
     store.close()
     return state, dev_keys
+
+
+class BoxReports:
+    """Each box process's per-round report lines, read as they come: a box that prints
+    into a pipe nobody reads blocks once the pipe buffer fills (about 49 rounds of
+    100 boxes), and the run hangs waiting for a round that box never starts."""
+
+    def __init__(self, procs: list[subprocess.Popen[str]]) -> None:
+        self.lines: list[str] = []
+        self._threads = [threading.Thread(target=self._read, args=(p,), daemon=True)
+                         for p in procs]
+        for t in self._threads:
+            t.start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith('{"round"'):
+                self.lines.append(line)
+
+    def collect(self, timeout: float) -> list[dict[str, Any]]:
+        for t in self._threads:
+            t.join(timeout)
+        return [json.loads(line) for line in self.lines]
 
 
 def spawn_boxes(url: str, dev_keys: Path, updates: Path, devices: list[str], rounds: int,
@@ -226,6 +250,7 @@ def run_fleet(n: int, rounds: int, keys_dir: Path, updates: Path, procs: int, ch
         watcher = RoundWatcher(url)
         sys_counters = SysCounters(url)
         boxes = spawn_boxes(url, dev_keys, updates, devices, rounds, procs, chunk)
+        box_reports = BoxReports(boxes)
         before = sys_counters.snapshot()
         agg = AggregatorProcess(state, url, n, rounds, root / "aggregator.log", sum_workers)
         with watcher.cond:
@@ -234,11 +259,9 @@ def run_fleet(n: int, rounds: int, keys_dir: Path, updates: Path, procs: int, ch
         round_s = [watcher.wait_published(r, 3600) for r in range(1, rounds + 1)]
         usage = agg.wait(600)
         after = sys_counters.snapshot()
-        reports: list[dict[str, Any]] = []
         for b in boxes:
-            out, _ = stop(b, 120)
-            reports += [json.loads(line) for line in out.splitlines()
-                        if line.startswith('{"round"')]
+            b.wait(120)  # a box exits by itself after its last round's acks
+        reports = box_reports.collect(30)
         blob = watcher.result_blob(rounds)
         error = _check_result(keys_dir, updates, blob, n, rounds, meta)
         watcher.close()
