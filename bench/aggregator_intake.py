@@ -1,0 +1,130 @@
+"""Aggregator intake cost per update, in one process, without a broker.
+
+    .venv/bin/python -m bench.aggregator_intake [--updates 300] [--runs 3] [--length 0]
+
+Where bench.fleet_load measures the whole system (Mosquitto, emulated boxes and the
+aggregator sharing the machine), this isolates the aggregator's own Python work, so that
+a change to it can be measured on a noisy 2-core machine. What is real: the
+``AggregatorService`` with its SQLite store, spool and group commit on a temporary
+directory; real CKKS ciphertexts of the default federated part under a public-only
+context; one Ed25519 key per device and signed envelopes; the sum in this process
+(``--sum-workers 0``). Not real: the transport is the in-memory bus (no paho, no
+sockets), and there are no box subscribers, so an ack costs its signing and encoding only.
+
+Per run it times, per update: the delivery-thread handler (parse, rate limit, verify,
+spool) over all updates, then the worker's pumps until the round closes (group commits,
+CKKS staging and sum, signed acks, and once: closing the round and publishing its result). The same updates go through twice in the
+same run: as one chunk each (what a box sends for the default part) and in 64 kB
+chunks (the general reassembly path) as the baseline. Medians over ``--runs``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from aggregator.coordinator import RoundSettings
+from aggregator.registry import DeviceRegistry
+from aggregator.service import AggregatorService
+from aggregator.store import Store
+from federation import topics
+from federation.chunking import DEFAULT_CHUNK_SIZE, split_blob
+from federation.ckks import FederationContext, new_secret_context
+from federation.envelope import decode, encode
+from federation.packing import encrypt_update
+from federation.signing import generate_signing_key, public_key_hex
+from federation.transport import InMemoryBus, InMemoryTransport
+from models.federated_parts import DEFAULT_PART, get_part
+
+FED = "benchfed"
+SMALL_CHUNK = 64 * 1024
+
+
+def _one_run(secret: FederationContext, blob: bytes, n: int, chunk_size: int,
+             root: Path) -> tuple[float, float]:
+    """(delivery ms per update, pump ms per update) for n devices sending ``blob``."""
+    state = root / f"state-{chunk_size}"
+    state.mkdir()
+    bus = InMemoryBus(synchronous=True)
+    store = Store(state)
+    try:
+        keys = {f"box{i}": generate_signing_key() for i in range(n)}
+        registry = DeviceRegistry(store)
+        for device, key in keys.items():
+            registry.add(device, bytes.fromhex(public_key_hex(key)))
+        service = AggregatorService(
+            InMemoryTransport(bus, "aggregator"), store, secret.public(), generate_signing_key(),
+            FED, settings=RoundSettings(deadline_seconds=3600, quorum=n, count_scale=64.0),
+            accumulators=None)
+        service.start()
+        announce = decode(bus.retained[topics.announce(FED)])
+        messages = [
+            (topics.update(FED, device), encode(env))
+            for device, key in keys.items()
+            for env in split_blob(blob, key, kind="update", fed=FED, sender=device,
+                                  round=announce.round, model=announce.model,
+                                  chunk_size=chunk_size)
+        ]
+        t0 = time.process_time()
+        for topic, payload in messages:
+            service._on_update(topic, payload)  # what the MQTT thread calls
+        t1 = time.process_time()
+        while service.coordinator.current is not None and \
+                service.coordinator.current.round == announce.round and \
+                service.coordinator.current.status == "open":
+            if service.pump() == 0:
+                break
+        t2 = time.process_time()
+        accepted = store.counters()["accepted"]
+        if accepted != n:
+            raise SystemExit(f"only {accepted} of {n} updates were accepted")
+        service.close()
+        return 1e3 * (t1 - t0) / n, 1e3 * (t2 - t1) / n
+    finally:
+        store.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--updates", type=int, default=300, help="devices, one update each")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--length", type=int, default=0, help="values per update (0: default part)")
+    ns = p.parse_args()
+    length = ns.length or get_part(DEFAULT_PART).size
+    secret = new_secret_context()
+    rng = np.random.default_rng(0)
+    blob = encrypt_update(secret, rng.normal(0, 0.05, length).astype(np.float32), 50,
+                          64.0).to_bytes()
+    print(f"{ns.updates} updates of {length:,} values ({len(blob) / 1e3:.0f} kB), "
+          f"{ns.runs} runs, sum in this process, CPU time of this process")
+    rows: dict[str, list[tuple[float, float]]] = {"one chunk": [], "64 kB chunks": []}
+    for _ in range(ns.runs):
+        root = Path(tempfile.mkdtemp(prefix="fedface-intake-"))
+        try:
+            for name, size in (("one chunk", DEFAULT_CHUNK_SIZE), ("64 kB chunks", SMALL_CHUNK)):
+                if name == "one chunk" and len(blob) > size:
+                    raise SystemExit(f"{len(blob)} bytes do not fit one {size}-byte chunk")
+                rows[name].append(_one_run(secret, blob, ns.updates, size, root))
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    print(f"{'path':<14}{'delivery ms/upd':>17}{'pump ms/upd':>13}{'total':>8}"
+          f"{'updates/CPU-s':>15}")
+    totals = {}
+    for name, runs in rows.items():
+        delivery = statistics.median(r[0] for r in runs)
+        pump = statistics.median(r[1] for r in runs)
+        totals[name] = statistics.median(r[0] + r[1] for r in runs)
+        print(f"{name:<14}{delivery:>17.3f}{pump:>13.3f}{totals[name]:>8.3f}"
+              f"{1e3 / totals[name]:>15.0f}")
+    print(f"one chunk vs 64 kB chunks: {totals['one chunk'] / totals['64 kB chunks']:.2f}x "
+          "the CPU per update")
+
+
+if __name__ == "__main__":
+    main()
