@@ -13,9 +13,10 @@ sockets), and there are no box subscribers, so an ack costs its signing and enco
 
 Per run it times, per update: the delivery-thread handler (parse, rate limit, verify,
 spool) over all updates, then the worker's pumps until the round closes (group commits,
-CKKS staging and sum, signed acks, and once: closing the round and publishing its result). The same updates go through twice in the
-same run: as one chunk each (what a box sends for the default part) and in 64 kB
-chunks (the general reassembly path) as the baseline. Medians over ``--runs``.
+CKKS staging and sum, signed acks, and once: closing the round and publishing its
+result). The same updates go through twice in the same run: as one chunk each (what a
+box sends for the default part) and in 64 kB chunks (the general reassembly path) as the
+baseline. Medians over ``--runs``.
 """
 
 from __future__ import annotations
