@@ -11,10 +11,8 @@ Threads, one job each:
   update at a lower CPU priority (``nice``), so the recognition pipeline keeps its
   cores, and stores the update in the on-disk outbox BEFORE the first publish.
 
-An update leaves the outbox when the aggregator acks it (accepted, or rejected for a
-reason that resending cannot fix) or when its round is over; until then it is resent
-after every reconnect and every ``retry_seconds``. Duplicate chunks and duplicate
-updates are harmless: the aggregator's reassembler and round logic drop them.
+Updates in flight (the outbox, resends) are ``edge.update_sender``'s; results being
+fetched are ``edge.result_fetch``'s. Both are driven by the worker.
 """
 
 from __future__ import annotations
@@ -38,6 +36,7 @@ from edge.outbox import Outbox, PendingUpdate
 from edge.result_fetch import ResultFetcher
 from edge.trainer_api import LocalTrainer
 from edge.update_sealing import Sealer, check_average, load_ledger, lower_thread_priority
+from edge.update_sender import TERMINAL_REJECTIONS, UpdateSender
 from federation import topics
 from federation.chunking import split_blob
 from federation.ckks import FederationContext, require_secret
@@ -49,15 +48,6 @@ from federation.signing import KeyRing
 from federation.transport import Transport, Will
 
 log = logging.getLogger(__name__)
-
-# Rejections after which resending the same update is pointless (the aggregator has it,
-# or will never take it). Anything else (e.g. "unavailable": its disk was full) is retried.
-TERMINAL_REJECTIONS = frozenset(
-    {"duplicate", "replay", "late", "stale_version", "not_open", "unknown_device",
-     "wrong_federation", "bad_signature", "malformed", "oversized", "integrity",
-     "out_of_range", "wrong_key"}
-)
-
 
 class ModelSink(Protocol):
     """Where accepted federated weights go (the engine's hot swap)."""
@@ -133,8 +123,6 @@ class FederationClient:
         self._not_joining: dict[str, Any] = {}  # why the last open round was not joined
         self._job: threading.Thread | None = None
         self._job_round = 0
-        self._pending: dict[str, PendingUpdate] = {}  # in-memory view of the outbox
-        self._pending_sent: dict[str, float] = {}  # msg id -> last send time
         self._was_connected = False
         self._connects_seen = 0
         self._stop = threading.Event()
@@ -151,6 +139,9 @@ class FederationClient:
         }
         self.transport = transport_factory(Will(self._topics["status"], self._status_payload(
             "offline"), retain=True))
+        self.sender = UpdateSender(
+            self.outbox, lambda chunk: self.transport.publish(self._topics["update"], chunk),
+            config.retry_seconds, self._count)
         self._results = ResultFetcher(
             fed, lambda topic: self.transport.subscribe(topic, self._on_message("result")),
             self.transport.unsubscribe)
@@ -172,10 +163,7 @@ class FederationClient:
             log.info("resuming on federated model %s (round %d)", stored.version,
                      stored.round_no)
             break
-        for pending in self.outbox.pending():
-            self._pending[pending.msg_id] = pending
-            log.info("outbox: round %d update %s waiting to be sent", pending.round_no,
-                     pending.msg_id[:12])
+        self.sender.load()
         self.transport.subscribe(self._topics["announce"], self._on_message("announce"))
         self.transport.subscribe(self._topics["ack"], self._on_message("ack"))
         self.transport.subscribe(self._topics["latest"], self._on_message("latest"))
@@ -260,7 +248,7 @@ class FederationClient:
         if self._announce is not None and ann.round < self._announce.round:
             return  # an old announce redelivered after a newer one
         self._announce = ann
-        self._drop_closed_rounds(ann.round if ann.open else ann.round + 1)
+        self.sender.drop_closed_rounds(ann.round if ann.open else ann.round + 1)
         self._maybe_join()
 
     def _maybe_join(self) -> None:
@@ -321,24 +309,11 @@ class FederationClient:
             return
         self._last_submitted = max(self._last_submitted, round_no)
         self._save_state()
-        self._pending[pending.msg_id] = pending
         self._emit("submitted", round_no, stats)
         log.info("round %d: update %s sealed (%d samples, %d bytes in %d chunks, encrypt "
                  "%.2f s)", round_no, pending.msg_id[:12], stats["n_samples"], stats["bytes"],
                  stats["chunks"], stats["encrypt_s"])
-        self._send(pending)
-
-    # outbox --------------------------------------------------------------------------
-    def _send(self, pending: PendingUpdate) -> None:
-        try:
-            for chunk in pending.chunks:
-                self.transport.publish(self._topics["update"], chunk)
-        except FederationError as exc:
-            log.warning("round %d: sending update %s failed (%s); it stays in the outbox",
-                        pending.round_no, pending.msg_id[:12], exc.message)
-            self._pending_sent[pending.msg_id] = 0.0
-            return
-        self._pending_sent[pending.msg_id] = time.monotonic()
+        self.sender.send_new(pending)
 
     def _tick(self) -> None:
         connected = self.transport.connected
@@ -347,17 +322,8 @@ class FederationClient:
         self._was_connected, self._connects_seen = connected, connects
         if reconnected:
             self._publish_status()
-        if not connected:
-            return
-        now = time.monotonic()
-        for pending in list(self._pending.values()):
-            last = self._pending_sent.get(pending.msg_id)
-            if last is None or reconnected or now - last >= self.config.retry_seconds:
-                if last is not None:
-                    self._count("resent")
-                    log.info("round %d: re-sending update %s from the outbox",
-                             pending.round_no, pending.msg_id[:12])
-                self._send(pending)
+        if connected:
+            self.sender.resend_due(reconnected)
 
     # ack -----------------------------------------------------------------------------
     def _handle_ack(self, env: Envelope) -> None:
@@ -368,7 +334,7 @@ class FederationClient:
         # "duplicate": the aggregator already counted this update (our resend crossed
         # its ack), which is a success for the box
         if ack.accepted or ack.reason == "duplicate":
-            self._forget(ack.round, ack.msg)
+            self.sender.forget(ack.round, ack.msg)
             self._emit("acked", ack.round, {"msg": ack.msg, "duplicate": not ack.accepted})
             log.info("round %d: update %s accepted%s", ack.round, ack.msg[:12],
                      "" if ack.accepted else " (already counted)")
@@ -376,7 +342,7 @@ class FederationClient:
         reason = ack.reason or "unknown"
         self._count(f"rejected_{reason}")
         if reason in TERMINAL_REJECTIONS:
-            if self._forget(ack.round, ack.msg):
+            if self.sender.forget(ack.round, ack.msg):
                 log.warning("round %d: update %s rejected (%s: %s); dropped from the outbox",
                             ack.round, ack.msg[:12], reason, ack.detail)
         else:
@@ -389,7 +355,7 @@ class FederationClient:
     def _handle_pointer(self, env: Envelope) -> None:
         self._verify(env, "result")
         pointer = parse_pointer(env)
-        self._drop_closed_rounds(pointer.round + 1)
+        self.sender.drop_closed_rounds(pointer.round + 1)
         if pointer.model == self.version:
             return
         ann = self._announce
@@ -473,19 +439,6 @@ class FederationClient:
             log.debug("status not published: %s", exc.message)
 
     # helpers -------------------------------------------------------------------------
-    def _forget(self, round_no: int, msg: str) -> bool:
-        self._pending.pop(msg, None)
-        self._pending_sent.pop(msg, None)
-        return self.outbox.remove(round_no, msg)
-
-    def _drop_closed_rounds(self, before: int) -> None:
-        dropped = self.outbox.remove_rounds_before(before)
-        for msg in dropped:
-            self._pending.pop(msg, None)
-            self._pending_sent.pop(msg, None)
-        if dropped:
-            log.info("outbox: dropped %d update(s) of rounds before %d (closed)",
-                     len(dropped), before)
     def _emit(self, kind: str, round_no: int, data: dict[str, Any]) -> None:
         if self.on_event is None:
             return

@@ -1,0 +1,70 @@
+"""The box's updates in flight (edge.update_sender) against a real on-disk outbox: a
+failed publish keeps the update for the next attempt, a reconnect resends everything,
+an ack or a closed round removes it from disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edge.outbox import Outbox
+from edge.update_sender import UpdateSender
+from federation.errors import NOT_CONNECTED, FederationError
+
+
+class Broker:
+    """Stands in for the transport's publish: records chunks, or fails while down."""
+
+    def __init__(self) -> None:
+        self.up = True
+        self.chunks: list[bytes] = []
+
+    def publish(self, chunk: bytes) -> None:
+        if not self.up:
+            raise FederationError(NOT_CONNECTED, "broker down")
+        self.chunks.append(chunk)
+
+
+def _sender(tmp_path: Path, broker: Broker, retry: float = 3600.0) -> UpdateSender:
+    counts: dict[str, int] = {}
+
+    def count(key: str) -> int:
+        counts[key] = counts.get(key, 0) + 1
+        return counts[key]
+
+    return UpdateSender(Outbox(tmp_path / "outbox"), broker.publish, retry, count)
+
+
+def test_a_failed_send_stays_in_the_outbox_and_goes_out_at_the_next_attempt(
+    tmp_path: Path,
+) -> None:
+    broker = Broker()
+    sender = _sender(tmp_path, broker)
+    broker.up = False
+    sender.send_new(sender.outbox.put(3, "base", "a" * 32, [b"c0", b"c1"]))
+    assert broker.chunks == [] and sender.outbox.stored() == [(3, "a" * 32)]
+    broker.up = True
+    sender.resend_due(reconnected=False)
+    assert broker.chunks == [b"c0", b"c1"]
+    sender.resend_due(reconnected=False)  # sent, retry period not over: not again
+    assert broker.chunks == [b"c0", b"c1"]
+    sender.resend_due(reconnected=True)  # the broker may have lost it: everything again
+    assert broker.chunks == [b"c0", b"c1"] * 2
+
+
+def test_ack_and_closed_rounds_remove_updates_and_a_restart_resumes_the_rest(
+    tmp_path: Path,
+) -> None:
+    broker = Broker()
+    sender = _sender(tmp_path, broker)
+    for round_no, msg in ((3, "a" * 32), (4, "b" * 32), (5, "c" * 32)):
+        sender.send_new(sender.outbox.put(round_no, "base", msg, [msg.encode()]))
+    assert sender.forget(4, "b" * 32) is True
+    assert sender.forget(4, "b" * 32) is False  # a second ack: already gone
+    sender.drop_closed_rounds(4)  # round 3 is over
+    assert sender.outbox.stored() == [(5, "c" * 32)]
+    # a new process (reboot) takes over what is left and sends it at its first attempt
+    broker.chunks.clear()
+    again = _sender(tmp_path, broker)
+    again.load()
+    again.resend_due(reconnected=False)
+    assert broker.chunks == [b"c" * 32]
