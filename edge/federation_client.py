@@ -30,17 +30,17 @@ from typing import Any, Protocol
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from edge.box_status import BoxStatus
 from edge.fed_messages import ModelPointer, RoundAnnounce, parse_ack, parse_announce, parse_pointer
 from edge.model_store import FederatedModelStore
 from edge.outbox import Outbox, PendingUpdate
 from edge.result_fetch import ResultFetcher
 from edge.trainer_api import LocalTrainer
-from edge.update_sealing import Sealer, check_average, load_ledger, lower_thread_priority
+from edge.update_sealing import Sealer, check_average, lower_thread_priority
 from edge.update_sender import TERMINAL_REJECTIONS, UpdateSender
 from federation import topics
-from federation.chunking import split_blob
 from federation.ckks import FederationContext, require_secret
-from federation.envelope import Envelope, decode, encode, verify_envelope
+from federation.envelope import Envelope, decode, verify_envelope
 from federation.errors import FederationError
 from federation.files import write_atomic
 from federation.packing import EncryptedUpdate, decrypt_average
@@ -137,6 +137,9 @@ class FederationClient:
             "update": t.update(fed, dev),
             "status": t.status(fed, dev),
         }
+        sink_fields = getattr(sink, "status_fields", None)  # the hot swap has them
+        self.status = BoxStatus(signing_key, fed, dev, self.ledger_path,
+                                sink_fields if callable(sink_fields) else None)
         self.transport = transport_factory(Will(self._topics["status"], self._status_payload(
             "offline"), retain=True))
         self.sender = UpdateSender(
@@ -410,26 +413,8 @@ class FederationClient:
 
     # status --------------------------------------------------------------------------
     def _status_payload(self, state: str) -> bytes:
-        extra: dict[str, Any] = {}
-        sink_fields = getattr(getattr(self, "sink", None), "status_fields", None)
-        if callable(sink_fields):  # e.g. the hot swap's serving model and last swap/refusal
-            try:
-                extra = dict(sink_fields())
-            except Exception:
-                log.exception("sink status fields failed")
-        if getattr(self, "_not_joining", None):
-            extra["not_joining"] = self._not_joining
-        privacy = self.privacy_report()
-        if privacy is not None:
-            extra["dp"] = privacy
-        body = json.dumps({**extra, "state": state, "device": self.config.device_id,
-                           "model": getattr(self, "version", ""), "ts": time.time()},
-                          sort_keys=True).encode()
-        (env,) = split_blob(body, self.signing_key, kind="status", fed=self.config.fed_id,
-                            sender=self.config.device_id, round=self._last_submitted
-                            if hasattr(self, "_last_submitted") else 0,
-                            model=getattr(self, "version", ""), chunk_size=max(1, len(body)))
-        return encode(env)
+        return self.status.payload(state, self.version, self._last_submitted,
+                                   self._not_joining)
 
     def _publish_status(self) -> None:
         try:
@@ -467,14 +452,7 @@ class FederationClient:
 
     def privacy_report(self) -> dict[str, Any] | None:
         """Differential-privacy budget this box has spent (None: never sent a DP update)."""
-        path = getattr(self, "ledger_path", None)
-        if path is None or not path.exists():
-            return None
-        try:
-            return load_ledger(path).report()
-        except FederationError as exc:
-            log.error("%s", exc.message)
-            return {"error": exc.message}
+        return self.status.privacy_report()
 
     @property
     def pending_updates(self) -> int:
