@@ -19,13 +19,18 @@ The devices live as threads of ``--procs`` processes (one paho client each). Chu
 all devices are published round-robin, so every update is in flight at once (the worst
 case for the aggregator's reassembly).
 
+``--spread S``: each box uploads at a random moment within S seconds of the announce
+(training times differ between boxes) instead of all at once; the bench then also
+shows whether the aggregator keeps pace with that arrival rate.
+
 Per fleet size: round time (announce -> model/latest seen by a watcher), aggregator CPU
 seconds and peak RSS, bytes and messages through the broker ($SYS counters) and sent by
 the boxes, and the throughput comparison: the broker's delivery rate (updates the
 broker took per second: round start to every box's last PUBACK) next to the
 aggregator's summing throughput (updates acked per second: round start to the last
-ack), their ratio, the aggregator's CPU seconds per update, and the lag between the
-broker having everything and the last ack. The aggregator keeps up when it acks at
+ack), their ratio, the aggregator's CPU seconds per update, the lag between the
+broker having everything and the last ack, and each update's wait from upload to ack
+(p50/p99/max). The aggregator keeps up when it acks at
 >= 90% of the broker's delivery rate. The last round's result is decrypted and compared
 with the plaintext weighted average.
 """
@@ -155,7 +160,7 @@ class BoxReports:
 
 
 def spawn_boxes(url: str, dev_keys: Path, updates: Path, devices: list[str], rounds: int,
-                procs: int, chunk: int) -> list[subprocess.Popen[str]]:
+                procs: int, chunk: int, spread: float) -> list[subprocess.Popen[str]]:
     out = []
     for p in range(procs):
         mine = devices[p::procs]
@@ -163,7 +168,8 @@ def spawn_boxes(url: str, dev_keys: Path, updates: Path, devices: list[str], rou
             out.append(subprocess.Popen(
                 [sys.executable, "-m", "bench.fleet_load", "box", "--broker", url, "--keys",
                  str(dev_keys), "--updates", str(updates), "--devices", ",".join(mine),
-                 "--rounds", str(rounds), "--chunk-size", str(chunk)],
+                 "--rounds", str(rounds), "--chunk-size", str(chunk),
+                 "--spread", str(spread)],
                 cwd=REPO, stdout=subprocess.PIPE, text=True,
                 stderr=(dev_keys.parent / f"boxes-{p}.log").open("w"),
                 env={**os.environ, "PYTHONUNBUFFERED": "1"}))
@@ -239,7 +245,8 @@ class AggregatorProcess:
 
 
 def run_fleet(n: int, rounds: int, keys_dir: Path, updates: Path, procs: int, chunk: int,
-              meta: list[dict[str, Any]], sum_workers: int | None = None) -> dict[str, Any]:
+              meta: list[dict[str, Any]], sum_workers: int | None = None,
+              spread: float = 0.0) -> dict[str, Any]:
     root = tmpdir(f"fleet-{n}-")
     broker, url = start_broker(root / "mosquitto")
     agg: AggregatorProcess | None = None
@@ -249,7 +256,7 @@ def run_fleet(n: int, rounds: int, keys_dir: Path, updates: Path, procs: int, ch
         devices = [f"box{i}" for i in range(n)]
         watcher = RoundWatcher(url)
         sys_counters = SysCounters(url)
-        boxes = spawn_boxes(url, dev_keys, updates, devices, rounds, procs, chunk)
+        boxes = spawn_boxes(url, dev_keys, updates, devices, rounds, procs, chunk, spread)
         box_reports = BoxReports(boxes)
         before = sys_counters.snapshot()
         agg = AggregatorProcess(state, url, n, rounds, root / "aggregator.log", sum_workers)
@@ -266,7 +273,7 @@ def run_fleet(n: int, rounds: int, keys_dir: Path, updates: Path, procs: int, ch
         error = _check_result(keys_dir, updates, blob, n, rounds, meta)
         watcher.close()
         sys_counters.t.close()
-        return _summarise(n, rounds, round_s, usage, before, after, reports, error)
+        return _summarise(n, rounds, round_s, usage, before, after, reports, error, spread)
     finally:
         for p in boxes:
             if p.poll() is None:
@@ -295,8 +302,11 @@ def _check_result(keys_dir: Path, updates: Path, blob: bytes, n: int, round_no: 
 
 def _summarise(n: int, rounds: int, round_s: list[float], usage: dict[str, float],
                before: dict[str, int], after: dict[str, int], reports: list[dict[str, Any]],
-               error: float) -> dict[str, Any]:
+               error: float, spread: float) -> dict[str, Any]:
     per_round = []
+    # each update's wait: its first chunk handed to the client -> its ack received
+    latency = sorted(a - t for x in reports for a, t in zip(x["t_acks"], x["t_sent"],
+                                                             strict=True))
     for r in range(1, rounds + 1):
         mine = [x for x in reports if x["round"] == r]
         start = min(x["t_start"] for x in mine)
@@ -324,7 +334,10 @@ def _summarise(n: int, rounds: int, round_s: list[float], usage: dict[str, float
         "agg_updates_per_cpu_s": n * rounds / usage["rounds_cpu_s"],
         "cpu_s_per_update": usage["rounds_cpu_s"] / (n * rounds),
         "rounds_cpu_s": usage["rounds_cpu_s"],
-        "lag_s": med["lag_s"], "max_abs_error": error,
+        "lag_s": med["lag_s"], "max_abs_error": error, "spread_s": spread,
+        "ack_latency_ms": {"p50": 1e3 * latency[len(latency) // 2],
+                           "p99": 1e3 * latency[min(len(latency) - 1, int(0.99 * len(latency)))],
+                           "max": 1e3 * latency[-1]},
     }
 
 
@@ -358,6 +371,13 @@ def print_table(results: list[dict[str, Any]], meta: list[dict[str, Any]], lengt
               f"{r['cpu_s_per_update']:>14.4f}{r['lag_s']:>16.2f} s{r['max_abs_error']:>11.1e}")
     print("broker delivery: updates/s from round start to every box's last PUBACK; aggregator "
           "summing: updates/s from round start to the last ack (stored, summed, acked)")
+    spread = results[0]["spread_s"]
+    print(f"\nuploads: {'all at once' if spread == 0 else f'spread at random over {spread:g} s'}"
+          "; each update's wait from its upload to its ack, all rounds:")
+    for r in results:
+        lat = r["ack_latency_ms"]
+        print(f"{r['n']:>6} boxes: p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms, "
+              f"max {lat['max']:.0f} ms")
     few, many = results[0], results[-1]
     growth = many["peak_rss_mb"] / few["peak_rss_mb"] - 1
     print(f"\npeak RSS {many['n']} vs {few['n']} boxes: {growth:+.1%} (target within 25%: "
@@ -429,21 +449,38 @@ def box_main(ns: argparse.Namespace) -> None:
             index = (int(d[3:]) + r) % len(pieces)
             plan[d] = (pieces[index], uuid.uuid4().hex)
         n_msgs = n_bytes = 0
-        longest = max(len(p[2]) for p, _ in plan.values())
-        for c in range(longest):  # round-robin: every update in flight at once
-            for d, ((sha, size, parts, hashes), msg) in plan.items():
-                if c >= len(parts):
-                    continue
-                env = Envelope(kind="update", fed=FED, sender=d, round=r, model=base, msg=msg,
-                               blob_sha256=sha, blob_size=size, index=c, count=len(parts),
-                               chunk_sha256=hashes[c], ts=t_start, payload=parts[c])
-                data = encode(sign_envelope(env, keys[d]))
-                links[d].publish(topics.update(FED, d), data)
-                n_msgs += 1
-                n_bytes += len(data)
-            if c % 4 == 3:  # bounded client-side queues: wait for the broker's PUBACKs
-                for link in links.values():
-                    link.flush(600)
+        sent_at: dict[str, float] = {}
+
+        def publish(d: str, c: int, plan: dict[str, Any] = plan, r: int = r,
+                    base: str = base, t_start: float = t_start,
+                    sent_at: dict[str, float] = sent_at) -> None:
+            nonlocal n_msgs, n_bytes
+            (sha, size, parts, hashes), msg = plan[d]
+            env = Envelope(kind="update", fed=FED, sender=d, round=r, model=base, msg=msg,
+                           blob_sha256=sha, blob_size=size, index=c, count=len(parts),
+                           chunk_sha256=hashes[c], ts=t_start, payload=parts[c])
+            data = encode(sign_envelope(env, keys[d]))
+            sent_at.setdefault(d, time.time())
+            links[d].publish(topics.update(FED, d), data)
+            n_msgs += 1
+            n_bytes += len(data)
+
+        if ns.spread > 0:  # each box uploads at its own moment, as training times differ
+            rng = np.random.default_rng([r, int(devices[0][3:])])  # per process and round
+            offsets = dict(zip(devices, rng.uniform(0, ns.spread, len(devices)), strict=True))
+            for d in sorted(devices, key=offsets.__getitem__):
+                time.sleep(max(0.0, t_start + offsets[d] - time.time()))
+                for c in range(len(plan[d][0][2])):
+                    publish(d, c)
+        else:
+            longest = max(len(p[2]) for p, _ in plan.values())
+            for c in range(longest):  # round-robin: every update in flight at once
+                for d in devices:
+                    if c < len(plan[d][0][2]):
+                        publish(d, c)
+                if c % 4 == 3:  # bounded client-side queues: wait for the broker's PUBACKs
+                    for link in links.values():
+                        link.flush(600)
         for link in links.values():
             link.flush(600)
         t_uploaded = time.time()
@@ -453,6 +490,7 @@ def box_main(ns: argparse.Namespace) -> None:
         print(json.dumps({"round": r, "devices": len(devices), "t_start": t_start,
                           "t_uploaded": t_uploaded, "messages": n_msgs, "bytes": n_bytes,
                           "t_acks": [acks[(d, r)][0] for d in devices],
+                          "t_sent": [sent_at[d] for d in devices],
                           "accepted": all(acks[(d, r)][1] for d in devices)}), flush=True)
     for link in links.values():
         link.close()
@@ -468,6 +506,7 @@ def main() -> None:
     b.add_argument("--devices", required=True)
     b.add_argument("--rounds", type=int, default=1)
     b.add_argument("--chunk-size", type=int, default=256 * 1024)
+    b.add_argument("--spread", type=float, default=0.0)
     p.add_argument("--fleets", default="10,100")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--distinct", type=int, default=6)
@@ -476,6 +515,9 @@ def main() -> None:
     p.add_argument("--sum-workers", type=int, default=None,
                    help="serve --sum-workers (default: the service's own default)")
     p.add_argument("--chunk-size", type=int, default=256 * 1024)
+    p.add_argument("--spread", type=float, default=0.0,
+                   help="seconds over which each round's uploads are spread at random (0: all "
+                        "at once, the worst case)")
     ns = p.parse_args()
     if ns.cmd == "box":
         box_main(ns)
@@ -497,7 +539,7 @@ def main() -> None:
     for n in (int(x) for x in ns.fleets.split(",")):
         print(f"fleet of {n} boxes, {ns.rounds} rounds...", file=sys.stderr, flush=True)
         res = run_fleet(n, ns.rounds, work / "keys", work / "updates", ns.procs, ns.chunk_size,
-                        meta, ns.sum_workers)
+                        meta, ns.sum_workers, ns.spread)
         print(json.dumps(res), file=sys.stderr, flush=True)
         results.append(res)
     print_table(results, meta, length, ns.procs)
