@@ -12,6 +12,7 @@ import errno
 import logging
 import queue
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ class SpooledUpdate:
 
     env: Envelope  # header of the blob's first chunk (payload dropped)
     path: Path
+    received: float  # time.monotonic() when its last chunk was spooled
 
 
 def _flush_quietly(path: Path) -> None:
@@ -138,7 +140,8 @@ class DeliveryIntake:
         if path is not None:
             self._remember(key)
             self._flusher.submit(_flush_quietly, path)
-            self._queue.put(SpooledUpdate(Envelope(**{**env.header(), "payload": b""}), path))
+            self._queue.put(SpooledUpdate(Envelope(**{**env.header(), "payload": b""}), path,
+                                          time.monotonic()))
 
     def _authenticate(self, device: str | None, env: Envelope) -> None:
         """The chunk is signed by the registered, active device whose topic it came on."""

@@ -31,6 +31,7 @@ class RoundEventHandler:
     published_rounds: int
     finished: threading.Event
     _unpublished: list[ResultReady]
+    _ack_waits: dict[int, list[float]]
 
     def _handle(self, events: list[Event]) -> None:
         for event in events:
@@ -58,6 +59,18 @@ class RoundEventHandler:
                 log.error("round %d: cannot re-publish its base %s (%s)", round_no, base, exc)
         self.publisher.announce(round_no, base, payload)
 
+    def _log_ack_waits(self, round_no: int) -> None:
+        """One line per round: how long accepted updates waited for their ack. A p50
+        near the group commit's few tens of ms means the aggregator kept pace; a max
+        that grows with the fleet means uploads queued at the broker behind it."""
+        waits = sorted(self._ack_waits.pop(round_no, []))
+        for old in [r for r in self._ack_waits if r < round_no]:  # rounds that failed
+            del self._ack_waits[old]
+        if waits:
+            log.info("round %d: %d update(s) acked this run, wait from upload to ack p50 "
+                     "%.0f ms, max %.0f ms", round_no, len(waits),
+                     1e3 * waits[len(waits) // 2], 1e3 * waits[-1])
+
     def _publish_result(self, event: ResultReady) -> None:
         previous = model_pins.retained_row(self.store)  # its retained chunks are cleared
         blob = self.store.read_blob(event.sum_blob)
@@ -66,6 +79,7 @@ class RoundEventHandler:
         done_result = self.publisher.result(event, blob, previous)
         del blob
         model_pins.set_retained(self.store, event.round)
+        self._log_ack_waits(event.round)
         self.published_rounds += 1
         done = self.max_rounds is not None and self.published_rounds >= self.max_rounds
         events = self.coordinator.result_published(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,3 +144,23 @@ def test_aggregator_context_cannot_decrypt(secret_ctx: FederationContext) -> Non
     ct = ts.ckks_vector_from(public.context, update.ciphertexts[0])
     with pytest.raises(ValueError):
         ct.decrypt()
+
+
+def test_each_published_round_logs_how_long_its_updates_waited_for_their_acks(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    ann = latest_announce(rig.bus.retained, FED)
+    rng = np.random.default_rng(2)
+    caplog.set_level(logging.INFO, logger="aggregator.round_events")
+    for box in rig.boxes:
+        blob = box.encrypted_blob(rng.normal(0, 0.5, LENGTH).astype(np.float32), 100,
+                                  ann["count_scale"])
+        box.send(box.envelopes(blob, ann["round"], ann["base_model"]))
+        rig.service.pump()
+    lines = [m for m in (r.getMessage() for r in caplog.records) if "upload to ack" in m]
+    assert len(lines) == 1, lines
+    match = re.fullmatch(r"round 1: 3 update\(s\) acked this run, wait from upload to ack "
+                         r"p50 (\d+) ms, max (\d+) ms", lines[0])
+    assert match is not None, lines[0]
+    assert int(match.group(1)) <= int(match.group(2)) < 10_000
+    assert rig.service._ack_waits == {}  # nothing kept once the round is out
