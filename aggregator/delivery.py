@@ -12,7 +12,6 @@ import errno
 import logging
 import queue
 import threading
-import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -52,7 +51,6 @@ class SpooledUpdate:
 
     env: Envelope  # header of the blob's first chunk (payload dropped)
     path: Path
-    received: float  # time.monotonic() when its last chunk was spooled
 
 
 def _flush_quietly(path: Path) -> None:
@@ -140,8 +138,7 @@ class DeliveryIntake:
         if path is not None:
             self._remember(key)
             self._flusher.submit(_flush_quietly, path)
-            self._queue.put(SpooledUpdate(Envelope(**{**env.header(), "payload": b""}), path,
-                                          time.monotonic()))
+            self._queue.put(SpooledUpdate(Envelope(**{**env.header(), "payload": b""}), path))
 
     def _authenticate(self, device: str | None, env: Envelope) -> None:
         """The chunk is signed by the registered, active device whose topic it came on."""

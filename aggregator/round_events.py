@@ -60,15 +60,17 @@ class RoundEventHandler:
         self.publisher.announce(round_no, base, payload)
 
     def _log_ack_waits(self, round_no: int) -> None:
-        """One line per round: how long accepted updates waited for their ack. A p50
-        near the group commit's few tens of ms means the aggregator kept pace; a max
-        that grows with the fleet means uploads queued at the broker behind it."""
+        """One line per round: each accepted update's age at its ack, from the box's send
+        time (its envelope's ts; box clocks are NTP-synced) to the ack, so time queued at
+        the broker counts. A p50 of a few tens of ms means the aggregator kept pace; a
+        max that grows with the fleet means uploads queued at the broker behind it
+        (or a box resent an old update from its outbox)."""
         waits = sorted(self._ack_waits.pop(round_no, []))
         for old in [r for r in self._ack_waits if r < round_no]:  # rounds that failed
             del self._ack_waits[old]
         if waits:
-            log.info("round %d: %d update(s) acked this run, wait from upload to ack p50 "
-                     "%.0f ms, max %.0f ms", round_no, len(waits),
+            log.info("round %d: %d update(s) acked this run, age at ack (box's send time to "
+                     "ack) p50 %.0f ms, max %.0f ms", round_no, len(waits),
                      1e3 * waits[len(waits) // 2], 1e3 * waits[-1])
 
     def _publish_result(self, event: ResultReady) -> None:

@@ -163,8 +163,9 @@ class AggregatorService(DeliveryIntake, RoundEventHandler):
         self._finished_msgs = OrderedDict()
         self._finished_lock = threading.Lock()
         self._unpublished = []
-        # round -> seconds from each accepted update's last chunk to its ack (logged when
-        # the round's result is out: the operator's sign of an aggregator falling behind)
+        # round -> each accepted update's age at its ack: from the box's send time (the
+        # envelope's ts) to the ack, so time queued at the broker counts (logged when the
+        # round's result is out: the operator's sign of an aggregator falling behind)
         self._ack_waits = {}
         # fsyncs of completed blobs, started as they complete (they release the GIL)
         self._flusher = ThreadPoolExecutor(2, thread_name_prefix="spool-flush")
@@ -252,10 +253,10 @@ class AggregatorService(DeliveryIntake, RoundEventHandler):
             if decision.reason == UNAVAILABLE:
                 self._forget((env.sender, env.msg))
             self._ack(env.sender, env.round, env.msg, decision)
-        acked = time.monotonic()
+        acked = time.time()
         for it, decision in zip(items, decisions, strict=True):
-            if decision.accepted:
-                self._ack_waits.setdefault(it.env.round, []).append(acked - it.received)
+            if decision.accepted:  # a box clock ahead of ours must not give negative ages
+                self._ack_waits.setdefault(it.env.round, []).append(max(0.0, acked - it.env.ts))
         self._handle(self.coordinator.tick())
 
     def close(self) -> None:

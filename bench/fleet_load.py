@@ -273,7 +273,12 @@ def run_fleet(n: int, rounds: int, keys_dir: Path, updates: Path, procs: int, ch
         error = _check_result(keys_dir, updates, blob, n, rounds, meta)
         watcher.close()
         sys_counters.t.close()
-        return _summarise(n, rounds, round_s, usage, before, after, reports, error, spread)
+        result = _summarise(n, rounds, round_s, usage, before, after, reports, error, spread)
+        # the aggregator's own view of the same waits (its per-round log line)
+        result["aggregator_says"] = [line.split(" INFO ")[-1] for line in
+                                     (root / "aggregator.log").read_text().splitlines()
+                                     if "age at ack" in line]
+        return result
     finally:
         for p in boxes:
             if p.poll() is None:
@@ -377,7 +382,8 @@ def print_table(results: list[dict[str, Any]], meta: list[dict[str, Any]], lengt
     for r in results:
         lat = r["ack_latency_ms"]
         print(f"{r['n']:>6} boxes: p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms, "
-              f"max {lat['max']:.0f} ms")
+              f"max {lat['max']:.0f} ms; the aggregator's log, last round: "
+              f"{(r['aggregator_says'] or ['(no line)'])[-1]}")
     few, many = results[0], results[-1]
     growth = many["peak_rss_mb"] / few["peak_rss_mb"] - 1
     print(f"\npeak RSS {many['n']} vs {few['n']} boxes: {growth:+.1%} (target within 25%: "
@@ -452,15 +458,14 @@ def box_main(ns: argparse.Namespace) -> None:
         sent_at: dict[str, float] = {}
 
         def publish(d: str, c: int, plan: dict[str, Any] = plan, r: int = r,
-                    base: str = base, t_start: float = t_start,
-                    sent_at: dict[str, float] = sent_at) -> None:
+                    base: str = base, sent_at: dict[str, float] = sent_at) -> None:
             nonlocal n_msgs, n_bytes
             (sha, size, parts, hashes), msg = plan[d]
+            sent = sent_at.setdefault(d, time.time())  # ts: the box's send time, as a box
             env = Envelope(kind="update", fed=FED, sender=d, round=r, model=base, msg=msg,
                            blob_sha256=sha, blob_size=size, index=c, count=len(parts),
-                           chunk_sha256=hashes[c], ts=t_start, payload=parts[c])
+                           chunk_sha256=hashes[c], ts=sent, payload=parts[c])
             data = encode(sign_envelope(env, keys[d]))
-            sent_at.setdefault(d, time.time())
             links[d].publish(topics.update(FED, d), data)
             n_msgs += 1
             n_bytes += len(data)
