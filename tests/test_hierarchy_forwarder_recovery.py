@@ -111,6 +111,15 @@ def _check_global_result(h: TwoRegions, secret: FederationContext) -> bytes:
     return root_blob
 
 
+def _finish_with_region_b(h: TwoRegions, secret: FederationContext) -> None:
+    """Region b's partial closes the root's round; region a publishes the root's result."""
+    send_round(h.b, VECS[3:], COUNTS[3:])
+    h.root.service.pump()
+    h.a.service.pump()
+    root_blob = _check_global_result(h, secret)
+    assert collect_result(h.a.bus.retained, FED)[1] == root_blob
+
+
 def test_lost_puback_then_root_moved_on_publishes_the_round_it_was_counted_in(
     tmp_path: Path, secret_ctx: FederationContext, closers: list[TwoRegions],
     caplog: pytest.LogCaptureFixture,
@@ -149,11 +158,7 @@ def test_crash_before_the_partial_left_resends_it_after_restart(
     h.root.service.pump()
     assert h.root.service.coordinator.updates_summed() == 3
     assert fwd.acks[-1]["accepted"], fwd.acks
-    send_round(h.b, VECS[3:], COUNTS[3:])
-    h.root.service.pump()
-    h.a.service.pump()
-    root_blob = _check_global_result(h, secret_ctx)
-    assert collect_result(h.a.bus.retained, FED)[1] == root_blob
+    _finish_with_region_b(h, secret_ctx)
 
 
 def test_resend_after_a_lost_puback_is_not_counted_twice(
@@ -173,11 +178,7 @@ def test_resend_after_a_lost_puback_is_not_counted_twice(
     h.root.service.pump()
     assert h.root.service.coordinator.updates_summed() == 3  # the root counted it once
     assert h.root.store.get_round(1).contributions == 1  # type: ignore[union-attr]
-    send_round(h.b, VECS[3:], COUNTS[3:])
-    h.root.service.pump()
-    h.a.service.pump()
-    root_blob = _check_global_result(h, secret_ctx)
-    assert collect_result(h.a.bus.retained, FED)[1] == root_blob
+    _finish_with_region_b(h, secret_ctx)
 
 
 def test_late_region_publishes_the_roots_new_base_at_once_and_joins_its_next_round(
