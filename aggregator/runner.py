@@ -11,7 +11,7 @@ from aggregator.service import AggregatorService
 from aggregator.store import Store
 from aggregator.sumpool import ProcessSumFactory
 from federation.errors import NOT_CONNECTED, TransportError
-from federation.memory import pin_mmap_threshold
+from federation.memory import AGGREGATOR_MMAP_THRESHOLD_BYTES, pin_mmap_threshold
 from federation.mqtt import MqttTransport, TlsConfig
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,8 @@ def build_service(
     ``sum_workers``: processes that hold the round's CKKS sum (aggregator.sumpool);
     None: one per core (at most 4); 0: sum in this process."""
     ctx = load_context(state, cfg)  # refuses a secret context (secret_key_refused)
-    pin_mmap_threshold()  # chunk buffers back to the OS when freed (federation.memory)
+    # ciphertexts back to the OS when freed, chunk buffers reused (federation.memory)
+    pin_mmap_threshold(AGGREGATOR_MMAP_THRESHOLD_BYTES)
     signing_key = load_signing_key(state)
     store = Store(state)
     # Started first: the workers import TenSEAL while this process connects.

@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from federation.chunking import Reassembler, split_blob
+from federation.chunking import DEFAULT_CHUNK_SIZE, Reassembler, split_blob
 from federation.envelope import Envelope, decode, encode, sign_envelope
 from federation.errors import FederationError
 from federation.signing import generate_signing_key
@@ -119,3 +119,16 @@ def test_tampered_chunk_payload_is_refused() -> None:
     with pytest.raises(FederationError) as exc:
         Reassembler().add(bad)
     assert exc.value.reason == "integrity"
+
+
+def test_every_default_chunk_message_fits_below_the_aggregators_mmap_threshold() -> None:
+    """federation.memory: the aggregator's chunk buffers must come from the heap (reused),
+    so a full-size chunk's MQTT payload, header included, stays below its threshold; a
+    whole 1M-value update (MBs) is far above it and is still returned to the OS."""
+    from federation.memory import AGGREGATOR_MMAP_THRESHOLD_BYTES, MMAP_THRESHOLD_BYTES
+
+    blob = os.urandom(3 * DEFAULT_CHUNK_SIZE)
+    envs = split_blob(blob, KEY, **{**HDR, "model": "m" * 128})  # longest model name
+    largest = max(len(encode(e)) for e in envs)
+    assert DEFAULT_CHUNK_SIZE < largest < AGGREGATOR_MMAP_THRESHOLD_BYTES
+    assert MMAP_THRESHOLD_BYTES < AGGREGATOR_MMAP_THRESHOLD_BYTES < 25 * 1024 * 1024
