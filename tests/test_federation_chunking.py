@@ -128,7 +128,7 @@ def test_every_default_chunk_message_fits_below_the_aggregators_mmap_threshold()
     from federation.memory import AGGREGATOR_MMAP_THRESHOLD_BYTES, MMAP_THRESHOLD_BYTES
 
     blob = os.urandom(3 * DEFAULT_CHUNK_SIZE)
-    envs = split_blob(blob, KEY, **{**HDR, "model": "m" * 128})  # longest model name
+    envs = chunks(blob, DEFAULT_CHUNK_SIZE, model="m" * 128)  # longest model name
     largest = max(len(encode(e)) for e in envs)
     assert DEFAULT_CHUNK_SIZE < largest < AGGREGATOR_MMAP_THRESHOLD_BYTES
     assert MMAP_THRESHOLD_BYTES < AGGREGATOR_MMAP_THRESHOLD_BYTES < 25 * 1024 * 1024
