@@ -49,7 +49,7 @@ def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-                    f"persistence false\nmax_queued_messages 100000\n"
+                    f"persistence false\nset_tcp_nodelay true\nmax_queued_messages 100000\n"
                     f"log_dest file {workdir}/mosquitto.log\n")
     proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

@@ -65,6 +65,7 @@ def start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                    "set_tcp_nodelay true\n"  # as the generated broker config
                     "max_queued_messages 1000000\nmax_inflight_messages 0\nsys_interval 1\n"
                     f"log_dest file {workdir}/mosquitto.log\n")
     proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,

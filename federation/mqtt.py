@@ -26,11 +26,19 @@ case (``offline_queue=True``, the default) or raises ``TransportError(not_connec
 (``offline_queue=False``). Memory does not survive a restart: the edge client also keeps
 its updates on disk until they are acknowledged. ``flush(timeout)`` waits until the
 broker acknowledged everything published so far; ``close()`` flushes (bounded) first.
+
+Latency: paho leaves Nagle's algorithm on. A small packet (a PUBACK, an ack, an
+announce) written while an earlier one is unacknowledged then waits for the peer's
+delayed TCP ACK, up to 40 ms on Linux, at every hop. Every socket therefore gets
+TCP_NODELAY; the broker needs it too (Mosquitto's ``set_tcp_nodelay true``, written by
+``aggregator.broker_config``). Measured, a request and its reply through a local
+Mosquitto: 68 ms with neither, 24 ms with the broker's only, 0.8 ms with both.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -73,6 +81,14 @@ class BrokerUrl:
     host: str
     port: int
     tls: bool
+
+
+def _no_delay(client: paho.Client, userdata: object, sock: Any) -> None:
+    """Nagle off (module docstring, "Latency"); a socket without the option is left as is."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError) as exc:
+        log.debug("TCP_NODELAY not set: %s", exc)
 
 
 def parse_broker_url(url: str) -> BrokerUrl:
@@ -186,6 +202,7 @@ class MqttTransport:
         )
         self._client.max_inflight_messages_set(max_inflight)
         self._client.max_queued_messages_set(max_queued)
+        self._client.on_socket_open = _no_delay
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message

@@ -205,6 +205,12 @@ def test_config_has_a_single_tls_listener_and_no_anonymous(fed_pki: Pki) -> None
     assert any(ln.startswith("acl_file ") for ln in lines)
 
 
+def test_config_turns_nagle_off(fed_pki: Pki) -> None:
+    """Acks and announces must not wait for delayed TCP ACKs (federation.mqtt, "Latency");
+    this broker runs the generated config, so Mosquitto accepts the option."""
+    assert "set_tcp_nodelay true" in fed_pki.conf_text.splitlines()
+
+
 def test_device_publishes_its_own_update_and_status(clients: Callable[..., Client]) -> None:
     agg = connected(clients, pki.AGGREGATOR_IDENTITY)
     assert agg.subscribe(f"{P}/update/+", f"{P}/status/+") == [1, 1]
