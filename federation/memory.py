@@ -19,7 +19,7 @@ Measured with ``bench.fleet_load``, all uploads at once, 2 runs each: 100 boxes 
 default part, 5 rounds: 3.5 -> 2.6 ms CPU per update, 320-330 -> 405-430 updates acked
 per second, peak RSS 100 vs 10 boxes +0.9%, +0.4%; 1M values, 2 rounds: 0.34 -> 0.25 s
 CPU per update, peak RSS 100 vs 10 boxes +21%, +5% (at 128 KiB: +34%, -9%; this
-figure is noisy either way, the process tree's total stayed within 610-850 MB).
+figure is noisy either way: the process tree peaked at 607-843 MB in those runs).
 """
 
 from __future__ import annotations
