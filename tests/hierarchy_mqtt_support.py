@@ -18,6 +18,7 @@ from federation import topics
 from federation.chunking import split_blob
 from federation.ckks import FederationContext
 from federation.envelope import decode, encode
+from federation.keys import write_public_key
 from federation.mqtt import MqttTransport, TlsConfig
 from federation.packing import EncryptedUpdate
 from tests.aggregator_boxes import ScriptedBox, envelope_json
@@ -136,6 +137,12 @@ def connected_box(url: str, device_id: str, secret: FederationContext, fed: str,
     box = ScriptedBox(device_id, fed, secret, transport)
     assert transport.wait_connected(10), f"{device_id} cannot reach {url}"
     return box
+
+
+def register_box(tmp: Path, state: Path, box: ScriptedBox) -> None:
+    """``devices add`` the box's public key at the aggregator whose state is ``state``."""
+    pub = write_public_key(tmp / f"{box.device_id}.pub", box.key.public_key())
+    run_cli("devices", "add", box.device_id, "--state", str(state), "--public-key", str(pub))
 
 
 def send_update(box: ScriptedBox, ann: dict[str, Any], vec: np.ndarray, n: int) -> None:

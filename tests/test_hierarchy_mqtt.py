@@ -29,7 +29,6 @@ from federation.keys import (
     PUBLIC_CONTEXT_NAME,
     SECRET_CONTEXT_NAME,
     load_secret_context,
-    write_public_key,
 )
 from federation.packing import StreamingSum, encrypt_update, plain_weighted_average
 from tests.aggregator_boxes import ScriptedBox, decrypt_result
@@ -39,6 +38,7 @@ from tests.hierarchy_mqtt_support import (
     Serve,
     connected_box,
     n_updates,
+    register_box,
     run_cli,
     send_partial,
     send_update,
@@ -98,11 +98,6 @@ class Hierarchy:
         return box
 
 
-def _register_box(tmp: Path, state: Path, box: ScriptedBox) -> None:
-    pub = write_public_key(tmp / f"{box.device_id}.pub", box.key.public_key())
-    run_cli("devices", "add", box.device_id, "--state", str(state), "--public-key", str(pub))
-
-
 @pytest.fixture
 def hierarchy(tmp_path: Path,
               mosquitto_factory: Callable[..., MosquittoBroker]) -> Iterator[Hierarchy]:
@@ -121,9 +116,9 @@ def hierarchy(tmp_path: Path,
     region_boxes = [connected_box(region_broker.url, f"north-box{i}", secret, FED)
                     for i in range(3)]
     for b in region_boxes:
-        _register_box(tmp_path, region_state, b)
+        register_box(tmp_path, region_state, b)
     direct_box = connected_box(root_broker.url, "hq-box", secret, FED)
-    _register_box(tmp_path, root_state, direct_box)
+    register_box(tmp_path, root_state, direct_box)
     h = Hierarchy(tmp_path, root_broker, region_broker, keys, secret, root_state,
                   region_state, region_boxes, direct_box,
                   BrokerWatcher(root_broker.url, "watch-root", FED),
