@@ -158,6 +158,24 @@ def test_idle_session_expires_and_polling_does_not_keep_it_alive(
     assert log_in(client).status_code == 302
 
 
+def test_background_polls_never_rewrite_the_session_cookie(
+    client: FlaskClient, kiosk: Kiosk, kiosk_frames: Path  # noqa: F811
+) -> None:
+    """A poll answered with Set-Cookie carries the session as it was when the poll was
+    sent. Arriving after a form's response, it would overwrite the browser's cookie and
+    lose what that response stored: the "X is enrolled" message (seen lost once in the
+    browser test on a loaded machine) or a fresh CSRF token. Polls therefore never set
+    the cookie; page views (activity) still do."""
+    assert log_in(client).status_code == 302
+    kiosk.services.worker.process_frame(0, time.time(),
+                                        read_image(sorted(kiosk_frames.iterdir())[0]))
+    for path in ("/api/status", "/live.jpg"):
+        polled = client.get(path)
+        assert polled.status_code == 200, path
+        assert "Set-Cookie" not in polled.headers, f"{path} rewrote the session cookie"
+    assert "Set-Cookie" in client.get("/people").headers  # activity: last_seen moves on
+
+
 def test_password_change_ends_sessions(client: FlaskClient, kiosk: Kiosk) -> None:
     assert log_in(client).status_code == 302
     PasswordStore(kiosk.services.data_dir).set("another long passphrase")

@@ -180,6 +180,12 @@ def create_app(svc: KioskServices) -> Flask:
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
         SESSION_COOKIE_SECURE=svc.settings.cookie_secure,
+        # Only a response that changed the session sets the cookie. By default every
+        # response to a permanent session does, so a background poll (PASSIVE_ENDPOINTS)
+        # in flight while a form posts could arrive last and put back the session as it
+        # was before the post, losing that post's flash message or fresh CSRF token.
+        # Activity (every other request) still moves last_seen, which rewrites it.
+        SESSION_REFRESH_EACH_REQUEST=False,
         MAX_CONTENT_LENGTH=svc.settings.max_upload_bytes,
         MAX_FORM_MEMORY_SIZE=svc.settings.max_upload_bytes,
         SEND_FILE_MAX_AGE_DEFAULT=300,
