@@ -80,8 +80,9 @@ def test_a_bridged_site_takes_part_in_the_round(
         "--round-deadline", "60", "--rounds", "1", "--chunk-size", "65536"])
     late: BrokerWatcher | None = None
     try:
-        site_watch.wait("round 1 announced at the site", site_watch.open_round(1), 30,
-                        serve.text)
+        for watch, where in ((site_watch, "site"), (central_watch, "aggregator's broker")):
+            watch.wait(f"round 1 announced at the {where}", watch.open_round(1), 30,
+                       serve.text)
         ann = site_watch.announce()
         assert ann is not None and ann == central_watch.announce()
         rng = np.random.default_rng(7)
@@ -105,15 +106,22 @@ def test_a_bridged_site_takes_part_in_the_round(
         print(f"bridged round: max |result - plaintext average| {err:.2e}")
         assert err < 1e-5
 
-        # A box connecting to the site now finds the federation's current state there.
+        # The service's last message, round 1 closed, crosses the bridge live; a box
+        # connecting to the site afterwards finds it (and the pointer) retained there.
+        def closed() -> bool:
+            live = site_watch.announce()
+            return live is not None and live["round"] == 1 and live["state"] == "closed"
+
+        site_watch.wait("round 1 closed at the site", closed, 30, serve.text)
+        assert serve.wait_exit(30) == 0
         late = BrokerWatcher(site.url, "watch-site-late", FED)
         late.wait("retained pointer at the site", late.result_of(1), 10, serve.text)
-        late_ann = late.announce()
-        assert late_ann is not None and late_ann == central_watch.announce()
+        late.wait("retained announce at the site", lambda: late.announce() is not None, 10,
+                  serve.text)
+        assert late.announce() == site_watch.announce()
         # Each site box got its ack once: the bridge does not loop messages back.
         time.sleep(0.5)
         assert [len(b.acks) for b in site_boxes] == [1, 1]
-        assert serve.wait_exit(30) == 0
     finally:
         serve.stop(kill=True)
         for box in boxes:
