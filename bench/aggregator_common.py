@@ -43,14 +43,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_mosquitto(workdir: Path, max_queued: int = 100_000,
+                    extra: str = "") -> tuple[subprocess.Popen[bytes], str]:
+    """A throwaway Mosquitto for a bench (Nagle off, as the generated broker config)."""
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-                    f"persistence false\nset_tcp_nodelay true\nmax_queued_messages 100000\n"
-                    f"log_dest file {workdir}/mosquitto.log\n")
+                    f"persistence false\nset_tcp_nodelay true\nmax_queued_messages {max_queued}\n"
+                    f"{extra}log_dest file {workdir}/mosquitto.log\n")
     proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10

@@ -52,26 +52,16 @@ from typing import Any
 
 import numpy as np
 
-from bench.aggregator_common import FED, REPO, RoundWatcher, free_port, tmpdir
+from bench.aggregator_common import FED, REPO, RoundWatcher, start_mosquitto, tmpdir
 
 COUNT_SCALE = 64.0
 
 
 # --- orchestrator -----------------------------------------------------------------------
 def start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    from tests.conftest import wait_for_port
-
-    port = free_port()
-    workdir.mkdir(parents=True, exist_ok=True)
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "set_tcp_nodelay true\n"  # as the generated broker config
-                    "max_queued_messages 1000000\nmax_inflight_messages 0\nsys_interval 1\n"
-                    f"log_dest file {workdir}/mosquitto.log\n")
-    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    wait_for_port(port)
-    return proc, f"mqtt://127.0.0.1:{port}"
+    """Queues deep enough for every chunk of a fleet in flight, $SYS counters each second."""
+    return start_mosquitto(workdir, max_queued=1_000_000,
+                           extra="max_inflight_messages 0\nsys_interval 1\n")
 
 
 class SysCounters:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import queue
+import socket
+import statistics
 import time
 
 import pytest
@@ -162,9 +164,6 @@ def test_a_request_and_its_reply_take_no_nagle_stall(mosquitto) -> None:
     With Nagle on at either end, a request and its reply through the broker stall on the
     peers' delayed TCP ACKs: 24-68 ms each on Linux against under 1 ms without; here the
     median of 21 must stay under 20 ms, well clear of both on a loaded machine."""
-    import socket
-    import statistics
-
     asker = connect(mosquitto.url, "asker", clean_start=True)
     answerer = connect(mosquitto.url, "answerer", clean_start=True)
     try:
