@@ -93,6 +93,10 @@ def serve(
         min=0, max=16, help="processes holding the round's CKKS sum (default: one per "
         "core, at most 4; 0: sum in the service process, least memory)",
         show_default=False)] = None,
+    intake_processes: Annotated[int, typer.Option(
+        min=1, max=16, help="processes that receive, verify and spool updates (each hears "
+        "a share of the devices; 1: the service process itself). More than 1 lifts the "
+        "one-core limit of the service process in bursts; see docs/operations.md")] = 1,
     # --- fleet options (aggregator/regional_cli.py) ---
     forward_to: Annotated[str, typer.Option(
         help="regional mode: the ROOT aggregator's broker; closed rounds' sums go there as "
@@ -132,6 +136,7 @@ def serve(
     service, transport = build_service(
         state, cfg, settings, broker, client_id or f"aggregator-{cfg.fed}",
         rounds or None, ca_file, cert_file, key_file, mqtt_protocol, sum_workers,
+        intake_processes,
     )
     service.rate_limiter = limiter
     if dp is not None:
@@ -153,6 +158,7 @@ def serve(
         service.start()
         service.loop(stop)
     finally:
+        service.close()  # intake shards, flusher, summing workers
         for link in reversed(links):
             link.close()
         service.store.close()

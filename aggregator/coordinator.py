@@ -31,13 +31,15 @@ from aggregator.model_pins import next_base
 from aggregator.registry import DeviceRegistry
 from aggregator.state_db import RoundRow
 from aggregator.store import AcceptedUpdate, Store
+from federation import errors
 from federation.dp import DpConfig
 from federation.packing import DEFAULT_COUNT_SCALE
 
 log = logging.getLogger(__name__)
 
-# Reasons beyond the federation's envelope-level ones (and NOT_OPEN).
-UNAVAILABLE = "unavailable"  # the aggregator could not persist the update (disk full...)
+# Reasons beyond the federation's envelope-level ones: NOT_OPEN, and UNAVAILABLE
+# (federation.errors, so that the delivery code need not import the coordinator).
+UNAVAILABLE = errors.UNAVAILABLE
 
 
 @dataclass(frozen=True)

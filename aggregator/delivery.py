@@ -10,23 +10,28 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import queue
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from aggregator.coordinator import UNAVAILABLE
 from aggregator.durable_io import fsync_file
 from aggregator.ratelimit import RateLimiter
-from aggregator.registry import DeviceRegistry
+from aggregator.registry import Device, DeviceRegistry
 from aggregator.spool import DiskReassembler
 from federation import topics
 from federation.envelope import Envelope, decode
-from federation.errors import MALFORMED, UNKNOWN_DEVICE, WRONG_FEDERATION, FederationError
+from federation.errors import (
+    MALFORMED,
+    UNAVAILABLE,
+    UNKNOWN_DEVICE,
+    WRONG_FEDERATION,
+    FederationError,
+)
 from federation.signing import verify
 
 log = logging.getLogger(__name__)
@@ -46,6 +51,14 @@ class Rejection:
 
 
 @dataclass(frozen=True)
+class RateLimitedReport:
+    """Per device, messages and bytes an intake shard's rate limiter dropped since its
+    last report (aggregator.intake_shards; in one process the service drains its own)."""
+
+    counts: dict[str, tuple[int, int]]
+
+
+@dataclass(frozen=True)
 class SpooledUpdate:
     """A completed update, reassembled in its spool file, waiting for a group commit."""
 
@@ -58,6 +71,16 @@ def _flush_quietly(path: Path) -> None:
         fsync_file(path)
 
 
+Item = Rejection | SpooledUpdate | RateLimitedReport
+
+
+class ItemSink(Protocol):
+    """Where the delivery thread puts its results: the service's queue, or in an intake
+    shard the pipe to the service."""
+
+    def put(self, item: Item) -> None: ...
+
+
 class DeliveryIntake:
     """The delivery-thread side of AggregatorService, a mixin: the service's __init__
     creates the state declared here (the worker reads the same queue and key snapshot)."""
@@ -66,7 +89,7 @@ class DeliveryIntake:
     registry: DeviceRegistry
     spool: DiskReassembler
     rate_limiter: RateLimiter | None
-    _queue: queue.Queue[Rejection | SpooledUpdate]
+    _queue: ItemSink
     _keys: dict[str, Ed25519PublicKey]
     _revoked: frozenset[str]
     _finished_msgs: OrderedDict[tuple[str, str], None]
@@ -77,7 +100,9 @@ class DeliveryIntake:
         """Snapshot active device keys for the delivery thread (swapped atomically).
         Every pump re-reads the registry, so `devices revoke` (another process, same
         SQLite db) takes effect within one tick."""
-        devices = self.registry.list()
+        self._set_keys(self.registry.list())
+
+    def _set_keys(self, devices: list[Device]) -> None:
         self._revoked = frozenset(d.device_id for d in devices if not d.active)
         self._keys = {
             d.device_id: Ed25519PublicKey.from_public_bytes(d.public_key)

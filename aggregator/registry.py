@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,15 @@ class Device:
 
     def fingerprint(self) -> str:
         return self.public_key.hex()[:16]
+
+
+def read_devices(db: sqlite3.Connection) -> list[Device]:
+    """Every device, revoked ones included (also on a read-only connection: the intake
+    shards, aggregator.intake_shards, read the registry without opening the store)."""
+    rows = db.execute(
+        "SELECT device_id, public_key, added_at, revoked_at FROM devices ORDER BY device_id"
+    )
+    return [Device(str(r[0]), bytes(r[1]), float(r[2]), r[3]) for r in rows]
 
 
 def validate_device_id(device_id: str) -> str:
@@ -123,10 +133,7 @@ class DeviceRegistry:
         return None if row is None else Device(str(row[0]), bytes(row[1]), float(row[2]), row[3])
 
     def list(self) -> list[Device]:
-        rows = self.store.db.execute(
-            "SELECT device_id, public_key, added_at, revoked_at FROM devices ORDER BY device_id"
-        )
-        return [Device(str(r[0]), bytes(r[1]), float(r[2]), r[3]) for r in rows]
+        return read_devices(self.store.db)
 
     def active_ids(self) -> set[str]:
         rows = self.store.db.execute("SELECT device_id FROM devices WHERE revoked_at IS NULL")

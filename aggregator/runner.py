@@ -7,6 +7,7 @@ from pathlib import Path
 
 from aggregator.config import AggregatorConfig, load_context, load_signing_key
 from aggregator.coordinator import RoundSettings
+from aggregator.intake_shards import IntakeShards, ShardSpec, retire_stale_sessions, session_ids
 from aggregator.service import AggregatorService
 from aggregator.store import Store
 from aggregator.sumpool import ProcessSumFactory
@@ -29,13 +30,15 @@ def build_service(
     key_file: Path | None = None,
     protocol: str = "5",
     sum_workers: int | None = None,
+    intake_processes: int = 1,
 ) -> tuple[AggregatorService, MqttTransport]:
     """The service on a connected MQTT transport (persistent session). Updates the
     broker queued while the aggregator was down may arrive before ``service.start()``
     subscribes: the transport buffers them and hands them over on subscribe.
 
     ``sum_workers``: processes that hold the round's CKKS sum (aggregator.sumpool);
-    None: one per core (at most 4); 0: sum in this process."""
+    None: one per core (at most 4); 0: sum in this process. ``intake_processes``: K >= 2
+    hands the per-chunk work to K shard processes (aggregator.intake_shards)."""
     ctx = load_context(state, cfg)  # refuses a secret context (secret_key_refused)
     # ciphertexts back to the OS when freed, chunk buffers reused (federation.memory)
     pin_mmap_threshold(AGGREGATOR_MMAP_THRESHOLD_BYTES)
@@ -57,6 +60,21 @@ def build_service(
                 NOT_CONNECTED, f"cannot reach the MQTT broker at {broker} "
                 f"(after {CONNECT_TIMEOUT:.0f} s); check --broker and that it is running"
             )
+
+        def end_session(shard_id: str) -> None:  # a clean start deletes the session
+            link = MqttTransport(broker, shard_id, tls=tls, clean_start=True, protocol=protocol)
+            try:
+                if not link.wait_connected(CONNECT_TIMEOUT):
+                    log.warning("could not end the broker session of %s", shard_id)
+            finally:
+                link.close()
+
+        retire_stale_sessions(state, session_ids(client_id, intake_processes), end_session)
+        if intake_processes > 1:
+            service.intake_shards = IntakeShards(ShardSpec(
+                0, intake_processes, state, cfg.fed, broker, client_id, tls, protocol,
+                service.spool.max_blob_bytes, service.spool.max_spool_bytes,
+                log_level=logging.getLogger().getEffectiveLevel()))
     except BaseException:
         transport.close()
         store.close()

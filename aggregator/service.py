@@ -63,7 +63,14 @@ from aggregator.coordinator import (
     RoundSettings,
     Submission,
 )
-from aggregator.delivery import DeliveryIntake, Rejection, SpooledUpdate
+from aggregator.delivery import (
+    DeliveryIntake,
+    Item,
+    RateLimitedReport,
+    Rejection,
+    SpooledUpdate,
+)
+from aggregator.intake_shards import IntakeShards
 from aggregator.publisher import Publisher
 from aggregator.ratelimit import RATE_LIMITED, RateLimiter, count_dropped
 from aggregator.registry import DeviceRegistry
@@ -157,7 +164,7 @@ class AggregatorService(DeliveryIntake, RoundEventHandler):
         self.max_rounds = max_rounds
         self.published_rounds = 0
         self.finished = threading.Event()
-        self._queue = queue.Queue()
+        self._queue: queue.Queue[Item] = queue.Queue()
         self._keys = {}
         self._revoked = frozenset()
         self._finished_msgs = OrderedDict()
@@ -177,11 +184,20 @@ class AggregatorService(DeliveryIntake, RoundEventHandler):
         # Regional mode (aggregator.regional): a closed round's sum goes to the root
         # aggregator as a partial, and the root's result is what this region publishes.
         self.forwarder = None
+        # The per-chunk work in K processes instead of this one's MQTT thread
+        # (aggregator.intake_shards; None: K = 1).
+        self.intake_shards: IntakeShards | None = None
 
     # --- start / loop -----------------------------------------------------------------
     def start(self) -> None:
         self.refresh_keys()
+        # Also with shards: updates that this client's persistent session holds from a
+        # run without them, or that come while the shards start, are heard here; once
+        # every shard is subscribed, the shards alone hear the update topics.
         self.transport.subscribe(topics.update_filter(self.fed_id), self._on_update)
+        if self.intake_shards is not None and self.intake_shards.start(
+                self._queue.put, None if self.rate_limiter is None else self.rate_limiter.limits):
+            self.transport.unsubscribe(topics.update_filter(self.fed_id))
         if self.max_rounds == 0:
             self.finished.set()
         self._handle(self.coordinator.start(open_round=not self.finished.is_set()))
@@ -199,6 +215,8 @@ class AggregatorService(DeliveryIntake, RoundEventHandler):
                 n += 1
                 if isinstance(item, Rejection):
                     self._process_reject(item)
+                elif isinstance(item, RateLimitedReport):
+                    self._report_dropped(item.counts)
                 else:
                     batch.append(item)
                     batch_bytes += item.env.blob_size
@@ -212,7 +230,10 @@ class AggregatorService(DeliveryIntake, RoundEventHandler):
             pass
         if batch:
             self._process_batch(batch)
-        self._report_rate_limited()
+        if self.rate_limiter is not None:
+            self._report_dropped(self.rate_limiter.drain())
+        if self.intake_shards is not None:
+            self.intake_shards.restart_dead()
         self.refresh_keys()
         self._retry_unpublished()
         self._handle(self.coordinator.tick())
@@ -231,7 +252,7 @@ class AggregatorService(DeliveryIntake, RoundEventHandler):
     def _process_reject(self, item: Rejection) -> None:
         self.coordinator.record_rejection(item.round, item.device, item.reason, item.detail)
         if item.reason == UNAVAILABLE and item.device is not None and item.msg is not None:
-            self._forget((item.device, item.msg))
+            self._let_resend(item.device, item.msg)
         if item.device is not None:
             self._ack(item.device, item.round, item.msg, Decision(False, item.reason, item.detail))
 
@@ -251,7 +272,7 @@ class AggregatorService(DeliveryIntake, RoundEventHandler):
         for it, decision in zip(items, decisions, strict=True):
             env = it.env
             if decision.reason == UNAVAILABLE:
-                self._forget((env.sender, env.msg))
+                self._let_resend(env.sender, env.msg)
             self._ack(env.sender, env.round, env.msg, decision)
         acked = time.time()
         for it, decision in zip(items, decisions, strict=True):
@@ -259,21 +280,29 @@ class AggregatorService(DeliveryIntake, RoundEventHandler):
                 self._ack_waits.setdefault(it.env.round, []).append(max(0.0, acked - it.env.ts))
         self._handle(self.coordinator.tick())
 
+    def _let_resend(self, device: str, msg: str) -> None:
+        """After a transient failure the device may resend the SAME message: let it in
+        (at whichever intake heard it)."""
+        self._forget((device, msg))
+        if self.intake_shards is not None:
+            self.intake_shards.forget(device, msg)
+
     def close(self) -> None:
-        """Stop the flusher and the summing workers (the transport and store are the
-        caller's)."""
+        """Stop the intake shards, the flusher and the summing workers (the transport and
+        store are the caller's)."""
+        if self.intake_shards is not None:
+            self.intake_shards.close()
         self._flusher.shutdown(wait=True)
         self.coordinator.accumulators.close()
 
     def _ack(self, device: str, round_no: int | None, msg: str | None, d: Decision) -> None:
         self.publisher.ack(device, round_no, msg, d, self.coordinator.current)
 
-    def _report_rate_limited(self) -> None:
-        """Rate-limited messages: one log line, one counted rejection and one ack per
-        device per report period, however many messages were dropped."""
-        if self.rate_limiter is None:
-            return
-        for device, (msgs, nbytes) in self.rate_limiter.drain().items():
+    def _report_dropped(self, counts: dict[str, tuple[int, int]]) -> None:
+        """Rate-limited messages (``RateLimiter.drain``, here or in an intake shard): one
+        log line, one counted rejection and one ack per device per report period, however
+        many messages were dropped."""
+        for device, (msgs, nbytes) in counts.items():
             detail = (f"{msgs} message(s), {nbytes} bytes over the per-device rate limit "
                       "dropped; slow down and resend")
             self.coordinator.record_rejection(None, device, RATE_LIMITED, detail)

@@ -178,7 +178,7 @@ class AggregatorProcess:
     """``fedface-aggregator serve`` with an RSS poll; rusage from wait4 at exit."""
 
     def __init__(self, state: Path, url: str, n: int, rounds: int, log: Path,
-                 sum_workers: int | None = None) -> None:
+                 sum_workers: int | None = None, intake: int = 1) -> None:
         import psutil
 
         exe = Path(sys.executable).parent / "fedface-aggregator"
@@ -186,6 +186,7 @@ class AggregatorProcess:
         self.proc = subprocess.Popen(
             [str(exe), "serve", "--state", str(state), "--broker", url, "--quorum", str(n),
              "--rounds", str(rounds), "--round-deadline", "3600",
+             "--intake-processes", str(intake),
              *([] if sum_workers is None else ["--sum-workers", str(sum_workers)])],
             stdout=subprocess.DEVNULL, stderr=self.log)
         self.ps = psutil.Process(self.proc.pid)
@@ -237,7 +238,7 @@ class AggregatorProcess:
 
 def run_fleet(n: int, rounds: int, keys_dir: Path, updates: Path, procs: int, chunk: int,
               meta: list[dict[str, Any]], sum_workers: int | None = None,
-              spread: float = 0.0) -> dict[str, Any]:
+              spread: float = 0.0, intake: int = 1) -> dict[str, Any]:
     root = tmpdir(f"fleet-{n}-")
     broker, url = start_broker(root / "mosquitto")
     agg: AggregatorProcess | None = None
@@ -250,7 +251,8 @@ def run_fleet(n: int, rounds: int, keys_dir: Path, updates: Path, procs: int, ch
         boxes = spawn_boxes(url, dev_keys, updates, devices, rounds, procs, chunk, spread)
         box_reports = BoxReports(boxes)
         before = sys_counters.snapshot()
-        agg = AggregatorProcess(state, url, n, rounds, root / "aggregator.log", sum_workers)
+        agg = AggregatorProcess(state, url, n, rounds, root / "aggregator.log", sum_workers,
+                                intake)
         with watcher.cond:
             watcher.cond.wait_for(lambda: 1 in watcher.opened, 120)
         agg.mark_open()
@@ -511,6 +513,8 @@ def main() -> None:
     p.add_argument("--sum-workers", type=int, default=None,
                    help="serve --sum-workers (default: the service's own default)")
     p.add_argument("--chunk-size", type=int, default=256 * 1024)
+    p.add_argument("--intake-processes", type=int, default=1,
+                   help="serve --intake-processes (1: the service process receives updates)")
     p.add_argument("--spread", type=float, default=0.0,
                    help="seconds over which each round's uploads are spread at random (0: all "
                         "at once, the worst case)")
@@ -535,7 +539,7 @@ def main() -> None:
     for n in (int(x) for x in ns.fleets.split(",")):
         print(f"fleet of {n} boxes, {ns.rounds} rounds...", file=sys.stderr, flush=True)
         res = run_fleet(n, ns.rounds, work / "keys", work / "updates", ns.procs, ns.chunk_size,
-                        meta, ns.sum_workers, ns.spread)
+                        meta, ns.sum_workers, ns.spread, ns.intake_processes)
         print(json.dumps(res), file=sys.stderr, flush=True)
         results.append(res)
     print_table(results, meta, length, ns.procs)

@@ -20,6 +20,8 @@ STALE_VERSION = "stale_version"
 LATE = "late"
 DUPLICATE = "duplicate"
 REPLAY = "replay"
+# the aggregator could not take the update for now (disk full, restarting workers): resend
+UNAVAILABLE = "unavailable"
 SECRET_KEY_REFUSED = "secret_key_refused"
 PUBLIC_KEY_CANNOT_DECRYPT = "public_key_cannot_decrypt"
 INSECURE_KEY_FILE = "insecure_key_file"

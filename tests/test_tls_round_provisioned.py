@@ -81,7 +81,9 @@ def test_provisioned_boxes_complete_a_round_over_tls(
     for device, people in PEOPLE.items():
         boxes[device] = provision_box(fed, device, f"dir:{lfw_dir / people[0]}")
         enrol(boxes[device], lfw_dir, people)
-    agg = serve(fed, quorum=2, rounds=1, deadline=120)
+    # Two intake processes: each shard's own TLS session (same certificate, CN
+    # aggregator) must pass the broker's ACL for the update topics.
+    agg = serve(fed, quorum=2, rounds=1, deadline=120, intake=2)
     try:
         for device, box in boxes.items():
             joins[device] = join(box)
@@ -97,6 +99,8 @@ def test_provisioned_boxes_complete_a_round_over_tls(
             time.sleep(0.2)
         agg.wait(30)  # --rounds 1: serve exits once the result is confirmed by the broker
         assert agg.returncode == 0, aggregator_log(fed)
+        log = (fed.root / "aggregator.log").read_text()
+        assert "intake shard 0 of 2" in log and "intake shard 1 of 2" in log, log[-3000:]
     finally:
         stop_process(agg)
 

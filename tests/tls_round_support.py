@@ -21,10 +21,11 @@ from tests.e2e_support import AGGREGATOR, PART, GatedTrainer, RecordingSink, par
 from tests.provisioning_support import Federation
 
 
-def serve(fed: Federation, *, quorum: int, rounds: int, deadline: float = 60.0
-          ) -> subprocess.Popen[bytes]:
+def serve(fed: Federation, *, quorum: int, rounds: int, deadline: float = 60.0,
+          intake: int = 1) -> subprocess.Popen[bytes]:
     """`fedface-aggregator serve` connecting with the aggregator's TLS client certificate
-    (CN aggregator: the ACL's aggregator section)."""
+    (CN aggregator: the ACL's aggregator section); ``intake``: its --intake-processes,
+    whose shards connect with the same certificate."""
     tls = fed.root / "agg-tls"
     log = (fed.root / "aggregator.log").open("wb")
     return subprocess.Popen(
@@ -33,7 +34,7 @@ def serve(fed: Federation, *, quorum: int, rounds: int, deadline: float = 60.0
          "--cert-file", str(tls / f"{pki.AGGREGATOR_IDENTITY}.crt"),
          "--key-file", str(tls / f"{pki.AGGREGATOR_IDENTITY}.key"),
          "--quorum", str(quorum), "--rounds", str(rounds), "--round-deadline", str(deadline),
-         "--chunk-size", "16384"],
+         "--chunk-size", "16384", "--intake-processes", str(intake)],
         stdout=log, stderr=subprocess.STDOUT)
 
 

@@ -1,0 +1,175 @@
+"""`serve --intake-processes 2` as a real process against a real Mosquitto: each shard
+hears its own devices, multi-chunk updates are reassembled there, every box gets one
+ack per update, a revoked device is still answered, a shard killed with SIGKILL is
+restarted and its devices' next updates arrive through its persistent session, and the
+result equals the plaintext weighted average. Plus the pure parts: the device split and
+the retiring of a former layout's broker sessions."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aggregator.config import init_state
+from aggregator.intake_shards import (
+    SESSIONS_FILE,
+    retire_stale_sessions,
+    session_ids,
+    shard_of,
+)
+from aggregator.registry import DeviceRegistry
+from aggregator.store import Store
+from federation import topics
+from federation.ckks import FederationContext, new_secret_context
+from federation.keys import save_public_context
+from federation.mqtt import MqttTransport
+from federation.packing import plain_weighted_average
+from tests.aggregator_boxes import ScriptedBox, collect_result, decrypt_result, envelope_json
+from tests.conftest import MosquittoBroker
+from tests.test_aggregator_mqtt import RetainedWatcher
+
+FED = "fedmqtt"  # RetainedWatcher's federation
+LENGTH = 3000  # two ciphertexts, ~100 kB: two 64 KiB chunks per update
+CHUNK = 65536
+COUNT_SCALE = 64.0
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_devices_split_stably_and_evenly() -> None:
+    ids = [f"branch-{i:04d}" for i in range(3000)]
+    shares = Counter(shard_of(d, 3) for d in ids)
+    assert set(shares) == {0, 1, 2}
+    assert all(800 <= n <= 1200 for n in shares.values()), shares
+    assert [shard_of(d, 3) for d in ids[:50]] == [shard_of(d, 3) for d in ids[:50]]
+    assert {shard_of(d, 1) for d in ids} == {0}
+
+
+def test_a_new_layout_ends_the_former_shards_sessions(tmp_path: Path) -> None:
+    ended: list[str] = []
+    two = session_ids("aggregator-f", 2)
+    assert two == ["aggregator-f-intake-0of2", "aggregator-f-intake-1of2"]
+    retire_stale_sessions(tmp_path, two, ended.append)  # first run: nothing to end
+    assert ended == []
+    assert json.loads((tmp_path / SESSIONS_FILE).read_text())["client_ids"] == two
+    retire_stale_sessions(tmp_path, two, ended.append)  # same layout: sessions kept
+    assert ended == []
+    retire_stale_sessions(tmp_path, session_ids("aggregator-f", 1), ended.append)  # back to 1
+    assert ended == two
+    assert json.loads((tmp_path / SESSIONS_FILE).read_text())["client_ids"] == []
+    (tmp_path / SESSIONS_FILE).write_text("{not json")  # damaged: warned, not fatal
+    retire_stale_sessions(tmp_path, two, ended.append)
+    assert ended == two
+
+
+def _shard_pids(log: Path, timeout: float = 60.0) -> dict[int, int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = {int(m[1]): int(m[2]) for m in re.finditer(
+            r"intake shard (\d) of 2 \(pid (\d+)\)", log.read_text())}
+        if len(found) == 2:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"shards did not start:\n{log.read_text()[-3000:]}")
+
+
+@pytest.mark.mosquitto
+def test_two_intake_processes_run_rounds_and_survive_a_killed_shard(
+    tmp_path: Path, mosquitto: MosquittoBroker,
+) -> None:
+    secret: FederationContext = new_secret_context()
+    pub = save_public_context(tmp_path / "federation-public.tenseal", secret)
+    state = tmp_path / "state"
+    init_state(state, FED, pub, count_scale=COUNT_SCALE)
+    ids = [f"box{i}" for i in range(6)]
+    assert {shard_of(d, 2) for d in ids} == {0, 1}  # both shards have devices
+    boxes = [ScriptedBox(d, FED, secret, MqttTransport(mosquitto.url, d, clean_start=True))
+             for d in [*ids, "gone"]]
+    store = Store(state)
+    for box in boxes:
+        DeviceRegistry(store).add(box.device_id, bytes.fromhex(box.public_hex))
+        assert box.transport.wait_connected(10)
+    DeviceRegistry(store).revoke("gone")
+    store.close()
+    *live, revoked = boxes
+    watcher = RetainedWatcher(mosquitto.url, "watcher")
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        agg = subprocess.Popen(
+            [sys.executable, "-m", "aggregator.cli", "serve", "--state", str(state), "--broker",
+             mosquitto.url, "--chunk-size", str(CHUNK), "--round-deadline", "120",
+             "--quorum", str(len(live)), "--rounds", "2", "--intake-processes", "2"],
+            cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        rng = np.random.default_rng(11)
+        for round_no in (1, 2):
+            msgs = watcher.wait_for(lambda m, r=round_no: _open_round(m) == r, 90)
+            ann = envelope_json(msgs[topics.announce(FED)])[1]
+            if round_no == 2:  # a shard dies between rounds; its devices' uploads wait
+                killed = _shard_pids(log)[0]  # at the broker until it is back
+                os.kill(killed, signal.SIGKILL)
+            vecs = [rng.normal(0, 0.4, LENGTH).astype(np.float32) for _ in live]
+            counts = [100 + 40 * i for i in range(len(live))]
+            for box, vec, n in zip(live, vecs, counts, strict=True):
+                blob = box.encrypted_blob(vec, n, COUNT_SCALE)
+                envs = box.envelopes(blob, ann["round"], ann["base_model"], chunk_size=CHUNK)
+                assert len(envs) == 2
+                box.send(envs)
+            if round_no == 1:
+                blob = revoked.encrypted_blob(vecs[0], 50, COUNT_SCALE)
+                revoked.send(revoked.envelopes(blob, 1, ann["base_model"], chunk_size=CHUNK))
+                answer = revoked.wait_acks(1, 30)
+                assert answer and answer[0]["reason"] == "unknown_device", answer
+            for box in live:
+                acks = box.wait_acks(round_no, 60)
+                assert [a["accepted"] for a in acks] == [True] * round_no, (box.device_id, acks)
+            msgs = watcher.wait_for(lambda m, r=round_no: _result_round(m) == r, 60)
+            pointer, blob = collect_result(msgs, FED)
+            assert pointer["contributors"] == len(live)
+            got = decrypt_result(secret, blob)
+            assert np.max(np.abs(got - plain_weighted_average(vecs, counts))) < 1e-5
+        agg.wait(60)
+        text = log.read_text()
+        assert agg.returncode == 0, text[-3000:]
+        assert "intake shard 0 exited" in text and "starting a new one" in text
+        assert _shard_pids(log)[0] != killed  # the restarted shard logged its new pid
+        for box in live:  # exactly one ack per update, none doubled by the shard restart
+            assert len(box.acks) == 2, (box.device_id, box.acks)
+        assert json.loads((state / SESSIONS_FILE).read_text())["client_ids"] == session_ids(
+            "aggregator-" + FED, 2)
+    finally:
+        if agg.poll() is None:
+            agg.kill()
+            agg.wait()
+        watcher.close()
+        for box in boxes:
+            box.transport.close()
+
+
+def _open_round(msgs: dict[str, bytes]) -> int | None:
+    raw = msgs.get(topics.announce(FED))
+    if raw is None:
+        return None
+    body = envelope_json(raw)[1]
+    return int(body["round"]) if body["state"] == "open" else None
+
+
+def _result_round(msgs: dict[str, bytes]) -> int | None:
+    raw = msgs.get(topics.model_latest(FED))
+    if raw is None:
+        return None
+    _, pointer = envelope_json(raw)
+    if not all(topics.result(FED, pointer["round"], i) in msgs
+               for i in range(pointer["chunks"])):
+        return None
+    return int(pointer["round"])
