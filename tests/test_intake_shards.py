@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -113,7 +115,7 @@ def test_two_intake_processes_run_rounds_and_survive_a_killed_shard(
     try:
         rng = np.random.default_rng(11)
         for round_no in (1, 2):
-            msgs = watcher.wait_for(lambda m, r=round_no: _open_round(m) == r, 90)
+            msgs = watcher.wait_for(partial(_is_round, _open_round, round_no), 90)
             ann = envelope_json(msgs[topics.announce(FED)])[1]
             if round_no == 2:  # a shard dies between rounds; its devices' uploads wait
                 killed = _shard_pids(log)[0]  # at the broker until it is back
@@ -133,7 +135,7 @@ def test_two_intake_processes_run_rounds_and_survive_a_killed_shard(
             for box in live:
                 acks = box.wait_acks(round_no, 60)
                 assert [a["accepted"] for a in acks] == [True] * round_no, (box.device_id, acks)
-            msgs = watcher.wait_for(lambda m, r=round_no: _result_round(m) == r, 60)
+            msgs = watcher.wait_for(partial(_is_round, _result_round, round_no), 60)
             pointer, blob = collect_result(msgs, FED)
             assert pointer["contributors"] == len(live)
             got = decrypt_result(secret, blob)
@@ -154,6 +156,11 @@ def test_two_intake_processes_run_rounds_and_survive_a_killed_shard(
         watcher.close()
         for box in boxes:
             box.transport.close()
+
+
+def _is_round(which: Callable[[dict[str, bytes]], int | None], round_no: int,
+              msgs: dict[str, bytes]) -> bool:
+    return which(msgs) == round_no
 
 
 def _open_round(msgs: dict[str, bytes]) -> int | None:

@@ -1,0 +1,168 @@
+"""The ceiling of bench.fleet_load's ratio on this machine: the same fleet and broker
+against an aggregator that does NO work.
+
+    .venv/bin/python -m bench.fleet_floor [--boxes 100] [--rounds 6] [--receivers 1,2,3]
+
+bench.fleet_load compares the aggregator's ack rate with the rate at which the broker
+takes a simultaneous burst of uploads from 100 emulated boxes, all on the same cores.
+This bench asks how much of that gap any aggregator could close here: the real
+Mosquitto and the same emulated boxes (bench.fleet_load's, unchanged), but instead of
+``fedface-aggregator serve``, R "null receivers": paho clients that hear the update
+topics of their share of the devices (aggregator.intake_shards' split), decode each
+envelope and ack it at once, signed, without verifying, storing or summing anything.
+One of them announces the rounds. Printed per R: the boxes' upload time, the receivers'
+last receipt and the boxes' last ack, and the ratio fleet_load prints (upload time /
+time to the last ack), median over rounds 2..N (round 1 warms up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.aggregator_common import FED, REPO, tmpdir
+from bench.fleet_load import BoxReports, make_state, make_updates, spawn_boxes, start_broker
+
+
+def receiver_main(ns: argparse.Namespace) -> None:
+    """One null receiver: ack every update on arrival (no checks, no disk, no sum)."""
+    from aggregator.intake_shards import shard_of
+    from federation import topics
+    from federation.chunking import split_blob
+    from federation.envelope import decode, encode
+    from federation.keys import read_private_key
+    from federation.mqtt import MqttTransport
+
+    key = read_private_key(ns.key)
+    link = MqttTransport(ns.broker, f"null-receiver-{ns.index}", clean_start=True)
+    cond = threading.Condition()
+    heard: dict[int, int] = {}
+    last: dict[int, float] = {}
+
+    def publish(topic: str, kind: str, body: dict[str, Any], round_no: int, retain: bool) -> None:
+        data = json.dumps(body, sort_keys=True).encode()
+        for env in split_blob(data, key, kind=kind, fed=FED, sender="aggregator",
+                              round=round_no, model="base", chunk_size=len(data)):
+            link.publish(topic, encode(env), retain=retain)
+
+    def on_update(topic: str, payload: bytes) -> None:
+        env = decode(payload)
+        device = topics.parse(topic).device
+        assert device is not None
+        publish(topics.ack(FED, device), "ack", {
+            "device": device, "round": env.round, "msg": env.msg, "accepted": True,
+            "reason": None, "detail": "", "current_round": env.round, "contributions": 0,
+        }, env.round, False)
+        with cond:
+            last[env.round] = time.time()
+            heard[env.round] = heard.get(env.round, 0) + 1
+            cond.notify_all()
+
+    mine = [f"box{i}" for i in range(ns.boxes) if shard_of(f"box{i}", ns.of) == ns.index]
+    for device in mine:
+        link.subscribe(topics.update(FED, device), on_update)
+    assert link.wait_connected(30)
+    time.sleep(0.5)  # every receiver subscribed before the first announce
+    for r in range(1, ns.rounds + 1):
+        if ns.index == 0:
+            publish(topics.announce(FED), "announce",
+                    {"round": r, "base_model": "base", "state": "open"}, r, True)
+        with cond:
+            while heard.get(r, 0) < len(mine):
+                assert cond.wait(600), f"round {r}: updates missing"
+        time.sleep(0.3)  # the boxes take their acks before the next announce
+    print(json.dumps({"last": last}), flush=True)
+    link.close()
+
+
+def run(boxes: int, rounds: int, receivers: int, keys: Path, updates: Path) -> list[float]:
+    from federation.keys import write_private_key
+    from federation.signing import generate_signing_key
+
+    root = tmpdir(f"floor-{receivers}-")
+    broker, url = start_broker(root / "mosquitto")
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        _, dev_keys = make_state(root, keys, boxes)
+        write_private_key(root / "null.key", generate_signing_key())
+        devices = [f"box{i}" for i in range(boxes)]
+        procs = spawn_boxes(url, dev_keys, updates, devices, rounds, 2, 256 * 1024, 0.0)
+        reports = BoxReports(procs)
+        nulls = [subprocess.Popen(
+            [sys.executable, "-m", "bench.fleet_floor", "receiver", "--broker", url,
+             "--key", str(root / "null.key"), "--index", str(k), "--of", str(receivers),
+             "--boxes", str(boxes), "--rounds", str(rounds)],
+            cwd=REPO, stdout=subprocess.PIPE, text=True) for k in range(receivers)]
+        procs += nulls
+        last: dict[int, float] = {}
+        for proc in nulls:
+            out, _ = proc.communicate(timeout=600)
+            for r, t in json.loads(out.strip().splitlines()[-1])["last"].items():
+                last[int(r)] = max(last.get(int(r), 0.0), t)
+        lines = reports.collect(60)
+        ratios = []
+        for r in range(2, rounds + 1):
+            mine = [x for x in lines if x["round"] == r]
+            start = min(x["t_start"] for x in mine)
+            uploaded = max(x["t_uploaded"] for x in mine) - start
+            acked = max(max(x["t_acks"]) for x in mine) - start
+            ratios.append(uploaded / acked)
+            print(f"  round {r}: boxes uploaded in {1e3 * uploaded:.0f} ms, last receipt "
+                  f"{1e3 * (last[r] - start):.0f} ms, last ack {1e3 * acked:.0f} ms, ratio "
+                  f"{uploaded / acked:.2f}", flush=True)
+        return ratios
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        broker.kill()
+        broker.wait()
+        subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd")
+    r = sub.add_parser("receiver")
+    for name in ("--broker", "--key"):
+        r.add_argument(name, required=True)
+    for name in ("--index", "--of", "--boxes", "--rounds"):
+        r.add_argument(name, type=int, required=True)
+    p.add_argument("--boxes", type=int, default=100)
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--receivers", default="1,2,3")
+    ns = p.parse_args()
+    if ns.cmd == "receiver":
+        receiver_main(ns)
+        return
+    from federation.keys import SECRET_CONTEXT_NAME, create_federation_keys
+    from models.federated_parts import DEFAULT_PART, get_part
+
+    work = tmpdir("floor-keys-")
+    try:
+        create_federation_keys(work / "keys")
+        make_updates(work / "keys" / SECRET_CONTEXT_NAME, work / "updates", 6,
+                     get_part(DEFAULT_PART).size)
+        summary = []
+        for n in (int(x) for x in ns.receivers.split(",")):
+            print(f"{ns.boxes} boxes, all at once, {n} null receiver(s):", flush=True)
+            ratios = run(ns.boxes, ns.rounds, n, work / "keys", work / "updates")
+            summary.append((n, statistics.median(ratios), min(ratios), max(ratios)))
+        print("\nnull receivers  ratio (upload time / time to last ack), median [min, max]")
+        for n, med, lo, hi in summary:
+            print(f"{n:>14}  {med:.2f} [{lo:.2f}, {hi:.2f}]")
+        print("A receiver that does no work bounds what the real aggregator can reach in "
+              "this bench on this machine (bench.fleet_load prints the real one).")
+    finally:
+        subprocess.run(["rm", "-rf", str(work)], check=False)
+
+
+if __name__ == "__main__":
+    main()
