@@ -17,6 +17,9 @@ revoked; the registry is re-read every second, so a newly registered device is h
 within a second). All chunks of an update come from one device, so they reach one shard
 and reassembly needs no state shared between processes. Plain Mosquitto suffices.
 
+Acks are decided by the service and signed and published by the shard that heard the
+update (by the service itself while that shard is down).
+
 What differs from K = 1: an update from a device id that is not registered is not
 answered, since no shard subscribes to its topic (with the TLS broker config such a
 client cannot connect anyway). A revoked device is still answered ``unknown_device``.
@@ -53,8 +56,10 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
+from aggregator.config import load_signing_key
 from aggregator.delivery import DeliveryIntake, Item, RateLimitedReport
 from aggregator.durable_io import write_atomic
+from aggregator.publisher import Ack, Publisher
 from aggregator.ratelimit import RateLimiter, RateLimits
 from aggregator.registry import read_devices
 from aggregator.spool import DiskReassembler
@@ -94,6 +99,7 @@ class ShardSpec:
     protocol: str
     max_blob_bytes: int
     max_spool_bytes: int  # for all shards together
+    aggregator_id: str = "aggregator"  # the sender id of the acks it signs
     rate_limits: RateLimits | None = None
     log_level: int = logging.INFO
 
@@ -134,6 +140,11 @@ class ShardIntake(DeliveryIntake):
         self.transport = MqttTransport(
             spec.broker, shard_client_id(spec.client_id, spec.index, spec.count),
             tls=spec.tls, clean_start=False, protocol=spec.protocol, connect=False)
+        # Acks of its devices are signed and sent from here: signing one costs about as
+        # much as verifying an update, work that would otherwise fall on the service's
+        # one thread. The key is the service's own (same host, same user, state dir).
+        self.publisher = Publisher(self.transport, load_signing_key(spec.state_dir),
+                                   spec.fed_id, spec.aggregator_id, chunk_size=1)
 
     def refresh_keys(self) -> None:
         devices = read_devices(self._db)
@@ -164,7 +175,9 @@ class ShardIntake(DeliveryIntake):
                     return  # the service is gone
                 if request[0] == "quit":
                     return
-                if request[0] == "forget":
+                if request[0] == "ack":
+                    self.publisher.send_ack(request[1])
+                elif request[0] == "forget":
                     self._forget((request[1], request[2]))
             if time.monotonic() >= next_refresh:
                 self.refresh_keys()
@@ -260,6 +273,20 @@ class IntakeShards:
             if not shard.ready.wait(max(0.0, deadline - time.monotonic())) or shard.lost.is_set():
                 log.error("intake shard %d is not ready after %.0f s", i, START_TIMEOUT)
                 return False
+        return True
+
+    def ack(self, ack: Ack) -> bool:
+        """Hand ``ack`` to the shard that hears its device, which signs and sends it.
+        False: that shard is down (the caller publishes the ack itself)."""
+        if not self._shards:
+            return False
+        shard = self._shards[shard_of(ack.device, self.spec.count)]
+        if shard.lost.is_set():
+            return False
+        try:
+            shard.conn.send(("ack", ack))
+        except (OSError, ValueError):
+            return False
         return True
 
     def forget(self, device: str, msg: str) -> None:

@@ -35,6 +35,32 @@ class PublishedResult:
     msg: str
 
 
+@dataclass(frozen=True)
+class Ack:
+    """One decided ack, before signing (small and picklable: the service hands it to the
+    intake shard that heard the update, which signs and publishes it)."""
+
+    device: str
+    round: int  # the envelope's round (0: the update's round is unknown)
+    model: str
+    body: dict[str, Any]
+
+
+def ack_for(device: str, round_no: int | None, msg: str | None, d: Decision,
+            current: RoundRow | None) -> Ack:
+    body = {
+        "device": device,
+        "round": round_no,
+        "msg": msg,
+        "accepted": d.accepted,
+        "reason": d.reason,
+        "detail": d.detail,
+        "current_round": None if current is None else current.round,
+        "contributions": None if current is None else current.contributions,
+    }
+    return Ack(device, round_no or 0, "" if current is None else current.base_model, body)
+
+
 class Publisher:
     def __init__(
         self,
@@ -80,21 +106,15 @@ class Publisher:
         self, device: str, round_no: int | None, msg: str | None, d: Decision,
         current: RoundRow | None,
     ) -> None:
-        body = {
-            "device": device,
-            "round": round_no,
-            "msg": msg,
-            "accepted": d.accepted,
-            "reason": d.reason,
-            "detail": d.detail,
-            "current_round": None if current is None else current.round,
-            "contributions": None if current is None else current.contributions,
-        }
-        model = "" if current is None else current.base_model
+        self.send_ack(ack_for(device, round_no, msg, d, current))
+
+    def send_ack(self, ack: Ack) -> None:
+        """Sign and publish an ack decided here or, for an intake shard, by the service."""
         try:
-            self.json(topics.ack(self.fed_id, device), "ack", body, round_no or 0, model, False)
+            self.json(topics.ack(self.fed_id, ack.device), "ack", ack.body, ack.round,
+                      ack.model, False)
         except FederationError as exc:  # e.g. a device id that is not a valid topic level
-            log.warning("cannot ack %s: %s", device, exc)
+            log.warning("cannot ack %s: %s", ack.device, exc)
 
     def announce(self, round_no: int, base: str, payload: dict[str, Any]) -> None:
         closing = payload.get("state") != "open"  # the last message before exiting

@@ -71,7 +71,7 @@ from aggregator.delivery import (
     SpooledUpdate,
 )
 from aggregator.intake_shards import IntakeShards
-from aggregator.publisher import Publisher
+from aggregator.publisher import Publisher, ack_for
 from aggregator.ratelimit import RATE_LIMITED, RateLimiter, count_dropped
 from aggregator.registry import DeviceRegistry
 from aggregator.round_events import RoundEventHandler
@@ -296,7 +296,9 @@ class AggregatorService(DeliveryIntake, RoundEventHandler):
         self.coordinator.accumulators.close()
 
     def _ack(self, device: str, round_no: int | None, msg: str | None, d: Decision) -> None:
-        self.publisher.ack(device, round_no, msg, d, self.coordinator.current)
+        ack = ack_for(device, round_no, msg, d, self.coordinator.current)
+        if self.intake_shards is None or not self.intake_shards.ack(ack):
+            self.publisher.send_ack(ack)
 
     def _report_dropped(self, counts: dict[str, tuple[int, int]]) -> None:
         """Rate-limited messages (``RateLimiter.drain``, here or in an intake shard): one
