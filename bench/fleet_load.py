@@ -33,6 +33,13 @@ broker having everything and the last ack, and each update's wait from upload to
 (p50/p99/max). The aggregator keeps up when it acks at
 >= 90% of the broker's delivery rate. The last round's result is decrypted and compared
 with the plaintext weighted average.
+
+Also the CPU per update of each side on the shared cores: the aggregator (all its
+processes), the emulated boxes (their own process time over the rounds) and Mosquitto
+(its /proc stat over the rounds). When all uploads come at once, their sum over a round
+divided by the cores says how soon the machine can have done the round's work at all;
+``--intake-processes K`` runs the service with K intake shards (aggregator.intake_shards),
+and bench.fleet_floor runs the same burst against receivers that do no work.
 """
 
 from __future__ import annotations
@@ -256,7 +263,9 @@ def run_fleet(n: int, rounds: int, keys_dir: Path, updates: Path, procs: int, ch
         with watcher.cond:
             watcher.cond.wait_for(lambda: 1 in watcher.opened, 120)
         agg.mark_open()
+        broker_cpu = _cpu_seconds(broker.pid)
         round_s = [watcher.wait_published(r, 3600) for r in range(1, rounds + 1)]
+        broker_cpu = _cpu_seconds(broker.pid) - broker_cpu
         usage = agg.wait(600)
         after = sys_counters.snapshot()
         for b in boxes:
@@ -267,6 +276,11 @@ def run_fleet(n: int, rounds: int, keys_dir: Path, updates: Path, procs: int, ch
         watcher.close()
         sys_counters.t.close()
         result = _summarise(n, rounds, round_s, usage, before, after, reports, error, spread)
+        per_proc: dict[int, float] = {}  # each box process's CPU over its rounds
+        for x in reports:
+            per_proc[x["pid"]] = max(per_proc.get(x["pid"], 0.0), x["cpu_s"])
+        result["box_cpu_s_per_update"] = sum(per_proc.values()) / (n * rounds)
+        result["broker_cpu_s_per_update"] = broker_cpu / (n * rounds)
         # the aggregator's own view of the same waits (its per-round log line)
         result["aggregator_says"] = [line.split(" INFO ")[-1] for line in
                                      (root / "aggregator.log").read_text().splitlines()
@@ -281,6 +295,12 @@ def run_fleet(n: int, rounds: int, keys_dir: Path, updates: Path, procs: int, ch
         broker.kill()
         broker.wait()
         subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a running process (its /proc stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _check_result(keys_dir: Path, updates: Path, blob: bytes, n: int, round_no: int,
@@ -369,6 +389,17 @@ def print_table(results: list[dict[str, Any]], meta: list[dict[str, Any]], lengt
               f"{r['cpu_s_per_update']:>14.4f}{r['lag_s']:>16.2f} s{r['max_abs_error']:>11.1e}")
     print("broker delivery: updates/s from round start to every box's last PUBACK; aggregator "
           "summing: updates/s from round start to the last ack (stored, summed, acked)")
+    print("\nCPU per update, all rounds (everything shares this machine's cores):")
+    cores = len(os.sched_getaffinity(0))
+    for r in results:
+        total = (r["cpu_s_per_update"] + r["box_cpu_s_per_update"]
+                 + r["broker_cpu_s_per_update"])
+        print(f"{r['n']:>6} boxes: aggregator {1e3 * r['cpu_s_per_update']:.2f} ms, emulated "
+              f"boxes {1e3 * r['box_cpu_s_per_update']:.2f} ms, broker "
+              f"{1e3 * r['broker_cpu_s_per_update']:.2f} ms; a round's CPU: "
+              f"{1e3 * r['n'] * total / cores:.0f} ms of all {cores} cores (round closing "
+              f"included), last ack {1e3 * r['n'] / r['acked_updates_per_s']:.0f} ms after "
+              "the round started")
     spread = results[0]["spread_s"]
     print(f"\nuploads: {'all at once' if spread == 0 else f'spread at random over {spread:g} s'}"
           "; each update's wait from its upload to its ack, all rounds:")
@@ -432,6 +463,7 @@ def box_main(ns: argparse.Namespace) -> None:
         assert link.wait_connected(30)
     links[devices[0]].subscribe(topics.announce(FED), on_announce)
     print(json.dumps({"ready": True}), flush=True)
+    cpu_ready = time.process_time()  # the rounds' CPU, without start-up
     for r in range(1, ns.rounds + 1):
         def announced(r: int = r) -> bool:
             return r in announces
@@ -487,6 +519,7 @@ def box_main(ns: argparse.Namespace) -> None:
         assert ok, "acks missing"
         print(json.dumps({"round": r, "devices": len(devices), "t_start": t_start,
                           "t_uploaded": t_uploaded, "messages": n_msgs, "bytes": n_bytes,
+                          "cpu_s": time.process_time() - cpu_ready, "pid": os.getpid(),
                           "t_acks": [acks[(d, r)][0] for d in devices],
                           "t_sent": [sent_at[d] for d in devices],
                           "accepted": all(acks[(d, r)][1] for d in devices)}), flush=True)
