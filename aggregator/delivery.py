@@ -117,14 +117,16 @@ class DeliveryIntake:
         except FederationError as exc:
             self._queue.put(Rejection(None, None, None, exc.reason, exc.message))
             return
+        # Before anything else: a flood costs a dictionary lookup per message, also a
+        # flood of garbage, which would otherwise be decoded and answered one by one.
+        if self.rate_limiter is not None and device is not None and not (
+                self.rate_limiter.allow(device, len(payload))):
+            return  # counted by the limiter; logged and acked once per period (pump)
         try:
             env = decode(payload)
         except FederationError as exc:
             self._queue.put(Rejection(device, None, None, exc.reason, exc.message))
             return
-        if self.rate_limiter is not None and device is not None and not (
-                self.rate_limiter.allow(device, len(payload))):
-            return  # counted by the limiter; logged and acked once per period (pump)
         key = (env.sender, env.msg)
         with self._finished_lock:
             if key in self._finished_msgs:

@@ -23,6 +23,7 @@ from federation.ckks import new_secret_context
 from federation.envelope import encode, sign_envelope
 from federation.mqtt import MqttTransport
 from federation.signing import generate_signing_key
+from federation.transport import InMemoryBus, InMemoryTransport
 from tests.aggregator_boxes import ScriptedBox
 from tests.e2e_support import wait_for
 
@@ -98,4 +99,30 @@ def test_flooding_device_is_rate_limited_and_bounded_while_an_honest_box_gets_in
         thread.join(10)
         for link in [*links.values(), agg_link]:
             link.close()
+        store.close()
+
+
+def test_a_flood_of_garbage_is_dropped_before_it_is_decoded(tmp_path: Path) -> None:
+    """Garbage counts against the device's limit like anything else: past the burst it
+    is dropped before decoding, so it is not answered (and stored as a rejection) one
+    message at a time."""
+    ctx = new_secret_context()
+    store = Store(tmp_path)
+    try:
+        DeviceRegistry(store).add("noisy", bytes.fromhex(ScriptedBox(
+            "noisy", FED, ctx, InMemoryTransport(InMemoryBus(), "noisy")).public_hex))
+        limiter = RateLimiter(RateLimits(messages_per_second=0.01, message_burst=5,
+                                         bytes_per_second=2**20, byte_burst=2**20))
+        service = AggregatorService(InMemoryTransport(InMemoryBus(), "agg"), store,
+                                    ctx.public(), generate_signing_key(), FED,
+                                    rate_limiter=limiter)
+        for _ in range(40):
+            service._on_update(topics.update(FED, "noisy"), b"\x00garbage")
+        answered = []
+        while not service._queue.empty():
+            answered.append(service._queue.get_nowait())
+        assert len(answered) == 5 and limiter.total_dropped == 35
+        assert all(getattr(item, "reason", None) == "malformed" for item in answered)
+        service.close()
+    finally:
         store.close()
