@@ -84,34 +84,44 @@ def _shard_pids(log: Path, timeout: float = 60.0) -> dict[int, int]:
     raise AssertionError(f"shards did not start:\n{log.read_text()[-3000:]}")
 
 
-@pytest.mark.mosquitto
-def test_two_intake_processes_run_rounds_and_survive_a_killed_shard(
-    tmp_path: Path, mosquitto: MosquittoBroker,
-) -> None:
-    secret: FederationContext = new_secret_context()
+def _federation(tmp_path: Path, url: str, ids: list[str], revoked: list[str]
+                ) -> tuple[FederationContext, Path, list[ScriptedBox]]:
+    secret = new_secret_context()
     pub = save_public_context(tmp_path / "federation-public.tenseal", secret)
     state = tmp_path / "state"
     init_state(state, FED, pub, count_scale=COUNT_SCALE)
-    ids = [f"box{i}" for i in range(6)]
-    assert {shard_of(d, 2) for d in ids} == {0, 1}  # both shards have devices
-    boxes = [ScriptedBox(d, FED, secret, MqttTransport(mosquitto.url, d, clean_start=True))
-             for d in [*ids, "gone"]]
+    boxes = [ScriptedBox(d, FED, secret, MqttTransport(url, d, clean_start=True)) for d in ids]
     store = Store(state)
     for box in boxes:
         DeviceRegistry(store).add(box.device_id, bytes.fromhex(box.public_hex))
         assert box.transport.wait_connected(10)
-    DeviceRegistry(store).revoke("gone")
+    for device in revoked:
+        DeviceRegistry(store).revoke(device)
     store.close()
+    return secret, state, boxes
+
+
+def _serve(state: Path, url: str, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "aggregator.cli", "serve", "--state", str(state), "--broker",
+             url, "--chunk-size", str(CHUNK), "--intake-processes", "2", *args],
+            cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+@pytest.mark.mosquitto
+def test_two_intake_processes_run_rounds_and_survive_a_killed_shard(
+    tmp_path: Path, mosquitto: MosquittoBroker,
+) -> None:
+    ids = [f"box{i}" for i in range(6)]
+    assert {shard_of(d, 2) for d in ids} == {0, 1}  # both shards have devices
+    secret, state, boxes = _federation(tmp_path, mosquitto.url, [*ids, "gone"], ["gone"])
     *live, revoked = boxes
     watcher = RetainedWatcher(mosquitto.url, "watcher")
     log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        agg = subprocess.Popen(
-            [sys.executable, "-m", "aggregator.cli", "serve", "--state", str(state), "--broker",
-             mosquitto.url, "--chunk-size", str(CHUNK), "--round-deadline", "120",
-             "--quorum", str(len(live)), "--rounds", "2", "--intake-processes", "2"],
-            cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    agg = _serve(state, mosquitto.url, log, "--round-deadline", "120",
+                 "--quorum", str(len(live)), "--rounds", "2")
     try:
         rng = np.random.default_rng(11)
         for round_no in (1, 2):
@@ -155,6 +165,54 @@ def test_two_intake_processes_run_rounds_and_survive_a_killed_shard(
             agg.wait()
         watcher.close()
         for box in boxes:
+            box.transport.close()
+
+
+@pytest.mark.mosquitto
+def test_shards_answer_bad_input_and_report_a_flood_once(
+    tmp_path: Path, mosquitto: MosquittoBroker,
+) -> None:
+    """Garbage is answered ``malformed`` by the shard that heard it; a flood past the
+    per-device limit is dropped in the shard and reported to the service, which answers
+    ``rate_limited`` once and counts it, while an honest box of the other shard gets in."""
+    assert shard_of("flood", 2) != shard_of("steady", 2)  # one per shard
+    _, state, (flood, honest) = _federation(tmp_path, mosquitto.url,
+                                                 ["flood", "steady"], [])
+    watcher = RetainedWatcher(mosquitto.url, "watcher")
+    log = tmp_path / "serve.log"
+    # The flood never sends an update: the round closes at its deadline with quorum 1.
+    agg = _serve(state, mosquitto.url, log, "--round-deadline", "6", "--quorum", "1",
+                 "--rounds", "1", "--rate-limit-msgs", "1", "--rate-limit-mib", "16")
+    try:
+        msgs = watcher.wait_for(partial(_is_round, _open_round, 1), 90)
+        ann = envelope_json(msgs[topics.announce(FED)])[1]
+        for _ in range(30):  # burst allowance: 10 messages; the rest are dropped
+            flood.send_raw(b"not an envelope")
+        with flood.ack_event:
+            assert flood.ack_event.wait_for(
+                lambda: any(a["reason"] == "rate_limited" for a in flood.acks), 30), Counter(
+                    a["reason"] for a in flood.acks)
+        time.sleep(1.5)  # a second report period: the flood is still answered only once
+        reasons = Counter(a["reason"] for a in flood.acks)
+        assert reasons["malformed"] == 10 and reasons["rate_limited"] == 1, reasons
+        blob = honest.encrypted_blob(np.ones(LENGTH, np.float32), 80, COUNT_SCALE)
+        honest.send(honest.envelopes(blob, ann["round"], ann["base_model"], chunk_size=CHUNK))
+        assert [a["accepted"] for a in honest.wait_acks(1, 30)] == [True]
+        agg.wait(60)
+        assert agg.returncode == 0, log.read_text()[-3000:]
+        store = Store(state)
+        try:
+            counters = store.counters()
+        finally:
+            store.close()
+        assert counters["rejected.rate_limited"] == 1, counters
+        assert counters["rate_limited.messages"] == 20, counters
+    finally:
+        if agg.poll() is None:
+            agg.kill()
+            agg.wait()
+        watcher.close()
+        for box in (flood, honest):
             box.transport.close()
 
 
