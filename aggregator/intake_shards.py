@@ -41,10 +41,11 @@ import contextlib
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import signal
+import socket
 import sqlite3
+import subprocess
 import sys
 import threading
 import time
@@ -53,10 +54,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-from aggregator.config import load_signing_key
 from aggregator.delivery import DeliveryIntake, Item, RateLimitedReport
 from aggregator.durable_io import write_atomic
 from aggregator.publisher import Ack, Publisher
@@ -64,6 +63,7 @@ from aggregator.ratelimit import RateLimiter, RateLimits
 from aggregator.registry import read_devices
 from aggregator.spool import DiskReassembler
 from federation import topics
+from federation.key_files import read_private_key
 from federation.memory import AGGREGATOR_MMAP_THRESHOLD_BYTES, pin_mmap_threshold
 from federation.mqtt import MqttTransport, TlsConfig
 
@@ -99,6 +99,7 @@ class ShardSpec:
     protocol: str
     max_blob_bytes: int
     max_spool_bytes: int  # for all shards together
+    signing_key_file: Path  # the aggregator's key: the shard signs its devices' acks
     aggregator_id: str = "aggregator"  # the sender id of the acks it signs
     rate_limits: RateLimits | None = None
     log_level: int = logging.INFO
@@ -143,7 +144,7 @@ class ShardIntake(DeliveryIntake):
         # Acks of its devices are signed and sent from here: signing one costs about as
         # much as verifying an update, work that would otherwise fall on the service's
         # one thread. The key is the service's own (same host, same user, state dir).
-        self.publisher = Publisher(self.transport, load_signing_key(spec.state_dir),
+        self.publisher = Publisher(self.transport, read_private_key(spec.signing_key_file),
                                    spec.fed_id, spec.aggregator_id, chunk_size=1)
 
     def refresh_keys(self) -> None:
@@ -193,8 +194,15 @@ class ShardIntake(DeliveryIntake):
         self._db.close()
 
 
-def _shard_main(conn: Connection, spec: ShardSpec) -> None:
+def run_shard(fd: int) -> None:
+    """A shard process's life (``python -m aggregator.intake_shard_main FD``): its spec is
+    the first message on the connection ``fd`` to the service."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the service, which stops us
+    conn = Connection(fd)
+    try:
+        spec: ShardSpec = conn.recv()
+    except (EOFError, OSError):
+        return
     logging.basicConfig(level=spec.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     pin_mmap_threshold(AGGREGATOR_MMAP_THRESHOLD_BYTES)  # as the service (federation.memory)
@@ -210,12 +218,18 @@ def _shard_main(conn: Connection, spec: ShardSpec) -> None:
 # --- service side -------------------------------------------------------------------------
 class _Shard:
     def __init__(self, spec: ShardSpec, deliver: Callable[[Item], None]) -> None:
-        mp = multiprocessing.get_context("spawn")  # never fork a process running paho threads
-        self.conn, child = mp.Pipe()
-        self.proc: BaseProcess = mp.Process(target=_shard_main, args=(child, spec),
-                                            daemon=True, name=f"fedface-intake-{spec.index}")
-        self.proc.start()
-        child.close()
+        # A fresh interpreter running only this module's imports: not fork (this process
+        # runs paho threads), and not multiprocessing's spawn, which would re-import the
+        # CLI entry point and TenSEAL with it (about 40 MB more per shard).
+        ours, theirs = socket.socketpair()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "aggregator.intake_shard_main", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),))
+        finally:
+            theirs.close()
+        self.conn = Connection(ours.detach())
+        self.conn.send(spec)
         self.lost = threading.Event()
         self.ready = threading.Event()
         self._reader = threading.Thread(target=self._read, args=(deliver,), daemon=True,
@@ -239,13 +253,17 @@ class _Shard:
         with contextlib.suppress(OSError, ValueError):  # a dead shard is restarted by pump
             self.conn.send(request)
 
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
     def stop(self) -> None:
-        if self.proc.is_alive():
+        if self.alive():
             self.send("quit")
-            self.proc.join(10)
-        if self.proc.is_alive():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
+        if self.alive():
             self.proc.kill()
-            self.proc.join(5)
+            self.proc.wait(5)
         self._reader.join(5)
         self.conn.close()
 
@@ -298,15 +316,15 @@ class IntakeShards:
     def restart_dead(self) -> None:
         assert self._deliver is not None or not self._shards
         for i, shard in enumerate(self._shards):
-            if shard.lost.is_set() or not shard.proc.is_alive():
+            if shard.lost.is_set() or not shard.alive():
                 log.error("intake shard %d exited (code %s); starting a new one (its "
-                          "unfinished uploads are resent by the boxes)", i, shard.proc.exitcode)
+                          "unfinished uploads are resent by the boxes)", i, shard.proc.poll())
                 shard.stop()
                 assert self._deliver is not None
                 self._shards[i] = _Shard(replace(self.spec, index=i), self._deliver)
 
     def pids(self) -> list[int]:
-        return [s.proc.pid for s in self._shards if s.proc.pid is not None]
+        return [s.proc.pid for s in self._shards]
 
     def close(self) -> None:
         for shard in self._shards:

@@ -10,17 +10,20 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from aggregator.coordinator import Decision, ResultReady
 from aggregator.state_db import RoundRow
 from federation import topics
 from federation.chunking import split_blob
 from federation.envelope import encode
 from federation.errors import FederationError
 from federation.transport import Transport
+
+if TYPE_CHECKING:  # at run time only their attributes are read: an intake shard signs
+    # acks with this module without loading the coordinator (and TenSEAL with it)
+    from aggregator.coordinator import Decision, ResultReady
 
 log = logging.getLogger(__name__)
 

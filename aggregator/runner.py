@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from aggregator.config import AggregatorConfig, load_context, load_signing_key
+from aggregator.config import KEY_NAME, AggregatorConfig, load_context, load_signing_key
 from aggregator.coordinator import RoundSettings
 from aggregator.intake_shards import IntakeShards, ShardSpec, retire_stale_sessions, session_ids
 from aggregator.service import AggregatorService
@@ -73,7 +73,9 @@ def build_service(
         if intake_processes > 1:
             service.intake_shards = IntakeShards(ShardSpec(
                 0, intake_processes, state, cfg.fed, broker, client_id, tls, protocol,
-                service.spool.max_blob_bytes, service.spool.max_spool_bytes,
+                max_blob_bytes=service.spool.max_blob_bytes,
+                max_spool_bytes=service.spool.max_spool_bytes,
+                signing_key_file=state / KEY_NAME, aggregator_id=cfg.aggregator_id,
                 log_level=logging.getLogger().getEffectiveLevel()))
     except BaseException:
         transport.close()

@@ -9,13 +9,8 @@ crash never leaves a half-written key. Public files are 0644.
 from __future__ import annotations
 
 import logging
-import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from federation.ckks import (
     DEFAULT_PARAMS,
@@ -28,56 +23,32 @@ from federation.ckks import (
     require_secret,
     secret_context_bytes,
 )
-from federation.errors import INSECURE_KEY_FILE, KEY_FILE, FederationError, KeyFileError
-from federation.files import write_atomic
+from federation.errors import KEY_FILE, FederationError, KeyFileError
+from federation.key_files import (  # the Ed25519 and file half, re-exported
+    check_permissions,
+    load_or_create_private_key,
+    read_key_file,
+    read_private_key,
+    read_public_key,
+    read_secret_file,
+    write_private_key,
+    write_public_file,
+    write_public_key,
+    write_secret_file,
+)
+
+__all__ = [
+    "PUBLIC_CONTEXT_NAME", "SECRET_CONTEXT_NAME", "FederationKeyFiles", "check_permissions",
+    "create_federation_keys", "load_or_create_private_key", "load_public_context",
+    "load_secret_context", "read_private_key", "read_public_key", "save_public_context",
+    "save_secret_context", "write_private_key", "write_public_file", "write_public_key",
+    "write_secret_file",
+]
 
 log = logging.getLogger(__name__)
 
 SECRET_CONTEXT_NAME = "federation-secret.tenseal"
 PUBLIC_CONTEXT_NAME = "federation-public.tenseal"
-
-
-def _write_atomic(path: Path, data: bytes, mode: int, overwrite: bool) -> Path:
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise KeyFileError(KEY_FILE, f"{path} already exists; refusing to overwrite a key file")
-    return write_atomic(path, data, mode)
-
-
-def write_secret_file(path: Path, data: bytes, *, overwrite: bool = False) -> Path:
-    """Write ``data`` to ``path`` with mode 0600, atomically."""
-    return _write_atomic(Path(path), data, 0o600, overwrite)
-
-
-def write_public_file(path: Path, data: bytes, *, overwrite: bool = False) -> Path:
-    """Write ``data`` to ``path`` with mode 0644, atomically."""
-    return _write_atomic(Path(path), data, 0o644, overwrite)
-
-
-def check_permissions(path: Path) -> None:
-    """Raise KeyFileError(insecure_key_file) if a secret file is readable by group/others."""
-    mode = stat.S_IMODE(os.stat(path).st_mode)
-    if mode & 0o077:
-        raise KeyFileError(
-            INSECURE_KEY_FILE,
-            f"{path} has mode {mode:04o}: a secret key file must be private; run "
-            f"`chmod 600 {path}`",
-        )
-
-
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise KeyFileError(KEY_FILE, f"{what} not found at {path}") from None
-    except OSError as exc:
-        raise KeyFileError(KEY_FILE, f"cannot read {what} at {path}: {exc.strerror}") from None
-
-
-def _read_secret(path: Path, what: str) -> bytes:
-    data = _read(path, what)
-    check_permissions(path)
-    return data
 
 
 # -- CKKS contexts --------------------------------------------------------------------
@@ -93,14 +64,14 @@ def save_public_context(path: Path, ctx: FederationContext, *, overwrite: bool =
 
 def load_secret_context(path: Path) -> FederationContext:
     """The federation secret context of an edge box (must be 0600 and hold the key)."""
-    ctx = _load_ctx(_read_secret(path, "CKKS secret context"), path)
+    ctx = _load_ctx(read_secret_file(path, "CKKS secret context"), path)
     require_secret(ctx)
     return ctx
 
 
 def load_public_context(path: Path) -> FederationContext:
     """The aggregator's context; refuses one holding a secret key (secret_key_refused)."""
-    ctx = _load_ctx(_read(path, "CKKS public context"), path)
+    ctx = _load_ctx(read_key_file(path, "CKKS public context"), path)
     require_public_only(ctx)
     return ctx
 
@@ -140,51 +111,3 @@ def create_federation_keys(
     save_public_context(public_path, ctx, overwrite=overwrite)
     log.info("created federation keys %s in %s", ctx.key_id, out_dir)
     return FederationKeyFiles(secret_path, public_path, ctx.key_id, params)
-
-
-# -- Ed25519 --------------------------------------------------------------------------
-
-
-def write_private_key(path: Path, key: Ed25519PrivateKey, *, overwrite: bool = False) -> Path:
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return write_secret_file(path, pem, overwrite=overwrite)
-
-
-def write_public_key(path: Path, key: Ed25519PublicKey, *, overwrite: bool = False) -> Path:
-    pem = key.public_bytes(serialization.Encoding.PEM,
-                           serialization.PublicFormat.SubjectPublicKeyInfo)
-    return write_public_file(path, pem, overwrite=overwrite)
-
-
-def read_private_key(path: Path) -> Ed25519PrivateKey:
-    data = _read_secret(path, "Ed25519 private key")
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        raise KeyFileError(KEY_FILE, f"{path} is not a PEM private key: {exc}") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise KeyFileError(KEY_FILE, f"{path} holds a {type(key).__name__}, not Ed25519")
-    return key
-
-
-def read_public_key(path: Path) -> Ed25519PublicKey:
-    data = _read(path, "Ed25519 public key")
-    try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError) as exc:
-        raise KeyFileError(KEY_FILE, f"{path} is not a PEM public key: {exc}") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise KeyFileError(KEY_FILE, f"{path} holds a {type(key).__name__}, not Ed25519")
-    return key
-
-
-def load_or_create_private_key(path: Path) -> Ed25519PrivateKey:
-    """The device/aggregator signing key at ``path``, created (0600) on first use."""
-    if Path(path).exists():
-        return read_private_key(path)
-    key = Ed25519PrivateKey.generate()
-    write_private_key(path, key)
-    return key

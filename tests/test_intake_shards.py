@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aggregator.config import init_state
+from aggregator.config import PUB_NAME, init_state
 from aggregator.intake_shards import (
     SESSIONS_FILE,
     retire_stale_sessions,
@@ -33,9 +33,11 @@ from aggregator.registry import DeviceRegistry
 from aggregator.store import Store
 from federation import topics
 from federation.ckks import FederationContext, new_secret_context
-from federation.keys import save_public_context
+from federation.envelope import decode
+from federation.keys import read_public_key, save_public_context
 from federation.mqtt import MqttTransport
 from federation.packing import plain_weighted_average
+from federation.signing import verify
 from tests.aggregator_boxes import ScriptedBox, collect_result, decrypt_result, envelope_json
 from tests.conftest import MosquittoBroker
 from tests.test_aggregator_mqtt import RetainedWatcher
@@ -44,6 +46,7 @@ FED = "fedmqtt"  # RetainedWatcher's federation
 LENGTH = 3000  # two ciphertexts, ~100 kB: two 64 KiB chunks per update
 CHUNK = 65536
 COUNT_SCALE = 64.0
+AGGREGATOR_ID = "agg-eu-1"  # not the default: the shards must sign acks under the config's id
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -89,7 +92,7 @@ def _federation(tmp_path: Path, url: str, ids: list[str], revoked: list[str]
     secret = new_secret_context()
     pub = save_public_context(tmp_path / "federation-public.tenseal", secret)
     state = tmp_path / "state"
-    init_state(state, FED, pub, count_scale=COUNT_SCALE)
+    init_state(state, FED, pub, count_scale=COUNT_SCALE, aggregator_id=AGGREGATOR_ID)
     boxes = [ScriptedBox(d, FED, secret, MqttTransport(url, d, clean_start=True)) for d in ids]
     store = Store(state)
     for box in boxes:
@@ -157,6 +160,12 @@ def test_two_intake_processes_run_rounds_and_survive_a_killed_shard(
         assert _shard_pids(log)[0] != killed  # the restarted shard logged its new pid
         for box in live:  # exactly one ack per update, none doubled by the shard restart
             assert len(box.acks) == 2, (box.device_id, box.acks)
+        # acks come from the shards, signed with the aggregator's key under its id
+        aggregator_key = read_public_key(state / PUB_NAME)
+        for box in live:
+            ack = decode(watcher.messages[topics.ack(FED, box.device_id)])
+            assert ack.sender == AGGREGATOR_ID
+            verify(aggregator_key, ack.signing_bytes(), ack.sig)
         assert json.loads((state / SESSIONS_FILE).read_text())["client_ids"] == session_ids(
             "aggregator-" + FED, 2)
     finally:
