@@ -70,6 +70,9 @@ from federation.mqtt import MqttTransport, TlsConfig
 log = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 1.0  # registry re-read (new devices, revocations), rate-limit reports
+# A shard that keeps dying (an unreadable key, a bug) is restarted after 0.5, 1, 2 ... s,
+# at most a minute apart, instead of on every pump; the delay resets after a minute up.
+RESTART_DELAYS = (0.5, 60.0)
 CONNECT_TIMEOUT = 20.0
 START_TIMEOUT = 120.0  # spawn + imports + connect on a loaded 2-core box take seconds
 READY = "ready"
@@ -117,6 +120,10 @@ class _PipeSink:
         with self._lock:
             self._conn.send(item)
 
+    def ready(self) -> None:
+        with self._lock:
+            self._conn.send(READY)
+
 
 class ShardIntake(DeliveryIntake):
     """One shard: its own MQTT client, key snapshot, rate limiter and spool directory."""
@@ -131,7 +138,7 @@ class ShardIntake(DeliveryIntake):
         self.spool = DiskReassembler(spec.state_dir / "spool" / f"intake-{spec.index}",
                                      spec.max_blob_bytes, spec.max_spool_bytes // spec.count)
         self.rate_limiter = RateLimiter(spec.rate_limits) if spec.rate_limits else None
-        self._queue = _PipeSink(conn)
+        self._queue = self._sink = _PipeSink(conn)
         self._keys = {}
         self._revoked = frozenset()
         self._finished_msgs = OrderedDict()
@@ -164,7 +171,7 @@ class ShardIntake(DeliveryIntake):
             log.error("intake shard %d: cannot reach the broker at %s yet; retrying",
                       self.spec.index, self.spec.broker)
         else:  # subscribed: the service may stop hearing the update topics itself
-            self.conn.send(READY)
+            self._sink.ready()
         log.info("intake shard %d of %d (pid %d): hearing %d device(s)", self.spec.index,
                  self.spec.count, os.getpid(), len(self._heard))
         next_refresh = time.monotonic() + REFRESH_SECONDS
@@ -230,6 +237,7 @@ class _Shard:
             theirs.close()
         self.conn = Connection(ours.detach())
         self.conn.send(spec)
+        self.started = time.monotonic()
         self.lost = threading.Event()
         self.ready = threading.Event()
         self._reader = threading.Thread(target=self._read, args=(deliver,), daemon=True,
@@ -277,6 +285,7 @@ class IntakeShards:
         self.spec = spec
         self._shards: list[_Shard] = []
         self._deliver: Callable[[Item], None] | None = None
+        self._failures: list[int] = []  # per shard: deaths since it last ran a minute
 
     def start(self, deliver: Callable[[Item], None], rate_limits: RateLimits | None) -> bool:
         """Start the shards and wait until each is connected with its subscriptions in
@@ -286,6 +295,7 @@ class IntakeShards:
         self._deliver = deliver
         self._shards = [_Shard(replace(self.spec, index=i), deliver)
                         for i in range(self.spec.count)]
+        self._failures = [0] * self.spec.count
         deadline = time.monotonic() + START_TIMEOUT
         for i, shard in enumerate(self._shards):
             if not shard.ready.wait(max(0.0, deadline - time.monotonic())) or shard.lost.is_set():
@@ -314,17 +324,30 @@ class IntakeShards:
             self._shards[shard_of(device, self.spec.count)].send("forget", device, msg)
 
     def restart_dead(self) -> None:
-        assert self._deliver is not None or not self._shards
+        """Restart shards that died, each after its backoff delay (RESTART_DELAYS)."""
+        now = time.monotonic()
         for i, shard in enumerate(self._shards):
-            if shard.lost.is_set() or not shard.alive():
-                log.error("intake shard %d exited (code %s); starting a new one (its "
-                          "unfinished uploads are resent by the boxes)", i, shard.proc.poll())
-                shard.stop()
-                assert self._deliver is not None
-                self._shards[i] = _Shard(replace(self.spec, index=i), self._deliver)
+            if not (shard.lost.is_set() or not shard.alive()):
+                continue
+            first, longest = RESTART_DELAYS
+            if now - shard.started >= longest:
+                self._failures[i] = 0
+            delay = min(longest, first * 2 ** self._failures[i])
+            if now - shard.started < delay:
+                continue
+            log.error("intake shard %d exited (code %s); starting a new one (its "
+                      "unfinished uploads are resent by the boxes)", i, shard.proc.poll())
+            shard.stop()
+            self._failures[i] += 1
+            assert self._deliver is not None
+            self._shards[i] = _Shard(replace(self.spec, index=i), self._deliver)
 
     def pids(self) -> list[int]:
         return [s.proc.pid for s in self._shards]
+
+    def running(self) -> list[bool]:
+        """Per shard: its process is up and its connection to this one open."""
+        return [s.alive() and not s.lost.is_set() for s in self._shards]
 
     def close(self) -> None:
         for shard in self._shards:

@@ -195,9 +195,15 @@ class AggregatorService(DeliveryIntake, RoundEventHandler):
         # run without them, or that come while the shards start, are heard here; once
         # every shard is subscribed, the shards alone hear the update topics.
         self.transport.subscribe(topics.update_filter(self.fed_id), self._on_update)
-        if self.intake_shards is not None and self.intake_shards.start(
-                self._queue.put, None if self.rate_limiter is None else self.rate_limiter.limits):
-            self.transport.unsubscribe(topics.update_filter(self.fed_id))
+        if self.intake_shards is not None:
+            if self.intake_shards.start(
+                    self._queue.put,
+                    None if self.rate_limiter is None else self.rate_limiter.limits):
+                self.transport.unsubscribe(topics.update_filter(self.fed_id))
+            else:  # one intake rather than two hearing the same updates
+                log.error("intake shards did not start; receiving updates in this process")
+                self.intake_shards.close()
+                self.intake_shards = None
         if self.max_rounds == 0:
             self.finished.set()
         self._handle(self.coordinator.start(open_round=not self.finished.is_set()))

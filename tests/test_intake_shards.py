@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -25,6 +26,8 @@ import pytest
 from aggregator.config import PUB_NAME, init_state
 from aggregator.intake_shards import (
     SESSIONS_FILE,
+    IntakeShards,
+    ShardSpec,
     retire_stale_sessions,
     session_ids,
     shard_of,
@@ -247,3 +250,41 @@ def _result_round(msgs: dict[str, bytes]) -> int | None:
                for i in range(pointer["chunks"])):
         return None
     return int(pointer["round"])
+
+
+def _wait_all_down(shards: IntakeShards, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while any(shards.running()):
+        assert time.monotonic() < deadline, "the shards did not die"
+        time.sleep(0.05)
+
+
+def test_a_shard_that_cannot_start_is_reported_and_restarted_with_backoff(
+        tmp_path: Path) -> None:
+    """A shard that dies at once (here: its signing key file is missing) makes ``start``
+    report failure (the service then receives updates itself), and ``restart_dead``
+    starts it again only after a growing delay, not on every pump."""
+    state = tmp_path / "state"
+    state.mkdir()
+    sqlite3.connect(state / "state.db").close()
+    shards = IntakeShards(ShardSpec(
+        0, 2, state, FED, "mqtt://127.0.0.1:9", "agg", None, "5", max_blob_bytes=2**20,
+        max_spool_bytes=2**24, signing_key_file=tmp_path / "missing.key"))
+    try:
+        assert shards.start(lambda item: None, None) is False
+        _wait_all_down(shards)
+        first = shards.pids()
+        time.sleep(0.6)  # past the first delay (0.5 s after their start)
+        shards.restart_dead()
+        second = shards.pids()
+        assert set(second).isdisjoint(first)
+        restarted = time.monotonic()
+        _wait_all_down(shards)  # they die again: the next delay is 1 s from their start
+        shards.restart_dead()
+        if time.monotonic() - restarted < 0.9:  # (unless dying took that long here)
+            assert shards.pids() == second
+        time.sleep(1.1)
+        shards.restart_dead()
+        assert set(shards.pids()).isdisjoint(second)
+    finally:
+        shards.close()
