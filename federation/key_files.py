@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -81,10 +82,7 @@ def write_public_key(path: Path, key: Ed25519PublicKey, *, overwrite: bool = Fal
 
 def read_private_key(path: Path) -> Ed25519PrivateKey:
     data = read_secret_file(path, "Ed25519 private key")
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        raise KeyFileError(KEY_FILE, f"{path} is not a PEM private key: {exc}") from None
+    key = _parse_pem(path, "private", lambda: serialization.load_pem_private_key(data, None))
     if not isinstance(key, Ed25519PrivateKey):
         raise KeyFileError(KEY_FILE, f"{path} holds a {type(key).__name__}, not Ed25519")
     return key
@@ -92,13 +90,17 @@ def read_private_key(path: Path) -> Ed25519PrivateKey:
 
 def read_public_key(path: Path) -> Ed25519PublicKey:
     data = read_key_file(path, "Ed25519 public key")
-    try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError) as exc:
-        raise KeyFileError(KEY_FILE, f"{path} is not a PEM public key: {exc}") from None
+    key = _parse_pem(path, "public", lambda: serialization.load_pem_public_key(data))
     if not isinstance(key, Ed25519PublicKey):
         raise KeyFileError(KEY_FILE, f"{path} holds a {type(key).__name__}, not Ed25519")
     return key
+
+
+def _parse_pem(path: Path, kind: str, load: Callable[[], object]) -> object:
+    try:
+        return load()
+    except (ValueError, TypeError) as exc:
+        raise KeyFileError(KEY_FILE, f"{path} is not a PEM {kind} key: {exc}") from None
 
 
 def load_or_create_private_key(path: Path) -> Ed25519PrivateKey:
