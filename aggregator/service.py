@@ -16,6 +16,11 @@ They meet in a queue of small items (a completed blob is a file path, not bytes)
 backlog costs disk, not memory; a completed blob's fsync starts at once on a flusher
 thread, so that the batch's group commit finds it already on disk.
 
+With ``serve --intake-processes K`` (K >= 2, aggregator.intake_shards) the delivery
+thread's work runs in K shard processes instead, each for its share of the devices; their
+items reach the same queue, and the worker's acks go back to the shard that heard the
+device, which signs and publishes them.
+
 What an edge client sees (all payloads are signed envelopes, sender = aggregator id;
 JSON bodies are one-chunk blobs):
 
