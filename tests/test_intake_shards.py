@@ -163,7 +163,7 @@ def test_two_intake_processes_run_rounds_and_survive_a_killed_shard(
         assert _shard_pids(log)[0] != killed  # the restarted shard logged its new pid
         for box in live:  # exactly one ack per update, none doubled by the shard restart
             assert len(box.acks) == 2, (box.device_id, box.acks)
-        # acks come from the shards, signed with the aggregator's key under its id
+        # the shards sign the acks: with the aggregator's key, under the config's id
         aggregator_key = read_public_key(state / PUB_NAME)
         for box in live:
             ack = decode(watcher.messages[topics.ack(FED, box.device_id)])
