@@ -257,9 +257,15 @@ class _Shard:
             else:
                 deliver(item)
 
-    def send(self, *request: object) -> None:
-        with contextlib.suppress(OSError, ValueError):  # a dead shard is restarted by pump
+    def send(self, *request: object) -> bool:
+        """False: the shard is gone (the pump restarts it)."""
+        if self.lost.is_set():
+            return False
+        try:
             self.conn.send(request)
+        except (OSError, ValueError):
+            return False
+        return True
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -308,14 +314,7 @@ class IntakeShards:
         False: that shard is down (the caller publishes the ack itself)."""
         if not self._shards:
             return False
-        shard = self._shards[shard_of(ack.device, self.spec.count)]
-        if shard.lost.is_set():
-            return False
-        try:
-            shard.conn.send(("ack", ack))
-        except (OSError, ValueError):
-            return False
-        return True
+        return self._shards[shard_of(ack.device, self.spec.count)].send("ack", ack)
 
     def forget(self, device: str, msg: str) -> None:
         """Let the owning shard take the same message id again (after a transient

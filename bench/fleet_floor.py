@@ -34,23 +34,20 @@ from bench.fleet_load import BoxReports, make_state, make_updates, spawn_boxes, 
 def receiver_main(ns: argparse.Namespace) -> None:
     """One null receiver: ack every update on arrival (no checks, no disk, no sum)."""
     from aggregator.intake_shards import shard_of
+    from aggregator.publisher import Publisher
     from federation import topics
-    from federation.chunking import split_blob
-    from federation.envelope import decode, encode
+    from federation.envelope import decode
     from federation.keys import read_private_key
     from federation.mqtt import MqttTransport
 
-    key = read_private_key(ns.key)
     link = MqttTransport(ns.broker, f"null-receiver-{ns.index}", clean_start=True)
+    signed = Publisher(link, read_private_key(ns.key), FED, "aggregator", chunk_size=1)
     cond = threading.Condition()
     heard: dict[int, int] = {}
     last: dict[int, float] = {}
 
     def publish(topic: str, kind: str, body: dict[str, Any], round_no: int, retain: bool) -> None:
-        data = json.dumps(body, sort_keys=True).encode()
-        for env in split_blob(data, key, kind=kind, fed=FED, sender="aggregator",
-                              round=round_no, model="base", chunk_size=len(data)):
-            link.publish(topic, encode(env), retain=retain)
+        signed.json(topic, kind, body, round_no, "base", retain)  # as the aggregator sends
 
     def on_update(topic: str, payload: bytes) -> None:
         env = decode(payload)

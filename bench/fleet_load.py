@@ -298,9 +298,11 @@ def run_fleet(n: int, rounds: int, keys_dir: Path, updates: Path, procs: int, ch
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of a running process (its /proc stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU of a running process."""
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system)
 
 
 def _check_result(keys_dir: Path, updates: Path, blob: bytes, n: int, round_no: int,
