@@ -283,7 +283,10 @@ class Coordinator:
             return []
         active = self.registry.active_ids()
         contributors = set(self.store.contributors(cur.round))
-        if active and active <= contributors:
+        # The quorum is a privacy floor, not a target: a "sum" of fewer updates (one box's
+        # own, after the others were revoked) would be published readable to every box.
+        # So even when every active device has sent, the round closes only at quorum.
+        if active and active <= contributors and self.updates_summed() >= cur.quorum:
             return self._close(cur, "all active devices sent")
         if self.clock() < cur.deadline:
             return []

@@ -164,3 +164,31 @@ def test_each_published_round_logs_how_long_its_updates_waited_for_their_acks(
     assert match is not None, lines[0]
     assert int(match.group(1)) <= int(match.group(2)) < 10_000
     assert rig.service._ack_waits == {}  # nothing kept once the round is out
+
+
+def test_the_quorum_is_a_floor_even_when_every_active_device_has_sent(
+    tmp_path: Path, secret_ctx: FederationContext
+) -> None:
+    """Issue 13.2: with quorum 2 and one of two boxes revoked, the remaining box's update
+    alone was "all active devices sent" and was published: one box's own update, readable
+    by every other box. No result of fewer than quorum updates is ever published."""
+    rig = make_rig(tmp_path, secret_ctx, n_boxes=2)
+    DeviceRegistry(rig.store).revoke("box1")
+    rng = np.random.default_rng(3)
+    for _ in range(1 + 3):  # the round and each of its deadline extensions
+        ann = latest_announce(rig.bus.retained, FED)
+        box = rig.boxes[0]
+        if not box.acks:
+            blob = box.encrypted_blob(rng.normal(0, 0.5, LENGTH).astype(np.float32), 100,
+                                      ann["count_scale"])
+            box.send(box.envelopes(blob, ann["round"], ann["base_model"]))
+        rig.service.pump()
+        assert box.acks and box.acks[-1]["accepted"] is True, box.acks
+        assert topics.model_latest(FED) not in rig.bus.retained  # nothing published
+        rig.clock[0] += 61
+        rig.service.pump()
+    assert topics.model_latest(FED) not in rig.bus.retained
+    failed = rig.store.get_round(1)
+    assert failed is not None and failed.status == "failed"
+    assert failed.close_reason == "no quorum"
+    rig.store.close()
