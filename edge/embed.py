@@ -54,6 +54,9 @@ class Embedder:
         self.version = version
         self.threads = threads
         self.batch_size = max(1, batch_size)
+        # The file a path-built session came from: a federated version is that file with
+        # patched weights, so whoever serves one needs it (edge.serving.read_model).
+        self.model_path: Path | None = None if isinstance(model, bytes) else Path(model)
         source = model if isinstance(model, bytes) else str(model)
         self._session = ort.InferenceSession(
             source, session_options(threads), providers=["CPUExecutionProvider"]

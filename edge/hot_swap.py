@@ -124,7 +124,8 @@ class HotSwapper:
         self.assets = SwapAssets(self.base_model, part, self.store.directory, self.rows,
                                  threads=1)
         with self._locked():
-            served, embedder = load_current(self.store, self.base_model, threads, base_embedder)
+            served, embedder = load_current(self.store, self.base_model, threads, base_embedder,
+                                            owner=True)
             snapshot = self._reconcile(served, embedder)
         self.served = served
         self.engine = Engine(detector, ServingState(served.version, embedder, snapshot),
@@ -194,7 +195,8 @@ class HotSwapper:
                 current = self.store.load()
                 if current is not None and current.current.tag != self.engine.state.tag:
                     served, embedder = load_current(self.store, self.base_model,
-                                                    self.threads, self.base_embedder)
+                                                    self.threads, self.base_embedder,
+                                                    owner=True)
                     snapshot = self._reconcile(served, embedder)
                     self.engine.install(ServingState(served.version, embedder, snapshot))
                     self.served = served

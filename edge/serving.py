@@ -71,10 +71,17 @@ def served_models(store: SwapStore) -> tuple[ServedModel, ServedModel | None]:
 
 
 def load_current(store: SwapStore, base_model: Path | None, threads: int,
-                 base_embedder: Embedder | None = None) -> tuple[ServedModel, Embedder]:
+                 base_embedder: Embedder | None = None,
+                 owner: bool = False) -> tuple[ServedModel, Embedder]:
     """The pointer's model as a new Embedder; falls back to N-1, then to the base model,
     if a file is missing or damaged (atomic renames make that a disk fault, not a crash
-    artefact) and re-commits the pointer to what is served, saying so in the history."""
+    artefact).
+
+    Only the process that owns the box's model versions (``owner``: the hot swapper of
+    ``join``, or ``model rollback``) re-commits the pointer to what it serves and records
+    the fallback. Every other process (``identify``, ``run``, the kiosk) falls back in
+    memory only: a reader that cannot load a version must never erase it for the box.
+    """
     current, previous = served_models(store)
     for candidate in (current, previous, base_served()):
         if candidate is None:
@@ -89,9 +96,14 @@ def load_current(store: SwapStore, base_model: Path | None, threads: int,
                 continue
             embedder = Embedder(data, threads=threads, version=candidate.tag)
         if candidate is not current:
-            store.commit(Pointer(candidate, None))
-            store.record("fallback", candidate.version,
-                         reason=f"model file of {current.version} unusable")
+            if owner:
+                store.commit(Pointer(candidate, None))
+                store.record("fallback", candidate.version,
+                             reason=f"model file of {current.version} unusable")
+            else:
+                log.error("serving %s in this process only: %s is unusable here (the box's "
+                          "model versions are left as they are)", candidate.version,
+                          current.version)
         return candidate, embedder
     raise ModelStoreError(f"no usable model in {store.directory}")
 
@@ -131,8 +143,11 @@ def open_engine(detector: FaceDetector | None, gallery_db: Path | None, base_mod
     """An engine serving what the swap pointer names (the base model if there is none).
 
     ``base_embedder`` (e.g. the pipeline's) is reused when the base model is served, so a
-    box that never federated builds no extra session.
+    box that never federated builds no extra session; its file is the base model a
+    federated version's weights are patched into when ``base_model`` is not given.
     """
+    if base_model is None and base_embedder is not None:
+        base_model = base_embedder.model_path
     if swap_dir is None:
         if gallery_db is None:
             raise ValueError("open_engine needs a gallery or an explicit swap_dir")
