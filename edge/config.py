@@ -1,9 +1,14 @@
-"""Settings of one edge box.
+"""Settings of one edge box, resolved the same way for every command.
 
-Where each value comes from, first match wins: an explicit value (CLI option), the
-environment (``FEDFACE_DATA_DIR``, ``FEDFACE_MODEL_DIR``), then the default below.
-A settings file (added later) goes through :meth:`EdgeSettings.from_mapping`, which reports
-a bad entry as key path + value + reason.
+Where each value comes from, first match wins (:func:`resolve_settings`):
+
+1. a command-line option (``--data-dir``, ``--model-dir``, ``--threads``);
+2. the box's config file: ``--config FILE``, else ``FEDFACE_CONFIG``, else
+   ``<data dir>/edge.toml`` when it exists (written by ``fedface-edge provision``);
+3. the environment (``FEDFACE_DATA_DIR``, ``FEDFACE_MODEL_DIR``, ``FEDFACE_CANARY_MARGIN``);
+4. the defaults below.
+
+A bad entry, wherever it comes from, is reported as key path + value + reason.
 """
 
 from __future__ import annotations
@@ -204,12 +209,16 @@ class BoxConfig(_Section):
     federation: FederationSection
     doctor: DoctorSection = Field(default_factory=DoctorSection)
 
+    def settings_values(self) -> dict[str, Any]:
+        """The EdgeSettings this file sets (unset entries are left to env/defaults)."""
+        values: dict[str, Any] = {
+            "data_dir": self.box.data_dir, "model_dir": self.box.model_dir,
+            "threads": self.box.threads, "match_threshold": self.box.match_threshold,
+            "canary_margin": self.federation.canary_margin}
+        return {key: value for key, value in values.items() if value is not None}
+
     def settings(self) -> EdgeSettings:
-        margin = self.federation.canary_margin
-        return EdgeSettings(data_dir=self.box.data_dir, model_dir=self.box.model_dir,
-                            threads=self.box.threads,
-                            match_threshold=self.box.match_threshold,
-                            **({} if margin is None else {"canary_margin": margin}))
+        return EdgeSettings(**self.settings_values())
 
 
 def default_config_path(settings: EdgeSettings | None = None) -> Path:
@@ -280,3 +289,28 @@ def configured_part(settings: EdgeSettings | None = None) -> str:
     if not path.is_file():
         return DEFAULT_PART
     return load_box_config(path).federation.part
+
+
+def resolve_settings(options: Mapping[str, Any], config_file: Path | None = None
+                     ) -> tuple[EdgeSettings, BoxConfig | None, Path]:
+    """The box's settings, its config (None when not provisioned) and the config's path.
+
+    ``options`` are the command line's values (None: not given). The config file is
+    ``config_file``, else FEDFACE_CONFIG (both must exist), else ``<data dir>/edge.toml``
+    if present, the data dir being the option's, else the environment's, else the
+    default. The config's values beat the environment's: a provisioned box run with a
+    stray FEDFACE_DATA_DIR still uses the data dir it was provisioned with.
+    """
+    given = {key: value for key, value in options.items() if value is not None}
+    explicit = config_file if config_file is not None else _from_env(CONFIG_ENV)
+    config: BoxConfig | None
+    if explicit is not None:
+        path, config = explicit, load_box_config(explicit)
+    else:
+        data_dir = given.get("data_dir") or _from_env(DATA_DIR_ENV) or default_data_dir()
+        path = Path(data_dir).expanduser() / CONFIG_NAME
+        config = load_box_config(path) if path.is_file() else None
+    values: dict[str, Any] = config.settings_values() if config is not None else {}
+    values.update(given)
+    return EdgeSettings.from_mapping(values, source="options" if config is None
+                                     else f"options and {path}"), config, path

@@ -76,6 +76,10 @@ def _box_options(
         show_default=False)] = None,
     threads: Annotated[int | None, typer.Option(
         "--threads", help="CPU threads for inference (default 1).", show_default=False)] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="Box config file (default: FEDFACE_CONFIG, else DATA_DIR/edge.toml "
+        "when present). Options beat the file, the file beats the environment.",
+        show_default=False)] = None,
     verbose: Annotated[int, typer.Option(
         "--verbose", "-v", count=True, help="-v info, -vv debug logging.")] = 0,
     debug: Annotated[bool, typer.Option(
@@ -84,10 +88,10 @@ def _box_options(
     from edge.config import EdgeSettings
 
     _setup_logging(verbose)
-    ctx.obj = BoxContext(settings=EdgeSettings(), debug=debug)  # debug known before validating
-    settings = EdgeSettings.from_mapping(
-        {"data_dir": data_dir, "model_dir": model_dir, "threads": threads}, source="options")
-    ctx.obj.settings = settings
+    ctx.obj = BoxContext(settings=EdgeSettings(), debug=debug,  # debug known before validating
+                         options={"data_dir": data_dir, "model_dir": model_dir,
+                                  "threads": threads})
+    ctx.obj.resolve(config)
     ctx.call_on_close(ctx.obj.close)
 
 

@@ -8,11 +8,12 @@ command's context ends.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from edge.config import EdgeSettings
+from edge.config import BoxConfig, ConfigError, EdgeSettings, resolve_settings
 
 if TYPE_CHECKING:
     from edge.gallery import Gallery
@@ -24,8 +25,29 @@ if TYPE_CHECKING:
 class BoxContext:
     settings: EdgeSettings
     debug: bool = False
+    config: BoxConfig | None = None  # None: the box is not provisioned
+    config_path: Path | None = None  # where the config is (or would be)
+    options: dict[str, Any] = field(default_factory=dict)  # the root's command-line values
     _gallery: Gallery | None = field(default=None, repr=False)
     _pipeline: FacePipeline | None = field(default=None, repr=False)
+
+    def resolve(self, config_file: Path | None = None) -> None:
+        """Settings from the options, then the config file, then env, then defaults
+        (edge.config.resolve_settings). A command's own ``--config FILE`` calls this again
+        before it opens anything, so the file's data dir is the one used."""
+        if config_file is not None and (self._gallery is not None
+                                        or self._pipeline is not None):
+            raise RuntimeError("--config must be applied before the box is opened")
+        self.settings, self.config, self.config_path = resolve_settings(self.options,
+                                                                        config_file)
+
+    def require_config(self) -> BoxConfig:
+        """The provisioned config, or a clear error saying how to get one."""
+        if self.config is None:
+            raise ConfigError(f"no box config at {self.config_path}",
+                              hint="provision the box first (fedface-edge provision), or "
+                              "pass --config FILE / set FEDFACE_CONFIG")
+        return self.config
 
     def gallery(self) -> Gallery:
         if self._gallery is None:
@@ -59,6 +81,7 @@ def box(ctx: typer.Context) -> BoxContext:
     obj = ctx.find_root().obj
     if not isinstance(obj, BoxContext):  # a command invoked without the root app
         obj = BoxContext(EdgeSettings())
+        obj.resolve()
         ctx.find_root().obj = obj
         ctx.find_root().call_on_close(obj.close)
     return obj

@@ -20,12 +20,13 @@ def doctor(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Check camera, models, key files, certificate, broker (TLS), clock and disk."""
-    from edge.config import ConfigError, default_config_path, load_box_config
+    from edge.config import ConfigError
     from edge.doctor import Check, run_checks
 
-    path = config or default_config_path(box(ctx).settings)
     try:
-        checks = run_checks(load_box_config(path))
+        if config is not None:
+            box(ctx).resolve(config)
+        checks = run_checks(box(ctx).require_config())
     except ConfigError as exc:
         checks = [Check("config", False, str(exc.args[0]) if exc.args else str(exc),
                         exc.hint or "fedface-edge provision")]

@@ -91,12 +91,13 @@ def join(
         raise CliError(f"training needs torch ({exc})",
                        hint="pip install 'fedface[train]' on this box") from None
     tls = None
+    if config is not None:
+        box(ctx).resolve(config)  # the file's data dir, threads... (edge.config)
     if config is not None or None in (broker, fed, device_id, secret_context, device_key,
                                       aggregator_key):
-        from edge.config import default_config_path, load_box_config
         from federation.mqtt import TlsConfig
 
-        cfg = load_box_config(config or default_config_path(box(ctx).settings))
+        cfg = box(ctx).require_config()
         broker, fed = broker or cfg.broker.url, fed or cfg.box.fed
         device_id = device_id or cfg.box.device_id
         secret_context = secret_context or cfg.federation.secret_context

@@ -99,12 +99,14 @@ def provision(
         probe_camera,
         read_reply,
         read_trust,
+        request_fingerprints,
         write_config,
     )
 
     settings = box(ctx).settings
     interactive = not non_interactive and sys.stdin.isatty()
-    config_path = config or default_config_path(settings)
+    # the file the other commands will read (edge.config.resolve_settings)
+    config_path = config or box(ctx).config_path or default_config_path(settings)
     files = BoxFiles(settings.data_dir)
     existing = load_box_config(config_path) if config_path.exists() else None
     if existing is not None and existing.box.data_dir != settings.data_dir:
@@ -148,6 +150,9 @@ def provision(
         typer.echo(f"give {request} to the operator (fedface-aggregator devices add "
                    f"--request {request.name}), then: fedface-edge provision --install-reply "
                    "REPLY")
+        # the operator's `devices add` prints the same lines: compare them out of band
+        for line in request_fingerprints(request):
+            typer.echo(f"  {line}")
 
 
 def _set_kiosk_password(data_dir: Path, path: Path | None, interactive: bool) -> None:

@@ -18,13 +18,14 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Device id, federation, broker, certificate expiry, federated model, outbox."""
-    from edge.config import default_config_path, load_box_config
     from edge.doctor import check_certificate
     from edge.kiosk.auth import PasswordStore
     from edge.model_store import FederatedModelStore
     from edge.outbox import Outbox
 
-    cfg = load_box_config(config or default_config_path(box(ctx).settings))
+    if config is not None:
+        box(ctx).resolve(config)
+    cfg = box(ctx).require_config()
     fed_dir = cfg.box.data_dir / "federation"
     current = FederatedModelStore(fed_dir / "federated").load_current() \
         if (fed_dir / "federated").exists() else None
