@@ -39,6 +39,7 @@ from edge.config import (
     render_box_config,
 )
 from edge.errors import FedFaceError
+from federation.fingerprint import request_fingerprint_lines
 from federation.key_bundle import AGGREGATOR_PUB, CA_CERT, SECRET_CONTEXT, KeyBundle, open_bundle
 from federation.keys import (
     load_or_create_private_key,
@@ -46,7 +47,7 @@ from federation.keys import (
     write_public_file,
     write_secret_file,
 )
-from federation.signing import public_key_hex
+from federation.signing import public_key_from_hex, public_key_hex
 from models.federated_parts import DEFAULT_PART
 
 log = logging.getLogger(__name__)
@@ -174,6 +175,14 @@ def create_identity(files: BoxFiles, device_id: str, fed_id: str) -> Path:
     path = files.request(device_id)
     write_public_file(path, json.dumps(request, indent=2).encode(), overwrite=True)
     return path
+
+
+def request_fingerprints(request_path: Path) -> list[str]:
+    """What the technician reads to the operator, who sees the same lines from
+    ``fedface-aggregator devices add``: a request swapped on the way shows other values."""
+    data = json.loads(Path(request_path).read_text())
+    raw = public_key_from_hex(str(data["signing_key"])).public_bytes_raw()
+    return request_fingerprint_lines(str(data["csr"]).encode(), raw)
 
 
 def install_certificate(files: BoxFiles, device_id: str, cert_pem: bytes,
