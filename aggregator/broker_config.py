@@ -138,6 +138,29 @@ def render_mosquitto_conf(
     )
 
 
+def render_standalone_settings(broker_dir: Path, user: str) -> str:
+    """Global settings for a broker started by hand from the generated file alone (a
+    trial, not the distribution's service). The drop-in must not carry them: Mosquitto
+    refuses a second ``pid_file``/``user`` next to the main ``mosquitto.conf``'s.
+
+    ``pid_file``: ``init --broker-pid-file`` makes ``devices revoke`` SIGHUP the broker.
+    ``user``: started as root, Mosquitto drops to this user BEFORE it reads the key, the
+    ACL and the CRL (default ``mosquitto``, which cannot read a 0600 key it does not own
+    nor enter a private home); started as anyone else it ignores the setting."""
+    validate_identity(user, "broker user")
+    d = broker_dir
+    return "\n".join([
+        "# Standalone trial broker: mosquitto -c THIS_FILE -d; stop with",
+        f"# kill $(cat {d / 'mosquitto.pid'}). Not for conf.d/ (duplicate pid_file/user).",
+        f"pid_file {d / 'mosquitto.pid'}",
+        f"user {user}",
+        "persistence true",
+        f"persistence_location {d}/",
+        f"log_dest file {d / 'mosquitto.log'}",
+        "",
+    ])
+
+
 def write_broker_config(
     ca: CertificateAuthority,
     server: IssuedCert,
@@ -147,14 +170,19 @@ def write_broker_config(
     port: int = DEFAULT_TLS_PORT,
     bind_address: str | None = None,
     max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
+    standalone_user: str | None = None,
 ) -> tuple[Path, BrokerTlsFiles]:
     """Make ``broker_dir`` self-contained for Mosquitto: copies of ``ca.crt``,
     ``crl.pem``, ``server.crt``, ``server.key`` (0600) and the generated ``fedface.acl``
     and ``fedface.conf`` (which points at those copies). The CA directory (and its key)
-    can then live elsewhere, offline. Returns the conf path and the file set."""
+    can then live elsewhere, offline. Returns the conf path and the file set.
+
+    ``standalone_user``: also write the global settings of a broker started by hand
+    (``render_standalone_settings``) instead of a conf.d drop-in."""
     if server.key_path is None:
         raise ValueError("the broker needs the server private key path")
-    out = Path(broker_dir)
+    # absolute: Mosquitto resolves relative paths against its own cwd ("/" with -d)
+    out = Path(broker_dir).resolve()
     files = BrokerTlsFiles(
         ca_cert=out / "ca.crt",
         server_cert=out / "server.crt",
@@ -176,6 +204,8 @@ def write_broker_config(
     text = render_mosquitto_conf(
         files, port=port, bind_address=bind_address, max_packet_size=max_packet_size
     )
+    if standalone_user is not None:
+        text = render_standalone_settings(out, standalone_user) + text
     atomic_write(conf, text.encode(), 0o644)
     log.info("wrote broker config %s (port %d)", conf, port)
     return conf, files

@@ -17,7 +17,15 @@ from typing import Annotated, Any
 import typer
 
 from aggregator import operator_cli, regional_cli
-from aggregator.cli_common import JsonOpt, StateOpt, one_line_errors
+from aggregator.cli_common import (
+    EPILOG,
+    JsonOpt,
+    StateOpt,
+    local_time,
+    one_line_errors,
+    print_table,
+    resolve_broker,
+)
 from aggregator.config import load_config
 from aggregator.coordinator import RoundSettings
 from aggregator.store import Store, StoreError
@@ -25,7 +33,7 @@ from federation.ckks import DEFAULT_PARAMS, CkksParams
 from federation.keys import create_federation_keys
 
 app = typer.Typer(help="FedFace aggregator: adds encrypted updates it can never decrypt.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+                  epilog=EPILOG, no_args_is_help=True, pretty_exceptions_enable=False)
 keys_app = typer.Typer(help="Federation CKKS keys.", no_args_is_help=True)
 devices_app = typer.Typer(help="Devices allowed to contribute.", no_args_is_help=True)
 rounds_app = typer.Typer(help="Training rounds.", no_args_is_help=True)
@@ -75,16 +83,20 @@ def keys_create(
 @one_line_errors
 def serve(
     state: StateOpt,
-    broker: Annotated[str, typer.Option("--broker", help="mqtt://host:port or mqtts://...")],
+    broker: Annotated[str, typer.Option("--broker", help="mqtt://host:port or mqtts://...; "
+                                        "default: broker.url stored by init")] = "",
     round_deadline: Annotated[float, typer.Option(help="seconds per round")] = 300.0,
     quorum: Annotated[int, typer.Option(help="updates needed to close at the deadline")] = 2,
     rounds: Annotated[int, typer.Option(help="stop after N published rounds; 0 = run on")] = 0,
     chunk_size: Annotated[int, typer.Option(help="bytes per result chunk")] = 256 * 1024,
     max_extensions: Annotated[int, typer.Option(help="deadline extensions w/o quorum")] = 3,
     client_id: Annotated[str, typer.Option(help="MQTT client id; default aggregator-<fed>")] = "",
-    ca_file: Annotated[Path | None, typer.Option(help="TLS CA certificate")] = None,
-    cert_file: Annotated[Path | None, typer.Option(help="TLS client certificate")] = None,
-    key_file: Annotated[Path | None, typer.Option(help="TLS client key")] = None,
+    ca_file: Annotated[Path | None, typer.Option(
+        help="TLS CA certificate (default: broker.ca_file stored by init)")] = None,
+    cert_file: Annotated[Path | None, typer.Option(
+        help="TLS client certificate (default: broker.cert_file)")] = None,
+    key_file: Annotated[Path | None, typer.Option(
+        help="TLS client key (default: broker.key_file)")] = None,
     mqtt_protocol: Annotated[str, typer.Option(
         "--mqtt-protocol", help="MQTT version: 5, or 3.1.1 for brokers without MQTT 5 "
         "(e.g. the demo's embedded amqtt)")] = "5",
@@ -126,6 +138,8 @@ def serve(
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(state)
+    broker, ca_file, cert_file, key_file = resolve_broker(cfg, broker, ca_file, cert_file,
+                                                          key_file)
     dp = regional_cli.dp_settings(dp_clip, dp_noise, dp_delta, dp_mode)
     settings = RoundSettings(round_deadline, quorum, cfg.count_scale, cfg.part_key, chunk_size,
                              max_extensions, dp)
@@ -187,9 +201,11 @@ def rounds_list(state: StateOpt, as_json: JsonOpt = False) -> None:
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    for r in rows:
-        typer.echo(f"{r['round']}\t{r['status']}\t{r['base_model']} -> {r['result_model'] or '-'}"
-                   f"\t{r['contributions']} update(s)\t{r['close_reason'] or ''}")
+    print_table(("ROUND", "STATUS", "BASE -> RESULT", "UPDATES", "OPENED", "CLOSE REASON"),
+                [(r["round"], r["status"], f"{r['base_model']} -> {r['result_model'] or '-'}",
+                  r["contributions"], local_time(r["opened_at"]), r["close_reason"] or "-")
+                 for r in rows],
+                "no rounds yet: `fedface-aggregator serve` opens round 1")
 
 
 @rounds_app.command("show")
@@ -200,8 +216,13 @@ def rounds_show(round_no: int, state: StateOpt, as_json: JsonOpt = False) -> Non
         typer.echo(json.dumps(info, indent=2))
         return
     for key, value in info.items():
+        if key in _TIMES:  # --json keeps the Unix times
+            value = local_time(value)
         if key != "announce":
             typer.echo(f"{key}: {value}")
+
+
+_TIMES = ("opened_at", "deadline", "closed_at")
 
 
 def main() -> None:

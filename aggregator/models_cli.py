@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from aggregator import model_pins
-from aggregator.cli_common import JsonOpt, StateOpt, one_line_errors
+from aggregator.cli_common import JsonOpt, StateOpt, local_time, one_line_errors, print_table
 from aggregator.config import load_config
 from aggregator.store import Store
 
@@ -47,13 +47,13 @@ def models_list(state: StateOpt, as_json: JsonOpt = False) -> None:
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    for r in rows:
-        marks = " ".join(m for m, on in (("next-base", r["next_base"]), ("PINNED", r["pinned"]))
-                         if on)
-        typer.echo(f"{r['model']}\tround {r['round']}\tfrom {r['base_model']}\t"
-                   f"{r['updates']} update(s)\t{marks}".rstrip())
-    if not rows:
-        typer.echo(f"no published version yet: the next round builds on {base}")
+    print_table(("MODEL", "ROUND", "BASE", "UPDATES", "PUBLISHED", "MARKS"),
+                [(r["model"], r["round"], r["base_model"], r["updates"],
+                  local_time(r["published_at"]),
+                  " ".join(m for m, on in (("next-base", r["next_base"]),
+                                           ("PINNED", r["pinned"])) if on))
+                 for r in rows],
+                f"no published version yet: the next round builds on {base}")
 
 
 @models_app.command("pin")

@@ -16,11 +16,12 @@ from typing import Annotated, Any
 import typer
 
 from aggregator import model_pins, pki, pki_files, pki_issue
-from aggregator.cli_common import JsonOpt, StateOpt, one_line_errors
+from aggregator.cli_common import JsonOpt, StateOpt, local_time, one_line_errors, print_table
 from aggregator.config import BrokerClientConfig, PkiConfig, init_state, load_config
 from aggregator.models_cli import models_app
 from aggregator.operator import (
     DeviceRequest,
+    OperatorError,
     create_key_bundle,
     device_statuses,
     read_request,
@@ -29,6 +30,7 @@ from aggregator.operator import (
 )
 from aggregator.registry import DeviceRegistry, RegistryError, load_public_key_bytes
 from aggregator.store import Store
+from federation.fingerprint import request_fingerprint_lines, signing_key_fingerprint
 
 Opt = typer.Option
 
@@ -52,13 +54,23 @@ def init(
     broker_dir: Annotated[Path | None, Opt(help="broker dir the CRL is copied to")] = None,
     broker_pid_file: Annotated[Path | None, Opt(help="revoke SIGHUPs this broker pid")] = None,
     broker_reload: Annotated[str, Opt(help="command that reloads the broker")] = "",
-    broker_url: Annotated[str, Opt(help="mqtts://host:port for `status`")] = "",
+    broker_url: Annotated[str, Opt(help="mqtts://host:port for `serve` and `status` (their "
+                                   "default, with the three files below)")] = "",
     broker_ca: Annotated[Path | None, Opt(help="CA certificate for --broker-url")] = None,
     broker_cert: Annotated[Path | None, Opt(help="aggregator client certificate")] = None,
     broker_key: Annotated[Path | None, Opt(help="its private key")] = None,
 ) -> None:
     """Create the aggregator's state: config, public context copy, signing key (0600),
     and (with --ca-dir) the federation CA."""
+    if not public_context.is_file():
+        raise OperatorError(
+            f"{public_context}: CKKS public context not found; create the federation's keys "
+            "with `fedface-aggregator keys create --out DIR` (where the secret context may "
+            "live, not here) and pass --public-context DIR/federation-public.tenseal")
+    # stored absolute: serve, status and revoke run from any directory (systemd: the state)
+    broker_dir, broker_pid_file, broker_ca, broker_cert, broker_key = (
+        None if p is None else p.resolve()
+        for p in (broker_dir, broker_pid_file, broker_ca, broker_cert, broker_key))
     kwargs: dict[str, Any] = {"aggregator_id": aggregator_id, "initial_model": initial_model,
                               "part_key": part_key, "vector_length": vector_length or None}
     if count_scale:
@@ -136,13 +148,18 @@ def devices_add(
         raise ValueError("give --request FILE, or DEVICE_ID --public-key FILE [--csr FILE]")
     if not req.csr_pem:
         device = DeviceRegistry(store).add(req.device_id, req.signing_key)
-        typer.echo(f"added {device.device_id} (key {device.fingerprint()}...)")
-        return
-    answer = register_device(store, cfg, req, cert_days=cert_days)
-    out = reply or Path(f"{req.device_id}.reply.json")
-    pki_files.atomic_write(out, json.dumps(answer, indent=2).encode(), 0o644)
-    typer.echo(f"added {req.device_id}: certificate signed, signing key registered; give "
-               f"{out} to the technician (fedface-edge provision --install-reply {out.name})")
+        typer.echo(f"added {device.device_id} (signing key registered, no certificate)")
+    else:
+        answer = register_device(store, cfg, req, cert_days=cert_days)
+        out = reply or Path(f"{req.device_id}.reply.json")
+        pki_files.atomic_write(out, json.dumps(answer, indent=2).encode(), 0o644)
+        typer.echo(f"added {req.device_id}: certificate signed, signing key registered; give "
+                   f"{out} to the technician (fedface-edge provision --install-reply "
+                   f"{out.name})")
+    # `fedface-edge provision` printed the same lines on the box: a request swapped or
+    # altered on its way here shows other values (revoke it if they differ)
+    for line in request_fingerprint_lines(req.csr_pem, req.signing_key):
+        typer.echo(f"  {line}")
 
 
 @one_line_errors
@@ -154,8 +171,10 @@ def devices_list(state: StateOpt, as_json: JsonOpt = False) -> None:
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    for d in devices:
-        typer.echo(f"{d.device_id}\t{'active' if d.active else 'REVOKED'}\t{d.fingerprint()}...")
+    print_table(("DEVICE", "STATE", "ADDED", "SIGNING KEY SHA-256"),
+                [(d.device_id, "active" if d.active else "REVOKED", local_time(d.added_at),
+                  signing_key_fingerprint(d.public_key)) for d in devices],
+                "no devices registered: fedface-aggregator devices add --request FILE")
 
 
 @one_line_errors
@@ -226,7 +245,10 @@ def status(
 
 def _print_status(info: dict[str, Any]) -> None:
     typer.echo(f"federation {info['fed']} (key {info['key_id']})")
-    typer.echo(f"{'DEVICE':20s} {'REGISTRY':9s} {'STATUS':10s} {'MODEL':18s} SINCE")
+    if not info["device_status"]:
+        typer.echo("no devices registered: fedface-aggregator devices add --request FILE")
+    else:
+        typer.echo(f"{'DEVICE':20s} {'REGISTRY':9s} {'STATUS':10s} {'MODEL':18s} SINCE")
     for d in info["device_status"]:
         typer.echo(f"{d['device_id']:20s} {d['registered']:9s} {d['state']:10s} "
                    f"{d['model'] or '-'!s:18s} {_age(d['since'])}")

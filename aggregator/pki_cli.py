@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import pwd
 from pathlib import Path
 from typing import Annotated
 
@@ -146,6 +148,10 @@ def broker_config(
     fed: Annotated[
         list[str] | None, typer.Option(help="federation id(s); default the CA's")
     ] = None,
+    standalone: Annotated[bool, typer.Option(
+        help="a complete config to start by hand (mosquitto -c OUT/fedface.conf -d): adds "
+        "pid_file, persistence and log in OUT, and `user` = you (docs/operations.md, "
+        "\"Trial broker\"); not for conf.d/")] = False,
 ) -> None:
     """Write the Mosquitto drop-in (TLS-only listener) and the per-device ACL."""
     ca = pki.load_ca(ca_dir)
@@ -153,10 +159,15 @@ def broker_config(
         if not (server_dir / name).is_file():
             raise pki.PkiError(f"{server_dir / name} missing: run server-cert first")
     server = pki_files.IssuedCert(server_dir / "server.crt", server_dir / "server.key", 0)
+    user = pwd.getpwuid(os.geteuid()).pw_name if standalone else None
     conf, files = write_broker_config(
-        ca, server, out, fed_ids=fed or None, port=port, bind_address=bind
+        ca, server, out, fed_ids=fed or None, port=port, bind_address=bind,
+        standalone_user=user,
     )
     typer.echo(f"broker config {conf} (ACL {files.acl})")
+    if standalone:
+        typer.echo(f"start it: mosquitto -c {conf} -d   (pid file {conf.parent}/mosquitto.pid, "
+                   f"log {conf.parent}/mosquitto.log)")
 
 
 @app.command("list")

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from aggregator.cli_common import JsonOpt, StateOpt, one_line_errors
+from aggregator.cli_common import JsonOpt, StateOpt, one_line_errors, print_table
 from aggregator.config import load_config, load_signing_key
 from aggregator.ratelimit import RateLimiter, RateLimits
 from aggregator.regions import add_region, region_ids
@@ -48,7 +48,11 @@ def regions_list(state: StateOpt, as_json: JsonOpt = False) -> None:
         ids = sorted(region_ids(store))
     finally:
         store.close()
-    typer.echo(json.dumps(ids) if as_json else "\n".join(ids))
+    if as_json:
+        typer.echo(json.dumps(ids))
+        return
+    print_table(("REGION",), [(i,) for i in ids],
+                "no regions registered: fedface-aggregator regions add REGION_ID --public-key FILE")
 
 
 def dp_settings(clip: float, noise: float, delta: float, mode: str) -> DpConfig | None:

@@ -66,6 +66,9 @@ setup_mosquitto() {
     install -d "$FF_MOSQUITTO_DIR" "$FF_MOSQUITTO_CONFD"
     args=(--ca-dir "$ca" --server-dir "$srv" --out "$FF_MOSQUITTO_DIR" --port "$PORT")
     [ -n "$BIND" ] && args+=(--bind "$BIND")
+    # the dynamic-security plugin (revoke cuts a live session) rewrites its state file:
+    # keep it where the broker user may write, not among the files it must not change
+    ff_system && args+=(--dynsec-file /var/lib/mosquitto/fedface-dynamic-security.json)
     pki broker-config "${args[@]}"
     install -m 0644 "$FF_MOSQUITTO_DIR/fedface.conf" "$FF_MOSQUITTO_CONFD/fedface.conf"
     if ff_system; then
@@ -73,8 +76,21 @@ setup_mosquitto() {
         chown root:mosquitto "$FF_MOSQUITTO_DIR"
         chmod 0750 "$FF_MOSQUITTO_DIR"
         chown mosquitto:mosquitto "$FF_MOSQUITTO_DIR/server.key"
+        if [ -f /var/lib/mosquitto/fedface-dynamic-security.json ]; then
+            chown mosquitto:mosquitto /var/lib/mosquitto/fedface-dynamic-security.json
+        fi
         chmod 0600 "$FF_MOSQUITTO_DIR/server.key"
     fi
+}
+
+# aggregator.env points the service at the port chosen here (--port), which ff_render's
+# path placeholders do not know.
+render_aggregator_env() {
+    local tmp
+    tmp="$(mktemp)"
+    sed "s|@BROKER_PORT@|$PORT|g" "$FF_SCRIPTS_DIR/config/aggregator.env.in" >"$tmp"
+    ff_render_config_once "$tmp" "$FF_CONF_DIR/aggregator.env"
+    rm -f "$tmp"
 }
 
 main() {
@@ -109,7 +125,7 @@ main() {
     ff_install_docs
     setup_pki
     setup_mosquitto
-    ff_render_config_once "$FF_SCRIPTS_DIR/config/aggregator.env.in" "$FF_CONF_DIR/aggregator.env"
+    render_aggregator_env
     ff_install_units fedface-aggregator.service fedface-crl-renew.service fedface-crl-renew.timer
     ff_record_install aggregator aggregator
     printf 'FF_BROKER_PORT=%s\nFF_BROKER_BIND=%s\n' "$PORT" "$BIND" >>"$FF_PREFIX/installed-aggregator.env"

@@ -122,6 +122,10 @@ def test_aggregator_install_is_base_only_and_writes_pki(installed: Install) -> N
     conf = (etc / "mosquitto/conf.d/fedface.conf").read_text()
     assert f"listener {installed.port} 127.0.0.1" in conf
     assert str(etc / "mosquitto/fedface/crl.pem") in conf
+    assert "pid_file" not in conf  # a drop-in: the main mosquitto.conf has the pid file
+    # the service connects to the port the installer gave the broker (issue 13.5)
+    env = (etc / "fedface/aggregator.env").read_text().splitlines()
+    assert f"FEDFACE_BROKER=mqtts://localhost:{installed.port}" in env
     r = installed.run(str(installed.prefix / "venv/bin/fedface-aggregator"), "--help")
     assert r.returncode == 0 and "aggregator" in r.stdout.lower()
 

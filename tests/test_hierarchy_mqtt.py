@@ -16,6 +16,7 @@ from the root broker's retained messages after a restart, without forwarding twi
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -111,7 +112,8 @@ def hierarchy(tmp_path: Path,
                 str(keys / PUBLIC_CONTEXT_NAME), "--count-scale", str(COUNT_SCALE))
     run_cli("regions", "add", REGION, "--state", str(root_state), "--public-key",
             str(region_state / "aggregator.pub"))
-    assert run_cli("regions", "list", "--state", str(root_state)).split() == [REGION]
+    listed = run_cli("regions", "list", "--json", "--state", str(root_state))
+    assert json.loads(listed) == [REGION]
 
     region_boxes = [connected_box(region_broker.url, f"north-box{i}", secret, FED)
                     for i in range(3)]
