@@ -32,13 +32,19 @@ TERMINAL_REJECTIONS = frozenset(
 
 class UpdateSender:
     def __init__(self, outbox: Outbox, publish: Callable[[bytes], None],
-                 retry_seconds: float, count: Callable[[str], int]) -> None:
+                 retry_seconds: float, count: Callable[[str], int],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.outbox = outbox
         self._publish = publish  # one chunk to the box's update topic
         self.retry_seconds = retry_seconds
         self._count = count  # the client's counters
+        self._clock = clock  # monotonic: its zero is the boot, so never compare against 0
         self._pending: dict[str, PendingUpdate] = {}  # in-memory view of the outbox
-        self._last_sent: dict[str, float] = {}  # msg id -> last send time (0: failed)
+        # msg id -> when it last went out; None: the last attempt failed, so it is due
+        # at the next one. Absent: never attempted. (A failed send once stored 0.0, and
+        # "now - 0.0 >= retry" stayed false while the box's uptime was below the retry
+        # period: a box whose first send failed within an hour of boot did not resend.)
+        self._last_sent: dict[str, float | None] = {}
 
     def load(self) -> None:
         """Take over what a previous run left in the outbox (sent at the next tick)."""
@@ -55,11 +61,12 @@ class UpdateSender:
     def resend_due(self, reconnected: bool) -> None:
         """Send what was never sent, everything after a reconnect, the rest every
         ``retry_seconds`` (call only while connected)."""
-        now = time.monotonic()
+        now = self._clock()
         for pending in list(self._pending.values()):
+            tried = pending.msg_id in self._last_sent
             last = self._last_sent.get(pending.msg_id)
             if last is None or reconnected or now - last >= self.retry_seconds:
-                if last is not None:
+                if tried:
                     self._count("resent")
                     log.info("round %d: re-sending update %s from the outbox",
                              pending.round_no, pending.msg_id[:12])
@@ -72,9 +79,9 @@ class UpdateSender:
         except FederationError as exc:
             log.warning("round %d: sending update %s failed (%s); it stays in the outbox",
                         pending.round_no, pending.msg_id[:12], exc.message)
-            self._last_sent[pending.msg_id] = 0.0
+            self._last_sent[pending.msg_id] = None  # due at the next attempt
             return
-        self._last_sent[pending.msg_id] = time.monotonic()
+        self._last_sent[pending.msg_id] = self._clock()
 
     def forget(self, round_no: int, msg: str) -> bool:
         """The update is done with (acked); True if it was still in the outbox."""

@@ -68,3 +68,36 @@ def test_ack_and_closed_rounds_remove_updates_and_a_restart_resumes_the_rest(
     again.load()
     again.resend_due(reconnected=False)
     assert broker.chunks == [b"c" * 32]
+
+
+class Clock:
+    """A monotonic clock that starts where a box's does shortly after boot."""
+
+    def __init__(self, start: float) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_failed_send_is_due_at_once_even_just_after_boot(tmp_path: Path) -> None:
+    """A box booted 5 s ago (monotonic clock at 5.0) whose first send fails must send at
+    the next attempt, not only once its uptime passes the retry period (issue 13.9: the
+    failed send was recorded as sent at monotonic time 0.0)."""
+    broker = Broker()
+    clock = Clock(5.0)
+    sender = UpdateSender(Outbox(tmp_path / "outbox"), broker.publish, 3600.0,
+                          lambda key: 0, clock=clock)
+    broker.up = False
+    sender.send_new(sender.outbox.put(3, "base", "a" * 32, [b"c0"]))
+    assert broker.chunks == []
+    broker.up = True
+    clock.now = 6.0
+    sender.resend_due(reconnected=False)
+    assert broker.chunks == [b"c0"]
+    clock.now = 7.0  # sent a second ago: the retry period runs from now on
+    sender.resend_due(reconnected=False)
+    assert broker.chunks == [b"c0"]
+    clock.now = 6.0 + 3600.0
+    sender.resend_due(reconnected=False)
+    assert broker.chunks == [b"c0", b"c0"]
