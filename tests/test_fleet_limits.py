@@ -28,11 +28,19 @@ from tests.aggregator_boxes import ScriptedBox
 from tests.e2e_support import wait_for
 
 FED = "limitfed"
+# Deadlines for conditions, not for speed: on a loaded 2-core machine (other test runs,
+# builds) the 3000-message flood through Mosquitto once took longer than 30 s. A fast
+# machine returns as soon as each condition holds.
+SLOW = 240.0
 
 
 def test_flooding_device_is_rate_limited_and_bounded_while_an_honest_box_gets_in(
-    mosquitto, tmp_path: Path
+    mosquitto_factory, tmp_path: Path
 ) -> None:
+    # Mosquitto drops QoS 1 messages for a subscriber with more than max_queued_messages
+    # (default 1000) waiting; an aggregator slowed by a loaded machine falls that far
+    # behind a 3000-message flood, and this test accounts for every message it sent.
+    mosquitto = mosquitto_factory("max_queued_messages 100000")
     ctx = new_secret_context()
     store = Store(tmp_path)
     agg_link = MqttTransport(mosquitto.url, "agg", clean_start=True)
@@ -40,17 +48,20 @@ def test_flooding_device_is_rate_limited_and_bounded_while_an_honest_box_gets_in
     boxes = {d: ScriptedBox(d, FED, ctx, link) for d, link in links.items()}
     for d, box in boxes.items():
         DeviceRegistry(store).add(d, bytes.fromhex(box.public_hex))
-    limiter = RateLimiter(RateLimits(messages_per_second=50, message_burst=100,
+    # 10 msgs/s after a burst of 100: even a flood that takes a minute to arrive on a
+    # loaded machine is mostly dropped. The report period outlasts the slowest run, so
+    # "one report per period" means exactly one report here.
+    limiter = RateLimiter(RateLimits(messages_per_second=10, message_burst=100,
                                      bytes_per_second=8 * 2**20, byte_burst=16 * 2**20,
-                                     report_seconds=30))
+                                     report_seconds=3600))
     service = AggregatorService(agg_link, store, ctx.public(), generate_signing_key(), FED,
                                 settings=RoundSettings(60, 1, 64.0), rate_limiter=limiter)
     stop = threading.Event()
     thread = threading.Thread(target=service.run, args=(stop, 0.05), daemon=True)
-    assert all(link.wait_connected(10) for link in [agg_link, *links.values()])
+    assert all(link.wait_connected(60) for link in [agg_link, *links.values()])
     thread.start()
     try:
-        wait_for(lambda: service.coordinator.current is not None, 10, "round 1 open")
+        wait_for(lambda: service.coordinator.current is not None, SLOW, "round 1 open")
         flood = boxes["flood"]
         template = flood.envelopes(b"y" * 2048, 1, "base", chunk_size=1024)[0]
         sent = 3000
@@ -64,10 +75,10 @@ def test_flooding_device_is_rate_limited_and_bounded_while_an_honest_box_gets_in
         honest = boxes["honest"]
         vec = np.random.default_rng(0).normal(0, 0.3, 3000).astype(np.float32)
         honest.send(honest.envelopes(honest.encrypted_blob(vec, 100, 64.0), 1, "base"))
-        wait_for(lambda: bool(honest.acks), 30, "honest box acked")
+        wait_for(lambda: bool(honest.acks), SLOW, "honest box acked")
         assert honest.acks[-1]["accepted"], honest.acks[-1]
         wait_for(lambda: limiter.total_dropped + len(service.spool.partials) > 0
-                 and any(a["reason"] == "rate_limited" for a in flood.acks), 30,
+                 and any(a["reason"] == "rate_limited" for a in flood.acks), SLOW,
                  "flood reported")
 
         def flood_seen() -> int:  # dropped by the limiter, or let through to the spool
@@ -76,12 +87,13 @@ def test_flooding_device_is_rate_limited_and_bounded_while_an_honest_box_gets_in
             kept = sum(1 for k in list(service.spool.partials) if k[0] == "flood")
             return limiter.total_dropped + service.spool.evicted + kept
 
-        wait_for(lambda: flood_seen() == sent, 30, "the whole flood to arrive")
+        # >=: a QoS 1 redelivery may show a message twice
+        wait_for(lambda: flood_seen() >= sent, SLOW, "the whole flood to arrive")
         elapsed = time.monotonic() - started
         dropped = limiter.total_dropped
-        # At most the burst plus 50/s over the time the flood took (about 2 s here, more
+        # At most the burst plus 10/s over the time the flood took (about 2 s here, more
         # on a loaded CI machine: a fixed bound failed there once).
-        assert sent - dropped <= 100 + 50 * elapsed + 5, (dropped, elapsed)
+        assert sent - dropped <= 100 + 10 * elapsed + 5, (dropped, elapsed)
         assert dropped >= sent // 2, (dropped, elapsed)
         # one ack and one counted rejection per report period, not one per message
         limited = [a for a in flood.acks if a["reason"] == "rate_limited"]
