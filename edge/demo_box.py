@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from edge.federation_client import ClientConfig, ClientEvent, FederationClient
+from edge.box import Box, build_box
+from edge.config import EdgeSettings
+from edge.federation_client import ClientConfig, ClientEvent
 from edge.gallery import DEFAULT_MATCH_THRESHOLD, Gallery
-from edge.model_sink import OnnxModelSink
 from edge.pipeline import FacePipeline
 from edge.recognizer import Recognizer
 from edge.trainer_api import LocalTrainer
@@ -31,9 +32,7 @@ from federation.keys import load_secret_context, read_private_key, read_public_k
 from federation.memory import pin_mmap_threshold
 from federation.mqtt import MqttTransport
 from federation.transport import Will
-from models.federated_parts import DEFAULT_PART, FederatedPart, get_part
-from models.registry import model_path as pinned_model_path
-from models.registry import optimised_sface_path
+from models.federated_parts import DEFAULT_PART, FederatedPart
 
 log = logging.getLogger(__name__)
 
@@ -87,18 +86,16 @@ def accuracy(embed: Any, version: str, gallery: Gallery, held: HeldOut) -> float
     return right / len(held.names)
 
 
-def make_trainer(cfg: dict[str, Any], part: FederatedPart, gallery: Gallery,
-                 model_path: Path, base: np.ndarray) -> tuple[LocalTrainer, str]:
+def make_trainer(cfg: dict[str, Any], part: FederatedPart, box: Box,
+                 base: np.ndarray) -> tuple[LocalTrainer, str]:
     try:
-        from edge.trainer import TorchLocalTrainer, TrainConfig, check_torch
+        from edge.trainer import TrainConfig, check_torch
 
         check_torch()
         # the trainer's own defaults, with a time budget so the demo stays short; each
         # round in its own low-priority process, as on a real box (fedface-edge join)
         train_cfg = TrainConfig(time_budget_s=float(cfg.get("train_budget_s", 30.0)))
-        trainer = TorchLocalTrainer(model_path, gallery.crops_by_person,
-                                    Path(cfg["data_dir"]) / "train", part, train_cfg,
-                                    isolate=True)
+        trainer = box.trainer(part, train_cfg, isolate=True)
     except ImportError as exc:
         log.warning("torch is not installed (%s): FALLING BACK to NumpyDriftTrainer, "
                     "which does not learn", exc)
@@ -106,20 +103,19 @@ def make_trainer(cfg: dict[str, Any], part: FederatedPart, gallery: Gallery,
         return trainer, "torch"
     from edge.drift_trainer import NumpyDriftTrainer
 
-    n = sum(len(v) for v in gallery.crops_by_person().values())
+    n = sum(len(v) for v in box.gallery().crops_by_person().values())
     return NumpyDriftTrainer(part, base, cfg["device_id"], max(1, n)), "numpy-drift (NOT learning)"
 
 
 def run(cfg: dict[str, Any]) -> int:
-    data_dir = Path(cfg["data_dir"])
-    part = get_part(cfg.get("part", DEFAULT_PART))
     model_dir = Path(cfg["model_dir"]) if cfg.get("model_dir") else None
-    # the sink patches the inference graph; the trainer rebuilds its torch tail from the
-    # original graph (the optimised one rewrote PRelu into ops the tail builder lacks)
-    inference_model = optimised_sface_path(model_dir)
-    training_model = pinned_model_path("sface", model_dir)
-    pipeline = FacePipeline.from_model_dir(model_dir, threads=1)
-    gallery = Gallery.open(data_dir / "gallery")
+    # the same assembly and data-dir layout as a real box (edge.box), so the fedface-edge
+    # commands work on a demo box's data dir as on any other
+    box = build_box(EdgeSettings(data_dir=Path(cfg["data_dir"]), model_dir=model_dir,
+                                 threads=1))
+    part = box.part(cfg.get("part", DEFAULT_PART))
+    pipeline = box.pipeline()
+    gallery = box.gallery()
     t0 = time.perf_counter()
     held = enrol(pipeline, gallery, cfg["people"])
     base_version = pipeline.embedder.version
@@ -128,9 +124,9 @@ def run(cfg: dict[str, Any]) -> int:
     emit("enrolled", people=counts["people"], crops=counts["crops"], heldout=len(held.crops),
          accuracy=acc0, seconds=time.perf_counter() - t0)
 
-    sink = OnnxModelSink(inference_model, part, data_dir / "models", gallery, threads=1)
+    sink = box.model_sink(part)
     base = sink.base_vector()
-    trainer, trainer_kind = make_trainer(cfg, part, gallery, training_model, base)
+    trainer, trainer_kind = make_trainer(cfg, part, box, base)
     emit("trainer", kind=trainer_kind)
 
     def on_event(event: ClientEvent) -> None:
@@ -143,11 +139,11 @@ def run(cfg: dict[str, Any]) -> int:
         return MqttTransport(cfg["broker"], cfg["device_id"], will=will,
                              protocol=cfg.get("protocol", "5"), reconnect_max_delay=5)
 
-    client = FederationClient(
+    client = box.federation_client(
         ClientConfig(cfg["fed"], cfg["device_id"], retry_seconds=float(cfg.get("retry_s", 30))),
         transport, load_secret_context(Path(cfg["secret_context"])),
         read_private_key(Path(cfg["device_key"])), read_public_key(Path(cfg["aggregator_key"])),
-        trainer, sink, data_dir / "federation", base, on_event=on_event,
+        trainer, sink, on_event=on_event, base=base,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -156,7 +152,7 @@ def run(cfg: dict[str, Any]) -> int:
     emit("started")
     stop.wait()
     client.stop()
-    gallery.close()
+    box.close()
     emit("stopped", model=client.version)
     return 0
 

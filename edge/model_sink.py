@@ -46,12 +46,14 @@ class OnnxModelSink(HotSwapper):
 
     def __init__(self, base_model_path: Path, part: FederatedPart, model_dir: Path,
                  gallery: Gallery | None, threads: int = 1,
-                 policy: CanaryPolicy | None = None) -> None:
+                 policy: CanaryPolicy | None = None, threshold: float = 0.40,
+                 background: bool = True) -> None:
         super().__init__(base_model_path, part, model_dir,
                          gallery.path if gallery is not None else None, threads=threads,
-                         policy=policy)
+                         threshold=threshold, policy=policy)
         self.model_dir = Path(model_dir)
-        self.start()  # trunk features of enrolled crops, then new ones, in the background
+        if background:
+            self.start()  # trunk features of enrolled crops, then new ones, in the background
 
     @property
     def version(self) -> str | None:

@@ -50,12 +50,37 @@ def _check_finished_federation(proc: subprocess.CompletedProcess[str], workdir: 
         (1, "published", 2), (2, "published", 2)]
 
 
+def _box_cli(box: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FEDFACE_DATA_DIR": str(box)}
+    env.pop("FEDFACE_CONFIG", None)
+    return subprocess.run([EDGE, *args], capture_output=True, text=True, timeout=300,
+                          check=False, env=env)
+
+
+def _served(box: Path) -> str:
+    out = _box_cli(box, "model", "status", "--json")
+    assert out.returncode == 0, out.stderr
+    return str(json.loads(out.stdout)["current"]["version"])
+
+
 @pytest.mark.slow
 def test_demo_with_embedded_broker(lfw_dir: Path, tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     proc = _demo("--faces", str(lfw_dir), "--workdir", str(workdir), *TINY)
     assert "embedded amqtt" in proc.stdout
     _check_finished_federation(proc, workdir)
+    # Issue 13.1 as reported: a demo box's data dir is a box's data dir, and the box's
+    # commands serve its federated model and keep it.
+    box = workdir / "box-1"
+    assert _served(box) == "round-2"
+    people = json.loads(_box_cli(box, "people", "list", "--json").stdout)
+    assert len(people) == 2  # the demo's enrolments are the box's gallery
+    photo = next(p for p in sorted(lfw_dir.iterdir()) if p.is_dir())
+    out = _box_cli(box, "identify", str(sorted(photo.glob("*.jpg"))[0]), "--json")
+    assert out.returncode in (0, 3), out.stderr  # 3: no face in that photo
+    assert "cannot serve model" not in out.stderr
+    assert _served(box) == "round-2"
+    assert (box / "models" / "sface-fed-round-2.weights.npz").is_file()
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from edge.box import Box, build_box
 from edge.config import BoxConfig, ConfigError, EdgeSettings, resolve_settings
 
 if TYPE_CHECKING:
@@ -28,15 +29,13 @@ class BoxContext:
     config: BoxConfig | None = None  # None: the box is not provisioned
     config_path: Path | None = None  # where the config is (or would be)
     options: dict[str, Any] = field(default_factory=dict)  # the root's command-line values
-    _gallery: Gallery | None = field(default=None, repr=False)
-    _pipeline: FacePipeline | None = field(default=None, repr=False)
+    _box: Box | None = field(default=None, repr=False)
 
     def resolve(self, config_file: Path | None = None) -> None:
         """Settings from the options, then the config file, then env, then defaults
         (edge.config.resolve_settings). A command's own ``--config FILE`` calls this again
         before it opens anything, so the file's data dir is the one used."""
-        if config_file is not None and (self._gallery is not None
-                                        or self._pipeline is not None):
+        if config_file is not None and self._box is not None:
             raise RuntimeError("--config must be applied before the box is opened")
         self.settings, self.config, self.config_path = resolve_settings(self.options,
                                                                         config_file)
@@ -49,31 +48,25 @@ class BoxContext:
                               "pass --config FILE / set FEDFACE_CONFIG")
         return self.config
 
-    def gallery(self) -> Gallery:
-        if self._gallery is None:
-            from edge.gallery import Gallery
+    def box(self) -> Box:
+        """The box these settings describe (edge.box: the one assembly of a box)."""
+        if self._box is None:
+            self._box = build_box(self.settings, self.config)
+        return self._box
 
-            self._gallery = Gallery.open(self.settings.data_dir)
-        return self._gallery
+    def gallery(self) -> Gallery:
+        return self.box().gallery()
 
     def pipeline(self) -> FacePipeline:
-        if self._pipeline is None:
-            from edge.pipeline import FacePipeline
-
-            self._pipeline = FacePipeline.from_model_dir(self.settings.model_dir,
-                                                         threads=self.settings.threads)
-        return self._pipeline
+        return self.box().pipeline()
 
     def recognizer(self, threshold: float | None = None) -> Recognizer:
-        from edge.recognizer import Recognizer
-
-        chosen = self.settings.match_threshold if threshold is None else threshold
-        return Recognizer(self.pipeline(), self.gallery(), chosen)
+        return self.box().recognizer(threshold)
 
     def close(self) -> None:
-        if self._gallery is not None:
-            self._gallery.close()
-            self._gallery = None
+        if self._box is not None:
+            self._box.close()
+            self._box = None
 
 
 def box(ctx: typer.Context) -> BoxContext:

@@ -73,16 +73,13 @@ def join(
     import signal
     import threading
 
-    from edge.federation_client import ClientConfig, FederationClient
-    from edge.model_sink import OnnxModelSink
+    from edge.federation_client import ClientConfig
     from federation.keys import load_secret_context, read_private_key, read_public_key
     from federation.mqtt import MqttTransport
     from federation.transport import Will
-    from models.federated_parts import get_part
-    from models.registry import model_path, optimised_sface_path
 
     try:
-        from edge.trainer import TorchLocalTrainer, check_torch
+        from edge.trainer import check_torch
 
         check_torch()  # in a child: this process never imports torch (edge.trainer)
     except ImportError as exc:
@@ -104,31 +101,19 @@ def join(
         device_key = device_key or cfg.federation.device_key
         aggregator_key = aggregator_key or cfg.federation.aggregator_key
         tls = TlsConfig(cfg.broker.ca_file, cfg.broker.cert_file, cfg.broker.key_file)
-        part = part or cfg.federation.part
     assert broker and fed and device_id and secret_context and device_key and aggregator_key
-    settings = box(ctx).settings
-    gallery = box(ctx).gallery()
-    if part is None:
-        from edge.config import configured_part
-
-        part = configured_part(settings)
-    fed_part = get_part(part)
-    sink = OnnxModelSink(optimised_sface_path(settings.model_dir), fed_part,
-                         settings.data_dir / "models", gallery, threads=settings.threads,
-                         policy=settings.canary_policy())
-    trainer = TorchLocalTrainer(model_path("sface", settings.model_dir),
-                                gallery.crops_by_person, settings.data_dir / "train",
-                                fed_part)
+    the_box = box(ctx).box()
+    fed_part = the_box.part(part)
+    sink = the_box.model_sink(fed_part)
+    trainer = the_box.trainer(fed_part)
 
     def transport(will: Will) -> MqttTransport:
         return MqttTransport(broker, device_id, will=will, protocol=protocol, tls=tls)
 
-    client = FederationClient(
+    client = the_box.federation_client(
         ClientConfig(fed, device_id), transport, load_secret_context(secret_context),
         read_private_key(device_key), read_public_key(aggregator_key), trainer, sink,
-        settings.data_dir / "federation", sink.base_vector(),
-        on_event=_echo_event,
-    )
+        on_event=_echo_event)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

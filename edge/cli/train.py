@@ -20,12 +20,10 @@ from typing import Annotated
 import typer
 
 from edge.cli.context import box
-from edge.cli.errors import EXIT_GALLERY, CliError
+from edge.cli.errors import EXIT_CHECKS as EXIT_REFUSED
+from edge.cli.errors import EXIT_GALLERY, EXIT_TRAINING, CliError
 
 log = logging.getLogger(__name__)
-
-EXIT_TRAINING = 10
-EXIT_REFUSED = 9  # as edge.hot_swap.HotSwapError
 
 
 def _require_torch() -> None:
@@ -61,19 +59,15 @@ def train(
 ) -> None:
     """Fine-tune the federated part on this box's people; report leave-one-out accuracy."""
     _require_torch()
-    from edge.config import configured_part
-    from edge.gallery import DB_FILENAME
-    from edge.hot_swap import HotSwapper, ModelRefused
+    from edge.hot_swap import ModelRefused
     from edge.local_training import train_box
-    from edge.serving import swap_dir_for
-    from edge.trainer import TorchLocalTrainer, TrainConfig
+    from edge.trainer import TrainConfig
     from edge.trainer_api import TrainingError
-    from models.federated_parts import get_part
-    from models.registry import model_path, optimised_sface_path
 
     settings = box(ctx).settings
-    fed_part = get_part(part or configured_part(settings))
-    gallery = box(ctx).gallery()
+    the_box = box(ctx).box()
+    fed_part = the_box.part(part)
+    gallery = the_box.gallery()
     people = [p for p in gallery.people() if p.crops > 0]
     if len(people) < 2:
         raise CliError(f"{len(people)} enrolled people with photos in {settings.data_dir}: "
@@ -87,16 +81,11 @@ def train(
     import torch
 
     torch.set_num_threads(1)
-    swapper = HotSwapper(optimised_sface_path(settings.model_dir), fed_part,
-                         swap_dir_for(settings.data_dir / DB_FILENAME),
-                         settings.data_dir / DB_FILENAME, threads=settings.threads,
-                         threshold=settings.match_threshold, policy=settings.canary_policy())
-    train_dir = settings.data_dir / "train"
+    swapper = the_box.model_sink(fed_part, background=False)
+    train_dir = the_box.train_dir
     # in process: this command already runs at a lower priority with one thread
-    trainer = TorchLocalTrainer(model_path("sface", settings.model_dir),
-                                gallery.crops_by_person, train_dir, fed_part,
-                                TrainConfig(epochs=epochs, time_budget_s=budget_seconds),
-                                isolate=False)
+    trainer = the_box.trainer(fed_part, TrainConfig(epochs=epochs, time_budget_s=budget_seconds),
+                              isolate=False)
     try:
         report, vector = train_box(swapper, trainer, settings.data_dir, train_dir,
                                    settings.match_threshold, len(people))
@@ -110,7 +99,6 @@ def train(
             raise CliError(f"{exc.message}; the result stays in {report.result_path}",
                            exit_code=EXIT_REFUSED) from None
         served = swapper.last_report
-    swapper.engine.close()
     if as_json:
         data = report.to_dict()
         data["served"] = served is not None
