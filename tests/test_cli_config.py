@@ -92,3 +92,22 @@ def test_command_modules_are_registered() -> None:
     names = {c.name for c in typer.main.get_command(app).commands.values()}  # type: ignore[attr-defined]
     assert names >= {"models", "enroll", "people", "identify", "run", "bench"}
     assert len(COMMAND_MODULES) == len(set(COMMAND_MODULES))
+
+
+def test_help_lists_every_exit_code_the_box_can_end_with() -> None:
+    """Issue 13.10: the help left out 9 and 10. Every exit code declared in the package
+    (an ``exit_code = N`` attribute or an ``EXIT_*`` constant) is listed in --help."""
+    import re
+
+    from edge.cli.errors import EXIT_CODES
+
+    declared: set[int] = set()
+    for path in (Path(__file__).parent.parent / "edge").rglob("*.py"):
+        text = path.read_text()
+        declared |= {int(n) for n in re.findall(r"\bexit_code = (\d+)", text)}
+        declared |= {int(n) for n in re.findall(r"\bEXIT_[A-Z_]+ = (\d+)", text)}
+    assert declared and declared <= set(EXIT_CODES), declared - set(EXIT_CODES)
+    out = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "300"}).output
+    flat = " ".join(out.split())
+    for code, what in EXIT_CODES.items():
+        assert f"{code} {' '.join(what.split())}" in flat, (code, flat[-600:])

@@ -21,7 +21,7 @@ from typing import Annotated
 import typer
 
 from edge.cli.context import BoxContext
-from edge.cli.errors import FedFaceGroup
+from edge.cli.errors import EXIT_CODES, FedFaceGroup
 
 COMMAND_MODULES = (
     "models",
@@ -39,10 +39,7 @@ COMMAND_MODULES = (
     "status",
 )
 
-EPILOG = (
-    "Exit codes: 0 ok, 1 internal error, 2 usage, 3 input image, 4 models, 5 gallery/data "
-    "dir, 6 video source, 7 configuration, 130 interrupted."
-)
+EPILOG = "Exit codes: " + ", ".join(f"{code} {what}" for code, what in EXIT_CODES.items()) + "."
 
 app = typer.Typer(
     name="fedface-edge",

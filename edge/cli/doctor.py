@@ -9,8 +9,7 @@ from typing import Annotated
 import typer
 
 from edge.cli.context import box
-
-EXIT_DOCTOR = 9
+from edge.cli.errors import EXIT_CHECKS as EXIT_DOCTOR
 
 
 def doctor(

@@ -44,8 +44,22 @@ EXIT_MODELS = 4
 EXIT_GALLERY = 5
 EXIT_SOURCE = 6
 EXIT_CONFIG = 7
+EXIT_PROVISIONING = 8  # edge.provision.ProvisionError
+EXIT_CHECKS = 9  # doctor's checks failed, or a model refused (edge.hot_swap.HotSwapError)
+EXIT_TRAINING = 10
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell pipeline reports it
+
+# What `fedface-edge --help` lists; a test checks every exit code the package declares
+# appears here.
+EXIT_CODES = {
+    0: "ok", EXIT_INTERNAL: "internal error", EXIT_USAGE: "usage", EXIT_INPUT: "input image",
+    EXIT_MODELS: "models", EXIT_GALLERY: "gallery/data dir", EXIT_SOURCE: "video source",
+    EXIT_CONFIG: "configuration", EXIT_PROVISIONING: "provisioning",
+    EXIT_CHECKS: "checks failed (doctor, model refused by the canary)",
+    EXIT_TRAINING: "training", EXIT_INTERRUPTED: "interrupted",
+    EXIT_BROKEN_PIPE: "output closed (e.g. | head)",
+}
 
 # Errors owned by other modules that do not carry an exit_code of their own.
 _CODES_BY_NAME = {
