@@ -28,6 +28,7 @@ from aggregator.cli_common import (
 )
 from aggregator.config import load_config
 from aggregator.coordinator import RoundSettings
+from aggregator.schedule import DailyWindow, RoundSchedule
 from aggregator.store import Store, StoreError
 from federation.ckks import DEFAULT_PARAMS, CkksParams
 from federation.keys import create_federation_keys
@@ -90,6 +91,15 @@ def serve(
     rounds: Annotated[int, typer.Option(help="stop after N published rounds; 0 = run on")] = 0,
     chunk_size: Annotated[int, typer.Option(help="bytes per result chunk")] = 256 * 1024,
     max_extensions: Annotated[int, typer.Option(help="deadline extensions w/o quorum")] = 3,
+    # --- round schedule (aggregator/schedule.py; docs/operations.md "Round schedule") ---
+    round_interval: Annotated[float, typer.Option(
+        min=0, help="minimum seconds between two round openings (0: back to back)")] = 0.0,
+    round_window: Annotated[str, typer.Option(
+        help="open rounds only in this daily window, local time, e.g. 01:00-05:00 "
+        "(empty: any time)")] = "",
+    min_new_samples: Annotated[int, typer.Option(
+        min=0, help="announced: a box with fewer new enrolled samples since its last "
+        "update sits the round out (0: every box trains every round)")] = 0,
     client_id: Annotated[str, typer.Option(help="MQTT client id; default aggregator-<fed>")] = "",
     ca_file: Annotated[Path | None, typer.Option(
         help="TLS CA certificate (default: broker.ca_file stored by init)")] = None,
@@ -141,8 +151,10 @@ def serve(
     broker, ca_file, cert_file, key_file = resolve_broker(cfg, broker, ca_file, cert_file,
                                                           key_file)
     dp = regional_cli.dp_settings(dp_clip, dp_noise, dp_delta, dp_mode)
+    schedule = RoundSchedule(round_interval,
+                             DailyWindow.parse(round_window) if round_window else None)
     settings = RoundSettings(round_deadline, quorum, cfg.count_scale, cfg.part_key, chunk_size,
-                             max_extensions, dp)
+                             max_extensions, dp, schedule, min_new_samples)
     limiter = regional_cli.rate_limiter(rate_limit_msgs, rate_limit_mib)
     # checked before connecting anywhere: a bad option fails fast, with nothing to undo
     root_tls = regional_cli.root_link_tls(_tls(ca_file, cert_file, key_file), root_ca_file,
@@ -153,6 +165,8 @@ def serve(
         intake_processes,
     )
     service.rate_limiter = limiter
+    logging.getLogger("aggregator").info("round schedule: %s; min new samples per box %d",
+                                         schedule.describe(), min_new_samples)
     if dp is not None:
         logging.getLogger("aggregator").info("%s", regional_cli.describe_dp(dp))
     links = [transport]

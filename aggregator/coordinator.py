@@ -11,6 +11,12 @@ At a deadline without quorum the round is extended (up to ``max_extensions`` tim
 each logged and re-announced); after that it fails (logged, counted) and a new round
 opens on the same base model, so boxes simply resend on the new announce.
 
+Every opening follows the operator's schedule (aggregator.schedule: a minimum interval
+between openings, a daily window): until the next opening is due no round is open, the
+latest round is re-announced closed with ``next_round_at``, and ``tick`` opens it when
+due. The announce carries ``min_new_samples``: a box with fewer new enrolled samples
+since its last update sits the round out.
+
 Time comes from an injected clock, so tests drive deadlines deterministically.
 """
 
@@ -29,6 +35,7 @@ from aggregator.intake import NOT_OPEN as NOT_OPEN  # re-exported: part of the r
 from aggregator.intake import Decision, Submission, check, rebuild_sum
 from aggregator.model_pins import next_base
 from aggregator.registry import DeviceRegistry
+from aggregator.schedule import RoundSchedule
 from aggregator.state_db import RoundRow
 from aggregator.store import AcceptedUpdate, Store
 from federation import errors
@@ -51,8 +58,12 @@ class RoundSettings:
     chunk_size: int = 256 * 1024
     max_extensions: int = 3
     dp: DpConfig | None = None  # differential privacy every box applies (federation.dp)
+    schedule: RoundSchedule = field(default_factory=RoundSchedule)  # when rounds may open
+    min_new_samples: int = 0  # announced: boxes with fewer new samples sit the round out
 
     def __post_init__(self) -> None:
+        if self.min_new_samples < 0:
+            raise ValueError("min new samples must be >= 0")
         if not self.count_scale > 0:
             raise ValueError("count_scale must be > 0")
         if self.deadline_seconds <= 0:
@@ -87,16 +98,9 @@ def result_model_version(round_no: int) -> str:
 
 
 class Coordinator:
-    def __init__(
-        self,
-        store: Store,
-        registry: DeviceRegistry,
-        accumulators: AccumulatorFactory,
-        fed_id: str,
-        settings: RoundSettings,
-        initial_model: str = "base",
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, store: Store, registry: DeviceRegistry, accumulators: AccumulatorFactory,
+                 fed_id: str, settings: RoundSettings, initial_model: str = "base",
+                 clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.registry = registry
         self.accumulators = accumulators
@@ -106,6 +110,7 @@ class Coordinator:
         self.clock = clock
         self.current: RoundRow | None = None
         self.sum: Accumulator | None = None
+        self.next_opening: float | None = None  # set while the schedule holds a round back
 
     # --- lifecycle --------------------------------------------------------------------
     def start(self, open_round: bool = True) -> list[Event]:
@@ -123,19 +128,35 @@ class Coordinator:
         if latest is not None and latest.status == "open":
             self.current = latest
             self.sum = self._load_sum(latest)
-            log.info(
-                "resumed round %d (base %s) with %d accepted update(s)",
-                latest.round,
-                latest.base_model,
-                latest.contributions,
-            )
+            log.info("resumed round %d (base %s) with %d accepted update(s)", latest.round,
+                     latest.base_model, latest.contributions)
             events.append(Announce(latest.round, latest.base_model, latest.announce))
         elif not events and open_round:
-            events.append(self._open_next())
+            events.extend(self._open_when_due())
         return events
 
     def _load_sum(self, row: RoundRow) -> Accumulator:
         return rebuild_sum(self.store, self.accumulators, row)
+
+    def _open_when_due(self) -> list[Event]:
+        """Open the next round now, or, while the schedule holds it back, announce the
+        latest round closed with the time the next one opens (tick opens it then)."""
+        latest = self.store.latest_round()
+        now = self.clock()
+        at = self.settings.schedule.next_opening(now, latest.opened_at if latest else None)
+        if at <= now:
+            self.next_opening = None
+            return [self._open_next()]
+        said, self.next_opening = self.next_opening == at, at
+        self.current = latest  # no round open: updates are late (or not_open) meanwhile
+        if said:
+            return []
+        log.info("next round opens at %s (%s)", time.strftime("%Y-%m-%d %H:%M:%S",
+                 time.localtime(at)), self.settings.schedule.describe())
+        if latest is None:
+            return []
+        return [Announce(latest.round, latest.base_model,
+                         dict(latest.announce, state="closed", next_round_at=at))]
 
     def _open_next(self) -> Announce:
         latest = self.store.latest_round()
@@ -149,13 +170,9 @@ class Coordinator:
         self.store.insert_round(round_no, base, now, deadline, self.settings.quorum, payload)
         self.current = self.store.get_round(round_no)
         self.sum = self.accumulators.new()
-        log.info(
-            "round %d opened: base model %s, deadline in %.0f s, quorum %d",
-            round_no,
-            base,
-            self.settings.deadline_seconds,
-            self.settings.quorum,
-        )
+        log.info("round %d opened: base model %s, deadline in %.0f s, quorum %d, min new "
+                 "samples %d", round_no, base, self.settings.deadline_seconds,
+                 self.settings.quorum, self.settings.min_new_samples)
         return Announce(round_no, base, payload)
 
     def _announce_payload(
@@ -173,6 +190,7 @@ class Coordinator:
             "part_key": s.part_key,
             "chunk_size": s.chunk_size,
             "devices": sorted(self.registry.active_ids()),
+            "min_new_samples": s.min_new_samples,
             **({"dp": s.dp.to_dict()} if s.dp is not None else {}),
         }
 
@@ -280,6 +298,8 @@ class Coordinator:
         """Close, extend or fail the open round as its devices and deadline dictate."""
         cur = self.current
         if cur is None or cur.status != "open":
+            if self.next_opening is not None and self.clock() >= self.next_opening:
+                return self._open_when_due()
             return []
         active = self.registry.active_ids()
         contributors = set(self.store.contributors(cur.round))
@@ -295,35 +315,21 @@ class Coordinator:
         if cur.extensions < self.settings.max_extensions:
             deadline = cur.deadline + self.settings.deadline_seconds
             announce = dict(cur.announce, deadline=deadline)
-            self.store.update_round(
-                cur.round, deadline=deadline, extensions=cur.extensions + 1, announce=announce
-            )
+            self.store.update_round(cur.round, deadline=deadline,
+                                    extensions=cur.extensions + 1, announce=announce)
             self.current = self.store.get_round(cur.round)
-            log.warning(
-                "round %d: deadline reached with %d/%d updates (quorum %d): "
-                "extended to %.0f (%d/%d)",
-                cur.round,
-                cur.contributions,
-                len(active),
-                cur.quorum,
-                deadline,
-                cur.extensions + 1,
-                self.settings.max_extensions,
-            )
+            log.warning("round %d: deadline reached with %d/%d updates (quorum %d): "
+                        "extended to %.0f (%d/%d)", cur.round, cur.contributions, len(active),
+                        cur.quorum, deadline, cur.extensions + 1, self.settings.max_extensions)
             return [Announce(cur.round, cur.base_model, announce)]
-        self.store.update_round(
-            cur.round, status="failed", closed_at=self.clock(), close_reason="no quorum"
-        )
+        self.store.update_round(cur.round, status="failed", closed_at=self.clock(),
+                                close_reason="no quorum")
         self.store.drop_accepted(cur.round)
         self.store.record_rejection(cur.round, None, "round_failed", "no quorum after extensions")
-        log.error(
-            "round %d FAILED: %d update(s) < quorum %d after %d extension(s); opening a new round",
-            cur.round,
-            cur.contributions,
-            cur.quorum,
-            cur.extensions,
-        )
-        return [self._open_next()]
+        log.error("round %d FAILED: %d update(s) < quorum %d after %d extension(s); a new "
+                  "round follows", cur.round, cur.contributions, cur.quorum, cur.extensions)
+        self.current = self.store.get_round(cur.round)  # failed: no longer takes updates
+        return self._open_when_due()
 
     def updates_summed(self) -> int:
         """Box updates in the open round's sum: a regional partial counts as the updates
@@ -365,32 +371,21 @@ class Coordinator:
 
     def _result_event(self, row: RoundRow) -> ResultReady:
         assert row.sum_blob is not None and row.result_model is not None
-        return ResultReady(
-            row.round,
-            row.result_model,
-            row.base_model,
-            row.sum_blob,
-            self.store.contributors(row.round),
-        )
+        return ResultReady(row.round, row.result_model, row.base_model, row.sum_blob,
+                           self.store.contributors(row.round))
 
     def result_published(
         self, round_no: int, sha256: str, size: int, chunks: int, msg_id: str, open_next: bool
     ) -> list[Event]:
-        self.store.update_round(
-            round_no,
-            status="published",
-            result_sha256=sha256,
-            result_size=size,
-            result_chunks=chunks,
-            result_msg=msg_id,
-        )
+        self.store.update_round(round_no, status="published", result_sha256=sha256,
+                                result_size=size, result_chunks=chunks, result_msg=msg_id)
         log.info("round %d result published (%d bytes, %d chunks)", round_no, size, chunks)
         self.store.drop_accepted(round_no)  # the result holds their sum now
         latest = self.store.latest_round()
-        if open_next and latest is not None and latest.round == round_no:
-            return [self._open_next()]
         if latest is not None and latest.round == round_no:
             self.current = self.store.get_round(round_no)
+            if open_next:
+                return self._open_when_due()
         return []
 
 
