@@ -112,7 +112,12 @@ def _load_cert(path: Path) -> x509.Certificate:
 
 
 def check_certificate(cfg: BoxConfig, now: Clock = time.time) -> Check:
+    from edge.revocation import REPROVISION, revocation_state
+
     b = cfg.broker
+    revoked = revocation_state(cfg.box.data_dir)
+    if revoked is not None and revoked.source == "notice":  # the aggregator signed it
+        return Check("certificate", False, f"REVOKED: {revoked.summary()}", REPROVISION)
     request = cfg.box.data_dir / f"{cfg.box.device_id}.request.json"
     if not Path(b.cert_file).exists():
         return Check("certificate", False, f"{b.cert_file} missing (not signed yet)",
@@ -180,6 +185,13 @@ def check_broker(cfg: BoxConfig, seen_ts: list[float]) -> Check:
     hint = ("check broker.url and the network; a revoked or expired certificate needs a "
             "new one from the operator; a wrong clock breaks TLS too")
     why = _tls_probe(cfg)
+    if why is not None and "certificate revoked" in why.lower().replace("_", " "):
+        from edge.revocation import FEDERATION_DIR, REPROVISION, record_revocation
+
+        record_revocation(cfg.box.data_dir / FEDERATION_DIR, cfg.box.device_id, source="tls",
+                          detail=why)
+        return Check("broker", False, f"{why}: this box was revoked by the federation",
+                     REPROVISION)
     if why is not None:
         return Check("broker", False, why, hint)
     from federation import topics

@@ -35,6 +35,16 @@ from edge.fed_messages import ModelPointer, RoundAnnounce, parse_ack, parse_anno
 from edge.model_store import FederatedModelStore
 from edge.outbox import Outbox, PendingUpdate
 from edge.result_fetch import ResultFetcher
+from edge.revocation import REPROVISION, RevocationState, read_record, record_revocation
+from edge.round_gate import (
+    NO_NEW_SAMPLES,
+    SampleSource,
+    find_sample_source,
+    load_client_state,
+    samples_mark,
+    save_client_state,
+    sit_out_detail,
+)
 from edge.trainer_api import LocalTrainer
 from edge.update_sealing import Sealer, check_average, lower_thread_priority
 from edge.update_sender import TERMINAL_REJECTIONS, UpdateSender
@@ -42,8 +52,8 @@ from federation import topics
 from federation.ckks import FederationContext, require_secret
 from federation.envelope import Envelope, decode, verify_envelope
 from federation.errors import FederationError
-from federation.files import write_atomic
 from federation.packing import EncryptedUpdate, decrypt_average
+from federation.revocation import REVOKED_REASON, parse_notice
 from federation.signing import KeyRing
 from federation.transport import Transport, Will
 
@@ -71,7 +81,8 @@ class ClientConfig:
 
 @dataclass(frozen=True)
 class ClientEvent:
-    kind: str  # joined, submitted, acked, rejected, applied, result_rejected, error
+    kind: str  # joined, sitting_out, submitted, acked, rejected, applied, result_rejected,
+    # error, revoked
     round: int
     data: dict[str, Any]
 
@@ -93,6 +104,7 @@ class FederationClient:
         state_dir: Path,
         base_vector: np.ndarray,
         on_event: EventCallback | None = None,
+        samples: SampleSource | None = None,
     ) -> None:
         require_secret(context)  # a box must be able to decrypt results
         self.config = config
@@ -117,7 +129,14 @@ class FederationClient:
         self.version = config.initial_model
         self.vector = base
         self._state_path = self.state_dir / "client-state.json"
-        self._last_submitted = self._load_state().get("last_submitted_round", 0)
+        state = load_client_state(self._state_path)
+        self._last_submitted = int(state.get("last_submitted_round", 0))
+        # announce min_new_samples (edge.round_gate): new enrolled crops are counted from
+        # the start of the last sent update's training (None: never sent, always join)
+        self.samples = samples if samples is not None else find_sample_source(sink)
+        self._samples_mark = samples_mark(state)
+        self._job_mark: float | None = None
+        self._sat_out = (0, 0.0)  # (round, monotonic time) it last checked and sat out
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._announce: RoundAnnounce | None = None
         self._not_joining: dict[str, Any] = {}  # why the last open round was not joined
@@ -150,7 +169,18 @@ class FederationClient:
             self.transport.unsubscribe)
 
     # --- lifecycle --------------------------------------------------------------------
+    @property
+    def revoked(self) -> RevocationState | None:
+        """What this box recorded about its revocation (``edge.revocation``), or None."""
+        return read_record(self.state_dir)
+
     def start(self) -> None:
+        revoked = self.revoked
+        if revoked is not None:  # a revoked box does not loop on reconnecting
+            log.error("%s: not connecting; %s", revoked.summary(), REPROVISION)
+            self._stop.set()
+            self.transport.close()
+            return
         for _ in range(2):  # the stored model, or N-1 if the sink refuses it
             stored = self.models.load_current()
             if stored is None or stored.vector.size != self.part.size:
@@ -284,7 +314,10 @@ class FederationClient:
             log.info("round %d is based on %s, this box has %s: waiting for that result",
                      ann.round, ann.base_model, self.version)
             return
+        if self._sit_out(ann):
+            return
         self._job_round = ann.round
+        self._job_mark = time.time()  # crops enrolled from now on are new for next time
         self._emit("joined", ann.round, {"base_model": ann.base_model})
         global_vector = None if self.version == self.config.initial_model else self.vector.copy()
         self._job = threading.Thread(
@@ -311,6 +344,7 @@ class FederationClient:
             self._emit("error", round_no, {"error": str(error)})
             return
         self._last_submitted = max(self._last_submitted, round_no)
+        self._samples_mark = self._job_mark
         self._save_state()
         self._emit("submitted", round_no, stats)
         log.info("round %d: update %s sealed (%d samples, %d bytes in %d chunks, encrypt "
@@ -327,11 +361,34 @@ class FederationClient:
             self._publish_status()
         if connected:
             self.sender.resend_due(reconnected)
+        if self._not_joining.get("reason") == NO_NEW_SAMPLES and (
+                time.monotonic() - self._sat_out[1] >= 5.0):
+            self._maybe_join()  # enrolled meanwhile? (a cheap count, every few seconds)
+
+    def _sit_out(self, ann: RoundAnnounce) -> bool:
+        """Sit the round out when too few samples are new (said once per round)."""
+        detail = sit_out_detail(ann.min_new_samples, self.samples, self._samples_mark,
+                                self._last_submitted)
+        if detail is None:
+            if self._sat_out[0] == ann.round:
+                self._publish_status()  # the status no longer says it sits out
+            return False
+        first = self._sat_out[0] != ann.round
+        self._sat_out = (ann.round, time.monotonic())
+        self._not_joining = {"reason": NO_NEW_SAMPLES, "round": ann.round, "detail": detail}
+        if first:
+            log.info("round %d: sitting out (%s)", ann.round, detail)
+            self._emit("sitting_out", ann.round, {"reason": NO_NEW_SAMPLES, "detail": detail})
+            self._publish_status()
+        return True
 
     # ack -----------------------------------------------------------------------------
     def _handle_ack(self, env: Envelope) -> None:
         self._verify(env, "ack")
         ack = parse_ack(env)
+        if ack.reason == REVOKED_REASON:
+            self._handle_revocation(env)
+            return
         if ack.msg is None or ack.round is None:
             return
         # "duplicate": the aggregator already counted this update (our resend crossed
@@ -353,6 +410,26 @@ class FederationClient:
                         ack.msg[:12], reason, ack.detail)
         self._emit("rejected", ack.round, {"msg": ack.msg, "reason": reason,
                                            "detail": ack.detail})
+
+    def _handle_revocation(self, env: Envelope) -> None:
+        """The aggregator's signed notice that this device was revoked: record it, say
+        offline, stop the worker and close the connection for good (the broker is about to
+        cut it and refuses the certificate from now on)."""
+        notice = parse_notice(json.loads(env.payload), self.config.device_id)
+        if notice is None:
+            return
+        record_revocation(self.state_dir, self.config.device_id, source="notice",
+                          revoked_at=notice.revoked_at, detail=notice.detail)
+        log.error("this box was revoked by the federation (%s); it stops connecting: "
+                  "re-provision under a new device id", notice.detail)
+        self._emit("revoked", 0, {"revoked_at": notice.revoked_at, "detail": notice.detail})
+        self._stop.set()
+        try:
+            self.transport.publish(self._topics["status"], self._status_payload("revoked"),
+                                   retain=True)
+        except FederationError as exc:
+            log.debug("could not publish the revoked status: %s", exc)
+        self.transport.close()
 
     # results -------------------------------------------------------------------------
     def _handle_pointer(self, env: Envelope) -> None:
@@ -436,19 +513,8 @@ class FederationClient:
         self.counters[key] = self.counters.get(key, 0) + 1
         return self.counters[key]
 
-    def _load_state(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self._state_path.read_text())
-        except FileNotFoundError:
-            return {}
-        except ValueError:
-            log.warning("%s is corrupt; starting with an empty client state", self._state_path)
-            return {}
-        return data if isinstance(data, dict) else {}
-
     def _save_state(self) -> None:
-        write_atomic(self._state_path, json.dumps(
-            {"last_submitted_round": self._last_submitted}).encode())
+        save_client_state(self._state_path, self._last_submitted, self._samples_mark)
 
     def privacy_report(self) -> dict[str, Any] | None:
         """Differential-privacy budget this box has spent (None: never sent a DP update)."""

@@ -22,6 +22,7 @@ def status(
     from edge.kiosk.auth import PasswordStore
     from edge.model_store import FederatedModelStore
     from edge.outbox import Outbox
+    from edge.revocation import REPROVISION, revocation_state
 
     if config is not None:
         box(ctx).resolve(config)
@@ -31,6 +32,7 @@ def status(
         if (fed_dir / "federated").exists() else None
     pending = len(Outbox(fed_dir / "outbox").stored()) if (fed_dir / "outbox").exists() else 0
     cert = check_certificate(cfg)
+    revoked = revocation_state(cfg.box.data_dir)
     info: dict[str, Any] = {
         "device_id": cfg.box.device_id, "fed": cfg.box.fed, "broker": cfg.broker.url,
         "camera": cfg.camera.source, "key_id": cfg.federation.key_id,
@@ -39,6 +41,9 @@ def status(
                                                "round": current.round_no},
         "pending_updates": pending,
         "kiosk_password_set": PasswordStore(cfg.box.data_dir).is_set(),
+        "revoked": None if revoked is None else {
+            "revoked_at": revoked.revoked_at, "recorded_at": revoked.recorded_at,
+            "source": revoked.source, "detail": revoked.detail},
     }
     if as_json:
         typer.echo(json.dumps(info, indent=2))
@@ -47,6 +52,8 @@ def status(
     typer.echo(f"broker      {info['broker']}")
     typer.echo(f"camera      {info['camera']}")
     typer.echo(f"certificate {'ok' if cert.ok else 'NOT OK'}: {cert.detail}")
+    if revoked is not None:
+        typer.echo(f"REVOKED     {revoked.summary()}: {REPROVISION}")
     model = info["model"]
     typer.echo("model       " + (f"{model['version']} (round {model['round']})" if model
                                  else "pretrained base (no federated result applied yet)"))
