@@ -45,6 +45,8 @@ class RoundAnnounce:
     chunk_size: int
     devices: tuple[str, ...]
     dp: DpConfig | None = None  # differential privacy the federation asks of every box
+    # a box with fewer enrolled samples added since its last update sits the round out
+    min_new_samples: int = 0
 
 
 def parse_announce(env: Envelope) -> RoundAnnounce:
@@ -56,6 +58,11 @@ def parse_announce(env: Envelope) -> RoundAnnounce:
     # A malformed dp object refuses the announce: a box must never send a non-private
     # update into a round that asked for privacy.
     dp = DpConfig.from_dict(b["dp"]) if b.get("dp") is not None else None
+    # absent: an aggregator from before the round schedule (every box joins)
+    min_new = b.get("min_new_samples", 0)
+    if not isinstance(min_new, int) or isinstance(min_new, bool) or min_new < 0:
+        raise FederationError(MALFORMED, f"announce min_new_samples {min_new!r} is not a "
+                              "non-negative integer")
     return RoundAnnounce(
         round=int(_field(b, "round", int, "announce")),
         base_model=str(_field(b, "base_model", str, "announce")),
@@ -67,6 +74,7 @@ def parse_announce(env: Envelope) -> RoundAnnounce:
         chunk_size=int(_field(b, "chunk_size", int, "announce")),
         devices=tuple(str(d) for d in devices if isinstance(d, str)),
         dp=dp,
+        min_new_samples=min_new,
     )
 
 
