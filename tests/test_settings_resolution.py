@@ -124,3 +124,20 @@ def test_commands_read_the_config_named_on_the_command_line(
     assert out.returncode == 0, out.stderr
     assert '"device_id": "box-cfg2"' in out.stdout
     assert not (tmp_path / "elsewhere").exists()
+
+
+@pytest.mark.mosquitto
+def test_run_defaults_to_the_configs_camera(
+        tmp_path: Path, mosquitto_factory: Callable[..., MosquittoBroker],
+        lfw_dir: Path) -> None:
+    fed = start_federation(tmp_path, mosquitto_factory)
+    box = provision_box(fed, "box-cam", f"dir:{lfw_dir / 'Tony_Blair'}")
+    env = dict(os.environ)
+    env.pop("FEDFACE_CONFIG", None)
+    out = subprocess.run([EDGE, "--data-dir", str(box), "run", "--max-frames", "2"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("2 frames"), out.stderr
+    bare = subprocess.run([EDGE, "--data-dir", str(tmp_path / "unprovisioned"), "run"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert bare.returncode == 2 and "no frame source" in bare.stderr, bare.stderr

@@ -128,9 +128,10 @@ def _stop_on_sigterm() -> Iterator[list[bool]]:
 
 def run(
     ctx: typer.Context,
-    source: Annotated[str, typer.Option(
+    source: Annotated[str | None, typer.Option(
         "--source", help="Frame source: /dev/video0 or 0 (camera), rtsp://... or "
-        "http(s)://... (stream), a video file, dir:FOLDER[?fps=N&loop=1] (image folder).")],
+        "http(s)://... (stream), a video file, dir:FOLDER[?fps=N&loop=1] (image folder). "
+        "Default: the box config's camera.source.", show_default=False)] = None,
     events: Annotated[str, typer.Option(
         "--events", help="Where to append one JSON line per recognised face "
         "(- for stdout).")] = "-",
@@ -147,6 +148,12 @@ def run(
     from edge.capture import open_source
     from edge.events import EventWriter
 
+    if source is None:
+        if box(ctx).config is None:
+            raise CliError("no frame source: pass --source (the box is not provisioned, so "
+                           "there is no camera.source to use)",
+                           hint="e.g. --source /dev/video0 or --source dir:FOLDER")
+        source = box(ctx).require_config().camera.source
     frame_source = open_source(source)
     stats = _Throughput()
     with ExitStack() as stack:
