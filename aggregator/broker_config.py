@@ -14,6 +14,7 @@ and never delivers a topic the client may not read.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +36,32 @@ DEFAULT_TLS_PORT = 8883
 # make the broker buffer and matches EMQX's default, so a chunk size that works here
 # also works on an EMQX cluster. Larger packets are dropped by the broker.
 DEFAULT_MAX_PACKET_SIZE = 1024 * 1024
+
+# Mosquitto >= 2.0's dynamic-security plugin: the one way to disconnect a live client
+# (Mosquitto checks the CRL only at the TLS handshake). Used only to kick revoked boxes;
+# topics stay the ACL file's (aggregator.pki_live).
+DYNSEC_CONTROL = "$CONTROL/dynamic-security/#"
+DYNSEC_FILE = "dynamic-security.json"
+DYNSEC_PLUGIN_PATHS = (
+    "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/arm-linux-gnueabihf/mosquitto_dynamic_security.so",
+    "/usr/lib/mosquitto_dynamic_security.so",
+    "/usr/local/lib/mosquitto_dynamic_security.so",
+)
+# No client, role or group, and defaults that grant nothing: the plugin adds no access
+# to the ACL file's (a client the plugin does not know is left to the ACL file).
+DYNSEC_INITIAL = {
+    "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False,
+                         "subscribe": False, "unsubscribe": False},
+    "clients": [], "groups": [], "roles": [],
+}
+
+
+def find_dynsec_plugin() -> Path | None:
+    """The installed dynamic-security plugin (Debian/Raspberry Pi OS/Ubuntu: package
+    mosquitto >= 2.0), or None."""
+    return next((Path(p) for p in DYNSEC_PLUGIN_PATHS if Path(p).is_file()), None)
 
 
 @dataclass(frozen=True)
@@ -67,6 +94,9 @@ def render_acl(
         "# Anything not granted here is denied.",
         "",
         f"user {aggregator_identity}",
+        "# `devices revoke` disables (and so disconnects) a revoked box through the",
+        "# dynamic-security plugin's control topic (aggregator.pki_live).",
+        f"topic readwrite {DYNSEC_CONTROL}",
     ]
     for fed in feds:
         p = _prefix(fed)
@@ -105,6 +135,7 @@ def render_mosquitto_conf(
     bind_address: str | None = None,
     max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
     tls_min_version: str = "tlsv1.2",
+    dynsec: tuple[Path, Path] | None = None,
 ) -> str:
     """The drop-in: ONE listener, TLS only (no plaintext listener anywhere), client
     certificates required and checked against the CRL, no anonymous access."""
@@ -124,6 +155,12 @@ def render_mosquitto_conf(
             "# Nagle off: otherwise each small packet (acks, announces) can wait 40 ms for",
             "# the client's delayed TCP ACK (federation.mqtt, \"Latency\").",
             "set_tcp_nodelay true",
+            *([] if dynsec is None else [
+                "# Dynamic security: only to disconnect a revoked box at once (the CRL only",
+                "# refuses its NEXT connection); topic access stays the ACL file's.",
+                f"plugin {dynsec[0]}",
+                f"plugin_opt_config_file {dynsec[1]}",
+            ]),
             listener,
             "protocol mqtt",
             f"cafile {files.ca_cert}",
@@ -171,6 +208,8 @@ def write_broker_config(
     bind_address: str | None = None,
     max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
     standalone_user: str | None = None,
+    dynsec: bool = True,
+    dynsec_file: Path | None = None,
 ) -> tuple[Path, BrokerTlsFiles]:
     """Make ``broker_dir`` self-contained for Mosquitto: copies of ``ca.crt``,
     ``crl.pem``, ``server.crt``, ``server.key`` (0600) and the generated ``fedface.acl``
@@ -201,8 +240,17 @@ def write_broker_config(
     publish_crl(ca, out)
     atomic_write(files.acl, render_acl(fed_ids or ca.fed_id).encode(), 0o644)
     conf = out / "fedface.conf"
+    # ``dynsec``: load the dynamic-security plugin if installed, so that `devices revoke`
+    # can cut a revoked box's live session; its state file (``dynsec_file``, default in
+    # broker_dir) must be writable by the broker user: Mosquitto rewrites it
+    plugin = find_dynsec_plugin() if dynsec else None
+    state = Path(dynsec_file or out / DYNSEC_FILE)
+    if plugin is not None and not state.exists():
+        state.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(state, json.dumps(DYNSEC_INITIAL, indent=2).encode(), 0o600)
     text = render_mosquitto_conf(
-        files, port=port, bind_address=bind_address, max_packet_size=max_packet_size
+        files, port=port, bind_address=bind_address, max_packet_size=max_packet_size,
+        dynsec=None if plugin is None else (plugin, state.resolve()),
     )
     if standalone_user is not None:
         text = render_standalone_settings(out, standalone_user) + text

@@ -9,7 +9,7 @@ returns the reply (certificate + CA certificate) the box installs.
 Revocation must take effect in both places or it is not a revocation: the registry
 stops taking the device's updates (a running ``serve`` reads it on every update and
 every announce), and the CRL, copied to the broker and reloaded, stops its TLS
-connections.
+connections; the connection the box holds is then cut by the broker (``pki_live``).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from aggregator import pki, pki_issue
 from aggregator.broker_config import publish_crl
 from aggregator.config import AggregatorConfig, PkiConfig
+from aggregator.pki_live import cut_live_session
 from aggregator.registry import DeviceRegistry, RegistryError, validate_device_id
 from aggregator.store import Store
 from federation.errors import FederationError
@@ -109,12 +110,14 @@ class Revocation:
     device_id: str
     registry: bool
     crl: Path | None
-    broker_reloaded: str
+    broker_reloaded: str  # ends with what happened to the live session (live_session)
+    live_session: str = ""
 
 
 def revoke_device(store: Store, cfg: AggregatorConfig, device_id: str) -> Revocation:
     """Revoke in the registry and, with a CA configured, in the CRL: copy it to the
-    broker and make the broker reload it."""
+    broker and make the broker reload it; then (``pki_live``) tell the box and have the
+    broker disconnect its live session, which the CRL alone leaves open."""
     registry = DeviceRegistry(store)
     device = registry.get(device_id)
     if device is None:
@@ -127,6 +130,8 @@ def revoke_device(store: Store, cfg: AggregatorConfig, device_id: str) -> Revoca
         if cfg.pki.broker_dir is not None:
             crl = publish_crl(ca, cfg.pki.broker_dir)
         reloaded = reload_broker(cfg.pki)
+        live = cut_live_session(cfg, store, device_id)  # strictly after the CRL reload
+        return Revocation(device_id, device.active, crl, f"{reloaded}; {live}", live)
     return Revocation(device_id, device.active, crl, reloaded)
 
 

@@ -152,6 +152,10 @@ def broker_config(
         help="a complete config to start by hand (mosquitto -c OUT/fedface.conf -d): adds "
         "pid_file, persistence and log in OUT, and `user` = you (docs/operations.md, "
         "\"Trial broker\"); not for conf.d/")] = False,
+    dynsec_file: Annotated[Path | None, typer.Option(
+        help="state file of Mosquitto's dynamic-security plugin (loaded when installed: "
+        "`devices revoke` cuts a revoked box's live session with it); must be writable by "
+        "the broker user; default OUT/dynamic-security.json")] = None,
 ) -> None:
     """Write the Mosquitto drop-in (TLS-only listener) and the per-device ACL."""
     ca = pki.load_ca(ca_dir)
@@ -161,7 +165,8 @@ def broker_config(
     server = pki_files.IssuedCert(server_dir / "server.crt", server_dir / "server.key", 0)
     user = pwd.getpwuid(os.geteuid()).pw_name if standalone else None
     conf, files = write_broker_config(
-        ca, server, out, fed_ids=fed or None, port=port, bind_address=bind,
+        ca, server, out, fed_ids=fed or None, port=port, dynsec_file=dynsec_file,
+        bind_address=bind,
         standalone_user=user,
     )
     typer.echo(f"broker config {conf} (ACL {files.acl})")
