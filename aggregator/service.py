@@ -27,8 +27,11 @@ JSON bodies are one-chunk blobs):
 - ``announce`` (retained, kind announce, round r, model = base version): JSON
   {round, base_model, state: open|closed, opened_at, deadline (unix s), quorum,
   count_scale, part_key, chunk_size, devices, pinned (the base is the operator's pinned
-  version, aggregator.model_pins)}. Re-published with a later deadline on an extension;
-  a failed round is followed by an announce of round r+1, same base.
+  version, aggregator.model_pins), min_new_samples (a box with fewer new enrolled samples
+  since its last update sits the round out)}. Re-published with a later deadline on an
+  extension; a failed round is followed by an announce of round r+1, same base. While the
+  operator's schedule holds the next round back (aggregator.schedule), the latest round
+  is announced with state closed and next_round_at (unix s).
 - ``update/<device>``: the box's EncryptedUpdate bytes chunked with kind update,
   round r, model = the announced base_model.
 - ``ack/<device>`` (kind ack): JSON {device, round, msg, accepted, reason, detail,
