@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from edge.cli.context import box
-from edge.cli.errors import EXIT_USAGE, CliError
+from edge.cli.errors import EXIT_CONFIG, EXIT_USAGE, CliError
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,32 @@ def set_password(ctx: typer.Context) -> None:
     typer.echo(f"kiosk password set ({store.path})")
 
 
+def _configured_source(ctx: typer.Context) -> str:
+    """camera.source of the provisioned box config (what `provision` chose)."""
+    from edge.config import ConfigError, default_config_path, load_box_config
+
+    path = default_config_path(box(ctx).settings)
+    if not path.exists():
+        raise CliError(f"no --source given and no box config at {path}",
+                       hint="pass --source /dev/video0 (or rtsp://..., dir:FOLDER), or "
+                       "provision the box (fedface-edge provision) so edge.toml names the "
+                       "camera", exit_code=EXIT_USAGE)
+    try:
+        source = load_box_config(path).camera.source
+    except ConfigError as exc:  # its message names the file and the bad key
+        raise CliError(f"no --source given and the box config cannot be used: {exc}",
+                       hint="pass --source, or fix the config", exit_code=EXIT_CONFIG) from None
+    log.info("kiosk source %s from %s", source, path)
+    return source
+
+
 @kiosk_app.command("serve")
 def serve(
     ctx: typer.Context,
-    source: Annotated[str, typer.Option(
+    source: Annotated[str | None, typer.Option(
         "--source", help="Frame source: /dev/video0 or 0 (camera), rtsp://... (stream), a "
-        "video file, dir:FOLDER[?fps=N&loop=1] (image folder).")],
+        "video file, dir:FOLDER[?fps=N&loop=1] (image folder). Default: camera.source of "
+        "the box config (FEDFACE_CONFIG or DATA_DIR/edge.toml).")] = None,
     host: Annotated[str, typer.Option(
         "--host", help="Listen address. Keep 127.0.0.1 unless a TLS proxy fronts the kiosk.")
     ] = "127.0.0.1",
@@ -70,7 +90,7 @@ def serve(
     settings = KioskSettings.from_mapping(
         {"host": host, "port": port, "idle_timeout_s": idle_timeout,
          "cookie_secure": cookie_secure}, source="kiosk options")
-    kiosk = build_kiosk(box(ctx).settings, settings, source)
+    kiosk = build_kiosk(box(ctx).settings, settings, source or _configured_source(ctx))
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
