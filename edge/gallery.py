@@ -365,6 +365,13 @@ class Gallery:
             out.setdefault(names[crop.person_id], []).append(crop.image)
         return out
 
+    def person_crop(self, person_id: int) -> np.ndarray | None:
+        """A person's first stored crop (the kiosk's People thumbnail), None if none."""
+        with self._lock:
+            row = self._db.execute("SELECT image FROM crops WHERE person_id = ? ORDER BY id "
+                                   "LIMIT 1", (person_id,)).fetchone()
+        return None if row is None else decode_crop(row[0])
+
     def iter_crops(self) -> Iterator[StoredCrop]:
         with self._lock:
             rows = self._db.execute("SELECT id, person_id, image FROM crops ORDER BY id").fetchall()
