@@ -42,6 +42,7 @@ class Sighting:
     score: float
     crop: np.ndarray = field(repr=False)  # 112x112 BGR
     embedding: np.ndarray = field(repr=False)
+    best_name: str | None = None  # closest enrolled person, even under the threshold
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,16 @@ class Entry:
     count: int
     thumbnail: bytes = field(repr=False)
     acknowledged: bool = False
+    best_name: str | None = None  # an alert's closest enrolled person (score is theirs)
+    # an alert keeps the face crop it shows, so staff can enrol that person from it
+    crop: np.ndarray | None = field(default=None, repr=False, compare=False)
+    enrolled_as: str | None = None  # set when staff enrolled an alert's face
 
     def to_dict(self) -> dict[str, object]:
         return {"id": self.id, "name": self.name, "score": round(self.score, 3),
-                "first_seen": self.first_seen, "last_seen": self.last_seen,
-                "count": self.count, "acknowledged": self.acknowledged}
+                "best_name": self.best_name, "first_seen": self.first_seen,
+                "last_seen": self.last_seen, "count": self.count,
+                "acknowledged": self.acknowledged, "enrolled_as": self.enrolled_as}
 
 
 @dataclass
@@ -152,12 +158,16 @@ class ActivityLog:
             track.embeddings.append(embedding)
             for index, entry in enumerate(self._alerts):
                 if entry.id == track.alert_id:
-                    # a repeat is not news: count it, but do not un-acknowledge the alert
-                    self._alerts[index] = replace(self._bump(entry, s, now),
-                                                  thumbnail=entry.thumbnail)
+                    # a repeat is not news: count it, but do not un-acknowledge the alert;
+                    # the face shown (and enrolled from) stays the one first seen
+                    bumped = self._bump(entry, s, now)
+                    closest = s.best_name if s.score > entry.score else entry.best_name
+                    self._alerts[index] = replace(bumped, thumbnail=entry.thumbnail,
+                                                  best_name=closest)
                     return
             return  # the alert scrolled out of the ring; its track still mutes repeats
-        entry = Entry(next(self._ids), None, None, s.score, now, now, 1, thumbnail_jpeg(s.crop))
+        entry = Entry(next(self._ids), None, None, s.score, now, now, 1, thumbnail_jpeg(s.crop),
+                      best_name=s.best_name, crop=np.array(s.crop, copy=True))
         self._alerts.appendleft(entry)
         self._tracks.append(_Track(entry.id, now, deque([embedding], maxlen=TRACK_EMBEDDINGS)))
 
@@ -174,6 +184,10 @@ class ActivityLog:
     def unacknowledged(self) -> int:
         with self._lock:
             return sum(1 for a in self._alerts if not a.acknowledged)
+
+    def alert(self, entry_id: int) -> Entry | None:
+        with self._lock:
+            return next((a for a in self._alerts if a.id == entry_id), None)
 
     def thumbnail(self, entry_id: int) -> bytes | None:
         with self._lock:
@@ -192,6 +206,13 @@ class ActivityLog:
                     self._alerts[index] = replace(entry, acknowledged=True)
                     count += 1
             return count
+
+    def mark_enrolled(self, entry_id: int, name: str) -> None:
+        """Staff enrolled an alert's face: the alert is dealt with."""
+        with self._lock:
+            for index, entry in enumerate(self._alerts):
+                if entry.id == entry_id:
+                    self._alerts[index] = replace(entry, acknowledged=True, enrolled_as=name)
 
     def forget_person(self, person_id: int) -> int:
         """Drop a removed person's recognitions (their face must not linger on screen)."""

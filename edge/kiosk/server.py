@@ -120,7 +120,8 @@ def build_kiosk(
                                settings.recent_merge_s, settings.alert_cooldown_s,
                                settings.track_similarity, clock=clock)
         worker = RecognitionWorker(source, pipeline, gallery, edge.match_threshold, activity,
-                                   settings.display_width, settings.jpeg_quality)
+                                   settings.display_width, settings.jpeg_quality,
+                                   stale_after_s=settings.frame_stale_s)
         desk = EnrolmentDesk(worker, gallery, upload_pipeline, settings, edge.match_threshold,
                              clock=clock)
         services = KioskServices(settings, edge.data_dir, worker, activity, desk, gallery,

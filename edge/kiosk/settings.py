@@ -74,6 +74,11 @@ class KioskSettings(BaseModel):
         description="Width of the annotated live image (frames are scaled for display "
         "only, after recognition).")
     jpeg_quality: int = Field(default=80, ge=30, le=95, description="Live image JPEG quality.")
+    frame_stale_s: float = Field(
+        default=3.0, gt=0,
+        description="With no new frame for this long the camera counts as lost: the page "
+        "marks the picture NOT LIVE and camera enrolment refuses it. A shot waits this "
+        "long for a fresh frame.")
 
     @model_validator(mode="after")
     def _shots_fit(self) -> KioskSettings:

@@ -4,6 +4,12 @@ Web handlers never run the pipeline on live frames: they read the latest ``LiveF
 (annotated JPEG plus the faces of that frame) and the ``ActivityLog``, both replaced or
 updated under a lock by this thread alone. A slow or stalled browser therefore never
 slows recognition, and recognition never waits for the web server.
+
+A picture is only *live* while frames keep coming: a source that ended (a video file or
+a folder played once), or that stopped delivering (camera unplugged, stream stalled:
+the capture is then reconnecting inside its read), leaves its last frame behind. The
+worker reports that as ``ended`` or ``lost`` (no new frame for ``stale_after_s``), the
+page says so instead of showing the frozen frame as live, and enrolment refuses it.
 """
 
 from __future__ import annotations
@@ -26,6 +32,15 @@ log = logging.getLogger(__name__)
 KNOWN_COLOUR = (60, 200, 60)  # BGR
 UNKNOWN_COLOUR = (40, 40, 230)
 RETRY_SOURCE_S = 5.0
+FINAL_STATES = frozenset({"ended", "stopped"})  # no frame will come any more
+NOT_LIVE_STATES = {
+    "starting": "Waiting for the first camera image.",
+    "ended": "The video source ended: no more frames.",
+    "lost": "Camera lost: no new image.",
+    "reconnecting": "Camera unavailable.",
+    "error": "Recognition stopped.",
+    "stopped": "Recognition is stopped.",
+}
 
 
 @dataclass(frozen=True)
@@ -43,9 +58,28 @@ class LiveFrame:
 
 @dataclass(frozen=True)
 class WorkerStatus:
-    state: str  # starting, running, reconnecting, ended, error, stopped
+    state: str  # starting, running, lost, reconnecting, ended, error, stopped
     message: str = ""
     ms_per_frame: float = 0.0  # recognition time of one frame (smoothed)
+
+    @property
+    def live(self) -> bool:
+        return self.state == "running"
+
+    @property
+    def reason(self) -> str:
+        """Why the picture is not live ("" while it is)."""
+        if self.live:
+            return ""
+        head = NOT_LIVE_STATES.get(self.state, "The camera is not live.")
+        return f"{head[:-1]} ({self.message})." if self.message else head
+
+    @property
+    def notice(self) -> str:
+        """What the staff read over a picture that is not live ("" while it is)."""
+        if self.live:
+            return ""
+        return f"NOT LIVE - {self.reason} The picture shown is the last image."
 
 
 def annotate(bgr: np.ndarray, faces: tuple[RecognisedFace, ...],
@@ -82,6 +116,7 @@ class RecognitionWorker:
         activity: ActivityLog,
         display_width: int = 640,
         jpeg_quality: int = 80,
+        stale_after_s: float = 3.0,
     ) -> None:
         self.source = source
         self.pipeline = pipeline
@@ -90,8 +125,11 @@ class RecognitionWorker:
         self.activity = activity
         self.display_width = display_width
         self.jpeg_quality = jpeg_quality
+        self.stale_after_s = stale_after_s
         self._lock = threading.Lock()
+        self._new_frame = threading.Condition(self._lock)
         self._latest: LiveFrame | None = None
+        self._published = 0.0  # time.monotonic() when _latest was published
         self._status = WorkerStatus("starting")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -137,11 +175,39 @@ class RecognitionWorker:
 
     def status(self) -> WorkerStatus:
         with self._lock:
-            return replace(self._status, ms_per_frame=self._ms)
+            return self._status_locked()
+
+    def _status_locked(self) -> WorkerStatus:
+        status = replace(self._status, ms_per_frame=self._ms)
+        if status.state == "running" and self._latest is not None:
+            age = time.monotonic() - self._published
+            if age > self.stale_after_s:
+                return WorkerStatus("lost", f"no new image for {age:.0f} s; camera "
+                                    "unplugged or stream stalled?", self._ms)
+        return status
+
+    def _fresh(self, after_seq: int, max_age: float) -> LiveFrame | None:
+        latest = self._latest
+        if latest is None or latest.seq <= after_seq or not self._status_locked().live:
+            return None
+        return latest if time.monotonic() - self._published <= max_age else None
+
+    def fresh_frame(self, after_seq: int, max_age: float, timeout: float) -> LiveFrame | None:
+        """The latest frame if it is newer than ``after_seq``, live and at most ``max_age``
+        seconds old; else the next such frame within ``timeout`` s; None if none comes."""
+        deadline = time.monotonic() + timeout
+        with self._new_frame:
+            while True:
+                found = self._fresh(after_seq, max_age)
+                left = deadline - time.monotonic()
+                if found is not None or left <= 0 or self._status.state in FINAL_STATES:
+                    return found
+                self._new_frame.wait(left)
 
     def _set_status(self, state: str, message: str = "") -> None:
         with self._lock:
             self._status = WorkerStatus(state, message, self._ms)
+            self._new_frame.notify_all()
 
     # --- the thread ---------------------------------------------------------------------
 
@@ -155,7 +221,7 @@ class RecognitionWorker:
                         if self._stop.is_set():
                             return
                 if not self.source.live:
-                    self._set_status("ended", "the video source has no more frames")
+                    self._set_status("ended")
                     log.info("kiosk source %s ended", self.source.uri)
                     return
             except SourceError as exc:
@@ -183,7 +249,8 @@ class RecognitionWorker:
         display = annotate(image, tuple(faces), tuple(matches), self.display_width)
         ok, buf = cv2.imencode(".jpg", display, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
         if found is not None:
-            self.activity.record([Sighting(m.name, m.person_id, m.score, f.crop, f.embedding)
+            self.activity.record([Sighting(m.name, m.person_id, m.score, f.crop, f.embedding,
+                                           m.best_name)
                                   for f, m in zip(faces, matches, strict=True)], when=timestamp)
         elapsed = time.perf_counter() - started
         with self._lock:
@@ -193,5 +260,7 @@ class RecognitionWorker:
             if ok:
                 self._latest = LiveFrame(self._seq, frame_index, timestamp, buf.tobytes(),
                                          tuple(faces), tuple(matches))
+                self._published = time.monotonic()
             if found is not None and self._status.state != "running":
                 self._status = WorkerStatus("running", "", self._ms)
+            self._new_frame.notify_all()
