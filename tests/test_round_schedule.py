@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from aggregator.coordinator import RoundSettings
+from aggregator.registry import DeviceRegistry
 from aggregator.schedule import DailyWindow, RoundSchedule
+from aggregator.store import Store
 from federation import topics
 from federation.ckks import FederationContext, new_secret_context
-from aggregator.registry import DeviceRegistry
-from aggregator.store import Store
 from federation.transport import InMemoryBus, InMemoryTransport
 from tests.aggregator_boxes import ScriptedBox, latest_announce
 from tests.test_aggregator_rounds import FED, LENGTH, Rig, make_rig, make_service
