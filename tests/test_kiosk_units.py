@@ -17,7 +17,7 @@ from edge.cli import app as cli_app
 from edge.kiosk import Kiosk
 from edge.kiosk.activity import ActivityLog, Sighting
 from edge.kiosk.auth import PasswordStore, hash_password, verify_password
-from edge.kiosk.enrolment import EnrolmentRejected
+from edge.kiosk.enrolment import DuplicateFace, EnrolmentRejected
 from edge.kiosk.status import federation_status
 from edge.model_store import FederatedModelStore
 from edge.pipeline import FacePipeline, RecognisedFace, read_image
@@ -32,7 +32,8 @@ from tests.test_kiosk_support import (
 @pytest.fixture
 def kiosk(tmp_path: Path, kiosk_frames: Path,  # noqa: F811
           kiosk_pipeline: FacePipeline) -> Iterator[Kiosk]:  # noqa: F811
-    built = make_kiosk(tmp_path / "data", kiosk_frames, kiosk_pipeline)
+    # the frames are shown by hand; a shot waits at most 1 s for a newer one
+    built = make_kiosk(tmp_path / "data", kiosk_frames, kiosk_pipeline, frame_stale_s=1.0)
     yield built
     built.services.gallery.close()
 
@@ -56,7 +57,7 @@ def test_camera_shots_are_checked_one_by_one(kiosk: Kiosk,
     a, b = images[:A_FRAMES], images[A_FRAMES:]
     desk = kiosk.services.desk
     desk.start_camera("s1", "Person A")
-    assert "No camera image yet" in shot(kiosk)
+    assert "Waiting for the first camera image" in shot(kiosk)
 
     show(kiosk, np.hstack([a[0], b[0]]))
     assert "2 faces in view" in shot(kiosk)
@@ -72,7 +73,9 @@ def test_camera_shots_are_checked_one_by_one(kiosk: Kiosk,
 
     show(kiosk, a[0])
     assert "Good shot" in shot(kiosk) and "1 of 3 taken" in shot_feedback(kiosk)
-    assert "has not moved on" in shot(kiosk)  # same frame again
+    # the same frame again, and no newer one comes: not live, never "wait a moment"
+    message = shot(kiosk)
+    assert "camera is not live" in message and "wait a moment" not in message.lower()
     show(kiosk, b[0])  # someone else steps in
     assert "does not look like the person of the earlier shots" in shot(kiosk)
     with pytest.raises(EnrolmentRejected, match="1 good shot"):
@@ -90,6 +93,18 @@ def test_camera_shots_are_checked_one_by_one(kiosk: Kiosk,
     show(kiosk, a[5])
     latest = kiosk.services.worker.latest()
     assert latest is not None and latest.matches[0].name == "Person A"
+
+    # the same face under another name: a warning with who and the score, then confirmed
+    desk.start_camera("s1", "Someone Else")
+    for image in a[3:6]:
+        show(kiosk, image)
+        assert "looks like Person A (score 0." in shot(kiosk)
+    with pytest.raises(DuplicateFace, match=r"look like Person A, .*similarity 0\.") as found:
+        desk.save_camera("s1")
+    assert found.value.match_name == "Person A" and found.value.score >= 0.4
+    assert kiosk.services.gallery.count_rows()["people"] == 1
+    saved = desk.save_camera("s1", confirmed=True)
+    assert (saved.name, saved.added) == ("Someone Else", 3)
 
 
 def shot_feedback(kiosk: Kiosk) -> str:

@@ -5,6 +5,13 @@ into a cookie), until the staff member saves or cancels; pending enrolments are 
 in number and forgotten after the session idle timeout. Nothing reaches the gallery
 until the save, which writes all shots in one transaction. Uploads are all-or-nothing
 too: one bad photo rejects the request with a message naming it, and nothing is stored.
+
+A camera shot is only ever taken from a fresh live frame (newer than the previous shot,
+at most ``SHOT_MAX_AGE_S`` old, the source running); a shot waits up to the kiosk's
+``frame_stale_s`` for one and otherwise says the camera is not live, so a frozen frame
+of an ended or unplugged source is never enrolled. Before a camera or alert enrolment is
+saved its faces are matched against the gallery: if they look like someone enrolled
+under another name, staff see who and the score and must confirm (``DuplicateFace``).
 """
 
 from __future__ import annotations
@@ -18,20 +25,33 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge.errors import FedFaceError
-from edge.gallery import Gallery
-from edge.kiosk.quality import ShotVerdict, decode_upload, judge_faces
+from edge.gallery import Gallery, GalleryError
+from edge.kiosk.quality import ShotVerdict, decode_upload, judge_faces, sharpness
 from edge.kiosk.settings import KioskSettings
-from edge.kiosk.worker import RecognitionWorker
+from edge.kiosk.worker import LiveFrame, RecognitionWorker
 from edge.pipeline import FacePipeline
 
 log = logging.getLogger(__name__)
 
 MAX_NAME_LENGTH = 64
 MAX_PENDING = 20
+SHOT_MAX_AGE_S = 1.0  # a shot uses a frame at most this old (cameras deliver 10-30 fps)
 
 
 class EnrolmentRejected(FedFaceError):
     """An enrolment request that cannot be carried out; the message is shown to staff."""
+
+
+class DuplicateFace(EnrolmentRejected):
+    """The faces to enrol match someone already enrolled under another name."""
+
+    def __init__(self, name: str, match_name: str, score: float, threshold: float) -> None:
+        super().__init__(f"These photos look like {match_name}, who is already enrolled "
+                         f"(similarity {score:.2f}; {threshold:.2f} or more counts as the same "
+                         f"person). Save them as {name} only if this is someone else.")
+        self.name = name
+        self.match_name = match_name
+        self.score = score
 
 
 def clean_name(raw: str) -> str:
@@ -121,30 +141,38 @@ class EnrolmentDesk:
             self._pending.pop(sid, None)
 
     def take_shot(self, sid: str) -> ShotVerdict:
-        """Judge the latest recognised frame; keep it as a shot if it passes every check."""
+        """Judge a fresh live frame; keep it as a shot if it passes every check."""
+        with self._lock:
+            enrolment = self._pending.get(sid)
+            if enrolment is None:
+                raise EnrolmentRejected("No camera enrolment in progress; start one first.")
+            last_seq = enrolment.shots[-1].seq if enrolment.shots else 0
+        # waits outside the lock: other kiosk sessions go on while this one waits
+        live = self.worker.fresh_frame(last_seq, SHOT_MAX_AGE_S, self.settings.frame_stale_s)
         with self._lock:
             enrolment = self._pending.get(sid)
             if enrolment is None:
                 raise EnrolmentRejected("No camera enrolment in progress; start one first.")
             enrolment.touched = self._clock()
             enrolment.attempts += 1
-            verdict = self._judge_live(enrolment)
+            verdict = self._judge_live(enrolment, live)
             label = f"Shot {enrolment.attempts}: {verdict.message}"
             enrolment.feedback.append((verdict.ok, label))
             del enrolment.feedback[:-12]
             return ShotVerdict(verdict.ok, label, verdict.face, verdict.sharpness,
                                verdict.face_px)
 
-    def _judge_live(self, enrolment: CameraEnrolment) -> ShotVerdict:
+    def _judge_live(self, enrolment: CameraEnrolment, live: LiveFrame | None) -> ShotVerdict:
         if len(enrolment.shots) >= self.settings.enrol_max_shots:
             return ShotVerdict(False, f"Already {len(enrolment.shots)} shots, the most kept. "
                                       "Save now.")
-        live = self.worker.latest()
         if live is None:
-            return ShotVerdict(False, "No camera image yet. Wait for the live view.")
-        if enrolment.shots and enrolment.shots[-1].seq == live.seq:
-            return ShotVerdict(False, "The camera has not moved on since the last shot. "
-                                      "Wait a moment and take the next one.")
+            status = self.worker.status()
+            why = status.reason if not status.live else \
+                f"no new camera image came within {self.settings.frame_stale_s:g} s."
+            return ShotVerdict(False, f"No shot taken: the camera is not live. {why} "
+                                      "Shots are only taken from the live camera: check the "
+                                      "camera, or enrol from photos.")
         verdict = judge_faces(list(live.faces), self.settings.min_face_px,
                               self.settings.min_sharpness)
         if not verdict.ok or verdict.face is None:
@@ -162,10 +190,15 @@ class EnrolmentDesk:
         needed = self.settings.enrol_shots
         got = len(enrolment.shots)
         tail = " Ready to save." if got >= needed else f" {needed - got} more needed."
+        match = next(m for f, m in zip(live.faces, live.matches, strict=True)
+                     if f is verdict.face)
+        if match.name is not None and match.name != enrolment.name:
+            tail += (f" Warning: this face looks like {match.name} (score {match.score:.2f}), "
+                     "who is already enrolled.")
         return ShotVerdict(True, f"{verdict.message} {got} of {needed} taken.{tail}",
                            verdict.face, verdict.sharpness, verdict.face_px)
 
-    def save_camera(self, sid: str) -> Saved:
+    def save_camera(self, sid: str, confirmed: bool = False) -> Saved:
         with self._lock:
             enrolment = self._pending.get(sid)
             if enrolment is None:
@@ -176,9 +209,23 @@ class EnrolmentDesk:
                     "are needed before saving.")
             name = enrolment.name
             crops = [s.crop for s in enrolment.shots]
-        saved = self._store(name, crops, [f"kiosk camera shot {i + 1}" for i in range(len(crops))])
+        saved = self._store(name, crops, [f"kiosk camera shot {i + 1}" for i in range(len(crops))],
+                            check_duplicates=not confirmed)
         self.cancel(sid)
         return saved
+
+    # --- an alert's face ----------------------------------------------------------------
+
+    def enrol_crop(self, raw_name: str, crop: np.ndarray, source: str,
+                   confirmed: bool = False) -> Saved:
+        """Enrol one aligned face crop (an unknown-face alert's) under a typed name."""
+        name = clean_name(raw_name)
+        sharp = sharpness(crop)
+        if sharp < self.settings.min_sharpness:
+            raise EnrolmentRejected(f"This face image is too blurred to enrol (sharpness "
+                                    f"{sharp:.0f}, need {self.settings.min_sharpness:.0f}). "
+                                    "Enrol the person from the camera or from photos.")
+        return self._store(name, [crop], [source], check_duplicates=not confirmed)
 
     # --- uploads ------------------------------------------------------------------------
 
@@ -207,12 +254,28 @@ class EnrolmentDesk:
 
     # --- both ---------------------------------------------------------------------------
 
-    def _store(self, name: str, crops: list[np.ndarray], sources: list[str]) -> Saved:
+    def _duplicate(self, name: str, vectors: np.ndarray, tag: str) -> DuplicateFace | None:
+        try:
+            matches = self.gallery.identify_many(vectors, tag, self.match_threshold)
+        except GalleryError:  # no embeddings of this model yet: nobody to match
+            return None
+        others = [m for m in matches if m.name is not None and m.name != name]
+        if not others:
+            return None
+        best = max(others, key=lambda m: m.score)
+        assert best.name is not None
+        return DuplicateFace(name, best.name, best.score, self.match_threshold)
+
+    def _store(self, name: str, crops: list[np.ndarray], sources: list[str],
+               check_duplicates: bool = False) -> Saved:
         existed = any(p.name == name for p in self.gallery.people())
-        # embed with the live model at save time: shots taken before a model swap get
+        # embed with the served model at save time: shots taken before a model swap get
         # the new model's vectors, never a mix of versions
-        embedder = self.worker.pipeline.embedder
-        vectors = embedder.embed(crops)
-        person_id = self.gallery.enroll(name, crops, vectors, embedder.version, sources=sources)
+        vectors, tag = self.worker.engine.embed_crops(crops)
+        if check_duplicates:
+            duplicate = self._duplicate(name, vectors, tag)
+            if duplicate is not None:
+                raise duplicate
+        person_id = self.gallery.enroll(name, crops, vectors, tag, sources=sources)
         log.info("kiosk enrolled %d face(s) for person %d", len(crops), person_id)
         return Saved(name, person_id, len(crops), existed)

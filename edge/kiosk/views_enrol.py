@@ -17,7 +17,8 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from edge.kiosk.activity import thumbnail_jpeg
 from edge.kiosk.app import services
-from edge.kiosk.enrolment import EnrolmentRejected, Saved
+from edge.kiosk.enrolment import DuplicateFace, EnrolmentRejected, Saved
+from edge.kiosk.views_live import status_payload
 
 blueprint = Blueprint("enrol", __name__)
 
@@ -57,7 +58,8 @@ def camera() -> BaseResponse | str:
     if pending is None:
         flash("Start a camera enrolment by entering the person's name.", "info")
         return redirect(url_for("enrol.enrol"))
-    return render_template("enrol_camera.html", pending=pending, settings=svc.settings)
+    return render_template("enrol_camera.html", pending=pending, settings=svc.settings,
+                           status=status_payload())
 
 
 @blueprint.route("/enrol/camera/shot", methods=["POST"])
@@ -80,9 +82,16 @@ def shot_jpeg(index: int) -> Response:
 
 
 @blueprint.route("/enrol/camera/save", methods=["POST"])
-def camera_save() -> BaseResponse:
+def camera_save() -> BaseResponse | tuple[str, int]:
+    svc = services()
     try:
-        saved = services().desk.save_camera(_sid())
+        saved = svc.desk.save_camera(_sid(), confirmed=request.form.get("confirm") == "1")
+    except DuplicateFace as exc:
+        pending = svc.desk.pending(_sid())
+        if pending is None:
+            return redirect(url_for("enrol.enrol"))
+        return render_template("enrol_duplicate.html", pending=pending, duplicate=exc,
+                               threshold=svc.desk.match_threshold), 409
     except EnrolmentRejected as exc:
         flash(str(exc), "error")
         return redirect(url_for("enrol.camera"))
