@@ -263,3 +263,28 @@ def test_upload_enrols_real_photos(client: FlaskClient, kiosk: Kiosk, lfw_dir: P
     again = upload(client, "George Bush", photos[:1])
     assert "Added 1 photo to George Bush, who was already enrolled." in \
         text(client.get(again.headers["Location"]))
+
+
+def test_face_images_are_for_logged_in_staff_only(client: FlaskClient, kiosk: Kiosk,
+                                                  lfw_dir: Path) -> None:
+    photo = lfw_dir / PERSON_A / f"{PERSON_A}_0001.jpg"
+    kiosk.services.desk.enrol_uploads("Ada", [("ada.jpg", photo.read_bytes())])
+    person = kiosk.services.gallery.people()[0]
+    stranger = sorted((lfw_dir / "Serena_Williams").iterdir())[0]
+    kiosk.services.worker.process_frame(0, time.time(), read_image(stranger))
+    alert = kiosk.services.activity.alerts()[0]
+    images = (f"/people/{person.id}/photo.jpg", f"/thumb/{alert.id}.jpg")
+    for path in images:
+        assert client.get(path).status_code == 401, path
+    assert client.get(f"/alerts/{alert.id}").headers["Location"] == "/login"
+    assert log_in(client).status_code == 302
+    for path in images:
+        served = client.get(path)
+        assert served.status_code == 200 and served.mimetype == "image/jpeg", path
+        assert served.data[:2] == b"\xff\xd8"
+        assert served.headers["Cache-Control"] == "no-store"  # never kept by the browser
+    page = client.get(f"/alerts/{alert.id}")
+    assert page.status_code == 200 and "Enrol this person" in text(page)
+    forged = client.post(f"/alerts/{alert.id}/enrol", data={"name": "Eve"})
+    assert forged.status_code == 400 and rows(kiosk)["people"] == 1
+    assert client.get("/people/999/photo.jpg").status_code == 404

@@ -44,7 +44,7 @@ EXTENSION = "fedface_kiosk"
 PUBLIC_ENDPOINTS = frozenset({"static", "auth.login"})
 # Background requests of the live view: they need a session but do not keep it alive.
 PASSIVE_ENDPOINTS = frozenset({"live.live_jpeg", "live.status_json", "live.thumbnail",
-                               "enrol.shot_jpeg"})
+                               "enrol.shot_jpeg", "people.photo"})
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; "
        "object-src 'none'")
@@ -171,7 +171,7 @@ def _template_globals() -> dict[str, Any]:
 
 def create_app(svc: KioskServices) -> Flask:
     """The Flask app of one kiosk; ``svc`` holds the running worker and stores."""
-    from edge.kiosk import views_auth, views_enrol, views_live, views_people
+    from edge.kiosk import views_alerts, views_auth, views_enrol, views_live, views_people
 
     app = Flask(__name__, static_folder="static", template_folder="templates")
     app.config.update(
@@ -196,6 +196,6 @@ def create_app(svc: KioskServices) -> Flask:
     app.after_request(_headers)
     app.context_processor(_template_globals)
     app.register_error_handler(HTTPException, _http_error)
-    for module in (views_auth, views_live, views_enrol, views_people):
+    for module in (views_auth, views_live, views_alerts, views_enrol, views_people):
         app.register_blueprint(module.blueprint)
     return app

@@ -11,6 +11,7 @@ from edge.kiosk.app import services
 from edge.kiosk.status import federation_status
 
 blueprint = Blueprint("live", __name__)
+NOT_LIVE_IN_VIEW = "no live image"
 
 
 def _jpeg(data: bytes) -> Response:
@@ -24,7 +25,11 @@ def status_payload() -> dict[str, object]:
     return {
         "seq": latest.seq if latest else 0,
         "frame": latest.frame_index if latest else None,
-        "in_view": latest.labels() if latest else [],
+        # a frozen frame's faces are not "in view": nobody is, as far as anyone knows
+        "live": worker.live,
+        "notice": worker.notice,
+        "last_frame_at": latest.timestamp if latest else None,
+        "in_view": latest.labels() if latest and worker.live else [],
         "recent": [e.to_dict() for e in svc.activity.recent()],
         "alerts": [e.to_dict() for e in svc.activity.alerts()],
         "unacked": svc.activity.unacknowledged(),
@@ -45,14 +50,20 @@ def index() -> str:
 
 @blueprint.route("/live.jpg")
 def live_jpeg() -> Response:
-    latest = services().worker.latest()
+    worker = services().worker
+    latest = worker.latest()
     if latest is None:
         abort(503, "No camera image yet.")
+    status = worker.status()
+    live = status.live
     response = _jpeg(latest.jpeg)
     response.headers["X-Frame-Seq"] = str(latest.seq)
+    response.headers["X-Live"] = "1" if live else "0"
+    if not live:
+        response.headers["X-Notice"] = quote(status.notice)
     # who is in this very frame, so the caption never lags the picture (UTF-8, %-quoted)
     names = ", ".join(str(m.name or "unknown") for m in latest.matches) or "nobody"
-    response.headers["X-In-View"] = quote(names)
+    response.headers["X-In-View"] = quote(names if live else NOT_LIVE_IN_VIEW)
     return response
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from flask import Blueprint, abort, flash, redirect, render_template, url_for
+from flask import Blueprint, Response, abort, flash, redirect, render_template, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
 from edge.gallery import Person, UnknownPersonError
+from edge.kiosk.activity import thumbnail_jpeg
 from edge.kiosk.app import services
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,15 @@ def localtime(ts: float) -> str:
 @blueprint.route("/people")
 def people() -> str:
     return render_template("people.html", people=services().gallery.people())
+
+
+@blueprint.route("/people/<int:person_id>/photo.jpg")
+def photo(person_id: int) -> Response:
+    """The person's first stored face crop (staff only, like every kiosk page)."""
+    crop = services().gallery.person_crop(person_id)
+    if crop is None:
+        abort(404)
+    return Response(thumbnail_jpeg(crop), mimetype="image/jpeg")
 
 
 @blueprint.route("/people/<int:person_id>/remove", methods=["GET"])

@@ -35,6 +35,10 @@
           return;
         }
         const seq = response.headers.get("X-Frame-Seq");
+        if (response.ok && response.headers.get("X-Live") === "0") {
+          // a frozen frame: never shown as live
+          setLive(false, decodeURIComponent(response.headers.get("X-Notice") || ""));
+        }
         if (response.ok && seq !== img.dataset.seq) {
           const url = URL.createObjectURL(await response.blob());
           img.src = url;
@@ -58,6 +62,32 @@
     tick();
   }
 
+  // The picture is live only while frames keep coming; a source that ended or was lost
+  // leaves its last frame, which is greyed out under a NOT LIVE notice.
+  function setLive(live, notice) {
+    const img = document.getElementById("live");
+    const banner = document.getElementById("source-banner");
+    if (img) {
+      img.classList.toggle("frozen", !live);
+    }
+    if (banner) {
+      if (notice) {
+        banner.textContent = notice;
+      }
+      banner.classList.toggle("hidden", live || !banner.textContent);
+    }
+    if (!live) {
+      setText("in-view", "no live image");
+    }
+  }
+
+  function alertDetail(item) {
+    const closest = item.best_name
+      ? "closest " + item.best_name + " " + item.score.toFixed(2)
+      : "nobody enrolled to compare";
+    return closest + " \u00b7 seen " + item.count + "x";
+  }
+
   function entry(item, isAlert) {
     const li = document.createElement("li");
     li.className = "entry" + (isAlert ? " alert" : "") + (item.acknowledged ? " acked" : "");
@@ -69,20 +99,31 @@
     img.height = 64;
     const who = document.createElement("span");
     who.className = "who";
-    who.textContent = isAlert ? "Unknown face" : item.name;
+    who.textContent = isAlert
+      ? (item.enrolled_as ? "Enrolled as " + item.enrolled_as : "Unknown face")
+      : item.name;
     const detail = document.createElement("span");
     detail.className = "detail";
     detail.textContent = isAlert
-      ? "seen " + item.count + "x"
+      ? alertDetail(item)
       : "score " + item.score.toFixed(2) + " \u00b7 " + item.count + "x";
     const when = document.createElement("time");
     when.textContent = timeText(item.last_seen);
     li.append(img, who, detail, when);
+    if (isAlert) {
+      const review = document.createElement("a");
+      review.className = "button review";
+      review.href = "/alerts/" + item.id;
+      review.textContent = "Review";
+      li.append(review);
+    }
     return li;
   }
 
   function fillList(list, items, isAlert, emptyText) {
-    const key = items.map(function (i) { return i.id + ":" + i.count + ":" + i.acknowledged; }).join(",");
+    const key = items.map(function (i) {
+      return i.id + ":" + i.count + ":" + i.acknowledged + ":" + i.enrolled_as;
+    }).join(",");
     if (list.dataset.key === key) {
       return; // unchanged: do not reload the thumbnails
     }
@@ -135,6 +176,7 @@
           setBadge(document.getElementById("alert-badge"), s.unacked);
           setBadge(document.getElementById("alert-count"), s.unacked);
           setText("worker-status", "Camera: " + s.worker.state + (s.worker.message ? " - " + s.worker.message : ""));
+          setLive(s.live, s.notice);
           setText("frame-ms", s.worker.ms_per_frame + " ms per frame");
           setText("model-version", s.model_version);
         }
