@@ -32,6 +32,7 @@ from aggregator.schedule import DailyWindow, RoundSchedule
 from aggregator.store import Store, StoreError
 from federation.ckks import DEFAULT_PARAMS, CkksParams
 from federation.keys import create_federation_keys
+from federation.verdicts import Verdict
 
 app = typer.Typer(help="FedFace aggregator: adds encrypted updates it can never decrypt.",
                   epilog=EPILOG, no_args_is_help=True, pretty_exceptions_enable=False)
@@ -224,16 +225,44 @@ def rounds_list(state: StateOpt, as_json: JsonOpt = False) -> None:
 
 @rounds_app.command("show")
 @one_line_errors
-def rounds_show(round_no: int, state: StateOpt, as_json: JsonOpt = False) -> None:
-    info = _round_summary(_store(state), round_no)
+def rounds_show(
+    round_no: int, state: StateOpt, as_json: JsonOpt = False,
+    no_broker: Annotated[bool, typer.Option(
+        "--no-broker", help="skip the boxes' verdicts (read from their retained status)")
+    ] = False,
+    wait: Annotated[float, typer.Option(help="seconds to collect retained statuses")] = 2.0,
+) -> None:
+    """A round: contributors, close reason, result, and each box's verdict on it."""
+    from aggregator.operator import OperatorError, device_statuses
+
+    store = _store(state)
+    info = _round_summary(store, round_no)
+    cfg = load_config(state)
+    verdicts: dict[str, Any] = {}
+    unreachable = None
+    if cfg.broker is not None and not no_broker:
+        try:
+            for device, st in device_statuses(cfg, store, wait).items():
+                mine = [v for v in st.get("verdicts", []) if v.get("round") == round_no]
+                if mine:
+                    verdicts[device] = mine[-1]
+        except OperatorError as exc:  # the round itself is in the state: still show it
+            unreachable = str(exc)
+    info["verdicts"] = verdicts
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
     for key, value in info.items():
         if key in _TIMES:  # --json keeps the Unix times
             value = local_time(value)
-        if key != "announce":
+        if key not in ("announce", "verdicts"):
             typer.echo(f"{key}: {value}")
+    if unreachable:
+        typer.echo(f"box verdicts: not available ({unreachable})")
+    for device, data in sorted(verdicts.items()):
+        verdict = Verdict.from_dict(data)
+        if verdict is not None:
+            typer.echo(f"  {device} {verdict.summary()}")
 
 
 _TIMES = ("opened_at", "deadline", "closed_at")

@@ -21,7 +21,7 @@ import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from federation.errors import FederationError
 from federation.key_bundle import AGGREGATOR_PUB, CA_CERT, SECRET_CONTEXT, KeyBundle, seal_bundle
 from federation.keys import load_secret_context
 from federation.signing import public_key_from_hex
+from federation.verdicts import from_status as verdicts_from_status
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,10 @@ def device_statuses(cfg: AggregatorConfig, store: Store, wait: float = 2.0) -> d
             body = json.loads(env.payload)
             entry = {"state": str(body.get("state")), "model": body.get("model"),
                      "ts": float(body.get("ts", env.ts)),
-                     "last_swap": _last_swap(body.get("last_swap"))}
+                     "last_swap": _last_swap(body.get("last_swap")),
+                     # what each recent round did for the box (federation.verdicts)
+                     "verdicts": [asdict(v) for v in verdicts_from_status(
+                         body.get("verdicts"))]}
         except (FederationError, ValueError) as exc:
             entry = {"state": "invalid", "model": None, "ts": None, "error": str(exc)}
         with lock:

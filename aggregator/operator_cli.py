@@ -31,6 +31,7 @@ from aggregator.operator import (
 from aggregator.registry import DeviceRegistry, RegistryError, load_public_key_bytes
 from aggregator.store import Store
 from federation.fingerprint import request_fingerprint_lines, signing_key_fingerprint
+from federation.verdicts import Verdict
 
 Opt = typer.Option
 
@@ -219,7 +220,7 @@ def status(
                         "revoked", "state": st.get("state", "unknown" if live or not
                                                    cfg.broker else "never seen"),
                         "model": st.get("model"), "since": st.get("ts"),
-                        "last_swap": st.get("last_swap")})
+                        "last_swap": st.get("last_swap"), "verdicts": st.get("verdicts", [])})
     latest = store.latest_round()
     results = [{"round": r.round, "model": r.result_model, "updates": r.contributions,
                 "closed_at": r.closed_at}
@@ -253,8 +254,17 @@ def _print_status(info: dict[str, Any]) -> None:
         typer.echo(f"{d['device_id']:20s} {d['registered']:9s} {d['state']:10s} "
                    f"{d['model'] or '-'!s:18s} {_age(d['since'])}")
     for d in info["device_status"]:
+        verdicts = [v for v in map(Verdict.from_dict, d.get("verdicts") or []) if v]
+        # the box's own judgement of the last result it received, and whether it is
+        # sitting the current round out (nothing new to train on)
+        judged = [v for v in verdicts if v.outcome != "sat_out"]
+        shown = ([judged[-1]] if judged else []) + \
+            ([verdicts[-1]] if verdicts and verdicts[-1].outcome == "sat_out" else [])
+        for verdict in shown:
+            typer.echo(f"  {d['device_id']} {verdict.summary()}")
         swap = d.get("last_swap") or {}
-        if swap.get("event") == "refused":
+        if swap.get("event") == "refused" and not any(
+                v.outcome == "refused" and v.model == swap.get("version") for v in verdicts):
             typer.echo(f"  {d['device_id']} REFUSED model {swap.get('version')} "
                        f"{_age(swap.get('at'))}: {swap.get('reason')}")
     cur = info["open_round"]

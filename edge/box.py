@@ -171,11 +171,13 @@ class Box:
         on_event: EventCallback | None = None, base: np.ndarray | None = None,
     ) -> FederationClient:
         from edge.federation_client import FederationClient
+        from edge.round_gate import GallerySamples
 
+        # the gallery's new crops decide whether the box has anything new to train on
         return FederationClient(client_config, transport_factory, context, signing_key,
                                 aggregator_key, trainer, sink, self.federation_dir,
                                 sink.base_vector() if base is None else base,
-                                on_event=on_event)
+                                on_event=on_event, samples=GallerySamples(self.gallery_db))
 
     def close(self) -> None:
         for close in reversed(self._closers):

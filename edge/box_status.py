@@ -36,8 +36,10 @@ class BoxStatus:
         self.sink_fields = sink_fields  # e.g. the hot swap's serving model and last swap
 
     def payload(self, state: str, model: str, round_no: int,
-                not_joining: Mapping[str, Any]) -> bytes:
-        """The signed envelope for ``state`` (online/offline)."""
+                not_joining: Mapping[str, Any],
+                verdicts: list[dict[str, Any]] | None = None) -> bytes:
+        """The signed envelope for ``state`` (online/offline); ``verdicts``: what the
+        recent rounds did for the box (federation.verdicts)."""
         extra: dict[str, Any] = {}
         if self.sink_fields is not None:
             try:
@@ -46,6 +48,8 @@ class BoxStatus:
                 log.exception("sink status fields failed")
         if not_joining:
             extra["not_joining"] = dict(not_joining)
+        if verdicts:
+            extra["verdicts"] = verdicts
         privacy = self.privacy_report()
         if privacy is not None:
             extra["dp"] = privacy

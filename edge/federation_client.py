@@ -45,6 +45,7 @@ from edge.round_gate import (
     save_client_state,
     sit_out_detail,
 )
+from edge.round_verdicts import RoundVerdicts
 from edge.trainer_api import LocalTrainer
 from edge.update_sealing import Sealer, check_average, lower_thread_priority
 from edge.update_sender import TERMINAL_REJECTIONS, UpdateSender
@@ -56,6 +57,7 @@ from federation.packing import EncryptedUpdate, decrypt_average
 from federation.revocation import REVOKED_REASON, parse_notice
 from federation.signing import KeyRing
 from federation.transport import Transport, Will
+from federation.verdicts import reported
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +124,7 @@ class FederationClient:
         self._sealer = Sealer(trainer, context, signing_key, self.outbox, config.fed_id,
                               config.device_id, self.ledger_path)
         self.models = FederatedModelStore(self.state_dir / "federated")
+        self.verdicts = RoundVerdicts(self.state_dir)  # what each round did for this box
         base = np.asarray(base_vector, dtype=np.float32).ravel()
         if base.size != self.part.size:
             raise ValueError(f"base vector has {base.size} values, part {self.part.key} has "
@@ -378,6 +381,7 @@ class FederationClient:
         self._not_joining = {"reason": NO_NEW_SAMPLES, "round": ann.round, "detail": detail}
         if first:
             log.info("round %d: sitting out (%s)", ann.round, detail)
+            self.verdicts.record(ann.round, None, "sat_out", detail)
             self._emit("sitting_out", ann.round, {"reason": NO_NEW_SAMPLES, "detail": detail})
             self._publish_status()
         return True
@@ -461,6 +465,10 @@ class FederationClient:
                       wanted.round, exc.reason, exc.message, self.version)
             self._emit("result_rejected", wanted.round, {"reason": exc.reason,
                                                          "detail": exc.message})
+            canary = getattr(exc, "canary", None)
+            self.verdicts.record(wanted.round, wanted.model,
+                                 "refused" if canary is not None else "rejected",
+                                 f"{exc.reason}: {exc.message}", canary)
             self._publish_status()  # the sink's refusal shows in the retained status
 
     def _apply_result(self, pointer: ModelPointer, blob: bytes) -> None:
@@ -481,6 +489,11 @@ class FederationClient:
         self.version, self.vector = pointer.model, average
         log.info("applied federated model %s (round %d, %d update(s)); was %s", pointer.model,
                  pointer.round, summed.n_updates, previous)
+        report = getattr(self.sink, "last_report", None)
+        canary = getattr(report, "canary", None)
+        self.verdicts.record(pointer.round, pointer.model, "applied",
+                             canary.reason if canary is not None else
+                             "no canary (nothing to compare on this box)", canary)
         self._publish_status()
         self._emit("applied", pointer.round, {
             "model": pointer.model, "previous": previous, "updates": summed.n_updates,
@@ -491,7 +504,7 @@ class FederationClient:
     # status --------------------------------------------------------------------------
     def _status_payload(self, state: str) -> bytes:
         return self.status.payload(state, self.version, self._last_submitted,
-                                   self._not_joining)
+                                   self._not_joining, reported(self.verdicts.recent()))
 
     def _publish_status(self) -> None:
         try:

@@ -69,6 +69,8 @@ T = TypeVar("T")
 class ModelRefused(ResultRejected):
     """The box refused federated weights (canary failed, or the version is blocked)."""
 
+    canary: CanaryResult | None = None  # the figures behind a canary refusal
+
 
 class HotSwapError(FedFaceError):
     """A swap or rollback cannot be done (no previous model, unreadable files...)."""
@@ -266,8 +268,11 @@ class HotSwapper:
             entry = self.store.record("refused", version, reason=canary.reason,
                                       canary=canary.to_dict())
             self._changed(entry)
-            raise ModelRefused("canary_refused", f"model {version} refused: {canary.reason}; "
-                               f"still serving {self.engine.state.model_version}")
+            refusal = ModelRefused("canary_refused", f"model {version} refused: "
+                                   f"{canary.reason}; still serving "
+                                   f"{self.engine.state.model_version}")
+            refusal.canary = canary
+            raise refusal
         steps.done("validated")
         if self.rows is not None:
             self.rows.write(tag, crop_ids, vectors)

@@ -15,6 +15,7 @@ import pytest
 from edge.gallery import Gallery
 from edge.model_sink import OnnxModelSink
 from edge.trainer_api import LocalUpdate
+from federation.verdicts import Verdict
 from models.federated_parts import FederatedPart
 from models.registry import optimised_sface_path
 from tests.e2e_support import AGGREGATOR, PART, Federation, part_base_vector, wait_for
@@ -68,10 +69,29 @@ def test_canary_refusal_reaches_the_operator_through_the_status_topic(
         assert device["device_id"] == "box-w" and device["state"] == "online"
         assert swap["event"] == "refused" and swap["version"] == event.data["detail"].split()[1]
         assert "accuracy" in swap["reason"] or "collapsed" in swap["reason"]
+        # The box's verdict on the round (issue 13.7): the canary's figures before and
+        # after, in the operator's status and rounds show, and on the box itself.
+        deadline = time.monotonic() + 30
+        while not device.get("verdicts") and time.monotonic() < deadline:
+            device = operator_status()
+        (verdict,) = device["verdicts"]
+        assert verdict["round"] == 1 and verdict["outcome"] == "refused"
+        assert verdict["model"] == swap["version"]
+        # why, in the canary's words (here its collapse check, which needs no probes)
+        assert "collapsed" in verdict["reason"] or verdict["after"] < verdict["before"]
         text = subprocess.run([*AGGREGATOR, "status", "--state", str(fed.agg_state),
                                "--wait", "1.0"], capture_output=True, text=True,
                               check=True).stdout
-        assert f"box-w REFUSED model {swap['version']}" in text
+        summary = Verdict.from_dict(verdict)
+        assert summary is not None and summary.summary().startswith("round 1: refused")
+        line = f"box-w {summary.summary()}"
+        assert line in text, text
+        shown = subprocess.run([*AGGREGATOR, "rounds", "show", "1", "--state",
+                                str(fed.agg_state), "--wait", "1.0"], capture_output=True,
+                               text=True, check=True).stdout
+        assert line in shown, shown
+        # the box keeps it (fedface-edge model status shows it: tests/test_journey.py)
+        assert [v.summary() for v in box.client.verdicts.all()] == [summary.summary()]
         # kept on the box for the operator to inspect, 0600
         kept = list((box_dir / "models" / "refused").glob("*.npy"))
         assert len(kept) == 1 and kept[0].stat().st_mode & 0o777 == 0o600

@@ -30,18 +30,21 @@ def _when(ts: float | None) -> str:
 def status_data(ctx: typer.Context) -> dict[str, Any]:
     from dataclasses import asdict
 
-    from edge.gallery import DB_FILENAME
+    from edge.round_verdicts import RoundVerdicts
     from edge.serving import base_served, served_models, swap_dir_for
     from edge.swap_store import SwapStore
 
-    swap_dir = swap_dir_for(box(ctx).settings.data_dir / DB_FILENAME)
+    the_box = box(ctx).box()
+    swap_dir = swap_dir_for(the_box.gallery_db)
+    verdicts = [asdict(v) for v in RoundVerdicts(the_box.federation_dir).all()]
     if not swap_dir.is_dir():
         return {"current": asdict(base_served()), "previous": None, "blocked": {},
-                "history": [], "swap_dir": str(swap_dir)}
+                "history": [], "swap_dir": str(swap_dir), "rounds": verdicts}
     store = SwapStore(swap_dir)
     current, previous = served_models(store)
     return {"current": asdict(current), "previous": asdict(previous) if previous else None,
-            "blocked": store.blocked(), "history": store.history(), "swap_dir": str(swap_dir)}
+            "blocked": store.blocked(), "history": store.history(), "swap_dir": str(swap_dir),
+            "rounds": verdicts}
 
 
 @model_app.command("status")
@@ -51,8 +54,11 @@ def status(
     last: Annotated[int, typer.Option("--last", min=0, help="History entries shown.")] = 10,
 ) -> None:
     """Current and previous model: when and why each was swapped in; refusals."""
+    from federation.verdicts import Verdict
+
     data = status_data(ctx)
     data["history"] = data["history"][-last:] if last else []
+    data["rounds"] = data["rounds"][-last:] if last else []
     if as_json:
         typer.echo(json.dumps(data, indent=2, sort_keys=True))
         return
@@ -70,6 +76,13 @@ def status(
         took = f" in {max(seconds.values()):.2f} s" if seconds else ""
         typer.echo(f"  {_when(entry['at'])}  {entry['event']:11s} {entry['version']}{took}"
                    f"  {entry.get('reason', '')}")
+    if data["rounds"]:  # what each federated round did for this box, newest first
+        typer.echo("federated rounds (canary: leave-one-out identification on this box's "
+                   "people, served -> round's model):")
+    for raw in reversed(data["rounds"]):
+        verdict = Verdict.from_dict(raw)
+        if verdict is not None:
+            typer.echo(f"  {_when(verdict.at)}  {verdict.summary()}")
 
 
 @model_app.command("rollback")

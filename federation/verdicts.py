@@ -1,0 +1,80 @@
+"""A box's verdict on a federated round, as its signed status reports it.
+
+Part of the contract (the box writes it, the operator's tools read it): the box alone
+can judge a round, since the aggregator cannot decrypt the result and the canary runs
+on the box's own people. Figures and reasons only, never a face or a name. Parsed
+strictly: a field of the wrong type drops the verdict, text is kept printable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+OUTCOMES = ("applied", "refused", "rejected", "sat_out")
+REPORTED = 5  # verdicts in each status message: a few hundred bytes
+
+
+@dataclass(frozen=True)
+class Verdict:
+    round: int
+    model: str | None  # the result's model version (None when the box sat the round out)
+    outcome: str  # one of OUTCOMES: refused = by the canary; rejected = failed its checks
+    reason: str
+    at: float
+    before: float | None = None  # canary accuracy with the served model (0-1)
+    after: float | None = None  # ... with the round's model
+    probes: int = 0
+
+    def summary(self) -> str:
+        figures = ""
+        if self.before is not None and self.after is not None:
+            figures = (f", canary {self.before:.1%} -> {self.after:.1%} "
+                       f"({self.probes} probes)")
+        return f"round {self.round}: {self.outcome.replace('_', ' ')}{figures} ({self.reason})"
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Verdict | None:
+        """A verdict from untrusted JSON (a box's status at the aggregator, or a damaged
+        file): None unless every field has its type; text is kept printable and short."""
+        if not isinstance(data, dict):
+            return None
+        try:
+            outcome, reason = str(data["outcome"]), str(data.get("reason", ""))
+            number = int(data["round"])
+            at = float(data["at"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        if outcome not in OUTCOMES or isinstance(data["round"], bool):
+            return None
+        model = data.get("model")
+        return cls(number, _printable(model) if isinstance(model, str) else None, outcome,
+                   _printable(reason), at, _fraction(data.get("before")),
+                   _fraction(data.get("after")), _count(data.get("probes")))
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    # a box's text reaches the operator's terminal: no control characters
+    return "".join(c for c in text if c.isprintable())[:limit]
+
+
+def _fraction(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1:
+        return float(value)
+    return None
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def reported(verdicts: list[Verdict]) -> list[dict[str, Any]]:
+    """The status message's ``verdicts`` field."""
+    return [asdict(v) for v in verdicts]
+
+
+def from_status(value: Any) -> list[Verdict]:
+    """The verdicts of a box's status body (untrusted), newest last, at most REPORTED."""
+    if not isinstance(value, list):
+        return []
+    return [v for v in (Verdict.from_dict(item) for item in value[-REPORTED:]) if v is not None]

@@ -1,0 +1,47 @@
+"""A box's verdicts on rounds: kept on the box, reported in its status, parsed strictly
+by the operator's tools (federation.verdicts, edge.round_verdicts)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edge.canary import CanaryResult
+from edge.round_verdicts import KEEP, RoundVerdicts
+from federation.verdicts import REPORTED, Verdict, from_status, reported
+
+
+def test_a_verdict_keeps_the_canary_figures_and_survives_a_restart(tmp_path: Path) -> None:
+    canary = CanaryResult(True, False, "accuracy 91.7% -> 95.8%", 12, 0.917, 0.958)
+    RoundVerdicts(tmp_path).record(1, "round-1", "applied", canary.reason, canary)
+    RoundVerdicts(tmp_path).record(2, None, "sat_out", "0 new samples since round 1, need 1")
+    (applied, sat_out) = RoundVerdicts(tmp_path).all()  # a new reader: from disk
+    assert applied.summary() == ("round 1: applied, canary 91.7% -> 95.8% (12 probes) "
+                                 "(accuracy 91.7% -> 95.8%)")
+    assert sat_out.summary() == "round 2: sat out (0 new samples since round 1, need 1)"
+    assert (tmp_path / "verdicts.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_one_verdict_per_round_and_a_bounded_file(tmp_path: Path) -> None:
+    store = RoundVerdicts(tmp_path)
+    store.record(3, None, "sat_out", "nothing new")
+    store.record(3, "round-3", "rejected", "result_out_of_range: ...")  # a later verdict
+    assert [(v.round, v.outcome) for v in store.all()] == [(3, "rejected")]
+    for n in range(KEEP + 10):
+        store.record(10 + n, f"round-{10 + n}", "applied", "ok")
+    assert len(store.all()) == KEEP and store.all()[-1].round == KEEP + 19
+    assert len(reported(store.recent())) == REPORTED
+
+
+def test_untrusted_verdicts_are_parsed_strictly() -> None:
+    good = {"round": 4, "model": "round-4", "outcome": "refused", "reason": "ok\x1b[2J",
+            "at": 1.0, "before": 0.9, "after": 0.5, "probes": 8}
+    parsed = from_status([good, {**good, "round": True}, {**good, "outcome": "hacked"},
+                          {**good, "round": "x"}, {**good, "before": 7}])
+    assert from_status(["not a dict", good]) == [Verdict.from_dict(good)]
+    assert len(from_status([good] * (REPORTED + 3))) == REPORTED  # a status stays small
+    assert [v.round for v in parsed] == [4, 4]
+    assert parsed[0].reason == "ok[2J"  # no escape sequence reaches a terminal
+    assert parsed[1].before is None  # an accuracy outside 0-1 is dropped, not trusted
+    assert from_status("nope") == [] and Verdict.from_dict(None) is None
+    assert json.loads(json.dumps(reported(parsed)))[0]["outcome"] == "refused"
