@@ -100,7 +100,7 @@ main() {
     ff_edge_install
     JETSON_PROVIDERS=CPUExecutionProvider
     install_ort_gpu
-    ff_install_units fedface-edge.service fedface-kiosk.service
+    ff_install_units fedface-edge.service fedface-kiosk.service fedface-join.service
     write_gpu_dropin
     ff_edge_finish jetson
 }

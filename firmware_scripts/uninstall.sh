@@ -44,7 +44,7 @@ main() {
     ff_parse_common "${args[@]}"
     [ ${#FF_EXTRA_ARGS[@]} -eq 0 ] || ff_die "unknown option ${FF_EXTRA_ARGS[0]} (see --help)"
     ff_require_root
-    local units=(fedface-edge.service fedface-kiosk.service fedface-aggregator.service
+    local units=(fedface-edge.service fedface-kiosk.service fedface-join.service fedface-aggregator.service
         fedface-crl-renew.timer fedface-crl-renew.service)
     if ff_system && command -v systemctl >/dev/null 2>&1; then
         systemctl disable --now "${units[@]}" 2>/dev/null || true

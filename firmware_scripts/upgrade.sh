@@ -39,7 +39,7 @@ main() {
         i=$((i + 1))
     done
     rest=("$@")
-    local found=0 kind file platform flags units=()
+    local found=0 kind file platform flags units=() active=() u
     for kind in aggregator edge; do
         file="$prefix/installed-$kind.env"
         [ -f "$file" ] || continue
@@ -50,13 +50,24 @@ main() {
         [ "$(recorded "$file" FF_WITH_TRAIN)" = 1 ] && flags+=(--with-train)
         [ "$(recorded "$file" FF_SYSTEM_SITE)" = 1 ] && flags+=(--system-site-packages)
         if [ "$(recorded "$file" FF_NO_SYSTEM)" != 1 ] && command -v systemctl >/dev/null 2>&1; then
-            if [ "$kind" = edge ]; then units=(fedface-edge.service fedface-kiosk.service); else units=(fedface-aggregator.service); fi
+            if [ "$kind" = edge ]; then units=(fedface-edge.service fedface-kiosk.service fedface-join.service); else units=(fedface-aggregator.service); fi
+            # the installer restarts only the services it enables itself: remember what
+            # ran (the kiosk, the federation client) and start it again afterwards
+            active=()
+            for u in "${units[@]}"; do
+                if systemctl is-active --quiet "$u"; then active+=("$u"); fi
+            done
             ff_log "stopping ${units[*]}"
             systemctl stop "${units[@]}" || true
         fi
         [ -x "$FF_SCRIPTS_DIR/install-$platform.sh" ] || ff_die "unknown recorded platform '$platform' in $file"
         ff_log "upgrading $kind ($platform)"
         "$FF_SCRIPTS_DIR/install-$platform.sh" "${flags[@]}" "${rest[@]}"
+        if [ ${#active[@]} -gt 0 ]; then
+            ff_log "starting again ${active[*]}"
+            systemctl start "${active[@]}" || ff_log "could not start ${active[*]}: see systemctl status"
+        fi
+        active=()
     done
     [ "$found" -eq 1 ] || ff_die "no FedFace install recorded in $prefix (installed-edge.env / installed-aggregator.env)"
 }

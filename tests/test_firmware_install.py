@@ -32,6 +32,7 @@ FED = "fed-install"
 UNITS = [
     "fedface-edge.service",
     "fedface-kiosk.service",
+    "fedface-join.service",
     "fedface-aggregator.service",
     "fedface-crl-renew.service",
     "fedface-crl-renew.timer",
@@ -231,6 +232,28 @@ def test_installed_units_verify_with_real_paths(installed: Install) -> None:
         ["systemd-analyze", "verify", *map(str, units)], capture_output=True, text=True, timeout=60
     )
     assert r.returncode == 0 and r.stdout + r.stderr == "", r.stdout + r.stderr
+
+
+def test_every_installed_edge_unit_runs_a_command_the_cli_accepts(installed: Install) -> None:
+    """The kiosk unit ran `fedface-edge kiosk --host ...` (kiosk is a command group: the
+    service could never start). Each edge unit's ExecStart, with edge.env's values, must
+    be a command line the installed CLI accepts (checked with --help appended)."""
+    import re
+    import shlex
+
+    env_file = installed.prefix / "etc/fedface/edge.env"
+    values = dict(line.split("=", 1) for line in env_file.read_text().splitlines()
+                  if line and not line.startswith("#"))
+    unit_dir = installed.prefix / "lib/systemd/system"
+    for unit in ("fedface-edge.service", "fedface-kiosk.service", "fedface-join.service"):
+        (line,) = [ln for ln in (unit_dir / unit).read_text().splitlines()
+                   if ln.startswith("ExecStart=")]
+        command = re.sub(r"\$\{?(\w+)\}?", lambda m: values.get(m.group(1), ""),
+                         line.removeprefix("ExecStart="))
+        r = installed.run(*shlex.split(command), "--help")
+        assert r.returncode == 0, f"{unit}: {command}\n{r.stdout}{r.stderr}"
+    join = (unit_dir / "fedface-join.service").read_text()
+    assert "RestartPreventExitStatus=7 8" in join  # a revoked box is not restarted
 
 
 def test_dirs_and_modes(installed: Install) -> None:

@@ -118,9 +118,19 @@ def join(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     client.start()
-    typer.echo(f"{device_id} joined federation {fed} via {broker}; model {client.version}")
-    stop.wait()
+    if client.revoked is None:
+        typer.echo(f"{device_id} joined federation {fed} via {broker}; model {client.version}")
+    # A revoked box stops for good (exit 8: the service manager must not restart it;
+    # firmware_scripts/systemd/fedface-join.service.in).
+    while client.revoked is None and not stop.wait(1.0):
+        pass
     client.stop()
+    if client.revoked is not None:
+        from edge.cli.errors import EXIT_PROVISIONING, CliError
+        from edge.revocation import REPROVISION
+
+        raise CliError(f"{client.revoked.summary()}: this box no longer takes part",
+                       hint=REPROVISION, exit_code=EXIT_PROVISIONING)
 
 
 def _echo_event(event: ClientEvent) -> None:

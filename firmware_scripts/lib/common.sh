@@ -341,7 +341,7 @@ ff_edge_finish() {
     ff_install_docs
     ff_fetch_models
     ff_render_config_once "$FF_SCRIPTS_DIR/config/edge.env.in" "$FF_CONF_DIR/edge.env"
-    ff_install_units fedface-edge.service fedface-kiosk.service
+    ff_install_units fedface-edge.service fedface-kiosk.service fedface-join.service
     ff_install_udev_and_logrotate
     ff_record_install edge "$platform"
     ff_enable_services fedface-edge.service
