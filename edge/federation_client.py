@@ -32,7 +32,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from edge.box_status import BoxStatus
 from edge.fed_messages import ModelPointer, RoundAnnounce, parse_ack, parse_announce, parse_pointer
-from edge.model_store import FederatedModelStore
 from edge.outbox import Outbox, PendingUpdate
 from edge.result_fetch import ResultFetcher
 from edge.revocation import REPROVISION, RevocationState, read_record, record_revocation
@@ -62,7 +61,10 @@ from federation.verdicts import reported
 log = logging.getLogger(__name__)
 
 class ModelSink(Protocol):
-    """Where accepted federated weights go (the engine's hot swap)."""
+    """Where accepted federated weights go (the engine's hot swap). A sink that keeps
+    the box's model versions also tells what it serves: ``served_vector() -> (version,
+    vector) | None`` (edge.hot_swap.HotSwapper); the client resumes on that, so the box
+    has one store of model versions, the sink's."""
 
     def apply(self, version: str, vector: np.ndarray) -> None: ...
 
@@ -123,7 +125,6 @@ class FederationClient:
         self.ledger_path = self.state_dir / "privacy-ledger.json"  # DP budget spent
         self._sealer = Sealer(trainer, context, signing_key, self.outbox, config.fed_id,
                               config.device_id, self.ledger_path)
-        self.models = FederatedModelStore(self.state_dir / "federated")
         self.verdicts = RoundVerdicts(self.state_dir)  # what each round did for this box
         base = np.asarray(base_vector, dtype=np.float32).ravel()
         if base.size != self.part.size:
@@ -184,21 +185,10 @@ class FederationClient:
             self._stop.set()
             self.transport.close()
             return
-        for _ in range(2):  # the stored model, or N-1 if the sink refuses it
-            stored = self.models.load_current()
-            if stored is None or stored.vector.size != self.part.size:
-                break
-            try:  # the sink may refuse it (e.g. rolled back by the operator meanwhile)
-                self.sink.apply(stored.version, stored.vector.astype(np.float32))
-            except FederationError as exc:
-                self.models.discard(stored.version)
-                log.warning("stored federated model %s not served: %s", stored.version,
-                            exc.message)
-                continue
-            self.version, self.vector = stored.version, stored.vector.astype(np.float32)
-            log.info("resuming on federated model %s (round %d)", stored.version,
-                     stored.round_no)
-            break
+        served = self._served_by_sink()
+        if served is not None:  # resume on what the box serves (its model versions)
+            self.version, self.vector = served
+            log.info("resuming on federated model %s", self.version)
         self.sender.load()
         self.transport.subscribe(self._topics["announce"], self._on_message("announce"))
         self.transport.subscribe(self._topics["ack"], self._on_message("ack"))
@@ -477,13 +467,11 @@ class FederationClient:
         average = decrypt_average(self.context, summed)
         decrypt_s = time.perf_counter() - t0
         check_average(average, self.vector, self.part, self.config.max_relative_change)
-        self.models.save(pointer.model, pointer.round, average)
         t1 = time.perf_counter()
-        try:
-            self.sink.apply(pointer.model, average)
-        except FederationError:
-            self.models.discard(pointer.model)  # a restart resumes on the served model
-            raise
+        # The sink stores the version durably before serving it (edge.swap_store); a
+        # crash before its commit leaves the old version served, and the retained
+        # result is fetched and applied again after the restart.
+        self.sink.apply(pointer.model, average)
         swap_s = time.perf_counter() - t1
         previous = self.version
         self.version, self.vector = pointer.model, average
@@ -514,6 +502,17 @@ class FederationClient:
             log.debug("status not published: %s", exc.message)
 
     # helpers -------------------------------------------------------------------------
+    def _served_by_sink(self) -> tuple[str, np.ndarray] | None:
+        served_vector = getattr(self.sink, "served_vector", None)
+        if not callable(served_vector):
+            return None
+        served = served_vector()
+        if served is None:
+            return None
+        version, vector = served
+        vector = np.asarray(vector, dtype=np.float32).ravel()
+        return (str(version), vector) if vector.size == self.part.size else None
+
     def _emit(self, kind: str, round_no: int, data: dict[str, Any]) -> None:
         if self.on_event is None:
             return

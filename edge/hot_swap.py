@@ -53,7 +53,14 @@ from edge.errors import FedFaceError
 from edge.gallery_snapshot import GalleryRows, empty_snapshot
 from edge.serving import BASE_TAG, load_current, read_model
 from edge.swap_assets import SwapAssets
-from edge.swap_store import MODEL_PREFIX, WEIGHTS_SUFFIX, Pointer, ServedModel, SwapStore
+from edge.swap_store import (
+    MODEL_PREFIX,
+    WEIGHTS_SUFFIX,
+    ModelStoreError,
+    Pointer,
+    ServedModel,
+    SwapStore,
+)
 from edge.tail_model import SplitEmbedder
 from edge.update_sealing import ResultRejected, lower_thread_priority
 from models.federated_parts import FederatedPart
@@ -238,7 +245,8 @@ class HotSwapper:
             weights = self.part.onnx_weights(vector, self.assets.base_weights)
             steps.done("patched")
             model_file = f"{MODEL_PREFIX}{version}{WEIGHTS_SUFFIX}"
-            sha = self.store.write_weights(model_file, weights, self.assets.base_sha256)
+            sha = self.store.write_weights(model_file, weights, self.assets.base_sha256,
+                                           vector)
             steps.done("model_written")
             return self._install(version, model_file, sha, weights, steps, reason, vector)
 
@@ -354,7 +362,26 @@ class HotSwapper:
             except Exception:
                 log.exception("swap status callback failed")
 
-    # --- what the federation client publishes -------------------------------------------
+    # --- what the federation client reads and publishes ---------------------------------
+
+    def served_vector(self) -> tuple[str, np.ndarray] | None:
+        """(version, part vector) of the served federated model; None while the base
+        model serves or when this part's vector of the served version is not known (a
+        version of another part, or a file from a release that did not keep vectors):
+        the federation client then starts from the pretrained weights."""
+        served = self.served
+        if served.model_file is None:
+            return None
+        try:
+            vector = self.store.read_vector(served)
+        except ModelStoreError as exc:
+            log.warning("the served model's vector is unreadable: %s", exc)
+            return None
+        if vector is None or vector.size != self.part.size:
+            log.warning("no %s vector of the served model %s", self.part.key, served.version)
+            return None
+        return served.version, vector
+
 
     def status_fields(self) -> dict[str, Any]:
         """Extra fields for the box's retained status message."""

@@ -23,7 +23,6 @@ import numpy as np
 
 from edge.canary import leave_one_out_accuracy
 from edge.hot_swap import HotSwapper
-from edge.model_store import FederatedModelStore, ModelStoreError
 from edge.trainer_api import LocalUpdate, TrainingError
 from models.federated_parts import FederatedPart
 
@@ -64,21 +63,16 @@ def served_vector(swapper: HotSwapper, data_dir: Path, part: FederatedPart,
                   train_dir: Path) -> tuple[str, np.ndarray | None]:
     """(served version, its vector of ``part``); None means the pretrained weights.
 
-    A federated result is found in the federation client's model store, an earlier local
-    run in this command's results; if neither holds the served version's vector (e.g. the
-    box changed part), training starts from the pretrained weights, with a warning.
+    The box's model versions keep each version's vector (edge.swap_store), a local run
+    also has it in this command's results; if neither does (e.g. the box changed part),
+    training starts from the pretrained weights, with a warning.
     """
     served = swapper.served
     if served.model_file is None:
         return served.version, None
-    try:
-        stored = FederatedModelStore(data_dir / "federation" / "federated").load_current()
-    except ModelStoreError as exc:
-        log.warning("federated model store unreadable (%s)", exc)
-        stored = None
-    if stored is not None and stored.version == served.version and \
-            stored.vector.size == part.size:
-        return served.version, stored.vector.astype(np.float32)
+    known = swapper.served_vector()
+    if known is not None and known[0] == served.version:
+        return served.version, known[1]
     local = train_dir / RESULTS_DIR / f"{served.version}.npz"
     if local.is_file():
         with np.load(local, allow_pickle=False) as data:

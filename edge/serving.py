@@ -22,9 +22,15 @@ from edge.detect import FaceDetector
 from edge.embed import Embedder
 from edge.engine import Engine, ServingState
 from edge.gallery_snapshot import GalleryRows, empty_snapshot
-from edge.model_store import ModelStoreError
 from edge.onnx_bytes import InitializerLayout, LayoutError
-from edge.swap_store import BASE_VERSION, WEIGHTS_SUFFIX, Pointer, ServedModel, SwapStore
+from edge.swap_store import (
+    BASE_VERSION,
+    WEIGHTS_SUFFIX,
+    ModelStoreError,
+    Pointer,
+    ServedModel,
+    SwapStore,
+)
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,8 @@
-"""The hot swap's durable state: which model the box serves, N-1, refusals, history.
+"""The box's model versions: which model it serves, N-1, refusals, history.
+
+The one store of the box's model versions: the hot swap writes it, the federation
+client reads what is served (and its part vector) from it, every recognising process
+follows its pointer, and ``model status``, ``status`` and the kiosk show it.
 
 ``current.json`` is the single commit point of a swap, written by atomic rename::
 
@@ -9,7 +13,9 @@
 
 A version's model file holds only what differs from the pinned base model: its
 initializers by name, plus the base model's SHA-256 (a file never applies to another
-base). For the default part that is 22 kB instead of a 38 MB ONNX copy per swap: an SD
+base) and the federated part's flat vector it was made from (what the federation client
+trains on next; a low-rank part cannot be read back from the patched initializers).
+For the default part that is 22 kB instead of a 38 MB ONNX copy per swap: an SD
 card writes it in milliseconds, not seconds, and a swap moves no model-sized buffers
 next to the frame thread. Full ``.onnx`` files (older boxes) are still read.
 ``model_file`` null means the pretrained model from the registry (version "base"). The
@@ -26,6 +32,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +40,6 @@ from typing import Any
 
 import numpy as np
 
-from edge.model_store import ModelStoreError, _check_version
 from federation.files import write_atomic
 
 log = logging.getLogger(__name__)
@@ -43,6 +49,26 @@ HISTORY_KEEP = 50
 MODEL_PREFIX = "sface-fed-"
 WEIGHTS_SUFFIX = ".weights.npz"
 _BASE_SHA_KEY = "__base_sha256__"
+_VECTOR_KEY = "__part_vector__"
+_SAFE_VERSION = re.compile(r"^[A-Za-z0-9._@-]{1,128}$")
+
+
+class ModelStoreError(RuntimeError):
+    """A stored model version is missing, corrupt or does not match its checksum."""
+
+
+def federated_round(version: str) -> int | None:
+    """The round a federated result's version names (the aggregator names them
+    "round-N"); None for the base model and local versions."""
+    match = re.fullmatch(r"round-(\d{1,9})", version)
+    return int(match.group(1)) if match else None
+
+
+def check_version(version: str) -> str:
+    """A version becomes a file name: refuse anything but a plain, short name."""
+    if not _SAFE_VERSION.match(version):
+        raise ModelStoreError(f"model version {version!r} is not a safe file name")
+    return version
 
 
 @dataclass(frozen=True)
@@ -134,14 +160,17 @@ class SwapStore:
         return data
 
     def write_weights(self, model_file: str, weights: dict[str, np.ndarray],
-                      base_sha256: str) -> str:
-        """Write a version's initializers (0600, atomic rename); the file's SHA-256."""
+                      base_sha256: str, vector: np.ndarray | None = None) -> str:
+        """Write a version's initializers and part vector (0600, atomic rename); the
+        file's SHA-256."""
         if not model_file.endswith(WEIGHTS_SUFFIX):
             raise ValueError(f"{model_file!r} is not a weights file name")
         buf = io.BytesIO()
         arrays: dict[str, Any] = {name: np.ascontiguousarray(value)
                                   for name, value in weights.items()}
         arrays[_BASE_SHA_KEY] = np.array(base_sha256)
+        if vector is not None:
+            arrays[_VECTOR_KEY] = np.asarray(vector, dtype=np.float32).ravel()
         np.savez(buf, **arrays)
         data = buf.getvalue()
         write_atomic(self.model_path(model_file), data, mode=0o600)
@@ -160,7 +189,22 @@ class SwapStore:
             base_sha = str(arrays.pop(_BASE_SHA_KEY))
         except (ValueError, KeyError, OSError) as exc:
             raise ModelStoreError(f"{path} is not a weights file: {exc}") from exc
+        arrays.pop(_VECTOR_KEY, None)
         return arrays, base_sha
+
+    def read_vector(self, served: ServedModel) -> np.ndarray | None:
+        """The part vector a served version was made from (None: the base model, or a
+        file written before vectors were kept)."""
+        if served.model_file is None or not served.model_file.endswith(WEIGHTS_SUFFIX):
+            return None
+        data = self.read_checked(served)
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                if _VECTOR_KEY not in npz.files:
+                    return None
+                return np.asarray(npz[_VECTOR_KEY], dtype=np.float32)
+        except (ValueError, OSError) as exc:
+            raise ModelStoreError(f"{served.model_file} is not a weights file: {exc}") from exc
 
     def remove_strays(self, keep: set[str]) -> list[str]:
         """Delete model files the pointer does not name, and temp files of killed writes."""
@@ -189,7 +233,7 @@ class SwapStore:
 
     def block(self, version: str, reason: str, vector: np.ndarray | None = None) -> None:
         """Never serve ``version`` again; keep its weights (0600) for the operator."""
-        _check_version(version)
+        check_version(version)
         entry: dict[str, Any] = {"reason": reason, "at": time.time()}
         if vector is not None:
             buf = io.BytesIO()

@@ -60,6 +60,10 @@ class RecordingSink:
     def apply(self, version: str, vector: np.ndarray) -> None:
         self.applied.append((version, np.array(vector, copy=True)))
 
+    def served_vector(self) -> tuple[str, np.ndarray] | None:
+        """What it serves: the last version applied (None: the base model)."""
+        return self.applied[-1] if self.applied else None
+
 
 @dataclass
 class Box:

@@ -1,14 +1,22 @@
-"""The edge client's on-disk state: outbox of sealed updates, federated model store."""
+"""The box's on-disk federation state: outbox of sealed updates, model versions."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edge.model_store import FederatedModelStore, ModelStoreError
 from edge.outbox import Outbox
+from edge.swap_store import (
+    ModelStoreError,
+    Pointer,
+    ServedModel,
+    SwapStore,
+    check_version,
+    federated_round,
+)
 
 
 def test_outbox_round_trip_mode_and_cleanup(tmp_path: Path) -> None:
@@ -45,26 +53,37 @@ def test_outbox_refuses_a_path_like_message_id(tmp_path: Path) -> None:
         Outbox(tmp_path).put(1, "base", "../x", [b"x"])
 
 
-def test_model_store_keeps_current_and_previous(tmp_path: Path) -> None:
-    store = FederatedModelStore(tmp_path)
-    assert store.load_current() is None
-    vecs = {f"round-{i}": np.full(7, i, np.float32) for i in (1, 2, 3)}
-    for i, (version, vec) in enumerate(vecs.items(), start=1):
-        store.save(version, i, vec)
-    current = store.load_current()
-    assert current is not None and current.version == "round-3" and current.round_no == 3
-    np.testing.assert_array_equal(current.vector, vecs["round-3"])
-    assert sorted(p.name for p in tmp_path.glob("*.npy")) == ["round-2.npy", "round-3.npy"]
+def test_a_weights_file_keeps_the_part_vector_it_was_made_from(tmp_path: Path) -> None:
+    """The box's one store of model versions (edge.swap_store) keeps each version's part
+    vector: what the federation client resumes on after a restart."""
+    store = SwapStore(tmp_path, create=True)
+    vector = np.arange(7, dtype=np.float32)
+    sha = store.write_weights("sface-fed-round-3.weights.npz",
+                              {"w": np.ones((2, 2), np.float32)}, "base-sha", vector)
+    served = ServedModel("round-3", "sface-fed-round-3", "sface-fed-round-3.weights.npz", sha,
+                         0.0, "federated result", "embed_bn")
+    store.commit(Pointer(served, None))
+    got = store.read_vector(served)
+    assert got is not None
+    np.testing.assert_array_equal(got, vector)
+    weights, base_sha = store.read_weights(served)
+    assert set(weights) == {"w"} and base_sha == "base-sha"  # the vector is not a weight
+    assert (tmp_path / served.model_file).stat().st_mode & 0o777 == 0o600
+    assert federated_round("round-3") == 3 and federated_round("local-2026") is None
+    older = store.write_weights("sface-fed-round-1.weights.npz", {"w": np.ones(1)}, "base-sha")
+    assert store.read_vector(replace(served, model_file="sface-fed-round-1.weights.npz",
+                                      sha256=older)) is None  # written without a vector
 
 
-def test_model_store_detects_a_tampered_file(tmp_path: Path) -> None:
-    store = FederatedModelStore(tmp_path)
-    store.save("round-1", 1, np.arange(5, dtype=np.float32))
-    path = tmp_path / "round-1.npy"
-    data = bytearray(path.read_bytes())
+def test_the_store_detects_a_tampered_file_and_refuses_unsafe_names(tmp_path: Path) -> None:
+    store = SwapStore(tmp_path, create=True)
+    name = "sface-fed-round-1.weights.npz"
+    sha = store.write_weights(name, {"w": np.ones(3, np.float32)}, "b", np.zeros(5))
+    served = ServedModel("round-1", "t", name, sha, 0.0, "r", "embed_bn")
+    data = bytearray((tmp_path / name).read_bytes())
     data[-1] ^= 0xFF
-    path.write_bytes(bytes(data))
+    (tmp_path / name).write_bytes(bytes(data))
     with pytest.raises(ModelStoreError, match="SHA-256"):
-        store.load_current()
+        store.read_vector(served)
     with pytest.raises(ModelStoreError, match="safe file name"):
-        store.save("../evil", 2, np.zeros(5, np.float32))
+        check_version("../evil")

@@ -37,9 +37,8 @@ def _check_finished_federation(proc: subprocess.CompletedProcess[str], workdir: 
     assert out.count("serves round-2") >= 2
     assert "trainer: torch" in out  # the real trainer ran (torch is installed here)
     for box in ("box-1", "box-2"):
-        pointer = json.loads((workdir / box / "federation" / "federated" /
-                              "current.json").read_text())
-        assert pointer["version"] == "round-2"
+        pointer = json.loads((workdir / box / "models" / "current.json").read_text())
+        assert pointer["version"] == "round-2"  # the box's one store of model versions
         assert (workdir / box / "models" / "sface-fed-round-2.weights.npz").is_file()
         assert (workdir / box / "models" / "sface-fed-round-1.weights.npz").is_file()  # N-1
         assert not list((workdir / box / "federation" / "outbox").glob("*.upd"))

@@ -67,10 +67,10 @@ def test_three_boxes_three_rounds_equal_plaintext_fedavg(tmp_path: Path, mosquit
                 assert float(np.max(np.abs(sub.data["vector"] - oracle))) > 1e-4
         for box in fed.boxes.values():
             # persisted (atomic) and handed to the sink, in order
-            stored = box.client.models.load_current()
-            assert stored is not None and stored.version == "round-3"
-            np.testing.assert_array_equal(stored.vector, box.client.vector)
             assert isinstance(box.sink, RecordingSink)
+            served = box.sink.served_vector()
+            assert served is not None and served[0] == "round-3"
+            np.testing.assert_array_equal(served[1], box.client.vector)
             assert [v for v, _ in box.sink.applied] == ["round-1", "round-2", "round-3"]
             assert box.client.pending_updates == 0
     finally:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edge.gallery import DB_FILENAME, Gallery
@@ -93,3 +94,45 @@ def test_a_reader_that_cannot_load_a_version_leaves_it_to_the_box(
         engine.close()
     after = SwapStore(box / "models").load()
     assert after is not None and after.current.version == "round-1"
+
+
+def test_after_a_restart_the_client_resumes_on_what_the_box_serves(
+        federated_box: Path, tmp_path: Path) -> None:
+    """One store of model versions: the federation client keeps no copy of its own; a
+    restarted box trains its next round from the served version's vector, which the
+    swap store keeps next to the version's weights."""
+    from edge.box import build_box
+    from edge.config import EdgeSettings
+    from edge.federation_client import ClientConfig
+    from edge.trainer_api import LocalUpdate
+    from federation.ckks import new_secret_context
+    from federation.signing import generate_signing_key
+    from federation.transport import InMemoryBus, InMemoryTransport
+
+    box = build_box(EdgeSettings(data_dir=copy_box(federated_box, tmp_path / "box"),
+                                 threads=1))
+    sink = box.model_sink(box.part(), background=False)
+    served = sink.served_vector()
+    assert served is not None and served[0] == "round-1"
+
+    class NoTraining:  # edge.trainer_api.LocalTrainer; no round runs in this test
+        part = sink.part
+
+        def local_update(self, global_vector: np.ndarray | None,
+                         round_no: int) -> LocalUpdate:
+            raise AssertionError("no round is announced here")
+
+    bus = InMemoryBus()
+    key = generate_signing_key()
+    client = box.federation_client(
+        ClientConfig("fed", "box-r"), lambda will: InMemoryTransport(bus, "box-r", will=will),
+        new_secret_context(), key, key.public_key(), NoTraining(), sink)
+    client.start()
+    try:
+        assert client.version == "round-1"
+        np.testing.assert_array_equal(client.vector, served[1])
+        base = sink.part.initial_vector(sink.assets.base_weights)
+        assert not np.array_equal(client.vector, base)  # the federated one, not base
+    finally:
+        client.stop()
+        box.close()

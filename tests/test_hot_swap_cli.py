@@ -14,9 +14,8 @@ from edge.cli import model as model_cli
 from edge.cli.errors import FedFaceGroup
 from edge.gallery import DB_FILENAME
 from edge.hot_swap import ModelRefused
-from edge.model_store import ModelStoreError
 from edge.serving import open_engine, read_model
-from edge.swap_store import Pointer
+from edge.swap_store import ModelStoreError, Pointer
 from models.federated_parts import get_part
 from models.registry import optimised_sface_path
 from tests.hot_swap_support import (

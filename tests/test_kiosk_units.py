@@ -19,8 +19,8 @@ from edge.kiosk.activity import ActivityLog, Sighting
 from edge.kiosk.auth import PasswordStore, hash_password, verify_password
 from edge.kiosk.enrolment import DuplicateFace, EnrolmentRejected
 from edge.kiosk.status import federation_status
-from edge.model_store import FederatedModelStore
 from edge.pipeline import FacePipeline, RecognisedFace, read_image
+from edge.swap_store import Pointer, ServedModel, SwapStore
 from tests.test_kiosk_support import (
     A_FRAMES,
     kiosk_frames,  # noqa: F401  (fixture)
@@ -214,8 +214,10 @@ def test_federation_status_from_persisted_state(tmp_path: Path) -> None:
     assert federation_status(tmp_path).text == "not joined"
     (tmp_path / "federation").mkdir()  # what `fedface-edge join` leaves before a result
     assert federation_status(tmp_path).text == "joined; no federated model received yet"
-    store = tmp_path / "federation" / "federated"
-    FederatedModelStore(store).save("r3-abc", 3, np.zeros(8, np.float32))
-    assert federation_status(tmp_path).text == "joined; federated model r3-abc (round 3)"
-    (store / "current.json").write_text("{broken")
+    store = SwapStore(tmp_path / "models", create=True)  # the box's model versions
+    store.commit(Pointer(ServedModel("round-3", "sface-fed-round-3",
+                                     "sface-fed-round-3.weights.npz", "ab", 0.0,
+                                     "federated result", "embed_bn"), None))
+    assert federation_status(tmp_path).text == "joined; federated model round-3 (round 3)"
+    store.pointer_path.write_text("{broken")
     assert "unreadable" in federation_status(tmp_path).text

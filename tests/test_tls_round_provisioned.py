@@ -121,7 +121,7 @@ def test_provisioned_boxes_complete_a_round_over_tls(
         assert swap["event"] == "swapped"
         # validated on the box's own people before serving (not skipped: 12 probes)
         assert swap["canary"]["passed"] and not swap["canary"]["skipped"], swap["canary"]
-        stored = json.loads((box / "federation/federated/current.json").read_text())
+        stored = json.loads((box / "models/current.json").read_text())
         assert stored["version"] == "round-1"
     # each box's retained status (signed, over its TLS connection) names the new model
     info = json.loads(fed.aggregator("status", "--json", "--state", str(fed.state),

@@ -20,16 +20,19 @@ def status(
     """Device id, federation, broker, certificate expiry, federated model, outbox."""
     from edge.doctor import check_certificate
     from edge.kiosk.auth import PasswordStore
-    from edge.model_store import FederatedModelStore
     from edge.outbox import Outbox
     from edge.revocation import REPROVISION, revocation_state
+    from edge.swap_store import BASE_VERSION, SwapStore, federated_round
 
     if config is not None:
         box(ctx).resolve(config)
     cfg = box(ctx).require_config()
     fed_dir = cfg.box.data_dir / "federation"
-    current = FederatedModelStore(fed_dir / "federated").load_current() \
-        if (fed_dir / "federated").exists() else None
+    # the box's one store of model versions: what it serves
+    models_dir = box(ctx).box().models_dir
+    pointer = SwapStore(models_dir).load() if models_dir.is_dir() else None
+    current = pointer.current if pointer is not None and \
+        pointer.current.version != BASE_VERSION else None
     pending = len(Outbox(fed_dir / "outbox").stored()) if (fed_dir / "outbox").exists() else 0
     cert = check_certificate(cfg)
     revoked = revocation_state(cfg.box.data_dir)
@@ -38,7 +41,7 @@ def status(
         "camera": cfg.camera.source, "key_id": cfg.federation.key_id,
         "certificate": {"ok": cert.ok, "detail": cert.detail},
         "model": None if current is None else {"version": current.version,
-                                               "round": current.round_no},
+                                               "round": federated_round(current.version)},
         "pending_updates": pending,
         "kiosk_password_set": PasswordStore(cfg.box.data_dir).is_set(),
         "revoked": None if revoked is None else {

@@ -1,15 +1,15 @@
 """Model version and federation status as the kiosk shows them.
 
 The model version is what the live embedder reports (it changes when a federated model
-is swapped in) plus the versions the gallery holds embeddings of. Federation status is
-read from the state the federation client persists under ``<data dir>/federation``
-(``fedface-edge join``): the federated model store's ``current.json``. No such directory
-means the box never joined a federation.
+is swapped in) plus the versions the gallery holds embeddings of. Federation status:
+joined when the federation client's state dir ``<data dir>/federation`` exists
+(``fedface-edge join``; none means the box never joined), and the federated model is
+what the box's one store of model versions serves (``<data dir>/models``,
+edge.swap_store).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +17,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 FEDERATION_DIRNAME = "federation"  # as used by `fedface-edge join` (edge/cli/federate.py)
-MODEL_STORE_DIRNAME = "federated"  # FederationClient's FederatedModelStore directory
+MODELS_DIRNAME = "models"  # the box's model versions (edge.box.MODELS_DIRNAME)
 
 
 @dataclass(frozen=True)
@@ -35,23 +35,23 @@ class FederationStatus:
             return "not joined"
         if self.model_version is None:
             return "joined; no federated model received yet"
+        if self.round_no is None:
+            return f"joined; model {self.model_version}"
         return f"joined; federated model {self.model_version} (round {self.round_no})"
 
 
 def federation_status(data_dir: Path) -> FederationStatus:
-    state_dir = Path(data_dir) / FEDERATION_DIRNAME
-    if not state_dir.is_dir():
+    from edge.swap_store import BASE_VERSION, ModelStoreError, SwapStore, federated_round
+
+    if not (Path(data_dir) / FEDERATION_DIRNAME).is_dir():
         return FederationStatus(joined=False)
-    pointer = state_dir / MODEL_STORE_DIRNAME / "current.json"
+    models_dir = Path(data_dir) / MODELS_DIRNAME
     try:
-        data = json.loads(pointer.read_text())
-    except FileNotFoundError:
+        pointer = SwapStore(models_dir).load() if models_dir.is_dir() else None
+    except ModelStoreError as exc:
+        log.warning("cannot read the box's model versions: %s", exc)
+        return FederationStatus(joined=True, problem="model versions unreadable")
+    if pointer is None or pointer.current.version == BASE_VERSION:
         return FederationStatus(joined=True)
-    except (OSError, ValueError) as exc:
-        log.warning("cannot read federation state %s: %s", pointer, exc)
-        return FederationStatus(joined=True, problem=type(exc).__name__)
-    if not isinstance(data, dict) or "version" not in data:
-        return FederationStatus(joined=True, problem="no version in current.json")
-    round_no = data.get("round")
-    return FederationStatus(True, str(data["version"]),
-                            int(round_no) if isinstance(round_no, int) else None)
+    version = pointer.current.version
+    return FederationStatus(True, version, federated_round(version))
