@@ -31,7 +31,9 @@ class Verdict:
         if self.before is not None and self.after is not None:
             figures = (f", canary {self.before:.1%} -> {self.after:.1%} "
                        f"({self.probes} probes)")
-        return f"round {self.round}: {self.outcome.replace('_', ' ')}{figures} ({self.reason})"
+        # an applied round's figures say it all; any other outcome says why
+        why = "" if figures and self.outcome == "applied" else f" ({self.reason})"
+        return f"round {self.round}: {self.outcome.replace('_', ' ')}{figures}{why}"
 
     @classmethod
     def from_dict(cls, data: Any) -> Verdict | None:

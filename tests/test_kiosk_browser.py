@@ -204,3 +204,30 @@ def test_staff_flow_in_chromium(browser: Any, kiosk: Kiosk, screenshots: Path) -
         assert gallery.count_rows() == {"people": 0, "crops": 0, "embeddings": 0}
     assert all(r["name"] != ENROLLED for r in status(page)["recent"])
     context.close()
+
+
+def test_the_live_page_shows_the_last_rounds_verdict_and_a_revocation(
+        browser: Any, kiosk: Kiosk, screenshots: Path) -> None:
+    """Issue 13.3/13.7: the guard sees whether the last round helped this box (its
+    canary's figures) and that the box was revoked, on the live page itself."""
+    from edge.canary import CanaryResult
+    from edge.revocation import record_revocation
+    from edge.round_verdicts import RoundVerdicts
+
+    federation = kiosk.services.data_dir / "federation"
+    canary = CanaryResult(True, False, "accuracy 91.7% -> 95.8%", 24, 0.917, 0.958)
+    RoundVerdicts(federation).record(2, "round-2", "applied", canary.reason, canary)
+    context = browser.new_context(viewport=KIOSK_VIEW)
+    page = context.new_page()
+    log_in(page, kiosk.url)
+    last = page.locator("#last-round").inner_text()
+    assert last.startswith("round 2: applied, canary 91.7% -> 95.8% (24 probes)"), last
+    assert not page.locator("#federation").inner_text().startswith("REVOKED")
+    record_revocation(federation, "box-kiosk", source="notice", revoked_at=time.time())
+    page.goto(kiosk.url + "/")
+    text = page.locator("#federation").inner_text()
+    assert text.startswith("REVOKED") and "re-provision" in text, text
+    assert "alert" in (page.get_attribute("#federation", "class") or "")
+    page.locator(".system").screenshot(path=str(screenshots / "kiosk-federation.png"))
+    context.close()
+    (federation / "revoked.json").unlink()  # the module's other tests run on a live box

@@ -221,3 +221,17 @@ def test_federation_status_from_persisted_state(tmp_path: Path) -> None:
     assert federation_status(tmp_path).text == "joined; federated model round-3 (round 3)"
     store.pointer_path.write_text("{broken")
     assert "unreadable" in federation_status(tmp_path).text
+    # what the round did for this box (its canary's figures) and its revocation
+    from edge.canary import CanaryResult
+    from edge.revocation import record_revocation
+    from edge.round_verdicts import RoundVerdicts
+
+    canary = CanaryResult(True, False, "accuracy 90.0% -> 95.0%", 20, 0.90, 0.95)
+    RoundVerdicts(tmp_path / "federation").record(3, "round-3", "applied", canary.reason,
+                                                  canary)
+    RoundVerdicts(tmp_path / "federation").record(4, None, "sat_out", "nothing new")
+    status = federation_status(tmp_path)
+    assert status.last_round is not None
+    assert status.last_round.startswith("round 3: applied, canary 90.0% -> 95.0% (20 probes)")
+    record_revocation(tmp_path / "federation", "box-k", source="notice", revoked_at=1.0)
+    assert federation_status(tmp_path).text.startswith("REVOKED")

@@ -16,8 +16,7 @@ def test_a_verdict_keeps_the_canary_figures_and_survives_a_restart(tmp_path: Pat
     RoundVerdicts(tmp_path).record(1, "round-1", "applied", canary.reason, canary)
     RoundVerdicts(tmp_path).record(2, None, "sat_out", "0 new samples since round 1, need 1")
     (applied, sat_out) = RoundVerdicts(tmp_path).all()  # a new reader: from disk
-    assert applied.summary() == ("round 1: applied, canary 91.7% -> 95.8% (12 probes) "
-                                 "(accuracy 91.7% -> 95.8%)")
+    assert applied.summary() == "round 1: applied, canary 91.7% -> 95.8% (12 probes)"
     assert sat_out.summary() == "round 2: sat out (0 new samples since round 1, need 1)"
     assert (tmp_path / "verdicts.json").stat().st_mode & 0o777 == 0o600
 

@@ -26,9 +26,13 @@ class FederationStatus:
     model_version: str | None = None
     round_no: int | None = None
     problem: str | None = None
+    revoked: str | None = None  # what the box learnt of its revocation (edge.revocation)
+    last_round: str | None = None  # its verdict on the last round (edge.round_verdicts)
 
     @property
     def text(self) -> str:
+        if self.revoked:
+            return f"REVOKED: {self.revoked}; re-provision the box under a new device id"
         if self.problem:
             return f"joined; state unreadable ({self.problem})"
         if not self.joined:
@@ -41,17 +45,27 @@ class FederationStatus:
 
 
 def federation_status(data_dir: Path) -> FederationStatus:
+    from edge.revocation import revocation_state
+    from edge.round_verdicts import RoundVerdicts
     from edge.swap_store import BASE_VERSION, ModelStoreError, SwapStore, federated_round
 
-    if not (Path(data_dir) / FEDERATION_DIRNAME).is_dir():
+    state_dir = Path(data_dir) / FEDERATION_DIRNAME
+    if not state_dir.is_dir():
         return FederationStatus(joined=False)
+    revoked = revocation_state(data_dir)
+    verdicts = RoundVerdicts(state_dir).recent()
+    judged = [v for v in verdicts if v.outcome != "sat_out"]
+    said = revoked.summary() if revoked is not None else None
+    last = judged[-1].summary() if judged else None
     models_dir = Path(data_dir) / MODELS_DIRNAME
     try:
         pointer = SwapStore(models_dir).load() if models_dir.is_dir() else None
     except ModelStoreError as exc:
         log.warning("cannot read the box's model versions: %s", exc)
-        return FederationStatus(joined=True, problem="model versions unreadable")
+        return FederationStatus(joined=True, problem="model versions unreadable",
+                                revoked=said, last_round=last)
     if pointer is None or pointer.current.version == BASE_VERSION:
-        return FederationStatus(joined=True)
+        return FederationStatus(joined=True, revoked=said, last_round=last)
     version = pointer.current.version
-    return FederationStatus(True, version, federated_round(version))
+    return FederationStatus(True, version, federated_round(version), revoked=said,
+                            last_round=last)
