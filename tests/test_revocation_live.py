@@ -22,16 +22,13 @@ from pathlib import Path
 import pytest
 
 from edge.config import load_box_config
-from edge.drift_trainer import NumpyDriftTrainer
-from edge.federation_client import ClientConfig, ClientEvent, FederationClient
+from edge.federation_client import ClientEvent, FederationClient
 from federation import topics
-from federation.keys import load_secret_context, read_private_key, read_public_key
 from federation.mqtt import MqttTransport, TlsConfig
-from federation.transport import Will
 from tests.conftest import MosquittoBroker
-from tests.e2e_support import PART, GatedTrainer, RecordingSink, part_base_vector, wait_for
+from tests.e2e_support import wait_for
 from tests.provisioning_support import FED, edge, provision_box, start_federation
-from tests.tls_round_support import box_tls, connects
+from tests.tls_round_support import box_tls, connects, start_client
 
 pytestmark = pytest.mark.mosquitto
 
@@ -60,22 +57,9 @@ class Listener:
 
 def _start_client(box_dir: Path, events: list[ClientEvent]) -> FederationClient:
     """The box's federation client as `fedface-edge join` runs it: state in
-    DATA_DIR/federation, the provisioned certificate and keys."""
-    cfg = load_box_config(box_dir / "edge.toml")
-    base = part_base_vector()
-    trainer = GatedTrainer(NumpyDriftTrainer(PART, base, cfg.box.device_id, 50, 1e-2))
-
-    def transport(will: Will) -> MqttTransport:
-        return MqttTransport(cfg.broker.url, cfg.box.device_id, will=will,
-                             reconnect_max_delay=1, tls=box_tls(cfg))
-
-    client = FederationClient(
-        ClientConfig(cfg.box.fed, cfg.box.device_id, retry_seconds=2.0, tick_seconds=0.1),
-        transport, load_secret_context(cfg.federation.secret_context),
-        read_private_key(cfg.federation.device_key),
-        read_public_key(cfg.federation.aggregator_key), trainer, RecordingSink(),
-        cfg.box.data_dir / "federation", base, on_event=events.append)
-    client.start()
+    DATA_DIR/federation, the provisioned certificate and keys (it never trains here)."""
+    client, _, _ = start_client(box_dir, events, state_dir="federation", open_gate=False,
+                                reconnect_max_delay=1)
     return client
 
 

@@ -20,6 +20,13 @@ from tests.provisioning_support import edit_config, provision_box, start_federat
 EDGE = str(Path(sys.executable).parent / "fedface-edge")
 
 
+def edge_cli(*args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:
+    """``fedface-edge ARGS`` in a subprocess, with ``env`` added and no FEDFACE_CONFIG."""
+    full = {k: v for k, v in os.environ.items() if k != "FEDFACE_CONFIG"} | env
+    return subprocess.run([EDGE, *args], env=full, capture_output=True, text=True,
+                          timeout=timeout)
+
+
 def provisioned_config(root: Path, data_dir: Path, threads: int = 3) -> Path:
     """A box config as `provision` writes it (only the sections' required keys)."""
     root.mkdir(parents=True, exist_ok=True)
@@ -117,10 +124,8 @@ def test_commands_read_the_config_named_on_the_command_line(
     fed = start_federation(tmp_path, mosquitto_factory)
     box = provision_box(fed, "box-cfg2", f"dir:{lfw_dir / 'Tony_Blair'}")
     edit_config(box, "box", "threads", 2)
-    env = dict(os.environ, FEDFACE_DATA_DIR=str(tmp_path / "elsewhere"))
-    env.pop("FEDFACE_CONFIG", None)
-    out = subprocess.run([EDGE, "--config", str(box / CONFIG_NAME), "status", "--json"],
-                         env=env, capture_output=True, text=True, timeout=120)
+    out = edge_cli("--config", str(box / CONFIG_NAME), "status", "--json",
+                   FEDFACE_DATA_DIR=str(tmp_path / "elsewhere"))
     assert out.returncode == 0, out.stderr
     assert '"device_id": "box-cfg2"' in out.stdout
     assert not (tmp_path / "elsewhere").exists()
@@ -132,12 +137,8 @@ def test_run_defaults_to_the_configs_camera(
         lfw_dir: Path) -> None:
     fed = start_federation(tmp_path, mosquitto_factory)
     box = provision_box(fed, "box-cam", f"dir:{lfw_dir / 'Tony_Blair'}")
-    env = dict(os.environ)
-    env.pop("FEDFACE_CONFIG", None)
-    out = subprocess.run([EDGE, "--data-dir", str(box), "run", "--max-frames", "2"],
-                         env=env, capture_output=True, text=True, timeout=300)
+    out = edge_cli("--data-dir", str(box), "run", "--max-frames", "2")
     assert out.returncode == 0, out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith("2 frames"), out.stderr
-    bare = subprocess.run([EDGE, "--data-dir", str(tmp_path / "unprovisioned"), "run"],
-                          env=env, capture_output=True, text=True, timeout=120)
+    bare = edge_cli("--data-dir", str(tmp_path / "unprovisioned"), "run")
     assert bare.returncode == 2 and "no frame source" in bare.stderr, bare.stderr

@@ -72,25 +72,35 @@ class TlsBox:
                     None)
 
 
-def start_box(box_dir: Path, *, open_gate: bool = True) -> TlsBox:
+def start_client(box_dir: Path, events: list[ClientEvent], *, state_dir: str = "federation",
+                 open_gate: bool = True, reconnect_max_delay: int = 2
+                 ) -> tuple[FederationClient, GatedTrainer, BoxConfig]:
+    """A provisioned box's federation client (drift trainer) as `fedface-edge join` runs
+    it: the box config's broker, TLS certificate and keys; state in ``box_dir/state_dir``."""
     cfg = load_box_config(box_dir / "edge.toml")
     base = part_base_vector()
     trainer = GatedTrainer(NumpyDriftTrainer(PART, base, cfg.box.device_id, 50, 1e-2))
     if open_gate:
         trainer.gate.set()
-    events: list[ClientEvent] = []
 
     def transport(will: Will) -> MqttTransport:
         return MqttTransport(cfg.broker.url, cfg.box.device_id, will=will,
-                             reconnect_max_delay=2, tls=box_tls(cfg))
+                             reconnect_max_delay=reconnect_max_delay, tls=box_tls(cfg))
 
     client = FederationClient(
         ClientConfig(cfg.box.fed, cfg.box.device_id, retry_seconds=2.0, tick_seconds=0.1),
         transport, load_secret_context(cfg.federation.secret_context),
         read_private_key(cfg.federation.device_key),
         read_public_key(cfg.federation.aggregator_key), trainer, RecordingSink(),
-        box_dir / "federation-test", base, on_event=events.append)
+        box_dir / state_dir, base, on_event=events.append)
     client.start()
+    return client, trainer, cfg
+
+
+def start_box(box_dir: Path, *, open_gate: bool = True) -> TlsBox:
+    events: list[ClientEvent] = []
+    client, trainer, cfg = start_client(box_dir, events, state_dir="federation-test",
+                                        open_gate=open_gate)
     return TlsBox(cfg.box.device_id, cfg, client, trainer, events)
 
 
