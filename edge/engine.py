@@ -28,12 +28,11 @@ from edge.detect import FaceDetector
 from edge.gallery import Match
 from edge.gallery_snapshot import GalleryRows, GallerySnapshot
 from edge.pipeline import FaceEmbedder, RecognisedFace, StageTimings, detect_align_embed
-from edge.update_sealing import lower_thread_priority
+from edge.priority import background_niceness, lower_thread_priority
 
 log = logging.getLogger(__name__)
 
 WATCH_SECONDS = 0.5
-BACKGROUND_NICENESS = 10
 
 
 class StateMismatchError(ValueError):
@@ -200,7 +199,7 @@ class Engine:
                 self.refresh_gallery()
 
     def _watch(self, every: float) -> None:
-        lower_thread_priority(BACKGROUND_NICENESS)
+        lower_thread_priority(background_niceness())
         while not self._stop.wait(every):
             try:
                 self.watch_once()

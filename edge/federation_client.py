@@ -23,7 +23,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from edge.box_status import BoxStatus
 from edge.fed_messages import ModelPointer, RoundAnnounce, parse_ack, parse_announce, parse_pointer
 from edge.outbox import Outbox, PendingUpdate
+from edge.priority import background_niceness, lower_thread_priority
 from edge.result_fetch import ResultFetcher
 from edge.revocation import REPROVISION, RevocationState, read_record, record_revocation
 from edge.round_gate import (
@@ -46,7 +47,7 @@ from edge.round_gate import (
 )
 from edge.round_verdicts import RoundVerdicts
 from edge.trainer_api import LocalTrainer
-from edge.update_sealing import Sealer, check_average, lower_thread_priority
+from edge.update_sealing import Sealer, check_average
 from edge.update_sender import TERMINAL_REJECTIONS, UpdateSender
 from federation import topics
 from federation.ckks import FederationContext, require_secret
@@ -79,7 +80,7 @@ class ClientConfig:
     # A federated average that moves the weights by more than this fraction of their
     # norm is not an average of honest fine-tuning steps: refuse it (keep the old model).
     max_relative_change: float = 0.5
-    train_niceness: int = 10
+    train_niceness: int = field(default_factory=background_niceness)
     tick_seconds: float = 0.5
 
 

@@ -48,9 +48,10 @@ import numpy as np
 from edge.canary import CanaryPolicy, CanaryResult, run_canary
 from edge.detect import FaceDetector
 from edge.embed import Embedder
-from edge.engine import BACKGROUND_NICENESS, Engine, ServingState
+from edge.engine import Engine, ServingState
 from edge.errors import FedFaceError
 from edge.gallery_snapshot import GalleryRows, empty_snapshot
+from edge.priority import background_niceness, lower_thread_priority
 from edge.serving import BASE_TAG, load_current, read_model
 from edge.swap_assets import SwapAssets
 from edge.swap_store import (
@@ -62,7 +63,7 @@ from edge.swap_store import (
     SwapStore,
 )
 from edge.tail_model import SplitEmbedder
-from edge.update_sealing import ResultRejected, lower_thread_priority
+from edge.update_sealing import ResultRejected
 from models.federated_parts import FederatedPart
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ class HotSwapper:
         self.engine.follow = self._follow
         self.last_report: SwapReport | None = None
         # the swap thread's nice value: the frame thread keeps its core on a 2-core box
-        self.niceness = BACKGROUND_NICENESS
+        self.niceness = background_niceness()
         self.on_change: Callable[[dict[str, Any]], None] | None = None
 
     # --- locking and background work -------------------------------------------------

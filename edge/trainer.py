@@ -30,6 +30,7 @@ import numpy as np
 
 from edge.augment import check_crop
 from edge.feature_cache import CropsByPerson, FeatureCache, group_crops
+from edge.priority import background_niceness
 from edge.trainer_api import FitResult, LocalUpdate, TrainConfig, TrainingError
 from models.federated_parts import DEFAULT_PART, FederatedPart, get_part
 
@@ -115,7 +116,7 @@ class TorchLocalTrainer:
         config: TrainConfig | None = None,
         n_views: int = 4,
         isolate: bool = True,
-        niceness: int = 10,
+        niceness: int | None = None,  # None: edge.update_sealing.background_niceness()
     ) -> None:
         if isolate:
             check_torch()  # fail here, not at round 1
@@ -125,7 +126,7 @@ class TorchLocalTrainer:
         self.model_path = Path(model_path)
         self.config = config or TrainConfig()
         self.isolate = isolate
-        self.niceness = niceness
+        self.niceness = background_niceness() if niceness is None else niceness
         self._crops = crops
         self._cache_dir, self._n_views = cache_dir, n_views
         self._cache: FeatureCache | None = None  # in process only (isolate=False)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,13 +36,6 @@ class ResultRejected(FederationError):
     """A decrypted federated result failed validation and was not applied."""
 
 
-def lower_thread_priority(niceness: int) -> None:
-    # Linux gives every thread its own nice value (setpriority on the thread id), so the
-    # training job yields to the camera/recognition threads of the same process.
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
-    except (AttributeError, OSError) as exc:
-        log.debug("could not lower the training thread's priority: %s", exc)
 
 
 @dataclass(frozen=True)

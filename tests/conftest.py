@@ -22,6 +22,13 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# The box runs training, sealing and hot-swap checks niced (edge.priority: nice 10), so
+# the camera path keeps the CPU. Beside other CPU-bound work (CI runs the suite next to
+# two busy processes) nice-10 work gets a few percent of a core and a federated round
+# takes many minutes, so the tests' real boxes, and the processes they start, run it at
+# normal priority. tests/test_priority.py checks the product default itself.
+os.environ.setdefault("FEDFACE_BACKGROUND_NICENESS", "0")
+
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
