@@ -27,19 +27,20 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 from aggregator.accumulator import Accumulator, AccumulatorBroken, AccumulatorFactory
 from aggregator.intake import NOT_OPEN as NOT_OPEN  # re-exported: part of the reasons
-from aggregator.intake import Decision, Submission, check, rebuild_sum
+from aggregator.intake import check, rebuild_sum
 from aggregator.model_pins import next_base
+from aggregator.records import Announce, Decision, Event, ResultReady, Submission
 from aggregator.registry import DeviceRegistry
 from aggregator.schedule import RoundSchedule
 from aggregator.state_db import RoundRow
 from aggregator.store import AcceptedUpdate, Store
 from federation import errors
 from federation.dp import DpConfig
+from federation.messages import CLOSED, OPEN, RoundAnnounce
 from federation.packing import DEFAULT_COUNT_SCALE
 
 log = logging.getLogger(__name__)
@@ -74,23 +75,9 @@ class RoundSettings:
             raise ValueError("chunk size must be >= 1024 bytes")
 
 
-@dataclass(frozen=True)
-class Announce:
-    round: int
-    base_model: str
-    payload: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class ResultReady:
-    round: int
-    model: str
-    base_model: str
-    sum_blob: str
-    contributors: list[str] = field(default_factory=list)
-
-
-Event = Announce | ResultReady
+def announce_of(row: RoundRow) -> RoundAnnounce:
+    """The announce stored with a round, as it was published (republished on restart)."""
+    return RoundAnnounce.from_dict(row.announce)
 
 
 def result_model_version(round_no: int) -> str:
@@ -130,7 +117,7 @@ class Coordinator:
             self.sum = self._load_sum(latest)
             log.info("resumed round %d (base %s) with %d accepted update(s)", latest.round,
                      latest.base_model, latest.contributions)
-            events.append(Announce(latest.round, latest.base_model, latest.announce))
+            events.append(Announce(announce_of(latest)))
         elif not events and open_round:
             events.extend(self._open_when_due())
         return events
@@ -155,8 +142,7 @@ class Coordinator:
                  time.localtime(at)), self.settings.schedule.describe())
         if latest is None:
             return []
-        return [Announce(latest.round, latest.base_model,
-                         dict(latest.announce, state="closed", next_round_at=at))]
+        return [Announce(replace(announce_of(latest), state=CLOSED, next_round_at=at))]
 
     def _open_next(self) -> Announce:
         latest = self.store.latest_round()
@@ -165,34 +151,25 @@ class Coordinator:
         round_no = 1 if latest is None else latest.round + 1
         now = self.clock()
         deadline = now + self.settings.deadline_seconds
-        payload = self._announce_payload(round_no, base, deadline, now)
-        payload["pinned"] = is_pinned
-        self.store.insert_round(round_no, base, now, deadline, self.settings.quorum, payload)
+        announce = self._announce(round_no, base, deadline, now, is_pinned)
+        self.store.insert_round(round_no, base, now, deadline, self.settings.quorum,
+                                announce.to_dict())
         self.current = self.store.get_round(round_no)
         self.sum = self.accumulators.new()
         log.info("round %d opened: base model %s, deadline in %.0f s, quorum %d, min new "
                  "samples %d", round_no, base, self.settings.deadline_seconds,
                  self.settings.quorum, self.settings.min_new_samples)
-        return Announce(round_no, base, payload)
+        return Announce(announce)
 
-    def _announce_payload(
-        self, round_no: int, base: str, deadline: float, now: float
-    ) -> dict[str, Any]:
+    def _announce(self, round_no: int, base: str, deadline: float, now: float,
+                  pinned: bool) -> RoundAnnounce:
         s = self.settings
-        return {
-            "round": round_no,
-            "base_model": base,
-            "state": "open",
-            "opened_at": now,
-            "deadline": deadline,
-            "quorum": s.quorum,
-            "count_scale": s.count_scale,
-            "part_key": s.part_key,
-            "chunk_size": s.chunk_size,
-            "devices": sorted(self.registry.active_ids()),
-            "min_new_samples": s.min_new_samples,
-            **({"dp": s.dp.to_dict()} if s.dp is not None else {}),
-        }
+        return RoundAnnounce(
+            round=round_no, base_model=base, state=OPEN, deadline=deadline, quorum=s.quorum,
+            count_scale=s.count_scale, chunk_size=s.chunk_size, part_key=s.part_key,
+            devices=tuple(sorted(self.registry.active_ids())),
+            min_new_samples=s.min_new_samples, dp=s.dp, opened_at=now, pinned=pinned,
+        )
 
     # --- updates ----------------------------------------------------------------------
     def submit(self, sub: Submission) -> Decision:
@@ -314,14 +291,14 @@ class Coordinator:
             return self._close(cur, f"deadline with quorum ({cur.contributions}/{len(active)})")
         if cur.extensions < self.settings.max_extensions:
             deadline = cur.deadline + self.settings.deadline_seconds
-            announce = dict(cur.announce, deadline=deadline)
+            announce = replace(announce_of(cur), deadline=deadline)
             self.store.update_round(cur.round, deadline=deadline,
-                                    extensions=cur.extensions + 1, announce=announce)
+                                    extensions=cur.extensions + 1, announce=announce.to_dict())
             self.current = self.store.get_round(cur.round)
             log.warning("round %d: deadline reached with %d/%d updates (quorum %d): "
                         "extended to %.0f (%d/%d)", cur.round, cur.contributions, len(active),
                         cur.quorum, deadline, cur.extensions + 1, self.settings.max_extensions)
-            return [Announce(cur.round, cur.base_model, announce)]
+            return [Announce(announce)]
         self.store.update_round(cur.round, status="failed", closed_at=self.clock(),
                                 close_reason="no quorum")
         self.store.drop_accepted(cur.round)

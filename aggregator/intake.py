@@ -4,11 +4,9 @@ from its stored updates (on restart, or when a summing worker died)."""
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass
-from pathlib import Path
 
 from aggregator.accumulator import Accumulator, AccumulatorFactory
+from aggregator.records import Decision, Submission
 from aggregator.regions import kind_problem
 from aggregator.registry import DeviceRegistry
 from aggregator.state_db import RoundRow
@@ -17,45 +15,8 @@ from aggregator.store import Store, StoreError
 log = logging.getLogger(__name__)
 
 NOT_OPEN = "not_open"  # no round open with that number (future round, or none)
-# Bytes of an update's head read in the service process: enough for the packing header
-# (the claimed update count of a regional partial); the rest is read by whoever sums it.
-HEAD_BYTES = 64
 # Stored updates re-added per batch when a sum is rebuilt (memory: one staged sum each).
 REBUILD_BATCH = 16
-
-
-@dataclass(frozen=True)
-class Submission:
-    """A reassembled, signature-checked update as the service hands it over: its bytes,
-    or (the service's way) the spooled file holding them, moved into the store if it is
-    accepted, so the blob is written once and never read whole by this process."""
-
-    device_id: str
-    round: int
-    model: str
-    msg_id: str
-    blob_sha256: str
-    blob: bytes | None = None
-    spooled: Path | None = None
-    kind: str = "update"  # or "partial": a regional aggregator's sum (aggregator.regions)
-
-    def head(self) -> bytes:
-        if self.blob is not None:
-            return self.blob[:HEAD_BYTES]
-        if self.spooled is None:
-            raise ValueError("a submission needs its blob or its spooled file")
-        fd = os.open(self.spooled, os.O_RDONLY)
-        try:
-            return os.pread(fd, HEAD_BYTES, 0)
-        finally:
-            os.close(fd)
-
-
-@dataclass(frozen=True)
-class Decision:
-    accepted: bool
-    reason: str | None = None
-    detail: str = ""
 
 
 def check(store: Store, registry: DeviceRegistry, cur: RoundRow | None, sub: Submission,

@@ -58,8 +58,9 @@ from pathlib import Path
 
 from aggregator.delivery import DeliveryIntake, Item, RateLimitedReport
 from aggregator.durable_io import write_atomic
-from aggregator.publisher import Ack, Publisher
+from aggregator.publisher import Publisher
 from aggregator.ratelimit import RateLimiter, RateLimits
+from aggregator.records import OutgoingAck
 from aggregator.registry import read_devices
 from aggregator.spool import DiskReassembler
 from federation import topics
@@ -309,7 +310,7 @@ class IntakeShards:
                 return False
         return True
 
-    def ack(self, ack: Ack) -> bool:
+    def ack(self, ack: OutgoingAck) -> bool:
         """Hand ``ack`` to the shard that hears its device, which signs and sends it.
         False: that shard is down (the caller publishes the ack itself)."""
         if not self._shards:

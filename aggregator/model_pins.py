@@ -28,13 +28,11 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from aggregator.publisher import Publisher
+from aggregator.records import ResultReady
 from aggregator.state_db import RoundRow
 from aggregator.store import Store, StoreError
-
-if TYPE_CHECKING:  # the publisher imports the coordinator, which imports this module
-    from aggregator.publisher import Publisher
 
 log = logging.getLogger(__name__)
 
@@ -165,14 +163,11 @@ def republish_base(store: Store, publisher: Publisher, base: str, opening_round:
         return False
     if row.sum_blob is None or row.result_model is None:
         raise StoreError(f"round {row.round} is published but has no result blob")
-    from aggregator.coordinator import ResultReady
-
     blob = store.read_blob(row.sum_blob)
     msg = hashlib.sha256(f"{row.result_sha256}:{opening_round}".encode()).hexdigest()[:32]
     event = ResultReady(row.round, row.result_model, row.base_model, row.sum_blob,
                         store.contributors(row.round))
-    publisher.result(event, blob, retained, msg=msg, extra={"republished": True,
-                                                            "for_round": opening_round})
+    publisher.result(event, blob, retained, msg=msg, for_round=opening_round)
     set_retained(store, row.round)
     log.info("re-published the result of round %d (%s) as the base of round %d",
              row.round, base, opening_round)

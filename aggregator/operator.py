@@ -36,8 +36,8 @@ from aggregator.store import Store
 from federation.errors import FederationError
 from federation.key_bundle import AGGREGATOR_PUB, CA_CERT, SECRET_CONTEXT, KeyBundle, seal_bundle
 from federation.keys import load_secret_context
+from federation.messages import DeviceStatus
 from federation.signing import public_key_from_hex
-from federation.verdicts import from_status as verdicts_from_status
 
 log = logging.getLogger(__name__)
 
@@ -195,13 +195,12 @@ def device_statuses(cfg: AggregatorConfig, store: Store, wait: float = 2.0) -> d
         try:
             env = decode(payload)
             verify_envelope(env, ring, fed=cfg.fed)
-            body = json.loads(env.payload)
-            entry = {"state": str(body.get("state")), "model": body.get("model"),
-                     "ts": float(body.get("ts", env.ts)),
-                     "last_swap": _last_swap(body.get("last_swap")),
+            status = DeviceStatus.from_json(env.payload)
+            entry = {"state": status.state, "model": status.model,
+                     "ts": float(env.ts if status.ts is None else status.ts),
+                     "last_swap": _last_swap(status.sink.get("last_swap")),
                      # what each recent round did for the box (federation.verdicts)
-                     "verdicts": [asdict(v) for v in verdicts_from_status(
-                         body.get("verdicts"))]}
+                     "verdicts": [asdict(v) for v in status.verdicts]}
         except (FederationError, ValueError) as exc:
             entry = {"state": "invalid", "model": None, "ts": None, "error": str(exc)}
         with lock:

@@ -7,7 +7,7 @@ can read). Reloading more often changes nothing; restarting the broker cuts ever
 
 So, after the CRL is applied, the aggregator (its client certificate, CN ``aggregator``):
 
-1. publishes a signed revocation notice (``federation.revocation``) on ``ack/<device>``,
+1. publishes a signed revocation notice (``federation.messages``) on ``ack/<device>``,
    the one topic only that device reads, and gives an honest box up to
    ``NOTICE_GRACE`` seconds to record it and say so (its retained status becomes
    ``revoked``, then it closes its connection itself);
@@ -41,7 +41,7 @@ from federation import topics
 from federation.chunking import split_blob
 from federation.envelope import decode, encode, verify_envelope
 from federation.errors import FederationError
-from federation.revocation import notice_body
+from federation.messages import DeviceStatus, RevocationNotice
 from federation.signing import KeyRing
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,8 @@ def _status_state(payload: bytes, ring: KeyRing, fed: str) -> tuple[str, float] 
     try:
         env = decode(payload)
         verify_envelope(env, ring, fed=fed)
-        body = json.loads(env.payload)
-        return str(body.get("state")), float(body.get("ts", env.ts))
+        status = DeviceStatus.from_json(env.payload)
+        return status.state, float(env.ts if status.ts is None else status.ts)
     except (FederationError, ValueError, TypeError):
         return None
 
@@ -107,7 +107,7 @@ def cut_live_session(cfg: AggregatorConfig, store: Store, device_id: str,
         transport.subscribe(DYNSEC_RESPONSE, on_response)
         sent_at = time.time()
         key = load_signing_key(store.state_dir)
-        body = json.dumps(notice_body(device_id, revoked_at=sent_at), sort_keys=True).encode()
+        body = RevocationNotice(device_id, revoked_at=sent_at).to_json()
         for env in split_blob(body, key, kind="ack", fed=cfg.fed, sender=cfg.aggregator_id,
                               round=0, model="", chunk_size=len(body)):
             transport.publish(topics.ack(cfg.fed, device_id), encode(env), wait_timeout=10.0)

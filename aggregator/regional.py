@@ -45,12 +45,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from aggregator.coordinator import ResultReady
 from aggregator.durable_io import write_atomic
+from aggregator.records import ResultReady
 from federation import topics
 from federation.chunking import DEFAULT_CHUNK_SIZE, Reassembler, split_blob
 from federation.envelope import Envelope, decode, encode, verify_envelope
-from federation.errors import PUBLISH_TIMEOUT, FederationError, TransportError
+from federation.errors import MALFORMED, PUBLISH_TIMEOUT, FederationError, TransportError
+from federation.messages import Ack, RoundAnnounce
 from federation.signing import KeyRing
 from federation.transport import Transport
 
@@ -97,7 +98,7 @@ class RegionalForwarder:
         self._results: dict[int, tuple[bytes, str]] = {}  # root round -> (blob, model)
         self._reassembler = Reassembler(max_blob_bytes=512 * 1024 * 1024,
                                         max_inflight_bytes=1024 * 1024 * 1024)
-        self.acks: list[dict[str, Any]] = []
+        self.acks: list[Ack] = []
 
     def start(self) -> None:
         self.root.subscribe(topics.announce(self.fed_id), self._on_announce)
@@ -214,7 +215,7 @@ class RegionalForwarder:
         try:
             env = decode(payload)
             if env.kind != kind or env.sender != self.root_aggregator_id:
-                raise FederationError("malformed", f"expected a {kind} from the root")
+                raise FederationError(MALFORMED, f"expected a {kind} from the root")
             verify_envelope(env, self.keyring, fed=self.fed_id)
             return env
         except FederationError as exc:
@@ -226,24 +227,29 @@ class RegionalForwarder:
         env = self._verified(payload, "announce")
         if env is None:
             return
-        body = json.loads(env.payload)
+        try:
+            ann = RoundAnnounce.from_json(env.payload)
+        except FederationError as exc:
+            log.warning("ignoring the root's announce (%s): %s", exc.reason, exc.message)
+            return
         with self._cond:
-            self._announce = _RootRound(int(body["round"]), str(body["base_model"]),
-                                        body.get("state") == "open")
+            self._announce = _RootRound(ann.round, ann.base_model, ann.open)
             self._cond.notify_all()
 
     def _on_ack(self, topic: str, payload: bytes) -> None:
         env = self._verified(payload, "ack")
         if env is None:
             return
-        body = json.loads(env.payload)
-        self.acks.append(body)
-        if body.get("accepted") or body.get("reason") == "duplicate":
-            log.info("root accepted partial %s for its round %s", body.get("msg"),
-                     body.get("round"))
+        try:
+            ack = Ack.from_json(env.payload)
+        except FederationError as exc:
+            log.warning("ignoring an ack from the root (%s): %s", exc.reason, exc.message)
+            return
+        self.acks.append(ack)
+        if ack.accepted or ack.reason == "duplicate":
+            log.info("root accepted partial %s for its round %s", ack.msg, ack.round)
         else:
-            log.error("root refused partial %s: %s (%s)", body.get("msg"), body.get("reason"),
-                      body.get("detail"))
+            log.error("root refused partial %s: %s (%s)", ack.msg, ack.reason, ack.detail)
 
     def _on_result(self, topic: str, payload: bytes) -> None:
         env = self._verified(payload, "result")
@@ -268,7 +274,7 @@ class RegionalForwarder:
         except FileNotFoundError:
             data = {}
         except ValueError as exc:
-            raise FederationError("malformed", f"{self._path} is corrupt ({exc}); it maps "
+            raise FederationError(MALFORMED, f"{self._path} is corrupt ({exc}); it maps "
                                   "region rounds to root rounds") from None
         return {"forwarded": dict(data.get("forwarded", {})),
                 "models": dict(data.get("models", {}))}

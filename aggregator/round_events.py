@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import replace
 from typing import Any
 
 from aggregator import model_pins
-from aggregator.coordinator import Announce, Coordinator, Event, ResultReady
+from aggregator.coordinator import Coordinator, announce_of
 from aggregator.publisher import Publisher
+from aggregator.records import Announce, Event, ResultReady
 from aggregator.store import Store
 from federation.errors import TransportError
+from federation.messages import CLOSED, RoundAnnounce
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +39,7 @@ class RoundEventHandler:
     def _handle(self, events: list[Event]) -> None:
         for event in events:
             if isinstance(event, Announce):
-                self._announce(event.round, event.base_model, event.payload)
+                self._announce(event.message)
             elif isinstance(event, ResultReady):
                 try:
                     self._publish_result(event)
@@ -51,13 +54,14 @@ class RoundEventHandler:
         pending, self._unpublished = self._unpublished, []
         self._handle(list(pending))
 
-    def _announce(self, round_no: int, base: str, payload: dict[str, Any]) -> None:
-        if payload.get("state") == "open":  # boxes must be able to fetch the base
+    def _announce(self, ann: RoundAnnounce) -> None:
+        if ann.open:  # boxes must be able to fetch the base
             try:
-                model_pins.republish_base(self.store, self.publisher, base, round_no)
+                model_pins.republish_base(self.store, self.publisher, ann.base_model, ann.round)
             except (OSError, TransportError) as exc:  # boxes then wait; the round runs on
-                log.error("round %d: cannot re-publish its base %s (%s)", round_no, base, exc)
-        self.publisher.announce(round_no, base, payload)
+                log.error("round %d: cannot re-publish its base %s (%s)", ann.round,
+                          ann.base_model, exc)
+        self.publisher.announce(ann)
 
     def _log_ack_waits(self, round_no: int) -> None:
         """One line per round: each accepted update's age at its ack, from the box's send
@@ -92,5 +96,5 @@ class RoundEventHandler:
             self.finished.set()
             cur = self.store.get_round(event.round)
             if cur is not None and not events:
-                self._announce(event.round, cur.base_model, dict(cur.announce, state="closed"))
+                self._announce(replace(announce_of(cur), state=CLOSED))
         self._handle(events)

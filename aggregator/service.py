@@ -64,13 +64,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aggregator.accumulator import AccumulatorFactory, CkksAccumulatorFactory
-from aggregator.coordinator import (
-    UNAVAILABLE,
-    Coordinator,
-    Decision,
-    RoundSettings,
-    Submission,
-)
+from aggregator.coordinator import UNAVAILABLE, Coordinator, RoundSettings
 from aggregator.delivery import (
     DeliveryIntake,
     Item,
@@ -81,6 +75,7 @@ from aggregator.delivery import (
 from aggregator.intake_shards import IntakeShards
 from aggregator.publisher import Publisher, ack_for
 from aggregator.ratelimit import RATE_LIMITED, RateLimiter, count_dropped
+from aggregator.records import Decision, Submission
 from aggregator.registry import DeviceRegistry
 from aggregator.round_events import RoundEventHandler
 from aggregator.spool import DiskReassembler

@@ -25,7 +25,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from bench.aggregator_common import FED, REPO, tmpdir
 from bench.fleet_load import BoxReports, make_state, make_updates, spawn_boxes, start_broker
@@ -38,6 +37,7 @@ def receiver_main(ns: argparse.Namespace) -> None:
     from federation import topics
     from federation.envelope import decode
     from federation.keys import read_private_key
+    from federation.messages import Ack, RoundAnnounce
     from federation.mqtt import MqttTransport
 
     link = MqttTransport(ns.broker, f"null-receiver-{ns.index}", clean_start=True)
@@ -46,17 +46,17 @@ def receiver_main(ns: argparse.Namespace) -> None:
     heard: dict[int, int] = {}
     last: dict[int, float] = {}
 
-    def publish(topic: str, kind: str, body: dict[str, Any], round_no: int, retain: bool) -> None:
-        signed.json(topic, kind, body, round_no, "base", retain)  # as the aggregator sends
+    def publish(topic: str, kind: str, body: Ack | RoundAnnounce, round_no: int,
+                retain: bool) -> None:
+        signed.send(topic, kind, body, round_no, "base", retain)  # as the aggregator sends
 
     def on_update(topic: str, payload: bytes) -> None:
         env = decode(payload)
         device = topics.parse(topic).device
         assert device is not None
-        publish(topics.ack(FED, device), "ack", {
-            "device": device, "round": env.round, "msg": env.msg, "accepted": True,
-            "reason": None, "detail": "", "current_round": env.round, "contributions": 0,
-        }, env.round, False)
+        publish(topics.ack(FED, device), "ack", Ack(True, device=device, round=env.round,
+                                                    msg=env.msg, current_round=env.round,
+                                                    contributions=0), env.round, False)
         with cond:
             last[env.round] = time.time()
             heard[env.round] = heard.get(env.round, 0) + 1
@@ -69,8 +69,10 @@ def receiver_main(ns: argparse.Namespace) -> None:
     time.sleep(0.5)  # every receiver subscribed before the first announce
     for r in range(1, ns.rounds + 1):
         if ns.index == 0:
-            publish(topics.announce(FED), "announce",
-                    {"round": r, "base_model": "base", "state": "open"}, r, True)
+            # only round, base and state matter to the emulated boxes (bench.fleet_load)
+            publish(topics.announce(FED), "announce", RoundAnnounce(
+                r, "base", "open", deadline=time.time() + 600, quorum=1, count_scale=1.0,
+                chunk_size=1024), r, True)
         with cond:
             while heard.get(r, 0) < len(mine):
                 assert cond.wait(600), f"round {r}: updates missing"

@@ -8,7 +8,6 @@ last swap or refusal, and the differential-privacy budget this box has spent.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -21,6 +20,8 @@ from edge.update_sealing import load_ledger
 from federation.chunking import split_blob
 from federation.envelope import encode
 from federation.errors import FederationError
+from federation.messages import DeviceStatus
+from federation.verdicts import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -37,24 +38,19 @@ class BoxStatus:
 
     def payload(self, state: str, model: str, round_no: int,
                 not_joining: Mapping[str, Any],
-                verdicts: list[dict[str, Any]] | None = None) -> bytes:
+                verdicts: list[Verdict] | None = None) -> bytes:
         """The signed envelope for ``state`` (online/offline); ``verdicts``: what the
         recent rounds did for the box (federation.verdicts)."""
-        extra: dict[str, Any] = {}
+        sink: dict[str, Any] = {}
         if self.sink_fields is not None:
             try:
-                extra = dict(self.sink_fields())
+                sink = dict(self.sink_fields())
             except Exception:  # a status must go out even if the sink's part fails
                 log.exception("sink status fields failed")
-        if not_joining:
-            extra["not_joining"] = dict(not_joining)
-        if verdicts:
-            extra["verdicts"] = verdicts
-        privacy = self.privacy_report()
-        if privacy is not None:
-            extra["dp"] = privacy
-        body = json.dumps({**extra, "state": state, "device": self.device_id, "model": model,
-                           "ts": time.time()}, sort_keys=True).encode()
+        body = DeviceStatus(state, self.device_id, model, time.time(),
+                            not_joining=dict(not_joining) or None,
+                            verdicts=tuple(verdicts or ()), dp=self.privacy_report(),
+                            sink=sink).to_json()
         (env,) = split_blob(body, self.signing_key, kind="status", fed=self.fed_id,
                             sender=self.device_id, round=round_no, model=model,
                             chunk_size=max(1, len(body)))

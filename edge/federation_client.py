@@ -17,7 +17,6 @@ fetched are ``edge.result_fetch``'s. Both are driven by the worker.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -31,7 +30,6 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge.box_status import BoxStatus
-from edge.fed_messages import ModelPointer, RoundAnnounce, parse_ack, parse_announce, parse_pointer
 from edge.outbox import Outbox, PendingUpdate
 from edge.priority import background_niceness, lower_thread_priority
 from edge.result_fetch import ResultFetcher
@@ -53,11 +51,16 @@ from federation import topics
 from federation.ckks import FederationContext, require_secret
 from federation.envelope import Envelope, decode, verify_envelope
 from federation.errors import FederationError
+from federation.messages import (
+    REVOKED_REASON,
+    ModelPointer,
+    RevocationNotice,
+    RoundAnnounce,
+    parse_ack_topic,
+)
 from federation.packing import EncryptedUpdate, decrypt_average
-from federation.revocation import REVOKED_REASON, parse_notice
 from federation.signing import KeyRing
 from federation.transport import Transport, Will
-from federation.verdicts import reported
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +274,7 @@ class FederationClient:
     # announce ------------------------------------------------------------------------
     def _handle_announce(self, env: Envelope) -> None:
         self._verify(env, "announce")
-        ann = parse_announce(env)
+        ann = RoundAnnounce.from_json(env.payload)
         if self._announce is not None and ann.round < self._announce.round:
             return  # an old announce redelivered after a newer one
         self._announce = ann
@@ -380,10 +383,12 @@ class FederationClient:
     # ack -----------------------------------------------------------------------------
     def _handle_ack(self, env: Envelope) -> None:
         self._verify(env, "ack")
-        ack = parse_ack(env)
-        if ack.reason == REVOKED_REASON:
-            self._handle_revocation(env)
+        ack = parse_ack_topic(env.payload)
+        if isinstance(ack, RevocationNotice):
+            self._handle_revocation(ack)
             return
+        if ack.reason == REVOKED_REASON:
+            return  # says revoked without being a notice: not acted on
         if ack.msg is None or ack.round is None:
             return
         # "duplicate": the aggregator already counted this update (our resend crossed
@@ -406,13 +411,12 @@ class FederationClient:
         self._emit("rejected", ack.round, {"msg": ack.msg, "reason": reason,
                                            "detail": ack.detail})
 
-    def _handle_revocation(self, env: Envelope) -> None:
+    def _handle_revocation(self, notice: RevocationNotice) -> None:
         """The aggregator's signed notice that this device was revoked: record it, say
         offline, stop the worker and close the connection for good (the broker is about to
         cut it and refuses the certificate from now on)."""
-        notice = parse_notice(json.loads(env.payload), self.config.device_id)
-        if notice is None:
-            return
+        if notice.device != self.config.device_id:
+            return  # a notice for another device id (this box was re-provisioned)
         record_revocation(self.state_dir, self.config.device_id, source="notice",
                           revoked_at=notice.revoked_at, detail=notice.detail)
         log.error("this box was revoked by the federation (%s); it stops connecting: "
@@ -429,7 +433,7 @@ class FederationClient:
     # results -------------------------------------------------------------------------
     def _handle_pointer(self, env: Envelope) -> None:
         self._verify(env, "result")
-        pointer = parse_pointer(env)
+        pointer = ModelPointer.from_json(env.payload)
         self.sender.drop_closed_rounds(pointer.round + 1)
         if pointer.model == self.version:
             return
@@ -493,7 +497,7 @@ class FederationClient:
     # status --------------------------------------------------------------------------
     def _status_payload(self, state: str) -> bytes:
         return self.status.payload(state, self.version, self._last_submitted,
-                                   self._not_joining, reported(self.verdicts.recent()))
+                                   self._not_joining, self.verdicts.recent())
 
     def _publish_status(self) -> None:
         try:

@@ -14,11 +14,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from edge.fed_messages import ModelPointer
 from federation import topics
 from federation.chunking import Reassembler
 from federation.envelope import Envelope
 from federation.errors import FederationError
+from federation.messages import ModelPointer
 
 log = logging.getLogger(__name__)
 

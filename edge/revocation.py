@@ -1,7 +1,7 @@
 """Whether this box was revoked by the federation, as recorded in its data dir.
 
 The federation client writes ``<data dir>/federation/revoked.json`` when it reads the
-aggregator's signed revocation notice (``federation.revocation``); ``doctor`` writes it
+aggregator's signed revocation notice (``federation.messages``); ``doctor`` writes it
 when the broker refuses the device certificate with the TLS alert "certificate
 revoked". From then on the client no longer connects, and ``status``, ``doctor`` and
 the kiosk (``revocation_state(data_dir)``) say so. Revocation is final for a device

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.fed_messages import RoundAnnounce
 from edge.outbox import Outbox, PendingUpdate
 from edge.trainer_api import LocalTrainer
 from federation.chunking import split_blob
@@ -26,6 +25,7 @@ from federation.dp import PrivacyLedger, epsilon, privatize
 from federation.envelope import encode
 from federation.errors import FederationError
 from federation.files import write_atomic
+from federation.messages import RoundAnnounce
 from federation.packing import encrypt_update
 from models.federated_parts import FederatedPart
 

@@ -157,7 +157,7 @@ def test_crash_before_the_partial_left_resends_it_after_restart(
     h.a.service.pump()  # the unconfirmed partial is sent again (same msg id)
     h.root.service.pump()
     assert h.root.service.coordinator.updates_summed() == 3
-    assert fwd.acks[-1]["accepted"], fwd.acks
+    assert fwd.acks[-1].accepted, fwd.acks
     _finish_with_region_b(h, secret_ctx)
 
 

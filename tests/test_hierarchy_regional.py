@@ -176,9 +176,9 @@ def test_partial_counts_as_its_updates_toward_quorum_and_replay_is_refused(
     assert len(fwd.acks) == acks_before
     # under a fresh msg id: late for round 1, stale for round 2 (built on round-1)
     resend(1, "base", None)
-    assert fwd.acks[-1]["accepted"] is False and fwd.acks[-1]["reason"] == "late"
+    assert fwd.acks[-1].accepted is False and fwd.acks[-1].reason == "late"
     resend(2, "base", None)
-    assert fwd.acks[-1]["accepted"] is False and fwd.acks[-1]["reason"] == "stale_version"
+    assert fwd.acks[-1].accepted is False and fwd.acks[-1].reason == "stale_version"
     assert root.store.get_round(2).contributions == 0  # type: ignore[union-attr]
 
 

@@ -19,11 +19,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import secrets
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, flash, redirect, render_template, request, session
@@ -31,16 +26,12 @@ from flask import url_for as flask_url_for
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
-from edge.gallery import Gallery
-from edge.kiosk.activity import ActivityLog
-from edge.kiosk.auth import KioskAuthError, LoginLimiter, PasswordStore, load_or_create_secret_key
-from edge.kiosk.enrolment import EnrolmentDesk
-from edge.kiosk.settings import KioskSettings
-from edge.kiosk.worker import RecognitionWorker
+from edge.kiosk import views_alerts, views_auth, views_enrol, views_live, views_people
+from edge.kiosk.auth import KioskAuthError, load_or_create_secret_key
+from edge.kiosk.services import EXTENSION, KioskServices, csrf_token, services
 
 log = logging.getLogger(__name__)
 
-EXTENSION = "fedface_kiosk"
 PUBLIC_ENDPOINTS = frozenset({"static", "auth.login"})
 # Background requests of the live view: they need a session but do not keep it alive.
 PASSIVE_ENDPOINTS = frozenset({"live.live_jpeg", "live.status_json", "live.thumbnail",
@@ -50,39 +41,8 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        "object-src 'none'")
 
 
-@dataclass
-class KioskServices:
-    """Everything the web handlers read or call (shared by all requests)."""
-
-    settings: KioskSettings
-    data_dir: Path
-    worker: RecognitionWorker
-    activity: ActivityLog
-    desk: EnrolmentDesk
-    gallery: Gallery
-    passwords: PasswordStore
-    limiter: LoginLimiter
-    clock: Callable[[], float] = time.time
-
-
-def services() -> KioskServices:
-    from flask import current_app
-
-    found = current_app.extensions[EXTENSION]
-    assert isinstance(found, KioskServices)
-    return found
-
-
 def wants_json() -> bool:
     return request.endpoint in PASSIVE_ENDPOINTS or request.path.startswith("/api/")
-
-
-def csrf_token() -> str:
-    token = session.get("csrf")
-    if not isinstance(token, str):
-        token = secrets.token_urlsafe(32)
-        session["csrf"] = token
-    return token
 
 
 def _csrf_ok() -> bool:
@@ -171,8 +131,6 @@ def _template_globals() -> dict[str, Any]:
 
 def create_app(svc: KioskServices) -> Flask:
     """The Flask app of one kiosk; ``svc`` holds the running worker and stores."""
-    from edge.kiosk import views_alerts, views_auth, views_enrol, views_live, views_people
-
     app = Flask(__name__, static_folder="static", template_folder="templates")
     app.config.update(
         SECRET_KEY=load_or_create_secret_key(svc.data_dir),

@@ -22,9 +22,10 @@ from edge.config import EdgeSettings
 from edge.detect import FaceDetector
 from edge.gallery import Gallery
 from edge.kiosk.activity import ActivityLog
-from edge.kiosk.app import KioskServices, create_app
+from edge.kiosk.app import create_app
 from edge.kiosk.auth import KioskAuthError, LoginLimiter, PasswordStore
 from edge.kiosk.enrolment import EnrolmentDesk
+from edge.kiosk.services import KioskServices
 from edge.kiosk.settings import KioskSettings
 from edge.kiosk.worker import RecognitionWorker
 from edge.pipeline import FacePipeline

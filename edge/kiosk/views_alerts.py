@@ -12,8 +12,8 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from werkzeug.wrappers import Response as BaseResponse
 
 from edge.kiosk.activity import Entry
-from edge.kiosk.app import services
 from edge.kiosk.enrolment import DuplicateFace, EnrolmentRejected
+from edge.kiosk.services import services
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import secrets
 from flask import Blueprint, Response, flash, redirect, render_template, request, session, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
-from edge.kiosk.app import csrf_token, services
+from edge.kiosk.services import csrf_token, services
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from flask import (
 from werkzeug.wrappers import Response as BaseResponse
 
 from edge.kiosk.activity import thumbnail_jpeg
-from edge.kiosk.app import services
 from edge.kiosk.enrolment import DuplicateFace, EnrolmentRejected, Saved
+from edge.kiosk.services import services
 from edge.kiosk.views_live import status_payload
 
 blueprint = Blueprint("enrol", __name__)

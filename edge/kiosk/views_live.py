@@ -7,7 +7,7 @@ from urllib.parse import quote
 from flask import Blueprint, Response, abort, flash, jsonify, redirect, render_template, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
-from edge.kiosk.app import services
+from edge.kiosk.services import services
 from edge.kiosk.status import federation_status
 
 blueprint = Blueprint("live", __name__)

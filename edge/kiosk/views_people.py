@@ -10,7 +10,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from edge.gallery import Person, UnknownPersonError
 from edge.kiosk.activity import thumbnail_jpeg
-from edge.kiosk.app import services
+from edge.kiosk.services import services
 
 log = logging.getLogger(__name__)
 
