@@ -353,7 +353,7 @@ def trained_part_size(part: str | None = None) -> int:
 def _make_trainers(ns: argparse.Namespace, devices: list[str]) -> dict[str, Any]:
     """One real edge trainer per device, each on its own LFW people (5 photos each),
     trunk features cached before "ready" (a box caches them once, not every round)."""
-    from bench.trainer_cost import enrolment_crops
+    from bench.common.lfw import enrolment_crops
     from edge.trainer import TorchLocalTrainer, TrainConfig
     from models.federated_parts import get_part
     from models.registry import model_path

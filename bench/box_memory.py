@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.identification import default_lfw_dir
+from bench.common.lfw import default_lfw_dir
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -34,18 +34,18 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.fed_data import build_design
-from bench.fed_features import align_crops, default_cache, experiment_features
-from bench.fed_train import Workers
-from bench.federated_accuracy import (
+from bench.common.fed_data import build_design
+from bench.common.fed_experiment import (
     REPO,
     Setup,
-    _aggregate_encrypted,
-    _summary,
-    _train_all,
+    aggregate_encrypted,
     evaluate,
     model_paths,
+    summary,
+    train_all,
 )
+from bench.common.fed_features import align_crops, default_cache, experiment_features
+from bench.common.fed_train import Workers
 from federation.dp import DpConfig, epsilon, noise_multiplier_for, privatize
 from federation.packing import DEFAULT_COUNT_SCALE
 from models.federated_parts import get_part
@@ -84,7 +84,7 @@ def run_arm(setup: Setup, part: str, arm: Arm, rounds: int, config: object, ctx:
     norms: list[float] = []
     for r in range(rounds):
         start = base if g is None else g
-        vectors = _train_all(setup, part, g, config, seed=10_000 * (r + 1))
+        vectors = train_all(setup, part, g, config, seed=10_000 * (r + 1))
         norms.append(float(np.median([np.linalg.norm(v - start) for v in vectors])))
         if arm.clip:
             sent = []
@@ -99,7 +99,7 @@ def run_arm(setup: Setup, part: str, arm: Arm, rounds: int, config: object, ctx:
             weights = [int(DEFAULT_COUNT_SCALE)] * len(sent)  # equal weights: c*n = 1
         else:
             sent, weights = vectors, counts
-        g, _, _ = _aggregate_encrypted(ctx, sent, weights)
+        g, _, _ = aggregate_encrypted(ctx, sent, weights)
         log.info("%s round %d done (median delta norm %.3g)", arm.name, r + 1, norms[-1])
     assert g is not None
     return g, norms
@@ -136,10 +136,10 @@ def main(argv: list[str] | None = None) -> None:
     base = np.asarray(base, dtype=np.float32)
     counts = [len(lab) // args.views for _, lab in setup.feats.train]
     rows: dict[str, dict[str, float]] = {}
-    rows["pretrained"] = _summary(setup, evaluate(setup, args.part, None))
+    rows["pretrained"] = summary(setup, evaluate(setup, args.part, None))
     plain = Arm("non-private (weighted)", None, clip=False)
     g, norms = run_arm(setup, args.part, plain, args.rounds, config, ctx, counts, base, 0.0, 0)
-    rows[plain.name] = _summary(setup, evaluate(setup, args.part, g))
+    rows[plain.name] = summary(setup, evaluate(setup, args.part, g))
     clip = norms[0]
     arms = [Arm("clipped only (eps inf)", None, clip=True)] if args.clip_only else []
     spent: dict[str, tuple[float, float]] = {}
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     for i, arm in enumerate(arms):
         g, _ = run_arm(setup, args.part, arm, args.rounds, config, ctx, counts, base, clip,
                        seed=1 + i)
-        rows[arm.name] = _summary(setup, evaluate(setup, args.part, g))
+        rows[arm.name] = summary(setup, evaluate(setup, args.part, g))
     setup.workers.close()
     part = get_part(args.part)
     print(f"\nDP accuracy cost: part {part.key} ({part.size:,} values), "

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 import psutil
 
-from bench.identification import default_lfw_dir
+from bench.common.lfw import default_lfw_dir
 
 TARGET_MIB = 400.0
 HEAVY_LIBRARIES = ("libtorch", "libc10", "/torch/")

@@ -43,7 +43,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bench.peak_rss import PeakRss, peak_rss
+from bench.common.peak_rss import PeakRss, peak_rss
 from edge.align import align_face
 from edge.detect import FaceDetector
 from edge.embed import Embedder

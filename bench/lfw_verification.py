@@ -28,7 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bench.lfw_protocol import Pair, parse_pairs, ten_fold_accuracy
+from bench.common.lfw_protocol import Pair, parse_pairs, ten_fold_accuracy
 from edge.align import align_face
 from edge.detect import Face, FaceDetector
 from edge.embed import EMBEDDING_DIM, Embedder
