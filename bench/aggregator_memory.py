@@ -18,40 +18,23 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench.rig.aggregator import AggregatorProcess, service_argv
-from bench.rig.box import BoxProcesses, box_args
-from bench.rig.broker import start_mosquitto, stop_broker
+from bench.rig.aggregator import service_argv
 from bench.rig.compare import Measured, comparison, print_comparisons
-from bench.rig.procs import tmpdir
-from bench.rig.state import make_federation
-from bench.rig.watch import RoundWatcher
+from bench.rig.session import RigSession
 from models.federated_parts import CONV14
 
 
 def one_round(n_boxes: int, length: int, chunk: int) -> tuple[float, float]:
-    root = tmpdir(f"aggmem-{n_boxes}-")
-    broker, url = start_mosquitto(root / "mosquitto")
-    fed = make_federation(root, n_boxes)
-    watcher = RoundWatcher(url)
-    boxes: BoxProcesses | None = None
-    agg: AggregatorProcess | None = None
-    try:
-        boxes = BoxProcesses([fed.devices[0::2], fed.devices[1::2]],
-                             box_args(url, fed.key_dir, 1, chunk, secret=fed.secret_path,
-                                      length=length), root)
-        agg = AggregatorProcess(service_argv(fed.state, url, n_boxes, 1, length=length,
-                                             chunk=chunk), root / "aggregator.log")
-        round_s = watcher.wait_published(1, 1800)
+    with RigSession(f"aggmem-{n_boxes}-", n_boxes) as rig:
+        fed = rig.fed
+        boxes = rig.start_boxes([fed.devices[0::2], fed.devices[1::2]], 1, chunk,
+                                secret=fed.secret_path, length=length)
+        agg = rig.start_aggregator(service_argv(fed.state, rig.url, n_boxes, 1, length=length,
+                                                chunk=chunk))
+        round_s = rig.watch.wait_published(1, 1800)
         reports = [lines[-1] for lines in boxes.reports(300)]
         assert all(r["accepted"] for r in reports), reports
         return agg.stop(60)["peak_rss_mb"], round_s
-    finally:
-        watcher.close()
-        if boxes is not None:
-            boxes.kill()
-        if agg is not None:
-            agg.kill()
-        stop_broker(broker)
 
 
 def main() -> None:

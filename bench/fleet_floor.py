@@ -26,12 +26,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.rig.box import BoxProcesses, box_args
 from bench.rig.box_updates import write_updates
-from bench.rig.broker import start_fleet_broker, stop_broker
+from bench.rig.broker import start_fleet_broker
 from bench.rig.compare import reproduce
 from bench.rig.procs import spawn_module, tmpdir
-from bench.rig.state import FED, make_federation
+from bench.rig.session import RigSession
+from bench.rig.state import FED
 
 
 def receiver_main(ns: argparse.Namespace) -> None:
@@ -86,20 +86,16 @@ def run(boxes_n: int, rounds: int, receivers: int, keys: Path, updates: Path) ->
     from federation.keys import write_private_key
     from federation.signing import generate_signing_key
 
-    root = tmpdir(f"floor-{receivers}-")
-    broker, url = start_fleet_broker(root / "mosquitto")
-    boxes: BoxProcesses | None = None
-    nulls: list[subprocess.Popen[str]] = []
-    try:
-        fed = make_federation(root, boxes_n, keys=keys)
-        write_private_key(root / "null.key", generate_signing_key())
-        boxes = BoxProcesses([fed.devices[0::2], fed.devices[1::2]],
-                             box_args(url, fed.key_dir, rounds, 256 * 1024, updates=updates,
-                                      flush_every=4), root)
-        nulls = [spawn_module(
-            "bench.fleet_floor", "receiver", "--broker", url, "--key", str(root / "null.key"),
+    with RigSession(f"floor-{receivers}-", boxes_n, keys=keys,
+                    start_broker=start_fleet_broker, watch=False) as rig:
+        null_key = rig.root / "null.key"
+        write_private_key(null_key, generate_signing_key())
+        boxes = rig.start_boxes([rig.fed.devices[0::2], rig.fed.devices[1::2]], rounds,
+                                256 * 1024, updates=updates, flush_every=4)
+        nulls = [rig.adopt(spawn_module(
+            "bench.fleet_floor", "receiver", "--broker", rig.url, "--key", str(null_key),
             "--index", str(k), "--of", str(receivers), "--boxes", str(boxes_n),
-            "--rounds", str(rounds), stderr=None) for k in range(receivers)]
+            "--rounds", str(rounds), stderr=None)) for k in range(receivers)]
         last: dict[int, float] = {}
         for proc in nulls:
             out, _ = proc.communicate(timeout=600)
@@ -117,14 +113,6 @@ def run(boxes_n: int, rounds: int, receivers: int, keys: Path, updates: Path) ->
                   f"{1e3 * (last[r] - start):.0f} ms, last ack {1e3 * acked:.0f} ms, ratio "
                   f"{uploaded / acked:.2f}", flush=True)
         return ratios
-    finally:
-        if boxes is not None:
-            boxes.kill()
-        for p in nulls:
-            if p.poll() is None:
-                p.kill()
-        stop_broker(broker)
-        subprocess.run(["rm", "-rf", str(root)], check=False)
 
 
 def main() -> None:

@@ -55,33 +55,25 @@ from typing import Any
 
 import numpy as np
 
-from bench.rig.aggregator import AggregatorProcess, serve_argv
-from bench.rig.box import BoxProcesses, box_args
+from bench.rig.aggregator import serve_argv
 from bench.rig.box_updates import stored_average, write_updates
-from bench.rig.broker import SysCounters, start_fleet_broker, stop_broker
+from bench.rig.broker import SysCounters, start_fleet_broker
 from bench.rig.compare import Measured, comparison, print_comparisons
 from bench.rig.procs import cpu_seconds, tmpdir
-from bench.rig.state import make_federation
-from bench.rig.watch import RoundWatcher
+from bench.rig.session import RigSession
 
 
 def run_fleet(n: int, rounds: int, keys_dir: Path, updates: Path, procs: int, chunk: int,
               meta: list[dict[str, Any]], sum_workers: int | None = None,
               spread: float = 0.0, intake: int = 1) -> dict[str, Any]:
-    root = tmpdir(f"fleet-{n}-")
-    broker, url = start_fleet_broker(root / "mosquitto")
-    agg: AggregatorProcess | None = None
-    boxes: BoxProcesses | None = None
-    try:
-        fed = make_federation(root, n, keys=keys_dir)
-        watcher = RoundWatcher(url)
-        sys_counters = SysCounters(url)
-        groups = [fed.devices[p::procs] for p in range(procs)]
-        boxes = BoxProcesses(groups, box_args(url, fed.key_dir, rounds, chunk, updates=updates,
-                                              spread=spread, flush_every=4), root)
+    with RigSession(f"fleet-{n}-", n, keys=keys_dir, start_broker=start_fleet_broker) as rig:
+        watcher, broker = rig.watch, rig.broker
+        sys_counters = SysCounters(rig.url)
+        boxes = rig.start_boxes([rig.fed.devices[p::procs] for p in range(procs)], rounds,
+                                chunk, updates=updates, spread=spread, flush_every=4)
         before = sys_counters.snapshot()
-        agg = AggregatorProcess(serve_argv(fed.state, url, n, rounds, intake=intake,
-                                           sum_workers=sum_workers), root / "aggregator.log")
+        agg = rig.start_aggregator(serve_argv(rig.fed.state, rig.url, n, rounds, intake=intake,
+                                              sum_workers=sum_workers))
         watcher.wait_opened(1, 120)
         agg.mark_open()
         broker_cpu = cpu_seconds(broker.pid)
@@ -89,11 +81,10 @@ def run_fleet(n: int, rounds: int, keys_dir: Path, updates: Path, procs: int, ch
         broker_cpu = cpu_seconds(broker.pid) - broker_cpu
         usage = agg.wait(600)
         after = sys_counters.snapshot()
+        sys_counters.close()
         # a box exits by itself after its last round's acks
         reports = [x for lines in boxes.reports(120) for x in lines]
         error = _check_result(keys_dir, updates, watcher.result_blob(rounds), n, rounds, meta)
-        watcher.close()
-        sys_counters.close()
         result = _summarise(n, rounds, round_s, usage, before, after, reports, error, spread)
         per_proc: dict[int, float] = {}  # each box process's CPU over its rounds
         for x in reports:
@@ -102,16 +93,9 @@ def run_fleet(n: int, rounds: int, keys_dir: Path, updates: Path, procs: int, ch
         result["broker_cpu_s_per_update"] = broker_cpu / (n * rounds)
         # the aggregator's own view of the same waits (its per-round log line)
         result["aggregator_says"] = [line.split(" INFO ")[-1] for line in
-                                     (root / "aggregator.log").read_text().splitlines()
+                                     (rig.root / "aggregator.log").read_text().splitlines()
                                      if "age at ack" in line]
         return result
-    finally:
-        if boxes is not None:
-            boxes.kill()
-        if agg is not None:
-            agg.kill()
-        stop_broker(broker)
-        subprocess.run(["rm", "-rf", str(root)], check=False)
 
 
 def _check_result(keys_dir: Path, updates: Path, blob: bytes, n: int, round_no: int,

@@ -35,13 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from bench.rig.aggregator import AggregatorProcess, service_argv
-from bench.rig.box import BoxProcesses, box_args
-from bench.rig.broker import start_mosquitto, stop_broker
+from bench.rig.aggregator import service_argv
 from bench.rig.compare import Measured, comparison, print_comparisons
-from bench.rig.procs import tmpdir
-from bench.rig.state import COUNT_SCALE, box_vector, make_federation
-from bench.rig.watch import RoundWatcher
+from bench.rig.session import RigSession
+from bench.rig.state import COUNT_SCALE, box_vector
 from models.federated_parts import CONV14, DEFAULT_PART, get_part
 
 
@@ -49,25 +46,19 @@ def run_mode(
     mode: str, length: int, n_boxes: int, rounds: int, chunk: int, precompute: bool = False,
     train: tuple[int, float] | None = None, part: str = CONV14.name,
 ) -> dict[str, Any]:
-    root = tmpdir(f"he-{mode}-")
-    broker, url = start_mosquitto(root / "mosquitto")
-    fed = make_federation(root, n_boxes)
-    watcher = RoundWatcher(url)
     if train is not None:
         length = get_part(part).size
-    options: dict[str, Any] = {"secret": fed.secret_path, "mode": mode, "length": length,
+    options: dict[str, Any] = {"secret": None, "mode": mode, "length": length,
                                "precompute": precompute}
     if train is not None:
         options.update(train_people=train[0], train_budget=train[1], n_boxes=n_boxes,
                        part=part)
-    boxes: BoxProcesses | None = None
-    agg: AggregatorProcess | None = None
-    try:
-        boxes = BoxProcesses([[d] for d in fed.devices],
-                             box_args(url, fed.key_dir, rounds, chunk, **options), root)
-        agg = AggregatorProcess(service_argv(fed.state, url, n_boxes, rounds, mode=mode,
-                                             length=length, chunk=chunk),
-                                root / "aggregator.log")
+    with RigSession(f"he-{mode}-", n_boxes) as rig:
+        fed, watcher = rig.fed, rig.watch
+        options["secret"] = fed.secret_path
+        boxes = rig.start_boxes([[d] for d in fed.devices], rounds, chunk, **options)
+        agg = rig.start_aggregator(service_argv(fed.state, rig.url, n_boxes, rounds, mode=mode,
+                                                length=length, chunk=chunk))
         times = [watcher.wait_published(r, 900) for r in range(1, rounds + 1)]
         per_round = [sorted(lines, key=lambda x: x["round"]) for lines in boxes.reports(120)]
         reports = [lines[-1] for lines in per_round]
@@ -103,13 +94,6 @@ def run_mode(
             "agg_peak_rss_mb": agg_report["peak_rss_mb"],
             "max_abs_error": error,
         }
-    finally:
-        watcher.close()
-        if boxes is not None:
-            boxes.kill()
-        if agg is not None:
-            agg.kill()
-        stop_broker(broker)
 
 
 def _merge(results: list[dict[str, Any]]) -> dict[str, Any]:
