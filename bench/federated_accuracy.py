@@ -20,23 +20,18 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common.fed_data import Design, build_design
+from bench.common.fed_data import Design
 from bench.common.fed_eval import DomainAccuracy
 from bench.common.fed_experiment import (
     REPO,
     Setup,
     aggregate_encrypted,
     evaluate,
-    model_paths,
+    make_setup,
     summary,
     train_all,
 )
-from bench.common.fed_features import (
-    align_crops,
-    default_cache,
-    experiment_features,
-)
-from bench.common.fed_train import TrainTask, Workers, run_train
+from bench.common.fed_train import TrainTask, run_train
 from models.federated_parts import get_part
 
 log = logging.getLogger("bench.federated_accuracy")
@@ -219,22 +214,7 @@ def run(args: argparse.Namespace, design: Design | None = None) -> tuple[Setup, 
     from edge.trainer import TrainConfig
     from federation.ckks import new_secret_context
 
-    yunet, sface = model_paths(args.models)
-    cache = args.cache or default_cache()
-    design = design or build_design(args.data / "lfw", seed=args.seed,
-                                    n_institutions=args.institutions)
-    if getattr(args, "use_cameras", 0):
-        cams = list(dict.fromkeys(i.domain.name for i in design.institutions))[: args.use_cameras]
-        design.institutions = [i for i in design.institutions if i.domain.name in cams]
-    crops = align_crops(args.data / "lfw", design.images, yunet, sface, cache)
-    crops_path = Path(crops.filename) if hasattr(crops, "filename") else None
-    assert crops_path is not None
-    feats = experiment_features(design, crops_path, sface, cache, args.views, args.seed,
-                                args.workers)
-    index_of = np.full(len(design.images), -1)
-    index_of[design.test_images] = np.arange(len(design.test_images))
-    setup = Setup(design, feats, sface, Workers(args.workers),
-                  list(dict.fromkeys(i.domain.name for i in design.institutions)), index_of)
+    setup = make_setup(args, design)
     ctx = new_secret_context()
     pretrained = evaluate(setup, "conv14", None)
     results = []

@@ -1,18 +1,24 @@
 """The federated-accuracy experiment's shared steps (bench.federated_accuracy and
-bench.dp_accuracy): the setup of one design, training every institution, the encrypted
-FedAvg of their vectors and the held-out evaluation."""
+bench.dp_accuracy): the setup of one design (:func:`make_setup`), training every
+institution, the encrypted FedAvg of their vectors and the held-out evaluation."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from bench.common.fed_data import Design
+from bench.common.fed_data import Design, build_design
 from bench.common.fed_eval import DomainAccuracy, fold_accuracies, pair_scores
-from bench.common.fed_features import ExperimentFeatures
+from bench.common.fed_features import (
+    ExperimentFeatures,
+    align_crops,
+    default_cache,
+    experiment_features,
+)
 from bench.common.fed_train import EmbedTask, TrainTask, Workers, run_embed, run_train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,3 +87,23 @@ def model_paths(models: Path | None) -> tuple[Path, Path]:
     from models.registry import model_path
 
     return model_path("yunet"), model_path("sface")
+
+
+def make_setup(args: Any, design: Design | None = None) -> Setup:
+    """The design's crops and features (cached), its test index and the workers."""
+    yunet, sface = model_paths(args.models)
+    cache = args.cache or default_cache()
+    design = design or build_design(args.data / "lfw", seed=args.seed,
+                                    n_institutions=args.institutions)
+    if getattr(args, "use_cameras", 0):
+        cams = list(dict.fromkeys(i.domain.name for i in design.institutions))[: args.use_cameras]
+        design.institutions = [i for i in design.institutions if i.domain.name in cams]
+    crops = align_crops(args.data / "lfw", design.images, yunet, sface, cache)
+    crops_path = Path(crops.filename) if hasattr(crops, "filename") else None
+    assert crops_path is not None
+    feats = experiment_features(design, crops_path, sface, cache, args.views, args.seed,
+                                args.workers)
+    index_of = np.full(len(design.images), -1)
+    index_of[design.test_images] = np.arange(len(design.test_images))
+    return Setup(design, feats, sface, Workers(args.workers),
+                 list(dict.fromkeys(i.domain.name for i in design.institutions)), index_of)
