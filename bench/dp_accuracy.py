@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import fed_experiment as experiment
+from bench.rig.compare import reproduce
 from federation.dp import DpConfig, epsilon, noise_multiplier_for, privatize
 from federation.packing import DEFAULT_COUNT_SCALE
 from models.federated_parts import get_part
@@ -146,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:<30}{eps_s:>10}{z_s:>8}{row['mean']:>19.2f}{row['se']:>9.2f}"
               f"{row['clean']:>8.2f}{row['mean'] - ref:>+16.2f}")
     print(f"total {time.perf_counter() - t0:.0f} s")
+    print(reproduce("bench.dp_accuracy", argv))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from bench.common.fed_experiment import (
     train_all,
 )
 from bench.common.fed_train import TrainTask, run_train
+from bench.rig.compare import reproduce
 from models.federated_parts import get_part
 
 log = logging.getLogger("bench.federated_accuracy")
@@ -208,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         json.dumps([asdict(r) for r in results], indent=1))
     total = time.perf_counter() - t0
     print(f"\nplot: {args.out / 'federated_convergence.png'}; total {total:.0f} s")
+    print(reproduce("bench.federated_accuracy", argv))
 
 
 def run(args: argparse.Namespace, design: Design | None = None) -> tuple[Setup, list[PartResult]]:

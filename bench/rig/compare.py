@@ -46,19 +46,28 @@ def ratio(figure: float, baseline: float) -> float:
 
 def comparison(what: str, figure: Measured, baseline: Measured, unit: str = "",
                fmt: str = "{:.2f}", *, at_most: float | None = None,
-               at_least: float | None = None, within: float | None = None) -> str:
+               at_least: float | None = None, within: float | None = None,
+               paired: bool = False) -> str:
     """``what: figure X unit vs baseline Y unit: R x (median of n runs ...)``, and the
-    target's verdict: ``at_most``/``at_least`` for the ratio, ``within`` for |ratio - 1|."""
-    unit = f" {unit}" if unit else ""
-    r = ratio(figure.median, baseline.median)
+    target's verdict: ``at_most``/``at_least`` for the ratio, ``within`` for |ratio - 1|.
+
+    The ratio is of the two medians; ``paired``: the median of the runs' own ratios, for
+    runs that measured figure and baseline together (drift then cancels in each pair)."""
+    unit = f" {unit}" if unit not in ("", "%") else unit
+    if paired:
+        r = statistics.median(ratio(f, b) for f, b in zip(figure.runs, baseline.runs,
+                                                           strict=True))
+    else:
+        r = ratio(figure.median, baseline.median)
 
     def spread(m: Measured) -> str:
         return f"{m.name} {fmt.format(min(m.runs))}-{fmt.format(max(m.runs))}"
 
     runs = (f"{len(figure.runs)} {figure.per} each" if len(figure.runs) == len(baseline.runs)
             else f"{len(figure.runs)} and {len(baseline.runs)} {figure.per}")
+    how = " (median of paired ratios)" if paired else ""
     line = (f"{what}: {figure.name} {fmt.format(figure.median)}{unit} vs {baseline.name} "
-            f"{fmt.format(baseline.median)}{unit}: {r:.2f}x\n    (median of {runs}; "
+            f"{fmt.format(baseline.median)}{unit}: {r:.2f}x{how}\n    (median of {runs}; "
             f"{spread(figure)}, {spread(baseline)})")
     if at_most is not None:
         line += f" target <= {at_most:.3g}x: {'MET' if r <= at_most else 'NOT MET'}"
