@@ -6,6 +6,8 @@
   same service with a plaintext sum), its CPU and RSS;
 - ``box``: the emulated box, a process playing one or many devices over MQTT;
 - ``watch``: a client that times rounds from announce to model pointer;
+- ``session``: one run's rig as a context manager (broker, federation, watcher, boxes,
+  aggregator), all stopped and cleaned up on leaving it;
 - ``procs``: starting, stopping and reading child processes;
 - ``compare``: printing a figure next to its baseline from the same run.
 
