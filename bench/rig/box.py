@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -28,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.rig.procs import REPO, spawn_module
+from bench.rig.box_updates import GeneratedUpdates, StoredUpdates
+from bench.rig.procs import REPO, spawn_module, tmpdir
 from bench.rig.state import FED, device_index
 from models.federated_parts import DEFAULT_PART
 
@@ -123,22 +125,34 @@ class DeviceLinks:
 
 
 def box_main(ns: argparse.Namespace) -> None:
-    from bench.rig.box_updates import GeneratedUpdates, StoredUpdates, make_trainers
+    from bench.rig.box_updates import StoredUpdates, make_trainers
     from federation.keys import load_secret_context, read_private_key
 
     devices = ns.devices.split(",")
     keys = {d: read_private_key(ns.keys / f"{d}.key") for d in devices}
     links = DeviceLinks(ns.broker, devices)
     source: GeneratedUpdates | StoredUpdates
-    if ns.updates is not None:
-        source = StoredUpdates(ns.updates, devices, keys, ns.chunk_size)
-    else:
-        trainers = (make_trainers(ns.lfw, devices, ns.n_boxes, ns.train_people,
-                                  ns.train_budget, ns.part) if ns.train_people else {})
-        secret = load_secret_context(ns.secret) if ns.mode == "ckks" else None
-        source = GeneratedUpdates(devices, keys, secret=secret, length=ns.length,
-                                  chunk_size=ns.chunk_size, trainers=trainers,
-                                  precompute_rounds=ns.rounds if ns.precompute else 0)
+    cache_root = tmpdir("bench-train-")
+    try:
+        if ns.updates is not None:
+            source = StoredUpdates(ns.updates, devices, keys, ns.chunk_size)
+        else:
+            trainers = (make_trainers(ns.lfw, devices, ns.n_boxes, ns.train_people,
+                                      ns.train_budget, ns.part, cache_root)
+                        if ns.train_people else {})
+            secret = load_secret_context(ns.secret) if ns.mode == "ckks" else None
+            source = GeneratedUpdates(devices, keys, secret=secret, length=ns.length,
+                                      chunk_size=ns.chunk_size, trainers=trainers,
+                                      precompute_rounds=ns.rounds if ns.precompute else 0)
+        run_rounds(ns, links, source)
+    finally:
+        shutil.rmtree(cache_root, ignore_errors=True)
+    links.close()
+
+
+def run_rounds(ns: argparse.Namespace, links: DeviceLinks,
+               source: GeneratedUpdates | StoredUpdates) -> None:
+    devices = links.devices
     print(json.dumps({"ready": True}), flush=True)
     links.listen_for_rounds()
     cpu_ready = time.process_time()  # the rounds' CPU, without start-up
@@ -162,7 +176,6 @@ def box_main(ns: argparse.Namespace) -> None:
                           "accepted": all(ok for _, ok in acks), "prepare_s": prepare_s,
                           "upload_bytes": upload,
                           "train_s": max(source.train_s.values(), default=0.0)}), flush=True)
-    links.close()
 
 
 class BoxProcesses:

@@ -150,11 +150,11 @@ def stored_average(updates: Path, meta: list[dict[str, Any]], n: int,
 
 
 def make_trainers(lfw: Path, devices: list[str], n_boxes: int, people: int, budget: float,
-                  part: str) -> dict[str, Any]:
+                  part: str, cache_root: Path) -> dict[str, Any]:
     """One real edge trainer per device, each on its own LFW people (5 photos each),
-    trunk features cached before "ready" (a box caches them once, not every round)."""
+    trunk features cached in ``cache_root`` before "ready" (a box caches them once, not
+    every round)."""
     from bench.common.lfw import enrolment_crops
-    from bench.rig.procs import tmpdir
     from edge.trainer import TorchLocalTrainer, TrainConfig
     from models.federated_parts import get_part
     from models.registry import model_path
@@ -164,7 +164,7 @@ def make_trainers(lfw: Path, devices: list[str], n_boxes: int, people: int, budg
     trainers = {}
     for d in devices:
         mine = {p: crops[p] for p in chosen[device_index(d)::n_boxes]}
-        cache = tmpdir(f"bench-train-{d}-")
+        cache = cache_root / d
         # epochs high, budget fixed: every round trains for the same wall time
         config = TrainConfig(epochs=1000.0, time_budget_s=budget)
         # isolate=False: this process is the box's trainer already; the product's child
