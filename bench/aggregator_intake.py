@@ -34,6 +34,7 @@ from aggregator.coordinator import RoundSettings
 from aggregator.registry import DeviceRegistry
 from aggregator.service import AggregatorService
 from aggregator.store import Store
+from bench.rig.compare import Measured, comparison, print_comparisons
 from federation import topics
 from federation.chunking import DEFAULT_CHUNK_SIZE, split_blob
 from federation.ckks import FederationContext, new_secret_context
@@ -123,8 +124,10 @@ def main() -> None:
         totals[name] = statistics.median(r[0] + r[1] for r in runs)
         print(f"{name:<14}{delivery:>17.3f}{pump:>13.3f}{totals[name]:>8.3f}"
               f"{1e3 / totals[name]:>15.0f}")
-    print(f"one chunk vs 64 kB chunks: {totals['one chunk'] / totals['64 kB chunks']:.2f}x "
-          "the CPU per update")
+    one, small = ([r[0] + r[1] for r in rows[k]] for k in ("one chunk", "64 kB chunks"))
+    print_comparisons("bench.aggregator_intake", [comparison(
+        "CPU per update", Measured.of("one chunk", one), Measured.of("64 kB chunks", small),
+        "ms", "{:.3f}")])
 
 
 if __name__ == "__main__":

@@ -16,48 +16,25 @@ once (the worst case for reassembly). Peak RSS = the aggregator process's ru_max
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 
-from bench.aggregator_common import (
-    RoundWatcher,
-    finish,
-    last_json,
-    make_federation,
-    spawn,
-    start_mosquitto,
-    stop,
-    tmpdir,
-    wait_ready,
-)
+from bench.rig.aggregator import service_argv
+from bench.rig.compare import Measured, comparison, print_comparisons
+from bench.rig.session import RigSession
 from models.federated_parts import CONV14
 
 
 def one_round(n_boxes: int, length: int, chunk: int) -> tuple[float, float]:
-    root = tmpdir(f"aggmem-{n_boxes}-")
-    broker, url = start_mosquitto(root / "mosquitto")
-    fed = make_federation(root, n_boxes)
-    watcher = RoundWatcher(url)
-    common = ["--broker", url, "--rounds", "1", "--length", str(length),
-              "--chunk-size", str(chunk)]
-    halves = [fed.devices[0::2], fed.devices[1::2]]
-    boxes = [spawn("box", *common, "--devices", ",".join(h), "--keys", str(fed.key_dir),
-                   "--secret", str(fed.secret_path)) for h in halves if h]
-    for b in boxes:
-        wait_ready(b)
-    agg = spawn("agg", *common, "--state", str(fed.state), "--quorum", str(n_boxes))
-    try:
-        round_s = watcher.wait_published(1, 1800)
-        reports = [last_json(finish(b, 300)[0]) for b in boxes]
+    with RigSession(f"aggmem-{n_boxes}-", n_boxes) as rig:
+        fed = rig.fed
+        boxes = rig.start_boxes([fed.devices[0::2], fed.devices[1::2]], 1, chunk,
+                                secret=fed.secret_path, length=length)
+        agg = rig.start_aggregator(service_argv(fed.state, rig.url, n_boxes, 1, length=length,
+                                                chunk=chunk))
+        round_s = rig.watch.wait_published(1, 1800)
+        reports = [lines[-1] for lines in boxes.reports(300)]
         assert all(r["accepted"] for r in reports), reports
-        out, _ = stop(agg, 60)
-        return last_json(out)["peak_rss_mb"], round_s
-    finally:
-        watcher.close()
-        for p in [*boxes, agg]:
-            if p.poll() is None:
-                p.kill()
-        broker.kill()
+        return agg.stop(60)["peak_rss_mb"], round_s
 
 
 def main() -> None:
@@ -77,13 +54,13 @@ def main() -> None:
             rss[n].append(peak)
             print(f"  {n:3d} boxes: aggregator peak RSS {peak:.0f} MB, round {round_s:.1f} s",
                   file=sys.stderr, flush=True)
-    few, many = statistics.median(rss[ns.few]), statistics.median(rss[ns.many])
+    few = Measured.of(f"{ns.few} boxes", rss[ns.few])
+    many = Measured.of(f"{ns.many} boxes", rss[ns.many])
     print(f"\naggregator peak RSS, one round, {ns.length:,} parameters (median of {ns.runs})")
-    print(f"  {ns.few:3d} boxes: {few:.0f} MB")
-    print(f"  {ns.many:3d} boxes: {many:.0f} MB")
-    growth = many / few - 1
-    verdict = "MET" if abs(growth) <= 0.2 else "NOT MET"
-    print(f"  growth {growth:+.1%} (target within 20%: {verdict})")
+    print(f"  {ns.few:3d} boxes: {few.median:.0f} MB")
+    print(f"  {ns.many:3d} boxes: {many.median:.0f} MB")
+    print_comparisons("bench.aggregator_memory", [
+        comparison("aggregator peak RSS", many, few, "MB", "{:.0f}", within=0.2)])
 
 
 if __name__ == "__main__":

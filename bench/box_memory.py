@@ -23,7 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.identification import default_lfw_dir
+from bench.common.lfw import default_lfw_dir
+from bench.rig.compare import Measured, comparison, print_comparisons
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -98,8 +99,9 @@ def main() -> None:
     print("torch imported into the box's process: " + ", ".join(
         f"{m} {r['torch_imported']}" for m, r in results.items()))
     iso, base = (results[m]["stages"][-1]["rss_mb"] for m in ("isolated", "in-process"))
-    print(f"after a round: isolated {iso:.0f} MB vs in-process {base:.0f} MB "
-          f"({iso / base:.2f}x)")
+    print_comparisons("bench.box_memory", [comparison(
+        "box process RSS after a round", Measured.of("round in its own process", [iso]),
+        Measured.of("round in process", [base]), "MB", "{:.0f}")])
 
 
 if __name__ == "__main__":

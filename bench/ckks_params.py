@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bench.rig.compare import Measured, comparison, print_comparisons
 from federation.ckks import DEFAULT_PARAMS, CkksParams, new_secret_context
 from federation.packing import (
     DEFAULT_COUNT_SCALE,
@@ -136,8 +137,11 @@ def main() -> None:
               f"{'decrypt/s':>10} {'max abs err':>12}")
     print(header)
     print("-" * len(header))
+    default_runs: list[dict[str, float]] = []
     for cand in cands:
         res = [r for c, r in rows if c is cand]
+        if cand.params == DEFAULT_PARAMS:
+            default_runs = res
         med = {k: statistics.median(r[k] for r in res) for k in res[0]}
         p = cand.params
         name = (f"{p.poly_modulus_degree} {list(p.coeff_mod_bit_sizes)} 2^{p.global_scale_bits} "
@@ -159,6 +163,14 @@ def main() -> None:
         "the average within 1e-5 for rounds of a few hundred samples while leaving "
         f"|sum c*n*w| < {DEFAULT_PARAMS.value_bound:g} of range (see federation/packing.py)."
     )
+    if default_runs:
+        print_comparisons("bench.ckks_params", [
+            comparison("bytes on the wire per value", Measured.of(
+                "CKKS default", [r["bytes_per_value"] for r in default_runs]),
+                Measured.of("plain float32", [4.0]), "B"),
+            comparison("summing 3 updates, values per second", Measured.of(
+                "CKKS default add", [r["add"] for r in default_runs]), Measured.of(
+                "numpy sum", [3 * args.values / t for t in base_sum]), "", "{:.3g}")])
 
 
 if __name__ == "__main__":

@@ -34,18 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.fed_data import build_design
-from bench.fed_features import align_crops, default_cache, experiment_features
-from bench.fed_train import Workers
-from bench.federated_accuracy import (
-    REPO,
-    Setup,
-    _aggregate_encrypted,
-    _summary,
-    _train_all,
-    evaluate,
-    model_paths,
-)
+from bench.common import fed_experiment as experiment
+from bench.rig.compare import reproduce
 from federation.dp import DpConfig, epsilon, noise_multiplier_for, privatize
 from federation.packing import DEFAULT_COUNT_SCALE
 from models.federated_parts import get_part
@@ -60,21 +50,7 @@ class Arm:
     clip: bool  # clip + equal weights (True for DP arms and the clip-only arm)
 
 
-def make_setup(args: argparse.Namespace) -> Setup:
-    yunet, sface = model_paths(args.models)
-    cache = args.cache or default_cache()
-    design = build_design(args.data / "lfw", seed=args.seed, n_institutions=args.institutions)
-    crops = align_crops(args.data / "lfw", design.images, yunet, sface, cache)
-    feats = experiment_features(design, Path(getattr(crops, "filename", "")), sface, cache,
-                                args.views,
-                                args.seed, args.workers)
-    index_of = np.full(len(design.images), -1)
-    index_of[design.test_images] = np.arange(len(design.test_images))
-    return Setup(design, feats, sface, Workers(args.workers),
-                 list(dict.fromkeys(i.domain.name for i in design.institutions)), index_of)
-
-
-def run_arm(setup: Setup, part: str, arm: Arm, rounds: int, config: object, ctx: object,
+def run_arm(setup: experiment.Setup, part: str, arm: Arm, rounds: int, config: object, ctx: object,
             counts: list[int], base: np.ndarray, clip_norm: float, seed: int
             ) -> tuple[np.ndarray, list[float]]:
     """``rounds`` federated rounds; returns the final weights and the per-round deltas'
@@ -84,7 +60,7 @@ def run_arm(setup: Setup, part: str, arm: Arm, rounds: int, config: object, ctx:
     norms: list[float] = []
     for r in range(rounds):
         start = base if g is None else g
-        vectors = _train_all(setup, part, g, config, seed=10_000 * (r + 1))
+        vectors = experiment.train_all(setup, part, g, config, seed=10_000 * (r + 1))
         norms.append(float(np.median([np.linalg.norm(v - start) for v in vectors])))
         if arm.clip:
             sent = []
@@ -99,7 +75,7 @@ def run_arm(setup: Setup, part: str, arm: Arm, rounds: int, config: object, ctx:
             weights = [int(DEFAULT_COUNT_SCALE)] * len(sent)  # equal weights: c*n = 1
         else:
             sent, weights = vectors, counts
-        g, _, _ = _aggregate_encrypted(ctx, sent, weights)
+        g, _, _ = experiment.aggregate_encrypted(ctx, sent, weights)
         log.info("%s round %d done (median delta norm %.3g)", arm.name, r + 1, norms[-1])
     assert g is not None
     return g, norms
@@ -107,7 +83,7 @@ def run_arm(setup: Setup, part: str, arm: Arm, rounds: int, config: object, ctx:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    p.add_argument("--data", type=Path, default=experiment.REPO.parent / "shared" / "data")
     p.add_argument("--models", type=Path, default=None)
     p.add_argument("--part", default="conv14")
     p.add_argument("--rounds", type=int, default=6)
@@ -127,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     from federation.ckks import new_secret_context
 
     t0 = time.perf_counter()
-    setup = make_setup(args)
+    setup = experiment.make_setup(args)
     ctx = new_secret_context()
     config = TrainConfig(epochs=args.epochs, seed=args.seed)
     from models.trainable import TrainableTail
@@ -136,10 +112,10 @@ def main(argv: list[str] | None = None) -> None:
     base = np.asarray(base, dtype=np.float32)
     counts = [len(lab) // args.views for _, lab in setup.feats.train]
     rows: dict[str, dict[str, float]] = {}
-    rows["pretrained"] = _summary(setup, evaluate(setup, args.part, None))
+    rows["pretrained"] = experiment.summary(setup, experiment.evaluate(setup, args.part, None))
     plain = Arm("non-private (weighted)", None, clip=False)
     g, norms = run_arm(setup, args.part, plain, args.rounds, config, ctx, counts, base, 0.0, 0)
-    rows[plain.name] = _summary(setup, evaluate(setup, args.part, g))
+    rows[plain.name] = experiment.summary(setup, experiment.evaluate(setup, args.part, g))
     clip = norms[0]
     arms = [Arm("clipped only (eps inf)", None, clip=True)] if args.clip_only else []
     spent: dict[str, tuple[float, float]] = {}
@@ -153,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     for i, arm in enumerate(arms):
         g, _ = run_arm(setup, args.part, arm, args.rounds, config, ctx, counts, base, clip,
                        seed=1 + i)
-        rows[arm.name] = _summary(setup, evaluate(setup, args.part, g))
+        rows[arm.name] = experiment.summary(setup, experiment.evaluate(setup, args.part, g))
     setup.workers.close()
     part = get_part(args.part)
     print(f"\nDP accuracy cost: part {part.key} ({part.size:,} values), "
@@ -171,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:<30}{eps_s:>10}{z_s:>8}{row['mean']:>19.2f}{row['se']:>9.2f}"
               f"{row['clean']:>8.2f}{row['mean'] - ref:>+16.2f}")
     print(f"total {time.perf_counter() - t0:.0f} s")
+    print(reproduce("bench.dp_accuracy", argv))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ import cv2
 import numpy as np
 import psutil
 
-from bench.identification import default_lfw_dir
+from bench.common.lfw import default_lfw_dir
+from bench.rig import compare
 
 TARGET_MIB = 400.0
 HEAVY_LIBRARIES = ("libtorch", "libc10", "/torch/")
@@ -126,6 +127,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"  baseline python + cv2 + onnxruntime imported: {bare.peak_mib:.0f} MiB; "
           f"+ torch imported: {with_torch.peak_mib:.0f} MiB "
           f"(torch libraries mapped: {with_torch.torch_mapped})")
+    compare.print_comparisons("bench.edge_memory", [compare.comparison(
+        "peak RSS", compare.Measured.of("fedface-edge run", peaks), compare.Measured.of(
+            f"python + {label} imported", [m.peak_mib]), "MiB", "{:.0f}")
+        for label, m in (("cv2 + onnxruntime", bare), ("torch + cv2 + onnxruntime", with_torch))])
     mapped = any(r.torch_mapped for r in runs)
     print(f"  torch libraries mapped in fedface-edge run: {mapped}")
     print(f"  its own report: {runs[0].debug_modules_line.split(': ', 1)[-1]}")

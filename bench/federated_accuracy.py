@@ -20,37 +20,22 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.fed_data import Design, build_design
-from bench.fed_eval import DomainAccuracy, fold_accuracies, pair_scores
-from bench.fed_features import ExperimentFeatures, align_crops, default_cache, experiment_features
-from bench.fed_train import EmbedTask, TrainTask, Workers, run_embed, run_train
+from bench.common.fed_data import Design
+from bench.common.fed_eval import DomainAccuracy
+from bench.common.fed_experiment import (
+    REPO,
+    Setup,
+    aggregate_encrypted,
+    evaluate,
+    make_setup,
+    summary,
+    train_all,
+)
+from bench.common.fed_train import TrainTask, run_train
+from bench.rig.compare import reproduce
 from models.federated_parts import get_part
 
 log = logging.getLogger("bench.federated_accuracy")
-REPO = Path(__file__).resolve().parents[1]
-
-
-@dataclass
-class Setup:
-    design: Design
-    feats: ExperimentFeatures
-    model_path: Path
-    workers: Workers
-    domain_names: list[str]  # institution domains (the test mean is over these)
-    index_of: np.ndarray
-
-
-def evaluate(setup: Setup, part_name: str, vector: np.ndarray | None) -> DomainAccuracy:
-    names = ["clean", *setup.domain_names]
-    tasks = [
-        EmbedTask(setup.model_path, part_name, vector, setup.feats.test[n].folder) for n in names
-    ]
-    d = setup.design
-    folds = {}
-    for name, emb in zip(names, setup.workers.map(run_embed, tasks), strict=True):
-        scores = pair_scores(emb, setup.index_of, d.pairs)
-        folds[name] = fold_accuracies(scores, d.same, d.folds)
-    return DomainAccuracy(folds)
 
 
 @dataclass
@@ -67,39 +52,6 @@ class PartResult:
     train_s: float = 0.0
 
 
-def _summary(setup: Setup, acc: DomainAccuracy) -> dict[str, float]:
-    mean, se = acc.mean_over(setup.domain_names)
-    return {"mean": mean, "se": se, "clean": acc.mean("clean"),
-            "worst_domain": min(acc.mean(n) for n in setup.domain_names)}
-
-
-def _train_all(setup: Setup, part: str, start: np.ndarray | None, config: object,
-               seed: int) -> list[np.ndarray]:
-    from edge.trainer import TrainConfig
-
-    assert isinstance(config, TrainConfig)
-    tasks = [
-        TrainTask(setup.model_path, part, start, (fs.folder,), (lab,),
-                  TrainConfig(**{**asdict(config), "seed": seed + i}))
-        for i, (fs, lab) in enumerate(setup.feats.train)
-    ]
-    return [v for v, _, _ in setup.workers.map(run_train, tasks)]
-
-
-def _aggregate_encrypted(ctx: object, vectors: list[np.ndarray], counts: list[int]
-                         ) -> tuple[np.ndarray, int, float]:
-    from federation.packing import StreamingSum, decrypt_average, encrypt_update
-
-    aggregator = StreamingSum(ctx.public(), vectors[0].size)  # type: ignore[attr-defined]
-    sent, t0 = 0, time.perf_counter()
-    for v, n in zip(vectors, counts, strict=True):
-        blob = encrypt_update(ctx, v, n).to_bytes()  # type: ignore[arg-type]
-        sent = max(sent, len(blob))
-        aggregator.add(blob)
-    encrypt_s = (time.perf_counter() - t0) / len(vectors)
-    return decrypt_average(ctx, aggregator.result()), sent, encrypt_s  # type: ignore[arg-type]
-
-
 def run_part(setup: Setup, part_name: str, rounds: int, config: object, ctx: object,
              pretrained: DomainAccuracy, n_views: int) -> PartResult:
     from edge.trainer import TrainConfig
@@ -114,27 +66,27 @@ def run_part(setup: Setup, part_name: str, rounds: int, config: object, ctx: obj
     long_cfg = TrainConfig(**{**asdict(config), "epochs": total_epochs})
 
     log.info("%s: local-only training of %d institutions", part.key, len(counts))
-    local = [evaluate(setup, part_name, v) for v in _train_all(setup, part_name, None,
+    local = [evaluate(setup, part_name, v) for v in train_all(setup, part_name, None,
                                                                    long_cfg, seed=1000)]
     local_means = [a.mean_over(setup.domain_names)[0] for a in local]
-    res.rows["pretrained"] = _summary(setup, pretrained)
+    res.rows["pretrained"] = summary(setup, pretrained)
     res.rows["local-only mean"] = {
         "mean": float(np.mean(local_means)),
         "se": float(np.mean([a.mean_over(setup.domain_names)[1] for a in local])),
         "clean": float(np.mean([a.mean("clean") for a in local])),
-        "worst_domain": float(np.mean([_summary(setup, a)["worst_domain"] for a in local])),
+        "worst_domain": float(np.mean([summary(setup, a)["worst_domain"] for a in local])),
     }
-    res.rows["local-only worst"] = _summary(setup, local[int(np.argmin(local_means))])
+    res.rows["local-only worst"] = summary(setup, local[int(np.argmin(local_means))])
 
     finals: dict[str, np.ndarray] = {}
     for mode in ("plaintext", "encrypted"):
         g = None
         for r in range(rounds):
-            vectors = _train_all(setup, part_name, g, config, seed=10_000 * (r + 1))
+            vectors = train_all(setup, part_name, g, config, seed=10_000 * (r + 1))
             if mode == "plaintext":
                 g = plain_weighted_average(vectors, counts).astype(np.float32)
             else:
-                g, res.bytes_per_round, res.encrypt_s = _aggregate_encrypted(ctx, vectors, counts)
+                g, res.bytes_per_round, res.encrypt_s = aggregate_encrypted(ctx, vectors, counts)
                 acc = evaluate(setup, part_name, g)
                 res.curve.append(acc.mean_over(setup.domain_names)[0])
                 log.info("%s encrypted round %d: mean over domains %.2f", part.key, r + 1,
@@ -142,8 +94,8 @@ def run_part(setup: Setup, part_name: str, rounds: int, config: object, ctx: obj
         assert g is not None
         finals[mode] = g
     fed = {m: evaluate(setup, part_name, v) for m, v in finals.items()}
-    res.rows["federated plaintext"] = _summary(setup, fed["plaintext"])
-    res.rows["federated encrypted"] = _summary(setup, fed["encrypted"])
+    res.rows["federated plaintext"] = summary(setup, fed["plaintext"])
+    res.rows["federated encrypted"] = summary(setup, fed["encrypted"])
     res.enc_vs_plain_max_abs = float(np.max(np.abs(finals["plaintext"] - finals["encrypted"])))
 
     log.info("%s: centralised training", part.key)
@@ -152,7 +104,7 @@ def run_part(setup: Setup, part_name: str, rounds: int, config: object, ctx: obj
                              tuple(lab for _, lab in setup.feats.train), long_cfg)
     central_vec = setup.workers.map(run_train, [central_task])[0][0]
     central = evaluate(setup, part_name, central_vec)
-    res.rows["centralised"] = _summary(setup, central)
+    res.rows["centralised"] = summary(setup, central)
 
     # paired fold-to-fold SE of (federated encrypted - local-only mean)
     def per_fold(acc: DomainAccuracy) -> np.ndarray:
@@ -257,37 +209,14 @@ def main(argv: list[str] | None = None) -> None:
         json.dumps([asdict(r) for r in results], indent=1))
     total = time.perf_counter() - t0
     print(f"\nplot: {args.out / 'federated_convergence.png'}; total {total:.0f} s")
-
-
-def model_paths(models: Path | None) -> tuple[Path, Path]:
-    if models is not None:
-        return models / "face_detection_yunet_2023mar.onnx", models / \
-            "face_recognition_sface_2021dec.onnx"
-    from models.registry import model_path
-
-    return model_path("yunet"), model_path("sface")
+    print(reproduce("bench.federated_accuracy", argv))
 
 
 def run(args: argparse.Namespace, design: Design | None = None) -> tuple[Setup, list[PartResult]]:
     from edge.trainer import TrainConfig
     from federation.ckks import new_secret_context
 
-    yunet, sface = model_paths(args.models)
-    cache = args.cache or default_cache()
-    design = design or build_design(args.data / "lfw", seed=args.seed,
-                                    n_institutions=args.institutions)
-    if getattr(args, "use_cameras", 0):
-        cams = list(dict.fromkeys(i.domain.name for i in design.institutions))[: args.use_cameras]
-        design.institutions = [i for i in design.institutions if i.domain.name in cams]
-    crops = align_crops(args.data / "lfw", design.images, yunet, sface, cache)
-    crops_path = Path(crops.filename) if hasattr(crops, "filename") else None
-    assert crops_path is not None
-    feats = experiment_features(design, crops_path, sface, cache, args.views, args.seed,
-                                args.workers)
-    index_of = np.full(len(design.images), -1)
-    index_of[design.test_images] = np.arange(len(design.test_images))
-    setup = Setup(design, feats, sface, Workers(args.workers),
-                  list(dict.fromkeys(i.domain.name for i in design.institutions)), index_of)
+    setup = make_setup(args, design)
     ctx = new_secret_context()
     pretrained = evaluate(setup, "conv14", None)
     results = []

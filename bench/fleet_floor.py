@@ -21,13 +21,16 @@ import argparse
 import json
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-from bench.aggregator_common import FED, REPO, tmpdir
-from bench.fleet_load import BoxReports, make_state, make_updates, spawn_boxes, start_broker
+from bench.rig.box_updates import write_updates
+from bench.rig.broker import start_fleet_broker
+from bench.rig.compare import reproduce
+from bench.rig.procs import spawn_module, tmpdir
+from bench.rig.session import RigSession
+from bench.rig.state import FED
 
 
 def receiver_main(ns: argparse.Namespace) -> None:
@@ -81,31 +84,26 @@ def receiver_main(ns: argparse.Namespace) -> None:
     link.close()
 
 
-def run(boxes: int, rounds: int, receivers: int, keys: Path, updates: Path) -> list[float]:
+def run(boxes_n: int, rounds: int, receivers: int, keys: Path, updates: Path) -> list[float]:
     from federation.keys import write_private_key
     from federation.signing import generate_signing_key
 
-    root = tmpdir(f"floor-{receivers}-")
-    broker, url = start_broker(root / "mosquitto")
-    procs: list[subprocess.Popen[str]] = []
-    try:
-        _, dev_keys = make_state(root, keys, boxes)
-        write_private_key(root / "null.key", generate_signing_key())
-        devices = [f"box{i}" for i in range(boxes)]
-        procs = spawn_boxes(url, dev_keys, updates, devices, rounds, 2, 256 * 1024, 0.0)
-        reports = BoxReports(procs)
-        nulls = [subprocess.Popen(
-            [sys.executable, "-m", "bench.fleet_floor", "receiver", "--broker", url,
-             "--key", str(root / "null.key"), "--index", str(k), "--of", str(receivers),
-             "--boxes", str(boxes), "--rounds", str(rounds)],
-            cwd=REPO, stdout=subprocess.PIPE, text=True) for k in range(receivers)]
-        procs += nulls
+    with RigSession(f"floor-{receivers}-", boxes_n, keys=keys,
+                    start_broker=start_fleet_broker, watch=False) as rig:
+        null_key = rig.root / "null.key"
+        write_private_key(null_key, generate_signing_key())
+        boxes = rig.start_boxes([rig.fed.devices[0::2], rig.fed.devices[1::2]], rounds,
+                                256 * 1024, updates=updates, flush_every=4)
+        nulls = [rig.adopt(spawn_module(
+            "bench.fleet_floor", "receiver", "--broker", rig.url, "--key", str(null_key),
+            "--index", str(k), "--of", str(receivers), "--boxes", str(boxes_n),
+            "--rounds", str(rounds), stderr=None)) for k in range(receivers)]
         last: dict[int, float] = {}
         for proc in nulls:
             out, _ = proc.communicate(timeout=600)
             for r, t in json.loads(out.strip().splitlines()[-1])["last"].items():
                 last[int(r)] = max(last.get(int(r), 0.0), t)
-        lines = reports.collect(60)
+        lines = [x for per_proc in boxes.reports(60) for x in per_proc]
         ratios = []
         for r in range(2, rounds + 1):
             mine = [x for x in lines if x["round"] == r]
@@ -117,13 +115,6 @@ def run(boxes: int, rounds: int, receivers: int, keys: Path, updates: Path) -> l
                   f"{1e3 * (last[r] - start):.0f} ms, last ack {1e3 * acked:.0f} ms, ratio "
                   f"{uploaded / acked:.2f}", flush=True)
         return ratios
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-        broker.kill()
-        broker.wait()
-        subprocess.run(["rm", "-rf", str(root)], check=False)
 
 
 def main() -> None:
@@ -147,8 +138,8 @@ def main() -> None:
     work = tmpdir("floor-keys-")
     try:
         create_federation_keys(work / "keys")
-        make_updates(work / "keys" / SECRET_CONTEXT_NAME, work / "updates", 6,
-                     get_part(DEFAULT_PART).size)
+        write_updates(work / "keys" / SECRET_CONTEXT_NAME, work / "updates", 6,
+                      get_part(DEFAULT_PART).size)
         summary = []
         for n in (int(x) for x in ns.receivers.split(",")):
             print(f"{ns.boxes} boxes, all at once, {n} null receiver(s):", flush=True)
@@ -159,6 +150,7 @@ def main() -> None:
             print(f"{n:>14}  {med:.2f} [{lo:.2f}, {hi:.2f}]")
         print("A receiver that does no work bounds what the real aggregator can reach in "
               "this bench on this machine (bench.fleet_load prints the real one).")
+        print(reproduce("bench.fleet_floor"))
     finally:
         subprocess.run(["rm", "-rf", str(work)], check=False)
 

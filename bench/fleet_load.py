@@ -45,236 +45,46 @@ and bench.fleet_floor runs the same burst against receivers that do no work.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import statistics
 import subprocess
 import sys
-import threading
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.aggregator_common import FED, REPO, RoundWatcher, start_mosquitto, tmpdir
-
-COUNT_SCALE = 64.0
-
-
-# --- orchestrator -----------------------------------------------------------------------
-def start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """Queues deep enough for every chunk of a fleet in flight, $SYS counters each second."""
-    return start_mosquitto(workdir, max_queued=1_000_000,
-                           extra="max_inflight_messages 0\nsys_interval 1\n")
-
-
-class SysCounters:
-    """Mosquitto's $SYS byte/message totals (published every second)."""
-
-    NAMES = ("bytes/received", "bytes/sent", "messages/received", "messages/sent")
-
-    def __init__(self, url: str) -> None:
-        from federation.mqtt import MqttTransport
-
-        self.values: dict[str, int] = {}
-        self.t = MqttTransport(url, "fleet-sys", clean_start=True)
-        for name in self.NAMES:
-            self.t.subscribe(f"$SYS/broker/{name}", self._on)
-        assert self.t.wait_connected(10)
-
-    def _on(self, topic: str, payload: bytes) -> None:
-        self.values[topic.split("/broker/", 1)[1]] = int(payload)
-
-    def snapshot(self) -> dict[str, int]:
-        time.sleep(2.2)  # two $SYS periods: the totals include everything so far
-        return dict(self.values)
-
-
-def make_updates(secret_path: Path, out: Path, k: int, length: int) -> list[dict[str, Any]]:
-    """K real encrypted updates (different weights and sample counts), written to files."""
-    from federation.keys import load_secret_context
-    from federation.packing import encrypt_update
-
-    ctx = load_secret_context(secret_path)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = []
-    for i in range(k):
-        rng = np.random.default_rng(1000 + i)
-        w = rng.normal(0, 0.05, length).astype(np.float32)
-        n = 100 + 25 * i
-        t0 = time.perf_counter()
-        blob = encrypt_update(ctx, w, n, COUNT_SCALE).to_bytes()
-        (out / f"update-{i}.bin").write_bytes(blob)
-        np.save(out / f"weights-{i}.npy", w)
-        meta.append({"index": i, "n": n, "bytes": len(blob), "encrypt_s":
-                     time.perf_counter() - t0})
-    (out / "meta.json").write_text(json.dumps(meta))
-    return meta
-
-
-def make_state(root: Path, keys_dir: Path, n_devices: int) -> tuple[Path, Path]:
-    from aggregator.config import init_state
-    from aggregator.registry import DeviceRegistry
-    from aggregator.store import Store
-    from federation.keys import PUBLIC_CONTEXT_NAME, write_private_key
-    from federation.signing import generate_signing_key, public_key_hex
-
-    state, dev_keys = root / "state", root / "devices"
-    init_state(state, FED, keys_dir / PUBLIC_CONTEXT_NAME, count_scale=COUNT_SCALE)
-    store = Store(state)
-    for i in range(n_devices):
-        key = generate_signing_key()
-        write_private_key(dev_keys / f"box{i}.key", key)
-        DeviceRegistry(store).add(f"box{i}", bytes.fromhex(public_key_hex(key)))
-    store.close()
-    return state, dev_keys
-
-
-class BoxReports:
-    """Each box process's per-round report lines, read as they come: a box that prints
-    into a pipe nobody reads blocks once the pipe buffer fills (about 49 rounds of
-    100 boxes), and the run hangs waiting for a round that box never starts."""
-
-    def __init__(self, procs: list[subprocess.Popen[str]]) -> None:
-        self.lines: list[str] = []
-        self._threads = [threading.Thread(target=self._read, args=(p,), daemon=True)
-                         for p in procs]
-        for t in self._threads:
-            t.start()
-
-    def _read(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.startswith('{"round"'):
-                self.lines.append(line)
-
-    def collect(self, timeout: float) -> list[dict[str, Any]]:
-        for t in self._threads:
-            t.join(timeout)
-        return [json.loads(line) for line in self.lines]
-
-
-def spawn_boxes(url: str, dev_keys: Path, updates: Path, devices: list[str], rounds: int,
-                procs: int, chunk: int, spread: float) -> list[subprocess.Popen[str]]:
-    out = []
-    for p in range(procs):
-        mine = devices[p::procs]
-        if mine:
-            out.append(subprocess.Popen(
-                [sys.executable, "-m", "bench.fleet_load", "box", "--broker", url, "--keys",
-                 str(dev_keys), "--updates", str(updates), "--devices", ",".join(mine),
-                 "--rounds", str(rounds), "--chunk-size", str(chunk),
-                 "--spread", str(spread)],
-                cwd=REPO, stdout=subprocess.PIPE, text=True,
-                stderr=(dev_keys.parent / f"boxes-{p}.log").open("w"),
-                env={**os.environ, "PYTHONUNBUFFERED": "1"}))
-    for proc in out:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if '"ready"' in line:
-                break
-        else:
-            raise RuntimeError(f"box process died; see {dev_keys.parent}/boxes-*.log")
-    return out
-
-
-class AggregatorProcess:
-    """``fedface-aggregator serve`` with an RSS poll; rusage from wait4 at exit."""
-
-    def __init__(self, state: Path, url: str, n: int, rounds: int, log: Path,
-                 sum_workers: int | None = None, intake: int = 1) -> None:
-        import psutil
-
-        exe = Path(sys.executable).parent / "fedface-aggregator"
-        self.log = log.open("w")
-        self.proc = subprocess.Popen(
-            [str(exe), "serve", "--state", str(state), "--broker", url, "--quorum", str(n),
-             "--rounds", str(rounds), "--round-deadline", "3600",
-             "--intake-processes", str(intake),
-             *([] if sum_workers is None else ["--sum-workers", str(sum_workers)])],
-            stdout=subprocess.DEVNULL, stderr=self.log)
-        self.ps = psutil.Process(self.proc.pid)
-        self.max_rss = 0  # of the process tree: the aggregator and its summing workers
-        self.cpu_at_open = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-
-    def _poll(self) -> None:
-        while not self._stop.wait(0.05):
-            try:
-                procs = [self.ps, *self.ps.children(recursive=True)]
-            except Exception:  # exited between two polls
-                return
-            total = 0
-            for proc in procs:
-                try:
-                    total += proc.memory_info().rss
-                except Exception:  # a worker exited between two calls
-                    continue
-            self.max_rss = max(self.max_rss, total)
-
-    def mark_open(self) -> None:
-        """CPU spent before round 1 opened (imports, context load): not summing work."""
-        cpu = 0.0
-        for proc in [self.ps, *self.ps.children(recursive=True)]:
-            t = proc.cpu_times()
-            cpu += t.user + t.system
-        self.cpu_at_open = cpu
-
-    def wait(self, timeout: float) -> dict[str, float]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
-            if pid:
-                self._stop.set()
-                self.proc.returncode = os.waitstatus_to_exitcode(status)
-                self.log.close()
-                return {"cpu_s": usage.ru_utime + usage.ru_stime, "user_s": usage.ru_utime,
-                        "rounds_cpu_s": usage.ru_utime + usage.ru_stime - self.cpu_at_open,
-                        "main_rss_mb": usage.ru_maxrss / 1024,
-                        "peak_rss_mb": self.max_rss / 2**20,
-                        "exit": float(self.proc.returncode)}
-            time.sleep(0.1)
-        self.proc.kill()
-        raise TimeoutError("the aggregator did not finish its rounds")
+from bench.rig.aggregator import serve_argv
+from bench.rig.box_updates import stored_average, write_updates
+from bench.rig.broker import SysCounters, start_fleet_broker
+from bench.rig.compare import Measured, comparison, print_comparisons
+from bench.rig.procs import cpu_seconds, tmpdir
+from bench.rig.session import RigSession
 
 
 def run_fleet(n: int, rounds: int, keys_dir: Path, updates: Path, procs: int, chunk: int,
               meta: list[dict[str, Any]], sum_workers: int | None = None,
               spread: float = 0.0, intake: int = 1) -> dict[str, Any]:
-    root = tmpdir(f"fleet-{n}-")
-    broker, url = start_broker(root / "mosquitto")
-    agg: AggregatorProcess | None = None
-    boxes: list[subprocess.Popen[str]] = []
-    try:
-        state, dev_keys = make_state(root, keys_dir, n)
-        devices = [f"box{i}" for i in range(n)]
-        watcher = RoundWatcher(url)
-        sys_counters = SysCounters(url)
-        boxes = spawn_boxes(url, dev_keys, updates, devices, rounds, procs, chunk, spread)
-        box_reports = BoxReports(boxes)
+    with RigSession(f"fleet-{n}-", n, keys=keys_dir, start_broker=start_fleet_broker) as rig:
+        watcher, broker = rig.watch, rig.broker
+        sys_counters = SysCounters(rig.url)
+        boxes = rig.start_boxes([rig.fed.devices[p::procs] for p in range(procs)], rounds,
+                                chunk, updates=updates, spread=spread, flush_every=4)
         before = sys_counters.snapshot()
-        agg = AggregatorProcess(state, url, n, rounds, root / "aggregator.log", sum_workers,
-                                intake)
-        with watcher.cond:
-            watcher.cond.wait_for(lambda: 1 in watcher.opened, 120)
+        agg = rig.start_aggregator(serve_argv(rig.fed.state, rig.url, n, rounds, intake=intake,
+                                              sum_workers=sum_workers))
+        watcher.wait_opened(1, 120)
         agg.mark_open()
-        broker_cpu = _cpu_seconds(broker.pid)
+        broker_cpu = cpu_seconds(broker.pid)
         round_s = [watcher.wait_published(r, 3600) for r in range(1, rounds + 1)]
-        broker_cpu = _cpu_seconds(broker.pid) - broker_cpu
+        broker_cpu = cpu_seconds(broker.pid) - broker_cpu
         usage = agg.wait(600)
         after = sys_counters.snapshot()
-        for b in boxes:
-            b.wait(120)  # a box exits by itself after its last round's acks
-        reports = box_reports.collect(30)
-        blob = watcher.result_blob(rounds)
-        error = _check_result(keys_dir, updates, blob, n, rounds, meta)
-        watcher.close()
-        sys_counters.t.close()
+        sys_counters.close()
+        # a box exits by itself after its last round's acks
+        reports = [x for lines in boxes.reports(120) for x in lines]
+        error = _check_result(keys_dir, updates, watcher.result_blob(rounds), n, rounds, meta)
         result = _summarise(n, rounds, round_s, usage, before, after, reports, error, spread)
         per_proc: dict[int, float] = {}  # each box process's CPU over its rounds
         for x in reports:
@@ -283,26 +93,9 @@ def run_fleet(n: int, rounds: int, keys_dir: Path, updates: Path, procs: int, ch
         result["broker_cpu_s_per_update"] = broker_cpu / (n * rounds)
         # the aggregator's own view of the same waits (its per-round log line)
         result["aggregator_says"] = [line.split(" INFO ")[-1] for line in
-                                     (root / "aggregator.log").read_text().splitlines()
+                                     (rig.root / "aggregator.log").read_text().splitlines()
                                      if "age at ack" in line]
         return result
-    finally:
-        for p in boxes:
-            if p.poll() is None:
-                p.kill()
-        if agg is not None and agg.proc.poll() is None:
-            agg.proc.kill()
-        broker.kill()
-        broker.wait()
-        subprocess.run(["rm", "-rf", str(root)], check=False)
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of a running process."""
-    import psutil
-
-    t = psutil.Process(pid).cpu_times()
-    return float(t.user + t.system)
 
 
 def _check_result(keys_dir: Path, updates: Path, blob: bytes, n: int, round_no: int,
@@ -312,12 +105,7 @@ def _check_result(keys_dir: Path, updates: Path, blob: bytes, n: int, round_no: 
 
     ctx = load_secret_context(keys_dir / SECRET_CONTEXT_NAME)
     got = decrypt_average(ctx, EncryptedUpdate.from_bytes(blob, ctx))
-    k = len(meta)
-    picks = [(i + round_no) % k for i in range(n)]
-    num = sum(meta[p]["n"] * np.load(updates / f"weights-{p}.npy").astype(np.float64)
-              for p in picks)
-    expected = num / sum(meta[p]["n"] for p in picks)
-    return float(np.max(np.abs(got - expected)))
+    return float(np.max(np.abs(got - stored_average(updates, meta, n, round_no))))
 
 
 def _summarise(n: int, rounds: int, round_s: list[float], usage: dict[str, float],
@@ -355,6 +143,8 @@ def _summarise(n: int, rounds: int, round_s: list[float], usage: dict[str, float
         "cpu_s_per_update": usage["rounds_cpu_s"] / (n * rounds),
         "rounds_cpu_s": usage["rounds_cpu_s"],
         "lag_s": med["lag_s"], "max_abs_error": error, "spread_s": spread,
+        "upload_ms_runs": [1e3 * p["upload_s"] for p in per_round],
+        "last_ack_ms_runs": [1e3 * p["last_ack_s"] for p in per_round],
         "ack_latency_ms": {"p50": 1e3 * latency[len(latency) // 2],
                            "p99": 1e3 * latency[min(len(latency) - 1, int(0.99 * len(latency)))],
                            "max": 1e3 * latency[-1]},
@@ -423,123 +213,19 @@ def print_table(results: list[dict[str, Any]], meta: list[dict[str, Any]], lengt
                    f"the aggregator acks at {r['acked_vs_delivery']:.0%} of the broker's "
                    f"delivery rate, {r['lag_s']:.2f} s behind: it is the bottleneck")
         print(f"  {r['n']} boxes: {verdict}")
-
-
-# --- child: emulated boxes ----------------------------------------------------------------
-def box_main(ns: argparse.Namespace) -> None:
-    from federation import topics
-    from federation.envelope import Envelope, decode, encode, sign_envelope
-    from federation.keys import read_private_key
-    from federation.mqtt import MqttTransport
-
-    meta = json.loads((ns.updates / "meta.json").read_text())
-    blobs = [(ns.updates / f"update-{m['index']}.bin").read_bytes() for m in meta]
-    pieces = []
-    for blob in blobs:  # chunk payloads + hashes shared by every device sending that blob
-        parts = [blob[i:i + ns.chunk_size] for i in range(0, len(blob), ns.chunk_size)]
-        pieces.append((hashlib.sha256(blob).hexdigest(), len(blob), parts,
-                       [hashlib.sha256(p).hexdigest() for p in parts]))
-    devices = ns.devices.split(",")
-    keys = {d: read_private_key(ns.keys / f"{d}.key") for d in devices}
-    cond = threading.Condition()
-    announces: dict[int, dict[str, Any]] = {}
-    acks: dict[tuple[str, int], tuple[float, bool]] = {}
-    links = {d: MqttTransport(ns.broker, f"fleet-{d}", clean_start=True, max_queued=100_000)
-             for d in devices}
-
-    def on_ack(topic: str, payload: bytes) -> None:
-        body = json.loads(decode(payload).payload)
-        with cond:
-            acks[(body["device"], body["round"])] = (time.time(), bool(body["accepted"]))
-            cond.notify_all()
-
-    def on_announce(topic: str, payload: bytes) -> None:
-        body = json.loads(decode(payload).payload)
-        with cond:
-            if body["state"] == "open":
-                announces[body["round"]] = body
-            cond.notify_all()
-
-    for d, link in links.items():
-        link.subscribe(topics.ack(FED, d), on_ack)
-        assert link.wait_connected(30)
-    links[devices[0]].subscribe(topics.announce(FED), on_announce)
-    print(json.dumps({"ready": True}), flush=True)
-    cpu_ready = time.process_time()  # the rounds' CPU, without start-up
-    for r in range(1, ns.rounds + 1):
-        def announced(r: int = r) -> bool:
-            return r in announces
-
-        def all_acked(r: int = r) -> bool:
-            return all((d, r) in acks for d in devices)
-
-        with cond:
-            assert cond.wait_for(announced, 3600), "no announce"
-            base = announces[r]["base_model"]
-        t_start = time.time()
-        plan = {}
-        for d in devices:
-            index = (int(d[3:]) + r) % len(pieces)
-            plan[d] = (pieces[index], uuid.uuid4().hex)
-        n_msgs = n_bytes = 0
-        sent_at: dict[str, float] = {}
-
-        def publish(d: str, c: int, plan: dict[str, Any] = plan, r: int = r,
-                    base: str = base, sent_at: dict[str, float] = sent_at) -> None:
-            nonlocal n_msgs, n_bytes
-            (sha, size, parts, hashes), msg = plan[d]
-            sent = sent_at.setdefault(d, time.time())  # ts: the box's send time, as a box
-            env = Envelope(kind="update", fed=FED, sender=d, round=r, model=base, msg=msg,
-                           blob_sha256=sha, blob_size=size, index=c, count=len(parts),
-                           chunk_sha256=hashes[c], ts=sent, payload=parts[c])
-            data = encode(sign_envelope(env, keys[d]))
-            links[d].publish(topics.update(FED, d), data)
-            n_msgs += 1
-            n_bytes += len(data)
-
-        if ns.spread > 0:  # each box uploads at its own moment, as training times differ
-            rng = np.random.default_rng([r, int(devices[0][3:])])  # per process and round
-            offsets = dict(zip(devices, rng.uniform(0, ns.spread, len(devices)), strict=True))
-            for d in sorted(devices, key=offsets.__getitem__):
-                time.sleep(max(0.0, t_start + offsets[d] - time.time()))
-                for c in range(len(plan[d][0][2])):
-                    publish(d, c)
-        else:
-            longest = max(len(p[2]) for p, _ in plan.values())
-            for c in range(longest):  # round-robin: every update in flight at once
-                for d in devices:
-                    if c < len(plan[d][0][2]):
-                        publish(d, c)
-                if c % 4 == 3:  # bounded client-side queues: wait for the broker's PUBACKs
-                    for link in links.values():
-                        link.flush(600)
-        for link in links.values():
-            link.flush(600)
-        t_uploaded = time.time()
-        with cond:
-            ok = cond.wait_for(all_acked, 3600)
-        assert ok, "acks missing"
-        print(json.dumps({"round": r, "devices": len(devices), "t_start": t_start,
-                          "t_uploaded": t_uploaded, "messages": n_msgs, "bytes": n_bytes,
-                          "cpu_s": time.process_time() - cpu_ready, "pid": os.getpid(),
-                          "t_acks": [acks[(d, r)][0] for d in devices],
-                          "t_sent": [sent_at[d] for d in devices],
-                          "accepted": all(acks[(d, r)][1] for d in devices)}), flush=True)
-    for link in links.values():
-        link.close()
+    # times, not rates: the ratio of their medians is the inverse of the table's ratio
+    lines = [comparison(f"{r['n']} boxes, a round's updates taken, from the round's start",
+                        Measured.of("aggregator's last ack", r["last_ack_ms_runs"], "rounds"),
+                        Measured.of("broker's last PUBACK", r["upload_ms_runs"], "rounds"),
+                        "ms", "{:.0f}", at_most=1 / 0.9) for r in results]
+    lines.append(comparison("peak RSS of the aggregator tree", Measured.of(
+        f"{many['n']} boxes", [many["peak_rss_mb"]]), Measured.of(
+        f"{few['n']} boxes", [few["peak_rss_mb"]]), "MB", "{:.0f}", within=0.25))
+    print_comparisons("bench.fleet_load", lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="cmd")
-    b = sub.add_parser("box")
-    b.add_argument("--broker", required=True)
-    b.add_argument("--keys", type=Path, required=True)
-    b.add_argument("--updates", type=Path, required=True)
-    b.add_argument("--devices", required=True)
-    b.add_argument("--rounds", type=int, default=1)
-    b.add_argument("--chunk-size", type=int, default=256 * 1024)
-    b.add_argument("--spread", type=float, default=0.0)
     p.add_argument("--fleets", default="10,100")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--distinct", type=int, default=6)
@@ -554,9 +240,6 @@ def main() -> None:
                    help="seconds over which each round's uploads are spread at random (0: all "
                         "at once, the worst case)")
     ns = p.parse_args()
-    if ns.cmd == "box":
-        box_main(ns)
-        return
     from federation.keys import SECRET_CONTEXT_NAME, create_federation_keys
 
     length = ns.length
@@ -568,7 +251,7 @@ def main() -> None:
     create_federation_keys(work / "keys")
     print(f"encrypting {ns.distinct} real updates of {length:,} values...", file=sys.stderr,
           flush=True)
-    meta = make_updates(work / "keys" / SECRET_CONTEXT_NAME, work / "updates", ns.distinct,
+    meta = write_updates(work / "keys" / SECRET_CONTEXT_NAME, work / "updates", ns.distinct,
                         length)
     results = []
     for n in (int(x) for x in ns.fleets.split(",")):

@@ -28,7 +28,6 @@ values, explicitly, whatever the project's default part is):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -36,20 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from bench.aggregator_common import (
-    COUNT_SCALE,
-    RoundWatcher,
-    box_vector,
-    finish,
-    last_json,
-    make_federation,
-    spawn,
-    start_mosquitto,
-    stop,
-    tmpdir,
-    trained_part_size,
-    wait_ready,
-)
+from bench.rig.aggregator import service_argv
+from bench.rig.compare import Measured, comparison, print_comparisons
+from bench.rig.session import RigSession
+from bench.rig.state import COUNT_SCALE, box_vector
 from models.federated_parts import CONV14, DEFAULT_PART, get_part
 
 
@@ -57,31 +46,23 @@ def run_mode(
     mode: str, length: int, n_boxes: int, rounds: int, chunk: int, precompute: bool = False,
     train: tuple[int, float] | None = None, part: str = CONV14.name,
 ) -> dict[str, Any]:
-    root = tmpdir(f"he-{mode}-")
-    broker, url = start_mosquitto(root / "mosquitto")
-    fed = make_federation(root, n_boxes)
-    watcher = RoundWatcher(url)
     if train is not None:
-        length = trained_part_size(part)
-    common = ["--broker", url, "--rounds", str(rounds), "--length", str(length),
-              "--chunk-size", str(chunk)]
-    extra = ["--precompute"] if precompute else []
+        length = get_part(part).size
+    options: dict[str, Any] = {"secret": None, "mode": mode, "length": length,
+                               "precompute": precompute}
     if train is not None:
-        extra += ["--train-people", str(train[0]), "--train-budget", str(train[1]),
-                  "--n-boxes", str(n_boxes), "--part", part]
-    boxes = [spawn("box", *common, "--devices", dev, "--keys", str(fed.key_dir),
-                   "--secret", str(fed.secret_path), "--mode", mode, *extra)
-             for dev in fed.devices]
-    for b in boxes:
-        wait_ready(b)
-    agg = spawn("agg", *common, "--state", str(fed.state), "--mode", mode,
-                "--quorum", str(n_boxes))
-    try:
+        options.update(train_people=train[0], train_budget=train[1], n_boxes=n_boxes,
+                       part=part)
+    with RigSession(f"he-{mode}-", n_boxes) as rig:
+        fed, watcher = rig.fed, rig.watch
+        options["secret"] = fed.secret_path
+        boxes = rig.start_boxes([[d] for d in fed.devices], rounds, chunk, **options)
+        agg = rig.start_aggregator(service_argv(fed.state, rig.url, n_boxes, rounds, mode=mode,
+                                                length=length, chunk=chunk))
         times = [watcher.wait_published(r, 900) for r in range(1, rounds + 1)]
-        outs = [finish(b, 120)[0] for b in boxes]
-        reports = [last_json(o) for o in outs]
-        per_round = [_round_reports(o) for o in outs]
-        agg_out, _ = stop(agg, 60)
+        per_round = [sorted(lines, key=lambda x: x["round"]) for lines in boxes.reports(120)]
+        reports = [lines[-1] for lines in per_round]
+        agg_report = agg.stop(60)
         assert all(r["accepted"] for r in reports), reports
         upload = statistics.median(
             v for r in reports for v in r["upload_bytes"].values()
@@ -110,20 +91,9 @@ def run_mode(
             "length": length,
             "upload_bytes": upload,
             "result_bytes": watcher.result_bytes[rounds],
-            "agg_peak_rss_mb": last_json(agg_out)["peak_rss_mb"],
+            "agg_peak_rss_mb": agg_report["peak_rss_mb"],
             "max_abs_error": error,
         }
-    finally:
-        watcher.close()
-        for p in [*boxes, agg]:
-            if p.poll() is None:
-                p.kill()
-        broker.kill()
-
-
-def _round_reports(out: str) -> list[dict[str, Any]]:
-    rows = [json.loads(line) for line in out.splitlines() if line.startswith('{"round"')]
-    return sorted(rows, key=lambda r: r["round"])
 
 
 def _merge(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -131,6 +101,7 @@ def _merge(results: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "round_s": statistics.median(t for r in results for t in r["rounds_s"]),
         "rounds_s": [round(t, 2) for r in results for t in r["rounds_s"]],
+        "round_runs": [t for r in results for t in r["rounds_s"]],
         "prepare_s": statistics.median(t for r in results for t in r["prepare_s"]),
         "train_s": statistics.median(t for r in results for t in r["train_s"]),
         "upload_bytes": statistics.median(r["upload_bytes"] for r in results),
@@ -234,11 +205,11 @@ def main() -> None:
         if "ckks_default" in res:
             checks.append((f"full round with training, {default.key}, CKKS",
                            res["ckks_default"], res["plain_default"]))
-    for label, enc, plain in checks:
-        ratio = enc["round_s"] / plain["round_s"]
-        print(f"target encrypted <= 2x plaintext, {label}: "
-              f"{'MET' if ratio <= 2 else 'NOT MET'} ({ratio:.2f}x)")
-
+    print_comparisons("bench.he_overhead", [
+        comparison(f"round wall time, {label}",
+                   Measured.of("encrypted", enc["round_runs"], "rounds"),
+                   Measured.of("plaintext", plain["round_runs"], "rounds"), "s", at_most=2.0)
+        for label, enc, plain in checks])
 
 if __name__ == "__main__":
     main()

@@ -39,6 +39,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bench.rig.compare import Measured, comparison, print_comparisons
 from edge.gallery import DB_FILENAME, Gallery
 from edge.hot_swap import HotSwapper, SwapReport
 from edge.pipeline import FacePipeline
@@ -184,14 +185,14 @@ def run(args: argparse.Namespace) -> None:
           f"{[r.dropped_swapping for r in results]}, in no-swap windows "
           f"{[r.dropped_calm for r in results]}; mixed-model frames "
           f"{sum(r.mixed for r in results)}")
-    print(f"p99 without swaps {statistics.median(r.p99_calm for r in results):.1f} ms, "
-          f"during swaps {statistics.median(r.p99_swapping for r in results):.1f} ms, ratio "
-          f"median {statistics.median(r.ratio for r in results):.2f}x "
-          f"(runs {', '.join(f'{r.ratio:.2f}' for r in results)}; target <= 1.5x)")
     serving = [s for r in results for s in r.serving_seconds]
     print(f"weights received -> serving over {len(serving)} swaps: median "
           f"{statistics.median(serving):.2f} s, p90 {np.percentile(serving, 90):.2f} s, "
           f"max {max(serving):.2f} s (target <= 1 s)")
+    print_comparisons("bench.hot_swap", [comparison(
+        "frame latency p99", Measured.of("during swaps", [r.p99_swapping for r in results]),
+        Measured.of("without swaps", [r.p99_calm for r in results]), "ms", "{:.1f}",
+        at_most=1.5, paired=True)])
 
 
 def stream_and_swap(swapper: HotSwapper, frame: np.ndarray, fps: float,

@@ -13,7 +13,6 @@ OpenCV's recommended SFace threshold 0.363 is the baseline measured in the same 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common.lfw import default_lfw_dir
 from edge.gallery import DEFAULT_MATCH_THRESHOLD, Gallery
 from edge.pipeline import FacePipeline
 
@@ -110,12 +110,6 @@ def run_protocol(lfw_dir: Path, cache: EmbeddingCache, protocol: Protocol) -> Sc
     scores = np.array([m.score for m in matches], dtype=np.float64)
     right = np.array([m.best_name == truth for (truth, _), m in zip(probes, matches, strict=True)])
     return Scores(scores[is_known], right[is_known], scores[~is_known])
-
-
-def default_lfw_dir() -> Path:
-    root = os.environ.get("FEDFACE_TEST_DATA")
-    base = Path(root) if root else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    return base / "lfw"
 
 
 def table(runs: Sequence[Scores], thresholds: Sequence[float]) -> list[str]:

@@ -28,7 +28,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bench.lfw_protocol import Pair, parse_pairs, ten_fold_accuracy
+from bench.common.lfw_protocol import Pair, parse_pairs, ten_fold_accuracy
+from bench.rig.compare import Measured, comparison, print_comparisons
 from edge.align import align_face
 from edge.detect import Face, FaceDetector
 from edge.embed import EMBEDDING_DIM, Embedder
@@ -266,12 +267,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.lfw, relpaths, detector, OpenCvSFace(shipped), shipped, not args.no_cache,
             args.canvas,
         )  # fmt: skip
-        b_mean, b_std, _ = evaluate(pairs, base)
+        b_mean, b_std, b_folds = evaluate(pairs, base)
         print(
             f"baseline, same detections, OpenCV alignCrop + FaceRecognizerSF: "
             f"{b_mean * 100:.2f}% (+-{b_std * 100:.2f}); ours - baseline: "
             f"{(mean - b_mean) * 100:+.2f} points"
         )
+        print_comparisons("bench.lfw_verification", [comparison(
+            "LFW accuracy per fold", Measured.of("ours", [100 * a for a in per_fold], "folds"),
+            Measured.of("OpenCV's own path", [100 * a for a in b_folds], "folds"), "%")])
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ from aggregator.accumulator import CkksAccumulator
 from aggregator.durable_io import write_atomic
 from aggregator.spool import DiskReassembler
 from aggregator.store import Store
-from bench.aggregator_common import start_mosquitto
+from bench.rig.broker import start_mosquitto
+from bench.rig.compare import Measured, comparison, print_comparisons
 from federation import topics
 from federation.chunking import split_blob
 from federation.ckks import new_secret_context
@@ -144,17 +145,23 @@ def main() -> None:
         rx.close()
         tx.close()
         broker.kill()
-    per_update = sum(statistics.median(step.times[k]) for k in (
-        "agg: deserialise ciphertexts (prepare)", "agg: fsync + rename + SQLite commit",
-        "agg: homomorphic add (+=)"))
+    now_steps = ("agg: deserialise ciphertexts (prepare)", "agg: fsync + rename + SQLite commit",
+                 "agg: homomorphic add (+=)")
+    per_update = sum(statistics.median(step.times[k]) for k in now_steps)
     previous = statistics.median(
         step.times["agg, previous design: add + serialise + write the running sum"])
+    now_runs = [sum(run) for run in zip(*(step.times[k] for k in now_steps), strict=False)]
     print(f"\none encrypted update of {ns.length:,} values ({len(blob) / 1e6:.1f} MB, "
           f"{len(msgs)} chunks), median of {ns.runs} runs, seconds")
     for name, values in step.times.items():
         print(f"  {name:64} {statistics.median(values):7.3f}")
     print(f"aggregator cost per accepted update: {per_update:.3f} s now (prepare + store + add; "
           f"the store's fsync overlaps prepare in the service), {previous:.3f} s before")
+    print_comparisons("bench.round_profile", [comparison(
+        "aggregator cost per accepted update", Measured.of("now", now_runs), Measured.of(
+            "previous design", step.times[
+                "agg, previous design: add + serialise + write the running sum"]),
+        "s", "{:.3f}")])
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.fed_data import build_design
+from bench.common.fed_data import build_design
 from bench.federated_accuracy import run
 
 

@@ -7,7 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.lfw_protocol import PairsFormatError, best_threshold, parse_pairs, ten_fold_accuracy
+from bench.common.lfw_protocol import (
+    PairsFormatError,
+    best_threshold,
+    parse_pairs,
+    ten_fold_accuracy,
+)
 from bench.lfw_verification import embed_images, evaluate, unique_images
 from edge.detect import FaceDetector
 from edge.embed import Embedder

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from bench.peak_rss import peak_rss
+from bench.common.peak_rss import peak_rss
 
 
 def test_peak_rss_sees_a_short_lived_allocation() -> None:

@@ -1,6 +1,6 @@
 """Peak resident memory of a subprocess (and its children), for the edge's memory figure.
 
-    from bench.peak_rss import peak_rss
+    from bench.common.peak_rss import peak_rss
     result = peak_rss([sys.executable, "-m", "edge.cli", "run", ...], timeout=60)
     print(result.peak_mib)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bench.fed_data import CLEAN, Design, Domain
+from bench.common.fed_data import CLEAN, Design, Domain
 from edge.augment import augmented_views
 
 log = logging.getLogger(__name__)
