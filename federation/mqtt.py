@@ -301,12 +301,15 @@ class MqttTransport:
                 self._subs[topic_filter] = handler
                 self._unwanted.pop(topic_filter, None)
                 early = self._take_unrouted(topic_filter)
+                # read under the lock _on_connect holds while it subscribes everything
+                # and sets connected: either its list has this filter or we send it
+                connected = self.connected
             if early:
                 log.info("delivering %d message(s) for %s that arrived before it was "
                          "subscribed", len(early), topic_filter)
             for topic, payload in early:
                 self._call(handler, topic, payload)
-        if self.connected:
+        if connected:
             self._send_subscribe([topic_filter])
 
     def unsubscribe(self, topic_filter: str) -> None:
@@ -401,16 +404,21 @@ class MqttTransport:
             return
         self.connects += 1
         self.session_present = bool(flags.session_present)
-        with self._lock:
-            filters = list(self._subs)
         # Every filter, on every connect, even when the broker kept the session: one
         # made while disconnected is otherwise never sent (re-subscribing is idempotent
         # at the broker; it also re-sends the retained messages, which handlers dedupe).
-        if filters:
-            self._send_subscribe(filters)
+        # The list, the SUBSCRIBEs and "connected" under one lock: a subscribe() racing
+        # this connect used to land between the list and "connected", was sent by
+        # neither, and its messages never came (seen under load: a regional forwarder
+        # never heard the root's announce). SUBSCRIBEs still go out before anything a
+        # waiter on "connected" publishes.
+        with self._lock:
+            filters = list(self._subs)
+            if filters:
+                self._send_subscribe(filters)
+            self._connected.set()
         log.info("MQTT connected to %s:%s as %s (session present: %s)",
                  self.url.host, self.url.port, self.client_id, flags.session_present)
-        self._connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()

@@ -6,7 +6,9 @@ import os
 import queue
 import socket
 import statistics
+import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -185,3 +187,43 @@ def test_a_request_and_its_reply_take_no_nagle_stall(mosquitto) -> None:
     finally:
         asker.close()
         answerer.close()
+
+
+class _RacingConnected(threading.Event):
+    """The transport's "connected" flag, rigged so that a subscribe() from another
+    thread lands exactly while the connect is being completed: between the list of
+    filters to subscribe and the flag being set."""
+
+    def __init__(self, racer: Callable[[], None]) -> None:
+        super().__init__()
+        self.racer = racer
+        self.raced = False
+
+    def set(self) -> None:
+        if not self.raced:
+            self.raced = True
+            other = threading.Thread(target=self.racer)
+            other.start()
+            other.join(1.0)  # with the fix it waits for this connect to finish: no deadlock
+        super().set()
+
+
+def test_a_subscription_made_while_the_connect_completes_is_not_lost(mosquitto) -> None:
+    """Under load a regional forwarder subscribed to the root's announce in that window,
+    neither the connect nor the subscribe sent it, and it never heard the root."""
+    got: queue.Queue[bytes] = queue.Queue()
+    publisher = MqttTransport(mosquitto.url, "racer-pub")
+    assert publisher.wait_connected(10)
+    publisher.publish("race/late", b"retained", retain=True)
+    assert publisher.flush(10)
+    t = MqttTransport(mosquitto.url, "racer", connect=False)
+    t.subscribe("race/early", lambda topic, payload: None)
+    t._connected = _RacingConnected(
+        lambda: t.subscribe("race/late", lambda topic, payload: got.put(payload)))
+    t.start()
+    try:
+        assert t.wait_connected(10)
+        assert got.get(timeout=10) == b"retained"
+    finally:
+        t.close()
+        publisher.close()
