@@ -4,8 +4,8 @@ Runs the bash blocks of docs/operations.md's "Walkthrough" section in order, eac
 real process in one work directory: keys, init, certificates, a TLS Mosquitto with CRL
 and per-device ACL, ``serve``, two boxes provisioned from the key bundle and signed with
 ``devices add``, ``doctor``, ``enroll --from-dir``, ``join``, a federated round, then
-``identify``, ``run`` and ``kiosk serve`` on a box, a revocation, and a round below the
-quorum. Markers in the doc (HTML comments before a block) say how a block runs:
+``identify``, ``run`` and ``kiosk serve`` on a box, a revocation, and a round held below
+the quorum. Markers in the doc (HTML comments before a block) say how a block runs:
 ``background NAME`` (a service, its output in NAME.log), ``retry SECONDS`` (repeat
 until it succeeds), ``variables`` (the values this test supplies). After the walk, the
 test checks what the issue asks the journey to show, beyond each command's exit code.
@@ -210,12 +210,15 @@ def test_the_documented_journey_holds_end_to_end(walk: Walk) -> None:
     assert (walk.work / "box-a" / "models" / "sface-fed-round-1.weights.npz").is_file()
 
     # The quorum is a floor: every published round has at least two contributions, and
-    # the round box-a sent to alone after the revocation failed.
+    # the round box-a sent to alone after the revocation stays open (every active
+    # device has sent, but below the quorum: it used to close and publish at once).
+    time.sleep(3)  # long enough for the old close-at-once to have happened
     rounds = walk.json_of("fedface-aggregator rounds list --state agg")
     assert isinstance(rounds, list)
     published = [r for r in rounds if r["status"] == "published"]
     assert published and all(r["contributions"] >= 2 for r in published), rounds
-    assert any(r["status"] == "failed" and r["contributions"] == 1 for r in rounds), rounds
+    lone = [r for r in rounds if r["contributions"] == 1]  # box-a's, after the revocation
+    assert lone and all(r["status"] in ("open", "failed") for r in lone), rounds
 
     # Revocation: box-b learnt it within 10 s (checked above) and no longer loops on
     # reconnecting to a broker that refuses it.
