@@ -296,16 +296,19 @@ def resolve_settings(options: Mapping[str, Any], config_file: Path | None = None
     """The box's settings, its config (None when not provisioned) and the config's path.
 
     ``options`` are the command line's values (None: not given). The config file is
-    ``config_file``, else FEDFACE_CONFIG (both must exist), else ``<data dir>/edge.toml``
-    if present, the data dir being the option's, else the environment's, else the
-    default. The config's values beat the environment's: a provisioned box run with a
-    stray FEDFACE_DATA_DIR still uses the data dir it was provisioned with.
+    ``config_file``, else FEDFACE_CONFIG, else ``<data dir>/edge.toml``, the data dir
+    being the option's, else the environment's, else the default. A file that does not
+    exist (yet: ``provision`` writes it there) leaves the box unprovisioned; commands
+    that need it say so (BoxContext.require_config). The config's values beat the
+    environment's: a provisioned box run with a stray FEDFACE_DATA_DIR still uses the
+    data dir it was provisioned with.
     """
     given = {key: value for key, value in options.items() if value is not None}
     explicit = config_file if config_file is not None else _from_env(CONFIG_ENV)
     config: BoxConfig | None
     if explicit is not None:
-        path, config = explicit, load_box_config(explicit)
+        path = explicit
+        config = load_box_config(explicit) if explicit.exists() else None
     else:
         data_dir = given.get("data_dir") or _from_env(DATA_DIR_ENV) or default_data_dir()
         path = Path(data_dir).expanduser() / CONFIG_NAME
