@@ -282,15 +282,6 @@ def render_box_config(config: BoxConfig) -> str:
     return "\n".join(lines)
 
 
-def configured_part(settings: EdgeSettings | None = None) -> str:
-    """The box's federated part: its config's ``federation.part`` when the box is
-    provisioned, else the project default (``models.federated_parts.DEFAULT_PART``)."""
-    path = default_config_path(settings)
-    if not path.is_file():
-        return DEFAULT_PART
-    return load_box_config(path).federation.part
-
-
 def resolve_settings(options: Mapping[str, Any], config_file: Path | None = None
                      ) -> tuple[EdgeSettings, BoxConfig | None, Path]:
     """The box's settings, its config (None when not provisioned) and the config's path.

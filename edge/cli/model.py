@@ -94,28 +94,19 @@ def rollback(
         show_default=False)] = None,
 ) -> None:
     """Serve the previous model again and refuse the current one from now on."""
-    from edge.config import configured_part
-    from edge.gallery import DB_FILENAME
-    from edge.hot_swap import HotSwapError, HotSwapper
+    from edge.hot_swap import HotSwapError
     from edge.serving import swap_dir_for
-    from models.federated_parts import get_part
-    from models.registry import optimised_sface_path
-
-    settings = box(ctx).settings
     from edge.swap_store import SwapStore
 
-    swap_dir = swap_dir_for(settings.data_dir / DB_FILENAME)
+    the_box = box(ctx).box()
+    swap_dir = swap_dir_for(the_box.gallery_db)
     pointer = SwapStore(swap_dir).load() if (swap_dir / "current.json").is_file() else None
     if pointer is None:
         raise HotSwapError("this box has never swapped in a federated model: nothing to "
                            "roll back", hint="see `fedface-edge model status`")
     # the part the target version was made with (its weights need that part's cut)
     recorded = pointer.previous.part if pointer.previous is not None else None
-    part = part or recorded or configured_part(settings)
-    box(ctx).gallery()  # validates the data dir with the gallery's usual errors
-    swapper = HotSwapper(optimised_sface_path(settings.model_dir), get_part(part), swap_dir,
-                         settings.data_dir / DB_FILENAME, threads=settings.threads,
-                         threshold=settings.match_threshold)
+    swapper = the_box.model_sink(the_box.part(part or recorded), background=False)
     report = swapper.rollback()
     typer.echo(f"now serving {report.version} (gallery re-embedded in {report.total:.2f} s); "
                "the rolled-back model will be refused if it is sent again")
