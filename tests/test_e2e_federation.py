@@ -52,8 +52,10 @@ def test_three_boxes_three_rounds_equal_plaintext_fedavg(tmp_path: Path, mosquit
         fed.start_aggregator(quorum=3, rounds=3)
         for name, n in zip(names, (40, 90, 150), strict=True):
             fed.start_box(name, n_samples=n)
-        wait_for(lambda: all(b.client.version == "round-3" for b in fed.boxes.values()), 90,
-                 "three rounds", fed)
+        # the version is set before the verdict is recorded and "applied" emitted: wait
+        # for the event the checks below read, not only for the version
+        wait_for(lambda: all(b.client.version == "round-3" and b.event("applied", 3)
+                             for b in fed.boxes.values()), 90, "three rounds", fed)
         for r in (1, 2, 3):
             oracle = _oracle(fed, r)
             for box in fed.boxes.values():
