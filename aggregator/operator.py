@@ -10,6 +10,8 @@ Revocation must take effect in both places or it is not a revocation: the regist
 stops taking the device's updates (a running ``serve`` reads it on every update and
 every announce), and the CRL, copied to the broker and reloaded, stops its TLS
 connections; the connection the box holds is then cut by the broker (``pki_live``).
+
+May import: aggregator.state, aggregator.pki, federation.
 """
 
 from __future__ import annotations
@@ -27,17 +29,24 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from aggregator import pki, pki_issue
-from aggregator.broker_config import publish_crl
-from aggregator.config import AggregatorConfig, PkiConfig
-from aggregator.pki_live import cut_live_session
-from aggregator.registry import DeviceRegistry, RegistryError, validate_device_id
-from aggregator.store import Store
+from aggregator.pki import authority as pki
+from aggregator.pki import issue as pki_issue
+from aggregator.pki.broker_config import publish_crl
+from aggregator.pki.live import cut_live_session
+from aggregator.state.config import AggregatorConfig, PkiConfig
+from aggregator.state.registry import DeviceRegistry, RegistryError, validate_device_id
+from aggregator.state.store import Store
+from federation.crypto.key_bundle import (
+    AGGREGATOR_PUB,
+    CA_CERT,
+    SECRET_CONTEXT,
+    KeyBundle,
+    seal_bundle,
+)
+from federation.crypto.keys import load_secret_context
+from federation.crypto.signing import public_key_from_hex
 from federation.errors import FederationError
-from federation.key_bundle import AGGREGATOR_PUB, CA_CERT, SECRET_CONTEXT, KeyBundle, seal_bundle
-from federation.keys import load_secret_context
 from federation.messages import DeviceStatus
-from federation.signing import public_key_from_hex
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +185,9 @@ def device_statuses(cfg: AggregatorConfig, store: Store, wait: float = 2.0) -> d
     """Retained status of each device (its last will says offline), signature-checked
     against the registry. Needs the ``broker`` section of the config."""
     from federation import topics
+    from federation.crypto.signing import KeyRing
     from federation.envelope import decode, verify_envelope
-    from federation.mqtt import MqttTransport, TlsConfig
-    from federation.signing import KeyRing
+    from federation.transport.mqtt import MqttTransport, TlsConfig
 
     if cfg.broker is None:
         raise OperatorError("no broker section in config.json: run init with --broker-url "

@@ -1,19 +1,23 @@
-"""Build a running service from a state directory and a broker URL (``serve``)."""
+"""Build a running service from a state directory and a broker URL (``serve``).
+
+May import: aggregator.state, aggregator.rounds, aggregator.intake, aggregator.service,
+federation.
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from aggregator.config import KEY_NAME, AggregatorConfig, load_context, load_signing_key
-from aggregator.coordinator import RoundSettings
-from aggregator.intake_shards import IntakeShards, ShardSpec, retire_stale_sessions, session_ids
+from aggregator.intake.shards import IntakeShards, ShardSpec, retire_stale_sessions, session_ids
+from aggregator.rounds.coordinator import RoundSettings
+from aggregator.rounds.sumpool import ProcessSumFactory
 from aggregator.service import AggregatorService
-from aggregator.store import Store
-from aggregator.sumpool import ProcessSumFactory
+from aggregator.state.config import KEY_NAME, AggregatorConfig, load_context, load_signing_key
+from aggregator.state.store import Store
 from federation.errors import NOT_CONNECTED, TransportError
 from federation.memory import AGGREGATOR_MMAP_THRESHOLD_BYTES, pin_mmap_threshold
-from federation.mqtt import MqttTransport, TlsConfig
+from federation.transport.mqtt import MqttTransport, TlsConfig
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +40,9 @@ def build_service(
     broker queued while the aggregator was down may arrive before ``service.start()``
     subscribes: the transport buffers them and hands them over on subscribe.
 
-    ``sum_workers``: processes that hold the round's CKKS sum (aggregator.sumpool);
+    ``sum_workers``: processes that hold the round's CKKS sum (aggregator.rounds.sumpool);
     None: one per core (at most 4); 0: sum in this process. ``intake_processes``: K >= 2
-    hands the per-chunk work to K shard processes (aggregator.intake_shards)."""
+    hands the per-chunk work to K shard processes (aggregator.intake.shards)."""
     ctx = load_context(state, cfg)  # refuses a secret context (secret_key_refused)
     # ciphertexts back to the OS when freed, chunk buffers reused (federation.memory)
     pin_mmap_threshold(AGGREGATOR_MMAP_THRESHOLD_BYTES)

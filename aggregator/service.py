@@ -2,11 +2,11 @@
 
 Two threads, one rule each:
 
-- the transport's delivery thread (``_on_update``, aggregator.delivery) only does cheap,
+- the transport's delivery thread (``_on_update``, aggregator.intake.delivery) only does cheap,
   stateless work: topic + envelope parsing, federation/sender/signature checks against
   a key snapshot, and spooling the chunk to disk. It never touches SQLite or the running
   sum, and never publishes (a transport handler must not block on the transport);
-- the worker (``pump``, below; its events are published by aggregator.round_events)
+- the worker (``pump``, below; its events are published by aggregator.rounds.events)
   owns the coordinator: it takes the completed updates waiting in
   the queue as one batch (group commit: checked, staged into the sum by the summing
   workers, stored with one fsync round and one SQLite commit, then acked), records
@@ -16,7 +16,7 @@ They meet in a queue of small items (a completed blob is a file path, not bytes)
 backlog costs disk, not memory; a completed blob's fsync starts at once on a flusher
 thread, so that the batch's group commit finds it already on disk.
 
-With ``serve --intake-processes K`` (K >= 2, aggregator.intake_shards) the delivery
+With ``serve --intake-processes K`` (K >= 2, aggregator.intake.shards) the delivery
 thread's work runs in K shard processes instead, each for its share of the devices; their
 items reach the same queue, and the worker's acks go back to the shard that heard the
 device, which signs and publishes them.
@@ -27,10 +27,10 @@ JSON bodies are one-chunk blobs):
 - ``announce`` (retained, kind announce, round r, model = base version): JSON
   {round, base_model, state: open|closed, opened_at, deadline (unix s), quorum,
   count_scale, part_key, chunk_size, devices, pinned (the base is the operator's pinned
-  version, aggregator.model_pins), min_new_samples (a box with fewer new enrolled samples
+  version, aggregator.rounds.pins), min_new_samples (a box with fewer new enrolled samples
   since its last update sits the round out)}. Re-published with a later deadline on an
   extension; a failed round is followed by an announce of round r+1, same base. While the
-  operator's schedule holds the next round back (aggregator.schedule), the latest round
+  operator's schedule holds the next round back (aggregator.rounds.schedule), the latest round
   is announced with state closed and next_round_at (unix s).
 - ``update/<device>``: the box's EncryptedUpdate bytes chunked with kind update,
   round r, model = the announced base_model.
@@ -47,6 +47,9 @@ JSON bodies are one-chunk blobs):
   after every result chunk, confirmed by the broker before the round is marked
   published. When a round opens on an older (pinned) base, that result is re-published
   (chunks under its own round, new msg id) with ``republished: true, for_round``.
+
+May import: aggregator.state, aggregator.rounds, aggregator.intake, aggregator.regional,
+federation.
 """
 
 from __future__ import annotations
@@ -63,26 +66,26 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from aggregator.accumulator import AccumulatorFactory, CkksAccumulatorFactory
-from aggregator.coordinator import UNAVAILABLE, Coordinator, RoundSettings
-from aggregator.delivery import (
+from aggregator.intake.delivery import (
     DeliveryIntake,
     Item,
     RateLimitedReport,
     Rejection,
     SpooledUpdate,
 )
-from aggregator.intake_shards import IntakeShards
-from aggregator.publisher import Publisher, ack_for
-from aggregator.ratelimit import RATE_LIMITED, RateLimiter, count_dropped
-from aggregator.records import Decision, Submission
-from aggregator.registry import DeviceRegistry
-from aggregator.round_events import RoundEventHandler
-from aggregator.spool import DiskReassembler
-from aggregator.store import Store
+from aggregator.intake.ratelimit import RATE_LIMITED, RateLimiter, count_dropped
+from aggregator.intake.shards import IntakeShards
+from aggregator.intake.spool import DiskReassembler
+from aggregator.rounds.accumulator import AccumulatorFactory, CkksAccumulatorFactory
+from aggregator.rounds.coordinator import UNAVAILABLE, Coordinator, RoundSettings
+from aggregator.rounds.events import RoundEventHandler
+from aggregator.rounds.publisher import Publisher, ack_for
+from aggregator.rounds.records import Decision, Submission
+from aggregator.state.registry import DeviceRegistry
+from aggregator.state.store import Store
 from federation import topics
-from federation.ckks import FederationContext, require_public_only
-from federation.transport import Transport
+from federation.crypto.ckks import FederationContext, require_public_only
+from federation.transport.base import Transport
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +125,8 @@ def _return_freed_memory() -> None:
 
 
 class AggregatorService(DeliveryIntake, RoundEventHandler):
-    """The aggregator: its delivery-thread intake (aggregator.delivery), its worker
-    (``pump``, below) and the publishing of round events (aggregator.round_events)."""
+    """The aggregator: its delivery-thread intake (aggregator.intake.delivery), its worker
+    (``pump``, below) and the publishing of round events (aggregator.rounds.events)."""
 
     def __init__(
         self,
@@ -184,11 +187,11 @@ class AggregatorService(DeliveryIntake, RoundEventHandler):
         )
         # Per-device token buckets checked before any signature/disk work (None: off).
         self.rate_limiter = rate_limiter
-        # Regional mode (aggregator.regional): a closed round's sum goes to the root
+        # Regional mode (aggregator.regional.forwarder): a closed round's sum goes to the root
         # aggregator as a partial, and the root's result is what this region publishes.
         self.forwarder = None
         # The per-chunk work in K processes instead of this one's MQTT thread
-        # (aggregator.intake_shards; None: K = 1).
+        # (aggregator.intake.shards; None: K = 1).
         self.intake_shards: IntakeShards | None = None
 
     # --- start / loop -----------------------------------------------------------------

@@ -30,18 +30,18 @@ from pathlib import Path
 
 import numpy as np
 
-from aggregator.coordinator import RoundSettings
-from aggregator.registry import DeviceRegistry
+from aggregator.rounds.coordinator import RoundSettings
 from aggregator.service import AggregatorService
-from aggregator.store import Store
+from aggregator.state.registry import DeviceRegistry
+from aggregator.state.store import Store
 from bench.rig.compare import Measured, comparison, print_comparisons
 from federation import topics
 from federation.chunking import DEFAULT_CHUNK_SIZE, split_blob
-from federation.ckks import FederationContext, new_secret_context
+from federation.crypto.ckks import FederationContext, new_secret_context
+from federation.crypto.packing import encrypt_update
+from federation.crypto.signing import generate_signing_key, public_key_hex
 from federation.envelope import decode, encode
-from federation.packing import encrypt_update
-from federation.signing import generate_signing_key, public_key_hex
-from federation.transport import InMemoryBus, InMemoryTransport
+from federation.transport.base import InMemoryBus, InMemoryTransport
 from models.federated_parts import DEFAULT_PART, get_part
 
 FED = "benchfed"

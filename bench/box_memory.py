@@ -41,10 +41,10 @@ def mark(stage):
     stages.append({"stage": stage, "rss_mb": proc.memory_info().rss / 2**20,
                    "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
 mark("python started")
-from edge.gallery import Gallery
-from edge.model_sink import OnnxModelSink
-from edge.pipeline import FacePipeline
-from edge.recognizer import Recognizer
+from edge.gallery.store import Gallery
+from edge.serving.sink import OnnxModelSink
+from edge.vision.pipeline import FacePipeline
+from edge.serving.recognizer import Recognizer
 from models.federated_parts import DEFAULT_PART, get_part
 from models.registry import model_path, optimised_sface_path
 mark("imports")
@@ -63,7 +63,7 @@ while sink.assets.warm() and time.monotonic() < deadline:
     time.sleep(0.5)
 time.sleep(2.0)
 mark("hot swapper, trunk features warmed")
-from edge.trainer import TorchLocalTrainer, TrainConfig
+from edge.training.trainer import TorchLocalTrainer, TrainConfig
 trainer = TorchLocalTrainer(model_path("sface", None), gallery.crops_by_person, work / "train",
                             part, TrainConfig(time_budget_s=10.0), isolate=isolate, niceness=0)
 update = trainer.local_update(None, 1)

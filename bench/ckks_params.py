@@ -5,7 +5,7 @@ Run: ``.venv/bin/python -m bench.ckks_params [--values 1000000] [--runs 3]``
 For each parameter set (symmetric and public-key encryption), one realistic update of
 ``--values`` float32 values (conv weights ~N(0, 0.05), BN gammas ~N(1, 0.1), BN betas,
 a few values of +-5) with n_i in the hundreds is packed exactly as the product does
-(``federation.packing``: Enc(c*n*w) with the count in the last slot, count_scale 64):
+(``federation.crypto.packing``: Enc(c*n*w) with the count in the last slot, count_scale 64):
 
 - bytes/param: serialized EncryptedUpdate / number of values (what goes on the wire);
 - encrypt, add and decrypt throughput in values/s (add = the aggregator's
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench.rig.compare import Measured, comparison, print_comparisons
-from federation.ckks import DEFAULT_PARAMS, CkksParams, new_secret_context
-from federation.packing import (
+from federation.crypto.ckks import DEFAULT_PARAMS, CkksParams, new_secret_context
+from federation.crypto.packing import (
     DEFAULT_COUNT_SCALE,
     EncryptedUpdate,
     StreamingSum,
@@ -161,7 +161,7 @@ def main() -> None:
         "where 40 bits lands just above); symmetric encryption has less fresh noise than "
         "public-key encryption at the same size, and scale 2^26 with count_scale 64 keeps "
         "the average within 1e-5 for rounds of a few hundred samples while leaving "
-        f"|sum c*n*w| < {DEFAULT_PARAMS.value_bound:g} of range (see federation/packing.py)."
+        f"|sum c*n*w| < {DEFAULT_PARAMS.value_bound:g} of range (see federation/crypto/packing.py)."
     )
     if default_runs:
         print_comparisons("bench.ckks_params", [

@@ -5,7 +5,7 @@
 
 Same design, institutions, cached features, training and held-out pairs as
 ``bench.federated_accuracy`` (its functions are reused). Rows, all through the real CKKS
-path (federation.packing: encrypt, streaming sum, decrypt):
+path (federation.crypto.packing: encrypt, streaming sum, decrypt):
 
 - pretrained SFace;
 - federated, non-private: weighted FedAvg of the institutions' trained parts (the
@@ -13,9 +13,9 @@ path (federation.packing: encrypt, streaming sum, decrypt):
 - federated, clipped only: equal weights and each delta clipped to C, no noise (what
   clipping alone costs);
 - federated, DP at each target epsilon and mode: each institution's delta clipped to C
-  and noised (federation.dp.privatize, the boxes' code), equal weights. The noise
+  and noised (federation.crypto.dp.privatize, the boxes' code), equal weights. The noise
   multiplier z is the smallest whose RDP epsilon over ``--rounds`` rounds at ``--delta``
-  stays within the target (federation.dp.noise_multiplier_for); the epsilon printed is
+  stays within the target (federation.crypto.dp.noise_multiplier_for); the epsilon printed is
   what the accountant reports after the last round.
 
 C = the median L2 norm of the institutions' round-1 deltas in the non-private run (a
@@ -36,8 +36,8 @@ import numpy as np
 
 from bench.common import fed_experiment as experiment
 from bench.rig.compare import reproduce
-from federation.dp import DpConfig, epsilon, noise_multiplier_for, privatize
-from federation.packing import DEFAULT_COUNT_SCALE
+from federation.crypto.dp import DpConfig, epsilon, noise_multiplier_for, privatize
+from federation.crypto.packing import DEFAULT_COUNT_SCALE
 from models.federated_parts import get_part
 
 log = logging.getLogger("bench.dp_accuracy")
@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clip-only", action="store_true", help="also the clipped, noiseless arm")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    from edge.trainer import TrainConfig
-    from federation.ckks import new_secret_context
+    from edge.training.trainer import TrainConfig
+    from federation.crypto.ckks import new_secret_context
 
     t0 = time.perf_counter()
     setup = experiment.make_setup(args)

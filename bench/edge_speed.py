@@ -45,10 +45,10 @@ import numpy as np
 
 from bench.common.peak_rss import PeakRss, peak_rss
 from bench.rig.compare import Measured, comparison, print_comparisons
-from edge.align import align_face
-from edge.detect import FaceDetector
-from edge.embed import Embedder
-from edge.pipeline import read_image
+from edge.vision.align import align_face
+from edge.vision.detect import FaceDetector
+from edge.vision.embed import Embedder
+from edge.vision.pipeline import read_image
 from models.registry import model_path, optimised_sface_path
 
 FRAME_W, FRAME_H = 640, 480
@@ -206,7 +206,7 @@ _RSS_CHILD = """
 import sys
 from pathlib import Path
 from bench.edge_speed import make_frames
-from edge.pipeline import FacePipeline
+from edge.vision.pipeline import FacePipeline
 pipeline = FacePipeline.from_model_dir(threads=1)
 for frame in make_frames(Path(sys.argv[1]), 60):
     pipeline.process(frame)

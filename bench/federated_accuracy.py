@@ -5,7 +5,7 @@
 Held-out LFW identities (30% of people with 2+ images) give 3,000 same + 3,000
 different test pairs; the remaining people are split into 16 institutions, each with its
 own camera degradation. Rows: pretrained SFace, local-only (each institution alone),
-FedAvg in plaintext, FedAvg through the real CKKS path (federation.packing), centralised.
+FedAvg in plaintext, FedAvg through the real CKKS path (federation.crypto.packing), centralised.
 Prints the tables and writes a convergence plot and a JSON of all numbers.
 """
 
@@ -54,8 +54,8 @@ class PartResult:
 
 def run_part(setup: Setup, part_name: str, rounds: int, config: object, ctx: object,
              pretrained: DomainAccuracy, n_views: int) -> PartResult:
-    from edge.trainer import TrainConfig
-    from federation.packing import plain_weighted_average
+    from edge.training.trainer import TrainConfig
+    from federation.crypto.packing import plain_weighted_average
 
     assert isinstance(config, TrainConfig)
     part = get_part(part_name)
@@ -213,8 +213,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(args: argparse.Namespace, design: Design | None = None) -> tuple[Setup, list[PartResult]]:
-    from edge.trainer import TrainConfig
-    from federation.ckks import new_secret_context
+    from edge.training.trainer import TrainConfig
+    from federation.crypto.ckks import new_secret_context
 
     setup = make_setup(args, design)
     ctx = new_secret_context()

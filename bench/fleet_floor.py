@@ -8,7 +8,7 @@ takes a simultaneous burst of uploads from 100 emulated boxes, all on the same c
 This bench asks how much of that gap any aggregator could close here: the real
 Mosquitto and the same emulated boxes (bench.fleet_load's, unchanged), but instead of
 ``fedface-aggregator serve``, R "null receivers": paho clients that hear the update
-topics of their share of the devices (aggregator.intake_shards' split), decode each
+topics of their share of the devices (aggregator.intake.shards' split), decode each
 envelope and ack it at once, signed, without verifying, storing or summing anything.
 One of them announces the rounds. Printed per R: the boxes' upload time, the receivers'
 last receipt and the boxes' last ack, and the ratio fleet_load prints (upload time /
@@ -35,13 +35,13 @@ from bench.rig.state import FED
 
 def receiver_main(ns: argparse.Namespace) -> None:
     """One null receiver: ack every update on arrival (no checks, no disk, no sum)."""
-    from aggregator.intake_shards import shard_of
-    from aggregator.publisher import Publisher
+    from aggregator.intake.shards import shard_of
+    from aggregator.rounds.publisher import Publisher
     from federation import topics
+    from federation.crypto.keys import read_private_key
     from federation.envelope import decode
-    from federation.keys import read_private_key
     from federation.messages import Ack, RoundAnnounce
-    from federation.mqtt import MqttTransport
+    from federation.transport.mqtt import MqttTransport
 
     link = MqttTransport(ns.broker, f"null-receiver-{ns.index}", clean_start=True)
     signed = Publisher(link, read_private_key(ns.key), FED, "aggregator", chunk_size=1)
@@ -85,8 +85,8 @@ def receiver_main(ns: argparse.Namespace) -> None:
 
 
 def run(boxes_n: int, rounds: int, receivers: int, keys: Path, updates: Path) -> list[float]:
-    from federation.keys import write_private_key
-    from federation.signing import generate_signing_key
+    from federation.crypto.keys import write_private_key
+    from federation.crypto.signing import generate_signing_key
 
     with RigSession(f"floor-{receivers}-", boxes_n, keys=keys,
                     start_broker=start_fleet_broker, watch=False) as rig:
@@ -132,7 +132,7 @@ def main() -> None:
     if ns.cmd == "receiver":
         receiver_main(ns)
         return
-    from federation.keys import SECRET_CONTEXT_NAME, create_federation_keys
+    from federation.crypto.keys import SECRET_CONTEXT_NAME, create_federation_keys
     from models.federated_parts import DEFAULT_PART, get_part
 
     work = tmpdir("floor-keys-")

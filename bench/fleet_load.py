@@ -38,7 +38,7 @@ Also the CPU per update of each side on the shared cores: the aggregator (all it
 processes), the emulated boxes (their own process time over the rounds) and Mosquitto
 (its /proc stat over the rounds). When all uploads come at once, their sum over a round
 divided by the cores says how soon the machine can have done the round's work at all;
-``--intake-processes K`` runs the service with K intake shards (aggregator.intake_shards),
+``--intake-processes K`` runs the service with K intake shards (aggregator.intake.shards),
 and bench.fleet_floor runs the same burst against receivers that do no work.
 """
 
@@ -100,8 +100,8 @@ def run_fleet(n: int, rounds: int, keys_dir: Path, updates: Path, procs: int, ch
 
 def _check_result(keys_dir: Path, updates: Path, blob: bytes, n: int, round_no: int,
                   meta: list[dict[str, Any]]) -> float:
-    from federation.keys import SECRET_CONTEXT_NAME, load_secret_context
-    from federation.packing import EncryptedUpdate, decrypt_average
+    from federation.crypto.keys import SECRET_CONTEXT_NAME, load_secret_context
+    from federation.crypto.packing import EncryptedUpdate, decrypt_average
 
     ctx = load_secret_context(keys_dir / SECRET_CONTEXT_NAME)
     got = decrypt_average(ctx, EncryptedUpdate.from_bytes(blob, ctx))
@@ -240,7 +240,7 @@ def main() -> None:
                    help="seconds over which each round's uploads are spread at random (0: all "
                         "at once, the worst case)")
     ns = p.parse_args()
-    from federation.keys import SECRET_CONTEXT_NAME, create_federation_keys
+    from federation.crypto.keys import SECRET_CONTEXT_NAME, create_federation_keys
 
     length = ns.length
     if length == 0:

@@ -14,7 +14,7 @@ mutations of the JSON/TOML structure re-framed so the mutation reaches deep code
   several blobs (and forged chunks with self-consistent chunk hashes). Allowed: a
   FederationError; every blob handed out must equal the original blob its header
   names (size and SHA-256 included).
-- ``config``: the aggregator's ``config.json`` (``aggregator.config.load_config``) and
+- ``config``: the aggregator's ``config.json`` (``aggregator.state.config.load_config``) and
   the box's ``edge.toml`` (``edge.config.load_box_config``) from mutated files. Allowed:
   their ConfigError/StoreError; an accepted config must satisfy the documented
   constraints (ids are topic-safe, count_scale > 0, threads in 1..64...).
@@ -94,7 +94,7 @@ def _show(item: Any) -> str:
 def flood(n_starts: int, workdir: Path) -> dict[str, float]:
     """First chunks of ``n_starts`` never-completing blobs from three senders into both
     reassemblers: peak Python heap and partials/spool files held at the end."""
-    from aggregator.spool import DiskReassembler
+    from aggregator.intake.spool import DiskReassembler
 
     keys = {s: Ed25519PrivateKey.generate() for s in SENDERS}
     template = {s: split_blob(b"x" * 8192, keys[s], kind="update", fed="fuzzfed", sender=s,

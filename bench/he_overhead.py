@@ -17,7 +17,7 @@ values, explicitly, whatever the project's default part is):
 - A. update only: each box's work in the round is preparing a synthetic update of
   ``--length`` values (default conv14's size; the cost of the federation machinery alone);
 - B. full round, conv14: each box first runs its real local training step
-  (``edge.trainer``, torch, on its own ``--train-people`` LFW people with trunk features
+  (``edge.training.trainer``, torch, on its own ``--train-people`` LFW people with trunk features
   cached beforehand, a fixed ``--train-budget`` seconds of training, in the box process),
   then prepares the trained conv14 vector - in BOTH arms, since a real round always
   includes training (NVIDIA FLARE's 1.7x HE-vs-plain reference includes training);
@@ -72,8 +72,8 @@ def run_mode(
         trained = [statistics.median(r[i]["train_s"] for r in per_round) for i in range(rounds)]
         error = float("nan")
         if mode == "ckks" and train is None:  # sanity: result = the plain weighted average
-            from federation.keys import load_secret_context
-            from federation.packing import (
+            from federation.crypto.keys import load_secret_context
+            from federation.crypto.packing import (
                 EncryptedUpdate,
                 decrypt_average,
                 plain_weighted_average,
@@ -176,7 +176,7 @@ def main() -> None:
     _table(res["plain"], [("CKKS", res["ckks"]), ("CKKS pre", res["ckks_pre"])])
     if not ns.no_train:
         print(f"\nB. full round, {CONV14.key}: real local training ({ns.train_people} LFW "
-              f"people per box, {ns.train_budget:g} s budget, edge.trainer in the box "
+              f"people per box, {ns.train_budget:g} s budget, edge.training.trainer in the box "
               f"process), then the update of {res['plain_train']['length']:,} trained values")
         _table(res["plain_train"], [("CKKS", res["ckks_train"])])
         if "ckks_default" in res:

@@ -40,10 +40,10 @@ import cv2
 import numpy as np
 
 from bench.rig.compare import Measured, comparison, print_comparisons
-from edge.gallery import DB_FILENAME, Gallery
-from edge.hot_swap import HotSwapper, SwapReport
-from edge.pipeline import FacePipeline
-from edge.recognizer import Recognizer
+from edge.gallery.store import DB_FILENAME, Gallery
+from edge.serving.hot_swap import HotSwapper, SwapReport
+from edge.serving.recognizer import Recognizer
+from edge.vision.pipeline import FacePipeline
 from models.federated_parts import DEFAULT_PART, FederatedPart, get_part
 from models.registry import optimised_sface_path
 

@@ -1,7 +1,7 @@
 """1:N identification on LFW: accuracy for enrolled people, false accepts for strangers.
 
 Protocol (deterministic per seed): pick ``known`` people with 2+ images; enrol ONE image
-of each in a real gallery (edge.gallery.Gallery); probe with up to ``probes`` of their
+of each in a real gallery (edge.gallery.store.Gallery); probe with up to ``probes`` of their
 other images, plus one image each of ``unknown`` people never enrolled. A known probe is
 correct when it is named as its own person (best score >= threshold); an unknown probe
 is a false accept when anyone is named. Repeated over several seeds, medians reported;
@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.common.lfw import default_lfw_dir
-from edge.gallery import DEFAULT_MATCH_THRESHOLD, Gallery
-from edge.pipeline import FacePipeline
+from edge.gallery.match import DEFAULT_MATCH_THRESHOLD
+from edge.gallery.store import Gallery
+from edge.vision.pipeline import FacePipeline
 
 OPENCV_SFACE_THRESHOLD = 0.363
 THRESHOLDS = (0.25, 0.30, 0.34, 0.363, 0.38, 0.40, 0.42, 0.45, 0.50, 0.55)

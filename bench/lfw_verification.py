@@ -30,9 +30,9 @@ import numpy as np
 
 from bench.common.lfw_protocol import Pair, parse_pairs, ten_fold_accuracy
 from bench.rig.compare import Measured, comparison, print_comparisons
-from edge.align import align_face
-from edge.detect import Face, FaceDetector
-from edge.embed import EMBEDDING_DIM, Embedder
+from edge.vision.align import align_face
+from edge.vision.detect import Face, FaceDetector
+from edge.vision.embed import EMBEDDING_DIM, Embedder
 from models.files import sha256_file
 from models.registry import model_path, optimised_sface_path
 

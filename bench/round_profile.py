@@ -26,25 +26,25 @@ from pathlib import Path
 
 import numpy as np
 
-from aggregator.accumulator import CkksAccumulator
-from aggregator.durable_io import write_atomic
-from aggregator.spool import DiskReassembler
-from aggregator.store import Store
+from aggregator.intake.spool import DiskReassembler
+from aggregator.rounds.accumulator import CkksAccumulator
+from aggregator.state.durable_io import write_atomic
+from aggregator.state.store import Store
 from bench.rig.broker import start_mosquitto
 from bench.rig.compare import Measured, comparison, print_comparisons
 from federation import topics
 from federation.chunking import split_blob
-from federation.ckks import new_secret_context
-from federation.envelope import decode, encode
-from federation.mqtt import MqttTransport
-from federation.packing import (
+from federation.crypto.ckks import new_secret_context
+from federation.crypto.packing import (
     DEFAULT_COUNT_SCALE,
     EncryptedUpdate,
     StreamingSum,
     decrypt_average,
     encrypt_update,
 )
-from federation.signing import generate_signing_key, verify
+from federation.crypto.signing import generate_signing_key, verify
+from federation.envelope import decode, encode
+from federation.transport.mqtt import MqttTransport
 
 
 class Steps:

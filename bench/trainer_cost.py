@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from bench.common.lfw import enrolment_crops
-from edge.trainer import TorchLocalTrainer, TrainConfig
+from edge.training.trainer import TorchLocalTrainer, TrainConfig
 from models.federated_parts import DEFAULT_PART, get_part
 from models.registry import model_path
 

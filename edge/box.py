@@ -13,7 +13,8 @@ without the base model's path, so it could not serve (and then dropped) the fede
 model. Parts open lazily, so ``people list`` loads no model and a box that only
 recognises never imports torch (only :meth:`Box.trainer` does, in the trainer module).
 
-May import: edge's own modules, federation, models.
+May import: edge.errors, edge.config, edge.vision, edge.gallery, edge.serving,
+edge.training, edge.federated, federation, models.
 """
 
 from __future__ import annotations
@@ -32,20 +33,20 @@ if TYPE_CHECKING:
         Ed25519PublicKey,
     )
 
-    from edge.engine import Engine
-    from edge.federation_client import (
+    from edge.federated.client import (
         ClientConfig,
         EventCallback,
         FederationClient,
         TransportFactory,
     )
-    from edge.gallery import Gallery
-    from edge.model_sink import OnnxModelSink
-    from edge.pipeline import FacePipeline
-    from edge.recognizer import Recognizer
-    from edge.trainer import TorchLocalTrainer, TrainConfig
-    from edge.trainer_api import LocalTrainer
-    from federation.ckks import FederationContext
+    from edge.gallery.store import Gallery
+    from edge.serving.engine import Engine
+    from edge.serving.recognizer import Recognizer
+    from edge.serving.sink import OnnxModelSink
+    from edge.training.api import LocalTrainer
+    from edge.training.trainer import TorchLocalTrainer, TrainConfig
+    from edge.vision.pipeline import FacePipeline
+    from federation.crypto.ckks import FederationContext
     from models.federated_parts import FederatedPart
 
 MODELS_DIRNAME = "models"
@@ -70,7 +71,7 @@ class Box:
 
     @property
     def gallery_db(self) -> Path:
-        from edge.gallery import DB_FILENAME
+        from edge.gallery.store import DB_FILENAME
 
         return self.data_dir / DB_FILENAME
 
@@ -110,14 +111,14 @@ class Box:
     # --- recognition (no torch) ----------------------------------------------------------
     def gallery(self) -> Gallery:
         if self._gallery is None:
-            from edge.gallery import Gallery
+            from edge.gallery.store import Gallery
 
             self._gallery = Gallery.open(self.data_dir)
         return self._gallery
 
     def pipeline(self) -> FacePipeline:
         if self._pipeline is None:
-            from edge.pipeline import FacePipeline
+            from edge.vision.pipeline import FacePipeline
 
             self._pipeline = FacePipeline.from_model_dir(self.settings.model_dir,
                                                          threads=self.settings.threads)
@@ -126,7 +127,7 @@ class Box:
     def engine(self, threshold: float | None = None) -> Engine:
         """An engine serving the box's current model version, as a reader: it follows the
         swap pointer but never moves it (only the swap owner, :meth:`model_sink`, does)."""
-        from edge.serving import open_engine
+        from edge.serving.current import open_engine
 
         pipeline = self.pipeline()
         engine = open_engine(pipeline.detector, self.gallery().path, self.inference_model(),
@@ -137,7 +138,7 @@ class Box:
         return engine
 
     def recognizer(self, threshold: float | None = None) -> Recognizer:
-        from edge.recognizer import Recognizer
+        from edge.serving.recognizer import Recognizer
 
         chosen = self._threshold(threshold)
         return Recognizer(self.pipeline(), self.gallery(), chosen, engine=self.engine(chosen))
@@ -147,7 +148,7 @@ class Box:
         """The owner of the box's model versions: restores, hot-swaps and rolls back.
         ``background``: follow enrolments and warm the trainer's features in a thread (a
         long-running ``join``); a one-shot command such as ``train`` does without."""
-        from edge.model_sink import OnnxModelSink
+        from edge.serving.sink import OnnxModelSink
 
         sink = OnnxModelSink(self.inference_model(), part, self.models_dir, self.gallery(),
                              threads=self.settings.threads, policy=self.settings.canary_policy(),
@@ -159,7 +160,7 @@ class Box:
                 isolate: bool = True) -> TorchLocalTrainer:
         """The torch trainer (ImportError without the train extra). ``isolate``: each
         round in its own low-priority process, so this process never imports torch."""
-        from edge.trainer import TorchLocalTrainer
+        from edge.training.trainer import TorchLocalTrainer
 
         return TorchLocalTrainer(self.training_model(), self.gallery().crops_by_person,
                                  self.train_dir, part, config, isolate=isolate)
@@ -170,8 +171,8 @@ class Box:
         aggregator_key: Ed25519PublicKey, trainer: LocalTrainer, sink: OnnxModelSink,
         on_event: EventCallback | None = None, base: np.ndarray | None = None,
     ) -> FederationClient:
-        from edge.federation_client import FederationClient
-        from edge.round_gate import GallerySamples
+        from edge.federated.client import FederationClient
+        from edge.federated.round_gate import GallerySamples
 
         # the gallery's new crops decide whether the box has anything new to train on
         return FederationClient(client_config, transport_factory, context, signing_key,

@@ -9,6 +9,8 @@ Where each value comes from, first match wins (:func:`resolve_settings`):
 4. the defaults below.
 
 A bad entry, wherever it comes from, is reported as key path + value + reason.
+
+May import: edge.errors, edge.serving, models.
 """
 
 from __future__ import annotations
@@ -21,14 +23,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from edge.canary import CanaryPolicy
 from edge.errors import FedFaceError
+from edge.serving.canary import CanaryPolicy
 from models.federated_parts import DEFAULT_PART, PARTS
 
 DATA_DIR_ENV = "FEDFACE_DATA_DIR"
 MODEL_DIR_ENV = "FEDFACE_MODEL_DIR"
 
-# Mirrors edge.gallery.DEFAULT_MATCH_THRESHOLD (kept literal so importing the settings
+# Mirrors edge.gallery.store.DEFAULT_MATCH_THRESHOLD (kept literal so importing the settings
 # does not import numpy/sqlite); a test checks that both agree.
 DEFAULT_MATCH_THRESHOLD = 0.40
 

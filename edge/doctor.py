@@ -6,6 +6,9 @@ a wrong broker name, a revoked or expired certificate is named precisely), then 
 MQTT connection; the retained, aggregator-signed announcement it reads doubles as the
 clock reference (a Pi without RTC that boots without NTP sits in 1970 and fails TLS in
 ways that look like anything but a clock problem).
+
+May import: edge.errors, edge.config, edge.provision, edge.federated, federation,
+models.
 """
 
 from __future__ import annotations
@@ -91,8 +94,8 @@ def check_key_permissions(cfg: BoxConfig) -> Check:
 
 
 def check_federation_keys(cfg: BoxConfig) -> Check:
+    from federation.crypto.keys import load_secret_context, read_private_key, read_public_key
     from federation.errors import FederationError
-    from federation.keys import load_secret_context, read_private_key, read_public_key
 
     try:
         ctx = load_secret_context(cfg.federation.secret_context)
@@ -112,7 +115,7 @@ def _load_cert(path: Path) -> x509.Certificate:
 
 
 def check_certificate(cfg: BoxConfig, now: Clock = time.time) -> Check:
-    from edge.revocation import REPROVISION, revocation_state
+    from edge.federated.revocation import REPROVISION, revocation_state
 
     b = cfg.broker
     revoked = revocation_state(cfg.box.data_dir)
@@ -151,7 +154,7 @@ def _tls_probe(cfg: BoxConfig) -> str | None:
     """None if the broker completes a TLS handshake and keeps this box's certificate;
     else why not. TLS 1.3 servers reject a client certificate after the handshake, so a
     short read waits for that alert (an accepting broker sends nothing before CONNECT)."""
-    from federation.mqtt import parse_broker_url
+    from federation.transport.mqtt import parse_broker_url
 
     url = parse_broker_url(cfg.broker.url)
     if not url.tls:
@@ -186,7 +189,7 @@ def check_broker(cfg: BoxConfig, seen_ts: list[float]) -> Check:
             "new one from the operator; a wrong clock breaks TLS too")
     why = _tls_probe(cfg)
     if why is not None and "certificate revoked" in why.lower().replace("_", " "):
-        from edge.revocation import FEDERATION_DIR, REPROVISION, record_revocation
+        from edge.federated.revocation import FEDERATION_DIR, REPROVISION, record_revocation
 
         record_revocation(cfg.box.data_dir / FEDERATION_DIR, cfg.box.device_id, source="tls",
                           detail=why)
@@ -196,7 +199,7 @@ def check_broker(cfg: BoxConfig, seen_ts: list[float]) -> Check:
         return Check("broker", False, why, hint)
     from federation import topics
     from federation.envelope import decode
-    from federation.mqtt import MqttTransport, TlsConfig
+    from federation.transport.mqtt import MqttTransport, TlsConfig
 
     got = threading.Event()
 

@@ -3,9 +3,13 @@
 The CLI turns any ``FedFaceError`` into one line on stderr and a non-zero exit code.
 (``models.registry.ModelError`` has the same shape; it lives in ``models`` because
 ``models`` never imports ``edge``.)
+
+May import: federation.
 """
 
 from __future__ import annotations
+
+from federation.errors import FederationError
 
 
 class FedFaceError(Exception):
@@ -22,3 +26,9 @@ class ImageReadError(FedFaceError):
 
 class NoFaceError(FedFaceError):
     """An image that should show a face (enrolment) has none the detector can find."""
+
+
+# A federation error (the box refuses a round's result) rather than a FedFaceError; it
+# lives here, not in edge.federated, so that the hot swap (edge.serving) can raise it too.
+class ResultRejected(FederationError):
+    """A decrypted federated result failed validation and was not applied."""

@@ -3,6 +3,8 @@
 Training, sealing, hot-swap checks and gallery refreshes run niced (per thread on Linux,
 or in a niced child process for training), so a 2-core box keeps recognising at frame
 rate while it federates. A leaf module: the training child imports it without the rest.
+
+May import: nothing of the project.
 """
 
 from __future__ import annotations

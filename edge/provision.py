@@ -11,8 +11,10 @@ Files under the box's data dir (``/var/lib/fedface`` on an installed box, 0700):
     <device>.request.json  what the technician hands to the operator (no secret in it)
     edge.toml            the box config
 
-The TLS key uses ECDSA P-256 for the same reason as ``aggregator.pki`` (accepted by
+The TLS key uses ECDSA P-256 for the same reason as ``aggregator.pki.authority`` (accepted by
 Mosquitto, paho and the OpenSSL builds of Pi OS and JetPack for TLS 1.2 and 1.3).
+
+May import: edge.errors, edge.config, edge.vision, federation, models.
 """
 
 from __future__ import annotations
@@ -39,15 +41,21 @@ from edge.config import (
     render_box_config,
 )
 from edge.errors import FedFaceError
-from federation.fingerprint import request_fingerprint_lines
-from federation.key_bundle import AGGREGATOR_PUB, CA_CERT, SECRET_CONTEXT, KeyBundle, open_bundle
-from federation.keys import (
+from federation.crypto.fingerprint import request_fingerprint_lines
+from federation.crypto.key_bundle import (
+    AGGREGATOR_PUB,
+    CA_CERT,
+    SECRET_CONTEXT,
+    KeyBundle,
+    open_bundle,
+)
+from federation.crypto.keys import (
     load_or_create_private_key,
     load_secret_context,
     write_public_file,
     write_secret_file,
 )
-from federation.signing import public_key_from_hex, public_key_hex
+from federation.crypto.signing import public_key_from_hex, public_key_hex
 from models.federated_parts import DEFAULT_PART
 
 log = logging.getLogger(__name__)
@@ -249,7 +257,7 @@ def write_config(path: Path, config: BoxConfig) -> None:
 
 def probe_camera(source: str) -> tuple[int, int]:
     """Open the source and read one frame: (width, height)."""
-    from edge.capture import Backoff, SourceError, open_source
+    from edge.vision.capture import Backoff, SourceError, open_source
 
     with open_source(source, Backoff(max_attempts=0)) as frames:
         for frame in frames:

@@ -1,9 +1,13 @@
 """The federation contract both the edge boxes and the aggregator speak.
 
-Modules: ``errors`` (FederationError + reason codes), ``ckks`` (parameters, contexts),
-``packing`` (encrypted updates, streaming sum, decrypt), ``keys`` (key files),
-``signing`` (Ed25519, KeyRing), ``envelope`` (signed messages), ``chunking`` (split and
-reassemble blobs), ``topics`` (MQTT topic names), ``transport`` (Transport protocol,
-in-memory bus), ``mqtt`` (paho adapter). Never imports cv2, torch, onnxruntime, edge,
-aggregator or models.
+Directly here, the wire: ``errors`` (FederationError and its reason codes),
+``messages`` (typed, strictly parsed control messages: announce, ack, model pointer,
+box status, revocation notice), ``verdicts`` (what became of a round, per box),
+``envelope`` (signed messages), ``chunking`` (split and reassemble blobs), ``topics``
+(MQTT topic names), ``files`` (atomic writes with explicit modes) and ``memory``.
+``crypto/``: CKKS, packing of encrypted updates, keys, signing, differential privacy.
+``transport/``: the Transport port and its in-memory bus (``base``), the paho adapter
+(``mqtt``). Never imports cv2, torch, onnxruntime, edge, aggregator or models.
+
+May import: nothing of the project.
 """

@@ -19,8 +19,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from federation.crypto.signing import KeyRing, sign, verify
 from federation.errors import INTEGRITY, MALFORMED, WRONG_FEDERATION, FederationError
-from federation.signing import KeyRing, sign, verify
 
 MAGIC = b"FFE1"
 VERSION = 1

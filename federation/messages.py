@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from federation.dp import DpConfig
+from federation.crypto.dp import DpConfig
 from federation.errors import MALFORMED, FederationError
 from federation.verdicts import Verdict, from_status, reported
 
@@ -106,7 +106,7 @@ class RoundAnnounce(_Message):
     state: str  # OPEN or CLOSED (anything but "open" is closed, as boxes always read it)
     deadline: float
     quorum: int
-    count_scale: float  # boxes encrypt n_i * c with it (federation.packing)
+    count_scale: float  # boxes encrypt n_i * c with it (federation.crypto.packing)
     chunk_size: int
     part_key: str = ""  # the federated part's key: a box of another part does not join
     devices: tuple[str, ...] = ()  # the active devices (empty: not listed, all may join)

@@ -33,7 +33,7 @@ EOF2
     ff_common_usage
 }
 
-pki() { "$FF_VENV/bin/python" -m aggregator.pki_cli "$@"; }
+pki() { "$FF_VENV/bin/python" -m aggregator.cli.pki "$@"; }
 
 setup_pki() {
     local ca="$FF_CONF_DIR/pki/ca" srv="$FF_CONF_DIR/pki/broker" tls="$FF_CONF_DIR/tls"

@@ -13,11 +13,11 @@ import numpy as np
 
 from federation import topics
 from federation.chunking import split_blob
-from federation.ckks import FederationContext
+from federation.crypto.ckks import FederationContext
+from federation.crypto.packing import EncryptedUpdate, decrypt_average, encrypt_update
+from federation.crypto.signing import generate_signing_key, public_key_hex
 from federation.envelope import Envelope, decode, encode
-from federation.packing import EncryptedUpdate, decrypt_average, encrypt_update
-from federation.signing import generate_signing_key, public_key_hex
-from federation.transport import Transport
+from federation.transport.base import Transport
 
 
 def envelope_json(payload: bytes) -> tuple[Envelope, dict[str, Any]]:

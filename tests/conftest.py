@@ -102,7 +102,7 @@ class MosquittoBroker:
             "persistence true",
             f"persistence_location {self.workdir}/",
             "autosave_interval 1",
-            "set_tcp_nodelay true",  # as the generated broker config (federation.mqtt)
+            "set_tcp_nodelay true",  # as the generated broker config (federation.transport.mqtt)
             f"log_dest file {self.log_path}",
             "log_type error",
             "log_type warning",

@@ -14,20 +14,20 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edge.drift_trainer import NumpyDriftTrainer
-from edge.federation_client import ClientConfig, ClientEvent, FederationClient, ModelSink
-from edge.model_sink import base_vector
-from edge.trainer_api import LocalTrainer
-from federation.keys import (
+from edge.federated.client import ClientConfig, ClientEvent, FederationClient, ModelSink
+from edge.serving.sink import base_vector
+from edge.training.api import LocalTrainer
+from edge.training.drift import NumpyDriftTrainer
+from federation.crypto.keys import (
     create_federation_keys,
     load_secret_context,
     read_public_key,
     write_private_key,
     write_public_key,
 )
-from federation.mqtt import MqttTransport
-from federation.signing import generate_signing_key
-from federation.transport import Will
+from federation.crypto.signing import generate_signing_key
+from federation.transport.base import Will
+from federation.transport.mqtt import MqttTransport
 from models.federated_parts import FederatedPart, get_part
 from models.registry import optimised_sface_path
 
@@ -113,7 +113,7 @@ class Federation:
     def start_box(self, name: str, trainer: LocalTrainer | None = None, n_samples: int = 50,
                   sink: ModelSink | None = None, retry_seconds: float = 30.0,
                   max_relative_change: float = 0.5) -> Box:
-        from federation.keys import read_private_key
+        from federation.crypto.keys import read_private_key
 
         base = part_base_vector()
         trainer = trainer or NumpyDriftTrainer(PART, base, name, n_samples, step=1e-2)

@@ -16,11 +16,11 @@ import numpy as np
 
 from federation import topics
 from federation.chunking import split_blob
-from federation.ckks import FederationContext
+from federation.crypto.ckks import FederationContext
+from federation.crypto.keys import write_public_key
+from federation.crypto.packing import EncryptedUpdate
 from federation.envelope import decode, encode
-from federation.keys import write_public_key
-from federation.mqtt import MqttTransport, TlsConfig
-from federation.packing import EncryptedUpdate
+from federation.transport.mqtt import MqttTransport, TlsConfig
 from tests.aggregator_boxes import ScriptedBox, envelope_json
 
 AGGREGATOR = str(Path(sys.executable).parent / "fedface-aggregator")

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.gallery import DB_FILENAME, Gallery
-from edge.hot_swap import HotSwapper
-from edge.pipeline import FacePipeline
-from edge.recognizer import Recognizer, images_in
+from edge.gallery.store import DB_FILENAME, Gallery
+from edge.serving.hot_swap import HotSwapper
+from edge.serving.recognizer import Recognizer, images_in
+from edge.vision.pipeline import FacePipeline
 from models.federated_parts import DEFAULT_PART, FederatedPart, get_part
 from models.registry import optimised_sface_path
 

@@ -12,11 +12,12 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from aggregator import pki, pki_issue
-from aggregator.broker_config import write_broker_config
-from aggregator.cli import app as aggregator_app
+from aggregator.cli.main import app as aggregator_app
+from aggregator.pki import authority as pki
+from aggregator.pki import issue as pki_issue
+from aggregator.pki.broker_config import write_broker_config
 from edge.cli import app as edge_app
-from federation.keys import create_federation_keys
+from federation.crypto.keys import create_federation_keys
 from tests.conftest import MosquittoBroker, free_port
 
 FED = "fed-prov"

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from aggregator.cli import app
-from federation.keys import write_public_key
-from federation.signing import generate_signing_key
+from aggregator.cli.main import app
+from federation.crypto.keys import write_public_key
+from federation.crypto.signing import generate_signing_key
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -111,7 +111,8 @@ def test_serve_refuses_a_secret_context_swapped_into_the_state(
 
 def test_aggregator_never_imports_ml_or_edge_code() -> None:
     code = (
-        "import sys, aggregator.cli, aggregator.service, aggregator.runner, aggregator.config\n"
+        "import sys, aggregator.cli.main, aggregator.service, aggregator.runner\n"
+        "import aggregator.state.config\n"
         "bad = [m for m in ('torch', 'cv2', 'onnxruntime', 'edge', 'models') if m in sys.modules]\n"
         "print(','.join(bad))\n"
     )

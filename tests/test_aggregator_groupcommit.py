@@ -15,16 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aggregator.accumulator import AccumulatorBroken
-from aggregator.coordinator import RoundSettings
-from aggregator.registry import DeviceRegistry
+from aggregator.rounds.accumulator import AccumulatorBroken
+from aggregator.rounds.coordinator import RoundSettings
+from aggregator.rounds.sumpool import ProcessSumFactory
 from aggregator.service import AggregatorService
-from aggregator.store import AcceptedUpdate, Store
-from aggregator.sumpool import ProcessSumFactory
-from federation.ckks import FederationContext, new_secret_context
-from federation.packing import encrypt_update, plain_weighted_average
-from federation.signing import generate_signing_key
-from federation.transport import InMemoryBus, InMemoryTransport
+from aggregator.state.registry import DeviceRegistry
+from aggregator.state.store import AcceptedUpdate, Store
+from federation.crypto.ckks import FederationContext, new_secret_context
+from federation.crypto.packing import encrypt_update, plain_weighted_average
+from federation.crypto.signing import generate_signing_key
+from federation.transport.base import InMemoryBus, InMemoryTransport
 from tests.aggregator_boxes import ScriptedBox, collect_result, decrypt_result, latest_announce
 from tests.conftest import MosquittoBroker
 from tests.test_aggregator_mqtt import (

@@ -15,15 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aggregator.config import init_state
-from aggregator.registry import DeviceRegistry
-from aggregator.store import Store
+from aggregator.state.config import init_state
+from aggregator.state.registry import DeviceRegistry
+from aggregator.state.store import Store
 from federation import topics
-from federation.ckks import FederationContext, new_secret_context
+from federation.crypto.ckks import FederationContext, new_secret_context
+from federation.crypto.keys import save_public_context
+from federation.crypto.packing import plain_weighted_average
 from federation.envelope import decode
-from federation.keys import save_public_context
-from federation.mqtt import MqttTransport
-from federation.packing import plain_weighted_average
+from federation.transport.mqtt import MqttTransport
 from tests.aggregator_boxes import ScriptedBox, decrypt_result, envelope_json
 from tests.conftest import MosquittoBroker
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aggregator.coordinator import RoundSettings
-from federation.ckks import FederationContext, new_secret_context
-from federation.packing import (
+from aggregator.rounds.coordinator import RoundSettings
+from federation.crypto.ckks import FederationContext, new_secret_context
+from federation.crypto.packing import (
     DEFAULT_COUNT_SCALE,
     EncryptedUpdate,
     StreamingSum,
@@ -37,7 +37,7 @@ def _vec(seed: int) -> np.ndarray:
 def test_default_count_scale_is_announced_and_meets_the_precision_for_small_rounds(
     tmp_path: Path, secret_ctx: FederationContext
 ) -> None:
-    """One source of truth: RoundSettings' default is federation.packing's; with it, three
+    """One source of truth: RoundSettings' default is federation.crypto.packing's; with it, three
     boxes with ~100 samples each (c*sum(n) ~ 5) still decrypt within 1e-5."""
     rig = make_rig(tmp_path, secret_ctx, settings=RoundSettings(deadline_seconds=60, quorum=3))
     ann = latest_announce(rig.bus.retained, FED)

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import aggregator.durable_io
-from aggregator.coordinator import RoundSettings
-from federation.ckks import FederationContext, new_secret_context
+import aggregator.state.durable_io
+from aggregator.rounds.coordinator import RoundSettings
+from federation.crypto.ckks import FederationContext, new_secret_context
+from federation.crypto.packing import encrypt_update, plain_weighted_average
+from federation.crypto.signing import generate_signing_key
 from federation.envelope import encode
-from federation.packing import encrypt_update, plain_weighted_average
-from federation.signing import generate_signing_key
-from federation.transport import InMemoryTransport
+from federation.transport.base import InMemoryTransport
 from tests.aggregator_boxes import ScriptedBox, collect_result, decrypt_result, latest_announce
 from tests.test_aggregator_rounds import COUNT_SCALE, FED, Rig, make_rig
 
@@ -257,7 +257,7 @@ def test_disk_full_rejects_that_update_cleanly_and_keeps_serving(
     def full_disk(fd: int) -> None:  # delayed allocation: ENOSPC shows at fsync
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(aggregator.durable_io.os, "fsync", full_disk)
+    monkeypatch.setattr(aggregator.state.durable_io.os, "fsync", full_disk)
     box = rig.boxes[1]
     ann = latest_announce(rig.bus.retained, FED)
     envs = box.envelopes(box.encrypted_blob(vecs[1], counts[1], COUNT_SCALE), 1, ann["base_model"])
@@ -270,7 +270,7 @@ def test_disk_full_rejects_that_update_cleanly_and_keeps_serving(
     stored = sorted(p.name for p in (store.accepted_dir / "round-1").iterdir())
     assert stored == ["00001-box0.bin"]  # nothing of the refused update left behind
     assert not list(rig.service.spool.dir.iterdir())
-    monkeypatch.setattr(aggregator.durable_io.os, "fsync", real_fsync)
+    monkeypatch.setattr(aggregator.state.durable_io.os, "fsync", real_fsync)
     # the box resends the SAME message after the operator freed space: accepted once
     box.send(envs)
     rig.service.pump()
@@ -341,7 +341,7 @@ def test_sum_rebuilt_after_restart_equals_the_uninterrupted_sum(
 
 
 def test_revoked_device_is_refused(rig: Rig) -> None:
-    from aggregator.registry import DeviceRegistry
+    from aggregator.state.registry import DeviceRegistry
 
     DeviceRegistry(rig.store).revoke(rig.boxes[0].device_id)
     rig.service.pump()  # the service refreshes its key snapshot every pump
@@ -355,7 +355,7 @@ def test_update_at_another_scale_is_rejected_before_it_is_stored(
     """+= would fail half-way through the sum on such an update: prepare refuses it."""
     import tenseal as ts
 
-    from federation.packing import EncryptedUpdate
+    from federation.crypto.packing import EncryptedUpdate
 
     good = encrypt_update(secret_ctx, _vec(80), 100, COUNT_SCALE)
     odd = ts.ckks_vector(secret_ctx.context, [0.5] * (LENGTH + 1 - secret_ctx.params.slots),

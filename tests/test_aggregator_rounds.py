@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aggregator.coordinator import RoundSettings
-from aggregator.registry import DeviceRegistry
+from aggregator.rounds.coordinator import RoundSettings
 from aggregator.service import AggregatorService
-from aggregator.store import Store
+from aggregator.state.registry import DeviceRegistry
+from aggregator.state.store import Store
 from federation import topics
-from federation.ckks import FederationContext, new_secret_context
+from federation.crypto.ckks import FederationContext, new_secret_context
+from federation.crypto.packing import EncryptedUpdate, decrypt_average, plain_weighted_average
+from federation.crypto.signing import generate_signing_key
 from federation.errors import SECRET_KEY_REFUSED, FederationError
-from federation.packing import EncryptedUpdate, decrypt_average, plain_weighted_average
-from federation.signing import generate_signing_key
-from federation.transport import InMemoryBus, InMemoryTransport
+from federation.transport.base import InMemoryBus, InMemoryTransport
 from tests.aggregator_boxes import ScriptedBox, collect_result, decrypt_result, latest_announce
 
 FED = "fedtest"
@@ -131,7 +131,7 @@ def test_service_refuses_a_secret_context(tmp_path: Path, secret_ctx: Federation
 
 def test_aggregator_context_cannot_decrypt(secret_ctx: FederationContext) -> None:
     vec = np.linspace(-1, 1, 100, dtype=np.float32)
-    from federation.packing import encrypt_update
+    from federation.crypto.packing import encrypt_update
 
     update = encrypt_update(secret_ctx, vec, 10)
     public = secret_ctx.public()
@@ -151,7 +151,7 @@ def test_each_published_round_logs_how_long_its_updates_waited_for_their_acks(
 ) -> None:
     ann = latest_announce(rig.bus.retained, FED)
     rng = np.random.default_rng(2)
-    caplog.set_level(logging.INFO, logger="aggregator.round_events")
+    caplog.set_level(logging.INFO, logger="aggregator.rounds.events")
     for box in rig.boxes:
         blob = box.encrypted_blob(rng.normal(0, 0.5, LENGTH).astype(np.float32), 100,
                                   ann["count_scale"])

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.spool import DiskReassembler
+from aggregator.intake.spool import DiskReassembler
 from federation.chunking import split_blob
+from federation.crypto.signing import generate_signing_key
 from federation.envelope import Envelope
 from federation.errors import INTEGRITY, FederationError
-from federation.signing import generate_signing_key
 
 KEY = generate_signing_key()
 

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from federation import topics
-from federation.keys import PUBLIC_CONTEXT_NAME, SECRET_CONTEXT_NAME, load_secret_context
-from federation.packing import plain_weighted_average
+from federation.crypto.keys import PUBLIC_CONTEXT_NAME, SECRET_CONTEXT_NAME, load_secret_context
+from federation.crypto.packing import plain_weighted_average
 from tests.aggregator_boxes import decrypt_result
 from tests.conftest import MosquittoBroker
 from tests.hierarchy_mqtt_support import (

@@ -14,7 +14,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from aggregator import pki, pki_crl, pki_issue
+from aggregator.pki import authority as pki
+from aggregator.pki import crl as pki_crl
+from aggregator.pki import issue as pki_issue
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -130,7 +132,7 @@ def test_box_key_is_never_overwritten(tmp_path: Path) -> None:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "aggregator.pki_cli", *args],
+        [sys.executable, "-m", "aggregator.cli.pki", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -22,8 +22,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from aggregator import pki, pki_issue
-from aggregator.broker_config import publish_crl, render_acl, write_broker_config
+from aggregator.pki import authority as pki
+from aggregator.pki import issue as pki_issue
+from aggregator.pki.broker_config import publish_crl, render_acl, write_broker_config
 from tests.conftest import MosquittoBroker, free_port
 
 pytestmark = pytest.mark.mosquitto
@@ -206,7 +207,7 @@ def test_config_has_a_single_tls_listener_and_no_anonymous(fed_pki: Pki) -> None
 
 
 def test_config_turns_nagle_off(fed_pki: Pki) -> None:
-    """Acks and announces must not wait for delayed TCP ACKs (federation.mqtt, "Latency");
+    """Acks and announces must not wait for delayed TCP ACKs (federation.transport.mqtt, "Latency");
     this broker runs the generated config, so Mosquitto accepts the option."""
     assert "set_tcp_nodelay true" in fed_pki.conf_text.splitlines()
 

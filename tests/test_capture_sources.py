@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.capture import Backoff, FolderSource, SourceError, VideoCaptureSource, open_source
+from edge.vision.capture import Backoff, FolderSource, SourceError, VideoCaptureSource, open_source
 
 PEOPLE = ("Colin_Powell", "Tony_Blair")
 

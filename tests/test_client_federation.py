@@ -12,19 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aggregator.coordinator import RoundSettings
-from aggregator.registry import DeviceRegistry
+from aggregator.rounds.coordinator import RoundSettings
 from aggregator.service import AggregatorService
-from aggregator.store import Store
-from edge.drift_trainer import NumpyDriftTrainer
-from edge.federation_client import ClientConfig, ClientEvent, FederationClient
-from edge.trainer_api import LocalUpdate
+from aggregator.state.registry import DeviceRegistry
+from aggregator.state.store import Store
+from edge.federated.client import ClientConfig, ClientEvent, FederationClient
+from edge.training.api import LocalUpdate
+from edge.training.drift import NumpyDriftTrainer
 from federation import topics
 from federation.chunking import split_blob
-from federation.ckks import FederationContext, new_secret_context
+from federation.crypto.ckks import FederationContext, new_secret_context
+from federation.crypto.signing import KeyRing, generate_signing_key, public_key_hex
 from federation.envelope import decode, encode, verify_envelope
-from federation.signing import KeyRing, generate_signing_key, public_key_hex
-from federation.transport import InMemoryBus, InMemoryTransport
+from federation.transport.base import InMemoryBus, InMemoryTransport
 from tests.e2e_support import PART, GatedTrainer, RecordingSink, part_base_vector, wait_for
 
 FED = "unit"

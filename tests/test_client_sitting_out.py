@@ -14,19 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.coordinator import RoundSettings
-from aggregator.registry import DeviceRegistry
+from aggregator.rounds.coordinator import RoundSettings
 from aggregator.service import AggregatorService
-from aggregator.store import Store
-from edge.drift_trainer import NumpyDriftTrainer
-from edge.federation_client import ClientConfig, ClientEvent, FederationClient
-from edge.round_gate import GallerySamples
-from edge.trainer_api import LocalTrainer
+from aggregator.state.registry import DeviceRegistry
+from aggregator.state.store import Store
+from edge.federated.client import ClientConfig, ClientEvent, FederationClient
+from edge.federated.round_gate import GallerySamples
+from edge.training.api import LocalTrainer
+from edge.training.drift import NumpyDriftTrainer
 from federation import topics
-from federation.ckks import FederationContext, new_secret_context
+from federation.crypto.ckks import FederationContext, new_secret_context
+from federation.crypto.signing import generate_signing_key, public_key_hex
 from federation.envelope import decode
-from federation.signing import generate_signing_key, public_key_hex
-from federation.transport import InMemoryBus, InMemoryTransport
+from federation.transport.base import InMemoryBus, InMemoryTransport
 from tests.e2e_support import PART, GatedTrainer, RecordingSink, part_base_vector, wait_for
 
 FED = "sitout"
@@ -54,7 +54,7 @@ def ctx() -> FederationContext:
 def test_a_box_with_nothing_new_sits_out_and_joins_once_it_has_enough(
     tmp_path: Path, ctx: FederationContext, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="edge.federation_client")
+    caplog.set_level(logging.INFO, logger="edge.federated.client")
     bus = InMemoryBus(synchronous=True)
     agg_key = generate_signing_key()
     (tmp_path / "agg").mkdir()
@@ -139,7 +139,7 @@ def test_a_box_with_nothing_new_sits_out_and_joins_once_it_has_enough(
 def test_gallery_samples_counts_crops_enrolled_after_a_mark(tmp_path: Path) -> None:
     import numpy as np
 
-    from edge.gallery import Gallery
+    from edge.gallery.store import Gallery
 
     gallery = Gallery.open(tmp_path)
     crop = np.zeros((112, 112, 3), np.uint8)

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.outbox import Outbox
-from edge.swap_store import (
+from edge.federated.outbox import Outbox
+from edge.serving.versions import (
     ModelStoreError,
     Pointer,
     ServedModel,
@@ -54,7 +54,7 @@ def test_outbox_refuses_a_path_like_message_id(tmp_path: Path) -> None:
 
 
 def test_a_weights_file_keeps_the_part_vector_it_was_made_from(tmp_path: Path) -> None:
-    """The box's one store of model versions (edge.swap_store) keeps each version's part
+    """The box's one store of model versions (edge.serving.versions) keeps each version's part
     vector: what the federation client resumes on after a restart."""
     store = SwapStore(tmp_path, create=True)
     vector = np.arange(7, dtype=np.float32)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from aggregator.cli import app as aggregator_app
-from aggregator.config import ConfigError as AggregatorConfigError
-from aggregator.config import load_config
+from aggregator.cli.main import app as aggregator_app
+from aggregator.state.config import ConfigError as AggregatorConfigError
+from aggregator.state.config import load_config
 from edge.cli import app as edge_app
 from edge.config import BoxConfig, ConfigError, load_box_config, render_box_config
 

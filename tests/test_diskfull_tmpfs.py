@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aggregator.coordinator import RoundSettings
-from aggregator.store import Store
-from federation.ckks import FederationContext, new_secret_context
-from federation.packing import plain_weighted_average
+from aggregator.rounds.coordinator import RoundSettings
+from aggregator.state.store import Store
+from federation.crypto.ckks import FederationContext, new_secret_context
+from federation.crypto.packing import plain_weighted_average
 from tests.aggregator_boxes import collect_result, decrypt_result, latest_announce
 from tests.test_aggregator_rounds import COUNT_SCALE, FED, Rig, make_rig
 

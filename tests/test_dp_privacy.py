@@ -12,15 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aggregator.coordinator import RoundSettings
-from aggregator.registry import DeviceRegistry
+from aggregator.rounds.coordinator import RoundSettings
 from aggregator.service import AggregatorService
-from aggregator.store import Store
-from edge.drift_trainer import NumpyDriftTrainer
-from edge.federation_client import ClientConfig, ClientEvent, FederationClient
+from aggregator.state.registry import DeviceRegistry
+from aggregator.state.store import Store
+from edge.federated.client import ClientConfig, ClientEvent, FederationClient
+from edge.training.drift import NumpyDriftTrainer
 from federation import topics
-from federation.ckks import FederationContext, new_secret_context
-from federation.dp import (
+from federation.crypto.ckks import FederationContext, new_secret_context
+from federation.crypto.dp import (
     DpConfig,
     PrivacyLedger,
     clip_delta,
@@ -29,10 +29,10 @@ from federation.dp import (
     noise_multiplier_for,
     privatize,
 )
+from federation.crypto.signing import generate_signing_key, public_key_hex
 from federation.envelope import decode
 from federation.errors import FederationError
-from federation.signing import generate_signing_key, public_key_hex
-from federation.transport import InMemoryBus, InMemoryTransport
+from federation.transport.base import InMemoryBus, InMemoryTransport
 from tests.e2e_support import PART, RecordingSink, part_base_vector, wait_for
 
 FED = "dpfed"

@@ -16,10 +16,10 @@ import numpy as np
 import onnx
 import pytest
 
-from edge.drift_trainer import NumpyDriftTrainer
-from edge.gallery import Gallery
-from edge.model_sink import OnnxModelSink
-from federation.mqtt import MqttTransport
+from edge.gallery.store import Gallery
+from edge.serving.sink import OnnxModelSink
+from edge.training.drift import NumpyDriftTrainer
+from federation.transport.mqtt import MqttTransport
 from models.onnx_graph import read_initializers
 from models.registry import optimised_sface_path
 from tests.e2e_support import (
@@ -85,7 +85,7 @@ def test_broker_restart_mid_round_loses_nothing(tmp_path: Path, mosquitto) -> No
     try:
         fed.start_aggregator(quorum=3, rounds=1)
         # boxes of a few hundred enrolment crops: the encrypted average's absolute error
-        # is ~3e-5 / (sum(n) / count_scale) (federation.packing); with the 135 crops this
+        # is ~3e-5 / (sum(n) / count_scale) (federation.crypto.packing); with the 135 crops this
         # test had, that bound (1.4e-5) sat above the 1e-5 it checks and it failed 1 run in N
         fed.start_box("box-a", n_samples=120)
         fed.start_box("box-b", n_samples=240)

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.gallery import DB_FILENAME, Gallery
-from edge.pipeline import FacePipeline
-from edge.serving import open_engine
-from edge.swap_store import SwapStore
+from edge.gallery.store import DB_FILENAME, Gallery
+from edge.serving.current import open_engine
+from edge.serving.versions import SwapStore
+from edge.vision.pipeline import FacePipeline
 from tests.hot_swap_support import copy_box, lfw_people, open_swapper, perturbed, template_box
 
 
@@ -103,11 +103,11 @@ def test_after_a_restart_the_client_resumes_on_what_the_box_serves(
     swap store keeps next to the version's weights."""
     from edge.box import build_box
     from edge.config import EdgeSettings
-    from edge.federation_client import ClientConfig
-    from edge.trainer_api import LocalUpdate
-    from federation.ckks import new_secret_context
-    from federation.signing import generate_signing_key
-    from federation.transport import InMemoryBus, InMemoryTransport
+    from edge.federated.client import ClientConfig
+    from edge.training.api import LocalUpdate
+    from federation.crypto.ckks import new_secret_context
+    from federation.crypto.signing import generate_signing_key
+    from federation.transport.base import InMemoryBus, InMemoryTransport
 
     box = build_box(EdgeSettings(data_dir=copy_box(federated_box, tmp_path / "box"),
                                  threads=1))
@@ -115,7 +115,7 @@ def test_after_a_restart_the_client_resumes_on_what_the_box_serves(
     served = sink.served_vector()
     assert served is not None and served[0] == "round-1"
 
-    class NoTraining:  # edge.trainer_api.LocalTrainer; no round runs in this test
+    class NoTraining:  # edge.training.api.LocalTrainer; no round runs in this test
         part = sink.part
 
         def local_update(self, global_vector: np.ndarray | None,

@@ -10,9 +10,9 @@ import random
 import pytest
 
 from federation.chunking import DEFAULT_CHUNK_SIZE, Reassembler, split_blob
+from federation.crypto.signing import generate_signing_key
 from federation.envelope import Envelope, decode, encode, sign_envelope
 from federation.errors import FederationError
-from federation.signing import generate_signing_key
 
 KEY = generate_signing_key()
 HDR = dict(kind="update", fed="fed-a", sender="box-1", round=2, model="m1")

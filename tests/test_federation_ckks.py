@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from federation.ckks import (
+from federation.crypto.ckks import (
     CkksParams,
     load_context,
     new_secret_context,
@@ -13,8 +13,7 @@ from federation.ckks import (
     require_public_only,
     secret_context_bytes,
 )
-from federation.errors import FederationError
-from federation.packing import (
+from federation.crypto.packing import (
     EncryptedUpdate,
     StreamingSum,
     decrypt_average,
@@ -23,6 +22,7 @@ from federation.packing import (
     n_ciphertexts,
     plain_weighted_average,
 )
+from federation.errors import FederationError
 
 LENGTH = 30_000
 

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from federation.crypto.signing import KeyRing, generate_signing_key, public_key_hex
 from federation.envelope import MAGIC, Envelope, decode, encode, sign_envelope, verify_envelope
 from federation.errors import FederationError
-from federation.signing import KeyRing, generate_signing_key, public_key_hex
 
 KEY = generate_signing_key()
 OTHER = generate_signing_key()

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from federation.errors import FederationError, KeyFileError
-from federation.keys import (
+from federation.crypto.keys import (
     check_permissions,
     create_federation_keys,
     load_or_create_private_key,
@@ -21,8 +20,9 @@ from federation.keys import (
     write_public_key,
     write_secret_file,
 )
-from federation.packing import StreamingSum, decrypt_average, encrypt_update
-from federation.signing import public_key_hex
+from federation.crypto.packing import StreamingSum, decrypt_average, encrypt_update
+from federation.crypto.signing import public_key_hex
+from federation.errors import FederationError, KeyFileError
 
 
 def mode(path: Path) -> int:

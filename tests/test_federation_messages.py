@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from federation.dp import DpConfig
+from federation.crypto.dp import DpConfig
 from federation.errors import MALFORMED, FederationError
 from federation.messages import (
     Ack,
@@ -21,7 +21,7 @@ from federation.messages import (
 from federation.verdicts import Verdict
 
 # Bodies exactly as the aggregator and the box built them as dicts before the messages
-# were typed (aggregator/coordinator.py, publisher.py, box_status.py at issue 14).
+# were typed (aggregator/rounds/coordinator.py, publisher.py, box_status.py at issue 14).
 ANNOUNCE = {"round": 3, "base_model": "round-2", "state": "open", "opened_at": 1000.5,
             "deadline": 1300.5, "quorum": 2, "count_scale": 0.001, "part_key": "fc@abc",
             "chunk_size": 262144, "devices": ["box-a", "box-b"], "min_new_samples": 0,

@@ -14,10 +14,10 @@ import pytest
 
 from federation import topics
 from federation.chunking import Reassembler, split_blob
+from federation.crypto.signing import KeyRing, generate_signing_key
 from federation.envelope import decode, encode, verify_envelope
 from federation.errors import TransportError
-from federation.mqtt import MqttTransport
-from federation.signing import KeyRing, generate_signing_key
+from federation.transport.mqtt import MqttTransport
 
 pytestmark = pytest.mark.mosquitto
 FED = "fed-t"
@@ -162,7 +162,7 @@ def test_offline_publish_behaviour(mosquitto_factory) -> None:
 
 
 def test_a_request_and_its_reply_take_no_nagle_stall(mosquitto) -> None:
-    """Small messages are not held back by Nagle's algorithm (federation.mqtt, "Latency").
+    """Small messages are not held back by Nagle's algorithm (federation.transport.mqtt, "Latency").
     With Nagle on at either end, a request and its reply through the broker stall on the
     peers' delayed TCP ACKs: 24-68 ms each on Linux against under 1 ms without; here the
     median of 21 must stay under 20 ms, well clear of both on a loaded machine."""

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from federation import topics
-from federation.mqtt import MqttTransport
+from federation.transport.mqtt import MqttTransport
 from tests.test_federation_mqtt import collect, connect, settle_subscription
 
 pytestmark = pytest.mark.mosquitto
@@ -53,7 +53,7 @@ def test_messages_arriving_before_subscribe_are_delivered_to_it(mosquitto) -> No
 def test_unrouted_buffer_is_bounded_and_warns(mosquitto, caplog) -> None:
     topic = topics.ack(FED, "box-2")
     _offline_backlog(mosquitto.url, "box-2", 5, topic)
-    caplog.set_level(logging.WARNING, logger="federation.mqtt")
+    caplog.set_level(logging.WARNING, logger="federation.transport.mqtt")
     back = MqttTransport(mosquitto.url, "box-2", unrouted_max_messages=2)
     try:
         assert back.wait_connected(10)

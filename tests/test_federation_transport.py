@@ -6,8 +6,8 @@ import pytest
 
 from federation import topics
 from federation.errors import FederationError, TransportError
-from federation.mqtt import parse_broker_url
-from federation.transport import InMemoryBus, InMemoryTransport, Transport, Will
+from federation.transport.base import InMemoryBus, InMemoryTransport, Transport, Will
+from federation.transport.mqtt import parse_broker_url
 
 
 def test_topic_builders_and_parser_round_trip() -> None:

@@ -21,7 +21,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from aggregator import pki_issue
+from aggregator.pki import issue as pki_issue
 from tests.conftest import MosquittoBroker, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.mosquitto]
@@ -158,7 +158,7 @@ def test_installed_broker_config_serves_the_installed_aggregator_cert(
             str(box / "device-tls.crt"),
         ],
     ):
-        r = installed.run(py, "-m", "aggregator.pki_cli", *step)
+        r = installed.run(py, "-m", "aggregator.cli.pki", *step)
         assert r.returncode == 0, r.stderr
     got: queue.Queue[bytes] = queue.Queue()
     tls = etc / "fedface/tls"

@@ -13,17 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
-from aggregator.coordinator import RoundSettings
-from aggregator.ratelimit import RateLimiter, RateLimits
-from aggregator.registry import DeviceRegistry
+from aggregator.intake.ratelimit import RateLimiter, RateLimits
+from aggregator.rounds.coordinator import RoundSettings
 from aggregator.service import AggregatorService
-from aggregator.store import Store
+from aggregator.state.registry import DeviceRegistry
+from aggregator.state.store import Store
 from federation import topics
-from federation.ckks import new_secret_context
+from federation.crypto.ckks import new_secret_context
+from federation.crypto.signing import generate_signing_key
 from federation.envelope import encode, sign_envelope
-from federation.mqtt import MqttTransport
-from federation.signing import generate_signing_key
-from federation.transport import InMemoryBus, InMemoryTransport
+from federation.transport.base import InMemoryBus, InMemoryTransport
+from federation.transport.mqtt import MqttTransport
 from tests.aggregator_boxes import ScriptedBox
 from tests.e2e_support import wait_for
 

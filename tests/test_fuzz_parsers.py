@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aggregator.config import load_config
-from aggregator.store import StoreError
+from aggregator.state.config import load_config
+from aggregator.state.store import StoreError
 from bench.fuzz import flood, fuzz
 from edge.config import ConfigError, load_box_config
 from federation.envelope import MAGIC, decode

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.identification import EmbeddingCache, Protocol, run_protocol
-from edge.gallery import DEFAULT_MATCH_THRESHOLD
-from edge.pipeline import FacePipeline
+from edge.gallery.match import DEFAULT_MATCH_THRESHOLD
+from edge.vision.pipeline import FacePipeline
 
 
 def test_identification_accuracy_and_false_accepts_on_lfw(lfw_dir: Path) -> None:

@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 
 from edge import config
-from edge.align import align_face
-from edge.detect import FaceDetector
-from edge.embed import Embedder
-from edge.gallery import (
-    DEFAULT_MATCH_THRESHOLD,
+from edge.gallery.match import DEFAULT_MATCH_THRESHOLD
+from edge.gallery.store import (
     Gallery,
     GalleryError,
     ModelVersionMismatchError,
     UnknownPersonError,
 )
+from edge.vision.align import align_face
+from edge.vision.detect import FaceDetector
+from edge.vision.embed import Embedder
 from models.registry import model_path, optimised_sface_path
 
 V1 = "sface-2021dec"

@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aggregator.regional import RegionalForwarder
-from aggregator.regions import add_region, claimed_updates
-from federation.ckks import FederationContext, new_secret_context
+from aggregator.regional.forwarder import RegionalForwarder
+from aggregator.state.regions import add_region, claimed_updates
+from federation.crypto.ckks import FederationContext, new_secret_context
+from federation.crypto.packing import plain_weighted_average
+from federation.crypto.signing import public_key_hex
 from federation.envelope import decode
 from federation.errors import NOT_CONNECTED, PUBLISH_TIMEOUT, TransportError
-from federation.packing import plain_weighted_average
-from federation.signing import public_key_hex
-from federation.transport import InMemoryBus, InMemoryTransport
+from federation.transport.base import InMemoryBus, InMemoryTransport
 from tests.aggregator_boxes import collect_result, decrypt_result, latest_announce
 from tests.test_hierarchy_regional import FED, Site, make_site, send_round, vec
 
@@ -134,7 +134,7 @@ def test_lost_puback_then_root_moved_on_publishes_the_round_it_was_counted_in(
     assert latest_announce(h.root.bus.retained, FED)["base_model"] == "round-1"
     # restart: a new forwarder on the same state directory, the root's round 2 open
     _forwarder(h.root, h.a, "region-a", InMemoryTransport(h.root.bus, "region-a-2"))
-    with caplog.at_level(logging.INFO, logger="aggregator.regional"):
+    with caplog.at_level(logging.INFO, logger="aggregator.regional.forwarder"):
         h.a.service.pump()  # the root's round 1 result is the one to publish
     assert "NOT forwarded" not in caplog.text
     root_blob = _check_global_result(h, secret_ctx)
@@ -199,7 +199,7 @@ def test_late_region_publishes_the_roots_new_base_at_once_and_joins_its_next_rou
     assert root_pointer["round"] == 1
     assert latest_announce(h.root.bus.retained, FED)["state"] == "open"  # round 2, on round-1
     h.b.service.pump()  # region-b publishes it and opens its round 2
-    with caplog.at_level(logging.ERROR, logger="aggregator.regional"):
+    with caplog.at_level(logging.ERROR, logger="aggregator.regional.forwarder"):
         send_round(h.a, VECS[:3], COUNTS[:3])  # region-a's round 1 closes late
     assert "NOT forwarded" in caplog.text
     pointer, blob = collect_result(h.a.bus.retained, FED)

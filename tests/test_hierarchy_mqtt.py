@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from federation.ckks import CONTEXT_MAGIC, FederationContext, load_context
-from federation.keys import (
+from federation.crypto.ckks import CONTEXT_MAGIC, FederationContext, load_context
+from federation.crypto.keys import (
     PUBLIC_CONTEXT_NAME,
     SECRET_CONTEXT_NAME,
     load_secret_context,
 )
-from federation.packing import StreamingSum, encrypt_update, plain_weighted_average
+from federation.crypto.packing import StreamingSum, encrypt_update, plain_weighted_average
 from tests.aggregator_boxes import ScriptedBox, decrypt_result
 from tests.conftest import MosquittoBroker
 from tests.hierarchy_mqtt_support import (

@@ -17,16 +17,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aggregator import pki, pki_issue
-from aggregator.broker_config import write_broker_config
-from federation.keys import (
+from aggregator.pki import authority as pki
+from aggregator.pki import issue as pki_issue
+from aggregator.pki.broker_config import write_broker_config
+from federation.crypto.keys import (
     PUBLIC_CONTEXT_NAME,
     SECRET_CONTEXT_NAME,
     load_secret_context,
     write_public_key,
 )
-from federation.mqtt import TlsConfig
-from federation.packing import plain_weighted_average
+from federation.crypto.packing import plain_weighted_average
+from federation.transport.mqtt import TlsConfig
 from tests.aggregator_boxes import ScriptedBox, decrypt_result
 from tests.conftest import MosquittoBroker, free_port
 from tests.hierarchy_mqtt_support import (

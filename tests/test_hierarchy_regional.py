@@ -11,19 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aggregator.coordinator import RoundSettings
-from aggregator.regional import RegionalForwarder
-from aggregator.regions import add_region, claimed_updates
-from aggregator.registry import DeviceRegistry
+from aggregator.regional.forwarder import RegionalForwarder
+from aggregator.rounds.coordinator import RoundSettings
 from aggregator.service import AggregatorService
-from aggregator.store import Store
+from aggregator.state.regions import add_region, claimed_updates
+from aggregator.state.registry import DeviceRegistry
+from aggregator.state.store import Store
 from federation import topics
 from federation.chunking import split_blob
-from federation.ckks import FederationContext, new_secret_context
+from federation.crypto.ckks import FederationContext, new_secret_context
+from federation.crypto.packing import StreamingSum, encrypt_update, plain_weighted_average
+from federation.crypto.signing import generate_signing_key, public_key_hex
 from federation.envelope import encode
-from federation.packing import StreamingSum, encrypt_update, plain_weighted_average
-from federation.signing import generate_signing_key, public_key_hex
-from federation.transport import InMemoryBus, InMemoryTransport
+from federation.transport.base import InMemoryBus, InMemoryTransport
 from tests.aggregator_boxes import ScriptedBox, collect_result, decrypt_result, latest_announce
 
 FED = "hierfed"

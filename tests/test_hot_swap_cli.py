@@ -10,12 +10,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from edge.cli import model as model_cli
+from edge.cli import served_model as model_cli
 from edge.cli.errors import FedFaceGroup
-from edge.gallery import DB_FILENAME
-from edge.hot_swap import ModelRefused
-from edge.serving import open_engine, read_model
-from edge.swap_store import ModelStoreError, Pointer
+from edge.gallery.store import DB_FILENAME
+from edge.serving.current import open_engine, read_model
+from edge.serving.hot_swap import ModelRefused
+from edge.serving.versions import ModelStoreError, Pointer
 from models.federated_parts import get_part
 from models.registry import optimised_sface_path
 from tests.hot_swap_support import (

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.hot_swap import CRASH_ENV, STEPS
-from edge.swap_store import SwapStore
+from edge.serving.hot_swap import CRASH_ENV, STEPS
+from edge.serving.versions import SwapStore
 from tests.hot_swap_support import copy_box, open_swapper, template_box
 
 REPO = Path(__file__).resolve().parents[1]

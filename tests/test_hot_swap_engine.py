@@ -11,13 +11,13 @@ import numpy as np
 import onnx
 import pytest
 
-from edge.embed import Embedder
-from edge.engine import FrameResult
-from edge.onnx_bytes import InitializerLayout, LayoutError
-from edge.pipeline import FacePipeline
-from edge.serving import read_model
-from edge.swap_assets import SwapAssets
-from edge.tail_model import TailEmbedder
+from edge.serving.assets import SwapAssets
+from edge.serving.current import read_model
+from edge.serving.engine import FrameResult
+from edge.serving.onnx_layout import InitializerLayout, LayoutError
+from edge.serving.split_model import TailEmbedder
+from edge.vision.embed import Embedder
+from edge.vision.pipeline import FacePipeline
 from models.federated_parts import get_part
 from models.onnx_graph import patch_initializers, read_initializers
 from models.registry import optimised_sface_path

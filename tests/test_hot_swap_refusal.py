@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.canary import CanaryPolicy, leave_one_out_accuracy, run_canary
-from edge.hot_swap import ModelRefused
+from edge.serving.canary import CanaryPolicy, leave_one_out_accuracy, run_canary
+from edge.serving.hot_swap import ModelRefused
 from models.federated_parts import CONV14, DEFAULT_PART, get_part
 from tests.hot_swap_support import copy_box, open_swapper, perturbed, template_box, wrecked
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.gallery import Gallery
-from edge.model_sink import OnnxModelSink
-from edge.trainer_api import LocalUpdate
+from edge.gallery.store import Gallery
+from edge.serving.sink import OnnxModelSink
+from edge.training.api import LocalUpdate
 from federation.verdicts import Verdict
 from models.federated_parts import FederatedPart
 from models.registry import optimised_sface_path

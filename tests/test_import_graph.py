@@ -131,13 +131,13 @@ def test_cycle_finder_sees_a_circle_and_a_chain() -> None:
 def test_relative_and_hidden_imports_are_seen(tmp_path: Path) -> None:
     source = ("from __future__ import annotations\nfrom typing import TYPE_CHECKING\n"
               "if TYPE_CHECKING:\n    from federation import envelope\n"
-              "def f():\n    from .errors import FederationError\n    import edge.gallery\n")
+              "def f():\n    from .errors import FederationError\n    import edge.gallery.store\n")
     path = tmp_path / "mod.py"
     path.write_text(source)
     known = {"federation", "federation.envelope", "federation.errors", "federation.mod",
-             "edge", "edge.gallery"}
+             "edge", "edge.gallery.store"}
     assert _imported("federation.mod", path, known) == {
-        "federation.envelope", "federation.errors", "edge.gallery"}
+        "federation.envelope", "federation.errors", "edge.gallery.store"}
 
 
 def test_no_import_cycles() -> None:

@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aggregator.config import PUB_NAME, init_state
-from aggregator.intake_shards import (
+from aggregator.intake.shards import (
     SESSIONS_FILE,
     IntakeShards,
     ShardSpec,
@@ -32,15 +31,16 @@ from aggregator.intake_shards import (
     session_ids,
     shard_of,
 )
-from aggregator.registry import DeviceRegistry
-from aggregator.store import Store
+from aggregator.state.config import PUB_NAME, init_state
+from aggregator.state.registry import DeviceRegistry
+from aggregator.state.store import Store
 from federation import topics
-from federation.ckks import FederationContext, new_secret_context
+from federation.crypto.ckks import FederationContext, new_secret_context
+from federation.crypto.keys import read_public_key, save_public_context
+from federation.crypto.packing import plain_weighted_average
+from federation.crypto.signing import verify
 from federation.envelope import decode
-from federation.keys import read_public_key, save_public_context
-from federation.mqtt import MqttTransport
-from federation.packing import plain_weighted_average
-from federation.signing import verify
+from federation.transport.mqtt import MqttTransport
 from tests.aggregator_boxes import ScriptedBox, collect_result, decrypt_result, envelope_json
 from tests.conftest import MosquittoBroker
 from tests.test_aggregator_mqtt import RetainedWatcher

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from edge.gallery import Gallery
+from edge.gallery.store import Gallery
 from edge.kiosk import Kiosk
-from edge.pipeline import FacePipeline
+from edge.vision.pipeline import FacePipeline
 from tests.test_kiosk_support import (
     A_FRAMES,
     CYCLE,
@@ -210,9 +210,9 @@ def test_the_live_page_shows_the_last_rounds_verdict_and_a_revocation(
         browser: Any, kiosk: Kiosk, screenshots: Path) -> None:
     """Issue 13.3/13.7: the guard sees whether the last round helped this box (its
     canary's figures) and that the box was revoked, on the live page itself."""
-    from edge.canary import CanaryResult
-    from edge.revocation import record_revocation
-    from edge.round_verdicts import RoundVerdicts
+    from edge.federated.revocation import record_revocation
+    from edge.federated.verdicts import RoundVerdicts
+    from edge.serving.canary import CanaryResult
 
     federation = kiosk.services.data_dir / "federation"
     canary = CanaryResult(True, False, "accuracy 91.7% -> 95.8%", 24, 0.917, 0.958)

@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 
 from edge.config import EdgeSettings
-from edge.gallery import Gallery
+from edge.gallery.store import Gallery
 from edge.kiosk import Kiosk, KioskSettings, build_kiosk
 from edge.kiosk.auth import PasswordStore
-from edge.pipeline import FacePipeline
+from edge.vision.pipeline import FacePipeline
 from tests.test_kiosk_browser import (
     KIOSK_VIEW,
     SHOTS,

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from flask.testing import FlaskClient
 
-from edge.gallery import Gallery
+from edge.gallery.store import Gallery
 from edge.kiosk import Kiosk
 from edge.kiosk.auth import PasswordStore
-from edge.pipeline import FacePipeline, read_image
+from edge.vision.pipeline import FacePipeline, read_image
 from tests.test_kiosk_support import (
     KIOSK_PASSWORD,
     PERSON_A,

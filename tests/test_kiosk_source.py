@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.capture import FrameSource
 from edge.kiosk import Kiosk
-from edge.pipeline import FacePipeline, read_image
+from edge.vision.capture import FrameSource
+from edge.vision.pipeline import FacePipeline, read_image
 from tests.test_kiosk_support import (
     A_FRAMES,
     kiosk_frames,  # noqa: F401  (fixture)

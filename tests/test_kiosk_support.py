@@ -20,7 +20,7 @@ from edge.config import EdgeSettings
 from edge.kiosk import Kiosk, KioskSettings, build_kiosk
 from edge.kiosk.auth import PasswordStore
 from edge.kiosk.quality import sharpness
-from edge.pipeline import FacePipeline, read_image
+from edge.vision.pipeline import FacePipeline, read_image
 
 PERSON_A = "George_W_Bush"
 PERSON_B = "Serena_Williams"

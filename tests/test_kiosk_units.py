@@ -19,8 +19,8 @@ from edge.kiosk.activity import ActivityLog, Sighting
 from edge.kiosk.auth import PasswordStore, hash_password, verify_password
 from edge.kiosk.enrolment import DuplicateFace, EnrolmentRejected
 from edge.kiosk.status import federation_status
-from edge.pipeline import FacePipeline, RecognisedFace, read_image
-from edge.swap_store import Pointer, ServedModel, SwapStore
+from edge.serving.versions import Pointer, ServedModel, SwapStore
+from edge.vision.pipeline import FacePipeline, RecognisedFace, read_image
 from tests.test_kiosk_support import (
     A_FRAMES,
     kiosk_frames,  # noqa: F401  (fixture)
@@ -222,9 +222,9 @@ def test_federation_status_from_persisted_state(tmp_path: Path) -> None:
     store.pointer_path.write_text("{broken")
     assert "unreadable" in federation_status(tmp_path).text
     # what the round did for this box (its canary's figures) and its revocation
-    from edge.canary import CanaryResult
-    from edge.revocation import record_revocation
-    from edge.round_verdicts import RoundVerdicts
+    from edge.federated.revocation import record_revocation
+    from edge.federated.verdicts import RoundVerdicts
+    from edge.serving.canary import CanaryResult
 
     canary = CanaryResult(True, False, "accuracy 90.0% -> 95.0%", 20, 0.90, 0.95)
     RoundVerdicts(tmp_path / "federation").record(3, "round-3", "applied", canary.reason,

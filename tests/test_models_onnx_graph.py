@@ -9,8 +9,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from edge.detect import FaceDetector
-from edge.embed import Embedder, session_options
+from edge.vision.detect import FaceDetector
+from edge.vision.embed import Embedder, session_options
 from models.federated_parts import CONV14
 from models.onnx_graph import (
     GraphError,

@@ -11,18 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aggregator import model_pins
-from aggregator.coordinator import RoundSettings
-from aggregator.registry import DeviceRegistry
+from aggregator.rounds import pins as model_pins
+from aggregator.rounds.coordinator import RoundSettings
 from aggregator.service import AggregatorService
-from aggregator.store import Store
-from edge.drift_trainer import NumpyDriftTrainer
-from edge.federation_client import ClientConfig, ClientEvent, FederationClient
-from edge.model_sink import OnnxModelSink
+from aggregator.state.registry import DeviceRegistry
+from aggregator.state.store import Store
+from edge.federated.client import ClientConfig, ClientEvent, FederationClient
+from edge.serving.sink import OnnxModelSink
+from edge.training.drift import NumpyDriftTrainer
 from federation import topics
-from federation.ckks import FederationContext, new_secret_context
-from federation.signing import generate_signing_key, public_key_hex
-from federation.transport import InMemoryBus, InMemoryTransport
+from federation.crypto.ckks import FederationContext, new_secret_context
+from federation.crypto.signing import generate_signing_key, public_key_hex
+from federation.transport.base import InMemoryBus, InMemoryTransport
 from models.registry import optimised_sface_path
 from tests.aggregator_boxes import envelope_json, latest_announce
 from tests.e2e_support import PART, GatedTrainer, part_base_vector, wait_for

@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from aggregator.cli import app
-from aggregator.coordinator import RoundSettings
-from aggregator.registry import DeviceRegistry
+from aggregator.cli.main import app
+from aggregator.rounds.coordinator import RoundSettings
 from aggregator.service import AggregatorService
-from aggregator.store import Store
+from aggregator.state.registry import DeviceRegistry
+from aggregator.state.store import Store
 from federation import topics
-from federation.ckks import FederationContext
-from federation.keys import create_federation_keys, load_secret_context
-from federation.signing import generate_signing_key
-from federation.transport import InMemoryBus, InMemoryTransport
+from federation.crypto.ckks import FederationContext
+from federation.crypto.keys import create_federation_keys, load_secret_context
+from federation.crypto.signing import generate_signing_key
+from federation.transport.base import InMemoryBus, InMemoryTransport
 from tests.aggregator_boxes import ScriptedBox, collect_result, decrypt_result, latest_announce
 
 FED = "pinfed"

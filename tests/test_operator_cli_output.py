@@ -19,11 +19,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from typer.testing import CliRunner
 
-from aggregator.cli import app
-from aggregator.cli_common import EXIT_CODES
-from aggregator.store import Store
-from federation.keys import create_federation_keys, read_private_key, write_public_key
-from federation.signing import generate_signing_key
+from aggregator.cli.common import EXIT_CODES
+from aggregator.cli.main import app
+from aggregator.state.store import Store
+from federation.crypto.keys import create_federation_keys, read_private_key, write_public_key
+from federation.crypto.signing import generate_signing_key
 from tests.conftest import MosquittoBroker
 from tests.provisioning_support import edge, start_federation
 

@@ -12,11 +12,11 @@ import pytest
 from cryptography import x509
 
 from federation.chunking import split_blob
+from federation.crypto.key_bundle import open_bundle, seal_bundle
+from federation.crypto.keys import read_private_key
 from federation.envelope import encode
 from federation.errors import KeyFileError
-from federation.key_bundle import open_bundle, seal_bundle
-from federation.keys import read_private_key
-from federation.mqtt import MqttTransport, TlsConfig
+from federation.transport.mqtt import MqttTransport, TlsConfig
 from tests.conftest import MosquittoBroker
 from tests.provisioning_support import FED, PASSPHRASE, Federation, provision_box, start_federation
 

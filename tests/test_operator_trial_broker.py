@@ -23,11 +23,11 @@ from typing import TypeVar
 import pytest
 from typer.testing import CliRunner
 
-from aggregator import pki
-from aggregator.cli import app
-from aggregator.cli_common import resolve_broker
-from aggregator.config import AggregatorConfig, BrokerClientConfig
-from federation.signing import generate_signing_key, public_key_hex
+from aggregator.cli.common import resolve_broker
+from aggregator.cli.main import app
+from aggregator.pki import authority as pki
+from aggregator.state.config import AggregatorConfig, BrokerClientConfig
+from federation.crypto.signing import generate_signing_key, public_key_hex
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.mosquitto

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from edge.federation_client import ClientConfig
+from edge.federated.client import ClientConfig
 from edge.priority import DEFAULT_NICENESS, NICENESS_ENV, background_niceness, lower_thread_priority
 
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from edge.config import load_box_config
-from edge.federation_client import ClientEvent, FederationClient
+from edge.federated.client import ClientEvent, FederationClient
 from federation import topics
-from federation.mqtt import MqttTransport, TlsConfig
+from federation.transport.mqtt import MqttTransport, TlsConfig
 from tests.conftest import MosquittoBroker
 from tests.e2e_support import wait_for
 from tests.provisioning_support import FED, edge, provision_box, start_federation
@@ -127,7 +127,7 @@ def test_revoke_cuts_live_session_and_tells_the_box(
         assert "REVOKED" not in status, status
 
         from edge.doctor import check_broker
-        from edge.revocation import revocation_state
+        from edge.federated.revocation import revocation_state
 
         state = revocation_state(lost_dir)
         assert state is not None and state.source == "notice" and state.device_id == "box-lost"

@@ -1,4 +1,4 @@
-"""The operator's round schedule (aggregator.schedule; issue 13.6): a minimum interval
+"""The operator's round schedule (aggregator.rounds.schedule; issue 13.6): a minimum interval
 between round openings and a daily window hold, survive an aggregator restart (the last
 opening is in the state db), and a round nobody joins still fails as before; the
 announce tells boxes the minimum of new samples."""
@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aggregator.coordinator import RoundSettings
-from aggregator.registry import DeviceRegistry
-from aggregator.schedule import DailyWindow, RoundSchedule
-from aggregator.store import Store
+from aggregator.rounds.coordinator import RoundSettings
+from aggregator.rounds.schedule import DailyWindow, RoundSchedule
+from aggregator.state.registry import DeviceRegistry
+from aggregator.state.store import Store
 from federation import topics
-from federation.ckks import FederationContext, new_secret_context
-from federation.transport import InMemoryBus, InMemoryTransport
+from federation.crypto.ckks import FederationContext, new_secret_context
+from federation.transport.base import InMemoryBus, InMemoryTransport
 from tests.aggregator_boxes import ScriptedBox, latest_announce
 from tests.test_aggregator_rounds import FED, LENGTH, Rig, make_rig, make_service
 

@@ -1,13 +1,13 @@
 """A box's verdicts on rounds: kept on the box, reported in its status, parsed strictly
-by the operator's tools (federation.verdicts, edge.round_verdicts)."""
+by the operator's tools (federation.verdicts, edge.federated.verdicts)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from edge.canary import CanaryResult
-from edge.round_verdicts import KEEP, RoundVerdicts
+from edge.federated.verdicts import KEEP, RoundVerdicts
+from edge.serving.canary import CanaryResult
 from federation.verdicts import REPORTED, Verdict, from_status, reported
 
 

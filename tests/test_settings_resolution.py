@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from edge.config import CONFIG_NAME, ConfigError, resolve_settings
-from edge.gallery import DB_FILENAME
+from edge.gallery.store import DB_FILENAME
 from tests.conftest import MosquittoBroker
 from tests.provisioning_support import edit_config, provision_box, start_federation
 

@@ -14,9 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from edge.cli import app
-from edge.gallery import Gallery
-from edge.pipeline import FacePipeline
-from edge.recognizer import Recognizer, images_in
+from edge.gallery.store import Gallery
+from edge.serving.recognizer import Recognizer, images_in
+from edge.vision.pipeline import FacePipeline
 from models.federated_parts import DEFAULT_PART, get_part
 from tests.e2e_support import part_base_vector
 

@@ -14,12 +14,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from edge.align import align_face
-from edge.augment import CropError
-from edge.detect import FaceDetector
-from edge.trainer import TorchLocalTrainer, TrainConfig, train_local
-from edge.trainer_api import LocalTrainer, TrainingError
-from edge.training_loop import fit
+from edge.training.api import LocalTrainer, TrainingError
+from edge.training.augment import CropError
+from edge.training.loop import fit
+from edge.training.trainer import TorchLocalTrainer, TrainConfig, train_local
+from edge.vision.align import align_face
+from edge.vision.detect import FaceDetector
 from models.federated_parts import PARTS, get_part
 from models.onnx_graph import patch_initializers, weights_to_initializers
 from models.registry import model_path
@@ -156,8 +156,8 @@ def test_the_box_process_never_imports_torch_or_runs_the_trunk_for_training(
 import sys
 from pathlib import Path
 import cv2
-from edge.pipeline import FacePipeline
-from edge.trainer import TorchLocalTrainer, TrainConfig
+from edge.vision.pipeline import FacePipeline
+from edge.training.trainer import TorchLocalTrainer, TrainConfig
 from models.registry import model_path
 pipeline = FacePipeline.from_model_dir(threads=1)
 lfw = Path({str(lfw_dir)!r})

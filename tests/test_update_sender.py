@@ -1,4 +1,4 @@
-"""The box's updates in flight (edge.update_sender) against a real on-disk outbox: a
+"""The box's updates in flight (edge.federated.sender) against a real on-disk outbox: a
 failed publish keeps the update for the next attempt, a reconnect resends everything,
 an ack or a closed round removes it from disk."""
 
@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge.outbox import Outbox
-from edge.update_sender import UpdateSender
+from edge.federated.outbox import Outbox
+from edge.federated.sender import UpdateSender
 from federation.errors import NOT_CONNECTED, FederationError
 
 

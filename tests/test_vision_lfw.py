@@ -14,8 +14,8 @@ from bench.common.lfw_protocol import (
     ten_fold_accuracy,
 )
 from bench.lfw_verification import embed_images, evaluate, unique_images
-from edge.detect import FaceDetector
-from edge.embed import Embedder
+from edge.vision.detect import FaceDetector
+from edge.vision.embed import Embedder
 from models.registry import model_path, optimised_sface_path
 
 

@@ -10,11 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.align import align_face
-from edge.detect import Face, FaceDetector
-from edge.embed import Embedder
 from edge.errors import FedFaceError, ImageReadError, NoFaceError
-from edge.pipeline import FacePipeline, read_image
+from edge.vision.align import align_face
+from edge.vision.detect import Face, FaceDetector
+from edge.vision.embed import Embedder
+from edge.vision.pipeline import FacePipeline, read_image
 from models.registry import model_path, optimised_sface_path
 from tests.vision_helpers import PEOPLE, lfw_image_paths
 
@@ -156,9 +156,10 @@ def test_bad_arrays_are_rejected(pipeline: FacePipeline) -> None:
 
 def test_inference_path_never_imports_torch(repo_root: Path) -> None:
     code = (
-        "import sys, edge.pipeline, edge.detect, edge.align, edge.embed, edge.errors, "
+        "import sys, edge.vision.pipeline, edge.vision.detect, edge.vision.align\n"
+        "import edge.vision.embed, edge.errors, "
         "models.registry, models.onnx_graph\n"
-        "p = edge.pipeline.FacePipeline.from_model_dir()\n"
+        "p = edge.vision.pipeline.FacePipeline.from_model_dir()\n"
         "import numpy as np; p.process(np.zeros((480, 640, 3), np.uint8))\n"
         "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
         "print('TORCH' if bad else 'CLEAN', bad)\n"

@@ -10,13 +10,14 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aggregator import pki, pki_files
+from aggregator.pki import authority as pki
+from aggregator.pki import files as pki_files
 from edge.config import BoxConfig, load_box_config
-from edge.drift_trainer import NumpyDriftTrainer
-from edge.federation_client import ClientConfig, ClientEvent, FederationClient
-from federation.keys import load_secret_context, read_private_key, read_public_key
-from federation.mqtt import MqttTransport, TlsConfig
-from federation.transport import Will
+from edge.federated.client import ClientConfig, ClientEvent, FederationClient
+from edge.training.drift import NumpyDriftTrainer
+from federation.crypto.keys import load_secret_context, read_private_key, read_public_key
+from federation.transport.base import Will
+from federation.transport.mqtt import MqttTransport, TlsConfig
 from tests.e2e_support import AGGREGATOR, PART, GatedTrainer, RecordingSink, part_base_vector
 from tests.provisioning_support import Federation
 

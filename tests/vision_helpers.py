@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.align import align_face
-from edge.detect import FaceDetector
-from edge.pipeline import read_image
+from edge.vision.align import align_face
+from edge.vision.detect import FaceDetector
+from edge.vision.pipeline import read_image
 
 # A spread of people (varied pose, age, lighting), first image of each.
 PEOPLE = (

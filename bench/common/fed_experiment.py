@@ -55,7 +55,7 @@ def summary(setup: Setup, acc: DomainAccuracy) -> dict[str, float]:
 
 def train_all(setup: Setup, part: str, start: np.ndarray | None, config: object,
                seed: int) -> list[np.ndarray]:
-    from edge.trainer import TrainConfig
+    from edge.training.trainer import TrainConfig
 
     assert isinstance(config, TrainConfig)
     tasks = [
@@ -68,7 +68,7 @@ def train_all(setup: Setup, part: str, start: np.ndarray | None, config: object,
 
 def aggregate_encrypted(ctx: object, vectors: list[np.ndarray], counts: list[int]
                          ) -> tuple[np.ndarray, int, float]:
-    from federation.packing import StreamingSum, decrypt_average, encrypt_update
+    from federation.crypto.packing import StreamingSum, decrypt_average, encrypt_update
 
     aggregator = StreamingSum(ctx.public(), vectors[0].size)  # type: ignore[attr-defined]
     sent, t0 = 0, time.perf_counter()

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from bench.common.fed_data import CLEAN, Design, Domain
-from edge.augment import augmented_views
+from edge.training.augment import augmented_views
 
 log = logging.getLogger(__name__)
 

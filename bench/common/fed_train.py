@@ -44,12 +44,12 @@ class TrainTask:
     start_vector: np.ndarray | None
     feature_dirs: tuple[Path, ...]  # several: centralised training pools institutions
     labels: tuple[np.ndarray, ...]
-    config: object  # edge.trainer.TrainConfig (kept loose: no torch import here)
+    config: object  # edge.training.trainer.TrainConfig (kept loose: no torch import here)
 
 
 def run_train(task: TrainTask) -> tuple[np.ndarray, float, float]:
     """Returns the trained vector, the first and the last loss."""
-    from edge.training_loop import fit
+    from edge.training.loop import fit
 
     tail = _tail(task.model_path, task.part_name)
     tail.set_vector(
@@ -82,7 +82,7 @@ class EmbedTask:
 def run_embed(task: EmbedTask) -> np.ndarray:
     if task.vector is None:
         return np.asarray(np.load(task.feature_dir / "fc1.npy"), dtype=np.float32)
-    from edge.training_loop import embed_all
+    from edge.training.loop import embed_all
 
     tail = _tail(task.model_path, task.part_name)
     tail.set_vector(task.vector)

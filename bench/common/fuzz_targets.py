@@ -14,9 +14,9 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from federation.chunking import Reassembler, split_blob
+from federation.crypto.signing import KeyRing
 from federation.envelope import MAGIC, Envelope, canonical_json, decode, encode, verify_envelope
 from federation.errors import FederationError
-from federation.signing import KeyRing
 
 SENDERS = ("box-a", "box-b", "box-c")
 
@@ -157,7 +157,7 @@ class ChunkTarget:
 
     def __init__(self, rng: random.Random, keys: dict[str, Ed25519PrivateKey],
                  spool_dir: Path) -> None:
-        from aggregator.spool import DiskReassembler
+        from aggregator.intake.spool import DiskReassembler
 
         self.keys = keys
         self.spool_dir = spool_dir
@@ -265,8 +265,8 @@ class ConfigTarget:
         return which, mutate_bytes(rng, self.box_text, [self.agg_text])
 
     def run(self, item: tuple[str, bytes]) -> str:
-        from aggregator.config import load_config
-        from aggregator.store import StoreError
+        from aggregator.state.config import load_config
+        from aggregator.state.store import StoreError
         from edge.config import ConfigError, load_box_config
 
         which, data = item

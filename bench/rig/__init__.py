@@ -12,7 +12,7 @@
 - ``compare``: printing a figure next to its baseline from the same run.
 
 Bench entry points import this package and ``bench.common``; nothing here imports a
-bench entry point. The demo's box (``edge.demo_box``) is a real box assembled by
+bench entry point. The demo's box (``edge.demo.box``) is a real box assembled by
 ``edge.box.build_box``; this emulated box is a scripted MQTT client, cheap enough for 100
 devices on two cores, and shares only the product's federation API with it.
 """

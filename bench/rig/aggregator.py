@@ -120,10 +120,10 @@ class AggregatorProcess:
 
 # --- the child: the aggregator service with a choice of sum ------------------------------
 def service_main(ns: argparse.Namespace) -> None:
-    from aggregator.accumulator import PlainAccumulatorFactory
-    from aggregator.config import load_config
-    from aggregator.coordinator import RoundSettings
+    from aggregator.rounds.accumulator import PlainAccumulatorFactory
+    from aggregator.rounds.coordinator import RoundSettings
     from aggregator.runner import build_service
+    from aggregator.state.config import load_config
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s.%(msecs)03d %(name)s: %(message)s", datefmt="%H:%M:%S")

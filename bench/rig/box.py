@@ -40,7 +40,7 @@ class DeviceLinks:
 
     def __init__(self, url: str, devices: list[str]) -> None:
         from federation import topics
-        from federation.mqtt import MqttTransport
+        from federation.transport.mqtt import MqttTransport
 
         self.topics, self.devices = topics, devices
         self.cond = threading.Condition()
@@ -126,7 +126,7 @@ class DeviceLinks:
 
 def box_main(ns: argparse.Namespace) -> None:
     from bench.rig.box_updates import StoredUpdates, make_trainers
-    from federation.keys import load_secret_context, read_private_key
+    from federation.crypto.keys import load_secret_context, read_private_key
 
     devices = ns.devices.split(",")
     keys = {d: read_private_key(ns.keys / f"{d}.key") for d in devices}
@@ -261,7 +261,7 @@ def main() -> None:
                    help="wait for the broker's PUBACKs after every N rows of chunks")
     b.add_argument("--n-boxes", type=int, default=1, help="boxes in the federation")
     b.add_argument("--train-people", type=int, default=0,
-                   help="train for real (edge.trainer) on this many LFW people per box")
+                   help="train for real (edge.training.trainer) on this many LFW people per box")
     b.add_argument("--lfw", type=Path, default=REPO.parent / "shared" / "data" / "lfw")
     b.add_argument("--train-budget", type=float, default=20.0, help="seconds of training")
     b.add_argument("--part", default=DEFAULT_PART, help="federated part trained (--train-people)")

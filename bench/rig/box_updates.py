@@ -1,7 +1,7 @@
 """What an emulated box sends in a round, as a sequence of signed, encoded chunks:
 
 - :class:`GeneratedUpdates`: the box makes its update in the round, as a box does: a
-  synthetic vector (or the result of a real local training step, ``edge.trainer``),
+  synthetic vector (or the result of a real local training step, ``edge.training.trainer``),
   encrypted under the federation key (or raw float32 for the plaintext baseline), then
   ``federation.chunking.split_blob``;
 - :class:`StoredUpdates`: K real encrypted updates made once before the run
@@ -42,7 +42,7 @@ class GeneratedUpdates:
                     self._encrypt(vec, n, COUNT_SCALE) if secret is not None else b"")
 
     def _encrypt(self, vec: np.ndarray, n: int, count_scale: float) -> bytes:
-        from federation.packing import encrypt_update
+        from federation.crypto.packing import encrypt_update
 
         return encrypt_update(self.secret, vec, n, count_scale).to_bytes()
 
@@ -119,8 +119,8 @@ class StoredUpdates:
 
 def write_updates(secret_path: Path, out: Path, k: int, length: int) -> list[dict[str, Any]]:
     """K real encrypted updates (different weights and sample counts), written to files."""
-    from federation.keys import load_secret_context
-    from federation.packing import encrypt_update
+    from federation.crypto.keys import load_secret_context
+    from federation.crypto.packing import encrypt_update
 
     ctx = load_secret_context(secret_path)
     out.mkdir(parents=True, exist_ok=True)
@@ -155,7 +155,7 @@ def make_trainers(lfw: Path, devices: list[str], n_boxes: int, people: int, budg
     trunk features cached in ``cache_root`` before "ready" (a box caches them once, not
     every round)."""
     from bench.common.lfw import enrolment_crops
-    from edge.trainer import TorchLocalTrainer, TrainConfig
+    from edge.training.trainer import TorchLocalTrainer, TrainConfig
     from models.federated_parts import get_part
     from models.registry import model_path
 

@@ -56,7 +56,7 @@ class SysCounters:
     NAMES = ("bytes/received", "bytes/sent", "messages/received", "messages/sent")
 
     def __init__(self, url: str) -> None:
-        from federation.mqtt import MqttTransport
+        from federation.transport.mqtt import MqttTransport
 
         self.values: dict[str, int] = {}
         self.t = MqttTransport(url, "bench-sys", clean_start=True)

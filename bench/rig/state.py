@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from federation.packing import DEFAULT_COUNT_SCALE
+from federation.crypto.packing import DEFAULT_COUNT_SCALE
 
 FED = "benchfed"
 COUNT_SCALE = DEFAULT_COUNT_SCALE  # what the aggregator announces (single source of truth)
@@ -26,16 +26,16 @@ class Federation:
 def make_federation(root: Path, n_devices: int, keys: Path | None = None) -> Federation:
     """New CKKS keys in ``root/keys``, or the existing ones in ``keys`` (benches that
     encrypt their updates once and reuse them across runs)."""
-    from aggregator.config import init_state
-    from aggregator.registry import DeviceRegistry
-    from aggregator.store import Store
-    from federation.keys import (
+    from aggregator.state.config import init_state
+    from aggregator.state.registry import DeviceRegistry
+    from aggregator.state.store import Store
+    from federation.crypto.keys import (
         PUBLIC_CONTEXT_NAME,
         SECRET_CONTEXT_NAME,
         create_federation_keys,
         write_private_key,
     )
-    from federation.signing import generate_signing_key, public_key_hex
+    from federation.crypto.signing import generate_signing_key, public_key_hex
 
     if keys is None:
         keys = root / "keys"

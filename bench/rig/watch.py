@@ -15,7 +15,7 @@ class RoundWatcher:
 
     def __init__(self, url: str) -> None:
         from federation import topics
-        from federation.mqtt import MqttTransport
+        from federation.transport.mqtt import MqttTransport
 
         self.topics = topics
         self.opened: dict[int, float] = {}

@@ -8,6 +8,10 @@ inside their functions, so ``fedface-edge --help`` stays fast and light.
 Every exception raised by a command passes through ``FedFaceGroup`` (edge/cli/errors.py),
 which prints ``error: ...`` / ``hint: ...`` on stderr and exits with a code grouped by
 component (table in edge/cli/errors.py).
+
+May import (the top floor of the box): edge.errors, edge.priority, edge.config, edge.box,
+edge.vision, edge.gallery, edge.serving, edge.training, edge.federated, edge.kiosk,
+edge.demo, edge.doctor, edge.provision, federation, models.
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ from edge.cli.context import BoxContext
 from edge.cli.errors import EXIT_CODES, FedFaceGroup
 
 COMMAND_MODULES = (
-    "models",
-    "model",
+    "model_files",
+    "served_model",
     "enroll",
     "people",
     "identify",

@@ -49,7 +49,7 @@ def _letterboxed(images: list[Path], count: int) -> list[np.ndarray]:
     import cv2
     import numpy as np
 
-    from edge.pipeline import read_image
+    from edge.vision.pipeline import read_image
 
     frames = []
     for path in images[:count]:
@@ -73,7 +73,7 @@ def bench(
     """Per-stage milliseconds (detect, align, embed, match) on 640x480 frames."""
     import numpy as np
 
-    from edge.recognizer import IMAGE_SUFFIXES
+    from edge.serving.recognizer import IMAGE_SUFFIXES
 
     recognizer = box(ctx).recognizer()
     if images is not None:

@@ -17,9 +17,9 @@ from edge.box import Box, build_box
 from edge.config import BoxConfig, ConfigError, EdgeSettings, resolve_settings
 
 if TYPE_CHECKING:
-    from edge.gallery import Gallery
-    from edge.pipeline import FacePipeline
-    from edge.recognizer import Recognizer
+    from edge.gallery.store import Gallery
+    from edge.serving.recognizer import Recognizer
+    from edge.vision.pipeline import FacePipeline
 
 
 @dataclass

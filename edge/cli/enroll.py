@@ -13,7 +13,7 @@ from edge.cli.context import box
 from edge.cli.errors import EXIT_INPUT, CliError
 
 if TYPE_CHECKING:
-    from edge.recognizer import ProgressCallback
+    from edge.serving.recognizer import ProgressCallback
 
 
 @contextmanager
@@ -46,7 +46,7 @@ def _enrol_named(ctx: typer.Context, name: str, images: list[Path]) -> None:
 
 
 def _enrol_folder(ctx: typer.Context, root: Path, max_per_person: int | None) -> None:
-    from edge.recognizer import images_in, people_folders
+    from edge.serving.recognizer import images_in, people_folders
 
     folders = people_folders(root)
     plan = [(folder.name, images_in(folder)) for folder in folders]

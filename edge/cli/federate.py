@@ -11,7 +11,7 @@ from edge.cli.context import box
 from models.federated_parts import DEFAULT_PART
 
 if TYPE_CHECKING:
-    from edge.federation_client import ClientEvent
+    from edge.federated.client import ClientEvent
 
 
 def demo(
@@ -37,7 +37,7 @@ def demo(
         "--train-budget", help="Max training seconds per box per round.")] = 20.0,
 ) -> None:
     """Run a whole federation on this machine: keys, aggregator, N boxes, R rounds."""
-    from edge.demo import DemoOptions, run_demo
+    from edge.demo.run import DemoOptions, run_demo
 
     run_demo(DemoOptions(
         faces=faces, boxes=boxes, rounds=rounds, broker=broker, people_per_box=people_per_box,
@@ -73,15 +73,15 @@ def join(
     import signal
     import threading
 
-    from edge.federation_client import ClientConfig
-    from federation.keys import load_secret_context, read_private_key, read_public_key
-    from federation.mqtt import MqttTransport
-    from federation.transport import Will
+    from edge.federated.client import ClientConfig
+    from federation.crypto.keys import load_secret_context, read_private_key, read_public_key
+    from federation.transport.base import Will
+    from federation.transport.mqtt import MqttTransport
 
     try:
-        from edge.trainer import check_torch
+        from edge.training.trainer import check_torch
 
-        check_torch()  # in a child: this process never imports torch (edge.trainer)
+        check_torch()  # in a child: this process never imports torch (edge.training.trainer)
     except ImportError as exc:
         from edge.cli.errors import CliError
 
@@ -92,7 +92,7 @@ def join(
         box(ctx).resolve(config)  # the file's data dir, threads... (edge.config)
     if config is not None or None in (broker, fed, device_id, secret_context, device_key,
                                       aggregator_key):
-        from federation.mqtt import TlsConfig
+        from federation.transport.mqtt import TlsConfig
 
         cfg = box(ctx).require_config()
         broker, fed = broker or cfg.broker.url, fed or cfg.box.fed
@@ -127,7 +127,7 @@ def join(
     client.stop()
     if client.revoked is not None:
         from edge.cli.errors import EXIT_PROVISIONING, CliError
-        from edge.revocation import REPROVISION
+        from edge.federated.revocation import REPROVISION
 
         raise CliError(f"{client.revoked.summary()}: this box no longer takes part",
                        hint=REPROVISION, exit_code=EXIT_PROVISIONING)

@@ -30,7 +30,7 @@ def identify(
 ) -> None:
     """Detect every face of IMAGE and name it from the gallery (or "unknown")."""
     from edge.errors import NoFaceError
-    from edge.pipeline import read_image
+    from edge.vision.pipeline import read_image
 
     bgr = read_image(image)
     recognizer = box(ctx).recognizer(threshold)

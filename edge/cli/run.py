@@ -21,7 +21,7 @@ from edge.cli.identify import ThresholdOption, warn_if_empty
 if TYPE_CHECKING:
     import numpy as np
 
-    from edge.recognizer import Recognition
+    from edge.serving.recognizer import Recognition
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +145,8 @@ def run(
     threshold: ThresholdOption = None,
 ) -> None:
     """Recognise faces live; write events as JSON lines (time, frame, box, name, score)."""
-    from edge.capture import open_source
-    from edge.events import EventWriter
+    from edge.serving.events import EventWriter
+    from edge.vision.capture import open_source
 
     if source is None:
         if box(ctx).config is None:

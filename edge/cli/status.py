@@ -19,10 +19,10 @@ def status(
 ) -> None:
     """Device id, federation, broker, certificate expiry, federated model, outbox."""
     from edge.doctor import check_certificate
+    from edge.federated.outbox import Outbox
+    from edge.federated.revocation import REPROVISION, revocation_state
     from edge.kiosk.auth import PasswordStore
-    from edge.outbox import Outbox
-    from edge.revocation import REPROVISION, revocation_state
-    from edge.swap_store import BASE_VERSION, SwapStore, federated_round
+    from edge.serving.versions import BASE_VERSION, SwapStore, federated_round
 
     if config is not None:
         box(ctx).resolve(config)

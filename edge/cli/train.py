@@ -59,10 +59,10 @@ def train(
 ) -> None:
     """Fine-tune the federated part on this box's people; report leave-one-out accuracy."""
     _require_torch()
-    from edge.hot_swap import ModelRefused
-    from edge.local_training import train_box
-    from edge.trainer import TrainConfig
-    from edge.trainer_api import TrainingError
+    from edge.serving.hot_swap import ModelRefused
+    from edge.training.api import TrainingError
+    from edge.training.local import train_box
+    from edge.training.trainer import TrainConfig
 
     settings = box(ctx).settings
     the_box = box(ctx).box()

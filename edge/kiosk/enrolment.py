@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge.errors import FedFaceError
-from edge.gallery import Gallery, GalleryError
+from edge.gallery.store import Gallery, GalleryError
 from edge.kiosk.quality import ShotVerdict, decode_upload, judge_faces, sharpness
 from edge.kiosk.settings import KioskSettings
 from edge.kiosk.worker import LiveFrame, RecognitionWorker
-from edge.pipeline import FacePipeline
+from edge.vision.pipeline import FacePipeline
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from edge.pipeline import RecognisedFace
+from edge.vision.pipeline import RecognisedFace
 
 
 @dataclass(frozen=True)

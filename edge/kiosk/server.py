@@ -17,10 +17,8 @@ from ipaddress import ip_address
 from flask import Flask
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from edge.capture import open_source
 from edge.config import EdgeSettings
-from edge.detect import FaceDetector
-from edge.gallery import Gallery
+from edge.gallery.store import Gallery
 from edge.kiosk.activity import ActivityLog
 from edge.kiosk.app import create_app
 from edge.kiosk.auth import KioskAuthError, LoginLimiter, PasswordStore
@@ -28,7 +26,9 @@ from edge.kiosk.enrolment import EnrolmentDesk
 from edge.kiosk.services import KioskServices
 from edge.kiosk.settings import KioskSettings
 from edge.kiosk.worker import RecognitionWorker
-from edge.pipeline import FacePipeline
+from edge.vision.capture import open_source
+from edge.vision.detect import FaceDetector
+from edge.vision.pipeline import FacePipeline
 from models.registry import model_path
 
 log = logging.getLogger(__name__)

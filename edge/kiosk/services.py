@@ -15,7 +15,7 @@ from pathlib import Path
 
 from flask import current_app, session
 
-from edge.gallery import Gallery
+from edge.gallery.store import Gallery
 from edge.kiosk.activity import ActivityLog
 from edge.kiosk.auth import LoginLimiter, PasswordStore
 from edge.kiosk.enrolment import EnrolmentDesk

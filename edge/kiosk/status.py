@@ -5,7 +5,7 @@ is swapped in) plus the versions the gallery holds embeddings of. Federation sta
 joined when the federation client's state dir ``<data dir>/federation`` exists
 (``fedface-edge join``; none means the box never joined), and the federated model is
 what the box's one store of model versions serves (``<data dir>/models``,
-edge.swap_store).
+edge.serving.versions).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ class FederationStatus:
     model_version: str | None = None
     round_no: int | None = None
     problem: str | None = None
-    revoked: str | None = None  # what the box learnt of its revocation (edge.revocation)
-    last_round: str | None = None  # its verdict on the last round (edge.round_verdicts)
+    revoked: str | None = None  # what the box learnt of its revocation (edge.federated.revocation)
+    last_round: str | None = None  # its verdict on the last round (edge.federated.verdicts)
 
     @property
     def text(self) -> str:
@@ -45,9 +45,9 @@ class FederationStatus:
 
 
 def federation_status(data_dir: Path) -> FederationStatus:
-    from edge.revocation import revocation_state
-    from edge.round_verdicts import RoundVerdicts
-    from edge.swap_store import BASE_VERSION, ModelStoreError, SwapStore, federated_round
+    from edge.federated.revocation import revocation_state
+    from edge.federated.verdicts import RoundVerdicts
+    from edge.serving.versions import BASE_VERSION, ModelStoreError, SwapStore, federated_round
 
     state_dir = Path(data_dir) / FEDERATION_DIRNAME
     if not state_dir.is_dir():

@@ -8,7 +8,7 @@ from datetime import datetime
 from flask import Blueprint, Response, abort, flash, redirect, render_template, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
-from edge.gallery import Person, UnknownPersonError
+from edge.gallery.store import Person, UnknownPersonError
 from edge.kiosk.activity import thumbnail_jpeg
 from edge.kiosk.services import services
 

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
-from edge.capture import FrameSource, SourceError
-from edge.gallery import Gallery, GalleryError, Match
+from edge.gallery.match import Match
+from edge.gallery.store import Gallery, GalleryError
 from edge.kiosk.activity import ActivityLog, Sighting
-from edge.pipeline import FacePipeline, RecognisedFace
+from edge.vision.capture import FrameSource, SourceError
+from edge.vision.pipeline import FacePipeline, RecognisedFace
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ class RecognitionWorker:
         self._thread: threading.Thread | None = None
         self._ms = 0.0
         self._seq = 0
-        from edge.serving import open_engine
+        from edge.serving.current import open_engine
 
         # frames are served by the engine: the model the swap pointer names, followed
         # (with enrolments) by its watcher once started

@@ -1,0 +1,87 @@
+"""``fedface-aggregator models``: published versions, and which one the next rounds build on.
+
+``pin`` / ``rollback`` / ``unpin`` change the state db only; a running ``serve`` reads
+the pin when it opens its next round (see ``aggregator.rounds.pins``). Same error
+contract as the other commands: one ``error:`` line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from aggregator.cli.common import JsonOpt, StateOpt, local_time, one_line_errors, print_table
+from aggregator.rounds import pins as model_pins
+from aggregator.state.config import load_config
+from aggregator.state.store import Store
+
+models_app = typer.Typer(help="Federated model versions (published round results).",
+                         no_args_is_help=True)
+
+_TAKES_EFFECT = ("the round open now finishes on its base; the next round builds on {v} "
+                 "(boxes fetch it from the broker, re-published by the aggregator)")
+
+
+def _store(state: Path) -> tuple[Store, str]:
+    cfg = load_config(state)  # clear error if not initialised (or config.json invalid)
+    return Store(state), cfg.initial_model
+
+
+@models_app.command("list")
+@one_line_errors
+def models_list(state: StateOpt, as_json: JsonOpt = False) -> None:
+    """Published model versions, oldest first; `next-base` marks what the next round
+    builds on (the latest, or the pinned one)."""
+    store, initial = _store(state)
+    pin = model_pins.pinned(store)
+    base, _ = model_pins.next_base(store, initial)
+    rows: list[dict[str, Any]] = [
+        {"model": r.result_model, "round": r.round, "base_model": r.base_model,
+         "updates": r.contributions, "published_at": r.closed_at,
+         "result_sha256": r.result_sha256, "pinned": r.result_model == pin,
+         "next_base": r.result_model == base}
+        for r in model_pins.published(store)]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    print_table(("MODEL", "ROUND", "BASE", "UPDATES", "PUBLISHED", "MARKS"),
+                [(r["model"], r["round"], r["base_model"], r["updates"],
+                  local_time(r["published_at"]),
+                  " ".join(m for m, on in (("next-base", r["next_base"]),
+                                           ("PINNED", r["pinned"])) if on))
+                 for r in rows],
+                f"no published version yet: the next round builds on {base}")
+
+
+@models_app.command("pin")
+@one_line_errors
+def models_pin(version: Annotated[str, typer.Argument(help="a published version, e.g. "
+                                                      "round-2")], state: StateOpt) -> None:
+    """Make the next rounds build on VERSION instead of the latest result."""
+    store, _ = _store(state)
+    row = model_pins.pin(store, version)
+    typer.echo(f"pinned {version} (round {row.round}): " + _TAKES_EFFECT.format(v=version))
+
+
+@models_app.command("rollback")
+@one_line_errors
+def models_rollback(state: StateOpt) -> None:
+    """Pin the published version before the current base (undo a bad round)."""
+    store, _ = _store(state)
+    old, row = model_pins.rollback(store)
+    typer.echo(f"rolled back from {old}: pinned {row.result_model} (round {row.round}); "
+               + _TAKES_EFFECT.format(v=row.result_model))
+
+
+@models_app.command("unpin")
+@one_line_errors
+def models_unpin(state: StateOpt) -> None:
+    """Remove the pin: the next rounds build on the latest published version again."""
+    store, initial = _store(state)
+    removed = model_pins.unpin(store)
+    base, _ = model_pins.next_base(store, initial)
+    typer.echo((f"unpinned {removed}" if removed else "nothing was pinned")
+               + f"; the next round builds on {base}")

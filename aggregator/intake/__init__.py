@@ -1,0 +1,9 @@
+"""Intake: chunks off the broker to spooled, authenticated updates.
+
+``delivery`` (the delivery thread: parse, rate-limit, verify the signature against a
+snapshot of device keys, spool), ``spool`` (reassembly on disk), ``ratelimit``
+(per-device token buckets), ``shards`` and ``shard_main`` (the same work in K processes
+for bursts).
+
+May import: aggregator.state, aggregator.rounds, federation.
+"""

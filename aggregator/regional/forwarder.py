@@ -1,0 +1,283 @@
+"""Regional side of hierarchical aggregation: forward this region's encrypted partial sum
+to a root aggregator and publish the root's (global) result to this region's boxes.
+
+A regional aggregator is an ordinary ``AggregatorService`` for its region's boxes (its
+own broker, registry and rounds) with a ``RegionalForwarder`` attached. When one of its
+rounds closes, the service's result publication asks the forwarder to ``exchange`` the
+region's sum for the root's result:
+
+1. the sum (an EncryptedUpdate whose ``n_updates`` counts the region's updates) is sent
+   to the root as signed envelopes of kind ``partial`` on the root's
+   ``update/<region id>`` topic, for the root's open round and base model, with a msg id
+   derived from the blob (a resend after a crash is the same message: the root answers
+   ``duplicate``, never counts it twice);
+2. the root adds it like an update (``aggregator.state.regions``) and, once its round closes,
+   publishes the global sum; the forwarder verifies it with the root's key and returns
+   it, and the region publishes it (signed by the regional key, which its boxes trust)
+   as its own round's result. Every box then decrypts the same global average.
+
+Until the root's result is in, ``exchange`` raises ``TransportError``: the service keeps
+the round closed and retries on every pump (the same path as a broker that did not
+confirm a result), blocking at most ``wait_seconds`` per try.
+
+Model names: the region names its results ``round-<r>`` of its own round numbers; the
+forwarder maps each to the root's model name (persisted in ``regional.json``), so the
+partial of a region round built on root model M is sent for a root round based on M. If
+the root has moved on (its round is based on another model), the region's sum is stale:
+it is not sent, and the region publishes the root's current base (its retained result)
+at once, so the region's next round reaches the root's open one.
+
+A partial is recorded in ``regional.json`` before its first chunk is sent: after a crash
+or a lost PUBACK the region sends the same message again while the root's round is open
+(the root counts it once), or waits for that round's result, never for a later one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from aggregator.rounds.records import ResultReady
+from aggregator.state.durable_io import write_atomic
+from federation import topics
+from federation.chunking import DEFAULT_CHUNK_SIZE, Reassembler, split_blob
+from federation.crypto.signing import KeyRing
+from federation.envelope import Envelope, decode, encode, verify_envelope
+from federation.errors import MALFORMED, PUBLISH_TIMEOUT, FederationError, TransportError
+from federation.messages import Ack, RoundAnnounce
+from federation.transport.base import Transport
+
+log = logging.getLogger(__name__)
+
+STATE_NAME = "regional.json"
+CONFIRM_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class _RootRound:
+    round: int
+    base_model: str
+    open: bool
+
+
+class RegionalForwarder:
+    def __init__(
+        self,
+        root: Transport,
+        fed_id: str,
+        region_id: str,
+        signing_key: Ed25519PrivateKey,
+        root_key: Ed25519PublicKey,
+        state_dir: Path,
+        *,
+        root_aggregator_id: str = "aggregator",
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        wait_seconds: float = 5.0,
+    ) -> None:
+        topics.update(fed_id, region_id)  # validates both ids
+        self.root = root
+        self.fed_id = fed_id
+        self.region_id = region_id
+        self.signing_key = signing_key
+        self.root_aggregator_id = root_aggregator_id
+        self.keyring = KeyRing({root_aggregator_id: root_key})
+        self.chunk_size = chunk_size
+        self.wait_seconds = wait_seconds
+        self._path = Path(state_dir) / STATE_NAME
+        self._state = self._load()
+        self._cond = threading.Condition()
+        self._announce: _RootRound | None = None
+        self._results: dict[int, tuple[bytes, str]] = {}  # root round -> (blob, model)
+        self._reassembler = Reassembler(max_blob_bytes=512 * 1024 * 1024,
+                                        max_inflight_bytes=1024 * 1024 * 1024)
+        self.acks: list[Ack] = []
+
+    def start(self) -> None:
+        self.root.subscribe(topics.announce(self.fed_id), self._on_announce)
+        self.root.subscribe(topics.ack(self.fed_id, self.region_id), self._on_ack)
+        self.root.subscribe(topics.result_filter(self.fed_id), self._on_result)
+
+    # --- called by the service's worker (result publication) ---------------------------
+    def exchange(self, event: ResultReady, partial_blob: bytes) -> bytes:
+        """The root's result for this closed region round (TransportError: not yet)."""
+        key = str(event.round)
+        sent = self._state["forwarded"].get(key)
+        if sent is None:
+            sent = self._forward(event, partial_blob)
+        elif sent.get("msg") and not sent.get("confirmed", True):
+            self._resend(event, partial_blob, sent)
+        deadline = time.monotonic() + self.wait_seconds
+        with self._cond:
+            while True:
+                found = self._result_for(int(sent["root_round"]))
+                if found is not None or not self._cond.wait(deadline - time.monotonic()):
+                    break
+        if found is None:
+            raise TransportError(PUBLISH_TIMEOUT, f"region round {event.round}: waiting for "
+                                 f"the root's result of its round {sent['root_round']}")
+        blob, root_model = found
+        self._state["models"][event.model] = root_model
+        self._save()
+        log.info("region round %d: publishing the root's result %s (%d bytes)", event.round,
+                 root_model, len(blob))
+        return blob
+
+    def _forward(self, event: ResultReady, blob: bytes) -> dict[str, Any]:
+        with self._cond:
+            self._cond.wait_for(lambda: self._announce is not None, self.wait_seconds)
+            ann = self._announce
+        if ann is None:
+            raise TransportError(PUBLISH_TIMEOUT, "no announce from the root aggregator yet")
+        wanted_base = self._state["models"].get(event.base_model, event.base_model)
+        if ann.base_model == wanted_base and not ann.open:
+            # the root's round on this base closed (its result is on the way) or the root
+            # stopped: nothing to send to yet
+            raise TransportError(PUBLISH_TIMEOUT, "the root has no open round yet")
+        if ann.base_model != wanted_base:
+            # The root moved on (its round is based on another model, open or closed): this
+            # region's sum is of a stale base. Publish the root's current base now if it
+            # is in (the region's next round then builds on it and reaches the root's
+            # open round), else the result of the root's round.
+            base_round = next((r for r, (_, model) in sorted(self._results.items())
+                               if model == ann.base_model), None)
+            root_round = ann.round if base_round is None else base_round
+            log.error("region round %d is based on %s but the root's round %d on %s: the "
+                      "region's sum is NOT forwarded; publishing the root's result of its "
+                      "round %d", event.round, wanted_base, ann.round, ann.base_model,
+                      root_round)
+            sent: dict[str, Any] = {"root_round": root_round, "msg": None}
+        else:
+            msg = hashlib.sha256(b"fedface-partial\0" + blob).hexdigest()[:32]
+            # Recorded BEFORE the first chunk leaves: the root may count the partial (and
+            # ack it) before this process sees the broker's PUBACK. A crash or a lost
+            # PUBACK then leaves an unconfirmed entry, and the retry resends the SAME
+            # message (the root dedupes it) or waits for that root round's result,
+            # instead of taking the root's next round for a stale base and waiting a
+            # whole root round for nothing.
+            sent = {"root_round": ann.round, "model": ann.base_model, "msg": msg,
+                    "confirmed": False}
+            self._state["forwarded"][str(event.round)] = sent
+            self._save()
+            self._publish_partial(event, blob, sent)
+            return sent
+        self._state["forwarded"][str(event.round)] = sent
+        self._save()
+        return sent
+
+    def _resend(self, event: ResultReady, blob: bytes, sent: dict[str, Any]) -> None:
+        """An unconfirmed partial (crash or lost PUBACK): send it again while the root's
+        round is open (same msg id: the root counts it once); once that round closed, its
+        result is the one to wait for (whether or not the partial made it in)."""
+        with self._cond:
+            ann = self._announce
+        if ann is None or not ann.open or ann.round != int(sent["root_round"]):
+            return
+        if self._result_for(int(sent["root_round"])) is not None:
+            return
+        log.warning("region round %d: the root's round %d is open and the partial %s was "
+                    "not confirmed; sending it again (same msg id)", event.round, ann.round,
+                    sent["msg"])
+        self._publish_partial(event, blob, sent)
+
+    def _publish_partial(self, event: ResultReady, blob: bytes, sent: dict[str, Any]) -> None:
+        root_round = int(sent["root_round"])
+        envs = split_blob(blob, self.signing_key, kind="partial", fed=self.fed_id,
+                          sender=self.region_id, round=root_round, model=str(sent["model"]),
+                          chunk_size=self.chunk_size, msg=str(sent["msg"]))
+        topic = topics.update(self.fed_id, self.region_id)
+        for i, env in enumerate(envs):
+            last = i == len(envs) - 1
+            self.root.publish(topic, encode(env), wait_timeout=CONFIRM_TIMEOUT if last else None)
+        log.info("region round %d: partial sum (%d bytes, %d chunks) sent to root round %d",
+                 event.round, len(blob), len(envs), root_round)
+        sent["confirmed"] = True
+        self._save()
+
+    def _result_for(self, root_round: int) -> tuple[bytes, str] | None:
+        if root_round in self._results:
+            return self._results[root_round]
+        # Superseded (the root published a later round first): its latest result serves.
+        later = [r for r in self._results if r > root_round]
+        return self._results[max(later)] if later else None
+
+    # --- root transport's delivery thread --------------------------------------------
+    def _verified(self, payload: bytes, kind: str) -> Envelope | None:
+        if not payload:
+            return None
+        try:
+            env = decode(payload)
+            if env.kind != kind or env.sender != self.root_aggregator_id:
+                raise FederationError(MALFORMED, f"expected a {kind} from the root")
+            verify_envelope(env, self.keyring, fed=self.fed_id)
+            return env
+        except FederationError as exc:
+            log.warning("ignoring a message from the root broker (%s): %s", exc.reason,
+                        exc.message)
+            return None
+
+    def _on_announce(self, topic: str, payload: bytes) -> None:
+        env = self._verified(payload, "announce")
+        if env is None:
+            return
+        try:
+            ann = RoundAnnounce.from_json(env.payload)
+        except FederationError as exc:
+            log.warning("ignoring the root's announce (%s): %s", exc.reason, exc.message)
+            return
+        with self._cond:
+            self._announce = _RootRound(ann.round, ann.base_model, ann.open)
+            self._cond.notify_all()
+
+    def _on_ack(self, topic: str, payload: bytes) -> None:
+        env = self._verified(payload, "ack")
+        if env is None:
+            return
+        try:
+            ack = Ack.from_json(env.payload)
+        except FederationError as exc:
+            log.warning("ignoring an ack from the root (%s): %s", exc.reason, exc.message)
+            return
+        self.acks.append(ack)
+        if ack.accepted or ack.reason == "duplicate":
+            log.info("root accepted partial %s for its round %s", ack.msg, ack.round)
+        else:
+            log.error("root refused partial %s: %s (%s)", ack.msg, ack.reason, ack.detail)
+
+    def _on_result(self, topic: str, payload: bytes) -> None:
+        env = self._verified(payload, "result")
+        if env is None:
+            return
+        try:
+            blob = self._reassembler.add(env)
+        except FederationError as exc:
+            log.warning("root result chunk refused (%s): %s", exc.reason, exc.message)
+            return
+        if blob is not None:
+            with self._cond:
+                self._results[env.round] = (blob, env.model)
+                for old in sorted(self._results)[:-2]:  # keep the latest two
+                    del self._results[old]
+                self._cond.notify_all()
+
+    # --- state ----------------------------------------------------------------------
+    def _load(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self._path.read_text())
+        except FileNotFoundError:
+            data = {}
+        except ValueError as exc:
+            raise FederationError(MALFORMED, f"{self._path} is corrupt ({exc}); it maps "
+                                  "region rounds to root rounds") from None
+        return {"forwarded": dict(data.get("forwarded", {})),
+                "models": dict(data.get("models", {}))}
+
+    def _save(self) -> None:
+        write_atomic(self._path, json.dumps(self._state, sort_keys=True).encode())

@@ -1,0 +1,340 @@
+"""The running sum of one round, behind a small interface so the coordinator does not know
+whether it adds CKKS ciphertexts (the product) or float32 vectors (the plaintext
+baseline of bench/he_overhead.py).
+
+Updates are added in batches, so that a batch can be made durable with ONE group commit
+in between (aggregator.state.store.accept_updates):
+
+- ``stage_many`` parses and validates each update completely (deserialises every
+  ciphertext, checks its scale and level) and adds the valid ones into a *staged* sum,
+  never into the round's sum; it answers per update (None, or why it was refused);
+- the coordinator then stores the valid updates durably;
+- ``commit_staged`` adds the staged sum into the round's sum (one model-sized ``+=``,
+  which cannot fail for validated ciphertexts), or ``discard_staged`` drops it when the
+  store failed, leaving the sum exactly as it was.
+
+``prepare``/``commit`` are the one-update form of the same thing. The sum is serialised
+only when the round closes (``to_bytes``).
+
+Memory is bounded by models, not by clients: the sum, the staged sum and the one update
+being parsed (holding ten 1M-value updates at once peaked at 2.4 GiB; this stays at
+three models whatever the batch or client count).
+
+TenSEAL holds the GIL while it deserialises, adds and serialises (measured: a Python
+thread next to a deserialising one never ran with a 2 s switch interval), so threads do
+not sum in parallel; ``aggregator.rounds.sumpool`` runs these accumulators in worker processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import tenseal as ts
+
+from federation.crypto.ckks import FederationContext, require_public_only
+from federation.crypto.packing import EncryptedUpdate, parse_layout
+from federation.errors import MALFORMED, WRONG_KEY, FederationError
+
+
+class UpdateRejected(Exception):
+    """An update blob cannot be added (wrong format, wrong length, wrong parameters)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class AccumulatorBroken(Exception):
+    """The sum itself is lost (a summing worker process died): rebuild it from disk."""
+
+
+# A validated update, ready to be added: opaque to the coordinator.
+Prepared = object
+# An update to add: its bytes, or the file holding them (read by whoever sums it).
+UpdateSource = bytes | Path
+
+
+def read_source(source: UpdateSource) -> bytes:
+    """The update's bytes (OSError if its file cannot be read)."""
+    return source.read_bytes() if isinstance(source, Path) else source
+
+
+class Accumulator(Protocol):
+    @property
+    def count(self) -> int: ...
+
+    def stage_many(self, sources: Sequence[UpdateSource]) -> list[UpdateRejected | None]:
+        """Validate each update and add the valid ones to the staged sum (never to the
+        round's sum); per update: None (staged) or why it was refused."""
+        ...
+
+    def commit_staged(self) -> None:
+        """Add the staged sum to the round's sum (after the batch was stored)."""
+
+    def discard_staged(self) -> None:
+        """Drop the staged sum (the batch could not be stored)."""
+
+    def to_bytes(self) -> bytes:
+        """The running sum, serialised: this is the published result blob."""
+        ...
+
+
+class AccumulatorFactory(Protocol):
+    def new(self) -> Accumulator: ...
+
+    def restore(self, data: bytes, count: int) -> Accumulator:
+        """Rebuild a running sum from ``to_bytes()`` output (a state directory written by
+        a version that persisted the running sum after every update)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the factory holds (worker processes); idempotent."""
+
+
+def _stage_each(
+    stage: Callable[[bytes], None], sources: Sequence[UpdateSource]
+) -> list[UpdateRejected | None]:
+    out: list[UpdateRejected | None] = []
+    for source in sources:
+        try:
+            stage(read_source(source))
+            out.append(None)
+        except UpdateRejected as exc:
+            out.append(exc)
+        except OSError as exc:  # the spooled file vanished or cannot be read
+            out.append(UpdateRejected("unavailable", f"cannot read the update: {exc}"))
+    return out
+
+
+class PlainAccumulator:
+    """float32 baseline: blob = raw little-endian float32 vector [c*n*w..., c*n]."""
+
+    def __init__(self, length: int, data: np.ndarray | None = None, count: int = 0) -> None:
+        self.length = length
+        self.total = np.zeros(length, dtype=np.float64) if data is None else data
+        self.count = count
+        self._staged: np.ndarray | None = None
+        self._staged_count = 0
+
+    def prepare(self, blob: bytes) -> Prepared:
+        if len(blob) != 4 * self.length:
+            raise UpdateRejected(
+                "malformed", f"plain update is {len(blob)} bytes, expected {4 * self.length}"
+            )
+        return np.frombuffer(blob, dtype="<f4")
+
+    def commit(self, prepared: Prepared) -> None:
+        assert isinstance(prepared, np.ndarray)
+        np.add(self.total, prepared, out=self.total)
+        self.count += 1
+
+    def add_blob(self, blob: bytes) -> None:
+        self.commit(self.prepare(blob))
+
+    def _stage(self, blob: bytes) -> None:
+        vec = self.prepare(blob)
+        assert isinstance(vec, np.ndarray)
+        if self._staged is None:
+            self._staged = np.zeros(self.length, dtype=np.float64)
+        np.add(self._staged, vec, out=self._staged)
+        self._staged_count += 1
+
+    def stage_many(self, sources: Sequence[UpdateSource]) -> list[UpdateRejected | None]:
+        return _stage_each(self._stage, sources)
+
+    def commit_staged(self) -> None:
+        if self._staged is not None:
+            np.add(self.total, self._staged, out=self.total)
+            self.count += self._staged_count
+        self.discard_staged()
+
+    def discard_staged(self) -> None:
+        self._staged, self._staged_count = None, 0
+
+    def to_bytes(self) -> bytes:
+        return self.total.astype("<f8").tobytes()
+
+
+class PlainAccumulatorFactory:
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def new(self) -> Accumulator:
+        return PlainAccumulator(self.length)
+
+    def restore(self, data: bytes, count: int) -> Accumulator:
+        return PlainAccumulator(self.length, np.frombuffer(data, dtype="<f8").copy(), count)
+
+    def close(self) -> None:
+        pass
+
+
+class _CkksUpdate:
+    def __init__(self, length: int, n_updates: int, vectors: list[ts.CKKSVector]) -> None:
+        self.length = length
+        self.n_updates = n_updates
+        self.vectors = vectors
+
+
+def _fresh_parms_id(ctx: FederationContext) -> list[int] | None:
+    """The level of a fresh ciphertext (the first data level), from the context itself, so
+    that no update (not even the round's first) decides which level is accepted."""
+    try:
+        return list(ctx.context.seal_context().data.first_parms_id())
+    except Exception:  # an older TenSEAL without the SEAL API: fall back to the first update
+        return None
+
+
+class CkksAccumulator:
+    """The product's sum: CKKS ciphertexts added with TenSEAL, under a public-only context.
+
+    The vector length is fixed by the first update of the round unless configured; a
+    later update of another length is rejected as malformed, the sum untouched.
+    """
+
+    def __init__(self, ctx: FederationContext, length: int | None) -> None:
+        self.ctx = ctx
+        self.length = length
+        self.count = 0
+        self._sum: list[ts.CKKSVector] | None = None
+        self._sum_length = length  # fixed by the configuration or by the first update
+        self._scale = float(ctx.context.global_scale)
+        self._parms = _fresh_parms_id(ctx)
+        self._staged: _CkksUpdate | None = None
+
+    def prepare(self, blob: bytes) -> Prepared:
+        try:
+            return self._parse(blob)
+        except FederationError as exc:
+            raise UpdateRejected(exc.reason, exc.message) from None
+
+    def _expected_length(self) -> int | None:
+        if self._sum_length is not None:
+            return self._sum_length
+        return None if self._staged is None else self._staged.length
+
+    def _parse(self, blob: bytes) -> _CkksUpdate:
+        """The update's ciphertexts deserialised straight from the blob (no intermediate
+        EncryptedUpdate holding a copy of every ciphertext)."""
+        layout = parse_layout(blob)
+        length, slots, n_updates = layout.length, layout.slots, layout.n_updates
+        if layout.key_id != self.ctx.key_id:
+            raise FederationError(
+                WRONG_KEY, f"update was encrypted under federation key {layout.key_id}, "
+                f"the aggregator holds {self.ctx.key_id}")
+        if slots != self.ctx.params.slots:
+            raise FederationError(MALFORMED, f"update packed at {slots} slots, the federation "
+                                  f"{self.ctx.params.slots}")
+        expected = self._expected_length()
+        if expected is not None and length != expected:
+            raise FederationError(
+                MALFORMED, f"update has {length} values, the federation {expected}")
+        view = memoryview(blob)
+        vectors = [  # TenSEAL takes bytes: one slice per ciphertext
+            self._load(bytes(view[start:end]), min(slots, length + 1 - i * slots), i)
+            for i, (start, end) in enumerate(layout.spans)
+        ]
+        self._check_compatible(vectors)
+        return _CkksUpdate(length, n_updates, vectors)
+
+    def _check_compatible(self, vectors: list[ts.CKKSVector]) -> None:
+        """+= raises on a scale/level mismatch half-way through the sum: check every
+        ciphertext here, so that commit() cannot fail on an update already stored."""
+        parms = self._parms
+        if parms is None:
+            ref = self._sum or (self._staged.vectors if self._staged else None) or vectors
+            (ref_ct,) = ref[0].ciphertext()
+            parms = list(ref_ct.parms_id())
+        for i, vec in enumerate(vectors):
+            (ct,) = vec.ciphertext()
+            if ct.scale != self._scale or ct.size() != 2:
+                raise FederationError(
+                    MALFORMED, f"ciphertext {i}: scale 2^{np.log2(ct.scale):.1f} / size "
+                    f"{ct.size()}, expected a fresh ciphertext at the federation scale")
+            if list(ct.parms_id()) != parms:
+                raise FederationError(MALFORMED, f"ciphertext {i} is at another level")
+
+    def _load(self, data: bytes, expected_size: int, i: int) -> ts.CKKSVector:
+        try:
+            vec = ts.ckks_vector_from(self.ctx.context, data)
+        except Exception as exc:  # TenSEAL raises assorted errors on corrupt bytes
+            raise FederationError(
+                MALFORMED, f"ciphertext {i} does not deserialize: {exc}") from None
+        if vec.size() != expected_size:
+            raise FederationError(
+                MALFORMED, f"ciphertext {i} holds {vec.size()} values, expected {expected_size}")
+        return vec
+
+    def commit(self, prepared: Prepared) -> None:
+        update = prepared
+        assert isinstance(update, _CkksUpdate)
+        if self._sum is None:
+            self._sum = update.vectors
+            self._sum_length = update.length
+        else:
+            for acc, vec in zip(self._sum, update.vectors, strict=True):
+                acc += vec
+        self.count += update.n_updates
+
+    def add_blob(self, blob: bytes) -> None:
+        self.commit(self.prepare(blob))
+
+    def _stage(self, blob: bytes) -> None:
+        update = self.prepare(blob)
+        assert isinstance(update, _CkksUpdate)
+        if self._staged is None:  # the first of the batch: its vectors become the staged sum
+            self._staged = update
+            return
+        for acc, vec in zip(self._staged.vectors, update.vectors, strict=True):
+            acc += vec
+        self._staged.n_updates += update.n_updates
+
+    def stage_many(self, sources: Sequence[UpdateSource]) -> list[UpdateRejected | None]:
+        return _stage_each(self._stage, sources)
+
+    @property
+    def staged_count(self) -> int:
+        return 0 if self._staged is None else self._staged.n_updates
+
+    def commit_staged(self) -> None:
+        staged, self._staged = self._staged, None
+        if staged is not None:
+            self.commit(staged)
+
+    def discard_staged(self) -> None:
+        self._staged = None
+
+    def to_bytes(self) -> bytes:
+        if self._sum is None or self._sum_length is None:
+            raise ValueError("empty sum")
+        return EncryptedUpdate(
+            key_id=self.ctx.key_id, length=self._sum_length, slots=self.ctx.params.slots,
+            ciphertexts=tuple(v.serialize() for v in self._sum), n_updates=self.count,
+        ).to_bytes()
+
+
+class CkksAccumulatorFactory:
+    def __init__(self, ctx: FederationContext, length: int | None = None) -> None:
+        require_public_only(ctx)
+        self.ctx = ctx
+        self.length = length
+
+    def new(self) -> Accumulator:
+        return CkksAccumulator(self.ctx, self.length)
+
+    def restore(self, data: bytes, count: int) -> Accumulator:
+        partial = EncryptedUpdate.from_bytes(data, self.ctx)
+        if partial.n_updates != count:
+            raise ValueError(f"sum blob holds {partial.n_updates} updates, the db says {count}")
+        acc = CkksAccumulator(self.ctx, partial.length)
+        vectors = [acc._load(ct, min(partial.slots, partial.length + 1 - i * partial.slots), i)
+                   for i, ct in enumerate(partial.ciphertexts)]
+        acc.commit(_CkksUpdate(partial.length, partial.n_updates, vectors))
+        return acc
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,100 @@
+"""What the aggregator service does with the coordinator's events: an ``Announce`` is
+published (after re-publishing the round's base result if boxes need it), a
+``ResultReady`` round's sum is published (through the regional forwarder first, in a
+regional aggregator) and marked published once the broker confirmed it. A result the
+broker did not confirm stays ``closed`` and is retried on every pump."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import replace
+from typing import Any
+
+from aggregator.rounds import pins as model_pins
+from aggregator.rounds.coordinator import Coordinator, announce_of
+from aggregator.rounds.publisher import Publisher
+from aggregator.rounds.records import Announce, Event, ResultReady
+from aggregator.state.store import Store
+from federation.errors import TransportError
+from federation.messages import CLOSED, RoundAnnounce
+
+log = logging.getLogger(__name__)
+
+
+class RoundEventHandler:
+    """The publishing side of AggregatorService, a mixin: the service's __init__ creates
+    the state declared here; its worker calls ``_handle`` with the coordinator's events."""
+
+    store: Store
+    coordinator: Coordinator
+    publisher: Publisher
+    forwarder: Any
+    max_rounds: int | None
+    published_rounds: int
+    finished: threading.Event
+    _unpublished: list[ResultReady]
+    _ack_waits: dict[int, list[float]]
+
+    def _handle(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, Announce):
+                self._announce(event.message)
+            elif isinstance(event, ResultReady):
+                try:
+                    self._publish_result(event)
+                except TransportError as exc:
+                    # Stays 'closed' in the db; retried every pump until the broker confirms.
+                    log.error("round %d result not confirmed by the broker (%s); will retry",
+                              event.round, exc)
+                    if event not in self._unpublished:
+                        self._unpublished.append(event)
+
+    def _retry_unpublished(self) -> None:
+        pending, self._unpublished = self._unpublished, []
+        self._handle(list(pending))
+
+    def _announce(self, ann: RoundAnnounce) -> None:
+        if ann.open:  # boxes must be able to fetch the base
+            try:
+                model_pins.republish_base(self.store, self.publisher, ann.base_model, ann.round)
+            except (OSError, TransportError) as exc:  # boxes then wait; the round runs on
+                log.error("round %d: cannot re-publish its base %s (%s)", ann.round,
+                          ann.base_model, exc)
+        self.publisher.announce(ann)
+
+    def _log_ack_waits(self, round_no: int) -> None:
+        """One line per round: each accepted update's age at its ack, from the box's send
+        time (its envelope's ts; box clocks are NTP-synced) to the ack, so time queued at
+        the broker counts. A p50 of a few tens of ms means the aggregator kept pace; a
+        max that grows with the fleet means uploads queued at the broker behind it
+        (or a box resent an old update from its outbox)."""
+        waits = sorted(self._ack_waits.pop(round_no, []))
+        for old in [r for r in self._ack_waits if r < round_no]:  # rounds that failed
+            del self._ack_waits[old]
+        if waits:
+            log.info("round %d: %d update(s) acked this run, age at ack (box's send time to "
+                     "ack) p50 %.0f ms, max %.0f ms", round_no, len(waits),
+                     1e3 * waits[len(waits) // 2], 1e3 * waits[-1])
+
+    def _publish_result(self, event: ResultReady) -> None:
+        previous = model_pins.retained_row(self.store)  # its retained chunks are cleared
+        blob = self.store.read_blob(event.sum_blob)
+        if self.forwarder is not None:  # regional: raises TransportError until the root's
+            blob = self.forwarder.exchange(event, blob)  # result is in (retried each pump)
+        done_result = self.publisher.result(event, blob, previous)
+        del blob
+        model_pins.set_retained(self.store, event.round)
+        self._log_ack_waits(event.round)
+        self.published_rounds += 1
+        done = self.max_rounds is not None and self.published_rounds >= self.max_rounds
+        events = self.coordinator.result_published(
+            event.round, done_result.sha256, done_result.size, done_result.chunks,
+            done_result.msg, open_next=not done,
+        )
+        if done:
+            self.finished.set()
+            cur = self.store.get_round(event.round)
+            if cur is not None and not events:
+                self._announce(replace(announce_of(cur), state=CLOSED))
+        self._handle(events)

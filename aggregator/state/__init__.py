@@ -1,0 +1,9 @@
+"""The aggregator's state directory: everything that must survive a crash.
+
+``config`` (config, public CKKS context, signing key), ``store`` (the facade: group
+commit of accepted updates), ``db`` (SQLite tables: rounds, updates, rejections, meta),
+``files`` (blobs on disk), ``durable_io`` (fsync and atomic replace), ``registry``
+(devices and their keys) and ``regions`` (regional aggregators, registered like devices).
+
+May import: federation.
+"""

@@ -1,0 +1,179 @@
+"""One emulated edge box of the demo, run as its own process by ``edge.demo.run``.
+
+``python -m edge.demo.box BOX.json``: enrols the box's people with the real pipeline
+(YuNet -> align -> SFace), measures identification accuracy on its held-out photos,
+then runs the federation client (real trainer when torch is installed) until SIGTERM.
+Progress goes to stdout as one JSON object per line prefixed by ``EVENT_PREFIX`` (the
+parent parses them); logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.box import Box, build_box
+from edge.config import EdgeSettings
+from edge.federated.client import ClientConfig, ClientEvent
+from edge.gallery.match import DEFAULT_MATCH_THRESHOLD
+from edge.gallery.store import Gallery
+from edge.serving.recognizer import Recognizer
+from edge.training.api import LocalTrainer
+from edge.vision.pipeline import FacePipeline
+from federation.crypto.keys import load_secret_context, read_private_key, read_public_key
+from federation.memory import pin_mmap_threshold
+from federation.transport.base import Will
+from federation.transport.mqtt import MqttTransport
+from models.federated_parts import DEFAULT_PART, FederatedPart
+
+log = logging.getLogger(__name__)
+
+EVENT_PREFIX = "FEDFACE-EVENT "
+_emit_lock = threading.Lock()
+
+
+def emit(kind: str, /, **data: Any) -> None:
+    line = json.dumps({"event": kind, "t": time.time(), **data}, sort_keys=True)
+    with _emit_lock:
+        try:
+            sys.stdout.write(EVENT_PREFIX + line + "\n")
+            sys.stdout.flush()
+        except (BrokenPipeError, ValueError):  # the parent stopped reading (shutting down)
+            pass
+
+
+@dataclass
+class HeldOut:
+    names: list[str]
+    crops: list[np.ndarray]
+
+
+def enrol(pipeline: FacePipeline, gallery: Gallery, people: list[dict[str, Any]]) -> HeldOut:
+    recognizer = Recognizer(pipeline, gallery, threshold=0.0)
+    held = HeldOut([], [])
+    for person in people:
+        outcome = recognizer.enroll_images(person["name"], [Path(p) for p in person["enrol"]])
+        if not outcome.added:
+            log.warning("%s: no usable enrolment photo", person["name"])
+            continue
+        for path in person["heldout"]:
+            try:
+                face = pipeline.embed_image_file(Path(path))
+            except Exception as exc:  # a held-out photo without a face is just skipped
+                log.info("held-out %s skipped: %s", path, exc)
+                continue
+            held.names.append(person["name"])
+            held.crops.append(face.crop)
+    return held
+
+
+def accuracy(embed: Any, version: str, gallery: Gallery, held: HeldOut) -> float | None:
+    """Share of held-out photos recognised as the right person at the box's operating
+    threshold (a right best match under the threshold counts as a miss, as at the kiosk)."""
+    if not held.crops:
+        return None
+    matches = gallery.identify_many(embed(held.crops), version,
+                                    threshold=DEFAULT_MATCH_THRESHOLD)
+    right = sum(m.name == n for m, n in zip(matches, held.names, strict=True))
+    return right / len(held.names)
+
+
+def make_trainer(cfg: dict[str, Any], part: FederatedPart, box: Box,
+                 base: np.ndarray) -> tuple[LocalTrainer, str]:
+    try:
+        from edge.training.trainer import TrainConfig, check_torch
+
+        check_torch()
+        # the trainer's own defaults, with a time budget so the demo stays short; each
+        # round in its own low-priority process, as on a real box (fedface-edge join)
+        train_cfg = TrainConfig(time_budget_s=float(cfg.get("train_budget_s", 30.0)))
+        trainer = box.trainer(part, train_cfg, isolate=True)
+    except ImportError as exc:
+        log.warning("torch is not installed (%s): FALLING BACK to NumpyDriftTrainer, "
+                    "which does not learn", exc)
+    else:
+        return trainer, "torch"
+    from edge.training.drift import NumpyDriftTrainer
+
+    n = sum(len(v) for v in box.gallery().crops_by_person().values())
+    return NumpyDriftTrainer(part, base, cfg["device_id"], max(1, n)), "numpy-drift (NOT learning)"
+
+
+def run(cfg: dict[str, Any]) -> int:
+    model_dir = Path(cfg["model_dir"]) if cfg.get("model_dir") else None
+    # the same assembly and data-dir layout as a real box (edge.box), so the fedface-edge
+    # commands work on a demo box's data dir as on any other
+    box = build_box(EdgeSettings(data_dir=Path(cfg["data_dir"]), model_dir=model_dir,
+                                 threads=1))
+    part = box.part(cfg.get("part", DEFAULT_PART))
+    pipeline = box.pipeline()
+    gallery = box.gallery()
+    t0 = time.perf_counter()
+    held = enrol(pipeline, gallery, cfg["people"])
+    base_version = pipeline.embedder.version
+    acc0 = accuracy(pipeline.embedder.embed, base_version, gallery, held)
+    counts = gallery.count_rows()
+    emit("enrolled", people=counts["people"], crops=counts["crops"], heldout=len(held.crops),
+         accuracy=acc0, seconds=time.perf_counter() - t0)
+
+    sink = box.model_sink(part)
+    base = sink.base_vector()
+    trainer, trainer_kind = make_trainer(cfg, part, box, base)
+    emit("trainer", kind=trainer_kind)
+
+    def on_event(event: ClientEvent) -> None:
+        data = {k: v for k, v in event.data.items() if k != "vector"}
+        if event.kind == "applied" and sink.embedder is not None:
+            data["accuracy"] = accuracy(sink.embedder.embed, sink.embedder.version, gallery, held)
+        emit(event.kind, round=event.round, **data)
+
+    def transport(will: Will) -> MqttTransport:
+        return MqttTransport(cfg["broker"], cfg["device_id"], will=will,
+                             protocol=cfg.get("protocol", "5"), reconnect_max_delay=5)
+
+    client = box.federation_client(
+        ClientConfig(cfg["fed"], cfg["device_id"], retry_seconds=float(cfg.get("retry_s", 30))),
+        transport, load_secret_context(Path(cfg["secret_context"])),
+        read_private_key(Path(cfg["device_key"])), read_public_key(Path(cfg["aggregator_key"])),
+        trainer, sink, on_event=on_event, base=base,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    client.start()
+    emit("started")
+    stop.wait()
+    client.stop()
+    box.close()
+    emit("stopped", model=client.version)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.stderr.write("usage: python -m edge.demo.box BOX.json\n")
+        return 2
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    pin_mmap_threshold()  # as every box process (federation.memory)
+    cfg = json.loads(Path(args[0]).read_text())
+    try:
+        return run(cfg)
+    except Exception as exc:
+        log.exception("box %s failed", cfg.get("device_id"))
+        emit("failed", error=f"{type(exc).__name__}: {exc}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

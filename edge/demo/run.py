@@ -1,0 +1,387 @@
+"""``fedface-edge demo``: a whole federation on one machine, in one command.
+
+Creates the federation keys (secret context for the boxes, public-only context for the
+aggregator), initialises an aggregator (``fedface-aggregator init``/``devices add``) and
+runs it as a subprocess (``fedface-aggregator serve``: edge never imports aggregator),
+starts N emulated boxes as subprocesses (``python -m edge.demo.box``), each with its own
+data directory and its own disjoint people taken from the faces folder, and prints each
+round's progress. The broker is an embedded amqtt broker unless ``--broker`` is given.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge.demo.box import EVENT_PREFIX
+from edge.errors import FedFaceError
+from federation.crypto.keys import create_federation_keys, write_private_key, write_public_key
+from federation.crypto.signing import generate_signing_key
+from federation.transport.mqtt import parse_broker_url
+from models.federated_parts import DEFAULT_PART, get_part
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+FED_ID = "demo"
+
+
+class DemoError(FedFaceError):
+    """The demo cannot run with these inputs (faces folder, broker, work directory)."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    faces: Path
+    boxes: int = 3
+    rounds: int = 3
+    broker: str | None = None
+    people_per_box: int = 8
+    images_per_person: int = 4
+    heldout_per_person: int = 2
+    workdir: Path | None = None
+    part: str = DEFAULT_PART
+    timeout_s: float = 900.0
+    train_budget_s: float = 20.0
+
+
+@dataclass
+class Person:
+    name: str
+    enrol: list[Path]
+    heldout: list[Path]
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def pick_people(opts: DemoOptions) -> list[list[Person]]:
+    """Disjoint people per box: one sub-folder per person, enough photos for enrolment
+    and held-out testing; deterministic (sorted by name, dealt round-robin)."""
+    faces = opts.faces
+    if not faces.exists():
+        raise DemoError(f"faces folder {faces} does not exist",
+                        "give --faces DIR with one sub-folder of photos per person")
+    if not faces.is_dir():
+        raise DemoError(f"{faces} is not a folder", "--faces takes a folder of person folders")
+    folders = sorted(p for p in faces.iterdir() if p.is_dir())
+    if not folders:
+        raise DemoError(f"{faces} has no sub-folders",
+                        "put each person's photos in their own sub-folder, e.g. faces/Ada/1.jpg")
+    need_images = opts.images_per_person + opts.heldout_per_person
+    need_people = opts.boxes * opts.people_per_box
+    eligible = []
+    for folder in folders:
+        imgs = _images(folder)
+        if len(imgs) >= need_images:
+            eligible.append(Person(folder.name, imgs[: opts.images_per_person],
+                                   imgs[opts.images_per_person : need_images]))
+        if len(eligible) == need_people:
+            break
+    if len(eligible) < need_people:
+        raise DemoError(
+            f"{faces} has {len(eligible)} people with at least {need_images} photos; the demo "
+            f"needs {need_people} ({opts.boxes} boxes x {opts.people_per_box} people)",
+            "use fewer --boxes / --people-per-box / --images-per-person, or more faces")
+    return [eligible[i :: opts.boxes] for i in range(opts.boxes)]
+
+
+def check_broker(url: str, timeout: float = 3.0) -> None:
+    try:
+        parsed = parse_broker_url(url)
+    except Exception as exc:
+        raise DemoError(f"invalid --broker {url!r}: {exc}", "e.g. mqtt://127.0.0.1:1883") from None
+    try:
+        with socket.create_connection((parsed.host, parsed.port), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise DemoError(f"MQTT broker {url} is unreachable: {exc.strerror or exc}",
+                        "start the broker, or omit --broker to use the embedded one") from None
+
+
+def _aggregator_command() -> list[str]:
+    found = shutil.which("fedface-aggregator", path=str(Path(sys.executable).parent)) or \
+        shutil.which("fedface-aggregator")
+    if found:
+        return [found]
+    return [sys.executable, "-m", "aggregator.cli"]
+
+
+def _run(cmd: list[str], what: str) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise DemoError(f"{what} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc.stdout
+
+
+def _serve_command(agg: list[str], protocol: str) -> list[str]:
+    """``serve`` speaking the broker's MQTT version (the embedded amqtt has no MQTT 5)."""
+    return [*agg, "serve", "--mqtt-protocol", protocol]
+
+
+@dataclass
+class BoxProc:
+    name: str
+    proc: subprocess.Popen[str]
+    log_path: Path
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Progress:
+    """Collects box events and prints one block per finished round."""
+
+    def __init__(self, boxes: list[str], rounds: int, out: Callable[[str], None]) -> None:
+        self.boxes, self.rounds, self.out = boxes, rounds, out
+        self.lock = threading.Condition()
+        self.by_round: dict[int, dict[str, dict[str, dict[str, Any]]]] = {}
+        self.enrolled: dict[str, dict[str, Any]] = {}
+        self.failed: dict[str, str] = {}
+        self.trainer: dict[str, str] = {}
+        self.printed: set[int] = set()
+        self.started = time.time()
+
+    def add(self, box: str, ev: dict[str, Any]) -> None:
+        with self.lock:
+            kind = str(ev.get("event"))
+            if kind == "enrolled":
+                self.enrolled[box] = ev
+                acc = ev.get("accuracy")
+                self.out(f"  {box}: enrolled {ev['people']} people ({ev['crops']} photos), "
+                         f"{ev['heldout']} held-out; accuracy {_pct(acc)} with the pretrained "
+                         f"model ({ev['seconds']:.1f} s)")
+            elif kind == "trainer":
+                self.trainer[box] = ev["kind"]
+                if ev["kind"] != "torch":
+                    self.out(f"  {box}: WARNING: torch is not installed, so this box sends a "
+                             "deterministic weight drift instead of real training "
+                             "(pip install 'fedface[train]')")
+            elif kind == "failed":
+                self.failed[box] = ev.get("error", "?")
+            elif kind == "error":
+                self.failed[box] = f"round {ev.get('round')}: {ev.get('error', '?')}"
+            elif "round" in ev:
+                self.by_round.setdefault(int(ev["round"]), {}).setdefault(box, {})[kind] = ev
+            self.lock.notify_all()
+
+    def round_done(self, r: int) -> bool:
+        boxes = self.by_round.get(r, {})
+        return len(boxes) == len(self.boxes) and all("applied" in b for b in boxes.values())
+
+    def print_ready(self) -> None:
+        for r in sorted(self.by_round):
+            if r not in self.printed and self.round_done(r):
+                self.printed.add(r)
+                self._print_round(r)
+
+    def _print_round(self, r: int) -> None:
+        boxes = self.by_round[r]
+        subs = [b["submitted"] for b in boxes.values() if "submitted" in b]
+        applied = [b["applied"] for b in boxes.values()]
+        starts = [b["joined"]["t"] for b in boxes.values() if "joined" in b]
+        ends = [a["t"] for a in applied]
+        up = sum(s["bytes"] for s in subs)
+        down = sum(a["bytes"] for a in applied)
+        enc = [s["encrypt_s"] for s in subs]
+        train = [s["train_s"] for s in subs]
+        dec = [a["decrypt_s"] for a in applied]
+        span = (max(ends) - min(starts)) if starts else 0.0
+        self.out(
+            f"round {r}: {applied[0]['updates']} updates in | wire {_mb(up)} up + {_mb(down)} "
+            f"down | train {_avg(train):.1f} s, encrypt {_avg(enc):.2f} s, decrypt "
+            f"{_avg(dec):.2f} s (mean per box) | round {span:.1f} s")
+        for box in self.boxes:
+            a = boxes[box]["applied"]
+            self.out(f"  {box}: serves {a['model']}, accuracy {_pct(a.get('accuracy'))}")
+
+    def wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while not predicate():
+                self.print_ready()
+                left = deadline - time.monotonic()
+                if left <= 0 or self.failed:
+                    return False
+                self.lock.wait(min(left, 1.0))
+            self.print_ready()
+            return True
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def _avg(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def _read_events(box: BoxProc, progress: Progress) -> None:
+    assert box.proc.stdout is not None
+    for line in box.proc.stdout:
+        if line.startswith(EVENT_PREFIX):
+            try:
+                ev = json.loads(line[len(EVENT_PREFIX):])
+            except ValueError:
+                continue
+            box.events.append(ev)
+            progress.add(box.name, ev)
+    progress.add(box.name, {"event": "exited"})
+
+
+def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the federation; returns a summary. Raises DemoError with a hint on failure."""
+    if opts.boxes < 1 or opts.rounds < 1 or opts.people_per_box < 2:
+        raise DemoError("need --boxes >= 1, --rounds >= 1 and --people-per-box >= 2")
+    if opts.images_per_person < 1:
+        raise DemoError("--images-per-person must be >= 1")
+    part = get_part(opts.part)
+    plan = pick_people(opts)
+    if opts.broker:
+        check_broker(opts.broker)
+    workdir = _prepare_workdir(opts.workdir)
+    out(f"FedFace demo: {opts.boxes} boxes x {opts.people_per_box} people, {opts.rounds} "
+        f"rounds, federated part {part.key} ({part.size:,} values); work dir {workdir}")
+    out("accuracy = share of each box's held-out photos recognised as the right person at "
+        "the gallery's match threshold")
+
+    embedded = None
+    broker_url = opts.broker
+    protocol = "5"
+    if broker_url is None:
+        from edge.demo.broker import EmbeddedBroker
+
+        embedded = EmbeddedBroker().start()
+        broker_url, protocol = embedded.url, "3.1.1"
+        out(f"broker: embedded amqtt at {broker_url} (MQTT 3.1.1)")
+    else:
+        out(f"broker: {broker_url}")
+    procs: list[subprocess.Popen[str]] = []
+    t_start = time.time()
+    try:
+        agg_cmd = _aggregator_command()
+        keys = create_federation_keys(workdir / "keys")
+        agg_state = workdir / "aggregator"
+        _run([*agg_cmd, "init", "--fed", FED_ID, "--state", str(agg_state), "--public-context",
+              str(keys.public_context), "--part-key", part.key], "fedface-aggregator init")
+        box_names = [f"box-{i + 1}" for i in range(opts.boxes)]
+        box_cfgs = []
+        for name, people in zip(box_names, plan, strict=True):
+            box_dir = workdir / name
+            box_dir.mkdir(mode=0o700)
+            key = generate_signing_key()
+            write_private_key(box_dir / "device.key", key)
+            write_public_key(box_dir / "device.pub", key.public_key())
+            _run([*agg_cmd, "devices", "add", name, "--public-key", str(box_dir / "device.pub"),
+                  "--state", str(agg_state)], f"registering {name}")
+            cfg = {
+                "fed": FED_ID, "device_id": name, "broker": broker_url, "protocol": protocol,
+                "data_dir": str(box_dir), "part": part.name,
+                "secret_context": str(keys.secret_context),
+                "device_key": str(box_dir / "device.key"),
+                "aggregator_key": str(agg_state / "aggregator.pub"),
+                "people": [{"name": p.name, "enrol": [str(x) for x in p.enrol],
+                            "heldout": [str(x) for x in p.heldout]} for p in people],
+                "train_budget_s": opts.train_budget_s,
+                "model_dir": os.environ.get("FEDFACE_MODEL_DIR"),
+            }
+            (box_dir / "box.json").write_text(json.dumps(cfg, indent=2))
+            box_cfgs.append(box_dir / "box.json")
+
+        agg_log = (agg_state / "serve.log").open("w")
+        agg = subprocess.Popen(
+            [*_serve_command(agg_cmd, protocol), "--state", str(agg_state), "--broker",
+             broker_url, "--quorum", str(opts.boxes), "--rounds", str(opts.rounds),
+             "--round-deadline", str(max(120.0, opts.timeout_s))],
+            stdout=agg_log, stderr=subprocess.STDOUT, text=True)
+        procs.append(agg)
+        progress = Progress(box_names, opts.rounds, out)
+        boxes: list[BoxProc] = []
+        for name, cfg_path in zip(box_names, box_cfgs, strict=True):
+            log_path = cfg_path.parent / "box.log"
+            proc = subprocess.Popen([sys.executable, "-m", "edge.demo.box", str(cfg_path)],
+                                    stdout=subprocess.PIPE, stderr=log_path.open("w"),
+                                    text=True, bufsize=1)
+            procs.append(proc)
+            box = BoxProc(name, proc, log_path)
+            boxes.append(box)
+            threading.Thread(target=_read_events, args=(box, progress), daemon=True).start()
+        out(f"aggregator and {opts.boxes} boxes started; boxes enrol their people...")
+
+        def finished() -> bool:
+            return progress.round_done(opts.rounds) or agg.poll() not in (None, 0)
+
+        ok = progress.wait(finished, opts.timeout_s)
+        if progress.failed:
+            name, err = next(iter(progress.failed.items()))
+            raise DemoError(f"{name} failed: {err}", f"see {workdir / name / 'box.log'}")
+        if agg.poll() not in (None, 0):
+            raise DemoError(f"the aggregator exited with code {agg.returncode}",
+                            f"see {agg_state / 'serve.log'}")
+        if not ok:
+            raise DemoError(f"the federation did not finish {opts.rounds} round(s) within "
+                            f"{opts.timeout_s:.0f} s", f"see the logs under {workdir}")
+        trainers = sorted(set(progress.trainer.values()))
+        summary: dict[str, Any] = {
+            "workdir": str(workdir), "broker": broker_url, "rounds": opts.rounds,
+            "seconds": time.time() - t_start, "trainer": trainers,
+            "boxes": {
+                name: {
+                    "model": progress.by_round[opts.rounds][name]["applied"]["model"],
+                    "accuracy_before": progress.enrolled.get(name, {}).get("accuracy"),
+                    "accuracy_after": progress.by_round[opts.rounds][name]["applied"].get(
+                        "accuracy"),
+                }
+                for name in box_names
+            },
+        }
+        out(f"done in {summary['seconds']:.0f} s; trainer: {', '.join(trainers)}")
+        for name in box_names:
+            info = summary["boxes"][name]
+            out(f"  {name}: serves {info['model']}; held-out accuracy "
+                f"{_pct(info['accuracy_before'])} -> {_pct(info['accuracy_after'])}")
+        return summary
+    finally:
+        _stop_all(procs)
+        if embedded is not None:
+            embedded.stop()
+
+
+def _prepare_workdir(workdir: Path | None) -> Path:
+    if workdir is None:
+        return Path(tempfile.mkdtemp(prefix="fedface-demo-"))
+    workdir = Path(workdir)
+    if workdir.exists() and any(workdir.iterdir()):
+        raise DemoError(f"work directory {workdir} is not empty",
+                        "give a new or empty --workdir (the demo creates fresh keys and state)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    return workdir
+
+
+def _stop_all(procs: list[subprocess.Popen[str]]) -> None:
+    for proc in reversed(procs):  # boxes first, so they say offline to a live broker
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,9 @@
+"""The gallery: who is enrolled, and the rule that names a face.
+
+``store`` (SQLite: people, their photos embeddings per model version, enrolment crops),
+``snapshot`` (an immutable in-memory copy a serving engine matches against) and
+``match`` (the one pure matching rule both use: best cosine score over a person's
+embeddings, named only at or above the threshold).
+
+May import: edge.errors.
+"""

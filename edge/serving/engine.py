@@ -1,0 +1,207 @@
+"""The live recognition engine: one immutable serving state, swapped by one assignment.
+
+``ServingState`` bundles an embedder (ONNX Runtime session of one model version) with the
+gallery snapshot of that same version; it refuses to exist otherwise. A frame reads
+``engine.state`` once, at its start, and uses that object for the whole frame, so a
+probe is only ever compared with gallery vectors of its own model, whatever a swap does
+meanwhile. A swap builds the next state off the hot path and installs it with a single
+reference assignment: frames never wait for a swap and never see half of one.
+
+A watcher thread (lower priority) keeps the state's gallery current: when anyone
+commits to the gallery database (kiosk enrolment, the CLI in another process), crops
+with no embedding of the serving version are embedded and a fresh snapshot installed.
+It also runs an optional ``follow`` hook: processes that do not swap themselves follow
+the swap pointer written by the one that does (``edge.serving.hot_swap``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge.gallery.match import Match
+from edge.gallery.snapshot import GalleryRows, GallerySnapshot
+from edge.priority import background_niceness, lower_thread_priority
+from edge.vision.detect import FaceDetector
+from edge.vision.pipeline import FaceEmbedder, RecognisedFace, StageTimings, detect_align_embed
+
+log = logging.getLogger(__name__)
+
+WATCH_SECONDS = 0.5
+
+
+class StateMismatchError(ValueError):
+    """An embedder and a gallery snapshot of different model versions were paired."""
+
+
+@dataclass(frozen=True, eq=False)
+class ServingState:
+    model_version: str  # federated version name ("base" for the pretrained model)
+    embedder: FaceEmbedder = field(repr=False)
+    gallery: GallerySnapshot = field(repr=False)
+    since: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        if self.embedder.version != self.gallery.model_version:
+            raise StateMismatchError(
+                f"embedder {self.embedder.version!r} paired with gallery vectors of "
+                f"{self.gallery.model_version!r}")
+
+    @property
+    def tag(self) -> str:
+        """The embedder's version tag, as stored with gallery embeddings."""
+        return self.embedder.version
+
+
+@dataclass(frozen=True, eq=False)
+class FrameResult:
+    faces: list[RecognisedFace]
+    matches: list[Match]
+    model_version: str
+    embedder_version: str  # of the vectors of this frame's faces
+    gallery_version: str  # of the gallery vectors they were compared with
+    timings: StageTimings
+    match_seconds: float
+
+    @property
+    def consistent(self) -> bool:
+        return self.embedder_version == self.gallery_version
+
+
+class Engine:
+    """Detect -> align -> embed -> match against the current ``ServingState``."""
+
+    def __init__(self, detector: FaceDetector | None, state: ServingState, threshold: float,
+                 rows: GalleryRows | None = None) -> None:
+        # used by the frame thread only (YuNet is not thread-safe); None: no frames here
+        self.detector = detector
+        self.threshold = threshold
+        self.rows = rows
+        # The frame thread's own connection: ``PRAGMA data_version`` on it costs a few
+        # microseconds and never waits for a writer (WAL), so an enrolment committed by
+        # anyone shows on the very next frame.
+        self._frame_rows = GalleryRows(rows.path) if rows is not None else None
+        self._frame_data_version = (self._frame_rows.data_version()
+                                    if self._frame_rows is not None else 0)
+        self._state = state
+        self._install_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._seen_data_version: int | None = None
+        self.follow: Callable[[], None] | None = None
+        self.swaps = 0
+
+    # --- the hot path -------------------------------------------------------------------
+
+    @property
+    def state(self) -> ServingState:
+        return self._state
+
+    def recognise(self, bgr: np.ndarray) -> FrameResult:
+        state = self._state  # the one read of the frame: everything below uses `state`
+        if self._frame_rows is not None:
+            version = self._frame_rows.data_version()
+            if version != self._frame_data_version:
+                self._frame_data_version = version
+                state = self._reload_snapshot(state)
+        if self.detector is None:
+            raise RuntimeError("this engine has no face detector (it only swaps models)")
+        faces, crops, vectors, timings = detect_align_embed(self.detector, state.embedder, bgr)
+        t3 = time.perf_counter()
+        matches = state.gallery.identify_many(vectors, self.threshold) if crops else []
+        recognised = [RecognisedFace(f, c, v, state.tag)
+                      for f, c, v in zip(faces, crops, vectors, strict=True)]
+        return FrameResult(recognised, matches, state.model_version, state.embedder.version,
+                           state.gallery.model_version,
+                           timings, time.perf_counter() - t3)
+
+    def embed_crops(self, crops: list[np.ndarray]) -> tuple[np.ndarray, str]:
+        """Embeddings of crops plus the version tag they belong to (one state read)."""
+        state = self._state
+        return state.embedder.embed(crops), state.tag
+
+    # --- swapping -----------------------------------------------------------------------
+
+    def install(self, new: ServingState, replaces: ServingState | None = None) -> bool:
+        """Make ``new`` the serving state (one reference assignment).
+
+        With ``replaces``, only if that is still the serving state (the watcher's gallery
+        refresh must not undo a model swap that happened while it worked).
+        """
+        with self._install_lock:
+            if replaces is not None and self._state is not replaces:
+                return False
+            changed_model = new.tag != self._state.tag
+            self._state = new
+            if changed_model:
+                self.swaps += 1
+        return True
+
+    def _reload_snapshot(self, state: ServingState) -> ServingState:
+        """Fresh gallery vectors of the frame's own version (someone committed rows)."""
+        assert self._frame_rows is not None
+        fresh = ServingState(state.model_version, state.embedder,
+                             self._frame_rows.snapshot(state.tag), state.since)
+        self.install(fresh, replaces=state)  # never undoes a swap installed meanwhile
+        return fresh
+
+    def close(self) -> None:
+        self.stop_watcher()
+        for rows in (self.rows, self._frame_rows):
+            if rows is not None:
+                rows.close()
+
+    def refresh_gallery(self) -> None:
+        """Embed crops missing for the serving version and install a fresh snapshot."""
+        if self.rows is None:
+            return
+        state = self._state
+        missing = self.rows.missing(state.tag)
+        if missing:
+            images = self.rows.crop_images(missing)
+            ids = [i for i in missing if i in images]
+            if ids:
+                vectors = state.embedder.embed([images[i] for i in ids])
+                self.rows.write(state.tag, np.array(ids), vectors)
+                log.info("embedded %d crop(s) enrolled under another model with %s",
+                         len(ids), state.tag)
+        snapshot = self.rows.snapshot(state.tag)
+        self.install(ServingState(state.model_version, state.embedder, snapshot, state.since),
+                     replaces=state)
+
+    # --- watcher ------------------------------------------------------------------------
+
+    def start_watcher(self, every: float = WATCH_SECONDS) -> None:
+        if self._watcher is None and (self.rows is not None or self.follow is not None):
+            self._stop.clear()
+            self._watcher = threading.Thread(target=self._watch, args=(every,),
+                                             name="engine-watcher", daemon=True)
+            self._watcher.start()
+
+    def stop_watcher(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(10.0)
+            self._watcher = None
+
+    def watch_once(self) -> None:
+        if self.follow is not None:
+            self.follow()
+        if self.rows is not None:
+            version = self.rows.data_version()
+            if version != self._seen_data_version:
+                self._seen_data_version = version
+                self.refresh_gallery()
+
+    def _watch(self, every: float) -> None:
+        lower_thread_priority(background_niceness())
+        while not self._stop.wait(every):
+            try:
+                self.watch_once()
+            except Exception:  # the watcher must outlive one bad poll (e.g. a locked db)
+                log.exception("engine watcher: poll failed")

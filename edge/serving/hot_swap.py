@@ -1,0 +1,393 @@
+"""Hot swap of federated weights into the live engine, crash-safe, validated, reversible.
+
+``HotSwapper.apply(version, vector)`` (the federation client's ``ModelSink``) runs, in a
+background thread at a lower CPU priority so the frame thread keeps its core:
+
+1. ``patched``: the vector becomes the graph's initializers, by name (no torch, no
+   re-export, no protobuf parse);
+2. ``model_written``: ``sface-fed-<version>.weights.npz`` by atomic rename (0600): the
+   version's initializers and the base model's SHA-256 (``edge.serving.versions``): 22 kB for
+   the default part instead of a 38 MB graph (an SD card takes seconds for that);
+3. ``session_built``: ONE new InferenceSession, of the tail only, with the new weights
+   given to ONNX Runtime by name: the frames run the shared frozen-trunk session then
+   this tail (``edge.serving.split_model.SplitEmbedder``);
+4. ``reembedded``: every enrolment crop's cached trunk features through that same tail
+   (the dominant cost: ~58 M multiply-adds per crop for the conv14 part);
+5. ``validated``: the canary (``edge.serving.canary``); a refusal blocks the version, keeps its
+   weights (0600) and records why, and the old model keeps serving;
+6. ``rows_written``: the new version's gallery rows, one transaction;
+7. ``committed``: ``current.json`` names the new version (atomic rename): THE commit
+   point. Before it a restart serves the old version, after it the new one; the rows
+   of whatever the pointer names always exist;
+8. ``swapped``: the new (session, gallery snapshot) state installed by one assignment;
+9. ``old_dropped``: other versions' rows and unreferenced model files deleted (the
+   previous model file stays for ``rollback``).
+
+A restart (``HotSwapper.__init__``) reads the pointer, serves that, drops rows of other
+versions and stray files, so a box killed at any moment serves one consistent model.
+``$FEDFACE_SWAP_CRASH_AFTER=<step>`` makes the process SIGKILL itself right after that
+step: the crash-safety tests use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from edge.errors import FedFaceError, ResultRejected
+from edge.gallery.snapshot import GalleryRows, empty_snapshot
+from edge.priority import background_niceness, lower_thread_priority
+from edge.serving.assets import SwapAssets
+from edge.serving.canary import CanaryPolicy, CanaryResult, run_canary
+from edge.serving.current import BASE_TAG, load_current, read_model
+from edge.serving.engine import Engine, ServingState
+from edge.serving.split_model import SplitEmbedder
+from edge.serving.versions import (
+    MODEL_PREFIX,
+    WEIGHTS_SUFFIX,
+    ModelStoreError,
+    Pointer,
+    ServedModel,
+    SwapStore,
+)
+from edge.vision.detect import FaceDetector
+from edge.vision.embed import Embedder
+from models.federated_parts import FederatedPart
+
+log = logging.getLogger(__name__)
+
+STEPS = ("patched", "model_written", "session_built", "reembedded", "validated",
+         "rows_written", "committed", "swapped", "old_dropped")
+CRASH_ENV = "FEDFACE_SWAP_CRASH_AFTER"
+T = TypeVar("T")
+
+
+class ModelRefused(ResultRejected):
+    """The box refused federated weights (canary failed, or the version is blocked)."""
+
+    canary: CanaryResult | None = None  # the figures behind a canary refusal
+
+
+class HotSwapError(FedFaceError):
+    """A swap or rollback cannot be done (no previous model, unreadable files...)."""
+
+    exit_code = 9
+
+
+def embedder_version(model_version: str) -> str:
+    return f"{MODEL_PREFIX}{model_version}"
+
+
+@dataclass(frozen=True)
+class SwapReport:
+    version: str
+    canary: CanaryResult | None
+    seconds: dict[str, float]  # time from the swap's start at the end of each step
+
+    @property
+    def total(self) -> float:
+        return max(self.seconds.values(), default=0.0)
+
+    @property
+    def serving_after(self) -> float:
+        """Weights received -> the new state serving frames (cleanup comes after)."""
+        return self.seconds.get("swapped", self.total)
+
+
+class _Steps:
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.marks: dict[str, float] = {}
+
+    def done(self, step: str) -> None:
+        self.marks[step] = time.perf_counter() - self.t0
+        if os.environ.get(CRASH_ENV) == step:
+            log.warning("%s=%s: killing this process now (crash test)", CRASH_ENV, step)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class HotSwapper:
+    """Owns the box's serving model: restores it at start, swaps and rolls it back."""
+
+    def __init__(self, base_model: Path, part: FederatedPart, swap_dir: Path,
+                 gallery_db: Path | None, detector: FaceDetector | None = None,
+                 threads: int = 1, threshold: float = 0.40, policy: CanaryPolicy | None = None,
+                 base_embedder: Embedder | None = None) -> None:
+        self.base_model, self.part, self.threads = Path(base_model), part, threads
+        self.policy = policy or CanaryPolicy.from_env(threshold)
+        self.store = SwapStore(swap_dir, create=True)
+        self.rows = GalleryRows(gallery_db) if gallery_db is not None else None
+        self.base_embedder = base_embedder
+        self._lock = threading.RLock()
+        self.assets = SwapAssets(self.base_model, part, self.store.directory, self.rows,
+                                 threads=1)
+        with self._locked():
+            served, embedder = load_current(self.store, self.base_model, threads, base_embedder,
+                                            owner=True)
+            snapshot = self._reconcile(served, embedder)
+        self.served = served
+        self.engine = Engine(detector, ServingState(served.version, embedder, snapshot),
+                             threshold, self.rows)
+        self._stamp = self.store.pointer_stamp()
+        self.engine.follow = self._follow
+        self.last_report: SwapReport | None = None
+        # the swap thread's nice value: the frame thread keeps its core on a 2-core box
+        self.niceness = background_niceness()
+        self.on_change: Callable[[dict[str, Any]], None] | None = None
+
+    # --- locking and background work -------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One swap at a time, across threads and processes (the CLI's rollback)."""
+        with self._lock, open(self.store.directory / "swap.lock", "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released by the kernel if we are killed
+            yield
+
+    def _in_background(self, job: Callable[[], T]) -> T:
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            if self.niceness:
+                lower_thread_priority(self.niceness)
+            try:
+                box["value"] = job()
+            except BaseException as exc:  # re-raised in the caller's thread
+                box["error"] = exc
+
+        thread = threading.Thread(target=run, name="hot-swap", daemon=True)
+        thread.start()
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    # --- restart / follow ---------------------------------------------------------------
+
+    def _reconcile(self, served: ServedModel, embedder: Embedder) -> Any:
+        """Make the disk agree with the pointer: rows of its version only, its files only."""
+        pointer = self.store.load()
+        keep = {m.model_file for m in (served, pointer.previous if pointer else None)
+                if m is not None and m.model_file}
+        removed = self.store.remove_strays(keep)
+        if removed:
+            log.info("removed model files of unfinished or old swaps: %s", removed)
+        if self.rows is None:
+            return empty_snapshot(served.tag)
+        missing = self.rows.missing(served.tag)
+        if missing:  # enrolled under another model, or a swap killed before its commit
+            images = self.rows.crop_images(missing)
+            ids = [i for i in missing if i in images]
+            self.rows.write(served.tag, np.array(ids, np.int64),
+                            embedder.embed([images[i] for i in ids]) if ids else
+                            np.zeros((0, 128), np.float32))
+        self.rows.drop_other_versions(served.tag)
+        return self.rows.snapshot(served.tag)
+
+    def _follow(self) -> None:
+        """Engine watcher hook: another process (``model rollback``) moved the pointer."""
+        stamp = self.store.pointer_stamp()
+        if stamp != self._stamp:
+            with self._locked():
+                self._stamp = self.store.pointer_stamp()
+                current = self.store.load()
+                if current is not None and current.current.tag != self.engine.state.tag:
+                    served, embedder = load_current(self.store, self.base_model,
+                                                    self.threads, self.base_embedder,
+                                                    owner=True)
+                    snapshot = self._reconcile(served, embedder)
+                    self.engine.install(ServingState(served.version, embedder, snapshot))
+                    self.served = served
+                    log.info("serving %s: the swap pointer was moved by another process",
+                             served.version)
+        self.assets.warm()  # trunk features of newly enrolled crops, off the hot path
+
+    def start(self) -> HotSwapper:
+        """Warm the trunk-feature cache and start the engine's watcher (background)."""
+        self.engine.start_watcher()
+        return self
+
+    def stop(self) -> None:
+        self.engine.stop_watcher()
+
+    # --- swapping -------------------------------------------------------------------------
+
+    def apply(self, version: str, vector: np.ndarray, reason: str = "federated result"
+              ) -> None:
+        """ModelSink: validate and serve ``vector`` as ``version`` (ModelRefused if not)."""
+        vector = np.asarray(vector, dtype=np.float32).ravel()
+        if vector.size != self.part.size:
+            raise ModelRefused("malformed", f"{vector.size} values for part {self.part.key} "
+                               f"({self.part.size} expected)")
+        if version == self.engine.state.model_version:
+            log.info("model %s is already serving", version)
+            return
+        blocked = self.store.blocked().get(version)
+        if blocked is not None:
+            raise ModelRefused("blocked", f"model {version} was refused before "
+                               f"({blocked.get('reason')}); it is not served again")
+        self.last_report = self._in_background(lambda: self._swap(version, vector, reason))
+
+    def _swap(self, version: str, vector: np.ndarray, reason: str) -> SwapReport:
+        with self._locked():
+            steps = _Steps()
+            weights = self.part.onnx_weights(vector, self.assets.base_weights)
+            steps.done("patched")
+            model_file = f"{MODEL_PREFIX}{version}{WEIGHTS_SUFFIX}"
+            sha = self.store.write_weights(model_file, weights, self.assets.base_sha256,
+                                           vector)
+            steps.done("model_written")
+            return self._install(version, model_file, sha, weights, steps, reason, vector)
+
+    def _install(self, version: str, model_file: str | None, sha: str | None,
+                 tail_weights: Mapping[str, np.ndarray], steps: _Steps, reason: str,
+                 vector: np.ndarray | None, rollback: bool = False) -> SwapReport:
+        tag = embedder_version(version) if model_file else BASE_TAG
+        # One new session per swap: the tail. The frames run the shared trunk session
+        # then this tail, and the gallery is re-embedded through the same tail.
+        try:
+            tail = self.assets.tail_embedder(tail_weights, threads=self.threads)
+        except ValueError as exc:  # a rollback to a version of a part with an earlier cut
+            raise HotSwapError(f"model {version} cannot be served with part "
+                               f"{self.part.name}: {exc}",
+                               hint="roll back with that version's part: --part") from exc
+        embedder = SplitEmbedder(self.assets.head, tail, tag, threads=self.threads)
+        steps.done("session_built")
+        crop_ids, person_ids, features = self.assets.features()
+        vectors = tail.embed_features(features)
+        steps.done("reembedded")
+        # the operator's rollback returns to a version that was validated when it came
+        canary = None if rollback else self._canary(crop_ids, person_ids, vectors)
+        if canary is not None and not canary.passed:
+            self.store.block(version, canary.reason, vector)  # weights kept, 0600
+            if model_file:
+                self.store.model_path(model_file).unlink(missing_ok=True)
+            entry = self.store.record("refused", version, reason=canary.reason,
+                                      canary=canary.to_dict())
+            self._changed(entry)
+            refusal = ModelRefused("canary_refused", f"model {version} refused: "
+                                   f"{canary.reason}; still serving "
+                                   f"{self.engine.state.model_version}")
+            refusal.canary = canary
+            raise refusal
+        steps.done("validated")
+        if self.rows is not None:
+            self.rows.write(tag, crop_ids, vectors)
+        steps.done("rows_written")
+        new = ServedModel(version, tag, model_file, sha, time.time(), reason,
+                          self.part.name if model_file else None)
+        previous = None if rollback else self.served
+        self.store.commit(Pointer(new, previous))
+        self._stamp = self.store.pointer_stamp()
+        steps.done("committed")
+        snapshot = self.rows.snapshot(tag) if self.rows is not None else empty_snapshot(tag)
+        self.engine.install(ServingState(version, embedder, snapshot))
+        old, self.served = self.served, new
+        steps.done("swapped")
+        if self.rows is not None:
+            self.rows.drop_other_versions(tag)
+        self.store.remove_strays({m.model_file for m in (new, previous)
+                                  if m is not None and m.model_file})
+        steps.done("old_dropped")
+        report = SwapReport(version, canary, dict(steps.marks))
+        entry = self.store.record("rolled_back" if rollback else "swapped", version,
+                                  previous=old.version, reason=reason,
+                                  canary=canary.to_dict() if canary else None,
+                                  seconds=report.seconds)
+        log.info("serving model %s (was %s) after %.2f s", version, old.version,
+                 report.serving_after)
+        self._changed(entry)
+        return report
+
+    def _canary(self, crop_ids: np.ndarray, person_ids: np.ndarray,
+                vectors: np.ndarray) -> CanaryResult:
+        current = self.engine.state.gallery
+        common, new_rows, old_rows = np.intersect1d(crop_ids, current.crop_ids,
+                                                    return_indices=True)
+        result = run_canary(current.vectors[old_rows], vectors[new_rows],
+                            person_ids[new_rows], self.policy)
+        log.info("canary on %d crops: %s", len(common), result.reason)
+        return result
+
+    def rollback(self) -> SwapReport:
+        """Serve version N-1 again; N is blocked (a re-delivered N is refused)."""
+        def job() -> SwapReport:
+            with self._locked():
+                pointer = self.store.load()
+                if pointer is None or pointer.previous is None:
+                    raise HotSwapError("there is no previous model to roll back to",
+                                       hint="see `fedface-edge model status`")
+                target, current = pointer.previous, pointer.current
+                weights = self._version_weights(target)
+                steps = _Steps()
+                report = self._install(target.version, target.model_file, target.sha256,
+                                       weights, steps,
+                                       f"rolled back by operator from {current.version}",
+                                       None, rollback=True)
+                self.store.block(current.version, "rolled back by operator")
+                return report
+        report = self._in_background(job)
+        self.last_report = report
+        return report
+
+    def _version_weights(self, served: ServedModel) -> dict[str, np.ndarray]:
+        """The tail initializers a stored version overrides ({} for the base model)."""
+        if served.model_file is None:
+            return {}
+        if served.model_file.endswith(WEIGHTS_SUFFIX):
+            weights, base_sha = self.store.read_weights(served)
+            if base_sha != self.assets.base_sha256:
+                raise HotSwapError(f"model {served.version} was made for another base model",
+                                   hint="fedface-edge models fetch")
+            return weights
+        # a whole .onnx file (written by older releases): all its tail initializers, so a
+        # rollback is right whichever part made it
+        return self.assets.read_tail_weights(read_model(self.store, served, self.base_model))
+
+    def _changed(self, entry: dict[str, Any]) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change(entry)
+            except Exception:
+                log.exception("swap status callback failed")
+
+    # --- what the federation client reads and publishes ---------------------------------
+
+    def served_vector(self) -> tuple[str, np.ndarray] | None:
+        """(version, part vector) of the served federated model; None while the base
+        model serves or when this part's vector of the served version is not known (a
+        version of another part, or a file from a release that did not keep vectors):
+        the federation client then starts from the pretrained weights."""
+        served = self.served
+        if served.model_file is None:
+            return None
+        try:
+            vector = self.store.read_vector(served)
+        except ModelStoreError as exc:
+            log.warning("the served model's vector is unreadable: %s", exc)
+            return None
+        if vector is None or vector.size != self.part.size:
+            log.warning("no %s vector of the served model %s", self.part.key, served.version)
+            return None
+        return served.version, vector
+
+
+    def status_fields(self) -> dict[str, Any]:
+        """Extra fields for the box's retained status message."""
+        history = self.store.history()
+        last = history[-1] if history else None
+        return {"serving": self.engine.state.model_version,
+                "last_swap": {k: last[k] for k in ("event", "version", "at", "reason")
+                              if k in last} if last else None}
+

@@ -1,0 +1,183 @@
+"""Glue of the box's recognition: the face pipeline plus the gallery.
+
+``Recognizer.recognise(frame)`` detects, embeds and identifies every face of a frame;
+``Recognizer.enroll_images`` turns photos into gallery entries (one transaction per
+person, so a failed enrolment leaves nothing half-written). No torch here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import FedFaceError, ImageReadError, NoFaceError
+from edge.gallery.match import Match
+from edge.gallery.store import Gallery
+from edge.serving.engine import Engine
+from edge.serving.events import UNKNOWN, RecognitionEvent
+from edge.vision.detect import Face
+from edge.vision.pipeline import FacePipeline, StageTimings
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+
+
+class EnrolInputError(FedFaceError):
+    """An enrolment folder does not have the expected layout."""
+
+    exit_code = 3
+
+
+@dataclass(frozen=True)
+class Recognition:
+    face: Face
+    match: Match
+    model_version: str
+
+    @property
+    def name(self) -> str:
+        return self.match.name if self.match.name is not None else UNKNOWN
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        x, y, w, h = self.face.box
+        return (round(x), round(y), round(w), round(h))
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "box": list(self.box),
+            "name": self.name,
+            "score": round(self.match.score, 4),
+            "person_id": self.match.person_id,
+            "det_score": round(self.face.score, 4),
+        }
+
+    def event(self, frame: int, ts: float) -> RecognitionEvent:
+        return RecognitionEvent(ts=ts, frame=frame, box=self.box, name=self.name,
+                                score=self.match.score, model_version=self.model_version,
+                                person_id=self.match.person_id, det_score=self.face.score)
+
+
+@dataclass
+class FrameTimings:
+    """Seconds per stage for one frame (pipeline stages + gallery match)."""
+
+    stages: StageTimings
+    match: float
+
+    @property
+    def total(self) -> float:
+        return self.stages.total + self.match
+
+    def as_ms(self) -> dict[str, float]:
+        return {"detect": self.stages.detect * 1e3, "align": self.stages.align * 1e3,
+                "embed": self.stages.embed * 1e3, "match": self.match * 1e3,
+                "total": self.total * 1e3}
+
+
+@dataclass
+class EnrolOutcome:
+    name: str
+    added: list[Path] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # (image, reason)
+    person_id: int | None = None
+
+
+ProgressCallback = Callable[[Path, str | None], None]  # (image, failure reason or None)
+
+
+class Recognizer:
+    """Serves from an ``Engine`` (``edge.serving.engine``): the model the swap pointer names, and
+    its gallery snapshot; ``engine.start_watcher()`` makes it follow swaps and enrolments."""
+
+    def __init__(self, pipeline: FacePipeline, gallery: Gallery, threshold: float,
+                 engine: Engine | None = None) -> None:
+        self.pipeline = pipeline
+        self.gallery = gallery
+        self.threshold = threshold
+        self.last_timings = FrameTimings(StageTimings(), 0.0)
+        if engine is None:
+            from edge.serving.current import open_engine
+
+            engine = open_engine(pipeline.detector, gallery.path, None,
+                                 threads=pipeline.embedder.threads, threshold=threshold,
+                                 base_embedder=pipeline.embedder)
+        self.engine = engine
+
+    @property
+    def model_version(self) -> str:
+        return self.engine.state.tag
+
+    def recognise(self, bgr: np.ndarray) -> list[Recognition]:
+        result = self.engine.recognise(bgr)
+        self.last_timings = FrameTimings(result.timings, result.match_seconds)
+        return [Recognition(f.face, m, result.embedder_version)
+                for f, m in zip(result.faces, result.matches, strict=True)]
+
+    def enroll_images(
+        self,
+        name: str,
+        images: Sequence[Path],
+        max_images: int | None = None,
+        skip_bad: bool = True,
+        progress: ProgressCallback | None = None,
+    ) -> EnrolOutcome:
+        """Enrol ``name`` from photos (largest face of each).
+
+        With ``skip_bad`` an unreadable photo or one without a face is recorded in
+        ``skipped`` and the next one is tried; without it the first such photo raises and
+        nothing is enrolled. ``max_images`` stops after that many usable photos.
+        """
+        outcome = EnrolOutcome(name)
+        crops: list[np.ndarray] = []
+        vectors: list[np.ndarray] = []
+        for image in images:
+            if max_images is not None and len(crops) >= max_images:
+                break
+            try:
+                face = self.pipeline.embed_image_file(image)
+            except (ImageReadError, NoFaceError) as exc:
+                if not skip_bad:
+                    raise
+                reason = str(exc)
+                outcome.skipped.append((image, reason))
+                log.info("enrol %s: skipped %s: %s", name, image, reason)
+                if progress:
+                    progress(image, reason)
+                continue
+            crops.append(face.crop)
+            vectors.append(face.embedding)
+            outcome.added.append(image)
+            if progress:
+                progress(image, None)
+        if crops:
+            state = self.engine.state  # one read: vectors and their version tag agree
+            if state.embedder is not self.pipeline.embedder:  # a federated model serves
+                vectors = list(state.embedder.embed(crops))
+            outcome.person_id = self.gallery.enroll(
+                name, crops, np.stack(vectors), state.tag,
+                sources=[p.name for p in outcome.added])
+            self.engine.refresh_gallery()
+        return outcome
+
+
+def images_in(folder: Path) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def people_folders(root: Path) -> list[Path]:
+    """One sub-folder per person (sorted); FedFaceError if ``root`` is not such a folder."""
+    if not root.is_dir():
+        raise EnrolInputError(f"{root} is not a directory",
+                           "pass a folder with one sub-folder of photos per person")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise EnrolInputError(f"{root} has no sub-folders",
+                           "put each person's photos in a sub-folder named after them")
+    return folders
