@@ -114,7 +114,7 @@ class RoundAnnounce(_Message):
     min_new_samples: int = 0
     dp: DpConfig | None = None  # differential privacy the federation asks of every box
     opened_at: float | None = None
-    pinned: bool | None = None  # the base is a version the operator pinned (model_pins)
+    pinned: bool | None = None  # the base is a version the operator pinned (aggregator.rounds.pins)
     next_round_at: float | None = None  # closed, held back by the schedule until then
 
     @property

@@ -146,7 +146,7 @@ class Coordinator:
 
     def _open_next(self) -> Announce:
         latest = self.store.latest_round()
-        # the latest published result, or the one the operator pinned (model_pins)
+        # the latest published result, or the one the operator pinned (aggregator.rounds.pins)
         base, is_pinned = next_base(self.store, self.initial_model)
         round_no = 1 if latest is None else latest.round + 1
         now = self.clock()

@@ -1,0 +1,137 @@
+"""``fedface-edge demo`` end to end: real processes (aggregator + boxes), real faces,
+real enrolment and training, against the embedded broker and against Mosquitto."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.broker import free_port
+
+EDGE = str(Path(sys.executable).parent / "fedface-edge")
+AGGREGATOR = str(Path(sys.executable).parent / "fedface-aggregator")
+TINY = ["--boxes", "2", "--rounds", "2", "--people-per-box", "2", "--images-per-person", "3",
+        "--heldout-per-person", "1", "--part", "embed_bn", "--train-budget", "5",
+        "--timeout", "240"]
+
+
+def _demo(*args: str, timeout: float = 300, env: dict[str, str] | None = None
+          ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([EDGE, "demo", *args], capture_output=True, text=True,
+                          timeout=timeout, check=False,
+                          env={**os.environ, "COLUMNS": "200", **(env or {})})
+
+
+def _check_finished_federation(proc: subprocess.CompletedProcess[str], workdir: Path) -> None:
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "Traceback" not in proc.stderr
+    for r in (1, 2):
+        assert f"round {r}: 2 updates in" in out
+    assert out.count("serves round-2") >= 2
+    assert "trainer: torch" in out  # the real trainer ran (torch is installed here)
+    for box in ("box-1", "box-2"):
+        pointer = json.loads((workdir / box / "models" / "current.json").read_text())
+        assert pointer["version"] == "round-2"  # the box's one store of model versions
+        assert (workdir / box / "models" / "sface-fed-round-2.weights.npz").is_file()
+        assert (workdir / box / "models" / "sface-fed-round-1.weights.npz").is_file()  # N-1
+        assert not list((workdir / box / "federation" / "outbox").glob("*.upd"))
+    rounds = json.loads(subprocess.run(
+        [AGGREGATOR, "rounds", "list", "--json", "--state", str(workdir / "aggregator")],
+        capture_output=True, text=True, check=True).stdout)
+    assert [(r["round"], r["status"], r["contributions"]) for r in rounds] == [
+        (1, "published", 2), (2, "published", 2)]
+
+
+def _box_cli(box: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FEDFACE_DATA_DIR": str(box)}
+    env.pop("FEDFACE_CONFIG", None)
+    return subprocess.run([EDGE, *args], capture_output=True, text=True, timeout=300,
+                          check=False, env=env)
+
+
+def _served(box: Path) -> str:
+    out = _box_cli(box, "model", "status", "--json")
+    assert out.returncode == 0, out.stderr
+    return str(json.loads(out.stdout)["current"]["version"])
+
+
+@pytest.mark.slow
+def test_demo_with_embedded_broker(lfw_dir: Path, tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    proc = _demo("--faces", str(lfw_dir), "--workdir", str(workdir), *TINY)
+    assert "embedded amqtt" in proc.stdout
+    _check_finished_federation(proc, workdir)
+    # Issue 13.1 as reported: a demo box's data dir is a box's data dir, and the box's
+    # commands serve its federated model and keep it.
+    box = workdir / "box-1"
+    assert _served(box) == "round-2"
+    people = json.loads(_box_cli(box, "people", "list", "--json").stdout)
+    assert len(people) == 2  # the demo's enrolments are the box's gallery
+    photo = next(p for p in sorted(lfw_dir.iterdir()) if p.is_dir())
+    out = _box_cli(box, "identify", str(sorted(photo.glob("*.jpg"))[0]), "--json")
+    assert out.returncode in (0, 3), out.stderr  # 3: no face in that photo
+    assert "cannot serve model" not in out.stderr
+    assert _served(box) == "round-2"
+    assert (box / "models" / "sface-fed-round-2.weights.npz").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.mosquitto
+def test_demo_against_mosquitto(lfw_dir: Path, tmp_path: Path, mosquitto) -> None:
+    workdir = tmp_path / "demo"
+    proc = _demo("--faces", str(lfw_dir), "--workdir", str(workdir), "--broker",
+                 mosquitto.url, *TINY)
+    assert f"broker: {mosquitto.url}" in proc.stdout
+    _check_finished_federation(proc, workdir)
+
+
+def _assert_clear_error(proc: subprocess.CompletedProcess[str], text: str) -> None:
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert text in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ")
+
+
+def test_demo_input_errors(lfw_dir: Path, tmp_path: Path) -> None:
+    _assert_clear_error(_demo("--faces", str(tmp_path / "nope")), "does not exist")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _assert_clear_error(_demo("--faces", str(empty)), "has no sub-folders")
+    few = tmp_path / "few"
+    for person in sorted(p for p in lfw_dir.iterdir() if p.is_dir())[:40]:
+        if len(list(person.glob("*.jpg"))) >= 6:
+            shutil.copytree(person, few / person.name)
+            break
+    _assert_clear_error(_demo("--faces", str(few)), "the demo needs 24")
+    port = free_port()  # nothing listens there
+    _assert_clear_error(_demo("--faces", str(lfw_dir), "--broker", f"mqtt://127.0.0.1:{port}"),
+                        "unreachable")
+    workdir = tmp_path / "used"
+    workdir.mkdir()
+    (workdir / "keep.txt").write_text("x")
+    _assert_clear_error(_demo("--faces", str(lfw_dir), "--workdir", str(workdir)),
+                        "not empty")
+
+
+def test_demo_without_torch_says_it_falls_back(lfw_dir: Path, tmp_path: Path) -> None:
+    """A box without the train extra still federates, and the demo says loudly that its
+    updates are a weight drift, not training."""
+    hide = tmp_path / "hide" / "torch"
+    hide.mkdir(parents=True)
+    (hide / "__init__.py").write_text("raise ImportError('torch hidden by the test')\n")
+    workdir = tmp_path / "demo"
+    proc = _demo("--faces", str(lfw_dir), "--workdir", str(workdir), "--boxes", "2",
+                 "--rounds", "1", "--people-per-box", "2", "--images-per-person", "2",
+                 "--heldout-per-person", "1", "--part", "embed_bn",
+                 env={"PYTHONPATH": str(hide.parent)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("WARNING: torch is not installed") == 2
+    assert "trainer: numpy-drift (NOT learning)" in proc.stdout
+    assert "round 1: 2 updates in" in proc.stdout

@@ -1,0 +1,150 @@
+"""`fedface-edge provision` then `doctor` against a real TLS Mosquitto: all green, and each
+failure class of `doctor` shown by breaking exactly one thing."""
+
+from __future__ import annotations
+
+import shutil
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from edge.config import load_box_config
+from edge.doctor import check_clock, run_checks
+from tests.support.broker import MosquittoBroker
+from tests.support.provisioning import (
+    Federation,
+    edge,
+    edit_config,
+    model_dir,
+    provision_box,
+    start_federation,
+)
+
+pytestmark = pytest.mark.mosquitto
+
+
+@pytest.fixture
+def fed(tmp_path: Path, mosquitto_factory: Callable[..., MosquittoBroker]) -> Federation:
+    return start_federation(tmp_path, mosquitto_factory)
+
+
+@pytest.fixture
+def camera(lfw_dir: Path) -> str:
+    return f"dir:{lfw_dir / 'Aaron_Peirsol'}"
+
+
+def doctor_lines(box: Path) -> tuple[int, dict[str, str]]:
+    code, out = edge(box, "doctor")
+    lines = {}
+    for line in out.splitlines():
+        if line.startswith(("PASS", "FAIL")):
+            verdict, name = line[:4], line[6:22].strip()
+            lines[name] = line if verdict == "FAIL" else "PASS"
+    return code, lines
+
+
+def failing(box: Path) -> dict[str, str]:
+    code, lines = doctor_lines(box)
+    assert code == 9, lines
+    return {k: v for k, v in lines.items() if v != "PASS"}
+
+
+def test_provision_then_doctor_all_green(fed: Federation, camera: str) -> None:
+    box = provision_box(fed, "box-1", camera)
+    for name in ("tls/device-tls.key", "keys/device.key", "keys/federation-secret.tenseal",
+                 "kiosk/password.hash"):
+        assert stat.S_IMODE((box / name).stat().st_mode) == 0o600, name
+    cfg_text = (box / "edge.toml").read_text()
+    assert "correct horse" not in cfg_text and "kiosk staff" not in cfg_text  # no secrets
+    code, out = edge(box, "doctor")
+    assert code == 0, out
+    names = [ln[6:22].strip() for ln in out.splitlines() if ln.startswith("PASS")]
+    assert names == ["camera", "models", "key files", "federation keys", "certificate",
+                     "broker", "clock", "disk"]
+    assert "FAIL" not in out
+    code, out = edge(box, "status", "--json")
+    assert code == 0 and '"device_id": "box-1"' in out and '"kiosk_password_set": true' in out
+
+
+def test_doctor_before_the_certificate_is_installed(fed: Federation, camera: str) -> None:
+    box = provision_box(fed, "box-2", camera, sign=False)
+    bad = failing(box)
+    assert set(bad) == {"certificate", "broker"}, bad
+    assert "box-2.request.json" in edge(box, "doctor")[1]  # the hint says what to hand over
+
+
+def test_doctor_camera_failure(fed: Federation, camera: str, tmp_path: Path) -> None:
+    box = provision_box(fed, "box-3", camera)
+    edit_config(box, "camera", "source", str(tmp_path / "no-such-camera.mp4"))
+    assert set(failing(box)) == {"camera"}
+
+
+def test_doctor_model_hash_failure(fed: Federation, camera: str, tmp_path: Path) -> None:
+    box = provision_box(fed, "box-4", camera)
+    broken = tmp_path / "models"
+    shutil.copytree(model_dir(), broken)
+    yunet = next(broken.glob("face_detection_yunet*.onnx"))
+    data = bytearray(yunet.read_bytes())
+    data[1000] ^= 0xFF
+    yunet.write_bytes(bytes(data))
+    edit_config(box, "box", "model_dir", str(broken))
+    bad = failing(box)
+    assert set(bad) == {"models"}, bad
+
+
+def test_doctor_key_permission_failure(fed: Federation, camera: str) -> None:
+    box = provision_box(fed, "box-5", camera)
+    (box / "tls/device-tls.key").chmod(0o644)
+    bad = failing(box)
+    assert set(bad) == {"key files"}, bad
+    assert "chmod 600" in edge(box, "doctor")[1]
+
+
+def test_doctor_federation_key_mismatch(fed: Federation, camera: str) -> None:
+    box = provision_box(fed, "box-6", camera)
+    edit_config(box, "federation", "key_id", "0" * 32)
+    assert set(failing(box)) == {"federation keys"}
+
+
+def test_doctor_broker_unreachable_and_revoked(fed: Federation, camera: str) -> None:
+    box = provision_box(fed, "box-7", camera)
+    code, out = fed.aggregator("devices", "revoke", "box-7", "--state", str(fed.state))
+    assert code == 0, out
+    assert "SIGHUP" in out
+    deadline = time.monotonic() + 10
+    bad: dict[str, str] = {}
+    while time.monotonic() < deadline and "broker" not in bad:
+        bad = failing(box) if doctor_lines(box)[0] else {}
+    assert set(bad) == {"broker"}, bad
+    assert "refused this box's certificate" in bad["broker"]
+    fed.broker.stop()
+    bad = failing(box)
+    assert set(bad) == {"broker"} and "cannot reach" in bad["broker"], bad
+
+
+def test_doctor_disk_failure(fed: Federation, camera: str) -> None:
+    box = provision_box(fed, "box-8", camera)
+    edit_config(box, "doctor", "min_free_disk_mb", 10**12)
+    bad = failing(box)
+    assert set(bad) == {"disk"}, bad
+
+
+def test_doctor_clock_behind(fed: Federation, camera: str) -> None:
+    # The clock is injected: a test cannot set the machine's clock back. Everything else
+    # is the real provisioned box.
+    box = provision_box(fed, "box-9", camera)
+    cfg = load_box_config(box / "edge.toml")
+    assert check_clock(cfg, [], now=time.time).ok
+    late = check_clock(cfg, [], now=lambda: time.time() - 3600)
+    assert not late.ok and "behind" in late.detail and "ntp" in late.hint.lower()
+    results = {c.name: c.ok for c in run_checks(cfg, now=lambda: time.time() - 3600)}
+    assert [n for n, ok in results.items() if not ok] == ["clock"]
+
+
+def test_doctor_without_config_is_one_fail_line(tmp_path: Path) -> None:
+    code, out = edge(tmp_path / "empty", "doctor")
+    assert code == 9
+    assert out.count("FAIL") == 1 and "no box config" in out and "provision" in out

@@ -1,0 +1,159 @@
+"""Issue 13.10: the operator CLI's output. A closed pipe ends quietly, times are
+ISO-8601 (raw in --json), list commands have a header or say they are empty, --help
+lists every exit code, and a box's request shows the same fingerprints on the box and
+at the operator."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from typer.testing import CliRunner
+
+from aggregator.cli.common import EXIT_CODES
+from aggregator.cli.main import app
+from aggregator.state.store import Store
+from federation.crypto.keys import create_federation_keys, read_private_key, write_public_key
+from federation.crypto.signing import generate_signing_key
+from tests.support.broker import MosquittoBroker
+from tests.support.provisioning import edge, start_federation
+
+REPO = Path(__file__).resolve().parents[2]
+OPENED = 1_700_000_000.0  # 2023-11-14T22:13:20Z
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def public_context(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return create_federation_keys(tmp_path_factory.mktemp("keys")).public_context
+
+
+@pytest.fixture
+def state(tmp_path: Path, public_context: Path) -> Path:
+    s = tmp_path / "state"
+    r = runner.invoke(app, ["init", "--fed", "f1", "--state", str(s), "--public-context",
+                            str(public_context)])
+    assert r.exit_code == 0, r.output
+    return s
+
+
+def cli(state: Path, *args: str) -> tuple[int, str]:
+    r = runner.invoke(app, [*args, "--state", str(state)])
+    return r.exit_code, r.output
+
+
+def add_round(state: Path) -> None:
+    store = Store(state)
+    try:
+        with store.transaction():
+            store.insert_round(1, "base", OPENED, OPENED + 300, 2, {"round": 1})
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("command", [["status", "--no-broker"], ["devices", "list"]])
+def test_a_reader_that_closes_the_pipe_ends_it_quietly(state: Path, command: list[str]) -> None:
+    """`fedface-aggregator status | head`: the reader is gone before we write."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "aggregator.cli", *command, "--state",
+                               str(state)], stdout=write_end, stderr=subprocess.PIPE,
+                              cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                              timeout=120, check=False)
+    finally:
+        os.close(write_end)
+    assert proc.stderr.decode() == ""
+    assert proc.returncode == 141  # 128 + SIGPIPE, as a shell reports it
+
+
+def test_rounds_show_prints_iso_times_and_json_keeps_unix_times(state: Path) -> None:
+    add_round(state)
+    code, out = cli(state, "rounds", "show", "1")
+    assert code == 0, out
+    local = dt.datetime.fromtimestamp(OPENED).astimezone().isoformat(timespec="seconds")
+    assert f"opened_at: {local}\n" in out
+    assert dt.datetime.fromisoformat(local).timestamp() == OPENED  # offset included
+    assert str(int(OPENED)) not in out
+    code, out = cli(state, "rounds", "show", "1", "--json")
+    info = json.loads(out)
+    assert info["opened_at"] == OPENED and info["deadline"] == OPENED + 300
+
+
+def test_empty_lists_say_so(state: Path) -> None:
+    for args, says in ((("devices", "list"), "no devices registered"),
+                       (("rounds", "list"), "no rounds yet"),
+                       (("models", "list"), "no published version yet"),
+                       (("regions", "list"), "no regions registered")):
+        code, out = cli(state, *args)
+        assert code == 0 and out.count("\n") == 1 and says in out, (args, out)
+    code, out = cli(state, "status", "--no-broker")
+    assert code == 0 and "no devices registered" in out
+
+
+def test_lists_start_with_a_header_row(state: Path, tmp_path: Path) -> None:
+    pub = write_public_key(tmp_path / "box1.pub", generate_signing_key().public_key())
+    assert cli(state, "devices", "add", "box1", "--public-key", str(pub))[0] == 0
+    add_round(state)
+    code, out = cli(state, "devices", "list")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split() == ["DEVICE", "STATE", "ADDED", "SIGNING", "KEY",
+                                              "SHA-256"]
+    assert lines[1].split()[:2] == ["box1", "active"] and len(lines) == 2
+    code, out = cli(state, "rounds", "list")
+    lines = out.splitlines()
+    assert lines[0].split()[:2] == ["ROUND", "STATUS"] and lines[1].split()[:2] == ["1", "open"]
+
+
+def test_help_lists_every_exit_code() -> None:
+    out = " ".join(runner.invoke(app, ["--help"]).output.split())  # rich wraps lines
+    assert "Exit codes:" in out
+    for code, what in EXIT_CODES.items():
+        assert f"{code} {what}" in out
+    assert set(EXIT_CODES) == {0, 1, 2, 141}  # what one_line_errors and Python can exit with
+
+
+def _groups(digest: bytes) -> str:
+    h = digest.hex()
+    return " ".join(h[i:i + 4] for i in range(0, 64, 4))
+
+
+@pytest.mark.mosquitto
+def test_box_and_operator_print_the_same_request_fingerprints(
+        tmp_path: Path, mosquitto_factory: Callable[..., MosquittoBroker], lfw_dir: Path) -> None:
+    fed = start_federation(tmp_path, mosquitto_factory)
+    box = tmp_path / "box-f"
+    (tmp_path / "kiosk-pw").write_text("kiosk staff passphrase\n")
+    code, box_out = edge(box, "provision", "--non-interactive", "--device-id", "box-f",
+                         "--bundle", str(fed.bundle), "--passphrase-file",
+                         str(tmp_path / "passphrase"), "--camera",
+                         f"dir:{lfw_dir / 'Aaron_Peirsol'}", "--kiosk-password-file",
+                         str(tmp_path / "kiosk-pw"))
+    assert code == 0, box_out
+    reply = tmp_path / "box-f.reply.json"
+    code, op_out = fed.aggregator("devices", "add", "--request",
+                                  str(box / "box-f.request.json"), "--reply", str(reply),
+                                  "--state", str(fed.state))
+    assert code == 0, op_out
+
+    def prints(out: str) -> list[str]:
+        return [line.strip() for line in out.splitlines() if "SHA-256:" in line]
+
+    # computed here from the box's own key files and the issued certificate
+    signing = read_private_key(box / "keys/device.key").public_key().public_bytes_raw()
+    cert = x509.load_pem_x509_certificate(json.loads(reply.read_text())["cert"].encode())
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+    expected = [f"signing key (Ed25519) SHA-256: {_groups(hashlib.sha256(signing).digest())}",
+                f"TLS key (CSR/certificate) SHA-256: {_groups(hashlib.sha256(spki).digest())}"]
+    assert prints(box_out) == expected
+    assert prints(op_out) == expected

@@ -1,0 +1,154 @@
+"""One settings resolution for every command (issue 13.4): option, then the config file,
+then the environment, then the default (edge.config.resolve_settings)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from edge.config import CONFIG_NAME, ConfigError, resolve_settings
+from edge.gallery.store import DB_FILENAME
+from tests.support.broker import MosquittoBroker
+from tests.support.provisioning import edit_config, provision_box, start_federation
+
+EDGE = str(Path(sys.executable).parent / "fedface-edge")
+
+
+def edge_cli(*args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:
+    """``fedface-edge ARGS`` in a subprocess, with ``env`` added and no FEDFACE_CONFIG."""
+    full = {k: v for k, v in os.environ.items() if k != "FEDFACE_CONFIG"} | env
+    return subprocess.run([EDGE, *args], env=full, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def provisioned_config(root: Path, data_dir: Path, threads: int = 3) -> Path:
+    """A box config as `provision` writes it (only the sections' required keys)."""
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "box.toml"
+    path.write_text(f"""
+[box]
+device_id = "box-1"
+fed = "fed"
+data_dir = "{data_dir}"
+threads = {threads}
+match_threshold = 0.5
+[camera]
+source = "dir:frames"
+[broker]
+url = "mqtts://localhost:8883"
+ca_file = "{root}/ca.crt"
+cert_file = "{root}/box.crt"
+key_file = "{root}/box.key"
+[federation]
+key_id = "k"
+secret_context = "{root}/s.tenseal"
+device_key = "{root}/d.key"
+aggregator_key = "{root}/a.pub"
+""")
+    return path
+
+
+def test_option_beats_file_beats_env_beats_default(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    config = provisioned_config(tmp_path / "etc", tmp_path / "from-file")
+    monkeypatch.setenv("FEDFACE_DATA_DIR", str(tmp_path / "from-env"))
+    monkeypatch.delenv("FEDFACE_CONFIG", raising=False)
+    settings, cfg, path = resolve_settings({"threads": None}, config)
+    assert cfg is not None and path == config
+    assert settings.data_dir == tmp_path / "from-file"  # the file beats the environment
+    assert settings.threads == 3 and settings.match_threshold == 0.5
+    settings, _, _ = resolve_settings({"threads": 2, "data_dir": tmp_path / "opt"}, config)
+    assert settings.threads == 2 and settings.data_dir == tmp_path / "opt"  # options win
+    monkeypatch.setenv("FEDFACE_CONFIG", str(config))  # the file named by the environment
+    assert resolve_settings({})[0].data_dir == tmp_path / "from-file"
+    monkeypatch.delenv("FEDFACE_CONFIG")
+    settings, cfg, path = resolve_settings({})  # not provisioned: env, then defaults
+    assert cfg is None and settings.data_dir == tmp_path / "from-env"
+    assert path == tmp_path / "from-env" / CONFIG_NAME and settings.threads == 1
+
+
+def test_the_data_dirs_own_config_is_found(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FEDFACE_CONFIG", raising=False)
+    data = tmp_path / "box"
+    data.mkdir()
+    (data / CONFIG_NAME).write_text(
+        provisioned_config(tmp_path / "etc", data, threads=4).read_text())
+    settings, cfg, _ = resolve_settings({"data_dir": data})
+    assert cfg is not None and settings.threads == 4
+
+
+def test_a_named_config_not_written_yet_leaves_the_box_unprovisioned(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FEDFACE_CONFIG may name the file `provision` is about to write: every command
+    still runs; those that need the config say it is missing."""
+    monkeypatch.setenv("FEDFACE_CONFIG", str(tmp_path / "new.toml"))
+    settings, cfg, path = resolve_settings({"data_dir": tmp_path / "box"})
+    assert cfg is None and path == tmp_path / "new.toml"
+    assert settings.data_dir == tmp_path / "box"
+    out = edge_cli("status", FEDFACE_CONFIG=str(tmp_path / "new.toml"))
+    assert out.returncode == 7 and "no box config at" in out.stderr, out.stderr
+    with pytest.raises(ConfigError, match="invalid"):  # a broken file is still an error
+        (tmp_path / "bad.toml").write_text("[box\n")
+        resolve_settings({}, tmp_path / "bad.toml")
+
+
+@pytest.mark.mosquitto
+def test_join_with_config_uses_the_files_data_dir(
+        tmp_path: Path, mosquitto_factory: Callable[..., MosquittoBroker],
+        lfw_dir: Path) -> None:
+    """Before the fix `join --config FILE` opened (and created) the default data dir's
+    gallery, not the one the file names: the box federated on an empty gallery."""
+    fed = start_federation(tmp_path, mosquitto_factory)
+    box = provision_box(fed, "box-cfg", f"dir:{lfw_dir / 'Tony_Blair'}")
+    stray = tmp_path / "stray-default"
+    env = dict(os.environ, FEDFACE_DATA_DIR=str(stray), HOME=str(tmp_path / "home"))
+    env.pop("FEDFACE_CONFIG", None)
+    log = tmp_path / "join.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([EDGE, "join", "--config", str(box / CONFIG_NAME), "--part",
+                                 "embed_bn"], stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while "joined federation" not in log.read_text(errors="replace"):
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert not stray.exists()  # nothing read or created outside the configured data dir
+    assert (box / "federation").is_dir() and (box / DB_FILENAME).exists()
+
+
+@pytest.mark.mosquitto
+def test_commands_read_the_config_named_on_the_command_line(
+        tmp_path: Path, mosquitto_factory: Callable[..., MosquittoBroker],
+        lfw_dir: Path) -> None:
+    fed = start_federation(tmp_path, mosquitto_factory)
+    box = provision_box(fed, "box-cfg2", f"dir:{lfw_dir / 'Tony_Blair'}")
+    edit_config(box, "box", "threads", 2)
+    out = edge_cli("--config", str(box / CONFIG_NAME), "status", "--json",
+                   FEDFACE_DATA_DIR=str(tmp_path / "elsewhere"))
+    assert out.returncode == 0, out.stderr
+    assert '"device_id": "box-cfg2"' in out.stdout
+    assert not (tmp_path / "elsewhere").exists()
+
+
+@pytest.mark.mosquitto
+def test_run_defaults_to_the_configs_camera(
+        tmp_path: Path, mosquitto_factory: Callable[..., MosquittoBroker],
+        lfw_dir: Path) -> None:
+    fed = start_federation(tmp_path, mosquitto_factory)
+    box = provision_box(fed, "box-cam", f"dir:{lfw_dir / 'Tony_Blair'}")
+    out = edge_cli("--data-dir", str(box), "run", "--max-frames", "2")
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("2 frames"), out.stderr
+    bare = edge_cli("--data-dir", str(tmp_path / "unprovisioned"), "run")
+    assert bare.returncode == 2 and "no frame source" in bare.stderr, bare.stderr

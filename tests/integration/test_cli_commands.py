@@ -1,0 +1,196 @@
+"""The fedface-edge commands on real LFW photos, through Typer's CliRunner (in process)
+and once through the installed console script."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner, Result
+
+from edge.cli import app
+
+PEOPLE = ("Colin_Powell", "Hugo_Chavez", "Tony_Blair")
+STRANGER = "Serena_Williams"
+REPO = Path(__file__).resolve().parents[2]
+FEDFACE_EDGE = Path(sys.executable).parent / "fedface-edge"
+
+
+def lfw_image(lfw_dir: Path, person: str, number: int) -> Path:
+    return lfw_dir / person / f"{person}_{number:04d}.jpg"
+
+
+def invoke(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(app, ["--data-dir", str(data_dir), *args], env=env)
+
+
+@pytest.fixture
+def people_dir(tmp_path: Path, lfw_dir: Path) -> Path:
+    root = tmp_path / "people"
+    for person in PEOPLE:
+        (root / person).mkdir(parents=True)
+        for n in (1, 2, 3):
+            shutil.copy(lfw_image(lfw_dir, person, n), root / person)
+    # a photo without a face and a file that is not an image: reported, skipped
+    gradient = np.tile(np.linspace(0, 255, 250, dtype=np.uint8), (250, 1))
+    cv2.imwrite(str(root / PEOPLE[0] / "wall.jpg"), cv2.merge([gradient] * 3))
+    (root / PEOPLE[1] / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    return root
+
+
+@pytest.fixture
+def enrolled(tmp_path: Path, people_dir: Path) -> Path:
+    data_dir = tmp_path / "box"
+    result = invoke(data_dir, "enroll", "--from-dir", str(people_dir))
+    assert result.exit_code == 0, result.output
+    assert "enrolled 3 of 3 people from 9 image(s); skipped 2 image(s)" in result.stdout
+    assert "wall.jpg: no face found" in result.stderr
+    assert "broken.jpg" in result.stderr and "not an image" in result.stderr
+    return data_dir
+
+
+def test_enroll_list_identify_remove(enrolled: Path, lfw_dir: Path) -> None:
+    listed = invoke(enrolled, "people", "list", "--json")
+    assert listed.exit_code == 0, listed.output
+    people = {p["name"]: p for p in json.loads(listed.stdout)}
+    assert sorted(people) == sorted(PEOPLE)
+    assert people["Colin_Powell"]["crops"] == 3
+    assert people["Colin_Powell"]["embeddings"] == {"sface-2021dec": 3}
+
+    unseen = str(lfw_image(lfw_dir, "Colin_Powell", 10))
+    plain = invoke(enrolled, "identify", unseen)
+    assert plain.exit_code == 0, plain.output
+    assert plain.stdout.split()[0] == "Colin_Powell"
+
+    as_json = invoke(enrolled, "identify", unseen, "--json")
+    assert as_json.exit_code == 0, as_json.output
+    report = json.loads(as_json.stdout)
+    face = report["faces"][0]
+    assert face["name"] == "Colin_Powell" and face["score"] >= report["threshold"]
+    assert len(face["box"]) == 4 and report["model_version"] == "sface-2021dec"
+
+    stranger = invoke(enrolled, "identify", str(lfw_image(lfw_dir, STRANGER, 1)), "--json")
+    assert json.loads(stranger.stdout)["faces"][0]["name"] == "unknown"
+
+    removed = invoke(enrolled, "people", "remove", "Colin_Powell")
+    assert removed.exit_code == 0 and "removed Colin_Powell (3 crops" in removed.stdout
+    after = json.loads(invoke(enrolled, "people", "list", "--json").stdout)
+    assert "Colin_Powell" not in {p["name"] for p in after}
+    gone = json.loads(invoke(enrolled, "identify", unseen, "--json").stdout)
+    assert gone["faces"][0]["name"] != "Colin_Powell"
+
+
+def test_enroll_named_photos_and_max_per_person(tmp_path: Path, lfw_dir: Path,
+                                                people_dir: Path) -> None:
+    data_dir = tmp_path / "box"
+    photos = [str(lfw_image(lfw_dir, "Tony_Blair", n)) for n in (1, 2, 3)]
+    result = invoke(data_dir, "enroll", "Tony", *photos, "--max-per-person", "2")
+    assert result.exit_code == 0, result.output
+    assert "enrolled Tony: 2 image(s)" in result.stdout
+    again = invoke(data_dir, "enroll", "Tony", photos[2])
+    assert "added Tony: 1 image(s)" in again.stdout
+    capped = invoke(tmp_path / "box2", "enroll", "--from-dir", str(people_dir),
+                    "--max-per-person", "1")
+    assert capped.exit_code == 0, capped.output
+    crops = {p["name"]: p["crops"] for p in
+             json.loads(invoke(tmp_path / "box2", "people", "list", "--json").stdout)}
+    assert crops == dict.fromkeys(PEOPLE, 1)
+    people = json.loads(invoke(data_dir, "people", "list", "--json").stdout)
+    assert [(p["name"], p["crops"]) for p in people] == [("Tony", 3)]
+
+
+def make_frames(folder: Path, lfw_dir: Path, photos: list[tuple[str, int]]) -> None:
+    folder.mkdir()
+    for i, (person, number) in enumerate(photos):
+        frame = np.full((480, 640, 3), 100, np.uint8)
+        image = cv2.imread(str(lfw_image(lfw_dir, person, number)))
+        assert image is not None
+        frame[100:350, 150 + 40 * i:400 + 40 * i] = image
+        cv2.imwrite(str(folder / f"{i:04d}.png"), frame)
+
+
+def test_run_writes_events_and_an_annotated_video(enrolled: Path, tmp_path: Path,
+                                                  lfw_dir: Path) -> None:
+    frames = tmp_path / "frames"
+    make_frames(frames, lfw_dir, [("Hugo_Chavez", 10), ("Hugo_Chavez", 11), (STRANGER, 2),
+                                  ("Tony_Blair", 20), ("Tony_Blair", 21)])
+    events = tmp_path / "events.jsonl"
+    video = tmp_path / "annotated.avi"
+    result = invoke(enrolled, "run", "--source", f"dir:{frames}", "--events", str(events),
+                    "--annotate", str(video), "--max-frames", "4")
+    assert result.exit_code == 0, result.output
+    assert "4 frames, 4 faces (3 known)" in result.stderr
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    assert [(e["frame"], e["name"]) for e in lines] == [
+        (0, "Hugo_Chavez"), (1, "Hugo_Chavez"), (2, "unknown"), (3, "Tony_Blair")]
+    first = lines[0]
+    assert set(first) >= {"time", "frame", "box", "name", "score", "model_version"}
+    assert first["model_version"] == "sface-2021dec" and first["time"].endswith("Z")
+    x, y, w, h = first["box"]
+    assert 150 <= x + w / 2 <= 400 and 100 <= y + h / 2 <= 350  # the pasted photo
+    capture = cv2.VideoCapture(str(video))
+    count = 0
+    while capture.read()[0]:
+        count += 1
+    capture.release()
+    assert count == 4
+
+
+def test_run_events_to_stdout(enrolled: Path, tmp_path: Path, lfw_dir: Path) -> None:
+    frames = tmp_path / "frames"
+    make_frames(frames, lfw_dir, [("Colin_Powell", 5), ("Colin_Powell", 6)])
+    (frames / "0001a.jpg").write_bytes(b"half a frame")  # a damaged frame is skipped
+    result = invoke(enrolled, "run", "--source", str(frames))
+    assert result.exit_code == 0, result.output
+    assert "2 frames, 2 faces (2 known)" in result.stderr
+    assert "1 unreadable frames skipped" in result.stderr
+    names = [json.loads(line)["name"] for line in result.stdout.splitlines()]
+    assert names == ["Colin_Powell", "Colin_Powell"]
+
+
+def test_bench_reports_per_stage_times(enrolled: Path) -> None:
+    result = invoke(enrolled, "bench", "--frames", "4", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["frames"] == 4 and report["faces"] >= 3
+    stages = report["stages"]
+    assert set(stages) == {"detect", "align", "embed", "match", "total"}
+    assert 0 < stages["detect"]["median_ms"] < stages["total"]["median_ms"]
+    assert report["fps_median"] > 0
+
+
+def test_models_verify_and_fetch_from_a_bundle(tmp_path: Path) -> None:
+    verified = CliRunner().invoke(app, ["models", "verify"])
+    assert verified.exit_code == 0, verified.output
+    assert "yunet  ok" in verified.stdout and "sface  ok" in verified.stdout
+    from models.registry import model_path
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    for key in ("yunet", "sface"):
+        shutil.copy(model_path(key), bundle)
+    dest = tmp_path / "models"
+    fetched = CliRunner().invoke(app, ["models", "fetch", "--bundle", str(bundle),
+                                       "--dest", str(dest)])
+    assert fetched.exit_code == 0, fetched.output
+    assert (dest / "face_recognition_sface_2021dec.onnx").is_file()
+    assert str(dest) in fetched.stdout
+
+
+def test_console_script_help_is_light_and_lists_commands() -> None:
+    result = subprocess.run([str(FEDFACE_EDGE), "--help"], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    for command in ("enroll", "identify", "run", "bench", "models", "people"):
+        assert command in result.stdout
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, edge.cli; print(sorted(m for m in "
+         "('cv2', 'onnxruntime', 'torch', 'onnx') if m in sys.modules))"],
+        capture_output=True, text=True, timeout=60, check=True, cwd=REPO)
+    assert probe.stdout.strip() == "[]"

@@ -1,0 +1,218 @@
+"""FederationClient logic against the real aggregator service over the in-memory bus
+(real CKKS, signatures, chunking; the MQTT link is covered by tests/test_e2e_*.py)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aggregator.rounds.coordinator import RoundSettings
+from aggregator.service import AggregatorService
+from aggregator.state.registry import DeviceRegistry
+from aggregator.state.store import Store
+from edge.federated.client import ClientConfig, ClientEvent, FederationClient
+from edge.training.api import LocalUpdate
+from edge.training.drift import NumpyDriftTrainer
+from federation import topics
+from federation.chunking import split_blob
+from federation.crypto.ckks import FederationContext, new_secret_context
+from federation.crypto.signing import KeyRing, generate_signing_key, public_key_hex
+from federation.envelope import decode, encode, verify_envelope
+from federation.transport.base import InMemoryBus, InMemoryTransport
+from tests.support.federation_rig import (
+    PART,
+    GatedTrainer,
+    RecordingSink,
+    part_base_vector,
+    wait_for,
+)
+
+FED = "unit"
+
+
+@pytest.fixture(scope="module")
+def ctx() -> FederationContext:
+    return new_secret_context()
+
+
+class Setup:
+    def __init__(self, root: Path, ctx: FederationContext, devices: list[str], quorum: int,
+                 rounds: int) -> None:
+        self.root, self.ctx = root, ctx
+        self.bus = InMemoryBus(synchronous=True)
+        self.agg_key = generate_signing_key()
+        (root / "agg").mkdir()
+        self.store = Store(root / "agg")
+        self.keys = {d: generate_signing_key() for d in devices}
+        for d, k in self.keys.items():
+            DeviceRegistry(self.store).add(d, bytes.fromhex(public_key_hex(k)))
+        self.service = AggregatorService(
+            InMemoryTransport(self.bus, "agg"), self.store, ctx.public(), self.agg_key, FED,
+            settings=RoundSettings(deadline_seconds=60, quorum=quorum, count_scale=64,
+                                   part_key=PART.key), max_rounds=rounds)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.service.run, args=(self.stop, 0.05),
+                                       daemon=True)
+        self.transports: dict[str, InMemoryTransport] = {}
+
+    def start_aggregator(self) -> None:
+        self.thread.start()
+
+    def client(self, device: str, trainer=None, n: int = 50, connect: bool = True
+               ) -> tuple[FederationClient, list[ClientEvent], RecordingSink]:
+        events: list[ClientEvent] = []
+        sink = RecordingSink()
+        base = part_base_vector()
+
+        def factory(will):
+            t = InMemoryTransport(self.bus, device, will=will, connect=connect)
+            self.transports[device] = t
+            return t
+
+        c = FederationClient(
+            ClientConfig(FED, device, retry_seconds=0.5, tick_seconds=0.05), factory, self.ctx,
+            self.keys[device], self.agg_key.public_key(),
+            trainer or NumpyDriftTrainer(PART, base, device, n, 1e-2), sink,
+            self.root / device, base, on_event=events.append)
+        return c, events, sink
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join(5)
+
+
+@pytest.fixture
+def make_setup(tmp_path: Path, ctx: FederationContext) -> Iterator:
+    made: list[Setup] = []
+
+    def make(devices: list[str], quorum: int, rounds: int) -> Setup:
+        s = Setup(tmp_path, ctx, devices, quorum, rounds)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def _status(s: Setup, device: str) -> dict:
+    env = decode(s.bus.retained[topics.status(FED, device)])
+    verify_envelope(env, KeyRing({device: s.keys[device].public_key()}), fed=FED)
+    body: dict = json.loads(env.payload)
+    return body
+
+
+def _gated(device: str, n: int = 50) -> GatedTrainer:
+    return GatedTrainer(NumpyDriftTrainer(PART, part_base_vector(), device, n, 1e-2))
+
+
+def test_update_kept_on_disk_while_offline_then_sent(make_setup) -> None:
+    s = make_setup(["a", "b"], quorum=2, rounds=1)
+    s.start_aggregator()
+    gated = _gated("a")
+    a, events, _ = s.client("a", trainer=gated)
+    a.start()
+    wait_for(lambda: any(e.kind == "joined" for e in events), 10, "a joined round 1")
+    status_topic = topics.status(FED, "a")
+    # "joined" can come before the worker's first tick publishes the online status
+    wait_for(
+        lambda: status_topic in s.bus.retained and _status(s, "a")["state"] == "online",
+        5,
+        "online status",
+    )
+    s.transports["a"].drop()  # link lost while training: the broker publishes the will
+    assert _status(s, "a")["state"] == "offline"
+    gated.gate.set()
+    wait_for(lambda: any(e.kind == "submitted" for e in events), 20, "a sealed its update")
+    time.sleep(0.3)  # a few retry ticks while offline
+    files = list((s.root / "a" / "outbox").glob("*.upd"))
+    assert len(files) == 1 and files[0].stat().st_mode & 0o777 == 0o600
+    assert a.pending_updates == 1
+    s.transports["a"].reconnect()
+    wait_for(lambda: any(e.kind == "acked" for e in events), 20, "update acked after reconnect")
+    wait_for(lambda: _status(s, "a")["state"] == "online", 5, "online status after reconnect")
+    assert status_topic in s.bus.retained
+    assert a.pending_updates == 0
+    b, _, _ = s.client("b")
+    b.start()
+    wait_for(lambda: b.version == "round-1" and a.version == "round-1", 20, "round 1 applied")
+    wait_for(lambda: _status(s, "a")["model"] == "round-1", 5, "status names the new model")
+    a.stop()  # graceful: says offline itself (no will)
+    assert _status(s, "a")["state"] == "offline"
+    b.stop()
+
+
+def test_pending_update_resent_by_a_new_client_instance(make_setup) -> None:
+    s = make_setup(["a", "b"], quorum=2, rounds=1)
+    s.start_aggregator()
+    gated = _gated("a")
+    a, events, _ = s.client("a", trainer=gated)
+    a.start()
+    wait_for(lambda: any(e.kind == "joined" for e in events), 10, "a joined round 1")
+    s.transports["a"].drop()  # link lost before the update is sealed: publish fails
+    gated.gate.set()
+    wait_for(lambda: any(e.kind == "submitted" for e in events), 20, "a sealed its update")
+    assert a.pending_updates == 1
+    a.stop()  # box reboots with the update still in its outbox
+    a2, events2, _ = s.client("a")
+    assert a2.pending_updates == 1
+    a2.start()
+    wait_for(lambda: any(e.kind == "acked" for e in events2), 20, "resent update acked")
+    assert not any(e.kind == "joined" for e in events2)  # it did not train round 1 again
+    b, _, _ = s.client("b")
+    b.start()
+    wait_for(lambda: a2.version == "round-1" and b.version == "round-1", 20, "round closes")
+    assert a2.pending_updates == 0
+    a2.stop()
+    b.stop()
+
+
+class HugeTrainer:
+    """A box whose 'update' triples every weight: the federated average is implausible."""
+
+    part = PART
+
+    def local_update(self, global_vector, round_no):
+        base = part_base_vector() if global_vector is None else global_vector
+        return LocalUpdate(vector=(base * 3).astype(np.float32), n_samples=200, seconds=0.0)
+
+
+def test_implausible_result_is_refused_and_model_kept(make_setup) -> None:
+    s = make_setup(["a", "bad"], quorum=2, rounds=1)
+    s.start_aggregator()
+    a, events, sink = s.client("a", n=10)
+    bad, _, _ = s.client("bad", trainer=HugeTrainer())
+    a.start()
+    bad.start()
+    wait_for(lambda: any(e.kind == "result_rejected" for e in events), 20, "result refused")
+    rejected = next(e for e in events if e.kind == "result_rejected")
+    assert rejected.data["reason"] == "out_of_range"
+    assert a.version == "base" and sink.applied == []
+    np.testing.assert_array_equal(a.vector, part_base_vector())
+    a.stop()
+    bad.stop()
+
+
+def test_forged_announce_is_ignored(make_setup) -> None:
+    s = make_setup(["a"], quorum=1, rounds=1)  # aggregator not started: only the forgery
+    a, events, _ = s.client("a")
+    a.start()
+    forger = generate_signing_key()
+    body = json.dumps({"round": 1, "base_model": "base", "state": "open", "deadline": 0,
+                       "quorum": 1, "count_scale": 64, "part_key": PART.key,
+                       "chunk_size": 65536, "devices": ["a"]}).encode()
+    (env,) = split_blob(body, forger, kind="announce", fed=FED, sender="aggregator", round=1,
+                        model="base", chunk_size=len(body))
+    s.bus.publish(topics.announce(FED), encode(env), retain=True)
+    # the worker handles it on its own thread: wait for it (a fixed sleep can be too
+    # short on a loaded machine)
+    wait_for(lambda: a.counters.get("bad_signature") == 1, 10, "the forged announce refused")
+    assert not any(e.kind == "joined" for e in events)
+    a.stop()

@@ -1,0 +1,161 @@
+"""A box with nothing new sits the round out (issue 13.6): the aggregator announces
+``min_new_samples``; a box with fewer enrolled samples added since the update it last
+sent does not retrain, and says so in its events, its log and its retained status. It
+joins the same round as soon as enough new samples are enrolled, and remembers its last
+update across a restart. Real aggregator service and client over the in-memory bus."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from aggregator.rounds.coordinator import RoundSettings
+from aggregator.service import AggregatorService
+from aggregator.state.registry import DeviceRegistry
+from aggregator.state.store import Store
+from edge.federated.client import ClientConfig, ClientEvent, FederationClient
+from edge.federated.round_gate import GallerySamples
+from edge.training.api import LocalTrainer
+from edge.training.drift import NumpyDriftTrainer
+from federation import topics
+from federation.crypto.ckks import FederationContext, new_secret_context
+from federation.crypto.signing import generate_signing_key, public_key_hex
+from federation.envelope import decode
+from federation.transport.base import InMemoryBus, InMemoryTransport
+from tests.support.federation_rig import (
+    PART,
+    GatedTrainer,
+    RecordingSink,
+    part_base_vector,
+    wait_for,
+)
+
+FED = "sitout"
+SLOW = 60.0  # condition waits; a loaded machine may be slow, a quiet one returns at once
+
+
+class Samples:
+    """The box's enrolled crops as the client counts them (enrolment times)."""
+
+    def __init__(self, n: int) -> None:
+        self.times = [time.time() - 100.0] * n  # enrolled before anything else happened
+
+    def enrol(self, n: int) -> None:
+        self.times += [time.time()] * n
+
+    def crops_enrolled_since(self, since: float) -> int:
+        return sum(1 for t in self.times if t > since)
+
+
+@pytest.fixture(scope="module")
+def ctx() -> FederationContext:
+    return new_secret_context()
+
+
+def test_a_box_with_nothing_new_sits_out_and_joins_once_it_has_enough(
+    tmp_path: Path, ctx: FederationContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="edge.federated.client")
+    bus = InMemoryBus(synchronous=True)
+    agg_key = generate_signing_key()
+    (tmp_path / "agg").mkdir()
+    store = Store(tmp_path / "agg")
+    keys = {d: generate_signing_key() for d in ("a", "b")}
+    for d, k in keys.items():
+        DeviceRegistry(store).add(d, bytes.fromhex(public_key_hex(k)))
+    service = AggregatorService(
+        InMemoryTransport(bus, "agg"), store, ctx.public(), agg_key, FED,
+        settings=RoundSettings(deadline_seconds=600, quorum=2, count_scale=64,
+                               part_key=PART.key, min_new_samples=2), max_rounds=3)
+    stop = threading.Event()
+    thread = threading.Thread(target=service.run, args=(stop, 0.05), daemon=True)
+    samples = {"a": Samples(8), "b": Samples(8)}
+    events: dict[str, list[ClientEvent]] = {"a": [], "b": []}
+    clients: list[FederationClient] = []
+
+    def client(device: str, trainer: LocalTrainer | None = None) -> FederationClient:
+        base = part_base_vector()
+        c = FederationClient(
+            ClientConfig(FED, device, retry_seconds=0.5, tick_seconds=0.05),
+            lambda will: InMemoryTransport(bus, device, will=will), ctx, keys[device],
+            agg_key.public_key(), trainer or NumpyDriftTrainer(PART, base, device, 50, 1e-2),
+            RecordingSink(), tmp_path / device, base, on_event=events[device].append,
+            samples=samples[device])
+        clients.append(c)
+        c.start()
+        return c
+
+    def kinds(device: str, round_no: int) -> list[str]:
+        return [e.kind for e in events[device] if e.round == round_no]
+
+    def status(device: str) -> dict:
+        return dict(json.loads(decode(bus.retained[topics.status(FED, device)]).payload))
+
+    thread.start()
+    try:
+        gated = GatedTrainer(NumpyDriftTrainer(PART, part_base_vector(), "b", 50, 1e-2))
+        a, b = client("a"), client("b", gated)
+        # round 1: neither has sent before, so both join whatever is new
+        wait_for(lambda: "joined" in kinds("b", 1), SLOW, "b joined round 1")
+        samples["b"].enrol(3)  # while b trains round 1: new for round 2
+        gated.gate.set()
+        wait_for(lambda: a.version == "round-1" and b.version == "round-1", SLOW, "round 1")
+        # round 2: a has nothing new and sits out; b has 3 >= 2 and joins
+        wait_for(lambda: "sitting_out" in kinds("a", 2), SLOW, "a sitting out round 2")
+        wait_for(lambda: "submitted" in kinds("b", 2), SLOW, "b sent round 2")
+        sat = next(e for e in events["a"] if e.kind == "sitting_out")
+        assert sat.data["detail"] == "0 new samples since round 1, need 2"
+        assert "round 2: sitting out (0 new samples since round 1, need 2)" in caplog.text
+        wait_for(lambda: status("a").get("not_joining", {}).get("reason") == "no_new_samples",
+                 SLOW, "a's status says why it sits out")
+        assert status("a")["not_joining"]["round"] == 2
+        time.sleep(0.5)  # many ticks: still sitting out, said once, nothing trained
+        assert kinds("a", 2) == ["sitting_out"]
+        assert store.get_round(2).contributions == 1  # type: ignore[union-attr]
+        # the round waits (quorum 2); a technician enrols two crops on a: it joins round 2
+        samples["a"].enrol(2)
+        wait_for(lambda: a.version == "round-2" and b.version == "round-2", SLOW, "round 2")
+        assert kinds("a", 2)[:2] == ["sitting_out", "joined"]
+        # its status no longer says it sits round 2 out (round 3 may already have opened)
+        wait_for(lambda: status("a").get("not_joining", {}).get("round") != 2, SLOW,
+                 "a's status after joining")
+        # a restarted box remembers its last update: nothing new since round 2 -> sits out
+        wait_for(lambda: "sitting_out" in kinds("a", 3), SLOW, "a sitting out round 3")
+        a.stop()
+        events["a"] = []
+        a2 = client("a")
+        wait_for(lambda: "sitting_out" in kinds("a", 3), SLOW, "restarted a sitting out")
+        time.sleep(0.3)
+        assert kinds("a", 3) == ["sitting_out"]  # it did not train round 3
+        assert a2.version == "round-2"
+    finally:
+        for c in clients:
+            c.stop()
+        stop.set()
+        thread.join(10)
+        service.close()
+        store.close()
+
+
+def test_gallery_samples_counts_crops_enrolled_after_a_mark(tmp_path: Path) -> None:
+    import numpy as np
+
+    from edge.gallery.store import Gallery
+
+    gallery = Gallery.open(tmp_path)
+    crop = np.zeros((112, 112, 3), np.uint8)
+    gallery.enroll("Ada", [crop, crop], np.ones((2, 128), np.float32), "base")
+    mark = time.time()
+    time.sleep(0.01)
+    gallery.enroll("Bob", [crop], np.ones((1, 128), np.float32), "base")
+    source = GallerySamples(gallery.path)
+    assert source.crops_enrolled_since(0.0) == 3
+    assert source.crops_enrolled_since(mark) == 1
+    gallery.remove_person("Bob")  # a crop removed is not new
+    assert source.crops_enrolled_since(mark) == 0
+    gallery.close()

@@ -1,0 +1,152 @@
+"""A box that runs a newer model ends up serving the pinned older one: real
+FederationClient, real hot swap (OnnxModelSink patches and serves the SFace graph),
+real aggregator service and CKKS, in-memory bus (the MQTT link has its own tests)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aggregator.rounds import pins as model_pins
+from aggregator.rounds.coordinator import RoundSettings
+from aggregator.service import AggregatorService
+from aggregator.state.registry import DeviceRegistry
+from aggregator.state.store import Store
+from edge.federated.client import ClientConfig, ClientEvent, FederationClient
+from edge.serving.sink import OnnxModelSink
+from edge.training.drift import NumpyDriftTrainer
+from federation import topics
+from federation.crypto.ckks import FederationContext, new_secret_context
+from federation.crypto.signing import generate_signing_key, public_key_hex
+from federation.transport.base import InMemoryBus, InMemoryTransport
+from models.registry import optimised_sface_path
+from tests.support.aggregator_boxes import envelope_json, latest_announce
+from tests.support.federation_rig import PART, GatedTrainer, part_base_vector, wait_for
+
+FED = "pinboxes"
+DEVICES = ("box-a", "box-b")
+
+
+@pytest.fixture(scope="module")
+def ctx() -> FederationContext:
+    return new_secret_context()
+
+
+class Federation:
+    def __init__(self, root: Path, ctx: FederationContext) -> None:
+        self.root, self.ctx = root, ctx
+        self.bus = InMemoryBus(synchronous=True)
+        self.agg_key = generate_signing_key()
+        (root / "agg").mkdir()
+        self.keys = {d: generate_signing_key() for d in DEVICES}
+        with_store = Store(root / "agg")
+        for d, k in self.keys.items():
+            DeviceRegistry(with_store).add(d, bytes.fromhex(public_key_hex(k)))
+        with_store.close()
+        self.threads: list[tuple[threading.Event, threading.Thread, Store]] = []
+        self.clients: dict[str, FederationClient] = {}
+        self.sinks: dict[str, OnnxModelSink] = {}
+        self.trainers: dict[str, GatedTrainer] = {}
+        self.events: dict[str, list[ClientEvent]] = {d: [] for d in DEVICES}
+
+    def serve(self, rounds: int) -> AggregatorService:
+        """One `serve` run on the state dir (a new process in production)."""
+        store = Store(self.root / "agg")
+        service = AggregatorService(
+            InMemoryTransport(self.bus, f"agg-{len(self.threads)}"), store, self.ctx.public(),
+            self.agg_key, FED, settings=RoundSettings(deadline_seconds=60, quorum=2,
+                                                      count_scale=64, part_key=PART.key),
+            max_rounds=rounds)
+        stop = threading.Event()
+        thread = threading.Thread(target=service.run, args=(stop, 0.05), daemon=True)
+        thread.start()
+        self.threads.append((stop, thread, store))
+        return service
+
+    def start_box(self, device: str) -> None:
+        base = part_base_vector()
+        trainer = GatedTrainer(NumpyDriftTrainer(PART, base, device, 60, 1e-2))
+        trainer.gate.set()
+        sink = OnnxModelSink(optimised_sface_path(), PART, self.root / device / "models", None)
+        client = FederationClient(
+            ClientConfig(FED, device, retry_seconds=0.5, tick_seconds=0.05),
+            lambda will: InMemoryTransport(self.bus, device, will=will), self.ctx,
+            self.keys[device], self.agg_key.public_key(), trainer, sink,
+            self.root / device / "federation", base, on_event=self.events[device].append)
+        self.clients[device], self.sinks[device], self.trainers[device] = client, sink, trainer
+        client.start()
+
+    def applied(self, device: str) -> list[str]:
+        return [e.data["model"] for e in list(self.events[device]) if e.kind == "applied"]
+
+    def close(self) -> None:
+        for client in self.clients.values():
+            client.stop(timeout=5)
+        for sink in self.sinks.values():
+            sink.stop()
+        for stop, thread, store in self.threads:
+            stop.set()
+            thread.join(10)
+            store.close()
+
+
+@pytest.fixture
+def fed(tmp_path: Path, ctx: FederationContext) -> Iterator[Federation]:
+    f = Federation(tmp_path, ctx)
+    yield f
+    f.close()
+
+
+def test_boxes_on_round_2_go_back_to_the_pinned_round_1_and_train_from_it(
+        fed: Federation) -> None:
+    first = fed.serve(rounds=2)
+    for device in DEVICES:
+        fed.start_box(device)
+    wait_for(lambda: all(fed.applied(d) == ["round-1", "round-2"] for d in DEVICES), 60,
+             "two rounds applied")
+    wait_for(first.finished.is_set, 10, "the first serve run to stop")
+    round_1 = {d: next(e.data["vector"] for e in fed.events[d]
+                       if e.kind == "applied" and e.data["model"] == "round-1")
+               for d in DEVICES}
+    for trainer in fed.trainers.values():
+        trainer.gate.clear()  # hold the boxes' training so the pinned model can be seen
+
+    operator = Store(fed.root / "agg")  # what `fedface-aggregator models pin` does
+    try:
+        model_pins.pin(operator, "round-1")
+    finally:
+        operator.close()
+    fed.serve(rounds=1)  # the operator starts serve again (or it was running)
+    wait_for(lambda: all(fed.applied(d)[-1:] == ["round-1"] for d in DEVICES), 60,
+             "boxes to apply the pinned round-1")
+    ann = latest_announce(fed.bus.retained, FED)
+    assert (ann["round"], ann["base_model"], ann["pinned"]) == (3, "round-1", True)
+    for d in DEVICES:
+        sink, client = fed.sinks[d], fed.clients[d]
+        assert fed.applied(d) == ["round-1", "round-2", "round-1"]
+        assert sink.version == "round-1" and client.version == "round-1"
+        # the same weights as the first time round-1 came, served by the engine
+        np.testing.assert_array_equal(client.vector, round_1[d])
+        pointer = sink.store.load()
+        assert pointer is not None and pointer.previous is not None
+        assert (pointer.current.version, pointer.previous.version) == ("round-1", "round-2")
+        assert "round-2" not in sink.store.blocked()  # the box keeps N-1 usable
+    for d in DEVICES:
+        events = fed.events[d]
+        wait_for(lambda events=events: any(  # type: ignore[misc]
+            e.kind == "joined" and e.round == 3 for e in events), 10, f"{d} to join round 3")
+    for trainer in fed.trainers.values():
+        trainer.gate.set()
+    wait_for(lambda: all(fed.applied(d)[-1:] == ["round-3"] for d in DEVICES), 60,
+             "round 3 (built on the pinned round-1) applied")
+    submitted = [e for d in DEVICES for e in fed.events[d]
+                 if e.kind == "submitted" and e.round == 3]
+    assert len(submitted) == 2
+    retained = fed.bus.retained
+    pointer_env = retained[topics.model_latest(FED)]
+    _, pointer_body = envelope_json(pointer_env)
+    assert (pointer_body["model"], pointer_body["base_model"]) == ("round-3", "round-1")

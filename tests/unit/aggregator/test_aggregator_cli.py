@@ -1,0 +1,122 @@
+"""The operator CLI: keys, init, devices, rounds, status; a secret context is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from aggregator.cli.main import app
+from federation.crypto.keys import write_public_key
+from federation.crypto.signing import generate_signing_key
+
+REPO = Path(__file__).resolve().parents[3]
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("keys")
+    result = runner.invoke(app, ["keys", "create", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "EVERY EDGE BOX" in result.output
+    return out
+
+
+def _one_line_error(result: Result) -> str:
+    assert result.exit_code == 2, result.output
+    err = result.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in result.output
+    return err
+
+
+def test_keys_create_modes(keys_dir: Path) -> None:
+    secret = keys_dir / "federation-secret.tenseal"
+    public = keys_dir / "federation-public.tenseal"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert stat.S_IMODE(public.stat().st_mode) == 0o644
+    again = runner.invoke(app, ["keys", "create", "--out", str(keys_dir)])
+    assert "refusing" in _one_line_error(again)
+
+
+def test_init_refuses_the_secret_context(keys_dir: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["init", "--fed", "f1", "--state", str(tmp_path / "s"),
+                                 "--public-context", str(keys_dir / "federation-secret.tenseal")])
+    assert "secret_key_refused" in _one_line_error(result)
+    assert not (tmp_path / "s" / "config.json").exists()
+
+
+def test_init_devices_rounds_status(keys_dir: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    result = runner.invoke(app, ["init", "--fed", "f1", "--state", str(state),
+                                 "--public-context", str(keys_dir / "federation-public.tenseal")])
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE((state / "aggregator.key").stat().st_mode) == 0o600
+    pub = write_public_key(tmp_path / "box1.pub", generate_signing_key().public_key())
+    ok = runner.invoke(app, ["devices", "add", "box1", "--public-key", str(pub),
+                             "--state", str(state)])
+    assert ok.exit_code == 0, ok.output
+    assert "already registered" in _one_line_error(
+        runner.invoke(app, ["devices", "add", "box1", "--public-key", str(pub),
+                            "--state", str(state)]))
+    assert "invalid device id" in _one_line_error(
+        runner.invoke(app, ["devices", "add", "bad/id", "--public-key", str(pub),
+                            "--state", str(state)]))
+    assert "PRIVATE" in _one_line_error(
+        runner.invoke(app, ["devices", "add", "box2", "--public-key",
+                            str(state / "aggregator.key"), "--state", str(state)]))
+    listed = json.loads(runner.invoke(app, ["devices", "list", "--json", "--state", str(state)])
+                        .stdout)
+    assert [d["device_id"] for d in listed] == ["box1"] and listed[0]["active"]
+    assert runner.invoke(app, ["devices", "revoke", "box1", "--state", str(state)]).exit_code == 0
+    assert "already revoked" in _one_line_error(
+        runner.invoke(app, ["devices", "revoke", "box1", "--state", str(state)]))
+    status = json.loads(runner.invoke(app, ["status", "--json", "--state", str(state)]).stdout)
+    assert status["fed"] == "f1" and status["devices"] == {"active": 0, "total": 1}
+    assert json.loads(runner.invoke(app, ["rounds", "list", "--json", "--state", str(state)])
+                      .stdout) == []
+    assert "no round 3" in _one_line_error(
+        runner.invoke(app, ["rounds", "show", "3", "--state", str(state)]))
+    assert "not an aggregator state" in _one_line_error(
+        runner.invoke(app, ["status", "--state", str(tmp_path / "nowhere")]))
+
+
+def test_serve_refuses_a_secret_context_swapped_into_the_state(
+    keys_dir: Path, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    assert runner.invoke(app, ["init", "--fed", "f1", "--state", str(state), "--public-context",
+                               str(keys_dir / "federation-public.tenseal")]).exit_code == 0
+    target = state / "federation-public.tenseal"
+    shutil.copyfile(keys_dir / "federation-secret.tenseal", target)
+    os.chmod(target, 0o600)
+    # a real process through the console entry point: exit code + one line, no traceback,
+    # and it fails before it would even look for a broker
+    proc = subprocess.run(
+        [sys.executable, "-m", "aggregator.cli", "serve", "--state", str(state),
+         "--broker", "mqtt://127.0.0.1:9"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "secret_key_refused" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_aggregator_never_imports_ml_or_edge_code() -> None:
+    code = (
+        "import sys, aggregator.cli.main, aggregator.service, aggregator.runner\n"
+        "import aggregator.state.config\n"
+        "bad = [m for m in ('torch', 'cv2', 'onnxruntime', 'edge', 'models') if m in sys.modules]\n"
+        "print(','.join(bad))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ""

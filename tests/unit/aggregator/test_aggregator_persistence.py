@@ -1,0 +1,116 @@
+"""Persistence details of the aggregator: the announced count scale, a state directory
+written by the previous version (running sum blob), and what stays on disk."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aggregator.rounds.coordinator import RoundSettings
+from federation.crypto.ckks import FederationContext, new_secret_context
+from federation.crypto.packing import (
+    DEFAULT_COUNT_SCALE,
+    EncryptedUpdate,
+    StreamingSum,
+    encrypt_update,
+    plain_weighted_average,
+)
+from tests.support.aggregator_boxes import collect_result, decrypt_result, latest_announce
+from tests.support.aggregator_rig import FED, make_rig
+
+LENGTH = 2500
+
+
+@pytest.fixture(scope="module")
+def secret_ctx() -> FederationContext:
+    return new_secret_context()
+
+
+def _vec(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, 0.3, LENGTH).astype(np.float32)
+
+
+def test_default_count_scale_is_announced_and_meets_the_precision_for_small_rounds(
+    tmp_path: Path, secret_ctx: FederationContext
+) -> None:
+    """One source of truth: RoundSettings' default is federation.crypto.packing's; with it, three
+    boxes with ~100 samples each (c*sum(n) ~ 5) still decrypt within 1e-5."""
+    rig = make_rig(tmp_path, secret_ctx, settings=RoundSettings(deadline_seconds=60, quorum=3))
+    ann = latest_announce(rig.bus.retained, FED)
+    assert ann["count_scale"] == DEFAULT_COUNT_SCALE
+    vecs, counts = [_vec(i) for i in range(3)], [90, 110, 120]
+    for box, vec, n in zip(rig.boxes, vecs, counts, strict=True):
+        box.send(box.envelopes(box.encrypted_blob(vec, n, ann["count_scale"]), ann["round"],
+                               ann["base_model"]))
+        rig.service.pump()
+        assert box.acks[-1]["accepted"], box.acks[-1]
+    _, blob = collect_result(rig.bus.retained, FED)
+    got = decrypt_result(secret_ctx, blob)
+    assert np.max(np.abs(got - plain_weighted_average(vecs, counts))) < 1e-5
+    rig.store.close()
+
+
+def test_open_round_of_a_state_dir_with_a_legacy_running_sum_resumes(
+    tmp_path: Path, secret_ctx: FederationContext
+) -> None:
+    """The previous version stored the running sum after every update (rounds.sum_blob)
+    and no per-update blob: an upgrade mid-round keeps those contributions."""
+    rig = make_rig(tmp_path, secret_ctx, n_boxes=3)
+    ann = latest_announce(rig.bus.retained, FED)
+    vecs, counts = [_vec(10 + i) for i in range(3)], [150, 250, 350]
+    updates = [encrypt_update(secret_ctx, v, n, ann["count_scale"])
+               for v, n in zip(vecs[:2], counts[:2], strict=True)]
+    running = StreamingSum(secret_ctx, LENGTH)
+    for u in updates:
+        running.add(u)
+    store = rig.store
+    store.write_blob("round-1-sum-2.bin", running.result().to_bytes())
+    with store.transaction() as db:
+        for seq, box in enumerate(rig.boxes[:2], start=1):
+            db.execute(
+                "INSERT INTO contributions(round, device_id, msg_id, blob_sha256, seq,"
+                " accepted_at, blob) VALUES (1, ?, ?, ?, ?, ?, NULL)",
+                (box.device_id, f"{seq:032x}", "0" * 64, seq, time.time()))
+        db.execute("UPDATE rounds SET contributions=2, sum_blob='round-1-sum-2.bin'"
+                   " WHERE round=1")
+    rig.service.transport.close()
+    service = rig.reopen(rig.service.settings, secret_ctx.public())
+    assert service.coordinator.sum is not None and service.coordinator.sum.count == 2
+    box = rig.boxes[2]
+    box.send(box.envelopes(box.encrypted_blob(vecs[2], counts[2], ann["count_scale"]), 1,
+                           ann["base_model"]))
+    service.pump()
+    assert box.acks[-1]["accepted"], box.acks[-1]
+    pointer, blob = collect_result(rig.bus.retained, FED)
+    assert pointer["contributors"] == 3
+    assert EncryptedUpdate.from_bytes(blob).n_updates == 3
+    got = decrypt_result(secret_ctx, blob)
+    assert np.max(np.abs(got - plain_weighted_average(vecs, counts))) < 1e-5
+    assert sorted(p.name for p in rig.store.blob_dir.iterdir()) == ["round-1-result.bin"]
+    rig.store.close()
+
+
+def test_a_published_round_keeps_its_result_and_drops_its_update_blobs(
+    tmp_path: Path, secret_ctx: FederationContext
+) -> None:
+    rig = make_rig(tmp_path, secret_ctx, n_boxes=2)
+    for round_no in (1, 2):
+        ann = latest_announce(rig.bus.retained, FED)
+        assert ann["round"] == round_no
+        for i, box in enumerate(rig.boxes):
+            box.send(box.envelopes(box.encrypted_blob(_vec(20 + i), 100, ann["count_scale"]),
+                                   round_no, ann["base_model"]))
+            rig.service.pump()
+            if i == 0:  # mid-round: the update is on disk as its own file
+                assert len(list((rig.store.accepted_dir / f"round-{round_no}").iterdir())) == 1
+    assert list(rig.store.accepted_dir.iterdir()) == []
+    assert sorted(p.name for p in rig.store.blob_dir.iterdir()) == [
+        "round-1-result.bin", "round-2-result.bin"]
+    rows = {r.round: r for r in rig.store.list_rounds()}
+    assert rows[1].status == rows[2].status == "published"
+    assert json.loads(json.dumps(rows[2].announce))["count_scale"] == DEFAULT_COUNT_SCALE
+    rig.store.close()

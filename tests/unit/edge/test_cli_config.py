@@ -1,0 +1,113 @@
+"""Box settings (env, validation messages) and the CLI's error-to-exit-code handler."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from edge.cli import COMMAND_MODULES, app
+from edge.cli.context import BoxContext
+from edge.cli.errors import EXIT_INTERNAL, FedFaceGroup
+from edge.config import ConfigError, EdgeSettings
+from edge.errors import FedFaceError
+
+
+def test_settings_come_from_env_then_defaults(monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
+    monkeypatch.setenv("FEDFACE_DATA_DIR", str(tmp_path / "from-env"))
+    monkeypatch.setenv("FEDFACE_MODEL_DIR", str(tmp_path / "models"))
+    settings = EdgeSettings()
+    assert settings.data_dir == tmp_path / "from-env"
+    assert settings.model_dir == tmp_path / "models"
+    explicit = EdgeSettings.from_mapping({"data_dir": tmp_path / "cli", "threads": None})
+    assert explicit.data_dir == tmp_path / "cli" and explicit.threads == 1
+    monkeypatch.delenv("FEDFACE_DATA_DIR")
+    monkeypatch.delenv("FEDFACE_MODEL_DIR")
+    assert EdgeSettings().data_dir.name == "fedface" and EdgeSettings().model_dir is None
+
+
+def test_invalid_settings_name_key_value_and_reason() -> None:
+    with pytest.raises(ConfigError) as caught:
+        EdgeSettings.from_mapping({"match_threshold": 2, "colour": "red", "threads": "many"},
+                                  source="box.toml")
+    message = str(caught.value)
+    assert message.startswith("invalid box.toml: ")
+    assert "match_threshold = 2: Input should be less than or equal to 1" in message
+    assert "colour: unknown setting" in message
+    assert "threads = 'many'" in message
+
+
+def test_every_setting_is_described() -> None:
+    for name, field in EdgeSettings.model_fields.items():
+        assert field.description and len(field.description) > 20, name
+
+
+def test_data_dir_from_env_reaches_the_commands(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["people", "list", "--json"],
+                                env={"FEDFACE_DATA_DIR": str(tmp_path / "envbox")})
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "envbox" / "gallery.sqlite3").is_file()
+
+
+class ProvisioningError(FedFaceError):
+    exit_code = 9  # what a later component's error declares
+
+
+def handler_app() -> typer.Typer:
+    """A tiny app on the same root group, as a later command module would see it."""
+    test_app = typer.Typer(cls=FedFaceGroup)
+
+    @test_app.callback()
+    def root(ctx: typer.Context, debug: bool = False) -> None:
+        ctx.obj = BoxContext(EdgeSettings(), debug=debug)
+
+    @test_app.command()
+    def provision() -> None:
+        raise ProvisioningError("broker unreachable", "check the broker address")
+
+    @test_app.command()
+    def crash() -> None:
+        raise RuntimeError("bug")
+
+    return test_app
+
+
+def test_handler_maps_declared_exit_codes_and_hides_tracebacks() -> None:
+    runner = CliRunner()
+    declared = runner.invoke(handler_app(), ["provision"])
+    assert declared.exit_code == 9
+    assert declared.stderr.splitlines() == ["error: broker unreachable",
+                                            "hint: check the broker address"]
+    bug = runner.invoke(handler_app(), ["crash"])
+    assert bug.exit_code == EXIT_INTERNAL and "Traceback" not in bug.output
+    assert "error: internal error: RuntimeError: bug" in bug.stderr
+    debug = runner.invoke(handler_app(), ["--debug", "crash"])
+    assert isinstance(debug.exception, RuntimeError)  # --debug lets the traceback through
+
+
+def test_command_modules_are_registered() -> None:
+    names = {c.name for c in typer.main.get_command(app).commands.values()}  # type: ignore[attr-defined]
+    assert names >= {"models", "enroll", "people", "identify", "run", "bench"}
+    assert len(COMMAND_MODULES) == len(set(COMMAND_MODULES))
+
+
+def test_help_lists_every_exit_code_the_box_can_end_with() -> None:
+    """Issue 13.10: the help left out 9 and 10. Every exit code declared in the package
+    (an ``exit_code = N`` attribute or an ``EXIT_*`` constant) is listed in --help."""
+    import re
+
+    from edge.cli.errors import EXIT_CODES
+
+    declared: set[int] = set()
+    for path in (Path(__file__).resolve().parents[3] / "edge").rglob("*.py"):
+        text = path.read_text()
+        declared |= {int(n) for n in re.findall(r"\bexit_code = (\d+)", text)}
+        declared |= {int(n) for n in re.findall(r"\bEXIT_[A-Z_]+ = (\d+)", text)}
+    assert declared and declared <= set(EXIT_CODES), declared - set(EXIT_CODES)
+    out = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "300"}).output
+    flat = " ".join(out.split())
+    for code, what in EXIT_CODES.items():
+        assert f"{code} {' '.join(what.split())}" in flat, (code, flat[-600:])

@@ -1,0 +1,154 @@
+"""``fedface-edge model status`` and ``model rollback`` through the CLI."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from edge.cli import served_model as model_cli
+from edge.cli.errors import FedFaceGroup
+from edge.gallery.store import DB_FILENAME
+from edge.serving.current import open_engine, read_model
+from edge.serving.hot_swap import ModelRefused
+from edge.serving.versions import ModelStoreError, Pointer
+from models.federated_parts import get_part
+from models.registry import optimised_sface_path
+from tests.support.hot_swap import (
+    PART,
+    copy_box,
+    open_swapper,
+    perturbed,
+    template_box,
+    wrecked,
+)
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory, lfw_dir: Path) -> Path:
+    return template_box(tmp_path_factory.getbasetemp(), lfw_dir)
+
+
+def cli() -> typer.Typer:
+    # the module as edge/cli/__init__.py registers it (one line in COMMAND_MODULES)
+    app = typer.Typer(cls=FedFaceGroup, pretty_exceptions_enable=False)
+    model_cli.register(app)
+
+    @app.callback()
+    def _root() -> None:
+        pass
+
+    return app
+
+
+def invoke(data_dir: Path, *args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli(), list(args), env={"FEDFACE_DATA_DIR": str(data_dir)})
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_status_rollback_and_the_rolled_back_version_stays_refused(
+        template: Path, tmp_path: Path) -> None:
+    box = copy_box(template, tmp_path / "box")
+    code, out, _ = invoke(box, "model", "status")
+    assert code == 0 and out.startswith("current   base") and "previous  none" in out
+    code, _, err = invoke(box, "model", "rollback")
+    assert code == 9 and err.count("\n") <= 2 and "nothing to roll back" in err
+    assert "Traceback" not in err
+
+    swapper = open_swapper(box)
+    base = swapper.part.initial_vector(swapper.assets.base_weights)
+    swapper.apply("r1", perturbed(base, 1))
+    swapper.apply("r2", perturbed(base, 2))
+    with pytest.raises(ModelRefused):
+        swapper.apply("r3", wrecked(PART, base, "zero"))
+    swapper.engine.close()
+
+    code, out, _ = invoke(box, "model", "status", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["current"]["version"] == "r2"
+    assert data["previous"]["version"] == "r1"
+    assert [e["event"] for e in data["history"]] == ["swapped", "swapped", "refused"]
+    assert "collapsed" in data["blocked"]["r3"]["reason"]
+    code, out, _ = invoke(box, "model", "status")
+    assert "current   r2" in out and "previous  r1" in out and "refused   r3" in out
+
+    follower = open_engine(None, box / DB_FILENAME, optimised_sface_path(), threads=1,
+                           threshold=0.40)  # e.g. the kiosk, another process
+    assert follower.state.model_version == "r2"
+    code, out, err = invoke(box, "model", "rollback")
+    assert code == 0, err
+    follower.watch_once()  # what its watcher does every 0.5 s
+    assert follower.state.model_version == "r1" and follower.state.tag == "sface-fed-r1"
+    assert len(follower.state.gallery) == len(open_swapper(box).rows.crops())  # type: ignore[union-attr]
+    assert "now serving r1" in out
+    data = json.loads(invoke(box, "model", "status", "--json")[1])
+    assert data["current"]["version"] == "r1" and data["previous"] is None
+    assert data["history"][-1]["event"] == "rolled_back" and "r2" in data["blocked"]
+
+    restarted = open_swapper(box)  # the box's next start serves r1 with r1's gallery
+    state = restarted.engine.state
+    assert state.model_version == "r1" and state.gallery.model_version == "sface-fed-r1"
+    assert len(state.gallery) == len(restarted.rows.crops())  # type: ignore[union-attr]
+    with pytest.raises(ModelRefused, match="refused before"):
+        restarted.apply("r2", perturbed(base, 2))  # the client re-delivering r2
+
+
+def test_rollback_serves_the_previous_version_with_the_part_it_was_made_with(
+        template: Path, tmp_path: Path) -> None:
+    """A box that changed part (conv14 -> the default): `model rollback` with no --part
+    takes the part recorded in the swap pointer; the default part's cut could not hold
+    conv14's 1x1 convolution weights."""
+    box = copy_box(template, tmp_path / "box")
+    conv14 = open_swapper(box, part=get_part("conv14"))
+    conv14.apply("c1", perturbed(conv14.part.initial_vector(conv14.assets.base_weights), 1))
+    conv14.engine.close()
+    swapper = open_swapper(box)  # the default part from now on
+    swapper.apply("e1", perturbed(swapper.part.initial_vector(swapper.assets.base_weights), 2))
+    swapper.engine.close()
+    data = json.loads(invoke(box, "model", "status", "--json")[1])
+    assert data["current"]["part"] == PART.name and data["previous"]["part"] == "conv14"
+
+    code, out, err = invoke(box, "model", "rollback", "--part", PART.name)
+    assert code == 9 and "cannot be served with part" in err and "Traceback" not in err
+    code, out, err = invoke(box, "model", "rollback")
+    assert code == 0 and "now serving c1" in out, err
+    state = open_swapper(box, part=get_part("conv14")).engine.state
+    assert state.model_version == "c1" and state.gallery.model_version == "sface-fed-c1"
+
+
+def test_a_damaged_or_foreign_weights_file_falls_back_to_the_previous_version(
+        template: Path, tmp_path: Path) -> None:
+    """A disk fault on the served version's file (atomic renames rule out a torn write):
+    the restart serves N-1, says so in the history, and its gallery matches it. A file
+    made for another base model is refused the same way."""
+    box = copy_box(template, tmp_path / "box")
+    swapper = open_swapper(box)
+    base = swapper.part.initial_vector(swapper.assets.base_weights)
+    swapper.apply("r1", perturbed(base, 1))
+    swapper.apply("r2", perturbed(base, 2))
+    swapper.engine.close()
+    damaged = box / "models" / "sface-fed-r2.weights.npz"
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    restarted = open_swapper(box)
+    state = restarted.engine.state
+    assert state.model_version == "r1" and state.gallery.model_version == "sface-fed-r1"
+    assert restarted.store.history()[-1]["event"] == "fallback"
+    restarted.engine.close()
+
+    # r1's file made for another base: same weights, another base SHA-256 (re-signed
+    # pointer, so only the base check can catch it)
+    served = restarted.store.load().current  # type: ignore[union-attr]
+    weights, _ = restarted.store.read_weights(served)
+    sha = restarted.store.write_weights(served.model_file, weights, "0" * 64)  # type: ignore[arg-type]
+    restarted.store.commit(Pointer(replace(served, sha256=sha), None))
+    with pytest.raises(ModelStoreError, match="was made for base model 000000000000"):
+        read_model(restarted.store, restarted.store.load().current,  # type: ignore[union-attr]
+                   optimised_sface_path())
+    state = open_swapper(box).engine.state
+    assert state.model_version == "base" and state.gallery.model_version == "sface-2021dec"

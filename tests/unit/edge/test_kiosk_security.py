@@ -1,0 +1,288 @@
+"""Kiosk security and bad input through Flask's test client (real app, gallery, models).
+
+Login (wrong password, rate limit, CSRF), idle session expiry (an injected clock instead
+of waiting 15 minutes), password change, headers and cookie flags, and uploads that
+must store nothing: a non-image, a photo without a face, an oversized request.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from flask.testing import FlaskClient
+
+from edge.gallery.store import Gallery
+from edge.kiosk import Kiosk
+from edge.kiosk.auth import PasswordStore
+from edge.vision.pipeline import FacePipeline, read_image
+from tests.support.kiosk import (
+    KIOSK_PASSWORD,
+    PERSON_A,
+    make_kiosk,
+)
+
+EMPTY = {"people": 0, "crops": 0, "embeddings": 0}
+
+
+class Clock:
+    """Wall clock the test moves forward by hand."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def kiosk(tmp_path: Path, kiosk_frames: Path, kiosk_pipeline: FacePipeline,
+          clock: Clock) -> Iterator[Kiosk]:
+    built = make_kiosk(tmp_path / "data", kiosk_frames, kiosk_pipeline, clock=clock)
+    yield built
+    built.services.gallery.close()
+
+
+@pytest.fixture
+def client(kiosk: Kiosk) -> FlaskClient:
+    return kiosk.app.test_client()
+
+
+def csrf(client: FlaskClient, path: str = "/login") -> str:
+    page = client.get(path).get_data(as_text=True)
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert found, f"no CSRF token in {path}"
+    return found.group(1)
+
+
+def log_in(client: FlaskClient, password: str = KIOSK_PASSWORD) -> Any:
+    return client.post("/login", data={"password": password, "csrf_token": csrf(client)})
+
+
+def text(response: Any) -> str:
+    return str(response.get_data(as_text=True))
+
+
+def rows(kiosk: Kiosk) -> dict[str, int]:
+    with Gallery.open(kiosk.services.data_dir) as gallery:
+        return gallery.count_rows()
+
+
+def jpeg_bytes(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def test_anonymous_visitors_only_see_the_login_form(client: FlaskClient) -> None:
+    response = client.get("/")
+    assert response.status_code == 302 and response.headers["Location"] == "/login"
+    for path in ("/live.jpg", "/api/status", "/thumb/1.jpg"):
+        denied = client.get(path)
+        assert denied.status_code == 401, path
+        assert denied.get_json()["error"] == "login required"
+    assert client.get("/people").status_code == 302
+
+
+def test_wrong_password_then_rate_limit(client: FlaskClient, kiosk: Kiosk,
+                                        clock: Clock) -> None:
+    limit = kiosk.services.settings.login_max_failures
+    for attempt in range(1, limit + 1):
+        response = log_in(client, "not the password")
+        assert response.status_code == 401
+        assert "Wrong password." in text(response)
+        if attempt == limit - 1:
+            assert "1 attempt left" in text(response)
+    blocked = log_in(client)  # even the right password waits out the limit
+    assert blocked.status_code == 429
+    assert "Too many failed log-in attempts. Try again in" in text(blocked)
+    window = kiosk.services.settings.login_window_s
+    assert 0 < int(blocked.headers["Retry-After"]) <= window
+    assert client.get("/", follow_redirects=False).status_code == 302  # not logged in
+    clock.now += window - 5
+    assert log_in(client).status_code == 429
+    clock.now += 10  # the window has slid past the failures
+    assert log_in(client).status_code == 302
+
+
+def test_every_post_needs_the_csrf_token(client: FlaskClient, kiosk: Kiosk,
+                                         lfw_dir: Path) -> None:
+    response = client.post("/login", data={"password": KIOSK_PASSWORD})
+    assert response.status_code == 400
+    assert "security check failed" in text(response)
+    assert log_in(client).status_code == 302
+    token = csrf(client, "/enrol")
+    photo = lfw_dir / PERSON_A / f"{PERSON_A}_0001.jpg"
+    enrolled = client.post("/enrol/upload", data={
+        "name": "Ada", "csrf_token": token, "photos": [(photo.open("rb"), "ada.jpg")]})
+    assert enrolled.status_code == 302
+    person = kiosk.services.gallery.people()[0]
+    forged = client.post(f"/people/{person.id}/remove", data={"csrf_token": "forged"})
+    assert forged.status_code == 400
+    assert "security check failed" in text(forged)
+    assert rows(kiosk)["people"] == 1
+    removed = client.post(f"/people/{person.id}/remove", data={"csrf_token": token},
+                          follow_redirects=True)
+    assert "Ada was removed with 1 photo." in text(removed)
+    assert rows(kiosk) == EMPTY
+
+
+def test_idle_session_expires_and_polling_does_not_keep_it_alive(
+    client: FlaskClient, kiosk: Kiosk, clock: Clock
+) -> None:
+    idle = kiosk.services.settings.idle_timeout_s
+    assert log_in(client).status_code == 302
+    clock.now += idle - 1
+    assert client.get("/").status_code == 200  # a page view is activity
+    clock.now += idle - 1
+    assert client.get("/people").status_code == 200
+    clock.now += idle - 10
+    assert client.get("/api/status").status_code == 200  # background poll: no activity
+    clock.now += 20
+    expired = client.get("/people")
+    assert expired.status_code == 302 and expired.headers["Location"] == "/login"
+    page = text(client.get("/login"))
+    assert "Your session expired after 15 minutes without activity. Please log in again." in page
+    assert client.get("/api/status").status_code == 401
+    assert log_in(client).status_code == 302
+
+
+def test_background_polls_never_rewrite_the_session_cookie(
+    client: FlaskClient, kiosk: Kiosk, kiosk_frames: Path
+) -> None:
+    """A poll answered with Set-Cookie carries the session as it was when the poll was
+    sent. Arriving after a form's response, it would overwrite the browser's cookie and
+    lose what that response stored: the "X is enrolled" message (seen lost once in the
+    browser test on a loaded machine) or a fresh CSRF token. Polls therefore never set
+    the cookie; page views (activity) still do."""
+    assert log_in(client).status_code == 302
+    kiosk.services.worker.process_frame(0, time.time(),
+                                        read_image(sorted(kiosk_frames.iterdir())[0]))
+    for path in ("/api/status", "/live.jpg"):
+        polled = client.get(path)
+        assert polled.status_code == 200, path
+        assert "Set-Cookie" not in polled.headers, f"{path} rewrote the session cookie"
+    assert "Set-Cookie" in client.get("/people").headers  # activity: last_seen moves on
+
+
+def test_password_change_ends_sessions(client: FlaskClient, kiosk: Kiosk) -> None:
+    assert log_in(client).status_code == 302
+    PasswordStore(kiosk.services.data_dir).set("another long passphrase")
+    response = client.get("/", follow_redirects=True)
+    assert "The kiosk password was changed" in text(response)
+    assert log_in(client).status_code == 401
+    assert log_in(client, "another long passphrase").status_code == 302
+
+
+def test_headers_and_cookie_flags(client: FlaskClient, kiosk: Kiosk,
+                                  kiosk_frames: Path) -> None:
+    response = log_in(client)
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    kiosk.services.worker.process_frame(0, time.time(),
+                                        read_image(sorted(kiosk_frames.iterdir())[0]))
+    for path in ("/", "/live.jpg", "/people", "/enrol"):
+        page = client.get(path)
+        assert page.status_code == 200, path
+        assert page.headers["X-Frame-Options"] == "DENY"
+        assert page.headers["Cache-Control"] == "no-store"
+        csp = page.headers["Content-Security-Policy"]
+        assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert "unsafe-inline" not in csp
+    live = client.get("/live.jpg")
+    assert live.mimetype == "image/jpeg"
+    assert cv2.imdecode(np.frombuffer(live.data, np.uint8), cv2.IMREAD_COLOR) is not None
+    # no inline script anywhere: the CSP would block it
+    assert "<script>" not in text(client.get("/"))
+
+
+def upload(client: FlaskClient, name: str, files: list[tuple[bytes, str]]) -> Any:
+    from io import BytesIO
+
+    token = csrf(client, "/enrol")
+    return client.post("/enrol/upload", content_type="multipart/form-data", data={
+        "name": name, "csrf_token": token,
+        "photos": [(BytesIO(data), filename, "image/jpeg") for data, filename in files]})
+
+
+def test_non_image_upload_is_refused_and_nothing_is_stored(
+    client: FlaskClient, kiosk: Kiosk, lfw_dir: Path
+) -> None:
+    assert log_in(client).status_code == 302
+    good = jpeg_bytes(lfw_dir / PERSON_A / f"{PERSON_A}_0001.jpg")
+    fake = b"#!/bin/sh\necho this is not a photo\n" * 20
+    response = upload(client, "Mallory", [(good, "one.jpg"), (fake, "photo.jpg")])
+    assert response.status_code == 400
+    assert "photo.jpg is not an image (use a JPEG or PNG photo). Nothing was stored." \
+        in text(response)
+    assert rows(kiosk) == EMPTY
+    truncated = upload(client, "Mallory", [(good[: len(good) // 8], "cut.jpg")])
+    assert truncated.status_code == 400 and rows(kiosk) == EMPTY
+    ok, blank = cv2.imencode(".png", np.full((240, 240, 3), 128, np.uint8))
+    assert ok
+    faceless = upload(client, "Mallory", [(blank.tobytes(), "wall.png")])
+    assert faceless.status_code == 400
+    assert "wall.png: No face found" in text(faceless)
+    assert rows(kiosk) == EMPTY
+
+
+def test_oversized_upload_is_refused_and_nothing_is_stored(
+    client: FlaskClient, kiosk: Kiosk, lfw_dir: Path
+) -> None:
+    assert log_in(client).status_code == 302
+    limit = kiosk.services.settings.max_upload_bytes
+    good = jpeg_bytes(lfw_dir / PERSON_A / f"{PERSON_A}_0001.jpg")
+    padding = np.random.default_rng(0).integers(0, 256, limit, dtype=np.uint8).tobytes()
+    response = upload(client, "Big", [(good, "one.jpg"), (good + padding, "huge.jpg")])
+    assert response.status_code == 413
+    assert "The upload is too large (at most 8 MB in total). Nothing was stored." \
+        in text(response)
+    assert rows(kiosk) == EMPTY
+
+
+def test_upload_enrols_real_photos(client: FlaskClient, kiosk: Kiosk, lfw_dir: Path) -> None:
+    assert log_in(client).status_code == 302
+    photos = [(jpeg_bytes(lfw_dir / PERSON_A / f"{PERSON_A}_{i:04d}.jpg"), f"p{i}.jpg")
+              for i in (1, 2)]
+    response = upload(client, "  George   Bush ", photos)
+    assert response.status_code == 302
+    people = text(client.get("/people"))
+    assert "George Bush is enrolled with 2 photos." in people
+    assert rows(kiosk) == {"people": 1, "crops": 2, "embeddings": 2}
+    again = upload(client, "George Bush", photos[:1])
+    assert "Added 1 photo to George Bush, who was already enrolled." in \
+        text(client.get(again.headers["Location"]))
+
+
+def test_face_images_are_for_logged_in_staff_only(client: FlaskClient, kiosk: Kiosk,
+                                                  lfw_dir: Path) -> None:
+    photo = lfw_dir / PERSON_A / f"{PERSON_A}_0001.jpg"
+    kiosk.services.desk.enrol_uploads("Ada", [("ada.jpg", photo.read_bytes())])
+    person = kiosk.services.gallery.people()[0]
+    stranger = sorted((lfw_dir / "Serena_Williams").iterdir())[0]
+    kiosk.services.worker.process_frame(0, time.time(), read_image(stranger))
+    alert = kiosk.services.activity.alerts()[0]
+    images = (f"/people/{person.id}/photo.jpg", f"/thumb/{alert.id}.jpg")
+    for path in images:
+        assert client.get(path).status_code == 401, path
+    assert client.get(f"/alerts/{alert.id}").headers["Location"] == "/login"
+    assert log_in(client).status_code == 302
+    for path in images:
+        served = client.get(path)
+        assert served.status_code == 200 and served.mimetype == "image/jpeg", path
+        assert served.data[:2] == b"\xff\xd8"
+        assert served.headers["Cache-Control"] == "no-store"  # never kept by the browser
+    page = client.get(f"/alerts/{alert.id}")
+    assert page.status_code == 200 and "Enrol this person" in text(page)
+    forged = client.post(f"/alerts/{alert.id}/enrol", data={"name": "Eve"})
+    assert forged.status_code == 400 and rows(kiosk)["people"] == 1
+    assert client.get("/people/999/photo.jpg").status_code == 404

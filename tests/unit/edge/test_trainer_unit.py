@@ -1,0 +1,178 @@
+"""On-device trainer: the torch tail equals the ONNX graph, trained weights patch back
+into the graph, frozen parts stay frozen, and a real local round runs on LFW faces."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from edge.training.api import LocalTrainer, TrainingError
+from edge.training.augment import CropError
+from edge.training.loop import fit
+from edge.training.trainer import TorchLocalTrainer, TrainConfig, train_local
+from edge.vision.align import align_face
+from edge.vision.detect import FaceDetector
+from models.federated_parts import PARTS, get_part
+from models.onnx_graph import patch_initializers, weights_to_initializers
+from models.registry import model_path
+from models.trainable import TrainableTail
+from models.trunk import TrunkRunner, crops_to_blob
+
+PEOPLE = ("Colin_Powell", "Tony_Blair", "Donald_Rumsfeld", "Gerhard_Schroeder",
+          "Ariel_Sharon", "Hugo_Chavez")  # fmt: skip
+PER_PERSON = 4
+
+
+@pytest.fixture(scope="module")
+def sface() -> Path:
+    return model_path("sface")
+
+
+@pytest.fixture(scope="module")
+def crops_by_person(lfw_dir: Path) -> dict[str, list[np.ndarray]]:
+    detector = FaceDetector(model_path("yunet"))
+    out: dict[str, list[np.ndarray]] = {}
+    for person in PEOPLE:
+        for i in range(1, PER_PERSON + 1):
+            image = cv2.imread(str(lfw_dir / person / f"{person}_{i:04d}.jpg"))
+            assert image is not None
+            faces = detector.detect(image)
+            assert faces, f"no face in {person} {i}"
+            out.setdefault(person, []).append(align_face(image, faces[0].landmarks))
+    return out
+
+
+@pytest.fixture(scope="module")
+def trunk(sface: Path, crops_by_person: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
+    crops = [c for person in PEOPLE for c in crops_by_person[person]]
+    runner = TrunkRunner(sface, sorted({p.cut for p in PARTS.values()}))
+    out = runner.run(crops)
+    out["labels"] = np.repeat(np.arange(len(PEOPLE)), PER_PERSON)
+    return out
+
+
+@pytest.mark.parametrize("part_name", sorted(PARTS))
+def test_tail_reproduces_the_onnx_embedding(sface: Path, trunk: dict, part_name: str) -> None:
+    tail = TrainableTail(sface, get_part(part_name))
+    with torch.no_grad():
+        emb = tail(torch.from_numpy(trunk[tail.part.cut])).numpy()
+    assert np.abs(emb - trunk["fc1"]).max() < 1e-4
+    assert tail.get_vector().size == tail.part.size
+
+
+@pytest.mark.parametrize("part_name", ["conv14", "fc1_lora"])
+def test_trained_vector_patched_into_onnx_gives_the_torch_embedding(
+    sface: Path, trunk: dict, crops_by_person: dict, part_name: str
+) -> None:
+    part = get_part(part_name)
+    tail = TrainableTail(sface, part)
+    before = tail.get_vector()
+    fit(tail, trunk[part.cut], trunk["labels"], TrainConfig(epochs=3, batch_size=8,
+                                                             lr=1e-3, seed=1))
+    vector = tail.get_vector()
+    assert not np.allclose(vector, before)
+    model = weights_to_initializers(onnx.load(str(sface)))
+    patched = patch_initializers(model, part.onnx_weights(vector, tail.base))
+    session = ort.InferenceSession(patched.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    crop = crops_by_person[PEOPLE[0]][0]
+    onnx_emb = session.run(["fc1"], {"data": crops_to_blob([crop])})[0]
+    with torch.no_grad():
+        torch_emb = tail(torch.from_numpy(trunk[part.cut][:1])).numpy()
+    assert np.abs(onnx_emb - torch_emb).max() < 1e-4
+    assert np.abs(onnx_emb - trunk["fc1"][:1]).max() > 1e-3  # the patch changed the model
+
+
+def test_fit_trains_only_the_part_and_keeps_batch_norm_statistics(sface: Path, trunk: dict) -> None:
+    tail = TrainableTail(sface, get_part("conv14"))
+    frozen = {name: buf.clone() for name, buf in tail.named_buffers()}
+    assert "conv_14_batchnorm_moving_mean" in frozen and "pre_fc1_weight" in frozen
+    before = tail.get_vector()
+    result = fit(tail, trunk["conv_14_dw_relu"], trunk["labels"],
+                 TrainConfig(epochs=4, batch_size=8, lr=1e-4, seed=0))
+    for name, buf in tail.named_buffers():
+        assert torch.equal(buf, frozen[name]), f"frozen tensor {name} changed"
+    assert result.steps == 12
+    assert np.abs(tail.get_vector() - before).max() > 1e-6
+
+
+def test_local_update_in_a_low_priority_process(
+    sface: Path, crops_by_person: dict, tmp_path: Path
+) -> None:
+    trainer: LocalTrainer = TorchLocalTrainer(
+        sface, crops_by_person, tmp_path, config=TrainConfig(epochs=2, batch_size=16),
+        n_views=2, niceness=0,  # the product default (10) would starve on a busy CI box
+    )
+    first = trainer.local_update(None, round_no=0)
+    assert first.n_samples == len(PEOPLE) * PER_PERSON
+    assert first.vector.dtype == np.float32 and first.vector.shape == (trainer.part.size,)
+    assert np.all(np.isfinite(first.vector))
+    cached = list((tmp_path / "features").rglob("*.npy"))
+    assert len(cached) == len(PEOPLE) * PER_PERSON
+    second = trainer.local_update(first.vector, round_no=1)
+    assert not np.array_equal(second.vector, first.vector)
+    assert second.seconds < first.seconds  # features came from the cache
+    with pytest.raises(TrainingError, match=f"needs {trainer.part.size}"):
+        trainer.local_update(np.zeros(10, np.float32), round_no=2)
+
+
+def test_train_local_saves_the_vector_and_accepts_person_crop_pairs(
+    sface: Path, crops_by_person: dict, tmp_path: Path
+) -> None:
+    pairs = [(p, c) for p in PEOPLE[:3] for c in crops_by_person[p][:2]]
+    out = tmp_path / "update.npz"
+    update = train_local(sface, pairs, tmp_path / "cache", out, part_name="embed_bn",
+                         config=TrainConfig(epochs=1, batch_size=8), isolate=False)
+    saved = np.load(out)
+    assert str(saved["part"]) == "embed_bn@v1"
+    assert int(saved["n_samples"]) == update.n_samples == 6
+    np.testing.assert_array_equal(saved["vector"], update.vector)
+
+
+def test_bad_inputs_are_refused_with_a_clear_error(
+    sface: Path, crops_by_person: dict, tmp_path: Path
+) -> None:
+    one_person = {PEOPLE[0]: crops_by_person[PEOPLE[0]]}
+    with pytest.raises(TrainingError, match="at least 2"):
+        train_local(sface, one_person, tmp_path, isolate=False)
+    with pytest.raises(CropError, match="112, 112, 3"):
+        train_local(sface, {"a": [np.zeros((50, 50, 3), np.uint8)]}, tmp_path, isolate=False)
+
+
+def test_the_box_process_never_imports_torch_or_runs_the_trunk_for_training(
+        tmp_path: Path, lfw_dir: Path) -> None:
+    """A box's long-lived process (``join``) asks for a round: torch, the trunk's session
+    and the feature arrays live in the round's process only (the parent would keep
+    ~450 MB of them, and ~180 MB for torch, for the rest of its life)."""
+    script = f"""
+import sys
+from pathlib import Path
+import cv2
+from edge.vision.pipeline import FacePipeline
+from edge.training.trainer import TorchLocalTrainer, TrainConfig
+from models.registry import model_path
+pipeline = FacePipeline.from_model_dir(threads=1)
+lfw = Path({str(lfw_dir)!r})
+people = [p for p in sorted(lfw.iterdir()) if len(list(p.glob("*.jpg"))) >= 3][:3]
+crops = {{p.name: [pipeline.process(cv2.imread(str(f)))[0].crop
+                   for f in sorted(p.glob("*.jpg"))[:3]] for p in people}}
+trainer = TorchLocalTrainer(model_path("sface"), crops, Path({str(tmp_path)!r}),
+                            config=TrainConfig(epochs=1, batch_size=8), n_views=2,
+                            niceness=0)
+update = trainer.local_update(None, round_no=0)
+assert update.n_samples == 9, update.n_samples
+print("torch" in sys.modules, trainer._cache is None)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300, cwd=Path(__file__).resolve().parents[3])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["False", "True"], out.stdout
+    assert not list(tmp_path.glob("round/*.npz"))  # the round's crops file is removed
