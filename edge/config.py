@@ -73,7 +73,7 @@ class EdgeSettings(BaseModel):
         le=1.0,
         description="SFace cosine similarity at or above which a face is reported as the "
         "closest enrolled person. Higher: stricter (fewer strangers accepted, more known "
-        "people reported unknown). Tune with `python -m bench.identification`.",
+        "people reported unknown). Tune with `python -m bench.edge.identification`.",
     )
     threads: int = Field(
         default=1,
@@ -252,7 +252,7 @@ def load_box_config(path: Path) -> BoxConfig:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"invalid {path}: not TOML: {exc}") from None
-    except UnicodeDecodeError as exc:  # found by bench.fuzz: a non-UTF-8 file
+    except UnicodeDecodeError as exc:  # found by bench.federation.fuzz: a non-UTF-8 file
         raise ConfigError(f"invalid {path}: not UTF-8 text ({exc.reason} at byte "
                           f"{exc.start})") from None
     return parse_box_config(data, str(path))

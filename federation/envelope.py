@@ -29,7 +29,7 @@ DEFAULT_MAX_HEADER = 4096
 _LEN = struct.Struct(">I")
 
 # Ids appear in MQTT topics: no '/', '+', '#', no spaces. \Z, not $: Python's $ also
-# matches before a trailing newline (bench.fuzz found "sig\n" accepted).
+# matches before a trailing newline (bench.federation.fuzz found "sig\n" accepted).
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 _MSG = re.compile(r"^[0-9a-f]{8,64}\Z")

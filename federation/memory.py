@@ -15,7 +15,7 @@ transient buffers of the message's size (paho's socket reads and packet decoding
 128 KiB each of those was a fresh mmap, page-faulted, zeroed and unmapped: about 8 pairs
 per update, most of the MQTT thread's kernel time. Below 512 KiB they come from the heap
 and are reused; ciphertexts and sums (MBs) are still mmapped, so RSS stays flat.
-Measured with ``bench.fleet_load``, all uploads at once, 2 runs each: 100 boxes of the
+Measured with ``bench.aggregator.fleet_load``, all uploads at once, 2 runs each: 100 boxes of the
 default part, 5 rounds: 3.5 -> 2.6 ms CPU per update, 320-330 -> 405-430 updates acked
 per second, peak RSS 100 vs 10 boxes +0.9%, +0.4%; 1M values, 2 rounds: 0.34 -> 0.25 s
 CPU per update, peak RSS 100 vs 10 boxes +21%, +5% (at 128 KiB: +34%, -9%; this

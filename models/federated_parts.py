@@ -172,8 +172,8 @@ FC1_LORA = FederatedPart(
 )
 
 PARTS: dict[str, FederatedPart] = {p.name: p for p in (CONV14, EMBED_BN, FC1_LORA)}
-# Chosen by accuracy per encrypted byte (bench.federated_accuracy, 504 held-out LFW people,
-# 8 institutions on 4 degraded cameras, 3 CKKS rounds; mean over camera domains):
+# Chosen by accuracy per encrypted byte (bench.federation.federated_accuracy, 504 held-out
+# LFW people, 8 institutions on 4 degraded cameras, 3 CKKS rounds; mean over camera domains):
 #   pretrained 91.81 | embed_bn  92.83, 0.15 MB/box/round (+1.02, 6.96 points/MB)
 #                    | conv14    92.97, 25.1 MB/box/round (+1.16, 0.046 points/MB)
 #                    | fc1_lora  92.07,  9.6 MB/box/round (+0.26; no better than local-only)

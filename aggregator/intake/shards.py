@@ -4,7 +4,7 @@
 Why: in a burst the service process is the aggregator's limit. Its MQTT thread (paho's
 Python receive loop, envelope checks, Ed25519, the spool write) and its worker (group
 commits, acks) share one GIL, so the process tops out near one core however many cores
-the host has (measured with bench.fleet_load: about 550 updates/s of the default part
+the host has (measured with bench.aggregator.fleet_load: about 550 updates/s of the default part
 drained on this 2-core machine). A shard process does the per-chunk half (parse, rate
 limit, verify, spool: aggregator.intake.delivery, the same code) for its share of the devices,
 and hands the service the same small records the MQTT thread queues in one process: a

@@ -1,6 +1,6 @@
 """The running sum of one round, behind a small interface so the coordinator does not know
 whether it adds CKKS ciphertexts (the product) or float32 vectors (the plaintext
-baseline of bench/he_overhead.py).
+baseline of bench/federation/he_overhead.py).
 
 Updates are added in batches, so that a batch can be made durable with ONE group commit
 in between (aggregator.state.store.accept_updates):

@@ -150,7 +150,7 @@ def load_config(state_dir: Path) -> AggregatorConfig:
         ) from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path} is not valid JSON: {exc}") from None
-    except UnicodeDecodeError as exc:  # found by bench.fuzz: a non-UTF-8 file
+    except UnicodeDecodeError as exc:  # found by bench.federation.fuzz: a non-UTF-8 file
         raise ConfigError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})"
                           ) from None
     return parse_config(data, str(path))

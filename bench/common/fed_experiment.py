@@ -1,5 +1,5 @@
-"""The federated-accuracy experiment's shared steps (bench.federated_accuracy and
-bench.dp_accuracy): the setup of one design (:func:`make_setup`), training every
+"""The federated-accuracy experiment's shared steps (bench.federation.federated_accuracy and
+bench.federation.dp_accuracy): the setup of one design (:func:`make_setup`), training every
 institution, the encrypted FedAvg of their vectors and the held-out evaluation."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The fuzzed parsers' targets for bench.fuzz: structure-aware mutators, and per target
-a generator of inputs and the check of each outcome (see bench.fuzz's docstring)."""
+"""The fuzzed parsers' targets for bench.federation.fuzz: structure-aware mutators, and per target
+a generator of inputs and the check of each outcome (see bench.federation.fuzz's docstring)."""
 
 from __future__ import annotations
 

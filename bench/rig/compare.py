@@ -7,7 +7,7 @@ and the command that reproduces it::
 
     round wall time, update only: CKKS 1.93 s vs plaintext 0.27 s: 7.15x
         (median of 6 rounds each; CKKS 1.80-2.10, plaintext 0.25-0.31) target <= 2x: NOT MET
-    reproduce: .venv/bin/python -m bench.he_overhead --no-train
+    reproduce: .venv/bin/python -m bench.federation.he_overhead --no-train
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ search takes the best of N comparisons, so strangers score higher than in 1:1 an
 gallery needs a somewhat higher threshold than verification does.
 
 :data:`DEFAULT_MATCH_THRESHOLD` = 0.40 was chosen by measurement on LFW with
-``python -m bench.identification`` (50 people enrolled with one image each, up to 5 of
+``python -m bench.edge.identification`` (50 people enrolled with one image each, up to 5 of
 their other images as probes, one image each of 200 never-enrolled people; median of 3
 seeds). Measured here:
 

@@ -22,7 +22,7 @@ from models.trainable import (
 )
 
 # Adam learning rates per federated part, measured on the LFW experiment
-# (bench.federated_accuracy): the 1M-value conv block needs small steps, the affine-only
+# (bench.federation.federated_accuracy): the 1M-value conv block needs small steps, the affine-only
 # and low-rank parts larger ones.
 PART_LR = {"conv14": 1e-4, "fc1_lora": 3e-3, "embed_bn": 5e-3}
 

@@ -12,7 +12,7 @@ Speed: YuNet's cost grows with its input area (one core: 640x480 22 ms, 320x240 
 Frames whose long side exceeds ``max_side`` (default 320) are downscaled to fit before
 detection and the results mapped back to frame pixels; alignment then crops from the
 full-resolution frame, so the crop keeps its detail. Accuracy is kept: LFW pairs pasted
-into 640x480 frames (first two folds, ``bench.lfw_verification --canvas``) scored 99.75%
+into 640x480 frames (first two folds, ``bench.edge.lfw_verification --canvas``) scored 99.75%
 detected at 320 px vs 99.42% at full size. A face must be roughly 20 px wide in a
 640x480 frame to be found at 320 (about 10 px at the detector's scale); raise
 ``max_side`` (or pass None) for far-away faces.

@@ -4,7 +4,7 @@ A federation has ONE CKKS secret key, created once (``keys.create_federation_key
 copied to every edge box. The aggregator gets a public-only context that can deserialize
 and add ciphertexts but neither decrypt nor (with symmetric encryption) encrypt.
 
-Parameter choice (measured with ``python -m bench.ckks_params``, see the module docstring
+Parameter choice (measured with ``python -m bench.federation.ckks_params``, see the module docstring
 there): the aggregation is add-only (boxes send Enc(c*n*w) and the count, the aggregator
 only adds, boxes divide after decryption), so no multiplicative level is needed and the
 smallest ring that holds the precision serves: N=4096 (2048 slots per ciphertext), ONE

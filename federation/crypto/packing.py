@@ -13,7 +13,7 @@ must stay below ``params.value_bound`` = 2^11 = 2048; count_scale 64, so c = 1/6
   ~3e-5 absolute per decrypted slot of the weighted sum; the average divides that by
   c*sum(n) = sum(n)/64, so two boxes with 400 samples in all (c*sum(n) = 6.25) average
   to ~5e-6 max abs error, three boxes with a few hundred each to ~2e-6, and more
-  samples only make it smaller. (Measured: ``python -m bench.ckks_params``.)
+  samples only make it smaller. (Measured: ``python -m bench.federation.ckks_params``.)
 - range: sum_i c*n_i*max|w_i| must stay below 2048, i.e. sum_i n_i*max|w_i| < 131,072
   (e.g. 16 boxes x 800 samples x |w| <= 10, or 32 boxes x 4,000 samples x |w| <= 1).
   ``encrypt_update`` refuses one update that would take more than 1/headroom of it

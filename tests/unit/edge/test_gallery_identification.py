@@ -1,8 +1,8 @@
 """1:N identification on real LFW faces through the real pipeline and gallery (no CLI).
 
-The protocol of bench/identification.py, smaller: 30 people enrolled with one image
+The protocol of bench/edge/identification.py, smaller: 30 people enrolled with one image
 each, 2 probes each of their other images, 60 never-enrolled people. Measured with
-``python -m bench.identification`` (50/5/200, seeds 0-2) at the default threshold 0.40:
+``python -m bench.edge.identification`` (50/5/200, seeds 0-2) at the default threshold 0.40:
 top-1 94.3-97.4%, false accepts 0.0-1.5%, wrong person named 0%; this smaller protocol,
 seeds 0-3: top-1 93.2-97.8%, false accepts 0-1.7% (1 of 60), rank-1 95.8-100%. The bounds
 leave room for one or two probes of noise (each known probe is ~2.2%, each stranger 1.7%)
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.identification import EmbeddingCache, Protocol, run_protocol
+from bench.edge.identification import EmbeddingCache, Protocol, run_protocol
 from edge.gallery.match import DEFAULT_MATCH_THRESHOLD
 from edge.vision.pipeline import FacePipeline
 

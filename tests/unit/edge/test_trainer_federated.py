@@ -1,6 +1,6 @@
 """CI-sized federated experiment on real LFW faces: federated beats local-only.
 
-Same code as ``bench.federated_accuracy`` on a small identity split (4 institutions of
+Same code as ``bench.federation.federated_accuracy`` on a small identity split (4 institutions of
 12 people, 2 camera domains, 80 held-out test people), with the real CKKS path for the
 encrypted row. Asserts the claims the product rests on, at a size CI can afford.
 """
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from bench.common.fed_data import build_design
-from bench.federated_accuracy import run
+from bench.federation.federated_accuracy import run
 
 
 @pytest.mark.slow

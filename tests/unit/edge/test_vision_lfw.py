@@ -13,7 +13,7 @@ from bench.common.lfw_protocol import (
     parse_pairs,
     ten_fold_accuracy,
 )
-from bench.lfw_verification import embed_images, evaluate, unique_images
+from bench.edge.lfw_verification import embed_images, evaluate, unique_images
 from edge.vision.detect import FaceDetector
 from edge.vision.embed import Embedder
 from models.registry import model_path, optimised_sface_path

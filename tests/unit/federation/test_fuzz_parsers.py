@@ -1,5 +1,5 @@
 """CI-sized fuzzing of the hostile-input parsers (the bench runs >= 100,000 inputs:
-``python -m bench.fuzz``): envelope decode + signature, chunk reassembly (memory and
+``python -m bench.federation.fuzz``): envelope decode + signature, chunk reassembly (memory and
 disk), aggregator and box config files; memory bounded under a flood of chunk starts."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from aggregator.state.config import load_config
 from aggregator.state.store import StoreError
-from bench.fuzz import flood, fuzz
+from bench.federation.fuzz import flood, fuzz
 from edge.config import ConfigError, load_box_config
 from federation.envelope import MAGIC, decode
 from federation.errors import FederationError
@@ -63,7 +63,7 @@ def test_decode_of_arbitrary_json_headers_only_raises_malformed(header: dict) ->
 
 
 def test_config_files_that_are_not_utf8_get_a_clear_error(tmp_path: Path) -> None:
-    # found by bench.fuzz: both loaders used to raise a bare UnicodeDecodeError
+    # found by bench.federation.fuzz: both loaders used to raise a bare UnicodeDecodeError
     (tmp_path / "config.json").write_bytes(b'{"fed": "\xb2"}')
     with pytest.raises(StoreError, match="not UTF-8"):
         load_config(tmp_path)
@@ -87,7 +87,7 @@ def test_flood_of_chunk_starts_that_never_complete_stays_bounded(
 
 
 def test_a_trailing_newline_in_a_hex_or_id_field_is_malformed() -> None:
-    # found by bench.fuzz: Python's $ matches before a final "\n", so a signature with a
+    # found by bench.federation.fuzz: Python's $ matches before a final "\n", so a signature with a
     # trailing newline decoded and verified (bytes.fromhex skips whitespace)
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 

@@ -32,9 +32,17 @@ def _is_shared(name: str) -> bool:
     return any(name == s or name.startswith(s + ".") for s in SHARED) or name == "bench"
 
 
+def _entry_points() -> list[Path]:
+    return [p for p in sorted((REPO / "bench").rglob("*.py"))
+            if p.name != "__init__.py" and p.relative_to(REPO / "bench").parts[0] not in
+            ("rig", "common") and len(p.relative_to(REPO / "bench").parts) == 2]
+
+
 def test_entry_points_import_only_the_rig_and_common() -> None:
+    entry_points = _entry_points()
+    assert len(entry_points) >= 15, "the walk found too few entry points: wrong root?"
     wrong = {}
-    for path in sorted((REPO / "bench").glob("*.py")):
+    for path in entry_points:
         bad = {n for n in _bench_imports(path) if not _is_shared(n)
                and not n.startswith(_module(path))}  # a child script may import itself
         if bad:

@@ -1,6 +1,6 @@
 """Where the time of one encrypted round goes, step by step, for one box's update.
 
-    .venv/bin/python -m bench.round_profile [--length 1000000] [--runs 3]
+    .venv/bin/python -m bench.aggregator.round_profile [--length 1000000] [--runs 3]
 
 Each step is timed on its own in this process (one core; medians of --runs) with the
 code the product runs: box encryption and serialisation, chunk signing and envelope
@@ -9,7 +9,7 @@ work (decode, signature check, spool write) and reassembly, its deserialisation 
 ciphertexts (prepare), the homomorphic add (commit), making the update durable (fsync
 + rename + SQLite commit), the result serialisation at round close, and the box's
 decryption of the result. The plaintext baseline of the same steps is the float32 path
-of bench.he_overhead (numbers there).
+of bench.federation.he_overhead (numbers there).
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def main() -> None:
         print(f"  {name:64} {statistics.median(values):7.3f}")
     print(f"aggregator cost per accepted update: {per_update:.3f} s now (prepare + store + add; "
           f"the store's fsync overlaps prepare in the service), {previous:.3f} s before")
-    print_comparisons("bench.round_profile", [comparison(
+    print_comparisons("bench.aggregator.round_profile", [comparison(
         "aggregator cost per accepted update", Measured.of("now", now_runs), Measured.of(
             "previous design", step.times[
                 "agg, previous design: add + serialise + write the running sum"]),

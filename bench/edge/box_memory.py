@@ -1,6 +1,6 @@
 """Memory of a federating box's long-lived process (``fedface-edge join``), stage by stage.
 
-    .venv/bin/python -m bench.box_memory [--lfw DIR] [--people 8] [--per-person 4]
+    .venv/bin/python -m bench.edge.box_memory [--lfw DIR] [--people 8] [--per-person 4]
 
 One child process per mode plays the box: it enrols ``--people`` x ``--per-person``
 LFW photos, opens the hot swapper of the default federated part (it warms the trunk
@@ -99,7 +99,7 @@ def main() -> None:
     print("torch imported into the box's process: " + ", ".join(
         f"{m} {r['torch_imported']}" for m, r in results.items()))
     iso, base = (results[m]["stages"][-1]["rss_mb"] for m in ("isolated", "in-process"))
-    print_comparisons("bench.box_memory", [comparison(
+    print_comparisons("bench.edge.box_memory", [comparison(
         "box process RSS after a round", Measured.of("round in its own process", [iso]),
         Measured.of("round in process", [base]), "MB", "{:.0f}")])
 

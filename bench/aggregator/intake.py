@@ -1,8 +1,8 @@
 """Aggregator intake cost per update, in one process, without a broker.
 
-    .venv/bin/python -m bench.aggregator_intake [--updates 300] [--runs 3] [--length 0]
+    .venv/bin/python -m bench.aggregator.intake [--updates 300] [--runs 3] [--length 0]
 
-Where bench.fleet_load measures the whole system (Mosquitto, emulated boxes and the
+Where bench.aggregator.fleet_load measures the whole system (Mosquitto, emulated boxes and the
 aggregator sharing the machine), this isolates the aggregator's own Python work, so that
 a change to it can be measured on a noisy 2-core machine. What is real: the
 ``AggregatorService`` with its SQLite store, spool and group commit on a temporary
@@ -125,7 +125,7 @@ def main() -> None:
         print(f"{name:<14}{delivery:>17.3f}{pump:>13.3f}{totals[name]:>8.3f}"
               f"{1e3 / totals[name]:>15.0f}")
     one, small = ([r[0] + r[1] for r in rows[k]] for k in ("one chunk", "64 kB chunks"))
-    print_comparisons("bench.aggregator_intake", [comparison(
+    print_comparisons("bench.aggregator.intake", [comparison(
         "CPU per update", Measured.of("one chunk", one), Measured.of("64 kB chunks", small),
         "ms", "{:.3f}")])
 

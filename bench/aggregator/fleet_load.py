@@ -1,6 +1,6 @@
 """Fleet load: 100 emulated boxes per round through Mosquitto, next to 10 in the same run.
 
-    .venv/bin/python -m bench.fleet_load [--fleets 10,100] [--rounds 3] [--distinct 6]
+    .venv/bin/python -m bench.aggregator.fleet_load [--fleets 10,100] [--rounds 3] [--distinct 6]
         [--length 1052928] [--procs 2]
 
 What is real: a Mosquitto started here; the aggregator is the real ``fedface-aggregator
@@ -39,7 +39,7 @@ processes), the emulated boxes (their own process time over the rounds) and Mosq
 (its /proc stat over the rounds). When all uploads come at once, their sum over a round
 divided by the cores says how soon the machine can have done the round's work at all;
 ``--intake-processes K`` runs the service with K intake shards (aggregator.intake.shards),
-and bench.fleet_floor runs the same burst against receivers that do no work.
+and bench.aggregator.fleet_floor runs the same burst against receivers that do no work.
 """
 
 from __future__ import annotations
@@ -221,7 +221,7 @@ def print_table(results: list[dict[str, Any]], meta: list[dict[str, Any]], lengt
     lines.append(comparison("peak RSS of the aggregator tree", Measured.of(
         f"{many['n']} boxes", [many["peak_rss_mb"]]), Measured.of(
         f"{few['n']} boxes", [few["peak_rss_mb"]]), "MB", "{:.0f}", within=0.25))
-    print_comparisons("bench.fleet_load", lines)
+    print_comparisons("bench.aggregator.fleet_load", lines)
 
 
 def main() -> None:

@@ -1,10 +1,10 @@
 """Accuracy cost of differential privacy, on the federated accuracy bench's experiment.
 
-    .venv/bin/python -m bench.dp_accuracy [--part conv14] [--rounds 6] [--epsilons 8,2]
+    .venv/bin/python -m bench.federation.dp_accuracy [--part conv14] [--rounds 6] [--epsilons 8,2]
         [--modes local,distributed] [--delta 1e-5]
 
 Same design, institutions, cached features, training and held-out pairs as
-``bench.federated_accuracy`` (its functions are reused). Rows, all through the real CKKS
+``bench.federation.federated_accuracy`` (its functions are reused). Rows, all through the real CKKS
 path (federation.crypto.packing: encrypt, streaming sum, decrypt):
 
 - pretrained SFace;
@@ -40,7 +40,7 @@ from federation.crypto.dp import DpConfig, epsilon, noise_multiplier_for, privat
 from federation.crypto.packing import DEFAULT_COUNT_SCALE
 from models.federated_parts import get_part
 
-log = logging.getLogger("bench.dp_accuracy")
+log = logging.getLogger("bench.federation.dp_accuracy")
 
 
 @dataclass
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:<30}{eps_s:>10}{z_s:>8}{row['mean']:>19.2f}{row['se']:>9.2f}"
               f"{row['clean']:>8.2f}{row['mean'] - ref:>+16.2f}")
     print(f"total {time.perf_counter() - t0:.0f} s")
-    print(reproduce("bench.dp_accuracy", argv))
+    print(reproduce("bench.federation.dp_accuracy", argv))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
-"""The ceiling of bench.fleet_load's ratio on this machine: the same fleet and broker
+"""The ceiling of bench.aggregator.fleet_load's ratio on this machine: the same fleet and broker
 against an aggregator that does NO work.
 
-    .venv/bin/python -m bench.fleet_floor [--boxes 100] [--rounds 6] [--receivers 1,2,3]
+    .venv/bin/python -m bench.aggregator.fleet_floor [--boxes 100] [--rounds 6] [--receivers 1,2,3]
 
-bench.fleet_load compares the aggregator's ack rate with the rate at which the broker
+bench.aggregator.fleet_load compares the aggregator's ack rate with the rate at which the broker
 takes a simultaneous burst of uploads from 100 emulated boxes, all on the same cores.
 This bench asks how much of that gap any aggregator could close here: the real
-Mosquitto and the same emulated boxes (bench.fleet_load's, unchanged), but instead of
+Mosquitto and the same emulated boxes (bench.aggregator.fleet_load's, unchanged), but instead of
 ``fedface-aggregator serve``, R "null receivers": paho clients that hear the update
 topics of their share of the devices (aggregator.intake.shards' split), decode each
 envelope and ack it at once, signed, without verifying, storing or summing anything.
@@ -72,7 +72,7 @@ def receiver_main(ns: argparse.Namespace) -> None:
     time.sleep(0.5)  # every receiver subscribed before the first announce
     for r in range(1, ns.rounds + 1):
         if ns.index == 0:
-            # only round, base and state matter to the emulated boxes (bench.fleet_load)
+            # only round, base and state matter to the emulated boxes (bench.aggregator.fleet_load)
             publish(topics.announce(FED), "announce", RoundAnnounce(
                 r, "base", "open", deadline=time.time() + 600, quorum=1, count_scale=1.0,
                 chunk_size=1024), r, True)
@@ -95,7 +95,7 @@ def run(boxes_n: int, rounds: int, receivers: int, keys: Path, updates: Path) ->
         boxes = rig.start_boxes([rig.fed.devices[0::2], rig.fed.devices[1::2]], rounds,
                                 256 * 1024, updates=updates, flush_every=4)
         nulls = [rig.adopt(spawn_module(
-            "bench.fleet_floor", "receiver", "--broker", rig.url, "--key", str(null_key),
+            "bench.aggregator.fleet_floor", "receiver", "--broker", rig.url, "--key", str(null_key),
             "--index", str(k), "--of", str(receivers), "--boxes", str(boxes_n),
             "--rounds", str(rounds), stderr=None)) for k in range(receivers)]
         last: dict[int, float] = {}
@@ -149,8 +149,8 @@ def main() -> None:
         for n, med, lo, hi in summary:
             print(f"{n:>14}  {med:.2f} [{lo:.2f}, {hi:.2f}]")
         print("A receiver that does no work bounds what the real aggregator can reach in "
-              "this bench on this machine (bench.fleet_load prints the real one).")
-        print(reproduce("bench.fleet_floor"))
+              "this bench on this machine (bench.aggregator.fleet_load prints the real one).")
+        print(reproduce("bench.aggregator.fleet_floor"))
     finally:
         subprocess.run(["rm", "-rf", str(work)], check=False)
 

@@ -1,6 +1,6 @@
 """LFW View 2 verification accuracy of the edge pipeline (YuNet -> align -> SFace/ORT).
 
-    .venv/bin/python -m bench.lfw_verification [--lfw DIR] [--threads 2] [--no-cache]
+    .venv/bin/python -m bench.edge.lfw_verification [--lfw DIR] [--threads 2] [--no-cache]
         [--model shipped|optimised|PATH] [--folds N] [--canvas] [--max-side 320|0]
 
 Each LFW image goes through the product path: YuNet (score >= 0.8), the 5-point
@@ -273,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{b_mean * 100:.2f}% (+-{b_std * 100:.2f}); ours - baseline: "
             f"{(mean - b_mean) * 100:+.2f} points"
         )
-        print_comparisons("bench.lfw_verification", [comparison(
+        print_comparisons("bench.edge.lfw_verification", [comparison(
             "LFW accuracy per fold", Measured.of("ours", [100 * a for a in per_fold], "folds"),
             Measured.of("OpenCV's own path", [100 * a for a in b_folds], "folds"), "%")])
 

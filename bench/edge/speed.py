@@ -1,6 +1,6 @@
 """Per-frame latency of the edge pipeline vs the naive OpenCV path, one and two cores.
 
-    .venv/bin/python -m bench.edge_speed [--lfw DIR] [--frames 60] [--repeats 3]
+    .venv/bin/python -m bench.edge.speed [--lfw DIR] [--frames 60] [--repeats 3]
 
 Frames: 640x480, one LFW face (250x250) pasted at a random place on a noisy grey
 canvas. Stages: detect (YuNet), align (5-point similarity warp), embed (SFace), match
@@ -205,7 +205,7 @@ def speed_ups(title: str, p50s: dict[str, list[float]]) -> list[str]:
 _RSS_CHILD = """
 import sys
 from pathlib import Path
-from bench.edge_speed import make_frames
+from bench.edge.speed import make_frames
 from edge.vision.pipeline import FacePipeline
 pipeline = FacePipeline.from_model_dir(threads=1)
 for frame in make_frames(Path(sys.argv[1]), 60):
@@ -246,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     target, cpu = one_core["fedface"]["total"], one_core["fedface"]["cpu"]
     print(f"\none-core p50 {target:.1f} ms per frame wall, {cpu:.1f} ms CPU (target <= 25 ms): "
           f"{'met' if target <= 25 else 'NOT met'} on wall time")  # fmt: skip
-    print_comparisons("bench.edge_speed", lines)
+    print_comparisons("bench.edge.speed", lines)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ correct when it is named as its own person (best score >= threshold); an unknown
 is a false accept when anyone is named. Repeated over several seeds, medians reported;
 OpenCV's recommended SFace threshold 0.363 is the baseline measured in the same run.
 
-    .venv/bin/python -m bench.identification [--lfw DIR] [--seeds 3] [--threads 1]
+    .venv/bin/python -m bench.edge.identification [--lfw DIR] [--seeds 3] [--threads 1]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Federated accuracy benchmark: does federation beat each institution alone?
 
-    .venv/bin/python -m bench.federated_accuracy [--parts conv14,embed_bn,fc1_lora]
+    .venv/bin/python -m bench.federation.federated_accuracy [--parts conv14,embed_bn,fc1_lora]
 
 Held-out LFW identities (30% of people with 2+ images) give 3,000 same + 3,000
 different test pairs; the remaining people are split into 16 institutions, each with its
@@ -35,7 +35,7 @@ from bench.common.fed_train import TrainTask, run_train
 from bench.rig.compare import reproduce
 from models.federated_parts import get_part
 
-log = logging.getLogger("bench.federated_accuracy")
+log = logging.getLogger("bench.federation.federated_accuracy")
 
 
 @dataclass
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         json.dumps([asdict(r) for r in results], indent=1))
     total = time.perf_counter() - t0
     print(f"\nplot: {args.out / 'federated_convergence.png'}; total {total:.0f} s")
-    print(reproduce("bench.federated_accuracy", argv))
+    print(reproduce("bench.federation.federated_accuracy", argv))
 
 
 def run(args: argparse.Namespace, design: Design | None = None) -> tuple[Setup, list[PartResult]]:

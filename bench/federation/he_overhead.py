@@ -1,6 +1,6 @@
 """Round wall time, CKKS-encrypted vs plaintext FedAvg, same transport, same run.
 
-    .venv/bin/python -m bench.he_overhead [--length 1052928] [--boxes 3] [--rounds 3]
+    .venv/bin/python -m bench.federation.he_overhead [--length 1052928] [--boxes 3] [--rounds 3]
         [--runs 2] [--train-people 8] [--train-budget 20] [--no-train]
 
 Both modes: a real Mosquitto started here on a free port, the aggregator service in its
@@ -205,7 +205,7 @@ def main() -> None:
         if "ckks_default" in res:
             checks.append((f"full round with training, {default.key}, CKKS",
                            res["ckks_default"], res["plain_default"]))
-    print_comparisons("bench.he_overhead", [
+    print_comparisons("bench.federation.he_overhead", [
         comparison(f"round wall time, {label}",
                    Measured.of("encrypted", enc["round_runs"], "rounds"),
                    Measured.of("plaintext", plain["round_runs"], "rounds"), "s", at_most=2.0)

@@ -1,6 +1,6 @@
 """Structure-aware mutation fuzzing of the parsers that face hostile input.
 
-    .venv/bin/python -m bench.fuzz [--inputs 100000] [--seed 1] [--flood 200000]
+    .venv/bin/python -m bench.federation.fuzz [--inputs 100000] [--seed 1] [--flood 200000]
 
 Targets (each input is generated from valid samples by a seeded mutator: bit flips,
 byte insertions/deletions, truncation, splicing, random bytes, and field-level

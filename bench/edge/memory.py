@@ -7,7 +7,7 @@ times while polling its RSS with psutil (plus the kernel's ru_maxrss at exit) an
 Python that imports cv2 + onnxruntime, and one that imports torch (what the inference
 path saves by never importing it). Target: <= 400 MB.
 
-    .venv/bin/python -m bench.edge_memory [--lfw DIR] [--frames 150] [--runs 3]
+    .venv/bin/python -m bench.edge.memory [--lfw DIR] [--frames 150] [--runs 3]
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"  baseline python + cv2 + onnxruntime imported: {bare.peak_mib:.0f} MiB; "
           f"+ torch imported: {with_torch.peak_mib:.0f} MiB "
           f"(torch libraries mapped: {with_torch.torch_mapped})")
-    compare.print_comparisons("bench.edge_memory", [compare.comparison(
+    compare.print_comparisons("bench.edge.memory", [compare.comparison(
         "peak RSS", compare.Measured.of("fedface-edge run", peaks), compare.Measured.of(
             f"python + {label} imported", [m.peak_mib]), "MiB", "{:.0f}")
         for label, m in (("cv2 + onnxruntime", bare), ("torch + cv2 + onnxruntime", with_torch))])

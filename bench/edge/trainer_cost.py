@@ -1,6 +1,6 @@
 """Cost of one local training round on a box with 80 enrolled people (one core).
 
-    .venv/bin/python -m bench.trainer_cost [--people 80] [--part conv14]
+    .venv/bin/python -m bench.edge.trainer_cost [--people 80] [--part conv14]
 
 Round 1 includes computing and caching the frozen-trunk features of every augmented
 view; later rounds only train the tail. The round runs the way a box runs it: in a

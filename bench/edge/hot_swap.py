@@ -1,6 +1,6 @@
 """Hot swap under a live stream: dropped frames, mixed-model frames, latency, swap time.
 
-    .venv/bin/python -m bench.hot_swap --lfw ../shared/data/lfw [--people 1000] [--swaps 20]
+    .venv/bin/python -m bench.edge.hot_swap --lfw ../shared/data/lfw [--people 1000] [--swaps 20]
         [--runs 3] [--part embed_bn|conv14|fc1_lora]
 
 A camera thread offers 640x480 frames (one LFW face) into a bounded queue (4 frames, a
@@ -47,7 +47,7 @@ from edge.vision.pipeline import FacePipeline
 from models.federated_parts import DEFAULT_PART, FederatedPart, get_part
 from models.registry import optimised_sface_path
 
-log = logging.getLogger("bench.hot_swap")
+log = logging.getLogger("bench.edge.hot_swap")
 
 
 def build_box(lfw: Path, workdir: Path, people: int, multi: int, part: FederatedPart) -> Path:
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> None:
     print(f"weights received -> serving over {len(serving)} swaps: median "
           f"{statistics.median(serving):.2f} s, p90 {np.percentile(serving, 90):.2f} s, "
           f"max {max(serving):.2f} s (target <= 1 s)")
-    print_comparisons("bench.hot_swap", [comparison(
+    print_comparisons("bench.edge.hot_swap", [comparison(
         "frame latency p99", Measured.of("during swaps", [r.p99_swapping for r in results]),
         Measured.of("without swaps", [r.p99_calm for r in results]), "ms", "{:.1f}",
         at_most=1.5, paired=True)])

@@ -1,6 +1,6 @@
 """CKKS parameter sets for the encrypted FedAvg update: size, speed, precision.
 
-Run: ``.venv/bin/python -m bench.ckks_params [--values 1000000] [--runs 3]``
+Run: ``.venv/bin/python -m bench.federation.ckks_params [--values 1000000] [--runs 3]``
 
 For each parameter set (symmetric and public-key encryption), one realistic update of
 ``--values`` float32 values (conv weights ~N(0, 0.05), BN gammas ~N(1, 0.1), BN betas,
@@ -164,7 +164,7 @@ def main() -> None:
         f"|sum c*n*w| < {DEFAULT_PARAMS.value_bound:g} of range (see federation/crypto/packing.py)."
     )
     if default_runs:
-        print_comparisons("bench.ckks_params", [
+        print_comparisons("bench.federation.ckks_params", [
             comparison("bytes on the wire per value", Measured.of(
                 "CKKS default", [r["bytes_per_value"] for r in default_runs]),
                 Measured.of("plain float32", [4.0]), "B"),

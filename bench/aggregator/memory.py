@@ -1,6 +1,6 @@
 """Aggregator peak RSS for one round with many boxes vs few, same model size.
 
-    .venv/bin/python -m bench.aggregator_memory [--length 1052928] [--few 2] [--many 20]
+    .venv/bin/python -m bench.aggregator.memory [--length 1052928] [--few 2] [--many 20]
 
 Default length: the conv14 part's 1,052,928 values, the "same 1M-parameter updates" the
 issue asks for (the default part, embed_bn, is 5,376 values: memory is no concern there).
@@ -59,7 +59,7 @@ def main() -> None:
     print(f"\naggregator peak RSS, one round, {ns.length:,} parameters (median of {ns.runs})")
     print(f"  {ns.few:3d} boxes: {few.median:.0f} MB")
     print(f"  {ns.many:3d} boxes: {many.median:.0f} MB")
-    print_comparisons("bench.aggregator_memory", [
+    print_comparisons("bench.aggregator.memory", [
         comparison("aggregator peak RSS", many, few, "MB", "{:.0f}", within=0.2)])
 
 
