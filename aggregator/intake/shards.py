@@ -59,10 +59,10 @@ from aggregator.intake.ratelimit import RateLimiter, RateLimits
 from aggregator.intake.spool import DiskReassembler
 from aggregator.rounds.publisher import Publisher
 from aggregator.rounds.records import OutgoingAck
-from aggregator.state.durable_io import write_atomic
 from aggregator.state.registry import read_devices
 from federation import topics
 from federation.crypto.key_files import read_private_key
+from federation.files import write_atomic
 from federation.memory import AGGREGATOR_MMAP_THRESHOLD_BYTES, pin_mmap_threshold
 from federation.transport.mqtt import MqttTransport, TlsConfig
 
@@ -376,4 +376,4 @@ def retire_stale_sessions(state_dir: Path, current: list[str],
             log.info("ending the broker session of a former intake shard: %s", client_id)
             end_session(client_id)
     if previous != current:
-        write_atomic(path, json.dumps({"client_ids": current}).encode())
+        write_atomic(path, json.dumps({"client_ids": current}).encode(), mode=0o644)
