@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from aggregator.intake.ratelimit import RateLimiter
 from aggregator.intake.shards import IntakeShards, ShardSpec, retire_stale_sessions, session_ids
 from aggregator.rounds.coordinator import RoundSettings
 from aggregator.rounds.sumpool import ProcessSumFactory
@@ -35,6 +36,7 @@ def build_service(
     protocol: str = "5",
     sum_workers: int | None = None,
     intake_processes: int = 1,
+    rate_limiter: RateLimiter | None = None,
 ) -> tuple[AggregatorService, MqttTransport]:
     """The service on a connected MQTT transport (persistent session). Updates the
     broker queued while the aggregator was down may arrive before ``service.start()``
@@ -42,7 +44,8 @@ def build_service(
 
     ``sum_workers``: processes that hold the round's CKKS sum (aggregator.rounds.sumpool);
     None: one per core (at most 4); 0: sum in this process. ``intake_processes``: K >= 2
-    hands the per-chunk work to K shard processes (aggregator.intake.shards)."""
+    hands the per-chunk work to K shard processes (aggregator.intake.shards).
+    ``rate_limiter``: per-device limits at the intake (None: off)."""
     ctx = load_context(state, cfg)  # refuses a secret context (secret_key_refused)
     # ciphertexts back to the OS when freed, chunk buffers reused (federation.memory)
     pin_mmap_threshold(AGGREGATOR_MMAP_THRESHOLD_BYTES)
@@ -57,7 +60,7 @@ def build_service(
             transport, store, ctx, signing_key, cfg.fed,
             aggregator_id=cfg.aggregator_id, settings=settings,
             initial_model=cfg.initial_model, vector_length=cfg.vector_length,
-            max_rounds=max_rounds, accumulators=sums,
+            max_rounds=max_rounds, accumulators=sums, rate_limiter=rate_limiter,
         )
         if not transport.wait_connected(CONNECT_TIMEOUT):
             raise TransportError(

@@ -2,10 +2,11 @@
 
 Two threads, one rule each:
 
-- the transport's delivery thread (``_on_update``, aggregator.intake.delivery) only does cheap,
-  stateless work: topic + envelope parsing, federation/sender/signature checks against
-  a key snapshot, and spooling the chunk to disk. It never touches SQLite or the running
-  sum, and never publishes (a transport handler must not block on the transport);
+- the transport's delivery thread (``intake.on_update``, aggregator.intake.delivery)
+  only does cheap, stateless work: topic + envelope parsing, federation/sender/signature
+  checks against a key snapshot, and spooling the chunk to disk. It never touches SQLite
+  or the running sum, and never publishes (a transport handler must not block on the
+  transport);
 - the worker (``pump``, below; its events are published by aggregator.rounds.events)
   owns the coordinator: it takes the completed updates waiting in
   the queue as one batch (group commit: checked, staged into the sum by the summing
@@ -61,7 +62,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -78,7 +78,7 @@ from aggregator.intake.shards import IntakeShards
 from aggregator.intake.spool import DiskReassembler
 from aggregator.rounds.accumulator import AccumulatorFactory, CkksAccumulatorFactory
 from aggregator.rounds.coordinator import UNAVAILABLE, Coordinator, RoundSettings
-from aggregator.rounds.events import RoundEventHandler
+from aggregator.rounds.events import ResultForwarder, RoundEventHandler
 from aggregator.rounds.publisher import Publisher, ack_for
 from aggregator.rounds.records import Decision, Submission
 from aggregator.state.registry import DeviceRegistry
@@ -124,9 +124,11 @@ def _return_freed_memory() -> None:
         _MALLOC_TRIM(0)
 
 
-class AggregatorService(DeliveryIntake, RoundEventHandler):
-    """The aggregator: its delivery-thread intake (aggregator.intake.delivery), its worker
-    (``pump``, below) and the publishing of round events (aggregator.rounds.events)."""
+class AggregatorService:
+    """The aggregator: its delivery-thread intake (``intake``, aggregator.intake.delivery),
+    its worker (``pump``, below) and the publishing of round events (``events``,
+    aggregator.rounds.events). The worker alone calls ``events`` and the intake's
+    ``set_keys``/``forget``; the transport's delivery thread calls ``intake.on_update``."""
 
     def __init__(
         self,
@@ -168,31 +170,43 @@ class AggregatorService(DeliveryIntake, RoundEventHandler):
         )
         self.spool = DiskReassembler(store.state_dir / "spool", max_blob_bytes, max_spool_bytes)
         self.max_rounds = max_rounds
-        self.published_rounds = 0
         self.finished = threading.Event()
+        # Where the delivery thread (or the intake shards) and the worker meet.
         self._queue: queue.Queue[Item] = queue.Queue()
-        self._keys = {}
-        self._revoked = frozenset()
-        self._finished_msgs = OrderedDict()
-        self._finished_lock = threading.Lock()
-        self._unpublished = []
-        # round -> each accepted update's age at its ack: from the box's send time (the
-        # envelope's ts) to the ack, so time queued at the broker counts (logged when the
-        # round's result is out: the operator's sign of an aggregator falling behind)
-        self._ack_waits = {}
-        # fsyncs of completed blobs, started as they complete (they release the GIL)
-        self._flusher = ThreadPoolExecutor(2, thread_name_prefix="spool-flush")
+        self.intake = DeliveryIntake(fed_id, self.spool, self._queue, rate_limiter)
         self.publisher = Publisher(
             transport, signing_key, fed_id, aggregator_id, self.settings.chunk_size
         )
-        # Per-device token buckets checked before any signature/disk work (None: off).
-        self.rate_limiter = rate_limiter
-        # Regional mode (aggregator.regional.forwarder): a closed round's sum goes to the root
-        # aggregator as a partial, and the root's result is what this region publishes.
-        self.forwarder = None
+        self.events = RoundEventHandler(store, self.coordinator, self.publisher,
+                                        max_rounds=max_rounds, finished=self.finished)
         # The per-chunk work in K processes instead of this one's MQTT thread
         # (aggregator.intake.shards; None: K = 1).
         self.intake_shards: IntakeShards | None = None
+
+    @property
+    def rate_limiter(self) -> RateLimiter | None:
+        """Per-device token buckets checked before any signature/disk work (None: off)."""
+        return self.intake.rate_limiter
+
+    @property
+    def forwarder(self) -> ResultForwarder | None:
+        """Regional mode (aggregator.regional.forwarder): a closed round's sum goes to the
+        root aggregator as a partial, and the root's result is what this region publishes."""
+        return self.events.forwarder
+
+    @forwarder.setter
+    def forwarder(self, forwarder: ResultForwarder | None) -> None:
+        self.events.forwarder = forwarder
+
+    @property
+    def published_rounds(self) -> int:
+        return self.events.published_rounds
+
+    def refresh_keys(self) -> None:
+        """Snapshot active device keys for the delivery thread. Every pump re-reads the
+        registry, so ``devices revoke`` (another process, same SQLite db) takes effect
+        within one tick."""
+        self.intake.set_keys(self.registry.list())
 
     # --- start / loop -----------------------------------------------------------------
     def start(self) -> None:
@@ -200,7 +214,7 @@ class AggregatorService(DeliveryIntake, RoundEventHandler):
         # Also with shards: updates that this client's persistent session holds from a
         # run without them, or that come while the shards start, are heard here; once
         # every shard is subscribed, the shards alone hear the update topics.
-        self.transport.subscribe(topics.update_filter(self.fed_id), self._on_update)
+        self.transport.subscribe(topics.update_filter(self.fed_id), self.intake.on_update)
         if self.intake_shards is not None:
             if self.intake_shards.start(
                     self._queue.put,
@@ -212,7 +226,7 @@ class AggregatorService(DeliveryIntake, RoundEventHandler):
                 self.intake_shards = None
         if self.max_rounds == 0:
             self.finished.set()
-        self._handle(self.coordinator.start(open_round=not self.finished.is_set()))
+        self.events.handle(self.coordinator.start(open_round=not self.finished.is_set()))
 
     def pump(self, timeout: float = 0.0) -> int:
         """Process queued items (waiting up to ``timeout`` for the first): rejections one
@@ -247,8 +261,8 @@ class AggregatorService(DeliveryIntake, RoundEventHandler):
         if self.intake_shards is not None:
             self.intake_shards.restart_dead()
         self.refresh_keys()
-        self._retry_unpublished()
-        self._handle(self.coordinator.tick())
+        self.events.retry_unpublished()
+        self.events.handle(self.coordinator.tick())
         return n
 
     def run(self, stop: threading.Event, tick_seconds: float = 0.2) -> None:
@@ -289,13 +303,13 @@ class AggregatorService(DeliveryIntake, RoundEventHandler):
         acked = time.time()
         for it, decision in zip(items, decisions, strict=True):
             if decision.accepted:  # a box clock ahead of ours must not give negative ages
-                self._ack_waits.setdefault(it.env.round, []).append(max(0.0, acked - it.env.ts))
-        self._handle(self.coordinator.tick())
+                self.events.record_ack_wait(it.env.round, max(0.0, acked - it.env.ts))
+        self.events.handle(self.coordinator.tick())
 
     def _let_resend(self, device: str, msg: str) -> None:
         """After a transient failure the device may resend the SAME message: let it in
         (at whichever intake heard it)."""
-        self._forget((device, msg))
+        self.intake.forget(device, msg)
         if self.intake_shards is not None:
             self.intake_shards.forget(device, msg)
 
@@ -304,7 +318,7 @@ class AggregatorService(DeliveryIntake, RoundEventHandler):
         store are the caller's)."""
         if self.intake_shards is not None:
             self.intake_shards.close()
-        self._flusher.shutdown(wait=True)
+        self.intake.close()
         self.coordinator.accumulators.close()
 
     def _ack(self, device: str, round_no: int | None, msg: str | None, d: Decision) -> None:
@@ -333,6 +347,19 @@ class AggregatorService(DeliveryIntake, RoundEventHandler):
             "fed": self.fed_id,
             "round": None if cur is None else cur.as_dict(),
             "counters": self.store.counters(),
-            "devices": sorted(self._keys),
+            "devices": sorted(self.intake.keys),
             "published_this_run": self.published_rounds,
         }
+
+    # --- for the tests written against the mixins: the parts' state under its old names
+    def _on_update(self, topic: str, payload: bytes) -> None:
+        """What the MQTT thread calls (``intake.on_update``)."""
+        self.intake.on_update(topic, payload)
+
+    @property
+    def _finished_msgs(self) -> OrderedDict[tuple[str, str], None]:
+        return self.intake._finished_msgs
+
+    @property
+    def _ack_waits(self) -> dict[int, list[float]]:
+        return self.events.ack_waits

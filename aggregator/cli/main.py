@@ -164,9 +164,8 @@ def serve(
     service, transport = build_service(
         state, cfg, settings, broker, client_id or f"aggregator-{cfg.fed}",
         rounds or None, ca_file, cert_file, key_file, mqtt_protocol, sum_workers,
-        intake_processes,
+        intake_processes, rate_limiter=limiter,
     )
-    service.rate_limiter = limiter
     logging.getLogger("aggregator").info("round schedule: %s; min new samples per box %d",
                                          schedule.describe(), min_new_samples)
     if dp is not None:

@@ -34,6 +34,7 @@ from aggregator.state.config import BrokerClientConfig, PkiConfig, init_state, l
 from aggregator.state.registry import DeviceRegistry, RegistryError, load_public_key_bytes
 from aggregator.state.store import Store
 from federation.crypto.fingerprint import request_fingerprint_lines, signing_key_fingerprint
+from federation.files import write_atomic
 from federation.verdicts import Verdict
 
 Opt = typer.Option
@@ -156,7 +157,7 @@ def devices_add(
     else:
         answer = register_device(store, cfg, req, cert_days=cert_days)
         out = reply or Path(f"{req.device_id}.reply.json")
-        pki_files.atomic_write(out, json.dumps(answer, indent=2).encode(), 0o644)
+        write_atomic(out, json.dumps(answer, indent=2).encode(), mode=0o644)
         typer.echo(f"added {req.device_id}: certificate signed, signing key registered; give "
                    f"{out} to the technician (fedface-edge provision --install-reply "
                    f"{out.name})")

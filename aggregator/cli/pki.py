@@ -23,6 +23,7 @@ from aggregator.pki import crl as pki_crl
 from aggregator.pki import files as pki_files
 from aggregator.pki import issue as pki_issue
 from aggregator.pki.broker_config import DEFAULT_TLS_PORT, publish_crl, write_broker_config
+from federation.files import write_atomic
 
 app = typer.Typer(
     help="Federation TLS PKI (CA, broker/device certificates, CRL) and Mosquitto config.",
@@ -94,7 +95,7 @@ def sign(
 ) -> None:
     """Sign a box's CSR: CN = device id, clientAuth, short validity."""
     pem = pki.sign_device_csr(pki.load_ca(ca_dir), csr.read_bytes(), device_id, valid_days=days)
-    pki_files.atomic_write(out, pem, 0o644)
+    write_atomic(out, pem, mode=0o644)
     typer.echo(f"device certificate {out}: give it to the technician with ca.crt")
 
 

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from aggregator.intake.ratelimit import RateLimiter
 from aggregator.intake.spool import DiskReassembler
 from aggregator.state.durable_io import fsync_file
-from aggregator.state.registry import Device, DeviceRegistry
+from aggregator.state.registry import Device
 from federation import topics
 from federation.crypto.signing import verify
 from federation.envelope import Envelope, decode
@@ -82,40 +82,53 @@ class ItemSink(Protocol):
 
 
 class DeliveryIntake:
-    """The delivery-thread side of AggregatorService, a mixin: the service's __init__
-    creates the state declared here (the worker reads the same queue and key snapshot)."""
+    """The delivery-thread work of one intake (the service's, or an intake shard's): it
+    owns the key snapshot, the memory of finished messages and the flusher thread; its
+    results go to ``sink``. Its owner's worker calls ``set_keys`` and ``forget``; the
+    transport's delivery thread calls ``on_update``."""
 
-    fed_id: str
-    registry: DeviceRegistry
-    spool: DiskReassembler
-    rate_limiter: RateLimiter | None
-    _queue: ItemSink
-    _keys: dict[str, Ed25519PublicKey]
-    _revoked: frozenset[str]
-    _finished_msgs: OrderedDict[tuple[str, str], None]
-    _finished_lock: threading.Lock
-    _flusher: ThreadPoolExecutor
+    def __init__(self, fed_id: str, spool: DiskReassembler, sink: ItemSink,
+                 rate_limiter: RateLimiter | None = None) -> None:
+        self.fed_id = fed_id
+        self.spool = spool
+        self.sink = sink
+        # Per-device token buckets checked before any signature/disk work (None: off);
+        # drained by the owner's worker.
+        self.rate_limiter = rate_limiter
+        self.keys: dict[str, Ed25519PublicKey] = {}  # replaced whole: read without a lock
+        self._revoked: frozenset[str] = frozenset()
+        self._finished_msgs: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._finished_lock = threading.Lock()
+        # fsyncs of completed blobs, started as they complete (they release the GIL)
+        self._flusher = ThreadPoolExecutor(2, thread_name_prefix="spool-flush")
 
-    def refresh_keys(self) -> None:
-        """Snapshot active device keys for the delivery thread (swapped atomically).
-        Every pump re-reads the registry, so `devices revoke` (another process, same
-        SQLite db) takes effect within one tick."""
-        self._set_keys(self.registry.list())
-
-    def _set_keys(self, devices: list[Device]) -> None:
+    def set_keys(self, devices: list[Device]) -> None:
+        """Snapshot the device keys for the delivery thread (swapped atomically). The
+        owner re-reads the registry every tick (the service) or second (a shard), so
+        ``devices revoke`` (another process, same SQLite db) takes effect quickly."""
         self._revoked = frozenset(d.device_id for d in devices if not d.active)
-        self._keys = {
+        self.keys = {
             d.device_id: Ed25519PublicKey.from_public_bytes(d.public_key)
             for d in devices
             if d.active
         }
 
+    def forget(self, device: str, msg: str) -> None:
+        """After a transient failure the device may resend the SAME message: let it in."""
+        with self._finished_lock:
+            self._finished_msgs.pop((device, msg), None)
+
+    def close(self) -> None:
+        """Wait for the pending fsyncs (the owner has stopped its transport first)."""
+        self._flusher.shutdown(wait=True)
+
     # --- delivery thread --------------------------------------------------------------
-    def _on_update(self, topic: str, payload: bytes) -> None:
+    def on_update(self, topic: str, payload: bytes) -> None:
+        """The transport's handler for an update topic (runs on its delivery thread)."""
         try:
             device = topics.parse(topic).device
         except FederationError as exc:
-            self._queue.put(Rejection(None, None, None, exc.reason, exc.message))
+            self.sink.put(Rejection(None, None, None, exc.reason, exc.message))
             return
         # Before anything else: a flood costs a dictionary lookup per message, also a
         # flood of garbage, which would otherwise be decoded and answered one by one.
@@ -125,7 +138,7 @@ class DeliveryIntake:
         try:
             env = decode(payload)
         except FederationError as exc:
-            self._queue.put(Rejection(device, None, None, exc.reason, exc.message))
+            self.sink.put(Rejection(device, None, None, exc.reason, exc.message))
             return
         key = (env.sender, env.msg)
         with self._finished_lock:
@@ -141,7 +154,7 @@ class DeliveryIntake:
             answer = device if exc.reason == UNKNOWN_DEVICE else None
             if answer is not None:
                 self._remember(key)  # one answer per upload, not per chunk
-            self._queue.put(Rejection(answer, env.round, env.msg, exc.reason,
+            self.sink.put(Rejection(answer, env.round, env.msg, exc.reason,
                                     f"{exc.message} (claimed sender {env.sender!r} on the "
                                     f"topic of {device!r})"))
             return
@@ -151,27 +164,27 @@ class DeliveryIntake:
         except FederationError as exc:
             self.spool.discard(*key)
             self._remember(key)
-            self._queue.put(Rejection(device, env.round, env.msg, exc.reason, exc.message))
+            self.sink.put(Rejection(device, env.round, env.msg, exc.reason, exc.message))
             return
         except OSError as exc:
             self.spool.discard(*key)
             self._remember(key)
             log.error("cannot spool a chunk of %s from %s: %s", env.msg, device, exc)
             why = "disk full" if exc.errno == errno.ENOSPC else "I/O error"
-            self._queue.put(
+            self.sink.put(
                 Rejection(device, env.round, env.msg, UNAVAILABLE, f"spool write failed ({why})")
             )
             return
         if path is not None:
             self._remember(key)
             self._flusher.submit(_flush_quietly, path)
-            self._queue.put(SpooledUpdate(Envelope(**{**env.header(), "payload": b""}), path))
+            self.sink.put(SpooledUpdate(Envelope(**{**env.header(), "payload": b""}), path))
 
     def _authenticate(self, device: str | None, env: Envelope) -> None:
         """The chunk is signed by the registered, active device whose topic it came on."""
         if env.sender != device:
             raise FederationError(MALFORMED, f"sender {env.sender!r} on the topic of {device!r}")
-        key = self._keys.get(env.sender)
+        key = self.keys.get(env.sender)
         if key is None:  # answered: only that id's own (unregistered) box can be misled
             why = "was revoked" if env.sender in self._revoked else "is not registered"
             raise FederationError(UNKNOWN_DEVICE, f"device {env.sender!r} {why}")
@@ -189,8 +202,3 @@ class DeliveryIntake:
             self._finished_msgs[key] = None
             while len(self._finished_msgs) > _FINISHED_MEMORY:
                 self._finished_msgs.popitem(last=False)
-
-    def _forget(self, key: tuple[str, str]) -> None:
-        """After a transient failure the device may resend the SAME message: let it in."""
-        with self._finished_lock:
-            self._finished_msgs.pop(key, None)

@@ -49,9 +49,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -61,10 +59,10 @@ from aggregator.intake.ratelimit import RateLimiter, RateLimits
 from aggregator.intake.spool import DiskReassembler
 from aggregator.rounds.publisher import Publisher
 from aggregator.rounds.records import OutgoingAck
-from aggregator.state.durable_io import write_atomic
 from aggregator.state.registry import read_devices
 from federation import topics
 from federation.crypto.key_files import read_private_key
+from federation.files import write_atomic
 from federation.memory import AGGREGATOR_MMAP_THRESHOLD_BYTES, pin_mmap_threshold
 from federation.transport.mqtt import MqttTransport, TlsConfig
 
@@ -126,8 +124,9 @@ class _PipeSink:
             self._conn.send(READY)
 
 
-class ShardIntake(DeliveryIntake):
-    """One shard: its own MQTT client, key snapshot, rate limiter and spool directory."""
+class ShardIntake:
+    """One shard: its own MQTT client, delivery intake (key snapshot, rate limiter, spool
+    directory) and ack publisher."""
 
     def __init__(self, spec: ShardSpec, conn: Connection) -> None:
         self.spec = spec
@@ -136,15 +135,13 @@ class ShardIntake(DeliveryIntake):
         # Read-only: the service owns the database; this process only reads devices.
         self._db = sqlite3.connect(f"file:{spec.state_dir / 'state.db'}?mode=ro", uri=True,
                                    check_same_thread=False)
-        self.spool = DiskReassembler(spec.state_dir / "spool" / f"intake-{spec.index}",
-                                     spec.max_blob_bytes, spec.max_spool_bytes // spec.count)
+        self._sink = _PipeSink(conn)
         self.rate_limiter = RateLimiter(spec.rate_limits) if spec.rate_limits else None
-        self._queue = self._sink = _PipeSink(conn)
-        self._keys = {}
-        self._revoked = frozenset()
-        self._finished_msgs = OrderedDict()
-        self._finished_lock = threading.Lock()
-        self._flusher = ThreadPoolExecutor(2, thread_name_prefix="spool-flush")
+        self.intake = DeliveryIntake(
+            spec.fed_id,
+            DiskReassembler(spec.state_dir / "spool" / f"intake-{spec.index}",
+                            spec.max_blob_bytes, spec.max_spool_bytes // spec.count),
+            self._sink, self.rate_limiter)
         self._heard: set[str] = set()
         self.transport = MqttTransport(
             spec.broker, shard_client_id(spec.client_id, spec.index, spec.count),
@@ -157,12 +154,12 @@ class ShardIntake(DeliveryIntake):
 
     def refresh_keys(self) -> None:
         devices = read_devices(self._db)
-        self._set_keys(devices)
+        self.intake.set_keys(devices)
         for device in devices:  # revoked ones too: they are answered unknown_device
             if device.device_id not in self._heard and \
                     shard_of(device.device_id, self.spec.count) == self.spec.index:
                 self.transport.subscribe(topics.update(self.fed_id, device.device_id),
-                                         self._on_update)
+                                         self.intake.on_update)
                 self._heard.add(device.device_id)
 
     def run(self) -> None:
@@ -187,18 +184,18 @@ class ShardIntake(DeliveryIntake):
                 if request[0] == "ack":
                     self.publisher.send_ack(request[1])
                 elif request[0] == "forget":
-                    self._forget((request[1], request[2]))
+                    self.intake.forget(request[1], request[2])
             if time.monotonic() >= next_refresh:
                 self.refresh_keys()
                 if self.rate_limiter is not None:
                     counts = self.rate_limiter.drain()
                     if counts:
-                        self._queue.put(RateLimitedReport(counts))
+                        self._sink.put(RateLimitedReport(counts))
                 next_refresh = time.monotonic() + REFRESH_SECONDS
 
     def close(self) -> None:
         self.transport.close()
-        self._flusher.shutdown(wait=True)
+        self.intake.close()
         self._db.close()
 
 
@@ -379,4 +376,4 @@ def retire_stale_sessions(state_dir: Path, current: list[str],
             log.info("ending the broker session of a former intake shard: %s", client_id)
             end_session(client_id)
     if previous != current:
-        write_atomic(path, json.dumps({"client_ids": current}).encode())
+        write_atomic(path, json.dumps({"client_ids": current}).encode(), mode=0o644)

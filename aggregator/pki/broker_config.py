@@ -24,9 +24,9 @@ from aggregator.pki.files import (
     AGGREGATOR_IDENTITY,
     CertificateAuthority,
     IssuedCert,
-    atomic_write,
     validate_identity,
 )
+from federation.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -236,9 +236,9 @@ def write_broker_config(
     ]
     for src, dest, mode in copies:
         if src.resolve() != dest.resolve():
-            atomic_write(dest, src.read_bytes(), mode)
+            write_atomic(dest, src.read_bytes(), mode=mode)
     publish_crl(ca, out)
-    atomic_write(files.acl, render_acl(fed_ids or ca.fed_id).encode(), 0o644)
+    write_atomic(files.acl, render_acl(fed_ids or ca.fed_id).encode(), mode=0o644)
     conf = out / "fedface.conf"
     # ``dynsec``: load the dynamic-security plugin if installed, so that `devices revoke`
     # can cut a revoked box's live session; its state file (``dynsec_file``, default in
@@ -247,14 +247,14 @@ def write_broker_config(
     state = Path(dynsec_file or out / DYNSEC_FILE)
     if plugin is not None and not state.exists():
         state.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(state, json.dumps(DYNSEC_INITIAL, indent=2).encode(), 0o600)
+        write_atomic(state, json.dumps(DYNSEC_INITIAL, indent=2).encode(), mode=0o600)
     text = render_mosquitto_conf(
         files, port=port, bind_address=bind_address, max_packet_size=max_packet_size,
         dynsec=None if plugin is None else (plugin, state.resolve()),
     )
     if standalone_user is not None:
         text = render_standalone_settings(out, standalone_user) + text
-    atomic_write(conf, text.encode(), 0o644)
+    write_atomic(conf, text.encode(), mode=0o644)
     log.info("wrote broker config %s (port %d)", conf, port)
     return conf, files
 
@@ -263,5 +263,5 @@ def publish_crl(ca: CertificateAuthority, broker_dir: Path | str) -> Path:
     """Copy the CA's current CRL into the broker directory (atomically: Mosquitto may
     reload at any moment). Then reload the broker (SIGHUP) to apply it."""
     dest = Path(broker_dir) / "crl.pem"
-    atomic_write(dest, ca.crl_path.read_bytes(), 0o644)
+    write_atomic(dest, ca.crl_path.read_bytes(), mode=0o644)
     return dest

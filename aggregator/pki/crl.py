@@ -14,11 +14,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from aggregator.pki.files import (
     CertificateAuthority,
     PkiError,
-    atomic_write,
     load_issued,
     now_utc,
     save_issued,
 )
+from federation.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def renew_crl(ca: CertificateAuthority, *, crl_days: int = DEFAULT_CRL_DAYS) -> 
             .build()
         )
     crl = builder.sign(ca.private_key, hashes.SHA256())
-    atomic_write(ca.crl_path, crl.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomic(ca.crl_path, crl.public_bytes(serialization.Encoding.PEM), mode=0o644)
     return ca.crl_path
 
 

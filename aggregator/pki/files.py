@@ -86,23 +86,17 @@ def now_utc() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def atomic_write(path: Path, data: bytes, mode: int) -> None:
-    """Write by rename so a reader (Mosquitto on SIGHUP) never sees half a file; the temp
-    file is created with ``mode`` so a private key is never readable, even briefly."""
-    write_atomic(path, data, mode)
-
-
 def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    atomic_write(path, pem, 0o600)
+    write_atomic(path, pem, mode=0o600)
 
 
 def write_cert(path: Path, cert: x509.Certificate) -> None:
-    atomic_write(path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomic(path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:
@@ -117,7 +111,7 @@ def load_issued(ca: CertificateAuthority) -> dict[str, Any]:
 
 
 def save_issued(ca: CertificateAuthority, data: dict[str, Any]) -> None:
-    atomic_write(ca.issued_path, json.dumps(data, indent=2, sort_keys=True).encode(), 0o600)
+    write_atomic(ca.issued_path, json.dumps(data, indent=2, sort_keys=True).encode(), mode=0o600)
 
 
 def record_issued(

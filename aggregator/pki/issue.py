@@ -25,7 +25,6 @@ from aggregator.pki.files import (
     CertificateAuthority,
     IssuedCert,
     PkiError,
-    atomic_write,
     new_key,
     now_utc,
     record_issued,
@@ -33,6 +32,7 @@ from aggregator.pki.files import (
     write_cert,
     write_private_key,
 )
+from federation.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def create_device_key_and_csr(device_id: str, out_dir: Path | str) -> tuple[Path
         .sign(key, hashes.SHA256())
     )
     write_private_key(key_path, key)
-    atomic_write(csr_path, csr.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomic(csr_path, csr.public_bytes(serialization.Encoding.PEM), mode=0o644)
     return key_path, csr_path
 
 

@@ -46,12 +46,12 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from aggregator.rounds.records import ResultReady
-from aggregator.state.durable_io import write_atomic
 from federation import topics
 from federation.chunking import DEFAULT_CHUNK_SIZE, Reassembler, split_blob
 from federation.crypto.signing import KeyRing
 from federation.envelope import Envelope, decode, encode, verify_envelope
 from federation.errors import MALFORMED, PUBLISH_TIMEOUT, FederationError, TransportError
+from federation.files import write_atomic
 from federation.messages import Ack, RoundAnnounce
 from federation.transport.base import Transport
 
@@ -280,4 +280,5 @@ class RegionalForwarder:
                 "models": dict(data.get("models", {}))}
 
     def _save(self) -> None:
-        write_atomic(self._path, json.dumps(self._state, sort_keys=True).encode())
+        # round numbers and message ids, no device data
+        write_atomic(self._path, json.dumps(self._state, sort_keys=True).encode(), mode=0o644)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import replace
-from typing import Any
+from typing import Protocol
 
 from aggregator.rounds import pins as model_pins
 from aggregator.rounds.coordinator import Coordinator, announce_of
@@ -22,21 +22,42 @@ from federation.messages import CLOSED, RoundAnnounce
 log = logging.getLogger(__name__)
 
 
+class ResultForwarder(Protocol):
+    """A regional aggregator's link to the root (aggregator.regional.forwarder): hands
+    the region's closed-round sum over and returns the root's result to publish."""
+
+    def exchange(self, event: ResultReady, partial_blob: bytes) -> bytes:
+        """The root's result for this closed round (TransportError: not yet)."""
+        ...
+
+
 class RoundEventHandler:
-    """The publishing side of AggregatorService, a mixin: the service's __init__ creates
-    the state declared here; its worker calls ``_handle`` with the coordinator's events."""
+    """Publishes the coordinator's events; the service's worker calls ``handle`` with
+    them (and only the worker: nothing here is locked). ``finished`` is set once
+    ``max_rounds`` results are published (None: never)."""
 
-    store: Store
-    coordinator: Coordinator
-    publisher: Publisher
-    forwarder: Any
-    max_rounds: int | None
-    published_rounds: int
-    finished: threading.Event
-    _unpublished: list[ResultReady]
-    _ack_waits: dict[int, list[float]]
+    def __init__(self, store: Store, coordinator: Coordinator, publisher: Publisher, *,
+                 max_rounds: int | None, finished: threading.Event) -> None:
+        self.store = store
+        self.coordinator = coordinator
+        self.publisher = publisher
+        self.max_rounds = max_rounds
+        self.finished = finished
+        self.published_rounds = 0
+        # Regional mode: a closed round's sum goes to the root aggregator as a partial,
+        # and the root's result is what this region publishes (None: a root or lone one).
+        self.forwarder: ResultForwarder | None = None
+        self._unpublished: list[ResultReady] = []
+        # round -> each accepted update's age at its ack: from the box's send time (the
+        # envelope's ts) to the ack, so time queued at the broker counts (logged when the
+        # round's result is out: the operator's sign of an aggregator falling behind)
+        self.ack_waits: dict[int, list[float]] = {}
 
-    def _handle(self, events: list[Event]) -> None:
+    def record_ack_wait(self, round_no: int, seconds: float) -> None:
+        """An accepted update of ``round_no`` was acked ``seconds`` after its box sent it."""
+        self.ack_waits.setdefault(round_no, []).append(seconds)
+
+    def handle(self, events: list[Event]) -> None:
         for event in events:
             if isinstance(event, Announce):
                 self._announce(event.message)
@@ -50,9 +71,10 @@ class RoundEventHandler:
                     if event not in self._unpublished:
                         self._unpublished.append(event)
 
-    def _retry_unpublished(self) -> None:
+    def retry_unpublished(self) -> None:
+        """Publish again the results the broker did not confirm (every pump)."""
         pending, self._unpublished = self._unpublished, []
-        self._handle(list(pending))
+        self.handle(list(pending))
 
     def _announce(self, ann: RoundAnnounce) -> None:
         if ann.open:  # boxes must be able to fetch the base
@@ -69,9 +91,9 @@ class RoundEventHandler:
         the broker counts. A p50 of a few tens of ms means the aggregator kept pace; a
         max that grows with the fleet means uploads queued at the broker behind it
         (or a box resent an old update from its outbox)."""
-        waits = sorted(self._ack_waits.pop(round_no, []))
-        for old in [r for r in self._ack_waits if r < round_no]:  # rounds that failed
-            del self._ack_waits[old]
+        waits = sorted(self.ack_waits.pop(round_no, []))
+        for old in [r for r in self.ack_waits if r < round_no]:  # rounds that failed
+            del self.ack_waits[old]
         if waits:
             log.info("round %d: %d update(s) acked this run, age at ack (box's send time to "
                      "ack) p50 %.0f ms, max %.0f ms", round_no, len(waits),
@@ -97,4 +119,4 @@ class RoundEventHandler:
             cur = self.store.get_round(event.round)
             if cur is not None and not events:
                 self._announce(replace(announce_of(cur), state=CLOSED))
-        self._handle(events)
+        self.handle(events)

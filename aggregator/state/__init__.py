@@ -2,7 +2,7 @@
 
 ``config`` (config, public CKKS context, signing key), ``store`` (the facade: group
 commit of accepted updates), ``db`` (SQLite tables: rounds, updates, rejections, meta),
-``files`` (blobs on disk), ``durable_io`` (fsync and atomic replace), ``registry``
+``files`` (blobs on disk), ``durable_io`` (the group commit's fsyncs), ``registry``
 (devices and their keys) and ``regions`` (regional aggregators, registered like devices).
 
 May import: federation.

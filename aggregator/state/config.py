@@ -19,7 +19,6 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from aggregator.state.durable_io import write_atomic
 from aggregator.state.store import Store, StoreError
 from federation import topics
 from federation.crypto.ckks import FederationContext
@@ -31,6 +30,7 @@ from federation.crypto.keys import (
     write_public_key,
 )
 from federation.crypto.packing import DEFAULT_COUNT_SCALE
+from federation.files import write_atomic
 
 CONFIG_NAME = "config.json"
 KEY_NAME = "aggregator.key"
@@ -165,7 +165,7 @@ def parse_config(data: Any, source: str) -> AggregatorConfig:
 
 def save_config(state_dir: Path, cfg: AggregatorConfig) -> None:
     text = cfg.model_dump_json(indent=2, exclude_none=True)
-    write_atomic(Path(state_dir) / CONFIG_NAME, text.encode())
+    write_atomic(Path(state_dir) / CONFIG_NAME, text.encode(), mode=0o644)  # no secret in it
 
 
 def load_context(state_dir: Path, cfg: AggregatorConfig) -> FederationContext:

@@ -1,7 +1,8 @@
-"""Crash-safe file writes of the aggregator's state directory: fsync of files and
-directories, the atomic replace of a whole file, and the side-by-side fsyncs of a group
-commit. Kept apart from the SQLite tables so that the service (flushing spooled blobs),
-the config files and the regional forwarder can use them without the store."""
+"""The group commit's fsyncs: a new file written and fsynced without its directory (the
+directory is fsynced once for the whole batch), and many files fsynced side by side.
+Kept apart from the SQLite tables so that the service (flushing spooled blobs) can use
+them without the store. A whole file replaced atomically is ``federation.files``'s
+``write_atomic``, the one helper of the box and the aggregator."""
 
 from __future__ import annotations
 
@@ -9,10 +10,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from federation.files import fsync_dir
-from federation.files import write_atomic as federation_write_atomic
-
-__all__ = ["fsync_dir", "fsync_file", "sync_all", "write_atomic", "write_synced"]
+__all__ = ["fsync_file", "sync_all", "write_synced"]
 
 # fsyncs of one group commit run side by side (they release the GIL and wait on the disk).
 _FSYNC_THREADS = 8
@@ -24,13 +22,6 @@ def fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """tmp + fsync + rename + fsync(dir) (``federation.files``, shared with the box):
-    after return the file is whole on disk, and a crash at any point leaves either the
-    old file or the new one, never a torn one. State files are 0644 unless told."""
-    federation_write_atomic(path, data, mode=mode)
 
 
 def sync_all(paths: list[Path]) -> None:

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 from aggregator.state.db import StateDB
-from aggregator.state.durable_io import write_atomic
+from federation.files import write_atomic
 
 _ROUND_DIR = re.compile(r"^round-(\d+)$")
 
@@ -22,7 +22,7 @@ class StoreFiles(StateDB):
         return self.blob_dir / name
 
     def write_blob(self, name: str, data: bytes) -> None:
-        write_atomic(self.blob_dir / name, data)
+        write_atomic(self.blob_dir / name, data, mode=0o644)  # a sum, encrypted
 
     def read_blob(self, name: str) -> bytes:
         return (self.blob_dir / name).read_bytes()

@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aggregator.state.db import StoreError
-from aggregator.state.durable_io import fsync_dir, sync_all, write_synced
+from aggregator.state.durable_io import sync_all, write_synced
 from aggregator.state.files import StoreFiles
+from federation.files import fsync_dir
 
 # StoreError: re-exported, the many callers that open a Store catch it from here.
 __all__ = ["AcceptedUpdate", "Store", "StoreError"]

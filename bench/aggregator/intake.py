@@ -75,7 +75,7 @@ def _one_run(secret: FederationContext, blob: bytes, n: int, chunk_size: int,
         ]
         t0 = time.process_time()
         for topic, payload in messages:
-            service._on_update(topic, payload)  # what the MQTT thread calls
+            service.intake.on_update(topic, payload)  # what the MQTT thread calls
         t1 = time.process_time()
         while service.coordinator.current is not None and \
                 service.coordinator.current.round == announce.round and \

@@ -28,7 +28,6 @@ import numpy as np
 
 from aggregator.intake.spool import DiskReassembler
 from aggregator.rounds.accumulator import CkksAccumulator
-from aggregator.state.durable_io import write_atomic
 from aggregator.state.store import Store
 from bench.rig.broker import start_mosquitto
 from bench.rig.compare import Measured, comparison, print_comparisons
@@ -44,6 +43,7 @@ from federation.crypto.packing import (
 )
 from federation.crypto.signing import generate_signing_key, verify
 from federation.envelope import decode, encode
+from federation.files import write_atomic
 from federation.transport.mqtt import MqttTransport
 
 
@@ -135,7 +135,7 @@ def main() -> None:
             running.add(EncryptedUpdate.from_bytes(data, public))
             with step("agg, previous design: add + serialise + write the running sum"):
                 running.add(EncryptedUpdate.from_bytes(data, public))
-                write_atomic(state / "running.bin", running.result().to_bytes())
+                write_atomic(state / "running.bin", running.result().to_bytes(), mode=0o644)
             del running
             with step("box: decrypt + average the result"):
                 decrypt_average(secret, EncryptedUpdate.from_bytes(result, secret))

@@ -71,7 +71,7 @@ class Outbox:
         ).encode()
         data = b"".join([_MAGIC, struct.pack(">I", len(header)), header, *chunks])
         path = self._path(round_no, msg_id)
-        write_atomic(path, data)
+        write_atomic(path, data, mode=0o600)
         log.info("outbox: stored round %d update %s (%d chunks, %d bytes)",
                  round_no, msg_id[:12], len(chunks), len(data))
         return PendingUpdate(round_no, model_version, msg_id, tuple(chunks), path)

@@ -54,7 +54,8 @@ def record_revocation(state_dir: Path, device_id: str, *, source: str, revoked_a
         return existing
     state = RevocationState(device_id, float(revoked_at), time.time(), source, detail[:300])
     Path(state_dir).mkdir(parents=True, exist_ok=True)
-    write_atomic(record_path(state_dir), json.dumps(state.__dict__, sort_keys=True).encode())
+    write_atomic(record_path(state_dir), json.dumps(state.__dict__, sort_keys=True).encode(),
+                 mode=0o600)
     return state
 
 

@@ -85,7 +85,7 @@ def load_client_state(path: Path) -> dict[str, Any]:
 
 def save_client_state(path: Path, last_submitted: int, samples_mark: float | None) -> None:
     write_atomic(path, json.dumps({"last_submitted_round": last_submitted,
-                                   "samples_mark": samples_mark}).encode())
+                                   "samples_mark": samples_mark}).encode(), mode=0o600)
 
 
 def samples_mark(state: dict[str, Any]) -> float | None:

@@ -85,7 +85,7 @@ class Sealer:
                              "base vector / privacy ledger to apply it with")
         ledger = load_ledger(self.ledger_path)
         ledger.spend(ann.round, ann.dp)
-        write_atomic(self.ledger_path, json.dumps(ledger.to_json()).encode())
+        write_atomic(self.ledger_path, json.dumps(ledger.to_json()).encode(), mode=0o600)
         noisy, norm = privatize(vector, base, ann.dp, ann.quorum)
         report = ledger.report()
         log.info("round %d: DP update (%s, clip %g, noise multiplier %g, delta norm %.3g): "

@@ -130,7 +130,7 @@ class SwapStore:
 
     def commit(self, pointer: Pointer) -> None:
         """The durable commit point of a swap: one atomic rename."""
-        write_atomic(self.pointer_path, pointer.to_json())
+        write_atomic(self.pointer_path, pointer.to_json(), mode=0o600)
 
     def pointer_stamp(self) -> tuple[int, int] | None:
         """Cheap change detection for followers (mtime_ns, size)."""
@@ -244,7 +244,7 @@ class SwapStore:
                          sha256=hashlib.sha256(buf.getvalue()).hexdigest())
         blocked = self.blocked()
         blocked[version] = entry
-        write_atomic(self._blocked_path, json.dumps(blocked, sort_keys=True).encode())
+        write_atomic(self._blocked_path, json.dumps(blocked, sort_keys=True).encode(), mode=0o600)
 
     @property
     def _history_path(self) -> Path:
@@ -263,5 +263,5 @@ class SwapStore:
     def record(self, event: str, version: str, **details: Any) -> dict[str, Any]:
         entry = {"event": event, "version": version, "at": time.time(), **details}
         history = [*self.history(), entry][-HISTORY_KEEP:]
-        write_atomic(self._history_path, json.dumps(history, sort_keys=True).encode())
+        write_atomic(self._history_path, json.dumps(history, sort_keys=True).encode(), mode=0o600)
         return entry

@@ -20,21 +20,21 @@ from federation.errors import INSECURE_KEY_FILE, KEY_FILE, KeyFileError
 from federation.files import write_atomic
 
 
-def _write_atomic(path: Path, data: bytes, mode: int, overwrite: bool) -> Path:
+def _write_key_file(path: Path, data: bytes, mode: int, overwrite: bool) -> Path:
     path = Path(path)
     if path.exists() and not overwrite:
         raise KeyFileError(KEY_FILE, f"{path} already exists; refusing to overwrite a key file")
-    return write_atomic(path, data, mode)
+    return write_atomic(path, data, mode=mode)
 
 
 def write_secret_file(path: Path, data: bytes, *, overwrite: bool = False) -> Path:
     """Write ``data`` to ``path`` with mode 0600, atomically."""
-    return _write_atomic(Path(path), data, 0o600, overwrite)
+    return _write_key_file(Path(path), data, 0o600, overwrite)
 
 
 def write_public_file(path: Path, data: bytes, *, overwrite: bool = False) -> Path:
     """Write ``data`` to ``path`` with mode 0644, atomically."""
-    return _write_atomic(Path(path), data, 0o644, overwrite)
+    return _write_key_file(Path(path), data, 0o644, overwrite)
 
 
 def check_permissions(path: Path) -> None:
