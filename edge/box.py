@@ -33,12 +33,8 @@ if TYPE_CHECKING:
         Ed25519PublicKey,
     )
 
-    from edge.federated.client import (
-        ClientConfig,
-        EventCallback,
-        FederationClient,
-        TransportFactory,
-    )
+    from edge.federated.api import ClientConfig, EventCallback, TransportFactory
+    from edge.federated.client import FederationClient
     from edge.gallery.store import Gallery
     from edge.serving.engine import Engine
     from edge.serving.recognizer import Recognizer

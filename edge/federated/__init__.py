@@ -1,6 +1,7 @@
 """The box's side of a federated round: MQTT in, sealed updates out.
 
-``client`` (the round loop of ``join``), ``round_gate`` (sit out with nothing new),
+``client`` (the round loop of ``join``), ``api`` (what a caller hands the client:
+config, model sink, event callback), ``round_gate`` (sit out with nothing new),
 ``sealing`` (train, clip, encrypt with CKKS, sign, chunk), ``outbox`` and ``sender``
 (keep an update until the aggregator acknowledges it), ``result_fetch`` (reassemble
 and verify a published result), ``verdicts`` (what became of each round),

@@ -22,13 +22,19 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from edge.federated.api import (
+    ClientConfig,
+    ClientEvent,
+    EventCallback,
+    ModelSink,
+    TransportFactory,
+)
 from edge.federated.outbox import Outbox, PendingUpdate
 from edge.federated.result_fetch import ResultFetcher
 from edge.federated.revocation import REPROVISION, RevocationState, read_record, record_revocation
@@ -45,7 +51,7 @@ from edge.federated.sealing import Sealer, check_average
 from edge.federated.sender import TERMINAL_REJECTIONS, UpdateSender
 from edge.federated.status import BoxStatus
 from edge.federated.verdicts import RoundVerdicts
-from edge.priority import background_niceness, lower_thread_priority
+from edge.priority import lower_thread_priority
 from edge.training.api import LocalTrainer
 from federation import topics
 from federation.crypto.ckks import FederationContext, require_secret
@@ -60,43 +66,14 @@ from federation.messages import (
     RoundAnnounce,
     parse_ack_topic,
 )
-from federation.transport.base import Transport, Will
+from federation.transport.base import Will
+
+# The client's types live in edge.federated.api; they are named here too because the
+# tests import them from the client.
+__all__ = ["ClientConfig", "ClientEvent", "EventCallback", "FederationClient", "ModelSink",
+           "TransportFactory"]
 
 log = logging.getLogger(__name__)
-
-class ModelSink(Protocol):
-    """Where accepted federated weights go (the engine's hot swap). A sink that keeps
-    the box's model versions also tells what it serves: ``served_vector() -> (version,
-    vector) | None`` (edge.serving.hot_swap.HotSwapper); the client resumes on that, so the box
-    has one store of model versions, the sink's."""
-
-    def apply(self, version: str, vector: np.ndarray) -> None: ...
-
-
-@dataclass(frozen=True)
-class ClientConfig:
-    fed_id: str
-    device_id: str
-    aggregator_id: str = "aggregator"
-    initial_model: str = "base"  # the aggregator's name for the pretrained weights
-    retry_seconds: float = 30.0
-    # A federated average that moves the weights by more than this fraction of their
-    # norm is not an average of honest fine-tuning steps: refuse it (keep the old model).
-    max_relative_change: float = 0.5
-    train_niceness: int = field(default_factory=background_niceness)
-    tick_seconds: float = 0.5
-
-
-@dataclass(frozen=True)
-class ClientEvent:
-    kind: str  # joined, sitting_out, submitted, acked, rejected, applied, result_rejected,
-    # error, revoked
-    round: int
-    data: dict[str, Any]
-
-
-EventCallback = Callable[[ClientEvent], None]
-TransportFactory = Callable[[Will], Transport]
 
 
 class FederationClient:
