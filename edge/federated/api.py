@@ -3,13 +3,16 @@
 ``ClientConfig`` (the box's federation settings), ``ModelSink`` (where accepted weights
 go: the engine's hot swap on a real box), ``ClientEvent`` and ``EventCallback`` (what
 the client reports, e.g. to the demo and the CLI), ``TransportFactory`` (how it opens
-its connection, given its last will). Kept apart from ``edge.federated.client`` so the
-client's parts can name these without importing the round loop;
-``edge.federated.client`` re-exports them for the tests, its many callers.
+its connection, given its last will) and ``ClientEvents`` (the counters and event
+callback the client's parts share). Kept apart from ``edge.federated.client`` so the
+client's parts (``joining``, ``acks``, ``result_apply``) can name these without
+importing the round loop; ``edge.federated.client`` re-exports them for the tests, its
+many callers.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -18,6 +21,8 @@ import numpy as np
 
 from edge.priority import background_niceness
 from federation.transport.base import Transport, Will
+
+log = logging.getLogger(__name__)
 
 
 class ModelSink(Protocol):
@@ -53,3 +58,23 @@ class ClientEvent:
 
 EventCallback = Callable[[ClientEvent], None]
 TransportFactory = Callable[[Will], Transport]
+
+
+class ClientEvents:
+    """The client's counters (``FederationClient.counters``) and its event callback."""
+
+    def __init__(self, on_event: EventCallback | None) -> None:
+        self.on_event = on_event
+        self.counters: dict[str, int] = {}
+
+    def emit(self, kind: str, round_no: int, data: dict[str, Any]) -> None:
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(ClientEvent(kind, round_no, data))
+        except Exception:
+            log.exception("federation event callback failed")
+
+    def count(self, key: str) -> int:
+        self.counters[key] = self.counters.get(key, 0) + 1
+        return self.counters[key]
