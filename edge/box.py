@@ -67,7 +67,7 @@ class Box:
 
     @property
     def gallery_db(self) -> Path:
-        from edge.gallery.store import DB_FILENAME
+        from edge.gallery.files import DB_FILENAME
 
         return self.data_dir / DB_FILENAME
 
