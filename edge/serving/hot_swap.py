@@ -26,7 +26,8 @@ background thread at a lower CPU priority so the frame thread keeps its core:
 A restart (``HotSwapper.__init__``) reads the pointer, serves that, drops rows of other
 versions and stray files, so a box killed at any moment serves one consistent model.
 ``$FEDFACE_SWAP_CRASH_AFTER=<step>`` makes the process SIGKILL itself right after that
-step: the crash-safety tests use it.
+step: the crash-safety tests use it (``edge.serving.swap_steps``: the steps' names and
+timings, and that hook).
 """
 
 from __future__ import annotations
@@ -34,12 +35,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-import os
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,6 +51,7 @@ from edge.serving.canary import CanaryPolicy, CanaryResult, run_canary
 from edge.serving.current import BASE_TAG, load_current, read_model
 from edge.serving.engine import Engine, ServingState
 from edge.serving.split_model import SplitEmbedder
+from edge.serving.swap_steps import CRASH_ENV, STEPS, SwapReport, SwapSteps
 from edge.serving.versions import (
     MODEL_PREFIX,
     WEIGHTS_SUFFIX,
@@ -65,11 +64,13 @@ from edge.vision.detect import FaceDetector
 from edge.vision.embed import Embedder
 from models.federated_parts import FederatedPart
 
+# The steps, their report and the crash hook live in edge.serving.swap_steps; STEPS and
+# CRASH_ENV are named here too because the crash tests import them with the swapper.
+__all__ = ["CRASH_ENV", "STEPS", "HotSwapError", "HotSwapper", "ModelRefused", "SwapReport",
+           "embedder_version"]
+
 log = logging.getLogger(__name__)
 
-STEPS = ("patched", "model_written", "session_built", "reembedded", "validated",
-         "rows_written", "committed", "swapped", "old_dropped")
-CRASH_ENV = "FEDFACE_SWAP_CRASH_AFTER"
 T = TypeVar("T")
 
 
@@ -87,34 +88,6 @@ class HotSwapError(FedFaceError):
 
 def embedder_version(model_version: str) -> str:
     return f"{MODEL_PREFIX}{model_version}"
-
-
-@dataclass(frozen=True)
-class SwapReport:
-    version: str
-    canary: CanaryResult | None
-    seconds: dict[str, float]  # time from the swap's start at the end of each step
-
-    @property
-    def total(self) -> float:
-        return max(self.seconds.values(), default=0.0)
-
-    @property
-    def serving_after(self) -> float:
-        """Weights received -> the new state serving frames (cleanup comes after)."""
-        return self.seconds.get("swapped", self.total)
-
-
-class _Steps:
-    def __init__(self) -> None:
-        self.t0 = time.perf_counter()
-        self.marks: dict[str, float] = {}
-
-    def done(self, step: str) -> None:
-        self.marks[step] = time.perf_counter() - self.t0
-        if os.environ.get(CRASH_ENV) == step:
-            log.warning("%s=%s: killing this process now (crash test)", CRASH_ENV, step)
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class HotSwapper:
@@ -241,7 +214,7 @@ class HotSwapper:
 
     def _swap(self, version: str, vector: np.ndarray, reason: str) -> SwapReport:
         with self._locked():
-            steps = _Steps()
+            steps = SwapSteps()
             weights = self.part.onnx_weights(vector, self.assets.base_weights)
             steps.done("patched")
             model_file = f"{MODEL_PREFIX}{version}{WEIGHTS_SUFFIX}"
@@ -251,7 +224,7 @@ class HotSwapper:
             return self._install(version, model_file, sha, weights, steps, reason, vector)
 
     def _install(self, version: str, model_file: str | None, sha: str | None,
-                 tail_weights: Mapping[str, np.ndarray], steps: _Steps, reason: str,
+                 tail_weights: Mapping[str, np.ndarray], steps: SwapSteps, reason: str,
                  vector: np.ndarray | None, rollback: bool = False) -> SwapReport:
         tag = embedder_version(version) if model_file else BASE_TAG
         # One new session per swap: the tail. The frames run the shared trunk session
@@ -330,7 +303,7 @@ class HotSwapper:
                                        hint="see `fedface-edge model status`")
                 target, current = pointer.previous, pointer.current
                 weights = self._version_weights(target)
-                steps = _Steps()
+                steps = SwapSteps()
                 report = self._install(target.version, target.model_file, target.sha256,
                                        weights, steps,
                                        f"rolled back by operator from {current.version}",
@@ -381,7 +354,6 @@ class HotSwapper:
             log.warning("no %s vector of the served model %s", self.part.key, served.version)
             return None
         return served.version, vector
-
 
     def status_fields(self) -> dict[str, Any]:
         """Extra fields for the box's retained status message."""
