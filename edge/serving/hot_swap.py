@@ -53,6 +53,7 @@ from edge.serving.engine import Engine, ServingState
 from edge.serving.split_model import SplitEmbedder
 from edge.serving.swap_steps import CRASH_ENV, STEPS, SwapReport, SwapSteps
 from edge.serving.versions import (
+    BASE_VERSION,
     MODEL_PREFIX,
     WEIGHTS_SUFFIX,
     ModelStoreError,
@@ -62,6 +63,7 @@ from edge.serving.versions import (
 )
 from edge.vision.detect import FaceDetector
 from edge.vision.embed import Embedder
+from edge.vision.pipeline import FaceEmbedder
 from models.federated_parts import FederatedPart
 
 # The steps, their report and the crash hook live in edge.serving.swap_steps; STEPS and
@@ -335,7 +337,25 @@ class HotSwapper:
             except Exception:
                 log.exception("swap status callback failed")
 
-    # --- what the federation client reads and publishes ---------------------------------
+    # --- what the box serves: read by the federation client, the demo and the tests -----
+
+    @property
+    def version(self) -> str | None:
+        """The served federated version (None while the pretrained model serves)."""
+        served = self.engine.state.model_version
+        return None if served == BASE_VERSION else served
+
+    @property
+    def embedder(self) -> FaceEmbedder:
+        return self.engine.state.embedder
+
+    def base_vector(self) -> np.ndarray:
+        """The part's pretrained values: the federation's round-0 vector."""
+        return self.part.initial_vector(self.assets.base_weights)
+
+    def served_model_bytes(self) -> bytes:
+        """The whole ONNX graph this box serves now (base + the version's weights)."""
+        return read_model(self.store, self.served, self.base_model)
 
     def served_vector(self) -> tuple[str, np.ndarray] | None:
         """(version, part vector) of the served federated model; None while the base
