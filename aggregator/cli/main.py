@@ -16,6 +16,8 @@ from typing import Annotated, Any
 
 import typer
 
+from aggregator.cli import operator as operator_cli
+from aggregator.cli import regional as regional_cli
 from aggregator.cli.common import (
     EPILOG,
     JsonOpt,
@@ -25,8 +27,6 @@ from aggregator.cli.common import (
     print_table,
     resolve_broker,
 )
-from aggregator.cli import operator as operator_cli
-from aggregator.cli import regional as regional_cli
 from aggregator.rounds.coordinator import RoundSettings
 from aggregator.rounds.schedule import DailyWindow, RoundSchedule
 from aggregator.state.config import load_config
