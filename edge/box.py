@@ -33,16 +33,12 @@ if TYPE_CHECKING:
         Ed25519PublicKey,
     )
 
-    from edge.federated.client import (
-        ClientConfig,
-        EventCallback,
-        FederationClient,
-        TransportFactory,
-    )
+    from edge.federated.api import ClientConfig, EventCallback, TransportFactory
+    from edge.federated.client import FederationClient
     from edge.gallery.store import Gallery
     from edge.serving.engine import Engine
+    from edge.serving.hot_swap import HotSwapper
     from edge.serving.recognizer import Recognizer
-    from edge.serving.sink import OnnxModelSink
     from edge.training.api import LocalTrainer
     from edge.training.trainer import TorchLocalTrainer, TrainConfig
     from edge.vision.pipeline import FacePipeline
@@ -71,7 +67,7 @@ class Box:
 
     @property
     def gallery_db(self) -> Path:
-        from edge.gallery.store import DB_FILENAME
+        from edge.gallery.files import DB_FILENAME
 
         return self.data_dir / DB_FILENAME
 
@@ -144,15 +140,16 @@ class Box:
         return Recognizer(self.pipeline(), self.gallery(), chosen, engine=self.engine(chosen))
 
     # --- model versions, training, federation --------------------------------------------
-    def model_sink(self, part: FederatedPart, background: bool = True) -> OnnxModelSink:
+    def model_sink(self, part: FederatedPart, background: bool = True) -> HotSwapper:
         """The owner of the box's model versions: restores, hot-swaps and rolls back.
         ``background``: follow enrolments and warm the trainer's features in a thread (a
         long-running ``join``); a one-shot command such as ``train`` does without."""
-        from edge.serving.sink import OnnxModelSink
+        from edge.serving.sink import open_model_sink
 
-        sink = OnnxModelSink(self.inference_model(), part, self.models_dir, self.gallery(),
-                             threads=self.settings.threads, policy=self.settings.canary_policy(),
-                             threshold=self.settings.match_threshold, background=background)
+        sink = open_model_sink(self.inference_model(), part, self.models_dir, self.gallery(),
+                               threads=self.settings.threads,
+                               policy=self.settings.canary_policy(),
+                               threshold=self.settings.match_threshold, background=background)
         self._closers.append(sink.engine.close)
         return sink
 
@@ -168,7 +165,7 @@ class Box:
     def federation_client(
         self, client_config: ClientConfig, transport_factory: TransportFactory,
         context: FederationContext, signing_key: Ed25519PrivateKey,
-        aggregator_key: Ed25519PublicKey, trainer: LocalTrainer, sink: OnnxModelSink,
+        aggregator_key: Ed25519PublicKey, trainer: LocalTrainer, sink: HotSwapper,
         on_event: EventCallback | None = None, base: np.ndarray | None = None,
     ) -> FederationClient:
         from edge.federated.client import FederationClient

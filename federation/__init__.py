@@ -7,7 +7,8 @@ box status, revocation notice), ``verdicts`` (what became of a round, per box),
 (MQTT topic names), ``files`` (atomic writes with explicit modes) and ``memory``.
 ``crypto/``: CKKS, packing of encrypted updates, keys, signing, differential privacy.
 ``transport/``: the Transport port and its in-memory bus (``base``), the paho adapter
-(``mqtt``). Never imports cv2, torch, onnxruntime, edge, aggregator or models.
+(``mqtt``, its connection options in ``mqtt_options``). Never imports cv2, torch,
+onnxruntime, edge, aggregator or models.
 
 May import: nothing of the project.
 """

@@ -42,7 +42,7 @@ def mark(stage):
                    "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
 mark("python started")
 from edge.gallery.store import Gallery
-from edge.serving.sink import OnnxModelSink
+from edge.serving.sink import open_model_sink
 from edge.vision.pipeline import FacePipeline
 from edge.serving.recognizer import Recognizer
 from models.federated_parts import DEFAULT_PART, get_part
@@ -57,7 +57,7 @@ for person in folders[:people_n]:
     recognizer.enroll_images(person.name, sorted(person.glob("*.jpg"))[:per_person])
 mark(f"pipeline + {people_n} people enrolled")
 part = get_part(DEFAULT_PART)
-sink = OnnxModelSink(optimised_sface_path(None), part, work / "models", gallery, threads=1)
+sink = open_model_sink(optimised_sface_path(None), part, work / "models", gallery, threads=1)
 deadline = time.monotonic() + 120
 while sink.assets.warm() and time.monotonic() < deadline:
     time.sleep(0.5)

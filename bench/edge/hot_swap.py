@@ -41,8 +41,9 @@ import numpy as np
 
 from bench.rig.compare import Measured, comparison, print_comparisons
 from edge.gallery.store import DB_FILENAME, Gallery
-from edge.serving.hot_swap import HotSwapper, SwapReport
+from edge.serving.hot_swap import HotSwapper
 from edge.serving.recognizer import Recognizer
+from edge.serving.swap_steps import SwapReport
 from edge.vision.pipeline import FacePipeline
 from models.federated_parts import DEFAULT_PART, FederatedPart, get_part
 from models.registry import optimised_sface_path

@@ -11,7 +11,7 @@ from edge.cli.context import box
 from models.federated_parts import DEFAULT_PART
 
 if TYPE_CHECKING:
-    from edge.federated.client import ClientEvent
+    from edge.federated.api import ClientEvent
 
 
 def demo(
@@ -73,7 +73,7 @@ def join(
     import signal
     import threading
 
-    from edge.federated.client import ClientConfig
+    from edge.federated.api import ClientConfig
     from federation.crypto.keys import load_secret_context, read_private_key, read_public_key
     from federation.transport.base import Will
     from federation.transport.mqtt import MqttTransport

@@ -23,7 +23,7 @@ import numpy as np
 
 from edge.box import Box, build_box
 from edge.config import EdgeSettings
-from edge.federated.client import ClientConfig, ClientEvent
+from edge.federated.api import ClientConfig, ClientEvent
 from edge.gallery.match import DEFAULT_MATCH_THRESHOLD
 from edge.gallery.store import Gallery
 from edge.serving.recognizer import Recognizer

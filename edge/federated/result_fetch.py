@@ -6,7 +6,7 @@ chunk here: a pointer to a model the box does not serve yet subscribes to that r
 result topic (and drops any earlier subscription); chunks of exactly that result (same
 message id, blob hash and model) are reassembled with bounded memory; the complete blob
 comes back once and the subscription ends. Decrypting, validating and applying the
-blob stay with the client.
+blob are ``edge.federated.result_apply``'s.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ aggregator acks it (accepted, or rejected for a reason that resending cannot fix
 round is over. Resending is always safe: the aggregator's reassembler and round logic
 drop duplicate chunks and duplicate updates.
 
-Owned by the federation client's worker thread (``edge.federated.client``), which
-decides what an ack means and tells this class to forget an update.
+Owned by the federation client's worker thread (``edge.federated.client``); what an
+ack means is ``edge.federated.acks``'s, which tells this class to forget an update.
 """
 
 from __future__ import annotations

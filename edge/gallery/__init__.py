@@ -1,6 +1,7 @@
 """The gallery: who is enrolled, and the rule that names a face.
 
 ``store`` (SQLite: people, their photos embeddings per model version, enrolment crops),
+``files`` (the private data directory, the database file and its schema, PNG crops),
 ``snapshot`` (an immutable in-memory copy a serving engine matches against) and
 ``match`` (the one pure matching rule both use: best cosine score over a person's
 embeddings, named only at or above the threshold).

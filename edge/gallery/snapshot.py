@@ -4,7 +4,7 @@ A frame must be scored against the gallery embeddings of its own model version, 
 must keep them for the whole frame even if a swap drops that version's rows meanwhile.
 ``GallerySnapshot`` is that: the vectors of one version, loaded once, never mutated.
 
-``GalleryRows`` talks to the gallery database (``edge.gallery.store``'s schema) through its
+``GalleryRows`` talks to the gallery database (``edge.gallery.files``' schema) through its
 own SQLite connection: it is used from the engine's watcher and the swap thread, and
 ``PRAGMA data_version`` on a separate connection tells when anyone else (the kiosk's
 enrolment, the CLI in another process) has committed a change.
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.gallery.files import GalleryError, decode_crop
 from edge.gallery.match import EMBEDDING_DIM, Match, match
-from edge.gallery.store import GalleryError, decode_crop
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,7 +1,8 @@
 """The box's enrolment gallery: people, their aligned face crops, and embeddings.
 
 Stored in one SQLite file (WAL, so the kiosk can read while the CLI enrols) in the box's
-data directory. Crops are kept as lossless PNG so a new model can re-embed them
+data directory (``edge.gallery.files``: the schema, the private directory and file, the
+crops' encoding). Crops are kept as lossless PNG so a new model can re-embed them
 (:meth:`Gallery.reembed`, used by the hot swap). Every embedding is tagged with the model
 version that produced it, and :meth:`Gallery.identify` only ever compares a probe with
 embeddings of the probe's own version: vectors of two model versions live in different
@@ -15,9 +16,7 @@ Face data is personal data: the data directory is created 0700 and the database 
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
-import stat
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -28,42 +27,22 @@ from typing import Protocol
 
 import numpy as np
 
-from edge.errors import FedFaceError
+from edge.gallery.files import (
+    DB_FILENAME,
+    GalleryError,
+    data_dir_hint,
+    decode_crop,
+    encode_crop,
+    open_database,
+)
 from edge.gallery.match import EMBEDDING_DIM, Match, match, normalised
 
 log = logging.getLogger(__name__)
 
-CROP_SIZE = 112
-DB_FILENAME = "gallery.sqlite3"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS people (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS crops (
-    id INTEGER PRIMARY KEY,
-    person_id INTEGER NOT NULL REFERENCES people(id) ON DELETE CASCADE,
-    image BLOB NOT NULL,          -- aligned 112x112 BGR crop, PNG (lossless)
-    source TEXT,                  -- where it came from (file name), for the operator
-    created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS embeddings (
-    crop_id INTEGER NOT NULL REFERENCES crops(id) ON DELETE CASCADE,
-    model_version TEXT NOT NULL,
-    vector BLOB NOT NULL,         -- float32 x 128, L2-normalised
-    PRIMARY KEY (crop_id, model_version)
-);
-CREATE INDEX IF NOT EXISTS crops_person ON crops(person_id);
-CREATE INDEX IF NOT EXISTS embeddings_version ON embeddings(model_version);
-"""
-
-
-class GalleryError(FedFaceError):
-    """The gallery cannot be opened or written, or a request does not fit its content."""
-
-    exit_code = 5
+# DB_FILENAME and GalleryError are named here too: the box assembly, the kiosk and the
+# tests take them from the store.
+__all__ = ["DB_FILENAME", "CropEmbedder", "Gallery", "GalleryError",
+           "ModelVersionMismatchError", "Person", "StoredCrop", "UnknownPersonError"]
 
 
 class UnknownPersonError(GalleryError):
@@ -107,53 +86,6 @@ class _Matrix:
     other_versions: dict[str, int]  # embeddings of other model versions (never compared)
 
 
-def _data_dir_hint(path: Path) -> str:
-    return (f"choose a writable data directory with --data-dir or $FEDFACE_DATA_DIR "
-            f"(the box user must be able to create and write {path})")
-
-
-def ensure_private_dir(path: Path) -> Path:
-    """Create ``path`` (0700) or check it is a writable directory; GalleryError if not."""
-    try:
-        existed = path.is_dir()
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            if existed:
-                # not ours to tighten (it may be a shared folder): say so instead
-                log.warning("data directory %s is open to other users (mode %o); it will hold "
-                            "face data: chmod 700 it", path, mode)
-            else:
-                os.chmod(path, 0o700)
-    except OSError as exc:
-        raise GalleryError(f"cannot create data directory {path}: {exc.strerror or exc}",
-                           hint=_data_dir_hint(path)) from exc
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise GalleryError(f"data directory {path} is not writable", hint=_data_dir_hint(path))
-    return path
-
-
-def encode_crop(crop: np.ndarray) -> bytes:
-    import cv2
-
-    if crop.shape != (CROP_SIZE, CROP_SIZE, 3) or crop.dtype != np.uint8:
-        raise GalleryError(f"a crop must be {CROP_SIZE}x{CROP_SIZE}x3 uint8, "
-                           f"got {crop.shape} {crop.dtype}")
-    ok, buf = cv2.imencode(".png", crop)
-    if not ok:
-        raise GalleryError("could not encode a crop as PNG")
-    return buf.tobytes()
-
-
-def decode_crop(blob: bytes) -> np.ndarray:
-    import cv2
-
-    image = cv2.imdecode(np.frombuffer(blob, dtype=np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise GalleryError("a stored crop cannot be decoded (database damaged?)")
-    return np.asarray(image)
-
-
 def _normalised(vectors: np.ndarray) -> np.ndarray:
     try:
         return normalised(vectors)
@@ -173,25 +105,7 @@ class Gallery:
 
     @classmethod
     def open(cls, data_dir: Path) -> Gallery:
-        ensure_private_dir(data_dir)
-        path = data_dir / DB_FILENAME
-        try:
-            # umask so SQLite creates the db (and its -wal/-shm, which copy the db's mode)
-            # 0600 from the first byte, not after a chmod
-            old_umask = os.umask(0o077)
-            try:
-                db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA foreign_keys=ON")
-                db.execute("PRAGMA busy_timeout=5000")
-                db.executescript(_SCHEMA)
-            finally:
-                os.umask(old_umask)
-            if stat.S_IMODE(path.stat().st_mode) & 0o077:
-                os.chmod(path, 0o600)
-        except (sqlite3.Error, OSError) as exc:
-            raise GalleryError(f"cannot open gallery database {path}: {exc}",
-                               hint=_data_dir_hint(data_dir)) from exc
+        db, path = open_database(data_dir)
         log.debug("gallery opened at %s", path)
         return cls(db, path)
 
@@ -218,7 +132,7 @@ class Gallery:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise GalleryError(f"{what} failed ({self.path}): {exc}",
-                                   hint=_data_dir_hint(self.path.parent)) from exc
+                                   hint=data_dir_hint(self.path.parent)) from exc
             finally:
                 self._matrices.clear()
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge.errors import FedFaceError
-from edge.gallery.store import ensure_private_dir
+from edge.gallery.files import ensure_private_dir
 
 log = logging.getLogger(__name__)
 

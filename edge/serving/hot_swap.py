@@ -26,7 +26,8 @@ background thread at a lower CPU priority so the frame thread keeps its core:
 A restart (``HotSwapper.__init__``) reads the pointer, serves that, drops rows of other
 versions and stray files, so a box killed at any moment serves one consistent model.
 ``$FEDFACE_SWAP_CRASH_AFTER=<step>`` makes the process SIGKILL itself right after that
-step: the crash-safety tests use it.
+step: the crash-safety tests use it (``edge.serving.swap_steps``: the steps' names and
+timings, and that hook).
 """
 
 from __future__ import annotations
@@ -34,12 +35,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-import os
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,7 +51,9 @@ from edge.serving.canary import CanaryPolicy, CanaryResult, run_canary
 from edge.serving.current import BASE_TAG, load_current, read_model
 from edge.serving.engine import Engine, ServingState
 from edge.serving.split_model import SplitEmbedder
+from edge.serving.swap_steps import CRASH_ENV, STEPS, SwapReport, SwapSteps
 from edge.serving.versions import (
+    BASE_VERSION,
     MODEL_PREFIX,
     WEIGHTS_SUFFIX,
     ModelStoreError,
@@ -63,13 +63,16 @@ from edge.serving.versions import (
 )
 from edge.vision.detect import FaceDetector
 from edge.vision.embed import Embedder
+from edge.vision.pipeline import FaceEmbedder
 from models.federated_parts import FederatedPart
+
+# The steps, their report and the crash hook live in edge.serving.swap_steps; STEPS and
+# CRASH_ENV are named here too because the crash tests import them with the swapper.
+__all__ = ["CRASH_ENV", "STEPS", "HotSwapError", "HotSwapper", "ModelRefused", "SwapReport",
+           "embedder_version"]
 
 log = logging.getLogger(__name__)
 
-STEPS = ("patched", "model_written", "session_built", "reembedded", "validated",
-         "rows_written", "committed", "swapped", "old_dropped")
-CRASH_ENV = "FEDFACE_SWAP_CRASH_AFTER"
 T = TypeVar("T")
 
 
@@ -87,34 +90,6 @@ class HotSwapError(FedFaceError):
 
 def embedder_version(model_version: str) -> str:
     return f"{MODEL_PREFIX}{model_version}"
-
-
-@dataclass(frozen=True)
-class SwapReport:
-    version: str
-    canary: CanaryResult | None
-    seconds: dict[str, float]  # time from the swap's start at the end of each step
-
-    @property
-    def total(self) -> float:
-        return max(self.seconds.values(), default=0.0)
-
-    @property
-    def serving_after(self) -> float:
-        """Weights received -> the new state serving frames (cleanup comes after)."""
-        return self.seconds.get("swapped", self.total)
-
-
-class _Steps:
-    def __init__(self) -> None:
-        self.t0 = time.perf_counter()
-        self.marks: dict[str, float] = {}
-
-    def done(self, step: str) -> None:
-        self.marks[step] = time.perf_counter() - self.t0
-        if os.environ.get(CRASH_ENV) == step:
-            log.warning("%s=%s: killing this process now (crash test)", CRASH_ENV, step)
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class HotSwapper:
@@ -241,7 +216,7 @@ class HotSwapper:
 
     def _swap(self, version: str, vector: np.ndarray, reason: str) -> SwapReport:
         with self._locked():
-            steps = _Steps()
+            steps = SwapSteps()
             weights = self.part.onnx_weights(vector, self.assets.base_weights)
             steps.done("patched")
             model_file = f"{MODEL_PREFIX}{version}{WEIGHTS_SUFFIX}"
@@ -251,7 +226,7 @@ class HotSwapper:
             return self._install(version, model_file, sha, weights, steps, reason, vector)
 
     def _install(self, version: str, model_file: str | None, sha: str | None,
-                 tail_weights: Mapping[str, np.ndarray], steps: _Steps, reason: str,
+                 tail_weights: Mapping[str, np.ndarray], steps: SwapSteps, reason: str,
                  vector: np.ndarray | None, rollback: bool = False) -> SwapReport:
         tag = embedder_version(version) if model_file else BASE_TAG
         # One new session per swap: the tail. The frames run the shared trunk session
@@ -330,7 +305,7 @@ class HotSwapper:
                                        hint="see `fedface-edge model status`")
                 target, current = pointer.previous, pointer.current
                 weights = self._version_weights(target)
-                steps = _Steps()
+                steps = SwapSteps()
                 report = self._install(target.version, target.model_file, target.sha256,
                                        weights, steps,
                                        f"rolled back by operator from {current.version}",
@@ -362,7 +337,25 @@ class HotSwapper:
             except Exception:
                 log.exception("swap status callback failed")
 
-    # --- what the federation client reads and publishes ---------------------------------
+    # --- what the box serves: read by the federation client, the demo and the tests -----
+
+    @property
+    def version(self) -> str | None:
+        """The served federated version (None while the pretrained model serves)."""
+        served = self.engine.state.model_version
+        return None if served == BASE_VERSION else served
+
+    @property
+    def embedder(self) -> FaceEmbedder:
+        return self.engine.state.embedder
+
+    def base_vector(self) -> np.ndarray:
+        """The part's pretrained values: the federation's round-0 vector."""
+        return self.part.initial_vector(self.assets.base_weights)
+
+    def served_model_bytes(self) -> bytes:
+        """The whole ONNX graph this box serves now (base + the version's weights)."""
+        return read_model(self.store, self.served, self.base_model)
 
     def served_vector(self) -> tuple[str, np.ndarray] | None:
         """(version, part vector) of the served federated model; None while the base
@@ -381,7 +374,6 @@ class HotSwapper:
             log.warning("no %s vector of the served model %s", self.part.key, served.version)
             return None
         return served.version, vector
-
 
     def status_fields(self) -> dict[str, Any]:
         """Extra fields for the box's retained status message."""

@@ -38,23 +38,14 @@ Mosquitto: 68 ms with neither, 24 ms with the broker's only, 0.8 ms with both.
 from __future__ import annotations
 
 import logging
-import socket
-import ssl
 import threading
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from federation.errors import (
-    BAD_URL,
     NOT_CONNECTED,
     PUBLISH_REFUSED,
     PUBLISH_TIMEOUT,
@@ -63,10 +54,23 @@ from federation.errors import (
 )
 from federation.topics import matches
 from federation.transport.base import Handler, Will
+from federation.transport.mqtt_options import (
+    DEFAULT_SESSION_EXPIRY,
+    BrokerUrl,
+    TlsConfig,
+    connect_args,
+    is_v5,
+    new_client,
+    parse_broker_url,
+)
+
+# The URL and TLS types live in federation.transport.mqtt_options; they are named here
+# too because the CLIs, the aggregator and the tests import them with MqttTransport.
+__all__ = ["DEFAULT_SESSION_EXPIRY", "BrokerUrl", "MqttTransport", "TlsConfig",
+           "parse_broker_url"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SESSION_EXPIRY = 7 * 24 * 3600
 # Messages that arrive before any handler matches them are kept for a later subscribe:
 # room for a persistent session's backlog (e.g. a few boxes' 24 MB updates in 256 KiB
 # chunks queued while the aggregator restarted) without unbounded memory.
@@ -74,51 +78,6 @@ DEFAULT_UNROUTED_MAX_MESSAGES = 10_000
 DEFAULT_UNROUTED_MAX_BYTES = 256 * 1024 * 1024
 # close() waits this long for the broker to acknowledge what was just published.
 DEFAULT_CLOSE_FLUSH_TIMEOUT = 5.0
-
-
-@dataclass(frozen=True)
-class BrokerUrl:
-    host: str
-    port: int
-    tls: bool
-
-
-def _no_delay(client: paho.Client, userdata: object, sock: Any) -> None:
-    """Nagle off (module docstring, "Latency"); a socket without the option is left as is."""
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError) as exc:
-        log.debug("TCP_NODELAY not set: %s", exc)
-
-
-def parse_broker_url(url: str) -> BrokerUrl:
-    """``mqtt://host[:1883]`` or ``mqtts://host[:8883]`` (credentials never in the URL)."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise TransportError(BAD_URL, f"invalid broker URL {url!r}: {exc}") from None
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise TransportError(BAD_URL, f"broker URL {url!r} must start with mqtt:// or mqtts://")
-    if not parts.hostname:
-        raise TransportError(BAD_URL, f"broker URL {url!r} has no host")
-    if parts.username or parts.password:
-        raise TransportError(
-            BAD_URL, "put broker credentials in the config/password file, not in the URL"
-        )
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise TransportError(BAD_URL, f"broker URL {url!r} must not have a path or query")
-    tls = parts.scheme == "mqtts"
-    return BrokerUrl(host=parts.hostname, port=port or (8883 if tls else 1883), tls=tls)
-
-
-@dataclass(frozen=True)
-class TlsConfig:
-    """CA bundle to verify the broker, and this client's certificate and key."""
-
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
 
 
 class MqttTransport:
@@ -153,9 +112,7 @@ class MqttTransport:
         self.url = parse_broker_url(url)
         self.client_id = client_id
         self.offline_queue = offline_queue
-        self._v5 = protocol in ("5", "v5", "5.0")
-        if not self._v5 and protocol not in ("3.1.1", "v311", "311"):
-            raise ValueError(f"protocol must be '5' or '3.1.1', got {protocol!r}")
+        self._v5 = is_v5(protocol)
         self._subs: dict[str, Handler] = {}
         self._lock = threading.Lock()
         # Serialises handler calls: paho's thread and a subscribe() that delivers
@@ -176,44 +133,17 @@ class MqttTransport:
         self._unwanted: OrderedDict[str, None] = OrderedDict()  # recently unsubscribed
         self.connects = 0
         self.session_present = False  # of the latest connect: the broker kept the session
-        kwargs: dict[str, object] = {}
-        if not self._v5:
-            kwargs["clean_session"] = clean_start
-        self._client = paho.Client(
-            paho.CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
-            **kwargs,  # type: ignore[arg-type]
-        )
-        if username is not None:
-            self._client.username_pw_set(username, password)
-        if self.url.tls or tls is not None:
-            t = tls or TlsConfig()
-            self._client.tls_set(
-                ca_certs=str(t.ca_file) if t.ca_file else None,
-                certfile=str(t.cert_file) if t.cert_file else None,
-                keyfile=str(t.key_file) if t.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
-        if will is not None:
-            self._client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
-        self._client.reconnect_delay_set(
-            min_delay=reconnect_min_delay, max_delay=reconnect_max_delay
-        )
-        self._client.max_inflight_messages_set(max_inflight)
-        self._client.max_queued_messages_set(max_queued)
-        self._client.on_socket_open = _no_delay
+        self._client = new_client(
+            self.url, client_id, v5=self._v5, clean_start=clean_start, username=username,
+            password=password, tls=tls, will=will, reconnect_min_delay=reconnect_min_delay,
+            reconnect_max_delay=reconnect_max_delay, max_inflight=max_inflight,
+            max_queued=max_queued)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_publish = self._on_publish
-        self._connect_args: dict[str, Any] = {"keepalive": keepalive}
-        if self._v5:
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = 0 if clean_start else session_expiry
-            self._connect_args.update(clean_start=clean_start, properties=props)
-        else:
-            self._connect_args.update(clean_start=paho.MQTT_CLEAN_START_FIRST_ONLY)
+        self._connect_args = connect_args(v5=self._v5, clean_start=clean_start,
+                                          session_expiry=session_expiry, keepalive=keepalive)
         if connect:
             self.start()
 

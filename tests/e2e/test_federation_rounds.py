@@ -17,7 +17,7 @@ import onnx
 import pytest
 
 from edge.gallery.store import Gallery
-from edge.serving.sink import OnnxModelSink
+from edge.serving.sink import open_model_sink
 from edge.training.drift import NumpyDriftTrainer
 from federation.transport.mqtt import MqttTransport
 from models.onnx_graph import read_initializers
@@ -126,7 +126,7 @@ def test_box_offline_at_publication_gets_retained_result(tmp_path: Path, mosquit
                              for n in ("box-a", "box-b")), 60, "round 1 on the online boxes", fed)
         assert fed.aggregator is not None
         fed.aggregator.wait(20)  # the aggregator is gone too: only retained messages remain
-        sink = OnnxModelSink(optimised_sface_path(), PART, tmp_path / "late-models", None)
+        sink = open_model_sink(optimised_sface_path(), PART, tmp_path / "late-models", None)
         late = fed.start_box("box-late", sink=sink)
         wait_for(lambda: late.client.version == "round-1", 60, "the late box to catch up")
         expected = fed.boxes["box-a"].client.vector

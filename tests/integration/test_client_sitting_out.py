@@ -60,7 +60,7 @@ def ctx() -> FederationContext:
 def test_a_box_with_nothing_new_sits_out_and_joins_once_it_has_enough(
     tmp_path: Path, ctx: FederationContext, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="edge.federated.client")
+    caplog.set_level(logging.INFO, logger="edge.federated.joining")
     bus = InMemoryBus(synchronous=True)
     agg_key = generate_signing_key()
     (tmp_path / "agg").mkdir()

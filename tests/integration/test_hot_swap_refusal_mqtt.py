@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edge.gallery.store import Gallery
-from edge.serving.sink import OnnxModelSink
+from edge.serving.sink import open_model_sink
 from edge.training.api import LocalUpdate
 from federation.verdicts import Verdict
 from models.federated_parts import FederatedPart
@@ -40,7 +40,7 @@ def test_canary_refusal_reaches_the_operator_through_the_status_topic(
     box_dir = copy_box(template_box(tmp_path_factory.getbasetemp(), lfw_dir), tmp_path / "box")
     fed = Federation.create(tmp_path / "fed", mosquitto.url, ["box-w"])
     gallery = Gallery.open(box_dir)
-    sink = OnnxModelSink(optimised_sface_path(), PART, box_dir / "models", gallery)
+    sink = open_model_sink(optimised_sface_path(), PART, box_dir / "models", gallery)
     try:
         fed.start_aggregator(quorum=1, rounds=1)
         # the plausibility check (result moves the weights by > 50%) would stop this

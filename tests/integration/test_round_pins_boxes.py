@@ -1,5 +1,5 @@
 """A box that runs a newer model ends up serving the pinned older one: real
-FederationClient, real hot swap (OnnxModelSink patches and serves the SFace graph),
+FederationClient, real hot swap (HotSwapper patches and serves the SFace graph),
 real aggregator service and CKKS, in-memory bus (the MQTT link has its own tests)."""
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from aggregator.service import AggregatorService
 from aggregator.state.registry import DeviceRegistry
 from aggregator.state.store import Store
 from edge.federated.client import ClientConfig, ClientEvent, FederationClient
-from edge.serving.sink import OnnxModelSink
+from edge.serving.hot_swap import HotSwapper
+from edge.serving.sink import open_model_sink
 from edge.training.drift import NumpyDriftTrainer
 from federation import topics
 from federation.crypto.ckks import FederationContext, new_secret_context
@@ -49,7 +50,7 @@ class Federation:
         with_store.close()
         self.threads: list[tuple[threading.Event, threading.Thread, Store]] = []
         self.clients: dict[str, FederationClient] = {}
-        self.sinks: dict[str, OnnxModelSink] = {}
+        self.sinks: dict[str, HotSwapper] = {}
         self.trainers: dict[str, GatedTrainer] = {}
         self.events: dict[str, list[ClientEvent]] = {d: [] for d in DEVICES}
 
@@ -71,7 +72,7 @@ class Federation:
         base = part_base_vector()
         trainer = GatedTrainer(NumpyDriftTrainer(PART, base, device, 60, 1e-2))
         trainer.gate.set()
-        sink = OnnxModelSink(optimised_sface_path(), PART, self.root / device / "models", None)
+        sink = open_model_sink(optimised_sface_path(), PART, self.root / device / "models", None)
         client = FederationClient(
             ClientConfig(FED, device, retry_seconds=0.5, tick_seconds=0.05),
             lambda will: InMemoryTransport(self.bus, device, will=will), self.ctx,

@@ -1,0 +1,183 @@
+"""The update side of a round: whether the box joins an announced round, and its training job.
+
+``RoundJoiner`` reads each verified announce (a redelivered older one is ignored) and
+joins an open round only when the federation trains this box's part (said once per
+round otherwise: log, event, ``not_joining`` in the status), the round lists this
+device, it is based on the model the box has (``edge.federated.result_apply``) and the
+box has enough new samples (``edge.federated.round_gate``; a box below sits the round
+out and re-counts every few seconds). Joining starts the training job in its own thread
+at a lower CPU priority: it trains, encrypts, signs and chunks the update
+(``edge.federated.sealing``) and hands the outcome back through the client's worker
+queue; the worker then marks the round sent (``client-state.json``) and gives the update
+to the sender. Kept apart from the client's threads (``edge.federated.client``), which
+only route messages here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.federated.api import ClientConfig, ClientEvents
+from edge.federated.outbox import PendingUpdate
+from edge.federated.result_apply import ResultApplier
+from edge.federated.round_gate import (
+    NO_NEW_SAMPLES,
+    SampleSource,
+    load_client_state,
+    samples_mark,
+    save_client_state,
+    sit_out_detail,
+)
+from edge.federated.sealing import Sealer
+from edge.federated.sender import UpdateSender
+from edge.federated.verdicts import RoundVerdicts
+from edge.priority import lower_thread_priority
+from federation.messages import RoundAnnounce
+from models.federated_parts import FederatedPart
+
+log = logging.getLogger(__name__)
+
+RECOUNT_SECONDS = 5.0  # a box sitting out counts its new samples again this often
+
+
+class RoundJoiner:
+    def __init__(self, config: ClientConfig, part: FederatedPart, sealer: Sealer,
+                 sender: UpdateSender, model: ResultApplier, samples: SampleSource | None,
+                 verdicts: RoundVerdicts, events: ClientEvents, state_path: Path, *,
+                 publish_status: Callable[[], None],
+                 job_done: Callable[[int, PendingUpdate | None, dict[str, Any],
+                                     Exception | None], None]) -> None:
+        self.config = config
+        self.part = part
+        self._sealer = sealer
+        self.sender = sender
+        self.model = model  # the version and vector the box federates from
+        self.samples = samples
+        self.verdicts = verdicts
+        self.events = events
+        self._publish_status = publish_status
+        self._job_done = job_done  # the client: queue the job's outcome for the worker
+        self._state_path = state_path
+        state = load_client_state(self._state_path)
+        self.last_submitted = int(state.get("last_submitted_round", 0))
+        # announce min_new_samples (edge.federated.round_gate): new enrolled crops are counted from
+        # the start of the last sent update's training (None: never sent, always join)
+        self._samples_mark = samples_mark(state)
+        self._job_mark: float | None = None
+        self._sat_out = (0, 0.0)  # (round, monotonic time) it last checked and sat out
+        self.announce: RoundAnnounce | None = None
+        self.not_joining: dict[str, Any] = {}  # why the last open round was not joined
+        self._job: threading.Thread | None = None
+        self._job_round = 0
+
+    def announced(self, ann: RoundAnnounce) -> None:
+        """A verified announce."""
+        if self.announce is not None and ann.round < self.announce.round:
+            return  # an old announce redelivered after a newer one
+        self.announce = ann
+        self.sender.drop_closed_rounds(ann.round if ann.open else ann.round + 1)
+        self.maybe_join()
+
+    def maybe_join(self) -> None:
+        ann = self.announce
+        if ann is None or not ann.open or ann.round <= self.last_submitted:
+            return
+        if self._job is not None and self._job.is_alive():
+            return
+        if ann.part_key and ann.part_key != self.part.key:
+            # A vector of another part would be summed with the wrong layout: never train
+            # or send it. Said once per round, in the log, the events and the status.
+            if self.not_joining.get("round") != ann.round:
+                self.events.count("wrong_part")
+                detail = (f"the federation trains part {ann.part_key}, this box is set up "
+                          f"for {self.part.key}; set the box's federation part to "
+                          f"{ann.part_key.split('@')[0]} (edge.toml [federation] part)")
+                self.not_joining = {"reason": "wrong_part", "round": ann.round,
+                                    "detail": detail}
+                log.error("round %d: not joining: %s", ann.round, detail)
+                self.events.emit("not_joined", ann.round,
+                                 {"reason": "wrong_part", "detail": detail})
+                self._publish_status()
+            return
+        self.not_joining = {}
+        if ann.devices and self.config.device_id not in ann.devices:
+            if self.events.count("not_listed") == 1:
+                log.warning("round %d does not list this device (%s): not joining; is it "
+                            "registered with the aggregator?", ann.round, self.config.device_id)
+            return
+        version, vector = self.model.version, self.model.vector
+        if ann.base_model != version:
+            log.info("round %d is based on %s, this box has %s: waiting for that result",
+                     ann.round, ann.base_model, version)
+            return
+        if self._sit_out(ann):
+            return
+        self._job_round = ann.round
+        self._job_mark = time.time()  # crops enrolled from now on are new for next time
+        self.events.emit("joined", ann.round, {"base_model": ann.base_model})
+        global_vector = None if version == self.config.initial_model else vector.copy()
+        self._job = threading.Thread(
+            target=self._train_and_seal, args=(ann, global_vector, vector.copy()),
+            name=f"federation-train-r{ann.round}", daemon=True,
+        )
+        self._job.start()
+
+    def recount(self) -> None:
+        """Every worker tick: a box sitting out for lack of new samples looks again every
+        few seconds (enrolled meanwhile? a cheap count)."""
+        if self.not_joining.get("reason") == NO_NEW_SAMPLES and (
+                time.monotonic() - self._sat_out[1] >= RECOUNT_SECONDS):
+            self.maybe_join()
+
+    def _sit_out(self, ann: RoundAnnounce) -> bool:
+        """Sit the round out when too few samples are new (said once per round)."""
+        detail = sit_out_detail(ann.min_new_samples, self.samples, self._samples_mark,
+                                self.last_submitted)
+        if detail is None:
+            if self._sat_out[0] == ann.round:
+                self._publish_status()  # the status no longer says it sits out
+            return False
+        first = self._sat_out[0] != ann.round
+        self._sat_out = (ann.round, time.monotonic())
+        self.not_joining = {"reason": NO_NEW_SAMPLES, "round": ann.round, "detail": detail}
+        if first:
+            log.info("round %d: sitting out (%s)", ann.round, detail)
+            self.verdicts.record(ann.round, None, "sat_out", detail)
+            self.events.emit("sitting_out", ann.round,
+                             {"reason": NO_NEW_SAMPLES, "detail": detail})
+            self._publish_status()
+        return True
+
+    # training job (own thread, lower priority) ----------------------------------------
+    def _train_and_seal(self, ann: RoundAnnounce, global_vector: np.ndarray | None,
+                        base_vector: np.ndarray) -> None:
+        lower_thread_priority(self.config.train_niceness)
+        try:
+            pending, stats = self._sealer.seal(ann, global_vector, base_vector)
+            self._job_done(ann.round, pending, stats, None)
+        except Exception as exc:  # reported by the worker; the next announce retries
+            self._job_done(ann.round, None, {}, exc)
+
+    def job_done(self, round_no: int, pending: PendingUpdate | None,
+                 stats: dict[str, Any], error: Exception | None) -> None:
+        """The training job's outcome, on the worker thread."""
+        if error is not None or pending is None:
+            self.events.count("train_failed")
+            log.error("round %d: local update failed: %s", round_no, error)
+            self.events.emit("error", round_no, {"error": str(error)})
+            return
+        self.last_submitted = max(self.last_submitted, round_no)
+        self._samples_mark = self._job_mark
+        save_client_state(self._state_path, self.last_submitted, self._samples_mark)
+        self.events.emit("submitted", round_no, stats)
+        log.info("round %d: update %s sealed (%d samples, %d bytes in %d chunks, encrypt "
+                 "%.2f s)", round_no, pending.msg_id[:12], stats["n_samples"], stats["bytes"],
+                 stats["chunks"], stats["encrypt_s"])
+        self.sender.send_new(pending)

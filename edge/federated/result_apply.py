@@ -1,0 +1,138 @@
+"""The result side of a round: the model this box federates from, and how a published
+result replaces it.
+
+``ResultApplier`` holds the box's current federated ``version`` and ``vector`` (the
+pretrained part at first, or what the model sink serves after a restart). The client's
+worker hands it every verified model pointer and every result chunk: a pointer to a
+model the box does not have (and of the part it trains) is fetched
+(``edge.federated.result_fetch``); the complete blob is decrypted
+(``federation.crypto.packing.decrypt_average``), checked
+(``edge.federated.sealing.check_average``) and handed to the ``ModelSink``, and what
+became of it is recorded (``edge.federated.verdicts``), published in the box's status
+and reported as a client event. A refused result keeps the old model. Kept apart from
+the round loop (``edge.federated.client``), which only decides when to call it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from edge.federated.api import ClientEvents, ModelSink
+from edge.federated.result_fetch import ResultFetcher
+from edge.federated.sealing import check_average
+from edge.federated.verdicts import RoundVerdicts
+from federation.crypto.ckks import FederationContext
+from federation.crypto.packing import EncryptedUpdate, decrypt_average
+from federation.envelope import Envelope
+from federation.errors import FederationError
+from federation.messages import ModelPointer
+from models.federated_parts import FederatedPart
+
+log = logging.getLogger(__name__)
+
+
+class ResultApplier:
+    def __init__(self, fetcher: ResultFetcher, context: FederationContext, part: FederatedPart,
+                 sink: ModelSink, verdicts: RoundVerdicts, events: ClientEvents, *,
+                 version: str, vector: np.ndarray, max_relative_change: float,
+                 verify: Callable[[Envelope, str], None], publish_status: Callable[[], None],
+                 applied: Callable[[], None]) -> None:
+        base = np.asarray(vector, dtype=np.float32).ravel()
+        if base.size != part.size:
+            raise ValueError(f"base vector has {base.size} values, part {part.key} has "
+                             f"{part.size}")
+        self.version = version
+        self.vector = base
+        self.fetcher = fetcher
+        self.context = context
+        self.part = part
+        self.sink = sink
+        self.verdicts = verdicts
+        self.events = events
+        self.max_relative_change = max_relative_change
+        self._verify = verify  # the client's: the aggregator's signature, this federation
+        self._publish_status = publish_status
+        self._applied = applied  # the client: a round based on the new model may be joined
+
+    def resume(self) -> None:
+        """Resume on what the box serves (its model versions), if the sink says."""
+        served = self._served_by_sink()
+        if served is not None:
+            self.version, self.vector = served
+            log.info("resuming on federated model %s", self.version)
+
+    def follow(self, pointer: ModelPointer, announced_part: str | None) -> None:
+        """A verified model pointer: fetch its result unless the box has that model or
+        the federation trains another part (``announced_part``: the last announce's)."""
+        if pointer.model == self.version:
+            return
+        if announced_part and announced_part != self.part.key:
+            log.warning("result %s not fetched: the federation trains part %s, this box %s",
+                        pointer.model, announced_part, self.part.key)
+            return
+        self.fetcher.want(pointer)
+
+    def add_chunk(self, env: Envelope) -> None:
+        if not self.fetcher.is_wanted(env):
+            return  # another result's chunk, or a stale retained one: not even verified
+        self._verify(env, "result")
+        done = self.fetcher.add(env)
+        if done is None:
+            return
+        wanted, blob = done
+        try:
+            self._apply(wanted, blob)
+        except FederationError as exc:
+            self.events.count("result_rejected")
+            log.error("result of round %d NOT applied (%s): %s; keeping model %s",
+                      wanted.round, exc.reason, exc.message, self.version)
+            self.events.emit("result_rejected", wanted.round, {"reason": exc.reason,
+                                                               "detail": exc.message})
+            canary = getattr(exc, "canary", None)
+            self.verdicts.record(wanted.round, wanted.model,
+                                 "refused" if canary is not None else "rejected",
+                                 f"{exc.reason}: {exc.message}", canary)
+            self._publish_status()  # the sink's refusal shows in the retained status
+
+    def _apply(self, pointer: ModelPointer, blob: bytes) -> None:
+        t0 = time.perf_counter()
+        summed = EncryptedUpdate.from_bytes(blob, self.context)
+        average = decrypt_average(self.context, summed)
+        decrypt_s = time.perf_counter() - t0
+        check_average(average, self.vector, self.part, self.max_relative_change)
+        t1 = time.perf_counter()
+        # The sink stores the version durably before serving it (edge.serving.versions); a
+        # crash before its commit leaves the old version served, and the retained
+        # result is fetched and applied again after the restart.
+        self.sink.apply(pointer.model, average)
+        swap_s = time.perf_counter() - t1
+        previous = self.version
+        self.version, self.vector = pointer.model, average
+        log.info("applied federated model %s (round %d, %d update(s)); was %s", pointer.model,
+                 pointer.round, summed.n_updates, previous)
+        report = getattr(self.sink, "last_report", None)
+        canary = getattr(report, "canary", None)
+        self.verdicts.record(pointer.round, pointer.model, "applied",
+                             canary.reason if canary is not None else
+                             "no canary (nothing to compare on this box)", canary)
+        self._publish_status()
+        self.events.emit("applied", pointer.round, {
+            "model": pointer.model, "previous": previous, "updates": summed.n_updates,
+            "decrypt_s": decrypt_s, "swap_s": swap_s, "bytes": len(blob), "vector": average,
+        })
+        self._applied()
+
+    def _served_by_sink(self) -> tuple[str, np.ndarray] | None:
+        served_vector = getattr(self.sink, "served_vector", None)
+        if not callable(served_vector):
+            return None
+        served = served_vector()
+        if served is None:
+            return None
+        version, vector = served
+        vector = np.asarray(vector, dtype=np.float32).ravel()
+        return (str(version), vector) if vector.size == self.part.size else None

@@ -1,0 +1,128 @@
+"""The gallery on disk: its private data directory, the SQLite file and the crops in it.
+
+Face data is personal data, so everything here is private from the first byte: the
+data directory is created 0700 (an existing one open to others is warned about, not
+changed: it may be a shared folder), and the database (with its -wal/-shm files) is
+created 0600 under a tight umask. The schema is here too, with the PNG encoding of the
+aligned crops it stores (lossless, so a new model can re-embed them). ``GalleryError``
+lives here because every one of these raises it; ``edge.gallery.store`` (the rows) and
+``edge.gallery.snapshot`` (the swap's own connection) build on this module, and the
+kiosk keeps its own files in a private directory made the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import stat
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import FedFaceError
+
+log = logging.getLogger(__name__)
+
+CROP_SIZE = 112
+DB_FILENAME = "gallery.sqlite3"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS people (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS crops (
+    id INTEGER PRIMARY KEY,
+    person_id INTEGER NOT NULL REFERENCES people(id) ON DELETE CASCADE,
+    image BLOB NOT NULL,          -- aligned 112x112 BGR crop, PNG (lossless)
+    source TEXT,                  -- where it came from (file name), for the operator
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS embeddings (
+    crop_id INTEGER NOT NULL REFERENCES crops(id) ON DELETE CASCADE,
+    model_version TEXT NOT NULL,
+    vector BLOB NOT NULL,         -- float32 x 128, L2-normalised
+    PRIMARY KEY (crop_id, model_version)
+);
+CREATE INDEX IF NOT EXISTS crops_person ON crops(person_id);
+CREATE INDEX IF NOT EXISTS embeddings_version ON embeddings(model_version);
+"""
+
+
+class GalleryError(FedFaceError):
+    """The gallery cannot be opened or written, or a request does not fit its content."""
+
+    exit_code = 5
+
+
+def data_dir_hint(path: Path) -> str:
+    return (f"choose a writable data directory with --data-dir or $FEDFACE_DATA_DIR "
+            f"(the box user must be able to create and write {path})")
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create ``path`` (0700) or check it is a writable directory; GalleryError if not."""
+    try:
+        existed = path.is_dir()
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            if existed:
+                # not ours to tighten (it may be a shared folder): say so instead
+                log.warning("data directory %s is open to other users (mode %o); it will hold "
+                            "face data: chmod 700 it", path, mode)
+            else:
+                os.chmod(path, 0o700)
+    except OSError as exc:
+        raise GalleryError(f"cannot create data directory {path}: {exc.strerror or exc}",
+                           hint=data_dir_hint(path)) from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise GalleryError(f"data directory {path} is not writable", hint=data_dir_hint(path))
+    return path
+
+
+def open_database(data_dir: Path) -> tuple[sqlite3.Connection, Path]:
+    """The gallery database in ``data_dir`` (made private first), schema in place."""
+    ensure_private_dir(data_dir)
+    path = data_dir / DB_FILENAME
+    try:
+        # umask so SQLite creates the db (and its -wal/-shm, which copy the db's mode)
+        # 0600 from the first byte, not after a chmod
+        old_umask = os.umask(0o077)
+        try:
+            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA busy_timeout=5000")
+            db.executescript(SCHEMA)
+        finally:
+            os.umask(old_umask)
+        if stat.S_IMODE(path.stat().st_mode) & 0o077:
+            os.chmod(path, 0o600)
+    except (sqlite3.Error, OSError) as exc:
+        raise GalleryError(f"cannot open gallery database {path}: {exc}",
+                           hint=data_dir_hint(data_dir)) from exc
+    return db, path
+
+
+def encode_crop(crop: np.ndarray) -> bytes:
+    import cv2
+
+    if crop.shape != (CROP_SIZE, CROP_SIZE, 3) or crop.dtype != np.uint8:
+        raise GalleryError(f"a crop must be {CROP_SIZE}x{CROP_SIZE}x3 uint8, "
+                           f"got {crop.shape} {crop.dtype}")
+    ok, buf = cv2.imencode(".png", crop)
+    if not ok:
+        raise GalleryError("could not encode a crop as PNG")
+    return buf.tobytes()
+
+
+def decode_crop(blob: bytes) -> np.ndarray:
+    import cv2
+
+    image = cv2.imdecode(np.frombuffer(blob, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise GalleryError("a stored crop cannot be decoded (database damaged?)")
+    return np.asarray(image)

@@ -1,0 +1,131 @@
+"""How the MQTT adapter (``federation.transport.mqtt``) reaches its broker: the broker
+URL, TLS files, the MQTT version and the paho client's connection options.
+
+Everything here is settled before the first connect and never changes afterwards:
+parsing ``mqtt://`` / ``mqtts://`` URLs (credentials never in the URL), the TLS config,
+the protocol choice (MQTT v5 with a Session Expiry Interval for a persistent session, or
+3.1.1 with ``clean_session``), the paho client with its will, reconnect backoff, flow
+limits and TCP_NODELAY on every socket, and the CONNECT arguments. Kept apart from the
+adapter's threads and locks, which live in ``federation.transport.mqtt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from federation.errors import BAD_URL, TransportError
+from federation.transport.base import Will
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SESSION_EXPIRY = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class BrokerUrl:
+    host: str
+    port: int
+    tls: bool
+
+
+def parse_broker_url(url: str) -> BrokerUrl:
+    """``mqtt://host[:1883]`` or ``mqtts://host[:8883]`` (credentials never in the URL)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise TransportError(BAD_URL, f"invalid broker URL {url!r}: {exc}") from None
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise TransportError(BAD_URL, f"broker URL {url!r} must start with mqtt:// or mqtts://")
+    if not parts.hostname:
+        raise TransportError(BAD_URL, f"broker URL {url!r} has no host")
+    if parts.username or parts.password:
+        raise TransportError(
+            BAD_URL, "put broker credentials in the config/password file, not in the URL"
+        )
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise TransportError(BAD_URL, f"broker URL {url!r} must not have a path or query")
+    tls = parts.scheme == "mqtts"
+    return BrokerUrl(host=parts.hostname, port=port or (8883 if tls else 1883), tls=tls)
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """CA bundle to verify the broker, and this client's certificate and key."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+def is_v5(protocol: str) -> bool:
+    """``"5"`` (the default) or ``"3.1.1"``; ValueError for anything else."""
+    v5 = protocol in ("5", "v5", "5.0")
+    if not v5 and protocol not in ("3.1.1", "v311", "311"):
+        raise ValueError(f"protocol must be '5' or '3.1.1', got {protocol!r}")
+    return v5
+
+
+def _no_delay(client: paho.Client, userdata: object, sock: Any) -> None:
+    """Nagle off (``federation.transport.mqtt``'s docstring, "Latency"); a socket without
+    the option is left as is."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError) as exc:
+        log.debug("TCP_NODELAY not set: %s", exc)
+
+
+def new_client(url: BrokerUrl, client_id: str, *, v5: bool, clean_start: bool,
+               username: str | None, password: str | None, tls: TlsConfig | None,
+               will: Will | None, reconnect_min_delay: int, reconnect_max_delay: int,
+               max_inflight: int, max_queued: int) -> paho.Client:
+    """A paho client (callback API v2) set up to connect; its callbacks are the caller's."""
+    kwargs: dict[str, object] = {}
+    if not v5:
+        kwargs["clean_session"] = clean_start
+    client = paho.Client(
+        paho.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    if username is not None:
+        client.username_pw_set(username, password)
+    if url.tls or tls is not None:
+        t = tls or TlsConfig()
+        client.tls_set(
+            ca_certs=str(t.ca_file) if t.ca_file else None,
+            certfile=str(t.cert_file) if t.cert_file else None,
+            keyfile=str(t.key_file) if t.key_file else None,
+            cert_reqs=ssl.CERT_REQUIRED,
+        )
+    if will is not None:
+        client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
+    client.reconnect_delay_set(min_delay=reconnect_min_delay, max_delay=reconnect_max_delay)
+    client.max_inflight_messages_set(max_inflight)
+    client.max_queued_messages_set(max_queued)
+    client.on_socket_open = _no_delay
+    return client
+
+
+def connect_args(*, v5: bool, clean_start: bool, session_expiry: int,
+                 keepalive: int) -> dict[str, Any]:
+    """Keyword arguments of paho's ``connect_async`` (v5: the session's expiry interval)."""
+    args: dict[str, Any] = {"keepalive": keepalive}
+    if v5:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 0 if clean_start else session_expiry
+        args.update(clean_start=clean_start, properties=props)
+    else:
+        args.update(clean_start=paho.MQTT_CLEAN_START_FIRST_ONLY)
+    return args
