@@ -100,7 +100,9 @@ def test_broker_restart_mid_round_loses_nothing(tmp_path: Path, mosquitto) -> No
         outbox_files = list((tmp_path / "boxes" / "box-c" / "outbox").glob("*.upd"))
         assert len(outbox_files) == 1 and outbox_files[0].stat().st_mode & 0o777 == 0o600
         mosquitto.start()  # same port, persistent sessions and retained messages
-        wait_for(lambda: all(b.client.version == "round-1" for b in fed.boxes.values()), 60,
+        # wait for the "applied" event read below, not only the version set before it
+        wait_for(lambda: all(b.client.version == "round-1" and b.event("applied", 1)
+                             for b in fed.boxes.values()), 60,
                  "round 1 result on every box after the restart", fed)
         oracle = _oracle(fed, 1)
         for box in fed.boxes.values():
