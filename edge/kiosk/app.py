@@ -7,7 +7,10 @@ Security model (one staff password per box, see ``edge.kiosk.auth``):
 - a session idle for ``idle_timeout_s`` is cleared: pages redirect to the login form
   with a message, the live view's background requests get 401 (its script then goes to
   the login form). Only page views and form posts count as activity, so a kiosk left on
-  the live view still logs out;
+  the live view still logs out. The cookie itself expires after the same time (the
+  browser drops it; the server refuses its signature after it);
+- logging out ends the session on the server: a copy of the old cookie gets the login
+  form (401 for background requests) like an expired one;
 - changing the password (``fedface-edge kiosk set-password``) ends every session;
 - every POST, login included, must carry the session's CSRF token (400 otherwise);
 - pages send a CSP without inline scripts or styles, X-Frame-Options DENY and
@@ -19,6 +22,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+from datetime import timedelta
 from typing import Any
 
 from flask import Flask, Response, flash, redirect, render_template, request, session
@@ -61,6 +65,8 @@ def _session_problem(svc: KioskServices) -> str | None:
         return "login"
     if session.get("pwgen") != generation:
         return "password"
+    if svc.session_ends.ended(session.get("sid")):
+        return "ended"
     last_seen = session.get("last_seen")
     if not isinstance(last_seen, (int, float)) or \
             svc.clock() - last_seen > svc.settings.idle_timeout_s:
@@ -90,6 +96,8 @@ def _guard() -> BaseResponse | None:
                   "Please log in again.", "warning")
         elif problem == "password":
             flash("The kiosk password was changed. Please log in again.", "warning")
+        elif problem == "ended":
+            flash("This session was logged out. Please log in again.", "warning")
         return redirect(flask_url_for("auth.login"))
     if request.endpoint not in PASSIVE_ENDPOINTS:
         session["last_seen"] = svc.clock()
@@ -144,6 +152,8 @@ def create_app(svc: KioskServices) -> Flask:
         # was before the post, losing that post's flash message or fresh CSRF token.
         # Activity (every other request) still moves last_seen, which rewrites it.
         SESSION_REFRESH_EACH_REQUEST=False,
+        # the cookie lives as long as an idle session may (Flask's default: 31 days)
+        PERMANENT_SESSION_LIFETIME=timedelta(seconds=svc.settings.idle_timeout_s),
         MAX_CONTENT_LENGTH=svc.settings.max_upload_bytes,
         MAX_FORM_MEMORY_SIZE=svc.settings.max_upload_bytes,
         SEND_FILE_MAX_AGE_DEFAULT=300,

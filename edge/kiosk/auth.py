@@ -1,4 +1,5 @@
-"""Staff authentication of the kiosk: password hash file, session secret, login limiter.
+"""Staff authentication of the kiosk: password hash file, session secret (who may try
+to log in, and which sessions were ended: ``edge.kiosk.access``).
 
 Files live in ``<data dir>/kiosk/`` (0700), each written 0600 by atomic rename:
 
@@ -7,8 +8,8 @@ Files live in ``<data dir>/kiosk/`` (0700), each written 0600 by atomic rename:
   per-password 16-byte salt (n=2^14, r=8, p=1: ~50 ms and 16 MiB per check, the usual
   interactive-login cost). Either format is verified whichever library is present now,
   as long as the one that wrote it is still importable.
-- ``secret.key``: 32 random bytes that sign the session cookies. Created on first start;
-  deleting it logs every session out.
+- ``secret.key``: 32 random bytes that sign the session and device cookies. Created on
+  first start; deleting it logs every session out.
 """
 
 from __future__ import annotations
@@ -19,10 +20,6 @@ import hmac
 import logging
 import os
 import secrets
-import threading
-import time
-from collections import deque
-from collections.abc import Callable
 from pathlib import Path
 
 from edge.errors import FedFaceError
@@ -183,45 +180,3 @@ def load_or_create_secret_key(data_dir: Path) -> bytes:
         write_private(path, key)
         log.info("new kiosk session secret written to %s", path)
     return key
-
-
-class LoginLimiter:
-    """At most ``max_failures`` failed logins per client within a sliding ``window_s``."""
-
-    def __init__(self, max_failures: int, window_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_failures = max_failures
-        self.window_s = window_s
-        self._clock = clock
-        self._failures: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def _recent(self, client: str, now: float) -> deque[float]:
-        failures = self._failures.setdefault(client, deque())
-        while failures and now - failures[0] >= self.window_s:
-            failures.popleft()
-        return failures
-
-    def retry_after(self, client: str) -> float:
-        """Seconds until ``client`` may try again (0: it may try now)."""
-        with self._lock:
-            now = self._clock()
-            failures = self._recent(client, now)
-            if len(failures) < self.max_failures:
-                return 0.0
-            return max(0.0, failures[0] + self.window_s - now)
-
-    def failed(self, client: str) -> int:
-        """Record a failure; return how many attempts ``client`` has left in the window."""
-        with self._lock:
-            now = self._clock()
-            failures = self._recent(client, now)
-            failures.append(now)
-            if len(self._failures) > 10_000:  # bounded memory under a spray of clients
-                for key in [k for k, v in self._failures.items() if not v][:5_000]:
-                    del self._failures[key]
-            return max(0, self.max_failures - len(failures))
-
-    def succeeded(self, client: str) -> None:
-        with self._lock:
-            self._failures.pop(client, None)

@@ -19,9 +19,10 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from edge.config import EdgeSettings
 from edge.gallery.store import Gallery
+from edge.kiosk.access import LoginGate, SessionEnds
 from edge.kiosk.activity import ActivityLog
 from edge.kiosk.app import create_app
-from edge.kiosk.auth import KioskAuthError, LoginLimiter, PasswordStore
+from edge.kiosk.auth import KioskAuthError, PasswordStore
 from edge.kiosk.enrolment import EnrolmentDesk
 from edge.kiosk.services import KioskServices
 from edge.kiosk.settings import KioskSettings
@@ -125,9 +126,11 @@ def build_kiosk(
                                    stale_after_s=settings.frame_stale_s)
         desk = EnrolmentDesk(worker, gallery, upload_pipeline, settings, edge.match_threshold,
                              clock=clock)
+        gate = LoginGate(settings.login_max_failures, settings.login_window_s,
+                         settings.login_global_max_failures, settings.login_concurrent_checks,
+                         settings.login_check_wait_s, clock)
         services = KioskServices(settings, edge.data_dir, worker, activity, desk, gallery,
-                                 passwords, LoginLimiter(settings.login_max_failures,
-                                                         settings.login_window_s, clock),
+                                 passwords, gate, SessionEnds(edge.data_dir, clock),
                                  clock=clock)
         return Kiosk(services, create_app(services))
     except BaseException:

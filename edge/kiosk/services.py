@@ -16,8 +16,9 @@ from pathlib import Path
 from flask import current_app, session
 
 from edge.gallery.store import Gallery
+from edge.kiosk.access import LoginGate, SessionEnds
 from edge.kiosk.activity import ActivityLog
-from edge.kiosk.auth import LoginLimiter, PasswordStore
+from edge.kiosk.auth import PasswordStore
 from edge.kiosk.enrolment import EnrolmentDesk
 from edge.kiosk.settings import KioskSettings
 from edge.kiosk.worker import RecognitionWorker
@@ -36,7 +37,8 @@ class KioskServices:
     desk: EnrolmentDesk
     gallery: Gallery
     passwords: PasswordStore
-    limiter: LoginLimiter
+    gate: LoginGate
+    session_ends: SessionEnds
     clock: Callable[[], float] = time.time
 
 

@@ -36,9 +36,25 @@ class KioskSettings(BaseModel):
         default=5, ge=1, description="Failed logins allowed per client within login_window_s.")
     login_window_s: float = Field(
         default=300.0, gt=0, description="Window of the login rate limit (seconds).")
+    login_global_max_failures: int = Field(
+        default=50, ge=1,
+        description="Failed logins from all clients together within login_window_s after "
+        "which only browsers that logged in on this kiosk before may try (a backstop "
+        "against guessing from many addresses).")
+    login_concurrent_checks: int = Field(
+        default=2, ge=1, le=8,
+        description="Password checks run at once (each takes 64 MiB and a fraction of a "
+        "second); further attempts wait up to login_check_wait_s, then get 'busy'.")
+    login_check_wait_s: float = Field(
+        default=5.0, ge=0, le=60,
+        description="How long a login attempt waits for a free password check.")
     max_upload_bytes: int = Field(
         default=8 * 1024 * 1024, ge=1024,
         description="Largest enrolment upload (all photos of one request together).")
+    max_upload_pixels: int = Field(
+        default=40_000_000, ge=65_536,
+        description="Largest photo accepted for enrolment, in pixels (width x height, read "
+        "from the file header before decoding: a small file can decode to gigabytes).")
     max_upload_photos: int = Field(default=5, ge=1, le=20,
                                    description="Photos per upload enrolment.")
     enrol_shots: int = Field(
