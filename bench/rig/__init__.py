@@ -8,6 +8,7 @@
 - ``watch``: a client that times rounds from announce to model pointer;
 - ``session``: one run's rig as a context manager (broker, federation, watcher, boxes,
   aggregator), all stopped and cleaned up on leaving it;
+- ``kiosk``: a real kiosk as a child process, an HTTP client of it, a PNG bomb;
 - ``procs``: starting, stopping and reading child processes;
 - ``compare``: printing a figure next to its baseline from the same run.
 

@@ -35,6 +35,9 @@ def _progress(total: int, label: str) -> Iterator[ProgressCallback]:
 
 
 def _enrol_named(ctx: typer.Context, name: str, images: list[Path]) -> None:
+    from edge.gallery.names import check_name
+
+    name = check_name(name)  # the kiosk's rule: no control or text-direction characters
     recognizer = box(ctx).recognizer()
     existed = any(p.name == name for p in recognizer.gallery.people())
     with _progress(len(images), f"enrolling {name}") as advance:
@@ -46,10 +49,20 @@ def _enrol_named(ctx: typer.Context, name: str, images: list[Path]) -> None:
 
 
 def _enrol_folder(ctx: typer.Context, root: Path, max_per_person: int | None) -> None:
+    from edge.gallery.names import NameRejected, check_name
     from edge.serving.recognizer import images_in, people_folders
 
     folders = people_folders(root)
-    plan = [(folder.name, images_in(folder)) for folder in folders]
+    plan, refused = [], []
+    for folder in folders:
+        try:
+            plan.append((check_name(folder.name), images_in(folder)))
+        except NameRejected as exc:
+            refused.append(f"{folder.name!r}: {exc}")
+    if refused:
+        # before any photo is read: a folder name is the person's name, nothing to skip to
+        raise CliError(f"folder names that cannot be a person's name: {'; '.join(refused)}",
+                       hint="rename those sub-folders; nothing was enrolled")
     total = sum(len(imgs) if max_per_person is None else min(len(imgs), max_per_person)
                 for _, imgs in plan)
     recognizer = box(ctx).recognizer()

@@ -4,7 +4,8 @@
 ``files`` (the private data directory, the database file and its schema, PNG crops),
 ``snapshot`` (an immutable in-memory copy a serving engine matches against) and
 ``match`` (the one pure matching rule both use: best cosine score over a person's
-embeddings, named only at or above the threshold).
+embeddings, named only at or above the threshold) and ``names`` (what a person's name
+may contain: no control or text-direction characters, whichever way it comes in).
 
 May import: edge.errors.
 """

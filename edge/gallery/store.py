@@ -36,6 +36,7 @@ from edge.gallery.files import (
     open_database,
 )
 from edge.gallery.match import EMBEDDING_DIM, Match, match, normalised
+from edge.gallery.names import check_name
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +153,9 @@ class Gallery:
         sources: Sequence[str | None] | None = None,
     ) -> int:
         """Add crops (and their embeddings) to ``name``, creating the person; return id."""
-        name = name.strip()
-        if not name:
+        if not name.strip():
             raise GalleryError("a person's name cannot be empty")
+        name = check_name(name)  # every way in: kiosk, CLI, anything later
         vectors = _normalised(embeddings)
         if len(crops) != len(vectors):
             raise GalleryError(f"{len(crops)} crops but {len(vectors)} embeddings")

@@ -25,15 +25,22 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge.errors import FedFaceError
+from edge.gallery.names import NameRejected, check_name
 from edge.gallery.store import Gallery, GalleryError
-from edge.kiosk.quality import ShotVerdict, decode_upload, judge_faces, sharpness
+from edge.kiosk.quality import (
+    ShotVerdict,
+    UploadRefused,
+    check_upload,
+    decode_upload,
+    judge_faces,
+    sharpness,
+)
 from edge.kiosk.settings import KioskSettings
 from edge.kiosk.worker import LiveFrame, RecognitionWorker
 from edge.vision.pipeline import FacePipeline
 
 log = logging.getLogger(__name__)
 
-MAX_NAME_LENGTH = 64
 MAX_PENDING = 20
 SHOT_MAX_AGE_S = 1.0  # a shot uses a frame at most this old (cameras deliver 10-30 fps)
 
@@ -55,14 +62,11 @@ class DuplicateFace(EnrolmentRejected):
 
 
 def clean_name(raw: str) -> str:
-    name = " ".join(raw.split())
-    if not name:
-        raise EnrolmentRejected("Enter the person's name.")
-    if len(name) > MAX_NAME_LENGTH:
-        raise EnrolmentRejected(f"The name is too long (at most {MAX_NAME_LENGTH} characters).")
-    if any(ord(c) < 32 for c in name):
-        raise EnrolmentRejected("The name contains control characters.")
-    return name
+    """The gallery's name rule (``edge.gallery.names``), its refusal as a staff message."""
+    try:
+        return check_name(raw)
+    except NameRejected as exc:
+        raise EnrolmentRejected(str(exc)) from None
 
 
 @dataclass
@@ -237,20 +241,30 @@ class EnrolmentDesk:
         if len(files) > self.settings.max_upload_photos:
             raise EnrolmentRejected(f"At most {self.settings.max_upload_photos} photos per "
                                     "upload.")
+        # every header first: a photo over the pixel cap is refused before any is decoded
+        try:
+            for filename, data in files:
+                check_upload(data, self.settings.max_upload_pixels, filename)
+        except UploadRefused as exc:
+            raise EnrolmentRejected(f"{exc} Nothing was stored.") from None
         crops = []
         for filename, data in files:
-            image = decode_upload(data)
-            if image is None:
-                raise EnrolmentRejected(f"{filename} is not an image (use a JPEG or PNG "
-                                        "photo). Nothing was stored.")
-            with self._upload_lock:
+            with self._upload_lock:  # one decoded photo (up to 120 MB at 40 MP) at a time
+                image = self._decode(filename, data)
                 faces = self.upload_pipeline.process(image)
+                del image
             verdict = judge_faces(faces, self.settings.min_face_px, self.settings.min_sharpness,
                                   single_face=False)
             if not verdict.ok or verdict.face is None:
                 raise EnrolmentRejected(f"{filename}: {verdict.message} Nothing was stored.")
             crops.append(verdict.face.crop)
         return self._store(name, crops, [f"kiosk upload {f}" for f, _ in files])
+
+    def _decode(self, filename: str, data: bytes) -> np.ndarray:
+        try:
+            return decode_upload(data, self.settings.max_upload_pixels, filename)
+        except UploadRefused as exc:
+            raise EnrolmentRejected(f"{exc} Nothing was stored.") from None
 
     # --- both ---------------------------------------------------------------------------
 

@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from edge.errors import ImageReadError
+from edge.vision.image_header import ImageTooLarge, check_header, decode_image
 from edge.vision.pipeline import RecognisedFace
+
+
+class UploadRefused(ValueError):
+    """An uploaded photo that is not used; the message is shown to the staff."""
 
 
 @dataclass(frozen=True)
@@ -55,14 +61,34 @@ def judge_faces(faces: list[RecognisedFace], min_face_px: int, min_sharpness: fl
                        sharpness=sharp, face_px=size)
 
 
-def decode_upload(data: bytes) -> np.ndarray | None:
-    """BGR image decoded from uploaded bytes, or None if they are not an image.
+def check_upload(data: bytes, max_pixels: int, filename: str) -> None:
+    """``UploadRefused`` (the staff's message) unless the header says the bytes are an
+    image of at most ``max_pixels`` (read before anything is decoded, so a small file
+    that would decode to gigabytes costs nothing: ``edge.vision.image_header``).
 
-    The type is decided by decoding, never by the file name or the declared MIME type.
+    The type is decided by the content, never by the file name or the declared MIME type.
     """
-    if not data:
-        return None
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    if image is None or image.ndim != 3 or min(image.shape[:2]) < 16:
-        return None
-    return np.asarray(image)
+    try:
+        check_header(data, max_pixels, filename)
+    except ImageTooLarge as exc:
+        header = exc.header
+        raise UploadRefused(f"{filename} is {header.width}x{header.height} pixels "
+                            f"({header.pixels / 1e6:.0f} MP); photos of at most "
+                            f"{max_pixels / 1e6:g} MP are accepted. Scale it down and upload "
+                            "it again.") from None
+    except ImageReadError:
+        raise UploadRefused(f"{filename} is not an image (use a JPEG or PNG photo).") from None
+
+
+def decode_upload(data: bytes, max_pixels: int, filename: str) -> np.ndarray:
+    """BGR image decoded from uploaded bytes checked by ``check_upload`` first;
+    ``UploadRefused`` if they cannot be used."""
+    check_upload(data, max_pixels, filename)
+    try:
+        image = decode_image(data, max_pixels, filename)
+    except ImageReadError:
+        raise UploadRefused(f"{filename} is not an image (use a JPEG or PNG photo).") from None
+    if min(image.shape[:2]) < 16:
+        raise UploadRefused(f"{filename} is too small to show a face "
+                            f"({image.shape[1]}x{image.shape[0]} pixels).")
+    return image

@@ -2,7 +2,8 @@
 
 ``capture`` (camera, RTSP, video file, folder of images), ``detect`` (YuNet),
 ``align`` (five-landmark similarity warp), ``embed`` (SFace through ONNX Runtime) and
-``pipeline`` (detect -> align -> embed for one frame, with stage timings).
+``pipeline`` (detect -> align -> embed for one frame, with stage timings) and
+``image_header`` (a photo's size read before it is decoded, and the pixel cap).
 
 May import: edge.errors, models.
 """

@@ -21,6 +21,7 @@ from edge.errors import ImageReadError, NoFaceError
 from edge.vision.align import align_face
 from edge.vision.detect import Face, FaceDetector
 from edge.vision.embed import Embedder
+from edge.vision.image_header import DEFAULT_MAX_PIXELS, decode_image
 from models.registry import model_path, optimised_sface_path
 
 log = logging.getLogger(__name__)
@@ -128,19 +129,19 @@ class FacePipeline:
         return self.embed_image(read_image(path), source=str(path))
 
 
-def read_image(path: Path) -> np.ndarray:
-    """A BGR uint8 image from disk, or ``ImageReadError`` saying why not."""
+def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A BGR uint8 image from disk, or ``ImageReadError`` saying why not.
+
+    Its size is read from the header before decoding and refused over ``max_pixels``
+    (``edge.vision.image_header``): a small file can decode to gigabytes.
+    """
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"image {path} does not exist or is not a file", "check the path")
     try:
-        data = np.fromfile(path, dtype=np.uint8)  # imread cannot report why it failed
+        data = path.read_bytes()  # imread cannot report why it failed
     except OSError as exc:
         raise ImageReadError(f"cannot read {path}: {exc}", "check file permissions") from exc
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise ImageReadError(
-            f"{path} is not an image OpenCV can decode",
-            "use a JPEG or PNG photo (the file may be truncated)",
-        )
-    return image
+    if not data:
+        raise ImageReadError(f"{path} is empty", "use a JPEG or PNG photo")
+    return decode_image(data, max_pixels, str(path))
