@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.kiosk.auth import KIOSK_DIRNAME, kiosk_dir, write_private
+from edge.kiosk.auth import KIOSK_DIRNAME, KioskAuthError, kiosk_dir, write_private
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +195,14 @@ class SessionEnds:
             if len(self._until) > MAX_ENDED:
                 kept = sorted(self._until.items(), key=lambda kv: kv[1])[-MAX_ENDED:]
                 self._until = dict(kept)
-            kiosk_dir(self.path.parent.parent)
-            write_private(self.path, json.dumps(self._until, sort_keys=True).encode())
+            try:
+                kiosk_dir(self.path.parent.parent)
+                write_private(self.path, json.dumps(self._until, sort_keys=True).encode())
+            except KioskAuthError as exc:
+                # the log-out still happens and holds until a restart; a full disk must
+                # not leave the staff logged in
+                log.error("session ended, but not recorded on disk (a restart would "
+                          "forget it): %s", exc)
 
     def ended(self, sid: object) -> bool:
         with self._lock:

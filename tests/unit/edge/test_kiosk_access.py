@@ -156,3 +156,14 @@ def test_a_damaged_ended_sessions_file_is_reported_not_fatal(
     ends.path.write_text("{not json")
     assert not SessionEnds(tmp_path, Clock()).ended("sid-1")
     assert "sessions ended before are forgotten" in caplog.text
+
+
+def test_logout_holds_even_when_it_cannot_be_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ends = SessionEnds(tmp_path, Clock())
+    ends.end("sid-1", 900)
+    ends.path.unlink()
+    ends.path.mkdir()  # the file cannot be replaced now (as on a full or read-only disk)
+    ends.end("sid-2", 900)
+    assert ends.ended("sid-2") and "not recorded on disk" in caplog.text
