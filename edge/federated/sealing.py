@@ -68,6 +68,9 @@ class Sealer:
                 raise ValueError("this round clips updates but the box has no base vector")
             vector, norm = clip_update(vector, base_vector, bounds.clip_norm)
             clip_base = base_vector
+            if norm > bounds.clip_norm:  # worth knowing: a clip below honest steps slows learning
+                log.info("round %d: change %.4g (L2) clipped to the federation's %g",
+                         ann.round, norm, bounds.clip_norm)
             dp_stats["clip_delta_norm"] = norm
         if bounds is not None and n_samples > bounds.max_samples:
             log.info("round %d: %d samples weigh as the federation's cap of %d", ann.round,
