@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from federation.crypto.bounds import Bounds, ResultPolicy
 from federation.crypto.dp import DpConfig
 from federation.errors import MALFORMED, FederationError
 from federation.verdicts import Verdict, from_status, reported
@@ -113,6 +114,7 @@ class RoundAnnounce(_Message):
     # a box with fewer enrolled samples added since its last update sits the round out
     min_new_samples: int = 0
     dp: DpConfig | None = None  # differential privacy the federation asks of every box
+    bounds: Bounds | None = None  # cap on n, clip of the delta (federation.crypto.bounds)
     opened_at: float | None = None
     pinned: bool | None = None  # the base is a version the operator pinned (aggregator.rounds.pins)
     next_round_at: float | None = None  # closed, held back by the schedule until then
@@ -120,6 +122,12 @@ class RoundAnnounce(_Message):
     @property
     def open(self) -> bool:
         return self.state == OPEN
+
+    def result_policy(self) -> ResultPolicy | None:
+        """What boxes check this round's result against (None: the round has no bounds)."""
+        if self.bounds is None:
+            return None
+        return ResultPolicy(float(self.count_scale), self.bounds, self.dp, max(1, self.quorum))
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -130,6 +138,7 @@ class RoundAnnounce(_Message):
             "min_new_samples": self.min_new_samples,
         }
         optional = {"dp": None if self.dp is None else self.dp.to_dict(),
+                    "bounds": None if self.bounds is None else self.bounds.to_dict(),
                     "opened_at": self.opened_at, "pinned": self.pinned,
                     "next_round_at": self.next_round_at}
         body.update((k, v) for k, v in optional.items() if v is not None)
@@ -152,13 +161,16 @@ class RoundAnnounce(_Message):
         # A malformed dp object refuses the announce: a box must never send a non-private
         # update into a round that asked for privacy.
         dp = DpConfig.from_dict(body["dp"]) if body.get("dp") is not None else None
+        # likewise bounds: a box never sends an update over a cap it could not read
+        bounds = Bounds.from_dict(body["bounds"]) if body.get("bounds") is not None else None
         return cls(
             round=_req(body, "round", int, k), base_model=_req(body, "base_model", str, k),
             state=_opt(body, "state", str, k, CLOSED),
             deadline=_req(body, "deadline", _NUMBER, k), quorum=_req(body, "quorum", int, k),
             count_scale=count_scale, chunk_size=_req(body, "chunk_size", int, k),
             part_key=_opt(body, "part_key", str, k, ""), devices=tuple(devices),
-            min_new_samples=min_new, dp=dp, opened_at=_opt(body, "opened_at", _NUMBER, k),
+            min_new_samples=min_new, dp=dp, bounds=bounds,
+            opened_at=_opt(body, "opened_at", _NUMBER, k),
             pinned=_opt(body, "pinned", bool, k),
             next_round_at=_opt(body, "next_round_at", _NUMBER, k),
         )
@@ -271,6 +283,7 @@ class ModelPointer(_Message):
     result_topic: str = ""
     republished: bool = False
     for_round: int | None = None
+    policy: ResultPolicy | None = None  # the round's bounds, checked by every box
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -283,6 +296,8 @@ class ModelPointer(_Message):
             body["republished"] = True
         if self.for_round is not None:
             body["for_round"] = self.for_round
+        if self.policy is not None:
+            body["policy"] = self.policy.to_dict()
         return body
 
     @classmethod
@@ -298,6 +313,8 @@ class ModelPointer(_Message):
             result_topic=_opt(body, "result_topic", str, k, ""),
             republished=_opt(body, "republished", bool, k, False),
             for_round=_opt(body, "for_round", int, k),
+            policy=(ResultPolicy.from_dict(body["policy"]) if body.get("policy") is not None
+                    else None),
         )
 
 

@@ -31,6 +31,7 @@ from aggregator.rounds.coordinator import RoundSettings
 from aggregator.rounds.schedule import DailyWindow, RoundSchedule
 from aggregator.state.config import load_config
 from aggregator.state.store import Store, StoreError
+from federation.crypto.bounds import DEFAULT_MAX_SAMPLES, Bounds
 from federation.crypto.ckks import DEFAULT_PARAMS, CkksParams
 from federation.crypto.keys import create_federation_keys
 from federation.verdicts import Verdict
@@ -135,6 +136,12 @@ def serve(
         "root's CA (default: --cert-file)")] = None,
     root_key_file: Annotated[Path | None, typer.Option(
         help="its private key (with --root-cert-file)")] = None,
+    max_samples: Annotated[int, typer.Option(
+        min=0, help="bounds: the most samples one box's update may weigh (boxes clamp "
+        "their n to it and refuse a result over k x it; 0: no bounds)")] = DEFAULT_MAX_SAMPLES,
+    clip_norm: Annotated[float, typer.Option(
+        min=0.0, help="bounds: L2 clip of each box's change to the round's base (boxes "
+        "refuse a result that moves it further; 0: no clip)")] = 0.0,
     dp_clip: Annotated[float, typer.Option(help="DP: L2 clip of each box's delta")] = 0.0,
     dp_noise: Annotated[float, typer.Option(help="DP: Gaussian noise multiplier z")] = 0.0,
     dp_delta: Annotated[float, typer.Option(help="DP: delta of the reported epsilon")] = 1e-5,
@@ -155,8 +162,11 @@ def serve(
     dp = regional_cli.dp_settings(dp_clip, dp_noise, dp_delta, dp_mode)
     schedule = RoundSchedule(round_interval,
                              DailyWindow.parse(round_window) if round_window else None)
+    bounds = Bounds(max_samples, clip_norm or None) if max_samples else None
+    if bounds is None and clip_norm:
+        raise typer.BadParameter("--clip-norm needs --max-samples > 0 (they are one policy)")
     settings = RoundSettings(round_deadline, quorum, cfg.count_scale, cfg.part_key, chunk_size,
-                             max_extensions, dp, schedule, min_new_samples)
+                             max_extensions, dp, schedule, min_new_samples, bounds)
     limiter = regional_cli.rate_limiter(rate_limit_msgs, rate_limit_mib)
     # checked before connecting anywhere: a bad option fails fast, with nothing to undo
     root_tls = regional_cli.root_link_tls(_tls(ca_file, cert_file, key_file), root_ca_file,
@@ -168,6 +178,10 @@ def serve(
     )
     logging.getLogger("aggregator").info("round schedule: %s; min new samples per box %d",
                                          schedule.describe(), min_new_samples)
+    logging.getLogger("aggregator").info(
+        "bounds: %s", "off (no cap on a box's weight)" if bounds is None else
+        f"n capped at {bounds.max_samples} per update, delta clipped to "
+        f"{bounds.clip_norm if bounds.clip_norm else 'no'} L2")
     if dp is not None:
         logging.getLogger("aggregator").info("%s", regional_cli.describe_dp(dp))
     links = [transport]

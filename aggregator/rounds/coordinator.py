@@ -39,6 +39,7 @@ from aggregator.state.db import RoundRow
 from aggregator.state.registry import DeviceRegistry
 from aggregator.state.store import AcceptedUpdate, Store
 from federation import errors
+from federation.crypto.bounds import Bounds
 from federation.crypto.dp import DpConfig
 from federation.crypto.packing import DEFAULT_COUNT_SCALE
 from federation.messages import CLOSED, OPEN, RoundAnnounce
@@ -61,6 +62,9 @@ class RoundSettings:
     dp: DpConfig | None = None  # differential privacy every box applies (federation.crypto.dp)
     schedule: RoundSchedule = field(default_factory=RoundSchedule)  # when rounds may open
     min_new_samples: int = 0  # announced: boxes with fewer new samples sit the round out
+    # announced: the cap on a box's n and the clip of its delta, which every box checks
+    # the decrypted result against (federation.crypto.bounds); None: no bounds
+    bounds: Bounds | None = None
 
     def __post_init__(self) -> None:
         if self.min_new_samples < 0:
@@ -168,7 +172,8 @@ class Coordinator:
             round=round_no, base_model=base, state=OPEN, deadline=deadline, quorum=s.quorum,
             count_scale=s.count_scale, chunk_size=s.chunk_size, part_key=s.part_key,
             devices=tuple(sorted(self.registry.active_ids())),
-            min_new_samples=s.min_new_samples, dp=s.dp, opened_at=now, pinned=pinned,
+            min_new_samples=s.min_new_samples, dp=s.dp, bounds=s.bounds, opened_at=now,
+            pinned=pinned,
         )
 
     # --- updates ----------------------------------------------------------------------
@@ -349,7 +354,7 @@ class Coordinator:
     def _result_event(self, row: RoundRow) -> ResultReady:
         assert row.sum_blob is not None and row.result_model is not None
         return ResultReady(row.round, row.result_model, row.base_model, row.sum_blob,
-                           self.store.contributors(row.round))
+                           self.store.contributors(row.round), announce_of(row).result_policy())
 
     def result_published(
         self, round_no: int, sha256: str, size: int, chunks: int, msg_id: str, open_next: bool

@@ -33,6 +33,7 @@ from aggregator.rounds.publisher import Publisher
 from aggregator.rounds.records import ResultReady
 from aggregator.state.db import RoundRow
 from aggregator.state.store import Store, StoreError
+from federation.messages import RoundAnnounce
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +166,9 @@ def republish_base(store: Store, publisher: Publisher, base: str, opening_round:
         raise StoreError(f"round {row.round} is published but has no result blob")
     blob = store.read_blob(row.sum_blob)
     msg = hashlib.sha256(f"{row.result_sha256}:{opening_round}".encode()).hexdigest()[:32]
+    policy = RoundAnnounce.from_dict(row.announce).result_policy()  # the round's own
     event = ResultReady(row.round, row.result_model, row.base_model, row.sum_blob,
-                        store.contributors(row.round))
+                        store.contributors(row.round), policy)
     publisher.result(event, blob, retained, msg=msg, for_round=opening_round)
     set_retained(store, row.round)
     log.info("re-published the result of round %d (%s) as the base of round %d",

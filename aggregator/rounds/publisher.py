@@ -116,7 +116,7 @@ class Publisher:
             blob_size=len(blob), chunks=len(envs), base_model=event.base_model,
             contributors=len(event.contributors), chunk_size=self.chunk_size,
             result_topic=topics.result_filter(self.fed_id, event.round),
-            republished=for_round is not None, for_round=for_round,
+            republished=for_round is not None, for_round=for_round, policy=event.policy,
         )
         self.send(topics.model_latest(self.fed_id), "result", pointer, event.round, event.model,
                   True, confirm=True)

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from federation.crypto.bounds import ResultPolicy
 from federation.messages import Ack, RoundAnnounce
 
 # Bytes of an update's head read in the service process: enough for the packing header
@@ -80,6 +81,7 @@ class ResultReady:
     base_model: str
     sum_blob: str
     contributors: list[str] = field(default_factory=list)
+    policy: ResultPolicy | None = None  # the round's bounds, for the boxes to check
 
 
 Event = Announce | ResultReady

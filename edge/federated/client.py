@@ -40,6 +40,7 @@ from edge.federated.api import (
     ModelSink,
     TransportFactory,
 )
+from edge.federated.high_water import HighWaterMark
 from edge.federated.joining import RoundJoiner
 from edge.federated.outbox import Outbox
 from edge.federated.result_apply import ResultApplier
@@ -118,7 +119,8 @@ class FederationClient:
             context, self.part, sink, self.verdicts, self.events,
             version=config.initial_model, vector=base_vector,
             max_relative_change=config.max_relative_change, verify=self._verify,
-            publish_status=self._publish_status, applied=lambda: self._rounds.maybe_join())
+            publish_status=self._publish_status, applied=lambda: self._rounds.maybe_join(),
+            mark=HighWaterMark(self.state_dir))
         self._rounds = RoundJoiner(  # whether to join a round, and its training job
             config, self.part, self._sealer, self.sender, self._results,
             samples if samples is not None else find_sample_source(sink), self.verdicts,

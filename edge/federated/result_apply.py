@@ -5,9 +5,12 @@ result replaces it.
 pretrained part at first, or what the model sink serves after a restart). The client's
 worker hands it every verified model pointer and every result chunk: a pointer to a
 model the box does not have (and of the part it trains) is fetched
-(``edge.federated.result_fetch``); the complete blob is decrypted
-(``federation.crypto.packing.decrypt_average``), checked
-(``edge.federated.sealing.check_average``) and handed to the ``ModelSink``, and what
+(``edge.federated.result_fetch``) unless it is not newer than the newest result the
+box accepted (``edge.federated.high_water``: a replayed old round is refused as
+``stale_round``, across restarts); the complete blob is decrypted and checked against
+the round's bounds (``federation.crypto.packing.decrypt_within_bounds``: cap on the
+count, clip of the change) and for plausibility (``edge.federated.sealing.check_average``)
+BEFORE the canary, and handed to the ``ModelSink``, and what
 became of it is recorded (``edge.federated.verdicts``), published in the box's status
 and reported as a client event. A refused result keeps the old model. Kept apart from
 the round loop (``edge.federated.client``), which only decides when to call it.
@@ -22,11 +25,12 @@ from collections.abc import Callable
 import numpy as np
 
 from edge.federated.api import ClientEvents, ModelSink
+from edge.federated.high_water import STALE_ROUND, HighWaterMark
 from edge.federated.result_fetch import ResultFetcher
 from edge.federated.sealing import check_average
 from edge.federated.verdicts import RoundVerdicts
 from federation.crypto.ckks import FederationContext
-from federation.crypto.packing import EncryptedUpdate, decrypt_average
+from federation.crypto.packing import EncryptedUpdate, decrypt_within_bounds
 from federation.envelope import Envelope
 from federation.errors import FederationError
 from federation.messages import ModelPointer
@@ -40,7 +44,7 @@ class ResultApplier:
                  sink: ModelSink, verdicts: RoundVerdicts, events: ClientEvents, *,
                  version: str, vector: np.ndarray, max_relative_change: float,
                  verify: Callable[[Envelope, str], None], publish_status: Callable[[], None],
-                 applied: Callable[[], None]) -> None:
+                 applied: Callable[[], None], mark: HighWaterMark | None = None) -> None:
         base = np.asarray(vector, dtype=np.float32).ravel()
         if base.size != part.size:
             raise ValueError(f"base vector has {base.size} values, part {part.key} has "
@@ -57,6 +61,7 @@ class ResultApplier:
         self._verify = verify  # the client's: the aggregator's signature, this federation
         self._publish_status = publish_status
         self._applied = applied  # the client: a round based on the new model may be joined
+        self.mark = mark  # the newest result accepted (None: no monotonic check)
 
     def resume(self) -> None:
         """Resume on what the box serves (its model versions), if the sink says."""
@@ -64,6 +69,8 @@ class ResultApplier:
         if served is not None:
             self.version, self.vector = served
             log.info("resuming on federated model %s", self.version)
+        if self.mark is not None:
+            self.mark.observe_served(self.version)
 
     def follow(self, pointer: ModelPointer, announced_part: str | None) -> None:
         """A verified model pointer: fetch its result unless the box has that model or
@@ -74,7 +81,21 @@ class ResultApplier:
             log.warning("result %s not fetched: the federation trains part %s, this box %s",
                         pointer.model, announced_part, self.part.key)
             return
+        try:
+            if self.mark is not None:
+                self.mark.check(pointer)
+        except FederationError as exc:
+            self._refused_replay(pointer, exc)
+            return
         self.fetcher.want(pointer)
+
+    def _refused_replay(self, pointer: ModelPointer, exc: FederationError) -> None:
+        # No verdict: a replay says nothing about that round (its verdict stands).
+        self.events.count(exc.reason)
+        log.warning("result of round %d NOT fetched (%s): %s; keeping model %s",
+                    pointer.round, exc.reason, exc.message, self.version)
+        self.events.emit("result_rejected", pointer.round, {"reason": exc.reason,
+                                                            "detail": exc.message})
 
     def add_chunk(self, env: Envelope) -> None:
         if not self.fetcher.is_wanted(env):
@@ -87,6 +108,9 @@ class ResultApplier:
         try:
             self._apply(wanted, blob)
         except FederationError as exc:
+            if exc.reason == STALE_ROUND:  # overtaken while its chunks came in
+                self._refused_replay(wanted, exc)
+                return
             self.events.count("result_rejected")
             log.error("result of round %d NOT applied (%s): %s; keeping model %s",
                       wanted.round, exc.reason, exc.message, self.version)
@@ -99,9 +123,14 @@ class ResultApplier:
             self._publish_status()  # the sink's refusal shows in the retained status
 
     def _apply(self, pointer: ModelPointer, blob: bytes) -> None:
+        if self.mark is not None:
+            self.mark.check(pointer)
         t0 = time.perf_counter()
         summed = EncryptedUpdate.from_bytes(blob, self.context)
-        average = decrypt_average(self.context, summed)
+        # the round's bounds, which the aggregator cannot check: the change only when the
+        # box holds the result's base (a box joining late checks the count alone)
+        base = self.vector if pointer.base_model == self.version else None
+        average = decrypt_within_bounds(self.context, summed, pointer.policy, base)
         decrypt_s = time.perf_counter() - t0
         check_average(average, self.vector, self.part, self.max_relative_change)
         t1 = time.perf_counter()
@@ -109,6 +138,8 @@ class ResultApplier:
         # crash before its commit leaves the old version served, and the retained
         # result is fetched and applied again after the restart.
         self.sink.apply(pointer.model, average)
+        if self.mark is not None:
+            self.mark.advance(pointer)
         swap_s = time.perf_counter() - t1
         previous = self.version
         self.version, self.vector = pointer.model, average

@@ -21,6 +21,7 @@ from edge.errors import ResultRejected
 from edge.federated.outbox import Outbox, PendingUpdate
 from edge.training.api import LocalTrainer
 from federation.chunking import split_blob
+from federation.crypto.bounds import clip_update
 from federation.crypto.ckks import FederationContext
 from federation.crypto.dp import PrivacyLedger, epsilon, privatize
 from federation.crypto.packing import encrypt_update
@@ -57,11 +58,27 @@ class Sealer:
                              "finite values")
         n_samples = int(update.n_samples)
         dp_stats: dict[str, Any] = {}
+        bounds, clip_base = ann.bounds, None
         if ann.dp is not None:
             vector, n_samples, dp_stats = self._privatize(ann, vector, base_vector)
+        elif bounds is not None and bounds.clip_norm is not None:
+            # the federation's bounds (federation.crypto.bounds): every box's change is
+            # clipped, so one box cannot move the average further than the clip
+            if base_vector is None:
+                raise ValueError("this round clips updates but the box has no base vector")
+            vector, norm = clip_update(vector, base_vector, bounds.clip_norm)
+            clip_base = base_vector
+            if norm > bounds.clip_norm:  # worth knowing: a clip below honest steps slows learning
+                log.info("round %d: change %.4g (L2) clipped to the federation's %g",
+                         ann.round, norm, bounds.clip_norm)
+            dp_stats["clip_delta_norm"] = norm
+        if bounds is not None and n_samples > bounds.max_samples:
+            log.info("round %d: %d samples weigh as the federation's cap of %d", ann.round,
+                     n_samples, bounds.max_samples)
+            n_samples = bounds.capped(n_samples)
         t0 = time.perf_counter()
         encrypted = encrypt_update(self.context, vector, n_samples,
-                                   count_scale=ann.count_scale)
+                                   count_scale=ann.count_scale, bounds=bounds, base=clip_base)
         blob = encrypted.to_bytes()
         encrypt_s = time.perf_counter() - t0
         envelopes = split_blob(
@@ -86,7 +103,10 @@ class Sealer:
         ledger = load_ledger(self.ledger_path)
         ledger.spend(ann.round, ann.dp)
         write_atomic(self.ledger_path, json.dumps(ledger.to_json()).encode(), mode=0o600)
-        noisy, norm = privatize(vector, base, ann.dp, ann.quorum)
+        # under the federation's bounds, the smaller of the two clips (the noise scales
+        # with it, so epsilon is unchanged)
+        dp = ann.dp if ann.bounds is None else ann.bounds.dp_within(ann.dp)
+        noisy, norm = privatize(vector, base, dp, ann.quorum)
         report = ledger.report()
         log.info("round %d: DP update (%s, clip %g, noise multiplier %g, delta norm %.3g): "
                  "epsilon %.2f this round, %.2f in total over %d round(s) at delta %g (%s)",

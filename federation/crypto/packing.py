@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import tenseal as ts
 
+from federation.crypto.bounds import Bounds, ResultPolicy, check_change, check_sums, check_update
 from federation.crypto.ckks import FederationContext, require_secret
 from federation.errors import CANNOT_ENCRYPT, MALFORMED, OUT_OF_RANGE, WRONG_KEY, FederationError
 
@@ -170,12 +171,16 @@ def encrypt_update(
     count_scale: float = DEFAULT_COUNT_SCALE,
     *,
     headroom: int = DEFAULT_HEADROOM,
+    bounds: Bounds | None = None,
+    base: np.ndarray | None = None,
 ) -> EncryptedUpdate:
     """Encrypt ``c*n*w`` and ``c*n`` (c = 1/count_scale) for one box's update.
 
-    Raises ``ValueError`` for bad arguments (non-finite weights, n < 1) and
+    Raises ``ValueError`` for bad arguments (non-finite weights, n < 1),
     ``FederationError(out_of_range)`` when the update would use more than 1/headroom of
-    the CKKS value range (see the module docstring).
+    the CKKS value range (see the module docstring), and ``count_over_cap`` /
+    ``change_over_clip`` when it breaks the federation's ``bounds`` (the clip is checked
+    against ``base``, the round's base weights, when given).
     """
     w = np.asarray(weights)
     if w.ndim != 1 or w.size == 0:
@@ -188,6 +193,8 @@ def encrypt_update(
         raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
     if not count_scale > 0:
         raise ValueError(f"count_scale must be positive, got {count_scale}")
+    if bounds is not None:
+        check_update(w, int(n_samples), bounds, base)
     c_n = float(n_samples) / float(count_scale)
     peak = c_n * max(float(np.max(np.abs(w))), 1.0)
     budget = ctx.params.value_bound / headroom
@@ -303,6 +310,16 @@ def decrypt_sums(ctx: FederationContext, summed: EncryptedUpdate) -> tuple[np.nd
 
 def decrypt_average(ctx: FederationContext, summed: EncryptedUpdate) -> np.ndarray:
     """Weighted FedAvg from the two decrypted sums: sum(c n_i w_i) / sum(c n_i), float32."""
+    return decrypt_within_bounds(ctx, summed, None, None)
+
+
+def decrypt_within_bounds(ctx: FederationContext, summed: EncryptedUpdate,
+                          policy: ResultPolicy | None, base: np.ndarray | None) -> np.ndarray:
+    """Decrypt a round's sum and divide, refusing it if it breaks the round's bounds
+    (``federation.crypto.bounds``: ``count_over_cap``, ``count_under_floor``,
+    ``change_over_clip``). ``policy`` None: a round without bounds (an older aggregator,
+    or the policy off): the count is only checked for range. ``base`` None: the box
+    does not hold the round's base (it joins late), so only the count is checked."""
     weighted, count = decrypt_sums(ctx, summed)
     bound = ctx.params.value_bound
     # A sum of at least one update has c*n >= 1/count_scale > 0; a non-positive or
@@ -313,9 +330,13 @@ def decrypt_average(ctx: FederationContext, summed: EncryptedUpdate) -> np.ndarr
             f"decrypted sample count {count!r} is not in (0, {bound}): the sum overflowed "
             "the CKKS range or was encrypted under another key",
         )
+    if policy is not None:
+        check_sums(count, summed.n_updates, policy)
     avg = weighted / count
     if not np.all(np.isfinite(avg)):
         raise FederationError(OUT_OF_RANGE, "decrypted average is not finite")
+    if policy is not None and base is not None:
+        check_change(avg, base, policy, summed.n_updates, count)
     return avg.astype(np.float32)
 
 
