@@ -109,5 +109,9 @@ def create_federation_keys(
     ctx = new_secret_context(params)
     save_secret_context(secret_path, ctx, overwrite=overwrite)
     save_public_context(public_path, ctx, overwrite=overwrite)
+    # the key holder's signing key: boxes trust a later key epoch only if it signed it
+    from federation.crypto.epochs import load_or_create_keyholder_key
+
+    load_or_create_keyholder_key(out_dir)
     log.info("created federation keys %s in %s", ctx.key_id, out_dir)
     return FederationKeyFiles(secret_path, public_path, ctx.key_id, params)
