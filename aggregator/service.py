@@ -62,6 +62,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -78,6 +79,7 @@ from aggregator.intake.shards import IntakeShards
 from aggregator.intake.spool import DiskReassembler
 from aggregator.rounds.accumulator import AccumulatorFactory, CkksAccumulatorFactory
 from aggregator.rounds.coordinator import UNAVAILABLE, Coordinator, RoundSettings
+from aggregator.rounds.epochs import relay_sealed
 from aggregator.rounds.events import ResultForwarder, RoundEventHandler
 from aggregator.rounds.publisher import Publisher, ack_for
 from aggregator.rounds.records import Decision, Submission
@@ -157,7 +159,9 @@ class AggregatorService:
         self.fed_id = fed_id
         self.aggregator_id = aggregator_id
         self.signing_key = signing_key
-        self.settings = settings or RoundSettings()
+        # rounds announce the key (epoch) updates must be encrypted under
+        self.settings = replace(settings or RoundSettings(), key_id=context.key_id,
+                                key_epoch=context.epoch)
         self.registry = DeviceRegistry(store)
         self.coordinator = Coordinator(
             store,
@@ -226,6 +230,8 @@ class AggregatorService:
                 self.intake_shards = None
         if self.max_rounds == 0:
             self.finished.set()
+        # the current key epoch's sealed bundles (aggregator.rounds.epochs), before rounds
+        relay_sealed(self.publisher, self.store, self.settings.key_id)
         self.events.handle(self.coordinator.start(open_round=not self.finished.is_set()))
 
     def pump(self, timeout: float = 0.0) -> int:

@@ -116,6 +116,10 @@ class RoundAnnounce(_Message):
     opened_at: float | None = None
     pinned: bool | None = None  # the base is a version the operator pinned (aggregator.rounds.pins)
     next_round_at: float | None = None  # closed, held back by the schedule until then
+    # the CKKS key (federation.crypto.epochs) updates must be encrypted under, and its
+    # epoch; absent ("", 0): an aggregator from before key epochs
+    key_id: str = ""
+    key_epoch: int = 0
 
     @property
     def open(self) -> bool:
@@ -131,7 +135,8 @@ class RoundAnnounce(_Message):
         }
         optional = {"dp": None if self.dp is None else self.dp.to_dict(),
                     "opened_at": self.opened_at, "pinned": self.pinned,
-                    "next_round_at": self.next_round_at}
+                    "next_round_at": self.next_round_at,
+                    "key_id": self.key_id or None, "key_epoch": self.key_epoch or None}
         body.update((k, v) for k, v in optional.items() if v is not None)
         return body
 
@@ -161,7 +166,15 @@ class RoundAnnounce(_Message):
             min_new_samples=min_new, dp=dp, opened_at=_opt(body, "opened_at", _NUMBER, k),
             pinned=_opt(body, "pinned", bool, k),
             next_round_at=_opt(body, "next_round_at", _NUMBER, k),
+            key_id=_opt(body, "key_id", str, k, ""), key_epoch=_key_epoch(body),
         )
+
+
+def _key_epoch(body: Mapping[str, Any]) -> int:
+    epoch = _opt(body, "key_epoch", int, RoundAnnounce.KIND, 0)
+    if epoch < 0:
+        raise FederationError(MALFORMED, f"announce key_epoch {epoch!r} is negative")
+    return int(epoch)
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,22 @@ from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from federation.crypto.ckks import FederationContext, load_context, require_secret
-from federation.crypto.key_files import read_secret_file, write_secret_file
+from federation.crypto.ckks import (
+    FederationContext,
+    load_context,
+    new_secret_context,
+    public_context_bytes,
+    require_secret,
+)
+from federation.crypto.ckks import secret_context_bytes as secret_bytes_of
+from federation.crypto.key_files import read_secret_file, write_public_file, write_secret_file
+from federation.crypto.keys import (
+    PUBLIC_CONTEXT_NAME,
+    SECRET_CONTEXT_NAME,
+    load_or_create_keyholder_key,
+    load_secret_context,
+)
+from federation.crypto.signing import public_key_from_hex
 from federation.errors import BAD_SIGNATURE, KEY_FILE, MALFORMED, WRONG_KEY, FederationError
 
 MAGIC = b"FFSC"
@@ -54,8 +68,6 @@ _SIG_LEN = 64
 _MAX_HEADER = 4096
 
 EXCHANGE_KEY_NAME = "device-kx.key"
-KEYHOLDER_KEY_NAME = "keyholder.key"
-KEYHOLDER_PUB_NAME = "keyholder.pub"
 # Reasons of this module (stable strings, counted and logged like federation.errors').
 WRONG_RECIPIENT = "wrong_recipient"
 OLD_EPOCH = "old_epoch"
@@ -249,21 +261,6 @@ def read_recipients(data: bytes, fed: str) -> list[Recipient]:
         raise FederationError(MALFORMED, f"recipients file is malformed: {exc}") from None
 
 
-def load_or_create_keyholder_key(keys_dir: Path) -> tuple[Ed25519PrivateKey, bool]:
-    """The key holder's signing key in ``keys_dir`` (created, 0600/0644, if missing)."""
-    from federation.crypto.key_files import (
-        load_or_create_private_key,
-        write_public_key,
-    )
-
-    path = Path(keys_dir) / KEYHOLDER_KEY_NAME
-    created = not path.exists()
-    key = load_or_create_private_key(path)
-    if created or not (Path(keys_dir) / KEYHOLDER_PUB_NAME).exists():
-        write_public_key(Path(keys_dir) / KEYHOLDER_PUB_NAME, key.public_key(), overwrite=True)
-    return key, created
-
-
 @dataclass(frozen=True)
 class Rotation:
     key_id: str
@@ -280,12 +277,6 @@ def rotate_keys(keys_dir: Path, fed: str, recipients: list[Recipient], out_dir: 
     (for the aggregator) and ``out_dir/sealed/<device>.ffsc``, then replace the key
     holder's own secret and public contexts in ``keys_dir``. Nothing in ``keys_dir``
     changes unless every bundle was written."""
-    from federation.crypto.ckks import new_secret_context, public_context_bytes
-    from federation.crypto.ckks import secret_context_bytes as secret_bytes_of
-    from federation.crypto.key_files import write_public_file
-    from federation.crypto.keys import PUBLIC_CONTEXT_NAME, SECRET_CONTEXT_NAME, load_secret_context
-    from federation.crypto.signing import public_key_from_hex
-
     t0 = time.perf_counter()
     keys_dir, out_dir = Path(keys_dir), Path(out_dir)
     current = load_secret_context(keys_dir / SECRET_CONTEXT_NAME)
