@@ -40,6 +40,7 @@ from federation.crypto.epochs import verify_exchange_key
 from federation.crypto.key_bundle import (
     AGGREGATOR_PUB,
     CA_CERT,
+    KEYHOLDER_PUB,
     SECRET_CONTEXT,
     KeyBundle,
     seal_bundle,
@@ -63,6 +64,11 @@ def create_key_bundle(secret_context: Path, aggregator_pub: Path, ca_cert: Path,
     ctx = load_secret_context(secret_context)  # refuses a public-only or too-open file
     files = {SECRET_CONTEXT: Path(secret_context).read_bytes(),
              AGGREGATOR_PUB: Path(aggregator_pub).read_bytes(), CA_CERT: Path(ca_cert).read_bytes()}
+    # the key holder's public key (``keys create`` wrote it beside the secret context):
+    # boxes accept a later key epoch only if that key signed it
+    keyholder = Path(secret_context).parent / KEYHOLDER_PUB
+    if keyholder.is_file():
+        files[KEYHOLDER_PUB] = keyholder.read_bytes()
     bundle = KeyBundle(fed_id=fed, key_id=ctx.key_id, params=ctx.params.to_dict(),
                        aggregator_id=aggregator_id, broker_url=broker_url, files=files)
     return seal_bundle(bundle, passphrase)

@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from federation.crypto.ckks import FederationContext, secret_context_bytes
-from federation.crypto.epochs import open_context, read_header
-from federation.crypto.keys import write_secret_file
+from federation.crypto.epochs import EXCHANGE_KEY_NAME, open_context, read_exchange_key, read_header
+from federation.crypto.keys import KEYHOLDER_PUB_NAME, read_public_key, write_secret_file
 
 log = logging.getLogger(__name__)
 
@@ -50,3 +50,19 @@ class EpochKeys:
         log.warning("key epoch %d installed: federation key %s replaces %s (epoch %d)",
                     ctx.epoch, ctx.key_id, current.key_id, current.epoch)
         return ctx
+
+
+def epoch_keys_for(fed_id: str, device_id: str, secret_context: Path) -> EpochKeys | None:
+    """The box's epoch keys, beside its secret context (``keys/``): its exchange key
+    (made by ``provision``) and the key holder's public key (from the key bundle). None,
+    said once in the log, when either is missing: the box cannot take a new epoch and
+    sits out the rounds of one (re-provision it)."""
+    keys_dir = Path(secret_context).parent
+    kx, holder = keys_dir / EXCHANGE_KEY_NAME, keys_dir / KEYHOLDER_PUB_NAME
+    missing = [str(p) for p in (kx, holder) if not p.exists()]
+    if missing:
+        log.warning("this box cannot take a new federation key epoch (missing %s): after a "
+                    "key rotation it sits out until re-provisioned", ", ".join(missing))
+        return None
+    return EpochKeys(fed_id, device_id, read_exchange_key(kx), read_public_key(holder),
+                     Path(secret_context))
