@@ -46,7 +46,8 @@ def devices_recipients(
 @one_line_errors
 def keys_rotate(
     keys: Annotated[Path, Opt("--keys", help="the key holder's keys dir (from `keys create`)")],
-    recipients: Annotated[Path, Opt("--recipients", help="from `devices recipients`")],
+    recipients: Annotated[list[Path], Opt(
+        "--recipients", help="from `devices recipients` (repeatable: a root and its regions)")],
     fed: Annotated[str, Opt("--fed", help="federation id")],
     out: Annotated[Path, Opt("--out", help="directory for the new epoch (to the operator)")],
     exclude: Annotated[list[str] | None, Opt(
@@ -57,7 +58,7 @@ def keys_rotate(
     the operator (`keys install`), the secret stays here."""
     from federation.crypto.epochs import read_recipients, rotate_keys
 
-    chosen = read_recipients(recipients.read_bytes(), fed)
+    chosen = [r for path in recipients for r in read_recipients(path.read_bytes(), fed)]
     rot = rotate_keys(keys, fed, chosen, out, exclude=frozenset(exclude or ()))
     typer.echo(f"key epoch {rot.epoch}: key id {rot.key_id} ({rot.seconds:.2f} s)")
     for device, path in sorted(rot.sealed.items()):
