@@ -29,7 +29,8 @@ JSON bodies are one-chunk blobs):
   {round, base_model, state: open|closed, opened_at, deadline (unix s), quorum,
   count_scale, part_key, chunk_size, devices, pinned (the base is the operator's pinned
   version, aggregator.rounds.pins), min_new_samples (a box with fewer new enrolled samples
-  since its last update sits the round out)}. Re-published with a later deadline on an
+  since its last update sits the round out), key_id and key_epoch (the CKKS key updates
+  must be encrypted under, aggregator.rounds.epochs)}. Re-published with a later deadline on an
   extension; a failed round is followed by an announce of round r+1, same base. While the
   operator's schedule holds the next round back (aggregator.rounds.schedule), the latest round
   is announced with state closed and next_round_at (unix s).
@@ -43,6 +44,8 @@ JSON bodies are one-chunk blobs):
 - ``result/<r>/<i>`` (retained, kind result, model = result version ``round-<r>``):
   chunks of the summed EncryptedUpdate (self-contained: decrypt_average gives the
   federated weights). Only one result stays retained: the latest, or the pinned base.
+- ``key/<device>`` (retained, kind key, round = key epoch): the current key epoch
+  sealed to that device by the key holder, relayed at start (aggregator.rounds.epochs).
 - ``model/latest`` (retained, kind result): JSON {round, model, base_model, msg,
   blob_sha256, blob_size, chunks, chunk_size, contributors, result_topic}; published
   after every result chunk, confirmed by the broker before the round is marked

@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 def fail_if_old_key(store: Store, row: RoundRow, was_key: str, key_id: str, epoch: int,
                     now: float) -> bool:
     """Fail the open round ``row`` if it was announced under a key other than ``key_id``."""
-    if not key_id or was_key in ("", key_id):
+    # an announce without key_id is from before key epochs: epoch 0's key
+    if not key_id or was_key == key_id or (not was_key and epoch == 0):
         return False
     store.update_round(row.round, status="failed", closed_at=now, close_reason="key rotated")
     store.drop_accepted(row.round)
