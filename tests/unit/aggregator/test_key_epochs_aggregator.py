@@ -94,3 +94,24 @@ def test_rotation_fails_the_old_round_relays_bundles_and_announces_the_new_key(
                            keyholder=holder, after_epoch=0)
         assert ctx.key_id == rot.key_id
     store.close()
+
+
+def test_an_exchange_key_its_device_key_did_not_sign_is_refused_before_anything_is_added(
+        tmp_path: Path) -> None:
+    from aggregator.state.registry import RegistryError
+    from federation.crypto.signing import generate_signing_key, public_key_hex
+
+    store = Store(tmp_path)
+    registry = DeviceRegistry(store)
+    device, other = generate_signing_key(), generate_signing_key()
+    kx = exchange_public_hex(generate_exchange_key())
+    for signer, fed, dev in ((other, FED, "box-x"), (device, "other-fed", "box-x"),
+                             (device, FED, "box-y")):
+        with pytest.raises(RegistryError, match="not signed"):
+            registry.add("box-x", bytes.fromhex(public_key_hex(device)), fed=FED,
+                         exchange=(kx, sign_exchange_key(signer, fed, dev, kx)))
+        assert registry.get("box-x") is None
+    registry.add("box-x", bytes.fromhex(public_key_hex(device)), fed=FED,
+                 exchange=(kx, sign_exchange_key(device, FED, "box-x", kx)))
+    assert registry.recipients()[0][0]["exchange_key"] == kx
+    store.close()
