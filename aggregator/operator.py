@@ -36,9 +36,11 @@ from aggregator.pki.live import cut_live_session
 from aggregator.state.config import AggregatorConfig, PkiConfig
 from aggregator.state.registry import DeviceRegistry, RegistryError, validate_device_id
 from aggregator.state.store import Store
+from federation.crypto.epochs import verify_exchange_key
 from federation.crypto.key_bundle import (
     AGGREGATOR_PUB,
     CA_CERT,
+    KEYHOLDER_PUB,
     SECRET_CONTEXT,
     KeyBundle,
     seal_bundle,
@@ -62,6 +64,11 @@ def create_key_bundle(secret_context: Path, aggregator_pub: Path, ca_cert: Path,
     ctx = load_secret_context(secret_context)  # refuses a public-only or too-open file
     files = {SECRET_CONTEXT: Path(secret_context).read_bytes(),
              AGGREGATOR_PUB: Path(aggregator_pub).read_bytes(), CA_CERT: Path(ca_cert).read_bytes()}
+    # the key holder's public key (``keys create`` wrote it beside the secret context):
+    # boxes accept a later key epoch only if that key signed it
+    keyholder = Path(secret_context).parent / KEYHOLDER_PUB
+    if keyholder.is_file():
+        files[KEYHOLDER_PUB] = keyholder.read_bytes()
     bundle = KeyBundle(fed_id=fed, key_id=ctx.key_id, params=ctx.params.to_dict(),
                        aggregator_id=aggregator_id, broker_url=broker_url, files=files)
     return seal_bundle(bundle, passphrase)
@@ -72,6 +79,10 @@ class DeviceRequest:
     device_id: str
     csr_pem: bytes
     signing_key: bytes  # raw 32-byte Ed25519 public key
+    # the box's X25519 exchange key and its device key's signature over it (key epochs,
+    # federation.crypto.epochs); empty from a box provisioned before key epochs
+    exchange_key: str = ""
+    exchange_sig: str = ""
 
 
 def read_request(path: Path, fed: str) -> DeviceRequest:
@@ -88,7 +99,8 @@ def read_request(path: Path, fed: str) -> DeviceRequest:
         raw = public_key_from_hex(key_hex).public_bytes_raw()
     except FederationError as exc:
         raise OperatorError(f"{path}: {exc.message}") from None
-    return DeviceRequest(device_id, str(csr).encode(), raw)
+    return DeviceRequest(device_id, str(csr).encode(), raw, str(data.get("exchange_key") or ""),
+                         str(data.get("exchange_sig") or ""))
 
 
 def _require_pki(cfg: AggregatorConfig) -> PkiConfig:
@@ -107,10 +119,17 @@ def register_device(store: Store, cfg: AggregatorConfig, request: DeviceRequest,
     if registry.get(request.device_id) is not None:
         raise RegistryError(f"device {request.device_id} is already registered (or revoked: "
                             "re-provision under a new device id)")
+    exchange = (request.exchange_key, request.exchange_sig) if request.exchange_key else None
+    if exchange is not None:  # checked before the CSR is signed: nothing half-done
+        try:
+            verify_exchange_key(Ed25519PublicKey.from_public_bytes(request.signing_key), cfg.fed,
+                                request.device_id, *exchange)
+        except FederationError as exc:
+            raise OperatorError(f"request of {request.device_id}: {exc.message}") from None
     ca = pki.load_ca(_require_pki(cfg).ca_dir)
     cert_pem = pki.sign_device_csr(ca, request.csr_pem, request.device_id,
                                    valid_days=cert_days)
-    registry.add(request.device_id, request.signing_key)
+    registry.add(request.device_id, request.signing_key, fed=cfg.fed, exchange=exchange)
     return {"v": 1, "device_id": request.device_id, "fed": cfg.fed,
             "cert": cert_pem.decode("ascii"), "ca_cert": ca.cert_path.read_text()}
 
@@ -227,3 +246,50 @@ def device_statuses(cfg: AggregatorConfig, store: Store, wait: float = 2.0) -> d
         transport.close()
     with lock:
         return dict(seen)
+
+
+def install_key_epoch(state_dir: Path, cfg: AggregatorConfig, epoch_dir: Path
+                      ) -> tuple[AggregatorConfig, list[str], list[str]]:
+    """The operator's half of a rotation (``keys install``): the new epoch's public context
+    replaces the state's, and the active boxes' sealed bundles go to ``<state>/sealed/``
+    for the service to relay (``aggregator.rounds.epochs``). Run with ``serve`` stopped;
+    its next start fails a round left open under the old key. Refuses a secret context,
+    an epoch not newer than the current one, and bundles of another key or federation.
+    Returns the new config, the devices relayed to and the active devices left without a
+    bundle (they cannot take part until they are re-provisioned)."""
+    from aggregator.state.config import SEALED_SUFFIX as SUFFIX
+    from aggregator.state.config import load_context, save_config, sealed_dir
+    from federation.crypto.epochs import read_header
+    from federation.crypto.keys import PUBLIC_CONTEXT_NAME, load_public_context, write_public_file
+
+    new = load_public_context(Path(epoch_dir) / PUBLIC_CONTEXT_NAME)  # refuses a secret one
+    old = load_context(state_dir, cfg)
+    if new.epoch <= old.epoch or new.key_id == old.key_id:
+        raise OperatorError(f"{epoch_dir} holds key {new.key_id} epoch {new.epoch}; this "
+                            f"aggregator is on key {old.key_id} epoch {old.epoch} already")
+    store = Store(state_dir)
+    try:
+        active = DeviceRegistry(store).active_ids()
+    finally:
+        store.close()
+    bundles: dict[str, bytes] = {}
+    for path in sorted((Path(epoch_dir) / "sealed").glob(f"*{SUFFIX}")):
+        data = path.read_bytes()
+        header = read_header(data)
+        if header.fed != cfg.fed or header.key_id != new.key_id:
+            raise OperatorError(f"{path} is for key {header.key_id} of {header.fed}, not the "
+                                f"new key {new.key_id} of {cfg.fed}")
+        if header.device in active:  # never relay to a device revoked meanwhile
+            bundles[header.device] = data
+    folder = sealed_dir(state_dir)
+    folder.mkdir(mode=0o700, exist_ok=True)
+    for device, data in bundles.items():
+        write_public_file(folder / f"{device}{SUFFIX}", data, overwrite=True)
+    for stale in folder.glob(f"*{SUFFIX}"):  # an earlier epoch's, or a revoked box's
+        if stale.name[: -len(SUFFIX)] not in bundles:
+            stale.unlink()
+    write_public_file(Path(state_dir) / PUBLIC_CONTEXT_NAME,
+                      (Path(epoch_dir) / PUBLIC_CONTEXT_NAME).read_bytes(), overwrite=True)
+    cfg = cfg.model_copy(update={"key_id": new.key_id})
+    save_config(state_dir, cfg)
+    return cfg, sorted(bundles), sorted(active - set(bundles))

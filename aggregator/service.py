@@ -29,7 +29,8 @@ JSON bodies are one-chunk blobs):
   {round, base_model, state: open|closed, opened_at, deadline (unix s), quorum,
   count_scale, part_key, chunk_size, devices, pinned (the base is the operator's pinned
   version, aggregator.rounds.pins), min_new_samples (a box with fewer new enrolled samples
-  since its last update sits the round out)}. Re-published with a later deadline on an
+  since its last update sits the round out), key_id and key_epoch (the CKKS key updates
+  must be encrypted under, aggregator.rounds.epochs)}. Re-published with a later deadline on an
   extension; a failed round is followed by an announce of round r+1, same base. While the
   operator's schedule holds the next round back (aggregator.rounds.schedule), the latest round
   is announced with state closed and next_round_at (unix s).
@@ -43,6 +44,8 @@ JSON bodies are one-chunk blobs):
 - ``result/<r>/<i>`` (retained, kind result, model = result version ``round-<r>``):
   chunks of the summed EncryptedUpdate (self-contained: decrypt_average gives the
   federated weights). Only one result stays retained: the latest, or the pinned base.
+- ``key/<device>`` (retained, kind key, round = key epoch): the current key epoch
+  sealed to that device by the key holder, relayed at start (aggregator.rounds.epochs).
 - ``model/latest`` (retained, kind result): JSON {round, model, base_model, msg,
   blob_sha256, blob_size, chunks, chunk_size, contributors, result_topic}; published
   after every result chunk, confirmed by the broker before the round is marked
@@ -62,6 +65,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -78,6 +82,7 @@ from aggregator.intake.shards import IntakeShards
 from aggregator.intake.spool import DiskReassembler
 from aggregator.rounds.accumulator import AccumulatorFactory, CkksAccumulatorFactory
 from aggregator.rounds.coordinator import UNAVAILABLE, Coordinator, RoundSettings
+from aggregator.rounds.epochs import relay_sealed
 from aggregator.rounds.events import ResultForwarder, RoundEventHandler
 from aggregator.rounds.publisher import Publisher, ack_for
 from aggregator.rounds.records import Decision, Submission
@@ -157,7 +162,9 @@ class AggregatorService:
         self.fed_id = fed_id
         self.aggregator_id = aggregator_id
         self.signing_key = signing_key
-        self.settings = settings or RoundSettings()
+        # rounds announce the key (epoch) updates must be encrypted under
+        self.settings = replace(settings or RoundSettings(), key_id=context.key_id,
+                                key_epoch=context.epoch)
         self.registry = DeviceRegistry(store)
         self.coordinator = Coordinator(
             store,
@@ -226,6 +233,8 @@ class AggregatorService:
                 self.intake_shards = None
         if self.max_rounds == 0:
             self.finished.set()
+        # the current key epoch's sealed bundles (aggregator.rounds.epochs), before rounds
+        relay_sealed(self.publisher, self.store, self.settings.key_id)
         self.events.handle(self.coordinator.start(open_round=not self.finished.is_set()))
 
     def pump(self, timeout: float = 0.0) -> int:

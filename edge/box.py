@@ -167,15 +167,21 @@ class Box:
         context: FederationContext, signing_key: Ed25519PrivateKey,
         aggregator_key: Ed25519PublicKey, trainer: LocalTrainer, sink: HotSwapper,
         on_event: EventCallback | None = None, base: np.ndarray | None = None,
+        secret_context: Path | None = None,
     ) -> FederationClient:
         from edge.federated.client import FederationClient
+        from edge.federated.epochs import epoch_keys_for
         from edge.federated.round_gate import GallerySamples
 
+        # ``secret_context``: the file a new key epoch replaces (None: no key epochs)
+        epochs = None if secret_context is None else epoch_keys_for(
+            client_config.fed_id, client_config.device_id, secret_context)
         # the gallery's new crops decide whether the box has anything new to train on
         return FederationClient(client_config, transport_factory, context, signing_key,
                                 aggregator_key, trainer, sink, self.federation_dir,
                                 sink.base_vector() if base is None else base,
-                                on_event=on_event, samples=GallerySamples(self.gallery_db))
+                                on_event=on_event, samples=GallerySamples(self.gallery_db),
+                                epochs=epochs)
 
     def close(self) -> None:
         for close in reversed(self._closers):

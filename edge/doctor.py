@@ -104,6 +104,9 @@ def check_federation_keys(cfg: BoxConfig) -> Check:
     except FederationError as exc:
         return Check("federation keys", False, exc.message,
                      "re-import the key bundle: fedface-edge provision --bundle FILE")
+    if ctx.key_id != cfg.federation.key_id and ctx.epoch > 0:  # a key epoch taken since
+        return Check("federation keys", True, f"key {ctx.key_id} (key epoch {ctx.epoch}; "
+                     f"provisioned with {cfg.federation.key_id}), signing and aggregator key")
     if ctx.key_id != cfg.federation.key_id:
         return Check("federation keys", False, f"secret context is key {ctx.key_id}, config "
                      f"says {cfg.federation.key_id}", "re-import the federation's key bundle")

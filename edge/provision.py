@@ -7,6 +7,8 @@ Files under the box's data dir (``/var/lib/fedface`` on an installed box, 0700):
     tls/device-tls.crt   the certificate the operator returns (CN = device id)
     tls/ca.crt           federation CA (from the key bundle)
     keys/device.key      Ed25519 message-signing key (0600)
+    keys/device-kx.key   X25519 exchange key (0600): new key epochs are sealed to it
+    keys/keyholder.pub   the key holder's key, which signs them (from the key bundle)
     keys/federation-secret.tenseal, keys/aggregator.pub, keys/trust.json (from the bundle)
     <device>.request.json  what the technician hands to the operator (no secret in it)
     edge.toml            the box config
@@ -41,10 +43,17 @@ from edge.config import (
     render_box_config,
 )
 from edge.errors import FedFaceError
+from federation.crypto.epochs import (
+    EXCHANGE_KEY_NAME,
+    exchange_public_hex,
+    load_or_create_exchange_key,
+    sign_exchange_key,
+)
 from federation.crypto.fingerprint import request_fingerprint_lines
 from federation.crypto.key_bundle import (
     AGGREGATOR_PUB,
     CA_CERT,
+    KEYHOLDER_PUB,
     SECRET_CONTEXT,
     KeyBundle,
     open_bundle,
@@ -141,6 +150,9 @@ def import_bundle(files: BoxFiles, bundle_bytes: bytes, passphrase: str) -> KeyB
                              f"says {bundle.key_id}: the bundle is inconsistent",
                              hint="ask the commissioner for a new bundle")
     write_public_file(files.aggregator_pub, bundle.files[AGGREGATOR_PUB], overwrite=True)
+    if KEYHOLDER_PUB in bundle.files:  # signs later key epochs (edge.federated.epochs)
+        write_public_file(files.keys_dir / KEYHOLDER_PUB, bundle.files[KEYHOLDER_PUB],
+                          overwrite=True)
     write_public_file(files.ca_cert, bundle.files[CA_CERT], overwrite=True)
     trust = {"fed_id": bundle.fed_id, "key_id": bundle.key_id, "params": bundle.params,
              "aggregator_id": bundle.aggregator_id, "broker_url": bundle.broker_url,
@@ -178,8 +190,13 @@ def create_identity(files: BoxFiles, device_id: str, fed_id: str) -> Path:
     csr_pem = csr.public_bytes(serialization.Encoding.PEM)
     write_public_file(files.csr, csr_pem, overwrite=True)
     signing_key = load_or_create_private_key(files.device_key)
+    # the key holder seals each new key epoch to this X25519 key; the device key vouches
+    # for it (federation.crypto.epochs)
+    kx = exchange_public_hex(load_or_create_exchange_key(files.keys_dir / EXCHANGE_KEY_NAME))
     request = {"v": REQUEST_VERSION, "device_id": device_id, "fed": fed_id,
-               "csr": csr_pem.decode("ascii"), "signing_key": public_key_hex(signing_key)}
+               "csr": csr_pem.decode("ascii"), "signing_key": public_key_hex(signing_key),
+               "exchange_key": kx,
+               "exchange_sig": sign_exchange_key(signing_key, fed_id, device_id, kx)}
     path = files.request(device_id)
     write_public_file(path, json.dumps(request, indent=2).encode(), overwrite=True)
     return path

@@ -24,7 +24,7 @@ from federation.errors import INTEGRITY, MALFORMED, WRONG_FEDERATION, Federation
 
 MAGIC = b"FFE1"
 VERSION = 1
-KINDS = frozenset({"announce", "update", "result", "ack", "status", "partial"})
+KINDS = frozenset({"announce", "update", "result", "ack", "status", "partial", "key"})
 DEFAULT_MAX_HEADER = 4096
 _LEN = struct.Struct(">I")
 

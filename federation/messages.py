@@ -118,6 +118,10 @@ class RoundAnnounce(_Message):
     opened_at: float | None = None
     pinned: bool | None = None  # the base is a version the operator pinned (aggregator.rounds.pins)
     next_round_at: float | None = None  # closed, held back by the schedule until then
+    # the CKKS key (federation.crypto.epochs) updates must be encrypted under, and its
+    # epoch; absent ("", 0): an aggregator from before key epochs
+    key_id: str = ""
+    key_epoch: int = 0
 
     @property
     def open(self) -> bool:
@@ -140,7 +144,8 @@ class RoundAnnounce(_Message):
         optional = {"dp": None if self.dp is None else self.dp.to_dict(),
                     "bounds": None if self.bounds is None else self.bounds.to_dict(),
                     "opened_at": self.opened_at, "pinned": self.pinned,
-                    "next_round_at": self.next_round_at}
+                    "next_round_at": self.next_round_at,
+                    "key_id": self.key_id or None, "key_epoch": self.key_epoch or None}
         body.update((k, v) for k, v in optional.items() if v is not None)
         return body
 
@@ -173,7 +178,15 @@ class RoundAnnounce(_Message):
             opened_at=_opt(body, "opened_at", _NUMBER, k),
             pinned=_opt(body, "pinned", bool, k),
             next_round_at=_opt(body, "next_round_at", _NUMBER, k),
+            key_id=_opt(body, "key_id", str, k, ""), key_epoch=_key_epoch(body),
         )
+
+
+def _key_epoch(body: Mapping[str, Any]) -> int:
+    epoch = _opt(body, "key_epoch", int, RoundAnnounce.KIND, 0)
+    if epoch < 0:
+        raise FederationError(MALFORMED, f"announce key_epoch {epoch!r} is negative")
+    return int(epoch)
 
 
 @dataclass(frozen=True)

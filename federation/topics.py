@@ -65,9 +65,15 @@ def status_filter(fed: str) -> str:
     return f"{prefix(fed)}/status/+"
 
 
+def key(fed: str, device: str) -> str:
+    """The device's sealed key epoch (federation.crypto.epochs), retained: only it can
+    open it, and the broker's ACL lets only it read this topic."""
+    return f"{prefix(fed)}/key/{_check_id('device', device)}"
+
+
 @dataclass(frozen=True)
 class Topic:
-    """A parsed topic: ``kind`` is announce/update/ack/result/model/status."""
+    """A parsed topic: ``kind`` is announce/update/ack/result/model/status/key."""
 
     fed: str
     kind: str
@@ -85,7 +91,7 @@ def parse(topic: str) -> Topic:
     fed, kind, rest = parts[2], parts[3], parts[4:]
     if kind == "announce" and not rest:
         return Topic(fed, kind)
-    if kind in ("update", "ack", "status") and len(rest) == 1 and ID_RE.match(rest[0]):
+    if kind in ("update", "ack", "status", "key") and len(rest) == 1 and ID_RE.match(rest[0]):
         return Topic(fed, kind, device=rest[0])
     if kind == "result" and len(rest) == 2 and all(p.isdigit() and p.isascii() for p in rest):
         return Topic(fed, kind, round=int(rest[0]), index=int(rest[1]))

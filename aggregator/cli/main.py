@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from aggregator.cli import epochs as epochs_cli
 from aggregator.cli import operator as operator_cli
 from aggregator.cli import regional as regional_cli
 from aggregator.cli.common import (
@@ -48,6 +49,7 @@ app.add_typer(regional_cli.regions_app, name="regions")
 
 # init, status, devices, models and keys bundle live in operator_cli.py
 operator_cli.register(app, keys_app, devices_app)
+epochs_cli.register(keys_app, devices_app)  # key epochs: rotate, install, recipients
 
 
 def _store(state: Path) -> Store:

@@ -133,6 +133,9 @@ def devices_add(
     request: Annotated[Path | None, Opt("--request", help="<device>.request.json")] = None,
     public_key: Annotated[Path | None, Opt("--public-key", help="Ed25519 public key")] = None,
     csr: Annotated[Path | None, Opt("--csr", help="the box's TLS CSR")] = None,
+    exchange_key: Annotated[str, Opt(help="the box's X25519 exchange key (hex; key epochs)")
+                            ] = "",
+    exchange_sig: Annotated[str, Opt(help="its device key's signature over it (hex)")] = "",
     reply: Annotated[Path | None, Opt("--reply", help="reply file for the box")] = None,
     cert_days: Annotated[
         int, Opt(min=1, help="certificate validity")
@@ -148,11 +151,13 @@ def devices_add(
             raise RegistryError(f"{request} is for {req.device_id}, not {device_id}")
     elif device_id is not None and public_key is not None:
         req = DeviceRequest(device_id, csr.read_bytes() if csr else b"",
-                            load_public_key_bytes(public_key))
+                            load_public_key_bytes(public_key), exchange_key, exchange_sig)
     else:
         raise ValueError("give --request FILE, or DEVICE_ID --public-key FILE [--csr FILE]")
     if not req.csr_pem:
-        device = DeviceRegistry(store).add(req.device_id, req.signing_key)
+        device = DeviceRegistry(store).add(
+            req.device_id, req.signing_key, fed=cfg.fed,
+            exchange=(req.exchange_key, req.exchange_sig) if req.exchange_key else None)
         typer.echo(f"added {device.device_id} (signing key registered, no certificate)")
     else:
         answer = register_device(store, cfg, req, cert_days=cert_days)

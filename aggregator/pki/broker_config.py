@@ -107,6 +107,7 @@ def render_acl(
             f"topic write {p}/ack/+",
             f"topic write {p}/result/#",
             f"topic write {p}/model/latest",
+            f"topic write {p}/key/+",
         ]
     lines += [
         "",
@@ -124,6 +125,7 @@ def render_acl(
             f"pattern read {p}/ack/%u",
             f"pattern read {p}/result/#",
             f"pattern read {p}/model/latest",
+            f"pattern read {p}/key/%u",
         ]
     return "\n".join(lines) + "\n"
 

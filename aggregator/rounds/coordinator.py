@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from aggregator.rounds.accumulator import Accumulator, AccumulatorBroken, AccumulatorFactory
 from aggregator.rounds.admission import NOT_OPEN as NOT_OPEN  # re-exported: part of the reasons
 from aggregator.rounds.admission import check, rebuild_sum
+from aggregator.rounds.epochs import fail_if_old_key
 from aggregator.rounds.pins import next_base
 from aggregator.rounds.records import Announce, Decision, Event, ResultReady, Submission
 from aggregator.rounds.schedule import RoundSchedule
@@ -65,6 +66,8 @@ class RoundSettings:
     # announced: the cap on a box's n and the clip of its delta, which every box checks
     # the decrypted result against (federation.crypto.bounds); None: no bounds
     bounds: Bounds | None = None
+    key_id: str = ""  # the public context's key and epoch, announced (set by the service)
+    key_epoch: int = 0
 
     def __post_init__(self) -> None:
         if self.min_new_samples < 0:
@@ -116,6 +119,8 @@ class Coordinator:
             if row.status == "closed":
                 events.append(self._result_event(row))
         latest = self.store.latest_round()
+        if latest is not None and latest.status == "open" and self._of_old_key(latest):
+            latest = self.store.get_round(latest.round)  # failed now: a new round follows
         if latest is not None and latest.status == "open":
             self.current = latest
             self.sum = self._load_sum(latest)
@@ -125,6 +130,11 @@ class Coordinator:
         elif not events and open_round:
             events.extend(self._open_when_due())
         return events
+
+    def _of_old_key(self, row: RoundRow) -> bool:
+        """Opened under an earlier key epoch (``keys install`` since): failed now."""
+        return fail_if_old_key(self.store, row, announce_of(row).key_id, self.settings.key_id,
+                               self.settings.key_epoch, self.clock())
 
     def _load_sum(self, row: RoundRow) -> Accumulator:
         return rebuild_sum(self.store, self.accumulators, row)
@@ -173,7 +183,7 @@ class Coordinator:
             count_scale=s.count_scale, chunk_size=s.chunk_size, part_key=s.part_key,
             devices=tuple(sorted(self.registry.active_ids())),
             min_new_samples=s.min_new_samples, dp=s.dp, bounds=s.bounds, opened_at=now,
-            pinned=pinned,
+            pinned=pinned, key_id=s.key_id, key_epoch=s.key_epoch,
         )
 
     # --- updates ----------------------------------------------------------------------

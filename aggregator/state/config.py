@@ -6,6 +6,7 @@ Layout (created by ``fedface-aggregator init``)::
     federation-public.tenseal   the public-only CKKS context (0644)
     aggregator.key              Ed25519 signing key (0600): signs announce/ack/result
     aggregator.pub              its public key (PEM): give it to every box
+    sealed/<device>.ffsc        the key epoch sealed to each box (``keys install``), relayed
     state.db, blobs/, spool/    see store.py / spool.py
 """
 
@@ -33,6 +34,9 @@ from federation.crypto.packing import DEFAULT_COUNT_SCALE
 from federation.files import write_atomic
 
 CONFIG_NAME = "config.json"
+# the current key epoch's bundles, one sealed to each box (aggregator.rounds.epochs)
+SEALED_DIR = "sealed"
+SEALED_SUFFIX = ".ffsc"
 KEY_NAME = "aggregator.key"
 PUB_NAME = "aggregator.pub"
 
@@ -179,3 +183,7 @@ def load_context(state_dir: Path, cfg: AggregatorConfig) -> FederationContext:
 
 def load_signing_key(state_dir: Path) -> Ed25519PrivateKey:
     return read_private_key(Path(state_dir) / KEY_NAME)
+
+
+def sealed_dir(state_dir: Path) -> Path:
+    return Path(state_dir) / SEALED_DIR

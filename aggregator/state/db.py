@@ -51,6 +51,13 @@ CREATE TABLE IF NOT EXISTS contributions (
     blob TEXT,                       -- file under accepted/ (NULL: added to a legacy sum_blob)
     PRIMARY KEY (round, device_id)
 );
+-- each box's X25519 exchange key, signed by its device key: the key holder seals key
+-- epochs to it (federation.crypto.epochs)
+CREATE TABLE IF NOT EXISTS exchange_keys (
+    device_id TEXT PRIMARY KEY,
+    exchange_key TEXT NOT NULL,
+    signature TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS rejections (
     id INTEGER PRIMARY KEY AUTOINCREMENT,

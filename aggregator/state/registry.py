@@ -7,6 +7,7 @@ Keys are stored as raw 32-byte Ed25519 public keys.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import re
 import sqlite3
@@ -95,10 +96,15 @@ class DeviceRegistry:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def add(self, device_id: str, public_key: bytes) -> Device:
+    def add(self, device_id: str, public_key: bytes, *, fed: str = "",
+            exchange: tuple[str, str] | None = None) -> Device:
+        """Register a device; ``exchange``: its X25519 exchange key and the device key's
+        signature over it (checked before anything is written)."""
         validate_device_id(device_id)
         if len(public_key) != 32:
             raise RegistryError("an Ed25519 public key is 32 bytes")
+        if exchange is not None:
+            _check_exchange(public_key, fed, device_id, *exchange)
         existing = self.get(device_id)
         if existing is not None and existing.active:
             raise RegistryError(f"device {device_id} is already registered")
@@ -111,6 +117,8 @@ class DeviceRegistry:
             "INSERT INTO devices(device_id, public_key, added_at) VALUES (?, ?, ?)",
             (device_id, public_key, now),
         )
+        if exchange is not None:
+            self._store_exchange(device_id, *exchange)
         log.info("device %s added (key %s...)", device_id, public_key.hex()[:16])
         return Device(device_id, public_key, now, None)
 
@@ -142,3 +150,46 @@ class DeviceRegistry:
     def active_key(self, device_id: str) -> bytes | None:
         device = self.get(device_id)
         return device.public_key if device is not None and device.active else None
+
+    def set_exchange_key(self, fed: str, device_id: str, exchange_hex: str,
+                         signature_hex: str) -> None:
+        """Register the box's X25519 exchange key, once its device key vouched for it."""
+        device = self.get(device_id)
+        if device is None or not device.active:
+            raise RegistryError(f"device {device_id} is not an active device")
+        _check_exchange(device.public_key, fed, device_id, exchange_hex, signature_hex)
+        self._store_exchange(device_id, exchange_hex, signature_hex)
+
+    def _store_exchange(self, device_id: str, exchange_hex: str, signature_hex: str) -> None:
+        self.store.db.execute(
+            "INSERT OR REPLACE INTO exchange_keys(device_id, exchange_key, signature) "
+            "VALUES (?, ?, ?)", (device_id, exchange_hex, signature_hex))
+
+    def recipients(self) -> tuple[builtins.list[dict[str, str]], builtins.list[str]]:
+        """Active devices with their signing and exchange keys (what the key holder seals
+        a new epoch to), and the active devices that have no exchange key."""
+        keys = {str(r[0]): (str(r[1]), str(r[2])) for r in self.store.db.execute(
+            "SELECT device_id, exchange_key, signature FROM exchange_keys")}
+        found, missing = [], []
+        for d in self.list():
+            if not d.active:
+                continue
+            if d.device_id not in keys:
+                missing.append(d.device_id)
+                continue
+            kx, sig = keys[d.device_id]
+            found.append({"device_id": d.device_id, "signing_key": d.public_key.hex(),
+                          "exchange_key": kx, "exchange_sig": sig})
+        return found, missing
+
+
+def _check_exchange(public_key: bytes, fed: str, device_id: str, exchange_hex: str,
+                    signature_hex: str) -> None:
+    from federation.crypto.epochs import verify_exchange_key
+    from federation.errors import FederationError
+
+    try:
+        verify_exchange_key(Ed25519PublicKey.from_public_bytes(public_key), fed, device_id,
+                            exchange_hex, signature_hex)
+    except FederationError as exc:
+        raise RegistryError(exc.message) from None

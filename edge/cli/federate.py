@@ -113,7 +113,7 @@ def join(
     client = the_box.federation_client(
         ClientConfig(fed, device_id), transport, load_secret_context(secret_context),
         read_private_key(device_key), read_public_key(aggregator_key), trainer, sink,
-        on_event=_echo_event)
+        on_event=_echo_event, secret_context=secret_context)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

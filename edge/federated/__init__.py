@@ -7,10 +7,10 @@ new), ``sealing`` (train, clip, encrypt with CKKS, sign, chunk), ``outbox`` and
 ``sender`` (keep an update until the aggregator acknowledges it), ``acks`` (what an ack
 or a revocation notice means), ``result_fetch`` (reassemble and verify a published
 result), ``result_apply`` (decrypt, check and apply it), ``verdicts`` (what became of
-each round), ``revocation`` (the signed notice that this box was revoked) and
-``status`` (the box status message). A decrypted result goes to a model sink
-(``edge.serving.sink``) handed in by ``edge.box``: this folder never opens a model
-itself.
+each round), ``revocation`` (the signed notice that this box was revoked), ``epochs``
+(take the next key epoch sealed to this box) and ``status`` (the box status message).
+A decrypted result goes to a model sink (``edge.serving.sink``) handed in by
+``edge.box``: this folder never opens a model itself.
 
 May import: edge.errors, edge.priority, edge.training, federation, models.
 """

@@ -25,6 +25,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from edge.federated.api import (
     TransportFactory,
 )
 from edge.federated.high_water import HighWaterMark
+from edge.federated.epochs import EpochKeys
 from edge.federated.joining import RoundJoiner
 from edge.federated.outbox import Outbox
 from edge.federated.result_apply import ResultApplier
@@ -82,6 +84,7 @@ class FederationClient:
         base_vector: np.ndarray,
         on_event: EventCallback | None = None,
         samples: SampleSource | None = None,
+        epochs: EpochKeys | None = None,
     ) -> None:
         require_secret(context)  # a box must be able to decrypt results
         self.config = config
@@ -95,6 +98,7 @@ class FederationClient:
         self.counters = self.events.counters
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.epochs = epochs  # takes the next key epoch sealed to this box (None: cannot)
         self.outbox = Outbox(self.state_dir / "outbox")
         self.ledger_path = self.state_dir / "privacy-ledger.json"  # DP budget spent
         self._sealer = Sealer(trainer, context, signing_key, self.outbox, config.fed_id,
@@ -108,7 +112,7 @@ class FederationClient:
         fed, dev = config.fed_id, config.device_id
         self._topics = {"announce": topics.announce(fed), "ack": topics.ack(fed, dev),
                         "latest": topics.model_latest(fed), "update": topics.update(fed, dev),
-                        "status": topics.status(fed, dev)}
+                        "status": topics.status(fed, dev), "key": topics.key(fed, dev)}
         # the parts the worker drives; each reaches the transport only when called
         self.sender = UpdateSender(
             self.outbox, lambda chunk: self.transport.publish(self._topics["update"], chunk),
@@ -162,6 +166,8 @@ class FederationClient:
         self.transport.subscribe(self._topics["announce"], self._on_message("announce"))
         self.transport.subscribe(self._topics["ack"], self._on_message("ack"))
         self.transport.subscribe(self._topics["latest"], self._on_message("latest"))
+        if self.epochs is not None:
+            self.transport.subscribe(self._topics["key"], self._on_message("key"))
         self._worker = threading.Thread(target=self._run, name="federation-client", daemon=True)
         self._worker.start()
 
@@ -235,6 +241,9 @@ class FederationClient:
             self._handle_pointer(item)
         elif kind == "result":
             self._results.add_chunk(item)
+        elif kind == "key":
+            self._verify(item, "key")  # relayed by the aggregator; sealed by the key holder
+            self._new_epoch(item.payload)
         elif kind == "job_done":
             self._rounds.job_done(*item)
         elif kind == "bad":
@@ -258,6 +267,20 @@ class FederationClient:
         if connected:
             self.sender.resend_due(reconnected)
         self._rounds.recount()
+
+    def _new_epoch(self, sealed: bytes) -> None:
+        """A key epoch sealed to this box (edge.federated.epochs): encrypt and decrypt
+        with the new context from now on; results of the old key are refused."""
+        assert self.epochs is not None
+        ctx = self.epochs.take(sealed, self.context)
+        if ctx is None:
+            return
+        previous, self.context = self.context, ctx
+        self._sealer = replace(self._sealer, context=ctx)
+        self._results.context = ctx
+        self.events.emit("key_epoch", 0, {"key_id": ctx.key_id, "epoch": ctx.epoch,
+                                          "previous": previous.key_id})
+        self._rounds.use_context(self._sealer)  # a round waiting for this key may start
 
     def _handle_pointer(self, env: Envelope) -> None:
         self._verify(env, "result")

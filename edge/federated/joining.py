@@ -106,6 +106,8 @@ class RoundJoiner:
                                  {"reason": "wrong_part", "detail": detail})
                 self._publish_status()
             return
+        if self._wrong_epoch(ann):
+            return
         self.not_joining = {}
         if ann.devices and self.config.device_id not in ann.devices:
             if self.events.count("not_listed") == 1:
@@ -128,6 +130,31 @@ class RoundJoiner:
             name=f"federation-train-r{ann.round}", daemon=True,
         )
         self._job.start()
+
+    def use_context(self, sealer: Sealer) -> None:
+        """A new key epoch (edge.federated.epochs): seal the next updates with it."""
+        self._sealer = sealer
+        self.maybe_join()
+
+    def _wrong_epoch(self, ann: RoundAnnounce) -> bool:
+        """A round of another CKKS key: an update under this box's key would be refused
+        (wrong_key), so sit it out: the key is older (``old_epoch``: refused), or newer
+        and its sealed bundle has not come yet. Said once per round."""
+        key = self._sealer.context
+        if not ann.key_id or ann.key_id == key.key_id:
+            return False
+        if self.not_joining.get("round") != ann.round:
+            old = ann.key_epoch <= key.epoch
+            reason = "old_epoch" if old else "key_epoch_pending"
+            detail = (f"round announced under key {ann.key_id} epoch {ann.key_epoch}, this "
+                      f"box is on key {key.key_id} epoch {key.epoch}"
+                      + ("" if old else "; waiting for the new key sealed to this box"))
+            self.events.count(reason)
+            self.not_joining = {"reason": reason, "round": ann.round, "detail": detail}
+            log.warning("round %d: not joining: %s", ann.round, detail)
+            self.events.emit("not_joined", ann.round, {"reason": reason, "detail": detail})
+            self._publish_status()
+        return True
 
     def recount(self) -> None:
         """Every worker tick: a box sitting out for lack of new samples looks again every

@@ -139,6 +139,9 @@ class FederationContext:
     context: ts.Context = field(repr=False, compare=False)
     key_id: str
     params: CkksParams
+    # Key epoch (federation.crypto.epochs): 0 for the keys of ``keys create``, one more
+    # at each rotation; rounds announce it and a box never goes back to an older one.
+    epoch: int = 0
 
     @property
     def is_private(self) -> bool:
@@ -161,19 +164,21 @@ def _build_context(params: CkksParams) -> ts.Context:
     return ctx
 
 
-def new_secret_context(params: CkksParams = DEFAULT_PARAMS) -> FederationContext:
-    """Create a fresh federation key (secret context). Run once per federation."""
+def new_secret_context(params: CkksParams = DEFAULT_PARAMS, epoch: int = 0) -> FederationContext:
+    """Create a fresh federation key (secret context): once per federation, and once per
+    key epoch (``federation.crypto.epochs``)."""
     ctx = _build_context(params)
     raw = ctx.serialize(
         save_public_key=False, save_secret_key=True, save_galois_keys=False, save_relin_keys=False
     )
     key_id = hashlib.sha256(b"fedface-key-id\0" + raw).hexdigest()[:32]
-    return FederationContext(context=ctx, key_id=key_id, params=params)
+    return FederationContext(context=ctx, key_id=key_id, params=params, epoch=epoch)
 
 
 def _container(fctx: FederationContext, raw: bytes, secret: bool) -> bytes:
     header = json.dumps(
-        {"v": 1, "key_id": fctx.key_id, "params": fctx.params.to_dict(), "secret": secret},
+        {"v": 1, "key_id": fctx.key_id, "params": fctx.params.to_dict(), "secret": secret,
+         "epoch": fctx.epoch},
         sort_keys=True,
         separators=(",", ":"),
     ).encode()
@@ -223,6 +228,9 @@ def load_context(data: bytes) -> FederationContext:
     secret = header.get("secret")
     if not isinstance(key_id, str) or not isinstance(secret, bool):
         raise FederationError(MALFORMED, "CKKS context header lacks key_id/secret")
+    epoch = header.get("epoch", 0)  # absent: a context written before key epochs
+    if type(epoch) is not int or epoch < 0:
+        raise FederationError(MALFORMED, "CKKS context header has an invalid epoch")
     params = CkksParams.from_dict(header.get("params"))
     try:
         ctx = ts.context_from(data[8 + hlen :])
@@ -232,7 +240,7 @@ def load_context(data: bytes) -> FederationContext:
         raise FederationError(MALFORMED, "CKKS context header disagrees with its key material")
     if not secret:
         ctx.global_scale = params.scale
-    return FederationContext(context=ctx, key_id=key_id, params=params)
+    return FederationContext(context=ctx, key_id=key_id, params=params, epoch=epoch)
 
 
 def require_public_only(fctx: FederationContext) -> None:

@@ -47,6 +47,9 @@ SECRET_CONTEXT = "federation-secret.tenseal"
 AGGREGATOR_PUB = "aggregator.pub"
 CA_CERT = "ca.crt"
 REQUIRED_FILES = (SECRET_CONTEXT, AGGREGATOR_PUB, CA_CERT)
+# optional: the key holder's Ed25519 public key, which signs later key epochs
+# (federation.crypto.epochs); a box without it cannot take a new epoch
+KEYHOLDER_PUB = "keyholder.pub"
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from federation.crypto.ckks import (
     DEFAULT_PARAMS,
     CkksParams,
@@ -38,10 +40,24 @@ from federation.crypto.key_files import (  # the Ed25519 and file half, re-expor
 from federation.errors import KEY_FILE, FederationError, KeyFileError
 
 __all__ = [
-    "PUBLIC_CONTEXT_NAME", "SECRET_CONTEXT_NAME", "FederationKeyFiles", "check_permissions",
-    "create_federation_keys", "load_or_create_private_key", "load_public_context",
-    "load_secret_context", "read_private_key", "read_public_key", "save_public_context",
-    "save_secret_context", "write_private_key", "write_public_file", "write_public_key",
+    "KEYHOLDER_KEY_NAME",
+    "KEYHOLDER_PUB_NAME",
+    "PUBLIC_CONTEXT_NAME",
+    "SECRET_CONTEXT_NAME",
+    "FederationKeyFiles",
+    "check_permissions",
+    "create_federation_keys",
+    "load_or_create_keyholder_key",
+    "load_or_create_private_key",
+    "load_public_context",
+    "load_secret_context",
+    "read_private_key",
+    "read_public_key",
+    "save_public_context",
+    "save_secret_context",
+    "write_private_key",
+    "write_public_file",
+    "write_public_key",
     "write_secret_file",
 ]
 
@@ -49,6 +65,10 @@ log = logging.getLogger(__name__)
 
 SECRET_CONTEXT_NAME = "federation-secret.tenseal"
 PUBLIC_CONTEXT_NAME = "federation-public.tenseal"
+# The key holder's Ed25519 key: signs each key epoch sealed to a box
+# (federation.crypto.epochs); its public half goes to every box in the key bundle.
+KEYHOLDER_KEY_NAME = "keyholder.key"
+KEYHOLDER_PUB_NAME = "keyholder.pub"
 
 
 # -- CKKS contexts --------------------------------------------------------------------
@@ -83,6 +103,16 @@ def _load_ctx(data: bytes, path: Path) -> FederationContext:
         raise KeyFileError(exc.reason, f"{path}: {exc.message}") from None
 
 
+def load_or_create_keyholder_key(keys_dir: Path) -> tuple[Ed25519PrivateKey, bool]:
+    """The key holder's signing key in ``keys_dir`` (created, 0600 + 0644 .pub, if missing)."""
+    path = Path(keys_dir) / KEYHOLDER_KEY_NAME
+    created = not path.exists()
+    key = load_or_create_private_key(path)
+    if created or not (Path(keys_dir) / KEYHOLDER_PUB_NAME).exists():
+        write_public_key(Path(keys_dir) / KEYHOLDER_PUB_NAME, key.public_key(), overwrite=True)
+    return key, created
+
+
 @dataclass(frozen=True)
 class FederationKeyFiles:
     secret_context: Path
@@ -109,5 +139,7 @@ def create_federation_keys(
     ctx = new_secret_context(params)
     save_secret_context(secret_path, ctx, overwrite=overwrite)
     save_public_context(public_path, ctx, overwrite=overwrite)
+    # the key holder's signing key: boxes trust a later key epoch only if it signed it
+    load_or_create_keyholder_key(out_dir)
     log.info("created federation keys %s in %s", ctx.key_id, out_dir)
     return FederationKeyFiles(secret_path, public_path, ctx.key_id, params)

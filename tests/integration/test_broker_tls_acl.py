@@ -257,17 +257,21 @@ def test_device_cannot_read_another_devices_update_or_ack(clients: Callable[...,
     # Either refused at SUBACK (0x80) or granted but never delivered: both are fine,
     # what matters is that nothing of box-a reaches box-b.
     spy.subscribe(
-        f"{P}/update/box-a", f"{P}/update/+", f"{P}/update/#", f"{P}/ack/box-a", f"{P}/ack/+"
+        f"{P}/update/box-a", f"{P}/update/+", f"{P}/update/#", f"{P}/ack/box-a", f"{P}/ack/+",
+        f"{P}/key/box-a", f"{P}/key/+",
     )
-    assert spy.subscribe(f"{P}/ack/box-b", f"{P}/result/#") == [1, 1]
+    assert spy.subscribe(f"{P}/ack/box-b", f"{P}/result/#", f"{P}/key/box-b") == [1, 1, 1]
     box = connected(clients, "box-a")
     box.publish(f"{P}/update/box-a", b"secret-update")
     agg.wait_for(b"secret-update")  # it was published and delivered to the aggregator
     agg.publish(f"{P}/ack/box-a", b"secret-ack")
+    agg.publish(f"{P}/key/box-a", b"secret-sealed-key", retain=True)  # box-a's key epoch
+    agg.publish(f"{P}/key/box-b", b"own-sealed-key", retain=True)
     agg.publish(f"{P}/result/3/0", b"result-chunk")
     agg.publish(f"{P}/ack/box-b", b"control")
     got = spy.wait_for(b"control") + spy.drain(SETTLE)
     assert (f"{P}/result/3/0", b"result-chunk") in got
+    assert (f"{P}/key/box-b", b"own-sealed-key") in got
     assert [m for m in got if m[1].startswith(b"secret")] == []
 
 
@@ -357,7 +361,8 @@ def test_certificate_from_another_ca_is_refused(
 def test_acl_lists_only_own_topics_for_devices() -> None:
     acl = render_acl(["f1", "f2"])
     device_lines = [ln for ln in acl.splitlines() if ln.startswith("pattern")]
-    assert all(("%u" in ln) == (" write " in ln or "/ack/" in ln) for ln in device_lines)
+    assert all(("%u" in ln) == (" write " in ln or "/ack/" in ln or "/key/" in ln)
+               for ln in device_lines)
     assert sum(ln.startswith("pattern write") for ln in device_lines) == 4  # update+status x 2 feds
     with pytest.raises(ValueError):
         render_acl("bad/fed")

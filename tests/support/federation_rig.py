@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from edge.federated.client import ClientConfig, ClientEvent, FederationClient, ModelSink
+from edge.federated.epochs import EpochKeys
 from edge.serving.sink import base_vector
 from edge.training.api import LocalTrainer
 from edge.training.drift import NumpyDriftTrainer
@@ -112,7 +113,8 @@ class Federation:
 
     def start_box(self, name: str, trainer: LocalTrainer | None = None, n_samples: int = 50,
                   sink: ModelSink | None = None, retry_seconds: float = 30.0,
-                  max_relative_change: float = 0.5) -> Box:
+                  max_relative_change: float = 0.5, secret_context: Path | None = None,
+                  epochs: EpochKeys | None = None) -> Box:
         from federation.crypto.keys import read_private_key
 
         base = part_base_vector()
@@ -126,9 +128,10 @@ class Federation:
         client = FederationClient(
             ClientConfig(FED, name, retry_seconds=retry_seconds,
                          max_relative_change=max_relative_change), transport,
-            load_secret_context(self.secret_context), read_private_key(self.root / f"{name}.key"),
+            load_secret_context(secret_context or self.secret_context),
+            read_private_key(self.root / f"{name}.key"),
             read_public_key(self.agg_state / "aggregator.pub"), trainer, sink,
-            self.root / "boxes" / name, base, on_event=box_events.append,
+            self.root / "boxes" / name, base, on_event=box_events.append, epochs=epochs,
         )
         box = Box(name, client, sink, box_events)
         self.boxes[name] = box

@@ -1,0 +1,117 @@
+"""Key epochs at the aggregator (aggregator.rounds.epochs, aggregator.operator): a round
+left open under the old key fails at the next start and the next round announces the
+new key; each active box's sealed bundle is relayed, retained, on its own topic, a
+revoked box's topic is cleared; ``keys install`` refuses an epoch that is not newer.
+Real service on the in-memory bus, real CKKS contexts and sealed bundles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from aggregator.operator import OperatorError, install_key_epoch
+from aggregator.rounds.coordinator import RoundSettings
+from aggregator.state.config import init_state, load_config
+from aggregator.state.registry import DeviceRegistry
+from aggregator.state.store import Store
+from federation import topics
+from federation.crypto.epochs import (
+    Recipient,
+    exchange_public_hex,
+    generate_exchange_key,
+    open_context,
+    rotate_keys,
+    sign_exchange_key,
+)
+from federation.crypto.keys import create_federation_keys, load_public_context, read_public_key
+from federation.envelope import decode
+from federation.transport.base import InMemoryBus
+from tests.support.aggregator_rig import FED, make_service, registered_boxes
+
+
+def _announce(bus: InMemoryBus) -> dict:
+    return json.loads(decode(bus.retained[topics.announce(FED)]).payload)
+
+
+def test_rotation_fails_the_old_round_relays_bundles_and_announces_the_new_key(
+        tmp_path: Path) -> None:
+    keys = create_federation_keys(tmp_path / "keys")
+    state = tmp_path / "agg"
+    init_state(state, FED, keys.public_context)
+    store = Store(state)
+    bus = InMemoryBus(synchronous=True)
+    from federation.crypto.keys import load_secret_context
+
+    secret = load_secret_context(keys.secret_context)
+    boxes = registered_boxes(bus, store, secret, 3)
+    clock = [1_000_000.0]
+    settings = RoundSettings(deadline_seconds=60, quorum=2, count_scale=64)
+    service = make_service(bus, store, load_public_context(state / "federation-public.tenseal"),
+                           settings, clock)
+    service.start()
+    ann = _announce(bus)
+    assert (ann["round"], ann["key_id"]) == (1, secret.key_id) and "key_epoch" not in ann
+
+    # box2 is revoked; the key holder seals epoch 1 to box0 and box1
+    kx = {b.device_id: generate_exchange_key() for b in boxes}
+    recipients = [Recipient(b.device_id, b.public_hex, exchange_public_hex(kx[b.device_id]),
+                            sign_exchange_key(b.key, FED, b.device_id,
+                                              exchange_public_hex(kx[b.device_id])))
+                  for b in boxes]
+    registry = DeviceRegistry(store)
+    for r in recipients:
+        registry.set_exchange_key(FED, r.device_id, r.exchange_key, r.exchange_sig)
+    registry.revoke("box2")
+    found, missing = registry.recipients()
+    assert [d["device_id"] for d in found] == ["box0", "box1"] and missing == []
+    # a bundle for box2 made anyway (say, before its revocation) is never relayed
+    rot = rotate_keys(tmp_path / "keys", FED, recipients, tmp_path / "epoch-1")
+    cfg, relayed, left = install_key_epoch(state, load_config(state), tmp_path / "epoch-1")
+    assert (cfg.key_id, relayed, left) == (rot.key_id, ["box0", "box1"], [])
+    assert not (state / "sealed" / "box2.ffsc").exists()
+    with pytest.raises(OperatorError, match="already"):
+        install_key_epoch(state, cfg, tmp_path / "epoch-1")
+
+    # restart on the new public context: round 1 (old key) fails, round 2 is of the new key
+    store.close()
+    store = Store(state)
+    bus.retained[topics.key(FED, "box2")] = b"an earlier epoch's bundle"
+    service = make_service(bus, store, load_public_context(state / "federation-public.tenseal"),
+                           settings, clock)
+    service.start()
+    assert store.get_round(1).status == "failed"
+    assert store.get_round(1).close_reason == "key rotated"
+    ann = _announce(bus)
+    assert (ann["round"], ann["key_id"], ann["key_epoch"]) == (2, rot.key_id, 1)
+    assert topics.key(FED, "box2") not in bus.retained  # cleared
+    holder = read_public_key(tmp_path / "keys" / "keyholder.pub")
+    for device in ("box0", "box1"):
+        env = decode(bus.retained[topics.key(FED, device)])
+        assert (env.kind, env.sender, env.round) == ("key", "aggregator", 1)
+        ctx = open_context(env.payload, fed=FED, device_id=device, exchange_key=kx[device],
+                           keyholder=holder, after_epoch=0)
+        assert ctx.key_id == rot.key_id
+    store.close()
+
+
+def test_an_exchange_key_its_device_key_did_not_sign_is_refused_before_anything_is_added(
+        tmp_path: Path) -> None:
+    from aggregator.state.registry import RegistryError
+    from federation.crypto.signing import generate_signing_key, public_key_hex
+
+    store = Store(tmp_path)
+    registry = DeviceRegistry(store)
+    device, other = generate_signing_key(), generate_signing_key()
+    kx = exchange_public_hex(generate_exchange_key())
+    for signer, fed, dev in ((other, FED, "box-x"), (device, "other-fed", "box-x"),
+                             (device, FED, "box-y")):
+        with pytest.raises(RegistryError, match="not signed"):
+            registry.add("box-x", bytes.fromhex(public_key_hex(device)), fed=FED,
+                         exchange=(kx, sign_exchange_key(signer, fed, dev, kx)))
+        assert registry.get("box-x") is None
+    registry.add("box-x", bytes.fromhex(public_key_hex(device)), fed=FED,
+                 exchange=(kx, sign_exchange_key(device, FED, "box-x", kx)))
+    assert registry.recipients()[0][0]["exchange_key"] == kx
+    store.close()
