@@ -41,8 +41,8 @@ from edge.federated.api import (
     ModelSink,
     TransportFactory,
 )
-from edge.federated.high_water import HighWaterMark
 from edge.federated.epochs import EpochKeys
+from edge.federated.high_water import HighWaterMark
 from edge.federated.joining import RoundJoiner
 from edge.federated.outbox import Outbox
 from edge.federated.result_apply import ResultApplier
