@@ -80,7 +80,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     secret = load_secret_context(keys.secret_context)
     bus = InMemoryBus(synchronous=True)
     store = Store(state)
-    boxes = registered_boxes(bus, store, secret, 2)
+    boxes = registered_boxes(bus, store, secret, 2, fed=FED)
     service = AggregatorService(
         InMemoryTransport(bus, "aggregator"), store, secret.public(), generate_signing_key(),
         FED, settings=RoundSettings(deadline_seconds=60, quorum=2, count_scale=64))
