@@ -37,9 +37,10 @@ JSON bodies are one-chunk blobs):
   round r, model = the announced base_model.
 - ``ack/<device>`` (kind ack): JSON {device, round, msg, accepted, reason, detail,
   current_round, contributions}, one per update message. Reasons: malformed,
-  bad_signature, unknown_device (also revoked), wrong_federation, integrity,
-  oversized, stale_version, late, duplicate (already counted: treat as success),
-  replay, not_open, unavailable (transient: resend, same msg id allowed).
+  bad_signature, unknown_device (revoked: a never-registered id gets no ack at all,
+  aggregator.intake.unknown), wrong_federation, integrity, oversized, stale_version,
+  late, duplicate (already counted: treat as success), replay, not_open, unavailable
+  (transient: resend, same msg id allowed).
 - ``result/<r>/<i>`` (retained, kind result, model = result version ``round-<r>``):
   chunks of the summed EncryptedUpdate (self-contained: decrypt_average gives the
   federated weights). Only one result stays retained: the latest, or the pinned base.
