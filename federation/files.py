@@ -72,8 +72,7 @@ def open_new(path: Path, mode: int, how: str = "wb", **kw: object) -> IO[Any]:
     ``mode`` whatever the umask (an existing file is chmodded too: it is ours)."""
     if mode & ~0o666 or how[0] not in "wa":
         raise ValueError(f"open_new({how!r}, {mode:#o}): write or append, at most 0o666")
-    path = Path(path)
-    make_dirs(path.parent, parent_mode(mode))
+    path = Path(path)  # its directory is the caller's (make_dirs): a typo'd one is an error
     flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if how[0] == "a" else os.O_TRUNC)
     fd = os.open(path, flags, mode)
     try:

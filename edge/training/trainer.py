@@ -216,6 +216,7 @@ def train_local(
                                 isolate=isolate)
     update = trainer.local_update(global_vector, round_no=0)
     if out_path is not None:
+        make_dirs(out_path.parent, PRIVATE_DIR)
         tmp = out_path.with_name(out_path.name + ".tmp")
         with open_new(tmp, 0o600) as f:  # a local update: private to the box user
             np.savez(f, vector=update.vector, part=np.array(trainer.part.key),
