@@ -6,5 +6,5 @@
 ``match`` (the one pure matching rule both use: best cosine score over a person's
 embeddings, named only at or above the threshold).
 
-May import: edge.errors.
+May import: edge.errors, federation.
 """
