@@ -38,9 +38,10 @@ JSON bodies are one-chunk blobs):
   round r, model = the announced base_model.
 - ``ack/<device>`` (kind ack): JSON {device, round, msg, accepted, reason, detail,
   current_round, contributions}, one per update message. Reasons: malformed,
-  bad_signature, unknown_device (also revoked), wrong_federation, integrity,
-  oversized, stale_version, late, duplicate (already counted: treat as success),
-  replay, not_open, unavailable (transient: resend, same msg id allowed).
+  bad_signature, unknown_device (revoked: a never-registered id gets no ack at all,
+  aggregator.intake.unknown), wrong_federation, integrity, oversized, stale_version,
+  late, duplicate (already counted: treat as success), replay, not_open, unavailable
+  (transient: resend, same msg id allowed).
 - ``result/<r>/<i>`` (retained, kind result, model = result version ``round-<r>``):
   chunks of the summed EncryptedUpdate (self-contained: decrypt_average gives the
   federated weights). Only one result stays retained: the latest, or the pinned base.
@@ -80,6 +81,7 @@ from aggregator.intake.delivery import (
 from aggregator.intake.ratelimit import RATE_LIMITED, RateLimiter, count_dropped
 from aggregator.intake.shards import IntakeShards
 from aggregator.intake.spool import DiskReassembler
+from aggregator.intake.unknown import UnknownReport, record_report
 from aggregator.rounds.accumulator import AccumulatorFactory, CkksAccumulatorFactory
 from aggregator.rounds.coordinator import UNAVAILABLE, Coordinator, RoundSettings
 from aggregator.rounds.epochs import relay_sealed
@@ -252,6 +254,8 @@ class AggregatorService:
                     self._process_reject(item)
                 elif isinstance(item, RateLimitedReport):
                     self._report_dropped(item.counts)
+                elif isinstance(item, UnknownReport):
+                    self._report_unknown(item)
                 else:
                     batch.append(item)
                     batch_bytes += item.env.blob_size
@@ -267,6 +271,9 @@ class AggregatorService:
             self._process_batch(batch)
         if self.rate_limiter is not None:
             self._report_dropped(self.rate_limiter.drain())
+        unknown = self.intake.unknown.drain()
+        if unknown is not None:
+            self._report_unknown(unknown)
         if self.intake_shards is not None:
             self.intake_shards.restart_dead()
         self.refresh_keys()
@@ -348,6 +355,19 @@ class AggregatorService:
             except Exception as exc:  # counting must never stop the service
                 log.error("cannot count rate-limited messages: %s", exc)
             self._ack(device, None, None, Decision(False, RATE_LIMITED, detail))
+
+    def _report_unknown(self, report: UnknownReport) -> None:
+        """Unregistered senders (aggregator.intake.unknown): the counter once per pump,
+        the period's few sample lines, one summary line and row per report period."""
+        for line in report.samples:
+            log.warning("%s", line)
+        seconds = self.intake.unknown.limits.report_seconds
+        if report.summary is not None:
+            log.warning("%s", report.summary.text(seconds))
+        try:
+            record_report(self.store, report, seconds)
+        except Exception as exc:  # counting must never stop the service
+            log.error("cannot count updates from unregistered devices: %s", exc)
 
     # --- status -----------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -65,6 +65,7 @@ from federation.crypto.keys import (
     write_secret_file,
 )
 from federation.crypto.signing import public_key_from_hex, public_key_hex
+from federation.files import PRIVATE_DIR, make_dirs
 from models.federated_parts import DEFAULT_PART
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ class BoxFiles:
 
     def private_dirs(self) -> None:
         for d in (self.data_dir, self.tls_dir, self.keys_dir):
-            d.mkdir(parents=True, exist_ok=True)
+            make_dirs(d, PRIVATE_DIR)
             d.chmod(0o700)
 
 

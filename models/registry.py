@@ -24,7 +24,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from federation.files import write_atomic
+from federation.files import PUBLIC_DIR, make_dirs, write_atomic
 from models.files import sha256_bytes, sha256_file
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,7 @@ def fetch_models(dest: Path | None = None, bundle: Path | None = None) -> dict[s
     directory = _resolve(dest)
     missing = [p for p in PINNED.values() if not _already_cached(directory, p)]
     if missing:
-        directory.mkdir(parents=True, exist_ok=True)
+        make_dirs(directory, PUBLIC_DIR)  # pinned public models: readable, not writable
         if bundle is not None:
             _fetch_from_bundle(Path(bundle), directory, missing)
         else:

@@ -2,7 +2,8 @@
 
 ``delivery`` (the delivery thread: parse, rate-limit, verify the signature against a
 snapshot of device keys, spool), ``spool`` (reassembly on disk), ``ratelimit``
-(per-device token buckets), ``shards`` and ``shard_main`` (the same work in K processes
+(per-device token buckets), ``unknown`` (unregistered senders: counted, sampled, one
+shared budget, never answered), ``shards`` and ``shard_main`` (the same work in K processes
 for bursts).
 
 May import: aggregator.state, aggregator.rounds, federation.

@@ -1,9 +1,10 @@
 """The delivery-thread half of the aggregator service (aggregator.service says why the
-work is split in two threads): a chunk arriving on an update topic is parsed,
-rate-limited, authenticated against a snapshot of the device keys (the delivery thread
-never touches SQLite), checked and spooled to disk; what comes out (a rejection, or a
-completed update's spool file) is queued for the worker. It never publishes: a
-transport handler must not block on the transport."""
+work is split in two threads): a chunk arriving on an update topic is parsed, set aside
+if its device is not registered (aggregator.intake.unknown), rate-limited,
+authenticated against a snapshot of the device keys (the delivery thread never touches
+SQLite), checked and spooled to disk; what comes out (a rejection, or a completed
+update's spool file) is queued for the worker. It never publishes: a transport handler
+must not block on the transport."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from aggregator.intake.ratelimit import RateLimiter
 from aggregator.intake.spool import DiskReassembler
+from aggregator.intake.unknown import UnknownReport, UnknownSenders
 from aggregator.state.durable_io import fsync_file
 from aggregator.state.registry import Device
 from federation import topics
@@ -71,7 +73,7 @@ def _flush_quietly(path: Path) -> None:
         fsync_file(path)
 
 
-Item = Rejection | SpooledUpdate | RateLimitedReport
+Item = Rejection | SpooledUpdate | RateLimitedReport | UnknownReport
 
 
 class ItemSink(Protocol):
@@ -88,13 +90,17 @@ class DeliveryIntake:
     transport's delivery thread calls ``on_update``."""
 
     def __init__(self, fed_id: str, spool: DiskReassembler, sink: ItemSink,
-                 rate_limiter: RateLimiter | None = None) -> None:
+                 rate_limiter: RateLimiter | None = None,
+                 unknown: UnknownSenders | None = None) -> None:
         self.fed_id = fed_id
         self.spool = spool
         self.sink = sink
         # Per-device token buckets checked before any signature/disk work (None: off);
         # drained by the owner's worker.
         self.rate_limiter = rate_limiter
+        # Senders the registry does not know: counted, sampled, never answered, one
+        # budget for all of them (aggregator.intake.unknown); drained by the owner.
+        self.unknown = unknown or UnknownSenders()
         self.keys: dict[str, Ed25519PublicKey] = {}  # replaced whole: read without a lock
         self._revoked: frozenset[str] = frozenset()
         self._finished_msgs: OrderedDict[tuple[str, str], None] = OrderedDict()
@@ -127,12 +133,18 @@ class DeliveryIntake:
         """The transport's handler for an update topic (runs on its delivery thread)."""
         try:
             device = topics.parse(topic).device
-        except FederationError as exc:
-            self.sink.put(Rejection(None, None, None, exc.reason, exc.message))
+        except FederationError:
+            self.unknown.observe(None, payload)  # no registered id makes such a topic
             return
-        # Before anything else: a flood costs a dictionary lookup per message, also a
-        # flood of garbage, which would otherwise be decoded and answered one by one.
-        if self.rate_limiter is not None and device is not None and not (
+        # A sender the registry does not know costs a lookup and a count: no decoding, no
+        # signature check (there is no key), no ack, no row (aggregator.intake.unknown).
+        if device is None or (device not in self.keys and device not in self._revoked):
+            self.unknown.observe(device, payload)
+            return
+        # Then the device's own bucket: a registered (or revoked) device's flood costs a
+        # dictionary lookup per message, also a flood of garbage, which would otherwise
+        # be decoded and answered one by one.
+        if self.rate_limiter is not None and not (
                 self.rate_limiter.allow(device, len(payload))):
             return  # counted by the limiter; logged and acked once per period (pump)
         try:

@@ -191,6 +191,9 @@ class ShardIntake:
                     counts = self.rate_limiter.drain()
                     if counts:
                         self._sink.put(RateLimitedReport(counts))
+                unknown = self.intake.unknown.drain()
+                if unknown is not None:  # only in the race of a registry change
+                    self._sink.put(unknown)
                 next_refresh = time.monotonic() + REFRESH_SECONDS
 
     def close(self) -> None:

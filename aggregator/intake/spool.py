@@ -31,6 +31,7 @@ from typing import Any
 
 from federation.envelope import Envelope, validate
 from federation.errors import INTEGRITY, MALFORMED, OVERSIZED, FederationError
+from federation.files import PRIVATE_DIR, make_dirs
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class DiskReassembler:
     ) -> None:
         self.dir = Path(spool_dir)
         shutil.rmtree(self.dir, ignore_errors=True)  # partials of a previous run are unacked
-        self.dir.mkdir(parents=True)
+        make_dirs(self.dir, PRIVATE_DIR)
         self.max_blob_bytes = max_blob_bytes
         self.max_spool_bytes = max_spool_bytes
         self.ttl = ttl_seconds
@@ -131,7 +132,7 @@ class DiskReassembler:
             # Chunk size is deduced from a non-last chunk; a single chunk is the blob.
             chunk_size = len(chunk) if index < count - 1 or count == 1 else 0
             path = self.dir / hashlib.sha256(f"{env.sender}/{msg}".encode()).hexdigest()
-            path.touch()
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
             part = _Partial(
                 path, blob_size, blob_sha256, count, chunk_size, self.clock(), _ident(env)
             )

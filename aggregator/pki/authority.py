@@ -55,6 +55,7 @@ from aggregator.pki.files import (
     write_private_key,
 )
 from aggregator.pki.issue import create_device_key_and_csr, sign_device_csr
+from federation.files import PRIVATE_DIR, make_dirs
 
 # Re-exported: used by many callers as ``pki.<name>``. The rest lives in aggregator.pki.files
 # (CA files, identities), aggregator.pki.issue (certificates), aggregator.pki.crl (CRL).
@@ -117,8 +118,8 @@ def create_ca(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    out.mkdir(parents=True, exist_ok=True)
-    os.chmod(out, 0o700)
+    make_dirs(out, PRIVATE_DIR)
+    os.chmod(out, 0o700)  # also an existing one: the CA key goes in
     write_private_key(out / CA_KEY, key)
     write_cert(out / CA_CERT, cert)
     ca = CertificateAuthority(out, fed_id, cert, key)

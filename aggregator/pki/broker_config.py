@@ -248,7 +248,6 @@ def write_broker_config(
     plugin = find_dynsec_plugin() if dynsec else None
     state = Path(dynsec_file or out / DYNSEC_FILE)
     if plugin is not None and not state.exists():
-        state.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(state, json.dumps(DYNSEC_INITIAL, indent=2).encode(), mode=0o600)
     text = render_mosquitto_conf(
         files, port=port, bind_address=bind_address, max_packet_size=max_packet_size,

@@ -13,7 +13,6 @@ Layout (created by ``fedface-aggregator init``)::
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from federation.crypto.keys import (
     write_public_key,
 )
 from federation.crypto.packing import DEFAULT_COUNT_SCALE
-from federation.files import write_atomic
+from federation.files import PRIVATE_DIR, make_dirs, write_atomic
 
 CONFIG_NAME = "config.json"
 # the current key epoch's bundles, one sealed to each box (aggregator.rounds.epochs)
@@ -129,8 +128,10 @@ def init_state(
     state_dir = Path(state_dir)
     if (state_dir / CONFIG_NAME).exists():
         raise StoreError(f"{state_dir} is already initialised (found {CONFIG_NAME})")
-    state_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(public_context, state_dir / PUBLIC_CONTEXT_NAME)
+    # 0700: it holds the aggregator's signing key (whatever the umask: issue 15)
+    make_dirs(state_dir, PRIVATE_DIR)
+    write_atomic(state_dir / PUBLIC_CONTEXT_NAME, Path(public_context).read_bytes(),
+                 mode=0o644)
     key = Ed25519PrivateKey.generate()
     write_private_key(state_dir / KEY_NAME, key)
     write_public_key(state_dir / PUB_NAME, key.public_key())

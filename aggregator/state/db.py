@@ -6,6 +6,7 @@ aggregator.state.files, the group commit of accepted updates by aggregator.state
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -13,6 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from federation.files import PRIVATE_DIR, make_dirs
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -113,8 +116,11 @@ class StateDB:
                 f"state directory {self.state_dir} does not exist: "
                 "run `fedface-aggregator init` first"
             )
-        self.blob_dir.mkdir(exist_ok=True)
-        self.accepted_dir.mkdir(exist_ok=True)
+        make_dirs(self.blob_dir, PRIVATE_DIR)
+        make_dirs(self.accepted_dir, PRIVATE_DIR)
+        # SQLite creates the database 0666 less the umask (its -wal and -shm files take
+        # the database's mode): created 0600 first, whatever the umask.
+        os.close(os.open(self.state_dir / "state.db", os.O_WRONLY | os.O_CREAT, 0o600))
         # check_same_thread=False: the service touches the store from the transport
         # thread and the deadline ticker, always under its own lock.
         self.db = sqlite3.connect(

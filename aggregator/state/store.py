@@ -33,7 +33,7 @@ from pathlib import Path
 from aggregator.state.db import StoreError
 from aggregator.state.durable_io import sync_all, write_synced
 from aggregator.state.files import StoreFiles
-from federation.files import fsync_dir
+from federation.files import PRIVATE_DIR, fsync_dir, make_dirs
 
 # StoreError: re-exported, the many callers that open a Store catch it from here.
 __all__ = ["AcceptedUpdate", "Store", "StoreError"]
@@ -87,7 +87,7 @@ class Store(StoreFiles):
         placed: list[Path] = []
         try:
             if not round_dir.is_dir():
-                round_dir.mkdir()
+                make_dirs(round_dir, PRIVATE_DIR)
                 fsync_dir(self.accepted_dir)
             sync_all([it.spooled for it in items if it.spooled is not None])
             for it, name in zip(items, names, strict=True):

@@ -10,13 +10,14 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Annotated, Any, TextIO
+from typing import TYPE_CHECKING, Annotated, Any, TextIO, cast
 
 import typer
 
 from edge.cli.context import box
 from edge.cli.errors import EXIT_USAGE, CliError
 from edge.cli.identify import ThresholdOption, warn_if_empty
+from federation.files import open_new
 
 if TYPE_CHECKING:
     import numpy as np
@@ -102,7 +103,9 @@ def _events_stream(stack: ExitStack, events: str) -> TextIO:
     if events == "-":
         return sys.stdout
     try:
-        return stack.enter_context(open(events, "a", encoding="utf-8", buffering=1))
+        # recognition events name people: the box user's alone, whatever the umask
+        return cast(TextIO, stack.enter_context(open_new(Path(events), 0o600, "a",
+                                                         encoding="utf-8", buffering=1)))
     except OSError as exc:
         raise CliError(f"cannot write events to {events}: {exc.strerror}",
                        hint="pass a writable file or - for stdout", exit_code=EXIT_USAGE) from exc

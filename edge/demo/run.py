@@ -29,6 +29,7 @@ from edge.demo.box import EVENT_PREFIX
 from edge.errors import FedFaceError
 from federation.crypto.keys import create_federation_keys, write_private_key, write_public_key
 from federation.crypto.signing import generate_signing_key
+from federation.files import PRIVATE_DIR, make_dirs, open_new
 from federation.transport.mqtt import parse_broker_url
 from models.federated_parts import DEFAULT_PART, get_part
 
@@ -285,7 +286,7 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> dict[str,
         box_cfgs = []
         for name, people in zip(box_names, plan, strict=True):
             box_dir = workdir / name
-            box_dir.mkdir(mode=0o700)
+            make_dirs(box_dir, PRIVATE_DIR)
             key = generate_signing_key()
             write_private_key(box_dir / "device.key", key)
             write_public_key(box_dir / "device.pub", key.public_key())
@@ -302,10 +303,11 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> dict[str,
                 "train_budget_s": opts.train_budget_s,
                 "model_dir": os.environ.get("FEDFACE_MODEL_DIR"),
             }
-            (box_dir / "box.json").write_text(json.dumps(cfg, indent=2))
+            with open_new(box_dir / "box.json", 0o600, "w") as f:
+                f.write(json.dumps(cfg, indent=2))
             box_cfgs.append(box_dir / "box.json")
 
-        agg_log = (agg_state / "serve.log").open("w")
+        agg_log = open_new(agg_state / "serve.log", 0o600, "w")
         agg = subprocess.Popen(
             [*_serve_command(agg_cmd, protocol), "--state", str(agg_state), "--broker",
              broker_url, "--quorum", str(opts.boxes), "--rounds", str(opts.rounds),
@@ -317,7 +319,7 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> dict[str,
         for name, cfg_path in zip(box_names, box_cfgs, strict=True):
             log_path = cfg_path.parent / "box.log"
             proc = subprocess.Popen([sys.executable, "-m", "edge.demo.box", str(cfg_path)],
-                                    stdout=subprocess.PIPE, stderr=log_path.open("w"),
+                                    stdout=subprocess.PIPE, stderr=open_new(log_path, 0o600, "w"),
                                     text=True, bufsize=1)
             procs.append(proc)
             box = BoxProc(name, proc, log_path)
@@ -371,7 +373,7 @@ def _prepare_workdir(workdir: Path | None) -> Path:
     if workdir.exists() and any(workdir.iterdir()):
         raise DemoError(f"work directory {workdir} is not empty",
                         "give a new or empty --workdir (the demo creates fresh keys and state)")
-    workdir.mkdir(parents=True, exist_ok=True)
+    make_dirs(workdir, PRIVATE_DIR)  # keys and boxes' face data go in
     return workdir
 
 

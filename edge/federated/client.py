@@ -59,6 +59,7 @@ from federation.crypto.ckks import FederationContext, require_secret
 from federation.crypto.signing import KeyRing
 from federation.envelope import Envelope, decode, verify_envelope
 from federation.errors import FederationError
+from federation.files import PRIVATE_DIR, make_dirs
 from federation.messages import ModelPointer, RoundAnnounce
 from federation.transport.base import Will
 
@@ -97,7 +98,7 @@ class FederationClient:
         self.events = ClientEvents(on_event)
         self.counters = self.events.counters
         self.state_dir = Path(state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.state_dir, PRIVATE_DIR)
         self.epochs = epochs  # takes the next key epoch sealed to this box (None: cannot)
         self.outbox = Outbox(self.state_dir / "outbox")
         self.ledger_path = self.state_dir / "privacy-ledger.json"  # DP budget spent

@@ -22,7 +22,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from federation.files import write_atomic
+from federation.files import PRIVATE_DIR, make_dirs, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class PendingUpdate:
 class Outbox:
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.directory, PRIVATE_DIR)
         os.chmod(self.directory, 0o700)
 
     def _path(self, round_no: int, msg_id: str) -> Path:

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from federation.files import write_atomic
+from federation.files import PRIVATE_DIR, make_dirs, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def record_revocation(state_dir: Path, device_id: str, *, source: str, revoked_a
     if existing is not None:
         return existing
     state = RevocationState(device_id, float(revoked_at), time.time(), source, detail[:300])
-    Path(state_dir).mkdir(parents=True, exist_ok=True)
+    make_dirs(Path(state_dir), PRIVATE_DIR)
     write_atomic(record_path(state_dir), json.dumps(state.__dict__, sort_keys=True).encode(),
                  mode=0o600)
     return state

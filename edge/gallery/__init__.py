@@ -7,5 +7,5 @@
 embeddings, named only at or above the threshold) and ``names`` (what a person's name
 may contain: no control or text-direction characters, whichever way it comes in).
 
-May import: edge.errors.
+May import: edge.errors, federation.
 """

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import FedFaceError
+from federation.files import PRIVATE_DIR, make_dirs
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def ensure_private_dir(path: Path) -> Path:
     """Create ``path`` (0700) or check it is a writable directory; GalleryError if not."""
     try:
         existed = path.is_dir()
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_dirs(path, PRIVATE_DIR)  # parents too: 0700 whatever the umask
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
             if existed:

@@ -28,6 +28,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from edge.vision.embed import session_options
+from federation.files import PRIVATE_DIR, make_dirs, open_new
 from models.trunk import TrunkRunner, crops_to_blob
 
 log = logging.getLogger(__name__)
@@ -214,11 +215,12 @@ class TrunkFeatures:
         if self._runner is None:
             self._runner = TrunkRunner(self.model_path, [self.cut], threads=self.threads)
         features = self._runner.run(list(crops))[self.cut].astype(np.float16)
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_dirs(self.directory, PRIVATE_DIR)
         for key, feature in zip(keys, features, strict=True):
             path = self._path(key)
             tmp = path.with_name(f".{path.stem}.tmp.npy")
-            np.save(tmp, feature)
+            with open_new(tmp, 0o600) as f:
+                np.save(f, feature)
             os.replace(tmp, path)
             self._memory[key] = feature
 

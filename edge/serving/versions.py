@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from federation.files import write_atomic
+from federation.files import PRIVATE_DIR, make_dirs, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class SwapStore:
         create it, so a box that never federated gets no empty ``models`` folder."""
         self.directory = Path(directory)
         if create:
-            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_dirs(self.directory, PRIVATE_DIR)
 
     @property
     def pointer_path(self) -> Path:

@@ -21,6 +21,7 @@ import numpy as np
 
 from edge.training.api import TrainingError
 from edge.training.augment import augmented_views, check_crop
+from federation.files import PRIVATE_DIR, make_dirs, open_new
 from models.trunk import TrunkRunner
 
 log = logging.getLogger(__name__)
@@ -82,9 +83,10 @@ class FeatureCache:
         views = augmented_views(crop, self.n_views, seed=seed)
         features = self._runner.run(views)[self.cut].astype(np.float16)
         # features of enrolled faces are biometric data: private to the box user
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_dirs(self.dir, PRIVATE_DIR)
         tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, features)
+        with open_new(tmp, 0o600) as f:
+            np.save(f, features)
         os.replace(tmp, path)  # atomic: a crash never leaves a half-written entry
         return features
 

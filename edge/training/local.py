@@ -24,6 +24,7 @@ import numpy as np
 from edge.serving.canary import leave_one_out_accuracy
 from edge.serving.hot_swap import HotSwapper
 from edge.training.api import LocalUpdate, TrainingError
+from federation.files import PRIVATE_DIR, make_dirs
 from models.federated_parts import FederatedPart
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ def save_result(path: Path, update: LocalUpdate, part: FederatedPart,
                 extra: dict[str, Any]) -> None:
     """``vector``, ``part`` (key), ``n_samples`` (as ``edge.training.trainer.train_local``) and the
     run's figures; written by atomic rename, 0600 (weights trained on biometric data)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_dirs(path.parent, PRIVATE_DIR)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:

@@ -32,6 +32,7 @@ from edge.priority import background_niceness
 from edge.training.api import FitResult, LocalUpdate, TrainConfig, TrainingError
 from edge.training.augment import check_crop
 from edge.training.feature_cache import CropsByPerson, FeatureCache, group_crops
+from federation.files import PRIVATE_DIR, make_dirs, open_new
 from models.federated_parts import DEFAULT_PART, FederatedPart, get_part
 
 __all__ = ["TorchLocalTrainer", "TrainConfig", "check_torch", "train_local"]
@@ -166,7 +167,7 @@ class TorchLocalTrainer:
                     f"{bool(np.all(np.isfinite(global_vector)))}), part {self.part.key} "
                     f"needs {self.part.size} finite values"
                 )
-        self._work.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_dirs(self._work, PRIVATE_DIR)
         crops_path = self._work / "crops.npz"
         self._save_crops(crops_path)
         config = TrainConfig(**{**self.config.__dict__, "seed": self.config.seed + round_no})
@@ -215,9 +216,9 @@ def train_local(
                                 isolate=isolate)
     update = trainer.local_update(global_vector, round_no=0)
     if out_path is not None:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(out_path.parent, PRIVATE_DIR)
         tmp = out_path.with_name(out_path.name + ".tmp")
-        with tmp.open("wb") as f:
+        with open_new(tmp, 0o600) as f:  # a local update: private to the box user
             np.savez(f, vector=update.vector, part=np.array(trainer.part.key),
                      n_samples=np.array(update.n_samples))
         os.replace(tmp, out_path)

@@ -38,6 +38,7 @@ from federation.crypto.key_files import (  # the Ed25519 and file half, re-expor
     write_secret_file,
 )
 from federation.errors import KEY_FILE, FederationError, KeyFileError
+from federation.files import PRIVATE_DIR, make_dirs
 
 __all__ = [
     "KEYHOLDER_KEY_NAME",
@@ -136,6 +137,7 @@ def create_federation_keys(
             if p.exists():
                 raise KeyFileError(KEY_FILE, f"{p} already exists; refusing to replace "
                                    "federation keys (every box would lose the federation)")
+    make_dirs(out_dir, PRIVATE_DIR)  # the secret context's directory: whatever the umask
     ctx = new_secret_context(params)
     save_secret_context(secret_path, ctx, overwrite=overwrite)
     save_public_context(public_path, ctx, overwrite=overwrite)

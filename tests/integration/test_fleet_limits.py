@@ -128,6 +128,7 @@ def test_a_flood_of_garbage_is_dropped_before_it_is_decoded(tmp_path: Path) -> N
         service = AggregatorService(InMemoryTransport(InMemoryBus(), "agg"), store,
                                     ctx.public(), generate_signing_key(), FED,
                                     rate_limiter=limiter)
+        service.refresh_keys()  # "noisy" is registered: its own bucket, not the unknowns'
         for _ in range(40):
             service._on_update(topics.update(FED, "noisy"), b"\x00garbage")
         answered = []

@@ -179,16 +179,14 @@ def test_region_and_root_processes_over_two_brokers_equal_flat_average(
     send_partial(impostor, forged_blob, 1, "base")
     send_partial(rogue, forged_blob, 1, "base")
     send_partial(h.direct_box, forged_blob, 1, "base")  # registered box, not a region
-    refusals = {
-        "rogue": rogue.wait_acks(1, 30)[0],
-        "box": h.direct_box.wait_acks(1, 30)[0],
-    }
+    refusals = {"box": h.direct_box.wait_acks(1, 30)[0]}
     # the impostor's partial is refused (counted as bad_signature below) but never
-    # answered: an unauthenticated message gets no reply in the region's name
+    # answered: an unauthenticated message gets no reply in the region's name; nor is
+    # the rogue's, from an id never registered (counted as unknown_device below; its
+    # chunks went in before the box's, so an answer would have been sent by now)
     assert impostor.acks == [], impostor.acks
+    assert rogue.acks == [], rogue.acks
     assert not any(a["accepted"] for a in refusals.values()), refusals
-    assert refusals["rogue"]["reason"] == "unknown_device", refusals
-    assert "not registered" in refusals["rogue"]["detail"]
     assert refusals["box"]["reason"] == "malformed", refusals
     assert "not a registered regional aggregator" in refusals["box"]["detail"]
     assert refusals["box"]["contributions"] == 0  # nothing was counted
@@ -269,7 +267,7 @@ def test_region_and_root_processes_over_two_brokers_equal_flat_average(
     status = status_json(h.root_state)
     counters = status["counters"]
     assert counters.get("rejected.bad_signature", 0) >= 1, counters  # once per chunk
-    assert counters.get("rejected.unknown_device") == 1, counters
+    assert counters.get("rejected.unknown_device", 0) >= 1, counters  # once per chunk
     assert counters.get("rejected.malformed") == 1, counters
     assert [r["updates"] for r in status["recent_results"]] == [2, 2]
     for state in (h.root_state, h.region_state):

@@ -67,3 +67,33 @@ def test_a_failed_write_leaves_the_old_file(tmp_path: Path) -> None:
 def test_only_permission_bits(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         write_atomic(tmp_path / "f", b"x", mode=0o4755)
+
+
+def test_modes_are_exact_under_umask_000_and_existing_directories_are_left_alone(
+    tmp_path: Path,
+) -> None:
+    from federation.files import PRIVATE_DIR, PUBLIC_DIR, make_dirs, open_new
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o775)  # someone else's choice
+    old = os.umask(0)
+    try:
+        make_dirs(shared / "a" / "b", PRIVATE_DIR)
+        write_atomic(shared / "keys" / "k.key", b"secret", mode=0o600)
+        write_atomic(shared / "pub" / "ctx", b"public", mode=0o644)
+        with open_new(shared / "a" / "events", 0o600, "a", encoding="utf-8") as f:
+            f.write("x\n")
+        make_dirs(shared / "models", PUBLIC_DIR)
+    finally:
+        os.umask(old)
+    assert mode(shared) == 0o775
+    assert mode(shared / "a") == mode(shared / "a" / "b") == 0o700
+    assert mode(shared / "keys") == 0o700 and mode(shared / "keys" / "k.key") == 0o600
+    assert mode(shared / "pub") == 0o755 and mode(shared / "pub" / "ctx") == 0o644
+    assert mode(shared / "a" / "events") == 0o600
+    assert mode(shared / "models") == 0o755
+    with pytest.raises(ValueError, match="at most 0o755"):
+        make_dirs(tmp_path / "open", 0o777)
+    with pytest.raises(FileNotFoundError):  # open_new makes no directory: a typo is an error
+        open_new(tmp_path / "nodir" / "x", 0o600, "a")
