@@ -48,6 +48,7 @@ from federation.crypto.key_bundle import (
 from federation.crypto.keys import load_secret_context
 from federation.crypto.signing import public_key_from_hex
 from federation.errors import FederationError
+from federation.files import PRIVATE_DIR, make_dirs
 from federation.messages import DeviceStatus
 
 log = logging.getLogger(__name__)
@@ -282,7 +283,7 @@ def install_key_epoch(state_dir: Path, cfg: AggregatorConfig, epoch_dir: Path
         if header.device in active:  # never relay to a device revoked meanwhile
             bundles[header.device] = data
     folder = sealed_dir(state_dir)
-    folder.mkdir(mode=0o700, exist_ok=True)
+    make_dirs(folder, PRIVATE_DIR)
     for device, data in bundles.items():
         write_public_file(folder / f"{device}{SUFFIX}", data, overwrite=True)
     for stale in folder.glob(f"*{SUFFIX}"):  # an earlier epoch's, or a revoked box's

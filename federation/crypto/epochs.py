@@ -57,6 +57,7 @@ from federation.crypto.keys import (
 )
 from federation.crypto.signing import public_key_from_hex
 from federation.errors import BAD_SIGNATURE, KEY_FILE, MALFORMED, WRONG_KEY, FederationError
+from federation.files import PUBLIC_DIR, make_dirs
 
 MAGIC = b"FFSC"
 VERSION = 1
@@ -288,7 +289,7 @@ def rotate_keys(keys_dir: Path, fed: str, recipients: list[Recipient], out_dir: 
                                        r.exchange_key, r.exchange_sig)) for r in chosen]
     new = new_secret_context(current.params, epoch=current.epoch + 1)
     new_secret = secret_bytes_of(new)
-    (out_dir / "sealed").mkdir(parents=True, exist_ok=True)
+    make_dirs(out_dir / "sealed", PUBLIC_DIR)  # sealed files: only their box can open them
     sealed: dict[str, Path] = {}
     for r, pub in checked:
         data = seal_context(new, new_secret, fed=fed, device_id=r.device_id, recipient=pub,
