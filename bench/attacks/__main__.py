@@ -7,7 +7,10 @@ import importlib
 import sys
 
 # One module per attack, in the order issue 15 lists them.
-ATTACKS: tuple[str, ...] = ()
+ATTACKS: tuple[str, ...] = (
+    "weighting", "downgrade", "unknown_flood", "revocation_keys",
+    "kiosk_login", "upload_bomb", "file_modes",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
