@@ -7,9 +7,8 @@ key id pasted in. Used by ``bench.attacks.overflow`` and the end-to-end test.
   or one that will overflow the sum looks like any other), so both are summed;
 - ``HostileDevice``: a registered device over MQTT that sends a plausible update
   every round, and the hostile one in the round it attacks;
-- ``run_scenario``: the whole attack against a real ``fedface-aggregator serve`` process
-  and real box clients (FederationClient: decrypt, check, refuse, report), timed from
-  the poisoned result's publication to the federation serving a good model again.
+- ``PointerWatch``: when ``model/latest`` named which model (the recovery's clock);
+- ``operator_view``: what ``fedface-aggregator status`` and ``rounds show`` tell.
 """
 
 from __future__ import annotations
