@@ -179,8 +179,7 @@ class AggregatorService:
         self.intake = DeliveryIntake(fed_id, self.spool, self._queue, rate_limiter)
         # the boxes' verdicts on results, from their retained statuses: the evidence
         # that a round is poisoned (aggregator.rounds.poison)
-        self.statuses = StatusIntake(fed_id, lambda: self.intake.keys, self._queue.put,
-                                     rate_limiter)
+        self.statuses = StatusIntake(fed_id, lambda: self.intake.keys, self._queue.put)
         self.publisher = Publisher(
             transport, signing_key, fed_id, aggregator_id, self.settings.chunk_size
         )

@@ -33,7 +33,7 @@ from aggregator.rounds import pins as model_pins
 from aggregator.state.config import BrokerClientConfig, PkiConfig, init_state, load_config
 from aggregator.state.registry import DeviceRegistry, RegistryError, load_public_key_bytes
 from aggregator.state.store import Store
-from aggregator.state.verdicts import poisoned, poisoned_summary
+from aggregator.state.verdicts import poisoned, poisoned_summary, suspects
 from federation.crypto.fingerprint import request_fingerprint_lines, signing_key_fingerprint
 from federation.files import write_atomic
 from federation.verdicts import Verdict
@@ -243,6 +243,7 @@ def status(
         "pinned": model_pins.pinned(store),
         # rounds the boxes refused, and who contributed to them (aggregator.rounds.poison)
         "poisoned": [poisoned_summary(store, r) for r in list(poisoned(store))[-5:]],
+        "suspects": suspects(store),  # contributed to every refused round
         "broker_checked": cfg.broker is not None and not no_broker,
     }
     if as_json:
@@ -287,6 +288,10 @@ def _print_status(info: dict[str, Any]) -> None:
                    f"{_age(r['closed_at'])})")
     for p in info["poisoned"]:
         typer.echo(poisoned_lines(p))
+    if info["suspects"]:
+        s = info["suspects"]
+        typer.echo(f"suspects (contributed to every refused round: "
+                   f"{', '.join(map(str, s['rounds']))}): {', '.join(s['devices']) or 'none'}")
     for name, value in info["counters"].items():
         typer.echo(f"  {name}: {value}")
 

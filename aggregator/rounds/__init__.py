@@ -6,8 +6,8 @@ open round's sum), ``accumulator`` and ``sumpool`` (the homomorphic running sum,
 worker processes), ``records`` (what the round's parts hand each other), ``schedule``
 (when rounds open), ``pins`` (which published version the next round builds on),
 ``poison`` (a round the boxes refuse is marked poisoned; the next round builds on the
-last good base), ``publisher`` (signed announce, ack, result chunks, model pointer) and ``events`` (the
-service's handling of the coordinator's events).
+last good base), ``publisher`` (signed announce, ack, result chunks, model pointer)
+and ``events`` (the service's handling of the coordinator's events).
 
 May import: aggregator.state, federation.
 """

@@ -148,7 +148,7 @@ class PoisonWatch:
         marked = [(round_no, why)]
         for r in rows:  # oldest first: a chain of results built on the poisoned one
             if r.round > round_no and r.status == "published" and r.base_model in bad:
-                marked.append((r.round, f"built on the poisoned {r.base_model}"))
+                marked.append((r.round, f"{stored.BUILT_ON}{r.base_model}"))
                 bad.add(r.result_model)
         now = self.clock()
         stored.mark_poisoned(self.store, marked, "", now)

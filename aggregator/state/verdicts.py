@@ -16,6 +16,7 @@ from typing import Any
 from aggregator.state.db import StateDB
 
 JUDGED = ("applied", "refused", "rejected")  # verdicts on a result; sat_out is not one
+BUILT_ON = "built on the poisoned "  # the why of a round poisoned through its base
 
 
 @dataclass(frozen=True)
@@ -101,3 +102,17 @@ def poisoned_summary(db: StateDB, round_no: int) -> dict[str, Any] | None:
             "refused_by": [v.device_id for v in verdicts if v.refusal],
             "applied_by": [v.device_id for v in verdicts if not v.refusal],
             "contributors": db.contributors(round_no)}
+
+
+def suspects(db: StateDB) -> dict[str, Any] | None:
+    """The devices that contributed to every round the boxes refused (rounds poisoned
+    only because they were built on one are left out: any box may have sent to them).
+    The aggregator sees no single update, so this intersection is all it can say about
+    a culprit; every further poisoned round narrows it (docs/protocol.md)."""
+    refused = [r for r, p in poisoned(db).items() if not p.why.startswith(BUILT_ON)]
+    if not refused:
+        return None
+    common = set(db.contributors(refused[0]))
+    for round_no in refused[1:]:
+        common &= set(db.contributors(round_no))
+    return {"rounds": refused, "devices": sorted(common)}

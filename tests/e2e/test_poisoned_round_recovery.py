@@ -78,6 +78,9 @@ def test_poisoned_round_is_recovered_without_an_operator(tmp_path: Path, mosquit
         assert sorted(poisoned["contributors"]) == sorted([*HONEST, "evil"])
         assert sorted(poisoned["refused_by"]) == sorted(HONEST)
         assert sum(poisoned["refusals"].values()) == len(HONEST)
+        # one poisoned round: every contributor is a suspect (more rounds narrow it)
+        assert status["suspects"] == {"rounds": [ATTACKED],
+                                      "devices": sorted([*HONEST, "evil"])}
         text = run_cli("status", "--state", state, "--no-broker")
         assert f"POISONED round {ATTACKED}" in text and "evil" in text, text
         show = json.loads(run_cli("rounds", "show", str(ATTACKED), "--state", state,

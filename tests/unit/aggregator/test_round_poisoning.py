@@ -14,7 +14,7 @@ import pytest
 from aggregator.rounds.coordinator import RoundSettings
 from aggregator.rounds.poison import judge
 from aggregator.state.registry import DeviceRegistry
-from aggregator.state.verdicts import StoredVerdict, poisoned, poisoned_summary
+from aggregator.state.verdicts import StoredVerdict, poisoned, poisoned_summary, suspects
 from federation import topics
 from federation.chunking import split_blob
 from federation.crypto.ckks import FederationContext, new_secret_context
@@ -129,6 +129,45 @@ def test_refused_round_is_poisoned_and_the_next_round_builds_on_the_last_good_on
     assert (pointer["model"], pointer["base_model"]) == ("round-4", "round-1")
     decrypt_result(secret_ctx, blob)  # a good sum again
     assert latest_announce(rig.bus.retained, FED)["base_model"] == "round-4"
+
+
+def test_rounds_built_on_a_poisoned_one_are_poisoned_too_and_suspects_narrow(
+        rig: Rig, secret_ctx: FederationContext) -> None:
+    _round(rig)
+    b0, b1, b2 = rig.boxes
+    _round(rig, {b0.device_id: _overflow(secret_ctx)})  # round 2
+    _verdict(b1, 2, "round-2", "rejected", "out_of_range")  # one refusal: not yet
+    rig.service.pump()
+    _round(rig)  # round 3, built on round-2 (boxes that took round-2 sent to it)
+    assert rig.store.get_round(3).base_model == "round-2"  # type: ignore[union-attr]
+    assert latest_announce(rig.bus.retained, FED)["round"] == 4
+    _verdict(b2, 2, "round-2", "rejected", "out_of_range")  # a late refusal decides
+    rig.service.pump()
+    assert set(poisoned(rig.store)) == {2, 3}
+    assert poisoned(rig.store)[3].why == "built on the poisoned round-2"
+    assert rig.store.get_round(4).status == "failed"  # type: ignore[union-attr]
+    ann = latest_announce(rig.bus.retained, FED)
+    assert (ann["round"], ann["base_model"]) == (5, "round-1")
+    assert suspects(rig.store) == {"rounds": [2], "devices": sorted([b0.device_id,
+                                                                      b1.device_id,
+                                                                      b2.device_id])}
+    # round 5: b2 sits it out and b0 poisons again; the round closes at its deadline
+    for box in (b0, b1):
+        blob = _overflow(secret_ctx) if box is b0 else box.encrypted_blob(
+            np.ones(LENGTH, np.float32), 200, COUNT_SCALE)
+        box.send(box.envelopes(blob, 5, "round-1"))
+        rig.service.pump()
+    rig.clock[0] += SETTINGS.deadline_seconds + 1
+    rig.service.pump()
+    assert rig.store.get_round(5).status == "published"  # type: ignore[union-attr]
+    for box in (b1, b2):
+        _verdict(box, 5, "round-5", "rejected", "out_of_range")
+    rig.service.pump()
+    assert set(poisoned(rig.store)) == {2, 3, 5}
+    # b2 sat round 5 out: cleared; the culprit is among the two left
+    assert suspects(rig.store) == {"rounds": [2, 5],
+                                   "devices": sorted([b0.device_id, b1.device_id])}
+    assert latest_announce(rig.bus.retained, FED)["base_model"] == "round-1"
 
 
 def test_the_first_round_poisoned_goes_back_to_the_initial_model(
