@@ -82,10 +82,12 @@ from aggregator.intake.ratelimit import RATE_LIMITED, RateLimiter, count_dropped
 from aggregator.intake.shards import IntakeShards
 from aggregator.intake.spool import DiskReassembler
 from aggregator.intake.unknown import UnknownReport, record_report
+from aggregator.intake.verdicts import StatusIntake, VerdictReport
 from aggregator.rounds.accumulator import AccumulatorFactory, CkksAccumulatorFactory
 from aggregator.rounds.coordinator import UNAVAILABLE, Coordinator, RoundSettings
 from aggregator.rounds.epochs import relay_sealed
 from aggregator.rounds.events import ResultForwarder, RoundEventHandler
+from aggregator.rounds.poison import DEFAULT_SETTLE_SECONDS, PoisonWatch
 from aggregator.rounds.publisher import Publisher, ack_for
 from aggregator.rounds.records import Decision, Submission
 from aggregator.state.registry import DeviceRegistry
@@ -155,6 +157,7 @@ class AggregatorService:
         max_spool_bytes: int = DEFAULT_MAX_SPOOL_BYTES,
         clock: Callable[[], float] = time.time,
         rate_limiter: RateLimiter | None = None,
+        poison_settle_seconds: float = DEFAULT_SETTLE_SECONDS,
     ) -> None:
         # Refuse a secret context before anything else: the aggregator must never hold one.
         require_public_only(context)
@@ -181,13 +184,18 @@ class AggregatorService:
         self.max_rounds = max_rounds
         self.finished = threading.Event()
         # Where the delivery thread (or the intake shards) and the worker meet.
-        self._queue: queue.Queue[Item] = queue.Queue()
+        self._queue: queue.Queue[Item | VerdictReport] = queue.Queue()
         self.intake = DeliveryIntake(fed_id, self.spool, self._queue, rate_limiter)
+        # the boxes' verdicts on results, from their retained statuses: the evidence
+        # that a round is poisoned (aggregator.rounds.poison)
+        self.statuses = StatusIntake(fed_id, lambda: self.intake.keys, self._queue.put)
         self.publisher = Publisher(
             transport, signing_key, fed_id, aggregator_id, self.settings.chunk_size
         )
         self.events = RoundEventHandler(store, self.coordinator, self.publisher,
                                         max_rounds=max_rounds, finished=self.finished)
+        self.poison = PoisonWatch(store, self.registry, self.coordinator, self.publisher,
+                                  settle_seconds=poison_settle_seconds, clock=clock)
         # The per-chunk work in K processes instead of this one's MQTT thread
         # (aggregator.intake.shards; None: K = 1).
         self.intake_shards: IntakeShards | None = None
@@ -224,6 +232,7 @@ class AggregatorService:
         # run without them, or that come while the shards start, are heard here; once
         # every shard is subscribed, the shards alone hear the update topics.
         self.transport.subscribe(topics.update_filter(self.fed_id), self.intake.on_update)
+        self.transport.subscribe(topics.status_filter(self.fed_id), self.statuses.on_status)
         if self.intake_shards is not None:
             if self.intake_shards.start(
                     self._queue.put,
@@ -256,6 +265,8 @@ class AggregatorService:
                     self._report_dropped(item.counts)
                 elif isinstance(item, UnknownReport):
                     self._report_unknown(item)
+                elif isinstance(item, VerdictReport):
+                    self.events.handle(self.poison.report(item.device, item.verdicts))
                 else:
                     batch.append(item)
                     batch_bytes += item.env.blob_size
@@ -278,6 +289,7 @@ class AggregatorService:
             self.intake_shards.restart_dead()
         self.refresh_keys()
         self.events.retry_unpublished()
+        self.events.handle(self.poison.tick())
         self.events.handle(self.coordinator.tick())
         return n
 

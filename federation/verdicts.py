@@ -8,11 +8,16 @@ strictly: a field of the wrong type drops the verdict, text is kept printable.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
 OUTCOMES = ("applied", "refused", "rejected", "sat_out")
+# outcomes that say "this round's result is not fit to serve" (aggregator.rounds.poison
+# counts them against the round): refused by the canary, or failing the box's checks
+REFUSALS = ("refused", "rejected")
 REPORTED = 5  # verdicts in each status message: a few hundred bytes
+_CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,13 @@ class Verdict:
     before: float | None = None  # canary accuracy with the served model (0-1)
     after: float | None = None  # ... with the round's model
     probes: int = 0
+    # the machine-readable reason (a federation.errors reason, or the box's own, e.g.
+    # out_of_range, decrypt_failed, canary_refused): what the aggregator counts
+    code: str = ""
+
+    @property
+    def refusal(self) -> bool:
+        return self.outcome in REFUSALS
 
     def summary(self) -> str:
         figures = ""
@@ -52,7 +64,18 @@ class Verdict:
         model = data.get("model")
         return cls(number, _printable(model) if isinstance(model, str) else None, outcome,
                    _printable(reason), at, _fraction(data.get("before")),
-                   _fraction(data.get("after")), _count(data.get("probes")))
+                   _fraction(data.get("after")), _count(data.get("probes")),
+                   # a box from before the code wrote "code: text" in the reason
+                   reason_code(data.get("code"), reason if outcome in REFUSALS else ""))
+
+
+def reason_code(code: Any, reason: str = "") -> str:
+    """A verdict's machine reason: ``code`` when it is one, else the ``reason: text``
+    prefix that boxes from before the code wrote; "" when neither is."""
+    for candidate in (code, reason.split(":", 1)[0].strip()):
+        if isinstance(candidate, str) and _CODE.match(candidate):
+            return candidate
+    return ""
 
 
 def _printable(text: str, limit: int = 200) -> str:
@@ -72,7 +95,8 @@ def _count(value: Any) -> int:
 
 def reported(verdicts: list[Verdict]) -> list[dict[str, Any]]:
     """The status message's ``verdicts`` field."""
-    return [asdict(v) for v in verdicts]
+    # ``code`` only when set: the verdicts of boxes that never set it keep their bytes
+    return [{k: val for k, val in asdict(v).items() if k != "code" or val} for v in verdicts]
 
 
 def from_status(value: Any) -> list[Verdict]:

@@ -33,6 +33,7 @@ from aggregator.rounds.schedule import DailyWindow, RoundSchedule
 from aggregator.state.config import load_config
 from aggregator.state.store import Store, StoreError
 from federation.crypto.bounds import DEFAULT_MAX_SAMPLES, Bounds
+from aggregator.state.verdicts import poisoned_summary
 from federation.crypto.ckks import DEFAULT_PARAMS, CkksParams
 from federation.crypto.keys import create_federation_keys
 from federation.verdicts import Verdict
@@ -221,6 +222,7 @@ def _round_summary(store: Store, round_no: int) -> dict[str, Any]:
         raise StoreError(f"no round {round_no}")
     data = row.as_dict()
     data["contributors"] = store.contributors(round_no)
+    data["poisoned"] = poisoned_summary(store, round_no)  # None: not poisoned
     return data
 
 
@@ -271,8 +273,10 @@ def rounds_show(
     for key, value in info.items():
         if key in _TIMES:  # --json keeps the Unix times
             value = local_time(value)
-        if key not in ("announce", "verdicts"):
+        if key not in ("announce", "verdicts", "poisoned"):
             typer.echo(f"{key}: {value}")
+    if info["poisoned"] is not None:
+        typer.echo(operator_cli.poisoned_lines(info["poisoned"]))
     if unreachable:
         typer.echo(f"box verdicts: not available ({unreachable})")
     for device, data in sorted(verdicts.items()):

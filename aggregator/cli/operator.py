@@ -33,6 +33,7 @@ from aggregator.rounds import pins as model_pins
 from aggregator.state.config import BrokerClientConfig, PkiConfig, init_state, load_config
 from aggregator.state.registry import DeviceRegistry, RegistryError, load_public_key_bytes
 from aggregator.state.store import Store
+from aggregator.state.verdicts import poisoned, poisoned_summary, suspects
 from federation.crypto.fingerprint import request_fingerprint_lines, signing_key_fingerprint
 from federation.files import write_atomic
 from federation.verdicts import Verdict
@@ -245,6 +246,9 @@ def status(
         "device_status": devices, "recent_results": results, "counters": store.counters(),
         "next_base": model_pins.next_base(store, cfg.initial_model)[0],
         "pinned": model_pins.pinned(store),
+        # rounds the boxes refused, and who contributed to them (aggregator.rounds.poison)
+        "poisoned": [poisoned_summary(store, r) for r in list(poisoned(store))[-5:]],
+        "suspects": suspects(store),  # contributed to every refused round
         "broker_checked": cfg.broker is not None and not no_broker,
     }
     if as_json:
@@ -287,8 +291,23 @@ def _print_status(info: dict[str, Any]) -> None:
     for r in info["recent_results"]:
         typer.echo(f"result: round {r['round']} -> {r['model']} ({r['updates']} update(s), "
                    f"{_age(r['closed_at'])})")
+    for p in info["poisoned"]:
+        typer.echo(poisoned_lines(p))
+    if info["suspects"]:
+        s = info["suspects"]
+        typer.echo(f"suspects (contributed to every refused round: "
+                   f"{', '.join(map(str, s['rounds']))}): {', '.join(s['devices']) or 'none'}")
     for name, value in info["counters"].items():
         typer.echo(f"  {name}: {value}")
+
+
+def poisoned_lines(p: dict[str, Any]) -> str:
+    """A poisoned round for the operator: why, refusals by reason, who contributed."""
+    reasons = ", ".join(f"{code} x{n}" for code, n in sorted(p["refusals"].items()))
+    return (f"POISONED round {p['round']} ({_age(p['poisoned_at'])}): {p['why']}; went back "
+            f"to {p['recovered_to']}\n  refusals: {reasons or '-'} (from "
+            f"{', '.join(p['refused_by']) or '-'})\n  contributors: "
+            f"{', '.join(p['contributors']) or '-'}")
 
 
 def register(app: typer.Typer, keys_app: typer.Typer, devices_app: typer.Typer) -> None:

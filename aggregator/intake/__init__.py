@@ -1,7 +1,8 @@
 """Intake: chunks off the broker to spooled, authenticated updates.
 
 ``delivery`` (the delivery thread: parse, rate-limit, verify the signature against a
-snapshot of device keys, spool), ``spool`` (reassembly on disk), ``ratelimit``
+snapshot of device keys, spool), ``verdicts`` (the boxes' verdicts on rounds, from
+their signed statuses), ``spool`` (reassembly on disk), ``ratelimit``
 (per-device token buckets), ``unknown`` (unregistered senders: counted, sampled, one
 shared budget, never answered), ``shards`` and ``shard_main`` (the same work in K processes
 for bursts).

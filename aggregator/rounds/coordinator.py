@@ -314,13 +314,26 @@ class Coordinator:
                         "extended to %.0f (%d/%d)", cur.round, cur.contributions, len(active),
                         cur.quorum, deadline, cur.extensions + 1, self.settings.max_extensions)
             return [Announce(announce)]
-        self.store.update_round(cur.round, status="failed", closed_at=self.clock(),
-                                close_reason="no quorum")
-        self.store.drop_accepted(cur.round)
-        self.store.record_rejection(cur.round, None, "round_failed", "no quorum after extensions")
         log.error("round %d FAILED: %d update(s) < quorum %d after %d extension(s); a new "
                   "round follows", cur.round, cur.contributions, cur.quorum, cur.extensions)
+        return self._fail(cur, "no quorum", "no quorum after extensions")
+
+    def abandon(self, why: str) -> list[Event]:
+        """Fail the open round now and open the next (aggregator.rounds.poison: its base
+        was found poisoned, so its updates are built on a model no box should serve)."""
+        cur = self.current
+        if cur is None or cur.status != "open":
+            return []
+        log.error("round %d FAILED: %s; a new round follows", cur.round, why)
+        return self._fail(cur, why, why)
+
+    def _fail(self, cur: RoundRow, reason: str, detail: str) -> list[Event]:
+        self.store.update_round(cur.round, status="failed", closed_at=self.clock(),
+                                close_reason=reason)
+        self.store.drop_accepted(cur.round)
+        self.store.record_rejection(cur.round, None, "round_failed", detail)
         self.current = self.store.get_round(cur.round)  # failed: no longer takes updates
+        self.sum = None
         return self._open_when_due()
 
     def updates_summed(self) -> int:

@@ -126,3 +126,11 @@ class Publisher:
                     topics.result(self.fed_id, previous.round, index), b"", retain=True
                 )
         return PublishedResult(sha, len(blob), len(envs), msg)
+
+    def clear_result(self, row: RoundRow) -> None:
+        """Delete a retained result (its chunks and the pointer at it): no result is
+        retained, e.g. after the only one was found poisoned (aggregator.rounds.poison)."""
+        self._confirmed(topics.model_latest(self.fed_id), b"", True)
+        for index in range(row.result_chunks or 0):
+            self.transport.publish(topics.result(self.fed_id, row.round, index), b"",
+                                   retain=True)

@@ -3,7 +3,8 @@
 ``config`` (config, public CKKS context, signing key), ``store`` (the facade: group
 commit of accepted updates), ``db`` (SQLite tables: rounds, updates, rejections, meta),
 ``files`` (blobs on disk), ``durable_io`` (the group commit's fsyncs), ``registry``
-(devices and their keys) and ``regions`` (regional aggregators, registered like devices).
+(devices and their keys), ``regions`` (regional aggregators, registered like devices)
+and ``verdicts`` (the boxes' verdicts per round, and the rounds found poisoned).
 
 May import: federation.
 """

@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS rounds (
     round INTEGER PRIMARY KEY,
     base_model TEXT NOT NULL,
     result_model TEXT,
-    status TEXT NOT NULL,            -- open | closed | published | failed
+    status TEXT NOT NULL,            -- open | closed | published | failed | poisoned
     opened_at REAL NOT NULL,
     deadline REAL NOT NULL,
     quorum INTEGER NOT NULL,
@@ -69,6 +69,24 @@ CREATE TABLE IF NOT EXISTS rejections (
     device_id TEXT,
     reason TEXT NOT NULL,
     detail TEXT NOT NULL
+);
+-- each box's verdict on a published round, from its signed status (aggregator.state.verdicts)
+CREATE TABLE IF NOT EXISTS round_verdicts (
+    round INTEGER NOT NULL,
+    device_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    outcome TEXT NOT NULL,           -- applied | refused | rejected
+    code TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (round, device_id)
+);
+-- rounds found poisoned by the boxes' refusals (aggregator.rounds.poison)
+CREATE TABLE IF NOT EXISTS poisoned_rounds (
+    round INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    why TEXT NOT NULL,               -- the rule that held, or the poisoned round it built on
+    recovered_to TEXT NOT NULL       -- the good model the next round builds on
 );
 """
 

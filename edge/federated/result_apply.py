@@ -38,6 +38,8 @@ from models.federated_parts import FederatedPart
 
 log = logging.getLogger(__name__)
 
+DECRYPT_FAILED = "decrypt_failed"  # a verdict's code when decrypting raised something else
+
 
 class ResultApplier:
     def __init__(self, fetcher: ResultFetcher, context: FederationContext, part: FederatedPart,
@@ -111,26 +113,41 @@ class ResultApplier:
             if exc.reason == STALE_ROUND:  # overtaken while its chunks came in
                 self._refused_replay(wanted, exc)
                 return
-            self.events.count("result_rejected")
-            log.error("result of round %d NOT applied (%s): %s; keeping model %s",
-                      wanted.round, exc.reason, exc.message, self.version)
-            self.events.emit("result_rejected", wanted.round, {"reason": exc.reason,
-                                                               "detail": exc.message})
-            canary = getattr(exc, "canary", None)
-            self.verdicts.record(wanted.round, wanted.model,
-                                 "refused" if canary is not None else "rejected",
-                                 f"{exc.reason}: {exc.message}", canary)
-            self._publish_status()  # the sink's refusal shows in the retained status
+            # Whatever it was (a wrapped sum, ciphertexts under another key, the bounds,
+            # the canary), the aggregator must hear it: it cannot decrypt, so the boxes'
+            # refusals are its only evidence that a round is poisoned
+            # (aggregator.rounds.poison).
+            self._refused(wanted, exc)
+
+    def _refused(self, wanted: ModelPointer, exc: FederationError) -> None:
+        code, detail = exc.reason, exc.message
+        self.events.count("result_rejected")
+        log.error("result of round %d NOT applied (%s): %s; keeping model %s",
+                  wanted.round, code, detail, self.version)
+        self.events.emit("result_rejected", wanted.round, {"reason": code, "detail": detail})
+        canary = getattr(exc, "canary", None)
+        self.verdicts.record(wanted.round, wanted.model,
+                             "refused" if canary is not None else "rejected",
+                             f"{code}: {detail}", canary, code=code)
+        # at once, not with a later status: the retained status carries the verdict to
+        # the operator and to the aggregator, which counts the refusals of the round
+        self._publish_status()
 
     def _apply(self, pointer: ModelPointer, blob: bytes) -> None:
         if self.mark is not None:
             self.mark.check(pointer)
         t0 = time.perf_counter()
-        summed = EncryptedUpdate.from_bytes(blob, self.context)
-        # the round's bounds, which the aggregator cannot check: the change only when the
-        # box holds the result's base (a box joining late checks the count alone)
-        base = self.vector if pointer.base_model == self.version else None
-        average = decrypt_within_bounds(self.context, summed, pointer.policy, base)
+        try:
+            summed = EncryptedUpdate.from_bytes(blob, self.context)
+            # the round's bounds, which the aggregator cannot check: the change only when
+            # the box holds the result's base (a box joining late checks the count alone)
+            base = self.vector if pointer.base_model == self.version else None
+            average = decrypt_within_bounds(self.context, summed, pointer.policy, base)
+        except FederationError:
+            raise
+        except Exception as exc:  # TenSEAL or numpy on ciphertexts it cannot use: a refusal
+            log.exception("result of round %d could not be decrypted", pointer.round)
+            raise FederationError(DECRYPT_FAILED, f"{type(exc).__name__}: {exc}") from exc
         decrypt_s = time.perf_counter() - t0
         check_average(average, self.vector, self.part, self.max_relative_change)
         t1 = time.perf_counter()

@@ -45,11 +45,12 @@ class RoundVerdicts:
         return self.all()[-n:]
 
     def record(self, round_no: int, model: str | None, outcome: str, reason: str,
-               canary: Any = None) -> Verdict:
-        """Record a round's verdict; ``canary`` is an edge.serving.canary.CanaryResult or None."""
+               canary: Any = None, code: str = "") -> Verdict:
+        """Record a round's verdict; ``canary`` is an edge.serving.canary.CanaryResult or
+        None; ``code``: the machine reason the aggregator counts (federation.verdicts)."""
         verdict = Verdict(round_no, model, outcome, reason, time.time(),
                           getattr(canary, "current", None), getattr(canary, "candidate", None),
-                          int(getattr(canary, "probes", 0) or 0))
+                          int(getattr(canary, "probes", 0) or 0), code)
         kept = [v for v in self.all() if v.round != round_no][-(KEEP - 1):]
         try:
             write_atomic(self.path, json.dumps([asdict(v) for v in [*kept, verdict]],

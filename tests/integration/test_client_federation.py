@@ -195,6 +195,18 @@ def test_implausible_result_is_refused_and_model_kept(make_setup) -> None:
     rejected = next(e for e in events if e.kind == "result_rejected")
     assert rejected.data["reason"] == "out_of_range"
     assert a.version == "base" and sink.applied == []
+
+    def refusals() -> list[dict]:
+        if topics.status(FED, "a") not in s.bus.retained:
+            return []
+        return [v for v in _status(s, "a").get("verdicts", []) if v["round"] == 1]
+
+    # the refusal goes out at once in the box's signed status, with its machine reason:
+    # the aggregator counts it (aggregator.rounds.poison)
+    wait_for(lambda: bool(refusals()), 10, "the refusal in the box's status")
+    (verdict,) = refusals()
+    assert (verdict["outcome"], verdict["model"], verdict["code"]) == \
+        ("rejected", "round-1", "out_of_range")
     np.testing.assert_array_equal(a.vector, part_base_vector())
     a.stop()
     bad.stop()

@@ -44,3 +44,21 @@ def test_untrusted_verdicts_are_parsed_strictly() -> None:
     assert parsed[1].before is None  # an accuracy outside 0-1 is dropped, not trusted
     assert from_status("nope") == [] and Verdict.from_dict(None) is None
     assert json.loads(json.dumps(reported(parsed)))[0]["outcome"] == "refused"
+
+
+def test_a_refusal_carries_its_machine_reason_and_old_boxes_still_parse() -> None:
+    refusal = Verdict(5, "round-5", "rejected", "out_of_range: count 2049.3", 1.0,
+                      code="out_of_range")
+    assert refusal.refusal and reported([refusal])[0]["code"] == "out_of_range"
+    assert from_status(reported([refusal])) == [refusal]
+    applied = Verdict(5, "round-5", "applied", "canary ok", 1.0)
+    assert "code" not in reported([applied])[0]  # unset: the old wire bytes
+    assert not applied.refusal
+    # a box from before the code: its reason's prefix is the code, for refusals only
+    old = {"round": 5, "model": "round-5", "outcome": "refused",
+           "reason": "canary_refused: accuracy 90% -> 60%", "at": 1.0}
+    assert from_status([old])[0].code == "canary_refused"
+    assert from_status([{**old, "outcome": "applied"}])[0].code == ""
+    # a code is a short identifier; anything else is dropped, not shown or counted
+    assert from_status([{**old, "code": "x; rm -rf /\x1b"}])[0].code == "canary_refused"
+    assert from_status([{**old, "code": "A" * 10, "reason": "free text"}])[0].code == ""
