@@ -81,7 +81,7 @@ from aggregator.intake.delivery import (
 from aggregator.intake.ratelimit import RATE_LIMITED, RateLimiter, count_dropped
 from aggregator.intake.shards import IntakeShards
 from aggregator.intake.spool import DiskReassembler
-from aggregator.intake.unknown import UnknownReport, record_report
+from aggregator.intake.unknown import UnknownReport, report_unknown
 from aggregator.intake.verdicts import StatusIntake, VerdictReport
 from aggregator.rounds.accumulator import AccumulatorFactory, CkksAccumulatorFactory
 from aggregator.rounds.coordinator import UNAVAILABLE, Coordinator, RoundSettings
@@ -369,17 +369,8 @@ class AggregatorService:
             self._ack(device, None, None, Decision(False, RATE_LIMITED, detail))
 
     def _report_unknown(self, report: UnknownReport) -> None:
-        """Unregistered senders (aggregator.intake.unknown): the counter once per pump,
-        the period's few sample lines, one summary line and row per report period."""
-        for line in report.samples:
-            log.warning("%s", line)
-        seconds = self.intake.unknown.limits.report_seconds
-        if report.summary is not None:
-            log.warning("%s", report.summary.text(seconds))
-        try:
-            record_report(self.store, report, seconds)
-        except Exception as exc:  # counting must never stop the service
-            log.error("cannot count updates from unregistered devices: %s", exc)
+        """Unregistered senders (aggregator.intake.unknown), once per pump."""
+        report_unknown(self.store, report, self.intake.unknown.limits.report_seconds)
 
     # --- status -----------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -32,8 +32,8 @@ from aggregator.rounds.coordinator import RoundSettings
 from aggregator.rounds.schedule import DailyWindow, RoundSchedule
 from aggregator.state.config import load_config
 from aggregator.state.store import Store, StoreError
-from federation.crypto.bounds import DEFAULT_MAX_SAMPLES, Bounds
 from aggregator.state.verdicts import poisoned_summary
+from federation.crypto.bounds import DEFAULT_MAX_SAMPLES, Bounds
 from federation.crypto.ckks import DEFAULT_PARAMS, CkksParams
 from federation.crypto.keys import create_federation_keys
 from federation.verdicts import Verdict

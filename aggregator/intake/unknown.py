@@ -29,6 +29,7 @@ revoked box stops sending.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +38,8 @@ from dataclasses import dataclass, field
 from aggregator.state.store import Store
 from federation.envelope import decode
 from federation.errors import UNKNOWN_DEVICE, FederationError
+
+log = logging.getLogger(__name__)
 
 COUNTER = f"rejected.{UNKNOWN_DEVICE}"
 _MAX_IDS = 1000  # distinct ids remembered per report period (the summary says "at least")
@@ -199,3 +202,16 @@ def record_report(store: Store, report: UnknownReport, seconds: float) -> None:
             db.execute("INSERT INTO rejections(at, round, device_id, reason, detail)"
                        " VALUES (?, NULL, NULL, ?, ?)",
                        (time.time(), UNKNOWN_DEVICE, report.summary.text(seconds)[:500]))
+
+
+def report_unknown(store: Store, report: UnknownReport, seconds: float) -> None:
+    """The period's few sample lines, one summary line, then the counter and summary row;
+    counting must never stop the service."""
+    for line in report.samples:
+        log.warning("%s", line)
+    if report.summary is not None:
+        log.warning("%s", report.summary.text(seconds))
+    try:
+        record_report(store, report, seconds)
+    except Exception as exc:
+        log.error("cannot count updates from unregistered devices: %s", exc)

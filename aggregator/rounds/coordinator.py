@@ -11,11 +11,8 @@ At a deadline without quorum the round is extended (up to ``max_extensions`` tim
 each logged and re-announced); after that it fails (logged, counted) and a new round
 opens on the same base model, so boxes simply resend on the new announce.
 
-Every opening follows the operator's schedule (aggregator.rounds.schedule: a minimum interval
-between openings, a daily window): until the next opening is due no round is open, the
-latest round is re-announced closed with ``next_round_at``, and ``tick`` opens it when
-due. The announce carries ``min_new_samples``: a box with fewer new enrolled samples
-since its last update sits the round out.
+Openings follow the operator's schedule (aggregator.rounds.schedule): until one is due
+the latest round is re-announced closed with ``next_round_at``; ``tick`` opens it.
 
 Time comes from an injected clock, so tests drive deadlines deterministically.
 """

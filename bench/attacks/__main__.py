@@ -8,7 +8,7 @@ import sys
 
 # One module per attack, in the order issue 15 lists them.
 ATTACKS: tuple[str, ...] = (
-    "weighting", "downgrade", "unknown_flood", "revocation_keys",
+    "weighting", "overflow", "downgrade", "unknown_flood", "revocation_keys",
     "kiosk_login", "upload_bomb", "file_modes",
 )
 
