@@ -33,7 +33,7 @@ from aggregator.pki import authority as pki
 from aggregator.pki import issue as pki_issue
 from aggregator.pki.broker_config import publish_crl
 from aggregator.pki.live import cut_live_session
-from aggregator.state.config import AggregatorConfig, PkiConfig
+from aggregator.state.config import PUBLIC_CONTEXT_NAME, AggregatorConfig, PkiConfig
 from aggregator.state.registry import DeviceRegistry, RegistryError, validate_device_id
 from aggregator.state.store import Store
 from federation.crypto.epochs import verify_exchange_key
@@ -163,6 +163,18 @@ def revoke_device(store: Store, cfg: AggregatorConfig, device_id: str) -> Revoca
         live = cut_live_session(cfg, store, device_id)  # strictly after the CRL reload
         return Revocation(device_id, device.active, crl, f"{reloaded}; {live}", live)
     return Revocation(device_id, device.active, crl, reloaded)
+
+
+def revoked_since_key(store: Store, state_dir: Path) -> list[str]:
+    """Devices revoked after the federation's current key was installed (``init`` or
+    ``keys install`` wrote the public context): each still holds that key's secret
+    context and could decrypt every later result, so a key rotation is due."""
+    try:
+        installed = (Path(state_dir) / PUBLIC_CONTEXT_NAME).stat().st_mtime
+    except FileNotFoundError:
+        return []
+    return [d.device_id for d in DeviceRegistry(store).list()
+            if d.revoked_at is not None and d.revoked_at >= installed]
 
 
 def reload_broker(p: PkiConfig) -> str:

@@ -25,6 +25,7 @@ from aggregator.operator import (
     read_request,
     register_device,
     revoke_device,
+    revoked_since_key,
 )
 from aggregator.pki import authority as pki
 from aggregator.pki import files as pki_files
@@ -199,6 +200,10 @@ def devices_revoke(device_id: str, state: StateOpt) -> None:
         typer.echo(f"CRL {result.crl}: {result.broker_reloaded}")
     else:
         typer.echo(result.broker_reloaded)
+    typer.echo(f"{device_id} still holds the federation's secret key: rotate it now "
+               "(docs/operations.md, 'Rotating the federation key'): fedface-aggregator "
+               f"devices recipients --state {state} --out recipients.json, then the key "
+               "holder's `keys rotate`, then `keys install` here")
 
 
 def _age(ts: float | None) -> str:
@@ -249,6 +254,8 @@ def status(
         # rounds the boxes refused, and who contributed to them (aggregator.rounds.poison)
         "poisoned": [poisoned_summary(store, r) for r in list(poisoned(store))[-5:]],
         "suspects": suspects(store),  # contributed to every refused round
+        # revoked after the current key was installed: they can still decrypt results
+        "key_rotation_due": revoked_since_key(store, state),
         "broker_checked": cfg.broker is not None and not no_broker,
     }
     if as_json:
@@ -297,6 +304,10 @@ def _print_status(info: dict[str, Any]) -> None:
         s = info["suspects"]
         typer.echo(f"suspects (contributed to every refused round: "
                    f"{', '.join(map(str, s['rounds']))}): {', '.join(s['devices']) or 'none'}")
+    if info["key_rotation_due"]:
+        typer.echo(f"KEY ROTATION DUE: {', '.join(info['key_rotation_due'])} revoked after "
+                   "the current key was installed, and can still decrypt every result: "
+                   "rotate the key (docs/operations.md, 'Rotating the federation key')")
     for name, value in info["counters"].items():
         typer.echo(f"  {name}: {value}")
 

@@ -80,7 +80,10 @@ def test_a_revoked_box_cannot_read_the_round_after_the_rotation(tmp_path: Path,
         old = load_secret_context(secrets["box-c"])
 
         # box-c is revoked; the key holder rotates to the others; the operator installs
-        run_cli("devices", "revoke", "box-c", "--state", str(fed.agg_state))
+        out = run_cli("devices", "revoke", "box-c", "--state", str(fed.agg_state))
+        assert "still holds the federation's secret key: rotate it now" in out
+        status = run_cli("status", "--no-broker", "--state", str(fed.agg_state))
+        assert "KEY ROTATION DUE: box-c revoked after the current key" in status
         run_cli("devices", "recipients", "--state", str(fed.agg_state), "--out",
                 str(tmp_path / "recipients.json"))
         out = run_cli("keys", "rotate", "--keys", str(fed.secret_context.parent),
@@ -90,6 +93,8 @@ def test_a_revoked_box_cannot_read_the_round_after_the_rotation(tmp_path: Path,
         assert not (tmp_path / "epoch-1" / "sealed" / "box-c.ffsc").exists()
         run_cli("keys", "install", "--state", str(fed.agg_state), "--epoch",
                 str(tmp_path / "epoch-1"))
+        status = run_cli("status", "--no-broker", "--state", str(fed.agg_state))
+        assert "KEY ROTATION DUE" not in status  # the new key's secret never reached box-c
         fed.start_aggregator(quorum=2, rounds=1)
 
         # the remaining boxes take the new epoch and complete the next round under it
