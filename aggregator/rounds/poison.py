@@ -50,9 +50,13 @@ from federation.verdicts import Verdict
 
 log = logging.getLogger(__name__)
 
-# Refusal codes that are not evidence against a round's content: the box refused a
-# round older than the newest it accepted (a replay, or a rollback it already has).
-NOT_EVIDENCE = frozenset({"stale_round"})
+# Refusal codes that are not evidence against a round's content, only about the box:
+# it refused a round older than the newest it accepted (a replay, or a rollback it
+# already has), or it does not hold the result's key yet (after a rotation, a box that
+# reconnects may see the retained result before its sealed key bundle). A result's
+# key id is always the aggregator's own (intake refuses updates under any other), so a
+# foreign ciphertext shows as out_of_range, never as wrong_key.
+NOT_EVIDENCE = frozenset({"stale_round", "wrong_key", "old_epoch", "key_epoch_pending"})
 DEFAULT_SETTLE_SECONDS = 60.0
 _TICK_EVERY = 1.0  # seconds between checks of the settle window
 

@@ -215,6 +215,9 @@ ACTIVE = {"a", "b", "c", "d", "e"}
     ([_v("a"), _v("b"), _v("c", "applied", ""), _v("d", "applied", "")], 61.0, False),
     ([_v("a")], 61.0, False),  # one box alone: never (below the quorum)
     ([_v("a"), _v("b"), _v("c", code="stale_round")], 0.0, False),  # not about content
+    # a box without the new key epoch yet says nothing about the result either
+    ([_v("a", code="wrong_key"), _v("b", code="wrong_key"), _v("c", code="wrong_key")],
+     61.0, False),
     ([_v("a"), _v("b"), _v("x"), _v("y")], 0.0, False),  # x, y: not active (revoked)
     ([_v("a"), _v("b", "refused", "canary_refused"), _v("c", code="count_over_cap")],
      0.0, True),  # any reason about the result counts, the new ones included
