@@ -15,6 +15,11 @@ ATTACKS: tuple[str, ...] = (
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if {"-h", "--help"} & set(args):
+        print(__doc__)
+        print("attacks, in order:", ", ".join(ATTACKS))
+        print("each alone: python -m bench.attacks.<name> --help")
+        return 0
     failed = []
     for name in ATTACKS:
         print(f"== {name}", flush=True)
