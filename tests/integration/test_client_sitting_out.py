@@ -78,13 +78,15 @@ def test_a_box_with_nothing_new_sits_out_and_joins_once_it_has_enough(
     events: dict[str, list[ClientEvent]] = {"a": [], "b": []}
     clients: list[FederationClient] = []
 
+    sinks = {"a": RecordingSink(), "b": RecordingSink()}  # the boxes' model stores
+
     def client(device: str, trainer: LocalTrainer | None = None) -> FederationClient:
         base = part_base_vector()
         c = FederationClient(
             ClientConfig(FED, device, retry_seconds=0.5, tick_seconds=0.05),
             lambda will: InMemoryTransport(bus, device, will=will), ctx, keys[device],
             agg_key.public_key(), trainer or NumpyDriftTrainer(PART, base, device, 50, 1e-2),
-            RecordingSink(), tmp_path / device, base, on_event=events[device].append,
+            sinks[device], tmp_path / device, base, on_event=events[device].append,
             samples=samples[device])
         clients.append(c)
         c.start()
@@ -128,7 +130,7 @@ def test_a_box_with_nothing_new_sits_out_and_joins_once_it_has_enough(
         wait_for(lambda: "sitting_out" in kinds("a", 3), SLOW, "a sitting out round 3")
         a.stop()
         events["a"] = []
-        a2 = client("a")
+        a2 = client("a")  # the same model store: it resumes on round-2, as a rebooted box
         wait_for(lambda: "sitting_out" in kinds("a", 3), SLOW, "restarted a sitting out")
         time.sleep(0.3)
         assert kinds("a", 3) == ["sitting_out"]  # it did not train round 3
