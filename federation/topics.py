@@ -26,20 +26,33 @@ def prefix(fed: str) -> str:
     return f"{ROOT}/{_check_id('federation', fed)}"
 
 
+# The per-device kinds: one topic per device, so the broker ACL can confine each device
+# to its own (``parse`` accepts exactly these with a device id).
+DEVICE_KINDS = ("update", "ack", "status", "key")
+
+
+def _device_topic(fed: str, kind: str, device: str) -> str:
+    return f"{prefix(fed)}/{kind}/{_check_id('device', device)}"
+
+
+def _every_device(fed: str, kind: str) -> str:
+    return f"{prefix(fed)}/{kind}/+"
+
+
 def announce(fed: str) -> str:
     return f"{prefix(fed)}/announce"
 
 
 def update(fed: str, device: str) -> str:
-    return f"{prefix(fed)}/update/{_check_id('device', device)}"
+    return _device_topic(fed, "update", device)
 
 
 def update_filter(fed: str) -> str:
-    return f"{prefix(fed)}/update/+"
+    return _every_device(fed, "update")
 
 
 def ack(fed: str, device: str) -> str:
-    return f"{prefix(fed)}/ack/{_check_id('device', device)}"
+    return _device_topic(fed, "ack", device)
 
 
 def result(fed: str, round: int, index: int) -> str:
@@ -58,17 +71,17 @@ def model_latest(fed: str) -> str:
 
 
 def status(fed: str, device: str) -> str:
-    return f"{prefix(fed)}/status/{_check_id('device', device)}"
+    return _device_topic(fed, "status", device)
 
 
 def status_filter(fed: str) -> str:
-    return f"{prefix(fed)}/status/+"
+    return _every_device(fed, "status")
 
 
 def key(fed: str, device: str) -> str:
     """The device's sealed key epoch (federation.crypto.epochs), retained: only it can
     open it, and the broker's ACL lets only it read this topic."""
-    return f"{prefix(fed)}/key/{_check_id('device', device)}"
+    return _device_topic(fed, "key", device)
 
 
 @dataclass(frozen=True)
@@ -91,7 +104,7 @@ def parse(topic: str) -> Topic:
     fed, kind, rest = parts[2], parts[3], parts[4:]
     if kind == "announce" and not rest:
         return Topic(fed, kind)
-    if kind in ("update", "ack", "status", "key") and len(rest) == 1 and ID_RE.match(rest[0]):
+    if kind in DEVICE_KINDS and len(rest) == 1 and ID_RE.match(rest[0]):
         return Topic(fed, kind, device=rest[0])
     if kind == "result" and len(rest) == 2 and all(p.isdigit() and p.isascii() for p in rest):
         return Topic(fed, kind, round=int(rest[0]), index=int(rest[1]))
