@@ -185,15 +185,20 @@ def _container(fctx: FederationContext, raw: bytes, secret: bool) -> bytes:
     return CONTEXT_MAGIC + _HEADER_LEN.pack(len(header)) + header + raw
 
 
-def public_context_bytes(fctx: FederationContext) -> bytes:
-    """Serialize WITHOUT the secret key (and without relin/Galois keys: add-only)."""
+def _context_bytes(fctx: FederationContext, secret: bool) -> bytes:
+    # never relin/Galois keys: the federation only adds ciphertexts
     raw = fctx.context.serialize(
         save_public_key=not fctx.params.symmetric,
-        save_secret_key=False,
+        save_secret_key=secret,
         save_galois_keys=False,
         save_relin_keys=False,
     )
-    return _container(fctx, raw, secret=False)
+    return _container(fctx, raw, secret=secret)
+
+
+def public_context_bytes(fctx: FederationContext) -> bytes:
+    """Serialize WITHOUT the secret key (and without relin/Galois keys: add-only)."""
+    return _context_bytes(fctx, secret=False)
 
 
 def secret_context_bytes(fctx: FederationContext) -> bytes:
@@ -202,13 +207,7 @@ def secret_context_bytes(fctx: FederationContext) -> bytes:
         raise FederationError(
             PUBLIC_KEY_CANNOT_DECRYPT, "this context holds no secret key to serialize"
         )
-    raw = fctx.context.serialize(
-        save_public_key=not fctx.params.symmetric,
-        save_secret_key=True,
-        save_galois_keys=False,
-        save_relin_keys=False,
-    )
-    return _container(fctx, raw, secret=True)
+    return _context_bytes(fctx, secret=True)
 
 
 def load_context(data: bytes) -> FederationContext:
