@@ -39,9 +39,10 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -56,6 +57,7 @@ from federation.messages import Ack, RoundAnnounce
 from federation.transport.base import Transport
 
 log = logging.getLogger(__name__)
+_M = TypeVar("_M")  # a message parsed from the root's payload
 
 STATE_NAME = "regional.json"
 CONFIRM_TIMEOUT = 60.0
@@ -223,27 +225,28 @@ class RegionalForwarder:
                         exc.message)
             return None
 
-    def _on_announce(self, topic: str, payload: bytes) -> None:
-        env = self._verified(payload, "announce")
+    def _message(self, payload: bytes, kind: str, parse: Callable[[bytes], _M]) -> _M | None:
+        """The root's signed message of that kind, parsed; None (logged) if it is not."""
+        env = self._verified(payload, kind)
         if env is None:
-            return
+            return None
         try:
-            ann = RoundAnnounce.from_json(env.payload)
+            return parse(env.payload)
         except FederationError as exc:
-            log.warning("ignoring the root's announce (%s): %s", exc.reason, exc.message)
+            log.warning("ignoring the root's %s (%s): %s", kind, exc.reason, exc.message)
+            return None
+
+    def _on_announce(self, topic: str, payload: bytes) -> None:
+        ann = self._message(payload, "announce", RoundAnnounce.from_json)
+        if ann is None:
             return
         with self._cond:
             self._announce = _RootRound(ann.round, ann.base_model, ann.open)
             self._cond.notify_all()
 
     def _on_ack(self, topic: str, payload: bytes) -> None:
-        env = self._verified(payload, "ack")
-        if env is None:
-            return
-        try:
-            ack = Ack.from_json(env.payload)
-        except FederationError as exc:
-            log.warning("ignoring an ack from the root (%s): %s", exc.reason, exc.message)
+        ack = self._message(payload, "ack", Ack.from_json)
+        if ack is None:
             return
         self.acks.append(ack)
         if ack.accepted or ack.reason == "duplicate":
