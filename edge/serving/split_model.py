@@ -40,59 +40,52 @@ class TailError(ValueError):
     """The graph cannot be cut at the requested tensor."""
 
 
-def tail_model(model: onnx.ModelProto, cut: str) -> onnx.ModelProto:
-    """The subgraph from tensor ``cut`` (new input, N x C x H x W) to the model's output."""
-    graph = model.graph
-    output = graph.output[0].name
+def _nodes_feeding(graph: onnx.GraphProto, start: str, cut: str) -> list[onnx.NodeProto]:
+    """The nodes tensor ``start`` is computed from, in graph order. The walk back stops at
+    tensor ``cut`` (the tail takes it as its input) unless it starts there (the head)."""
     producers = {out: node for node in graph.node for out in node.output}
     if cut not in producers:
         raise TailError(f"no node of the model produces {cut!r}")
     initializers = {init.name for init in graph.initializer}
     needed: set[int] = set()
-    stack, seen = [output], set()
+    stack, seen = [start], set()
     while stack:
         tensor = stack.pop()
-        if tensor == cut or tensor in initializers or tensor in seen or tensor not in producers:
+        if tensor in initializers or tensor in seen or tensor not in producers or \
+                (tensor == cut and start != cut):
             continue
         seen.add(tensor)
-        node = producers[tensor]
-        needed.add(id(node))
-        stack.extend(node.input)
-    nodes = [node for node in graph.node if id(node) in needed]
-    used = {name for node in nodes for name in node.input}
-    channels = _channels_of(model, cut)
+        needed.add(id(producers[tensor]))
+        stack.extend(producers[tensor].input)
+    return [node for node in graph.node if id(node) in needed]
+
+
+def tail_model(model: onnx.ModelProto, cut: str) -> onnx.ModelProto:
+    """The subgraph from tensor ``cut`` (new input, N x C x H x W) to the model's output."""
+    graph = model.graph
+    nodes = _nodes_feeding(graph, graph.output[0].name, cut)
     cut_input = helper.make_tensor_value_info(cut, onnx.TensorProto.FLOAT,
-                                              ["batch", channels, None, None])
-    tail = helper.make_graph(nodes, "fedface-tail", [cut_input], [graph.output[0]],
-                             [init for init in graph.initializer if init.name in used])
-    out = helper.make_model(tail, opset_imports=model.opset_import, ir_version=model.ir_version)
-    onnx.checker.check_model(out)
-    return out
+                                              ["batch", _channels_of(model, cut), None, None])
+    return _subgraph(model, nodes, "fedface-tail", [cut_input], [graph.output[0]])
 
 
 def head_model(model: onnx.ModelProto, cut: str) -> onnx.ModelProto:
     """The frozen trunk alone: the model's image input to tensor ``cut`` (its output)."""
     graph = model.graph
-    producers = {out: node for node in graph.node for out in node.output}
-    if cut not in producers:
-        raise TailError(f"no node of the model produces {cut!r}")
-    initializers = {init.name for init in graph.initializer}
-    needed: set[int] = set()
-    stack, seen = [cut], set()
-    while stack:
-        tensor = stack.pop()
-        if tensor in initializers or tensor in seen or tensor not in producers:
-            continue
-        seen.add(tensor)
-        needed.add(id(producers[tensor]))
-        stack.extend(producers[tensor].input)
-    nodes = [node for node in graph.node if id(node) in needed]
-    used = {name for node in nodes for name in node.input}
+    nodes = _nodes_feeding(graph, cut, cut)
     output = helper.make_tensor_value_info(cut, onnx.TensorProto.FLOAT,
                                            ["batch", None, None, None])
-    head = helper.make_graph(nodes, "fedface-head", list(graph.input), [output],
-                             [init for init in graph.initializer if init.name in used])
-    out = helper.make_model(head, opset_imports=model.opset_import, ir_version=model.ir_version)
+    return _subgraph(model, nodes, "fedface-head", list(graph.input), [output])
+
+
+def _subgraph(model: onnx.ModelProto, nodes: list[onnx.NodeProto], name: str,
+              inputs: list[onnx.ValueInfoProto],
+              outputs: list[onnx.ValueInfoProto]) -> onnx.ModelProto:
+    """A checked model of ``nodes`` with the initializers they read, in ``model``'s opset."""
+    used = {tensor for node in nodes for tensor in node.input}
+    graph = helper.make_graph(nodes, name, inputs, outputs,
+                              [init for init in model.graph.initializer if init.name in used])
+    out = helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
     onnx.checker.check_model(out)
     return out
 
