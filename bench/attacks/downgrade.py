@@ -16,80 +16,24 @@ from __future__ import annotations
 import argparse
 import queue
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from aggregator.rounds.publisher import Publisher
-from aggregator.rounds.records import ResultReady
 from bench.rig.broker import start_mosquitto, stop_broker
-from edge.federated.client import ClientConfig, ClientEvent, FederationClient
+from bench.rig.replay import PART, Box, publish_rounds, round_one
+from edge.federated.client import ClientEvent
 from edge.serving.sink import base_vector
-from edge.training.drift import NumpyDriftTrainer
 from federation import topics
 from federation.crypto.bounds import DEFAULT_MAX_SAMPLES, Bounds, ResultPolicy
-from federation.crypto.ckks import FederationContext, new_secret_context
-from federation.crypto.packing import StreamingSum, encrypt_update
+from federation.crypto.ckks import new_secret_context
 from federation.crypto.signing import generate_signing_key
 from federation.transport.mqtt import MqttTransport
-from models.federated_parts import get_part
 from models.registry import optimised_sface_path
 
 FED = "downgrade"
-PART = get_part("embed_bn")
 POLICY = ResultPolicy(64.0, Bounds(DEFAULT_MAX_SAMPLES))
-
-
-class ServedSink:
-    """The box's model store, reduced to what it serves (version, part vector)."""
-
-    def __init__(self, served: tuple[str, np.ndarray] | None) -> None:
-        self.applied: list[tuple[str, np.ndarray]] = [served] if served else []
-
-    def apply(self, version: str, vector: np.ndarray) -> None:
-        self.applied.append((version, np.array(vector, copy=True)))
-
-    def served_vector(self) -> tuple[str, np.ndarray] | None:
-        return self.applied[-1] if self.applied else None
-
-
-class Box:
-    def __init__(self, url: str, ctx: FederationContext, agg_public: object, state: Path,
-                 base: np.ndarray, served: tuple[str, np.ndarray] | None) -> None:
-        self.events: queue.Queue[ClientEvent] = queue.Queue()
-        self.sink = ServedSink(served)
-        self.client = FederationClient(
-            ClientConfig(FED, "box-1"),
-            lambda will: MqttTransport(url, f"box-1-{state.name}", will=will),
-            ctx, generate_signing_key(), agg_public,  # type: ignore[arg-type]
-            NumpyDriftTrainer(PART, base, "box-1", 50), self.sink, state, base,
-            on_event=self.events.put)
-        self.client.start()
-
-    def outcome(self, round_no: int, timeout: float = 60.0) -> ClientEvent | None:
-        """The box's applied / result_rejected event for that round (None: neither)."""
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                e = self.events.get(timeout=left)
-            except queue.Empty:
-                break
-            if e.round == round_no and e.kind in ("applied", "result_rejected"):
-                return e
-        return None
-
-    def stop(self) -> None:
-        self.client.stop(timeout=5)
-
-
-def _blob(ctx: FederationContext, base: np.ndarray, round_no: int) -> bytes:
-    total = StreamingSum(ctx.public(), base.size)
-    for box in range(2):
-        step = np.random.default_rng(round_no * 10 + box).normal(0, 1e-3, base.size)
-        total.add(encrypt_update(ctx, (base + round_no * 1e-2 + step).astype(np.float32), 50))
-    return total.result().to_bytes()
 
 
 def _connect(url: str, name: str) -> MqttTransport:
@@ -126,34 +70,22 @@ def run(work: Path) -> dict[str, object]:
         _settle(attacker, recorded, f"{topics.prefix(FED)}/probe")
         publisher = Publisher(agg, agg_key, FED, "aggregator", chunk_size=16384)
         state = work / "box-state"
-        box = Box(url, ctx, agg_key.public_key(), state, base, None)
-        previous = "base"
+        box = Box(url, FED, ctx, agg_key.public_key(), state, base, None)
         try:
-            for r in (1, 2, 3):
-                publisher.result(ResultReady(r, f"round-{r}", previous, "sum.bin", ["a", "b"],
-                                             POLICY), _blob(ctx, base, r), None)
-                if box.outcome(r) is None:
-                    raise RuntimeError(f"the box did not apply round {r}")
-                previous = f"round-{r}"
+            publish_rounds(publisher, ctx, base, box, POLICY)
         finally:
             box.stop()
         served = box.sink.applied[-1]
-        chunks, pointers = [], []
-        while not recorded.empty():
-            topic, payload = recorded.get_nowait()
-            if payload and topic.startswith(topics.result_filter(FED, 1)[:-1]):
-                chunks.append((topic, payload))
-            elif payload and topic == topics.model_latest(FED):
-                pointers.append((topic, payload))
+        chunks, pointers = round_one(recorded, FED)
         for topic, payload in [*chunks, pointers[0]]:  # round 1, replayed, retained
             attacker.publish(topic, payload, retain=True, wait_timeout=10)
-        rebooted = Box(url, ctx, agg_key.public_key(), state, base, served)
+        rebooted = Box(url, FED, ctx, agg_key.public_key(), state, base, served)
         try:
             replay = rebooted.outcome(1)
             serving = rebooted.client.version
         finally:
             rebooted.stop()
-        fresh = Box(url, ctx, agg_key.public_key(), work / "fresh-state", base, None)
+        fresh = Box(url, FED, ctx, agg_key.public_key(), work / "fresh-state", base, None)
         try:
             control = fresh.outcome(1)
         finally:

@@ -9,6 +9,8 @@
 - ``session``: one run's rig as a context manager (broker, federation, watcher, boxes,
   aggregator), all stopped and cleaned up on leaving it;
 - ``kiosk``: a real kiosk as a child process, an HTTP client of it, a PNG bomb;
+- ``replay``: a box's federation client, and the signed rounds an attacker records and
+  replays to it (issue 15, attack 3);
 - ``procs``: starting, stopping and reading child processes;
 - ``compare``: printing a figure next to its baseline from the same run.
 
