@@ -75,6 +75,21 @@ class BrokerTlsFiles:
     acl: Path
 
 
+# One table of the federation's topics and what a device may do on each (its own
+# device topics only); the aggregator has the other side of every one: it reads what
+# devices write and writes what they read, on every device's topics.
+_DEVICE_ACCESS = (
+    ("update/{device}", "write"),
+    ("status/{device}", "write"),
+    ("announce", "read"),
+    ("ack/{device}", "read"),
+    ("result/#", "read"),
+    ("model/latest", "read"),
+    ("key/{device}", "read"),
+)
+_AGGREGATOR_SIDE = {"read": "write", "write": "read"}
+
+
 def _prefix(fed_id: str) -> str:
     return f"{TOPIC_ROOT}/{validate_identity(fed_id, 'federation id')}"
 
@@ -99,16 +114,8 @@ def render_acl(
         f"topic readwrite {DYNSEC_CONTROL}",
     ]
     for fed in feds:
-        p = _prefix(fed)
-        lines += [
-            f"topic read {p}/update/+",
-            f"topic read {p}/status/+",
-            f"topic write {p}/announce",
-            f"topic write {p}/ack/+",
-            f"topic write {p}/result/#",
-            f"topic write {p}/model/latest",
-            f"topic write {p}/key/+",
-        ]
+        lines += [f"topic {_AGGREGATOR_SIDE[access]} {_prefix(fed)}/{topic.format(device='+')}"
+                  for topic, access in _DEVICE_ACCESS]
     lines += [
         "",
         "# Every client is granted these (%u = its certificate CN): a device gets its own",
@@ -117,16 +124,8 @@ def render_acl(
         "# would apply to anonymous clients only, and there are none).",
     ]
     for fed in feds:
-        p = _prefix(fed)
-        lines += [
-            f"pattern write {p}/update/%u",
-            f"pattern write {p}/status/%u",
-            f"pattern read {p}/announce",
-            f"pattern read {p}/ack/%u",
-            f"pattern read {p}/result/#",
-            f"pattern read {p}/model/latest",
-            f"pattern read {p}/key/%u",
-        ]
+        lines += [f"pattern {access} {_prefix(fed)}/{topic.format(device='%u')}"
+                  for topic, access in _DEVICE_ACCESS]
     return "\n".join(lines) + "\n"
 
 
