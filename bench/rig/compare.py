@@ -92,3 +92,18 @@ def print_comparisons(module: str, lines: Iterable[str], title: str = "",
     for line in lines:
         print(line)
     print(reproduce(module, argv))
+
+
+# One row of an attack replay whose old behaviour is gone from the code: what is
+# measured, its figure recorded in issue 15, its figure now, the target, whether met.
+Target = tuple[str, str, str, str, bool]
+
+
+def print_targets(module: str, rows: Sequence[Target],
+                  argv: Sequence[str] | None = None) -> int:
+    """Each row against issue 15's figure, then the command; 0 if every target is met."""
+    for what, before, now, target, held in rows:
+        print(f"  {what}: before (issue 15) {before}; now {now}; target {target}: "
+              f"{'MET' if held else 'NOT MET'}")
+    print(reproduce(module, argv))
+    return 0 if all(held for *_, held in rows) else 1
