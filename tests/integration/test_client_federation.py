@@ -113,13 +113,21 @@ def _gated(device: str, n: int = 50) -> GatedTrainer:
     return GatedTrainer(NumpyDriftTrainer(PART, part_base_vector(), device, n, 1e-2))
 
 
-def test_update_kept_on_disk_while_offline_then_sent(make_setup) -> None:
-    s = make_setup(["a", "b"], quorum=2, rounds=1)
+def _a_joins_with_training_held(
+    s: Setup,
+) -> tuple[FederationClient, list[ClientEvent], GatedTrainer]:
+    """The aggregator opens round 1 and box a joins it; its update waits on ``gate``."""
     s.start_aggregator()
     gated = _gated("a")
     a, events, _ = s.client("a", trainer=gated)
     a.start()
     wait_for(lambda: any(e.kind == "joined" for e in events), 10, "a joined round 1")
+    return a, events, gated
+
+
+def test_update_kept_on_disk_while_offline_then_sent(make_setup) -> None:
+    s = make_setup(["a", "b"], quorum=2, rounds=1)
+    a, events, gated = _a_joins_with_training_held(s)
     status_topic = topics.status(FED, "a")
     # "joined" can come before the worker's first tick publishes the online status
     wait_for(
@@ -151,11 +159,7 @@ def test_update_kept_on_disk_while_offline_then_sent(make_setup) -> None:
 
 def test_pending_update_resent_by_a_new_client_instance(make_setup) -> None:
     s = make_setup(["a", "b"], quorum=2, rounds=1)
-    s.start_aggregator()
-    gated = _gated("a")
-    a, events, _ = s.client("a", trainer=gated)
-    a.start()
-    wait_for(lambda: any(e.kind == "joined" for e in events), 10, "a joined round 1")
+    a, events, gated = _a_joins_with_training_held(s)
     s.transports["a"].drop()  # link lost before the update is sealed: publish fails
     gated.gate.set()
     wait_for(lambda: any(e.kind == "submitted" for e in events), 20, "a sealed its update")
