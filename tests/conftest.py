@@ -5,6 +5,9 @@
 - ``mosquitto``: a real Mosquitto broker started on a free loopback port with its own
   config file, torn down after the test. ``mosquitto_factory`` starts more (or restarts
   one on the same port, for broker-restart tests).
+- ``secret_ctx``: a CKKS federation context with its secret key, one per test module
+  (key generation is slow; a module's tests share it as the aggregator's
+  operator would, and no two modules do).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from federation.crypto.ckks import FederationContext, new_secret_context
 from tests.support.broker import MosquittoBroker, free_port
 from tests.support.kiosk import kiosk_frames, kiosk_pipeline  # noqa: F401  (fixtures)
 
@@ -67,3 +71,8 @@ def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[..., MosquittoBroker]
 @pytest.fixture
 def mosquitto(mosquitto_factory: Callable[..., MosquittoBroker]) -> MosquittoBroker:
     return mosquitto_factory()
+
+
+@pytest.fixture(scope="module")
+def secret_ctx() -> FederationContext:
+    return new_secret_context()

@@ -20,7 +20,7 @@ from aggregator.rounds.coordinator import RoundSettings
 from aggregator.rounds.sumpool import ProcessSumFactory
 from aggregator.service import AggregatorService
 from aggregator.state.store import AcceptedUpdate, Store
-from federation.crypto.ckks import FederationContext, new_secret_context
+from federation.crypto.ckks import FederationContext
 from federation.crypto.packing import encrypt_update, plain_weighted_average
 from federation.crypto.signing import generate_signing_key
 from federation.transport.base import InMemoryBus, InMemoryTransport
@@ -44,11 +44,6 @@ from tests.support.broker import MosquittoBroker
 FED = "fedtest"
 LENGTH = 3000
 COUNT_SCALE = 64.0
-
-
-@pytest.fixture(scope="module")
-def secret_ctx() -> FederationContext:
-    return new_secret_context()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from federation.crypto.ckks import FederationContext, new_secret_context
+from federation.crypto.ckks import FederationContext
 from federation.crypto.packing import plain_weighted_average
 from tests.support.aggregator_boxes import decrypt_result
 from tests.support.aggregator_mqtt import (
@@ -39,11 +39,6 @@ pytestmark = pytest.mark.mosquitto
 
 
 
-
-
-@pytest.fixture(scope="module")
-def secret_ctx() -> FederationContext:
-    return new_secret_context()
 
 
 

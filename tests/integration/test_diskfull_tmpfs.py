@@ -16,17 +16,12 @@ import pytest
 
 from aggregator.rounds.coordinator import RoundSettings
 from aggregator.state.store import Store
-from federation.crypto.ckks import FederationContext, new_secret_context
+from federation.crypto.ckks import FederationContext
 from federation.crypto.packing import plain_weighted_average
 from tests.support.aggregator_boxes import collect_result, decrypt_result, latest_announce
 from tests.support.aggregator_rig import COUNT_SCALE, FED, Rig, make_rig
 
 LENGTH = 60_000  # ~1.4 MB per encrypted update, ~1.4 MB result
-
-
-@pytest.fixture(scope="module")
-def secret_ctx() -> FederationContext:
-    return new_secret_context()
 
 
 @pytest.fixture

@@ -8,10 +8,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from aggregator.rounds.coordinator import RoundSettings
-from federation.crypto.ckks import FederationContext, new_secret_context
+from federation.crypto.ckks import FederationContext
 from federation.crypto.packing import (
     DEFAULT_COUNT_SCALE,
     EncryptedUpdate,
@@ -23,11 +22,6 @@ from tests.support.aggregator_boxes import collect_result, decrypt_result, lates
 from tests.support.aggregator_rig import FED, make_rig
 
 LENGTH = 2500
-
-
-@pytest.fixture(scope="module")
-def secret_ctx() -> FederationContext:
-    return new_secret_context()
 
 
 def _vec(seed: int) -> np.ndarray:

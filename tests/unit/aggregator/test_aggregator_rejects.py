@@ -13,7 +13,7 @@ import pytest
 
 import aggregator.state.durable_io
 from aggregator.rounds.coordinator import RoundSettings
-from federation.crypto.ckks import FederationContext, new_secret_context
+from federation.crypto.ckks import FederationContext
 from federation.crypto.packing import encrypt_update, plain_weighted_average
 from federation.crypto.signing import generate_signing_key
 from federation.envelope import encode
@@ -27,11 +27,6 @@ from tests.support.aggregator_boxes import (
 from tests.support.aggregator_rig import COUNT_SCALE, FED, Rig, make_rig
 
 LENGTH = 2500
-
-
-@pytest.fixture(scope="module")
-def secret_ctx() -> FederationContext:
-    return new_secret_context()
 
 
 @pytest.fixture

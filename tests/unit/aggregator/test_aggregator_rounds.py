@@ -14,7 +14,7 @@ from aggregator.service import AggregatorService
 from aggregator.state.registry import DeviceRegistry
 from aggregator.state.store import Store
 from federation import topics
-from federation.crypto.ckks import FederationContext, new_secret_context
+from federation.crypto.ckks import FederationContext
 from federation.crypto.packing import EncryptedUpdate, decrypt_average, plain_weighted_average
 from federation.crypto.signing import generate_signing_key
 from federation.errors import SECRET_KEY_REFUSED, FederationError
@@ -30,11 +30,6 @@ from tests.support.aggregator_rig import (
 # c*sum(n) = sum(n)/count_scale sets the precision of the decrypted average (CKKS noise
 # ~1.5e-5 per slot at scale 2^26 is divided by it): a few hundred samples per box with
 # count_scale 64 keep it well under the 1e-5 the test asks.
-
-
-@pytest.fixture(scope="module")
-def secret_ctx() -> FederationContext:
-    return new_secret_context()
 
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from aggregator.regional.forwarder import RegionalForwarder
 from aggregator.state.regions import add_region, claimed_updates
-from federation.crypto.ckks import FederationContext, new_secret_context
+from federation.crypto.ckks import FederationContext
 from federation.crypto.packing import plain_weighted_average
 from federation.crypto.signing import public_key_hex
 from federation.envelope import decode
@@ -50,11 +50,6 @@ class FlakyRootLink(InMemoryTransport):
         if self.failures_left and self.mode == "lose_puback" and wait_timeout is not None:
             self.failures_left -= 1
             raise TransportError(PUBLISH_TIMEOUT, "no PUBACK (connection lost after sending)")
-
-
-@pytest.fixture(scope="module")
-def secret_ctx() -> FederationContext:
-    return new_secret_context()
 
 
 @dataclass

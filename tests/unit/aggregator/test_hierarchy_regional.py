@@ -19,7 +19,7 @@ from aggregator.state.registry import DeviceRegistry
 from aggregator.state.store import Store
 from federation import topics
 from federation.chunking import split_blob
-from federation.crypto.ckks import FederationContext, new_secret_context
+from federation.crypto.ckks import FederationContext
 from federation.crypto.packing import StreamingSum, encrypt_update, plain_weighted_average
 from federation.crypto.signing import public_key_hex
 from federation.envelope import encode
@@ -39,19 +39,6 @@ from tests.support.hierarchy import (
     send_round,
     vec,
 )
-
-
-@pytest.fixture(scope="module")
-def secret_ctx() -> FederationContext:
-    return new_secret_context()
-
-
-
-
-
-
-
-
 
 
 @dataclass

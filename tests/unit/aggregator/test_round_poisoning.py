@@ -17,7 +17,7 @@ from aggregator.state.registry import DeviceRegistry
 from aggregator.state.verdicts import StoredVerdict, poisoned, poisoned_summary, suspects
 from federation import topics
 from federation.chunking import split_blob
-from federation.crypto.ckks import FederationContext, new_secret_context
+from federation.crypto.ckks import FederationContext
 from federation.crypto.packing import encrypt_update
 from federation.envelope import encode
 from federation.errors import FederationError
@@ -33,11 +33,6 @@ from tests.support.aggregator_boxes import (
 from tests.support.aggregator_rig import COUNT_SCALE, FED, LENGTH, Rig, make_rig
 
 SETTINGS = RoundSettings(deadline_seconds=60, quorum=2, count_scale=COUNT_SCALE)
-
-
-@pytest.fixture(scope="module")
-def secret_ctx() -> FederationContext:
-    return new_secret_context()
 
 
 @pytest.fixture

@@ -15,15 +15,10 @@ from aggregator.rounds.coordinator import RoundSettings
 from aggregator.rounds.schedule import DailyWindow, RoundSchedule
 from aggregator.state.store import Store
 from federation import topics
-from federation.crypto.ckks import FederationContext, new_secret_context
+from federation.crypto.ckks import FederationContext
 from federation.transport.base import InMemoryBus
 from tests.support.aggregator_boxes import latest_announce
 from tests.support.aggregator_rig import FED, LENGTH, Rig, make_rig, make_service, registered_boxes
-
-
-@pytest.fixture(scope="module")
-def secret_ctx() -> FederationContext:
-    return new_secret_context()
 
 
 def _settings(deadline: float = 60, **schedule: object) -> RoundSettings:

@@ -15,17 +15,12 @@ from aggregator.state.store import Store
 from federation import topics
 from federation.chunking import split_blob
 from federation.crypto import signing
-from federation.crypto.ckks import FederationContext, new_secret_context
+from federation.crypto.ckks import FederationContext
 from federation.crypto.signing import generate_signing_key, public_key_hex
 from federation.envelope import encode
 from federation.transport.base import InMemoryBus, InMemoryTransport
 
 FED = "fedunknown"
-
-
-@pytest.fixture(scope="module")
-def secret_ctx() -> FederationContext:
-    return new_secret_context()
 
 
 class Clock:
