@@ -6,26 +6,21 @@ service and the federation client, over the in-memory bus)."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from aggregator.rounds.coordinator import RoundSettings
-from aggregator.service import AggregatorService
-from aggregator.state.registry import DeviceRegistry
-from aggregator.state.store import Store
-from edge.federated.client import ClientConfig, ClientEvent, FederationClient
+from edge.federated.client import ClientEvent, FederationClient
 from edge.training.drift import NumpyDriftTrainer
 from federation import topics
 from federation.crypto.bounds import Bounds, clip_update
 from federation.crypto.ckks import new_secret_context
 from federation.crypto.packing import EncryptedUpdate, decrypt_sums
-from federation.crypto.signing import generate_signing_key, public_key_hex
 from federation.envelope import decode
 from federation.messages import ModelPointer
-from federation.transport.base import InMemoryBus, InMemoryTransport
+from tests.support.aggregator_rig import in_memory_federation
 from tests.support.federation_rig import PART, RecordingSink, part_base_vector, wait_for
 
 FED = "bounded"
@@ -42,43 +37,29 @@ def test_a_round_under_bounds_caps_and_clips_and_every_box_checks_it(tmp_path: P
     clip = 3 * honest_norm  # honest steps pass whole, the big one is clipped
     assert float(np.linalg.norm(local["big"] - base)) > 10 * clip
 
-    bus = InMemoryBus(synchronous=True)
-    agg_key = generate_signing_key()
-    (tmp_path / "agg").mkdir()
-    store = Store(tmp_path / "agg")
-    keys = {d: generate_signing_key() for d in BOXES}
-    for d, k in keys.items():
-        DeviceRegistry(store).add(d, bytes.fromhex(public_key_hex(k)))
-    service = AggregatorService(
-        InMemoryTransport(bus, "agg"), store, ctx.public(), agg_key, FED,
-        settings=RoundSettings(deadline_seconds=60, quorum=3, count_scale=64,
-                               part_key=PART.key, bounds=Bounds(CAP, clip)), max_rounds=1)
-    stop = threading.Event()
-    thread = threading.Thread(target=service.run, args=(stop, 0.05), daemon=True)
-    thread.start()
+    fed = in_memory_federation(
+        tmp_path / "agg", ctx, FED, list(BOXES),
+        RoundSettings(deadline_seconds=60, quorum=3, count_scale=64, part_key=PART.key,
+                      bounds=Bounds(CAP, clip)), max_rounds=1)
+    bus, store = fed.bus, fed.store
     clients: dict[str, tuple[FederationClient, list[ClientEvent], RecordingSink]] = {}
-    try:
-        for d in BOXES:
-            events: list[ClientEvent] = []
-            sink = RecordingSink()
-            client = FederationClient(
-                ClientConfig(FED, d, retry_seconds=0.5, tick_seconds=0.05),
-                lambda will, d=d: InMemoryTransport(bus, d, will=will), ctx, keys[d],
-                agg_key.public_key(), trainers[d], sink, tmp_path / d, base,
-                on_event=events.append)
-            clients[d] = (client, events, sink)
-            client.start()
-        for d, (_, events, _) in clients.items():
-            wait_for(lambda events=events: any(e.kind in ("applied", "result_rejected")
-                                               for e in events), 60, f"{d}'s verdict")
-        for d, (_, events, _sink) in clients.items():
-            assert [e.kind for e in events if e.kind in ("applied", "result_rejected")] == \
-                ["applied"], (d, [(e.kind, e.data) for e in events])
-    finally:
-        for client, _, _ in clients.values():
-            client.stop(timeout=5)
-        stop.set()
-        thread.join(5)
+    with fed.serving():
+        try:
+            for d in BOXES:
+                events: list[ClientEvent] = []
+                sink = RecordingSink()
+                client = fed.client(d, trainers[d], sink, tmp_path / d, base, events.append)
+                clients[d] = (client, events, sink)
+                client.start()
+            for d, (_, events, _) in clients.items():
+                wait_for(lambda events=events: any(e.kind in ("applied", "result_rejected")
+                                                   for e in events), 60, f"{d}'s verdict")
+            for d, (_, events, _sink) in clients.items():
+                assert [e.kind for e in events if e.kind in ("applied", "result_rejected")] \
+                    == ["applied"], (d, [(e.kind, e.data) for e in events])
+        finally:
+            for client, _, _ in clients.values():
+                client.stop(timeout=5)
 
     pointer = ModelPointer.from_json(decode(bus.retained[topics.model_latest(FED)]).payload)
     assert pointer.policy is not None and pointer.policy.bounds == Bounds(CAP, clip)

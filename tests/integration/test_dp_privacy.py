@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import itertools
 import json
-import threading
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from aggregator.rounds.coordinator import RoundSettings
-from aggregator.service import AggregatorService
-from aggregator.state.registry import DeviceRegistry
-from aggregator.state.store import Store
-from edge.federated.client import ClientConfig, ClientEvent, FederationClient
+from edge.federated.client import ClientEvent
 from edge.training.drift import NumpyDriftTrainer
 from federation import topics
 from federation.crypto.ckks import FederationContext, new_secret_context
@@ -29,10 +26,9 @@ from federation.crypto.dp import (
     noise_multiplier_for,
     privatize,
 )
-from federation.crypto.signing import generate_signing_key, public_key_hex
 from federation.envelope import decode
 from federation.errors import FederationError
-from federation.transport.base import InMemoryBus, InMemoryTransport
+from tests.support.aggregator_rig import in_memory_federation
 from tests.support.federation_rig import PART, RecordingSink, part_base_vector, wait_for
 
 FED = "dpfed"
@@ -106,60 +102,41 @@ def test_boxes_apply_the_announced_dp_and_report_their_budget(
     norms = [float(np.linalg.norm(v - base)) for v in clean]
     clip = 0.5 * float(np.median(norms))  # clipping active for every box
     dp = DpConfig(clip, 1.0, 1e-5, "local")
-    bus = InMemoryBus(synchronous=True)
-    agg_key = generate_signing_key()
-    (tmp_path / "agg").mkdir()
-    store = Store(tmp_path / "agg")
-    keys = {d: generate_signing_key() for d in devices}
-    for d, k in keys.items():
-        DeviceRegistry(store).add(d, bytes.fromhex(public_key_hex(k)))
-    service = AggregatorService(
-        InMemoryTransport(bus, "agg"), store, ctx.public(), agg_key, FED,
-        settings=RoundSettings(60, 3, 64, PART.key, dp=dp), max_rounds=2)
-    stop = threading.Event()
-    thread = threading.Thread(target=service.run, args=(stop, 0.05), daemon=True)
+    fed = in_memory_federation(tmp_path / "agg", ctx, FED, devices,
+                               RoundSettings(60, 3, 64, PART.key, dp=dp), max_rounds=2)
+    bus = fed.bus
     clients, sinks = [], []
     events: list[ClientEvent] = []
     for d, n in zip(devices, counts, strict=True):
         sink = RecordingSink()
-
-        def factory(will, d=d):
-            return InMemoryTransport(bus, d, will=will)
-
-        c = FederationClient(
-            ClientConfig(FED, d, retry_seconds=0.5, tick_seconds=0.05), factory, ctx, keys[d],
-            agg_key.public_key(), NumpyDriftTrainer(PART, base, d, n, 1e-2), sink,
-            tmp_path / d, base, on_event=events.append)
-        clients.append(c)
+        clients.append(fed.client(d, NumpyDriftTrainer(PART, base, d, n, 1e-2), sink,
+                                  tmp_path / d, base, events.append))
         sinks.append(sink)
-    thread.start()
-    try:
-        for c in clients:
-            c.start()
-        wait_for(lambda: all(len(s.applied) >= 2 for s in sinks), 60, "two DP rounds applied")
-        # round 1: equal weights, clipped deltas, local noise of std z*C per box
-        first = sinks[0].applied[0][1].astype(np.float64)
-        expected = base + np.mean([clip_delta(v - base, clip)[0] for v in clean], axis=0)
-        residual = first - expected
-        assert np.std(residual) == pytest.approx(dp.box_noise_std(3) / np.sqrt(3), rel=0.1)
-        assert abs(float(np.mean(residual))) < 4 * np.std(residual) / np.sqrt(residual.size)
-        for c in clients:
-            report = c.privacy_report()
-            assert report is not None and report["rounds"] == 2
-            assert report["epsilon_total"] == pytest.approx(epsilon(dp, 2))
-            ledger = json.loads(c.ledger_path.read_text())
-            assert [e["round"] for e in ledger] == [1, 2]
-        submitted = [e for e in events if e.kind == "submitted"]
-        assert all(e.data["dp"]["epsilon_total"] > 0 for e in submitted)
-        wait_for(lambda: "dp" in json.loads(decode(bus.retained[topics.status(FED, "a")])
-                                             .payload), 10, "dp in the retained status")
-        status = json.loads(decode(bus.retained[topics.status(FED, "a")]).payload)
-        assert status["dp"]["epsilon_total"] == pytest.approx(epsilon(dp, 2))
-        ann = json.loads(decode(bus.retained[topics.announce(FED)]).payload)
-        assert DpConfig.from_dict(ann["dp"]) == dp
-    finally:
-        for c in clients:
-            c.stop()
-        stop.set()
-        thread.join(5)
-        store.close()
+    with closing(fed.store), fed.serving():  # the store closes after the service stops
+        try:
+            for c in clients:
+                c.start()
+            wait_for(lambda: all(len(s.applied) >= 2 for s in sinks), 60, "two DP rounds applied")
+            # round 1: equal weights, clipped deltas, local noise of std z*C per box
+            first = sinks[0].applied[0][1].astype(np.float64)
+            expected = base + np.mean([clip_delta(v - base, clip)[0] for v in clean], axis=0)
+            residual = first - expected
+            assert np.std(residual) == pytest.approx(dp.box_noise_std(3) / np.sqrt(3), rel=0.1)
+            assert abs(float(np.mean(residual))) < 4 * np.std(residual) / np.sqrt(residual.size)
+            for c in clients:
+                report = c.privacy_report()
+                assert report is not None and report["rounds"] == 2
+                assert report["epsilon_total"] == pytest.approx(epsilon(dp, 2))
+                ledger = json.loads(c.ledger_path.read_text())
+                assert [e["round"] for e in ledger] == [1, 2]
+            submitted = [e for e in events if e.kind == "submitted"]
+            assert all(e.data["dp"]["epsilon_total"] > 0 for e in submitted)
+            wait_for(lambda: "dp" in json.loads(decode(bus.retained[topics.status(FED, "a")])
+                                                 .payload), 10, "dp in the retained status")
+            status = json.loads(decode(bus.retained[topics.status(FED, "a")]).payload)
+            assert status["dp"]["epsilon_total"] == pytest.approx(epsilon(dp, 2))
+            ann = json.loads(decode(bus.retained[topics.announce(FED)]).payload)
+            assert DpConfig.from_dict(ann["dp"]) == dp
+        finally:
+            for c in clients:
+                c.stop()

@@ -1,16 +1,25 @@
-"""An aggregator service on an in-memory bus with scripted boxes: the rounds tests' rig."""
+"""An aggregator service on an in-memory bus with scripted boxes: the rounds tests' rig;
+or with real federation clients (``InMemoryFederation``), run in a thread."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aggregator.rounds.coordinator import RoundSettings
 from aggregator.service import AggregatorService
 from aggregator.state.registry import DeviceRegistry
 from aggregator.state.store import Store
+from edge.federated.client import ClientConfig, ClientEvent, FederationClient, ModelSink
+from edge.training.api import LocalTrainer
 from federation.crypto.ckks import FederationContext
-from federation.crypto.signing import generate_signing_key
+from federation.crypto.signing import generate_signing_key, public_key_hex
 from federation.transport.base import InMemoryBus, InMemoryTransport
 from tests.support.aggregator_boxes import ScriptedBox
 
@@ -71,3 +80,53 @@ def make_rig(
     )
     service.start()
     return Rig(bus, store, service, boxes, clock)
+
+
+@dataclass
+class InMemoryFederation:
+    """The aggregator service on an in-memory bus with ``device_keys``' devices registered,
+    and real federation clients for them (``client``); ``serving()`` runs the service."""
+
+    bus: InMemoryBus
+    store: Store
+    key: Ed25519PrivateKey
+    device_keys: dict[str, Ed25519PrivateKey]
+    service: AggregatorService
+    ctx: FederationContext
+    fed: str
+
+    def client(self, device: str, trainer: LocalTrainer, sink: ModelSink, state: Path,
+               base: np.ndarray, on_event: Callable[[ClientEvent], None]) -> FederationClient:
+        """Box ``device``'s federation client, retrying and ticking fast for a test."""
+        return FederationClient(
+            ClientConfig(self.fed, device, retry_seconds=0.5, tick_seconds=0.05),
+            lambda will: InMemoryTransport(self.bus, device, will=will), self.ctx,
+            self.device_keys[device], self.key.public_key(), trainer,
+            sink, state, base, on_event=on_event)
+
+    @contextmanager
+    def serving(self) -> Iterator[None]:
+        stop = threading.Event()
+        thread = threading.Thread(target=self.service.run, args=(stop, 0.05), daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(5)
+
+
+def in_memory_federation(state_dir: Path, ctx: FederationContext, fed: str,
+                         devices: list[str], settings: RoundSettings,
+                         max_rounds: int) -> InMemoryFederation:
+    bus = InMemoryBus(synchronous=True)
+    state_dir.mkdir()
+    store = Store(state_dir)
+    keys = {d: generate_signing_key() for d in devices}
+    registry = DeviceRegistry(store)
+    for d, k in keys.items():
+        registry.add(d, bytes.fromhex(public_key_hex(k)))
+    agg_key = generate_signing_key()
+    service = AggregatorService(InMemoryTransport(bus, "agg"), store, ctx.public(), agg_key,
+                                fed, settings=settings, max_rounds=max_rounds)
+    return InMemoryFederation(bus, store, agg_key, keys, service, ctx, fed)
