@@ -30,21 +30,6 @@ from tests.support.broker import MosquittoBroker
 pytestmark = pytest.mark.mosquitto
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 @pytest.fixture
 def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
     started: list[subprocess.Popen[bytes]] = []
@@ -55,6 +40,25 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
             p.wait()
 
 
+def _vectors(seed: int, n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.normal(0, 0.4, LENGTH).astype(np.float32) for _ in range(n)]
+
+
+def _open_round(state: Path, url: str, watcher: RetainedWatcher,
+                procs: list[subprocess.Popen[bytes]], *options: str
+                ) -> tuple[subprocess.Popen[bytes], dict]:
+    """``fedface-aggregator serve`` with ``options``, and its round 1 announce once open."""
+    agg = serve_aggregator(state, url, *options)
+    procs.append(agg)
+    watcher.wait_for(announce_open, 30)
+    return agg, watcher.announce()
+
+
+def _assert_weighted_average(secret_ctx: FederationContext, blob: bytes,
+                             vecs: list[np.ndarray], counts: list[int]) -> None:
+    got = decrypt_result(secret_ctx, blob)
+    assert np.max(np.abs(got - plain_weighted_average(vecs, counts))) < 1e-5
 
 
 def test_kill_9_mid_round_then_restart_completes_with_every_acked_update(
@@ -63,14 +67,9 @@ def test_kill_9_mid_round_then_restart_completes_with_every_acked_update(
 ) -> None:
     state, boxes = setup_federation(tmp_path, secret_ctx, mosquitto.url, 3)
     watcher = RetainedWatcher(mosquitto.url, "watcher")
-    rng = np.random.default_rng(7)
-    vecs = [rng.normal(0, 0.4, LENGTH).astype(np.float32) for _ in boxes]
-    counts = [150, 240, 330]
-    agg = serve_aggregator(state, mosquitto.url, "--round-deadline", "120", "--quorum", "3",
-                           "--rounds", "1")
-    procs.append(agg)
-    watcher.wait_for(announce_open, 30)
-    ann = watcher.announce()
+    vecs, counts = _vectors(7, len(boxes)), [150, 240, 330]
+    agg, ann = _open_round(state, mosquitto.url, watcher, procs,
+                           "--round-deadline", "120", "--quorum", "3", "--rounds", "1")
     for box, vec, n in zip(boxes[:2], vecs[:2], counts[:2], strict=True):
         send_update(box, ann, vec, n)
         acks = box.wait_acks(1, 30)
@@ -95,8 +94,7 @@ def test_kill_9_mid_round_then_restart_completes_with_every_acked_update(
     msgs = watcher.wait_for(result_complete, 30)
     pointer, blob = read_result(msgs)
     assert pointer["round"] == 1 and pointer["contributors"] == 3
-    got = decrypt_result(secret_ctx, blob)
-    assert np.max(np.abs(got - plain_weighted_average(vecs, counts))) < 1e-5
+    _assert_weighted_average(secret_ctx, blob, vecs, counts)
     watcher.close()
     for box in boxes:
         box.transport.close()
@@ -108,15 +106,9 @@ def test_silent_box_round_closes_at_the_deadline_with_quorum(
 ) -> None:
     state, boxes = setup_federation(tmp_path, secret_ctx, mosquitto.url, 4)
     watcher = RetainedWatcher(mosquitto.url, "watcher")
-    rng = np.random.default_rng(8)
-    vecs = [rng.normal(0, 0.4, LENGTH).astype(np.float32) for _ in range(3)]
-    counts = [100, 200, 300]
-    deadline_s = 4.0
-    agg = serve_aggregator(state, mosquitto.url, "--round-deadline", str(deadline_s),
-                           "--quorum", "3", "--rounds", "1")
-    procs.append(agg)
-    watcher.wait_for(announce_open, 30)
-    ann = watcher.announce()
+    vecs, counts = _vectors(8, 3), [100, 200, 300]
+    agg, ann = _open_round(state, mosquitto.url, watcher, procs,
+                           "--round-deadline", "4", "--quorum", "3", "--rounds", "1")
     for box, vec, n in zip(boxes[:3], vecs, counts, strict=True):  # box3 stays silent
         send_update(box, ann, vec, n)
     for box in boxes[:3]:
@@ -129,8 +121,7 @@ def test_silent_box_round_closes_at_the_deadline_with_quorum(
     pointer, blob = read_result(msgs)
     assert pointer["contributors"] == 3
     assert b"deadline with quorum (3/4)" in out
-    got = decrypt_result(secret_ctx, blob)
-    assert np.max(np.abs(got - plain_weighted_average(vecs, counts))) < 1e-5
+    _assert_weighted_average(secret_ctx, blob, vecs, counts)
     watcher.close()
     for box in boxes:
         box.transport.close()

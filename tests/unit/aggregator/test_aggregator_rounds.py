@@ -32,12 +32,6 @@ from tests.support.aggregator_rig import (
 # count_scale 64 keep it well under the 1e-5 the test asks.
 
 
-
-
-
-
-
-
 @pytest.fixture
 def rig(tmp_path: Path, secret_ctx: FederationContext) -> Iterator[Rig]:
     r = make_rig(tmp_path, secret_ctx)
