@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -139,6 +140,19 @@ def _vectors(seed: int, n: int) -> list[np.ndarray]:
     return [rng.normal(0, 0.4, LENGTH).astype(np.float32) for _ in range(n)]
 
 
+def _region_boxes_send_round_two(h: Hierarchy, vecs: list[np.ndarray], counts: list[int]
+                                 ) -> dict[str, Any]:
+    """Once the region opens round 2, both levels build on round-1 and each region box
+    sends its update; the root's announce (for the direct box)."""
+    h.region_watch.wait("region round 2 open", h.region_watch.open_round(2), 30, h.logs)
+    region_ann, root_ann = h.region_watch.announce(), h.root_watch.announce()
+    assert region_ann is not None and root_ann is not None
+    assert region_ann["base_model"] == "round-1" and root_ann["base_model"] == "round-1"
+    for box, v, n in zip(h.region_boxes, vecs, counts, strict=True):
+        send_update(box, region_ann, v, n)
+    return root_ann
+
+
 def _accepted(h: Hierarchy, box: ScriptedBox, n: int) -> None:
     acks = box.wait_acks(n, 30)
     assert len(acks) >= n and acks[n - 1]["accepted"], f"{box.device_id}: {acks}\n{h.logs()}"
@@ -227,13 +241,8 @@ def test_region_and_root_processes_over_two_brokers_equal_flat_average(
 
     # --- round 2: the region dies (-9) after forwarding, before the root's result ------
     h.root_watch.wait("root round 2 open", h.root_watch.open_round(2), 30, h.logs)
-    h.region_watch.wait("region round 2 open", h.region_watch.open_round(2), 30, h.logs)
-    region_ann, root_ann = h.region_watch.announce(), h.root_watch.announce()
-    assert region_ann is not None and root_ann is not None
-    assert region_ann["base_model"] == "round-1" and root_ann["base_model"] == "round-1"
     vecs2, counts2 = _vectors(2, 4), [200, 100, 300, 250]
-    for box, v, n in zip(h.region_boxes, vecs2[:3], counts2[:3], strict=True):
-        send_update(box, region_ann, v, n)
+    root_ann = _region_boxes_send_round_two(h, vecs2[:3], counts2[:3])
     for box in h.region_boxes:
         _accepted(h, box, 2)
     h.root_watch.wait("the region's round-2 partial accepted at the root", lambda: any(
@@ -314,13 +323,8 @@ def test_late_region_catches_up_on_the_roots_result_and_joins_its_next_round(
     assert "NOT forwarded" in region.text()
 
     # round 2: the region's boxes build on the root's result and are counted at the root
-    h.region_watch.wait("region round 2 open", h.region_watch.open_round(2), 30, h.logs)
-    region_ann, root_ann = h.region_watch.announce(), h.root_watch.announce()
-    assert region_ann is not None and root_ann is not None
-    assert region_ann["base_model"] == "round-1" and root_ann["base_model"] == "round-1"
     vecs, counts = _vectors(5, 4), [120, 80, 200, 160]
-    for box, v, n in zip(h.region_boxes, vecs[:3], counts[:3], strict=True):
-        send_update(box, region_ann, v, n)
+    root_ann = _region_boxes_send_round_two(h, vecs[:3], counts[:3])
     send_update(h.direct_box, root_ann, vecs[3], counts[3])
     _accepted(h, h.direct_box, 2)
     h.region_watch.wait("region result 2", h.region_watch.result_of(2), 60, h.logs)
