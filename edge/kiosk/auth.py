@@ -18,12 +18,12 @@ import base64
 import hashlib
 import hmac
 import logging
-import os
 import secrets
 from pathlib import Path
 
 from edge.errors import FedFaceError
 from edge.gallery.files import ensure_private_dir
+from federation.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +47,10 @@ def kiosk_dir(data_dir: Path) -> Path:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` 0600 from the first byte, replacing it atomically."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    """Write ``data`` to ``path`` 0600, atomically (the project's one atomic write)."""
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, data, mode=0o600)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise KioskAuthError(f"cannot write {path}: {exc.strerror or exc}",
                              hint="check that the data directory is writable") from exc
 
