@@ -27,7 +27,7 @@ import numpy as np
 from edge.gallery.match import Match
 from edge.gallery.snapshot import GalleryRows, GallerySnapshot
 from edge.priority import background_niceness, lower_thread_priority
-from edge.vision.detect import FaceDetector
+from edge.vision.detect import Face, FaceDetector
 from edge.vision.pipeline import FaceEmbedder, RecognisedFace, StageTimings, detect_align_embed
 
 log = logging.getLogger(__name__)
@@ -102,13 +102,24 @@ class Engine:
     def state(self) -> ServingState:
         return self._state
 
-    def recognise(self, bgr: np.ndarray) -> FrameResult:
-        state = self._state  # the one read of the frame: everything below uses `state`
+    def frame_state(self) -> ServingState:
+        """The one read of a frame's state, with enrolments committed since the last frame."""
+        state = self._state
         if self._frame_rows is not None:
             version = self._frame_rows.data_version()
             if version != self._frame_data_version:
                 self._frame_data_version = version
                 state = self._reload_snapshot(state)
+        return state
+
+    def detect(self, bgr: np.ndarray) -> list[Face]:
+        """Faces only (the per-visit engine embeds a few of them, not all)."""
+        if self.detector is None:
+            raise RuntimeError("this engine has no face detector (it only swaps models)")
+        return self.detector.detect(bgr)
+
+    def recognise(self, bgr: np.ndarray) -> FrameResult:
+        state = self.frame_state()  # everything below uses `state`
         if self.detector is None:
             raise RuntimeError("this engine has no face detector (it only swaps models)")
         faces, crops, vectors, timings = detect_align_embed(self.detector, state.embedder, bgr)

@@ -1,0 +1,92 @@
+"""Visit events: three per visit (started, identified, ended), one JSON object per line.
+
+Lines look like::
+
+    {"event": "visit_started", "visit": "19a3c0e51f2-4", "time": "2026-12-06T00:10:03.120Z",
+     "ts": 1796515803.12, "frame": 41, "box": [104, 62, 88, 110], "name": null, ...}
+    {"event": "visit_identified", "visit": "19a3c0e51f2-4", ..., "name": "Ada_Lovelace",
+     "score": 0.612, "person_id": 3, "attempts": 3, "best_crop": "/var/lib/.../visit-....png"}
+    {"event": "visit_ended", "visit": "19a3c0e51f2-4", ..., "duration_s": 9.8, "frames": 294}
+
+``name`` is ``"unknown"`` when the fused view is under the match threshold (the same
+rule as for one frame); ``visit_ended`` repeats the final identity, which more
+attempts after ``visit_identified`` may have refined. ``best_crop`` is a local path on
+the box; the image itself never leaves it unless the box's config allows it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TextIO
+
+import cv2
+import numpy as np
+
+from federation.files import write_atomic
+
+STARTED, IDENTIFIED, ENDED = "visit_started", "visit_identified", "visit_ended"
+KINDS = (STARTED, IDENTIFIED, ENDED)
+
+
+@dataclass(frozen=True)
+class VisitEvent:
+    event: str
+    visit: str
+    ts: float
+    frame: int
+    box: tuple[int, int, int, int]
+    name: str | None = None  # enrolled name or "unknown"; None until identified
+    score: float | None = None
+    person_id: int | None = None
+    attempts: int = 0
+    model_version: str | None = None
+    best_crop: str | None = None
+    duration_s: float | None = None
+    frames: int | None = None
+
+    @property
+    def time(self) -> str:
+        moment = datetime.fromtimestamp(self.ts, tz=timezone.utc)
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    def to_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["time"] = self.time
+        data["box"] = list(self.box)
+        if self.score is not None:
+            data["score"] = round(self.score, 4)
+        if self.duration_s is not None:
+            data["duration_s"] = round(self.duration_s, 3)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+
+class VisitEventWriter:
+    """JSON lines, flushed per line so a tailing reader sees each event as it happens."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self.written = 0
+
+    def write(self, event: VisitEvent) -> None:
+        self._stream.write(event.to_json() + "\n")
+        self._stream.flush()
+        self.written += 1
+
+
+class CropStore:
+    """Best crops of visits as PNG files, private to the box user (0600)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def save(self, visit: str, crop: np.ndarray) -> Path:
+        ok, png = cv2.imencode(".png", crop)
+        if not ok:
+            raise ValueError(f"cannot encode the crop of visit {visit}")
+        return write_atomic(self.folder / f"visit-{visit}.png", png.tobytes(), mode=0o600)
