@@ -23,8 +23,9 @@ import statistics
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -128,10 +129,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     videos = kiosk_videos(args.lfw, seed=args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         engine = build_engine(args.lfw, videos, args.distractors, Path(tmp))
-        configs = {"per-frame": lambda: per_frame(engine, videos)}
+        configs: dict[str, Callable[[], Run]] = {"per-frame": lambda: per_frame(engine, videos)}
         for k in args.detect_every:
-            configs[f"per-visit k={k}"] = (
-                lambda k=k: per_visit(engine, videos, VisitSettings(detect_every=k)))
+            configs[f"per-visit k={k}"] = partial(per_visit, engine, videos,
+                                                  VisitSettings(detect_every=k))
         runs: dict[str, list[Run]] = {name: [] for name in configs}
         for _ in range(args.repeats):
             for name, config in configs.items():  # interleaved: drift hits all alike
