@@ -23,12 +23,14 @@ if TYPE_CHECKING:
     import numpy as np
 
     from edge.serving.recognizer import Recognition
+    from edge.tracking.visits import VisitEngine
 
 log = logging.getLogger(__name__)
 
 HEAVY_MODULES = ("torch", "tensorflow", "jax")
 REPORT_EVERY_S = 5.0
 KNOWN_COLOUR = (60, 200, 60)  # BGR
+Mark = tuple[tuple[int, int, int, int], str, bool]  # box, label, known
 UNKNOWN_COLOUR = (40, 40, 220)
 
 
@@ -41,7 +43,7 @@ class _Annotator:
         self._writer: Any = None
         self._size: tuple[int, int] | None = None
 
-    def write(self, bgr: np.ndarray, recognitions: list[Recognition]) -> None:
+    def write(self, bgr: np.ndarray, marks: list[Mark]) -> None:
         import cv2
 
         if self._writer is None:
@@ -54,11 +56,10 @@ class _Annotator:
                                hint="use a writable path ending in .mp4 or .avi",
                                exit_code=EXIT_USAGE)
         frame = bgr.copy()
-        for r in recognitions:
-            x, y, w, h = r.box
-            colour = KNOWN_COLOUR if r.match.known else UNKNOWN_COLOUR
+        for (x, y, w, h), label, known in marks:
+            colour = KNOWN_COLOUR if known else UNKNOWN_COLOUR
             cv2.rectangle(frame, (x, y), (x + w, y + h), colour, 2)
-            cv2.putText(frame, f"{r.name} {r.match.score:.2f}", (x, max(12, y - 6)),
+            cv2.putText(frame, label, (x, max(12, y - 6)),
                         cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
         if self._size is not None and (frame.shape[1], frame.shape[0]) != self._size:
             frame = cv2.resize(frame, self._size)  # a folder may mix sizes; video cannot
@@ -78,10 +79,10 @@ class _Throughput:
         self.stage_ms: dict[str, float] = {}
         self._last_report = self.started
 
-    def add(self, recognitions: list[Recognition], stage_ms: dict[str, float]) -> None:
+    def add(self, marks: list[Mark], stage_ms: dict[str, float]) -> None:
         self.frames += 1
-        self.faces += len(recognitions)
-        self.known += sum(1 for r in recognitions if r.match.known)
+        self.faces += len(marks)
+        self.known += sum(1 for _, _, known in marks if known)
         for stage, ms in stage_ms.items():
             self.stage_ms[stage] = self.stage_ms.get(stage, 0.0) + ms
 
@@ -136,8 +137,21 @@ def run(
         "http(s)://... (stream), a video file, dir:FOLDER[?fps=N&loop=1] (image folder). "
         "Default: the box config's camera.source.", show_default=False)] = None,
     events: Annotated[str, typer.Option(
-        "--events", help="Where to append one JSON line per recognised face "
-        "(- for stdout).")] = "-",
+        "--events", help="Where to append the events as JSON lines (- for stdout): three "
+        "per visit (visit_started, visit_identified, visit_ended), or with --per-frame one "
+        "per face per frame.")] = "-",
+    per_frame: Annotated[bool, typer.Option(
+        "--per-frame", help="Recognise every face on every frame (no tracking): one event "
+        "per face per frame.")] = False,
+    detect_every: Annotated[int, typer.Option(
+        "--detect-every", min=1, help="Per visit: detect on every N-th frame, track in "
+        "between (2-3 on a Raspberry Pi; bench.edge.visits).")] = 1,
+    max_attempts: Annotated[int, typer.Option(
+        "--max-attempts", min=1, help="Per visit: at most this many embeddings of one "
+        "visitor.")] = 6,
+    crops: Annotated[Path | None, typer.Option(
+        "--crops", help="Folder for each visit's best face crop (PNG, 0600). Default: "
+        "visits/ in the data dir.", show_default=False)] = None,
     annotate: Annotated[Path | None, typer.Option(
         "--annotate", help="Also write the frames with boxes and names to this video "
         "(.mp4 or .avi).", show_default=False)] = None,
@@ -174,20 +188,36 @@ def run(
         if annotate is not None:
             annotator = _Annotator(annotate, frame_source.nominal_fps or 10.0)
             stack.callback(annotator.close)
+        visits = None if per_frame else _visit_engine(
+            recognizer.engine, detect_every, max_attempts,
+            crops or box(ctx).settings.data_dir / "visits")
         try:
             for frame in frame_source:
-                recognitions = recognizer.recognise(frame.image)
-                for r in recognitions:
-                    writer.write(r.event(frame.frame_index, frame.timestamp))
-                stats.add(recognitions, recognizer.last_timings.as_ms())
+                if visits is None:
+                    recognitions = recognizer.recognise(frame.image)
+                    for r in recognitions:
+                        writer.write(r.event(frame.frame_index, frame.timestamp))
+                    marks = [_mark(r) for r in recognitions]
+                    stats.add(marks, recognizer.last_timings.as_ms())
+                else:
+                    started = time.perf_counter()
+                    for event in visits.process(frame.image, frame.frame_index,
+                                                frame.timestamp):
+                        writer.write(event)
+                    marks = [(b, name or "...", name not in (None, "unknown"))
+                             for _, b, name in visits.visible()]
+                    stats.add(marks, {"total": (time.perf_counter() - started) * 1e3})
                 if annotator is not None:
-                    annotator.write(frame.image, recognitions)
+                    annotator.write(frame.image, marks)
                 if fps and stats.due():
                     typer.echo(stats.line(), err=True)
                 if stop[0] or (max_frames is not None and stats.frames >= max_frames):
                     break
         except KeyboardInterrupt:
             log.info("interrupted: stopping after %d frames", stats.frames)
+        if visits is not None:  # the visits still open end with the stream
+            for event in visits.close():
+                writer.write(event)
     log.debug("heavy modules loaded in this process: %s",
               [m for m in HEAVY_MODULES if m in sys.modules] or "none")
     source_stats = frame_source.stats
@@ -197,6 +227,19 @@ def run(
                  f"{source_stats.failed_attempts} failed attempts, "
                  f"{source_stats.skipped} unreadable frames skipped")
     typer.echo(stats.line() + extra, err=True)
+
+
+def _mark(r: Recognition) -> Mark:
+    return (r.box, f"{r.name} {r.match.score:.2f}", r.match.known)
+
+
+def _visit_engine(engine: Any, detect_every: int, max_attempts: int,
+                  crops: Path) -> VisitEngine:
+    from edge.tracking.visit_events import CropStore
+    from edge.tracking.visits import VisitEngine, VisitSettings
+
+    settings = VisitSettings(detect_every=detect_every, max_attempts=max_attempts)
+    return VisitEngine(engine, settings, CropStore(crops))
 
 
 def register(app: typer.Typer) -> None:

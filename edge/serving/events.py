@@ -16,7 +16,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import TextIO
+from typing import Protocol, TextIO
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +52,19 @@ class RecognitionEvent:
         return json.dumps(self.to_dict(), separators=(",", ":"))
 
 
+class JsonEvent(Protocol):
+    def to_json(self) -> str: ...
+
+
 class EventWriter:
-    """Writes events as JSON lines, flushed per line so a tailing reader sees them live."""
+    """Writes events (these, or ``edge.tracking``'s visit events) as JSON lines, flushed
+    per line so a tailing reader sees them live."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
         self.written = 0
 
-    def write(self, event: RecognitionEvent) -> None:
+    def write(self, event: JsonEvent) -> None:
         self._stream.write(event.to_json() + "\n")
         self._stream.flush()
         self.written += 1

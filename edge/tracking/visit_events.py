@@ -20,7 +20,6 @@ import json
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TextIO
 
 import cv2
 import numpy as np
@@ -64,19 +63,6 @@ class VisitEvent:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"))
-
-
-class VisitEventWriter:
-    """JSON lines, flushed per line so a tailing reader sees each event as it happens."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-        self.written = 0
-
-    def write(self, event: VisitEvent) -> None:
-        self._stream.write(event.to_json() + "\n")
-        self._stream.flush()
-        self.written += 1
 
 
 class CropStore:

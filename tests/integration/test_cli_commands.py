@@ -122,8 +122,8 @@ def test_run_writes_events_and_an_annotated_video(enrolled: Path, tmp_path: Path
                                   ("Tony_Blair", 20), ("Tony_Blair", 21)])
     events = tmp_path / "events.jsonl"
     video = tmp_path / "annotated.avi"
-    result = invoke(enrolled, "run", "--source", f"dir:{frames}", "--events", str(events),
-                    "--annotate", str(video), "--max-frames", "4")
+    result = invoke(enrolled, "run", "--per-frame", "--source", f"dir:{frames}", "--events",
+                    str(events), "--annotate", str(video), "--max-frames", "4")
     assert result.exit_code == 0, result.output
     assert "4 frames, 4 faces (3 known)" in result.stderr
     lines = [json.loads(line) for line in events.read_text().splitlines()]
@@ -146,7 +146,7 @@ def test_run_events_to_stdout(enrolled: Path, tmp_path: Path, lfw_dir: Path) -> 
     frames = tmp_path / "frames"
     make_frames(frames, lfw_dir, [("Colin_Powell", 5), ("Colin_Powell", 6)])
     (frames / "0001a.jpg").write_bytes(b"half a frame")  # a damaged frame is skipped
-    result = invoke(enrolled, "run", "--source", str(frames))
+    result = invoke(enrolled, "run", "--per-frame", "--source", str(frames))
     assert result.exit_code == 0, result.output
     assert "2 frames, 2 faces (2 known)" in result.stderr
     assert "1 unreadable frames skipped" in result.stderr
