@@ -10,7 +10,7 @@ which prints ``error: ...`` / ``hint: ...`` on stderr and exits with a code grou
 component (table in edge/cli/errors.py).
 
 May import (the top floor of the box): edge.errors, edge.priority, edge.config, edge.box,
-edge.vision, edge.gallery, edge.serving, edge.training, edge.federated, edge.kiosk,
+edge.vision, edge.gallery, edge.serving, edge.tracking, edge.training, edge.federated, edge.kiosk,
 edge.demo, edge.doctor, edge.provision, federation, models.
 """
 

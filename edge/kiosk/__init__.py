@@ -4,7 +4,7 @@
 ``fedface-edge kiosk serve`` (and ``fedface-edge kiosk set-password``).
 
 May import: edge.errors, edge.config, edge.box, edge.vision, edge.gallery, edge.serving,
-edge.federated, federation, models.
+edge.tracking, edge.federated, federation, models.
 """
 
 from __future__ import annotations
