@@ -200,6 +200,23 @@ class DoctorSection(_Section):
                                     "wait for the TLS connection to the broker.")
 
 
+class EventsSection(_Section):
+    mqtt_url: str = Field(pattern=r"^mqtts?://", description="Broker for visit events and "
+                          "Home Assistant discovery (a local one, e.g. Home Assistant's "
+                          "Mosquitto; not the federation broker: names stay off it).")
+    username: str | None = Field(default=None, description="MQTT username, if the broker "
+                                 "needs one.")
+    password_file: Path | None = Field(default=None, description="File holding the MQTT "
+                                       "password (0600).")
+    ca_file: Path | None = Field(default=None, description="CA certificate of an mqtts:// "
+                                 "events broker.")
+    include_crop: bool = Field(default=False, description="Put each visit's best face crop "
+                               "(PNG, base64) in its MQTT events; off: face images never "
+                               "leave the box.")
+    discovery_prefix: str = Field(default="homeassistant", pattern=r"^[A-Za-z0-9_/-]+$",
+                                  description="Home Assistant MQTT discovery prefix.")
+
+
 class BoxConfig(_Section):
     """The box's config file (TOML). Unknown keys are rejected. Secrets are never in it:
     it names the files that hold them (0600), and the bundle passphrase comes from a file
@@ -210,6 +227,7 @@ class BoxConfig(_Section):
     broker: BrokerSection
     federation: FederationSection
     doctor: DoctorSection = Field(default_factory=DoctorSection)
+    events: EventsSection | None = None
 
     def settings_values(self) -> dict[str, Any]:
         """The EdgeSettings this file sets (unset entries are left to env/defaults)."""
@@ -272,6 +290,9 @@ def render_box_config(config: BoxConfig) -> str:
              "# Unknown keys are rejected; see docs/operations.md for every key.", ""]
     for section_name in BoxConfig.model_fields:
         section = getattr(config, section_name)
+        if section is None:  # an optional section left out (events: docs/operations.md)
+            lines += [f"# [{section_name}] (optional; see docs/operations.md)", ""]
+            continue
         lines.append(f"[{section_name}]")
         for name, fld in type(section).model_fields.items():
             value = getattr(section, name)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from edge.serving.recognizer import Recognition
+    from edge.tracking.mqtt_events import VisitPublisher
     from edge.tracking.visits import VisitEngine
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,16 @@ def run(
     max_attempts: Annotated[int, typer.Option(
         "--max-attempts", min=1, help="Per visit: at most this many embeddings of one "
         "visitor.")] = 6,
+    mqtt_url: Annotated[str | None, typer.Option(
+        "--mqtt-url", help="Publish visit events and Home Assistant discovery to this "
+        "broker (mqtt://host:1883). Default: the box config's events.mqtt_url; none: no "
+        "MQTT.", show_default=False)] = None,
+    fed: Annotated[str | None, typer.Option(
+        "--fed", help="Federation id in the events topic (default: the box config's).",
+        show_default=False)] = None,
+    box_id: Annotated[str | None, typer.Option(
+        "--box-id", help="Box id in the events topic (default: the box config's device id).",
+        show_default=False)] = None,
     crops: Annotated[Path | None, typer.Option(
         "--crops", help="Folder for each visit's best face crop (PNG, 0600). Default: "
         "visits/ in the data dir.", show_default=False)] = None,
@@ -191,6 +202,7 @@ def run(
         visits = None if per_frame else _visit_engine(
             recognizer.engine, detect_every, max_attempts,
             crops or box(ctx).settings.data_dir / "visits")
+        publisher = None if per_frame else _publisher(ctx, stack, mqtt_url, fed, box_id)
         try:
             for frame in frame_source:
                 if visits is None:
@@ -204,6 +216,8 @@ def run(
                     for event in visits.process(frame.image, frame.frame_index,
                                                 frame.timestamp):
                         writer.write(event)
+                        if publisher is not None:
+                            publisher.publish(event)
                     marks = [(b, name or "...", name not in (None, "unknown"))
                              for _, b, name in visits.visible()]
                     stats.add(marks, {"total": (time.perf_counter() - started) * 1e3})
@@ -218,6 +232,8 @@ def run(
         if visits is not None:  # the visits still open end with the stream
             for event in visits.close():
                 writer.write(event)
+                if publisher is not None:
+                    publisher.publish(event)
     log.debug("heavy modules loaded in this process: %s",
               [m for m in HEAVY_MODULES if m in sys.modules] or "none")
     source_stats = frame_source.stats
@@ -240,6 +256,36 @@ def _visit_engine(engine: Any, detect_every: int, max_attempts: int,
 
     settings = VisitSettings(detect_every=detect_every, max_attempts=max_attempts)
     return VisitEngine(engine, settings, CropStore(crops))
+
+
+def _publisher(ctx: typer.Context, stack: ExitStack, url: str | None, fed: str | None,
+               box_id: str | None) -> VisitPublisher | None:
+    """The MQTT side of per-visit events: ``--mqtt-url``, else the config's ``[events]``."""
+    from edge.tracking.mqtt_events import open_visit_publisher
+
+    config = box(ctx).config
+    events = config.events if config is not None else None
+    url = url or (events.mqtt_url if events is not None else None)
+    if url is None:
+        return None
+    fed = fed or (config.box.fed if config is not None else None)
+    box_id = box_id or (config.box.device_id if config is not None else None)
+    if fed is None or box_id is None:
+        raise CliError("MQTT events need the federation and box ids: this box is not "
+                       "provisioned", hint="pass --fed ID --box-id ID", exit_code=EXIT_USAGE)
+    try:
+        publisher = open_visit_publisher(
+            url, fed, box_id, username=events.username if events else None,
+            password_file=events.password_file if events else None,
+            ca_file=events.ca_file if events else None,
+            include_crop=events.include_crop if events else False,
+            discovery_prefix=events.discovery_prefix if events else "homeassistant")
+    except ValueError as exc:
+        raise CliError(f"cannot publish visit events: {exc}",
+                       hint="check --mqtt-url / --fed / --box-id or the config's [events]",
+                       exit_code=EXIT_USAGE) from exc
+    stack.callback(publisher.transport.close)  # flushes what is queued (bounded)
+    return publisher
 
 
 def register(app: typer.Typer) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -14,6 +16,8 @@ from typer.testing import CliRunner
 
 from bench.common.kiosk_video import KioskVideo, kiosk_videos
 from edge.cli import app
+from tests.support.broker import MosquittoBroker
+from tests.support.mqtt_listener import Listener
 
 
 def write_video(video: KioskVideo, path: Path) -> Path:
@@ -65,3 +69,44 @@ def test_run_writes_three_events_per_visit_with_the_best_crop(
     truth = {p.person if p.enrolled else "unknown" for p in video.visits}
     assert names == truth, (names, truth)  # two enrolled passers-by and one stranger
     assert len(by_visit) <= len(video.visits) + 1  # a visit split in two at most once
+
+
+def test_a_subscriber_receives_visit_events_and_home_assistant_discovery(
+        kiosk_box: tuple[Path, KioskVideo], tmp_path: Path, mosquitto: MosquittoBroker) -> None:
+    """`run` as its own process publishes to a real Mosquitto; a plain paho client (not the
+    product's transport) receives the discovery configs, the state and the visits."""
+    data_dir, video = kiosk_box
+    source = write_video(video, tmp_path / "kiosk.avi")
+    listener = Listener("127.0.0.1", mosquitto.port, ["fedface/acme/lobby-1/#",
+                                                       "homeassistant/#"])
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "edge.cli", "--data-dir", str(data_dir), "run",
+             "--source", str(source), "--events", str(tmp_path / "visits.jsonl"),
+             "--mqtt-url", mosquitto.url, "--fed", "acme", "--box-id", "lobby-1"],
+            capture_output=True, text=True, timeout=300, env=os.environ.copy())
+        assert run.returncode == 0, run.stderr
+        written = (tmp_path / "visits.jsonl").read_text().splitlines()
+
+        def all_events(got: list[tuple[str, bytes, bool]]) -> bool:
+            # every visit_ended is followed by the box's state: wait for the last one
+            return (sum(t.endswith("/events") for t, _, _ in got) >= len(written)
+                    and got[-1][0].endswith("/state"))
+
+        got = listener.collect_until(all_events)
+    finally:
+        listener.close()
+    on_wire = [json.loads(p) for t, p, _ in got if t == "fedface/acme/lobby-1/events"]
+    assert on_wire == [json.loads(line) for line in written]  # same events, same order
+    assert all("best_crop_png" not in e for e in on_wire)  # no face image unless allowed
+    configs = {t: json.loads(p) for t, p, retained in got if t.startswith("homeassistant/")}
+    assert set(configs) == {"homeassistant/sensor/fedface_lobby-1/last_person/config",
+                            "homeassistant/binary_sensor/fedface_lobby-1/unknown_face/config",
+                            "homeassistant/sensor/fedface_lobby-1/visits/config"}
+    assert {c["state_topic"] for c in configs.values()} == {"fedface/acme/lobby-1/state"}
+    states = [json.loads(p) for t, p, _ in got if t == "fedface/acme/lobby-1/state"]
+    identified = [e for e in on_wire if e["event"] == "visit_identified"]
+    assert states[-1]["visits"] == len(identified)
+    assert states[-1]["last_person"] == identified[-1]["name"]
+    # the stranger's visit raised the unknown-face sensor, and its end lowered it
+    assert any(s["unknown_present"] for s in states) and not states[-1]["unknown_present"]

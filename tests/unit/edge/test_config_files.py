@@ -43,8 +43,21 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+EVENTS = """
+[events]
+mqtt_url = "mqtt://homeassistant.local:1883"
+username = "kiosk"
+password_file = "/var/lib/fedface/mqtt-password"
+"""
+
+
 def test_good_box_config_round_trips_with_every_key_documented(tmp_path: Path) -> None:
-    cfg = load_box_config(write(tmp_path, GOOD))
+    without_events = load_box_config(write(tmp_path, GOOD))
+    assert without_events.events is None  # optional: no MQTT events unless configured
+    assert load_box_config(write(tmp_path, render_box_config(without_events))) == \
+        without_events
+    cfg = load_box_config(write(tmp_path, GOOD + EVENTS))
+    assert cfg.events is not None and cfg.events.include_crop is False  # images stay home
     text = render_box_config(cfg)
     assert load_box_config(write(tmp_path, text)) == cfg
     for section in BoxConfig.model_fields:
