@@ -124,7 +124,7 @@ def test_mqtt_events_carry_no_face_image_unless_the_config_allows_it(tmp_path: P
         bus = InMemoryBus()
         listener = InMemoryTransport(bus, "ha")
         got: list[tuple[str, bytes]] = []
-        listener.subscribe("#", lambda t, p: got.append((t, p)))
+        listener.subscribe("#", lambda t, p, got=got: got.append((t, p)))
         publisher = VisitPublisher(InMemoryTransport(bus, "box"), "acme", "lobby",
                                    include_crop=allowed)
         publisher.announce()
