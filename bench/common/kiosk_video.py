@@ -154,20 +154,22 @@ def _paste(frame: np.ndarray, sprite: tuple[np.ndarray, np.ndarray], x: float, y
     frame[y0:y1, x0:x1] = (a * face[part] + (1 - a) * region).astype(np.uint8)
 
 
-def _people(lfw_dir: Path, rng: np.random.Generator, count: int) -> list[str]:
+def _people(lfw_dir: Path, rng: np.random.Generator, count: int,
+            avoid: frozenset[str]) -> list[str]:
     """People with at least 3 photos (one to enrol, later ones to show), chosen by seed."""
-    candidates = sorted(p.name for p in lfw_dir.iterdir()
-                        if p.is_dir() and (p / f"{p.name}_0003.jpg").is_file())
+    candidates = sorted(p.name for p in lfw_dir.iterdir() if p.name not in avoid
+                        and p.is_dir() and (p / f"{p.name}_0003.jpg").is_file())
     if len(candidates) < count:
         raise ValueError(f"{lfw_dir} has {len(candidates)} people with 3+ photos, need {count}")
     return [candidates[i] for i in rng.choice(len(candidates), size=count, replace=False)]
 
 
-def kiosk_videos(lfw_dir: Path, seed: int = 0, seconds: float = 10.0,
-                 fps: float = 30.0) -> list[KioskVideo]:
-    """Four scenarios of ``seconds`` each; known people are enrolled from photo 1."""
+def kiosk_videos(lfw_dir: Path, seed: int = 0, seconds: float = 10.0, fps: float = 30.0,
+                 avoid: frozenset[str] = frozenset()) -> list[KioskVideo]:
+    """Four scenarios of ``seconds`` each; known people are enrolled from photo 1.
+    ``avoid``: people not to show (those of another seed's videos, say)."""
     rng = np.random.default_rng(seed)
-    people = _people(lfw_dir, rng, 9)
+    people = _people(lfw_dir, rng, 9, avoid)
     n = round(seconds * fps)
     last = n - 1
     cy = FRAME_H * 0.42

@@ -1,9 +1,9 @@
 """Per-frame vs per-visit recognition on the same generated kiosk videos, one core.
 
-    .venv/bin/python -m bench.edge.visits [--lfw DIR] [--seed 0] [--repeats 3]
+    .venv/bin/python -m bench.edge.visits [--lfw DIR] [--seeds 0 1 2] [--repeats 3]
 
-Videos: ``bench.common.kiosk_video`` (four 10 s scenarios at 30 fps, 640x480: a person
-approaching with a hand over the mouth, two crossing, three at once with two
+Videos: ``bench.common.kiosk_video`` (per seed four 10 s scenarios at 30 fps, 640x480:
+a person approaching with a hand over the mouth, two crossing, three at once with two
 strangers, fast passers-by with motion blur; 9 visits, 6 of enrolled people). The
 gallery holds the enrolled visitors (photo 1 of each, never shown in a video) and
 ``--distractors`` other people. Engines, run interleaved on the same frames:
@@ -119,14 +119,18 @@ def build_engine(lfw: Path, videos: list[KioskVideo], distractors: int, data_dir
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lfw", type=Path, default=default_lfw_dir())
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="one set of four videos per seed (different people)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--distractors", type=int, default=100)
     parser.add_argument("--detect-every", type=int, nargs="+", default=[1, 2, 3])
     args = parser.parse_args(argv)
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     cv2.setNumThreads(1)
-    videos = kiosk_videos(args.lfw, seed=args.seed)
+    videos: list[KioskVideo] = []
+    for seed in args.seeds:  # no one shown by two seeds (a stranger must stay one)
+        shown = frozenset(p.person for v in videos for p in v.visits)
+        videos += kiosk_videos(args.lfw, seed=seed, avoid=shown)
     with tempfile.TemporaryDirectory() as tmp:
         engine = build_engine(args.lfw, videos, args.distractors, Path(tmp))
         configs: dict[str, Callable[[], Run]] = {"per-frame": lambda: per_frame(engine, videos)}
