@@ -83,13 +83,16 @@ def serve(
     cookie_secure: Annotated[bool, typer.Option(
         "--cookie-secure", help="Send the session cookie over HTTPS only (behind TLS).")
     ] = False,
+    per_frame: Annotated[bool, typer.Option(
+        "--per-frame", help="Recognise every face on every frame instead of once per "
+        "visit (the lists then count frames).")] = False,
 ) -> None:
     """Serve the kiosk page: live view, recognitions, alerts, enrolment, people."""
     from edge.kiosk import KioskSettings, build_kiosk
 
     settings = KioskSettings.from_mapping(
         {"host": host, "port": port, "idle_timeout_s": idle_timeout,
-         "cookie_secure": cookie_secure}, source="kiosk options")
+         "cookie_secure": cookie_secure, "per_visit": not per_frame}, source="kiosk options")
     kiosk = build_kiosk(box(ctx).settings, settings, source or _configured_source(ctx))
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

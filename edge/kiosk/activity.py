@@ -26,6 +26,8 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
+from edge.tracking.visit_events import ENDED, IDENTIFIED, VisitEvent
+
 TRACK_EMBEDDINGS = 5  # recent embeddings kept per unknown track (pose changes)
 # Frames in flight when a person is removed finish well within this (a frame is ~20-50 ms;
 # the engine reloads the gallery on the next frame); short, as a re-enrolled person may
@@ -62,12 +64,20 @@ class Entry:
     # an alert keeps the face crop it shows, so staff can enrol that person from it
     crop: np.ndarray | None = field(default=None, repr=False, compare=False)
     enrolled_as: str | None = None  # set when staff enrolled an alert's face
+    visits: bool = False  # per-visit kiosk: count is visits, not frames
+
+    @property
+    def seen(self) -> str:
+        if self.visits:
+            return f"{self.count} visit" + ("s" if self.count != 1 else "")
+        return f"{self.count}x"
 
     def to_dict(self) -> dict[str, object]:
         return {"id": self.id, "name": self.name, "score": round(self.score, 3),
                 "best_name": self.best_name, "first_seen": self.first_seen,
                 "last_seen": self.last_seen, "count": self.count,
-                "acknowledged": self.acknowledged, "enrolled_as": self.enrolled_as}
+                "acknowledged": self.acknowledged, "enrolled_as": self.enrolled_as,
+                "seen": self.seen}
 
 
 @dataclass
@@ -109,6 +119,7 @@ class ActivityLog:
         # still carries their name; for a moment its sightings are dropped
         self._removed: dict[int, float] = {}
         self.unknown_sightings = 0  # every unknown face seen (alerts are far fewer)
+        self._visit_entries: dict[str, int] = {}  # open visit -> its entry (per-visit kiosk)
 
     # --- writing (worker thread) --------------------------------------------------------
 
@@ -170,6 +181,52 @@ class ActivityLog:
                       best_name=s.best_name, crop=np.array(s.crop, copy=True))
         self._alerts.appendleft(entry)
         self._tracks.append(_Track(entry.id, now, deque([embedding], maxlen=TRACK_EMBEDDINGS)))
+
+    def record_visit(self, event: VisitEvent) -> None:
+        """The per-visit kiosk: one entry per visit (a known person's visits within
+        ``recent_merge_s`` share one line, ``count`` counting visits) and one alert per
+        unknown visit, each with the visit's best crop."""
+        with self._lock:
+            if event.event == IDENTIFIED and event.crop is not None:
+                self._identified(event, event.crop)
+            elif event.event == ENDED:
+                entry_id = self._visit_entries.pop(event.visit, None)
+                if entry_id is not None and event.crop is not None:
+                    self._visit_ended(entry_id, event, event.crop)
+
+    def _identified(self, event: VisitEvent, crop: np.ndarray) -> None:
+        now, score = event.ts, event.score or 0.0
+        if event.person_id is None:  # unknown: an alert per visit
+            self.unknown_sightings += 1
+            entry = Entry(next(self._ids), None, None, score, now, now, 1,
+                          thumbnail_jpeg(crop), best_name=event.best_name,
+                          crop=np.array(crop, copy=True), visits=True)
+            self._alerts.appendleft(entry)
+            self._visit_entries[event.visit] = entry.id
+            return
+        self._removed = {p: t for p, t in self._removed.items()
+                         if now - t <= REMOVAL_GRACE_S}
+        if event.person_id in self._removed:
+            return
+        for index, entry in enumerate(self._recent):
+            if entry.person_id == event.person_id and now - entry.last_seen <= self.recent_merge_s:
+                self._recent[index] = replace(entry, last_seen=now, count=entry.count + 1,
+                                              score=max(entry.score, score),
+                                              thumbnail=thumbnail_jpeg(crop))
+                self._visit_entries[event.visit] = entry.id
+                return
+        entry = Entry(next(self._ids), event.name, event.person_id, score, now, now, 1,
+                      thumbnail_jpeg(crop), visits=True)
+        self._recent.appendleft(entry)
+        self._visit_entries[event.visit] = entry.id
+
+    def _visit_ended(self, entry_id: int, event: VisitEvent, crop: np.ndarray) -> None:
+        for ring in (self._recent, self._alerts):
+            for index, entry in enumerate(ring):
+                if entry.id == entry_id:  # the visit's final best view, and when it left
+                    ring[index] = replace(entry, last_seen=max(entry.last_seen, event.ts),
+                                          thumbnail=thumbnail_jpeg(crop))
+                    return
 
     # --- reading (web handlers) ---------------------------------------------------------
 

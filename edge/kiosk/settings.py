@@ -85,6 +85,12 @@ class KioskSettings(BaseModel):
         default=0.363, ge=-1.0, le=1.0,
         description="SFace cosine at or above which an unknown face belongs to an existing "
         "unknown track (OpenCV's same-person threshold for SFace).")
+    per_visit: bool = Field(
+        default=True,
+        description="Track faces and recognise each visit once: the lists show visits "
+        "(with their best face crop) and each unknown visit raises one alert. false: "
+        "recognise every face on every frame (alerts then follow alert_cooldown_s and "
+        "track_similarity).")
     display_width: int = Field(
         default=640, ge=160, le=1920,
         description="Width of the annotated live image (frames are scaled for display "

@@ -62,7 +62,7 @@ def live_jpeg() -> Response:
     if not live:
         response.headers["X-Notice"] = quote(status.notice)
     # who is in this very frame, so the caption never lags the picture (UTF-8, %-quoted)
-    names = ", ".join(str(m.name or "unknown") for m in latest.matches) or "nobody"
+    names = ", ".join(str(n or "unknown") for n, _ in latest.in_view) or "nobody"
     response.headers["X-In-View"] = quote(names if live else NOT_LIVE_IN_VIEW)
     return response
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import cv2
@@ -25,6 +26,8 @@ import numpy as np
 from edge.gallery.match import Match
 from edge.gallery.store import Gallery, GalleryError
 from edge.kiosk.activity import ActivityLog, Sighting
+from edge.serving.events import UNKNOWN
+from edge.tracking.visits import VisitEngine
 from edge.vision.capture import FrameSource, SourceError
 from edge.vision.pipeline import FacePipeline, RecognisedFace
 
@@ -50,11 +53,13 @@ class LiveFrame:
     frame_index: int
     timestamp: float
     jpeg: bytes = field(repr=False)
-    faces: tuple[RecognisedFace, ...] = field(repr=False)
+    faces: tuple[RecognisedFace, ...] = field(repr=False)  # of a fully recognised frame
     matches: tuple[Match, ...] = field(repr=False)
+    in_view: tuple[tuple[str | None, float], ...] = ()  # (name or None: unknown, score)
+    full: bool = True  # every face embedded and matched (else: visits only)
 
     def labels(self) -> list[dict[str, object]]:
-        return [{"name": m.name, "score": round(m.score, 3)} for m in self.matches]
+        return [{"name": name, "score": round(score, 3)} for name, score in self.in_view]
 
 
 @dataclass(frozen=True)
@@ -83,8 +88,21 @@ class WorkerStatus:
         return f"NOT LIVE - {self.reason} The picture shown is the last image."
 
 
-def annotate(bgr: np.ndarray, faces: tuple[RecognisedFace, ...],
-             matches: tuple[Match, ...], width: int) -> np.ndarray:
+Mark = tuple[tuple[float, float, float, float], str, bool]  # box, label, known
+
+
+def frame_marks(faces: Sequence[RecognisedFace], matches: Sequence[Match]) -> list[Mark]:
+    return [(f.face.box, f"{m.name} {m.score:.2f}" if m.known else "UNKNOWN", m.known)
+            for f, m in zip(faces, matches, strict=True)]
+
+
+def visit_marks(visits: VisitEngine) -> list[Mark]:
+    """Tracked faces: the visit's name once identified ("..." until then)."""
+    return [(box, "..." if name is None else ("UNKNOWN" if name == UNKNOWN else name),
+             name not in (None, UNKNOWN)) for _, box, name in visits.visible()]
+
+
+def annotate(bgr: np.ndarray, marks: Sequence[Mark], width: int) -> np.ndarray:
     """A display copy of the frame, scaled to ``width``, with boxes and names drawn."""
     scale = width / float(bgr.shape[1])
     size = (width, max(1, round(bgr.shape[0] * scale)))
@@ -92,10 +110,9 @@ def annotate(bgr: np.ndarray, faces: tuple[RecognisedFace, ...],
     canvas = cv2.resize(bgr, size, interpolation=interpolation)
     thickness = max(2, round(width / 320))
     font_scale = max(0.5, width / 900)
-    for face, match in zip(faces, matches, strict=True):
-        x, y, w, h = (round(v * scale) for v in face.face.box)
-        colour = KNOWN_COLOUR if match.known else UNKNOWN_COLOUR
-        label = f"{match.name} {match.score:.2f}" if match.known else "UNKNOWN"
+    for box, label, known in marks:
+        x, y, w, h = (round(v * scale) for v in box)
+        colour = KNOWN_COLOUR if known else UNKNOWN_COLOUR
         cv2.rectangle(canvas, (x, y), (x + w, y + h), colour, thickness)
         (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 2)
         top = max(0, y - th - base - 6)
@@ -118,6 +135,7 @@ class RecognitionWorker:
         display_width: int = 640,
         jpeg_quality: int = 80,
         stale_after_s: float = 3.0,
+        per_visit: bool = True,
     ) -> None:
         self.source = source
         self.pipeline = pipeline
@@ -143,6 +161,10 @@ class RecognitionWorker:
         self.engine = open_engine(pipeline.detector, gallery.path, None,
                                   threads=pipeline.embedder.threads, threshold=threshold,
                                   base_embedder=pipeline.embedder)
+        # per visit: faces are tracked and recognised once per visit; a frame is
+        # recognised in full only when a camera enrolment asks for one (fresh_frame)
+        self.visits = VisitEngine(self.engine) if per_visit else None
+        self._full_wanted = False
 
     @property
     def model_version(self) -> str:
@@ -191,6 +213,8 @@ class RecognitionWorker:
         latest = self._latest
         if latest is None or latest.seq <= after_seq or not self._status_locked().live:
             return None
+        if not latest.full:
+            return None
         return latest if time.monotonic() - self._published <= max_age else None
 
     def fresh_frame(self, after_seq: int, max_age: float, timeout: float) -> LiveFrame | None:
@@ -198,6 +222,7 @@ class RecognitionWorker:
         seconds old; else the next such frame within ``timeout`` s; None if none comes."""
         deadline = time.monotonic() + timeout
         with self._new_frame:
+            self._full_wanted = True  # per visit: recognise the next frame in full
             while True:
                 found = self._fresh(after_seq, max_age)
                 left = deadline - time.monotonic()
@@ -221,6 +246,7 @@ class RecognitionWorker:
                         self.process_frame(frame.frame_index, frame.timestamp, frame.image)
                         if self._stop.is_set():
                             return
+                self.close_visits()  # nobody stays in front of a camera that is gone
                 if not self.source.live:
                     self._set_status("ended")
                     log.info("kiosk source %s ended", self.source.uri)
@@ -232,6 +258,12 @@ class RecognitionWorker:
                 log.exception("kiosk recognition failed")
                 self._set_status("error", f"recognition failed: {type(exc).__name__}: {exc}")
             self._stop.wait(RETRY_SOURCE_S)
+
+    def close_visits(self) -> None:
+        """End the open visits (their last events go to the activity log)."""
+        if self.visits is not None:
+            for event in self.visits.close():
+                self.activity.record_visit(event)
 
     def _identify(self, image: np.ndarray) -> tuple[list[RecognisedFace], list[Match] | None]:
         try:
@@ -245,14 +277,30 @@ class RecognitionWorker:
     def process_frame(self, frame_index: int, timestamp: float, image: np.ndarray) -> None:
         """Recognise one frame and publish it (the thread calls this for every frame)."""
         started = time.perf_counter()
-        faces, found = self._identify(image)
+        with self._lock:
+            full = self.visits is None or self._full_wanted
+        faces, found = self._identify(image) if full else ([], [])
         matches = found if found is not None else [Match(None, 0.0, None) for _ in faces]
-        display = annotate(image, tuple(faces), tuple(matches), self.display_width)
-        ok, buf = cv2.imencode(".jpg", display, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
-        if found is not None:
+        in_view = tuple((m.name, m.score) for m in matches)
+        marks = frame_marks(faces, matches)
+        if self.visits is not None and found is not None:
+            try:
+                events = self.visits.process(image, frame_index, timestamp,
+                                             [f.face for f in faces] if full else None)
+            except GalleryError as exc:
+                self._set_status("error", str(exc))
+                events, found = [], None
+            for event in events:
+                self.activity.record_visit(event)
+            marks = visit_marks(self.visits)
+            in_view = tuple((None if n == UNKNOWN else n, 0.0)
+                            for _, _, n in self.visits.visible() if n is not None)
+        elif found is not None:
             self.activity.record([Sighting(m.name, m.person_id, m.score, f.crop, f.embedding,
                                            m.best_name)
                                   for f, m in zip(faces, matches, strict=True)], when=timestamp)
+        display = annotate(image, marks, self.display_width)
+        ok, buf = cv2.imencode(".jpg", display, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
         elapsed = time.perf_counter() - started
         with self._lock:
             self._seq += 1
@@ -260,7 +308,9 @@ class RecognitionWorker:
             self._ms = ms if self._ms == 0 else 0.9 * self._ms + 0.1 * ms
             if ok:
                 self._latest = LiveFrame(self._seq, frame_index, timestamp, buf.tobytes(),
-                                         tuple(faces), tuple(matches))
+                                         tuple(faces), tuple(matches), in_view, full)
+            if full:
+                self._full_wanted = False
                 self._published = time.monotonic()
             if found is not None and self._status.state != "running":
                 self._status = WorkerStatus("running", "", self._ms)

@@ -17,7 +17,7 @@ the box; the image itself never leaves it unless the box's config allows it.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,11 +40,14 @@ class VisitEvent:
     name: str | None = None  # enrolled name or "unknown"; None until identified
     score: float | None = None
     person_id: int | None = None
+    best_name: str | None = None  # closest enrolled person, even under the threshold
     attempts: int = 0
     model_version: str | None = None
     best_crop: str | None = None
     duration_s: float | None = None
     frames: int | None = None
+    # the best crop itself, for the box's own use (the kiosk's list); never serialised
+    crop: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def time(self) -> str:
@@ -52,7 +55,8 @@ class VisitEvent:
         return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
     def to_dict(self) -> dict[str, object]:
-        data = asdict(self)
+        data: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self)
+                                   if f.name != "crop"}
         data["time"] = self.time
         data["box"] = list(self.box)
         if self.score is not None:

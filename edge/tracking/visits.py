@@ -30,6 +30,7 @@ from edge.tracking.quality import view_quality
 from edge.tracking.tracker import FaceTracker, Track
 from edge.tracking.visit_events import ENDED, IDENTIFIED, STARTED, CropStore, VisitEvent
 from edge.vision.align import align_face
+from edge.vision.detect import Face
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +105,16 @@ class VisitEngine:
         self.embeddings = 0
         self._last: tuple[int, float] = (0, 0.0)
 
-    def process(self, bgr: np.ndarray, frame: int, ts: float) -> list[VisitEvent]:
+    def process(self, bgr: np.ndarray, frame: int, ts: float,
+                faces: list[Face] | None = None) -> list[VisitEvent]:
+        """One frame's events. ``faces``: this frame's detections when the caller already
+        ran the detector (the kiosk, on a frame it recognised in full for an enrolment)."""
         self.frames += 1
         self._last = (frame, ts)
-        if (self.frames - 1) % self.settings.detect_every:
+        if faces is None and (self.frames - 1) % self.settings.detect_every:
             return [e for t in self.tracker.expire(ts) for e in self._finish(t, frame, ts)]
         state = self.engine.frame_state()
-        faces = self.engine.detect(bgr)
+        faces = self.engine.detect(bgr) if faces is None else faces
         self.detections += 1
         step = self.tracker.update(faces, frame, ts)
         events: list[VisitEvent] = []
@@ -200,11 +204,14 @@ class VisitEngine:
     def _event(kind: str, visit: Visit, frame: int, ts: float, duration: float | None = None,
                frames: int | None = None) -> VisitEvent:
         match = visit.match if kind != STARTED else None
+        best = max(visit.attempts, key=lambda a: a.quality) if visit.attempts else None
         return VisitEvent(kind, visit.visit_id, ts, frame, visit.box(),
                           name=visit.name if match is not None else None,
                           score=match.score if match is not None else None,
                           person_id=match.person_id if match is not None else None,
+                          best_name=match.best_name if match is not None else None,
                           attempts=len(visit.attempts),
                           model_version=visit.model_version if match is not None else None,
                           best_crop=visit.crop_path if kind != STARTED else None,
-                          duration_s=duration, frames=frames)
+                          duration_s=duration, frames=frames,
+                          crop=best.crop if best is not None and match is not None else None)

@@ -32,9 +32,9 @@ def write_video(video: KioskVideo, path: Path) -> Path:
 
 @pytest.fixture
 def kiosk_box(tmp_path: Path, lfw_dir: Path) -> tuple[Path, KioskVideo]:
-    """A box with the 'passers' scenario's enrolled visitors (photo 1 each; the video
-    shows later photos), and that scenario, 4 s long."""
-    video = next(v for v in kiosk_videos(lfw_dir, seed=0, seconds=4.0) if v.name == "passers")
+    """A box with the 'three' scenario's enrolled visitor (photo 1; the video shows a
+    later photo), and that scenario, 4 s long: two strangers come and go beside them."""
+    video = next(v for v in kiosk_videos(lfw_dir, seed=0, seconds=4.0) if v.name == "three")
     data_dir = tmp_path / "box"
     for person in video.enrolled_people():
         photo = lfw_dir / person / f"{person}_0001.jpg"
@@ -67,7 +67,7 @@ def test_run_writes_three_events_per_visit_with_the_best_crop(
         assert cv2.imread(str(crop)).shape == (112, 112, 3)
     names = {str(v[-1]["name"]) for v in by_visit.values()}
     truth = {p.person if p.enrolled else "unknown" for p in video.visits}
-    assert names == truth, (names, truth)  # two enrolled passers-by and one stranger
+    assert names == truth, (names, truth)  # the enrolled visitor, and the strangers
     assert len(by_visit) <= len(video.visits) + 1  # a visit split in two at most once
 
 

@@ -59,7 +59,8 @@ def make_kiosk(data_dir: Path, frames: Path, pipeline: FacePipeline, fps: float 
     """A kiosk on a free loopback port over the frame folder (not started)."""
     PasswordStore(data_dir).set(KIOSK_PASSWORD)
     edge = EdgeSettings(data_dir=data_dir)
-    kiosk_settings = KioskSettings.from_mapping({"port": 0, **settings})
+    # per frame unless asked: these tests show single frames (per_visit=True for visits)
+    kiosk_settings = KioskSettings.from_mapping({"port": 0, "per_visit": False, **settings})
     return build_kiosk(edge, kiosk_settings, source_uri(frames, fps), pipeline=pipeline,
                        clock=clock)
 

@@ -85,7 +85,7 @@
     const closest = item.best_name
       ? "closest " + item.best_name + " " + item.score.toFixed(2)
       : "nobody enrolled to compare";
-    return closest + " \u00b7 seen " + item.count + "x";
+    return closest + " \u00b7 seen " + item.seen;
   }
 
   function entry(item, isAlert) {
@@ -106,7 +106,7 @@
     detail.className = "detail";
     detail.textContent = isAlert
       ? alertDetail(item)
-      : "score " + item.score.toFixed(2) + " \u00b7 " + item.count + "x";
+      : "score " + item.score.toFixed(2) + " \u00b7 " + item.seen;
     const when = document.createElement("time");
     when.textContent = timeText(item.last_seen);
     li.append(img, who, detail, when);

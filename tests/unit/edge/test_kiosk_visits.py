@@ -1,0 +1,80 @@
+"""The per-visit kiosk on generated kiosk video (held-out LFW photos, real models): one
+line per visit with its best crop, one alert per unknown visit; a camera enrolment still
+gets a frame recognised in full."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from bench.common.kiosk_video import KioskVideo, kiosk_videos
+from edge.kiosk import Kiosk
+from edge.vision.pipeline import FacePipeline
+from tests.support.kiosk import kiosk_pipeline, make_kiosk  # noqa: F401  (fixture)
+
+
+@pytest.fixture
+def three(lfw_dir: Path) -> KioskVideo:
+    """Three at once for 4 s: one enrolled visitor, two strangers (staggered)."""
+    return next(v for v in kiosk_videos(lfw_dir, seed=0, seconds=4.0) if v.name == "three")
+
+
+@pytest.fixture
+def kiosk(tmp_path: Path, kiosk_pipeline: FacePipeline, three: KioskVideo,  # noqa: F811
+          lfw_dir: Path) -> Iterator[Kiosk]:
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    cv2.imwrite(str(frames / "0000.png"), np.zeros((480, 640, 3), np.uint8))
+    built = make_kiosk(tmp_path / "data", frames, kiosk_pipeline, per_visit=True)
+    for person in three.enrolled_people():
+        photo = lfw_dir / person / f"{person}_0001.jpg"
+        face = kiosk_pipeline.embed_image_file(photo)
+        built.services.gallery.enroll(person, [face.crop], face.embedding[None],
+                                      face.model_version)
+    yield built
+    built.services.gallery.close()
+
+
+def test_the_lists_show_one_line_per_visit_and_one_alert_per_unknown_visit(
+        kiosk: Kiosk, three: KioskVideo) -> None:
+    worker, activity = kiosk.services.worker, kiosk.services.activity
+    for index, frame in enumerate(three.frames()):
+        worker.process_frame(index, index / three.fps, frame)
+    worker.close_visits()
+    recent = activity.recent()
+    assert sorted(str(e.name) for e in recent) == three.enrolled_people()
+    assert all(e.count == 1 and e.seen == "1 visit" for e in recent)
+    alerts = activity.alerts()  # the two strangers: one alert each, however many frames
+    assert len(alerts) == 2 and all(a.name is None and a.seen == "1 visit" for a in alerts)
+    assert activity.unknown_sightings == 2
+    for entry in [*recent, *alerts]:  # the visit's best crop, as a JPEG thumbnail
+        thumb = cv2.imdecode(np.frombuffer(activity.thumbnail(entry.id) or b"", np.uint8),
+                             cv2.IMREAD_COLOR)
+        assert thumb is not None and thumb.shape == (112, 112, 3)
+    assert alerts[0].crop is not None  # staff can enrol the stranger from the alert
+
+
+def test_a_camera_shot_gets_a_frame_recognised_in_full(kiosk: Kiosk,
+                                                       three: KioskVideo) -> None:
+    worker = kiosk.services.worker
+    frames = list(three.frames())[:20]
+    worker.process_frame(0, 0.0, frames[0])
+    assert worker.latest() is not None and not worker.latest().full  # type: ignore[union-attr]
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.append(worker.fresh_frame(0, 5.0, 10.0)))
+    worker._set_status("running")  # as the capture thread does when frames come
+    waiter.start()
+    for index, frame in enumerate(frames[1:], start=1):
+        if not waiter.is_alive():
+            break
+        worker.process_frame(index, index / three.fps, frame)
+        waiter.join(0.05)
+    waiter.join(5)
+    live = got[0]
+    assert live is not None and live.full and len(live.faces) >= 1  # type: ignore[attr-defined]
+    assert live.faces[0].embedding.shape == (128,)  # type: ignore[attr-defined]
