@@ -50,18 +50,19 @@ def build_frames(folder: Path, pipeline: FacePipeline, lfw_dir: Path) -> Path:
     return folder
 
 
-def source_uri(frames: Path, fps: float) -> str:
-    return f"dir:{frames}?fps={fps:g}&loop=1"
+def source_uri(frames: Path, fps: float, loop: bool = True) -> str:
+    return f"dir:{frames}?fps={fps:g}" + ("&loop=1" if loop else "")
 
 
 def make_kiosk(data_dir: Path, frames: Path, pipeline: FacePipeline, fps: float = 6.0,
-               clock: Callable[[], float] = time.time, **settings: object) -> Kiosk:
+               clock: Callable[[], float] = time.time, loop: bool = True,
+               **settings: object) -> Kiosk:
     """A kiosk on a free loopback port over the frame folder (not started)."""
     PasswordStore(data_dir).set(KIOSK_PASSWORD)
     edge = EdgeSettings(data_dir=data_dir)
     # per frame unless asked: these tests show single frames (per_visit=True for visits)
     kiosk_settings = KioskSettings.from_mapping({"port": 0, "per_visit": False, **settings})
-    return build_kiosk(edge, kiosk_settings, source_uri(frames, fps), pipeline=pipeline,
+    return build_kiosk(edge, kiosk_settings, source_uri(frames, fps, loop), pipeline=pipeline,
                        clock=clock)
 
 
