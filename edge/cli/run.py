@@ -17,6 +17,7 @@ import typer
 from edge.cli.context import box
 from edge.cli.errors import EXIT_USAGE, CliError
 from edge.cli.identify import ThresholdOption, warn_if_empty
+from federation.errors import FederationError
 from federation.files import open_new
 
 if TYPE_CHECKING:
@@ -189,6 +190,7 @@ def run(
         # milliseconds, before the models load
         stack.enter_context(frame_source)
         writer = EventWriter(_events_stream(stack, events))
+        publisher = None if per_frame else _publisher(ctx, stack, mqtt_url, fed, box_id)
         recognizer = box(ctx).recognizer(threshold)
         # follow hot swaps (the swap pointer) and enrolments made while running
         recognizer.engine.start_watcher()
@@ -202,7 +204,6 @@ def run(
         visits = None if per_frame else _visit_engine(
             recognizer.engine, detect_every, max_attempts,
             crops or box(ctx).settings.data_dir / "visits")
-        publisher = None if per_frame else _publisher(ctx, stack, mqtt_url, fed, box_id)
         try:
             for frame in frame_source:
                 if visits is None:
@@ -280,7 +281,7 @@ def _publisher(ctx: typer.Context, stack: ExitStack, url: str | None, fed: str |
             ca_file=events.ca_file if events else None,
             include_crop=events.include_crop if events else False,
             discovery_prefix=events.discovery_prefix if events else "homeassistant")
-    except ValueError as exc:
+    except (ValueError, FederationError) as exc:
         raise CliError(f"cannot publish visit events: {exc}",
                        hint="check --mqtt-url / --fed / --box-id or the config's [events]",
                        exit_code=EXIT_USAGE) from exc

@@ -36,8 +36,7 @@ class RecognitionEvent:
 
     @property
     def time(self) -> str:
-        moment = datetime.fromtimestamp(self.ts, tz=timezone.utc)
-        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return iso_time(self.ts)
 
     def to_dict(self) -> dict[str, object]:
         data: dict[str, object] = {"time": self.time}
@@ -50,6 +49,12 @@ class RecognitionEvent:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"))
+
+
+def iso_time(ts: float) -> str:
+    """Seconds since the epoch as ISO 8601 UTC to the millisecond, "...Z"."""
+    moment = datetime.fromtimestamp(ts, tz=timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class JsonEvent(Protocol):

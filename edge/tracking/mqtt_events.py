@@ -25,6 +25,7 @@ import re
 from pathlib import Path
 
 from edge.tracking.visit_events import ENDED, IDENTIFIED, VisitEvent
+from federation.envelope import ID_RE
 from federation.errors import TransportError
 from federation.transport.base import Transport
 
@@ -124,9 +125,6 @@ class VisitPublisher:
         except TransportError as exc:  # recognition goes on; the broker is only a listener
             self.failed += 1
             log.warning("MQTT publish to %s failed: %s", topic, exc)
-
-
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def open_visit_publisher(url: str, fed: str, box: str, *, username: str | None = None,

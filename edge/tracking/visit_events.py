@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from edge.serving.events import iso_time
 from federation.files import write_atomic
 
 STARTED, IDENTIFIED, ENDED = "visit_started", "visit_identified", "visit_ended"
@@ -49,15 +49,10 @@ class VisitEvent:
     # the best crop itself, for the box's own use (the kiosk's list); never serialised
     crop: np.ndarray | None = field(default=None, repr=False, compare=False)
 
-    @property
-    def time(self) -> str:
-        moment = datetime.fromtimestamp(self.ts, tz=timezone.utc)
-        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
     def to_dict(self) -> dict[str, object]:
         data: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self)
                                    if f.name != "crop"}
-        data["time"] = self.time
+        data["time"] = iso_time(self.ts)
         data["box"] = list(self.box)
         if self.score is not None:
             data["score"] = round(self.score, 4)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -110,3 +111,22 @@ def test_a_subscriber_receives_visit_events_and_home_assistant_discovery(
     assert states[-1]["last_person"] == identified[-1]["name"]
     # the stranger's visit raised the unknown-face sensor, and its end lowered it
     assert any(s["unknown_present"] for s in states) and not states[-1]["unknown_present"]
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--mqtt-url", "mqtt://127.0.0.1:1"], "need the federation and box ids"),
+    (["--mqtt-url", "mqtt://127.0.0.1:1", "--fed", "acme", "--box-id", "lobby/1"],
+     "box id 'lobby/1' must be"),
+    (["--mqtt-url", "http://127.0.0.1:1", "--fed", "acme", "--box-id", "lobby"],
+     "cannot publish visit events"),
+])
+def test_bad_mqtt_options_are_one_clear_error(tmp_path: Path, args: list[str],
+                                              expected: str) -> None:
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    cv2.imwrite(str(frames / "0.png"), np.zeros((48, 64, 3), np.uint8))
+    result = CliRunner().invoke(app, ["--data-dir", str(tmp_path / "box"), "run", "--source",
+                                      f"dir:{frames}", *args])
+    assert result.exit_code == 2, result.output
+    assert expected in result.stderr
+    assert not (tmp_path / "box" / "visits").exists()  # failed before any frame
