@@ -64,14 +64,26 @@ class VisitEvent:
         return json.dumps(self.to_dict(), separators=(",", ":"))
 
 
-class CropStore:
-    """Best crops of visits as PNG files, private to the box user (0600)."""
+DEFAULT_MAX_CROPS = 2000  # about 60 MB of 112x112 PNGs: weeks of a busy kiosk's visits
 
-    def __init__(self, folder: Path) -> None:
+
+class CropStore:
+    """Best crops of visits as PNG files, private to the box user (0600). Only the
+    newest ``max_files`` are kept: the box is not a face archive."""
+
+    def __init__(self, folder: Path, max_files: int = DEFAULT_MAX_CROPS) -> None:
         self.folder = Path(folder)
+        self.max_files = max_files
 
     def save(self, visit: str, crop: np.ndarray) -> Path:
         ok, png = cv2.imencode(".png", crop)
         if not ok:
             raise ValueError(f"cannot encode the crop of visit {visit}")
-        return write_atomic(self.folder / f"visit-{visit}.png", png.tobytes(), mode=0o600)
+        path = write_atomic(self.folder / f"visit-{visit}.png", png.tobytes(), mode=0o600)
+        self._prune()
+        return path
+
+    def _prune(self) -> None:
+        crops = sorted(self.folder.glob("visit-*.png"), key=lambda p: p.stat().st_mtime)
+        for old in crops[: max(0, len(crops) - self.max_files)]:
+            old.unlink(missing_ok=True)

@@ -104,6 +104,7 @@ class VisitEngine:
         self.detections = 0
         self.embeddings = 0
         self._last: tuple[int, float] = (0, 0.0)
+        self._last_detection = -1  # frame index of the latest detection
 
     def process(self, bgr: np.ndarray, frame: int, ts: float,
                 faces: list[Face] | None = None) -> list[VisitEvent]:
@@ -116,6 +117,7 @@ class VisitEngine:
         state = self.engine.frame_state()
         faces = self.engine.detect(bgr) if faces is None else faces
         self.detections += 1
+        self._last_detection = frame
         step = self.tracker.update(faces, frame, ts)
         events: list[VisitEvent] = []
         for track in step.started:
@@ -157,9 +159,16 @@ class VisitEngine:
         return events
 
     def visible(self) -> list[tuple[str, tuple[int, int, int, int], str | None]]:
-        """(visit id, box, current name or None) of the tracks seen on the last detection."""
-        return [(v.visit_id, v.box(), v.name if v.identified else None)
-                for v in self.visits.values() if v.track.last_seen == self._last[0]]
+        """(visit id, box, current name or None) of the visits found by the latest
+        detection, their boxes predicted to the latest frame (``detect_every`` > 1)."""
+        frame = self._last[0]
+        shown = []
+        for v in self.visits.values():
+            if v.announced and v.track.last_seen == self._last_detection:
+                x, y, w, h = v.track.predicted(frame)
+                shown.append((v.visit_id, (round(x), round(y), round(w), round(h)),
+                              v.name if v.identified else None))
+        return shown
 
     def _finish(self, track: Track, frame: int, ts: float) -> list[VisitEvent]:
         visit = self.visits.pop(track.track_id, None)
