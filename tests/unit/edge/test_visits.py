@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -138,3 +139,14 @@ def test_mqtt_events_carry_no_face_image_unless_the_config_allows_it(tmp_path: P
         state = json.loads([p for t, p in got if t == "fedface/acme/lobby/state"][-1])
         assert state == {"last_person": "unknown", "unknown_present": True, "visits": 1}
         assert {t for t, _ in got} >= set(discovery_messages("acme", "lobby"))
+
+
+def test_only_the_newest_crops_are_kept_private(tmp_path: Path) -> None:
+    store = CropStore(tmp_path / "visits", max_files=3)
+    for index in range(5):
+        crop = np.full((112, 112, 3), index * 40, np.uint8)
+        path = store.save(f"v{index}", crop)
+        assert path.stat().st_mode & 0o777 == 0o600
+        time.sleep(0.02)  # distinct modification times: the oldest go first
+    assert sorted(p.name for p in (tmp_path / "visits").iterdir()) == [
+        "visit-v2.png", "visit-v3.png", "visit-v4.png"]
