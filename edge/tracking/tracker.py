@@ -8,8 +8,9 @@ compiled wheel for aarch64) gives the optimal detection-to-track assignment; a
 constant-velocity prediction of each box (the centre moves, the size grows or shrinks)
 carries tracks across frames the detector skips and through people crossing.
 
-Costs: well under 0.1 ms per frame for 1-3 faces (``bench.edge.visits`` prints the
-tracker's share); nothing here allocates per pixel.
+Cost: 0.19-0.21 ms per detection frame with 1-3 faces on one x86 core (3,000 updates in
+a loop, 3 runs), about 3% of the per-visit engine's 6 ms per frame in
+``bench.edge.visits`` (which includes it); nothing here touches pixels.
 """
 
 from __future__ import annotations
