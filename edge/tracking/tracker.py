@@ -1,12 +1,14 @@
 """A small multi-face tracker: IoU between predicted and detected boxes, optimal assignment.
 
-Why our own ~100 lines on ``lap`` rather than ``norfair``, ``trackers`` or
-``supervision``: those pull scipy and matplotlib (norfair and filterpy), or
-supervision's plotting stack (trackers), tens of MB on a Pi for what a kiosk needs,
-which is a handful of faces moving slowly. ``lap`` (Jonker-Volgenant, numpy only, a
-compiled wheel for aarch64) gives the optimal detection-to-track assignment; a
-constant-velocity prediction of each box (the centre moves, the size grows or shrinks)
-carries tracks across frames the detector skips and through people crossing.
+Why our own ~100 lines on ``lap`` rather than a packaged tracker (what pip would install
+with each, checked with ``pip install --dry-run --report``): ``norfair==2.3.0`` brings
+filterpy, scipy and rich and downgrades the box's numpy 2.4 to 1.26; ``trackers==2.6.1``
+brings supervision, PyAV, scipy and ``opencv-python`` (the GUI build, beside our headless
+one); ``filterpy==2.0.0`` brings scipy for a Kalman filter. A kiosk tracks a handful of
+slowly moving faces: ``lap`` (Jonker-Volgenant, numpy only, compiled wheels for aarch64)
+gives the optimal detection-to-track assignment, and a constant-velocity prediction of
+each box (the centre moves, the size grows or shrinks) carries tracks across frames the
+detector skips and through people crossing.
 
 Cost: 0.19-0.21 ms per detection frame with 1-3 faces on one x86 core (3,000 updates in
 a loop, 3 runs), about 3% of the per-visit engine's 6 ms per frame in
