@@ -17,14 +17,17 @@ import pytest
 
 from bench.common.kiosk_video import KioskVideo, kiosk_videos
 from bench.common.visit_scoring import visit_at
+from edge.gallery.snapshot import empty_snapshot
 from edge.gallery.store import Gallery
-from edge.serving.engine import Engine
+from edge.serving.engine import Engine, ServingState
 from edge.serving.recognizer import Recognizer
 from edge.tracking.mqtt_events import VisitPublisher, discovery_messages
 from edge.tracking.visit_events import ENDED, IDENTIFIED, STARTED, CropStore, VisitEvent
 from edge.tracking.visits import VisitEngine, VisitSettings
+from edge.vision.embed import Embedder
 from edge.vision.pipeline import FacePipeline
 from federation.transport.base import InMemoryBus, InMemoryTransport
+from models.registry import optimised_sface_path
 
 SECONDS = 3.0
 
@@ -150,3 +153,31 @@ def test_only_the_newest_crops_are_kept_private(tmp_path: Path) -> None:
         time.sleep(0.02)  # distinct modification times: the oldest go first
     assert sorted(p.name for p in (tmp_path / "visits").iterdir()) == [
         "visit-v2.png", "visit-v3.png", "visit-v4.png"]
+
+
+def test_a_visit_across_a_model_swap_fuses_vectors_of_one_version_only(
+        videos: list[KioskVideo], engine: Engine) -> None:
+    """A swap mid-visit: the visit's earlier attempts are re-embedded by the new model
+    before fusion, and its identity is stamped with the new version."""
+    video = next(v for v in videos if v.name == "approach")
+    visits = VisitEngine(engine, VisitSettings(better_by=1.0, max_attempts=50))
+    before = engine.state
+    frames = list(video.frames())
+    events: list[VisitEvent] = []
+    for index, frame in enumerate(frames[:20]):
+        events += visits.process(frame, index, index / video.fps)
+    (visit,) = visits.visits.values()
+    assert visit.attempts and {a.tag for a in visit.attempts} == {before.tag}
+    swapped = Embedder(optimised_sface_path(), threads=1, version="sface-swapped-test")
+    engine.install(ServingState("swapped", swapped, empty_snapshot(swapped.version)))
+    engine.refresh_gallery()  # the gallery's crops embedded by the new model, as a swap does
+    try:
+        for index, frame in enumerate(frames[20:], start=20):
+            events += visits.process(frame, index, index / video.fps)
+        assert len(visit.attempts) > 1
+        assert {a.tag for a in visit.attempts} == {"sface-swapped-test"}
+        events += visits.close()
+        assert events[-1].model_version == "sface-swapped-test"
+        assert events[-1].name == video.visits[0].person
+    finally:
+        engine.install(before)
