@@ -34,8 +34,9 @@ from typing import Protocol
 import numpy as np
 import tenseal as ts
 
+from federation.crypto import wire
 from federation.crypto.ckks import FederationContext, require_public_only
-from federation.crypto.packing import EncryptedUpdate, parse_layout
+from federation.crypto.packing import EncryptedUpdate, load_ciphertext, parse_layout, wire_widths
 from federation.errors import MALFORMED, WRONG_KEY, FederationError
 
 
@@ -259,15 +260,7 @@ class CkksAccumulator:
                 raise FederationError(MALFORMED, f"ciphertext {i} is at another level")
 
     def _load(self, data: bytes, expected_size: int, i: int) -> ts.CKKSVector:
-        try:
-            vec = ts.ckks_vector_from(self.ctx.context, data)
-        except Exception as exc:  # TenSEAL raises assorted errors on corrupt bytes
-            raise FederationError(
-                MALFORMED, f"ciphertext {i} does not deserialize: {exc}") from None
-        if vec.size() != expected_size:
-            raise FederationError(
-                MALFORMED, f"ciphertext {i} holds {vec.size()} values, expected {expected_size}")
-        return vec
+        return load_ciphertext(self.ctx, data, expected_size, i)
 
     def commit(self, prepared: Prepared) -> None:
         update = prepared
@@ -311,9 +304,11 @@ class CkksAccumulator:
     def to_bytes(self) -> bytes:
         if self._sum is None or self._sum_length is None:
             raise ValueError("empty sum")
+        widths = wire_widths(self.ctx)
         return EncryptedUpdate(
             key_id=self.ctx.key_id, length=self._sum_length, slots=self.ctx.params.slots,
-            ciphertexts=tuple(v.serialize() for v in self._sum), n_updates=self.count,
+            ciphertexts=tuple(wire.serialize_vector(v, widths) for v in self._sum),
+            n_updates=self.count,
         ).to_bytes()
 
 

@@ -1,0 +1,253 @@
+"""Compact ciphertexts on the wire: SEAL's own serialisation with bit-packed coefficients.
+
+TenSEAL serialises a CKKS vector as a small protobuf around SEAL's ``Ciphertext::save``
+bytes, zstd-compressed by SEAL. Every coefficient of a ciphertext is a residue modulo a
+data prime of ``b`` bits, stored by SEAL in a 64-bit word; zstd recovers only part of
+the unused high bits (23.8 B/value at the default [38, 40] set, where the coefficients
+need 2 x 4096 x 38 bits per 2048 values = 19 B/value). This codec is lossless and does
+no cryptography: it decompresses SEAL's bytes, keeps every header byte verbatim, and
+stores each coefficient in exactly ``b`` bits; ``unpack`` rebuilds SEAL bytes (without
+compression) that TenSEAL/SEAL load and validate as usual (SEAL refuses a coefficient
+not below its prime, so a forged packing cannot smuggle out-of-range values in).
+
+Seeded ciphertexts (the second polynomial sent as a PRNG seed, 9.5 B/value here) would
+halve this again, but they have to come out of the library's encryption: neither
+TenSEAL 0.3.18 nor the Python SEAL bindings on PyPI (seal-python 4.4.0: its
+``encrypt_symmetric`` returns a full ``Ciphertext``, ``contains_seed()`` is False) expose
+SEAL's seeded ``Serializable<Ciphertext>``, and expanding a seed by hand would mean
+re-implementing SEAL's sampling, i.e. home-made encryption. See docs/protocol.md.
+
+Packed layout (all integers little-endian)::
+
+    b"Fp" | version u8 | k u8 | k widths u8 | len(pre) u16 | pre | len(post) u16 | post
+          | SEAL outer header (16 B) | len(body head) u16 | body head | packed coefficients
+
+``pre``/``post``: TenSEAL's protobuf fields before/after the SEAL bytes (vector size,
+scale); ``body head``: SEAL's ciphertext fields and inner array header, up to the
+coefficients, which SEAL lays out as ``size`` polynomials x ``k`` primes x ``N``.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import numpy as np
+import tenseal as ts
+import zstandard
+
+from federation.errors import MALFORMED, FederationError
+
+PACKED_MAGIC = b"Fp"
+PACKED_VERSION = 1
+_SEAL_HEADER = struct.Struct("<HBBBBHQ")  # magic, header size, major, minor, compr, reserved, size
+_SEAL_MAGIC = 0xA15E
+_COMPR_NONE, _COMPR_ZSTD = 0, 2
+# SEAL's Ciphertext::save_members: parms_id (4 x u64), is_ntt_form (u8), size, N, k (u64),
+# scale (f64), correction factor (u64), then the coefficient DynArray (its own SEAL
+# header and a u64 count) whose words follow.
+_CT_FIELDS = struct.Struct("<32sBQQQdQ")
+_ARRAY_COUNT = struct.Struct("<Q")
+_BODY_HEAD = _CT_FIELDS.size + _SEAL_HEADER.size + _ARRAY_COUNT.size
+_U16 = struct.Struct("<H")
+_SEAL_BYTES_FIELD = 0x12  # protobuf: field 2, length-delimited (CKKSVectorProto.ciphertexts)
+_MAX_RAW = 1 << 26
+
+
+def widths_for(coeff_mod_bit_sizes: tuple[int, ...]) -> tuple[int, ...]:
+    """Bits per coefficient of a fresh ciphertext: one width per data prime (the special
+    prime, last, is not part of a ciphertext). SEAL's primes of ``b`` bits are < 2^b."""
+    return tuple(coeff_mod_bit_sizes[:-1])
+
+
+def _bad(message: str) -> FederationError:
+    return FederationError(MALFORMED, f"packed ciphertext: {message}")
+
+
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while i < len(data) and shift < 64:
+        byte = data[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i
+        shift += 7
+    raise _bad("truncated protobuf varint")
+
+
+def _split_tenseal(data: bytes) -> tuple[bytes, bytes, bytes]:
+    """(fields before, SEAL bytes, fields after) of a TenSEAL CKKSVector serialisation."""
+    i = 0
+    while i < len(data):
+        start = i
+        key, i = _varint(data, i)
+        wire_type = key & 7
+        if wire_type == 0:
+            _, i = _varint(data, i)
+        elif wire_type == 1:
+            i += 8
+        elif wire_type == 2:
+            length, i = _varint(data, i)
+            if key == _SEAL_BYTES_FIELD:
+                if i + length > len(data):
+                    raise _bad("truncated SEAL bytes")
+                return data[:start], data[i : i + length], data[i + length :]
+            i += length
+        else:
+            raise _bad(f"unexpected protobuf wire type {wire_type}")
+    raise _bad("no SEAL ciphertext in the TenSEAL serialisation")
+
+
+def _group(rem: int) -> int:
+    """Coefficients whose ``rem`` top bits fill whole bytes (at most 8, at most 56 bits)."""
+    return 8 // math.gcd(rem, 8)
+
+
+def _pack_bits(words: np.ndarray, width: int) -> bytes:
+    """Keep the low ``width`` bits of each word: its whole low bytes as they are, then the
+    remaining ``rem`` bits of a group of words joined into one integer of whole bytes."""
+    full, rem = divmod(width, 8)
+    as_bytes = words.view(np.uint8).reshape(-1, 8)
+    parts = [as_bytes[:, :full].tobytes()]
+    if rem:
+        group = _group(rem)
+        tops = as_bytes[:, full].astype(np.uint64).reshape(-1, group)
+        joined = np.zeros(tops.shape[0], dtype="<u8")
+        for i in range(group):
+            joined |= tops[:, i] << np.uint64(rem * i)
+        parts.append(joined.view(np.uint8).reshape(-1, 8)[:, : rem * group // 8].tobytes())
+    return b"".join(parts)
+
+
+def _unpack_bits(data: bytes, count: int, width: int) -> np.ndarray:
+    full, rem = divmod(width, 8)
+    out = np.zeros((count, 8), dtype=np.uint8)
+    out[:, :full] = np.frombuffer(data, dtype=np.uint8, count=count * full).reshape(count, full)
+    if rem:
+        group = _group(rem)
+        nbytes = rem * group // 8
+        padded = np.zeros((count // group, 8), dtype=np.uint8)
+        padded[:, :nbytes] = np.frombuffer(data, dtype=np.uint8, offset=count * full).reshape(
+            -1, nbytes)
+        joined = padded.view("<u8")[:, 0]
+        mask = np.uint64((1 << rem) - 1)
+        tops = np.empty((count // group, group), dtype=np.uint64)
+        for i in range(group):
+            tops[:, i] = (joined >> np.uint64(rem * i)) & mask
+        out[:, full] = tops.reshape(count)
+    return out.view("<u8").reshape(count)
+
+
+def _packed_size(count: int, width: int) -> int:
+    return count * width // 8
+
+
+def _geometry(head: bytes, widths: tuple[int, ...]) -> tuple[int, int, int]:
+    """(polynomials, primes, N) from SEAL's ciphertext fields, checked against ``widths``."""
+    _parms, ntt, size, degree, k, _scale, _corr = _CT_FIELDS.unpack_from(head, 0)
+    array_header = _SEAL_HEADER.unpack_from(head, _CT_FIELDS.size)
+    (count,) = _ARRAY_COUNT.unpack_from(head, _CT_FIELDS.size + _SEAL_HEADER.size)
+    if ntt > 1 or not 1 <= size <= 8 or degree not in (1 << p for p in range(10, 17)):
+        raise _bad(f"unexpected ciphertext shape (size {size}, N {degree})")
+    if k != len(widths):
+        raise _bad(f"{k} primes, the federation's ciphertexts have {len(widths)}")
+    array_ok = array_header[0] == _SEAL_MAGIC and array_header[4] == _COMPR_NONE
+    if not array_ok or count != size * k * degree:
+        raise _bad("coefficient array header does not match the ciphertext")
+    return size, k, degree
+
+
+def pack(tenseal_bytes: bytes, widths: tuple[int, ...]) -> bytes:
+    """TenSEAL CKKSVector bytes (one ciphertext) -> the compact form."""
+    pre, seal_bytes, post = _split_tenseal(tenseal_bytes)
+    magic, hsize, _major, _minor, compr, _res, total = _SEAL_HEADER.unpack_from(seal_bytes, 0)
+    if magic != _SEAL_MAGIC or hsize != _SEAL_HEADER.size or total != len(seal_bytes):
+        raise _bad("not a SEAL serialisation")
+    body = seal_bytes[_SEAL_HEADER.size :]
+    if compr == _COMPR_ZSTD:
+        body = zstandard.ZstdDecompressor().decompress(body, max_output_size=_MAX_RAW)
+    elif compr != _COMPR_NONE:
+        raise _bad(f"SEAL compression mode {compr} is not supported")
+    head = body[:_BODY_HEAD]
+    if len(head) != _BODY_HEAD:
+        raise _bad("SEAL ciphertext shorter than its header")
+    size, k, degree = _geometry(head, widths)
+    if len(body) != _BODY_HEAD + 8 * size * k * degree:
+        raise _bad("SEAL ciphertext length does not match its shape")
+    coeffs = np.frombuffer(body, dtype="<u8", offset=_BODY_HEAD).reshape(size, k, degree)
+    parts = [PACKED_MAGIC, bytes([PACKED_VERSION, k, *widths]), _U16.pack(len(pre)), pre,
+             _U16.pack(len(post)), post, seal_bytes[: _SEAL_HEADER.size],
+             _U16.pack(len(head)), head]
+    for j, width in enumerate(widths):
+        words = np.ascontiguousarray(coeffs[:, j, :]).reshape(-1)
+        if np.any(words >> np.uint64(width)):
+            raise _bad(f"a coefficient of prime {j} does not fit in {width} bits")
+        parts.append(_pack_bits(words, width))
+    return b"".join(parts)
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data, self.at = data, 0
+
+    def take(self, n: int) -> bytes:
+        if self.at + n > len(self.data):
+            raise _bad("truncated")
+        out = self.data[self.at : self.at + n]
+        self.at += n
+        return out
+
+    def sized(self) -> bytes:
+        (n,) = _U16.unpack(self.take(_U16.size))
+        return self.take(n)
+
+
+def unpack(packed: bytes, widths: tuple[int, ...]) -> bytes:
+    """The compact form -> TenSEAL CKKSVector bytes (SEAL bytes uncompressed)."""
+    r = _Reader(packed)
+    if r.take(2) != PACKED_MAGIC:
+        raise _bad("bad magic (an update from an older FedFace, or not a ciphertext)")
+    version, k = r.take(2)
+    if version != PACKED_VERSION:
+        raise _bad(f"unsupported packing version {version}")
+    if tuple(r.take(k)) != widths:
+        raise _bad(f"coefficient widths differ from the federation's {list(widths)}")
+    pre, post, outer, head = r.sized(), r.sized(), r.take(_SEAL_HEADER.size), r.sized()
+    if len(head) != _BODY_HEAD:
+        raise _bad("ciphertext header has the wrong length")
+    size, k, degree = _geometry(head, widths)
+    coeffs = np.empty((size, k, degree), dtype="<u8")
+    for j, width in enumerate(widths):
+        chunk = r.take(_packed_size(size * degree, width))
+        coeffs[:, j, :] = _unpack_bits(chunk, size * degree, width).reshape(size, degree)
+    if r.at != len(packed):
+        raise _bad(f"{len(packed) - r.at} trailing bytes")
+    magic, hsize, major, minor, _compr, reserved, _total = _SEAL_HEADER.unpack(outer)
+    if magic != _SEAL_MAGIC or hsize != _SEAL_HEADER.size:
+        raise _bad("bad SEAL header")
+    seal_len = _SEAL_HEADER.size + len(head) + coeffs.nbytes
+    seal_bytes = b"".join([_SEAL_HEADER.pack(magic, hsize, major, minor, _COMPR_NONE, reserved,
+                                             seal_len), head, coeffs.tobytes()])
+    return b"".join([pre, bytes([_SEAL_BYTES_FIELD]), _encode_varint(len(seal_bytes)),
+                     seal_bytes, post])
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def serialize_vector(vec: ts.CKKSVector, widths: tuple[int, ...]) -> bytes:
+    """A TenSEAL vector (one ciphertext) in its compact wire form."""
+    return pack(vec.serialize(), widths)
+
+
+def load_vector(context: ts.Context, packed: bytes, widths: tuple[int, ...]) -> ts.CKKSVector:
+    """Rebuild and load a compact ciphertext; raises ``FederationError(malformed)`` from
+    the codec, and TenSEAL's own errors (left to the caller) from SEAL's validation."""
+    return ts.ckks_vector_from(context, unpack(packed, widths))
