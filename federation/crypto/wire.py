@@ -24,12 +24,13 @@ Packed layout (all integers little-endian)::
 
 ``pre``/``post``: TenSEAL's protobuf fields before/after the SEAL bytes (vector size,
 scale); ``body head``: SEAL's ciphertext fields and inner array header, up to the
-coefficients, which SEAL lays out as ``size`` polynomials x ``k`` primes x ``N``.
+coefficients, which SEAL lays out as ``size`` polynomials x ``k`` primes x ``N``. The
+coefficients of each prime are packed as planes (``_planes``): for 38 bits, their low
+32 bits as one little-endian uint32 array, then their 6 top bits as 6 bit planes.
 """
 
 from __future__ import annotations
 
-import math
 import struct
 
 import numpy as np
@@ -99,44 +100,47 @@ def _split_tenseal(data: bytes) -> tuple[bytes, bytes, bytes]:
     raise _bad("no SEAL ciphertext in the TenSEAL serialisation")
 
 
-def _group(rem: int) -> int:
-    """Coefficients whose ``rem`` top bits fill whole bytes (at most 8, at most 56 bits)."""
-    return 8 // math.gcd(rem, 8)
+_PLANES = ((32, np.dtype("<u4")), (16, np.dtype("<u2")), (8, np.dtype("u1")))
+
+
+def _planes(width: int) -> tuple[list[tuple[int, np.dtype]], int, int]:
+    """How a ``width``-bit coefficient is laid out: whole-byte planes (32, 16, 8 bits,
+    each a plain little-endian array, so that numpy reads them without a strided copy),
+    then the remaining ``rem`` < 8 bits as bit planes. Returns (planes, rem, its shift)."""
+    planes, shift = [], 0
+    for bits, dtype in _PLANES:
+        while width - shift >= bits:
+            planes.append((shift, dtype))
+            shift += bits
+    return planes, width - shift, shift
 
 
 def _pack_bits(words: np.ndarray, width: int) -> bytes:
-    """Keep the low ``width`` bits of each word: its whole low bytes as they are, then the
-    remaining ``rem`` bits of a group of words joined into one integer of whole bytes."""
-    full, rem = divmod(width, 8)
-    as_bytes = words.view(np.uint8).reshape(-1, 8)
-    parts = [as_bytes[:, :full].tobytes()]
+    """Keep the low ``width`` bits of each word (count * width / 8 bytes)."""
+    planes, rem, top_shift = _planes(width)
+    parts = [(words >> np.uint64(shift)).astype(dtype).tobytes() for shift, dtype in planes]
     if rem:
-        group = _group(rem)
-        tops = as_bytes[:, full].astype(np.uint64).reshape(-1, group)
-        joined = np.zeros(tops.shape[0], dtype="<u8")
-        for i in range(group):
-            joined |= tops[:, i] << np.uint64(rem * i)
-        parts.append(joined.view(np.uint8).reshape(-1, 8)[:, : rem * group // 8].tobytes())
+        top = (words >> np.uint64(top_shift)).astype(np.uint8)
+        bits = (top >> np.arange(rem, dtype=np.uint8)[:, None]) & np.uint8(1)  # (rem, count)
+        parts.append(np.packbits(bits, axis=1, bitorder="little").tobytes())
     return b"".join(parts)
 
 
 def _unpack_bits(data: bytes, count: int, width: int) -> np.ndarray:
-    full, rem = divmod(width, 8)
-    out = np.zeros((count, 8), dtype=np.uint8)
-    out[:, :full] = np.frombuffer(data, dtype=np.uint8, count=count * full).reshape(count, full)
+    planes, rem, top_shift = _planes(width)
+    out = np.zeros(count, dtype=np.uint64)
+    offset = 0
+    for shift, dtype in planes:
+        plane = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+        out |= plane.astype(np.uint64) << np.uint64(shift)
+        offset += count * dtype.itemsize
     if rem:
-        group = _group(rem)
-        nbytes = rem * group // 8
-        padded = np.zeros((count // group, 8), dtype=np.uint8)
-        padded[:, :nbytes] = np.frombuffer(data, dtype=np.uint8, offset=count * full).reshape(
-            -1, nbytes)
-        joined = padded.view("<u8")[:, 0]
-        mask = np.uint64((1 << rem) - 1)
-        tops = np.empty((count // group, group), dtype=np.uint64)
-        for i in range(group):
-            tops[:, i] = (joined >> np.uint64(rem * i)) & mask
-        out[:, full] = tops.reshape(count)
-    return out.view("<u8").reshape(count)
+        bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8, offset=offset),
+                             bitorder="little").reshape(rem, count)
+        weights = np.left_shift(np.uint8(1), np.arange(rem, dtype=np.uint8))[:, None]
+        top = (bits * weights).sum(axis=0, dtype=np.uint8)  # bit k from plane k
+        out |= top.astype(np.uint64) << np.uint64(top_shift)
+    return out
 
 
 def _packed_size(count: int, width: int) -> int:

@@ -70,11 +70,12 @@ def test_sums_are_repacked_and_decrypt(secret) -> None:
 
 def _set_coefficient_bits(packed: bytes, widths: tuple[int, ...]) -> bytes:
     """Every bit of the first coefficient set: 2^38 - 1 is above the 38-bit prime."""
-    tail = 2 * 4096 * widths[0] // 8  # the coefficients end the packed form
-    start = len(packed) - tail
+    count = 2 * 4096
+    start = len(packed) - count * widths[0] // 8  # the coefficients end the packed form
     out = bytearray(packed)
-    out[start : start + 4] = b"\xff\xff\xff\xff"  # its 4 low bytes ...
-    out[start + 4 * 8192] |= 0x3F  # ... and its 6 top bits, first in the bit section
+    out[start : start + 4] = b"\xff\xff\xff\xff"  # its low 32 bits (the u32 plane) ...
+    for k in range(6):  # ... and bit 0 of each of the 6 bit planes after it
+        out[start + 4 * count + k * count // 8] |= 0x01
     return bytes(out)
 
 
