@@ -126,7 +126,7 @@ def _pack_bits(words: np.ndarray, width: int) -> bytes:
     return b"".join(parts)
 
 
-def _unpack_bits(data: bytes, count: int, width: int) -> np.ndarray:
+def _unpack_bits(data: bytes | memoryview, count: int, width: int) -> np.ndarray:
     planes, rem, top_shift = _planes(width)
     out = np.zeros(count, dtype=np.uint64)
     offset = 0
@@ -147,7 +147,7 @@ def _packed_size(count: int, width: int) -> int:
     return count * width // 8
 
 
-def _geometry(head: bytes, widths: tuple[int, ...]) -> tuple[int, int, int]:
+def _geometry(head: bytes | memoryview, widths: tuple[int, ...]) -> tuple[int, int, int]:
     """(polynomials, primes, N) from SEAL's ciphertext fields, checked against ``widths``."""
     _parms, ntt, size, degree, k, _scale, _corr = _CT_FIELDS.unpack_from(head, 0)
     array_header = _SEAL_HEADER.unpack_from(head, _CT_FIELDS.size)
@@ -191,50 +191,59 @@ def pack(tenseal_bytes: bytes, widths: tuple[int, ...]) -> bytes:
     return b"".join(parts)
 
 
-class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self.data, self.at = data, 0
-
-    def take(self, n: int) -> bytes:
-        if self.at + n > len(self.data):
-            raise _bad("truncated")
-        out = self.data[self.at : self.at + n]
-        self.at += n
-        return out
-
-    def sized(self) -> bytes:
-        (n,) = _U16.unpack(self.take(_U16.size))
-        return self.take(n)
+def _sized(data: memoryview, at: int) -> tuple[memoryview, int]:
+    """A u16-length-prefixed field at ``at``: (its bytes, the offset after it)."""
+    if at + _U16.size > len(data):
+        raise _bad("truncated")
+    (n,) = _U16.unpack_from(data, at)
+    at += _U16.size
+    if at + n > len(data):
+        raise _bad("truncated")
+    return data[at : at + n], at + n
 
 
 def unpack(packed: bytes, widths: tuple[int, ...]) -> bytes:
-    """The compact form -> TenSEAL CKKSVector bytes (SEAL bytes uncompressed)."""
-    r = _Reader(packed)
-    if r.take(2) != PACKED_MAGIC:
+    """The compact form -> TenSEAL CKKSVector bytes (SEAL bytes uncompressed). Parsed
+    in place (memoryview slices) and unpacked straight into the output buffer: this runs
+    once per ciphertext of every update at the aggregator."""
+    data = memoryview(packed)
+    k = len(widths)
+    if bytes(data[:2]) != PACKED_MAGIC:
         raise _bad("bad magic (an update from an older FedFace, or not a ciphertext)")
-    version, k = r.take(2)
-    if version != PACKED_VERSION:
-        raise _bad(f"unsupported packing version {version}")
-    if tuple(r.take(k)) != widths:
+    if len(data) < 4 + k or data[2] != PACKED_VERSION:
+        raise _bad(f"unsupported packing version {data[2] if len(data) > 2 else None}")
+    if data[3] != k or tuple(data[4 : 4 + k]) != widths:
         raise _bad(f"coefficient widths differ from the federation's {list(widths)}")
-    pre, post, outer, head = r.sized(), r.sized(), r.take(_SEAL_HEADER.size), r.sized()
-    if len(head) != _BODY_HEAD:
-        raise _bad("ciphertext header has the wrong length")
-    size, k, degree = _geometry(head, widths)
-    coeffs = np.empty((size, k, degree), dtype="<u8")
-    for j, width in enumerate(widths):
-        chunk = r.take(_packed_size(size * degree, width))
-        coeffs[:, j, :] = _unpack_bits(chunk, size * degree, width).reshape(size, degree)
-    if r.at != len(packed):
-        raise _bad(f"{len(packed) - r.at} trailing bytes")
-    magic, hsize, major, minor, _compr, reserved, _total = _SEAL_HEADER.unpack(outer)
+    pre, at = _sized(data, 4 + k)
+    post, at = _sized(data, at)
+    if at + _SEAL_HEADER.size > len(data):
+        raise _bad("truncated")
+    magic, hsize, major, minor, _compr, reserved, _total = _SEAL_HEADER.unpack_from(data, at)
     if magic != _SEAL_MAGIC or hsize != _SEAL_HEADER.size:
         raise _bad("bad SEAL header")
-    seal_len = _SEAL_HEADER.size + len(head) + coeffs.nbytes
-    seal_bytes = b"".join([_SEAL_HEADER.pack(magic, hsize, major, minor, _COMPR_NONE, reserved,
-                                             seal_len), head, coeffs.tobytes()])
-    return b"".join([pre, bytes([_SEAL_BYTES_FIELD]), _encode_varint(len(seal_bytes)),
-                     seal_bytes, post])
+    head, at = _sized(data, at + _SEAL_HEADER.size)
+    if len(head) != _BODY_HEAD:
+        raise _bad("ciphertext header has the wrong length")
+    size, _, degree = _geometry(head, widths)
+    per_prime = size * degree
+    packed_len = sum(_packed_size(per_prime, w) for w in widths)
+    if at + packed_len != len(data):
+        raise _bad(f"{len(data) - at - packed_len} bytes more or less than the coefficients")
+    seal_len = _SEAL_HEADER.size + _BODY_HEAD + 8 * per_prime * k
+    prefix = b"".join([pre, bytes([_SEAL_BYTES_FIELD]), _encode_varint(seal_len),
+                       _SEAL_HEADER.pack(magic, hsize, major, minor, _COMPR_NONE, reserved,
+                                         seal_len), head])
+    out = bytearray(len(prefix) + 8 * per_prime * k + len(post))
+    out[: len(prefix)] = prefix
+    out[len(out) - len(post) :] = post
+    coeffs = np.frombuffer(out, dtype="<u8", count=per_prime * k,
+                           offset=len(prefix)).reshape(size, k, degree)
+    for j, width in enumerate(widths):
+        n = _packed_size(per_prime, width)
+        plane = _unpack_bits(data[at : at + n], per_prime, width)
+        coeffs[:, j, :] = plane.reshape(size, degree)
+        at += n
+    return bytes(out)
 
 
 def _encode_varint(value: int) -> bytes:
