@@ -231,12 +231,18 @@ def wire_widths(ctx: FederationContext) -> tuple[int, ...]:
     return wire.widths_for(ctx.params.coeff_mod_bit_sizes)
 
 
-def load_ciphertext(ctx: FederationContext, data: bytes, expected_size: int,
+def load_ciphertext(ctx: FederationContext, data: bytes | memoryview, expected_size: int,
                     i: int) -> ts.CKKSVector:
     """One wire ciphertext (bit-packed) as a TenSEAL vector of ``expected_size`` values;
     anything that does not unpack, load or hold that many values is ``malformed``."""
+    return load_ciphertext_facts(ctx, data, expected_size, i)[0]
+
+
+def load_ciphertext_facts(ctx: FederationContext, data: bytes | memoryview, expected_size: int,
+                          i: int) -> tuple[ts.CKKSVector, wire.CiphertextFacts]:
+    """``load_ciphertext`` and what SEAL's header says of it (level, size, scale)."""
     try:
-        vec = wire.load_vector(ctx.context, data, wire_widths(ctx))
+        vec, facts = wire.load_vector_facts(ctx.context, data, wire_widths(ctx))
     except FederationError as exc:
         raise FederationError(MALFORMED, f"ciphertext {i}: {exc.message}") from None
     except Exception as exc:  # TenSEAL raises assorted errors on corrupt bytes
@@ -245,7 +251,7 @@ def load_ciphertext(ctx: FederationContext, data: bytes, expected_size: int,
         raise FederationError(
             MALFORMED, f"ciphertext {i} holds {vec.size()} values, expected {expected_size}"
         )
-    return vec
+    return vec, facts
 
 
 def _chunk_sizes(length: int, slots: int) -> list[int]:

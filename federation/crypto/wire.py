@@ -32,6 +32,7 @@ coefficients of each prime are packed as planes (``_planes``): for 38 bits, thei
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 import numpy as np
 import tenseal as ts
@@ -202,10 +203,25 @@ def _sized(data: memoryview, at: int) -> tuple[memoryview, int]:
     return data[at : at + n], at + n
 
 
-def unpack(packed: bytes, widths: tuple[int, ...]) -> bytes:
-    """The compact form -> TenSEAL CKKSVector bytes (SEAL bytes uncompressed). Parsed
-    in place (memoryview slices) and unpacked straight into the output buffer: this runs
-    once per ciphertext of every update at the aggregator."""
+@dataclass(frozen=True)
+class CiphertextFacts:
+    """What SEAL's header says of a ciphertext (the fields SEAL loads it with): its level
+    (parms_id), number of polynomials and scale, read without copying the ciphertext
+    back out of TenSEAL."""
+
+    parms_id: tuple[int, ...]
+    size: int
+    scale: float
+
+
+def unpack(packed: bytes | memoryview, widths: tuple[int, ...]) -> bytes:
+    """The compact form -> TenSEAL CKKSVector bytes (SEAL bytes uncompressed)."""
+    return _unpack(packed, widths)[0]
+
+
+def _unpack(packed: bytes | memoryview, widths: tuple[int, ...]) -> tuple[bytes, CiphertextFacts]:
+    """Parsed in place (memoryview slices) and unpacked straight into the output buffer:
+    this runs once per ciphertext of every update at the aggregator."""
     data = memoryview(packed)
     k = len(widths)
     if bytes(data[:2]) != PACKED_MAGIC:
@@ -243,7 +259,9 @@ def unpack(packed: bytes, widths: tuple[int, ...]) -> bytes:
         plane = _unpack_bits(data[at : at + n], per_prime, width)
         coeffs[:, j, :] = plane.reshape(size, degree)
         at += n
-    return bytes(out)
+    parms, _ntt, _size, _n, _k, scale, _corr = _CT_FIELDS.unpack_from(head, 0)
+    facts = CiphertextFacts(struct.unpack("<4Q", parms), size, scale)
+    return bytes(out), facts
 
 
 def _encode_varint(value: int) -> bytes:
@@ -260,7 +278,15 @@ def serialize_vector(vec: ts.CKKSVector, widths: tuple[int, ...]) -> bytes:
     return pack(vec.serialize(), widths)
 
 
-def load_vector(context: ts.Context, packed: bytes, widths: tuple[int, ...]) -> ts.CKKSVector:
+def load_vector(context: ts.Context, packed: bytes | memoryview,
+                widths: tuple[int, ...]) -> ts.CKKSVector:
     """Rebuild and load a compact ciphertext; raises ``FederationError(malformed)`` from
     the codec, and TenSEAL's own errors (left to the caller) from SEAL's validation."""
-    return ts.ckks_vector_from(context, unpack(packed, widths))
+    return load_vector_facts(context, packed, widths)[0]
+
+
+def load_vector_facts(context: ts.Context, packed: bytes | memoryview,
+                      widths: tuple[int, ...]) -> tuple[ts.CKKSVector, CiphertextFacts]:
+    """``load_vector`` and the facts of the ciphertext SEAL loaded."""
+    raw, facts = _unpack(packed, widths)
+    return ts.ckks_vector_from(context, raw), facts
