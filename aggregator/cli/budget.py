@@ -3,7 +3,7 @@ the CKKS budget it gets (``federation.crypto.budget``: the parameter policy)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -63,3 +63,18 @@ def budget_lines(budget: Budget) -> list[str]:
         f"({budget.precision_bits:.1f} bits; wanted {s.precision:g})",
         f"  wire: {budget.bytes_per_value:.2f} bytes per value",
     ]
+
+
+def check_serve_cap(recorded: dict[str, Any] | None, max_samples: int) -> None:
+    """``serve``: the sample cap must not exceed the one the recorded budget holds (0 is
+    no cap at all), else a round could leave the CKKS range the budget was made for."""
+    if recorded is None:
+        return
+    held = int(recorded["size"]["max_samples"])
+    if max_samples == 0 or max_samples > held:
+        asked = "no cap (0)" if max_samples == 0 else str(max_samples)
+        raise BudgetError(
+            f"--max-samples {asked} exceeds the {held} samples per box of the CKKS budget "
+            "init recorded for this federation; serve with --max-samples <= "
+            f"{held}, or declare the larger size with new keys (docs/protocol.md, "
+            "\"Parameter policy\")")

@@ -180,6 +180,7 @@ def serve(
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(state)
+    budget.check_serve_cap(cfg.budget, max_samples)
     broker, ca_file, cert_file, key_file = resolve_broker(cfg, broker, ca_file, cert_file,
                                                           key_file)
     dp = regional_cli.dp_settings(dp_clip, dp_noise, dp_delta, dp_mode)

@@ -95,6 +95,11 @@ def test_init_refuses_keys_that_cannot_hold_the_declared_size(tmp_path: Path) ->
     assert config["budget"]["params"] == budget.params.to_dict()
     assert config["budget"]["size"]["boxes"] == 10_000
     assert config["count_scale"] == budget.count_scale
+    # serve keeps to the recorded cap: more samples per box (or none) could leave the range
+    for cap in ("5000", "0"):
+        over = runner.invoke(app, ["serve", "--state", str(tmp_path / "s2"),
+                                   "--max-samples", cap])
+        assert over.exit_code == 2 and "exceeds the 1000 samples per box" in over.stderr
 
 
 def test_the_protocol_docs_budget_table_is_the_policy() -> None:
