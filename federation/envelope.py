@@ -78,17 +78,18 @@ def canonical_json(obj: Any) -> bytes:
                       allow_nan=False).encode("utf-8")
 
 
-def _field_types() -> dict[str, type]:
-    return {
-        "v": int, "kind": str, "fed": str, "sender": str, "round": int, "model": str,
-        "msg": str, "blob_sha256": str, "blob_size": int, "index": int, "count": int,
-        "chunk_sha256": str, "ts": float, "sig": str,
-    }
+# Every header field and its type, built once (validate runs on every message).
+_FIELD_TYPES: dict[str, type] = {
+    "v": int, "kind": str, "fed": str, "sender": str, "round": int, "model": str,
+    "msg": str, "blob_sha256": str, "blob_size": int, "index": int, "count": int,
+    "chunk_sha256": str, "ts": float, "sig": str,
+}
+_FIELD_NAMES = frozenset(_FIELD_TYPES)
 
 
 def validate(env: Envelope) -> None:
     """Check types, ranges and formats of every header field (FederationError malformed)."""
-    for name, typ in _field_types().items():
+    for name, typ in _FIELD_TYPES.items():
         value = getattr(env, name)
         ok = (isinstance(value, typ) and not isinstance(value, bool)) if typ is not float else (
             type(value) is float and math.isfinite(value))
@@ -147,7 +148,7 @@ def decode(data: bytes, max_header: int = DEFAULT_MAX_HEADER) -> Envelope:
         raise FederationError(MALFORMED, f"envelope header is not JSON: {exc}") from None
     if not isinstance(header, dict):
         raise FederationError(MALFORMED, "envelope header is not a JSON object")
-    expected = set(_field_types())
+    expected = _FIELD_NAMES
     if set(header) != expected:
         extra, missing = sorted(set(header) - expected), sorted(expected - set(header))
         raise FederationError(MALFORMED, f"envelope fields: unknown {extra}, missing {missing}")
