@@ -42,7 +42,8 @@ def split_blob(
     msg: str | None = None,
     ts: float | None = None,
 ) -> list[Envelope]:
-    """Signed envelopes carrying ``blob`` in ``chunk_size`` pieces (one for small blobs)."""
+    """Signed envelopes carrying ``blob`` in ``chunk_size`` pieces (one for small blobs),
+    validated (``encode(env, validated=True)``)."""
     if chunk_size < 1:
         raise ValueError("chunk_size must be positive")
     blob = bytes(blob)
@@ -52,13 +53,15 @@ def split_blob(
     stamp = time.time() if ts is None else float(ts)
     out = []
     for index in range(count):
-        piece = blob[index * chunk_size : (index + 1) * chunk_size]
+        piece = blob if count == 1 else blob[index * chunk_size : (index + 1) * chunk_size]
+        chunk_sha = blob_sha if count == 1 else hashlib.sha256(piece).hexdigest()
         env = Envelope(
             kind=kind, fed=fed, sender=sender, round=int(round), model=model, msg=msg,
             blob_sha256=blob_sha, blob_size=len(blob), index=index, count=count,
-            chunk_sha256=hashlib.sha256(piece).hexdigest(), ts=stamp, payload=piece,
+            chunk_sha256=chunk_sha, ts=stamp, payload=piece,
         )
-        out.append(sign_envelope(env, private_key))
+        # hashed here from this very piece: no second (or, one chunk, third) SHA-256
+        out.append(sign_envelope(env, private_key, payload_hashed=True))
     return out
 
 

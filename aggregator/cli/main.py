@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from aggregator.cli import budget
 from aggregator.cli import epochs as epochs_cli
 from aggregator.cli import operator as operator_cli
 from aggregator.cli import regional as regional_cli
@@ -65,18 +66,37 @@ def keys_create(
     out: Annotated[Path, typer.Option("--out", help="directory for the two context files")],
     poly_modulus_degree: int = DEFAULT_PARAMS.poly_modulus_degree,
     coeff_mod_bits: Annotated[
-        str, typer.Option(help="data prime(s) then the special prime, comma separated")
-    ] = ",".join(str(b) for b in DEFAULT_PARAMS.coeff_mod_bit_sizes),
-    scale_bits: int = DEFAULT_PARAMS.global_scale_bits,
+        str, typer.Option(help="data prime(s) then the special prime, comma separated "
+                          "(default: the policy's set for --boxes, else "
+                          f"{','.join(str(b) for b in DEFAULT_PARAMS.coeff_mod_bit_sizes)})")
+    ] = "",
+    scale_bits: Annotated[int, typer.Option(
+        help=f"scale 2^bits (default: the policy's, else {DEFAULT_PARAMS.global_scale_bits})")] = 0,
+    boxes: budget.BoxesOpt = 0,
+    regions: budget.RegionsOpt = 1,
+    max_samples: budget.MaxSamplesOpt = DEFAULT_MAX_SAMPLES,
+    max_value: budget.MaxValueOpt = 8.0,
+    precision: budget.PrecisionOpt = 1e-5,
+    min_samples: budget.MinSamplesOpt = 10,
 ) -> None:
-    """Create the federation's CKKS keys (run once, by whoever commissions the federation)."""
-    try:
-        bits = tuple(int(b) for b in coeff_mod_bits.split(","))
-    except ValueError:
-        raise ValueError(
-            f"--coeff-mod-bits must be integers like 38,40, got {coeff_mod_bits}"
-        ) from None
-    params = CkksParams(poly_modulus_degree, bits, scale_bits)
+    """Create the federation's CKKS keys (run once, by whoever commissions the federation).
+    With --boxes, the set is the policy's for that declared size (docs/protocol.md)."""
+    size = budget.declared_size(boxes, regions, max_samples, max_value, precision, min_samples)
+    params = budget.policy_params(size) if size is not None else DEFAULT_PARAMS
+    if coeff_mod_bits:
+        try:
+            bits = tuple(int(b) for b in coeff_mod_bits.split(","))
+        except ValueError:
+            raise ValueError(
+                f"--coeff-mod-bits must be integers like 38,40, got {coeff_mod_bits}"
+            ) from None
+        params = CkksParams(poly_modulus_degree, bits, scale_bits or params.global_scale_bits)
+    elif scale_bits or poly_modulus_degree != params.poly_modulus_degree:
+        params = CkksParams(poly_modulus_degree, params.coeff_mod_bit_sizes,
+                            scale_bits or params.global_scale_bits)
+    if size is not None:
+        for line in budget.budget_lines(budget.check_context(params, size)):
+            typer.echo(line)
     files = create_federation_keys(out, params)
     typer.echo(f"federation key id {files.key_id}")
     typer.echo(f"  {files.secret_context}  (0600) -> EVERY EDGE BOX of the federation, never "
@@ -160,6 +180,7 @@ def serve(
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(state)
+    budget.check_serve_cap(cfg.budget, max_samples)
     broker, ca_file, cert_file, key_file = resolve_broker(cfg, broker, ca_file, cert_file,
                                                           key_file)
     dp = regional_cli.dp_settings(dp_clip, dp_noise, dp_delta, dp_mode)

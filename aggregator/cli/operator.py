@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from aggregator.cli import budget
 from aggregator.cli.common import JsonOpt, StateOpt, local_time, one_line_errors, print_table
 from aggregator.cli.models import models_app
 from aggregator.operator import (
@@ -35,7 +36,10 @@ from aggregator.state.config import BrokerClientConfig, PkiConfig, init_state, l
 from aggregator.state.registry import DeviceRegistry, RegistryError, load_public_key_bytes
 from aggregator.state.store import Store
 from aggregator.state.verdicts import poisoned, poisoned_summary, suspects
+from federation.crypto.bounds import DEFAULT_MAX_SAMPLES
+from federation.crypto.budget import Budget
 from federation.crypto.fingerprint import request_fingerprint_lines, signing_key_fingerprint
+from federation.crypto.keys import load_public_context
 from federation.files import write_atomic
 from federation.verdicts import Verdict
 
@@ -66,9 +70,17 @@ def init(
     broker_ca: Annotated[Path | None, Opt(help="CA certificate for --broker-url")] = None,
     broker_cert: Annotated[Path | None, Opt(help="aggregator client certificate")] = None,
     broker_key: Annotated[Path | None, Opt(help="its private key")] = None,
+    boxes: budget.BoxesOpt = 0,
+    regions: budget.RegionsOpt = 1,
+    max_samples: budget.MaxSamplesOpt = DEFAULT_MAX_SAMPLES,
+    max_value: budget.MaxValueOpt = 8.0,
+    precision: budget.PrecisionOpt = 1e-5,
+    min_samples: budget.MinSamplesOpt = 10,
 ) -> None:
     """Create the aggregator's state: config, public context copy, signing key (0600),
-    and (with --ca-dir) the federation CA."""
+    and (with --ca-dir) the federation CA. With --boxes (the declared size), the
+    federation's CKKS set must hold it (else refused) and its budget and count_scale are
+    recorded (docs/protocol.md, "Parameter policy")."""
     if not public_context.is_file():
         raise OperatorError(
             f"{public_context}: CKKS public context not found; create the federation's keys "
@@ -82,6 +94,15 @@ def init(
                               "part_key": part_key, "vector_length": vector_length or None}
     if count_scale:
         kwargs["count_scale"] = count_scale
+    size = budget.declared_size(boxes, regions, max_samples, max_value, precision, min_samples)
+    held: Budget | None = None
+    if size is not None:
+        held = budget.check_context(load_public_context(public_context).params, size)
+        if count_scale and count_scale != held.count_scale:
+            raise ValueError(f"--count-scale {count_scale:g} differs from the budget's "
+                             f"{held.count_scale:g} for the declared size; leave it out")
+        kwargs["count_scale"] = held.count_scale
+        kwargs["budget"] = held.to_dict()
     if ca_dir is not None:
         if not (ca_dir / pki_files.CA_KEY).exists():
             pki.create_ca(ca_dir, fed)
@@ -96,6 +117,8 @@ def init(
                                               cert_file=broker_cert, key_file=broker_key)
     cfg = init_state(state, fed, public_context, **kwargs)
     typer.echo(f"initialised federation {cfg.fed} (key {cfg.key_id}) in {state}")
+    for line in budget.budget_lines(held) if held is not None else ():
+        typer.echo(line)
     typer.echo(f"  give {state / 'aggregator.pub'} to every box (it verifies announcements)")
 
 

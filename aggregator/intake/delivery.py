@@ -172,7 +172,7 @@ class DeliveryIntake:
             return
         try:
             self._check_envelope(env)
-            path = self.spool.add(env)
+            path = self.spool.add(env, validated=True)  # decode() validated it
         except FederationError as exc:
             self.spool.discard(*key)
             self._remember(key)

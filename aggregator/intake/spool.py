@@ -103,9 +103,11 @@ class DiskReassembler:
                             self.max_partials_per_sender, self.evicted)
             self.discard(*key)
 
-    def add(self, env: Envelope) -> Path | None:
-        """Spool one (signature-checked) chunk; return the blob's file once complete."""
-        validate(env)
+    def add(self, env: Envelope, *, validated: bool = False) -> Path | None:
+        """Spool one (signature-checked) chunk; return the blob's file once complete.
+        ``validated``: ``env`` comes from ``decode``, which validated it already."""
+        if not validated:
+            validate(env)
         key = (env.sender, env.msg)
         msg, index, count, chunk = env.msg, env.index, env.count, env.payload
         blob_size, blob_sha256, chunk_sha256 = env.blob_size, env.blob_sha256, env.chunk_sha256

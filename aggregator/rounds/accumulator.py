@@ -34,8 +34,15 @@ from typing import Protocol
 import numpy as np
 import tenseal as ts
 
+from federation.crypto import wire
 from federation.crypto.ckks import FederationContext, require_public_only
-from federation.crypto.packing import EncryptedUpdate, parse_layout
+from federation.crypto.packing import (
+    EncryptedUpdate,
+    load_ciphertext,
+    load_ciphertext_facts,
+    parse_layout,
+    wire_widths,
+)
 from federation.errors import MALFORMED, WRONG_KEY, FederationError
 
 
@@ -234,40 +241,36 @@ class CkksAccumulator:
             raise FederationError(
                 MALFORMED, f"update has {length} values, the federation {expected}")
         view = memoryview(blob)
-        vectors = [  # TenSEAL takes bytes: one slice per ciphertext
-            self._load(bytes(view[start:end]), min(slots, length + 1 - i * slots), i)
+        loaded = [  # unpacked from slices of the blob, no copy of each ciphertext first
+            load_ciphertext_facts(self.ctx, view[start:end], min(slots, length + 1 - i * slots),
+                                  i)
             for i, (start, end) in enumerate(layout.spans)
         ]
-        self._check_compatible(vectors)
+        vectors = [vec for vec, _ in loaded]
+        self._check_compatible(vectors, [facts for _, facts in loaded])
         return _CkksUpdate(length, n_updates, vectors)
 
-    def _check_compatible(self, vectors: list[ts.CKKSVector]) -> None:
+    def _check_compatible(self, vectors: list[ts.CKKSVector],
+                          facts: list[wire.CiphertextFacts]) -> None:
         """+= raises on a scale/level mismatch half-way through the sum: check every
-        ciphertext here, so that commit() cannot fail on an update already stored."""
+        ciphertext here, so that commit() cannot fail on an update already stored. The
+        level, size and scale come from the SEAL header each ciphertext was loaded with
+        (copying every ciphertext back out of TenSEAL to read them cost ~25 us each)."""
         parms = self._parms
         if parms is None:
             ref = self._sum or (self._staged.vectors if self._staged else None) or vectors
             (ref_ct,) = ref[0].ciphertext()
             parms = list(ref_ct.parms_id())
-        for i, vec in enumerate(vectors):
-            (ct,) = vec.ciphertext()
-            if ct.scale != self._scale or ct.size() != 2:
+        for i, fact in enumerate(facts):
+            if fact.scale != self._scale or fact.size != 2:
                 raise FederationError(
-                    MALFORMED, f"ciphertext {i}: scale 2^{np.log2(ct.scale):.1f} / size "
-                    f"{ct.size()}, expected a fresh ciphertext at the federation scale")
-            if list(ct.parms_id()) != parms:
+                    MALFORMED, f"ciphertext {i}: scale 2^{np.log2(fact.scale):.1f} / size "
+                    f"{fact.size}, expected a fresh ciphertext at the federation scale")
+            if list(fact.parms_id) != parms:
                 raise FederationError(MALFORMED, f"ciphertext {i} is at another level")
 
     def _load(self, data: bytes, expected_size: int, i: int) -> ts.CKKSVector:
-        try:
-            vec = ts.ckks_vector_from(self.ctx.context, data)
-        except Exception as exc:  # TenSEAL raises assorted errors on corrupt bytes
-            raise FederationError(
-                MALFORMED, f"ciphertext {i} does not deserialize: {exc}") from None
-        if vec.size() != expected_size:
-            raise FederationError(
-                MALFORMED, f"ciphertext {i} holds {vec.size()} values, expected {expected_size}")
-        return vec
+        return load_ciphertext(self.ctx, data, expected_size, i)
 
     def commit(self, prepared: Prepared) -> None:
         update = prepared
@@ -311,9 +314,11 @@ class CkksAccumulator:
     def to_bytes(self) -> bytes:
         if self._sum is None or self._sum_length is None:
             raise ValueError("empty sum")
+        widths = wire_widths(self.ctx)
         return EncryptedUpdate(
             key_id=self.ctx.key_id, length=self._sum_length, slots=self.ctx.params.slots,
-            ciphertexts=tuple(v.serialize() for v in self._sum), n_updates=self.count,
+            ciphertexts=tuple(wire.serialize_vector(v, widths) for v in self._sum),
+            n_updates=self.count,
         ).to_bytes()
 
 

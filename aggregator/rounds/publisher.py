@@ -74,10 +74,11 @@ class Publisher:
             data, self.signing_key, kind=kind, fed=self.fed_id, sender=self.aggregator_id,
             round=round_no, model=model, chunk_size=max(len(data), 1),
         ):
+            payload = encode(env, validated=True)  # split_blob's envelopes are validated
             if confirm:
-                self._confirmed(topic, encode(env), retain)
+                self._confirmed(topic, payload, retain)
             else:
-                self.transport.publish(topic, encode(env), retain=retain)
+                self.transport.publish(topic, payload, retain=retain)
 
     def send_ack(self, ack: OutgoingAck) -> None:
         """Sign and publish an ack decided here or, for an intake shard, by the service."""

@@ -89,6 +89,9 @@ class AggregatorConfig(_Section):
                                   "--ca-dir).")
     broker: BrokerClientConfig | None = Field(default=None, description="Broker access for "
                                               "operator commands.")
+    budget: dict[str, Any] | None = Field(default=None, description="The declared size and "
+                                          "the CKKS budget init recorded for it "
+                                          "(federation.crypto.budget); null: none declared.")
 
 
 class ConfigError(StoreError):
@@ -118,6 +121,7 @@ def init_state(
     vector_length: int | None = None,
     pki: PkiConfig | None = None,
     broker: BrokerClientConfig | None = None,
+    budget: dict[str, Any] | None = None,
 ) -> AggregatorConfig:
     """Create a state directory. Refuses a secret context and an existing state."""
     topics.prefix(fed)  # validates the federation id
@@ -138,7 +142,7 @@ def init_state(
     cfg = AggregatorConfig(
         fed=fed, key_id=ctx.key_id, aggregator_id=aggregator_id, initial_model=initial_model,
         count_scale=count_scale, part_key=part_key, vector_length=vector_length, pki=pki,
-        broker=broker,
+        broker=broker, budget=budget,
     )
     save_config(state_dir, cfg)
     Store(state_dir).close()

@@ -17,18 +17,26 @@ CKKS staging and sum, signed acks, and once: closing the round and publishing it
 result). The same updates go through twice in the same run: as one chunk each (what a
 box sends for the default part) and in 64 kB chunks (the general reassembly path) as the
 baseline. Medians over ``--runs``.
+
+``--steps``: also the CPU of each step of one update on its own, the same update
+repeated (medians of 7 batches of 200): envelope decode, Ed25519 verify, SHA-256 of the
+chunk, unpacking the bit-packed ciphertexts, TenSEAL loading them, adding them to a
+running sum, and signing + encoding the ack. (MQTT receive is not here: no broker.)
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import tenseal as ts
 
 from aggregator.rounds.coordinator import RoundSettings
 from aggregator.service import AggregatorService
@@ -37,10 +45,12 @@ from aggregator.state.store import Store
 from bench.rig.compare import Measured, comparison, print_comparisons
 from federation import topics
 from federation.chunking import DEFAULT_CHUNK_SIZE, split_blob
+from federation.crypto import wire
 from federation.crypto.ckks import FederationContext, new_secret_context
-from federation.crypto.packing import encrypt_update
-from federation.crypto.signing import generate_signing_key, public_key_hex
+from federation.crypto.packing import encrypt_update, parse_layout, wire_widths
+from federation.crypto.signing import generate_signing_key, public_key_hex, verify
 from federation.envelope import decode, encode
+from federation.messages import Ack
 from federation.transport.base import InMemoryBus, InMemoryTransport
 from models.federated_parts import DEFAULT_PART, get_part
 
@@ -92,11 +102,60 @@ def _one_run(secret: FederationContext, blob: bytes, n: int, chunk_size: int,
         store.close()
 
 
+def _per_call_us(fn: Callable[[], object], batches: int = 7, calls: int = 200) -> float:
+    times = []
+    for _ in range(batches):
+        t0 = time.process_time()
+        for _ in range(calls):
+            fn()
+        times.append((time.process_time() - t0) / calls)
+    return 1e6 * statistics.median(times)
+
+
+def print_steps(secret: FederationContext, blob: bytes) -> None:
+    """Each step of one update's intake on its own (see the module docstring)."""
+    public = secret.public()
+    key = generate_signing_key()
+    (env,) = split_blob(blob, key, kind="update", fed=FED, sender="box0", round=1,
+                        model="m", chunk_size=len(blob))
+    payload = encode(env)
+    layout = parse_layout(blob)
+    cts = [memoryview(blob)[a:b] for a, b in layout.spans]
+    widths = wire_widths(public)
+    raws = [wire.unpack(ct, widths) for ct in cts]
+    acc = [ts.ckks_vector_from(public.context, raw) for raw in raws]
+    vecs = [ts.ckks_vector_from(public.context, raw) for raw in raws]
+    ack = Ack(accepted=True, device="box0", round=1, msg=env.msg)
+
+    def add() -> None:
+        for a, v in zip(acc, vecs, strict=True):
+            a += v
+
+    steps = {
+        "envelope decode (JSON, validation)": lambda: decode(payload),
+        "Ed25519 verify (header's canonical JSON)": lambda: verify(
+            key.public_key(), env.signing_bytes(), env.sig),
+        "SHA-256 of the chunk": lambda: hashlib.sha256(env.payload).hexdigest(),
+        f"unpack {len(cts)} bit-packed ciphertexts": lambda: [wire.unpack(c, widths)
+                                                                for c in cts],
+        f"TenSEAL load of the {len(cts)}": lambda: [ts.ckks_vector_from(public.context, r)
+                                                     for r in raws],
+        "add to the running sum": add,
+        "ack: sign and encode": lambda: [encode(e, validated=True) for e in split_blob(
+            ack.to_json(), key, kind="ack", fed=FED, sender="aggregator", round=1,
+            model="m", chunk_size=4096)],
+    }
+    print(f"\nper step, one update of {len(blob) / 1e3:.0f} kB (CPU us, median of 7 x 200):")
+    for name, fn in steps.items():
+        print(f"  {name:<40}{_per_call_us(fn):>8.1f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--updates", type=int, default=300, help="devices, one update each")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--length", type=int, default=0, help="values per update (0: default part)")
+    p.add_argument("--steps", action="store_true", help="also each step on its own")
     ns = p.parse_args()
     length = ns.length or get_part(DEFAULT_PART).size
     secret = new_secret_context()
@@ -128,6 +187,8 @@ def main() -> None:
     print_comparisons("bench.aggregator.intake", [comparison(
         "CPU per update", Measured.of("one chunk", one), Measured.of("64 kB chunks", small),
         "ms", "{:.3f}")])
+    if ns.steps:
+        print_steps(secret, blob)
 
 
 if __name__ == "__main__":

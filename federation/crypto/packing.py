@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import tenseal as ts
 
+from federation.crypto import wire
 from federation.crypto.bounds import Bounds, ResultPolicy, check_change, check_sums, check_update
 from federation.crypto.ckks import FederationContext, require_secret
 from federation.errors import CANNOT_ENCRYPT, MALFORMED, OUT_OF_RANGE, WRONG_KEY, FederationError
@@ -45,7 +46,8 @@ DEFAULT_COUNT_SCALE = 64.0
 DEFAULT_HEADROOM = 8
 
 UPDATE_MAGIC = b"FFU1"
-UPDATE_VERSION = 1
+# 2: ciphertexts bit-packed (federation.crypto.wire); 1 was TenSEAL's serialisation as is.
+UPDATE_VERSION = 2
 # magic, version, reserved, key_id (16 raw bytes), length, slots, n_ciphertexts, n_updates
 _HEADER = struct.Struct(">4sHH16sQIII")
 _CT_LEN = struct.Struct(">I")
@@ -127,7 +129,10 @@ def parse_layout(data: bytes) -> UpdateLayout:
     if magic != UPDATE_MAGIC:
         raise FederationError(MALFORMED, "not an encrypted update (bad magic)")
     if version != UPDATE_VERSION:
-        raise FederationError(MALFORMED, f"unsupported encrypted update version {version}")
+        raise FederationError(
+            MALFORMED, f"unsupported encrypted update version {version}: this side speaks "
+            f"version {UPDATE_VERSION} (bit-packed ciphertexts); the box and the aggregator "
+            "must run FedFace releases of the same update format")
     if not 0 < length <= MAX_VECTOR_LENGTH or slots <= 0 or slots & (slots - 1):
         raise FederationError(MALFORMED, f"bad vector length {length} or slots {slots}")
     if count != n_ciphertexts(length, slots):
@@ -206,6 +211,7 @@ def encrypt_update(
             f"cap n_samples, or send smaller values (weight deltas)",
         )
     slots = ctx.params.slots
+    widths = wire_widths(ctx)
     flat = np.empty(w.size + 1, dtype=np.float64)
     np.multiply(w, c_n, out=flat[:-1], dtype=np.float64)
     flat[-1] = c_n
@@ -213,23 +219,39 @@ def encrypt_update(
     try:
         for start in range(0, flat.size, slots):
             vec = ts.ckks_vector(ctx.context, flat[start : start + slots].tolist())
-            cts.append(vec.serialize())
+            cts.append(wire.serialize_vector(vec, widths))
     except ValueError as exc:  # e.g. a public-only asymmetric-less context
         raise FederationError(CANNOT_ENCRYPT, f"this CKKS context cannot encrypt: {exc}") from None
     return EncryptedUpdate(key_id=ctx.key_id, length=int(w.size), slots=slots,
                            ciphertexts=tuple(cts))
 
 
-def _load_vector(ctx: FederationContext, data: bytes, expected_size: int, i: int) -> ts.CKKSVector:
+def wire_widths(ctx: FederationContext) -> tuple[int, ...]:
+    """Bits per ciphertext coefficient on the wire for this federation's parameters."""
+    return wire.widths_for(ctx.params.coeff_mod_bit_sizes)
+
+
+def load_ciphertext(ctx: FederationContext, data: bytes | memoryview, expected_size: int,
+                    i: int) -> ts.CKKSVector:
+    """One wire ciphertext (bit-packed) as a TenSEAL vector of ``expected_size`` values;
+    anything that does not unpack, load or hold that many values is ``malformed``."""
+    return load_ciphertext_facts(ctx, data, expected_size, i)[0]
+
+
+def load_ciphertext_facts(ctx: FederationContext, data: bytes | memoryview, expected_size: int,
+                          i: int) -> tuple[ts.CKKSVector, wire.CiphertextFacts]:
+    """``load_ciphertext`` and what SEAL's header says of it (level, size, scale)."""
     try:
-        vec = ts.ckks_vector_from(ctx.context, data)
+        vec, facts = wire.load_vector_facts(ctx.context, data, wire_widths(ctx))
+    except FederationError as exc:
+        raise FederationError(MALFORMED, f"ciphertext {i}: {exc.message}") from None
     except Exception as exc:  # TenSEAL raises assorted errors on corrupt bytes
         raise FederationError(MALFORMED, f"ciphertext {i} does not deserialize: {exc}") from None
     if vec.size() != expected_size:
         raise FederationError(
             MALFORMED, f"ciphertext {i} holds {vec.size()} values, expected {expected_size}"
         )
-    return vec
+    return vec, facts
 
 
 def _chunk_sizes(length: int, slots: int) -> list[int]:
@@ -269,7 +291,7 @@ class StreamingSum:
                 MALFORMED, f"update has {update.length} values, this sum has {self.length}"
             )
         vectors = [
-            _load_vector(self.ctx, ct, size, i)
+            load_ciphertext(self.ctx, ct, size, i)
             for i, (ct, size) in enumerate(zip(update.ciphertexts, self._sizes, strict=True))
         ]
         if self._sum is None:
@@ -289,7 +311,7 @@ class StreamingSum:
             key_id=self.ctx.key_id,
             length=self.length,
             slots=self.ctx.params.slots,
-            ciphertexts=tuple(v.serialize() for v in self._sum),
+            ciphertexts=tuple(wire.serialize_vector(v, wire_widths(self.ctx)) for v in self._sum),
             n_updates=self.count,
         )
 
@@ -302,7 +324,7 @@ def decrypt_sums(ctx: FederationContext, summed: EncryptedUpdate) -> tuple[np.nd
     flat = np.empty(summed.length + 1, dtype=np.float64)
     offset = 0
     for i, (ct, size) in enumerate(zip(summed.ciphertexts, sizes, strict=True)):
-        vec = _load_vector(ctx, ct, size, i)
+        vec = load_ciphertext(ctx, ct, size, i)
         flat[offset : offset + size] = vec.decrypt()
         offset += size
     return flat[:-1], float(flat[-1])

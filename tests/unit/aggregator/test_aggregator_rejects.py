@@ -354,11 +354,13 @@ def test_update_at_another_scale_is_rejected_before_it_is_stored(
     """+= would fail half-way through the sum on such an update: prepare refuses it."""
     import tenseal as ts
 
-    from federation.crypto.packing import EncryptedUpdate
+    from federation.crypto import wire
+    from federation.crypto.packing import EncryptedUpdate, wire_widths
 
     good = encrypt_update(secret_ctx, _vec(80), 100, COUNT_SCALE)
-    odd = ts.ckks_vector(secret_ctx.context, [0.5] * (LENGTH + 1 - secret_ctx.params.slots),
-                         scale=2**20).serialize()
+    odd = wire.serialize_vector(ts.ckks_vector(
+        secret_ctx.context, [0.5] * (LENGTH + 1 - secret_ctx.params.slots), scale=2**20),
+        wire_widths(secret_ctx))
     forged = EncryptedUpdate(good.key_id, good.length, good.slots,
                              (good.ciphertexts[0], odd)).to_bytes()
     assert _send_valid(rig, rig.boxes[0], _vec(81), 100)["accepted"]

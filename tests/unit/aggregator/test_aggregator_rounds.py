@@ -14,8 +14,14 @@ from aggregator.service import AggregatorService
 from aggregator.state.registry import DeviceRegistry
 from aggregator.state.store import Store
 from federation import topics
+from federation.crypto import wire
 from federation.crypto.ckks import FederationContext
-from federation.crypto.packing import EncryptedUpdate, decrypt_average, plain_weighted_average
+from federation.crypto.packing import (
+    EncryptedUpdate,
+    decrypt_average,
+    plain_weighted_average,
+    wire_widths,
+)
 from federation.crypto.signing import generate_signing_key
 from federation.errors import SECRET_KEY_REFUSED, FederationError
 from federation.transport.base import InMemoryBus, InMemoryTransport
@@ -88,7 +94,8 @@ def test_aggregator_context_cannot_decrypt(secret_ctx: FederationContext) -> Non
     # the raw TenSEAL context refuses too (no secret key inside at all)
     import tenseal as ts
 
-    ct = ts.ckks_vector_from(public.context, update.ciphertexts[0])
+    ct = ts.ckks_vector_from(public.context,
+                             wire.unpack(update.ciphertexts[0], wire_widths(public)))
     with pytest.raises(ValueError):
         ct.decrypt()
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tenseal as ts
 
+from federation.crypto import wire
 from federation.crypto.bounds import (
     CHANGE_OVER_CLIP,
     COUNT_OVER_CAP,
@@ -30,6 +31,7 @@ from federation.crypto.packing import (
     decrypt_within_bounds,
     encrypt_update,
     plain_weighted_average,
+    wire_widths,
 )
 from federation.errors import MALFORMED, FederationError
 from federation.messages import ModelPointer, RoundAnnounce
@@ -153,8 +155,8 @@ def _forged(ctx: FederationContext, weights: np.ndarray, count_slot: float) -> E
     """A hostile box's own encryption: weighted slots and count slot chosen apart."""
     flat = np.append(weights.astype(np.float64), count_slot)
     slots = ctx.params.slots
-    cts = tuple(ts.ckks_vector(ctx.context, flat[i:i + slots].tolist()).serialize()
-                for i in range(0, flat.size, slots))
+    cts = tuple(wire.serialize_vector(ts.ckks_vector(ctx.context, flat[i:i + slots].tolist()),
+                                      wire_widths(ctx)) for i in range(0, flat.size, slots))
     return EncryptedUpdate(ctx.key_id, LENGTH, slots, cts)
 
 
