@@ -4,8 +4,10 @@ Creates the federation keys (secret context for the boxes, public-only context f
 aggregator), initialises an aggregator (``fedface-aggregator init``/``devices add``) and
 runs it as a subprocess (``fedface-aggregator serve``: edge never imports aggregator),
 starts N emulated boxes as subprocesses (``python -m edge.demo.box``), each with its own
-data directory and its own disjoint people taken from the faces folder, and prints each
-round's progress. The broker is an embedded amqtt broker unless ``--broker`` is given.
+data directory, its own disjoint people taken from the faces folder and its own camera
+look (``--cameras``), prints each round's progress and ends with each box's held-out
+identification before and after (``edge.demo.table``). The broker is an embedded amqtt
+broker unless ``--broker`` is given.
 """
 
 from __future__ import annotations
