@@ -64,8 +64,10 @@ class Progress:
             self.lock.notify_all()
 
     def round_done(self, r: int) -> bool:
+        """Every box has applied round ``r``'s result or refused it (its canary)."""
         boxes = self.by_round.get(r, {})
-        return len(boxes) == len(self.boxes) and all("applied" in b for b in boxes.values())
+        return len(boxes) == len(self.boxes) and all(
+            "applied" in b or "result_rejected" in b for b in boxes.values())
 
     def print_ready(self) -> None:
         for r in sorted(self.by_round):
@@ -76,30 +78,39 @@ class Progress:
     def _print_round(self, r: int) -> None:
         boxes = self.by_round[r]
         subs = [b["submitted"] for b in boxes.values() if "submitted" in b]
-        applied = [b["applied"] for b in boxes.values()]
+        applied = [b["applied"] for b in boxes.values() if "applied" in b]
         starts = [b["joined"]["t"] for b in boxes.values() if "joined" in b]
-        ends = [a["t"] for a in applied]
+        ends = [b.get("applied", b.get("result_rejected", {})).get("t", 0.0)
+                for b in boxes.values()]
         up = sum(s["bytes"] for s in subs)
         down = sum(a["bytes"] for a in applied)
         enc = [s["encrypt_s"] for s in subs]
         train = [s["train_s"] for s in subs]
         dec = [a["decrypt_s"] for a in applied]
         span = (max(ends) - min(starts)) if starts else 0.0
+        updates = applied[0]["updates"] if applied else len(subs)
         self.out(
-            f"round {r}: {applied[0]['updates']} updates in | wire {_mb(up)} up + {_mb(down)} "
+            f"round {r}: {updates} updates in | wire {_mb(up)} up + {_mb(down)} "
             f"down | train {_avg(train):.1f} s, encrypt {_avg(enc):.2f} s, decrypt "
             f"{_avg(dec):.2f} s (mean per box) | round {span:.1f} s")
         for box in self.boxes:
-            a = boxes[box]["applied"]
-            before = self._accuracy_before(box, r)
-            self.out(f"  {box}: serves {a['model']}, held-out identification "
-                     f"{_pct(before)} -> {_pct(a.get('accuracy'))}{_gain(before, a)}")
+            before, after = self.served_after(box, r - 1), self.served_after(box, r)
+            if "applied" in boxes[box]:
+                what = f"serves {boxes[box]['applied']['model']}"
+            else:
+                why = boxes[box]["result_rejected"].get("reason", "?")
+                what = f"REFUSED round {r}'s model ({why}), keeps its own"
+            self.out(f"  {box}: {what}, held-out identification "
+                     f"{_pct(before)} -> {_pct(after)}{_gain(before, after)}")
 
-    def _accuracy_before(self, box: str, r: int) -> float | None:
-        """What the box served before round ``r``: the previous round's model, or the
-        pretrained one (a box applies every round, so the chain has no gaps)."""
-        if r - 1 in self.by_round and "applied" in self.by_round[r - 1].get(box, {}):
-            return self.by_round[r - 1][box]["applied"].get("accuracy")
+    def served_after(self, box: str, r: int) -> float | None:
+        """Held-out identification of what ``box`` serves after round ``r`` (0: the
+        pretrained model): a refused round leaves the box on what it served before."""
+        while r > 0:
+            outcome = self.by_round.get(r, {}).get(box, {})
+            if "applied" in outcome:
+                return outcome["applied"].get("accuracy")
+            r -= 1
         return self.enrolled.get(box, {}).get("accuracy")
 
     def history(self) -> list[BoxHistory]:
@@ -107,8 +118,8 @@ class Progress:
         rows = []
         for box in self.boxes:
             enrolled = self.enrolled.get(box, {})
-            after = [self.by_round.get(r, {}).get(box, {}).get("applied", {}).get("accuracy")
-                     for r in sorted(self.by_round)]
+            after = [self.served_after(box, r) for r in range(1, max(self.by_round,
+                                                                         default=0) + 1)]
             rows.append(BoxHistory(box, str(enrolled.get("camera", "clean")),
                                    int(enrolled.get("people", 0)),
                                    int(enrolled.get("heldout", 0)),
@@ -128,8 +139,7 @@ class Progress:
             return True
 
 
-def _gain(before: float | None, applied: dict[str, Any]) -> str:
-    after = applied.get("accuracy")
+def _gain(before: float | None, after: float | None) -> str:
     return "" if before is None or after is None else f" ({100 * (after - before):+.1f})"
 
 

@@ -237,10 +237,10 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> dict[str,
             "seconds": time.time() - t_start, "trainer": trainers,
             "boxes": {
                 name: {
-                    "model": progress.by_round[opts.rounds][name]["applied"]["model"],
-                    "accuracy_before": progress.enrolled.get(name, {}).get("accuracy"),
-                    "accuracy_after": progress.by_round[opts.rounds][name]["applied"].get(
-                        "accuracy"),
+                    "model": progress.by_round[opts.rounds][name].get(
+                        "applied", {}).get("model"),
+                    "accuracy_before": progress.served_after(name, 0),
+                    "accuracy_after": progress.served_after(name, opts.rounds),
                 }
                 for name in box_names
             },

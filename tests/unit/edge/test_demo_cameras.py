@@ -18,6 +18,7 @@ from edge.demo.camera import (
     box_cameras,
     shoot,
 )
+from edge.demo.progress import Progress
 from edge.demo.table import BoxHistory, before_after_table, mean_gain
 from edge.vision.camera_domain import CLEAN, KIOSK_DOMAINS, Domain, kiosk_domain
 
@@ -99,3 +100,30 @@ def test_a_domain_without_kiosk_looks_keeps_its_text() -> None:
         "Domain(name='d00', low_res=24, grey=True, colour_gain=(1.0, 1.0, 1.0), gamma=1.0, "
         "blur_sigma=0.0, noise_sigma=8.0, jpeg_quality=30)")
     assert "ir=True" in repr(kiosk_domain("ir-grey"))
+
+
+def test_a_refused_round_ends_the_round_and_keeps_the_box_on_its_model() -> None:
+    """A box whose canary refuses a result still finishes the round (the demo must not
+    wait for an 'applied' that never comes), and its figure stays what it served."""
+    lines: list[str] = []
+    progress = Progress(["box-1", "box-2"], 2, lines.append)
+    for box, acc in (("box-1", 0.75), ("box-2", 0.5)):
+        progress.add(box, {"event": "enrolled", "camera": "low-light", "people": 4,
+                           "crops": 12, "heldout": 8, "accuracy": acc, "seconds": 1.0})
+    for r, box1 in ((1, ("applied", 0.875)), (2, ("result_rejected", None))):
+        for box, (kind, acc) in (("box-1", box1), ("box-2", ("applied", 0.625 + r / 8))):
+            progress.add(box, {"event": "joined", "round": r, "t": 0.0})
+            progress.add(box, {"event": "submitted", "round": r, "t": 1.0, "bytes": 10,
+                               "encrypt_s": 0.1, "train_s": 1.0})
+            assert not progress.round_done(r)
+            outcome = {"model": f"round-{r}", "updates": 2, "bytes": 20, "decrypt_s": 0.1,
+                       "accuracy": acc} if kind == "applied" else {"reason": "canary_refused"}
+            progress.add(box, {"event": kind, "round": r, "t": 2.0, **outcome})
+        assert progress.round_done(r)
+    progress.print_ready()
+    assert "  box-1: serves round-1, held-out identification 75.0% -> 87.5% (+12.5)" in lines
+    assert ("  box-1: REFUSED round 2's model (canary_refused), keeps its own, held-out "
+            "identification 87.5% -> 87.5% (+0.0)") in lines
+    rows = progress.history()
+    assert [r.rounds for r in rows] == [[0.875, 0.875], [0.75, 0.875]]
+    assert mean_gain(rows) == pytest.approx((0.125 + 0.375) / 2)
