@@ -16,48 +16,12 @@ import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from edge.vision.camera_domain import CLEAN, Domain
 
-@dataclass(frozen=True)
-class Domain:
-    name: str
-    low_res: int = 0  # 0: keep 112 px; else down to this many px (area) and back (linear)
-    grey: bool = False
-    colour_gain: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    gamma: float = 1.0  # > 1 darkens (low light)
-    blur_sigma: float = 0.0
-    noise_sigma: float = 0.0
-    jpeg_quality: int = 0  # 0: no JPEG round trip
-
-    def apply(self, crop: np.ndarray, seed: int) -> np.ndarray:
-        """Degrade an aligned 112x112 BGR crop as this camera would."""
-        img: np.ndarray = crop.astype(np.float32) * np.asarray(self.colour_gain, dtype=np.float32)
-        if self.grey:
-            grey = cv2.cvtColor(np.clip(img, 0, 255).astype(np.uint8), cv2.COLOR_BGR2GRAY)
-            img = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
-        if self.gamma != 1.0:
-            img = 255.0 * (np.clip(img, 0, 255) / 255.0) ** self.gamma
-        if self.blur_sigma > 0:
-            img = cv2.GaussianBlur(img, (0, 0), self.blur_sigma)
-        if self.low_res:
-            small = cv2.resize(img, (self.low_res, self.low_res), interpolation=cv2.INTER_AREA)
-            img = cv2.resize(small, (112, 112), interpolation=cv2.INTER_LINEAR)
-        if self.noise_sigma > 0:
-            rng = np.random.default_rng(seed)
-            img = img + rng.normal(0.0, self.noise_sigma, img.shape).astype(np.float32)
-        out = np.clip(img, 0, 255).astype(np.uint8)
-        if self.jpeg_quality:
-            ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
-            assert ok
-            decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-            assert decoded is not None
-            out = np.asarray(decoded, dtype=np.uint8)
-        return out
-
-
-CLEAN = Domain("clean")
+# Domain (a camera's degradation) is the product's, shared with the demo's boxes
+__all__ = ["CLEAN", "Design", "Domain", "Institution", "build_design", "institution_domain"]
 
 
 def institution_domain(index: int, seed: int) -> Domain:

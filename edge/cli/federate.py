@@ -35,6 +35,10 @@ def demo(
     timeout: Annotated[float, typer.Option("--timeout", help="Give up after (s).")] = 900.0,
     train_budget: Annotated[float, typer.Option(
         "--train-budget", help="Max training seconds per box per round.")] = 20.0,
+    cameras: Annotated[str | None, typer.Option(
+        "--cameras", help="Each box's camera look, dealt to the boxes in turn, comma-separated:"
+        " clean (the photos as they are; default), low-light, backlight, motion-blur, ir-grey,"
+        " focus-blur, cheap-webcam.", show_default=False)] = None,
 ) -> None:
     """Run a whole federation on this machine: keys, aggregator, N boxes, R rounds."""
     from edge.demo.run import DemoOptions, run_demo
@@ -43,6 +47,8 @@ def demo(
         faces=faces, boxes=boxes, rounds=rounds, broker=broker, people_per_box=people_per_box,
         images_per_person=images_per_person, heldout_per_person=heldout_per_person,
         workdir=workdir, part=part, timeout_s=timeout, train_budget_s=train_budget,
+        **({} if cameras is None else
+           {"cameras": tuple(c.strip() for c in cameras.split(",") if c.strip())}),
     ), out=typer.echo)
 
 

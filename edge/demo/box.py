@@ -122,8 +122,9 @@ def run(cfg: dict[str, Any]) -> int:
     base_version = pipeline.embedder.version
     acc0 = accuracy(pipeline.embedder.embed, base_version, gallery, held)
     counts = gallery.count_rows()
-    emit("enrolled", people=counts["people"], crops=counts["crops"], heldout=len(held.crops),
-         accuracy=acc0, seconds=time.perf_counter() - t0)
+    emit("enrolled", camera=cfg.get("camera", "clean"), people=counts["people"],
+         crops=counts["crops"], heldout=len(held.crops), accuracy=acc0,
+         seconds=time.perf_counter() - t0)
 
     sink = box.model_sink(part)
     base = sink.base_vector()

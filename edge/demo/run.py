@@ -4,8 +4,10 @@ Creates the federation keys (secret context for the boxes, public-only context f
 aggregator), initialises an aggregator (``fedface-aggregator init``/``devices add``) and
 runs it as a subprocess (``fedface-aggregator serve``: edge never imports aggregator),
 starts N emulated boxes as subprocesses (``python -m edge.demo.box``), each with its own
-data directory and its own disjoint people taken from the faces folder, and prints each
-round's progress. The broker is an embedded amqtt broker unless ``--broker`` is given.
+data directory, its own disjoint people taken from the faces folder and its own camera
+look (``--cameras``), prints each round's progress and ends with each box's held-out
+identification before and after (``edge.demo.table``). The broker is an embedded amqtt
+broker unless ``--broker`` is given.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.demo.box import EVENT_PREFIX
+from edge.demo.camera import DEFAULT_CAMERAS, Person, box_cameras, shoot
+from edge.demo.progress import BoxProc, Progress, read_events
+from edge.demo.table import before_after_table, mean_gain
 from edge.errors import FedFaceError
 from federation.crypto.keys import create_federation_keys, write_private_key, write_public_key
 from federation.crypto.signing import generate_signing_key
@@ -58,13 +62,7 @@ class DemoOptions:
     part: str = DEFAULT_PART
     timeout_s: float = 900.0
     train_budget_s: float = 20.0
-
-
-@dataclass
-class Person:
-    name: str
-    enrol: list[Path]
-    heldout: list[Path]
+    cameras: tuple[str, ...] = DEFAULT_CAMERAS  # dealt to the boxes round-robin
 
 
 def _images(folder: Path) -> list[Path]:
@@ -135,118 +133,6 @@ def _serve_command(agg: list[str], protocol: str) -> list[str]:
     return [*agg, "serve", "--mqtt-protocol", protocol]
 
 
-@dataclass
-class BoxProc:
-    name: str
-    proc: subprocess.Popen[str]
-    log_path: Path
-    events: list[dict[str, Any]] = field(default_factory=list)
-
-
-class Progress:
-    """Collects box events and prints one block per finished round."""
-
-    def __init__(self, boxes: list[str], rounds: int, out: Callable[[str], None]) -> None:
-        self.boxes, self.rounds, self.out = boxes, rounds, out
-        self.lock = threading.Condition()
-        self.by_round: dict[int, dict[str, dict[str, dict[str, Any]]]] = {}
-        self.enrolled: dict[str, dict[str, Any]] = {}
-        self.failed: dict[str, str] = {}
-        self.trainer: dict[str, str] = {}
-        self.printed: set[int] = set()
-        self.started = time.time()
-
-    def add(self, box: str, ev: dict[str, Any]) -> None:
-        with self.lock:
-            kind = str(ev.get("event"))
-            if kind == "enrolled":
-                self.enrolled[box] = ev
-                acc = ev.get("accuracy")
-                self.out(f"  {box}: enrolled {ev['people']} people ({ev['crops']} photos), "
-                         f"{ev['heldout']} held-out; accuracy {_pct(acc)} with the pretrained "
-                         f"model ({ev['seconds']:.1f} s)")
-            elif kind == "trainer":
-                self.trainer[box] = ev["kind"]
-                if ev["kind"] != "torch":
-                    self.out(f"  {box}: WARNING: torch is not installed, so this box sends a "
-                             "deterministic weight drift instead of real training "
-                             "(pip install 'fedface[train]')")
-            elif kind == "failed":
-                self.failed[box] = ev.get("error", "?")
-            elif kind == "error":
-                self.failed[box] = f"round {ev.get('round')}: {ev.get('error', '?')}"
-            elif "round" in ev:
-                self.by_round.setdefault(int(ev["round"]), {}).setdefault(box, {})[kind] = ev
-            self.lock.notify_all()
-
-    def round_done(self, r: int) -> bool:
-        boxes = self.by_round.get(r, {})
-        return len(boxes) == len(self.boxes) and all("applied" in b for b in boxes.values())
-
-    def print_ready(self) -> None:
-        for r in sorted(self.by_round):
-            if r not in self.printed and self.round_done(r):
-                self.printed.add(r)
-                self._print_round(r)
-
-    def _print_round(self, r: int) -> None:
-        boxes = self.by_round[r]
-        subs = [b["submitted"] for b in boxes.values() if "submitted" in b]
-        applied = [b["applied"] for b in boxes.values()]
-        starts = [b["joined"]["t"] for b in boxes.values() if "joined" in b]
-        ends = [a["t"] for a in applied]
-        up = sum(s["bytes"] for s in subs)
-        down = sum(a["bytes"] for a in applied)
-        enc = [s["encrypt_s"] for s in subs]
-        train = [s["train_s"] for s in subs]
-        dec = [a["decrypt_s"] for a in applied]
-        span = (max(ends) - min(starts)) if starts else 0.0
-        self.out(
-            f"round {r}: {applied[0]['updates']} updates in | wire {_mb(up)} up + {_mb(down)} "
-            f"down | train {_avg(train):.1f} s, encrypt {_avg(enc):.2f} s, decrypt "
-            f"{_avg(dec):.2f} s (mean per box) | round {span:.1f} s")
-        for box in self.boxes:
-            a = boxes[box]["applied"]
-            self.out(f"  {box}: serves {a['model']}, accuracy {_pct(a.get('accuracy'))}")
-
-    def wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        with self.lock:
-            while not predicate():
-                self.print_ready()
-                left = deadline - time.monotonic()
-                if left <= 0 or self.failed:
-                    return False
-                self.lock.wait(min(left, 1.0))
-            self.print_ready()
-            return True
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
-
-
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
-
-
-def _avg(xs: list[float]) -> float:
-    return sum(xs) / len(xs) if xs else 0.0
-
-
-def _read_events(box: BoxProc, progress: Progress) -> None:
-    assert box.proc.stdout is not None
-    for line in box.proc.stdout:
-        if line.startswith(EVENT_PREFIX):
-            try:
-                ev = json.loads(line[len(EVENT_PREFIX):])
-            except ValueError:
-                continue
-            box.events.append(ev)
-            progress.add(box.name, ev)
-    progress.add(box.name, {"event": "exited"})
-
-
 def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the federation; returns a summary. Raises DemoError with a hint on failure."""
     if opts.boxes < 1 or opts.rounds < 1 or opts.people_per_box < 2:
@@ -254,14 +140,18 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> dict[str,
     if opts.images_per_person < 1:
         raise DemoError("--images-per-person must be >= 1")
     part = get_part(opts.part)
+    try:
+        cameras = box_cameras(opts.cameras, opts.boxes)
+    except ValueError as exc:
+        raise DemoError(str(exc), "--cameras takes names separated by commas") from None
     plan = pick_people(opts)
     if opts.broker:
         check_broker(opts.broker)
     workdir = _prepare_workdir(opts.workdir)
     out(f"FedFace demo: {opts.boxes} boxes x {opts.people_per_box} people, {opts.rounds} "
         f"rounds, federated part {part.key} ({part.size:,} values); work dir {workdir}")
-    out("accuracy = share of each box's held-out photos recognised as the right person at "
-        "the gallery's match threshold")
+    out("held-out identification = share of each box's held-out photos, taken by its own "
+        "camera, named as the right person at the deployed match threshold")
 
     embedded = None
     broker_url = opts.broker
@@ -284,9 +174,10 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> dict[str,
               str(keys.public_context), "--part-key", part.key], "fedface-aggregator init")
         box_names = [f"box-{i + 1}" for i in range(opts.boxes)]
         box_cfgs = []
-        for name, people in zip(box_names, plan, strict=True):
+        for b_index, (name, people) in enumerate(zip(box_names, plan, strict=True)):
             box_dir = workdir / name
             make_dirs(box_dir, PRIVATE_DIR)
+            people = shoot(people, cameras[b_index], box_dir / "camera", seed=b_index)
             key = generate_signing_key()
             write_private_key(box_dir / "device.key", key)
             write_public_key(box_dir / "device.pub", key.public_key())
@@ -294,7 +185,7 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> dict[str,
                   "--state", str(agg_state)], f"registering {name}")
             cfg = {
                 "fed": FED_ID, "device_id": name, "broker": broker_url, "protocol": protocol,
-                "data_dir": str(box_dir), "part": part.name,
+                "data_dir": str(box_dir), "part": part.name, "camera": cameras[b_index].name,
                 "secret_context": str(keys.secret_context),
                 "device_key": str(box_dir / "device.key"),
                 "aggregator_key": str(agg_state / "aggregator.pub"),
@@ -324,7 +215,7 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> dict[str,
             procs.append(proc)
             box = BoxProc(name, proc, log_path)
             boxes.append(box)
-            threading.Thread(target=_read_events, args=(box, progress), daemon=True).start()
+            threading.Thread(target=read_events, args=(box, progress), daemon=True).start()
         out(f"aggregator and {opts.boxes} boxes started; boxes enrol their people...")
 
         def finished() -> bool:
@@ -346,19 +237,19 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> dict[str,
             "seconds": time.time() - t_start, "trainer": trainers,
             "boxes": {
                 name: {
-                    "model": progress.by_round[opts.rounds][name]["applied"]["model"],
-                    "accuracy_before": progress.enrolled.get(name, {}).get("accuracy"),
-                    "accuracy_after": progress.by_round[opts.rounds][name]["applied"].get(
-                        "accuracy"),
+                    "model": progress.by_round[opts.rounds][name].get(
+                        "applied", {}).get("model"),
+                    "accuracy_before": progress.served_after(name, 0),
+                    "accuracy_after": progress.served_after(name, opts.rounds),
                 }
                 for name in box_names
             },
         }
         out(f"done in {summary['seconds']:.0f} s; trainer: {', '.join(trainers)}")
-        for name in box_names:
-            info = summary["boxes"][name]
-            out(f"  {name}: serves {info['model']}; held-out accuracy "
-                f"{_pct(info['accuracy_before'])} -> {_pct(info['accuracy_after'])}")
+        rows = progress.history()
+        for line in before_after_table(rows, opts.rounds):
+            out(line)
+        summary["mean_gain"] = mean_gain(rows)
         return summary
     finally:
         _stop_all(procs)

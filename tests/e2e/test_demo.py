@@ -42,11 +42,42 @@ def _check_finished_federation(proc: subprocess.CompletedProcess[str], workdir: 
         assert (workdir / box / "models" / "sface-fed-round-2.weights.npz").is_file()
         assert (workdir / box / "models" / "sface-fed-round-1.weights.npz").is_file()  # N-1
         assert not list((workdir / box / "federation" / "outbox").glob("*.upd"))
+    _check_before_after_table(out, ["box-1", "box-2"], rounds=2)
     rounds = json.loads(subprocess.run(
         [AGGREGATOR, "rounds", "list", "--json", "--state", str(workdir / "aggregator")],
         capture_output=True, text=True, check=True).stdout)
     assert [(r["round"], r["status"], r["contributions"]) for r in rounds] == [
         (1, "published", 2), (2, "published", 2)]
+
+
+def _check_before_after_table(out: str, boxes: list[str], rounds: int) -> None:
+    """The closing table: one row per box whose pretrained figure is the one the box said
+    at enrolment and whose round columns are the ones said after each round, and a mean
+    gain that is the mean of the rows' gains."""
+    lines = out.splitlines()
+    start = lines.index("held-out identification before and after the federation:")
+    header = [c.strip() for c in lines[start + 1].split("|")]
+    assert header == ["box", "camera", "people", "held-out", "pretrained",
+                      *[f"round {r}" for r in range(1, rounds + 1)], "gain"]
+    gains = []
+    for i, box in enumerate(boxes):
+        cells = [c.strip() for c in lines[start + 3 + i].split("|")]
+        assert cells[0] == box
+        enrolled = next(line for line in lines if line.startswith(f"  {box} (")
+                        and "enrolled" in line)
+        assert f"({cells[1]} camera)" in enrolled
+        assert f"identification {cells[4]} with the pretrained model" in enrolled
+        for r in range(1, rounds + 1):
+            before = cells[4] if r == 1 else cells[4 + r - 1]
+            said = f"  {box}: serves round-{r}, held-out identification {before} -> {cells[4 + r]}"
+            assert any(line.startswith(said) for line in lines), said
+        gain = float(cells[4 + rounds].rstrip("%")) - float(cells[4].rstrip("%"))
+        assert float(cells[-1]) == pytest.approx(gain, abs=0.11)
+        gains.append(float(cells[-1]))
+    mean = lines[start + 3 + len(boxes)]
+    assert mean.startswith("mean gain over the boxes: ")
+    assert float(mean.split(": ")[1].split()[0]) == pytest.approx(sum(gains) / len(gains),
+                                                                  abs=0.11)
 
 
 def _box_cli(box: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -110,6 +141,8 @@ def test_demo_input_errors(lfw_dir: Path, tmp_path: Path) -> None:
             shutil.copytree(person, few / person.name)
             break
     _assert_clear_error(_demo("--faces", str(few)), "the demo needs 24")
+    _assert_clear_error(_demo("--faces", str(lfw_dir), "--cameras", "low-light,fisheye"),
+                        "unknown camera domain 'fisheye'")
     port = free_port()  # nothing listens there
     _assert_clear_error(_demo("--faces", str(lfw_dir), "--broker", f"mqtt://127.0.0.1:{port}"),
                         "unreachable")
