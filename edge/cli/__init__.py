@@ -82,7 +82,8 @@ def _box_options(
         "when present). Options beat the file, the file beats the environment.",
         show_default=False)] = None,
     verbose: Annotated[int, typer.Option(
-        "--verbose", "-v", count=True, help="-v info, -vv debug logging.")] = 0,
+        "--verbose", "-v", count=True, metavar="",
+        help="Repeatable flag: -v info, -vv debug logging.", show_default=False)] = 0,
     debug: Annotated[bool, typer.Option(
         "--debug", help="Show tracebacks instead of one-line errors.")] = False,
 ) -> None:

@@ -20,11 +20,12 @@ from edge.gallery.store import Gallery
 from edge.serving.engine import Engine
 from edge.serving.events import UNKNOWN, RecognitionEvent
 from edge.vision.detect import Face
+from edge.vision.image_files import images_in
 from edge.vision.pipeline import FacePipeline, StageTimings
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+__all__ = ["EnrolOutcome", "Recognition", "Recognizer", "images_in", "people_folders"]
 
 
 class EnrolInputError(FedFaceError):
@@ -164,11 +165,6 @@ class Recognizer:
                 sources=[p.name for p in outcome.added])
             self.engine.refresh_gallery()
         return outcome
-
-
-def images_in(folder: Path) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def people_folders(root: Path) -> list[Path]:
