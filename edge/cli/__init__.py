@@ -11,7 +11,7 @@ component (table in edge/cli/errors.py).
 
 May import (the top floor of the box): edge.errors, edge.priority, edge.config, edge.box,
 edge.vision, edge.gallery, edge.serving, edge.training, edge.federated, edge.kiosk,
-edge.demo, edge.doctor, edge.provision, federation, models.
+edge.demo, edge.doctor, edge.provision, edge.api, federation, models.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ COMMAND_MODULES = (
     "federate",
     "train",
     "kiosk",
+    "serve_api",
     "provision",
     "doctor",
     "status",

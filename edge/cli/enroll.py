@@ -9,7 +9,7 @@ import typer
 
 from edge.cli.context import box
 from edge.cli.errors import EXIT_INPUT, CliError
-from edge.cli.progress import progress_bar
+from edge.cli.identify import progress_bar
 
 
 def _enrol_named(ctx: typer.Context, name: str, images: list[Path]) -> None:

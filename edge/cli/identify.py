@@ -14,6 +14,8 @@ error code, after every photo has been reported.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -21,15 +23,34 @@ import typer
 
 from edge.cli.context import box
 from edge.cli.errors import EXIT_INPUT, CliError
-from edge.cli.progress import progress_bar
 
 if TYPE_CHECKING:
-    from edge.serving.recognizer import Recognition, Recognizer
+    from edge.serving.recognizer import ProgressCallback, Recognition, Recognizer
 
 ThresholdOption = Annotated[float | None, typer.Option(
     "--threshold", min=-1.0, max=1.0, show_default=False,
     help="SFace cosine similarity needed to name a face (default: the box setting, 0.40). "
     "Higher is stricter: fewer strangers accepted, more known people reported unknown.")]
+
+
+@contextmanager
+def progress_bar(total: int, label: str) -> Iterator[ProgressCallback]:
+    """A callback advancing a bar of ``total`` steps (enroll, identify), drawn on stderr
+    when it is a terminal (stdout is kept for results a script may parse; no bar in a
+    log)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    console = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  console=console, transient=True,
+                  disable=not console.is_terminal) as progress:
+        task = progress.add_task(label, total=total)
+
+        def advance(_image: Path, _failure: str | None) -> None:
+            progress.advance(task)
+
+        yield advance
 
 
 def warn_if_empty(ctx: typer.Context) -> None:

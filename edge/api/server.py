@@ -1,0 +1,131 @@
+"""Run the API: settings, the HTTP(S) server in a thread, and a clean stop.
+
+Werkzeug's threaded WSGI server (as the kiosk's): requests are parsed and their images
+decoded in parallel, and take turns on the engine (``edge.api.faces``). With
+``tls_cert`` and ``tls_key`` it serves HTTPS itself; without, it refuses to listen
+beyond loopback unless told ``allow_plain_http`` (API keys and face photos would cross
+the network in clear).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from dataclasses import dataclass, field
+from ipaddress import ip_address
+from pathlib import Path
+
+from flask import Flask
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from edge.api.app import ApiServices, create_api
+from edge.api.faces import FaceService
+from edge.api.keys import ApiKeys
+from edge.api.limits import TokenBuckets
+from edge.errors import FedFaceError
+from edge.serving.recognizer import Recognizer
+from edge.vision.image_header import DEFAULT_MAX_PIXELS
+
+log = logging.getLogger(__name__)
+
+
+class ApiStartError(FedFaceError):
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000  # CompreFace's own default port: clients' examples work as they are
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    allow_plain_http: bool = False
+    max_upload_bytes: int = 8 * 2**20  # as the kiosk's uploads
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    rate_per_s: float = 20.0  # per API key; a camera integration sends a few a second
+    burst: float = 40.0
+    bad_key_per_min: float = 10.0  # per address: guessing keys is hopeless at that pace
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+@dataclass
+class ApiServer:
+    settings: ApiSettings
+    recognizer: Recognizer
+    data_dir: Path
+    app: Flask = field(init=False)
+    _server: BaseWSGIServer | None = field(default=None, repr=False)
+    _thread: threading.Thread | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        services = ApiServices(FaceService(self.recognizer, s.max_pixels), ApiKeys(self.data_dir),
+                               TokenBuckets(s.rate_per_s, s.burst),
+                               TokenBuckets(s.bad_key_per_min / 60.0, s.bad_key_per_min),
+                               s.max_upload_bytes)
+        self.app = create_api(services)
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the API server is not started")
+        scheme = "https" if self.settings.tls_cert else "http"
+        host = self._server.host
+        return f"{scheme}://{f'[{host}]' if ':' in host else host}:{self._server.port}"
+
+    def _tls(self) -> ssl.SSLContext | None:
+        s = self.settings
+        if (s.tls_cert is None) != (s.tls_key is None):
+            raise ApiStartError("give both --tls-cert and --tls-key, or neither")
+        if s.tls_cert is None or s.tls_key is None:
+            if not _loopback(s.host) and not s.allow_plain_http:
+                raise ApiStartError(
+                    f"refusing to serve plain HTTP on {s.host}: API keys and face photos "
+                    "would cross the network unencrypted",
+                    hint="give --tls-cert/--tls-key, put a TLS proxy in front and pass "
+                    "--allow-plain-http, or listen on 127.0.0.1")
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(s.tls_cert, s.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ApiStartError(f"cannot load the TLS certificate or key: {exc}",
+                                hint="give a PEM certificate and its private key") from exc
+        return context
+
+    def start(self) -> ApiServer:
+        tls = self._tls()
+        if not ApiKeys(self.data_dir).list():
+            log.warning("no API key exists yet: every request will get 401 "
+                        "(create one with `fedface-edge api-key create SERVICE`)")
+        try:
+            self._server = make_server(self.settings.host, self.settings.port, self.app,
+                                       threaded=True, ssl_context=tls)
+        except OSError as exc:
+            raise ApiStartError(f"cannot listen on {self.settings.host}:{self.settings.port}: "
+                                f"{exc.strerror or exc}",
+                                hint="choose another --port or stop what uses it") from exc
+        # request lines carry subject names in their query: never logged
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self.recognizer.engine.start_watcher()  # hot swaps and enrolments made elsewhere
+        self._thread = threading.Thread(target=self._server.serve_forever, name="api-http",
+                                        daemon=True)
+        self._thread.start()
+        log.info("recognition API serving on %s", self.url)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(10)
+        self.recognizer.engine.stop_watcher()
