@@ -17,7 +17,7 @@ from ipaddress import ip_address
 from pathlib import Path
 
 from flask import Flask
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from edge.api.app import ApiServices, create_api
 from edge.api.faces import FaceService
@@ -46,6 +46,14 @@ class ApiSettings:
     rate_per_s: float = 20.0  # per API key; a camera integration sends a few a second
     burst: float = 40.0
     bad_key_per_min: float = 10.0  # per address: guessing keys is hopeless at that pace
+
+
+class _NoDelayHandler(WSGIRequestHandler):
+    """TCP_NODELAY on every connection: the response's header and body leave as separate
+    small writes, and Nagle's algorithm would hold the body until the client's delayed
+    ACK (about 40 ms on Linux) on every keep-alive request."""
+
+    disable_nagle_algorithm = True
 
 
 def _loopback(host: str) -> bool:
@@ -108,7 +116,8 @@ class ApiServer:
                         "(create one with `fedface-edge api-key create SERVICE`)")
         try:
             self._server = make_server(self.settings.host, self.settings.port, self.app,
-                                       threaded=True, ssl_context=tls)
+                                       threaded=True, ssl_context=tls,
+                                       request_handler=_NoDelayHandler)
         except OSError as exc:
             raise ApiStartError(f"cannot listen on {self.settings.host}:{self.settings.port}: "
                                 f"{exc.strerror or exc}",

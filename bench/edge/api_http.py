@@ -1,0 +1,204 @@
+"""Recognise over HTTP (``fedface-edge serve-api``) against the engine's own per-frame time.
+
+    .venv/bin/python -m bench.edge.api_http [--lfw DIR] [--frames 40] [--repeats 3]
+
+Frames: 640x480 JPEGs (quality 90), one LFW face each pasted on a noisy grey canvas;
+half of the faces belong to the people enrolled in the box (2 photos each), half to
+strangers. The server is the real ``serve-api`` process on loopback, reached with
+``requests`` (one keep-alive session per client), as an integration would.
+
+Per repeat: 1 client sending the frames one after another, each request right after
+the engine in this process did the same frame's work (decode with the header check,
+then detect/align/embed/match: what the server does per request), then 4 clients at
+once. The HTTP overhead of a frame is its request's latency minus that engine time;
+pairing them frame by frame keeps the shared machine's drift out of the difference
+(target: median < 5 ms). With 4 clients the
+requests take turns on the one engine (YuNet is not thread-safe), so requests/s stays
+the engine's and latency grows with the queue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import requests
+
+from bench.common.lfw import default_lfw_dir
+from bench.rig.broker import free_port
+from bench.rig.compare import Measured, comparison, print_comparisons
+from bench.rig.procs import spawn_module, stop, tmpdir
+from edge.box import build_box
+from edge.config import EdgeSettings
+from edge.vision.image_header import decode_image
+from edge.vision.pipeline import read_image
+
+FRAME_W, FRAME_H = 640, 480
+PEOPLE = 10
+CLIENTS = (1, 4)
+
+
+def edge_cli(data_dir: Path, *args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "edge.cli", "--data-dir", str(data_dir), *args],
+                         capture_output=True, text=True, timeout=600, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"fedface-edge {args[0]} failed: {out.stderr}")
+    return out.stdout
+
+
+def make_box(lfw_dir: Path, work: Path) -> tuple[Path, list[Path], list[Path]]:
+    """A box with PEOPLE people enrolled; (data dir, their unseen photos, strangers)."""
+    people = sorted(p for p in lfw_dir.iterdir() if len(list(p.glob("*.jpg"))) >= 4)
+    enrolled, strangers = people[:PEOPLE], people[PEOPLE:PEOPLE * 4]
+    folder = work / "people"
+    for person in enrolled:
+        (folder / person.name).mkdir(parents=True)
+        for photo in sorted(person.glob("*.jpg"))[:2]:
+            shutil.copy(photo, folder / person.name)
+    data_dir = work / "box"
+    edge_cli(data_dir, "enroll", "--from-dir", str(folder))
+    return (data_dir, [sorted(p.glob("*.jpg"))[3] for p in enrolled],
+            [sorted(p.glob("*.jpg"))[0] for p in strangers])
+
+
+def make_frames(photos: list[Path], count: int, seed: int = 0) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    frames = []
+    for index in range(count):
+        image = read_image(photos[index % len(photos)])
+        frame = rng.normal(110, 12, (FRAME_H, FRAME_W, 3)).clip(0, 255).astype(np.uint8)
+        y = int(rng.integers(0, FRAME_H - image.shape[0]))
+        x = int(rng.integers(0, FRAME_W - image.shape[1]))
+        frame[y:y + image.shape[0], x:x + image.shape[1]] = image
+        ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        assert ok
+        frames.append(buf.tobytes())
+    return frames
+
+
+def start_server(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
+    proc = spawn_module("edge.cli", "--data-dir", str(data_dir), "serve-api", "--port",
+                        str(free_port()), "--rate", "100000")
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        found = re.search(r"recognition API on (\S+)", line)
+        if found:
+            return proc, found.group(1)
+    raise RuntimeError(f"serve-api exited before listening (exit {proc.wait()})")
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def engine_ms(recognizer: object, data: bytes) -> float:
+    started = time.perf_counter()
+    recognizer.recognise(decode_image(data))  # type: ignore[attr-defined]
+    return (time.perf_counter() - started) * 1e3
+
+
+def paired_pass(recognizer: object, url: str, key: str, frames: list[bytes]
+                ) -> tuple[list[float], list[float], float]:
+    """(engine ms, HTTP ms) frame by frame, and the 1-client requests/s."""
+    engine, http, busy = [], [], 0.0
+    for data in frames:
+        engine.append(engine_ms(recognizer, data))
+        latencies, _ = http_pass(url, key, [data], 1)
+        http.append(latencies[0])
+        busy += latencies[0] / 1e3
+    return engine, http, len(frames) / busy
+
+
+def http_pass(url: str, key: str, frames: list[bytes], clients: int) -> tuple[list[float], float]:
+    """Latencies (ms) of every request and requests/s, ``clients`` sending at once."""
+    endpoint = f"{url}/api/v1/recognition/recognize"
+
+    def client(share: list[bytes]) -> list[float]:
+        session = requests.Session()
+        session.headers["x-api-key"] = key
+        out = []
+        for data in share:
+            started = time.perf_counter()
+            answer = session.post(endpoint, files={"file": ("frame.jpg", data)}, timeout=120)
+            out.append((time.perf_counter() - started) * 1e3)
+            if answer.status_code != 200:
+                raise RuntimeError(f"recognise answered {answer.status_code}: {answer.text}")
+        return out
+
+    shares = [frames[i::clients] for i in range(clients)]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        latencies = [t for share in pool.map(client, shares) for t in share]
+    return latencies, len(frames) / (time.perf_counter() - started)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--lfw", type=Path, default=default_lfw_dir())
+    parser.add_argument("--frames", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=3)
+    ns = parser.parse_args(argv)
+    work = tmpdir("bench-api-")
+    try:
+        data_dir, known, strangers = make_box(ns.lfw, work)
+        frames = make_frames([p for pair in zip(known, strangers, strict=False) for p in pair],
+                             ns.frames)
+        key = edge_cli(data_dir, "api-key", "create", "bench").strip()
+        recognizer = build_box(EdgeSettings(data_dir=data_dir)).recognizer()
+        proc, url = start_server(data_dir)
+        try:
+            paired_pass(recognizer, url, key, frames[:4])  # warm both sides
+            engine_p50: list[float] = []
+            engine_p99: list[float] = []
+            overhead: list[float] = []
+            http: dict[int, dict[str, list[float]]] = {
+                c: {"p50": [], "p99": [], "rps": []} for c in CLIENTS}
+            for repeat in range(ns.repeats):
+                times, latencies, rps = paired_pass(recognizer, url, key, frames)
+                engine_p50.append(percentile(times, 50))
+                engine_p99.append(percentile(times, 99))
+                overhead.append(statistics.median(h - e for h, e in zip(latencies, times,
+                                                                        strict=True)))
+                for clients in CLIENTS:
+                    if clients > 1:
+                        latencies, rps = http_pass(url, key, frames, clients)
+                    http[clients]["p50"].append(percentile(latencies, 50))
+                    http[clients]["p99"].append(percentile(latencies, 99))
+                    http[clients]["rps"].append(rps)
+                print(f"repeat {repeat + 1}: engine p50 {engine_p50[-1]:.1f} ms; " + "; ".join(
+                    f"{c} client(s) p50 {http[c]['p50'][-1]:.1f} ms p99 "
+                    f"{http[c]['p99'][-1]:.1f} ms {http[c]['rps'][-1]:.1f} req/s"
+                    for c in CLIENTS), flush=True)
+        finally:
+            stop(proc)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    med = statistics.median
+    print(f"\n{ns.frames} frames of 640x480 (JPEG), {ns.repeats} repeats; medians over repeats")
+    print(f"{'':24s}{'p50 ms':>9s}{'p99 ms':>9s}{'req/s':>9s}")
+    print(f"{'engine, in process':24s}{med(engine_p50):9.1f}{med(engine_p99):9.1f}"
+          f"{1e3 / med(engine_p50):9.1f}")
+    for clients in CLIENTS:
+        h = http[clients]
+        print(f"{f'HTTP, {clients} client(s)':24s}{med(h['p50']):9.1f}{med(h['p99']):9.1f}"
+              f"{med(h['rps']):9.1f}")
+    print(f"HTTP overhead per request (1 client, latency minus the same frame's engine "
+          f"time; median over frames, then over repeats): {med(overhead):.1f} "
+          f"ms (runs {min(overhead):.1f}-{max(overhead):.1f}); target < 5 ms: "
+          f"{'MET' if med(overhead) < 5 else 'NOT MET'}")
+    print_comparisons("bench.edge.api_http", [comparison(
+        "recognise p50, 1 client", Measured.of("HTTP", http[1]["p50"], "repeats"),
+        Measured.of("engine", engine_p50, "repeats"), "ms", "{:.1f}", paired=True)])
+
+
+if __name__ == "__main__":
+    main()
