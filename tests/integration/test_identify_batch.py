@@ -87,3 +87,5 @@ def test_verbose_help_shows_a_repeatable_flag() -> None:
     help_text = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "120"}).stdout
     line = next(line for line in help_text.splitlines() if "--verbose" in line)
     assert "<int>" not in line and "-vv" in line
+    number = CliRunner().invoke(app, ["-v", "2", "people", "list"], env={"COLUMNS": "120"})
+    assert number.exit_code == 2 and "-v takes no number" in number.output

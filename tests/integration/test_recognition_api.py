@@ -142,3 +142,23 @@ def _blank_png() -> bytes:
     ok, buf = cv2.imencode(".png", np.full((240, 320, 3), 128, np.uint8))
     assert ok
     return buf.tobytes()
+
+
+def test_https_with_the_federation_pki_and_no_plain_http_beyond_loopback(tmp_path: Path) -> None:
+    from aggregator.pki import authority as pki
+    from aggregator.pki import issue as pki_issue
+
+    box = tmp_path / "box"
+    key = create_key(box, "home-assistant")
+    ca = pki.create_ca(tmp_path / "ca", "fed-api")
+    server_cert = pki_issue.issue_server_cert(ca, ["127.0.0.1"], tmp_path / "tls")
+    assert server_cert.key_path is not None
+    with running_api(box, "--tls-cert", str(server_cert.cert_path),
+                     "--tls-key", str(server_cert.key_path)) as server:
+        assert server.url.startswith("https://")
+        answer = requests.get(f"{server.url}/api/v1/recognition/subjects",
+                              headers={"x-api-key": key}, verify=str(ca.cert_path), timeout=60)
+        assert answer.json() == {"subjects": []}
+    refused = edge_cli(box, "serve-api", "--host", "0.0.0.0", "--port", "0")
+    assert refused.returncode == 2, refused.stderr
+    assert "refusing to serve plain HTTP on 0.0.0.0" in refused.stderr
