@@ -12,11 +12,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from edge.api import compreface as cf
@@ -56,6 +57,21 @@ def _fail(message: str, code: int, status: int = 400) -> Response:
     return _json(cf.error(message, code), status)
 
 
+def _start_clock() -> None:
+    g.started = time.perf_counter()
+
+
+def _server_timing(response: Response) -> Response:
+    """``Server-Timing``: the request's time in this process, and the engine's share (a
+    client or a bench tells the HTTP transport's cost from the server's)."""
+    total = (time.perf_counter() - g.get("started", time.perf_counter())) * 1e3
+    parts = [f"app;dur={total:.1f}"]
+    if "engine_ms" in g:
+        parts.append(f"engine;dur={g.engine_ms:.1f}")
+    response.headers["Server-Timing"] = ", ".join(parts)
+    return response
+
+
 def _check_key() -> Response | None:
     svc = _svc()
     key = request.headers.get("x-api-key", "")
@@ -93,7 +109,10 @@ def _image(field: str = "file") -> Any:
 
 def recognize() -> Response:
     options = cf.find_options(request.args.to_dict())
-    faces, timing = _svc().faces.find(_image(), **options)
+    image = _image()
+    started = time.perf_counter()
+    faces, timing = _svc().faces.find(image, **options)
+    g.engine_ms = (time.perf_counter() - started) * 1e3
     if not faces:
         raise NoFaceError("No face is found in the given image", "")
     return _json(cf.recognition(faces, timing, _svc().faces.model_version))
@@ -222,7 +241,9 @@ def create_api(services: ApiServices) -> Flask:
     app.config.update(MAX_CONTENT_LENGTH=services.max_upload_bytes,
                       MAX_FORM_MEMORY_SIZE=services.max_upload_bytes)
     app.extensions[EXTENSION] = services
+    app.before_request(_start_clock)
     app.before_request(_check_key)
+    app.after_request(_server_timing)
     routes: list[tuple[str, Callable[..., Response], list[str]]] = [
         (f"{RECOGNITION}/recognize", recognize, ["POST"]),
         ("/api/v1/detection/detect", detect, ["POST"]),
