@@ -8,5 +8,6 @@ address), ``faces`` (recognise, detect, verify and enrol on the shared engine),
 ``compreface`` (the JSON shapes CompreFace clients read), ``app`` (the Flask routes) and
 ``server`` (the HTTP(S) server).
 
-May import: edge.errors, edge.vision, edge.gallery, edge.serving, federation, models.
+May import: edge.errors, edge.http_thread, edge.vision, edge.gallery, edge.serving,
+federation, models.
 """

@@ -1,7 +1,8 @@
 """Run the API: settings, the HTTP(S) server in a thread, and a clean stop.
 
-Werkzeug's threaded WSGI server (as the kiosk's): requests are parsed and their images
-decoded in parallel, and take turns on the engine (``edge.api.faces``). With
+Werkzeug's threaded WSGI server in a thread (``edge.http_thread``, as the kiosk's):
+requests are parsed and their images decoded in parallel, and take turns on the engine
+(``edge.api.faces``). With
 ``tls_cert`` and ``tls_key`` it serves HTTPS itself; without, it refuses to listen
 beyond loopback unless told ``allow_plain_http`` (API keys and face photos would cross
 the network in clear).
@@ -11,19 +12,18 @@ from __future__ import annotations
 
 import logging
 import ssl
-import threading
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 from pathlib import Path
 
 from flask import Flask
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from edge.api.app import ApiServices, create_api
 from edge.api.faces import FaceService
 from edge.api.keys import ApiKeys
 from edge.api.limits import TokenBuckets
 from edge.errors import FedFaceError
+from edge.http_thread import HttpThread
 from edge.serving.recognizer import Recognizer
 from edge.vision.image_header import DEFAULT_MAX_PIXELS
 
@@ -48,14 +48,6 @@ class ApiSettings:
     bad_key_per_min: float = 10.0  # per address: guessing keys is hopeless at that pace
 
 
-class _NoDelayHandler(WSGIRequestHandler):
-    """TCP_NODELAY on every connection: the response's header and body leave as separate
-    small writes, and Nagle's algorithm would hold the body until the client's delayed
-    ACK (about 40 ms on Linux) on every keep-alive request."""
-
-    disable_nagle_algorithm = True
-
-
 def _loopback(host: str) -> bool:
     try:
         return ip_address(host).is_loopback
@@ -69,8 +61,7 @@ class ApiServer:
     recognizer: Recognizer
     data_dir: Path
     app: Flask = field(init=False)
-    _server: BaseWSGIServer | None = field(default=None, repr=False)
-    _thread: threading.Thread | None = field(default=None, repr=False)
+    _http: HttpThread = field(default_factory=lambda: HttpThread("api"), repr=False)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -82,11 +73,7 @@ class ApiServer:
 
     @property
     def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("the API server is not started")
-        scheme = "https" if self.settings.tls_cert else "http"
-        host = self._server.host
-        return f"{scheme}://{f'[{host}]' if ':' in host else host}:{self._server.port}"
+        return self._http.url("https" if self.settings.tls_cert else "http")
 
     def _tls(self) -> ssl.SSLContext | None:
         s = self.settings
@@ -115,9 +102,7 @@ class ApiServer:
             log.warning("no API key exists yet: every request will get 401 "
                         "(create one with `fedface-edge api-key create SERVICE`)")
         try:
-            self._server = make_server(self.settings.host, self.settings.port, self.app,
-                                       threaded=True, ssl_context=tls,
-                                       request_handler=_NoDelayHandler)
+            self._http.listen(self.settings.host, self.settings.port, self.app, tls)
         except OSError as exc:
             raise ApiStartError(f"cannot listen on {self.settings.host}:{self.settings.port}: "
                                 f"{exc.strerror or exc}",
@@ -125,16 +110,10 @@ class ApiServer:
         # request lines carry subject names in their query: never logged
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self.recognizer.engine.start_watcher()  # hot swaps and enrolments made elsewhere
-        self._thread = threading.Thread(target=self._server.serve_forever, name="api-http",
-                                        daemon=True)
-        self._thread.start()
+        self._http.start()
         log.info("recognition API serving on %s", self.url)
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(10)
+        self._http.stop()
         self.recognizer.engine.stop_watcher()
