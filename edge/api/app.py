@@ -9,8 +9,6 @@ subject names, no image data, no request URLs (their query carries subject names
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import time
 from collections.abc import Callable
@@ -24,6 +22,7 @@ from edge.api import compreface as cf
 from edge.api.faces import FaceService
 from edge.api.keys import ApiKeys
 from edge.api.limits import TokenBuckets
+from edge.api.uploads import upload
 from edge.errors import ImageReadError, NoFaceError
 from edge.gallery.names import NameRejected
 from edge.gallery.store import UnknownPersonError
@@ -85,26 +84,11 @@ def _check_key() -> Response | None:
     return None
 
 
-def _upload(field: str = "file") -> tuple[bytes, str]:
-    """The bytes of an uploaded image: multipart ``field``, or JSON ``{field: base64}``."""
-    if request.files.get(field) is not None:
-        return request.files[field].read(), field
-    if request.is_json:
-        body = request.get_json(silent=True) or {}
-        raw = body.get(field) if isinstance(body, dict) else None
-        if isinstance(raw, str):
-            try:
-                return base64.b64decode(raw, validate=True), field
-            except (binascii.Error, ValueError):
-                raise ImageReadError(f"{field} is not valid base64", "") from None
-    raise ImageReadError(f"no image: send it as multipart field {field!r}", "")
-
-
 def _image(field: str = "file") -> Any:
-    data, name = _upload(field)
+    data = upload(field)
     if not data:
-        raise ImageReadError(f"{name} is empty", "")
-    return _svc().faces.decode(data, name)
+        raise ImageReadError(f"{field} is empty", "")
+    return _svc().faces.decode(data, field)
 
 
 def recognize() -> Response:
