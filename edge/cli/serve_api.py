@@ -67,7 +67,7 @@ def serve_api(
         "--allow-plain-http", help="Serve plain HTTP beyond loopback (a TLS proxy in "
         "front does the encryption).")] = False,
     rate: Annotated[float, typer.Option(
-        "--rate", min=0.1, help="Requests a second allowed per API key (burst: twice).")
+        "--rate", min=0.1, help="Requests a second allowed per API key (burst: twice, at least 1).")
     ] = 20.0,
     max_upload_mb: Annotated[float, typer.Option(
         "--max-upload-mb", min=0.1, help="Largest request body.")] = 8.0,
@@ -78,7 +78,8 @@ def serve_api(
 
     settings = ApiSettings(host=host, port=port, tls_cert=tls_cert, tls_key=tls_key,
                            allow_plain_http=allow_plain_http, rate_per_s=rate,
-                           burst=2 * rate, max_upload_bytes=int(max_upload_mb * 2**20))
+                           burst=max(1.0, 2 * rate),
+                           max_upload_bytes=int(max_upload_mb * 2**20))
     recognizer = box(ctx).recognizer(threshold)  # the models load once, here
     warn_if_empty(ctx)
     server = ApiServer(settings, recognizer, box(ctx).settings.data_dir)

@@ -144,7 +144,7 @@ def _blank_png() -> bytes:
     return buf.tobytes()
 
 
-def test_https_with_the_federation_pki_and_no_plain_http_beyond_loopback(tmp_path: Path) -> None:
+def test_https_rate_limit_and_no_plain_http_beyond_loopback(tmp_path: Path) -> None:
     from aggregator.pki import authority as pki
     from aggregator.pki import issue as pki_issue
 
@@ -154,11 +154,15 @@ def test_https_with_the_federation_pki_and_no_plain_http_beyond_loopback(tmp_pat
     server_cert = pki_issue.issue_server_cert(ca, ["127.0.0.1"], tmp_path / "tls")
     assert server_cert.key_path is not None
     with running_api(box, "--tls-cert", str(server_cert.cert_path),
-                     "--tls-key", str(server_cert.key_path)) as server:
+                     "--tls-key", str(server_cert.key_path), "--rate", "0.2") as server:
         assert server.url.startswith("https://")
-        answer = requests.get(f"{server.url}/api/v1/recognition/subjects",
-                              headers={"x-api-key": key}, verify=str(ca.cert_path), timeout=60)
-        assert answer.json() == {"subjects": []}
+        answers = [requests.get(f"{server.url}/api/v1/recognition/subjects",
+                                headers={"x-api-key": key}, verify=str(ca.cert_path),
+                                timeout=60) for _ in range(3)]
+        assert answers[0].json() == {"subjects": []}
+        # 0.2 requests a second (burst 1): the next ones within seconds are refused
+        assert [a.status_code for a in answers] == [200, 429, 429]
+        assert answers[1].json()["code"] == 29
     refused = edge_cli(box, "serve-api", "--host", "0.0.0.0", "--port", "0")
     assert refused.returncode == 2, refused.stderr
     assert "refusing to serve plain HTTP on 0.0.0.0" in refused.stderr
