@@ -1,11 +1,11 @@
 """Run the API: settings, the HTTP(S) server in a thread, and a clean stop.
 
-Werkzeug's threaded WSGI server in a thread (``edge.http_thread``, as the kiosk's):
-requests are parsed and their images decoded in parallel, and take turns on the engine
-(``edge.api.faces``). With
-``tls_cert`` and ``tls_key`` it serves HTTPS itself; without, it refuses to listen
-beyond loopback unless told ``allow_plain_http`` (API keys and face photos would cross
-the network in clear).
+Cheroot's thread-pool WSGI server in a thread (``edge.http_thread``, as the kiosk's),
+with keep-alive connections: requests are parsed and their images decoded in parallel,
+and take turns on the engine (``edge.api.faces``). It logs no request lines (their
+query carries subject names). With ``tls_cert`` and ``tls_key`` it serves HTTPS
+itself; without, it refuses to listen beyond loopback unless told ``allow_plain_http``
+(API keys and face photos would cross the network in clear).
 """
 
 from __future__ import annotations
@@ -107,8 +107,6 @@ class ApiServer:
             raise ApiStartError(f"cannot listen on {self.settings.host}:{self.settings.port}: "
                                 f"{exc.strerror or exc}",
                                 hint="choose another --port or stop what uses it") from exc
-        # request lines carry subject names in their query: never logged
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self.recognizer.engine.start_watcher()  # hot swaps and enrolments made elsewhere
         self._http.start()
         log.info("recognition API serving on %s", self.url)

@@ -1,8 +1,9 @@
 """Assemble and run a kiosk: source, pipeline, gallery, worker, web server.
 
-The web server is Werkzeug's threaded WSGI server (Flask's own), run in a thread
+The web server is Cheroot's thread-pool WSGI server, run in a thread
 (``edge.http_thread``, shared with the recognition API): a kiosk serves one screen and
-a few phones on the box's loopback or LAN, where a thread per request is plenty.
+a few phones on the box's loopback or LAN. It writes no access log (Werkzeug's
+development server logged a line per request: 4+ a second per open live view).
 """
 
 from __future__ import annotations
@@ -57,11 +58,6 @@ class Kiosk:
             raise KioskStartError(f"cannot listen on {settings.host}:{settings.port}: "
                                   f"{exc.strerror or exc}",
                                   hint="choose another --port or stop what uses it") from exc
-        access_log = logging.getLogger("werkzeug")
-        if access_log.level == logging.NOTSET:
-            # one line per request is 4+ lines a second per open live view: keep it for -vv
-            access_log.setLevel(logging.DEBUG if log.isEnabledFor(logging.DEBUG)
-                                else logging.WARNING)
         self.services.worker.start()
         self._http.start()
         log.info("kiosk serving on %s", self.url)
