@@ -115,7 +115,8 @@ def engine_ms(recognizer: object, data: bytes) -> tuple[float, float]:
 
 
 def server_timing(header: str) -> dict[str, float]:
-    """``Server-Timing: app;dur=31.2, engine;dur=27.0`` -> {"app": 31.2, "engine": 27.0}."""
+    """``Server-Timing: app;dur=31.2, engine;dur=27.0`` -> {"app": 31.2, "engine": 27.0}
+    (and ``decode`` when the server decoded an image)."""
     parts = (p.strip().split(";dur=") for p in header.split(",") if ";dur=" in p)
     return {name: float(value) for name, value in parts}
 
@@ -194,6 +195,8 @@ def main(argv: list[str] | None = None) -> None:
             with_decode: list[float] = []  # latency minus the frame's engine only
             transport: list[float] = []  # client latency minus the server's own time
             handler: list[float] = []  # the server's request time minus its engine's
+            server_decode: list[float] = []
+            http_only: list[float] = []  # latency minus the server's own engine and decode
             server_engine: list[float] = []
             http: dict[int, dict[str, list[float]]] = {
                 c: {"p50": [], "p99": [], "rps": []} for c in CLIENTS}
@@ -204,6 +207,10 @@ def main(argv: list[str] | None = None) -> None:
                     h - t["app"] for h, t in zip(latencies, in_server, strict=True)))
                 handler.append(statistics.median(t["app"] - t["engine"] for t in in_server))
                 server_engine.append(statistics.median(t["engine"] for t in in_server))
+                server_decode.append(statistics.median(t["decode"] for t in in_server))
+                http_only.append(statistics.median(
+                    h - t["engine"] - t["decode"] for h, t in zip(latencies, in_server,
+                                                                  strict=True)))
                 engine_p50.append(percentile(times, 50))
                 engine_p99.append(percentile(times, 99))
                 decode_p50.append(percentile(decode, 50))
@@ -249,8 +256,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  split by the server's Server-Timing (medians): transport (connection, HTTP "
           f"parsing and writing, the client's own work) {med(transport):.1f} ms; handler "
           f"around the engine (key check, multipart, JPEG decode, JSON) {med(handler):.1f} "
-          f"ms; the server's engine {med(server_engine):.1f} ms vs {med(engine_p50):.1f} ms "
-          f"in this process")
+          f"ms, of which JPEG decode {med(server_decode):.1f} ms; the server's engine "
+          f"{med(server_engine):.1f} ms vs {med(engine_p50):.1f} ms in this process")
+    print(f"  by the server's own clocks, latency minus its engine and its decode: "
+          f"{med(http_only):.1f} ms (runs {min(http_only):.1f}-{max(http_only):.1f}); under "
+          f"5 ms: {'yes' if med(http_only) < 5 else 'no'}")
     print_comparisons("bench.edge.api_http", [comparison(
         "recognise p50, 1 client", Measured.of("HTTP", http[1]["p50"], "repeats"),
         Measured.of("decode + engine", with_decode_p50, "repeats"), "ms", "{:.1f}",

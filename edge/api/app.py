@@ -61,12 +61,15 @@ def _start_clock() -> None:
 
 
 def _server_timing(response: Response) -> Response:
-    """``Server-Timing``: the request's time in this process, and the engine's share (a
-    client or a bench tells the HTTP transport's cost from the server's)."""
+    """``Server-Timing``: the request's time in this process, and the engine's and the
+    image decoding's shares (a client or a bench tells the HTTP transport's cost from
+    the server's)."""
     total = (time.perf_counter() - g.get("started", time.perf_counter())) * 1e3
     parts = [f"app;dur={total:.1f}"]
     if "engine_ms" in g:
         parts.append(f"engine;dur={g.engine_ms:.1f}")
+    if "decode_ms" in g:
+        parts.append(f"decode;dur={g.decode_ms:.1f}")
     response.headers["Server-Timing"] = ", ".join(parts)
     return response
 
@@ -88,7 +91,10 @@ def _image(field: str = "file") -> Any:
     data = upload(field)
     if not data:
         raise ImageReadError(f"{field} is empty", "")
-    return _svc().faces.decode(data, field)
+    started = time.perf_counter()
+    bgr = _svc().faces.decode(data, field)
+    g.decode_ms = g.get("decode_ms", 0.0) + (time.perf_counter() - started) * 1e3
+    return bgr
 
 
 def recognize() -> Response:
