@@ -11,7 +11,7 @@ component (table in edge/cli/errors.py).
 
 May import (the top floor of the box): edge.errors, edge.priority, edge.config, edge.box,
 edge.vision, edge.gallery, edge.serving, edge.tracking, edge.training, edge.federated, edge.kiosk,
-edge.demo, edge.doctor, edge.provision, federation, models.
+edge.demo, edge.doctor, edge.provision, edge.api, federation, models.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ COMMAND_MODULES = (
     "federate",
     "train",
     "kiosk",
+    "serve_api",
     "provision",
     "doctor",
     "status",
@@ -82,7 +83,8 @@ def _box_options(
         "when present). Options beat the file, the file beats the environment.",
         show_default=False)] = None,
     verbose: Annotated[int, typer.Option(
-        "--verbose", "-v", count=True, help="-v info, -vv debug logging.")] = 0,
+        "--verbose", "-v", count=True, metavar="",
+        help="Repeatable flag: -v info, -vv debug logging.", show_default=False)] = 0,
     debug: Annotated[bool, typer.Option(
         "--debug", help="Show tracebacks instead of one-line errors.")] = False,
 ) -> None:

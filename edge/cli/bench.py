@@ -73,13 +73,13 @@ def bench(
     """Per-stage milliseconds (detect, align, embed, match) on 640x480 frames."""
     import numpy as np
 
-    from edge.serving.recognizer import IMAGE_SUFFIXES
+    from edge.vision.image_files import scan
 
     recognizer = box(ctx).recognizer()
     if images is not None:
         if not images.is_dir():
             raise CliError(f"{images} is not a directory", exit_code=EXIT_INPUT)
-        files = sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = scan([images]).images
         if not files:
             raise CliError(f"no images in {images}", exit_code=EXIT_INPUT)
         work = _letterboxed(files, frames + WARMUP_FRAMES)

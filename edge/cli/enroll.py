@@ -2,36 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from edge.cli.context import box
 from edge.cli.errors import EXIT_INPUT, CliError
-
-if TYPE_CHECKING:
-    from edge.serving.recognizer import ProgressCallback
-
-
-@contextmanager
-def _progress(total: int, label: str) -> Iterator[ProgressCallback]:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    # stderr: stdout is kept for results a script may parse; no bar when stderr is a log
-    console = Console(stderr=True)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  console=console, transient=True,
-                  disable=not console.is_terminal) as progress:
-        task = progress.add_task(label, total=total)
-
-        def advance(_image: Path, _failure: str | None) -> None:
-            progress.advance(task)
-
-        yield advance
+from edge.cli.identify import progress_bar
 
 
 def _enrol_named(ctx: typer.Context, name: str, images: list[Path]) -> None:
@@ -40,7 +18,7 @@ def _enrol_named(ctx: typer.Context, name: str, images: list[Path]) -> None:
     name = check_name(name)  # the kiosk's rule: no control or text-direction characters
     recognizer = box(ctx).recognizer()
     existed = any(p.name == name for p in recognizer.gallery.people())
-    with _progress(len(images), f"enrolling {name}") as advance:
+    with progress_bar(len(images), f"enrolling {name}") as advance:
         # every photo named on the command line must be usable: the first bad one stops
         # the enrolment before anything is written
         outcome = recognizer.enroll_images(name, images, skip_bad=False, progress=advance)
@@ -50,15 +28,20 @@ def _enrol_named(ctx: typer.Context, name: str, images: list[Path]) -> None:
 
 def _enrol_folder(ctx: typer.Context, root: Path, max_per_person: int | None) -> None:
     from edge.gallery.names import NameRejected, check_name
-    from edge.serving.recognizer import images_in, people_folders
+    from edge.serving.recognizer import people_folders
+    from edge.vision.image_files import scan
 
     folders = people_folders(root)
-    plan, refused = [], []
+    plan, refused, not_images = [], [], []
     for folder in folders:
         try:
-            plan.append((check_name(folder.name), images_in(folder)))
+            name = check_name(folder.name)
         except NameRejected as exc:
             refused.append(f"{folder.name!r}: {exc}")
+            continue
+        found = scan([folder], recursive=False)  # the box's one rule: images by content
+        plan.append((name, found.images))
+        not_images += found.skipped
     if refused:
         # before any photo is read: a folder name is the person's name, nothing to skip to
         raise CliError(f"folder names that cannot be a person's name: {'; '.join(refused)}",
@@ -66,8 +49,8 @@ def _enrol_folder(ctx: typer.Context, root: Path, max_per_person: int | None) ->
     total = sum(len(imgs) if max_per_person is None else min(len(imgs), max_per_person)
                 for _, imgs in plan)
     recognizer = box(ctx).recognizer()
-    enrolled, photos, skipped, nobody = 0, 0, [], []
-    with _progress(total, f"enrolling {len(plan)} people") as advance:
+    enrolled, photos, skipped, nobody = 0, 0, list(not_images), []
+    with progress_bar(total, f"enrolling {len(plan)} people") as advance:
         for name, imgs in plan:
             outcome = recognizer.enroll_images(name, imgs, max_images=max_per_person,
                                                progress=advance)
@@ -80,12 +63,14 @@ def _enrol_folder(ctx: typer.Context, root: Path, max_per_person: int | None) ->
     for image, reason in skipped:
         typer.echo(f"skipped {image}: {reason}", err=True)
     for name in nobody:
-        typer.echo(f"not enrolled: {name} (no usable photo)", err=True)
+        typer.echo(f"not enrolled: {name} (no photo with a face that could be read; "
+                   "the reasons are above)", err=True)
     typer.echo(f"enrolled {enrolled} of {len(plan)} people from {photos} image(s); "
                f"skipped {len(skipped)} image(s) (model {recognizer.model_version})")
     if enrolled == 0:
         raise CliError(f"no one could be enrolled from {root}",
-                       hint="each sub-folder needs photos with a visible face",
+                       hint="each sub-folder needs photos with a visible face; the lines "
+                       "above say why each file was skipped",
                        exit_code=EXIT_INPUT)
 
 

@@ -143,6 +143,13 @@ def debug_enabled(ctx: typer.Context) -> bool:
 class FedFaceGroup(TyperGroup):
     """The root command group: every command's exceptions pass through here."""
 
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        if args and args[0].isdigit() and self.get_command(ctx, args[0]) is None:
+            # `-v 2`: --verbose counts repetitions and takes no number (issue 17)
+            ctx.fail(f"No such command '{args[0]}': -v takes no number; repeat it instead "
+                     "(-v info, -vv debug)")
+        return super().resolve_command(ctx, args)
+
     def invoke(self, ctx: Any) -> Any:  # typer.Context; base class types it privately
         try:
             return super().invoke(ctx)

@@ -5,7 +5,8 @@
 ``snapshot`` (an immutable in-memory copy a serving engine matches against) and
 ``match`` (the one pure matching rule both use: best cosine score over a person's
 embeddings, named only at or above the threshold) and ``names`` (what a person's name
-may contain: no control or text-direction characters, whichever way it comes in).
+may contain: no control or text-direction characters, whichever way it comes in) and
+``subjects`` (people and their stored crops as the recognition API names them).
 
 May import: edge.errors, federation.
 """

@@ -25,6 +25,10 @@ from federation.files import PRIVATE_DIR, make_dirs
 
 log = logging.getLogger(__name__)
 
+# Data directories already warned about in this process: the gallery is opened more
+# than once per command (issue 17: 400 identical warnings in one run)
+_warned_open: set[Path] = set()
+
 CROP_SIZE = 112
 DB_FILENAME = "gallery.sqlite3"
 
@@ -70,11 +74,12 @@ def ensure_private_dir(path: Path) -> Path:
         make_dirs(path, PRIVATE_DIR)  # parents too: 0700 whatever the umask
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
-            if existed:
-                # not ours to tighten (it may be a shared folder): say so instead
-                log.warning("data directory %s is open to other users (mode %o); it will hold "
-                            "face data: chmod 700 it", path, mode)
-            else:
+            if existed and path.resolve() not in _warned_open:
+                # not ours to tighten (it may be a shared folder): say so, once, with the fix
+                _warned_open.add(path.resolve())
+                log.warning("data directory %s is open to other users (mode %o) and holds "
+                            "face data; fix: chmod 700 %s", path, mode, path)
+            elif not existed:
                 os.chmod(path, 0o700)
     except OSError as exc:
         raise GalleryError(f"cannot create data directory {path}: {exc.strerror or exc}",

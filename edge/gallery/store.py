@@ -142,6 +142,15 @@ class Gallery:
         with self._transaction("gallery write") as db:
             return [int(db.execute(sql, args).lastrowid or 0) for sql, args in sql_and_args]
 
+    def read_rows(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        """A read query under the store's lock (for ``edge.gallery.subjects``)."""
+        with self._lock:
+            return list(self._db.execute(sql, args).fetchall())
+
+    def write_rows(self, sql_and_args: Sequence[tuple[str, tuple[object, ...]]]) -> None:
+        """Statements in one transaction (for ``edge.gallery.subjects``)."""
+        self._write(sql_and_args)
+
     # --- enrolment ---------------------------------------------------------------------
 
     def enroll(
@@ -153,6 +162,17 @@ class Gallery:
         sources: Sequence[str | None] | None = None,
     ) -> int:
         """Add crops (and their embeddings) to ``name``, creating the person; return id."""
+        return self.enroll_crops(name, crops, embeddings, model_version, sources)[0]
+
+    def enroll_crops(
+        self,
+        name: str,
+        crops: Sequence[np.ndarray],
+        embeddings: np.ndarray,
+        model_version: str,
+        sources: Sequence[str | None] | None = None,
+    ) -> tuple[int, list[int]]:
+        """:meth:`enroll`, returning the person's id and the new crops' ids."""
         if not name.strip():
             raise GalleryError("a person's name cannot be empty")
         name = check_name(name)  # every way in: kiosk, CLI, anything later
@@ -162,6 +182,7 @@ class Gallery:
         sources = list(sources) if sources is not None else [None] * len(crops)
         blobs = [encode_crop(np.asarray(c)) for c in crops]
         now = time.time()
+        crop_ids: list[int] = []
         with self._transaction(f"enrolling {name!r}") as db:
             db.execute("INSERT OR IGNORE INTO people(name, created) VALUES (?, ?)", (name, now))
             (person_id,) = db.execute("SELECT id FROM people WHERE name = ?", (name,)).fetchone()
@@ -169,11 +190,12 @@ class Gallery:
                 cur = db.execute(
                     "INSERT INTO crops(person_id, image, source, created) VALUES (?,?,?,?)",
                     (person_id, blob, source, now))
+                crop_ids.append(int(cur.lastrowid or 0))
                 db.execute(
                     "INSERT INTO embeddings(crop_id, model_version, vector) VALUES (?,?,?)",
                     (cur.lastrowid, model_version, vector.tobytes()))
         log.info("enrolled %d crop(s) for %s (model %s)", len(blobs), name, model_version)
-        return int(person_id)
+        return int(person_id), crop_ids
 
     def remove_person(self, name: str) -> int:
         """Delete a person with their crops and embeddings; return the crops removed."""

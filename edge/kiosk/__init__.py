@@ -3,8 +3,8 @@
 ``build_kiosk(edge_settings, kiosk_settings, source_uri).start()`` runs it; the CLI is
 ``fedface-edge kiosk serve`` (and ``fedface-edge kiosk set-password``).
 
-May import: edge.errors, edge.config, edge.box, edge.vision, edge.gallery, edge.serving,
-edge.tracking, edge.federated, federation, models.
+May import: edge.errors, edge.http_thread, edge.config, edge.box, edge.vision,
+edge.gallery, edge.serving, edge.tracking, edge.federated, federation, models.
 """
 
 from __future__ import annotations

@@ -1,24 +1,24 @@
 """Assemble and run a kiosk: source, pipeline, gallery, worker, web server.
 
-The web server is Werkzeug's threaded WSGI server (Flask's own), run in a thread: a
-kiosk serves one screen and a few phones on the box's loopback or LAN, where a thread
-per request is plenty, and it stops cleanly (``shutdown``) for tests and systemd.
+The web server is Cheroot's thread-pool WSGI server, run in a thread
+(``edge.http_thread``, shared with the recognition API): a kiosk serves one screen and
+a few phones on the box's loopback or LAN. It writes no access log (Werkzeug's
+development server logged a line per request: 4+ a second per open live view).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 
 from flask import Flask
-from werkzeug.serving import BaseWSGIServer, make_server
 
 from edge.config import EdgeSettings
 from edge.gallery.store import Gallery
+from edge.http_thread import HttpThread
 from edge.kiosk.access import LoginGate, SessionEnds
 from edge.kiosk.activity import ActivityLog
 from edge.kiosk.app import create_app
@@ -43,44 +43,28 @@ class KioskStartError(KioskAuthError):
 class Kiosk:
     services: KioskServices
     app: Flask
-    _server: BaseWSGIServer | None = field(default=None, repr=False)
-    _thread: threading.Thread | None = field(default=None, repr=False)
+    _http: HttpThread = field(default_factory=lambda: HttpThread("kiosk"), repr=False)
 
     @property
     def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("the kiosk server is not started")
-        host = self._server.host
-        shown = f"[{host}]" if ":" in host else host
-        return f"http://{shown}:{self._server.port}"
+        return self._http.url()
 
     def start(self) -> Kiosk:
         """Start recognition and serve in a background thread (``url`` is then valid)."""
         settings = self.services.settings
         try:
-            self._server = make_server(settings.host, settings.port, self.app, threaded=True)
+            self._http.listen(settings.host, settings.port, self.app)
         except OSError as exc:
             raise KioskStartError(f"cannot listen on {settings.host}:{settings.port}: "
                                   f"{exc.strerror or exc}",
                                   hint="choose another --port or stop what uses it") from exc
-        access_log = logging.getLogger("werkzeug")
-        if access_log.level == logging.NOTSET:
-            # one line per request is 4+ lines a second per open live view: keep it for -vv
-            access_log.setLevel(logging.DEBUG if log.isEnabledFor(logging.DEBUG)
-                                else logging.WARNING)
         self.services.worker.start()
-        self._thread = threading.Thread(target=self._server.serve_forever, name="kiosk-http",
-                                        daemon=True)
-        self._thread.start()
+        self._http.start()
         log.info("kiosk serving on %s", self.url)
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(10)
+        self._http.stop()
         self.services.worker.stop()
         self.services.gallery.close()
 

@@ -20,11 +20,12 @@ from edge.gallery.store import Gallery
 from edge.serving.engine import Engine
 from edge.serving.events import UNKNOWN, RecognitionEvent
 from edge.vision.detect import Face
+from edge.vision.image_files import images_in
 from edge.vision.pipeline import FacePipeline, StageTimings
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+__all__ = ["EnrolOutcome", "Recognition", "Recognizer", "images_in", "people_folders"]
 
 
 class EnrolInputError(FedFaceError):
@@ -156,19 +157,23 @@ class Recognizer:
             if progress:
                 progress(image, None)
         if crops:
-            state = self.engine.state  # one read: vectors and their version tag agree
-            if state.embedder is not self.pipeline.embedder:  # a federated model serves
-                vectors = list(state.embedder.embed(crops))
-            outcome.person_id = self.gallery.enroll(
-                name, crops, np.stack(vectors), state.tag,
-                sources=[p.name for p in outcome.added])
-            self.engine.refresh_gallery()
+            outcome.person_id, _ = self.enroll_crops(name, crops, vectors,
+                                                     [p.name for p in outcome.added])
         return outcome
 
-
-def images_in(folder: Path) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    def enroll_crops(self, name: str, crops: list[np.ndarray], base_vectors: list[np.ndarray],
+                     sources: Sequence[str | None]) -> tuple[int, list[int]]:
+        """Store aligned crops for ``name`` with embeddings of the model serving now
+        (``base_vectors`` come from the pipeline's pretrained embedder); return the
+        person's id and the crops' ids."""
+        state = self.engine.state  # one read: vectors and their version tag agree
+        vectors = base_vectors
+        if state.embedder is not self.pipeline.embedder:  # a federated model serves
+            vectors = list(state.embedder.embed(crops))
+        ids = self.gallery.enroll_crops(name, crops, np.stack(vectors), state.tag,
+                                        sources=sources)
+        self.engine.refresh_gallery()
+        return ids
 
 
 def people_folders(root: Path) -> list[Path]:

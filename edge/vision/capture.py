@@ -30,11 +30,11 @@ from urllib.parse import parse_qs
 
 import numpy as np
 
-from edge.errors import FedFaceError
+from edge.errors import FedFaceError, ImageReadError
+from edge.vision.image_header import FORMATS
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 STREAM_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "http", "https"})
 KNOWN_SCHEMES = STREAM_SCHEMES | {"dir", "file", "v4l2"}
 
@@ -151,16 +151,22 @@ class FolderSource(FrameSource):
     def open(self) -> FolderSource:
         if not self.folder.is_dir():
             raise SourceError(self.uri, f"{self.folder} is not a directory")
+        from edge.vision.image_files import scan
+
         try:
-            files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = scan([self.folder], recursive=False)  # the box's one rule (by content)
         except OSError as exc:
             raise SourceError(self.uri, f"cannot list {self.folder}: {exc.strerror}") from exc
-        if not files:
-            raise SourceError(
-                self.uri,
-                f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {self.folder}",
-            )
-        self._files = files
+        if not found.images:
+            skipped = "".join(f"; skipped {path.name}: {reason}"
+                              for path, reason in found.skipped[:3])
+            raise SourceError(self.uri, f"no images in {self.folder}{skipped}",
+                              hint=f"images are decided by content: {FORMATS}")
+        if not self._files:  # a looping source lists (and names what it skips) once
+            for path, reason in found.skipped:
+                self.stats.skipped += 1
+                log.warning("frame source %s: skipping %s: %s", self.uri, path, reason)
+        self._files = found.images
         self._position = 0
         self._next_due = time.monotonic()
         return self
@@ -174,7 +180,7 @@ class FolderSource(FrameSource):
         self._next_due = max(self._next_due, now) + 1.0 / self.fps
 
     def _read(self) -> np.ndarray | None:
-        import cv2
+        from edge.vision.pipeline import read_image
 
         if not self._files:
             self.open()
@@ -186,12 +192,14 @@ class FolderSource(FrameSource):
                 self._position = 0
             path = self._files[self._position]
             self._position += 1
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is not None:
+            try:
+                image = read_image(path)  # header and pixel cap checked, as for any photo
+            except ImageReadError as exc:
+                self.stats.skipped += 1
+                log.warning("frame source %s: skipping %s: %s", self.uri, path, exc)
+            else:
                 self._pace()
                 return image
-            self.stats.skipped += 1
-            log.warning("frame source %s: skipping unreadable image %s", self.uri, path)
             unreadable_in_a_row += 1
             if unreadable_in_a_row >= len(self._files):
                 raise SourceError(self.uri, f"none of the images in {self.folder} can be read")

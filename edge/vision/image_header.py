@@ -8,10 +8,14 @@ and is refused when its width x height is over a pixel cap or its format is not 
 this module can read (OpenCV would otherwise pick a decoder by content, for formats
 whose size is not checked).
 
-Formats read: PNG (IHDR), JPEG (the first SOFn frame header; APPn segments such as an
-EXIF thumbnail are skipped by length), WebP (VP8, VP8L, VP8X), BMP and TIFF (first IFD).
-Pure Python over the first bytes; no decoder runs before the check.
-``decode_image`` is the one way in for such photos: check, then decode with OpenCV.
+Formats read here: PNG (IHDR), JPEG (the first SOFn frame header; APPn segments such as
+an EXIF thumbnail are skipped by length), WebP (VP8, VP8L, VP8X), BMP, TIFF (first IFD),
+GIF (logical screen) and PNM (PBM/PGM/PPM, as in face sets of grey PGM files). Pure
+Python over the first bytes; no decoder runs before the check. Any other format is
+asked of Pillow, whose ``Image.open`` reads the header only (issue 17: "anything OpenCV
+or Pillow decodes", decided by content, never by the file name).
+``decode_image`` is the one way in for such photos: check, then decode with OpenCV
+(Pillow for a format OpenCV does not decode).
 
 ``DEFAULT_MAX_PIXELS`` (40 MP) is the cap for files given on the command line; the
 kiosk has its own setting (``max_upload_pixels``, same default). 40 MP is above any
@@ -31,7 +35,7 @@ import numpy as np
 from edge.errors import ImageReadError
 
 DEFAULT_MAX_PIXELS = 40_000_000
-FORMATS = "JPEG, PNG, WebP, BMP or TIFF"
+FORMATS = "JPEG, PNG, WebP, BMP, TIFF, GIF, PGM or another format Pillow reads"
 
 _PNG = b"\x89PNG\r\n\x1a\n"
 # SOF0-SOF15 except DHT (C4), JPG (C8) and DAC (CC): frame headers carrying the size
@@ -145,6 +149,54 @@ def _tiff(data: bytes) -> ImageHeader | None:
     return ImageHeader("TIFF", size[256], size[257])
 
 
+def _gif(data: bytes) -> ImageHeader | None:
+    if len(data) < 10:
+        return None
+    width, height = struct.unpack("<HH", data[6:10])  # the logical screen
+    return ImageHeader("GIF", width, height)
+
+
+def _pnm(data: bytes) -> ImageHeader | None:
+    # "P5 <width> <height> ..." in ASCII, fields split by whitespace, # comments to EOL
+    fields: list[int] = []
+    text = data[2:512]
+    pos = 0
+    while len(fields) < 2 and pos < len(text):
+        char = text[pos:pos + 1]
+        if char == b"#":
+            end = text.find(b"\n", pos)
+            pos = len(text) if end < 0 else end + 1
+        elif char.isspace():
+            pos += 1
+        elif char.isdigit():
+            end = pos
+            while end < len(text) and text[end:end + 1].isdigit():
+                end += 1
+            if end == len(text):
+                return None  # a number cut by the end of what was read
+            fields.append(int(text[pos:end]))
+            pos = end
+        else:
+            return None
+    if len(fields) < 2:
+        return None
+    return ImageHeader("PNM", fields[0], fields[1])
+
+
+def _pillow(data: bytes) -> ImageHeader | None:
+    """Pillow's reading of the header (no pixel is decoded by ``Image.open``)."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            return ImageHeader(f"Pillow:{image.format}", width, height)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, struct.error):
+        return None
+
+
 def read_header(data: bytes) -> ImageHeader | None:
     """The format and size an image says it has, or None if it is none of ``FORMATS``
     (or its header is damaged). Only the first bytes are read (a few KB for JPEG)."""
@@ -158,7 +210,11 @@ def read_header(data: bytes) -> ImageHeader | None:
         return _bmp(data)
     if data[:4] in (b"II*\x00", b"MM\x00*"):
         return _tiff(data)
-    return None
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return _gif(data)
+    if data[:1] == b"P" and data[1:2] in b"123456" and data[2:3].isspace():
+        return _pnm(data)
+    return _pillow(data)
 
 
 def check_header(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -189,6 +245,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
 
     header = check_header(data, max_pixels, source)
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if image is None and header.format.startswith("Pillow:"):
+        image = _pillow_decode(data)
     if image is None or image.ndim != 3:
         raise ImageReadError(f"{source} is not an image OpenCV can decode",
                              f"use a {FORMATS} photo (the file may be truncated)")
@@ -198,3 +256,17 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
                              f"but says {header.width}x{header.height}",
                              "the file is damaged; use another photo")
     return np.asarray(image)
+
+
+def _pillow_decode(data: bytes) -> np.ndarray | None:
+    """BGR pixels of a format OpenCV does not decode (its size already checked)."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            rgb = np.asarray(image.convert("RGB"))
+    except (OSError, ValueError, SyntaxError):
+        return None
+    return np.ascontiguousarray(rgb[:, :, ::-1])

@@ -90,11 +90,15 @@ def test_cap_boundary_and_other_formats_opencv_would_decode() -> None:
     assert check_header(data, max_pixels=5000).pixels == 5000
     with pytest.raises(ImageTooLarge):
         check_header(data, max_pixels=4999)
-    for other in (".ppm", ".jp2", ".ras"):  # OpenCV decodes these; no size check: refused
-        ok, buf = cv2.imencode(other, np.zeros((8, 8, 3), np.uint8))
-        if ok:
-            with pytest.raises(ImageReadError, match="is not an image"):
-                check_header(buf.tobytes())
+    for other in (".ppm", ".pgm", ".ras"):  # PNM read here, Sun raster by Pillow (issue 17)
+        pixels = np.zeros((9, 8) if other == ".pgm" else (9, 8, 3), np.uint8)
+        ok, buf = cv2.imencode(other, pixels)
+        assert ok, other
+        assert (check_header(buf.tobytes()).width, check_header(buf.tobytes()).height) == (8, 9)
+        with pytest.raises(ImageTooLarge):
+            check_header(buf.tobytes(), max_pixels=71)
+    with pytest.raises(ImageReadError, match="is not an image"):
+        check_header(b"just some text, no image format at all")
     for damaged in (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0\x00", b"RIFF\x00\x00\x00\x00WEBP"):
         assert read_header(damaged) is None
     zero = bytearray(data)

@@ -1,0 +1,82 @@
+"""The JSON CompreFace clients read, and the query options they send.
+
+Shapes as the CompreFace 1.x REST API returns them and the official ``compreface-sdk``
+(0.6.0) and Double Take parse them: a face's ``box`` is ``{probability, x_min, y_min,
+x_max, y_max}``; ``subjects`` are ``{subject, similarity}`` best first; errors are
+``{message, code}``. One difference, documented in docs/operations.md: ``similarity``
+is SFace's cosine similarity (what ``fedface-edge identify`` prints as ``score``, the box
+names a face at 0.40 by default), not CompreFace's calibrated probability.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edge.api.faces import FoundFace, Timing
+from edge.vision.detect import Face
+
+# CompreFace's error codes for the cases this API has
+CODE_NO_FACE = 28
+CODE_BAD_REQUEST = 26
+CODE_NOT_FOUND = 24
+CODE_API_KEY = 20
+CODE_TOO_LARGE = 5
+CODE_RATE = 29
+
+
+class OptionError(ValueError):
+    """A query option with a value the API does not accept."""
+
+
+def box(face: Face) -> dict[str, float | int]:
+    x, y, w, h = face.box
+    return {"probability": round(float(face.score), 5), "x_min": round(x), "y_min": round(y),
+            "x_max": round(x + w), "y_max": round(y + h)}
+
+
+def similarity(score: float) -> float:
+    return round(float(score), 4)  # as `fedface-edge identify --json` rounds its score
+
+
+def recognition(faces: list[FoundFace], timing: Timing, model_version: str) -> dict[str, Any]:
+    return {"result": [{
+        "box": box(f.face),
+        "subjects": [{"subject": name, "similarity": similarity(score)}
+                     for name, score in f.subjects],
+        "execution_time": {"detector": round(timing.detect_ms, 2),
+                           "calculator": round(timing.embed_ms, 2)},
+    } for f in faces], "plugins_versions": {"detector": "yunet", "calculator": model_version}}
+
+
+def detection(faces: list[FoundFace], timing: Timing) -> dict[str, Any]:
+    return {"result": [{"box": box(f.face),
+                        "execution_time": {"detector": round(timing.detect_ms, 2)}}
+                       for f in faces]}
+
+
+def error(message: str, code: int) -> dict[str, Any]:
+    return {"message": message, "code": code}
+
+
+def number(args: dict[str, str], name: str, default: float, low: float,
+           high: float | None = None) -> float:
+    raw = args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise OptionError(f"{name} must be a number, got {raw!r}") from None
+    if value < low or (high is not None and value > high):
+        allowed = f"from {low:g} to {high:g}" if high is not None else f"at least {low:g}"
+        raise OptionError(f"{name} must be {allowed}, got {raw!r}")
+    return value
+
+
+def find_options(args: dict[str, str]) -> dict[str, Any]:
+    """``limit`` (0: every face), ``det_prob_threshold`` (0-1), ``prediction_count``
+    (subjects per face, default 1); ``status`` and ``face_plugins`` are accepted and
+    have no effect (no plugins on the box)."""
+    return {"limit": int(number(args, "limit", 0, 0)),
+            "det_prob_threshold": number(args, "det_prob_threshold", 0.0, 0.0, 1.0),
+            "prediction_count": int(number(args, "prediction_count", 1, 0))}

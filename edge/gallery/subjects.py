@@ -1,0 +1,83 @@
+"""The gallery seen as CompreFace sees it: subjects (people, possibly with no photo yet)
+and face examples (stored crops, each with an id). The recognition API
+(``edge.api``) manages the gallery through these; enrolling a face is still
+``Gallery.enroll_crops`` (crops and embeddings written in one transaction).
+
+Names pass ``edge.gallery.names.check_name`` like every other way in.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from edge.gallery.names import check_name
+from edge.gallery.store import Gallery, GalleryError, UnknownPersonError
+
+
+class SubjectExistsError(GalleryError):
+    """A subject is added or renamed to a name the gallery already has."""
+
+
+class Subjects:
+    """Subjects and face examples of one gallery (thread-safe through its lock)."""
+
+    def __init__(self, gallery: Gallery) -> None:
+        self.gallery = gallery
+
+    def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        return self.gallery.read_rows(sql, args)
+
+    def names(self) -> list[str]:
+        return [str(row[0]) for row in self._query("SELECT name FROM people ORDER BY name")]
+
+    def add(self, name: str) -> str:
+        name = check_name(name)
+        try:
+            self.gallery.write_rows([("INSERT INTO people(name, created) VALUES (?, ?)",
+                                  (name, time.time()))])
+        except GalleryError as exc:
+            if isinstance(exc.__cause__, sqlite3.IntegrityError):
+                raise SubjectExistsError(f"subject {name!r} already exists") from None
+            raise
+        return name
+
+    def rename(self, old: str, new: str) -> None:
+        new = check_name(new)
+        self._person_id(old)
+        if new != old and new in self.names():
+            raise SubjectExistsError(f"subject {new!r} already exists")
+        self.gallery.write_rows([("UPDATE people SET name = ? WHERE name = ?", (new, old))])
+
+    def remove_all(self) -> int:
+        count = len(self.names())
+        self.gallery.write_rows([("DELETE FROM people", ())])
+        return count
+
+    def _person_id(self, name: str) -> int:
+        rows = self._query("SELECT id FROM people WHERE name = ?", (name,))
+        if not rows:
+            raise UnknownPersonError(f"subject {name!r} not found")
+        return int(rows[0][0])  # type: ignore[call-overload]
+
+    def faces(self, name: str | None = None) -> list[tuple[int, str]]:
+        """(crop id, subject) of every face example, or of one subject's."""
+        sql = "SELECT c.id, p.name FROM crops c JOIN people p ON p.id = c.person_id"
+        if name is None:
+            rows = self._query(sql + " ORDER BY c.id")
+        else:
+            rows = self._query(sql + " WHERE p.id = ? ORDER BY c.id", (self._person_id(name),))
+        return [(int(i), str(n)) for i, n in rows]  # type: ignore[call-overload]
+
+    def remove_face(self, crop_id: int) -> tuple[int, str]:
+        found = [row for row in self.faces() if row[0] == crop_id]
+        if not found:
+            raise UnknownPersonError(f"face example {crop_id} not found")
+        self.gallery.write_rows([("DELETE FROM crops WHERE id = ?", (crop_id,))])
+        return found[0]
+
+    def remove_faces_of(self, name: str) -> int:
+        person_id = self._person_id(name)
+        count = len(self.faces(name))
+        self.gallery.write_rows([("DELETE FROM crops WHERE person_id = ?", (person_id,))])
+        return count

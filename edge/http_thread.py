@@ -1,0 +1,82 @@
+"""A WSGI app served by Cheroot's thread-pool HTTP/1.1 server in a background thread.
+
+The kiosk page and the recognition API both serve this way. Cheroot rather than
+Werkzeug's development server: Werkzeug's answers every request with ``Connection:
+close``, so each request paid a new TCP (and TLS) connection and a new thread, and then
+waited out a 10 ms drain of the socket; with keep-alive and a pool of threads that was
+most of the recognition API's HTTP overhead (issue 17's bench). Responses leave with
+TCP_NODELAY (Cheroot's default): a response's header and body are separate small writes,
+and Nagle's algorithm would hold the body until the client's delayed ACK (about 40 ms).
+
+To keep a connection after an early answer (a 401 before the upload was read), the
+server reads the rest of the request body; ``BODY_BACKSTOP`` times the app's own upload
+cap (``MAX_CONTENT_LENGTH``) bounds that read: past it the server answers 413 itself and
+closes, below it the app's own 413 does (a 413 always closes).
+
+May import: nothing of the project.
+"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+from typing import Any
+
+from cheroot.ssl.builtin import BuiltinSSLAdapter
+from cheroot.wsgi import Server
+
+THREADS = 8  # a screen, a few phones or a few integrations; the engine is one anyway
+IDLE_TIMEOUT_S = 10  # an idle keep-alive connection is closed after this
+# connections waiting to be accepted, as Werkzeug's (Cheroot's default is 5): a burst of
+# new connections past it gets resets (40 parallel log-ins, tests/integration/
+# test_kiosk_hardening.py)
+LISTEN_QUEUE = 128
+BODY_BACKSTOP = 2  # x the app's upload cap, plus a megabyte of multipart framing
+
+
+class _ContextAdapter(BuiltinSSLAdapter):
+    """Cheroot's TLS adapter on an ``ssl.SSLContext`` built by the caller (its own
+    constructor wants file names and builds a context of its defaults)."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self.certificate = self.private_key = ""
+        self.certificate_chain = self.ciphers = self.private_key_password = None
+        self._server_env: dict[str, str] = {}
+        self.context = context
+
+
+class HttpThread:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._server: Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def listen(self, host: str, port: int, app: Any, tls: ssl.SSLContext | None = None) -> None:
+        """Bind (``OSError`` if the address is taken); nothing is served before ``start``."""
+        server = Server((host, port), app, numthreads=THREADS, server_name=self.name,
+                        timeout=IDLE_TIMEOUT_S, request_queue_size=LISTEN_QUEUE)
+        cap = getattr(app, "config", {}).get("MAX_CONTENT_LENGTH")
+        if cap:
+            server.max_request_body_size = BODY_BACKSTOP * cap + 2**20
+        if tls is not None:
+            server.ssl_adapter = _ContextAdapter(tls)
+        server.prepare()
+        self._server = server
+
+    def url(self, scheme: str = "http") -> str:
+        if self._server is None:
+            raise RuntimeError(f"the {self.name} server is not started")
+        host, port = self._server.bind_addr[:2]
+        return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+    def start(self) -> None:
+        assert self._server is not None, "listen first"
+        self._thread = threading.Thread(target=self._server.serve,
+                                        name=f"{self.name}-http", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+        if self._thread is not None:
+            self._thread.join(10)
