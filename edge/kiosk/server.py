@@ -108,7 +108,8 @@ def build_kiosk(
         worker = RecognitionWorker(source, pipeline, gallery, edge.match_threshold, activity,
                                    settings.display_width, settings.jpeg_quality,
                                    stale_after_s=settings.frame_stale_s,
-                                   per_visit=settings.per_visit)
+                                   per_visit=settings.per_visit,
+                                   detect_every=settings.detect_every)
         desk = EnrolmentDesk(worker, gallery, upload_pipeline, settings, edge.match_threshold,
                              clock=clock)
         gate = LoginGate(settings.login_max_failures, settings.login_window_s,

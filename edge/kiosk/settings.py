@@ -91,6 +91,11 @@ class KioskSettings(BaseModel):
         "(with their best face crop) and each unknown visit raises one alert. false: "
         "recognise every face on every frame (alerts then follow alert_cooldown_s and "
         "track_similarity).")
+    detect_every: int = Field(
+        default=1, ge=1, le=10,
+        description="Per visit: run the face detector on every k-th frame and let the "
+        "tracker predict the boxes in between. 1 suits an x86 box; a Raspberry Pi 4 needs "
+        "2 for a 30 fps camera (README, bench.edge.visits).")
     display_width: int = Field(
         default=640, ge=160, le=1920,
         description="Width of the annotated live image (frames are scaled for display "

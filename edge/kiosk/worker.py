@@ -27,7 +27,7 @@ from edge.gallery.match import Match
 from edge.gallery.store import Gallery, GalleryError
 from edge.kiosk.activity import ActivityLog, Sighting
 from edge.serving.events import UNKNOWN
-from edge.tracking.visits import VisitEngine
+from edge.tracking.visits import VisitEngine, VisitSettings
 from edge.vision.capture import FrameSource, SourceError
 from edge.vision.pipeline import FacePipeline, RecognisedFace
 
@@ -136,6 +136,7 @@ class RecognitionWorker:
         jpeg_quality: int = 80,
         stale_after_s: float = 3.0,
         per_visit: bool = True,
+        detect_every: int = 1,
     ) -> None:
         self.source = source
         self.pipeline = pipeline
@@ -163,7 +164,8 @@ class RecognitionWorker:
                                   base_embedder=pipeline.embedder)
         # per visit: faces are tracked and recognised once per visit; a frame is
         # recognised in full only when a camera enrolment asks for one (fresh_frame)
-        self.visits = VisitEngine(self.engine) if per_visit else None
+        self.visits = (VisitEngine(self.engine, VisitSettings(detect_every=detect_every))
+                       if per_visit else None)
         self._full_wanted = False
 
     @property

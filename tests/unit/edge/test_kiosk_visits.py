@@ -24,18 +24,24 @@ def three(lfw_dir: Path) -> KioskVideo:
     return next(v for v in kiosk_videos(lfw_dir, seed=0, seconds=4.0) if v.name == "three")
 
 
-@pytest.fixture
-def kiosk(tmp_path: Path, kiosk_pipeline: FacePipeline, three: KioskVideo,  # noqa: F811
-          lfw_dir: Path) -> Iterator[Kiosk]:
+def _kiosk(tmp_path: Path, pipeline: FacePipeline, video: KioskVideo, lfw_dir: Path,
+           **settings: object) -> Kiosk:
     frames = tmp_path / "frames"
     frames.mkdir()
     cv2.imwrite(str(frames / "0000.png"), np.zeros((480, 640, 3), np.uint8))
-    built = make_kiosk(tmp_path / "data", frames, kiosk_pipeline, per_visit=True)
-    for person in three.enrolled_people():
+    built = make_kiosk(tmp_path / "data", frames, pipeline, per_visit=True, **settings)
+    for person in video.enrolled_people():
         photo = lfw_dir / person / f"{person}_0001.jpg"
-        face = kiosk_pipeline.embed_image_file(photo)
+        face = pipeline.embed_image_file(photo)
         built.services.gallery.enroll(person, [face.crop], face.embedding[None],
                                       face.model_version)
+    return built
+
+
+@pytest.fixture
+def kiosk(tmp_path: Path, kiosk_pipeline: FacePipeline, three: KioskVideo,  # noqa: F811
+          lfw_dir: Path) -> Iterator[Kiosk]:
+    built = _kiosk(tmp_path, kiosk_pipeline, three, lfw_dir)
     yield built
     built.services.gallery.close()
 
@@ -78,3 +84,22 @@ def test_a_camera_shot_gets_a_frame_recognised_in_full(kiosk: Kiosk,
     live = got[0]
     assert live is not None and live.full and len(live.faces) >= 1  # type: ignore[attr-defined]
     assert live.faces[0].embedding.shape == (128,)  # type: ignore[attr-defined]
+
+
+def test_detecting_every_third_frame_gives_the_same_visits_for_a_third_of_the_detections(
+        tmp_path: Path, kiosk_pipeline: FacePipeline, three: KioskVideo,  # noqa: F811
+        lfw_dir: Path) -> None:
+    kiosk = _kiosk(tmp_path, kiosk_pipeline, three, lfw_dir, detect_every=3)
+    try:
+        worker, activity = kiosk.services.worker, kiosk.services.activity
+        frames = 0
+        for index, frame in enumerate(three.frames()):
+            worker.process_frame(index, index / three.fps, frame)
+            frames += 1
+        worker.close_visits()
+        assert worker.visits is not None
+        assert worker.visits.detections == -(-frames // 3)  # frames 0, 3, 6, ...
+        assert sorted(str(e.name) for e in activity.recent()) == three.enrolled_people()
+        assert len(activity.alerts()) == 2
+    finally:
+        kiosk.services.gallery.close()
