@@ -21,8 +21,8 @@ the sum that SEAL would refuse (and the published sum always loads at the boxes)
 - the federation's own rules (fresh: 2 polynomials, the federation scale, the first data
   level), as ``accumulator`` did before on the TenSEAL objects.
 
-Measured by ``python -m bench.aggregator.intake --steps``: unpack + check + add of one
-update's 3 ciphertexts instead of unpack + TenSEAL load + TenSEAL add.
+Measured by ``python -m bench.aggregator.intake --steps`` (each step of one update) and
+against main by running that bench from both checkouts in turn (README's bench table).
 """
 
 from __future__ import annotations
