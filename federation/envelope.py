@@ -170,7 +170,8 @@ def sign_envelope(env: Envelope, private_key: Ed25519PrivateKey, *,
     validated: ``encode(signed, validated=True)`` need not check it again."""
     if not payload_hashed and hashlib.sha256(env.payload).hexdigest() != env.chunk_sha256:
         raise ValueError("chunk_sha256 does not match the payload")
-    unsigned = dataclasses.replace(env, sig="")
+    # split_blob builds envelopes unsigned: no copy of each one just to clear ``sig``
+    unsigned = env if env.sig == "" else dataclasses.replace(env, sig="")
     validate(unsigned)
     return dataclasses.replace(env, sig=sign(private_key, unsigned.signing_bytes()))
 

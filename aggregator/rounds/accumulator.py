@@ -5,9 +5,10 @@ baseline of bench/federation/he_overhead.py).
 Updates are added in batches, so that a batch can be made durable with ONE group commit
 in between (aggregator.state.store.accept_updates):
 
-- ``stage_many`` parses and validates each update completely (deserialises every
-  ciphertext, checks its scale and level) and adds the valid ones into a *staged* sum,
-  never into the round's sum; it answers per update (None, or why it was refused);
+- ``stage_many`` parses and validates each update completely (unpacks every
+  ciphertext, checks it as SEAL would on load, and its scale and level) and adds the
+  valid ones into a *staged* sum, never into the round's sum; it answers per update
+  (None, or why it was refused);
 - the coordinator then stores the valid updates durably;
 - ``commit_staged`` adds the staged sum into the round's sum (one model-sized ``+=``,
   which cannot fail for validated ciphertexts), or ``discard_staged`` drops it when the
@@ -20,8 +21,8 @@ Memory is bounded by models, not by clients: the sum, the staged sum and the one
 being parsed (holding ten 1M-value updates at once peaked at 2.4 GiB; this stays at
 three models whatever the batch or client count).
 
-TenSEAL holds the GIL while it deserialises, adds and serialises (measured: a Python
-thread next to a deserialising one never ran with a 2 s switch interval), so threads do
+Unpacking and checking an update is many small numpy calls under the GIL (and TenSEAL,
+still used once per new ciphertext metadata, holds the GIL throughout), so threads do
 not sum in parallel; ``aggregator.rounds.sumpool`` runs these accumulators in worker processes.
 """
 
@@ -32,17 +33,11 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import tenseal as ts
 
+from aggregator.rounds.ciphertext_sum import CiphertextChecker
 from federation.crypto import wire
 from federation.crypto.ckks import FederationContext, require_public_only
-from federation.crypto.packing import (
-    EncryptedUpdate,
-    load_ciphertext,
-    load_ciphertext_facts,
-    parse_layout,
-    wire_widths,
-)
+from federation.crypto.packing import EncryptedUpdate, parse_layout
 from federation.errors import MALFORMED, WRONG_KEY, FederationError
 
 
@@ -181,36 +176,29 @@ class PlainAccumulatorFactory:
 
 
 class _CkksUpdate:
-    def __init__(self, length: int, n_updates: int, vectors: list[ts.CKKSVector]) -> None:
+    def __init__(self, length: int, n_updates: int, cts: list[wire.Coefficients]) -> None:
         self.length = length
         self.n_updates = n_updates
-        self.vectors = vectors
-
-
-def _fresh_parms_id(ctx: FederationContext) -> list[int] | None:
-    """The level of a fresh ciphertext (the first data level), from the context itself, so
-    that no update (not even the round's first) decides which level is accepted."""
-    try:
-        return list(ctx.context.seal_context().data.first_parms_id())
-    except Exception:  # an older TenSEAL without the SEAL API: fall back to the first update
-        return None
+        self.cts = cts
 
 
 class CkksAccumulator:
-    """The product's sum: CKKS ciphertexts added with TenSEAL, under a public-only context.
+    """The product's sum: CKKS ciphertexts added coefficient by coefficient modulo the
+    data primes (``ciphertext_sum``: SEAL's own add, checked as SEAL checks on load),
+    under a public-only context.
 
     The vector length is fixed by the first update of the round unless configured; a
     later update of another length is rejected as malformed, the sum untouched.
     """
 
-    def __init__(self, ctx: FederationContext, length: int | None) -> None:
+    def __init__(self, ctx: FederationContext, length: int | None,
+                 checker: CiphertextChecker | None = None) -> None:
         self.ctx = ctx
         self.length = length
         self.count = 0
-        self._sum: list[ts.CKKSVector] | None = None
+        self._sum: list[wire.Coefficients] | None = None
         self._sum_length = length  # fixed by the configuration or by the first update
-        self._scale = float(ctx.context.global_scale)
-        self._parms = _fresh_parms_id(ctx)
+        self._checker = checker or CiphertextChecker(ctx)
         self._staged: _CkksUpdate | None = None
 
     def prepare(self, blob: bytes) -> Prepared:
@@ -225,8 +213,9 @@ class CkksAccumulator:
         return None if self._staged is None else self._staged.length
 
     def _parse(self, blob: bytes) -> _CkksUpdate:
-        """The update's ciphertexts deserialised straight from the blob (no intermediate
-        EncryptedUpdate holding a copy of every ciphertext)."""
+        """The update's ciphertexts unpacked straight from slices of the blob and checked
+        completely (``CiphertextChecker.load``), so that adding them cannot fail on an
+        update already stored."""
         layout = parse_layout(blob)
         length, slots, n_updates = layout.length, layout.slots, layout.n_updates
         if layout.key_id != self.ctx.key_id:
@@ -241,46 +230,27 @@ class CkksAccumulator:
             raise FederationError(
                 MALFORMED, f"update has {length} values, the federation {expected}")
         view = memoryview(blob)
-        loaded = [  # unpacked from slices of the blob, no copy of each ciphertext first
-            load_ciphertext_facts(self.ctx, view[start:end], min(slots, length + 1 - i * slots),
-                                  i)
-            for i, (start, end) in enumerate(layout.spans)
-        ]
-        vectors = [vec for vec, _ in loaded]
-        self._check_compatible(vectors, [facts for _, facts in loaded])
-        return _CkksUpdate(length, n_updates, vectors)
+        cts = [self._checker.load(view[start:end], min(slots, length + 1 - i * slots), i)
+               for i, (start, end) in enumerate(layout.spans)]
+        return _CkksUpdate(length, n_updates, cts)
 
-    def _check_compatible(self, vectors: list[ts.CKKSVector],
-                          facts: list[wire.CiphertextFacts]) -> None:
-        """+= raises on a scale/level mismatch half-way through the sum: check every
-        ciphertext here, so that commit() cannot fail on an update already stored. The
-        level, size and scale come from the SEAL header each ciphertext was loaded with
-        (copying every ciphertext back out of TenSEAL to read them cost ~25 us each)."""
-        parms = self._parms
-        if parms is None:
-            ref = self._sum or (self._staged.vectors if self._staged else None) or vectors
-            (ref_ct,) = ref[0].ciphertext()
-            parms = list(ref_ct.parms_id())
-        for i, fact in enumerate(facts):
-            if fact.scale != self._scale or fact.size != 2:
-                raise FederationError(
-                    MALFORMED, f"ciphertext {i}: scale 2^{np.log2(fact.scale):.1f} / size "
-                    f"{fact.size}, expected a fresh ciphertext at the federation scale")
-            if list(fact.parms_id) != parms:
-                raise FederationError(MALFORMED, f"ciphertext {i} is at another level")
-
-    def _load(self, data: bytes, expected_size: int, i: int) -> ts.CKKSVector:
-        return load_ciphertext(self.ctx, data, expected_size, i)
+    def _add(self, total: _CkksUpdate | None, update: _CkksUpdate) -> _CkksUpdate:
+        if total is None:  # the first: its arrays become the sum
+            return update
+        for acc, ct in zip(total.cts, update.cts, strict=True):
+            self._checker.add_into(acc, ct)
+        total.n_updates += update.n_updates
+        return total
 
     def commit(self, prepared: Prepared) -> None:
         update = prepared
         assert isinstance(update, _CkksUpdate)
         if self._sum is None:
-            self._sum = update.vectors
+            self._sum = update.cts
             self._sum_length = update.length
         else:
-            for acc, vec in zip(self._sum, update.vectors, strict=True):
-                acc += vec
+            for acc, ct in zip(self._sum, update.cts, strict=True):
+                self._checker.add_into(acc, ct)
         self.count += update.n_updates
 
     def add_blob(self, blob: bytes) -> None:
@@ -289,12 +259,7 @@ class CkksAccumulator:
     def _stage(self, blob: bytes) -> None:
         update = self.prepare(blob)
         assert isinstance(update, _CkksUpdate)
-        if self._staged is None:  # the first of the batch: its vectors become the staged sum
-            self._staged = update
-            return
-        for acc, vec in zip(self._staged.vectors, update.vectors, strict=True):
-            acc += vec
-        self._staged.n_updates += update.n_updates
+        self._staged = self._add(self._staged, update)
 
     def stage_many(self, sources: Sequence[UpdateSource]) -> list[UpdateRejected | None]:
         return _stage_each(self._stage, sources)
@@ -314,10 +279,9 @@ class CkksAccumulator:
     def to_bytes(self) -> bytes:
         if self._sum is None or self._sum_length is None:
             raise ValueError("empty sum")
-        widths = wire_widths(self.ctx)
         return EncryptedUpdate(
             key_id=self.ctx.key_id, length=self._sum_length, slots=self.ctx.params.slots,
-            ciphertexts=tuple(wire.serialize_vector(v, widths) for v in self._sum),
+            ciphertexts=tuple(self._checker.pack(ct) for ct in self._sum),
             n_updates=self.count,
         ).to_bytes()
 
@@ -327,18 +291,17 @@ class CkksAccumulatorFactory:
         require_public_only(ctx)
         self.ctx = ctx
         self.length = length
+        self.checker = CiphertextChecker(ctx)  # shared: its primes and checked metadata
 
-    def new(self) -> Accumulator:
-        return CkksAccumulator(self.ctx, self.length)
+    def new(self) -> CkksAccumulator:
+        return CkksAccumulator(self.ctx, self.length, self.checker)
 
-    def restore(self, data: bytes, count: int) -> Accumulator:
-        partial = EncryptedUpdate.from_bytes(data, self.ctx)
+    def restore(self, data: bytes, count: int) -> CkksAccumulator:
+        acc = CkksAccumulator(self.ctx, None, self.checker)
+        partial = acc._parse(data)
         if partial.n_updates != count:
             raise ValueError(f"sum blob holds {partial.n_updates} updates, the db says {count}")
-        acc = CkksAccumulator(self.ctx, partial.length)
-        vectors = [acc._load(ct, min(partial.slots, partial.length + 1 - i * partial.slots), i)
-                   for i, ct in enumerate(partial.ciphertexts)]
-        acc.commit(_CkksUpdate(partial.length, partial.n_updates, vectors))
+        acc.commit(partial)
         return acc
 
     def close(self) -> None:

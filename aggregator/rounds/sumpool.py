@@ -65,7 +65,7 @@ def default_workers() -> int:
 def _worker_main(conn: Connection, context: bytes, length: int | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the service, which stops us
     factory = CkksAccumulatorFactory(load_context(context), length)
-    acc = CkksAccumulator(factory.ctx, length)
+    acc = factory.new()
     conn.send(("ok", None))
     while True:
         try:
@@ -77,7 +77,7 @@ def _worker_main(conn: Connection, context: bytes, length: int | None) -> None:
             if op == "quit":
                 return
             if op == "new":
-                acc = CkksAccumulator(factory.ctx, args[0])
+                acc = CkksAccumulator(factory.ctx, args[0], factory.checker)
                 reply: Any = None
             elif op == "stage":
                 (rejected,) = acc.stage_many([_unwire(args[0])])

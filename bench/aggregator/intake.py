@@ -20,8 +20,10 @@ baseline. Medians over ``--runs``.
 
 ``--steps``: also the CPU of each step of one update on its own, the same update
 repeated (medians of 7 batches of 200): envelope decode, Ed25519 verify, SHA-256 of the
-chunk, unpacking the bit-packed ciphertexts, TenSEAL loading them, adding them to a
-running sum, and signing + encoding the ack. (MQTT receive is not here: no broker.)
+chunk, unpacking the bit-packed ciphertexts and checking them as SEAL would on load
+(``aggregator.rounds.ciphertext_sum``; TenSEAL itself once per new metadata, not
+here), adding them to a running sum modulo the primes, and signing + encoding the ack.
+(MQTT receive is not here: no broker.)
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import tenseal as ts
 
+from aggregator.rounds.ciphertext_sum import CiphertextChecker
 from aggregator.rounds.coordinator import RoundSettings
 from aggregator.service import AggregatorService
 from aggregator.state.registry import DeviceRegistry
@@ -45,9 +47,8 @@ from aggregator.state.store import Store
 from bench.rig.compare import Measured, comparison, print_comparisons
 from federation import topics
 from federation.chunking import DEFAULT_CHUNK_SIZE, split_blob
-from federation.crypto import wire
 from federation.crypto.ckks import FederationContext, new_secret_context
-from federation.crypto.packing import encrypt_update, parse_layout, wire_widths
+from federation.crypto.packing import encrypt_update, parse_layout
 from federation.crypto.signing import generate_signing_key, public_key_hex, verify
 from federation.envelope import decode, encode
 from federation.messages import Ack
@@ -121,26 +122,26 @@ def print_steps(secret: FederationContext, blob: bytes) -> None:
     payload = encode(env)
     layout = parse_layout(blob)
     cts = [memoryview(blob)[a:b] for a, b in layout.spans]
-    widths = wire_widths(public)
-    raws = [wire.unpack(ct, widths) for ct in cts]
-    acc = [ts.ckks_vector_from(public.context, raw) for raw in raws]
-    vecs = [ts.ckks_vector_from(public.context, raw) for raw in raws]
+    sizes = [min(public.params.slots, layout.length + 1 - i * public.params.slots)
+             for i in range(len(cts))]
+    checker = CiphertextChecker(public)
+    acc = [checker.load(ct, size, i) for i, (ct, size) in enumerate(zip(cts, sizes, strict=True))]
+    loaded = [checker.load(ct, size, i) for i, (ct, size) in enumerate(zip(cts, sizes,
+                                                                          strict=True))]
     ack = Ack(accepted=True, device="box0", round=1, msg=env.msg)
 
     def add() -> None:
-        for a, v in zip(acc, vecs, strict=True):
-            a += v
+        for a, v in zip(acc, loaded, strict=True):
+            checker.add_into(a, v)
 
     steps = {
         "envelope decode (JSON, validation)": lambda: decode(payload),
         "Ed25519 verify (header's canonical JSON)": lambda: verify(
             key.public_key(), env.signing_bytes(), env.sig),
         "SHA-256 of the chunk": lambda: hashlib.sha256(env.payload).hexdigest(),
-        f"unpack {len(cts)} bit-packed ciphertexts": lambda: [wire.unpack(c, widths)
-                                                                for c in cts],
-        f"TenSEAL load of the {len(cts)}": lambda: [ts.ckks_vector_from(public.context, r)
-                                                     for r in raws],
-        "add to the running sum": add,
+        f"unpack + check {len(cts)} ciphertexts": lambda: [
+            checker.load(c, size, i) for i, (c, size) in enumerate(zip(cts, sizes, strict=True))],
+        "add to the running sum (mod p, numpy)": add,
         "ack: sign and encode": lambda: [encode(e, validated=True) for e in split_blob(
             ack.to_json(), key, kind="ack", fed=FED, sender="aggregator", round=1,
             model="m", chunk_size=4096)],

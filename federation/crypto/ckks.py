@@ -30,10 +30,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
+import tempfile
 from dataclasses import dataclass, field
 
 import tenseal as ts
+import zstandard
 
 from federation.errors import (
     MALFORMED,
@@ -260,3 +263,29 @@ def require_secret(fctx: FederationContext) -> None:
             "this CKKS context is public-only and cannot decrypt; boxes need the "
             "federation secret context (federation-secret.tenseal)",
         )
+
+
+_MODULUS_SAVE = struct.Struct("<16sQ")  # SEAL Modulus::save: its SEAL header, the value
+
+
+def data_primes(fctx: FederationContext) -> tuple[int, ...]:
+    """The data primes of a fresh ciphertext, as SEAL chose them (TenSEAL does not convert
+    ``seal::Modulus`` to Python, so they are read from SEAL's own save of the first data
+    level's parameters: scheme u8, N u64, k u64, then k saved moduli). Each is checked
+    against its declared bit size, so a layout change in SEAL fails here, loudly."""
+    parms = fctx.context.seal_context().data.first_context_data().parms()
+    with tempfile.TemporaryDirectory(prefix="fedface-parms-") as tmp:
+        path = os.path.join(tmp, "parms")
+        parms.save(path)
+        with open(path, "rb") as f:
+            saved = f.read()
+    body = saved[16:]
+    if saved[5] == 2:  # SEAL's compr_mode_type::zstd
+        body = zstandard.ZstdDecompressor().decompress(body, max_output_size=1 << 20)
+    _scheme, degree, k = struct.unpack_from("<BQQ", body, 0)
+    primes = tuple(_MODULUS_SAVE.unpack_from(body, 17 + i * _MODULUS_SAVE.size)[1]
+                   for i in range(k))
+    bits = fctx.params.coeff_mod_bit_sizes[:-1]
+    if degree != fctx.params.poly_modulus_degree or tuple(p.bit_length() for p in primes) != bits:
+        raise ValueError(f"SEAL's data primes {primes} do not match the parameters {bits}")
+    return primes

@@ -127,11 +127,19 @@ def _pack_bits(words: np.ndarray, width: int) -> bytes:
     return b"".join(parts)
 
 
+# _BIT_SPREAD[b]: a word whose byte j is bit j of b, so that one byte of a bit plane (bit
+# ``k`` of 8 consecutive coefficients) becomes bit ``k`` of those coefficients' top bytes
+# with one table look-up (np.unpackbits + a weighted reduction was 3x slower).
+_BIT_SPREAD = np.array([sum(((b >> j) & 1) << (8 * j) for j in range(8)) for b in range(256)],
+                       dtype="<u8")
+_PLANE_SHIFTS = np.arange(8, dtype=np.uint64)[:, None]
+
+
 def _unpack_bits_into(data: bytes | memoryview, width: int, out: np.ndarray) -> None:
     """Write ``out.size`` coefficients packed by ``_pack_bits`` into ``out`` (little-endian
-    uint64, zero-filled): each plane goes straight to its bytes of every word through a
-    strided view (the planes sit at byte offsets their size divides), so there is no
-    temporary uint64 array and no OR pass."""
+    uint64, zero-filled; its size a multiple of 8): each plane goes straight to its bytes of
+    every word through a strided view (the planes sit at byte offsets their size divides),
+    so there is no temporary uint64 array of the whole width and no OR pass over it."""
     planes, rem, top_shift = _planes(width)
     count = out.size
     offset = 0
@@ -140,14 +148,12 @@ def _unpack_bits_into(data: bytes | memoryview, width: int, out: np.ndarray) -> 
         view[:] = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
         offset += count * dtype.itemsize
     if rem:
-        bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8, offset=offset),
-                             bitorder="little").reshape(rem, count)
-        weights = np.left_shift(np.uint8(1), np.arange(rem, dtype=np.uint8))[:, None]
-        # bit k from plane k, into the word's byte at top_shift (a multiple of 8)
-        bits *= weights
-        # summed into a contiguous array first: a reduction into the strided view was 8x
-        # slower than the sum and a strided copy together
-        out.view(np.uint8)[top_shift // 8 :: 8] = np.add.reduce(bits, axis=0, dtype=np.uint8)
+        bit_planes = np.frombuffer(data, dtype=np.uint8, count=rem * count // 8,
+                                   offset=offset).reshape(rem, count // 8)
+        spread = np.take(_BIT_SPREAD, bit_planes)  # take: 5x faster than [] on uint8 indices
+        spread <<= _PLANE_SHIFTS[:rem]
+        top = np.bitwise_or.reduce(spread, axis=0)
+        out.view(np.uint8)[top_shift // 8 :: 8] = top.view(np.uint8)
 
 
 def _unpack_bits(data: bytes | memoryview, count: int, width: int) -> np.ndarray:
@@ -226,15 +232,20 @@ class CiphertextFacts:
     scale: float
 
 
-def unpack(packed: bytes | memoryview, widths: tuple[int, ...]) -> bytes:
-    """The compact form -> TenSEAL CKKSVector bytes (SEAL bytes uncompressed)."""
-    return _unpack(packed, widths)[0]
+@dataclass(frozen=True)
+class _Parsed:
+    """Where the parts of a compact ciphertext are (parsed in place, nothing copied)."""
+
+    pre: memoryview
+    post: memoryview
+    seal_at: int  # offset of SEAL's outer header
+    head: memoryview
+    coeffs_at: int  # offset of the packed coefficients
+    size: int
+    degree: int
 
 
-def _unpack(packed: bytes | memoryview, widths: tuple[int, ...]) -> tuple[bytes, CiphertextFacts]:
-    """Parsed in place (memoryview slices) and unpacked straight into the output buffer:
-    this runs once per ciphertext of every update at the aggregator."""
-    data = memoryview(packed)
+def _parse(data: memoryview, widths: tuple[int, ...]) -> _Parsed:
     k = len(widths)
     if bytes(data[:2]) != PACKED_MAGIC:
         raise _bad("bad magic (an update from an older FedFace, or not a ciphertext)")
@@ -243,40 +254,102 @@ def _unpack(packed: bytes | memoryview, widths: tuple[int, ...]) -> tuple[bytes,
     if data[3] != k or tuple(data[4 : 4 + k]) != widths:
         raise _bad(f"coefficient widths differ from the federation's {list(widths)}")
     pre, at = _sized(data, 4 + k)
-    post, at = _sized(data, at)
-    if at + _SEAL_HEADER.size > len(data):
+    post, seal_at = _sized(data, at)
+    if seal_at + _SEAL_HEADER.size > len(data):
         raise _bad("truncated")
-    magic, hsize, major, minor, _compr, reserved, _total = _SEAL_HEADER.unpack_from(data, at)
+    magic, hsize, *_ = _SEAL_HEADER.unpack_from(data, seal_at)
     if magic != _SEAL_MAGIC or hsize != _SEAL_HEADER.size:
         raise _bad("bad SEAL header")
-    head, at = _sized(data, at + _SEAL_HEADER.size)
+    head, at = _sized(data, seal_at + _SEAL_HEADER.size)
     if len(head) != _BODY_HEAD:
         raise _bad("ciphertext header has the wrong length")
     size, _, degree = _geometry(head, widths)
-    per_prime = size * degree
-    packed_len = sum(_packed_size(per_prime, w) for w in widths)
+    packed_len = sum(_packed_size(size * degree, w) for w in widths)
     if at + packed_len != len(data):
         raise _bad(f"{len(data) - at - packed_len} bytes more or less than the coefficients")
+    return _Parsed(pre, post, seal_at, head, at, size, degree)
+
+
+def _facts(parsed: _Parsed) -> CiphertextFacts:
+    parms, _ntt, _size, _n, _k, scale, _corr = _CT_FIELDS.unpack_from(parsed.head, 0)
+    return CiphertextFacts(struct.unpack("<4Q", parms), parsed.size, scale)
+
+
+def _unpack_coefficients(data: memoryview, parsed: _Parsed, widths: tuple[int, ...],
+                         coeffs: np.ndarray) -> None:
+    """The packed coefficients into ``coeffs`` (size x k x N uint64, zero-filled)."""
+    per_prime, at = parsed.size * parsed.degree, parsed.coeffs_at
+    for j, width in enumerate(widths):
+        n = _packed_size(per_prime, width)
+        if len(widths) == 1:  # one prime (add-only sets): its words are contiguous
+            _unpack_bits_into(data[at : at + n], width, coeffs.reshape(per_prime))
+        else:
+            coeffs[:, j, :] = _unpack_bits(data[at : at + n], per_prime, width).reshape(
+                parsed.size, parsed.degree)
+        at += n
+
+
+def unpack(packed: bytes | memoryview, widths: tuple[int, ...]) -> bytes:
+    """The compact form -> TenSEAL CKKSVector bytes (SEAL bytes uncompressed)."""
+    return _unpack(packed, widths)[0]
+
+
+def _unpack(packed: bytes | memoryview, widths: tuple[int, ...]) -> tuple[bytes, CiphertextFacts]:
+    """Parsed in place (memoryview slices) and unpacked straight into the output buffer."""
+    data = memoryview(packed)
+    parsed = _parse(data, widths)
+    k = len(widths)
+    per_prime = parsed.size * parsed.degree
     seal_len = _SEAL_HEADER.size + _BODY_HEAD + 8 * per_prime * k
-    prefix = b"".join([pre, bytes([_SEAL_BYTES_FIELD]), _encode_varint(seal_len),
+    magic, hsize, major, minor, _compr, reserved, _total = _SEAL_HEADER.unpack_from(
+        data, parsed.seal_at)
+    prefix = b"".join([parsed.pre, bytes([_SEAL_BYTES_FIELD]), _encode_varint(seal_len),
                        _SEAL_HEADER.pack(magic, hsize, major, minor, _COMPR_NONE, reserved,
-                                         seal_len), head])
+                                         seal_len), parsed.head])
+    post = parsed.post
     out = bytearray(len(prefix) + 8 * per_prime * k + len(post))
     out[: len(prefix)] = prefix
     out[len(out) - len(post) :] = post
     coeffs = np.frombuffer(out, dtype="<u8", count=per_prime * k,
-                           offset=len(prefix)).reshape(size, k, degree)
+                           offset=len(prefix)).reshape(parsed.size, k, parsed.degree)
+    _unpack_coefficients(data, parsed, widths, coeffs)
+    return bytes(out), _facts(parsed)
+
+
+@dataclass(frozen=True)
+class Coefficients:
+    """A compact ciphertext as numbers, for adding without TenSEAL (``aggregator.rounds``).
+
+    ``header``: every byte before the coefficients, verbatim (what ``pack_coefficients``
+    puts back); ``metadata``: the same without SEAL's compression mode and compressed
+    size, which ``unpack`` rewrites anyway, so two ciphertexts with equal ``metadata``
+    load into SEAL with equal metadata; ``coeffs``: size x k x N residues (not yet checked
+    against the primes: SEAL does that on load, a caller that skips SEAL must)."""
+
+    header: bytes
+    metadata: bytes
+    facts: CiphertextFacts
+    coeffs: np.ndarray
+
+
+def parse_coefficients(packed: bytes | memoryview, widths: tuple[int, ...]) -> Coefficients:
+    data = memoryview(packed)
+    parsed = _parse(data, widths)
+    coeffs = np.zeros((parsed.size, len(widths), parsed.degree), dtype="<u8")
+    _unpack_coefficients(data, parsed, widths, coeffs)
+    compr_at = parsed.seal_at + 5  # magic u16, header size u8, major u8, minor u8, compr
+    metadata = b"".join([data[:compr_at], data[compr_at + 1 : parsed.seal_at + 8],
+                         data[parsed.seal_at + _SEAL_HEADER.size : parsed.coeffs_at]])
+    return Coefficients(bytes(data[: parsed.coeffs_at]), metadata, _facts(parsed), coeffs)
+
+
+def pack_coefficients(header: bytes, coeffs: np.ndarray, widths: tuple[int, ...]) -> bytes:
+    """The compact form of ``coeffs`` (size x k x N, each below its prime) behind the
+    ``header`` of a ciphertext of the same shape (``Coefficients.header``)."""
+    parts = [header]
     for j, width in enumerate(widths):
-        n = _packed_size(per_prime, width)
-        if k == 1:  # one prime (add-only sets): its words are contiguous, write in place
-            _unpack_bits_into(data[at : at + n], width, coeffs.reshape(per_prime))
-        else:
-            coeffs[:, j, :] = _unpack_bits(data[at : at + n], per_prime, width).reshape(
-                size, degree)
-        at += n
-    parms, _ntt, _size, _n, _k, scale, _corr = _CT_FIELDS.unpack_from(head, 0)
-    facts = CiphertextFacts(struct.unpack("<4Q", parms), size, scale)
-    return bytes(out), facts
+        parts.append(_pack_bits(np.ascontiguousarray(coeffs[:, j, :]).reshape(-1), width))
+    return b"".join(parts)
 
 
 def _encode_varint(value: int) -> bytes:
