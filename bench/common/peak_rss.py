@@ -66,6 +66,13 @@ def _tree_peak(process: psutil.Process) -> int:
     return total
 
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT back to its default. A shell starts background
+    jobs with SIGINT ignored, the child inherits that, and Python then installs no
+    KeyboardInterrupt handler: ``stop_after`` would not stop it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def peak_rss(
     cmd: Sequence[str],
     timeout: float | None = None,
@@ -82,7 +89,8 @@ def peak_rss(
     start = time.monotonic()
     parent_hwm = _high_water(os.getpid()) or psutil.Process().memory_info().rss
     proc = subprocess.Popen(
-        list(cmd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=cwd
+        list(cmd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=cwd,
+        preexec_fn=_default_sigint,
     )
     watched = psutil.Process(proc.pid)
     polled = 0
