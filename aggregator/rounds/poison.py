@@ -29,7 +29,10 @@ opens on the last good base (aggregator.rounds.pins: the newest good result, or 
 pinned one, or the initial model); that result is re-published at once as the retained
 one, so ``model/latest`` points at a good model again before the next round opens.
 Boxes that sat out because their base was the poisoned round hold the last good model
-already (they refused the bad one) and join the new round.
+already (they refused the bad one) and join the new round. With no good result (the
+initial model) nothing is re-published: a box that applied the poisoned result goes
+back to the initial model when it reads the new round's announce
+(edge.federated.result_apply, ``back_to_initial``).
 """
 
 from __future__ import annotations

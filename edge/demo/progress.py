@@ -63,6 +63,11 @@ class Progress:
                 self.by_round.setdefault(int(ev["round"]), {}).setdefault(box, {})[kind] = ev
             self.lock.notify_all()
 
+    def done_rounds(self) -> list[int]:
+        """The rounds every box has finished, in order (a round abandoned because its
+        base was found poisoned publishes nothing and never finishes)."""
+        return [r for r in sorted(self.by_round) if self.round_done(r)]
+
     def round_done(self, r: int) -> bool:
         """Every box has applied round ``r``'s result or refused it (its canary)."""
         boxes = self.by_round.get(r, {})
@@ -94,22 +99,31 @@ class Progress:
             f"down | train {_avg(train):.1f} s, encrypt {_avg(enc):.2f} s, decrypt "
             f"{_avg(dec):.2f} s (mean per box) | round {span:.1f} s")
         for box in self.boxes:
-            before, after = self.served_after(box, r - 1), self.served_after(box, r)
+            back = boxes[box].get("back_to_initial")
+            # a box sent back to the pretrained model by this round's announce (the
+            # federation dropped a poisoned result) starts the round from it
+            before = self.served_after(box, 0 if back else r - 1)
+            after = self.served_after(box, r)
+            first = (f"back on the pretrained model ({back['previous']} was found "
+                     "poisoned), then " if back else "")
             if "applied" in boxes[box]:
-                what = f"serves {boxes[box]['applied']['model']}"
+                what = f"{first}serves {boxes[box]['applied']['model']}"
             else:
                 why = boxes[box]["result_rejected"].get("reason", "?")
-                what = f"REFUSED round {r}'s model ({why}), keeps its own"
+                what = f"{first}REFUSED round {r}'s model ({why}), keeps its own"
             self.out(f"  {box}: {what}, held-out identification "
                      f"{_pct(before)} -> {_pct(after)}{_gain(before, after)}")
 
     def served_after(self, box: str, r: int) -> float | None:
         """Held-out identification of what ``box`` serves after round ``r`` (0: the
-        pretrained model): a refused round leaves the box on what it served before."""
+        pretrained model): a refused round leaves the box on what it served before, and
+        a round whose announce sent the box back to the pretrained model on it."""
         while r > 0:
             outcome = self.by_round.get(r, {}).get(box, {})
             if "applied" in outcome:
                 return outcome["applied"].get("accuracy")
+            if "back_to_initial" in outcome:
+                break
             r -= 1
         return self.enrolled.get(box, {}).get("accuracy")
 
@@ -118,8 +132,7 @@ class Progress:
         rows = []
         for box in self.boxes:
             enrolled = self.enrolled.get(box, {})
-            after = [self.served_after(box, r) for r in range(1, max(self.by_round,
-                                                                         default=0) + 1)]
+            after = [self.served_after(box, r) for r in self.done_rounds()]
             rows.append(BoxHistory(box, str(enrolled.get("camera", "clean")),
                                    int(enrolled.get("people", 0)),
                                    int(enrolled.get("heldout", 0)),

@@ -219,7 +219,8 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> dict[str,
         out(f"aggregator and {opts.boxes} boxes started; boxes enrol their people...")
 
         def finished() -> bool:
-            return progress.round_done(opts.rounds) or agg.poll() not in (None, 0)
+            # --rounds results: an abandoned round (its base poisoned) is not one
+            return len(progress.done_rounds()) >= opts.rounds or agg.poll() not in (None, 0)
 
         ok = progress.wait(finished, opts.timeout_s)
         if progress.failed:
@@ -231,23 +232,24 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> dict[str,
         if not ok:
             raise DemoError(f"the federation did not finish {opts.rounds} round(s) within "
                             f"{opts.timeout_s:.0f} s", f"see the logs under {workdir}")
+        done = progress.done_rounds()
+        last = done[-1]
         trainers = sorted(set(progress.trainer.values()))
         summary: dict[str, Any] = {
             "workdir": str(workdir), "broker": broker_url, "rounds": opts.rounds,
             "seconds": time.time() - t_start, "trainer": trainers,
             "boxes": {
                 name: {
-                    "model": progress.by_round[opts.rounds][name].get(
-                        "applied", {}).get("model"),
+                    "model": progress.by_round[last][name].get("applied", {}).get("model"),
                     "accuracy_before": progress.served_after(name, 0),
-                    "accuracy_after": progress.served_after(name, opts.rounds),
+                    "accuracy_after": progress.served_after(name, last),
                 }
                 for name in box_names
             },
         }
         out(f"done in {summary['seconds']:.0f} s; trainer: {', '.join(trainers)}")
         rows = progress.history()
-        for line in before_after_table(rows, opts.rounds):
+        for line in before_after_table(rows, done):
             out(line)
         summary["mean_gain"] = mean_gain(rows)
         return summary

@@ -36,13 +36,14 @@ def mean_gain(rows: list[BoxHistory]) -> float | None:
     return sum(gains) / len(gains) if gains else None
 
 
-def before_after_table(rows: list[BoxHistory], rounds: int) -> list[str]:
-    """Fixed-width lines; the last one is the mean gain."""
+def before_after_table(rows: list[BoxHistory], rounds: list[int]) -> list[str]:
+    """Fixed-width lines, one column per finished round (a round abandoned because its
+    base was poisoned has none); the last line is the mean gain."""
     header = ["box", "camera", "people", "held-out", "pretrained",
-              *[f"round {r}" for r in range(1, rounds + 1)], "gain"]
+              *[f"round {r}" for r in rounds], "gain"]
     body = []
     for row in rows:
-        after = [pct(a) for a in row.rounds] + ["n/a"] * (rounds - len(row.rounds))
+        after = [pct(a) for a in row.rounds] + ["n/a"] * (len(rounds) - len(row.rounds))
         gain = "n/a" if row.gain is None else f"{100 * row.gain:+.1f}"
         body.append([row.box, row.camera, str(row.people), str(row.heldout),
                      pct(row.pretrained), *after, gain])

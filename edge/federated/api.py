@@ -29,7 +29,10 @@ class ModelSink(Protocol):
     """Where accepted federated weights go (the engine's hot swap). A sink that keeps
     the box's model versions also tells what it serves: ``served_vector() -> (version,
     vector) | None`` (edge.serving.hot_swap.HotSwapper); the client resumes on that, so the box
-    has one store of model versions, the sink's."""
+    has one store of model versions, the sink's. ``serve_initial(reason)``, when the
+    sink has it, serves the pretrained model again when the federation went back to it
+    (a poisoned round, ``edge.federated.result_apply``); otherwise ``apply`` is handed
+    the initial version and vector."""
 
     def apply(self, version: str, vector: np.ndarray) -> None: ...
 
@@ -51,7 +54,7 @@ class ClientConfig:
 @dataclass(frozen=True)
 class ClientEvent:
     kind: str  # joined, sitting_out, submitted, acked, rejected, applied, result_rejected,
-    # error, revoked
+    # back_to_initial, error, revoked
     round: int
     data: dict[str, Any]
 

@@ -13,6 +13,12 @@ Positions order the pointers the aggregator publishes: the result of round r is
 is ``(f, 0)``: after round f-1's result, before round f's. So the operator's rollback
 still reaches every box, while a replay of the old pointer (its old position) does not.
 
+An open round's announce names the model it builds on, at ``(round, 0)`` too. When
+every result since the initial model was poisoned (``aggregator.rounds.poison``) there
+is no result to re-publish: the announce of the next round, built on the initial model,
+is what takes a box that applied the poisoned result back (``check_base``/``advance_base``),
+and an old announce replayed (its position at or before the mark) does not.
+
 The box's own ``fedface-edge model rollback`` is a local, deliberate action on the
 model store (``edge.serving.hot_swap``): it serves version N-1 and blocks N, and leaves
 the mark where it is: the box still accepts only results newer than the newest it
@@ -29,7 +35,7 @@ from pathlib import Path
 
 from federation.errors import FederationError
 from federation.files import write_atomic
-from federation.messages import ModelPointer
+from federation.messages import ModelPointer, RoundAnnounce
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,11 @@ def position(pointer: ModelPointer) -> Position:
     if pointer.republished and pointer.for_round is not None:
         return (pointer.for_round, 0)
     return (pointer.round, 1)
+
+
+def announce_position(ann: RoundAnnounce) -> Position:
+    """Where the base an announce names stands: before the round's own result."""
+    return (ann.round, 0)
 
 
 def served_position(version: str) -> Position | None:
@@ -83,6 +94,19 @@ class HighWaterMark:
                 f"{f', re-published for round {pointer.for_round}' if pointer.republished else ''}"
                 f") is not newer than {self.model or 'the newest result'} this box accepted "
                 f"(position {self.mark[0]}.{self.mark[1]}): a replayed old result"))
+
+    def check_base(self, ann: RoundAnnounce) -> None:
+        """Refuse (``stale_round``) going back to an announce's base that is not newer
+        than the newest result accepted: a replayed old announce."""
+        if announce_position(ann) <= self.mark:
+            raise FederationError(STALE_ROUND, (
+                f"round {ann.round}'s announce (based on {ann.base_model}) is not newer than "
+                f"{self.model or 'the newest result'} this box accepted (position "
+                f"{self.mark[0]}.{self.mark[1]}): a replayed old announce"))
+
+    def advance_base(self, ann: RoundAnnounce) -> None:
+        """The box went back to an announce's base: nothing before it is applied again."""
+        self._raise_to(announce_position(ann), ann.base_model)
 
     def advance(self, pointer: ModelPointer) -> None:
         """The pointer's result was applied: nothing at or before it is applied again."""

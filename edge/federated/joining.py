@@ -3,7 +3,9 @@
 ``RoundJoiner`` reads each verified announce (a redelivered older one is ignored) and
 joins an open round only when the federation trains this box's part (said once per
 round otherwise: log, event, ``not_joining`` in the status), the round lists this
-device, it is based on the model the box has (``edge.federated.result_apply``) and the
+device, it is based on the model the box has (``edge.federated.result_apply``; an announce
+built on the initial model takes a box that applied a since-poisoned result back to it
+first) and the
 box has enough new samples (``edge.federated.round_gate``; a box below sits the round
 out and re-counts every few seconds). Joining starts the training job in its own thread
 at a lower CPU priority: it trains, encrypts, signs and chunks the update
@@ -83,6 +85,7 @@ class RoundJoiner:
             return  # an old announce redelivered after a newer one
         self.announce = ann
         self.sender.drop_closed_rounds(ann.round if ann.open else ann.round + 1)
+        self.model.back_to_initial(ann)  # a federation gone back past every result
         self.maybe_join()
 
     def maybe_join(self) -> None:
@@ -194,7 +197,15 @@ class RoundJoiner:
 
     def job_done(self, round_no: int, pending: PendingUpdate | None,
                  stats: dict[str, Any], error: Exception | None) -> None:
-        """The training job's outcome, on the worker thread."""
+        """The training job's outcome, on the worker thread. A round announced while
+        the job ran (its round abandoned, e.g. built on a poisoned result) is joined now:
+        its announce found the job busy."""
+        self._finish_job(round_no, pending, stats, error)
+        if self.announce is not None and self.announce.round > round_no:
+            self.maybe_join()
+
+    def _finish_job(self, round_no: int, pending: PendingUpdate | None,
+                    stats: dict[str, Any], error: Exception | None) -> None:
         if error is not None or pending is None:
             self.events.count("train_failed")
             log.error("round %d: local update failed: %s", round_no, error)

@@ -12,8 +12,13 @@ the round's bounds (``federation.crypto.packing.decrypt_within_bounds``: cap on 
 count, clip of the change) and for plausibility (``edge.federated.sealing.check_average``)
 BEFORE the canary, and handed to the ``ModelSink``, and what
 became of it is recorded (``edge.federated.verdicts``), published in the box's status
-and reported as a client event. A refused result keeps the old model. Kept apart from
-the round loop (``edge.federated.client``), which only decides when to call it.
+and reported as a client event. A refused result keeps the old model. An open
+announce built on the initial model while the box has a federated result means the
+federation went back to it (every result since was poisoned, ``aggregator.rounds.poison``,
+and there is none to re-publish): ``back_to_initial`` serves the initial model again
+through the sink, unless the announce is a replayed old one (``edge.federated.high_water``).
+Kept apart from the round loop (``edge.federated.client``), which only decides when to
+call it.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from federation.crypto.ckks import FederationContext
 from federation.crypto.packing import EncryptedUpdate, decrypt_within_bounds
 from federation.envelope import Envelope
 from federation.errors import FederationError
-from federation.messages import ModelPointer
+from federation.messages import ModelPointer, RoundAnnounce
 from models.federated_parts import FederatedPart
 
 log = logging.getLogger(__name__)
@@ -53,6 +58,8 @@ class ResultApplier:
                              f"{part.size}")
         self.version = version
         self.vector = base
+        self.initial = (version, base.copy())  # before ``resume``: the pretrained model
+        self._replays_said: set[int] = set()  # announces refused as replays, logged once
         self.fetcher = fetcher
         self.context = context
         self.part = part
@@ -90,6 +97,45 @@ class ResultApplier:
             self._refused_replay(pointer, exc)
             return
         self.fetcher.want(pointer)
+
+    def back_to_initial(self, ann: RoundAnnounce) -> None:
+        """A verified announce: go back to the initial model when it builds on it while
+        this box has a federated result, and it is newer than the newest result the box
+        accepted (an old announce replayed must not roll the box back)."""
+        initial, vector = self.initial
+        if not ann.open or ann.base_model != initial or self.version == initial:
+            return
+        try:
+            if self.mark is not None:
+                self.mark.check_base(ann)
+        except FederationError as exc:
+            if ann.round not in self._replays_said:
+                self._replays_said.add(ann.round)
+                self.events.count(exc.reason)
+                log.warning("round %d: NOT going back to %s (%s): %s; keeping model %s",
+                            ann.round, initial, exc.reason, exc.message, self.version)
+            return
+        previous = self.version
+        reason = (f"the federation went back to the initial model {initial}: round "
+                  f"{ann.round} builds on it, {previous} was found poisoned")
+        serve_initial = getattr(self.sink, "serve_initial", None)
+        try:
+            if callable(serve_initial):
+                serve_initial(reason)  # the hot swap: atomic, recorded in the model history
+            else:  # a sink that only takes versions
+                self.sink.apply(initial, vector)
+        except Exception as exc:  # keeps its model; the next announce tries again
+            self.events.count("back_to_initial_failed")
+            log.exception("round %d: cannot go back to %s: %s", ann.round, initial, exc)
+            return
+        if self.mark is not None:
+            self.mark.advance_base(ann)
+        self.version, self.vector = initial, vector.copy()
+        log.warning("round %d: serving %s again: %s", ann.round, initial, reason)
+        self.events.emit("back_to_initial", ann.round, {"model": initial,
+                                                        "previous": previous,
+                                                        "reason": reason})
+        self._publish_status()
 
     def _refused_replay(self, pointer: ModelPointer, exc: FederationError) -> None:
         # No verdict: a replay says nothing about that round (its verdict stands).

@@ -39,7 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -48,7 +48,7 @@ from edge.gallery.snapshot import GalleryRows, empty_snapshot
 from edge.priority import background_niceness, lower_thread_priority
 from edge.serving.assets import SwapAssets
 from edge.serving.canary import CanaryPolicy, CanaryResult, run_canary
-from edge.serving.current import BASE_TAG, load_current, read_model
+from edge.serving.current import BASE_TAG, base_served, load_current, read_model
 from edge.serving.engine import Engine, ServingState
 from edge.serving.split_model import SplitEmbedder
 from edge.serving.swap_steps import CRASH_ENV, STEPS, SwapReport, SwapSteps
@@ -227,7 +227,8 @@ class HotSwapper:
 
     def _install(self, version: str, model_file: str | None, sha: str | None,
                  tail_weights: Mapping[str, np.ndarray], steps: SwapSteps, reason: str,
-                 vector: np.ndarray | None, rollback: bool = False) -> SwapReport:
+                 vector: np.ndarray | None, rollback: bool = False,
+                 event: str = "rolled_back") -> SwapReport:
         tag = embedder_version(version) if model_file else BASE_TAG
         # One new session per swap: the tail. The frames run the shared trunk session
         # then this tail, and the gallery is re-embedded through the same tail.
@@ -276,7 +277,7 @@ class HotSwapper:
                                   if m is not None and m.model_file})
         steps.done("old_dropped")
         report = SwapReport(version, canary, dict(steps.marks))
-        entry = self.store.record("rolled_back" if rollback else "swapped", version,
+        entry = self.store.record(event if rollback else "swapped", version,
                                   previous=old.version, reason=reason,
                                   canary=canary.to_dict() if canary else None,
                                   seconds=report.seconds)
@@ -297,23 +298,36 @@ class HotSwapper:
 
     def rollback(self) -> SwapReport:
         """Serve version N-1 again; N is blocked (a re-delivered N is refused)."""
-        def job() -> SwapReport:
+        def target(pointer: Pointer | None) -> tuple[ServedModel, str]:
+            if pointer is None or pointer.previous is None:
+                raise HotSwapError("there is no previous model to roll back to",
+                                   hint="see `fedface-edge model status`")
+            return pointer.previous, f"rolled back by operator from {pointer.current.version}"
+        return cast(SwapReport, self._go_back(target, "rolled back by operator", "rolled_back"))
+
+    def serve_initial(self, reason: str) -> SwapReport | None:
+        """The federation went back to its initial model (``aggregator.rounds.poison``):
+        serve the pretrained model (no canary: the box started on it), block the federated
+        version. None: the pretrained model serves already."""
+        return self._go_back(lambda _: (base_served(), reason), reason, "back_to_initial")
+
+    def _go_back(self, target: Callable[[Pointer | None], tuple[ServedModel, str]],
+                 block_reason: str, event: str) -> SwapReport | None:
+        """Serve an earlier, validated version (no canary, no N-1); block the current."""
+        def job() -> SwapReport | None:
             with self._locked():
                 pointer = self.store.load()
-                if pointer is None or pointer.previous is None:
-                    raise HotSwapError("there is no previous model to roll back to",
-                                       hint="see `fedface-edge model status`")
-                target, current = pointer.previous, pointer.current
-                weights = self._version_weights(target)
-                steps = SwapSteps()
-                report = self._install(target.version, target.model_file, target.sha256,
-                                       weights, steps,
-                                       f"rolled back by operator from {current.version}",
-                                       None, rollback=True)
-                self.store.block(current.version, "rolled back by operator")
+                model, reason = target(pointer)
+                if pointer is None or model.version == pointer.current.version:
+                    return None
+                report = self._install(model.version, model.model_file, model.sha256,
+                                       self._version_weights(model), SwapSteps(), reason,
+                                       None, rollback=True, event=event)
+                self.store.block(pointer.current.version, block_reason)
                 return report
         report = self._in_background(job)
-        self.last_report = report
+        if report is not None:
+            self.last_report = report
         return report
 
     def _version_weights(self, served: ServedModel) -> dict[str, np.ndarray]:

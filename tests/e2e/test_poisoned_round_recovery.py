@@ -3,16 +3,24 @@
 ``fedface-aggregator serve`` process sums it (it cannot tell), real box clients refuse
 the result and report it in their signed status; the aggregator marks the round
 poisoned and the next round builds on round 1 again, with no command typed. The
-operator's ``status`` and ``rounds show`` name the round and its contributors."""
+operator's ``status`` and ``rounds show`` name the round and its contributors.
+
+And the first round poisoned while one box applied it: there is no good result to
+re-publish, the next round is announced on the initial model, and that box goes back to
+the initial model itself and joins it (``edge.federated.result_apply.back_to_initial``)."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bench.rig.poisoning import ATTACKS, HostileDevice, hostile_update
+from edge.training.api import LocalUpdate
+from edge.training.drift import NumpyDriftTrainer
 from federation.crypto.keys import load_secret_context, read_private_key
 from federation.crypto.packing import encrypt_update
 from federation.messages import RoundAnnounce
@@ -94,4 +102,68 @@ def test_poisoned_round_is_recovered_without_an_operator(tmp_path: Path, mosquit
     finally:
         if evil is not None:
             evil.close()
+        fed.stop()
+
+
+class FirstRoundLeaps:
+    """An honest box's drift, with a leap in round 1: the average moves the weights by
+    ~11% of their norm, which boxes whose plausibility limit is 5% refuse. ``slow``:
+    training that round takes 3 s (as real training does), so the next round's announce
+    comes while the box is still busy."""
+
+    def __init__(self, name: str, slow: int | None = None) -> None:
+        self.part = PART
+        base = part_base_vector()
+        self._leap = NumpyDriftTrainer(PART, base, name, 50, step=1.0)
+        self._drift = NumpyDriftTrainer(PART, base, name, 50, step=1e-2)
+        self._slow = slow
+
+    def local_update(self, global_vector: np.ndarray | None, round_no: int) -> LocalUpdate:
+        if round_no == self._slow:
+            time.sleep(3.0)
+        trainer = self._leap if round_no == 1 else self._drift
+        return trainer.local_update(global_vector, round_no)
+
+
+def test_a_poisoned_first_round_takes_the_box_that_applied_it_back(tmp_path: Path,
+                                                                   mosquitto) -> None:
+    fed = Federation.create(tmp_path, mosquitto.url, HONEST)
+    try:
+        fed.start_aggregator(quorum=3, rounds=2)
+        applier, *refusers = HONEST  # box-a takes the leap; box-b and box-c refuse it
+        # box-a trains round 2 (opened on round-1 before the refusals came) while round 2
+        # is abandoned and the next round opens on the initial model
+        fed.start_box(applier, trainer=FirstRoundLeaps(applier, slow=2))
+        for name in refusers:
+            fed.start_box(name, trainer=FirstRoundLeaps(name), max_relative_change=0.05)
+        boxes = [fed.boxes[n] for n in HONEST]
+        box_a = fed.boxes[applier]
+        wait_for(lambda: box_a.event("applied", 1) is not None and all(
+            fed.boxes[n].event("result_rejected", 1) for n in refusers), 90,
+            "box-a to apply round 1 and the others to refuse it", fed)
+        wait_for(lambda: any(e.kind == "back_to_initial" for e in box_a.events), 90,
+                 "box-a to go back to the initial model", fed)
+        (back,) = [e for e in box_a.events if e.kind == "back_to_initial"]
+        assert back.data["previous"] == "round-1" and back.data["model"] == "base"
+        after = back.round  # the first round opened on the initial model after poisoning
+        wait_for(lambda: all(b.event("applied", after) for b in boxes), 90,
+                 f"every box to apply round {after}", fed)
+        sink = box_a.sink
+        assert isinstance(sink, RecordingSink)
+        assert [v for v, _ in sink.applied] == ["round-1", f"round-{after}"]
+        assert len(sink.back_to_initial) == 1 and "round-1 was found poisoned" in \
+            sink.back_to_initial[0]
+        for box in boxes:  # every box trained round `after` from the initial model
+            assert box.event("joined", after).data["base_model"] == "base"  # type: ignore[union-attr]
+            assert box.client.version == f"round-{after}"
+        state = str(fed.agg_state)
+        first = json.loads(run_cli("rounds", "show", "1", "--state", state, "--json",
+                                   "--no-broker"))
+        assert first["status"] == "poisoned"
+        assert first["poisoned"]["recovered_to"] == "base"
+        shown = json.loads(run_cli("rounds", "show", str(after), "--state", state, "--json",
+                                   "--no-broker"))
+        assert (shown["status"], shown["base_model"]) == ("published", "base")
+        assert sorted(shown["contributors"]) == sorted(HONEST)
+    finally:
         fed.stop()

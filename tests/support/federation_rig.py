@@ -57,13 +57,20 @@ class RecordingSink:
 
     def __init__(self) -> None:
         self.applied: list[tuple[str, np.ndarray]] = []
+        self.back_to_initial: list[str] = []  # the reasons it was sent back to the base
+        self._initial = True
 
     def apply(self, version: str, vector: np.ndarray) -> None:
         self.applied.append((version, np.array(vector, copy=True)))
+        self._initial = False
+
+    def serve_initial(self, reason: str) -> None:
+        self.back_to_initial.append(reason)
+        self._initial = True
 
     def served_vector(self) -> tuple[str, np.ndarray] | None:
         """What it serves: the last version applied (None: the base model)."""
-        return self.applied[-1] if self.applied else None
+        return None if self._initial else self.applied[-1]
 
 
 @dataclass

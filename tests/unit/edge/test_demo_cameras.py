@@ -84,13 +84,13 @@ def test_before_after_table_and_mean_gain() -> None:
             BoxHistory("box-3", "ir-grey", 8, 0, None, [None, None])]
     gain = mean_gain(rows)
     assert gain == pytest.approx((0.125 + 0.0) / 2)
-    lines = before_after_table(rows, 2)
+    lines = before_after_table(rows, [1, 2])
     assert "round 1" in lines[1] and "round 2" in lines[1] and "gain" in lines[1]
     assert [c.strip() for c in lines[3].split("|")] == [
         "box-1", "low-light", "8", "16", "75.0%", "81.2%", "87.5%", "+12.5"]
     assert lines[5].rstrip().endswith("n/a")
     assert lines[-1] == "mean gain over the boxes: +6.2 points"
-    assert before_after_table([], 1)[-1] == "mean gain over the boxes: n/a"
+    assert before_after_table([], [1])[-1] == "mean gain over the boxes: n/a"
 
 
 def test_a_domain_without_kiosk_looks_keeps_its_text() -> None:
@@ -127,3 +127,43 @@ def test_a_refused_round_ends_the_round_and_keeps_the_box_on_its_model() -> None
     rows = progress.history()
     assert [r.rounds for r in rows] == [[0.875, 0.875], [0.75, 0.875]]
     assert mean_gain(rows) == pytest.approx((0.125 + 0.375) / 2)
+
+
+def test_a_poisoned_round_sends_the_box_that_applied_it_back_in_the_demo() -> None:
+    """Round 1 applied by box-1 only is poisoned; round 2 (built on it) is abandoned;
+    round 3's announce sends box-1 back to the pretrained model, then both apply it.
+    The demo counts finished rounds (1 and 3) and box-1 starts round 3 from the
+    pretrained model's figure."""
+    lines: list[str] = []
+    progress = Progress(["box-1", "box-2"], 2, lines.append)
+    for box, acc in (("box-1", 0.75), ("box-2", 0.5)):
+        progress.add(box, {"event": "enrolled", "camera": "low-light", "people": 4,
+                           "crops": 12, "heldout": 8, "accuracy": acc, "seconds": 1.0})
+
+    def outcome(box: str, r: int, kind: str, acc: float | None = None) -> None:
+        progress.add(box, {"event": "joined", "round": r, "t": 0.0})
+        progress.add(box, {"event": "submitted", "round": r, "t": 1.0, "bytes": 10,
+                           "encrypt_s": 0.1, "train_s": 1.0})
+        data = {"model": f"round-{r}", "updates": 2, "bytes": 20, "decrypt_s": 0.1,
+                "accuracy": acc} if kind == "applied" else {"reason": "canary_refused"}
+        progress.add(box, {"event": kind, "round": r, "t": 2.0, **data})
+
+    outcome("box-1", 1, "applied", 0.625)
+    outcome("box-2", 1, "result_rejected")
+    progress.add("box-1", {"event": "joined", "round": 2, "t": 3.0})  # abandoned round
+    progress.add("box-1", {"event": "back_to_initial", "round": 3, "t": 4.0,
+                           "model": "base", "previous": "round-1", "reason": "poisoned"})
+    outcome("box-1", 3, "applied", 0.875)
+    outcome("box-2", 3, "applied", 0.625)
+    assert progress.done_rounds() == [1, 3]
+    progress.print_ready()
+    assert ("  box-1: back on the pretrained model (round-1 was found poisoned), then serves "
+            "round-3, held-out identification 75.0% -> 87.5% (+12.5)") in lines
+    assert "  box-2: serves round-3, held-out identification 50.0% -> 62.5% (+12.5)" in lines
+    rows = progress.history()
+    assert [r.rounds for r in rows] == [[0.625, 0.875], [0.5, 0.625]]
+    table = before_after_table(rows, progress.done_rounds())
+    assert [c.strip() for c in table[1].split("|")][5:7] == ["round 1", "round 3"]
+    progress.add("box-1", {"event": "back_to_initial", "round": 4, "t": 5.0,
+                           "model": "base", "previous": "round-3", "reason": "poisoned"})
+    assert progress.served_after("box-1", 4) == 0.75  # the pretrained model's figure

@@ -12,7 +12,7 @@ import pytest
 
 from edge.federated.high_water import MARK_FILENAME, STALE_ROUND, HighWaterMark
 from federation.errors import FederationError
-from federation.messages import ModelPointer
+from federation.messages import ModelPointer, RoundAnnounce
 
 
 def pointer(round_no: int, model: str | None = None, for_round: int | None = None
@@ -76,3 +76,32 @@ def test_the_served_model_raises_a_missing_or_damaged_mark(tmp_path: Path) -> No
 def test_a_malformed_mark_is_not_trusted(tmp_path: Path, body: object) -> None:
     (tmp_path / MARK_FILENAME).write_text(json.dumps(body))
     assert HighWaterMark(tmp_path).mark == (0, 0)
+
+
+def announce(round_no: int, base: str = "base", state: str = "open") -> RoundAnnounce:
+    return RoundAnnounce(round_no, base, state, 0.0, 3, 1.0, 16384)
+
+
+def base_refused(mark: HighWaterMark, ann: RoundAnnounce) -> bool:
+    try:
+        mark.check_base(ann)
+    except FederationError as exc:
+        assert exc.reason == STALE_ROUND
+        return True
+    return False
+
+
+def test_going_back_to_an_announced_base_is_monotonic_too(tmp_path: Path) -> None:
+    """Round 1 poisoned with no good result before it: round 3 builds on the initial
+    model; the box that applied round-1 may go back for round 3's announce, never for
+    round 1's announce replayed, and afterwards round-1's pointer is a replay."""
+    mark = HighWaterMark(tmp_path)
+    mark.advance(pointer(1))
+    assert base_refused(mark, announce(1))  # round 1's own announce, replayed
+    assert not base_refused(mark, announce(2))
+    mark.advance_base(announce(3))
+    again = HighWaterMark(tmp_path)
+    assert again.mark == (3, 0) and again.model == "base"
+    assert base_refused(again, announce(3)) and base_refused(again, announce(2))
+    assert refused(again, pointer(1))
+    assert not refused(again, pointer(3))  # round 3's own result comes after its base
