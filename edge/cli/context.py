@@ -7,6 +7,9 @@ command's context ends.
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,3 +81,18 @@ def box(ctx: typer.Context) -> BoxContext:
         ctx.find_root().obj = obj
         ctx.find_root().call_on_close(obj.close)
     return obj
+
+
+def serve_until_signalled(start: Callable[[], object], stop: Callable[[], object],
+                          banner: Callable[[], str]) -> None:
+    """Start a server, say where it listens, and run until SIGTERM (systemd) or SIGINT
+    (Ctrl-C); the server is stopped on the way out, whatever ends the wait."""
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    start()
+    typer.echo(banner(), err=True)
+    try:
+        stopping.wait()
+    finally:
+        stop()

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
-import threading
 from typing import Annotated
 
 import typer
 
-from edge.cli.context import box
+from edge.cli.context import box, serve_until_signalled
 from edge.cli.errors import EXIT_CONFIG, EXIT_USAGE, CliError
 
 log = logging.getLogger(__name__)
@@ -98,15 +96,8 @@ def serve(
          "cookie_secure": cookie_secure, "per_visit": not per_frame,
          "detect_every": detect_every}, source="kiosk options")
     kiosk = build_kiosk(box(ctx).settings, settings, source or _configured_source(ctx))
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    kiosk.start()
-    typer.echo(f"kiosk on {kiosk.url} (Ctrl-C to stop)", err=True)
-    try:
-        stop.wait()
-    finally:
-        kiosk.stop()
+    serve_until_signalled(kiosk.start, kiosk.stop,
+                          lambda: f"kiosk on {kiosk.url} (Ctrl-C to stop)")
     if kiosk.services.worker.status().state == "error":
         raise CliError(kiosk.services.worker.status().message, exit_code=EXIT_USAGE)
 

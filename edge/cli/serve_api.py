@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from edge.cli.context import box
+from edge.cli.context import box, serve_until_signalled
 from edge.cli.identify import ThresholdOption, warn_if_empty
 
 keys_app = typer.Typer(help="API keys of the recognition API (serve-api).",
@@ -83,15 +81,8 @@ def serve_api(
     recognizer = box(ctx).recognizer(threshold)  # the models load once, here
     warn_if_empty(ctx)
     server = ApiServer(settings, recognizer, box(ctx).settings.data_dir)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    server.start()
-    typer.echo(f"recognition API on {server.url} (Ctrl-C to stop)", err=True)
-    try:
-        stop.wait()
-    finally:
-        server.stop()
+    serve_until_signalled(server.start, server.stop,
+                          lambda: f"recognition API on {server.url} (Ctrl-C to stop)")
 
 
 def register(app: typer.Typer) -> None:
