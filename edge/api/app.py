@@ -105,7 +105,9 @@ def recognize() -> Response:
     g.engine_ms = (time.perf_counter() - started) * 1e3
     if not faces:
         raise NoFaceError("No face is found in the given image", "")
-    return _json(cf.recognition(faces, timing, _svc().faces.model_version))
+    # the model of this frame's vectors, not the engine's state read later: a swap may
+    # land in between, and the answer must name the model its scores came from
+    return _json(cf.recognition(faces, timing, faces[0].model_version))
 
 
 def detect() -> Response:

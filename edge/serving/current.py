@@ -122,6 +122,19 @@ class PointerFollower:
         self.engine, self.store, self.base_model = engine, store, base_model
         self.threads, self.base_embedder = threads, base_embedder
         self._stamp = store.pointer_stamp()
+        # (pointer stamp, tag it names) read last, and the pointer tag this engine has
+        # followed (installed, or fallen back from in memory)
+        self._pointer = (self._stamp, served_models(store)[0].tag)
+        self._followed = self._pointer[1]
+
+    def swap_pending(self) -> bool:
+        """The pointer names a version this engine has not followed yet (asked by the
+        frame thread on each gallery change: the file is re-read only if its stamp moved)."""
+        stamp = self.store.pointer_stamp()
+        pointer = self._pointer
+        if stamp != pointer[0]:
+            pointer = self._pointer = (stamp, served_models(self.store)[0].tag)
+        return pointer[1] != self._followed
 
     def __call__(self) -> None:
         stamp = self.store.pointer_stamp()
@@ -131,6 +144,7 @@ class PointerFollower:
         current, _ = served_models(self.store)
         state = self.engine.state
         if current.tag == state.tag:
+            self._followed = current.tag
             return
         started = time.perf_counter()
         served, embedder = load_current(self.store, self.base_model, self.threads,
@@ -138,6 +152,7 @@ class PointerFollower:
         rows = self.engine.rows
         snapshot = rows.snapshot(served.tag) if rows is not None else empty_snapshot(served.tag)
         self.engine.install(ServingState(served.version, embedder, snapshot))
+        self._followed = current.tag  # even if it fell back: frames reload snapshots again
         self.engine.refresh_gallery()  # crops enrolled since the swapper's re-embedding
         log.info("following the swap pointer: now serving %s (%.2f s)", served.version,
                  time.perf_counter() - started)
@@ -167,5 +182,6 @@ def open_engine(detector: FaceDetector | None, gallery_db: Path | None, base_mod
     if rows is not None:
         engine.refresh_gallery()
     if follow:
-        engine.follow = PointerFollower(engine, store, base_model, threads, base_embedder)
+        follower = PointerFollower(engine, store, base_model, threads, base_embedder)
+        engine.follow, engine.swap_pending = follower, follower.swap_pending
     return engine

@@ -94,6 +94,12 @@ class Engine:
         self._watcher: threading.Thread | None = None
         self._seen_data_version: int | None = None
         self.follow: Callable[[], None] | None = None
+        # Set by an engine that follows the swap pointer: does the pointer name a version
+        # not installed yet? A swapper drops the old version's rows right after committing
+        # the pointer, before a follower has loaded the new model: until then the follower
+        # keeps the old version's snapshot it has (immutable, still right for the old
+        # model) instead of reloading it from rows that are gone.
+        self.swap_pending: Callable[[], bool] | None = None
         self.swaps = 0
 
     # --- the hot path -------------------------------------------------------------------
@@ -109,8 +115,18 @@ class Engine:
             version = self._frame_rows.data_version()
             if version != self._frame_data_version:
                 self._frame_data_version = version
-                state = self._reload_snapshot(state)
+                if not self._superseded():  # read after data_version: see _superseded
+                    state = self._reload_snapshot(state)
         return state
+
+    def _superseded(self) -> bool:
+        """True when the swap pointer names a version this engine has not installed yet.
+
+        The swapper commits the pointer before it drops other versions' rows, so once a
+        change to the database is seen, a pointer read after it tells whether the rows of
+        ``state``'s version may be gone (or going): the follower installs the pointer's
+        state on its next poll, with its own fresh snapshot."""
+        return self.swap_pending is not None and self.swap_pending()
 
     def detect(self, bgr: np.ndarray) -> list[Face]:
         """Faces only (the per-visit engine embeds a few of them, not all)."""
@@ -172,6 +188,8 @@ class Engine:
         if self.rows is None:
             return
         state = self._state
+        if self._superseded():  # never re-embed (resurrect) a version being dropped
+            return
         missing = self.rows.missing(state.tag)
         if missing:
             images = self.rows.crop_images(missing)

@@ -11,8 +11,9 @@ import numpy as np
 import onnx
 import pytest
 
+from edge.gallery.store import DB_FILENAME, Gallery
 from edge.serving.assets import SwapAssets
-from edge.serving.current import read_model
+from edge.serving.current import BASE_TAG, open_engine, read_model
 from edge.serving.engine import FrameResult
 from edge.serving.onnx_layout import InitializerLayout, LayoutError
 from edge.serving.split_model import TailEmbedder
@@ -134,3 +135,43 @@ def test_swaps_during_a_live_stream_never_mix_models(template: Path, tmp_path: P
     assert all(len(r.faces) == 1 and r.matches[0].best_name is not None for r in results)
     assert versions == sorted(versions, key=["base", "r1", "r2"].index)
     assert swapper.rows.versions() == {"sface-fed-r2": len(swapper.engine.state.gallery)}  # type: ignore[union-attr]
+
+
+def stored_versions(box: Path) -> set[str]:
+    with Gallery.open(box) as gallery:
+        return set(gallery.model_versions())
+
+
+def test_a_follower_keeps_its_gallery_while_the_swapper_drops_the_old_rows(
+        template: Path, tmp_path: Path, lfw_dir: Path) -> None:
+    """Another process (kiosk, serve-api) follows the swap pointer on its watcher's next
+    poll, but its frames see the swapper's commits at once. The swapper drops the old
+    version's rows right after moving the pointer: a frame in between must keep matching
+    against the old version's snapshot, not reload it empty (the person went unknown)."""
+    box = copy_box(template, tmp_path / "box")
+    person = lfw_people(lfw_dir, 1, 5)[0]
+    probe = cv2.imread(str(sorted(person.glob("*.jpg"))[-1]))  # not an enrolled photo
+    pipeline = FacePipeline.from_model_dir(threads=1)
+    follower = open_engine(pipeline.detector, box / DB_FILENAME, optimised_sface_path(),
+                           threads=1, threshold=0.40)  # its watcher is driven by hand
+    try:
+        assert follower.recognise(probe).matches[0].best_name == person.name
+        swapper = open_swapper(box)
+        swapper.apply("round-1", perturbed(swapper.base_vector(), 1))  # ... old_dropped
+        federated_tag = swapper.engine.state.tag
+        swapper.engine.close()
+        assert stored_versions(box) == {federated_tag}
+
+        # the follower's watcher has not polled yet: frames stay on the old model, whole
+        during = follower.recognise(probe)
+        assert during.embedder_version == during.gallery_version == BASE_TAG
+        assert during.matches[0].best_name == person.name
+        assert len(follower.state.gallery) > 0
+
+        follower.watch_once()  # the poll: installs the pointer's model and its rows
+        after = follower.recognise(probe)
+        assert after.embedder_version == after.gallery_version == federated_tag
+        assert after.matches[0].best_name == person.name
+        assert stored_versions(box) == {federated_tag}  # nothing resurrected
+    finally:
+        follower.close()
