@@ -114,26 +114,37 @@ def load_current(store: SwapStore, base_model: Path | None, threads: int,
     raise ModelStoreError(f"no usable model in {store.directory}")
 
 
+PointerStamp = tuple[int, int] | None
+
+
+def pointer_seen(store: SwapStore) -> tuple[PointerStamp, str]:
+    """The pointer's stamp, then the tag it names (a move in between shows as a changed
+    stamp on the next look)."""
+    stamp = store.pointer_stamp()
+    return stamp, served_models(store)[0].tag
+
+
 class PointerFollower:
     """Engine ``follow`` hook: install the pointer's model when another process moves it."""
 
     def __init__(self, engine: Engine, store: SwapStore, base_model: Path | None,
-                 threads: int, base_embedder: Embedder | None = None) -> None:
+                 threads: int, base_embedder: Embedder | None = None,
+                 seen: tuple[PointerStamp, str] | None = None) -> None:
+        """``seen``: the pointer's (stamp, tag) read BEFORE the engine's model was loaded
+        (a pointer moved while it loaded is then followed on the first poll)."""
         self.engine, self.store, self.base_model = engine, store, base_model
         self.threads, self.base_embedder = threads, base_embedder
-        self._stamp = store.pointer_stamp()
         # (pointer stamp, tag it names) read last, and the pointer tag this engine has
         # followed (installed, or fallen back from in memory)
-        self._pointer = (self._stamp, served_models(store)[0].tag)
-        self._followed = self._pointer[1]
+        self._pointer = seen if seen is not None else pointer_seen(store)
+        self._stamp, self._followed = self._pointer
 
     def swap_pending(self) -> bool:
         """The pointer names a version this engine has not followed yet (asked by the
         frame thread on each gallery change: the file is re-read only if its stamp moved)."""
-        stamp = self.store.pointer_stamp()
         pointer = self._pointer
-        if stamp != pointer[0]:
-            pointer = self._pointer = (stamp, served_models(self.store)[0].tag)
+        if self.store.pointer_stamp() != pointer[0]:
+            pointer = self._pointer = pointer_seen(self.store)
         return pointer[1] != self._followed
 
     def __call__(self) -> None:
@@ -174,14 +185,15 @@ def open_engine(detector: FaceDetector | None, gallery_db: Path | None, base_mod
             raise ValueError("open_engine needs a gallery or an explicit swap_dir")
         swap_dir = swap_dir_for(gallery_db)
     store = SwapStore(swap_dir)
+    seen = pointer_seen(store)  # before loading: a swap landing meanwhile is followed
     served, embedder = load_current(store, base_model, threads, base_embedder)
     rows = GalleryRows(gallery_db) if gallery_db is not None else None
     snapshot = rows.snapshot(served.tag) if rows is not None else empty_snapshot(served.tag)
     engine = Engine(detector, ServingState(served.version, embedder, snapshot), threshold,
                     rows)
+    if follow:  # first: no refresh re-embeds a version a swap has just dropped
+        follower = PointerFollower(engine, store, base_model, threads, base_embedder, seen)
+        engine.follow, engine.swap_pending = follower, follower.swap_pending
     if rows is not None:
         engine.refresh_gallery()
-    if follow:
-        follower = PointerFollower(engine, store, base_model, threads, base_embedder)
-        engine.follow, engine.swap_pending = follower, follower.swap_pending
     return engine

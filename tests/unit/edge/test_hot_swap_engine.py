@@ -12,6 +12,7 @@ import onnx
 import pytest
 
 from edge.gallery.store import DB_FILENAME, Gallery
+from edge.serving import current
 from edge.serving.assets import SwapAssets
 from edge.serving.current import BASE_TAG, open_engine, read_model
 from edge.serving.engine import FrameResult
@@ -173,5 +174,39 @@ def test_a_follower_keeps_its_gallery_while_the_swapper_drops_the_old_rows(
         assert after.embedder_version == after.gallery_version == federated_tag
         assert after.matches[0].best_name == person.name
         assert stored_versions(box) == {federated_tag}  # nothing resurrected
+    finally:
+        follower.close()
+
+
+def test_a_follower_follows_a_swap_that_lands_while_it_opens(
+        template: Path, tmp_path: Path, lfw_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The swap commits (and drops the old rows) right after a starting process loaded
+    the old model: its first poll must follow it (it used to take the pointer's stamp
+    after loading, and served the old model for good)."""
+    box = copy_box(template, tmp_path / "box")
+    person = lfw_people(lfw_dir, 1, 5)[0]
+    probe = cv2.imread(str(sorted(person.glob("*.jpg"))[-1]))
+    swapper = open_swapper(box)
+    real_load = current.load_current
+
+    def load_then_swap(*args: object, **kwargs: object) -> object:
+        loaded = real_load(*args, **kwargs)  # type: ignore[arg-type]
+        swapper.apply("round-1", perturbed(swapper.base_vector(), 1))
+        return loaded
+
+    monkeypatch.setattr(current, "load_current", load_then_swap)
+    pipeline = FacePipeline.from_model_dir(threads=1)
+    follower = open_engine(pipeline.detector, box / DB_FILENAME, optimised_sface_path(),
+                           threads=1, threshold=0.40)
+    monkeypatch.undo()
+    federated_tag = swapper.engine.state.tag
+    swapper.engine.close()
+    try:
+        assert follower.state.tag == BASE_TAG != federated_tag  # loaded before the swap
+        follower.watch_once()
+        result = follower.recognise(probe)
+        assert result.embedder_version == result.gallery_version == federated_tag
+        assert result.matches[0].best_name == person.name
+        assert stored_versions(box) == {federated_tag}
     finally:
         follower.close()
