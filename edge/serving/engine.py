@@ -115,8 +115,12 @@ class Engine:
             version = self._frame_rows.data_version()
             if version != self._frame_data_version:
                 self._frame_data_version = version
-                if not self._superseded():  # read after data_version: see _superseded
-                    state = self._reload_snapshot(state)
+                # In this order: data_version, then the pointer, then the state. A drop
+                # seen means the pointer has moved; a follower marks it followed only
+                # after installing its state (a swapper installs before it drops), so
+                # a state read last is then the new one, never the dropped version's.
+                if not self._superseded():
+                    state = self._reload_snapshot(self._state)
         return state
 
     def _superseded(self) -> bool:

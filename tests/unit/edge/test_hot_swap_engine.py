@@ -210,3 +210,34 @@ def test_a_follower_follows_a_swap_that_lands_while_it_opens(
         assert stored_versions(box) == {federated_tag}
     finally:
         follower.close()
+
+
+def test_a_frame_racing_the_followers_install_takes_the_new_state(
+        template: Path, tmp_path: Path, lfw_dir: Path) -> None:
+    """The frame thread sees the drop, and the watcher installs the new version just
+    before the frame asks whether a swap is pending: the frame must take that new state,
+    not reload the dropped version's rows (an empty gallery)."""
+    box = copy_box(template, tmp_path / "box")
+    person = lfw_people(lfw_dir, 1, 5)[0]
+    probe = cv2.imread(str(sorted(person.glob("*.jpg"))[-1]))
+    pipeline = FacePipeline.from_model_dir(threads=1)
+    follower = open_engine(pipeline.detector, box / DB_FILENAME, optimised_sface_path(),
+                           threads=1, threshold=0.40)
+    try:
+        swapper = open_swapper(box)
+        swapper.apply("round-1", perturbed(swapper.base_vector(), 1))
+        federated_tag = swapper.engine.state.tag
+        swapper.engine.close()
+        follow, pending = follower.follow, follower.swap_pending
+        assert follow is not None and pending is not None
+
+        def watcher_installs_first() -> bool:
+            follow()  # the watcher's poll wins the race
+            return pending()
+
+        follower.swap_pending = watcher_installs_first
+        result = follower.recognise(probe)
+        assert result.embedder_version == result.gallery_version == federated_tag
+        assert result.matches[0].best_name == person.name
+    finally:
+        follower.close()
