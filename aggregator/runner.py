@@ -17,7 +17,7 @@ from aggregator.service import AggregatorService
 from aggregator.state.config import KEY_NAME, AggregatorConfig, load_context, load_signing_key
 from aggregator.state.store import Store
 from federation.errors import NOT_CONNECTED, TransportError
-from federation.memory import AGGREGATOR_MMAP_THRESHOLD_BYTES, pin_mmap_threshold
+from federation.memory import AGGREGATOR_MALLOC, pin_malloc
 from federation.transport.mqtt import MqttTransport, TlsConfig
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def build_service(
     ``rate_limiter``: per-device limits at the intake (None: off)."""
     ctx = load_context(state, cfg)  # refuses a secret context (secret_key_refused)
     # ciphertexts back to the OS when freed, chunk buffers reused (federation.memory)
-    pin_mmap_threshold(AGGREGATOR_MMAP_THRESHOLD_BYTES)
+    pin_malloc(AGGREGATOR_MALLOC)
     signing_key = load_signing_key(state)
     store = Store(state)
     # Started first: the workers import TenSEAL while this process connects.

@@ -63,7 +63,7 @@ from aggregator.state.registry import read_devices
 from federation import topics
 from federation.crypto.key_files import read_private_key
 from federation.files import write_atomic
-from federation.memory import AGGREGATOR_MMAP_THRESHOLD_BYTES, pin_mmap_threshold
+from federation.memory import AGGREGATOR_MALLOC, pin_malloc
 from federation.transport.mqtt import MqttTransport, TlsConfig
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ def run_shard(fd: int) -> None:
         return
     logging.basicConfig(level=spec.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    pin_mmap_threshold(AGGREGATOR_MMAP_THRESHOLD_BYTES)  # as the service (federation.memory)
+    pin_malloc(AGGREGATOR_MALLOC)  # as the service (federation.memory)
     shard = ShardIntake(spec, conn)
     try:
         shard.run()

@@ -99,6 +99,13 @@ def start_server(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
     raise RuntimeError(f"serve-api exited before listening (exit {proc.wait()})")
 
 
+def page_faults(pid: int) -> int:
+    """Minor page faults of a process so far (/proc/PID/stat, field 10): a buffer freshly
+    mmapped for each request faults every page in (federation.memory)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[7])
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
@@ -200,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
             server_engine: list[float] = []
             http: dict[int, dict[str, list[float]]] = {
                 c: {"p50": [], "p99": [], "rps": []} for c in CLIENTS}
+            faults_before = page_faults(proc.pid)
             for repeat in range(ns.repeats):
                 decode, times, latencies, in_server, rps = paired_pass(recognizer, url, key,
                                                                        frames)
@@ -231,6 +239,7 @@ def main(argv: list[str] | None = None) -> None:
                           f"{c} client(s) p50 {http[c]['p50'][-1]:.1f} ms p99 "
                           f"{http[c]['p99'][-1]:.1f} ms {http[c]['rps'][-1]:.1f} req/s"
                           for c in CLIENTS), flush=True)
+            faults = (page_faults(proc.pid) - faults_before) / (ns.repeats * ns.frames * 2)
         finally:
             stop(proc)
     finally:
@@ -261,6 +270,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  by the server's own clocks, latency minus its engine and its decode: "
           f"{med(http_only):.1f} ms (runs {min(http_only):.1f}-{max(http_only):.1f}); under "
           f"5 ms: {'yes' if med(http_only) < 5 else 'no'}")
+    print(f"  the server's minor page faults per request: {faults:.0f}")
     print_comparisons("bench.edge.api_http", [comparison(
         "recognise p50, 1 client", Measured.of("HTTP", http[1]["p50"], "repeats"),
         Measured.of("decode + engine", with_decode_p50, "repeats"), "ms", "{:.1f}",

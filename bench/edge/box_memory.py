@@ -32,8 +32,8 @@ _BOX = r"""
 import json, resource, sys, tempfile, time
 from pathlib import Path
 import psutil
-from federation.memory import pin_mmap_threshold
-pin_mmap_threshold()  # as the fedface-edge entry point does
+from federation.memory import BOX_MALLOC, pin_malloc
+pin_malloc(BOX_MALLOC)  # as the fedface-edge entry point does
 lfw, people_n, per_person = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 isolate = sys.argv[4] == "isolated"
 proc, stages = psutil.Process(), []

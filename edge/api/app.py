@@ -105,9 +105,7 @@ def recognize() -> Response:
     g.engine_ms = (time.perf_counter() - started) * 1e3
     if not faces:
         raise NoFaceError("No face is found in the given image", "")
-    # the model of this frame's vectors, not the engine's state read later: a swap may
-    # land in between, and the answer must name the model its scores came from
-    return _json(cf.recognition(faces, timing, faces[0].model_version))
+    return _json(cf.recognition(faces, timing, cf.Extras.of(request.args.to_dict())))
 
 
 def detect() -> Response:
@@ -117,20 +115,22 @@ def detect() -> Response:
                                       limit=options["limit"])
     if not faces:
         raise NoFaceError("No face is found in the given image", "")
-    return _json(cf.detection(faces, timing))
+    return _json(cf.detection(faces, timing, cf.Extras.of(request.args.to_dict())))
 
 
 def verify_images() -> Response:
     faces = _svc().faces
+    extras = cf.Extras.of(request.args.to_dict())
     source = faces.largest(_image("source_image"))
     targets, _ = faces.find(_image("target_image"), prediction_count=0)
     if not targets:
         raise NoFaceError("No face is found in the given image", "")
+    matches = [{**cf.face(t, extras),
+                "similarity": cf.similarity(float(t.embedding @ source.embedding))}
+               for t in targets]
     return _json({"result": [{
-        "source_image_face": {"box": cf.box(source.face)},
-        "face_matches": sorted(({"box": cf.box(t.face),
-                                 "similarity": cf.similarity(float(t.embedding @ source.embedding))}
-                                for t in targets), key=lambda m: -m["similarity"]),
+        "source_image_face": cf.face(source, extras),
+        "face_matches": sorted(matches, key=lambda m: -m["similarity"]),
     }]})
 
 
@@ -202,7 +202,8 @@ def verify_face(image_id: str) -> Response:
                               limit=options["limit"])
     if not found:
         raise NoFaceError("No face is found in the given image", "")
-    return _json({"result": [{"box": cf.box(f.face),
+    extras = cf.Extras.of(request.args.to_dict())
+    return _json({"result": [{**cf.face(f, extras),
                               "similarity": cf.similarity(float(f.embedding @ vector))}
                              for f in found]})
 

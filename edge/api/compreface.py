@@ -6,10 +6,19 @@ x_max, y_max}``; ``subjects`` are ``{subject, similarity}`` best first; errors a
 ``{message, code}``. One difference, documented in docs/operations.md: ``similarity``
 is SFace's cosine similarity (what ``fedface-edge identify`` prints as ``score``, the box
 names a face at 0.40 by default), not CompreFace's calibrated probability.
+
+Options every face-finding call takes, as in CompreFace: ``face_plugins`` (comma-
+separated) adds per face ``landmarks`` (YuNet's five points) and, for ``calculator``,
+``embedding`` (the serving model's unit vector); CompreFace's age, gender, mask and pose
+plugins are not on the box and are ignored, as CompreFace ignores a plugin it was not
+deployed with. ``status=true`` adds ``execution_time`` per face and ``plugins_versions``
+(the detector, and the model that made the vectors: after a hot swap, the federated
+round's).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from edge.api.faces import FoundFace, Timing
@@ -38,20 +47,64 @@ def similarity(score: float) -> float:
     return round(float(score), 4)  # as `fedface-edge identify --json` rounds its score
 
 
-def recognition(faces: list[FoundFace], timing: Timing, model_version: str) -> dict[str, Any]:
-    return {"result": [{
-        "box": box(f.face),
-        "subjects": [{"subject": name, "similarity": similarity(score)}
-                     for name, score in f.subjects],
-        "execution_time": {"detector": round(timing.detect_ms, 2),
-                           "calculator": round(timing.embed_ms, 2)},
-    } for f in faces], "plugins_versions": {"detector": "yunet", "calculator": model_version}}
+@dataclass(frozen=True)
+class Extras:
+    """What a request asked for beyond boxes and subjects (``face_plugins``, ``status``)."""
+
+    landmarks: bool = False
+    embedding: bool = False
+    status: bool = False
+
+    @classmethod
+    def of(cls, args: dict[str, str]) -> Extras:
+        plugins = {p.strip().lower() for p in args.get("face_plugins", "").split(",")}
+        return cls(landmarks="landmarks" in plugins, embedding="calculator" in plugins,
+                   status=args.get("status", "").strip().lower() == "true")
 
 
-def detection(faces: list[FoundFace], timing: Timing) -> dict[str, Any]:
-    return {"result": [{"box": box(f.face),
-                        "execution_time": {"detector": round(timing.detect_ms, 2)}}
-                       for f in faces]}
+def face(found: FoundFace, extras: Extras) -> dict[str, Any]:
+    """A face's box and the plugin outputs asked for."""
+    out: dict[str, Any] = {"box": box(found.face)}
+    if extras.landmarks:
+        out["landmarks"] = [[round(float(x)), round(float(y))] for x, y in found.face.landmarks]
+    if extras.embedding:
+        out["embedding"] = [round(float(v), 6) for v in found.embedding]
+    return out
+
+
+def _versions(model_version: str) -> dict[str, str]:
+    return {"detector": "yunet", "calculator": model_version}
+
+
+def recognition(faces: list[FoundFace], timing: Timing, extras: Extras) -> dict[str, Any]:
+    result = []
+    for f in faces:
+        item = face(f, extras)
+        item["subjects"] = [{"subject": name, "similarity": similarity(score)}
+                            for name, score in f.subjects]
+        if extras.status:
+            item["execution_time"] = {"detector": round(timing.detect_ms, 2),
+                                      "calculator": round(timing.embed_ms, 2)}
+        result.append(item)
+    answer: dict[str, Any] = {"result": result}
+    if extras.status:
+        # the model of this frame's vectors, not the engine's state read later: a swap
+        # may land in between, and the answer names the model its scores came from
+        answer["plugins_versions"] = _versions(faces[0].model_version)
+    return answer
+
+
+def detection(faces: list[FoundFace], timing: Timing, extras: Extras) -> dict[str, Any]:
+    result = []
+    for f in faces:
+        item = face(f, extras)
+        if extras.status:
+            item["execution_time"] = {"detector": round(timing.detect_ms, 2)}
+        result.append(item)
+    answer: dict[str, Any] = {"result": result}
+    if extras.status:
+        answer["plugins_versions"] = _versions(faces[0].model_version)
+    return answer
 
 
 def error(message: str, code: int) -> dict[str, Any]:
@@ -75,8 +128,7 @@ def number(args: dict[str, str], name: str, default: float, low: float,
 
 def find_options(args: dict[str, str]) -> dict[str, Any]:
     """``limit`` (0: every face), ``det_prob_threshold`` (0-1), ``prediction_count``
-    (subjects per face, default 1); ``status`` and ``face_plugins`` are accepted and
-    have no effect (no plugins on the box)."""
+    (subjects per face, default 1). ``face_plugins`` and ``status``: ``Extras``."""
     return {"limit": int(number(args, "limit", 0, 0)),
             "det_prob_threshold": number(args, "det_prob_threshold", 0.0, 0.0, 1.0),
             "prediction_count": int(number(args, "prediction_count", 1, 0))}

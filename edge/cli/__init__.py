@@ -104,7 +104,7 @@ for _module in COMMAND_MODULES:
 
 def main() -> None:
     """Console-script entry point (pyproject: fedface-edge = "edge.cli:main")."""
-    from federation.memory import pin_mmap_threshold
+    from federation.memory import BOX_MALLOC, pin_malloc
 
-    pin_mmap_threshold()  # graph and batch buffers go back to the OS (federation.memory)
+    pin_malloc(BOX_MALLOC)  # frame buffers reused, graphs and batches freed (federation.memory)
     app(prog_name="fedface-edge")

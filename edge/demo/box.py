@@ -30,7 +30,7 @@ from edge.serving.recognizer import Recognizer
 from edge.training.api import LocalTrainer
 from edge.vision.pipeline import FacePipeline
 from federation.crypto.keys import load_secret_context, read_private_key, read_public_key
-from federation.memory import pin_mmap_threshold
+from federation.memory import BOX_MALLOC, pin_malloc
 from federation.transport.base import Will
 from federation.transport.mqtt import MqttTransport
 from models.federated_parts import DEFAULT_PART, FederatedPart
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    pin_mmap_threshold()  # as every box process (federation.memory)
+    pin_malloc(BOX_MALLOC)  # as every box process (federation.memory)
     cfg = json.loads(Path(args[0]).read_text())
     try:
         return run(cfg)

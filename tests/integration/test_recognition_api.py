@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import numpy as np
 import requests
 from compreface import CompreFace
 from typer.testing import CliRunner
@@ -109,6 +110,20 @@ def test_detect_verify_and_bad_input(tmp_path: Path, lfw_dir: Path) -> None:
                                  files={"file": one}, timeout=60).json()
         box_ = detected["result"][0]["box"]
         assert box_["x_max"] > box_["x_min"] and 0 < box_["probability"] <= 1
+        assert set(detected) == {"result"} and set(detected["result"][0]) == {"box"}
+        # CompreFace's face_plugins and status: landmarks, the embedding, the times
+        extra = requests.post(f"{url}/api/v1/detection/detect?face_plugins=landmarks,"
+                              "calculator,age&status=true", headers=headers,
+                              files={"file": one}, timeout=60).json()
+        first = extra["result"][0]
+        assert first["box"] == box_ and "age" not in first  # not on the box: ignored
+        assert len(first["landmarks"]) == 5
+        assert all(box_["x_min"] <= x <= box_["x_max"] and box_["y_min"] <= y <= box_["y_max"]
+                   for x, y in first["landmarks"])
+        assert len(first["embedding"]) == 128
+        assert abs(np.linalg.norm(first["embedding"]) - 1) < 1e-3
+        assert first["execution_time"]["detector"] > 0
+        assert extra["plugins_versions"]["detector"] == "yunet"
         scores = [requests.post(f"{url}/api/v1/verification/verify", headers=headers,
                                 files={"source_image": one, "target_image": target},
                                 timeout=60).json()["result"][0]["face_matches"][0]["similarity"]

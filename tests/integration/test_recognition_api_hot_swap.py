@@ -23,7 +23,8 @@ from tests.support.hot_swap import copy_box, lfw_people, open_swapper, perturbed
 
 
 def recognise(url: str, key: str, image: Path) -> dict[str, object]:
-    answer = requests.post(f"{url}/api/v1/recognition/recognize", headers={"x-api-key": key},
+    answer = requests.post(f"{url}/api/v1/recognition/recognize?status=true",
+                           headers={"x-api-key": key},
                            files={"file": image.read_bytes()}, timeout=60)
     assert answer.status_code == 200, answer.text
     return answer.json()  # type: ignore[no-any-return]

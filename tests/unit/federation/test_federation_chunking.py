@@ -125,10 +125,11 @@ def test_every_default_chunk_message_fits_below_the_aggregators_mmap_threshold()
     """federation.memory: the aggregator's chunk buffers must come from the heap (reused),
     so a full-size chunk's MQTT payload, header included, stays below its threshold; a
     whole 1M-value update (MBs) is far above it and is still returned to the OS."""
-    from federation.memory import AGGREGATOR_MMAP_THRESHOLD_BYTES, MMAP_THRESHOLD_BYTES
+    from federation.memory import AGGREGATOR_MALLOC, BOX_MALLOC
 
     blob = os.urandom(3 * DEFAULT_CHUNK_SIZE)
     envs = chunks(blob, DEFAULT_CHUNK_SIZE, model="m" * 128)  # longest model name
     largest = max(len(encode(e)) for e in envs)
-    assert DEFAULT_CHUNK_SIZE < largest < AGGREGATOR_MMAP_THRESHOLD_BYTES
-    assert MMAP_THRESHOLD_BYTES < AGGREGATOR_MMAP_THRESHOLD_BYTES < 25 * 1024 * 1024
+    assert DEFAULT_CHUNK_SIZE < largest < AGGREGATOR_MALLOC.mmap_threshold < 25 * 1024 * 1024
+    # a box's 640x480 frame (921,600 bytes of BGR) is reused from the heap too
+    assert 640 * 480 * 3 < BOX_MALLOC.mmap_threshold < BOX_MALLOC.trim_threshold
