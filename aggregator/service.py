@@ -14,8 +14,7 @@ Two threads, one rule each:
   rejections, acks, checks deadlines and publishes announce/result/pointer.
 
 They meet in a queue of small items (a completed blob is a file path, not bytes), so a
-backlog costs disk, not memory; a completed blob's fsync starts at once on a flusher
-thread, so that the batch's group commit finds it already on disk.
+backlog costs disk, not memory; the batch's group commit fsyncs its blobs side by side.
 
 With ``serve --intake-processes K`` (K >= 2, aggregator.intake.shards) the delivery
 thread's work runs in K shard processes instead, each for its share of the devices; their
@@ -342,11 +341,10 @@ class AggregatorService:
             self.intake_shards.forget(device, msg)
 
     def close(self) -> None:
-        """Stop the intake shards, the flusher and the summing workers (the transport and
+        """Stop the intake shards and the summing workers (the transport and
         store are the caller's)."""
         if self.intake_shards is not None:
             self.intake_shards.close()
-        self.intake.close()
         self.coordinator.accumulators.close()
 
     def _ack(self, device: str, round_no: int | None, msg: str | None, d: Decision) -> None:

@@ -225,7 +225,7 @@ def serve(
         service.start()
         service.loop(stop)
     finally:
-        service.close()  # intake shards, flusher, summing workers
+        service.close()  # intake shards, summing workers
         for link in reversed(links):
             link.close()
         service.store.close()

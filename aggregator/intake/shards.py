@@ -198,7 +198,6 @@ class ShardIntake:
 
     def close(self) -> None:
         self.transport.close()
-        self.intake.close()
         self._db.close()
 
 

@@ -7,6 +7,7 @@ them without the store. A whole file replaced atomically is ``federation.files``
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,6 +15,19 @@ __all__ = ["fsync_file", "sync_all", "write_synced"]
 
 # fsyncs of one group commit run side by side (they release the GIL and wait on the disk).
 _FSYNC_THREADS = 8
+# One pool per process, kept between group commits: a pool per batch started and joined
+# up to 8 threads each time (0.05 ms of CPU per update, bench.aggregator.intake). Keyed by
+# pid so that a forked child never submits to its parent's threads.
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+_pool_lock = threading.Lock()
+
+
+def _fsync_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid():
+            _pool = (os.getpid(), ThreadPoolExecutor(_FSYNC_THREADS, thread_name_prefix="fsync"))
+        return _pool[1]
 
 
 def fsync_file(path: Path) -> None:
@@ -30,9 +44,12 @@ def sync_all(paths: list[Path]) -> None:
         for path in paths:
             fsync_file(path)
         return
-    with ThreadPoolExecutor(min(_FSYNC_THREADS, len(paths)), thread_name_prefix="fsync") as ex:
-        for future in [ex.submit(fsync_file, p) for p in paths]:
-            future.result()
+    pool = _fsync_pool()
+    futures = [pool.submit(fsync_file, p) for p in paths]
+    errors = [f.exception() for f in futures]  # waits for every one
+    first = next((e for e in errors if e is not None), None)
+    if first is not None:
+        raise first
 
 
 def write_synced(path: Path, data: bytes) -> None:
