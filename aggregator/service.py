@@ -91,8 +91,10 @@ from aggregator.rounds.publisher import Publisher, ack_for
 from aggregator.rounds.records import Decision, Submission
 from aggregator.state.registry import DeviceRegistry
 from aggregator.state.store import Store
+from aggregator.state.upgrade import upgrade_stored_blobs
 from federation import topics
 from federation.crypto.ckks import FederationContext, require_public_only
+from federation.crypto.packing import wire_widths
 from federation.transport.base import Transport
 
 log = logging.getLogger(__name__)
@@ -169,6 +171,7 @@ class AggregatorService:
         # rounds announce the key (epoch) updates must be encrypted under
         self.settings = replace(settings or RoundSettings(), key_id=context.key_id,
                                 key_epoch=context.epoch)
+        upgrade_stored_blobs(store, wire_widths(context))  # before any sum is rebuilt
         self.registry = DeviceRegistry(store)
         self.coordinator = Coordinator(
             store,

@@ -4,7 +4,8 @@
 commit of accepted updates), ``db`` (SQLite tables: rounds, updates, rejections, meta),
 ``files`` (blobs on disk), ``durable_io`` (the group commit's fsyncs), ``registry``
 (devices and their keys), ``regions`` (regional aggregators, registered like devices)
-and ``verdicts`` (the boxes' verdicts per round, and the rounds found poisoned).
+``verdicts`` (the boxes' verdicts per round, and the rounds found poisoned) and
+``upgrade`` (blobs stored by a release of an earlier update format, re-encoded on start).
 
 May import: federation.
 """

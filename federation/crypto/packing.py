@@ -48,6 +48,7 @@ DEFAULT_HEADROOM = 8
 UPDATE_MAGIC = b"FFU1"
 # 2: ciphertexts bit-packed (federation.crypto.wire); 1 was TenSEAL's serialisation as is.
 UPDATE_VERSION = 2
+LEGACY_UPDATE_VERSION = 1  # refused on the wire; stored blobs are upgraded (aggregator.state)
 # magic, version, reserved, key_id (16 raw bytes), length, slots, n_ciphertexts, n_updates
 _HEADER = struct.Struct(">4sHH16sQIII")
 _CT_LEN = struct.Struct(">I")
@@ -155,6 +156,29 @@ def parse_layout(data: bytes) -> UpdateLayout:
     if offset != len(data):
         raise FederationError(MALFORMED, f"{len(data) - offset} trailing bytes after update")
     return UpdateLayout(key_raw.hex(), length, slots, n_updates, tuple(spans))
+
+
+def update_version(data: bytes) -> int | None:
+    """The format version in encrypted-update bytes (None: not an encrypted update)."""
+    if len(data) < 6 or data[:4] != UPDATE_MAGIC:
+        return None
+    return int.from_bytes(data[4:6], "big")
+
+
+def upgrade_legacy_update(data: bytes, widths: tuple[int, ...]) -> bytes:
+    """A version-1 encrypted update (each ciphertext as TenSEAL serialised it, what
+    releases before bit-packing sent and stored) in the current format. Lossless: the
+    same ciphertexts, their coefficients bit-packed (``wire.pack``, which reads SEAL's
+    zstd-compressed bytes); ``widths`` are the federation's (``wire_widths``)."""
+    if update_version(data) != LEGACY_UPDATE_VERSION:
+        raise FederationError(MALFORMED, "not a version-1 encrypted update")
+    current = bytearray(data[:_HEADER.size])
+    current[4:6] = UPDATE_VERSION.to_bytes(2, "big")  # same framing: parse it as current
+    layout = parse_layout(bytes(current) + data[_HEADER.size:])
+    return EncryptedUpdate(
+        key_id=layout.key_id, length=layout.length, slots=layout.slots,
+        ciphertexts=tuple(wire.pack(data[a:b], widths) for a, b in layout.spans),
+        n_updates=layout.n_updates).to_bytes()
 
 
 def _check_same_key(ctx: FederationContext, key_id: str, slots: int) -> None:
