@@ -27,6 +27,7 @@ upload at a time).
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 
@@ -38,6 +39,7 @@ DEFAULT_MAX_PIXELS = 40_000_000
 FORMATS = "JPEG, PNG, WebP, BMP, TIFF, GIF, PGM or another format Pillow reads"
 
 _PNG = b"\x89PNG\r\n\x1a\n"
+_OVERSIZED = "Pillow:oversized"  # a header Pillow refused to open: its pixel count only
 # SOF0-SOF15 except DHT (C4), JPG (C8) and DAC (CC): frame headers carrying the size
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RSTn: no length field
@@ -193,6 +195,11 @@ def _pillow(data: bytes) -> ImageHeader | None:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
             return ImageHeader(f"Pillow:{image.format}", width, height)
+    except Image.DecompressionBombError as exc:
+        # Pillow will not open past twice its MAX_IMAGE_PIXELS (about 178 MP) and says
+        # only how many pixels: far over any cap here, so "too large", not "not an image"
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        return ImageHeader(_OVERSIZED, int(found.group(1)), 1) if found else None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, struct.error):
         return None
 
@@ -229,9 +236,10 @@ def check_header(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
         raise ImageReadError(f"{source} says it is {header.width}x{header.height} pixels",
                              "the file is damaged; use another photo")
     if header.pixels > max_pixels:
+        size = (f"{header.width}x{header.height} pixels " if header.format != _OVERSIZED
+                else "") + f"({header.pixels / 1e6:.0f} MP)"
         raise ImageTooLarge(
-            f"{source} is {header.width}x{header.height} pixels "
-            f"({header.pixels / 1e6:.0f} MP), more than the {max_pixels / 1e6:g} MP allowed",
+            f"{source} is {size}, more than the {max_pixels / 1e6:g} MP allowed",
             "scale the photo down (a face needs far fewer pixels) and try again",
             header, max_pixels)
     return header

@@ -3,6 +3,7 @@ encoded by OpenCV in every format read, a real PNG bomb, and the CLI's paths."""
 
 from __future__ import annotations
 
+import io
 import time
 import zlib
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from bench.rig.kiosk import png_bomb
 from edge.errors import ImageReadError
@@ -99,6 +101,14 @@ def test_cap_boundary_and_other_formats_opencv_would_decode() -> None:
             check_header(buf.tobytes(), max_pixels=71)
     with pytest.raises(ImageReadError, match="is not an image"):
         check_header(b"just some text, no image format at all")
+    # a format only Pillow reads, past the size Pillow refuses to open: too large, not
+    # "not an image" (TGA: width and height are the uint16s at bytes 12-15)
+    tga = io.BytesIO()
+    Image.fromarray(np.zeros((9, 8, 3), np.uint8)).save(tga, format="TGA")
+    huge = bytearray(tga.getvalue())
+    huge[12:16] = (65535).to_bytes(2, "little") * 2
+    with pytest.raises(ImageTooLarge, match=r"\(4295 MP\), more than the 40 MP allowed"):
+        check_header(bytes(huge))
     for damaged in (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0\x00", b"RIFF\x00\x00\x00\x00WEBP"):
         assert read_header(damaged) is None
     zero = bytearray(data)
