@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 HEAVY_MODULES = ("torch", "tensorflow", "jax")
 REPORT_EVERY_S = 5.0
+EVENTS_CONNECT_WAIT_S = 3.0  # before saying that the events broker is not reachable
 KNOWN_COLOUR = (60, 200, 60)  # BGR
 Mark = tuple[tuple[int, int, int, int], str, bool]  # box, label, known
 UNKNOWN_COLOUR = (40, 40, 220)
@@ -286,6 +287,11 @@ def _publisher(ctx: typer.Context, stack: ExitStack, url: str | None, fed: str |
                        hint="check --mqtt-url / --fed / --box-id or the config's [events]",
                        exit_code=EXIT_USAGE) from exc
     stack.callback(publisher.transport.close)  # flushes what is queued (bounded)
+    if not publisher.transport.wait_connected(EVENTS_CONNECT_WAIT_S):
+        typer.echo(f"warning: the events broker at {url} is not reachable yet; recognition "
+                   f"goes on and visit events wait in memory (at most "
+                   f"{publisher.transport.max_queued:,}) until it is",
+                   err=True)
     return publisher
 
 

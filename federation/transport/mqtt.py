@@ -110,6 +110,7 @@ class MqttTransport:
         connect: bool = True,
     ) -> None:
         self.url = parse_broker_url(url)
+        self.max_queued = max_queued  # messages kept while the broker is away
         self.client_id = client_id
         self.offline_queue = offline_queue
         self._v5 = is_v5(protocol)
@@ -261,6 +262,10 @@ class MqttTransport:
         if self.connected and flush_timeout > 0 and not self.flush(flush_timeout):
             log.warning("closing with %d message(s) not acknowledged by the broker after "
                         "%.1f s", self.unacked, flush_timeout)
+        elif not self.connected and self.unacked:
+            # queued while the broker was away (offline_queue): they go with this process
+            log.warning("closing with %d message(s) never delivered: no connection to the "
+                        "broker at %s:%d", self.unacked, self.url.host, self.url.port)
         self._closed = True
         try:
             self._client.disconnect()

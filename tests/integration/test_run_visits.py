@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from typer.testing import CliRunner
 
 from bench.common.kiosk_video import KioskVideo, kiosk_videos
 from edge.cli import app
-from tests.support.broker import MosquittoBroker
+from tests.support.broker import MosquittoBroker, free_port
 from tests.support.mqtt_listener import Listener
 
 
@@ -130,3 +131,26 @@ def test_bad_mqtt_options_are_one_clear_error(tmp_path: Path, args: list[str],
     assert result.exit_code == 2, result.output
     assert expected in result.stderr
     assert not (tmp_path / "box" / "visits").exists()  # failed before any frame
+
+
+def test_an_unreachable_events_broker_is_said_and_recognition_goes_on(
+        kiosk_box: tuple[Path, KioskVideo], tmp_path: Path) -> None:
+    """Nothing listens on the events broker's port: `run` says so at start, recognises
+    every visit as without MQTT, and says at exit how many events were never delivered."""
+    data_dir, video = kiosk_box
+    source = write_video(video, tmp_path / "kiosk.avi")
+    run = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "--data-dir", str(data_dir), "run", "--source",
+         str(source), "--events", str(tmp_path / "visits.jsonl"), "--mqtt-url",
+         f"mqtt://127.0.0.1:{free_port()}", "--fed", "acme", "--box-id", "lobby-1"],
+        capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert run.returncode == 0, run.stderr
+    assert "the events broker at mqtt://127.0.0.1:" in run.stderr
+    assert "is not reachable yet" in run.stderr
+    events = [json.loads(line) for line in (tmp_path / "visits.jsonl").read_text().splitlines()]
+    names = {e["name"] for e in events if e["event"] == "visit_ended"}
+    assert names == {p.person if p.enrolled else "unknown" for p in video.visits}
+    # discovery (3 configs and the state), then per visit 3 events and 2 states: all lost
+    undelivered = re.search(r"closing with (\d+) message\(s\) never delivered", run.stderr)
+    assert undelivered is not None, run.stderr
+    assert int(undelivered.group(1)) == 4 + len(events) + 2 * (len(events) // 3)
