@@ -263,7 +263,7 @@ def _visit_engine(engine: Any, detect_every: int, max_attempts: int,
 def _publisher(ctx: typer.Context, stack: ExitStack, url: str | None, fed: str | None,
                box_id: str | None) -> VisitPublisher | None:
     """The MQTT side of per-visit events: ``--mqtt-url``, else the config's ``[events]``."""
-    from edge.tracking.mqtt_events import open_visit_publisher
+    from edge.tracking.mqtt_events import MAX_QUEUED_EVENTS, open_visit_publisher
 
     config = box(ctx).config
     events = config.events if config is not None else None
@@ -290,7 +290,7 @@ def _publisher(ctx: typer.Context, stack: ExitStack, url: str | None, fed: str |
     if not publisher.transport.wait_connected(EVENTS_CONNECT_WAIT_S):
         typer.echo(f"warning: the events broker at {url} is not reachable yet; recognition "
                    f"goes on and visit events wait in memory (at most "
-                   f"{publisher.transport.max_queued:,}) until it is",
+                   f"{MAX_QUEUED_EVENTS:,}) until it is",
                    err=True)
     return publisher
 

@@ -32,6 +32,7 @@ from federation.transport.base import Transport
 log = logging.getLogger(__name__)
 
 UNKNOWN = "unknown"
+MAX_QUEUED_EVENTS = 10_000  # kept in memory while the events broker is away, then dropped
 
 
 def events_topic(fed: str, box: str) -> str:
@@ -148,7 +149,7 @@ def open_visit_publisher(url: str, fed: str, box: str, *, username: str | None =
                              f"{exc.strerror}") from exc
     tls = TlsConfig(ca_file=ca_file) if url.startswith("mqtts://") else None
     transport = MqttTransport(url, f"{box}-visits", username=username, password=password,
-                              tls=tls, clean_start=True)
+                              tls=tls, clean_start=True, max_queued=MAX_QUEUED_EVENTS)
     publisher = VisitPublisher(transport, fed, box, include_crop=include_crop,
                                discovery_prefix=discovery_prefix)
     publisher.announce()

@@ -110,7 +110,6 @@ class MqttTransport:
         connect: bool = True,
     ) -> None:
         self.url = parse_broker_url(url)
-        self.max_queued = max_queued  # messages kept while the broker is away
         self.client_id = client_id
         self.offline_queue = offline_queue
         self._v5 = is_v5(protocol)
