@@ -154,3 +154,34 @@ def test_an_unreachable_events_broker_is_said_and_recognition_goes_on(
     undelivered = re.search(r"closing with (\d+) message\(s\) never delivered", run.stderr)
     assert undelivered is not None, run.stderr
     assert int(undelivered.group(1)) == 4 + len(events) + 2 * (len(events) // 3)
+
+
+def test_annotate_per_visit_marks_the_named_visitor_and_the_strangers(
+        kiosk_box: tuple[Path, KioskVideo], tmp_path: Path) -> None:
+    """`run --annotate` in per-visit mode: one output frame per input frame, the enrolled
+    visitor boxed in the known colour and the strangers in the unknown one."""
+    from edge.cli.run import KNOWN_COLOUR, UNKNOWN_COLOUR
+
+    data_dir, video = kiosk_box
+    source = write_video(video, tmp_path / "kiosk.avi")
+    out = tmp_path / "annotated.avi"
+    result = CliRunner().invoke(app, ["--data-dir", str(data_dir), "run", "--source",
+                                      str(source), "--annotate", str(out)])
+    assert result.exit_code == 0, result.output
+    capture = cv2.VideoCapture(str(out))
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    assert len(frames) == video.length
+
+    def shows(colour: tuple[int, int, int]) -> int:  # frames with that box colour (JPEG-ish)
+        near = [np.all(np.abs(f.astype(int) - colour) <= 30, axis=2).sum() > 200
+                for f in frames]
+        return int(np.sum(near))
+
+    assert shows(KNOWN_COLOUR) > len(frames) // 4
+    assert shows(UNKNOWN_COLOUR) > len(frames) // 4
