@@ -3,6 +3,7 @@ photos walking in front of the camera) through the real models, three events per
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -185,3 +186,42 @@ def test_annotate_per_visit_marks_the_named_visitor_and_the_strangers(
 
     assert shows(KNOWN_COLOUR) > len(frames) // 4
     assert shows(UNKNOWN_COLOUR) > len(frames) // 4
+
+
+def test_include_crop_from_the_config_file_puts_the_best_crop_on_the_wire(
+        kiosk_box: tuple[Path, KioskVideo], tmp_path: Path, mosquitto: MosquittoBroker) -> None:
+    """The `[events]` section of the box's edge.toml, not options: its broker, and
+    include_crop = true, which attaches each visit's best crop (PNG) to its events."""
+    from edge.config import BoxConfig, render_box_config
+
+    data_dir, video = kiosk_box
+    unused = str(tmp_path / "not-used-by-run")  # federation files: `run` never opens them
+    config = BoxConfig.model_validate({
+        "box": {"device_id": "lobby-2", "fed": "acme", "data_dir": str(data_dir)},
+        "camera": {"source": str(write_video(video, tmp_path / "kiosk.avi"))},
+        "broker": {"url": "mqtts://broker.invalid:8883", "ca_file": unused,
+                   "cert_file": unused, "key_file": unused},
+        "federation": {"key_id": "0" * 32, "secret_context": unused, "device_key": unused,
+                       "aggregator_key": unused},
+        "events": {"mqtt_url": mosquitto.url, "include_crop": True},
+    })
+    (data_dir / "edge.toml").write_text(render_box_config(config))
+    listener = Listener("127.0.0.1", mosquitto.port, ["fedface/acme/lobby-2/events"])
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "edge.cli", "--data-dir", str(data_dir), "run",
+             "--events", str(tmp_path / "visits.jsonl")],
+            capture_output=True, text=True, timeout=300, env=os.environ.copy())
+        assert run.returncode == 0, run.stderr
+        written = (tmp_path / "visits.jsonl").read_text().splitlines()
+        got = listener.collect_until(lambda got: len(got) >= len(written))
+    finally:
+        listener.close()
+    identified = [json.loads(p) for _, p, _ in got
+                  if json.loads(p)["event"] == "visit_identified"]
+    assert identified
+    for event in identified:
+        png = base64.b64decode(event["best_crop_png"])
+        crop = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+        assert crop.shape == (112, 112, 3)
+        assert png == Path(event["best_crop"]).read_bytes()  # the crop kept on the box
