@@ -20,7 +20,13 @@ scored per site on its own camera:
   equals it within its scale, see bench.federation.federated_accuracy), what the demo's
   boxes serve after one round;
 - local BN statistics: the running mean/var of the part's batch norms moved ``--bn-mix``
-  of the way to the site's own enrolment crops (AdaBN-style, no labels), weights pretrained.
+  of the way to the site's own enrolment crops (AdaBN-style, no labels), weights pretrained;
+- camera distillation (bench.common.camera_distill, no labels): the part learns to give a
+  randomly degraded view of each enrolment crop the pretrained embedding of the crop,
+  ``--distill-views`` views per crop (one is the crop itself), ``--distill-epochs`` per
+  round; local-only for all ``--rounds`` rounds' epochs, and FedAvg after each round;
+- with ``--clean``, the same rows on the same people's photos without any camera
+  (forgetting of clean LFW).
 
 Gains are in points against pretrained, mean over the sites with the paired standard error.
 """
@@ -36,15 +42,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bench.common.camera_distill import DistillConfig, DistillSet, distill, distill_views
 from edge.errors import FedFaceError
 from edge.gallery.match import DEFAULT_MATCH_THRESHOLD, match
 from edge.training.api import TrainConfig
-from edge.vision.camera_domain import KIOSK_DOMAINS, Domain, kiosk_domain
+from edge.vision.camera_domain import CLEAN, KIOSK_DOMAINS, Domain, kiosk_domain
 from edge.vision.pipeline import FacePipeline
 from models.federated_parts import get_part
 from models.registry import model_path
 
 log = logging.getLogger(__name__)
+# Adam learning rates of the distillation per part (the CosFace ones of
+# edge.training.loop.PART_LR as the starting point)
+DISTILL_LR = {"embed_bn": 5e-3, "conv14": 1e-4, "fc1_lora": 3e-3}
 DEFAULT_FACES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "lfw"
 
 
@@ -122,6 +132,16 @@ class SiteModels:
         fit(tail, data.features, data.labels, TrainConfig(epochs=epochs))
         return tail.get_vector(), data.n_crops
 
+    def distill_set(self, site: Site, n_views: int, seed: int) -> DistillSet:
+        return distill_views(self.trunk, self.part.cut, [c for _, c in site.enrol], n_views,
+                             seed)
+
+    def distilled(self, start: np.ndarray | None, data: DistillSet,
+                  config: DistillConfig) -> np.ndarray:
+        tail = self.tail(start)
+        distill(tail, data, config)
+        return tail.get_vector()
+
     def bn_local(self, site: Site, mix: float):
         """A pretrained tail whose batch-norm statistics moved ``mix`` towards the site's."""
         import torch
@@ -154,6 +174,31 @@ def _gain_line(name: str, rows: list[float], base: list[float]) -> str:
             f"gain {diff.mean():+5.1f} (SE {se:.1f}), worst site {diff.min():+5.1f}")
 
 
+def _fedavg(vectors: list[np.ndarray], weights: list[int]) -> np.ndarray:
+    w = np.asarray(weights, dtype=np.float64)
+    return (np.sum([wi * v for wi, v in zip(w, vectors, strict=True)], axis=0)
+            / w.sum()).astype(np.float32)
+
+
+def _distill_rows(models: SiteModels, sites: list[Site], args: argparse.Namespace
+                  ) -> dict[str, list[np.ndarray | None]]:
+    """Per row name, the vector each site serves: local-only distillation (all rounds'
+    epochs at once) and FedAvg of the distilled parts after each round."""
+    lr = args.distill_lr if args.distill_lr is not None else DISTILL_LR.get(args.part, 1e-4)
+    config = DistillConfig(epochs=args.distill_epochs, lr=lr, anchor=args.anchor)
+    data = [models.distill_set(s, args.distill_views, seed=i) for i, s in enumerate(sites)]
+    local_config = DistillConfig(epochs=args.distill_epochs * args.rounds, lr=lr,
+                                 anchor=args.anchor)
+    rows: dict[str, list[np.ndarray | None]] = {
+        "distill local-only": [models.distilled(None, d, local_config) for d in data]}
+    vector: np.ndarray | None = None
+    for r in range(1, args.rounds + 1):
+        vectors = [models.distilled(vector, d, config) for d in data]
+        vector = _fedavg(vectors, [d.n_crops for d in data])
+        rows[f"distill FedAvg round {r}"] = [vector] * len(sites)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--faces", type=Path, default=DEFAULT_FACES)
@@ -164,6 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--part", default="embed_bn")
     ap.add_argument("--epochs", type=float, default=TrainConfig().epochs)
     ap.add_argument("--bn-mix", type=float, default=0.1)
+    ap.add_argument("--distill-views", type=int, default=8)
+    ap.add_argument("--distill-epochs", type=float, default=DistillConfig().epochs)
+    ap.add_argument("--distill-lr", type=float, default=None)
+    ap.add_argument("--anchor", type=float, default=DistillConfig().anchor)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--clean", action="store_true", help="also score without the camera")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/fedface-site-camera-gain"))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -173,29 +224,53 @@ def main(argv: list[str] | None = None) -> int:
                      if p.is_dir() and len(list(p.glob("*.jpg"))) >= need)
     t0 = time.perf_counter()
     pipeline = FacePipeline.from_model_dir()
-    sites = [shoot_site(pipeline, folders[i :: len(domains)][: args.people], d, args.enrol,
-                        args.heldout, seed=i) for i, d in enumerate(domains)]
+    people = [folders[i :: len(domains)][: args.people] for i in range(len(domains))]
+    sites = [shoot_site(pipeline, people[i], d, args.enrol, args.heldout, seed=i)
+             for i, d in enumerate(domains)]
     models = SiteModels(args.part, args.cache / args.part)
-    pre = [identification(models.embedder(models.tail()), s) for s in sites]
     tuned = [models.fine_tune(s, args.epochs) for s in sites]
-    local = [identification(models.embedder(models.tail(v)), s)
-             for s, (v, _) in zip(sites, tuned, strict=True)]
-    weights = np.array([n for _, n in tuned], dtype=np.float64)
-    fedavg = np.sum([w * v for w, (v, _) in zip(weights, tuned, strict=True)], axis=0)
-    fedavg = (fedavg / weights.sum()).astype(np.float32)
-    federated = [identification(models.embedder(models.tail(fedavg)), s) for s in sites]
+    served: dict[str, list[np.ndarray | None]] = {
+        "pretrained (baseline)": [None] * len(sites),
+        "local fine-tune": [v for v, _ in tuned],
+        "FedAvg of the sites": [_fedavg([v for v, _ in tuned], [n for _, n in tuned])]
+        * len(sites),
+    }
+    t1 = time.perf_counter()
+    served.update(_distill_rows(models, sites, args))
+    distill_s = time.perf_counter() - t1
+    scores = {name: [identification(models.embedder(models.tail(v)), s)
+                     for v, s in zip(vectors, sites, strict=True)]
+              for name, vectors in served.items()}
     bn = [identification(models.embedder(models.bn_local(s, args.bn_mix)), s) for s in sites]
+    pre = scores["pretrained (baseline)"]
     print(f"sites: {len(sites)} x {args.people} people, {args.enrol} enrolment + "
           f"{args.heldout} held-out photos each, part {args.part}, {args.epochs} epochs; "
           f"held-out identification at threshold {DEFAULT_MATCH_THRESHOLD} on each site's "
-          f"own camera ({time.perf_counter() - t0:.0f} s)")
+          f"own camera ({time.perf_counter() - t0:.0f} s; distillation "
+          f"{args.distill_views} views, {args.distill_epochs} epochs x {args.rounds} rounds, "
+          f"{distill_s:.0f} s for all sites and rows)")
     print(f"{'':24s} " + " ".join(f"{s.camera[:6]:>6s}" for s in sites))
     print(f"{'held-out photos':24s} " + " ".join(f"{len(s.heldout):6d}" for s in sites))
-    print(_gain_line("pretrained (baseline)", pre, pre))
-    print(_gain_line("local fine-tune", local, pre))
-    print(_gain_line("FedAvg of the sites", federated, pre))
-    print(_gain_line(f"local BN stats (mix {args.bn_mix})", bn, pre))
+    for name, row in scores.items():
+        print(_gain_line(name, row, pre))
+        if name == "FedAvg of the sites":
+            print(_gain_line(f"local BN stats (mix {args.bn_mix})", bn, pre))
+    if args.clean:
+        _print_clean(pipeline, models, people, args, served)
     return 0
+
+
+def _print_clean(pipeline: FacePipeline, models: SiteModels, people: list[list[Path]],
+                 args: argparse.Namespace, served: dict[str, list[np.ndarray | None]]) -> None:
+    """The same people and photos without a camera: what the served models forgot."""
+    clean = [shoot_site(pipeline, p, CLEAN, args.enrol, args.heldout, seed=i)
+             for i, p in enumerate(people)]
+    print("the same sites' people without any camera (clean LFW), same models:")
+    pre = [identification(models.embedder(models.tail()), s) for s in clean]
+    for name, vectors in served.items():
+        row = [identification(models.embedder(models.tail(v)), s)
+               for v, s in zip(vectors, clean, strict=True)]
+        print(_gain_line(name, row, pre))
 
 
 if __name__ == "__main__":
