@@ -12,13 +12,17 @@ images, before the trunk, so the trunk features of every (x, A_k(x)) are compute
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from edge.vision.camera_domain import Domain
+from federation.files import PRIVATE_DIR, make_dirs, open_new
 
 
 def random_look(rng: np.random.Generator) -> Domain:
@@ -68,10 +72,26 @@ class DistillSet:
 
 
 def distill_views(trunk, cut: str, crops: Sequence[np.ndarray], n_views: int,
-                  seed: int) -> DistillSet:
-    """Runs ``trunk`` (a models.trunk.TrunkRunner with ``cut``) over every view once."""
+                  seed: int, cache: Path | None = None) -> DistillSet:
+    """Runs ``trunk`` (a models.trunk.TrunkRunner with ``cut``) over every view once;
+    with ``cache``, the result is kept there (0600: features of faces) for later runs."""
     if len(crops) == 0 or n_views < 1:
         raise ValueError(f"{len(crops)} crops and {n_views} views: nothing to distill")
+    if cache is not None:
+        digest = hashlib.sha256(repr((cut, n_views, seed)).encode())
+        for crop in crops:
+            digest.update(np.ascontiguousarray(crop).tobytes())
+        path = cache / f"distill-{digest.hexdigest()[:20]}.npz"
+        if path.exists():
+            with np.load(path) as saved:
+                return DistillSet(saved["features"], saved["teacher"])
+        data = distill_views(trunk, cut, crops, n_views, seed)
+        make_dirs(cache, PRIVATE_DIR)
+        tmp = path.with_suffix(".tmp")
+        with open_new(tmp, 0o600) as f:
+            np.savez(f, features=data.features, teacher=data.teacher)
+        os.replace(tmp, path)  # a stopped run never leaves half a file under the name
+        return data
     feats, teacher = [], []
     for i, crop in enumerate(crops):
         out = trunk.run(degraded_views(crop, n_views, seed=seed * 100_003 + i))

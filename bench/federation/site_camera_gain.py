@@ -134,7 +134,7 @@ class SiteModels:
 
     def distill_set(self, site: Site, n_views: int, seed: int) -> DistillSet:
         return distill_views(self.trunk, self.part.cut, [c for _, c in site.enrol], n_views,
-                             seed)
+                             seed, cache=self.cache_dir / "distill")
 
     def distilled(self, start: np.ndarray | None, data: DistillSet,
                   config: DistillConfig) -> np.ndarray:
