@@ -183,24 +183,33 @@ def _fedavg(vectors: list[np.ndarray], weights: list[int]) -> np.ndarray:
 
 
 def _distill_rows(models: SiteModels, sites: list[Site], args: argparse.Namespace
-                  ) -> dict[str, list[np.ndarray | None]]:
+                  ) -> tuple[dict[str, list[np.ndarray | None]], str]:
     """Per row name, the vector each site serves: local-only distillation (all rounds'
-    epochs at once) and FedAvg of the distilled parts after each round."""
+    epochs at once) and FedAvg of the distilled parts after each round; and what a site's
+    round costs (one core: the trunk runs with one thread, torch with one)."""
     lr = args.distill_lr if args.distill_lr is not None else DISTILL_LR.get(args.part, 1e-4)
     config = DistillConfig(epochs=args.distill_epochs, lr=lr, anchor=args.anchor)
+    t0 = time.perf_counter()
     data = [models.distill_set(s, args.distill_views, seed=i) for i, s in enumerate(sites)]
+    views_s = (time.perf_counter() - t0) / len(sites)
     local_config = DistillConfig(epochs=args.distill_epochs * args.rounds, lr=lr,
                                  anchor=args.anchor)
     rows: dict[str, list[np.ndarray | None]] = {
         "distill local-only": [models.distilled(None, d, local_config) for d in data]}
     vector: np.ndarray | None = None
     for r in range(1, args.rounds + 1):
-        vectors = [models.distilled(vector, d, config) for d in data]
+        vectors, seconds = [], []
+        for d in data:
+            t0 = time.perf_counter()
+            vectors.append(models.distilled(vector, d, config))
+            seconds.append(time.perf_counter() - t0)
         vector = _fedavg(vectors, [d.n_crops for d in data])
         rows[f"distill FedAvg round {r}"] = [vector] * len(sites)
     # personalised: each site distils the federation's last model once more on its own
     rows["distill FedAvg + local"] = [models.distilled(vector, d, config) for d in data]
-    return rows
+    cost = (f"per site: trunk features of the views {views_s:.1f} s (0 when cached), one "
+            f"distillation round median {np.median(seconds):.1f} s (last round)")
+    return rows, cost
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         * len(sites),
     }
     t1 = time.perf_counter()
-    served.update(_distill_rows(models, sites, args))
+    rows, cost = _distill_rows(models, sites, args)
+    served.update(rows)
     distill_s = time.perf_counter() - t1
     scores = {name: [identification(models.embedder(models.tail(v)), s)
                      for v, s in zip(vectors, sites, strict=True)]
@@ -252,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
           f"held-out identification at threshold {DEFAULT_MATCH_THRESHOLD} on each site's "
           f"own camera ({time.perf_counter() - t0:.0f} s; distillation "
           f"{args.distill_views} views, {args.distill_epochs} epochs x {args.rounds} rounds, "
-          f"{distill_s:.0f} s for all sites and rows)")
+          f"{distill_s:.0f} s for all sites and rows; {cost})")
     print(f"{'':24s} " + " ".join(f"{s.camera[:6]:>6s}" for s in sites))
     print(f"{'held-out photos':24s} " + " ".join(f"{len(s.heldout):6d}" for s in sites))
     for name, row in scores.items():
