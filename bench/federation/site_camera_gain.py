@@ -37,7 +37,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -188,12 +188,14 @@ def _distill_rows(models: SiteModels, sites: list[Site], args: argparse.Namespac
     epochs at once) and FedAvg of the distilled parts after each round; and what a site's
     round costs (one core: the trunk runs with one thread, torch with one)."""
     lr = args.distill_lr if args.distill_lr is not None else DISTILL_LR.get(args.part, 1e-4)
-    config = DistillConfig(epochs=args.distill_epochs, lr=lr, anchor=args.anchor)
+    config = DistillConfig(epochs=args.distill_epochs, lr=lr, anchor=args.anchor,
+                           seed=args.distill_seed)
     t0 = time.perf_counter()
-    data = [models.distill_set(s, args.distill_views, seed=i) for i, s in enumerate(sites)]
+    # seed 0 keeps the looks (and the cached views) of the first runs
+    data = [models.distill_set(s, args.distill_views, seed=i + 1000 * args.distill_seed)
+            for i, s in enumerate(sites)]
     views_s = (time.perf_counter() - t0) / len(sites)
-    local_config = DistillConfig(epochs=args.distill_epochs * args.rounds, lr=lr,
-                                 anchor=args.anchor)
+    local_config = replace(config, epochs=args.distill_epochs * args.rounds)
     rows: dict[str, list[np.ndarray | None]] = {
         "distill local-only": [models.distilled(None, d, local_config) for d in data]}
     vector: np.ndarray | None = None
@@ -227,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--distill-lr", type=float, default=None)
     ap.add_argument("--anchor", type=float, default=DistillConfig().anchor)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--distill-seed", type=int, default=0, help="random looks and batches")
     ap.add_argument("--clean", action="store_true", help="also score without the camera")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/fedface-site-camera-gain"))
     args = ap.parse_args(argv)
