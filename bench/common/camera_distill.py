@@ -107,6 +107,9 @@ class DistillConfig:
     batch_size: int = 32
     lr: float = 1e-3  # Adam, cosine schedule
     anchor: float = 1.0  # weight of view 0 (the crop itself) against the degraded views
+    # weight of keeping the cosines between *different* crops where the teacher has them:
+    # pulling degraded views up alone can lift every score, strangers' too
+    relational: float = 0.0
     seed: int = 0
     threads: int = 1
 
@@ -139,6 +142,8 @@ def distill(tail, data: DistillSet, config: DistillConfig) -> list[float]:
         target = torch.cat([teacher[idx], teacher[idx]])
         w = torch.cat([weights[0].expand(len(idx)), weights[1].expand(len(idx))])
         loss = ((1.0 - (out * target).sum(dim=1)) * w).sum() / w.sum()
+        if config.relational > 0:
+            loss = loss + config.relational * _relational(out, teacher[idx], len(idx))
         for group in optimiser.param_groups:
             group["lr"] = cosine_lr(step, total, config.lr)
         optimiser.zero_grad(set_to_none=True)
@@ -146,3 +151,14 @@ def distill(tail, data: DistillSet, config: DistillConfig) -> list[float]:
         optimiser.step()
         losses.append(float(loss.detach()))
     return losses
+
+
+def _relational(out, teacher, n: int):
+    """Mean squared gap between the student's cosines of degraded views to the other
+    crops (off the diagonal) and the teacher's cosines of the same pairs."""
+    import torch
+
+    student = out[n:] @ out[:n].t()
+    target = teacher @ teacher.t()
+    off = ~torch.eye(n, dtype=torch.bool)
+    return ((student - target)[off] ** 2).mean()

@@ -199,7 +199,7 @@ def _distill_rows(models: SiteModels, sites: list[Site], args: argparse.Namespac
     round costs (one core: the trunk runs with one thread, torch with one)."""
     lr = args.distill_lr if args.distill_lr is not None else DISTILL_LR.get(args.part, 1e-4)
     config = DistillConfig(epochs=args.distill_epochs, lr=lr, anchor=args.anchor,
-                           seed=args.distill_seed)
+                           relational=args.relational, seed=args.distill_seed)
     t0 = time.perf_counter()
     # seed 0 keeps the looks (and the cached views) of the first runs
     data = [models.distill_set(s, args.distill_views, seed=i + 1000 * args.distill_seed)
@@ -238,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--distill-epochs", type=float, default=DistillConfig().epochs)
     ap.add_argument("--distill-lr", type=float, default=None)
     ap.add_argument("--anchor", type=float, default=DistillConfig().anchor)
+    ap.add_argument("--relational", type=float, default=DistillConfig().relational)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--distill-seed", type=int, default=0, help="random looks and batches")
     ap.add_argument("--strangers", type=int, default=12, help="unenrolled people per site")

@@ -108,3 +108,22 @@ def test_cached_views_come_back_identical_from_a_private_file(crops, tmp_path: P
     again = distill_views(None, PART.cut, crops[:2], n_views=2, seed=1, cache=tmp_path)
     assert np.array_equal(first.features, again.features)
     assert np.array_equal(first.teacher, again.teacher)
+
+
+def _off_diagonal_gap(tail: TrainableTail, data: DistillSet) -> float:
+    """How far the cosines between different crops' degraded views and crops are from
+    the teacher's cosines of the same pairs."""
+    with torch.no_grad():
+        views = [torch.nn.functional.normalize(tail(torch.from_numpy(
+            np.asarray(data.features[:, v], dtype=np.float32))), dim=1).numpy() for v in (0, 1)]
+    off = ~np.eye(data.n_crops, dtype=bool)
+    return float(np.abs((views[1] @ views[0].T - data.teacher @ data.teacher.T)[off]).mean())
+
+
+def test_the_relational_term_keeps_other_crops_where_the_teacher_has_them(data) -> None:
+    gaps = {}
+    for weight in (0.0, 10.0):
+        tail = TrainableTail(model_path("sface"), PART)
+        distill(tail, data, DistillConfig(epochs=8, batch_size=8, lr=5e-3, relational=weight))
+        gaps[weight] = _off_diagonal_gap(tail, data)
+    assert gaps[10.0] < gaps[0.0], gaps
