@@ -95,10 +95,15 @@ class Budget:
         return math.log2(self.params.value_bound / self.peak_sum)
 
     @property
+    def sum_noise(self) -> float:
+        """The error of a decrypted slot of the round's sum (the weighted values' and
+        the count's): the boxes' fresh noises added."""
+        return FRESH_NOISE * math.sqrt(self.size.boxes) / self.params.scale
+
+    @property
     def worst_error(self) -> float:
         s = self.size
-        noise = FRESH_NOISE * math.sqrt(s.boxes) / self.params.scale
-        return noise * self.count_scale / (s.boxes * s.min_samples)
+        return self.sum_noise * self.count_scale / (s.boxes * s.min_samples)
 
     @property
     def precision_bits(self) -> float:

@@ -60,8 +60,10 @@ def test_a_10000_box_round_through_regions_stays_in_range_and_precision() -> Non
     summed = EncryptedUpdate.from_bytes(top.to_bytes(), secret)
     weighted, count = decrypt_sums(secret, summed)
     expected_count = counts.sum() / budget.count_scale
-    assert abs(count - expected_count) < 1e-3  # no wrap-around: the count decodes
-    assert abs(weighted[0] - SIZE.max_value * expected_count) < 1e-2
+    # no wrap-around: the count and the largest slot decode, within the budget's noise
+    # of a summed slot (a fixed 1e-3 here was below that bound: 1.1e-3 failed one run)
+    assert abs(count - expected_count) <= budget.sum_noise
+    assert abs(weighted[0] - SIZE.max_value * expected_count) <= budget.sum_noise
     assert weighted[0] < budget.params.value_bound / 2  # the range headroom held
     average = decrypt_within_bounds(secret, summed, None, None)
     error = float(np.max(np.abs(average - plain_weighted_average(vectors, counts))))
