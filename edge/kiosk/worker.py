@@ -311,9 +311,10 @@ class RecognitionWorker:
             if ok:
                 self._latest = LiveFrame(self._seq, frame_index, timestamp, buf.tobytes(),
                                          tuple(faces), tuple(matches), in_view, full)
+                # every published frame keeps the camera live, recognised in full or not
+                self._published = time.monotonic()
             if full:
                 self._full_wanted = False
-                self._published = time.monotonic()
             if found is not None and self._status.state != "running":
                 self._status = WorkerStatus("running", "", self._ms)
             self._new_frame.notify_all()

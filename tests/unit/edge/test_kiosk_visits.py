@@ -5,6 +5,7 @@ gets a frame recognised in full."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,3 +104,20 @@ def test_detecting_every_third_frame_gives_the_same_visits_for_a_third_of_the_de
         assert len(activity.alerts()) == 2
     finally:
         kiosk.services.gallery.close()
+
+
+def test_a_per_visit_camera_stays_live_while_frames_come_and_is_lost_when_they_stop(
+        kiosk: Kiosk, three: KioskVideo) -> None:
+    # per visit, most frames are not recognised in full; each one still shows the camera
+    # is live (a kiosk once said "Camera lost" on a live camera once the machine had been
+    # up longer than stale_after_s)
+    worker = kiosk.services.worker
+    worker._set_status("running")  # as the capture thread does when frames come
+    for index, frame in enumerate(list(three.frames())[:5]):
+        worker.process_frame(index, index / three.fps, frame)
+        assert worker.status().state == "running" and worker.status().live
+    assert worker.latest() is not None and not worker.latest().full  # type: ignore[union-attr]
+    worker.stale_after_s = 0.2
+    time.sleep(0.3)  # no new frame for longer than stale_after_s
+    lost = worker.status()
+    assert lost.state == "lost" and not lost.live and "no new image for 0 s" in lost.message
