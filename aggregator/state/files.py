@@ -27,23 +27,27 @@ class StoreFiles(StateDB):
     def read_blob(self, name: str) -> bytes:
         return (self.blob_dir / name).read_bytes()
 
+    def result_blob_names(self) -> set[str]:
+        """File names of the result blobs committed rows point at."""
+        return {str(r[0]) for r in self.db.execute(
+            "SELECT sum_blob FROM rounds WHERE sum_blob IS NOT NULL")}
+
+    def live_rounds(self) -> list[int]:
+        """Rounds still open or closing: their accepted update blobs are kept."""
+        return [int(r[0]) for r in self.db.execute(
+            "SELECT round FROM rounds WHERE status IN ('open', 'closed') ORDER BY round")]
+
     def remove_stale_files(self) -> int:
         """Remove what no committed row points at: result blobs of a write interrupted
         before its commit, accepted blobs renamed into place before a crash prevented
         their commit, and accepted blobs of rounds already published or failed."""
-        keep = {
-            str(r[0])
-            for r in self.db.execute("SELECT sum_blob FROM rounds WHERE sum_blob IS NOT NULL")
-        }
+        keep = self.result_blob_names()
         removed = 0
         for path in self.blob_dir.iterdir():
             if path.name not in keep:
                 path.unlink(missing_ok=True)
                 removed += 1
-        live = {
-            int(r[0]) for r in self.db.execute(
-                "SELECT round FROM rounds WHERE status IN ('open', 'closed')")
-        }
+        live = set(self.live_rounds())
         for path in self.accepted_dir.iterdir():
             m = _ROUND_DIR.match(path.name)
             if m is None or int(m.group(1)) not in live:

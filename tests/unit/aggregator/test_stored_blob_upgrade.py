@@ -7,8 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tenseal as ts
 
+from aggregator.state.db import StoreError
+from aggregator.state.upgrade import FORMAT_MARK
 from federation.crypto import wire
 from federation.crypto.ckks import FederationContext
 from federation.crypto.packing import (
@@ -69,10 +72,13 @@ def test_restart_on_a_format_1_state_dir_keeps_the_accepted_updates(
     assert len(stored) == 2
     for path in stored:
         path.write_bytes(as_format_1(path.read_bytes(), secret_ctx))
+    assert rig.store.get_meta(FORMAT_MARK) == str(UPDATE_VERSION)  # set by the first start
+    rig.store.db.execute("DELETE FROM meta WHERE key=?", (FORMAT_MARK,))  # never by the old
 
     service = rig.reopen(rig.service.settings, secret_ctx.public())
 
     assert [update_version(p.read_bytes()) for p in stored] == [UPDATE_VERSION] * 2
+    assert rig.store.get_meta(FORMAT_MARK) == str(UPDATE_VERSION)  # later starts skip it
     assert service.coordinator.current is not None
     assert service.coordinator.current.contributions == 2
     box = rig.boxes[2]
@@ -84,4 +90,28 @@ def test_restart_on_a_format_1_state_dir_keeps_the_accepted_updates(
     _, blob = collect_result(rig.bus.retained, FED)
     got = decrypt_result(secret_ctx, blob)
     assert np.max(np.abs(got - plain_weighted_average(vecs, counts))) < 1e-5
+    rig.store.close()
+
+
+def test_a_blob_that_does_not_re_encode_is_looked_at_again_next_start(
+        tmp_path: Path, secret_ctx: FederationContext) -> None:
+    rig = make_rig(tmp_path, secret_ctx, n_boxes=1)
+    box = rig.boxes[0]
+    ann = latest_announce(rig.bus.retained, FED)
+    box.send(box.envelopes(box.encrypted_blob(_vec(3), 50, COUNT_SCALE), ann["round"],
+                           ann["base_model"]))
+    rig.service.pump()
+    assert box.acks[-1]["accepted"]
+    rig.service.transport.close()
+    [(_, name)] = rig.store.accepted_blobs(1)
+    path = rig.store.accepted_path(name)
+    old = as_format_1(path.read_bytes(), secret_ctx)
+    path.write_bytes(old[:len(old) // 2])  # cut short: it cannot be re-encoded
+    rig.store.db.execute("DELETE FROM meta WHERE key=?", (FORMAT_MARK,))
+
+    with pytest.raises(StoreError, match="cannot be re-added"):  # said, not lost
+        rig.reopen(rig.service.settings, secret_ctx.public())
+
+    assert update_version(path.read_bytes()) == LEGACY_UPDATE_VERSION  # left as it was
+    assert rig.store.get_meta(FORMAT_MARK) is None
     rig.store.close()
