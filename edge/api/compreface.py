@@ -77,32 +77,31 @@ def _versions(model_version: str) -> dict[str, str]:
 
 
 def recognition(faces: list[FoundFace], timing: Timing, extras: Extras) -> dict[str, Any]:
+    return _answer(faces, timing, extras, with_subjects=True)
+
+
+def detection(faces: list[FoundFace], timing: Timing, extras: Extras) -> dict[str, Any]:
+    return _answer(faces, timing, extras, with_subjects=False)
+
+
+def _answer(faces: list[FoundFace], timing: Timing, extras: Extras,
+            with_subjects: bool) -> dict[str, Any]:
+    """Recognise and detect answer alike; detection has no subjects and no embedding time."""
     result = []
     for f in faces:
         item = face(f, extras)
-        item["subjects"] = [{"subject": name, "similarity": similarity(score)}
-                            for name, score in f.subjects]
+        if with_subjects:
+            item["subjects"] = [{"subject": name, "similarity": similarity(score)}
+                                for name, score in f.subjects]
         if extras.status:
-            item["execution_time"] = {"detector": round(timing.detect_ms, 2),
-                                      "calculator": round(timing.embed_ms, 2)}
+            item["execution_time"] = {"detector": round(timing.detect_ms, 2)}
+            if with_subjects:
+                item["execution_time"]["calculator"] = round(timing.embed_ms, 2)
         result.append(item)
     answer: dict[str, Any] = {"result": result}
     if extras.status:
         # the model of this frame's vectors, not the engine's state read later: a swap
         # may land in between, and the answer names the model its scores came from
-        answer["plugins_versions"] = _versions(faces[0].model_version)
-    return answer
-
-
-def detection(faces: list[FoundFace], timing: Timing, extras: Extras) -> dict[str, Any]:
-    result = []
-    for f in faces:
-        item = face(f, extras)
-        if extras.status:
-            item["execution_time"] = {"detector": round(timing.detect_ms, 2)}
-        result.append(item)
-    answer: dict[str, Any] = {"result": result}
-    if extras.status:
         answer["plugins_versions"] = _versions(faces[0].model_version)
     return answer
 

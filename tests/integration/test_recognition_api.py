@@ -122,7 +122,8 @@ def test_detect_verify_and_bad_input(tmp_path: Path, lfw_dir: Path) -> None:
                    for x, y in first["landmarks"])
         assert len(first["embedding"]) == 128
         assert abs(np.linalg.norm(first["embedding"]) - 1) < 1e-3
-        assert first["execution_time"]["detector"] > 0
+        assert first["execution_time"]["detector"] > 0 and "subjects" not in first
+        assert set(first["execution_time"]) == {"detector"}  # a detection embeds nothing
         assert extra["plugins_versions"]["detector"] == "yunet"
         scores = [requests.post(f"{url}/api/v1/verification/verify", headers=headers,
                                 files={"source_image": one, "target_image": target},
