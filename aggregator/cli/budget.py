@@ -23,6 +23,14 @@ PrecisionOpt = Annotated[float, typer.Option(
 MinSamplesOpt = Annotated[int, typer.Option(
     "--min-samples", help="fewest samples a box trains on (the precision's worst case)")]
 
+# one set of defaults for `keys create` and `init`, which must agree on the declared size
+# (the set `keys create` picks is the one `init` checks); the model's where it has one
+REGIONS = FederationSize.regions
+MAX_VALUE = FederationSize.max_value
+PRECISION = FederationSize.precision
+MIN_SAMPLES = 10  # the precision's worst case: the fewest samples a box trains on (docs)
+
+
 def declared_size(boxes: int, regions: int, max_samples: int, max_value: float,
                   precision: float, min_samples: int) -> FederationSize | None:
     if boxes == 0:

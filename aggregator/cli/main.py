@@ -73,11 +73,11 @@ def keys_create(
     scale_bits: Annotated[int, typer.Option(
         help=f"scale 2^bits (default: the policy's, else {DEFAULT_PARAMS.global_scale_bits})")] = 0,
     boxes: budget.BoxesOpt = 0,
-    regions: budget.RegionsOpt = 1,
+    regions: budget.RegionsOpt = budget.REGIONS,
     max_samples: budget.MaxSamplesOpt = DEFAULT_MAX_SAMPLES,
-    max_value: budget.MaxValueOpt = 8.0,
-    precision: budget.PrecisionOpt = 1e-5,
-    min_samples: budget.MinSamplesOpt = 10,
+    max_value: budget.MaxValueOpt = budget.MAX_VALUE,
+    precision: budget.PrecisionOpt = budget.PRECISION,
+    min_samples: budget.MinSamplesOpt = budget.MIN_SAMPLES,
 ) -> None:
     """Create the federation's CKKS keys (run once, by whoever commissions the federation).
     With --boxes, the set is the policy's for that declared size (docs/protocol.md)."""

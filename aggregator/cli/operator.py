@@ -71,11 +71,11 @@ def init(
     broker_cert: Annotated[Path | None, Opt(help="aggregator client certificate")] = None,
     broker_key: Annotated[Path | None, Opt(help="its private key")] = None,
     boxes: budget.BoxesOpt = 0,
-    regions: budget.RegionsOpt = 1,
+    regions: budget.RegionsOpt = budget.REGIONS,
     max_samples: budget.MaxSamplesOpt = DEFAULT_MAX_SAMPLES,
-    max_value: budget.MaxValueOpt = 8.0,
-    precision: budget.PrecisionOpt = 1e-5,
-    min_samples: budget.MinSamplesOpt = 10,
+    max_value: budget.MaxValueOpt = budget.MAX_VALUE,
+    precision: budget.PrecisionOpt = budget.PRECISION,
+    min_samples: budget.MinSamplesOpt = budget.MIN_SAMPLES,
 ) -> None:
     """Create the aggregator's state: config, public context copy, signing key (0600),
     and (with --ca-dir) the federation CA. With --boxes (the declared size), the
