@@ -131,6 +131,12 @@ class MqttTransport:
         self._unrouted_max_bytes = unrouted_max_bytes
         self._unrouted_dropped = 0
         self._unwanted: OrderedDict[str, None] = OrderedDict()  # recently unsubscribed
+        # SUBSCRIBEs of this connection the broker has not acknowledged yet (and SUBACKs
+        # that came before their mid was noted): until then a message another client
+        # publishes without retain may reach the broker first and never come
+        self._subs_lock = threading.Condition()
+        self._subs_unacked: set[int] = set()
+        self._subs_acked_early: set[int] = set()
         self.connects = 0
         self.session_present = False  # of the latest connect: the broker kept the session
         self._client = new_client(
@@ -142,6 +148,7 @@ class MqttTransport:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_publish = self._on_publish
+        self._client.on_subscribe = self._on_subscribe
         self._connect_args = connect_args(v5=self._v5, clean_start=clean_start,
                                           session_expiry=session_expiry, keepalive=keepalive)
         if connect:
@@ -163,6 +170,18 @@ class MqttTransport:
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        """Connected, and the broker has acknowledged every subscription sent on this
+        connection: from then on, whatever anyone publishes on them reaches this client."""
+        deadline = time.monotonic() + timeout
+        with self._subs_lock:
+            while not (self.connected and not self._subs_unacked):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._subs_lock.wait(min(left, 0.1))  # "connected" is not notified here
+            return True
 
     def publish(
         self,
@@ -327,9 +346,31 @@ class MqttTransport:
             if self._v5:
                 # retainHandling 0: a (re)subscribe always gets the current retained
                 # announce / model pointer, also in a surviving persistent session.
-                self._client.subscribe(f, options=SubscribeOptions(qos=1, retainHandling=0))
+                rc, mid = self._client.subscribe(
+                    f, options=SubscribeOptions(qos=1, retainHandling=0))
             else:
-                self._client.subscribe(f, qos=1)
+                rc, mid = self._client.subscribe(f, qos=1)
+            if rc != paho.MQTT_ERR_SUCCESS or mid is None:
+                continue  # not connected after all: the next connect subscribes it again
+            with self._subs_lock:
+                if mid in self._subs_acked_early:
+                    self._subs_acked_early.discard(mid)
+                else:
+                    self._subs_unacked.add(mid)
+
+    def _on_subscribe(self, client, userdata, mid, reason_code_list, properties) -> None:
+        with self._subs_lock:
+            if mid in self._subs_unacked:
+                self._subs_unacked.discard(mid)
+            else:
+                self._subs_acked_early.add(mid)
+                while len(self._subs_acked_early) > 1000:  # never matched
+                    self._subs_acked_early.pop()
+            self._subs_lock.notify_all()
+        refused = [str(rc) for rc in reason_code_list if rc.is_failure]
+        if refused:  # e.g. the broker's ACL: otherwise nothing would ever say so
+            log.warning("broker refused a subscription of %s (mid %s): %s", self.client_id,
+                        mid, ", ".join(refused))
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
@@ -356,6 +397,9 @@ class MqttTransport:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
+        with self._subs_lock:  # the next connect subscribes everything again
+            self._subs_unacked.clear()
+            self._subs_acked_early.clear()
         if not self._closed:
             log.warning("MQTT connection to %s:%s lost (%s); reconnecting",
                         self.url.host, self.url.port, reason_code)

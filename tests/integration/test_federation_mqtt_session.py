@@ -159,3 +159,40 @@ def test_flush_reports_a_timeout_while_the_broker_is_down(mosquitto_factory) -> 
         assert t.flush(20) is True and t.unacked == 0
     finally:
         t.close()
+
+
+def test_wait_subscribed_means_a_live_publish_arrives(mosquitto) -> None:
+    topic = topics.ack(FED, "box-sub")
+    box = MqttTransport(mosquitto.url, "box-sub", clean_start=True, connect=False)
+    pub = connect(mosquitto.url, "box-sub-pub", clean_start=True)
+    got: queue.Queue[bytes] = queue.Queue()
+    try:
+        box.subscribe(topic, lambda t, p: got.put(p))
+        assert not box.wait_subscribed(0.5)  # not even connected
+        box.start()
+        assert box.wait_subscribed(10)
+        # acknowledged: a message published once, not retained, cannot overtake it
+        pub.publish(topic, b"live", wait_timeout=10)
+        assert got.get(timeout=10) == b"live"
+        box.subscribe(topics.ack(FED, "box-sub-2"), lambda t, p: got.put(p))  # connected
+        assert box.wait_subscribed(10)
+        pub.publish(topics.ack(FED, "box-sub-2"), b"second", wait_timeout=10)
+        assert got.get(timeout=10) == b"second"
+    finally:
+        box.close()
+        pub.close()
+
+
+def test_a_subscription_the_broker_refuses_is_said(mosquitto, caplog) -> None:
+    # Mosquitto 2.0's ACL file grants every SUBSCRIBE (it filters at delivery), so the
+    # refusal a broker can send (MQTT 5: 0x87) is handed to the callback as paho would
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    caplog.set_level(logging.WARNING, logger="federation.transport.mqtt")
+    box = MqttTransport(mosquitto.url, "box-refused", clean_start=True, connect=False)
+    box._on_subscribe(None, None, 7, [ReasonCode(PacketTypes.SUBACK, "Not authorized")], None)
+    box._on_subscribe(None, None, 8, [ReasonCode(PacketTypes.SUBACK, "Granted QoS 1")], None)
+    said = [r.getMessage() for r in caplog.records if "refused a subscription" in
+            r.getMessage()]
+    assert said == ["broker refused a subscription of box-refused (mid 7): Not authorized"]
