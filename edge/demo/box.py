@@ -24,6 +24,7 @@ import numpy as np
 from edge.box import Box, build_box
 from edge.config import EdgeSettings
 from edge.federated.api import ClientConfig, ClientEvent
+from edge.federated.verdicts import RoundVerdicts
 from edge.gallery.match import DEFAULT_MATCH_THRESHOLD
 from edge.gallery.store import Gallery
 from edge.serving.recognizer import Recognizer
@@ -87,6 +88,17 @@ def accuracy(embed: Any, version: str, gallery: Gallery, held: HeldOut) -> float
     return right / len(held.names)
 
 
+def own_check(verdicts: RoundVerdicts, round_no: int) -> dict[str, Any] | None:
+    """The box's own before/after of a round, as ``fedface-edge model status`` and the
+    kiosk show it: the canary's leave-one-out identification over the enrolment crops,
+    served model -> round's model (None when no canary compared them)."""
+    verdict = next((v for v in reversed(verdicts.all()) if v.round == round_no), None)
+    if verdict is None or verdict.before is None or verdict.after is None:
+        return None
+    return {"before": verdict.before, "after": verdict.after, "probes": verdict.probes,
+            "summary": verdict.summary()}
+
+
 def make_trainer(cfg: dict[str, Any], part: FederatedPart, box: Box,
                  base: np.ndarray) -> tuple[LocalTrainer, str]:
     try:
@@ -131,10 +143,14 @@ def run(cfg: dict[str, Any]) -> int:
     trainer, trainer_kind = make_trainer(cfg, part, box, base)
     emit("trainer", kind=trainer_kind)
 
+    verdicts = RoundVerdicts(box.federation_dir)
+
     def on_event(event: ClientEvent) -> None:
         data = {k: v for k, v in event.data.items() if k != "vector"}
         if event.kind == "applied" and sink.embedder is not None:
             data["accuracy"] = accuracy(sink.embedder.embed, sink.embedder.version, gallery, held)
+        if event.kind in ("applied", "result_rejected"):
+            data["check"] = own_check(verdicts, event.round)
         emit(event.kind, round=event.round, **data)
 
     def transport(will: Will) -> MqttTransport:

@@ -112,7 +112,8 @@ class Progress:
                 why = boxes[box]["result_rejected"].get("reason", "?")
                 what = f"{first}REFUSED round {r}'s model ({why}), keeps its own"
             self.out(f"  {box}: {what}, held-out identification "
-                     f"{_pct(before)} -> {_pct(after)}{_gain(before, after)}")
+                     f"{_pct(before)} -> {_pct(after)}{_gain(before, after)}"
+                     f"{_own_check(boxes[box])}")
 
     def served_after(self, box: str, r: int) -> float | None:
         """Held-out identification of what ``box`` serves after round ``r`` (0: the
@@ -150,6 +151,18 @@ class Progress:
                 self.lock.wait(min(left, 1.0))
             self.print_ready()
             return True
+
+
+def _own_check(outcome: dict[str, Any]) -> str:
+    """The box's own before/after of the round, the figures `fedface-edge model status`
+    and the kiosk show (the canary over its enrolment crops, which the round's model was
+    trained on: the held-out photos are the fairer measure)."""
+    event = outcome.get("applied") or outcome.get("result_rejected") or {}
+    check = event.get("check")
+    if not isinstance(check, dict):
+        return "; own check: not compared (model status says why)"
+    return (f"; own check (model status): {_pct(check['before'])} -> {_pct(check['after'])}"
+            f" over {check['probes']} enrolment photos")
 
 
 def _gain(before: float | None, after: float | None) -> str:

@@ -170,11 +170,12 @@ class ResultApplier:
         self.events.count("result_rejected")
         log.error("result of round %d NOT applied (%s): %s; keeping model %s",
                   wanted.round, code, detail, self.version)
-        self.events.emit("result_rejected", wanted.round, {"reason": code, "detail": detail})
         canary = getattr(exc, "canary", None)
         self.verdicts.record(wanted.round, wanted.model,
                              "refused" if canary is not None else "rejected",
                              f"{code}: {detail}", canary, code=code)
+        # after the record: a listener may read the verdict (the demo prints it)
+        self.events.emit("result_rejected", wanted.round, {"reason": code, "detail": detail})
         # at once, not with a later status: the retained status carries the verdict to
         # the operator and to the aggregator, which counts the refusals of the round
         self._publish_status()

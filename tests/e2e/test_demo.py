@@ -80,6 +80,25 @@ def _check_before_after_table(out: str, boxes: list[str], rounds: int) -> None:
                                                                   abs=0.11)
 
 
+def _check_own_check_is_model_status(out: str, box: Path, compared: bool = False) -> None:
+    """Each round line's "own check" of a box is what its `model status` says of it
+    (``compared``: the box has enough enrolment photos for its canary to compare)."""
+    status = _box_cli(box, "model", "status", "--json", "--last", "10")
+    assert status.returncode == 0, status.stderr
+    verdicts = {v["round"]: v for v in json.loads(status.stdout)["rounds"]}
+    assert set(verdicts) == {1, 2}, verdicts
+    for r, v in verdicts.items():
+        line = next(line for line in out.splitlines()
+                    if line.startswith(f"  {box.name}: serves round-{r}, "))
+        assert compared == (v["before"] is not None), v
+        if v["before"] is None or v["after"] is None:
+            assert line.endswith("; own check: not compared (model status says why)"), line
+        else:
+            assert line.endswith(f"; own check (model status): {100 * v['before']:.1f}% -> "
+                                 f"{100 * v['after']:.1f}% over {v['probes']} enrolment "
+                                 "photos"), line
+
+
 def _box_cli(box: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "FEDFACE_DATA_DIR": str(box)}
     env.pop("FEDFACE_CONFIG", None)
@@ -103,6 +122,7 @@ def test_demo_with_embedded_broker(lfw_dir: Path, tmp_path: Path) -> None:
     # commands serve its federated model and keep it.
     box = workdir / "box-1"
     assert _served(box) == "round-2"
+    _check_own_check_is_model_status(proc.stdout, box)
     people = json.loads(_box_cli(box, "people", "list", "--json").stdout)
     assert len(people) == 2  # the demo's enrolments are the box's gallery
     photo = next(p for p in sorted(lfw_dir.iterdir()) if p.is_dir())
@@ -117,10 +137,12 @@ def test_demo_with_embedded_broker(lfw_dir: Path, tmp_path: Path) -> None:
 @pytest.mark.mosquitto
 def test_demo_against_mosquitto(lfw_dir: Path, tmp_path: Path, mosquitto) -> None:
     workdir = tmp_path / "demo"
+    # 4 people of 3 enrolment photos: 12 probes, enough for the boxes' canary to compare
     proc = _demo("--faces", str(lfw_dir), "--workdir", str(workdir), "--broker",
-                 mosquitto.url, *TINY)
+                 mosquitto.url, *TINY, "--people-per-box", "4", "--images-per-person", "4")
     assert f"broker: {mosquitto.url}" in proc.stdout
     _check_finished_federation(proc, workdir)
+    _check_own_check_is_model_status(proc.stdout, workdir / "box-2", compared=True)
 
 
 def _assert_clear_error(proc: subprocess.CompletedProcess[str], text: str) -> None:
