@@ -27,12 +27,7 @@ case (``offline_queue=True``, the default) or raises ``TransportError(not_connec
 its updates on disk until they are acknowledged. ``flush(timeout)`` waits until the
 broker acknowledged everything published so far; ``close()`` flushes (bounded) first.
 
-Latency: paho leaves Nagle's algorithm on. A small packet (a PUBACK, an ack, an
-announce) written while an earlier one is unacknowledged then waits for the peer's
-delayed TCP ACK, up to 40 ms on Linux, at every hop. Every socket therefore gets
-TCP_NODELAY; the broker needs it too (Mosquitto's ``set_tcp_nodelay true``, written by
-``aggregator.pki.broker_config``). Measured, a request and its reply through a local
-Mosquitto: 68 ms with neither, 24 ms with the broker's only, 0.8 ms with both.
+Latency: TCP_NODELAY on every socket (``federation.transport.mqtt_options`` says why).
 """
 
 from __future__ import annotations
@@ -63,6 +58,7 @@ from federation.transport.mqtt_options import (
     new_client,
     parse_broker_url,
 )
+from federation.transport.mqtt_subacks import SubAcks
 
 # The URL and TLS types live in federation.transport.mqtt_options; they are named here
 # too because the CLIs, the aggregator and the tests import them with MqttTransport.
@@ -131,12 +127,7 @@ class MqttTransport:
         self._unrouted_max_bytes = unrouted_max_bytes
         self._unrouted_dropped = 0
         self._unwanted: OrderedDict[str, None] = OrderedDict()  # recently unsubscribed
-        # SUBSCRIBEs of this connection the broker has not acknowledged yet (and SUBACKs
-        # that came before their mid was noted): until then a message another client
-        # publishes without retain may reach the broker first and never come
-        self._subs_lock = threading.Condition()
-        self._subs_unacked: set[int] = set()
-        self._subs_acked_early: set[int] = set()
+        self._subacks = SubAcks()  # connected is not subscribed (mqtt_subacks)
         self.connects = 0
         self.session_present = False  # of the latest connect: the broker kept the session
         self._client = new_client(
@@ -172,16 +163,8 @@ class MqttTransport:
         return self._connected.wait(timeout)
 
     def wait_subscribed(self, timeout: float) -> bool:
-        """Connected, and the broker has acknowledged every subscription sent on this
-        connection: from then on, whatever anyone publishes on them reaches this client."""
-        deadline = time.monotonic() + timeout
-        with self._subs_lock:
-            while not (self.connected and not self._subs_unacked):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._subs_lock.wait(min(left, 0.1))  # "connected" is not notified here
-            return True
+        """Connected, and every SUBSCRIBE of this connection acknowledged (mqtt_subacks)."""
+        return self._subacks.wait(lambda: self.connected, timeout)
 
     def publish(
         self,
@@ -352,25 +335,10 @@ class MqttTransport:
                 rc, mid = self._client.subscribe(f, qos=1)
             if rc != paho.MQTT_ERR_SUCCESS or mid is None:
                 continue  # not connected after all: the next connect subscribes it again
-            with self._subs_lock:
-                if mid in self._subs_acked_early:
-                    self._subs_acked_early.discard(mid)
-                else:
-                    self._subs_unacked.add(mid)
+            self._subacks.sent(mid)
 
     def _on_subscribe(self, client, userdata, mid, reason_code_list, properties) -> None:
-        with self._subs_lock:
-            if mid in self._subs_unacked:
-                self._subs_unacked.discard(mid)
-            else:
-                self._subs_acked_early.add(mid)
-                while len(self._subs_acked_early) > 1000:  # never matched
-                    self._subs_acked_early.pop()
-            self._subs_lock.notify_all()
-        refused = [str(rc) for rc in reason_code_list if rc.is_failure]
-        if refused:  # e.g. the broker's ACL: otherwise nothing would ever say so
-            log.warning("broker refused a subscription of %s (mid %s): %s", self.client_id,
-                        mid, ", ".join(refused))
+        self._subacks.acked(mid, reason_code_list, self.client_id)
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
@@ -397,9 +365,7 @@ class MqttTransport:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
-        with self._subs_lock:  # the next connect subscribes everything again
-            self._subs_unacked.clear()
-            self._subs_acked_early.clear()
+        self._subacks.reset()
         if not self._closed:
             log.warning("MQTT connection to %s:%s lost (%s); reconnecting",
                         self.url.host, self.url.port, reason_code)
@@ -409,9 +375,8 @@ class MqttTransport:
             message.payload)
         with self._deliver_lock:
             with self._lock:
-                handler = next(
-                    (h for f, h in self._subs.items() if matches(f, message.topic)), None
-                )
+                handler = next((h for f, h in self._subs.items()
+                                if matches(f, message.topic)), None)
                 if handler is None:
                     self._buffer_unrouted(message.topic, payload)
                     return

@@ -77,8 +77,15 @@ def is_v5(protocol: str) -> bool:
 
 
 def _no_delay(client: paho.Client, userdata: object, sock: Any) -> None:
-    """Nagle off (``federation.transport.mqtt``'s docstring, "Latency"); a socket without
-    the option is left as is."""
+    """Nagle off; a socket without the option is left as is.
+
+    Latency: paho leaves Nagle's algorithm on. A small packet (a PUBACK, an ack, an
+    announce) written while an earlier one is unacknowledged then waits for the peer's
+    delayed TCP ACK, up to 40 ms on Linux, at every hop. Every socket therefore gets
+    TCP_NODELAY; the broker needs it too (Mosquitto's ``set_tcp_nodelay true``, written by
+    ``aggregator.pki.broker_config``). Measured, a request and its reply through a local
+    Mosquitto: 68 ms with neither, 24 ms with the broker's only, 0.8 ms with both.
+    """
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except (OSError, AttributeError) as exc:
