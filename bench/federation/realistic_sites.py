@@ -237,9 +237,10 @@ def print_report(res: dict[str, object], args: argparse.Namespace) -> None:
     curve = res["curve"]
     assert isinstance(curve, list)
     print("\nFedAvg per round (mean over sites): " + "; ".join(
-        f"r{i + 1} acc {c['acc']:.2f} top1 {c['top1']:.2f} TAR@1e-3 {c['tar_1e-3']:.2f}"
+        f"r{i + 1} acc {c['acc']:.2f} TAR@1e-3 {c['tar_1e-3']:.2f} top1 {c['top1']:.2f} "
+        f"rank1 {c['rank1']:.2f}"
         for i, c in enumerate(curve)))
-    for m in ("acc", "top1"):
+    for m in ("acc", "tar_1e-3", "top1", "rank1"):
         vals = [c[m] for c in curve]
         within = next(i + 1 for i, v in enumerate(vals) if abs(v - vals[-1]) <= 0.2)
         print(f"  {m}: within 0.2 of the final value from round {within}")
@@ -250,11 +251,13 @@ def print_report(res: dict[str, object], args: argparse.Namespace) -> None:
           f"{ck['max_abs_weight']:.1e}; {int(res['ckks_bytes']) / 1e6:.2f} MB per box")  # type: ignore[call-overload]
     by_size = {f"{lo}-{hi}": (sizes >= lo) & (sizes <= hi) for lo, hi in ((10, 19), (20, 29),
                                                                         (30, 40))}
-    print("gain by site size (sites): " + "; ".join(
-        f"{b} ({int(mask.sum())}): " + ", ".join(
-            f"{name} - local acc {_diff(rows, name, 'acc', mask):+.2f} top1 "
-            f"{_diff(rows, name, 'top1', mask):+.2f}"
-            for name in ("FedAvg", "personalised FedAvg")) for b, mask in by_size.items()))
+    print("\ngain by site size, mean over the bin's sites (acc / TAR@1e-3 / rank1):")
+    for b, mask in by_size.items():
+        print(f"  {b} people ({int(mask.sum())} sites): " + "; ".join(
+            f"{a} - {z} " + " / ".join(f"{_diff(rows, a, m, mask, z):+.2f}"
+                                       for m in ("acc", "tar_1e-3", "rank1"))
+            for a, z in (("local-only", "pretrained"), ("FedAvg", "local-only"),
+                         ("personalised FedAvg", "local-only"))))
     looks = sorted({s.domain.name for s in design.sites})
     print("personalised - local acc by look: " + ", ".join(
         f"{lk} {_diff(rows, 'personalised FedAvg', 'acc', np.array([s.domain.name == lk for s in design.sites])):+.1f}"  # noqa: E501
@@ -267,9 +270,9 @@ def print_report(res: dict[str, object], args: argparse.Namespace) -> None:
 
 
 def _diff(rows: dict[str, list[dict[str, float]]], name: str, metric: str,
-          mask: np.ndarray) -> float:
+          mask: np.ndarray, base: str = "local-only") -> float:
     a = np.array([s[metric] for s in rows[name]])
-    b = np.array([s[metric] for s in rows["local-only"]])
+    b = np.array([s[metric] for s in rows[base]])
     return float((a - b)[mask].mean()) if mask.any() else float("nan")
 
 
@@ -291,11 +294,11 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     res = run(args)
-    print_report(res, args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "realistic_sites.json").write_text(json.dumps(
         {k: v for k, v in res.items() if k != "design"} | {"args": {
             k: str(v) for k, v in vars(args).items()}}, indent=1, default=str))
+    print_report(res, args)
     print(reproduce("bench.federation.realistic_sites", argv))
 
 
