@@ -70,6 +70,39 @@ def _listing(lfw_dir: Path) -> dict[str, list[str]]:
     return people
 
 
+class ImageIndex:
+    """Image paths in first-use order; calling it with a path gives the path's index."""
+
+    def __init__(self) -> None:
+        self.images: list[str] = []
+        self._index: dict[str, int] = {}
+
+    def __call__(self, path: str) -> int:
+        if path not in self._index:
+            self._index[path] = len(self.images)
+            self.images.append(path)
+        return self._index[path]
+
+
+def draw_test_pools(listing: dict[str, list[str]], people: list[str], cap: int,
+               rng: np.random.Generator, idx: ImageIndex) -> dict[str, list[int]]:
+    """Each test person's pool: at most ``cap`` of their photos, drawn, as indices."""
+    pools = {}
+    for person in people:
+        files = listing[person]
+        pick = sorted(rng.choice(len(files), min(len(files), cap), replace=False))
+        pools[person] = [idx(files[i]) for i in pick]
+    return pools
+
+
+def pick_same_pairs(pools: dict[str, list[int]], people: list[str], n: int,
+                    rng: np.random.Generator) -> list[tuple[int, int]]:
+    """At most ``n`` same-person pairs drawn from all pairs within the pools."""
+    same_all = [pair for p in people for pair in itertools.combinations(pools[p], 2)]
+    k = min(n, len(same_all))
+    return [same_all[i] for i in sorted(rng.choice(len(same_all), k, replace=False))]
+
+
 def _sizes(total: int, n: int, low: int, rng: np.random.Generator) -> list[int]:
     extra = total - n * low
     if extra < 0:
@@ -102,23 +135,11 @@ def build_design(
     if max_train_people:
         train_people = train_people[:max_train_people]
 
-    images: list[str] = []
-    index: dict[str, int] = {}
-
-    def idx(path: str) -> int:
-        if path not in index:
-            index[path] = len(images)
-            images.append(path)
-        return index[path]
-
-    pools = {}
-    for person in test_people:
-        files = listing[person]
-        pick = sorted(rng.choice(len(files), min(len(files), test_pool_cap), replace=False))
-        pools[person] = [idx(files[i]) for i in pick]
-    same_all = [pair for p in test_people for pair in itertools.combinations(pools[p], 2)]
-    n_same = min(n_pairs, len(same_all))
-    same_pairs = [same_all[i] for i in sorted(rng.choice(len(same_all), n_same, replace=False))]
+    idx = ImageIndex()
+    images = idx.images
+    pools = draw_test_pools(listing, test_people, test_pool_cap, rng, idx)
+    same_pairs = pick_same_pairs(pools, test_people, n_pairs, rng)
+    n_same = len(same_pairs)
     diff_pairs: set[tuple[int, int]] = set()
     while len(diff_pairs) < n_same:
         a, b = rng.choice(len(test_people), 2, replace=False)

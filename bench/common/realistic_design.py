@@ -15,13 +15,18 @@ Everything is a deterministic function of the LFW folder listing and a seed.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from bench.common.fed_data import _listing, institution_domain
+from bench.common.fed_data import (
+    ImageIndex,
+    _listing,
+    draw_test_pools,
+    institution_domain,
+    pick_same_pairs,
+)
 from edge.vision.camera_domain import KIOSK_DOMAINS, Domain
 
 
@@ -75,23 +80,11 @@ def build_realistic(lfw_dir: Path, seed: int = 0, n_sites: int = 48, min_people:
     rng = np.random.default_rng([seed, 18])
     order = [names[i] for i in rng.permutation(len(names))]
     test_people, site_people = order[:n_test], order[n_test:]
-    images: list[str] = []
-    index: dict[str, int] = {}
-
-    def idx(path: str) -> int:
-        if path not in index:
-            index[path] = len(images)
-            images.append(path)
-        return index[path]
-
-    pools = {}
-    for person in test_people:
-        files = listing[person]
-        pick = sorted(rng.choice(len(files), min(len(files), test_pool_cap), replace=False))
-        pools[person] = [idx(files[i]) for i in pick]
-    same_all = [pr for p in test_people for pr in itertools.combinations(pools[p], 2)]
-    k = min(n_same, len(same_all))
-    same_pairs = [same_all[i] for i in sorted(rng.choice(len(same_all), k, replace=False))]
+    idx = ImageIndex()
+    images = idx.images
+    pools = draw_test_pools(listing, test_people, test_pool_cap, rng, idx)
+    same_pairs = pick_same_pairs(pools, test_people, n_same, rng)
+    k = len(same_pairs)
     diff: dict[tuple[int, int], None] = {}  # insertion-ordered: the first k are balanced
     while len(diff) < k * diff_per_same:
         a, b = rng.choice(len(test_people), 2, replace=False)
