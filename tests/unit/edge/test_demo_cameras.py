@@ -118,12 +118,19 @@ def test_a_refused_round_ends_the_round_and_keeps_the_box_on_its_model() -> None
             assert not progress.round_done(r)
             outcome = {"model": f"round-{r}", "updates": 2, "bytes": 20, "decrypt_s": 0.1,
                        "accuracy": acc} if kind == "applied" else {"reason": "canary_refused"}
-            progress.add(box, {"event": kind, "round": r, "t": 2.0, **outcome})
+            # box-1's canary compared (what its model status shows); box-2's did not
+            check = {"before": 0.9, "after": 0.95 if r == 1 else 0.8, "probes": 20}
+            progress.add(box, {"event": kind, "round": r, "t": 2.0, **outcome,
+                               "check": check if box == "box-1" else None})
         assert progress.round_done(r)
     progress.print_ready()
-    assert "  box-1: serves round-1, held-out identification 75.0% -> 87.5% (+12.5)" in lines
+    assert ("  box-1: serves round-1, held-out identification 75.0% -> 87.5% (+12.5); own "
+            "check (model status): 90.0% -> 95.0% over 20 enrolment photos") in lines
     assert ("  box-1: REFUSED round 2's model (canary_refused), keeps its own, held-out "
-            "identification 87.5% -> 87.5% (+0.0)") in lines
+            "identification 87.5% -> 87.5% (+0.0); own check (model status): 90.0% -> "
+            "80.0% over 20 enrolment photos") in lines
+    assert ("  box-2: serves round-1, held-out identification 50.0% -> 75.0% (+25.0); own "
+            "check: not compared (model status says why)") in lines
     rows = progress.history()
     assert [r.rounds for r in rows] == [[0.875, 0.875], [0.75, 0.875]]
     assert mean_gain(rows) == pytest.approx((0.125 + 0.375) / 2)
@@ -157,9 +164,11 @@ def test_a_poisoned_round_sends_the_box_that_applied_it_back_in_the_demo() -> No
     outcome("box-2", 3, "applied", 0.625)
     assert progress.done_rounds() == [1, 3]
     progress.print_ready()
+    not_compared = "; own check: not compared (model status says why)"
     assert ("  box-1: back on the pretrained model (round-1 was found poisoned), then serves "
-            "round-3, held-out identification 75.0% -> 87.5% (+12.5)") in lines
-    assert "  box-2: serves round-3, held-out identification 50.0% -> 62.5% (+12.5)" in lines
+            "round-3, held-out identification 75.0% -> 87.5% (+12.5)" + not_compared) in lines
+    assert ("  box-2: serves round-3, held-out identification 50.0% -> 62.5% (+12.5)"
+            + not_compared) in lines
     rows = progress.history()
     assert [r.rounds for r in rows] == [[0.625, 0.875], [0.5, 0.625]]
     table = before_after_table(rows, progress.done_rounds())
