@@ -95,8 +95,7 @@ def own_check(verdicts: RoundVerdicts, round_no: int) -> dict[str, Any] | None:
     verdict = next((v for v in reversed(verdicts.all()) if v.round == round_no), None)
     if verdict is None or verdict.before is None or verdict.after is None:
         return None
-    return {"before": verdict.before, "after": verdict.after, "probes": verdict.probes,
-            "summary": verdict.summary()}
+    return {"before": verdict.before, "after": verdict.after, "probes": verdict.probes}
 
 
 def make_trainer(cfg: dict[str, Any], part: FederatedPart, box: Box,
