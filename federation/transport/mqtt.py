@@ -49,6 +49,7 @@ from federation.errors import (
 )
 from federation.topics import matches
 from federation.transport.base import Handler, Will
+from federation.transport.mqtt_acks import PendingMids
 from federation.transport.mqtt_options import (
     DEFAULT_SESSION_EXPIRY,
     BrokerUrl,
@@ -58,7 +59,6 @@ from federation.transport.mqtt_options import (
     new_client,
     parse_broker_url,
 )
-from federation.transport.mqtt_subacks import SubAcks
 
 # The URL and TLS types live in federation.transport.mqtt_options; they are named here
 # too because the CLIs, the aggregator and the tests import them with MqttTransport.
@@ -118,16 +118,14 @@ class MqttTransport:
         self._closed = False
         self._started = False
         self._refused: OrderedDict[int, str] = OrderedDict()
-        self._acked = threading.Condition(self._lock)
-        self._unacked: set[int] = set()
-        self._acked_early: set[int] = set()
+        self._pubacks = PendingMids()  # flush() waits for them (mqtt_acks)
         self._unrouted: deque[tuple[str, bytes]] = deque()
         self._unrouted_bytes = 0
         self._unrouted_max_messages = unrouted_max_messages
         self._unrouted_max_bytes = unrouted_max_bytes
         self._unrouted_dropped = 0
         self._unwanted: OrderedDict[str, None] = OrderedDict()  # recently unsubscribed
-        self._subacks = SubAcks()  # connected is not subscribed (mqtt_subacks)
+        self._subacks = PendingMids()  # connected is not subscribed (mqtt_acks)
         self.connects = 0
         self.session_present = False  # of the latest connect: the broker kept the session
         self._client = new_client(
@@ -163,8 +161,8 @@ class MqttTransport:
         return self._connected.wait(timeout)
 
     def wait_subscribed(self, timeout: float) -> bool:
-        """Connected, and every SUBSCRIBE of this connection acknowledged (mqtt_subacks)."""
-        return self._subacks.wait(lambda: self.connected, timeout)
+        """Connected, and every SUBSCRIBE of this connection acknowledged (mqtt_acks)."""
+        return self._subacks.wait_none(timeout, lambda: self.connected)
 
     def publish(
         self,
@@ -186,7 +184,7 @@ class MqttTransport:
         if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
             raise TransportError(QUEUE_FULL, "outgoing MQTT queue is full; retry later")
         if info.rc in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
-            self._track(info.mid)  # queued by paho: flush() waits for its PUBACK
+            self._pubacks.sent(info.mid)  # queued by paho: flush() waits for its PUBACK
         if info.rc == paho.MQTT_ERR_NO_CONN:
             if deadline is not None or not self.offline_queue:
                 raise TransportError(NOT_CONNECTED, "not connected; message queued in memory")
@@ -212,20 +210,12 @@ class MqttTransport:
         """Wait until the broker acknowledged every message published so far (QoS 1
         PUBACK) or ``timeout`` seconds passed; returns True when nothing is outstanding.
         Never call it from a handler (the PUBACKs arrive on the handler's thread)."""
-        deadline = time.monotonic() + timeout
-        with self._acked:
-            while self._unacked:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._acked.wait(left)
-        return True
+        return self._pubacks.wait_none(timeout)
 
     @property
     def unacked(self) -> int:
         """Messages published but not yet acknowledged by the broker."""
-        with self._lock:
-            return len(self._unacked)
+        return len(self._pubacks)
 
     def subscribe(self, topic_filter: str, handler: Handler) -> None:
         with self._deliver_lock:
@@ -275,13 +265,6 @@ class MqttTransport:
             self._connected.clear()
 
     # -- internals -------------------------------------------------------------------
-
-    def _track(self, mid: int) -> None:
-        with self._lock:
-            if mid in self._acked_early:  # PUBACK won the race against this bookkeeping
-                self._acked_early.discard(mid)
-            else:
-                self._unacked.add(mid)
 
     def _take_unrouted(self, topic_filter: str) -> list[tuple[str, bytes]]:
         """Remove and return buffered messages matching ``topic_filter`` (lock held)."""
@@ -338,7 +321,11 @@ class MqttTransport:
             self._subacks.sent(mid)
 
     def _on_subscribe(self, client, userdata, mid, reason_code_list, properties) -> None:
-        self._subacks.acked(mid, reason_code_list, self.client_id)
+        self._subacks.acked(mid)
+        refused = [str(rc) for rc in reason_code_list if rc.is_failure]
+        if refused:  # e.g. the broker's ACL (MQTT 5: 0x87): otherwise nothing says so
+            log.warning("broker refused a subscription of %s (mid %s): %s", self.client_id,
+                        mid, ", ".join(refused))
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
@@ -383,18 +370,11 @@ class MqttTransport:
             self._call(handler, message.topic, payload)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        with self._acked:
-            if mid in self._unacked:
-                self._unacked.discard(mid)
-            else:
-                self._acked_early.add(mid)
-                while len(self._acked_early) > 1000:  # never matched: not our publish
-                    self._acked_early.pop()
-            if not self._unacked:
-                self._acked.notify_all()
-            if reason_code.is_failure:
+        if reason_code.is_failure:  # noted before the ack: a waiter then sees it
+            with self._lock:
                 self._refused[mid] = str(reason_code)
                 while len(self._refused) > 1000:
                     self._refused.popitem(last=False)
+        self._pubacks.acked(mid)
         if reason_code.is_failure:
             log.warning("broker refused message %s: %s", mid, reason_code)
