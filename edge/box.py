@@ -149,7 +149,8 @@ class Box:
         sink = open_model_sink(self.inference_model(), part, self.models_dir, self.gallery(),
                                threads=self.settings.threads,
                                policy=self.settings.canary_policy(),
-                               threshold=self.settings.match_threshold, background=background)
+                               threshold=self.settings.match_threshold, background=background,
+                               calibrate=self.settings.calibrate_threshold)
         self._closers.append(sink.engine.close)
         return sink
 

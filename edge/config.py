@@ -73,7 +73,17 @@ class EdgeSettings(BaseModel):
         le=1.0,
         description="SFace cosine similarity at or above which a face is reported as the "
         "closest enrolled person. Higher: stricter (fewer strangers accepted, more known "
-        "people reported unknown). Tune with `python -m bench.edge.identification`.",
+        "people reported unknown). Tune with `python -m bench.edge.identification`. It is "
+        "the pretrained model's; each federated model gets its own, calibrated to it "
+        "(calibrate_threshold).",
+    )
+    calibrate_threshold: bool = Field(
+        default=True,
+        description="Serve each federated model at its own threshold: match_threshold "
+        "carried from the pretrained model's scores of the box's enrolment crops to the "
+        "new model's (edge.serving.calibration), made at each swap and stored with the "
+        "model. Training lowers the cosines; without this a better model names fewer of "
+        "the box's people at the same threshold. Off: every model at match_threshold.",
     )
     threads: int = Field(
         default=1,
@@ -149,6 +159,9 @@ class BoxSection(_Section):
     threads: int = Field(default=1, ge=1, le=64, description="ONNX Runtime threads.")
     match_threshold: float = Field(default=DEFAULT_MATCH_THRESHOLD, ge=-1.0, le=1.0,
                                    description="SFace cosine similarity needed to name a face.")
+    calibrate_threshold: bool | None = Field(
+        default=None, description="Each federated model at its own threshold, calibrated "
+        "on the box's enrolment crops at each swap (empty: true).")
 
 
 class CameraSection(_Section):
@@ -234,6 +247,7 @@ class BoxConfig(_Section):
         values: dict[str, Any] = {
             "data_dir": self.box.data_dir, "model_dir": self.box.model_dir,
             "threads": self.box.threads, "match_threshold": self.box.match_threshold,
+            "calibrate_threshold": self.box.calibrate_threshold,
             "canary_margin": self.federation.canary_margin}
         return {key: value for key, value in values.items() if value is not None}
 

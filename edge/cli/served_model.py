@@ -37,14 +37,26 @@ def status_data(ctx: typer.Context) -> dict[str, Any]:
     the_box = box(ctx).box()
     swap_dir = swap_dir_for(the_box.gallery_db)
     verdicts = [asdict(v) for v in RoundVerdicts(the_box.federation_dir).all()]
+    deployed = the_box.settings.match_threshold
     if not swap_dir.is_dir():
         return {"current": asdict(base_served()), "previous": None, "blocked": {},
-                "history": [], "swap_dir": str(swap_dir), "rounds": verdicts}
+                "history": [], "swap_dir": str(swap_dir), "rounds": verdicts,
+                "deployed": deployed}
     store = SwapStore(swap_dir)
     current, previous = served_models(store)
     return {"current": asdict(current), "previous": asdict(previous) if previous else None,
             "blocked": store.blocked(), "history": store.history(), "swap_dir": str(swap_dir),
-            "rounds": verdicts}
+            "rounds": verdicts, "deployed": deployed}
+
+
+def threshold_text(served: dict[str, Any], deployed: float) -> str:
+    """The threshold the version's faces are named at (edge.serving.calibration)."""
+    from edge.serving.calibration import own_threshold
+
+    own = own_threshold(served.get("threshold"), served.get("calibrated_for"), deployed)
+    if own is None:
+        return f"match threshold {deployed:.2f} (the deployed one)"
+    return f"match threshold {own:.3f} (its own, calibrated for the deployed {deployed:.2f})"
 
 
 @model_app.command("status")
@@ -68,7 +80,7 @@ def status(
             typer.echo(f"{label:9s} none (nothing to roll back to)")
             continue
         typer.echo(f"{label:9s} {served['version']}  since {_when(served['since'])}  "
-                   f"({served['reason']})")
+                   f"({served['reason']}); {threshold_text(served, data['deployed'])}")
     for version, entry in sorted(data["blocked"].items()):
         typer.echo(f"refused   {version}  {_when(entry.get('at'))}  ({entry.get('reason')})")
     for entry in reversed(data["history"]):

@@ -110,11 +110,17 @@ class EnrolmentDesk:
         self.gallery = gallery
         self.upload_pipeline = upload_pipeline  # its own detector: YuNet is not thread-safe
         self.settings = settings
-        self.match_threshold = match_threshold
+        self.match_threshold = match_threshold  # the deployed one: the pretrained model's
         self._clock = clock
         self._pending: dict[str, CameraEnrolment] = {}
         self._lock = threading.Lock()
         self._upload_lock = threading.Lock()
+
+    def _threshold(self) -> float:
+        """The same person at the served model's own threshold, as the camera names
+        faces (``edge.serving.calibration``)."""
+        engine = getattr(self.worker, "engine", None)
+        return self.match_threshold if engine is None else engine.threshold_for(engine.state)
 
     # --- camera -------------------------------------------------------------------------
 
@@ -186,7 +192,7 @@ class EnrolmentDesk:
             # between two shots must not end up in someone else's enrolment
             similarity = max(float(np.dot(s.embedding, verdict.face.embedding))
                              for s in enrolment.shots)
-            if similarity < self.match_threshold:
+            if similarity < self._threshold():
                 return ShotVerdict(False, f"This does not look like the person of the "
                                           f"earlier shots (similarity {similarity:.2f}). Only "
                                           f"{enrolment.name} should face the camera.")
@@ -270,7 +276,7 @@ class EnrolmentDesk:
 
     def _duplicate(self, name: str, vectors: np.ndarray, tag: str) -> DuplicateFace | None:
         try:
-            matches = self.gallery.identify_many(vectors, tag, self.match_threshold)
+            matches = self.gallery.identify_many(vectors, tag, self._threshold())
         except GalleryError:  # no embeddings of this model yet: nobody to match
             return None
         others = [m for m in matches if m.name is not None and m.name != name]
@@ -278,7 +284,7 @@ class EnrolmentDesk:
             return None
         best = max(others, key=lambda m: m.score)
         assert best.name is not None
-        return DuplicateFace(name, best.name, best.score, self.match_threshold)
+        return DuplicateFace(name, best.name, best.score, self._threshold())
 
     def _store(self, name: str, crops: list[np.ndarray], sources: list[str],
                check_duplicates: bool = False) -> Saved:

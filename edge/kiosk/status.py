@@ -28,6 +28,7 @@ class FederationStatus:
     problem: str | None = None
     revoked: str | None = None  # what the box learnt of its revocation (edge.federated.revocation)
     last_round: str | None = None  # its verdict on the last round (edge.federated.verdicts)
+    threshold: float | None = None  # the served model's own (edge.serving.calibration)
 
     @property
     def text(self) -> str:
@@ -41,7 +42,8 @@ class FederationStatus:
             return "joined; no federated model received yet"
         if self.round_no is None:
             return f"joined; model {self.model_version}"
-        return f"joined; federated model {self.model_version} (round {self.round_no})"
+        own = "" if self.threshold is None else f", match threshold {self.threshold:.3f}"
+        return f"joined; federated model {self.model_version} (round {self.round_no}{own})"
 
 
 def federation_status(data_dir: Path) -> FederationStatus:
@@ -68,4 +70,4 @@ def federation_status(data_dir: Path) -> FederationStatus:
         return FederationStatus(joined=True, revoked=said, last_round=last)
     version = pointer.current.version
     return FederationStatus(True, version, federated_round(version), revoked=said,
-                            last_round=last)
+                            last_round=last, threshold=pointer.current.threshold)

@@ -64,6 +64,7 @@ class SwapAssets:
                                    Path(directory) / f"trunk-{digest}-{part.cut}", threads)
         self._keys: dict[int, str] = {}
         self._lock = threading.Lock()
+        self._base_tail: TailEmbedder | None = None
 
     def _cached_graph(self, path: Path, base_bytes: bytes,
                       cut: Callable[[onnx.ModelProto, str], onnx.ModelProto]) -> bytes:
@@ -89,6 +90,15 @@ class SwapAssets:
         if missing:
             raise ValueError(f"not initializers of the tail after {self.part.cut}: {missing}")
         return TailEmbedder(self.tail_bytes, threads=threads, overrides=weights)
+
+    def base_vectors(self, features: np.ndarray) -> np.ndarray | None:
+        """The pretrained model's vectors of crops' trunk features (calibration's
+        reference, ``edge.serving.calibration``); None for no crops."""
+        if len(features) == 0:
+            return None
+        if self._base_tail is None:  # built once: the tail graph with its own weights
+            self._base_tail = self.tail_embedder({})
+        return self._base_tail.embed_features(features)
 
     def read_tail_weights(self, model_bytes: bytes) -> dict[str, np.ndarray]:
         """Every tail initializer as stored in a model file of this base (rollback): all

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from edge.gallery.snapshot import GalleryRows, empty_snapshot
+from edge.serving.calibration import own_threshold
 from edge.serving.engine import Engine, ServingState
 from edge.serving.onnx_layout import InitializerLayout, LayoutError
 from edge.serving.versions import (
@@ -162,7 +163,10 @@ class PointerFollower:
                                         self.base_embedder)
         rows = self.engine.rows
         snapshot = rows.snapshot(served.tag) if rows is not None else empty_snapshot(served.tag)
-        self.engine.install(ServingState(served.version, embedder, snapshot))
+        self.engine.install(ServingState(
+            served.version, embedder, snapshot,
+            threshold=own_threshold(served.threshold, served.calibrated_for,
+                                    self.engine.threshold)))
         self._followed = current.tag  # even if it fell back: frames reload snapshots again
         self.engine.refresh_gallery()  # crops enrolled since the swapper's re-embedding
         log.info("following the swap pointer: now serving %s (%.2f s)", served.version,
@@ -189,8 +193,9 @@ def open_engine(detector: FaceDetector | None, gallery_db: Path | None, base_mod
     served, embedder = load_current(store, base_model, threads, base_embedder)
     rows = GalleryRows(gallery_db) if gallery_db is not None else None
     snapshot = rows.snapshot(served.tag) if rows is not None else empty_snapshot(served.tag)
-    engine = Engine(detector, ServingState(served.version, embedder, snapshot), threshold,
-                    rows)
+    own = own_threshold(served.threshold, served.calibrated_for, threshold)
+    engine = Engine(detector, ServingState(served.version, embedder, snapshot, threshold=own),
+                    threshold, rows)
     if follow:  # first: no refresh re-embeds a version a swap has just dropped
         follower = PointerFollower(engine, store, base_model, threads, base_embedder, seen)
         engine.follow, engine.swap_pending = follower, follower.swap_pending

@@ -45,6 +45,8 @@ class ServingState:
     embedder: FaceEmbedder = field(repr=False)
     gallery: GallerySnapshot = field(repr=False)
     since: float = field(default_factory=time.time)
+    # this model's own match threshold (edge.serving.calibration); None: the engine's
+    threshold: float | None = None
 
     def __post_init__(self) -> None:
         if self.embedder.version != self.gallery.model_version:
@@ -80,7 +82,7 @@ class Engine:
                  rows: GalleryRows | None = None) -> None:
         # used by the frame thread only (YuNet is not thread-safe); None: no frames here
         self.detector = detector
-        self.threshold = threshold
+        self.threshold = threshold  # the deployed one: the pretrained model's
         self.rows = rows
         # The frame thread's own connection: ``PRAGMA data_version`` on it costs a few
         # microseconds and never waits for a writer (WAL), so an enrolment committed by
@@ -132,6 +134,11 @@ class Engine:
         state on its next poll, with its own fresh snapshot."""
         return self.swap_pending is not None and self.swap_pending()
 
+    def threshold_for(self, state: ServingState) -> float:
+        """The threshold faces are named at under ``state``'s model: its own, calibrated
+        when it was installed, else the deployed one."""
+        return self.threshold if state.threshold is None else state.threshold
+
     def detect(self, bgr: np.ndarray) -> list[Face]:
         """Faces only (the per-visit engine embeds a few of them, not all)."""
         if self.detector is None:
@@ -144,7 +151,8 @@ class Engine:
             raise RuntimeError("this engine has no face detector (it only swaps models)")
         faces, crops, vectors, timings = detect_align_embed(self.detector, state.embedder, bgr)
         t3 = time.perf_counter()
-        matches = state.gallery.identify_many(vectors, self.threshold) if crops else []
+        matches = (state.gallery.identify_many(vectors, self.threshold_for(state))
+                   if crops else [])
         recognised = [RecognisedFace(f, c, v, state.tag)
                       for f, c, v in zip(faces, crops, vectors, strict=True)]
         return FrameResult(recognised, matches, state.model_version, state.embedder.version,
@@ -177,7 +185,7 @@ class Engine:
         """Fresh gallery vectors of the frame's own version (someone committed rows)."""
         assert self._frame_rows is not None
         fresh = ServingState(state.model_version, state.embedder,
-                             self._frame_rows.snapshot(state.tag), state.since)
+                             self._frame_rows.snapshot(state.tag), state.since, state.threshold)
         self.install(fresh, replaces=state)  # never undoes a swap installed meanwhile
         return fresh
 
@@ -204,7 +212,8 @@ class Engine:
                 log.info("embedded %d crop(s) enrolled under another model with %s",
                          len(ids), state.tag)
         snapshot = self.rows.snapshot(state.tag)
-        self.install(ServingState(state.model_version, state.embedder, snapshot, state.since),
+        self.install(ServingState(state.model_version, state.embedder, snapshot, state.since,
+                                  state.threshold),
                      replaces=state)
 
     # --- watcher ------------------------------------------------------------------------

@@ -13,8 +13,8 @@ background thread at a lower CPU priority so the frame thread keeps its core:
    this tail (``edge.serving.split_model.SplitEmbedder``);
 4. ``reembedded``: every enrolment crop's cached trunk features through that same tail
    (the dominant cost: ~58 M multiply-adds per crop for the conv14 part);
-5. ``validated``: the canary (``edge.serving.canary``); a refusal blocks the version, keeps its
-   weights (0600) and records why, and the old model keeps serving;
+5. ``validated``: the version's own threshold, then the canary at it (``.admission``);
+   a refusal blocks the version, keeps its weights (0600), says why; the old one serves;
 6. ``rows_written``: the new version's gallery rows, one transaction;
 7. ``committed``: ``current.json`` names the new version (atomic rename): THE commit
    point. Before it a restart serves the old version, after it the new one; the rows
@@ -46,8 +46,10 @@ import numpy as np
 from edge.errors import FedFaceError, ResultRejected
 from edge.gallery.snapshot import GalleryRows, empty_snapshot
 from edge.priority import background_niceness, lower_thread_priority
+from edge.serving.admission import admit
 from edge.serving.assets import SwapAssets
-from edge.serving.canary import CanaryPolicy, CanaryResult, run_canary
+from edge.serving.calibration import own_threshold
+from edge.serving.canary import CanaryPolicy, CanaryResult
 from edge.serving.current import BASE_TAG, base_served, load_current, read_model
 from edge.serving.engine import Engine, ServingState
 from edge.serving.split_model import SplitEmbedder
@@ -60,6 +62,7 @@ from edge.serving.versions import (
     Pointer,
     ServedModel,
     SwapStore,
+    federated_round,
 )
 from edge.vision.detect import FaceDetector
 from edge.vision.embed import Embedder
@@ -98,8 +101,9 @@ class HotSwapper:
     def __init__(self, base_model: Path, part: FederatedPart, swap_dir: Path,
                  gallery_db: Path | None, detector: FaceDetector | None = None,
                  threads: int = 1, threshold: float = 0.40, policy: CanaryPolicy | None = None,
-                 base_embedder: Embedder | None = None) -> None:
+                 base_embedder: Embedder | None = None, calibrate: bool = True) -> None:
         self.base_model, self.part, self.threads = Path(base_model), part, threads
+        self.calibrate = calibrate  # each federated version at its own threshold
         self.policy = policy or CanaryPolicy.from_env(threshold)
         self.store = SwapStore(swap_dir, create=True)
         self.rows = GalleryRows(gallery_db) if gallery_db is not None else None
@@ -112,8 +116,9 @@ class HotSwapper:
                                             owner=True)
             snapshot = self._reconcile(served, embedder)
         self.served = served
-        self.engine = Engine(detector, ServingState(served.version, embedder, snapshot),
-                             threshold, self.rows)
+        own = own_threshold(served.threshold, served.calibrated_for, threshold)
+        self.engine = Engine(detector, ServingState(served.version, embedder, snapshot,
+                                                    threshold=own), threshold, self.rows)
         self._stamp = self.store.pointer_stamp()
         self.engine.follow = self._follow
         self.last_report: SwapReport | None = None
@@ -182,7 +187,9 @@ class HotSwapper:
                                                     self.threads, self.base_embedder,
                                                     owner=True)
                     snapshot = self._reconcile(served, embedder)
-                    self.engine.install(ServingState(served.version, embedder, snapshot))
+                    self.engine.install(ServingState(
+                        served.version, embedder, snapshot, threshold=own_threshold(
+                            served.threshold, served.calibrated_for, self.engine.threshold)))
                     self.served = served
                     log.info("serving %s: the swap pointer was moved by another process",
                              served.version)
@@ -244,7 +251,10 @@ class HotSwapper:
         vectors = tail.embed_features(features)
         steps.done("reembedded")
         # the operator's rollback returns to a version that was validated when it came
-        canary = None if rollback else self._canary(crop_ids, person_ids, vectors)
+        calibrate = bool(model_file and self.calibrate and federated_round(version))
+        admission = admit(self.engine, self.policy, crop_ids, person_ids, vectors,
+                          self.assets.base_vectors(features) if calibrate else None, not rollback)
+        canary, own = admission.canary, admission.threshold
         if canary is not None and not canary.passed:
             self.store.block(version, canary.reason, vector)  # weights kept, 0600
             if model_file:
@@ -262,13 +272,14 @@ class HotSwapper:
             self.rows.write(tag, crop_ids, vectors)
         steps.done("rows_written")
         new = ServedModel(version, tag, model_file, sha, time.time(), reason,
-                          self.part.name if model_file else None)
+                          self.part.name if model_file else None, own,
+                          self.engine.threshold if own is not None else None)
         previous = None if rollback else self.served
         self.store.commit(Pointer(new, previous))
         self._stamp = self.store.pointer_stamp()
         steps.done("committed")
         snapshot = self.rows.snapshot(tag) if self.rows is not None else empty_snapshot(tag)
-        self.engine.install(ServingState(version, embedder, snapshot))
+        self.engine.install(ServingState(version, embedder, snapshot, threshold=own))
         old, self.served = self.served, new
         steps.done("swapped")
         if self.rows is not None:
@@ -285,16 +296,6 @@ class HotSwapper:
                  report.serving_after)
         self._changed(entry)
         return report
-
-    def _canary(self, crop_ids: np.ndarray, person_ids: np.ndarray,
-                vectors: np.ndarray) -> CanaryResult:
-        current = self.engine.state.gallery
-        common, new_rows, old_rows = np.intersect1d(crop_ids, current.crop_ids,
-                                                    return_indices=True)
-        result = run_canary(current.vectors[old_rows], vectors[new_rows],
-                            person_ids[new_rows], self.policy)
-        log.info("canary on %d crops: %s", len(common), result.reason)
-        return result
 
     def rollback(self) -> SwapReport:
         """Serve version N-1 again; N is blocked (a re-delivered N is refused)."""

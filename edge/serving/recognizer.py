@@ -100,7 +100,7 @@ class Recognizer:
                  engine: Engine | None = None) -> None:
         self.pipeline = pipeline
         self.gallery = gallery
-        self.threshold = threshold
+        self.deployed_threshold = threshold  # the pretrained model's (settings)
         self.last_timings = FrameTimings(StageTimings(), 0.0)
         if engine is None:
             from edge.serving.current import open_engine
@@ -113,6 +113,12 @@ class Recognizer:
     @property
     def model_version(self) -> str:
         return self.engine.state.tag
+
+    @property
+    def threshold(self) -> float:
+        """The threshold faces are named at now: the served model's own
+        (``edge.serving.calibration``), the deployed one for the pretrained model."""
+        return self.engine.threshold_for(self.engine.state)
 
     def recognise(self, bgr: np.ndarray) -> list[Recognition]:
         result = self.engine.recognise(bgr)

@@ -43,13 +43,13 @@ def base_vector(model: onnx.ModelProto, part: FederatedPart) -> np.ndarray:
 def open_model_sink(base_model_path: Path, part: FederatedPart, model_dir: Path,
                     gallery: Gallery | None, threads: int = 1,
                     policy: CanaryPolicy | None = None, threshold: float = 0.40,
-                    background: bool = True) -> HotSwapper:
+                    background: bool = True, calibrate: bool = True) -> HotSwapper:
     """The box's hot swap over its gallery (``None``: no gallery, no canary).
     ``background``: start the engine's watcher (trunk features of enrolled crops, then
     of new ones, warmed in the background)."""
     sink = HotSwapper(base_model_path, part, model_dir,
                       gallery.path if gallery is not None else None, threads=threads,
-                      threshold=threshold, policy=policy)
+                      threshold=threshold, policy=policy, calibrate=calibrate)
     if background:
         sink.start()
     return sink

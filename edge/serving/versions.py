@@ -8,7 +8,8 @@ follows its pointer, and ``model status``, ``status`` and the kiosk show it.
 
     {"version": "r3-ab12", "tag": "sface-fed-r3-ab12",
      "model_file": "sface-fed-r3-ab12.weights.npz", "sha256": "...",
-     "since": 1700000000.0, "reason": "federated round result",
+     "since": 1700000000.0, "reason": "federated round result", "part": "embed_bn",
+     "threshold": 0.373, "calibrated_for": 0.4,
      "previous": {... the same fields for version N-1, or null}}
 
 A version's model file holds only what differs from the pinned base model: its
@@ -80,13 +81,20 @@ class ServedModel:
     since: float
     reason: str
     part: str | None = None  # federated part whose cut the version's weights need
+    # the version's own match threshold and the deployed one it stands for
+    # (edge.serving.calibration); None: served at the deployed threshold
+    threshold: float | None = None
+    calibrated_for: float | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ServedModel:
         part = data.get("part")
+        threshold, calibrated_for = data.get("threshold"), data.get("calibrated_for")
         return cls(str(data["version"]), str(data["tag"]), data.get("model_file"),
                    data.get("sha256"), float(data.get("since", 0.0)),
-                   str(data.get("reason", "")), str(part) if part else None)
+                   str(data.get("reason", "")), str(part) if part else None,
+                   float(threshold) if threshold is not None else None,
+                   float(calibrated_for) if calibrated_for is not None else None)
 
 
 @dataclass(frozen=True)

@@ -186,7 +186,8 @@ class VisitEngine:
         weights = np.array([a.quality for a in visit.attempts]) + 1e-6
         fused = (weights[:, None] * np.stack([a.vector for a in visit.attempts])).sum(axis=0)
         fused = (fused / max(float(np.linalg.norm(fused)), 1e-12)).astype(np.float32)
-        visit.match = state.gallery.identify_many(fused[None], self.engine.threshold)[0]
+        visit.match = state.gallery.identify_many(fused[None],
+                                                  self.engine.threshold_for(state))[0]
         visit.model_version = state.tag
 
     def _save_best(self, visit: Visit) -> None:

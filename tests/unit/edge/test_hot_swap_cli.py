@@ -55,6 +55,7 @@ def test_status_rollback_and_the_rolled_back_version_stays_refused(
     box = copy_box(template, tmp_path / "box")
     code, out, _ = invoke(box, "model", "status")
     assert code == 0 and out.startswith("current   base") and "previous  none" in out
+    assert "match threshold 0.40 (the deployed one)" in out
     code, _, err = invoke(box, "model", "rollback")
     assert code == 9 and err.count("\n") <= 2 and "nothing to roll back" in err
     assert "Traceback" not in err
@@ -75,6 +76,8 @@ def test_status_rollback_and_the_rolled_back_version_stays_refused(
     assert "collapsed" in data["blocked"]["r3"]["reason"]
     code, out, _ = invoke(box, "model", "status")
     assert "current   r2" in out and "previous  r1" in out and "refused   r3" in out
+    # "r2" is not a federated round's name ("round-N"): served at the deployed threshold
+    assert out.count("match threshold 0.40 (the deployed one)") == 2
 
     follower = open_engine(None, box / DB_FILENAME, optimised_sface_path(), threads=1,
                            threshold=0.40)  # e.g. the kiosk, another process

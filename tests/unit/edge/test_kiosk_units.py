@@ -217,6 +217,11 @@ def test_federation_status_from_persisted_state(tmp_path: Path) -> None:
                                      "sface-fed-round-3.weights.npz", "ab", 0.0,
                                      "federated result", "embed_bn"), None))
     assert federation_status(tmp_path).text == "joined; federated model round-3 (round 3)"
+    store.commit(Pointer(ServedModel("round-4", "sface-fed-round-4",
+                                     "sface-fed-round-4.weights.npz", "ab", 0.0,
+                                     "federated result", "embed_bn", 0.3731, 0.40), None))
+    assert federation_status(tmp_path).text == ("joined; federated model round-4 (round 4, "
+                                                "match threshold 0.373)")
     store.pointer_path.write_text("{broken")
     assert "unreadable" in federation_status(tmp_path).text
     # what the round did for this box (its canary's figures) and its revocation
