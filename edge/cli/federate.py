@@ -23,9 +23,9 @@ def demo(
         "--broker", help="mqtt://host:port of a running broker; default: an embedded one.",
         show_default=False)] = None,
     people_per_box: Annotated[int, typer.Option(
-        "--people-per-box", min=2, help="People enrolled on each box (disjoint).")] = 8,
+        "--people-per-box", min=2, help="People enrolled on each box (disjoint).")] = 30,
     images_per_person: Annotated[int, typer.Option(
-        "--images-per-person", min=1, help="Enrolment photos per person.")] = 4,
+        "--images-per-person", min=1, help="Enrolment photos per person.")] = 2,
     heldout_per_person: Annotated[int, typer.Option(
         "--heldout-per-person", min=0, help="Photos per person kept for accuracy.")] = 2,
     workdir: Annotated[Path | None, typer.Option(
@@ -37,8 +37,12 @@ def demo(
         "--train-budget", help="Max training seconds per box per round.")] = 20.0,
     cameras: Annotated[str | None, typer.Option(
         "--cameras", help="Each box's camera look, dealt to the boxes in turn, comma-separated:"
-        " clean (the photos as they are; default), low-light, backlight, motion-blur, ir-grey,"
-        " focus-blur, cheap-webcam.", show_default=False)] = None,
+        " clean (the photos as they are), low-light, backlight, motion-blur, ir-grey,"
+        " focus-blur, cheap-webcam (default: the six kiosk looks, in that order).",
+        show_default=False)] = None,
+    strangers_per_box: Annotated[int, typer.Option(
+        "--strangers-per-box", min=0, help="People no box enrols, one photo each through "
+        "the box's camera: how many of them each model names as someone.")] = 50,
 ) -> None:
     """Run a whole federation on this machine: keys, aggregator, N boxes, R rounds."""
     from edge.demo.run import DemoOptions, run_demo
@@ -47,6 +51,7 @@ def demo(
         faces=faces, boxes=boxes, rounds=rounds, broker=broker, people_per_box=people_per_box,
         images_per_person=images_per_person, heldout_per_person=heldout_per_person,
         workdir=workdir, part=part, timeout_s=timeout, train_budget_s=train_budget,
+        strangers_per_box=strangers_per_box,
         **({} if cameras is None else
            {"cameras": tuple(c.strip() for c in cameras.split(",") if c.strip())}),
     ), out=typer.echo)

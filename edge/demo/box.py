@@ -56,11 +56,13 @@ def emit(kind: str, /, **data: Any) -> None:
 class HeldOut:
     names: list[str]
     crops: list[np.ndarray]
+    strangers: list[np.ndarray]  # people no box enrolled, through this box's camera
 
 
-def enrol(pipeline: FacePipeline, gallery: Gallery, people: list[dict[str, Any]]) -> HeldOut:
+def enrol(pipeline: FacePipeline, gallery: Gallery, people: list[dict[str, Any]],
+          strangers: list[str]) -> HeldOut:
     recognizer = Recognizer(pipeline, gallery, threshold=0.0)
-    held = HeldOut([], [])
+    held = HeldOut([], [], [])
     for person in people:
         outcome = recognizer.enroll_images(person["name"], [Path(p) for p in person["enrol"]])
         if not outcome.added:
@@ -74,18 +76,33 @@ def enrol(pipeline: FacePipeline, gallery: Gallery, people: list[dict[str, Any]]
                 continue
             held.names.append(person["name"])
             held.crops.append(face.crop)
+    for path in strangers:
+        try:
+            held.strangers.append(pipeline.embed_image_file(Path(path)).crop)
+        except Exception as exc:  # as a held-out photo
+            log.info("stranger %s skipped: %s", path, exc)
     return held
 
 
-def accuracy(embed: Any, version: str, gallery: Gallery, held: HeldOut) -> float | None:
-    """Share of held-out photos recognised as the right person at the box's operating
-    threshold (a right best match under the threshold counts as a miss, as at the kiosk)."""
+def accuracy(embed: Any, version: str, gallery: Gallery, held: HeldOut,
+             threshold: float = DEFAULT_MATCH_THRESHOLD) -> float | None:
+    """Share of held-out photos recognised as the right person at the served model's
+    threshold (a right best match under it counts as a miss, as at the kiosk)."""
     if not held.crops:
         return None
-    matches = gallery.identify_many(embed(held.crops), version,
-                                    threshold=DEFAULT_MATCH_THRESHOLD)
+    matches = gallery.identify_many(embed(held.crops), version, threshold=threshold)
     right = sum(m.name == n for m, n in zip(matches, held.names, strict=True))
     return right / len(held.names)
+
+
+def strangers_named(embed: Any, version: str, gallery: Gallery, held: HeldOut,
+                    threshold: float = DEFAULT_MATCH_THRESHOLD) -> float | None:
+    """Share of the strangers' photos named as someone at the served model's threshold:
+    what a lower threshold costs (None without strangers)."""
+    if not held.strangers:
+        return None
+    matches = gallery.identify_many(embed(held.strangers), version, threshold=threshold)
+    return sum(m.name is not None for m in matches) / len(matches)
 
 
 def own_check(verdicts: RoundVerdicts, round_no: int) -> dict[str, Any] | None:
@@ -129,12 +146,15 @@ def run(cfg: dict[str, Any]) -> int:
     pipeline = box.pipeline()
     gallery = box.gallery()
     t0 = time.perf_counter()
-    held = enrol(pipeline, gallery, cfg["people"])
+    held = enrol(pipeline, gallery, cfg["people"], cfg.get("strangers", []))
     base_version = pipeline.embedder.version
     acc0 = accuracy(pipeline.embedder.embed, base_version, gallery, held)
+    named0 = strangers_named(pipeline.embedder.embed, base_version, gallery, held)
     counts = gallery.count_rows()
     emit("enrolled", camera=cfg.get("camera", "clean"), people=counts["people"],
          crops=counts["crops"], heldout=len(held.crops), accuracy=acc0,
+         threshold=DEFAULT_MATCH_THRESHOLD, strangers=len(held.strangers),
+         strangers_named=named0,
          seconds=time.perf_counter() - t0)
 
     sink = box.model_sink(part)
@@ -147,7 +167,13 @@ def run(cfg: dict[str, Any]) -> int:
     def on_event(event: ClientEvent) -> None:
         data = {k: v for k, v in event.data.items() if k != "vector"}
         if event.kind == "applied" and sink.embedder is not None:
-            data["accuracy"] = accuracy(sink.embedder.embed, sink.embedder.version, gallery, held)
+            state = sink.engine.state  # one read: the model and its own threshold
+            data["threshold"] = sink.engine.threshold_for(state)
+            data["accuracy"] = accuracy(state.embedder.embed, state.embedder.version,
+                                        gallery, held, data["threshold"])
+            data["strangers_named"] = strangers_named(state.embedder.embed,
+                                                      state.embedder.version, gallery, held,
+                                                      data["threshold"])
         if event.kind in ("applied", "result_rejected"):
             data["check"] = own_check(verdicts, event.round)
         emit(event.kind, round=event.round, **data)

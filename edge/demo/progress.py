@@ -113,20 +113,33 @@ class Progress:
                 what = f"{first}REFUSED round {r}'s model ({why}), keeps its own"
             self.out(f"  {box}: {what}, held-out identification "
                      f"{_pct(before)} -> {_pct(after)}{_gain(before, after)}"
+                     f"{_at(self.threshold_after(box, r))}"
+                     f"{_strangers(self.strangers_after(box, r - 1), self.strangers_after(box, r))}"
                      f"{_own_check(boxes[box])}")
 
     def served_after(self, box: str, r: int) -> float | None:
         """Held-out identification of what ``box`` serves after round ``r`` (0: the
         pretrained model): a refused round leaves the box on what it served before, and
         a round whose announce sent the box back to the pretrained model on it."""
+        return self._served_event(box, r).get("accuracy")
+
+    def threshold_after(self, box: str, r: int) -> float | None:
+        """The match threshold of what ``box`` serves after round ``r`` (its own)."""
+        return self._served_event(box, r).get("threshold")
+
+    def strangers_after(self, box: str, r: int) -> float | None:
+        """Share of the box's strangers named as someone by what it serves after ``r``."""
+        return self._served_event(box, r).get("strangers_named")
+
+    def _served_event(self, box: str, r: int) -> dict[str, Any]:
         while r > 0:
             outcome = self.by_round.get(r, {}).get(box, {})
             if "applied" in outcome:
-                return outcome["applied"].get("accuracy")
+                return dict(outcome["applied"])
             if "back_to_initial" in outcome:
                 break
             r -= 1
-        return self.enrolled.get(box, {}).get("accuracy")
+        return self.enrolled.get(box, {})
 
     def history(self) -> list[BoxHistory]:
         """Each box's held-out identification: pretrained, then after each round."""
@@ -137,7 +150,10 @@ class Progress:
             rows.append(BoxHistory(box, str(enrolled.get("camera", "clean")),
                                    int(enrolled.get("people", 0)),
                                    int(enrolled.get("heldout", 0)),
-                                   enrolled.get("accuracy"), after))
+                                   enrolled.get("accuracy"), after,
+                                   enrolled.get("strangers_named"),
+                                   self.strangers_after(box, self.done_rounds()[-1])
+                                   if self.done_rounds() else None))
         return rows
 
     def wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
@@ -163,6 +179,17 @@ def _own_check(outcome: dict[str, Any]) -> str:
         return "; own check: not compared (model status says why)"
     return (f"; own check (model status): {_pct(check['before'])} -> {_pct(check['after'])}"
             f" over {check['probes']} enrolment photos")
+
+
+def _at(threshold: float | None) -> str:
+    """The threshold the after-figure was named at: the served model's own."""
+    return "" if threshold is None else f" at threshold {threshold:.3f}"
+
+
+def _strangers(before: float | None, after: float | None) -> str:
+    if before is None or after is None:
+        return ""
+    return f", strangers named {_pct(before)} -> {_pct(after)}"
 
 
 def _gain(before: float | None, after: float | None) -> str:

@@ -55,14 +55,16 @@ class DemoOptions:
     boxes: int = 3
     rounds: int = 3
     broker: str | None = None
-    people_per_box: int = 8
-    images_per_person: int = 4
+    # a branch's few dozen people with a photo or two each (issue 18's small sites)
+    people_per_box: int = 30
+    images_per_person: int = 2
     heldout_per_person: int = 2
     workdir: Path | None = None
     part: str = DEFAULT_PART
     timeout_s: float = 900.0
     train_budget_s: float = 20.0
     cameras: tuple[str, ...] = DEFAULT_CAMERAS  # dealt to the boxes round-robin
+    strangers_per_box: int = 50  # people no box enrols, one photo each, per box
 
 
 def _images(folder: Path) -> list[Path]:
@@ -98,6 +100,23 @@ def pick_people(opts: DemoOptions) -> list[list[Person]]:
             f"needs {need_people} ({opts.boxes} boxes x {opts.people_per_box} people)",
             "use fewer --boxes / --people-per-box / --images-per-person, or more faces")
     return [eligible[i :: opts.boxes] for i in range(opts.boxes)]
+
+
+def pick_strangers(opts: DemoOptions, enrolled: list[list[Person]]) -> list[list[Person]]:
+    """Per box, ``strangers_per_box`` people no box enrols, one photo each (the first),
+    disjoint between boxes: what the box's camera sees of people it must not name. Fewer
+    when the faces folder has fewer people left."""
+    taken = {p.name for people in enrolled for p in people}
+    wanted = opts.boxes * opts.strangers_per_box
+    strangers: list[Person] = []
+    for folder in sorted(p for p in opts.faces.iterdir() if p.is_dir()):
+        if len(strangers) == wanted:
+            break
+        if folder.name not in taken:
+            photos = _images(folder)[:1]
+            if photos:
+                strangers.append(Person(folder.name, [], photos))
+    return [strangers[i :: opts.boxes] for i in range(opts.boxes)]
 
 
 def check_broker(url: str, timeout: float = 3.0) -> None:
@@ -145,13 +164,16 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> dict[str,
     except ValueError as exc:
         raise DemoError(str(exc), "--cameras takes names separated by commas") from None
     plan = pick_people(opts)
+    strangers = pick_strangers(opts, plan)
     if opts.broker:
         check_broker(opts.broker)
     workdir = _prepare_workdir(opts.workdir)
     out(f"FedFace demo: {opts.boxes} boxes x {opts.people_per_box} people, {opts.rounds} "
         f"rounds, federated part {part.key} ({part.size:,} values); work dir {workdir}")
     out("held-out identification = share of each box's held-out photos, taken by its own "
-        "camera, named as the right person at the deployed match threshold")
+        "camera, named as the right person at the served model's match threshold (its own, "
+        "calibrated at each swap); strangers named = share of photos of people no box "
+        "enrolled, through the same camera, named as someone")
 
     embedded = None
     broker_url = opts.broker
@@ -178,6 +200,8 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> dict[str,
             box_dir = workdir / name
             make_dirs(box_dir, PRIVATE_DIR)
             people = shoot(people, cameras[b_index], box_dir / "camera", seed=b_index)
+            seen = shoot(strangers[b_index], cameras[b_index], box_dir / "camera-strangers",
+                         seed=1000 + b_index)
             key = generate_signing_key()
             write_private_key(box_dir / "device.key", key)
             write_public_key(box_dir / "device.pub", key.public_key())
@@ -191,6 +215,7 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> dict[str,
                 "aggregator_key": str(agg_state / "aggregator.pub"),
                 "people": [{"name": p.name, "enrol": [str(x) for x in p.enrol],
                             "heldout": [str(x) for x in p.heldout]} for p in people],
+                "strangers": [str(x) for p in seen for x in p.heldout],
                 "train_budget_s": opts.train_budget_s,
                 "model_dir": os.environ.get("FEDFACE_MODEL_DIR"),
             }

@@ -58,7 +58,7 @@ def _check_before_after_table(out: str, boxes: list[str], rounds: int) -> None:
     start = lines.index("held-out identification before and after the federation:")
     header = [c.strip() for c in lines[start + 1].split("|")]
     assert header == ["box", "camera", "people", "held-out", "pretrained",
-                      *[f"round {r}" for r in range(1, rounds + 1)], "gain"]
+                      *[f"round {r}" for r in range(1, rounds + 1)], "gain", "strangers named"]
     gains = []
     for i, box in enumerate(boxes):
         cells = [c.strip() for c in lines[start + 3 + i].split("|")]
@@ -72,8 +72,13 @@ def _check_before_after_table(out: str, boxes: list[str], rounds: int) -> None:
             said = f"  {box}: serves round-{r}, held-out identification {before} -> {cells[4 + r]}"
             assert any(line.startswith(said) for line in lines), said
         gain = float(cells[4 + rounds].rstrip("%")) - float(cells[4].rstrip("%"))
-        assert float(cells[-1]) == pytest.approx(gain, abs=0.11)
-        gains.append(float(cells[-1]))
+        assert float(cells[-2]) == pytest.approx(gain, abs=0.11)
+        gains.append(float(cells[-2]))
+        # strangers named: the pretrained model's share -> the last round's, as the lines said
+        first, last = (c.strip() for c in cells[-1].split("->"))
+        said = f"strangers named {first} -> " if rounds == 1 else f" -> {last}"
+        assert any(line.startswith(f"  {box}: serves round-{rounds},") and said in line
+                   for line in lines), (said, cells)
     mean = lines[start + 3 + len(boxes)]
     assert mean.startswith("mean gain over the boxes: ")
     assert float(mean.split(": ")[1].split()[0]) == pytest.approx(sum(gains) / len(gains),
@@ -137,12 +142,26 @@ def test_demo_with_embedded_broker(lfw_dir: Path, tmp_path: Path) -> None:
 @pytest.mark.mosquitto
 def test_demo_against_mosquitto(lfw_dir: Path, tmp_path: Path, mosquitto) -> None:
     workdir = tmp_path / "demo"
-    # 4 people of 3 enrolment photos: 12 probes, enough for the boxes' canary to compare
+    # 5 people of 4 enrolment photos: 20 probes, enough for the boxes' canary to compare,
+    # and people enough for each federated model to get its own threshold
     proc = _demo("--faces", str(lfw_dir), "--workdir", str(workdir), "--broker",
-                 mosquitto.url, *TINY, "--people-per-box", "4", "--images-per-person", "4")
+                 mosquitto.url, *TINY, "--people-per-box", "5", "--images-per-person", "4")
     assert f"broker: {mosquitto.url}" in proc.stdout
     _check_finished_federation(proc, workdir)
-    _check_own_check_is_model_status(proc.stdout, workdir / "box-2", compared=True)
+    box = workdir / "box-2"
+    _check_own_check_is_model_status(proc.stdout, box, compared=True)
+    # the model's own threshold: made by the box's swap, said by the demo's round line,
+    # stored with the version and used by another process on the box (identify)
+    pointer = json.loads((box / "models" / "current.json").read_text())
+    assert pointer["calibrated_for"] == 0.40 and 0.25 <= pointer["threshold"] <= 0.55
+    assert any(line.startswith("  box-2: serves round-2,")
+               and f"at threshold {pointer['threshold']:.3f}" in line
+               for line in proc.stdout.splitlines())
+    photos = sorted((box / "camera").glob("*/*.png"))[:4]  # what the box's camera took
+    found = _box_cli(box, "identify", *map(str, photos), "--json")
+    assert found.returncode in (0, 3), found.stderr  # 3: a photo without a face
+    reports = [json.loads(line) for line in found.stdout.splitlines() if line.strip()]
+    assert reports and {r["threshold"] for r in reports} == {pointer["threshold"]}
 
 
 def _assert_clear_error(proc: subprocess.CompletedProcess[str], text: str) -> None:
@@ -162,7 +181,7 @@ def test_demo_input_errors(lfw_dir: Path, tmp_path: Path) -> None:
         if len(list(person.glob("*.jpg"))) >= 6:
             shutil.copytree(person, few / person.name)
             break
-    _assert_clear_error(_demo("--faces", str(few)), "the demo needs 24")
+    _assert_clear_error(_demo("--faces", str(few)), "the demo needs 90")
     _assert_clear_error(_demo("--faces", str(lfw_dir), "--cameras", "low-light,fisheye"),
                         "unknown camera domain 'fisheye'")
     port = free_port()  # nothing listens there

@@ -51,7 +51,7 @@ def test_the_cli_lists_every_camera() -> None:
     option = typing.get_type_hints(demo, include_extras=True)["cameras"].__metadata__[0]
     help_text = " ".join(str(option.help).split())
     assert all(name in help_text for name in CAMERA_NAMES)
-    assert DEFAULT_CAMERAS == ("clean",)
+    assert DEFAULT_CAMERAS == KIOSK_CAMERAS  # a kiosk never sees a clean photo
 
 
 def test_cameras_are_dealt_round_robin_and_unknown_names_are_refused() -> None:
@@ -87,7 +87,7 @@ def test_before_after_table_and_mean_gain() -> None:
     lines = before_after_table(rows, [1, 2])
     assert "round 1" in lines[1] and "round 2" in lines[1] and "gain" in lines[1]
     assert [c.strip() for c in lines[3].split("|")] == [
-        "box-1", "low-light", "8", "16", "75.0%", "81.2%", "87.5%", "+12.5"]
+        "box-1", "low-light", "8", "16", "75.0%", "81.2%", "87.5%", "+12.5", "n/a"]
     assert lines[5].rstrip().endswith("n/a")
     assert lines[-1] == "mean gain over the boxes: +6.2 points"
     assert before_after_table([], [1])[-1] == "mean gain over the boxes: n/a"
@@ -176,3 +176,45 @@ def test_a_poisoned_round_sends_the_box_that_applied_it_back_in_the_demo() -> No
     progress.add("box-1", {"event": "back_to_initial", "round": 4, "t": 5.0,
                            "model": "base", "previous": "round-3", "reason": "poisoned"})
     assert progress.served_after("box-1", 4) == 0.75  # the pretrained model's figure
+
+
+def test_round_lines_and_table_show_each_models_threshold_and_strangers_named() -> None:
+    lines: list[str] = []
+    progress = Progress(["box-1"], 1, lines.append)
+    progress.add("box-1", {"event": "enrolled", "camera": "ir-grey", "people": 30,
+                           "crops": 60, "heldout": 60, "accuracy": 0.7, "seconds": 1.0,
+                           "threshold": 0.40, "strangers": 20, "strangers_named": 0.05})
+    progress.add("box-1", {"event": "joined", "round": 1, "t": 0.0})
+    progress.add("box-1", {"event": "applied", "round": 1, "t": 2.0, "model": "round-1",
+                           "updates": 3, "bytes": 20, "decrypt_s": 0.1, "accuracy": 0.75,
+                           "threshold": 0.3712, "strangers_named": 0.10})
+    progress.print_ready()
+    assert ("  box-1: serves round-1, held-out identification 70.0% -> 75.0% (+5.0) at "
+            "threshold 0.371, strangers named 5.0% -> 10.0%; own check: not compared "
+            "(model status says why)") in lines
+    table = before_after_table(progress.history(), progress.done_rounds())
+    assert [c.strip() for c in table[3].split("|")][-2:] == ["+5.0", "5.0% -> 10.0%"]
+    assert table[-1] == ("strangers named as someone, mean over the boxes: 5.0% -> 10.0% "
+                         "(each model at its own threshold)")
+
+
+def test_strangers_are_people_no_box_enrols_one_photo_each_disjoint_per_box(
+        tmp_path: Path) -> None:
+    from edge.demo.run import DemoOptions, pick_people, pick_strangers
+
+    for i in range(12):
+        person = tmp_path / f"p{i:02d}"
+        person.mkdir()
+        for k in range(3 if i % 2 else 1):  # odd people have 3 photos, even ones 1
+            (person / f"{k}.jpg").write_bytes(b"x")
+    opts = DemoOptions(faces=tmp_path, boxes=2, people_per_box=2, images_per_person=2,
+                       heldout_per_person=1, strangers_per_box=3)
+    plan = pick_people(opts)
+    strangers = pick_strangers(opts, plan)
+    enrolled = {p.name for people in plan for p in people}
+    seen = [p.name for people in strangers for p in people]
+    assert [len(s) for s in strangers] == [3, 3] and len(set(seen)) == 6
+    assert not enrolled & set(seen)
+    assert all(len(p.heldout) == 1 and not p.enrol for people in strangers for p in people)
+    few = pick_strangers(DemoOptions(faces=tmp_path, boxes=2, strangers_per_box=50), plan)
+    assert sum(len(s) for s in few) == 12 - len(enrolled)  # as many as there are
