@@ -95,7 +95,11 @@ def _accuracies(swapper: HotSwapper, vector: np.ndarray,
     current = swapper.engine.state.gallery
     _, new_rows, old_rows = np.intersect1d(crop_ids, current.crop_ids, return_indices=True)
     people = person_ids[new_rows]
-    before, probes = leave_one_out_accuracy(current.vectors[old_rows], people, threshold)
+    # the served model at the threshold it serves at (a federated one's own); the local
+    # candidate at the deployed one, at which it would serve (local models are not
+    # calibrated: edge.serving.calibration)
+    served_at = swapper.engine.threshold_for(swapper.engine.state)
+    before, probes = leave_one_out_accuracy(current.vectors[old_rows], people, served_at)
     after, _ = leave_one_out_accuracy(candidate[new_rows], people, threshold)
     if probes == 0:
         return None, None, 0
