@@ -65,6 +65,8 @@ class SwapAssets:
         self._keys: dict[int, str] = {}
         self._lock = threading.Lock()
         self._base_tail: TailEmbedder | None = None
+        # each crop's pretrained vector: the base model is pinned, so it never changes
+        self._base_rows: dict[int, np.ndarray] = {}
 
     def _cached_graph(self, path: Path, base_bytes: bytes,
                       cut: Callable[[onnx.ModelProto, str], onnx.ModelProto]) -> bytes:
@@ -91,14 +93,21 @@ class SwapAssets:
             raise ValueError(f"not initializers of the tail after {self.part.cut}: {missing}")
         return TailEmbedder(self.tail_bytes, threads=threads, overrides=weights)
 
-    def base_vectors(self, features: np.ndarray) -> np.ndarray | None:
-        """The pretrained model's vectors of crops' trunk features (calibration's
-        reference, ``edge.serving.calibration``); None for no crops."""
+    def base_vectors(self, crop_ids: np.ndarray, features: np.ndarray) -> np.ndarray | None:
+        """The pretrained model's vectors of these crops (calibration's reference,
+        ``edge.serving.calibration``), rows as ``features``; only crops not seen at an
+        earlier swap go through the tail. None for no crops."""
         if len(features) == 0:
             return None
-        if self._base_tail is None:  # built once: the tail graph with its own weights
-            self._base_tail = self.tail_embedder({})
-        return self._base_tail.embed_features(features)
+        ids = crop_ids.tolist()
+        new = [row for row, crop in enumerate(ids) if crop not in self._base_rows]
+        if new:
+            if self._base_tail is None:  # built once: the tail graph with its own weights
+                self._base_tail = self.tail_embedder({})
+            vectors = self._base_tail.embed_features(features[new])
+            self._base_rows.update(zip((ids[r] for r in new), vectors, strict=True))
+        self._base_rows = {crop: self._base_rows[crop] for crop in ids}  # removed crops go
+        return np.stack([self._base_rows[crop] for crop in ids])
 
     def read_tail_weights(self, model_bytes: bytes) -> dict[str, np.ndarray]:
         """Every tail initializer as stored in a model file of this base (rollback): all

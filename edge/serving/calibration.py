@@ -52,7 +52,6 @@ class Calibration:
     calibrated_for: float  # the deployed threshold it stands for
     crops: int
     people: int
-    share: float  # of the reference's stranger scores at or above the deployed threshold
     capped: bool = False
 
     def describe(self) -> str:
@@ -97,12 +96,11 @@ def calibrate(deployed: float, reference_vectors: np.ndarray, model_vectors: np.
     model = stranger_scores(model_vectors, ids)
     if not (np.all(np.isfinite(reference)) and np.all(np.isfinite(model))):
         return None
-    threshold, share = carry_threshold(deployed, reference, model)
+    threshold, _ = carry_threshold(deployed, reference, model)
     capped = abs(threshold - deployed) > MAX_SHIFT
     if capped:
         threshold = deployed + float(np.sign(threshold - deployed)) * MAX_SHIFT
-    return Calibration(round(threshold, 4), deployed, len(model_vectors), people, share,
-                       capped)
+    return Calibration(round(threshold, 4), deployed, len(model_vectors), people, capped)
 
 
 def own_threshold(threshold: float | None, calibrated_for: float | None,

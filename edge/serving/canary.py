@@ -96,7 +96,10 @@ def leave_one_out_hits(vectors: np.ndarray, person_ids: np.ndarray,
 def leave_one_out_accuracy(vectors: np.ndarray, person_ids: np.ndarray,
                            threshold: float) -> tuple[float, int]:
     """(accuracy, probes) of leave-one-out identification; probes need a 2nd crop."""
-    hits = leave_one_out_hits(vectors, person_ids, threshold)
+    return _accuracy(leave_one_out_hits(vectors, person_ids, threshold))
+
+
+def _accuracy(hits: np.ndarray) -> tuple[float, int]:
     return (float(np.mean(hits)), len(hits)) if len(hits) else (0.0, 0)
 
 
@@ -134,7 +137,7 @@ def run_canary(current: np.ndarray, candidate: np.ndarray, person_ids: np.ndarra
         return CanaryResult(False, False, f"embeddings collapsed: different people's crops "
                             f"have mean cosine {collapsed:.3f}", 0)
     new_hits = leave_one_out_hits(candidate, person_ids, new_at)
-    new_acc, probes = (float(np.mean(new_hits)) if len(new_hits) else 0.0), len(new_hits)
+    new_acc, probes = _accuracy(new_hits)
     if probes < policy.min_probes:
         log.warning("canary skipped: %d probe(s) (people with 2+ enrolment crops), %d needed "
                     "to compare accuracy; only the finite/collapse checks ran", probes,
@@ -142,7 +145,7 @@ def run_canary(current: np.ndarray, candidate: np.ndarray, person_ids: np.ndarra
         return CanaryResult(True, True, f"only {probes} probe(s), {policy.min_probes} needed: "
                             "accuracy not compared", probes, None, new_acc)
     old_hits = leave_one_out_hits(current, person_ids, old_at)
-    old_acc = float(np.mean(old_hits))
+    old_acc, _ = _accuracy(old_hits)
     drop = old_acc - new_acc
     lost, won = int(np.sum(old_hits & ~new_hits)), int(np.sum(~old_hits & new_hits))
     chance = sign_test(lost, won)

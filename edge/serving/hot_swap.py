@@ -251,10 +251,10 @@ class HotSwapper:
         vectors = tail.embed_features(features)
         steps.done("reembedded")
         # the operator's rollback returns to a version that was validated when it came
-        calibrate = bool(model_file and self.calibrate and federated_round(version))
-        admission = admit(self.engine, self.policy, crop_ids, person_ids, vectors,
-                          self.assets.base_vectors(features) if calibrate else None, not rollback)
-        canary, own = admission.canary, admission.threshold
+        base = self.assets.base_vectors(crop_ids, features) if model_file and \
+            self.calibrate and federated_round(version) else None
+        verdict = admit(self.engine, self.policy, crop_ids, person_ids, vectors, base, not rollback)
+        canary, own = verdict.canary, verdict.threshold
         if canary is not None and not canary.passed:
             self.store.block(version, canary.reason, vector)  # weights kept, 0600
             if model_file:

@@ -100,7 +100,6 @@ class Recognizer:
                  engine: Engine | None = None) -> None:
         self.pipeline = pipeline
         self.gallery = gallery
-        self.deployed_threshold = threshold  # the pretrained model's (settings)
         self.last_timings = FrameTimings(StageTimings(), 0.0)
         if engine is None:
             from edge.serving.current import open_engine
