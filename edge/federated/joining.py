@@ -3,9 +3,9 @@
 ``RoundJoiner`` reads each verified announce (a redelivered older one is ignored) and
 joins an open round only when the federation trains this box's part (said once per
 round otherwise: log, event, ``not_joining`` in the status), the round lists this
-device, it is based on the model the box has (``edge.federated.result_apply``; an announce
-built on the initial model takes a box that applied a since-poisoned result back to it
-first) and the
+device, it is based on a model the box has (``edge.federated.result_apply``: the one it
+serves, or a result only its canary declined; an announce built on the initial model
+takes a box that applied a since-poisoned result back to it first) and the
 box has enough new samples (``edge.federated.round_gate``; a box below sits the round
 out and re-counts every few seconds). Joining starts the training job in its own thread
 at a lower CPU priority: it trains, encrypts, signs and chunks the update
@@ -117,17 +117,17 @@ class RoundJoiner:
                 log.warning("round %d does not list this device (%s): not joining; is it "
                             "registered with the aggregator?", ann.round, self.config.device_id)
             return
-        version, vector = self.model.version, self.model.vector
-        if ann.base_model != version:
+        vector = self.model.base_vector(ann.base_model)
+        if vector is None:
             log.info("round %d is based on %s, this box has %s: waiting for that result",
-                     ann.round, ann.base_model, version)
+                     ann.round, ann.base_model, self.model.version)
             return
         if self._sit_out(ann):
             return
         self._job_round = ann.round
         self._job_mark = time.time()  # crops enrolled from now on are new for next time
         self.events.emit("joined", ann.round, {"base_model": ann.base_model})
-        global_vector = None if version == self.config.initial_model else vector.copy()
+        global_vector = None if ann.base_model == self.config.initial_model else vector.copy()
         self._job = threading.Thread(
             target=self._train_and_seal, args=(ann, global_vector, vector.copy()),
             name=f"federation-train-r{ann.round}", daemon=True,

@@ -12,7 +12,9 @@ the round's bounds (``federation.crypto.packing.decrypt_within_bounds``: cap on 
 count, clip of the change) and for plausibility (``edge.federated.sealing.check_average``)
 BEFORE the canary, and handed to the ``ModelSink``, and what
 became of it is recorded (``edge.federated.verdicts``), published in the box's status
-and reported as a client event. A refused result keeps the old model. An open
+and reported as a client event. A refused result keeps the old model; one that only
+the box's canary declined (``declined``) is still the base the box trains the next
+rounds from, so a minority refusal does not take the box out of the federation. An open
 announce built on the initial model while the box has a federated result means the
 federation went back to it (every result since was poisoned, ``aggregator.rounds.poison``,
 and there is none to re-publish): ``back_to_initial`` serves the initial model again
@@ -58,6 +60,10 @@ class ResultApplier:
                              f"{part.size}")
         self.version = version
         self.vector = base
+        # The newest result only this box's canary declined: the federation moved on to
+        # it, so the box keeps training from it (its people stay in the federation and a
+        # quorum of every box is still met) while serving ``version``.
+        self.declined: tuple[str, np.ndarray] | None = None
         self.initial = (version, base.copy())  # before ``resume``: the pretrained model
         self._replays_said: set[int] = set()  # announces refused as replays, logged once
         self.fetcher = fetcher
@@ -84,7 +90,7 @@ class ResultApplier:
     def follow(self, pointer: ModelPointer, announced_part: str | None) -> None:
         """A verified model pointer: fetch its result unless the box has that model or
         the federation trains another part (``announced_part``: the last announce's)."""
-        if pointer.model == self.version:
+        if pointer.model in (self.version, self.declined and self.declined[0]):
             return
         if announced_part and announced_part != self.part.key:
             log.warning("result %s not fetched: the federation trains part %s, this box %s",
@@ -164,6 +170,8 @@ class ResultApplier:
             # refusals are its only evidence that a round is poisoned
             # (aggregator.rounds.poison).
             self._refused(wanted, exc)
+            if self.declined is not None and self.declined[0] == wanted.model:
+                self._applied()  # a round built on it may be joined
 
     def _refused(self, wanted: ModelPointer, exc: FederationError) -> None:
         code, detail = exc.reason, exc.message
@@ -188,7 +196,7 @@ class ResultApplier:
             summed = EncryptedUpdate.from_bytes(blob, self.context)
             # the round's bounds, which the aggregator cannot check: the change only when
             # the box holds the result's base (a box joining late checks the count alone)
-            base = self.vector if pointer.base_model == self.version else None
+            base = self.base_vector(pointer.base_model)
             average = decrypt_within_bounds(self.context, summed, pointer.policy, base)
         except FederationError:
             raise
@@ -201,7 +209,15 @@ class ResultApplier:
         # The sink stores the version durably before serving it (edge.serving.versions); a
         # crash before its commit leaves the old version served, and the retained
         # result is fetched and applied again after the restart.
-        self.sink.apply(pointer.model, average)
+        try:
+            self.sink.apply(pointer.model, average)
+        except FederationError as exc:
+            if getattr(exc, "declined_by_canary", False):
+                self.declined = (pointer.model, average)
+                log.warning("round %d: this box does not serve %s (its canary declined "
+                            "it) but federates from it", pointer.round, pointer.model)
+            raise
+        self.declined = None
         if self.mark is not None:
             self.mark.advance(pointer)
         swap_s = time.perf_counter() - t1
@@ -220,6 +236,15 @@ class ResultApplier:
             "decrypt_s": decrypt_s, "swap_s": swap_s, "bytes": len(blob), "vector": average,
         })
         self._applied()
+
+    def base_vector(self, version: str) -> np.ndarray | None:
+        """The vector of ``version`` if the box can train from it: the model it serves,
+        or the result its canary declined (None: the box lacks that model)."""
+        if version == self.version:
+            return self.vector
+        if self.declined is not None and self.declined[0] == version:
+            return self.declined[1]
+        return None
 
     def _served_by_sink(self) -> tuple[str, np.ndarray] | None:
         served_vector = getattr(self.sink, "served_vector", None)

@@ -15,11 +15,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge.errors import ResultRejected
 from edge.serving.calibration import Calibration, calibrate
 from edge.serving.canary import CanaryPolicy, CanaryResult, run_canary
 from edge.serving.engine import Engine
 
 log = logging.getLogger(__name__)
+
+
+class ModelRefused(ResultRejected):
+    """The box refused federated weights (canary failed, or the version is blocked)."""
+
+    canary: CanaryResult | None = None  # the figures behind a canary refusal
+    # Only this box's canary declined the weights (now or before): they passed every
+    # check of the result itself, so the box still federates from them without serving
+    # them (edge.federated.result_apply). False for the technician's rollback.
+    declined_by_canary: bool = False
 
 
 @dataclass(frozen=True)

@@ -43,13 +43,13 @@ from typing import Any, TypeVar, cast
 
 import numpy as np
 
-from edge.errors import FedFaceError, ResultRejected
+from edge.errors import FedFaceError
 from edge.gallery.snapshot import GalleryRows, empty_snapshot
 from edge.priority import background_niceness, lower_thread_priority
-from edge.serving.admission import admit
+from edge.serving.admission import ModelRefused, admit
 from edge.serving.assets import SwapAssets
 from edge.serving.calibration import own_threshold
-from edge.serving.canary import CanaryPolicy, CanaryResult
+from edge.serving.canary import CanaryPolicy
 from edge.serving.current import BASE_TAG, base_served, load_current, read_model
 from edge.serving.engine import Engine, ServingState
 from edge.serving.split_model import SplitEmbedder
@@ -77,12 +77,6 @@ __all__ = ["CRASH_ENV", "STEPS", "HotSwapError", "HotSwapper", "ModelRefused", "
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class ModelRefused(ResultRejected):
-    """The box refused federated weights (canary failed, or the version is blocked)."""
-
-    canary: CanaryResult | None = None  # the figures behind a canary refusal
 
 
 class HotSwapError(FedFaceError):
@@ -217,8 +211,10 @@ class HotSwapper:
             return
         blocked = self.store.blocked().get(version)
         if blocked is not None:
-            raise ModelRefused("blocked", f"model {version} was refused before "
-                               f"({blocked.get('reason')}); it is not served again")
+            again = ModelRefused("blocked", f"model {version} was refused before "
+                                 f"({blocked.get('reason')}); it is not served again")
+            again.declined_by_canary = blocked.get("by") == "canary"
+            raise again
         self.last_report = self._in_background(lambda: self._swap(version, vector, reason))
 
     def _swap(self, version: str, vector: np.ndarray, reason: str) -> SwapReport:
@@ -256,7 +252,7 @@ class HotSwapper:
         verdict = admit(self.engine, self.policy, crop_ids, person_ids, vectors, base, not rollback)
         canary, own = verdict.canary, verdict.threshold
         if canary is not None and not canary.passed:
-            self.store.block(version, canary.reason, vector)  # weights kept, 0600
+            self.store.block(version, canary.reason, vector, by="canary")  # kept, 0600
             if model_file:
                 self.store.model_path(model_file).unlink(missing_ok=True)
             entry = self.store.record("refused", version, reason=canary.reason,
@@ -265,7 +261,7 @@ class HotSwapper:
             refusal = ModelRefused("canary_refused", f"model {version} refused: "
                                    f"{canary.reason}; still serving "
                                    f"{self.engine.state.model_version}")
-            refusal.canary = canary
+            refusal.canary, refusal.declined_by_canary = canary, True
             raise refusal
         steps.done("validated")
         if self.rows is not None:

@@ -239,10 +239,13 @@ class SwapStore:
             return {}
         return data if isinstance(data, dict) else {}
 
-    def block(self, version: str, reason: str, vector: np.ndarray | None = None) -> None:
-        """Never serve ``version`` again; keep its weights (0600) for the operator."""
+    def block(self, version: str, reason: str, vector: np.ndarray | None = None,
+              by: str = "rollback") -> None:
+        """Never serve ``version`` again; keep its weights (0600) for the operator.
+        ``by``: "canary" (the box's own check declined it) or "rollback" (the box left
+        it: the technician's rollback, or the federation going back past it)."""
         check_version(version)
-        entry: dict[str, Any] = {"reason": reason, "at": time.time()}
+        entry: dict[str, Any] = {"reason": reason, "at": time.time(), "by": by}
         if vector is not None:
             buf = io.BytesIO()
             np.save(buf, np.asarray(vector, dtype=np.float32), allow_pickle=False)

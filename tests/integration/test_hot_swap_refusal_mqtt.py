@@ -27,11 +27,12 @@ pytestmark = pytest.mark.mosquitto
 class WreckingTrainer:
     """A broken box's training: the part's first tensor (conv_14 batch-norm scale) zeroed."""
 
-    def __init__(self, part: FederatedPart) -> None:
-        self.part = part
+    def __init__(self, part: FederatedPart, how: str = "zero", n_samples: int = 40) -> None:
+        self.part, self.how, self.n_samples = part, how, n_samples
 
     def local_update(self, global_vector: np.ndarray | None, round_no: int) -> LocalUpdate:
-        return LocalUpdate(wrecked(self.part, part_base_vector(self.part), "zero"), 40, 0.0)
+        return LocalUpdate(wrecked(self.part, part_base_vector(self.part), self.how),
+                           self.n_samples, 0.0)
 
 
 def test_canary_refusal_reaches_the_operator_through_the_status_topic(
@@ -95,6 +96,72 @@ def test_canary_refusal_reaches_the_operator_through_the_status_topic(
         # kept on the box for the operator to inspect, 0600
         kept = list((box_dir / "models" / "refused").glob("*.npy"))
         assert len(kept) == 1 and kept[0].stat().st_mode & 0o777 == 0o600
+    finally:
+        fed.stop()
+        sink.stop()
+        sink.engine.close()
+        gallery.close()
+
+
+class RecordingTrainer:
+    """An honest box's training that records what each round starts from."""
+
+    def __init__(self, part: FederatedPart) -> None:
+        self.part = part
+        self.starts: dict[int, np.ndarray | None] = {}
+
+    def local_update(self, global_vector: np.ndarray | None, round_no: int) -> LocalUpdate:
+        self.starts[round_no] = None if global_vector is None else global_vector.copy()
+        start = part_base_vector(self.part) if global_vector is None else global_vector
+        return LocalUpdate(start.copy(), 1, 0.0)
+
+
+def test_a_box_whose_canary_declines_a_result_still_federates_from_it(
+        tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, lfw_dir: Path,
+        mosquitto) -> None:
+    """A minority refusal is a serving decision, not a way out of the federation: the
+    box keeps serving its own model but trains the next round from the declined result,
+    so a quorum of every box is still met (before, it waited for a result it had
+    already refused, and the federation stalled)."""
+    box_dir = copy_box(template_box(tmp_path_factory.getbasetemp(), lfw_dir), tmp_path / "box")
+    fed = Federation.create(tmp_path / "fed", mosquitto.url, ["box-w", "box-a"])
+    gallery = Gallery.open(box_dir)
+    sink = open_model_sink(optimised_sface_path(), PART, box_dir / "models", gallery)
+    honest = RecordingTrainer(PART)
+    try:
+        fed.start_aggregator(quorum=2, rounds=3)  # every box must send, every round
+        box = fed.start_box("box-w", trainer=honest, sink=sink, max_relative_change=2.0)
+        # box-a's zeroed tensor outweighs box-w's update 1000 to 1: the average
+        # collapses box-w's embeddings, so its canary declines it (box-a's sink takes
+        # anything)
+        other = fed.start_box("box-a", trainer=WreckingTrainer(PART, "zero", 1000),
+                              max_relative_change=2.0)
+        wait_for(lambda: box.event("result_rejected", 1) is not None, 90,
+                 "box-w's canary to decline round 1's result", fed)
+        event = box.event("result_rejected", 1)
+        assert event is not None and event.data["reason"] == "canary_refused"
+        wait_for(lambda: other.event("applied", 2) is not None, 120,
+                 "round 2 to close with both boxes' updates and be published", fed)
+        assert box.event("submitted", 2) is not None
+        (round_1, declined), (round_2, _) = other.sink.applied  # type: ignore[attr-defined]
+        assert (round_1, round_2) == ("round-1", "round-2")
+        start = honest.starts[2]
+        assert start is not None
+        np.testing.assert_array_equal(start, declined)  # trained from the declined result
+        assert sink.engine.state.model_version == "base"  # but never served it
+        assert box.client.version == "base"
+        # A restart forgets nothing: the re-fetched round-2 result is refused as blocked
+        # by its canary, and round 3 is trained from it too.
+        wait_for(lambda: box.event("result_rejected", 2) is not None, 90,
+                 "box-w's canary to decline round 2's result", fed)
+        box.client.stop(timeout=5)
+        fed.start_box("box-w", trainer=honest, sink=sink, max_relative_change=2.0)
+        wait_for(lambda: other.event("applied", 3) is not None, 120,
+                 "round 3 to close with the restarted box-w's update", fed)
+        start = honest.starts[3]
+        assert start is not None
+        np.testing.assert_array_equal(start, other.sink.applied[1][1])  # type: ignore[attr-defined]
+        assert sink.engine.state.model_version == "base"
     finally:
         fed.stop()
         sink.stop()

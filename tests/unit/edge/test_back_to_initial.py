@@ -101,6 +101,7 @@ def test_the_hot_swap_serves_the_pretrained_model_again(template: Path,
     with pytest.raises(ModelRefused) as blocked:
         swapper.apply("round-1", perturbed(swapper.base_vector(), 1, scale=1e-2))
     assert blocked.value.reason == "blocked"
+    assert not blocked.value.declined_by_canary  # poisoned: the box never trains from it
     swapper.engine.close()
     restarted = open_swapper(box)  # the swap pointer names the pretrained model
     assert restarted.engine.state.model_version == "base"

@@ -49,6 +49,8 @@ def test_wrecked_weights_are_refused_and_the_old_model_keeps_serving(
     with pytest.raises(ModelRefused, match="refused before") as again:
         swapper.apply("r2", wrecked(part, base, how))  # a re-delivered result
     assert again.value.reason == "blocked"
+    # still only its canary's doing: the federation client keeps training from it
+    assert refused.value.declined_by_canary and again.value.declined_by_canary
     swapper.apply("r3", perturbed(base, 3))  # a later good result is taken
     assert swapper.engine.state.model_version == "r3"
 
