@@ -22,7 +22,7 @@ from edge.training.trainer import TorchLocalTrainer, TrainConfig
 from models.federated_parts import DEFAULT_PART, get_part
 from models.registry import model_path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # the checkout (../shared beside it)
 
 
 def main(argv: list[str] | None = None) -> None:

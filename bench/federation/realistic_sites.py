@@ -201,7 +201,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     torch.set_num_threads(1)
     n = len(bench.sites)
     counts = [sum(len(p) for p in s.enrol) for s in design.sites]
-    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed)
+    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed,
+                      **({"margin": args.margin} if args.margin is not None else {}),
+                      **({"scale": args.scale} if args.scale is not None else {}))
     long_cfg = replace(cfg, epochs=args.epochs * args.rounds)
     own = replace(cfg, epochs=args.personal_epochs)
     rows: dict[str, list[dict[str, float]]] = {"pretrained": bench.score_all(None)}
@@ -322,6 +324,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=float, default=2.0, help="local epochs per round")
     ap.add_argument("--personal-epochs", type=float, default=1.0)
     ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--margin", type=float, default=None, help="CosFace m (TrainConfig's)")
+    ap.add_argument("--scale", type=float, default=None, help="CosFace s (TrainConfig's)")
     ap.add_argument("--views", type=int, default=2)
     ap.add_argument("--lfw-folds", type=int, default=4, help="0: skip the clean check")
     ap.add_argument("--seed", type=int, default=0)

@@ -24,7 +24,7 @@ from models.trainable import (
 # Adam learning rates per federated part, measured on the LFW experiment
 # (bench.federation.federated_accuracy): the 1M-value conv block needs small steps, the affine-only
 # and low-rank parts larger ones.
-PART_LR = {"conv14": 1e-4, "fc1_lora": 3e-3, "embed_bn": 5e-3}
+PART_LR = {"conv14": 1e-4, "fc1_lora": 3e-3, "embed_bn": 5e-3, "fc1": 1e-4}
 
 
 def embed_all(tail: TrainableTail, features: np.ndarray, batch: int = 256) -> torch.Tensor:
