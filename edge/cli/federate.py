@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from edge.cli.context import box
+from edge.demo import DEMO_PART, DEMO_ROUNDS
 from models.federated_parts import DEFAULT_PART
 
 if TYPE_CHECKING:
@@ -18,7 +19,8 @@ def demo(
     faces: Annotated[Path, typer.Option(
         "--faces", help="Folder with one sub-folder of photos per person (e.g. LFW).")],
     boxes: Annotated[int, typer.Option("--boxes", min=1, help="Emulated edge boxes.")] = 3,
-    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Federated rounds.")] = 3,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Federated rounds.")
+                      ] = DEMO_ROUNDS,
     broker: Annotated[str | None, typer.Option(
         "--broker", help="mqtt://host:port of a running broker; default: an embedded one.",
         show_default=False)] = None,
@@ -31,14 +33,17 @@ def demo(
     workdir: Annotated[Path | None, typer.Option(
         "--workdir", help="New or empty directory for keys and state (default: a temp dir).",
         show_default=False)] = None,
-    part: Annotated[str, typer.Option("--part", help="Federated parameter set.")] = DEFAULT_PART,
+    part: Annotated[str, typer.Option("--part", help="Federated parameter set (the demo's "
+                                      f"default has the most headroom; a box's is "
+                                      f"{DEFAULT_PART}).")] = DEMO_PART,
     timeout: Annotated[float, typer.Option("--timeout", help="Give up after (s).")] = 900.0,
     train_budget: Annotated[float, typer.Option(
         "--train-budget", help="Max training seconds per box per round.")] = 20.0,
     cameras: Annotated[str | None, typer.Option(
         "--cameras", help="Each box's camera look, dealt to the boxes in turn, comma-separated:"
-        " clean (the photos as they are), low-light, backlight, motion-blur, ir-grey,"
-        " focus-blur, cheap-webcam (default: the six kiosk looks, in that order).",
+        " clean (the photos as they are), ir-grey, cheap-webcam, motion-blur, backlight,"
+        " low-light, focus-blur (default: the six kiosk looks, hardest first, in that"
+        " order).",
         show_default=False)] = None,
     strangers_per_box: Annotated[int, typer.Option(
         "--strangers-per-box", min=0, help="People no box enrols, one photo each through "

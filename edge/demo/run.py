@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge.demo import DEMO_PART, DEMO_ROUNDS
 from edge.demo.camera import DEFAULT_CAMERAS, Person, box_cameras, shoot
 from edge.demo.progress import BoxProc, Progress, read_events
 from edge.demo.table import before_after_table, mean_gain
@@ -53,14 +54,14 @@ class DemoError(FedFaceError):
 class DemoOptions:
     faces: Path
     boxes: int = 3
-    rounds: int = 3
+    rounds: int = DEMO_ROUNDS
     broker: str | None = None
     # a branch's few dozen people with a photo or two each (issue 18's small sites)
     people_per_box: int = 30
     images_per_person: int = 2
     heldout_per_person: int = 2
     workdir: Path | None = None
-    part: str = DEFAULT_PART
+    part: str = DEMO_PART
     timeout_s: float = 900.0
     train_budget_s: float = 20.0
     cameras: tuple[str, ...] = DEFAULT_CAMERAS  # dealt to the boxes round-robin
@@ -168,8 +169,10 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> dict[str,
     if opts.broker:
         check_broker(opts.broker)
     workdir = _prepare_workdir(opts.workdir)
+    default = "" if part.name == DEFAULT_PART else f"; a box's default is {DEFAULT_PART}"
     out(f"FedFace demo: {opts.boxes} boxes x {opts.people_per_box} people, {opts.rounds} "
-        f"rounds, federated part {part.key} ({part.size:,} values); work dir {workdir}")
+        f"rounds, federated part {part.key} ({part.size:,} values{default}); work dir "
+        f"{workdir}")
     out("held-out identification = share of each box's held-out photos, taken by its own "
         "camera, named as the right person at the served model's match threshold (its own, "
         "calibrated at each swap); strangers named = share of photos of people no box "
