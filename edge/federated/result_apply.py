@@ -204,7 +204,10 @@ class ResultApplier:
             log.exception("result of round %d could not be decrypted", pointer.round)
             raise FederationError(DECRYPT_FAILED, f"{type(exc).__name__}: {exc}") from exc
         decrypt_s = time.perf_counter() - t0
-        check_average(average, self.vector, self.part, self.max_relative_change)
+        # one round's move: from the round's base when the box has it (a result built on
+        # one its canary declined is measured from that, not from the older one served)
+        check_average(average, base if base is not None else self.vector, self.part,
+                      self.max_relative_change)
         t1 = time.perf_counter()
         # The sink stores the version durably before serving it (edge.serving.versions); a
         # crash before its commit leaves the old version served, and the retained
