@@ -17,4 +17,3 @@ edge.serving, edge.training, edge.federated, federation, models.
 # stays embed_bn (models.federated_parts: gain per byte); --part embed_bn shows it.
 DEMO_PART = "conv14"
 DEMO_ROUNDS = 4
-
