@@ -27,6 +27,29 @@ def _free_loopback_port() -> int:
         return int(s.getsockname()[1])
 
 
+class _SnapshotDict(dict):
+    """amqtt 0.12's topic-filter table, iterated over a snapshot.
+
+    amqtt loops over its subscriptions with an ``await`` inside (a connecting client's
+    retained messages, a broadcast's receivers), so a client that subscribes meanwhile
+    changes the dict under the loop: "dictionary changed size during iteration" drops
+    the connecting client (measured: 176 such drops in 15 s of 4 clients reconnecting
+    while 2 subscribe). Iterating a copy is what the loops need; the entries are the
+    same lists."""
+
+    def __iter__(self) -> Any:
+        return iter(list(super().keys()))
+
+    def keys(self) -> Any:
+        return list(super().keys())
+
+    def items(self) -> Any:
+        return list(super().items())
+
+    def values(self) -> Any:
+        return list(super().values())
+
+
 def _broker_config(port: int) -> dict[str, Any]:
     # Plugins listed explicitly: left to its defaults, amqtt 0.12 also loads entry-point
     # plugins and warns that this is deprecated. Only anonymous auth is needed here (no
@@ -69,6 +92,7 @@ class EmbeddedBroker:
             asyncio.set_event_loop(loop)
             try:
                 self._broker = Broker(_broker_config(self.port), loop=loop)
+                self._broker._subscriptions = _SnapshotDict()  # see _SnapshotDict
                 loop.run_until_complete(self._broker.start())
             except BaseException as exc:  # reported to the starting thread
                 self._error = exc
