@@ -50,6 +50,15 @@ def lfw_dir(shared_data: Path) -> Path:
     return shared_data / "lfw"
 
 
+@pytest.fixture(scope="session")
+def template(tmp_path_factory: pytest.TempPathFactory, lfw_dir: Path) -> Path:
+    """The session's enrolled box for the hot-swap tests (built on first use; each test
+    copies it with ``tests.support.hot_swap.copy_box``)."""
+    from tests.support.hot_swap import template_box  # edge.serving only when asked for
+
+    return template_box(tmp_path_factory.getbasetemp(), lfw_dir)
+
+
 @pytest.fixture
 def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[..., MosquittoBroker]]:
     brokers: list[MosquittoBroker] = []

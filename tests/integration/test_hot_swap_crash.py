@@ -13,14 +13,10 @@ import pytest
 
 from edge.serving.hot_swap import CRASH_ENV, STEPS
 from edge.serving.versions import SwapStore
-from tests.support.hot_swap import copy_box, open_swapper, template_box
+from tests.support.hot_swap import copy_box, open_swapper
 
 REPO = Path(__file__).resolve().parents[2]
 
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory, lfw_dir: Path) -> Path:
-    return template_box(tmp_path_factory.getbasetemp(), lfw_dir)
 
 
 def run_child(data_dir: Path, version: str, crash_after: str | None) -> int:

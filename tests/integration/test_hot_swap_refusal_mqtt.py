@@ -19,7 +19,7 @@ from federation.verdicts import Verdict
 from models.federated_parts import FederatedPart
 from models.registry import optimised_sface_path
 from tests.support.federation_rig import AGGREGATOR, PART, Federation, part_base_vector, wait_for
-from tests.support.hot_swap import copy_box, template_box, wrecked
+from tests.support.hot_swap import copy_box, wrecked
 
 pytestmark = pytest.mark.mosquitto
 
@@ -36,9 +36,8 @@ class WreckingTrainer:
 
 
 def test_canary_refusal_reaches_the_operator_through_the_status_topic(
-        tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, lfw_dir: Path,
-        mosquitto) -> None:
-    box_dir = copy_box(template_box(tmp_path_factory.getbasetemp(), lfw_dir), tmp_path / "box")
+        tmp_path: Path, template: Path, mosquitto) -> None:
+    box_dir = copy_box(template, tmp_path / "box")
     fed = Federation.create(tmp_path / "fed", mosquitto.url, ["box-w"])
     gallery = Gallery.open(box_dir)
     sink = open_model_sink(optimised_sface_path(), PART, box_dir / "models", gallery)
@@ -117,13 +116,12 @@ class RecordingTrainer:
 
 
 def test_a_box_whose_canary_declines_a_result_still_federates_from_it(
-        tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, lfw_dir: Path,
-        mosquitto) -> None:
+        tmp_path: Path, template: Path, mosquitto) -> None:
     """A minority refusal is a serving decision, not a way out of the federation: the
     box keeps serving its own model but trains the next round from the declined result,
     so a quorum of every box is still met (before, it waited for a result it had
     already refused, and the federation stalled)."""
-    box_dir = copy_box(template_box(tmp_path_factory.getbasetemp(), lfw_dir), tmp_path / "box")
+    box_dir = copy_box(template, tmp_path / "box")
     fed = Federation.create(tmp_path / "fed", mosquitto.url, ["box-w", "box-a"])
     gallery = Gallery.open(box_dir)
     sink = open_model_sink(optimised_sface_path(), PART, box_dir / "models", gallery)

@@ -18,7 +18,7 @@ from edge.federated.verdicts import RoundVerdicts
 from edge.serving.hot_swap import ModelRefused
 from federation.messages import RoundAnnounce
 from tests.support.federation_rig import PART, RecordingSink, part_base_vector
-from tests.support.hot_swap import copy_box, open_swapper, perturbed, template_box
+from tests.support.hot_swap import copy_box, open_swapper, perturbed
 
 
 def announce(round_no: int, base: str = "base", state: str = "open") -> RoundAnnounce:
@@ -76,10 +76,6 @@ def test_only_an_open_round_on_the_initial_model_takes_the_box_back(
     applier.back_to_initial(ann)
     assert applier.version == "round-1" and sink.back_to_initial == []
 
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory, lfw_dir: Path) -> Path:
-    return template_box(tmp_path_factory.getbasetemp(), lfw_dir)
 
 
 def test_the_hot_swap_serves_the_pretrained_model_again(template: Path,

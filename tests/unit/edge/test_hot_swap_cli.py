@@ -23,14 +23,8 @@ from tests.support.hot_swap import (
     copy_box,
     open_swapper,
     perturbed,
-    template_box,
     wrecked,
 )
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory, lfw_dir: Path) -> Path:
-    return template_box(tmp_path_factory.getbasetemp(), lfw_dir)
 
 
 def cli() -> typer.Typer:

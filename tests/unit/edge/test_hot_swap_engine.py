@@ -23,12 +23,7 @@ from edge.vision.pipeline import FacePipeline
 from models.federated_parts import get_part
 from models.onnx_graph import patch_initializers, read_initializers
 from models.registry import optimised_sface_path
-from tests.support.hot_swap import PART, copy_box, lfw_people, open_swapper, perturbed, template_box
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory, lfw_dir: Path) -> Path:
-    return template_box(tmp_path_factory.getbasetemp(), lfw_dir)
+from tests.support.hot_swap import PART, copy_box, lfw_people, open_swapper, perturbed
 
 
 def test_byte_patch_gives_the_same_weights_as_the_onnx_patch() -> None:

@@ -11,12 +11,7 @@ import pytest
 from edge.serving.canary import CanaryPolicy, leave_one_out_accuracy, run_canary, sign_test
 from edge.serving.hot_swap import ModelRefused
 from models.federated_parts import CONV14, DEFAULT_PART, get_part
-from tests.support.hot_swap import copy_box, open_swapper, perturbed, template_box, wrecked
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory, lfw_dir: Path) -> Path:
-    return template_box(tmp_path_factory.getbasetemp(), lfw_dir)
+from tests.support.hot_swap import copy_box, open_swapper, perturbed, wrecked
 
 
 # The default part, and conv14 (the 1M-value part, still supported). Not random weights

@@ -21,12 +21,7 @@ from edge.serving.calibration import (
 from edge.serving.current import open_engine
 from edge.vision.embed import Embedder
 from models.registry import optimised_sface_path
-from tests.support.hot_swap import copy_box, open_swapper, perturbed, template_box
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory, lfw_dir: Path) -> Path:
-    return template_box(tmp_path_factory.getbasetemp(), lfw_dir)
+from tests.support.hot_swap import copy_box, open_swapper, perturbed
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
