@@ -47,6 +47,7 @@ from bench.common.site_scores import (
 from bench.rig.compare import reproduce
 from edge.gallery.match import DEFAULT_MATCH_THRESHOLD, normalised
 from edge.serving.calibration import calibrate
+from edge.training.api import TrainConfig
 from edge.vision.camera_domain import CLEAN
 
 log = logging.getLogger("bench.federation.realistic_sites")
@@ -188,7 +189,6 @@ class Bench:
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:
-    from edge.training.api import TrainConfig
     from federation.crypto.ckks import new_secret_context
     from federation.crypto.packing import plain_weighted_average
 
@@ -201,9 +201,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     torch.set_num_threads(1)
     n = len(bench.sites)
     counts = [sum(len(p) for p in s.enrol) for s in design.sites]
-    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed,
-                      **({"margin": args.margin} if args.margin is not None else {}),
-                      **({"scale": args.scale} if args.scale is not None else {}))
+    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed, margin=args.margin,
+                      scale=args.scale)
     long_cfg = replace(cfg, epochs=args.epochs * args.rounds)
     own = replace(cfg, epochs=args.personal_epochs)
     rows: dict[str, list[dict[str, float]]] = {"pretrained": bench.score_all(None)}
@@ -324,8 +323,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=float, default=2.0, help="local epochs per round")
     ap.add_argument("--personal-epochs", type=float, default=1.0)
     ap.add_argument("--lr", type=float, default=None)
-    ap.add_argument("--margin", type=float, default=None, help="CosFace m (TrainConfig's)")
-    ap.add_argument("--scale", type=float, default=None, help="CosFace s (TrainConfig's)")
+    ap.add_argument("--margin", type=float, default=TrainConfig.margin, help="CosFace m")
+    ap.add_argument("--scale", type=float, default=TrainConfig.scale, help="CosFace s")
     ap.add_argument("--views", type=int, default=2)
     ap.add_argument("--lfw-folds", type=int, default=4, help="0: skip the clean check")
     ap.add_argument("--seed", type=int, default=0)
