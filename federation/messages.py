@@ -24,6 +24,7 @@ a restart is the same JSON.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,6 +36,18 @@ from federation.errors import MALFORMED, FederationError
 from federation.verdicts import Verdict, from_status, reported
 
 REVOKED_REASON = "revoked"
+_RESULT_VERSION = re.compile(r"round-(\d{1,9})")
+
+
+def result_version(round_no: int) -> str:
+    """The model version of a round's result, as announces and result pointers name it."""
+    return f"round-{round_no}"
+
+
+def result_round(version: str) -> int | None:
+    """The round a result's version names; None for the base model and local versions."""
+    match = _RESULT_VERSION.fullmatch(version)
+    return int(match.group(1)) if match else None
 OPEN, CLOSED = "open", "closed"
 
 _M = TypeVar("_M", bound="_Message")

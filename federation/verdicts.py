@@ -12,7 +12,11 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-OUTCOMES = ("applied", "refused", "rejected", "sat_out")
+# submitted: the box sent its update and the round's result has not come yet;
+# no_result: the round it sent to closed without a result (no quorum, or abandoned)
+OUTCOMES = ("applied", "refused", "rejected", "sat_out", "submitted", "no_result")
+# outcomes that judge a round's result (the others say what the box did in the round)
+JUDGED = ("applied", "refused", "rejected")
 # outcomes that say "this round's result is not fit to serve" (aggregator.rounds.poison
 # counts them against the round): refused by the canary, or failing the box's checks
 REFUSALS = ("refused", "rejected")
@@ -37,6 +41,11 @@ class Verdict:
     @property
     def refusal(self) -> bool:
         return self.outcome in REFUSALS
+
+    @property
+    def judged(self) -> bool:
+        """A verdict on a round's result (not on what the box itself did)."""
+        return self.outcome in JUDGED
 
     def summary(self) -> str:
         figures = ""

@@ -298,11 +298,11 @@ def _print_status(info: dict[str, Any]) -> None:
                    f"{d['model'] or '-'!s:18s} {_age(d['since'])}")
     for d in info["device_status"]:
         verdicts = [v for v in map(Verdict.from_dict, d.get("verdicts") or []) if v]
-        # the box's own judgement of the last result it received, and whether it is
-        # sitting the current round out (nothing new to train on)
-        judged = [v for v in verdicts if v.outcome != "sat_out"]
+        # the box's own judgement of the last result it received, and what it did in
+        # the latest round since (sat it out, sent its update, or saw it end without one)
+        judged = [v for v in verdicts if v.judged]
         shown = ([judged[-1]] if judged else []) + \
-            ([verdicts[-1]] if verdicts and verdicts[-1].outcome == "sat_out" else [])
+            ([verdicts[-1]] if verdicts and not verdicts[-1].judged else [])
         for verdict in shown:
             typer.echo(f"  {d['device_id']} {verdict.summary()}")
         swap = d.get("last_swap") or {}

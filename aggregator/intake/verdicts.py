@@ -34,7 +34,6 @@ from federation.verdicts import Verdict
 
 log = logging.getLogger(__name__)
 
-_JUDGED = ("applied", "refused", "rejected")
 
 
 @dataclass(frozen=True)
@@ -73,7 +72,7 @@ class StatusIntake:
         except FederationError as exc:
             log.debug("status on %s ignored (%s): %s", topic, exc.reason, exc.message)
             return
-        judged = tuple(v for v in status.verdicts if v.outcome in _JUDGED and v.model)
+        judged = tuple(v for v in status.verdicts if v.judged and v.model)
         seen = tuple((v.round, v.outcome, v.code, v.at) for v in judged)
         if not judged or self._last.get(device) == seen:
             return

@@ -40,7 +40,7 @@ from federation import errors
 from federation.crypto.bounds import Bounds
 from federation.crypto.dp import DpConfig
 from federation.crypto.packing import DEFAULT_COUNT_SCALE
-from federation.messages import CLOSED, OPEN, RoundAnnounce
+from federation.messages import CLOSED, OPEN, RoundAnnounce, result_version
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +82,6 @@ class RoundSettings:
 def announce_of(row: RoundRow) -> RoundAnnounce:
     """The announce stored with a round, as it was published (republished on restart)."""
     return RoundAnnounce.from_dict(row.announce)
-
-
-def result_model_version(round_no: int) -> str:
-    return f"round-{round_no}"
 
 
 class Coordinator:
@@ -307,9 +303,11 @@ class Coordinator:
             self.store.update_round(cur.round, deadline=deadline,
                                     extensions=cur.extensions + 1, announce=announce.to_dict())
             self.current = self.store.get_round(cur.round)
-            log.warning("round %d: deadline reached with %d/%d updates (quorum %d): "
-                        "extended to %.0f (%d/%d)", cur.round, cur.contributions, len(active),
-                        cur.quorum, deadline, cur.extensions + 1, self.settings.max_extensions)
+            # "N/quorum" as `status` says it; the active devices are who could still send
+            log.warning("round %d: deadline reached with %d/%d update(s) (%d device(s) "
+                        "active): extended to %.0f (extension %d of %d)", cur.round,
+                        cur.contributions, cur.quorum, len(active), deadline,
+                        cur.extensions + 1, self.settings.max_extensions)
             return [Announce(announce)]
         log.error("round %d FAILED: %d update(s) < quorum %d after %d extension(s); a new "
                   "round follows", cur.round, cur.contributions, cur.quorum, cur.extensions)
@@ -343,7 +341,7 @@ class Coordinator:
     def _close(self, cur: RoundRow, why: str) -> list[Event]:
         """Serialise the sum once, as the result blob, then mark the round closed."""
         assert self.sum is not None
-        model = result_model_version(cur.round)
+        model = result_version(cur.round)
         name = f"round-{cur.round}-result.bin"
         try:
             data = self.sum.to_bytes()

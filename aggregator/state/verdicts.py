@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from aggregator.state.db import StateDB
+from federation.verdicts import JUDGED  # verdicts on a result, not on what a box did
 
-JUDGED = ("applied", "refused", "rejected")  # verdicts on a result; sat_out is not one
 BUILT_ON = "built on the poisoned "  # the why of a round poisoned through its base
 
 

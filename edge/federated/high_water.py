@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from pathlib import Path
 
 from federation.errors import FederationError
 from federation.files import write_atomic
-from federation.messages import ModelPointer, RoundAnnounce
+from federation.messages import ModelPointer, RoundAnnounce, result_round
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +58,8 @@ def announce_position(ann: RoundAnnounce) -> Position:
 
 def served_position(version: str) -> Position | None:
     """The position of a served version named by the aggregator ("round-N"), if any."""
-    match = re.fullmatch(r"round-(\d{1,9})", version)
-    return (int(match.group(1)), 1) if match else None
+    round_no = result_round(version)
+    return (round_no, 1) if round_no is not None else None
 
 
 class HighWaterMark:

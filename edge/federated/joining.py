@@ -41,7 +41,7 @@ from edge.federated.sealing import Sealer
 from edge.federated.sender import UpdateSender
 from edge.federated.verdicts import RoundVerdicts
 from edge.priority import lower_thread_priority
-from federation.messages import RoundAnnounce
+from federation.messages import RoundAnnounce, result_round
 from models.federated_parts import FederatedPart
 
 log = logging.getLogger(__name__)
@@ -84,9 +84,26 @@ class RoundJoiner:
         if self.announce is not None and ann.round < self.announce.round:
             return  # an old announce redelivered after a newer one
         self.announce = ann
+        self._sent_round_ended(ann)
         self.sender.drop_closed_rounds(ann.round if ann.open else ann.round + 1)
         self.model.back_to_initial(ann)  # a federation gone back past every result
         self.maybe_join()
+
+    def _sent_round_ended(self, ann: RoundAnnounce) -> None:
+        """A later round built on an older base than the round this box last sent to:
+        that round closed without a result (no quorum, or abandoned). Said once, in the
+        verdicts the box's status and ``model status`` show, instead of "submitted"."""
+        sent = self.last_submitted
+        if ann.round <= sent or (result_round(ann.base_model) or 0) >= sent:
+            return
+        verdict = self.verdicts.of_round(sent)
+        if verdict is None or verdict.outcome != "submitted":
+            return
+        detail = (f"the round closed without a result; round {ann.round} opened on "
+                  f"{ann.base_model}")
+        log.info("round %d: %s", sent, detail)
+        self.verdicts.record(sent, None, "no_result", detail)
+        self._publish_status()
 
     def maybe_join(self) -> None:
         ann = self.announce
@@ -215,6 +232,10 @@ class RoundJoiner:
         self._samples_mark = self._job_mark
         save_client_state(self._state_path, self.last_submitted, self._samples_mark)
         self.events.emit("submitted", round_no, stats)
+        # replaces a "sat out" said before new people were enrolled in the same round
+        self.verdicts.record(round_no, None, "submitted",
+                             f"update of {stats['n_samples']} samples sent")
+        self._publish_status()
         log.info("round %d: update %s sealed (%d samples, %d bytes in %d chunks, encrypt "
                  "%.2f s)", round_no, pending.msg_id[:12], stats["n_samples"], stats["bytes"],
                  stats["chunks"], stats["encrypt_s"])

@@ -41,6 +41,9 @@ class RoundVerdicts:
         items = raw if isinstance(raw, list) else []
         return [v for v in (Verdict.from_dict(item) for item in items) if v is not None]
 
+    def of_round(self, round_no: int) -> Verdict | None:
+        return next((v for v in reversed(self.all()) if v.round == round_no), None)
+
     def recent(self, n: int = REPORTED) -> list[Verdict]:
         return self.all()[-n:]
 

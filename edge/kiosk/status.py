@@ -56,7 +56,7 @@ def federation_status(data_dir: Path) -> FederationStatus:
         return FederationStatus(joined=False)
     revoked = revocation_state(data_dir)
     verdicts = RoundVerdicts(state_dir).recent()
-    judged = [v for v in verdicts if v.outcome != "sat_out"]
+    judged = [v for v in verdicts if v.judged]
     said = revoked.summary() if revoked is not None else None
     last = judged[-1].summary() if judged else None
     models_dir = Path(data_dir) / MODELS_DIRNAME

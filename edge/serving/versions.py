@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from federation.files import PRIVATE_DIR, make_dirs, write_atomic
+from federation.messages import result_round
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,7 @@ class ModelStoreError(RuntimeError):
 def federated_round(version: str) -> int | None:
     """The round a federated result's version names (the aggregator names them
     "round-N"); None for the base model and local versions."""
-    match = re.fullmatch(r"round-(\d{1,9})", version)
-    return int(match.group(1)) if match else None
+    return result_round(version)
 
 
 def check_version(version: str) -> str:

@@ -220,6 +220,10 @@ def test_the_documented_journey_holds_end_to_end(walk: Walk) -> None:
     assert published and all(r["contributions"] >= 2 for r in published), rounds
     lone = [r for r in rounds if r["contributions"] == 1]  # box-a's, after the revocation
     assert lone and all(r["status"] in ("open", "failed") for r in lone), rounds
+    # ... and box-a's own record of that round says it sent (it used to keep the "sat
+    # out" it said before the newcomers were enrolled)
+    mine = {v["round"]: v["outcome"] for v in status["rounds"]}
+    assert all(mine.get(r["round"]) in ("submitted", "no_result") for r in lone), mine
 
     # Revocation: box-b learnt it within 10 s (checked above) and no longer loops on
     # reconnecting to a broker that refuses it.

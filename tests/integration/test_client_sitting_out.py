@@ -20,6 +20,7 @@ from aggregator.state.registry import DeviceRegistry
 from aggregator.state.store import Store
 from edge.federated.client import ClientConfig, ClientEvent, FederationClient
 from edge.federated.round_gate import GallerySamples
+from edge.federated.verdicts import RoundVerdicts
 from edge.training.api import LocalTrainer
 from edge.training.drift import NumpyDriftTrainer
 from federation import topics
@@ -161,3 +162,74 @@ def test_gallery_samples_counts_crops_enrolled_after_a_mark(tmp_path: Path) -> N
     gallery.remove_person("Bob")  # a crop removed is not new
     assert source.crops_enrolled_since(mark) == 0
     gallery.close()
+
+
+def test_a_box_that_joins_a_round_it_first_sat_out_says_it_sent_and_when_no_result_came(
+    tmp_path: Path, ctx: FederationContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The walkthrough's journey: a box sits round 2 out, people are enrolled, it sends
+    its update, and round 2 then fails for want of a quorum. Its verdict on round 2 must
+    follow: "sat out", then "submitted", then "no result" once round 3 opens on round 1's
+    model; never a stale "sat out" for a round it sent to."""
+    monkeypatch.setattr("edge.federated.joining.RECOUNT_SECONDS", 0.2)
+    bus = InMemoryBus(synchronous=True)
+    agg_key = generate_signing_key()
+    (tmp_path / "agg").mkdir()
+    store = Store(tmp_path / "agg")
+    keys = {d: generate_signing_key() for d in ("a", "b")}
+    for d, k in keys.items():
+        DeviceRegistry(store).add(d, bytes.fromhex(public_key_hex(k)))
+    service = AggregatorService(
+        InMemoryTransport(bus, "agg"), store, ctx.public(), agg_key, FED,
+        settings=RoundSettings(deadline_seconds=6, quorum=2, count_scale=64,
+                               part_key=PART.key, min_new_samples=1, max_extensions=0),
+        max_rounds=3)
+    stop = threading.Event()
+    thread = threading.Thread(target=service.run, args=(stop, 0.05), daemon=True)
+    samples = {"a": Samples(8), "b": Samples(8)}
+    clients = {}
+    for device in ("a", "b"):
+        base = part_base_vector()
+        clients[device] = FederationClient(
+            ClientConfig(FED, device, retry_seconds=0.5, tick_seconds=0.05),
+            lambda will, d=device: InMemoryTransport(bus, d, will=will), ctx, keys[device],
+            agg_key.public_key(), NumpyDriftTrainer(PART, base, device, 50, 1e-2),
+            RecordingSink(), tmp_path / device, base, samples=samples[device])
+
+    def verdict(round_no: int) -> tuple[str, str]:
+        """a's verdict on the round as its retained status reports it (operator's view)."""
+        raw = bus.retained.get(topics.status(FED, "a"))
+        mine = [v for v in (json.loads(decode(raw).payload).get("verdicts") or [])
+                if v["round"] == round_no] if raw else []
+        return (mine[-1]["outcome"], mine[-1]["reason"]) if mine else ("", "")
+
+    thread.start()
+    try:
+        for c in clients.values():
+            c.start()
+        wait_for(lambda: all(c.version == "round-1" for c in clients.values()), SLOW,
+                 "round 1 applied by both boxes")
+        clients["b"].stop()  # b stays active but sends nothing: round 2 cannot reach quorum
+        wait_for(lambda: verdict(2)[0] == "sat_out", SLOW, "a sitting round 2 out")
+        samples["a"].enrol(3)
+        wait_for(lambda: verdict(2)[0] == "submitted", SLOW, "a's verdict: submitted")
+        assert verdict(2)[1] == "update of 50 samples sent"  # the drift trainer says 50
+        assert store.get_round(2).contributions == 1  # type: ignore[union-attr]
+        wait_for(lambda: verdict(2)[0] == "no_result", SLOW, "a's verdict: no result")
+        assert store.get_round(2).status == "failed"  # type: ignore[union-attr]
+        assert verdict(2)[1] == ("the round closed without a result; round 3 opened on "
+                                 "round-1")
+        # what `fedface-edge model status` prints: one line per round, round 2's the last
+        summaries = [v.summary() for v in RoundVerdicts(tmp_path / "a").all()]
+        assert summaries[:2] == [
+            "round 1: applied (no canary (nothing to compare on this box))",
+            "round 2: no result (the round closed without a result; "
+            "round 3 opened on round-1)"]
+        assert clients["a"].version == "round-1"  # still serving the last result
+    finally:
+        for c in clients.values():
+            c.stop()
+        stop.set()
+        thread.join(10)
+        service.close()
+        store.close()
