@@ -71,6 +71,12 @@ def test_run_writes_three_events_per_visit_with_the_best_crop(
     names = {str(v[-1]["name"]) for v in by_visit.values()}
     truth = {p.person if p.enrolled else "unknown" for p in video.visits}
     assert names == truth, (names, truth)  # the enrolled visitor, and the strangers
+    # the summary counts what staff see: visits, and how many were named (it used to
+    # count frames' faces, which per visit are never named one by one: "0 known")
+    named = sum(1 for v in by_visit.values() if v[-1]["name"] != "unknown")
+    assert f"{len(by_visit)} visits ({named} named as someone enrolled)" in result.stderr, \
+        result.stderr
+    assert named >= 1
     assert len(by_visit) <= len(video.visits) + 1  # a visit split in two at most once
 
 
