@@ -36,7 +36,11 @@ from aggregator.state.store import Store, StoreError
 from aggregator.state.verdicts import poisoned_summary
 from federation.crypto.bounds import DEFAULT_MAX_SAMPLES, Bounds
 from federation.crypto.ckks import DEFAULT_PARAMS, CkksParams
-from federation.crypto.keys import create_federation_keys
+from federation.crypto.keys import (
+    KEYHOLDER_KEY_NAME,
+    KEYHOLDER_PUB_NAME,
+    create_federation_keys,
+)
 from federation.verdicts import Verdict
 
 app = typer.Typer(help="FedFace aggregator: adds encrypted updates it can never decrypt.",
@@ -103,6 +107,11 @@ def keys_create(
                "the aggregator")
     typer.echo(f"  {files.public_context}  (0644) -> the aggregator: fedface-aggregator init "
                f"--public-context {files.public_context}")
+    holder = files.secret_context.parent
+    typer.echo(f"  {holder / KEYHOLDER_KEY_NAME}  (0600) stays here, with whoever holds the "
+               "keys: it signs each new key epoch")
+    typer.echo(f"  {holder / KEYHOLDER_PUB_NAME}  (0644) -> every box, in the key bundle "
+               "(fedface-aggregator keys bundle)")
 
 
 # --- serve -------------------------------------------------------------------------

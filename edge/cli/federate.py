@@ -151,7 +151,9 @@ def join(
 
 def _echo_event(event: ClientEvent) -> None:
     why = event.data.get("detail") or event.data.get("reason") or event.data.get("error")
-    typer.echo(f"round {event.round}: {event.kind}" + (f" ({why})" if why else ""),
+    # events outside any round (a revocation) carry round 0: no "round 0: " for them
+    where = f"round {event.round}: " if event.round else ""
+    typer.echo(f"{where}{event.kind}" + (f" ({why})" if why else ""),
                err=event.kind in ("not_joined", "result_rejected", "error"))
 
 
