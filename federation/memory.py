@@ -58,6 +58,10 @@ class MallocPolicy:
 
 
 BOX_MALLOC = MallocPolicy(mmap_threshold=1 * MiB, trim_threshold=4 * MiB, arenas=1)
+# A box's training child once its trunk features are computed: torch's per-step tensors
+# (a batch of cut features is about 6 MB) come back from the heap instead of a fresh
+# mmap each step; 32 MiB is glibc's own ceiling for the dynamic threshold.
+TRAINING_MALLOC = MallocPolicy(mmap_threshold=32 * MiB, trim_threshold=64 * MiB, arenas=1)
 AGGREGATOR_MALLOC = MallocPolicy(mmap_threshold=2 * DEFAULT_CHUNK_SIZE,  # above any chunk
                                  trim_threshold=128 * 1024)  # glibc's default
 

@@ -123,3 +123,41 @@ def peak_rss(
         kernel_bytes=kernel,
         seconds=time.monotonic() - start,
     )
+
+
+class ChildrenPeak:
+    """Polls this process's children (``interval`` s) for their high-water marks, per pid:
+    for children this process starts itself (a process pool's worker), where ``peak_rss``
+    cannot wrap the command. VmHWM belongs to the exec'd image, so unlike ``ru_maxrss`` it
+    does not carry the parent's size into a forked child. A child that lives less than
+    one interval may be missed."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        import threading
+
+        self.interval = interval
+        self.peaks: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True, name="children-peak")
+
+    def _poll(self) -> None:
+        me = psutil.Process()
+        while not self._stop.wait(self.interval):
+            for child in me.children(recursive=True):
+                hwm = _high_water(child.pid)
+                if hwm is not None:
+                    self.peaks[child.pid] = max(self.peaks.get(child.pid, 0), hwm)
+
+    def since(self, seen: set[int]) -> int:
+        """The largest peak among the children not in ``seen`` (which it then adds)."""
+        new = {pid: peak for pid, peak in self.peaks.items() if pid not in seen}
+        seen.update(new)
+        return max(new.values(), default=0)
+
+    def __enter__(self) -> ChildrenPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

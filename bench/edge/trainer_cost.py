@@ -4,8 +4,9 @@
 
 Round 1 includes computing and caching the frozen-trunk features of every augmented
 view; later rounds only train the tail. The round runs the way a box runs it: in a
-child process at nice 10 with one torch thread. Peak RSS is the child's (the trainer)
-and this process's (holding the crops).
+child process at nice 10 with one torch thread, whose round 1 also computes the trunk
+features (as a box's does). Peak RSS per round is that round's child's high-water mark
+(VmHWM, polled); this process's is the one holding the crops.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 from bench.common.lfw import enrolment_crops
+from bench.common.peak_rss import ChildrenPeak
 from edge.training.trainer import TorchLocalTrainer, TrainConfig
 from models.federated_parts import DEFAULT_PART, get_part
 from models.registry import model_path
@@ -40,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     crops = enrolment_crops(args.data / "lfw", args.people, args.per_person)
     n_crops = sum(len(c) for c in crops.values())
     part = get_part(args.part)
-    with tempfile.TemporaryDirectory() as tmp:
+    seen: set[int] = set()
+    with tempfile.TemporaryDirectory() as tmp, ChildrenPeak() as children:
         trainer = TorchLocalTrainer(model_path("sface"), crops, Path(tmp), part,
                                     TrainConfig(), n_views=args.views, niceness=args.niceness)
         vector = None
@@ -49,15 +52,17 @@ def main(argv: list[str] | None = None) -> None:
         for r in range(args.rounds):
             t0 = time.perf_counter()
             update = trainer.local_update(vector, r)
+            seconds = time.perf_counter() - t0
             vector = update.vector
             result = trainer.last_result
             assert result is not None
-            print(f"round {r + 1}: {time.perf_counter() - t0:6.1f} s total, "
+            peak = children.since(seen) / 2**20
+            print(f"round {r + 1}: {seconds:6.1f} s total, "
                   f"{result.seconds:5.1f} s training ({result.steps} steps), "
-                  f"n_samples {update.n_samples}{' (includes trunk features)' if r == 0 else ''}")
-    child_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+                  f"n_samples {update.n_samples}, trainer peak RSS {peak:.0f} MB"
+                  f"{' (includes trunk features)' if r == 0 else ''}")
     self_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS: trainer process {child_mb:.0f} MB, feature-caching process {self_mb:.0f} MB")
+    print(f"peak RSS of this process (the box's side: crops): {self_mb:.0f} MB")
 
 
 if __name__ == "__main__":

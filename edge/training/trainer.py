@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -33,6 +34,7 @@ from edge.training.api import FitResult, LocalUpdate, TrainConfig, TrainingError
 from edge.training.augment import check_crop
 from edge.training.feature_cache import CropsByPerson, FeatureCache, group_crops
 from federation.files import PRIVATE_DIR, make_dirs, open_new
+from federation.memory import BOX_MALLOC, TRAINING_MALLOC, pin_malloc
 from models.federated_parts import DEFAULT_PART, FederatedPart, get_part
 
 __all__ = ["TorchLocalTrainer", "TrainConfig", "check_torch", "train_local"]
@@ -51,7 +53,13 @@ def check_torch() -> None:
         raise ImportError(f"torch cannot be imported (the train extra): {lines[-1]}")
 
 
-def _lower_priority(niceness: int) -> None:
+def _init_round_process(niceness: int) -> None:
+    # As every box process while computing trunk features (federation.memory): with
+    # glibc's dynamic thresholds, round 1's ONNX passes (one per crop, no arena) left
+    # their freed activations in a fragmented heap, and the child grew with every view:
+    # 0.9-3.5 GB for 80 people's 1,300 views (bench.edge.trainer_cost), 0.86-0.92 GB
+    # pinned. _run_round_in_child loosens it for the training itself.
+    pin_malloc(BOX_MALLOC)
     # Recognition must never wait for training: the child yields the CPU to it.
     try:
         os.nice(niceness)
@@ -74,7 +82,14 @@ class _RoundJob:
     config: TrainConfig
 
 
-def _run_round(job: _RoundJob, cache: FeatureCache | None = None
+def _run_round_in_child(job: _RoundJob) -> tuple[np.ndarray, FitResult, int, int]:
+    # torch's steps at BOX_MALLOC's 1 MiB mmap threshold took 1.6x as long (7.5 -> 12 s
+    # for 41 steps): once the features are in, the child's heap may keep its buffers
+    return _run_round(job, features_done=lambda: pin_malloc(TRAINING_MALLOC))
+
+
+def _run_round(job: _RoundJob, cache: FeatureCache | None = None,
+               features_done: Callable[[], None] | None = None
                ) -> tuple[np.ndarray, FitResult, int, int]:
     """(vector, fit result, people, crops); ``cache``: the caller's, when in process."""
     from edge.training.loop import fit
@@ -88,6 +103,8 @@ def _run_round(job: _RoundJob, cache: FeatureCache | None = None
         crops, people = data["crops"], data["people"]
     data_set = cache.training_set([(str(p), c) for p, c in zip(people, crops, strict=True)])
     del crops
+    if features_done is not None:
+        features_done()
     tail = TrainableTail(job.model_path, part)
     if job.global_vector is not None:
         tail.set_vector(job.global_vector)
@@ -176,9 +193,9 @@ class TorchLocalTrainer:
         try:
             if self.isolate:
                 with ProcessPoolExecutor(
-                    1, get_context("spawn"), _lower_priority, (self.niceness,)
+                    1, get_context("spawn"), _init_round_process, (self.niceness,)
                 ) as pool:
-                    vector, result, people, n_crops = pool.submit(_run_round, job).result()
+                    vector, result, people, n_crops = pool.submit(_run_round_in_child, job).result()
             else:
                 if self._cache is None:
                     self._cache = _feature_cache(self.model_path, self.part, self._cache_dir,
