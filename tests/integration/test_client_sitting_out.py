@@ -10,9 +10,11 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aggregator.rounds.coordinator import RoundSettings
 from aggregator.service import AggregatorService
@@ -27,7 +29,7 @@ from federation import topics
 from federation.crypto.ckks import FederationContext, new_secret_context
 from federation.crypto.signing import generate_signing_key, public_key_hex
 from federation.envelope import decode
-from federation.transport.base import InMemoryBus, InMemoryTransport
+from federation.transport.base import InMemoryBus, InMemoryTransport, Will
 from tests.support.federation_rig import (
     PART,
     GatedTrainer,
@@ -58,10 +60,10 @@ def ctx() -> FederationContext:
     return new_secret_context()
 
 
-def test_a_box_with_nothing_new_sits_out_and_joins_once_it_has_enough(
-    tmp_path: Path, ctx: FederationContext, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="edge.federated.joining")
+def aggregator(tmp_path: Path, ctx: FederationContext, settings: RoundSettings
+               ) -> tuple[InMemoryBus, Ed25519PrivateKey, Store, dict[str, Ed25519PrivateKey],
+                          AggregatorService]:
+    """The real aggregator service on an in-memory bus, boxes a and b registered."""
     bus = InMemoryBus(synchronous=True)
     agg_key = generate_signing_key()
     (tmp_path / "agg").mkdir()
@@ -69,10 +71,18 @@ def test_a_box_with_nothing_new_sits_out_and_joins_once_it_has_enough(
     keys = {d: generate_signing_key() for d in ("a", "b")}
     for d, k in keys.items():
         DeviceRegistry(store).add(d, bytes.fromhex(public_key_hex(k)))
-    service = AggregatorService(
-        InMemoryTransport(bus, "agg"), store, ctx.public(), agg_key, FED,
-        settings=RoundSettings(deadline_seconds=600, quorum=2, count_scale=64,
-                               part_key=PART.key, min_new_samples=2), max_rounds=3)
+    service = AggregatorService(InMemoryTransport(bus, "agg"), store, ctx.public(), agg_key,
+                                FED, settings=settings, max_rounds=3)
+    return bus, agg_key, store, keys, service
+
+
+def test_a_box_with_nothing_new_sits_out_and_joins_once_it_has_enough(
+    tmp_path: Path, ctx: FederationContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="edge.federated.joining")
+    bus, agg_key, store, keys, service = aggregator(
+        tmp_path, ctx, RoundSettings(deadline_seconds=600, quorum=2, count_scale=64,
+                                     part_key=PART.key, min_new_samples=2))
     stop = threading.Event()
     thread = threading.Thread(target=service.run, args=(stop, 0.05), daemon=True)
     samples = {"a": Samples(8), "b": Samples(8)}
@@ -172,27 +182,22 @@ def test_a_box_that_joins_a_round_it_first_sat_out_says_it_sent_and_when_no_resu
     follow: "sat out", then "submitted", then "no result" once round 3 opens on round 1's
     model; never a stale "sat out" for a round it sent to."""
     monkeypatch.setattr("edge.federated.joining.RECOUNT_SECONDS", 0.2)
-    bus = InMemoryBus(synchronous=True)
-    agg_key = generate_signing_key()
-    (tmp_path / "agg").mkdir()
-    store = Store(tmp_path / "agg")
-    keys = {d: generate_signing_key() for d in ("a", "b")}
-    for d, k in keys.items():
-        DeviceRegistry(store).add(d, bytes.fromhex(public_key_hex(k)))
-    service = AggregatorService(
-        InMemoryTransport(bus, "agg"), store, ctx.public(), agg_key, FED,
-        settings=RoundSettings(deadline_seconds=6, quorum=2, count_scale=64,
-                               part_key=PART.key, min_new_samples=1, max_extensions=0),
-        max_rounds=3)
+    bus, agg_key, store, keys, service = aggregator(
+        tmp_path, ctx, RoundSettings(deadline_seconds=6, quorum=2, count_scale=64,
+                                     part_key=PART.key, min_new_samples=1, max_extensions=0))
     stop = threading.Event()
     thread = threading.Thread(target=service.run, args=(stop, 0.05), daemon=True)
     samples = {"a": Samples(8), "b": Samples(8)}
     clients = {}
+
+    def transport(device: str) -> Callable[[Will], InMemoryTransport]:
+        return lambda will: InMemoryTransport(bus, device, will=will)
+
     for device in ("a", "b"):
         base = part_base_vector()
         clients[device] = FederationClient(
             ClientConfig(FED, device, retry_seconds=0.5, tick_seconds=0.05),
-            lambda will, d=device: InMemoryTransport(bus, d, will=will), ctx, keys[device],
+            transport(device), ctx, keys[device],
             agg_key.public_key(), NumpyDriftTrainer(PART, base, device, 50, 1e-2),
             RecordingSink(), tmp_path / device, base, samples=samples[device])
 
