@@ -38,6 +38,11 @@ from federation.verdicts import Verdict, from_status, reported
 REVOKED_REASON = "revoked"
 _RESULT_VERSION = re.compile(r"round-(\d{1,9})")
 
+OPEN, CLOSED = "open", "closed"
+
+_M = TypeVar("_M", bound="_Message")
+_NUMBER = (int, float)
+
 
 def result_version(round_no: int) -> str:
     """The model version of a round's result, as announces and result pointers name it."""
@@ -48,10 +53,6 @@ def result_round(version: str) -> int | None:
     """The round a result's version names; None for the base model and local versions."""
     match = _RESULT_VERSION.fullmatch(version)
     return int(match.group(1)) if match else None
-OPEN, CLOSED = "open", "closed"
-
-_M = TypeVar("_M", bound="_Message")
-_NUMBER = (int, float)
 
 
 def _object(data: bytes | str, kind: str) -> dict[str, Any]:
