@@ -35,7 +35,6 @@ from federation.verdicts import Verdict
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class VerdictReport:
     """A device's verdicts on results (applied / refused / rejected), signature-checked."""

@@ -33,6 +33,11 @@ def _tail(model_path: Path, part_name: str) -> Any:
     return _TAILS[key]
 
 
+def pretrained_vector(model_path: Path, part_name: str) -> np.ndarray:
+    """The part's values in the pretrained model (the federation's round-0 model)."""
+    return np.asarray(_tail(model_path, part_name).initial_vector(), dtype=np.float32)
+
+
 def _features(folder: Path, cut: str) -> np.ndarray:
     return np.load(folder / f"{cut}.npy", mmap_mode="r")
 

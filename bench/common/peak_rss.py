@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -133,10 +134,9 @@ class ChildrenPeak:
     one interval may be missed."""
 
     def __init__(self, interval: float = 0.1) -> None:
-        import threading
-
         self.interval = interval
         self.peaks: dict[int, int] = {}
+        self._reported: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True, name="children-peak")
 
@@ -148,10 +148,10 @@ class ChildrenPeak:
                 if hwm is not None:
                     self.peaks[child.pid] = max(self.peaks.get(child.pid, 0), hwm)
 
-    def since(self, seen: set[int]) -> int:
-        """The largest peak among the children not in ``seen`` (which it then adds)."""
-        new = {pid: peak for pid, peak in self.peaks.items() if pid not in seen}
-        seen.update(new)
+    def newest_peak(self) -> int:
+        """The largest peak among the children seen since the last call."""
+        new = {pid: peak for pid, peak in self.peaks.items() if pid not in self._reported}
+        self._reported.update(new)
         return max(new.values(), default=0)
 
     def __enter__(self) -> ChildrenPeak:

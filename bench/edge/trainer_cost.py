@@ -42,7 +42,6 @@ def main(argv: list[str] | None = None) -> None:
     crops = enrolment_crops(args.data / "lfw", args.people, args.per_person)
     n_crops = sum(len(c) for c in crops.values())
     part = get_part(args.part)
-    seen: set[int] = set()
     with tempfile.TemporaryDirectory() as tmp, ChildrenPeak() as children:
         trainer = TorchLocalTrainer(model_path("sface"), crops, Path(tmp), part,
                                     TrainConfig(), n_views=args.views, niceness=args.niceness)
@@ -56,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
             vector = update.vector
             result = trainer.last_result
             assert result is not None
-            peak = children.since(seen) / 2**20
+            peak = children.newest_peak() / 2**20
             print(f"round {r + 1}: {seconds:6.1f} s total, "
                   f"{result.seconds:5.1f} s training ({result.steps} steps), "
                   f"n_samples {update.n_samples}, trainer peak RSS {peak:.0f} MB"

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common.fed_experiment import REPO
+from bench.common.fed_train import pretrained_vector
 from bench.common.realistic_bench import Bench
 from bench.common.realistic_design import build_realistic
 from bench.common.server_opt import ServerOptimiser
@@ -43,12 +44,10 @@ def run(args: argparse.Namespace) -> tuple[dict[str, list[list[dict[str, float]]
     bench = Bench(design, args)
     import torch  # after the trunk's forked workers
 
-    from bench.common.fed_train import _tail
-
     torch.set_num_threads(1)
     counts = [sum(len(p) for p in s.enrol) for s in design.sites]
     cfg = TrainConfig(epochs=args.epochs, seed=args.seed)
-    pretrained = _tail(bench.sface, args.part).initial_vector().astype(np.float32)
+    pretrained = pretrained_vector(bench.sface, args.part)
     curves: dict[str, list[list[dict[str, float]]]] = {}
     for spec in args.opt:
         opt = ServerOptimiser.parse(spec)

@@ -76,12 +76,13 @@ class _Annotator:
 
 
 class _Throughput:
-    def __init__(self) -> None:
+    def __init__(self, per_visit: bool) -> None:
         self.started = time.monotonic()
         self.frames = 0
         self.faces = 0
         self.known = 0
-        self.visits: int | None = None  # per-visit mode: visits ended, and named
+        self.per_visit = per_visit
+        self.visits = 0  # per visit: visits ended, and how many of them were named
         self.visits_named = 0
         self.stage_ms: dict[str, float] = {}
         self._last_report = self.started
@@ -95,7 +96,7 @@ class _Throughput:
 
     def count(self, event: VisitEvent) -> None:
         if event.event == "visit_ended":  # edge.tracking.visit_events.ENDED
-            self.visits = (self.visits or 0) + 1
+            self.visits += 1
             self.visits_named += event.name not in (None, UNKNOWN)
 
     def due(self) -> bool:
@@ -110,7 +111,7 @@ class _Throughput:
         means = " ".join(f"{k} {v / max(self.frames, 1):.1f}" for k, v in self.stage_ms.items())
         # per visit, a frame's face is named only once its visit is identified: the
         # visits are what staff count (three events each in --events)
-        seen = (f"{self.faces} faces ({self.known} known)" if self.visits is None else
+        seen = (f"{self.faces} faces ({self.known} known)" if not self.per_visit else
                 f"{self.faces} faces, {self.visits} visit{'' if self.visits == 1 else 's'} "
                 f"({self.visits_named} named as someone enrolled)")
         return (f"{self.frames} frames, {seen} in {elapsed:.1f} s: "
@@ -199,7 +200,7 @@ def run(
                            hint="e.g. --source /dev/video0 or --source dir:FOLDER")
         source = box(ctx).require_config().camera.source
     frame_source = open_source(source)
-    stats = _Throughput()
+    stats = _Throughput(per_visit=not per_frame)
     with ExitStack() as stack:
         # open the source and the events file first: a wrong URI or path fails in
         # milliseconds, before the models load
@@ -219,7 +220,6 @@ def run(
         visits = None if per_frame else _visit_engine(
             recognizer.engine, detect_every, max_attempts,
             crops or box(ctx).settings.data_dir / "visits")
-        stats.visits = None if per_frame else 0
         try:
             for frame in frame_source:
                 if visits is None:
@@ -236,7 +236,7 @@ def run(
                         stats.count(event)
                         if publisher is not None:
                             publisher.publish(event)
-                    marks = [(b, name or "...", name not in (None, "unknown"))
+                    marks = [(b, name or "...", name not in (None, UNKNOWN))
                              for _, b, name in visits.visible()]
                     stats.add(marks, {"total": (time.perf_counter() - started) * 1e3})
                 if annotator is not None:

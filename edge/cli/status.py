@@ -22,7 +22,8 @@ def status(
     from edge.federated.outbox import Outbox
     from edge.federated.revocation import REPROVISION, revocation_state
     from edge.kiosk.auth import PasswordStore
-    from edge.serving.versions import BASE_VERSION, SwapStore, federated_round
+    from edge.serving.versions import BASE_VERSION, SwapStore
+    from federation.messages import result_round
 
     if config is not None:
         box(ctx).resolve(config)
@@ -41,7 +42,7 @@ def status(
         "camera": cfg.camera.source, "key_id": cfg.federation.key_id,
         "certificate": {"ok": cert.ok, "detail": cert.detail},
         "model": None if current is None else {"version": current.version,
-                                               "round": federated_round(current.version)},
+                                               "round": result_round(current.version)},
         "pending_updates": pending,
         "kiosk_password_set": PasswordStore(cfg.box.data_dir).is_set(),
         "revoked": None if revoked is None else {

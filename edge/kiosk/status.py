@@ -49,7 +49,8 @@ class FederationStatus:
 def federation_status(data_dir: Path) -> FederationStatus:
     from edge.federated.revocation import revocation_state
     from edge.federated.verdicts import RoundVerdicts
-    from edge.serving.versions import BASE_VERSION, ModelStoreError, SwapStore, federated_round
+    from edge.serving.versions import BASE_VERSION, ModelStoreError, SwapStore
+    from federation.messages import result_round
 
     state_dir = Path(data_dir) / FEDERATION_DIRNAME
     if not state_dir.is_dir():
@@ -69,5 +70,5 @@ def federation_status(data_dir: Path) -> FederationStatus:
     if pointer is None or pointer.current.version == BASE_VERSION:
         return FederationStatus(joined=True, revoked=said, last_round=last)
     version = pointer.current.version
-    return FederationStatus(True, version, federated_round(version), revoked=said,
+    return FederationStatus(True, version, result_round(version), revoked=said,
                             last_round=last, threshold=pointer.current.threshold)

@@ -62,11 +62,11 @@ from edge.serving.versions import (
     Pointer,
     ServedModel,
     SwapStore,
-    federated_round,
 )
 from edge.vision.detect import FaceDetector
 from edge.vision.embed import Embedder
 from edge.vision.pipeline import FaceEmbedder
+from federation.messages import result_round
 from models.federated_parts import FederatedPart
 
 # The steps, their report and the crash hook live in edge.serving.swap_steps; STEPS and
@@ -248,7 +248,7 @@ class HotSwapper:
         steps.done("reembedded")
         # the operator's rollback returns to a version that was validated when it came
         base = self.assets.base_vectors(crop_ids, features) if model_file and \
-            self.calibrate and federated_round(version) else None
+            self.calibrate and result_round(version) else None
         verdict = admit(self.engine, self.policy, crop_ids, person_ids, vectors, base, not rollback)
         canary, own = verdict.canary, verdict.threshold
         if canary is not None and not canary.passed:

@@ -42,7 +42,6 @@ from typing import Any
 import numpy as np
 
 from federation.files import PRIVATE_DIR, make_dirs, write_atomic
-from federation.messages import result_round
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +56,6 @@ _SAFE_VERSION = re.compile(r"^[A-Za-z0-9._@-]{1,128}$")
 
 class ModelStoreError(RuntimeError):
     """A stored model version is missing, corrupt or does not match its checksum."""
-
-
-def federated_round(version: str) -> int | None:
-    """The round a federated result's version names (the aggregator names them
-    "round-N"); None for the base model and local versions."""
-    return result_round(version)
 
 
 def check_version(version: str) -> str:

@@ -15,8 +15,8 @@ from edge.serving.versions import (
     ServedModel,
     SwapStore,
     check_version,
-    federated_round,
 )
+from federation.messages import result_round
 
 
 def test_outbox_round_trip_mode_and_cleanup(tmp_path: Path) -> None:
@@ -69,7 +69,7 @@ def test_a_weights_file_keeps_the_part_vector_it_was_made_from(tmp_path: Path) -
     weights, base_sha = store.read_weights(served)
     assert set(weights) == {"w"} and base_sha == "base-sha"  # the vector is not a weight
     assert (tmp_path / served.model_file).stat().st_mode & 0o777 == 0o600
-    assert federated_round("round-3") == 3 and federated_round("local-2026") is None
+    assert result_round("round-3") == 3 and result_round("local-2026") is None
     older = store.write_weights("sface-fed-round-1.weights.npz", {"w": np.ones(1)}, "base-sha")
     assert store.read_vector(replace(served, model_file="sface-fed-round-1.weights.npz",
                                       sha256=older)) is None  # written without a vector
