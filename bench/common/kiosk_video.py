@@ -9,9 +9,11 @@ Each visit shows one person's held-out photo (never the one enrolled: ``enrol_ph
 is image 1, visits use a later one) moving over a procedural room background, with:
 scale change (walking towards the camera), motion blur (fast motion blurs the face
 along its path), partial occlusion (a bar over the lower face for a stretch), 1-3
-faces at a time and two people crossing (the nearer one drawn over the farther).
-Strangers (people never enrolled) visit too. Ground truth per visit (person, enrolled
-or not, first and last frame) and per frame (each visible face's visit and box).
+faces at a time, two people crossing (the nearer one drawn over the farther) and one
+person stepping into the place another has just left (a tracker alone would take them
+for one person). Strangers (people never enrolled) visit too. Ground truth per visit
+(person, enrolled or not, first and last frame) and per frame (each visible face's visit
+and box).
 """
 
 from __future__ import annotations
@@ -166,10 +168,12 @@ def _people(lfw_dir: Path, rng: np.random.Generator, count: int,
 
 def kiosk_videos(lfw_dir: Path, seed: int = 0, seconds: float = 10.0, fps: float = 30.0,
                  avoid: frozenset[str] = frozenset()) -> list[KioskVideo]:
-    """Four scenarios of ``seconds`` each; known people are enrolled from photo 1.
+    """Five scenarios of ``seconds`` each; known people are enrolled from photo 1.
     ``avoid``: people not to show (those of another seed's videos, say)."""
     rng = np.random.default_rng(seed)
     people = _people(lfw_dir, rng, 9, avoid)
+    # drawn after the first nine, so that adding the swap left the other scenarios' people
+    swapping = _people(lfw_dir, rng, 2, avoid | frozenset(people))
     n = round(seconds * fps)
     last = n - 1
     cy = FRAME_H * 0.42
@@ -200,4 +204,11 @@ def kiosk_videos(lfw_dir: Path, seed: int = 0, seconds: float = 10.0, fps: float
             VisitPlan(2, people[7], True, n // 3 + 15, 2 * n // 3, walk(560, 80, 140, 150)),
             VisitPlan(3, people[8], False, 2 * n // 3 + 15, last, walk(100, 540, 160, 140))],
             n, fps, seed + 3),
+        # an enrolled person leaves the kiosk and a stranger steps into the same place a
+        # fifth of a second later: two visits, and the stranger must be "unknown"
+        KioskVideo("swap", lfw_dir, [
+            VisitPlan(1, swapping[0], True, 0, n // 2, walk(300, 330, 170, 180)),
+            VisitPlan(2, swapping[1], False, n // 2 + round(fps / 5), last,
+                      walk(330, 320, 180, 175))],
+            n, fps, seed + 4),
     ]

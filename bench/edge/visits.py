@@ -2,9 +2,10 @@
 
     .venv/bin/python -m bench.edge.visits [--lfw DIR] [--seeds 0 1 2] [--repeats 3]
 
-Videos: ``bench.common.kiosk_video`` (per seed four 10 s scenarios at 30 fps, 640x480:
+Videos: ``bench.common.kiosk_video`` (per seed five 10 s scenarios at 30 fps, 640x480:
 a person approaching with a hand over the mouth, two crossing, three at once with two
-strangers, fast passers-by with motion blur; 9 visits, 6 of enrolled people). The
+strangers, fast passers-by with motion blur, a stranger stepping into the place an
+enrolled person has just left; 11 visits, 7 of enrolled people). The
 gallery holds the enrolled visitors (photo 1 of each, never shown in a video) and
 ``--distractors`` other people. Engines, run interleaved on the same frames:
   per-frame         detect + embed + match every face of every frame (``Engine.recognise``)
@@ -52,6 +53,7 @@ class Run:
     frames: int = 0
     detections: int = 0
     embeddings: int = 0
+    splits: int = 0  # visits ended because someone else took their face's place
     events: int = 0
     score: Score = field(default_factory=Score)
     long_visits: list[tuple[int, int]] = field(default_factory=list)  # (events, embeddings)
@@ -96,6 +98,7 @@ def per_visit(engine: Engine, videos: list[KioskVideo], settings: VisitSettings)
         run.frames += visits.frames
         run.detections += visits.detections
         run.embeddings += visits.embeddings
+        run.splits += visits.splits
         run.events += len(events)
         per_id = Counter(e.visit for e in events)
         ended = {e.visit: e for e in events if e.event == ENDED}
@@ -120,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lfw", type=Path, default=default_lfw_dir())
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
-                        help="one set of four videos per seed (different people)")
+                        help="one set of five videos per seed (different people)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--distractors", type=int, default=100)
     parser.add_argument("--detect-every", type=int, nargs="+", default=[1, 2, 3])
@@ -149,7 +152,8 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"{len(build_people(videos))} visitors + {args.distractors} others; "
           f"one core; {args.repeats} repeats")
     print(f"{'engine':<16} {'cpu ms/f':>8} {'runs':>17} {'emb/f':>6} {'top-1':>6} {'FA':>4} "
-          f"{'switch':>6} {'ev/visit':>8} {'10s visit ev/emb':>16} {'Pi4 ms/f':>8}")
+          f"{'switch':>6} {'splits':>6} {'ev/visit':>8} {'10s visit ev/emb':>16} "
+          f"{'Pi4 ms/f':>8}")
     for name, repeats in runs.items():
         first = repeats[0]
         cpu = [r.cpu_ms for r in repeats]
@@ -159,7 +163,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         s = first.score
         print(f"{name:<16} {statistics.median(cpu):8.2f} {min(cpu):7.2f}-{max(cpu):<8.2f} "
               f"{first.embeddings / first.frames:6.3f} {s.top1:>3}/{s.enrolled:<2} "
-              f"{s.false_accepts:>4} {s.switches:>6} {first.events / visits:8.1f} "
+              f"{s.false_accepts:>4} {s.switches:>6} {first.splits:>6} "
+              f"{first.events / visits:8.1f} "
               f"{long:>16} {pi:8.1f}")
     base = runs["per-frame"][0].score
     print("\ntargets (per-visit rows; one core, 30 fps 640x480, 1-3 people):")

@@ -80,6 +80,34 @@ def test_run_writes_three_events_per_visit_with_the_best_crop(
     assert len(by_visit) <= len(video.visits) + 1  # a visit split in two at most once
 
 
+def test_a_folder_of_photos_of_different_people_is_a_visit_per_person(
+        tmp_path: Path, lfw_dir: Path) -> None:
+    """docs/operations.md: a `dir:` folder is played as a video, and a different person
+    appearing where the last one was starts a visit of their own. Three people, three
+    held-out photos each, one after the other at the same place (LFW centres its faces):
+    three visits, the two enrolled named and the stranger unknown (one visit before)."""
+    people = ["Colin_Powell", "George_W_Bush", "Tony_Blair"]
+    enrolled, stranger = [people[0], people[2]], people[1]
+    data_dir, frames = tmp_path / "box", tmp_path / "frames"
+    frames.mkdir()
+    for person in enrolled:
+        result = CliRunner().invoke(app, ["--data-dir", str(data_dir), "enroll", person,
+                                          str(lfw_dir / person / f"{person}_0010.jpg")])
+        assert result.exit_code == 0, result.output
+    for index, (person, photo) in enumerate((p, k) for p in people for k in (1, 2, 3)):
+        (frames / f"{index:02d}.jpg").write_bytes(
+            (lfw_dir / person / f"{person}_{photo:04d}.jpg").read_bytes())
+    events_file = tmp_path / "visits.jsonl"
+    result = CliRunner().invoke(app, ["--data-dir", str(data_dir), "run", "--source",
+                                      f"dir:{frames}", "--events", str(events_file)])
+    assert result.exit_code == 0, result.output
+    ended = [e for e in map(json.loads, events_file.read_text().splitlines())
+             if e["event"] == "visit_ended"]
+    assert [e["name"] for e in ended] == [enrolled[0], "unknown", enrolled[1]], ended
+    assert stranger not in events_file.read_text()
+    assert "3 visits (2 named as someone enrolled)" in result.stderr, result.stderr
+
+
 def test_a_subscriber_receives_visit_events_and_home_assistant_discovery(
         kiosk_box: tuple[Path, KioskVideo], tmp_path: Path, mosquitto: MosquittoBroker) -> None:
     """`run` as its own process publishes to a real Mosquitto; a plain paho client (not the

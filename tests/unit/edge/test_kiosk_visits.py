@@ -66,6 +66,24 @@ def test_the_lists_show_one_line_per_visit_and_one_alert_per_unknown_visit(
     assert alerts[0].crop is not None  # staff can enrol the stranger from the alert
 
 
+def test_a_stranger_taking_an_enrolled_visitor_s_place_raises_the_alert(
+        tmp_path: Path, kiosk_pipeline: FacePipeline, lfw_dir: Path) -> None:  # noqa: F811
+    """The enrolled visitor leaves and a stranger steps into the same spot 0.2 s later
+    (one track for the tracker): the visitor's line, and one alert for the stranger."""
+    swap = next(v for v in kiosk_videos(lfw_dir, seed=0, seconds=4.0) if v.name == "swap")
+    built = _kiosk(tmp_path, kiosk_pipeline, swap, lfw_dir)
+    try:
+        worker, activity = built.services.worker, built.services.activity
+        for index, frame in enumerate(swap.frames()):
+            worker.process_frame(index, index / swap.fps, frame)
+        worker.close_visits()
+        assert [str(e.name) for e in activity.recent()] == swap.enrolled_people()
+        alerts = activity.alerts()
+        assert len(alerts) == 1 and alerts[0].name is None and alerts[0].seen == "1 visit"
+    finally:
+        built.services.gallery.close()
+
+
 def test_a_camera_shot_gets_a_frame_recognised_in_full(kiosk: Kiosk,
                                                        three: KioskVideo) -> None:
     worker = kiosk.services.worker

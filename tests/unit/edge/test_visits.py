@@ -90,7 +90,9 @@ def test_one_visit_is_three_events_a_few_embeddings_and_its_own_name(
     ended = events[-1]
     assert ended.name == video.visits[0].person and ended.score is not None
     assert 1 <= ended.attempts <= settings.max_attempts == 4
-    assert visits.embeddings == ended.attempts  # nothing embedded outside the visit
+    # nothing embedded outside the visit but a few checks that it is still that person
+    assert visits.embeddings == ended.attempts + visits.rechecks
+    assert visits.rechecks <= 3 and visits.splits == 0
     assert visits.detections == video.length
     assert ended.best_crop is not None and Path(ended.best_crop).is_file()
 
@@ -108,6 +110,29 @@ def test_detecting_every_third_frame_still_names_both_people_crossing(
     assert {e.name for e in ended} <= people | {"unknown"}
     assert {e.name for e in ended} & people
     assert visits.embeddings <= 12
+
+
+def test_someone_stepping_into_the_place_another_just_left_is_a_visit_of_their_own(
+        videos: list[KioskVideo], engine: Engine) -> None:
+    """The tracker keeps one track across the two (the stranger appears where the enrolled
+    person was a fifth of a second before); the visit engine sees the face change, ends
+    the first visit under its own name and starts one for the stranger, who is unknown."""
+    video = next(v for v in videos if v.name == "swap")
+    first, second = video.visits
+    visits, events = run_video(engine, video, VisitSettings())
+    assert visits.tracker._next_id == 2, "the tracker made one track of the two"
+    ended = [e for e in events if e.event == ENDED]
+    assert [e.name for e in ended] == [first.person, "unknown"]
+    assert [e.event for e in events] == [STARTED, IDENTIFIED, ENDED, STARTED, IDENTIFIED,
+                                         ENDED]
+    assert len({e.visit for e in events}) == 2 and visits.splits == 1
+    # each visit spans its own person's frames: the first ends before the second appears
+    assert ended[0].frame >= second.first_frame
+    assert ended[0].ts <= first.last_frame / video.fps + 1e-9
+    assert ended[0].duration_s is not None and ended[0].duration_s <= first.last_frame / video.fps
+    assert events[3].ts >= second.first_frame / video.fps
+    assert ended[0].frames is not None and ended[0].frames <= first.last_frame + 1
+    assert ended[1].frames is not None and ended[1].frames <= video.length - second.first_frame
 
 
 def test_a_single_stray_detection_makes_no_visit(engine: Engine) -> None:
