@@ -275,7 +275,8 @@ def write_config(path: Path, config: BoxConfig) -> None:
 
 def probe_camera(source: str) -> tuple[int, int]:
     """Open the source and read one frame: (width, height)."""
-    from edge.vision.capture import Backoff, SourceError, open_source
+    from edge.vision.capture import open_source
+    from edge.vision.frame_source import Backoff, SourceError
 
     with open_source(source, Backoff(max_attempts=0)) as frames:
         for frame in frames:

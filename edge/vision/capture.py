@@ -5,13 +5,19 @@
 | ``/dev/video0``, ``0``, ``v4l2:1``    | a V4L2 camera (live: reconnects when it drops) |
 | ``rtsp://...``, ``http(s)://...``,    | a network stream through FFmpeg (live)         |
 | ``rtmp://...``                        |                                                |
-| ``file:clip.mp4`` or ``clip.mp4``     | a video file, read once (``?live=1`` replays   |
-|                                       | it as a camera that reconnects at its end)     |
+| ``file:clip.mp4`` or ``clip.mp4``     | a video file, read once as fast as it decodes  |
+|                                       | (``?live=1``: replayed as a camera, in real    |
+|                                       | time, from the start again at its end)         |
 | ``dir:frames/`` or ``frames/``        | an image folder played as frames, sorted by    |
 |                                       | name (``?fps=5&loop=1``); emulated boxes, tests|
 
 Every source is an iterator of :class:`Frame` ``(index, timestamp, bgr)`` and a context
-manager. A live source whose read fails (camera unplugged, stream dropped) reopens with
+manager. A video file's frames are stamped on the recording's own clock (the time of its
+first frame plus index / its frame rate), however fast they are read: what is timed in
+seconds (a visit's length, the second after which it is named, the second a face may
+be away) is timed as it happened in front of the camera.
+
+A live source whose read fails (camera unplugged, stream dropped) reopens with
 exponential backoff: delays double from ``initial_delay`` up to ``max_delay`` and the
 source gives up with :class:`SourceError` after ``max_attempts`` failed reopenings in a
 row. Reconnections are logged and counted in :attr:`FrameSource.stats`.
@@ -21,113 +27,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import parse_qs
 
 import numpy as np
 
-from edge.errors import FedFaceError, ImageReadError
+from edge.errors import ImageReadError
+from edge.vision.frame_source import Backoff, FrameSource, SourceError
 from edge.vision.image_header import FORMATS
 
 log = logging.getLogger(__name__)
 
 STREAM_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "http", "https"})
 KNOWN_SCHEMES = STREAM_SCHEMES | {"dir", "file", "v4l2"}
-
-
-class SourceError(FedFaceError):
-    """A frame source cannot be opened, or a live one was lost for good."""
-
-    exit_code = 6
-
-    def __init__(self, uri: str, reason: str, hint: str = "") -> None:
-        super().__init__(f"video source {uri!r}: {reason}", hint=hint)
-        self.uri = uri
-        self.reason = reason
-
-
-class Frame(NamedTuple):
-    frame_index: int
-    timestamp: float  # wall-clock seconds since the epoch when the frame was read
-    image: np.ndarray  # BGR uint8, HxWx3
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Reconnect schedule of a live source (seconds)."""
-
-    initial_delay: float = 0.5
-    max_delay: float = 30.0
-    max_attempts: int = 20
-
-    def delays(self) -> Iterator[float]:
-        delay = self.initial_delay
-        for _ in range(self.max_attempts):
-            yield delay
-            delay = min(delay * 2.0, self.max_delay)
-
-
-@dataclass
-class SourceStats:
-    frames: int = 0
-    reconnects: int = 0  # successful reopenings after a drop
-    failed_attempts: int = 0  # reopenings that failed (each one waited a backoff delay)
-    skipped: int = 0  # unreadable images in a folder source
-    last_error: str | None = field(default=None)
-
-
-class FrameSource:
-    """Base class: iterate frames, close when done (also as a context manager)."""
-
-    uri: str
-    live: bool = False
-
-    def __init__(self, uri: str) -> None:
-        self.uri = uri
-        self.stats = SourceStats()
-        self._next_index = 0
-
-    @property
-    def nominal_fps(self) -> float | None:
-        """Frame rate the source announces (None if unknown)."""
-        return None
-
-    def open(self) -> FrameSource:
-        return self
-
-    def close(self) -> None:
-        pass
-
-    def _read(self) -> np.ndarray | None:
-        raise NotImplementedError
-
-    def _stamp(self, image: np.ndarray) -> Frame:
-        frame = Frame(self._next_index, time.time(), image)
-        self._next_index += 1
-        self.stats.frames += 1
-        return frame
-
-    def __iter__(self) -> Iterator[Frame]:
-        while True:
-            image = self._read()
-            if image is None:
-                return
-            yield self._stamp(image)
-
-    def __enter__(self) -> FrameSource:
-        return self.open()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class FolderSource(FrameSource):
@@ -224,6 +137,7 @@ class VideoCaptureSource(FrameSource):
         self.live = live
         self.backoff = backoff or Backoff()
         self._capture: Any = None
+        self._timeline: tuple[float, float] | None = None  # a file's start: wall, monotonic
 
     @property
     def nominal_fps(self) -> float | None:
@@ -233,6 +147,20 @@ class VideoCaptureSource(FrameSource):
             return None
         fps = float(self._capture.get(cv2.CAP_PROP_FPS))
         return fps if 0 < fps < 1000 else None
+
+    def _timestamp(self) -> float:
+        """A file's frames on its own clock (and, replayed live, delivered on it)."""
+        fps = self.nominal_fps if self.kind == "file" else None
+        if fps is None:
+            return time.time()
+        if self._timeline is None:
+            self._timeline = (time.time(), time.monotonic())
+        offset = self._next_index / fps
+        if self.live:
+            delay = self._timeline[1] + offset - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        return self._timeline[0] + offset
 
     def _try_open(self) -> bool:
         import cv2

@@ -11,7 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.vision.capture import Backoff, FolderSource, SourceError, VideoCaptureSource, open_source
+from edge.vision.capture import FolderSource, VideoCaptureSource, open_source
+from edge.vision.frame_source import Backoff, SourceError
 
 PEOPLE = ("Colin_Powell", "Tony_Blair")
 
@@ -86,6 +87,28 @@ def test_video_file_source_reads_every_frame(tmp_path: Path, lfw_dir: Path) -> N
     first = read(images[0]).astype(np.int16)
     assert np.abs(frames[0].image.astype(np.int16) - first).mean() < 8
     assert isinstance(source, VideoCaptureSource) and not source.live
+    # stamped on the recording's clock (10 fps: 0.1 s apart), not on how fast it was read
+    # (a walkthrough's 32 s clip read in 6.6 s gave a 4 s visit "duration_s": 0.855)
+    gaps = np.diff([f.timestamp for f in frames])
+    assert np.allclose(gaps, 0.1), gaps
+    assert abs(frames[0].timestamp - time.time()) < 60
+
+
+def test_a_video_file_replayed_live_comes_in_real_time(tmp_path: Path, lfw_dir: Path) -> None:
+    """`?live=1` replays a file as a camera: at its frame rate, and on from its start."""
+    video = tmp_path / "camera.avi"
+    write_video(video, lfw_images(lfw_dir, 4), fps=20.0)
+    started = time.monotonic()
+    stamps = []
+    with open_source(f"file:{video}?live=1") as source:
+        for frame in source:
+            stamps.append(frame.timestamp)
+            if frame.frame_index == 9:  # past the end of the 4-frame file, twice
+                break
+    elapsed = time.monotonic() - started
+    assert elapsed >= 9 / 20.0 - 0.01, elapsed  # nine frame intervals of 50 ms
+    assert np.allclose(np.diff(stamps), 0.05)
+    assert source.stats.reconnects >= 2
 
 
 def test_live_source_reconnects_when_its_file_comes_back(tmp_path: Path, lfw_dir: Path) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edge.kiosk import Kiosk
-from edge.vision.capture import FrameSource
+from edge.vision.frame_source import FrameSource
 from edge.vision.pipeline import FacePipeline, read_image
 from tests.support.kiosk import (
     A_FRAMES,
