@@ -6,7 +6,8 @@ on duty, not a face archive (the JSON-lines events of ``fedface-edge run`` are t
 
 - A known person seen again within ``recent_merge_s`` of their last sighting updates that
   entry (last time, count, best score) instead of filling the list with one line per
-  frame.
+  frame, and the entry moves to the top: the list stays newest first by the time it
+  shows.
 - An unknown face joins an existing unknown *track* when its embedding is close to one of
   the track's recent embeddings (cosine >= ``track_similarity``) and the track was seen
   within ``alert_cooldown_s``; only a face that starts a new track raises a new alert.
@@ -147,7 +148,7 @@ class ActivityLog:
             return
         for index, entry in enumerate(self._recent):
             if entry.person_id == s.person_id and now - entry.last_seen <= self.recent_merge_s:
-                self._recent[index] = self._bump(entry, s, now)
+                _to_front(self._recent, index, self._bump(entry, s, now))
                 return
         self._recent.appendleft(Entry(next(self._ids), s.name, s.person_id, s.score, now, now,
                                       1, thumbnail_jpeg(s.crop)))
@@ -210,9 +211,9 @@ class ActivityLog:
             return
         for index, entry in enumerate(self._recent):
             if entry.person_id == event.person_id and now - entry.last_seen <= self.recent_merge_s:
-                self._recent[index] = replace(entry, last_seen=now, count=entry.count + 1,
-                                              score=max(entry.score, score),
-                                              thumbnail=thumbnail_jpeg(crop))
+                _to_front(self._recent, index,
+                          replace(entry, last_seen=now, count=entry.count + 1,
+                                  score=max(entry.score, score), thumbnail=thumbnail_jpeg(crop)))
                 self._visit_entries[event.visit] = entry.id
                 return
         entry = Entry(next(self._ids), event.name, event.person_id, score, now, now, 1,
@@ -224,8 +225,12 @@ class ActivityLog:
         for ring in (self._recent, self._alerts):
             for index, entry in enumerate(ring):
                 if entry.id == entry_id:  # the visit's final best view, and when it left
-                    ring[index] = replace(entry, last_seen=max(entry.last_seen, event.ts),
-                                          thumbnail=thumbnail_jpeg(crop))
+                    ended = replace(entry, last_seen=max(entry.last_seen, event.ts),
+                                    thumbnail=thumbnail_jpeg(crop))
+                    if ring is self._recent:
+                        _to_front(ring, index, ended)
+                    else:  # alerts stay in the order they were raised: news first
+                        ring[index] = ended
                     return
 
     # --- reading (web handlers) ---------------------------------------------------------
@@ -280,3 +285,9 @@ class ActivityLog:
             self._recent.clear()
             self._recent.extend(kept)
             return removed
+
+
+def _to_front(ring: deque[Entry], index: int, entry: Entry) -> None:
+    """Replace the entry at ``index`` by ``entry``, moved to the top (newest first)."""
+    del ring[index]
+    ring.appendleft(entry)

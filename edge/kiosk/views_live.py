@@ -30,6 +30,7 @@ def status_payload() -> dict[str, object]:
         "notice": worker.notice,
         "last_frame_at": latest.timestamp if latest else None,
         "in_view": latest.labels() if latest and worker.live else [],
+        "identifying": latest.identifying if latest and worker.live else 0,
         "recent": [e.to_dict() for e in svc.activity.recent()],
         "alerts": [e.to_dict() for e in svc.activity.alerts()],
         "unacked": svc.activity.unacknowledged(),
@@ -43,9 +44,11 @@ def status_payload() -> dict[str, object]:
 @blueprint.route("/")
 def index() -> str:
     svc = services()
+    latest = svc.worker.latest()
     return render_template(
         "live.html", status=status_payload(), federation=federation_status(svc.data_dir),
-        gallery_versions=svc.gallery.model_versions(), people=len(svc.gallery.people()))
+        gallery_versions=svc.gallery.model_versions(), people=len(svc.gallery.people()),
+        in_view=latest.caption() if latest else "nobody")
 
 
 @blueprint.route("/live.jpg")
@@ -62,8 +65,7 @@ def live_jpeg() -> Response:
     if not live:
         response.headers["X-Notice"] = quote(status.notice)
     # who is in this very frame, so the caption never lags the picture (UTF-8, %-quoted)
-    names = ", ".join(str(n or "unknown") for n, _ in latest.in_view) or "nobody"
-    response.headers["X-In-View"] = quote(names if live else NOT_LIVE_IN_VIEW)
+    response.headers["X-In-View"] = quote(latest.caption() if live else NOT_LIVE_IN_VIEW)
     return response
 
 

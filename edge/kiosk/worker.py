@@ -28,7 +28,7 @@ from edge.gallery.store import Gallery, GalleryError
 from edge.kiosk.activity import ActivityLog, Sighting
 from edge.serving.events import UNKNOWN
 from edge.tracking.visits import VisitEngine, VisitSettings
-from edge.vision.capture import FrameSource, SourceError
+from edge.vision.frame_source import FrameSource, SourceError
 from edge.vision.pipeline import FacePipeline, RecognisedFace
 
 log = logging.getLogger(__name__)
@@ -57,9 +57,18 @@ class LiveFrame:
     matches: tuple[Match, ...] = field(repr=False)
     in_view: tuple[tuple[str | None, float], ...] = ()  # (name or None: unknown, score)
     full: bool = True  # every face embedded and matched (else: visits only)
+    identifying: int = 0  # faces in view whose visit is not identified yet
 
     def labels(self) -> list[dict[str, object]]:
         return [{"name": name, "score": round(score, 3)} for name, score in self.in_view]
+
+    def caption(self) -> str:
+        """Who is in view, as the page says it: named, unknown, or still being identified
+        (a face boxed with "..." is someone, not nobody)."""
+        said = [name or "unknown" for name, _ in self.in_view]
+        if self.identifying:
+            said.append(f"{self.identifying} being identified")
+        return ", ".join(said) or "nobody"
 
 
 @dataclass(frozen=True)
@@ -282,6 +291,7 @@ class RecognitionWorker:
         with self._lock:
             full = self.visits is None or self._full_wanted
         faces, found = self._identify(image) if full else ([], [])
+        identifying = 0
         matches = found if found is not None else [Match(None, 0.0, None) for _ in faces]
         in_view = tuple((m.name, m.score) for m in matches)
         marks = frame_marks(faces, matches)
@@ -295,8 +305,10 @@ class RecognitionWorker:
             for event in events:
                 self.activity.record_visit(event)
             marks = visit_marks(self.visits)
-            in_view = tuple((None if n == UNKNOWN else n, 0.0)
-                            for _, _, n in self.visits.visible() if n is not None)
+            visible = self.visits.visible()
+            in_view = tuple((None if n == UNKNOWN else n, 0.0) for _, _, n in visible
+                            if n is not None)
+            identifying = sum(1 for _, _, n in visible if n is None)
         elif found is not None:
             self.activity.record([Sighting(m.name, m.person_id, m.score, f.crop, f.embedding,
                                            m.best_name)
@@ -310,7 +322,8 @@ class RecognitionWorker:
             self._ms = ms if self._ms == 0 else 0.9 * self._ms + 0.1 * ms
             if ok:
                 self._latest = LiveFrame(self._seq, frame_index, timestamp, buf.tobytes(),
-                                         tuple(faces), tuple(matches), in_view, full)
+                                         tuple(faces), tuple(matches), in_view, full,
+                                         identifying)
                 # every published frame keeps the camera live, recognised in full or not
                 self._published = time.monotonic()
             if full:

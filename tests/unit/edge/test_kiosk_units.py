@@ -20,6 +20,7 @@ from edge.kiosk.auth import PasswordStore, hash_password, verify_password
 from edge.kiosk.enrolment import DuplicateFace, EnrolmentRejected
 from edge.kiosk.status import federation_status
 from edge.serving.versions import Pointer, ServedModel, SwapStore
+from edge.tracking.visit_events import ENDED, IDENTIFIED, VisitEvent
 from edge.vision.pipeline import FacePipeline, RecognisedFace, read_image
 from tests.support.kiosk import (
     A_FRAMES,
@@ -167,6 +168,38 @@ def test_alerts_are_rate_limited_per_unknown_track(
     now[0] += 4  # later (e.g. the id re-used by a new enrolment): shown again
     log.record(known[:1])
     assert [r.person_id for r in log.recent()] == [7]
+
+
+def test_recent_recognitions_stay_newest_first_by_the_time_they_show() -> None:
+    """A person seen again within recent_merge_s updates their line, which moves to the
+    top (it kept its place, under lines it was newer than: a walkthrough found Laura Bush
+    at 5:24:28 below lines of 5:24:00-5:24:25). Alerts keep the order they were raised."""
+    crop, vector = np.zeros((112, 112, 3), np.uint8), np.ones(128, np.float32) / np.sqrt(128)
+    now = [100.0]
+    log = ActivityLog(recent_merge_s=10, clock=lambda: now[0])
+    for name, person_id in (("A", 1), ("B", 2), ("A", 1)):  # per frame: A, B, A again
+        log.record([Sighting(name, person_id, 0.8, crop, vector)])
+        now[0] += 1
+    assert [(e.name, e.count) for e in log.recent()] == [("A", 2), ("B", 1)]
+
+    def visit(kind: str, visit_id: str, ts: float, name: str, person_id: int | None
+              ) -> VisitEvent:
+        return VisitEvent(kind, visit_id, ts, 0, (0, 0, 10, 10), name=name, score=0.7,
+                          person_id=person_id, crop=crop)
+
+    log = ActivityLog(recent_merge_s=10, clock=lambda: now[0])
+    log.record_visit(visit(IDENTIFIED, "v1", 200.0, "C", 3))
+    log.record_visit(visit(IDENTIFIED, "v2", 201.0, "D", 4))
+    assert [e.name for e in log.recent()] == ["D", "C"]
+    log.record_visit(visit(ENDED, "v1", 203.0, "C", 3))  # C was in view after D came
+    assert [(e.name, e.last_seen) for e in log.recent()] == [("C", 203.0), ("D", 201.0)]
+    log.record_visit(visit(IDENTIFIED, "v3", 204.0, "D", 4))  # D's second visit
+    assert [(e.name, e.count) for e in log.recent()] == [("D", 2), ("C", 1)]
+    log.record_visit(visit(IDENTIFIED, "v4", 205.0, "unknown", None))
+    log.record_visit(visit(IDENTIFIED, "v5", 206.0, "unknown", None))
+    first_raised = log.alerts()[-1].id
+    log.record_visit(visit(ENDED, "v4", 209.0, "unknown", None))
+    assert log.alerts()[-1].id == first_raised
 
 
 def test_password_hashes_argon2_and_scrypt() -> None:

@@ -66,6 +66,24 @@ def test_the_lists_show_one_line_per_visit_and_one_alert_per_unknown_visit(
     assert alerts[0].crop is not None  # staff can enrol the stranger from the alert
 
 
+def test_a_face_being_identified_is_in_view_not_nobody(kiosk: Kiosk,
+                                                        three: KioskVideo) -> None:
+    """Between a visit's start and its identification the picture boxes the face with
+    "...": the caption says someone is being identified (it said "nobody")."""
+    worker = kiosk.services.worker
+    captions = []
+    for index, frame in enumerate(three.frames()):
+        worker.process_frame(index, index / three.fps, frame)
+        latest = worker.latest()
+        assert latest is not None
+        captions.append(latest.caption())
+        if index == 40:
+            break
+    assert captions[0] == "nobody"  # one detection is not a visit yet (min_hits)
+    assert captions[1] == "1 being identified"
+    assert captions[-1].startswith(three.enrolled_people()[0])  # named once identified
+
+
 def test_a_stranger_taking_an_enrolled_visitor_s_place_raises_the_alert(
         tmp_path: Path, kiosk_pipeline: FacePipeline, lfw_dir: Path) -> None:  # noqa: F811
     """The enrolled visitor leaves and a stranger steps into the same spot 0.2 s later
