@@ -163,6 +163,17 @@ def test_edge_unit_hardening_and_no_blind_watchdog(tmp_path: Path) -> None:
     assert "Type=exec" in unit
 
 
+def test_the_recogniser_and_the_kiosk_read_the_same_camera_setting(tmp_path: Path) -> None:
+    """The kiosk unit read camera.source of edge.toml while fedface-edge.service read
+    FEDFACE_SOURCE of edge.env: a technician who set the camera in edge.env (as the docs
+    say) and switched to the kiosk got another camera, or none on a box not provisioned."""
+    units = render(tmp_path) / "lib/systemd/system"
+    for unit in ("fedface-edge.service", "fedface-kiosk.service"):
+        (start,) = [ln for ln in (units / unit).read_text().splitlines()
+                    if ln.startswith("ExecStart=")]
+        assert "--source ${FEDFACE_SOURCE} " in start, (unit, start)
+
+
 def test_security_exposure_is_low(tmp_path: Path) -> None:
     prefix = render(tmp_path)
     for unit in ("fedface-edge.service", "fedface-kiosk.service", "fedface-aggregator.service"):
