@@ -131,6 +131,8 @@ def describe_validation_error(exc: ValidationError, source: str) -> str:
         key = ".".join(str(part) for part in error["loc"]) or "(root)"
         if error["type"] == "extra_forbidden":
             problems.append(f"{key}: unknown setting")
+        elif error["type"] == "missing":  # pydantic's input is then the enclosing section
+            problems.append(f"{key}: missing (required)")
         else:
             problems.append(f"{key} = {error.get('input')!r}: {error['msg']}")
     return f"invalid {source}: " + "; ".join(problems)

@@ -189,7 +189,8 @@ def run(
         "--fps", help="Report throughput and per-stage ms on stderr every 5 s.")] = False,
     threshold: ThresholdOption = None,
 ) -> None:
-    """Recognise faces live; write events as JSON lines (time, frame, box, name, score)."""
+    """Recognise faces live, once per visit (a tracked face: started, identified, ended);
+    write the events as JSON lines (--per-frame: one per face per frame)."""
     from edge.serving.events import EventWriter
     from edge.vision.capture import open_source
 
