@@ -178,8 +178,9 @@ def run(
         "--box-id", help="Box id in the events topic (default: the box config's device id).",
         show_default=False)] = None,
     crops: Annotated[Path | None, typer.Option(
-        "--crops", help="Folder for each visit's best face crop (PNG, 0600). Default: "
-        "visits/ in the data dir.", show_default=False)] = None,
+        "--crops", help="Folder for each visit's best face crop (PNG, 0600; kept 14 days, "
+        "the newest 2,000 at most). Default: visits/ in the data dir.",
+        show_default=False)] = None,
     annotate: Annotated[Path | None, typer.Option(
         "--annotate", help="Also write the frames with boxes and names to this video "
         "(.mp4 or .avi).", show_default=False)] = None,

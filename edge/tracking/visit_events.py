@@ -17,6 +17,7 @@ the box; the image itself never leaves it unless the box's config allows it.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -65,15 +66,20 @@ class VisitEvent:
 
 
 DEFAULT_MAX_CROPS = 2000  # about 60 MB of 112x112 PNGs: weeks of a busy kiosk's visits
+# no older than the events that name them (logrotate keeps the events log 14 days)
+DEFAULT_MAX_AGE_S = 14 * 24 * 3600.0
 
 
 class CropStore:
     """Best crops of visits as PNG files, private to the box user (0600). Only the
-    newest ``max_files`` are kept: the box is not a face archive."""
+    newest ``max_files``, none older than ``max_age_s``, are kept (checked at every
+    save): the box is not a face archive."""
 
-    def __init__(self, folder: Path, max_files: int = DEFAULT_MAX_CROPS) -> None:
+    def __init__(self, folder: Path, max_files: int = DEFAULT_MAX_CROPS,
+                 max_age_s: float = DEFAULT_MAX_AGE_S) -> None:
         self.folder = Path(folder)
         self.max_files = max_files
+        self.max_age_s = max_age_s
 
     def save(self, visit: str, crop: np.ndarray) -> Path:
         ok, png = cv2.imencode(".png", crop)
@@ -84,6 +90,15 @@ class CropStore:
         return path
 
     def _prune(self) -> None:
-        crops = sorted(self.folder.glob("visit-*.png"), key=lambda p: p.stat().st_mtime)
-        for old in crops[: max(0, len(crops) - self.max_files)]:
-            old.unlink(missing_ok=True)
+        dated = []
+        for path in self.folder.glob("visit-*.png"):
+            try:
+                dated.append((path.stat().st_mtime, path))
+            except FileNotFoundError:  # pruned by another process meanwhile
+                continue
+        dated.sort()
+        too_old = time.time() - self.max_age_s
+        surplus = max(0, len(dated) - self.max_files)
+        for index, (mtime, path) in enumerate(dated):
+            if index < surplus or mtime < too_old:
+                path.unlink(missing_ok=True)

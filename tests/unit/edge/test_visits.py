@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,6 +179,20 @@ def test_only_the_newest_crops_are_kept_private(tmp_path: Path) -> None:
         time.sleep(0.02)  # distinct modification times: the oldest go first
     assert sorted(p.name for p in (tmp_path / "visits").iterdir()) == [
         "visit-v2.png", "visit-v3.png", "visit-v4.png"]
+
+
+
+def test_crops_older_than_the_events_log_are_removed(tmp_path: Path) -> None:
+    """A walkthrough found every visit's crop, strangers' included, kept with no end in
+    time while logrotate keeps the events naming them 14 days: a save now also removes
+    crops older than max_age_s (default 14 days)."""
+    store = CropStore(tmp_path / "visits")
+    assert store.max_age_s == 14 * 24 * 3600
+    old = store.save("old", np.zeros((112, 112, 3), np.uint8))
+    fortnight_ago = time.time() - 15 * 24 * 3600
+    os.utime(old, (fortnight_ago, fortnight_ago))
+    recent = store.save("recent", np.zeros((112, 112, 3), np.uint8))
+    assert not old.exists() and recent.exists()
 
 
 def test_a_visit_across_a_model_swap_fuses_vectors_of_one_version_only(
