@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 HEAVY_MODULES = ("torch", "tensorflow", "jax")
 REPORT_EVERY_S = 5.0
+DEFAULT_DETECT_EVERY, DEFAULT_MAX_ATTEMPTS = 1, 6  # VisitSettings' own
 EVENTS_CONNECT_WAIT_S = 3.0  # before saying that the events broker is not reachable
 KNOWN_COLOUR = (60, 200, 60)  # BGR
 Mark = tuple[tuple[int, int, int, int], str, bool]  # box, label, known
@@ -162,11 +163,11 @@ def run(
         "--per-frame", help="Recognise every face on every frame (no tracking): one event "
         "per face per frame.")] = False,
     detect_every: Annotated[int, typer.Option(
-        "--detect-every", min=1, help="Per visit: detect on every N-th frame, track in "
-        "between (2-3 on a Raspberry Pi; bench.edge.visits).")] = 1,
+        "--detect-every", min=1, max=10, help="Per visit: detect on every N-th frame, track "
+        "in between (2-3 on a Raspberry Pi; bench.edge.visits).")] = DEFAULT_DETECT_EVERY,
     max_attempts: Annotated[int, typer.Option(
         "--max-attempts", min=1, help="Per visit: at most this many embeddings of one "
-        "visitor.")] = 6,
+        "visitor.")] = DEFAULT_MAX_ATTEMPTS,
     mqtt_url: Annotated[str | None, typer.Option(
         "--mqtt-url", help="Publish visit events and Home Assistant discovery to this "
         "broker (mqtt://host:1883). Default: the box config's events.mqtt_url; none: no "
@@ -195,6 +196,11 @@ def run(
     from edge.serving.events import EventWriter
     from edge.vision.capture import open_source
 
+    if per_frame and (detect_every, max_attempts) != (DEFAULT_DETECT_EVERY,
+                                                       DEFAULT_MAX_ATTEMPTS):
+        raise CliError("--detect-every and --max-attempts are per-visit options; --per-frame "
+                       "detects and recognises every face on every frame",
+                       hint="drop one or the other")
     if source is None:
         if box(ctx).config is None:
             raise CliError("no frame source: pass --source (the box is not provisioned, so "

@@ -160,6 +160,9 @@ def test_a_subscriber_receives_visit_events_and_home_assistant_discovery(
      "box id 'lobby/1' must be"),
     (["--mqtt-url", "http://127.0.0.1:1", "--fed", "acme", "--box-id", "lobby"],
      "cannot publish visit events"),
+    # per-visit options with --per-frame were silently ignored
+    (["--per-frame", "--detect-every", "2"], "are per-visit options"),
+    (["--per-frame", "--max-attempts", "3"], "are per-visit options"),
 ])
 def test_bad_mqtt_options_are_one_clear_error(tmp_path: Path, args: list[str],
                                               expected: str) -> None:
@@ -171,6 +174,15 @@ def test_bad_mqtt_options_are_one_clear_error(tmp_path: Path, args: list[str],
     assert result.exit_code == 2, result.output
     assert expected in result.stderr
     assert not (tmp_path / "box" / "visits").exists()  # failed before any frame
+
+
+def test_run_s_per_visit_defaults_are_the_visit_engine_s() -> None:
+    from edge.cli.run import DEFAULT_DETECT_EVERY, DEFAULT_MAX_ATTEMPTS
+    from edge.tracking.visits import VisitSettings
+
+    defaults = VisitSettings()
+    assert defaults.detect_every == DEFAULT_DETECT_EVERY
+    assert defaults.max_attempts == DEFAULT_MAX_ATTEMPTS
 
 
 def test_an_unreachable_events_broker_is_said_and_recognition_goes_on(
