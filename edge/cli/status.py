@@ -17,7 +17,8 @@ def status(
         "--config", help="Config file (default FEDFACE_CONFIG or DATA_DIR/edge.toml).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Device id, federation, broker, certificate expiry, federated model, outbox."""
+    """Device id, federation, broker, certificate expiry, federated model, outbox, kiosk
+    password. A box not provisioned (a kiosk on its own) shows its model and kiosk."""
     from edge.doctor import check_certificate
     from edge.federated.outbox import Outbox
     from edge.federated.revocation import REPROVISION, revocation_state
@@ -26,14 +27,17 @@ def status(
     from federation.messages import result_round
 
     if config is not None:
-        box(ctx).resolve(config)
-    cfg = box(ctx).require_config()
-    fed_dir = cfg.box.data_dir / "federation"
+        box(ctx).resolve(config)  # an explicit --config must exist: require_config below
     # the box's one store of model versions: what it serves
     models_dir = box(ctx).box().models_dir
     pointer = SwapStore(models_dir).load() if models_dir.is_dir() else None
     current = pointer.current if pointer is not None and \
         pointer.current.version != BASE_VERSION else None
+    if box(ctx).config is None and config is None:
+        _unprovisioned(ctx, as_json, None if current is None else current.version)
+        return
+    cfg = box(ctx).require_config()
+    fed_dir = cfg.box.data_dir / "federation"
     pending = len(Outbox(fed_dir / "outbox").stored()) if (fed_dir / "outbox").exists() else 0
     cert = check_certificate(cfg)
     revoked = revocation_state(cfg.box.data_dir)
@@ -62,6 +66,23 @@ def status(
     typer.echo("model       " + (f"{model['version']} (round {model['round']})" if model
                                  else "pretrained base (no federated result applied yet)"))
     typer.echo(f"outbox      {pending} update(s) waiting for an ack")
+    typer.echo(f"kiosk       password {'set' if info['kiosk_password_set'] else 'NOT set'}")
+
+
+def _unprovisioned(ctx: typer.Context, as_json: bool, model: str | None) -> None:
+    from edge.kiosk.auth import PasswordStore
+
+    data_dir = box(ctx).settings.data_dir
+    info = {"provisioned": False, "config": str(box(ctx).config_path),
+            "data_dir": str(data_dir), "model": model,
+            "kiosk_password_set": PasswordStore(data_dir).is_set()}
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    typer.echo(f"device      not provisioned (no {info['config']}): recognises and serves the "
+               "kiosk on its own; `fedface-edge provision` joins a federation")
+    typer.echo(f"data dir    {data_dir}")
+    typer.echo("model       " + (model or "pretrained base"))
     typer.echo(f"kiosk       password {'set' if info['kiosk_password_set'] else 'NOT set'}")
 
 

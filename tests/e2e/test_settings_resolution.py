@@ -92,7 +92,14 @@ def test_a_named_config_not_written_yet_leaves_the_box_unprovisioned(
     settings, cfg, path = resolve_settings({"data_dir": tmp_path / "box"})
     assert cfg is None and path == tmp_path / "new.toml"
     assert settings.data_dir == tmp_path / "box"
-    out = edge_cli("status", FEDFACE_CONFIG=str(tmp_path / "new.toml"))
+    env = {"FEDFACE_CONFIG": str(tmp_path / "new.toml"),
+           "FEDFACE_DATA_DIR": str(tmp_path / "box")}
+    out = edge_cli("status", **env)  # a kiosk on its own: what it has, not an error
+    assert out.returncode == 0, out.stderr
+    assert f"not provisioned (no {tmp_path / 'new.toml'})" in out.stdout, out.stdout
+    assert "kiosk       password NOT set" in out.stdout
+    assert not (tmp_path / "box").exists()  # looking is not creating
+    out = edge_cli("status", "--config", str(tmp_path / "new.toml"), **env)
     assert out.returncode == 7 and "no box config at" in out.stderr, out.stderr
     with pytest.raises(ConfigError, match="invalid"):  # a broken file is still an error
         (tmp_path / "bad.toml").write_text("[box\n")
