@@ -121,6 +121,9 @@ class ActivityLog:
         self._removed: dict[int, float] = {}
         self.unknown_sightings = 0  # every unknown face seen (alerts are far fewer)
         self._visit_entries: dict[str, int] = {}  # open visit -> its entry (per-visit kiosk)
+        # unacknowledged alerts pushed out of the full ring: still counted on the badge
+        # until staff acknowledge all (a busy lobby must not hide alerts by their number)
+        self._unacked_dropped = 0
 
     # --- writing (worker thread) --------------------------------------------------------
 
@@ -180,7 +183,7 @@ class ActivityLog:
             return  # the alert scrolled out of the ring; its track still mutes repeats
         entry = Entry(next(self._ids), None, None, s.score, now, now, 1, thumbnail_jpeg(s.crop),
                       best_name=s.best_name, crop=np.array(s.crop, copy=True))
-        self._alerts.appendleft(entry)
+        self._raise(entry)
         self._tracks.append(_Track(entry.id, now, deque([embedding], maxlen=TRACK_EMBEDDINGS)))
 
     def record_visit(self, event: VisitEvent) -> None:
@@ -202,7 +205,7 @@ class ActivityLog:
             entry = Entry(next(self._ids), None, None, score, now, now, 1,
                           thumbnail_jpeg(crop), best_name=event.best_name,
                           crop=np.array(crop, copy=True), visits=True)
-            self._alerts.appendleft(entry)
+            self._raise(entry)
             self._visit_entries[event.visit] = entry.id
             return
         self._removed = {p: t for p, t in self._removed.items()
@@ -220,6 +223,11 @@ class ActivityLog:
                       thumbnail_jpeg(crop), visits=True)
         self._recent.appendleft(entry)
         self._visit_entries[event.visit] = entry.id
+
+    def _raise(self, alert: Entry) -> None:
+        if len(self._alerts) == self._alerts.maxlen and not self._alerts[-1].acknowledged:
+            self._unacked_dropped += 1
+        self._alerts.appendleft(alert)
 
     def _visit_ended(self, entry_id: int, event: VisitEvent, crop: np.ndarray) -> None:
         for ring in (self._recent, self._alerts):
@@ -245,7 +253,7 @@ class ActivityLog:
 
     def unacknowledged(self) -> int:
         with self._lock:
-            return sum(1 for a in self._alerts if not a.acknowledged)
+            return self._unacked_dropped + sum(1 for a in self._alerts if not a.acknowledged)
 
     def alert(self, entry_id: int) -> Entry | None:
         with self._lock:
@@ -262,7 +270,7 @@ class ActivityLog:
 
     def acknowledge_all(self) -> int:
         with self._lock:
-            count = 0
+            count, self._unacked_dropped = self._unacked_dropped, 0
             for index, entry in enumerate(self._alerts):
                 if not entry.acknowledged:
                     self._alerts[index] = replace(entry, acknowledged=True)

@@ -202,6 +202,22 @@ def test_recent_recognitions_stay_newest_first_by_the_time_they_show() -> None:
     assert log.alerts()[-1].id == first_raised
 
 
+def test_alerts_pushed_out_of_the_list_still_count_until_acknowledged() -> None:
+    """The list holds the newest alert_size alerts; the badge stopped at that number
+    while alerts kept coming (a walkthrough saw 30), so older unacknowledged ones
+    vanished silently. They now count until staff acknowledge all."""
+    crop = np.zeros((112, 112, 3), np.uint8)
+    log = ActivityLog(alert_size=3)
+    for index in range(5):
+        log.record_visit(VisitEvent(IDENTIFIED, f"v{index}", 10.0 + index, 0, (0, 0, 9, 9),
+                                    name="unknown", score=0.1, crop=crop))
+    assert len(log.alerts()) == 3 and log.unacknowledged() == 5
+    assert log.acknowledge_all() == 5 and log.unacknowledged() == 0
+    log.record_visit(VisitEvent(IDENTIFIED, "v5", 20.0, 0, (0, 0, 9, 9), name="unknown",
+                                score=0.1, crop=crop))  # pushes out an acknowledged one
+    assert log.unacknowledged() == 1
+
+
 def test_password_hashes_argon2_and_scrypt() -> None:
     for scheme, prefix in (("argon2", "$argon2id$"), ("scrypt", "scrypt$16384$8$1$")):
         stored = hash_password("a long passphrase", scheme)
