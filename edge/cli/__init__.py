@@ -30,8 +30,7 @@ from edge.cli.errors import EXIT_CODES, FedFaceGroup
 COMMAND_MODULES = (
     "model_files",
     "served_model",
-    "enroll",
-    "people",
+    "enroll",  # and people
     "identify",
     "run",
     "bench",
