@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Annotated
+from collections.abc import Callable
+from contextlib import ExitStack
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from edge.cli.context import box, serve_until_signalled
 from edge.cli.errors import EXIT_CONFIG, EXIT_USAGE, CliError
+from edge.cli.visit_outputs import (
+    BoxIdOption,
+    FedOption,
+    MqttUrlOption,
+    events_stream,
+    visit_publisher,
+)
+
+if TYPE_CHECKING:
+    from edge.tracking.visit_events import VisitEvent
 
 log = logging.getLogger(__name__)
 
@@ -87,17 +99,38 @@ def serve(
     detect_every: Annotated[int, typer.Option(
         "--detect-every", min=1, max=10, help="Per visit: detect faces on every k-th frame, "
         "tracking in between (a Raspberry Pi 4 at 30 fps: 2).")] = 1,
+    events: Annotated[str | None, typer.Option(
+        "--events", help="Also append the visit events to this file as JSON lines, as "
+        "`run` does (three per visit; - for stdout). Default: none.",
+        show_default=False)] = None,
+    mqtt_url: MqttUrlOption = None,
+    fed: FedOption = None,
+    box_id: BoxIdOption = None,
 ) -> None:
-    """Serve the kiosk page: live view, recognitions, alerts, enrolment, people."""
+    """Serve the kiosk page: live view, recognitions, alerts, enrolment, people; the
+    visit events also to a file and to Home Assistant's broker, as `run` does."""
     from edge.kiosk import KioskSettings, build_kiosk
+    from edge.serving.events import EventWriter
 
     settings = KioskSettings.from_mapping(
         {"host": host, "port": port, "idle_timeout_s": idle_timeout,
          "cookie_secure": cookie_secure, "per_visit": not per_frame,
          "detect_every": detect_every}, source="kiosk options")
-    kiosk = build_kiosk(box(ctx).settings, settings, source or _configured_source(ctx))
-    serve_until_signalled(kiosk.start, kiosk.stop,
-                          lambda: f"kiosk on {kiosk.url} (Ctrl-C to stop)")
+    with ExitStack() as stack:
+        sinks: list[Callable[[VisitEvent], None]] = []
+        if per_frame and (events is not None or mqtt_url is not None):
+            raise CliError("--events and --mqtt-url carry visit events; --per-frame has no "
+                           "visits", hint="drop one or the other", exit_code=EXIT_USAGE)
+        if events is not None:
+            sinks.append(EventWriter(events_stream(stack, events)).write)
+        publisher = None if per_frame else visit_publisher(ctx, stack, mqtt_url, fed, box_id)
+        if publisher is not None:
+            sinks.append(publisher.publish)
+        kiosk = build_kiosk(box(ctx).settings, settings, source or _configured_source(ctx),
+                            visit_sinks=sinks)
+        # the worker stops (ending the open visits into the sinks) before they close
+        serve_until_signalled(kiosk.start, kiosk.stop,
+                              lambda: f"kiosk on {kiosk.url} (Ctrl-C to stop)")
     if kiosk.services.worker.status().state == "error":
         raise CliError(kiosk.services.worker.status().message, exit_code=EXIT_USAGE)
 

@@ -10,22 +10,26 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Annotated, Any, TextIO, cast
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from edge.cli.context import box
 from edge.cli.errors import EXIT_USAGE, CliError
 from edge.cli.identify import ThresholdOption, warn_if_empty
+from edge.cli.visit_outputs import (
+    BoxIdOption,
+    FedOption,
+    MqttUrlOption,
+    events_stream,
+    visit_publisher,
+)
 from edge.serving.events import UNKNOWN
-from federation.errors import FederationError
-from federation.files import open_new
 
 if TYPE_CHECKING:
     import numpy as np
 
     from edge.serving.recognizer import Recognition
-    from edge.tracking.mqtt_events import VisitPublisher
     from edge.tracking.visit_events import VisitEvent
     from edge.tracking.visits import VisitEngine
 
@@ -34,7 +38,6 @@ log = logging.getLogger(__name__)
 HEAVY_MODULES = ("torch", "tensorflow", "jax")
 REPORT_EVERY_S = 5.0
 DEFAULT_DETECT_EVERY, DEFAULT_MAX_ATTEMPTS = 1, 6  # VisitSettings' own
-EVENTS_CONNECT_WAIT_S = 3.0  # before saying that the events broker is not reachable
 KNOWN_COLOUR = (60, 200, 60)  # BGR
 Mark = tuple[tuple[int, int, int, int], str, bool]  # box, label, known
 UNKNOWN_COLOUR = (40, 40, 220)
@@ -119,18 +122,6 @@ class _Throughput:
                 f"{self.frames / elapsed:.1f} fps; mean ms/frame: {means}")
 
 
-def _events_stream(stack: ExitStack, events: str) -> TextIO:
-    if events == "-":
-        return sys.stdout
-    try:
-        # recognition events name people: the box user's alone, whatever the umask
-        return cast(TextIO, stack.enter_context(open_new(Path(events), 0o600, "a",
-                                                         encoding="utf-8", buffering=1)))
-    except OSError as exc:
-        raise CliError(f"cannot write events to {events}: {exc.strerror}",
-                       hint="pass a writable file or - for stdout", exit_code=EXIT_USAGE) from exc
-
-
 @contextmanager
 def _stop_on_sigterm() -> Iterator[list[bool]]:
     """systemd stops the service with SIGTERM: finish the frame, flush, exit 0."""
@@ -168,16 +159,9 @@ def run(
     max_attempts: Annotated[int, typer.Option(
         "--max-attempts", min=1, help="Per visit: at most this many embeddings of one "
         "visitor.")] = DEFAULT_MAX_ATTEMPTS,
-    mqtt_url: Annotated[str | None, typer.Option(
-        "--mqtt-url", help="Publish visit events and Home Assistant discovery to this "
-        "broker (mqtt://host:1883). Default: the box config's events.mqtt_url; none: no "
-        "MQTT.", show_default=False)] = None,
-    fed: Annotated[str | None, typer.Option(
-        "--fed", help="Federation id in the events topic (default: the box config's).",
-        show_default=False)] = None,
-    box_id: Annotated[str | None, typer.Option(
-        "--box-id", help="Box id in the events topic (default: the box config's device id).",
-        show_default=False)] = None,
+    mqtt_url: MqttUrlOption = None,
+    fed: FedOption = None,
+    box_id: BoxIdOption = None,
     crops: Annotated[Path | None, typer.Option(
         "--crops", help="Folder for each visit's best face crop (PNG, 0600; kept 14 days, "
         "the newest 2,000 at most). Default: visits/ in the data dir.",
@@ -213,8 +197,8 @@ def run(
         # open the source and the events file first: a wrong URI or path fails in
         # milliseconds, before the models load
         stack.enter_context(frame_source)
-        writer = EventWriter(_events_stream(stack, events))
-        publisher = None if per_frame else _publisher(ctx, stack, mqtt_url, fed, box_id)
+        writer = EventWriter(events_stream(stack, events))
+        publisher = None if per_frame else visit_publisher(ctx, stack, mqtt_url, fed, box_id)
         recognizer = box(ctx).recognizer(threshold)
         # follow hot swaps (the swap pointer) and enrolments made while running
         recognizer.engine.start_watcher()
@@ -283,41 +267,6 @@ def _visit_engine(engine: Any, detect_every: int, max_attempts: int,
 
     settings = VisitSettings(detect_every=detect_every, max_attempts=max_attempts)
     return VisitEngine(engine, settings, CropStore(crops))
-
-
-def _publisher(ctx: typer.Context, stack: ExitStack, url: str | None, fed: str | None,
-               box_id: str | None) -> VisitPublisher | None:
-    """The MQTT side of per-visit events: ``--mqtt-url``, else the config's ``[events]``."""
-    from edge.tracking.mqtt_events import MAX_QUEUED_EVENTS, open_visit_publisher
-
-    config = box(ctx).config
-    events = config.events if config is not None else None
-    url = url or (events.mqtt_url if events is not None else None)
-    if url is None:
-        return None
-    fed = fed or (config.box.fed if config is not None else None)
-    box_id = box_id or (config.box.device_id if config is not None else None)
-    if fed is None or box_id is None:
-        raise CliError("MQTT events need the federation and box ids: this box is not "
-                       "provisioned", hint="pass --fed ID --box-id ID", exit_code=EXIT_USAGE)
-    try:
-        publisher = open_visit_publisher(
-            url, fed, box_id, username=events.username if events else None,
-            password_file=events.password_file if events else None,
-            ca_file=events.ca_file if events else None,
-            include_crop=events.include_crop if events else False,
-            discovery_prefix=events.discovery_prefix if events else "homeassistant")
-    except (ValueError, FederationError) as exc:
-        raise CliError(f"cannot publish visit events: {exc}",
-                       hint="check --mqtt-url / --fed / --box-id or the config's [events]",
-                       exit_code=EXIT_USAGE) from exc
-    stack.callback(publisher.transport.close)  # flushes what is queued (bounded)
-    if not publisher.transport.wait_connected(EVENTS_CONNECT_WAIT_S):
-        typer.echo(f"warning: the events broker at {url} is not reachable yet; recognition "
-                   f"goes on and visit events wait in memory (at most "
-                   f"{MAX_QUEUED_EVENTS:,}) until it is",
-                   err=True)
-    return publisher
 
 
 def register(app: typer.Typer) -> None:

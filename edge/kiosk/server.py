@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 
@@ -27,6 +27,7 @@ from edge.kiosk.enrolment import EnrolmentDesk
 from edge.kiosk.services import KioskServices
 from edge.kiosk.settings import KioskSettings
 from edge.kiosk.worker import RecognitionWorker
+from edge.tracking.visit_events import VisitEvent
 from edge.vision.capture import open_source
 from edge.vision.detect import FaceDetector
 from edge.vision.pipeline import FacePipeline
@@ -86,8 +87,10 @@ def build_kiosk(
     source_uri: str,
     pipeline: FacePipeline | None = None,
     clock: Callable[[], float] = time.time,
+    visit_sinks: Sequence[Callable[[VisitEvent], None]] = (),
 ) -> Kiosk:
-    """Everything a kiosk needs, checked in the order that fails fastest."""
+    """Everything a kiosk needs, checked in the order that fails fastest. ``visit_sinks``:
+    where the visit events go besides the page (the events file, an MQTT publisher)."""
     passwords = PasswordStore(edge.data_dir)
     if not passwords.is_set():
         raise KioskStartError(f"no kiosk password is set for {edge.data_dir}",
@@ -109,7 +112,8 @@ def build_kiosk(
                                    settings.display_width, settings.jpeg_quality,
                                    stale_after_s=settings.frame_stale_s,
                                    per_visit=settings.per_visit,
-                                   detect_every=settings.detect_every)
+                                   detect_every=settings.detect_every,
+                                   visit_sinks=visit_sinks)
         desk = EnrolmentDesk(worker, gallery, upload_pipeline, settings, edge.match_threshold,
                              clock=clock)
         gate = LoginGate(settings.login_max_failures, settings.login_window_s,

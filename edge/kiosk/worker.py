@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import cv2
@@ -27,6 +27,7 @@ from edge.gallery.match import Match
 from edge.gallery.store import Gallery, GalleryError
 from edge.kiosk.activity import ActivityLog, Sighting
 from edge.serving.events import UNKNOWN
+from edge.tracking.visit_events import VisitEvent
 from edge.tracking.visits import VisitEngine, VisitSettings
 from edge.vision.frame_source import FrameSource, SourceError
 from edge.vision.pipeline import FacePipeline, RecognisedFace
@@ -146,6 +147,7 @@ class RecognitionWorker:
         stale_after_s: float = 3.0,
         per_visit: bool = True,
         detect_every: int = 1,
+        visit_sinks: Sequence[Callable[[VisitEvent], None]] = (),
     ) -> None:
         self.source = source
         self.pipeline = pipeline
@@ -175,6 +177,8 @@ class RecognitionWorker:
         # recognised in full only when a camera enrolment asks for one (fresh_frame)
         self.visits = (VisitEngine(self.engine, VisitSettings(detect_every=detect_every))
                        if per_visit else None)
+        # where else the visit events go (the events file, Home Assistant's broker)
+        self.visit_sinks = tuple(visit_sinks)
         self._full_wanted = False
 
     @property
@@ -198,6 +202,8 @@ class RecognitionWorker:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 log.warning("recognition thread still busy after %.0f s", timeout)
+            else:  # whoever is in front of the camera now leaves with the kiosk
+                self.close_visits()
             self._thread = None
         self._set_status("stopped")
 
@@ -274,7 +280,15 @@ class RecognitionWorker:
         """End the open visits (their last events go to the activity log)."""
         if self.visits is not None:
             for event in self.visits.close():
-                self.activity.record_visit(event)
+                self._visit_event(event)
+
+    def _visit_event(self, event: VisitEvent) -> None:
+        self.activity.record_visit(event)
+        for sink in self.visit_sinks:
+            try:
+                sink(event)
+            except Exception:  # a full disk or a broken listener must not stop the page
+                log.exception("visit event %s of %s not written", event.event, event.visit)
 
     def _identify(self, image: np.ndarray) -> tuple[list[RecognisedFace], list[Match] | None]:
         try:
@@ -303,7 +317,7 @@ class RecognitionWorker:
                 self._set_status("error", str(exc))
                 events, found = [], None
             for event in events:
-                self.activity.record_visit(event)
+                self._visit_event(event)
             marks = visit_marks(self.visits)
             visible = self.visits.visible()
             in_view = tuple((None if n == UNKNOWN else n, 0.0) for _, _, n in visible

@@ -20,17 +20,8 @@ from typer.testing import CliRunner
 from bench.common.kiosk_video import KioskVideo, kiosk_videos
 from edge.cli import app
 from tests.support.broker import MosquittoBroker, free_port
+from tests.support.kiosk_video_file import write_video
 from tests.support.mqtt_listener import Listener
-
-
-def write_video(video: KioskVideo, path: Path) -> Path:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), video.fps,
-                             (640, 480))
-    assert writer.isOpened()
-    for frame in video.frames():
-        writer.write(frame)
-    writer.release()
-    return path
 
 
 @pytest.fixture

@@ -37,7 +37,8 @@ def test_serve_defaults_to_the_configured_camera(tmp_path: Path, monkeypatch: py
 
     used: list[str] = []
 
-    def fake_build(edge: object, settings: object, source_uri: str) -> None:
+    def fake_build(edge: object, settings: object, source_uri: str,
+                   visit_sinks: object = ()) -> None:
         used.append(source_uri)
         raise KioskStartError("stopped by the test")
 

@@ -163,7 +163,8 @@ def test_edge_unit_hardening_and_no_blind_watchdog(tmp_path: Path) -> None:
     assert "Type=exec" in unit
 
 
-def test_the_recogniser_and_the_kiosk_read_the_same_camera_setting(tmp_path: Path) -> None:
+def test_the_recogniser_and_the_kiosk_read_one_camera_and_write_one_log(
+        tmp_path: Path) -> None:
     """The kiosk unit read camera.source of edge.toml while fedface-edge.service read
     FEDFACE_SOURCE of edge.env: a technician who set the camera in edge.env (as the docs
     say) and switched to the kiosk got another camera, or none on a box not provisioned."""
@@ -172,6 +173,7 @@ def test_the_recogniser_and_the_kiosk_read_the_same_camera_setting(tmp_path: Pat
         (start,) = [ln for ln in (units / unit).read_text().splitlines()
                     if ln.startswith("ExecStart=")]
         assert "--source ${FEDFACE_SOURCE} " in start, (unit, start)
+        assert "--events ${FEDFACE_EVENTS} " in start, (unit, start)  # the same log too
 
 
 def test_security_exposure_is_low(tmp_path: Path) -> None:

@@ -1,0 +1,80 @@
+"""Where a box's visit events go, shared by ``run`` and ``kiosk serve``: a JSON-lines file
+and an MQTT broker (Home Assistant's), from options or the box config's ``[events]``."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, TextIO, cast
+
+import typer
+
+from edge.cli.context import box
+from edge.cli.errors import EXIT_USAGE, CliError
+from federation.errors import FederationError
+from federation.files import open_new
+
+if TYPE_CHECKING:
+    from edge.tracking.mqtt_events import VisitPublisher
+
+EVENTS_CONNECT_WAIT_S = 3.0  # before saying that the events broker is not reachable
+
+MqttUrlOption = Annotated[str | None, typer.Option(
+    "--mqtt-url", help="Publish visit events and Home Assistant discovery to this "
+    "broker (mqtt://host:1883). Default: the box config's events.mqtt_url; none: no "
+    "MQTT.", show_default=False)]
+FedOption = Annotated[str | None, typer.Option(
+    "--fed", help="Federation id in the events topic (default: the box config's).",
+    show_default=False)]
+BoxIdOption = Annotated[str | None, typer.Option(
+    "--box-id", help="Box id in the events topic (default: the box config's device id).",
+    show_default=False)]
+
+
+def events_stream(stack: ExitStack, events: str) -> TextIO:
+    """The events file, opened for appending (0600), closed with ``stack``; - is stdout."""
+    if events == "-":
+        return sys.stdout
+    try:
+        # recognition events name people: the box user's alone, whatever the umask
+        return cast(TextIO, stack.enter_context(open_new(Path(events), 0o600, "a",
+                                                         encoding="utf-8", buffering=1)))
+    except OSError as exc:
+        raise CliError(f"cannot write events to {events}: {exc.strerror}",
+                       hint="pass a writable file or - for stdout", exit_code=EXIT_USAGE) from exc
+
+
+def visit_publisher(ctx: typer.Context, stack: ExitStack, url: str | None, fed: str | None,
+               box_id: str | None) -> VisitPublisher | None:
+    """The MQTT side of per-visit events: ``--mqtt-url``, else the config's ``[events]``."""
+    from edge.tracking.mqtt_events import MAX_QUEUED_EVENTS, open_visit_publisher
+
+    config = box(ctx).config
+    events = config.events if config is not None else None
+    url = url or (events.mqtt_url if events is not None else None)
+    if url is None:
+        return None
+    fed = fed or (config.box.fed if config is not None else None)
+    box_id = box_id or (config.box.device_id if config is not None else None)
+    if fed is None or box_id is None:
+        raise CliError("MQTT events need the federation and box ids: this box is not "
+                       "provisioned", hint="pass --fed ID --box-id ID", exit_code=EXIT_USAGE)
+    try:
+        publisher = open_visit_publisher(
+            url, fed, box_id, username=events.username if events else None,
+            password_file=events.password_file if events else None,
+            ca_file=events.ca_file if events else None,
+            include_crop=events.include_crop if events else False,
+            discovery_prefix=events.discovery_prefix if events else "homeassistant")
+    except (ValueError, FederationError) as exc:
+        raise CliError(f"cannot publish visit events: {exc}",
+                       hint="check --mqtt-url / --fed / --box-id or the config's [events]",
+                       exit_code=EXIT_USAGE) from exc
+    stack.callback(publisher.transport.close)  # flushes what is queued (bounded)
+    if not publisher.transport.wait_connected(EVENTS_CONNECT_WAIT_S):
+        typer.echo(f"warning: the events broker at {url} is not reachable yet; recognition "
+                   f"goes on and visit events wait in memory (at most "
+                   f"{MAX_QUEUED_EVENTS:,}) until it is",
+                   err=True)
+    return publisher
