@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -169,8 +169,7 @@ class EnrolmentDesk:
             label = f"Shot {enrolment.attempts}: {verdict.message}"
             enrolment.feedback.append((verdict.ok, label))
             del enrolment.feedback[:-12]
-            return ShotVerdict(verdict.ok, label, verdict.face, verdict.sharpness,
-                               verdict.face_px)
+            return replace(verdict, message=label)
 
     def _judge_live(self, enrolment: CameraEnrolment, live: LiveFrame | None) -> ShotVerdict:
         if len(enrolment.shots) >= self.settings.enrol_max_shots:
@@ -202,11 +201,13 @@ class EnrolmentDesk:
         tail = " Ready to save." if got >= needed else f" {needed - got} more needed."
         match = next(m for f, m in zip(live.faces, live.matches, strict=True)
                      if f is verdict.face)
-        if match.name is not None and match.name != enrolment.name:
+        looks_like_someone = match.name is not None and match.name != enrolment.name
+        if looks_like_someone:
             tail += (f" Warning: this face looks like {match.name} (score {match.score:.2f}), "
                      "who is already enrolled.")
         return ShotVerdict(True, f"{verdict.message} {got} of {needed} taken.{tail}",
-                           verdict.face, verdict.sharpness, verdict.face_px)
+                           verdict.face, verdict.sharpness, verdict.face_px,
+                           warning=looks_like_someone)
 
     def save_camera(self, sid: str, confirmed: bool = False) -> Saved:
         with self._lock:

@@ -20,6 +20,9 @@ class UploadRefused(ValueError):
     """An uploaded photo that is not used; the message is shown to the staff."""
 
 
+NOT_AN_IMAGE = "not an image (use a photo: JPEG, PNG, WebP...)."
+
+
 @dataclass(frozen=True)
 class ShotVerdict:
     ok: bool
@@ -27,6 +30,7 @@ class ShotVerdict:
     face: RecognisedFace | None = field(default=None, repr=False)
     sharpness: float = 0.0
     face_px: int = 0
+    warning: bool = False  # taken, but staff should look (the face is someone enrolled)
 
 
 def sharpness(crop: np.ndarray) -> float:
@@ -77,7 +81,7 @@ def check_upload(data: bytes, max_pixels: int, filename: str) -> None:
                             f"{max_pixels / 1e6:g} MP are accepted. Scale it down and upload "
                             "it again.") from None
     except ImageReadError:
-        raise UploadRefused(f"{filename} is not an image (use a JPEG or PNG photo).") from None
+        raise UploadRefused(f"{filename} is {NOT_AN_IMAGE}") from None
 
 
 def decode_upload(data: bytes, max_pixels: int, filename: str) -> np.ndarray:
@@ -87,7 +91,7 @@ def decode_upload(data: bytes, max_pixels: int, filename: str) -> np.ndarray:
     try:
         image = decode_image(data, max_pixels, filename)
     except ImageReadError:
-        raise UploadRefused(f"{filename} is not an image (use a JPEG or PNG photo).") from None
+        raise UploadRefused(f"{filename} is {NOT_AN_IMAGE}") from None
     if min(image.shape[:2]) < 16:
         raise UploadRefused(f"{filename} is too small to show a face "
                             f"({image.shape[1]}x{image.shape[0]} pixels).")

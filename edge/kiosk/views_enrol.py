@@ -69,7 +69,8 @@ def camera_shot() -> BaseResponse:
     except EnrolmentRejected as exc:
         flash(str(exc), "error")
         return redirect(url_for("enrol.enrol"))
-    flash(verdict.message, "success" if verdict.ok else "error")
+    flash(verdict.message, "error" if not verdict.ok else
+          "warning" if verdict.warning else "success")
     return redirect(url_for("enrol.camera"))
 
 
@@ -114,7 +115,10 @@ def upload() -> BaseResponse | tuple[str, int]:
         saved = svc.desk.enrol_uploads(request.form.get("name", ""), files)
     except EnrolmentRejected as exc:
         flash(str(exc), "error")
+        # the name stays typed in: staff fix the photos, not everything (a browser does
+        # not keep a file selection across a page load, so only the photos are asked again)
         return render_template("enrol.html", settings=svc.settings,
-                               pending=svc.desk.pending(_sid())), 400
+                               pending=svc.desk.pending(_sid()),
+                               upload_name=request.form.get("name", "")), 400
     flash(_saved_message(saved), "success")
     return redirect(url_for("people.people"))

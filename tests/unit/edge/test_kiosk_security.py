@@ -222,8 +222,11 @@ def test_non_image_upload_is_refused_and_nothing_is_stored(
     fake = b"#!/bin/sh\necho this is not a photo\n" * 20
     response = upload(client, "Mallory", [(good, "one.jpg"), (fake, "photo.jpg")])
     assert response.status_code == 400
-    assert "photo.jpg is not an image (use a JPEG or PNG photo). Nothing was stored." \
-        in text(response)
+    assert "photo.jpg is not an image (use a photo: JPEG, PNG, WebP...). Nothing was " \
+        "stored." in text(response)
+    # the name typed stays in the form (it was cleared: staff typed it again)
+    assert 'id="upload-name" name="name" maxlength="64" required autocomplete="off" ' \
+        'value="Mallory"' in text(response)
     assert rows(kiosk) == EMPTY
     truncated = upload(client, "Mallory", [(good[: len(good) // 8], "cut.jpg")])
     assert truncated.status_code == 400 and rows(kiosk) == EMPTY
