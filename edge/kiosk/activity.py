@@ -277,6 +277,15 @@ class ActivityLog:
                     count += 1
             return count
 
+    def acknowledge(self, entry_id: int) -> bool:
+        """One alert dealt with (False: it is no longer kept, or was already)."""
+        with self._lock:
+            for index, entry in enumerate(self._alerts):
+                if entry.id == entry_id and not entry.acknowledged:
+                    self._alerts[index] = replace(entry, acknowledged=True)
+                    return True
+            return False
+
     def mark_enrolled(self, entry_id: int, name: str) -> None:
         """Staff enrolled an alert's face: the alert is dealt with."""
         with self._lock:

@@ -39,6 +39,14 @@ def alert(entry_id: int) -> tuple[str, int]:
     return _page(_alert(entry_id))
 
 
+@blueprint.route("/alerts/<int:entry_id>/ack", methods=["POST"])
+def acknowledge(entry_id: int) -> BaseResponse:
+    """This alert is dealt with (someone known, a delivery...), the others stay open."""
+    if services().activity.acknowledge(_alert(entry_id).id):
+        flash("Alert acknowledged.", "info")
+    return redirect(url_for("live.index"))
+
+
 @blueprint.route("/alerts/<int:entry_id>/enrol", methods=["POST"])
 def enrol(entry_id: int) -> BaseResponse | tuple[str, int]:
     svc = services()
