@@ -8,9 +8,11 @@ on duty, not a face archive (the JSON-lines events of ``fedface-edge run`` are t
   entry (last time, count, best score) instead of filling the list with one line per
   frame, and the entry moves to the top: the list stays newest first by the time it
   shows.
-- An unknown face joins an existing unknown *track* when its embedding is close to one of
-  the track's recent embeddings (cosine >= ``track_similarity``) and the track was seen
-  within ``alert_cooldown_s``; only a face that starts a new track raises a new alert.
+- An unknown face (per frame), or an unknown visit by its fused vector (per visit), joins
+  an existing unknown *track* when its embedding is close to one of the track's recent
+  embeddings (cosine >= ``track_similarity``) and the track was seen within
+  ``alert_cooldown_s``; only a face or visit that starts a new track raises a new alert
+  (a stranger pacing in front of the kiosk is one alert, "3 visits").
   Embeddings rather than box overlap define a track, because a fixed camera sees
   different people at the same spot one after the other.
 """
@@ -200,12 +202,26 @@ class ActivityLog:
 
     def _identified(self, event: VisitEvent, crop: np.ndarray) -> None:
         now, score = event.ts, event.score or 0.0
-        if event.person_id is None:  # unknown: an alert per visit
+        if event.person_id is None:  # unknown: an alert per stranger, not per visit
             self.unknown_sightings += 1
+            vector = None if event.vector is None else np.asarray(event.vector, np.float32)
+            track = None if vector is None else self._find_track(vector, now)
+            if track is not None and vector is not None:  # back within alert_cooldown_s
+                for index, entry in enumerate(self._alerts):
+                    if entry.id == track.alert_id:  # a repeat is not news: counted only
+                        track.last_seen = now
+                        track.embeddings.append(vector)
+                        self._alerts[index] = replace(entry, last_seen=now,
+                                                      count=entry.count + 1)
+                        self._visit_entries[event.visit] = entry.id
+                        return
             entry = Entry(next(self._ids), None, None, score, now, now, 1,
                           thumbnail_jpeg(crop), best_name=event.best_name,
                           crop=np.array(crop, copy=True), visits=True)
             self._raise(entry)
+            if vector is not None:
+                self._tracks.append(_Track(entry.id, now,
+                                           deque([vector], maxlen=TRACK_EMBEDDINGS)))
             self._visit_entries[event.visit] = entry.id
             return
         self._removed = {p: t for p, t in self._removed.items()
@@ -239,6 +255,9 @@ class ActivityLog:
                         _to_front(ring, index, ended)
                     else:  # alerts stay in the order they were raised: news first
                         ring[index] = ended
+                        for track in self._tracks:  # the cooldown runs from their leaving
+                            if track.alert_id == entry_id:
+                                track.last_seen = max(track.last_seen, event.ts)
                     return
 
     # --- reading (web handlers) ---------------------------------------------------------

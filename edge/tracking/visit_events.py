@@ -47,12 +47,14 @@ class VisitEvent:
     best_crop: str | None = None
     duration_s: float | None = None
     frames: int | None = None
-    # the best crop itself, for the box's own use (the kiosk's list); never serialised
+    # the best crop itself, and the visit's fused vector, for the box's own use (the
+    # kiosk's list, its grouping of a stranger's visits); never serialised
     crop: np.ndarray | None = field(default=None, repr=False, compare=False)
+    vector: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, object]:
         data: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self)
-                                   if f.name != "crop"}
+                                   if f.name not in ("crop", "vector")}
         data["time"] = iso_time(self.ts)
         data["box"] = list(self.box)
         if self.score is not None:

@@ -334,7 +334,8 @@ class VisitEngine:
                           model_version=visit.model_version if match is not None else None,
                           best_crop=visit.crop_path if kind != STARTED else None,
                           duration_s=duration, frames=frames,
-                          crop=best.crop if best is not None and match is not None else None)
+                          crop=best.crop if best is not None and match is not None else None,
+                          vector=visit.fused if match is not None else None)
 
 
 def _thumbnail(crop: np.ndarray) -> np.ndarray:

@@ -205,6 +205,30 @@ def test_recent_recognitions_stay_newest_first_by_the_time_they_show() -> None:
     assert log.alerts()[-1].id == first_raised
 
 
+def test_a_stranger_s_visits_within_the_cooldown_are_one_alert() -> None:
+    """Per visit, each unknown visit raised an alert: a stranger whose track broke, or who
+    stepped away and back, was several alerts. Visits whose fused vectors match within
+    alert_cooldown_s now count on one alert ("2 visits"), as faces do per frame."""
+    crop = np.zeros((112, 112, 3), np.uint8)
+    rng = np.random.default_rng(0)
+    a, b = (v / np.linalg.norm(v) for v in rng.normal(size=(2, 128)).astype(np.float32))
+    a_again = (a + 0.3 * b) / np.linalg.norm(a + 0.3 * b)  # the same face, another view
+    log = ActivityLog(alert_cooldown_s=60)
+
+    def unknown(visit: str, ts: float, vector: np.ndarray, kind: str = IDENTIFIED) -> None:
+        log.record_visit(VisitEvent(kind, visit, ts, 0, (0, 0, 9, 9), name="unknown",
+                                    score=0.1, crop=crop, vector=vector))
+
+    unknown("v1", 100.0, a)
+    unknown("v1", 130.0, a, ENDED)
+    unknown("v2", 185.0, a_again)  # 55 s after the first visit ended: the same stranger
+    unknown("v3", 186.0, b)  # someone else
+    assert [(e.count, e.seen) for e in log.alerts()] == [(1, "1 visit"), (2, "2 visits")]
+    assert log.unacknowledged() == 2
+    unknown("v4", 300.0, a)  # long after: news again
+    assert len(log.alerts()) == 3
+
+
 def test_alerts_pushed_out_of_the_list_still_count_until_acknowledged() -> None:
     """The list holds the newest alert_size alerts; the badge stopped at that number
     while alerts kept coming (a walkthrough saw 30), so older unacknowledged ones
