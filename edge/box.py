@@ -129,7 +129,10 @@ class Box:
         engine = open_engine(pipeline.detector, self.gallery().path, self.inference_model(),
                              threads=self.settings.threads,
                              threshold=self._threshold(threshold),
-                             base_embedder=pipeline.embedder, swap_dir=self.models_dir)
+                             base_embedder=pipeline.embedder, swap_dir=self.models_dir,
+                             # a threshold given to the command is the one it serves at,
+                             # even when it equals the deployed one
+                             fixed_threshold=threshold is not None)
         self._closers.append(engine.close)
         return engine
 

@@ -106,7 +106,7 @@ def calibrate(deployed: float, reference_vectors: np.ndarray, model_vectors: np.
 def own_threshold(threshold: float | None, calibrated_for: float | None,
                   deployed: float) -> float | None:
     """A stored model threshold, if it was made for this deployed threshold (a command run
-    with another ``--threshold`` serves every model at that one, uncalibrated)."""
+    with ``--threshold`` serves every model at that one: ``Engine.fixed_threshold``)."""
     if threshold is None or calibrated_for is None:
         return None
     return threshold if abs(calibrated_for - deployed) < 1e-9 else None

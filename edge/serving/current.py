@@ -175,7 +175,8 @@ class PointerFollower:
 
 def open_engine(detector: FaceDetector | None, gallery_db: Path | None, base_model: Path | None,
                 threads: int, threshold: float, base_embedder: Embedder | None = None,
-                follow: bool = True, swap_dir: Path | None = None) -> Engine:
+                follow: bool = True, swap_dir: Path | None = None,
+                fixed_threshold: bool = False) -> Engine:
     """An engine serving what the swap pointer names (the base model if there is none).
 
     ``base_embedder`` (e.g. the pipeline's) is reused when the base model is served, so a
@@ -195,7 +196,7 @@ def open_engine(detector: FaceDetector | None, gallery_db: Path | None, base_mod
     snapshot = rows.snapshot(served.tag) if rows is not None else empty_snapshot(served.tag)
     own = own_threshold(served.threshold, served.calibrated_for, threshold)
     engine = Engine(detector, ServingState(served.version, embedder, snapshot, threshold=own),
-                    threshold, rows)
+                    threshold, rows, fixed_threshold)
     if follow:  # first: no refresh re-embeds a version a swap has just dropped
         follower = PointerFollower(engine, store, base_model, threads, base_embedder, seen)
         engine.follow, engine.swap_pending = follower, follower.swap_pending

@@ -79,10 +79,12 @@ class Engine:
     """Detect -> align -> embed -> match against the current ``ServingState``."""
 
     def __init__(self, detector: FaceDetector | None, state: ServingState, threshold: float,
-                 rows: GalleryRows | None = None) -> None:
+                 rows: GalleryRows | None = None, fixed_threshold: bool = False) -> None:
         # used by the frame thread only (YuNet is not thread-safe); None: no frames here
         self.detector = detector
         self.threshold = threshold  # the deployed one: the pretrained model's
+        # a command's own --threshold: every model is served at it, its own one unused
+        self.fixed_threshold = fixed_threshold
         self.rows = rows
         # The frame thread's own connection: ``PRAGMA data_version`` on it costs a few
         # microseconds and never waits for a writer (WAL), so an enrolment committed by
@@ -137,7 +139,8 @@ class Engine:
     def threshold_for(self, state: ServingState) -> float:
         """The threshold faces are named at under ``state``'s model: its own, calibrated
         when it was installed, else the deployed one."""
-        return self.threshold if state.threshold is None else state.threshold
+        return self.threshold if state.threshold is None or self.fixed_threshold \
+            else state.threshold
 
     def detect(self, bgr: np.ndarray) -> list[Face]:
         """Faces only (the per-visit engine embeds a few of them, not all)."""

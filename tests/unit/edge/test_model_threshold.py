@@ -114,9 +114,14 @@ def test_a_swapped_model_serves_at_its_stored_threshold_after_restart_and_in_fol
     other = open_engine(None, box / DB_FILENAME, optimised_sface_path(), 1, 0.50)
     assert reader.threshold_for(reader.state) == served.threshold
     assert other.state.threshold is None and other.threshold_for(other.state) == 0.50
+    # `--threshold 0.40` given to a command is 0.40, though it equals the deployed one
+    # (a walkthrough's `identify --threshold 0.40` was served at the model's own 0.25)
+    given = open_engine(None, box / DB_FILENAME, optimised_sface_path(), 1, 0.40,
+                        fixed_threshold=True)
+    assert given.threshold_for(given.state) == 0.40
     again.rollback()  # back to the pretrained model: the deployed threshold again
     assert again.engine.state.threshold is None
-    for engine in (reader, other, again.engine):
+    for engine in (reader, other, given, again.engine):
         engine.close()
 
 
