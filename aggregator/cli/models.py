@@ -30,6 +30,10 @@ def _store(state: Path) -> tuple[Store, str]:
     return Store(state), cfg.initial_model
 
 
+def _key_id(state: Path) -> str:
+    return load_config(state).key_id
+
+
 @models_app.command("list")
 @one_line_errors
 def models_list(state: StateOpt, as_json: JsonOpt = False) -> None:
@@ -62,7 +66,7 @@ def models_pin(version: Annotated[str, typer.Argument(help="a published version,
                                                       "round-2")], state: StateOpt) -> None:
     """Make the next rounds build on VERSION instead of the latest result."""
     store, _ = _store(state)
-    row = model_pins.pin(store, version)
+    row = model_pins.pin(store, version, _key_id(state))
     typer.echo(f"pinned {version} (round {row.round}): " + _TAKES_EFFECT.format(v=version))
 
 
@@ -71,7 +75,7 @@ def models_pin(version: Annotated[str, typer.Argument(help="a published version,
 def models_rollback(state: StateOpt) -> None:
     """Pin the published version before the current base (undo a bad round)."""
     store, _ = _store(state)
-    old, row = model_pins.rollback(store)
+    old, row = model_pins.rollback(store, _key_id(state))
     typer.echo(f"rolled back from {old}: pinned {row.result_model} (round {row.round}); "
                + _TAKES_EFFECT.format(v=row.result_model))
 

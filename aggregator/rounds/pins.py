@@ -77,14 +77,22 @@ def pinned(store: Store) -> str | None:
     return None if found is None else found.model
 
 
-def pin(store: Store, version: str) -> RoundRow:
+def pin(store: Store, version: str, key_id: str = "") -> RoundRow:
     """Make ``version`` (a published result whose blob is on disk) the base of the next
-    round; later rounds build on the results of rounds opened after this pin."""
+    round; later rounds build on the results of rounds opened after this pin. With the
+    federation's current ``key_id``: a result of an earlier key epoch is refused (no box
+    holding the current key can decrypt it: every box would refuse it as wrong_key and
+    sit the pinned rounds out)."""
     row = _published_row(store, version)
     if row is None:
         known = ", ".join(r.result_model or "" for r in published(store)) or "none yet"
         raise PinError(f"{version!r} is not a published model version (published: {known}); "
                        "see `fedface-aggregator models list`")
+    was_key = str(row.announce.get("key_id") or "")
+    if key_id and was_key and was_key != key_id:
+        raise PinError(f"{version} (round {row.round}) is encrypted under key {was_key[:12]}, "
+                       f"an earlier key epoch than the federation's {key_id[:12]}: no box can "
+                       "decrypt it any more; pin a version published since the rotation")
     if row.sum_blob is None or not store.blob_path(row.sum_blob).is_file():
         raise PinError(f"the result of {version} (round {row.round}) is no longer on disk: "
                        "it cannot be served to boxes again")
@@ -104,7 +112,7 @@ def unpin(store: Store) -> str | None:
     return before
 
 
-def rollback(store: Store) -> tuple[str, RoundRow]:
+def rollback(store: Store, key_id: str = "") -> tuple[str, RoundRow]:
     """Pin the version the current base was built on; returns (old base, new pin)."""
     current = current_base_row(store)
     if current is None:
@@ -113,7 +121,7 @@ def rollback(store: Store) -> tuple[str, RoundRow]:
     if parent is None:
         raise PinError(f"{current.result_model} was built on {current.base_model}, which is "
                        "not a published round result (the initial model cannot be pinned)")
-    return str(current.result_model), pin(store, str(parent.result_model))
+    return str(current.result_model), pin(store, str(parent.result_model), key_id)
 
 
 def current_base_row(store: Store) -> RoundRow | None:

@@ -176,6 +176,24 @@ def test_rollback_refusals_and_unpin_without_pin(rig: Rig) -> None:
     assert code == 2 and "no longer on disk" in out
 
 
+def test_a_version_of_an_earlier_key_epoch_cannot_be_pinned(rig: Rig) -> None:
+    """After a rotation no box can decrypt the old epoch's results: pinning one stalled
+    the federation (every box refused it as wrong_key and sat the rounds out, silently;
+    seen in a walkthrough). The pin is refused, saying why; rollback too."""
+    rig.run_round(1)
+    rig.run_round(2)
+    config = rig.state / "config.json"
+    settings = json.loads(config.read_text())
+    old_key, settings["key_id"] = settings["key_id"], "f" * 64  # what `keys install` writes
+    config.write_text(json.dumps(settings))
+    code, out = rig.cli("models", "pin", "round-1")
+    assert code == 2 and "an earlier key epoch" in out and old_key[:12] in out, out
+    code, out = rig.cli("models", "rollback")
+    assert code == 2 and "an earlier key epoch" in out, out
+    code, out = rig.cli("models", "list", "--json")
+    assert code == 0 and not any(r["pinned"] for r in json.loads(out))
+
+
 def test_pin_survives_a_restart_and_republishes_the_base(rig: Rig) -> None:
     for seed in (1, 2):
         rig.run_round(seed)
