@@ -185,8 +185,9 @@ def _check_same_key(ctx: FederationContext, key_id: str, slots: int) -> None:
     if key_id != ctx.key_id:
         raise FederationError(
             WRONG_KEY,
-            f"update was encrypted under federation key {key_id}, this context is key "
-            f"{ctx.key_id}: the box or the aggregator holds another federation's keys",
+            # an update to the aggregator or a result to a box: the same framing
+            f"encrypted under federation key {key_id}, this context is key {ctx.key_id}: "
+            "of an earlier key epoch (after a rotation), or another federation's",
         )
     if slots != ctx.params.slots:
         raise FederationError(MALFORMED, f"update uses {slots} slots, federation uses "
