@@ -72,6 +72,7 @@ class RoundJoiner:
         # announce min_new_samples (edge.federated.round_gate): new enrolled crops are counted from
         # the start of the last sent update's training (None: never sent, always join)
         self._samples_mark = samples_mark(state)
+        self._previous_mark = samples_mark(state, "previous_samples_mark")
         self._job_mark: float | None = None
         self._sat_out = (0, 0.0)  # (round, monotonic time) it last checked and sat out
         self.announce: RoundAnnounce | None = None
@@ -103,6 +104,11 @@ class RoundJoiner:
                   f"{ann.base_model}")
         log.info("round %d: %s", sent, detail)
         self.verdicts.record(sent, None, "no_result", detail)
+        # the samples that update carried were never aggregated: new again (a box that
+        # enrolled people for that round must not sit the next one out and lose them)
+        self._samples_mark = self._previous_mark
+        save_client_state(self._state_path, self.last_submitted, self._samples_mark,
+                          self._previous_mark)
         self._publish_status()
 
     def maybe_join(self) -> None:
@@ -229,8 +235,9 @@ class RoundJoiner:
             self.events.emit("error", round_no, {"error": str(error)})
             return
         self.last_submitted = max(self.last_submitted, round_no)
-        self._samples_mark = self._job_mark
-        save_client_state(self._state_path, self.last_submitted, self._samples_mark)
+        self._previous_mark, self._samples_mark = self._samples_mark, self._job_mark
+        save_client_state(self._state_path, self.last_submitted, self._samples_mark,
+                          self._previous_mark)
         self.events.emit("submitted", round_no, stats)
         # replaces a "sat out" said before new people were enrolled in the same round
         self.verdicts.record(round_no, None, "submitted",

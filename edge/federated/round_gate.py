@@ -83,11 +83,16 @@ def load_client_state(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def save_client_state(path: Path, last_submitted: int, samples_mark: float | None) -> None:
+def save_client_state(path: Path, last_submitted: int, samples_mark: float | None,
+                      previous_mark: float | None = None) -> None:
+    """``previous_mark``: the mark before the last sent update, restored when the round it
+    went to closes without a result (its samples were never aggregated)."""
     write_atomic(path, json.dumps({"last_submitted_round": last_submitted,
-                                   "samples_mark": samples_mark}).encode(), mode=0o600)
+                                   "samples_mark": samples_mark,
+                                   "previous_samples_mark": previous_mark}).encode(),
+                 mode=0o600)
 
 
-def samples_mark(state: dict[str, Any]) -> float | None:
-    value = state.get("samples_mark")
+def samples_mark(state: dict[str, Any], key: str = "samples_mark") -> float | None:
+    value = state.get(key)
     return float(value) if isinstance(value, (int, float)) else None

@@ -129,7 +129,9 @@ def test_a_box_with_nothing_new_sits_out_and_joins_once_it_has_enough(
         assert status("a")["not_joining"]["round"] == 2
         time.sleep(0.5)  # many ticks: still sitting out, said once, nothing trained
         assert kinds("a", 2) == ["sitting_out"]
-        assert store.get_round(2).contributions == 1  # type: ignore[union-attr]
+        # "submitted" is said when the update is sealed and queued: its ack comes after
+        wait_for(lambda: store.get_round(2).contributions == 1,  # type: ignore[union-attr]
+                 SLOW, "a's round-2 update accepted")
         # the round waits (quorum 2); a technician enrols two crops on a: it joins round 2
         samples["a"].enrol(2)
         wait_for(lambda: a.version == "round-2" and b.version == "round-2", SLOW, "round 2")
@@ -219,7 +221,9 @@ def test_a_box_that_joins_a_round_it_first_sat_out_says_it_sent_and_when_no_resu
         samples["a"].enrol(3)
         wait_for(lambda: verdict(2)[0] == "submitted", SLOW, "a's verdict: submitted")
         assert verdict(2)[1] == "update of 50 samples sent"  # the drift trainer says 50
-        assert store.get_round(2).contributions == 1  # type: ignore[union-attr]
+        # "submitted" is said when the update is sealed and queued: its ack comes after
+        wait_for(lambda: store.get_round(2).contributions == 1,  # type: ignore[union-attr]
+                 SLOW, "a's round-2 update accepted")
         wait_for(lambda: verdict(2)[0] == "no_result", SLOW, "a's verdict: no result")
         assert store.get_round(2).status == "failed"  # type: ignore[union-attr]
         assert verdict(2)[1] == ("the round closed without a result; round 3 opened on "
@@ -231,6 +235,11 @@ def test_a_box_that_joins_a_round_it_first_sat_out_says_it_sent_and_when_no_resu
             "round 2: no result (the round closed without a result; "
             "round 3 opened on round-1)"]
         assert clients["a"].version == "round-1"  # still serving the last result
+        # the 3 people enrolled for round 2 were never aggregated: a joins round 3 with
+        # them (it sat it out, "0 new samples since round 2", and they were lost)
+        wait_for(lambda: verdict(3)[0] in ("submitted", "sat_out"), SLOW,
+                 "a's verdict on round 3")
+        assert verdict(3)[0] == "submitted", verdict(3)
     finally:
         for c in clients.values():
             c.stop()
