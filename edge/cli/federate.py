@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from edge.federated.api import ClientEvent
 
 
+BROKER_WAIT_S = 15.0  # join: time to connect before it says it cannot
+
+
 def demo(
     faces: Annotated[Path, typer.Option(
         "--faces", help="Folder with one sub-folder of photos per person (e.g. LFW).")],
@@ -136,6 +139,12 @@ def join(
     client.start()
     if client.revoked is None:
         typer.echo(f"{device_id} joined federation {fed} via {broker}; model {client.version}")
+        if not stop.is_set() and not client.transport.wait_connected(BROKER_WAIT_S):
+            # a wrong URL, port or certificate: said, not left to a silent retry loop
+            typer.echo(f"warning: the broker at {broker} has not accepted this box's "
+                       f"connection in {BROKER_WAIT_S:.0f} s; retrying in the background "
+                       "(`fedface-edge doctor` checks the broker, the certificates and the "
+                       "clock)", err=True)
     # A revoked box stops for good (exit 8: the service manager must not restart it;
     # firmware_scripts/systemd/fedface-join.service.in).
     while client.revoked is None and not stop.wait(1.0):

@@ -347,8 +347,11 @@ class MqttTransport:
             if filters:
                 self._send_subscribe(filters)
             self._connected.set()
-        log.info("MQTT connected to %s:%s as %s (session present: %s)",
-                 self.url.host, self.url.port, self.client_id, flags.session_present)
+        # a reconnection is said at the level its loss was (warning), not below it
+        log.log(logging.WARNING if self.connects > 1 else logging.INFO,
+                "MQTT %s to %s:%s as %s (session present: %s)",
+                "reconnected" if self.connects > 1 else "connected", self.url.host,
+                self.url.port, self.client_id, flags.session_present)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()

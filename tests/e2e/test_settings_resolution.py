@@ -14,7 +14,7 @@ import pytest
 
 from edge.config import CONFIG_NAME, ConfigError, resolve_settings
 from edge.gallery.store import DB_FILENAME
-from tests.support.broker import MosquittoBroker
+from tests.support.broker import MosquittoBroker, free_port
 from tests.support.provisioning import edit_config, provision_box, start_federation
 
 EDGE = str(Path(sys.executable).parent / "fedface-edge")
@@ -132,6 +132,37 @@ def test_join_with_config_uses_the_files_data_dir(
         proc.wait(30)
     assert not stray.exists()  # nothing read or created outside the configured data dir
     assert (box / "federation").is_dir() and (box / DB_FILENAME).exists()
+
+
+@pytest.mark.mosquitto
+def test_join_says_when_the_broker_does_not_accept_the_box(
+        tmp_path: Path, mosquitto_factory: Callable[..., MosquittoBroker],
+        lfw_dir: Path) -> None:
+    """A wrong broker port in edge.toml: join printed 'joined federation ...' and then
+    nothing, -v or not (a walkthrough waited 90 s). It now says so, and keeps retrying."""
+    fed = start_federation(tmp_path, mosquitto_factory)
+    box = provision_box(fed, "box-off", f"dir:{lfw_dir / 'Tony_Blair'}")
+    dead = f"mqtts://localhost:{free_port()}"
+    edit_config(box, "broker", "url", dead)
+    env = dict(os.environ, HOME=str(tmp_path / "home"))
+    env.pop("FEDFACE_CONFIG", None)
+    log = tmp_path / "join.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([EDGE, "--data-dir", str(box), "join", "--part", "embed_bn"],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 150
+        while "has not accepted this box's connection" not in log.read_text(errors="replace"):
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        assert proc.poll() is None  # still retrying: the broker may come back
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    text = log.read_text(errors="replace")
+    assert f"warning: the broker at {dead} has not accepted" in text
+    assert "fedface-edge doctor" in text
 
 
 @pytest.mark.mosquitto
