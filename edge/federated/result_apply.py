@@ -243,11 +243,28 @@ class ResultApplier:
     def base_vector(self, version: str) -> np.ndarray | None:
         """The vector of ``version`` if the box can train from it: the model it serves,
         or the result its canary declined (None: the box lacks that model)."""
+        self._follow_sink()
         if version == self.version:
             return self.vector
         if self.declined is not None and self.declined[0] == version:
             return self.declined[1]
         return None
+
+    def _follow_sink(self) -> None:
+        """What the box serves may have been moved by another process: `fedface-edge model
+        rollback` while `join` runs (the sink follows the swap pointer). Federate from
+        that, not from the version rolled back from, which the box now refuses: the rounds
+        built on it are sat out, as the docs say (a walkthrough saw a box train round 21
+        from the round-20 its technician had rolled back)."""
+        served = self._served_by_sink()
+        if served is None or served[0] == self.version:
+            return
+        if self.declined is not None and self.declined[0] == served[0]:
+            return
+        log.warning("now federating from %s, which this box serves (the served model was "
+                    "changed outside this process, e.g. by model rollback; was %s)",
+                    served[0], self.version)
+        self.version, self.vector = served
 
     def _served_by_sink(self) -> tuple[str, np.ndarray] | None:
         served_vector = getattr(self.sink, "served_vector", None)
