@@ -213,8 +213,9 @@ def serve(
                                          schedule.describe(), min_new_samples)
     logging.getLogger("aggregator").info(
         "bounds: %s", "off (no cap on a box's weight)" if bounds is None else
-        f"n capped at {bounds.max_samples} per update, delta clipped to "
-        f"{bounds.clip_norm if bounds.clip_norm else 'no'} L2")
+        f"n capped at {bounds.max_samples} per update, "
+        + (f"delta clipped to L2 norm {bounds.clip_norm:g}" if bounds.clip_norm
+           else "delta not clipped"))
     if dp is not None:
         logging.getLogger("aggregator").info("%s", regional_cli.describe_dp(dp))
     links = [transport]

@@ -21,8 +21,15 @@ from aggregator.state.store import Store
 models_app = typer.Typer(help="Federated model versions (published round results).",
                          no_args_is_help=True)
 
-_TAKES_EFFECT = ("the round open now finishes on its base; the next round builds on {v} "
-                 "(boxes fetch it from the broker, re-published by the aggregator)")
+_NEXT_ROUND = ("the next round builds on {v} (boxes fetch it from the broker, "
+               "re-published by the aggregator)")
+
+
+def _takes_effect(store: Store, version: str | None) -> str:
+    latest = store.latest_round()
+    open_now = latest is not None and latest.status == "open"
+    return (f"round {latest.round}, open now, finishes on its base; " if open_now and latest
+            else "") + _NEXT_ROUND.format(v=version)
 
 
 def _store(state: Path) -> tuple[Store, str]:
@@ -67,7 +74,7 @@ def models_pin(version: Annotated[str, typer.Argument(help="a published version,
     """Make the next rounds build on VERSION instead of the latest result."""
     store, _ = _store(state)
     row = model_pins.pin(store, version, _key_id(state))
-    typer.echo(f"pinned {version} (round {row.round}): " + _TAKES_EFFECT.format(v=version))
+    typer.echo(f"pinned {version} (round {row.round}): " + _takes_effect(store, version))
 
 
 @models_app.command("rollback")
@@ -77,7 +84,7 @@ def models_rollback(state: StateOpt) -> None:
     store, _ = _store(state)
     old, row = model_pins.rollback(store, _key_id(state))
     typer.echo(f"rolled back from {old}: pinned {row.result_model} (round {row.round}); "
-               + _TAKES_EFFECT.format(v=row.result_model))
+               + _takes_effect(store, row.result_model))
 
 
 @models_app.command("unpin")

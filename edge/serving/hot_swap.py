@@ -299,8 +299,10 @@ class HotSwapper:
             if pointer is None or pointer.previous is None:
                 raise HotSwapError("there is no previous model to roll back to",
                                    hint="see `fedface-edge model status`")
-            return pointer.previous, f"rolled back by operator from {pointer.current.version}"
-        return cast(SwapReport, self._go_back(target, "rolled back by operator", "rolled_back"))
+            return pointer.previous, (f"rolled back on this box (model rollback) from "
+                                      f"{pointer.current.version}")
+        return cast(SwapReport, self._go_back(target, "rolled back on this box (model "
+                                              "rollback)", "rolled_back"))
 
     def serve_initial(self, reason: str) -> SwapReport | None:
         """The federation went back to its initial model (``aggregator.rounds.poison``):

@@ -112,7 +112,8 @@ def test_pin_rollback_unpin_and_what_boxes_are_told(rig: Rig) -> None:
 
     code, out = rig.cli("models", "pin", "round-1")
     assert code == 0, out
-    assert "the next round builds on round-1" in out
+    # round 4 is open (the service opened it after round 3): said as such
+    assert "round 4, open now, finishes on its base; the next round builds on round-1" in out
     assert [(r["model"], r["pinned"], r["next_base"]) for r in rig.models()] == [
         ("round-1", True, True), ("round-2", False, False), ("round-3", False, False)]
     # round 4 was open when the pin was set: it finishes on round-3 ...
