@@ -27,6 +27,24 @@ def edge_cli(*args: str, timeout: float = 300, **env: str) -> subprocess.Complet
                           timeout=timeout)
 
 
+def join_until(args: list[str], env: dict[str, str], log: Path, text: str,
+               timeout: float) -> str:
+    """Run ``fedface-edge ARGS`` until its output says ``text`` (it must not exit first),
+    then stop it; returns the output."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen([EDGE, *args], stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + timeout
+        while text not in log.read_text(errors="replace"):
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.3)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return log.read_text(errors="replace")
+
+
 def provisioned_config(root: Path, data_dir: Path, threads: int = 3) -> Path:
     """A box config as `provision` writes it (only the sections' required keys)."""
     root.mkdir(parents=True, exist_ok=True)
@@ -117,19 +135,8 @@ def test_join_with_config_uses_the_files_data_dir(
     stray = tmp_path / "stray-default"
     env = dict(os.environ, FEDFACE_DATA_DIR=str(stray), HOME=str(tmp_path / "home"))
     env.pop("FEDFACE_CONFIG", None)
-    log = tmp_path / "join.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([EDGE, "join", "--config", str(box / CONFIG_NAME), "--part",
-                                 "embed_bn"], stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + 120
-        while "joined federation" not in log.read_text(errors="replace"):
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    join_until(["join", "--config", str(box / CONFIG_NAME), "--part", "embed_bn"], env,
+               tmp_path / "join.log", "joined federation", 120)
     assert not stray.exists()  # nothing read or created outside the configured data dir
     assert (box / "federation").is_dir() and (box / DB_FILENAME).exists()
 
@@ -146,21 +153,9 @@ def test_join_says_when_the_broker_does_not_accept_the_box(
     edit_config(box, "broker", "url", dead)
     env = dict(os.environ, HOME=str(tmp_path / "home"))
     env.pop("FEDFACE_CONFIG", None)
-    log = tmp_path / "join.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([EDGE, "--data-dir", str(box), "join", "--part", "embed_bn"],
-                                stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + 150
-        while "has not accepted this box's connection" not in log.read_text(errors="replace"):
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.5)
-        assert proc.poll() is None  # still retrying: the broker may come back
-    finally:
-        proc.terminate()
-        proc.wait(30)
-    text = log.read_text(errors="replace")
+    # still running when it says so: it keeps retrying (the broker may come back)
+    text = join_until(["--data-dir", str(box), "join", "--part", "embed_bn"], env,
+                      tmp_path / "join.log", "has not accepted this box's connection", 150)
     assert f"warning: the broker at {dead} has not accepted" in text
     assert "fedface-edge doctor" in text
 
