@@ -140,7 +140,8 @@ class Box:
         from edge.serving.recognizer import Recognizer
 
         chosen = self._threshold(threshold)
-        return Recognizer(self.pipeline(), self.gallery(), chosen, engine=self.engine(chosen))
+        # the engine is told whether a threshold was given (None: each model's own)
+        return Recognizer(self.pipeline(), self.gallery(), chosen, engine=self.engine(threshold))
 
     # --- model versions, training, federation --------------------------------------------
     def model_sink(self, part: FederatedPart, background: bool = True) -> HotSwapper:

@@ -162,6 +162,12 @@ def test_demo_against_mosquitto(lfw_dir: Path, tmp_path: Path, mosquitto) -> Non
     assert found.returncode in (0, 3), found.stderr  # 3: a photo without a face
     reports = [json.loads(line) for line in found.stdout.splitlines() if line.strip()]
     assert reports and {r["threshold"] for r in reports} == {pointer["threshold"]}
+    # a threshold given to the command is served, even the deployed 0.40 (it was taken
+    # for none: a walkthrough's `identify --threshold 0.40` named a stranger at 0.256)
+    given = _box_cli(box, "identify", str(photos[0]), "--json", "--threshold", "0.40")
+    assert given.returncode in (0, 3), given.stderr
+    assert {json.loads(line)["threshold"] for line in given.stdout.splitlines()
+            if line.strip()} == {0.4}
 
 
 def _assert_clear_error(proc: subprocess.CompletedProcess[str], text: str) -> None:
