@@ -9,6 +9,9 @@ from typing import Annotated, Any
 import typer
 
 from edge.cli.context import box
+from edge.cli.errors import EXIT_PROVISIONING
+
+HEADER_READ = 1 << 16  # a context's header is well inside this (federation.crypto.ckks)
 
 
 def status(
@@ -17,11 +20,12 @@ def status(
         "--config", help="Config file (default FEDFACE_CONFIG or DATA_DIR/edge.toml).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Device id, federation, broker, certificate expiry, federated model, outbox, kiosk
-    password. A box not provisioned (a kiosk on its own) shows its model and kiosk."""
+    """Device id, federation, the key it holds, broker, certificate expiry, federated
+    model, outbox, kiosk password. A box not provisioned (a kiosk on its own) shows its
+    model and kiosk. Exits 8 when the box was revoked."""
     from edge.doctor import check_certificate
     from edge.federated.outbox import Outbox
-    from edge.federated.revocation import REPROVISION, revocation_state
+    from edge.federated.revocation import revocation_state
     from edge.kiosk.auth import PasswordStore
     from edge.serving.versions import BASE_VERSION, SwapStore
     from federation.messages import result_round
@@ -44,6 +48,7 @@ def status(
     info: dict[str, Any] = {
         "device_id": cfg.box.device_id, "fed": cfg.box.fed, "broker": cfg.broker.url,
         "camera": cfg.camera.source, "key_id": cfg.federation.key_id,
+        "key": _held_key(cfg.federation.secret_context, cfg.federation.key_id),
         "certificate": {"ok": cert.ok, "detail": cert.detail},
         "model": None if current is None else {"version": current.version,
                                                "round": result_round(current.version)},
@@ -55,18 +60,46 @@ def status(
     }
     if as_json:
         typer.echo(json.dumps(info, indent=2))
-        return
-    typer.echo(f"device      {info['device_id']} (federation {info['fed']}, key {info['key_id']})")
+    else:
+        _print(info, cert.ok, cert.detail, revoked)
+    if revoked is not None:  # for a monitoring script: this box is out of its federation
+        raise typer.Exit(EXIT_PROVISIONING)
+
+
+def _print(info: dict[str, Any], cert_ok: bool, cert_detail: str, revoked: Any) -> None:
+    from edge.federated.revocation import REPROVISION
+
+    typer.echo(f"device      {info['device_id']} (federation {info['fed']})")
+    typer.echo(f"key         {info['key']['detail']}")
     typer.echo(f"broker      {info['broker']}")
     typer.echo(f"camera      {info['camera']}")
-    typer.echo(f"certificate {'ok' if cert.ok else 'NOT OK'}: {cert.detail}")
+    typer.echo(f"certificate {'ok' if cert_ok else 'NOT OK'}: {cert_detail}")
     if revoked is not None:
         typer.echo(f"REVOKED     {revoked.summary()}: {REPROVISION}")
     model = info["model"]
     typer.echo("model       " + (f"{model['version']} (round {model['round']})" if model
                                  else "pretrained base (no federated result applied yet)"))
-    typer.echo(f"outbox      {pending} update(s) waiting for an ack")
+    typer.echo(f"outbox      {info['pending_updates']} update(s) waiting for an ack")
     typer.echo(f"kiosk       password {'set' if info['kiosk_password_set'] else 'NOT set'}")
+
+
+def _held_key(secret_context: Path, provisioned: str) -> dict[str, Any]:
+    """The CKKS key the box holds now: a key rotation replaces the secret context, not the
+    config's ``key_id`` (the key it was provisioned with). Only the file's header is read."""
+    from federation.crypto.ckks import read_context_header
+    from federation.errors import FederationError
+
+    try:
+        with open(secret_context, "rb") as fh:
+            head = read_context_header(fh.read(HEADER_READ))
+    except (OSError, FederationError) as exc:
+        return {"key_id": None, "epoch": None, "provisioned_with": provisioned,
+                "detail": f"{provisioned} (provisioned; cannot read {secret_context}: "
+                          f"{getattr(exc, 'message', None) or exc})"}
+    detail = head.key_id if head.key_id == provisioned and head.epoch == 0 else \
+        f"{head.key_id} (key epoch {head.epoch}; provisioned with {provisioned})"
+    return {"key_id": head.key_id, "epoch": head.epoch, "provisioned_with": provisioned,
+            "detail": detail}
 
 
 def _unprovisioned(ctx: typer.Context, as_json: bool, model: str | None) -> None:

@@ -34,6 +34,7 @@ import os
 import struct
 import tempfile
 from dataclasses import dataclass, field
+from typing import Any
 
 import tenseal as ts
 import zstandard
@@ -213,8 +214,20 @@ def secret_context_bytes(fctx: FederationContext) -> bytes:
     return _context_bytes(fctx, secret=True)
 
 
-def load_context(data: bytes) -> FederationContext:
-    """Parse a context container written by ``public_context_bytes``/``secret_context_bytes``."""
+@dataclass(frozen=True)
+class ContextHeader:
+    """What a context container says of itself, read without loading the key material."""
+
+    key_id: str
+    secret: bool
+    epoch: int
+    header: dict[str, Any]
+    body_offset: int
+
+
+def read_context_header(data: bytes) -> ContextHeader:
+    """The container's header (cheap: ``fedface-edge status`` shows the key a box holds
+    after a rotation without loading TenSEAL's keys). Raises FederationError(MALFORMED)."""
     if len(data) < 8 or data[:4] != CONTEXT_MAGIC:
         raise FederationError(MALFORMED, "not a FedFace CKKS context (bad magic)")
     (hlen,) = _HEADER_LEN.unpack_from(data, 4)
@@ -233,16 +246,22 @@ def load_context(data: bytes) -> FederationContext:
     epoch = header.get("epoch", 0)  # absent: a context written before key epochs
     if type(epoch) is not int or epoch < 0:
         raise FederationError(MALFORMED, "CKKS context header has an invalid epoch")
-    params = CkksParams.from_dict(header.get("params"))
+    return ContextHeader(key_id, secret, epoch, header, 8 + hlen)
+
+
+def load_context(data: bytes) -> FederationContext:
+    """Parse a context container written by ``public_context_bytes``/``secret_context_bytes``."""
+    head = read_context_header(data)
+    params = CkksParams.from_dict(head.header.get("params"))
     try:
-        ctx = ts.context_from(data[8 + hlen :])
+        ctx = ts.context_from(data[head.body_offset :])
     except Exception as exc:  # TenSEAL raises bare ValueError/RuntimeError on bad bytes
         raise FederationError(MALFORMED, f"TenSEAL could not load the context: {exc}") from None
-    if bool(ctx.is_private()) != secret:
+    if bool(ctx.is_private()) != head.secret:
         raise FederationError(MALFORMED, "CKKS context header disagrees with its key material")
-    if not secret:
+    if not head.secret:
         ctx.global_scale = params.scale
-    return FederationContext(context=ctx, key_id=key_id, params=params, epoch=epoch)
+    return FederationContext(context=ctx, key_id=head.key_id, params=params, epoch=head.epoch)
 
 
 def require_public_only(fctx: FederationContext) -> None:

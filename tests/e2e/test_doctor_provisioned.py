@@ -69,6 +69,25 @@ def test_provision_then_doctor_all_green(fed: Federation, camera: str) -> None:
     assert code == 0 and '"device_id": "box-1"' in out and '"kiosk_password_set": true' in out
 
 
+def test_status_shows_the_key_a_rotation_installed(fed: Federation, camera: str) -> None:
+    """A key epoch replaces the secret context, not the config's key_id: status and doctor
+    name the key the box holds now (they showed the provisioning key's id before)."""
+    from federation.crypto.ckks import new_secret_context, secret_context_bytes
+    from federation.crypto.keys import write_secret_file
+
+    box = provision_box(fed, "box-4", camera)
+    provisioned = load_box_config(box / "edge.toml").federation.key_id
+    code, out = edge(box, "status")
+    assert code == 0 and f"key         {provisioned}\n" in out, out
+    epoch = new_secret_context(epoch=1)  # what edge.federated.epochs installs
+    write_secret_file(box / "keys" / "federation-secret.tenseal",
+                      secret_context_bytes(epoch), overwrite=True)
+    code, out = edge(box, "status")
+    assert code == 0, out
+    assert f"key         {epoch.key_id} (key epoch 1; provisioned with {provisioned})" in out
+    assert f"key {epoch.key_id} (key epoch 1" in edge(box, "doctor")[1]
+
+
 def test_doctor_before_the_certificate_is_installed(fed: Federation, camera: str) -> None:
     box = provision_box(fed, "box-2", camera, sign=False)
     bad = failing(box)

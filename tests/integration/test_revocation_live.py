@@ -123,10 +123,10 @@ def test_revoke_cuts_live_session_and_tells_the_box(
         assert "box recorded the revocation notice" in out, out
         assert not client.transport.connected
         code, status = edge(lost_dir, "status")
-        assert code == 0, status
+        assert code == 8, status  # revoked: a monitoring script sees it in the exit code
         assert "REVOKED" in status and "revoked by the federation" in status, status
         code, status = edge(keep_dir, "status")
-        assert "REVOKED" not in status, status
+        assert code == 0 and "REVOKED" not in status, status
 
         from edge.doctor import check_broker
         from edge.federated.revocation import revocation_state
