@@ -254,7 +254,7 @@ class VisitEngine:
         return [*events, self._end(visit, frame, ts)]
 
     def _new_visit(self, track: Track, frame: int, ts: float) -> Visit:
-        return Visit(f"{int(ts * 1000):x}-{track.track_id}", track, ts, frame, checked_ts=ts)
+        return Visit(visit_id(ts, track), track, ts, frame, checked_ts=ts)
 
     def _someone_else(self, visit: Visit, attempt: Attempt, state: ServingState) -> bool:
         """Is the newly embedded view clearly not the visit's person?"""
@@ -272,8 +272,8 @@ class VisitEngine:
         doubt = visit.doubt
         assert doubt is not None
         self.splits += 1
-        newcomer = Visit(f"{int(doubt.ts * 1000):x}-{visit.track.track_id}", visit.track,
-                         doubt.ts, doubt.frame, checked_ts=ts, thumb=visit.thumb,
+        newcomer = Visit(visit_id(doubt.ts, visit.track), visit.track, doubt.ts, doubt.frame,
+                         checked_ts=ts, thumb=visit.thumb,
                          frames=visit.frames - doubt.frames_before, last_ts=ts,
                          previous_ts=visit.last_ts)
         visit.frames, visit.last_ts = doubt.frames_before, doubt.last_ts_before
@@ -336,6 +336,11 @@ class VisitEngine:
                           duration_s=duration, frames=frames,
                           crop=best.crop if best is not None and match is not None else None,
                           vector=visit.fused if match is not None else None)
+
+
+def visit_id(ts: float, track: Track) -> str:
+    """Unique on the box: the visit's start in ms (hex) and its track."""
+    return f"{int(ts * 1000):x}-{track.track_id}"
 
 
 def _thumbnail(crop: np.ndarray) -> np.ndarray:
