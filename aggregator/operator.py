@@ -23,7 +23,7 @@ import signal
 import subprocess
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from aggregator.pki import issue as pki_issue
 from aggregator.pki.broker_config import publish_crl
 from aggregator.pki.live import cut_live_session
 from aggregator.state.config import PUBLIC_CONTEXT_NAME, AggregatorConfig, PkiConfig
+from aggregator.state.presence import load_presence, shown, status_entry
 from aggregator.state.registry import DeviceRegistry, RegistryError, validate_device_id
 from aggregator.state.store import Store
 from federation.crypto.epochs import verify_exchange_key
@@ -198,24 +199,13 @@ def reload_broker(p: PkiConfig) -> str:
     return "reload the broker yourself (systemctl reload mosquitto): no reload configured"
 
 
-def _last_swap(value: Any) -> dict[str, Any] | None:
-    """The box's last hot-swap event (swapped / refused / rolled_back), as plain scalars:
-    a box reports there that it refused a federated model its canary rejected."""
-    if not isinstance(value, dict):
-        return None
-    kept: dict[str, Any] = {}
-    for key in ("event", "version", "reason"):
-        if isinstance(value.get(key), str):
-            # a box's text reaches the operator's terminal: printable characters only
-            kept[key] = "".join(c for c in value[key] if c.isprintable())[:300]
-    if isinstance(value.get("at"), int | float) and not isinstance(value["at"], bool):
-        kept["at"] = float(value["at"])
-    return kept if "event" in kept else None
-
-
 def device_statuses(cfg: AggregatorConfig, store: Store, wait: float = 2.0) -> dict[str, Any]:
     """Retained status of each device (its last will says offline), signature-checked
-    against the registry. Needs the ``broker`` section of the config."""
+    against the registry. Needs the ``broker`` section of the config.
+
+    A retained last will older than the last online status ``serve`` recorded
+    (aggregator.state.presence) is shown with that status's model, verdicts and last
+    swap, offline since serve heard the will (``last_reported``, ``offline_since``)."""
     from federation import topics
     from federation.crypto.signing import KeyRing
     from federation.envelope import decode, verify_envelope
@@ -236,12 +226,7 @@ def device_statuses(cfg: AggregatorConfig, store: Store, wait: float = 2.0) -> d
         try:
             env = decode(payload)
             verify_envelope(env, ring, fed=cfg.fed)
-            status = DeviceStatus.from_json(env.payload)
-            entry = {"state": status.state, "model": status.model,
-                     "ts": float(env.ts if status.ts is None else status.ts),
-                     "last_swap": _last_swap(status.sink.get("last_swap")),
-                     # what each recent round did for the box (federation.verdicts)
-                     "verdicts": [asdict(v) for v in status.verdicts]}
+            entry = status_entry(DeviceStatus.from_json(env.payload), env.ts)
         except (FederationError, ValueError) as exc:
             entry = {"state": "invalid", "model": None, "ts": None, "error": str(exc)}
         with lock:
@@ -257,8 +242,9 @@ def device_statuses(cfg: AggregatorConfig, store: Store, wait: float = 2.0) -> d
         time.sleep(wait)  # retained messages arrive right after SUBACK
     finally:
         transport.close()
+    recorded = load_presence(store.db)  # what serve heard before a box's will
     with lock:
-        return dict(seen)
+        return {device: shown(entry, recorded.get(device)) for device, entry in seen.items()}
 
 
 def install_key_epoch(state_dir: Path, cfg: AggregatorConfig, epoch_dir: Path

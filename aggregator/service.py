@@ -77,6 +77,7 @@ from aggregator.intake.delivery import (
     Rejection,
     SpooledUpdate,
 )
+from aggregator.intake.presence import PresenceRecorder
 from aggregator.intake.ratelimit import RATE_LIMITED, RateLimiter, count_dropped
 from aggregator.intake.shards import IntakeShards
 from aggregator.intake.spool import DiskReassembler
@@ -188,9 +189,10 @@ class AggregatorService:
         # Where the delivery thread (or the intake shards) and the worker meet.
         self._queue: queue.Queue[Item | VerdictReport] = queue.Queue()
         self.intake = DeliveryIntake(fed_id, self.spool, self._queue, rate_limiter)
-        # the boxes' verdicts on results, from their retained statuses: the evidence
-        # that a round is poisoned (aggregator.rounds.poison)
-        self.statuses = StatusIntake(fed_id, lambda: self.intake.keys, self._queue.put)
+        # the boxes' statuses: their verdicts on results, the evidence that a round is
+        # poisoned (aggregator.rounds.poison), and their presence (aggregator.intake.presence)
+        self.statuses = StatusIntake(fed_id, lambda: self.intake.keys, self._queue.put,
+                                     PresenceRecorder(store.state_dir, clock=clock))
         self.publisher = Publisher(
             transport, signing_key, fed_id, aggregator_id, self.settings.chunk_size
         )
@@ -344,8 +346,8 @@ class AggregatorService:
             self.intake_shards.forget(device, msg)
 
     def close(self) -> None:
-        """Stop the intake shards and the summing workers (the transport and
-        store are the caller's)."""
+        """Stop intake shards, presence recorder, summing workers (not transport, store)."""
+        self.statuses.close()
         if self.intake_shards is not None:
             self.intake_shards.close()
         self.coordinator.accumulators.close()

@@ -244,8 +244,9 @@ def status(
     no_broker: Annotated[bool, Opt("--no-broker", help="skip device online/offline")] = False,
     wait: Annotated[float, Opt(help="seconds to collect retained statuses")] = 2.0,
 ) -> None:
-    """Devices online/offline (their retained status / last will), the open round,
-    recent results, rejection counters."""
+    """Devices online/offline (their retained status / last will; a box gone without a
+    clean stop: the last model it reported, offline since serve heard its will), the
+    open round, recent results, rejection counters."""
     cfg = load_config(state)
     store = Store(state)
     live: dict[str, Any] = {}
@@ -258,7 +259,12 @@ def status(
                         "revoked", "state": st.get("state", "unknown" if live or not
                                                    cfg.broker else "never seen"),
                         "model": st.get("model"), "since": st.get("ts"),
-                        "last_swap": st.get("last_swap"), "verdicts": st.get("verdicts", [])})
+                        "last_swap": st.get("last_swap"), "verdicts": st.get("verdicts", []),
+                        # gone without a clean stop: model, verdicts and last swap of its
+                        # last online status, as serve recorded it (aggregator.state.presence)
+                        "last_reported": bool(st.get("last_reported")),
+                        "offline_since": st.get("offline_since"),
+                        "last_online": st.get("last_online")})
     latest = store.latest_round()
     results = [{"round": r.round, "model": r.result_model, "updates": r.contributions,
                 "closed_at": r.closed_at}
@@ -297,6 +303,8 @@ def _print_status(info: dict[str, Any]) -> None:
         typer.echo(f"{d['device_id']:20s} {d['registered']:9s} {d['state']:10s} "
                    f"{d['model'] or '-'!s:18s} {_age(d['since'])}")
     for d in info["device_status"]:
+        if d.get("last_reported"):
+            typer.echo(f"  {d['device_id']} {_gone(d)}")
         verdicts = [v for v in map(Verdict.from_dict, d.get("verdicts") or []) if v]
         # the box's own judgement of the last result it received, and what it did in
         # the latest round since (sat it out, sent its update, or saw it end without one)
@@ -333,6 +341,16 @@ def _print_status(info: dict[str, Any]) -> None:
                    "rotate the key (docs/operations.md, 'Rotating the federation key')")
     for name, value in info["counters"].items():
         typer.echo(f"  {name}: {value}")
+
+
+def _gone(d: dict[str, Any]) -> str:
+    """A box whose retained status is its last will, older than its last online status
+    serve recorded: it vanished (kill -9, power loss), and the will is from its connect."""
+    when = (f"offline since {local_time(d['offline_since'])} (serve heard its last will)"
+            if d.get("offline_since") is not None else
+            "offline, since when is unknown (serve was not listening when its last will came)")
+    return (f"{when}; {d['model']} is the last model the box reported (in its online "
+            f"status of {local_time(d.get('last_online'))}); it went away without a clean stop")
 
 
 def poisoned_lines(p: dict[str, Any]) -> str:

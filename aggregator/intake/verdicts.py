@@ -15,24 +15,36 @@ its status on every reconnect). The status topic is retained, so a restarted ser
 hears every box's latest verdicts again. Statuses are not put through the updates'
 rate limiter: a refusal dropped there would be lost until the box's next status, and
 the broker's ACL lets only the box itself write its status topic.
+
+Every signature-checked status also goes to the presence recorder
+(aggregator.intake.presence), with whether it came from the broker's retained store:
+a box's last will published live is how serve learns when a box vanished. A status
+that fails its checks is dropped and logged (a warning per device at most every few
+minutes: a retained bad status comes again on every reconnect).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from aggregator.intake.presence import PresenceRecorder
+from aggregator.state.presence import status_entry
 from federation import topics
 from federation.crypto.signing import KeyRing
 from federation.envelope import decode, verify_envelope
 from federation.errors import FederationError
 from federation.messages import DeviceStatus
+from federation.transport.base import RetainAware
 from federation.verdicts import Verdict
 
 log = logging.getLogger(__name__)
+
+WARN_EVERY_SECONDS = 300.0  # per device: a bad status is logged, not a flood of lines
 
 
 @dataclass(frozen=True)
@@ -44,16 +56,27 @@ class VerdictReport:
 
 
 class StatusIntake:
-    """``on_status`` is the transport's handler for ``status/+`` (delivery thread)."""
+    """``on_status`` is the transport's handler for ``status/+`` (delivery thread); it
+    is ``RetainAware``: told whether each status came from the retained store."""
 
     def __init__(self, fed_id: str, keys: Callable[[], Mapping[str, Ed25519PublicKey]],
-                 sink: Callable[[VerdictReport], None]) -> None:
+                 sink: Callable[[VerdictReport], None],
+                 presence: PresenceRecorder | None = None) -> None:
         self.fed_id = fed_id
         self._keys = keys  # the active devices' keys (aggregator.intake.delivery's snapshot)
         self._sink = sink
+        self.presence = presence  # each box's last online status (None: not kept)
         self._last: dict[str, tuple[tuple[int, str, str, float], ...]] = {}
+        self._warned: dict[str, float] = {}
+        # called as a plain handler (topic, payload), a status counts as retained
+        self.on_status = RetainAware(self._on_status)
 
-    def on_status(self, topic: str, payload: bytes) -> None:
+    def close(self) -> None:
+        """Stop the presence recorder (it writes what it was given first, bounded)."""
+        if self.presence is not None:
+            self.presence.close()
+
+    def _on_status(self, topic: str, payload: bytes, retained: bool) -> None:
         if not payload:  # a retained status being cleared
             return
         try:
@@ -68,12 +91,26 @@ class StatusIntake:
             # signature, federation and the payload's hash
             verify_envelope(env, KeyRing({device: key}), fed=self.fed_id)
             status = DeviceStatus.from_json(env.payload)
+            entry = status_entry(status, env.ts)
         except FederationError as exc:
-            log.debug("status on %s ignored (%s): %s", topic, exc.reason, exc.message)
+            self._dropped(topic, exc)
             return
+        if self.presence is not None:
+            self.presence.observe(device, entry, retained)
         judged = tuple(v for v in status.verdicts if v.judged and v.model)
         seen = tuple((v.round, v.outcome, v.code, v.at) for v in judged)
         if not judged or self._last.get(device) == seen:
             return
         self._last[device] = seen
         self._sink(VerdictReport(device, judged))
+
+    def _dropped(self, topic: str, exc: FederationError) -> None:
+        now = time.monotonic()
+        last = self._warned.get(topic)
+        if last is not None and now - last < WARN_EVERY_SECONDS:
+            log.debug("status on %s dropped (%s): %s", topic, exc.reason, exc.message)
+            return
+        if len(self._warned) > 10_000:  # only registered devices get here; bounded anyway
+            self._warned.clear()
+        self._warned[topic] = now
+        log.warning("status on %s dropped (%s): %s", topic, exc.reason, exc.message)

@@ -1,7 +1,8 @@
 """The aggregator's SQLite tables (``state.db``, WAL): rounds, contributions, counters,
-rejections, meta (and the devices table that aggregator.state.registry reads). Opening a
-StateDB opens the whole state directory; the files beside the database are handled by
-aggregator.state.files, the group commit of accepted updates by aggregator.state.store."""
+rejections, meta (and the devices table that aggregator.state.registry reads, and the
+presence table of aggregator.state.presence). Opening a StateDB opens the whole state
+directory; the files beside the database are handled by aggregator.state.files, the
+group commit of accepted updates by aggregator.state.store."""
 
 from __future__ import annotations
 
@@ -87,6 +88,17 @@ CREATE TABLE IF NOT EXISTS poisoned_rounds (
     at REAL NOT NULL,
     why TEXT NOT NULL,               -- the rule that held, or the poisoned round it built on
     recovered_to TEXT NOT NULL       -- the good model the next round builds on
+);
+-- each box's last online status as serve heard it, and when its stale will came
+-- (aggregator.state.presence); written by serve's presence thread on its own connection
+CREATE TABLE IF NOT EXISTS device_presence (
+    device_id TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    reported_at REAL NOT NULL,       -- the online status's own time (the box's clock)
+    heard_at REAL NOT NULL,          -- when serve heard it (the aggregator's clock)
+    status TEXT NOT NULL,            -- JSON: that status's last_swap and verdicts
+    offline_since REAL,              -- when serve heard a will older than it (NULL: none)
+    will_at REAL                     -- that will's own time (the box's clock)
 );
 """
 

@@ -7,7 +7,8 @@ persistent sessions, last wills) inside one process, for fast unit tests.
 
 Handlers are called on the transport's delivery thread (MQTT: paho's network thread).
 They must be quick and must not block on the transport (e.g. publish-and-wait): hand
-the message to a queue and process it elsewhere.
+the message to a queue and process it elsewhere. A handler wrapped in ``RetainAware``
+is also told whether each message came from the broker's retained store.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from federation.topics import matches
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, bytes], None]
+FlaggedHandler = Callable[[str, bytes, bool], None]  # topic, payload, retained
 
 
 @runtime_checkable
@@ -72,6 +74,32 @@ class Will:
     retain: bool = True
 
 
+class RetainAware:
+    """A handler that is also told whether a message came from the broker's retained
+    store (``retained=True``: sent because of a (re)subscription) or was published while
+    subscribed (False; the last will the broker publishes for a client that vanished
+    arrives so). Subscribed like any handler. Called as a plain handler (a transport
+    that cannot tell), a message counts as retained: never claimed live when it may not be.
+    """
+
+    def __init__(self, handler: FlaggedHandler) -> None:
+        self.handler = handler
+
+    def __call__(self, topic: str, payload: bytes) -> None:
+        self.handler(topic, payload, True)
+
+    def deliver(self, topic: str, payload: bytes, retained: bool) -> None:
+        self.handler(topic, payload, retained)
+
+
+def deliver(handler: Handler, topic: str, payload: bytes, retained: bool) -> None:
+    """Call ``handler``, with the retain flag when it takes one (``RetainAware``)."""
+    if isinstance(handler, RetainAware):
+        handler.deliver(topic, payload, retained)
+    else:
+        handler(topic, payload)
+
+
 class InMemoryBus:
     """A single-process broker. ``synchronous=True`` delivers inside ``publish``;
     otherwise messages queue until ``flush()`` (deterministic interleavings in tests).
@@ -88,7 +116,7 @@ class InMemoryBus:
         self._lock = threading.RLock()
         self._clients: dict[str, InMemoryTransport] = {}
         self._offline: dict[str, tuple[dict[str, Handler], list[tuple[str, bytes]]]] = {}
-        self._queue: deque[tuple[Handler, str, bytes]] = deque()
+        self._queue: deque[tuple[Handler, str, bytes, bool]] = deque()
         self.published: list[tuple[str, bytes, bool]] = []
 
     def connect(self, client: InMemoryTransport) -> None:
@@ -143,20 +171,20 @@ class InMemoryBus:
         handler = client._subs.get(topic_filter)
         for topic, payload in items:
             if handler is not None:
-                self._enqueue(handler, topic, payload)
+                self._enqueue(handler, topic, payload, True)
 
     def _deliver(self, client: InMemoryTransport, topic: str, payload: bytes) -> None:
         for filt, handler in list(client._subs.items()):
             if matches(filt, topic):
-                self._enqueue(handler, topic, payload)
+                self._enqueue(handler, topic, payload, False)
                 break  # one delivery per client, like a broker with overlapping filters
 
-    def _enqueue(self, handler: Handler, topic: str, payload: bytes) -> None:
+    def _enqueue(self, handler: Handler, topic: str, payload: bytes, retained: bool) -> None:
         if self.synchronous:
-            _call(handler, topic, payload)
+            _call(handler, topic, payload, retained)
         else:
             with self._lock:
-                self._queue.append((handler, topic, payload))
+                self._queue.append((handler, topic, payload, retained))
 
     def flush(self) -> int:
         """Deliver queued messages (asynchronous mode); returns how many."""
@@ -165,14 +193,14 @@ class InMemoryBus:
             with self._lock:
                 if not self._queue:
                     return n
-                handler, topic, payload = self._queue.popleft()
-            _call(handler, topic, payload)
+                handler, topic, payload, retained = self._queue.popleft()
+            _call(handler, topic, payload, retained)
             n += 1
 
 
-def _call(handler: Handler, topic: str, payload: bytes) -> None:
+def _call(handler: Handler, topic: str, payload: bytes, retained: bool) -> None:
     try:
-        handler(topic, payload)
+        deliver(handler, topic, payload, retained)
     except Exception:  # a broken handler must not break delivery to others
         log.exception("message handler for %s failed", topic)
 

@@ -48,7 +48,7 @@ from federation.errors import (
     TransportError,
 )
 from federation.topics import matches
-from federation.transport.base import Handler, Will
+from federation.transport.base import Handler, Will, deliver
 from federation.transport.mqtt_acks import PendingMids
 from federation.transport.mqtt_options import (
     DEFAULT_SESSION_EXPIRY,
@@ -119,7 +119,7 @@ class MqttTransport:
         self._started = False
         self._refused: OrderedDict[int, str] = OrderedDict()
         self._pubacks = PendingMids()  # flush() waits for them (mqtt_acks)
-        self._unrouted: deque[tuple[str, bytes]] = deque()
+        self._unrouted: deque[tuple[str, bytes, bool]] = deque()  # topic, payload, retained
         self._unrouted_bytes = 0
         self._unrouted_max_messages = unrouted_max_messages
         self._unrouted_max_bytes = unrouted_max_bytes
@@ -229,8 +229,8 @@ class MqttTransport:
             if early:
                 log.info("delivering %d message(s) for %s that arrived before it was "
                          "subscribed", len(early), topic_filter)
-            for topic, payload in early:
-                self._call(handler, topic, payload)
+            for topic, payload, retained in early:
+                self._call(handler, topic, payload, retained)
         if connected:
             self._send_subscribe([topic_filter])
 
@@ -266,7 +266,7 @@ class MqttTransport:
 
     # -- internals -------------------------------------------------------------------
 
-    def _take_unrouted(self, topic_filter: str) -> list[tuple[str, bytes]]:
+    def _take_unrouted(self, topic_filter: str) -> list[tuple[str, bytes, bool]]:
         """Remove and return buffered messages matching ``topic_filter`` (lock held)."""
         if not self._unrouted:
             return []
@@ -274,20 +274,20 @@ class MqttTransport:
         if taken:
             kept = deque(m for m in self._unrouted if not matches(topic_filter, m[0]))
             self._unrouted = kept
-            self._unrouted_bytes = sum(len(p) for _, p in kept)
+            self._unrouted_bytes = sum(len(m[1]) for m in kept)
         return taken
 
-    def _buffer_unrouted(self, topic: str, payload: bytes) -> None:
+    def _buffer_unrouted(self, topic: str, payload: bytes, retained: bool) -> None:
         """Keep a message no handler matches (lock held): paho acks it when the callback
         returns, so dropping it would lose it (e.g. a persistent session's queue that the
         broker delivers right after CONNACK, before the application subscribed)."""
         if any(matches(f, topic) for f in self._unwanted):
             return
-        self._unrouted.append((topic, payload))
+        self._unrouted.append((topic, payload, retained))
         self._unrouted_bytes += len(payload)
         while self._unrouted and (len(self._unrouted) > self._unrouted_max_messages
                                   or self._unrouted_bytes > self._unrouted_max_bytes):
-            old_topic, old = self._unrouted.popleft()
+            old_topic, old, _ = self._unrouted.popleft()
             self._unrouted_bytes -= len(old)
             self._unrouted_dropped += 1
             if self._unrouted_dropped == 1 or self._unrouted_dropped % 100 == 0:
@@ -299,9 +299,9 @@ class MqttTransport:
                 )
 
     @staticmethod
-    def _call(handler: Handler, topic: str, payload: bytes) -> None:
+    def _call(handler: Handler, topic: str, payload: bytes, retained: bool) -> None:
         try:
-            handler(topic, payload)
+            deliver(handler, topic, payload, retained)
         except Exception:
             log.exception("handler for %s failed", topic)
 
@@ -367,10 +367,13 @@ class MqttTransport:
             with self._lock:
                 handler = next((h for f, h in self._subs.items()
                                 if matches(f, message.topic)), None)
+                # MQTT sets the flag only on a message sent from the retained store
+                # because of a (re)subscription, not on one published while subscribed
+                retained = bool(message.retain)
                 if handler is None:
-                    self._buffer_unrouted(message.topic, payload)
+                    self._buffer_unrouted(message.topic, payload, retained)
                     return
-            self._call(handler, message.topic, payload)
+            self._call(handler, message.topic, payload, retained)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         if reason_code.is_failure:  # noted before the ack: a waiter then sees it

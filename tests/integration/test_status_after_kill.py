@@ -1,0 +1,110 @@
+"""A box killed hard, seen by the operator: a real Mosquitto, a real `fedface-aggregator
+serve` process and a real box process (FederationClient) that applies round 1's result
+after it connected, then is killed with SIGKILL. The broker publishes the box's last
+will, built at its connect (model base, time of then); `fedface-aggregator status` must
+show the model the box last reported (round-1) and since when it is offline (when serve
+heard the will), not the will's model and time."""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from federation import topics
+from federation.envelope import decode
+from federation.messages import DeviceStatus
+from federation.transport.base import RetainAware
+from tests.support.federation_rig import AGGREGATOR, FED, Federation, wait_for
+from tests.support.mqtt_clients import connect
+
+pytestmark = pytest.mark.mosquitto
+
+REPO = Path(__file__).resolve().parents[2]
+BOX = "box-k"
+
+
+def _operator_status(fed: Federation, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*AGGREGATOR, "status", "--state", str(fed.agg_state), "--wait",
+                           "1.0", *extra], capture_output=True, text=True, check=True)
+
+
+def _device(fed: Federation) -> dict:
+    (device,) = json.loads(_operator_status(fed, "--json").stdout)["device_status"]
+    return device
+
+
+def test_a_box_killed_hard_shows_its_last_model_and_offline_since(
+        tmp_path: Path, mosquitto) -> None:
+    fed = Federation.create(tmp_path / "fed", mosquitto.url, [BOX])
+    heard: queue.Queue[tuple[DeviceStatus, bool]] = queue.Queue()
+    watcher = connect(mosquitto.url, "watcher", clean_start=True)
+    watcher.subscribe(topics.status(FED, BOX), RetainAware(
+        lambda _t, payload, retained: heard.put((DeviceStatus.from_json(
+            decode(payload).payload), retained))))
+    box_log = (tmp_path / "box.log").open("w")
+    box = None
+    try:
+        # round 2 opens after round 1 and stays open (the box trains no more): serve runs on
+        fed.start_aggregator(quorum=1, rounds=2, deadline=600)
+        box = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.status_box_child", str(fed.root),
+             mosquitto.url, BOX, str(fed.secret_context)],
+            cwd=REPO, stdout=box_log, stderr=subprocess.STDOUT)
+        online: list[DeviceStatus] = []
+
+        def reported_round_1() -> bool:
+            while not heard.empty():
+                status, _ = heard.get_nowait()
+                if status.state == "online":
+                    online.append(status)
+            return any(s.model == "round-1" for s in online)
+
+        wait_for(reported_round_1, 180, "the box to report round-1 online", fed)
+        assert online[0].model == "base"  # its will was built before: it says base
+        # the broker sent serve that status before the will it publishes next (one topic)
+        killed_at = time.time()
+        box.send_signal(signal.SIGKILL)
+        assert box.wait(10) == -signal.SIGKILL
+
+        def will_heard() -> bool:
+            while not heard.empty():
+                status, retained = heard.get_nowait()
+                if status.state == "offline":
+                    assert not retained  # a will is published live to subscribers
+                    assert status.model == "base" and status.ts is not None \
+                        and status.ts < killed_at  # stale: model and time of the connect
+                    return True
+            return False
+
+        wait_for(will_heard, 60, "the broker to publish the box's last will", fed)
+        device = _device(fed)
+        deadline = time.monotonic() + 30
+        while device.get("offline_since") is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            device = _device(fed)
+        assert device["state"] == "offline", device
+        assert device["model"] == "round-1", device  # not the will's "base"
+        assert device["last_reported"] is True
+        assert killed_at - 1 <= device["offline_since"] <= time.time(), device
+        assert device["since"] == device["offline_since"]
+        assert device["last_online"] is not None and device["last_online"] < killed_at
+        text = _operator_status(fed).stdout
+        row = next(line for line in text.splitlines() if line.startswith(BOX))
+        assert row.split()[2:4] == ["offline", "round-1"], text
+        assert f"{BOX} offline since " in text, text
+        assert "round-1 is the last model the box reported" in text, text
+        assert fed.aggregator is not None and fed.aggregator.poll() is None  # serve runs on
+    finally:
+        if box is not None and box.poll() is None:
+            box.kill()
+            box.wait()
+        box_log.close()
+        watcher.close()
+        fed.stop()
