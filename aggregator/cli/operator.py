@@ -32,6 +32,7 @@ from aggregator.pki import authority as pki
 from aggregator.pki import files as pki_files
 from aggregator.pki import issue as pki_issue
 from aggregator.rounds import pins as model_pins
+from aggregator.rounds.schedule import recorded_next_opening
 from aggregator.state.config import BrokerClientConfig, PkiConfig, init_state, load_config
 from aggregator.state.registry import DeviceRegistry, RegistryError, load_public_key_bytes
 from aggregator.state.store import Store
@@ -232,9 +233,7 @@ def devices_revoke(device_id: str, state: StateOpt) -> None:
 def _age(ts: float | None) -> str:
     if ts is None:
         return "-"
-    s = max(0.0, time.time() - ts)
-    return f"{s:.0f}s ago" if s < 120 else f"{s / 60:.0f}m ago" if s < 7200 else \
-        f"{s / 3600:.1f}h ago"
+    return f"{_duration(max(0.0, time.time() - ts))} ago"
 
 
 @one_line_errors
@@ -279,6 +278,9 @@ def status(
                     "total": len(devices)},
         "device_status": devices, "recent_results": results, "counters": store.counters(),
         "next_base": model_pins.next_base(store, cfg.initial_model)[0],
+        # while serve's schedule holds the next round back (aggregator.rounds.schedule)
+        "next_round_at": None if latest is not None and latest.status == "open"
+        else recorded_next_opening(store),
         "pinned": model_pins.pinned(store),
         # rounds the boxes refused, and who contributed to them (aggregator.rounds.poison)
         "poisoned": [poisoned_summary(store, r) for r in list(poisoned(store))[-5:]],
@@ -291,6 +293,20 @@ def status(
         typer.echo(json.dumps(info, indent=2))
         return
     _print_status(info)
+
+
+def _next_opening(at: float | None) -> str:
+    if at is None:
+        return ""
+    when = local_time(at)
+    left = at - time.time()
+    if left < 0:  # serve records it and clears it when it opens the round
+        return f"; the next was due at {when} (is fedface-aggregator serve running?)"
+    return f"; the next opens at {when} (in {_duration(left)}, the round schedule)"
+
+
+def _duration(s: float) -> str:
+    return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m" if s < 7200 else f"{s / 3600:.1f}h"
 
 
 def _print_status(info: dict[str, Any]) -> None:
@@ -322,7 +338,7 @@ def _print_status(info: dict[str, Any]) -> None:
     typer.echo("open round: " + (f"{cur['round']} on {cur['base_model']}, "
                                  f"{cur['contributions']}/{cur['quorum']} update(s), deadline "
                                  f"in {max(0, cur['deadline'] - time.time()):.0f}s"
-                                 if cur else "none"))
+                                 if cur else "none" + _next_opening(info["next_round_at"])))
     typer.echo(f"next round builds on: {info['next_base']}"
                + (" (PINNED: fedface-aggregator models unpin to follow the latest)"
                   if info["pinned"] else ""))

@@ -32,7 +32,7 @@ from aggregator.rounds.admission import check, rebuild_sum
 from aggregator.rounds.epochs import fail_if_old_key
 from aggregator.rounds.pins import next_base
 from aggregator.rounds.records import Announce, Decision, Event, ResultReady, Submission
-from aggregator.rounds.schedule import RoundSchedule
+from aggregator.rounds.schedule import RoundSchedule, record_next_opening
 from aggregator.state.db import RoundRow
 from aggregator.state.registry import DeviceRegistry
 from aggregator.state.store import AcceptedUpdate, Store
@@ -140,11 +140,13 @@ class Coordinator:
         at = self.settings.schedule.next_opening(now, latest.opened_at if latest else None)
         if at <= now:
             self.next_opening = None
+            record_next_opening(self.store, None)
             return [self._open_next()]
         said, self.next_opening = self.next_opening == at, at
         self.current = latest  # no round open: updates are late (or not_open) meanwhile
         if said:
             return []
+        record_next_opening(self.store, at)  # for fedface-aggregator status
         log.info("next round opens at %s (%s)", time.strftime("%Y-%m-%d %H:%M:%S",
                  time.localtime(at)), self.settings.schedule.describe())
         if latest is None:

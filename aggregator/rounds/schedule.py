@@ -6,9 +6,11 @@ openings only inside a daily window of the aggregator host's local time (e.g.
 ``01:00-05:00``, or ``22:00-02:00`` across midnight). A round that is open when its
 window ends runs to its close as usual; the window only gates openings.
 
-Nothing here is stored: the last opening is the latest round's ``opened_at`` in the
-state db, so a restarted aggregator keeps the schedule (it waits out the rest of the
-interval instead of opening at once).
+The schedule itself is not stored: the last opening is the latest round's ``opened_at``
+in the state db, so a restarted aggregator keeps the schedule (it waits out the rest of
+the interval instead of opening at once). What is stored is the time ``serve`` will open
+the next round while the schedule holds it back (``record_next_opening``), for
+``fedface-aggregator status``, a separate process that does not know the schedule.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aggregator.state.store import Store
 
 _WINDOW = re.compile(r"^(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})$")
 _DAY = 24 * 60
@@ -91,3 +97,19 @@ class RoundSchedule:
         if self.window is not None:
             parts.append(f"rounds open only between {self.window} (local time)")
         return "; ".join(parts) or "rounds back to back"
+
+
+NEXT_OPENING_KEY = "next_round_at"  # state db meta
+
+
+def record_next_opening(store: Store, at: float | None) -> None:
+    """When serve opens the next round (None: one is open, or opens at once)."""
+    store.set_meta(NEXT_OPENING_KEY, "" if at is None else repr(float(at)))
+
+
+def recorded_next_opening(store: Store) -> float | None:
+    raw = store.get_meta(NEXT_OPENING_KEY)
+    try:
+        return float(raw) if raw else None
+    except ValueError:  # written by this module only; a damaged value shows nothing
+        return None

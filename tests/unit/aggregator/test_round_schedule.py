@@ -6,13 +6,15 @@ announce tells boxes the minimum of new samples."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from aggregator.cli.operator import _next_opening
 from aggregator.rounds.coordinator import RoundSettings
-from aggregator.rounds.schedule import DailyWindow, RoundSchedule
+from aggregator.rounds.schedule import DailyWindow, RoundSchedule, recorded_next_opening
 from aggregator.state.store import Store
 from federation import topics
 from federation.crypto.ckks import FederationContext
@@ -71,6 +73,11 @@ def test_the_interval_holds_between_openings_and_survives_a_restart(
         assert _run_round(rig) == 1  # published at once: the next round waits
         ann = latest_announce(rig.bus.retained, FED)
         assert (ann["round"], ann["state"], ann["next_round_at"]) == (1, "closed", t0 + 3600)
+        # kept for fedface-aggregator status, a process that does not know the schedule
+        assert recorded_next_opening(rig.store) == t0 + 3600
+        assert "the next opens at " in _next_opening(time.time() + 3600)
+        assert "(in 60m, the round schedule)" in _next_opening(time.time() + 3600.5)
+        assert "is fedface-aggregator serve running?" in _next_opening(time.time() - 5)
         rig.clock[0] = t0 + 1800
         rig.service.pump()
         assert rig.store.latest_round().round == 1  # type: ignore[union-attr]
@@ -91,6 +98,7 @@ def test_the_interval_holds_between_openings_and_survives_a_restart(
         rig.service.pump()
         ann = latest_announce(rig.bus.retained, FED)
         assert (ann["round"], ann["state"], ann["base_model"]) == (2, "open", "round-1")
+        assert recorded_next_opening(rig.store) is None
         # a round nobody joins (nothing new anywhere) fails as before: deadline, one
         # extension, failed; the one after it opens an interval after ITS opening
         opened = rig.clock[0]
