@@ -159,13 +159,18 @@ class Box:
         return sink
 
     def trainer(self, part: FederatedPart, config: TrainConfig | None = None,
-                isolate: bool = True) -> TorchLocalTrainer:
+                isolate: bool = True, federated: bool = True) -> TorchLocalTrainer:
         """The torch trainer (ImportError without the train extra). ``isolate``: each
-        round in its own low-priority process, so this process never imports torch."""
+        round in its own low-priority process, so this process never imports torch.
+        ``federated``: a round's trainer, which leaves the calibration people out
+        (edge.gallery.holdout); ``fedface-edge train``'s local model, which is not
+        calibrated, trains on everyone."""
         from edge.training.trainer import TorchLocalTrainer
 
-        return TorchLocalTrainer(self.training_model(), self.gallery().crops_by_person,
-                                 self.train_dir, part, config, isolate=isolate)
+        gallery = self.gallery()
+        crops = gallery.federated_training_crops if federated else gallery.crops_by_person
+        return TorchLocalTrainer(self.training_model(), crops, self.train_dir, part, config,
+                                 isolate=isolate)
 
     def federation_client(
         self, client_config: ClientConfig, transport_factory: TransportFactory,

@@ -85,7 +85,7 @@ def train(
     train_dir = the_box.train_dir
     # in process: this command already runs at a lower priority with one thread
     trainer = the_box.trainer(fed_part, TrainConfig(epochs=epochs, time_budget_s=budget_seconds),
-                              isolate=False)
+                              isolate=False, federated=False)
     try:
         report, vector = train_box(swapper, trainer, settings.data_dir, train_dir,
                                    settings.match_threshold, len(people))

@@ -132,7 +132,7 @@ def make_trainer(cfg: dict[str, Any], part: FederatedPart, box: Box,
         return trainer, "torch"
     from edge.training.drift import NumpyDriftTrainer
 
-    n = sum(len(v) for v in box.gallery().crops_by_person().values())
+    n = sum(len(v) for v in box.gallery().federated_training_crops().values())
     return NumpyDriftTrainer(part, base, cfg["device_id"], max(1, n)), "numpy-drift (NOT learning)"
 
 

@@ -19,7 +19,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +35,7 @@ from edge.gallery.files import (
     encode_crop,
     open_database,
 )
+from edge.gallery.holdout import is_calibration_person
 from edge.gallery.match import EMBEDDING_DIM, Match, match, normalised
 from edge.gallery.names import check_name
 
@@ -244,10 +245,19 @@ class Gallery:
 
     def crops_by_person(self) -> dict[str, list[np.ndarray]]:
         """Every stored enrolment crop, grouped by person name (the trainer's input)."""
+        return self._crops_by_person(lambda person_id: True)
+
+    def federated_training_crops(self) -> dict[str, list[np.ndarray]]:
+        """The crops a federated round trains on: every person's but the calibration
+        people's (edge.gallery.holdout), grouped by person name."""
+        return self._crops_by_person(lambda person_id: not is_calibration_person(person_id))
+
+    def _crops_by_person(self, keep: Callable[[int], bool]) -> dict[str, list[np.ndarray]]:
         names = {p.id: p.name for p in self.people()}
         out: dict[str, list[np.ndarray]] = {}
         for crop in self.iter_crops():
-            out.setdefault(names[crop.person_id], []).append(crop.image)
+            if keep(crop.person_id):
+                out.setdefault(names[crop.person_id], []).append(crop.image)
         return out
 
     def person_crop(self, person_id: int) -> np.ndarray | None:

@@ -2,9 +2,10 @@
 
 The hot swap (``edge.serving.hot_swap``) re-embeds every enrolment crop with the candidate
 model; here the same crops give (1) the candidate's own threshold
-(``edge.serving.calibration``: the deployed threshold carried from the pretrained model's
-scores of the crops to the candidate's) and (2) the canary's verdict, the serving model at
-its threshold against the candidate at its own (``edge.serving.canary``). A rollback to a
+(``edge.serving.calibration``: the deployed threshold carried from the pretrained
+model's scores of the calibration people's crops to the candidate's) and (2) the
+canary's verdict, the serving model at its threshold against the candidate at its own
+(``edge.serving.canary``). A rollback to a
 version validated before is calibrated again (the gallery may have grown) but not judged.
 """
 
@@ -16,7 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.errors import ResultRejected
-from edge.serving.calibration import Calibration, calibrate
+from edge.serving.calibration import (
+    MIN_HELD_OUT_PEOPLE,
+    MIN_PEOPLE,
+    Calibration,
+    calibrate,
+    held_out_rows,
+)
 from edge.serving.canary import CanaryPolicy, CanaryResult, run_canary
 from edge.serving.engine import Engine
 
@@ -51,10 +58,11 @@ def admit(engine: Engine, policy: CanaryPolicy, crop_ids: np.ndarray,
     candidate is the pretrained model, or calibration is off)."""
     calibration = None
     if base_vectors is not None:
-        calibration = calibrate(engine.threshold, base_vectors, vectors, person_ids)
+        calibration = calibrate(engine.threshold, base_vectors, vectors, person_ids,
+                                held_out=held_out_rows(person_ids))
         log.info("model threshold: %s", calibration.describe() if calibration else
-                 f"the deployed {engine.threshold:.2f} (fewer than the people calibration "
-                 "needs)")
+                 f"the deployed {engine.threshold:.2f} (fewer people than calibration needs: "
+                 f"{MIN_PEOPLE}, of whom {MIN_HELD_OUT_PEOPLE} calibration people)")
     if not judge:
         return Admission(None, calibration)
     current = engine.state

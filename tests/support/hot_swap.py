@@ -19,7 +19,7 @@ from models.federated_parts import DEFAULT_PART, FederatedPart, get_part
 from models.registry import optimised_sface_path
 
 PART = get_part(DEFAULT_PART)  # the part the product swaps by default
-PEOPLE = 8
+PEOPLE = 10  # ids 5 and 10: the two calibration people a threshold needs
 CROPS_PER_PERSON = 3
 
 

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 
 from edge.cli.served_model import threshold_text
+from edge.gallery.holdout import is_calibration_person
 from edge.gallery.store import DB_FILENAME
 from edge.serving.calibration import (
     MAX_SHIFT,
     calibrate,
     carry_threshold,
+    held_out_rows,
     own_threshold,
     stranger_scores,
 )
@@ -79,6 +81,45 @@ def test_too_few_people_and_wild_models_are_handled() -> None:
     assert own_threshold(None, None, 0.40) is None
 
 
+def test_only_the_calibration_people_s_crops_are_scored() -> None:
+    """A model trained on the box's people lowers their crops' scores against everyone
+    more than a stranger's: the threshold is measured on the people no round trained on
+    (edge.gallery.holdout), and with fewer than two of them the deployed one stays."""
+    rng = np.random.default_rng(3)
+    people = np.repeat(np.arange(1, 13), 2)  # enrolment ids 1..12: 5 and 10 held out
+    held = held_out_rows(people)
+    assert set(people[held].tolist()) == {5, 10}
+    reference = _unit(rng.standard_normal((len(people), 64)) + 2.0)  # every face alike-ish
+    # training spreads the trained people's crops apart; the held-out people's stay
+    trained = _unit(reference + np.where(held[:, None], 0.0,
+                                         3.0 * rng.standard_normal(reference.shape)))
+    every = calibrate(0.40, reference, trained, people)
+    own = calibrate(0.40, reference, trained, people, held_out=held)
+    assert every is not None and own is not None and own.held_out_people == 2
+    shift = (stranger_scores(trained, people, held).mean()
+             - stranger_scores(reference, people, held).mean())
+    assert own.threshold == pytest.approx(max(0.40 - MAX_SHIFT, 0.40 + shift), abs=1e-4)
+    assert own.threshold > every.threshold  # the trained crops' fall does not drag it down
+    assert own.crops == int(held.sum()) and "2 calibration people" in own.describe()
+    one = np.repeat(np.arange(1, 10), 2)  # ids 1..9: only person 5 is held out
+    vectors = _unit(rng.standard_normal((len(one), 64)))
+    assert calibrate(0.40, vectors, vectors, one, held_out=held_out_rows(one)) is None
+
+
+def test_federated_rounds_train_on_everyone_but_the_calibration_people(
+        template: Path) -> None:
+    from edge.gallery.store import Gallery
+
+    with Gallery.open(copy_box(template, template.parent / "holdout")) as gallery:
+        people = {p.id: p.name for p in gallery.people()}
+        assert len(people) >= 10
+        everyone, trained = gallery.crops_by_person(), gallery.federated_training_crops()
+    held = {name for pid, name in people.items() if is_calibration_person(pid)}
+    assert len(held) == len(people) // 5 and set(everyone) == set(people.values())
+    assert set(trained) == set(everyone) - held
+    assert all(len(trained[n]) == len(everyone[n]) for n in trained)
+
+
 def test_a_swapped_model_serves_at_its_stored_threshold_after_restart_and_in_followers(
         template: Path, tmp_path: Path) -> None:
     box = copy_box(template, tmp_path / "box")
@@ -99,7 +140,9 @@ def test_a_swapped_model_serves_at_its_stored_threshold_after_restart_and_in_fol
     base_vectors = Embedder(optimised_sface_path(), version="check").embed(
         [swapper.rows.crop_images([int(i)])[int(i)]  # type: ignore[union-attr]
          for i in state.gallery.crop_ids])
-    expected = calibrate(0.40, base_vectors, state.gallery.vectors, state.gallery.person_ids)
+    ids = state.gallery.person_ids
+    expected = calibrate(0.40, base_vectors, state.gallery.vectors, ids,
+                         held_out=held_out_rows(ids))
     assert expected is not None and served.threshold == pytest.approx(expected.threshold,
                                                                       abs=2e-3)
     text = threshold_text(asdict(served), 0.40)  # what `fedface-edge model status` prints
