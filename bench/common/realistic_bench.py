@@ -39,6 +39,23 @@ class SiteData:
     held_ids: np.ndarray
 
 
+def add_design_options(ap: argparse.ArgumentParser, rounds: int) -> None:
+    """The options of the benches that federate the realistic design round by round
+    (bench.federation.server_optimiser, bench.federation.threshold_drift)."""
+    from bench.common.fed_experiment import REPO
+    from edge.training.api import TrainConfig
+
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--models", type=Path, default=None)
+    ap.add_argument("--cache", type=Path, default=None)
+    ap.add_argument("--sites", type=int, default=48, choices=range(32, 65), metavar="32-64")
+    ap.add_argument("--part", default="embed_bn")
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--epochs", type=float, default=TrainConfig.epochs)
+    ap.add_argument("--views", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+
+
 def _path(crops: np.ndarray) -> Path:
     filename = getattr(crops, "filename", None)
     assert filename is not None, "align_crops returns a memory map"
@@ -129,8 +146,11 @@ class Bench:
                 "threshold_cal": own}
 
     def product_threshold(self, vector: Vector, k: int, gallery: np.ndarray) -> float:
-        """The threshold the box would serve this model at: 0.40 carried from the
-        pretrained model's scores of the site's enrolment crops to this model's."""
+        """The threshold the box served this model at before calibration people: 0.40
+        carried from the pretrained model's scores of every enrolment crop of the site to
+        this model's. The models here train on every person, so the box's rule now
+        (only the calibration people's crops, whom no round trains on) is measured by
+        bench.federation.threshold_drift instead."""
         if vector is None:
             return DEFAULT_MATCH_THRESHOLD
         sd = self.sites[k]

@@ -20,15 +20,14 @@ import argparse
 import logging
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 
-from bench.common.fed_experiment import REPO
 from bench.common.fed_train import pretrained_vector
-from bench.common.realistic_bench import Bench
+from bench.common.realistic_bench import Bench, add_design_options
 from bench.common.realistic_design import build_realistic
 from bench.common.server_opt import ServerOptimiser
+from bench.common.site_scores import METRICS
 from bench.rig.compare import reproduce
 from edge.training.api import TrainConfig
 
@@ -62,7 +61,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, list[list[dict[str, float]]
             g = opt.step(g, average)
             curve.append(bench.score_all(g))
             log.info("%s round %d: %s", opt.label, r + 1, {
-                m: round(float(np.mean([s[m] for s in curve[-1]])), 2) for m in SHOWN})
+                m: round(float(np.mean([s[m] for s in curve[-1]])), 2) for m in args.show})
         curves[opt.label] = curve
     return curves, time.perf_counter() - t0
 
@@ -76,20 +75,20 @@ def print_report(curves: dict[str, list[list[dict[str, float]]]], seconds: float
     base = curves[base_name]
     for name, curve in curves.items():
         print(f"\n{name}")
-        print("  round " + "".join(f"{m:>10}" for m in SHOWN))
+        print("  round " + "".join(f"{m:>14}" for m in args.show))
         for r, sites in enumerate(curve):
             print(f"  {r + 1:>5} " + "".join(
-                f"{np.mean([s[m] for s in sites]):>10.2f}" for m in SHOWN))
+                f"{np.mean([s[m] for s in sites]):>14.3f}" for m in args.show))
         within = []
-        for m in SHOWN:
+        for m in args.show:
             vals = [float(np.mean([s[m] for s in sites])) for sites in curve]
             within.append(next(i + 1 for i, v in enumerate(vals) if all(
                 abs(w - vals[-1]) <= 0.2 for w in vals[i:])))
         print("  within 0.2 of the final value from round: " + ", ".join(
-            f"{m} {w}" for m, w in zip(SHOWN, within, strict=True)))
+            f"{m} {w}" for m, w in zip(args.show, within, strict=True)))
         if name != base_name:
             diffs = []
-            for m in SHOWN:
+            for m in args.show:
                 d = np.array([a[m] - b[m] for a, b in zip(curve[-1], base[-1], strict=True)])
                 diffs.append(f"{m} {d.mean():+.2f} ({d.std(ddof=1) / np.sqrt(len(d)):.2f})")
             print(f"  - {base_name} at the last round (paired SE): " + ", ".join(diffs))
@@ -98,18 +97,12 @@ def print_report(curves: dict[str, list[list[dict[str, float]]]], seconds: float
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    ap.add_argument("--models", type=Path, default=None)
-    ap.add_argument("--cache", type=Path, default=None)
-    ap.add_argument("--sites", type=int, default=48, choices=range(32, 65), metavar="32-64")
-    ap.add_argument("--part", default="embed_bn")
-    ap.add_argument("--rounds", type=int, default=6)
-    ap.add_argument("--epochs", type=float, default=TrainConfig.epochs)
-    ap.add_argument("--views", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
+    add_design_options(ap, rounds=6)
     ap.add_argument("--opt", action="append", default=None,
                     help="avg | avgm:LR:MOMENTUM | adam:LR[:TAU]; repeat; the first is the "
                          "baseline (default: avg, avgm:1:0.5, adam:0.01)")
+    ap.add_argument("--show", nargs="+", default=list(SHOWN), choices=(*METRICS, "threshold_cal"),
+                    help="the scores printed per round (default: %(default)s)")
     args = ap.parse_args(argv)
     args.opt = args.opt or ["avg", "avgm:1:0.5", "adam:0.01"]
     args.lfw_folds = 0  # Bench's clean-LFW check is realistic_sites' business
