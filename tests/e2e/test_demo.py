@@ -155,6 +155,9 @@ def test_demo_against_mosquitto(lfw_dir: Path, tmp_path: Path, mosquitto) -> Non
     # stored with the version and used by another process on the box (identify)
     pointer = json.loads((box / "models" / "current.json").read_text())
     assert pointer["calibrated_for"] == 0.40 and 0.25 <= pointer["threshold"] <= 0.55
+    log = (box / "box.log").read_text()  # the rounds left the calibration people out
+    assert "trained on 8 people / 16 crops" in log, log[-3000:]
+    assert "from 4 enrolment crops of 2 calibration people no round trained on" in log
     assert any(line.startswith("  box-2: serves round-2,")
                and f"at threshold {pointer['threshold']:.3f}" in line
                for line in proc.stdout.splitlines())
