@@ -263,7 +263,7 @@ class FederationClient:
         connects = int(getattr(self.transport, "connects", 0))
         reconnected = connected and (not self._was_connected or connects != self._connects_seen)
         self._was_connected, self._connects_seen = connected, connects
-        if reconnected:
+        if self._results.follow_served() or reconnected:
             self._publish_status()
         if connected:
             self.sender.resend_due(reconnected)

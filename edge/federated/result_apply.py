@@ -250,6 +250,20 @@ class ResultApplier:
             return self.declined[1]
         return None
 
+    def follow_served(self) -> bool:
+        """Between rounds too (the worker's tick): whether the box now federates from a
+        model it serves that another process installed, e.g. `model rollback` while
+        `join` runs, so that its status says what it serves (the operator's MODEL column
+        kept the version rolled back from until the next round). Reads the vector only
+        when the served version's name differs."""
+        served = getattr(getattr(self.sink, "served", None), "version", None)
+        if not isinstance(served, str) or served == self.version or (
+                self.declined is not None and self.declined[0] == served):
+            return False
+        before = self.version
+        self._follow_sink()
+        return self.version != before
+
     def _follow_sink(self) -> None:
         """What the box serves may have been moved by another process: `fedface-edge model
         rollback` while `join` runs (the sink follows the swap pointer). Federate from

@@ -3,6 +3,7 @@ moved it (`fedface-edge model rollback` while `join` runs)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -37,3 +38,37 @@ def test_a_rollback_by_another_process_is_what_the_next_round_trains_from() -> N
     base = applier.base_vector("round-1")
     assert base is not None and np.array_equal(base, round_1)
     assert applier.version == "round-1"
+
+
+class HotSwapperLike:
+    """What the hot swapper shows: ``served`` (its ServedModel: a version) and the vector."""
+
+    def __init__(self, version: str, vector: np.ndarray) -> None:
+        self.set(version, vector)
+        self.vector_reads = 0
+
+    def set(self, version: str, vector: np.ndarray) -> None:
+        self.served, self._vector = SimpleNamespace(version=version), vector
+
+    def served_vector(self) -> tuple[str, np.ndarray]:
+        self.vector_reads += 1
+        return self.served.version, self._vector
+
+
+def test_the_status_follows_a_rollback_between_rounds() -> None:
+    """The worker's tick: the box's status names the rolled-back model at once (the
+    operator's MODEL column kept the version rolled back from until the next round),
+    and the vector is read only when the served version's name changed."""
+    rng = np.random.default_rng(1)
+    round_1, round_2 = (rng.normal(size=PART.size).astype(np.float32) for _ in range(2))
+    sink = HotSwapperLike("round-2", round_2)
+    unused: Any = None
+    applier = ResultApplier(unused, unused, PART, sink, unused, unused, version="round-2",
+                            vector=round_2, max_relative_change=1.0,
+                            verify=lambda *_: None, publish_status=lambda: None,
+                            applied=lambda: None)
+    assert applier.follow_served() is False and sink.vector_reads == 0  # nothing moved
+    sink.set("round-1", round_1)  # `model rollback` in another process
+    assert applier.follow_served() is True
+    assert applier.version == "round-1" and np.array_equal(applier.vector, round_1)
+    assert applier.follow_served() is False and sink.vector_reads == 1
