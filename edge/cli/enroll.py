@@ -113,12 +113,17 @@ def list_people(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Enrolled people with their crop count and the model versions of their embeddings."""
+    """Enrolled people with their crop count, the model versions of their embeddings and
+    whether federated rounds train on them (one in five are calibration people, whom no
+    round trains on: docs/operations.md, "Each model's own threshold")."""
+    from edge.gallery.holdout import is_calibration_person
+
     people = box(ctx).gallery().people()
     if as_json:
         typer.echo(json.dumps([
             {"id": p.id, "name": p.name, "crops": p.crops, "embeddings": p.embeddings,
-             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(p.created))}
+             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(p.created)),
+             "calibration": is_calibration_person(p.id)}
             for p in people], indent=2))
         return
     if not people:
@@ -128,13 +133,16 @@ def list_people(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("name", "crops", "model versions", "enrolled (UTC)")
+    table = Table("name", "crops", "model versions", "enrolled (UTC)", "rounds")
     for p in people:
         versions = ", ".join(f"{v} ({n})" for v, n in sorted(p.embeddings.items()))
         table.add_row(p.name, str(p.crops), versions,
-                      time.strftime("%Y-%m-%d %H:%M", time.gmtime(p.created)))
+                      time.strftime("%Y-%m-%d %H:%M", time.gmtime(p.created)),
+                      "calibration" if is_calibration_person(p.id) else "train")
     Console().print(table)
-    typer.echo(f"{len(people)} people")
+    held = sum(is_calibration_person(p.id) for p in people)
+    typer.echo(f"{len(people)} people, {held} of them calibration people (no federated round "
+               "trains on them: each model's threshold is measured on their faces)")
 
 
 @people_app.command("remove")

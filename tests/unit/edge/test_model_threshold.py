@@ -3,6 +3,7 @@ box's enrolment crops, stored with the version, served, restored, followed."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -118,6 +119,18 @@ def test_federated_rounds_train_on_everyone_but_the_calibration_people(
     assert len(held) == len(people) // 5 and set(everyone) == set(people.values())
     assert set(trained) == set(everyone) - held
     assert all(len(trained[n]) == len(everyone[n]) for n in trained)
+    # the technician sees who they are: `people list`
+    from typer.testing import CliRunner
+
+    from edge.cli import app
+
+    box_dir = template.parent / "holdout"
+    listed = CliRunner().invoke(app, ["--data-dir", str(box_dir), "people", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert {p["name"] for p in json.loads(listed.stdout) if p["calibration"]} == held
+    table = CliRunner().invoke(app, ["--data-dir", str(box_dir), "people", "list"])
+    assert f"{len(people)} people, {len(held)} of them calibration people" in table.stdout
+    assert table.stdout.count(" calibration │") == len(held)
 
 
 def test_a_swapped_model_serves_at_its_stored_threshold_after_restart_and_in_followers(
