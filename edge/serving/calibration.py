@@ -27,7 +27,7 @@ over sites):
 - in 12 federations of 4 sites (a small deployment), the rule on every (trained) crop
   went from +0.7 points at round 1 to +3.6 at round 8 and +8.5 at round 16; on the
   calibration people's crops +0.1, +0.1 and +2.0 (SE 1.2), with a top-1 gain over the
-  pretrained model of +1.0 at round 1, gone from round 6 (README, "Each model's own
+  pretrained model of +0.9 at round 1, gone from round 6 (README, "Each model's own
   threshold over many rounds");
 - in one federation of 48 sites, +0.3 at round 1 and +1.6 at round 16 on every crop;
   on the calibration people's, within 0.45 of the pretrained model's throughout, with
