@@ -307,12 +307,14 @@ class Coordinator:
             self.current = self.store.get_round(cur.round)
             # "N/quorum" as `status` says it; the active devices are who could still send
             log.warning("round %d: deadline reached with %d/%d update(s) (%d device(s) "
-                        "active): extended to %.0f (extension %d of %d)", cur.round,
-                        cur.contributions, cur.quorum, len(active), deadline,
+                        "active): extended to %s (extension %d of %d)", cur.round,
+                        cur.contributions, cur.quorum, len(active), time.strftime(
+                            "%Y-%m-%d %H:%M:%S", time.localtime(deadline)),
                         cur.extensions + 1, self.settings.max_extensions)
             return [Announce(announce)]
-        log.error("round %d FAILED: %d update(s) < quorum %d after %d extension(s); a new "
-                  "round follows", cur.round, cur.contributions, cur.quorum, cur.extensions)
+        log.error("round %d FAILED: %d update(s) < quorum %d after %d extension(s); the "
+                  "next round opens on the schedule", cur.round, cur.contributions, cur.quorum,
+                  cur.extensions)
         return self._fail(cur, "no quorum", "no quorum after extensions")
 
     def abandon(self, why: str) -> list[Event]:
