@@ -59,6 +59,7 @@ class ResultApplier:
             raise ValueError(f"base vector has {base.size} values, part {part.key} has "
                              f"{part.size}")
         self.version = version
+        self._served_seen: tuple[object, str] | None = None  # what follow_served last read
         self.vector = base
         # The newest result only this box's canary declined: the federation moved on to
         # it, so the box keeps training from it (its people stay in the federation and a
@@ -257,9 +258,14 @@ class ResultApplier:
         kept the version rolled back from until the next round). Reads the vector only
         when the served version's name differs."""
         served = getattr(getattr(self.sink, "served", None), "version", None)
-        if not isinstance(served, str) or served == self.version or (
-                self.declined is not None and self.declined[0] == served):
+        seen = (served, self.version)
+        if not isinstance(served, str) or served == self.version or seen == self._served_seen \
+                or (self.declined is not None and self.declined[0] == served):
             return False
+        # once per served version (and version of the box's): one it cannot federate from
+        # (the pretrained model, a version of another part) is not read, nor warned
+        # about, on every tick
+        self._served_seen = seen
         before = self.version
         self._follow_sink()
         return self.version != before

@@ -72,3 +72,25 @@ def test_the_status_follows_a_rollback_between_rounds() -> None:
     assert applier.follow_served() is True
     assert applier.version == "round-1" and np.array_equal(applier.vector, round_1)
     assert applier.follow_served() is False and sink.vector_reads == 1
+
+
+def test_a_served_model_it_cannot_federate_from_is_read_once() -> None:
+    """The pretrained model, or a version of another part, has no vector to federate
+    from: the tick does not read (nor warn about) it again every half second."""
+    rng = np.random.default_rng(2)
+    round_2 = rng.normal(size=PART.size).astype(np.float32)
+
+    class OtherPart(HotSwapperLike):
+        def served_vector(self) -> None:  # type: ignore[override]
+            self.vector_reads += 1
+            return None
+
+    sink = OtherPart("round-7-conv14", round_2)
+    unused: Any = None
+    applier = ResultApplier(unused, unused, PART, sink, unused, unused, version="round-2",
+                            vector=round_2, max_relative_change=1.0,
+                            verify=lambda *_: None, publish_status=lambda: None,
+                            applied=lambda: None)
+    for _ in range(5):
+        assert applier.follow_served() is False
+    assert sink.vector_reads == 1 and applier.version == "round-2"
