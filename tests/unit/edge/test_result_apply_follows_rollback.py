@@ -12,6 +12,14 @@ from edge.federated.result_apply import ResultApplier
 from tests.support.federation_rig import PART
 
 
+def _applier(sink: Any, version: str, vector: np.ndarray) -> ResultApplier:
+    """The applier with only what following the sink needs (no results come here)."""
+    unused: Any = None
+    return ResultApplier(unused, unused, PART, sink, unused, unused, version=version,
+                         vector=vector, max_relative_change=1.0, verify=lambda *_: None,
+                         publish_status=lambda: None, applied=lambda: None)
+
+
 class ServingSink:
     """Stands in for the hot swapper: what it serves, as its served_vector() says."""
 
@@ -26,11 +34,7 @@ def test_a_rollback_by_another_process_is_what_the_next_round_trains_from() -> N
     rng = np.random.default_rng(0)
     round_1, round_2 = (rng.normal(size=PART.size).astype(np.float32) for _ in range(2))
     sink = ServingSink("round-2", round_2)
-    unused: Any = None
-    applier = ResultApplier(unused, unused, PART, sink, unused, unused, version="round-2",
-                            vector=round_2, max_relative_change=1.0,
-                            verify=lambda *_: None, publish_status=lambda: None,
-                            applied=lambda: None)
+    applier = _applier(sink, "round-2", round_2)
     base = applier.base_vector("round-2")
     assert base is not None and np.array_equal(base, round_2)
     sink.served = ("round-1", round_1)  # `model rollback` in another process
@@ -62,11 +66,7 @@ def test_the_status_follows_a_rollback_between_rounds() -> None:
     rng = np.random.default_rng(1)
     round_1, round_2 = (rng.normal(size=PART.size).astype(np.float32) for _ in range(2))
     sink = HotSwapperLike("round-2", round_2)
-    unused: Any = None
-    applier = ResultApplier(unused, unused, PART, sink, unused, unused, version="round-2",
-                            vector=round_2, max_relative_change=1.0,
-                            verify=lambda *_: None, publish_status=lambda: None,
-                            applied=lambda: None)
+    applier = _applier(sink, "round-2", round_2)
     assert applier.follow_served() is False and sink.vector_reads == 0  # nothing moved
     sink.set("round-1", round_1)  # `model rollback` in another process
     assert applier.follow_served() is True
@@ -86,11 +86,7 @@ def test_a_served_model_it_cannot_federate_from_is_read_once() -> None:
             return None
 
     sink = OtherPart("round-7-conv14", round_2)
-    unused: Any = None
-    applier = ResultApplier(unused, unused, PART, sink, unused, unused, version="round-2",
-                            vector=round_2, max_relative_change=1.0,
-                            verify=lambda *_: None, publish_status=lambda: None,
-                            applied=lambda: None)
+    applier = _applier(sink, "round-2", round_2)
     for _ in range(5):
         assert applier.follow_served() is False
     assert sink.vector_reads == 1 and applier.version == "round-2"
