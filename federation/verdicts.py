@@ -71,8 +71,8 @@ class Verdict:
         if outcome not in OUTCOMES or isinstance(data["round"], bool):
             return None
         model = data.get("model")
-        return cls(number, _printable(model) if isinstance(model, str) else None, outcome,
-                   _printable(reason), at, _fraction(data.get("before")),
+        return cls(number, printable(model) if isinstance(model, str) else None, outcome,
+                   printable(reason), at, _fraction(data.get("before")),
                    _fraction(data.get("after")), _count(data.get("probes")),
                    # a box from before the code wrote "code: text" in the reason
                    reason_code(data.get("code"), reason if outcome in REFUSALS else ""))
@@ -87,8 +87,8 @@ def reason_code(code: Any, reason: str = "") -> str:
     return ""
 
 
-def _printable(text: str, limit: int = 200) -> str:
-    # a box's text reaches the operator's terminal: no control characters
+def printable(text: str, limit: int = 200) -> str:
+    """A box's text reaches the operator's terminal: printable characters only."""
     return "".join(c for c in text if c.isprintable())[:limit]
 
 

@@ -25,15 +25,11 @@ from typing import Any
 
 from federation.errors import MALFORMED, FederationError
 from federation.messages import DeviceStatus
+from federation.verdicts import printable
 
 log = logging.getLogger(__name__)
 
 ONLINE, OFFLINE = "online", "offline"
-
-
-def printable(text: str, limit: int = 200) -> str:
-    """A box's text reaches the operator's terminal: printable characters only."""
-    return "".join(c for c in text if c.isprintable())[:limit]
 
 
 def last_swap_fields(value: Any) -> dict[str, Any] | None:
