@@ -26,8 +26,7 @@ background thread at a lower CPU priority so the frame thread keeps its core:
 A restart (``HotSwapper.__init__``) reads the pointer, serves that, drops rows of other
 versions and stray files, so a box killed at any moment serves one consistent model.
 ``$FEDFACE_SWAP_CRASH_AFTER=<step>`` makes the process SIGKILL itself right after that
-step: the crash-safety tests use it (``edge.serving.swap_steps``: the steps' names and
-timings, and that hook).
+step, for the crash-safety tests (``edge.serving.swap_steps``: steps, timings, the hook).
 """
 
 from __future__ import annotations
@@ -69,8 +68,7 @@ from edge.vision.pipeline import FaceEmbedder
 from federation.messages import result_round
 from models.federated_parts import FederatedPart
 
-# The steps, their report and the crash hook live in edge.serving.swap_steps; STEPS and
-# CRASH_ENV are named here too because the crash tests import them with the swapper.
+# STEPS and CRASH_ENV (edge.serving.swap_steps) too: the crash tests import them from here
 __all__ = ["CRASH_ENV", "STEPS", "HotSwapError", "HotSwapper", "ModelRefused", "SwapReport",
            "embedder_version"]
 
@@ -103,8 +101,7 @@ class HotSwapper:
         self.rows = GalleryRows(gallery_db) if gallery_db is not None else None
         self.base_embedder = base_embedder
         self._lock = threading.RLock()
-        self.assets = SwapAssets(self.base_model, part, self.store.directory, self.rows,
-                                 threads=1)
+        self.assets = SwapAssets(self.base_model, part, self.store.directory, self.rows, threads=1)
         with self._locked():
             served, embedder = load_current(self.store, self.base_model, threads, base_embedder,
                                             owner=True)
@@ -171,23 +168,26 @@ class HotSwapper:
 
     def _follow(self) -> None:
         """Engine watcher hook: another process (``model rollback``) moved the pointer."""
-        stamp = self.store.pointer_stamp()
-        if stamp != self._stamp:
-            with self._locked():
-                self._stamp = self.store.pointer_stamp()
-                current = self.store.load()
-                if current is not None and current.current.tag != self.engine.state.tag:
-                    served, embedder = load_current(self.store, self.base_model,
-                                                    self.threads, self.base_embedder,
-                                                    owner=True)
-                    snapshot = self._reconcile(served, embedder)
-                    self.engine.install(ServingState(
-                        served.version, embedder, snapshot, threshold=own_threshold(
-                            served.threshold, served.calibrated_for, self.engine.threshold)))
-                    self.served = served
-                    log.info("serving %s: the swap pointer was moved by another process",
-                             served.version)
+        self.follow_pointer()
         self.assets.warm()  # trunk features of newly enrolled crops, off the hot path
+
+    def follow_pointer(self) -> None:
+        """Serve what the swap pointer names if another process moved it (else: a stat)."""
+        if self.store.pointer_stamp() == self._stamp:
+            return
+        with self._locked():
+            self._stamp = self.store.pointer_stamp()
+            current = self.store.load()
+            if current is not None and current.current.tag != self.engine.state.tag:
+                served, embedder = load_current(self.store, self.base_model, self.threads,
+                                                self.base_embedder, owner=True)
+                snapshot = self._reconcile(served, embedder)
+                self.engine.install(ServingState(
+                    served.version, embedder, snapshot, threshold=own_threshold(
+                        served.threshold, served.calibrated_for, self.engine.threshold)))
+                self.served = served
+                log.info("serving %s: the swap pointer was moved by another process",
+                         served.version)
 
     def start(self) -> HotSwapper:
         """Warm the trunk-feature cache and start the engine's watcher (background)."""
@@ -295,19 +295,19 @@ class HotSwapper:
 
     def rollback(self) -> SwapReport:
         """Serve version N-1 again; N is blocked (a re-delivered N is refused)."""
+        why = "rolled back on this box (model rollback)"
+
         def target(pointer: Pointer | None) -> tuple[ServedModel, str]:
             if pointer is None or pointer.previous is None:
                 raise HotSwapError("there is no previous model to roll back to",
                                    hint="see `fedface-edge model status`")
-            return pointer.previous, (f"rolled back on this box (model rollback) from "
-                                      f"{pointer.current.version}")
-        return cast(SwapReport, self._go_back(target, "rolled back on this box (model "
-                                              "rollback)", "rolled_back"))
+            return pointer.previous, f"{why} from {pointer.current.version}"
+        return cast(SwapReport, self._go_back(target, why, "rolled_back"))
 
     def serve_initial(self, reason: str) -> SwapReport | None:
-        """The federation went back to its initial model (``aggregator.rounds.poison``):
-        serve the pretrained model (no canary: the box started on it), block the federated
-        version. None: the pretrained model serves already."""
+        """The federation went back to its initial model (``aggregator.rounds.poison``): serve
+        the pretrained one (no canary: the box started on it), block the federated version.
+        None: the pretrained model serves already."""
         return self._go_back(lambda _: (base_served(), reason), reason, "back_to_initial")
 
     def _go_back(self, target: Callable[[Pointer | None], tuple[ServedModel, str]],
@@ -371,10 +371,12 @@ class HotSwapper:
         return read_model(self.store, self.served, self.base_model)
 
     def served_vector(self) -> tuple[str, np.ndarray] | None:
-        """(version, part vector) of the served federated model; None while the base
-        model serves or when this part's vector of the served version is not known (a
-        version of another part, or a file from a release that did not keep vectors):
-        the federation client then starts from the pretrained weights."""
+        """(version, part vector) of the served federated model; None while the base model
+        serves or when this part's vector of it is not known (a version of another part, a
+        file from a release that kept no vectors): the client then starts from pretrained."""
+        # a rollback in another process deletes the file of the version it leaves, which
+        # this process serves until its watcher looks: read what the pointer names now
+        self.follow_pointer()
         served = self.served
         if served.model_file is None:
             return None

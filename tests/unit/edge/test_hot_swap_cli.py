@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -92,6 +93,28 @@ def test_status_rollback_and_the_rolled_back_version_stays_refused(
     assert len(state.gallery) == len(restarted.rows.crops())  # type: ignore[union-attr]
     with pytest.raises(ModelRefused, match="refused before"):
         restarted.apply("r2", perturbed(base, 2))  # the client re-delivering r2
+
+
+def test_a_join_reads_the_vector_a_rollback_in_another_process_left_it(
+        template: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`model rollback` while `join` runs deletes the file of the version it leaves, which
+    the join's swapper still served until its watcher looked: the federation client asks
+    for the served vector and gets the rolled-back-to version's, with no warning (a
+    walkthrough saw "the served model's vector is unreadable: ... missing")."""
+    box = copy_box(template, tmp_path / "box")
+    join = open_swapper(box)  # the `join` process's swapper; its watcher is not started
+    base = join.part.initial_vector(join.assets.base_weights)
+    join.apply("r1", perturbed(base, 1))
+    join.apply("r2", perturbed(base, 2))
+    code, out, err = invoke(box, "model", "rollback")
+    assert code == 0 and "now serving r1" in out, err
+    assert not (box / "models" / "sface-fed-r2.weights.npz").exists()
+    with caplog.at_level("WARNING", logger="edge.serving.hot_swap"):
+        served = join.served_vector()
+    assert served is not None and served[0] == "r1"
+    assert np.array_equal(served[1], perturbed(base, 1))
+    assert join.engine.state.model_version == "r1" and not caplog.records
+    join.engine.close()
 
 
 def test_rollback_serves_the_previous_version_with_the_part_it_was_made_with(
