@@ -5,7 +5,8 @@ joins an open round only when the federation trains this box's part (said once p
 round otherwise: log, event, ``not_joining`` in the status), the round lists this
 device, it is based on a model the box has (``edge.federated.result_apply``: the one it
 serves, or a result only its canary declined; an announce built on the initial model
-takes a box that applied a since-poisoned result back to it first) and the
+takes a box that applied a since-poisoned result back to it first; one built on a
+result the box refused or its technician rolled back is sat out, said in its verdict) and the
 box has enough new samples (``edge.federated.round_gate``; a box below sits the round
 out and re-counts every few seconds). Joining starts the training job in its own thread
 at a lower CPU priority: it trains, encrypts, signs and chunks the update
@@ -46,6 +47,7 @@ from models.federated_parts import FederatedPart
 
 log = logging.getLogger(__name__)
 
+BASE_NOT_SERVED = "base_not_served"  # the status's not_joining reason: see _base_not_served
 RECOUNT_SECONDS = 5.0  # a box sitting out counts its new samples again this often
 
 
@@ -75,6 +77,7 @@ class RoundJoiner:
         self._previous_mark = samples_mark(state, "previous_samples_mark")
         self._job_mark: float | None = None
         self._sat_out = (0, 0.0)  # (round, monotonic time) it last checked and sat out
+        self._base_refused_round = 0  # the round last sat out as built on a refused model
         self.announce: RoundAnnounce | None = None
         self.not_joining: dict[str, Any] = {}  # why the last open round was not joined
         self._job: threading.Thread | None = None
@@ -142,8 +145,7 @@ class RoundJoiner:
             return
         vector = self.model.base_vector(ann.base_model)
         if vector is None:
-            log.info("round %d is based on %s, this box has %s: waiting for that result",
-                     ann.round, ann.base_model, self.model.version)
+            self._base_not_served(ann)
             return
         if self._sit_out(ann):
             return
@@ -181,6 +183,28 @@ class RoundJoiner:
             self.events.emit("not_joined", ann.round, {"reason": reason, "detail": detail})
             self._publish_status()
         return True
+
+    def _base_not_served(self, ann: RoundAnnounce) -> None:
+        """The round builds on a model the box lacks: its result is on the way, or the
+        box refused it or its technician rolled it back (then the box sits the round out
+        and says why once, replacing an earlier verdict such as "0 new samples")."""
+        refusal = self.model.refusal_of(ann.base_model)
+        if refusal is None:
+            log.info("round %d is based on %s, this box has %s: waiting for that result",
+                     ann.round, ann.base_model, self.model.version)
+            return
+        detail = (f"built on {ann.base_model}, which this box does not serve: {refusal}; "
+                  f"it serves {self.model.version} and joins again from the next result "
+                  f"it accepts")
+        self.not_joining = {"reason": BASE_NOT_SERVED, "round": ann.round, "detail": detail}
+        if self._base_refused_round == ann.round:
+            return
+        self._base_refused_round = ann.round
+        log.warning("round %d: sitting out: %s", ann.round, detail)
+        self.verdicts.record(ann.round, None, "sat_out", detail)
+        self.events.emit("sitting_out", ann.round, {"reason": BASE_NOT_SERVED,
+                                                    "detail": detail})
+        self._publish_status()
 
     def recount(self) -> None:
         """Every worker tick: a box sitting out for lack of new samples looks again every

@@ -40,7 +40,7 @@ from federation.crypto.ckks import FederationContext
 from federation.crypto.packing import EncryptedUpdate, decrypt_within_bounds
 from federation.envelope import Envelope
 from federation.errors import FederationError
-from federation.messages import ModelPointer, RoundAnnounce
+from federation.messages import ModelPointer, RoundAnnounce, result_round
 from models.federated_parts import FederatedPart
 
 log = logging.getLogger(__name__)
@@ -249,6 +249,21 @@ class ResultApplier:
             return self.vector
         if self.declined is not None and self.declined[0] == version:
             return self.declined[1]
+        return None
+
+    def refusal_of(self, version: str) -> str | None:
+        """Why this box will not serve ``version``: it refused or rejected that result, or
+        its technician rolled it back (the sink's blocked versions; None: the result has
+        not come yet, or it is being checked)."""
+        blocked = getattr(getattr(self.sink, "store", None), "blocked", None)
+        entry = blocked().get(version) if callable(blocked) else None
+        if isinstance(entry, dict):
+            return str(entry.get("reason") or "refused")
+        round_no = result_round(version)
+        verdict = self.verdicts.of_round(round_no) if round_no else None
+        if verdict is not None and verdict.model == version and \
+                verdict.outcome in ("refused", "rejected"):
+            return verdict.reason
         return None
 
     def follow_served(self) -> bool:

@@ -3,12 +3,19 @@ moved it (`fedface-edge model rollback` while `join` runs)."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
+from edge.federated.api import ClientConfig, ClientEvent, ClientEvents
+from edge.federated.joining import RoundJoiner
 from edge.federated.result_apply import ResultApplier
+from edge.federated.round_gate import save_client_state
+from edge.federated.verdicts import RoundVerdicts
+from federation.messages import OPEN, RoundAnnounce
 from tests.support.federation_rig import PART
 
 
@@ -90,3 +97,62 @@ def test_a_served_model_it_cannot_federate_from_is_read_once() -> None:
     for _ in range(5):
         assert applier.follow_served() is False
     assert sink.vector_reads == 1 and applier.version == "round-2"
+
+
+class NothingNew:
+    """The box's gallery: no crop enrolled since the update it last sent."""
+
+    def crops_enrolled_since(self, since: float) -> int:
+        return 0
+
+
+class RolledBackStore:
+    """The hot swapper's model store as `model rollback` leaves it: N is blocked."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, dict[str, str]] = {}
+
+    def blocked(self) -> dict[str, dict[str, str]]:
+        return self.entries
+
+
+def test_a_round_built_on_a_rolled_back_model_is_sat_out_and_said_so(tmp_path: Path) -> None:
+    """Round 4 opens on round-3 and the box, with nothing new, sits it out ("0 new
+    samples"); then its technician rolls round-3 back. The box cannot join round 4 at all
+    now, whatever it enrols: its verdict (what `model status` and the operator's
+    `status` show) and its retained status must say that, not "0 new samples" (a
+    walkthrough found the stale reason), and once, however often it looks again."""
+    rng = np.random.default_rng(3)
+    round_2, round_3 = (rng.normal(size=PART.size).astype(np.float32) for _ in range(2))
+    sink = HotSwapperLike("round-3", round_3)
+    sink.store = RolledBackStore()  # type: ignore[attr-defined]
+    verdicts = RoundVerdicts(tmp_path)
+    said: list[ClientEvent] = []
+    applier = _applier(sink, "round-3", round_3)
+    applier.verdicts = verdicts
+    save_client_state(tmp_path / "client-state.json", 3, time.time())  # sent round 3
+    unused: Any = None
+    published: list[int] = []
+    joiner = RoundJoiner(ClientConfig("fed", "a"), PART, SimpleNamespace(context=None),
+                         SimpleNamespace(drop_closed_rounds=lambda _: None), applier,
+                         NothingNew(), verdicts, ClientEvents(said.append),
+                         tmp_path / "client-state.json",
+                         publish_status=lambda: published.append(1), job_done=unused)
+    announce = RoundAnnounce(4, "round-3", OPEN, time.time() + 600, 2, 64.0, 262144,
+                             part_key=PART.key, min_new_samples=1)
+    joiner.announced(announce)
+    assert verdicts.of_round(4).reason == "0 new samples since round 3, need 1"  # type: ignore[union-attr]
+
+    sink.set("round-2", round_2)  # `model rollback` in another process
+    sink.store.entries["round-3"] = {"reason": "rolled back on this box (model rollback)"}  # type: ignore[attr-defined]
+    for _ in range(3):  # the recount every few seconds, a redelivered announce
+        joiner.maybe_join()
+    verdict = verdicts.of_round(4)
+    assert verdict is not None and verdict.outcome == "sat_out"
+    assert verdict.reason == ("built on round-3, which this box does not serve: rolled back "
+                              "on this box (model rollback); it serves round-2 and joins "
+                              "again from the next result it accepts")
+    assert joiner.not_joining["reason"] == "base_not_served"
+    assert [e.data["reason"] for e in said if e.kind == "sitting_out"] == [
+        "no_new_samples", "base_not_served"]
+    assert joiner.not_joining["round"] == 4 and len(published) == 2
