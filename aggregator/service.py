@@ -8,10 +8,10 @@ Two threads, one rule each:
   or the running sum, and never publishes (a transport handler must not block on the
   transport);
 - the worker (``pump``, below; its events are published by aggregator.rounds.events)
-  owns the coordinator: it takes the completed updates waiting in
-  the queue as one batch (group commit: checked, staged into the sum by the summing
-  workers, stored with one fsync round and one SQLite commit, then acked), records
-  rejections, acks, checks deadlines and publishes announce/result/pointer.
+  owns the coordinator: it takes the completed updates waiting in the queue as one batch
+  (group commit: checked, staged into the sum by the summing workers, stored with one
+  fsync round and one SQLite commit, then acked), records rejections, acks, checks
+  deadlines and publishes announce/result/pointer.
 
 They meet in a queue of small items (a completed blob is a file path, not bytes), so a
 backlog costs disk, not memory; the batch's group commit fsyncs its blobs side by side.
@@ -30,9 +30,9 @@ JSON bodies are one-chunk blobs):
   version, aggregator.rounds.pins), min_new_samples (a box with fewer new enrolled samples
   since its last update sits the round out), key_id and key_epoch (the CKKS key updates
   must be encrypted under, aggregator.rounds.epochs)}. Re-published with a later deadline on an
-  extension; a failed round is followed by an announce of round r+1, same base. While the
-  operator's schedule holds the next round back (aggregator.rounds.schedule), the latest round
-  is announced with state closed and next_round_at (unix s).
+  extension (aggregator.rounds.deadline); a failed or skipped round is followed by round r+1,
+  same base. While the schedule (aggregator.rounds.schedule) holds the next round back,
+  the latest round is announced with state closed and next_round_at (unix s).
 - ``update/<device>``: the box's EncryptedUpdate bytes chunked with kind update,
   round r, model = the announced base_model.
 - ``ack/<device>`` (kind ack): JSON {device, round, msg, accepted, reason, detail,
@@ -102,9 +102,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BLOB_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_SPOOL_BYTES = 8 * 1024 * 1024 * 1024
-# One group commit takes at most this many completed updates / blob bytes: enough to
-# amortise its fsyncs and commit (~10-20 ms) over many small updates, while the acks
-# of a batch of 1M-value updates (~25 MB each) still follow within about a second.
+# One group commit takes at most this many updates / blob bytes: its fsyncs and commit
+# (~10-20 ms) amortised over many small updates; 1M-value updates (~25 MB) acked in ~1 s
 MAX_BATCH_UPDATES = 64
 MAX_BATCH_BYTES = 256 * 1024 * 1024
 _MAX_ITEMS_PER_PUMP = 4 * MAX_BATCH_UPDATES  # then deadlines and keys get their turn
@@ -270,6 +269,7 @@ class AggregatorService:
                 elif isinstance(item, UnknownReport):
                     self._report_unknown(item)
                 elif isinstance(item, VerdictReport):
+                    self.coordinator.heard_sat_out(item.device, item.sat_out)
                     self.events.handle(self.poison.report(item.device, item.verdicts))
                 else:
                     batch.append(item)

@@ -9,12 +9,12 @@ these refusals are its only evidence that a round is poisoned
 
 Delivery-thread work only, like aggregator.intake.delivery: parse the topic, check the
 envelope against the key snapshot of active devices (an unknown or revoked sender is
-dropped before any signature work), parse the status and queue its judged verdicts for
-the worker, only when they changed since that device's last status (a box republishes
-its status on every reconnect). The status topic is retained, so a restarted service
-hears every box's latest verdicts again. Statuses are not put through the updates'
-rate limiter: a refusal dropped there would be lost until the box's next status, and
-the broker's ACL lets only the box itself write its status topic.
+dropped before any signature work), parse the status and queue its judged verdicts (and
+the rounds it sits out) for the worker, only when they changed since that device's last
+status (a box republishes its status on every reconnect). The status topic is retained,
+so a restarted service hears every box's latest verdicts again. Statuses are not put
+through the updates' rate limiter: a refusal dropped there would be lost until the box's
+next status, and the broker's ACL lets only the box itself write its status topic.
 
 Every signature-checked status also goes to the presence recorder
 (aggregator.intake.presence), with whether it came from the broker's retained store:
@@ -49,10 +49,12 @@ WARN_EVERY_SECONDS = 300.0  # per device: a bad status is logged, not a flood of
 
 @dataclass(frozen=True)
 class VerdictReport:
-    """A device's verdicts on results (applied / refused / rejected), signature-checked."""
+    """A device's verdicts on results (applied / refused / rejected), signature-checked,
+    and the rounds it says it sits out (the round's deadline: aggregator.rounds.deadline)."""
 
     device: str
     verdicts: tuple[Verdict, ...]
+    sat_out: tuple[int, ...] = ()
 
 
 class StatusIntake:
@@ -66,7 +68,7 @@ class StatusIntake:
         self._keys = keys  # the active devices' keys (aggregator.intake.delivery's snapshot)
         self._sink = sink
         self.presence = presence  # each box's last online status (None: not kept)
-        self._last: dict[str, tuple[tuple[int, str, str, float], ...]] = {}
+        self._last: dict[str, tuple[object, ...]] = {}
         self._warned: dict[str, float] = {}
         # called as a plain handler (topic, payload), a status counts as retained
         self.on_status = RetainAware(self._on_status)
@@ -98,11 +100,12 @@ class StatusIntake:
         if self.presence is not None:
             self.presence.observe(device, entry, retained)
         judged = tuple(v for v in status.verdicts if v.judged and v.model)
-        seen = tuple((v.round, v.outcome, v.code, v.at) for v in judged)
-        if not judged or self._last.get(device) == seen:
+        sat_out = tuple(v.round for v in status.verdicts if v.outcome == "sat_out")
+        seen = (*((v.round, v.outcome, v.code, v.at) for v in judged), sat_out)
+        if not (judged or sat_out) or self._last.get(device) == seen:
             return
         self._last[device] = seen
-        self._sink(VerdictReport(device, judged))
+        self._sink(VerdictReport(device, judged, sat_out))
 
     def _dropped(self, topic: str, exc: FederationError) -> None:
         now = time.monotonic()

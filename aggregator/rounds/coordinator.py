@@ -7,9 +7,9 @@ serialised once, as the result blob) (all active devices sent, or deadline with
 quorum) -> result ready (the service publishes it) -> published -> next round, whose
 base model version is the result's version.
 
-At a deadline without quorum the round is extended (up to ``max_extensions`` times,
-each logged and re-announced); after that it fails (logged, counted) and a new round
-opens on the same base model, so boxes simply resend on the new announce.
+At a deadline without quorum (aggregator.rounds.deadline) the round is extended, reopened
+to every box, skipped (nothing new anywhere) or failed; a new round then opens on the same
+base model, so boxes simply resend on the new announce.
 
 Openings follow the operator's schedule (aggregator.rounds.schedule): until one is due
 the latest round is re-announced closed with ``next_round_at``; ``tick`` opens it.
@@ -19,7 +19,6 @@ Time comes from an injected clock, so tests drive deadlines deterministically.
 
 from __future__ import annotations
 
-import errno
 import logging
 import sqlite3
 import time
@@ -29,11 +28,12 @@ from dataclasses import dataclass, field, replace
 from aggregator.rounds.accumulator import Accumulator, AccumulatorBroken, AccumulatorFactory
 from aggregator.rounds.admission import NOT_OPEN as NOT_OPEN  # re-exported: part of the reasons
 from aggregator.rounds.admission import check, rebuild_sum
+from aggregator.rounds.deadline import CLOSE, FAIL, SKIP, at_deadline, extend
 from aggregator.rounds.epochs import fail_if_old_key
 from aggregator.rounds.pins import next_base
 from aggregator.rounds.records import Announce, Decision, Event, ResultReady, Submission
 from aggregator.rounds.schedule import RoundSchedule, record_next_opening
-from aggregator.state.db import RoundRow
+from aggregator.state.db import RoundRow, storage_failure
 from aggregator.state.registry import DeviceRegistry
 from aggregator.state.store import AcceptedUpdate, Store
 from federation import errors
@@ -98,6 +98,7 @@ class Coordinator:
         self.current: RoundRow | None = None
         self.sum: Accumulator | None = None
         self.next_opening: float | None = None  # set while the schedule holds a round back
+        self.sat_out: set[str] = set()  # devices whose status says they sit the round out
 
     # --- lifecycle --------------------------------------------------------------------
     def start(self, open_round: bool = True) -> list[Event]:
@@ -165,6 +166,7 @@ class Coordinator:
                                 announce.to_dict())
         self.current = self.store.get_round(round_no)
         self.sum = self.accumulators.new()
+        self.sat_out = set()
         log.info("round %d opened: base model %s, deadline in %.0f s, quorum %d, min new "
                  "samples %d", round_no, base, self.settings.deadline_seconds,
                  self.settings.quorum, self.settings.min_new_samples)
@@ -231,7 +233,7 @@ class Coordinator:
                 for i in valid], cur.contributions + 1, self.clock())
         except (OSError, sqlite3.Error) as exc:
             # Nothing of the batch was counted and the round's sum holds none of it.
-            what = _storage_failure(exc)
+            what = storage_failure(exc)
             log.error("round %d: could not store %d update(s) (%s); they are NOT counted, "
                       "the devices must resend", cur.round, len(valid), what)
             try:
@@ -297,25 +299,26 @@ class Coordinator:
             return self._close(cur, "all active devices sent")
         if self.clock() < cur.deadline:
             return []
-        if self.updates_summed() >= cur.quorum:
-            return self._close(cur, f"deadline with quorum ({cur.contributions}/{len(active)})")
-        if cur.extensions < self.settings.max_extensions:
-            deadline = cur.deadline + self.settings.deadline_seconds
-            announce = replace(announce_of(cur), deadline=deadline)
-            self.store.update_round(cur.round, deadline=deadline,
-                                    extensions=cur.extensions + 1, announce=announce.to_dict())
-            self.current = self.store.get_round(cur.round)
-            # "N/quorum" as `status` says it; the active devices are who could still send
-            log.warning("round %d: deadline reached with %d/%d update(s) (%d device(s) "
-                        "active): extended to %s (extension %d of %d)", cur.round,
-                        cur.contributions, cur.quorum, len(active), time.strftime(
-                            "%Y-%m-%d %H:%M:%S", time.localtime(deadline)),
-                        cur.extensions + 1, self.settings.max_extensions)
-            return [Announce(announce)]
-        log.error("round %d FAILED: %d update(s) < quorum %d after %d extension(s); the "
-                  "next round opens on the schedule", cur.round, cur.contributions, cur.quorum,
-                  cur.extensions)
-        return self._fail(cur, "no quorum", "no quorum after extensions")
+        call = at_deadline(summed=self.updates_summed(), quorum=cur.quorum,
+                           announced_min_new=announce_of(cur).min_new_samples,
+                           extensions=cur.extensions, max_extensions=self.settings.max_extensions,
+                           active=active, contributors=contributors, sat_out=self.sat_out)
+        if call.action == CLOSE:
+            return self._close(cur, call.why)
+        if call.action in (SKIP, FAIL):
+            log.log(logging.INFO if call.action == SKIP else logging.ERROR, "round %d %s: %s; "
+                    "the next round opens on the schedule", cur.round, call.outcome, call.why)
+            return self._fail(cur, call.reason, call.why, status=call.outcome)
+        announce = extend(self.store, cur, call, self.settings.deadline_seconds,
+                          self.settings.max_extensions, len(active))
+        self.current = self.store.get_round(cur.round)
+        return [Announce(announce)]
+
+    def heard_sat_out(self, device: str, rounds: tuple[int, ...]) -> None:
+        """A box's signed status says it sits these rounds out (aggregator.intake.verdicts)."""
+        if self.current is not None and self.current.status == "open" and \
+                self.current.round in rounds:
+            self.sat_out.add(device)
 
     def abandon(self, why: str) -> list[Event]:
         """Fail the open round now and open the next (aggregator.rounds.poison: its base
@@ -326,11 +329,13 @@ class Coordinator:
         log.error("round %d FAILED: %s; a new round follows", cur.round, why)
         return self._fail(cur, why, why)
 
-    def _fail(self, cur: RoundRow, reason: str, detail: str) -> list[Event]:
-        self.store.update_round(cur.round, status="failed", closed_at=self.clock(),
+    def _fail(self, cur: RoundRow, reason: str, detail: str, status: str = "failed"
+              ) -> list[Event]:
+        self.store.update_round(cur.round, status=status, closed_at=self.clock(),
                                 close_reason=reason)
         self.store.drop_accepted(cur.round)
-        self.store.record_rejection(cur.round, None, "round_failed", detail)
+        if status == "failed":
+            self.store.record_rejection(cur.round, None, "round_failed", detail)
         self.current = self.store.get_round(cur.round)  # failed: no longer takes updates
         self.sum = None
         return self._open_when_due()
@@ -361,7 +366,7 @@ class Coordinator:
         except (OSError, sqlite3.Error) as exc:
             # The round stays open with every accepted update; the next tick retries.
             log.error("round %d: cannot store its result (%s); will retry", cur.round,
-                      _storage_failure(exc))
+                      storage_failure(exc))
             self.store.blob_path(name).unlink(missing_ok=True)
             return []
         if cur.sum_blob is not None and cur.sum_blob != name:  # a legacy running sum
@@ -391,10 +396,3 @@ class Coordinator:
             if open_next:
                 return self._open_when_due()
         return []
-
-
-def _storage_failure(exc: OSError | sqlite3.Error) -> str:
-    if isinstance(exc, OSError):
-        return "disk full" if exc.errno == errno.ENOSPC else f"I/O error: {exc.strerror or exc}"
-    text = str(exc)
-    return "disk full" if "full" in text else f"database error: {text}"

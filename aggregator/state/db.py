@@ -6,6 +6,7 @@ group commit of accepted updates by aggregator.state.store."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
@@ -297,3 +298,11 @@ class StateDB:
     def recent_rejections(self, limit: int = 20) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT * FROM rejections ORDER BY id DESC LIMIT ?", (limit,))
         return [dict(r) for r in rows]
+
+
+def storage_failure(exc: OSError | sqlite3.Error) -> str:
+    """What a failed write means, for the operator's log: the disk is full, or what else."""
+    if isinstance(exc, OSError):
+        return "disk full" if exc.errno == errno.ENOSPC else f"I/O error: {exc.strerror or exc}"
+    text = str(exc)
+    return "disk full" if "full" in text else f"database error: {text}"

@@ -54,7 +54,11 @@ class RoundVerdicts:
         verdict = Verdict(round_no, model, outcome, reason, time.time(),
                           getattr(canary, "current", None), getattr(canary, "candidate", None),
                           int(getattr(canary, "probes", 0) or 0), code)
-        kept = [v for v in self.all() if v.round != round_no][-(KEEP - 1):]
+        kept = [v for v in self.all() if v.round != round_no]
+        if outcome == "sat_out" and kept and (kept[-1].outcome, kept[-1].reason) == (
+                outcome, reason):
+            kept.pop()  # a quiet streak ("0 new samples since round 6") is one line: its latest
+        kept = kept[-(KEEP - 1):]
         try:
             write_atomic(self.path, json.dumps([asdict(v) for v in [*kept, verdict]],
                                                sort_keys=True).encode(), mode=0o600)

@@ -247,3 +247,102 @@ def test_a_box_that_joins_a_round_it_first_sat_out_says_it_sent_and_when_no_resu
         thread.join(10)
         service.close()
         store.close()
+
+
+def _run_two_boxes(tmp_path: Path, ctx: FederationContext, settings: RoundSettings
+                   ) -> tuple[Store, dict[str, Samples], dict[str, FederationClient],
+                              threading.Event, threading.Thread, AggregatorService]:
+    """The real aggregator service and two real clients (a and b, 8 samples each)."""
+    bus, agg_key, store, keys, service = aggregator(tmp_path, ctx, settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=service.run, args=(stop, 0.05), daemon=True)
+    samples = {"a": Samples(8), "b": Samples(8)}
+    clients = {}
+    for device in ("a", "b"):
+        base = part_base_vector()
+        clients[device] = FederationClient(
+            ClientConfig(FED, device, retry_seconds=0.5, tick_seconds=0.05),
+            lambda will, d=device: InMemoryTransport(bus, d, will=will), ctx, keys[device],
+            agg_key.public_key(), NumpyDriftTrainer(PART, base, device, 50, 1e-2),
+            RecordingSink(), tmp_path / device, base, samples=samples[device])
+    thread.start()
+    for c in clients.values():
+        c.start()
+    return store, samples, clients, stop, thread, service
+
+
+def _stop(clients: dict[str, FederationClient], stop: threading.Event,
+          thread: threading.Thread, service: AggregatorService, store: Store) -> None:
+    for c in clients.values():
+        c.stop()
+    stop.set()
+    thread.join(10)
+    service.close()
+    store.close()
+
+
+def test_a_round_nobody_has_anything_new_for_is_skipped_not_failed(
+    tmp_path: Path, ctx: FederationContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A quiet night: after round 1 neither box enrols anyone, both sit round 2 out and
+    say so in their statuses; at its deadline round 2 is skipped (no extension, no
+    error, no failed-round rejection) and round 3 opens on round 1's result. Before,
+    it was extended three times and then FAILED, every quiet night."""
+    caplog.set_level(logging.INFO, logger="aggregator.rounds.coordinator")
+    store, _, clients, stop, thread, service = _run_two_boxes(
+        tmp_path, ctx, RoundSettings(deadline_seconds=3, quorum=2, count_scale=64,
+                                     part_key=PART.key, min_new_samples=1, max_extensions=3))
+    try:
+        wait_for(lambda: all(c.version == "round-1" for c in clients.values()), SLOW,
+                 "round 1 applied by both boxes")
+        wait_for(lambda: store.get_round(3) is not None, SLOW, "round 3 opened")
+        skipped = store.get_round(2)
+        assert skipped is not None and skipped.status == "skipped"
+        assert skipped.extensions == 0 and skipped.close_reason == "nothing new"
+        assert skipped.contributions == 0
+        assert store.get_round(3).base_model == "round-1"  # type: ignore[union-attr]
+        assert "round 2 skipped: nothing new: a, b sat out (fewer new samples than 1)" \
+            in caplog.text
+        assert "FAILED" not in caplog.text and "extended" not in caplog.text
+        assert "rejected.round_failed" not in store.counters()
+        assert all(c.version == "round-1" for c in clients.values())  # nothing retrained
+    finally:
+        _stop(clients, stop, thread, service, store)
+
+
+def test_newcomers_on_one_box_are_federated_when_the_others_had_nothing_new(
+    tmp_path: Path, ctx: FederationContext, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """b enrols three people after round 1 and sends its update; a has nothing new and
+    sits out, so the round has 1 of the 2 updates its quorum needs. At the deadline it is
+    re-announced once open to every box (min_new_samples 0): a retrains on its same
+    faces and the round is published with both updates, b's newcomers in it, using up no
+    extension (there are none). Before, it failed, and b's newcomers waited for a night
+    on which a enrolled someone too."""
+    monkeypatch.setattr("edge.federated.joining.RECOUNT_SECONDS", 0.2)
+    caplog.set_level(logging.INFO, logger="aggregator.rounds")
+    store, samples, clients, stop, thread, service = _run_two_boxes(
+        tmp_path, ctx, RoundSettings(deadline_seconds=4, quorum=2, count_scale=64,
+                                     part_key=PART.key, min_new_samples=1, max_extensions=0))
+    try:
+        wait_for(lambda: all(c.version == "round-1" for c in clients.values()), SLOW,
+                 "round 1 applied by both boxes")
+        samples["b"].enrol(3)
+        wait_for(lambda: all(c.version not in (None, "round-1") for c in clients.values()),
+                 SLOW, "the round with b's newcomers applied by both boxes")
+        assert clients["a"].version == clients["b"].version
+        round_no = int(str(clients["b"].version).removeprefix("round-"))
+        published = store.get_round(round_no)
+        assert published is not None and published.status == "published"
+        assert published.contributions == 2 and published.extensions == 0
+        assert sorted(store.contributors(round_no)) == ["a", "b"]
+        assert (f"round {round_no}: 1 update(s) < quorum 2; a sat out with nothing new: "
+                "reopened to every box") in caplog.text
+        # the rounds between (if b's recount came after a deadline) were skipped, none failed
+        assert all(store.get_round(r).status == "skipped"  # type: ignore[union-attr]
+                   for r in range(2, round_no))
+        verdicts = {v.round: v.outcome for v in RoundVerdicts(tmp_path / "a").all()}
+        assert verdicts[round_no] == "applied"  # after its sat_out, then submitted
+    finally:
+        _stop(clients, stop, thread, service, store)

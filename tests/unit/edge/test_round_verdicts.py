@@ -62,3 +62,17 @@ def test_a_refusal_carries_its_machine_reason_and_old_boxes_still_parse() -> Non
     # a code is a short identifier; anything else is dropped, not shown or counted
     assert from_status([{**old, "code": "x; rm -rf /\x1b"}])[0].code == "canary_refused"
     assert from_status([{**old, "code": "A" * 10, "reason": "free text"}])[0].code == ""
+
+
+def test_a_quiet_streak_is_one_line(tmp_path: Path) -> None:
+    """A federation skipping round after round (nobody enrols anyone): each round's
+    `sat out (0 new samples since round 6, need 1)` replaces the previous one, so the
+    box's list (and `model status`) keeps what happened before the streak."""
+    store = RoundVerdicts(tmp_path)
+    store.record(6, "round-6", "applied", "ok")
+    for round_no in range(7, 7 + 2 * KEEP):
+        store.record(round_no, None, "sat_out", "0 new samples since round 6, need 1")
+    assert [(v.round, v.outcome) for v in store.all()] == [(6, "applied"),
+                                                           (6 + 2 * KEEP, "sat_out")]
+    store.record(200, None, "sat_out", "built on round-199, which this box does not serve")
+    assert len(store.all()) == 3  # another reason is another line

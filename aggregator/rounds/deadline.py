@@ -1,0 +1,105 @@
+"""What the coordinator does when a round's deadline passes without quorum.
+
+Before ``--min-new-samples`` this was simple: extend (up to ``max_extensions`` times),
+then fail. With it, boxes with nothing new sit rounds out and say so in their signed
+status (a ``sat_out`` verdict on the round: aggregator.intake.verdicts), and two cases
+are not failures:
+
+- **Nothing new anywhere**: no update came and every active box that has not sent said
+  it sits the round out. The round is ``skipped`` at its deadline (no extension: nobody
+  is coming) and the next opens on the schedule, on the same base; no error. Retraining
+  on the same faces every round is what this avoids: each federated model's threshold
+  and top-1 stop gaining after the first rounds and strangers' false accepts creep up
+  (README, "Each model's own threshold over many rounds").
+- **Something new, too few boxes**: some boxes sent (they enrolled people) but fewer than
+  the quorum, and others sat out. The round is re-announced once with a new deadline and
+  ``min_new_samples`` 0, open to every box, so the boxes that sat out retrain once and
+  the new people are federated instead of waiting for a night on which enough boxes
+  enrol someone. This does not use up an extension (``max_extensions`` counts the waits
+  for boxes that said nothing).
+
+Otherwise, as before: extend while extensions are left, then fail. A round no box sent
+to after its extensions, while some active box said nothing at all (offline, broken),
+fails: the operator should hear of it. Pure: the coordinator applies the decision.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+
+from aggregator.state.db import RoundRow
+from aggregator.state.store import Store
+from federation.messages import RoundAnnounce
+
+log = logging.getLogger(__name__)
+
+CLOSE, EXTEND, OPEN_TO_ALL, SKIP, FAIL = "close", "extend", "open_to_all", "skip", "fail"
+
+
+@dataclass(frozen=True)
+class AtDeadline:
+    action: str  # one of the five above
+    why: str  # said in the log (a failed round's rejection detail)
+
+    @property
+    def outcome(self) -> str:
+        """The round's status after a skip or a failure, as the log says it."""
+        return "skipped" if self.action == SKIP else "failed"
+
+    @property
+    def reason(self) -> str:
+        """The round's close reason (`fedface-aggregator rounds`)."""
+        return "nothing new" if self.action == SKIP else "no quorum"
+
+
+def _names(devices: set[str], limit: int = 5) -> str:
+    shown = sorted(devices)[:limit]
+    more = len(devices) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
+def at_deadline(*, summed: int, quorum: int, announced_min_new: int, extensions: int,
+                max_extensions: int, active: set[str], contributors: set[str],
+                sat_out: set[str]) -> AtDeadline:
+    """The round's deadline passed: ``summed`` box updates are in its sum, ``sat_out``
+    are the devices whose status says they sit this round out."""
+    if summed >= quorum:
+        return AtDeadline(CLOSE, f"deadline with quorum ({summed}/{len(active)})")
+    waiting = active - contributors
+    said_out, silent = waiting & sat_out, waiting - sat_out
+    if announced_min_new > 0 and said_out:
+        if summed == 0 and not silent:
+            return AtDeadline(SKIP, f"nothing new: {_names(said_out)} sat out (fewer new "
+                                    f"samples than {announced_min_new})")
+        if summed > 0:
+            return AtDeadline(OPEN_TO_ALL, f"{summed} update(s) < quorum {quorum}; "
+                                           f"{_names(said_out)} sat out with nothing new: "
+                                           f"reopened to every box")
+    if extensions < max_extensions:
+        return AtDeadline(EXTEND, f"{summed} update(s) < quorum {quorum}")
+    return AtDeadline(FAIL, f"{summed} update(s) < quorum {quorum} after {extensions} "
+                            f"extension(s)" + (f"; no word from {_names(silent)}" if silent
+                                               else ""))
+
+
+def extend(store: Store, cur: RoundRow, call: AtDeadline, deadline_seconds: float,
+           max_extensions: int, active: int) -> RoundAnnounce:
+    """Store and return the round's announce with a later deadline; reopened to every
+    box (``OPEN_TO_ALL``), it uses up no extension."""
+    deadline = cur.deadline + deadline_seconds
+    announce = replace(RoundAnnounce.from_dict(cur.announce), deadline=deadline)
+    extensions = cur.extensions + 1
+    if call.action == OPEN_TO_ALL:
+        announce, extensions = replace(announce, min_new_samples=0), cur.extensions
+    store.update_round(cur.round, deadline=deadline, extensions=extensions,
+                       announce=announce.to_dict())
+    at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(deadline))
+    if call.action == OPEN_TO_ALL:
+        log.info("round %d: %s; deadline %s", cur.round, call.why, at)
+    else:  # "N/quorum" as `status` says it; the active devices could still send
+        log.warning("round %d: deadline reached with %d/%d update(s) (%d device(s) active): "
+                    "extended to %s (extension %d of %d)", cur.round, cur.contributions,
+                    cur.quorum, active, at, extensions, max_extensions)
+    return announce
