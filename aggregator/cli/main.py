@@ -134,7 +134,8 @@ def serve(
         "(empty: any time)")] = "",
     min_new_samples: Annotated[int, typer.Option(
         min=0, help="announced: a box with fewer new enrolled samples since its last "
-        "update sits the round out (0: every box trains every round)")] = 0,
+        "update sits the round out; a round nobody has anything new for is skipped "
+        "(0: every box trains every round)")] = 1,
     client_id: Annotated[str, typer.Option(help="MQTT client id; default aggregator-<fed>")] = "",
     ca_file: Annotated[Path | None, typer.Option(
         help="TLS CA certificate (default: broker.ca_file stored by init)")] = None,

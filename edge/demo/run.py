@@ -149,8 +149,11 @@ def _run(cmd: list[str], what: str) -> str:
 
 
 def _serve_command(agg: list[str], protocol: str) -> list[str]:
-    """``serve`` speaking the broker's MQTT version (the embedded amqtt has no MQTT 5)."""
-    return [*agg, "serve", "--mqtt-protocol", protocol]
+    """``serve`` speaking the broker's MQTT version (the embedded amqtt has no MQTT 5).
+    Every box retrains on its same faces every round (``--min-new-samples 0``): the demo
+    shows the rounds; a real federation's boxes sit out the rounds they have nothing new
+    for (serve's default, docs/operations.md "Round schedule")."""
+    return [*agg, "serve", "--mqtt-protocol", protocol, "--min-new-samples", "0"]
 
 
 def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> dict[str, Any]:

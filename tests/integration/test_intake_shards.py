@@ -116,7 +116,8 @@ def serve_aggregator(state: Path, url: str, log: Path, *args: str) -> subprocess
     with log.open("wb") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "aggregator.cli", "serve", "--state", str(state), "--broker",
-             url, "--chunk-size", str(CHUNK), "--intake-processes", "2", *args],
+             url, "--chunk-size", str(CHUNK), "--intake-processes", "2",
+             "--min-new-samples", "0", *args],
             cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 

@@ -86,7 +86,7 @@ def envelope_json_payload(raw: bytes) -> bytes:
 def serve_aggregator(state: Path, url: str, *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "aggregator.cli", "serve", "--state", str(state), "--broker", url,
-         "--chunk-size", "65536", *args],
+         "--chunk-size", "65536", "--min-new-samples", "0", *args],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )

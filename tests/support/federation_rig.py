@@ -115,7 +115,7 @@ class Federation:
         self.aggregator = subprocess.Popen(
             [*AGGREGATOR, "serve", "--state", str(self.agg_state), "--broker", self.broker_url,
              "--quorum", str(quorum), "--rounds", str(rounds), "--round-deadline",
-             str(deadline), "--chunk-size", "16384"],
+             str(deadline), "--chunk-size", "16384", "--min-new-samples", "0"],
             stdout=log, stderr=subprocess.STDOUT)
 
     def start_box(self, name: str, trainer: LocalTrainer | None = None, n_samples: int = 50,

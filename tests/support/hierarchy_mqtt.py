@@ -39,8 +39,8 @@ class Serve:
     def __init__(self, log: Path, args: list[str]) -> None:
         self.log = log
         with log.open("ab") as out:
-            self.proc = subprocess.Popen([AGGREGATOR, "serve", *args], stdout=out,
-                                         stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen([AGGREGATOR, "serve", "--min-new-samples", "0", *args],
+                                         stdout=out, stderr=subprocess.STDOUT)
 
     def text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

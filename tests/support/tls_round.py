@@ -41,7 +41,8 @@ def serve(fed: Federation, *, quorum: int, rounds: int, deadline: float = 60.0,
          "--cert-file", str(tls / f"{pki.AGGREGATOR_IDENTITY}.crt"),
          "--key-file", str(tls / f"{pki.AGGREGATOR_IDENTITY}.key"),
          "--quorum", str(quorum), "--rounds", str(rounds), "--round-deadline", str(deadline),
-         "--chunk-size", "16384", "--intake-processes", str(intake)],
+         "--chunk-size", "16384", "--intake-processes", str(intake),
+         "--min-new-samples", "0"],
         stdout=log, stderr=subprocess.STDOUT)
 
 
