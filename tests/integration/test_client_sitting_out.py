@@ -6,11 +6,13 @@ update across a restart. Real aggregator service and client over the in-memory b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,7 +31,7 @@ from federation import topics
 from federation.crypto.ckks import FederationContext, new_secret_context
 from federation.crypto.signing import generate_signing_key, public_key_hex
 from federation.envelope import decode
-from federation.transport.base import InMemoryBus, InMemoryTransport, Will
+from federation.transport.base import InMemoryBus, InMemoryTransport
 from tests.support.federation_rig import (
     PART,
     GatedTrainer,
@@ -184,38 +186,16 @@ def test_a_box_that_joins_a_round_it_first_sat_out_says_it_sent_and_when_no_resu
     follow: "sat out", then "submitted", then "no result" once round 3 opens on round 1's
     model; never a stale "sat out" for a round it sent to."""
     monkeypatch.setattr("edge.federated.joining.RECOUNT_SECONDS", 0.2)
-    bus, agg_key, store, keys, service = aggregator(
-        tmp_path, ctx, RoundSettings(deadline_seconds=6, quorum=2, count_scale=64,
-                                     part_key=PART.key, min_new_samples=1, max_extensions=0))
-    stop = threading.Event()
-    thread = threading.Thread(target=service.run, args=(stop, 0.05), daemon=True)
-    samples = {"a": Samples(8), "b": Samples(8)}
-    clients = {}
-
-    def transport(device: str) -> Callable[[Will], InMemoryTransport]:
-        return lambda will: InMemoryTransport(bus, device, will=will)
-
-    for device in ("a", "b"):
-        base = part_base_vector()
-        clients[device] = FederationClient(
-            ClientConfig(FED, device, retry_seconds=0.5, tick_seconds=0.05),
-            transport(device), ctx, keys[device],
-            agg_key.public_key(), NumpyDriftTrainer(PART, base, device, 50, 1e-2),
-            RecordingSink(), tmp_path / device, base, samples=samples[device])
 
     def verdict(round_no: int) -> tuple[str, str]:
         """a's verdict on the round as its retained status reports it (operator's view)."""
-        raw = bus.retained.get(topics.status(FED, "a"))
+        raw = rig.bus.retained.get(topics.status(FED, "a"))
         mine = [v for v in (json.loads(decode(raw).payload).get("verdicts") or [])
                 if v["round"] == round_no] if raw else []
         return (mine[-1]["outcome"], mine[-1]["reason"]) if mine else ("", "")
 
-    thread.start()
-    try:
-        for c in clients.values():
-            c.start()
-        wait_for(lambda: all(c.version == "round-1" for c in clients.values()), SLOW,
-                 "round 1 applied by both boxes")
+    with two_boxes_after_round_1(tmp_path, ctx, 6, 0) as rig:
+        store, clients, samples = rig.store, rig.clients, rig.samples
         clients["b"].stop()  # b stays active but sends nothing: round 2 cannot reach quorum
         wait_for(lambda: verdict(2)[0] == "sat_out", SLOW, "a sitting round 2 out")
         samples["a"].enrol(3)
@@ -240,20 +220,24 @@ def test_a_box_that_joins_a_round_it_first_sat_out_says_it_sent_and_when_no_resu
         wait_for(lambda: verdict(3)[0] in ("submitted", "sat_out"), SLOW,
                  "a's verdict on round 3")
         assert verdict(3)[0] == "submitted", verdict(3)
-    finally:
-        for c in clients.values():
-            c.stop()
-        stop.set()
-        thread.join(10)
-        service.close()
-        store.close()
 
 
-def _run_two_boxes(tmp_path: Path, ctx: FederationContext, settings: RoundSettings
-                   ) -> tuple[Store, dict[str, Samples], dict[str, FederationClient],
-                              threading.Event, threading.Thread, AggregatorService]:
-    """The real aggregator service and two real clients (a and b, 8 samples each)."""
-    bus, agg_key, store, keys, service = aggregator(tmp_path, ctx, settings)
+@dataclass
+class TwoBoxes:
+    bus: InMemoryBus
+    store: Store
+    samples: dict[str, Samples]
+    clients: dict[str, FederationClient]
+
+
+@contextlib.contextmanager
+def two_boxes_after_round_1(tmp_path: Path, ctx: FederationContext, deadline: float,
+                            max_extensions: int) -> Iterator[TwoBoxes]:
+    """The real aggregator service (min_new_samples 1, quorum 2) and two real clients, a
+    and b with 8 samples each, once both have applied round 1's result."""
+    bus, agg_key, store, keys, service = aggregator(tmp_path, ctx, RoundSettings(
+        deadline_seconds=deadline, quorum=2, count_scale=64, part_key=PART.key,
+        min_new_samples=1, max_extensions=max_extensions))
     stop = threading.Event()
     thread = threading.Thread(target=service.run, args=(stop, 0.05), daemon=True)
     samples = {"a": Samples(8), "b": Samples(8)}
@@ -266,19 +250,19 @@ def _run_two_boxes(tmp_path: Path, ctx: FederationContext, settings: RoundSettin
             agg_key.public_key(), NumpyDriftTrainer(PART, base, device, 50, 1e-2),
             RecordingSink(), tmp_path / device, base, samples=samples[device])
     thread.start()
-    for c in clients.values():
-        c.start()
-    return store, samples, clients, stop, thread, service
-
-
-def _stop(clients: dict[str, FederationClient], stop: threading.Event,
-          thread: threading.Thread, service: AggregatorService, store: Store) -> None:
-    for c in clients.values():
-        c.stop()
-    stop.set()
-    thread.join(10)
-    service.close()
-    store.close()
+    try:
+        for c in clients.values():
+            c.start()
+        wait_for(lambda: all(c.version == "round-1" for c in clients.values()), SLOW,
+                 "round 1 applied by both boxes")
+        yield TwoBoxes(bus, store, samples, clients)
+    finally:
+        for c in clients.values():
+            c.stop()
+        stop.set()
+        thread.join(10)
+        service.close()
+        store.close()
 
 
 def test_a_round_nobody_has_anything_new_for_is_skipped_not_failed(
@@ -289,12 +273,8 @@ def test_a_round_nobody_has_anything_new_for_is_skipped_not_failed(
     error, no failed-round rejection) and round 3 opens on round 1's result. Before,
     it was extended three times and then FAILED, every quiet night."""
     caplog.set_level(logging.INFO, logger="aggregator.rounds.coordinator")
-    store, _, clients, stop, thread, service = _run_two_boxes(
-        tmp_path, ctx, RoundSettings(deadline_seconds=3, quorum=2, count_scale=64,
-                                     part_key=PART.key, min_new_samples=1, max_extensions=3))
-    try:
-        wait_for(lambda: all(c.version == "round-1" for c in clients.values()), SLOW,
-                 "round 1 applied by both boxes")
+    with two_boxes_after_round_1(tmp_path, ctx, 3, 3) as rig:
+        store, clients = rig.store, rig.clients
         wait_for(lambda: store.get_round(3) is not None, SLOW, "round 3 opened")
         skipped = store.get_round(2)
         assert skipped is not None and skipped.status == "skipped"
@@ -306,8 +286,6 @@ def test_a_round_nobody_has_anything_new_for_is_skipped_not_failed(
         assert "FAILED" not in caplog.text and "extended" not in caplog.text
         assert "rejected.round_failed" not in store.counters()
         assert all(c.version == "round-1" for c in clients.values())  # nothing retrained
-    finally:
-        _stop(clients, stop, thread, service, store)
 
 
 def test_newcomers_on_one_box_are_federated_when_the_others_had_nothing_new(
@@ -322,13 +300,9 @@ def test_newcomers_on_one_box_are_federated_when_the_others_had_nothing_new(
     on which a enrolled someone too."""
     monkeypatch.setattr("edge.federated.joining.RECOUNT_SECONDS", 0.2)
     caplog.set_level(logging.INFO, logger="aggregator.rounds")
-    store, samples, clients, stop, thread, service = _run_two_boxes(
-        tmp_path, ctx, RoundSettings(deadline_seconds=4, quorum=2, count_scale=64,
-                                     part_key=PART.key, min_new_samples=1, max_extensions=0))
-    try:
-        wait_for(lambda: all(c.version == "round-1" for c in clients.values()), SLOW,
-                 "round 1 applied by both boxes")
-        samples["b"].enrol(3)
+    with two_boxes_after_round_1(tmp_path, ctx, 4, 0) as rig:
+        store, clients = rig.store, rig.clients
+        rig.samples["b"].enrol(3)
         wait_for(lambda: all(c.version not in (None, "round-1") for c in clients.values()),
                  SLOW, "the round with b's newcomers applied by both boxes")
         assert clients["a"].version == clients["b"].version
@@ -344,5 +318,3 @@ def test_newcomers_on_one_box_are_federated_when_the_others_had_nothing_new(
                    for r in range(2, round_no))
         verdicts = {v.round: v.outcome for v in RoundVerdicts(tmp_path / "a").all()}
         assert verdicts[round_no] == "applied"  # after its sat_out, then submitted
-    finally:
-        _stop(clients, stop, thread, service, store)
