@@ -264,10 +264,20 @@ class RoundJoiner:
                           self._previous_mark)
         self.events.emit("submitted", round_no, stats)
         # replaces a "sat out" said before new people were enrolled in the same round
-        self.verdicts.record(round_no, None, "submitted",
-                             f"update of {stats['n_samples']} samples sent")
+        self.verdicts.record(round_no, None, "submitted", submitted_reason(stats))
         self._publish_status()
         log.info("round %d: update %s sealed (%d samples, %d bytes in %d chunks, encrypt "
                  "%.2f s)", round_no, pending.msg_id[:12], stats["n_samples"], stats["bytes"],
                  stats["chunks"], stats["encrypt_s"])
         self.sender.send_new(pending)
+
+
+def submitted_reason(stats: dict[str, Any]) -> str:
+    """The verdict on a round the box sent to, which its signed status carries to the
+    aggregator: under differential privacy not the sample count (it is data-dependent,
+    and the update weighs every box equally so that it is not sent)."""
+    if "dp" in stats:
+        return "update sent (differential privacy: equal weight, sample count not reported)"
+    n, weighed = stats["n_samples"], stats.get("weighed_as", stats["n_samples"])
+    capped = f", weighed as the federation's cap of {weighed}" if weighed < n else ""
+    return f"update of {n} samples sent{capped}"

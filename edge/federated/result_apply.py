@@ -208,7 +208,7 @@ class ResultApplier:
         # one round's move: from the round's base when the box has it (a result built on
         # one its canary declined is measured from that, not from the older one served)
         check_average(average, base if base is not None else self.vector, self.part,
-                      self.max_relative_change)
+                      self.max_relative_change, pointer.policy, summed.n_updates)
         t1 = time.perf_counter()
         # The sink stores the version durably before serving it (edge.serving.versions); a
         # crash before its commit leaves the old version served, and the retained

@@ -21,7 +21,7 @@ from edge.errors import ResultRejected
 from edge.federated.outbox import Outbox, PendingUpdate
 from edge.training.api import LocalTrainer
 from federation.chunking import split_blob
-from federation.crypto.bounds import clip_update
+from federation.crypto.bounds import ResultPolicy, clip_update, dp_noise_allowance
 from federation.crypto.ckks import FederationContext
 from federation.crypto.dp import PrivacyLedger, epsilon, privatize
 from federation.crypto.packing import encrypt_update
@@ -87,7 +87,8 @@ class Sealer:
         )
         chunks = [encode(e) for e in envelopes]
         pending = self.outbox.put(ann.round, ann.base_model, envelopes[0].msg, chunks)
-        stats = {"n_samples": int(update.n_samples), "train_s": float(update.seconds),
+        stats = {"n_samples": int(update.n_samples), "weighed_as": n_samples,
+                 "train_s": float(update.seconds),
                  "encrypt_s": encrypt_s, "bytes": pending.size, "chunks": len(chunks),
                  "vector": vector, **dp_stats}
         return pending, stats
@@ -108,9 +109,10 @@ class Sealer:
         dp = ann.dp if ann.bounds is None else ann.bounds.dp_within(ann.dp)
         noisy, norm = privatize(vector, base, dp, ann.quorum)
         report = ledger.report()
-        log.info("round %d: DP update (%s, clip %g, noise multiplier %g, delta norm %.3g): "
+        smaller = " (the federation's clip)" if dp.clip_norm < ann.dp.clip_norm else ""
+        log.info("round %d: DP update (%s, clip %g%s, noise multiplier %g, delta norm %.3g): "
                  "epsilon %.2f this round, %.2f in total over %d round(s) at delta %g (%s)",
-                 ann.round, ann.dp.mode, ann.dp.clip_norm, ann.dp.noise_multiplier, norm,
+                 ann.round, ann.dp.mode, dp.clip_norm, smaller, ann.dp.noise_multiplier, norm,
                  epsilon(ann.dp, 1), report["epsilon_total"], report["rounds"],
                  ann.dp.delta, report["accountant"])
         # Equal weights: c*n = 1 whatever the box's (data-dependent) sample count.
@@ -133,18 +135,23 @@ def load_ledger(path: Path) -> PrivacyLedger:
 
 
 def check_average(average: np.ndarray, current: np.ndarray, part: FederatedPart,
-                  max_relative_change: float) -> None:
+                  max_relative_change: float, policy: ResultPolicy | None = None,
+                  n_updates: int = 1) -> None:
     """Raise ResultRejected unless ``average`` has the part's length, is finite, and moves
     the weights by at most ``max_relative_change`` of their norm (an average of honest
-    fine-tuning steps does not jump; a forged or overflowed sum does)."""
+    fine-tuning steps does not jump; a forged or overflowed sum does), plus the norm the
+    round's DP noise stays under (``policy``: the noise of ``n_updates`` updates is part
+    of an honest average; a walkthrough saw every honest local-mode DP round refused)."""
     if average.size != part.size:
         raise ResultRejected("malformed", f"result has {average.size} values, part "
                              f"{part.key} has {part.size}")
     if not np.all(np.isfinite(average)):
         raise ResultRejected("out_of_range", "result holds NaN or infinite values")
-    base_norm = float(np.linalg.norm(current))
-    change = float(np.linalg.norm(average - current)) / max(base_norm, 1e-12)
-    if change > max_relative_change:
+    base_norm = max(float(np.linalg.norm(current)), 1e-12)
+    moved = float(np.linalg.norm(np.asarray(average, np.float64) - current))
+    noise = dp_noise_allowance(policy, n_updates, average.size)
+    if moved > max_relative_change * base_norm + noise:
+        dp = f" plus {noise / base_norm:.0%} for the round's DP noise" if noise else ""
         raise ResultRejected(
-            "out_of_range", f"result moves the weights by {change:.1%} of their norm "
-            f"(limit {max_relative_change:.0%}): not a plausible average")
+            "out_of_range", f"result moves the weights by {moved / base_norm:.1%} of their "
+            f"norm (limit {max_relative_change:.0%}{dp}): not a plausible average")

@@ -172,18 +172,26 @@ def check_sums(count: float, k: int, policy: ResultPolicy) -> None:
             f"one each: an update's count slot was forged"))
 
 
+def dp_noise_allowance(policy: ResultPolicy | None, k: int, length: int) -> float:
+    """The L2 norm the DP noise of an average of ``k`` updates stays under (0: no DP)."""
+    if policy is None or policy.dp is None:
+        return 0.0
+    # equal weights: the average's noise is one box's / sqrt(k)
+    sigma = policy.bounds.dp_within(policy.dp).box_noise_std(policy.quorum)
+    return sigma / math.sqrt(max(1, k)) * (math.sqrt(length) + DP_SIGMAS)
+
+
 def allowed_change(policy: ResultPolicy, k: int, count: float, length: int) -> float | None:
-    """The largest L2 change of an average of ``k`` honest updates (None: no clip)."""
+    """The largest L2 change of an average of ``k`` honest updates (None: no clip). Under
+    DP every box clips to the smaller of the federation's clip and the DP clip."""
     clip = policy.bounds.clip_norm
+    if policy.dp is not None:
+        clip = policy.bounds.dp_within(policy.dp).clip_norm
     if clip is None:
         return None
     # CKKS: per value, the weighted sum's noise (k updates) divided by the count
     ckks = SLOT_NOISE * k / max(count, 1e-12) * math.sqrt(length)
-    noise = 0.0
-    if policy.dp is not None:  # equal weights: the average's noise is one box's / sqrt(k)
-        sigma = policy.bounds.dp_within(policy.dp).box_noise_std(policy.quorum)
-        noise = sigma / math.sqrt(k) * (math.sqrt(length) + DP_SIGMAS)
-    return clip * (1 + 1e-5) + ckks + noise
+    return clip * (1 + 1e-5) + ckks + dp_noise_allowance(policy, k, length)
 
 
 def check_change(average: np.ndarray, base: np.ndarray, policy: ResultPolicy, k: int,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edge.federated.joining import submitted_reason
 from edge.federated.verdicts import KEEP, RoundVerdicts
 from edge.serving.canary import CanaryResult
 from federation.verdicts import REPORTED, Verdict, from_status, reported
@@ -76,3 +77,15 @@ def test_a_quiet_streak_is_one_line(tmp_path: Path) -> None:
                                                            (6 + 2 * KEEP, "sat_out")]
     store.record(200, None, "sat_out", "built on round-199, which this box does not serve")
     assert len(store.all()) == 3  # another reason is another line
+
+
+def test_a_dp_round_s_verdict_does_not_carry_the_sample_count() -> None:
+    """The box's status (signed, read by the aggregator) said `update of 30 samples sent`
+    in a DP round, whose updates weigh every box equally so that the (data-dependent)
+    count is not sent (a walkthrough found it). Under a cap, the verdict says the weight."""
+    dp = submitted_reason({"n_samples": 30, "weighed_as": 64, "dp": {"epsilon_total": 4.0}})
+    assert "30" not in dp and dp == ("update sent (differential privacy: equal weight, "
+                                     "sample count not reported)")
+    assert submitted_reason({"n_samples": 30, "weighed_as": 20}) == (
+        "update of 30 samples sent, weighed as the federation's cap of 20")
+    assert submitted_reason({"n_samples": 12, "weighed_as": 12}) == "update of 12 samples sent"
