@@ -16,6 +16,7 @@ from aggregator.rounds.coordinator import RoundSettings
 from edge.federated.client import ClientEvent
 from edge.training.drift import NumpyDriftTrainer
 from federation import topics
+from federation.crypto.bounds import Bounds
 from federation.crypto.ckks import FederationContext, new_secret_context
 from federation.crypto.dp import (
     DpConfig,
@@ -137,6 +138,40 @@ def test_boxes_apply_the_announced_dp_and_report_their_budget(
             assert status["dp"]["epsilon_total"] == pytest.approx(epsilon(dp, 2))
             ann = json.loads(decode(bus.retained[topics.announce(FED)]).payload)
             assert DpConfig.from_dict(ann["dp"]) == dp
+        finally:
+            for c in clients:
+                c.stop()
+
+
+def test_honest_local_dp_rounds_are_applied_not_refused_as_implausible(
+    tmp_path: Path,
+) -> None:
+    """The walkthrough's settings through the real path (CKKS, the aggregator, three
+    clients): local mode, clip 0.5, noise multiplier 1, the default part's real weights.
+    The averaged noise moves the weights by more than half their norm; every box refused
+    every such round before (`out_of_range`), and serve then marked it poisoned."""
+    ctx: FederationContext = new_secret_context()
+    devices = ["a", "b", "c"]
+    base = part_base_vector()
+    dp = DpConfig(0.5, 1.0, 1e-5, "local")
+    fed = in_memory_federation(tmp_path / "agg", ctx, FED, devices,  # serve's default cap
+                               RoundSettings(60, 3, 64, PART.key, dp=dp, bounds=Bounds(1000)),
+                               max_rounds=1)
+    clients, sinks = [], []
+    events: list[ClientEvent] = []
+    for d in devices:
+        sink = RecordingSink()
+        clients.append(fed.client(d, NumpyDriftTrainer(PART, base, d, 50, 1e-2), sink,
+                                  tmp_path / d, base, events.append))
+        sinks.append(sink)
+    with closing(fed.store), fed.serving():
+        try:
+            for c in clients:
+                c.start()
+            wait_for(lambda: all(s.applied for s in sinks), 60, "the DP round applied")
+            moved = np.linalg.norm(sinks[0].applied[0][1] - base) / np.linalg.norm(base)
+            assert moved > 0.5  # over the fixed limit that refused it
+            assert not [e for e in events if e.kind == "result_rejected"]
         finally:
             for c in clients:
                 c.stop()
