@@ -292,6 +292,8 @@ class ResultApplier:
         built on it are sat out, as the docs say (a walkthrough saw a box train round 21
         from the round-20 its technician had rolled back)."""
         served = self._served_by_sink()
+        if served is None and self._sink_serves_pretrained():  # rolled back to it: no vector
+            served = self.initial[0], self.initial[1].copy()
         if served is None or served[0] == self.version:
             return
         if self.declined is not None and self.declined[0] == served[0]:
@@ -300,6 +302,13 @@ class ResultApplier:
                     "changed outside this process, e.g. by model rollback; was %s)",
                     served[0], self.version)
         self.version, self.vector = served
+
+    def _sink_serves_pretrained(self) -> bool:
+        """The hot swap serves the pretrained model (its served model has no file): a
+        technician rolled the box's first federated version back (a walkthrough saw the
+        box go on training from that version, unreported, and apply a later round)."""
+        served = getattr(self.sink, "served", None)
+        return served is not None and getattr(served, "model_file", "") is None
 
     def _served_by_sink(self) -> tuple[str, np.ndarray] | None:
         served_vector = getattr(self.sink, "served_vector", None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 
 from edge.cli import served_model as model_cli
 from edge.cli.errors import FedFaceGroup
+from edge.federated.result_apply import ResultApplier
 from edge.gallery.store import DB_FILENAME
 from edge.serving.current import open_engine, read_model
 from edge.serving.hot_swap import ModelRefused
@@ -114,6 +116,31 @@ def test_a_join_reads_the_vector_a_rollback_in_another_process_left_it(
     assert served is not None and served[0] == "r1"
     assert np.array_equal(served[1], perturbed(base, 1))
     assert join.engine.state.model_version == "r1" and not caplog.records
+    join.engine.close()
+
+
+def test_a_join_follows_a_rollback_to_the_pretrained_model(
+        template: Path, tmp_path: Path) -> None:
+    """`model rollback` from the box's first federated version serves the pretrained
+    model: the join's federation client must federate from it (and its status name it)
+    instead of going on from the version rolled back from (a walkthrough saw the box
+    train two rounds from it, unreported, and apply their result)."""
+    box = copy_box(template, tmp_path / "box")
+    join = open_swapper(box)
+    base = join.part.initial_vector(join.assets.base_weights)
+    unused: Any = None
+    applier = ResultApplier(unused, unused, PART, join, unused, unused, version="base",
+                            vector=base, max_relative_change=1.0, verify=lambda *_: None,
+                            publish_status=lambda: None, applied=lambda: None)
+    join.apply("round-1", perturbed(base, 1))
+    assert applier.follow_served() is True and applier.version == "round-1"
+    code, out, err = invoke(box, "model", "rollback")
+    assert code == 0 and "now serving base" in out, err
+    join.follow_pointer()  # what its watcher does every 0.5 s
+    assert applier.follow_served() is True
+    assert applier.version == "base" and np.array_equal(applier.vector, base)
+    assert applier.base_vector("round-1") is None
+    assert applier.refusal_of("round-1") == "rolled back on this box (model rollback)"
     join.engine.close()
 
 

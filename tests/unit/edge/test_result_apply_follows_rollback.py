@@ -156,3 +156,20 @@ def test_a_round_built_on_a_rolled_back_model_is_sat_out_and_said_so(tmp_path: P
     assert [e.data["reason"] for e in said if e.kind == "sitting_out"] == [
         "no_new_samples", "base_not_served"]
     assert joiner.not_joining["round"] == 4 and len(published) == 2
+
+
+def test_a_rollback_to_the_pretrained_model_is_followed_too() -> None:
+    """`model rollback` from the box's first federated version serves the pretrained
+    model, which has no stored vector: the box went on federating from the version it
+    blocked, its status kept naming it, and it trained the rounds built on it."""
+    rng = np.random.default_rng(4)
+    pretrained, round_1 = (rng.normal(size=PART.size).astype(np.float32) for _ in range(2))
+    sink = HotSwapperLike("round-1", round_1)
+    applier = _applier(sink, "base", pretrained)  # built on the pretrained model...
+    applier.version, applier.vector = "round-1", round_1  # ...then round-1 was applied
+    sink.served = SimpleNamespace(version="base", model_file=None)  # the hot swap's base
+    sink.served_vector = lambda: None  # type: ignore[method-assign]
+    assert applier.follow_served() is True
+    assert applier.version == "base" and np.array_equal(applier.vector, pretrained)
+    assert applier.base_vector("round-1") is None  # the rounds built on it: sat out
+    assert applier.follow_served() is False
