@@ -141,7 +141,8 @@ def test_a_box_whose_canary_declines_a_result_still_federates_from_it(
         wait_for(lambda: other.event("applied", 2) is not None, 120,
                  "round 2 to close with both boxes' updates and be published", fed)
         assert box.event("submitted", 2) is not None
-        (round_1, declined), (round_2, _) = other.sink.applied  # type: ignore[attr-defined]
+        # the first two (round 3, of instant trainers, may be applied by now on a slow machine)
+        (round_1, declined), (round_2, _) = other.sink.applied[:2]  # type: ignore[attr-defined]
         assert (round_1, round_2) == ("round-1", "round-2")
         start = honest.starts[2]
         assert start is not None
