@@ -65,6 +65,7 @@ from federation.crypto.keys import (
     write_secret_file,
 )
 from federation.crypto.signing import public_key_from_hex, public_key_hex
+from federation.errors import KeyFileError
 from federation.files import PRIVATE_DIR, make_dirs
 from models.federated_parts import DEFAULT_PART
 
@@ -135,7 +136,13 @@ class BoxFiles:
 def import_bundle(files: BoxFiles, bundle_bytes: bytes, passphrase: str) -> KeyBundle:
     """Decrypt the federation key bundle and install its parts (secret context 0600).
     Re-importing the same federation key is a no-op; a different one is refused."""
-    bundle = open_bundle(bundle_bytes, passphrase)
+    try:
+        bundle = open_bundle(bundle_bytes, passphrase)
+    except KeyFileError as exc:  # a typo is not an internal error (a walkthrough saw one)
+        raise ProvisionError(f"cannot open the key bundle: {exc.message}",
+                             hint="check the passphrase (--passphrase-file, "
+                             "FEDFACE_BUNDLE_PASSPHRASE) and that the bundle is the one "
+                             "`fedface-aggregator keys bundle` wrote for this box") from None
     files.private_dirs()
     if files.trust.exists():
         old = json.loads(files.trust.read_text())

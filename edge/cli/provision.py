@@ -120,6 +120,9 @@ def provision(
         typer.echo(f"certificate installed: {existing.box.device_id}, valid until "
                    f"{got.not_valid_after_utc:%Y-%m-%d}; next: fedface-edge doctor")
         return
+    # asked and checked before anything is written (a short one left keys, certificate
+    # request and TLS key behind, and a second provisioning run to clean up after)
+    kiosk_password = _kiosk_password(files.data_dir, kiosk_password_file, interactive)
     if bundle is None and not files.trust.exists():
         bundle = Path(_value(None, "Key bundle file", interactive, "--bundle"))
     if bundle is not None:
@@ -138,7 +141,11 @@ def provision(
         w, h = probe_camera(source)
         typer.echo(f"camera {source}: {w}x{h} frame read")
     request = create_identity(files, device, trust["fed_id"])
-    _set_kiosk_password(files.data_dir, kiosk_password_file, interactive)
+    if kiosk_password is not None:
+        from edge.kiosk.auth import PasswordStore
+
+        PasswordStore(files.data_dir).set(kiosk_password)
+        typer.echo("kiosk password set")
     cfg = build_config(files, device, trust, url, source, settings.model_dir)
     write_config(config_path, cfg)
     typer.echo(f"config written: {config_path}")
@@ -155,15 +162,15 @@ def provision(
             typer.echo(f"  {line}")
 
 
-def _set_kiosk_password(data_dir: Path, path: Path | None, interactive: bool) -> None:
-    from edge.kiosk.auth import PasswordStore
+def _kiosk_password(data_dir: Path, path: Path | None, interactive: bool) -> str | None:
+    """The staff password to set, checked (None: re-provisioning keeps the one set)."""
+    from edge.kiosk.auth import PasswordStore, check_password
 
-    store = PasswordStore(data_dir)
-    if path is None and store.is_set():
-        return  # re-provisioning keeps the staff password
+    if path is None and PasswordStore(data_dir).is_set():
+        return None
     password = _secret_from(path, None, "Kiosk staff password", interactive, confirm=True)
-    store.set(password)
-    typer.echo("kiosk password set")
+    check_password(password)
+    return password
 
 
 def register(app: typer.Typer) -> None:

@@ -40,6 +40,18 @@ class KioskAuthError(FedFaceError):
     exit_code = 7
 
 
+def check_password(password: str) -> None:
+    """KioskAuthError unless ``password`` may be the staff password (``provision`` checks
+    it before it writes anything)."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise KioskAuthError(
+            f"the kiosk password must have at least {MIN_PASSWORD_LENGTH} characters",
+            hint="choose a longer password (a passphrase of a few words is best)")
+    if password != password.strip():
+        raise KioskAuthError("the kiosk password starts or ends with whitespace",
+                             hint="remove the leading/trailing spaces or newline")
+
+
 def kiosk_dir(data_dir: Path) -> Path:
     # the data dir first: mkdir(parents=True) would create it with the umask's mode
     ensure_private_dir(Path(data_dir))
@@ -129,13 +141,7 @@ class PasswordStore:
         return self.path.is_file()
 
     def set(self, password: str) -> None:
-        if len(password) < MIN_PASSWORD_LENGTH:
-            raise KioskAuthError(
-                f"the kiosk password must have at least {MIN_PASSWORD_LENGTH} characters",
-                hint="choose a longer password (a passphrase of a few words is best)")
-        if password != password.strip():
-            raise KioskAuthError("the kiosk password starts or ends with whitespace",
-                                 hint="remove the leading/trailing spaces or newline")
+        check_password(password)
         kiosk_dir(self.path.parent.parent)
         write_private(self.path, (hash_password(password) + "\n").encode())
         log.info("kiosk password hash written to %s", self.path)

@@ -157,3 +157,33 @@ def test_box_and_operator_print_the_same_request_fingerprints(
                 f"TLS key (CSR/certificate) SHA-256: {_groups(hashlib.sha256(spki).digest())}"]
     assert prints(box_out) == expected
     assert prints(op_out) == expected
+
+
+@pytest.mark.mosquitto
+def test_provisioning_mistakes_are_named_and_leave_nothing_behind(
+        tmp_path: Path, mosquitto_factory: Callable[..., MosquittoBroker], lfw_dir: Path) -> None:
+    """A technician's typos (a walkthrough): a wrong bundle passphrase said `internal
+    error ... report it` (exit 1); a kiosk password too short was refused only after the
+    box's keys, TLS key and certificate request were written."""
+    fed = start_federation(tmp_path, mosquitto_factory)
+    (tmp_path / "wrong").write_text("not the passphrase\n")
+    (tmp_path / "short").write_text("short\n")
+    (tmp_path / "kiosk-pw").write_text("kiosk staff passphrase\n")
+
+    def provision(box: Path, passphrase: str, kiosk: str) -> tuple[int, str]:
+        return edge(box, "provision", "--non-interactive", "--device-id", box.name,
+                    "--bundle", str(fed.bundle), "--passphrase-file", str(tmp_path / passphrase),
+                    "--camera", f"dir:{lfw_dir / 'Aaron_Peirsol'}", "--kiosk-password-file",
+                    str(tmp_path / kiosk))
+
+    code, out = provision(tmp_path / "box-g", "wrong", "kiosk-pw")
+    assert code == 8, out
+    assert "cannot open the key bundle: wrong passphrase" in out and "internal" not in out
+    assert "hint: check the passphrase" in out
+    code, out = provision(tmp_path / "box-h", "passphrase", "short")
+    assert code == 7 and "at least 8 characters" in out, out
+    left = sorted(p.name for p in (tmp_path / "box-h").rglob("*") if p.is_file()) \
+        if (tmp_path / "box-h").exists() else []
+    assert not [n for n in left if n.endswith((".key", ".request.json", ".tenseal"))], left
+    code, out = provision(tmp_path / "box-h", "passphrase", "kiosk-pw")  # then as it should
+    assert code == 0 and "kiosk password set" in out, out
