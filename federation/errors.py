@@ -29,6 +29,8 @@ KEY_FILE = "key_file"
 NOT_CONNECTED = "not_connected"
 QUEUE_FULL = "queue_full"
 PUBLISH_TIMEOUT = "publish_timeout"
+# a regional aggregator's closed round waits for the root's result (expected, not a fault)
+AWAITING_ROOT = "awaiting_root"
 PUBLISH_REFUSED = "publish_refused"
 CANNOT_ENCRYPT = "cannot_encrypt"
 BAD_URL = "bad_url"
@@ -54,6 +56,7 @@ REASONS: frozenset[str] = frozenset(
         NOT_CONNECTED,
         QUEUE_FULL,
         PUBLISH_TIMEOUT,
+        AWAITING_ROOT,
         PUBLISH_REFUSED,
         CANNOT_ENCRYPT,
         BAD_URL,

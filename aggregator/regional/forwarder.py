@@ -51,7 +51,7 @@ from federation import topics
 from federation.chunking import DEFAULT_CHUNK_SIZE, Reassembler, split_blob
 from federation.crypto.signing import KeyRing
 from federation.envelope import Envelope, decode, encode, verify_envelope
-from federation.errors import MALFORMED, PUBLISH_TIMEOUT, FederationError, TransportError
+from federation.errors import AWAITING_ROOT, MALFORMED, FederationError, TransportError
 from federation.files import write_atomic
 from federation.messages import Ack, RoundAnnounce
 from federation.transport.base import Transport
@@ -123,7 +123,7 @@ class RegionalForwarder:
                 if found is not None or not self._cond.wait(deadline - time.monotonic()):
                     break
         if found is None:
-            raise TransportError(PUBLISH_TIMEOUT, f"region round {event.round}: waiting for "
+            raise TransportError(AWAITING_ROOT, f"region round {event.round}: waiting for "
                                  f"the root's result of its round {sent['root_round']}")
         blob, root_model = found
         self._state["models"][event.model] = root_model
@@ -137,12 +137,14 @@ class RegionalForwarder:
             self._cond.wait_for(lambda: self._announce is not None, self.wait_seconds)
             ann = self._announce
         if ann is None:
-            raise TransportError(PUBLISH_TIMEOUT, "no announce from the root aggregator yet")
+            raise TransportError(AWAITING_ROOT, f"region round {event.round}: no announce "
+                                 "from the root aggregator yet")
         wanted_base = self._state["models"].get(event.base_model, event.base_model)
         if ann.base_model == wanted_base and not ann.open:
             # the root's round on this base closed (its result is on the way) or the root
             # stopped: nothing to send to yet
-            raise TransportError(PUBLISH_TIMEOUT, "the root has no open round yet")
+            raise TransportError(AWAITING_ROOT, f"region round {event.round}: the root has no "
+                                 "open round yet")
         if ann.base_model != wanted_base:
             # The root moved on (its round is based on another model, open or closed): this
             # region's sum is of a stale base. Publish the root's current base now if it

@@ -16,7 +16,7 @@ from aggregator.rounds.coordinator import Coordinator, announce_of
 from aggregator.rounds.publisher import Publisher
 from aggregator.rounds.records import Announce, Event, ResultReady
 from aggregator.state.store import Store
-from federation.errors import TransportError
+from federation.errors import AWAITING_ROOT, TransportError
 from federation.messages import CLOSED, RoundAnnounce
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ class RoundEventHandler:
         # and the root's result is what this region publishes (None: a root or lone one).
         self.forwarder: ResultForwarder | None = None
         self._unpublished: list[ResultReady] = []
+        self._awaiting_said = 0  # the round whose wait for the root's result was logged
         # round -> each accepted update's age at its ack: from the box's send time (the
         # envelope's ts) to the ack, so time queued at the broker counts (logged when the
         # round's result is out: the operator's sign of an aggregator falling behind)
@@ -66,10 +67,18 @@ class RoundEventHandler:
                     self._publish_result(event)
                 except TransportError as exc:
                     # Stays 'closed' in the db; retried every pump until the broker confirms.
-                    log.error("round %d result not confirmed by the broker (%s); will retry",
-                              event.round, exc)
+                    self._not_published(event, exc)
                     if event not in self._unpublished:
                         self._unpublished.append(event)
+
+    def _not_published(self, event: ResultReady, exc: TransportError) -> None:
+        if exc.reason != AWAITING_ROOT:
+            log.error("round %d result not confirmed by the broker (%s); will retry",
+                      event.round, exc)
+        elif event.round != self._awaiting_said:  # a region's normal wait: said once
+            self._awaiting_said = event.round
+            log.info("%s (asked again every few seconds; `fedface-aggregator status` at the "
+                     "root shows its round)", exc.message)
 
     def retry_unpublished(self) -> None:
         """Publish again the results the broker did not confirm (every pump)."""
