@@ -254,6 +254,7 @@ def _round_summary(store: Store, round_no: int) -> dict[str, Any]:
         raise StoreError(f"no round {round_no}")
     data = row.as_dict()
     data["contributors"] = store.contributors(round_no)
+    data["updates"] = store.updates_of(round_no)  # a region's partial: the updates it sums
     data["poisoned"] = poisoned_summary(store, round_no)  # None: not poisoned
     return data
 
@@ -262,13 +263,15 @@ def _round_summary(store: Store, round_no: int) -> dict[str, Any]:
 @rounds_app.command("list")
 @one_line_errors
 def rounds_list(state: StateOpt, as_json: JsonOpt = False) -> None:
-    rows = [r.as_dict() for r in _store(state).list_rounds()]
+    store = _store(state)
+    # UPDATES: box updates (a region's partial counts as those it sums), as the quorum
+    rows = [{**r.as_dict(), "updates": store.updates_of(r.round)} for r in store.list_rounds()]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     print_table(("ROUND", "STATUS", "BASE -> RESULT", "UPDATES", "OPENED", "CLOSE REASON"),
                 [(r["round"], r["status"], f"{r['base_model']} -> {r['result_model'] or '-'}",
-                  r["contributions"], local_time(r["opened_at"]), r["close_reason"] or "-")
+                  r["updates"], local_time(r["opened_at"]), r["close_reason"] or "-")
                  for r in rows],
                 "no rounds yet: `fedface-aggregator serve` opens round 1")
 

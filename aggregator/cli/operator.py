@@ -121,6 +121,8 @@ def init(
     for line in budget.budget_lines(held) if held is not None else ():
         typer.echo(line)
     typer.echo(f"  give {state / 'aggregator.pub'} to every box (it verifies announcements)")
+    typer.echo(f"  count scale {cfg.count_scale:g} (a regional aggregator's init takes the "
+               f"same: --count-scale {cfg.count_scale:g})")
 
 
 @one_line_errors
@@ -265,14 +267,16 @@ def status(
                         "offline_since": st.get("offline_since"),
                         "last_online": st.get("last_online")})
     latest = store.latest_round()
-    results = [{"round": r.round, "model": r.result_model, "updates": r.contributions,
+    # updates, not messages: a region's partial counts as the box updates it sums
+    results = [{"round": r.round, "model": r.result_model, "updates": store.updates_of(r.round),
                 "closed_at": r.closed_at}
                for r in store.list_rounds() if r.status == "published"][-5:]
     info: dict[str, Any] = {
         "fed": cfg.fed, "key_id": cfg.key_id,
         "open_round": None if latest is None or latest.status != "open" else {
             "round": latest.round, "base_model": latest.base_model, "deadline": latest.deadline,
-            "contributions": latest.contributions, "quorum": latest.quorum,
+            "contributions": latest.contributions, "updates": store.updates_of(latest.round),
+            "quorum": latest.quorum,
             "contributors": store.contributors(latest.round)},
         "devices": {"active": sum(d["registered"] == "active" for d in devices),
                     "total": len(devices)},
@@ -336,7 +340,7 @@ def _print_status(info: dict[str, Any]) -> None:
                        f"{_age(swap.get('at'))}: {swap.get('reason')}")
     cur = info["open_round"]
     typer.echo("open round: " + (f"{cur['round']} on {cur['base_model']}, "
-                                 f"{cur['contributions']}/{cur['quorum']} update(s), deadline "
+                                 f"{cur['updates']}/{cur['quorum']} update(s), deadline "
                                  f"in {max(0, cur['deadline'] - time.time()):.0f}s"
                                  if cur else "none" + _next_opening(info["next_round_at"])))
     typer.echo(f"next round builds on: {info['next_base']}"

@@ -254,7 +254,7 @@ class Coordinator:
         log.info("round %d: accepted %d update(s) (%s), %d in all", cur.round, len(valid),
                  ", ".join(subs[i].device_id for i in valid[:5]) + (", ..." if len(valid) > 5
                                                                      else ""),
-                 self.current.contributions if self.current else 0)
+                 self.updates_summed())
         return out
 
     def _sum_lost(self, cur: RoundRow, exc: Exception) -> None:

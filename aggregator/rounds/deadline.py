@@ -66,7 +66,7 @@ def at_deadline(*, summed: int, quorum: int, announced_min_new: int, extensions:
     """The round's deadline passed: ``summed`` box updates are in its sum, ``sat_out``
     are the devices whose status says they sit this round out."""
     if summed >= quorum:
-        return AtDeadline(CLOSE, f"deadline with quorum ({summed}/{len(active)})")
+        return AtDeadline(CLOSE, f"deadline with quorum ({summed} update(s), quorum {quorum})")
     waiting = active - contributors
     said_out, silent = waiting & sat_out, waiting - sat_out
     if announced_min_new > 0 and said_out:

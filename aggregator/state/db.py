@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS contributions (
     seq INTEGER NOT NULL,
     accepted_at REAL NOT NULL,
     blob TEXT,                       -- file under accepted/ (NULL: added to a legacy sum_blob)
+    updates INTEGER NOT NULL DEFAULT 1,  -- box updates it sums (a region's partial: many)
     PRIMARY KEY (round, device_id)
 );
 -- each box's X25519 exchange key, signed by its device key: the key holder seals key
@@ -165,6 +166,9 @@ class StateDB:
         columns = {str(r[1]) for r in self.db.execute("PRAGMA table_info(contributions)")}
         if "blob" not in columns:  # a state dir of a version that kept a running sum blob
             self.db.execute("ALTER TABLE contributions ADD COLUMN blob TEXT")
+        if "updates" not in columns:  # before regions' partials were counted as updates
+            self.db.execute("ALTER TABLE contributions ADD COLUMN updates INTEGER NOT NULL "
+                            "DEFAULT 1")
 
     def close(self) -> None:
         self.db.close()
@@ -252,6 +256,13 @@ class StateDB:
             "SELECT * FROM contributions WHERE round=? AND device_id=?", (round_no, device_id)
         ).fetchone()
         return row
+
+    def updates_of(self, round_no: int) -> int:
+        """Box updates in the round's accepted contributions (a region's partial counts
+        as the updates it sums, as the quorum counts it)."""
+        row = self.db.execute("SELECT COALESCE(SUM(updates), 0) FROM contributions "
+                              "WHERE round=?", (round_no,)).fetchone()
+        return int(row[0])
 
     def contributors(self, round_no: int) -> list[str]:
         rows = self.db.execute(

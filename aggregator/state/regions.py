@@ -11,21 +11,20 @@ regional side). The root:
 - accepts envelopes of kind ``partial`` only from a registered region, and kind
   ``update`` only with exactly one update inside (a box cannot pose as a region to
   inflate the round's update count);
-- counts a partial as its ``n_updates`` contributions towards the quorum.
+- counts a partial as its ``n_updates`` contributions towards the quorum (and
+  ``contributions.updates`` keeps that count, so the operator's ``status`` and ``rounds``
+  show updates, not messages).
 """
 
 from __future__ import annotations
 
 import json
-import struct
 
 from aggregator.state.registry import DeviceRegistry, validate_device_id
 from aggregator.state.store import Store
-from federation.crypto.packing import UPDATE_MAGIC
+from federation.crypto.packing import claimed_updates
 
 _META_KEY = "regions"
-_N_UPDATES = struct.Struct(">I")
-_N_UPDATES_OFFSET = 4 + 2 + 2 + 16 + 8 + 4 + 4  # federation.crypto.packing's update header
 
 
 def region_ids(store: Store) -> set[str]:
@@ -38,14 +37,6 @@ def add_region(store: Store, region_id: str, public_key: bytes) -> None:
     validate_device_id(region_id)
     DeviceRegistry(store).add(region_id, public_key)
     store.set_meta(_META_KEY, json.dumps(sorted(region_ids(store) | {region_id})))
-
-
-def claimed_updates(blob: bytes) -> int:
-    """Updates an encrypted blob says it sums (1 for anything that is not one: the
-    accumulator rejects those itself)."""
-    if len(blob) < _N_UPDATES_OFFSET + 4 or blob[:4] != UPDATE_MAGIC:
-        return 1
-    return int(_N_UPDATES.unpack_from(blob, _N_UPDATES_OFFSET)[0])
 
 
 def kind_problem(store: Store, sender: str, kind: str, blob: bytes) -> str | None:

@@ -33,6 +33,7 @@ from pathlib import Path
 from aggregator.state.db import StoreError
 from aggregator.state.durable_io import sync_all, write_synced
 from aggregator.state.files import StoreFiles
+from federation.crypto.packing import HEADER_SIZE, claimed_updates
 from federation.files import PRIVATE_DIR, fsync_dir, make_dirs
 
 # StoreError: re-exported, the many callers that open a Store catch it from here.
@@ -104,9 +105,10 @@ class Store(StoreFiles):
             with self.transaction() as db:
                 db.executemany(
                     "INSERT INTO contributions(round, device_id, msg_id, blob_sha256, seq,"
-                    " accepted_at, blob) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(round_no, it.device_id, it.msg_id, it.blob_sha256, first_seq + i, at, name)
-                     for i, (it, name) in enumerate(zip(items, names, strict=True))],
+                    " accepted_at, blob, updates) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(round_no, it.device_id, it.msg_id, it.blob_sha256, first_seq + i, at, name,
+                      _updates_in(path))
+                     for i, (it, name, path) in enumerate(zip(items, names, placed, strict=True))],
                 )
                 db.execute("UPDATE rounds SET contributions=? WHERE round=?", (last, round_no))
                 self._bump(db, "accepted", len(items))
@@ -115,3 +117,9 @@ class Store(StoreFiles):
                 path.unlink(missing_ok=True)
             raise
         return names
+
+
+def _updates_in(path: Path) -> int:
+    """The updates a stored blob sums, from its header (a region's partial: many)."""
+    with path.open("rb") as f:
+        return claimed_updates(f.read(HEADER_SIZE))

@@ -13,7 +13,7 @@ must stay below ``params.value_bound`` = 2^11 = 2048; count_scale 64, so c = 1/6
   ~3e-5 absolute per decrypted slot of the weighted sum; the average divides that by
   c*sum(n) = sum(n)/64, so two boxes with 400 samples in all (c*sum(n) = 6.25) average
   to ~5e-6 max abs error, three boxes with a few hundred each to ~2e-6, and more
-  samples only make it smaller. (Measured: ``python -m bench.federation.ckks_params``.)
+  samples only make it smaller (measured: ``python -m bench.federation.ckks_params``).
 - range: sum_i c*n_i*max|w_i| must stay below 2048, i.e. sum_i n_i*max|w_i| < 131,072
   (e.g. 16 boxes x 800 samples x |w| <= 10, or 32 boxes x 4,000 samples x |w| <= 1).
   ``encrypt_update`` refuses one update that would take more than 1/headroom of it
@@ -51,6 +51,7 @@ UPDATE_VERSION = 2
 LEGACY_UPDATE_VERSION = 1  # refused on the wire; stored blobs are upgraded (aggregator.state)
 # magic, version, reserved, key_id (16 raw bytes), length, slots, n_ciphertexts, n_updates
 _HEADER = struct.Struct(">4sHH16sQIII")
+HEADER_SIZE = _HEADER.size
 _CT_LEN = struct.Struct(">I")
 MAX_CIPHERTEXT_BYTES = 16 * 1024 * 1024
 MAX_VECTOR_LENGTH = 1 << 31
@@ -77,16 +78,8 @@ class EncryptedUpdate:
     n_updates: int = 1
 
     def to_bytes(self) -> bytes:
-        header = _HEADER.pack(
-            UPDATE_MAGIC,
-            UPDATE_VERSION,
-            0,
-            bytes.fromhex(self.key_id),
-            self.length,
-            self.slots,
-            len(self.ciphertexts),
-            self.n_updates,
-        )
+        header = _HEADER.pack(UPDATE_MAGIC, UPDATE_VERSION, 0, bytes.fromhex(self.key_id),
+                              self.length, self.slots, len(self.ciphertexts), self.n_updates)
         parts = [header]
         for ct in self.ciphertexts:
             parts.append(_CT_LEN.pack(len(ct)))
@@ -118,6 +111,13 @@ class UpdateLayout:
     slots: int
     n_updates: int
     spans: tuple[tuple[int, int], ...]
+
+
+def claimed_updates(data: bytes) -> int:
+    """Updates an encrypted blob says it sums, from its header (1 if it is not one)."""
+    if len(data) < _HEADER.size or data[:4] != UPDATE_MAGIC:
+        return 1
+    return int(_HEADER.unpack_from(data, 0)[7])
 
 
 def parse_layout(data: bytes) -> UpdateLayout:

@@ -131,5 +131,5 @@ def test_silent_box_round_closes_at_the_deadline_with_quorum(
         assert closed_at >= ann["deadline"] - 0.5  # closed by the deadline, not before
         pointer, blob = read_result(msgs)
         assert pointer["contributors"] == 3
-        assert b"deadline with quorum (3/4)" in out
+        assert b"deadline with quorum (3 update(s), quorum 3)" in out
         _assert_weighted_average(secret_ctx, blob, vecs, counts)

@@ -108,3 +108,26 @@ def test_a_published_round_keeps_its_result_and_drops_its_update_blobs(
     assert rows[1].status == rows[2].status == "published"
     assert json.loads(json.dumps(rows[2].announce))["count_scale"] == DEFAULT_COUNT_SCALE
     rig.store.close()
+
+
+def test_a_state_dir_from_before_update_counts_opens_with_one_update_each(
+        tmp_path: Path) -> None:
+    """contributions.updates (a region's partial counts as the updates it sums) is added
+    to an older state.db on open; its rows count one update each, as they were boxes'."""
+    import sqlite3
+
+    from aggregator.state.store import Store
+
+    old = sqlite3.connect(tmp_path / "state.db")
+    old.execute("CREATE TABLE contributions (round INTEGER NOT NULL, device_id TEXT NOT NULL,"
+                " msg_id TEXT NOT NULL, blob_sha256 TEXT NOT NULL, seq INTEGER NOT NULL,"
+                " accepted_at REAL NOT NULL, blob TEXT, PRIMARY KEY (round, device_id))")
+    old.executemany("INSERT INTO contributions VALUES (4, ?, ?, ?, ?, 0.0, NULL)",
+                    [("box-a", "m1", "0" * 64, 1), ("box-b", "m2", "0" * 64, 2)])
+    old.commit()
+    old.close()
+    store = Store(tmp_path)
+    try:
+        assert store.updates_of(4) == 2 and store.updates_of(5) == 0
+    finally:
+        store.close()

@@ -93,6 +93,10 @@ def test_two_regions_equal_flat_aggregation_over_two_rounds(
         root_pointer, root_blob = collect_result(root.bus.retained, FED)
         assert root_pointer["round"] == round_no
         assert claimed_updates(root_blob) == 6  # the root's sum holds all six updates
+        # and the operator's status and rounds list say 6 updates (2 messages): they said
+        # 2, below a quorum the round had met (a walkthrough)
+        assert root.store.updates_of(round_no) == 6
+        assert root.store.get_round(round_no).contributions == 2  # type: ignore[union-attr]
         for site in hierarchy.regions:
             pointer, blob = collect_result(site.bus.retained, FED)
             assert pointer["round"] == round_no and blob == root_blob
