@@ -26,7 +26,13 @@ def _enrol_named(ctx: typer.Context, name: str, images: list[Path]) -> None:
         # the enrolment before anything is written
         outcome = recognizer.enroll_images(name, images, skip_bad=False, progress=advance)
     verb = "added" if existed else "enrolled"
-    typer.echo(f"{verb} {name}: {len(outcome.added)} image(s) (model {recognizer.model_version})")
+    typer.echo(f"{verb} {name}: {len(outcome.added)} image(s) (model {recognizer.model_version})"
+               + _already(outcome.already))
+
+
+def _already(images: list[Path]) -> str:
+    return (f"; {len(images)} image(s) already enrolled for the same person, not added "
+            "again" if images else "")
 
 
 def _enrol_folder(ctx: typer.Context, root: Path, max_per_person: int | None) -> None:
@@ -35,7 +41,11 @@ def _enrol_folder(ctx: typer.Context, root: Path, max_per_person: int | None) ->
     from edge.vision.image_files import scan
 
     folders = people_folders(root)
-    plan, refused, not_images = [], [], []
+    plan, refused = [], []
+    # a file beside the people's folders is no one's photo: said, not dropped silently
+    not_images = [(f, "not in a person's sub-folder (--from-dir takes one sub-folder of "
+                      "photos per person)")
+                  for f in sorted(root.iterdir()) if f.is_file() and not f.name.startswith(".")]
     for folder in folders:
         try:
             name = check_name(folder.name)
@@ -52,16 +62,17 @@ def _enrol_folder(ctx: typer.Context, root: Path, max_per_person: int | None) ->
     total = sum(len(imgs) if max_per_person is None else min(len(imgs), max_per_person)
                 for _, imgs in plan)
     recognizer = box(ctx).recognizer()
-    enrolled, photos, skipped, nobody = 0, 0, list(not_images), []
+    enrolled, photos, skipped, nobody, already = 0, 0, list(not_images), [], []
     with progress_bar(total, f"enrolling {len(plan)} people") as advance:
         for name, imgs in plan:
             outcome = recognizer.enroll_images(name, imgs, max_images=max_per_person,
                                                progress=advance)
             skipped += outcome.skipped
+            already += outcome.already
             if outcome.added:
                 enrolled += 1
                 photos += len(outcome.added)
-            else:
+            elif not outcome.already:
                 nobody.append(name)
     for image, reason in skipped:
         typer.echo(f"skipped {image}: {reason}", err=True)
@@ -69,8 +80,9 @@ def _enrol_folder(ctx: typer.Context, root: Path, max_per_person: int | None) ->
         typer.echo(f"not enrolled: {name} (no photo with a face that could be read; "
                    "the reasons are above)", err=True)
     typer.echo(f"enrolled {enrolled} of {len(plan)} people from {photos} image(s); "
-               f"skipped {len(skipped)} image(s) (model {recognizer.model_version})")
-    if enrolled == 0:
+               f"skipped {len(skipped)} image(s) (model {recognizer.model_version})"
+               + _already(already))
+    if enrolled == 0 and not already:
         raise CliError(f"no one could be enrolled from {root}",
                        hint="each sub-folder needs photos with a visible face; the lines "
                        "above say why each file was skipped",

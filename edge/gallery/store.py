@@ -15,6 +15,7 @@ Face data is personal data: the data directory is created 0700 and the database 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sqlite3
 import threading
@@ -197,6 +198,14 @@ class Gallery:
                     (cur.lastrowid, model_version, vector.tobytes()))
         log.info("enrolled %d crop(s) for %s (model %s)", len(blobs), name, model_version)
         return int(person_id), crop_ids
+
+    def crop_digests(self, name: str) -> set[str]:
+        """SHA-256 of each stored crop of ``name`` (empty: not enrolled): the same photo
+        enrolled again aligns to the same crop, byte for byte."""
+        with self._lock:
+            rows = self._db.execute("SELECT c.image FROM crops c JOIN people p ON "
+                                    "p.id = c.person_id WHERE p.name = ?", (name,)).fetchall()
+        return {hashlib.sha256(bytes(r[0])).hexdigest() for r in rows}
 
     def remove_person(self, name: str) -> int:
         """Delete a person with their crops and embeddings; return the crops removed."""

@@ -7,6 +7,7 @@ person, so a failed enrolment leaves nothing half-written). No torch here.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import FedFaceError, ImageReadError, NoFaceError
+from edge.gallery.files import encode_crop
 from edge.gallery.match import Match
 from edge.gallery.store import Gallery
 from edge.serving.engine import Engine
@@ -86,6 +88,7 @@ class EnrolOutcome:
     name: str
     added: list[Path] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # (image, reason)
+    already: list[Path] = field(default_factory=list)  # the same photo enrolled before
     person_id: int | None = None
 
 
@@ -142,6 +145,9 @@ class Recognizer:
         outcome = EnrolOutcome(name)
         crops: list[np.ndarray] = []
         vectors: list[np.ndarray] = []
+        # an enrolment run twice (a walkthrough's step repeated) doubled the person's
+        # crops and made a training round of them: the same photo is taken once
+        held = self.gallery.crop_digests(name)
         for image in images:
             if max_images is not None and len(crops) >= max_images:
                 break
@@ -156,6 +162,13 @@ class Recognizer:
                 if progress:
                     progress(image, reason)
                 continue
+            digest = hashlib.sha256(encode_crop(face.crop)).hexdigest()
+            if digest in held:
+                outcome.already.append(image)
+                if progress:
+                    progress(image, None)
+                continue
+            held.add(digest)
             crops.append(face.crop)
             vectors.append(face.embedding)
             outcome.added.append(image)

@@ -41,6 +41,7 @@ def people_dir(tmp_path: Path, lfw_dir: Path) -> Path:
     gradient = np.tile(np.linspace(0, 255, 250, dtype=np.uint8), (250, 1))
     cv2.imwrite(str(root / PEOPLE[0] / "wall.jpg"), cv2.merge([gradient] * 3))
     (root / PEOPLE[1] / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    (root / "notes.txt").write_text("who is who")  # beside the folders: said, not dropped
     return root
 
 
@@ -49,8 +50,9 @@ def enrolled(tmp_path: Path, people_dir: Path) -> Path:
     data_dir = tmp_path / "box"
     result = invoke(data_dir, "enroll", "--from-dir", str(people_dir))
     assert result.exit_code == 0, result.output
-    assert "enrolled 3 of 3 people from 9 image(s); skipped 2 image(s)" in result.stdout
+    assert "enrolled 3 of 3 people from 9 image(s); skipped 3 image(s)" in result.stdout
     assert "wall.jpg: no face found" in result.stderr
+    assert "notes.txt: not in a person's sub-folder" in result.stderr
     assert "broken.jpg" in result.stderr and "not an image" in result.stderr
     return data_dir
 
@@ -103,6 +105,26 @@ def test_enroll_named_photos_and_max_per_person(tmp_path: Path, lfw_dir: Path,
     assert crops == dict.fromkeys(PEOPLE, 1)
     people = json.loads(invoke(data_dir, "people", "list", "--json").stdout)
     assert [(p["name"], p["crops"]) for p in people] == [("Tony", 3)]
+
+
+def test_enrolling_the_same_photos_again_adds_nothing(enrolled: Path, people_dir: Path,
+                                                     lfw_dir: Path) -> None:
+    """A walkthrough ran its `enroll --from-dir` step twice: every crop was stored twice
+    (4 -> 8), silently, and counted as new samples for a training round."""
+    again = invoke(enrolled, "enroll", "--from-dir", str(people_dir))
+    assert again.exit_code == 0, again.output
+    assert ("enrolled 0 of 3 people from 0 image(s); skipped 3 image(s) (model "
+            "sface-2021dec); 9 image(s) already enrolled for the same person, not added "
+            "again") in again.stdout
+    assert "not enrolled:" not in again.stderr
+    people = json.loads(invoke(enrolled, "people", "list", "--json").stdout)
+    assert {p["crops"] for p in people} == {3}
+    # a new photo of someone enrolled is added, beside one already held
+    named = invoke(enrolled, "enroll", PEOPLE[0], str(lfw_image(lfw_dir, PEOPLE[0], 1)),
+                   str(lfw_image(lfw_dir, PEOPLE[0], 4)))
+    assert named.exit_code == 0, named.output
+    assert (f"added {PEOPLE[0]}: 1 image(s) (model sface-2021dec); 1 image(s) already "
+            "enrolled") in named.stdout
 
 
 def make_frames(folder: Path, lfw_dir: Path, photos: list[tuple[str, int]]) -> None:
