@@ -210,7 +210,7 @@ def run(
             annotator = _Annotator(annotate, frame_source.nominal_fps or 10.0)
             stack.callback(annotator.close)
         visits = None if per_frame else _visit_engine(
-            recognizer.engine, detect_every, max_attempts,
+            recognizer.engine, frame_source, detect_every, max_attempts,
             crops or box(ctx).settings.data_dir / "visits")
         try:
             for frame in frame_source:
@@ -260,12 +260,13 @@ def _mark(r: Recognition) -> Mark:
     return (r.box, f"{r.name} {r.match.score:.2f}", r.match.known)
 
 
-def _visit_engine(engine: Any, detect_every: int, max_attempts: int,
+def _visit_engine(engine: Any, source: object, detect_every: int, max_attempts: int,
                   crops: Path) -> VisitEngine:
     from edge.tracking.visit_events import CropStore
     from edge.tracking.visits import VisitEngine, VisitSettings
 
-    settings = VisitSettings(detect_every=detect_every, max_attempts=max_attempts)
+    settings = VisitSettings.for_source(source, detect_every=detect_every,
+                                        max_attempts=max_attempts)
     return VisitEngine(engine, settings, CropStore(crops))
 
 

@@ -175,8 +175,8 @@ class RecognitionWorker:
                                   base_embedder=pipeline.embedder)
         # per visit: faces are tracked and recognised once per visit; a frame is
         # recognised in full only when a camera enrolment asks for one (fresh_frame)
-        self.visits = (VisitEngine(self.engine, VisitSettings(detect_every=detect_every))
-                       if per_visit else None)
+        self.visits = (VisitEngine(self.engine, VisitSettings.for_source(
+            source, detect_every=detect_every)) if per_visit else None)
         # where else the visit events go (the events file, Home Assistant's broker)
         self.visit_sinks = tuple(visit_sinks)
         self._full_wanted = False

@@ -77,6 +77,19 @@ class VisitSettings:
     end_after_s: float = 1.0
     min_iou: float = 0.2
     recheck_seconds: float = 3.0
+    split_after: int = 2  # views in a row that are someone else's (one could be a glitch)
+    every_view: bool = False  # check each view, however poor (separate photos: each is new)
+
+    @classmethod
+    def for_source(cls, source: object, **settings: int) -> VisitSettings:
+        """A folder of separate photos (``dir:...?stills=1``): one photo is a sighting, each
+        is checked (embedded), and a photo of someone else ends the visit at once. A
+        walkthrough's folder of 20 people, one photo each, gave 10 visits: a photo alike
+        enough to the last was not re-checked, and one view of someone else was taken for
+        a glitch, so every second person vanished into the previous visit."""
+        if getattr(source, "stills", False):
+            return cls(**settings, min_hits=1, split_after=1, every_view=True)
+        return cls(**settings)
 
     def __post_init__(self) -> None:
         if self.detect_every < 1 or self.max_attempts < 1 or self.min_hits < 1:
@@ -192,13 +205,14 @@ class VisitEngine:
                 visit.announced = True
                 events.append(self._event(STARTED, visit, frame, ts))
             crop = align_face(bgr, face.landmarks)
-            visit.recheck |= _view_changed(visit, crop)
+            visit.recheck |= _view_changed(visit, crop) or self.settings.every_view
             quality = view_quality(face, crop).score
             better = len(visit.attempts) < self.settings.max_attempts and (
                 not visit.attempts or quality > visit.best_quality * self.settings.better_by)
             due = (visit.recheck or visit.doubt is not None
                    or ts - visit.checked_ts >= self.settings.recheck_seconds)
-            if better or (due and quality >= visit.best_quality * RECHECK_MIN_QUALITY):
+            if better or (due and (self.settings.every_view
+                                   or quality >= visit.best_quality * RECHECK_MIN_QUALITY)):
                 wanted.append((visit, crop, quality, better))
         if wanted:
             vectors = state.embedder.embed([crop for _, crop, _, _ in wanted])
@@ -207,10 +221,11 @@ class VisitEngine:
             for (visit, crop, quality, better), vector in zip(wanted, vectors, strict=True):
                 attempt = Attempt(crop, quality, vector, state.tag)
                 if visit.attempts and self._someone_else(visit, attempt, state):
-                    if visit.doubt is None:  # one view could be a glitch: wait for another
+                    first = visit.doubt is None
+                    if first:  # one view could be a glitch: wait for another (video)
                         visit.doubt = Doubt(attempt, frame, ts, visit.frames - 1,
                                             visit.previous_ts)
-                    else:
+                    if not first or self.settings.split_after <= 1:
                         events.extend(self._split(visit, attempt, state, frame, ts))
                     continue
                 visit.checked_ts, visit.recheck, visit.doubt = ts, False, None
@@ -280,7 +295,7 @@ class VisitEngine:
         events = self._finish(visit.track, frame, visit.last_ts)
         log.debug("visit %s: a different person in its place: visit %s", visit.visit_id,
                   newcomer.visit_id)
-        newcomer.attempts += [doubt.attempt, attempt]
+        newcomer.attempts += [doubt.attempt] + ([attempt] if attempt is not doubt.attempt else [])
         self._fuse(newcomer, state)  # re-embeds the first view if a swap came between
         newcomer.announced = newcomer.frames >= self.settings.min_hits
         self.visits[visit.track.track_id] = newcomer

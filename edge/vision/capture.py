@@ -10,6 +10,8 @@
 |                                       | time, from the start again at its end)         |
 | ``dir:frames/`` or ``frames/``        | an image folder played as frames, sorted by    |
 |                                       | name (``?fps=5&loop=1``); emulated boxes, tests|
+|                                       | (``?stills=1``: separate photos, not a clip's  |
+|                                       | frames: each one counts as a sighting)         |
 
 Every source is an iterator of :class:`Frame` ``(index, timestamp, bgr)`` and a context
 manager. A video file's frames are stamped on the recording's own clock (the time of its
@@ -46,13 +48,17 @@ KNOWN_SCHEMES = STREAM_SCHEMES | {"dir", "file", "v4l2"}
 class FolderSource(FrameSource):
     """Images of a folder played as frames in name order, optionally paced and looped."""
 
-    def __init__(self, uri: str, folder: Path, fps: float | None = None, loop: bool = False):
+    def __init__(self, uri: str, folder: Path, fps: float | None = None, loop: bool = False,
+                 stills: bool = False):
         super().__init__(uri)
         if fps is not None and fps <= 0:
             raise SourceError(uri, f"fps must be positive, got {fps}")
         self.folder = folder
         self.fps = fps
         self.loop = loop
+        # separate photos (a visit of one photo counts, a photo of someone else ends the
+        # visit at once: edge.tracking.visits.STILLS), not the frames of one clip
+        self.stills = stills
         self._files: list[Path] = []
         self._position = 0
         self._next_due = 0.0
@@ -311,9 +317,9 @@ def open_source(uri: str, backoff: Backoff | None = None) -> FrameSource:
     path = Path(path_text).expanduser()
     if scheme == "dir" or path.is_dir():
         fps = _fps(uri, options)
-        loop = _flag(uri, options, "loop")
-        _reject_leftovers(uri, options, "fps, loop")
-        return FolderSource(uri, path, fps=fps, loop=loop)
+        loop, stills = _flag(uri, options, "loop"), _flag(uri, options, "stills")
+        _reject_leftovers(uri, options, "fps, loop, stills")
+        return FolderSource(uri, path, fps=fps, loop=loop, stills=stills)
     if scheme == "file" or path.exists() or path.suffix:
         live = _flag(uri, options, "live")
         _reject_leftovers(uri, options, "live")

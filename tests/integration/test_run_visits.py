@@ -104,6 +104,45 @@ def test_a_folder_of_photos_of_different_people_is_a_visit_per_person(
     assert "3 visits (2 named as someone enrolled)" in result.stderr, result.stderr
 
 
+def test_a_folder_of_separate_photos_with_stills_is_a_visit_per_photo(
+        tmp_path: Path, lfw_dir: Path) -> None:
+    """One photo per person, each of someone else (a walkthrough's folder of 20 people
+    gave 10 visits: as video frames, one view of someone else is taken for a glitch and
+    waits for a second, so every second person vanished into the previous visit).
+    `?stills=1` says the folder holds separate photos: a visit per photo, each named."""
+    enrolled = ["Colin_Powell", "Tony_Blair", "Hugo_Chavez", "Gerhard_Schroeder",
+                "Donald_Rumsfeld", "Ariel_Sharon"]
+    sequence = ["Colin_Powell", "Tony_Blair", "Jennifer_Capriati", "Hugo_Chavez",
+                "Gerhard_Schroeder", "Serena_Williams", "Donald_Rumsfeld", "Ariel_Sharon"]
+    data_dir, frames = tmp_path / "box", tmp_path / "frames"
+    frames.mkdir()
+    for person in enrolled:
+        result = CliRunner().invoke(app, ["--data-dir", str(data_dir), "enroll", person,
+                                          str(lfw_dir / person / f"{person}_0010.jpg")])
+        assert result.exit_code == 0, result.output
+    for index, person in enumerate(sequence):
+        (frames / f"{index:02d}.jpg").write_bytes(
+            (lfw_dir / person / f"{person}_0001.jpg").read_bytes())
+
+    def names(options: str) -> list[str]:
+        events_file = tmp_path / f"visits{options}.jsonl"
+        result = CliRunner().invoke(app, ["--data-dir", str(data_dir), "run", "--source",
+                                          f"dir:{frames}{options}", "--events",
+                                          str(events_file)])
+        assert result.exit_code == 0, result.output
+        events = [json.loads(line) for line in events_file.read_text().splitlines()]
+        return [str(e["name"]) for e in events if e["event"] == "visit_ended"]
+
+    expected = [p if p in enrolled else "unknown" for p in sequence]
+    assert names("?stills=1") == expected
+    assert len(names("")) < len(sequence)  # played as a clip's frames: what it was
+    # and one person's photos in a row are still one visit
+    for index in range(len(sequence)):
+        (frames / f"{index:02d}.jpg").write_bytes(
+            (lfw_dir / "Tony_Blair" / f"Tony_Blair_{index + 1:04d}.jpg").read_bytes())
+    assert names("?stills=1&fps=5") == ["Tony_Blair"]
+
+
 def test_a_subscriber_receives_visit_events_and_home_assistant_discovery(
         kiosk_box: tuple[Path, KioskVideo], tmp_path: Path, mosquitto: MosquittoBroker) -> None:
     """`run` as its own process publishes to a real Mosquitto; a plain paho client (not the
