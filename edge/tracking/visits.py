@@ -32,7 +32,8 @@ versions are never mixed).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import cv2
 import numpy as np
@@ -81,15 +82,16 @@ class VisitSettings:
     every_view: bool = False  # check each view, however poor (separate photos: each is new)
 
     @classmethod
-    def for_source(cls, source: object, **settings: int) -> VisitSettings:
+    def for_source(cls, source: object, **settings: Any) -> VisitSettings:
         """A folder of separate photos (``dir:...?stills=1``): one photo is a sighting, each
         is checked (embedded), and a photo of someone else ends the visit at once. A
         walkthrough's folder of 20 people, one photo each, gave 10 visits: a photo alike
         enough to the last was not re-checked, and one view of someone else was taken for
         a glitch, so every second person vanished into the previous visit."""
+        base = cls(**settings)
         if getattr(source, "stills", False):
-            return cls(**settings, min_hits=1, split_after=1, every_view=True)
-        return cls(**settings)
+            return replace(base, min_hits=1, split_after=1, every_view=True)
+        return base
 
     def __post_init__(self) -> None:
         if self.detect_every < 1 or self.max_attempts < 1 or self.min_hits < 1:
