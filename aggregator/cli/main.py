@@ -20,6 +20,7 @@ from aggregator.cli import budget
 from aggregator.cli import epochs as epochs_cli
 from aggregator.cli import operator as operator_cli
 from aggregator.cli import regional as regional_cli
+from aggregator.cli import status as status_cli
 from aggregator.cli.common import (
     EPILOG,
     JsonOpt,
@@ -53,8 +54,9 @@ app.add_typer(devices_app, name="devices")
 app.add_typer(rounds_app, name="rounds")
 app.add_typer(regional_cli.regions_app, name="regions")
 
-# init, status, devices, models and keys bundle live in operator_cli.py
+# init, devices, models and keys bundle live in operator_cli.py, status in status_cli.py
 operator_cli.register(app, keys_app, devices_app)
+status_cli.register(app)
 epochs_cli.register(keys_app, devices_app)  # key epochs: rotate, install, recipients
 
 
@@ -311,7 +313,7 @@ def rounds_show(
         if key not in ("announce", "verdicts", "poisoned"):
             typer.echo(f"{key}: {value}")
     if info["poisoned"] is not None:
-        typer.echo(operator_cli.poisoned_lines(info["poisoned"]))
+        typer.echo(status_cli.poisoned_lines(info["poisoned"]))
     if unreachable:
         typer.echo(f"box verdicts: not available ({unreachable})")
     for device, data in sorted(verdicts.items()):

@@ -1,4 +1,5 @@
-"""Operator commands of ``fedface-aggregator``: init, status, devices, models, keys bundle.
+"""Operator commands of ``fedface-aggregator``: init, devices, models, keys bundle
+(``status`` is aggregator.cli.status).
 
 Mounted on the app by ``aggregator.cli.main`` (``register``). Same error contract: one
 ``error:`` line on stderr and exit code 2.
@@ -9,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,27 +22,21 @@ from aggregator.operator import (
     DeviceRequest,
     OperatorError,
     create_key_bundle,
-    device_statuses,
     read_request,
     register_device,
     revoke_device,
-    revoked_since_key,
 )
 from aggregator.pki import authority as pki
 from aggregator.pki import files as pki_files
 from aggregator.pki import issue as pki_issue
-from aggregator.rounds import pins as model_pins
-from aggregator.rounds.schedule import recorded_next_opening
 from aggregator.state.config import BrokerClientConfig, PkiConfig, init_state, load_config
 from aggregator.state.registry import DeviceRegistry, RegistryError, load_public_key_bytes
 from aggregator.state.store import Store
-from aggregator.state.verdicts import poisoned, poisoned_summary, suspects
 from federation.crypto.bounds import DEFAULT_MAX_SAMPLES
 from federation.crypto.budget import Budget
 from federation.crypto.fingerprint import request_fingerprint_lines, signing_key_fingerprint
 from federation.crypto.keys import load_public_context
 from federation.files import write_atomic
-from federation.verdicts import Verdict
 
 Opt = typer.Option
 
@@ -232,159 +226,8 @@ def devices_revoke(device_id: str, state: StateOpt) -> None:
                "holder's `keys rotate`, then `keys install` here")
 
 
-def _age(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return f"{_duration(max(0.0, time.time() - ts))} ago"
-
-
-@one_line_errors
-def status(
-    state: StateOpt,
-    as_json: JsonOpt = False,
-    no_broker: Annotated[bool, Opt("--no-broker", help="skip device online/offline")] = False,
-    wait: Annotated[float, Opt(help="seconds to collect retained statuses")] = 2.0,
-) -> None:
-    """Devices online/offline (their retained status / last will; a box gone without a
-    clean stop: the last model it reported, offline since serve heard its will), the
-    open round, recent results, rejection counters."""
-    cfg = load_config(state)
-    store = Store(state)
-    live: dict[str, Any] = {}
-    if cfg.broker is not None and not no_broker:
-        live = device_statuses(cfg, store, wait)
-    devices = []
-    for d in DeviceRegistry(store).list():
-        st = live.get(d.device_id, {})
-        devices.append({"device_id": d.device_id, "registered": "active" if d.active else
-                        "revoked", "state": st.get("state", "unknown" if live or not
-                                                   cfg.broker else "never seen"),
-                        "model": st.get("model"), "since": st.get("ts"),
-                        "last_swap": st.get("last_swap"), "verdicts": st.get("verdicts", []),
-                        # gone without a clean stop: model, verdicts and last swap of its
-                        # last online status, as serve recorded it (aggregator.state.presence)
-                        "last_reported": bool(st.get("last_reported")),
-                        "offline_since": st.get("offline_since"),
-                        "last_online": st.get("last_online")})
-    latest = store.latest_round()
-    # updates, not messages: a region's partial counts as the box updates it sums
-    results = [{"round": r.round, "model": r.result_model, "updates": store.updates_of(r.round),
-                "closed_at": r.closed_at}
-               for r in store.list_rounds() if r.status == "published"][-5:]
-    info: dict[str, Any] = {
-        "fed": cfg.fed, "key_id": cfg.key_id,
-        "open_round": None if latest is None or latest.status != "open" else {
-            "round": latest.round, "base_model": latest.base_model, "deadline": latest.deadline,
-            "contributions": latest.contributions, "updates": store.updates_of(latest.round),
-            "quorum": latest.quorum,
-            "contributors": store.contributors(latest.round)},
-        "devices": {"active": sum(d["registered"] == "active" for d in devices),
-                    "total": len(devices)},
-        "device_status": devices, "recent_results": results, "counters": store.counters(),
-        "next_base": model_pins.next_base(store, cfg.initial_model)[0],
-        # while serve's schedule holds the next round back (aggregator.rounds.schedule)
-        "next_round_at": None if latest is not None and latest.status == "open"
-        else recorded_next_opening(store),
-        "pinned": model_pins.pinned(store),
-        # rounds the boxes refused, and who contributed to them (aggregator.rounds.poison)
-        "poisoned": [poisoned_summary(store, r) for r in list(poisoned(store))[-5:]],
-        "suspects": suspects(store),  # contributed to every refused round
-        # revoked after the current key was installed: they can still decrypt results
-        "key_rotation_due": revoked_since_key(store, state),
-        "broker_checked": cfg.broker is not None and not no_broker,
-    }
-    if as_json:
-        typer.echo(json.dumps(info, indent=2))
-        return
-    _print_status(info)
-
-
-def _next_opening(at: float | None) -> str:
-    if at is None:
-        return ""
-    when = local_time(at)
-    left = at - time.time()
-    if left < 0:  # serve records it and clears it when it opens the round
-        return f"; the next was due at {when} (is fedface-aggregator serve running?)"
-    return f"; the next opens at {when} (in {_duration(left)}, the round schedule)"
-
-
-def _duration(s: float) -> str:
-    return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m" if s < 7200 else f"{s / 3600:.1f}h"
-
-
-def _print_status(info: dict[str, Any]) -> None:
-    typer.echo(f"federation {info['fed']} (key {info['key_id']})")
-    if not info["device_status"]:
-        typer.echo("no devices registered: fedface-aggregator devices add --request FILE")
-    else:
-        typer.echo(f"{'DEVICE':20s} {'REGISTRY':9s} {'STATUS':10s} {'MODEL':18s} SINCE")
-    for d in info["device_status"]:
-        typer.echo(f"{d['device_id']:20s} {d['registered']:9s} {d['state']:10s} "
-                   f"{d['model'] or '-'!s:18s} {_age(d['since'])}")
-    for d in info["device_status"]:
-        if d.get("last_reported"):
-            typer.echo(f"  {d['device_id']} {_gone(d)}")
-        verdicts = [v for v in map(Verdict.from_dict, d.get("verdicts") or []) if v]
-        # the box's own judgement of the last result it received, and what it did in
-        # the latest round since (sat it out, sent its update, or saw it end without one)
-        judged = [v for v in verdicts if v.judged]
-        shown = ([judged[-1]] if judged else []) + \
-            ([verdicts[-1]] if verdicts and not verdicts[-1].judged else [])
-        for verdict in shown:
-            typer.echo(f"  {d['device_id']} {verdict.summary()}")
-        swap = d.get("last_swap") or {}
-        if swap.get("event") == "refused" and not any(
-                v.outcome == "refused" and v.model == swap.get("version") for v in verdicts):
-            typer.echo(f"  {d['device_id']} REFUSED model {swap.get('version')} "
-                       f"{_age(swap.get('at'))}: {swap.get('reason')}")
-    cur = info["open_round"]
-    typer.echo("open round: " + (f"{cur['round']} on {cur['base_model']}, "
-                                 f"{cur['updates']}/{cur['quorum']} update(s), deadline "
-                                 f"in {max(0, cur['deadline'] - time.time()):.0f}s"
-                                 if cur else "none" + _next_opening(info["next_round_at"])))
-    typer.echo(f"next round builds on: {info['next_base']}"
-               + (" (PINNED: fedface-aggregator models unpin to follow the latest)"
-                  if info["pinned"] else ""))
-    for r in info["recent_results"]:
-        typer.echo(f"result: round {r['round']} -> {r['model']} ({r['updates']} update(s), "
-                   f"{_age(r['closed_at'])})")
-    for p in info["poisoned"]:
-        typer.echo(poisoned_lines(p))
-    if info["suspects"]:
-        s = info["suspects"]
-        typer.echo(f"suspects (contributed to every refused round: "
-                   f"{', '.join(map(str, s['rounds']))}): {', '.join(s['devices']) or 'none'}")
-    if info["key_rotation_due"]:
-        typer.echo(f"KEY ROTATION DUE: {', '.join(info['key_rotation_due'])} revoked after "
-                   "the current key was installed, and can still decrypt every result: "
-                   "rotate the key (docs/operations.md, 'Rotating the federation key')")
-    for name, value in info["counters"].items():
-        typer.echo(f"  {name}: {value}")
-
-
-def _gone(d: dict[str, Any]) -> str:
-    """A box whose retained status is its last will, older than its last online status
-    serve recorded: it vanished (kill -9, power loss), and the will is from its connect."""
-    when = (f"offline since {local_time(d['offline_since'])} (serve heard its last will)"
-            if d.get("offline_since") is not None else
-            "offline, since when is unknown (serve was not listening when its last will came)")
-    return (f"{when}; {d['model']} is the last model the box reported (in its online "
-            f"status of {local_time(d.get('last_online'))}); it went away without a clean stop")
-
-
-def poisoned_lines(p: dict[str, Any]) -> str:
-    """A poisoned round for the operator: why, refusals by reason, who contributed."""
-    reasons = ", ".join(f"{code} x{n}" for code, n in sorted(p["refusals"].items()))
-    return (f"POISONED round {p['round']} ({_age(p['poisoned_at'])}): {p['why']}; went back "
-            f"to {p['recovered_to']}\n  refusals: {reasons or '-'} (from "
-            f"{', '.join(p['refused_by']) or '-'})\n  contributors: "
-            f"{', '.join(p['contributors']) or '-'}")
-
-
 def register(app: typer.Typer, keys_app: typer.Typer, devices_app: typer.Typer) -> None:
     app.command("init")(init)
-    app.command("status")(status)
     keys_app.command("bundle")(keys_bundle)
     devices_app.command("add")(devices_add)
     devices_app.command("list")(devices_list)

@@ -21,7 +21,7 @@ import logging
 import math
 import sqlite3
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, TypeGuard
 
 from federation.errors import MALFORMED, FederationError
 from federation.messages import DeviceStatus
@@ -55,7 +55,24 @@ def status_entry(status: DeviceStatus, envelope_ts: float) -> dict[str, Any]:
     return {"state": printable(status.state, 20), "model": printable(status.model, 100),
             "ts": ts, "last_swap": last_swap_fields(status.sink.get("last_swap")),
             # what each recent round did for the box (federation.verdicts)
-            "verdicts": [asdict(v) for v in status.verdicts]}
+            "verdicts": [asdict(v) for v in status.verdicts],
+            "dp": dp_fields(status.dp)}
+
+
+def dp_fields(value: Any) -> dict[str, Any] | None:
+    """The box's differential-privacy budget as its status says it (its own ledger):
+    epsilon spent, delta, rounds; None when absent or not plain finite numbers."""
+    if not isinstance(value, dict):
+        return None
+    eps, delta, rounds = (value.get(k) for k in ("epsilon_total", "delta", "rounds"))
+    if not (_finite(eps) and _finite(delta)) or isinstance(rounds, bool) \
+            or not isinstance(rounds, int):
+        return None
+    return {"epsilon_total": float(eps), "delta": float(delta), "rounds": rounds}
+
+
+def _finite(x: Any) -> TypeGuard[float]:
+    return not isinstance(x, bool) and isinstance(x, int | float) and math.isfinite(x)
 
 
 @dataclass(frozen=True)

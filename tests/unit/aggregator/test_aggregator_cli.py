@@ -120,3 +120,25 @@ def test_aggregator_never_imports_ml_or_edge_code() -> None:
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ""
+
+
+def test_status_with_the_broker_down_still_shows_the_state(keys_dir: Path,
+                                                           tmp_path: Path) -> None:
+    """A walkthrough stopped the broker: `status` printed one error line and nothing of
+    the registry, rounds or counters, all of which are in the state directory. It shows
+    them, the boxes' live state as unknown, then the error (exit 2, for a monitor)."""
+    from tests.support.broker import free_port
+
+    state = tmp_path / "state"
+    assert runner.invoke(app, ["init", "--fed", "f1", "--state", str(state), "--public-context",
+                               str(keys_dir / "federation-public.tenseal"), "--broker-url",
+                               f"mqtt://127.0.0.1:{free_port()}"]).exit_code == 0
+    pub = write_public_key(tmp_path / "box1.pub", generate_signing_key().public_key())
+    assert runner.invoke(app, ["devices", "add", "box1", "--public-key", str(pub),
+                               "--state", str(state)]).exit_code == 0
+    result = runner.invoke(app, ["status", "--state", str(state)])
+    assert result.exit_code == 2
+    assert "federation f1" in result.stdout and "open round: none" in result.stdout
+    assert result.stdout.count("box1") == 1 and " unknown " in result.stdout
+    assert result.stderr.startswith("error: the boxes' live status is not shown: cannot "
+                                    "reach the broker at mqtt://127.0.0.1:")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from aggregator.cli import operator as operator_cli
+from aggregator.cli import status as status_cli
 from aggregator.intake.presence import PresenceRecorder
 from aggregator.intake.verdicts import StatusIntake, VerdictReport
 from aggregator.state.presence import (
@@ -314,11 +314,25 @@ def test_the_recorder_thread_ends_when_idle_and_starts_again(setup: Setup) -> No
 
 
 def test_the_operator_is_told_the_model_is_the_last_reported_one() -> None:
-    line = operator_cli._gone({"device_id": BOX, "model": "round-3", "offline_since": NOW,
+    line = status_cli._gone({"device_id": BOX, "model": "round-3", "offline_since": NOW,
                                "last_online": 200.0})
     assert line.startswith("offline since ") and "serve heard its last will" in line
     assert "round-3 is the last model the box reported" in line
     assert "without a clean stop" in line
-    unknown = operator_cli._gone({"device_id": BOX, "model": "round-3", "offline_since": None,
+    unknown = status_cli._gone({"device_id": BOX, "model": "round-3", "offline_since": None,
                                   "last_online": 200.0})
     assert "since when is unknown" in unknown
+
+
+def test_a_box_s_dp_budget_is_kept_from_its_status_and_parsed_strictly() -> None:
+    """The operator's `status` shows each box's privacy budget (from the box's own
+    ledger, in its signed status); it was in the status but no command showed it."""
+    from aggregator.state.presence import dp_fields
+
+    good = {"epsilon_total": 8.0, "delta": 1e-5, "rounds": 2, "accountant": "rdp"}
+    assert dp_fields(good) == {"epsilon_total": 8.0, "delta": 1e-5, "rounds": 2}
+    for bad in (None, "8", {**good, "epsilon_total": float("nan")}, {**good, "rounds": True},
+                {**good, "delta": "x"}, {"rounds": 2}):
+        assert dp_fields(bad) is None
+    assert status_cli._dp(dp_fields(good) or {}) == (
+        "differential privacy: epsilon 8.00 spent over 2 round(s) at delta 1e-05")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aggregator.cli.operator import _next_opening
+from aggregator.cli.status import _next_opening
 from aggregator.rounds.coordinator import RoundSettings
 from aggregator.rounds.schedule import DailyWindow, RoundSchedule, recorded_next_opening
 from aggregator.state.store import Store
