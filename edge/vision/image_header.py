@@ -230,8 +230,9 @@ def check_header(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
     not a format read here, a size of zero, or more than ``max_pixels`` pixels."""
     header = read_header(data)
     if header is None:
-        raise ImageReadError(f"{source} is not an image this box can decode: not a {FORMATS} "
-                             "file, or its header is damaged", f"use a {FORMATS} photo")
+        raise ImageReadError(f"{source} is not an image this box can decode (its format is "
+                             f"none of: {FORMATS}), or its header is damaged",
+                             f"use a photo in one of: {FORMATS}")
     if header.width == 0 or header.height == 0:
         raise ImageReadError(f"{source} says it is {header.width}x{header.height} pixels",
                              "the file is damaged; use another photo")
@@ -257,7 +258,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
         image = _pillow_decode(data)
     if image is None or image.ndim != 3:
         raise ImageReadError(f"{source} is not an image OpenCV can decode",
-                             f"use a {FORMATS} photo (the file may be truncated)")
+                             f"the file may be truncated; use a photo in one of: {FORMATS}")
     if image.shape[:2] != (header.height, header.width):
         # the decoder read another size than the header said: a crafted file
         raise ImageReadError(f"{source} decodes to {image.shape[1]}x{image.shape[0]} pixels "
