@@ -20,7 +20,8 @@ are not failures:
 
 Otherwise, as before: extend while extensions are left, then fail. A round no box sent
 to after its extensions, while some active box said nothing at all (offline, broken),
-fails: the operator should hear of it. Pure: the coordinator applies the decision.
+fails: the operator should hear of it. ``at_deadline`` decides (pure); ``extend`` stores
+an extension's announce; the coordinator applies the rest.
 """
 
 from __future__ import annotations
@@ -98,8 +99,8 @@ def extend(store: Store, cur: RoundRow, call: AtDeadline, deadline_seconds: floa
     at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(deadline))
     if call.action == OPEN_TO_ALL:
         log.info("round %d: %s; deadline %s", cur.round, call.why, at)
-    else:  # "N/quorum" as `status` says it; the active devices could still send
-        log.warning("round %d: deadline reached with %d/%d update(s) (%d device(s) active): "
-                    "extended to %s (extension %d of %d)", cur.round, cur.contributions,
-                    cur.quorum, active, at, extensions, max_extensions)
+    else:  # updates and quorum as `status` says them; the active devices could still send
+        log.warning("round %d: deadline reached, %s (%d device(s) active): extended to %s "
+                    "(extension %d of %d)", cur.round, call.why, active, at, extensions,
+                    max_extensions)
     return announce
