@@ -60,9 +60,13 @@ def admit(engine: Engine, policy: CanaryPolicy, crop_ids: np.ndarray,
     if base_vectors is not None:
         calibration = calibrate(engine.threshold, base_vectors, vectors, person_ids,
                                 held_out=held_out_rows(person_ids))
-        log.info("model threshold: %s", calibration.describe() if calibration else
-                 f"the deployed {engine.threshold:.2f} (fewer people than calibration needs: "
-                 f"{MIN_PEOPLE}, of whom {MIN_HELD_OUT_PEOPLE} calibration people)")
+        # capped: the model moved strangers' scores further than any round should (a
+        # walkthrough's noisy DP rounds hit the cap every round, silently): said loudly
+        log.log(logging.WARNING if calibration is not None and calibration.capped
+                else logging.INFO, "model threshold: %s", calibration.describe()
+                if calibration else f"the deployed {engine.threshold:.2f} (fewer people than "
+                f"calibration needs: {MIN_PEOPLE}, of whom {MIN_HELD_OUT_PEOPLE} calibration "
+                "people)")
     if not judge:
         return Admission(None, calibration)
     current = engine.state

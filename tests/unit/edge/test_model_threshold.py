@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -194,3 +195,23 @@ def test_calibration_off_and_local_models_serve_at_the_deployed_threshold(
     assert served.threshold is None and swapper.engine.state.threshold is None
     assert swapper.engine.threshold_for(swapper.engine.state) == 0.40
     swapper.engine.close()
+
+
+def test_a_capped_threshold_is_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """A model whose strangers' scores moved past the cap (a walkthrough's noisy DP
+    rounds, every round) was logged at info among the swap's lines: now a warning."""
+    from types import SimpleNamespace
+
+    from edge.serving.admission import admit
+
+    rng = np.random.default_rng(5)
+    people = np.repeat(np.arange(1, 13), 2)  # 12 people, 5 and 10 calibration people
+    vectors = _unit(rng.standard_normal((len(people), 128)))
+    alike = _unit(vectors * 0.05 + 1.0)
+    engine: Any = SimpleNamespace(threshold=0.40)
+    with caplog.at_level("INFO", logger="edge.serving.admission"):
+        admit(engine, None, np.arange(len(people)), people, vectors, vectors, False)
+        admit(engine, None, np.arange(len(people)), people, alike, vectors, False)
+    (same, wild) = [r for r in caplog.records if "model threshold" in r.message]
+    assert same.levelname == "INFO" and wild.levelname == "WARNING"
+    assert f"capped at +-{MAX_SHIFT}" in wild.message
