@@ -269,7 +269,7 @@ class AggregatorService:
                 elif isinstance(item, UnknownReport):
                     self._report_unknown(item)
                 elif isinstance(item, VerdictReport):
-                    self.coordinator.heard_sat_out(item.device, item.sat_out)
+                    self.coordinator.heard_sitting_out(item.device, item.sitting_out)
                     self.events.handle(self.poison.report(item.device, item.verdicts))
                 else:
                     batch.append(item)

@@ -47,14 +47,33 @@ log = logging.getLogger(__name__)
 WARN_EVERY_SECONDS = 300.0  # per device: a bad status is logged, not a flood of lines
 
 
+# why a box sits a round out, as its status's not_joining says (edge.federated.joining):
+# the reasons the round's deadline weighs (aggregator.rounds.deadline)
+SITTING_OUT_REASONS = ("no_new_samples", "base_not_served")
+
+
 @dataclass(frozen=True)
 class VerdictReport:
     """A device's verdicts on results (applied / refused / rejected), signature-checked,
-    and the rounds it says it sits out (the round's deadline: aggregator.rounds.deadline)."""
+    and the round it says it sits out now, with why (None: it does not; the status says
+    so as soon as the box joins, which a "sat out" verdict, kept until the box's update
+    is sealed, did not: a walkthrough's round was skipped while both boxes trained)."""
 
     device: str
     verdicts: tuple[Verdict, ...]
-    sat_out: tuple[int, ...] = ()
+    sitting_out: tuple[int, str] | None = None
+
+
+def sitting_out(not_joining: object) -> tuple[int, str] | None:
+    """(round, reason) from a status's ``not_joining`` when it is a reason the deadline
+    weighs; None otherwise (or malformed)."""
+    if not isinstance(not_joining, dict):
+        return None
+    round_no, reason = not_joining.get("round"), not_joining.get("reason")
+    if isinstance(round_no, bool) or not isinstance(round_no, int) \
+            or reason not in SITTING_OUT_REASONS:
+        return None
+    return round_no, str(reason)
 
 
 class StatusIntake:
@@ -68,7 +87,8 @@ class StatusIntake:
         self._keys = keys  # the active devices' keys (aggregator.intake.delivery's snapshot)
         self._sink = sink
         self.presence = presence  # each box's last online status (None: not kept)
-        self._last: dict[str, tuple[object, ...]] = {}
+        self._last: dict[str, tuple[tuple[int, str, str, float], ...]] = {}
+        self._sitting: dict[str, tuple[int, str] | None] = {}
         self._warned: dict[str, float] = {}
         # called as a plain handler (topic, payload), a status counts as retained
         self.on_status = RetainAware(self._on_status)
@@ -100,12 +120,17 @@ class StatusIntake:
         if self.presence is not None:
             self.presence.observe(device, entry, retained)
         judged = tuple(v for v in status.verdicts if v.judged and v.model)
-        sat_out = tuple(v.round for v in status.verdicts if v.outcome == "sat_out")
-        seen = (*((v.round, v.outcome, v.code, v.at) for v in judged), sat_out)
-        if not (judged or sat_out) or self._last.get(device) == seen:
+        seen = tuple((v.round, v.outcome, v.code, v.at) for v in judged)
+        sitting = sitting_out(status.not_joining)
+        new_verdicts = bool(judged) and self._last.get(device) != seen
+        # nothing new: a box republishes its status on every reconnect (and its will, built
+        # at connect, carries no verdicts)
+        if not new_verdicts and sitting == self._sitting.get(device):
             return
-        self._last[device] = seen
-        self._sink(VerdictReport(device, judged, sat_out))
+        if new_verdicts:
+            self._last[device] = seen
+        self._sitting[device] = sitting
+        self._sink(VerdictReport(device, judged, sitting))
 
     def _dropped(self, topic: str, exc: FederationError) -> None:
         now = time.monotonic()

@@ -98,7 +98,7 @@ class Coordinator:
         self.current: RoundRow | None = None
         self.sum: Accumulator | None = None
         self.next_opening: float | None = None  # set while the schedule holds a round back
-        self.sat_out: set[str] = set()  # devices whose status says they sit the round out
+        self.sat_out: dict[str, str] = {}  # device -> why its status says it sits out
 
     # --- lifecycle --------------------------------------------------------------------
     def start(self, open_round: bool = True) -> list[Event]:
@@ -166,7 +166,7 @@ class Coordinator:
                                 announce.to_dict())
         self.current = self.store.get_round(round_no)
         self.sum = self.accumulators.new()
-        self.sat_out = set()
+        self.sat_out = {}
         log.info("round %d opened: base model %s, deadline in %.0f s, quorum %d, min new "
                  "samples %d", round_no, base, self.settings.deadline_seconds,
                  self.settings.quorum, self.settings.min_new_samples)
@@ -299,7 +299,7 @@ class Coordinator:
             return self._close(cur, "all active devices sent")
         if self.clock() < cur.deadline:
             return []
-        call = at_deadline(summed=self.updates_summed(), quorum=cur.quorum,
+        call = at_deadline(summed=self.updates_summed(), quorum=cur.quorum, base=cur.base_model,
                            announced_min_new=announce_of(cur).min_new_samples,
                            extensions=cur.extensions, max_extensions=self.settings.max_extensions,
                            active=active, contributors=contributors, sat_out=self.sat_out)
@@ -314,11 +314,13 @@ class Coordinator:
         self.current = self.store.get_round(cur.round)
         return [Announce(announce)]
 
-    def heard_sat_out(self, device: str, rounds: tuple[int, ...]) -> None:
-        """A box's signed status says it sits these rounds out (aggregator.intake.verdicts)."""
-        if self.current is not None and self.current.status == "open" and \
-                self.current.round in rounds:
-            self.sat_out.add(device)
+    def heard_sitting_out(self, device: str, sitting: tuple[int, str] | None) -> None:
+        """A box's status: it sits this round out, and why; or not (aggregator.intake.verdicts)."""
+        cur = self.current
+        if cur is not None and cur.status == "open" and sitting and sitting[0] == cur.round:
+            self.sat_out[device] = sitting[1]
+        else:
+            self.sat_out.pop(device, None)
 
     def abandon(self, why: str) -> list[Event]:
         """Fail the open round now and open the next (aggregator.rounds.poison: its base

@@ -52,7 +52,7 @@ class AtDeadline:
     @property
     def reason(self) -> str:
         """The round's close reason (`fedface-aggregator rounds`)."""
-        return "nothing new" if self.action == SKIP else "no quorum"
+        return self.why.split(":")[0] if self.action == SKIP else "no quorum"
 
 
 def _names(devices: set[str], limit: int = 5) -> str:
@@ -63,26 +63,34 @@ def _names(devices: set[str], limit: int = 5) -> str:
 
 def at_deadline(*, summed: int, quorum: int, announced_min_new: int, extensions: int,
                 max_extensions: int, active: set[str], contributors: set[str],
-                sat_out: set[str]) -> AtDeadline:
-    """The round's deadline passed: ``summed`` box updates are in its sum, ``sat_out``
-    are the devices whose status says they sit this round out."""
+                sat_out: dict[str, str], base: str = "") -> AtDeadline:
+    """The round's deadline passed: ``summed`` box updates are in its sum; ``sat_out``:
+    the devices whose status says they sit this round out, and why (``no_new_samples``,
+    or ``base_not_served``: the box refused the round's base or rolled it back)."""
     if summed >= quorum:
         return AtDeadline(CLOSE, f"deadline with quorum ({summed} update(s), quorum {quorum})")
     waiting = active - contributors
-    said_out, silent = waiting & sat_out, waiting - sat_out
-    if announced_min_new > 0 and said_out:
-        if summed == 0 and not silent:
-            return AtDeadline(SKIP, f"nothing new: {_names(said_out)} sat out (fewer new "
-                                    f"samples than {announced_min_new})")
-        if summed > 0:
-            return AtDeadline(OPEN_TO_ALL, f"{summed} update(s) < quorum {quorum}; "
-                                           f"{_names(said_out)} sat out with nothing new: "
-                                           f"reopened to every box")
+    nothing_new = {d for d in waiting if sat_out.get(d) == "no_new_samples"}
+    refusing = {d for d in waiting if sat_out.get(d) == "base_not_served"}
+    silent = waiting - nothing_new - refusing
+    said = (f"{_names(nothing_new)} sat out (fewer new samples than {announced_min_new})"
+            if nothing_new else "")
+    if refusing:  # they cannot join a round on this base, whatever it is announced with
+        said += ("; " if said else "") + f"{_names(refusing)} do(es) not serve its base {base}"
+        if len(active) - len(refusing) < quorum:
+            said += (f": without them the quorum of {quorum} cannot be met on {base}; "
+                     "fedface-aggregator models pin the version they serve, or models "
+                     "rollback (docs/operations.md, 'Model versions')")
+    if summed == 0 and (nothing_new or refusing) and not silent:
+        return AtDeadline(SKIP, f"{'nothing new' if nothing_new else 'no box can join'}: {said}")
+    if summed > 0 and announced_min_new > 0 and nothing_new:
+        return AtDeadline(OPEN_TO_ALL, f"{summed} update(s) < quorum {quorum}; {said}: "
+                                       f"reopened to every box")
+    why = f"{summed} update(s) < quorum {quorum}" + (f"; {said}" if said else "")
     if extensions < max_extensions:
-        return AtDeadline(EXTEND, f"{summed} update(s) < quorum {quorum}")
-    return AtDeadline(FAIL, f"{summed} update(s) < quorum {quorum} after {extensions} "
-                            f"extension(s)" + (f"; no word from {_names(silent)}" if silent
-                                               else ""))
+        return AtDeadline(EXTEND, why)
+    return AtDeadline(FAIL, why + f" after {extensions} extension(s)" + (
+        f"; no word from {_names(silent)}" if silent else ""))
 
 
 def extend(store: Store, cur: RoundRow, call: AtDeadline, deadline_seconds: float,

@@ -228,6 +228,7 @@ class TwoBoxes:
     store: Store
     samples: dict[str, Samples]
     clients: dict[str, FederationClient]
+    trainers: dict[str, GatedTrainer]  # open after round 1; close one to hold its training
 
 
 @contextlib.contextmanager
@@ -241,21 +242,23 @@ def two_boxes_after_round_1(tmp_path: Path, ctx: FederationContext, deadline: fl
     stop = threading.Event()
     thread = threading.Thread(target=service.run, args=(stop, 0.05), daemon=True)
     samples = {"a": Samples(8), "b": Samples(8)}
-    clients = {}
+    clients, trainers = {}, {}
     for device in ("a", "b"):
         base = part_base_vector()
+        trainers[device] = GatedTrainer(NumpyDriftTrainer(PART, base, device, 50, 1e-2))
+        trainers[device].gate.set()
         clients[device] = FederationClient(
             ClientConfig(FED, device, retry_seconds=0.5, tick_seconds=0.05),
             lambda will, d=device: InMemoryTransport(bus, d, will=will), ctx, keys[device],
-            agg_key.public_key(), NumpyDriftTrainer(PART, base, device, 50, 1e-2),
-            RecordingSink(), tmp_path / device, base, samples=samples[device])
+            agg_key.public_key(), trainers[device], RecordingSink(), tmp_path / device, base,
+            samples=samples[device])
     thread.start()
     try:
         for c in clients.values():
             c.start()
         wait_for(lambda: all(c.version == "round-1" for c in clients.values()), SLOW,
                  "round 1 applied by both boxes")
-        yield TwoBoxes(bus, store, samples, clients)
+        yield TwoBoxes(bus, store, samples, clients, trainers)
     finally:
         for c in clients.values():
             c.stop()
@@ -311,10 +314,35 @@ def test_newcomers_on_one_box_are_federated_when_the_others_had_nothing_new(
         assert published is not None and published.status == "published"
         assert published.contributions == 2 and published.extensions == 0
         assert sorted(store.contributors(round_no)) == ["a", "b"]
-        assert (f"round {round_no}: 1 update(s) < quorum 2; a sat out with nothing new: "
-                "reopened to every box") in caplog.text
+        assert (f"round {round_no}: 1 update(s) < quorum 2; a sat out (fewer new samples "
+                "than 1): reopened to every box") in caplog.text
         # the rounds between (if b's recount came after a deadline) were skipped, none failed
         assert all(store.get_round(r).status == "skipped"  # type: ignore[union-attr]
                    for r in range(2, round_no))
         verdicts = {v.round: v.outcome for v in RoundVerdicts(tmp_path / "a").all()}
         assert verdicts[round_no] == "applied"  # after its sat_out, then submitted
+
+
+def test_a_round_the_boxes_joined_late_is_not_skipped_while_they_train(
+    tmp_path: Path, ctx: FederationContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A walkthrough enrolled people on both boxes 11 s before round 9's deadline: both
+    joined and trained, yet serve skipped the round as 'nothing new' (it read their
+    earlier "sat out" verdicts, which stay until an update is sealed) and refused their
+    updates as late. A box's status says it no longer sits out the moment it joins."""
+    monkeypatch.setattr("edge.federated.joining.RECOUNT_SECONDS", 0.2)
+    with two_boxes_after_round_1(tmp_path, ctx, 3, 3) as rig:
+        store = rig.store
+        wait_for(lambda: store.get_round(2) is not None, SLOW, "round 2 opened")
+        for device in ("a", "b"):
+            rig.trainers[device].gate.clear()  # their training takes a while
+            rig.samples[device].enrol(2)
+        # past round 2's deadline with both boxes training: extended, not skipped
+        wait_for(lambda: store.get_round(2).extensions >= 1,  # type: ignore[union-attr]
+                 SLOW, "round 2 extended at its deadline")
+        assert store.get_round(2).status == "open"  # type: ignore[union-attr]
+        for device in ("a", "b"):
+            rig.trainers[device].gate.set()
+        wait_for(lambda: all(c.version == "round-2" for c in rig.clients.values()), SLOW,
+                 "round 2 published with both boxes' newcomers")
+        assert store.get_round(2).contributions == 2  # type: ignore[union-attr]
