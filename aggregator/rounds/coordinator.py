@@ -23,7 +23,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from aggregator.rounds.accumulator import Accumulator, AccumulatorBroken, AccumulatorFactory
 from aggregator.rounds.admission import NOT_OPEN as NOT_OPEN  # re-exported: part of the reasons
@@ -32,14 +32,13 @@ from aggregator.rounds.deadline import CLOSE, FAIL, SKIP, at_deadline, extend
 from aggregator.rounds.epochs import fail_if_old_key
 from aggregator.rounds.pins import next_base
 from aggregator.rounds.records import Announce, Decision, Event, ResultReady, Submission
-from aggregator.rounds.schedule import RoundSchedule, record_next_opening
+from aggregator.rounds.resume import fail_if_settings_changed
+from aggregator.rounds.schedule import record_next_opening
+from aggregator.rounds.settings import RoundSettings as RoundSettings  # re-exported: its callers
 from aggregator.state.db import RoundRow, storage_failure
 from aggregator.state.registry import DeviceRegistry
 from aggregator.state.store import AcceptedUpdate, Store
 from federation import errors
-from federation.crypto.bounds import Bounds
-from federation.crypto.dp import DpConfig
-from federation.crypto.packing import DEFAULT_COUNT_SCALE
 from federation.messages import CLOSED, OPEN, RoundAnnounce, result_version
 
 log = logging.getLogger(__name__)
@@ -47,36 +46,6 @@ log = logging.getLogger(__name__)
 # Reasons beyond the federation's envelope-level ones: NOT_OPEN, and UNAVAILABLE
 # (federation.errors, so that the delivery code need not import the coordinator).
 UNAVAILABLE = errors.UNAVAILABLE
-
-
-@dataclass(frozen=True)
-class RoundSettings:
-    deadline_seconds: float = 300.0
-    quorum: int = 2
-    count_scale: float = DEFAULT_COUNT_SCALE  # announced; boxes encrypt with it
-    part_key: str = ""
-    chunk_size: int = 256 * 1024
-    max_extensions: int = 3
-    dp: DpConfig | None = None  # differential privacy every box applies (federation.crypto.dp)
-    schedule: RoundSchedule = field(default_factory=RoundSchedule)  # when rounds may open
-    min_new_samples: int = 0  # announced: boxes with fewer new samples sit the round out
-    # announced: the cap on a box's n and the clip of its delta, which every box checks
-    # the decrypted result against (federation.crypto.bounds); None: no bounds
-    bounds: Bounds | None = None
-    key_id: str = ""  # the public context's key and epoch, announced (set by the service)
-    key_epoch: int = 0
-
-    def __post_init__(self) -> None:
-        if self.min_new_samples < 0:
-            raise ValueError("min new samples must be >= 0")
-        if not self.count_scale > 0:
-            raise ValueError("count_scale must be > 0")
-        if self.deadline_seconds <= 0:
-            raise ValueError("round deadline must be > 0 seconds")
-        if self.quorum < 1:
-            raise ValueError("quorum must be >= 1")
-        if self.chunk_size < 1024:
-            raise ValueError("chunk size must be >= 1024 bytes")
 
 
 def announce_of(row: RoundRow) -> RoundAnnounce:
@@ -126,9 +95,12 @@ class Coordinator:
         return events
 
     def _of_old_key(self, row: RoundRow) -> bool:
-        """Opened under an earlier key epoch (``keys install`` since): failed now."""
-        return fail_if_old_key(self.store, row, announce_of(row).key_id, self.settings.key_id,
-                               self.settings.key_epoch, self.clock())
+        """Opened under an earlier key epoch (``keys install`` since), or announced with
+        other settings than serve now has (aggregator.rounds.resume): failed now."""
+        ann, s = announce_of(row), self.settings
+        return fail_if_old_key(self.store, row, ann.key_id, s.key_id, s.key_epoch,
+                               self.clock()) or fail_if_settings_changed(
+            self.store, row, ann, s, self.clock())
 
     def _load_sum(self, row: RoundRow) -> Accumulator:
         return rebuild_sum(self.store, self.accumulators, row)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +132,36 @@ def test_a_state_dir_from_before_update_counts_opens_with_one_update_each(
         assert store.updates_of(4) == 2 and store.updates_of(5) == 0
     finally:
         store.close()
+
+
+def test_a_restart_with_differential_privacy_does_not_resume_a_round_without_it(
+        tmp_path: Path, secret_ctx: FederationContext) -> None:
+    """A walkthrough restarted serve with --dp-clip 0.5 --dp-noise 1 while round 8 was
+    open: the round resumed with its old announce and both boxes sent it without noise
+    (their ledgers start at round 9); the reverse after a restart without DP. The open
+    round is failed, its accepted update dropped, and the next opens with the new policy."""
+    from federation.crypto.dp import DpConfig
+
+    rig = make_rig(tmp_path, secret_ctx, n_boxes=3)
+    ann = latest_announce(rig.bus.retained, FED)
+    assert ann["round"] == 1 and ann.get("dp") is None
+    box = rig.boxes[0]
+    box.send(box.envelopes(box.encrypted_blob(_vec(1), 100, ann["count_scale"]), 1,
+                           ann["base_model"]))
+    rig.service.pump()
+    assert box.acks[-1]["accepted"], box.acks[-1]
+    rig.service.transport.close()
+    dp = DpConfig(0.5, 1.0, 1e-5, "local")
+    service = rig.reopen(replace(rig.service.settings, dp=dp), secret_ctx.public())
+    failed = rig.store.get_round(1)
+    assert failed is not None and failed.status == "failed"
+    assert failed.close_reason == "serve restarted with other settings (dp)"
+    ann = latest_announce(rig.bus.retained, FED)
+    assert ann["round"] == 2 and ann["dp"] == dp.to_dict() and ann["state"] == "open"
+    assert service.coordinator.current is not None
+    assert service.coordinator.current.round == 2
+    # the same settings again: nothing is failed
+    rig.service.transport.close()
+    rig.reopen(service.settings, secret_ctx.public())
+    assert rig.store.get_round(2).status == "open"  # type: ignore[union-attr]
+    rig.store.close()
