@@ -3,25 +3,21 @@
 ``HotSwapper.apply(version, vector)`` (the federation client's ``ModelSink``) runs, in a
 background thread at a lower CPU priority so the frame thread keeps its core:
 
-1. ``patched``: the vector becomes the graph's initializers, by name (no torch, no
-   re-export, no protobuf parse);
-2. ``model_written``: ``sface-fed-<version>.weights.npz`` by atomic rename (0600): the
-   version's initializers and the base model's SHA-256 (``edge.serving.versions``): 22 kB for
-   the default part instead of a 38 MB graph (an SD card takes seconds for that);
-3. ``session_built``: ONE new InferenceSession, of the tail only, with the new weights
-   given to ONNX Runtime by name: the frames run the shared frozen-trunk session then
-   this tail (``edge.serving.split_model.SplitEmbedder``);
-4. ``reembedded``: every enrolment crop's cached trunk features through that same tail
-   (the dominant cost: ~58 M multiply-adds per crop for the conv14 part);
+1. ``patched``: the vector becomes the graph's initializers, by name (no torch, no parse);
+2. ``model_written``: ``sface-fed-<version>.weights.npz`` by atomic rename (0600): its
+   initializers and the base model's SHA-256 (``edge.serving.versions``), 22 kB for the
+   default part instead of a 38 MB graph;
+3. ``session_built``: ONE new InferenceSession, of the tail only (the frames run the
+   shared frozen-trunk session then it: ``edge.serving.split_model.SplitEmbedder``);
+4. ``reembedded``: every enrolment crop's cached trunk features through that tail (the
+   dominant cost);
 5. ``validated``: the version's own threshold, then the canary at it (``.admission``);
    a refusal blocks the version, keeps its weights (0600), says why; the old one serves;
 6. ``rows_written``: the new version's gallery rows, one transaction;
 7. ``committed``: ``current.json`` names the new version (atomic rename): THE commit
-   point. Before it a restart serves the old version, after it the new one; the rows
-   of whatever the pointer names always exist;
+   point (the rows of whatever the pointer names always exist);
 8. ``swapped``: the new (session, gallery snapshot) state installed by one assignment;
-9. ``old_dropped``: other versions' rows and unreferenced model files deleted (the
-   previous model file stays for ``rollback``).
+9. ``old_dropped``: other versions' rows and files deleted (N-1's stays for rollback).
 
 A restart (``HotSwapper.__init__``) reads the pointer, serves that, drops rows of other
 versions and stray files, so a box killed at any moment serves one consistent model.
@@ -374,15 +370,18 @@ class HotSwapper:
         """(version, part vector) of the served federated model; None while the base model
         serves or when this part's vector of it is not known (a version of another part, a
         file from a release that kept no vectors): the client then starts from pretrained."""
-        # a rollback in another process deletes the file of the version it leaves, which
-        # this process serves until its watcher looks: read what the pointer names now
-        self.follow_pointer()
+        self.follow_pointer()  # another process's rollback deletes the file it leaves
         served = self.served
         if served.model_file is None:
             return None
         try:
             vector = self.store.read_vector(served)
         except ModelStoreError as exc:
+            with self._locked():  # a rollback in another process may be mid-commit: wait
+                pass
+            self.follow_pointer()
+            if self.served is not served:  # it was: read what the box serves now
+                return self.served_vector()
             log.warning("the served model's vector is unreadable: %s", exc)
             return None
         if vector is None or vector.size != self.part.size:

@@ -119,6 +119,28 @@ def test_a_join_reads_the_vector_a_rollback_in_another_process_left_it(
     join.engine.close()
 
 
+def test_a_rollback_committed_while_the_join_reads_is_followed_without_a_warning(
+        template: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The race a later walkthrough still hit: the join looked at the pointer just before
+    the other process committed its rollback, then found the rolled-back file gone. It
+    waits for the swap lock, follows the pointer and reads again (no warning)."""
+    box = copy_box(template, tmp_path / "box")
+    join = open_swapper(box)
+    base = join.part.initial_vector(join.assets.base_weights)
+    join.apply("r1", perturbed(base, 1))
+    join.apply("r2", perturbed(base, 2))
+    before = join.store.pointer_stamp()
+    code, _, err = invoke(box, "model", "rollback")
+    assert code == 0, err
+    real = join.store.pointer_stamp
+    looks = iter([before])  # its first look: the pointer as it was before the commit
+    join.store.pointer_stamp = lambda: next(looks, None) or real()  # type: ignore[method-assign]
+    with caplog.at_level("WARNING", logger="edge.serving.hot_swap"):
+        served = join.served_vector()
+    assert served is not None and served[0] == "r1" and not caplog.records
+    join.engine.close()
+
+
 def test_a_join_follows_a_rollback_to_the_pretrained_model(
         template: Path, tmp_path: Path) -> None:
     """`model rollback` from the box's first federated version serves the pretrained
