@@ -154,9 +154,11 @@ def _print_status(info: dict[str, Any]) -> None:
                                  f"{cur['updates']}/{cur['quorum']} update(s), deadline "
                                  f"in {max(0, cur['deadline'] - time.time()):.0f}s"
                                  if cur else "none" + _next_opening(info["next_round_at"])))
-    typer.echo(f"next round builds on: {info['next_base']}"
-               + (" (PINNED: fedface-aggregator models unpin to follow the latest)"
-                  if info["pinned"] else ""))
+    pin = info["pinned"]
+    typer.echo(f"next round builds on: {info['next_base']}" + (
+        "" if not pin else " (PINNED: fedface-aggregator models unpin to follow the latest)"
+        if pin == info["next_base"] else f" (the line of rounds since {pin} was pinned: "
+        "fedface-aggregator models unpin to follow the newest result of any round)"))
     for r in info["recent_results"]:
         typer.echo(f"result: round {r['round']} -> {r['model']} ({r['updates']} update(s), "
                    f"{_age(r['closed_at'])})")

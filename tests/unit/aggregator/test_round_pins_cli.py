@@ -140,6 +140,11 @@ def test_pin_rollback_unpin_and_what_boxes_are_told(rig: Rig) -> None:
     # the chain continues from the pin: round 6 builds on round-5
     ann6 = latest_announce(rig.bus.retained, FED)
     assert (ann6["base_model"], ann6["pinned"]) == ("round-5", False)
+    # status says so, not "round-5 (PINNED...)" beside a pin of another version (a
+    # walkthrough found that confusing)
+    code, out = rig.cli("status", "--no-broker")
+    assert "next round builds on: round-5 (the line of rounds since round-1 was pinned" \
+        in out, out
     assert collect_result(rig.bus.retained, FED)[0]["model"] == "round-5"
 
     # rollback undoes the current base: round-5 was built on round-1
