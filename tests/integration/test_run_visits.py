@@ -71,6 +71,22 @@ def test_run_writes_three_events_per_visit_with_the_best_crop(
     assert len(by_visit) <= len(video.visits) + 1  # a visit split in two at most once
 
 
+def _box_and_frames(tmp_path: Path, lfw_dir: Path, enrolled: list[str],
+                    photos: list[tuple[str, int]]) -> tuple[Path, Path]:
+    """A box with ``enrolled`` (each from their 10th LFW photo) and a folder of ``photos``
+    (person, LFW photo number) in that order."""
+    data_dir, frames = tmp_path / "box", tmp_path / "frames"
+    frames.mkdir()
+    for person in enrolled:
+        result = CliRunner().invoke(app, ["--data-dir", str(data_dir), "enroll", person,
+                                          str(lfw_dir / person / f"{person}_0010.jpg")])
+        assert result.exit_code == 0, result.output
+    for index, (person, photo) in enumerate(photos):
+        (frames / f"{index:02d}.jpg").write_bytes(
+            (lfw_dir / person / f"{person}_{photo:04d}.jpg").read_bytes())
+    return data_dir, frames
+
+
 def test_a_folder_of_photos_of_different_people_is_a_visit_per_person(
         tmp_path: Path, lfw_dir: Path) -> None:
     """docs/operations.md: a `dir:` folder is played as a video; consecutive photos of one
@@ -81,16 +97,8 @@ def test_a_folder_of_photos_of_different_people_is_a_visit_per_person(
     single view deciding, the stranger's five photos were two visits)."""
     sequence = [("Colin_Powell", 3), ("Jennifer_Capriati", 5), ("Tony_Blair", 3)]
     enrolled = ["Colin_Powell", "Tony_Blair"]
-    data_dir, frames = tmp_path / "box", tmp_path / "frames"
-    frames.mkdir()
-    for person in enrolled:
-        result = CliRunner().invoke(app, ["--data-dir", str(data_dir), "enroll", person,
-                                          str(lfw_dir / person / f"{person}_0010.jpg")])
-        assert result.exit_code == 0, result.output
     photos = [(person, k) for person, count in sequence for k in range(1, count + 1)]
-    for index, (person, photo) in enumerate(photos):
-        (frames / f"{index:02d}.jpg").write_bytes(
-            (lfw_dir / person / f"{person}_{photo:04d}.jpg").read_bytes())
+    data_dir, frames = _box_and_frames(tmp_path, lfw_dir, enrolled, photos)
     events_file = tmp_path / "visits.jsonl"
     result = CliRunner().invoke(app, ["--data-dir", str(data_dir), "run", "--source",
                                       f"dir:{frames}", "--events", str(events_file)])
@@ -114,15 +122,8 @@ def test_a_folder_of_separate_photos_with_stills_is_a_visit_per_photo(
                 "Donald_Rumsfeld", "Ariel_Sharon"]
     sequence = ["Colin_Powell", "Tony_Blair", "Jennifer_Capriati", "Hugo_Chavez",
                 "Gerhard_Schroeder", "Serena_Williams", "Donald_Rumsfeld", "Ariel_Sharon"]
-    data_dir, frames = tmp_path / "box", tmp_path / "frames"
-    frames.mkdir()
-    for person in enrolled:
-        result = CliRunner().invoke(app, ["--data-dir", str(data_dir), "enroll", person,
-                                          str(lfw_dir / person / f"{person}_0010.jpg")])
-        assert result.exit_code == 0, result.output
-    for index, person in enumerate(sequence):
-        (frames / f"{index:02d}.jpg").write_bytes(
-            (lfw_dir / person / f"{person}_0001.jpg").read_bytes())
+    data_dir, frames = _box_and_frames(tmp_path, lfw_dir, enrolled,
+                                       [(person, 1) for person in sequence])
 
     def names(options: str) -> list[str]:
         events_file = tmp_path / f"visits{options}.jsonl"
