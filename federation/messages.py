@@ -345,6 +345,13 @@ class ModelPointer(_Message):
         )
 
 
+# A status's ``not_joining`` reasons that the aggregator weighs at a round's deadline
+# (aggregator.rounds.deadline): the box has too few new samples (edge.federated.round_gate),
+# or it does not serve the round's base, having refused it or rolled it back.
+NO_NEW_SAMPLES = "no_new_samples"
+BASE_NOT_SERVED = "base_not_served"
+
+
 @dataclass(frozen=True)
 class DeviceStatus(_Message):
     """A box's retained status (docs/protocol.md): online / offline (its will) / revoked,

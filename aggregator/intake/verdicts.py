@@ -10,11 +10,12 @@ these refusals are its only evidence that a round is poisoned
 Delivery-thread work only, like aggregator.intake.delivery: parse the topic, check the
 envelope against the key snapshot of active devices (an unknown or revoked sender is
 dropped before any signature work), parse the status and queue its judged verdicts (and
-the rounds it sits out) for the worker, only when they changed since that device's last
-status (a box republishes its status on every reconnect). The status topic is retained,
-so a restarted service hears every box's latest verdicts again. Statuses are not put
-through the updates' rate limiter: a refusal dropped there would be lost until the box's
-next status, and the broker's ACL lets only the box itself write its status topic.
+the round it says it sits out now, from its ``not_joining``) for the worker, only when
+they changed since that device's last status (a box republishes its status on every
+reconnect). The status topic is retained, so a restarted service hears every box's
+latest verdicts again. Statuses are not put through the updates' rate limiter: a refusal
+dropped there would be lost until the box's next status, and the broker's ACL lets only
+the box itself write its status topic.
 
 Every signature-checked status also goes to the presence recorder
 (aggregator.intake.presence), with whether it came from the broker's retained store:
@@ -38,7 +39,7 @@ from federation import topics
 from federation.crypto.signing import KeyRing
 from federation.envelope import decode, verify_envelope
 from federation.errors import FederationError
-from federation.messages import DeviceStatus
+from federation.messages import BASE_NOT_SERVED, NO_NEW_SAMPLES, DeviceStatus
 from federation.transport.base import RetainAware
 from federation.verdicts import Verdict
 
@@ -47,9 +48,9 @@ log = logging.getLogger(__name__)
 WARN_EVERY_SECONDS = 300.0  # per device: a bad status is logged, not a flood of lines
 
 
-# why a box sits a round out, as its status's not_joining says (edge.federated.joining):
-# the reasons the round's deadline weighs (aggregator.rounds.deadline)
-SITTING_OUT_REASONS = ("no_new_samples", "base_not_served")
+# why a box sits a round out, as its status's not_joining says: the reasons the round's
+# deadline weighs (aggregator.rounds.deadline)
+SITTING_OUT_REASONS = (NO_NEW_SAMPLES, BASE_NOT_SERVED)
 
 
 @dataclass(frozen=True)

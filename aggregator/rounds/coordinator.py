@@ -280,7 +280,7 @@ class Coordinator:
         if call.action in (SKIP, FAIL):
             log.log(logging.INFO if call.action == SKIP else logging.ERROR, "round %d %s: %s; "
                     "the next round opens on the schedule", cur.round, call.outcome, call.why)
-            return self._fail(cur, call.reason, call.why, status=call.outcome)
+            return self._fail(cur, call.label, call.why, status=call.outcome)
         announce = extend(self.store, cur, call, self.settings.deadline_seconds,
                           self.settings.max_extensions, len(active))
         self.current = self.store.get_round(cur.round)

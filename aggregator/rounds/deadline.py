@@ -2,8 +2,8 @@
 
 Before ``--min-new-samples`` this was simple: extend (up to ``max_extensions`` times),
 then fail. With it, boxes with nothing new sit rounds out and say so in their signed
-status (a ``sat_out`` verdict on the round: aggregator.intake.verdicts), and two cases
-are not failures:
+status (``not_joining``, cleared the moment a box joins: aggregator.intake.verdicts),
+and two cases are not failures:
 
 - **Nothing new anywhere**: no update came and every active box that has not sent said
   it sits the round out. The round is ``skipped`` at its deadline (no extension: nobody
@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 
 from aggregator.state.db import RoundRow
 from aggregator.state.store import Store
-from federation.messages import RoundAnnounce
+from federation.messages import BASE_NOT_SERVED, NO_NEW_SAMPLES, RoundAnnounce
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +43,13 @@ CLOSE, EXTEND, OPEN_TO_ALL, SKIP, FAIL = "close", "extend", "open_to_all", "skip
 class AtDeadline:
     action: str  # one of the five above
     why: str  # said in the log (a failed round's rejection detail)
+    label: str = "no quorum"  # a skipped or failed round's close reason (`rounds list`)
 
     @property
     def outcome(self) -> str:
         """The round's status after a skip or a failure, as the log says it."""
         return "skipped" if self.action == SKIP else "failed"
 
-    @property
-    def reason(self) -> str:
-        """The round's close reason (`fedface-aggregator rounds`)."""
-        return self.why.split(":")[0] if self.action == SKIP else "no quorum"
 
 
 def _names(devices: set[str], limit: int = 5) -> str:
@@ -70,8 +67,8 @@ def at_deadline(*, summed: int, quorum: int, announced_min_new: int, extensions:
     if summed >= quorum:
         return AtDeadline(CLOSE, f"deadline with quorum ({summed} update(s), quorum {quorum})")
     waiting = active - contributors
-    nothing_new = {d for d in waiting if sat_out.get(d) == "no_new_samples"}
-    refusing = {d for d in waiting if sat_out.get(d) == "base_not_served"}
+    nothing_new = {d for d in waiting if sat_out.get(d) == NO_NEW_SAMPLES}
+    refusing = {d for d in waiting if sat_out.get(d) == BASE_NOT_SERVED}
     silent = waiting - nothing_new - refusing
     said = (f"{_names(nothing_new)} sat out (fewer new samples than {announced_min_new})"
             if nothing_new else "")
@@ -82,7 +79,8 @@ def at_deadline(*, summed: int, quorum: int, announced_min_new: int, extensions:
                      "fedface-aggregator models pin the version they serve, or models "
                      "rollback (docs/operations.md, 'Model versions')")
     if summed == 0 and (nothing_new or refusing) and not silent:
-        return AtDeadline(SKIP, f"{'nothing new' if nothing_new else 'no box can join'}: {said}")
+        label = "nothing new" if nothing_new else "no box can join"
+        return AtDeadline(SKIP, f"{label}: {said}", label)
     if summed > 0 and announced_min_new > 0 and nothing_new:
         return AtDeadline(OPEN_TO_ALL, f"{summed} update(s) < quorum {quorum}; {said}: "
                                        f"reopened to every box")

@@ -42,12 +42,11 @@ from edge.federated.sealing import Sealer
 from edge.federated.sender import UpdateSender
 from edge.federated.verdicts import RoundVerdicts
 from edge.priority import lower_thread_priority
-from federation.messages import RoundAnnounce, result_round
+from federation.messages import BASE_NOT_SERVED, RoundAnnounce, result_round
 from models.federated_parts import FederatedPart
 
 log = logging.getLogger(__name__)
 
-BASE_NOT_SERVED = "base_not_served"  # the status's not_joining reason: see _base_not_served
 RECOUNT_SECONDS = 5.0  # a box sitting out counts its new samples again this often
 
 

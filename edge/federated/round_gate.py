@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from federation.files import write_atomic
+from federation.messages import NO_NEW_SAMPLES as NO_NEW_SAMPLES  # the not_joining reason
 
 log = logging.getLogger(__name__)
 
-NO_NEW_SAMPLES = "no_new_samples"  # the status's not_joining reason
 
 
 class SampleSource(Protocol):
