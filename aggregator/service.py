@@ -29,10 +29,10 @@ JSON bodies are one-chunk blobs):
   count_scale, part_key, chunk_size, devices, pinned (the base is the operator's pinned
   version, aggregator.rounds.pins), min_new_samples (a box with fewer new enrolled samples
   since its last update sits the round out), key_id and key_epoch (the CKKS key updates
-  must be encrypted under, aggregator.rounds.epochs)}. Re-published with a later deadline on an
-  extension (aggregator.rounds.deadline); a failed or skipped round is followed by round r+1,
-  same base. While the schedule (aggregator.rounds.schedule) holds the next round back,
-  the latest round is announced with state closed and next_round_at (unix s).
+  must be encrypted under, aggregator.rounds.epochs)}. Re-published with a later deadline on
+  an extension (aggregator.rounds.deadline); a failed or skipped round: r+1, same base.
+  While the schedule (aggregator.rounds.schedule) holds the next round back, the latest
+  round is announced with state closed and next_round_at (unix s).
 - ``update/<device>``: the box's EncryptedUpdate bytes chunked with kind update,
   round r, model = the announced base_model.
 - ``ack/<device>`` (kind ack): JSON {device, round, msg, accepted, reason, detail,
@@ -174,14 +174,8 @@ class AggregatorService:
         upgrade_stored_blobs(store, wire_widths(context))  # before any sum is rebuilt
         self.registry = DeviceRegistry(store)
         self.coordinator = Coordinator(
-            store,
-            self.registry,
-            accumulators or CkksAccumulatorFactory(context, vector_length),
-            fed_id,
-            self.settings,
-            initial_model=initial_model,
-            clock=clock,
-        )
+            store, self.registry, accumulators or CkksAccumulatorFactory(context, vector_length),
+            fed_id, self.settings, initial_model=initial_model, clock=clock)
         self.spool = DiskReassembler(store.state_dir / "spool", max_blob_bytes, max_spool_bytes)
         self.max_rounds = max_rounds
         self.finished = threading.Event()
@@ -210,8 +204,7 @@ class AggregatorService:
 
     @property
     def forwarder(self) -> ResultForwarder | None:
-        """Regional mode (aggregator.regional.forwarder): a closed round's sum goes to the
-        root aggregator as a partial, and the root's result is what this region publishes."""
+        """Regional mode: the link to the root aggregator (aggregator.regional.forwarder)."""
         return self.events.forwarder
 
     @forwarder.setter
@@ -253,8 +246,8 @@ class AggregatorService:
 
     def pump(self, timeout: float = 0.0) -> int:
         """Process queued items (waiting up to ``timeout`` for the first): rejections one
-        by one, completed updates in group-commit batches; then check deadlines. Returns
-        the number of items processed."""
+        by one, completed updates in group-commit batches; then check deadlines (and tell
+        the root whether this region has nothing new). Returns the items processed."""
         n = 0
         batch: list[SpooledUpdate] = []
         batch_bytes = 0
@@ -295,6 +288,8 @@ class AggregatorService:
         self.events.retry_unpublished()
         self.events.handle(self.poison.tick())
         self.events.handle(self.coordinator.tick())
+        if self.forwarder is not None:
+            self.forwarder.report_nothing_new(self.coordinator.nothing_new())
         return n
 
     def run(self, stop: threading.Event, tick_seconds: float = 0.2) -> None:

@@ -65,6 +65,14 @@ def split_blob(
     return out
 
 
+def one_envelope(data: bytes, private_key: Ed25519PrivateKey, *, kind: str, fed: str,
+                 sender: str, round: int, model: str) -> Envelope:
+    """A control message (announce, ack, status) signed as a one-chunk blob."""
+    (env,) = split_blob(data, private_key, kind=kind, fed=fed, sender=sender, round=round,
+                        model=model, chunk_size=max(len(data), 1))
+    return env
+
+
 @dataclass
 class _Partial:
     first: Envelope

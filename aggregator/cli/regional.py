@@ -106,21 +106,27 @@ def attach_forwarder(service: Any, state: Path, forward_to: str, root_key: Path 
                      region_id: str, root_aggregator_id: str, protocol: str,
                      tls: Any = None) -> Any:
     """Regional mode: connect to the root's broker (``tls``: see ``root_link_tls``) and
-    attach a RegionalForwarder. Returns the root transport (the caller closes it)."""
+    attach a RegionalForwarder. Returns it (the caller closes it: it says ``offline`` on
+    the root's broker and closes the link; a crash leaves the same word as its will)."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    from aggregator.regional.forwarder import RegionalForwarder
+    from aggregator.regional.forwarder import RegionalForwarder, region_status
+    from federation import topics
+    from federation.transport.base import Will
     from federation.transport.mqtt import MqttTransport
 
     if root_key is None or not region_id:
         raise ValueError("--forward-to needs --root-key (the root's aggregator.pub) and "
                          "--region-id (the id the root registered this region under)")
     key = Ed25519PublicKey.from_public_bytes(load_public_key_bytes(root_key))
+    signing_key = load_signing_key(state)
+    will = Will(topics.status(service.fed_id, region_id),
+                region_status(service.fed_id, region_id, signing_key, "offline"))
     link = MqttTransport(forward_to, f"region-{region_id}", tls=tls, clean_start=False,
-                         protocol=protocol)
-    fwd = RegionalForwarder(link, service.fed_id, region_id, load_signing_key(state), key,
+                         protocol=protocol, will=will)
+    fwd = RegionalForwarder(link, service.fed_id, region_id, signing_key, key,
                             state, root_aggregator_id=root_aggregator_id,
                             chunk_size=service.settings.chunk_size)
     fwd.start()
     service.forwarder = fwd
-    return link
+    return fwd

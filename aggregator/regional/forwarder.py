@@ -30,6 +30,13 @@ at once, so the region's next round reaches the root's open one.
 A partial is recorded in ``regional.json`` before its first chunk is sent: after a crash
 or a lost PUBACK the region sends the same message again while the root's round is open
 (the root counts it once), or waits for that round's result, never for a later one.
+
+The region also keeps a signed, retained status on the root's broker, as a box does
+(``status/<region id>``; its will says ``offline``): the root's ``status`` shows it, and
+its ``not_joining`` says when the region sits the root's open round out because its
+boxes have nothing new (``report_nothing_new``). The root's deadline weighs that like a
+box's word (aggregator.rounds.deadline): a night quiet in every region is skipped at the
+root as it is in each region, not extended and then failed.
 """
 
 from __future__ import annotations
@@ -48,12 +55,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from aggregator.rounds.records import ResultReady
 from federation import topics
-from federation.chunking import DEFAULT_CHUNK_SIZE, Reassembler, split_blob
+from federation.chunking import DEFAULT_CHUNK_SIZE, Reassembler, one_envelope, split_blob
 from federation.crypto.signing import KeyRing
 from federation.envelope import Envelope, decode, encode, verify_envelope
 from federation.errors import AWAITING_ROOT, MALFORMED, FederationError, TransportError
 from federation.files import write_atomic
-from federation.messages import Ack, RoundAnnounce
+from federation.messages import NO_NEW_SAMPLES, Ack, DeviceStatus, RoundAnnounce
 from federation.transport.base import Transport
 
 log = logging.getLogger(__name__)
@@ -61,6 +68,20 @@ _M = TypeVar("_M")  # a message parsed from the root's payload
 
 STATE_NAME = "regional.json"
 CONFIRM_TIMEOUT = 60.0
+
+
+def region_status(fed_id: str, region_id: str, signing_key: Ed25519PrivateKey, state: str,
+                  model: str = "", sitting_out: int | None = None) -> bytes:
+    """The region's signed status for the root's broker (online / offline), saying the
+    root round it sits out for want of new samples, if any."""
+    not_joining = None if sitting_out is None else {"round": sitting_out,
+                                                    "reason": NO_NEW_SAMPLES}
+    body = DeviceStatus(state, region_id, model, time.time(), not_joining=not_joining)
+    return encode(one_envelope(body.to_json(), signing_key, kind="status", fed=fed_id,
+                               sender=region_id, round=sitting_out or 0, model=model))
+
+
+_UNSAID = -1  # nothing published yet: the first report always goes out
 
 
 @dataclass(frozen=True)
@@ -101,11 +122,53 @@ class RegionalForwarder:
         self._reassembler = Reassembler(max_blob_bytes=512 * 1024 * 1024,
                                         max_inflight_bytes=1024 * 1024 * 1024)
         self.acks: list[Ack] = []
+        # what the status on the root's broker says: the root round it sits out, its model
+        self._said: tuple[int | None, str] = (_UNSAID, "")
 
     def start(self) -> None:
         self.root.subscribe(topics.announce(self.fed_id), self._on_announce)
         self.root.subscribe(topics.ack(self.fed_id, self.region_id), self._on_ack)
         self.root.subscribe(topics.result_filter(self.fed_id), self._on_result)
+
+    def close(self) -> None:
+        """Say ``offline`` on the root's broker (a clean stop sends no will), then close."""
+        try:
+            self.root.publish(topics.status(self.fed_id, self.region_id), region_status(
+                self.fed_id, self.region_id, self.signing_key, "offline", self._model()),
+                retain=True, wait_timeout=5.0)
+        except FederationError as exc:
+            log.debug("offline status not published: %s", exc.message)
+        self.root.close()
+
+    # --- called by the service's worker after every tick ------------------------------
+    def report_nothing_new(self, nothing_new: bool) -> None:
+        """Publish the region's status when what it says changed: online, and sitting
+        the root's open round out while ``nothing_new`` (aggregator.rounds.deadline)."""
+        with self._cond:
+            ann = self._announce
+        sitting = ann.round if nothing_new and ann is not None and ann.open else None
+        model = self._model()
+        if (sitting, model) == self._said:
+            return
+        try:
+            self.root.publish(topics.status(self.fed_id, self.region_id), region_status(
+                self.fed_id, self.region_id, self.signing_key, "online", model, sitting),
+                retain=True)
+        except FederationError as exc:  # the root's broker is away: the next tick retries
+            log.debug("status not published to the root: %s", exc.message)
+            return
+        was = self._said[0]
+        if sitting is not None and sitting != was:
+            log.info("this region's boxes have nothing new: told the root it sits its round "
+                     "%d out", sitting)
+        elif sitting is None and was not in (None, _UNSAID):
+            log.info("this region no longer sits the root's round %d out", was)
+        self._said = (sitting, model)
+
+    def _model(self) -> str:
+        """The root model this region builds on now (as the root's announce names it)."""
+        with self._cond:
+            return "" if self._announce is None else self._announce.base_model
 
     # --- called by the service's worker (result publication) ---------------------------
     def exchange(self, event: ResultReady, partial_blob: bytes) -> bytes:

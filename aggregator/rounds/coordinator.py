@@ -28,7 +28,7 @@ from dataclasses import replace
 from aggregator.rounds.accumulator import Accumulator, AccumulatorBroken, AccumulatorFactory
 from aggregator.rounds.admission import NOT_OPEN as NOT_OPEN  # re-exported: part of the reasons
 from aggregator.rounds.admission import check, rebuild_sum
-from aggregator.rounds.deadline import CLOSE, FAIL, SKIP, at_deadline, extend
+from aggregator.rounds.deadline import CLOSE, FAIL, SKIP, at_deadline, extend, has_nothing_new
 from aggregator.rounds.epochs import fail_if_old_key
 from aggregator.rounds.pins import next_base
 from aggregator.rounds.records import Announce, Decision, Event, ResultReady, Submission
@@ -293,6 +293,14 @@ class Coordinator:
             self.sat_out[device] = sitting[1]
         else:
             self.sat_out.pop(device, None)
+
+    def nothing_new(self) -> bool:
+        """This aggregator's boxes have nothing new (aggregator.rounds.deadline)."""
+        cur = self.current
+        active = self.registry.active_ids() if cur is not None and cur.status == "open" \
+            else set()
+        return has_nothing_new(cur, summed=self.updates_summed(), active=active,
+                               sat_out=self.sat_out)
 
     def abandon(self, why: str) -> list[Event]:
         """Fail the open round now and open the next (aggregator.rounds.poison: its base

@@ -91,6 +91,21 @@ def at_deadline(*, summed: int, quorum: int, announced_min_new: int, extensions:
         f"; no word from {_names(silent)}" if silent else ""))
 
 
+def has_nothing_new(cur: RoundRow | None, *, summed: int, active: set[str],
+                    sat_out: dict[str, str]) -> bool:
+    """Whether this aggregator's boxes have nothing new to federate now: its open round
+    holds no update and every active box sits it out for want of new samples, or, between
+    rounds, the latest was skipped for that. A regional aggregator says so to its root
+    (aggregator.regional.forwarder), which weighs it like a box's word: a night quiet in
+    every region is skipped at the root too, not extended and failed."""
+    if cur is None:
+        return False
+    if cur.status != "open":
+        return cur.status == "skipped" and cur.close_reason == "nothing new"
+    return summed == 0 and bool(active) and all(
+        sat_out.get(d) == NO_NEW_SAMPLES for d in active)
+
+
 def extend(store: Store, cur: RoundRow, call: AtDeadline, deadline_seconds: float,
            max_extensions: int, active: int) -> RoundAnnounce:
     """Store and return the round's announce with a later deadline; reopened to every

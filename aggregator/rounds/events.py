@@ -30,6 +30,11 @@ class ResultForwarder(Protocol):
         """The root's result for this closed round (TransportError: not yet)."""
         ...
 
+    def report_nothing_new(self, nothing_new: bool) -> None:
+        """Tell the root whether this region's boxes have nothing new (it sits the
+        root's open round out); called after every tick, says only what changed."""
+        ...
+
 
 class RoundEventHandler:
     """Publishes the coordinator's events; the service's worker calls ``handle`` with

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from aggregator.rounds.records import Decision, OutgoingAck, PublishedResult, ResultReady
 from aggregator.state.db import RoundRow
 from federation import topics
-from federation.chunking import split_blob
+from federation.chunking import one_envelope, split_blob
 from federation.envelope import encode
 from federation.errors import FederationError
 from federation.messages import Ack, ModelPointer, RoundAnnounce
@@ -69,16 +69,13 @@ class Publisher:
         confirm: bool = False,
     ) -> None:
         """Sign and publish one control message as a one-chunk blob."""
-        data = message.to_json()
-        for env in split_blob(
-            data, self.signing_key, kind=kind, fed=self.fed_id, sender=self.aggregator_id,
-            round=round_no, model=model, chunk_size=max(len(data), 1),
-        ):
-            payload = encode(env, validated=True)  # split_blob's envelopes are validated
-            if confirm:
-                self._confirmed(topic, payload, retain)
-            else:
-                self.transport.publish(topic, payload, retain=retain)
+        env = one_envelope(message.to_json(), self.signing_key, kind=kind, fed=self.fed_id,
+                           sender=self.aggregator_id, round=round_no, model=model)
+        payload = encode(env, validated=True)  # one_envelope's envelope is validated
+        if confirm:
+            self._confirmed(topic, payload, retain)
+        else:
+            self.transport.publish(topic, payload, retain=retain)
 
     def send_ack(self, ack: OutgoingAck) -> None:
         """Sign and publish an ack decided here or, for an intake shard, by the service."""

@@ -17,7 +17,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.federated.sealing import load_ledger
-from federation.chunking import split_blob
+from federation.chunking import one_envelope
 from federation.envelope import encode
 from federation.errors import FederationError
 from federation.messages import DeviceStatus
@@ -51,9 +51,8 @@ class BoxStatus:
                             not_joining=dict(not_joining) or None,
                             verdicts=tuple(verdicts or ()), dp=self.privacy_report(),
                             sink=sink).to_json()
-        (env,) = split_blob(body, self.signing_key, kind="status", fed=self.fed_id,
-                            sender=self.device_id, round=round_no, model=model,
-                            chunk_size=max(1, len(body)))
+        env = one_envelope(body, self.signing_key, kind="status", fed=self.fed_id,
+                           sender=self.device_id, round=round_no, model=model)
         return encode(env)
 
     def privacy_report(self) -> dict[str, Any] | None:

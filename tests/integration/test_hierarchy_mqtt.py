@@ -17,8 +17,10 @@ from the root broker's retained messages after a restart, without forwarding twi
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from aggregator.state.presence import load_presence
 from federation.crypto.ckks import CONTEXT_MAGIC, FederationContext, load_context
 from federation.crypto.keys import (
     PUBLIC_CONTEXT_NAME,
@@ -281,6 +284,11 @@ def test_region_and_root_processes_over_two_brokers_equal_flat_average(
     # updates, not messages: the region's partial of 3 and the direct box (it said 2, below
     # the quorum 4 the rounds had met)
     assert [r["updates"] for r in status["recent_results"]] == [4, 4]
+    # the region keeps a status on the root's broker like a box: the root heard it online
+    # and then its will when it was killed (its model: the root's, not a region's own)
+    with closing(sqlite3.connect(h.root_state / "state.db")) as db:
+        seen = load_presence(db)[REGION]
+    assert seen.offline_since is not None and seen.model == "round-1", seen
     for state in (h.root_state, h.region_state):
         _assert_public_only(state, h.keys)
     print(f"hierarchy over two brokers, two rounds: {time.monotonic() - started:.1f} s")

@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from federation import topics
-from federation.chunking import split_blob
+from federation.chunking import one_envelope, split_blob
 from federation.crypto.ckks import FederationContext
 from federation.crypto.packing import EncryptedUpdate, decrypt_average, encrypt_update
 from federation.crypto.signing import generate_signing_key, public_key_hex
 from federation.envelope import Envelope, decode, encode
+from federation.messages import NO_NEW_SAMPLES, DeviceStatus
 from federation.transport.base import Transport
 
 
@@ -71,6 +73,18 @@ class ScriptedBox:
 
     def send_raw(self, payload: bytes) -> None:
         self.transport.publish(topics.update(self.fed, self.device_id), payload)
+
+    def say_status(self, sitting_out: int | None = None, model: str = "base") -> None:
+        """Publish the box's signed, retained status: online, sitting round
+        ``sitting_out`` out for want of new samples (None: not sitting out)."""
+        not_joining = None if sitting_out is None else {"round": sitting_out,
+                                                        "reason": NO_NEW_SAMPLES}
+        body = DeviceStatus("online", self.device_id, model, time.time(),
+                            not_joining=not_joining).to_json()
+        env = one_envelope(body, self.key, kind="status", fed=self.fed,
+                           sender=self.device_id, round=sitting_out or 0, model=model)
+        self.transport.publish(topics.status(self.fed, self.device_id), encode(env),
+                               retain=True)
 
 
 def latest_announce(retained: dict[str, bytes], fed: str) -> dict[str, Any]:

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
+from aggregator.regional.forwarder import RegionalForwarder
 from aggregator.rounds.coordinator import RoundSettings
 from aggregator.service import AggregatorService
+from aggregator.state.regions import add_region
 from aggregator.state.registry import DeviceRegistry
 from aggregator.state.store import Store
 from federation.crypto.ckks import FederationContext
-from federation.crypto.signing import generate_signing_key
+from federation.crypto.signing import generate_signing_key, public_key_hex
 from federation.transport.base import InMemoryBus, InMemoryTransport
 from tests.support.aggregator_boxes import ScriptedBox, latest_announce
 
@@ -60,3 +62,35 @@ def send_round(site: Site, vecs: list[np.ndarray], counts: list[int]) -> None:
                                ann["base_model"]))
         site.service.pump()
         assert box.acks[-1]["accepted"], box.acks[-1]
+
+
+@dataclass
+class Hierarchy:
+    root: Site
+    regions: list[Site]
+    forwarders: list[RegionalForwarder]
+
+    def close(self) -> None:
+        for site in [self.root, *self.regions]:
+            site.store.close()
+
+
+def build_hierarchy(tmp_path: Path, secret: FederationContext) -> Hierarchy:
+    """A root (quorum 2) and two regions of three scripted boxes each (quorum 3), each
+    region forwarding through its RegionalForwarder; every service started."""
+    root = make_site(tmp_path, "root", secret, [], quorum=2)
+    regions, forwarders = [], []
+    for name in ["region-a", "region-b"]:
+        site = make_site(tmp_path, name, secret, [f"{name}-box{i}" for i in range(3)], 3)
+        add_region(root.store, name, bytes.fromhex(public_key_hex(site.service.signing_key)))
+        fwd = RegionalForwarder(
+            InMemoryTransport(root.bus, name), FED, name, site.service.signing_key,
+            root.service.signing_key.public_key(), site.store.state_dir, wait_seconds=0.0)
+        site.service.forwarder = fwd
+        regions.append(site)
+        forwarders.append(fwd)
+    root.service.start()
+    for fwd, site in zip(forwarders, regions, strict=True):
+        fwd.start()
+        site.service.start()
+    return Hierarchy(root, regions, forwarders)

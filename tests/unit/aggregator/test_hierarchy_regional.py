@@ -5,23 +5,20 @@ sums to a root; every box decrypts the same average as a flat aggregation of all
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from aggregator.regional.forwarder import RegionalForwarder
 from aggregator.rounds.coordinator import RoundSettings
 from aggregator.service import AggregatorService
-from aggregator.state.regions import add_region, claimed_updates
+from aggregator.state.regions import claimed_updates
 from aggregator.state.registry import DeviceRegistry
 from aggregator.state.store import Store
 from federation import topics
 from federation.chunking import split_blob
 from federation.crypto.ckks import FederationContext
 from federation.crypto.packing import StreamingSum, encrypt_update, plain_weighted_average
-from federation.crypto.signing import public_key_hex
 from federation.envelope import encode
 from federation.transport.base import InMemoryTransport
 from tests.support.aggregator_boxes import (
@@ -34,41 +31,19 @@ from tests.support.hierarchy import (
     COUNT_SCALE,
     FED,
     LENGTH,
-    Site,
+    Hierarchy,
+    build_hierarchy,
     make_site,
     send_round,
     vec,
 )
 
 
-@dataclass
-class Hierarchy:
-    root: Site
-    regions: list[Site]
-    forwarders: list[RegionalForwarder]
-
-
 @pytest.fixture
 def hierarchy(tmp_path: Path, secret_ctx: FederationContext) -> Iterator[Hierarchy]:
-    root = make_site(tmp_path, "root", secret_ctx, [], quorum=2)
-    regions, forwarders = [], []
-    for r, name in enumerate(["region-a", "region-b"]):
-        site = make_site(tmp_path, name, secret_ctx, [f"{name}-box{i}" for i in range(3)], 3)
-        add_region(root.store, name, bytes.fromhex(public_key_hex(site.service.signing_key)))
-        fwd = RegionalForwarder(
-            InMemoryTransport(root.bus, name), FED, name, site.service.signing_key,
-            root.service.signing_key.public_key(), site.store.state_dir, wait_seconds=0.0)
-        site.service.forwarder = fwd
-        regions.append(site)
-        forwarders.append(fwd)
-        assert r == len(regions) - 1
-    root.service.start()
-    for fwd, site in zip(forwarders, regions, strict=True):
-        fwd.start()
-        site.service.start()
-    yield Hierarchy(root, regions, forwarders)
-    for site in [root, *regions]:
-        site.store.close()
+    built = build_hierarchy(tmp_path, secret_ctx)
+    yield built
+    built.close()
 
 
 def test_two_regions_equal_flat_aggregation_over_two_rounds(

@@ -5,7 +5,17 @@ cannot join the round's base (it refused or rolled it back) is named, with what 
 
 from __future__ import annotations
 
-from aggregator.rounds.deadline import CLOSE, EXTEND, FAIL, OPEN_TO_ALL, SKIP, at_deadline
+from aggregator.rounds.deadline import (
+    CLOSE,
+    EXTEND,
+    FAIL,
+    OPEN_TO_ALL,
+    SKIP,
+    at_deadline,
+    has_nothing_new,
+)
+from aggregator.state.db import RoundRow
+from federation.messages import BASE_NOT_SERVED, NO_NEW_SAMPLES
 
 BOXES = {"box-a", "box-b", "box-c"}
 NEW = "no_new_samples"
@@ -76,3 +86,30 @@ def test_quorum_closes_and_min_new_samples_zero_is_the_old_rule() -> None:
     assert call(summed=2, contributors=frozenset({"box-a", "box-b"}))[0] == CLOSE
     assert call(min_new=0)[0] == EXTEND
     assert call(min_new=0, extensions=2)[0] == FAIL
+
+
+def row(status: str, close_reason: str | None = None) -> RoundRow:
+    return RoundRow(1, "base", None, status, 0.0, 60.0, 2, 0, {}, 0, None, None,
+                    close_reason, None, None, None, None)
+
+
+def test_what_a_region_tells_its_root_about_its_boxes() -> None:
+    """has_nothing_new: what a regional aggregator's status says to the root."""
+    boxes = {"a", "b"}
+    quiet = {"a": NO_NEW_SAMPLES, "b": NO_NEW_SAMPLES}
+    assert has_nothing_new(row("open"), summed=0, active=boxes, sat_out=quiet)
+    # one box has not said it sits out (it may be training), or one update is in
+    assert not has_nothing_new(row("open"), summed=0, active=boxes,
+                               sat_out={"a": NO_NEW_SAMPLES})
+    assert not has_nothing_new(row("open"), summed=1, active=boxes, sat_out=quiet)
+    # a box that does not serve the base is not "nothing new": it could not send anyway,
+    # but the root's operator should hear of it as the region's does
+    assert not has_nothing_new(row("open"), summed=0, active=boxes,
+                               sat_out={"a": NO_NEW_SAMPLES, "b": BASE_NOT_SERVED})
+    assert not has_nothing_new(row("open"), summed=0, active=set(), sat_out={})
+    # between rounds: what the latest round ended as
+    assert has_nothing_new(row("skipped", "nothing new"), summed=0, active=set(), sat_out={})
+    for ended in (row("skipped", "no box can join"), row("failed", "no quorum"),
+                  row("published")):
+        assert not has_nothing_new(ended, summed=0, active=boxes, sat_out=quiet)
+    assert not has_nothing_new(None, summed=0, active=boxes, sat_out=quiet)
