@@ -119,6 +119,8 @@ class Doubt:
     ts: float
     frames_before: int
     last_ts_before: float
+    last_frame_before: int
+    last_box_before: tuple[int, int, int, int] | None
 
 
 @dataclass(eq=False)
@@ -138,14 +140,22 @@ class Visit:
     frames: int = 0  # detections of this visit's face (a track may carry several visits)
     last_ts: float = 0.0
     previous_ts: float = 0.0
+    # the frame and box of its latest detection, and of the one before: where a visit
+    # ended by someone else's view stood (its ended event's frame and box)
+    last_frame: int = -1
+    previous_frame: int = -1
+    last_box: tuple[int, int, int, int] | None = None
+    previous_box: tuple[int, int, int, int] | None = None
     checked_ts: float = 0.0  # when a view of this visit was last embedded
     thumb: np.ndarray | None = None  # the latest view's thumbnail (CHANGE_BELOW)
     recheck: bool = False  # the view changed abruptly since the last embedding
     doubt: Doubt | None = None  # a view of someone else, waiting for a second one
 
-    def seen(self, ts: float) -> None:
+    def seen(self, ts: float, frame: int) -> None:
         self.frames += 1
         self.previous_ts, self.last_ts = self.last_ts, ts
+        self.previous_frame, self.last_frame = self.last_frame, frame
+        self.previous_box, self.last_box = self.last_box, self._track_box()
 
 
     @property
@@ -159,6 +169,9 @@ class Visit:
         return self.match.name if self.match.name is not None else UNKNOWN
 
     def box(self) -> tuple[int, int, int, int]:
+        return self.last_box if self.last_box is not None else self._track_box()
+
+    def _track_box(self) -> tuple[int, int, int, int]:
         x, y, w, h = self.track.box
         return (round(x), round(y), round(w), round(h))
 
@@ -202,7 +215,7 @@ class VisitEngine:
         wanted: list[tuple[Visit, np.ndarray, float, bool]] = []
         for track, face in step.matched:
             visit = self.visits[track.track_id]
-            visit.seen(ts)
+            visit.seen(ts, frame)
             if not visit.announced and visit.frames >= self.settings.min_hits:
                 visit.announced = True
                 events.append(self._event(STARTED, visit, frame, ts))
@@ -226,7 +239,8 @@ class VisitEngine:
                     first = visit.doubt is None
                     if first:  # one view could be a glitch: wait for another (video)
                         visit.doubt = Doubt(attempt, frame, ts, visit.frames - 1,
-                                            visit.previous_ts)
+                                            visit.previous_ts, visit.previous_frame,
+                                            visit.previous_box)
                     if not first or self.settings.split_after <= 1:
                         events.extend(self._split(visit, attempt, state, frame, ts))
                     continue
@@ -299,9 +313,13 @@ class VisitEngine:
         newcomer = Visit(visit_id(doubt.ts, visit.track), visit.track, doubt.ts, doubt.frame,
                          checked_ts=ts, thumb=visit.thumb,
                          frames=visit.frames - doubt.frames_before, last_ts=ts,
-                         previous_ts=visit.last_ts)
+                         previous_ts=visit.last_ts, last_frame=frame,
+                         previous_frame=visit.last_frame, last_box=visit.last_box,
+                         previous_box=visit.previous_box)
+        # the visit ends where it was last seen, not on the newcomer's frame and box
         visit.frames, visit.last_ts = doubt.frames_before, doubt.last_ts_before
-        events = self._finish(visit.track, frame, visit.last_ts)
+        visit.last_frame, visit.last_box = doubt.last_frame_before, doubt.last_box_before
+        events = self._finish(visit.track, visit.last_frame, visit.last_ts)
         log.debug("visit %s: a different person in its place: visit %s", visit.visit_id,
                   newcomer.visit_id)
         newcomer.attempts += [doubt.attempt] + ([attempt] if attempt is not doubt.attempt else [])

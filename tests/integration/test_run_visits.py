@@ -132,7 +132,19 @@ def test_a_folder_of_separate_photos_with_stills_is_a_visit_per_photo(
                                           str(events_file)])
         assert result.exit_code == 0, result.output
         events = [json.loads(line) for line in events_file.read_text().splitlines()]
-        return [str(e["name"]) for e in events if e["event"] == "visit_ended"]
+        started = {e["visit"]: e for e in events if e["event"] == "visit_started"}
+        ended = [e for e in events if e["event"] == "visit_ended"]
+        # a visit ends on its own last photo's frame, before the next visit starts, and a
+        # one-photo visit on its photo's box (a visit ended by the next photo carried that
+        # photo's frame and box)
+        starts = sorted(e["frame"] for e in started.values())
+        for e in ended:
+            first = started[e["visit"]]
+            assert first["frame"] <= e["frame"] < min(
+                (f for f in starts if f > first["frame"]), default=len(sequence)), (e, first)
+            if e["frame"] == first["frame"]:
+                assert e["box"] == first["box"], (e, first)
+        return [str(e["name"]) for e in ended]
 
     expected = [p if p in enrolled else "unknown" for p in sequence]
     assert names("?stills=1") == expected
