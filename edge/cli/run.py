@@ -91,9 +91,12 @@ class _Throughput:
         self.stage_ms: dict[str, float] = {}
         self._last_report = self.started
 
-    def add(self, marks: list[Mark], stage_ms: dict[str, float]) -> None:
+    def add(self, marks: list[Mark], stage_ms: dict[str, float],
+            faces: int | None = None) -> None:
+        """One frame: ``marks`` drawn on it; ``faces`` detected on it (default: the marks;
+        per visit a face is drawn only once its visit has started)."""
         self.frames += 1
-        self.faces += len(marks)
+        self.faces += len(marks) if faces is None else faces
         self.known += sum(1 for _, _, known in marks if known)
         for stage, ms in stage_ms.items():
             self.stage_ms[stage] = self.stage_ms.get(stage, 0.0) + ms
@@ -221,7 +224,7 @@ def run(
                     marks = [_mark(r) for r in recognitions]
                     stats.add(marks, recognizer.last_timings.as_ms())
                 else:
-                    started = time.perf_counter()
+                    started, detected = time.perf_counter(), visits.faces_detected
                     for event in visits.process(frame.image, frame.frame_index,
                                                 frame.timestamp):
                         writer.write(event)
@@ -230,7 +233,8 @@ def run(
                             publisher.publish(event)
                     marks = [(b, name or "...", name not in (None, UNKNOWN))
                              for _, b, name in visits.visible()]
-                    stats.add(marks, {"total": (time.perf_counter() - started) * 1e3})
+                    stats.add(marks, {"total": (time.perf_counter() - started) * 1e3},
+                              visits.faces_detected - detected)
                 if annotator is not None:
                     annotator.write(frame.image, marks)
                 if fps and stats.due():

@@ -177,9 +177,9 @@ class Visit:
 
 
 class VisitEngine:
-    """Frames in, visit events out; ``embeddings`` and ``detections`` count the work done,
-    ``rechecks`` the embeddings that only checked a visit's face, ``splits`` the visits
-    ended because someone else took their face's place."""
+    """Frames in, visit events out; ``embeddings`` and ``detections`` count the work done
+    (``faces_detected``: the faces those detections found), ``rechecks`` the embeddings
+    that only checked a visit's face, ``splits`` the visits ended by someone else."""
 
     def __init__(self, engine: Engine, settings: VisitSettings | None = None,
                  crops: CropStore | None = None) -> None:
@@ -190,6 +190,7 @@ class VisitEngine:
         self.visits: dict[int, Visit] = {}
         self.frames = 0
         self.detections = 0
+        self.faces_detected = 0
         self.embeddings = 0
         self.rechecks = 0
         self.splits = 0
@@ -207,6 +208,7 @@ class VisitEngine:
         state = self.engine.frame_state()
         faces = self.engine.detect(bgr) if faces is None else faces
         self.detections += 1
+        self.faces_detected += len(faces)
         self._last_detection = frame
         step = self.tracker.update(faces, frame, ts)
         events: list[VisitEvent] = []
