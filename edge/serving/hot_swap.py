@@ -290,14 +290,15 @@ class HotSwapper:
         return report
 
     def rollback(self) -> SwapReport:
-        """Serve version N-1 again; N is blocked (a re-delivered N is refused)."""
+        """Serve version N-1 again, or the pretrained model once N-1 is gone (a rollback
+        keeps none); N is blocked (a re-delivered N is refused)."""
         why = "rolled back on this box (model rollback)"
 
         def target(pointer: Pointer | None) -> tuple[ServedModel, str]:
-            if pointer is None or pointer.previous is None:
-                raise HotSwapError("there is no previous model to roll back to",
-                                   hint="see `fedface-edge model status`")
-            return pointer.previous, f"{why} from {pointer.current.version}"
+            if pointer is None or pointer.current.version == BASE_VERSION:
+                raise HotSwapError("the box serves the pretrained model: there is nothing "
+                                   "to roll back to", hint="see `fedface-edge model status`")
+            return pointer.previous or base_served(), f"{why} from {pointer.current.version}"
         return cast(SwapReport, self._go_back(target, why, "rolled_back"))
 
     def serve_initial(self, reason: str) -> SwapReport | None:

@@ -95,6 +95,16 @@ def test_status_rollback_and_the_rolled_back_version_stays_refused(
     assert len(state.gallery) == len(restarted.rows.crops())  # type: ignore[union-attr]
     with pytest.raises(ModelRefused, match="refused before"):
         restarted.apply("r2", perturbed(base, 2))  # the client re-delivering r2
+    restarted.engine.close()
+
+    # a second rollback: N-1 is gone (a rollback keeps none), the pretrained model is
+    # always there (it said "there is no previous model to roll back to", exit 9)
+    code, out, err = invoke(box, "model", "rollback")
+    assert code == 0 and "now serving base" in out, (out, err)
+    data = json.loads(invoke(box, "model", "status", "--json")[1])
+    assert data["current"]["version"] == "base" and {"r1", "r2"} <= set(data["blocked"])
+    code, _, err = invoke(box, "model", "rollback")
+    assert code == 9 and "serves the pretrained model: there is nothing to roll back" in err
 
 
 def test_a_join_reads_the_vector_a_rollback_in_another_process_left_it(
