@@ -185,7 +185,8 @@ class AggregatorService:
         # the boxes' statuses: their verdicts on results, the evidence that a round is
         # poisoned (aggregator.rounds.poison), and their presence (aggregator.intake.presence)
         self.statuses = StatusIntake(fed_id, lambda: self.intake.keys, self._queue.put,
-                                     PresenceRecorder(store.state_dir, clock=clock))
+                                     PresenceRecorder(store.state_dir, clock=clock, link=lambda: (
+                                         transport.connected, getattr(transport, "connects", 0))))
         self.publisher = Publisher(
             transport, signing_key, fed_id, aggregator_id, self.settings.chunk_size
         )

@@ -10,6 +10,14 @@ most. The thread starts with the first status and ends after ``idle_seconds`` wi
 one, holding nothing while idle. Whatever fails in it (a locked database, a full disk)
 is logged and that status dropped (the box's next status writes again); nothing of it
 reaches the worker or the delivery thread.
+
+A broker that shuts down publishes every connected box's will before it drops serve's
+own connection (Mosquitto does: measured, the wills came 50 ms before): a broker
+restart looked like every box vanishing, a warning per box. So a will is said (one
+line for the wills of the same moments) only once ``will_hold_seconds`` passed with
+serve's link to the broker up all along (``link``: connected, and its count of
+connects); when the link dropped meanwhile the marks are taken back and one line says
+the broker went away. The boxes come back on their own status, as after any restart.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +38,23 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PENDING = 10_000  # statuses waiting: a whole fleet reconnecting at once
 DEFAULT_IDLE_SECONDS = 60.0
+DEFAULT_WILL_HOLD_SECONDS = 3.0  # a broker's shutdown drops serve's link well within it
 _POLL_SECONDS = 0.5  # how soon the thread sees close() or its idle time
 
 
 class PresenceRecorder:
     def __init__(self, state_dir: Path, *, clock: Callable[[], float] = time.time,
                  max_pending: int = DEFAULT_MAX_PENDING,
-                 idle_seconds: float = DEFAULT_IDLE_SECONDS) -> None:
+                 idle_seconds: float = DEFAULT_IDLE_SECONDS,
+                 link: Callable[[], tuple[bool, int]] | None = None,
+                 will_hold_seconds: float = DEFAULT_WILL_HOLD_SECONDS) -> None:
         self.db_path = Path(state_dir) / "state.db"
         self.clock = clock
         self.idle_seconds = idle_seconds
+        self.link = link  # (connected, connects) of serve's broker link; None: say at once
+        self.will_hold_seconds = will_hold_seconds
+        # wills recorded but not yet said: (device, offline_since, link then, heard when)
+        self._wills: list[tuple[str, float, tuple[bool, int], float]] = []
         self.dropped = 0  # statuses dropped on a full queue
         self._queue: queue.Queue[Heard] = queue.Queue(max_pending)
         self._lock = threading.Lock()
@@ -88,11 +104,20 @@ class PresenceRecorder:
         idle_since = time.monotonic()
         try:
             while True:
+                if self._wills:
+                    try:
+                        if db is None:
+                            db = self._connect()
+                            records = load_presence(db)
+                        self._say_wills(db, records, at_once=self._closed)
+                    except Exception:  # the records stand; only the saying is lost
+                        log.exception("device presence: last wills not said")
+                        self._wills = []
                 try:
                     heard = self._queue.get(timeout=_POLL_SECONDS)
                 except queue.Empty:
                     with self._lock:
-                        if self._queue.empty() and (
+                        if self._queue.empty() and not self._wills and (
                                 self._closed
                                 or time.monotonic() - idle_since >= self.idle_seconds):
                             self._thread = None  # the next status starts a new one
@@ -102,7 +127,9 @@ class PresenceRecorder:
                     if db is None:
                         db = self._connect()
                         records = load_presence(db)
-                    self._record(db, records, heard)
+                    after = self._record(db, records, heard)
+                    if after is not None and after.offline_since == heard.at:
+                        self._will_heard(db, records, heard)
                 except Exception:  # a status not recorded must not stop the others
                     log.exception("device presence of %s not recorded", heard.device)
                     if db is not None:  # opened again for the next status
@@ -127,14 +154,56 @@ class PresenceRecorder:
         return db
 
     @staticmethod
-    def _record(db: sqlite3.Connection, records: dict[str, PresenceRecord], heard: Heard) -> None:
+    def _record(db: sqlite3.Connection, records: dict[str, PresenceRecord],
+                heard: Heard) -> PresenceRecord | None:
+        """Apply ``heard``; the record it changed to, or None."""
         before = records.get(heard.device)
         after = observe(before, heard)
         if after is None:
-            return
+            return None
         save_presence(db, after)
         records[heard.device] = after
-        if after.offline_since is not None and (before is None or before.offline_since is None):
+        became_offline = after.offline_since is not None and (
+            before is None or before.offline_since is None)
+        return after if became_offline else None
+
+    def _will_heard(self, db: sqlite3.Connection, records: dict[str, PresenceRecord],
+                    heard: Heard) -> None:
+        if self.link is None:
+            self._wills.append((heard.device, heard.at, (True, 0), time.monotonic()))
+            self._say_wills(db, records, at_once=True)
+        else:
+            self._wills.append((heard.device, heard.at, self.link(), time.monotonic()))
+
+    def _say_wills(self, db: sqlite3.Connection, records: dict[str, PresenceRecord],
+                   at_once: bool = False) -> None:
+        """Say the wills held long enough, or take them back if serve's link dropped."""
+        now = time.monotonic()
+        due: list[tuple[str, float, tuple[bool, int], float]] = []
+        held: list[tuple[str, float, tuple[bool, int], float]] = []
+        for w in self._wills:
+            (due if at_once or now - w[3] >= self.will_hold_seconds else held).append(w)
+        if not due:
+            return
+        self._wills = held
+        link_now = (True, 0) if self.link is None else self.link()
+        # the link up all along: the same connect count then and now, and up now
+        kept = [w for w in due if w[2] == link_now and link_now[0]]
+        back = [w for w in due if not (w[2] == link_now and link_now[0])]
+        for device, since, _, _ in back:
+            record = records.get(device)
+            if record is not None and record.offline_since == since:  # nothing newer came
+                records[device] = replace(record, offline_since=None, will_at=None)
+                save_presence(db, records[device])
+        if back:
+            log.info("the broker went away: the last will(s) of %s it published as it went "
+                     "are not taken as those boxes going offline", _names([w[0] for w in back]))
+        for device, _, _, _ in kept:
             log.warning("%s went offline without a clean stop (its last will, from its "
-                        "connect, came now); the last model it reported: %s",
-                        heard.device, after.model)
+                        "connect, came now); the last model it reported: %s", device,
+                        records[device].model if device in records else "unknown")
+
+
+def _names(devices: list[str], limit: int = 5) -> str:
+    shown = ", ".join(devices[:limit])
+    return shown + (f" and {len(devices) - limit} more" if len(devices) > limit else "")

@@ -108,3 +108,53 @@ def test_a_box_killed_hard_shows_its_last_model_and_offline_since(
         box_log.close()
         watcher.close()
         fed.stop()
+
+
+def test_a_broker_restart_is_not_taken_for_every_box_vanishing(
+        tmp_path: Path, mosquitto) -> None:
+    """Mosquitto publishes every connected box's will as it shuts down, before it drops
+    serve's own connection: serve logged each box as gone without a clean stop and
+    `status` showed it offline. serve holds a will for a few seconds and takes it back
+    when its own link dropped meanwhile; the box comes back on its own status."""
+    fed = Federation.create(tmp_path / "fed", mosquitto.url, [BOX])
+    heard: queue.Queue[tuple[DeviceStatus, bool]] = queue.Queue()
+    watcher = connect(mosquitto.url, "watcher", clean_start=True)
+    watcher.subscribe(topics.status(FED, BOX), RetainAware(
+        lambda _t, payload, retained: heard.put((DeviceStatus.from_json(
+            decode(payload).payload), retained))))
+    box_log = (tmp_path / "box.log").open("w")
+    box = None
+    try:
+        fed.start_aggregator(quorum=1, rounds=2, deadline=600)
+        box = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.status_box_child", str(fed.root),
+             mosquitto.url, BOX, str(fed.secret_context)],
+            cwd=REPO, stdout=box_log, stderr=subprocess.STDOUT)
+
+        def states() -> list[str]:
+            got = []
+            while not heard.empty():
+                got.append(heard.get_nowait()[0].state)
+            return got
+
+        wait_for(lambda: "online" in states(), 180, "the box's online status", fed)
+        wait_for(lambda: _device(fed)["state"] == "online", 30, "status: box online", fed)
+        mosquitto.restart()
+        wait_for(lambda: "the broker went away" in fed.aggregator_log(), 60,
+                 "serve to take the will back", fed)
+        wait_for(lambda: _device(fed)["state"] == "online", 30, "status: box back", fed)
+        seen = states()
+        assert "offline" in seen, seen  # the broker did publish the will as it went
+        log = fed.aggregator_log()
+        assert "went offline without a clean stop" not in log, log
+        assert f"last will(s) of {BOX} it published as it went" in log, log
+        device = _device(fed)
+        assert device["state"] == "online" and device["offline_since"] is None, device
+        assert fed.aggregator is not None and fed.aggregator.poll() is None  # serve runs on
+    finally:
+        if box is not None and box.poll() is None:
+            box.kill()
+            box.wait()
+        box_log.close()
+        watcher.close()
+        fed.stop()

@@ -336,3 +336,43 @@ def test_a_box_s_dp_budget_is_kept_from_its_status_and_parsed_strictly() -> None
         assert dp_fields(bad) is None
     assert status_cli._dp(dp_fields(good) or {}) == (
         "differential privacy: epsilon 8.00 spent over 2 round(s) at delta 1e-05")
+
+
+def test_a_will_is_said_only_when_serves_own_link_stayed_up(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A broker shutting down publishes every box's will, then drops serve's link: those
+    wills are taken back (one line); a box vanishing while the link stays up is said."""
+    store = Store(tmp_path)
+    link = [True, 1]  # serve's link to the broker: connected, connects so far
+    recorder = PresenceRecorder(tmp_path, clock=lambda: NOW, idle_seconds=0.2,
+                                link=lambda: (bool(link[0]), int(link[1])),
+                                will_hold_seconds=0.3)
+
+    def record() -> PresenceRecord | None:
+        assert recorder.wait_settled(10)
+        return load_presence(store.db).get(BOX)
+
+    def logged(text: str) -> bool:
+        deadline = time.monotonic() + 10
+        while text not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return text in caplog.text
+
+    with caplog.at_level(logging.INFO):
+        recorder.observe(BOX, _entry("online", "round-1", 150.0), False)
+        recorder.observe(BOX, _entry("offline", "base", 100.0), False)  # its will, live
+        gone = record()
+        assert gone is not None and gone.offline_since == NOW  # status shows it at once
+        link[1] = 2  # the broker went: serve's link dropped and came back
+        assert logged("the broker went away: the last will(s) of box-a")
+        back = record()
+        assert back is not None and back.offline_since is None and back.model == "round-1"
+        assert "went offline without a clean stop" not in caplog.text
+        # the box really vanishes, serve's link up all along: said after the hold
+        recorder.observe(BOX, _entry("online", "round-2", 160.0), False)
+        recorder.observe(BOX, _entry("offline", "base", 100.0), False)
+        assert logged("box-a went offline without a clean stop")
+        gone = record()
+        assert gone is not None and gone.offline_since == NOW and gone.model == "round-2"
+    recorder.close()
+    store.close()
