@@ -13,6 +13,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,7 @@ from federation import topics
 from federation.envelope import decode
 from federation.messages import DeviceStatus
 from federation.transport.base import RetainAware
+from tests.support.broker import MosquittoBroker
 from tests.support.federation_rig import AGGREGATOR, FED, Federation, wait_for
 from tests.support.mqtt_clients import connect
 
@@ -40,8 +44,17 @@ def _device(fed: Federation) -> dict:
     return device
 
 
-def test_a_box_killed_hard_shows_its_last_model_and_offline_since(
-        tmp_path: Path, mosquitto) -> None:
+@dataclass
+class Running:
+    fed: Federation
+    box: subprocess.Popen[bytes]
+    heard: queue.Queue[tuple[DeviceStatus, bool]]  # the box's statuses, and if retained
+
+
+@contextmanager
+def box_under_serve(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[Running]:
+    """serve (round 2 opens after round 1 and stays open: the box trains no more, serve
+    runs on) and a real box process, with a watcher of the box's status topic."""
     fed = Federation.create(tmp_path / "fed", mosquitto.url, [BOX])
     heard: queue.Queue[tuple[DeviceStatus, bool]] = queue.Queue()
     watcher = connect(mosquitto.url, "watcher", clean_start=True)
@@ -51,12 +64,25 @@ def test_a_box_killed_hard_shows_its_last_model_and_offline_since(
     box_log = (tmp_path / "box.log").open("w")
     box = None
     try:
-        # round 2 opens after round 1 and stays open (the box trains no more): serve runs on
         fed.start_aggregator(quorum=1, rounds=2, deadline=600)
         box = subprocess.Popen(
             [sys.executable, "-m", "tests.support.status_box_child", str(fed.root),
              mosquitto.url, BOX, str(fed.secret_context)],
             cwd=REPO, stdout=box_log, stderr=subprocess.STDOUT)
+        yield Running(fed, box, heard)
+    finally:
+        if box is not None and box.poll() is None:
+            box.kill()
+            box.wait()
+        box_log.close()
+        watcher.close()
+        fed.stop()
+
+
+def test_a_box_killed_hard_shows_its_last_model_and_offline_since(
+        tmp_path: Path, mosquitto) -> None:
+    with box_under_serve(tmp_path, mosquitto) as run:
+        fed, box, heard = run.fed, run.box, run.heard
         online: list[DeviceStatus] = []
 
         def reported_round_1() -> bool:
@@ -101,13 +127,6 @@ def test_a_box_killed_hard_shows_its_last_model_and_offline_since(
         assert f"{BOX} offline since " in text, text
         assert "round-1 is the last model the box reported" in text, text
         assert fed.aggregator is not None and fed.aggregator.poll() is None  # serve runs on
-    finally:
-        if box is not None and box.poll() is None:
-            box.kill()
-            box.wait()
-        box_log.close()
-        watcher.close()
-        fed.stop()
 
 
 def test_a_broker_restart_is_not_taken_for_every_box_vanishing(
@@ -116,20 +135,8 @@ def test_a_broker_restart_is_not_taken_for_every_box_vanishing(
     serve's own connection: serve logged each box as gone without a clean stop and
     `status` showed it offline. serve holds a will for a few seconds and takes it back
     when its own link dropped meanwhile; the box comes back on its own status."""
-    fed = Federation.create(tmp_path / "fed", mosquitto.url, [BOX])
-    heard: queue.Queue[tuple[DeviceStatus, bool]] = queue.Queue()
-    watcher = connect(mosquitto.url, "watcher", clean_start=True)
-    watcher.subscribe(topics.status(FED, BOX), RetainAware(
-        lambda _t, payload, retained: heard.put((DeviceStatus.from_json(
-            decode(payload).payload), retained))))
-    box_log = (tmp_path / "box.log").open("w")
-    box = None
-    try:
-        fed.start_aggregator(quorum=1, rounds=2, deadline=600)
-        box = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.status_box_child", str(fed.root),
-             mosquitto.url, BOX, str(fed.secret_context)],
-            cwd=REPO, stdout=box_log, stderr=subprocess.STDOUT)
+    with box_under_serve(tmp_path, mosquitto) as run:
+        fed, heard = run.fed, run.heard
 
         def states() -> list[str]:
             got = []
@@ -151,10 +158,3 @@ def test_a_broker_restart_is_not_taken_for_every_box_vanishing(
         device = _device(fed)
         assert device["state"] == "online" and device["offline_since"] is None, device
         assert fed.aggregator is not None and fed.aggregator.poll() is None  # serve runs on
-    finally:
-        if box is not None and box.poll() is None:
-            box.kill()
-            box.wait()
-        box_log.close()
-        watcher.close()
-        fed.stop()
