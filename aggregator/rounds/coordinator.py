@@ -29,7 +29,7 @@ from aggregator.rounds.accumulator import Accumulator, AccumulatorBroken, Accumu
 from aggregator.rounds.admission import NOT_OPEN as NOT_OPEN  # re-exported: part of the reasons
 from aggregator.rounds.admission import check, rebuild_sum
 from aggregator.rounds.deadline import CLOSE, FAIL, SKIP, at_deadline, extend, has_nothing_new
-from aggregator.rounds.epochs import fail_if_old_key
+from aggregator.rounds.epochs import fail_if_old_key, under_earlier_key
 from aggregator.rounds.pins import next_base
 from aggregator.rounds.records import Announce, Decision, Event, ResultReady, Submission
 from aggregator.rounds.resume import fail_if_settings_changed
@@ -134,6 +134,11 @@ class Coordinator:
         now = self.clock()
         deadline = now + self.settings.deadline_seconds
         announce = self._announce(round_no, base, deadline, now, is_pinned)
+        if under_earlier_key(self.store, base, self.settings.key_id, self.settings.key_epoch):
+            announce = replace(announce, min_new_samples=0)
+            log.info("round %d rebuilds %s under the current key (epoch %d): open to every "
+                     "box; boxes provisioned since the rotation cannot read %s and join the "
+                     "round after", round_no, base, self.settings.key_epoch, base)
         self.store.insert_round(round_no, base, now, deadline, self.settings.quorum,
                                 announce.to_dict())
         self.current = self.store.get_round(round_no)
@@ -141,7 +146,7 @@ class Coordinator:
         self.sat_out = {}
         log.info("round %d opened: base model %s, deadline in %.0f s, quorum %d, min new "
                  "samples %d", round_no, base, self.settings.deadline_seconds,
-                 self.settings.quorum, self.settings.min_new_samples)
+                 self.settings.quorum, announce.min_new_samples)
         return Announce(announce)
 
     def _announce(self, round_no: int, base: str, deadline: float, now: float,

@@ -36,11 +36,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+def _same_key(was_key: str, key_id: str, epoch: int) -> bool:
+    # an announce without key_id is from before key epochs: epoch 0's key
+    return not key_id or was_key == key_id or (not was_key and epoch == 0)
+
+
 def fail_if_old_key(store: Store, row: RoundRow, was_key: str, key_id: str, epoch: int,
                     now: float) -> bool:
     """Fail the open round ``row`` if it was announced under a key other than ``key_id``."""
-    # an announce without key_id is from before key epochs: epoch 0's key
-    if not key_id or was_key == key_id or (not was_key and epoch == 0):
+    if _same_key(was_key, key_id, epoch):
         return False
     store.update_round(row.round, status="failed", closed_at=now, close_reason="key rotated")
     store.drop_accepted(row.round)
@@ -48,6 +52,20 @@ def fail_if_old_key(store: Store, row: RoundRow, was_key: str, key_id: str, epoc
     log.warning("round %d was opened under key %s; the federation is now on key %s (epoch "
                 "%d): round failed, a new round follows", row.round, was_key, key_id, epoch)
     return True
+
+
+def under_earlier_key(store: Store, base: str, key_id: str, epoch: int) -> bool:
+    """Whether the published result ``base`` is encrypted under an earlier key epoch than
+    ``key_id``: the boxes provisioned since the rotation hold only the new key and cannot
+    read it. The round that builds on it is opened to every box (``min_new_samples`` 0):
+    the boxes that hold both keys retrain once and the result, under the new key, serves
+    every box. Waiting for new samples instead, a walkthrough's replacement box sat on the
+    pretrained model with its site's people unfederated, every round skipped as "nothing
+    new", until someone was enrolled on another box."""
+    row = next((r for r in store.list_rounds()
+                if r.status == "published" and r.result_model == base), None)
+    return row is not None and not _same_key(str(row.announce.get("key_id") or ""),
+                                             key_id, epoch)
 
 
 def relay_sealed(publisher: Publisher, store: Store, key_id: str) -> dict[str, int]:

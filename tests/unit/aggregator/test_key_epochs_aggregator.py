@@ -7,12 +7,15 @@ Real service on the in-memory bus, real CKKS contexts and sealed bundles."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from aggregator.operator import OperatorError, install_key_epoch
 from aggregator.rounds.coordinator import RoundSettings
+from aggregator.service import AggregatorService
 from aggregator.state.config import init_state, load_config
 from aggregator.state.registry import DeviceRegistry
 from aggregator.state.store import Store
@@ -25,7 +28,12 @@ from federation.crypto.epochs import (
     rotate_keys,
     sign_exchange_key,
 )
-from federation.crypto.keys import create_federation_keys, load_public_context, read_public_key
+from federation.crypto.keys import (
+    create_federation_keys,
+    load_public_context,
+    load_secret_context,
+    read_public_key,
+)
 from federation.envelope import decode
 from federation.transport.base import InMemoryBus
 from tests.support.aggregator_rig import FED, make_service, registered_boxes
@@ -42,8 +50,6 @@ def test_rotation_fails_the_old_round_relays_bundles_and_announces_the_new_key(
     init_state(state, FED, keys.public_context)
     store = Store(state)
     bus = InMemoryBus(synchronous=True)
-    from federation.crypto.keys import load_secret_context
-
     secret = load_secret_context(keys.secret_context)
     boxes = registered_boxes(bus, store, secret, 3)
     clock = [1_000_000.0]
@@ -114,4 +120,66 @@ def test_an_exchange_key_its_device_key_did_not_sign_is_refused_before_anything_
     registry.add("box-x", bytes.fromhex(public_key_hex(device)), fed=FED,
                  exchange=(kx, sign_exchange_key(device, FED, "box-x", kx)))
     assert registry.recipients()[0][0]["exchange_key"] == kx
+    store.close()
+
+
+def test_the_round_after_a_rotation_rebuilds_the_model_under_the_new_key_with_every_box(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The first base after a rotation is a result under the old key, which a box
+    provisioned since cannot read: that round is open to every box (min_new_samples 0),
+    so the boxes holding both keys retrain at once and the result, under the new key,
+    serves every box (a walkthrough's replacement box waited on the pretrained model,
+    every round skipped as 'nothing new', until someone enrolled on another box)."""
+    keys = create_federation_keys(tmp_path / "keys")
+    state = tmp_path / "agg"
+    init_state(state, FED, keys.public_context)
+    store = Store(state)
+    bus = InMemoryBus(synchronous=True)
+    boxes = registered_boxes(bus, store, load_secret_context(keys.secret_context), 2)
+    clock = [1_000_000.0]
+    settings = RoundSettings(deadline_seconds=60, quorum=2, count_scale=64,
+                             min_new_samples=1)
+
+    def start() -> AggregatorService:
+        service = make_service(bus, store, load_public_context(
+            state / "federation-public.tenseal"), settings, clock)
+        service.start()
+        return service
+
+    def send_round(service: AggregatorService) -> dict:
+        ann = _announce(bus)
+        for i, box in enumerate(boxes):
+            box.send(box.envelopes(box.encrypted_blob(np.full(100, i, np.float32), 10, 64),
+                                   ann["round"], ann["base_model"]))
+            service.pump()
+        return ann
+
+    service = start()
+    assert _announce(bus)["min_new_samples"] == 1
+    send_round(service)
+    assert store.get_round(1).status == "published"  # type: ignore[union-attr]
+
+    kx = {b.device_id: generate_exchange_key() for b in boxes}
+    recipients = [Recipient(b.device_id, b.public_hex, exchange_public_hex(kx[b.device_id]),
+                            sign_exchange_key(b.key, FED, b.device_id,
+                                              exchange_public_hex(kx[b.device_id])))
+                  for b in boxes]
+    rotate_keys(tmp_path / "keys", FED, recipients, tmp_path / "epoch-1")
+    install_key_epoch(state, load_config(state), tmp_path / "epoch-1")
+    new_secret = load_secret_context(keys.secret_context)  # the key holder's new epoch
+    for box in boxes:
+        box.secret = new_secret
+    service.close()
+    with caplog.at_level(logging.INFO, logger="aggregator"):
+        service = start()  # round 2 was open under the old key: failed; round 3 opens
+    ann = _announce(bus)
+    assert (ann["base_model"], ann["key_epoch"], ann["min_new_samples"]) == ("round-1", 1, 0)
+    assert f"round {ann['round']} rebuilds round-1 under the current key (epoch 1)" \
+        in caplog.text
+    send_round(service)
+    rebuilt = store.get_round(ann["round"])
+    assert rebuilt is not None and rebuilt.status == "published"
+    nxt = _announce(bus)  # built on the new key's result: back to the operator's setting
+    assert nxt["base_model"] == rebuilt.result_model and nxt["min_new_samples"] == 1
+    service.close()
     store.close()
