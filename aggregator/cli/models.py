@@ -70,21 +70,23 @@ def models_list(state: StateOpt, as_json: JsonOpt = False) -> None:
 @models_app.command("pin")
 @one_line_errors
 def models_pin(version: Annotated[str, typer.Argument(help="a published version, e.g. "
-                                                      "round-2")], state: StateOpt) -> None:
-    """Make the next rounds build on VERSION instead of the latest result."""
-    store, _ = _store(state)
-    row = model_pins.pin(store, version, _key_id(state))
-    typer.echo(f"pinned {version} (round {row.round}): " + _takes_effect(store, version))
+                                                      "round-2, or the initial model: base")],
+               state: StateOpt) -> None:
+    """Make the next rounds build on VERSION instead of the latest result (the initial
+    model's name, e.g. base: the pretrained model every box holds)."""
+    store, initial = _store(state)
+    row = model_pins.pin(store, version, _key_id(state), initial)
+    what = f"round {row.round}" if row is not None else "the pretrained model every box holds"
+    typer.echo(f"pinned {version} ({what}): " + _takes_effect(store, version))
 
 
 @models_app.command("rollback")
 @one_line_errors
 def models_rollback(state: StateOpt) -> None:
     """Pin the published version before the current base (undo a bad round)."""
-    store, _ = _store(state)
-    old, row = model_pins.rollback(store, _key_id(state))
-    typer.echo(f"rolled back from {old}: pinned {row.result_model} (round {row.round}); "
-               + _takes_effect(store, row.result_model))
+    store, initial = _store(state)
+    old, pinned = model_pins.rollback(store, _key_id(state), initial)
+    typer.echo(f"rolled back from {old}: pinned {pinned}; " + _takes_effect(store, pinned))
 
 
 @models_app.command("unpin")

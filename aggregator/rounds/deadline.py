@@ -76,8 +76,9 @@ def at_deadline(*, summed: int, quorum: int, announced_min_new: int, extensions:
         said += ("; " if said else "") + f"{_names(refusing)} do(es) not serve its base {base}"
         if len(active) - len(refusing) < quorum:
             said += (f": without them the quorum of {quorum} cannot be met on {base}; "
-                     "fedface-aggregator models pin the version they serve, or models "
-                     "rollback (docs/operations.md, 'Model versions')")
+                     "fedface-aggregator models pin the version they serve (base: the "
+                     "pretrained model every box holds), or models rollback "
+                     "(docs/operations.md, 'Model versions')")
     if summed == 0 and (nothing_new or refusing) and not silent:
         label = "nothing new" if nothing_new else "no box can join"
         return AtDeadline(SKIP, f"{label}: {said}", label)

@@ -2,10 +2,13 @@
 
 The operator pins a published round result (``fedface-aggregator models pin round-2``,
 or ``models rollback`` = pin the version the current base was built on) when a newer
-result turned out bad. A pin resets the head of the federation's model chain: the next
-round builds on the pinned version, and the rounds after it on the newest result of a
-round opened after the pin (so results of rounds opened before the pin, including the
-one open when it was set, are never a base again). ``unpin`` drops the pin: the next
+result turned out bad, or the initial (pretrained) model every box holds (``models pin
+base``): the way out when no published result is one every needed box can serve (a box
+provisioned after a key rotation cannot read a result of the earlier key). A pin resets
+the head of the federation's model chain: the next round builds on the pinned version,
+and the rounds after it on the newest result of a round opened after the pin (so
+results of rounds opened before the pin, including the one open when it was set, are
+never a base again). ``unpin`` drops the pin: the next
 round builds on the newest published result, whatever its lineage.
 
 The pin lives in the state db (meta table), so the CLI sets it while ``serve`` runs;
@@ -58,6 +61,7 @@ def _published_row(store: Store, version: str) -> RoundRow | None:
 class Pin:
     model: str
     after_round: int  # rounds up to this one (open when pinned) never give the base
+    initial: bool = False  # the initial model, not a published result
 
 
 def get_pin(store: Store) -> Pin | None:
@@ -66,7 +70,7 @@ def get_pin(store: Store) -> Pin | None:
         return None
     try:
         data = json.loads(raw)
-        return Pin(str(data["model"]), int(data["after_round"]))
+        return Pin(str(data["model"]), int(data["after_round"]), bool(data.get("initial")))
     except (ValueError, KeyError, TypeError):
         log.error("the stored pin %r is unreadable; ignoring it (run models pin/unpin)", raw)
         return None
@@ -77,12 +81,19 @@ def pinned(store: Store) -> str | None:
     return None if found is None else found.model
 
 
-def pin(store: Store, version: str, key_id: str = "") -> RoundRow:
-    """Make ``version`` (a published result whose blob is on disk) the base of the next
-    round; later rounds build on the results of rounds opened after this pin. With the
-    federation's current ``key_id``: a result of an earlier key epoch is refused (no box
-    holding the current key can decrypt it: every box would refuse it as wrong_key and
-    sit the pinned rounds out)."""
+def pin(store: Store, version: str, key_id: str = "", initial_model: str = "base"
+        ) -> RoundRow | None:
+    """Make ``version`` (a published result whose blob is on disk, or ``initial_model``:
+    returns None) the base of the next round; later rounds build on the results of
+    rounds opened after this pin. With the federation's current ``key_id``: a result of
+    an earlier key epoch is refused (no box holding the current key can decrypt it:
+    every box would refuse it as wrong_key and sit the pinned rounds out)."""
+    if version == initial_model:
+        after = _after_round(store)
+        store.set_meta(PIN_KEY, json.dumps({"model": version, "after_round": after,
+                                            "initial": True}))
+        log.info("the initial model %s pinned: round %d builds on it", version, after + 1)
+        return None
     row = _published_row(store, version)
     if row is None:
         known = ", ".join(r.result_model or "" for r in published(store)) or "none yet"
@@ -96,11 +107,15 @@ def pin(store: Store, version: str, key_id: str = "") -> RoundRow:
     if row.sum_blob is None or not store.blob_path(row.sum_blob).is_file():
         raise PinError(f"the result of {version} (round {row.round}) is no longer on disk: "
                        "it cannot be served to boxes again")
-    latest = store.latest_round()
-    after = 0 if latest is None else latest.round
+    after = _after_round(store)
     store.set_meta(PIN_KEY, json.dumps({"model": version, "after_round": after}))
     log.info("model %s (round %d) pinned: round %d builds on it", version, row.round, after + 1)
     return row
+
+
+def _after_round(store: Store) -> int:
+    latest = store.latest_round()
+    return 0 if latest is None else latest.round
 
 
 def unpin(store: Store) -> str | None:
@@ -112,16 +127,20 @@ def unpin(store: Store) -> str | None:
     return before
 
 
-def rollback(store: Store, key_id: str = "") -> tuple[str, RoundRow]:
-    """Pin the version the current base was built on; returns (old base, new pin)."""
+def rollback(store: Store, key_id: str = "", initial_model: str = "base"
+             ) -> tuple[str, str]:
+    """Pin the version the current base was built on (a published result, or the
+    initial model); returns (old base, new pin)."""
     current = current_base_row(store)
     if current is None:
-        raise PinError("no published model version yet: nothing to roll back")
-    parent = _published_row(store, current.base_model)
-    if parent is None:
-        raise PinError(f"{current.result_model} was built on {current.base_model}, which is "
-                       "not a published round result (the initial model cannot be pinned)")
-    return str(current.result_model), pin(store, str(parent.result_model), key_id)
+        raise PinError(f"the next round builds on the initial model {initial_model} "
+                       "already: nothing to roll back")
+    parent = current.base_model
+    if parent != initial_model and _published_row(store, parent) is None:
+        raise PinError(f"{current.result_model} was built on {parent}, which is not a "
+                       "published round result")
+    pin(store, parent, key_id, initial_model)
+    return str(current.result_model), parent
 
 
 def current_base_row(store: Store) -> RoundRow | None:
@@ -132,6 +151,8 @@ def current_base_row(store: Store) -> RoundRow | None:
     newer = [r for r in published(store) if r.round > found.after_round]
     if newer:
         return newer[-1]
+    if found.initial:
+        return None
     row = _published_row(store, found.model)
     if row is None:
         log.error("pinned model %s is not a published version; using the latest", found.model)
@@ -143,7 +164,7 @@ def next_base(store: Store, initial_model: str) -> tuple[str, bool]:
     """(base model version of the next round, whether it is the pinned version)."""
     row = current_base_row(store)
     if row is None or row.result_model is None:
-        return initial_model, False
+        return initial_model, pinned(store) == initial_model
     return row.result_model, row.result_model == pinned(store)
 
 
@@ -168,6 +189,13 @@ def republish_base(store: Store, publisher: Publisher, base: str, opening_round:
     """
     row = _published_row(store, base)
     retained = retained_row(store)
+    if row is None and retained is not None:  # the initial model: no result to point at
+        publisher.clear_result(retained)
+        set_retained(store, 0)
+        log.info("round %d builds on the initial model %s: cleared the retained result of "
+                 "round %d (a box starting now must not fetch it)", opening_round, base,
+                 retained.round)
+        return True
     if row is None or (retained is not None and retained.round == row.round):
         return False
     if row.sum_blob is None or row.result_model is None:

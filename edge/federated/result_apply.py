@@ -17,8 +17,9 @@ the box's canary declined (``declined``) is still the base the box trains the ne
 rounds from, so a minority refusal does not take the box out of the federation. An open
 announce built on the initial model while the box has a federated result means the
 federation went back to it (every result since was poisoned, ``aggregator.rounds.poison``,
-and there is none to re-publish): ``back_to_initial`` serves the initial model again
-through the sink, unless the announce is a replayed old one (``edge.federated.high_water``).
+and there is none to re-publish; or the operator pinned it, ``pinned`` in the announce):
+``back_to_initial`` serves the initial model again through the sink, unless the announce
+is a replayed old one (``edge.federated.high_water``).
 Kept apart from the round loop (``edge.federated.client``), which only decides when to
 call it.
 """
@@ -124,7 +125,9 @@ class ResultApplier:
             return
         previous = self.version
         reason = (f"the federation went back to the initial model {initial}: round "
-                  f"{ann.round} builds on it, {previous} was found poisoned")
+                  f"{ann.round} builds on it, " + (
+                      "the operator pinned it (models pin)" if ann.pinned
+                      else f"{previous} was found poisoned"))
         serve_initial = getattr(self.sink, "serve_initial", None)
         try:
             if callable(serve_initial):

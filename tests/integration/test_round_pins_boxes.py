@@ -151,3 +151,41 @@ def test_boxes_on_round_2_go_back_to_the_pinned_round_1_and_train_from_it(
     pointer_env = retained[topics.model_latest(FED)]
     _, pointer_body = envelope_json(pointer_env)
     assert (pointer_body["model"], pointer_body["base_model"]) == ("round-3", "round-1")
+
+
+def test_boxes_go_back_to_the_pinned_initial_model_and_federate_from_it(
+        fed: Federation) -> None:
+    """`models pin base`: the way out when no published result serves every box needed
+    (one provisioned after a key rotation cannot read the earlier key's results): the
+    boxes serve the pretrained model again and the next round builds on it."""
+    first = fed.serve(rounds=1)
+    for device in DEVICES:
+        fed.start_box(device)
+    wait_for(lambda: all(fed.applied(d) == ["round-1"] for d in DEVICES), 60,
+             "round 1 applied")
+    wait_for(first.finished.is_set, 10, "the first serve run to stop")
+    for trainer in fed.trainers.values():
+        trainer.gate.clear()
+    operator = Store(fed.root / "agg")
+    try:
+        assert model_pins.pin(operator, "base") is None  # the initial model: no round row
+    finally:
+        operator.close()
+    fed.serve(rounds=1)
+
+    def back(device: str) -> list[ClientEvent]:
+        return [e for e in list(fed.events[device]) if e.kind == "back_to_initial"]
+
+    wait_for(lambda: all(back(d) for d in DEVICES), 60, "boxes back on the initial model")
+    ann = latest_announce(fed.bus.retained, FED)
+    assert (ann["round"], ann["base_model"], ann["pinned"]) == (2, "base", True)
+    assert topics.model_latest(FED) not in fed.bus.retained  # round-1 is not offered
+    for d in DEVICES:
+        assert "the operator pinned it" in back(d)[0].data["reason"]
+        assert fed.sinks[d].version is None and fed.clients[d].version == "base"  # pretrained
+    for trainer in fed.trainers.values():
+        trainer.gate.set()
+    wait_for(lambda: all(fed.applied(d)[-1:] == ["round-2"] for d in DEVICES), 60,
+             "round 2 (built on the initial model) applied")
+    _, pointer = envelope_json(fed.bus.retained[topics.model_latest(FED)])
+    assert (pointer["model"], pointer["base_model"]) == ("round-2", "base")

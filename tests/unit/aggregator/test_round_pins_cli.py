@@ -165,16 +165,31 @@ def test_pin_rollback_unpin_and_what_boxes_are_told(rig: Rig) -> None:
     assert info["next_base"] == "round-7" and info["pinned"] is None
 
 
-def test_rollback_refusals_and_unpin_without_pin(rig: Rig) -> None:
+def test_rollback_to_the_initial_model_refusals_and_unpin_without_pin(rig: Rig) -> None:
     code, out = rig.cli("models", "rollback")
-    assert code == 2 and "no published model version yet" in out
+    assert code == 2 and "builds on the initial model base already: nothing to roll" in out
     code, out = rig.cli("models", "list")
     assert code == 0 and "next round builds on base" in out
-    rig.run_round(1)
-    code, out = rig.cli("models", "rollback")
-    assert code == 2 and "initial model cannot be pinned" in out
     code, out = rig.cli("models", "unpin")
-    assert code == 0 and "nothing was pinned; the next round builds on round-1" in out
+    assert code == 0 and "nothing was pinned; the next round builds on base" in out
+    rig.run_round(1)
+    # round-1 was built on the initial model: rolling back pins it (it was refused: "the
+    # initial model cannot be pinned", no way back to the model every box holds)
+    code, out = rig.cli("models", "rollback")
+    assert code == 0 and "rolled back from round-1: pinned base; round 2, open now" in out
+    rig.run_round(2)  # open during the rollback: on round-1
+    ann3 = latest_announce(rig.bus.retained, FED)
+    assert (ann3["round"], ann3["base_model"], ann3["pinned"]) == (3, "base", True)
+    # no result is retained: a box starting now must not fetch round-2 and serve it
+    assert topics.model_latest(FED) not in rig.bus.retained
+    rig.run_round(3)
+    code, out = rig.cli("models", "unpin")  # round-3, opened after the pin, leads anyway
+    assert code == 0 and "unpinned base; the next round builds on round-3" in out
+    code, out = rig.cli("models", "pin", "base")
+    assert code == 0 and "pinned base (the pretrained model every box holds)" in out
+    rig.run_round(4)  # open when pinned
+    assert latest_announce(rig.bus.retained, FED)["base_model"] == "base"
+    assert rig.cli("models", "unpin")[0] == 0
     # a pin whose result blob is gone is refused (boxes could never fetch it)
     rig.run_round(2)
     rig.store.blob_path("round-1-result.bin").unlink()
