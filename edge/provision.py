@@ -147,10 +147,16 @@ def import_bundle(files: BoxFiles, bundle_bytes: bytes, passphrase: str) -> KeyB
     if files.trust.exists():
         old = json.loads(files.trust.read_text())
         if old.get("key_id") != bundle.key_id:
+            same_fed = old.get("fed_id") == bundle.fed_id
             raise ProvisionError(
                 f"this box already holds federation key {old.get('key_id')} "
-                f"({old.get('fed_id')}); the bundle is for {bundle.key_id} ({bundle.fed_id})",
-                hint=f"to move the box to another federation, remove {files.keys_dir} first")
+                f"({old.get('fed_id')}); the bundle is for {bundle.key_id} ({bundle.fed_id})"
+                + (": another key epoch of the same federation" if same_fed else ""),
+                hint=("a provisioned box takes each new key epoch from the aggregator by "
+                      "itself (`join`); to provision anew, use a fresh --data-dir and a new "
+                      "device id (its keys and certificate are registered under its id)"
+                      if same_fed else "to move the box to another federation, provision "
+                      "a fresh --data-dir under a new device id"))
     write_secret_file(files.secret_context, bundle.files[SECRET_CONTEXT], overwrite=True)
     ctx = load_secret_context(files.secret_context)  # also checks it holds the secret key
     if ctx.key_id != bundle.key_id:

@@ -107,10 +107,12 @@ def provision(
     interactive = not non_interactive and sys.stdin.isatty()
     # the file the other commands will read (edge.config.resolve_settings)
     config_path = config or box(ctx).config_path or default_config_path(settings)
-    files = BoxFiles(settings.data_dir)
+    # absolute paths in edge.toml: a relative --data-dir (the walkthrough's) wrote
+    # "box-a/tls/..." and every command run from another directory missed its files
+    files = BoxFiles(settings.data_dir.resolve())
     existing = load_box_config(config_path) if config_path.exists() else None
-    if existing is not None and existing.box.data_dir != settings.data_dir:
-        files = BoxFiles(existing.box.data_dir)
+    if existing is not None and existing.box.data_dir.resolve() != files.data_dir:
+        files = BoxFiles(existing.box.data_dir.resolve())
     if install_reply is not None and existing is not None and bundle is None:
         reply_id, cert, ca = read_reply(install_reply)
         if reply_id != existing.box.device_id:

@@ -25,7 +25,7 @@ from aggregator.state.store import Store
 from federation.crypto.keys import create_federation_keys, read_private_key, write_public_key
 from federation.crypto.signing import generate_signing_key
 from tests.support.broker import MosquittoBroker
-from tests.support.provisioning import edge, start_federation
+from tests.support.provisioning import FED, edge, start_federation
 
 REPO = Path(__file__).resolve().parents[2]
 OPENED = 1_700_000_000.0  # 2023-11-14T22:13:20Z
@@ -187,3 +187,44 @@ def test_provisioning_mistakes_are_named_and_leave_nothing_behind(
     assert not [n for n in left if n.endswith((".key", ".request.json", ".tenseal"))], left
     code, out = provision(tmp_path / "box-h", "passphrase", "kiosk-pw")  # then as it should
     assert code == 0 and "kiosk password set" in out, out
+    # a bundle of another key of the same federation (made before a rotation, or after
+    # it for another box): the hint said "to move the box to another federation, remove
+    # its keys", which left a box with a new signing key the aggregator refused
+    other = create_federation_keys(tmp_path / "another-epoch")
+    code, out = fed.aggregator(
+        "keys", "bundle", "--secret-context", str(other.secret_context), "--aggregator-key",
+        str(fed.state / "aggregator.pub"), "--ca-cert", str(fed.ca_dir / "ca.crt"), "--fed",
+        FED, "--out", str(tmp_path / "other.ffkb"), "--passphrase-file",
+        str(tmp_path / "passphrase"), "--broker-url", fed.url)
+    assert code == 0, out
+    fed.bundle = tmp_path / "other.ffkb"
+    code, out = provision(tmp_path / "box-h", "passphrase", "kiosk-pw")
+    assert code == 8 and "another key epoch of the same federation" in out, out
+    assert "takes each new key epoch from the aggregator" in out and "fresh --data-dir" in out
+    assert "another federation" not in out
+
+
+@pytest.mark.mosquitto
+def test_a_relative_data_dir_is_written_as_absolute_paths(
+        tmp_path: Path, mosquitto_factory: Callable[..., MosquittoBroker], lfw_dir: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The walkthrough's `--data-dir box-a` wrote data_dir = "box-a" and cert paths under
+    it into edge.toml: the same box checked from another directory had no certificate
+    and doctor said to provision again."""
+    fed = start_federation(tmp_path, mosquitto_factory)
+    (tmp_path / "kiosk-pw").write_text("kiosk staff passphrase\n")
+    monkeypatch.chdir(tmp_path)
+    code, out = edge(Path("box-rel"), "provision", "--non-interactive", "--device-id",
+                     "box-rel", "--bundle", str(fed.bundle), "--passphrase-file",
+                     str(tmp_path / "passphrase"), "--camera",
+                     f"dir:{lfw_dir / 'Aaron_Peirsol'}", "--kiosk-password-file",
+                     str(tmp_path / "kiosk-pw"))
+    assert code == 0, out
+    config = (tmp_path / "box-rel" / "edge.toml").read_text()
+    assert f'data_dir = "{tmp_path / "box-rel"}"' in config, config
+    assert f'"{tmp_path / "box-rel" / "tls" / "device-tls.key"}"' in config, config
+    monkeypatch.chdir("/")
+    code, out = edge(tmp_path / "box-rel", "status")
+    # its own files found (the request is not signed yet: the certificate's absolute path)
+    assert "kiosk       password set" in out, out
+    assert f"{tmp_path / 'box-rel' / 'tls' / 'device-tls.crt'} missing (not signed" in out
