@@ -73,6 +73,10 @@ main() {
         find "$FF_PREFIX" -depth -type d -empty -delete 2>/dev/null || true
     fi
     ff_log "uninstalled"
+    if [ "$PURGE" -eq 1 ]; then  # its keys are gone from here, not from the federation
+        ff_log "a box that was registered: ask the operator to revoke it (fedface-aggregator" \
+            "devices revoke <device id>) and rotate the key (docs/operations.md)"
+    fi
 }
 
 main "$@"

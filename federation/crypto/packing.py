@@ -187,7 +187,8 @@ def _check_same_key(ctx: FederationContext, key_id: str, slots: int) -> None:
             WRONG_KEY,
             # an update to the aggregator or a result to a box: the same framing
             f"encrypted under federation key {key_id}, this context is key {ctx.key_id}: "
-            "of an earlier key epoch (after a rotation), or another federation's",
+            "another key epoch (an older result after a rotation, or a newer one this "
+            "box has no key for yet), or another federation's",
         )
     if slots != ctx.params.slots:
         raise FederationError(MALFORMED, f"update uses {slots} slots, federation uses "

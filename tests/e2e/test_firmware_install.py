@@ -292,6 +292,7 @@ def test_upgrade_keeps_config_and_state_then_uninstall(installed: Install) -> No
     assert not (p / "venv").exists()
     assert not (p / "lib/systemd/system/fedface-edge.service").exists()
     assert marker.exists() and env.exists()  # kept without --purge
-    run_script("uninstall.sh", "--prefix", str(p), "--no-system", "--purge")
+    out = run_script("uninstall.sh", "--prefix", str(p), "--no-system", "--purge")
+    assert "devices revoke" in out  # the federation still holds it as registered
     assert not (p / "var/lib/fedface").exists()
     assert not (p / "etc/fedface").exists()
