@@ -11,7 +11,9 @@ and Nagle's algorithm would hold the body until the client's delayed ACK (about 
 To keep a connection after an early answer (a 401 before the upload was read), the
 server reads the rest of the request body; ``BODY_BACKSTOP`` times the app's own upload
 cap (``MAX_CONTENT_LENGTH``) bounds that read: past it the server answers 413 itself and
-closes, below it the app's own 413 does (a 413 always closes).
+closes, below it the app's own 413 does (a 413 always closes). The server's own 413
+carries the app's answer when it gives one (``too_large``: the recognition API's JSON
+error; Cheroot's is plain text, which a CompreFace client failed to parse).
 
 May import: nothing of the project.
 """
@@ -22,6 +24,8 @@ import ssl
 import threading
 from typing import Any
 
+from cheroot.errors import socket_errors_to_ignore
+from cheroot.server import HTTPConnection, HTTPRequest
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 from cheroot.wsgi import Server
 
@@ -45,19 +49,46 @@ class _ContextAdapter(BuiltinSSLAdapter):
         self.context = context
 
 
+def _connection_class(content_type: str, body: bytes) -> type[HTTPConnection]:
+    """Connections whose requests answer the server's own 413 with ``body``."""
+
+    class _Request(HTTPRequest):
+        def simple_response(self, status: Any, msg: Any = "") -> None:
+            if not str(status).startswith("413"):
+                super().simple_response(status, msg)
+                return
+            self.close_connection = True
+            head = (f"{self.server.protocol} {status}\r\nContent-Length: {len(body)}\r\n"
+                    f"Content-Type: {content_type}\r\nConnection: close\r\n\r\n")
+            try:
+                self.conn.wfile.write(head.encode("ISO-8859-1") + body)
+            except OSError as exc:  # the client went: as Cheroot's own answer does
+                if exc.args[0] not in socket_errors_to_ignore:
+                    raise
+
+    class _Connection(HTTPConnection):
+        RequestHandlerClass = _Request
+
+    return _Connection
+
+
 class HttpThread:
     def __init__(self, name: str) -> None:
         self.name = name
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
 
-    def listen(self, host: str, port: int, app: Any, tls: ssl.SSLContext | None = None) -> None:
-        """Bind (``OSError`` if the address is taken); nothing is served before ``start``."""
+    def listen(self, host: str, port: int, app: Any, tls: ssl.SSLContext | None = None,
+               too_large: tuple[str, bytes] | None = None) -> None:
+        """Bind (``OSError`` if the address is taken); nothing is served before ``start``.
+        ``too_large``: (content type, body) of the server's own 413."""
         server = Server((host, port), app, numthreads=THREADS, server_name=self.name,
                         timeout=IDLE_TIMEOUT_S, request_queue_size=LISTEN_QUEUE)
         cap = getattr(app, "config", {}).get("MAX_CONTENT_LENGTH")
         if cap:
             server.max_request_body_size = BODY_BACKSTOP * cap + 2**20
+        if too_large is not None:
+            server.ConnectionClass = _connection_class(*too_large)
         if tls is not None:
             server.ssl_adapter = _ContextAdapter(tls)
         server.prepare()

@@ -10,6 +10,7 @@ itself; without, it refuses to listen beyond loopback unless told ``allow_plain_
 
 from __future__ import annotations
 
+import json
 import logging
 import ssl
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from flask import Flask
 
+from edge.api import compreface as cf
 from edge.api.app import ApiServices, create_api
 from edge.api.faces import FaceService
 from edge.api.keys import ApiKeys
@@ -102,7 +104,13 @@ class ApiServer:
             log.warning("no API key exists yet: every request will get 401 "
                         "(create one with `fedface-edge api-key create SERVICE`)")
         try:
-            self._http.listen(self.settings.host, self.settings.port, self.app, tls)
+            # far past the cap the HTTP server refuses on the header alone: in the API's
+            # JSON too (app.py answers the uploads just over it)
+            limit = self.settings.max_upload_bytes / 2**20
+            too_large = json.dumps(cf.error(f"the upload is over {limit:g} MB",
+                                            cf.CODE_TOO_LARGE)).encode()
+            self._http.listen(self.settings.host, self.settings.port, self.app, tls,
+                              ("application/json", too_large))
         except OSError as exc:
             raise ApiStartError(f"cannot listen on {self.settings.host}:{self.settings.port}: "
                                 f"{exc.strerror or exc}",

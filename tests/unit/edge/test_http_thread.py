@@ -77,3 +77,27 @@ def test_an_upload_over_the_cap_is_413_and_closes(server: HttpThread) -> None:
         assert (answer.status, (answer.getheader("Connection") or "").lower()) == (413, "close")
     finally:
         conn.close()
+
+
+def test_the_servers_own_413_carries_the_apps_answer() -> None:
+    """Far past the cap the server answers on the header alone; with ``too_large`` in the
+    app's shape (the recognition API's JSON: a CompreFace client failed to parse Cheroot's
+    plain text on a 20 MB upload)."""
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = CAP
+    thread = HttpThread("test")
+    thread.listen("127.0.0.1", 0, app, too_large=("application/json",
+                                                  b'{"message": "too big", "code": 5}'))
+    thread.start()
+    conn = _connection(thread)
+    try:
+        conn.putrequest("POST", "/echo")
+        conn.putheader("Content-Length", str(10**10))
+        conn.endheaders()
+        answer = conn.getresponse()
+        assert answer.status == 413 and answer.getheader("Content-Type") == "application/json"
+        assert answer.read() == b'{"message": "too big", "code": 5}'
+        assert (answer.getheader("Connection") or "").lower() == "close"
+    finally:
+        conn.close()
+        thread.stop()
