@@ -53,7 +53,7 @@ from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from aggregator.rounds.records import ResultReady
+from aggregator.rounds.records import ResultReady, RootResult
 from federation import topics
 from federation.chunking import DEFAULT_CHUNK_SIZE, Reassembler, one_envelope, split_blob
 from federation.crypto.signing import KeyRing
@@ -171,14 +171,17 @@ class RegionalForwarder:
             return "" if self._announce is None else self._announce.base_model
 
     # --- called by the service's worker (result publication) ---------------------------
-    def exchange(self, event: ResultReady, partial_blob: bytes) -> bytes:
-        """The root's result for this closed region round (TransportError: not yet)."""
+    def exchange(self, event: ResultReady, partial_blob: bytes) -> RootResult:
+        """The root's result for this closed region round (TransportError: not yet), and
+        whether the region's sum is in it (not when it was of a stale base)."""
         key = str(event.round)
         sent = self._state["forwarded"].get(key)
         if sent is None:
             sent = self._forward(event, partial_blob)
         elif sent.get("msg") and not sent.get("confirmed", True):
             self._resend(event, partial_blob, sent)
+        elif sent.get("msg"):
+            sent = self._follow_ended_root_round(event, partial_blob, sent)
         deadline = time.monotonic() + self.wait_seconds
         with self._cond:
             while True:
@@ -193,7 +196,31 @@ class RegionalForwarder:
         self._save()
         log.info("region round %d: publishing the root's result %s (%d bytes)", event.round,
                  root_model, len(blob))
-        return blob
+        return RootResult(blob, included=bool(sent.get("msg")))
+
+    def _follow_ended_root_round(self, event: ResultReady, blob: bytes,
+                                 sent: dict[str, Any]) -> dict[str, Any]:
+        """The root round the partial went to ended without a result (failed at its
+        deadline, or skipped) and the root's next round builds on the same base: the
+        partial is as valid there, so it goes to that round. A walkthrough's region
+        waited for that round's result for good, opened no more rounds, and its boxes'
+        newcomers were never federated."""
+        with self._cond:
+            ann = self._announce
+            ended = self._result_for(int(sent["root_round"])) is None
+        if (ann is None or not ann.open or ann.round <= int(sent["root_round"]) or not ended
+                or ann.base_model != sent.get("model")):
+            return sent
+        log.warning("region round %d: the root's round %s ended without a result; sending "
+                    "the partial to its round %d (same base %s)", event.round,
+                    sent["root_round"], ann.round, ann.base_model)
+        again = {"root_round": ann.round, "model": ann.base_model, "msg": hashlib.sha256(
+            f"fedface-partial\0{ann.round}\0".encode() + blob).hexdigest()[:32],
+            "confirmed": False}
+        self._state["forwarded"][str(event.round)] = again
+        self._save()
+        self._publish_partial(event, blob, again)
+        return again
 
     def _forward(self, event: ResultReady, blob: bytes) -> dict[str, Any]:
         with self._cond:

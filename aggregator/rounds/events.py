@@ -14,19 +14,22 @@ from typing import Protocol
 from aggregator.rounds import pins as model_pins
 from aggregator.rounds.coordinator import Coordinator, announce_of
 from aggregator.rounds.publisher import Publisher
-from aggregator.rounds.records import Announce, Event, ResultReady
+from aggregator.rounds.records import Announce, Event, ResultReady, RootResult
 from aggregator.state.store import Store
 from federation.errors import AWAITING_ROOT, TransportError
 from federation.messages import CLOSED, RoundAnnounce
 
 log = logging.getLogger(__name__)
 
+# a region round whose sum was of a base the root had moved past (`rounds list`)
+STALE_SUM = "its sum was of a stale base (the root moved on): the root's result, no update"
+
 
 class ResultForwarder(Protocol):
     """A regional aggregator's link to the root (aggregator.regional.forwarder): hands
     the region's closed-round sum over and returns the root's result to publish."""
 
-    def exchange(self, event: ResultReady, partial_blob: bytes) -> bytes:
+    def exchange(self, event: ResultReady, partial_blob: bytes) -> RootResult:
         """The root's result for this closed round (TransportError: not yet)."""
         ...
 
@@ -117,7 +120,11 @@ class RoundEventHandler:
         previous = model_pins.retained_row(self.store)  # its retained chunks are cleared
         blob = self.store.read_blob(event.sum_blob)
         if self.forwarder is not None:  # regional: raises TransportError until the root's
-            blob = self.forwarder.exchange(event, blob)  # result is in (retried each pump)
+            root = self.forwarder.exchange(event, blob)  # result is in (retried each pump)
+            blob = root.blob
+            if not root.included:  # the pointer says no update is in it: boxes that sent
+                event = replace(event, contributors=[])  # count their samples new again
+                self.store.update_round(event.round, close_reason=STALE_SUM)
         done_result = self.publisher.result(event, blob, previous)
         del blob
         model_pins.set_retained(self.store, event.round)

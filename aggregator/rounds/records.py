@@ -84,6 +84,16 @@ class ResultReady:
     policy: ResultPolicy | None = None  # the round's bounds, for the boxes to check
 
 
+@dataclass(frozen=True)
+class RootResult:
+    """What a region publishes for one of its rounds: the root's result, and whether the
+    region's sum is in it (not when the root had moved on to another base: the region's
+    boxes must then count their samples as new again)."""
+
+    blob: bytes
+    included: bool = True
+
+
 Event = Announce | ResultReady
 
 

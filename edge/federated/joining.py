@@ -94,15 +94,19 @@ class RoundJoiner:
 
     def _sent_round_ended(self, ann: RoundAnnounce) -> None:
         """A later round built on an older base than the round this box last sent to:
-        that round closed without a result (no quorum, or abandoned). Said once, in the
-        verdicts the box's status and ``model status`` show, instead of "submitted"."""
+        that round closed without a result (no quorum, or abandoned); or on a result that
+        holds no update (a region's sum of a stale base). Said once, in the verdicts the
+        box's status and ``model status`` show, instead of "submitted"."""
         sent = self.last_submitted
-        if ann.round <= sent or (result_round(ann.base_model) or 0) >= sent:
+        empty = ann.base_model in self.model.holding_none
+        if ann.round <= sent or ((result_round(ann.base_model) or 0) >= sent and not empty):
             return
         verdict = self.verdicts.of_round(sent)
         if verdict is None or verdict.outcome != "submitted":
             return
-        detail = (f"the round closed without a result; round {ann.round} opened on "
+        detail = (f"the round's result {ann.base_model} holds no update (its region's sum "
+                  "was of a base the root had moved past)" if empty else
+                  f"the round closed without a result; round {ann.round} opened on "
                   f"{ann.base_model}")
         log.info("round %d: %s", sent, detail)
         self.verdicts.record(sent, None, "no_result", detail)

@@ -66,6 +66,10 @@ class ResultApplier:
         # it, so the box keeps training from it (its people stay in the federation and a
         # quorum of every box is still met) while serving ``version``.
         self.declined: tuple[str, np.ndarray] | None = None
+        # results that hold no box's update (a region's round whose sum was of a base the
+        # root had moved past: its pointer says 0 contributors): the round's senders
+        # count their samples as new again (edge.federated.joining)
+        self.holding_none: set[str] = set()
         self.initial = (version, base.copy())  # before ``resume``: the pretrained model
         self._replays_said: set[int] = set()  # announces refused as replays, logged once
         self.fetcher = fetcher
@@ -195,6 +199,8 @@ class ResultApplier:
     def _apply(self, pointer: ModelPointer, blob: bytes) -> None:
         if self.mark is not None:
             self.mark.check(pointer)
+        if pointer.contributors == 0 and not pointer.republished:
+            self.holding_none.add(pointer.model)
         t0 = time.perf_counter()
         try:
             summed = EncryptedUpdate.from_bytes(blob, self.context)

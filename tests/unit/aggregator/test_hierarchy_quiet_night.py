@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
+from aggregator.rounds.events import STALE_SUM
 from federation import topics
 from federation.crypto.ckks import FederationContext
 from federation.envelope import decode
-from tests.support.aggregator_boxes import latest_announce
-from tests.support.hierarchy import FED, Hierarchy, Site, build_hierarchy
+from tests.support.aggregator_boxes import collect_result, latest_announce
+from tests.support.hierarchy import FED, Hierarchy, Site, build_hierarchy, send_round, vec
 
 
 @pytest.fixture
@@ -86,3 +87,51 @@ def test_a_stopped_region_says_offline_to_the_root(hierarchy: Hierarchy) -> None
     site_a.service.pump()
     hierarchy.forwarders[0].close()
     assert region_status(root, "region-a")["state"] == "offline"
+
+
+def test_a_partial_whose_root_round_ended_without_a_result_goes_to_the_next_one(
+        hierarchy: Hierarchy) -> None:
+    """The root's round failed (too few updates) after region-a's partial was in: the
+    region waited for that round's result for good, opened no more rounds and its boxes'
+    newcomers were never federated. The root's next round builds on the same base, so
+    the same partial goes there."""
+    root, (site_a, site_b) = hierarchy.root, hierarchy.regions
+    send_round(site_a, [vec(i) for i in range(3)], [100, 110, 120])
+    root.service.pump()
+    assert root.service.coordinator.updates_summed() == 3
+    root.service.events.handle(root.service.coordinator.abandon("no quorum (test)"))
+    assert root.store.get_round(1).status == "failed"  # type: ignore[union-attr]
+    assert latest_announce(root.bus.retained, FED)["round"] == 2
+    site_a.service.pump()  # the region, still waiting, sees the root's round 2
+    root.service.pump()
+    assert root.store.contributors(2) == ["region-a"]
+    assert root.service.coordinator.updates_summed() == 3
+    send_round(site_b, [vec(10 + i) for i in range(3)], [100, 100, 100])
+    root.service.pump()  # both regions in: round 2 closes and publishes
+    for site in (site_a, site_b):
+        site.service.pump()
+        pointer, _ = collect_result(site.bus.retained, FED)
+        assert pointer["round"] == 1 and pointer["contributors"] == 3
+
+
+def test_a_region_sum_of_a_stale_base_is_published_as_holding_no_update(
+        hierarchy: Hierarchy) -> None:
+    """region-b's round was built on the pretrained model while the root had moved on
+    (round-1, from region-a alone): its sum is not forwarded and the root's model is
+    what it publishes, with 0 contributors, so that its boxes count their samples as new
+    again (they said their update was in: a walkthrough's newcomers were lost)."""
+    root, (site_a, site_b) = hierarchy.root, hierarchy.regions
+    root.store.update_round(1, quorum=3)
+    root.service.coordinator.current = root.store.get_round(1)
+    send_round(site_a, [vec(i) for i in range(3)], [100, 110, 120])
+    root.service.pump()
+    root.clock[0] += 61  # the root's deadline: region-a's 3 updates are the quorum
+    root.service.pump()
+    assert root.store.get_round(1).status == "published"  # type: ignore[union-attr]
+    send_round(site_b, [vec(10 + i) for i in range(3)], [100, 100, 100])
+    site_b.service.pump()
+    pointer, blob = collect_result(site_b.bus.retained, FED)
+    assert blob == collect_result(root.bus.retained, FED)[1]  # the root's round-1
+    assert pointer["contributors"] == 0
+    row = site_b.store.get_round(1)
+    assert row is not None and row.close_reason == STALE_SUM

@@ -3,6 +3,7 @@ moved it (`fedface-edge model rollback` while `join` runs)."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -173,3 +174,33 @@ def test_a_rollback_to_the_pretrained_model_is_followed_too() -> None:
     assert applier.version == "base" and np.array_equal(applier.vector, pretrained)
     assert applier.base_vector("round-1") is None  # the rounds built on it: sat out
     assert applier.follow_served() is False
+
+
+def test_a_result_that_holds_no_update_gives_the_senders_their_samples_back(
+        tmp_path: Path) -> None:
+    """A region whose round's sum was of a base the root had moved past publishes the
+    root's result for that round, with 0 contributors: the box that sent to it must
+    count its samples as new again (a walkthrough's newcomers were never federated, and
+    every record said they were)."""
+    rng = np.random.default_rng(5)
+    round_6 = rng.normal(size=PART.size).astype(np.float32)
+    sink = HotSwapperLike("round-6", round_6)
+    verdicts = RoundVerdicts(tmp_path)
+    applier = _applier(sink, "round-6", round_6)
+    applier.verdicts = verdicts
+    applier.holding_none.add("round-6")  # its pointer said 0 contributors
+    before_newcomers, sent_at = 1000.0, 2000.0
+    save_client_state(tmp_path / "client-state.json", 6, sent_at, before_newcomers)
+    verdicts.record(6, None, "submitted", "update of 20 samples sent")
+    joiner = RoundJoiner(ClientConfig("fed", "a"), PART, SimpleNamespace(context=None),
+                         SimpleNamespace(drop_closed_rounds=lambda _: None), applier,
+                         NothingNew(), verdicts, ClientEvents(lambda _: None),
+                         tmp_path / "client-state.json", publish_status=lambda: None,
+                         job_done=None)  # type: ignore[arg-type]
+    joiner.announced(RoundAnnounce(7, "round-6", OPEN, time.time() + 600, 2, 64.0, 262144,
+                                   part_key=PART.key, min_new_samples=1))
+    verdict = verdicts.of_round(6)
+    assert verdict is not None and verdict.outcome == "no_result", verdict
+    assert "round-6 holds no update" in verdict.reason
+    state = json.loads((tmp_path / "client-state.json").read_text())
+    assert state["samples_mark"] == before_newcomers  # the newcomers count as new again
