@@ -51,7 +51,7 @@ def models_list(state: StateOpt, as_json: JsonOpt = False) -> None:
     base, _ = model_pins.next_base(store, initial)
     rows: list[dict[str, Any]] = [
         {"model": r.result_model, "round": r.round, "base_model": r.base_model,
-         "updates": r.contributions, "published_at": r.closed_at,
+         "updates": store.updates_of(r.round), "published_at": r.closed_at,
          "result_sha256": r.result_sha256, "pinned": r.result_model == pin,
          "next_base": r.result_model == base}
         for r in model_pins.published(store)]

@@ -36,6 +36,7 @@ from aggregator.rounds.resume import fail_if_settings_changed
 from aggregator.rounds.schedule import record_next_opening
 from aggregator.rounds.settings import RoundSettings as RoundSettings  # re-exported: its callers
 from aggregator.state.db import RoundRow, storage_failure
+from aggregator.state.regions import region_ids
 from aggregator.state.registry import DeviceRegistry
 from aggregator.state.store import AcceptedUpdate, Store
 from federation import errors
@@ -222,15 +223,19 @@ class Coordinator:
                     subs[i], Decision(False, UNAVAILABLE, f"aggregator storage: {what}"))
             return out
         self.current = self.store.get_round(cur.round)
+        before = int(self.sum.count)
         try:
             self.sum.commit_staged()
         except Exception as exc:  # staging checked what += needs: a bug or a dead worker
             self._sum_lost(cur, exc)
         for i in valid:
             out[i] = Decision(True)
-        log.info("round %d: accepted %d update(s) (%s), %d in all", cur.round, len(valid),
-                 ", ".join(subs[i].device_id for i in valid[:5]) + (", ..." if len(valid) > 5
-                                                                     else ""),
+        # in box updates, as the quorum counts them: a region's partial counts as those
+        # it sums (it said "accepted 1 update(s) (region-north), 2 in all")
+        log.info("round %d: accepted %d update(s) (%s), %d in all", cur.round,
+                 self.updates_summed() - before, ", ".join(
+                     subs[i].device_id for i in valid[:5]) + (", ..." if len(valid) > 5
+                                                               else ""),
                  self.updates_summed())
         return out
 
@@ -279,7 +284,8 @@ class Coordinator:
         call = at_deadline(summed=self.updates_summed(), quorum=cur.quorum, base=cur.base_model,
                            announced_min_new=announce_of(cur).min_new_samples,
                            extensions=cur.extensions, max_extensions=self.settings.max_extensions,
-                           active=active, contributors=contributors, sat_out=self.sat_out)
+                           active=active, contributors=contributors, sat_out=self.sat_out,
+                           regions=frozenset(region_ids(self.store)))
         if call.action == CLOSE:
             return self._close(cur, call.why)
         if call.action in (SKIP, FAIL):
@@ -362,7 +368,8 @@ class Coordinator:
         assert row is not None
         self.current = row
         self.sum = None
-        log.info("round %d closed (%s) with %d update(s)", cur.round, why, cur.contributions)
+        log.info("round %d closed (%s) with %d update(s)", cur.round, why,
+                 self.store.updates_of(cur.round))
         return [self._result_event(row)]
 
     def _result_event(self, row: RoundRow) -> ResultReady:

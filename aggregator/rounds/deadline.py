@@ -60,18 +60,22 @@ def _names(devices: set[str], limit: int = 5) -> str:
 
 def at_deadline(*, summed: int, quorum: int, announced_min_new: int, extensions: int,
                 max_extensions: int, active: set[str], contributors: set[str],
-                sat_out: dict[str, str], base: str = "") -> AtDeadline:
+                sat_out: dict[str, str], base: str = "",
+                regions: frozenset[str] = frozenset()) -> AtDeadline:
     """The round's deadline passed: ``summed`` box updates are in its sum; ``sat_out``:
     the devices whose status says they sit this round out, and why (``no_new_samples``,
-    or ``base_not_served``: the box refused the round's base or rolled it back)."""
+    or ``base_not_served``: the box refused the round's base or rolled it back).
+    ``regions``: the regional aggregators among the devices; reopening the round does not
+    reach their boxes, so it is not tried for them."""
     if summed >= quorum:
         return AtDeadline(CLOSE, f"deadline with quorum ({summed} update(s), quorum {quorum})")
     waiting = active - contributors
     nothing_new = {d for d in waiting if sat_out.get(d) == NO_NEW_SAMPLES}
     refusing = {d for d in waiting if sat_out.get(d) == BASE_NOT_SERVED}
     silent = waiting - nothing_new - refusing
-    said = (f"{_names(nothing_new)} sat out (fewer new samples than {announced_min_new})"
-            if nothing_new else "")
+    said = (f"{_names(nothing_new)} sat out (" + (
+        f"fewer new samples than {announced_min_new})" if announced_min_new > 0
+        else "nothing new)") if nothing_new else "")
     if refusing:  # they cannot join a round on this base, whatever it is announced with
         said += ("; " if said else "") + f"{_names(refusing)} do(es) not serve its base {base}"
         if len(active) - len(refusing) < quorum:
@@ -82,7 +86,7 @@ def at_deadline(*, summed: int, quorum: int, announced_min_new: int, extensions:
     if summed == 0 and (nothing_new or refusing) and not silent:
         label = "nothing new" if nothing_new else "no box can join"
         return AtDeadline(SKIP, f"{label}: {said}", label)
-    if summed > 0 and announced_min_new > 0 and nothing_new:
+    if summed > 0 and announced_min_new > 0 and nothing_new - regions:
         return AtDeadline(OPEN_TO_ALL, f"{summed} update(s) < quorum {quorum}; {said}: "
                                        f"reopened to every box")
     why = f"{summed} update(s) < quorum {quorum}" + (f"; {said}" if said else "")

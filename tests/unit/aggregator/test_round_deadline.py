@@ -113,3 +113,17 @@ def test_what_a_region_tells_its_root_about_its_boxes() -> None:
                   row("published")):
         assert not has_nothing_new(ended, summed=0, active=boxes, sat_out=quiet)
     assert not has_nothing_new(None, summed=0, active=boxes, sat_out=quiet)
+
+
+def test_at_a_root_regions_sitting_out_are_not_reopened() -> None:
+    """A root's re-announce does not reach a region's boxes: a region's partial below the
+    quorum while the other regions have nothing new is extended, then failed (and the
+    partial goes to the root's next round: aggregator.regional.forwarder). The root's log
+    said 'reopened to every box', then '(fewer new samples than 0)'."""
+    regions = frozenset(BOXES)
+    decided = at_deadline(summed=2, quorum=3, announced_min_new=1, extensions=0,
+                          max_extensions=1, active=set(BOXES), contributors={"box-a"},
+                          sat_out={"box-b": NEW, "box-c": NEW}, regions=regions)
+    assert decided.action == EXTEND and "reopened" not in decided.why
+    assert call(summed=1, contributors=frozenset({"box-a"}), sat_out={"box-b": NEW},
+                min_new=0)[1].endswith("box-b sat out (nothing new)")
