@@ -289,8 +289,7 @@ class AggregatorService:
         self.events.retry_unpublished()
         self.events.handle(self.poison.tick())
         self.events.handle(self.coordinator.tick())
-        if self.forwarder is not None:
-            self.forwarder.report_nothing_new(self.coordinator.nothing_new())
+        self.events.after_tick()  # regional mode: what the root hears, and follows
         return n
 
     def run(self, stop: threading.Event, tick_seconds: float = 0.2) -> None:

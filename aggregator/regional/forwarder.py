@@ -60,7 +60,7 @@ from federation.crypto.signing import KeyRing
 from federation.envelope import Envelope, decode, encode, verify_envelope
 from federation.errors import AWAITING_ROOT, MALFORMED, FederationError, TransportError
 from federation.files import write_atomic
-from federation.messages import NO_NEW_SAMPLES, Ack, DeviceStatus, RoundAnnounce
+from federation.messages import NO_NEW_SAMPLES, Ack, DeviceStatus, RoundAnnounce, result_round
 from federation.transport.base import Transport
 
 log = logging.getLogger(__name__)
@@ -164,6 +164,16 @@ class RegionalForwarder:
         elif sitting is None and was not in (None, _UNSAID):
             log.info("this region no longer sits the root's round %d out", was)
         self._said = (sitting, model)
+
+    def root_moved_past(self, base_model: str) -> str | None:
+        """The root's newest published model when it is newer than the root model this
+        region's ``base_model`` stands for, and its result is in hand (None otherwise)."""
+        have = result_round(self._state["models"].get(base_model, base_model)) or 0
+        with self._cond:
+            if not self._results:
+                return None
+            newest = max(self._results)
+            return self._results[newest][1] if newest > have else None
 
     def _model(self) -> str:
         """The root model this region builds on now (as the root's announce names it)."""

@@ -340,13 +340,21 @@ class Coordinator:
             return int(self.sum.count)
         return 0 if self.current is None else self.current.contributions
 
-    def _close(self, cur: RoundRow, why: str) -> list[Event]:
+    def catch_up(self, why: str) -> list[Event]:
+        """Close the open round, which holds no update, with an empty sum: a region whose
+        root published a newer model publishes that for it (aggregator.rounds.events)."""
+        cur = self.current
+        if cur is None or cur.status != "open" or self.updates_summed():
+            return []
+        return self._close(cur, why, empty=True)
+
+    def _close(self, cur: RoundRow, why: str, empty: bool = False) -> list[Event]:
         """Serialise the sum once, as the result blob, then mark the round closed."""
-        assert self.sum is not None
+        assert self.sum is not None or empty
         model = result_version(cur.round)
         name = f"round-{cur.round}-result.bin"
         try:
-            data = self.sum.to_bytes()
+            data = b"" if empty or self.sum is None else self.sum.to_bytes()
         except AccumulatorBroken as exc:  # a summing worker died: rebuild, close next tick
             self._sum_lost(cur, exc)
             return []

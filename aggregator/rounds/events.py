@@ -21,6 +21,8 @@ from federation.messages import CLOSED, RoundAnnounce
 
 log = logging.getLogger(__name__)
 
+# a region round closed without updates to publish the root's newer model (`rounds list`)
+FOLLOWS_ROOT = "follows the root:"
 # a region round whose sum was of a base the root had moved past (`rounds list`)
 STALE_SUM = "its sum was of a stale base (the root moved on): the root's result, no update"
 
@@ -36,6 +38,11 @@ class ResultForwarder(Protocol):
     def report_nothing_new(self, nothing_new: bool) -> None:
         """Tell the root whether this region's boxes have nothing new (it sits the
         root's open round out); called after every tick, says only what changed."""
+        ...
+
+    def root_moved_past(self, base_model: str) -> str | None:
+        """The root's newest published model when it is newer than what this region's
+        ``base_model`` stands for, its result in hand (None: not so)."""
         ...
 
 
@@ -61,6 +68,28 @@ class RoundEventHandler:
         # envelope's ts) to the ack, so time queued at the broker counts (logged when the
         # round's result is out: the operator's sign of an aggregator falling behind)
         self.ack_waits: dict[int, list[float]] = {}
+
+    def after_tick(self) -> None:
+        """Regional mode, after every tick: tell the root whether this region has
+        anything new, and follow the root's newer model. A region whose boxes sat a
+        root round out kept its older model (a walkthrough's south served round-1 while
+        north served the root's round-3) until its boxes next had something new, and
+        then that round's sum was of a stale base: an open round that every box sits
+        out for want of new samples (none is training for it) now closes at once on the
+        root's newer model, which its boxes then serve."""
+        if self.forwarder is None:
+            return
+        nothing_new = self.coordinator.nothing_new()
+        self.forwarder.report_nothing_new(nothing_new)
+        cur = self.coordinator.current
+        if not nothing_new or cur is None or cur.status != "open":
+            return
+        newer = self.forwarder.root_moved_past(cur.base_model)
+        if newer is not None:
+            log.info("round %d: the root published %s, newer than this round's base %s: "
+                     "the round closes (no update was in it) and publishes it", cur.round,
+                     newer, cur.base_model)
+            self.handle(self.coordinator.catch_up(f"{FOLLOWS_ROOT} {newer}"))
 
     def record_ack_wait(self, round_no: int, seconds: float) -> None:
         """An accepted update of ``round_no`` was acked ``seconds`` after its box sent it."""
@@ -122,9 +151,10 @@ class RoundEventHandler:
         if self.forwarder is not None:  # regional: raises TransportError until the root's
             root = self.forwarder.exchange(event, blob)  # result is in (retried each pump)
             blob = root.blob
-            if not root.included:  # the pointer says no update is in it: boxes that sent
-                event = replace(event, contributors=[])  # count their samples new again
-                self.store.update_round(event.round, close_reason=STALE_SUM)
+            if not root.included and event.contributors:  # the pointer says no update is
+                event = replace(event, contributors=[])  # in it: the boxes that sent
+                self.store.update_round(event.round, close_reason=STALE_SUM)  # count
+                # their samples as new again
         done_result = self.publisher.result(event, blob, previous)
         del blob
         model_pins.set_retained(self.store, event.round)

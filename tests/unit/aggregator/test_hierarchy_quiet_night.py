@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from aggregator.rounds.events import STALE_SUM
+from aggregator.rounds.events import FOLLOWS_ROOT, STALE_SUM
 from federation import topics
 from federation.crypto.ckks import FederationContext
 from federation.envelope import decode
@@ -135,3 +135,31 @@ def test_a_region_sum_of_a_stale_base_is_published_as_holding_no_update(
     assert pointer["contributors"] == 0
     row = site_b.store.get_round(1)
     assert row is not None and row.close_reason == STALE_SUM
+
+
+def test_a_quiet_region_follows_the_roots_newer_model_at_once(hierarchy: Hierarchy) -> None:
+    """region-b's boxes sat out while the root published round-1 from region-a alone:
+    region-b served the pretrained model until its boxes next had something new, and
+    that round's sum was then of a stale base. Its open round, which every box sits out,
+    now closes on the root's model; its next round builds on it and reaches the root."""
+    root, (site_a, site_b) = hierarchy.root, hierarchy.regions
+    root.store.update_round(1, quorum=3)
+    root.service.coordinator.current = root.store.get_round(1)
+    boxes_sit_out(site_b)
+    send_round(site_a, [vec(i) for i in range(3)], [100, 110, 120])
+    root.service.pump()
+    root.clock[0] += 61
+    root.service.pump()
+    assert root.store.get_round(1).status == "published"  # type: ignore[union-attr]
+    site_b.service.pump()  # hears the root's result: its quiet round follows it
+    followed = site_b.store.get_round(1)
+    assert followed is not None and followed.status == "published"
+    assert followed.close_reason == f"{FOLLOWS_ROOT} round-1"
+    pointer, blob = collect_result(site_b.bus.retained, FED)
+    assert blob == collect_result(root.bus.retained, FED)[1] and pointer["contributors"] == 0
+    ann = latest_announce(site_b.bus.retained, FED)
+    assert (ann["round"], ann["base_model"]) == (2, "round-1")
+    # its boxes' next updates are of the root's current base: forwarded, not stale
+    send_round(site_b, [vec(10 + i) for i in range(3)], [100, 100, 100])
+    root.service.pump()
+    assert root.store.contributors(2) == ["region-b"]
