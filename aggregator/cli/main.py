@@ -232,8 +232,14 @@ def serve(
             service.store.close()
             raise
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signals: list[str] = []  # the one that stopped serve, for its last log line
+
+    def on_signal(num: int, _frame: Any) -> None:
+        signals.append(signal.Signals(num).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         service.start()
         service.loop(stop)
@@ -242,6 +248,9 @@ def serve(
         for link in reversed(links):
             link.close()
         service.store.close()
+        logging.getLogger("aggregator").info("serve stopped (%s)", signals[0] if signals else
+                                             "its rounds are done" if service.finished.is_set()
+                                             else "an error")
 
 
 def _tls(ca: Path | None, cert: Path | None, key: Path | None) -> Any:

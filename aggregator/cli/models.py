@@ -46,14 +46,20 @@ def _key_id(state: Path) -> str:
 def models_list(state: StateOpt, as_json: JsonOpt = False) -> None:
     """Published model versions, oldest first; `next-base` marks what the next round
     builds on (the latest, or the pinned one)."""
+    from aggregator.regional.forwarder import root_models
+
     store, initial = _store(state)
     pin = model_pins.pinned(store)
     base, _ = model_pins.next_base(store, initial)
+    # a region publishes the root's results under its own round numbers: the root's name
+    # of each (a walkthrough could not match a box's round-4 to the root's round-3)
+    at_root = root_models(state)
     rows: list[dict[str, Any]] = [
         {"model": r.result_model, "round": r.round, "base_model": r.base_model,
          "updates": store.updates_of(r.round), "published_at": r.closed_at,
          "result_sha256": r.result_sha256, "pinned": r.result_model == pin,
-         "next_base": r.result_model == base}
+         "next_base": r.result_model == base,
+         "root_model": at_root.get(str(r.result_model))}
         for r in model_pins.published(store)]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -62,7 +68,9 @@ def models_list(state: StateOpt, as_json: JsonOpt = False) -> None:
                 [(r["model"], r["round"], r["base_model"], r["updates"],
                   local_time(r["published_at"]),
                   " ".join(m for m, on in (("next-base", r["next_base"]),
-                                           ("PINNED", r["pinned"])) if on))
+                                           ("PINNED", r["pinned"]),
+                                           (f"= root {r['root_model']}", r["root_model"]))
+                           if on))
                  for r in rows],
                 f"no published version yet: the next round builds on {base}")
 

@@ -70,6 +70,17 @@ STATE_NAME = "regional.json"
 CONFIRM_TIMEOUT = 60.0
 
 
+def root_models(state_dir: Path) -> dict[str, str]:
+    """This region's model versions -> the root's names of the same models (the same
+    result under each level's own round numbers), as ``regional.json`` records them; {}
+    for an aggregator that is no region (or a damaged file: the operator's list goes on)."""
+    try:
+        models = json.loads((Path(state_dir) / STATE_NAME).read_text()).get("models", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {str(k): str(v) for k, v in models.items()} if isinstance(models, dict) else {}
+
+
 def region_status(fed_id: str, region_id: str, signing_key: Ed25519PrivateKey, state: str,
                   model: str = "", sitting_out: int | None = None) -> bytes:
     """The region's signed status for the root's broker (online / offline), saying the

@@ -289,6 +289,11 @@ def test_region_and_root_processes_over_two_brokers_equal_flat_average(
     with closing(sqlite3.connect(h.root_state / "state.db")) as db:
         seen = load_presence(db)[REGION]
     assert seen.offline_since is not None and seen.model == "round-1", seen
+    # the region's versions name the root's (the same results, each level's numbers)
+    listed = json.loads(run_cli("models", "list", "--state", str(h.region_state), "--json"))
+    assert [(m["model"], m["root_model"]) for m in listed] == [
+        ("round-1", "round-1"), ("round-2", "round-2")], listed
+    assert "= root round-2" in run_cli("models", "list", "--state", str(h.region_state))
     for state in (h.root_state, h.region_state):
         _assert_public_only(state, h.keys)
     print(f"hierarchy over two brokers, two rounds: {time.monotonic() - started:.1f} s")

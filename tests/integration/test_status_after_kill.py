@@ -127,6 +127,8 @@ def test_a_box_killed_hard_shows_its_last_model_and_offline_since(
         assert f"{BOX} offline since " in text, text
         assert "round-1 is the last model the box reported" in text, text
         assert fed.aggregator is not None and fed.aggregator.poll() is None  # serve runs on
+        fed.stop()
+        assert "serve stopped (SIGTERM)" in fed.aggregator_log()  # a stop is said
 
 
 def test_a_broker_restart_is_not_taken_for_every_box_vanishing(
