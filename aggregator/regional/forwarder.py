@@ -195,6 +195,8 @@ class RegionalForwarder:
     def exchange(self, event: ResultReady, partial_blob: bytes) -> RootResult:
         """The root's result for this closed region round (TransportError: not yet), and
         whether the region's sum is in it (not when it was of a stale base)."""
+        if not partial_blob:  # a round closed without updates to follow the root's model
+            return self._follow_root(event)
         key = str(event.round)
         sent = self._state["forwarded"].get(key)
         if sent is None:
@@ -218,6 +220,23 @@ class RegionalForwarder:
         log.info("region round %d: publishing the root's result %s (%d bytes)", event.round,
                  root_model, len(blob))
         return RootResult(blob, included=bool(sent.get("msg")))
+
+    def _follow_root(self, event: ResultReady) -> RootResult:
+        """The root's newest result, for a region round that holds no update (closed to
+        follow it: aggregator.rounds.events), whether or not the root's next round is
+        open yet."""
+        with self._cond:
+            newest = max(self._results) if self._results else None
+            found = None if newest is None else self._results[newest]
+        if found is None:
+            raise TransportError(AWAITING_ROOT, f"region round {event.round}: no result "
+                                 "from the root aggregator yet")
+        blob, root_model = found
+        self._state["models"][event.model] = root_model
+        self._save()
+        log.info("region round %d: publishing the root's newer result %s (%d bytes)",
+                 event.round, root_model, len(blob))
+        return RootResult(blob, included=False)
 
     def _follow_ended_root_round(self, event: ResultReady, blob: bytes,
                                  sent: dict[str, Any]) -> dict[str, Any]:

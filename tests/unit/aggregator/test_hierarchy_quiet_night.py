@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from aggregator.rounds.events import FOLLOWS_ROOT, STALE_SUM
 from federation import topics
 from federation.crypto.ckks import FederationContext
 from federation.envelope import decode
+from federation.messages import CLOSED, RoundAnnounce
 from tests.support.aggregator_boxes import collect_result, latest_announce
 from tests.support.hierarchy import FED, Hierarchy, Site, build_hierarchy, send_round, vec
 
@@ -137,11 +139,15 @@ def test_a_region_sum_of_a_stale_base_is_published_as_holding_no_update(
     assert row is not None and row.close_reason == STALE_SUM
 
 
-def test_a_quiet_region_follows_the_roots_newer_model_at_once(hierarchy: Hierarchy) -> None:
+@pytest.mark.parametrize("root_waits", [False, True], ids=["root-round-open", "root-waits"])
+def test_a_quiet_region_follows_the_roots_newer_model_at_once(hierarchy: Hierarchy,
+                                                              root_waits: bool) -> None:
     """region-b's boxes sat out while the root published round-1 from region-a alone:
     region-b served the pretrained model until its boxes next had something new, and
     that round's sum was then of a stale base. Its open round, which every box sits out,
-    now closes on the root's model; its next round builds on it and reaches the root."""
+    now closes on the root's model; its next round builds on it and reaches the root.
+    Also while the root's schedule holds its next round back (its announce: round 1,
+    closed)."""
     root, (site_a, site_b) = hierarchy.root, hierarchy.regions
     root.store.update_round(1, quorum=3)
     root.service.coordinator.current = root.store.get_round(1)
@@ -151,6 +157,9 @@ def test_a_quiet_region_follows_the_roots_newer_model_at_once(hierarchy: Hierarc
     root.clock[0] += 61
     root.service.pump()
     assert root.store.get_round(1).status == "published"  # type: ignore[union-attr]
+    if root_waits:  # what the root announces while its schedule holds round 2 back
+        closed = RoundAnnounce.from_dict(root.store.get_round(1).announce)  # type: ignore[union-attr]
+        root.service.publisher.announce(replace(closed, state=CLOSED))
     site_b.service.pump()  # hears the root's result: its quiet round follows it
     followed = site_b.store.get_round(1)
     assert followed is not None and followed.status == "published"
@@ -159,6 +168,8 @@ def test_a_quiet_region_follows_the_roots_newer_model_at_once(hierarchy: Hierarc
     assert blob == collect_result(root.bus.retained, FED)[1] and pointer["contributors"] == 0
     ann = latest_announce(site_b.bus.retained, FED)
     assert (ann["round"], ann["base_model"]) == (2, "round-1")
+    if root_waits:
+        return
     # its boxes' next updates are of the root's current base: forwarded, not stale
     send_round(site_b, [vec(10 + i) for i in range(3)], [100, 100, 100])
     root.service.pump()
