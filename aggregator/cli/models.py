@@ -15,6 +15,7 @@ import typer
 
 from aggregator.cli.common import JsonOpt, StateOpt, local_time, one_line_errors, print_table
 from aggregator.rounds import pins as model_pins
+from aggregator.rounds.epochs import under_earlier_key
 from aggregator.state.config import load_config
 from aggregator.state.store import Store
 
@@ -54,12 +55,20 @@ def models_list(state: StateOpt, as_json: JsonOpt = False) -> None:
     # a region publishes the root's results under its own round numbers: the root's name
     # of each (a walkthrough could not match a box's round-4 to the root's round-3)
     at_root = root_models(state)
+    key_id = _key_id(state)
+    # the current key's epoch, as its rounds announced it (a round of before key epochs
+    # announced none: epoch 0's key)
+    epoch = next((int(r.announce.get("key_epoch") or 0) for r in store.list_rounds()
+                  if r.announce.get("key_id") == key_id), 0)
     rows: list[dict[str, Any]] = [
         {"model": r.result_model, "round": r.round, "base_model": r.base_model,
          "updates": store.updates_of(r.round), "published_at": r.closed_at,
          "result_sha256": r.result_sha256, "pinned": r.result_model == pin,
          "next_base": r.result_model == base,
-         "root_model": at_root.get(str(r.result_model))}
+         "root_model": at_root.get(str(r.result_model)),
+         # encrypted under an earlier key epoch: boxes provisioned since cannot read it,
+         # and it cannot be pinned (a walkthrough could not tell which versions were)
+         "earlier_key": under_earlier_key(store, str(r.result_model), key_id, epoch)}
         for r in model_pins.published(store)]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -69,6 +78,7 @@ def models_list(state: StateOpt, as_json: JsonOpt = False) -> None:
                   local_time(r["published_at"]),
                   " ".join(m for m, on in (("next-base", r["next_base"]),
                                            ("PINNED", r["pinned"]),
+                                           ("earlier-key", r["earlier_key"]),
                                            (f"= root {r['root_model']}", r["root_model"]))
                            if on))
                  for r in rows],

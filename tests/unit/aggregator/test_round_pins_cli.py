@@ -213,6 +213,9 @@ def test_a_version_of_an_earlier_key_epoch_cannot_be_pinned(rig: Rig) -> None:
     assert code == 2 and "an earlier key epoch" in out, out
     code, out = rig.cli("models", "list", "--json")
     assert code == 0 and not any(r["pinned"] for r in json.loads(out))
+    # the list says which versions are of the earlier key (nothing did)
+    assert [r["earlier_key"] for r in json.loads(out)] == [True, True]
+    assert rig.cli("models", "list")[1].count("earlier-key") == 2
 
 
 def test_pin_survives_a_restart_and_republishes_the_base(rig: Rig) -> None:
