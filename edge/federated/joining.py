@@ -94,18 +94,23 @@ class RoundJoiner:
 
     def _sent_round_ended(self, ann: RoundAnnounce) -> None:
         """A later round built on an older base than the round this box last sent to:
-        that round closed without a result (no quorum, or abandoned); or on a result that
-        holds no update (a region's sum of a stale base). Said once, in the verdicts the
-        box's status and ``model status`` show, instead of "submitted"."""
+        that round closed without a result (no quorum, or abandoned); or built on that
+        round's result while it holds no update (a region's sum of a stale base: the box
+        applied it, and its verdict said "applied" before this announce came, so that
+        verdict does not stop it). Said once, in the verdicts the box's status and
+        ``model status`` show, and the update's samples count as new again."""
         sent = self.last_submitted
-        empty = ann.base_model in self.model.holding_none
-        if ann.round <= sent or ((result_round(ann.base_model) or 0) >= sent and not empty):
+        base_round = result_round(ann.base_model) or 0
+        empty = base_round == sent and ann.base_model in self.model.holding_none
+        if ann.round <= sent or (base_round >= sent and not empty):
             return
         verdict = self.verdicts.of_round(sent)
-        if verdict is None or verdict.outcome != "submitted":
+        if verdict is None or verdict.outcome not in (("submitted", "applied") if empty
+                                                      else ("submitted",)):
             return
-        detail = (f"the round's result {ann.base_model} holds no update (its region's sum "
-                  "was of a base the root had moved past)" if empty else
+        detail = (f"its result {ann.base_model} (served) holds no update of this box: its "
+                  "region's sum was of a base the root had moved past; the samples count "
+                  "as new again" if empty else
                   f"the round closed without a result; round {ann.round} opened on "
                   f"{ann.base_model}")
         log.info("round %d: %s", sent, detail)
@@ -121,6 +126,7 @@ class RoundJoiner:
         ann = self.announce
         if ann is None or not ann.open or ann.round <= self.last_submitted:
             return
+        self._sent_round_ended(ann)  # its base may have been applied after the announce
         if self._job is not None and self._job.is_alive():
             return
         if ann.part_key and ann.part_key != self.part.key:

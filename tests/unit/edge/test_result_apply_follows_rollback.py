@@ -192,6 +192,9 @@ def test_a_result_that_holds_no_update_gives_the_senders_their_samples_back(
     before_newcomers, sent_at = 1000.0, 2000.0
     save_client_state(tmp_path / "client-state.json", 6, sent_at, before_newcomers)
     verdicts.record(6, None, "submitted", "update of 20 samples sent")
+    # the result came, and was applied, before the next round's announce (a walkthrough:
+    # the verdict said "applied" and the samples stayed spent)
+    verdicts.record(6, "round-6", "applied", "canary 100.0% -> 100.0%")
     joiner = RoundJoiner(ClientConfig("fed", "a"), PART, SimpleNamespace(context=None),
                          SimpleNamespace(drop_closed_rounds=lambda _: None), applier,
                          NothingNew(), verdicts, ClientEvents(lambda _: None),
@@ -201,6 +204,8 @@ def test_a_result_that_holds_no_update_gives_the_senders_their_samples_back(
                                    part_key=PART.key, min_new_samples=1))
     verdict = verdicts.of_round(6)
     assert verdict is not None and verdict.outcome == "no_result", verdict
-    assert "round-6 holds no update" in verdict.reason
+    assert "round-6 (served) holds no update of this box" in verdict.reason
     state = json.loads((tmp_path / "client-state.json").read_text())
     assert state["samples_mark"] == before_newcomers  # the newcomers count as new again
+    joiner.maybe_join()  # said once
+    assert verdicts.of_round(6) == verdict
