@@ -32,7 +32,7 @@ from aggregator.rounds.deadline import CLOSE, FAIL, SKIP, at_deadline, extend, h
 from aggregator.rounds.epochs import fail_if_old_key, under_earlier_key
 from aggregator.rounds.pins import next_base
 from aggregator.rounds.records import Announce, Decision, Event, ResultReady, Submission
-from aggregator.rounds.resume import fail_if_settings_changed
+from aggregator.rounds.resume import fail_if_settings_changed, take_quorum
 from aggregator.rounds.schedule import record_next_opening
 from aggregator.rounds.settings import RoundSettings as RoundSettings  # re-exported: its callers
 from aggregator.state.db import RoundRow, storage_failure
@@ -86,7 +86,7 @@ class Coordinator:
         if latest is not None and latest.status == "open" and self._of_old_key(latest):
             latest = self.store.get_round(latest.round)  # failed now: a new round follows
         if latest is not None and latest.status == "open":
-            self.current = latest
+            self.current = latest = take_quorum(self.store, latest, self.settings)
             self.sum = self._load_sum(latest)
             log.info("resumed round %d (base %s) with %d accepted update(s)", latest.round,
                      latest.base_model, latest.contributions)

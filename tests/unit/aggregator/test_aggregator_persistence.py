@@ -165,3 +165,28 @@ def test_a_restart_with_differential_privacy_does_not_resume_a_round_without_it(
     rig.reopen(service.settings, secret_ctx.public())
     assert rig.store.get_round(2).status == "open"  # type: ignore[union-attr]
     rig.store.close()
+
+
+def test_a_restart_with_another_quorum_applies_it_to_the_open_round(
+        tmp_path: Path, secret_ctx: FederationContext) -> None:
+    """A walkthrough restarted serve with --quorum 3 while round 5 was open: the round
+    resumed with quorum 2 and was published from 2 updates. The quorum is a privacy
+    floor and nothing a box applies: the open round takes it and keeps its updates."""
+    rig = make_rig(tmp_path, secret_ctx, n_boxes=3)
+    ann = latest_announce(rig.bus.retained, FED)
+    for box in rig.boxes[:2]:
+        box.send(box.envelopes(box.encrypted_blob(_vec(1), 100, ann["count_scale"]), 1,
+                               ann["base_model"]))
+        rig.service.pump()
+        assert box.acks[-1]["accepted"], box.acks[-1]
+    rig.service.transport.close()
+    service = rig.reopen(replace(rig.service.settings, quorum=3), secret_ctx.public())
+    resumed = rig.store.get_round(1)
+    assert resumed is not None and (resumed.status, resumed.quorum) == ("open", 3)
+    assert latest_announce(rig.bus.retained, FED)["quorum"] == 3
+    rig.clock[0] += 10_000  # its deadlines, extensions included: 2 updates never publish
+    for _ in range(4):
+        service.pump()
+        rig.clock[0] += 10_000
+    assert rig.store.get_round(1).status == "failed"  # type: ignore[union-attr]
+    rig.store.close()
