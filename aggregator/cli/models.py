@@ -47,7 +47,7 @@ def _key_id(state: Path) -> str:
 def models_list(state: StateOpt, as_json: JsonOpt = False) -> None:
     """Published model versions, oldest first; `next-base` marks what the next round
     builds on (the latest, or the pinned one)."""
-    from aggregator.regional.forwarder import root_models
+    from aggregator.regional.records import root_models
 
     store, initial = _store(state)
     pin = model_pins.pinned(store)

@@ -110,7 +110,8 @@ def attach_forwarder(service: Any, state: Path, forward_to: str, root_key: Path 
     the root's broker and closes the link; a crash leaves the same word as its will)."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    from aggregator.regional.forwarder import RegionalForwarder, region_status
+    from aggregator.regional.forwarder import RegionalForwarder
+    from aggregator.regional.records import region_status
     from federation import topics
     from federation.transport.base import Will
     from federation.transport.mqtt import MqttTransport

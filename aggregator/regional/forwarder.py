@@ -53,43 +53,21 @@ from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from aggregator.regional.records import STATE_NAME, region_status
 from aggregator.rounds.records import ResultReady, RootResult
 from federation import topics
-from federation.chunking import DEFAULT_CHUNK_SIZE, Reassembler, one_envelope, split_blob
+from federation.chunking import DEFAULT_CHUNK_SIZE, Reassembler, split_blob
 from federation.crypto.signing import KeyRing
 from federation.envelope import Envelope, decode, encode, verify_envelope
 from federation.errors import AWAITING_ROOT, MALFORMED, FederationError, TransportError
 from federation.files import write_atomic
-from federation.messages import NO_NEW_SAMPLES, Ack, DeviceStatus, RoundAnnounce, result_round
+from federation.messages import Ack, RoundAnnounce, result_round
 from federation.transport.base import Transport
 
 log = logging.getLogger(__name__)
 _M = TypeVar("_M")  # a message parsed from the root's payload
 
-STATE_NAME = "regional.json"
 CONFIRM_TIMEOUT = 60.0
-
-
-def root_models(state_dir: Path) -> dict[str, str]:
-    """This region's model versions -> the root's names of the same models (the same
-    result under each level's own round numbers), as ``regional.json`` records them; {}
-    for an aggregator that is no region (or a damaged file: the operator's list goes on)."""
-    try:
-        models = json.loads((Path(state_dir) / STATE_NAME).read_text()).get("models", {})
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return {str(k): str(v) for k, v in models.items()} if isinstance(models, dict) else {}
-
-
-def region_status(fed_id: str, region_id: str, signing_key: Ed25519PrivateKey, state: str,
-                  model: str = "", sitting_out: int | None = None) -> bytes:
-    """The region's signed status for the root's broker (online / offline), saying the
-    root round it sits out for want of new samples, if any."""
-    not_joining = None if sitting_out is None else {"round": sitting_out,
-                                                    "reason": NO_NEW_SAMPLES}
-    body = DeviceStatus(state, region_id, model, time.time(), not_joining=not_joining)
-    return encode(one_envelope(body.to_json(), signing_key, kind="status", fed=fed_id,
-                               sender=region_id, round=sitting_out or 0, model=model))
 
 
 _UNSAID = -1  # nothing published yet: the first report always goes out
