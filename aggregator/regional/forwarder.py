@@ -261,9 +261,10 @@ class RegionalForwarder:
             base_round = next((r for r, (_, model) in sorted(self._results.items())
                                if model == ann.base_model), None)
             root_round = ann.round if base_round is None else base_round
-            log.error("region round %d is based on %s but the root's round %d on %s: the "
-                      "region's sum is NOT forwarded; publishing the root's result of its "
-                      "round %d", event.round, wanted_base, ann.round, ann.base_model,
+            log.error("region round %d is built on the root's %s but the root's round %d "
+                      "on its %s: the region's sum is NOT forwarded; publishing the root's "
+                      "result of its round %d (the boxes that sent count their samples as "
+                      "new again)", event.round, wanted_base, ann.round, ann.base_model,
                       root_round)
             sent: dict[str, Any] = {"root_round": root_round, "msg": None}
         else:

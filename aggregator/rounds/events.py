@@ -86,9 +86,9 @@ class RoundEventHandler:
             return
         newer = self.forwarder.root_moved_past(cur.base_model)
         if newer is not None:
-            log.info("round %d: the root published %s, newer than this round's base %s: "
-                     "the round closes (no update was in it) and publishes it", cur.round,
-                     newer, cur.base_model)
+            log.info("round %d: the root published its %s, newer than the root's model "
+                     "this round's base %s is: the round closes (no update was in it) and "
+                     "publishes it", cur.round, newer, cur.base_model)
             self.handle(self.coordinator.catch_up(f"{FOLLOWS_ROOT} {newer}"))
 
     def record_ack_wait(self, round_no: int, seconds: float) -> None:
