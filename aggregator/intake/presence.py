@@ -13,11 +13,11 @@ reaches the worker or the delivery thread.
 
 A broker that shuts down publishes every connected box's will before it drops serve's
 own connection (Mosquitto does: measured, the wills came 50 ms before): a broker
-restart looked like every box vanishing, a warning per box. So a will is said (one
-line for the wills of the same moments) only once ``will_hold_seconds`` passed with
-serve's link to the broker up all along (``link``: connected, and its count of
-connects); when the link dropped meanwhile the marks are taken back and one line says
-the broker went away. The boxes come back on their own status, as after any restart.
+restart looked like every box vanishing, a warning per box. So a will is said (a
+warning per box, as before) only once ``will_hold_seconds`` passed with serve's link to
+the broker up all along (``link``: connected, and its count of connects); when the link
+dropped meanwhile the marks are taken back and one line says the broker went away.
+The boxes come back on their own status, as after any restart.
 """
 
 from __future__ import annotations

@@ -151,10 +151,11 @@ class RoundEventHandler:
         if self.forwarder is not None:  # regional: raises TransportError until the root's
             root = self.forwarder.exchange(event, blob)  # result is in (retried each pump)
             blob = root.blob
-            if not root.included and event.contributors:  # the pointer says no update is
-                event = replace(event, contributors=[])  # in it: the boxes that sent
-                self.store.update_round(event.round, close_reason=STALE_SUM)  # count
-                # their samples as new again
+            if not root.included and event.contributors:
+                # the pointer says no update is in it: the boxes that sent count their
+                # samples as new again (edge.federated.joining)
+                event = replace(event, contributors=[])
+                self.store.update_round(event.round, close_reason=STALE_SUM)
         done_result = self.publisher.result(event, blob, previous)
         del blob
         model_pins.set_retained(self.store, event.round)
