@@ -185,17 +185,30 @@ def _tls_probe(cfg: BoxConfig) -> str | None:
     return None
 
 
+def broker_refusal(cfg: BoxConfig) -> tuple[str | None, bool]:
+    """Why the broker does not take this box's TLS connection (None: it does), and
+    whether that is its certificate's revocation, which is then recorded like the
+    aggregator's signed notice (edge.federated.revocation): a box the broker's CRL names
+    stops instead of reconnecting for ever (doctor, and join when it cannot connect)."""
+    why = _tls_probe(cfg)
+    if why is None or "certificate revoked" not in why.lower().replace("_", " "):
+        return why, False
+    from edge.federated.revocation import FEDERATION_DIR, record_revocation
+
+    record_revocation(cfg.box.data_dir / FEDERATION_DIR, cfg.box.device_id, source="tls",
+                      detail=why)
+    return why, True
+
+
 def check_broker(cfg: BoxConfig, seen_ts: list[float]) -> Check:
     """TLS probe, then a real MQTT session; records the aggregator's signed timestamps
     into ``seen_ts`` for the clock check."""
     hint = ("check broker.url and the network; a revoked or expired certificate needs a "
             "new one from the operator; a wrong clock breaks TLS too")
-    why = _tls_probe(cfg)
-    if why is not None and "certificate revoked" in why.lower().replace("_", " "):
-        from edge.federated.revocation import FEDERATION_DIR, REPROVISION, record_revocation
+    why, revoked = broker_refusal(cfg)
+    if revoked:
+        from edge.federated.revocation import REPROVISION
 
-        record_revocation(cfg.box.data_dir / FEDERATION_DIR, cfg.box.device_id, source="tls",
-                          detail=why)
         return Check("broker", False, f"{why}: this box was revoked by the federation",
                      REPROVISION)
     if why is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -12,10 +14,13 @@ from edge.demo import DEMO_PART, DEMO_ROUNDS
 from models.federated_parts import DEFAULT_PART
 
 if TYPE_CHECKING:
+    from edge.config import BoxConfig
     from edge.federated.api import ClientEvent
+    from edge.federated.client import FederationClient
 
 
 BROKER_WAIT_S = 15.0  # join: time to connect before it says it cannot
+PROBE_EVERY_S = 60.0  # join: while it cannot connect, how often it asks the broker's TLS why
 
 
 def demo(
@@ -90,7 +95,6 @@ def join(
     """Take part in the federation until Ctrl-C: train on the gallery, send encrypted
     updates, apply federated models."""
     import signal
-    import threading
 
     from edge.federated.api import ClientConfig
     from federation.crypto.keys import load_secret_context, read_private_key, read_public_key
@@ -139,16 +143,9 @@ def join(
     client.start()
     if client.revoked is None:
         typer.echo(f"{device_id} joined federation {fed} via {broker}; model {client.version}")
-        if not stop.is_set() and not client.transport.wait_connected(BROKER_WAIT_S):
-            # a wrong URL, port or certificate: said, not left to a silent retry loop
-            typer.echo(f"warning: the broker at {broker} has not accepted this box's "
-                       f"connection in {BROKER_WAIT_S:.0f} s; retrying in the background "
-                       "(`fedface-edge doctor` checks the broker, the certificates and the "
-                       "clock)", err=True)
     # A revoked box stops for good (exit 8: the service manager must not restart it;
     # firmware_scripts/systemd/fedface-join.service.in).
-    while client.revoked is None and not stop.wait(1.0):
-        pass
+    _watch_connection(client, broker, box(ctx).config if tls is not None else None, stop)
     client.stop()
     if client.revoked is not None:
         from edge.cli.errors import EXIT_PROVISIONING, CliError
@@ -156,6 +153,34 @@ def join(
 
         raise CliError(f"{client.revoked.summary()}: this box no longer takes part",
                        hint=REPROVISION, exit_code=EXIT_PROVISIONING)
+
+
+def _watch_connection(client: FederationClient, broker: str, cfg: BoxConfig | None,
+                      stop: threading.Event) -> None:
+    """Until stopped or revoked: when the broker has not taken the box's connection for
+    BROKER_WAIT_S, say so once and why (a wrong URL, port or certificate is not left to a
+    silent retry loop), probing its TLS again every PROBE_EVERY_S: a broker that refuses
+    the certificate as revoked (its CRL) ends the join like the aggregator's notice,
+    also when the box lost that notice's record."""
+    from edge.doctor import broker_refusal
+
+    last_up, next_probe, warned = time.monotonic(), 0.0, False
+    while client.revoked is None and not stop.wait(1.0):
+        now = time.monotonic()
+        if client.transport.connected:
+            last_up, warned = now, False
+            continue
+        if now - last_up < BROKER_WAIT_S or now < next_probe:
+            continue
+        next_probe = now + PROBE_EVERY_S
+        why, revoked = broker_refusal(cfg) if cfg is not None else (None, False)
+        if revoked or warned:
+            continue  # revoked: the loop ends on the record broker_refusal wrote
+        warned = True
+        typer.echo(f"warning: the broker at {broker} has not accepted this box's "
+                   f"connection in {BROKER_WAIT_S:.0f} s" + (f" ({why})" if why else "")
+                   + "; retrying in the background (`fedface-edge doctor` checks the "
+                   "broker, the certificates and the clock)", err=True)
 
 
 def _echo_event(event: ClientEvent) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from edge.config import CONFIG_NAME, ConfigError, resolve_settings
+from edge.federated.revocation import revocation_state
 from edge.gallery.store import DB_FILENAME
 from tests.support.broker import MosquittoBroker, free_port
 from tests.support.provisioning import edit_config, provision_box, start_federation
@@ -158,6 +159,28 @@ def test_join_says_when_the_broker_does_not_accept_the_box(
                       tmp_path / "join.log", "has not accepted this box's connection", 150)
     assert f"warning: the broker at {dead} has not accepted" in text
     assert "fedface-edge doctor" in text
+
+
+@pytest.mark.mosquitto
+def test_join_stops_when_the_broker_refuses_its_revoked_certificate(
+        tmp_path: Path, mosquitto_factory: Callable[..., MosquittoBroker],
+        lfw_dir: Path) -> None:
+    """A box whose certificate the broker's CRL names, and which has no record of the
+    aggregator's notice (it was offline, or the record was deleted): join looped on
+    'connection lost (Unspecified error)' for ever. It now asks the broker's TLS why,
+    records the revocation and stops with exit 8, as after the notice."""
+    fed = start_federation(tmp_path, mosquitto_factory)
+    box = provision_box(fed, "box-crl", f"dir:{lfw_dir / 'Tony_Blair'}")
+    code, out = fed.aggregator("devices", "revoke", "box-crl", "--state", str(fed.state))
+    assert code == 0, out
+    assert revocation_state(box) is None  # nothing told the box
+    home = str(tmp_path / "home")
+    run = edge_cli("--data-dir", str(box), "join", "--part", "embed_bn", timeout=150, HOME=home)
+    assert run.returncode == 8, run.stdout + run.stderr
+    assert "revoked" in run.stderr and "certificate" in run.stderr, run.stderr
+    recorded = revocation_state(box)
+    assert recorded is not None and recorded.source == "tls", recorded
+    assert edge_cli("--data-dir", str(box), "status", HOME=home).returncode == 8
 
 
 @pytest.mark.mosquitto
