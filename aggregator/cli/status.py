@@ -131,7 +131,8 @@ def _print_status(info: dict[str, Any]) -> None:
     for d in info["device_status"]:
         typer.echo(f"{d['device_id']:20s} {d['registered']:9s} {d['state']:10s} "
                    f"{d['model'] or '-'!s:18s} {_age(d['since'])}")
-    for d in info["device_status"]:
+    # a revoked device's last verdicts and model are history: its REGISTRY column says it
+    for d in (d for d in info["device_status"] if d["registered"] == "active"):
         if d.get("last_reported"):
             typer.echo(f"  {d['device_id']} {_gone(d)}")
         verdicts = [v for v in map(Verdict.from_dict, d.get("verdicts") or []) if v]
@@ -187,7 +188,7 @@ def _gone(d: dict[str, Any]) -> str:
     when = (f"offline since {local_time(d['offline_since'])} (serve heard its last will)"
             if d.get("offline_since") is not None else
             "offline, since when is unknown (serve was not listening when its last will came)")
-    return (f"{when}; {d['model']} is the last model the box reported (in its online "
+    return (f"{when}; {d['model']} is the last model it reported (in its online "
             f"status of {local_time(d.get('last_online'))}); it went away without a clean stop")
 
 

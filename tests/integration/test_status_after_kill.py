@@ -125,7 +125,7 @@ def test_a_box_killed_hard_shows_its_last_model_and_offline_since(
         row = next(line for line in text.splitlines() if line.startswith(BOX))
         assert row.split()[2:4] == ["offline", "round-1"], text
         assert f"{BOX} offline since " in text, text
-        assert "round-1 is the last model the box reported" in text, text
+        assert "round-1 is the last model it reported" in text, text
         assert fed.aggregator is not None and fed.aggregator.poll() is None  # serve runs on
         fed.stop()
         assert "serve stopped (SIGTERM)" in fed.aggregator_log()  # a stop is said

@@ -317,11 +317,31 @@ def test_the_operator_is_told_the_model_is_the_last_reported_one() -> None:
     line = status_cli._gone({"device_id": BOX, "model": "round-3", "offline_since": NOW,
                                "last_online": 200.0})
     assert line.startswith("offline since ") and "serve heard its last will" in line
-    assert "round-3 is the last model the box reported" in line
+    assert "round-3 is the last model it reported" in line
     assert "without a clean stop" in line
     unknown = status_cli._gone({"device_id": BOX, "model": "round-3", "offline_since": None,
                                   "last_online": 200.0})
     assert "since when is unknown" in unknown
+
+
+def test_a_revoked_device_shows_one_line_not_its_old_verdicts(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The operator's status kept a revoked box's last verdicts and 'went away without a
+    clean stop' under the devices, as if it still took part: its registry line says it."""
+    verdict = {"round": 4, "model": "round-4", "outcome": "applied", "reason": "canary ok",
+               "at": NOW}
+    device = {"state": "offline", "model": "round-3", "since": NOW, "last_swap": None,
+              "verdicts": [verdict], "last_reported": True, "offline_since": NOW,
+              "last_online": NOW - 60, "dp": None}
+    info = {"fed": "acme", "key_id": "k", "open_round": None, "next_round_at": None,
+            "pinned": None, "next_base": "round-4", "recent_results": [], "poisoned": [],
+            "suspects": {}, "key_rotation_due": [], "counters": {},
+            "device_status": [device | {"device_id": "box-gone", "registered": "revoked"},
+                              device | {"device_id": "box-here", "registered": "active"}]}
+    status_cli._print_status(info)
+    out = capsys.readouterr().out
+    assert sum("box-gone" in line for line in out.splitlines()) == 1, out
+    assert "  box-here round 4" in out and "box-here offline since" in out, out
 
 
 def test_a_box_s_dp_budget_is_kept_from_its_status_and_parsed_strictly() -> None:
