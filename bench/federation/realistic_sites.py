@@ -10,7 +10,8 @@ Every site's model is scored on its own camera only: 10-fold accuracy and TAR at
 1e-3 / 1e-2 on the test people's pairs, and 1:N identification of its own enrolled
 people's held-out photos against its enrolment gallery at DEFAULT_MATCH_THRESHOLD (top-1
 named right, strangers named as someone). Rows: pretrained, local-only (the rounds'
-epochs on the site alone), FedAvg (plaintext; its last round also through CKKS),
+epochs on the site alone), FedAvg (plaintext; its last round also through CKKS), FedBN
+(each site keeps its batch-norm affines through the rounds; the rest is averaged),
 personalised (FedAvg then ``--personal-epochs`` on the site's own photos), centralised
 (all sites pooled) with and without the same personalisation. Clean LFW pairs.txt
 (``--lfw-folds`` folds) check what the shared models forgot. Trunk features are cached
@@ -75,6 +76,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     ckks = {m: float(np.mean([a[m] - b[m] for a, b in zip(rows_enc, scored, strict=True)]))
             for m in METRICS}
     ckks["max_abs_weight"] = float(np.max(np.abs(enc - g)))
+    rows["FedBN (BN affines local)"], res_bn = _fedbn(bench, cfg, counts, args.rounds)
     log.info("personalised: %d sites", n)
     rows["personalised FedAvg"] = bench.score_all(
         [bench.train(k, g, replace(own, seed=20_000 + k)) for k in range(n)])
@@ -89,8 +91,43 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                  (("pretrained", None), ("FedAvg", g), ("centralised", central))}
     return {"design": design, "rows": rows, "curve": curve, "ckks": ckks,
             "ckks_bytes": sent, "ckks_encrypt_s": enc_s, "clean": clean,
+            "fedbn_curve": res_bn,
             "lfw_site_pairs": getattr(bench, "lfw_site_people", 0.0),
             "features_s": t_feat, "total_s": time.perf_counter() - t0}
+
+
+def local_affines(part_name: str) -> np.ndarray:
+    """The mask of a part's vector that FedBN keeps on the site: the batch norms' scale
+    and shift (their running statistics are frozen in every part); what is left (weights,
+    PReLU slopes) is averaged."""
+    from models.federated_parts import PARTS
+
+    part = PARTS[part_name]
+    bn = {f"{p}_{a}" for p in ("conv_14_batchnorm", "bn1", "fc1") for a in ("gamma", "beta")}
+    return np.concatenate([np.full(int(np.prod(shape)), name in bn, dtype=bool)
+                           for name, shape in part.initializers])
+
+
+def _fedbn(bench: Bench, cfg: TrainConfig, counts: list[int], rounds: int
+           ) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+    """FedBN (Li et al., ICLR 2021): every round each site trains from the average of the
+    shared entries and its own batch-norm affines, which never leave it."""
+    from federation.crypto.packing import plain_weighted_average
+
+    mask = local_affines(bench.part)
+    n = len(bench.sites)
+    own: list[np.ndarray | None] = [None] * n
+    curve, scored = [], []
+    for r in range(rounds):
+        vectors = [bench.train(k, own[k], replace(cfg, seed=10_000 * (r + 1) + k))
+                   for k in range(n)]
+        avg = plain_weighted_average(vectors, counts).astype(np.float32)
+        own = [np.where(mask, v, avg).astype(np.float32) for v in vectors]
+        scored = bench.score_all(own)
+        curve.append({m: float(np.mean([s[m] for s in scored])) for m in METRICS})
+        log.info("FedBN round %d (%d of %d values local): %s", r + 1, int(mask.sum()),
+                 mask.size, curve[-1])
+    return scored, curve
 
 
 def print_report(res: dict[str, object], args: argparse.Namespace) -> None:
@@ -127,6 +164,11 @@ def print_report(res: dict[str, object], args: argparse.Namespace) -> None:
         f"r{i + 1} acc {c['acc']:.2f} TAR@1e-3 {c['tar_1e-3']:.2f} top1 {c['top1']:.2f} "
         f"rank1 {c['rank1']:.2f}"
         for i, c in enumerate(curve)))
+    bn_curve = res["fedbn_curve"]
+    assert isinstance(bn_curve, list)
+    print("FedBN per round: " + "; ".join(
+        f"r{i + 1} acc {c['acc']:.2f} TAR@1e-3 {c['tar_1e-3']:.2f} top1@FAR {c['top1_far']:.2f}"
+        f" top1_cal {c['top1_cal']:.2f}" for i, c in enumerate(bn_curve)))
     for m in ("acc", "tar_1e-3", "top1", "rank1"):
         vals = [c[m] for c in curve]
         within = next(i + 1 for i, v in enumerate(vals) if abs(v - vals[-1]) <= 0.2)

@@ -68,3 +68,20 @@ def test_sizes_shrink_when_people_run_out() -> None:
     assert sum(sizes) <= 800 and min(sizes) >= 10 and max(sizes) <= 40
     with pytest.raises(ValueError):
         site_sizes(64, 10, 40, 600, rng)
+
+
+def test_fedbn_keeps_exactly_the_batch_norm_affines_on_the_site() -> None:
+    """FedBN's mask (bench.federation.realistic_sites) covers the parts' batch-norm scales
+    and shifts, not conv14's weights nor embed_bn's PReLU slopes (whose name also ends in
+    _gamma)."""
+    from bench.federation.realistic_sites import local_affines
+    from models.federated_parts import PARTS
+
+    for name in ("conv14", "embed_bn"):
+        part, mask = PARTS[name], local_affines(name)
+        assert mask.size == part.size
+        kept = part.unflatten(mask.astype(np.float32))
+        for tensor, values in kept.items():
+            bn = tensor.endswith(("_gamma", "_beta")) and "relu" not in tensor
+            assert values.all() if bn else not values.any(), (name, tensor)
+    assert int(local_affines("conv14").sum()) == 2 * (1024 + 1024 + 128)
