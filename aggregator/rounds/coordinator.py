@@ -58,17 +58,14 @@ class Coordinator:
     def __init__(self, store: Store, registry: DeviceRegistry, accumulators: AccumulatorFactory,
                  fed_id: str, settings: RoundSettings, initial_model: str = "base",
                  clock: Callable[[], float] = time.time) -> None:
-        self.store = store
-        self.registry = registry
-        self.accumulators = accumulators
-        self.fed_id = fed_id
-        self.settings = settings
-        self.initial_model = initial_model
-        self.clock = clock
+        self.store, self.registry, self.accumulators = store, registry, accumulators
+        self.fed_id, self.settings, self.initial_model, self.clock = (
+            fed_id, settings, initial_model, clock)
         self.current: RoundRow | None = None
         self.sum: Accumulator | None = None
         self.next_opening: float | None = None  # set while the schedule holds a round back
         self.sat_out: dict[str, str] = {}  # device -> why its status says it sits out
+        self.sat_out_before: dict[str, str] = {}  # the last round's, while a box says nothing
 
     # --- lifecycle --------------------------------------------------------------------
     def start(self, open_round: bool = True) -> list[Event]:
@@ -144,7 +141,7 @@ class Coordinator:
                                 announce.to_dict())
         self.current = self.store.get_round(round_no)
         self.sum = self.accumulators.new()
-        self.sat_out = {}
+        self.sat_out_before, self.sat_out = self.sat_out, {}
         log.info("round %d opened: base model %s, deadline in %.0f s, quorum %d, min new "
                  "samples %d", round_no, base, self.settings.deadline_seconds,
                  self.settings.quorum, announce.min_new_samples)
@@ -304,6 +301,8 @@ class Coordinator:
             self.sat_out[device] = sitting[1]
         else:
             self.sat_out.pop(device, None)
+        if cur is not None and (sitting is None or sitting[0] >= cur.round):
+            self.sat_out_before.pop(device, None)  # it spoke of this round
 
     def nothing_new(self) -> bool:
         """This aggregator's boxes have nothing new (aggregator.rounds.deadline)."""
@@ -311,7 +310,7 @@ class Coordinator:
         active = self.registry.active_ids() if cur is not None and cur.status == "open" \
             else set()
         return has_nothing_new(cur, summed=self.updates_summed(), active=active,
-                               sat_out=self.sat_out)
+                               sat_out=self.sat_out, before=self.sat_out_before)
 
     def abandon(self, why: str) -> list[Event]:
         """Fail the open round now and open the next (aggregator.rounds.poison: its base

@@ -97,18 +97,22 @@ def at_deadline(*, summed: int, quorum: int, announced_min_new: int, extensions:
 
 
 def has_nothing_new(cur: RoundRow | None, *, summed: int, active: set[str],
-                    sat_out: dict[str, str]) -> bool:
+                    sat_out: dict[str, str], before: dict[str, str] | None = None) -> bool:
     """Whether this aggregator's boxes have nothing new to federate now: its open round
     holds no update and every active box sits it out for want of new samples, or, between
     rounds, the latest was skipped for that. A regional aggregator says so to its root
     (aggregator.regional.forwarder), which weighs it like a box's word: a night quiet in
-    every region is skipped at the root too, not extended and failed."""
+    every region is skipped at the root too, not extended and failed. ``before``: what
+    the boxes that have not yet spoken of the open round said of the one before it (a
+    region said it had something new for the moment between its rounds, and a root
+    deadline landing then extended instead of skipping)."""
     if cur is None:
         return False
     if cur.status != "open":
         return cur.status == "skipped" and cur.close_reason == "nothing new"
+    before = before or {}
     return summed == 0 and bool(active) and all(
-        sat_out.get(d) == NO_NEW_SAMPLES for d in active)
+        sat_out.get(d, before.get(d)) == NO_NEW_SAMPLES for d in active)
 
 
 def extend(store: Store, cur: RoundRow, call: AtDeadline, deadline_seconds: float,

@@ -84,6 +84,30 @@ def test_a_region_whose_box_has_something_new_keeps_the_root_waiting(
     assert waiting is not None and (waiting.status, waiting.extensions) == ("open", 1)
 
 
+def test_a_region_keeps_sitting_out_between_its_own_rounds(hierarchy: Hierarchy) -> None:
+    """region-a's quiet round was skipped and its next opened: until its boxes spoke of
+    the new round, the region told the root it no longer sat out, and a root deadline
+    landing then extended the root's round instead of skipping it. What a box last said
+    now stands until it speaks of the new round; a box that joins it still counts at once."""
+    root, (site_a, site_b) = hierarchy.root, hierarchy.regions
+    for site in (site_a, site_b):
+        boxes_sit_out(site)
+    site_a.clock[0] += 61  # region-a's deadline: skipped, nothing new; its round 2 opens
+    site_a.service.pump()
+    assert site_a.store.get_round(1).status == "skipped"  # type: ignore[union-attr]
+    assert latest_announce(site_a.bus.retained, FED)["round"] == 2
+    site_a.service.pump()
+    assert region_status(root, "region-a")["not_joining"]["round"] == 1
+    root.service.pump()
+    root.clock[0] += 61  # the root's deadline, before region-a's boxes spoke of round 2
+    root.service.pump()
+    skipped = root.store.get_round(1)
+    assert skipped is not None and (skipped.status, skipped.extensions) == ("skipped", 0)
+    site_a.boxes[0].say_status(sitting_out=None)  # it joins region-a's round 2
+    site_a.service.pump()
+    assert "not_joining" not in region_status(root, "region-a")
+
+
 def test_a_stopped_region_says_offline_to_the_root(hierarchy: Hierarchy) -> None:
     root, site_a = hierarchy.root, hierarchy.regions[0]
     site_a.service.pump()
