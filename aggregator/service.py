@@ -58,9 +58,9 @@ federation.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections import OrderedDict
@@ -90,12 +90,14 @@ from aggregator.rounds.events import ResultForwarder, RoundEventHandler
 from aggregator.rounds.poison import DEFAULT_SETTLE_SECONDS, PoisonWatch
 from aggregator.rounds.publisher import Publisher, ack_for
 from aggregator.rounds.records import Decision, Submission
+from aggregator.state.db import storage_failure
 from aggregator.state.registry import DeviceRegistry
 from aggregator.state.store import Store
 from aggregator.state.upgrade import upgrade_stored_blobs
 from federation import topics
 from federation.crypto.ckks import FederationContext, require_public_only
 from federation.crypto.packing import wire_widths
+from federation.memory import return_freed_memory
 from federation.transport.base import Transport
 
 log = logging.getLogger(__name__)
@@ -107,31 +109,6 @@ DEFAULT_MAX_SPOOL_BYTES = 8 * 1024 * 1024 * 1024
 MAX_BATCH_UPDATES = 64
 MAX_BATCH_BYTES = 256 * 1024 * 1024
 _MAX_ITEMS_PER_PUMP = 4 * MAX_BATCH_UPDATES  # then deadlines and keys get their turn
-
-
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    try:
-        fn: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
-        return None
-    return fn
-
-
-_MALLOC_TRIM = _load_malloc_trim()
-
-
-def _return_freed_memory() -> None:
-    """Give the freed buffers of the batch just added back to the OS.
-
-    Each update passes through short-lived buffers (chunks, and with the in-process sum
-    ~60 MB of blob, ciphertext slices and SEAL objects per 1M values). glibc keeps freed
-    blocks in per-thread arenas, and with the delivery thread and the worker allocating
-    alternately the arenas fragment:
-    measured, peak RSS grew from ~200 MB (2 boxes) to ~440 MB (20 boxes) without this
-    call although the live data stays one model.
-    """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 
 class AggregatorService:
@@ -263,8 +240,7 @@ class AggregatorService:
                 elif isinstance(item, UnknownReport):
                     self._report_unknown(item)
                 elif isinstance(item, VerdictReport):
-                    self.coordinator.heard_sitting_out(item.device, item.sitting_out)
-                    self.events.handle(self.poison.report(item.device, item.verdicts))
+                    self._hear_verdicts(item)
                 else:
                     batch.append(item)
                     batch_bytes += item.env.blob_size
@@ -297,9 +273,29 @@ class AggregatorService:
         self.loop(stop, tick_seconds)
 
     def loop(self, stop: threading.Event, tick_seconds: float = 0.2) -> None:
-        """Pump until ``stop`` is set or ``max_rounds`` results are published."""
+        """Pump until ``stop`` is set or ``max_rounds`` results are published. A write
+        the state disk cannot take (full) is logged and the service keeps answering: the
+        failing step is retried on a later pump (a full disk stopped serve, and under
+        systemd's restart limit for good)."""
+        said = 0.0
         while not stop.is_set() and not self.finished.is_set():
-            self.pump(timeout=tick_seconds)
+            try:
+                self.pump(timeout=tick_seconds)
+            except (OSError, sqlite3.Error) as exc:
+                if time.monotonic() - said > 60:
+                    said = time.monotonic()
+                    log.error("the state directory cannot be written (%s): serve keeps "
+                              "running and retries; free space in %s", storage_failure(exc),
+                              self.store.state_dir)
+                stop.wait(1.0)
+
+    def _hear_verdicts(self, item: VerdictReport) -> None:
+        self.coordinator.heard_sitting_out(item.device, item.sitting_out)
+        try:  # every status of the box carries its recent verdicts: the next one retries
+            self.events.handle(self.poison.report(item.device, item.verdicts))
+        except (OSError, sqlite3.Error) as exc:
+            log.error("verdicts of %s not recorded (%s)", item.device, storage_failure(exc))
+            self.statuses.forget(item.device)
 
     # --- worker -----------------------------------------------------------------------
     def _process_reject(self, item: Rejection) -> None:
@@ -321,7 +317,7 @@ class AggregatorService:
         finally:
             for it in items:
                 it.path.unlink(missing_ok=True)
-        _return_freed_memory()
+        return_freed_memory()
         for it, decision in zip(items, decisions, strict=True):
             env = it.env
             if decision.reason == UNAVAILABLE:

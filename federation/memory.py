@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from federation.chunking import DEFAULT_CHUNK_SIZE
@@ -74,3 +75,28 @@ def pin_malloc(policy: MallocPolicy) -> None:
         libc.mallopt(_M_TRIM_THRESHOLD, policy.trim_threshold)
         if policy.arenas:
             libc.mallopt(_M_ARENA_MAX, policy.arenas)
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        fn: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        return None
+    return fn
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def return_freed_memory() -> None:
+    """Give freed buffers back to the OS (the aggregator, after each batch of updates).
+
+    Each update passes through short-lived buffers (chunks, and with the in-process sum
+    ~60 MB of blob, ciphertext slices and SEAL objects per 1M values). glibc keeps freed
+    blocks in per-thread arenas, and with the delivery thread and the worker allocating
+    alternately the arenas fragment:
+    measured, peak RSS grew from ~200 MB (2 boxes) to ~440 MB (20 boxes) without this
+    call although the live data stays one model.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)

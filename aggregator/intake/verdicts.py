@@ -99,6 +99,11 @@ class StatusIntake:
         if self.presence is not None:
             self.presence.close()
 
+    def forget(self, device: str) -> None:
+        """The device's last verdicts could not be recorded (a full disk): its next
+        status, which carries them again, is passed on as new."""
+        self._last.pop(device, None)
+
     def _on_status(self, topic: str, payload: bytes, retained: bool) -> None:
         if not payload:  # a retained status being cleared
             return

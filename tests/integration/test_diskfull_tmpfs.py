@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,8 +17,10 @@ import pytest
 
 from aggregator.rounds.coordinator import RoundSettings
 from aggregator.state.store import Store
+from aggregator.state.verdicts import verdicts_on
 from federation.crypto.ckks import FederationContext
 from federation.crypto.packing import plain_weighted_average
+from federation.verdicts import Verdict
 from tests.support.aggregator_boxes import collect_result, decrypt_result, latest_announce
 from tests.support.aggregator_rig import COUNT_SCALE, FED, Rig, make_rig
 
@@ -123,6 +126,23 @@ def test_full_disk_fails_cleanly_keeps_serving_and_recovers(
     assert pointer["round"] == 1 and pointer["contributors"] == 3
     got = decrypt_result(secret_ctx, blob)
     assert np.max(np.abs(got - plain_weighted_average(vecs, counts))) < 1e-5
+
+    # 4b) completely full again while the boxes report their verdicts on round-1: not
+    #     recorded, and the service keeps serving (this stopped serve); once space is
+    #     freed, their next statuses (which carry the same verdicts) are recorded
+    filler = fill(small_fs, leave=0)
+    applied = Verdict(1, "round-1", "applied", "canary ok", time.time(), code="")
+    for box in rig.boxes:
+        box.say_status(model="round-1", verdicts=(applied,))
+    rig.service.pump()
+    box2.send_raw(b"garbage while full")
+    rig.service.pump()
+    assert box2.acks[-1]["reason"] == "malformed"
+    filler.unlink()
+    for box in rig.boxes:
+        box.say_status(model="round-1", verdicts=(applied,))
+    rig.service.pump()
+    assert {v.device_id for v in verdicts_on(rig.store, 1)} == {b.device_id for b in rig.boxes}
 
     # 5) no corrupted state: SQLite integrity, and a restart on the same state resumes
     db = sqlite3.connect(state / "state.db")

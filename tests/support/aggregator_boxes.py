@@ -20,6 +20,7 @@ from federation.crypto.signing import generate_signing_key, public_key_hex
 from federation.envelope import Envelope, decode, encode
 from federation.messages import NO_NEW_SAMPLES, DeviceStatus
 from federation.transport.base import Transport
+from federation.verdicts import Verdict
 
 
 def envelope_json(payload: bytes) -> tuple[Envelope, dict[str, Any]]:
@@ -74,13 +75,15 @@ class ScriptedBox:
     def send_raw(self, payload: bytes) -> None:
         self.transport.publish(topics.update(self.fed, self.device_id), payload)
 
-    def say_status(self, sitting_out: int | None = None, model: str = "base") -> None:
+    def say_status(self, sitting_out: int | None = None, model: str = "base",
+                   verdicts: tuple[Verdict, ...] = ()) -> None:
         """Publish the box's signed, retained status: online, sitting round
-        ``sitting_out`` out for want of new samples (None: not sitting out)."""
+        ``sitting_out`` out for want of new samples (None: not sitting out), with
+        ``verdicts`` on the rounds' results."""
         not_joining = None if sitting_out is None else {"round": sitting_out,
                                                         "reason": NO_NEW_SAMPLES}
         body = DeviceStatus("online", self.device_id, model, time.time(),
-                            not_joining=not_joining).to_json()
+                            not_joining=not_joining, verdicts=verdicts).to_json()
         env = one_envelope(body, self.key, kind="status", fed=self.fed,
                            sender=self.device_id, round=sitting_out or 0, model=model)
         self.transport.publish(topics.status(self.fed, self.device_id), encode(env),

@@ -4,7 +4,10 @@ deadlines, restarts and a full disk, over the in-memory transport with real CKKS
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -281,6 +284,29 @@ def test_disk_full_rejects_that_update_cleanly_and_keeps_serving(
     # the result is kept, the accepted blobs of the published round are gone
     assert not (store.accepted_dir / "round-1").exists()
     assert (store.blob_dir / "round-1-result.bin").exists()
+
+
+def test_serve_keeps_running_through_a_write_the_state_disk_cannot_take(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any step of a pump that fails on the state disk (full) is logged and retried on
+    a later pump; it stopped serve, which systemd's restart limit then left stopped."""
+    stop = threading.Event()
+    real_pump, calls = rig.service.pump, []
+
+    def pump(timeout: float = 0.0) -> int:
+        calls.append(timeout)
+        if len(calls) <= 2:
+            raise sqlite3.OperationalError("database or disk is full")
+        stop.set()
+        return real_pump(timeout)
+
+    monkeypatch.setattr(rig.service, "pump", pump)
+    with caplog.at_level(logging.ERROR, logger="aggregator.service"):
+        rig.service.loop(stop, tick_seconds=0.01)
+    assert len(calls) == 3
+    said = [r.getMessage() for r in caplog.records if "cannot be written" in r.getMessage()]
+    assert len(said) == 1 and "disk full" in said[0], said  # once a minute, not per pump
 
 
 def test_restart_after_an_interrupted_accept_uses_the_committed_updates(
