@@ -3,8 +3,11 @@ into the graph, frozen parts stay frozen, and a real local round runs on LFW fac
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -176,3 +179,51 @@ print("torch" in sys.modules, trainer._cache is None)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["False", "True"], out.stdout
     assert not list(tmp_path.glob("round/*.npz"))  # the round's crops file is removed
+
+
+_ORPHAN_SCRIPT = """
+import os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from edge.training.trainer import _init_round_process
+
+def child_pid(path):
+    open(path, "w").write(str(os.getpid()))
+    time.sleep(120)
+
+if __name__ == "__main__":
+    with ProcessPoolExecutor(1, get_context("spawn"), _init_round_process,
+                             (0, os.getpid())) as pool:
+        pool.submit(child_pid, sys.argv[1]).result()
+"""
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a killed orphan waits for init to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_the_training_child_dies_with_the_box_process(tmp_path: Path) -> None:
+    """kill -9 of `join` left its training child (hundreds of MB) running for good; the
+    kernel now kills it with its parent (PR_SET_PDEATHSIG)."""
+    script, pid_file = tmp_path / "orphan.py", tmp_path / "child.pid"
+    script.write_text(_ORPHAN_SCRIPT)
+    parent = subprocess.Popen([sys.executable, str(script), str(pid_file)],
+                              cwd=Path(__file__).resolve().parents[3])
+    deadline = time.monotonic() + 120
+    while not (pid_file.exists() and pid_file.read_text()):
+        assert parent.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    child = int(pid_file.read_text())
+    assert _running(child)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(10)
+    deadline = time.monotonic() + 10
+    while _running(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _running(child):
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the training child outlived its parent")
