@@ -7,8 +7,8 @@ MQTT connection; the retained, aggregator-signed announcement it reads doubles a
 clock reference (a Pi without RTC that boots without NTP sits in 1970 and fails TLS in
 ways that look like anything but a clock problem).
 
-May import: edge.errors, edge.config, edge.provision, edge.federated, federation,
-models.
+May import: edge.errors, edge.config, edge.box, edge.gallery, edge.serving,
+edge.provision, edge.federated, federation, models.
 """
 
 from __future__ import annotations
@@ -282,6 +282,41 @@ def check_disk(cfg: BoxConfig) -> Check:
     return Check("disk", True, f"{free} MiB free in {cfg.box.data_dir}")
 
 
+def check_box_data(cfg: BoxConfig) -> Check:
+    """The gallery database passes SQLite's quick check, and the model versions the box
+    serves match their SHA-256 (a damaged one is skipped at load, silently to doctor)."""
+    import sqlite3
+
+    from edge.box import MODELS_DIRNAME
+    from edge.gallery.files import DAMAGED_GALLERY, DB_FILENAME
+    from edge.serving.versions import ModelStoreError, SwapStore
+
+    gallery = cfg.box.data_dir / DB_FILENAME
+    if gallery.exists():
+        try:
+            db = sqlite3.connect(f"{gallery.resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                verdict = str(db.execute("PRAGMA quick_check").fetchone()[0])
+            finally:
+                db.close()
+        except sqlite3.Error as exc:
+            verdict = str(exc)
+        if verdict != "ok":
+            return Check("box data", False, f"{gallery} is damaged: {verdict[:200]}",
+                         DAMAGED_GALLERY)
+    store = SwapStore(cfg.box.data_dir / MODELS_DIRNAME)
+    try:
+        pointer = store.load()
+        for served in () if pointer is None else (pointer.current, pointer.previous):
+            if served is not None and served.model_file is not None:
+                store.read_checked(served)
+    except ModelStoreError as exc:
+        return Check("box data", False, str(exc), "the box serves the previous model "
+                     "meanwhile; fedface-edge model rollback serves a sound one for good, "
+                     "and the next federated result replaces it")
+    return Check("box data", True, "gallery database and served model files intact")
+
+
 def run_checks(cfg: BoxConfig, now: Clock = time.time) -> list[Check]:
     seen_ts: list[float] = []
     checks = [check_camera(cfg), check_models(cfg), check_key_permissions(cfg),
@@ -289,4 +324,5 @@ def run_checks(cfg: BoxConfig, now: Clock = time.time) -> list[Check]:
     checks.append(check_broker(cfg, seen_ts))
     checks.append(check_clock(cfg, seen_ts, now))
     checks.append(check_disk(cfg))
+    checks.append(check_box_data(cfg))
     return checks

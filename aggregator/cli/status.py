@@ -28,6 +28,7 @@ from aggregator.state.verdicts import poisoned, poisoned_summary, suspects
 from federation.verdicts import Verdict
 
 Opt = typer.Option
+STALE_DEADLINE_S = 30.0
 
 
 def _age(ts: float | None) -> str:
@@ -108,6 +109,16 @@ def status(
         raise typer.Exit(EXIT_ERROR)
 
 
+def _deadline(at: float) -> str:
+    left = at - time.time()
+    if left >= 0:
+        return f"deadline in {left:.0f}s"
+    # serve closes, extends or fails a round within a second of its deadline: a deadline
+    # long past means no serve runs on this state (status said "in 0s" for ever)
+    return f"deadline {_duration(-left)} ago" + (
+        " (is fedface-aggregator serve running?)" if left < -STALE_DEADLINE_S else "")
+
+
 def _next_opening(at: float | None) -> str:
     if at is None:
         return ""
@@ -152,8 +163,8 @@ def _print_status(info: dict[str, Any]) -> None:
                        f"{_age(swap.get('at'))}: {swap.get('reason')}")
     cur = info["open_round"]
     typer.echo("open round: " + (f"{cur['round']} on {cur['base_model']}, "
-                                 f"{cur['updates']}/{cur['quorum']} update(s), deadline "
-                                 f"in {max(0, cur['deadline'] - time.time()):.0f}s"
+                                 f"{cur['updates']}/{cur['quorum']} update(s), "
+                                 + _deadline(cur['deadline'])
                                  if cur else "none" + _next_opening(info["next_round_at"])))
     pin = info["pinned"]
     typer.echo(f"next round builds on: {info['next_base']}" + (

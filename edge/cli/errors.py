@@ -26,10 +26,13 @@ error; ``FedFaceError`` subclasses without one get 1 unless listed in ``_CODES_B
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import sqlite3
 import sys
 from contextlib import suppress
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -116,6 +119,33 @@ def _user_error_code(exc: BaseException) -> int | None:
     return None
 
 
+def _as_user_error(exc: Exception) -> Exception:
+    """Failures of the box's own files that are not bugs: a full disk (join caching its
+    model graphs said 'internal error ... report it'), a damaged gallery database, and an
+    unusable key file (exit 1, which the service manager restarts for ever; 7, not
+    provisioned, it does not)."""
+    from federation.errors import KeyFileError
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = Path(exc.filename).parent if exc.filename else Path(".")
+        return CliError(f"no space left on the device writing {exc.filename or 'a file'}",
+                        hint=f"free space there (df -h {where}); a box needs about 100 MB in "
+                        "its data dir besides the gallery (its model graphs, trunk features "
+                        "and model versions); fedface-edge doctor checks free space",
+                        exit_code=EXIT_GALLERY)
+    if isinstance(exc, sqlite3.DatabaseError) and (
+            "malformed" in str(exc) or "not a database" in str(exc)):
+        from edge.gallery.files import DAMAGED_GALLERY
+
+        return CliError(f"the gallery database cannot be read: {exc}", hint=DAMAGED_GALLERY,
+                        exit_code=EXIT_GALLERY)
+    if isinstance(exc, KeyFileError):
+        return CliError(f"a key file of this box cannot be used: {exc.message}",
+                        hint="re-import the key bundle (fedface-edge provision --bundle FILE); "
+                        "fedface-edge doctor names the file", exit_code=EXIT_CONFIG)
+    return exc
+
+
 def _message_and_hint(exc: BaseException) -> tuple[str, str | None]:
     text = str(exc)
     hint = str(getattr(exc, "hint", "") or "")
@@ -168,6 +198,7 @@ class FedFaceGroup(TyperGroup):
         except Exception as exc:
             if debug_enabled(ctx):
                 raise
+            exc = _as_user_error(exc)
             code = _user_error_code(exc)
             if code is None:
                 typer.echo(f"error: internal error: {type(exc).__name__}: {exc}", err=True)

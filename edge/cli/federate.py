@@ -125,6 +125,8 @@ def join(
         aggregator_key = aggregator_key or cfg.federation.aggregator_key
         tls = TlsConfig(cfg.broker.ca_file, cfg.broker.cert_file, cfg.broker.key_file)
     assert broker and fed and device_id and secret_context and device_key and aggregator_key
+    if tls is not None:
+        _require_provisioned(box(ctx).require_config())
     the_box = box(ctx).box()
     fed_part = the_box.part(part)
     sink = the_box.model_sink(fed_part)
@@ -153,6 +155,23 @@ def join(
 
         raise CliError(f"{client.revoked.summary()}: this box no longer takes part",
                        hint=REPROVISION, exit_code=EXIT_PROVISIONING)
+
+
+def _require_provisioned(cfg: BoxConfig) -> None:
+    """A box not signed yet, or whose keys or certificate cannot be used, stops with
+    doctor's words and exit 7 (not provisioned: systemd does not restart it); it said
+    'internal error: FileNotFoundError' (exit 1, restarted for ever). A revoked box is
+    let through: the client says so and exits 8."""
+    from edge.cli.errors import EXIT_CONFIG, CliError
+    from edge.doctor import check_certificate, check_federation_keys
+    from edge.federated.revocation import revocation_state
+
+    if revocation_state(cfg.box.data_dir) is not None:
+        return
+    for check in (check_certificate(cfg), check_federation_keys(cfg)):
+        if not check.ok:
+            raise CliError(f"{check.name}: {check.detail}", hint=check.hint,
+                           exit_code=EXIT_CONFIG)
 
 
 def _watch_connection(client: FederationClient, broker: str, cfg: BoxConfig | None,

@@ -12,6 +12,7 @@ kiosk keeps its own files in a private directory made the same way.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sqlite3
@@ -62,7 +63,20 @@ class GalleryError(FedFaceError):
     exit_code = 5
 
 
-def data_dir_hint(path: Path) -> str:
+DAMAGED_GALLERY = (f"the gallery database is damaged: move {DB_FILENAME} (and its -wal and "
+                   "-shm files) aside and enrol the people again; the box's keys, "
+                   "certificate and models are not in it")
+
+
+def data_dir_hint(path: Path, exc: BaseException | None = None) -> str:
+    """What to do about ``exc`` in the data dir ``path``: a full disk and a damaged
+    database are not fixed by another directory (the hint a walkthrough got for both)."""
+    text = str(exc or "").lower()
+    if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) \
+            or "disk is full" in text:
+        return f"the disk of {path} is full: free space there (df -h {path}); nothing was changed"
+    if "malformed" in text or "not a database" in text:
+        return DAMAGED_GALLERY
     return (f"choose a writable data directory with --data-dir or $FEDFACE_DATA_DIR "
             f"(the box user must be able to create and write {path})")
 
@@ -83,7 +97,7 @@ def ensure_private_dir(path: Path) -> Path:
                 os.chmod(path, 0o700)
     except OSError as exc:
         raise GalleryError(f"cannot create data directory {path}: {exc.strerror or exc}",
-                           hint=data_dir_hint(path)) from exc
+                           hint=data_dir_hint(path, exc)) from exc
     if not os.access(path, os.W_OK | os.X_OK):
         raise GalleryError(f"data directory {path} is not writable", hint=data_dir_hint(path))
     return path
@@ -109,7 +123,7 @@ def open_database(data_dir: Path) -> tuple[sqlite3.Connection, Path]:
             os.chmod(path, 0o600)
     except (sqlite3.Error, OSError) as exc:
         raise GalleryError(f"cannot open gallery database {path}: {exc}",
-                           hint=data_dir_hint(data_dir)) from exc
+                           hint=data_dir_hint(data_dir, exc)) from exc
     return db, path
 
 

@@ -135,7 +135,7 @@ class Gallery:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise GalleryError(f"{what} failed ({self.path}): {exc}",
-                                   hint=data_dir_hint(self.path.parent)) from exc
+                                   hint=data_dir_hint(self.path.parent, exc)) from exc
             finally:
                 self._matrices.clear()
 

@@ -167,3 +167,39 @@ def test_doctor_without_config_is_one_fail_line(tmp_path: Path) -> None:
     code, out = edge(tmp_path / "empty", "doctor")
     assert code == 9
     assert out.count("FAIL") == 1 and "no box config" in out and "provision" in out
+
+
+def test_doctor_names_a_damaged_gallery_and_model_file(fed: Federation, camera: str,
+                                                       lfw_dir: Path) -> None:
+    """A gallery database with a damaged page and a truncated model file of the served
+    version: every check passed (a walkthrough's), while identify failed with a hint to
+    choose a writable data directory."""
+    import hashlib
+    import json
+
+    from edge.gallery.files import DB_FILENAME
+
+    box = provision_box(fed, "box-10", camera)
+    photos = sorted((lfw_dir / "Tony_Blair").glob("*.jpg"))[:3]
+    code, out = edge(box, "enroll", "Tony Blair", *map(str, photos))
+    assert code == 0, out
+    models = box / "models"
+    models.mkdir(exist_ok=True)
+    weights = models / "sface-fed-round-7.weights.npz"
+    weights.write_bytes(b"the first bytes of a model file")
+    (models / "current.json").write_text(json.dumps({
+        "version": "round-7", "tag": "round-7", "model_file": weights.name,
+        "sha256": hashlib.sha256(b"a whole model file").hexdigest(), "since": 1.0,
+        "reason": "federated round result", "previous": None}))
+    bad = failing(box)
+    assert set(bad) == {"box data"} and "does not match the SHA-256" in bad["box data"], bad
+    (models / "current.json").unlink()
+    gallery = box / DB_FILENAME
+    data = bytearray(gallery.read_bytes())
+    data[4096:4096 + 4096] = b"\xff" * 4096  # a damaged page (of the crops table)
+    gallery.write_bytes(bytes(data))
+    bad = failing(box)
+    assert set(bad) == {"box data"} and "is damaged" in bad["box data"], bad
+    code, out = edge(box, "identify", str(photos[0]))
+    assert code == 5, out
+    assert "writable data directory" not in out and "damaged" in out, out

@@ -208,3 +208,19 @@ def test_run_defaults_to_the_configs_camera(
     assert out.stderr.strip().splitlines()[-1].startswith("2 frames"), out.stderr
     bare = edge_cli("--data-dir", str(tmp_path / "unprovisioned"), "run")
     assert bare.returncode == 2 and "no frame source" in bare.stderr, bare.stderr
+
+
+@pytest.mark.mosquitto
+def test_join_on_a_box_not_signed_yet_stops_with_exit_7(
+        tmp_path: Path, mosquitto_factory: Callable[..., MosquittoBroker],
+        lfw_dir: Path) -> None:
+    """Before the operator's reply is installed, join said 'internal error:
+    FileNotFoundError' (exit 1: systemd restarted it for ever); it now gives doctor's
+    words and exit 7, which the unit does not restart."""
+    fed = start_federation(tmp_path, mosquitto_factory)
+    box = provision_box(fed, "box-unsigned", f"dir:{lfw_dir / 'Tony_Blair'}", sign=False)
+    run = edge_cli("--data-dir", str(box), "join", "--part", "embed_bn", timeout=150,
+                   HOME=str(tmp_path / "home"))
+    assert run.returncode == 7, run.stdout + run.stderr
+    assert "not signed yet" in run.stderr and "--install-reply" in run.stderr, run.stderr
+    assert "internal error" not in run.stderr

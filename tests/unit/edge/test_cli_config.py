@@ -111,3 +111,36 @@ def test_help_lists_every_exit_code_the_box_can_end_with() -> None:
     flat = " ".join(out.split())
     for code, what in EXIT_CODES.items():
         assert f"{code} {' '.join(what.split())}" in flat, (code, flat[-600:])
+
+
+def test_a_full_disk_and_an_unusable_key_file_are_user_errors() -> None:
+    """join on a full disk said 'internal error ... report it' (exit 1, restarted for
+    ever by systemd), as did a truncated secret context."""
+    import errno
+
+    from edge.cli.errors import EXIT_CONFIG, EXIT_GALLERY, _as_user_error, _user_error_code
+    from federation.errors import KeyFileError
+
+    full = _as_user_error(OSError(errno.ENOSPC, "No space left on device",
+                                  "/data/models/tail-x.onnx"))
+    assert _user_error_code(full) == EXIT_GALLERY
+    assert "no space left" in str(full) and "df -h /data/models" in str(full.hint)  # type: ignore[attr-defined]
+    key = _as_user_error(KeyFileError("malformed", "secret context truncated"))
+    assert _user_error_code(key) == EXIT_CONFIG and "provision --bundle" in str(key.hint)  # type: ignore[attr-defined]
+    other = ValueError("a bug")
+    assert _as_user_error(other) is other and _user_error_code(other) is None
+
+
+def test_the_gallery_hint_fits_the_failure(tmp_path: Path) -> None:
+    import errno
+    import sqlite3
+
+    from edge.gallery.files import DAMAGED_GALLERY, data_dir_hint
+
+    assert "is full" in data_dir_hint(tmp_path, sqlite3.OperationalError(
+        "database or disk is full"))
+    assert "is full" in data_dir_hint(tmp_path, OSError(errno.ENOSPC, "No space"))
+    assert data_dir_hint(tmp_path, sqlite3.DatabaseError(
+        "database disk image is malformed")) == DAMAGED_GALLERY
+    assert "writable data directory" in data_dir_hint(tmp_path, PermissionError(
+        errno.EACCES, "Permission denied"))
