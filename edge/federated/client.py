@@ -267,6 +267,7 @@ class FederationClient:
             self._publish_status()
         if connected:
             self.sender.resend_due(reconnected)
+        self._results.retry_unstored()
         self._rounds.recount()
 
     def _new_epoch(self, sealed: bytes) -> None:

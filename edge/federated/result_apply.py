@@ -47,6 +47,7 @@ from models.federated_parts import FederatedPart
 log = logging.getLogger(__name__)
 
 DECRYPT_FAILED = "decrypt_failed"  # a verdict's code when decrypting raised something else
+STORE_RETRY_S = 60.0  # a result the box could not store (disk full) is tried again after
 
 
 class ResultApplier:
@@ -83,6 +84,8 @@ class ResultApplier:
         self._publish_status = publish_status
         self._applied = applied  # the client: a round based on the new model may be joined
         self.mark = mark  # the newest result accepted (None: no monotonic check)
+        # a result the box could not store (its disk was full), and when to try again
+        self._unstored: tuple[ModelPointer, bytes, float] | None = None
 
     def resume(self) -> None:
         """Resume on what the box serves (its model versions), if the sink says."""
@@ -98,6 +101,8 @@ class ResultApplier:
         the federation trains another part (``announced_part``: the last announce's)."""
         if pointer.model in (self.version, self.declined and self.declined[0]):
             return
+        if self._unstored is not None and pointer.round >= self._unstored[0].round:
+            self._unstored = None  # fetched again (or overtaken): not retried from memory
         if announced_part and announced_part != self.part.key:
             log.warning("result %s not fetched: the federation trains part %s, this box %s",
                         pointer.model, announced_part, self.part.key)
@@ -166,9 +171,29 @@ class ResultApplier:
         done = self.fetcher.add(env)
         if done is None:
             return
-        wanted, blob = done
+        self._try_apply(*done)
+
+    def retry_unstored(self) -> None:
+        """Every tick: a result the box could not store (its disk was full) is applied
+        again once ``STORE_RETRY_S`` passed; it was dropped, and the box waited for good
+        for a base it never got (helper-38)."""
+        if self._unstored is not None and time.monotonic() >= self._unstored[2]:
+            wanted, blob, _ = self._unstored
+            self._unstored = None
+            if wanted.model != self.version:
+                self._try_apply(wanted, blob)
+
+    def _try_apply(self, wanted: ModelPointer, blob: bytes) -> None:
         try:
             self._apply(wanted, blob)
+        except OSError as exc:  # not the result's fault: no verdict (it would count as a
+            # refusal of the round at the aggregator), and the same blob is tried again
+            self._unstored = (wanted, blob, time.monotonic() + STORE_RETRY_S)
+            log.error("result of round %d not applied: the box cannot store it (%s); "
+                      "serving %s meanwhile, trying again in %.0f s", wanted.round,
+                      exc.strerror or exc, self.version, STORE_RETRY_S)
+            self.events.emit("error", wanted.round, {"error": f"cannot store {wanted.model}: "
+                                                     f"{exc.strerror or exc}"})
         except FederationError as exc:
             if exc.reason == STALE_ROUND:  # overtaken while its chunks came in
                 self._refused_replay(wanted, exc)

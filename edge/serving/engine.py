@@ -245,8 +245,17 @@ class Engine:
 
     def _watch(self, every: float) -> None:
         lower_thread_priority(background_niceness())
+        failing: str | None = None  # the failure last logged: a lasting one is said once
         while not self._stop.wait(every):
             try:
                 self.watch_once()
-            except Exception:  # the watcher must outlive one bad poll (e.g. a locked db)
-                log.exception("engine watcher: poll failed")
+            except Exception as exc:  # the watcher must outlive one bad poll (a locked db)
+                said = f"{type(exc).__name__}: {exc}"
+                if said != failing:  # a full disk logged a traceback twice a second
+                    log.exception("engine watcher: poll failed (said again only when it "
+                                  "changes)")
+                failing = said
+            else:
+                if failing is not None:
+                    log.info("engine watcher: polls work again")
+                failing = None

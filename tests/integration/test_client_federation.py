@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import threading
 import time
@@ -64,10 +65,11 @@ class Setup:
     def start_aggregator(self) -> None:
         self.thread.start()
 
-    def client(self, device: str, trainer=None, n: int = 50, connect: bool = True
+    def client(self, device: str, trainer=None, n: int = 50, connect: bool = True,
+               sink: RecordingSink | None = None
                ) -> tuple[FederationClient, list[ClientEvent], RecordingSink]:
         events: list[ClientEvent] = []
-        sink = RecordingSink()
+        sink = sink if sink is not None else RecordingSink()
         base = part_base_vector()
 
         def factory(will):
@@ -232,3 +234,44 @@ def test_forged_announce_is_ignored(make_setup) -> None:
     wait_for(lambda: a.counters.get("bad_signature") == 1, 10, "the forged announce refused")
     assert not any(e.kind == "joined" for e in events)
     a.stop()
+
+
+class FullDiskOnceSink(RecordingSink):
+    """The hot swapper on a full disk: its first write of a version fails with ENOSPC."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 0
+
+    def apply(self, version: str, vector: np.ndarray) -> None:
+        if self.failures == 0:
+            self.failures += 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        super().apply(version, vector)
+
+
+def test_a_result_the_box_could_not_store_is_applied_again(
+        make_setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk while the box stored round 1's result: it was dropped with 'unexpected
+    error', no verdict, and the box waited for good on a base it never got (the next
+    round's join too). It is applied again from memory once the retry time passed, and
+    the failure is no verdict (the aggregator would count it as a refusal)."""
+    import edge.federated.result_apply as result_apply
+
+    monkeypatch.setattr(result_apply, "STORE_RETRY_S", 0.5)
+    s = make_setup(["a"], quorum=1, rounds=2)
+    s.start_aggregator()
+    sink = FullDiskOnceSink()
+    a, events, _ = s.client("a", sink=sink)
+    a.start()
+    try:
+        wait_for(lambda: any(e.kind == "error" and e.round == 1 for e in events), 30,
+                 "the box to fail storing round 1's result")
+        assert a.verdicts.of_round(1) is None or a.verdicts.of_round(1).outcome != "rejected"
+        wait_for(lambda: any(e.kind == "applied" and e.round == 1 for e in events), 30,
+                 "round 1's result applied on the retry")
+        assert [v for v, _ in sink.applied][:1] == ["round-1"]
+        wait_for(lambda: any(e.kind == "applied" and e.round == 2 for e in events), 30,
+                 "the box to join and apply round 2, built on round-1")
+    finally:
+        a.stop()

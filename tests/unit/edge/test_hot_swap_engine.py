@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -236,3 +237,33 @@ def test_a_frame_racing_the_followers_install_takes_the_new_state(
         assert result.matches[0].best_name == person.name
     finally:
         follower.close()
+
+
+def test_the_engine_watcher_says_a_lasting_failure_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A full disk made every poll fail: a traceback twice a second on a box out of disk
+    (181 in 90 s). A failure is said when it starts or changes, and its end once."""
+    from edge.serving.engine import Engine
+
+    engine = Engine(None, None, 0.4)  # type: ignore[arg-type]
+    polls, failing = [], threading.Event()
+    failing.set()
+
+    def follow() -> None:
+        polls.append(1)
+        if len(polls) >= 12:
+            failing.clear()
+        if failing.is_set():
+            raise OSError(28, "No space left on device")
+
+    engine.follow = follow
+    with caplog.at_level(logging.INFO, logger="edge.serving.engine"):
+        engine.start_watcher(every=0.01)
+        deadline = time.monotonic() + 10
+        while len(polls) < 15 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        engine.stop_watcher()
+    said = [r.getMessage() for r in caplog.records]
+    assert len(polls) >= 15
+    assert sum("poll failed" in m for m in said) == 1, said
+    assert sum("polls work again" in m for m in said) == 1, said
