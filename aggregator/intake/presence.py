@@ -15,9 +15,10 @@ A broker that shuts down publishes every connected box's will before it drops se
 own connection (Mosquitto does: measured, the wills came 50 ms before): a broker
 restart looked like every box vanishing, a warning per box. So a will is said (a
 warning per box, as before) only once ``will_hold_seconds`` passed with serve's link to
-the broker up all along (``link``: connected, and its count of connects); when the link
-dropped meanwhile the marks are taken back and one line says the broker went away.
-The boxes come back on their own status, as after any restart.
+the broker up all along (``link``: connected, and its count of connects) and the box not
+back on its own status; when the link dropped meanwhile the marks are taken back and one
+line says the broker went away. The boxes come back on their own status, as after any
+restart. The status (``fedface-aggregator status``) shows a box offline at once.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PENDING = 10_000  # statuses waiting: a whole fleet reconnecting at once
 DEFAULT_IDLE_SECONDS = 60.0
-DEFAULT_WILL_HOLD_SECONDS = 3.0  # a broker's shutdown drops serve's link well within it
+# a broker's shutdown drops serve's link well within it, and a box whose link dropped is
+# back within it (federation.transport.mqtt: reconnect_max_delay 30 s)
+DEFAULT_WILL_HOLD_SECONDS = 45.0
 _POLL_SECONDS = 0.5  # how soon the thread sees close() or its idle time
 
 
@@ -198,9 +201,20 @@ class PresenceRecorder:
         if back:
             log.info("the broker went away: the last will(s) of %s it published as it went "
                      "are not taken as those boxes going offline", _names([w[0] for w in back]))
+        # back on its own status meanwhile: after a broker restart, the wills Mosquitto
+        # queued for serve's session reached it after its reconnect, and every box was
+        # said gone 3 s later while they reconnected (helper-38)
+        returned = [w[0] for w in kept if (records.get(w[0]) is None
+                                           or records[w[0]].offline_since != w[1])]
+        if returned:
+            log.info("%s came back within %.0f s of its last will: not taken as going "
+                     "offline", _names(returned), self.will_hold_seconds)
         for device, _, _, _ in kept:
+            if device in returned:
+                continue
             log.warning("%s went offline without a clean stop (its last will, from its "
-                        "connect, came now); the last model it reported: %s", device,
+                        "connect, came %.0f s ago); the last model it reported: %s", device,
+                        self.will_hold_seconds,
                         records[device].model if device in records else "unknown")
 
 

@@ -394,6 +394,16 @@ def test_a_will_is_said_only_when_serves_own_link_stayed_up(
         assert logged("box-a went offline without a clean stop")
         gone = record()
         assert gone is not None and gone.offline_since == NOW and gone.model == "round-2"
+        # a will that reaches serve after its own reconnect (queued in its session while
+        # the broker restarted), its box back on its own status within the hold: not said
+        caplog.clear()
+        recorder.observe(BOX, _entry("online", "round-3", 170.0), False)
+        recorder.observe(BOX, _entry("offline", "base", 100.0), False)
+        recorder.observe(BOX, _entry("online", "round-3", 171.0), False)  # reconnected
+        assert logged("box-a came back within")
+        assert "went offline without a clean stop" not in caplog.text
+        back = record()
+        assert back is not None and back.offline_since is None and back.model == "round-3"
     recorder.close()
     store.close()
 
