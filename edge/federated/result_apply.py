@@ -33,7 +33,7 @@ from collections.abc import Callable
 import numpy as np
 
 from edge.federated.api import ClientEvents, ModelSink
-from edge.federated.high_water import STALE_ROUND, HighWaterMark
+from edge.federated.high_water import STALE_ROUND, HighWaterMark, position
 from edge.federated.result_fetch import ResultFetcher
 from edge.federated.sealing import check_average
 from edge.federated.verdicts import RoundVerdicts
@@ -108,12 +108,23 @@ class ResultApplier:
                         pointer.model, announced_part, self.part.key)
             return
         try:
-            if self.mark is not None:
-                self.mark.check(pointer)
+            self._check_mark(pointer)
         except FederationError as exc:
             self._refused_replay(pointer, exc)
             return
         self.fetcher.want(pointer)
+
+    def _check_mark(self, pointer: ModelPointer) -> None:
+        """Refuse a replayed old result (edge.federated.high_water), but not the very
+        result the box accepted last when it no longer serves it and did not refuse or
+        roll it back: its file was damaged and it fell back to the previous version, and
+        the retained result it needs was refused as 'a replayed old result' (helper-38)."""
+        if self.mark is None:
+            return
+        lost = (pointer.model == self.mark.model and pointer.model != self.version
+                and position(pointer) == self.mark.mark and self.refusal_of(pointer.model) is None)
+        if not lost:
+            self.mark.check(pointer)
 
     def back_to_initial(self, ann: RoundAnnounce) -> None:
         """A verified announce: go back to the initial model when it builds on it while
@@ -222,8 +233,7 @@ class ResultApplier:
         self._publish_status()
 
     def _apply(self, pointer: ModelPointer, blob: bytes) -> None:
-        if self.mark is not None:
-            self.mark.check(pointer)
+        self._check_mark(pointer)
         if pointer.contributors == 0 and not pointer.republished:
             self.holding_none.add(pointer.model)
         t0 = time.perf_counter()

@@ -209,3 +209,52 @@ def test_a_result_that_holds_no_update_gives_the_senders_their_samples_back(
     assert state["samples_mark"] == before_newcomers  # the newcomers count as new again
     joiner.maybe_join()  # said once
     assert verdicts.of_round(6) == verdict
+
+
+class WantingFetcher:
+    def __init__(self) -> None:
+        self.wanted: list[str] = []
+
+    def want(self, pointer: Any) -> None:
+        self.wanted.append(pointer.model)
+
+
+class BlockingSink(ServingSink):
+    """The hot swapper's store: the versions its technician rolled back (blocked)."""
+
+    def __init__(self, version: str, vector: np.ndarray) -> None:
+        super().__init__(version, vector)
+        self.store = SimpleNamespace(blocked=dict)
+
+
+def test_the_result_whose_file_was_damaged_is_fetched_again(tmp_path: Path) -> None:
+    """The served round-7's file was damaged: the box fell back to round-6, then refused
+    the retained round-7 as 'a replayed old result' and sat out every round built on it.
+    The result it accepted last is fetched again; an older one, or one its technician
+    rolled back, is still refused."""
+    from edge.federated.high_water import HighWaterMark
+    from federation.messages import ModelPointer
+
+    def pointer(round_no: int) -> ModelPointer:
+        return ModelPointer(round_no, f"round-{round_no}", "m", "0" * 64, 10, 1,
+                            base_model=f"round-{round_no - 1}")
+
+    mark = HighWaterMark(tmp_path)
+    mark.advance(pointer(7))
+    rng = np.random.default_rng(2)
+    round_6 = rng.normal(size=PART.size).astype(np.float32)
+    verdicts = RoundVerdicts(tmp_path)
+    verdicts.record(7, "round-7", "applied", "canary ok")
+    fetcher = WantingFetcher()
+    sink = BlockingSink("round-6", round_6)
+    events = ClientEvents(None)
+    applier = ResultApplier(fetcher, None, PART, sink, verdicts, events,  # type: ignore[arg-type]
+                            version="round-6", vector=round_6, max_relative_change=1.0,
+                            verify=lambda *_: None, publish_status=lambda: None,
+                            applied=lambda: None, mark=mark)
+    applier.follow(pointer(6), None)
+    applier.follow(pointer(7), None)
+    assert fetcher.wanted == ["round-7"]
+    sink.store = SimpleNamespace(blocked=lambda: {"round-7": {"reason": "rolled back"}})
+    applier.follow(pointer(7), None)
+    assert fetcher.wanted == ["round-7"]  # rolled back by its technician: not again
