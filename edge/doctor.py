@@ -26,11 +26,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from edge.config import BoxConfig
+
+if TYPE_CHECKING:
+    from federation.messages import RoundAnnounce
 
 log = logging.getLogger(__name__)
 
@@ -200,9 +204,10 @@ def broker_refusal(cfg: BoxConfig) -> tuple[str | None, bool]:
     return why, True
 
 
-def check_broker(cfg: BoxConfig, seen_ts: list[float]) -> Check:
+def check_broker(cfg: BoxConfig, seen_ts: list[float],
+                 announced: list[RoundAnnounce] | None = None) -> Check:
     """TLS probe, then a real MQTT session; records the aggregator's signed timestamps
-    into ``seen_ts`` for the clock check."""
+    into ``seen_ts`` for the clock check, and its signed announce into ``announced``."""
     hint = ("check broker.url and the network; a revoked or expired certificate needs a "
             "new one from the operator; a wrong clock breaks TLS too")
     why, revoked = broker_refusal(cfg)
@@ -214,14 +219,22 @@ def check_broker(cfg: BoxConfig, seen_ts: list[float]) -> Check:
     if why is not None:
         return Check("broker", False, why, hint)
     from federation import topics
-    from federation.envelope import decode
+    from federation.crypto.keys import read_public_key
+    from federation.crypto.signing import KeyRing
+    from federation.envelope import decode, verify_envelope
+    from federation.messages import RoundAnnounce
     from federation.transport.mqtt import MqttTransport, TlsConfig
 
     got = threading.Event()
 
     def on_announce(topic: str, payload: bytes) -> None:
         try:
-            seen_ts.append(float(decode(payload).ts))
+            env = decode(payload)
+            seen_ts.append(float(env.ts))
+            if announced is not None:
+                verify_envelope(env, KeyRing({cfg.federation.aggregator_id: read_public_key(
+                    cfg.federation.aggregator_key)}), fed=cfg.box.fed)
+                announced.append(RoundAnnounce.from_json(env.payload))
         except Exception as exc:  # the clock check then just has fewer references
             log.debug("unreadable announce on %s: %s", topic, exc)
         got.set()
@@ -317,11 +330,42 @@ def check_box_data(cfg: BoxConfig) -> Check:
     return Check("box data", True, "gallery database and served model files intact")
 
 
+def check_announced_key(cfg: BoxConfig, announced: list[RoundAnnounce]) -> Check | None:
+    """The federation key the aggregator's signed announce names against the box's: a
+    box provisioned from a bundle of another key of the same federation passed every
+    check and then sat out every round (helper-38). None: no announce was read."""
+    from federation.crypto.keys import load_secret_context
+
+    if not announced or not announced[-1].key_id:
+        return None
+    ann = announced[-1]
+    try:
+        mine = load_secret_context(cfg.federation.secret_context)
+    except Exception:  # check_federation_keys says what is wrong with the file
+        return None
+    if ann.key_id == mine.key_id:
+        return Check("federation key", True, f"rounds are announced under this box's key "
+                     f"{mine.key_id} (epoch {mine.epoch})")
+    if ann.key_epoch > mine.epoch:
+        return Check("federation key", True, f"rounds are announced under key epoch "
+                     f"{ann.key_epoch}; this box is on {mine.epoch} and takes the new key "
+                     "when it is sealed to it (join)")
+    return Check("federation key", False, f"rounds are announced under key {ann.key_id} "
+                 f"(epoch {ann.key_epoch}); this box holds key {mine.key_id} (epoch "
+                 f"{mine.epoch}): its bundle is of another key", "re-import the "
+                 "federation's current key bundle: fedface-edge provision --bundle FILE (ask "
+                 "the operator: fedface-aggregator keys bundle)")
+
+
 def run_checks(cfg: BoxConfig, now: Clock = time.time) -> list[Check]:
     seen_ts: list[float] = []
+    announced: list[RoundAnnounce] = []
     checks = [check_camera(cfg), check_models(cfg), check_key_permissions(cfg),
               check_federation_keys(cfg), check_certificate(cfg, now)]
-    checks.append(check_broker(cfg, seen_ts))
+    checks.append(check_broker(cfg, seen_ts, announced))
+    key_in_use = check_announced_key(cfg, announced)
+    if key_in_use is not None:
+        checks.append(key_in_use)
     checks.append(check_clock(cfg, seen_ts, now))
     checks.append(check_disk(cfg))
     checks.append(check_box_data(cfg))

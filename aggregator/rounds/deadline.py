@@ -66,16 +66,24 @@ def at_deadline(*, summed: int, quorum: int, announced_min_new: int, extensions:
     the devices whose status says they sit this round out, and why (``no_new_samples``,
     or ``base_not_served``: the box refused the round's base or rolled it back).
     ``regions``: the regional aggregators among the devices; reopening the round does not
-    reach their boxes, so it is not tried for them."""
+    reach their boxes, so it is not tried for them. A box sitting out for another reason
+    (``old_epoch``: a key of another epoch or federation) is named with it; it counted as
+    silent, and every quiet night with such a box failed."""
     if summed >= quorum:
         return AtDeadline(CLOSE, f"deadline with quorum ({summed} update(s), quorum {quorum})")
     waiting = active - contributors
     nothing_new = {d for d in waiting if sat_out.get(d) == NO_NEW_SAMPLES}
     refusing = {d for d in waiting if sat_out.get(d) == BASE_NOT_SERVED}
-    silent = waiting - nothing_new - refusing
+    # sat out for a reason of their own that this round cannot change (a key of another
+    # epoch or federation, another part): they did speak, so not "no word from"
+    unable = {d for d in waiting if d in sat_out} - nothing_new - refusing
+    silent = waiting - nothing_new - refusing - unable
     said = (f"{_names(nothing_new)} sat out (" + (
         f"fewer new samples than {announced_min_new})" if announced_min_new > 0
         else "nothing new)") if nothing_new else "")
+    if unable:
+        said += ("; " if said else "") + ", ".join(
+            f"{d} cannot join ({sat_out[d]})" for d in sorted(unable)[:5])
     if refusing:  # they cannot join a round on this base, whatever it is announced with
         said += ("; " if said else "") + f"{_names(refusing)} do(es) not serve its base {base}"
         if len(active) - len(refusing) < quorum:
@@ -83,7 +91,7 @@ def at_deadline(*, summed: int, quorum: int, announced_min_new: int, extensions:
                      "fedface-aggregator models pin the version they serve (base: the "
                      "pretrained model every box holds), or models rollback "
                      "(docs/operations.md, 'Model versions')")
-    if summed == 0 and (nothing_new or refusing) and not silent:
+    if summed == 0 and (nothing_new or refusing or unable) and not silent:
         label = "nothing new" if nothing_new else "no box can join"
         return AtDeadline(SKIP, f"{label}: {said}", label)
     if summed > 0 and announced_min_new > 0 and nothing_new - regions:

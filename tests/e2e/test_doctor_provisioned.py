@@ -63,7 +63,7 @@ def test_provision_then_doctor_all_green(fed: Federation, camera: str) -> None:
     assert code == 0, out
     names = [ln[6:22].strip() for ln in out.splitlines() if ln.startswith("PASS")]
     assert names == ["camera", "models", "key files", "federation keys", "certificate",
-                     "broker", "clock", "disk"]
+                     "broker", "clock", "disk", "box data"]
     assert "FAIL" not in out
     code, out = edge(box, "status", "--json")
     assert code == 0 and '"device_id": "box-1"' in out and '"kiosk_password_set": true' in out
@@ -203,3 +203,28 @@ def test_doctor_names_a_damaged_gallery_and_model_file(fed: Federation, camera: 
     code, out = edge(box, "identify", str(photos[0]))
     assert code == 5, out
     assert "writable data directory" not in out and "damaged" in out, out
+
+
+def test_doctor_compares_the_announced_key_with_the_box_s(fed: Federation, camera: str) -> None:
+    """A box provisioned from a bundle of another key of the same federation passed
+    every check and then sat every round out (`old_epoch`)."""
+    from edge.doctor import check_announced_key
+    from federation.crypto.keys import load_secret_context
+    from federation.messages import OPEN, RoundAnnounce
+
+    box = provision_box(fed, "box-11", camera)
+    cfg = load_box_config(box / "edge.toml")
+    mine = load_secret_context(cfg.federation.secret_context)
+
+    def announce(key_id: str, epoch: int) -> RoundAnnounce:
+        return RoundAnnounce(3, "round-2", OPEN, time.time() + 60, 2, 64.0, 65536,
+                             key_id=key_id, key_epoch=epoch)
+
+    assert check_announced_key(cfg, []) is None  # no aggregator heard: nothing to say
+    same = check_announced_key(cfg, [announce(mine.key_id, mine.epoch)])
+    assert same is not None and same.ok
+    newer = check_announced_key(cfg, [announce("1" * 32, mine.epoch + 1)])
+    assert newer is not None and newer.ok and "sealed to it" in newer.detail
+    other = check_announced_key(cfg, [announce("2" * 32, mine.epoch)])
+    assert other is not None and not other.ok
+    assert "another key" in other.detail and "provision --bundle" in other.hint
