@@ -210,6 +210,9 @@ def check_broker(cfg: BoxConfig, seen_ts: list[float],
     into ``seen_ts`` for the clock check, and its signed announce into ``announced``."""
     hint = ("check broker.url and the network; a revoked or expired certificate needs a "
             "new one from the operator; a wrong clock breaks TLS too")
+    if not Path(cfg.broker.cert_file).exists():  # said 'TLS failed: [Errno 2] ...'
+        return Check("broker", False, "not tried: the box has no certificate yet",
+                     "see the certificate check")
     why, revoked = broker_refusal(cfg)
     if revoked:
         from edge.federated.revocation import REPROVISION

@@ -134,7 +134,7 @@ def open_bundle(data: bytes, passphrase: str) -> KeyBundle:
                                       MAGIC + bytes([VERSION]) + raw_header)
     except InvalidTag:
         raise KeyFileError(
-            KEY_FILE, "cannot open the key bundle: wrong passphrase, or the file was altered"
+            KEY_FILE, "wrong passphrase, or the file was altered or truncated"
         ) from None
     try:
         body = json.loads(payload)
