@@ -46,6 +46,13 @@ class BoxContext:
     def require_config(self) -> BoxConfig:
         """The provisioned config, or a clear error saying how to get one."""
         if self.config is None:
+            keys = Path(self.settings.data_dir) / "keys"
+            if keys.is_dir() and any(keys.iterdir()):  # edge.toml lost, the box's keys kept
+                raise ConfigError(f"no box config at {self.config_path}, but "
+                                  f"{self.settings.data_dir} holds a provisioned box's keys",
+                                  hint="run fedface-edge provision again with the same "
+                                  "--device-id and --bundle: it keeps the keys and "
+                                  "certificate and writes the config")
             raise ConfigError(f"no box config at {self.config_path}",
                               hint="provision the box first (fedface-edge provision), or "
                               "pass --config FILE / set FEDFACE_CONFIG")

@@ -229,3 +229,24 @@ def test_doctor_compares_the_announced_key_with_the_box_s(fed: Federation, camer
     other = check_announced_key(cfg, [announce("2" * 32, mine.epoch)])
     assert other is not None and not other.ok
     assert "another key" in other.detail and "provision --bundle" in other.hint
+
+
+def test_a_box_that_lost_its_config_is_told_how_to_write_it_again(
+        fed: Federation, camera: str) -> None:
+    """edge.toml deleted on a signed box: the hint said 'provision the box first', as for
+    a new one. Provisioning again with the same id and bundle keeps its keys and
+    certificate and writes the config; every local check passes again."""
+    box = provision_box(fed, "box-12", camera)
+    cert = (box / "tls" / "device-tls.crt").read_bytes()
+    (box / "edge.toml").unlink()
+    code, out = edge(box, "doctor")
+    assert code == 9 and "holds a provisioned box's keys" in out, out
+    assert "--device-id and --bundle" in out, out
+    code, out = edge(box, "provision", "--non-interactive", "--device-id", "box-12",
+                     "--bundle", str(fed.bundle), "--passphrase-file",
+                     str(fed.root / "passphrase"), "--camera", camera,
+                     "--kiosk-password-file", str(fed.root / "kiosk-pw"))
+    assert code == 0, out
+    assert (box / "tls" / "device-tls.crt").read_bytes() == cert
+    _, lines = doctor_lines(box)
+    assert lines["certificate"] == "PASS" and lines["federation keys"] == "PASS", lines
