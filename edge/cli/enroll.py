@@ -128,9 +128,12 @@ def list_people(
     """Enrolled people with their crop count, the model versions of their embeddings and
     whether federated rounds train on them (one in five are calibration people, whom no
     round trains on: docs/operations.md, "Each model's own threshold")."""
+    from edge.gallery.files import DB_FILENAME
     from edge.gallery.holdout import is_calibration_person
 
-    people = box(ctx).gallery().people()
+    # a listing creates nothing: with no gallery yet (and a full disk) it failed
+    enrolled = (box(ctx).settings.data_dir / DB_FILENAME).exists()
+    people = box(ctx).gallery().people() if enrolled else []
     if as_json:
         typer.echo(json.dumps([
             {"id": p.id, "name": p.name, "crops": p.crops, "embeddings": p.embeddings,

@@ -216,3 +216,14 @@ def test_console_script_help_is_light_and_lists_commands() -> None:
          "('cv2', 'onnxruntime', 'torch', 'onnx') if m in sys.modules))"],
         capture_output=True, text=True, timeout=60, check=True, cwd=REPO)
     assert probe.stdout.strip() == "[]"
+
+
+def test_listing_people_of_a_new_box_creates_nothing(tmp_path: Path) -> None:
+    """`people list` created the gallery database to read it: on a full disk it failed
+    before anyone was enrolled."""
+    from edge.gallery.files import DB_FILENAME
+
+    listed = invoke(tmp_path / "new-box", "people", "list", "--json")
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.stdout) == []
+    assert not (tmp_path / "new-box" / DB_FILENAME).exists()
