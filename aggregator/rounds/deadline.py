@@ -98,8 +98,10 @@ def at_deadline(*, summed: int, quorum: int, announced_min_new: int, extensions:
         return AtDeadline(OPEN_TO_ALL, f"{summed} update(s) < quorum {quorum}; {said}: "
                                        f"reopened to every box")
     why = f"{summed} update(s) < quorum {quorum}" + (f"; {said}" if said else "")
-    if extensions < max_extensions:
-        return AtDeadline(EXTEND, why)
+    if extensions < max_extensions:  # whom it waits for (a walkthrough's log named only
+        # the boxes that sat out, never the one it was waiting for)
+        return AtDeadline(EXTEND, why + (f"; waiting for word from {_names(silent)}"
+                                         if silent and said else ""))
     return AtDeadline(FAIL, why + f" after {extensions} extension(s)" + (
         f"; no word from {_names(silent)}" if silent else ""))
 

@@ -42,7 +42,8 @@ def test_nothing_new_anywhere_is_skipped_at_once() -> None:
 def test_a_box_that_said_nothing_keeps_the_old_rule() -> None:
     """Offline or broken: it may still come, and a round it never sends to fails."""
     quiet = {"box-a": NEW, "box-b": NEW}
-    assert call(sat_out=quiet)[0] == EXTEND
+    action, why = call(sat_out=quiet)
+    assert action == EXTEND and why.endswith("; waiting for word from box-c"), why
     action, why = call(sat_out=quiet, extensions=2)
     assert action == FAIL and why == (
         "0 update(s) < quorum 2; box-a, box-b sat out (fewer new samples than 1) after 2 "
@@ -140,4 +141,4 @@ def test_at_a_root_regions_sitting_out_are_not_reopened() -> None:
                           sat_out={"box-b": NEW, "box-c": NEW}, regions=regions)
     assert decided.action == EXTEND and "reopened" not in decided.why
     assert call(summed=1, contributors=frozenset({"box-a"}), sat_out={"box-b": NEW},
-                min_new=0)[1].endswith("box-b sat out (nothing new)")
+                min_new=0)[1].endswith("box-b sat out (nothing new); waiting for word from box-c")
