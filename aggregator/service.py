@@ -58,6 +58,7 @@ federation.
 
 from __future__ import annotations
 
+import errno
 import logging
 import queue
 import sqlite3
@@ -109,6 +110,7 @@ DEFAULT_MAX_SPOOL_BYTES = 8 * 1024 * 1024 * 1024
 MAX_BATCH_UPDATES = 64
 MAX_BATCH_BYTES = 256 * 1024 * 1024
 _MAX_ITEMS_PER_PUMP = 4 * MAX_BATCH_UPDATES  # then deadlines and keys get their turn
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
 
 
 class AggregatorService:
@@ -282,6 +284,8 @@ class AggregatorService:
             try:
                 self.pump(timeout=tick_seconds)
             except (OSError, sqlite3.Error) as exc:
+                if isinstance(exc, OSError) and exc.errno not in _STORAGE_ERRNOS:
+                    raise  # not the disk's state: a bug, which serve's exit says
                 if time.monotonic() - said > 60:
                     said = time.monotonic()
                     log.error("the state directory cannot be written (%s): serve keeps "

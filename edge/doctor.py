@@ -328,8 +328,8 @@ def check_box_data(cfg: BoxConfig) -> Check:
                 store.read_checked(served)
     except ModelStoreError as exc:
         return Check("box data", False, str(exc), "the box serves the previous model "
-                     "meanwhile; fedface-edge model rollback serves a sound one for good, "
-                     "and the next federated result replaces it")
+                     "meanwhile; join fetches the federation's current result again by "
+                     "itself (fedface-edge model rollback serves the previous one for good)")
     return Check("box data", True, "gallery database and served model files intact")
 
 
