@@ -304,7 +304,7 @@ def check_box_data(cfg: BoxConfig) -> Check:
     import sqlite3
 
     from edge.box import MODELS_DIRNAME
-    from edge.gallery.files import DAMAGED_GALLERY, DB_FILENAME
+    from edge.gallery.files import DAMAGED_GALLERY, DB_FILENAME, data_dir_hint
     from edge.serving.versions import ModelStoreError, SwapStore
 
     gallery = cfg.box.data_dir / DB_FILENAME
@@ -316,6 +316,11 @@ def check_box_data(cfg: BoxConfig) -> Check:
             finally:
                 db.close()
         except sqlite3.Error as exc:
+            # only SQLite's own words mean damage: on a full disk it could not open the
+            # file ('disk I/O error'), and doctor told the technician to move it aside
+            hint = data_dir_hint(cfg.box.data_dir, exc)
+            if hint != DAMAGED_GALLERY:
+                return Check("box data", False, f"{gallery} cannot be read: {exc}", hint)
             verdict = str(exc)
         if verdict != "ok":
             return Check("box data", False, f"{gallery} is damaged: {verdict[:200]}",

@@ -28,7 +28,7 @@ from aggregator.state.verdicts import poisoned, poisoned_summary, suspects
 from federation.verdicts import Verdict
 
 Opt = typer.Option
-STALE_DEADLINE_S = 30.0
+STALE_DEADLINE_S = 120.0  # serve retries a write a full disk refused for a while
 
 
 def _age(ts: float | None) -> str:

@@ -65,6 +65,7 @@ class PresenceRecorder:
         self._pending = 0  # queued or being handled
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._storage_said = -1e9  # when a storage failure was last logged (monotonic)
 
     def observe(self, device: str, entry: dict[str, Any], retained: bool) -> None:
         """A box's status (``status_entry``), from the delivery thread: queued, never
@@ -133,6 +134,14 @@ class PresenceRecorder:
                     after = self._record(db, records, heard)
                     if after is not None and after.offline_since == heard.at:
                         self._will_heard(db, records, heard)
+                except (OSError, sqlite3.Error) as exc:  # a full disk: a line a minute
+                    if time.monotonic() - self._storage_said > 60:
+                        self._storage_said = time.monotonic()
+                        log.error("device presence of %s not recorded (%s); its next "
+                                  "status records it", heard.device, exc)
+                    if db is not None:  # opened again for the next status
+                        db.close()
+                        db = None
                 except Exception:  # a status not recorded must not stop the others
                     log.exception("device presence of %s not recorded", heard.device)
                     if db is not None:  # opened again for the next status

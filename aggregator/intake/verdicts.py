@@ -51,9 +51,9 @@ WARN_EVERY_SECONDS = 300.0  # per device: a bad status is logged, not a flood of
 # why a box sits a round out, as its status's not_joining says: the reasons the round's
 # deadline weighs (aggregator.rounds.deadline)
 # what a box's status may say it sits a round out for (edge.federated.joining): the
-# last three it cannot change this round (another key epoch or federation key, another part)
+# last four it cannot change this round (another key epoch or federation key, another part)
 SITTING_OUT_REASONS = (NO_NEW_SAMPLES, BASE_NOT_SERVED, "old_epoch", "key_epoch_pending",
-                       "wrong_part")
+                       "wrong_key", "wrong_part")
 
 
 @dataclass(frozen=True)

@@ -131,9 +131,11 @@ def list_people(
     from edge.gallery.files import DB_FILENAME
     from edge.gallery.holdout import is_calibration_person
 
-    # a listing creates nothing: with no gallery yet (and a full disk) it failed
-    enrolled = (box(ctx).settings.data_dir / DB_FILENAME).exists()
-    people = box(ctx).gallery().people() if enrolled else []
+    # a listing creates no gallery in a data dir that has none (on a full disk it failed);
+    # a data dir that is not there is opened, so that a wrong one is said
+    data_dir = Path(box(ctx).settings.data_dir)
+    unopened = data_dir.is_dir() and not (data_dir / DB_FILENAME).exists()
+    people = [] if unopened else box(ctx).gallery().people()
     if as_json:
         typer.echo(json.dumps([
             {"id": p.id, "name": p.name, "crops": p.crops, "embeddings": p.embeddings,

@@ -181,11 +181,15 @@ class RoundJoiner:
         if not ann.key_id or ann.key_id == key.key_id:
             return False
         if self.not_joining.get("round") != ann.round:
-            old = ann.key_epoch <= key.epoch
-            reason = "old_epoch" if old else "key_epoch_pending"
+            # the same epoch under another key: a bundle of another key of the federation
+            reason = ("wrong_key" if ann.key_epoch == key.epoch else
+                      "old_epoch" if ann.key_epoch < key.epoch else "key_epoch_pending")
             detail = (f"round announced under key {ann.key_id} epoch {ann.key_epoch}, this "
-                      f"box is on key {key.key_id} epoch {key.epoch}"
-                      + ("" if old else "; waiting for the new key sealed to this box"))
+                      f"box is on key {key.key_id} epoch {key.epoch}" + {
+                          "wrong_key": "; its key bundle is of another key: re-import the "
+                          "federation's current one (fedface-edge provision --bundle)",
+                          "key_epoch_pending": "; waiting for the new key sealed to this box",
+                      }.get(reason, ""))
             self.events.count(reason)
             self.not_joining = {"reason": reason, "round": ann.round, "detail": detail}
             log.warning("round %d: not joining: %s", ann.round, detail)

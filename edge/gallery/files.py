@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import sqlite3
 import stat
 from pathlib import Path
@@ -68,12 +69,24 @@ DAMAGED_GALLERY = (f"the gallery database is damaged: move {DB_FILENAME} (and it
                    "certificate and models are not in it")
 
 
+def disk_full(path: Path) -> bool:
+    """Less than a MiB free where ``path`` is (or would be): SQLite reports a full disk
+    as 'disk I/O error' when it cannot create its journal files."""
+    for where in (Path(path), *Path(path).parents):
+        if where.exists():
+            try:
+                return shutil.disk_usage(where).free < 2**20
+            except OSError:
+                return False
+    return False
+
+
 def data_dir_hint(path: Path, exc: BaseException | None = None) -> str:
     """What to do about ``exc`` in the data dir ``path``: a full disk and a damaged
     database are not fixed by another directory (the hint a walkthrough got for both)."""
     text = str(exc or "").lower()
     if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) \
-            or "disk is full" in text:
+            or "disk is full" in text or (exc is not None and disk_full(path)):
         return f"the disk of {path} is full: free space there (df -h {path}); nothing was changed"
     if "malformed" in text or "not a database" in text:
         return DAMAGED_GALLERY

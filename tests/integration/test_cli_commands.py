@@ -223,6 +223,7 @@ def test_listing_people_of_a_new_box_creates_nothing(tmp_path: Path) -> None:
     before anyone was enrolled."""
     from edge.gallery.files import DB_FILENAME
 
+    (tmp_path / "new-box").mkdir()
     listed = invoke(tmp_path / "new-box", "people", "list", "--json")
     assert listed.exit_code == 0, listed.output
     assert json.loads(listed.stdout) == []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import stat
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from edge.federated.client import ClientConfig, ClientEvent, FederationClient
@@ -87,6 +88,14 @@ def test_a_box_takes_only_a_newer_epoch_sealed_to_it_by_the_key_holder(tmp_path:
                  "round 5 sat out")
         reason = next(e for e in events if e.kind == "not_joined").data["reason"]
         assert reason == "old_epoch"
+        # another key of the same epoch (a bundle of another key of the federation)
+        other = new_secret_context(epoch=2)
+        send("announce", topics.announce(FED), replace(
+            ann, round=6, key_id=other.key_id, key_epoch=2).to_json(), 6)
+        wait_for(lambda: any(e.kind == "not_joined" and e.round == 6 for e in events), SLOW,
+                 "round 6 sat out")
+        sat = next(e for e in events if e.kind == "not_joined" and e.round == 6).data
+        assert sat["reason"] == "wrong_key" and "provision --bundle" in sat["detail"], sat
         assert not any(e.kind == "joined" for e in events)
     finally:
         client.stop(timeout=5)

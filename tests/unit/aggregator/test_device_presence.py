@@ -411,6 +411,6 @@ def test_a_will_is_said_only_when_serves_own_link_stayed_up(
 def test_status_says_when_an_open_round_s_deadline_is_long_past() -> None:
     """With serve stopped, status printed `deadline in 0s` for ever."""
     assert status_cli._deadline(time.time() + 90).startswith("deadline in ")
-    assert "serve running" not in status_cli._deadline(time.time() - 5)
+    assert "serve running" not in status_cli._deadline(time.time() - 60)
     late = status_cli._deadline(time.time() - 600)
     assert late.startswith("deadline 10m ago") and "is fedface-aggregator serve running?" in late

@@ -52,12 +52,12 @@ def test_a_box_that_said_nothing_keeps_the_old_rule() -> None:
 
 def test_a_box_on_another_key_is_named_not_silent() -> None:
     """A box provisioned from a bundle of another federation key sits every round out
-    (`old_epoch`): it counted as 'no word from', so every quiet night was extended and
-    then failed instead of skipped (helper-38)."""
-    sat = {"box-a": NEW, "box-b": NEW, "box-c": "old_epoch"}
+    (`wrong_key`; `old_epoch` for a key of an earlier epoch): it counted as 'no word
+    from', so every quiet night was extended and then failed instead of skipped."""
+    sat = {"box-a": NEW, "box-b": NEW, "box-c": "wrong_key"}
     action, why = call(sat_out=sat)
     assert action == SKIP, why
-    assert "box-c cannot join (old_epoch)" in why and "no word" not in why
+    assert "box-c cannot join (wrong_key)" in why and "no word" not in why
     action, why = call(summed=1, contributors=frozenset({"box-a"}),
                        sat_out={"box-b": "old_epoch", "box-c": "old_epoch"}, extensions=2)
     assert action == FAIL and "no word" not in why, why

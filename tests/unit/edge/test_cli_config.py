@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -46,10 +47,10 @@ def test_every_setting_is_described() -> None:
 
 
 def test_data_dir_from_env_reaches_the_commands(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["people", "list", "--json"],
+    result = CliRunner().invoke(app, ["status", "--json"],
                                 env={"FEDFACE_DATA_DIR": str(tmp_path / "envbox")})
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "envbox" / "gallery.sqlite3").is_file()
+    assert json.loads(result.stdout)["data_dir"] == str(tmp_path / "envbox")
 
 
 class ProvisioningError(FedFaceError):
@@ -144,3 +145,19 @@ def test_the_gallery_hint_fits_the_failure(tmp_path: Path) -> None:
         "database disk image is malformed")) == DAMAGED_GALLERY
     assert "writable data directory" in data_dir_hint(tmp_path, PermissionError(
         errno.EACCES, "Permission denied"))
+
+
+def test_a_full_disk_reported_as_an_io_error_gets_the_full_disk_hint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite says 'disk I/O error' when a full disk leaves no room for its journal: the
+    hint said to choose a writable data directory, and doctor called the gallery damaged
+    (move it aside and enrol again: destructive advice for a full disk)."""
+    import sqlite3
+
+    import edge.gallery.files as files
+
+    io_error = sqlite3.OperationalError("disk I/O error")
+    assert "writable data directory" in files.data_dir_hint(tmp_path, io_error)
+    monkeypatch.setattr(files, "disk_full", lambda path: True)
+    hint = files.data_dir_hint(tmp_path, io_error)
+    assert "is full" in hint and hint != files.DAMAGED_GALLERY
