@@ -26,7 +26,6 @@ error; ``FedFaceError`` subclasses without one get 1 unless listed in ``_CODES_B
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import sqlite3
@@ -124,19 +123,17 @@ def _as_user_error(exc: Exception) -> Exception:
     model graphs said 'internal error ... report it'), a damaged gallery database, and an
     unusable key file (exit 1, which the service manager restarts for ever; 7, not
     provisioned, it does not)."""
+    from edge.gallery.files import DAMAGED_GALLERY, damaged, no_space
     from federation.errors import KeyFileError
 
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if isinstance(exc, OSError) and no_space(exc):
         where = Path(exc.filename).parent if exc.filename else Path(".")
         return CliError(f"no space left on the device writing {exc.filename or 'a file'}",
                         hint=f"free space there (df -h {where}); a box needs about 100 MB in "
                         "its data dir besides the gallery (its model graphs, trunk features "
                         "and model versions); fedface-edge doctor checks free space",
                         exit_code=EXIT_GALLERY)
-    if isinstance(exc, sqlite3.DatabaseError) and (
-            "malformed" in str(exc) or "not a database" in str(exc)):
-        from edge.gallery.files import DAMAGED_GALLERY
-
+    if isinstance(exc, sqlite3.DatabaseError) and damaged(exc):
         return CliError(f"the gallery database cannot be read: {exc}", hint=DAMAGED_GALLERY,
                         exit_code=EXIT_GALLERY)
     if isinstance(exc, KeyFileError):

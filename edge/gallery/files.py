@@ -81,14 +81,24 @@ def disk_full(path: Path) -> bool:
     return False
 
 
+def no_space(exc: BaseException | None) -> bool:
+    """``exc`` says the disk is full (an OSError's errno, or SQLite's words)."""
+    return (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) \
+        or "disk is full" in str(exc or "").lower()
+
+
+def damaged(exc: BaseException | None) -> bool:
+    """``exc`` is SQLite saying the database file itself is damaged."""
+    text = str(exc or "").lower()
+    return "malformed" in text or "not a database" in text
+
+
 def data_dir_hint(path: Path, exc: BaseException | None = None) -> str:
     """What to do about ``exc`` in the data dir ``path``: a full disk and a damaged
     database are not fixed by another directory (the hint a walkthrough got for both)."""
-    text = str(exc or "").lower()
-    if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) \
-            or "disk is full" in text or (exc is not None and disk_full(path)):
+    if no_space(exc) or (exc is not None and disk_full(path)):
         return f"the disk of {path} is full: free space there (df -h {path}); nothing was changed"
-    if "malformed" in text or "not a database" in text:
+    if damaged(exc):
         return DAMAGED_GALLERY
     return (f"choose a writable data directory with --data-dir or $FEDFACE_DATA_DIR "
             f"(the box user must be able to create and write {path})")
