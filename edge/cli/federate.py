@@ -58,8 +58,17 @@ def demo(
         "the box's camera: how many of them each model names as someone.")] = 50,
 ) -> None:
     """Run a whole federation on this machine: keys, aggregator, N boxes, R rounds."""
+    import signal
+
     from edge.demo.run import DemoOptions, run_demo
 
+    def interrupted(*_: object) -> None:
+        # as Ctrl-C: the demo stops its boxes, then its aggregator, and says `interrupted`
+        # (Python's default for these signals ends the process without any of that)
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupted)
     run_demo(DemoOptions(
         faces=faces, boxes=boxes, rounds=rounds, broker=broker, people_per_box=people_per_box,
         images_per_person=images_per_person, heldout_per_person=heldout_per_person,

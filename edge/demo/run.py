@@ -32,6 +32,7 @@ from edge.demo.camera import DEFAULT_CAMERAS, Person, box_cameras, shoot
 from edge.demo.progress import BoxProc, Progress, read_events
 from edge.demo.table import before_after_table, mean_gain
 from edge.errors import FedFaceError
+from edge.lifetime import tethered
 from federation.crypto.keys import create_federation_keys, write_private_key, write_public_key
 from federation.crypto.signing import generate_signing_key
 from federation.files import PRIVATE_DIR, make_dirs, open_new
@@ -230,17 +231,21 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> dict[str,
             box_cfgs.append(box_dir / "box.json")
 
         agg_log = open_new(agg_state / "serve.log", 0o600, "w")
+        # tethered: a demo killed any way stops its aggregator and boxes with it (they
+        # kept reconnecting for ever to the embedded broker that had died with it)
         agg = subprocess.Popen(
-            [*_serve_command(agg_cmd, protocol), "--state", str(agg_state), "--broker",
-             broker_url, "--quorum", str(opts.boxes), "--rounds", str(opts.rounds),
-             "--round-deadline", str(max(120.0, opts.timeout_s))],
+            tethered([*_serve_command(agg_cmd, protocol), "--state", str(agg_state),
+                      "--broker", broker_url, "--quorum", str(opts.boxes),
+                      "--rounds", str(opts.rounds),
+                      "--round-deadline", str(max(120.0, opts.timeout_s))]),
             stdout=agg_log, stderr=subprocess.STDOUT, text=True)
         procs.append(agg)
         progress = Progress(box_names, opts.rounds, out)
         boxes: list[BoxProc] = []
         for name, cfg_path in zip(box_names, box_cfgs, strict=True):
             log_path = cfg_path.parent / "box.log"
-            proc = subprocess.Popen([sys.executable, "-m", "edge.demo.box", str(cfg_path)],
+            proc = subprocess.Popen(tethered([sys.executable, "-m", "edge.demo.box",
+                                              str(cfg_path)]),
                                     stdout=subprocess.PIPE, stderr=open_new(log_path, 0o600, "w"),
                                     text=True, bufsize=1)
             procs.append(proc)

@@ -6,5 +6,5 @@ needs, without torch), ``trainer`` (fine-tuning in a niced child process), ``loo
 (``fedface-edge train``: train, measure, save; never swaps) and ``drift`` (a stand-in
 that does not learn, for tests and boxes without torch).
 
-May import: edge.errors, edge.priority, edge.serving, models, federation.
+May import: edge.errors, edge.priority, edge.lifetime, edge.serving, models, federation.
 """

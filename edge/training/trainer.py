@@ -15,12 +15,9 @@ arrays (measured: ~450 MB it would otherwise keep for the rest of its life).
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import functools
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -32,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.lifetime import die_with_parent
 from edge.priority import background_niceness
 from edge.training.api import FitResult, LocalUpdate, TrainConfig, TrainingError
 from edge.training.augment import check_crop
@@ -39,8 +37,6 @@ from edge.training.feature_cache import CropsByPerson, FeatureCache, group_crops
 from federation.files import PRIVATE_DIR, make_dirs, open_new
 from federation.memory import BOX_MALLOC, TRAINING_MALLOC, pin_malloc
 from models.federated_parts import DEFAULT_PART, FederatedPart, get_part
-
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 __all__ = ["TorchLocalTrainer", "TrainConfig", "check_torch", "train_local"]
 
@@ -58,18 +54,9 @@ def check_torch() -> None:
         raise ImportError(f"torch cannot be imported (the train extra): {lines[-1]}")
 
 
-def _die_with_parent(parent: int) -> None:
-    """Linux: the kernel kills this child when the box process that started it dies. A
-    join killed with -9 left its training child (680 MB RSS, helper-38) running for good,
-    blocked on a pipe that another of the join's children still held open."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # it died before the prctl
-        os._exit(1)
-
-
 def _init_round_process(niceness: int, parent: int) -> None:
-    _die_with_parent(parent)
+    # a join killed with -9 left its training child (680 MB RSS) running for good
+    die_with_parent(parent)
     # As every box process while computing trunk features (federation.memory): with
     # glibc's dynamic thresholds, round 1's ONNX passes (one per crop, no arena) left
     # their freed activations in a fragmented heap, and the child grew with every view:

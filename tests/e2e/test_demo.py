@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -219,3 +221,66 @@ def test_demo_without_torch_says_it_falls_back(lfw_dir: Path, tmp_path: Path) ->
     assert proc.stdout.count("WARNING: torch is not installed") == 2
     assert "trainer: numpy-drift (NOT learning)" in proc.stdout
     assert "round 1: 2 updates in" in proc.stdout
+
+
+def _children(pid: int) -> dict[int, str]:
+    """The processes ``pid`` started, by pid, with their command lines."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+                found[int(stat.parent.name)] = cmdline.decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue  # it ended while we looked
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["term", "kill"])
+def test_a_killed_demo_stops_its_aggregator_and_boxes(lfw_dir: Path, tmp_path: Path,
+                                                      signum: int) -> None:
+    """`kill` (or a closed terminal, or -9) of the demo: its aggregator and boxes went on
+    reconnecting for ever to the embedded broker that had died with it."""
+    proc = subprocess.Popen([EDGE, "demo", "--faces", str(lfw_dir), "--workdir",
+                             str(tmp_path / "demo"), *TINY], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    children: dict[int, str] = {}
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # the demo says so once the processes run
+            if line.startswith("aggregator and 2 boxes started"):
+                break
+        else:
+            pytest.fail(f"the demo ended before starting its boxes: {proc.wait()}")
+        children = _children(proc.pid)
+        commands = list(children.values())
+        assert len(commands) == 3, commands
+        assert sum("fedface-aggregator serve" in c for c in commands) == 1, commands
+        assert sum("-m edge.demo.box" in c for c in commands) == 2, commands
+        proc.send_signal(signum)
+        proc.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while any(map(_alive, children)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = {pid: cmd for pid, cmd in children.items() if _alive(pid)}
+        assert not left, f"outlived the demo: {left}"
+        if signum == signal.SIGTERM:  # stopped as by Ctrl-C, and said so
+            assert proc.returncode == 130, proc.returncode
+            assert "interrupted" in (proc.stderr.read() if proc.stderr else "")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in filter(_alive, children):  # what the test found outliving the demo
+            os.kill(pid, signal.SIGKILL)
