@@ -32,7 +32,7 @@ def status_data(ctx: typer.Context) -> dict[str, Any]:
 
     from edge.federated.verdicts import RoundVerdicts
     from edge.serving.current import base_served, served_models, swap_dir_for
-    from edge.serving.versions import SwapStore
+    from edge.serving.versions import ModelStoreError, SwapStore
 
     the_box = box(ctx).box()
     swap_dir = swap_dir_for(the_box.gallery_db)
@@ -41,12 +41,21 @@ def status_data(ctx: typer.Context) -> dict[str, Any]:
     if not swap_dir.is_dir():
         return {"current": asdict(base_served()), "previous": None, "blocked": {},
                 "history": [], "swap_dir": str(swap_dir), "rounds": verdicts,
-                "deployed": deployed}
+                "deployed": deployed, "damaged": {}}
     store = SwapStore(swap_dir)
     current, previous = served_models(store)
+    # a version whose file is gone or damaged is not what the box serves: every process
+    # falls back to the one before it (helper-39: status said nothing until join ran)
+    damaged = {}
+    for served in (current, previous):
+        if served is not None and served.model_file is not None:
+            try:
+                store.read_checked(served)
+            except ModelStoreError as exc:
+                damaged[served.version] = str(exc)
     return {"current": asdict(current), "previous": asdict(previous) if previous else None,
             "blocked": store.blocked(), "history": store.history(), "swap_dir": str(swap_dir),
-            "rounds": verdicts, "deployed": deployed}
+            "rounds": verdicts, "deployed": deployed, "damaged": damaged}
 
 
 def threshold_text(served: dict[str, Any], deployed: float) -> str:
@@ -81,6 +90,10 @@ def status(
             continue
         typer.echo(f"{label:9s} {served['version']}  since {_when(served['since'])}  "
                    f"({served['reason']}); {threshold_text(served, data['deployed'])}")
+        if served["version"] in data["damaged"]:
+            typer.echo(f"  DAMAGED: {data['damaged'][served['version']]}; the box serves "
+                       "the version before it meanwhile, and join fetches the federation's "
+                       "current result again by itself (`fedface-edge doctor`)")
     for version, entry in sorted(data["blocked"].items()):
         typer.echo(f"refused   {version}  {_when(entry.get('at'))}  ({entry.get('reason')})")
     for entry in reversed(data["history"]):

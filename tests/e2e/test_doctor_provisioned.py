@@ -194,6 +194,16 @@ def test_doctor_names_a_damaged_gallery_and_model_file(fed: Federation, camera: 
         "reason": "federated round result", "previous": None}))
     bad = failing(box)
     assert set(bad) == {"box data"} and "does not match the SHA-256" in bad["box data"], bad
+    # model status says so too (it showed round-7 as served, nothing more)
+    code, out = edge(box, "model", "status")
+    assert code == 0, out
+    current = out.splitlines().index(next(line for line in out.splitlines()
+                                          if line.startswith("current   round-7")))
+    damaged = out.splitlines()[current + 1]
+    assert damaged.startswith("  DAMAGED: ") and "does not match the SHA-256" in damaged, out
+    assert "serves the version before it" in damaged, out
+    code, out = edge(box, "model", "status", "--json")
+    assert code == 0 and list(json.loads(out)["damaged"]) == ["round-7"], out
     (models / "current.json").unlink()
     gallery = box / DB_FILENAME
     data = bytearray(gallery.read_bytes())
