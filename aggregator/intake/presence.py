@@ -33,6 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from aggregator.rounds.deadline import device_names
 from aggregator.state.presence import Heard, PresenceRecord, load_presence, observe, save_presence
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,8 @@ class PresenceRecorder:
                 save_presence(db, records[device])
         if back:
             log.info("the broker went away: the last will(s) of %s it published as it went "
-                     "are not taken as those boxes going offline", _names([w[0] for w in back]))
+                     "are not taken as those boxes going offline",
+                     device_names(w[0] for w in back))
         # back on its own status meanwhile: after a broker restart, the wills Mosquitto
         # queued for serve's session reached it after its reconnect, and every box was
         # said gone 3 s later while they reconnected (helper-38)
@@ -217,7 +219,7 @@ class PresenceRecorder:
                                            or records[w[0]].offline_since != w[1])]
         if returned:
             log.info("%s came back within %.0f s of its last will: not taken as going "
-                     "offline", _names(returned), self.will_hold_seconds)
+                     "offline", device_names(returned), self.will_hold_seconds)
         for device, _, _, _ in kept:
             if device in returned:
                 continue
@@ -227,6 +229,3 @@ class PresenceRecorder:
                         records[device].model if device in records else "unknown")
 
 
-def _names(devices: list[str], limit: int = 5) -> str:
-    shown = ", ".join(devices[:limit])
-    return shown + (f" and {len(devices) - limit} more" if len(devices) > limit else "")

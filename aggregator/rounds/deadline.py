@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from aggregator.state.db import RoundRow
@@ -52,7 +53,9 @@ class AtDeadline:
 
 
 
-def _names(devices: set[str], limit: int = 5) -> str:
+def device_names(devices: Iterable[str], limit: int = 5) -> str:
+    """``box-a, box-b and 3 more``: devices named in a log line, sorted, a few at most."""
+    devices = set(devices)
     shown = sorted(devices)[:limit]
     more = len(devices) - len(shown)
     return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
@@ -78,14 +81,15 @@ def at_deadline(*, summed: int, quorum: int, announced_min_new: int, extensions:
     # epoch or federation, another part): they did speak, so not "no word from"
     unable = {d for d in waiting if d in sat_out} - nothing_new - refusing
     silent = waiting - nothing_new - refusing - unable
-    said = (f"{_names(nothing_new)} sat out (" + (
+    said = (f"{device_names(nothing_new)} sat out (" + (
         f"fewer new samples than {announced_min_new})" if announced_min_new > 0
         else "nothing new)") if nothing_new else "")
     if unable:
         said += ("; " if said else "") + ", ".join(
             f"{d} cannot join ({sat_out[d]})" for d in sorted(unable)[:5])
     if refusing:  # they cannot join a round on this base, whatever it is announced with
-        said += ("; " if said else "") + f"{_names(refusing)} do(es) not serve its base {base}"
+        said += (("; " if said else "")
+                 + f"{device_names(refusing)} do(es) not serve its base {base}")
         if len(active) - len(refusing) < quorum:
             said += (f": without them the quorum of {quorum} cannot be met on {base}; "
                      "fedface-aggregator models pin the version they serve (base: the "
@@ -100,10 +104,10 @@ def at_deadline(*, summed: int, quorum: int, announced_min_new: int, extensions:
     why = f"{summed} update(s) < quorum {quorum}" + (f"; {said}" if said else "")
     if extensions < max_extensions:  # whom it waits for (a walkthrough's log named only
         # the boxes that sat out, never the one it was waiting for)
-        return AtDeadline(EXTEND, why + (f"; waiting for word from {_names(silent)}"
+        return AtDeadline(EXTEND, why + (f"; waiting for word from {device_names(silent)}"
                                          if silent and said else ""))
     return AtDeadline(FAIL, why + f" after {extensions} extension(s)" + (
-        f"; no word from {_names(silent)}" if silent else ""))
+        f"; no word from {device_names(silent)}" if silent else ""))
 
 
 def has_nothing_new(cur: RoundRow | None, *, summed: int, active: set[str],
