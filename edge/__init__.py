@@ -4,6 +4,7 @@ Folders, from the lowest floor up (each folder's docstring says what it owns and
 what it may import; tests/unit/test_layout.py holds every import to those lines):
 
     errors, priority          typed errors; how background work yields the CPU
+    lifetime                  child processes that die with the process that started them
     http_thread               a WSGI app served in a thread (kiosk, recognition API)
     vision/  gallery/         frames to embeddings; who is enrolled and the match rule
     serving/                  the engine, the model versions, the hot swap
