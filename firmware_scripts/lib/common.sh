@@ -224,6 +224,7 @@ ff_install_package() {
     else
         ff_die "source $FF_SOURCE not found (use --source DIR|WHEEL)"
     fi
+    local package="$spec"
     [ -n "$extras" ] && spec="${spec}[${extras}]"
     ff_log "pip install $spec"
     # --upgrade-strategy only-if-needed keeps a working stack (e.g. a JetPack
@@ -231,6 +232,13 @@ ff_install_package() {
     if ! ff_pip install --upgrade --upgrade-strategy only-if-needed "$spec"; then
         [ -n "$stage" ] && rm -rf "$stage"
         ff_die "pip install failed (offline? use --wheel-dir DIR with pre-downloaded wheels)"
+    fi
+    # The package itself is always replaced by the one given: a new release's wheel of
+    # the same version number was "already installed" for pip, and an upgrade left the
+    # old code in place and said nothing (a walkthrough's upgrade, helper-40).
+    if ! ff_pip install --force-reinstall --no-deps "$package"; then
+        [ -n "$stage" ] && rm -rf "$stage"
+        ff_die "pip could not reinstall $package"
     fi
     [ -n "$stage" ] && rm -rf "$stage"
     return 0

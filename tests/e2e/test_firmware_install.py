@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
 import ssl
 import subprocess
 import sys
@@ -266,13 +267,33 @@ def test_dirs_and_modes(installed: Install) -> None:
     assert "FF_PLATFORM=x86" in (p / "installed-edge.env").read_text()
 
 
-def test_upgrade_keeps_config_and_state_then_uninstall(installed: Install) -> None:
+def release_wheel(tmp_path: Path, marker: str) -> Path:
+    """A wheel of this checkout, with the version number unchanged and a module
+    ``edge._release_marker`` that says which release it is."""
+    source = tmp_path / "release-src"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "tests",
+        "bench", "artifacts"))
+    (source / "edge" / "_release_marker.py").write_text(f'RELEASE = "{marker}"\n')
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "--disable-pip-version-check", "-w", str(tmp_path / "dist"), str(source)],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    return next((tmp_path / "dist").glob("fedface-*.whl"))
+
+
+def test_upgrade_keeps_config_and_state_then_uninstall(installed: Install,
+                                                       tmp_path: Path) -> None:
     p = installed.prefix
     env = p / "etc/fedface/edge.env"
     env.write_text(env.read_text() + "FEDFACE_RUN_ARGS=--threshold 0.45\n")
     marker = p / "var/lib/fedface/gallery-marker"
     marker.write_text("enrolled people live here")
     ca_before = (p / "etc/fedface/pki/ca/ca.crt").read_bytes()
+    # the new release as a wheel of the SAME version number, as a release built from a
+    # later commit is: pip called it "already installed" and the upgrade kept the old code
+    wheel = release_wheel(tmp_path, marker="release-2")
     out = run_script(
         "upgrade.sh",
         "--prefix",
@@ -281,8 +302,14 @@ def test_upgrade_keeps_config_and_state_then_uninstall(installed: Install) -> No
         sys.executable,
         "--model-bundle",
         str(local_model_bundle()),
+        "--source",
+        str(wheel),
     )
     assert "upgrading edge (x86)" in out and "upgrading aggregator (aggregator)" in out
+    installed_marker = subprocess.run(  # from /: not this checkout's edge/ on sys.path
+        [str(installed.venv_python), "-c", "import edge._release_marker as m; print(m.RELEASE)"],
+        capture_output=True, text=True, timeout=60, cwd="/", check=False)
+    assert installed_marker.stdout.strip() == "release-2", installed_marker.stderr
     assert "--threshold 0.45" in env.read_text()
     assert marker.exists()
     assert (p / "etc/fedface/pki/ca/ca.crt").read_bytes() == ca_before  # CA not re-created
