@@ -290,7 +290,7 @@ class Coordinator:
                     "the next round opens on the schedule", cur.round, call.outcome, call.why)
             return self._fail(cur, call.label, call.why, status=call.outcome)
         announce = extend(self.store, cur, call, self.settings.deadline_seconds,
-                          self.settings.max_extensions, len(active))
+                          self.settings.max_extensions, len(active), self.clock())
         self.current = self.store.get_round(cur.round)
         return [Announce(announce)]
 

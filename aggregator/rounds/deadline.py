@@ -130,10 +130,13 @@ def has_nothing_new(cur: RoundRow | None, *, summed: int, active: set[str],
 
 
 def extend(store: Store, cur: RoundRow, call: AtDeadline, deadline_seconds: float,
-           max_extensions: int, active: int) -> RoundAnnounce:
+           max_extensions: int, active: int, now: float) -> RoundAnnounce:
     """Store and return the round's announce with a later deadline; reopened to every
     box (``OPEN_TO_ALL``), it uses up no extension."""
-    deadline = cur.deadline + deadline_seconds
+    # from now when the deadline is long past: serve restarted after an upgrade window
+    # reopened the round with a deadline already gone, extended it the same way and
+    # failed it within 40 ms, with "no word from" a box that had had no time (helper-40)
+    deadline = max(cur.deadline, now) + deadline_seconds
     announce = replace(RoundAnnounce.from_dict(cur.announce), deadline=deadline)
     extensions = cur.extensions + 1
     if call.action == OPEN_TO_ALL:

@@ -214,13 +214,38 @@ def test_deadline_without_quorum_extends_then_fails_and_reopens(
     rig.clock[0] += 11
     rig.service.pump()
     ann = latest_announce(rig.bus.retained, FED)
-    assert ann["round"] == 1 and ann["deadline"] == first_deadline + 10  # extended
+    assert ann["round"] == 1 and ann["deadline"] == rig.clock[0] + 10  # extended from now
+    assert ann["deadline"] > first_deadline + 10
     rig.clock[0] += 10
     rig.service.pump()
     ann = latest_announce(rig.bus.retained, FED)
     assert ann["round"] == 2 and ann["base_model"] == "base"  # failed, reopened on same base
     assert rig.store.get_round(1).status == "failed"  # type: ignore[union-attr]
     assert rig.store.counters()["rejected.round_failed"] == 1
+    rig.store.close()
+
+
+def test_a_deadline_long_past_is_extended_from_now(
+    tmp_path: Path, secret_ctx: FederationContext
+) -> None:
+    """serve back after an upgrade window longer than the round's deadline: the round
+    was extended to a deadline already past and failed on the same pump (helper-40),
+    with "no word from" boxes that had had no time to speak."""
+    settings = RoundSettings(deadline_seconds=10, quorum=2, count_scale=COUNT_SCALE,
+                             max_extensions=1)
+    rig = make_rig(tmp_path, secret_ctx, n_boxes=3, settings=settings)
+    assert _send_valid(rig, rig.boxes[0], _vec(21), 100)["accepted"]
+    rig.clock[0] += 600  # serve was down for ten minutes
+    rig.service.pump()
+    rig.service.pump()
+    ann = latest_announce(rig.bus.retained, FED)
+    assert ann["round"] == 1 and ann["deadline"] == rig.clock[0] + 10, ann  # still open
+    assert rig.store.get_round(1).status == "open"  # type: ignore[union-attr]
+    assert _send_valid(rig, rig.boxes[1], _vec(22), 100)["accepted"]  # in time now
+    rig.clock[0] += 11  # the third box stays silent: the round closes at its deadline
+    rig.service.pump()
+    pointer, _ = collect_result(rig.bus.retained, FED)
+    assert pointer["round"] == 1 and pointer["contributors"] == 2
     rig.store.close()
 
 
