@@ -7,6 +7,7 @@ broker did not confirm stays ``closed`` and is retried on every pump."""
 from __future__ import annotations
 
 import logging
+import statistics
 import threading
 from dataclasses import replace
 from typing import Protocol
@@ -143,7 +144,7 @@ class RoundEventHandler:
         if waits:
             log.info("round %d: %d update(s) acked this run, age at ack (box's send time to "
                      "ack) p50 %.0f ms, max %.0f ms", round_no, len(waits),
-                     1e3 * waits[len(waits) // 2], 1e3 * waits[-1])
+                     1e3 * statistics.median(waits), 1e3 * waits[-1])
 
     def _publish_result(self, event: ResultReady) -> None:
         previous = model_pins.retained_row(self.store)  # its retained chunks are cleared

@@ -120,6 +120,22 @@ def test_each_published_round_logs_how_long_its_updates_waited_for_their_acks(
     assert rig.service._ack_waits == {}  # nothing kept once the round is out
 
 
+def test_the_ack_wait_median_of_an_even_count_is_the_middle_two_s_mean(
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    """helper-40: two updates acked after 20 ms and 65 s (one queued across a restart)
+    were logged as p50 65294 ms, the larger of the two."""
+    from types import SimpleNamespace
+
+    from aggregator.rounds.events import RoundEventHandler
+
+    caplog.set_level(logging.INFO, logger="aggregator.rounds.events")
+    RoundEventHandler._log_ack_waits(SimpleNamespace(ack_waits={4: [65.294, 0.020]}), 4)  # type: ignore[arg-type]
+    assert [r.getMessage() for r in caplog.records] == [
+        "round 4: 2 update(s) acked this run, age at ack (box's send time to ack) p50 "
+        "32657 ms, max 65294 ms"]
+
+
 def test_the_quorum_is_a_floor_even_when_every_active_device_has_sent(
     tmp_path: Path, secret_ctx: FederationContext
 ) -> None:
