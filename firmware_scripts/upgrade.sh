@@ -15,7 +15,9 @@ Reads DIR/installed-edge.env and/or DIR/installed-aggregator.env (written at ins
 and re-runs install-<platform>.sh / install-aggregator.sh with the recorded options
 (--no-system, --with-train, --system-site-packages) plus the options given here.
 Config files in /etc/fedface are never overwritten; the gallery, models, device keys
-and the aggregator's state stay. Check afterwards: fedface-edge --help, journalctl -u fedface-edge.
+and the aggregator's state stay. It prints the release installed before and after
+(fedface-edge --version: version and build) and warns when the build did not change.
+Check afterwards: journalctl -u fedface-edge.
 
 EOF2
     ff_common_usage
@@ -25,6 +27,11 @@ EOF2
 recorded() {
     local file="$1" key="$2"
     sed -n "s/^$key=//p" "$file" | tail -n 1
+}
+
+# The release an installed CLI says it is (fedface-edge --version), or that it cannot.
+release_of() {
+    "$1/venv/bin/fedface-$2" --version 2>/dev/null || echo "an unknown release"
 }
 
 main() {
@@ -39,7 +46,12 @@ main() {
         i=$((i + 1))
     done
     rest=("$@")
-    local found=0 kind file platform flags units=() active=() u
+    local found=0 kind file platform flags units=() active=() u after
+    # what ran before any installer: an aggregator and a box in one prefix share a venv
+    local -A was=()
+    for kind in aggregator edge; do
+        [ -f "$prefix/installed-$kind.env" ] && was[$kind]="$(release_of "$prefix" "$kind")"
+    done
     for kind in aggregator edge; do
         file="$prefix/installed-$kind.env"
         [ -f "$file" ] || continue
@@ -62,7 +74,12 @@ main() {
         fi
         [ -x "$FF_SCRIPTS_DIR/install-$platform.sh" ] || ff_die "unknown recorded platform '$platform' in $file"
         ff_log "upgrading $kind ($platform)"
+        ff_log "installed: ${was[$kind]}"
         "$FF_SCRIPTS_DIR/install-$platform.sh" "${flags[@]}" "${rest[@]}"
+        after="$(release_of "$prefix" "$kind")"
+        ff_log "now: $after"
+        # an upgrade that changed nothing looked like one that worked (helper-40)
+        [ "$after" != "${was[$kind]}" ] || ff_log "WARNING: $kind: the same build as before (was --source the new release?)"
         if [ ${#active[@]} -gt 0 ]; then
             ff_log "starting again ${active[*]}"
             systemctl start "${active[@]}" || ff_log "could not start ${active[*]}: see systemctl status"

@@ -49,6 +49,23 @@ app = typer.Typer(help="FedFace aggregator: adds encrypted updates it can never 
 keys_app = typer.Typer(help="Federation CKKS keys.", no_args_is_help=True)
 devices_app = typer.Typer(help="Devices allowed to contribute.", no_args_is_help=True)
 rounds_app = typer.Typer(help="Training rounds.", no_args_is_help=True)
+
+
+def _print_release(on: bool) -> None:
+    if on:
+        from federation.release import release
+
+        typer.echo(release())
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_print_release,
+        help="Print the release (version and build) and exit.")] = False) -> None:
+    """FedFace aggregator: adds encrypted updates it can never decrypt."""
+
+
 app.add_typer(keys_app, name="keys")
 app.add_typer(devices_app, name="devices")
 app.add_typer(rounds_app, name="rounds")

@@ -66,6 +66,14 @@ def _setup_logging(verbose: int) -> None:
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 
+def _print_release(on: bool) -> None:
+    if on:
+        from federation.release import release
+
+        typer.echo(release())
+        raise typer.Exit()
+
+
 @app.callback()
 def _box_options(
     ctx: typer.Context,
@@ -86,6 +94,9 @@ def _box_options(
         help="Repeatable flag: -v info, -vv debug logging.", show_default=False)] = 0,
     debug: Annotated[bool, typer.Option(
         "--debug", help="Show tracebacks instead of one-line errors.")] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_print_release,
+        help="Print the release (version and build) and exit.")] = False,
 ) -> None:
     from edge.config import EdgeSettings
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import shutil
 import ssl
 import subprocess
@@ -310,6 +311,15 @@ def test_upgrade_keeps_config_and_state_then_uninstall(installed: Install,
         [str(installed.venv_python), "-c", "import edge._release_marker as m; print(m.RELEASE)"],
         capture_output=True, text=True, timeout=60, cwd="/", check=False)
     assert installed_marker.stdout.strip() == "release-2", installed_marker.stderr
+    # it says which build was there and which is now: a wheel's build, by its RECORD
+    builds = re.findall(r"\[fedface\] (installed|now): fedface 0\.1\.0 \(build ([0-9a-f]{12})\)",
+                        out)
+    assert [b[0] for b in builds] == ["installed", "now"] * 2, out[-3000:]
+    assert builds[0][1] == builds[2][1] != builds[1][1] == builds[3][1], builds
+    assert "the same build as before" not in out
+    again = run_script("upgrade.sh", "--prefix", str(p), "--python", sys.executable,
+                       "--model-bundle", str(local_model_bundle()), "--source", str(wheel))
+    assert again.count("WARNING") == 2 and "the same build as before" in again, again[-3000:]
     assert "--threshold 0.45" in env.read_text()
     assert marker.exists()
     assert (p / "etc/fedface/pki/ca/ca.crt").read_bytes() == ca_before  # CA not re-created

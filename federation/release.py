@@ -1,0 +1,49 @@
+"""Which FedFace release runs here: ``fedface-edge --version``, ``fedface-aggregator
+--version``, and the two lines ``upgrade.sh`` prints before and after.
+
+The version number alone cannot tell two releases apart (every one so far is 0.1.0), and
+an upgrade that left the old code in place looked like one that worked (helper-40). So a
+wheel install is named by its build: the first hex digits of the SHA-256 of the
+package's RECORD, which lists every installed file with its own SHA-256, so two
+installs are the same build exactly when they hold the same files. A source checkout
+(the development venv) is named by its git commit instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import subprocess
+from pathlib import Path
+
+DIST = "fedface"
+
+
+def release() -> str:
+    """``fedface 0.1.0 (build 1a2b3c4d5e6f)``, or ``(source checkout at DIR, commit C)``."""
+    try:
+        dist = importlib.metadata.distribution(DIST)
+    except importlib.metadata.PackageNotFoundError:
+        return f"{DIST} (not installed: {_source_build()})"
+    record = dist.read_text("RECORD") or ""
+    here = Path(__file__).resolve().parent
+    # an installed wheel's RECORD names this very file; an editable or path install
+    # (the dev venv) runs the checkout's files, which its RECORD does not list
+    if f"federation/{Path(__file__).name}," in record and _in_site_packages(here):
+        return f"{DIST} {dist.version} (build {hashlib.sha256(record.encode()).hexdigest()[:12]})"
+    return f"{DIST} {dist.version} ({_source_build()})"
+
+
+def _in_site_packages(package_dir: Path) -> bool:
+    return package_dir.parent.name in ("site-packages", "dist-packages")
+
+
+def _source_build() -> str:
+    checkout = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(checkout), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=False).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"source checkout at {checkout}" + (f", commit {commit}" if commit else "")
