@@ -7,9 +7,8 @@ envelope (docs/protocol.md), typed, built and parsed here only.
 - ``ModelPointer`` (kind ``result``, retained ``model/latest``): the latest result;
 - ``DeviceStatus`` (kind ``status``, retained, the box's last will too): a box's state.
 
-A leaf of the contract, like Flower's FitIns/FitRes: it imports nothing of the framework
-beyond federation's own leaf modules, so both sides, the fuzzers and old-box tests can
-use it without loading a transport, TenSEAL or the aggregator.
+A leaf of the contract, like Flower's FitIns/FitRes: it imports nothing beyond federation's
+own leaf modules, so both sides, fuzzers and old-box tests use it without a transport.
 
 The wire format is fixed: old boxes and new aggregators (and the reverse) interoperate.
 ``to_dict`` emits exactly the keys each message always carried; a key that was only
@@ -17,8 +16,7 @@ sometimes present (``dp``, ``pinned``, ``next_round_at``, ``republished``...) is
 only when set. Parsing is strict about the fields it reads (missing where required, or
 of the wrong type: ``FederationError`` with reason ``malformed``) and ignores keys it
 does not know, so an aggregator can add a field without breaking deployed boxes.
-Numbers are kept as sent (an int stays an int), so a stored announce re-announced after
-a restart is the same JSON.
+Numbers are kept as sent (an int stays an int): a stored announce re-announced is the same.
 """
 
 from __future__ import annotations
@@ -33,7 +31,7 @@ from typing import Any, TypeVar
 from federation.crypto.bounds import Bounds, ResultPolicy
 from federation.crypto.dp import DpConfig
 from federation.errors import MALFORMED, FederationError
-from federation.verdicts import Verdict, from_status, reported
+from federation.verdicts import Verdict, from_status, printable, reported
 
 REVOKED_REASON = "revoked"
 _RESULT_VERSION = re.compile(r"round-(\d{1,9})")
@@ -369,9 +367,12 @@ class DeviceStatus(_Message):
     verdicts: tuple[Verdict, ...] = ()
     dp: Mapping[str, Any] | None = None
     sink: Mapping[str, Any] = field(default_factory=dict)
+    release: str = ""  # the software it runs (federation.release); "" from older boxes
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = dict(self.sink)
+        if self.release:
+            body["release"] = self.release
         if self.not_joining:
             body["not_joining"] = dict(self.not_joining)
         if self.verdicts:
@@ -386,7 +387,7 @@ class DeviceStatus(_Message):
     @classmethod
     def from_dict(cls, body: Mapping[str, Any]) -> DeviceStatus:
         k = cls.KIND
-        known = {"state", "device", "model", "ts", "not_joining", "verdicts", "dp"}
+        known = {"state", "device", "model", "ts", "not_joining", "verdicts", "dp", "release"}
         return cls(
             state=_req(body, "state", str, k), device=_req(body, "device", str, k),
             model=_req(body, "model", str, k), ts=_opt(body, "ts", _NUMBER, k),
@@ -395,4 +396,5 @@ class DeviceStatus(_Message):
             # verdict drops that verdict, not its whole status
             verdicts=tuple(from_status(body.get("verdicts"))),
             sink={key: v for key, v in body.items() if key not in known},
+            release=printable(_opt(body, "release", str, k, ""), 100),
         )

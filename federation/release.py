@@ -11,6 +11,7 @@ installs are the same build exactly when they hold the same files. A source chec
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 DIST = "fedface"
 
 
+@functools.cache  # what this process runs: an upgrade restarts it
 def release() -> str:
     """``fedface 0.1.0 (build 1a2b3c4d5e6f)``, or ``(source checkout at DIR, commit C)``."""
     try:

@@ -20,6 +20,7 @@ import typer
 from aggregator.cli.common import EXIT_ERROR, JsonOpt, StateOpt, local_time, one_line_errors
 from aggregator.operator import OperatorError, device_statuses, revoked_since_key
 from aggregator.rounds import pins as model_pins
+from aggregator.rounds.deadline import device_names
 from aggregator.rounds.schedule import recorded_next_opening
 from aggregator.state.config import load_config
 from aggregator.state.registry import DeviceRegistry
@@ -64,6 +65,7 @@ def status(
                                                    or not cfg.broker else "never seen"),
                         "dp": st.get("dp"),
                         "model": st.get("model"), "since": st.get("ts"),
+                        "release": st.get("release"),
                         "last_swap": st.get("last_swap"), "verdicts": st.get("verdicts", []),
                         # gone without a clean stop: model, verdicts and last swap of its
                         # last online status, as serve recorded it (aggregator.state.presence)
@@ -142,6 +144,8 @@ def _print_status(info: dict[str, Any]) -> None:
     for d in info["device_status"]:
         typer.echo(f"{d['device_id']:20s} {d['registered']:9s} {d['state']:10s} "
                    f"{d['model'] or '-'!s:18s} {_age(d['since'])}")
+    for release, devices in _releases(info["device_status"]).items():
+        typer.echo(f"release {release}: {device_names(devices, limit=8)}")
     # a revoked device's last verdicts and model are history: its REGISTRY column says it
     for d in (d for d in info["device_status"] if d["registered"] == "active"):
         if d.get("last_reported"):
@@ -186,6 +190,17 @@ def _print_status(info: dict[str, Any]) -> None:
                    "rotate the key (docs/operations.md, 'Rotating the federation key')")
     for name, value in info["counters"].items():
         typer.echo(f"  {name}: {value}")
+
+
+def _releases(devices: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """The software each active device that spoke runs, as its signed status says it: an
+    upgrade's progress across the fleet (a box of an earlier release does not say)."""
+    found: dict[str, list[str]] = {}
+    for d in devices:
+        if d["registered"] == "active" and d["state"] in ("online", "offline"):
+            found.setdefault(d.get("release") or "not said (an earlier release)",
+                             []).append(d["device_id"])
+    return found
 
 
 def _dp(dp: dict[str, Any]) -> str:

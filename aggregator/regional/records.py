@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from federation.chunking import one_envelope
 from federation.envelope import encode
 from federation.messages import NO_NEW_SAMPLES, DeviceStatus
+from federation.release import release
 
 STATE_NAME = "regional.json"
 
@@ -37,6 +38,7 @@ def region_status(fed_id: str, region_id: str, signing_key: Ed25519PrivateKey, s
     root round it sits out for want of new samples, if any."""
     not_joining = None if sitting_out is None else {"round": sitting_out,
                                                     "reason": NO_NEW_SAMPLES}
-    body = DeviceStatus(state, region_id, model, time.time(), not_joining=not_joining)
+    body = DeviceStatus(state, region_id, model, time.time(), not_joining=not_joining,
+                        release=release())
     return encode(one_envelope(body.to_json(), signing_key, kind="status", fed=fed_id,
                                sender=region_id, round=sitting_out or 0, model=model))

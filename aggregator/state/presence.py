@@ -56,7 +56,7 @@ def status_entry(status: DeviceStatus, envelope_ts: float) -> dict[str, Any]:
             "ts": ts, "last_swap": last_swap_fields(status.sink.get("last_swap")),
             # what each recent round did for the box (federation.verdicts)
             "verdicts": [asdict(v) for v in status.verdicts],
-            "dp": dp_fields(status.dp)}
+            "dp": dp_fields(status.dp), "release": status.release}
 
 
 def dp_fields(value: Any) -> dict[str, Any] | None:

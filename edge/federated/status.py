@@ -21,6 +21,7 @@ from federation.chunking import one_envelope
 from federation.envelope import encode
 from federation.errors import FederationError
 from federation.messages import DeviceStatus
+from federation.release import release
 from federation.verdicts import Verdict
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class BoxStatus:
         self.device_id = device_id
         self.ledger_path = ledger_path  # the DP budget spent (edge.federated.sealing)
         self.sink_fields = sink_fields  # e.g. the hot swap's serving model and last swap
+        self.release = release()  # the operator sees which boxes an upgrade has reached
 
     def payload(self, state: str, model: str, round_no: int,
                 not_joining: Mapping[str, Any],
@@ -50,7 +52,7 @@ class BoxStatus:
         body = DeviceStatus(state, self.device_id, model, time.time(),
                             not_joining=dict(not_joining) or None,
                             verdicts=tuple(verdicts or ()), dp=self.privacy_report(),
-                            sink=sink).to_json()
+                            sink=sink, release=self.release).to_json()
         env = one_envelope(body, self.signing_key, kind="status", fed=self.fed_id,
                            sender=self.device_id, round=round_no, model=model)
         return encode(env)

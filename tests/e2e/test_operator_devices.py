@@ -86,18 +86,36 @@ def test_status_shows_devices_online_from_their_retained_status(fed: Federation,
                        "ts": time.time()}).encode()
     (env,) = split_blob(body, key, kind="status", fed=FED, sender="box-s", round=0,
                         model="base", chunk_size=len(body))
-    t = MqttTransport(fed.url, "box-s", clean_start=True,
-                      tls=TlsConfig(box / "tls/ca.crt", box / "tls/device-tls.crt",
-                                    box / "tls/device-tls.key"))
-    try:
-        assert t.wait_connected(10)
-        t.publish(f"fedface/v1/{FED}/status/box-s", encode(env), retain=True, wait_timeout=5)
-    finally:
-        t.close()
+    # a status as a box of a release before it said its own (no "release")
+    _publish_status(fed, box, encode(env))
     code, out = fed.aggregator("status", "--state", str(fed.state), "--wait", "1.0")
     assert code == 0, out
     row = next(line for line in out.splitlines() if line.startswith("box-s"))
     assert row.split()[:4] == ["box-s", "active", "online", "base"]
+    assert "release not said (an earlier release): box-s" in out.splitlines(), out
     info = json.loads(fed.aggregator("status", "--json", "--state", str(fed.state),
                                      "--wait", "1.0")[1])
     assert info["device_status"][0]["state"] == "online" and info["broker_checked"]
+    # the box's own status says which release it runs: an upgrade's progress, per box
+    from edge.federated.status import BoxStatus
+    from federation.release import release
+
+    status = BoxStatus(key, FED, "box-s", box / "no-ledger.json")
+    _publish_status(fed, box, status.payload("online", "base", 0, {}))
+    code, out = fed.aggregator("status", "--state", str(fed.state), "--wait", "1.0")
+    assert code == 0 and f"release {release()}: box-s" in out.splitlines(), out
+    info = json.loads(fed.aggregator("status", "--json", "--state", str(fed.state),
+                                     "--wait", "1.0")[1])
+    assert info["device_status"][0]["release"] == release()
+
+
+def _publish_status(fed: Federation, box: Path, payload: bytes) -> None:
+    t = MqttTransport(fed.url, box.name, clean_start=True,
+                      tls=TlsConfig(box / "tls/ca.crt", box / "tls/device-tls.crt",
+                                    box / "tls/device-tls.key"))
+    try:
+        assert t.wait_connected(10)
+        t.publish(f"fedface/v1/{FED}/status/{box.name}", payload, retain=True,
+                  wait_timeout=5)
+    finally:
+        t.close()
