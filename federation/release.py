@@ -6,7 +6,9 @@ an upgrade that left the old code in place looked like one that worked (helper-4
 wheel install is named by its build: the first hex digits of the SHA-256 of the
 package's RECORD, which lists every installed file with its own SHA-256, so two
 installs are the same build exactly when they hold the same files. A source checkout
-(the development venv) is named by its git commit instead.
+(the development venv) is named by its git commit instead. Each also says the version of
+its encrypted-update format: releases of the same one work together, in any mix of
+aggregator and boxes (docs/operations.md, "Upgrading").
 """
 
 from __future__ import annotations
@@ -22,18 +24,24 @@ DIST = "fedface"
 
 @functools.cache  # what this process runs: an upgrade restarts it
 def release() -> str:
-    """``fedface 0.1.0 (build 1a2b3c4d5e6f)``, or ``(source checkout at DIR, commit C)``."""
+    """``fedface 0.1.0 (build 1a2b3c4d5e6f; encrypted updates v2)``, or ``(source
+    checkout at DIR, commit C; ...)``."""
+    from federation.crypto.packing import UPDATE_VERSION
+
+    updates = f"encrypted updates v{UPDATE_VERSION}"
     try:
         dist = importlib.metadata.distribution(DIST)
     except importlib.metadata.PackageNotFoundError:
-        return f"{DIST} (not installed: {_source_build()})"
+        return f"{DIST} (not installed: {_source_build()}; {updates})"
     record = dist.read_text("RECORD") or ""
     here = Path(__file__).resolve().parent
     # an installed wheel's RECORD names this very file; an editable or path install
     # (the dev venv) runs the checkout's files, which its RECORD does not list
     if f"federation/{Path(__file__).name}," in record and _in_site_packages(here):
-        return f"{DIST} {dist.version} (build {hashlib.sha256(record.encode()).hexdigest()[:12]})"
-    return f"{DIST} {dist.version} ({_source_build()})"
+        build = f"build {hashlib.sha256(record.encode()).hexdigest()[:12]}"
+    else:
+        build = _source_build()
+    return f"{DIST} {dist.version} ({build}; {updates})"
 
 
 def _in_site_packages(package_dir: Path) -> bool:

@@ -312,8 +312,8 @@ def test_upgrade_keeps_config_and_state_then_uninstall(installed: Install,
         capture_output=True, text=True, timeout=60, cwd="/", check=False)
     assert installed_marker.stdout.strip() == "release-2", installed_marker.stderr
     # it says which build was there and which is now: a wheel's build, by its RECORD
-    builds = re.findall(r"\[fedface\] (installed|now): fedface 0\.1\.0 \(build ([0-9a-f]{12})\)",
-                        out)
+    builds = re.findall(r"\[fedface\] (installed|now): fedface 0\.1\.0 \(build ([0-9a-f]{12}); "
+                        r"encrypted updates v2\)", out)
     assert [b[0] for b in builds] == ["installed", "now"] * 2, out[-3000:]
     assert builds[0][1] == builds[2][1] != builds[1][1] == builds[3][1], builds
     assert "the same build as before" not in out

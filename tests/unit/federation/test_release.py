@@ -26,7 +26,8 @@ def _head() -> str:
 
 def test_a_source_checkout_is_named_by_its_commit() -> None:
     version = importlib.metadata.version("fedface")
-    assert release() == f"fedface {version} (source checkout at {REPO}, commit {_head()})"
+    assert release() == (f"fedface {version} (source checkout at {REPO}, commit {_head()}; "
+                         "encrypted updates v2)")
 
 
 @pytest.mark.parametrize("cli", ["fedface-edge", "fedface-aggregator"])
