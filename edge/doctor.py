@@ -325,14 +325,13 @@ def check_box_data(cfg: BoxConfig) -> Check:
         if verdict != "ok":
             return Check("box data", False, f"{gallery} is damaged: {verdict[:200]}",
                          DAMAGED_GALLERY)
-    store = SwapStore(cfg.box.data_dir / MODELS_DIRNAME)
     try:
-        pointer = store.load()
-        for served in () if pointer is None else (pointer.current, pointer.previous):
-            if served is not None and served.model_file is not None:
-                store.read_checked(served)
-    except ModelStoreError as exc:
-        return Check("box data", False, str(exc), "the box serves the previous model "
+        damaged = SwapStore(cfg.box.data_dir / MODELS_DIRNAME).damaged_files()
+    except ModelStoreError as exc:  # the pointer itself
+        damaged = {"": str(exc)}
+    if damaged:
+        return Check("box data", False, next(iter(damaged.values())), "the box serves the "
+                     "previous model "
                      "meanwhile; join fetches the federation's current result again by "
                      "itself (fedface-edge model rollback serves the previous one for good)")
     return Check("box data", True, "gallery database and served model files intact")

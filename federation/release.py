@@ -34,18 +34,15 @@ def release() -> str:
     except importlib.metadata.PackageNotFoundError:
         return f"{DIST} (not installed: {_source_build()}; {updates})"
     record = dist.read_text("RECORD") or ""
-    here = Path(__file__).resolve().parent
-    # an installed wheel's RECORD names this very file; an editable or path install
-    # (the dev venv) runs the checkout's files, which its RECORD does not list
-    if f"federation/{Path(__file__).name}," in record and _in_site_packages(here):
+    # a wheel's install runs the files its RECORD lists (this one among them); an
+    # editable install (the dev venv) runs the checkout's, which its RECORD does not list
+    installed = Path(str(dist.locate_file(f"federation/{Path(__file__).name}")))
+    if f"federation/{Path(__file__).name}," in record \
+            and installed.resolve() == Path(__file__).resolve():
         build = f"build {hashlib.sha256(record.encode()).hexdigest()[:12]}"
     else:
         build = _source_build()
     return f"{DIST} {dist.version} ({build}; {updates})"
-
-
-def _in_site_packages(package_dir: Path) -> bool:
-    return package_dir.parent.name in ("site-packages", "dist-packages")
 
 
 def _source_build() -> str:

@@ -32,7 +32,7 @@ def status_data(ctx: typer.Context) -> dict[str, Any]:
 
     from edge.federated.verdicts import RoundVerdicts
     from edge.serving.current import base_served, served_models, swap_dir_for
-    from edge.serving.versions import ModelStoreError, SwapStore
+    from edge.serving.versions import SwapStore
 
     the_box = box(ctx).box()
     swap_dir = swap_dir_for(the_box.gallery_db)
@@ -46,13 +46,7 @@ def status_data(ctx: typer.Context) -> dict[str, Any]:
     current, previous = served_models(store)
     # a version whose file is gone or damaged is not what the box serves: every process
     # falls back to the one before it (helper-39: status said nothing until join ran)
-    damaged = {}
-    for served in (current, previous):
-        if served is not None and served.model_file is not None:
-            try:
-                store.read_checked(served)
-            except ModelStoreError as exc:
-                damaged[served.version] = str(exc)
+    damaged = store.damaged_files()
     return {"current": asdict(current), "previous": asdict(previous) if previous else None,
             "blocked": store.blocked(), "history": store.history(), "swap_dir": str(swap_dir),
             "rounds": verdicts, "deployed": deployed, "damaged": damaged}

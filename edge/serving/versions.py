@@ -160,6 +160,20 @@ class SwapStore:
             raise ModelStoreError(f"{path} does not match the SHA-256 in {self.pointer_path}")
         return data
 
+    def damaged_files(self) -> dict[str, str]:
+        """The served versions (current, previous) whose file is missing or fails its
+        SHA-256, each with why: every process on the box falls back past them (doctor's
+        box data check, ``model status``). Raises ModelStoreError for a damaged pointer."""
+        pointer = self.load()
+        found = {}
+        for served in () if pointer is None else (pointer.current, pointer.previous):
+            if served is not None and served.model_file is not None:
+                try:
+                    self.read_checked(served)
+                except ModelStoreError as exc:
+                    found[served.version] = str(exc)
+        return found
+
     def write_weights(self, model_file: str, weights: dict[str, np.ndarray],
                       base_sha256: str, vector: np.ndarray | None = None) -> str:
         """Write a version's initializers and part vector (0600, atomic rename); the
