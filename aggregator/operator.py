@@ -33,10 +33,11 @@ from aggregator.pki import authority as pki
 from aggregator.pki import issue as pki_issue
 from aggregator.pki.broker_config import publish_crl
 from aggregator.pki.live import cut_live_session
-from aggregator.state.config import PUBLIC_CONTEXT_NAME, AggregatorConfig, PkiConfig
+from aggregator.state.config import PUBLIC_CONTEXT_NAME, AggregatorConfig, PkiConfig, load_context
 from aggregator.state.presence import load_presence, shown, status_entry
 from aggregator.state.registry import DeviceRegistry, RegistryError, validate_device_id
 from aggregator.state.store import Store
+from federation.crypto.ckks import FederationContext
 from federation.crypto.epochs import verify_exchange_key
 from federation.crypto.key_bundle import (
     AGGREGATOR_PUB,
@@ -61,8 +62,9 @@ class OperatorError(ValueError):
 
 def create_key_bundle(secret_context: Path, aggregator_pub: Path, ca_cert: Path, fed: str,
                       passphrase: str, *, broker_url: str = "",
-                      aggregator_id: str = "aggregator") -> bytes:
-    """The passphrase-protected file a technician imports on every box."""
+                      aggregator_id: str = "aggregator") -> tuple[bytes, FederationContext]:
+    """The passphrase-protected file a technician imports on every box, and the key it
+    carries (the command names its id and epoch)."""
     ctx = load_secret_context(secret_context)  # refuses a public-only or too-open file
     files = {SECRET_CONTEXT: Path(secret_context).read_bytes(),
              AGGREGATOR_PUB: Path(aggregator_pub).read_bytes(), CA_CERT: Path(ca_cert).read_bytes()}
@@ -73,7 +75,7 @@ def create_key_bundle(secret_context: Path, aggregator_pub: Path, ca_cert: Path,
         files[KEYHOLDER_PUB] = keyholder.read_bytes()
     bundle = KeyBundle(fed_id=fed, key_id=ctx.key_id, params=ctx.params.to_dict(),
                        aggregator_id=aggregator_id, broker_url=broker_url, files=files)
-    return seal_bundle(bundle, passphrase)
+    return seal_bundle(bundle, passphrase), ctx
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,9 @@ class DeviceRequest:
     # federation.crypto.epochs); empty from a box provisioned before key epochs
     exchange_key: str = ""
     exchange_sig: str = ""
+    # the federation key the box imported (absent from boxes of earlier releases)
+    key_id: str = ""
+    key_epoch: int | None = None
 
 
 def read_request(path: Path, fed: str) -> DeviceRequest:
@@ -101,8 +106,37 @@ def read_request(path: Path, fed: str) -> DeviceRequest:
         raw = public_key_from_hex(key_hex).public_bytes_raw()
     except FederationError as exc:
         raise OperatorError(f"{path}: {exc.message}") from None
+    key_id, key_epoch = data.get("key_id") or "", data.get("key_epoch")
+    if not isinstance(key_id, str) or not (key_epoch is None or type(key_epoch) is int):
+        raise OperatorError(f"{path}: its key_id/key_epoch are not a key id and an epoch")
     return DeviceRequest(device_id, str(csr).encode(), raw, str(data.get("exchange_key") or ""),
-                         str(data.get("exchange_sig") or ""))
+                         str(data.get("exchange_sig") or ""), key_id, key_epoch)
+
+
+def check_request_key(state_dir: Path, cfg: AggregatorConfig, request: DeviceRequest
+                      ) -> str:
+    """Refuse (before anything is written) a box that imported another federation key
+    than this aggregator's: one provisioned from a bundle kept from before a rotation
+    passed doctor and sat out every round, and then needed a new device id. Returns a
+    note for a box already on a newer epoch (the operator has yet to ``keys install``
+    it), else ""."""
+    if not request.key_id:  # a box of an earlier release does not say
+        return ""
+    ours = load_context(state_dir, cfg)
+    theirs = ("" if request.key_epoch is None else f" epoch {request.key_epoch}")
+    if request.key_id == ours.key_id:
+        return ""
+    if request.key_epoch is not None and request.key_epoch > ours.epoch:
+        return (f"{request.device_id} holds key {request.key_id}{theirs}, newer than this "
+                f"aggregator's {ours.key_id} (epoch {ours.epoch}): it takes part once that "
+                "epoch is installed here (fedface-aggregator keys install)")
+    raise OperatorError(
+        f"{request.device_id} was provisioned with federation key {request.key_id}{theirs}; "
+        f"this aggregator is on key {ours.key_id} (epoch {ours.epoch}): its bundle is of "
+        "another key (one made before a rotation?) and it would sit out every round; "
+        "nothing was registered. The technician provisions it again in a fresh --data-dir "
+        "from a bundle of the current key (fedface-aggregator keys bundle, from the key "
+        "holder's keys/ dir) and sends the new request")
 
 
 def _require_pki(cfg: AggregatorConfig) -> PkiConfig:
@@ -257,7 +291,7 @@ def install_key_epoch(state_dir: Path, cfg: AggregatorConfig, epoch_dir: Path
     Returns the new config, the devices relayed to and the active devices left without a
     bundle (they cannot take part until they are re-provisioned)."""
     from aggregator.state.config import SEALED_SUFFIX as SUFFIX
-    from aggregator.state.config import load_context, save_config, sealed_dir
+    from aggregator.state.config import save_config, sealed_dir
     from federation.crypto.epochs import read_header
     from federation.crypto.keys import PUBLIC_CONTEXT_NAME, load_public_context, write_public_file
 

@@ -207,10 +207,14 @@ def create_identity(files: BoxFiles, device_id: str, fed_id: str) -> Path:
     # the key holder seals each new key epoch to this X25519 key; the device key vouches
     # for it (federation.crypto.epochs)
     kx = exchange_public_hex(load_or_create_exchange_key(files.keys_dir / EXCHANGE_KEY_NAME))
+    # the key it imported: `devices add` refuses a box of another key (an old bundle kept
+    # from before a rotation) before it is registered, not after it sat out every round
+    ctx = load_secret_context(files.secret_context)
     request = {"v": REQUEST_VERSION, "device_id": device_id, "fed": fed_id,
                "csr": csr_pem.decode("ascii"), "signing_key": public_key_hex(signing_key),
                "exchange_key": kx,
-               "exchange_sig": sign_exchange_key(signing_key, fed_id, device_id, kx)}
+               "exchange_sig": sign_exchange_key(signing_key, fed_id, device_id, kx),
+               "key_id": ctx.key_id, "key_epoch": ctx.epoch}
     path = files.request(device_id)
     write_public_file(path, json.dumps(request, indent=2).encode(), overwrite=True)
     return path

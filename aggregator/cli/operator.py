@@ -21,6 +21,7 @@ from aggregator.cli.models import models_app
 from aggregator.operator import (
     DeviceRequest,
     OperatorError,
+    check_request_key,
     create_key_bundle,
     read_request,
     register_device,
@@ -141,11 +142,13 @@ def keys_bundle(
         passphrase = os.environ.get("FEDFACE_BUNDLE_PASSPHRASE", "")
     if not passphrase:
         raise ValueError("no passphrase: give --passphrase-file or set FEDFACE_BUNDLE_PASSPHRASE")
-    data = create_key_bundle(secret_context, aggregator_key, ca_cert, fed, passphrase,
-                             broker_url=broker_url, aggregator_id=aggregator_id)
+    data, key = create_key_bundle(secret_context, aggregator_key, ca_cert, fed, passphrase,
+                                  broker_url=broker_url, aggregator_id=aggregator_id)
     write_secret_file(out, data)
-    typer.echo(f"key bundle {out} ({len(data)} bytes); give it to the technicians, and the "
-               "passphrase by another channel")
+    # the key it carries: a bundle of an earlier epoch is refused by `devices add`
+    typer.echo(f"key bundle {out} ({len(data)} bytes) of federation key {key.key_id} (key "
+               f"epoch {key.epoch}); give it to the technicians, and the passphrase by "
+               "another channel")
 
 
 @one_line_errors
@@ -176,6 +179,7 @@ def devices_add(
                             load_public_key_bytes(public_key), exchange_key, exchange_sig)
     else:
         raise ValueError("give --request FILE, or DEVICE_ID --public-key FILE [--csr FILE]")
+    key_note = check_request_key(state, cfg, req)
     if not req.csr_pem:
         device = DeviceRegistry(store).add(
             req.device_id, req.signing_key, fed=cfg.fed,
@@ -192,6 +196,8 @@ def devices_add(
     # altered on its way here shows other values (revoke it if they differ)
     for line in request_fingerprint_lines(req.csr_pem, req.signing_key):
         typer.echo(f"  {line}")
+    if key_note:
+        typer.echo(f"note: {key_note}")
 
 
 @one_line_errors

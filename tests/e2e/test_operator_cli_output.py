@@ -197,11 +197,40 @@ def test_provisioning_mistakes_are_named_and_leave_nothing_behind(
         FED, "--out", str(tmp_path / "other.ffkb"), "--passphrase-file",
         str(tmp_path / "passphrase"), "--broker-url", fed.url)
     assert code == 0, out
-    fed.bundle = tmp_path / "other.ffkb"
+    # the bundle names the key it carries, and the federation's own another one
+    assert f"of federation key {other.key_id} (key epoch 0)" in out, out
+    code, out = fed.aggregator("keys", "bundle", "--secret-context", str(fed.secret_context),
+                               "--aggregator-key", str(fed.state / "aggregator.pub"),
+                               "--ca-cert", str(fed.ca_dir / "ca.crt"), "--fed", FED, "--out",
+                               str(tmp_path / "again.ffkb"), "--passphrase-file",
+                               str(tmp_path / "passphrase"))
+    assert code == 0 and "of federation key" in out and other.key_id not in out, out
+    right_bundle, fed.bundle = fed.bundle, tmp_path / "other.ffkb"
     code, out = provision(tmp_path / "box-h", "passphrase", "kiosk-pw")
     assert code == 8 and "another key epoch of the same federation" in out, out
     assert "takes each new key epoch from the aggregator" in out and "fresh --data-dir" in out
     assert "another federation" not in out
+    # a new box provisioned from that bundle: passed doctor and sat out every round, and
+    # then needed a new device id; now `devices add` refuses it before registering it
+    code, out = provision(tmp_path / "box-k", "passphrase", "kiosk-pw")
+    assert code == 0, out
+    request = tmp_path / "box-k" / "box-k.request.json"
+    code, out = fed.aggregator("devices", "add", "--request", str(request), "--reply",
+                               str(tmp_path / "box-k.reply.json"), "--state", str(fed.state))
+    assert code != 0 and f"provisioned with federation key {other.key_id} epoch 0" in out, out
+    assert "its bundle is of another key" in out and "nothing was registered" in out, out
+    assert not (tmp_path / "box-k.reply.json").exists()
+    code, out = fed.aggregator("devices", "list", "--state", str(fed.state))
+    assert code == 0 and "box-k" not in out, out
+    # provisioned again from the current bundle in a fresh data dir: the same id registers
+    fed.bundle = right_bundle
+    code, out = provision(tmp_path / "box-k2" / "box-k", "passphrase", "kiosk-pw")
+    assert code == 0, out
+    code, out = fed.aggregator("devices", "add", "--request",
+                               str(tmp_path / "box-k2" / "box-k" / "box-k.request.json"),
+                               "--reply", str(tmp_path / "box-k.reply.json"), "--state",
+                               str(fed.state))
+    assert code == 0 and "added box-k: certificate signed" in out and "note:" not in out, out
 
 
 @pytest.mark.mosquitto

@@ -183,3 +183,27 @@ def test_the_round_after_a_rotation_rebuilds_the_model_under_the_new_key_with_ev
     assert nxt["base_model"] == rebuilt.result_model and nxt["min_new_samples"] == 1
     service.close()
     store.close()
+
+
+def test_devices_add_refuses_a_box_of_an_older_or_other_key_and_notes_a_newer_one(
+        tmp_path: Path) -> None:
+    """A box provisioned from a bundle kept from before a rotation passed doctor, then sat
+    out every round and needed a new device id: `devices add` checks the key its request
+    names (aggregator.operator.check_request_key) before anything is registered."""
+    from aggregator.operator import DeviceRequest, check_request_key
+
+    keys = create_federation_keys(tmp_path / "keys")
+    state = tmp_path / "agg"
+    init_state(state, FED, keys.public_context)
+    cfg = load_config(state)
+
+    def request(key_id: str, epoch: int | None) -> DeviceRequest:
+        return DeviceRequest("box-n", b"", b"\0" * 32, key_id=key_id, key_epoch=epoch)
+
+    assert check_request_key(state, cfg, request(keys.key_id, 0)) == ""
+    assert check_request_key(state, cfg, request("", None)) == ""  # an earlier release
+    for epoch in (0, None):  # another key of this epoch, or of an unsaid one
+        with pytest.raises(OperatorError, match="its bundle is of another key"):
+            check_request_key(state, cfg, request("ab" * 16, epoch))
+    note = check_request_key(state, cfg, request("ab" * 16, 1))
+    assert "newer than this aggregator's" in note and "keys install" in note, note
