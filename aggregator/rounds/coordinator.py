@@ -3,7 +3,7 @@
 open (announce) -> collect (updates come in batches: each batch is checked and staged,
 its valid updates stored with ONE group commit, then added to the in-memory running sum,
 then acked; aggregator.state.store says why that order is crash-safe) -> close (the sum is
-serialised once, as the result blob) (all active devices sent, or deadline with
+serialised once, as the result blob) (all devices its announce lists sent, or deadline with
 quorum) -> result ready (the service publishes it) -> published -> next round, whose
 base model version is the result's version.
 
@@ -28,7 +28,7 @@ from dataclasses import replace
 from aggregator.rounds.accumulator import Accumulator, AccumulatorBroken, AccumulatorFactory
 from aggregator.rounds.admission import NOT_OPEN as NOT_OPEN  # re-exported: part of the reasons
 from aggregator.rounds.admission import check, rebuild_sum
-from aggregator.rounds.deadline import CLOSE, FAIL, SKIP, at_deadline, extend, has_nothing_new
+from aggregator.rounds.deadline import SKIP, at_deadline, expected_devices, extend, has_nothing_new
 from aggregator.rounds.epochs import fail_if_old_key, under_earlier_key
 from aggregator.rounds.pins import next_base
 from aggregator.rounds.records import Announce, Decision, Event, ResultReady, Submission
@@ -269,7 +269,7 @@ class Coordinator:
             if self.next_opening is not None and self.clock() >= self.next_opening:
                 return self._open_when_due()
             return []
-        active = self.registry.active_ids()
+        active = expected_devices(self.registry.active_ids(), announce_of(cur).devices)
         contributors = set(self.store.contributors(cur.round))
         # The quorum is a privacy floor, not a target: a "sum" of fewer updates (one box's
         # own, after the others were revoked) would be published readable to every box.
@@ -283,14 +283,14 @@ class Coordinator:
                            extensions=cur.extensions, max_extensions=self.settings.max_extensions,
                            active=active, contributors=contributors, sat_out=self.sat_out,
                            regions=frozenset(region_ids(self.store)))
-        if call.action == CLOSE:
+        if call.closes:
             return self._close(cur, call.why)
-        if call.action in (SKIP, FAIL):
+        if call.ends:
             log.log(logging.INFO if call.action == SKIP else logging.ERROR, "round %d %s: %s; "
                     "the next round opens on the schedule", cur.round, call.outcome, call.why)
             return self._fail(cur, call.label, call.why, status=call.outcome)
         announce = extend(self.store, cur, call, self.settings.deadline_seconds,
-                          self.settings.max_extensions, len(active), self.clock())
+                          self.settings.max_extensions, self.registry.active_ids(), self.clock())
         self.current = self.store.get_round(cur.round)
         return [Announce(announce)]
 
@@ -307,8 +307,8 @@ class Coordinator:
     def nothing_new(self) -> bool:
         """This aggregator's boxes have nothing new (aggregator.rounds.deadline)."""
         cur = self.current
-        active = self.registry.active_ids() if cur is not None and cur.status == "open" \
-            else set()
+        active = expected_devices(self.registry.active_ids(), announce_of(cur).devices) \
+            if cur is not None and cur.status == "open" else set()
         return has_nothing_new(cur, summed=self.updates_summed(), active=active,
                                sat_out=self.sat_out, before=self.sat_out_before)
 

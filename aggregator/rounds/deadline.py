@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from aggregator.state.db import RoundRow
@@ -47,6 +47,16 @@ class AtDeadline:
     label: str = "no quorum"  # a skipped or failed round's close reason (`rounds list`)
 
     @property
+    def closes(self) -> bool:
+        """The round closes with its sum (quorum reached)."""
+        return self.action == CLOSE
+
+    @property
+    def ends(self) -> bool:
+        """The round ends without a result (skipped or failed)."""
+        return self.action in (SKIP, FAIL)
+
+    @property
     def outcome(self) -> str:
         """The round's status after a skip or a failure, as the log says it."""
         return "skipped" if self.action == SKIP else "failed"
@@ -59,6 +69,14 @@ def device_names(devices: Iterable[str], limit: int = 5) -> str:
     shown = sorted(devices)[:limit]
     more = len(devices) - len(shown)
     return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
+def expected_devices(active: set[str], listed: Sequence[str]) -> set[str]:
+    """The active devices a round waits for: those its announce lists. A box registered
+    after the round opened is not listed and sits it out (edge.federated.joining) until
+    an extension lists it, or the next round; a walkthrough's round failed at its
+    deadline for "no word from" two such boxes. An announce listing none waits for all."""
+    return active & set(listed) if listed else set(active)
 
 
 def at_deadline(*, summed: int, quorum: int, announced_min_new: int, extensions: int,
@@ -130,14 +148,16 @@ def has_nothing_new(cur: RoundRow | None, *, summed: int, active: set[str],
 
 
 def extend(store: Store, cur: RoundRow, call: AtDeadline, deadline_seconds: float,
-           max_extensions: int, active: int, now: float) -> RoundAnnounce:
-    """Store and return the round's announce with a later deadline; reopened to every
-    box (``OPEN_TO_ALL``), it uses up no extension."""
+           max_extensions: int, active: set[str], now: float) -> RoundAnnounce:
+    """Store and return the round's announce with a later deadline, listing the devices
+    ``active`` now (one registered since the round opened may join it; a revoked one is
+    no longer listed); reopened to every box (``OPEN_TO_ALL``), it uses up no extension."""
     # from now when the deadline is long past: serve restarted after an upgrade window
     # reopened the round with a deadline already gone, extended it the same way and
     # failed it within 40 ms, with "no word from" a box that had had no time (helper-40)
     deadline = max(cur.deadline, now) + deadline_seconds
-    announce = replace(RoundAnnounce.from_dict(cur.announce), deadline=deadline)
+    announce = replace(RoundAnnounce.from_dict(cur.announce), deadline=deadline,
+                       devices=tuple(sorted(active)))
     extensions = cur.extensions + 1
     if call.action == OPEN_TO_ALL:
         announce, extensions = replace(announce, min_new_samples=0), cur.extensions
@@ -148,6 +168,6 @@ def extend(store: Store, cur: RoundRow, call: AtDeadline, deadline_seconds: floa
         log.info("round %d: %s; deadline %s", cur.round, call.why, at)
     else:  # updates and quorum as `status` says them; the active devices could still send
         log.warning("round %d: deadline reached, %s (%d device(s) active): extended to %s "
-                    "(extension %d of %d)", cur.round, call.why, active, at, extensions,
+                    "(extension %d of %d)", cur.round, call.why, len(active), at, extensions,
                     max_extensions)
     return announce

@@ -162,3 +162,56 @@ def test_the_quorum_is_a_floor_even_when_every_active_device_has_sent(
     assert failed is not None and failed.status == "failed"
     assert failed.close_reason == "no quorum"
     rig.store.close()
+
+
+def test_a_box_registered_mid_round_is_not_waited_for_and_an_extension_lists_it(
+    tmp_path: Path, secret_ctx: FederationContext
+) -> None:
+    """A walkthrough registered two boxes while round 5 was open: the announce did not
+    list them, so they sat it out, yet the deadline waited for "word from" them, extended
+    and failed the round instead of skipping a quiet night. Now the round waits for the
+    devices its announce lists, and an extension lists those registered since."""
+    from tests.support.aggregator_boxes import ScriptedBox
+
+    rig = make_rig(tmp_path, secret_ctx, n_boxes=2)
+    late = ScriptedBox("box-late", FED, secret_ctx, InMemoryTransport(rig.bus, "box-late"))
+    DeviceRegistry(rig.store).add(late.device_id, bytes.fromhex(late.public_hex))
+    assert latest_announce(rig.bus.retained, FED)["devices"] == ["box0", "box1"]
+    for box in rig.boxes:  # a quiet night: the listed boxes have nothing new
+        box.say_status(sitting_out=1)
+    rig.clock[0] += 61
+    rig.service.pump()
+    quiet = rig.store.get_round(1)
+    assert quiet is not None and quiet.status == "skipped", quiet
+    assert quiet.close_reason == "nothing new"
+
+    # round 2: box0 sends, box1 sits out, then another box is registered; the deadline
+    # extends the round (box0's update is short of the quorum) and lists the newcomer,
+    # whose update then makes the quorum
+    rig.service.pump()
+    ann = latest_announce(rig.bus.retained, FED)
+    assert ann["round"] == 2 and ann["devices"] == ["box-late", "box0", "box1"], ann
+    rig.boxes[1].say_status(sitting_out=2)
+    newer = ScriptedBox("box-new", FED, secret_ctx, InMemoryTransport(rig.bus, "box-new"))
+    DeviceRegistry(rig.store).add(newer.device_id, bytes.fromhex(newer.public_hex))
+    rng = np.random.default_rng(5)
+    for box in (rig.boxes[0],):
+        blob = box.encrypted_blob(rng.normal(0, 0.5, LENGTH).astype(np.float32), 100,
+                                  ann["count_scale"])
+        box.send(box.envelopes(blob, ann["round"], ann["base_model"]))
+    rig.service.pump()
+    rig.clock[0] += 61
+    rig.service.pump()
+    extended = latest_announce(rig.bus.retained, FED)
+    assert extended["round"] == 2 and extended["deadline"] > ann["deadline"], extended
+    assert "box-new" in extended["devices"], extended
+    blob = newer.encrypted_blob(rng.normal(0, 0.5, LENGTH).astype(np.float32), 100,
+                                ann["count_scale"])
+    newer.send(newer.envelopes(blob, ann["round"], ann["base_model"]))
+    rig.service.pump()
+    assert newer.acks and newer.acks[-1]["accepted"] is True, newer.acks
+    rig.clock[0] += 61
+    rig.service.pump()
+    published = rig.store.get_round(2)
+    assert published is not None and published.status == "published", published
+    rig.store.close()
