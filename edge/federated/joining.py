@@ -42,6 +42,7 @@ from edge.federated.sealing import Sealer
 from edge.federated.sender import UpdateSender
 from edge.federated.verdicts import RoundVerdicts
 from edge.priority import lower_thread_priority
+from edge.training.api import TooFewPeople
 from federation.messages import BASE_NOT_SERVED, RoundAnnounce, result_round
 from models.federated_parts import FederatedPart
 
@@ -149,8 +150,10 @@ class RoundJoiner:
         self.not_joining = {}
         if ann.devices and self.config.device_id not in ann.devices:
             if self.events.count("not_listed") == 1:
-                log.warning("round %d does not list this device (%s): not joining; is it "
-                            "registered with the aggregator?", ann.round, self.config.device_id)
+                log.warning("round %d does not list this device (%s): not joining; a box "
+                            "registered after the round opened joins when an extension "
+                            "lists it, or the next round (else: is it registered with the "
+                            "aggregator?)", ann.round, self.config.device_id)
             return
         vector = self.model.base_vector(ann.base_model)
         if vector is None:
@@ -266,6 +269,19 @@ class RoundJoiner:
 
     def _finish_job(self, round_no: int, pending: PendingUpdate | None,
                     stats: dict[str, Any], error: Exception | None) -> None:
+        if isinstance(error, TooFewPeople):
+            # nothing to federate yet, as a box with no new samples: said in its status,
+            # so the aggregator weighs it (a quiet night is skipped), not "error" at every
+            # round while the aggregator waited for word from it (helper-42)
+            self._sat_out = (round_no, time.monotonic())
+            self.not_joining = {"reason": NO_NEW_SAMPLES, "round": round_no,
+                                "detail": str(error)}
+            log.warning("round %d: sitting out: %s", round_no, error)
+            self.verdicts.record(round_no, None, "sat_out", str(error))
+            self.events.emit("sitting_out", round_no, {"reason": NO_NEW_SAMPLES,
+                                                       "detail": str(error)})
+            self._publish_status()
+            return
         if error is not None or pending is None:
             self.events.count("train_failed")
             log.error("round %d: local update failed: %s", round_no, error)

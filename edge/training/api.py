@@ -34,6 +34,11 @@ class TrainingError(ValueError):
     """Training cannot run: too few enrolled people or crops, or a bad vector."""
 
 
+class TooFewPeople(TrainingError):
+    """Fewer enrolled (trainable) people than training needs: the box has nothing to
+    federate yet, which its round client says as sitting the round out."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: float = 2.0  # passes over the box's augmented views per round

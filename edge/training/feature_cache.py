@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.training.api import TrainingError
+from edge.training.api import TooFewPeople
 from edge.training.augment import augmented_views, check_crop
 from federation.files import PRIVATE_DIR, make_dirs, open_new
 from models.trunk import TrunkRunner
@@ -103,7 +103,7 @@ class FeatureCache:
         grouped = group_crops(crops)
         people = tuple(sorted(grouped))
         if len(people) < min_people:
-            raise TrainingError(
+            raise TooFewPeople(
                 f"{len(people)} enrolled people: training needs at least {min_people} "
                 "(enrol more people before training)"
             )

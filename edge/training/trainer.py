@@ -31,7 +31,7 @@ import numpy as np
 
 from edge.lifetime import die_with_parent
 from edge.priority import background_niceness
-from edge.training.api import FitResult, LocalUpdate, TrainConfig, TrainingError
+from edge.training.api import FitResult, LocalUpdate, TooFewPeople, TrainConfig, TrainingError
 from edge.training.augment import check_crop
 from edge.training.feature_cache import CropsByPerson, FeatureCache, group_crops
 from federation.files import PRIVATE_DIR, make_dirs, open_new
@@ -169,7 +169,7 @@ class TorchLocalTrainer:
         crops = self._crops() if callable(self._crops) else self._crops
         grouped = group_crops(crops)  # type: ignore[arg-type]
         if len(grouped) < 2:
-            raise TrainingError(f"{len(grouped)} enrolled people: training needs at least 2 "
+            raise TooFewPeople(f"{len(grouped)} enrolled people: training needs at least 2 "
                                 "(enrol more people before training)")
         people = [p for p, cs in grouped.items() for _ in cs]
         stacked = np.stack([check_crop(c) for cs in grouped.values() for c in cs])
@@ -209,7 +209,7 @@ class TorchLocalTrainer:
         self.last_result = result
         seconds = time.perf_counter() - t0
         log.info(
-            "round %d: %s trained on %d people / %d crops, %d steps, loss %.3f -> %.3f, %.1f s",
+            "round %d: %s trained on %d people / %d crops, %d steps, loss %.4g -> %.4g, %.1f s",
             round_no, self.part.key, people, n_crops, result.steps,
             result.first_loss, result.last_loss, seconds,
         )

@@ -346,3 +346,51 @@ def test_a_round_the_boxes_joined_late_is_not_skipped_while_they_train(
         wait_for(lambda: all(c.version == "round-2" for c in rig.clients.values()), SLOW,
                  "round 2 published with both boxes' newcomers")
         assert store.get_round(2).contributions == 2  # type: ignore[union-attr]
+
+
+class NobodyEnrolled(NumpyDriftTrainer):
+    """A box registered before anyone was enrolled on it: training cannot run."""
+
+    def local_update(self, global_vector, round_no):  # type: ignore[no-untyped-def]
+        from edge.training.api import TooFewPeople
+
+        raise TooFewPeople("0 enrolled people: training needs at least 2 (enrol more "
+                           "people before training)")
+
+
+def test_a_box_with_too_few_people_sits_out_and_says_so(
+    tmp_path: Path, ctx: FederationContext
+) -> None:
+    """helper-42: a registered box with nobody enrolled said `joined` then `error (0
+    enrolled people ...)` every round, and its status said nothing, so the aggregator
+    waited for word from it and quiet nights were failed instead of skipped. It now sits
+    the round out for want of samples, as its status says, and the aggregator weighs it."""
+    bus, agg_key, store, keys, service = aggregator(
+        tmp_path, ctx, RoundSettings(deadline_seconds=600, quorum=2, count_scale=64,
+                                     part_key=PART.key))
+    stop = threading.Event()
+    thread = threading.Thread(target=service.run, args=(stop, 0.05), daemon=True)
+    events: list[ClientEvent] = []
+    base = part_base_vector()
+    client = FederationClient(
+        ClientConfig(FED, "b", retry_seconds=0.5, tick_seconds=0.05),
+        lambda will: InMemoryTransport(bus, "b", will=will), ctx, keys["b"],
+        agg_key.public_key(), NobodyEnrolled(PART, base, "b", 50, 1e-2), RecordingSink(),
+        tmp_path / "b", base, on_event=events.append)
+    thread.start()
+    client.start()
+    try:
+        wait_for(lambda: service.coordinator.sat_out.get("b") == "no_new_samples", SLOW,
+                 "the aggregator hears that b sits round 1 out")
+        status = json.loads(decode(bus.retained[topics.status(FED, "b")]).payload)
+        assert status["not_joining"] == {
+            "reason": "no_new_samples", "round": 1,
+            "detail": "0 enrolled people: training needs at least 2 (enrol more people "
+                      "before training)"}, status
+        assert [e.kind for e in events if e.round == 1][-1] == "sitting_out", events
+        assert "error" not in [e.kind for e in events], events
+    finally:
+        client.stop()
+        stop.set()
+        thread.join(10)
+        store.close()
