@@ -152,9 +152,13 @@ def import_bundle(files: BoxFiles, bundle_bytes: bytes, passphrase: str) -> KeyB
                 f"this box already holds federation key {old.get('key_id')} "
                 f"({old.get('fed_id')}); the bundle is for {bundle.key_id} ({bundle.fed_id})"
                 + (": another key epoch of the same federation" if same_fed else ""),
-                hint=("a provisioned box takes each new key epoch from the aggregator by "
-                      "itself (`join`); to provision anew, use a fresh --data-dir and a new "
-                      "device id (its keys and certificate are registered under its id)"
+                hint=(("a registered box takes each new key epoch from the aggregator by "
+                       "itself (`join`); to provision anew, use a fresh --data-dir and a new "
+                       "device id (its keys and certificate are registered under its id)")
+                      if files.cert.exists() else
+                      ("this box has no certificate, so it is not registered: provision it "
+                       "in a fresh --data-dir from the current bundle; the same device id "
+                       "will do (`devices add` registers nothing of a box of another key)")
                       if same_fed else "to move the box to another federation, provision "
                       "a fresh --data-dir under a new device id"))
     write_secret_file(files.secret_context, bundle.files[SECRET_CONTEXT], overwrite=True)

@@ -188,8 +188,11 @@ def _print_status(info: dict[str, Any]) -> None:
         typer.echo(f"KEY ROTATION DUE: {', '.join(info['key_rotation_due'])} revoked after "
                    "the current key was installed, and can still decrypt every result: "
                    "rotate the key (docs/operations.md, 'Rotating the federation key')")
+    if info["counters"]:  # a failed round was listed as one more "rejected" update (helper-42)
+        typer.echo("counts since init (rejected.<reason>: updates or messages refused; "
+                   "rounds failed: rounds that ended without a result, `rounds list`):")
     for name, value in info["counters"].items():
-        typer.echo(f"  {name}: {value}")
+        typer.echo(f"  {'rounds failed' if name == 'rejected.round_failed' else name}: {value}")
 
 
 def _releases(devices: list[dict[str, Any]]) -> dict[str, list[str]]:

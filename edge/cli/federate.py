@@ -149,15 +149,24 @@ def join(
         read_private_key(device_key), read_public_key(aggregator_key), trainer, sink,
         on_event=_echo_event, secret_context=secret_context)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stopped_by: list[str] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopped_by.append(signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     client.start()
-    if client.revoked is None:
-        typer.echo(f"{device_id} joined federation {fed} via {broker}; model {client.version}")
+    if client.revoked is None:  # "joined" was said before the broker had accepted it
+        typer.echo(f"{device_id} joining federation {fed} via {broker}; model "
+                   f"{client.version}")
     # A revoked box stops for good (exit 8: the service manager must not restart it;
     # firmware_scripts/systemd/fedface-join.service.in).
     _watch_connection(client, broker, box(ctx).config if tls is not None else None, stop)
     client.stop()
+    if stopped_by:  # as serve says it: a stop asked for, not a crash
+        typer.echo(f"{device_id}: join stopped ({stopped_by[0]})")
     if client.revoked is not None:
         from edge.cli.errors import EXIT_PROVISIONING, CliError
         from edge.federated.revocation import REPROVISION
@@ -213,6 +222,9 @@ def _watch_connection(client: FederationClient, broker: str, cfg: BoxConfig | No
 
 def _echo_event(event: ClientEvent) -> None:
     why = event.data.get("detail") or event.data.get("reason") or event.data.get("error")
+    if event.kind == "key_epoch":  # printed bare: which key replaced which (helper-42)
+        why = (f"installed key {event.data.get('key_id')} (epoch {event.data.get('epoch')}), "
+               f"replacing {event.data.get('previous')}")
     # events outside any round (a revocation) carry round 0: no "round 0: " for them
     where = f"round {event.round}: " if event.round else ""
     typer.echo(f"{where}{event.kind}" + (f" ({why})" if why else ""),

@@ -64,8 +64,10 @@ def admit(engine: Engine, policy: CanaryPolicy, crop_ids: np.ndarray,
         # walkthrough's noisy DP rounds hit the cap every round, silently): said loudly
         log.log(logging.WARNING if calibration is not None and calibration.capped
                 else logging.INFO, "model threshold: %s", calibration.describe()
-                if calibration else f"the deployed {engine.threshold:.2f} (fewer people than "
-                f"calibration needs: {MIN_PEOPLE}, of whom {MIN_HELD_OUT_PEOPLE} calibration "
+                if calibration else f"the deployed {engine.threshold:.2f} (calibration needs "
+                f"at least {MIN_PEOPLE} people, {MIN_HELD_OUT_PEOPLE} of them calibration "
+                f"people; this box has {len(np.unique(person_ids))}, "
+                f"{len(np.unique(person_ids[held_out_rows(person_ids)]))} of them calibration "
                 "people)")
     if not judge:
         return Admission(None, calibration)

@@ -144,7 +144,7 @@ def train_box(swapper: HotSwapper, trainer: Any, data_dir: Path, train_dir: Path
     save_result(path, update, part, {"accuracy_before": before, "accuracy_after": after,
                                      "started_from": started_from,
                                      "last_loss": report.last_loss})
-    log.info("local training %s: %d samples, %.1f s, loss %.3f -> %.3f, leave-one-out "
+    log.info("local training %s: %d samples, %.1f s, loss %.4g -> %.4g, leave-one-out "
              "%s -> %s", version, update.n_samples, report.seconds, report.first_loss,
              report.last_loss, before, after)
     return report, update.vector

@@ -208,7 +208,9 @@ def test_provisioning_mistakes_are_named_and_leave_nothing_behind(
     right_bundle, fed.bundle = fed.bundle, tmp_path / "other.ffkb"
     code, out = provision(tmp_path / "box-h", "passphrase", "kiosk-pw")
     assert code == 8 and "another key epoch of the same federation" in out, out
-    assert "takes each new key epoch from the aggregator" in out and "fresh --data-dir" in out
+    # box-h has no certificate: nothing of it is registered, so the same id will do (the
+    # hint said "a new device id", which the docs contradicted: helper-42)
+    assert "not registered" in out and "the same device id will do" in out, out
     assert "another federation" not in out
     # a new box provisioned from that bundle: passed doctor and sat out every round, and
     # then needed a new device id; now `devices add` refuses it before registering it
@@ -231,6 +233,13 @@ def test_provisioning_mistakes_are_named_and_leave_nothing_behind(
                                "--reply", str(tmp_path / "box-k.reply.json"), "--state",
                                str(fed.state))
     assert code == 0 and "added box-k: certificate signed" in out and "note:" not in out, out
+    code, out = edge(tmp_path / "box-k2" / "box-k", "provision", "--install-reply",
+                     str(tmp_path / "box-k.reply.json"))
+    assert code == 0, out
+    fed.bundle = tmp_path / "other.ffkb"  # a registered box: its key epochs come by join
+    code, out = provision(tmp_path / "box-k2" / "box-k", "passphrase", "kiosk-pw")
+    assert code == 8 and "takes each new key epoch from the aggregator" in out, out
+    assert "a new device id" in out and "not registered" not in out, out
 
 
 @pytest.mark.mosquitto
@@ -257,3 +266,19 @@ def test_a_relative_data_dir_is_written_as_absolute_paths(
     # its own files found (the request is not signed yet: the certificate's absolute path)
     assert "kiosk       password set" in out, out
     assert f"{tmp_path / 'box-rel' / 'tls' / 'device-tls.crt'} missing (not signed" in out
+
+
+def test_status_counts_failed_rounds_apart_from_rejected_updates(state: Path) -> None:
+    """helper-42: two rounds failed (a key rotation, then a deadline) showed as
+    `rejected.round_failed: 2` among the refused updates, though no update was refused."""
+    store = Store(state)
+    try:
+        store.record_rejection(1, None, "round_failed", "key rotated")
+        store.record_rejection(2, "box-x", "unknown_device", "device 'box-x' is not registered")
+    finally:
+        store.close()
+    code, out = cli(state, "status", "--no-broker")
+    assert code == 0, out
+    assert "counts since init (rejected.<reason>: updates or messages refused" in out, out
+    assert "  rounds failed: 1" in out and "  rejected.unknown_device: 1" in out, out
+    assert "round_failed" not in out, out

@@ -137,7 +137,7 @@ def test_join_with_config_uses_the_files_data_dir(
     env = dict(os.environ, FEDFACE_DATA_DIR=str(stray), HOME=str(tmp_path / "home"))
     env.pop("FEDFACE_CONFIG", None)
     join_until(["join", "--config", str(box / CONFIG_NAME), "--part", "embed_bn"], env,
-               tmp_path / "join.log", "joined federation", 120)
+               tmp_path / "join.log", "joining federation", 120)
     assert not stray.exists()  # nothing read or created outside the configured data dir
     assert (box / "federation").is_dir() and (box / DB_FILENAME).exists()
 
@@ -159,6 +159,7 @@ def test_join_says_when_the_broker_does_not_accept_the_box(
                       tmp_path / "join.log", "has not accepted this box's connection", 150)
     assert f"warning: the broker at {dead} has not accepted" in text
     assert "fedface-edge doctor" in text
+    assert "box-off: join stopped (SIGTERM)" in text  # said, as serve says it (helper-42)
 
 
 @pytest.mark.mosquitto

@@ -111,7 +111,7 @@ def test_provisioned_boxes_complete_a_round_over_tls(
     for device, box in boxes.items():
         out = log_of(box)
         # over TLS, to the broker named in the config, with the config's certificate
-        assert f"{device} joined federation {FED} via {fed.url}; model base" in out
+        assert f"{device} joining federation {FED} via {fed.url}; model base" in out
         steps = [ln for ln in out.splitlines() if ln.startswith("round 1:")]
         assert steps == ["round 1: joined", "round 1: submitted", "round 1: acked",
                          "round 1: applied"]

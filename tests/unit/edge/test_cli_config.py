@@ -161,3 +161,12 @@ def test_a_full_disk_reported_as_an_io_error_gets_the_full_disk_hint(
     monkeypatch.setattr(files, "disk_full", lambda path: True)
     hint = files.data_dir_hint(tmp_path, io_error)
     assert "is full" in hint and hint != files.DAMAGED_GALLERY
+
+
+def test_join_says_which_key_replaced_which(capsys: pytest.CaptureFixture[str]) -> None:
+    """helper-42: a rotation showed in join's output as a bare `key_epoch` line."""
+    from edge.cli.federate import _echo_event
+    from edge.federated.api import ClientEvent
+
+    _echo_event(ClientEvent("key_epoch", 0, {"key_id": "199e", "epoch": 1, "previous": "e1c9"}))
+    assert capsys.readouterr().out == "key_epoch (installed key 199e (epoch 1), replacing e1c9)\n"
