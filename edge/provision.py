@@ -156,9 +156,10 @@ def import_bundle(files: BoxFiles, bundle_bytes: bytes, passphrase: str) -> KeyB
                        "itself (`join`); to provision anew, use a fresh --data-dir and a new "
                        "device id (its keys and certificate are registered under its id)")
                       if files.cert.exists() else
-                      ("this box has no certificate, so it is not registered: provision it "
-                       "in a fresh --data-dir from the current bundle; the same device id "
-                       "will do (`devices add` registers nothing of a box of another key)")
+                      ("this box has no certificate yet: provision it in a fresh "
+                       "--data-dir from the current bundle, under the same device id if "
+                       "`devices add` refused its request (it registers nothing of a box "
+                       "of another key), else under a new one")
                       if same_fed else "to move the box to another federation, provision "
                       "a fresh --data-dir under a new device id"))
     write_secret_file(files.secret_context, bundle.files[SECRET_CONTEXT], overwrite=True)

@@ -210,7 +210,7 @@ def test_provisioning_mistakes_are_named_and_leave_nothing_behind(
     assert code == 8 and "another key epoch of the same federation" in out, out
     # box-h has no certificate: nothing of it is registered, so the same id will do (the
     # hint said "a new device id", which the docs contradicted: helper-42)
-    assert "not registered" in out and "the same device id will do" in out, out
+    assert "no certificate yet" in out and "under the same device id if" in out, out
     assert "another federation" not in out
     # a new box provisioned from that bundle: passed doctor and sat out every round, and
     # then needed a new device id; now `devices add` refuses it before registering it
@@ -239,7 +239,7 @@ def test_provisioning_mistakes_are_named_and_leave_nothing_behind(
     fed.bundle = tmp_path / "other.ffkb"  # a registered box: its key epochs come by join
     code, out = provision(tmp_path / "box-k2" / "box-k", "passphrase", "kiosk-pw")
     assert code == 8 and "takes each new key epoch from the aggregator" in out, out
-    assert "a new device id" in out and "not registered" not in out, out
+    assert "a new device id" in out and "no certificate yet" not in out, out
 
 
 @pytest.mark.mosquitto
