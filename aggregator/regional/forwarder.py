@@ -23,9 +23,9 @@ confirm a result), blocking at most ``wait_seconds`` per try.
 Model names: the region names its results ``round-<r>`` of its own round numbers; the
 forwarder maps each to the root's model name (persisted in ``regional.json``), so the
 partial of a region round built on root model M is sent for a root round based on M. If
-the root has moved on (its round is based on another model), the region's sum is stale:
-it is not sent, and the region publishes the root's current base (its retained result)
-at once, so the region's next round reaches the root's open one.
+the root builds on another model (it moved on, or went back: a pin there), the region's
+sum is stale: not sent; the region publishes the root's current result instead, and an
+open region round follows it at once (``root_moved_past``).
 
 A partial is recorded in ``regional.json`` before its first chunk is sent: after a crash
 or a lost PUBACK the region sends the same message again while the root's round is open
@@ -42,7 +42,6 @@ root as it is in each region, not extended and then failed.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 import time
@@ -53,14 +52,13 @@ from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from aggregator.regional.records import STATE_NAME, region_status
+from aggregator.regional.records import STATE_NAME, load_state, region_status, save_state
 from aggregator.rounds.records import ResultReady, RootResult
 from federation import topics
 from federation.chunking import DEFAULT_CHUNK_SIZE, Reassembler, split_blob
 from federation.crypto.signing import KeyRing
 from federation.envelope import Envelope, decode, encode, verify_envelope
 from federation.errors import AWAITING_ROOT, MALFORMED, FederationError, TransportError
-from federation.files import write_atomic
 from federation.messages import Ack, RoundAnnounce, result_round
 from federation.transport.base import Transport
 
@@ -104,10 +102,13 @@ class RegionalForwarder:
         self.chunk_size = chunk_size
         self.wait_seconds = wait_seconds
         self._path = Path(state_dir) / STATE_NAME
-        self._state = self._load()
+        self._state = load_state(self._path)
         self._cond = threading.Condition()
         self._announce: _RootRound | None = None
-        self._results: dict[int, tuple[bytes, str]] = {}  # root round -> (blob, model)
+        # root round -> (blob, model), in the order they arrived: the last is the root's
+        # current (retained) result, which after a pin or rollback there is of an older
+        # round than the one before it
+        self._results: dict[int, tuple[bytes, str]] = {}
         self._reassembler = Reassembler(max_blob_bytes=512 * 1024 * 1024,
                                         max_inflight_bytes=1024 * 1024 * 1024)
         self.acks: list[Ack] = []
@@ -155,14 +156,21 @@ class RegionalForwarder:
         self._said = (sitting, model)
 
     def root_moved_past(self, base_model: str) -> str | None:
-        """The root's newest published model when it is newer than the root model this
-        region's ``base_model`` stands for, and its result is in hand (None otherwise)."""
-        have = result_round(self._state["models"].get(base_model, base_model)) or 0
+        """The root's current result's model when it is not the root model this region's
+        ``base_model`` stands for, its result in hand (None otherwise): a newer result,
+        or an older one the root went back to (``models pin``/``rollback`` there), which a
+        region that compared round numbers never followed (helper-41)."""
+        have = self._state["models"].get(base_model, base_model)
+        current = self._current()
+        return current[2] if current is not None and current[2] != have else None
+
+    def _current(self) -> tuple[int, bytes, str] | None:
+        """The root's current result: (its round, blob, model), the last that arrived."""
         with self._cond:
             if not self._results:
                 return None
-            newest = max(self._results)
-            return self._results[newest][1] if newest > have else None
+            root_round = next(reversed(self._results))
+            return (root_round, *self._results[root_round])
 
     def _model(self) -> str:
         """The root model this region builds on now (as the root's announce names it)."""
@@ -177,11 +185,11 @@ class RegionalForwarder:
             return self._follow_root(event)
         key = str(event.round)
         sent = self._state["forwarded"].get(key)
-        if sent is None:
-            sent = self._forward(event, partial_blob)
-        elif sent.get("msg") and not sent.get("confirmed", True):
+        if sent is None or not sent.get("msg"):  # new, or stale when last decided: the
+            sent = self._forward(event, partial_blob)  # root may have moved since
+        elif not sent.get("confirmed", True):
             self._resend(event, partial_blob, sent)
-        elif sent.get("msg"):
+        else:
             sent = self._follow_ended_root_round(event, partial_blob, sent)
         deadline = time.monotonic() + self.wait_seconds
         with self._cond:
@@ -194,25 +202,22 @@ class RegionalForwarder:
                                  f"the root's result of its round {sent['root_round']}")
         blob, root_model = found
         self._state["models"][event.model] = root_model
-        self._save()
+        save_state(self._path, self._state)
         log.info("region round %d: publishing the root's result %s (%d bytes)", event.round,
                  root_model, len(blob))
         return RootResult(blob, included=bool(sent.get("msg")))
 
     def _follow_root(self, event: ResultReady) -> RootResult:
-        """The root's newest result, for a region round that holds no update (closed to
-        follow it: aggregator.rounds.events), whether or not the root's next round is
-        open yet."""
-        with self._cond:
-            newest = max(self._results) if self._results else None
-            found = None if newest is None else self._results[newest]
-        if found is None:
+        """The root's current result, for a region round that holds no update (closed to
+        follow it: aggregator.rounds.events), whether or not its next round is open."""
+        current = self._current()
+        if current is None:
             raise TransportError(AWAITING_ROOT, f"region round {event.round}: no result "
                                  "from the root aggregator yet")
-        blob, root_model = found
+        _, blob, root_model = current
         self._state["models"][event.model] = root_model
-        self._save()
-        log.info("region round %d: publishing the root's newer result %s (%d bytes)",
+        save_state(self._path, self._state)
+        log.info("region round %d: publishing the root's current result %s (%d bytes)",
                  event.round, root_model, len(blob))
         return RootResult(blob, included=False)
 
@@ -226,9 +231,10 @@ class RegionalForwarder:
         with self._cond:
             ann = self._announce
             ended = self._result_for(int(sent["root_round"])) is None
-        if (ann is None or not ann.open or ann.round <= int(sent["root_round"]) or not ended
-                or ann.base_model != sent.get("model")):
+        if (ann is None or not ann.open or ann.round <= int(sent["root_round"]) or not ended):
             return sent
+        if ann.base_model != sent.get("model"):  # the root went back (a pin there): the
+            return self._stale(event, ann, str(sent.get("model")))  # partial is stale
         log.warning("region round %d: the root's round %s ended without a result; sending "
                     "the partial to its round %d (same base %s)", event.round,
                     sent["root_round"], ann.round, ann.base_model)
@@ -236,7 +242,7 @@ class RegionalForwarder:
             f"fedface-partial\0{ann.round}\0".encode() + blob).hexdigest()[:32],
             "confirmed": False}
         self._state["forwarded"][str(event.round)] = again
-        self._save()
+        save_state(self._path, self._state)
         self._publish_partial(event, blob, again)
         return again
 
@@ -254,35 +260,46 @@ class RegionalForwarder:
             raise TransportError(AWAITING_ROOT, f"region round {event.round}: the root has no "
                                  "open round yet")
         if ann.base_model != wanted_base:
-            # The root moved on (its round is based on another model, open or closed): this
-            # region's sum is of a stale base. Publish the root's current base now if it
-            # is in (the region's next round then builds on it and reaches the root's
-            # open round), else the result of the root's round.
-            base_round = next((r for r, (_, model) in sorted(self._results.items())
-                               if model == ann.base_model), None)
-            root_round = ann.round if base_round is None else base_round
-            log.error("region round %d is built on the root's %s but the root's round %d "
-                      "on its %s: the region's sum is NOT forwarded; publishing the root's "
-                      "result of its round %d (the boxes that sent count their samples as "
-                      "new again)", event.round, wanted_base, ann.round, ann.base_model,
-                      root_round)
-            sent: dict[str, Any] = {"root_round": root_round, "msg": None}
-        else:
-            msg = hashlib.sha256(b"fedface-partial\0" + blob).hexdigest()[:32]
-            # Recorded BEFORE the first chunk leaves: the root may count the partial (and
-            # ack it) before this process sees the broker's PUBACK. A crash or a lost
-            # PUBACK then leaves an unconfirmed entry, and the retry resends the SAME
-            # message (the root dedupes it) or waits for that root round's result,
-            # instead of taking the root's next round for a stale base and waiting a
-            # whole root round for nothing.
-            sent = {"root_round": ann.round, "model": ann.base_model, "msg": msg,
-                    "confirmed": False}
-            self._state["forwarded"][str(event.round)] = sent
-            self._save()
-            self._publish_partial(event, blob, sent)
-            return sent
+            return self._stale(event, ann, wanted_base)
+        msg = hashlib.sha256(b"fedface-partial\0" + blob).hexdigest()[:32]
+        # Recorded BEFORE the first chunk leaves: the root may count the partial (and
+        # ack it) before this process sees the broker's PUBACK. A crash or a lost
+        # PUBACK then leaves an unconfirmed entry, and the retry resends the SAME
+        # message (the root dedupes it) or waits for that root round's result,
+        # instead of taking the root's next round for a stale base and waiting a
+        # whole root round for nothing.
+        sent = {"root_round": ann.round, "model": ann.base_model, "msg": msg,
+                "confirmed": False}
         self._state["forwarded"][str(event.round)] = sent
-        self._save()
+        save_state(self._path, self._state)
+        self._publish_partial(event, blob, sent)
+        return sent
+
+    def _stale(self, event: ResultReady, ann: _RootRound, built_on: str) -> dict[str, Any]:
+        """The root's round builds on another model than this region's sum: the sum is
+        not forwarded, and the root's base is published for it once in hand (else
+        TransportError, decided again at the next try; it waited for the root's open
+        round's result, which never came when every region was stale: helper-41)."""
+        with self._cond:
+            base_round = next((r for r, (_, model) in self._results.items()
+                               if model == ann.base_model), None)
+        if base_round is None:
+            initial = result_round(ann.base_model) is None
+            raise TransportError(AWAITING_ROOT, (
+                f"region round {event.round} is built on the root's {built_on}, the root's "
+                f"round {ann.round} on its {ann.base_model}: this region's sum is NOT "
+                "forwarded, and ") + (
+                "the root builds on its initial model (pinned there): pin it here too, "
+                "`fedface-aggregator models pin base --state <this region's state>`, and "
+                "unpin here when the root unpins" if initial else
+                "the root's result of it has not arrived yet"))
+        log.error("region round %d is built on the root's %s but the root's round %d on its "
+                  "%s: the region's sum is NOT forwarded; publishing the root's result of "
+                  "its round %d (the boxes that sent count their samples as new again)",
+                  event.round, built_on, ann.round, ann.base_model, base_round)
+        sent: dict[str, Any] = {"root_round": base_round, "msg": None}
+        self._state["forwarded"][str(event.round)] = sent
+        save_state(self._path, self._state)
         return sent
 
     def _resend(self, event: ResultReady, blob: bytes, sent: dict[str, Any]) -> None:
@@ -312,7 +329,7 @@ class RegionalForwarder:
         log.info("region round %d: partial sum (%d bytes, %d chunks) sent to root round %d",
                  event.round, len(blob), len(envs), root_round)
         sent["confirmed"] = True
-        self._save()
+        save_state(self._path, self._state)
 
     def _result_for(self, root_round: int) -> tuple[bytes, str] | None:
         if root_round in self._results:
@@ -376,23 +393,8 @@ class RegionalForwarder:
             return
         if blob is not None:
             with self._cond:
+                self._results.pop(env.round, None)  # arrived again: now the current one
                 self._results[env.round] = (blob, env.model)
-                for old in sorted(self._results)[:-2]:  # keep the latest two
-                    del self._results[old]
+                while len(self._results) > 2:  # keep the last two that arrived
+                    del self._results[next(iter(self._results))]
                 self._cond.notify_all()
-
-    # --- state ----------------------------------------------------------------------
-    def _load(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self._path.read_text())
-        except FileNotFoundError:
-            data = {}
-        except ValueError as exc:
-            raise FederationError(MALFORMED, f"{self._path} is corrupt ({exc}); it maps "
-                                  "region rounds to root rounds") from None
-        return {"forwarded": dict(data.get("forwarded", {})),
-                "models": dict(data.get("models", {}))}
-
-    def _save(self) -> None:
-        # round numbers and message ids, no device data
-        write_atomic(self._path, json.dumps(self._state, sort_keys=True).encode(), mode=0o644)

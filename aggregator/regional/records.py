@@ -10,15 +10,36 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from federation.chunking import one_envelope
 from federation.envelope import encode
+from federation.errors import MALFORMED, FederationError
+from federation.files import write_atomic
 from federation.messages import NO_NEW_SAMPLES, DeviceStatus
 from federation.release import release
 
 STATE_NAME = "regional.json"
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """``regional.json``: ``forwarded`` (region round -> the root round its partial went
+    to, or whose result stands for it) and ``models`` (see ``root_models``)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        data = {}
+    except ValueError as exc:
+        raise FederationError(MALFORMED, f"{path} is corrupt ({exc}); it maps region "
+                              "rounds to root rounds") from None
+    return {"forwarded": dict(data.get("forwarded", {})), "models": dict(data.get("models", {}))}
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    # round numbers and message ids, no device data
+    write_atomic(path, json.dumps(state, sort_keys=True).encode(), mode=0o644)
 
 
 def root_models(state_dir: Path) -> dict[str, str]:

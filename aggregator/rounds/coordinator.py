@@ -340,12 +340,12 @@ class Coordinator:
         return 0 if self.current is None else self.current.contributions
 
     def catch_up(self, why: str) -> list[Event]:
-        """Close the open round, which holds no update, with an empty sum: a region whose
-        root published a newer model publishes that for it (aggregator.rounds.events)."""
+        """Close the open round now: a region whose root builds on another model
+        publishes that for it (aggregator.rounds.events), its updates not forwarded."""
         cur = self.current
-        if cur is None or cur.status != "open" or self.updates_summed():
+        if cur is None or cur.status != "open":
             return []
-        return self._close(cur, why, empty=True)
+        return self._close(cur, why, empty=not self.updates_summed())
 
     def _close(self, cur: RoundRow, why: str, empty: bool = False) -> list[Event]:
         """Serialise the sum once, as the result blob, then mark the round closed."""

@@ -6,6 +6,7 @@ broker did not confirm stays ``closed`` and is retried on every pump."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import statistics
 import threading
@@ -42,8 +43,9 @@ class ResultForwarder(Protocol):
         ...
 
     def root_moved_past(self, base_model: str) -> str | None:
-        """The root's newest published model when it is newer than what this region's
-        ``base_model`` stands for, its result in hand (None: not so)."""
+        """The root's current model when it is not what this region's ``base_model``
+        stands for (newer, or older after a pin at the root), its result in hand (None:
+        not so)."""
         ...
 
 
@@ -72,25 +74,28 @@ class RoundEventHandler:
 
     def after_tick(self) -> None:
         """Regional mode, after every tick: tell the root whether this region has
-        anything new, and follow the root's newer model. A region whose boxes sat a
+        anything new, and follow the root's current model. A region whose boxes sat a
         root round out kept its older model (a walkthrough's south served round-1 while
         north served the root's round-3) until its boxes next had something new, and
-        then that round's sum was of a stale base: an open round that every box sits
-        out for want of new samples (none is training for it) now closes at once on the
-        root's newer model, which its boxes then serve."""
+        then that round's sum was of a stale base; after a rollback at the root, every
+        region kept building on the model rolled back from (helper-41). An open round
+        whose base is not the root's current model now closes at once on it, which its
+        boxes then serve: its updates, if any, are of a base the root no longer builds
+        on and are not forwarded (their boxes send again, on the root's model)."""
         if self.forwarder is None:
             return
-        nothing_new = self.coordinator.nothing_new()
-        self.forwarder.report_nothing_new(nothing_new)
+        self.forwarder.report_nothing_new(self.coordinator.nothing_new())
         cur = self.coordinator.current
-        if not nothing_new or cur is None or cur.status != "open":
+        if cur is None or cur.status != "open":
             return
-        newer = self.forwarder.root_moved_past(cur.base_model)
-        if newer is not None:
-            log.info("round %d: the root published its %s, newer than the root's model "
-                     "this round's base %s is: the round closes (no update was in it) and "
-                     "publishes it", cur.round, newer, cur.base_model)
-            self.handle(self.coordinator.catch_up(f"{FOLLOWS_ROOT} {newer}"))
+        current = self.forwarder.root_moved_past(cur.base_model)
+        if current is not None:
+            held = self.coordinator.updates_summed()
+            log.info("round %d: the root's current model is its %s, not the one this "
+                     "round's base %s stands for: the round closes and publishes it%s",
+                     cur.round, current, cur.base_model,
+                     f" ({held} update(s) of the old base NOT forwarded)" if held else "")
+            self.handle(self.coordinator.catch_up(f"{FOLLOWS_ROOT} {current}"))
 
     def record_ack_wait(self, round_no: int, seconds: float) -> None:
         """An accepted update of ``round_no`` was acked ``seconds`` after its box sent it."""
@@ -157,7 +162,12 @@ class RoundEventHandler:
                 # samples as new again (edge.federated.joining)
                 event = replace(event, contributors=[])
                 self.store.update_round(event.round, close_reason=STALE_SUM)
-        done_result = self.publisher.result(event, blob, previous)
+        # a region publishes the root's blob, maybe one it published before (after a
+        # rollback at the root): a message id of its own round, or its running boxes drop
+        # the chunks as a duplicate of the earlier one (helper-41)
+        msg = None if self.forwarder is None else hashlib.sha256(
+            f"{hashlib.sha256(blob).hexdigest()}:{event.round}".encode()).hexdigest()[:32]
+        done_result = self.publisher.result(event, blob, previous, msg=msg)
         del blob
         model_pins.set_retained(self.store, event.round)
         self._log_ack_waits(event.round)

@@ -56,12 +56,17 @@ def vec(seed: int) -> np.ndarray:
 
 
 def send_round(site: Site, vecs: list[np.ndarray], counts: list[int]) -> None:
-    ann = latest_announce(site.bus.retained, FED)
     for box, v, n in zip(site.boxes, vecs, counts, strict=True):
-        box.send(box.envelopes(box.encrypted_blob(v, n, COUNT_SCALE), ann["round"],
-                               ann["base_model"]))
-        site.service.pump()
-        assert box.acks[-1]["accepted"], box.acks[-1]
+        send_update(site, box, v, n)
+
+
+def send_update(site: Site, box: ScriptedBox, v: np.ndarray, n: int) -> None:
+    """One box's update for the site's open round, accepted."""
+    ann = latest_announce(site.bus.retained, FED)
+    box.send(box.envelopes(box.encrypted_blob(v, n, COUNT_SCALE), ann["round"],
+                           ann["base_model"]))
+    site.service.pump()
+    assert box.acks[-1]["accepted"], box.acks[-1]
 
 
 @dataclass

@@ -28,7 +28,7 @@ from federation.envelope import decode
 from federation.errors import NOT_CONNECTED, PUBLISH_TIMEOUT, TransportError
 from federation.transport.base import InMemoryBus, InMemoryTransport
 from tests.support.aggregator_boxes import collect_result, decrypt_result, latest_announce
-from tests.support.hierarchy import FED, Site, make_site, send_round, vec
+from tests.support.hierarchy import FED, Site, make_site, send_round, send_update, vec
 
 
 class FlakyRootLink(InMemoryTransport):
@@ -195,10 +195,14 @@ def test_late_region_publishes_the_roots_new_base_at_once_and_joins_its_next_rou
     assert latest_announce(h.root.bus.retained, FED)["state"] == "open"  # round 2, on round-1
     h.b.service.pump()  # region-b publishes it and opens its round 2
     with caplog.at_level(logging.ERROR, logger="aggregator.regional.forwarder"):
-        send_round(h.a, VECS[:3], COUNTS[:3])  # region-a's round 1 closes late
+        # region-a's round 1, on the pretrained model, gets its first update late: it
+        # closes at once on the root's round-1 (its other boxes' training would be of the
+        # stale base too), its sum not forwarded
+        send_update(h.a, h.a.boxes[0], VECS[0], COUNTS[0])
     assert "NOT forwarded" in caplog.text
     pointer, blob = collect_result(h.a.bus.retained, FED)
     assert pointer["round"] == 1 and blob == root_blob  # at once, without a root round
+    assert pointer["contributors"] == 0  # its box counts its samples as new again
     got = decrypt_result(secret_ctx, blob)
     assert np.max(np.abs(got - plain_weighted_average(VECS[3:], COUNTS[3:]))) < 1e-5
     ann_a = latest_announce(h.a.bus.retained, FED)

@@ -20,7 +20,15 @@ from federation.crypto.ckks import FederationContext
 from federation.envelope import decode
 from federation.messages import CLOSED, RoundAnnounce
 from tests.support.aggregator_boxes import collect_result, latest_announce
-from tests.support.hierarchy import FED, Hierarchy, Site, build_hierarchy, send_round, vec
+from tests.support.hierarchy import (
+    FED,
+    Hierarchy,
+    Site,
+    build_hierarchy,
+    send_round,
+    send_update,
+    vec,
+)
 
 
 @pytest.fixture
@@ -154,8 +162,12 @@ def test_a_region_sum_of_a_stale_base_is_published_as_holding_no_update(
     root.clock[0] += 61  # the root's deadline: region-a's 3 updates are the quorum
     root.service.pump()
     assert root.store.get_round(1).status == "published"  # type: ignore[union-attr]
-    send_round(site_b, [vec(10 + i) for i in range(3)], [100, 100, 100])
+    # region-b's first box sends for its round on the pretrained model: the round follows
+    # the root at once, without waiting for the other two boxes (their training would be
+    # of the stale base too), and its sum is not forwarded
+    send_update(site_b, site_b.boxes[0], vec(10), 100)
     site_b.service.pump()
+    assert root.store.contributors(2) == []
     pointer, blob = collect_result(site_b.bus.retained, FED)
     assert blob == collect_result(root.bus.retained, FED)[1]  # the root's round-1
     assert pointer["contributors"] == 0
@@ -198,3 +210,48 @@ def test_a_quiet_region_follows_the_roots_newer_model_at_once(hierarchy: Hierarc
     send_round(site_b, [vec(10 + i) for i in range(3)], [100, 100, 100])
     root.service.pump()
     assert root.store.contributors(2) == ["region-b"]
+
+
+def test_a_rollback_at_the_root_reaches_every_region_without_a_deadlock(
+        hierarchy: Hierarchy) -> None:
+    """helper-41: after `models rollback` at the root (a pin of round-1, republished as the
+    base of its next round), the regions kept building on round-3 (the older result was
+    dropped as soon as it arrived, being of a lower round number), their boxes' sums were
+    then of a stale base and not forwarded, and each region waited for the result of the
+    root round its partial never went to: the root's rounds failed for "no word from"
+    either region, for good. Now a region follows the root's current result whatever its
+    round number, and its republication of a result its boxes assembled before carries a
+    new message id (running boxes dropped it as a duplicate and stalled)."""
+    from aggregator.rounds import pins as model_pins
+
+    root, regions = hierarchy.root, hierarchy.regions
+
+    def federated_round(seed: int) -> None:
+        for k, site in enumerate(regions):
+            send_round(site, [vec(seed + 10 * k + i) for i in range(3)], [100, 100, 100])
+        root.service.pump()
+        for site in regions:
+            site.service.pump()
+
+    for seed in (0, 100):
+        federated_round(seed)
+    assert [r.status for r in root.store.list_rounds()][:2] == ["published", "published"]
+    assert model_pins.rollback(root.store) == ("round-2", "round-1")
+    federated_round(200)  # root round 3 finishes on its own base; round 4 opens on round-1
+    ann = latest_announce(root.bus.retained, FED)
+    assert (ann["round"], ann["base_model"]) == (4, "round-1"), ann
+    root_round_1 = root.store.read_blob(root.store.get_round(1).sum_blob)  # type: ignore[arg-type,union-attr]
+    for site in regions:
+        followed = site.store.get_round(4)
+        assert followed is not None and followed.status == "published", followed
+        assert followed.close_reason == f"{FOLLOWS_ROOT} round-1", followed.close_reason
+        pointer, blob = collect_result(site.bus.retained, FED)
+        assert blob == root_round_1 and pointer["round"] == 4
+        first = site.store.get_round(1)
+        assert first is not None and pointer["msg"] != first.result_msg  # not a duplicate
+        region_ann = latest_announce(site.bus.retained, FED)
+        assert (region_ann["round"], region_ann["base_model"]) == (5, "round-4"), region_ann
+    federated_round(300)  # built on the rolled-back model: forwarded, not stale
+    row = root.store.get_round(4)
+    assert row is not None and row.status == "published", row
+    assert sorted(root.store.contributors(4)) == ["region-a", "region-b"]
