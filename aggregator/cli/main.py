@@ -33,6 +33,7 @@ from aggregator.cli.common import (
 from aggregator.rounds.coordinator import RoundSettings
 from aggregator.rounds.schedule import DailyWindow, RoundSchedule
 from aggregator.state.config import load_config
+from aggregator.state.serve_lock import lock_state
 from aggregator.state.store import Store, StoreError
 from aggregator.state.verdicts import poisoned_summary
 from federation.crypto.bounds import DEFAULT_MAX_SAMPLES, Bounds
@@ -209,6 +210,7 @@ def serve(
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(state)
+    held = lock_state(state)  # one serve per state dir; the kernel drops it at any exit
     budget.check_serve_cap(cfg.budget, max_samples)
     broker, ca_file, cert_file, key_file = resolve_broker(cfg, broker, ca_file, cert_file,
                                                           key_file)
@@ -268,6 +270,7 @@ def serve(
         logging.getLogger("aggregator").info("serve stopped (%s)", signals[0] if signals else
                                              "its rounds are done" if service.finished.is_set()
                                              else "an error")
+        held.close()
 
 
 def _tls(ca: Path | None, cert: Path | None, key: Path | None) -> Any:

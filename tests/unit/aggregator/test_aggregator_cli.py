@@ -142,3 +142,46 @@ def test_status_with_the_broker_down_still_shows_the_state(keys_dir: Path,
     assert result.stdout.count("box1") == 1 and " unknown " in result.stdout
     assert result.stderr.startswith("error: the boxes' live status is not shown: cannot "
                                     "reach the broker at mqtt://127.0.0.1:")
+
+
+def test_one_serve_per_state_directory(tmp_path: Path, keys_dir: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """helper-41 restarted serve while the old one was still stopping: two serves on one
+    state shared its database and MQTT client id and took the broker session from each
+    other, silently. A second serve now waits for the first to stop, then refuses, naming
+    its pid; the lock goes with its holder, even killed with SIGKILL."""
+    import functools
+    import time
+
+    import aggregator.cli.main as cli_main
+    from aggregator.state.serve_lock import LOCK_NAME, lock_state
+    from aggregator.state.store import StoreError
+
+    state = tmp_path / "state"
+    assert runner.invoke(app, ["init", "--fed", "f1", "--state", str(state),
+                               "--public-context",
+                               str(keys_dir / "federation-public.tenseal")]).exit_code == 0
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path\n"
+        "from aggregator.state.serve_lock import lock_state\n"
+        f"held = lock_state(Path({str(state)!r})); print('held', flush=True)\n"
+        "time.sleep(60)")], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        started = time.monotonic()
+        with pytest.raises(StoreError, match=f"serve` \\(pid {holder.pid}\\) runs on"):
+            lock_state(state, wait_seconds=0.5)
+        assert time.monotonic() - started >= 0.5  # it waited for the holder to stop
+        monkeypatch.setattr(cli_main, "lock_state", functools.partial(lock_state,
+                                                                      wait_seconds=0.3))
+        err = _one_line_error(runner.invoke(app, ["serve", "--state", str(state),
+                                                  "--broker", "mqtt://127.0.0.1:9"]))
+        assert f"another `fedface-aggregator serve` (pid {holder.pid})" in err, err
+        assert "one serve per state directory" in err
+    finally:
+        holder.kill()
+        holder.wait(10)
+    held = lock_state(state, wait_seconds=2.0)  # the killed holder's lock went with it
+    assert (state / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+    assert stat.S_IMODE((state / LOCK_NAME).stat().st_mode) == 0o600
+    held.close()
