@@ -230,6 +230,10 @@ def devices_revoke(device_id: str, state: StateOpt) -> None:
                "(docs/operations.md, 'Rotating the federation key'): fedface-aggregator "
                f"devices recipients --state {state} --out recipients.json, then the key "
                "holder's `keys rotate`, then `keys install` here")
+    # the root's status does not see a region's revocations, nor its KEY ROTATION DUE
+    typer.echo("in a hierarchy the key is the whole federation's: `devices recipients` at "
+               "the root and at every region, one `keys rotate` with all of them, `keys "
+               "install` at each (docs/operations.md, 'Rotating the federation key')")
 
 
 def register(app: typer.Typer, keys_app: typer.Typer, devices_app: typer.Typer) -> None:

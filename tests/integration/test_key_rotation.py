@@ -82,6 +82,8 @@ def test_a_revoked_box_cannot_read_the_round_after_the_rotation(tmp_path: Path,
         # box-c is revoked; the key holder rotates to the others; the operator installs
         out = run_cli("devices", "revoke", "box-c", "--state", str(fed.agg_state))
         assert "still holds the federation's secret key: rotate it now" in out
+        # a region's revocation is not seen at the root (helper-41): the command says so
+        assert "in a hierarchy the key is the whole federation's" in out, out
         status = run_cli("status", "--no-broker", "--state", str(fed.agg_state))
         assert "KEY ROTATION DUE: box-c revoked after the current key" in status
         run_cli("devices", "recipients", "--state", str(fed.agg_state), "--out",
