@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from aggregator.cli.common import EXIT_ERROR, JsonOpt, StateOpt, local_time, one_line_errors
 from aggregator.operator import OperatorError, device_statuses, revoked_since_key
+from aggregator.regional.records import STATE_NAME, load_state
 from aggregator.rounds import pins as model_pins
 from aggregator.rounds.deadline import device_names
 from aggregator.rounds.schedule import recorded_next_opening
@@ -26,6 +28,7 @@ from aggregator.state.config import load_config
 from aggregator.state.registry import DeviceRegistry
 from aggregator.state.store import Store
 from aggregator.state.verdicts import poisoned, poisoned_summary, suspects
+from federation.errors import FederationError
 from federation.verdicts import Verdict
 
 Opt = typer.Option
@@ -84,6 +87,11 @@ def status(
             "contributions": latest.contributions, "updates": store.updates_of(latest.round),
             "quorum": latest.quorum,
             "contributors": store.contributors(latest.round)},
+        # closed, its result not yet out: a region waiting for its root (helper-41: its
+        # status said only "open round: none")
+        "closed_round": None if latest is None or latest.status != "closed" else {
+            "round": latest.round, "closed_at": latest.closed_at,
+            "reason": latest.close_reason, "root_round": _awaited_root_round(state, latest.round)},
         "devices": {"active": sum(d["registered"] == "active" for d in devices),
                     "total": len(devices)},
         "device_status": devices, "recent_results": results, "counters": store.counters(),
@@ -109,6 +117,16 @@ def status(
         # status showed nothing at all while its broker was down)
         typer.echo(f"error: the boxes' live status is not shown: {unreachable}", err=True)
         raise typer.Exit(EXIT_ERROR)
+
+
+def _awaited_root_round(state: Path, round_no: int) -> int | None:
+    """The root round whose result a region's closed round waits for (None: no region)."""
+    try:
+        sent = load_state(state / STATE_NAME)["forwarded"].get(str(round_no)) or {}
+    except FederationError:  # a damaged regional.json: the rest of the status goes on
+        return None
+    root_round = sent.get("root_round")
+    return root_round if isinstance(root_round, int) else None
 
 
 def _deadline(at: float) -> str:
@@ -170,6 +188,12 @@ def _print_status(info: dict[str, Any]) -> None:
                                  f"{cur['updates']}/{cur['quorum']} update(s), "
                                  + _deadline(cur['deadline'])
                                  if cur else "none" + _next_opening(info["next_round_at"])))
+    closed = info["closed_round"]
+    if closed:
+        typer.echo(f"round {closed['round']} closed {_age(closed['closed_at'])} "
+                   f"({closed['reason']}), its result not published yet" + (
+                       f": waiting for the root's result of its round {closed['root_round']}"
+                       if closed["root_round"] is not None else ""))
     pin = info["pinned"]
     typer.echo(f"next round builds on: {info['next_base']}" + (
         "" if not pin else " (PINNED: fedface-aggregator models unpin to follow the latest)"

@@ -252,6 +252,10 @@ def test_region_and_root_processes_over_two_brokers_equal_flat_average(
         a["round"] == 2 and a["accepted"] for a in h.root_watch.acks.get(REGION, [])), 60,
         h.logs)
     region.stop(kill=True)
+    # its status says what it waits for (it said "open round: none": helper-41)
+    said = run_cli("status", "--no-broker", "--state", str(h.region_state))
+    assert "its result not published yet: waiting for the root's result of its round 2" \
+        in said, said
     send_update(h.direct_box, root_ann, vecs2[3], counts2[3])
     _accepted(h, h.direct_box, 3)
     h.root_watch.wait("root result 2", h.root_watch.result_of(2), 60, h.logs)
