@@ -65,6 +65,8 @@ def test_provision_then_doctor_all_green(fed: Federation, camera: str) -> None:
     assert names == ["camera", "models", "key files", "federation keys", "certificate",
                      "broker", "clock", "disk", "box data"]
     assert "FAIL" not in out
+    # no serve has run: the federation key check cannot be made, and doctor says so
+    assert "no round announced yet (has the aggregator's serve run?)" in out, out
     code, out = edge(box, "status", "--json")
     assert code == 0 and '"device_id": "box-1"' in out and '"kiosk_password_set": true' in out
 
