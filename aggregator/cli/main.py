@@ -210,7 +210,6 @@ def serve(
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(state)
-    held = lock_state(state)  # one serve per state dir; the kernel drops it at any exit
     budget.check_serve_cap(cfg.budget, max_samples)
     broker, ca_file, cert_file, key_file = resolve_broker(cfg, broker, ca_file, cert_file,
                                                           key_file)
@@ -226,50 +225,55 @@ def serve(
     # checked before connecting anywhere: a bad option fails fast, with nothing to undo
     root_tls = regional_cli.root_link_tls(_tls(ca_file, cert_file, key_file), root_ca_file,
                                           root_cert_file, root_key_file)
-    service, transport = build_service(
-        state, cfg, settings, broker, client_id or f"aggregator-{cfg.fed}",
-        rounds or None, ca_file, cert_file, key_file, mqtt_protocol, sum_workers,
-        intake_processes, rate_limiter=limiter,
-    )
-    logging.getLogger("aggregator").info("round schedule: %s; min new samples per box %d",
-                                         schedule.describe(), min_new_samples)
-    logging.getLogger("aggregator").info(
-        "bounds: %s", "off (no cap on a box's weight)" if bounds is None else
-        f"n capped at {bounds.max_samples} per update, "
-        + (f"delta clipped to L2 norm {bounds.clip_norm:g}" if bounds.clip_norm
-           else "delta not clipped"))
-    if dp is not None:
-        logging.getLogger("aggregator").info("%s", regional_cli.describe_dp(dp))
-    links = [transport]
-    if forward_to:
-        try:
-            links.append(regional_cli.attach_forwarder(
-                service, state, forward_to, root_key, region_id, root_aggregator_id,
-                mqtt_protocol, root_tls))
-        except BaseException:
-            transport.close()
-            service.store.close()
-            raise
-    stop = threading.Event()
-    signals: list[str] = []  # the one that stopped serve, for its last log line
-
-    def on_signal(num: int, _frame: Any) -> None:
-        signals.append(signal.Signals(num).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    # one serve per state dir (the kernel drops the lock when the process dies; closed
+    # here on every way out, or a serve that failed would hold it in this process)
+    held = lock_state(state)
     try:
-        service.start()
-        service.loop(stop)
+        service, transport = build_service(
+            state, cfg, settings, broker, client_id or f"aggregator-{cfg.fed}",
+            rounds or None, ca_file, cert_file, key_file, mqtt_protocol, sum_workers,
+            intake_processes, rate_limiter=limiter,
+        )
+        logging.getLogger("aggregator").info("round schedule: %s; min new samples per box %d",
+                                             schedule.describe(), min_new_samples)
+        logging.getLogger("aggregator").info(
+            "bounds: %s", "off (no cap on a box's weight)" if bounds is None else
+            f"n capped at {bounds.max_samples} per update, "
+            + (f"delta clipped to L2 norm {bounds.clip_norm:g}" if bounds.clip_norm
+               else "delta not clipped"))
+        if dp is not None:
+            logging.getLogger("aggregator").info("%s", regional_cli.describe_dp(dp))
+        links = [transport]
+        if forward_to:
+            try:
+                links.append(regional_cli.attach_forwarder(
+                    service, state, forward_to, root_key, region_id, root_aggregator_id,
+                    mqtt_protocol, root_tls))
+            except BaseException:
+                transport.close()
+                service.store.close()
+                raise
+        stop = threading.Event()
+        signals: list[str] = []  # the one that stopped serve, for its last log line
+
+        def on_signal(num: int, _frame: Any) -> None:
+            signals.append(signal.Signals(num).name)
+            stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        try:
+            service.start()
+            service.loop(stop)
+        finally:
+            service.close()  # intake shards, summing workers
+            for link in reversed(links):
+                link.close()
+            service.store.close()
+            logging.getLogger("aggregator").info("serve stopped (%s)", signals[0] if signals else
+                                                 "its rounds are done" if service.finished.is_set()
+                                                 else "an error")
     finally:
-        service.close()  # intake shards, summing workers
-        for link in reversed(links):
-            link.close()
-        service.store.close()
-        logging.getLogger("aggregator").info("serve stopped (%s)", signals[0] if signals else
-                                             "its rounds are done" if service.finished.is_set()
-                                             else "an error")
         held.close()
 
 

@@ -188,7 +188,7 @@ def _print_status(info: dict[str, Any]) -> None:
                                  f"{cur['updates']}/{cur['quorum']} update(s), "
                                  + _deadline(cur['deadline'])
                                  if cur else "none" + _next_opening(info["next_round_at"])))
-    closed = info["closed_round"]
+    closed = info.get("closed_round")
     if closed:
         typer.echo(f"round {closed['round']} closed {_age(closed['closed_at'])} "
                    f"({closed['reason']}), its result not published yet" + (

@@ -151,6 +151,7 @@ def test_one_serve_per_state_directory(tmp_path: Path, keys_dir: Path,
     other, silently. A second serve now waits for the first to stop, then refuses, naming
     its pid; the lock goes with its holder, even killed with SIGKILL."""
     import functools
+    import logging
     import time
 
     import aggregator.cli.main as cli_main
@@ -174,10 +175,18 @@ def test_one_serve_per_state_directory(tmp_path: Path, keys_dir: Path,
         assert time.monotonic() - started >= 0.5  # it waited for the holder to stop
         monkeypatch.setattr(cli_main, "lock_state", functools.partial(lock_state,
                                                                       wait_seconds=0.3))
-        err = _one_line_error(runner.invoke(app, ["serve", "--state", str(state),
-                                                  "--broker", "mqtt://127.0.0.1:9"]))
-        assert f"another `fedface-aggregator serve` (pid {holder.pid})" in err, err
-        assert "one serve per state directory" in err
+        # serve's logging.basicConfig writes to this invocation's stderr (an earlier
+        # in-process serve's handler would point at a closed one)
+        monkeypatch.setattr(logging.root, "handlers", [])
+        result = runner.invoke(app, ["serve", "--state", str(state), "--broker",
+                                     "mqtt://127.0.0.1:9"])
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        said = result.stderr.strip().splitlines()
+        assert f"waiting for the serve that holds {state} (pid {holder.pid}) to stop" \
+            in said[0], said
+        assert said[-1].startswith(f"error: another `fedface-aggregator serve` (pid "
+                                   f"{holder.pid}) runs on"), said
+        assert "one serve per state directory" in said[-1]
     finally:
         holder.kill()
         holder.wait(10)
