@@ -254,6 +254,10 @@ class ActivityLog:
                     if ring is self._recent:
                         _to_front(ring, index, ended)
                     else:  # alerts stay in the order they were raised: news first
+                        if event.person_id is not None and entry.enrolled_as is None:
+                            # enrolled while in view (at the camera): the visit ends
+                            # named, and its alert is dealt with (helper-44)
+                            ended = replace(ended, acknowledged=True, enrolled_as=event.name)
                         ring[index] = ended
                         for track in self._tracks:  # the cooldown runs from their leaving
                             if track.alert_id == entry_id:

@@ -16,6 +16,7 @@ under another name, staff see who and the score and must confirm (``DuplicateFac
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from edge.errors import FedFaceError
+from edge.gallery.files import encode_crop
 from edge.gallery.names import NameRejected, check_name
 from edge.gallery.store import Gallery, GalleryError
 from edge.kiosk.quality import (
@@ -92,6 +94,8 @@ class Saved:
     person_id: int
     added: int
     existed: bool
+    already: int = 0  # photos the person already had: not added again
+    looks_like: DuplicateFace | None = None  # an upload that matches someone else
 
 
 class EnrolmentDesk:
@@ -186,6 +190,11 @@ class EnrolmentDesk:
                               self.settings.min_sharpness)
         if not verdict.ok or verdict.face is None:
             return verdict
+        same = next((i for i, s in enumerate(enrolment.shots, 1)
+                     if np.array_equal(s.crop, verdict.face.crop)), None)
+        if same is not None:  # a still or looping source: a copy teaches nothing (helper-44)
+            return ShotVerdict(False, f"No shot taken: the camera gave the same picture as "
+                                      f"shot {same}. Move a little and take it again.")
         if enrolment.shots:
             # every shot must look like the earlier ones: a passer-by stepping in
             # between two shots must not end up in someone else's enrolment
@@ -265,7 +274,10 @@ class EnrolmentDesk:
             if not verdict.ok or verdict.face is None:
                 raise EnrolmentRejected(f"{filename}: {verdict.message} Nothing was stored.")
             crops.append(verdict.face.crop)
-        return self._store(name, crops, [f"kiosk upload {f}" for f, _ in files])
+        # uploads are not asked to confirm (the browser would have to send the photos
+        # again): saved, and staff told whom they look like (they were not: helper-44)
+        return self._store(name, crops, [f"kiosk upload {f}" for f, _ in files],
+                           warn_duplicates=True)
 
     def _decode(self, filename: str, data: bytes) -> np.ndarray:
         try:
@@ -288,15 +300,28 @@ class EnrolmentDesk:
         return DuplicateFace(name, best.name, best.score, self._threshold())
 
     def _store(self, name: str, crops: list[np.ndarray], sources: list[str],
-               check_duplicates: bool = False) -> Saved:
+               check_duplicates: bool = False, warn_duplicates: bool = False) -> Saved:
         existed = any(p.name == name for p in self.gallery.people())
+        # the same photo enrolled again aligns to the same crop: taken once, as by
+        # `fedface-edge enroll` (an upload repeated doubled the person's photos: helper-44)
+        held, keep = self.gallery.crop_digests(name), []
+        for i, crop in enumerate(crops):
+            digest = hashlib.sha256(encode_crop(crop)).hexdigest()
+            if digest not in held:
+                held.add(digest)
+                keep.append(i)
+        already = len(crops) - len(keep)
+        if not keep:
+            raise EnrolmentRejected(f"{'These photos are' if len(crops) > 1 else 'This photo is'}"
+                                    f" already enrolled for {name}: nothing was added.")
+        crops, sources = [crops[i] for i in keep], [sources[i] for i in keep]
         # embed with the served model at save time: shots taken before a model swap get
         # the new model's vectors, never a mix of versions
         vectors, tag = self.worker.engine.embed_crops(crops)
-        if check_duplicates:
-            duplicate = self._duplicate(name, vectors, tag)
-            if duplicate is not None:
-                raise duplicate
+        duplicate = self._duplicate(name, vectors, tag) if (
+            check_duplicates or warn_duplicates) else None
+        if check_duplicates and duplicate is not None:
+            raise duplicate
         person_id = self.gallery.enroll(name, crops, vectors, tag, sources=sources)
         log.info("kiosk enrolled %d face(s) for person %d", len(crops), person_id)
-        return Saved(name, person_id, len(crops), existed)
+        return Saved(name, person_id, len(crops), existed, already, duplicate)

@@ -29,9 +29,18 @@ def _sid() -> str:
 
 def _saved_message(saved: Saved) -> str:
     photos = f"{saved.added} photo{'s' if saved.added != 1 else ''}"
-    if saved.existed:
-        return f"Added {photos} to {saved.name}, who was already enrolled."
-    return f"{saved.name} is enrolled with {photos}."
+    said = (f"Added {photos} to {saved.name}, who was already enrolled." if saved.existed
+            else f"{saved.name} is enrolled with {photos}.")
+    if saved.already:
+        said += (f" {saved.already} photo{'s' if saved.already != 1 else ''} "
+                 f"{saved.name} already had {'were' if saved.already != 1 else 'was'} not "
+                 "added again.")
+    if saved.looks_like is not None:
+        like = saved.looks_like
+        said += (f" Warning: these photos look like {like.match_name}, who is already "
+                 f"enrolled (similarity {like.score:.2f}): if it is the same person, remove "
+                 f"{saved.name} on the People page.")
+    return said
 
 
 @blueprint.route("/enrol")

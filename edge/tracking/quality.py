@@ -65,3 +65,15 @@ def view_quality(face: Face, crop: np.ndarray) -> ViewQuality:
     size = min(1.0, face.box[2] / FULL_SIZE_PX)
     return ViewQuality(size=size, sharpness=sharpness_score(crop),
                        frontal=frontal_score(face.landmarks), detection=float(face.score))
+
+
+THUMB_SIDE = 16  # a view's grey thumbnail, for telling an abrupt change of face
+
+
+def view_thumbnail(crop: np.ndarray) -> np.ndarray:
+    """The aligned crop as a normalised 16x16 grey vector: two views of one face
+    correlate highly (edge.tracking.visits' CHANGE_BELOW)."""
+    grey = cv2.resize(cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY), (THUMB_SIDE, THUMB_SIDE),
+                      interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
+    grey -= grey.mean()
+    return grey / max(float(np.linalg.norm(grey)), 1e-6)

@@ -35,13 +35,12 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import cv2
 import numpy as np
 
 from edge.gallery.match import Match
 from edge.serving.engine import Engine, ServingState
 from edge.serving.events import UNKNOWN
-from edge.tracking.quality import view_quality
+from edge.tracking.quality import view_quality, view_thumbnail
 from edge.tracking.tracker import FaceTracker, Track
 from edge.tracking.visit_events import ENDED, IDENTIFIED, STARTED, CropStore, VisitEvent
 from edge.vision.align import align_face
@@ -56,7 +55,6 @@ log = logging.getLogger(__name__)
 # 300 LFW people's aligned crops (44,850 pairs) two people were over 0.8 in 0.32% of
 # pairs: such a newcomer waits for the periodic check (``recheck_seconds``).
 CHANGE_BELOW = 0.8
-THUMB_SIDE = 16
 RECHECK_MIN_QUALITY = 0.5  # of the visit's best view: a worse view re-checks nothing
 # A view is someone else's under this fraction of the match threshold (0.30 at 0.40).
 # Measured (scratch scripts, real models): consecutive frames of one tracked person
@@ -137,6 +135,7 @@ class Visit:
     crop_path: str | None = None
     saved_quality: float = 0.0
     fused: np.ndarray | None = None  # the attempts' fused vector, of ``model_version``
+    matched_in: object = None  # the gallery snapshot ``match`` was found in
     frames: int = 0  # detections of this visit's face (a track may carry several visits)
     last_ts: float = 0.0
     previous_ts: float = 0.0
@@ -251,6 +250,10 @@ class VisitEngine:
                     visit.attempts.append(attempt)
                     self._fuse(visit, state)
         for visit in self.visits.values():
+            if visit.fused is not None and visit.matched_in is not state.gallery:
+                # someone enrolled (or a model swapped in) since: named by the gallery of
+                # now (a person enrolled at the camera stayed unknown until they left)
+                self._fuse(visit, state)
             if visit.announced and not visit.identified and visit.attempts and (
                     len(visit.attempts) >= self.settings.settle_attempts
                     or ts - visit.started_ts >= self.settings.settle_seconds):
@@ -342,7 +345,7 @@ class VisitEngine:
         visit.fused = (fused / max(float(np.linalg.norm(fused)), 1e-12)).astype(np.float32)
         visit.match = state.gallery.identify_many(visit.fused[None],
                                                   self.engine.threshold_for(state))[0]
-        visit.model_version = state.tag
+        visit.model_version, visit.matched_in = state.tag, state.gallery
 
     def _save_best(self, visit: Visit) -> None:
         if self.crops is None or not visit.attempts or visit.best_quality <= visit.saved_quality:
@@ -387,14 +390,7 @@ def visit_id(ts: float, track: Track) -> str:
     return f"{int(ts * 1000):x}-{track.track_id}"
 
 
-def _thumbnail(crop: np.ndarray) -> np.ndarray:
-    grey = cv2.resize(cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY), (THUMB_SIDE, THUMB_SIDE),
-                      interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
-    grey -= grey.mean()
-    return grey / max(float(np.linalg.norm(grey)), 1e-6)
-
-
 def _view_changed(visit: Visit, crop: np.ndarray) -> bool:
     """Did the aligned face change abruptly since the visit's previous detection?"""
-    thumb, visit.thumb = visit.thumb, _thumbnail(crop)
+    thumb, visit.thumb = visit.thumb, view_thumbnail(crop)
     return thumb is not None and float(thumb @ visit.thumb) < CHANGE_BELOW

@@ -91,11 +91,14 @@ def check_fits_phone(page: Any) -> None:
 
 def take_camera_shots(page: Any, needed: int) -> list[str]:
     """Press 'Take shot' while the camera shows the person being enrolled."""
-    feedback = []
+    feedback: list[str] = []
+    shot_at: set[int] = set()  # photos shot: the kiosk refuses a copy of an earlier shot
     for _ in range(4 * needed):
-        # shoot inside PERSON_A's run of frames, away from its edges
-        wait_for(lambda: 1 <= (status(page)["frame"] or 0) % CYCLE <= A_FRAMES - 3,
+        # shoot inside PERSON_A's run of frames, away from its edges, on a photo not shot
+        wait_for(lambda: 1 <= (status(page)["frame"] or 0) % CYCLE <= A_FRAMES - 3
+                 and (status(page)["frame"] or 0) % CYCLE not in shot_at,
                  10, "a frame of the person being enrolled")
+        shot_at.add((status(page)["frame"] or 0) % CYCLE)
         page.click("#take-shot")
         page.wait_for_load_state()
         feedback.append(page.inner_text("#feedback li:first-child"))

@@ -261,7 +261,8 @@ def test_upload_enrols_real_photos(client: FlaskClient, kiosk: Kiosk, lfw_dir: P
     people = text(client.get("/people"))
     assert "George Bush is enrolled with 2 photos." in people
     assert rows(kiosk) == {"people": 1, "crops": 2, "embeddings": 2}
-    again = upload(client, "George Bush", photos[:1])
+    again = upload(client, "George Bush", [(jpeg_bytes(lfw_dir / PERSON_A /
+                                                       f"{PERSON_A}_0003.jpg"), "p3.jpg")])
     assert "Added 1 photo to George Bush, who was already enrolled." in \
         text(client.get(again.headers["Location"]))
 
@@ -311,3 +312,31 @@ def test_one_alert_can_be_acknowledged_on_its_own(client: FlaskClient, kiosk: Ki
     assert [a.acknowledged for a in activity.alerts()] == [True, False]
     assert 'id="ack-alert"' not in text(client.get(f"/alerts/{first.id}"))
     assert 'id="ack-alert"' in text(client.get(f"/alerts/{second.id}"))
+
+
+def test_an_upload_repeated_adds_nothing_and_one_of_someone_else_warns(
+    client: FlaskClient, kiosk: Kiosk, lfw_dir: Path
+) -> None:
+    """helper-44: the same three photos uploaded twice gave a person six (the CLI's
+    enroll takes a photo once, and the README says an enrolment run twice is safe); a
+    photo of an enrolled person uploaded under another name made a second person without
+    a word, where a camera shot warns."""
+    assert log_in(client).status_code == 302
+    photos = [(jpeg_bytes(lfw_dir / PERSON_A / f"{PERSON_A}_000{i}.jpg"), f"a{i}.jpg")
+              for i in (1, 2)]
+    first = upload(client, "Ada", photos[:1])
+    assert first.status_code == 302
+    again = upload(client, "Ada", photos[:1])
+    assert again.status_code == 400, text(again)
+    assert "This photo is already enrolled for Ada: nothing was added." in text(again)
+    assert rows(kiosk)["crops"] == 1
+    more = client.get(upload(client, "Ada", photos).headers["Location"])
+    assert "Added 1 photo to Ada, who was already enrolled. 1 photo Ada already had was " \
+        "not added again." in text(more), text(more)
+    assert rows(kiosk)["crops"] == 2
+    other = client.get(upload(client, "Ada Lovelace", [(jpeg_bytes(
+        lfw_dir / PERSON_A / f"{PERSON_A}_0003.jpg"), "a3.jpg")]).headers["Location"])
+    said = text(other)
+    assert "Ada Lovelace is enrolled with 1 photo. Warning: these photos look like Ada, who " \
+        "is already enrolled (similarity" in said, said
+    assert "remove Ada Lovelace on the People page" in said

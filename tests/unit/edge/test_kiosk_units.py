@@ -203,6 +203,12 @@ def test_recent_recognitions_stay_newest_first_by_the_time_they_show() -> None:
     first_raised = log.alerts()[-1].id
     log.record_visit(visit(ENDED, "v4", 209.0, "unknown", None))
     assert log.alerts()[-1].id == first_raised
+    # v5's stranger is enrolled at the camera while in view: the visit ends named, and
+    # its alert is dealt with (it stayed raised: helper-44)
+    assert not log.alerts()[0].acknowledged
+    log.record_visit(visit(ENDED, "v5", 210.0, "E", 5))
+    assert (log.alerts()[0].acknowledged, log.alerts()[0].enrolled_as) == (True, "E")
+    assert not log.alerts()[-1].acknowledged  # v4's stranger left unknown
 
 
 def test_a_stranger_s_visits_within_the_cooldown_are_one_alert() -> None:

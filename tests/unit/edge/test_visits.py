@@ -222,3 +222,38 @@ def test_a_visit_across_a_model_swap_fuses_vectors_of_one_version_only(
         assert events[-1].name == video.visits[0].person
     finally:
         engine.install(before)
+
+
+def test_a_person_enrolled_while_in_view_is_named_from_the_next_frame(
+        videos: list[KioskVideo], lfw_dir: Path, tmp_path: Path) -> None:
+    """helper-44: a stranger raised an alert, staff enrolled them at the camera while they
+    stood there, and the live view kept the red UNKNOWN box; the visit ended `unknown`.
+    A visit is now matched again in the gallery of now when someone was enrolled."""
+    video = next(v for v in videos if v.name == "approach")
+    person = video.visits[0].person
+    frames = list(video.frames())
+    pipeline = FacePipeline.from_model_dir(threads=1)
+    with Gallery.open(tmp_path / "box") as gallery:
+        recognizer = Recognizer(pipeline, gallery, threshold=0.40)
+        recognizer.enroll_images("Someone Else", [lfw_dir / "Tony_Blair" / "Tony_Blair_0001.jpg"])
+        visits = VisitEngine(recognizer.engine, VisitSettings(max_attempts=4))
+        events: list[VisitEvent] = []
+        half = len(frames) // 2
+        for index, frame in enumerate(frames[:half]):
+            events += visits.process(frame, index, index / video.fps)
+        identified = [e for e in events if e.event == IDENTIFIED]
+        assert identified and identified[0].name == "unknown", identified  # a stranger, then
+        assert [name for _, _, name in visits.visible()] == ["unknown"]
+        embeddings = visits.embeddings
+        recognizer.enroll_images(person, [lfw_dir / person / f"{person}_0001.jpg"])
+        events += visits.process(frames[half], half, half / video.fps)
+        (visit,) = visits.visits.values()
+        assert visit.name == person  # at once: what the live view shows when it is seen
+        assert visits.embeddings - embeddings <= 1  # matched again, not re-embedded
+        for index, frame in enumerate(frames[half + 1:], start=half + 1):
+            events += visits.process(frame, index, index / video.fps)
+            if visits.visible():
+                assert [name for _, _, name in visits.visible()] == [person]
+        events += visits.close()
+        assert events[-1].event == ENDED and events[-1].name == person, events[-1]
+        recognizer.engine.close()
