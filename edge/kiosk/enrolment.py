@@ -141,6 +141,14 @@ class EnrolmentDesk:
             if sid not in self._pending and len(self._pending) >= MAX_PENDING:
                 raise EnrolmentRejected("Too many enrolments are in progress on this kiosk; "
                                         "finish or cancel one first.")
+            current = self._pending.get(sid)
+            if current is not None and current.shots:
+                # two tabs share the session: a start in one replaced the other's shots
+                # without a word, and its next shot went to this person (helper-44)
+                raise EnrolmentRejected(
+                    f"An enrolment of {current.name} ({len(current.shots)} shot(s) taken) is "
+                    "in progress in this session, maybe in another tab: save or cancel it "
+                    "first.")
             enrolment = CameraEnrolment(name, now, now)
             self._pending[sid] = enrolment
             return enrolment
