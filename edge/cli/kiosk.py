@@ -82,7 +82,8 @@ def serve(
     ctx: typer.Context,
     source: Annotated[str | None, typer.Option(
         "--source", help="Frame source: /dev/video0 or 0 (camera), rtsp://... (stream), a "
-        "video file, dir:FOLDER[?fps=N&loop=1] (image folder). Default: camera.source of "
+        "video file, dir:FOLDER[?fps=N&loop=1&stills=1] (image folder; docs/operations.md, "
+        "'Frame sources'). Default: camera.source of "
         "the box config (FEDFACE_CONFIG or DATA_DIR/edge.toml).")] = None,
     host: Annotated[str, typer.Option(
         "--host", help="Listen address. Keep 127.0.0.1 unless a TLS proxy fronts the kiosk.")

@@ -147,7 +147,8 @@ def run(
     ctx: typer.Context,
     source: Annotated[str | None, typer.Option(
         "--source", help="Frame source: /dev/video0 or 0 (camera), rtsp://... or "
-        "http(s)://... (stream), a video file, dir:FOLDER[?fps=N&loop=1] (image folder). "
+        "http(s)://... (stream), a video file, dir:FOLDER[?fps=N&loop=1&stills=1] (image "
+        "folder; docs/operations.md, 'Frame sources'). "
         "Default: the box config's camera.source.", show_default=False)] = None,
     events: Annotated[str, typer.Option(
         "--events", help="Where to append the events as JSON lines (- for stdout): three "
