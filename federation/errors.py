@@ -31,6 +31,8 @@ QUEUE_FULL = "queue_full"
 PUBLISH_TIMEOUT = "publish_timeout"
 # a regional aggregator's closed round waits for the root's result (expected, not a fault)
 AWAITING_ROOT = "awaiting_root"
+# ... and the root builds on its initial model (pinned there): no result of it will come
+ROOT_ON_INITIAL = "root_on_initial"
 PUBLISH_REFUSED = "publish_refused"
 CANNOT_ENCRYPT = "cannot_encrypt"
 BAD_URL = "bad_url"
@@ -57,6 +59,7 @@ REASONS: frozenset[str] = frozenset(
         QUEUE_FULL,
         PUBLISH_TIMEOUT,
         AWAITING_ROOT,
+        ROOT_ON_INITIAL,
         PUBLISH_REFUSED,
         CANNOT_ENCRYPT,
         BAD_URL,

@@ -54,7 +54,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from aggregator.regional.records import STATE_NAME, load_state, region_status, save_state
 from aggregator.rounds.records import ResultReady, RootResult
-from federation import topics
+from federation import errors, topics
 from federation.chunking import DEFAULT_CHUNK_SIZE, Reassembler, split_blob
 from federation.crypto.signing import KeyRing
 from federation.envelope import Envelope, decode, encode, verify_envelope
@@ -156,21 +156,24 @@ class RegionalForwarder:
         self._said = (sitting, model)
 
     def root_moved_past(self, base_model: str) -> str | None:
-        """The root's current result's model when it is not the root model this region's
-        ``base_model`` stands for, its result in hand (None otherwise): a newer result,
-        or an older one the root went back to (``models pin``/``rollback`` there), which a
-        region that compared round numbers never followed (helper-41)."""
+        """The model the root builds on when it is not what this region's ``base_model``
+        stands for and its result is in hand (None otherwise): a newer result, an older
+        one it went back to (a pin there; a region comparing round numbers never
+        followed: helper-41), or its initial model, which has no result (helper-43)."""
         have = self._state["models"].get(base_model, base_model)
-        current = self._current()
-        return current[2] if current is not None and current[2] != have else None
+        target, blob = self._root_base()
+        in_hand = blob is not None or result_round(target) is None
+        return target if target and target != have and in_hand else None
 
-    def _current(self) -> tuple[int, bytes, str] | None:
-        """The root's current result: (its round, blob, model), the last that arrived."""
+    def _root_base(self) -> tuple[str, bytes | None]:
+        """What the root builds on (the base of its open round whose result is not in; else
+        its latest result) and that result's blob if in hand (None: not yet, or its
+        initial model). An open round's announce outlives its result by a moment."""
         with self._cond:
-            if not self._results:
-                return None
-            root_round = next(reversed(self._results))
-            return (root_round, *self._results[root_round])
+            ann, results = self._announce, list(self._results.items())
+        target = ann.base_model if ann is not None and ann.open and ann.round > max(
+            (r for r, _ in results), default=0) else (results[-1][1][1] if results else "")
+        return target, next((b for _, (b, m) in reversed(results) if m == target), None)
 
     def _model(self) -> str:
         """The root model this region builds on now (as the root's announce names it)."""
@@ -210,11 +213,10 @@ class RegionalForwarder:
     def _follow_root(self, event: ResultReady) -> RootResult:
         """The root's current result, for a region round that holds no update (closed to
         follow it: aggregator.rounds.events), whether or not its next round is open."""
-        current = self._current()
-        if current is None:
-            raise TransportError(AWAITING_ROOT, f"region round {event.round}: no result "
-                                 "from the root aggregator yet")
-        _, blob, root_model = current
+        root_model, blob = self._root_base()
+        if blob is None:
+            raise TransportError(AWAITING_ROOT, f"region round {event.round}: no result of "
+                                 f"the root's {root_model or 'model'} yet")
         self._state["models"][event.model] = root_model
         save_state(self._path, self._state)
         log.info("region round %d: publishing the root's current result %s (%d bytes)",
@@ -283,16 +285,14 @@ class RegionalForwarder:
         with self._cond:
             base_round = next((r for r, (_, model) in self._results.items()
                                if model == ann.base_model), None)
-        if base_round is None:
+        if base_round is None:  # the initial model (pinned at the root) has no result:
+            # the region's events fail this round and pin it here too
             initial = result_round(ann.base_model) is None
-            raise TransportError(AWAITING_ROOT, (
+            raise TransportError(errors.ROOT_ON_INITIAL if initial else AWAITING_ROOT, (
                 f"region round {event.round} is built on the root's {built_on}, the root's "
                 f"round {ann.round} on its {ann.base_model}: this region's sum is NOT "
-                "forwarded, and ") + (
-                "the root builds on its initial model (pinned there): pin it here too, "
-                "`fedface-aggregator models pin base --state <this region's state>`, and "
-                "unpin here when the root unpins" if initial else
-                "the root's result of it has not arrived yet"))
+                "forwarded") + ("" if initial else ", and the root's result of it has "
+                                "not arrived yet"))
         log.error("region round %d is built on the root's %s but the root's round %d on its "
                   "%s: the region's sum is NOT forwarded; publishing the root's result of "
                   "its round %d (the boxes that sent count their samples as new again)",

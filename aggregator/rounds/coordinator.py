@@ -313,10 +313,11 @@ class Coordinator:
                                sat_out=self.sat_out, before=self.sat_out_before)
 
     def abandon(self, why: str) -> list[Event]:
-        """Fail the open round now and open the next (aggregator.rounds.poison: its base
-        was found poisoned, so its updates are built on a model no box should serve)."""
+        """Fail the open (or closed, unpublished) round now and open the next: its base
+        was found poisoned (aggregator.rounds.poison), or a region's root builds on its
+        initial model (aggregator.rounds.events)."""
         cur = self.current
-        if cur is None or cur.status != "open":
+        if cur is None or cur.status not in ("open", "closed"):
             return []
         log.error("round %d FAILED: %s; a new round follows", cur.round, why)
         return self._fail(cur, why, why)

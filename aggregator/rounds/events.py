@@ -18,8 +18,8 @@ from aggregator.rounds.coordinator import Coordinator, announce_of
 from aggregator.rounds.publisher import Publisher
 from aggregator.rounds.records import Announce, Event, ResultReady, RootResult
 from aggregator.state.store import Store
-from federation.errors import AWAITING_ROOT, TransportError
-from federation.messages import CLOSED, RoundAnnounce
+from federation.errors import AWAITING_ROOT, ROOT_ON_INITIAL, TransportError
+from federation.messages import CLOSED, RoundAnnounce, result_round
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,10 @@ class RoundEventHandler:
         if cur is None or cur.status != "open":
             return
         current = self.forwarder.root_moved_past(cur.base_model)
-        if current is not None:
+        if current is not None and result_round(current) is None:
+            self._follow_initial(f"round {cur.round}: the root builds on its initial model "
+                                 f"{current}, this round on {cur.base_model}")
+        elif current is not None:
             held = self.coordinator.updates_summed()
             log.info("round %d: the root's current model is its %s, not the one this "
                      "round's base %s stands for: the round closes and publishes it%s",
@@ -109,10 +112,27 @@ class RoundEventHandler:
                 try:
                     self._publish_result(event)
                 except TransportError as exc:
+                    if exc.reason == ROOT_ON_INITIAL:  # a region: no result will come
+                        self._follow_initial(exc.message)
+                        continue
                     # Stays 'closed' in the db; retried every pump until the broker confirms.
                     self._not_published(event, exc)
                     if event not in self._unpublished:
                         self._unpublished.append(event)
+
+    def _follow_initial(self, why: str) -> None:
+        """Regional mode: the root builds on its initial model (`models pin base` there),
+        which has no result to publish. This region pins its own and fails its round
+        (its updates are of another base): the next round opens on the initial model,
+        which its boxes go back to, and reaches the root's. A later root result is
+        followed as any (the pin holds only until a round opened after it publishes).
+        Regions waited for good, and a region pinned by hand was pulled back to the
+        root's previous result at once (helper-43)."""
+        initial = self.coordinator.initial_model
+        if model_pins.pinned(self.store) != initial:
+            model_pins.pin(self.store, initial)
+        log.warning("%s: this region follows it (its initial model pinned here too)", why)
+        self.handle(self.coordinator.abandon(f"{FOLLOWS_ROOT} {initial} (pinned at the root)"))
 
     def _not_published(self, event: ResultReady, exc: TransportError) -> None:
         if exc.reason != AWAITING_ROOT:

@@ -255,3 +255,73 @@ def test_a_rollback_at_the_root_reaches_every_region_without_a_deadlock(
     row = root.store.get_round(4)
     assert row is not None and row.status == "published", row
     assert sorted(root.store.contributors(4)) == ["region-a", "region-b"]
+
+
+def test_a_pin_of_the_initial_model_at_the_root_is_followed_by_every_region(
+        hierarchy: Hierarchy) -> None:
+    """helper-43: `models pin base` at the root has no result to re-publish. A region
+    whose sum was waiting for the root's failed round waited for good, one with an open
+    round kept the root's previous model, and a region pinned by hand as the docs said
+    was pulled back to that previous model at once; the root's rounds failed for "no
+    word from" them. Each region now follows the root's initial model: its round fails
+    (its updates are of another base), its initial model is pinned there too, its next
+    round builds on it and reaches the root's, whose result every region then serves."""
+    from aggregator.rounds import pins as model_pins
+
+    root, (site_a, site_b) = hierarchy.root, hierarchy.regions
+
+    def federated_round(seed: int) -> None:
+        for k, site in enumerate((site_a, site_b)):
+            send_round(site, [vec(seed + 10 * k + i) for i in range(3)], [100, 100, 100])
+        root.service.pump()
+        for site in (site_a, site_b):
+            site.service.pump()
+
+    for seed in (0, 100):
+        federated_round(seed)
+    # region-a's round 3 closes and its partial waits in the root's round 3; the root's
+    # operator pins the initial model, and that round fails (the pin opens the next)
+    send_round(site_a, [vec(200 + i) for i in range(3)], [100, 100, 100])
+    root.service.pump()
+    assert root.store.contributors(3) == ["region-a"]
+    model_pins.pin(root.store, "base")
+    root.service.events.handle(root.service.coordinator.abandon("no quorum (test)"))
+    ann = latest_announce(root.bus.retained, FED)
+    assert (ann["round"], ann["base_model"]) == (4, "base"), ann
+    for site in (site_a, site_b):  # a: its closed round; b: its open one
+        site.service.pump()
+        row = site.store.get_round(3)
+        assert row is not None and row.status == "failed", row
+        assert row.close_reason == f"{FOLLOWS_ROOT} base (pinned at the root)"
+        region_ann = latest_announce(site.bus.retained, FED)
+        assert (region_ann["round"], region_ann["base_model"]) == (4, "base"), region_ann
+        assert model_pins.pinned(site.store) == "base"
+    federated_round(300)  # on the initial model at every level
+    row = root.store.get_round(4)
+    assert row is not None and row.status == "published", row
+    assert sorted(root.store.contributors(4)) == ["region-a", "region-b"]
+    _, root_blob = collect_result(root.bus.retained, FED)
+    for site in (site_a, site_b):
+        assert collect_result(site.bus.retained, FED)[1] == root_blob
+        region_ann = latest_announce(site.bus.retained, FED)
+        assert (region_ann["round"], region_ann["base_model"]) == (5, "round-4"), region_ann
+
+
+def test_the_announce_of_a_root_round_whose_result_is_in_does_not_move_a_region(
+        hierarchy: Hierarchy) -> None:
+    """Over MQTT a root round's open announce can still be the latest a region heard when
+    that round's result is already in: taken for what the root builds on, it made a
+    region abandon its new round for the root's previous base (a fresh-clone test run of
+    the MQTT hierarchy). A result of the announced round or later wins over it."""
+    from aggregator.regional.forwarder import _RootRound
+
+    root, (site_a, site_b) = hierarchy.root, hierarchy.regions
+    for k, site in enumerate((site_a, site_b)):
+        send_round(site, [vec(10 * k + i) for i in range(3)], [100, 100, 100])
+    root.service.pump()
+    for site, fwd in zip((site_a, site_b), hierarchy.forwarders, strict=True):
+        fwd._announce = _RootRound(1, "base", True)  # round 1's announce, heard late
+        site.service.pump()  # publishes the root's round-1 and opens its round 2 on it
+        assert fwd.root_moved_past("round-1") is None
+        ann = latest_announce(site.bus.retained, FED)
+        assert (ann["round"], ann["base_model"], ann["state"]) == (2, "round-1", "open"), ann
