@@ -15,6 +15,7 @@ import typer
 from aggregator.cli.common import StateOpt, one_line_errors
 from aggregator.operator import install_key_epoch
 from aggregator.state.config import load_config
+from aggregator.state.regions import region_ids
 from aggregator.state.registry import DeviceRegistry
 from aggregator.state.store import Store
 from federation.files import write_atomic
@@ -33,8 +34,12 @@ def devices_recipients(
     store = Store(state)
     try:
         found, missing = DeviceRegistry(store).recipients()
+        # a regional aggregator is registered like a device but holds no secret key: it
+        # was listed as needing re-provisioning (helper-43)
+        regions = set(region_ids(store))
     finally:
         store.close()
+    missing = [d for d in missing if d not in regions]
     write_atomic(out, json.dumps({"fed": cfg.fed, "key_id": cfg.key_id, "devices": found},
                                  indent=2).encode(), mode=0o644)
     typer.echo(f"{out}: {len(found)} active device(s) with an exchange key")

@@ -17,7 +17,9 @@ from aggregator.cli.common import JsonOpt, StateOpt, local_time, one_line_errors
 from aggregator.rounds import pins as model_pins
 from aggregator.rounds.epochs import under_earlier_key
 from aggregator.state.config import load_config
+from aggregator.state.regions import region_ids
 from aggregator.state.store import Store
+from federation.messages import result_round
 
 models_app = typer.Typer(help="Federated model versions (published round results).",
                          no_args_is_help=True)
@@ -29,8 +31,16 @@ _NEXT_ROUND = ("the next round builds on {v} (boxes fetch it from the broker, "
 def _takes_effect(store: Store, version: str | None) -> str:
     latest = store.latest_round()
     open_now = latest is not None and latest.status == "open"
+    if version is not None and result_round(version) is None:  # the initial model
+        # nothing is re-published: every box holds it (helper-43 read that it was)
+        said = (f"the next round builds on {version}, the pretrained model every box "
+                "holds (no result to fetch: boxes go back to it on that round's announce)")
+    else:
+        said = _NEXT_ROUND.format(v=version)
+    if region_ids(store):  # a root: its regions follow by themselves
+        said += "; every region follows it by itself"
     return (f"round {latest.round}, open now, finishes on its base; " if open_now and latest
-            else "") + _NEXT_ROUND.format(v=version)
+            else "") + said
 
 
 def _store(state: Path) -> tuple[Store, str]:

@@ -230,10 +230,30 @@ def devices_revoke(device_id: str, state: StateOpt) -> None:
                "(docs/operations.md, 'Rotating the federation key'): fedface-aggregator "
                f"devices recipients --state {state} --out recipients.json, then the key "
                "holder's `keys rotate`, then `keys install` here")
+    _warn_below_quorum(state)
     # the root's status does not see a region's revocations, nor its KEY ROTATION DUE
     typer.echo("in a hierarchy the key is the whole federation's: `devices recipients` at "
                "the root and at every region, one `keys rotate` with all of them, `keys "
                "install` at each (docs/operations.md, 'Rotating the federation key')")
+
+
+def _warn_below_quorum(state: Path) -> None:
+    """Fewer active boxes than the latest round's quorum: no round closes again (a
+    region left with one box of its quorum 2 never sent a partial: helper-43). Not at a
+    root with regions, whose partials count several updates each."""
+    from aggregator.state.regions import region_ids
+
+    store = Store(state)
+    try:
+        latest, active = store.latest_round(), DeviceRegistry(store).active_ids()
+        if latest is None or region_ids(store) or len(active) >= latest.quorum:
+            return
+    finally:
+        store.close()
+    typer.echo(f"WARNING: {len(active)} active device(s) left, fewer than the quorum of "
+               f"{latest.quorum} updates round {latest.round} needs: no round can close "
+               "until boxes are added (devices add), or serve is restarted with a lower "
+               "--quorum (the quorum is a privacy floor: never below 2)")
 
 
 def register(app: typer.Typer, keys_app: typer.Typer, devices_app: typer.Typer) -> None:

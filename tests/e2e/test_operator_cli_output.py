@@ -282,3 +282,19 @@ def test_status_counts_failed_rounds_apart_from_rejected_updates(state: Path) ->
     assert "counts since init (rejected.<reason>: updates or messages refused" in out, out
     assert "  rounds failed: 1" in out and "  rejected.unknown_device: 1" in out, out
     assert "round_failed" not in out, out
+
+
+def test_a_revocation_that_leaves_fewer_boxes_than_the_quorum_says_so(
+        state: Path, tmp_path: Path) -> None:
+    """helper-43: a region left with one box of its quorum 2 could never close a round
+    again, and nothing said so."""
+    for box in ("box1", "box2", "box3"):
+        pub = write_public_key(tmp_path / f"{box}.pub", generate_signing_key().public_key())
+        assert cli(state, "devices", "add", box, "--public-key", str(pub))[0] == 0
+    add_round(state)  # quorum 2
+    code, out = cli(state, "devices", "revoke", "box1")
+    assert code == 0 and "WARNING" not in out, out  # two left: the quorum holds
+    code, out = cli(state, "devices", "revoke", "box2")
+    assert code == 0, out
+    assert "WARNING: 1 active device(s) left, fewer than the quorum of 2 updates round 1 " \
+        "needs" in out, out

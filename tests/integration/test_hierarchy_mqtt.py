@@ -298,6 +298,11 @@ def test_region_and_root_processes_over_two_brokers_equal_flat_average(
     assert [(m["model"], m["root_model"]) for m in listed] == [
         ("round-1", "round-1"), ("round-2", "round-2")], listed
     assert "= root round-2" in run_cli("models", "list", "--state", str(h.region_state))
+    # a region holds no secret key: a rotation's recipients at the root do not ask to
+    # re-provision it (they said so: helper-43)
+    said = run_cli("devices", "recipients", "--state", str(h.root_state), "--out",
+                   str(h.tmp / "recipients.json"))
+    assert REGION not in said, said
     for state in (h.root_state, h.region_state):
         _assert_public_only(state, h.keys)
     print(f"hierarchy over two brokers, two rounds: {time.monotonic() - started:.1f} s")

@@ -187,6 +187,8 @@ def test_rollback_to_the_initial_model_refusals_and_unpin_without_pin(rig: Rig) 
     assert code == 0 and "unpinned base; the next round builds on round-3" in out
     code, out = rig.cli("models", "pin", "base")
     assert code == 0 and "pinned base (the pretrained model every box holds)" in out
+    # nothing is re-published for it (the message said so: helper-43)
+    assert "no result to fetch" in out and "re-published" not in out, out
     rig.run_round(4)  # open when pinned
     assert latest_announce(rig.bus.retained, FED)["base_model"] == "base"
     assert rig.cli("models", "unpin")[0] == 0
