@@ -129,8 +129,9 @@ class RoundEventHandler:
         Regions waited for good, and a region pinned by hand was pulled back to the
         root's previous result at once (helper-43)."""
         initial = self.coordinator.initial_model
-        if model_pins.pinned(self.store) != initial:
-            model_pins.pin(self.store, initial)
+        # pinned anew each time: a pin of an earlier follow holds only up to its own
+        # round, and a second `pin base` at the root looped the regions (helper-45)
+        model_pins.pin(self.store, initial)
         log.warning("%s: this region follows it (its initial model pinned here too)", why)
         self.handle(self.coordinator.abandon(f"{FOLLOWS_ROOT} {initial} (pinned at the root)"))
 
@@ -189,6 +190,11 @@ class RoundEventHandler:
             f"{hashlib.sha256(blob).hexdigest()}:{event.round}".encode()).hexdigest()[:32]
         done_result = self.publisher.result(event, blob, previous, msg=msg)
         del blob
+        if self.forwarder is not None and model_pins.pinned(self.store) is not None:
+            # a region follows the root: a pin of its initial model, set to follow the
+            # root's, is done with once a root result is out (status kept asking the
+            # operator to unpin it: helper-45); the next round builds on this one either way
+            model_pins.unpin(self.store)
         model_pins.set_retained(self.store, event.round)
         self._log_ack_waits(event.round)
         self.published_rounds += 1

@@ -305,6 +305,26 @@ def test_a_pin_of_the_initial_model_at_the_root_is_followed_by_every_region(
         assert collect_result(site.bus.retained, FED)[1] == root_blob
         region_ann = latest_announce(site.bus.retained, FED)
         assert (region_ann["round"], region_ann["base_model"]) == (5, "round-4"), region_ann
+        assert model_pins.pinned(site.store) is None  # done with once the root published
+
+    # helper-45: unpin, a round, then `pin base` again at the root: the regions looped
+    # thousands of rounds (their pin of the first time held their base on a later result)
+    model_pins.unpin(root.store)
+    federated_round(400)
+    model_pins.pin(root.store, "base")
+    federated_round(500)  # root round 6 finishes on its base; round 7 opens on base
+    assert latest_announce(root.bus.retained, FED)["base_model"] == "base"
+    for site in (site_a, site_b):
+        for _ in range(3):  # pumps of a quiet moment: no round after round 8
+            site.service.pump()
+        region_ann = latest_announce(site.bus.retained, FED)
+        assert (region_ann["round"], region_ann["base_model"]) == (8, "base"), region_ann
+        row = site.store.get_round(7)
+        assert row is not None and row.close_reason == f"{FOLLOWS_ROOT} base (pinned at the root)"
+    federated_round(600)
+    row = root.store.get_round(7)
+    assert row is not None and row.status == "published", row
+    assert sorted(root.store.contributors(7)) == ["region-a", "region-b"]
 
 
 def test_the_announce_of_a_root_round_whose_result_is_in_does_not_move_a_region(
