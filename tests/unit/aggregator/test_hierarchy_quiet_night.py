@@ -331,8 +331,9 @@ def test_the_announce_of_a_root_round_whose_result_is_in_does_not_move_a_region(
         hierarchy: Hierarchy) -> None:
     """Over MQTT a root round's open announce can still be the latest a region heard when
     that round's result is already in: taken for what the root builds on, it made a
-    region abandon its new round for the root's previous base (a fresh-clone test run of
-    the MQTT hierarchy). A result of the announced round or later wins over it."""
+    region abandon its new round for the root's previous base (a run of
+    tests/integration/test_hierarchy_mqtt.py). A result of the announced round or later
+    wins over it."""
     from aggregator.regional.forwarder import _RootRound
 
     root, (site_a, site_b) = hierarchy.root, hierarchy.regions
