@@ -13,6 +13,7 @@ kiosk keeps its own files in a private directory made the same way.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import shutil
@@ -160,6 +161,12 @@ def encode_crop(crop: np.ndarray) -> bytes:
     if not ok:
         raise GalleryError("could not encode a crop as PNG")
     return buf.tobytes()
+
+
+def crop_digest(crop: np.ndarray) -> str:
+    """SHA-256 of the crop as stored (``Gallery.crop_digests`` gives those of a person's
+    crops): the same photo enrolled again aligns to the same crop, byte for byte."""
+    return hashlib.sha256(encode_crop(crop)).hexdigest()
 
 
 def decode_crop(blob: bytes) -> np.ndarray:

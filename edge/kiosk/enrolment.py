@@ -16,7 +16,6 @@ under another name, staff see who and the score and must confirm (``DuplicateFac
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -26,7 +25,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from edge.errors import FedFaceError
-from edge.gallery.files import encode_crop
+from edge.gallery.files import crop_digest
 from edge.gallery.names import NameRejected, check_name
 from edge.gallery.store import Gallery, GalleryError
 from edge.kiosk.quality import (
@@ -314,7 +313,7 @@ class EnrolmentDesk:
         # `fedface-edge enroll` (an upload repeated doubled the person's photos: helper-44)
         held, keep = self.gallery.crop_digests(name), []
         for i, crop in enumerate(crops):
-            digest = hashlib.sha256(encode_crop(crop)).hexdigest()
+            digest = crop_digest(crop)
             if digest not in held:
                 held.add(digest)
                 keep.append(i)

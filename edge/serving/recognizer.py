@@ -7,7 +7,6 @@ person, so a failed enrolment leaves nothing half-written). No torch here.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import FedFaceError, ImageReadError, NoFaceError
-from edge.gallery.files import encode_crop
+from edge.gallery.files import crop_digest
 from edge.gallery.match import Match
 from edge.gallery.store import Gallery
 from edge.serving.engine import Engine
@@ -162,7 +161,7 @@ class Recognizer:
                 if progress:
                     progress(image, reason)
                 continue
-            digest = hashlib.sha256(encode_crop(face.crop)).hexdigest()
+            digest = crop_digest(face.crop)
             if digest in held:
                 outcome.already.append(image)
                 if progress:
