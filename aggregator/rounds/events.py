@@ -125,7 +125,7 @@ class RoundEventHandler:
         which has no result to publish. This region pins its own and fails its round
         (its updates are of another base): the next round opens on the initial model,
         which its boxes go back to, and reaches the root's. A later root result is
-        followed as any (the pin holds only until a round opened after it publishes).
+        followed as any, and the pin dropped when it is published (``_publish_result``).
         Regions waited for good, and a region pinned by hand was pulled back to the
         root's previous result at once (helper-43)."""
         initial = self.coordinator.initial_model
