@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,6 +32,24 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # takes many minutes, so the tests' real boxes, and the processes they start, run it at
 # normal priority. tests/unit/edge/test_priority.py checks the product default itself.
 os.environ.setdefault("FEDFACE_BACKGROUND_NICENESS", "0")
+
+# A whole run writes about 3 GB under the temp dir at its peak (each box the tests start
+# keeps its own 38 MB split model, the demo tests three of them). On a disk with less
+# free, hundreds of tests fail one after the other with ENOSPC deep in SQLite, ONNX or
+# pip; one clear line before any test runs says what to do instead.
+MIN_FREE_TMP_BYTES = 4 * 2**30
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    where = session.config.option.basetemp or tempfile.gettempdir()
+    while not os.path.exists(where):
+        where = os.path.dirname(where) or "."
+    free = shutil.disk_usage(where).free
+    if free < MIN_FREE_TMP_BYTES:
+        raise pytest.UsageError(
+            f"the tests need {MIN_FREE_TMP_BYTES / 2**30:.0f} GiB free under {where}, "
+            f"{free / 2**30:.1f} GiB is: free space there (old /tmp/pytest-of-* runs) "
+            "or point --basetemp at a disk with room")
 
 
 @pytest.fixture(scope="session")
