@@ -36,6 +36,7 @@ from edge.kiosk.services import EXTENSION, KioskServices, csrf_token, services
 
 log = logging.getLogger(__name__)
 
+EXPIRED_NOTICE_S = 12 * 3600  # how long after expiry a returning browser is told so
 PUBLIC_ENDPOINTS = frozenset({"static", "auth.login"})
 # Background requests of the live view: they need a session but do not keep it alive.
 PASSIVE_ENDPOINTS = frozenset({"live.live_jpeg", "live.status_json", "live.thumbnail",
@@ -152,8 +153,12 @@ def create_app(svc: KioskServices) -> Flask:
         # was before the post, losing that post's flash message or fresh CSRF token.
         # Activity (every other request) still moves last_seen, which rewrites it.
         SESSION_REFRESH_EACH_REQUEST=False,
-        # the cookie lives as long as an idle session may (Flask's default: 31 days)
-        PERMANENT_SESSION_LIFETIME=timedelta(seconds=svc.settings.idle_timeout_s),
+        # The server ends an idle session (_session_problem); the browser keeps the
+        # cookie EXPIRED_NOTICE_S longer so that the staff coming back to the screen
+        # are told their session expired, not shown a bare login form (a browser that
+        # dropped the cookie with the session sends nothing to say why).
+        PERMANENT_SESSION_LIFETIME=timedelta(
+            seconds=svc.settings.idle_timeout_s + EXPIRED_NOTICE_S),
         MAX_CONTENT_LENGTH=svc.settings.max_upload_bytes,
         MAX_FORM_MEMORY_SIZE=svc.settings.max_upload_bytes,
         SEND_FILE_MAX_AGE_DEFAULT=300,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,19 @@ def test_idle_session_expires_and_polling_does_not_keep_it_alive(
     assert "Your session expired after 15 minutes without activity. Please log in again." in page
     assert client.get("/api/status").status_code == 401
     assert log_in(client).status_code == 302
+
+
+def test_the_browser_keeps_an_expired_session_long_enough_to_be_told(
+    client: FlaskClient, kiosk: Kiosk
+) -> None:
+    """The browser drops a cookie at its Expires; had it expired with the session, the
+    staff back at the screen would see a bare login form without the reason above."""
+    logged_in = log_in(client)
+    [cookie] = [c for c in logged_in.headers.getlist("Set-Cookie")
+                if c.startswith("fedface_kiosk=")]
+    expires = parsedate_to_datetime(cookie.split("Expires=")[1].split(";")[0])
+    kept_s = expires.timestamp() - time.time()
+    assert kept_s > kiosk.services.settings.idle_timeout_s + 3600
 
 
 def test_background_polls_never_rewrite_the_session_cookie(
