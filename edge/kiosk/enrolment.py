@@ -215,13 +215,16 @@ class EnrolmentDesk:
         needed = self.settings.enrol_shots
         got = len(enrolment.shots)
         tail = " Ready to save." if got >= needed else f" {needed - got} more needed."
+        counted = f"{got} of {needed} taken."
+        if got > needed:  # more may be taken, up to enrol_max_shots: never "4 of 3"
+            counted = f"{got} taken, at most {self.settings.enrol_max_shots}."
         match = next(m for f, m in zip(live.faces, live.matches, strict=True)
                      if f is verdict.face)
         looks_like_someone = match.name is not None and match.name != enrolment.name
         if looks_like_someone:
             tail += (f" Warning: this face looks like {match.name} (score {match.score:.2f}), "
                      "who is already enrolled.")
-        return ShotVerdict(True, f"{verdict.message} {got} of {needed} taken.{tail}",
+        return ShotVerdict(True, f"{verdict.message} {counted}{tail}",
                            verdict.face, verdict.sharpness, verdict.face_px,
                            warning=looks_like_someone)
 
