@@ -95,6 +95,7 @@ class Saved:
     existed: bool
     already: int = 0  # photos the person already had: not added again
     looks_like: DuplicateFace | None = None  # an upload that matches someone else
+    group_photos: tuple[str, ...] = ()  # uploads with several faces: the largest was taken
 
 
 class EnrolmentDesk:
@@ -273,7 +274,7 @@ class EnrolmentDesk:
                 check_upload(data, self.settings.max_upload_pixels, filename)
         except UploadRefused as exc:
             raise EnrolmentRejected(f"{exc} Nothing was stored.") from None
-        crops = []
+        crops, group_photos = [], []
         for filename, data in files:
             with self._upload_lock:  # one decoded photo (up to 120 MB at 40 MP) at a time
                 image = self._decode(filename, data)
@@ -284,10 +285,13 @@ class EnrolmentDesk:
             if not verdict.ok or verdict.face is None:
                 raise EnrolmentRejected(f"{filename}: {verdict.message} Nothing was stored.")
             crops.append(verdict.face.crop)
+            if len(faces) > 1:  # the largest face, as every enrol path; said (helper-44)
+                group_photos.append(filename)
         # uploads are not asked to confirm (the browser would have to send the photos
         # again): saved, and staff told whom they look like (they were not: helper-44)
-        return self._store(name, crops, [f"kiosk upload {f}" for f, _ in files],
-                           warn_duplicates=True)
+        saved = self._store(name, crops, [f"kiosk upload {f}" for f, _ in files],
+                            warn_duplicates=True)
+        return replace(saved, group_photos=tuple(group_photos))
 
     def _decode(self, filename: str, data: bytes) -> np.ndarray:
         try:

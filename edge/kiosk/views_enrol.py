@@ -35,6 +35,9 @@ def _saved_message(saved: Saved) -> str:
         said += (f" {saved.already} photo{'s' if saved.already != 1 else ''} "
                  f"{saved.name} already had {'were' if saved.already != 1 else 'was'} not "
                  "added again.")
+    if saved.group_photos:
+        said += (f" {', '.join(saved.group_photos)} showed more than one face: the largest "
+                 "was taken. Check the photos on the People page.")
     if saved.looks_like is not None:
         like = saved.looks_like
         said += (f" Warning: these photos look like {like.match_name}, who is already "

@@ -354,3 +354,23 @@ def test_an_upload_repeated_adds_nothing_and_one_of_someone_else_warns(
     assert "Ada Lovelace is enrolled with 1 photo. Warning: these photos look like Ada, who " \
         "is already enrolled (similarity" in said, said
     assert "remove Ada Lovelace on the People page" in said
+
+
+def test_an_upload_with_two_faces_says_the_largest_was_taken(
+    client: FlaskClient, kiosk: Kiosk, lfw_dir: Path
+) -> None:
+    """helper-44: a group photo enrolled its largest face without a word."""
+    assert log_in(client).status_code == 302
+    left = read_image(lfw_dir / PERSON_A / f"{PERSON_A}_0001.jpg")
+    right = cv2.resize(read_image(sorted((lfw_dir / "Serena_Williams").iterdir())[0]),
+                       None, fx=0.8, fy=0.8)
+    pair = np.zeros((left.shape[0], left.shape[1] + right.shape[1], 3), np.uint8)
+    pair[:, :left.shape[1]] = left
+    pair[:right.shape[0], left.shape[1]:] = right
+    group = cv2.imencode(".jpg", pair)[1].tobytes()
+    single = jpeg_bytes(lfw_dir / PERSON_A / f"{PERSON_A}_0002.jpg")
+    saved = upload(client, "Ada", [(group, "group.jpg"), (single, "ada.jpg")])
+    said = text(client.get(saved.headers["Location"]))
+    assert "Ada is enrolled with 2 photos. group.jpg showed more than one face: the " \
+        "largest was taken." in said, said
+    assert rows(kiosk)["crops"] == 2
