@@ -24,14 +24,14 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from edge.config import BoxConfig
+from edge.config import BoxConfig, DoctorSection
 
 if TYPE_CHECKING:
     from federation.messages import RoundAnnounce
@@ -49,22 +49,22 @@ class Check:
     hint: str = ""
 
 
-def check_camera(cfg: BoxConfig) -> Check:
+def check_camera(source: str, hint: str = "set camera.source in the config") -> Check:
     from edge.provision import probe_camera
 
     try:
-        w, h = probe_camera(cfg.camera.source)
+        w, h = probe_camera(source)
     except Exception as exc:  # SourceError and whatever the capture backend raises
-        return Check("camera", False, f"{cfg.camera.source}: {exc}",
-                     str(getattr(exc, "hint", "")) or "set camera.source in the config")
-    return Check("camera", True, f"{cfg.camera.source}: {w}x{h} frame read")
+        return Check("camera", False, f"{source}: {exc}",
+                     str(getattr(exc, "hint", "")) or hint)
+    return Check("camera", True, f"{source}: {w}x{h} frame read")
 
 
-def check_models(cfg: BoxConfig) -> Check:
+def check_models(model_dir: Path | None) -> Check:
     from models.registry import ModelError, verify_models
 
     try:
-        paths = verify_models(cfg.box.model_dir)
+        paths = verify_models(model_dir)
     except ModelError as exc:
         return Check("models", False, str(exc.args[0] if exc.args else exc),
                      getattr(exc, "hint", "") or "fedface-edge models fetch")
@@ -289,20 +289,18 @@ def check_clock(cfg: BoxConfig, seen_ts: list[float], now: Clock = time.time) ->
     return Check("clock", True, f"not behind the {what} (margin {margin:.0f} s)")
 
 
-def check_disk(cfg: BoxConfig) -> Check:
+def check_disk(data_dir: Path, min_free_mb: int) -> Check:
     try:
-        free = shutil.disk_usage(cfg.box.data_dir).free // (1024 * 1024)
+        free = shutil.disk_usage(data_dir).free // (1024 * 1024)
     except OSError as exc:
-        return Check("disk", False, f"{cfg.box.data_dir}: {exc.strerror}",
-                     "check box.data_dir")
-    if free < cfg.doctor.min_free_disk_mb:
-        return Check("disk", False, f"{free} MiB free in {cfg.box.data_dir}, need "
-                     f"{cfg.doctor.min_free_disk_mb}", "free space (old logs, models) "
-                     "or lower doctor.min_free_disk_mb")
-    return Check("disk", True, f"{free} MiB free in {cfg.box.data_dir}")
+        return Check("disk", False, f"{data_dir}: {exc.strerror}", "check box.data_dir")
+    if free < min_free_mb:
+        return Check("disk", False, f"{free} MiB free in {data_dir}, need {min_free_mb}",
+                     "free space (old logs, models) or lower doctor.min_free_disk_mb")
+    return Check("disk", True, f"{free} MiB free in {data_dir}")
 
 
-def check_box_data(cfg: BoxConfig) -> Check:
+def check_box_data(data_dir: Path) -> Check:
     """The gallery database passes SQLite's quick check, and the model versions the box
     serves match their SHA-256 (a damaged one is skipped at load, silently to doctor)."""
     import sqlite3
@@ -311,7 +309,7 @@ def check_box_data(cfg: BoxConfig) -> Check:
     from edge.gallery.files import DAMAGED_GALLERY, DB_FILENAME, data_dir_hint
     from edge.serving.versions import ModelStoreError, SwapStore
 
-    gallery = cfg.box.data_dir / DB_FILENAME
+    gallery = data_dir / DB_FILENAME
     if gallery.exists():
         try:
             db = sqlite3.connect(f"{gallery.resolve().as_uri()}?mode=ro", uri=True)
@@ -322,7 +320,7 @@ def check_box_data(cfg: BoxConfig) -> Check:
         except sqlite3.Error as exc:
             # only SQLite's own words mean damage: on a full disk it could not open the
             # file ('disk I/O error'), and doctor told the technician to move it aside
-            hint = data_dir_hint(cfg.box.data_dir, exc)
+            hint = data_dir_hint(data_dir, exc)
             if hint != DAMAGED_GALLERY:
                 return Check("box data", False, f"{gallery} cannot be read: {exc}", hint)
             verdict = str(exc)
@@ -330,7 +328,7 @@ def check_box_data(cfg: BoxConfig) -> Check:
             return Check("box data", False, f"{gallery} is damaged: {verdict[:200]}",
                          DAMAGED_GALLERY)
     try:
-        damaged = SwapStore(cfg.box.data_dir / MODELS_DIRNAME).damaged_files()
+        damaged = SwapStore(data_dir / MODELS_DIRNAME).damaged_files()
     except ModelStoreError as exc:  # the pointer itself
         damaged = {"": str(exc)}
     if damaged:
@@ -371,13 +369,31 @@ def check_announced_key(cfg: BoxConfig, announced: list[RoundAnnounce]) -> Check
 def run_checks(cfg: BoxConfig, now: Clock = time.time) -> list[Check]:
     seen_ts: list[float] = []
     announced: list[RoundAnnounce] = []
-    checks = [check_camera(cfg), check_models(cfg), check_key_permissions(cfg),
-              check_federation_keys(cfg), check_certificate(cfg, now)]
+    checks = [check_camera(cfg.camera.source), check_models(cfg.box.model_dir),
+              check_key_permissions(cfg), check_federation_keys(cfg),
+              check_certificate(cfg, now)]
     checks.append(check_broker(cfg, seen_ts, announced))
     key_in_use = check_announced_key(cfg, announced)
     if key_in_use is not None:
         checks.append(key_in_use)
     checks.append(check_clock(cfg, seen_ts, now))
-    checks.append(check_disk(cfg))
-    checks.append(check_box_data(cfg))
+    checks.append(check_disk(cfg.box.data_dir, cfg.doctor.min_free_disk_mb))
+    checks.append(check_box_data(cfg.box.data_dir))
+    return checks
+
+
+def run_standalone_checks(data_dir: Path, model_dir: Path | None,
+                          source: str | None) -> list[Check]:
+    """A box in no federation (never provisioned; it had no checks: helper-47): those
+    above it can have, the camera when given (each of its commands takes --source)."""
+    if data_dir.exists():
+        disk = check_disk(data_dir, DoctorSection().min_free_disk_mb)
+    else:  # nothing enrolled yet: the first enrolment creates it (0700)
+        parent = next(p for p in data_dir.parents if p.exists())
+        disk = check_disk(parent, DoctorSection().min_free_disk_mb)
+        disk = replace(disk, detail=f"{disk.detail} (holds {data_dir}, not created yet: "
+                                    "the first enrolment creates it)")
+    checks = [check_models(model_dir), disk, check_box_data(data_dir)]
+    if source is not None:
+        checks.insert(0, check_camera(source, hint="check --source"))
     return checks

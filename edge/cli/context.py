@@ -43,11 +43,15 @@ class BoxContext:
         self.settings, self.config, self.config_path = resolve_settings(self.options,
                                                                         config_file)
 
+    def provisioned_keys(self) -> bool:
+        """The data dir holds a provisioned box's keys (its edge.toml may be lost)."""
+        keys = Path(self.settings.data_dir) / "keys"
+        return keys.is_dir() and any(keys.iterdir())
+
     def require_config(self) -> BoxConfig:
         """The provisioned config, or a clear error saying how to get one."""
         if self.config is None:
-            keys = Path(self.settings.data_dir) / "keys"
-            if keys.is_dir() and any(keys.iterdir()):  # edge.toml lost, the box's keys kept
+            if self.provisioned_keys():  # edge.toml lost, the box's keys kept
                 raise ConfigError(f"no box config at {self.config_path}, but "
                                   f"{self.settings.data_dir} holds a provisioned box's keys",
                                   hint="run fedface-edge provision again with the same "

@@ -17,18 +17,35 @@ def doctor(
     config: Annotated[Path | None, typer.Option(
         "--config", help="Config file (default FEDFACE_CONFIG or DATA_DIR/edge.toml).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    source: Annotated[str | None, typer.Option(
+        "--source", help="Camera to check on a box in no federation (a provisioned box "
+        "checks its configured camera.source).")] = None,
 ) -> None:
-    """Check camera, models, key files, certificate, broker (TLS), clock and disk."""
-    from edge.config import ConfigError
-    from edge.doctor import Check, run_checks
+    """Check camera, models, key files, certificate, broker (TLS), clock and disk.
 
+    A box in no federation (never provisioned) gets the checks it can have: models, disk,
+    box data, and the camera given with --source."""
+    from edge.config import ConfigError
+    from edge.doctor import Check, run_checks, run_standalone_checks
+
+    context = box(ctx)
+    note = None
     try:
         if config is not None:
-            box(ctx).resolve(config)
-        checks = run_checks(box(ctx).require_config())
+            context.resolve(config)
+        if context.config is None and config is None and not context.provisioned_keys():
+            settings = context.settings
+            checks = run_standalone_checks(Path(settings.data_dir), settings.model_dir,
+                                           source)
+            note = (f"not provisioned (no {context.config_path}): the box recognises on "
+                    "its own; federation checks skipped (fedface-edge provision joins it "
+                    "to a federation)")
+        else:
+            checks = run_checks(context.require_config())
     except ConfigError as exc:
-        checks = [Check("config", False, str(exc.args[0]) if exc.args else str(exc),
-                        exc.hint or "fedface-edge provision")]
+        checks = [Check("config", False, exc.message, exc.hint or "fedface-edge provision")]
+    if note is not None:
+        typer.echo(note, err=True)
     if as_json:
         typer.echo(json.dumps([c.__dict__ for c in checks], indent=2))
     else:

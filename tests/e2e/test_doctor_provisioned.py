@@ -166,10 +166,38 @@ def test_doctor_clock_behind(fed: Federation, camera: str) -> None:
     assert [n for n, ok in results.items() if not ok] == ["clock"]
 
 
-def test_doctor_without_config_is_one_fail_line(tmp_path: Path) -> None:
-    code, out = edge(tmp_path / "empty", "doctor")
+def test_doctor_checks_a_box_in_no_federation(tmp_path: Path, camera: str,
+                                              lfw_dir: Path) -> None:
+    """helper-47: a site's box that recognises on its own (never provisioned) had no
+    health check: doctor stopped at 'no box config'. It gets the checks it can have."""
+    from edge.gallery.files import DB_FILENAME
+
+    box = tmp_path / "standalone"
+    code, out = edge(box, "doctor")  # never used: its data dir is not there yet
+    assert code == 0, out
+    assert [ln[:22].split() for ln in out.splitlines() if ln[:4] in ("PASS", "FAIL")] == [
+        ["PASS", "models"], ["PASS", "disk"], ["PASS", "box", "data"]], out
+    assert "not created yet: the first enrolment creates it" in out
+    assert "not provisioned" in out and "federation checks skipped" in out
+    photos = sorted((lfw_dir / "Tony_Blair").glob("*.jpg"))[:2]
+    assert edge(box, "enroll", "Tony Blair", *map(str, photos))[0] == 0
+    code, out = edge(box, "doctor", "--source", camera)
+    assert code == 0 and f"PASS  camera           {camera}: " in out, out
+    code, out = edge(box, "doctor", "--source", str(tmp_path / "no-such-camera.mp4"))
+    assert code == 9 and "FAIL  camera" in out and "1 check(s) failed: camera" in out, out
+    gallery = box / DB_FILENAME
+    data = bytearray(gallery.read_bytes())
+    data[4096:4096 + 4096] = b"\xff" * 4096  # a damaged page
+    gallery.write_bytes(bytes(data))
+    code, out = edge(box, "doctor")
+    assert code == 9 and "FAIL  box data" in out and "is damaged" in out, out
+
+
+def test_doctor_with_a_config_file_that_is_not_there_is_one_fail_line(tmp_path: Path) -> None:
+    code, out = edge(tmp_path / "empty", "doctor", "--config", str(tmp_path / "edge.toml"))
     assert code == 9
     assert out.count("FAIL") == 1 and "no box config" in out and "provision" in out
+    assert out.count("provision the box first") == 1, out  # the hint once, on its line
 
 
 def test_doctor_names_a_damaged_gallery_and_model_file(fed: Federation, camera: str,
