@@ -97,9 +97,10 @@ class FaceService:
         new) with the serving model's embedding; the new example's id."""
         with self._engine_lock:
             face = self.recognizer.pipeline.embed_image(bgr, source=source)
-            _, crop_ids = self.recognizer.enroll_crops(name, [face.crop], [face.embedding],
-                                                       [None])
-        return crop_ids[0]
+            # the same photo of the same person again is not stored twice: its example's
+            # id is given back (the README: enrolling a photo a person has adds nothing)
+            stored = self.recognizer.enroll_crops(name, [face.crop], [face.embedding], [None])
+        return stored.crop_ids[0]
 
     def example_vector(self, crop_id: int) -> tuple[np.ndarray, str]:
         """The serving model's vector of a stored face example (KeyError if none)."""

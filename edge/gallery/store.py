@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -79,6 +79,12 @@ class StoredCrop:
     id: int
     person_id: int
     image: np.ndarray
+
+
+class EnrolledCrops(NamedTuple):
+    person_id: int
+    crop_ids: list[int]  # one per crop given: the new row's, or the stored same crop's
+    new: list[bool]  # False: the person had this crop already, nothing was stored
 
 
 @dataclass
@@ -164,7 +170,7 @@ class Gallery:
         sources: Sequence[str | None] | None = None,
     ) -> int:
         """Add crops (and their embeddings) to ``name``, creating the person; return id."""
-        return self.enroll_crops(name, crops, embeddings, model_version, sources)[0]
+        return self.enroll_crops(name, crops, embeddings, model_version, sources).person_id
 
     def enroll_crops(
         self,
@@ -173,8 +179,12 @@ class Gallery:
         embeddings: np.ndarray,
         model_version: str,
         sources: Sequence[str | None] | None = None,
-    ) -> tuple[int, list[int]]:
-        """:meth:`enroll`, returning the person's id and the new crops' ids."""
+    ) -> EnrolledCrops:
+        """:meth:`enroll`, with the crops' ids. A crop the person has already (the same
+        photo aligns to the same bytes) is not stored again: its stored id is given and
+        ``new`` says so. Callers check ``crop_digests`` first to say so early; this check
+        is in the write transaction, so two enrolments at once cannot both store a photo
+        (they did: helper-47's two parallel `enroll` runs gave every person 80 crops)."""
         if not name.strip():
             raise GalleryError("a person's name cannot be empty")
         name = check_name(name)  # every way in: kiosk, CLI, anything later
@@ -185,19 +195,30 @@ class Gallery:
         blobs = [encode_crop(np.asarray(c)) for c in crops]
         now = time.time()
         crop_ids: list[int] = []
+        new: list[bool] = []
         with self._transaction(f"enrolling {name!r}") as db:
             db.execute("INSERT OR IGNORE INTO people(name, created) VALUES (?, ?)", (name, now))
             (person_id,) = db.execute("SELECT id FROM people WHERE name = ?", (name,)).fetchone()
+            held = {hashlib.sha256(bytes(image)).hexdigest(): int(crop_id) for crop_id, image
+                    in db.execute("SELECT id, image FROM crops WHERE person_id = ?",
+                                  (person_id,))}
             for blob, vector, source in zip(blobs, vectors, sources, strict=True):
+                digest = hashlib.sha256(blob).hexdigest()
+                if digest in held:
+                    crop_ids.append(held[digest])
+                    new.append(False)
+                    continue
                 cur = db.execute(
                     "INSERT INTO crops(person_id, image, source, created) VALUES (?,?,?,?)",
                     (person_id, blob, source, now))
-                crop_ids.append(int(cur.lastrowid or 0))
+                held[digest] = int(cur.lastrowid or 0)
+                crop_ids.append(held[digest])
+                new.append(True)
                 db.execute(
                     "INSERT INTO embeddings(crop_id, model_version, vector) VALUES (?,?,?)",
                     (cur.lastrowid, model_version, vector.tobytes()))
-        log.info("enrolled %d crop(s) for %s (model %s)", len(blobs), name, model_version)
-        return int(person_id), crop_ids
+        log.info("enrolled %d crop(s) for %s (model %s)", sum(new), name, model_version)
+        return EnrolledCrops(int(person_id), crop_ids, new)
 
     def crop_digests(self, name: str) -> set[str]:
         """SHA-256 of each stored crop of ``name`` (empty: not enrolled): the same photo

@@ -98,6 +98,11 @@ class Saved:
     group_photos: tuple[str, ...] = ()  # uploads with several faces: the largest was taken
 
 
+def _nothing_added(name: str, photos: int) -> EnrolmentRejected:
+    return EnrolmentRejected(f"{'These photos are' if photos > 1 else 'This photo is'} "
+                             f"already enrolled for {name}: nothing was added.")
+
+
 class EnrolmentDesk:
     """Pending camera enrolments and the save/upload paths (thread-safe)."""
 
@@ -326,8 +331,7 @@ class EnrolmentDesk:
                 keep.append(i)
         already = len(crops) - len(keep)
         if not keep:
-            raise EnrolmentRejected(f"{'These photos are' if len(crops) > 1 else 'This photo is'}"
-                                    f" already enrolled for {name}: nothing was added.")
+            raise _nothing_added(name, len(crops))
         crops, sources = [crops[i] for i in keep], [sources[i] for i in keep]
         # embed with the served model at save time: shots taken before a model swap get
         # the new model's vectors, never a mix of versions
@@ -336,6 +340,10 @@ class EnrolmentDesk:
             check_duplicates or warn_duplicates) else None
         if check_duplicates and duplicate is not None:
             raise duplicate
-        person_id = self.gallery.enroll(name, crops, vectors, tag, sources=sources)
-        log.info("kiosk enrolled %d face(s) for person %d", len(crops), person_id)
-        return Saved(name, person_id, len(crops), existed, already, duplicate)
+        stored = self.gallery.enroll_crops(name, crops, vectors, tag, sources=sources)
+        added = sum(stored.new)  # fewer if another enrolment stored the same photo meanwhile
+        if not added:
+            raise _nothing_added(name, len(crops))
+        log.info("kiosk enrolled %d face(s) for person %d", added, stored.person_id)
+        return Saved(name, stored.person_id, added, existed, already + len(crops) - added,
+                     duplicate)

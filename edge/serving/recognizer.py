@@ -17,7 +17,7 @@ import numpy as np
 from edge.errors import FedFaceError, ImageReadError, NoFaceError
 from edge.gallery.files import crop_digest
 from edge.gallery.match import Match
-from edge.gallery.store import Gallery
+from edge.gallery.store import EnrolledCrops, Gallery
 from edge.serving.engine import Engine
 from edge.serving.events import UNKNOWN, RecognitionEvent
 from edge.vision.detect import Face
@@ -174,15 +174,20 @@ class Recognizer:
             if progress:
                 progress(image, None)
         if crops:
-            outcome.person_id, _ = self.enroll_crops(name, crops, vectors,
-                                                     [p.name for p in outcome.added])
+            stored = self.enroll_crops(name, crops, vectors, [p.name for p in outcome.added])
+            outcome.person_id = stored.person_id
+            # stored meanwhile by another enrolment of the same photos (it runs at once)
+            raced = [image for image, new in zip(outcome.added, stored.new, strict=True)
+                     if not new]
+            outcome.added = [image for image in outcome.added if image not in raced]
+            outcome.already.extend(raced)
         return outcome
 
     def enroll_crops(self, name: str, crops: list[np.ndarray], base_vectors: list[np.ndarray],
-                     sources: Sequence[str | None]) -> tuple[int, list[int]]:
+                     sources: Sequence[str | None]) -> EnrolledCrops:
         """Store aligned crops for ``name`` with embeddings of the model serving now
-        (``base_vectors`` come from the pipeline's pretrained embedder); return the
-        person's id and the crops' ids."""
+        (``base_vectors`` come from the pipeline's pretrained embedder): the person's id
+        and the crops' ids (``Gallery.enroll_crops``: a crop stored before is not again)."""
         state = self.engine.state  # one read: vectors and their version tag agree
         vectors = base_vectors
         if state.embedder is not self.pipeline.embedder:  # a federated model serves

@@ -4,6 +4,8 @@ and once through the installed console script."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -125,6 +127,28 @@ def test_enrolling_the_same_photos_again_adds_nothing(enrolled: Path, people_dir
     assert named.exit_code == 0, named.output
     assert (f"added {PEOPLE[0]}: 1 image(s) (model sface-2021dec); 1 image(s) already "
             "enrolled") in named.stdout
+
+
+def test_two_enrolments_of_the_same_photos_at_once_store_each_photo_once(
+    tmp_path: Path, lfw_dir: Path
+) -> None:
+    """helper-47 ran the same `enroll` twice at once: each checked the person's photos
+    before the other stored any, and both stored all 40 (80 crops, for good)."""
+    photos = [str(p) for p in sorted((lfw_dir / "Tony_Blair").glob("*.jpg"))[:12]]
+    data_dir = tmp_path / "box"
+    env = {**os.environ, "FEDFACE_DATA_DIR": str(data_dir)}
+    command = [str(FEDFACE_EDGE), "enroll", "Tony Blair", *photos]
+    runs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(2)]
+    outs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outs
+    people = json.loads(invoke(data_dir, "people", "list", "--json").stdout)
+    assert [(p["name"], p["crops"]) for p in people] == [("Tony Blair", 12)], outs
+    # what each said adds up: every photo once as enrolled, once as already there
+    said = " ".join(out for out, _ in outs)
+    counts = [int(n) for n in re.findall(r": (\d+) image\(s\) \(model", said)]
+    already = [int(n) for n in re.findall(r"(\d+) image\(s\) already enrolled", said)]
+    assert sum(counts) == 12 and sum(counts) + sum(already) == 24, outs
 
 
 def make_frames(folder: Path, lfw_dir: Path, photos: list[tuple[str, int]]) -> None:

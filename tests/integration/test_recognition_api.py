@@ -57,6 +57,10 @@ def test_compreface_sdk_enrols_and_recognises_like_identify(tmp_path: Path,
                 assert added["subject"] == person, added
                 image_ids.setdefault(person, []).append(added["image_id"])
         assert subjects.list() == {"subjects": sorted(PEOPLE)}
+        # the same photo again adds nothing: its example's id comes back (helper-47 got
+        # a second example of it, where enroll and the kiosk add nothing)
+        again = collection.add(image_path=photo(lfw_dir, PEOPLE[0], 1), subject=PEOPLE[0])
+        assert again["image_id"] == image_ids[PEOPLE[0]][0], again
         listed = collection.list()
         assert listed["total_elements"] == 6
         assert {f["subject"] for f in listed["faces"]} == set(PEOPLE)
