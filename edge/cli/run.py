@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import time
@@ -47,6 +48,10 @@ class _Annotator:
     """Writes frames with boxes and names into a video, opened at the first frame."""
 
     def __init__(self, path: Path, fps: float) -> None:
+        if path.suffix.lower() not in (".mp4", ".avi"):  # before OpenCV prints its own
+            raise CliError(f"cannot write annotated video {path}: only .mp4 and .avi are "
+                           "written", hint="use a path ending in .mp4 or .avi",
+                           exit_code=EXIT_USAGE)
         self.path = path
         self.fps = fps
         self._writer: Any = None
@@ -58,6 +63,11 @@ class _Annotator:
         if self._writer is None:
             codec = "MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"
             self._size = (bgr.shape[1], bgr.shape[0])
+            # faces and names: the owner's only, as the events' crops (helper-47 found
+            # it 0644); made so before OpenCV writes into it, which keeps the mode
+            with suppress(OSError):  # not writable: said just below
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+                os.chmod(self.path, 0o600)
             self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter.fourcc(*codec),
                                            self.fps, self._size)
             if not self._writer.isOpened():
@@ -201,6 +211,10 @@ def run(
         # open the source and the events file first: a wrong URI or path fails in
         # milliseconds, before the models load
         stack.enter_context(frame_source)
+        annotator = None
+        if annotate is not None:  # a wrong suffix fails before an events file is made
+            annotator = _Annotator(annotate, frame_source.nominal_fps or 10.0)
+            stack.callback(annotator.close)
         writer = EventWriter(events_stream(stack, events))
         publisher = None if per_frame else visit_publisher(ctx, stack, mqtt_url, fed, box_id)
         recognizer = box(ctx).recognizer(threshold)
@@ -209,10 +223,6 @@ def run(
         stack.callback(recognizer.engine.stop_watcher)
         warn_if_empty(ctx)
         stop = stack.enter_context(_stop_on_sigterm())
-        annotator = None
-        if annotate is not None:
-            annotator = _Annotator(annotate, frame_source.nominal_fps or 10.0)
-            stack.callback(annotator.close)
         visits = None if per_frame else _visit_engine(
             recognizer.engine, frame_source, detect_every, max_attempts,
             crops or box(ctx).settings.data_dir / "visits")

@@ -186,6 +186,16 @@ def test_run_writes_events_and_an_annotated_video(enrolled: Path, tmp_path: Path
         count += 1
     capture.release()
     assert count == 4
+    # faces and names: the owner's only, as the events' crops (helper-47: it was 0644)
+    assert video.stat().st_mode & 0o777 == 0o600
+    # a format it cannot write is one clear line before anything is made (OpenCV's own
+    # warning came first, and an empty events file was left behind)
+    gif, fresh = tmp_path / "out.gif", tmp_path / "fresh.jsonl"
+    refused = invoke(enrolled, "run", "--per-frame", "--source", f"dir:{frames}",
+                     "--events", str(fresh), "--annotate", str(gif))
+    assert refused.exit_code == 2, refused.output
+    assert "only .mp4 and .avi are written" in refused.stderr
+    assert not gif.exists() and not fresh.exists()
 
 
 def test_run_events_to_stdout(enrolled: Path, tmp_path: Path, lfw_dir: Path) -> None:
