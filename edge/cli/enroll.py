@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from edge.cli.context import box
 from edge.cli.errors import EXIT_INPUT, CliError
 from edge.cli.identify import progress_bar
+
+if TYPE_CHECKING:
+    from edge.serving.recognizer import EnrolOutcome
 
 
 def _enrol_named(ctx: typer.Context, name: str, images: list[Path]) -> None:
@@ -28,11 +31,24 @@ def _enrol_named(ctx: typer.Context, name: str, images: list[Path]) -> None:
     verb = "added" if existed else "enrolled"
     typer.echo(f"{verb} {name}: {len(outcome.added)} image(s) (model {recognizer.model_version})"
                + _already(outcome.already))
+    _warn(outcome)
 
 
 def _already(images: list[Path]) -> str:
     return (f"; {len(images)} image(s) already enrolled for the same person, not added "
             "again" if images else "")
+
+
+def _warn(outcome: EnrolOutcome) -> None:
+    """What the technician should look at: the kiosk says the same (helper-47)."""
+    for image in outcome.group_photos:
+        typer.echo(f"warning: {image} shows more than one face: the largest was enrolled "
+                   f"for {outcome.name}", err=True)
+    like = outcome.looks_like
+    if like is not None:
+        typer.echo(f"warning: the photos of {outcome.name} look like {like.name} (similarity "
+                   f"{like.score:.2f}), who is already enrolled: if it is the same person, "
+                   f"fedface-edge people remove '{outcome.name}'", err=True)
 
 
 def _enrol_folder(ctx: typer.Context, root: Path, max_per_person: int | None) -> None:
@@ -63,12 +79,14 @@ def _enrol_folder(ctx: typer.Context, root: Path, max_per_person: int | None) ->
                 for _, imgs in plan)
     recognizer = box(ctx).recognizer()
     enrolled, photos, skipped, nobody, already = 0, 0, list(not_images), [], []
+    warned: list[EnrolOutcome] = []
     with progress_bar(total, f"enrolling {len(plan)} people") as advance:
         for name, imgs in plan:
             outcome = recognizer.enroll_images(name, imgs, max_images=max_per_person,
                                                progress=advance)
             skipped += outcome.skipped
             already += outcome.already
+            warned.append(outcome)
             if outcome.added:
                 enrolled += 1
                 photos += len(outcome.added)
@@ -76,6 +94,8 @@ def _enrol_folder(ctx: typer.Context, root: Path, max_per_person: int | None) ->
                 nobody.append(name)
     for image, reason in skipped:
         typer.echo(f"skipped {image}: {reason}", err=True)
+    for outcome in warned:
+        _warn(outcome)
     for name in nobody:
         typer.echo(f"not enrolled: {name} (no photo with a face that could be read; "
                    "the reasons are above)", err=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import FedFaceError, ImageReadError, NoFaceError
-from edge.gallery.files import crop_digest
+from edge.gallery.files import GalleryError, crop_digest
 from edge.gallery.match import Match
 from edge.gallery.store import EnrolledCrops, Gallery
 from edge.serving.engine import Engine
@@ -89,6 +89,8 @@ class EnrolOutcome:
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # (image, reason)
     already: list[Path] = field(default_factory=list)  # the same photo enrolled before
     person_id: int | None = None
+    group_photos: list[Path] = field(default_factory=list)  # several faces: the largest taken
+    looks_like: Match | None = None  # the enrolled person (another name) the photos match
 
 
 ProgressCallback = Callable[[Path, str | None], None]  # (image, failure reason or None)
@@ -168,12 +170,15 @@ class Recognizer:
                     progress(image, None)
                 continue
             held.add(digest)
+            if face.others:
+                outcome.group_photos.append(image)
             crops.append(face.crop)
             vectors.append(face.embedding)
             outcome.added.append(image)
             if progress:
                 progress(image, None)
         if crops:
+            outcome.looks_like = self._looks_like(name, crops, vectors)
             stored = self.enroll_crops(name, crops, vectors, [p.name for p in outcome.added])
             outcome.person_id = stored.person_id
             # stored meanwhile by another enrolment of the same photos (it runs at once)
@@ -188,14 +193,31 @@ class Recognizer:
         """Store aligned crops for ``name`` with embeddings of the model serving now
         (``base_vectors`` come from the pipeline's pretrained embedder): the person's id
         and the crops' ids (``Gallery.enroll_crops``: a crop stored before is not again)."""
+        vectors, tag = self._served_vectors(crops, base_vectors)
+        ids = self.gallery.enroll_crops(name, crops, vectors, tag, sources=sources)
+        self.engine.refresh_gallery()
+        return ids
+
+    def _served_vectors(self, crops: list[np.ndarray], base_vectors: list[np.ndarray]
+                        ) -> tuple[np.ndarray, str]:
         state = self.engine.state  # one read: vectors and their version tag agree
         vectors = base_vectors
         if state.embedder is not self.pipeline.embedder:  # a federated model serves
             vectors = list(state.embedder.embed(crops))
-        ids = self.gallery.enroll_crops(name, crops, np.stack(vectors), state.tag,
-                                        sources=sources)
-        self.engine.refresh_gallery()
-        return ids
+        return np.stack(vectors), state.tag
+
+    def _looks_like(self, name: str, crops: list[np.ndarray], base_vectors: list[np.ndarray]
+                    ) -> Match | None:
+        """The best match of the photos among people enrolled under another name, at the
+        served threshold: a typo of a name, or one person's folder under two names, made
+        a second person without a word (helper-47; the kiosk warned)."""
+        vectors, tag = self._served_vectors(crops, base_vectors)
+        try:
+            matches = self.gallery.identify_many(vectors, tag, self.threshold)
+        except GalleryError:  # nobody enrolled under this model yet: no one to look like
+            return None
+        others = [m for m in matches if m.name is not None and m.name != name]
+        return max(others, key=lambda m: m.score) if others else None
 
 
 def people_folders(root: Path) -> list[Path]:

@@ -37,6 +37,7 @@ class RecognisedFace:
     crop: np.ndarray = field(repr=False)  # 112x112x3 BGR uint8
     embedding: np.ndarray = field(repr=False)  # (128,) float32, unit length
     model_version: str = ""
+    others: int = 0  # other faces in the photo (embed_image takes the largest)
 
 
 @dataclass
@@ -122,7 +123,7 @@ class FacePipeline:
         face = max(faces, key=lambda f: f.area)
         crop = align_face(bgr, face.landmarks)
         embedding = self.embedder.embed_one(crop)
-        return RecognisedFace(face, crop, embedding, self.embedder.version)
+        return RecognisedFace(face, crop, embedding, self.embedder.version, len(faces) - 1)
 
     def embed_image_file(self, path: Path) -> RecognisedFace:
         """Enrolment helper: ``ImageReadError`` / ``NoFaceError`` on a bad photo."""

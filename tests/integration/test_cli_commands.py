@@ -129,6 +129,30 @@ def test_enrolling_the_same_photos_again_adds_nothing(enrolled: Path, people_dir
             "enrolled") in named.stdout
 
 
+def test_enroll_warns_of_a_group_photo_and_of_a_look_alike(enrolled: Path, tmp_path: Path,
+                                                            lfw_dir: Path) -> None:
+    """helper-47: a typo of an enrolled person's name and a photo with two faces were
+    enrolled without a word (the kiosk warns of both)."""
+    left = cv2.imread(str(lfw_image(lfw_dir, STRANGER, 1)))
+    right = cv2.resize(cv2.imread(str(lfw_image(lfw_dir, "Hugo_Chavez", 5))), None,
+                       fx=0.8, fy=0.8)
+    pair = np.zeros((left.shape[0], left.shape[1] + right.shape[1], 3), np.uint8)
+    pair[:, :left.shape[1]] = left
+    pair[:right.shape[0], left.shape[1]:] = right
+    group = tmp_path / "pair.jpg"
+    cv2.imwrite(str(group), pair)
+    result = invoke(enrolled, "enroll", "Serena", str(group))
+    assert result.exit_code == 0, result.output
+    assert f"warning: {group} shows more than one face: the largest was enrolled for " \
+        "Serena" in result.stderr
+    assert "look like" not in result.stderr  # Serena is no one enrolled
+    typo = invoke(enrolled, "enroll", "Tony Blaire", str(lfw_image(lfw_dir, "Tony_Blair", 30)))
+    assert typo.exit_code == 0, typo.output
+    assert "warning: the photos of Tony Blaire look like Tony_Blair (similarity 0." in \
+        typo.stderr and "fedface-edge people remove 'Tony Blaire'" in typo.stderr, typo.stderr
+    assert "more than one face" not in typo.stderr
+
+
 def test_two_enrolments_of_the_same_photos_at_once_store_each_photo_once(
     tmp_path: Path, lfw_dir: Path
 ) -> None:
