@@ -69,6 +69,7 @@ def status(
     last: Annotated[int, typer.Option("--last", min=0, help="History entries shown.")] = 10,
 ) -> None:
     """Current and previous model: when and why each was swapped in; refusals."""
+    from edge.serving.versions import BASE_VERSION
     from federation.verdicts import Verdict
 
     data = status_data(ctx)
@@ -80,7 +81,13 @@ def status(
     for label in ("current", "previous"):
         served = data[label]
         if served is None:
-            typer.echo(f"{label:9s} none (nothing to roll back to)")
+            current = data["current"]
+            # a rollback keeps no N-1, yet a next rollback serves the pretrained model:
+            # "nothing to roll back to" was wrong there (helper-47)
+            typer.echo(f"{label:9s} none" + (
+                " (nothing to roll back to)" if label == "current" or current is None
+                or current["version"] == BASE_VERSION else
+                f" kept: model rollback serves the pretrained model ({BASE_VERSION})"))
             continue
         typer.echo(f"{label:9s} {served['version']}  since {_when(served['since'])}  "
                    f"({served['reason']}); {threshold_text(served, data['deployed'])}")

@@ -88,6 +88,10 @@ def test_status_rollback_and_the_rolled_back_version_stays_refused(
     data = json.loads(invoke(box, "model", "status", "--json")[1])
     assert data["current"]["version"] == "r1" and data["previous"] is None
     assert data["history"][-1]["event"] == "rolled_back" and "r2" in data["blocked"]
+    # no N-1 kept, yet not "nothing to roll back to": the next rollback serves base
+    said = invoke(box, "model", "status")[1]
+    assert "previous  none kept: model rollback serves the pretrained model (base)" in said
+    assert "nothing to roll back" not in said
 
     restarted = open_swapper(box)  # the box's next start serves r1 with r1's gallery
     state = restarted.engine.state
