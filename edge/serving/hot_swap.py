@@ -28,11 +28,9 @@ step, for the crash-safety tests (``edge.serving.swap_steps``: steps, timings, t
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -40,7 +38,7 @@ import numpy as np
 
 from edge.errors import FedFaceError
 from edge.gallery.snapshot import GalleryRows, empty_snapshot
-from edge.priority import background_niceness, lower_thread_priority
+from edge.priority import background_niceness
 from edge.serving.admission import ModelRefused, admit
 from edge.serving.assets import SwapAssets
 from edge.serving.calibration import own_threshold
@@ -48,7 +46,14 @@ from edge.serving.canary import CanaryPolicy
 from edge.serving.current import BASE_TAG, base_served, load_current, read_model
 from edge.serving.engine import Engine, ServingState
 from edge.serving.split_model import SplitEmbedder
-from edge.serving.swap_steps import CRASH_ENV, STEPS, SwapReport, SwapSteps
+from edge.serving.swap_steps import (
+    CRASH_ENV,
+    STEPS,
+    SwapLock,
+    SwapReport,
+    SwapSteps,
+    in_background,
+)
 from edge.serving.versions import (
     BASE_VERSION,
     MODEL_PREFIX,
@@ -96,7 +101,7 @@ class HotSwapper:
         self.store = SwapStore(swap_dir, create=True)
         self.rows = GalleryRows(gallery_db) if gallery_db is not None else None
         self.base_embedder = base_embedder
-        self._lock = threading.RLock()
+        self._swap_lock = SwapLock(self.store.directory)
         self.assets = SwapAssets(self.base_model, part, self.store.directory, self.rows, threads=1)
         with self._locked():
             served, embedder = load_current(self.store, self.base_model, threads, base_embedder,
@@ -115,30 +120,11 @@ class HotSwapper:
 
     # --- locking and background work -------------------------------------------------
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """One swap at a time, across threads and processes (the CLI's rollback)."""
-        with self._lock, open(self.store.directory / "swap.lock", "a+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)  # released by the kernel if we are killed
-            yield
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return self._swap_lock.held()
 
     def _in_background(self, job: Callable[[], T]) -> T:
-        box: dict[str, Any] = {}
-
-        def run() -> None:
-            if self.niceness:
-                lower_thread_priority(self.niceness)
-            try:
-                box["value"] = job()
-            except BaseException as exc:  # re-raised in the caller's thread
-                box["error"] = exc
-
-        thread = threading.Thread(target=run, name="hot-swap", daemon=True)
-        thread.start()
-        thread.join()
-        if "error" in box:
-            raise box["error"]
-        return box["value"]
+        return in_background(job, self.niceness)
 
     # --- restart / follow ---------------------------------------------------------------
 
@@ -169,21 +155,28 @@ class HotSwapper:
 
     def follow_pointer(self) -> None:
         """Serve what the swap pointer names if another process moved it (else: a stat)."""
+        if self.store.pointer_stamp() != self._stamp:
+            with self._locked():
+                self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Under the swap lock: serve what another process committed meanwhile. Every
+        swap does this first: two `train --apply` at once each recorded the version it
+        had seen as N-1, and the first one's dropped out of the chain (helper-47)."""
         if self.store.pointer_stamp() == self._stamp:
             return
-        with self._locked():
-            self._stamp = self.store.pointer_stamp()
-            current = self.store.load()
-            if current is not None and current.current.tag != self.engine.state.tag:
-                served, embedder = load_current(self.store, self.base_model, self.threads,
-                                                self.base_embedder, owner=True)
-                snapshot = self._reconcile(served, embedder)
-                self.engine.install(ServingState(
-                    served.version, embedder, snapshot, threshold=own_threshold(
-                        served.threshold, served.calibrated_for, self.engine.threshold)))
-                self.served = served
-                log.info("serving %s: the swap pointer was moved by another process",
-                         served.version)
+        self._stamp = self.store.pointer_stamp()
+        current = self.store.load()
+        if current is not None and current.current.tag != self.engine.state.tag:
+            served, embedder = load_current(self.store, self.base_model, self.threads,
+                                            self.base_embedder, owner=True)
+            snapshot = self._reconcile(served, embedder)
+            self.engine.install(ServingState(
+                served.version, embedder, snapshot, threshold=own_threshold(
+                    served.threshold, served.calibrated_for, self.engine.threshold)))
+            self.served = served
+            log.info("serving %s: the swap pointer was moved by another process",
+                     served.version)
 
     def start(self) -> HotSwapper:
         """Warm the trunk-feature cache and start the engine's watcher (background)."""
@@ -215,6 +208,7 @@ class HotSwapper:
 
     def _swap(self, version: str, vector: np.ndarray, reason: str) -> SwapReport:
         with self._locked():
+            self._catch_up()
             steps = SwapSteps()
             weights = self.part.onnx_weights(vector, self.assets.base_weights)
             steps.done("patched")
@@ -312,6 +306,7 @@ class HotSwapper:
         """Serve an earlier, validated version (no canary, no N-1); block the current."""
         def job() -> SwapReport | None:
             with self._locked():
+                self._catch_up()
                 pointer = self.store.load()
                 model, reason = target(pointer)
                 if pointer is None or model.version == pointer.current.version:

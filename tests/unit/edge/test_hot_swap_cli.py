@@ -235,3 +235,21 @@ def test_a_damaged_or_foreign_weights_file_falls_back_to_the_previous_version(
                    optimised_sface_path())
     state = open_swapper(box).engine.state
     assert state.model_version == "base" and state.gallery.model_version == "sface-2021dec"
+
+
+def test_two_processes_swapping_at_once_keep_the_rollback_chain(
+        template: Path, tmp_path: Path) -> None:
+    """helper-47 ran two `train --apply` at once: the second swap recorded as N-1 the
+    version it had seen when it started, so the first one's dropped out of the chain
+    and a rollback jumped over it."""
+    box = copy_box(template, tmp_path / "box")
+    first, second = open_swapper(box), open_swapper(box)  # two processes, both on base
+    base = first.part.initial_vector(first.assets.base_weights)
+    first.apply("local-1", perturbed(base, 1))
+    second.apply("local-2", perturbed(base, 2))  # its watcher has not looked yet
+    first.engine.close()
+    second.engine.close()
+    data = json.loads(invoke(box, "model", "status", "--json")[1])
+    assert (data["current"]["version"], data["previous"]["version"]) == ("local-2", "local-1")
+    code, out, err = invoke(box, "model", "rollback")
+    assert code == 0 and "now serving local-1" in out, (out, err)
