@@ -78,10 +78,12 @@ def _print_release(on: bool) -> None:
 def _box_options(
     ctx: typer.Context,
     data_dir: Annotated[Path | None, typer.Option(
-        "--data-dir", help="Box data directory (gallery). Env: FEDFACE_DATA_DIR.",
+        "--data-dir", help="Box data directory (gallery, model versions, keys). Env: "
+        "FEDFACE_DATA_DIR; default ~/.local/share/fedface.",
         show_default=False)] = None,
     model_dir: Annotated[Path | None, typer.Option(
-        "--model-dir", help="Verified model directory. Env: FEDFACE_MODEL_DIR.",
+        "--model-dir", help="Verified model directory. Env: FEDFACE_MODEL_DIR; default "
+        "~/.cache/fedface/models.",
         show_default=False)] = None,
     threads: Annotated[int | None, typer.Option(
         "--threads", help="CPU threads for inference (default 1).", show_default=False)] = None,

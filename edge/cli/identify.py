@@ -113,6 +113,8 @@ def identify(
                     unreadable.append((image, str(exc)))
                     if as_json:
                         typer.echo(json.dumps({"image": str(image), "error": str(exc)}))
+                    else:  # as the files skipped above: it was said only in the summary
+                        typer.echo(f"skipped {image}: {exc}", err=True)
                     advance(image, str(exc))
                     continue
                 recognitions = recognizer.recognise(bgr)
@@ -128,8 +130,10 @@ def identify(
                        "named above)")
     if unreadable:
         path, reason = unreadable[0]
+        # both counts: the photos without a face went unsaid here (helper-47)
+        faceless = f"; no face found in {no_face}" if no_face else ""
         raise CliError(f"{len(unreadable)} of {total} image(s) could not be read "
-                       f"(first: {path}: {reason})", exit_code=EXIT_INPUT,
+                       f"(first: {path}: {reason}){faceless}", exit_code=EXIT_INPUT,
                        hint="check the paths; each photo's reason is reported above")
     if no_face:
         raise CliError(f"no face found in {no_face} of {total} image(s)", exit_code=EXIT_INPUT,

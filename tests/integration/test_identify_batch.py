@@ -70,6 +70,15 @@ def test_pgm_and_gif_folders_enrol_and_identify_in_one_batch(tmp_path: Path, odd
     # everything reported, then a non-zero exit saying what went wrong
     assert result.exit_code == EXIT_INPUT
     assert "error: 1 of 9 image(s) could not be read" in result.stderr
+    # the photo without a face is counted too (helper-47: the line named only the one)
+    assert "(first: " in result.stderr and "); no face found in 1" in result.stderr
+    # a photo whose header reads and whose pixels do not: named on stderr in plain output
+    # as the files skipped before it (it was said only in the summary)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(unseen.read_bytes()[:2000])
+    plain = invoke(box, "identify", str(truncated), str(unseen))
+    assert plain.exit_code == EXIT_INPUT, plain.output
+    assert f"skipped {truncated}: " in plain.stderr, plain.stderr
 
 
 def test_open_data_dir_warned_once_per_process_with_the_fix(tmp_path: Path, lfw_dir: Path) -> None:
