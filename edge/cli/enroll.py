@@ -29,6 +29,8 @@ def _enrol_named(ctx: typer.Context, name: str, images: list[Path]) -> None:
         # the enrolment before anything is written
         outcome = recognizer.enroll_images(name, images, skip_bad=False, progress=advance)
     verb = "added" if existed else "enrolled"
+    if existed and not outcome.added:
+        verb = "nothing added to"  # not "added X: 0 image(s)" (helper-47)
     typer.echo(f"{verb} {name}: {len(outcome.added)} image(s) (model {recognizer.model_version})"
                + _already(outcome.already))
     _warn(outcome)
@@ -97,8 +99,11 @@ def _enrol_folder(ctx: typer.Context, root: Path, max_per_person: int | None) ->
     for outcome in warned:
         _warn(outcome)
     for name in nobody:
+        images = dict(plan)[name]
+        why = ("the reasons are above" if images else
+               "its folder holds no photos")  # nothing above to point at (helper-47)
         typer.echo(f"not enrolled: {name} (no photo with a face that could be read; "
-                   "the reasons are above)", err=True)
+                   f"{why})", err=True)
     typer.echo(f"enrolled {enrolled} of {len(plan)} people from {photos} image(s); "
                f"skipped {len(skipped)} image(s) (model {recognizer.model_version})"
                + _already(already))
@@ -129,9 +134,18 @@ def enroll(
             raise CliError("give either NAME IMAGE... or --from-dir DIR, not both")
         _enrol_folder(ctx, from_dir, max_per_person)
         return
+    if name is not None and not images and Path(name).is_file():
+        raise CliError(f"no photos given for {name!r}: it is a file, not a person's name "
+                       "(give the name first)", hint="e.g. fedface-edge enroll Ada ada1.jpg")
     if name is None or not images:
         raise CliError("nothing to enrol: give NAME IMAGE... or --from-dir DIR",
                        hint="e.g. fedface-edge enroll Ada ada1.jpg ada2.jpg")
+    folders = [image for image in images if image.is_dir()]
+    if folders:  # the photos of one person may be taken from a folder with a shell glob
+        raise CliError(f"{folders[0]} is a folder: give NAME its photos, or enrol "
+                       "one sub-folder per person with --from-dir",
+                       hint=f"fedface-edge enroll {name!r} {folders[0]}/* , or "
+                       f"fedface-edge enroll --from-dir {folders[0].parent}")
     if max_per_person is not None:
         images = images[:max_per_person]
     _enrol_named(ctx, name, images)

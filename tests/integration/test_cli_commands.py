@@ -153,6 +153,28 @@ def test_enroll_warns_of_a_group_photo_and_of_a_look_alike(enrolled: Path, tmp_p
     assert "more than one face" not in typo.stderr
 
 
+def test_enroll_mistakes_get_a_line_that_says_what_to_do(enrolled: Path, tmp_path: Path,
+                                                         people_dir: Path) -> None:
+    """helper-47's slips: a folder given as photos ('does not exist or is not a file'), a
+    photo without a name ('nothing to enrol'), a run adding nothing ('added X: 0'), an
+    empty person folder ('the reasons are above', with none above)."""
+    folder = people_dir / PEOPLE[1]
+    given_folder = invoke(enrolled, "enroll", "Hugo", str(folder))
+    assert given_folder.exit_code == 2
+    assert f"{folder} is a folder: give NAME its photos" in given_folder.stderr
+    assert "--from-dir" in given_folder.stderr
+    photo = sorted(folder.glob("*.jpg"))[0]
+    no_name = invoke(enrolled, "enroll", str(photo))
+    assert no_name.exit_code == 2 and "it is a file, not a person's name" in no_name.stderr
+    again = invoke(enrolled, "enroll", PEOPLE[1], str(folder / f"{PEOPLE[1]}_0001.jpg"))
+    assert again.exit_code == 0, again.output
+    assert again.stdout.startswith(f"nothing added to {PEOPLE[1]}: 0 image(s)"), again.stdout
+    (people_dir / "Nobody_Here").mkdir()
+    empty = invoke(tmp_path / "box3", "enroll", "--from-dir", str(people_dir))
+    assert "not enrolled: Nobody_Here (no photo with a face that could be read; its " \
+        "folder holds no photos)" in empty.stderr, empty.stderr
+
+
 def test_two_enrolments_of_the_same_photos_at_once_store_each_photo_once(
     tmp_path: Path, lfw_dir: Path
 ) -> None:
