@@ -292,7 +292,8 @@ def parse_ack_topic(data: bytes | str) -> Ack | RevocationNotice:
 class ModelPointer(_Message):
     """The retained result boxes should have: its blob's hash, size and chunks, under
     ``result_topic``. ``republished``/``for_round``: an older (pinned) result published
-    again as the base of round ``for_round``."""
+    again as the base of round ``for_round``. ``root_model``: at a region, the root's
+    name of the result (its boxes showed only the region's round: helper-43)."""
 
     KIND = "result"
 
@@ -309,6 +310,7 @@ class ModelPointer(_Message):
     republished: bool = False
     for_round: int | None = None
     policy: ResultPolicy | None = None  # the round's bounds, checked by every box
+    root_model: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -317,13 +319,10 @@ class ModelPointer(_Message):
             "chunks": self.chunks, "chunk_size": self.chunk_size,
             "contributors": self.contributors, "result_topic": self.result_topic,
         }
-        if self.republished:
-            body["republished"] = True
-        if self.for_round is not None:
-            body["for_round"] = self.for_round
-        if self.policy is not None:
-            body["policy"] = self.policy.to_dict()
-        return body
+        optional = {"republished": self.republished or None, "for_round": self.for_round,
+                    "policy": self.policy.to_dict() if self.policy is not None else None,
+                    "root_model": self.root_model or None}
+        return body | {key: value for key, value in optional.items() if value is not None}
 
     @classmethod
     def from_dict(cls, body: Mapping[str, Any]) -> ModelPointer:
@@ -339,8 +338,7 @@ class ModelPointer(_Message):
             republished=_opt(body, "republished", bool, k, False),
             for_round=_opt(body, "for_round", int, k),
             policy=(ResultPolicy.from_dict(body["policy"]) if body.get("policy") is not None
-                    else None),
-        )
+                    else None), root_model=_opt(body, "root_model", str, k, ""))
 
 
 # A status's ``not_joining`` reasons that the aggregator weighs at a round's deadline

@@ -208,7 +208,7 @@ class RegionalForwarder:
         save_state(self._path, self._state)
         log.info("region round %d: publishing the root's result %s (%d bytes)", event.round,
                  root_model, len(blob))
-        return RootResult(blob, included=bool(sent.get("msg")))
+        return RootResult(blob, included=bool(sent.get("msg")), root_model=root_model)
 
     def _follow_root(self, event: ResultReady) -> RootResult:
         """The root's current result, for a region round that holds no update (closed to
@@ -221,7 +221,7 @@ class RegionalForwarder:
         save_state(self._path, self._state)
         log.info("region round %d: publishing the root's current result %s (%d bytes)",
                  event.round, root_model, len(blob))
-        return RootResult(blob, included=False)
+        return RootResult(blob, included=False, root_model=root_model)
 
     def _follow_ended_root_round(self, event: ResultReady, blob: bytes,
                                  sent: dict[str, Any]) -> dict[str, Any]:

@@ -175,9 +175,10 @@ class RoundEventHandler:
     def _publish_result(self, event: ResultReady) -> None:
         previous = model_pins.retained_row(self.store)  # its retained chunks are cleared
         blob = self.store.read_blob(event.sum_blob)
+        root_model = ""
         if self.forwarder is not None:  # regional: raises TransportError until the root's
             root = self.forwarder.exchange(event, blob)  # result is in (retried each pump)
-            blob = root.blob
+            blob, root_model = root.blob, root.root_model
             if not root.included and event.contributors:
                 # the pointer says no update is in it: the boxes that sent count their
                 # samples as new again (edge.federated.joining)
@@ -188,7 +189,8 @@ class RoundEventHandler:
         # the chunks as a duplicate of the earlier one (helper-41)
         msg = None if self.forwarder is None else hashlib.sha256(
             f"{hashlib.sha256(blob).hexdigest()}:{event.round}".encode()).hexdigest()[:32]
-        done_result = self.publisher.result(event, blob, previous, msg=msg)
+        done_result = self.publisher.result(event, blob, previous, msg=msg,
+                                            root_model=root_model)
         del blob
         if self.forwarder is not None and model_pins.pinned(self.store) is not None:
             # a region follows the root: a pin of its initial model, set to follow the

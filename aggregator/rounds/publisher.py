@@ -93,7 +93,7 @@ class Publisher:
 
     def result(
         self, event: ResultReady, blob: bytes, previous: RoundRow | None,
-        msg: str | None = None, for_round: int | None = None,
+        msg: str | None = None, for_round: int | None = None, root_model: str = "",
     ) -> PublishedResult:
         """Result chunks (retained), then the model/latest pointer (retained, confirmed),
         then the previous round's retained chunks are cleared. ``msg``/``for_round``: a
@@ -115,6 +115,7 @@ class Publisher:
             contributors=len(event.contributors), chunk_size=self.chunk_size,
             result_topic=topics.result_filter(self.fed_id, event.round),
             republished=for_round is not None, for_round=for_round, policy=event.policy,
+            root_model=root_model,
         )
         self.send(topics.model_latest(self.fed_id), "result", pointer, event.round, event.model,
                   True, confirm=True)

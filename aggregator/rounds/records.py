@@ -92,6 +92,7 @@ class RootResult:
 
     blob: bytes
     included: bool = True
+    root_model: str = ""  # the root's name of the result (the region's boxes show it)
 
 
 Event = Announce | ResultReady

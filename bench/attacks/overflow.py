@@ -72,7 +72,8 @@ def _boxes(root: Path, fed: Any, url: str, names: list[str], events: dict[str, l
         def __init__(self) -> None:
             self.applied: list[tuple[str, np.ndarray]] = []
 
-        def apply(self, version: str, vector: np.ndarray) -> None:
+        def apply(self, version: str, vector: np.ndarray,
+                  reason: str = "federated result") -> None:
             self.applied.append((version, vector))
 
         def served_vector(self) -> tuple[str, np.ndarray] | None:

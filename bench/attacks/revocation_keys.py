@@ -166,7 +166,8 @@ class Rig:
 
 
 class _Sink:
-    def apply(self, version: str, vector: np.ndarray) -> None:
+    def apply(self, version: str, vector: np.ndarray,
+              reason: str = "federated result") -> None:
         self.version = version
 
 

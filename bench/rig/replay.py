@@ -33,7 +33,8 @@ class ServedSink:
     def __init__(self, served: tuple[str, np.ndarray] | None) -> None:
         self.applied: list[tuple[str, np.ndarray]] = [served] if served else []
 
-    def apply(self, version: str, vector: np.ndarray) -> None:
+    def apply(self, version: str, vector: np.ndarray,
+              reason: str = "federated result") -> None:
         self.applied.append((version, np.array(vector, copy=True)))
 
     def served_vector(self) -> tuple[str, np.ndarray] | None:

@@ -32,9 +32,11 @@ class ModelSink(Protocol):
     has one store of model versions, the sink's. ``serve_initial(reason)``, when the
     sink has it, serves the pretrained model again when the federation went back to it
     (a poisoned round, ``edge.federated.result_apply``); otherwise ``apply`` is handed
-    the initial version and vector."""
+    the initial version and vector. ``reason``: what the box's model history says of the
+    version (a region's box: which root result it is)."""
 
-    def apply(self, version: str, vector: np.ndarray) -> None: ...
+    def apply(self, version: str, vector: np.ndarray,
+              reason: str = "federated result") -> None: ...
 
 
 @dataclass(frozen=True)

@@ -257,8 +257,10 @@ class ResultApplier:
         # The sink stores the version durably before serving it (edge.serving.versions); a
         # crash before its commit leaves the old version served, and the retained
         # result is fetched and applied again after the restart.
+        reason = "federated result" + (
+            f", the root's {pointer.root_model}" if pointer.root_model else "")
         try:
-            self.sink.apply(pointer.model, average)
+            self.sink.apply(pointer.model, average, reason)
         except FederationError as exc:
             if getattr(exc, "declined_by_canary", False):
                 self.declined = (pointer.model, average)

@@ -243,7 +243,8 @@ class FullDiskOnceSink(RecordingSink):
         super().__init__()
         self.failures = 0
 
-    def apply(self, version: str, vector: np.ndarray) -> None:
+    def apply(self, version: str, vector: np.ndarray,
+              reason: str = "federated result") -> None:
         if self.failures == 0:
             self.failures += 1
             raise OSError(errno.ENOSPC, "No space left on device")

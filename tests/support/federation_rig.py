@@ -57,11 +57,14 @@ class RecordingSink:
 
     def __init__(self) -> None:
         self.applied: list[tuple[str, np.ndarray]] = []
+        self.reasons: list[str] = []  # what the box's model history would say of each
         self.back_to_initial: list[str] = []  # the reasons it was sent back to the base
         self._initial = True
 
-    def apply(self, version: str, vector: np.ndarray) -> None:
+    def apply(self, version: str, vector: np.ndarray,
+              reason: str = "federated result") -> None:
         self.applied.append((version, np.array(vector, copy=True)))
+        self.reasons.append(reason)
         self._initial = False
 
     def serve_initial(self, reason: str) -> None:

@@ -66,7 +66,7 @@ def test_two_regions_equal_flat_aggregation_over_two_rounds(
         _, flat_blob = collect_result(flat.bus.retained, FED)
         flat_avg = decrypt_result(secret_ctx, flat_blob)
         root_pointer, root_blob = collect_result(root.bus.retained, FED)
-        assert root_pointer["round"] == round_no
+        assert root_pointer["round"] == round_no and "root_model" not in root_pointer
         assert claimed_updates(root_blob) == 6  # the root's sum holds all six updates
         # and the operator's status and rounds list say 6 updates (2 messages): they said
         # 2, below a quorum the round had met (a walkthrough)
@@ -75,6 +75,8 @@ def test_two_regions_equal_flat_aggregation_over_two_rounds(
         for site in hierarchy.regions:
             pointer, blob = collect_result(site.bus.retained, FED)
             assert pointer["round"] == round_no and blob == root_blob
+            # the root's name of the result, for the region's boxes to show (helper-43)
+            assert pointer["root_model"] == f"round-{round_no}"
             got = decrypt_result(secret_ctx, blob)
             assert np.max(np.abs(got - flat_avg)) < 1e-5
             assert np.max(np.abs(got - expected)) < 1e-5

@@ -16,6 +16,7 @@ from edge.federated.joining import RoundJoiner
 from edge.federated.result_apply import ResultApplier
 from edge.federated.round_gate import save_client_state
 from edge.federated.verdicts import RoundVerdicts
+from federation.crypto.ckks import FederationContext
 from federation.messages import OPEN, RoundAnnounce
 from tests.support.federation_rig import PART
 
@@ -258,3 +259,28 @@ def test_the_result_whose_file_was_damaged_is_fetched_again(tmp_path: Path) -> N
     sink.store = SimpleNamespace(blocked=lambda: {"round-7": {"reason": "rolled back"}})
     applier.follow(pointer(7), None)
     assert fetcher.wanted == ["round-7"]  # rolled back by its technician: not again
+
+
+def test_a_region_s_result_is_served_under_the_root_s_name_too(
+        secret_ctx: FederationContext, tmp_path: Path) -> None:
+    """helper-43: a region's boxes showed only the region's round (round-12) for a result
+    the operator at the root calls round-7. The pointer names it; the swap says so."""
+    from federation.crypto.packing import encrypt_update
+    from federation.messages import ModelPointer
+    from tests.support.federation_rig import RecordingSink
+
+    base = np.ones(PART.size, np.float32)
+    trained = base * np.float32(1.01)
+    blob = encrypt_update(secret_ctx, trained, 40).to_bytes()
+    sink = RecordingSink()
+    unused: Any = None  # the fetcher: the blob is handed in whole
+    applier = ResultApplier(unused, secret_ctx, PART, sink, RoundVerdicts(tmp_path),
+                            ClientEvents(None), version="base", vector=base,
+                            max_relative_change=1.0, verify=lambda *_: None,
+                            publish_status=lambda: None, applied=lambda: None)
+    pointer = ModelPointer(round=12, model="round-12", msg="m", blob_sha256="0" * 64,
+                           blob_size=len(blob), chunks=1, base_model="base", contributors=1,
+                           root_model="round-7")
+    applier._apply(pointer, blob)
+    assert sink.reasons == ["federated result, the root's round-7"]
+    assert [v for v, _ in sink.applied] == ["round-12"]
