@@ -29,7 +29,7 @@ class ModelSink(Protocol):
     """Where accepted federated weights go (the engine's hot swap). A sink that keeps
     the box's model versions also tells what it serves: ``served_vector() -> (version,
     vector) | None`` (edge.serving.hot_swap.HotSwapper); the client resumes on that, so the box
-    has one store of model versions, the sink's. ``serve_initial(reason)``, when the
+    has one store of model versions, the sink's. ``serve_initial(reason, block)``, when the
     sink has it, serves the pretrained model again when the federation went back to it
     (a poisoned round, ``edge.federated.result_apply``); otherwise ``apply`` is handed
     the initial version and vector. ``reason``: what the box's model history says of the

@@ -151,7 +151,10 @@ class ResultApplier:
         serve_initial = getattr(self.sink, "serve_initial", None)
         try:
             if callable(serve_initial):
-                serve_initial(reason)  # the hot swap: atomic, recorded in the model history
+                # the hot swap: atomic, recorded in the model history; a result left for
+                # a pin is not refused (helper-45: listed as refused, and a later pin of
+                # it would have been refused by every box)
+                serve_initial(reason, block=not ann.pinned)
             else:  # a sink that only takes versions
                 self.sink.apply(initial, vector)
         except Exception as exc:  # keeps its model; the next announce tries again

@@ -295,14 +295,16 @@ class HotSwapper:
             return pointer.previous or base_served(), f"{why} from {pointer.current.version}"
         return cast(SwapReport, self._go_back(target, why, "rolled_back"))
 
-    def serve_initial(self, reason: str) -> SwapReport | None:
-        """The federation went back to its initial model (``aggregator.rounds.poison``): serve
-        the pretrained one (no canary: the box started on it), block the federated version.
-        None: the pretrained model serves already."""
-        return self._go_back(lambda _: (base_served(), reason), reason, "back_to_initial")
+    def serve_initial(self, reason: str, block: bool = True) -> SwapReport | None:
+        """The federation went back to its initial model: serve the pretrained one (no
+        canary: the box started on it); ``block`` the federated version (poisoned:
+        ``aggregator.rounds.poison``; not when the operator pinned the initial model, who
+        may pin that result again). None: the pretrained model serves already."""
+        return self._go_back(lambda _: (base_served(), reason), reason if block else None,
+                             "back_to_initial")
 
     def _go_back(self, target: Callable[[Pointer | None], tuple[ServedModel, str]],
-                 block_reason: str, event: str) -> SwapReport | None:
+                 block_reason: str | None, event: str) -> SwapReport | None:
         """Serve an earlier, validated version (no canary, no N-1); block the current."""
         def job() -> SwapReport | None:
             with self._locked():
@@ -314,7 +316,8 @@ class HotSwapper:
                 report = self._install(model.version, model.model_file, model.sha256,
                                        self._version_weights(model), SwapSteps(), reason,
                                        None, rollback=True, event=event)
-                self.store.block(pointer.current.version, block_reason)
+                if block_reason is not None:
+                    self.store.block(pointer.current.version, block_reason)
                 return report
         report = self._in_background(job)
         if report is not None:

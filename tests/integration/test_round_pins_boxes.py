@@ -183,9 +183,21 @@ def test_boxes_go_back_to_the_pinned_initial_model_and_federate_from_it(
     for d in DEVICES:
         assert "the operator pinned it" in back(d)[0].data["reason"]
         assert fed.sinks[d].version is None and fed.clients[d].version == "base"  # pretrained
+        # left for the operator's pin, not refused: listed as refused before, and a later
+        # pin of round-1 would have been refused by every box (helper-45)
+        assert "round-1" not in fed.sinks[d].store.blocked()
     for trainer in fed.trainers.values():
         trainer.gate.set()
     wait_for(lambda: all(fed.applied(d)[-1:] == ["round-2"] for d in DEVICES), 60,
              "round 2 (built on the initial model) applied")
     _, pointer = envelope_json(fed.bus.retained[topics.model_latest(FED)])
     assert (pointer["model"], pointer["base_model"]) == ("round-2", "base")
+    # the operator changes their mind: round-1 after all; every box serves it again
+    operator = Store(fed.root / "agg")
+    try:
+        model_pins.pin(operator, "round-1")
+    finally:
+        operator.close()
+    fed.serve(rounds=1)
+    wait_for(lambda: all(fed.applied(d)[-1:] == ["round-1"] for d in DEVICES), 60,
+             "boxes to serve the pinned round-1 again")

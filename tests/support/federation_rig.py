@@ -67,7 +67,7 @@ class RecordingSink:
         self.reasons.append(reason)
         self._initial = False
 
-    def serve_initial(self, reason: str) -> None:
+    def serve_initial(self, reason: str, block: bool = True) -> None:
         self.back_to_initial.append(reason)
         self._initial = True
 
