@@ -140,6 +140,9 @@ def open_database(data_dir: Path) -> tuple[sqlite3.Connection, Path]:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA foreign_keys=ON")
             db.execute("PRAGMA busy_timeout=5000")
+            # a removed person's face crops are overwritten, not left in free pages
+            # (Gallery.erase_deleted clears the write-ahead log's copies)
+            db.execute("PRAGMA secure_delete=ON")
             db.executescript(SCHEMA)
         finally:
             os.umask(old_umask)
@@ -149,6 +152,22 @@ def open_database(data_dir: Path) -> tuple[sqlite3.Connection, Path]:
         raise GalleryError(f"cannot open gallery database {path}: {exc}",
                            hint=data_dir_hint(data_dir, exc)) from exc
     return db, path
+
+
+def erase_deleted(db: sqlite3.Connection) -> None:
+    """Copy the deletions into the database file (zeroed there: secure_delete) and empty
+    the write-ahead log, which held the removed faces' pages until the last connection
+    closed (helper-44 found a removed person's crops in the -wal file). Best effort: a
+    reader in another process (the kiosk, the API) may hold the log a moment; its copies
+    go at the next removal or when the box stops."""
+    try:
+        busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    except sqlite3.Error as exc:
+        log.warning("the gallery's write-ahead log was not emptied: %s", exc)
+        return
+    if busy:
+        log.info("the gallery's write-ahead log is in use by another process: the removed "
+                 "faces' copies in it go at its next checkpoint")
 
 
 def encode_crop(crop: np.ndarray) -> bytes:

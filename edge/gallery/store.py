@@ -34,6 +34,7 @@ from edge.gallery.files import (
     data_dir_hint,
     decode_crop,
     encode_crop,
+    erase_deleted,
     open_database,
 )
 from edge.gallery.holdout import is_calibration_person
@@ -158,6 +159,13 @@ class Gallery:
     def write_rows(self, sql_and_args: Sequence[tuple[str, tuple[object, ...]]]) -> None:
         """Statements in one transaction (for ``edge.gallery.subjects``)."""
         self._write(sql_and_args)
+        if any(sql.startswith(("DELETE FROM people", "DELETE FROM crops"))
+               for sql, _ in sql_and_args):
+            self.erase_deleted()
+
+    def erase_deleted(self) -> None:
+        with self._lock:
+            erase_deleted(self._db)
 
     # --- enrolment ---------------------------------------------------------------------
 
@@ -239,6 +247,7 @@ class Gallery:
                                         row).fetchone()
             # ON DELETE CASCADE removes the crops, and through them the embeddings
             self._write([("DELETE FROM people WHERE id = ?", (row[0],))])
+        self.erase_deleted()
         log.info("removed %s (%d crops)", name, count)
         return int(count)
 

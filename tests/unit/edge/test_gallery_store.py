@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from edge import config
+from edge.gallery.files import encode_crop
 from edge.gallery.match import DEFAULT_MATCH_THRESHOLD
 from edge.gallery.store import (
     Gallery,
@@ -111,6 +112,22 @@ def test_remove_person_deletes_their_crops_and_embeddings(gallery: Gallery) -> N
     assert KNOWN[0] not in names and len(person_ids) == 2 and orphans == 0
     with pytest.raises(UnknownPersonError, match="no person named 'Colin_Powell'"):
         gallery.remove_person(KNOWN[0])
+
+
+def test_a_removed_persons_crops_are_gone_from_every_file_on_disk(
+        gallery: Gallery, faces: Faces) -> None:
+    """helper-44 found a removed person's face crops still in the gallery's -wal file
+    (until the last connection closed) and freed pages keep their bytes: erased now."""
+    stored = [encode_crop(faces.crop(KNOWN[0], n)) for n in (1, 2)]
+    files = [gallery.path, gallery.path.with_name(gallery.path.name + "-wal")]
+
+    def on_disk(blob: bytes) -> bool:
+        return any(f.exists() and blob[64:192] in f.read_bytes() for f in files)
+
+    assert all(on_disk(blob) for blob in stored)  # the check can see them
+    gallery.remove_person(KNOWN[0])
+    assert not any(on_disk(blob) for blob in stored)
+    assert on_disk(encode_crop(faces.crop(KNOWN[1], 1)))  # the others are kept
 
 
 def test_other_model_versions_are_never_compared(gallery: Gallery, faces: Faces) -> None:
