@@ -84,8 +84,15 @@ def _enrol_folder(ctx: typer.Context, root: Path, max_per_person: int | None) ->
     warned: list[EnrolOutcome] = []
     with progress_bar(total, f"enrolling {len(plan)} people") as advance:
         for name, imgs in plan:
-            outcome = recognizer.enroll_images(name, imgs, max_images=max_per_person,
-                                               progress=advance)
+            try:
+                outcome = recognizer.enroll_images(name, imgs, max_images=max_per_person,
+                                                   progress=advance)
+            except KeyboardInterrupt:  # Ctrl-C: say what is kept and how to go on
+                typer.echo(f"interrupted while enrolling {name}: the {enrolled} people "
+                           f"enrolled before are kept, {name} is not; the same command "
+                           "again enrols the rest (photos already enrolled are not added "
+                           "again)", err=True)
+                raise
             skipped += outcome.skipped
             already += outcome.already
             warned.append(outcome)

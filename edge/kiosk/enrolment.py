@@ -287,6 +287,9 @@ class EnrolmentDesk:
                 del image
             verdict = judge_faces(faces, self.settings.min_face_px, self.settings.min_sharpness,
                                   single_face=False)
+            if not faces:  # not the camera's "Face the camera" (helper-47)
+                raise EnrolmentRejected(f"{filename}: no face found in this photo: use one "
+                                        "with a clear, frontal face. Nothing was stored.")
             if not verdict.ok or verdict.face is None:
                 raise EnrolmentRejected(f"{filename}: {verdict.message} Nothing was stored.")
             crops.append(verdict.face.crop)

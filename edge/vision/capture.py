@@ -69,7 +69,8 @@ class FolderSource(FrameSource):
 
     def open(self) -> FolderSource:
         if not self.folder.is_dir():
-            raise SourceError(self.uri, f"{self.folder} is not a directory")
+            raise SourceError(self.uri, f"{self.folder} is not a directory", hint=(
+                "check the path: dir:FOLDER plays a folder of images as a camera"))
         from edge.vision.image_files import scan
 
         try:

@@ -7,8 +7,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -173,6 +175,41 @@ def test_enroll_mistakes_get_a_line_that_says_what_to_do(enrolled: Path, tmp_pat
     empty = invoke(tmp_path / "box3", "enroll", "--from-dir", str(people_dir))
     assert "not enrolled: Nobody_Here (no photo with a face that could be read; its " \
         "folder holds no photos)" in empty.stderr, empty.stderr
+
+
+def test_ctrl_c_in_an_enrolment_from_a_folder_says_what_is_kept(tmp_path: Path,
+                                                                lfw_dir: Path) -> None:
+    """helper-47 pressed Ctrl-C in `enroll --from-dir`: it said only `interrupted`."""
+    root = tmp_path / "people"
+    people = [d for d in sorted(lfw_dir.iterdir()) if d.name.startswith("G")
+              and len(list(d.glob("*.jpg"))) >= 3][:30]
+    for person in people:
+        (root / person.name).mkdir(parents=True)
+        for photo in sorted(person.glob("*.jpg"))[:3]:
+            shutil.copy(photo, root / person.name)
+    data_dir = tmp_path / "box"
+    run = subprocess.Popen([str(FEDFACE_EDGE), "--data-dir", str(data_dir), "enroll",
+                            "--from-dir", str(root)], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    gallery = data_dir / "gallery.sqlite3"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # someone is enrolled: the run is under way
+        if gallery.exists() and invoke(data_dir, "people", "list", "--json").stdout.count(
+                '"name"') >= 2:
+            break
+        time.sleep(0.05)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 130, err
+    said = re.search(r"interrupted while enrolling (\S+): the (\d+) people enrolled "
+                     r"before are kept, \S+ is not; the same command again enrols the rest",
+                     err)
+    assert said is not None, err
+    kept = json.loads(invoke(data_dir, "people", "list", "--json").stdout)
+    assert len(kept) == int(said.group(2)) and said.group(1) not in {p["name"] for p in kept}
+    again = invoke(data_dir, "enroll", "--from-dir", str(root))
+    assert again.exit_code == 0, again.output
+    assert len(json.loads(invoke(data_dir, "people", "list", "--json").stdout)) == 30
 
 
 def test_two_enrolments_of_the_same_photos_at_once_store_each_photo_once(

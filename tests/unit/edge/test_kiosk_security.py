@@ -248,7 +248,8 @@ def test_non_image_upload_is_refused_and_nothing_is_stored(
     assert ok
     faceless = upload(client, "Mallory", [(blank.tobytes(), "wall.png")])
     assert faceless.status_code == 400
-    assert "wall.png: No face found" in text(faceless)
+    assert "wall.png: no face found in this photo: use one with a clear, frontal face." \
+        in text(faceless)
     assert rows(kiosk) == EMPTY
 
 
