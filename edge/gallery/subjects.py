@@ -43,11 +43,20 @@ class Subjects:
         return name
 
     def rename(self, old: str, new: str) -> None:
+        """CompreFace's rename: onto a name the gallery has, the two subjects are merged
+        (the old one's face examples move to it, the old subject goes). It answered
+        'already exists' (helper-47), where a CompreFace client expects the merge."""
         new = check_name(new)
-        self._person_id(old)
-        if new != old and new in self.names():
-            raise SubjectExistsError(f"subject {new!r} already exists")
-        self.gallery.write_rows([("UPDATE people SET name = ? WHERE name = ?", (new, old))])
+        old_id = self._person_id(old)
+        if new == old or new not in self.names():
+            self.gallery.write_rows([("UPDATE people SET name = ? WHERE name = ?", (new, old))])
+            return
+        new_id = self._person_id(new)
+        self.gallery.write_rows([  # one transaction; a photo both have is kept once
+            ("DELETE FROM crops WHERE person_id = ? AND image IN "
+             "(SELECT image FROM crops WHERE person_id = ?)", (old_id, new_id)),
+            ("UPDATE crops SET person_id = ? WHERE person_id = ?", (new_id, old_id)),
+            ("DELETE FROM people WHERE id = ?", (old_id,))])
 
     def remove_all(self) -> int:
         count = len(self.names())

@@ -92,6 +92,13 @@ def test_compreface_sdk_enrols_and_recognises_like_identify(tmp_path: Path,
         assert subjects.delete(PEOPLE[2]) == {"subject": PEOPLE[2]}
         assert subjects.list() == {"subjects": sorted(PEOPLE[:2])}
         assert collection.list()["total_elements"] == 3
+        # a rename onto an existing subject merges the two, as CompreFace documents it
+        # (it answered "already exists": helper-47)
+        assert subjects.update(PEOPLE[1], PEOPLE[0]) == {"updated": True}
+        assert subjects.list() == {"subjects": [PEOPLE[0]]}
+        merged = collection.list()
+        assert merged["total_elements"] == 3, merged
+        assert {f["subject"] for f in merged["faces"]} == {PEOPLE[0]}
 
         # keys: a wrong one is refused; revoking through the CLI applies at once
         assert client(url, "ffk_wrong").get_subjects().list()["code"] == 20
