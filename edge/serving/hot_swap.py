@@ -292,14 +292,16 @@ class HotSwapper:
             if pointer is None or pointer.current.version == BASE_VERSION:
                 raise HotSwapError("the box serves the pretrained model: there is nothing "
                                    "to roll back to", hint="see `fedface-edge model status`")
-            return pointer.previous or base_served(), f"{why} from {pointer.current.version}"
+            previous = pointer.previous  # of the same name: overwritten by N (local runs
+            if previous is not None and previous.version == pointer.current.version:  # of
+                previous = None  # one second, before their names were made unique): gone
+            return previous or base_served(), f"{why} from {pointer.current.version}"
         return cast(SwapReport, self._go_back(target, why, "rolled_back"))
 
     def serve_initial(self, reason: str, block: bool = True) -> SwapReport | None:
-        """The federation went back to its initial model: serve the pretrained one (no
-        canary: the box started on it); ``block`` the federated version (poisoned:
-        ``aggregator.rounds.poison``; not when the operator pinned the initial model, who
-        may pin that result again). None: the pretrained model serves already."""
+        """The federation went back to its initial model: serve it (no canary); ``block``
+        the federated version (poisoned, ``aggregator.rounds.poison``; not for the
+        operator's pin, who may pin it again). None: the pretrained model serves already."""
         return self._go_back(lambda _: (base_served(), reason), reason if block else None,
                              "back_to_initial")
 

@@ -60,6 +60,24 @@ def local_version(now: float | None = None) -> str:
     return f"local-{stamp}"
 
 
+def claim_version(results: Path, now: float | None = None) -> tuple[str, Path]:
+    """A local version name no other run has, and its results file (created empty, 0600,
+    by this run only). Two `train --apply` finishing in the same second took the same
+    name, and the second overwrote the first's weights under the box's rollback chain
+    (helper-48): a second run of that second gets ``-2``, and so on."""
+    make_dirs(results, PRIVATE_DIR)
+    base = local_version(now)
+    for n in range(1, 1000):
+        version = base if n == 1 else f"{base}-{n}"
+        path = results / f"{version}.npz"
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            continue
+        return version, path
+    raise TrainingError(f"no free local version name for {base} in {results}")
+
+
 def served_vector(swapper: HotSwapper, data_dir: Path, part: FederatedPart,
                   train_dir: Path) -> tuple[str, np.ndarray | None]:
     """(served version, its vector of ``part``); None means the pretrained weights.
@@ -132,8 +150,7 @@ def train_box(swapper: HotSwapper, trainer: Any, data_dir: Path, train_dir: Path
     update: LocalUpdate = trainer.local_update(start, round_no=0)
     fit = trainer.last_result
     before, after, probes = _accuracies(swapper, update.vector, threshold)
-    version = local_version()
-    path = train_dir / RESULTS_DIR / f"{version}.npz"
+    version, path = claim_version(train_dir / RESULTS_DIR)
     report = LocalTrainingReport(
         version=version, part=part.key, people=people,
         samples=update.n_samples, seconds=time.perf_counter() - t0,

@@ -253,3 +253,33 @@ def test_two_processes_swapping_at_once_keep_the_rollback_chain(
     assert (data["current"]["version"], data["previous"]["version"]) == ("local-2", "local-1")
     code, out, err = invoke(box, "model", "rollback")
     assert code == 0 and "now serving local-1" in out, (out, err)
+
+
+def test_two_local_runs_in_one_second_get_two_names(tmp_path: Path) -> None:
+    """helper-48: two `train --apply` finishing in the same second both saved
+    local-<that second>; the second overwrote the first's weights under the rollback
+    chain (DAMAGED, and `model rollback` crashed)."""
+    from edge.training.local import claim_version
+
+    results = tmp_path / "train" / "results"
+    now = 1_796_655_904.2
+    first, second = claim_version(results, now), claim_version(results, now)
+    assert first[0] == "local-20261207T150504Z" and second[0] == first[0] + "-2"
+    assert first[1] != second[1] and first[1].is_file() and second[1].is_file()
+    assert second[1].stat().st_mode & 0o777 == 0o600
+
+
+def test_a_rollback_past_a_previous_of_the_same_name_serves_base(
+        template: Path, tmp_path: Path) -> None:
+    """A box left by that collision (current and previous of one name, the previous's
+    file overwritten): `model rollback` crashed with AttributeError; it serves base."""
+    box = copy_box(template, tmp_path / "box")
+    swapper = open_swapper(box)
+    base = swapper.part.initial_vector(swapper.assets.base_weights)
+    swapper.apply("local-x", perturbed(base, 1))
+    pointer = swapper.store.load()
+    assert pointer is not None
+    swapper.store.commit(Pointer(pointer.current, replace(pointer.current, sha256="0" * 64)))
+    swapper.engine.close()
+    code, out, err = invoke(box, "model", "rollback")
+    assert code == 0 and "now serving base" in out, (out, err)
