@@ -29,8 +29,8 @@ def _enrol_named(ctx: typer.Context, name: str, images: list[Path]) -> None:
         # the enrolment before anything is written
         outcome = recognizer.enroll_images(name, images, skip_bad=False, progress=advance)
     verb = "added" if existed else "enrolled"
-    if existed and not outcome.added:
-        verb = "nothing added to"  # not "added X: 0 image(s)" (helper-47)
+    if not outcome.added:  # not "added X: 0 image(s)" (helper-47), also when another
+        verb = "nothing added to"  # enrolment of the same photos at once stored them
     typer.echo(f"{verb} {name}: {len(outcome.added)} image(s) (model {recognizer.model_version})"
                + _already(outcome.already))
     _warn(outcome)
@@ -43,9 +43,13 @@ def _already(images: list[Path]) -> str:
 
 def _warn(outcome: EnrolOutcome) -> None:
     """What the technician should look at: the kiosk says the same (helper-47)."""
-    for image in outcome.group_photos:
-        typer.echo(f"warning: {image} shows more than one face: the largest was enrolled "
-                   f"for {outcome.name}", err=True)
+    for image, (x, y, w, h) in outcome.group_photos:
+        typer.echo(f"warning: {image} shows more than one face: the largest (at x={x} y={y}, "
+                   f"{w}x{h} px) was enrolled for {outcome.name}" + (
+                       ", and it does not look like their other photos"
+                       if len(outcome.added) >= 3 else "") + "; if it is not them, "
+                   f"fedface-edge people remove '{outcome.name}' and enrol photos of them "
+                   "alone", err=True)
     like = outcome.looks_like
     if like is not None:
         typer.echo(f"warning: the photos of {outcome.name} look like {like.name} (similarity "
@@ -151,8 +155,7 @@ def enroll(
     if folders:  # the photos of one person may be taken from a folder with a shell glob
         raise CliError(f"{folders[0]} is a folder: give NAME its photos, or enrol "
                        "one sub-folder per person with --from-dir",
-                       hint=f"fedface-edge enroll {name!r} {folders[0]}/* , or "
-                       f"fedface-edge enroll --from-dir {folders[0].parent}")
+                       hint=f"fedface-edge enroll {name!r} {folders[0]}/*")
     if max_per_person is not None:
         images = images[:max_per_person]
     _enrol_named(ctx, name, images)

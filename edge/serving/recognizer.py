@@ -89,11 +89,18 @@ class EnrolOutcome:
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # (image, reason)
     already: list[Path] = field(default_factory=list)  # the same photo enrolled before
     person_id: int | None = None
-    group_photos: list[Path] = field(default_factory=list)  # several faces: the largest taken
+    # photos with several faces: the largest was taken, at this box (x, y, w, h)
+    group_photos: list[tuple[Path, tuple[int, int, int, int]]] = field(default_factory=list)
     looks_like: Match | None = None  # the enrolled person (another name) the photos match
 
 
 ProgressCallback = Callable[[Path, str | None], None]  # (image, failure reason or None)
+
+
+# Cosine to the direction of a person's other photos under which the face taken from a
+# group photo is likely someone else's: well below the match threshold, since one of a
+# person's own photos (grey, a grimace) can fall under 0.40 (LFW's Nestor_Kirchner_0032)
+UNLIKE_THE_REST = 0.25
 
 
 class Recognizer:
@@ -171,13 +178,15 @@ class Recognizer:
                 continue
             held.add(digest)
             if face.others:
-                outcome.group_photos.append(image)
+                x, y, w, h = (round(v) for v in face.face.box)
+                outcome.group_photos.append((image, (x, y, w, h)))
             crops.append(face.crop)
             vectors.append(face.embedding)
             outcome.added.append(image)
             if progress:
                 progress(image, None)
         if crops:
+            outcome.group_photos = self._odd_ones_out(outcome, vectors)
             outcome.looks_like = self._looks_like(name, crops, vectors)
             stored = self.enroll_crops(name, crops, vectors, [p.name for p in outcome.added])
             outcome.person_id = stored.person_id
@@ -206,6 +215,22 @@ class Recognizer:
             vectors = list(state.embedder.embed(crops))
         return np.stack(vectors), state.tag
 
+    def _odd_ones_out(self, outcome: EnrolOutcome, vectors: list[np.ndarray]
+                      ) -> list[tuple[Path, tuple[int, int, int, int]]]:
+        """The group photos worth a word: with other photos of the person, only those
+        whose largest face does not look like the rest (LFW's folders, background faces
+        in a tenth of the photos, warned of each: helper-48)."""
+        if len(vectors) < 3:
+            return outcome.group_photos
+        unit = np.stack(vectors) / np.linalg.norm(np.stack(vectors), axis=1, keepdims=True)
+        odd = []
+        for image, box in outcome.group_photos:
+            i = outcome.added.index(image)
+            rest = np.delete(unit, i, axis=0).mean(axis=0)
+            if float(unit[i] @ rest) / float(np.linalg.norm(rest)) < UNLIKE_THE_REST:
+                odd.append((image, box))
+        return odd
+
     def _looks_like(self, name: str, crops: list[np.ndarray], base_vectors: list[np.ndarray]
                     ) -> Match | None:
         """The best match of the photos among people enrolled under another name, at the
@@ -217,7 +242,16 @@ class Recognizer:
         except GalleryError:  # nobody enrolled under this model yet: no one to look like
             return None
         others = [m for m in matches if m.name is not None and m.name != name]
-        return max(others, key=lambda m: m.score) if others else None
+        if not others:
+            return None
+        # most of the photos, not one: among 40 photos of someone, one at 0.41 with a
+        # different person is a stranger's false accept (helper-48: 6 of 16 people of a
+        # --from-dir were told to remove themselves)
+        named = [m.name for m in others]
+        likely = max(set(named), key=named.count)
+        if 2 * named.count(likely) < len(matches):
+            return None
+        return max((m for m in others if m.name == likely), key=lambda m: m.score)
 
 
 def people_folders(root: Path) -> list[Path]:

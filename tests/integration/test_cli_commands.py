@@ -145,14 +145,46 @@ def test_enroll_warns_of_a_group_photo_and_of_a_look_alike(enrolled: Path, tmp_p
     cv2.imwrite(str(group), pair)
     result = invoke(enrolled, "enroll", "Serena", str(group))
     assert result.exit_code == 0, result.output
-    assert f"warning: {group} shows more than one face: the largest was enrolled for " \
-        "Serena" in result.stderr
+    assert f"warning: {group} shows more than one face: the largest (at x=" in result.stderr
+    assert "px) was enrolled for Serena; if it is not them, fedface-edge people remove " \
+        "'Serena'" in result.stderr
     assert "look like" not in result.stderr  # Serena is no one enrolled
     typo = invoke(enrolled, "enroll", "Tony Blaire", str(lfw_image(lfw_dir, "Tony_Blair", 30)))
     assert typo.exit_code == 0, typo.output
     assert "warning: the photos of Tony Blaire look like Tony_Blair (similarity 0." in \
         typo.stderr and "fedface-edge people remove 'Tony Blaire'" in typo.stderr, typo.stderr
     assert "more than one face" not in typo.stderr
+
+
+def test_warnings_on_folders_of_many_photos_are_about_the_odd_one_only(
+        tmp_path: Path, lfw_dir: Path) -> None:
+    """helper-48: with 40 photos a person, one photo's false accept with someone else
+    told the technician to remove a real, different person (4 of 7 LFW people here), and
+    every photo with a face in the background was warned of. Now: a look-alike only when
+    most photos match the other person; a group photo only when the face taken does not
+    look like the person's other photos."""
+    root = tmp_path / "people"
+    for person in ("Arnold_Schwarzenegger", "George_W_Bush"):
+        (root / person).mkdir(parents=True)
+        for photo in sorted((lfw_dir / person).glob("*.jpg"))[:40]:
+            shutil.copy(photo, root / person)
+    # a group photo where the largest face is someone else's, among Hugo's own photos
+    left = cv2.imread(str(lfw_image(lfw_dir, STRANGER, 1)))
+    right = cv2.resize(cv2.imread(str(lfw_image(lfw_dir, "Hugo_Chavez", 5))), None,
+                       fx=0.8, fy=0.8)
+    pair = np.zeros((left.shape[0], left.shape[1] + right.shape[1], 3), np.uint8)
+    pair[:, :left.shape[1]] = left
+    pair[:right.shape[0], left.shape[1]:] = right
+    (root / "Hugo_Chavez").mkdir()
+    cv2.imwrite(str(root / "Hugo_Chavez" / "pair.jpg"), pair)
+    for n in (1, 2, 3):
+        shutil.copy(lfw_image(lfw_dir, "Hugo_Chavez", n), root / "Hugo_Chavez")
+    result = invoke(tmp_path / "box", "enroll", "--from-dir", str(root))
+    assert result.exit_code == 0, result.output
+    assert "warning: the photos of" not in result.stderr, result.stderr
+    warned = [line for line in result.stderr.splitlines() if "more than one face" in line]
+    assert len(warned) == 1 and "pair.jpg" in warned[0], warned
+    assert "and it does not look like their other photos" in warned[0]
 
 
 def test_enroll_mistakes_get_a_line_that_says_what_to_do(enrolled: Path, tmp_path: Path,
