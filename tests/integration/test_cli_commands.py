@@ -131,18 +131,24 @@ def test_enrolling_the_same_photos_again_adds_nothing(enrolled: Path, people_dir
             "enrolled") in named.stdout
 
 
-def test_enroll_warns_of_a_group_photo_and_of_a_look_alike(enrolled: Path, tmp_path: Path,
-                                                            lfw_dir: Path) -> None:
-    """helper-47: a typo of an enrolled person's name and a photo with two faces were
-    enrolled without a word (the kiosk warns of both)."""
+def group_photo(lfw_dir: Path, path: Path) -> Path:
+    """The stranger's photo with a smaller one of Hugo_Chavez beside it: the largest face
+    is the stranger's."""
     left = cv2.imread(str(lfw_image(lfw_dir, STRANGER, 1)))
     right = cv2.resize(cv2.imread(str(lfw_image(lfw_dir, "Hugo_Chavez", 5))), None,
                        fx=0.8, fy=0.8)
     pair = np.zeros((left.shape[0], left.shape[1] + right.shape[1], 3), np.uint8)
     pair[:, :left.shape[1]] = left
     pair[:right.shape[0], left.shape[1]:] = right
-    group = tmp_path / "pair.jpg"
-    cv2.imwrite(str(group), pair)
+    cv2.imwrite(str(path), pair)
+    return path
+
+
+def test_enroll_warns_of_a_group_photo_and_of_a_look_alike(enrolled: Path, tmp_path: Path,
+                                                            lfw_dir: Path) -> None:
+    """helper-47: a typo of an enrolled person's name and a photo with two faces were
+    enrolled without a word (the kiosk warns of both)."""
+    group = group_photo(lfw_dir, tmp_path / "pair.jpg")
     result = invoke(enrolled, "enroll", "Serena", str(group))
     assert result.exit_code == 0, result.output
     assert f"warning: {group} shows more than one face: the largest (at x=" in result.stderr
@@ -169,14 +175,8 @@ def test_warnings_on_folders_of_many_photos_are_about_the_odd_one_only(
         for photo in sorted((lfw_dir / person).glob("*.jpg"))[:40]:
             shutil.copy(photo, root / person)
     # a group photo where the largest face is someone else's, among Hugo's own photos
-    left = cv2.imread(str(lfw_image(lfw_dir, STRANGER, 1)))
-    right = cv2.resize(cv2.imread(str(lfw_image(lfw_dir, "Hugo_Chavez", 5))), None,
-                       fx=0.8, fy=0.8)
-    pair = np.zeros((left.shape[0], left.shape[1] + right.shape[1], 3), np.uint8)
-    pair[:, :left.shape[1]] = left
-    pair[:right.shape[0], left.shape[1]:] = right
     (root / "Hugo_Chavez").mkdir()
-    cv2.imwrite(str(root / "Hugo_Chavez" / "pair.jpg"), pair)
+    group_photo(lfw_dir, root / "Hugo_Chavez" / "pair.jpg")
     for n in (1, 2, 3):
         shutil.copy(lfw_image(lfw_dir, "Hugo_Chavez", n), root / "Hugo_Chavez")
     result = invoke(tmp_path / "box", "enroll", "--from-dir", str(root))
