@@ -108,8 +108,10 @@ class Box:
     def gallery(self) -> Gallery:
         if self._gallery is None:
             from edge.gallery.store import Gallery
+            from edge.serving.forget import forget_removed_faces
 
             self._gallery = Gallery.open(self.data_dir)
+            self._gallery.on_removal.append(forget_removed_faces)
         return self._gallery
 
     def pipeline(self) -> FacePipeline:

@@ -8,9 +8,8 @@ version that produced it, and :meth:`Gallery.identify` only ever compares a prob
 embeddings of the probe's own version: vectors of two model versions live in different
 spaces and their cosine means nothing.
 
-The rule that names a face and its threshold are in ``edge.gallery.match``.
-
-Face data is personal data: the data directory is created 0700 and the database 0600.
+The rule that names a face and its threshold are in ``edge.gallery.match``. Face data is
+personal data: the data directory is created 0700 and the database 0600.
 """
 
 from __future__ import annotations
@@ -112,6 +111,7 @@ class Gallery:
         self._lock = threading.RLock()
         self._matrices: dict[str, _Matrix] = {}
         self._warned_versions: set[str] = set()
+        self.on_removal: list[Callable[[Gallery], object]] = []  # derived data goes too
 
     @classmethod
     def open(cls, data_dir: Path) -> Gallery:
@@ -166,6 +166,8 @@ class Gallery:
     def erase_deleted(self) -> None:
         with self._lock:
             erase_deleted(self._db)
+        for hook in self.on_removal:
+            hook(self)
 
     # --- enrolment ---------------------------------------------------------------------
 

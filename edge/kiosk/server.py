@@ -27,6 +27,7 @@ from edge.kiosk.enrolment import EnrolmentDesk
 from edge.kiosk.services import KioskServices
 from edge.kiosk.settings import KioskSettings
 from edge.kiosk.worker import RecognitionWorker
+from edge.serving.forget import forget_removed_faces
 from edge.tracking.visit_events import VisitEvent
 from edge.vision.capture import open_source
 from edge.vision.detect import FaceDetector
@@ -98,6 +99,7 @@ def build_kiosk(
     _warn_if_exposed(settings.host, settings.cookie_secure)
     source = open_source(source_uri)  # a bad URI fails before the models load
     gallery = Gallery.open(edge.data_dir)
+    gallery.on_removal.append(forget_removed_faces)  # a removed face's features go too
     try:
         if pipeline is None:
             pipeline = FacePipeline.from_model_dir(edge.model_dir, threads=edge.threads)

@@ -283,3 +283,36 @@ def test_a_rollback_past_a_previous_of_the_same_name_serves_base(
     swapper.engine.close()
     code, out, err = invoke(box, "model", "rollback")
     assert code == 0 and "now serving base" in out, (out, err)
+
+
+def test_people_remove_deletes_the_trunk_features_of_their_faces(
+        template: Path, tmp_path: Path) -> None:
+    """helper-48: `people remove` said crops and embeddings were deleted; the trunk
+    features of the person's crops (about 0.5 MB each, derived from the face) stayed in
+    the swap's and the trainer's caches, also after the next training."""
+    import hashlib
+
+    from edge.gallery.store import Gallery
+
+    box = copy_box(template, tmp_path / "box")
+    swapper = open_swapper(box)
+    swapper.assets.warm()  # the swap's trunk cache of every crop, as a running box has
+    swapper.engine.close()
+    trainer_cache = box / "train" / "features" / "model-cut-v4-s0"
+    trainer_cache.mkdir(parents=True)
+    with Gallery.open(box) as gallery:
+        person = gallery.people()[0]
+        keys = {c.id: hashlib.sha256(np.ascontiguousarray(c.image).tobytes()).hexdigest()
+                for c in gallery.iter_crops()}
+        theirs = {keys[c.id] for c in gallery.iter_crops() if c.person_id == person.id}
+    for digest in keys.values():  # the trainer's cache names entries by 24 hex digits
+        (trainer_cache / f"{digest[:24]}.npy").write_bytes(b"features")
+    [trunk] = list((box / "models").glob("trunk-*"))
+    assert {f.stem for f in trunk.glob("*.npy")} == {d[:32] for d in keys.values()}
+    from edge.cli import app
+
+    removed = CliRunner().invoke(app, ["--data-dir", str(box), "people", "remove", person.name])
+    assert removed.exit_code == 0, removed.output
+    others = set(keys.values()) - theirs
+    assert {f.stem for f in trunk.glob("*.npy")} == {d[:32] for d in others}
+    assert {f.stem for f in trainer_cache.glob("*.npy")} == {d[:24] for d in others}
