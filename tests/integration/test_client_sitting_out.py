@@ -166,7 +166,8 @@ def test_gallery_samples_counts_crops_enrolled_after_a_mark(tmp_path: Path) -> N
 
     gallery = Gallery.open(tmp_path)
     crop = np.zeros((112, 112, 3), np.uint8)
-    gallery.enroll("Ada", [crop, crop], np.ones((2, 128), np.float32), "base")
+    other = np.full((112, 112, 3), 7, np.uint8)  # the same crop twice is stored once
+    gallery.enroll("Ada", [crop, other], np.ones((2, 128), np.float32), "base")
     mark = time.time()
     time.sleep(0.01)
     gallery.enroll("Bob", [crop], np.ones((1, 128), np.float32), "base")
