@@ -377,9 +377,8 @@ def run_checks(cfg: BoxConfig, now: Clock = time.time) -> list[Check]:
     if key_in_use is not None:
         checks.append(key_in_use)
     checks.append(check_clock(cfg, seen_ts, now))
-    checks.append(check_disk(cfg.box.data_dir, cfg.doctor.min_free_disk_mb))
-    checks.append(check_box_data(cfg.box.data_dir))
-    return checks
+    return [*checks, check_disk(cfg.box.data_dir, cfg.doctor.min_free_disk_mb),
+            check_box_data(cfg.box.data_dir)]
 
 
 def run_standalone_checks(data_dir: Path, model_dir: Path | None,
@@ -388,12 +387,14 @@ def run_standalone_checks(data_dir: Path, model_dir: Path | None,
     above it can have, the camera when given (each of its commands takes --source)."""
     if data_dir.exists():
         disk = check_disk(data_dir, DoctorSection().min_free_disk_mb)
+        data = check_box_data(data_dir)
     else:  # nothing enrolled yet: the first enrolment creates it (0700)
         parent = next(p for p in data_dir.parents if p.exists())
         disk = check_disk(parent, DoctorSection().min_free_disk_mb)
         disk = replace(disk, detail=f"{disk.detail} (holds {data_dir}, not created yet: "
                                     "the first enrolment creates it)")
-    checks = [check_models(model_dir), disk, check_box_data(data_dir)]
+        data = Check("box data", True, "none yet: nothing enrolled")
+    checks = [check_models(model_dir), disk, data]
     if source is not None:
         checks.insert(0, check_camera(source, hint="check --source"))
     return checks

@@ -178,6 +178,7 @@ def test_doctor_checks_a_box_in_no_federation(tmp_path: Path, camera: str,
     assert [ln[:22].split() for ln in out.splitlines() if ln[:4] in ("PASS", "FAIL")] == [
         ["PASS", "models"], ["PASS", "disk"], ["PASS", "box", "data"]], out
     assert "not created yet: the first enrolment creates it" in out
+    assert "box data         none yet: nothing enrolled" in out
     assert "not provisioned" in out and "federation checks skipped" in out
     photos = sorted((lfw_dir / "Tony_Blair").glob("*.jpg"))[:2]
     assert edge(box, "enroll", "Tony Blair", *map(str, photos))[0] == 0
