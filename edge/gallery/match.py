@@ -98,3 +98,18 @@ def match(probes: np.ndarray, vectors: np.ndarray, person_ids: np.ndarray,
         known = score >= threshold
         matches.append(Match(name if known else None, score, person_id if known else None, name))
     return matches
+
+
+def enrolled_as_another(matches: list[Match], name: str) -> Match | None:
+    """Photos about to be enrolled as ``name`` (their matches against the gallery) that
+    look like someone enrolled under another name: the best match of the person most of
+    them are named as, or None. Most, not one: among 40 photos of someone, one at 0.41
+    with a different person is a stranger's false accept (helper-48: 6 of 16 people of a
+    --from-dir were told to remove themselves). The CLI's enroll and the kiosk use it."""
+    named = [m.name for m in matches if m.name is not None and m.name != name]
+    if not named:
+        return None
+    likely = max(set(named), key=named.count)
+    if 2 * named.count(likely) < len(matches):
+        return None
+    return max((m for m in matches if m.name == likely), key=lambda m: m.score)

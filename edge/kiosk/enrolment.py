@@ -26,6 +26,7 @@ import numpy as np
 
 from edge.errors import FedFaceError
 from edge.gallery.files import crop_digest
+from edge.gallery.match import enrolled_as_another
 from edge.gallery.names import NameRejected, check_name
 from edge.gallery.store import Gallery, GalleryError
 from edge.kiosk.quality import (
@@ -314,11 +315,9 @@ class EnrolmentDesk:
             matches = self.gallery.identify_many(vectors, tag, self._threshold())
         except GalleryError:  # no embeddings of this model yet: nobody to match
             return None
-        others = [m for m in matches if m.name is not None and m.name != name]
-        if not others:
+        best = enrolled_as_another(matches, name)  # most shots or photos, not one
+        if best is None or best.name is None:
             return None
-        best = max(others, key=lambda m: m.score)
-        assert best.name is not None
         return DuplicateFace(name, best.name, best.score, self._threshold())
 
     def _store(self, name: str, crops: list[np.ndarray], sources: list[str],

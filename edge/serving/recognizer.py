@@ -16,7 +16,7 @@ import numpy as np
 
 from edge.errors import FedFaceError, ImageReadError, NoFaceError
 from edge.gallery.files import GalleryError, crop_digest
-from edge.gallery.match import Match
+from edge.gallery.match import Match, enrolled_as_another
 from edge.gallery.store import EnrolledCrops, Gallery
 from edge.serving.engine import Engine
 from edge.serving.events import UNKNOWN, RecognitionEvent
@@ -241,17 +241,7 @@ class Recognizer:
             matches = self.gallery.identify_many(vectors, tag, self.threshold)
         except GalleryError:  # nobody enrolled under this model yet: no one to look like
             return None
-        others = [m for m in matches if m.name is not None and m.name != name]
-        if not others:
-            return None
-        # most of the photos, not one: among 40 photos of someone, one at 0.41 with a
-        # different person is a stranger's false accept (helper-48: 6 of 16 people of a
-        # --from-dir were told to remove themselves)
-        named = [m.name for m in others]
-        likely = max(set(named), key=named.count)
-        if 2 * named.count(likely) < len(matches):
-            return None
-        return max((m for m in others if m.name == likely), key=lambda m: m.score)
+        return enrolled_as_another(matches, name)
 
 
 def people_folders(root: Path) -> list[Path]:

@@ -33,3 +33,16 @@ def test_identification_accuracy_and_false_accepts_on_lfw(lfw_dir: Path) -> None
     # enrolled people score far above strangers: the threshold has room to sit between
     right = scores.known_scores[scores.known_right_person]
     assert np.median(right) - np.median(scores.unknown_scores) >= 0.25
+
+
+def test_photos_enrolled_as_another_person_need_most_of_them_to_match() -> None:
+    """One false accept among many photos of someone is not a second name for an
+    enrolled person (helper-48); most of them matching, or a single photo, is."""
+    from edge.gallery.match import Match, enrolled_as_another
+
+    tony = Match("Tony", 0.46, 3)
+    unknown = Match(None, 0.2, None)
+    assert enrolled_as_another([tony, *[unknown] * 39], "Lleyton") is None
+    assert enrolled_as_another([tony], "Tony B") == tony
+    assert enrolled_as_another([tony, Match("Tony", 0.6, 3), unknown], "Tony B").score == 0.6
+    assert enrolled_as_another([Match("Lleyton", 0.9, 1), unknown], "Lleyton") is None
