@@ -55,7 +55,7 @@ def check_camera(source: str, hint: str = "set camera.source in the config") -> 
     try:
         w, h = probe_camera(source)
     except Exception as exc:  # SourceError and whatever the capture backend raises
-        return Check("camera", False, f"{source}: {exc}",
+        return Check("camera", False, f"{source}: {getattr(exc, 'message', exc)}",
                      str(getattr(exc, "hint", "")) or hint)
     return Check("camera", True, f"{source}: {w}x{h} frame read")
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from edge.cli.context import box
-from edge.cli.errors import EXIT_INPUT, CliError
+from edge.cli.errors import EXIT_INPUT, EXIT_INTERRUPTED, CliError
 from edge.cli.identify import progress_bar
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ def _enrol_folder(ctx: typer.Context, root: Path, max_per_person: int | None) ->
                            f"enrolled before are kept, {name} is not; the same command "
                            "again enrols the rest (photos already enrolled are not added "
                            "again)", err=True)
-                raise
+                raise typer.Exit(EXIT_INTERRUPTED) from None
             skipped += outcome.skipped
             already += outcome.already
             warned.append(outcome)
@@ -145,6 +145,10 @@ def enroll(
             raise CliError("give either NAME IMAGE... or --from-dir DIR, not both")
         _enrol_folder(ctx, from_dir, max_per_person)
         return
+    if name is not None and not images and Path(name).is_dir():
+        raise CliError(f"no photos given: {name} is a folder, not a person's name",
+                       hint=f"fedface-edge enroll --from-dir {name} (one sub-folder per "
+                       f"person), or fedface-edge enroll NAME {name}/*")
     if name is not None and not images and Path(name).is_file():
         raise CliError(f"no photos given for {name!r}: it is a file, not a person's name "
                        "(give the name first)", hint="e.g. fedface-edge enroll Ada ada1.jpg")

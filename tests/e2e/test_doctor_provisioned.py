@@ -186,6 +186,7 @@ def test_doctor_checks_a_box_in_no_federation(tmp_path: Path, camera: str,
     assert code == 0 and f"PASS  camera           {camera}: " in out, out
     code, out = edge(box, "doctor", "--source", str(tmp_path / "no-such-camera.mp4"))
     assert code == 9 and "FAIL  camera" in out and "1 check(s) failed: camera" in out, out
+    assert out.count("check the path") == 1, out  # the hint on its own line only
     gallery = box / DB_FILENAME
     data = bytearray(gallery.read_bytes())
     data[4096:4096 + 4096] = b"\xff" * 4096  # a damaged page

@@ -197,6 +197,9 @@ def test_enroll_mistakes_get_a_line_that_says_what_to_do(enrolled: Path, tmp_pat
     assert given_folder.exit_code == 2
     assert f"{folder} is a folder: give NAME its photos" in given_folder.stderr
     assert "--from-dir" in given_folder.stderr
+    folder_only = invoke(enrolled, "enroll", str(people_dir))
+    assert folder_only.exit_code == 2 and f"enroll --from-dir {people_dir}" in \
+        folder_only.stderr, folder_only.stderr
     photo = sorted(folder.glob("*.jpg"))[0]
     no_name = invoke(enrolled, "enroll", str(photo))
     assert no_name.exit_code == 2 and "it is a file, not a person's name" in no_name.stderr
@@ -237,6 +240,7 @@ def test_ctrl_c_in_an_enrolment_from_a_folder_says_what_is_kept(tmp_path: Path,
                      r"before are kept, \S+ is not; the same command again enrols the rest",
                      err)
     assert said is not None, err
+    assert not err.rstrip().endswith("\ninterrupted"), err  # said once, not again bare
     kept = json.loads(invoke(data_dir, "people", "list", "--json").stdout)
     assert len(kept) == int(said.group(2)) and said.group(1) not in {p["name"] for p in kept}
     again = invoke(data_dir, "enroll", "--from-dir", str(root))
