@@ -61,11 +61,16 @@ def train(
     _require_torch()
     from edge.serving.hot_swap import ModelRefused
     from edge.training.api import TrainingError
-    from edge.training.local import train_box
+    from edge.training.local import lock_training, train_box
     from edge.training.trainer import TrainConfig
 
     settings = box(ctx).settings
     the_box = box(ctx).box()
+    try:
+        held = lock_training(the_box.train_dir)
+    except TrainingError as exc:
+        raise CliError(str(exc), exit_code=EXIT_TRAINING) from None
+    ctx.call_on_close(held.close)
     fed_part = the_box.part(part)
     gallery = the_box.gallery()
     people = [p for p in gallery.people() if p.crops > 0]

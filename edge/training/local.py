@@ -12,12 +12,13 @@ the canary; this module never swaps by itself.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -76,6 +77,26 @@ def claim_version(results: Path, now: float | None = None) -> tuple[str, Path]:
             continue
         return version, path
     raise TrainingError(f"no free local version name for {base} in {results}")
+
+
+def lock_training(train_dir: Path) -> IO[str]:
+    """One local training at a time per box (keep the returned file open while it runs).
+    Two `train --apply` at once each trained from the same model and both said `now
+    serving`, the first wrongly a moment later, and the second's N-1 was its sibling
+    (helper-49). The kernel drops the lock with its process."""
+    make_dirs(train_dir, PRIVATE_DIR)
+    handle = os.fdopen(os.open(train_dir / "train.lock", os.O_RDWR | os.O_CREAT, 0o600), "r+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise TrainingError(f"another `fedface-edge train` (pid {holder}) runs on this box: "
+                            "one training at a time; wait for it to finish") from None
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 def served_vector(swapper: HotSwapper, data_dir: Path, part: FederatedPart,

@@ -316,3 +316,19 @@ def test_people_remove_deletes_the_trunk_features_of_their_faces(
     others = set(keys.values()) - theirs
     assert {f.stem for f in trunk.glob("*.npy")} == {d[:32] for d in others}
     assert {f.stem for f in trainer_cache.glob("*.npy")} == {d[:24] for d in others}
+
+
+def test_one_local_training_at_a_time(tmp_path: Path) -> None:
+    """helper-49: two `train --apply` at once both trained from one model and both said
+    `now serving`; the second is refused with who holds the box."""
+    import os
+
+    from edge.training.api import TrainingError
+    from edge.training.local import lock_training
+
+    held = lock_training(tmp_path / "train")
+    with pytest.raises(TrainingError, match=rf"another `fedface-edge train` \(pid "
+                                            rf"{os.getpid()}\) runs on this box"):
+        lock_training(tmp_path / "train")
+    held.close()
+    lock_training(tmp_path / "train").close()  # free again once the first is done
