@@ -28,6 +28,8 @@ def _enrol_named(ctx: typer.Context, name: str, images: list[Path]) -> None:
         # every photo named on the command line must be usable: the first bad one stops
         # the enrolment before anything is written
         outcome = recognizer.enroll_images(name, images, skip_bad=False, progress=advance)
+    for image, reason in outcome.skipped:  # a group photo with none of them in it
+        typer.echo(f"skipped {image}: {reason}", err=True)
     verb = "added" if existed else "enrolled"
     if not outcome.added:  # not "added X: 0 image(s)" (helper-47), also when another
         verb = "nothing added to"  # enrolment of the same photos at once stored them
@@ -45,11 +47,13 @@ def _warn(outcome: EnrolOutcome) -> None:
     """What the technician should look at: the kiosk says the same (helper-47)."""
     for image, (x, y, w, h) in outcome.group_photos:
         typer.echo(f"warning: {image} shows more than one face: the largest (at x={x} y={y}, "
-                   f"{w}x{h} px) was enrolled for {outcome.name}" + (
-                       ", and it does not look like their other photos"
-                       if len(outcome.added) >= 3 else "") + "; if it is not them, "
-                   f"fedface-edge people remove '{outcome.name}' and enrol photos of them "
-                   "alone", err=True)
+                   f"{w}x{h} px) was enrolled for {outcome.name}, with no photo of them "
+                   "alone to check it against; if it is not them, fedface-edge people "
+                   f"remove '{outcome.name}' and enrol photos of them alone", err=True)
+    for image, (x, y, w, h) in outcome.picked:
+        typer.echo(f"note: {image} shows more than one face: the one at x={x} y={y} "
+                   f"({w}x{h} px), not the largest, looks like {outcome.name}'s other photos "
+                   "and was enrolled", err=True)
     like = outcome.looks_like
     if like is not None:
         typer.echo(f"warning: the photos of {outcome.name} look like {like.name} (similarity "

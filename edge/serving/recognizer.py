@@ -22,7 +22,7 @@ from edge.serving.engine import Engine
 from edge.serving.events import UNKNOWN, RecognitionEvent
 from edge.vision.detect import Face
 from edge.vision.image_files import images_in
-from edge.vision.pipeline import FacePipeline, StageTimings
+from edge.vision.pipeline import FacePipeline, RecognisedFace, StageTimings, read_image
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +89,15 @@ class EnrolOutcome:
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # (image, reason)
     already: list[Path] = field(default_factory=list)  # the same photo enrolled before
     person_id: int | None = None
-    # photos with several faces: the largest was taken, at this box (x, y, w, h)
-    group_photos: list[tuple[Path, tuple[int, int, int, int]]] = field(default_factory=list)
+    # photos with several faces whose largest was taken unchecked (no other photo of the
+    # person to compare with), at this box (x, y, w, h)
+    group_photos: list[tuple[Path, Box]] = field(default_factory=list)
+    # photos with several faces where another than the largest looked like the person
+    picked: list[tuple[Path, Box]] = field(default_factory=list)
     looks_like: Match | None = None  # the enrolled person (another name) the photos match
 
 
+Box = tuple[int, int, int, int]  # x, y, w, h in the photo
 ProgressCallback = Callable[[Path, str | None], None]  # (image, failure reason or None)
 
 
@@ -178,15 +182,14 @@ class Recognizer:
                 continue
             held.add(digest)
             if face.others:
-                x, y, w, h = (round(v) for v in face.face.box)
-                outcome.group_photos.append((image, (x, y, w, h)))
+                outcome.group_photos.append((image, _box(face)))
             crops.append(face.crop)
             vectors.append(face.embedding)
             outcome.added.append(image)
             if progress:
                 progress(image, None)
+        self._settle_group_photos(outcome, crops, vectors)
         if crops:
-            outcome.group_photos = self._odd_ones_out(outcome, vectors)
             outcome.looks_like = self._looks_like(name, crops, vectors)
             stored = self.enroll_crops(name, crops, vectors, [p.name for p in outcome.added])
             outcome.person_id = stored.person_id
@@ -215,21 +218,35 @@ class Recognizer:
             vectors = list(state.embedder.embed(crops))
         return np.stack(vectors), state.tag
 
-    def _odd_ones_out(self, outcome: EnrolOutcome, vectors: list[np.ndarray]
-                      ) -> list[tuple[Path, tuple[int, int, int, int]]]:
-        """The group photos worth a word: with other photos of the person, only those
-        whose largest face does not look like the rest (LFW's folders, background faces
-        in a tenth of the photos, warned of each: helper-48)."""
-        if len(vectors) < 3:
-            return outcome.group_photos
-        unit = np.stack(vectors) / np.linalg.norm(np.stack(vectors), axis=1, keepdims=True)
-        odd = []
-        for image, box in outcome.group_photos:
+    def _settle_group_photos(self, outcome: EnrolOutcome, crops: list[np.ndarray],
+                             vectors: list[np.ndarray]) -> None:
+        """A group photo beside photos of the person alone: the face taken is the one that
+        looks like those (the largest may be someone else's: helper-49's folder enrolled
+        Tony Blair as Kofi Annan, Kofi beside him), and the photo is skipped when none
+        does. Only a group photo with nothing to check it against keeps its largest face,
+        with a warning (the person's only photo, or all of them group photos)."""
+        group = {image for image, _ in outcome.group_photos}
+        alone = [unit(vectors[i]) for i, image in enumerate(outcome.added) if image not in group]
+        if not alone or not group:
+            return
+        centre = unit(np.mean(alone, axis=0))
+        drop = []
+        for image, _ in outcome.group_photos:
             i = outcome.added.index(image)
-            rest = np.delete(unit, i, axis=0).mean(axis=0)
-            if float(unit[i] @ rest) / float(np.linalg.norm(rest)) < UNLIKE_THE_REST:
-                odd.append((image, box))
-        return odd
+            if float(unit(vectors[i]) @ centre) >= UNLIKE_THE_REST:
+                continue  # the largest face is the person's: nothing to say
+            faces = self.pipeline.process(read_image(image))
+            best = max(faces, key=lambda f: float(unit(f.embedding) @ centre))
+            if float(unit(best.embedding) @ centre) < UNLIKE_THE_REST:
+                drop.append(i)
+                outcome.skipped.append((image, f"none of its {len(faces)} faces looks like "
+                                               f"{outcome.name}'s other photos"))
+                continue
+            crops[i], vectors[i] = best.crop, best.embedding
+            outcome.picked.append((image, _box(best)))
+        for i in sorted(drop, reverse=True):
+            del crops[i], vectors[i], outcome.added[i]
+        outcome.group_photos = []  # each one checked
 
     def _looks_like(self, name: str, crops: list[np.ndarray], base_vectors: list[np.ndarray]
                     ) -> Match | None:
@@ -242,6 +259,15 @@ class Recognizer:
         except GalleryError:  # nobody enrolled under this model yet: no one to look like
             return None
         return enrolled_as_another(matches, name)
+
+
+def unit(vector: np.ndarray) -> np.ndarray:
+    return np.asarray(vector, np.float32) / float(np.linalg.norm(vector))
+
+
+def _box(face: RecognisedFace) -> Box:
+    x, y, w, h = (round(v) for v in face.face.box)
+    return x, y, w, h
 
 
 def people_folders(root: Path) -> list[Path]:
