@@ -113,3 +113,20 @@ def enrolled_as_another(matches: list[Match], name: str) -> Match | None:
     if 2 * named.count(likely) < len(matches):
         return None
     return max((m for m in matches if m.name == likely), key=lambda m: m.score)
+
+
+# Cosine to the direction of a person's photos alone under which a face from a group
+# photo is likely someone else's: well below the match threshold, since one of a
+# person's own photos (grey, a grimace) can fall under 0.40 (LFW's Nestor_Kirchner_0032)
+UNLIKE_THE_REST = 0.25
+
+
+def face_like_the_rest(faces: list[np.ndarray], alone: list[np.ndarray]) -> int | None:
+    """Which of a group photo's faces (embeddings) looks like the person's photos
+    ``alone`` (the most alike, if above UNLIKE_THE_REST), else None. The largest face
+    may be a stranger's (helper-49 enrolled Tony Blair as Kofi Annan, Kofi beside him):
+    the CLI's enroll and the kiosk's uploads take this one."""
+    centre = normalised(np.mean(normalised(np.stack(alone)), axis=0))[0]
+    scores = normalised(np.stack(faces)) @ centre
+    best = int(np.argmax(scores))
+    return best if float(scores[best]) >= UNLIKE_THE_REST else None

@@ -26,7 +26,7 @@ import numpy as np
 
 from edge.errors import FedFaceError
 from edge.gallery.files import crop_digest
-from edge.gallery.match import enrolled_as_another
+from edge.gallery.match import enrolled_as_another, face_like_the_rest
 from edge.gallery.names import NameRejected, check_name
 from edge.gallery.store import Gallery, GalleryError
 from edge.kiosk.quality import (
@@ -97,6 +97,8 @@ class Saved:
     already: int = 0  # photos the person already had: not added again
     looks_like: DuplicateFace | None = None  # an upload that matches someone else
     group_photos: tuple[str, ...] = ()  # uploads with several faces: the largest was taken
+    left_out: tuple[str, ...] = ()  # group photos none of whose faces is like the others
+    picked: tuple[str, ...] = ()  # group photos whose face like the others was taken
 
 
 def _nothing_added(name: str, photos: int) -> EnrolmentRejected:
@@ -280,27 +282,44 @@ class EnrolmentDesk:
                 check_upload(data, self.settings.max_upload_pixels, filename)
         except UploadRefused as exc:
             raise EnrolmentRejected(f"{exc} Nothing was stored.") from None
-        crops, group_photos = [], []
+        found = []
         for filename, data in files:
             with self._upload_lock:  # one decoded photo (up to 120 MB at 40 MP) at a time
                 image = self._decode(filename, data)
                 faces = self.upload_pipeline.process(image)
                 del image
-            verdict = judge_faces(faces, self.settings.min_face_px, self.settings.min_sharpness,
-                                  single_face=False)
             if not faces:  # not the camera's "Face the camera" (helper-47)
                 raise EnrolmentRejected(f"{filename}: no face found in this photo: use one "
                                         "with a clear, frontal face. Nothing was stored.")
+            found.append((filename, faces))
+        # a group photo beside photos of the person alone gives the face like those, as
+        # `enroll` (the largest may be a stranger's: helper-49); else the largest, said
+        alone = [faces[0].embedding for _, faces in found if len(faces) == 1]
+        crops, sources, group_photos, left_out, picked = [], [], [], [], []
+        for filename, faces in found:
+            if len(faces) > 1 and alone:
+                pick = face_like_the_rest([f.embedding for f in faces], alone)
+                if pick is None:
+                    left_out.append(filename)
+                    continue
+                faces = [faces[pick]]
+                picked.append(filename)
+            elif len(faces) > 1:
+                group_photos.append(filename)
+            verdict = judge_faces(faces, self.settings.min_face_px, self.settings.min_sharpness,
+                                  single_face=False)
             if not verdict.ok or verdict.face is None:
                 raise EnrolmentRejected(f"{filename}: {verdict.message} Nothing was stored.")
             crops.append(verdict.face.crop)
-            if len(faces) > 1:  # the largest face, as every enrol path; said (helper-44)
-                group_photos.append(filename)
+            sources.append(f"kiosk upload {filename}")
+        if not crops:
+            raise EnrolmentRejected("None of the faces in these photos looks like the others. "
+                                    "Nothing was stored.")
         # uploads are not asked to confirm (the browser would have to send the photos
         # again): saved, and staff told whom they look like (they were not: helper-44)
-        saved = self._store(name, crops, [f"kiosk upload {f}" for f, _ in files],
-                            warn_duplicates=True)
-        return replace(saved, group_photos=tuple(group_photos))
+        saved = self._store(name, crops, sources, warn_duplicates=True)
+        return replace(saved, group_photos=tuple(group_photos), left_out=tuple(left_out),
+                       picked=tuple(picked))
 
     def _decode(self, filename: str, data: bytes) -> np.ndarray:
         try:

@@ -38,6 +38,12 @@ def _saved_message(saved: Saved) -> str:
     if saved.group_photos:
         said += (f" {', '.join(saved.group_photos)} showed more than one face: the largest "
                  "was taken. Check the photos on the People page.")
+    if saved.picked:
+        said += (f" {', '.join(saved.picked)} showed more than one face: the one like the "
+                 "other photos was taken.")
+    if saved.left_out:
+        said += (f" {', '.join(saved.left_out)} showed more than one face, none like the "
+                 "other photos: not stored.")
     if saved.looks_like is not None:
         like = saved.looks_like
         said += (f" Warning: these photos look like {like.match_name}, who is already "

@@ -16,7 +16,7 @@ import numpy as np
 
 from edge.errors import FedFaceError, ImageReadError, NoFaceError
 from edge.gallery.files import GalleryError, crop_digest
-from edge.gallery.match import Match, enrolled_as_another
+from edge.gallery.match import Match, enrolled_as_another, face_like_the_rest
 from edge.gallery.store import EnrolledCrops, Gallery
 from edge.serving.engine import Engine
 from edge.serving.events import UNKNOWN, RecognitionEvent
@@ -99,12 +99,6 @@ class EnrolOutcome:
 
 Box = tuple[int, int, int, int]  # x, y, w, h in the photo
 ProgressCallback = Callable[[Path, str | None], None]  # (image, failure reason or None)
-
-
-# Cosine to the direction of a person's other photos under which the face taken from a
-# group photo is likely someone else's: well below the match threshold, since one of a
-# person's own photos (grey, a grimace) can fall under 0.40 (LFW's Nestor_Kirchner_0032)
-UNLIKE_THE_REST = 0.25
 
 
 class Recognizer:
@@ -226,24 +220,23 @@ class Recognizer:
         does. Only a group photo with nothing to check it against keeps its largest face,
         with a warning (the person's only photo, or all of them group photos)."""
         group = {image for image, _ in outcome.group_photos}
-        alone = [unit(vectors[i]) for i, image in enumerate(outcome.added) if image not in group]
+        alone = [vectors[i] for i, image in enumerate(outcome.added) if image not in group]
         if not alone or not group:
             return
-        centre = unit(np.mean(alone, axis=0))
         drop = []
         for image, _ in outcome.group_photos:
             i = outcome.added.index(image)
-            if float(unit(vectors[i]) @ centre) >= UNLIKE_THE_REST:
+            if face_like_the_rest([vectors[i]], alone) is not None:
                 continue  # the largest face is the person's: nothing to say
             faces = self.pipeline.process(read_image(image))
-            best = max(faces, key=lambda f: float(unit(f.embedding) @ centre))
-            if float(unit(best.embedding) @ centre) < UNLIKE_THE_REST:
+            pick = face_like_the_rest([f.embedding for f in faces], alone)
+            if pick is None:
                 drop.append(i)
                 outcome.skipped.append((image, f"none of its {len(faces)} faces looks like "
                                                f"{outcome.name}'s other photos"))
                 continue
-            crops[i], vectors[i] = best.crop, best.embedding
-            outcome.picked.append((image, _box(best)))
+            crops[i], vectors[i] = faces[pick].crop, faces[pick].embedding
+            outcome.picked.append((image, _box(faces[pick])))
         for i in sorted(drop, reverse=True):
             del crops[i], vectors[i], outcome.added[i]
         outcome.group_photos = []  # each one checked
@@ -259,10 +252,6 @@ class Recognizer:
         except GalleryError:  # nobody enrolled under this model yet: no one to look like
             return None
         return enrolled_as_another(matches, name)
-
-
-def unit(vector: np.ndarray) -> np.ndarray:
-    return np.asarray(vector, np.float32) / float(np.linalg.norm(vector))
 
 
 def _box(face: RecognisedFace) -> Box:

@@ -369,9 +369,38 @@ def test_an_upload_with_two_faces_says_the_largest_was_taken(
     pair[:, :left.shape[1]] = left
     pair[:right.shape[0], left.shape[1]:] = right
     group = cv2.imencode(".jpg", pair)[1].tobytes()
-    single = jpeg_bytes(lfw_dir / PERSON_A / f"{PERSON_A}_0002.jpg")
-    saved = upload(client, "Ada", [(group, "group.jpg"), (single, "ada.jpg")])
+    saved = upload(client, "Ada", [(group, "group.jpg")])  # nothing to check it against
     said = text(client.get(saved.headers["Location"]))
-    assert "Ada is enrolled with 2 photos. group.jpg showed more than one face: the " \
+    assert "Ada is enrolled with 1 photo. group.jpg showed more than one face: the " \
         "largest was taken." in said, said
-    assert rows(kiosk)["crops"] == 2
+    assert rows(kiosk)["crops"] == 1
+
+
+def test_a_group_photo_beside_photos_alone_gives_the_face_like_them(
+    client: FlaskClient, kiosk: Kiosk, lfw_dir: Path
+) -> None:
+    """helper-49 (through `enroll`): the largest face of a group photo was a stranger's,
+    enrolled under the person's name. Beside photos of the person alone, the face like
+    those is taken; a group photo with none like them is left out."""
+    assert log_in(client).status_code == 302
+    stranger = read_image(sorted((lfw_dir / "Serena_Williams").iterdir())[0])
+
+    def pair(small: np.ndarray) -> bytes:
+        small = cv2.resize(small, None, fx=0.8, fy=0.8)
+        out = np.zeros((stranger.shape[0], stranger.shape[1] + small.shape[1], 3), np.uint8)
+        out[:, :stranger.shape[1]] = stranger
+        out[:small.shape[0], stranger.shape[1]:] = small
+        return cv2.imencode(".jpg", out)[1].tobytes()
+
+    alone = [(jpeg_bytes(lfw_dir / PERSON_A / f"{PERSON_A}_000{i}.jpg"), f"a{i}.jpg")
+             for i in (1, 2)]
+    with_them = pair(read_image(lfw_dir / PERSON_A / f"{PERSON_A}_0003.jpg"))
+    without = pair(read_image(sorted((lfw_dir / "Colin_Powell").iterdir())[0]))
+    saved = upload(client, "Ada", [*alone, (with_them, "group.jpg"), (without, "other.jpg")])
+    said = text(client.get(saved.headers["Location"]))
+    assert "Ada is enrolled with 3 photos. group.jpg showed more than one face: the one " \
+        "like the other photos was taken. other.jpg showed more than one face, none like " \
+        "the other photos: not stored." in said, said
+    kiosk.services.worker.process_frame(0, time.time(), stranger)
+    latest = kiosk.services.worker.latest()
+    assert latest is not None and latest.matches[0].name is None  # Serena is no one here
