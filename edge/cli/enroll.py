@@ -90,25 +90,25 @@ def _enrol_folder(ctx: typer.Context, root: Path, max_per_person: int | None) ->
     recognizer = box(ctx).recognizer()
     enrolled, photos, skipped, nobody, already = 0, 0, list(not_images), [], []
     warned: list[EnrolOutcome] = []
-    with progress_bar(total, f"enrolling {len(plan)} people") as advance:
-        for name, imgs in plan:
-            try:
+    name = ""
+    try:
+        with progress_bar(total, f"enrolling {len(plan)} people") as advance:
+            for name, imgs in plan:
                 outcome = recognizer.enroll_images(name, imgs, max_images=max_per_person,
                                                    progress=advance)
-            except KeyboardInterrupt:  # Ctrl-C: say what is kept and how to go on
-                typer.echo(f"interrupted while enrolling {name}: the {enrolled} people "
-                           f"enrolled before are kept, {name} is not; the same command "
-                           "again enrols the rest (photos already enrolled are not added "
-                           "again)", err=True)
-                raise typer.Exit(EXIT_INTERRUPTED) from None
-            skipped += outcome.skipped
-            already += outcome.already
-            warned.append(outcome)
-            if outcome.added:
-                enrolled += 1
-                photos += len(outcome.added)
-            elif not outcome.already:
-                nobody.append(name)
+                skipped += outcome.skipped
+                already += outcome.already
+                warned.append(outcome)
+                if outcome.added:
+                    enrolled += 1
+                    photos += len(outcome.added)
+                elif not outcome.already:
+                    nobody.append(name)
+    except KeyboardInterrupt:  # Ctrl-C: say what is kept and how to go on
+        typer.echo(f"interrupted while enrolling {name}: the {enrolled} people enrolled "
+                   f"before are kept, {name} is not; the same command again enrols the "
+                   "rest (photos already enrolled are not added again)", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     for image, reason in skipped:
         typer.echo(f"skipped {image}: {reason}", err=True)
     for outcome in warned:
