@@ -126,6 +126,8 @@ def face_like_the_rest(faces: list[np.ndarray], alone: list[np.ndarray]) -> int 
     ``alone`` (the most alike, if above UNLIKE_THE_REST), else None. The largest face
     may be a stranger's (helper-49 enrolled Tony Blair as Kofi Annan, Kofi beside him):
     the CLI's enroll and the kiosk's uploads take this one."""
+    if not faces or not alone:
+        return None
     centre = normalised(np.mean(normalised(np.stack(alone)), axis=0))[0]
     scores = normalised(np.stack(faces)) @ centre
     best = int(np.argmax(scores))
