@@ -46,3 +46,14 @@ def test_photos_enrolled_as_another_person_need_most_of_them_to_match() -> None:
     assert enrolled_as_another([tony], "Tony B") == tony
     assert enrolled_as_another([tony, Match("Tony", 0.6, 3), unknown], "Tony B").score == 0.6
     assert enrolled_as_another([Match("Lleyton", 0.9, 1), unknown], "Lleyton") is None
+
+
+def test_the_face_like_the_persons_photos_alone_is_picked() -> None:
+    from edge.gallery.match import face_like_the_rest
+
+    rng = np.random.default_rng(3)
+    person, stranger = rng.normal(size=(2, 128)).astype(np.float32)
+    alone = [person + 0.3 * rng.normal(size=128).astype(np.float32) for _ in range(3)]
+    assert face_like_the_rest([stranger, person], alone) == 1
+    assert face_like_the_rest([stranger], alone) is None
+    assert face_like_the_rest([], alone) is None  # nothing found on the second look
