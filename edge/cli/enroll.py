@@ -104,10 +104,14 @@ def _enrol_folder(ctx: typer.Context, root: Path, max_per_person: int | None) ->
                     photos += len(outcome.added)
                 elif not outcome.already:
                     nobody.append(name)
-    except KeyboardInterrupt:  # Ctrl-C: say what is kept and how to go on
-        typer.echo(f"interrupted while enrolling {name}: the {enrolled} people enrolled "
-                   f"before are kept, {name} is not; the same command again enrols the "
-                   "rest (photos already enrolled are not added again)", err=True)
+    except KeyboardInterrupt:  # Ctrl-C: say what is kept (as the gallery has it: the
+        # signal may come after a person's photos were stored) and how to go on
+        held = {p.name for p in recognizer.gallery.people()}
+        kept = [n for n, _ in plan if n in held]
+        typer.echo(f"interrupted while enrolling {name}: {len(kept)} of {len(plan)} people "
+                   f"are enrolled ({name} {'is' if name in held else 'is not'}); the same "
+                   "command again enrols the rest (photos already enrolled are not added "
+                   "again)", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     for image, reason in skipped:
         typer.echo(f"skipped {image}: {reason}", err=True)
