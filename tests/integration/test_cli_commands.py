@@ -234,9 +234,12 @@ def test_ctrl_c_in_an_enrolment_from_a_folder_says_what_is_kept(tmp_path: Path,
         for photo in sorted(person.glob("*.jpg"))[:3]:
             shutil.copy(photo, root / person.name)
     data_dir = tmp_path / "box"
+    # SIGINT as at a terminal: a suite started in the background (`make test &`, a CI
+    # runner) passes SIGINT ignored to its children, and Python then keeps ignoring it
     run = subprocess.Popen([str(FEDFACE_EDGE), "--data-dir", str(data_dir), "enroll",
                             "--from-dir", str(root)], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+                           stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     gallery = data_dir / "gallery.sqlite3"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # someone is enrolled: the run is under way (read
