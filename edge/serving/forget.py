@@ -38,7 +38,9 @@ def forget_removed_faces(gallery: Gallery) -> int:
             if not folder.is_dir():
                 continue
             for entry in folder.glob("*.npy"):
-                if entry.stem not in kept:
+                # an entry being written (`x.tmp.npy`, renamed into place when done) is
+                # a training's or a swap's of now: deleting it would fail that run
+                if entry.stem not in kept and ".tmp" not in entry.name:
                     entry.unlink(missing_ok=True)
                     removed += 1
     if removed:
