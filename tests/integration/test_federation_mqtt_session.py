@@ -101,7 +101,10 @@ def test_subscribe_while_disconnected_is_sent_after_reconnect(mosquitto_factory)
         deadline = time.monotonic() + 20
         while box.connects == connects and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert box.connected and box.session_present, "broker should have kept the session"
+        # `connects` moves before the re-subscriptions and `connected` (one lock): wait
+        # for it, not a snapshot (a loaded CI run read it in between once)
+        assert box.wait_connected(10) and box.connects > connects, "no reconnect"
+        assert box.session_present, "broker should have kept the session"
         assert pub.wait_connected(20)
         settle_subscription(pub, late, topics.ack(FED, "box-3"))
         pub.publish(topics.ack(FED, "box-3"), b"ack after reconnect", wait_timeout=10)
