@@ -39,7 +39,8 @@ def demo(
     heldout_per_person: Annotated[int, typer.Option(
         "--heldout-per-person", min=0, help="Photos per person kept for accuracy.")] = 2,
     workdir: Annotated[Path | None, typer.Option(
-        "--workdir", help="New or empty directory for keys and state (default: a temp dir).",
+        "--workdir", help="New or empty directory for keys and state, kept afterwards "
+        "(default: a temp dir, removed at the end unless the demo fails).",
         show_default=False)] = None,
     part: Annotated[str, typer.Option("--part", help="Federated parameter set (the demo's "
                                       f"default has the most headroom; a box's is "

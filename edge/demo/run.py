@@ -195,6 +195,7 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> dict[str,
         out(f"broker: {broker_url}")
     procs: list[subprocess.Popen[str]] = []
     t_start = time.time()
+    failed = True
     try:
         agg_cmd = _aggregator_command()
         keys = create_federation_keys(workdir / "keys")
@@ -288,11 +289,17 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> dict[str,
         for line in before_after_table(rows, done):
             out(line)
         summary["mean_gain"] = mean_gain(rows)
+        failed = False
         return summary
+    except KeyboardInterrupt:
+        failed = False  # stopped by its user, who wants nothing of it left behind
+        raise
     finally:
         _stop_all(procs)
         if embedded is not None:
             embedded.stop()
+        if opts.workdir is None:
+            _leave_temporary_workdir(workdir, failed, out)
 
 
 def _prepare_workdir(workdir: Path | None) -> Path:
@@ -304,6 +311,17 @@ def _prepare_workdir(workdir: Path | None) -> Path:
                         "give a new or empty --workdir (the demo creates fresh keys and state)")
     make_dirs(workdir, PRIVATE_DIR)  # keys and boxes' face data go in
     return workdir
+
+
+def _leave_temporary_workdir(workdir: Path, failed: bool, out: Callable[[str], None]) -> None:
+    """A temp work dir holds the federation's secret key and 0.3 GB of photos of people:
+    left behind, every run filled /tmp with them. It stays only for a failure's logs."""
+    if failed:
+        out(f"work dir kept for its logs: {workdir} (remove it when done: it holds the "
+            "demo federation's secret key and its boxes' photos)")
+        return
+    shutil.rmtree(workdir, ignore_errors=True)
+    out(f"work dir {workdir} removed (give --workdir DIR to keep the boxes' data)")
 
 
 def _stop_all(procs: list[subprocess.Popen[str]]) -> None:

@@ -212,15 +212,37 @@ def test_demo_without_torch_says_it_falls_back(lfw_dir: Path, tmp_path: Path) ->
     hide = tmp_path / "hide" / "torch"
     hide.mkdir(parents=True)
     (hide / "__init__.py").write_text("raise ImportError('torch hidden by the test')\n")
-    workdir = tmp_path / "demo"
-    proc = _demo("--faces", str(lfw_dir), "--workdir", str(workdir), "--boxes", "2",
+    temp = tmp_path / "tmp"  # no --workdir: the demo's own temp dir, under TMPDIR
+    temp.mkdir()
+    proc = _demo("--faces", str(lfw_dir), "--boxes", "2",
                  "--rounds", "1", "--people-per-box", "2", "--images-per-person", "2",
                  "--heldout-per-person", "1", "--part", "embed_bn",
-                 env={"PYTHONPATH": str(hide.parent)})
+                 env={"PYTHONPATH": str(hide.parent), "TMPDIR": str(temp)})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("WARNING: torch is not installed") == 2
     assert "trainer: numpy-drift (NOT learning)" in proc.stdout
     assert "round 1: 2 updates in" in proc.stdout
+    # every run left 0.3 GB of photos and the federation's secret key in /tmp
+    workdir = _workdir_of(proc.stdout)
+    assert workdir.parent == temp and not workdir.exists()
+    assert f"work dir {workdir} removed" in proc.stdout
+
+
+def _workdir_of(stdout: str) -> Path:
+    return Path(stdout.splitlines()[0].rsplit("; work dir ", 1)[1])
+
+
+def test_a_failed_demo_keeps_its_temp_workdir_for_the_logs(lfw_dir: Path,
+                                                           tmp_path: Path) -> None:
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    proc = _demo("--faces", str(lfw_dir), *TINY, "--timeout", "1", env={"TMPDIR": str(temp)})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    workdir = _workdir_of(proc.stdout)
+    assert "did not finish 2 round(s) within 1 s" in proc.stderr
+    assert f"see the logs under {workdir}" in proc.stderr
+    assert f"work dir kept for its logs: {workdir}" in proc.stdout
+    assert (workdir / "box-1" / "box.log").is_file()
 
 
 def _children(pid: int) -> dict[int, str]:
