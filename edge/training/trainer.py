@@ -16,6 +16,7 @@ arrays (measured: ~450 MB it would otherwise keep for the rest of its life).
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import os
 import subprocess
@@ -115,6 +116,18 @@ def _run_round(job: _RoundJob, cache: FeatureCache | None = None,
     return tail.get_vector(), result, len(data_set.people), data_set.n_crops
 
 
+_RUN_IDS = itertools.count()
+
+
+def _forget_dead_runs_crops(work: Path) -> None:
+    """Delete the crops a killed run left (biometric data no process will read)."""
+    for stale in work.glob("crops*.npz"):
+        pid = stale.name.removeprefix("crops-").split("-", 1)[0]
+        if pid.isdigit() and Path(f"/proc/{pid}").exists():
+            continue  # a live run's (another command on this box, or this process's)
+        stale.unlink(missing_ok=True)
+
+
 def _feature_cache(model_path: Path, part: FederatedPart, cache_dir: Path, n_views: int,
                    seed: int) -> FeatureCache:
     return FeatureCache(model_path, part.cut, cache_dir / "features", n_views=n_views,
@@ -188,7 +201,11 @@ class TorchLocalTrainer:
                     f"needs {self.part.size} finite values"
                 )
         make_dirs(self._work, PRIVATE_DIR)
-        crops_path = self._work / "crops.npz"
+        _forget_dead_runs_crops(self._work)
+        # a file of its own: `train` during a federated round wrote the same crops.npz,
+        # so the round trained on the calibration people `train` includes (or lost its
+        # file to the other's clean-up)
+        crops_path = self._work / f"crops-{os.getpid()}-{next(_RUN_IDS)}.npz"
         self._save_crops(crops_path)
         config = TrainConfig(**{**self.config.__dict__, "seed": self.config.seed + round_no})
         job = _RoundJob(self.model_path, self.part.name, crops_path, self._cache_dir,

@@ -227,3 +227,49 @@ def test_the_training_child_dies_with_the_box_process(tmp_path: Path) -> None:
     if _running(child):
         os.kill(child, signal.SIGKILL)
         pytest.fail("the training child outlived its parent")
+
+
+def test_two_trainings_on_one_box_each_train_on_their_own_crops(
+    sface: Path, crops_by_person: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`fedface-edge train` during a federated round: both wrote train/round/crops.npz,
+    so the round trained on `train`'s set (calibration people included) or lost its file
+    to the other's clean-up."""
+    import threading
+
+    import edge.training.trainer as trainer_module
+
+    both_saved = threading.Barrier(2, timeout=60)
+    run_round = trainer_module._run_round
+
+    def after_both_saved(job, cache=None, features_done=None):  # type: ignore[no-untyped-def]
+        both_saved.wait()  # each has written its crops before either reads them
+        return run_round(job, cache, features_done)
+
+    monkeypatch.setattr(trainer_module, "_run_round", after_both_saved)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    left = tmp_path / "round" / f"crops-{dead}-0.npz"  # a killed run's faces
+    left.parent.mkdir(parents=True)
+    left.write_bytes(b"x")
+    federated = {p: crops_by_person[p] for p in PEOPLE[:3]}  # 12 crops
+    local = {p: crops_by_person[p][:1] for p in PEOPLE}  # 6 crops
+    config = TrainConfig(epochs=1, batch_size=8)
+    results: dict[str, object] = {}
+
+    def train(name: str, crops: dict) -> None:
+        trainer = TorchLocalTrainer(sface, crops, tmp_path, config=config, n_views=1,
+                                    isolate=False)
+        try:
+            results[name] = trainer.local_update(None, round_no=0).n_samples
+        except Exception as exc:  # the test reports what either met
+            results[name] = exc
+
+    threads = [threading.Thread(target=train, args=("federated", federated)),
+               threading.Thread(target=train, args=("local", local))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert results == {"federated": 12, "local": 6}
+    assert not list((tmp_path / "round").glob("crops*.npz"))  # theirs and the dead run's
