@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -242,7 +243,7 @@ def test_two_trainings_on_one_box_each_train_on_their_own_crops(
     both_saved = threading.Barrier(2, timeout=60)
     run_round = trainer_module._run_round
 
-    def after_both_saved(job, cache=None, features_done=None):  # type: ignore[no-untyped-def]
+    def after_both_saved(job: Any, cache: Any = None, features_done: Any = None) -> Any:
         both_saved.wait()  # each has written its crops before either reads them
         return run_round(job, cache, features_done)
 
