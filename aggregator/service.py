@@ -7,19 +7,19 @@ Two threads, one rule each:
   checks against a key snapshot, and spooling the chunk to disk. It never touches SQLite
   or the running sum, and never publishes (a transport handler must not block on the
   transport);
-- the worker (``pump``, below; its events are published by aggregator.rounds.events)
-  owns the coordinator: it takes the completed updates waiting in the queue as one batch
-  (group commit: checked, staged into the sum by the summing workers, stored with one
-  fsync round and one SQLite commit, then acked), records rejections, acks, checks
-  deadlines and publishes announce/result/pointer.
+- the worker (``pump``, below; its events are published by aggregator.rounds.events) owns
+  the coordinator: it takes the completed updates waiting in the queue as one batch (group
+  commit: checked, staged into the sum by the summing workers, stored with one fsync round
+  and one SQLite commit, then acked), records rejections, acks, checks deadlines and
+  publishes announce/result/pointer.
 
-They meet in a queue of small items (a completed blob is a file path, not bytes), so a
-backlog costs disk, not memory; the batch's group commit fsyncs its blobs side by side.
+They meet in a queue of small items (a completed blob is a file path, not bytes): a backlog
+costs disk, not memory; a batch's group commit fsyncs its blobs side by side.
 
-With ``serve --intake-processes K`` (K >= 2, aggregator.intake.shards) the delivery
-thread's work runs in K shard processes instead, each for its share of the devices; their
-items reach the same queue, and the worker's acks go back to the shard that heard the
-device, which signs and publishes them.
+With ``serve --intake-processes K`` (K >= 2, aggregator.intake.shards) the delivery thread's
+work runs in K shard processes instead, each for its share of the devices; their items reach
+the same queue, and the worker's acks go back to the shard that heard the device, which
+signs and publishes them.
 
 What an edge client sees (all payloads are signed envelopes, sender = aggregator id;
 JSON bodies are one-chunk blobs):
@@ -33,8 +33,7 @@ JSON bodies are one-chunk blobs):
   an extension (aggregator.rounds.deadline); a failed or skipped round: r+1, same base.
   While the schedule (aggregator.rounds.schedule) holds the next round back, the latest
   round is announced with state closed and next_round_at (unix s).
-- ``update/<device>``: the box's EncryptedUpdate bytes chunked with kind update,
-  round r, model = the announced base_model.
+- ``update/<device>``: the box's EncryptedUpdate chunked (kind update, round r, base_model).
 - ``ack/<device>`` (kind ack): JSON {device, round, msg, accepted, reason, detail,
   current_round, contributions}, one per update message. Reasons: malformed,
   bad_signature, unknown_device (revoked: a never-registered id gets no ack at all,
@@ -85,12 +84,13 @@ from aggregator.intake.spool import DiskReassembler
 from aggregator.intake.unknown import UnknownReport, report_unknown
 from aggregator.intake.verdicts import StatusIntake, VerdictReport
 from aggregator.rounds.accumulator import AccumulatorFactory, CkksAccumulatorFactory
-from aggregator.rounds.coordinator import UNAVAILABLE, Coordinator, RoundSettings
+from aggregator.rounds.coordinator import NOT_OPEN, UNAVAILABLE, Coordinator, RoundSettings
 from aggregator.rounds.epochs import relay_sealed
 from aggregator.rounds.events import ResultForwarder, RoundEventHandler
 from aggregator.rounds.poison import DEFAULT_SETTLE_SECONDS, PoisonWatch
 from aggregator.rounds.publisher import Publisher, ack_for
 from aggregator.rounds.records import Decision, Submission
+from aggregator.rounds.restored import recover_if_ahead
 from aggregator.state.db import storage_failure
 from aggregator.state.registry import DeviceRegistry
 from aggregator.state.store import Store
@@ -295,6 +295,8 @@ class AggregatorService:
 
     def _hear_verdicts(self, item: VerdictReport) -> None:
         self.coordinator.heard_sitting_out(item.device, item.sitting_out)
+        spoken = [v.round for v in item.verdicts] + [r for r, _ in filter(None, [item.sitting_out])]
+        self.events.handle(recover_if_ahead(self.coordinator, item.device, spoken, "status"))
         try:  # every status of the box carries its recent verdicts: the next one retries
             self.events.handle(self.poison.report(item.device, item.verdicts))
         except (OSError, sqlite3.Error) as exc:
@@ -326,6 +328,9 @@ class AggregatorService:
             env = it.env
             if decision.reason == UNAVAILABLE:
                 self._let_resend(env.sender, env.msg)
+            elif decision.reason == NOT_OPEN:  # a round this state never ran?
+                self.events.handle(recover_if_ahead(self.coordinator, env.sender, [env.round],
+                                                    "update"))
             self._ack(env.sender, env.round, env.msg, decision)
         acked = time.time()
         for it, decision in zip(items, decisions, strict=True):

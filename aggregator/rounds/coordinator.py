@@ -1,11 +1,11 @@
 """The round state machine: plain Python over typed messages, no transport inside.
 
-open (announce) -> collect (updates come in batches: each batch is checked and staged,
-its valid updates stored with ONE group commit, then added to the in-memory running sum,
-then acked; aggregator.state.store says why that order is crash-safe) -> close (the sum is
+open (announce) -> collect (updates come in batches: each batch is checked and staged, its
+valid updates stored with ONE group commit, then added to the in-memory running sum, then
+acked; aggregator.state.store says why that order is crash-safe) -> close (the sum is
 serialised once, as the result blob) (all devices its announce lists sent, or deadline with
-quorum) -> result ready (the service publishes it) -> published -> next round, whose
-base model version is the result's version.
+quorum) -> result ready (the service publishes it) -> published -> next round, whose base
+model version is the result's version.
 
 At a deadline without quorum (aggregator.rounds.deadline) the round is extended, reopened
 to every box, skipped (nothing new anywhere) or failed; a new round then opens on the same
@@ -13,7 +13,6 @@ base model, so boxes simply resend on the new announce.
 
 Openings follow the operator's schedule (aggregator.rounds.schedule): until one is due
 the latest round is re-announced closed with ``next_round_at``; ``tick`` opens it.
-
 Time comes from an injected clock, so tests drive deadlines deterministically.
 """
 
@@ -32,6 +31,7 @@ from aggregator.rounds.deadline import SKIP, at_deadline, expected_devices, exte
 from aggregator.rounds.epochs import fail_if_old_key, under_earlier_key
 from aggregator.rounds.pins import next_base
 from aggregator.rounds.records import Announce, Decision, Event, ResultReady, Submission
+from aggregator.rounds.restored import known_round
 from aggregator.rounds.resume import fail_if_settings_changed, take_quorum
 from aggregator.rounds.schedule import record_next_opening
 from aggregator.rounds.settings import RoundSettings as RoundSettings  # re-exported: its callers
@@ -125,10 +125,9 @@ class Coordinator:
         return [Announce(replace(announce_of(latest), state=CLOSED, next_round_at=at))]
 
     def _open_next(self) -> Announce:
-        latest = self.store.latest_round()
         # the latest published result, or the one the operator pinned (aggregator.rounds.pins)
         base, is_pinned = next_base(self.store, self.initial_model)
-        round_no = 1 if latest is None else latest.round + 1
+        round_no = known_round(self.store) + 1  # above an earlier copy's (rounds.restored)
         now = self.clock()
         deadline = now + self.settings.deadline_seconds
         announce = self._announce(round_no, base, deadline, now, is_pinned)

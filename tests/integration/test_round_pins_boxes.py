@@ -4,6 +4,7 @@ real aggregator service and CKKS, in-memory bus (the MQTT link has its own tests
 
 from __future__ import annotations
 
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,17 +154,21 @@ def test_boxes_on_round_2_go_back_to_the_pinned_round_1_and_train_from_it(
     assert (pointer_body["model"], pointer_body["base_model"]) == ("round-3", "round-1")
 
 
-def test_boxes_go_back_to_the_pinned_initial_model_and_federate_from_it(
-        fed: Federation) -> None:
-    """`models pin base`: the way out when no published result serves every box needed
-    (one provisioned after a key rotation cannot read the earlier key's results): the
-    boxes serve the pretrained model again and the next round builds on it."""
+def _round_1_applied(fed: Federation) -> None:
     first = fed.serve(rounds=1)
     for device in DEVICES:
         fed.start_box(device)
     wait_for(lambda: all(fed.applied(d) == ["round-1"] for d in DEVICES), 60,
              "round 1 applied")
     wait_for(first.finished.is_set, 10, "the first serve run to stop")
+
+
+def test_boxes_go_back_to_the_pinned_initial_model_and_federate_from_it(
+        fed: Federation) -> None:
+    """`models pin base`: the way out when no published result serves every box needed
+    (one provisioned after a key rotation cannot read the earlier key's results): the
+    boxes serve the pretrained model again and the next round builds on it."""
+    _round_1_applied(fed)
     for trainer in fed.trainers.values():
         trainer.gate.clear()
     operator = Store(fed.root / "agg")
@@ -201,3 +206,43 @@ def test_boxes_go_back_to_the_pinned_initial_model_and_federate_from_it(
     fed.serve(rounds=1)
     wait_for(lambda: all(fed.applied(d)[-1:] == ["round-1"] for d in DEVICES), 60,
              "boxes to serve the pinned round-1 again")
+
+
+def test_an_aggregator_restored_from_a_backup_federates_again(fed: Federation) -> None:
+    """The aggregator's state dir restored from a copy taken after round 1, while the
+    boxes had gone on to round 3: its rounds 2, 3, ... were old announces to them, every
+    round failed for want of a quorum, for ever (helper-50). It now hears from the boxes
+    how far the federation got, numbers its rounds above that, and serves them its newest
+    result, pinned."""
+    _round_1_applied(fed)
+    backup = fed.root / "agg-backup"
+    shutil.copytree(fed.root / "agg", backup)  # last night's backup
+    second = fed.serve(rounds=2)
+    wait_for(lambda: all(fed.applied(d) == ["round-1", "round-2", "round-3"]
+                         for d in DEVICES), 60, "rounds 2 and 3 applied")
+    wait_for(second.finished.is_set, 10, "the second serve run to stop")
+    for stop, thread, store in fed.threads:  # the host dies
+        stop.set()
+        thread.join(10)
+        store.close()
+    fed.threads.clear()
+    shutil.rmtree(fed.root / "agg")
+    shutil.copytree(backup, fed.root / "agg")  # restored
+
+    fed.serve(rounds=1)
+    wait_for(lambda: all(fed.applied(d)[-2:] == ["round-1", "round-4"] for d in DEVICES), 60,
+             "the boxes back on round-1, then round 4 built on it, applied")
+    for d in DEVICES:
+        assert fed.applied(d) == ["round-1", "round-2", "round-3", "round-1", "round-4"]
+        assert fed.sinks[d].version == "round-4"
+    _, pointer = envelope_json(fed.bus.retained[topics.model_latest(FED)])
+    assert (pointer["model"], pointer["base_model"]) == ("round-4", "round-1")
+    state = Store(fed.root / "agg")
+    try:
+        rounds = {r.round: r for r in state.list_rounds()}
+        assert rounds[2].status == "failed"  # opened on the restored state; boxes had passed it
+        assert "older than its federation" in (rounds[2].close_reason or "")
+        assert 3 not in rounds and rounds[4].status == "published"
+        assert rounds[4].announce["pinned"] is True
+    finally:
+        state.close()
