@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     n = len(bench.sites)
     counts = [sum(len(p) for p in s.enrol) for s in design.sites]
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed, margin=args.margin,
-                      scale=args.scale)
+                      scale=args.scale, loss=args.loss)
     long_cfg = replace(cfg, epochs=args.epochs * args.rounds)
     own = replace(cfg, epochs=args.personal_epochs)
     rows: dict[str, list[dict[str, float]]] = {"pretrained": bench.score_all(None)}
@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--margin", type=float, default=TrainConfig.margin, help="CosFace m")
     ap.add_argument("--scale", type=float, default=TrainConfig.scale, help="CosFace s")
+    ap.add_argument("--loss", choices=("cosface", "supcon"), default=TrainConfig.loss,
+                    help="supcon: supervised contrastive over the batch (README, the demo)")
     ap.add_argument("--views", type=int, default=2)
     ap.add_argument("--lfw-folds", type=int, default=4, help="0: skip the clean check")
     ap.add_argument("--seed", type=int, default=0)

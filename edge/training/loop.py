@@ -19,6 +19,7 @@ from models.trainable import (
     class_centres,
     cosine_lr,
     proximal_penalty,
+    supervised_contrastive,
 )
 
 # Adam learning rates per federated part, measured on the LFW experiment
@@ -43,6 +44,8 @@ def fit(
     """Train ``tail``'s federated part in place on cached features with a fresh head."""
     if len(features) != len(labels) or len(features) == 0:
         raise TrainingError(f"{len(features)} feature rows for {len(labels)} labels")
+    if config.loss not in ("cosface", "supcon"):
+        raise TrainingError(f"unknown loss {config.loss!r} (cosface or supcon)")
     torch.set_num_threads(config.threads)
     generator = torch.Generator().manual_seed(config.seed)
     y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64))
@@ -75,7 +78,10 @@ def fit(
         idx = np.sort(order[cursor : cursor + config.batch_size].numpy())
         cursor += config.batch_size
         x = torch.from_numpy(np.asarray(features[idx], dtype=np.float32))
-        loss = head(tail(x), y_all[idx])
+        if config.loss == "supcon":
+            loss = supervised_contrastive(tail(x), y_all[idx])
+        else:
+            loss = head(tail(x), y_all[idx])
         if config.prox > 0:
             loss = loss + config.prox * proximal_penalty(tail, anchor)
         for group in optimiser.param_groups:

@@ -108,6 +108,22 @@ def test_fit_trains_only_the_part_and_keeps_batch_norm_statistics(sface: Path, t
     assert np.abs(tail.get_vector() - before).max() > 1e-6
 
 
+def test_the_contrastive_loss_benches_compare_trains_and_a_wrong_name_is_refused(
+        sface: Path, trunk: dict) -> None:
+    """CosFace's centres start at the means of the site's own photos, so its loss starts
+    near zero; SupCon's does not (README, the demo's tries for issue 18)."""
+    features, labels = trunk["conv_14_dw_relu"], trunk["labels"]
+    cosface = fit(TrainableTail(sface, get_part("conv14")), features, labels,
+                  TrainConfig(epochs=4, batch_size=24, seed=0))
+    tail = TrainableTail(sface, get_part("conv14"))
+    supcon = fit(tail, features, labels,
+                 TrainConfig(epochs=4, batch_size=24, seed=0, loss="supcon", lr=1e-3))
+    assert supcon.first_loss > 10 * cosface.first_loss
+    assert supcon.last_loss < supcon.first_loss
+    with pytest.raises(TrainingError, match="unknown loss 'arcface'"):
+        fit(tail, features, labels, TrainConfig(loss="arcface"))
+
+
 def test_local_update_in_a_low_priority_process(
     sface: Path, crops_by_person: dict, tmp_path: Path
 ) -> None:
