@@ -24,12 +24,14 @@ log = logging.getLogger(__name__)
 
 class AckHandler:
     def __init__(self, device_id: str, state_dir: Path, sender: UpdateSender,
-                 events: ClientEvents, stop_revoked: Callable[[], None]) -> None:
+                 events: ClientEvents, stop_revoked: Callable[[], None],
+                 refused: Callable[[int, str, str], None] = lambda *_: None) -> None:
         self.device_id = device_id
         self.state_dir = state_dir
         self.sender = sender
         self.events = events
         self._stop_revoked = stop_revoked  # the client: say "revoked", stop, close
+        self._refused = refused  # the round joiner: its verdict and samples (round, why)
 
     def handle(self, payload: bytes) -> None:
         """A verified message of the ack topic."""
@@ -56,6 +58,7 @@ class AckHandler:
             if self.sender.forget(ack.round, ack.msg):
                 log.warning("round %d: update %s rejected (%s: %s); dropped from the outbox",
                             ack.round, ack.msg[:12], reason, ack.detail)
+                self._refused(ack.round, reason, ack.detail or "")
         else:
             log.warning("round %d: update %s not taken (%s: %s); will resend", ack.round,
                         ack.msg[:12], reason, ack.detail)

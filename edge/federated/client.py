@@ -133,7 +133,7 @@ class FederationClient:
             publish_status=self._publish_status,
             job_done=lambda *outcome: self._queue.put(("job_done", outcome)))
         self._acks = AckHandler(dev, self.state_dir, self.sender, self.events,
-                                self._stop_revoked)
+                                self._stop_revoked, self._rounds.update_refused)
         sink_fields = getattr(sink, "status_fields", None)  # the hot swap has them
         self.status = BoxStatus(signing_key, fed, dev, self.ledger_path,
                                 sink_fields if callable(sink_fields) else None)

@@ -123,6 +123,22 @@ class RoundJoiner:
                           self._previous_mark)
         self._publish_status()
 
+    def update_refused(self, round_no: int, reason: str, detail: str) -> None:
+        """The aggregator refused this box's update for good (edge.federated.acks): the
+        verdict said "submitted (update ... sent)" until a later round's announce, and
+        the samples it carried waited that long to count as new again (helper-50)."""
+        verdict = self.verdicts.of_round(round_no)
+        if round_no != self.last_submitted or verdict is None or \
+                verdict.outcome != "submitted":
+            return
+        self.verdicts.record(round_no, None, "no_result", f"the aggregator refused this "
+                             f"box's update ({reason}: {detail}); its samples count as new "
+                             "again")
+        self._samples_mark = self._previous_mark
+        save_client_state(self._state_path, self.last_submitted, self._samples_mark,
+                          self._previous_mark)
+        self._publish_status()
+
     def maybe_join(self) -> None:
         ann = self.announce
         if ann is None or not ann.open or ann.round <= self.last_submitted:

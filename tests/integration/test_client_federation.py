@@ -276,3 +276,37 @@ def test_a_result_the_box_could_not_store_is_applied_again(
                  "the box to join and apply round 2, built on round-1")
     finally:
         a.stop()
+
+
+def test_an_update_the_aggregator_refuses_is_said_and_its_samples_count_again(
+        make_setup) -> None:
+    """A restored aggregator refused a box's update (not_open) and the box dropped it, but
+    its `model status` still said `round 6: submitted (update of 16 samples sent)`, and its
+    samples counted as new only rounds later (helper-50)."""
+    from aggregator.rounds.publisher import Publisher, ack_for
+    from aggregator.rounds.records import Decision
+
+    s = make_setup(["a", "b"], quorum=2, rounds=1)
+    a, events, gated = _a_joins_with_training_held(s)
+    s.close()  # the aggregator goes away; a's update waits in its outbox
+    gated.gate.set()
+    wait_for(lambda: any(e.kind == "submitted" for e in events), 20, "a sealed its update")
+    assert a.verdicts.of_round(1).outcome == "submitted"
+    state = json.loads((s.root / "a" / "client-state.json").read_text())
+    assert state["samples_mark"] != state["previous_samples_mark"]  # its samples: sent
+    (outbox,) = (s.root / "a" / "outbox").glob("*.upd")
+    msg = outbox.stem.partition("-")[2]
+    aggregator = Publisher(InMemoryTransport(s.bus, "agg-2"), s.agg_key, FED, "aggregator", 1024)
+    aggregator.send_ack(ack_for("a", 1, msg, Decision(False, "not_open",
+                                                      "round 1 is not open"), None))
+    wait_for(lambda: a.verdicts.of_round(1).outcome == "no_result", 10, "the refusal said")
+    assert a.pending_updates == 0
+    verdict = a.verdicts.of_round(1)
+    assert verdict.reason == ("the aggregator refused this box's update (not_open: round 1 "
+                              "is not open); its samples count as new again")
+    said = _status(s, "a")["verdicts"]  # what the aggregator and `model status` show
+    assert any(v["round"] == 1 and v["outcome"] == "no_result"
+               and v["reason"] == verdict.reason for v in said), said
+    state = json.loads((s.root / "a" / "client-state.json").read_text())
+    assert state["samples_mark"] == state["previous_samples_mark"]
+    a.stop()
