@@ -66,6 +66,9 @@ class VerdictReport:
     device: str
     verdicts: tuple[Verdict, ...]
     sitting_out: tuple[int, str] | None = None
+    # the latest round the status speaks of, judged or not ("submitted" too): how far
+    # the federation got, for a state restored from an older copy (rounds.restored)
+    latest_round: int = 0
 
 
 def sitting_out(not_joining: object) -> tuple[int, str] | None:
@@ -93,6 +96,7 @@ class StatusIntake:
         self.presence = presence  # each box's last online status (None: not kept)
         self._last: dict[str, tuple[tuple[int, str, str, float], ...]] = {}
         self._sitting: dict[str, tuple[int, str] | None] = {}
+        self._latest: dict[str, int] = {}  # the latest round each device's status spoke of
         self._warned: dict[str, float] = {}
         # called as a plain handler (topic, payload), a status counts as retained
         self.on_status = RetainAware(self._on_status)
@@ -131,15 +135,18 @@ class StatusIntake:
         judged = tuple(v for v in status.verdicts if v.judged and v.model)
         seen = tuple((v.round, v.outcome, v.code, v.at) for v in judged)
         sitting = sitting_out(status.not_joining)
+        latest = max([v.round for v in status.verdicts] + [r for r, _ in filter(None, [sitting])],
+                     default=0)
         new_verdicts = bool(judged) and self._last.get(device) != seen
         # nothing new: a box republishes its status on every reconnect (and its will, built
         # at connect, carries no verdicts)
-        if not new_verdicts and sitting == self._sitting.get(device):
+        if not new_verdicts and sitting == self._sitting.get(device) and \
+                latest <= self._latest.get(device, 0):
             return
         if new_verdicts:
             self._last[device] = seen
-        self._sitting[device] = sitting
-        self._sink(VerdictReport(device, judged, sitting))
+        self._sitting[device], self._latest[device] = sitting, latest
+        self._sink(VerdictReport(device, judged, sitting, latest))
 
     def _dropped(self, topic: str, exc: FederationError) -> None:
         now = time.monotonic()

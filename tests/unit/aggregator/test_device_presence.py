@@ -414,3 +414,24 @@ def test_status_says_when_an_open_round_s_deadline_is_long_past() -> None:
     assert "serve running" not in status_cli._deadline(time.time() - 60)
     late = status_cli._deadline(time.time() - 600)
     assert late.startswith("deadline 10m ago") and "is fedface-aggregator serve running?" in late
+
+
+def test_the_latest_round_a_status_speaks_of_is_passed_on_judged_or_not(
+        setup: Setup) -> None:
+    """How far the federation got, for a state restored from an older copy
+    (aggregator.rounds.restored): a box's "submitted" verdict names a round the state may
+    never have run, and it was filtered out with every verdict that judges no result."""
+    setup.listen()
+    topic = topics.status(FED, BOX)
+    box = InMemoryTransport(setup.bus, BOX)
+    applied = Verdict(5, "round-5", "applied", "canary ok", 150.0)
+    sent = Verdict(6, None, "submitted", "update of 16 samples sent", 160.0)
+    box.publish(topic, setup.signed("online", "round-5", 160.0, verdicts=(sent, applied)),
+                retain=True)
+    box.publish(topic, setup.signed("online", "round-5", 161.0, verdicts=(sent, applied)),
+                retain=True)  # a reconnect: nothing new
+    later = Verdict(7, None, "submitted", "update of 16 samples sent", 170.0)
+    box.publish(topic, setup.signed("online", "round-5", 170.0,
+                                    verdicts=(later, sent, applied)), retain=True)
+    assert [(r.latest_round, [v.round for v in r.verdicts]) for r in setup.reports] == [
+        (6, [5]), (7, [5])]
