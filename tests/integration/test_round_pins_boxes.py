@@ -246,3 +246,37 @@ def test_an_aggregator_restored_from_a_backup_federates_again(fed: Federation) -
         assert rounds[4].announce["pinned"] is True
     finally:
         state.close()
+
+
+def test_an_aggregator_recommissioned_empty_numbers_its_rounds_above_its_boxes(
+        fed: Federation) -> None:
+    """Its state lost, no backup: a new state dir under the same keys, the boxes added
+    again. They had applied round 2; the new state's round 1 was an old announce to
+    them (docs/operations.md said to reset every box's federation state)."""
+    _round_1_applied(fed)
+    second = fed.serve(rounds=1)
+    wait_for(lambda: all(fed.applied(d) == ["round-1", "round-2"] for d in DEVICES), 60,
+             "round 2 applied")
+    wait_for(second.finished.is_set, 10, "the second serve run to stop")
+    for stop, thread, store in fed.threads:
+        stop.set()
+        thread.join(10)
+        store.close()
+    fed.threads.clear()
+    shutil.rmtree(fed.root / "agg")
+    (fed.root / "agg").mkdir()
+    state = Store(fed.root / "agg")
+    for d, k in fed.keys.items():  # `fedface-aggregator devices add`, again
+        DeviceRegistry(state).add(d, bytes.fromhex(public_key_hex(k)))
+    state.close()
+
+    fed.serve(rounds=1)
+
+    def back(device: str) -> list[ClientEvent]:
+        return [e for e in list(fed.events[device]) if e.kind == "back_to_initial"]
+
+    wait_for(lambda: all(back(d) for d in DEVICES), 60, "boxes back on the initial model")
+    wait_for(lambda: all(fed.applied(d)[-1:] == ["round-3"] for d in DEVICES), 60,
+             "round 3, built on the initial model, applied")
+    _, pointer = envelope_json(fed.bus.retained[topics.model_latest(FED)])
+    assert (pointer["model"], pointer["base_model"]) == ("round-3", "base")
