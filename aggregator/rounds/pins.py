@@ -81,15 +81,17 @@ def pinned(store: Store) -> str | None:
     return None if found is None else found.model
 
 
-def pin(store: Store, version: str, key_id: str = "", initial_model: str = "base"
-        ) -> RoundRow | None:
+def pin(store: Store, version: str, key_id: str = "", initial_model: str = "base",
+        after_round: int | None = None) -> RoundRow | None:
     """Make ``version`` (a published result whose blob is on disk, or ``initial_model``:
     returns None) the base of the next round; later rounds build on the results of
     rounds opened after this pin. With the federation's current ``key_id``: a result of
     an earlier key epoch is refused (no box holding the current key can decrypt it:
-    every box would refuse it as wrong_key and sit the pinned rounds out)."""
+    every box would refuse it as wrong_key and sit the pinned rounds out).
+    ``after_round``: the round the pin follows (default: the state's latest; a restored
+    state's is the boxes', aggregator.rounds.restored)."""
+    after = _after_round(store) if after_round is None else after_round
     if version == initial_model:
-        after = _after_round(store)
         store.set_meta(PIN_KEY, json.dumps({"model": version, "after_round": after,
                                             "initial": True}))
         log.info("the initial model %s pinned: round %d builds on it", version, after + 1)
@@ -107,7 +109,6 @@ def pin(store: Store, version: str, key_id: str = "", initial_model: str = "base
     if row.sum_blob is None or not store.blob_path(row.sum_blob).is_file():
         raise PinError(f"the result of {version} (round {row.round}) is no longer on disk: "
                        "it cannot be served to boxes again")
-    after = _after_round(store)
     store.set_meta(PIN_KEY, json.dumps({"model": version, "after_round": after}))
     log.info("model %s (round %d) pinned: round %d builds on it", version, row.round, after + 1)
     return row

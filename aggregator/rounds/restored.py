@@ -60,12 +60,12 @@ def heard_round(store: Store, device: str, round_no: int, what: str, initial_mod
     version = initial_model if newest is None or newest.result_model is None \
         else newest.result_model
     try:
-        pins.pin(store, version, key_id, initial_model)
+        pins.pin(store, version, key_id, initial_model, after_round=round_no)
     except pins.PinError as exc:  # e.g. its result is of an earlier key epoch
         log.warning("cannot pin %s (%s); pinning the initial model %s", version, exc,
                     initial_model)
         version = initial_model
-        pins.pin(store, version, key_id, initial_model)
+        pins.pin(store, version, key_id, initial_model, after_round=round_no)
     pins.set_retained(store, UNKNOWN_RETAINED)
     log.error(
         "%s's %s is of round %d, but this state knows rounds up to %d only: it is older "

@@ -244,6 +244,9 @@ def test_an_aggregator_restored_from_a_backup_federates_again(fed: Federation) -
         assert "older than its federation" in (rounds[2].close_reason or "")
         assert 3 not in rounds and rounds[4].status == "published"
         assert rounds[4].announce["pinned"] is True
+        # the pin follows the boxes' round 3, not the restored state's round 2 (its log
+        # said "round 3 builds on it" while round 4 did)
+        assert model_pins.get_pin(state) == model_pins.Pin("round-1", 3)
     finally:
         state.close()
 
