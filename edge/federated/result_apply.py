@@ -261,7 +261,10 @@ class ResultApplier:
         # crash before its commit leaves the old version served, and the retained
         # result is fetched and applied again after the restart.
         reason = "federated result" + (
-            f", the root's {pointer.root_model}" if pointer.root_model else "")
+            f", the root's {pointer.root_model}" if pointer.root_model else "") + (
+            f", sent again as the base of round {pointer.for_round}: the federation went "
+            "back to it (an operator's pin, or an aggregator restored from a backup)"
+            if pointer.republished and pointer.for_round else "")
         try:
             self.sink.apply(pointer.model, average, reason)
         except FederationError as exc:

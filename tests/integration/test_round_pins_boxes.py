@@ -235,6 +235,11 @@ def test_an_aggregator_restored_from_a_backup_federates_again(fed: Federation) -
     for d in DEVICES:
         assert fed.applied(d) == ["round-1", "round-2", "round-3", "round-1", "round-4"]
         assert fed.sinks[d].version == "round-4"
+        served = fed.sinks[d].store.load()  # why the box went back, for `model status`
+        assert served is not None and served.previous is not None
+        assert served.previous.version == "round-1"
+        assert "sent again as the base of round 4: the federation went back to it" in \
+            served.previous.reason
     _, pointer = envelope_json(fed.bus.retained[topics.model_latest(FED)])
     assert (pointer["model"], pointer["base_model"]) == ("round-4", "round-1")
     state = Store(fed.root / "agg")
