@@ -106,13 +106,16 @@ def at_deadline(*, summed: int, quorum: int, announced_min_new: int, extensions:
         said += ("; " if said else "") + ", ".join(
             f"{d} cannot join ({sat_out[d]})" for d in sorted(unable)[:5])
     if refusing:  # they cannot join a round on this base, whatever it is announced with
-        said += (("; " if said else "")
-                 + f"{device_names(refusing)} do(es) not serve its base {base}")
+        said += (("; " if said else "") + f"{device_names(refusing)} "
+                 f"{'does' if len(refusing) == 1 else 'do'} not serve its base {base}")
         if len(active) - len(refusing) < quorum:
+            # what they serve may be a box's own fine-tune, which no pin can name: rollback
+            # first (helper-52 was told to pin a local-... version the aggregator never had)
             said += (f": without them the quorum of {quorum} cannot be met on {base}; "
-                     "fedface-aggregator models pin the version they serve (base: the "
-                     "pretrained model every box holds), or models rollback "
-                     "(docs/operations.md, 'Model versions')")
+                     "fedface-aggregator models rollback (the version before it), or "
+                     "models pin another published version they serve, or models pin base "
+                     "(the pretrained model every box holds) (docs/operations.md, 'Model "
+                     "versions')")
     if summed == 0 and (nothing_new or refusing or unable) and not silent:
         label = "nothing new" if nothing_new else "no box can join"
         return AtDeadline(SKIP, f"{label}: {said}", label)

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from edge.cli.context import box
+from federation.messages import result_round
 from models.federated_parts import DEFAULT_PART
 
 model_app = typer.Typer(help="Show or roll back the federated model the box serves.",
@@ -136,6 +137,13 @@ def rollback(
     report = swapper.rollback()
     typer.echo(f"now serving {report.version} (gallery re-embedded in {report.total:.2f} s); "
                "the rolled-back model will be refused if it is sent again")
+    if result_round(pointer.current.version) is not None:
+        # a box of a federation then sits out every round built on it: helper-52's rollback
+        # stopped a federation whose quorum needed every box, and nothing here said so
+        typer.echo(f"note: in a federation this box now sits out the rounds built on "
+                   f"{pointer.current.version}; if the quorum needs it, no round closes until "
+                   "the operator runs `fedface-aggregator models rollback` (docs/operations.md,"
+                   " \"Model versions: pin, rollback, unpin\")", err=True)
 
 
 def register(app: typer.Typer) -> None:

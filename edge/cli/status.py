@@ -77,8 +77,13 @@ def _print(info: dict[str, Any], cert_ok: bool, cert_detail: str, revoked: Any) 
     if revoked is not None:
         typer.echo(f"REVOKED     {revoked.summary()}: {REPROVISION}")
     model = info["model"]
-    typer.echo("model       " + (f"{model['version']} (round {model['round']})" if model
-                                 else "pretrained base (no federated result applied yet)"))
+    if not model:
+        shown = "pretrained base (no federated result applied yet)"
+    elif model["round"] is None:  # a local fine-tune (`train --apply`): it said "round None"
+        shown = f"{model['version']} (not a federated result)"
+    else:
+        shown = f"{model['version']} (round {model['round']})"
+    typer.echo(f"model       {shown}")
     typer.echo(f"outbox      {info['pending_updates']} update(s) waiting for an ack")
     typer.echo(f"kiosk       password {'set' if info['kiosk_password_set'] else 'NOT set'}")
 

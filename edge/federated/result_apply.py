@@ -350,9 +350,9 @@ class ResultApplier:
             return
         if self.declined is not None and self.declined[0] == served[0]:
             return
-        log.warning("now federating from %s, which this box serves (the served model was "
-                    "changed outside this process, e.g. by model rollback; was %s)",
-                    served[0], self.version)
+        log.warning("this box now serves %s, changed by another command on it (model "
+                    "rollback, train --apply; was %s): it joins the rounds built on a version "
+                    "it serves or accepts", served[0], self.version)
         self.version, self.vector = served
 
     def _sink_serves_pretrained(self) -> bool:

@@ -85,8 +85,8 @@ def test_a_box_that_rolled_the_base_back_is_named_with_the_way_out() -> None:
     rolled = {"box-a": "base_not_served"}
     action, why = call(summed=1, contributors=frozenset({"box-b"}), sat_out=rolled,
                        quorum=3, extensions=2)
-    assert action == FAIL and "box-a do(es) not serve its base round-3: without them " \
-        "the quorum of 3 cannot be met on round-3; fedface-aggregator models pin" in why
+    assert action == FAIL and "box-a does not serve its base round-3: without them " \
+        "the quorum of 3 cannot be met on round-3; fedface-aggregator models rollback" in why
     action, why = call(sat_out={**rolled, "box-b": NEW, "box-c": NEW})
     assert action == SKIP and why.startswith("nothing new: box-b, box-c sat out")
     action, why = call(sat_out=dict.fromkeys(BOXES, "base_not_served"))

@@ -208,12 +208,7 @@ def test_a_damaged_or_foreign_weights_file_falls_back_to_the_previous_version(
     """A disk fault on the served version's file (atomic renames rule out a torn write):
     the restart serves N-1, says so in the history, and its gallery matches it. A file
     made for another base model is refused the same way."""
-    box = copy_box(template, tmp_path / "box")
-    swapper = open_swapper(box)
-    base = swapper.part.initial_vector(swapper.assets.base_weights)
-    swapper.apply("r1", perturbed(base, 1))
-    swapper.apply("r2", perturbed(base, 2))
-    swapper.engine.close()
+    box = _box_serving(template, tmp_path, "r1", "r2")
     damaged = box / "models" / "sface-fed-r2.weights.npz"
     data = bytearray(damaged.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -336,3 +331,26 @@ def test_one_local_training_at_a_time(tmp_path: Path) -> None:
         lock_training(tmp_path / "train")
     held.close()
     lock_training(tmp_path / "train").close()  # free again once the first is done
+
+
+def test_rolling_back_a_federated_result_says_what_it_means_for_the_federation(
+        template: Path, tmp_path: Path) -> None:
+    """helper-52's rollback of round-2 stopped a federation whose quorum needed every box
+    (the box sits out every round built on it) and nothing at the box said so."""
+    box = _box_serving(template, tmp_path, "round-1", "round-2")
+    code, out, err = invoke(box, "model", "rollback")
+    assert code == 0 and "now serving round-1" in out, err
+    assert "note: in a federation this box now sits out the rounds built on round-2; if " \
+        "the quorum needs it, no round closes until the operator runs `fedface-aggregator " \
+        "models rollback`" in " ".join(err.split())
+
+
+def _box_serving(template: Path, tmp_path: Path, *versions: str) -> Path:
+    """A box that applied ``versions`` in turn (its swapper closed): serves the last."""
+    box = copy_box(template, tmp_path / "box")
+    swapper = open_swapper(box)
+    base = swapper.part.initial_vector(swapper.assets.base_weights)
+    for i, version in enumerate(versions, 1):
+        swapper.apply(version, perturbed(base, i))
+    swapper.engine.close()
+    return box
