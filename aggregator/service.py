@@ -295,7 +295,7 @@ class AggregatorService:
 
     def _hear_verdicts(self, item: VerdictReport) -> None:
         self.coordinator.heard_sitting_out(item.device, item.sitting_out)
-        self.events.handle(recover_if_ahead(self.coordinator, item.device, [item.latest_round],
+        self.events.handle(recover_if_ahead(self.coordinator, item.device, item.latest_round,
                                             "status"))
         try:  # every status of the box carries its recent verdicts: the next one retries
             self.events.handle(self.poison.report(item.device, item.verdicts))
@@ -329,7 +329,7 @@ class AggregatorService:
             if decision.reason == UNAVAILABLE:
                 self._let_resend(env.sender, env.msg)
             elif decision.reason == NOT_OPEN:  # a round this state never ran?
-                self.events.handle(recover_if_ahead(self.coordinator, env.sender, [env.round],
+                self.events.handle(recover_if_ahead(self.coordinator, env.sender, env.round,
                                                     "update"))
             self._ack(env.sender, env.round, env.msg, decision)
         acked = time.time()

@@ -86,11 +86,10 @@ class Rounds(Protocol):
     def abandon(self, why: str) -> list[Event]: ...
 
 
-def recover_if_ahead(coordinator: Rounds, device: str, rounds: list[int], what: str
+def recover_if_ahead(coordinator: Rounds, device: str, round_no: int, what: str
                      ) -> list[Event]:
     """The service's hook (statuses and updates it heard): the open round's failure and
-    the next round's opening, when a round of ``rounds`` is beyond the coordinator's state."""
-    round_no = max(rounds, default=0)
+    the next round's opening, when ``round_no`` is beyond the coordinator's state."""
     if not heard_round(coordinator.store, device, round_no, what, coordinator.initial_model,
                        coordinator.settings.key_id):
         return []
