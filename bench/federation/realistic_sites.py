@@ -34,7 +34,7 @@ from bench.common.realistic_bench import Bench
 from bench.common.realistic_design import RealisticDesign, build_realistic
 from bench.common.site_scores import CALIBRATION_FAR, LOWER_IS_BETTER, METRICS, row_stats
 from bench.rig.compare import reproduce
-from edge.training.api import TrainConfig
+from edge.training.api import LOSSES, TrainConfig
 
 log = logging.getLogger("bench.federation.realistic_sites")
 
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--margin", type=float, default=TrainConfig.margin, help="CosFace m")
     ap.add_argument("--scale", type=float, default=TrainConfig.scale, help="CosFace s")
-    ap.add_argument("--loss", choices=("cosface", "supcon"), default=TrainConfig.loss,
+    ap.add_argument("--loss", choices=LOSSES, default=TrainConfig.loss,
                     help="supcon: supervised contrastive over the batch (README, the demo)")
     ap.add_argument("--views", type=int, default=2)
     ap.add_argument("--lfw-folds", type=int, default=4, help="0: skip the clean check")

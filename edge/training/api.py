@@ -48,10 +48,13 @@ class TrainConfig:
     prox: float = 0.0  # weight of ||theta - theta_round_start||^2
     scale: float = 30.0  # CosFace s
     margin: float = 0.25  # CosFace m
-    loss: str = "cosface"  # or "supcon" (models.trainable.supervised_contrastive; benches)
+    loss: str = "cosface"  # one of LOSSES ("supcon": models.trainable.supervised_contrastive)
     time_budget_s: float = 300.0  # stop the round early after this much training
     threads: int = 1
     seed: int = 0
+
+
+LOSSES = ("cosface", "supcon")  # TrainConfig.loss: the product's, and one for benches
 
 
 @dataclass(frozen=True)

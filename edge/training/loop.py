@@ -12,7 +12,7 @@ import time
 import numpy as np
 import torch
 
-from edge.training.api import FitResult, TrainConfig, TrainingError
+from edge.training.api import LOSSES, FitResult, TrainConfig, TrainingError
 from models.trainable import (
     CosFaceHead,
     TrainableTail,
@@ -44,8 +44,8 @@ def fit(
     """Train ``tail``'s federated part in place on cached features with a fresh head."""
     if len(features) != len(labels) or len(features) == 0:
         raise TrainingError(f"{len(features)} feature rows for {len(labels)} labels")
-    if config.loss not in ("cosface", "supcon"):
-        raise TrainingError(f"unknown loss {config.loss!r} (cosface or supcon)")
+    if config.loss not in LOSSES:
+        raise TrainingError(f"unknown loss {config.loss!r} ({' or '.join(LOSSES)})")
     torch.set_num_threads(config.threads)
     generator = torch.Generator().manual_seed(config.seed)
     y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64))
