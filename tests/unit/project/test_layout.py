@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,18 @@ def test_tests_are_filed_by_level() -> None:
     assert not stray, f"test modules outside tests/<level>/: {stray}"
     for level in levels:
         assert (tests_root / level / "conftest.py").is_file(), f"tests/{level} has no conftest"
+
+
+# The top level is the brief's layout plus the project's own files; anything else there
+# is a scratch file swept into a commit (a helper's pid and logs once were, in 7c2c553).
+TOP_LEVEL = {".ci", ".gitignore", "Makefile", "README.md", "pyproject.toml", "aggregator",
+             "bench", "docs", "edge", "federation", "firmware_scripts", "models", "tests"}
+
+
+def test_the_top_level_holds_only_the_layout() -> None:
+    if not (REPO_ROOT / ".git").exists():
+        pytest.skip("not a git checkout (an unpacked archive): no tracked files to read")
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+    stray = sorted({path.split("/")[0] for path in tracked} - TOP_LEVEL)
+    assert not stray, f"files at the top level outside the layout: {stray}"
