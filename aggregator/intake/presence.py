@@ -16,9 +16,11 @@ own connection (Mosquitto does: measured, the wills came 50 ms before): a broker
 restart looked like every box vanishing, a warning per box. So a will is said (a
 warning per box, as before) only once ``will_hold_seconds`` passed with serve's link to
 the broker up all along (``link``: connected, and its count of connects) and the box not
-back on its own status; when the link dropped meanwhile the marks are taken back and one
-line says the broker went away. The boxes come back on their own status, as after any
-restart. The status (``fedface-aggregator status``) shows a box offline at once.
+back on its own status; as soon as the link dropped the marks are taken back and one
+line says the broker went away. Serve's session then gets those wills again (QoS 1: the
+broker redelivers what serve had not acknowledged), which are not taken as new. The
+boxes come back on their own status, as after any restart. The status
+(``fedface-aggregator status``) shows a box offline at once.
 """
 
 from __future__ import annotations
@@ -192,21 +194,26 @@ class PresenceRecorder:
                    at_once: bool = False) -> None:
         """Say the wills held long enough, or take them back if serve's link dropped."""
         now = time.monotonic()
+        link_now = (True, 0) if self.link is None else self.link()
         due: list[tuple[str, float, tuple[bool, int], float]] = []
         held: list[tuple[str, float, tuple[bool, int], float]] = []
         for w in self._wills:
-            (due if at_once or now - w[3] >= self.will_hold_seconds else held).append(w)
+            # serve's link dropped since the will: decided now, not after the hold (a
+            # broker restart was said 45 s late, and the status meanwhile said offline)
+            settled = at_once or now - w[3] >= self.will_hold_seconds or w[2] != link_now
+            (due if settled else held).append(w)
         if not due:
             return
         self._wills = held
-        link_now = (True, 0) if self.link is None else self.link()
         # the link up all along: the same connect count then and now, and up now
         kept = [w for w in due if w[2] == link_now and link_now[0]]
         back = [w for w in due if not (w[2] == link_now and link_now[0])]
         for device, since, _, _ in back:
             record = records.get(device)
             if record is not None and record.offline_since == since:  # nothing newer came
-                records[device] = replace(record, offline_since=None, will_at=None)
+                # will_at stays: the same will again, before the box's next status, is
+                # the broker's redelivery of it (observe)
+                records[device] = replace(record, offline_since=None)
                 save_presence(db, records[device])
         if back:
             log.info("the broker went away: the last will(s) of %s it published as it went "

@@ -96,7 +96,8 @@ class PresenceRecord:
     last_swap: dict[str, Any] | None = None
     verdicts: list[dict[str, Any]] = field(default_factory=list)
     offline_since: float | None = None  # when serve heard the stale will (its clock)
-    will_at: float | None = None  # that will's own time (the box's clock: its connect)
+    # that will's own time (the box's clock: its connect); kept when the will is taken back
+    will_at: float | None = None
 
 
 def observe(record: PresenceRecord | None, heard: Heard) -> PresenceRecord | None:
@@ -107,9 +108,11 @@ def observe(record: PresenceRecord | None, heard: Heard) -> PresenceRecord | Non
       box is recorded offline replaces it whatever its time: the box is back;
     - an offline status published live (the broker's will for a vanished box) that is
       older than the recorded online status marks the box offline since now, keeping
-      that status's model, verdicts and last swap. A retained one says nothing about
-      when the box went, and an offline status newer than the record is the box's own
-      clean stop, which its retained status shows as it is.
+      that status's model, verdicts and last swap; the will taken back (``will_at``
+      kept, ``offline_since`` cleared: the broker went away) heard again before the
+      box's next online status is the broker's redelivery of it. A retained one says
+      nothing about when the box went, and an offline status newer than the record is
+      the box's own clean stop, which its retained status shows as it is.
     """
     e = heard.entry
     if e.get("state") == ONLINE:
@@ -119,7 +122,8 @@ def observe(record: PresenceRecord | None, heard: Heard) -> PresenceRecord | Non
         return PresenceRecord(heard.device, e["model"], e["ts"], heard.at, e.get("last_swap"),
                               list(e.get("verdicts") or ()))
     if (e.get("state") == OFFLINE and not heard.retained and record is not None
-            and record.offline_since is None and e["ts"] < record.reported_at):
+            and record.offline_since is None and e["ts"] < record.reported_at
+            and e["ts"] != record.will_at):
         return replace(record, offline_since=heard.at, will_at=e["ts"])
     return None
 

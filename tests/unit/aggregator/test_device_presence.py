@@ -408,6 +408,42 @@ def test_a_will_is_said_only_when_serves_own_link_stayed_up(
     store.close()
 
 
+def test_a_broker_restart_is_said_when_serves_link_drops_and_its_redelivery_ignored(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The wills a broker publishes as it shuts down were taken back only after the whole
+    hold (45 s), the box shown offline meanwhile; and serve's session gets them again
+    after its reconnect (QoS 1 redelivery), which must not mark the box offline again."""
+    store = Store(tmp_path)
+    link = [True, 1]
+    recorder = PresenceRecorder(tmp_path, clock=lambda: NOW, idle_seconds=5.0,
+                                link=lambda: (bool(link[0]), int(link[1])),
+                                will_hold_seconds=600.0)
+
+    def record() -> PresenceRecord | None:
+        assert recorder.wait_settled(10)
+        return load_presence(store.db).get(BOX)
+
+    with caplog.at_level(logging.INFO):
+        recorder.observe(BOX, _entry("online", "round-1", 150.0), False)
+        recorder.observe(BOX, _entry("offline", "base", 100.0), False)  # the shutdown's will
+        assert (gone := record()) is not None and gone.offline_since == NOW
+        link[0] = False  # serve's link dropped
+        deadline = time.monotonic() + 5
+        while "the broker went away" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "the broker went away: the last will(s) of box-a" in caplog.text
+        assert (back := record()) is not None and back.offline_since is None
+        link[:] = [True, 2]
+        recorder.observe(BOX, _entry("offline", "base", 100.0), False)  # redelivered
+        assert (still := record()) is not None and still.offline_since is None, still
+        # the box back on its status, then vanishing for real: the same will is news
+        recorder.observe(BOX, _entry("online", "round-1", 160.0), False)
+        recorder.observe(BOX, _entry("offline", "base", 100.0), False)
+        assert (gone := record()) is not None and gone.offline_since == NOW
+    recorder.close()
+    store.close()
+
+
 def test_status_says_when_an_open_round_s_deadline_is_long_past() -> None:
     """With serve stopped, status printed `deadline in 0s` for ever."""
     assert status_cli._deadline(time.time() + 90).startswith("deadline in ")
