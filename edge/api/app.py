@@ -27,6 +27,7 @@ from edge.errors import ImageReadError, NoFaceError
 from edge.gallery.names import NameRejected
 from edge.gallery.store import UnknownPersonError
 from edge.gallery.subjects import SubjectExistsError
+from edge.serving.recognizer import NotThePerson
 from edge.vision.image_header import ImageTooLarge
 
 EXTENSION = "fedface_api"
@@ -218,6 +219,7 @@ def _errors(app: Flask) -> None:
     app.register_error_handler(cf.OptionError, handler(400, cf.CODE_BAD_REQUEST))
     app.register_error_handler(NameRejected, handler(400, cf.CODE_BAD_REQUEST))
     app.register_error_handler(SubjectExistsError, handler(400, cf.CODE_BAD_REQUEST))
+    app.register_error_handler(NotThePerson, handler(400, cf.CODE_BAD_REQUEST))
     app.register_error_handler(UnknownPersonError, handler(404, cf.CODE_NOT_FOUND))
 
     def http_error(exc: HTTPException) -> Response:

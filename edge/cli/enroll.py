@@ -56,9 +56,14 @@ def _warn(outcome: EnrolOutcome) -> None:
                    "and was enrolled", err=True)
     like = outcome.looks_like
     if like is not None:
+        # "remove NAME" deletes NAME's earlier photos too: not the advice for a person
+        # who had some (helper-53)
+        fix = (f"fedface-edge people remove '{outcome.name}'" if not outcome.existed else
+               "remove one of the two names (fedface-edge people remove NAME: all of that "
+               "name's photos go)")
         typer.echo(f"warning: the photos of {outcome.name} look like {like.name} (similarity "
                    f"{like.score:.2f}), who is already enrolled: if it is the same person, "
-                   f"fedface-edge people remove '{outcome.name}'", err=True)
+                   f"{fix}", err=True)
 
 
 def _enrol_folder(ctx: typer.Context, root: Path, max_per_person: int | None) -> None:

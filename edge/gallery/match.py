@@ -132,3 +132,22 @@ def face_like_the_rest(faces: list[np.ndarray], alone: list[np.ndarray]) -> int 
     scores = normalised(np.stack(faces)) @ centre
     best = int(np.argmax(scores))
     return best if float(scores[best]) >= UNLIKE_THE_REST else None
+
+
+# Cosine to the direction of a person's enrolled photos under which a photo about to be
+# added to them is someone else's (helper-53 added Colin Powell's photo to Al Gore, with
+# a green "Added"). Measured on LFW (250 people, 3 photos enrolled, their next 3 and every
+# other person's as probes, pretrained SFace): 0.13% of a person's own photos fall under
+# 0.30 and 1.4% of strangers reach it; 0.25 lets 4.7% of strangers through.
+NOT_THE_PERSON = 0.30
+
+
+def not_the_person(new: np.ndarray, enrolled: np.ndarray) -> list[tuple[int, float]]:
+    """The photos of ``new`` (unit embeddings) about to be added to a person whose photos
+    ``enrolled`` are (same model version) that are someone else's: (index, cosine to
+    the direction of ``enrolled``) of each under NOT_THE_PERSON. None for a new person."""
+    if len(enrolled) == 0 or len(new) == 0:
+        return []
+    centre = normalised(np.mean(normalised(enrolled), axis=0))[0]
+    scores = normalised(new) @ centre
+    return [(i, float(s)) for i, s in enumerate(scores) if s < NOT_THE_PERSON]

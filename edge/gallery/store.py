@@ -171,25 +171,14 @@ class Gallery:
 
     # --- enrolment ---------------------------------------------------------------------
 
-    def enroll(
-        self,
-        name: str,
-        crops: Sequence[np.ndarray],
-        embeddings: np.ndarray,
-        model_version: str,
-        sources: Sequence[str | None] | None = None,
-    ) -> int:
+    def enroll(self, name: str, crops: Sequence[np.ndarray], embeddings: np.ndarray,
+               model_version: str, sources: Sequence[str | None] | None = None) -> int:
         """Add crops (and their embeddings) to ``name``, creating the person; return id."""
         return self.enroll_crops(name, crops, embeddings, model_version, sources).person_id
 
-    def enroll_crops(
-        self,
-        name: str,
-        crops: Sequence[np.ndarray],
-        embeddings: np.ndarray,
-        model_version: str,
-        sources: Sequence[str | None] | None = None,
-    ) -> EnrolledCrops:
+    def enroll_crops(self, name: str, crops: Sequence[np.ndarray], embeddings: np.ndarray,
+                     model_version: str, sources: Sequence[str | None] | None = None
+                     ) -> EnrolledCrops:
         """:meth:`enroll`, with the crops' ids. A crop the person has already (the same
         photo aligns to the same bytes) is not stored again: its stored id is given and
         ``new`` says so. Callers check ``crop_digests`` first to say so early; this check
@@ -361,6 +350,12 @@ class Gallery:
         if len(matrix.vectors) == 0:
             return [Match(None, 0.0, None) for _ in probes]
         return match(probes, matrix.vectors, matrix.person_ids, matrix.names, threshold)
+
+    def person_vectors(self, name: str, model_version: str) -> np.ndarray:
+        """The unit embeddings of ``model_version`` of ``name``'s photos (none: empty)."""
+        matrix = self._matrix(model_version)
+        ids = [person_id for person_id, n in matrix.names.items() if n == name]
+        return matrix.vectors[np.isin(matrix.person_ids, ids)]
 
     def identify(self, embedding: np.ndarray, model_version: str, threshold: float) -> Match:
         return self.identify_many(np.asarray(embedding)[None, :] if np.ndim(embedding) == 1

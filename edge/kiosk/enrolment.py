@@ -26,7 +26,12 @@ import numpy as np
 
 from edge.errors import FedFaceError
 from edge.gallery.files import crop_digest
-from edge.gallery.match import enrolled_as_another, face_like_the_rest
+from edge.gallery.match import (
+    NOT_THE_PERSON,
+    enrolled_as_another,
+    face_like_the_rest,
+    not_the_person,
+)
 from edge.gallery.names import NameRejected, check_name
 from edge.gallery.store import Gallery, GalleryError
 from edge.kiosk.quality import (
@@ -357,6 +362,18 @@ class EnrolmentDesk:
         # embed with the served model at save time: shots taken before a model swap get
         # the new model's vectors, never a mix of versions
         vectors, tag = self.worker.engine.embed_crops(crops)
+        wrong = not_the_person(vectors, self.gallery.person_vectors(name, tag))
+        if wrong:  # someone else's face must not be saved under an enrolled name
+            index, score = wrong[0]
+            source = sources[index]
+            what = (source.removeprefix("kiosk upload ") if source.startswith("kiosk upload")
+                    else "The camera shots" if source.startswith("kiosk camera")
+                    else "This face")
+            raise EnrolmentRejected(
+                f"{what} does not look like {name}, who is already "
+                f"enrolled (similarity {score:.2f} with {name}'s photos; under "
+                f"{NOT_THE_PERSON:.2f} is someone else's face). Nothing was stored. If it "
+                "is someone else, enrol them under their own name.")
         duplicate = self._duplicate(name, vectors, tag) if (
             check_duplicates or warn_duplicates) else None
         if check_duplicates and duplicate is not None:

@@ -46,9 +46,13 @@ def _saved_message(saved: Saved) -> str:
                  "other photos: not stored.")
     if saved.looks_like is not None:
         like = saved.looks_like
+        # "remove NAME" deletes NAME's earlier photos too: not the advice for a person
+        # who had some (helper-53)
+        fix = (f"remove {saved.name} on the People page" if not saved.existed else
+               f"remove {saved.name} or {like.match_name} on the People page (all of that "
+               "name's photos go)")
         said += (f" Warning: these photos look like {like.match_name}, who is already "
-                 f"enrolled (similarity {like.score:.2f}): if it is the same person, remove "
-                 f"{saved.name} on the People page.")
+                 f"enrolled (similarity {like.score:.2f}): if it is the same person, {fix}.")
     return said
 
 

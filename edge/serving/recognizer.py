@@ -16,7 +16,13 @@ import numpy as np
 
 from edge.errors import FedFaceError, ImageReadError, NoFaceError
 from edge.gallery.files import GalleryError, crop_digest
-from edge.gallery.match import Match, enrolled_as_another, face_like_the_rest
+from edge.gallery.match import (
+    NOT_THE_PERSON,
+    Match,
+    enrolled_as_another,
+    face_like_the_rest,
+    not_the_person,
+)
 from edge.gallery.store import EnrolledCrops, Gallery
 from edge.serving.engine import Engine
 from edge.serving.events import UNKNOWN, RecognitionEvent
@@ -26,13 +32,24 @@ from edge.vision.pipeline import FacePipeline, RecognisedFace, StageTimings, rea
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EnrolOutcome", "Recognition", "Recognizer", "images_in", "people_folders"]
+__all__ = ["EnrolOutcome", "NotThePerson", "Recognition", "Recognizer", "images_in",
+           "people_folders"]
 
 
 class EnrolInputError(FedFaceError):
     """An enrolment folder does not have the expected layout."""
 
     exit_code = 3
+
+
+class NotThePerson(EnrolInputError):
+    """A photo to add to an enrolled person is someone else's (edge.gallery.match)."""
+
+
+def not_the_person_reason(name: str, score: float) -> str:
+    return (f"does not look like {name}, who is already enrolled (similarity {score:.2f} "
+            f"with {name}'s photos; under {NOT_THE_PERSON:.2f} is someone else's face): not "
+            "added; if it is someone else, enrol them under their own name")
 
 
 @dataclass(frozen=True)
@@ -95,6 +112,7 @@ class EnrolOutcome:
     # photos with several faces where another than the largest looked like the person
     picked: list[tuple[Path, Box]] = field(default_factory=list)
     looks_like: Match | None = None  # the enrolled person (another name) the photos match
+    existed: bool = False  # the person had photos before this enrolment
 
 
 Box = tuple[int, int, int, int]  # x, y, w, h in the photo
@@ -154,6 +172,7 @@ class Recognizer:
         # an enrolment run twice (a walkthrough's step repeated) doubled the person's
         # crops and made a training round of them: the same photo is taken once
         held = self.gallery.crop_digests(name)
+        outcome.existed = bool(held)
         for image in images:
             if max_images is not None and len(crops) >= max_images:
                 break
@@ -183,6 +202,7 @@ class Recognizer:
             if progress:
                 progress(image, None)
         self._settle_group_photos(outcome, crops, vectors)
+        self._drop_not_the_person(outcome, crops, vectors, skip_bad)
         if crops:
             outcome.looks_like = self._looks_like(name, crops, vectors)
             stored = self.enroll_crops(name, crops, vectors, [p.name for p in outcome.added])
@@ -200,6 +220,9 @@ class Recognizer:
         (``base_vectors`` come from the pipeline's pretrained embedder): the person's id
         and the crops' ids (``Gallery.enroll_crops``: a crop stored before is not again)."""
         vectors, tag = self._served_vectors(crops, base_vectors)
+        wrong = not_the_person(vectors, self.gallery.person_vectors(name, tag))
+        if wrong:  # every way in (the API too): never another's face under this name
+            raise NotThePerson(f"a photo {not_the_person_reason(name, wrong[0][1])}")
         ids = self.gallery.enroll_crops(name, crops, vectors, tag, sources=sources)
         self.engine.refresh_gallery()
         return ids
@@ -211,6 +234,23 @@ class Recognizer:
         if state.embedder is not self.pipeline.embedder:  # a federated model serves
             vectors = list(state.embedder.embed(crops))
         return np.stack(vectors), state.tag
+
+    def _drop_not_the_person(self, outcome: EnrolOutcome, crops: list[np.ndarray],
+                             vectors: list[np.ndarray], skip_bad: bool) -> None:
+        """Photos to add to an enrolled person that are someone else's: skipped (said
+        why), or with ``skip_bad`` off refused, nothing enrolled."""
+        if not crops:
+            return
+        served, tag = self._served_vectors(crops, vectors)
+        wrong = not_the_person(served, self.gallery.person_vectors(outcome.name, tag))
+        if wrong and not skip_bad:
+            i, score = wrong[0]
+            raise NotThePerson(f"{outcome.added[i]} {not_the_person_reason(outcome.name, score)}"
+                               "; nothing was enrolled")
+        outcome.skipped += [(outcome.added[i], not_the_person_reason(outcome.name, score))
+                            for i, score in wrong]
+        for i, _ in reversed(wrong):
+            del crops[i], vectors[i], outcome.added[i]
 
     def _settle_group_photos(self, outcome: EnrolOutcome, crops: list[np.ndarray],
                              vectors: list[np.ndarray]) -> None:

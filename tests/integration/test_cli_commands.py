@@ -400,3 +400,28 @@ def test_listing_people_of_a_new_box_creates_nothing(tmp_path: Path) -> None:
     assert listed.exit_code == 0, listed.output
     assert json.loads(listed.stdout) == []
     assert not (tmp_path / "new-box" / DB_FILENAME).exists()
+
+
+def test_someone_else_s_photo_is_not_added_to_an_enrolled_person(
+        enrolled: Path, tmp_path: Path, lfw_dir: Path) -> None:
+    """helper-53: `enroll "Ann Veneman" Colin_Powell_0008.jpg`, Ann enrolled, printed
+    `added Ann Veneman: 1 image(s)` and Colin was named Ann from then on."""
+    person, other = PEOPLE[1], "George_W_Bush"
+    before = json.loads(invoke(enrolled, "people", "list", "--json").stdout)
+    named = invoke(enrolled, "enroll", person, str(lfw_image(lfw_dir, person, 4)),
+                   str(lfw_image(lfw_dir, other, 8)))
+    assert named.exit_code == 3, named.output
+    assert f"{other}_0008.jpg does not look like {person}, who is already enrolled " \
+        "(similarity" in named.output and "nothing was enrolled" in named.output, named.output
+    assert json.loads(invoke(enrolled, "people", "list", "--json").stdout) == before
+    # from a folder: the odd photo is skipped and said, the person's own are added
+    root = tmp_path / "more"
+    (root / person).mkdir(parents=True)
+    for photo in (lfw_image(lfw_dir, person, 4), lfw_image(lfw_dir, other, 8)):
+        shutil.copy(photo, root / person)
+    folder = invoke(enrolled, "enroll", "--from-dir", str(root))
+    assert folder.exit_code == 0, folder.output
+    assert f"{other}_0008.jpg: does not look like {person}" in folder.stderr, folder.stderr
+    assert "enrolled 1 of 1 people from 1 image(s); skipped 1 image(s)" in folder.stdout
+    probe = invoke(enrolled, "identify", "--json", str(lfw_image(lfw_dir, other, 9)))
+    assert json.loads(probe.stdout)["faces"][0]["name"] == "unknown", probe.stdout

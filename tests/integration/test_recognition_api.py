@@ -61,6 +61,11 @@ def test_compreface_sdk_enrols_and_recognises_like_identify(tmp_path: Path,
         # a second example of it, where enroll and the kiosk add nothing)
         again = collection.add(image_path=photo(lfw_dir, PEOPLE[0], 1), subject=PEOPLE[0])
         assert again["image_id"] == image_ids[PEOPLE[0]][0], again
+        # someone else's face under an enrolled subject is refused (helper-53: the CLI
+        # and the kiosk added it, and its owner was named as the subject from then on)
+        other = collection.add(image_path=photo(lfw_dir, STRANGER, 2), subject=PEOPLE[0])
+        assert other["code"] == 26 and f"does not look like {PEOPLE[0]}" in other["message"], \
+            other
         listed = collection.list()
         assert listed["total_elements"] == 6
         assert {f["subject"] for f in listed["faces"]} == set(PEOPLE)

@@ -357,6 +357,32 @@ def test_an_upload_repeated_adds_nothing_and_one_of_someone_else_warns(
     assert "remove Ada Lovelace on the People page" in said
 
 
+def test_an_upload_of_someone_else_under_an_enrolled_name_is_refused(
+    client: FlaskClient, kiosk: Kiosk, lfw_dir: Path
+) -> None:
+    """helper-53: Colin Powell's photo uploaded as Al Gore, who was enrolled, was added to
+    him ("Added 1 photo to Al Gore"), and Colin was then named Al Gore at 0.73."""
+    assert log_in(client).status_code == 302
+    own = [(jpeg_bytes(lfw_dir / PERSON_A / f"{PERSON_A}_000{i}.jpg"), f"a{i}.jpg")
+           for i in (1, 2)]
+    assert upload(client, "Ada", own).status_code == 302
+    colin = sorted((lfw_dir / "Colin_Powell").iterdir())
+    refused = upload(client, "Ada", [(jpeg_bytes(lfw_dir / PERSON_A / f"{PERSON_A}_0003.jpg"),
+                                      "a3.jpg"), (jpeg_bytes(colin[0]), "colin.jpg")])
+    assert refused.status_code == 400, text(refused)
+    said = text(refused)
+    assert "colin.jpg does not look like Ada, who is already enrolled (similarity" in said, said
+    assert "Nothing was stored." in said
+    assert rows(kiosk)["crops"] == 2  # all or nothing: Ada's own third photo waits too
+    kiosk.services.worker.process_frame(0, time.time(), read_image(colin[1]))
+    latest = kiosk.services.worker.latest()
+    assert latest is not None and latest.matches[0].name is None  # Colin is no one here
+    # her own photo alone is added
+    assert upload(client, "Ada", [(jpeg_bytes(lfw_dir / PERSON_A / f"{PERSON_A}_0003.jpg"),
+                                   "a3.jpg")]).status_code == 302
+    assert rows(kiosk)["crops"] == 3
+
+
 def test_an_upload_with_two_faces_says_the_largest_was_taken(
     client: FlaskClient, kiosk: Kiosk, lfw_dir: Path
 ) -> None:
