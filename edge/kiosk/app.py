@@ -88,9 +88,9 @@ def _guard() -> BaseResponse | None:
         if was_logged_in:
             # keep an anonymous session (its CSRF token is in an open login form)
             session.clear()
-        if wants_json():
-            return Response(json.dumps({"error": "login required", "login": "/login"}), 401,
-                            mimetype="application/json")
+        # said also when the live page's poll is the request that finds the session
+        # expired: the page then goes to the login form, which shows it (it showed a
+        # bare form, as if the guard had logged out: helper-53)
         if problem == "expired" and was_logged_in:
             minutes = svc.settings.idle_timeout_s / 60
             flash(f"Your session expired after {minutes:g} minutes without activity. "
@@ -99,6 +99,9 @@ def _guard() -> BaseResponse | None:
             flash("The kiosk password was changed. Please log in again.", "warning")
         elif problem == "ended":
             flash("This session was logged out. Please log in again.", "warning")
+        if wants_json():
+            return Response(json.dumps({"error": "login required", "login": "/login"}), 401,
+                            mimetype="application/json")
         return redirect(flask_url_for("auth.login"))
     if request.endpoint not in PASSIVE_ENDPOINTS:
         session["last_seen"] = svc.clock()

@@ -155,6 +155,12 @@ def test_idle_session_expires_and_polling_does_not_keep_it_alive(
     assert "Your session expired after 15 minutes without activity. Please log in again." in page
     assert client.get("/api/status").status_code == 401
     assert log_in(client).status_code == 302
+    # the live page's poll finds it expired: the login form it goes to says so
+    # (helper-53 saw a bare form, as if someone had logged the guard out)
+    clock.now += idle + 1
+    assert client.get("/api/status").status_code == 401
+    page = text(client.get("/login"))
+    assert "Your session expired after 15 minutes without activity. Please log in again." in page
 
 
 def test_the_browser_keeps_an_expired_session_long_enough_to_be_told(
