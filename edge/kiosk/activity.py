@@ -316,6 +316,23 @@ class ActivityLog:
                 if entry.id == entry_id:
                     self._alerts[index] = replace(entry, acknowledged=True, enrolled_as=name)
 
+    def enrolled(self, name: str, is_them: Callable[[list[np.ndarray]], list[bool]]) -> int:
+        """Someone was enrolled: the open alerts whose face ``is_them`` (judged outside
+        the lock: it embeds) are dealt with, enrolled as ``name``. An alert stayed open,
+        'closest ... 0.16', after its stranger was enrolled from photos (helper-53)."""
+        with self._lock:
+            open_alerts = [(e.id, e.crop) for e in self._alerts if e.crop is not None
+                           and not e.acknowledged and e.enrolled_as is None]
+        if not open_alerts:
+            return 0
+        verdicts = is_them([crop for _, crop in open_alerts])
+        theirs = {i for (i, _), yes in zip(open_alerts, verdicts, strict=True) if yes}
+        with self._lock:
+            for index, entry in enumerate(self._alerts):
+                if entry.id in theirs and entry.enrolled_as is None:
+                    self._alerts[index] = replace(entry, acknowledged=True, enrolled_as=name)
+        return len(theirs)
+
     def forget_person(self, person_id: int) -> int:
         """Drop a removed person's recognitions (their face must not linger on screen)."""
         with self._lock:

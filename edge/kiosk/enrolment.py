@@ -30,10 +30,12 @@ from edge.gallery.match import (
     NOT_THE_PERSON,
     enrolled_as_another,
     face_like_the_rest,
+    normalised,
     not_the_person,
 )
 from edge.gallery.names import NameRejected, check_name
 from edge.gallery.store import Gallery, GalleryError
+from edge.kiosk.activity import ActivityLog
 from edge.kiosk.quality import (
     ShotVerdict,
     UploadRefused,
@@ -122,6 +124,7 @@ class EnrolmentDesk:
         settings: KioskSettings,
         match_threshold: float,
         clock: Callable[[], float] = time.time,
+        alerts: ActivityLog | None = None,  # settled when their stranger is enrolled
     ) -> None:
         self.worker = worker
         self.gallery = gallery
@@ -129,6 +132,7 @@ class EnrolmentDesk:
         self.settings = settings
         self.match_threshold = match_threshold  # the deployed one: the pretrained model's
         self._clock = clock
+        self.alerts = alerts
         self._pending: dict[str, CameraEnrolment] = {}
         self._lock = threading.Lock()
         self._upload_lock = threading.Lock()
@@ -334,6 +338,14 @@ class EnrolmentDesk:
 
     # --- both ---------------------------------------------------------------------------
 
+    def _alike(self, faces: list[np.ndarray], vectors: np.ndarray, tag: str) -> list[bool]:
+        """Which ``faces`` (crops) are the person of ``vectors`` (none after a swap)."""
+        seen, seen_tag = self.worker.engine.embed_crops(faces)
+        if seen_tag != tag:  # two models' vectors are never compared
+            return [False] * len(faces)
+        scores = normalised(seen) @ normalised(vectors).T
+        return [bool(s) for s in scores.max(axis=1) >= self._threshold()]
+
     def _duplicate(self, name: str, vectors: np.ndarray, tag: str) -> DuplicateFace | None:
         try:
             matches = self.gallery.identify_many(vectors, tag, self._threshold())
@@ -364,11 +376,9 @@ class EnrolmentDesk:
         vectors, tag = self.worker.engine.embed_crops(crops)
         wrong = not_the_person(vectors, self.gallery.person_vectors(name, tag))
         if wrong:  # someone else's face must not be saved under an enrolled name
-            index, score = wrong[0]
-            source = sources[index]
+            source, score = sources[wrong[0][0]], wrong[0][1]
             what = (source.removeprefix("kiosk upload ") if source.startswith("kiosk upload")
-                    else "The camera shots" if source.startswith("kiosk camera")
-                    else "This face")
+                    else "The camera shots" if source.startswith("kiosk camera") else "This face")
             raise EnrolmentRejected(
                 f"{what} does not look like {name}, who is already "
                 f"enrolled (similarity {score:.2f} with {name}'s photos; under "
@@ -383,5 +393,7 @@ class EnrolmentDesk:
         if not added:
             raise _nothing_added(name, len(crops))
         log.info("kiosk enrolled %d face(s) for person %d", added, stored.person_id)
+        if self.alerts is not None:
+            self.alerts.enrolled(name, lambda faces: self._alike(faces, vectors, tag))
         return Saved(name, stored.person_id, added, existed, already + len(crops) - added,
                      duplicate)

@@ -117,7 +117,7 @@ def build_kiosk(
                                    detect_every=settings.detect_every,
                                    visit_sinks=visit_sinks)
         desk = EnrolmentDesk(worker, gallery, upload_pipeline, settings, edge.match_threshold,
-                             clock=clock)
+                             clock=clock, alerts=activity)
         gate = LoginGate(settings.login_max_failures, settings.login_window_s,
                          settings.login_global_max_failures, settings.login_concurrent_checks,
                          settings.login_check_wait_s, clock)

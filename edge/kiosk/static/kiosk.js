@@ -82,7 +82,8 @@
   }
 
   function alertDetail(item) {
-    const closest = item.best_name
+    // once enrolled, the stranger's closest match at the time says nothing any more
+    const closest = item.enrolled_as ? "dealt with" : item.best_name
       ? "closest " + item.best_name + " " + item.score.toFixed(2)
       : "nobody enrolled to compare";
     return closest + " \u00b7 seen " + item.seen;

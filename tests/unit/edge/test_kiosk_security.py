@@ -313,6 +313,28 @@ def test_face_images_are_for_logged_in_staff_only(client: FlaskClient, kiosk: Ki
     assert client.get("/people/999/photo.jpg").status_code == 404
 
 
+def test_enrolling_a_stranger_from_photos_settles_their_alert(
+        client: FlaskClient, kiosk: Kiosk, lfw_dir: Path) -> None:
+    """helper-53: after a stranger was enrolled by upload, their alert stayed open
+    ('Unknown face, closest Ann Veneman 0.16', badge 1). Their alert is now dealt with,
+    enrolled as them; another stranger's stays open."""
+    worker, activity = kiosk.services.worker, kiosk.services.activity
+    serena, putin = (sorted((lfw_dir / p).iterdir()) for p in ("Serena_Williams",
+                                                                 "Vladimir_Putin"))
+    for index, photo in enumerate((serena[0], putin[0])):
+        worker.process_frame(index, time.time() + 120 * index, read_image(photo))
+    assert activity.unacknowledged() == 2
+    assert log_in(client).status_code == 302
+    saved = upload(client, "Serena", [(jpeg_bytes(p), p.name) for p in serena[1:4]])
+    assert saved.status_code == 302, text(saved)
+    alerts = {a.best_name if a.enrolled_as is None else a.enrolled_as: a
+              for a in activity.alerts()}
+    assert "Serena" in alerts and alerts["Serena"].acknowledged, activity.alerts()
+    assert activity.unacknowledged() == 1
+    page = text(client.get("/"))
+    assert "Enrolled as Serena" in page and "dealt with" in page, page
+
+
 def test_one_alert_can_be_acknowledged_on_its_own(client: FlaskClient, kiosk: Kiosk,
                                                   lfw_dir: Path) -> None:
     """Only 'Acknowledge all' cleared alerts (the walkthrough's badge stayed at 9 after
