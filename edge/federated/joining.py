@@ -307,9 +307,11 @@ class RoundJoiner:
         self._previous_mark, self._samples_mark = self._samples_mark, self._job_mark
         save_client_state(self._state_path, self.last_submitted, self._samples_mark,
                           self._previous_mark)
-        self.events.emit("submitted", round_no, stats)
-        # replaces a "sat out" said before new people were enrolled in the same round
+        # replaces a "sat out" said before new people were enrolled in the same round;
+        # recorded before the event, so whoever hears it finds the verdict (a loaded
+        # CI's test read None in between)
         self.verdicts.record(round_no, None, "submitted", submitted_reason(stats))
+        self.events.emit("submitted", round_no, stats)
         self._publish_status()
         log.info("round %d: update %s sealed (%d samples, %d bytes in %d chunks, encrypt "
                  "%.2f s)", round_no, pending.msg_id[:12], stats["n_samples"], stats["bytes"],
