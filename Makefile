@@ -32,7 +32,7 @@ demo: setup
 test: setup-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/pytest -q --durations=10
+	$(VENV)/bin/pytest -q --durations=10 -n 2 --dist loadfile
 
 lint: setup
 	$(VENV)/bin/ruff check .
