@@ -58,7 +58,7 @@ def _device() -> str | None:
 def _wait_text(seconds: float) -> str:
     seconds = max(1, round(seconds))
     minutes, rest = divmod(seconds, 60)
-    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
+    return (f"{minutes} min {rest} s" if rest else f"{minutes} min") if minutes else f"{rest} s"
 
 
 def _refused(refused: LoginRefused) -> Response:
@@ -83,7 +83,7 @@ def login() -> BaseResponse | str:
     address = request.remote_addr or "unknown"
     device = _device()
     client = f"device:{device}" if device else f"address:{address}"
-    known = " (a browser that logged in before)" if device else ""
+    known = " (a browser that logged in before)" if device else " (no device cookie)"
     try:
         with svc.gate.attempt(client, trusted=device is not None) as attempt:
             if svc.passwords.verify(request.form.get("password", "")):
@@ -111,9 +111,11 @@ def login() -> BaseResponse | str:
     left = attempt.left
     log.warning("kiosk login failed from %s%s (%d attempts left)", address, known, left)
     message = "Wrong password."
-    if left <= 2:
-        message += f" {left} attempt{'s' if left != 1 else ''} left before a " \
-                   f"{_wait_text(svc.settings.login_window_s)} wait."
+    wait = _wait_text(svc.settings.login_window_s)
+    if left == 0:  # not "0 attempts left before a wait" (helper-53)
+        message += f" Too many failed attempts: log-ins from here wait {wait}."
+    elif left <= 2:
+        message += f" {left} attempt{'s' if left != 1 else ''} left before a {wait} wait."
     return Response(render_template("login.html", password_set=True, error=message), 401)
 
 

@@ -103,6 +103,9 @@ def test_wrong_password_then_rate_limit(client: FlaskClient, kiosk: Kiosk,
         assert "Wrong password." in text(response)
         if attempt == limit - 1:
             assert "1 attempt left" in text(response)
+        if attempt == limit:  # it said "0 attempts left before a 5 min 0 s wait"
+            assert "0 attempts" not in text(response) and " 0 s" not in text(response)
+            assert "Too many failed attempts: log-ins from here wait" in text(response)
     blocked = log_in(client)  # even the right password waits out the limit
     assert blocked.status_code == 429
     assert "Too many failed log-in attempts. Try again in" in text(blocked)
