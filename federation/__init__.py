@@ -4,7 +4,8 @@ Directly here, the wire: ``errors`` (FederationError and its reason codes),
 ``messages`` (typed, strictly parsed control messages: announce, ack, model pointer,
 box status, revocation notice), ``verdicts`` (what became of a round, per box),
 ``envelope`` (signed messages), ``chunking`` (split and reassemble blobs), ``topics``
-(MQTT topic names), ``files`` (atomic writes with explicit modes), ``memory`` and
+(MQTT topic names), ``files`` (atomic writes with explicit modes), ``memory``,
+``signals`` (SIGTERM/SIGINT stop a long-running command; no handler takes a lock) and
 ``release`` (which release runs here).
 ``crypto/``: CKKS, packing of encrypted updates, keys, signing, differential privacy.
 ``transport/``: the Transport port and its in-memory bus (``base``), the paho adapter

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import sys
 import threading
 from pathlib import Path
@@ -43,6 +42,7 @@ from federation.crypto.keys import (
     KEYHOLDER_PUB_NAME,
     create_federation_keys,
 )
+from federation.signals import stop_on_signals
 from federation.verdicts import Verdict
 
 app = typer.Typer(help="FedFace aggregator: adds encrypted updates it can never decrypt.",
@@ -254,25 +254,21 @@ def serve(
                 service.store.close()
                 raise
         stop = threading.Event()
-        signals: list[str] = []  # the one that stopped serve, for its last log line
-
-        def on_signal(num: int, _frame: Any) -> None:
-            signals.append(signal.Signals(num).name)
-            stop.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        try:
-            service.start()
-            service.loop(stop)
-        finally:
-            service.close()  # intake shards, summing workers
-            for link in reversed(links):
-                link.close()
-            service.store.close()
-            logging.getLogger("aggregator").info("serve stopped (%s)", signals[0] if signals else
-                                                 "its rounds are done" if service.finished.is_set()
-                                                 else "an error")
+        # signals: the one that stopped serve, for its last log line. Named and set from a
+        # thread of their own: a handler that set the Event while this thread held its
+        # lock waited for it for ever (federation.signals)
+        with stop_on_signals(stop) as signals:
+            try:
+                service.start()
+                service.loop(stop)
+            finally:
+                service.close()  # intake shards, summing workers
+                for link in reversed(links):
+                    link.close()
+                service.store.close()
+                logging.getLogger("aggregator").info(
+                    "serve stopped (%s)", signals[0] if signals else
+                    "its rounds are done" if service.finished.is_set() else "an error")
     finally:
         held.close()
 

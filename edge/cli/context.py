@@ -7,7 +7,6 @@ command's context ends.
 
 from __future__ import annotations
 
-import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ import typer
 
 from edge.box import Box, build_box
 from edge.config import BoxConfig, ConfigError, EdgeSettings, resolve_settings
+from federation.signals import stop_on_signals
 
 if TYPE_CHECKING:
     from edge.gallery.store import Gallery
@@ -99,11 +99,12 @@ def serve_until_signalled(start: Callable[[], object], stop: Callable[[], object
     """Start a server, say where it listens, and run until SIGTERM (systemd) or SIGINT
     (Ctrl-C); the server is stopped on the way out, whatever ends the wait."""
     stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopping.set())
-    start()
-    typer.echo(banner(), err=True)
-    try:
-        stopping.wait()
-    finally:
-        stop()
+    # not a handler that sets the Event: one that ran while this thread held the
+    # Event's lock waited for it for ever (federation.signals)
+    with stop_on_signals(stopping):
+        start()
+        typer.echo(banner(), err=True)
+        try:
+            stopping.wait()
+        finally:
+            stop()  # a second signal meanwhile is heard and changes nothing

@@ -104,10 +104,9 @@ def join(
 ) -> None:
     """Take part in the federation until Ctrl-C: train on the gallery, send encrypted
     updates, apply federated models."""
-    import signal
-
     from edge.federated.api import ClientConfig
     from federation.crypto.keys import load_secret_context, read_private_key, read_public_key
+    from federation.signals import stop_on_signals
     from federation.transport.base import Will
     from federation.transport.mqtt import MqttTransport
 
@@ -150,22 +149,17 @@ def join(
         read_private_key(device_key), read_public_key(aggregator_key), trainer, sink,
         on_event=_echo_event, secret_context=secret_context)
     stop = threading.Event()
-    stopped_by: list[str] = []
-
-    def on_signal(signum: int, _frame: object) -> None:
-        stopped_by.append(signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    client.start()
-    if client.revoked is None:  # "joined" was said before the broker had accepted it
-        typer.echo(f"{device_id} joining federation {fed} via {broker}; model "
-                   f"{client.version}")
-    # A revoked box stops for good (exit 8: the service manager must not restart it;
-    # firmware_scripts/systemd/fedface-join.service.in).
-    _watch_connection(client, broker, box(ctx).config if tls is not None else None, stop)
-    client.stop()
+    # the signal names itself in stopped_by and sets stop from a thread of its own: a
+    # handler that set the Event while this thread held its lock hung (federation.signals)
+    with stop_on_signals(stop) as stopped_by:
+        client.start()
+        if client.revoked is None:  # "joined" was said before the broker had accepted it
+            typer.echo(f"{device_id} joining federation {fed} via {broker}; model "
+                       f"{client.version}")
+        # A revoked box stops for good (exit 8: the service manager must not restart it;
+        # firmware_scripts/systemd/fedface-join.service.in).
+        _watch_connection(client, broker, box(ctx).config if tls is not None else None, stop)
+        client.stop()
     if stopped_by:  # as serve says it: a stop asked for, not a crash
         typer.echo(f"{device_id}: join stopped ({stopped_by[0]})")
     if client.revoked is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import sys
 import threading
 import time
@@ -32,6 +31,7 @@ from edge.training.api import LocalTrainer
 from edge.vision.pipeline import FacePipeline
 from federation.crypto.keys import load_secret_context, read_private_key, read_public_key
 from federation.memory import BOX_MALLOC, pin_malloc
+from federation.signals import stop_on_signals
 from federation.transport.base import Will
 from federation.transport.mqtt import MqttTransport
 from models.federated_parts import DEFAULT_PART, FederatedPart
@@ -189,12 +189,11 @@ def run(cfg: dict[str, Any]) -> int:
         trainer, sink, on_event=on_event, base=base,
     )
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    client.start()
-    emit("started")
-    stop.wait()
-    client.stop()
+    with stop_on_signals(stop):  # no handler that sets the Event: it hung on its lock
+        client.start()
+        emit("started")
+        stop.wait()
+        client.stop()
     box.close()
     emit("stopped", model=client.version)
     return 0
