@@ -377,10 +377,11 @@ class EnrolmentDesk:
         wrong = not_the_person(vectors, self.gallery.person_vectors(name, tag))
         if wrong:  # someone else's face must not be saved under an enrolled name
             source, score = sources[wrong[0][0]], wrong[0][1]
-            what = (source.removeprefix("kiosk upload ") if source.startswith("kiosk upload")
-                    else "The camera shots" if source.startswith("kiosk camera") else "This face")
+            what = (source.removeprefix("kiosk upload ") + " does" if source.startswith(
+                "kiosk upload") else "The camera shots do" if source.startswith("kiosk camera")
+                else "This face does")
             raise EnrolmentRejected(
-                f"{what} does not look like {name}, who is already "
+                f"{what} not look like {name}, who is already "
                 f"enrolled (similarity {score:.2f} with {name}'s photos; under "
                 f"{NOT_THE_PERSON:.2f} is someone else's face). Nothing was stored. If it "
                 "is someone else, enrol them under their own name.")

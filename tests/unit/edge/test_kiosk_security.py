@@ -22,6 +22,7 @@ from flask.testing import FlaskClient
 from edge.gallery.store import Gallery
 from edge.kiosk import Kiosk
 from edge.kiosk.auth import PasswordStore
+from edge.kiosk.enrolment import EnrolmentRejected
 from edge.vision.pipeline import FacePipeline, read_image
 from tests.support.kiosk import (
     KIOSK_PASSWORD,
@@ -408,6 +409,11 @@ def test_an_upload_of_someone_else_under_an_enrolled_name_is_refused(
     kiosk.services.worker.process_frame(0, time.time(), read_image(colin[1]))
     latest = kiosk.services.worker.latest()
     assert latest is not None and latest.matches[0].name is None  # Colin is no one here
+    # an alert's face, the same: "Add this face to Ada" with a stranger's face
+    kiosk.services.worker.process_frame(1, time.time() + 120, read_image(colin[2]))
+    stranger = next(a for a in kiosk.services.activity.alerts() if a.crop is not None)
+    with pytest.raises(EnrolmentRejected, match="This face does not look like Ada"):
+        kiosk.services.desk.enrol_crop("Ada", stranger.crop, "kiosk alert 1")
     # her own photo alone is added
     assert upload(client, "Ada", [(jpeg_bytes(lfw_dir / PERSON_A / f"{PERSON_A}_0003.jpg"),
                                    "a3.jpg")]).status_code == 302
