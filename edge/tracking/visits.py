@@ -14,15 +14,18 @@ ended (unseen for ``end_after_s``), which carries the final identity.
 A visit's face stays checked: a track follows boxes, not people, so when someone else
 takes a tracked face's place (steps into the spot the last person just left, within
 ``end_after_s``) the track would carry on under the first person's name, and an unknown
-newcomer would raise no alert. So every view embedded for a visit is first compared with
-the visit's fused vector: a view is someone else's when its cosine is under
-``SOMEONE_ELSE`` times the threshold faces are named at, and when the next view embedded
-is too, the visit ends there and a new one starts on the same track with those two
-views (one odd view changes nothing; see the figures at ``SOMEONE_ELSE``). Views are
-re-embedded for that check when the aligned crop changes abruptly between detections (a
-16x16 grey thumbnail's correlation under ``CHANGE_BELOW``: rare for one person) and at
-least every ``recheck_seconds``, each time on a view at least half as good as the
-visit's best (a turned head or a blurred frame is not taken for someone else).
+newcomer would raise no alert. So every view embedded for a visit is first judged
+against the visit's fused vector (``same_person``: same person, someone else, unsure).
+Two views in a row of someone else end the visit there and start one on the same track
+from those two views; one alone ends nothing (a glitch: a passer-by caught for a frame).
+The name is shown (``visible``) only while the face is confirmed: from a changed face
+not yet checked, or a view of someone else or unsure, until a view is the visit's
+person again, it is shown unconfirmed (None: "..." on the kiosk). Views are embedded
+for the check when the aligned crop changes abruptly between detections (a 16x16 grey
+thumbnail's correlation under ``CHANGE_BELOW``: rare for one person), at every
+detection while in question, whatever their quality (the visit's best view may be the
+previous person's: a newcomer's poorer views went unchecked, shown under that name),
+and at least every ``recheck_seconds`` on a view at least half as good as the best.
 
 A hot swap between two attempts is handled: attempts keep their crops, and the ones
 embedded by another model version are re-embedded before fusion (vectors of two
@@ -41,6 +44,7 @@ from edge.gallery.match import Match
 from edge.serving.engine import Engine, ServingState
 from edge.serving.events import UNKNOWN
 from edge.tracking.quality import view_quality, view_thumbnail
+from edge.tracking.same_person import CHANGE_BELOW, Verdict, judge
 from edge.tracking.tracker import FaceTracker, Track
 from edge.tracking.visit_events import ENDED, IDENTIFIED, STARTED, CropStore, VisitEvent
 from edge.vision.align import align_face
@@ -48,21 +52,8 @@ from edge.vision.detect import Face
 
 log = logging.getLogger(__name__)
 
-# Correlation of consecutive aligned-crop thumbnails (16x16 grey, zero mean) under which a
-# view is re-checked. Measured with scratch scripts: over bench.common.kiosk_video's 12
-# videos of seeds 0-2 (approach, blur, occlusion, crossing; ~6,200 views of tracked
-# faces) one person fell under 0.8 on 30 detections (0.48%; under 0.85: 72), and of
-# 300 LFW people's aligned crops (44,850 pairs) two people were over 0.8 in 0.32% of
-# pairs: such a newcomer waits for the periodic check (``recheck_seconds``).
-CHANGE_BELOW = 0.8
-RECHECK_MIN_QUALITY = 0.5  # of the visit's best view: a worse view re-checks nothing
-# A view is someone else's under this fraction of the match threshold (0.30 at 0.40).
-# Measured (scratch scripts, real models): consecutive frames of one tracked person
-# score 0.53 or more against their visit (kiosk videos above); a person's next LFW
-# photo against their earlier ones (250 people, 1,053 photos, the harder case of a dir:
-# folder) under 0.30 for 0.5%, two photos in a row for 0.1% (under 0.40: 1.6%, 0.25%);
-# two different people (400 LFW photos, 79,800 pairs) over 0.30 in 0.7% of pairs.
-SOMEONE_ELSE = 0.75
+# of the visit's best view: a worse view is not embedded for the periodic check alone
+RECHECK_MIN_QUALITY = 0.5
 
 
 @dataclass(frozen=True)
@@ -147,7 +138,7 @@ class Visit:
     previous_box: tuple[int, int, int, int] | None = None
     checked_ts: float = 0.0  # when a view of this visit was last embedded
     thumb: np.ndarray | None = None  # the latest view's thumbnail (CHANGE_BELOW)
-    recheck: bool = False  # the view changed abruptly since the last embedding
+    recheck: bool = False  # the view changed (or was unsure) since the last SAME verdict
     doubt: Doubt | None = None  # a view of someone else, waiting for a second one
 
     def seen(self, ts: float, frame: int) -> None:
@@ -156,6 +147,10 @@ class Visit:
         self.previous_frame, self.last_frame = self.last_frame, frame
         self.previous_box, self.last_box = self.last_box, self._track_box()
 
+    @property
+    def confirmed(self) -> bool:
+        """Is the latest view this visit's person, as far as the checks know?"""
+        return not self.recheck and self.doubt is None
 
     @property
     def best_quality(self) -> float:
@@ -217,18 +212,17 @@ class VisitEngine:
         for track, face in step.matched:
             visit = self.visits[track.track_id]
             visit.seen(ts, frame)
-            if not visit.announced and visit.frames >= self.settings.min_hits:
-                visit.announced = True
-                events.append(self._event(STARTED, visit, frame, ts))
             crop = align_face(bgr, face.landmarks)
             visit.recheck |= _view_changed(visit, crop) or self.settings.every_view
             quality = view_quality(face, crop).score
             better = len(visit.attempts) < self.settings.max_attempts and (
                 not visit.attempts or quality > visit.best_quality * self.settings.better_by)
-            due = (visit.recheck or visit.doubt is not None
-                   or ts - visit.checked_ts >= self.settings.recheck_seconds)
-            if better or (due and (self.settings.every_view
-                                   or quality >= visit.best_quality * RECHECK_MIN_QUALITY)):
+            # a view in question is checked whatever its quality: the best view may be the
+            # previous person's (a newcomer's poorer views went unchecked, under that name)
+            periodic = (ts - visit.checked_ts >= self.settings.recheck_seconds
+                        and quality >= visit.best_quality * RECHECK_MIN_QUALITY)
+            due = not visit.confirmed or periodic
+            if better or due:
                 wanted.append((visit, crop, quality, better))
         if wanted:
             vectors = state.embedder.embed([crop for _, crop, _, _ in wanted])
@@ -236,7 +230,8 @@ class VisitEngine:
             self.rechecks += sum(1 for *_, better in wanted if not better)
             for (visit, crop, quality, better), vector in zip(wanted, vectors, strict=True):
                 attempt = Attempt(crop, quality, vector, state.tag)
-                if visit.attempts and self._someone_else(visit, attempt, state):
+                verdict = self._judge(visit, attempt, state) if visit.attempts else Verdict.SAME
+                if verdict is Verdict.OTHER:
                     first = visit.doubt is None
                     if first:  # one view could be a glitch: wait for another (video)
                         visit.doubt = Doubt(attempt, frame, ts, visit.frames - 1,
@@ -245,11 +240,21 @@ class VisitEngine:
                     if not first or self.settings.split_after <= 1:
                         events.extend(self._split(visit, attempt, state, frame, ts))
                     continue
-                visit.checked_ts, visit.recheck, visit.doubt = ts, False, None
+                visit.checked_ts = ts
+                if verdict is Verdict.UNSURE:  # shown unconfirmed, checked again, not fused
+                    visit.recheck = True
+                    continue
+                visit.recheck, visit.doubt = False, None
                 if better:
                     visit.attempts.append(attempt)
                     self._fuse(visit, state)
         for visit in self.visits.values():
+            # announced once judged: a view of someone else is not the visit's second sight
+            # (a visit started on it could end before its own start, on its one frame)
+            if not visit.announced and visit.doubt is None and \
+                    visit.frames >= self.settings.min_hits:
+                visit.announced = True
+                events.append(self._event(STARTED, visit, frame, ts))
             if visit.fused is not None and visit.matched_in is not state.gallery:
                 # someone enrolled (or a model swapped in) since: named by the gallery of
                 # now (a person enrolled at the camera stayed unknown until they left)
@@ -272,14 +277,16 @@ class VisitEngine:
 
     def visible(self) -> list[tuple[str, tuple[int, int, int, int], str | None]]:
         """(visit id, box, current name or None) of the visits found by the latest
-        detection, their boxes predicted to the latest frame (``detect_every`` > 1)."""
+        detection, their boxes predicted to the latest frame (``detect_every`` > 1). None
+        also while the face is unconfirmed (``Visit.confirmed``): the frames after a
+        detection are shown as that detection's check left them."""
         frame = self._last[0]
         shown = []
         for v in self.visits.values():
             if v.announced and v.track.last_seen == self._last_detection:
                 x, y, w, h = v.track.predicted(frame)
                 shown.append((v.visit_id, (round(x), round(y), round(w), round(h)),
-                              v.name if v.identified else None))
+                              v.name if v.identified and v.confirmed else None))
         return shown
 
     def _finish(self, track: Track, frame: int, ts: float) -> list[VisitEvent]:
@@ -292,20 +299,16 @@ class VisitEngine:
     def _new_visit(self, track: Track, frame: int, ts: float) -> Visit:
         return Visit(visit_id(ts, track), track, ts, frame, checked_ts=ts)
 
-    def _someone_else(self, visit: Visit, attempt: Attempt, state: ServingState) -> bool:
-        """Is the newly embedded view clearly not the visit's person?"""
+    def _judge(self, visit: Visit, attempt: Attempt, state: ServingState) -> Verdict:
+        """Is the newly embedded view the visit's person (``same_person.judge``)?"""
         if visit.model_version != state.tag:
             self._fuse(visit, state)  # a hot swap since: compare within one version
         assert visit.fused is not None
         threshold = self.engine.threshold_for(state)
-        if float(attempt.vector @ visit.fused) < SOMEONE_ELSE * threshold:
-            return True
-        if not self.settings.every_view or visit.match is None:
-            return False
-        # separate photos: one that alone names another enrolled person is that person (a
-        # walkthrough's two look-alikes scored 0.365 against each other, over 3/4 of 0.38)
-        alone = state.gallery.identify_many(attempt.vector[None], threshold)[0]
-        return alone.known and alone.person_id != visit.match.person_id
+        alone = (state.gallery.identify_many(attempt.vector[None], threshold)[0]
+                 if visit.match is not None else None)
+        return judge(float(attempt.vector @ visit.fused), threshold, visit.match, alone,
+                     self.settings.every_view)
 
     def _split(self, visit: Visit, attempt: Attempt, state: ServingState, frame: int,
                ts: float) -> list[VisitEvent]:
