@@ -257,6 +257,33 @@ class BoxConfig(_Section):
         return EdgeSettings(**self.settings_values())
 
 
+class LocalBoxSection(_Section):
+    """``[box]`` of a box in no federation: its settings only (no device or federation id)."""
+
+    data_dir: Path | None = Field(default=None, description="Gallery and events (0700).")
+    model_dir: Path | None = Field(default=None, description="Verified model directory.")
+    threads: int | None = Field(default=None, ge=1, le=64, description="ONNX Runtime threads.")
+    match_threshold: float | None = Field(default=None, ge=-1.0, le=1.0,
+                                          description="SFace cosine needed to name a face.")
+
+
+class StandaloneConfig(_Section):
+    """The edge.toml of a box in no federation (a kiosk on its own): no ``[broker]`` or
+    ``[federation]``, and ``[box]`` without ``device_id``; ``[camera]`` and ``[events]``
+    as a provisioned box's. Such a file was refused as a provisioned one missing its
+    device id, broker and federation (helper-53): a box on its own had no way to set its
+    threshold but flags some commands do not have."""
+
+    box: LocalBoxSection = Field(default_factory=LocalBoxSection)
+    camera: CameraSection | None = None
+    events: EventsSection | None = None
+
+    def settings_values(self) -> dict[str, Any]:
+        values = {"data_dir": self.box.data_dir, "model_dir": self.box.model_dir,
+                  "threads": self.box.threads, "match_threshold": self.box.match_threshold}
+        return {key: value for key, value in values.items() if value is not None}
+
+
 def default_config_path(settings: EdgeSettings | None = None) -> Path:
     """FEDFACE_CONFIG, else ``<data dir>/edge.toml``."""
     env = _from_env(CONFIG_ENV)
@@ -275,6 +302,29 @@ def parse_box_config(values: Mapping[str, Any], source: str) -> BoxConfig:
 
 
 def load_box_config(path: Path) -> BoxConfig:
+    """A provisioned box's config (ConfigError for anything else, a standalone one too)."""
+    return parse_box_config(_read_toml(path), str(path))
+
+
+def load_config(path: Path) -> BoxConfig | StandaloneConfig:
+    """The box's edge.toml: a provisioned box's, or a box's in no federation (one with no
+    ``[broker]``, ``[federation]`` or ``box.device_id``)."""
+    data = _read_toml(path)
+    box_values = data.get("box")
+    federated = "broker" in data or "federation" in data or (
+        isinstance(box_values, dict) and ("device_id" in box_values or "fed" in box_values))
+    if federated:
+        return parse_box_config(data, str(path))
+    try:
+        return StandaloneConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, str(path)),
+                          hint="a box in no federation takes [box] (data_dir, model_dir, "
+                          "threads, match_threshold), [camera] and [events] "
+                          "(docs/operations.md, 'The box config')") from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
     import tomllib
 
     try:
@@ -289,7 +339,7 @@ def load_box_config(path: Path) -> BoxConfig:
     except UnicodeDecodeError as exc:  # found by bench.federation.fuzz: a non-UTF-8 file
         raise ConfigError(f"invalid {path}: not UTF-8 text ({exc.reason} at byte "
                           f"{exc.start})") from None
-    return parse_box_config(data, str(path))
+    return data
 
 
 def _toml_value(value: Any) -> str:
@@ -322,8 +372,9 @@ def render_box_config(config: BoxConfig) -> str:
 
 
 def resolve_settings(options: Mapping[str, Any], config_file: Path | None = None
-                     ) -> tuple[EdgeSettings, BoxConfig | None, Path]:
-    """The box's settings, its config (None when not provisioned) and the config's path.
+                     ) -> tuple[EdgeSettings, BoxConfig | StandaloneConfig | None, Path]:
+    """The box's settings, its config (a StandaloneConfig for a box in no federation,
+    None when there is no file) and the config's path.
 
     ``options`` are the command line's values (None: not given). The config file is
     ``config_file``, else FEDFACE_CONFIG, else ``<data dir>/edge.toml``, the data dir
@@ -335,14 +386,14 @@ def resolve_settings(options: Mapping[str, Any], config_file: Path | None = None
     """
     given = {key: value for key, value in options.items() if value is not None}
     explicit = config_file if config_file is not None else _from_env(CONFIG_ENV)
-    config: BoxConfig | None
+    config: BoxConfig | StandaloneConfig | None
     if explicit is not None:
         path = explicit
-        config = load_box_config(explicit) if explicit.exists() else None
+        config = load_config(explicit) if explicit.exists() else None
     else:
         data_dir = given.get("data_dir") or _from_env(DATA_DIR_ENV) or default_data_dir()
         path = Path(data_dir).expanduser() / CONFIG_NAME
-        config = load_box_config(path) if path.is_file() else None
+        config = load_config(path) if path.is_file() else None
     values: dict[str, Any] = config.settings_values() if config is not None else {}
     values.update(given)
     return EdgeSettings.from_mapping(values, source="options" if config is None

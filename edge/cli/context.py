@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from edge.box import Box, build_box
-from edge.config import BoxConfig, ConfigError, EdgeSettings, resolve_settings
+from edge.config import (
+    BoxConfig,
+    CameraSection,
+    ConfigError,
+    EdgeSettings,
+    EventsSection,
+    StandaloneConfig,
+    resolve_settings,
+)
 from federation.signals import stop_on_signals
 
 if TYPE_CHECKING:
@@ -30,6 +38,7 @@ class BoxContext:
     settings: EdgeSettings
     debug: bool = False
     config: BoxConfig | None = None  # None: the box is not provisioned
+    standalone: StandaloneConfig | None = None  # the edge.toml of a box in no federation
     config_path: Path | None = None  # where the config is (or would be)
     options: dict[str, Any] = field(default_factory=dict)  # the root's command-line values
     _box: Box | None = field(default=None, repr=False)
@@ -40,8 +49,20 @@ class BoxContext:
         before it opens anything, so the file's data dir is the one used."""
         if config_file is not None and self._box is not None:
             raise RuntimeError("--config must be applied before the box is opened")
-        self.settings, self.config, self.config_path = resolve_settings(self.options,
-                                                                        config_file)
+        self.settings, found, self.config_path = resolve_settings(self.options, config_file)
+        self.config = found if isinstance(found, BoxConfig) else None
+        self.standalone = found if isinstance(found, StandaloneConfig) else None
+
+    @property
+    def camera(self) -> CameraSection | None:
+        """The config's ``[camera]`` (a provisioned box's or one in no federation)."""
+        found = self.config or self.standalone
+        return found.camera if found is not None else None
+
+    @property
+    def events(self) -> EventsSection | None:
+        found = self.config or self.standalone
+        return found.events if found is not None else None
 
     def provisioned_keys(self) -> bool:
         """The data dir holds a provisioned box's keys (its edge.toml may be lost)."""

@@ -33,11 +33,15 @@ def doctor(
     try:
         if config is not None:
             context.resolve(config)
-        if context.config is None and config is None and not context.provisioned_keys():
-            settings = context.settings
+        alone = context.standalone is not None  # an edge.toml of a box in no federation
+        if context.config is None and (config is None or alone) and \
+                not context.provisioned_keys():
+            settings, camera = context.settings, context.camera
             checks = run_standalone_checks(Path(settings.data_dir), settings.model_dir,
-                                           source)
-            note = (f"not provisioned (no {context.config_path}): the box recognises on "
+                                           source or (camera.source if camera else None))
+            where = (f"{context.config_path}: a box in no federation" if alone
+                     else f"no {context.config_path}")
+            note = (f"not provisioned ({where}): the box recognises on "
                     "its own; federation checks skipped (fedface-edge provision joins it "
                     "to a federation)")
         else:

@@ -60,7 +60,7 @@ def set_password(ctx: typer.Context) -> None:
 
 def _configured_source(ctx: typer.Context) -> str:
     """camera.source of the provisioned box config (what `provision` chose)."""
-    from edge.config import ConfigError, default_config_path, load_box_config
+    from edge.config import ConfigError, default_config_path, load_config
 
     path = default_config_path(box(ctx).settings)
     if not path.exists():
@@ -69,10 +69,15 @@ def _configured_source(ctx: typer.Context) -> str:
                        "provision the box (fedface-edge provision) so edge.toml names the "
                        "camera", exit_code=EXIT_USAGE)
     try:
-        source = load_box_config(path).camera.source
+        camera = load_config(path).camera
     except ConfigError as exc:  # its message names the file and the bad key
         raise CliError(f"no --source given and the box config cannot be used: {exc}",
                        hint="pass --source, or fix the config", exit_code=EXIT_CONFIG) from None
+    if camera is None:  # a box in no federation's edge.toml may leave it out
+        raise CliError(f"no --source given and {path} has no [camera] source",
+                       hint="pass --source, or add [camera] source = ... to it",
+                       exit_code=EXIT_USAGE)
+    source = camera.source
     log.info("kiosk source %s from %s", source, path)
     return source
 

@@ -89,7 +89,7 @@ def provision(
 ) -> None:
     """Provision this box: keys, key bundle, certificate request/reply, camera, kiosk
     password, config."""
-    from edge.config import default_config_path, load_box_config
+    from edge.config import BoxConfig, StandaloneConfig, default_config_path, load_config
     from edge.provision import (
         BoxFiles,
         build_config,
@@ -110,7 +110,10 @@ def provision(
     # absolute paths in edge.toml: a relative --data-dir (the walkthrough's) wrote
     # "box-a/tls/..." and every command run from another directory missed its files
     files = BoxFiles(settings.data_dir.resolve())
-    existing = load_box_config(config_path) if config_path.exists() else None
+    found = load_config(config_path) if config_path.exists() else None
+    # a box in no federation joins one: its camera and settings are kept
+    alone = found if isinstance(found, StandaloneConfig) else None
+    existing = found if isinstance(found, BoxConfig) else None
     if existing is not None and existing.box.data_dir.resolve() != files.data_dir:
         files = BoxFiles(existing.box.data_dir.resolve())
     if install_reply is not None and existing is not None and bundle is None:
@@ -137,8 +140,9 @@ def provision(
                     "Device id", interactive, "--device-id")
     url = _value(broker or (existing.broker.url if existing else None) or trust["broker_url"]
                  or None, "Broker URL (mqtts://host:8883)", interactive, "--broker")
-    source = _choose_camera(camera or (existing.camera.source if existing else None),
-                            interactive)
+    before = existing or alone
+    source = _choose_camera(camera or (before.camera.source if before and before.camera
+                                       else None), interactive)
     if not skip_camera_test:
         w, h = probe_camera(source)
         typer.echo(f"camera {source}: {w}x{h} frame read")
@@ -149,6 +153,11 @@ def provision(
         PasswordStore(files.data_dir).set(kiosk_password)
         typer.echo("kiosk password set")
     cfg = build_config(files, device, trust, url, source, settings.model_dir)
+    if alone is not None:
+        kept = {k: v for k, v in alone.box.model_dump().items()
+                if k in ("threads", "match_threshold") and v is not None}
+        cfg = cfg.model_copy(update={"box": cfg.box.model_copy(update=kept),
+                                     "events": alone.events})
     write_config(config_path, cfg)
     typer.echo(f"config written: {config_path}")
     if install_reply is not None:

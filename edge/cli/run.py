@@ -200,11 +200,12 @@ def run(
                        "detects and recognises every face on every frame",
                        hint="drop one or the other")
     if source is None:
-        if box(ctx).config is None:
-            raise CliError("no frame source: pass --source (the box is not provisioned, so "
-                           "there is no camera.source to use)",
+        camera = box(ctx).camera
+        if camera is None:
+            raise CliError("no frame source: pass --source (the box's edge.toml names no "
+                           "camera.source to use)",
                            hint="e.g. --source /dev/video0 or --source dir:FOLDER")
-        source = box(ctx).require_config().camera.source
+        source = camera.source
     frame_source = open_source(source)
     stats = _Throughput(per_visit=not per_frame)
     with ExitStack() as stack:

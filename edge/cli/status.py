@@ -37,7 +37,7 @@ def status(
     pointer = SwapStore(models_dir).load() if models_dir.is_dir() else None
     current = pointer.current if pointer is not None and \
         pointer.current.version != BASE_VERSION else None
-    if box(ctx).config is None and config is None:
+    if box(ctx).config is None and (config is None or box(ctx).standalone is not None):
         _unprovisioned(ctx, as_json, None if current is None else current.version)
         return
     cfg = box(ctx).require_config()
@@ -110,16 +110,25 @@ def _held_key(secret_context: Path, provisioned: str) -> dict[str, Any]:
 def _unprovisioned(ctx: typer.Context, as_json: bool, model: str | None) -> None:
     from edge.kiosk.auth import PasswordStore
 
-    data_dir = box(ctx).settings.data_dir
-    info = {"provisioned": False, "config": str(box(ctx).config_path),
-            "data_dir": str(data_dir), "model": model,
+    context = box(ctx)
+    data_dir = context.settings.data_dir
+    camera = context.camera
+    info = {"provisioned": False, "config": str(context.config_path),
+            "config_found": context.standalone is not None, "data_dir": str(data_dir),
+            "model": model, "match_threshold": context.settings.match_threshold,
+            "camera": camera.source if camera is not None else None,
             "kiosk_password_set": PasswordStore(data_dir).is_set()}
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
-    typer.echo(f"device      not provisioned (no {info['config']}): recognises and serves the "
+    where = (f"{info['config']}: a box in no federation" if info["config_found"]
+             else f"no {info['config']}")
+    typer.echo(f"device      not provisioned ({where}): recognises and serves the "
                "kiosk on its own; `fedface-edge provision` joins a federation")
     typer.echo(f"data dir    {data_dir}")
+    typer.echo(f"threshold   {info['match_threshold']:.2f}")
+    if camera is not None:
+        typer.echo(f"camera      {camera.source}")
     typer.echo("model       " + (model or "pretrained base"))
     typer.echo(f"kiosk       password {'set' if info['kiosk_password_set'] else 'NOT set'}")
 

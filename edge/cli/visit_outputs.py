@@ -51,7 +51,7 @@ def visit_publisher(ctx: typer.Context, stack: ExitStack, url: str | None, fed: 
     from edge.tracking.mqtt_events import MAX_QUEUED_EVENTS, open_visit_publisher
 
     config = box(ctx).config
-    events = config.events if config is not None else None
+    events = box(ctx).events  # a box in no federation's edge.toml may have [events] too
     url = url or (events.mqtt_url if events is not None else None)
     if url is None:
         return None

@@ -225,3 +225,23 @@ def test_join_on_a_box_not_signed_yet_stops_with_exit_7(
     assert run.returncode == 7, run.stdout + run.stderr
     assert "not signed yet" in run.stderr and "--install-reply" in run.stderr, run.stderr
     assert "internal error" not in run.stderr
+
+
+@pytest.mark.mosquitto
+def test_a_box_in_no_federation_keeps_its_settings_when_provisioned(
+        tmp_path: Path, mosquitto_factory: Callable[..., MosquittoBroker],
+        lfw_dir: Path) -> None:
+    """A kiosk that ran on its own (edge.toml of [box] and [camera] only) joins a
+    federation: provision keeps its threshold and camera, and writes the rest."""
+    from edge.config import load_box_config
+
+    fed = start_federation(tmp_path, mosquitto_factory)
+    box = fed.root / "box-alone"
+    box.mkdir(mode=0o700)
+    camera = f"dir:{lfw_dir / 'Tony_Blair'}"
+    (box / CONFIG_NAME).write_text(f'[box]\nmatch_threshold = 0.45\n\n[camera]\n'
+                                   f'source = "{camera}"\n')
+    provisioned = provision_box(fed, "box-alone", camera, sign=False)
+    cfg = load_box_config(provisioned / CONFIG_NAME)
+    assert cfg.box.device_id == "box-alone" and cfg.box.match_threshold == 0.45, cfg
+    assert cfg.camera.source == camera and cfg.broker.url.startswith("mqtt"), cfg

@@ -425,3 +425,34 @@ def test_someone_else_s_photo_is_not_added_to_an_enrolled_person(
     assert "enrolled 1 of 1 people from 1 image(s); skipped 1 image(s)" in folder.stdout
     probe = invoke(enrolled, "identify", "--json", str(lfw_image(lfw_dir, other, 9)))
     assert json.loads(probe.stdout)["faces"][0]["name"] == "unknown", probe.stdout
+
+
+def test_a_box_in_no_federation_takes_its_settings_from_edge_toml(
+        enrolled: Path, tmp_path: Path, lfw_dir: Path) -> None:
+    """helper-53: an edge.toml of only `[box] match_threshold = 0.45` was refused (device_id,
+    broker, federation: missing), so a box on its own could not set its threshold."""
+    frames = tmp_path / "frames"
+    make_frames(frames, lfw_dir, [("Colin_Powell", 5), ("Colin_Powell", 6)])
+    (enrolled / "edge.toml").write_text(f'[box]\nmatch_threshold = 0.45\n\n[camera]\n'
+                                        f'source = "dir:{frames}"\n')
+    status = invoke(enrolled, "status", "--json")
+    assert status.exit_code == 0, status.output
+    said = json.loads(status.stdout)
+    assert said["provisioned"] is False and said["config_found"] is True, said
+    assert said["match_threshold"] == 0.45 and said["camera"] == f"dir:{frames}", said
+    assert "a box in no federation" in invoke(enrolled, "status").stdout
+    probe = invoke(enrolled, "identify", "--json", str(lfw_image(lfw_dir, "Colin_Powell", 9)))
+    assert json.loads(probe.stdout)["threshold"] == 0.45, probe.stdout
+    run = invoke(enrolled, "run", "--per-frame")  # the camera named in edge.toml
+    assert run.exit_code == 0, run.output
+    assert "2 frames, 2 faces (2 known)" in run.stderr, run.stderr
+    doctor = invoke(enrolled, "doctor")
+    assert "a box in no federation" in doctor.stderr, doctor.output
+    # a key of a provisioned box makes it one, with what it lacks said; a typo is named
+    (enrolled / "edge.toml").write_text('[box]\ndevice_id = "box-1"\n')
+    half = invoke(enrolled, "status")
+    assert half.exit_code == 7 and "broker: missing (required)" in half.output, half.output
+    (enrolled / "edge.toml").write_text("[box]\nmatch_treshold = 0.45\n")
+    typo = invoke(enrolled, "status")
+    assert typo.exit_code == 7 and "box.match_treshold: unknown setting" in typo.output, \
+        typo.output
