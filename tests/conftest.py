@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -50,6 +51,19 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             f"the tests need {MIN_FREE_TMP_BYTES / 2**30:.0f} GiB free under {where}, "
             f"{free / 2**30:.1f} GiB is: free space there (old /tmp/pytest-of-* runs) "
             "or point --basetemp at a disk with room")
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """The CLIs configure the root logger (logging.basicConfig(force=True)); run in process
+    (CliRunner) they bind it to a stream closed after the command, and every later test's
+    log line printed a 'Logging error' traceback (on an xdist worker, into a heap
+    measurement). Each test leaves the root logger as it found it."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
