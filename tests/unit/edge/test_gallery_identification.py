@@ -57,3 +57,22 @@ def test_the_face_like_the_persons_photos_alone_is_picked() -> None:
     assert face_like_the_rest([stranger, person], alone) == 1
     assert face_like_the_rest([stranger], alone) is None
     assert face_like_the_rest([], alone) is None  # nothing found on the second look
+
+
+def test_one_stranger_photo_that_got_through_does_not_open_the_way_for_the_rest(
+        kiosk_pipeline: FacePipeline, lfw_dir: Path) -> None:
+    """helper-56: one of 20 of Colin Powell's photos added to Hans Blix passed the check
+    (cosine to the mean of Hans's photos), and with it in the mean the other 19 passed on
+    the next run. The median over the person's photos keeps refusing them."""
+    from edge.gallery.match import not_the_person
+
+    def embed(person: str, numbers: range) -> np.ndarray:
+        return np.stack([kiosk_pipeline.embed_image_file(
+            lfw_dir / person / f"{person}_{n:04d}.jpg").embedding for n in numbers])
+
+    hans, colin = embed("Hans_Blix", range(1, 4)), embed("Colin_Powell", range(1, 8))
+    assert len(not_the_person(colin[1:], hans)) == 6  # refused
+    got_through = np.vstack([hans, colin[:1]])  # as if Colin_0001 had passed
+    assert len(not_the_person(colin[1:], got_through)) == 6, not_the_person(colin[1:],
+                                                                             got_through)
+    assert not_the_person(embed("Hans_Blix", range(4, 8)), got_through) == []  # his own
