@@ -31,8 +31,10 @@ DATA_DIR_ENV = "FEDFACE_DATA_DIR"
 MODEL_DIR_ENV = "FEDFACE_MODEL_DIR"
 
 # Mirrors edge.gallery.store.DEFAULT_MATCH_THRESHOLD (kept literal so importing the settings
-# does not import numpy/sqlite); a test checks that both agree.
-DEFAULT_MATCH_THRESHOLD = 0.40
+# does not import numpy/sqlite); a test checks that both agree. Under MIN a box names
+# strangers (helper-56's -0.2, a stray minus, named Kofi Annan as Tony Blair at 0.22;
+# bench.edge.identification: 6% of strangers named at 0.34 already).
+DEFAULT_MATCH_THRESHOLD, MIN_MATCH_THRESHOLD = 0.40, 0.20
 
 
 class ConfigError(FedFaceError):
@@ -69,7 +71,7 @@ class EdgeSettings(BaseModel):
     )
     match_threshold: float = Field(
         default=DEFAULT_MATCH_THRESHOLD,
-        ge=-1.0,
+        ge=MIN_MATCH_THRESHOLD,
         le=1.0,
         description="SFace cosine similarity at or above which a face is reported as the "
         "closest enrolled person. Higher: stricter (fewer strangers accepted, more known "
@@ -159,7 +161,7 @@ class BoxSection(_Section):
     model_dir: Path | None = Field(default=None, description="Verified model directory; "
                                    "empty: the models registry's cache.")
     threads: int = Field(default=1, ge=1, le=64, description="ONNX Runtime threads.")
-    match_threshold: float = Field(default=DEFAULT_MATCH_THRESHOLD, ge=-1.0, le=1.0,
+    match_threshold: float = Field(default=DEFAULT_MATCH_THRESHOLD, ge=MIN_MATCH_THRESHOLD, le=1.0,
                                    description="SFace cosine similarity needed to name a face.")
     calibrate_threshold: bool | None = Field(
         default=None, description="Each federated model at its own threshold, calibrated "
@@ -261,27 +263,23 @@ class LocalBoxSection(_Section):
     """``[box]`` of a box in no federation: its settings only (no device or federation id)."""
 
     data_dir: Path | None = Field(default=None, description="Gallery and events (0700).")
-    model_dir: Path | None = Field(default=None, description="Verified model directory.")
+    model_dir: Path | None = Field(default=None, description="Verified models.")
     threads: int | None = Field(default=None, ge=1, le=64, description="ONNX Runtime threads.")
-    match_threshold: float | None = Field(default=None, ge=-1.0, le=1.0,
+    match_threshold: float | None = Field(default=None, ge=MIN_MATCH_THRESHOLD, le=1.0,
                                           description="SFace cosine needed to name a face.")
 
 
 class StandaloneConfig(_Section):
-    """The edge.toml of a box in no federation (a kiosk on its own): no ``[broker]`` or
-    ``[federation]``, and ``[box]`` without ``device_id``; ``[camera]`` and ``[events]``
-    as a provisioned box's. Such a file was refused as a provisioned one missing its
-    device id, broker and federation (helper-53): a box on its own had no way to set its
-    threshold but flags some commands do not have."""
+    """The edge.toml of a box in no federation: no ``[broker]``, ``[federation]`` or
+    ``box.device_id`` (helper-53's was refused as a provisioned box's missing those, and
+    a kiosk on its own could not set its threshold); ``[camera]``, ``[events]`` as ever."""
 
     box: LocalBoxSection = Field(default_factory=LocalBoxSection)
     camera: CameraSection | None = None
     events: EventsSection | None = None
 
     def settings_values(self) -> dict[str, Any]:
-        values = {"data_dir": self.box.data_dir, "model_dir": self.box.model_dir,
-                  "threads": self.box.threads, "match_threshold": self.box.match_threshold}
-        return {key: value for key, value in values.items() if value is not None}
+        return {key: value for key, value in self.box.model_dump().items() if value is not None}
 
 
 def default_config_path(settings: EdgeSettings | None = None) -> Path:
@@ -310,11 +308,13 @@ def load_config(path: Path) -> BoxConfig | StandaloneConfig:
     """The box's edge.toml: a provisioned box's, or a box's in no federation (one with no
     ``[broker]``, ``[federation]`` or ``box.device_id``)."""
     data = _read_toml(path)
-    box_values = data.get("box")
-    federated = "broker" in data or "federation" in data or (
-        isinstance(box_values, dict) and ("device_id" in box_values or "fed" in box_values))
-    if federated:
+    if "broker" in data or "federation" in data:
         return parse_box_config(data, str(path))
+    box_keys = data["box"] if isinstance(data.get("box"), dict) else {}
+    if "device_id" in box_keys or "fed" in box_keys:  # five "missing" told no one (helper-56)
+        raise ConfigError(f"invalid {path}: box.device_id and box.fed are a provisioned box's, "
+                          "and it has no [broker] or [federation]", hint="a box in no "
+                          "federation leaves them out; fedface-edge provision writes all")
     try:
         return StandaloneConfig.model_validate(data)
     except ValidationError as exc:

@@ -23,12 +23,13 @@ import typer
 
 from edge.cli.context import box
 from edge.cli.errors import EXIT_INPUT, CliError
+from edge.config import MIN_MATCH_THRESHOLD
 
 if TYPE_CHECKING:
     from edge.serving.recognizer import ProgressCallback, Recognition, Recognizer
 
 ThresholdOption = Annotated[float | None, typer.Option(
-    "--threshold", min=-1.0, max=1.0, show_default=False,
+    "--threshold", min=MIN_MATCH_THRESHOLD, max=1.0, show_default=False,
     help="SFace cosine similarity needed to name a face (default: the box setting, 0.40). "
     "Higher is stricter: fewer strangers accepted, more known people reported unknown.")]
 

@@ -92,8 +92,9 @@ def _guard() -> BaseResponse | None:
         # expired: the page then goes to the login form, which shows it (it showed a
         # bare form, as if the guard had logged out: helper-53)
         if problem == "expired" and was_logged_in:
-            minutes = svc.settings.idle_timeout_s / 60
-            flash(f"Your session expired after {minutes:g} minutes without activity. "
+            idle = svc.settings.idle_timeout_s  # "0.333333 minutes" for 20 s (helper-56)
+            after = f"{idle / 60:g} minutes" if idle % 60 == 0 else f"{idle:g} seconds"
+            flash(f"Your session expired after {after} without activity. "
                   "Please log in again.", "warning")
         elif problem == "password":
             flash("The kiosk password was changed. Please log in again.", "warning")

@@ -65,9 +65,7 @@ class DuplicateFace(EnrolmentRejected):
         super().__init__(f"These photos look like {match_name}, who is already enrolled "
                          f"(similarity {score:.2f}; {threshold:.2f} or more counts as the same "
                          f"person). Save them as {name} only if this is someone else.")
-        self.name = name
-        self.match_name = match_name
-        self.score = score
+        self.name, self.match_name, self.score = name, match_name, score
 
 
 def clean_name(raw: str) -> str:
@@ -341,10 +339,10 @@ class EnrolmentDesk:
     def _alike(self, faces: list[np.ndarray], vectors: np.ndarray, tag: str) -> list[bool]:
         """Which ``faces`` (crops) are the person of ``vectors`` (none after a swap)."""
         seen, seen_tag = self.worker.engine.embed_crops(faces)
-        if seen_tag != tag:  # two models' vectors are never compared
-            return [False] * len(faces)
-        scores = normalised(seen) @ normalised(vectors).T
-        return [bool(s) for s in scores.max(axis=1) >= self._threshold()]
+        if seen_tag != tag:
+            return [False] * len(faces)  # two models' vectors are never compared
+        return [bool(s) for s in (normalised(seen) @ normalised(vectors).T).max(axis=1)
+                >= self._threshold()]
 
     def _duplicate(self, name: str, vectors: np.ndarray, tag: str) -> DuplicateFace | None:
         try:
@@ -371,30 +369,31 @@ class EnrolmentDesk:
         if not keep:
             raise _nothing_added(name, len(crops))
         crops, sources = [crops[i] for i in keep], [sources[i] for i in keep]
-        # embed with the served model at save time: shots taken before a model swap get
-        # the new model's vectors, never a mix of versions
+        # embed with the served model at save time: never a mix of versions
         vectors, tag = self.worker.engine.embed_crops(crops)
         wrong = not_the_person(vectors, self.gallery.person_vectors(name, tag))
         if wrong:  # someone else's face must not be saved under an enrolled name
             source, score = sources[wrong[0][0]], wrong[0][1]
-            what = (source.removeprefix("kiosk upload ") + " does" if source.startswith(
-                "kiosk upload") else "The camera shots do" if source.startswith("kiosk camera")
-                else "This face does")
+            what = (source.removeprefix("kiosk upload ") + " does" if "upload " in source[:13]
+                    else "The camera shots do" if "camera" in source[:12] else "This face does")
             raise EnrolmentRejected(
-                f"{what} not look like {name}, who is already "
-                f"enrolled (similarity {score:.2f} with {name}'s photos; under "
-                f"{NOT_THE_PERSON:.2f} is someone else's face). Nothing was stored. If it "
-                "is someone else, enrol them under their own name.")
-        duplicate = self._duplicate(name, vectors, tag) if (
-            check_duplicates or warn_duplicates) else None
+                f"{what} not look like {name}, who is already enrolled (similarity "
+                f"{score:.2f} with {name}'s photos; under {NOT_THE_PERSON:.2f} is someone "
+                "else's face). Nothing was stored. If it is someone else, enrol them under "
+                "their own name.")
+        duplicate = self._duplicate(name, vectors, tag) if check_duplicates or \
+            warn_duplicates else None
         if check_duplicates and duplicate is not None:
             raise duplicate
-        stored = self.gallery.enroll_crops(name, crops, vectors, tag, sources=sources)
+        try:  # NameRejected: the name differs from one enrolled only in capitals
+            stored = self.gallery.enroll_crops(name, crops, vectors, tag, sources=sources)
+        except NameRejected as exc:
+            raise EnrolmentRejected(f"{exc} Nothing was stored.") from None
         added = sum(stored.new)  # fewer if another enrolment stored the same photo meanwhile
         if not added:
             raise _nothing_added(name, len(crops))
         log.info("kiosk enrolled %d face(s) for person %d", added, stored.person_id)
-        if self.alerts is not None:
+        if self.alerts is not None:  # the stranger's open alerts are dealt with
             self.alerts.enrolled(name, lambda faces: self._alike(faces, vectors, tag))
         return Saved(name, stored.person_id, added, existed, already + len(crops) - added,
                      duplicate)

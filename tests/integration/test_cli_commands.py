@@ -425,6 +425,10 @@ def test_someone_else_s_photo_is_not_added_to_an_enrolled_person(
     assert "enrolled 1 of 1 people from 1 image(s); skipped 1 image(s)" in folder.stdout
     probe = invoke(enrolled, "identify", "--json", str(lfw_image(lfw_dir, other, 9)))
     assert json.loads(probe.stdout)["faces"][0]["name"] == "unknown", probe.stdout
+    # the name in other capitals made a second person, unchecked (helper-56)
+    twin = invoke(enrolled, "enroll", person.lower(), str(lfw_image(lfw_dir, other, 8)))
+    assert twin.exit_code == 2 and f"{person} is enrolled, and {person.lower()} differs " \
+        "only in capitals" in twin.output, twin.output
 
 
 def test_a_box_in_no_federation_takes_its_settings_from_edge_toml(
@@ -450,8 +454,19 @@ def test_a_box_in_no_federation_takes_its_settings_from_edge_toml(
     assert "a box in no federation" in doctor.stderr, doctor.output
     # a key of a provisioned box makes it one, with what it lacks said; a typo is named
     (enrolled / "edge.toml").write_text('[box]\ndevice_id = "box-1"\n')
-    half = invoke(enrolled, "status")
-    assert half.exit_code == 7 and "broker: missing (required)" in half.output, half.output
+    half = invoke(enrolled, "status")  # five "missing (required)" told no one (helper-56)
+    assert half.exit_code == 7 and "box.device_id and box.fed are a provisioned box's" in \
+        half.output and "a box in no federation leaves them out" in half.output, half.output
+    # a stray minus named every stranger (helper-56: -0.2 named Kofi Annan as Tony Blair)
+    (enrolled / "edge.toml").write_text("[box]\nmatch_threshold = -0.2\n")
+    negative = invoke(enrolled, "status")
+    assert negative.exit_code == 7 and "greater than or equal to 0.2" in negative.output, \
+        negative.output
+    (enrolled / "edge.toml").unlink()
+    flag = invoke(enrolled, "identify", "--threshold", "-0.5",
+                  str(lfw_image(lfw_dir, "Colin_Powell", 9)))
+    assert flag.exit_code == 2, flag.output
+    (enrolled / "edge.toml").write_text("[box]\n")
     (enrolled / "edge.toml").write_text("[box]\nmatch_treshold = 0.45\n")
     typo = invoke(enrolled, "status")
     assert typo.exit_code == 7 and "box.match_treshold: unknown setting" in typo.output, \

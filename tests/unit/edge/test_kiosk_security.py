@@ -414,6 +414,10 @@ def test_an_upload_of_someone_else_under_an_enrolled_name_is_refused(
     stranger = next(a for a in kiosk.services.activity.alerts() if a.crop is not None)
     with pytest.raises(EnrolmentRejected, match="This face does not look like Ada"):
         kiosk.services.desk.enrol_crop("Ada", stranger.crop, "kiosk alert 1")
+    # "ada" beside "Ada" made a second person, unchecked (helper-56)
+    twin = upload(client, "ada", [(jpeg_bytes(colin[3]), "colin4.jpg")])
+    assert twin.status_code == 400 and "Ada is enrolled, and ada differs only in capitals" \
+        in text(twin), text(twin)
     # her own photo alone is added
     assert upload(client, "Ada", [(jpeg_bytes(lfw_dir / PERSON_A / f"{PERSON_A}_0003.jpg"),
                                    "a3.jpg")]).status_code == 302
