@@ -29,7 +29,6 @@ from edge.gallery.files import crop_digest
 from edge.gallery.match import (
     NOT_THE_PERSON,
     enrolled_as_another,
-    face_like_the_rest,
     normalised,
     not_the_person,
 )
@@ -40,6 +39,7 @@ from edge.kiosk.quality import (
     ShotVerdict,
     UploadRefused,
     check_upload,
+    choose_faces,
     decode_upload,
     judge_faces,
     sharpness,
@@ -299,20 +299,11 @@ class EnrolmentDesk:
                 raise EnrolmentRejected(f"{filename}: no face found in this photo: use one "
                                         "with a clear, frontal face. Nothing was stored.")
             found.append((filename, faces))
-        # a group photo beside photos of the person alone gives the face like those, as
-        # `enroll` (the largest may be a stranger's: helper-49); else the largest, said
-        alone = [faces[0].embedding for _, faces in found if len(faces) == 1]
-        crops, sources, group_photos, left_out, picked = [], [], [], [], []
-        for filename, faces in found:
-            if len(faces) > 1 and alone:
-                pick = face_like_the_rest([f.embedding for f in faces], alone)
-                if pick is None:
-                    left_out.append(filename)
-                    continue
-                faces = [faces[pick]]
-                picked.append(filename)
-            elif len(faces) > 1:
-                group_photos.append(filename)
+        # a group photo gives the face like the person's other photos, as `enroll`
+        choice = choose_faces(found, self.worker.engine.embed_crops,
+                              lambda tag: self.gallery.person_vectors(name, tag))
+        crops, sources = [], []
+        for filename, faces in choice.faces:
             verdict = judge_faces(faces, self.settings.min_face_px, self.settings.min_sharpness,
                                   single_face=False)
             if not verdict.ok or verdict.face is None:
@@ -320,13 +311,13 @@ class EnrolmentDesk:
             crops.append(verdict.face.crop)
             sources.append(f"kiosk upload {filename}")
         if not crops:
-            raise EnrolmentRejected("None of the faces in these photos looks like the others. "
-                                    "Nothing was stored.")
+            raise EnrolmentRejected(f"None of the faces in these photos looks like {name}'s "
+                                    "other photos. Nothing was stored.")
         # uploads are not asked to confirm (the browser would have to send the photos
         # again): saved, and staff told whom they look like (they were not: helper-44)
         saved = self._store(name, crops, sources, warn_duplicates=True)
-        return replace(saved, group_photos=tuple(group_photos), left_out=tuple(left_out),
-                       picked=tuple(picked))
+        return replace(saved, group_photos=tuple(choice.group_photos),
+                       left_out=tuple(choice.left_out), picked=tuple(choice.picked))
 
     def _decode(self, filename: str, data: bytes) -> np.ndarray:
         try:

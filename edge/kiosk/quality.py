@@ -2,16 +2,26 @@
 
 Every check returns a ``ShotVerdict`` whose ``message`` is what the staff member reads
 next to the shot, so a rejection always says what to change.
+
+Which face of an uploaded photo with several faces is enrolled (``choose_faces``): the
+largest may be a stranger's (helper-49: Tony Blair enrolled as Kofi Annan, Kofi beside
+him), so it is the one like the person's other photos, those uploaded alone with it and,
+for someone already enrolled, the stored ones (helper-56: a group photo added to an
+enrolled person was checked against nothing). Only with neither is the largest taken
+unchecked, and staff are told. Faces are compared in the served model's space, where
+the stored photos are.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
 from edge.errors import ImageReadError
+from edge.gallery.match import face_like_the_rest
 from edge.vision.image_header import ImageTooLarge, check_header, decode_image
 from edge.vision.pipeline import RecognisedFace
 
@@ -96,3 +106,47 @@ def decode_upload(data: bytes, max_pixels: int, filename: str) -> np.ndarray:
         raise UploadRefused(f"{filename} is too small to show a face "
                             f"({image.shape[1]}x{image.shape[0]} pixels).")
     return image
+
+
+Embed = Callable[[list[np.ndarray]], tuple[np.ndarray, str]]  # crops -> (vectors, tag)
+Stored = Callable[[str], np.ndarray]  # a model version tag -> the person's stored vectors
+
+
+@dataclass
+class Choice:
+    faces: list[tuple[str, list[RecognisedFace]]] = field(default_factory=list)  # per photo
+    group_photos: list[str] = field(default_factory=list)  # several faces, largest unchecked
+    left_out: list[str] = field(default_factory=list)  # several faces, none like the person
+    picked: list[str] = field(default_factory=list)  # several faces, the one like them taken
+
+
+def choose_faces(found: list[tuple[str, list[RecognisedFace]]], embed: Embed,
+                 stored: Stored) -> Choice:
+    """Each photo's face(s) to judge: a photo of one face as it is; a group photo's face
+    like the person's (or, with nothing to compare with, all its faces: the largest is
+    taken); a group photo with none like them left out."""
+    choice = Choice()
+    if all(len(faces) == 1 for _, faces in found):
+        choice.faces = list(found)
+        return choice
+    lone = [faces[0].crop for _, faces in found if len(faces) == 1]
+    crowd = [face.crop for _, faces in found if len(faces) > 1 for face in faces]
+    vectors, tag = embed(lone + crowd)
+    alone = list(vectors[:len(lone)]) + list(stored(tag))
+    crowd_vectors = iter(vectors[len(lone):])
+    for filename, faces in found:
+        if len(faces) == 1:
+            choice.faces.append((filename, faces))
+            continue
+        seen = [next(crowd_vectors) for _ in faces]
+        if not alone:
+            choice.group_photos.append(filename)
+            choice.faces.append((filename, faces))
+            continue
+        pick = face_like_the_rest(seen, alone)
+        if pick is None:
+            choice.left_out.append(filename)
+            continue
+        choice.picked.append(filename)
+        choice.faces.append((filename, [faces[pick]]))
+    return choice

@@ -201,11 +201,15 @@ class Recognizer:
             outcome.added.append(image)
             if progress:
                 progress(image, None)
-        self._settle_group_photos(outcome, crops, vectors)
-        self._drop_not_the_person(outcome, crops, vectors, skip_bad)
+        self._settle_group_photos(outcome, crops, vectors, skip_bad)
+        if not crops:
+            return outcome
+        # the served model's vectors once: the checks and the store all use them
+        served, tag = self._served_vectors(crops, vectors)
+        served = self._drop_not_the_person(outcome, crops, served, tag, skip_bad)
         if crops:
-            outcome.looks_like = self._looks_like(name, crops, vectors)
-            stored = self.enroll_crops(name, crops, vectors, [p.name for p in outcome.added])
+            outcome.looks_like = self._looks_like(name, served, tag)
+            stored = self._store(name, crops, served, tag, [p.name for p in outcome.added])
             outcome.person_id = stored.person_id
             # stored meanwhile by another enrolment of the same photos (it runs at once)
             raced = [image for image, new in zip(outcome.added, stored.new, strict=True)
@@ -220,6 +224,10 @@ class Recognizer:
         (``base_vectors`` come from the pipeline's pretrained embedder): the person's id
         and the crops' ids (``Gallery.enroll_crops``: a crop stored before is not again)."""
         vectors, tag = self._served_vectors(crops, base_vectors)
+        return self._store(name, crops, vectors, tag, sources)
+
+    def _store(self, name: str, crops: list[np.ndarray], vectors: np.ndarray, tag: str,
+               sources: Sequence[str | None]) -> EnrolledCrops:
         wrong = not_the_person(vectors, self.gallery.person_vectors(name, tag))
         if wrong:  # every way in (the API too): never another's face under this name
             raise NotThePerson(f"a photo {not_the_person_reason(name, wrong[0][1])}")
@@ -236,12 +244,10 @@ class Recognizer:
         return np.stack(vectors), state.tag
 
     def _drop_not_the_person(self, outcome: EnrolOutcome, crops: list[np.ndarray],
-                             vectors: list[np.ndarray], skip_bad: bool) -> None:
+                             served: np.ndarray, tag: str, skip_bad: bool) -> np.ndarray:
         """Photos to add to an enrolled person that are someone else's: skipped (said
-        why), or with ``skip_bad`` off refused, nothing enrolled."""
-        if not crops:
-            return
-        served, tag = self._served_vectors(crops, vectors)
+        why), or with ``skip_bad`` off refused, nothing enrolled. The served vectors of
+        the photos kept."""
         wrong = not_the_person(served, self.gallery.person_vectors(outcome.name, tag))
         if wrong and not skip_bad:
             i, score = wrong[0]
@@ -250,30 +256,42 @@ class Recognizer:
         outcome.skipped += [(outcome.added[i], not_the_person_reason(outcome.name, score))
                             for i, score in wrong]
         for i, _ in reversed(wrong):
-            del crops[i], vectors[i], outcome.added[i]
+            del crops[i], outcome.added[i]
+        return np.delete(served, [i for i, _ in wrong], axis=0)
 
     def _settle_group_photos(self, outcome: EnrolOutcome, crops: list[np.ndarray],
-                             vectors: list[np.ndarray]) -> None:
-        """A group photo beside photos of the person alone: the face taken is the one that
-        looks like those (the largest may be someone else's: helper-49's folder enrolled
-        Tony Blair as Kofi Annan, Kofi beside him), and the photo is skipped when none
-        does. Only a group photo with nothing to check it against keeps its largest face,
-        with a warning (the person's only photo, or all of them group photos)."""
+                             vectors: list[np.ndarray], skip_bad: bool) -> None:
+        """A group photo beside photos of the person alone, in this batch or enrolled
+        before: the face taken is the one that looks like those (the largest may be
+        someone else's: helper-49's folder enrolled Tony Blair as Kofi Annan, Kofi beside
+        him), and the photo is skipped when none does. Only a group photo with nothing to
+        check it against keeps its largest face, with a warning (the person's only photo,
+        or all of them group photos, and nothing enrolled). Compared in the served
+        model's space, where the stored photos are. With ``skip_bad`` off a photo none of
+        whose faces is the person's is refused, nothing enrolled."""
         group = {image for image, _ in outcome.group_photos}
-        alone = [vectors[i] for i, image in enumerate(outcome.added) if image not in group]
-        if not alone or not group:
+        if not group:
+            return
+        served, tag = self._served_vectors(crops, vectors)
+        alone = [served[i] for i, image in enumerate(outcome.added) if image not in group]
+        alone += list(self.gallery.person_vectors(outcome.name, tag))
+        if not alone:
             return
         drop = []
         for image, _ in outcome.group_photos:
             i = outcome.added.index(image)
-            if face_like_the_rest([vectors[i]], alone) is not None:
+            if face_like_the_rest([served[i]], alone) is not None:
                 continue  # the largest face is the person's: nothing to say
             faces = self.pipeline.process(read_image(image))
-            pick = face_like_the_rest([f.embedding for f in faces], alone)
+            seen, seen_tag = self._served_vectors([f.crop for f in faces],
+                                                  [f.embedding for f in faces])
+            pick = face_like_the_rest(list(seen), alone) if seen_tag == tag else None
             if pick is None:
+                reason = f"none of its {len(faces)} faces looks like {outcome.name}'s other photos"
+                if not skip_bad:
+                    raise NotThePerson(f"{image}: {reason}; nothing was enrolled")
                 drop.append(i)
-                outcome.skipped.append((image, f"none of its {len(faces)} faces looks like "
-                                               f"{outcome.name}'s other photos"))
+                outcome.skipped.append((image, reason))
                 continue
             crops[i], vectors[i] = faces[pick].crop, faces[pick].embedding
             outcome.picked.append((image, _box(faces[pick])))
@@ -281,12 +299,11 @@ class Recognizer:
             del crops[i], vectors[i], outcome.added[i]
         outcome.group_photos = []  # each one checked
 
-    def _looks_like(self, name: str, crops: list[np.ndarray], base_vectors: list[np.ndarray]
-                    ) -> Match | None:
-        """The best match of the photos among people enrolled under another name, at the
-        served threshold: a typo of a name, or one person's folder under two names, made
-        a second person without a word (helper-47; the kiosk warned)."""
-        vectors, tag = self._served_vectors(crops, base_vectors)
+    def _looks_like(self, name: str, vectors: np.ndarray, tag: str) -> Match | None:
+        """The best match of the photos (their served vectors) among people enrolled
+        under another name, at the served threshold: a typo of a name, or one person's
+        folder under two names, made a second person without a word (helper-47; the
+        kiosk warned)."""
         try:
             matches = self.gallery.identify_many(vectors, tag, self.threshold)
         except GalleryError:  # nobody enrolled under this model yet: no one to look like

@@ -164,6 +164,33 @@ def test_enroll_warns_of_a_group_photo_and_of_a_look_alike(enrolled: Path, tmp_p
     assert "more than one face" not in typo.stderr
 
 
+def test_a_group_photo_added_to_someone_enrolled_is_checked_against_their_photos(
+        enrolled: Path, tmp_path: Path, lfw_dir: Path) -> None:
+    """helper-56: a group photo added to someone already enrolled said "no photo of them
+    alone to check it against" (only the photos given with it were looked at) and took
+    the largest face, a stranger's; now the person's enrolled photos are the check."""
+    pair = group_photo(lfw_dir, tmp_path / "pair.jpg")  # Serena, Hugo smaller beside her
+    result = invoke(enrolled, "enroll", "Hugo_Chavez", str(pair))
+    assert result.exit_code == 0, result.output
+    assert "no photo of them alone" not in result.stderr, result.stderr
+    assert "not the largest, looks like Hugo_Chavez's other photos and was enrolled" in \
+        result.stderr, result.stderr
+    people = {p["name"]: p for p in json.loads(invoke(enrolled, "people", "list",
+                                                      "--json").stdout)}
+    assert people["Hugo_Chavez"]["crops"] == 4
+    # neither face is Hugo's: refused with the reason, nothing enrolled (not even the good
+    # photo given with it: every photo named must be usable)
+    others = group_photo(lfw_dir, tmp_path / "others.jpg", beside="Tony_Blair")
+    refused = invoke(enrolled, "enroll", "Hugo_Chavez", str(lfw_image(lfw_dir, "Hugo_Chavez", 9)),
+                     str(others))
+    assert refused.exit_code == 3, refused.output
+    assert f"{others}: none of its 2 faces looks like Hugo_Chavez's other photos; nothing " \
+        "was enrolled" in refused.output, refused.output
+    people = {p["name"]: p for p in json.loads(invoke(enrolled, "people", "list",
+                                                      "--json").stdout)}
+    assert people["Hugo_Chavez"]["crops"] == 4
+
+
 def test_warnings_on_folders_of_many_photos_are_about_the_odd_one_only(
         tmp_path: Path, lfw_dir: Path) -> None:
     """helper-48: with 40 photos a person, one photo's false accept with someone else

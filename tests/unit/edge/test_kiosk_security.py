@@ -471,3 +471,14 @@ def test_a_group_photo_beside_photos_alone_gives_the_face_like_them(
     kiosk.services.worker.process_frame(0, time.time(), stranger)
     latest = kiosk.services.worker.latest()
     assert latest is not None and latest.matches[0].name is None  # Serena is no one here
+    # later, a group photo alone, added to Ada who is enrolled: her stored photos are the
+    # check (helper-56: "nothing to check it against", and the stranger's face taken)
+    later = upload(client, "Ada", [(pair(read_image(lfw_dir / PERSON_A / f"{PERSON_A}_0004.jpg")),
+                                    "later.jpg")])
+    said = text(client.get(later.headers["Location"]))
+    assert "Added 1 photo to Ada, who was already enrolled. later.jpg showed more than one " \
+        "face: the one like the other photos was taken." in said, said
+    refused = upload(client, "Ada", [(without, "again.jpg")])
+    assert refused.status_code == 400 and "None of the faces in these photos looks like " \
+        "Ada&#39;s other photos. Nothing was stored." in text(refused), text(refused)
+    assert rows(kiosk)["crops"] == 4
