@@ -8,7 +8,7 @@ clock reference (a Pi without RTC that boots without NTP sits in 1970 and fails 
 ways that look like anything but a clock problem).
 
 May import: edge.errors, edge.config, edge.box, edge.gallery, edge.serving,
-edge.provision, edge.federated, federation, models.
+edge.provision, edge.federated, edge.vision, federation, models.
 """
 
 from __future__ import annotations
@@ -51,13 +51,13 @@ class Check:
 
 def check_camera(source: str, hint: str = "set camera.source in the config") -> Check:
     from edge.provision import probe_camera
-
+    from edge.vision.frame_source import shown_uri  # pasted into tickets: no password
     try:
         w, h = probe_camera(source)
     except Exception as exc:  # SourceError and whatever the capture backend raises
-        return Check("camera", False, f"{source}: {getattr(exc, 'message', exc)}",
+        return Check("camera", False, f"{shown_uri(source)}: {getattr(exc, 'message', exc)}",
                      str(getattr(exc, "hint", "")) or hint)
-    return Check("camera", True, f"{source}: {w}x{h} frame read")
+    return Check("camera", True, f"{shown_uri(source)}: {w}x{h} frame read")
 
 
 def check_models(model_dir: Path | None) -> Check:

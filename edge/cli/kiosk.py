@@ -136,7 +136,8 @@ def serve(
                             visit_sinks=sinks)
         # the worker stops (ending the open visits into the sinks) before they close
         serve_until_signalled(kiosk.start, kiosk.stop,
-                              lambda: f"kiosk on {kiosk.url} (Ctrl-C to stop)")
+                              lambda: f"kiosk on {kiosk.url}, camera "
+                              f"{kiosk.services.worker.source.uri} (Ctrl-C to stop)")
     if kiosk.services.worker.status().state == "error":
         raise CliError(kiosk.services.worker.status().message, exit_code=EXIT_USAGE)
 

@@ -28,6 +28,7 @@ def status(
     from edge.federated.revocation import revocation_state
     from edge.kiosk.auth import PasswordStore
     from edge.serving.versions import BASE_VERSION, SwapStore
+    from edge.vision.frame_source import shown_uri
     from federation.messages import result_round
 
     if config is not None:
@@ -47,7 +48,8 @@ def status(
     revoked = revocation_state(cfg.box.data_dir)
     info: dict[str, Any] = {
         "device_id": cfg.box.device_id, "fed": cfg.box.fed, "broker": cfg.broker.url,
-        "camera": cfg.camera.source, "key_id": cfg.federation.key_id,
+        "camera": shown_uri(cfg.camera.source), "events": _events(cfg.events),
+        "key_id": cfg.federation.key_id,
         "key": _held_key(cfg.federation.secret_context, cfg.federation.key_id),
         "certificate": {"ok": cert.ok, "detail": cert.detail},
         "model": None if current is None else {"version": current.version,
@@ -73,6 +75,7 @@ def _print(info: dict[str, Any], cert_ok: bool, cert_detail: str, revoked: Any) 
     typer.echo(f"key         {info['key']['detail']}")
     typer.echo(f"broker      {info['broker']}")
     typer.echo(f"camera      {info['camera']}")
+    _print_events(info["events"])
     typer.echo(f"certificate {'ok' if cert_ok else 'NOT OK'}: {cert_detail}")
     if revoked is not None:
         typer.echo(f"REVOKED     {revoked.summary()}: {REPROVISION}")
@@ -86,6 +89,24 @@ def _print(info: dict[str, Any], cert_ok: bool, cert_detail: str, revoked: Any) 
     typer.echo(f"model       {shown}")
     typer.echo(f"outbox      {info['pending_updates']} update(s) waiting for an ack")
     typer.echo(f"kiosk       password {'set' if info['kiosk_password_set'] else 'NOT set'}")
+
+
+def _events(events: Any) -> dict[str, Any] | None:
+    """Where the box publishes its visit events ([events]), the password never shown."""
+    from edge.vision.frame_source import shown_uri
+
+    if events is None:
+        return None
+    return {"mqtt_url": shown_uri(events.mqtt_url), "username": events.username,
+            "include_crop": events.include_crop}
+
+
+def _print_events(events: dict[str, Any] | None) -> None:
+    if events is None:
+        typer.echo("events      none (no [events] in the config: visits stay on the box)")
+        return
+    crops = "with each visit's face crop" if events["include_crop"] else "no face images"
+    typer.echo(f"events      {events['mqtt_url']} ({crops})")
 
 
 def _held_key(secret_context: Path, provisioned: str) -> dict[str, Any]:
@@ -109,14 +130,17 @@ def _held_key(secret_context: Path, provisioned: str) -> dict[str, Any]:
 
 def _unprovisioned(ctx: typer.Context, as_json: bool, model: str | None) -> None:
     from edge.kiosk.auth import PasswordStore
+    from edge.vision.frame_source import shown_uri
 
     context = box(ctx)
     data_dir = context.settings.data_dir
     camera = context.camera
-    info = {"provisioned": False, "config": str(context.config_path),
+    events = _events(context.events)
+    info: dict[str, Any] = {"provisioned": False, "config": str(context.config_path),
             "config_found": context.standalone is not None, "data_dir": str(data_dir),
             "model": model, "match_threshold": context.settings.match_threshold,
-            "camera": camera.source if camera is not None else None,
+            "camera": shown_uri(camera.source) if camera is not None else None,
+            "events": events,
             "kiosk_password_set": PasswordStore(data_dir).is_set()}
     if as_json:
         typer.echo(json.dumps(info, indent=2))
@@ -128,7 +152,8 @@ def _unprovisioned(ctx: typer.Context, as_json: bool, model: str | None) -> None
     typer.echo(f"data dir    {data_dir}")
     typer.echo(f"threshold   {info['match_threshold']:.2f}")
     if camera is not None:
-        typer.echo(f"camera      {camera.source}")
+        typer.echo(f"camera      {info['camera']}")
+    _print_events(events)
     typer.echo("model       " + (model or "pretrained base"))
     typer.echo(f"kiosk       password {'set' if info['kiosk_password_set'] else 'NOT set'}")
 

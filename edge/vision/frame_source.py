@@ -6,6 +6,7 @@ are in ``edge.vision.capture``.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,6 +17,24 @@ import numpy as np
 
 from edge.errors import FedFaceError
 
+# a query parameter that may carry a camera's secret (ONVIF and vendor stream URLs)
+_SECRET_PARAM = re.compile(r"(?i)([?&][^=&#]*(?:pass|pwd|token|secret|auth|key)[^=&#]*=)[^&#]*")
+
+
+def shown_uri(uri: str) -> str:
+    """A source as logs, errors and screens show it: a stream's password
+    (``rtsp://admin:pass@cam/...``, ``?password=...``) as ``***``. An IP camera's URL
+    usually carries its credentials, and a log line or a pasted ``doctor`` output must
+    not hand them on."""
+    scheme, sep, rest = uri.partition("://")
+    if sep:
+        authority, slash, path = rest.partition("/")
+        userinfo, at, host = authority.rpartition("@")
+        if at and ":" in userinfo:
+            rest = f"{userinfo.partition(':')[0]}:***@{host}{slash}{path}"
+        uri = f"{scheme}{sep}{rest}"
+    return _SECRET_PARAM.sub(r"\1***", uri)
+
 
 class SourceError(FedFaceError):
     """A frame source cannot be opened, or a live one was lost for good."""
@@ -23,8 +42,8 @@ class SourceError(FedFaceError):
     exit_code = 6
 
     def __init__(self, uri: str, reason: str, hint: str = "") -> None:
-        super().__init__(f"video source {uri!r}: {reason}", hint=hint)
-        self.uri = uri
+        super().__init__(f"video source {shown_uri(uri)!r}: {reason}", hint=hint)
+        self.uri = shown_uri(uri)
         self.reason = reason
 
 
@@ -63,11 +82,11 @@ class SourceStats:
 class FrameSource:
     """Base class: iterate frames, close when done (also as a context manager)."""
 
-    uri: str
+    uri: str  # as shown (``shown_uri``): the source opens its own target
     live: bool = False
 
     def __init__(self, uri: str) -> None:
-        self.uri = uri
+        self.uri = shown_uri(uri)
         self.stats = SourceStats()
         self._next_index = 0
 

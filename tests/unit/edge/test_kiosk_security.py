@@ -337,6 +337,10 @@ def test_enrolling_a_stranger_from_photos_settles_their_alert(
     assert activity.unacknowledged() == 1
     page = text(client.get("/"))
     assert "Enrolled as Serena" in page and "dealt with" in page, page
+    # its own page says the match it was raised with is history (helper-56)
+    review = text(client.get(f"/alerts/{alerts['Serena'].id}"))
+    assert "<h1>Enrolled as Serena</h1>" in review and "Closest match when seen" in review, \
+        review
 
 
 def test_one_alert_can_be_acknowledged_on_its_own(client: FlaskClient, kiosk: Kiosk,
