@@ -20,14 +20,18 @@ May import: nothing of the project.
 
 from __future__ import annotations
 
+import logging
 import ssl
 import threading
+from pathlib import Path
 from typing import Any
 
 from cheroot.errors import socket_errors_to_ignore
 from cheroot.server import HTTPConnection, HTTPRequest
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 from cheroot.wsgi import Server
+
+log = logging.getLogger(__name__)
 
 THREADS = 8  # a screen, a few phones or a few integrations; the engine is one anyway
 IDLE_TIMEOUT_S = 10  # an idle keep-alive connection is closed after this
@@ -36,6 +40,33 @@ IDLE_TIMEOUT_S = 10  # an idle keep-alive connection is closed after this
 # test_kiosk_hardening.py)
 LISTEN_QUEUE = 128
 BODY_BACKSTOP = 2  # x the app's upload cap, plus a megabyte of multipart framing
+
+
+class TlsFilesError(ValueError):
+    """A TLS certificate or key that cannot be served; the message says which and why."""
+
+
+def server_tls(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+    """The HTTPS context of ``--tls-cert``/``--tls-key`` (TLS 1.2 or later), None without
+    either. The kiosk and the recognition API both take them."""
+    if (cert is None) != (key is None):
+        raise TlsFilesError("give both --tls-cert and --tls-key, or neither")
+    if cert is None or key is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        # the reason only: load_cert_chain says a key does not match its certificate as
+        # "[X509: KEY_VALUES_MISMATCH]", a missing file as "[Errno 2] ..."
+        raise TlsFilesError(f"cannot load the TLS certificate {cert} or key {key}: "
+                            f"{getattr(exc, 'strerror', None) or exc}") from exc
+    mode = key.stat().st_mode & 0o777
+    if mode & 0o077:  # served all the same: the host's own users are the exposure
+        log.warning("the TLS key %s is readable by other users (mode %04o): chmod 600 it",
+                    key, mode)
+    return context
 
 
 class _ContextAdapter(BuiltinSSLAdapter):

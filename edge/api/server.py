@@ -25,7 +25,7 @@ from edge.api.faces import FaceService
 from edge.api.keys import ApiKeys
 from edge.api.limits import TokenBuckets
 from edge.errors import FedFaceError
-from edge.http_thread import HttpThread
+from edge.http_thread import HttpThread, TlsFilesError, server_tls
 from edge.serving.recognizer import Recognizer
 from edge.vision.image_header import DEFAULT_MAX_PIXELS
 
@@ -79,23 +79,17 @@ class ApiServer:
 
     def _tls(self) -> ssl.SSLContext | None:
         s = self.settings
-        if (s.tls_cert is None) != (s.tls_key is None):
-            raise ApiStartError("give both --tls-cert and --tls-key, or neither")
-        if s.tls_cert is None or s.tls_key is None:
-            if not _loopback(s.host) and not s.allow_plain_http:
-                raise ApiStartError(
-                    f"refusing to serve plain HTTP on {s.host}: API keys and face photos "
-                    "would cross the network unencrypted",
-                    hint="give --tls-cert/--tls-key, put a TLS proxy in front and pass "
-                    "--allow-plain-http, or listen on 127.0.0.1")
-            return None
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
-            context.load_cert_chain(s.tls_cert, s.tls_key)
-        except (OSError, ssl.SSLError) as exc:
-            raise ApiStartError(f"cannot load the TLS certificate or key: {exc}",
-                                hint="give a PEM certificate and its private key") from exc
+            context = server_tls(s.tls_cert, s.tls_key)
+        except TlsFilesError as exc:
+            raise ApiStartError(str(exc), hint="give a PEM certificate and its private "
+                                "key") from exc
+        if context is None and not _loopback(s.host) and not s.allow_plain_http:
+            raise ApiStartError(
+                f"refusing to serve plain HTTP on {s.host}: API keys and face photos "
+                "would cross the network unencrypted",
+                hint="give --tls-cert/--tls-key, put a TLS proxy in front and pass "
+                "--allow-plain-http, or listen on 127.0.0.1")
         return context
 
     def start(self) -> ApiServer:

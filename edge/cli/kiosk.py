@@ -6,6 +6,7 @@ import logging
 import sys
 from collections.abc import Callable
 from contextlib import ExitStack
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -91,14 +92,19 @@ def serve(
         "'Frame sources'). Default: camera.source of "
         "the box config (FEDFACE_CONFIG or DATA_DIR/edge.toml).")] = None,
     host: Annotated[str, typer.Option(
-        "--host", help="Listen address. Keep 127.0.0.1 unless a TLS proxy fronts the kiosk.")
-    ] = "127.0.0.1",
+        "--host", help="Listen address. Keep 127.0.0.1 unless the kiosk serves HTTPS "
+        "(--tls-cert/--tls-key) or a TLS proxy fronts it.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8080,
     idle_timeout: Annotated[float, typer.Option(
         "--idle-timeout", min=1.0, help="Log staff out after this many idle seconds.")] = 900.0,
     cookie_secure: Annotated[bool, typer.Option(
-        "--cookie-secure", help="Send the session cookie over HTTPS only (behind TLS).")
-    ] = False,
+        "--cookie-secure", help="Send the session cookie over HTTPS only (behind a TLS "
+        "proxy; always so with --tls-cert).")] = False,
+    tls_cert: Annotated[Path | None, typer.Option(
+        "--tls-cert", help="PEM certificate: serve the page over HTTPS (with --tls-key).",
+        show_default=False)] = None,
+    tls_key: Annotated[Path | None, typer.Option(
+        "--tls-key", help="PEM private key of --tls-cert.", show_default=False)] = None,
     per_frame: Annotated[bool, typer.Option(
         "--per-frame", help="Recognise every face on every frame instead of once per "
         "visit (the lists then count frames).")] = False,
@@ -120,7 +126,8 @@ def serve(
 
     settings = KioskSettings.from_mapping(
         {"host": host, "port": port, "idle_timeout_s": idle_timeout,
-         "cookie_secure": cookie_secure, "per_visit": not per_frame,
+         "cookie_secure": cookie_secure, "tls_cert": tls_cert, "tls_key": tls_key,
+         "per_visit": not per_frame,
          "detect_every": detect_every}, source="kiosk options")
     with ExitStack() as stack:
         sinks: list[Callable[[VisitEvent], None]] = []

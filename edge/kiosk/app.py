@@ -150,7 +150,7 @@ def create_app(svc: KioskServices) -> Flask:
         SESSION_COOKIE_NAME="fedface_kiosk",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
-        SESSION_COOKIE_SECURE=svc.settings.cookie_secure,
+        SESSION_COOKIE_SECURE=svc.settings.secure_cookies,
         # Only a response that changed the session sets the cookie. By default every
         # response to a permanent session does, so a background poll (PASSIVE_ENDPOINTS)
         # in flight while a form posts could arrive last and put back the session as it

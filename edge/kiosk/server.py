@@ -18,7 +18,7 @@ from flask import Flask
 
 from edge.config import EdgeSettings
 from edge.gallery.store import Gallery
-from edge.http_thread import HttpThread
+from edge.http_thread import HttpThread, TlsFilesError, server_tls
 from edge.kiosk.access import LoginGate, SessionEnds
 from edge.kiosk.activity import ActivityLog
 from edge.kiosk.app import create_app
@@ -49,13 +49,18 @@ class Kiosk:
 
     @property
     def url(self) -> str:
-        return self._http.url()
+        return self._http.url("https" if self.services.settings.tls_cert else "http")
 
     def start(self) -> Kiosk:
         """Start recognition and serve in a background thread (``url`` is then valid)."""
         settings = self.services.settings
         try:
-            self._http.listen(settings.host, settings.port, self.app)
+            tls = server_tls(settings.tls_cert, settings.tls_key)
+        except TlsFilesError as exc:
+            raise KioskStartError(str(exc), hint="give a PEM certificate and its private key "
+                                  "(docs/operations.md, 'The kiosk over HTTPS')") from exc
+        try:
+            self._http.listen(settings.host, settings.port, self.app, tls)
         except OSError as exc:
             raise KioskStartError(f"cannot listen on {settings.host}:{settings.port}: "
                                   f"{exc.strerror or exc}",
@@ -71,15 +76,15 @@ class Kiosk:
         self.services.gallery.close()
 
 
-def _warn_if_exposed(host: str, cookie_secure: bool) -> None:
+def _warn_if_exposed(host: str, secure: bool) -> None:
     try:
         loopback = ip_address(host).is_loopback
     except ValueError:
         loopback = host == "localhost"
-    if not loopback and not cookie_secure:
+    if not loopback and not secure:
         log.warning("kiosk listens on %s over plain HTTP: face images and the staff password "
-                    "cross the network unencrypted; put a TLS proxy in front and set "
-                    "cookie_secure", host)
+                    "cross the network unencrypted; give --tls-cert/--tls-key, or put a TLS "
+                    "proxy in front and set --cookie-secure", host)
 
 
 def build_kiosk(
@@ -96,7 +101,7 @@ def build_kiosk(
     if not passwords.is_set():
         raise KioskStartError(f"no kiosk password is set for {edge.data_dir}",
                               hint="run `fedface-edge kiosk set-password` first")
-    _warn_if_exposed(settings.host, settings.cookie_secure)
+    _warn_if_exposed(settings.host, settings.secure_cookies)
     source = open_source(source_uri)  # a bad URI fails before the models load
     gallery = Gallery.open(edge.data_dir)
     gallery.on_removal.append(forget_removed_faces)  # a removed face's features go too

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -20,14 +21,22 @@ class KioskSettings(BaseModel):
     host: str = Field(
         default="127.0.0.1",
         description="Address to listen on. Loopback by default: the kiosk screen runs a "
-        "browser on the box itself. Any other address exposes face images to the network "
-        "and belongs behind a TLS reverse proxy (then set cookie_secure).")
+        "browser on the box itself. Any other address exposes face images and the staff "
+        "password to the network: serve HTTPS (tls_cert, tls_key) or put a TLS reverse "
+        "proxy in front (then set cookie_secure).")
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535,
                       description="TCP port (0: any free port).")
     cookie_secure: bool = Field(
         default=False,
         description="Mark the session cookie Secure (only sent over HTTPS). Set it when a TLS "
-        "proxy fronts the kiosk; plain-HTTP loopback logins would fail with it.")
+        "proxy fronts the kiosk; plain-HTTP loopback logins would fail with it. Always on "
+        "with tls_cert.")
+    tls_cert: Path | None = Field(
+        default=None, description="PEM certificate (chain): serve the page over HTTPS, TLS "
+        "1.2 or later, with tls_key.")
+    tls_key: Path | None = Field(
+        default=None, description="PEM private key of tls_cert (keep it 0600, readable by "
+        "the kiosk's user only).")
     idle_timeout_s: float = Field(
         default=900.0, gt=0,
         description="A session with no page view or form post for this long is logged out. "
@@ -106,6 +115,11 @@ class KioskSettings(BaseModel):
         description="With no new frame for this long the camera counts as lost: the page "
         "marks the picture NOT LIVE and camera enrolment refuses it. A shot waits this "
         "long for a fresh frame.")
+
+    @property
+    def secure_cookies(self) -> bool:
+        """Cookies go over HTTPS only: behind a TLS proxy (cookie_secure) or served so."""
+        return self.cookie_secure or self.tls_cert is not None
 
     @model_validator(mode="after")
     def _shots_fit(self) -> KioskSettings:

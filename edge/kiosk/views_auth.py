@@ -105,7 +105,7 @@ def login() -> BaseResponse | str:
         response.set_cookie(DEVICE_COOKIE,
                             _device_signer().dumps(device or secrets.token_urlsafe(16)),
                             max_age=DEVICE_MAX_AGE_S, path=url_for("auth.login"),
-                            secure=svc.settings.cookie_secure, httponly=True,
+                            secure=svc.settings.secure_cookies, httponly=True,
                             samesite="Strict")
         return response
     left = attempt.left
