@@ -6,7 +6,8 @@ Where each value comes from, first match wins (:func:`resolve_settings`):
 2. the box's config file: ``--config FILE``, else ``FEDFACE_CONFIG``, else
    ``<data dir>/edge.toml`` when it exists (written by ``fedface-edge provision``);
 3. the environment (``FEDFACE_DATA_DIR``, ``FEDFACE_MODEL_DIR``, ``FEDFACE_CANARY_MARGIN``);
-4. the defaults below.
+4. the defaults below; for the models, ``<data dir>/models`` when the installer put them
+   there, else the models registry's cache.
 
 A bad entry, wherever it comes from, is reported as key path + value + reason.
 
@@ -15,7 +16,6 @@ May import: edge.errors, edge.serving, models.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,9 +26,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edge.errors import FedFaceError
 from edge.serving.canary import CanaryPolicy
 from models.federated_parts import DEFAULT_PART, PARTS
+from models.registry import YUNET
 
 DATA_DIR_ENV = "FEDFACE_DATA_DIR"
 MODEL_DIR_ENV = "FEDFACE_MODEL_DIR"
+INSTALLED_MODELS = "models"  # <data dir>/models: where the installer puts the models
 
 # Mirrors edge.gallery.store.DEFAULT_MATCH_THRESHOLD (kept literal so importing the settings
 # does not import numpy/sqlite); a test checks that both agree. Under MIN a box names
@@ -342,35 +344,6 @@ def _read_toml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
-
-
-def render_box_config(config: BoxConfig) -> str:
-    """TOML with every key's description as a comment above it."""
-    lines = ["# FedFace edge box configuration (written by `fedface-edge provision`).",
-             "# Unknown keys are rejected; see docs/operations.md for every key.", ""]
-    for section_name in BoxConfig.model_fields:
-        section = getattr(config, section_name)
-        if section is None:  # an optional section left out (events: docs/operations.md)
-            lines += [f"# [{section_name}] (optional; see docs/operations.md)", ""]
-            continue
-        lines.append(f"[{section_name}]")
-        for name, fld in type(section).model_fields.items():
-            value = getattr(section, name)
-            lines.append(f"# {fld.description}")
-            if value is None:
-                lines.append(f"# {name} =")
-            else:
-                lines.append(f"{name} = {_toml_value(value)}")
-        lines.append("")
-    return "\n".join(lines)
-
-
 def resolve_settings(options: Mapping[str, Any], config_file: Path | None = None
                      ) -> tuple[EdgeSettings, BoxConfig | StandaloneConfig | None, Path]:
     """The box's settings, its config (a StandaloneConfig for a box in no federation,
@@ -396,5 +369,12 @@ def resolve_settings(options: Mapping[str, Any], config_file: Path | None = None
         config = load_config(path) if path.is_file() else None
     values: dict[str, Any] = config.settings_values() if config is not None else {}
     values.update(given)
-    return EdgeSettings.from_mapping(values, source="options" if config is None
-                                     else f"options and {path}"), config, path
+    settings = EdgeSettings.from_mapping(values, source="options" if config is None
+                                         else f"options and {path}")
+    installed = settings.data_dir / INSTALLED_MODELS
+    if settings.model_dir is None and (installed / YUNET.filename).is_file():
+        # the installer's models (firmware_scripts: <data dir>/models): a technician's
+        # `FEDFACE_DATA_DIR=/var/lib/fedface fedface-edge doctor` looked in its own
+        # user cache and failed (helper-58)
+        settings = settings.model_copy(update={"model_dir": installed})
+    return settings, config, path

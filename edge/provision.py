@@ -40,7 +40,6 @@ from edge.config import (
     CameraSection,
     DoctorSection,
     FederationSection,
-    render_box_config,
 )
 from edge.errors import FedFaceError
 from federation.crypto.epochs import (
@@ -288,6 +287,35 @@ def build_config(files: BoxFiles, device_id: str, trust: dict[str, Any], broker_
             aggregator_key=files.aggregator_pub, part=part),
         doctor=DoctorSection(),
     )
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def render_box_config(config: BoxConfig) -> str:
+    """TOML with every key's description as a comment above it."""
+    lines = ["# FedFace edge box configuration (written by `fedface-edge provision`).",
+             "# Unknown keys are rejected; see docs/operations.md for every key.", ""]
+    for section_name in BoxConfig.model_fields:
+        section = getattr(config, section_name)
+        if section is None:  # an optional section left out (events: docs/operations.md)
+            lines += [f"# [{section_name}] (optional; see docs/operations.md)", ""]
+            continue
+        lines.append(f"[{section_name}]")
+        for name, fld in type(section).model_fields.items():
+            value = getattr(section, name)
+            lines.append(f"# {fld.description}")
+            if value is None:
+                lines.append(f"# {name} =")
+            else:
+                lines.append(f"{name} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def write_config(path: Path, config: BoxConfig) -> None:

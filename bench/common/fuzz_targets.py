@@ -234,7 +234,8 @@ class ConfigTarget:
     name = "config"
 
     def __init__(self, workdir: Path) -> None:
-        from edge.config import BoxConfig, render_box_config
+        from edge.config import BoxConfig
+        from edge.provision import render_box_config
 
         self.dir = workdir
         (workdir / "agg").mkdir(parents=True, exist_ok=True)

@@ -310,7 +310,8 @@ def test_include_crop_from_the_config_file_puts_the_best_crop_on_the_wire(
         kiosk_box: tuple[Path, KioskVideo], tmp_path: Path, mosquitto: MosquittoBroker) -> None:
     """The `[events]` section of the box's edge.toml, not options: its broker, and
     include_crop = true, which attaches each visit's best crop (PNG) to its events."""
-    from edge.config import BoxConfig, render_box_config
+    from edge.config import BoxConfig
+    from edge.provision import render_box_config
 
     data_dir, video = kiosk_box
     unused = str(tmp_path / "not-used-by-run")  # federation files: `run` never opens them

@@ -109,7 +109,8 @@ def provision_box(fed: Federation, device_id: str, camera: str, *, sign: bool = 
 
 def edit_config(box: Path, section: str, key: str, value: object) -> None:
     """Break (or change) one entry of the box config, through the typed model."""
-    from edge.config import load_box_config, render_box_config
+    from edge.config import load_box_config
+    from edge.provision import render_box_config
 
     path = box / "edge.toml"
     cfg = load_box_config(path)

@@ -30,6 +30,32 @@ def test_settings_come_from_env_then_defaults(monkeypatch: pytest.MonkeyPatch,
     assert EdgeSettings().data_dir.name == "fedface" and EdgeSettings().model_dir is None
 
 
+def test_the_installed_models_in_the_data_dir_are_found(monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path) -> None:
+    """helper-58: the installer puts the models in <data dir>/models, and the docs say
+    FEDFACE_DATA_DIR is all a command needs, but `doctor` looked in the technician's own
+    user cache: `FAIL models ... missing from ~/.cache/fedface/models`."""
+    from models.registry import PINNED, default_model_dir
+
+    models = default_model_dir()  # the suite's verified models
+    data_dir = tmp_path / "var-lib-fedface"
+    (data_dir / "models").mkdir(parents=True)
+    for pinned in PINNED.values():
+        (data_dir / "models" / pinned.filename).symlink_to(models / pinned.filename)
+    monkeypatch.delenv("FEDFACE_MODEL_DIR", raising=False)
+    monkeypatch.setenv("FEDFACE_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))  # not there
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    verified = CliRunner().invoke(app, ["models", "verify"])
+    assert verified.exit_code == 0, verified.output
+    assert str(data_dir / "models") in verified.output, verified.output
+    # an explicit model dir still wins
+    monkeypatch.setenv("FEDFACE_MODEL_DIR", str(tmp_path / "elsewhere"))
+    elsewhere = CliRunner().invoke(app, ["models", "verify"])
+    assert elsewhere.exit_code != 0 and str(tmp_path / "elsewhere") in elsewhere.output, \
+        elsewhere.output
+
+
 def test_invalid_settings_name_key_value_and_reason() -> None:
     with pytest.raises(ConfigError) as caught:
         EdgeSettings.from_mapping({"match_threshold": 2, "colour": "red", "threads": "many"},

@@ -13,7 +13,8 @@ from aggregator.cli.main import app as aggregator_app
 from aggregator.state.config import ConfigError as AggregatorConfigError
 from aggregator.state.config import load_config
 from edge.cli import app as edge_app
-from edge.config import BoxConfig, ConfigError, load_box_config, render_box_config
+from edge.config import BoxConfig, ConfigError, load_box_config
+from edge.provision import render_box_config
 
 runner = CliRunner()
 
