@@ -80,12 +80,20 @@ def _check_key() -> Response | None:
     key = request.headers.get("x-api-key", "")
     service = svc.keys.service_of(key) if key else None
     if service is None:
-        if not svc.bad_keys.allow(request.remote_addr or "?"):
-            return _fail("too many requests with a wrong API key", cf.CODE_RATE, 429)
+        address = request.remote_addr or "?"
+        if not svc.bad_keys.allow(address):
+            return _slow_down("too many requests with a wrong API key", svc.bad_keys, address)
         return _fail("missing or unknown x-api-key header", cf.CODE_API_KEY, 401)
     if not svc.per_key.allow(service):
-        return _fail("rate limit exceeded for this API key", cf.CODE_RATE, 429)
+        return _slow_down("rate limit exceeded for this API key", svc.per_key, service)
     return None
+
+
+def _slow_down(message: str, buckets: TokenBuckets, who: str) -> Response:
+    """429 with when to try again (helper-58: a client had to guess)."""
+    response = _fail(message, cf.CODE_RATE, 429)
+    response.headers["Retry-After"] = str(buckets.retry_after(who))
+    return response
 
 
 def _image(field: str = "file") -> Any:
@@ -155,7 +163,7 @@ def subject(name: str) -> Response:
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or not isinstance(body.get("subject"), str):
         return _fail('send JSON {"subject": "new name"}', cf.CODE_BAD_REQUEST)
-    subject_store.rename(name, body["subject"])
+    _svc().faces.rename(name, body["subject"])  # a merge only of one person's faces
     return _json({"updated": True})
 
 

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.errors import NoFaceError
+from edge.gallery.match import NOT_THE_PERSON, not_the_person
+from edge.gallery.names import check_name
 from edge.gallery.snapshot import GallerySnapshot
 from edge.gallery.subjects import Subjects
-from edge.serving.recognizer import Recognizer
+from edge.serving.recognizer import NotThePerson, Recognizer
 from edge.vision.detect import Face
 from edge.vision.image_header import decode_image
 
@@ -101,6 +103,27 @@ class FaceService:
             # id is given back (the README: enrolling a photo a person has adds nothing)
             stored = self.recognizer.enroll_crops(name, [face.crop], [face.embedding], [None])
         return stored.crop_ids[0]
+
+    def rename(self, old: str, new: str) -> None:
+        """CompreFace's rename, which merges onto a subject the gallery has: only when
+        the two are the same person's faces, as a photo added to someone enrolled must be
+        (helper-58: renaming Amelie_M onto Tiger_Woods gave Tiger her faces, and the box
+        named her Tiger from then on)."""
+        new = check_name(new)
+        with self._engine_lock:  # no enrolment or swap between the check and the merge
+            tag = self.recognizer.engine.state.tag
+            gallery = self.recognizer.gallery
+            if new != old and new in self.subjects.names():
+                wrong = not_the_person(gallery.person_vectors(old, tag),
+                                       gallery.person_vectors(new, tag))
+                if wrong:
+                    raise NotThePerson(
+                        f"the faces of {old} do not look like {new}, who is already enrolled "
+                        f"(similarity {wrong[0][1]:.2f} with {new}'s photos; under "
+                        f"{NOT_THE_PERSON:.2f} is someone else's face): not merged; give "
+                        f"{old} a name of their own")
+            self.subjects.rename(old, new)
+        self.recognizer.engine.refresh_gallery()
 
     def example_vector(self, crop_id: int) -> tuple[np.ndarray, str]:
         """The serving model's vector of a stored face example (KeyError if none)."""

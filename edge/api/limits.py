@@ -6,6 +6,7 @@ memory); a caller guessing keys is slowed to a few tries a minute per address.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -35,3 +36,11 @@ class TokenBuckets:
                 return False
             self._buckets[who] = (tokens - 1.0, now)
             return True
+
+    def retry_after(self, who: str) -> int:
+        """Whole seconds until ``who`` has a token again (a 429's Retry-After)."""
+        now = self.clock()
+        with self._lock:
+            tokens, last = self._buckets.get(who, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        return max(1, math.ceil((1.0 - tokens) / self.rate)) if tokens < 1.0 else 0

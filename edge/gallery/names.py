@@ -52,3 +52,10 @@ def check_name(raw: str) -> str:
     if len(name) > MAX_NAME_LENGTH:
         raise NameRejected(f"The name is too long (at most {MAX_NAME_LENGTH} characters).")
     return name
+
+
+def capitals_twin(enrolled: str, name: str) -> NameRejected:
+    """``name`` beside ``enrolled``, the same but for capitals: "hans_blix" beside
+    "Hans_Blix" was a second person, unchecked (helper-56), by every way in."""
+    return NameRejected(f"{enrolled} is enrolled, and {name} differs only in capitals: "
+                        "type the name as enrolled, or another name for someone else.")

@@ -38,7 +38,7 @@ from edge.gallery.files import (
 )
 from edge.gallery.holdout import is_calibration_person
 from edge.gallery.match import EMBEDDING_DIM, Match, match, normalised
-from edge.gallery.names import NameRejected, check_name
+from edge.gallery.names import capitals_twin, check_name
 
 log = logging.getLogger(__name__)
 
@@ -193,9 +193,8 @@ class Gallery:
         sources = list(sources) if sources is not None else [None] * len(crops)
         twin = self.read_rows("SELECT name FROM people WHERE name = ? COLLATE NOCASE AND "
                               "name != ?", (name, name))
-        if twin:  # "hans_blix" beside "Hans_Blix" was a second person, unchecked (helper-56)
-            raise NameRejected(f"{twin[0][0]} is enrolled, and {name} differs only in capitals: "
-                               "type the name as enrolled, or another name for someone else.")
+        if twin:
+            raise capitals_twin(str(twin[0][0]), name)
         blobs = [encode_crop(np.asarray(c)) for c in crops]
         now = time.time()
         crop_ids: list[int] = []

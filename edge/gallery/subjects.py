@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from edge.gallery.names import check_name
+from edge.gallery.names import capitals_twin, check_name
 from edge.gallery.store import Gallery, GalleryError, UnknownPersonError
 
 
@@ -33,6 +33,7 @@ class Subjects:
 
     def add(self, name: str) -> str:
         name = check_name(name)
+        self._refuse_twin(name)
         try:
             self.gallery.write_rows([("INSERT INTO people(name, created) VALUES (?, ?)",
                                   (name, time.time()))])
@@ -48,6 +49,7 @@ class Subjects:
         'already exists' (helper-47), where a CompreFace client expects the merge."""
         new = check_name(new)
         old_id = self._person_id(old)
+        self._refuse_twin(new, besides=old)
         if new == old or new not in self.names():
             self.gallery.write_rows([("UPDATE people SET name = ? WHERE name = ?", (new, old))])
             return
@@ -57,6 +59,16 @@ class Subjects:
              "(SELECT image FROM crops WHERE person_id = ?)", (old_id, new_id)),
             ("UPDATE crops SET person_id = ? WHERE person_id = ?", (new_id, old_id)),
             ("DELETE FROM people WHERE id = ?", (old_id,))])
+
+    def _refuse_twin(self, name: str, besides: str | None = None) -> None:
+        """A name the gallery has in other capitals is refused, as at enrolment (helper-58:
+        the API made "amelie_mauresmo" beside "Amelie_Mauresmo"); ``besides``: the
+        subject being renamed, whose own name in other capitals is fine."""
+        twins = [str(row[0]) for row in self._query(
+            "SELECT name FROM people WHERE name = ? COLLATE NOCASE AND name != ?",
+            (name, name)) if row[0] != besides]
+        if twins:
+            raise capitals_twin(twins[0], name)
 
     def remove_all(self) -> int:
         count = len(self.names())

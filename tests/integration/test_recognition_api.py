@@ -98,12 +98,29 @@ def test_compreface_sdk_enrols_and_recognises_like_identify(tmp_path: Path,
         assert subjects.list() == {"subjects": sorted(PEOPLE[:2])}
         assert collection.list()["total_elements"] == 3
         # a rename onto an existing subject merges the two, as CompreFace documents it
-        # (it answered "already exists": helper-47)
-        assert subjects.update(PEOPLE[1], PEOPLE[0]) == {"updated": True}
-        assert subjects.list() == {"subjects": [PEOPLE[0]]}
+        # (it answered "already exists": helper-47), when they are one person's faces
+        twin = collection.add(image_path=photo(lfw_dir, PEOPLE[0], 3), subject="C. Powell")
+        assert twin["subject"] == "C. Powell", twin
+        assert subjects.update("C. Powell", PEOPLE[0]) == {"updated": True}
+        assert subjects.list() == {"subjects": sorted(PEOPLE[:2])}
         merged = collection.list()
-        assert merged["total_elements"] == 3, merged
-        assert {f["subject"] for f in merged["faces"]} == {PEOPLE[0]}
+        assert merged["total_elements"] == 4, merged
+        assert [f["subject"] for f in merged["faces"]].count(PEOPLE[0]) == 3, merged
+        # someone else's faces are not (helper-58: Amelie renamed onto Tiger_Woods was
+        # named Tiger from then on), nor a name the gallery has in other capitals
+        refused = subjects.update(PEOPLE[1], PEOPLE[0])
+        assert refused["code"] == 26 and f"the faces of {PEOPLE[1]} do not look like " \
+            f"{PEOPLE[0]}" in refused["message"], refused
+        assert subjects.list() == {"subjects": sorted(PEOPLE[:2])}
+        hugo = recognition.recognize(image_path=photo(lfw_dir, PEOPLE[1], 10))
+        assert hugo["result"][0]["subjects"][0]["subject"] == PEOPLE[1], hugo
+        lower = subjects.add(PEOPLE[0].lower())
+        assert lower["code"] == 26 and "differs only in capitals" in lower["message"], lower
+        renamed = subjects.update(PEOPLE[1], PEOPLE[0].upper())
+        assert renamed["code"] == 26 and "differs only in capitals" in renamed["message"], \
+            renamed
+        assert subjects.update(PEOPLE[1], PEOPLE[1].upper()) == {"updated": True}  # its own
+        assert subjects.update(PEOPLE[1].upper(), PEOPLE[1]) == {"updated": True}
 
         # keys: a wrong one is refused; revoking through the CLI applies at once
         assert client(url, "ffk_wrong").get_subjects().list()["code"] == 20
@@ -218,6 +235,9 @@ def test_https_rate_limit_and_no_plain_http_beyond_loopback(tmp_path: Path) -> N
         # 0.2 requests a second (burst 1): the next ones within seconds are refused
         assert [a.status_code for a in answers] == [200, 429, 429]
         assert answers[1].json()["code"] == 29
+        # and when to come back: 1 token at 0.2 a second is at most 5 s away (helper-58)
+        waits = [int(a.headers["Retry-After"]) for a in answers[1:]]
+        assert all(1 <= w <= 5 for w in waits), waits
     refused = edge_cli(box, "serve-api", "--host", "0.0.0.0", "--port", "0")
     assert refused.returncode == 2, refused.stderr
     assert "refusing to serve plain HTTP on 0.0.0.0" in refused.stderr
