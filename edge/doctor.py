@@ -83,8 +83,7 @@ def check_key_permissions(cfg: BoxConfig) -> Check:
         except FileNotFoundError:
             problems.append(f"{path} missing")
             continue
-        mode = stat.S_IMODE(st.st_mode)
-        if mode & 0o077:
+        if (mode := stat.S_IMODE(st.st_mode)) & 0o077:
             problems.append(f"{path} is {mode:04o}")
             fixes.append(f"chmod 600 {path}")
         if st.st_uid != os.geteuid():
@@ -285,8 +284,8 @@ def check_clock(cfg: BoxConfig, seen_ts: list[float], now: Clock = time.time) ->
         return Check("clock", False, f"{behind:.0f} s behind the {what}",
                      "enable NTP (timedatectl set-ntp true) or set the date; TLS and "
                      "round deadlines need a correct clock")
-    margin = cfg.doctor.max_clock_skew_s
-    return Check("clock", True, f"not behind the {what} (margin {margin:.0f} s)")
+    return Check("clock", True, f"not behind the {what} (margin "
+                 f"{cfg.doctor.max_clock_skew_s:.0f} s)")
 
 
 def check_disk(data_dir: Path, min_free_mb: int) -> Check:
@@ -310,6 +309,9 @@ def check_box_data(data_dir: Path) -> Check:
     from edge.serving.versions import ModelStoreError, SwapStore
 
     gallery = data_dir / DB_FILENAME
+    if data_dir.is_dir() and not os.access(data_dir, os.W_OK | os.X_OK):  # helper-58
+        return Check("box data", False, f"data directory {data_dir} is not writable (a "
+                     "read-only card or mount?)", data_dir_hint(data_dir))
     if gallery.exists():
         try:
             db = sqlite3.connect(f"{gallery.resolve().as_uri()}?mode=ro", uri=True)
@@ -333,9 +335,8 @@ def check_box_data(data_dir: Path) -> Check:
         damaged = {"": str(exc)}
     if damaged:
         return Check("box data", False, next(iter(damaged.values())), "the box serves the "
-                     "previous model "
-                     "meanwhile; join fetches the federation's current result again by "
-                     "itself (fedface-edge model rollback serves the previous one for good)")
+                     "previous model meanwhile; join fetches the federation's current result "
+                     "again (fedface-edge model rollback serves the previous one for good)")
     return Check("box data", True, "gallery database and served model files intact")
 
 
@@ -373,8 +374,7 @@ def run_checks(cfg: BoxConfig, now: Clock = time.time) -> list[Check]:
               check_key_permissions(cfg), check_federation_keys(cfg),
               check_certificate(cfg, now)]
     checks.append(check_broker(cfg, seen_ts, announced))
-    key_in_use = check_announced_key(cfg, announced)
-    if key_in_use is not None:
+    if (key_in_use := check_announced_key(cfg, announced)) is not None:
         checks.append(key_in_use)
     checks.append(check_clock(cfg, seen_ts, now))
     return [*checks, check_disk(cfg.box.data_dir, cfg.doctor.min_free_disk_mb),
