@@ -135,7 +135,9 @@ def serve(
             raise CliError("--events and --mqtt-url carry visit events; --per-frame has no "
                            "visits", hint="drop one or the other", exit_code=EXIT_USAGE)
         if events is not None:
-            sinks.append(EventWriter(events_stream(stack, events)).write)
+            writer = EventWriter(events_stream(stack, events), events if events != "-" else None)
+            stack.callback(writer.close)  # says what a full disk kept out of the file
+            sinks.append(writer.write)
         publisher = None if per_frame else visit_publisher(ctx, stack, mqtt_url, fed, box_id)
         if publisher is not None:
             sinks.append(publisher.publish)

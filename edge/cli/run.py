@@ -216,7 +216,8 @@ def run(
         if annotate is not None:  # a wrong suffix fails before an events file is made
             annotator = _Annotator(annotate, frame_source.nominal_fps or 10.0)
             stack.callback(annotator.close)
-        writer = EventWriter(events_stream(stack, events))
+        writer = EventWriter(events_stream(stack, events), events if events != "-" else None)
+        stack.callback(writer.close)  # says what a full disk kept out of the file
         publisher = None if per_frame else visit_publisher(ctx, stack, mqtt_url, fed, box_id)
         recognizer = box(ctx).recognizer(threshold)
         # follow hot swaps (the swap pointer) and enrolments made while running
