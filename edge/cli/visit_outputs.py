@@ -3,6 +3,8 @@ and an MQTT broker (Home Assistant's), from options or the box config's ``[event
 
 from __future__ import annotations
 
+import re
+import socket
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -25,10 +27,12 @@ MqttUrlOption = Annotated[str | None, typer.Option(
     "broker (mqtt://host:1883). Default: the box config's events.mqtt_url; none: no "
     "MQTT.", show_default=False)]
 FedOption = Annotated[str | None, typer.Option(
-    "--fed", help="Federation id in the events topic (default: the box config's).",
+    "--fed", help="Federation id in the events topic (default: the box config's; 'local' "
+    "on a box in no federation).",
     show_default=False)]
 BoxIdOption = Annotated[str | None, typer.Option(
-    "--box-id", help="Box id in the events topic (default: the box config's device id).",
+    "--box-id", help="Box id in the events topic (default: the box config's device id; "
+    "the host name on a box in no federation).",
     show_default=False)]
 
 
@@ -45,6 +49,15 @@ def events_stream(stack: ExitStack, events: str) -> TextIO:
                        hint="pass a writable file or - for stdout", exit_code=EXIT_USAGE) from exc
 
 
+STANDALONE_FED = "local"
+
+
+def _host_id() -> str:
+    """This host's name as a topic id (1-64 of A-Z a-z 0-9 . _ -)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64].strip("-.")
+    return name or "box"
+
+
 def visit_publisher(ctx: typer.Context, stack: ExitStack, url: str | None, fed: str | None,
                box_id: str | None) -> VisitPublisher | None:
     """The MQTT side of per-visit events: ``--mqtt-url``, else the config's ``[events]``."""
@@ -55,11 +68,10 @@ def visit_publisher(ctx: typer.Context, stack: ExitStack, url: str | None, fed: 
     url = url or (events.mqtt_url if events is not None else None)
     if url is None:
         return None
-    fed = fed or (config.box.fed if config is not None else None)
-    box_id = box_id or (config.box.device_id if config is not None else None)
-    if fed is None or box_id is None:
-        raise CliError("MQTT events need the federation and box ids: this box is not "
-                       "provisioned", hint="pass --fed ID --box-id ID", exit_code=EXIT_USAGE)
+    # a box in no federation has no ids of its own: "local" and its host name, unless
+    # given (helper-58: its documented [events] section stopped every run)
+    fed = fed or (config.box.fed if config is not None else STANDALONE_FED)
+    box_id = box_id or (config.box.device_id if config is not None else _host_id())
     try:
         publisher = open_visit_publisher(
             url, fed, box_id, username=events.username if events else None,

@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -214,8 +215,38 @@ def test_a_subscriber_receives_visit_events_and_home_assistant_discovery(
     assert any(s["unknown_present"] for s in states) and not states[-1]["unknown_present"]
 
 
+def test_a_box_in_no_federation_publishes_its_events_from_edge_toml(
+        tmp_path: Path, lfw_dir: Path, mosquitto: MosquittoBroker) -> None:
+    """helper-58: the documented [events] section of a box in no federation stopped every
+    run ('MQTT events need the federation and box ids', and box.fed/device_id are refused
+    there). Such a box publishes as fed 'local' and its host name."""
+    import socket
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for n in (1, 2):
+        shutil.copy(lfw_dir / "Tony_Blair" / f"Tony_Blair_{n:04d}.jpg", frames / f"{n}.jpg")
+    data_dir = tmp_path / "box"
+    data_dir.mkdir()
+    (data_dir / "edge.toml").write_text(f'[events]\nmqtt_url = "{mosquitto.url}"\n')
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64].strip("-.") or "box"
+    listener = Listener("127.0.0.1", mosquitto.port, [f"fedface/local/{host}/#"])
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "edge.cli", "--data-dir", str(data_dir), "run",
+             "--source", f"dir:{frames}?stills=1"],
+            capture_output=True, text=True, timeout=300, env=os.environ.copy())
+        assert run.returncode == 0, run.stderr
+        got = listener.collect_until(lambda got: sum(t.endswith("/events")
+                                                     for t, _, _ in got) >= 3)
+    finally:
+        listener.close()
+    ended = [json.loads(p) for t, p, _ in got if t == f"fedface/local/{host}/events"
+             and json.loads(p)["event"] == "visit_ended"]
+    assert len(ended) == 1, got
+
+
 @pytest.mark.parametrize(("args", "expected"), [
-    (["--mqtt-url", "mqtt://127.0.0.1:1"], "need the federation and box ids"),
     (["--mqtt-url", "mqtt://127.0.0.1:1", "--fed", "acme", "--box-id", "lobby/1"],
      "box id 'lobby/1' must be"),
     (["--mqtt-url", "http://127.0.0.1:1", "--fed", "acme", "--box-id", "lobby"],
