@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from edge.serving.recognizer import Recognition
     from edge.tracking.visit_events import VisitEvent
     from edge.tracking.visits import VisitEngine
+    from edge.vision.frame_source import FrameSource
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +212,8 @@ def run(
     with ExitStack() as stack:
         # open the source and the events file first: a wrong URI or path fails in
         # milliseconds, before the models load
-        stack.enter_context(frame_source)
+        _open_when_ready(frame_source)
+        stack.callback(frame_source.close)
         annotator = None
         if annotate is not None:  # a wrong suffix fails before an events file is made
             annotator = _Annotator(annotate, frame_source.nominal_fps or 10.0)
@@ -275,6 +277,32 @@ def run(
 
 def _mark(r: Recognition) -> Mark:
     return (r.box, f"{r.name} {r.match.score:.2f}", r.match.known)
+
+
+LIVE_RETRY_MAX_S = 30.0  # the longest wait between two tries of a live source
+
+
+def _open_when_ready(source: FrameSource) -> None:
+    """Open ``source``; a live one that cannot be opened yet (an IP camera booting slower
+    than the box after a power cut, a USB camera not plugged in) is tried again, its
+    reason said each time, until it opens or the command is stopped, as the kiosk does
+    (helper-58: run stopped at once, and systemd gave up after five starts). A file or
+    a folder fails at once: waiting would not make it appear."""
+    from edge.vision.frame_source import SourceError
+
+    delay = 1.0
+    while True:
+        try:
+            source.open()
+            return
+        except SourceError as exc:
+            if not source.live:
+                raise
+            hint = f" ({exc.hint})" if delay == 1.0 and exc.hint else ""  # once
+            typer.echo(f"warning: {exc.message}{hint}; trying again in {delay:.0f} s "
+                       "(Ctrl-C stops)", err=True)
+        time.sleep(delay)
+        delay = min(delay * 2, LIVE_RETRY_MAX_S)
 
 
 def _visit_engine(engine: Any, source: object, detect_every: int, max_attempts: int,
