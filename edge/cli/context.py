@@ -78,6 +78,11 @@ class BoxContext:
                                   hint="run fedface-edge provision again with the same "
                                   "--device-id and --bundle: it keeps the keys and "
                                   "certificate and writes the config")
+            if self.standalone is not None:  # it said "no box config at" that file
+                raise ConfigError(f"{self.config_path} is the config of a box in no "
+                                  "federation: this command needs a provisioned box",
+                                  hint="provision the box (fedface-edge provision): it keeps "
+                                  "that file's threshold, camera and events")
             raise ConfigError(f"no box config at {self.config_path}",
                               hint="provision the box first (fedface-edge provision), or "
                               "pass --config FILE / set FEDFACE_CONFIG")

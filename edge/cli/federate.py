@@ -115,10 +115,12 @@ def join(
 
         check_torch()  # in a child: this process never imports torch (edge.training.trainer)
     except ImportError as exc:
-        from edge.cli.errors import CliError
+        from edge.cli.errors import EXIT_CONFIG, CliError
 
-        raise CliError(f"training needs torch ({exc})",
-                       hint="pip install 'fedface[train]' on this box") from None
+        # 7, as an unprovisioned box: systemd does not restart it for what no restart fixes
+        raise CliError(f"training needs torch ({exc})", exit_code=EXIT_CONFIG,
+                       hint="reinstall with firmware_scripts/install-*.sh --with-train, or "
+                       "pip install 'fedface[train]' into this box's venv") from None
     tls = None
     if config is not None:
         box(ctx).resolve(config)  # the file's data dir, threads... (edge.config)

@@ -479,6 +479,10 @@ def test_a_box_in_no_federation_takes_its_settings_from_edge_toml(
     assert "2 frames, 2 faces (2 known)" in run.stderr, run.stderr
     doctor = invoke(enrolled, "doctor")
     assert "a box in no federation" in doctor.stderr, doctor.output
+    # join said "no box config at .../edge.toml", that file being there (helper-58)
+    joined = invoke(enrolled, "join")
+    assert joined.exit_code == 7 and f"{enrolled / 'edge.toml'} is the config of a box in " \
+        "no federation: this command needs a provisioned box" in joined.output, joined.output
     # a key of a provisioned box makes it one, with what it lacks said; a typo is named
     (enrolled / "edge.toml").write_text('[box]\ndevice_id = "box-1"\n')
     half = invoke(enrolled, "status")  # five "missing (required)" told no one (helper-56)
