@@ -66,8 +66,7 @@ def check_models(model_dir: Path | None) -> Check:
     try:
         paths = verify_models(model_dir)
     except ModelError as exc:
-        return Check("models", False, str(exc.args[0] if exc.args else exc),
-                     getattr(exc, "hint", "") or "fedface-edge models fetch")
+        return Check("models", False, exc.message, exc.hint or "fedface-edge models fetch")
     return Check("models", True, "sha256 ok: " + ", ".join(sorted(paths)))
 
 

@@ -43,6 +43,7 @@ class ModelError(Exception):
 
     def __init__(self, message: str, hint: str = "") -> None:
         super().__init__(message if not hint else f"{message} ({hint})")
+        self.message = message  # without the hint: for output that prints it on its own
         self.hint = hint
 
 

@@ -54,6 +54,11 @@ def test_the_installed_models_in_the_data_dir_are_found(monkeypatch: pytest.Monk
     elsewhere = CliRunner().invoke(app, ["models", "verify"])
     assert elsewhere.exit_code != 0 and str(tmp_path / "elsewhere") in elsewhere.output, \
         elsewhere.output
+    # doctor says the fix once, on its hint line (the FAIL line repeated it: helper-58)
+    doctor = CliRunner().invoke(app, ["doctor"])
+    (fail,) = [line for line in doctor.stdout.splitlines() if line.startswith("FAIL  models")]
+    assert "is missing from" in fail and "models fetch" not in fail, fail
+    assert doctor.stdout.count("models fetch") == 2, doctor.stdout  # online and --bundle
 
 
 def test_invalid_settings_name_key_value_and_reason() -> None:
