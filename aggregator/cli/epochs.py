@@ -17,6 +17,7 @@ from aggregator.operator import install_key_epoch
 from aggregator.state.config import load_config
 from aggregator.state.regions import region_ids
 from aggregator.state.registry import DeviceRegistry
+from aggregator.state.serve_lock import lock_state
 from aggregator.state.store import Store
 from federation.files import write_atomic
 
@@ -80,7 +81,10 @@ def keys_install(
 ) -> None:
     """Install a new key epoch at the aggregator (with `serve` stopped): its public
     context, and the sealed bundles `serve` relays to each active box on its next start."""
-    cfg, relayed, missing = install_key_epoch(state, load_config(state), epoch)
+    # beside a running serve it was taken without a word, status named a key no round
+    # used, and the revoked box kept the old one (helper-57): refused, serve kept out
+    with lock_state(state, wait_seconds=0, doing="installing a key epoch"):
+        cfg, relayed, missing = install_key_epoch(state, load_config(state), epoch)
     typer.echo(f"installed key {cfg.key_id}; sealed bundles for {len(relayed)} box(es): "
                f"{', '.join(relayed) or '-'}")
     for device in missing:

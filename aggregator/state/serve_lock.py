@@ -26,9 +26,12 @@ LOCK_NAME = "serve.lock"
 
 
 def lock_state(state_dir: Path, wait_seconds: float = 15.0,
-               clock: Callable[[], float] = time.monotonic) -> IO[str]:
+               clock: Callable[[], float] = time.monotonic, doing: str | None = None
+               ) -> IO[str]:
     """The held lock of ``state_dir`` (keep the returned file open while serving). Waits
-    up to ``wait_seconds`` for a serve that is stopping, then StoreError naming its pid."""
+    up to ``wait_seconds`` for a serve that is stopping, then StoreError naming its pid.
+    ``doing``: a command that must not run beside serve (``keys install``), said in the
+    refusal."""
     fd = os.open(Path(state_dir) / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
     handle = os.fdopen(fd, "r+")
     deadline, said = clock() + wait_seconds, False
@@ -40,6 +43,10 @@ def lock_state(state_dir: Path, wait_seconds: float = 15.0,
             holder = _holder(handle)
             if clock() >= deadline:
                 handle.close()
+                if doing is not None:
+                    raise StoreError(f"`fedface-aggregator serve` (pid {holder}) runs on "
+                                     f"{state_dir}: stop it before {doing} (sudo systemctl "
+                                     "stop fedface-aggregator); nothing was changed") from None
                 raise StoreError(f"another `fedface-aggregator serve` (pid {holder}) runs on "
                                  f"{state_dir}: one serve per state directory; stop it "
                                  "first") from None
