@@ -115,10 +115,11 @@ def join(
 
         check_torch()  # in a child: this process never imports torch (edge.training.trainer)
     except ImportError as exc:
-        from edge.cli.errors import EXIT_CONFIG, CliError
+        from edge.cli.errors import EXIT_TRAINING, CliError
 
-        # 7, as an unprovisioned box: systemd does not restart it for what no restart fixes
-        raise CliError(f"training needs torch ({exc})", exit_code=EXIT_CONFIG,
+        # 10 (the exit codes' "training"; it said 2): the join unit does not restart it,
+        # no restart would install torch
+        raise CliError(f"training needs torch ({exc})", exit_code=EXIT_TRAINING,
                        hint="reinstall with firmware_scripts/install-*.sh --with-train, or "
                        "pip install 'fedface[train]' into this box's venv") from None
     tls = None
@@ -139,6 +140,7 @@ def join(
     if tls is not None:
         _require_provisioned(box(ctx).require_config())
     the_box = box(ctx).box()
+    _hold_join_lock(ctx, the_box.federation_dir)
     fed_part = the_box.part(part)
     sink = the_box.model_sink(fed_part)
     trainer = the_box.trainer(fed_part)
@@ -170,6 +172,27 @@ def join(
 
         raise CliError(f"{client.revoked.summary()}: this box no longer takes part",
                        hint=REPROVISION, exit_code=EXIT_PROVISIONING)
+
+
+JOIN_LOCK = "join.lock"
+
+
+def _hold_join_lock(ctx: typer.Context, federation_dir: Path) -> None:
+    """One join per box, held until the command ends: a second one (another terminal)
+    took the broker session from the first in turn, both printing 'connection lost'
+    with no word of why (helper-57)."""
+    from edge.cli.errors import EXIT_GALLERY, CliError
+    from federation.files import PRIVATE_DIR, make_dirs
+    from federation.process_lock import LockHeld, hold_lock
+
+    make_dirs(federation_dir, PRIVATE_DIR)
+    try:
+        ctx.call_on_close(hold_lock(federation_dir / JOIN_LOCK, wait_seconds=5.0).close)
+    except LockHeld as held:
+        raise CliError(f"another `fedface-edge join` (pid {held.holder}) runs on this box "
+                       f"({federation_dir.parent}): one per box",
+                       hint="stop it first (sudo systemctl stop fedface-join, or Ctrl-C in "
+                       "its terminal)", exit_code=EXIT_GALLERY) from None
 
 
 def _require_provisioned(cfg: BoxConfig) -> None:

@@ -257,11 +257,11 @@ def test_every_installed_edge_unit_runs_a_command_the_cli_accepts(installed: Ins
         r = installed.run(*shlex.split(command), "--help")
         assert r.returncode == 0, f"{unit}: {command}\n{r.stdout}{r.stderr}"
     join = (unit_dir / "fedface-join.service").read_text()
-    assert "RestartPreventExitStatus=2 7 8" in join  # a revoked box is not restarted
-    # an inference-only box (no --with-train) exits 7 there: it exited 2, which systemd
-    # restarted to its start limit (helper-58)
+    assert "RestartPreventExitStatus=2 7 8 10" in join  # a revoked box is not restarted
+    # an inference-only box (no --with-train) exits 10 (training) there: it exited 2,
+    # which systemd restarted to its start limit (helper-58)
     joined = installed.run(str(installed.prefix / "venv/bin/fedface-edge"), "join")
-    assert joined.returncode == 7 and "training needs torch" in joined.stderr, \
+    assert joined.returncode == 10 and "training needs torch" in joined.stderr, \
         joined.stdout + joined.stderr
 
 

@@ -214,35 +214,22 @@ def test_keys_install_is_refused_while_serve_holds_the_state(tmp_path: Path) -> 
     named the new key while serve went on under the old one, and the revoked box kept
     it. Now refused while serve holds the state's lock (another process here, as serve),
     nothing changed; once serve is stopped the same command goes on."""
-    import subprocess
-    import sys
-
     from typer.testing import CliRunner
 
     from aggregator.cli.main import app
+    from tests.support.lock_holder import lock_held_elsewhere
 
     keys = create_federation_keys(tmp_path / "keys")
     state = tmp_path / "agg"
     init_state(state, FED, keys.public_context)
     before = (state / "config.json").read_bytes()
-    serve = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from pathlib import Path; "
-         "from aggregator.state.serve_lock import lock_state; "
-         f"held = lock_state(Path({str(state)!r})); print('held', flush=True); "
-         "sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert serve.stdout is not None and serve.stdout.readline().strip() == "held"
-        install = ["keys", "install", "--state", str(state), "--epoch", str(tmp_path / "e1")]
+    install = ["keys", "install", "--state", str(state), "--epoch", str(tmp_path / "e1")]
+    with lock_held_elsewhere(state / "serve.lock") as serve:  # as a running serve holds it
         refused = CliRunner().invoke(app, install)
         assert refused.exit_code == 2, refused.output
-        assert f"`fedface-aggregator serve` (pid {serve.pid}) runs on {state}: stop it " \
+        assert f"`fedface-aggregator serve` (pid {serve}) runs on {state}: stop it " \
             "before installing a key epoch" in refused.output, refused.output
         assert "nothing was changed" in refused.output
         assert (state / "config.json").read_bytes() == before
-    finally:
-        assert serve.stdin is not None
-        serve.stdin.close()
-        serve.wait(30)
     after = CliRunner().invoke(app, install)  # serve stopped: on to the epoch itself
     assert after.exit_code == 2 and "runs on" not in after.output, after.output
