@@ -88,8 +88,16 @@ def reason_code(code: Any, reason: str = "") -> str:
 
 
 def printable(text: str, limit: int = 200) -> str:
-    """A box's text reaches the operator's terminal: printable characters only."""
-    return "".join(c for c in text if c.isprintable())[:limit]
+    """A box's text reaches the operator's terminal: printable characters only, at most
+    ``limit``; a longer one ends at a word with "…" (it was cut mid-word, "a newer one
+    th" in status and model status: helper-57)."""
+    clean = "".join(c for c in text if c.isprintable())
+    if len(clean) <= limit:
+        return clean
+    cut = clean[:limit - 1]
+    if (space := cut.rfind(" ")) > limit // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:(") + "…"
 
 
 def _fraction(value: Any) -> float | None:

@@ -137,3 +137,18 @@ def test_dp_in_announce_is_the_settings_object() -> None:
     dp = DpConfig(1.0, 1.1, 1e-5, "local")
     ann = RoundAnnounce(1, "base", "open", 10.0, 2, 0.001, 1024, dp=dp)
     assert RoundAnnounce.from_json(ann.to_json()).dp == dp
+
+
+def test_a_long_verdict_reason_ends_at_a_word() -> None:
+    """helper-57: status and model status cut a box's reason mid-word ('a newer one th',
+    'another key epoch (an'). A long one now ends at a word, with an ellipsis."""
+    from federation.verdicts import printable
+
+    reason = ("built on round-1, which this box does not serve: wrong_key: encrypted under "
+              "federation key " + "3" * 32 + ", this context is key " + "4" * 32 + ": "
+              "another key epoch (an older result after a rotation, or a newer one this box "
+              "has no key for yet)")
+    shown = printable(reason)
+    assert len(shown) <= 200 and shown.endswith("another key epoch…"), shown
+    assert printable("short\x1b[2J reason") == "short[2J reason"  # no terminal control
+    assert printable("x" * 300) == "x" * 199 + "…"  # no word to end at: cut, said
