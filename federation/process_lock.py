@@ -57,3 +57,18 @@ def hold_lock(path: Path, wait_seconds: float = 0.0,
 def _holder(handle: IO[str]) -> str:
     handle.seek(0)
     return handle.read().strip() or "unknown"
+
+
+def holder_of(path: Path) -> str | None:
+    """The pid holding the lock on ``path`` (as it wrote it), None when no process does.
+    Only reads: a shared lock taken and let go at once, nothing written."""
+    try:
+        handle = open(path, encoding="utf-8")  # noqa: SIM115  (closed below, lock and all)
+    except FileNotFoundError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder(handle)
+        return None

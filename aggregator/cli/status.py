@@ -26,6 +26,7 @@ from aggregator.rounds.deadline import device_names
 from aggregator.rounds.schedule import recorded_next_opening
 from aggregator.state.config import load_config
 from aggregator.state.registry import DeviceRegistry
+from aggregator.state.serve_lock import serve_pid
 from aggregator.state.store import Store
 from aggregator.state.verdicts import poisoned, poisoned_summary, suspects
 from federation.errors import FederationError
@@ -80,8 +81,9 @@ def status(
     results = [{"round": r.round, "model": r.result_model, "updates": store.updates_of(r.round),
                 "closed_at": r.closed_at}
                for r in store.list_rounds() if r.status == "published"][-5:]
+    pid = serve_pid(state)
     info: dict[str, Any] = {
-        "fed": cfg.fed, "key_id": cfg.key_id,
+        "fed": cfg.fed, "key_id": cfg.key_id, "serve": {"running": pid is not None, "pid": pid},
         "open_round": None if latest is None or latest.status != "open" else {
             "round": latest.round, "base_model": latest.base_model, "deadline": latest.deadline,
             "contributions": latest.contributions, "updates": store.updates_of(latest.round),
@@ -155,6 +157,10 @@ def _duration(s: float) -> str:
 
 def _print_status(info: dict[str, Any]) -> None:
     typer.echo(f"federation {info['fed']} (key {info['key_id']})")
+    serve = info["serve"]
+    typer.echo(f"serve: running (pid {serve['pid']})" if serve["running"] else
+               "serve: NOT running: no round opens or closes until it does (sudo systemctl "
+               "start fedface-aggregator)")
     if not info["device_status"]:
         typer.echo("no devices registered: fedface-aggregator devices add --request FILE")
     else:

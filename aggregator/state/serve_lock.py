@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO
 
 from aggregator.state.db import StoreError
-from federation.process_lock import LockHeld, hold_lock
+from federation.process_lock import LockHeld, hold_lock, holder_of
 
 log = logging.getLogger(__name__)
 
@@ -40,3 +40,9 @@ def lock_state(state_dir: Path, wait_seconds: float = 15.0,
         raise StoreError(f"another `fedface-aggregator serve` (pid {held.holder}) runs on "
                          f"{state_dir}: one serve per state directory; stop it "
                          "first") from None
+
+
+def serve_pid(state_dir: Path) -> str | None:
+    """The pid of the serve running on ``state_dir``; None when none does (``status``
+    showed an open round's deadline ticking with serve stopped: helper-57)."""
+    return holder_of(Path(state_dir) / LOCK_NAME)

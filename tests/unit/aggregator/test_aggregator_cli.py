@@ -162,6 +162,11 @@ def test_one_serve_per_state_directory(tmp_path: Path, keys_dir: Path,
     assert runner.invoke(app, ["init", "--fed", "f1", "--state", str(state),
                                "--public-context",
                                str(keys_dir / "federation-public.tenseal")]).exit_code == 0
+    stopped = runner.invoke(app, ["status", "--no-broker", "--state", str(state)])
+    # status said nothing of a stopped serve, an open round's deadline ticking on
+    # (helper-57)
+    assert "serve: NOT running: no round opens or closes until it does" in stopped.stdout, \
+        stopped.stdout
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from pathlib import Path\n"
         "from aggregator.state.serve_lock import lock_state\n"
@@ -169,6 +174,10 @@ def test_one_serve_per_state_directory(tmp_path: Path, keys_dir: Path,
         "time.sleep(60)")], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        running = runner.invoke(app, ["status", "--json", "--no-broker", "--state", str(state)])
+        assert json.loads(running.stdout)["serve"] == {"running": True,
+                                                       "pid": str(holder.pid)}, running.stdout
+        assert (state / LOCK_NAME).read_text() == f"{holder.pid}\n"  # status wrote nothing
         started = time.monotonic()
         with pytest.raises(StoreError, match=f"serve` \\(pid {holder.pid}\\) runs on"):
             lock_state(state, wait_seconds=0.5)
