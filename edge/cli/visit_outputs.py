@@ -83,7 +83,7 @@ def visit_publisher(ctx: typer.Context, stack: ExitStack, url: str | None, fed: 
         raise CliError(f"cannot publish visit events: {exc}",
                        hint="check --mqtt-url / --fed / --box-id or the config's [events]",
                        exit_code=EXIT_USAGE) from exc
-    stack.callback(publisher.transport.close)  # flushes what is queued (bounded)
+    stack.callback(publisher.close)  # "offline", then flushes what is queued (bounded)
     if not publisher.transport.wait_connected(EVENTS_CONNECT_WAIT_S):
         typer.echo(f"warning: the events broker at {url} is not reachable yet; recognition "
                    f"goes on and visit events wait in memory (at most "

@@ -5,6 +5,9 @@ Topics (``<fed>``, ``<box>``: the box's federation and device id)::
     fedface/<fed>/<box>/events   every visit event (QoS 1, not retained), JSON as in
                                  edge.tracking.visit_events
     fedface/<fed>/<box>/state    retained: {"last_person", "unknown_present", "visits"}
+    fedface/<fed>/<box>/availability  retained "online" (on every connect) / "offline"
+                                 (at a clean stop, or the broker's last will for a box
+                                 that vanished: killed, crashed, cut off)
     <prefix>/sensor/fedface_<box>/last_person/config          retained discovery
     <prefix>/binary_sensor/fedface_<box>/unknown_face/config  messages (prefix
     <prefix>/sensor/fedface_<box>/visits/config               "homeassistant")
@@ -13,7 +16,11 @@ These go to the broker of the box's ``[events]`` section (a local one, e.g. Home
 Assistant's), never to the federation's broker by default: the aggregator's operator
 must not learn who walks past a kiosk. The best crop stays on the box: events carry its
 local path only, unless the config sets ``include_crop`` (then ``best_crop_png`` holds
-the PNG, base64). A publish that fails is logged and recognition goes on.
+the PNG, base64). A publish that fails is logged and recognition goes on. Every discovery
+config names the availability topic: a box that is gone shows its entities unavailable,
+not its last state ("Unknown face" stayed on for ever after a ``kill -9``). The visit
+count starts at 0 with each start (``total_increasing``: Home Assistant takes the drop
+for a new cycle).
 """
 
 from __future__ import annotations
@@ -27,12 +34,13 @@ from pathlib import Path
 from edge.tracking.visit_events import ENDED, IDENTIFIED, VisitEvent
 from federation.envelope import ID_RE
 from federation.errors import TransportError
-from federation.transport.base import Transport
+from federation.transport.base import Transport, Will
 
 log = logging.getLogger(__name__)
 
 UNKNOWN = "unknown"
 MAX_QUEUED_EVENTS = 10_000  # kept in memory while the events broker is away, then dropped
+ONLINE, OFFLINE = "online", "offline"  # Home Assistant's default availability payloads
 
 
 def events_topic(fed: str, box: str) -> str:
@@ -41,6 +49,10 @@ def events_topic(fed: str, box: str) -> str:
 
 def state_topic(fed: str, box: str) -> str:
     return f"fedface/{fed}/{box}/state"
+
+
+def availability_topic(fed: str, box: str) -> str:
+    return f"fedface/{fed}/{box}/availability"
 
 
 def _object_id(box: str) -> str:
@@ -57,7 +69,9 @@ def discovery_messages(fed: str, box: str, prefix: str = "homeassistant"
 
     def entity(key: str, name: str, template: str, **extra: object) -> dict[str, object]:
         return {"name": name, "unique_id": f"{node}_{key}", "object_id": f"{node}_{key}",
-                "state_topic": state, "value_template": template, "device": device, **extra}
+                "state_topic": state, "value_template": template, "device": device,
+                "availability_topic": availability_topic(fed, box),
+                "payload_available": ONLINE, "payload_not_available": OFFLINE, **extra}
 
     return {
         f"{prefix}/sensor/{node}/last_person/config":
@@ -94,6 +108,19 @@ class VisitPublisher:
             self._send(topic, config, retain=True)
         self._publish_state()
 
+    def online(self) -> None:
+        """Say the box is there: on every connect (a reconnect follows the broker's last
+        will, "offline"). Runs on the transport's thread: no waiting."""
+        self._send_raw(availability_topic(self.fed, self.box), ONLINE.encode())
+
+    def close(self) -> None:
+        """A clean stop: "offline" (the broker sends no last will for a clean disconnect),
+        then the transport's close, which flushes (bounded). Not connected: the broker has
+        said "offline" already, or never heard "online"."""
+        if self.transport.connected:
+            self._send_raw(availability_topic(self.fed, self.box), OFFLINE.encode())
+        self.transport.close()
+
     def publish(self, event: VisitEvent) -> None:
         payload = event.to_dict()
         if self.include_crop and event.best_crop:
@@ -120,9 +147,11 @@ class VisitPublisher:
                    retain=True)
 
     def _send(self, topic: str, payload: dict[str, object], retain: bool = False) -> None:
+        self._send_raw(topic, json.dumps(payload, separators=(",", ":")).encode(), retain)
+
+    def _send_raw(self, topic: str, payload: bytes, retain: bool = True) -> None:
         try:
-            self.transport.publish(topic, json.dumps(payload, separators=(",", ":")).encode(),
-                                   retain=retain)
+            self.transport.publish(topic, payload, retain=retain)
         except TransportError as exc:  # recognition goes on; the broker is only a listener
             self.failed += 1
             log.warning("MQTT publish to %s failed: %s", topic, exc)
@@ -148,9 +177,15 @@ def open_visit_publisher(url: str, fed: str, box: str, *, username: str | None =
             raise ValueError(f"cannot read the MQTT password file {password_file}: "
                              f"{exc.strerror}") from exc
     tls = TlsConfig(ca_file=ca_file) if url.startswith("mqtts://") else None
+    # the broker says "offline" (retained) for a box that vanishes without a clean stop
+    will = Will(availability_topic(fed, box), OFFLINE.encode(), retain=True)
     transport = MqttTransport(url, f"{box}-visits", username=username, password=password,
-                              tls=tls, clean_start=True, max_queued=MAX_QUEUED_EVENTS)
+                              tls=tls, will=will, clean_start=True,
+                              max_queued=MAX_QUEUED_EVENTS, connect=False)
     publisher = VisitPublisher(transport, fed, box, include_crop=include_crop,
                                discovery_prefix=discovery_prefix)
-    publisher.announce()
+    transport.on_connected = publisher.online  # before the first connect: none is missed
+    publisher.announce()  # queued until connected
+    transport.start()
     return publisher
+

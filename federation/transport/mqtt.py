@@ -36,6 +36,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 
 import paho.mqtt.client as paho
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -81,6 +82,7 @@ class MqttTransport:
 
     Starts connecting in the constructor, or with ``connect=False`` only when ``start()``
     is called (so handlers can be subscribed before the first message can arrive).
+    ``on_connected`` runs after every connect, on paho's thread (as a handler: quick).
     """
 
     def __init__(
@@ -107,6 +109,7 @@ class MqttTransport:
     ) -> None:
         self.url = parse_broker_url(url)
         self.client_id = client_id
+        self.on_connected: Callable[[], None] | None = None
         self.offline_queue = offline_queue
         self._v5 = is_v5(protocol)
         self._subs: dict[str, Handler] = {}
@@ -352,6 +355,11 @@ class MqttTransport:
                 "MQTT %s to %s:%s as %s (session present: %s)",
                 "reconnected" if self.connects > 1 else "connected", self.url.host,
                 self.url.port, self.client_id, flags.session_present)
+        if self.on_connected is not None:
+            try:
+                self.on_connected()
+            except Exception:
+                log.exception("on_connected of %s failed", self.client_id)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
