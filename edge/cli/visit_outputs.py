@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import socket
 import sys
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TextIO, cast
@@ -84,9 +85,25 @@ def visit_publisher(ctx: typer.Context, stack: ExitStack, url: str | None, fed: 
                        hint="check --mqtt-url / --fed / --box-id or the config's [events]",
                        exit_code=EXIT_USAGE) from exc
     stack.callback(publisher.close)  # "offline", then flushes what is queued (bounded)
-    if not publisher.transport.wait_connected(EVENTS_CONNECT_WAIT_S):
+    if not _connected_or_refused(publisher, EVENTS_CONNECT_WAIT_S):
         typer.echo(f"warning: the events broker at {url} is not reachable yet; recognition "
                    f"goes on and visit events wait in memory (at most "
                    f"{MAX_QUEUED_EVENTS:,}) until it is",
                    err=True)
     return publisher
+
+
+def _connected_or_refused(publisher: VisitPublisher, timeout: float) -> bool:
+    """Wait until connected (True), or the broker refused the login, which the transport
+    has said then, naming the username and password file (True too: the broker is
+    reachable, and "not reachable" would send the user to the network), or ``timeout``."""
+    from federation.transport.mqtt import MqttTransport  # what open_visit_publisher makes
+
+    transport = publisher.transport
+    deadline = time.monotonic() + timeout
+    while not transport.wait_connected(min(0.1, max(0.0, deadline - time.monotonic()))):
+        if isinstance(transport, MqttTransport) and transport.refusals.login:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+    return True

@@ -28,7 +28,9 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import re
+import stat
 from pathlib import Path
 
 from edge.tracking.visit_events import ENDED, IDENTIFIED, VisitEvent
@@ -169,19 +171,14 @@ def open_visit_publisher(url: str, fed: str, box: str, *, username: str | None =
         if not ID_RE.match(value):
             raise ValueError(f"{kind} id {value!r} must be 1-64 of A-Z a-z 0-9 . _ - "
                              "(it is a topic level)")
-    password = None
-    if password_file is not None:
-        try:
-            password = Path(password_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ValueError(f"cannot read the MQTT password file {password_file}: "
-                             f"{exc.strerror}") from exc
+    password = None if password_file is None else _read_password(Path(password_file))
     tls = TlsConfig(ca_file=ca_file) if url.startswith("mqtts://") else None
     # the broker says "offline" (retained) for a box that vanishes without a clean stop
     will = Will(availability_topic(fed, box), OFFLINE.encode(), retain=True)
     transport = MqttTransport(url, f"{box}-visits", username=username, password=password,
                               tls=tls, will=will, clean_start=True,
-                              max_queued=MAX_QUEUED_EVENTS, connect=False)
+                              max_queued=MAX_QUEUED_EVENTS, connect=False,
+                              login_hint=_login_hint(username, password_file))
     publisher = VisitPublisher(transport, fed, box, include_crop=include_crop,
                                discovery_prefix=discovery_prefix)
     transport.on_connected = publisher.online  # before the first connect: none is missed
@@ -189,3 +186,31 @@ def open_visit_publisher(url: str, fed: str, box: str, *, username: str | None =
     transport.start()
     return publisher
 
+
+def _read_password(path: Path) -> str:
+    """The password in ``path`` (never logged). A file other users may read is used all
+    the same, with a warning, as the kiosk's TLS key (edge.http_thread): it is the host's
+    own users who could read it, and the box keeps recognising."""
+    try:
+        password = path.read_text(encoding="utf-8").strip()
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError as exc:
+        raise ValueError(f"cannot read the MQTT password file {path}: {exc.strerror}") from exc
+    if mode & 0o077:
+        log.warning("the MQTT password file %s is readable by other users (mode %04o): "
+                    "chmod 600 %s", path, mode, path)
+    return password
+
+
+def _login_hint(username: str | None, password_file: Path | None) -> str:
+    """What to check when the events broker refuses the login (names files, never a
+    password): said once; recognition goes on, and the events file gets every visit."""
+    if username is None:
+        check = "the broker wants a login: set username and password_file in [events]"
+    elif password_file is None:
+        check = "[events] has no password_file: set it, or check the username"
+    else:
+        check = (f"the password in {password_file} ([events] password_file) may be wrong, "
+                 "or the broker does not know that user")
+    return (f"{check}; recognition goes on, an --events file gets every visit, and visit "
+            f"events wait in memory (at most {MAX_QUEUED_EVENTS:,})")

@@ -54,6 +54,7 @@ from federation.transport.mqtt_acks import PendingMids
 from federation.transport.mqtt_options import (
     DEFAULT_SESSION_EXPIRY,
     BrokerUrl,
+    Refusals,
     TlsConfig,
     connect_args,
     is_v5,
@@ -82,7 +83,8 @@ class MqttTransport:
 
     Starts connecting in the constructor, or with ``connect=False`` only when ``start()``
     is called (so handlers can be subscribed before the first message can arrive).
-    ``on_connected`` runs after every connect, on paho's thread (as a handler: quick).
+    ``on_connected`` runs after every connect, on paho's thread (as a handler: quick);
+    ``refusals`` says each refused connect once (``login_hint``: what to check).
     """
 
     def __init__(
@@ -106,10 +108,12 @@ class MqttTransport:
         unrouted_max_messages: int = DEFAULT_UNROUTED_MAX_MESSAGES,
         unrouted_max_bytes: int = DEFAULT_UNROUTED_MAX_BYTES,
         connect: bool = True,
+        login_hint: str | None = None,
     ) -> None:
         self.url = parse_broker_url(url)
         self.client_id = client_id
         self.on_connected: Callable[[], None] | None = None
+        self.refusals = Refusals(self.url, username, login_hint)
         self.offline_queue = offline_queue
         self._v5 = is_v5(protocol)
         self._subs: dict[str, Handler] = {}
@@ -258,8 +262,10 @@ class MqttTransport:
                         "%.1f s", self.unacked, flush_timeout)
         elif not self.connected and self.unacked:
             # queued while the broker was away (offline_queue): they go with this process
-            log.warning("closing with %d message(s) never delivered: no connection to the "
-                        "broker at %s:%d", self.unacked, self.url.host, self.url.port)
+            where, why = f"the broker at {self.url.host}:{self.url.port}", self.refusals
+            log.warning("closing with %d message(s) never delivered: %s", self.unacked,
+                        f"{where} refused the login ({why.reason})" if why.login
+                        else f"no connection to {where}")
         self._closed = True
         try:
             self._client.disconnect()
@@ -332,9 +338,9 @@ class MqttTransport:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            log.warning("MQTT connect to %s:%s refused: %s", self.url.host, self.url.port,
-                        reason_code)
+            log.log(*self.refusals.refused(reason_code))  # each reason once (at ERROR: login)
             return
+        self.refusals.connected()
         self.connects += 1
         self.session_present = bool(flags.session_present)
         # Every filter, on every connect, even when the broker kept the session: one
@@ -364,7 +370,7 @@ class MqttTransport:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
         self._subacks.reset()
-        if not self._closed:
+        if not self.refusals.take_disconnect() and not self._closed:
             log.warning("MQTT connection to %s:%s lost (%s); reconnecting",
                         self.url.host, self.url.port, reason_code)
 

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from federation.errors import BAD_URL, TransportError
 from federation.transport.base import Will
@@ -29,6 +30,12 @@ from federation.transport.base import Will
 log = logging.getLogger(__name__)
 
 DEFAULT_SESSION_EXPIRY = 7 * 24 * 3600
+# CONNACK reasons that are about the credentials, not the network: retrying does not help
+# until someone fixes the username, the password or the broker's users (MQTT 5: 0x86 bad
+# user name or password, 0x87 not authorized, 0x8C bad authentication method; paho maps
+# 3.1.1's return codes 4 and 5 onto the first two, and Mosquitto answers a wrong password
+# with "not authorized" in both versions)
+LOGIN_REFUSED = frozenset({0x86, 0x87, 0x8C})
 
 
 @dataclass(frozen=True)
@@ -136,3 +143,42 @@ def connect_args(*, v5: bool, clean_start: bool, session_expiry: int,
     else:
         args.update(clean_start=paho.MQTT_CLEAN_START_FIRST_ONLY)
     return args
+
+
+class Refusals:
+    """The connects a broker refused (a CONNACK with a failure reason), each reason said
+    once until a connect succeeds: paho retries every few seconds for ever, and a wrong
+    password said at every retry (with a "connection lost" after each) drowned everything
+    else and read like a network problem. ``login``: the broker refused the credentials.
+    """
+
+    def __init__(self, url: BrokerUrl, username: str | None, hint: str | None) -> None:
+        self.url, self.username, self.hint = url, username, hint
+        self.reason: str | None = None  # of the latest refused connect; None once connected
+        self.login = False
+        self._disconnect_follows = False  # the disconnect after a refusal is no news
+
+    def refused(self, reason_code: ReasonCode) -> tuple[int, str]:
+        """Note a refused connect; the level and the message to log it with."""
+        again = str(reason_code) == self.reason
+        self.reason, self._disconnect_follows = str(reason_code), True
+        self.login = reason_code.value in LOGIN_REFUSED
+        level = logging.DEBUG if again else logging.ERROR if self.login else logging.WARNING
+        return level, self.message()
+
+    def connected(self) -> None:
+        self.reason, self.login = None, False
+
+    def take_disconnect(self) -> bool:
+        """True (once) for the disconnect that follows a refused connect."""
+        follows, self._disconnect_follows = self._disconnect_follows, False
+        return follows
+
+    def message(self) -> str:
+        if not self.login:
+            return f"MQTT connect to {self.url.host}:{self.url.port} refused: {self.reason}"
+        where = f"{'mqtts' if self.url.tls else 'mqtt'}://{self.url.host}:{self.url.port}"
+        who = f"user {self.username!r}" if self.username else "a client with no username"
+        return (f"the MQTT broker {where} is reachable but refused the login of {who} "
+                f"({self.reason}): {self.hint or 'check the username and the password'}. "
+                "The login is tried again in the background.")

@@ -13,10 +13,13 @@ import paho.mqtt.client as paho
 class Listener:
     """Subscribes to ``filters`` at QoS 1 and queues every (topic, payload, retained)."""
 
-    def __init__(self, host: str, port: int, filters: list[str]) -> None:
+    def __init__(self, host: str, port: int, filters: list[str], *,
+                 login: tuple[str, str] | None = None) -> None:
         self.messages: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
         self._subscribed = threading.Event()
         self._client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="ha-listener")
+        if login is not None:  # a broker with a password_file, as Home Assistant's add-on
+            self._client.username_pw_set(*login)
         self._client.on_connect = lambda c, u, f, rc, p: c.subscribe([(t, 1) for t in filters])
         self._client.on_subscribe = lambda c, u, mid, rcs, p: self._subscribed.set()
         self._client.on_message = lambda c, u, m: self.messages.put(
