@@ -49,7 +49,8 @@ def _password_file(path: Path, password: str, mode: int) -> Path:
 
 def test_run_says_once_that_the_events_broker_refused_the_login(
         tmp_path: Path, lfw_dir: Path, auth_broker: MosquittoBroker) -> None:
-    from edge.config import BoxConfig, render_box_config
+    from edge.config import BoxConfig
+    from edge.provision import render_box_config
 
     frames, data_dir = tmp_path / "frames", tmp_path / "box"
     frames.mkdir()
