@@ -83,15 +83,20 @@ def models_list(state: StateOpt, as_json: JsonOpt = False) -> None:
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
+    # the initial model every box holds, which `models pin` names, as a row of its own
+    # (it was only in the first round's BASE column: helper-57)
+    first = (initial, "-", "-", "-", "-", " ".join(
+        m for m, on in (("initial model", True), ("next-base", base == initial),
+                        ("PINNED", pin == initial)) if on))
     print_table(("MODEL", "ROUND", "BASE", "UPDATES", "PUBLISHED", "MARKS"),
-                [(r["model"], r["round"], r["base_model"], r["updates"],
+                [first] + [(r["model"], r["round"], r["base_model"], r["updates"],
                   local_time(r["published_at"]),
                   " ".join(m for m, on in (("next-base", r["next_base"]),
                                            ("PINNED", r["pinned"]),
                                            ("earlier-key", r["earlier_key"]),
                                            (f"= root {r['root_model']}", r["root_model"]))
                            if on))
-                 for r in rows],
+                 for r in rows] if rows else [],
                 f"no published version yet: the next round builds on {base}")
 
 

@@ -183,6 +183,12 @@ def test_rollback_to_the_initial_model_refusals_and_unpin_without_pin(rig: Rig) 
     # no result is retained: a box starting now must not fetch round-2 and serve it
     assert topics.model_latest(FED) not in rig.bus.retained
     rig.run_round(3)
+    # the initial model has a row of its own, marked pinned (helper-57: it was only in
+    # round 1's BASE column); round 3, built on it, is the next base
+    code, out = rig.cli("models", "list")
+    rows = out.splitlines()
+    assert code == 0 and rows[1].split()[:2] == ["base", "-"], out
+    assert rows[1].endswith("initial model PINNED") and rows[-1].endswith("next-base"), out
     code, out = rig.cli("models", "unpin")  # round-3, opened after the pin, leads anyway
     assert code == 0 and "unpinned base; the next round builds on round-3" in out
     code, out = rig.cli("models", "pin", "base")
