@@ -82,6 +82,9 @@ def init(
             f"{public_context}: CKKS public context not found; create the federation's keys "
             "with `fedface-aggregator keys create --out DIR` (where the secret context may "
             "live, not here) and pass --public-context DIR/federation-public.tenseal")
+    # a secret context is refused before anything is made (the CA was created first:
+    # helper-57)
+    context = load_public_context(public_context)
     # stored absolute: serve, status and revoke run from any directory (systemd: the state)
     broker_dir, broker_pid_file, broker_ca, broker_cert, broker_key = (
         None if p is None else p.resolve()
@@ -93,7 +96,7 @@ def init(
     size = budget.declared_size(boxes, regions, max_samples, max_value, precision, min_samples)
     held: Budget | None = None
     if size is not None:
-        held = budget.check_context(load_public_context(public_context).params, size)
+        held = budget.check_context(context.params, size)
         if count_scale and count_scale != held.count_scale:
             raise ValueError(f"--count-scale {count_scale:g} differs from the budget's "
                              f"{held.count_scale:g} for the declared size; leave it out")

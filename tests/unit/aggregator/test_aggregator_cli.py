@@ -48,9 +48,11 @@ def test_keys_create_modes(keys_dir: Path) -> None:
 
 def test_init_refuses_the_secret_context(keys_dir: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["init", "--fed", "f1", "--state", str(tmp_path / "s"),
-                                 "--public-context", str(keys_dir / "federation-secret.tenseal")])
+                                 "--public-context", str(keys_dir / "federation-secret.tenseal"),
+                                 "--ca-dir", str(tmp_path / "ca")])
     assert "secret_key_refused" in _one_line_error(result)
     assert not (tmp_path / "s" / "config.json").exists()
+    assert not (tmp_path / "ca").exists()  # made before the refusal (helper-57): nothing now
 
 
 def test_init_devices_rounds_status(keys_dir: Path, tmp_path: Path) -> None:
