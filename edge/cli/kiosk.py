@@ -19,6 +19,7 @@ from edge.cli.visit_outputs import (
     MqttUrlOption,
     events_stream,
     visit_publisher,
+    warn_if_another_camera,
 )
 
 if TYPE_CHECKING:
@@ -141,6 +142,8 @@ def serve(
         publisher = None if per_frame else visit_publisher(ctx, stack, mqtt_url, fed, box_id)
         if publisher is not None:
             sinks.append(publisher.publish)
+        if source is not None:
+            warn_if_another_camera(ctx, source)
         kiosk = build_kiosk(box(ctx).settings, settings, source or _configured_source(ctx),
                             visit_sinks=sinks)
         # the worker stops (ending the open visits into the sinks) before they close

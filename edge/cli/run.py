@@ -24,6 +24,7 @@ from edge.cli.visit_outputs import (
     MqttUrlOption,
     events_stream,
     visit_publisher,
+    warn_if_another_camera,
 )
 from edge.serving.events import UNKNOWN
 
@@ -207,6 +208,8 @@ def run(
                            "camera.source to use)",
                            hint="e.g. --source /dev/video0 or --source dir:FOLDER")
         source = camera.source
+    else:
+        warn_if_another_camera(ctx, source)
     frame_source = open_source(source)
     stats = _Throughput(per_visit=not per_frame)
     with ExitStack() as stack:

@@ -53,6 +53,19 @@ def events_stream(stack: ExitStack, events: str) -> TextIO:
 STANDALONE_FED = "local"
 
 
+def warn_if_another_camera(ctx: typer.Context, source: str) -> None:
+    """``--source`` beats edge.toml's camera.source, and the installed services pass
+    edge.env's FEDFACE_SOURCE: a camera changed in edge.toml (by ``provision --camera``)
+    was ignored by them without a word (helper-58)."""
+    from edge.vision.frame_source import shown_uri
+
+    camera = box(ctx).camera
+    if camera is not None and camera.source != source:
+        typer.echo(f"warning: using --source {shown_uri(source)}; {box(ctx).config_path} "
+                   f"names camera.source {shown_uri(camera.source)}, not used (the services "
+                   "take FEDFACE_SOURCE of /etc/fedface/edge.env)", err=True)
+
+
 def _host_id() -> str:
     """This host's name as a topic id (1-64 of A-Z a-z 0-9 . _ -)."""
     name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64].strip("-.")

@@ -477,6 +477,13 @@ def test_a_box_in_no_federation_takes_its_settings_from_edge_toml(
     run = invoke(enrolled, "run", "--per-frame")  # the camera named in edge.toml
     assert run.exit_code == 0, run.output
     assert "2 frames, 2 faces (2 known)" in run.stderr, run.stderr
+    assert "warning: using --source" not in run.stderr
+    # another camera given: said, as the services' FEDFACE_SOURCE beat a camera changed
+    # in edge.toml without a word (helper-58)
+    other = invoke(enrolled, "run", "--per-frame", "--source", f"dir:{frames}?fps=50")
+    assert other.exit_code == 0, other.output
+    assert f"warning: using --source dir:{frames}?fps=50; {enrolled / 'edge.toml'} names " \
+        f"camera.source dir:{frames}, not used" in other.stderr, other.stderr
     doctor = invoke(enrolled, "doctor")
     assert "a box in no federation" in doctor.stderr, doctor.output
     # join said "no box config at .../edge.toml", that file being there (helper-58)
