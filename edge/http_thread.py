@@ -53,6 +53,9 @@ def server_tls(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
         raise TlsFilesError("give both --tls-cert and --tls-key, or neither")
     if cert is None or key is None:
         return None
+    for path, what in ((cert, "certificate"), (key, "key")):  # which of the two (helper-61)
+        if not path.is_file():
+            raise TlsFilesError(f"the TLS {what} {path} does not exist")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:

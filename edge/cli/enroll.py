@@ -129,7 +129,7 @@ def _enrol_folder(ctx: typer.Context, root: Path, max_per_person: int | None) ->
         typer.echo(f"not enrolled: {name} (no photo with a face that could be read; "
                    f"{why})", err=True)
     typer.echo(f"enrolled {enrolled} of {len(plan)} people from {photos} image(s); "
-               f"skipped {len(skipped)} image(s) (model {recognizer.model_version})"
+               f"skipped {len(skipped)} file(s) (model {recognizer.model_version})"
                + _already(already))
     if enrolled == 0 and not already:
         raise CliError(f"no one could be enrolled from {root}",

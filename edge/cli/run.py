@@ -297,6 +297,8 @@ def _open_when_ready(source: FrameSource) -> None:
     while True:
         try:
             source.open()
+            if delay > 1.0:  # after a wait: said, as its failures were
+                typer.echo(f"video source {source.uri} is up", err=True)
             return
         except SourceError as exc:
             if not source.live:

@@ -48,7 +48,8 @@ def status(
     revoked = revocation_state(cfg.box.data_dir)
     info: dict[str, Any] = {
         "device_id": cfg.box.device_id, "fed": cfg.box.fed, "broker": cfg.broker.url,
-        "camera": shown_uri(cfg.camera.source), "events": _events(cfg.events),
+        "camera": shown_uri(cfg.camera.source),
+        "events": _events(cfg.events, cfg.box.fed, cfg.box.device_id),
         "key_id": cfg.federation.key_id,
         "key": _held_key(cfg.federation.secret_context, cfg.federation.key_id),
         "certificate": {"ok": cert.ok, "detail": cert.detail},
@@ -91,14 +92,18 @@ def _print(info: dict[str, Any], cert_ok: bool, cert_detail: str, revoked: Any) 
     typer.echo(f"kiosk       password {'set' if info['kiosk_password_set'] else 'NOT set'}")
 
 
-def _events(events: Any) -> dict[str, Any] | None:
-    """Where the box publishes its visit events ([events]), the password never shown."""
+def _events(events: Any, fed: str | None = None, box_id: str | None = None
+            ) -> dict[str, Any] | None:
+    """Where the box publishes its visit events ([events]), the password never shown;
+    under which topics (a box in no federation: 'local' and its host name)."""
+    from edge.cli.visit_outputs import STANDALONE_FED, host_id
     from edge.vision.frame_source import shown_uri
 
     if events is None:
         return None
     return {"mqtt_url": shown_uri(events.mqtt_url), "username": events.username,
-            "include_crop": events.include_crop}
+            "include_crop": events.include_crop,
+            "topics": f"fedface/{fed or STANDALONE_FED}/{box_id or host_id()}/#"}
 
 
 def _print_events(events: dict[str, Any] | None) -> None:
@@ -106,7 +111,7 @@ def _print_events(events: dict[str, Any] | None) -> None:
         typer.echo("events      none (no [events] in the config: visits stay on the box)")
         return
     crops = "with each visit's face crop" if events["include_crop"] else "no face images"
-    typer.echo(f"events      {events['mqtt_url']} ({crops})")
+    typer.echo(f"events      {events['mqtt_url']} {events['topics']} ({crops})")
 
 
 def _held_key(secret_context: Path, provisioned: str) -> dict[str, Any]:

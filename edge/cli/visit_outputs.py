@@ -66,7 +66,7 @@ def warn_if_another_camera(ctx: typer.Context, source: str) -> None:
                    "take FEDFACE_SOURCE of /etc/fedface/edge.env)", err=True)
 
 
-def _host_id() -> str:
+def host_id() -> str:
     """This host's name as a topic id (1-64 of A-Z a-z 0-9 . _ -)."""
     name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64].strip("-.")
     return name or "box"
@@ -85,7 +85,7 @@ def visit_publisher(ctx: typer.Context, stack: ExitStack, url: str | None, fed: 
     # a box in no federation has no ids of its own: "local" and its host name, unless
     # given (helper-58: its documented [events] section stopped every run)
     fed = fed or (config.box.fed if config is not None else STANDALONE_FED)
-    box_id = box_id or (config.box.device_id if config is not None else _host_id())
+    box_id = box_id or (config.box.device_id if config is not None else host_id())
     try:
         publisher = open_visit_publisher(
             url, fed, box_id, username=events.username if events else None,

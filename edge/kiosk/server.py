@@ -101,7 +101,7 @@ def build_kiosk(
     if not passwords.is_set():
         raise KioskStartError(f"no kiosk password is set for {edge.data_dir}",
                               hint="run `fedface-edge kiosk set-password` first")
-    _warn_if_exposed(settings.host, settings.secure_cookies)
+    _warn_if_exposed(settings.host, settings.secure_cookies or settings.tls_key is not None)
     source = open_source(source_uri)  # a bad URI fails before the models load
     gallery = Gallery.open(edge.data_dir)
     gallery.on_removal.append(forget_removed_faces)  # a removed face's features go too

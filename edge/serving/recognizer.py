@@ -216,6 +216,8 @@ class Recognizer:
                      if not new]
             outcome.added = [image for image in outcome.added if image not in raced]
             outcome.already.extend(raced)
+            # a picked face already held was not enrolled: no note says it was (helper-61)
+            outcome.picked = [(image, box) for image, box in outcome.picked if image not in raced]
         return outcome
 
     def enroll_crops(self, name: str, crops: list[np.ndarray], base_vectors: list[np.ndarray],

@@ -56,7 +56,7 @@ def enrolled(tmp_path: Path, people_dir: Path) -> Path:
     data_dir = tmp_path / "box"
     result = invoke(data_dir, "enroll", "--from-dir", str(people_dir))
     assert result.exit_code == 0, result.output
-    assert "enrolled 3 of 3 people from 9 image(s); skipped 3 image(s)" in result.stdout
+    assert "enrolled 3 of 3 people from 9 image(s); skipped 3 file(s)" in result.stdout
     assert "wall.jpg: no face found" in result.stderr
     assert "notes.txt: not in a person's sub-folder" in result.stderr
     assert "broken.jpg" in result.stderr and "not an image" in result.stderr
@@ -119,7 +119,7 @@ def test_enrolling_the_same_photos_again_adds_nothing(enrolled: Path, people_dir
     (4 -> 8), silently, and counted as new samples for a training round."""
     again = invoke(enrolled, "enroll", "--from-dir", str(people_dir))
     assert again.exit_code == 0, again.output
-    assert ("enrolled 0 of 3 people from 0 image(s); skipped 3 image(s) (model "
+    assert ("enrolled 0 of 3 people from 0 image(s); skipped 3 file(s) (model "
             "sface-2021dec); 9 image(s) already enrolled for the same person, not added "
             "again") in again.stdout
     assert "not enrolled:" not in again.stderr
@@ -178,6 +178,10 @@ def test_a_group_photo_added_to_someone_enrolled_is_checked_against_their_photos
     people = {p["name"]: p for p in json.loads(invoke(enrolled, "people", "list",
                                                       "--json").stdout)}
     assert people["Hugo_Chavez"]["crops"] == 4
+    # the same photo again adds nothing, and no note says its face was enrolled (helper-61)
+    again = invoke(enrolled, "enroll", "Hugo_Chavez", str(pair))
+    assert again.exit_code == 0 and "nothing added to Hugo_Chavez" in again.stdout, again.output
+    assert "note:" not in again.stderr, again.stderr
     # neither face is Hugo's: refused with the reason, nothing enrolled (not even the good
     # photo given with it: every photo named must be usable)
     others = group_photo(lfw_dir, tmp_path / "others.jpg", beside="Tony_Blair")
@@ -449,7 +453,7 @@ def test_someone_else_s_photo_is_not_added_to_an_enrolled_person(
     folder = invoke(enrolled, "enroll", "--from-dir", str(root))
     assert folder.exit_code == 0, folder.output
     assert f"{other}_0008.jpg: does not look like {person}" in folder.stderr, folder.stderr
-    assert "enrolled 1 of 1 people from 1 image(s); skipped 1 image(s)" in folder.stdout
+    assert "enrolled 1 of 1 people from 1 image(s); skipped 1 file(s)" in folder.stdout
     probe = invoke(enrolled, "identify", "--json", str(lfw_image(lfw_dir, other, 9)))
     assert json.loads(probe.stdout)["faces"][0]["name"] == "unknown", probe.stdout
     # the name in other capitals made a second person, unchecked (helper-56)

@@ -111,7 +111,8 @@ def test_a_key_that_cannot_serve_is_refused_clearly(tmp_path: Path, lfw_dir: Pat
     done = subprocess.run(kiosk_cli(data_dir, frames, *args), capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 7, done.stderr
-    expected = {"mismatched": "key values mismatch", "missing": "No such file or directory",
+    expected = {"mismatched": "key values mismatch",
+                "missing": f"the TLS key {tmp_path / 'nope.key'} does not exist",
                 "one": "give both --tls-cert and --tls-key, or neither"}[case]
     assert expected in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert "'The kiosk over HTTPS'" in done.stderr, done.stderr

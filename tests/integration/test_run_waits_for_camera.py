@@ -49,6 +49,7 @@ def test_run_waits_for_a_live_source_that_comes_up_late(tmp_path: Path,
             run.wait()
     assert run.returncode == 0, first + err
     assert "5 frames, 5 faces" in err, err
+    assert f"video source file:{clip}?live=1 is up" in err, err  # said when it came
     assert len(out.splitlines()) == 5  # the events, on stdout
 
 

@@ -72,12 +72,16 @@ def test_status_shows_the_camera_and_events_without_secrets(tmp_path: Path) -> N
     text = runner.invoke(app, ["--data-dir", str(data_dir), "status"])
     assert text.exit_code == 0, text.output
     assert "camera      rtsp://admin:***@cam/1" in text.stdout, text.stdout
-    assert "events      mqtt://127.0.0.1:1883 (no face images)" in text.stdout, text.stdout
+    from edge.cli.visit_outputs import host_id
+
+    topics = f"fedface/local/{host_id()}/#"  # a box in no federation's (helper-61)
+    assert f"events      mqtt://127.0.0.1:1883 {topics} (no face images)" in text.stdout, \
+        text.stdout
     said = json.loads(runner.invoke(app, ["--data-dir", str(data_dir), "status",
                                           "--json"]).stdout)
     assert said["camera"] == "rtsp://admin:***@cam/1", said
     assert said["events"] == {"mqtt_url": "mqtt://127.0.0.1:1883", "username": "kiosk",
-                              "include_crop": False}, said
+                              "include_crop": False, "topics": topics}, said
     assert SECRET not in text.output + json.dumps(said)
     (data_dir / "edge.toml").write_text("[box]\nmatch_threshold = 0.45\n")
     bare = runner.invoke(app, ["--data-dir", str(data_dir), "status"])

@@ -3,6 +3,7 @@ source that loses its file and gets it back, and URIs that must be refused clear
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -94,8 +95,12 @@ def test_video_file_source_reads_every_frame(tmp_path: Path, lfw_dir: Path) -> N
     assert abs(frames[0].timestamp - time.time()) < 60
 
 
-def test_a_video_file_replayed_live_comes_in_real_time(tmp_path: Path, lfw_dir: Path) -> None:
-    """`?live=1` replays a file as a camera: at its frame rate, and on from its start."""
+def test_a_video_file_replayed_live_comes_in_real_time(tmp_path: Path, lfw_dir: Path,
+                                                       caplog: pytest.LogCaptureFixture
+                                                       ) -> None:
+    """`?live=1` replays a file as a camera: at its frame rate, and on from its start,
+    each loop quietly (helper-61: a warning at every loop of a 10 s clip)."""
+    caplog.set_level(logging.INFO)
     video = tmp_path / "camera.avi"
     write_video(video, lfw_images(lfw_dir, 4), fps=20.0)
     started = time.monotonic()
@@ -109,6 +114,7 @@ def test_a_video_file_replayed_live_comes_in_real_time(tmp_path: Path, lfw_dir: 
     assert elapsed >= 9 / 20.0 - 0.01, elapsed  # nine frame intervals of 50 ms
     assert np.allclose(np.diff(stamps), 0.05)
     assert source.stats.reconnects >= 2
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
 
 def test_live_source_reconnects_when_its_file_comes_back(tmp_path: Path, lfw_dir: Path) -> None:
