@@ -333,7 +333,8 @@ def test_a_revoked_device_shows_one_line_not_its_old_verdicts(
     device = {"state": "offline", "model": "round-3", "since": NOW, "last_swap": None,
               "verdicts": [verdict], "last_reported": True, "offline_since": NOW,
               "last_online": NOW - 60, "dp": None}
-    info = {"fed": "acme", "key_id": "k", "open_round": None, "next_round_at": None,
+    info = {"fed": "acme", "key_id": "k", "serve": {"running": True, "pid": "7"},
+            "open_round": None, "next_round_at": None,
             "pinned": None, "next_base": "round-4", "recent_results": [], "poisoned": [],
             "suspects": {}, "key_rotation_due": [], "counters": {},
             "device_status": [device | {"device_id": "box-gone", "registered": "revoked"},
