@@ -72,6 +72,15 @@ def server_tls(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
     return context
 
 
+def _server_log(msg: str = "", level: int = logging.INFO, traceback: bool = False) -> None:
+    """Cheroot's own lines, into the log: a TLS handshake a browser dropped (a certificate
+    it does not trust yet) or plain HTTP sent to the HTTPS port at DEBUG (raw lines with
+    client addresses filled the kiosk's log: helper-61); the rest at Cheroot's level."""
+    quiet = "during handshake" in msg or "plain HTTP into" in msg
+    log.log(logging.DEBUG if quiet else level, "%s", msg,
+            exc_info=traceback and not quiet)
+
+
 class _ContextAdapter(BuiltinSSLAdapter):
     """Cheroot's TLS adapter on an ``ssl.SSLContext`` built by the caller (its own
     constructor wants file names and builds a context of its defaults)."""
@@ -125,6 +134,7 @@ class HttpThread:
             server.ConnectionClass = _connection_class(*too_large)
         if tls is not None:
             server.ssl_adapter = _ContextAdapter(tls)
+        server.error_log = _server_log  # type: ignore[method-assign]
         server.prepare()
         self._server = server
 
