@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, TextIO, cast
 import typer
 
 from edge.cli.context import box
-from edge.cli.errors import EXIT_USAGE, CliError
+from edge.cli.errors import EXIT_CONFIG, EXIT_USAGE, CliError
 from federation.errors import FederationError
 from federation.files import open_new
 
@@ -79,6 +79,7 @@ def visit_publisher(ctx: typer.Context, stack: ExitStack, url: str | None, fed: 
 
     config = box(ctx).config
     events = box(ctx).events  # a box in no federation's edge.toml may have [events] too
+    from_config = url is None  # a bad [events] is a configuration error (exit 7)
     url = url or (events.mqtt_url if events is not None else None)
     if url is None:
         return None
@@ -94,6 +95,10 @@ def visit_publisher(ctx: typer.Context, stack: ExitStack, url: str | None, fed: 
             include_crop=events.include_crop if events else False,
             discovery_prefix=events.discovery_prefix if events else "homeassistant")
     except (ValueError, FederationError) as exc:
+        if from_config:  # it said 'check --mqtt-url' and exit 2 for edge.toml's [events]
+            raise CliError(f"cannot publish visit events: {exc}",
+                           hint=f"fix [events] in {box(ctx).config_path}",
+                           exit_code=EXIT_CONFIG) from exc
         raise CliError(f"cannot publish visit events: {exc}",
                        hint="check --mqtt-url / --fed / --box-id or the config's [events]",
                        exit_code=EXIT_USAGE) from exc

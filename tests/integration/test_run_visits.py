@@ -246,6 +246,25 @@ def test_a_box_in_no_federation_publishes_its_events_from_edge_toml(
     assert len(ended) == 1, got
 
 
+def test_a_bad_events_section_is_a_configuration_error(tmp_path: Path) -> None:
+    """helper-61: a missing [events] password_file stopped run with exit 2 (usage) and
+    'check --mqtt-url / --fed / --box-id'; it is edge.toml's: exit 7, naming it."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    cv2.imwrite(str(frames / "0.png"), np.zeros((48, 64, 3), np.uint8))
+    data_dir = tmp_path / "box"
+    data_dir.mkdir()
+    missing = tmp_path / "missing"
+    (data_dir / "edge.toml").write_text(
+        '[events]\nmqtt_url = "mqtt://127.0.0.1:1"\nusername = "kiosk"\n'
+        f'password_file = "{missing}"\n')
+    result = CliRunner().invoke(app, ["--data-dir", str(data_dir), "run", "--source",
+                                      f"dir:{frames}"])
+    assert result.exit_code == 7, result.output
+    assert f"cannot read the MQTT password file {missing}" in result.stderr
+    assert f"hint: fix [events] in {data_dir / 'edge.toml'}" in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize(("args", "expected"), [
     (["--mqtt-url", "mqtt://127.0.0.1:1", "--fed", "acme", "--box-id", "lobby/1"],
      "box id 'lobby/1' must be"),
