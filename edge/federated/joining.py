@@ -31,10 +31,11 @@ from edge.federated.api import ClientConfig, ClientEvents
 from edge.federated.outbox import PendingUpdate
 from edge.federated.result_apply import ResultApplier
 from edge.federated.round_gate import (
+    MAX_MARKS,
     NO_NEW_SAMPLES,
     SampleSource,
     load_client_state,
-    samples_mark,
+    load_marks,
     save_client_state,
     sit_out_detail,
 )
@@ -72,9 +73,9 @@ class RoundJoiner:
         state = load_client_state(self._state_path)
         self.last_submitted = int(state.get("last_submitted_round", 0))
         # announce min_new_samples (edge.federated.round_gate): new enrolled crops are counted from
-        # the start of the last sent update's training (None: never sent, always join)
-        self._samples_mark = samples_mark(state)
-        self._previous_mark = samples_mark(state, "previous_samples_mark")
+        # the start of the training of the newest sent update the federation's model holds,
+        # kept by round (none: never sent, or not to the model's rounds: always join)
+        self._marks = load_marks(state)
         self._job_mark: float | None = None
         self._sat_out = (0, 0.0)  # (round, monotonic time) it last checked and sat out
         self._base_refused_round = 0  # the round last sat out as built on a refused model
@@ -89,6 +90,7 @@ class RoundJoiner:
             return  # an old announce redelivered after a newer one
         self.announce = ann
         self._sent_round_ended(ann)
+        self._went_back(ann)
         self.sender.drop_closed_rounds(ann.round if ann.open else ann.round + 1)
         self.model.back_to_initial(ann)  # a federation gone back past every result
         self.maybe_join()
@@ -118,10 +120,44 @@ class RoundJoiner:
         self.verdicts.record(sent, None, "no_result", detail)
         # the samples that update carried were never aggregated: new again (a box that
         # enrolled people for that round must not sit the next one out and lose them)
-        self._samples_mark = self._previous_mark
-        save_client_state(self._state_path, self.last_submitted, self._samples_mark,
-                          self._previous_mark)
+        self._marks.pop(sent, None)
+        self._save_state()
         self._publish_status()
+
+    def _went_back(self, ann: RoundAnnounce) -> None:
+        """The round builds on a model older than rounds this box sent updates to: the
+        federation went back to it (its aggregator restored from a backup, a poisoned
+        round, the operator's pin or rollback), and what those rounds learnt is not in
+        it. Their samples count as new again, from the mark of the newest round the
+        model holds: else the box sat every round after out ("0 new samples since round
+        13") and the federation stayed on the older model until someone enrolled
+        (helper-57). The box's own rollback does not come here: rounds are not built on
+        the version it goes back to."""
+        base_round = 0 if ann.base_model == self.config.initial_model else \
+            result_round(ann.base_model)
+        if base_round is None:
+            return
+        # (the round's own update is never in its base: a re-announce of a round the box
+        # sent to, extended or closed, is not a going back)
+        lost = sorted(r for r in self._marks if base_round < r < ann.round)
+        if not lost:
+            return
+        for r in lost:
+            del self._marks[r]
+        self._save_state()
+        held = max(self._marks, default=0)
+        log.info("round %d builds on %s, which holds no update this box sent to round%s %s "
+                 "(the federation went back to it): their samples count as new again%s",
+                 ann.round, ann.base_model, "s" if len(lost) > 1 else "",
+                 ", ".join(map(str, lost)),
+                 f", counted since round {held}" if held else "")
+
+    def _save_state(self) -> None:
+        rounds = sorted(self._marks)[-MAX_MARKS:]
+        self._marks = {r: self._marks[r] for r in rounds}
+        mark = self._marks[rounds[-1]] if rounds else None
+        previous = self._marks[rounds[-2]] if len(rounds) > 1 else None
+        save_client_state(self._state_path, self.last_submitted, mark, previous, self._marks)
 
     def update_refused(self, round_no: int, reason: str, detail: str) -> None:
         """The aggregator refused this box's update for good (edge.federated.acks): the
@@ -134,9 +170,8 @@ class RoundJoiner:
         self.verdicts.record(round_no, None, "no_result", f"the aggregator refused this "
                              f"box's update ({reason}: {detail}); its samples count as new "
                              "again")
-        self._samples_mark = self._previous_mark
-        save_client_state(self._state_path, self.last_submitted, self._samples_mark,
-                          self._previous_mark)
+        self._marks.pop(round_no, None)
+        self._save_state()
         self._publish_status()
 
     def maybe_join(self) -> None:
@@ -247,8 +282,9 @@ class RoundJoiner:
 
     def _sit_out(self, ann: RoundAnnounce) -> bool:
         """Sit the round out when too few samples are new (said once per round)."""
-        detail = sit_out_detail(ann.min_new_samples, self.samples, self._samples_mark,
-                                self.last_submitted)
+        held = max(self._marks, default=0)  # the newest sent round the base holds
+        detail = sit_out_detail(ann.min_new_samples, self.samples, self._marks.get(held),
+                                held)
         if detail is None:
             if self._sat_out[0] == ann.round:
                 self._publish_status()  # the status no longer says it sits out
@@ -281,6 +317,7 @@ class RoundJoiner:
         its announce found the job busy."""
         self._finish_job(round_no, pending, stats, error)
         if self.announce is not None and self.announce.round > round_no:
+            self._went_back(self.announce)  # its round ended on an older base meanwhile
             self.maybe_join()
 
     def _finish_job(self, round_no: int, pending: PendingUpdate | None,
@@ -304,9 +341,9 @@ class RoundJoiner:
             self.events.emit("error", round_no, {"error": str(error)})
             return
         self.last_submitted = max(self.last_submitted, round_no)
-        self._previous_mark, self._samples_mark = self._samples_mark, self._job_mark
-        save_client_state(self._state_path, self.last_submitted, self._samples_mark,
-                          self._previous_mark)
+        if self._job_mark is not None:
+            self._marks[round_no] = self._job_mark
+        self._save_state()
         # replaces a "sat out" said before new people were enrolled in the same round;
         # recorded before the event, so whoever hears it finds the verdict (a loaded
         # CI's test read None in between)

@@ -9,6 +9,12 @@ always joins.
 Samples are counted in the box's gallery database (``crops.created``), read-only and
 by path, like the hot swap's ``GalleryRows``; the mark is the wall time at which the last
 sent update's training job started, so crops enrolled while it trained count as new.
+The mark of every update sent is kept by round (``marks``): when the federation goes
+back to an older model (a restored aggregator, a poisoned round, an operator's pin or
+rollback), the updates sent to the rounds after it are not in the model the next round
+builds on, so the box counts its samples from the mark of the newest round that model
+holds (none: it joins), not from its last update: else every box sat the rounds after a
+restore out, "0 new samples", and the federation stayed on the older model (helper-57).
 What the client remembers between runs (``client-state.json``) is kept here too.
 """
 
@@ -25,6 +31,7 @@ from federation.messages import NO_NEW_SAMPLES as NO_NEW_SAMPLES  # the not_join
 
 log = logging.getLogger(__name__)
 
+MAX_MARKS = 64  # rounds whose marks are kept; a base older than all of them: the box joins
 
 
 class SampleSource(Protocol):
@@ -84,13 +91,37 @@ def load_client_state(path: Path) -> dict[str, Any]:
 
 
 def save_client_state(path: Path, last_submitted: int, samples_mark: float | None,
-                      previous_mark: float | None = None) -> None:
+                      previous_mark: float | None = None,
+                      marks: dict[int, float] | None = None) -> None:
     """``previous_mark``: the mark before the last sent update, restored when the round it
-    went to closes without a result (its samples were never aggregated)."""
-    write_atomic(path, json.dumps({"last_submitted_round": last_submitted,
-                                   "samples_mark": samples_mark,
-                                   "previous_samples_mark": previous_mark}).encode(),
-                 mode=0o600)
+    went to closes without a result (its samples were never aggregated); ``marks``: the
+    mark of each sent update by round (``load_marks``)."""
+    state: dict[str, Any] = {"last_submitted_round": last_submitted,
+                             "samples_mark": samples_mark,
+                             "previous_samples_mark": previous_mark}
+    if marks is not None:
+        state["marks"] = {str(r): marks[r] for r in sorted(marks)[-MAX_MARKS:]}
+    write_atomic(path, json.dumps(state).encode(), mode=0o600)
+
+
+def load_marks(state: dict[str, Any]) -> dict[int, float]:
+    """The mark of each update the box sent, by round, of the rounds whose results may
+    still hold it. A state written before they were kept has the last two marks only:
+    the last sent round's, and the one before it, taken as the round before."""
+    raw = state.get("marks")
+    if isinstance(raw, dict):
+        marks: dict[int, float] = {}
+        for key, value in raw.items():
+            if isinstance(value, (int, float)) and str(key).isdigit():
+                marks[int(key)] = float(value)
+        return marks
+    last = state.get("last_submitted_round")
+    mark, previous = samples_mark(state), samples_mark(state, "previous_samples_mark")
+    if not isinstance(last, int) or last <= 0 or mark is None:
+        return {}
+    if previous is None or previous == mark or last == 1:
+        return {last: mark}
+    return {last - 1: previous, last: mark}
 
 
 def samples_mark(state: dict[str, Any], key: str = "samples_mark") -> float | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +34,19 @@ FED = "pinboxes"
 DEVICES = ("box-a", "box-b")
 
 
+class Samples:
+    """A box's enrolled crops as its client counts them (enrolment times)."""
+
+    def __init__(self) -> None:
+        self.times = [time.time() - 100.0] * 20  # enrolled before the federation began
+
+    def enrol(self, n: int) -> None:
+        self.times += [time.time()] * n
+
+    def crops_enrolled_since(self, since: float) -> int:
+        return sum(1 for t in self.times if t > since)
+
+
 @pytest.fixture(scope="module")
 def ctx() -> FederationContext:
     return new_secret_context()
@@ -53,15 +67,18 @@ class Federation:
         self.clients: dict[str, FederationClient] = {}
         self.sinks: dict[str, HotSwapper] = {}
         self.trainers: dict[str, GatedTrainer] = {}
+        self.samples = {d: Samples() for d in DEVICES}
         self.events: dict[str, list[ClientEvent]] = {d: [] for d in DEVICES}
 
-    def serve(self, rounds: int) -> AggregatorService:
+    def serve(self, rounds: int, min_new_samples: int = 0,
+              deadline: float = 60) -> AggregatorService:
         """One `serve` run on the state dir (a new process in production)."""
         store = Store(self.root / "agg")
         service = AggregatorService(
             InMemoryTransport(self.bus, f"agg-{len(self.threads)}"), store, self.ctx.public(),
-            self.agg_key, FED, settings=RoundSettings(deadline_seconds=60, quorum=2,
-                                                      count_scale=64, part_key=PART.key),
+            self.agg_key, FED, settings=RoundSettings(
+                deadline_seconds=deadline, quorum=2, count_scale=64, part_key=PART.key,
+                min_new_samples=min_new_samples),
             max_rounds=rounds)
         stop = threading.Event()
         thread = threading.Thread(target=service.run, args=(stop, 0.05), daemon=True)
@@ -78,7 +95,8 @@ class Federation:
             ClientConfig(FED, device, retry_seconds=0.5, tick_seconds=0.05),
             lambda will: InMemoryTransport(self.bus, device, will=will), self.ctx,
             self.keys[device], self.agg_key.public_key(), trainer, sink,
-            self.root / device / "federation", base, on_event=self.events[device].append)
+            self.root / device / "federation", base, on_event=self.events[device].append,
+            samples=self.samples[device])
         self.clients[device], self.sinks[device], self.trainers[device] = client, sink, trainer
         client.start()
 
@@ -213,10 +231,15 @@ def test_an_aggregator_restored_from_a_backup_federates_again(fed: Federation) -
     boxes had gone on to round 3: its rounds 2, 3, ... were old announces to them, every
     round failed for want of a quorum, for ever (helper-50). It now hears from the boxes
     how far the federation got, numbers its rounds above that, and serves them its newest
-    result, pinned."""
+    result, pinned. The people the boxes enrolled for the lost rounds are federated
+    again: the boxes count them as new relative to round-1 (their last update, to round
+    3, is lost with the state); counted from round 3 they sat every round out, "0 new
+    samples since round 3", each round skipped (helper-57)."""
     _round_1_applied(fed)
     backup = fed.root / "agg-backup"
     shutil.copytree(fed.root / "agg", backup)  # last night's backup
+    for samples in fed.samples.values():
+        samples.enrol(1)  # a newcomer at each site, federated in round 2
     second = fed.serve(rounds=2)
     wait_for(lambda: all(fed.applied(d) == ["round-1", "round-2", "round-3"]
                          for d in DEVICES), 60, "rounds 2 and 3 applied")
@@ -229,9 +252,13 @@ def test_an_aggregator_restored_from_a_backup_federates_again(fed: Federation) -
     shutil.rmtree(fed.root / "agg")
     shutil.copytree(backup, fed.root / "agg")  # restored
 
-    fed.serve(rounds=1)
+    restored = fed.serve(rounds=1, min_new_samples=1)  # serve's default
     wait_for(lambda: all(fed.applied(d)[-2:] == ["round-1", "round-4"] for d in DEVICES), 60,
              "the boxes back on round-1, then round 4 built on it, applied")
+    assert {d: [e.round for e in fed.events[d] if e.kind == "sitting_out"]
+            for d in DEVICES} == {d: [] for d in DEVICES}
+    assert {d for d in DEVICES for e in fed.events[d]
+            if e.kind == "submitted" and e.round == 4} == set(DEVICES)
     for d in DEVICES:
         assert fed.applied(d) == ["round-1", "round-2", "round-3", "round-1", "round-4"]
         assert fed.sinks[d].version == "round-4"
@@ -254,6 +281,28 @@ def test_an_aggregator_restored_from_a_backup_federates_again(fed: Federation) -
         assert model_pins.get_pin(state) == model_pins.Pin("round-1", 3)
     finally:
         state.close()
+
+    # round 4 holds their samples: with nothing new since, the boxes sit the next out
+    wait_for(restored.finished.is_set, 10, "the restored serve run to stop")
+    fed.serve(rounds=1, min_new_samples=1, deadline=2)
+
+    def sat_out(device: str) -> list[str]:
+        return [e.data["detail"] for e in list(fed.events[device])
+                if e.kind == "sitting_out" and e.round == 5]
+
+    wait_for(lambda: all(sat_out(d) for d in DEVICES), 30, "the boxes to sit round 5 out")
+    assert {d: sat_out(d) for d in DEVICES} == {
+        d: ["0 new samples since round 4, need 1"] for d in DEVICES}
+
+    def round_5() -> str:
+        state = Store(fed.root / "agg")
+        try:
+            row = state.get_round(5)
+            return "" if row is None else f"{row.status} {row.close_reason}"
+        finally:
+            state.close()
+
+    wait_for(lambda: round_5() == "skipped nothing new", 30, "round 5 skipped: nothing new")
 
 
 def test_an_aggregator_recommissioned_empty_numbers_its_rounds_above_its_boxes(
