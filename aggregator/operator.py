@@ -182,19 +182,23 @@ class Revocation:
 def revoke_device(store: Store, cfg: AggregatorConfig, device_id: str) -> Revocation:
     """Revoke in the registry and, with a CA configured, in the CRL: copy it to the
     broker and make the broker reload it; then (``pki_live``) tell the box and have the
-    broker disconnect its live session, which the CRL alone leaves open."""
+    broker disconnect its live session, which the CRL alone leaves open. A device revoked
+    before has the rest applied again (``registry`` False): a reload that failed the first
+    time (no pid file) left it able to connect, and `revoke` said only "already revoked"
+    (helper-57)."""
     registry = DeviceRegistry(store)
     device = registry.get(device_id)
     if device is None:
         raise RegistryError(f"unknown device {device_id}")
-    registry.revoke(device_id)  # refuses a device revoked before
+    if device.active:
+        registry.revoke(device_id)
     crl, reloaded = None, "no CA configured: only the registry was changed"
     if cfg.pki is not None:
         ca = pki.load_ca(cfg.pki.ca_dir)
         crl = pki.revoke(ca, device_id)
         if cfg.pki.broker_dir is not None:
             crl = publish_crl(ca, cfg.pki.broker_dir)
-        reloaded = reload_broker(cfg.pki)
+        reloaded = reload_broker(cfg.pki, device_id)
         live = cut_live_session(cfg, store, device_id)  # strictly after the CRL reload
         return Revocation(device_id, device.active, crl, f"{reloaded}; {live}", live)
     return Revocation(device_id, device.active, crl, reloaded)
@@ -212,23 +216,52 @@ def revoked_since_key(store: Store, state_dir: Path) -> list[str]:
             if d.revoked_at is not None and d.revoked_at >= installed]
 
 
-def reload_broker(p: PkiConfig) -> str:
+def _not_applied(device_id: str, why: str) -> OperatorError:
+    return OperatorError(
+        f"{why}; {device_id} is revoked in the registry and the CRL, but the broker has NOT "
+        f"reloaded the CRL, so {device_id} can still connect. Reload the broker: `pkill -HUP "
+        "-x mosquitto` (or find its pid with `pgrep -x mosquitto` and `kill -HUP PID`; "
+        "`systemctl reload mosquitto` when systemd runs it; a second `mosquitto -d` that "
+        "failed with 'Address already in use' deletes the pid file), then run "
+        f"`fedface-aggregator devices revoke {device_id}` again: it applies the rest")
+
+
+def _broker_pid(pid_file: Path, device_id: str) -> int:
+    """The pid in the broker's pid file, if that process is a Mosquitto (a stale file's
+    pid may be another program's now: it must not get the SIGHUP)."""
+    try:
+        pid = int(Path(pid_file).read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise _not_applied(device_id, f"cannot read the broker's pid from {pid_file} "
+                           f"({exc})") from None
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except FileNotFoundError:
+        raise _not_applied(device_id, f"{pid_file} is stale: no process {pid}") from None
+    except OSError:
+        return pid  # no /proc here: trust the file
+    if not comm.startswith("mosquitto"):
+        raise _not_applied(device_id, f"{pid_file} is stale: process {pid} is {comm!r}, "
+                           "not mosquitto")
+    return pid
+
+
+def reload_broker(p: PkiConfig, device_id: str = "DEVICE") -> str:
     """SIGHUP to the broker (pid file) or the configured reload command."""
     if p.broker_pid_file is not None:
+        pid = _broker_pid(p.broker_pid_file, device_id)
         try:
-            pid = int(Path(p.broker_pid_file).read_text().strip())
             os.kill(pid, signal.SIGHUP)
-        except (OSError, ValueError) as exc:
-            raise OperatorError(f"cannot signal the broker via {p.broker_pid_file}: {exc}; "
-                                "the CRL is updated but NOT applied: reload the broker") from None
+        except OSError as exc:
+            raise _not_applied(device_id, f"cannot signal the broker (pid {pid} from "
+                               f"{p.broker_pid_file}): {exc}") from None
         return f"SIGHUP sent to broker pid {pid}"
     if p.broker_reload_command:
         result = subprocess.run(p.broker_reload_command, capture_output=True, text=True,
                                 timeout=60, check=False)
         if result.returncode != 0:
-            raise OperatorError(f"{' '.join(p.broker_reload_command)} failed: "
-                                f"{result.stderr.strip()[-300:]}; the CRL is updated but NOT "
-                                "applied: reload the broker")
+            raise _not_applied(device_id, f"{' '.join(p.broker_reload_command)} failed: "
+                               f"{result.stderr.strip()[-300:]}")
         return f"ran {' '.join(p.broker_reload_command)}"
     return "reload the broker yourself (systemctl reload mosquitto): no reload configured"
 

@@ -14,12 +14,11 @@ Two threads, one rule each:
   publishes announce/result/pointer.
 
 They meet in a queue of small items (a completed blob is a file path, not bytes): a backlog
-costs disk, not memory; a batch's group commit fsyncs its blobs side by side.
-
-With ``serve --intake-processes K`` (K >= 2, aggregator.intake.shards) the delivery thread's
-work runs in K shard processes instead, each for its share of the devices; their items reach
-the same queue, and the worker's acks go back to the shard that heard the device, which
-signs and publishes them.
+costs disk, not memory; a batch's group commit fsyncs its blobs side by side. With ``serve
+--intake-processes K`` (K >= 2, aggregator.intake.shards) the delivery thread's work runs
+in K shard processes instead, each for its share of the devices; their items reach the
+same queue, and the worker's acks go back to the shard that heard the device, which signs
+and publishes them.
 
 What an edge client sees (all payloads are signed envelopes, sender = aggregator id;
 JSON bodies are one-chunk blobs):
@@ -39,7 +38,8 @@ JSON bodies are one-chunk blobs):
   bad_signature, unknown_device (revoked: a never-registered id gets no ack at all,
   aggregator.intake.unknown), wrong_federation, integrity, oversized, stale_version,
   late, duplicate (already counted: treat as success), replay, not_open, unavailable
-  (transient: resend, same msg id allowed).
+  (transient: resend, same msg id allowed). A revoked device heard from (an update, a
+  status saying online) also gets the signed revocation notice (aggregator.intake.revoked).
 - ``result/<r>/<i>`` (retained, kind result, model = result version ``round-<r>``):
   chunks of the summed EncryptedUpdate (self-contained: decrypt_average gives the
   federated weights). Only one result stays retained: the latest, or the pinned base.
@@ -79,6 +79,7 @@ from aggregator.intake.delivery import (
 )
 from aggregator.intake.presence import PresenceRecorder
 from aggregator.intake.ratelimit import RATE_LIMITED, RateLimiter, count_dropped
+from aggregator.intake.revoked import RevokedHeard, RevokedNotices
 from aggregator.intake.shards import IntakeShards
 from aggregator.intake.spool import DiskReassembler
 from aggregator.intake.unknown import UnknownReport, report_unknown
@@ -98,6 +99,7 @@ from aggregator.state.upgrade import upgrade_stored_blobs
 from federation import topics
 from federation.crypto.ckks import FederationContext, require_public_only
 from federation.crypto.packing import wire_widths
+from federation.errors import UNKNOWN_DEVICE
 from federation.memory import return_freed_memory
 from federation.transport.base import Transport
 
@@ -114,10 +116,9 @@ _STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS}
 
 
 class AggregatorService:
-    """The aggregator: its delivery-thread intake (``intake``, aggregator.intake.delivery),
-    its worker (``pump``, below) and the publishing of round events (``events``,
-    aggregator.rounds.events). The worker alone calls ``events`` and the intake's
-    ``set_keys``/``forget``; the transport's delivery thread calls ``intake.on_update``."""
+    """The aggregator: its delivery-thread intake (``intake``, aggregator.intake.delivery;
+    the transport's thread calls ``intake.on_update``), its worker (``pump``, the only
+    caller of ``events``, aggregator.rounds.events, and of ``intake.set_keys``/``forget``)."""
 
     def __init__(
         self,
@@ -159,16 +160,17 @@ class AggregatorService:
         self.max_rounds = max_rounds
         self.finished = threading.Event()
         # Where the delivery thread (or the intake shards) and the worker meet.
-        self._queue: queue.Queue[Item | VerdictReport] = queue.Queue()
+        self._queue: queue.Queue[Item | VerdictReport | RevokedHeard] = queue.Queue()
         self.intake = DeliveryIntake(fed_id, self.spool, self._queue, rate_limiter)
         # the boxes' statuses: their verdicts on results, the evidence that a round is
         # poisoned (aggregator.rounds.poison), and their presence (aggregator.intake.presence)
         self.statuses = StatusIntake(fed_id, lambda: self.intake.keys, self._queue.put,
                                      PresenceRecorder(store.state_dir, clock=clock, link=lambda: (
-                                         transport.connected, getattr(transport, "connects", 0))))
-        self.publisher = Publisher(
-            transport, signing_key, fed_id, aggregator_id, self.settings.chunk_size
-        )
+                                         transport.connected, getattr(transport, "connects", 0))),
+                                     revoked=lambda: self.intake.revoked)
+        self.publisher = Publisher(transport, signing_key, fed_id, aggregator_id,
+                                   self.settings.chunk_size)
+        self.revoked_notices = RevokedNotices(self.registry, self.publisher)
         self.events = RoundEventHandler(store, self.coordinator, self.publisher,
                                         max_rounds=max_rounds, finished=self.finished)
         self.poison = PoisonWatch(store, self.registry, self.coordinator, self.publisher,
@@ -196,9 +198,8 @@ class AggregatorService:
         return self.events.published_rounds
 
     def refresh_keys(self) -> None:
-        """Snapshot active device keys for the delivery thread. Every pump re-reads the
-        registry, so ``devices revoke`` (another process, same SQLite db) takes effect
-        within one tick."""
+        """Snapshot active device keys for the delivery thread, every pump: ``devices
+        revoke`` (another process, same SQLite db) takes effect within one tick."""
         self.intake.set_keys(self.registry.list())
 
     # --- start / loop -----------------------------------------------------------------
@@ -243,6 +244,8 @@ class AggregatorService:
                     self._report_unknown(item)
                 elif isinstance(item, VerdictReport):
                     self._hear_verdicts(item)
+                elif isinstance(item, RevokedHeard):
+                    self.revoked_notices.heard(item.device, "status")
                 else:
                     batch.append(item)
                     batch_bytes += item.env.blob_size
@@ -310,6 +313,8 @@ class AggregatorService:
             self._let_resend(item.device, item.msg)
         if item.device is not None:
             self._ack(item.device, item.round, item.msg, Decision(False, item.reason, item.detail))
+            if item.reason == UNKNOWN_DEVICE:  # a revoked one is told so (signed)
+                self.revoked_notices.heard(item.device, "update")
 
     def _process_batch(self, items: list[SpooledUpdate]) -> None:
         """One group commit: every decision is final (stored, in the sum) before the
@@ -358,9 +363,8 @@ class AggregatorService:
             self.publisher.send_ack(ack)
 
     def _report_dropped(self, counts: dict[str, tuple[int, int]]) -> None:
-        """Rate-limited messages (``RateLimiter.drain``, here or in an intake shard): one
-        log line, one counted rejection and one ack per device per report period, however
-        many messages were dropped."""
+        """Rate-limited messages (``RateLimiter.drain``, here or in an intake shard): one log
+        line, counted rejection and ack per device per report period, however many."""
         for device, (msgs, nbytes) in counts.items():
             detail = (f"{msgs} message(s), {nbytes} bytes over the per-device rate limit "
                       "dropped; slow down and resend")
@@ -378,13 +382,9 @@ class AggregatorService:
     # --- status -----------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         cur = self.coordinator.current
-        return {
-            "fed": self.fed_id,
-            "round": None if cur is None else cur.as_dict(),
-            "counters": self.store.counters(),
-            "devices": sorted(self.intake.keys),
-            "published_this_run": self.published_rounds,
-        }
+        return {"fed": self.fed_id, "round": None if cur is None else cur.as_dict(),
+                "counters": self.store.counters(), "devices": sorted(self.intake.keys),
+                "published_this_run": self.published_rounds}
 
     # --- for the tests written against the mixins: the parts' state under its old names
     def _on_update(self, topic: str, payload: bytes) -> None:

@@ -1,11 +1,11 @@
 """``fedface-edge doctor``: is this box ready? One pass/fail line per check, with a hint.
 
-Each check is a small function of the box config returning a ``Check``; none raises.
-The broker check makes a real TLS handshake with the device certificate (so a wrong CA,
-a wrong broker name, a revoked or expired certificate is named precisely), then a real
-MQTT connection; the retained, aggregator-signed announcement it reads doubles as the
-clock reference (a Pi without RTC that boots without NTP sits in 1970 and fails TLS in
-ways that look like anything but a clock problem).
+Each check is a small function of the box config returning a ``Check``; none raises. The
+broker check makes a real TLS handshake with the device certificate (so a wrong CA, a wrong
+broker name, a revoked or expired certificate is named precisely), then a real MQTT
+connection; the retained, aggregator-signed announcement it reads doubles as the clock
+reference (a Pi without RTC that boots without NTP sits in 1970 and fails TLS in ways that
+look like anything but a clock problem).
 
 May import: edge.errors, edge.config, edge.box, edge.gallery, edge.serving,
 edge.provision, edge.federated, edge.vision, federation, models.
@@ -124,7 +124,7 @@ def check_certificate(cfg: BoxConfig, now: Clock = time.time) -> Check:
 
     b = cfg.broker
     revoked = revocation_state(cfg.box.data_dir)
-    if revoked is not None and revoked.source == "notice":  # the aggregator signed it
+    if revoked is not None:  # signed notice, or the broker's CRL alert: not PASS (helper-57)
         return Check("certificate", False, f"REVOKED: {revoked.summary()}", REPROVISION)
     request = cfg.box.data_dir / f"{cfg.box.device_id}.request.json"
     if not Path(b.cert_file).exists():
@@ -371,8 +371,9 @@ def run_checks(cfg: BoxConfig, now: Clock = time.time) -> list[Check]:
     announced: list[RoundAnnounce] = []
     checks = [check_camera(cfg.camera.source), check_models(cfg.box.model_dir),
               check_key_permissions(cfg), check_federation_keys(cfg),
-              check_certificate(cfg, now)]
-    checks.append(check_broker(cfg, seen_ts, announced))
+              check_certificate(cfg, now), check_broker(cfg, seen_ts, announced)]
+    if checks[-2].ok and not checks[-1].ok:  # a revocation the broker's refusal recorded
+        checks[-2] = check_certificate(cfg, now)
     if (key_in_use := check_announced_key(cfg, announced)) is not None:
         checks.append(key_in_use)
     checks.append(check_clock(cfg, seen_ts, now))

@@ -221,10 +221,12 @@ def devices_list(state: StateOpt, as_json: JsonOpt = False) -> None:
 @one_line_errors
 def devices_revoke(device_id: str, state: StateOpt) -> None:
     """Revoke a device at the aggregator (its updates are refused from the next message)
-    and at the broker (CRL published, broker reloaded)."""
+    and at the broker (CRL published, broker reloaded). Again for a device revoked
+    before: applies the CRL, the broker reload and the notice again (after a failed
+    reload)."""
     result = revoke_device(Store(state), load_config(state), device_id)
-    typer.echo(f"revoked {device_id} at the aggregator"
-               + ("" if result.registry else " (was already revoked there)"))
+    typer.echo(f"revoked {device_id} at the aggregator" if result.registry else
+               f"{device_id} was already revoked at the aggregator: applying the rest again")
     if result.crl is not None:
         typer.echo(f"CRL {result.crl}: {result.broker_reloaded}")
     else:

@@ -115,6 +115,11 @@ class DeliveryIntake:
             if d.active
         }
 
+    @property
+    def revoked(self) -> frozenset[str]:
+        """The revoked devices of the last snapshot (``set_keys``)."""
+        return self._revoked
+
     def forget(self, device: str, msg: str) -> None:
         """After a transient failure the device may resend the SAME message: let it in."""
         with self._finished_lock:

@@ -21,19 +21,23 @@ Every signature-checked status also goes to the presence recorder
 (aggregator.intake.presence), with whether it came from the broker's retained store:
 a box's last will published live is how serve learns when a box vanished. A status
 that fails its checks is dropped and logged (a warning per device at most every few
-minutes: a retained bad status comes again on every reconnect).
+minutes: a retained bad status comes again on every reconnect). A revoked device's
+status that says it is online is queued as ``RevokedHeard``: serve tells it it was
+revoked (aggregator.intake.revoked).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from aggregator.intake.presence import PresenceRecorder
+from aggregator.intake.revoked import RevokedHeard
 from aggregator.state.presence import status_entry
 from federation import topics
 from federation.crypto.signing import KeyRing
@@ -88,10 +92,12 @@ class StatusIntake:
     is ``RetainAware``: told whether each status came from the retained store."""
 
     def __init__(self, fed_id: str, keys: Callable[[], Mapping[str, Ed25519PublicKey]],
-                 sink: Callable[[VerdictReport], None],
-                 presence: PresenceRecorder | None = None) -> None:
+                 sink: Callable[[VerdictReport | RevokedHeard], None],
+                 presence: PresenceRecorder | None = None,
+                 revoked: Callable[[], Collection[str]] = frozenset) -> None:
         self.fed_id = fed_id
         self._keys = keys  # the active devices' keys (aggregator.intake.delivery's snapshot)
+        self._revoked = revoked  # the revoked devices (the same snapshot's)
         self._sink = sink
         self.presence = presence  # each box's last online status (None: not kept)
         self._last: dict[str, tuple[tuple[int, str, str, float], ...]] = {}
@@ -118,6 +124,8 @@ class StatusIntake:
             device = topics.parse(topic).device
             key = None if device is None else self._keys().get(device)
             if device is None or key is None:  # unknown or revoked: its word does not count
+                if device is not None and device in self._revoked():
+                    self._revoked_online(device, payload)
                 return
             env = decode(payload)
             if env.sender != device or env.kind != "status":
@@ -147,6 +155,18 @@ class StatusIntake:
             self._last[device] = seen
         self._sitting[device], self._latest[device] = sitting, latest
         self._sink(VerdictReport(device, judged, sitting, latest))
+
+    def _revoked_online(self, device: str, payload: bytes) -> None:
+        """A revoked device's status: one that says it is online (the broker let it in,
+        and it did not hear the notice) gets the notice (aggregator.intake.revoked); the
+        signature is not checked (the notice goes to that device's own topic only, at
+        most every few seconds)."""
+        try:
+            state = str(json.loads(decode(payload).payload).get("state", ""))
+        except (FederationError, ValueError, AttributeError):
+            return
+        if state not in ("offline", "revoked"):
+            self._sink(RevokedHeard(device))
 
     def _dropped(self, topic: str, exc: FederationError) -> None:
         now = time.monotonic()

@@ -140,11 +140,13 @@ def test_doctor_broker_unreachable_and_revoked(fed: Federation, camera: str) -> 
     bad: dict[str, str] = {}
     while time.monotonic() < deadline and "broker" not in bad:
         bad = failing(box) if doctor_lines(box)[0] else {}
-    assert set(bad) == {"broker"}, bad
+    # the broker's refusal recorded the revocation: the certificate check says so too
+    assert set(bad) == {"broker", "certificate"}, bad
     assert "refused this box's certificate" in bad["broker"]
+    assert "REVOKED" in bad["certificate"], bad
     fed.broker.stop()
     bad = failing(box)
-    assert set(bad) == {"broker"} and "cannot reach" in bad["broker"], bad
+    assert set(bad) == {"broker", "certificate"} and "cannot reach" in bad["broker"], bad
 
 
 def test_doctor_disk_failure(fed: Federation, camera: str) -> None:

@@ -393,10 +393,31 @@ def test_sum_rebuilt_after_restart_equals_the_uninterrupted_sum(
 def test_revoked_device_is_refused(rig: Rig) -> None:
     from aggregator.state.registry import DeviceRegistry
 
-    DeviceRegistry(rig.store).revoke(rig.boxes[0].device_id)
+    box = rig.boxes[0]
+    DeviceRegistry(rig.store).revoke(box.device_id)
     rig.service.pump()  # the service refreshes its key snapshot every pump
-    ack = _send_valid(rig, rig.boxes[0], _vec(60), 100)
-    assert ack["accepted"] is False and ack["reason"] == "unknown_device"
+    _send_valid(rig, box, _vec(60), 100)
+    refused, notice = box.acks[-2:]
+    assert refused["accepted"] is False and refused["reason"] == "unknown_device"
+    # and the box is told, signed, that it was revoked: a box the broker still let in
+    # (its CRL never reloaded) had only "unknown_device", joined and applied results
+    assert notice["revoked"] is True and notice["device"] == box.device_id
+    assert notice["reason"] == "revoked" and notice["revoked_at"] > 0
+    _send_valid(rig, box, _vec(61), 100)  # at most one notice every 30 s
+    box.say_status()
+    rig.service.pump()
+    assert [a["reason"] for a in box.acks] == ["unknown_device", "revoked", "unknown_device"]
+
+
+def test_a_revoked_device_saying_it_is_online_is_told(rig: Rig) -> None:
+    from aggregator.state.registry import DeviceRegistry
+
+    box = rig.boxes[1]
+    DeviceRegistry(rig.store).revoke(box.device_id)
+    rig.service.pump()
+    box.say_status()  # online: the broker let it in
+    rig.service.pump()
+    assert [(a["reason"], a["revoked"]) for a in box.acks] == [("revoked", True)]
 
 
 def test_update_at_another_scale_is_rejected_before_it_is_stored(
