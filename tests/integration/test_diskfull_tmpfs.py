@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,24 +22,15 @@ from federation.crypto.packing import plain_weighted_average
 from federation.verdicts import Verdict
 from tests.support.aggregator_boxes import collect_result, decrypt_result, latest_announce
 from tests.support.aggregator_rig import COUNT_SCALE, FED, Rig, make_rig
+from tests.support.tmpfs import mounted_tmpfs
 
 LENGTH = 60_000  # ~1.4 MB per encrypted update, ~1.4 MB result
 
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "small-fs"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (the ENOSPC injection test covers the logic)")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "small-fs", "40m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def fill(fs: Path, leave: int, name: str = "filler") -> Path:
