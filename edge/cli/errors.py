@@ -30,6 +30,7 @@ import logging
 import os
 import sqlite3
 import sys
+import traceback
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -193,10 +194,14 @@ class FedFaceGroup(TyperGroup):
             typer.echo("interrupted", err=True)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except Exception as exc:
+            user_exc = _as_user_error(exc)
+            code = _user_error_code(user_exc)
             if debug_enabled(ctx):
-                raise
-            exc = _as_user_error(exc)
-            code = _user_error_code(exc)
+                # the traceback, and still the exit code a script or systemd reads (a
+                # raised exception would end every --debug run with 1)
+                traceback.print_exc()
+                raise typer.Exit(EXIT_INTERNAL if code is None else code) from None
+            exc = user_exc
             if code is None:
                 typer.echo(f"error: internal error: {type(exc).__name__}: {exc}", err=True)
                 typer.echo("hint: re-run with --debug for the traceback and report it", err=True)

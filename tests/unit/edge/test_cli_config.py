@@ -117,7 +117,11 @@ def test_handler_maps_declared_exit_codes_and_hides_tracebacks() -> None:
     assert bug.exit_code == EXIT_INTERNAL and "Traceback" not in bug.output
     assert "error: internal error: RuntimeError: bug" in bug.stderr
     debug = runner.invoke(handler_app(), ["--debug", "crash"])
-    assert isinstance(debug.exception, RuntimeError)  # --debug lets the traceback through
+    # --debug shows the traceback and keeps the exit code (it used to end every run with 1)
+    assert debug.exit_code == EXIT_INTERNAL and "Traceback" in debug.stderr
+    assert "RuntimeError: bug" in debug.stderr
+    declared_debug = runner.invoke(handler_app(), ["--debug", "provision"])
+    assert declared_debug.exit_code == 9 and "Traceback" in declared_debug.stderr
 
 
 def test_command_modules_are_registered() -> None:
