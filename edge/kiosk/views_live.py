@@ -27,7 +27,7 @@ def status_payload() -> dict[str, object]:
         "frame": latest.frame_index if latest else None,
         # a frozen frame's faces are not "in view": nobody is, as far as anyone knows
         "live": worker.live,
-        "notice": worker.notice,
+        "notice": worker.notice(has_picture=latest is not None),
         "last_frame_at": latest.timestamp if latest else None,
         "in_view": latest.labels() if latest and worker.live else [],
         "identifying": latest.identifying if latest and worker.live else 0,
@@ -63,7 +63,7 @@ def live_jpeg() -> Response:
     response.headers["X-Frame-Seq"] = str(latest.seq)
     response.headers["X-Live"] = "1" if live else "0"
     if not live:
-        response.headers["X-Notice"] = quote(status.notice)
+        response.headers["X-Notice"] = quote(status.notice(has_picture=True))
     # who is in this very frame, so the caption never lags the picture (UTF-8, %-quoted)
     response.headers["X-In-View"] = quote(latest.caption() if live else NOT_LIVE_IN_VIEW)
     return response

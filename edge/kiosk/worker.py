@@ -38,6 +38,7 @@ KNOWN_COLOUR = (60, 200, 60)  # BGR
 UNKNOWN_COLOUR = (40, 40, 230)
 RETRY_SOURCE_S = 5.0
 FINAL_STATES = frozenset({"ended", "stopped"})  # no frame will come any more
+FIRST_IMAGE_GRACE_S = 5.0  # beyond stale_after_s, for the first image after opening
 NOT_LIVE_STATES = {
     "starting": "Waiting for the first camera image.",
     "ended": "The video source ended: no more frames.",
@@ -90,12 +91,18 @@ class WorkerStatus:
         head = NOT_LIVE_STATES.get(self.state, "The camera is not live.")
         return f"{head[:-1]} ({self.message})." if self.message else head
 
-    @property
-    def notice(self) -> str:
-        """What the staff read over a picture that is not live ("" while it is)."""
+    def notice(self, has_picture: bool) -> str:
+        """What the staff read over a picture that is not live ("" while it is): that
+        the picture is the last image, or that none ever came (a camera that never
+        answered leaves no picture to be the last one)."""
         if self.live:
             return ""
-        return f"NOT LIVE - {self.reason} The picture shown is the last image."
+        if has_picture:
+            return f"NOT LIVE - {self.reason} The picture shown is the last image."
+        if self.state == "starting":  # its reason already says no image came yet
+            return f"NOT LIVE - {self.reason}"
+        return (f"NOT LIVE - {self.reason} No image has come from the camera since the "
+                "kiosk started.")
 
 
 Mark = tuple[tuple[float, float, float, float], str, bool]  # box, label, known
@@ -161,6 +168,7 @@ class RecognitionWorker:
         self._new_frame = threading.Condition(self._lock)
         self._latest: LiveFrame | None = None
         self._published = 0.0  # time.monotonic() when _latest was published
+        self._opened = 0.0  # time.monotonic() when the source was last opened
         self._status = WorkerStatus("starting")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -219,11 +227,19 @@ class RecognitionWorker:
 
     def _status_locked(self) -> WorkerStatus:
         status = replace(self._status, ms_per_frame=self._ms)
-        if status.state == "running" and self._latest is not None:
-            age = time.monotonic() - self._published
-            if age > self.stale_after_s:
-                return WorkerStatus("lost", f"no new image for {age:.0f} s; camera "
-                                    "unplugged or stream stalled?", self._ms)
+        if status.state == "running":
+            now = time.monotonic()
+            if self._published >= self._opened:
+                age = now - self._published
+                if age > self.stale_after_s:
+                    return WorkerStatus("lost", f"no new image for {age:.0f} s; camera "
+                                        "unplugged or stream stalled?", self._ms)
+            # a camera that opens and then delivers nothing is not live either; its first
+            # image may take longer (a stream's first key frame, the first inference)
+            elif now - self._opened > self.stale_after_s + FIRST_IMAGE_GRACE_S:
+                return WorkerStatus("lost", f"no image for {now - self._opened:.0f} s since "
+                                    "the camera opened; camera unplugged or stream stalled?",
+                                    self._ms)
         return status
 
     def _fresh(self, after_seq: int, max_age: float) -> LiveFrame | None:
@@ -258,6 +274,8 @@ class RecognitionWorker:
         while not self._stop.is_set():
             try:
                 with self.source:
+                    with self._lock:
+                        self._opened = time.monotonic()
                     self._set_status("running")
                     for frame in self.source:
                         self.process_frame(frame.frame_index, frame.timestamp, frame.image)

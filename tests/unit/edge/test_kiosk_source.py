@@ -95,3 +95,32 @@ def test_unplugged_camera_is_reported_lost_and_not_enrolled(
     assert time.monotonic() - started < 10  # it answers; it never leaves "wait a moment"
     pending = desk.pending("s1")
     assert pending is not None and pending.shots == []
+
+
+def test_a_camera_that_never_delivered_is_not_said_to_show_its_last_image(
+        tmp_path: Path, kiosk_frames: Path, kiosk_pipeline: FacePipeline) -> None:
+    # helper-61: a camera unplugged before the kiosk started gave "NOT LIVE - Camera lost
+    # ... The picture shown is the last image." over an empty picture
+    kiosk = make_kiosk(tmp_path / "data", kiosk_frames, kiosk_pipeline, frame_stale_s=1.0)
+    camera = UnpluggedCamera([])
+    kiosk.services.worker.source = camera
+    kiosk.start()
+    try:
+        worker = kiosk.services.worker
+        wait_for(lambda: worker.status().state == "lost", 20, "the camera to count as lost")
+        client = kiosk.app.test_client()
+        with client.session_transaction() as session:
+            session.update(user="staff", sid="s1", pwgen=kiosk.services.passwords.generation(),
+                           last_seen=time.time())
+        status = client.get("/api/status").get_json()
+        assert status["live"] is False and status["seq"] == 0
+        assert status["notice"].startswith("NOT LIVE - Camera lost"), status["notice"]
+        assert "last image" not in status["notice"]
+        assert status["notice"].endswith("No image has come from the camera since the kiosk "
+                                         "started."), status["notice"]
+        page = client.get("/").get_data(as_text=True)
+        assert "No image has come from the camera" in page and "last image" not in page
+        assert client.get("/live.jpg").status_code == 503
+    finally:
+        camera.released.set()
+        kiosk.stop()
