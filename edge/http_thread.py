@@ -21,12 +21,15 @@ May import: nothing of the project.
 from __future__ import annotations
 
 import logging
+import re
+import socket
 import ssl
 import threading
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from cheroot.errors import socket_errors_to_ignore
+from cheroot.errors import FatalSSLAlert, socket_errors_to_ignore
 from cheroot.server import HTTPConnection, HTTPRequest
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 from cheroot.wsgi import Server
@@ -83,13 +86,70 @@ def _server_log(msg: str = "", level: int = logging.INFO, traceback: bool = Fals
 
 class _ContextAdapter(BuiltinSSLAdapter):
     """Cheroot's TLS adapter on an ``ssl.SSLContext`` built by the caller (its own
-    constructor wants file names and builds a context of its defaults)."""
+    constructor wants file names and builds a context of its defaults), which sends a
+    browser that came over plain HTTP to the same address over HTTPS."""
 
     def __init__(self, context: ssl.SSLContext) -> None:
         self.certificate = self.private_key = ""
         self.certificate_chain = self.ciphers = self.private_key_password = None
         self._server_env: dict[str, str] = {}
         self.context = context
+
+    def wrap(self, sock: socket.socket) -> Any:
+        # Cheroot answers plain HTTP with a 400, but closes with the rest of the request
+        # unread, so the client gets a reset instead (staff typing the kiosk's address
+        # without https:// saw "connection reset"). A TLS connection starts with a
+        # handshake record (0x16); a plain one with a method name.
+        try:
+            first = sock.recv(8, socket.MSG_PEEK)
+        except OSError as exc:
+            raise FatalSSLAlert(*exc.args) from exc
+        if not _PLAIN_HTTP.match(first):
+            return super().wrap(sock)
+        try:
+            _answer_plain_http(sock)
+        finally:
+            sock.close()
+        raise FatalSSLAlert("a plain HTTP request on the HTTPS port: sent to https://")
+
+
+_PLAIN_HTTP = re.compile(rb"[A-Z]{3,7} ")  # GET, POST, OPTIONS... and a space
+_HOST = re.compile(r"([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
+_TARGET = re.compile(r"/[\x21-\x7e]*")  # an origin-form path: no space, no control
+
+
+def _answer_plain_http(sock: socket.socket) -> None:
+    """A redirect to the same host and path over HTTPS (307: method kept, not cached
+    for good, so the port may serve plain HTTP again one day), or a 400 saying to use
+    https:// when the request does not name its host; then a clean close."""
+    sock.settimeout(2.0)
+    head = b""
+    with suppress(OSError):
+        while b"\r\n\r\n" not in head and len(head) < 8192:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+    lines = head.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    target = parts[1] if len(parts) == 3 else ""
+    host = next((line.split(":", 1)[1].strip() for line in lines[1:]
+                 if line.lower().startswith("host:")), "")
+    if _HOST.fullmatch(host) and _TARGET.fullmatch(target):
+        location = f"https://{host}{target}"
+        status, extra = "307 Temporary Redirect", f"Location: {location}\r\n"
+        body = f"This server speaks HTTPS only: {location}\n"
+    else:
+        status, extra = "400 Bad Request", ""
+        body = "This server speaks HTTPS only: use https:// in the address.\n"
+    answer = (f"HTTP/1.1 {status}\r\n{extra}Content-Type: text/plain; charset=utf-8\r\n"
+              f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}")
+    with suppress(OSError):
+        sock.sendall(answer.encode("latin-1"))
+        sock.shutdown(socket.SHUT_WR)
+        for _ in range(16):  # the rest of the request (a body), so the close sends no reset
+            if not sock.recv(65536):
+                break
 
 
 def _connection_class(content_type: str, body: bytes) -> type[HTTPConnection]:
