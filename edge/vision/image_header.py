@@ -257,8 +257,15 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
     if image is None and header.format.startswith("Pillow:"):
         image = _pillow_decode(data)
     if image is None or image.ndim != 3:
+        # no end marker after the last scan: a cut-short file (a copy stopped half way, a
+        # full card), which OpenCV's imdecode refuses (libjpeg says only "Premature end
+        # of JPEG file", naming no file)
+        cut_short = (header.format == "JPEG"
+                     and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"))
+        why = "the JPEG file is cut short (no end marker)" if cut_short \
+            else "the file may be truncated"
         raise ImageReadError(f"{source} is not an image OpenCV can decode",
-                             f"the file may be truncated; use a photo in one of: {FORMATS}")
+                             f"{why}; use a photo in one of: {FORMATS}")
     if image.shape[:2] != (header.height, header.width):
         # the decoder read another size than the header said: a crafted file
         raise ImageReadError(f"{source} decodes to {image.shape[1]}x{image.shape[0]} pixels "

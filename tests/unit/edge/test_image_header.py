@@ -117,6 +117,30 @@ def test_cap_boundary_and_other_formats_opencv_would_decode() -> None:
         check_header(bytes(zero))
 
 
+def test_a_cut_short_jpeg_is_said_to_be(tmp_path: Path, lfw_dir: Path) -> None:
+    # helper-58: a cut-short photo was "not an image OpenCV can decode (the file may be
+    # truncated ...)" beside libjpeg's own "Premature end of JPEG file"; it is now said
+    whole = sorted((lfw_dir / "George_W_Bush").glob("*.jpg"))[0]
+    data = whole.read_bytes()
+    thumb = encoded(".jpg", 16, 12)  # a whole thumbnail's end marker before the main scan
+    app1 = b"Exif\x00\x00" + thumb
+    with_thumb = data[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + data[2:]
+    for photo in (data, with_thumb):
+        assert decode_image(photo).shape == (250, 250, 3)  # whole: read
+        for cut in (len(photo) - 2, len(photo) * 9 // 10, len(photo) // 3):
+            path = tmp_path / "cut.jpg"
+            path.write_bytes(photo[:cut])
+            with pytest.raises(ImageReadError) as info:
+                read_image(path)
+            assert str(path) in str(info.value)
+            assert info.value.hint.startswith("the JPEG file is cut short (no end marker)")
+    other = tmp_path / "garbage.jpg"  # not a cut-short JPEG: the general hint
+    other.write_bytes(encoded(".png", 32, 32)[:60])
+    with pytest.raises(ImageReadError) as info:
+        read_image(other)
+    assert "cut short" not in info.value.hint
+
+
 def test_cli_read_image_checks_the_header(tmp_path: Path) -> None:
     path = tmp_path / "bomb.png"
     path.write_bytes(png_bomb(20000, 20000))
