@@ -120,6 +120,16 @@ def box(ctx: typer.Context) -> BoxContext:
     return obj
 
 
+def warn_if_no_data_dir(ctx: typer.Context) -> None:
+    """A reading command (status, model status, people list) on a data dir that is not
+    there says so: it would otherwise show a plausible empty box (the pretrained model,
+    no one enrolled) for a mistyped ``--data-dir`` or ``FEDFACE_DATA_DIR``."""
+    data_dir = Path(box(ctx).settings.data_dir)
+    if not data_dir.exists():
+        typer.echo(f"warning: the data directory {data_dir} does not exist, so what follows "
+                   "is an empty box's (a mistyped --data-dir or FEDFACE_DATA_DIR?)", err=True)
+
+
 def serve_until_signalled(start: Callable[[], object], stop: Callable[[], object],
                           banner: Callable[[], str]) -> None:
     """Start a server, say where it listens, and run until SIGTERM (systemd) or SIGINT

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from edge.cli.context import box
+from edge.cli.context import box, warn_if_no_data_dir
 from edge.cli.errors import EXIT_INPUT, EXIT_INTERRUPTED, CliError
 from edge.cli.identify import progress_bar
 
@@ -194,6 +194,7 @@ def list_people(
 
     # a listing creates no gallery in a data dir that has none (on a full disk it failed);
     # a data dir that is not there is opened, so that a wrong one is said
+    warn_if_no_data_dir(ctx)
     data_dir = Path(box(ctx).settings.data_dir)
     unopened = data_dir.is_dir() and not (data_dir / DB_FILENAME).exists()
     people = [] if unopened else box(ctx).gallery().people()

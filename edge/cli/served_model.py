@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from edge.cli.context import box
+from edge.cli.context import box, warn_if_no_data_dir
 from federation.messages import result_round
 from models.federated_parts import DEFAULT_PART
 
@@ -73,6 +73,7 @@ def status(
     from edge.serving.versions import BASE_VERSION
     from federation.verdicts import Verdict
 
+    warn_if_no_data_dir(ctx)
     data = status_data(ctx)
     data["history"] = data["history"][-last:] if last else []
     data["rounds"] = data["rounds"][-last:] if last else []

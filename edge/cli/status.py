@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from edge.cli.context import box
+from edge.cli.context import box, warn_if_no_data_dir
 from edge.cli.errors import EXIT_PROVISIONING
 
 HEADER_READ = 1 << 16  # a context's header is well inside this (federation.crypto.ckks)
@@ -33,6 +33,7 @@ def status(
 
     if config is not None:
         box(ctx).resolve(config)  # an explicit --config must exist: require_config below
+    warn_if_no_data_dir(ctx)
     # the box's one store of model versions: what it serves
     models_dir = box(ctx).box().models_dir
     pointer = SwapStore(models_dir).load() if models_dir.is_dir() else None
