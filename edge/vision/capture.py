@@ -195,6 +195,14 @@ class VideoCaptureSource(FrameSource):
                 return f"{self.target} does not exist"
             if Path(self.target).is_dir():
                 return f"{self.target} is a directory"
+        if self.kind == "stream" and isinstance(self.target, str):
+            # FFmpeg's failure says nothing of why: the camera is asked (a wrong password
+            # read as a dead camera, helper-58)
+            from edge.vision.stream_probe import probe
+
+            said = probe(self.target)
+            if said is not None:
+                return f"cannot be opened: {said}"
         return "cannot be opened (no such device/stream, unsupported format or codec)"
 
     def _open_hint(self) -> str:
