@@ -5,8 +5,8 @@ Directly here, the wire: ``errors`` (FederationError and its reason codes),
 box status, revocation notice), ``verdicts`` (what became of a round, per box),
 ``envelope`` (signed messages), ``chunking`` (split and reassemble blobs), ``topics``
 (MQTT topic names), ``files`` (atomic writes with explicit modes), ``memory``,
-``signals`` (SIGTERM/SIGINT stop a long-running command; no handler takes a lock) and
-``release`` (which release runs here).
+``signals`` (SIGTERM/SIGINT stop a long-running command; no handler takes a lock),
+``release`` (which release runs here) and ``cli_help`` (flags in both CLIs' help).
 ``crypto/``: CKKS, packing of encrypted updates, keys, signing, differential privacy.
 ``transport/``: the Transport port and its in-memory bus (``base``), the paho adapter
 (``mqtt``, its connection options in ``mqtt_options``). Never imports cv2, torch,

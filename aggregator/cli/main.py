@@ -35,6 +35,7 @@ from aggregator.state.config import load_config
 from aggregator.state.serve_lock import lock_state
 from aggregator.state.store import Store, StoreError
 from aggregator.state.verdicts import poisoned_summary
+from federation.cli_help import show_flags_without_type
 from federation.crypto.bounds import DEFAULT_MAX_SAMPLES, Bounds
 from federation.crypto.ckks import DEFAULT_PARAMS, CkksParams
 from federation.crypto.keys import (
@@ -44,6 +45,8 @@ from federation.crypto.keys import (
 )
 from federation.signals import stop_on_signals
 from federation.verdicts import Verdict
+
+show_flags_without_type()
 
 app = typer.Typer(help="FedFace aggregator: adds encrypted updates it can never decrypt.",
                   epilog=EPILOG, no_args_is_help=True, pretty_exceptions_enable=False)

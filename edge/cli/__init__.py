@@ -26,6 +26,7 @@ import typer
 
 from edge.cli.context import BoxContext
 from edge.cli.errors import EXIT_CODES, FedFaceGroup
+from federation.cli_help import show_flags_without_type
 
 COMMAND_MODULES = (
     "model_files",
@@ -42,6 +43,8 @@ COMMAND_MODULES = (
     "doctor",
     "status",
 )
+
+show_flags_without_type()
 
 EPILOG = "Exit codes: " + ", ".join(f"{code} {what}" for code, what in EXIT_CODES.items()) + "."
 
