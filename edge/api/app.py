@@ -173,8 +173,10 @@ def faces() -> Response:
     if request.method == "POST":
         if name is None:
             return _fail("the subject query parameter is required", cf.CODE_BAD_REQUEST)
-        image_id = svc.faces.enrol(name, _image(), "the upload")
-        return _json({"image_id": str(image_id), "subject": name}, 201)
+        image_id, warnings = svc.faces.enrol(name, _image(), "the upload")
+        # "warnings" beside CompreFace's two fields (its clients read only those)
+        return _json({"image_id": str(image_id), "subject": name, "warnings": warnings},
+                     201)
     if request.method == "DELETE":
         if name is None:
             return _fail("the subject query parameter is required", cf.CODE_BAD_REQUEST)

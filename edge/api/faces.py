@@ -94,15 +94,27 @@ class FaceService:
         return found, Timing((timings.total + result.match_seconds) * 1e3,
                              timings.detect * 1e3, timings.embed * 1e3)
 
-    def enrol(self, name: str, bgr: np.ndarray, source: str) -> int:
+    def enrol(self, name: str, bgr: np.ndarray, source: str) -> tuple[int, list[str]]:
         """Store the largest face of a photo as a face example of ``name`` (created if
-        new) with the serving model's embedding; the new example's id."""
+        new) with the serving model's embedding: the new example's id, and what the CLI
+        and the kiosk would warn of (a group photo; a new name for someone enrolled)."""
         with self._engine_lock:
             face = self.recognizer.pipeline.embed_image(bgr, source=source)
+            new_name = name not in self.subjects.names()
+            alike = self.recognizer.look_alike(name, [face.crop], [face.embedding]) \
+                if new_name else None
             # the same photo of the same person again is not stored twice: its example's
             # id is given back (the README: enrolling a photo a person has adds nothing)
             stored = self.recognizer.enroll_crops(name, [face.crop], [face.embedding], [None])
-        return stored.crop_ids[0]
+        warnings = []
+        if face.others:
+            warnings.append(f"the photo has {face.others + 1} faces: the largest was taken")
+        if alike is not None:
+            warnings.append(f"this face looks like {alike.name}, who is already enrolled "
+                            f"(similarity {alike.score:.2f}): the same person under two "
+                            f"names? If so, delete the subject {name} and add the photo to "
+                            f"{alike.name}")
+        return stored.crop_ids[0], warnings
 
     def rename(self, old: str, new: str) -> None:
         """CompreFace's rename, which merges onto a subject the gallery has: only when

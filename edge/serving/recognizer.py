@@ -228,6 +228,13 @@ class Recognizer:
         vectors, tag = self._served_vectors(crops, base_vectors)
         return self._store(name, crops, vectors, tag, sources)
 
+    def look_alike(self, name: str, crops: list[np.ndarray],
+                   base_vectors: list[np.ndarray]) -> Match | None:
+        """Someone enrolled under another name whom these crops look like (the API's
+        enrolment says so as the CLI's and the kiosk's do), or None."""
+        served, tag = self._served_vectors(crops, base_vectors)
+        return self._looks_like(name, served, tag)
+
     def _store(self, name: str, crops: list[np.ndarray], vectors: np.ndarray, tag: str,
                sources: Sequence[str | None]) -> EnrolledCrops:
         wrong = not_the_person(vectors, self.gallery.person_vectors(name, tag))

@@ -21,6 +21,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from edge.cli import app
+from tests.support.vision import group_photo
 
 PEOPLE = ("Colin_Powell", "Hugo_Chavez", "Tony_Blair")
 STRANGER = "Serena_Williams"
@@ -131,19 +132,6 @@ def test_enrolling_the_same_photos_again_adds_nothing(enrolled: Path, people_dir
     assert named.exit_code == 0, named.output
     assert (f"added {PEOPLE[0]}: 1 image(s) (model sface-2021dec); 1 image(s) already "
             "enrolled") in named.stdout
-
-
-def group_photo(lfw_dir: Path, path: Path, beside: str = "Hugo_Chavez") -> Path:
-    """The stranger's photo with a smaller one of ``beside`` next to it: the largest face
-    is the stranger's."""
-    left = cv2.imread(str(lfw_image(lfw_dir, STRANGER, 1)))
-    right = cv2.resize(cv2.imread(str(lfw_image(lfw_dir, beside, 5))), None,
-                       fx=0.8, fy=0.8)
-    pair = np.zeros((left.shape[0], left.shape[1] + right.shape[1], 3), np.uint8)
-    pair[:, :left.shape[1]] = left
-    pair[:right.shape[0], left.shape[1]:] = right
-    cv2.imwrite(str(path), pair)
-    return path
 
 
 def test_enroll_warns_of_a_group_photo_and_of_a_look_alike(enrolled: Path, tmp_path: Path,

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from edge.cli import app
 from tests.support.api_server import create_key, edge_cli, running_api
+from tests.support.vision import group_photo
 
 PEOPLE = ("Colin_Powell", "Hugo_Chavez", "Tony_Blair")
 STRANGER = "Serena_Williams"
@@ -54,7 +55,7 @@ def test_compreface_sdk_enrols_and_recognises_like_identify(tmp_path: Path,
         for person in PEOPLE:
             for n in (1, 2):
                 added = collection.add(image_path=photo(lfw_dir, person, n), subject=person)
-                assert added["subject"] == person, added
+                assert added["subject"] == person and added["warnings"] == [], added
                 image_ids.setdefault(person, []).append(added["image_id"])
         assert subjects.list() == {"subjects": sorted(PEOPLE)}
         # the same photo again adds nothing: its example's id comes back (helper-47 got
@@ -101,6 +102,15 @@ def test_compreface_sdk_enrols_and_recognises_like_identify(tmp_path: Path,
         # (it answered "already exists": helper-47), when they are one person's faces
         twin = collection.add(image_path=photo(lfw_dir, PEOPLE[0], 3), subject="C. Powell")
         assert twin["subject"] == "C. Powell", twin
+        # said, as enroll and the kiosk say it (helper-57: the API said nothing)
+        assert len(twin["warnings"]) == 1, twin
+        assert twin["warnings"][0].startswith(f"this face looks like {PEOPLE[0]}, who is "
+                                              "already enrolled (similarity 0."), twin
+        # a group photo: the largest face is taken, and the answer says so
+        pair = group_photo(lfw_dir, tmp_path / "pair.jpg", beside=PEOPLE[1], largest=STRANGER)
+        grouped = collection.add(image_path=str(pair), subject=STRANGER)
+        assert grouped["warnings"] == ["the photo has 2 faces: the largest was taken"], grouped
+        assert subjects.delete(STRANGER) == {"subject": STRANGER}
         assert subjects.update("C. Powell", PEOPLE[0]) == {"updated": True}
         assert subjects.list() == {"subjects": sorted(PEOPLE[:2])}
         merged = collection.list()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from edge.vision.align import align_face
@@ -37,3 +38,17 @@ def aligned_crops(
         assert faces, f"no face in {path}"
         crops.append(align_face(image, faces[0].landmarks))
     return np.stack(crops)
+
+
+def group_photo(lfw_dir: Path, path: Path, beside: str = "Hugo_Chavez",
+                largest: str = "Serena_Williams") -> Path:
+    """``largest``'s photo with a smaller one of ``beside`` next to it: the largest face
+    is ``largest``'s."""
+    left = cv2.imread(str(lfw_dir / largest / f"{largest}_0001.jpg"))
+    right = cv2.resize(cv2.imread(str(lfw_dir / beside / f"{beside}_0005.jpg")), None,
+                       fx=0.8, fy=0.8)
+    pair = np.zeros((left.shape[0], left.shape[1] + right.shape[1], 3), np.uint8)
+    pair[:, :left.shape[1]] = left
+    pair[:right.shape[0], left.shape[1]:] = right
+    cv2.imwrite(str(path), pair)
+    return path
