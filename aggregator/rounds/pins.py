@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 PIN_KEY = "pinned_model"
 RETAINED_KEY = "retained_result_round"
+# the broker's retained result is one this state does not know (a state restored from a
+# backup: a lost round's, aggregator.rounds.restored); retained_row() finds no row for it
+UNKNOWN_RETAINED = -1
 
 
 class PinError(ValueError):
@@ -190,6 +193,16 @@ def republish_base(store: Store, publisher: Publisher, base: str, opening_round:
     """
     row = _published_row(store, base)
     retained = retained_row(store)
+    if row is None and store.get_meta(RETAINED_KEY) == str(UNKNOWN_RETAINED):
+        # the initial model on a restored state: the broker's pointer names a lost
+        # round's result, which a box starting now would fetch and serve. Its chunks are
+        # of rounds this state never saw (left retained, nothing points at them then).
+        publisher.clear_pointer()
+        set_retained(store, 0)
+        log.info("round %d builds on the initial model %s: cleared the broker's pointer "
+                 "at a result this state does not hold (restored from a backup)",
+                 opening_round, base)
+        return True
     if row is None and retained is not None:  # the initial model: no result to point at
         publisher.clear_result(retained)
         set_retained(store, 0)

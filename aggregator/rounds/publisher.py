@@ -126,10 +126,14 @@ class Publisher:
                 )
         return PublishedResult(sha, len(blob), len(envs), msg)
 
+    def clear_pointer(self) -> None:
+        """Delete the retained ``model/latest``: no box starting now fetches a result."""
+        self._confirmed(topics.model_latest(self.fed_id), b"", True)
+
     def clear_result(self, row: RoundRow) -> None:
         """Delete a retained result (its chunks and the pointer at it): no result is
         retained, e.g. after the only one was found poisoned (aggregator.rounds.poison)."""
-        self._confirmed(topics.model_latest(self.fed_id), b"", True)
+        self.clear_pointer()
         for index in range(row.result_chunks or 0):
             self.transport.publish(topics.result(self.fed_id, row.round, index), b"",
                                    retain=True)

@@ -15,7 +15,8 @@ When a box speaks of a round beyond every round this state knows, the service:
 - pins the newest result this state holds, or the initial model (aggregator.rounds.pins),
   so that boxes serving a later, lost result go back to it as after an operator's pin;
 - marks the broker's retained result as unknown: the broker holds a lost round's result,
-  not the one this state recorded, so the pinned base is re-published;
+  not the one this state recorded, so the pinned base is re-published (the initial
+  model: the pointer at the lost result is cleared, aggregator.rounds.pins);
 
 and says so in one ERROR line naming what was lost and what the operator may do.
 """
@@ -33,7 +34,6 @@ from aggregator.state.store import Store
 log = logging.getLogger(__name__)
 
 FLOOR_KEY = "round_floor"
-UNKNOWN_RETAINED = -1  # no round of this state: retained_row() finds none, so it re-publishes
 
 
 def round_floor(store: Store) -> int:
@@ -66,7 +66,7 @@ def heard_round(store: Store, device: str, round_no: int, what: str, initial_mod
                     initial_model)
         version = initial_model
         pins.pin(store, version, key_id, initial_model, after_round=round_no)
-    pins.set_retained(store, UNKNOWN_RETAINED)
+    pins.set_retained(store, pins.UNKNOWN_RETAINED)
     log.error(
         "%s's %s is of round %d, but this state knows rounds up to %d only: it is older "
         "than its federation (restored from a backup?). The results published after it "

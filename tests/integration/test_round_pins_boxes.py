@@ -305,6 +305,42 @@ def test_an_aggregator_restored_from_a_backup_federates_again(fed: Federation) -
     wait_for(lambda: round_5() == "skipped nothing new", 30, "round 5 skipped: nothing new")
 
 
+def test_a_state_restored_from_before_any_result_clears_the_lost_pointer(
+        fed: Federation) -> None:
+    """A state restored from a backup taken before any result, the boxes on round-2: they
+    go back to the initial model, but the broker's pointer still named round-2, lost with
+    the state, so a box starting meanwhile (a new one, or one whose data dir was reset)
+    fetched and served it until the next round's result came."""
+    backup = fed.root / "agg-backup"
+    shutil.copytree(fed.root / "agg", backup)  # taken at commissioning: the devices only
+    _round_1_applied(fed)
+    second = fed.serve(rounds=1)
+    wait_for(lambda: all(fed.applied(d) == ["round-1", "round-2"] for d in DEVICES), 60,
+             "round 2 applied")
+    wait_for(second.finished.is_set, 10, "the second serve run to stop")
+    _, pointer = envelope_json(fed.bus.retained[topics.model_latest(FED)])
+    assert pointer["model"] == "round-2"
+    for stop, thread, store in fed.threads:  # the host dies
+        stop.set()
+        thread.join(10)
+        store.close()
+    fed.threads.clear()
+    shutil.rmtree(fed.root / "agg")
+    shutil.copytree(backup, fed.root / "agg")  # restored
+    for trainer in fed.trainers.values():
+        trainer.gate.clear()  # the round opened on the initial model stays open meanwhile
+    fed.serve(rounds=1)
+    try:
+        wait_for(lambda: all(any(e.kind == "back_to_initial" for e in list(fed.events[d]))
+                             for d in DEVICES), 60, "boxes back on the initial model")
+        wait_for(lambda: topics.model_latest(FED) not in fed.bus.retained, 10,
+                 "the pointer at the lost round-2 cleared")
+        assert all(fed.applied(d) == ["round-1", "round-2"] for d in DEVICES)
+    finally:
+        for trainer in fed.trainers.values():
+            trainer.gate.set()
+
+
 def test_an_aggregator_recommissioned_empty_numbers_its_rounds_above_its_boxes(
         fed: Federation) -> None:
     """Its state lost, no backup: a new state dir under the same keys, the boxes added
