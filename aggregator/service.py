@@ -299,7 +299,7 @@ class AggregatorService:
     def _hear_verdicts(self, item: VerdictReport) -> None:
         self.coordinator.heard_sitting_out(item.device, item.sitting_out)
         self.events.handle(recover_if_ahead(self.coordinator, item.device, item.latest_round,
-                                            "status"))
+                                            "status", item.applied_round))
         try:  # every status of the box carries its recent verdicts: the next one retries
             self.events.handle(self.poison.report(item.device, item.verdicts))
         except (OSError, sqlite3.Error) as exc:

@@ -73,6 +73,7 @@ class VerdictReport:
     # the latest round the status speaks of, judged or not ("submitted" too): how far
     # the federation got, for a state restored from an older copy (rounds.restored)
     latest_round: int = 0
+    applied_round: int = 0  # the newest round whose result it applied
 
 
 def sitting_out(not_joining: object) -> tuple[int, str] | None:
@@ -154,7 +155,8 @@ class StatusIntake:
         if new_verdicts:
             self._last[device] = seen
         self._sitting[device], self._latest[device] = sitting, latest
-        self._sink(VerdictReport(device, judged, sitting, latest))
+        applied = max((v.round for v in judged if v.outcome == "applied"), default=0)
+        self._sink(VerdictReport(device, judged, sitting, latest, applied))
 
     def _revoked_online(self, device: str, payload: bytes) -> None:
         """A revoked device's status: one that says it is online (the broker let it in,

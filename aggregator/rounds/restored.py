@@ -48,12 +48,20 @@ def known_round(store: Store) -> int:
 
 
 def heard_round(store: Store, device: str, round_no: int, what: str, initial_model: str,
-                key_id: str) -> bool:
+                key_id: str, applied_round: int = 0) -> bool:
     """``device`` (authenticated) spoke of round ``round_no`` (``what``: its update, its
-    verdict, ...). True when that round is beyond this state: the recovery above is
-    recorded and the caller fails the open round, so that the next one opens."""
+    verdict, ...) and applied the result of ``applied_round``. True when that round is
+    beyond this state: the recovery above is recorded and the caller fails the open
+    round, so that the next one opens."""
     known = known_round(store)
-    if round_no <= known:
+    row = store.get_round(applied_round) if applied_round else None
+    if row is not None and row.status == "open":
+        # the box applied the result of a round this state still has open: the number
+        # was used before, by a copy of this state now lost (a backup one round old, and
+        # the round opened before the boxes' statuses came in: undetected, it failed at
+        # its deadline and the boxes were later told their model was poisoned)
+        round_no, known = max(round_no, applied_round), applied_round - 1
+    elif round_no <= known:
         return False
     store.set_meta(FLOOR_KEY, str(round_no))
     newest = store.latest_published()
@@ -86,12 +94,12 @@ class Rounds(Protocol):
     def abandon(self, why: str) -> list[Event]: ...
 
 
-def recover_if_ahead(coordinator: Rounds, device: str, round_no: int, what: str
-                     ) -> list[Event]:
+def recover_if_ahead(coordinator: Rounds, device: str, round_no: int, what: str,
+                     applied_round: int = 0) -> list[Event]:
     """The service's hook (statuses and updates it heard): the open round's failure and
     the next round's opening, when ``round_no`` is beyond the coordinator's state."""
     if not heard_round(coordinator.store, device, round_no, what, coordinator.initial_model,
-                       coordinator.settings.key_id):
+                       coordinator.settings.key_id, applied_round):
         return []
     return coordinator.abandon(f"{device}'s {what} is of round {round_no}: this state is "
                                "older than its federation")

@@ -341,6 +341,42 @@ def test_a_state_restored_from_before_any_result_clears_the_lost_pointer(
             trainer.gate.set()
 
 
+def test_a_state_one_round_behind_is_found_out_before_the_deadline(fed: Federation) -> None:
+    """Restored from a backup taken before round 1, with the boxes on round-1: the
+    restored serve opened round 1 again before the boxes' statuses came in, so "a status
+    of round 1" was no news to a state running round 1; the round failed at its deadline
+    and the next built on the initial model as if round-1 had been poisoned. A box that
+    applied the result of a round this state has open is the same news: found out at
+    once, the round failed as older than its federation, the next pinned."""
+    backup = fed.root / "agg-backup"
+    shutil.copytree(fed.root / "agg", backup)  # taken at commissioning: the devices only
+    _round_1_applied(fed)
+    for stop, thread, store in fed.threads:  # the host dies
+        stop.set()
+        thread.join(10)
+        store.close()
+    fed.threads.clear()
+    shutil.rmtree(fed.root / "agg")
+    shutil.copytree(backup, fed.root / "agg")  # restored
+    started = time.monotonic()
+    fed.serve(rounds=1, deadline=120)
+    wait_for(lambda: all(fed.applied(d) == ["round-1", "round-2"] for d in DEVICES), 60,
+             "round 2, on the initial model, applied")
+    assert time.monotonic() - started < 60  # not after round 1's deadline (120 s)
+    for d in DEVICES:
+        back = [e for e in fed.events[d] if e.kind == "back_to_initial"]
+        assert len(back) == 1 and back[0].round == 2, back
+        assert "poisoned" not in back[0].data["reason"], back[0].data
+    state = Store(fed.root / "agg")
+    try:
+        rounds = {r.round: r for r in state.list_rounds()}
+        assert rounds[1].status == "failed"
+        assert "older than its federation" in (rounds[1].close_reason or "")
+        assert rounds[2].announce["pinned"] is True and rounds[2].status == "published"
+    finally:
+        state.close()
+
+
 def test_an_aggregator_recommissioned_empty_numbers_its_rounds_above_its_boxes(
         fed: Federation) -> None:
     """Its state lost, no backup: a new state dir under the same keys, the boxes added
