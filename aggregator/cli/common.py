@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 from aggregator.state.registry import RegistryError
 from aggregator.state.store import StoreError
@@ -59,6 +60,43 @@ def one_line_errors(fn: F) -> F:
             raise typer.Exit(EXIT_ERROR) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+class AggregatorGroup(TyperGroup):
+    """The root command group: a required option left out (``--state`` above all) is one
+    ``error:`` line and a ``hint:`` naming the option and its environment variable, exit
+    2 (usage), not Typer's red box of five lines (a walkthrough's first ``status`` without
+    ``--state``). Other usage errors keep Typer's message."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer.Context; the base class types it privately
+        try:
+            return super().invoke(ctx)
+        except _MISSING_PARAMETER as exc:
+            param = getattr(exc, "param", None)
+            if getattr(param, "param_type_name", None) != "option":  # Typer's own message
+                raise
+            sub = getattr(exc, "ctx", None) or ctx
+            typer.echo(f"error: {sub.command_path} needs {missing_option(param)}", err=True)
+            typer.echo(f"hint: {option_hint(param)}", err=True)
+            raise typer.Exit(EXIT_ERROR) from None
+
+
+# click's, or the copy Typer >= 0.22 carries (typer._click): whichever raises it here
+_MISSING_PARAMETER: type[Exception] = sys.modules[typer.BadParameter.__module__].MissingParameter
+
+
+def missing_option(param: Any) -> str:
+    name = max(param.opts, key=len)
+    return f"{name} ({param.help})" if param.help else name
+
+
+def option_hint(param: Any) -> str:
+    name = max(param.opts, key=len)
+    value = "DIR" if name == "--state" else getattr(param, "metavar", None) or \
+        str(param.name).upper()
+    envvars = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or ())
+    return f"pass {name} {value}" + "".join(f", or set {e}={value}" for e in envvars) + (
+        " (the directory `fedface-aggregator init` made)" if name == "--state" else "")
 
 
 def _silence_stdout() -> None:

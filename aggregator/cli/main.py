@@ -22,6 +22,7 @@ from aggregator.cli import regional as regional_cli
 from aggregator.cli import status as status_cli
 from aggregator.cli.common import (
     EPILOG,
+    AggregatorGroup,
     JsonOpt,
     StateOpt,
     local_time,
@@ -49,7 +50,8 @@ from federation.verdicts import Verdict
 show_flags_without_type()
 
 app = typer.Typer(help="FedFace aggregator: adds encrypted updates it can never decrypt.",
-                  epilog=EPILOG, no_args_is_help=True, pretty_exceptions_enable=False)
+                  epilog=EPILOG, no_args_is_help=True, pretty_exceptions_enable=False,
+                  cls=AggregatorGroup)
 keys_app = typer.Typer(help="Federation CKKS keys.", no_args_is_help=True)
 devices_app = typer.Typer(help="Devices allowed to contribute.", no_args_is_help=True)
 rounds_app = typer.Typer(help="Training rounds.", no_args_is_help=True)

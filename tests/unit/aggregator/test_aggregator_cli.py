@@ -206,3 +206,20 @@ def test_one_serve_per_state_directory(tmp_path: Path, keys_dir: Path,
     assert (state / LOCK_NAME).read_text() == f"{os.getpid()}\n"
     assert stat.S_IMODE((state / LOCK_NAME).stat().st_mode) == 0o600
     held.close()
+
+
+@pytest.mark.parametrize("command", [["status"], ["devices", "list"], ["serve"]])
+def test_a_command_without_state_says_which_option_and_env_var(command: list[str]) -> None:
+    """A walkthrough's first `fedface-aggregator status` without --state got Typer's red
+    box of five lines. A real process: one error: line, one hint: line naming --state and
+    FEDFACE_AGGREGATOR_STATE, the usage exit code (2), no box."""
+    env = {k: v for k, v in os.environ.items() if k != "FEDFACE_AGGREGATOR_STATE"}
+    script = Path(sys.executable).parent / "fedface-aggregator"  # the console script
+    proc = subprocess.run([str(script), *command], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    error, hint = proc.stderr.strip().splitlines()
+    assert error == f"error: fedface-aggregator {' '.join(command)} needs --state " \
+        "(state directory)", proc.stderr
+    assert hint.startswith("hint: pass --state DIR, or set FEDFACE_AGGREGATOR_STATE=DIR"), hint
