@@ -6,7 +6,8 @@ what each box said of its last rounds, and its differential-privacy budget), the
 round, recent results, poisoned rounds and suspects, a due key rotation and the
 rejection counters. Everything but the boxes' live status comes from the state
 directory, so a broker that cannot be reached still leaves the rest on screen (and the
-command exits 2 after it, for a monitoring script).
+command exits 2 after it, for a monitoring script), each box at its last known state as
+``serve`` last heard it (aggregator.state.presence), said to be that.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from aggregator.rounds import pins as model_pins
 from aggregator.rounds.deadline import device_names
 from aggregator.rounds.schedule import recorded_next_opening
 from aggregator.state.config import load_config
+from aggregator.state.presence import last_known, load_presence
 from aggregator.state.registry import DeviceRegistry
 from aggregator.state.serve_lock import serve_pid
 from aggregator.state.store import Store
@@ -61,9 +63,17 @@ def status(
             live = device_statuses(cfg, store, wait)
         except OperatorError as exc:  # the rest is in the state dir: still show it
             unreachable = str(exc)
+    # the broker down: what serve last heard of each box (the operator's need in an
+    # outage; every box showed "unknown")
+    known = ({device: last_known(r) for device, r in load_presence(store.db).items()}
+             if unreachable is not None else {})
     devices = []
     for d in DeviceRegistry(store).list():
-        st = live.get(d.device_id, {})
+        lk = known.get(d.device_id)
+        # its state stays "unknown"; model, since, verdicts and last swap are the last known
+        st = live.get(d.device_id) or ({} if lk is None else {
+            "model": lk["model"], "ts": lk["since"], "last_swap": lk["last_swap"],
+            "verdicts": lk["verdicts"]})
         devices.append({"device_id": d.device_id, "registered": "active" if d.active else
                         "revoked", "state": st.get("state", "unknown" if live or unreachable
                                                    or not cfg.broker else "never seen"),
@@ -75,7 +85,10 @@ def status(
                         # last online status, as serve recorded it (aggregator.state.presence)
                         "last_reported": bool(st.get("last_reported")),
                         "offline_since": st.get("offline_since"),
-                        "last_online": st.get("last_online")})
+                        "last_online": st.get("last_online"),
+                        # the broker unreachable: the state serve last heard, and since
+                        "last_known": None if lk is None else {
+                            k: lk[k] for k in ("state", "since", "how")}})
     latest = store.latest_round()
     # updates, not messages: a region's partial counts as the box updates it sums
     results = [{"round": r.round, "model": r.result_model, "updates": store.updates_of(r.round),
@@ -166,12 +179,15 @@ def _print_status(info: dict[str, Any]) -> None:
     else:
         typer.echo(f"{'DEVICE':20s} {'REGISTRY':9s} {'STATUS':10s} {'MODEL':18s} SINCE")
     for d in info["device_status"]:
-        typer.echo(f"{d['device_id']:20s} {d['registered']:9s} {d['state']:10s} "
+        state = (d.get("last_known") or d)["state"]  # the broker down: the last known
+        typer.echo(f"{d['device_id']:20s} {d['registered']:9s} {state:10s} "
                    f"{d['model'] or '-'!s:18s} {_age(d['since'])}")
     for release, devices in _releases(info["device_status"]).items():
         typer.echo(f"release {release}: {device_names(devices, limit=8)}")
     # a revoked device's last verdicts and model are history: its REGISTRY column says it
     for d in (d for d in info["device_status"] if d["registered"] == "active"):
+        if info.get("broker_unreachable") is not None:
+            typer.echo(f"  {d['device_id']}: {_last_known(d.get('last_known'))}")
         if d.get("last_reported"):
             typer.echo(f"  {d['device_id']} {_gone(d)}")
         verdicts = [v for v in map(Verdict.from_dict, d.get("verdicts") or []) if v]
@@ -239,6 +255,17 @@ def _releases(devices: list[dict[str, Any]]) -> dict[str, list[str]]:
 def _dp(dp: dict[str, Any]) -> str:
     return (f"differential privacy: epsilon {dp['epsilon_total']:.2f} spent over "
             f"{dp['rounds']} round(s) at delta {dp['delta']:g}")
+
+
+def _last_known(known: dict[str, Any] | None) -> str:
+    """A box's state while the broker cannot be reached: the last serve heard."""
+    if known is None:
+        return "unknown (serve has not heard from it; broker unreachable)"
+    age = _age(known["since"])
+    how = {"last_will": f"serve heard its last will {age}: it went away without a clean stop",
+           "stopped": f"it stopped cleanly {age}"}.get(known["how"],
+                                                       f"its online status of {age}")
+    return f"{known['state']} (last known: {how}; broker unreachable)"
 
 
 def _gone(d: dict[str, Any]) -> str:

@@ -98,7 +98,7 @@ CREATE TABLE IF NOT EXISTS device_presence (
     model TEXT NOT NULL,
     reported_at REAL NOT NULL,       -- the online status's own time (the box's clock)
     heard_at REAL NOT NULL,          -- when serve heard it (the aggregator's clock)
-    status TEXT NOT NULL,            -- JSON: that status's last_swap and verdicts
+    status TEXT NOT NULL,            -- JSON: its last_swap, verdicts; stopped_at (clean stop)
     offline_since REAL,              -- when serve heard a will older than it (NULL: none)
     will_at REAL                     -- that will's own time (the box's clock)
 );

@@ -7,7 +7,10 @@ here the latest signature-checked online status of each box (``device_presence``
 ``state.db``) and, when a will older than it arrives live, the time it heard that will
 (``offline_since``, the aggregator's clock). ``fedface-aggregator status``
 (aggregator.operator) shows, for a box whose retained status is such a stale will,
-the model, verdicts and last swap the box last reported, offline since that time.
+the model, verdicts and last swap the box last reported, offline since that time. A box's
+own clean stop (an offline status newer than the record) is kept too (``stopped_at``),
+so that with the broker unreachable ``status`` shows each box's last known state
+(``last_known``) rather than "unknown".
 
 Times of a status are compared only with times of the same box's statuses (its own
 clock); ``offline_since`` and ``heard_at`` are the aggregator's. ``observe`` (what a
@@ -98,6 +101,9 @@ class PresenceRecord:
     offline_since: float | None = None  # when serve heard the stale will (its clock)
     # that will's own time (the box's clock: its connect); kept when the will is taken back
     will_at: float | None = None
+    # the box's own clean stop after that online status: its offline status's time (its
+    # clock); kept in the row's ``status`` JSON
+    stopped_at: float | None = None
 
 
 def observe(record: PresenceRecord | None, heard: Heard) -> PresenceRecord | None:
@@ -111,12 +117,15 @@ def observe(record: PresenceRecord | None, heard: Heard) -> PresenceRecord | Non
       that status's model, verdicts and last swap; the will taken back (``will_at``
       kept, ``offline_since`` cleared: the broker went away) heard again before the
       box's next online status is the broker's redelivery of it. A retained one says
-      nothing about when the box went, and an offline status newer than the record is
-      the box's own clean stop, which its retained status shows as it is.
+      nothing about when the box went;
+    - an offline status newer than the record is the box's own clean stop, which its
+      retained status shows as it is: kept as ``stopped_at`` (the last known state while
+      the broker cannot be reached), the record's online status left as it was.
     """
     e = heard.entry
     if e.get("state") == ONLINE:
-        back = record is not None and record.offline_since is not None and not heard.retained
+        back = record is not None and not heard.retained and (
+            record.offline_since is not None or record.stopped_at is not None)
         if record is not None and e["ts"] <= record.reported_at and not back:
             return None
         return PresenceRecord(heard.device, e["model"], e["ts"], heard.at, e.get("last_swap"),
@@ -125,7 +134,25 @@ def observe(record: PresenceRecord | None, heard: Heard) -> PresenceRecord | Non
             and record.offline_since is None and e["ts"] < record.reported_at
             and e["ts"] != record.will_at):
         return replace(record, offline_since=heard.at, will_at=e["ts"])
+    if (e.get("state") == OFFLINE and record is not None and e["ts"] > record.reported_at
+            and e["ts"] != record.stopped_at):
+        return replace(record, stopped_at=e["ts"])
     return None
+
+
+def last_known(record: PresenceRecord) -> dict[str, Any]:
+    """A box's last known state as serve heard it, for ``status`` while the broker
+    cannot be reached: offline since serve heard its stale will, offline since its clean
+    stop, or online since its last online status (each box's own times but the will's);
+    ``model``, ``verdicts`` and ``last_swap`` those of its last online status."""
+    if record.offline_since is not None:
+        state, since, how = OFFLINE, record.offline_since, "last_will"
+    elif record.stopped_at is not None:
+        state, since, how = OFFLINE, record.stopped_at, "stopped"
+    else:
+        state, since, how = ONLINE, record.reported_at, "online_status"
+    return {"state": state, "since": since, "how": how, "model": record.model,
+            "last_swap": record.last_swap, "verdicts": record.verdicts}
 
 
 def shown(entry: dict[str, Any] | None, record: PresenceRecord | None) -> dict[str, Any] | None:
@@ -144,7 +171,9 @@ def shown(entry: dict[str, Any] | None, record: PresenceRecord | None) -> dict[s
 
 # --- the device_presence table (aggregator.state.db) -----------------------------------
 def save_presence(db: sqlite3.Connection, r: PresenceRecord) -> None:
-    status = json.dumps({"last_swap": r.last_swap, "verdicts": r.verdicts}, sort_keys=True)
+    status = json.dumps({"last_swap": r.last_swap, "verdicts": r.verdicts,
+                         **({} if r.stopped_at is None else {"stopped_at": r.stopped_at})},
+                        sort_keys=True)
     db.execute("INSERT OR REPLACE INTO device_presence(device_id, model, reported_at, "
                "heard_at, status, offline_since, will_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                (r.device_id, r.model, r.reported_at, r.heard_at, status, r.offline_since,
@@ -158,12 +187,14 @@ def load_presence(db: sqlite3.Connection) -> dict[str, PresenceRecord]:
                           "offline_since, will_at FROM device_presence"):
         try:
             status = json.loads(row[4])
+            stopped = status.get("stopped_at")
             records[str(row[0])] = PresenceRecord(
                 str(row[0]), str(row[1]), float(row[2]), float(row[3]),
                 last_swap_fields(status.get("last_swap")),
                 [v for v in status.get("verdicts") or () if isinstance(v, dict)],
                 None if row[5] is None else float(row[5]),
-                None if row[6] is None else float(row[6]))
+                None if row[6] is None else float(row[6]),
+                None if stopped is None else float(stopped))
         except (ValueError, TypeError, AttributeError) as exc:
             log.warning("device presence row of %r unreadable, ignored: %s", row[0], exc)
     return records

@@ -161,3 +161,42 @@ def test_a_broker_restart_is_not_taken_for_every_box_vanishing(
         device = _device(fed)
         assert device["state"] == "online" and device["offline_since"] is None, device
         assert fed.aggregator is not None and fed.aggregator.poll() is None  # serve runs on
+
+
+def test_with_the_broker_down_status_shows_each_box_s_last_known_state(
+        tmp_path: Path, mosquitto) -> None:
+    """A walkthrough stopped the broker: `status` showed every box as `unknown`, losing
+    what the operator needs in an outage. Real serve, box and Mosquitto: the broker
+    stops, and `status` shows the box at the last state serve heard, said to be that,
+    with its age; still exit 2 and the broker error, for a monitor."""
+    with box_under_serve(tmp_path, mosquitto) as run:
+        fed = run.fed
+        wait_for(lambda: _device(fed)["state"] == "online", 180, "status: box online", fed)
+        model = _device(fed)["model"]
+        mosquitto.stop()  # it publishes the box's will as it goes: serve takes it back
+
+        def down() -> subprocess.CompletedProcess[str]:
+            return subprocess.run([*AGGREGATOR, "status", "--state", str(fed.agg_state)],
+                                  capture_output=True, text=True, timeout=60)
+
+        status = down()
+        deadline = time.monotonic() + 30  # serve takes the will back within a second
+        while f"{BOX}: online (last known" not in status.stdout and \
+                time.monotonic() < deadline:
+            time.sleep(1)
+            status = down()
+        assert status.returncode == 2, status.stderr
+        row = next(line for line in status.stdout.splitlines() if line.startswith(BOX))
+        assert row.split()[2:4] == ["online", model], status.stdout
+        said = next(line.strip() for line in status.stdout.splitlines()
+                    if line.startswith(f"  {BOX}: "))
+        assert said.startswith(f"{BOX}: online (last known: its online status of ") \
+            and said.endswith(" ago; broker unreachable)"), status.stdout
+        assert status.stderr.startswith("error: the boxes' live status is not shown: "
+                                        "cannot reach the broker"), status.stderr
+        as_json = subprocess.run([*AGGREGATOR, "status", "--json", "--state",
+                                  str(fed.agg_state)], capture_output=True, text=True,
+                                 timeout=60)
+        (device,) = json.loads(as_json.stdout)["device_status"]
+        assert device["state"] == "unknown" and device["model"] == model, device
+        assert device["last_known"]["state"] == "online", device

@@ -129,7 +129,13 @@ def test_status_with_the_broker_down_still_shows_the_state(keys_dir: Path,
                                                            tmp_path: Path) -> None:
     """A walkthrough stopped the broker: `status` printed one error line and nothing of
     the registry, rounds or counters, all of which are in the state directory. It shows
-    them, the boxes' live state as unknown, then the error (exit 2, for a monitor)."""
+    them, then the error (exit 2, for a monitor). Each box showed `unknown`, the operator
+    losing what they need in an outage: each box is at the last state serve heard, said
+    to be that and how old, and `unknown` only for a box serve never heard."""
+    import time
+
+    from aggregator.state.presence import PresenceRecord, save_presence
+    from aggregator.state.store import Store
     from tests.support.broker import free_port
 
     state = tmp_path / "state"
@@ -139,12 +145,43 @@ def test_status_with_the_broker_down_still_shows_the_state(keys_dir: Path,
     pub = write_public_key(tmp_path / "box1.pub", generate_signing_key().public_key())
     assert runner.invoke(app, ["devices", "add", "box1", "--public-key", str(pub),
                                "--state", str(state)]).exit_code == 0
+    for box in ("box2", "box3", "box4"):
+        pub = write_public_key(tmp_path / f"{box}.pub", generate_signing_key().public_key())
+        assert runner.invoke(app, ["devices", "add", box, "--public-key", str(pub),
+                                   "--state", str(state)]).exit_code == 0
+    now = time.time()
+    store = Store(state)  # what serve recorded (aggregator.intake.presence)
+    save_presence(store.db, PresenceRecord("box1", "round-3", now - 240, now - 230))
+    save_presence(store.db, PresenceRecord("box2", "round-2", now - 4000, now - 4000,
+                                           offline_since=now - 600, will_at=now - 9000))
+    save_presence(store.db, PresenceRecord("box3", "round-3", now - 900, now - 900,
+                                           stopped_at=now - 300))
+    store.close()
     result = runner.invoke(app, ["status", "--state", str(state)])
     assert result.exit_code == 2
-    assert "federation f1" in result.stdout and "open round: none" in result.stdout
-    assert result.stdout.count("box1") == 1 and " unknown " in result.stdout
+    out = result.stdout
+    assert "federation f1" in out and "open round: none" in out
+    rows = {line.split()[0]: line.split()[2:] for line in out.splitlines()
+            if line.startswith("box")}
+    assert rows == {"box1": ["online", "round-3", "4m", "ago"],
+                    "box2": ["offline", "round-2", "10m", "ago"],
+                    "box3": ["offline", "round-3", "5m", "ago"],
+                    "box4": ["unknown", "-", "-"]}, out
+    said = [line.strip() for line in out.splitlines() if line.startswith("  box")]
+    assert said == [
+        "box1: online (last known: its online status of 4m ago; broker unreachable)",
+        "box2: offline (last known: serve heard its last will 10m ago: it went away "
+        "without a clean stop; broker unreachable)",
+        "box3: offline (last known: it stopped cleanly 5m ago; broker unreachable)",
+        "box4: unknown (serve has not heard from it; broker unreachable)"], out
     assert result.stderr.startswith("error: the boxes' live status is not shown: cannot "
                                     "reach the broker at mqtt://127.0.0.1:")
+    # --json: the live state is unknown, the last known beside it
+    box1 = json.loads(runner.invoke(app, ["status", "--json", "--state", str(state)]).stdout
+                      )["device_status"][0]
+    assert (box1["state"], box1["model"]) == ("unknown", "round-3"), box1
+    assert box1["last_known"] == {"state": "online", "since": pytest.approx(now - 240),
+                                  "how": "online_status"}, box1
 
 
 def test_one_serve_per_state_directory(tmp_path: Path, keys_dir: Path,

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ from aggregator.intake.verdicts import StatusIntake, VerdictReport
 from aggregator.state.presence import (
     Heard,
     PresenceRecord,
+    last_known,
     load_presence,
     observe,
     save_presence,
@@ -77,11 +78,30 @@ def test_a_retained_will_says_nothing_about_when_the_box_went() -> None:
     assert observe(ONLINE_R3, _heard("offline", "base", 100.0, retained=True)) is None
 
 
-def test_a_clean_stop_and_other_states_change_nothing() -> None:
+def test_a_clean_stop_is_kept_as_such_and_other_states_change_nothing() -> None:
     # the box's own offline status is newer than its last online one: shown as it is
-    assert observe(ONLINE_R3, _heard("offline", "round-3", 300.0)) is None
+    # while the broker answers, and kept as its last known state for when it does not
+    stopped = observe(ONLINE_R3, _heard("offline", "round-3", 300.0))
+    assert stopped == PresenceRecord(BOX, "round-3", 200.0, 4_000.0, stopped_at=300.0)
+    assert observe(stopped, _heard("offline", "round-3", 300.0, retained=True)) is None
+    assert observe(stopped, _heard("online", "round-3", 400.0, at=NOW)) == \
+        PresenceRecord(BOX, "round-3", 400.0, NOW)  # started again
     assert observe(ONLINE_R3, _heard("revoked", "round-3", 300.0)) is None
     assert observe(None, _heard("offline", "base", 100.0)) is None  # nothing to keep
+
+
+def test_the_last_known_state_of_a_box_for_a_broker_that_cannot_be_reached() -> None:
+    """`status` with the broker down showed every box as "unknown": it shows what serve
+    last heard, and since when (the box's own times, but the will's: serve's)."""
+    assert last_known(ONLINE_R3) == {"state": "online", "since": 200.0, "how": "online_status",
+                                     "model": "round-3", "last_swap": None, "verdicts": []}
+    gone = observe(ONLINE_R3, _heard("offline", "base", 100.0))
+    assert gone is not None
+    assert {k: last_known(gone)[k] for k in ("state", "since", "how", "model")} == \
+        {"state": "offline", "since": NOW, "how": "last_will", "model": "round-3"}
+    stopped = replace(ONLINE_R3, stopped_at=300.0)
+    assert {k: last_known(stopped)[k] for k in ("state", "since", "how", "model")} == \
+        {"state": "offline", "since": 300.0, "how": "stopped", "model": "round-3"}
 
 
 def test_a_box_back_online_is_online_even_if_its_clock_went_back() -> None:
@@ -135,12 +155,12 @@ def test_records_are_kept_in_the_state_db_and_a_damaged_row_is_skipped(
     gone = PresenceRecord(BOX, "round-3", 200.0, 4_000.0, {"event": "swapped"},
                           [{"round": 3}], NOW, 100.0)
     save_presence(store.db, gone)
-    save_presence(store.db, PresenceRecord("box-b", "base", 1.0, 2.0))
+    save_presence(store.db, PresenceRecord("box-b", "base", 1.0, 2.0, stopped_at=3.0))
     store.db.execute("INSERT INTO device_presence VALUES ('box-c', 'm', 1, 2, '{not json', "
                      "NULL, NULL)")
     with caplog.at_level(logging.WARNING):
         assert load_presence(store.db) == {
-            BOX: gone, "box-b": PresenceRecord("box-b", "base", 1.0, 2.0)}
+            BOX: gone, "box-b": PresenceRecord("box-b", "base", 1.0, 2.0, stopped_at=3.0)}
     assert "box-c" in caplog.text
     store.close()
 
@@ -241,6 +261,7 @@ def test_a_clean_stop_is_not_taken_for_a_vanished_box(setup: Setup) -> None:
     box.close()
     record = setup.record()
     assert record is not None and record.offline_since is None
+    assert record.stopped_at == 160.0  # its last known state, for a broker out of reach
     retained = status_entry(DeviceStatus.from_json(
         DeviceStatus("offline", BOX, "round-1", 160.0).to_json()), 160.0)
     assert shown(retained, record) is retained  # displayed as before
