@@ -171,8 +171,10 @@ def test_with_the_broker_down_status_shows_each_box_s_last_known_state(
     with its age; still exit 2 and the broker error, for a monitor."""
     with box_under_serve(tmp_path, mosquitto) as run:
         fed = run.fed
-        wait_for(lambda: _device(fed)["state"] == "online", 180, "status: box online", fed)
-        model = _device(fed)["model"]
+        # round-1 applied: its model stays (round 2 stays open, the box trains no more)
+        model = "round-1"
+        wait_for(lambda: (_device(fed)["state"], _device(fed)["model"]) == ("online", model),
+                 180, "status: box online on round-1", fed)
         mosquitto.stop()  # it publishes the box's will as it goes: serve takes it back
 
         def down() -> subprocess.CompletedProcess[str]:
