@@ -19,6 +19,7 @@ import os
 import shutil
 import sqlite3
 import stat
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +145,7 @@ def open_database(data_dir: Path) -> tuple[sqlite3.Connection, Path]:
             # (Gallery.erase_deleted clears the write-ahead log's copies)
             db.execute("PRAGMA secure_delete=ON")
             db.executescript(SCHEMA)
+            _compose_names(db)
         finally:
             os.umask(old_umask)
         if stat.S_IMODE(path.stat().st_mode) & 0o077:
@@ -152,6 +154,22 @@ def open_database(data_dir: Path) -> tuple[sqlite3.Connection, Path]:
         raise GalleryError(f"cannot open gallery database {path}: {exc}",
                            hint=data_dir_hint(data_dir, exc)) from exc
     return db, path
+
+
+def _compose_names(db: sqlite3.Connection) -> None:
+    """Names stored before they were put in composed form (edge.gallery.names), put in
+    it. Two people whose names differ only in that form are left as they are, said."""
+    for person_id, name in db.execute("SELECT id, name FROM people").fetchall():
+        composed = unicodedata.normalize("NFC", name)
+        if composed == name:
+            continue
+        try:
+            db.execute("UPDATE people SET name = ? WHERE id = ?", (composed, person_id))
+        except sqlite3.IntegrityError:
+            log.warning("two people are enrolled as %r, one with the name in decomposed "
+                        "Unicode (from a macOS folder name?): one person under two names? "
+                        "If so, remove one (fedface-edge people list --json shows both)",
+                        composed)
 
 
 def erase_deleted(db: sqlite3.Connection) -> None:

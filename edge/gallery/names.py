@@ -7,7 +7,11 @@ embeddings and overrides, U+2066-2069 isolates, U+200E/200F and U+061C marks) ma
 name display as something else than it is ("Trojan Source": an override can show
 "evil" as "live", or move text that follows the name). They are refused, never
 silently removed, so what is stored is what was typed. Runs of spaces are collapsed and
-the ends trimmed, so "Ada  Lovelace" and "Ada Lovelace" are one person.
+the ends trimmed, so "Ada  Lovelace" and "Ada Lovelace" are one person, and the name is
+stored in Unicode's composed form (NFC): "José" from a macOS folder name (decomposed,
+e + U+0301) and "José" typed on a keyboard (é) look the same and were two people, the
+typed one unable to remove the other (helper-64). A name looked up is put in the same
+form (``stored_form``); a gallery from before is brought to it when opened.
 """
 
 from __future__ import annotations
@@ -46,12 +50,18 @@ def check_name(raw: str) -> str:
             raise NameRejected(f"The name contains {what} (U+{ord(char):04X}, character "
                                f"{position}); type the name with letters, spaces and "
                                "punctuation only.")
-    name = " ".join(raw.split())
+    name = stored_form(raw)
     if not name:
         raise NameRejected("Enter the person's name.")
     if len(name) > MAX_NAME_LENGTH:
         raise NameRejected(f"The name is too long (at most {MAX_NAME_LENGTH} characters).")
     return name
+
+
+def stored_form(name: str) -> str:
+    """``name`` as the gallery stores it: spaces collapsed, ends trimmed, composed (NFC).
+    For looking a name up; ``check_name`` also refuses what cannot be stored."""
+    return unicodedata.normalize("NFC", " ".join(name.split()))
 
 
 def capitals_twin(enrolled: str, name: str) -> NameRejected:

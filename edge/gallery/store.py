@@ -38,7 +38,7 @@ from edge.gallery.files import (
 )
 from edge.gallery.holdout import is_calibration_person
 from edge.gallery.match import EMBEDDING_DIM, Match, match, normalised
-from edge.gallery.names import capitals_twin, check_name
+from edge.gallery.names import capitals_twin, check_name, stored_form
 
 log = logging.getLogger(__name__)
 
@@ -184,9 +184,7 @@ class Gallery:
         ``new`` says so. Callers check ``crop_digests`` first to say so early; this check
         is in the write transaction, so two enrolments at once cannot both store a photo
         (they did: helper-47's two parallel `enroll` runs gave every person 80 crops)."""
-        if not name.strip():
-            raise GalleryError("a person's name cannot be empty")
-        name = check_name(name)  # every way in: kiosk, CLI, anything later
+        name = check_name(name)  # every way in: kiosk, CLI, anything later (empty too)
         vectors = _normalised(embeddings)
         if len(crops) != len(vectors):
             raise GalleryError(f"{len(crops)} crops but {len(vectors)} embeddings")
@@ -228,13 +226,15 @@ class Gallery:
         enrolled again aligns to the same crop, byte for byte."""
         with self._lock:
             rows = self._db.execute("SELECT c.image FROM crops c JOIN people p ON "
-                                    "p.id = c.person_id WHERE p.name = ?", (name,)).fetchall()
+                                    "p.id = c.person_id WHERE p.name = ?",
+                                    (stored_form(name),)).fetchall()
         return {hashlib.sha256(bytes(r[0])).hexdigest() for r in rows}
 
     def remove_person(self, name: str) -> int:
         """Delete a person with their crops and embeddings; return the crops removed."""
         with self._lock:
-            row = self._db.execute("SELECT id FROM people WHERE name = ?", (name,)).fetchone()
+            row = self._db.execute("SELECT id FROM people WHERE name = ?",
+                                   (stored_form(name),)).fetchone()
             if row is None:
                 raise UnknownPersonError(f"no person named {name!r} in the gallery",
                                          hint="see the names with `fedface-edge people list`")

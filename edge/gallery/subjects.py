@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from edge.gallery.names import capitals_twin, check_name
+from edge.gallery.names import capitals_twin, check_name, stored_form
 from edge.gallery.store import Gallery, GalleryError, UnknownPersonError
 
 
@@ -47,7 +47,7 @@ class Subjects:
         """CompreFace's rename: onto a name the gallery has, the two subjects are merged
         (the old one's face examples move to it, the old subject goes). It answered
         'already exists' (helper-47), where a CompreFace client expects the merge."""
-        new = check_name(new)
+        new, old = check_name(new), stored_form(old)
         old_id = self._person_id(old)
         self._refuse_twin(new, besides=old)
         if new == old or new not in self.names():
@@ -76,7 +76,7 @@ class Subjects:
         return count
 
     def _person_id(self, name: str) -> int:
-        rows = self._query("SELECT id FROM people WHERE name = ?", (name,))
+        rows = self._query("SELECT id FROM people WHERE name = ?", (stored_form(name),))
         if not rows:
             raise UnknownPersonError(f"subject {name!r} not found")
         return int(rows[0][0])  # type: ignore[call-overload]

@@ -181,7 +181,7 @@ def test_bad_embeddings_and_names_are_refused(gallery: Gallery, faces: Faces) ->
         gallery.enroll("X", [crop], np.ones((1, 64), np.float32), V1)
     with pytest.raises(GalleryError, match="NaN"):
         gallery.identify(np.full(128, np.nan, np.float32), V1, 0.4)
-    with pytest.raises(GalleryError, match="empty"):
+    with pytest.raises(GalleryError, match="Enter the person.s name"):
         gallery.enroll("  ", [crop], np.ones((1, 128), np.float32), V1)
     with pytest.raises(GalleryError, match="112x112x3"):
         gallery.enroll("X", [crop[:100]], np.ones((1, 128), np.float32), V1)
@@ -196,3 +196,44 @@ def test_empty_gallery_reports_unknown(tmp_path: Path) -> None:
 
 def test_settings_default_threshold_mirrors_the_gallery() -> None:
     assert config.DEFAULT_MATCH_THRESHOLD == DEFAULT_MATCH_THRESHOLD
+
+
+def test_a_name_in_decomposed_unicode_is_the_typed_one(tmp_path: Path, faces: Faces,
+                                                       caplog: pytest.LogCaptureFixture
+                                                       ) -> None:
+    """helper-64: "José García" from a macOS folder name (e + U+0301) and typed on a
+    keyboard (é) looked the same and were two people; `people remove` of the typed name
+    removed only its own, then said there was no such person while the list showed one."""
+    import unicodedata
+
+    typed = "José García"
+    from_folder = unicodedata.normalize("NFD", typed)
+    assert from_folder != typed
+    one, two = [faces.crop(KNOWN[0], n) for n in (1, 2)]
+    with Gallery.open(tmp_path / "box") as g:
+        g.enroll(from_folder, [one], faces.embed([one]), V1)
+        g.enroll(typed, [two], faces.embed([two]), V1)
+        assert [(p.name, p.crops) for p in g.people()] == [(typed, 2)]  # one person
+        assert g.remove_person(from_folder) == 2  # removed by either form
+        assert g.people() == []
+
+    # a gallery from before: the decomposed name stored as it came, and a person whose
+    # name differs from it only in that form (enrolled then, two rows)
+    with Gallery.open(tmp_path / "old") as g:
+        g.enroll(typed, [one], faces.embed([one]), V1)
+    db = sqlite3.connect(tmp_path / "old" / "gallery.sqlite3")
+    db.execute("INSERT INTO people(name, created) VALUES (?, 0)", (from_folder,))
+    db.execute("INSERT INTO people(name, created) VALUES (?, 0)",
+               (unicodedata.normalize("NFD", "Zoë Ångström"),))
+    db.commit()
+    db.close()
+    with Gallery.open(tmp_path / "old") as g:
+        names = sorted(p.name for p in g.people())
+        assert names == sorted([typed, from_folder, "Zoë Ångström"])  # the lone one composed
+        assert "two people are enrolled as 'José García'" in caplog.text
+        g.remove_person(typed)  # the typed one; the other is said again at the next open
+    with Gallery.open(tmp_path / "old") as g:
+        assert sorted(p.name for p in g.people()) == sorted([typed, "Zoë Ångström"])
+        g.remove_person(typed)  # now composed too: the typed name removes it
+        g.remove_person("Zoë  Ångström ")  # spaces as the name's rule takes them
+        assert g.people() == []
