@@ -39,8 +39,9 @@ def status(
     pointer = SwapStore(models_dir).load() if models_dir.is_dir() else None
     current = pointer.current if pointer is not None and \
         pointer.current.version != BASE_VERSION else None
+    threshold = _threshold(current, box(ctx).settings.match_threshold)
     if box(ctx).config is None and (config is None or box(ctx).standalone is not None):
-        _unprovisioned(ctx, as_json, None if current is None else current.version)
+        _unprovisioned(ctx, as_json, None if current is None else current.version, threshold)
         return
     cfg = box(ctx).require_config()
     fed_dir = cfg.box.data_dir / "federation"
@@ -56,6 +57,7 @@ def status(
         "certificate": {"ok": cert.ok, "detail": cert.detail},
         "model": None if current is None else {"version": current.version,
                                                "round": result_round(current.version)},
+        **threshold,
         "pending_updates": pending,
         "kiosk_password_set": PasswordStore(cfg.box.data_dir).is_set(),
         "revoked": None if revoked is None else {
@@ -89,8 +91,28 @@ def _print(info: dict[str, Any], cert_ok: bool, cert_detail: str, revoked: Any) 
     else:
         shown = f"{model['version']} (round {model['round']})"
     typer.echo(f"model       {shown}")
+    typer.echo(f"threshold   {_threshold_text(info)}")
     typer.echo(f"outbox      {info['pending_updates']} update(s) waiting for an ack")
     typer.echo(f"kiosk       password {'set' if info['kiosk_password_set'] else 'NOT set'}")
+
+
+def _threshold(current: Any, deployed: float) -> dict[str, Any]:
+    """The threshold faces are named at: the served model's own (calibrated on the box
+    when it was swapped in), else the deployed one; ``model status``, ``identify`` and the
+    kiosk say the same (helper-64: status said 0.40 where they said 0.354)."""
+    from edge.serving.calibration import own_threshold
+
+    own = None if current is None else own_threshold(current.threshold,
+                                                     current.calibrated_for, deployed)
+    return {"match_threshold": deployed if own is None else own,
+            "deployed_threshold": deployed, "threshold_own": own is not None}
+
+
+def _threshold_text(info: dict[str, Any]) -> str:
+    if not info["threshold_own"]:
+        return f"{info['match_threshold']:.2f} (the deployed one)"
+    return (f"{info['match_threshold']:.3f} (the served model's own, calibrated for the "
+            f"deployed {info['deployed_threshold']:.2f})")
 
 
 def _events(events: Any, fed: str | None = None, box_id: str | None = None
@@ -134,7 +156,8 @@ def _held_key(secret_context: Path, provisioned: str) -> dict[str, Any]:
             "detail": detail}
 
 
-def _unprovisioned(ctx: typer.Context, as_json: bool, model: str | None) -> None:
+def _unprovisioned(ctx: typer.Context, as_json: bool, model: str | None,
+                   threshold: dict[str, Any]) -> None:
     from edge.kiosk.auth import PasswordStore
     from edge.vision.frame_source import shown_uri
 
@@ -144,7 +167,8 @@ def _unprovisioned(ctx: typer.Context, as_json: bool, model: str | None) -> None
     events = _events(context.events)
     info: dict[str, Any] = {"provisioned": False, "config": str(context.config_path),
             "config_found": context.standalone is not None, "data_dir": str(data_dir),
-            "model": model, "match_threshold": context.settings.match_threshold,
+            "model": model, **threshold,
+            "federation_state": (Path(data_dir) / "federation").is_dir(),
             "camera": shown_uri(camera.source) if camera is not None else None,
             "events": events,
             "kiosk_password_set": PasswordStore(data_dir).is_set()}
@@ -153,10 +177,15 @@ def _unprovisioned(ctx: typer.Context, as_json: bool, model: str | None) -> None
         return
     where = (f"{info['config']}: a box in no federation" if info["config_found"]
              else f"no {info['config']}")
-    typer.echo(f"device      not provisioned ({where}): recognises and serves the "
-               "kiosk on its own; `fedface-edge provision` joins a federation")
+    if info["federation_state"]:  # a demo box, or a box whose edge.toml was lost
+        typer.echo(f"device      not provisioned ({where}), but its data dir holds a "
+                   "federation's state (a demo box, or its config lost): `fedface-edge "
+                   "model status` shows its rounds")
+    else:
+        typer.echo(f"device      not provisioned ({where}): recognises and serves the "
+                   "kiosk on its own; `fedface-edge provision` joins a federation")
     typer.echo(f"data dir    {data_dir}")
-    typer.echo(f"threshold   {info['match_threshold']:.2f}")
+    typer.echo(f"threshold   {_threshold_text(info)}")
     if camera is not None:
         typer.echo(f"camera      {info['camera']}")
     _print_events(events)

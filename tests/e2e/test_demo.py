@@ -163,6 +163,13 @@ def test_demo_against_mosquitto(lfw_dir: Path, tmp_path: Path, mosquitto) -> Non
     assert any(line.startswith("  box-2: serves round-2,")
                and f"at threshold {pointer['threshold']:.3f}" in line
                for line in proc.stdout.splitlines())
+    # `status` says the same threshold, and that the box holds a federation's state
+    # (helper-64: 0.40 and "not provisioned: recognises ... on its own")
+    said = json.loads(_box_cli(box, "status", "--json").stdout)
+    assert said["match_threshold"] == pointer["threshold"] and said["threshold_own"], said
+    status = _box_cli(box, "status").stdout
+    assert f"threshold   {pointer['threshold']:.3f} (the served model's own" in status, status
+    assert "holds a federation's state (a demo box" in status, status
     photos = sorted((box / "camera").glob("*/*.png"))[:4]  # what the box's camera took
     found = _box_cli(box, "identify", *map(str, photos), "--json")
     assert found.returncode in (0, 3), found.stderr  # 3: a photo without a face
