@@ -72,7 +72,7 @@ def _enrol_folder(ctx: typer.Context, root: Path, max_per_person: int | None) ->
     from edge.vision.image_files import scan
 
     folders = people_folders(root)
-    plan, refused = [], []
+    plan, refused, inner_dirs = [], [], []
     # a file beside the people's folders is no one's photo: said, not dropped silently
     not_images = [(f, "not in a person's sub-folder (--from-dir takes one sub-folder of "
                       "photos per person)")
@@ -86,6 +86,14 @@ def _enrol_folder(ctx: typer.Context, root: Path, max_per_person: int | None) ->
         found = scan([folder], recursive=False)  # the box's one rule: images by content
         plan.append((name, found.images))
         not_images += found.skipped
+        # a folder inside a person's folder (photos by year, say) was passed over without
+        # a word (helper-64); not taken either: a folder of several people one level too
+        # high would make them one person
+        inner_dirs += [(inner, f"a folder inside {name}'s folder: --from-dir takes the "
+                               "photos directly in each person's folder (move them up, or "
+                               f"`fedface-edge enroll '{name}' {inner}/*`)")
+                       for inner in sorted(folder.iterdir())
+                       if inner.is_dir() and not inner.name.startswith(".")]
     if refused:
         # before any photo is read: a folder name is the person's name, nothing to skip to
         raise CliError(f"folder names that cannot be a person's name: {'; '.join(refused)}",
@@ -93,7 +101,7 @@ def _enrol_folder(ctx: typer.Context, root: Path, max_per_person: int | None) ->
     total = sum(len(imgs) if max_per_person is None else min(len(imgs), max_per_person)
                 for _, imgs in plan)
     recognizer = box(ctx).recognizer()
-    enrolled, photos, skipped, nobody, already = 0, 0, list(not_images), [], []
+    enrolled, photos, skipped, nobody, already = 0, 0, not_images + inner_dirs, [], []
     warned: list[EnrolOutcome] = []
     name = ""
     try:
@@ -129,7 +137,9 @@ def _enrol_folder(ctx: typer.Context, root: Path, max_per_person: int | None) ->
         typer.echo(f"not enrolled: {name} (no photo with a face that could be read; "
                    f"{why})", err=True)
     typer.echo(f"enrolled {enrolled} of {len(plan)} people from {photos} image(s); "
-               f"skipped {len(skipped)} file(s) (model {recognizer.model_version})"
+               f"skipped {len(skipped) - len(inner_dirs)} file(s)"
+               + (f" and {len(inner_dirs)} folder(s)" if inner_dirs else "")
+               + f" (model {recognizer.model_version})"
                + _already(already))
     if enrolled == 0 and not already:
         raise CliError(f"no one could be enrolled from {root}",

@@ -501,3 +501,22 @@ def test_a_box_in_no_federation_takes_its_settings_from_edge_toml(
     typo = invoke(enrolled, "status")
     assert typo.exit_code == 7 and "box.match_treshold: unknown setting" in typo.output, \
         typo.output
+
+
+def test_a_folder_inside_a_persons_folder_is_said(tmp_path: Path, lfw_dir: Path) -> None:
+    """helper-64: photos in `Nested Person/2019/` were passed over without a word
+    (`enrolled 1 of 2 people ...; skipped 0 file(s)`)."""
+    root = tmp_path / "people"
+    (root / "Nested Person" / "2019").mkdir(parents=True)
+    shutil.copy(lfw_image(lfw_dir, "Colin_Powell", 1), root / "Nested Person")
+    for n in (2, 3):
+        shutil.copy(lfw_image(lfw_dir, "Colin_Powell", n), root / "Nested Person" / "2019")
+    (root / "Hugo_Chavez").mkdir()
+    shutil.copy(lfw_image(lfw_dir, "Hugo_Chavez", 1), root / "Hugo_Chavez")
+    result = invoke(tmp_path / "box", "enroll", "--from-dir", str(root))
+    assert result.exit_code == 0, result.output
+    inner = root / "Nested Person" / "2019"
+    assert f"skipped {inner}: a folder inside Nested Person's folder: --from-dir takes the " \
+        "photos directly in each person's folder" in result.stderr, result.stderr
+    assert "enrolled 2 of 2 people from 2 image(s); skipped 0 file(s) and 1 folder(s)" in \
+        result.stdout, result.stdout
