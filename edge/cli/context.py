@@ -125,7 +125,9 @@ def warn_if_no_data_dir(ctx: typer.Context) -> None:
     there says so: it would otherwise show a plausible empty box (the pretrained model,
     no one enrolled) for a mistyped ``--data-dir`` or ``FEDFACE_DATA_DIR``."""
     data_dir = Path(box(ctx).settings.data_dir)
-    if not data_dir.exists():
+    ancestor = next((p for p in data_dir.parents if p.exists()), None)
+    # under a file it cannot be made at all: the command's own error says so alone
+    if not data_dir.exists() and ancestor is not None and ancestor.is_dir():
         typer.echo(f"warning: the data directory {data_dir} does not exist, so what follows "
                    "is an empty box's (a mistyped --data-dir or FEDFACE_DATA_DIR?)", err=True)
 
