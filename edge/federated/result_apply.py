@@ -146,7 +146,8 @@ class ResultApplier:
         previous = self.version
         reason = (f"the federation went back to the initial model {initial}: round "
                   f"{ann.round} builds on it, " + (
-                      "the operator pinned it (models pin)" if ann.pinned
+                      "it was pinned at the aggregator (models pin, or a restored "
+                      "state)" if ann.pinned
                       else f"{previous} was found poisoned"))
         serve_initial = getattr(self.sink, "serve_initial", None)
         try:

@@ -204,7 +204,7 @@ def test_boxes_go_back_to_the_pinned_initial_model_and_federate_from_it(
     assert (ann["round"], ann["base_model"], ann["pinned"]) == (2, "base", True)
     assert topics.model_latest(FED) not in fed.bus.retained  # round-1 is not offered
     for d in DEVICES:
-        assert "the operator pinned it" in back(d)[0].data["reason"]
+        assert "it was pinned at the aggregator (models pin" in back(d)[0].data["reason"]
         assert fed.sinks[d].version is None and fed.clients[d].version == "base"  # pretrained
         # left for the operator's pin, not refused: listed as refused before, and a later
         # pin of round-1 would have been refused by every box (helper-45)
