@@ -163,6 +163,7 @@ def join(
         # A revoked box stops for good (exit 8: the service manager must not restart it;
         # firmware_scripts/systemd/fedface-join.service.in).
         _watch_connection(client, broker, box(ctx).config if tls is not None else None, stop)
+        _say_stopping(client, stopped_by)
         client.stop()
     if stopped_by:  # as serve says it: a stop asked for, not a crash
         typer.echo(f"{device_id}: join stopped ({stopped_by[0]})")
@@ -172,6 +173,20 @@ def join(
 
         raise CliError(f"{client.revoked.summary()}: this box no longer takes part",
                        hint=REPROVISION, exit_code=EXIT_PROVISIONING)
+
+
+def _say_stopping(client: FederationClient, stopped_by: list[str]) -> None:
+    """Said the moment a stop is asked for while a round trains: the stop ends the
+    training's child process at once, but it went silent for ~16 s before (it waited
+    the round out), and a technician pressed Ctrl-C again or reached for kill -9."""
+    from edge.federated.client import STOP_TRAINING_S
+    from federation.transport.mqtt import DEFAULT_CLOSE_FLUSH_TIMEOUT
+
+    training = client.training_round
+    if stopped_by and training is not None:
+        most = STOP_TRAINING_S + DEFAULT_CLOSE_FLUSH_TIMEOUT  # the job, then the broker's acks
+        typer.echo(f"stopping: ending round {training}'s training, which is not sent "
+                   f"({most:.0f} s at most)")
 
 
 JOIN_LOCK = "join.lock"

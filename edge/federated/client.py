@@ -70,6 +70,10 @@ __all__ = ["ClientConfig", "ClientEvent", "EventCallback", "FederationClient", "
 
 log = logging.getLogger(__name__)
 
+# stop(): the longest it waits for a round's training job once its child is ended (an
+# update being encrypted and stored at that moment is finished, not lost)
+STOP_TRAINING_S = 5.0
+
 
 class FederationClient:
     def __init__(
@@ -172,11 +176,20 @@ class FederationClient:
         self._worker = threading.Thread(target=self._run, name="federation-client", daemon=True)
         self._worker.start()
 
+    @property
+    def training_round(self) -> int | None:
+        """The round the box trains for now (its training job runs), else None."""
+        return self._rounds.training_round
+
     def stop(self, timeout: float = 10.0) -> None:
-        """Say offline (retained), stop the worker, close the transport. Pending updates
-        stay in the outbox for the next start."""
+        """End a round's training that runs (not sent), stop the worker, say offline
+        (retained), close the transport. Pending updates stay in the outbox for the
+        next start."""
         self._stop.set()
         self._queue.put(("stop", None))
+        # the trainer's child is ended rather than waited for: the job thread then
+        # finishes within a moment (STOP_TRAINING_S bounds an update being sealed)
+        self._rounds.stop_training(min(timeout, STOP_TRAINING_S))
         if self._worker is not None:
             self._worker.join(timeout)
         try:

@@ -43,7 +43,7 @@ from edge.federated.sealing import Sealer
 from edge.federated.sender import UpdateSender
 from edge.federated.verdicts import RoundVerdicts
 from edge.priority import lower_thread_priority
-from edge.training.api import TooFewPeople
+from edge.training.api import TooFewPeople, TrainingStopped
 from federation.messages import BASE_NOT_SERVED, RoundAnnounce, result_round
 from models.federated_parts import FederatedPart
 
@@ -329,6 +329,21 @@ class RoundJoiner:
         return True
 
     # training job (own thread, lower priority) ----------------------------------------
+    @property
+    def training_round(self) -> int | None:
+        """The round whose training job runs now, else None."""
+        return self._job_round if self._job is not None and self._job.is_alive() else None
+
+    def stop_training(self, timeout: float) -> None:
+        """The client stops: end the running round's training (the trainer's child is
+        terminated, not waited for) and wait up to ``timeout`` s for its thread, so that
+        an update being sealed reaches the outbox whole and the round's crops file is
+        deleted. A half-trained round is not sent; a sealed one stays in the outbox."""
+        stop = getattr(self._sealer.trainer, "stop", None)
+        if callable(stop):
+            stop()
+        if self._job is not None:
+            self._job.join(timeout)
     def _train_and_seal(self, ann: RoundAnnounce, global_vector: np.ndarray | None,
                         base_vector: np.ndarray) -> None:
         lower_thread_priority(self.config.train_niceness)
@@ -350,6 +365,9 @@ class RoundJoiner:
 
     def _finish_job(self, round_no: int, pending: PendingUpdate | None,
                     stats: dict[str, Any], error: Exception | None) -> None:
+        if isinstance(error, TrainingStopped):  # the client is stopping: not a failure
+            log.info("round %d: training ended unfinished (stopping); nothing sent", round_no)
+            return
         if isinstance(error, TooFewPeople):
             # nothing to federate yet, as a box with no new samples: said in its status,
             # so the aggregator weighs it (a quiet night is skipped), not "error" at every

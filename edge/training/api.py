@@ -22,6 +22,10 @@ class LocalUpdate:
 
 
 class LocalTrainer(Protocol):
+    """A trainer may also have ``stop()``: end a round that is running (its
+    ``local_update`` raises ``TrainingStopped``) and refuse any later one. The client
+    calls it when it stops, so that a stopping ``join`` does not wait out the round."""
+
     part: FederatedPart
 
     def local_update(self, global_vector: np.ndarray | None, round_no: int) -> LocalUpdate:
@@ -32,6 +36,11 @@ class LocalTrainer(Protocol):
 
 class TrainingError(ValueError):
     """Training cannot run: too few enrolled people or crops, or a bad vector."""
+
+
+class TrainingStopped(Exception):
+    """The trainer was stopped (its box is stopping) before the round's training ended:
+    nothing of the round is sealed or sent. Not a TrainingError: nothing is wrong."""
 
 
 class TooFewPeople(TrainingError):

@@ -21,9 +21,11 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -32,7 +34,14 @@ import numpy as np
 
 from edge.lifetime import die_with_parent
 from edge.priority import background_niceness
-from edge.training.api import FitResult, LocalUpdate, TooFewPeople, TrainConfig, TrainingError
+from edge.training.api import (
+    FitResult,
+    LocalUpdate,
+    TooFewPeople,
+    TrainConfig,
+    TrainingError,
+    TrainingStopped,
+)
 from edge.training.augment import check_crop
 from edge.training.feature_cache import CropsByPerson, FeatureCache, group_crops
 from federation.files import PRIVATE_DIR, make_dirs, open_new
@@ -166,6 +175,24 @@ class TorchLocalTrainer:
         self._cache: FeatureCache | None = None  # in process only (isolate=False)
         self._work = cache_dir / "round"
         self.last_result: FitResult | None = None
+        # stop(): the round's child is ended, not waited for (a stopping join waited out
+        # the whole round, ~16 s with no word: the interpreter's exit joins the pool)
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()  # the pool, against a stop() while it starts
+        self._pool: ProcessPoolExecutor | None = None
+
+    def stop(self) -> None:
+        """End the round running in the child, if any, and refuse later rounds: its
+        ``local_update`` raises TrainingStopped. Nothing of a half-trained round is kept
+        (the child's work is thrown away; its crops file is deleted by the round)."""
+        with self._lock:
+            self._stopped.set()
+            pool = self._pool
+        if pool is not None:
+            # ProcessPoolExecutor has no public way to end a running job (3.14 adds
+            # terminate_workers); its processes are the round's child alone
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()
 
     def warm_features(self) -> int:
         """Compute and cache (on disk) the trunk features of the enrolled crops, in this
@@ -190,8 +217,30 @@ class TorchLocalTrainer:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, crops=stacked, people=np.array(people))
 
+    def _run_in_child(self, job: _RoundJob) -> tuple[np.ndarray, FitResult, int, int]:
+        with ProcessPoolExecutor(
+            1, get_context("spawn"), _init_round_process, (self.niceness, os.getpid())
+        ) as pool:
+            with self._lock:  # a stop() from now on finds the child to end
+                if self._stopped.is_set():
+                    raise TrainingStopped("the trainer was stopped before the round began")
+                self._pool = pool
+                future = pool.submit(_run_round_in_child, job)  # starts the child
+            try:
+                return future.result()
+            except BrokenProcessPool:
+                if self._stopped.is_set():
+                    raise TrainingStopped("the round's training was ended: the box is "
+                                          "stopping") from None
+                raise
+            finally:
+                with self._lock:
+                    self._pool = None
+
     def local_update(self, global_vector: np.ndarray | None, round_no: int) -> LocalUpdate:
         t0 = time.perf_counter()
+        if self._stopped.is_set():
+            raise TrainingStopped("the trainer was stopped")
         if global_vector is not None:
             global_vector = np.asarray(global_vector, dtype=np.float32).ravel()
             if global_vector.size != self.part.size or not np.all(np.isfinite(global_vector)):
@@ -212,10 +261,7 @@ class TorchLocalTrainer:
                         self._n_views, self.config.seed, global_vector, config)
         try:
             if self.isolate:
-                with ProcessPoolExecutor(
-                    1, get_context("spawn"), _init_round_process, (self.niceness, os.getpid())
-                ) as pool:
-                    vector, result, people, n_crops = pool.submit(_run_round_in_child, job).result()
+                vector, result, people, n_crops = self._run_in_child(job)
             else:
                 if self._cache is None:
                     self._cache = _feature_cache(self.model_path, self.part, self._cache_dir,

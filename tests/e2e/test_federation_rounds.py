@@ -5,10 +5,8 @@ these tests are about transport, encryption and fault handling, not learning."""
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -23,7 +21,6 @@ from federation.transport.mqtt import MqttTransport
 from models.onnx_graph import read_initializers
 from models.registry import optimised_sface_path
 from tests.support.federation_rig import (
-    FED,
     PART,
     Federation,
     GatedTrainer,
@@ -148,23 +145,9 @@ def test_join_command_takes_part_in_a_round(tmp_path: Path, mosquitto, lfw_dir: 
     """``fedface-edge join`` as a real box process: enrolled gallery, torch trainer,
     update sent, federated model applied and the gallery re-embedded with it."""
     fed = Federation.create(tmp_path, mosquitto.url, ["box-a", "box-cli"])
-    faces = tmp_path / "faces"
-    people = [p for p in sorted(lfw_dir.iterdir()) if len(list(p.glob("*.jpg"))) >= 3][:3]
-    for person in people:
-        (faces / person.name).mkdir(parents=True)
-        for img in sorted(person.glob("*.jpg"))[:3]:
-            shutil.copy(img, faces / person.name / img.name)
-    data = tmp_path / "box-cli-data"
-    edge_cli = str(Path(sys.executable).parent / "fedface-edge")
-    subprocess.run([edge_cli, "--data-dir", str(data), "enroll", "--from-dir", str(faces)],
-                   check=True, capture_output=True)
+    data, join = fed.cli_box("box-cli", lfw_dir)
     lines: list[str] = []
-    proc = subprocess.Popen(
-        [edge_cli, "--data-dir", str(data), "join", "--broker", mosquitto.url, "--fed", FED,
-         "--device-id", "box-cli", "--secret-context", str(fed.secret_context),
-         "--device-key", str(tmp_path / "box-cli.key"), "--aggregator-key",
-         str(fed.agg_state / "aggregator.pub"), "--part", PART.name],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(join, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
     reader.start()

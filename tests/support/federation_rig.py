@@ -3,6 +3,7 @@ process and in-process edge boxes (FederationClient over a real MQTT connection)
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import threading
@@ -36,6 +37,7 @@ FED = "e2e"
 # 5,376 values: real CKKS and chunking, fast enough for several rounds in a test
 PART = get_part("embed_bn")
 AGGREGATOR = [str(Path(sys.executable).parent / "fedface-aggregator")]
+EDGE_CLI = str(Path(sys.executable).parent / "fedface-edge")
 
 _base_cache: dict[str, np.ndarray] = {}
 
@@ -158,6 +160,24 @@ class Federation:
             except subprocess.TimeoutExpired:
                 self.aggregator.kill()
                 self.aggregator.wait()
+
+    def cli_box(self, name: str, lfw_dir: Path, people: int = 3) -> tuple[Path, list[str]]:
+        """A box for a real ``fedface-edge join`` process: its data dir, with ``people``
+        LFW people of three photos each enrolled, and the ``join`` command line."""
+        faces = self.root / f"{name}-faces"
+        chosen = [p for p in sorted(lfw_dir.iterdir()) if len(list(p.glob("*.jpg"))) >= 3]
+        for person in chosen[:people]:
+            (faces / person.name).mkdir(parents=True)
+            for img in sorted(person.glob("*.jpg"))[:3]:
+                shutil.copy(img, faces / person.name / img.name)
+        data = self.root / f"{name}-data"
+        subprocess.run([EDGE_CLI, "--data-dir", str(data), "enroll", "--from-dir", str(faces)],
+                       check=True, capture_output=True)
+        return data, [EDGE_CLI, "--data-dir", str(data), "join", "--broker", self.broker_url,
+                      "--fed", FED, "--device-id", name, "--secret-context",
+                      str(self.secret_context), "--device-key", str(self.root / f"{name}.key"),
+                      "--aggregator-key", str(self.agg_state / "aggregator.pub"), "--part",
+                      PART.name]
 
     def aggregator_log(self) -> str:
         path = self.root / "aggregator.log"
