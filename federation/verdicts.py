@@ -13,8 +13,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 # submitted: the box sent its update and the round's result has not come yet;
+# queued: its update is sealed but the broker was unreachable (it goes out when the
+# broker is back, and the verdict says submitted then); an aggregator from before
+# "queued" drops that verdict alone (strict parsing), which said "submitted" wrongly;
 # no_result: the round it sent to closed without a result (no quorum, or abandoned)
-OUTCOMES = ("applied", "refused", "rejected", "sat_out", "submitted", "no_result")
+OUTCOMES = ("applied", "refused", "rejected", "sat_out", "submitted", "queued",
+            "no_result")
 # outcomes that judge a round's result (the others say what the box did in the round)
 JUDGED = ("applied", "refused", "rejected")
 # outcomes that say "this round's result is not fit to serve" (aggregator.rounds.poison

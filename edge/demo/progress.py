@@ -82,7 +82,9 @@ class Progress:
 
     def _print_round(self, r: int) -> None:
         boxes = self.by_round[r]
-        subs = [b["submitted"] for b in boxes.values() if "submitted" in b]
+        # a box whose broker was away when it sealed its update said "queued" instead
+        subs = [b.get("submitted") or b["queued"] for b in boxes.values()
+                if "submitted" in b or "queued" in b]
         applied = [b["applied"] for b in boxes.values() if "applied" in b]
         starts = [b["joined"]["t"] for b in boxes.values() if "joined" in b]
         ends = [b.get("applied", b.get("result_rejected", {})).get("t", 0.0)

@@ -47,8 +47,11 @@ class AckHandler:
         # its ack), which is a success for the box
         if ack.accepted or ack.reason == "duplicate":
             self.sender.forget(ack.round, ack.msg)
-            self.events.emit("acked", ack.round, {"msg": ack.msg,
-                                                  "duplicate": not ack.accepted})
+            # the detail is join's line: the word the technician waits for after "sent"
+            self.events.emit("acked", ack.round, {
+                "msg": ack.msg, "duplicate": not ack.accepted,
+                "detail": "the aggregator has this box's update" + (
+                    "" if ack.accepted else " (it had it already)")})
             log.info("round %d: update %s accepted%s", ack.round, ack.msg[:12],
                      "" if ack.accepted else " (already counted)")
             return

@@ -55,8 +55,9 @@ class ClientConfig:
 
 @dataclass(frozen=True)
 class ClientEvent:
-    kind: str  # joined, sitting_out, submitted, acked, rejected, applied, result_rejected,
-    # back_to_initial, error, revoked
+    kind: str  # joined, sitting_out, submitted (sent on a live connection), queued (the
+    # broker unreachable), sent (a queued one went out), acked, rejected, applied,
+    # result_rejected, back_to_initial, error, revoked
     round: int
     data: dict[str, Any]
 

@@ -121,7 +121,9 @@ class FederationClient:
         # the parts the worker drives; each reaches the transport only when called
         self.sender = UpdateSender(
             self.outbox, lambda chunk: self.transport.publish(self._topics["update"], chunk),
-            config.retry_seconds, self.events.count)
+            config.retry_seconds, self.events.count,
+            connected=lambda: self.transport.connected,
+            on_sent=lambda pending: self._rounds.delivery.sent(pending))
         self._results = ResultApplier(  # the model the box has, and the results replacing it
             ResultFetcher(fed, lambda topic: self.transport.subscribe(
                 topic, self._on_message("result")), lambda t: self.transport.unsubscribe(t)),

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from edge.federated.api import ClientConfig, ClientEvents
+from edge.federated.delivery import DeliveryReport
 from edge.federated.outbox import PendingUpdate
 from edge.federated.result_apply import ResultApplier
 from edge.federated.round_gate import (
@@ -71,6 +72,7 @@ class RoundJoiner:
         self.verdicts = verdicts
         self.events = events
         self._publish_status = publish_status
+        self.delivery = DeliveryReport(verdicts, events, publish_status)  # sent or queued
         self._job_done = job_done  # the client: queue the job's outcome for the worker
         self._state_path = state_path
         state = load_client_state(self._state_path)
@@ -116,7 +118,7 @@ class RoundJoiner:
             return
         verdict = self.verdicts.of_round(sent)
         if verdict is None or verdict.outcome not in (("submitted", "applied") if empty
-                                                      else ("submitted",)):
+                                                      else ("submitted", "queued")):
             return
         detail = (f"its result {ann.base_model} (served) holds no update of this box: its "
                   "region's sum was of a base the root had moved past; the samples count "
@@ -172,7 +174,7 @@ class RoundJoiner:
         the samples it carried waited that long to count as new again (helper-50)."""
         verdict = self.verdicts.of_round(round_no)
         if round_no != self.last_submitted or verdict is None or \
-                verdict.outcome != "submitted":
+                verdict.outcome not in ("submitted", "queued"):
             return
         self.verdicts.record(round_no, None, "no_result", f"the aggregator refused this "
                              f"box's update ({reason}: {detail}); its samples count as new "
@@ -390,24 +392,10 @@ class RoundJoiner:
         if self._job_mark is not None:
             self._marks[round_no] = self._job_mark
         self._save_state()
-        # replaces a "sat out" said before new people were enrolled in the same round;
-        # recorded before the event, so whoever hears it finds the verdict (a loaded
-        # CI's test read None in between)
-        self.verdicts.record(round_no, None, "submitted", submitted_reason(stats))
-        self.events.emit("submitted", round_no, stats)
-        self._publish_status()
         log.info("round %d: update %s sealed (%d samples, %d bytes in %d chunks, encrypt "
                  "%.2f s)", round_no, pending.msg_id[:12], stats["n_samples"], stats["bytes"],
                  stats["chunks"], stats["encrypt_s"])
-        self.sender.send_new(pending)
-
-
-def submitted_reason(stats: dict[str, Any]) -> str:
-    """The verdict on a round the box sent to, which its signed status carries to the
-    aggregator: under differential privacy not the sample count (it is data-dependent,
-    and the update weighs every box equally so that it is not sent)."""
-    if "dp" in stats:
-        return "update sent (differential privacy: equal weight, sample count not reported)"
-    n, weighed = stats["n_samples"], stats.get("weighed_as", stats["n_samples"])
-    capped = f", weighed as the federation's cap of {weighed}" if weighed < n else ""
-    return f"update of {n} samples sent{capped}"
+        # sent first: its verdict and event say whether it went out or is queued (it said
+        # "submitted" while the broker was down); the verdict replaces a "sat out" said
+        # before new people were enrolled in the same round
+        self.delivery.sealed(round_no, stats, self.sender.send_new(pending))

@@ -33,9 +33,16 @@ TERMINAL_REJECTIONS = frozenset(
 class UpdateSender:
     def __init__(self, outbox: Outbox, publish: Callable[[bytes], None],
                  retry_seconds: float, count: Callable[[str], int],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *,
+                 connected: Callable[[], bool] = lambda: True,
+                 on_sent: Callable[[PendingUpdate], None] = lambda _: None) -> None:
         self.outbox = outbox
         self._publish = publish  # one chunk to the box's update topic
+        # the transport takes a publish while the broker is away (it queues it in memory):
+        # only a connection up before and after the chunks says the update went out
+        self._connected = connected
+        self._on_sent = on_sent  # a queued update went out (edge.federated.delivery)
+        self._queued: set[str] = set()  # msg ids not yet published on a live connection
         self.retry_seconds = retry_seconds
         self._count = count  # the client's counters
         self._clock = clock  # monotonic: its zero is the boot, so never compare against 0
@@ -50,13 +57,19 @@ class UpdateSender:
         """Take over what a previous run left in the outbox (sent at the next tick)."""
         for pending in self.outbox.pending():
             self._pending[pending.msg_id] = pending
+            self._queued.add(pending.msg_id)
             log.info("outbox: round %d update %s waiting to be sent", pending.round_no,
                      pending.msg_id[:12])
 
-    def send_new(self, pending: PendingUpdate) -> None:
-        """A freshly sealed update (already in the outbox): send it now."""
+    def send_new(self, pending: PendingUpdate) -> bool:
+        """A freshly sealed update (already in the outbox): send it now. True when it
+        went out on a live connection; False: it is queued (the broker is away), and
+        ``on_sent`` is called when it goes out."""
         self._pending[pending.msg_id] = pending
-        self._send(pending)
+        live = self._send(pending)
+        if not live:
+            self._queued.add(pending.msg_id)
+        return live
 
     def resend_due(self, reconnected: bool) -> None:
         """Send what was never sent, everything after a reconnect, the rest every
@@ -72,7 +85,9 @@ class UpdateSender:
                              pending.round_no, pending.msg_id[:12])
                 self._send(pending)
 
-    def _send(self, pending: PendingUpdate) -> None:
+    def _send(self, pending: PendingUpdate) -> bool:
+        """True when the update went out on a live connection."""
+        live = self._connected()
         try:
             for chunk in pending.chunks:
                 self._publish(chunk)
@@ -80,13 +95,20 @@ class UpdateSender:
             log.warning("round %d: sending update %s failed (%s); it stays in the outbox",
                         pending.round_no, pending.msg_id[:12], exc.message)
             self._last_sent[pending.msg_id] = None  # due at the next attempt
-            return
+            return False
         self._last_sent[pending.msg_id] = self._clock()
+        # (a connection lost between the chunks is a reconnect: everything goes again)
+        live = live and self._connected()
+        if live and pending.msg_id in self._queued:
+            self._queued.discard(pending.msg_id)
+            self._on_sent(pending)
+        return live
 
     def forget(self, round_no: int, msg: str) -> bool:
         """The update is done with (acked); True if it was still in the outbox."""
         self._pending.pop(msg, None)
         self._last_sent.pop(msg, None)
+        self._queued.discard(msg)
         return self.outbox.remove(round_no, msg)
 
     def drop_closed_rounds(self, before: int) -> None:
@@ -95,6 +117,7 @@ class UpdateSender:
         for msg in dropped:
             self._pending.pop(msg, None)
             self._last_sent.pop(msg, None)
+            self._queued.discard(msg)
         if dropped:
             log.info("outbox: dropped %d update(s) of rounds before %d (closed)",
                      len(dropped), before)

@@ -35,7 +35,8 @@ pytestmark = pytest.mark.mosquitto
 def _oracle(fed: Federation, round_no: int) -> np.ndarray:
     vectors, counts = [], []
     for box in fed.boxes.values():
-        sub = box.event("submitted", round_no)
+        # an update sealed while the broker was down was said "queued"
+        sub = box.event("submitted", round_no) or box.event("queued", round_no)
         if sub is not None:
             vectors.append(sub.data["vector"])
             counts.append(sub.data["n_samples"])
@@ -92,7 +93,9 @@ def test_broker_restart_mid_round_loses_nothing(tmp_path: Path, mosquitto) -> No
                  "two updates acked", fed)
         mosquitto.stop()  # broker gone mid-round: 2 of 3 updates in
         gated.gate.set()  # box-c finishes training while the broker is down
-        wait_for(lambda: c.event("submitted", 1) is not None, 30, "box-c sealed its update")
+        # sealed while the broker is down: said queued, not submitted
+        wait_for(lambda: c.event("queued", 1) is not None, 30, "box-c queued its update")
+        assert c.event("submitted", 1) is None
         assert c.client.pending_updates == 1  # kept on disk, not lost
         outbox_files = list((tmp_path / "boxes" / "box-c" / "outbox").glob("*.upd"))
         assert len(outbox_files) == 1 and outbox_files[0].stat().st_mode & 0o777 == 0o600
@@ -107,6 +110,7 @@ def test_broker_restart_mid_round_loses_nothing(tmp_path: Path, mosquitto) -> No
             assert applied is not None and applied.data["updates"] == 3
             assert float(np.max(np.abs(applied.data["vector"] - oracle))) < 1e-5
         assert c.client.pending_updates == 0
+        assert c.event("sent", 1) is not None  # said when it went out after the restart
         assert isinstance(c.client.transport, MqttTransport)
         assert c.client.transport.connects >= 2
     finally:

@@ -140,13 +140,17 @@ def test_update_kept_on_disk_while_offline_then_sent(make_setup) -> None:
     s.transports["a"].drop()  # link lost while training: the broker publishes the will
     assert _status(s, "a")["state"] == "offline"
     gated.gate.set()
-    wait_for(lambda: any(e.kind == "submitted" for e in events), 20, "a sealed its update")
+    # sealed while offline: queued, not "submitted" (which a technician read as sent)
+    wait_for(lambda: any(e.kind == "queued" for e in events), 20, "a queued its update")
     time.sleep(0.3)  # a few retry ticks while offline
+    assert not any(e.kind in ("submitted", "sent") for e in events)
     files = list((s.root / "a" / "outbox").glob("*.upd"))
     assert len(files) == 1 and files[0].stat().st_mode & 0o777 == 0o600
     assert a.pending_updates == 1
     s.transports["a"].reconnect()
     wait_for(lambda: any(e.kind == "acked" for e in events), 20, "update acked after reconnect")
+    kinds = [e.kind for e in events]
+    assert kinds.index("queued") < kinds.index("sent") < kinds.index("acked"), kinds
     wait_for(lambda: _status(s, "a")["state"] == "online", 5, "online status after reconnect")
     assert status_topic in s.bus.retained
     assert a.pending_updates == 0
@@ -164,7 +168,7 @@ def test_pending_update_resent_by_a_new_client_instance(make_setup) -> None:
     a, events, gated = _a_joins_with_training_held(s)
     s.transports["a"].drop()  # link lost before the update is sealed: publish fails
     gated.gate.set()
-    wait_for(lambda: any(e.kind == "submitted" for e in events), 20, "a sealed its update")
+    wait_for(lambda: any(e.kind == "queued" for e in events), 20, "a queued its update")
     assert a.pending_updates == 1
     a.stop()  # box reboots with the update still in its outbox
     a2, events2, _ = s.client("a")
@@ -172,6 +176,8 @@ def test_pending_update_resent_by_a_new_client_instance(make_setup) -> None:
     a2.start()
     wait_for(lambda: any(e.kind == "acked" for e in events2), 20, "resent update acked")
     assert not any(e.kind == "joined" for e in events2)  # it did not train round 1 again
+    # the verdict said queued across the restart: going out is said by the new instance
+    assert any(e.kind == "sent" and e.round == 1 for e in events2)
     b, _, _ = s.client("b")
     b.start()
     wait_for(lambda: a2.version == "round-1" and b.version == "round-1", 20, "round closes")

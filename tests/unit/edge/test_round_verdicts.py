@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edge.federated.joining import submitted_reason
+from edge.federated.delivery import submitted_reason
 from edge.federated.verdicts import KEEP, RoundVerdicts
 from edge.serving.canary import CanaryResult
 from federation.verdicts import REPORTED, Verdict, from_status, reported

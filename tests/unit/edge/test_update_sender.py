@@ -101,3 +101,37 @@ def test_a_failed_send_is_due_at_once_even_just_after_boot(tmp_path: Path) -> No
     clock.now = 6.0 + 3600.0
     sender.resend_due(reconnected=False)
     assert broker.chunks == [b"c0", b"c0"]
+
+
+def test_an_update_published_while_the_broker_is_away_is_queued_until_it_goes_out(
+    tmp_path: Path,
+) -> None:
+    """The MQTT transport takes a publish while disconnected (it queues it in memory):
+    the sender says the update is queued, not sent, and says when it goes out on a live
+    connection, once (join printed "submitted" for an update that was only queued)."""
+    broker = Broker()  # publish never fails, as paho's offline queue
+    connected = [False]
+    sent: list[int] = []
+    sender = UpdateSender(Outbox(tmp_path / "outbox"), broker.publish, 3600.0,
+                          lambda key: 0, connected=lambda: connected[0],
+                          on_sent=lambda pending: sent.append(pending.round_no))
+    assert sender.send_new(sender.outbox.put(3, "base", "a" * 32, [b"c0"])) is False
+    sender.resend_due(reconnected=False)  # still away: the transport queues it again
+    assert sent == []
+    connected[0] = True
+    sender.resend_due(reconnected=True)
+    assert sent == [3]
+    sender.resend_due(reconnected=True)  # sent again after another reconnect: said once
+    assert sent == [3]
+    # an update sealed while connected went out at once: nothing more to say
+    assert sender.send_new(sender.outbox.put(4, "base", "b" * 32, [b"c1"])) is True
+    sender.resend_due(reconnected=True)
+    assert sent == [3]
+    # a restart finds the rest in the outbox: said when it goes out (the box's verdict
+    # decides whether that is news, edge.federated.delivery)
+    again = UpdateSender(Outbox(tmp_path / "outbox"), broker.publish, 3600.0,
+                         lambda key: 0, connected=lambda: connected[0],
+                         on_sent=lambda pending: sent.append(pending.round_no))
+    again.load()
+    again.resend_due(reconnected=True)
+    assert sorted(sent) == [3, 3, 4]
