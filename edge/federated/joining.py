@@ -342,10 +342,12 @@ class RoundJoiner:
         an update being sealed reaches the outbox whole and the round's crops file is
         deleted. A half-trained round is not sent; a sealed one stays in the outbox."""
         stop = getattr(self._sealer.trainer, "stop", None)
-        if callable(stop):
-            stop()
+        if not callable(stop):
+            return  # a trainer that cannot be ended early is not waited for (as before)
+        stop()
         if self._job is not None:
             self._job.join(timeout)
+
     def _train_and_seal(self, ann: RoundAnnounce, global_vector: np.ndarray | None,
                         base_vector: np.ndarray) -> None:
         lower_thread_priority(self.config.train_niceness)
