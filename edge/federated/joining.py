@@ -34,6 +34,7 @@ from edge.federated.result_apply import ResultApplier
 from edge.federated.round_gate import (
     MAX_MARKS,
     NO_NEW_SAMPLES,
+    BaseWait,
     SampleSource,
     load_client_state,
     load_marks,
@@ -51,9 +52,6 @@ from models.federated_parts import FederatedPart
 log = logging.getLogger(__name__)
 
 RECOUNT_SECONDS = 5.0  # a box sitting out counts its new samples again this often
-# a round built on a result the box has not applied yet: fetching, decrypting and the
-# canary take seconds, so the wait is said at INFO; this long, it is stuck (WARNING)
-BASE_WAIT_WARN_SECONDS = 120.0
 
 
 class RoundJoiner:
@@ -84,10 +82,7 @@ class RoundJoiner:
         self._job_mark: float | None = None
         self._sat_out = (0, 0.0)  # (round, monotonic time) it last checked and sat out
         self._base_refused_round = 0  # the round last sat out as built on a refused model
-        # (round, base model, monotonic start) of a round waiting for its base's result,
-        # and whether that wait was said stuck: each said once per wait
-        self._waiting: tuple[int, str, float] | None = None
-        self._waiting_warned = False
+        self._base_wait = BaseWait()  # a round waiting for its base's result
         self.announce: RoundAnnounce | None = None
         self.not_joining: dict[str, Any] = {}  # why the last open round was not joined
         self._job: threading.Thread | None = None
@@ -219,7 +214,7 @@ class RoundJoiner:
         if vector is None:
             self._base_not_served(ann)
             return
-        self._waiting = None
+        self._base_wait.clear()
         if self._sit_out(ann):
             return
         self._job_round = ann.round
@@ -267,14 +262,9 @@ class RoundJoiner:
         and says why once, replacing an earlier verdict such as "0 new samples")."""
         refusal = self.model.refusal_of(ann.base_model)
         if refusal is None:
-            # every announce (a redelivery, an extension) and job's end comes here again
-            if self._waiting is None or self._waiting[:2] != (ann.round, ann.base_model):
-                self._waiting = (ann.round, ann.base_model, time.monotonic())
-                self._waiting_warned = False
-                log.info("round %d is based on %s, this box has %s: waiting for that "
-                         "result", ann.round, ann.base_model, self.model.version)
+            self._base_wait.waiting(ann, self.model.version)
             return
-        self._waiting = None
+        self._base_wait.clear()
         detail = (f"built on {ann.base_model}, which this box does not serve: {refusal}; "
                   f"it serves {self.model.version} and joins again from the next result "
                   f"it accepts")
@@ -295,20 +285,9 @@ class RoundJoiner:
         if self.not_joining.get("reason") == NO_NEW_SAMPLES and (
                 time.monotonic() - self._sat_out[1] >= RECOUNT_SECONDS):
             self.maybe_join()
-        wait = self._waiting
-        if wait is None or self._waiting_warned or \
-                time.monotonic() - wait[2] < BASE_WAIT_WARN_SECONDS:
-            return
-        ann = self.announce
-        if ann is None or not ann.open or ann.round != wait[0] or \
-                self.model.base_vector(wait[1]) is not None:
-            self._waiting = None  # the round ended, or the result came
-            return
-        self._waiting_warned = True
-        log.warning("round %d is based on %s and this box still has %s after %.0f s: it "
-                    "cannot join the round until that result reaches it and is applied "
-                    "(fedface-edge model status)", wait[0], wait[1], self.model.version,
-                    time.monotonic() - wait[2])
+        self._base_wait.check(self.announce,
+                              lambda base: self.model.base_vector(base) is not None,
+                              self.model.version)
 
     def _sit_out(self, ann: RoundAnnounce) -> bool:
         """Sit the round out when too few samples are new (said once per round)."""

@@ -1,4 +1,5 @@
-"""Whether the box has anything new to train on: the announce's ``min_new_samples``.
+"""Whether the box can join a round yet: new samples enough for the announce's
+``min_new_samples``, and the result the round builds on at hand (``BaseWait``).
 
 The aggregator announces how many enrolled samples a box must have added since the
 update it last sent (``serve --min-new-samples``). A box below that sits the round out
@@ -16,6 +17,12 @@ builds on, so the box counts its samples from the mark of the newest round that 
 holds (none: it joins), not from its last update: else every box sat the rounds after a
 restore out, "0 new samples", and the federation stayed on the older model (helper-57).
 What the client remembers between runs (``client-state.json``) is kept here too.
+
+A round built on a result the box has not applied yet waits for it: fetching,
+decrypting and the canary take seconds at every round, so the wait is said at INFO when
+it starts; every announce (a redelivery, an extension) and a job's end come back to it,
+and it used to be said again each time. A wait that lasts is the box stuck (the result
+does not reach it, or cannot be applied): said once at WARNING.
 """
 
 from __future__ import annotations
@@ -23,11 +30,14 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from federation.files import write_atomic
 from federation.messages import NO_NEW_SAMPLES as NO_NEW_SAMPLES  # the not_joining reason
+from federation.messages import RoundAnnounce
 
 log = logging.getLogger(__name__)
 
@@ -127,3 +137,43 @@ def load_marks(state: dict[str, Any]) -> dict[int, float]:
 def samples_mark(state: dict[str, Any], key: str = "samples_mark") -> float | None:
     value = state.get(key)
     return float(value) if isinstance(value, (int, float)) else None
+
+
+# this long without the base's result, the box is stuck rather than fetching it
+BASE_WAIT_WARN_SECONDS = 120.0
+
+
+class BaseWait:
+    def __init__(self) -> None:
+        self._wait: tuple[int, str, float] | None = None  # round, base, monotonic start
+        self._warned = False
+
+    def waiting(self, ann: RoundAnnounce, version: str) -> None:
+        """``ann`` builds on a result the box (serving ``version``) lacks: said once per
+        round and base."""
+        if self._wait is None or self._wait[:2] != (ann.round, ann.base_model):
+            self._wait = (ann.round, ann.base_model, time.monotonic())
+            self._warned = False
+            log.info("round %d is based on %s, this box has %s: waiting for that result",
+                     ann.round, ann.base_model, version)
+
+    def clear(self) -> None:
+        self._wait = None
+
+    def check(self, announce: RoundAnnounce | None, has_base: Callable[[str], bool],
+              version: str) -> None:
+        """Every worker tick: the wait that lasts is said at WARNING, once; one that
+        ended (the round closed, the result came) is forgotten."""
+        wait = self._wait
+        if wait is None or self._warned or \
+                time.monotonic() - wait[2] < BASE_WAIT_WARN_SECONDS:
+            return
+        if announce is None or not announce.open or announce.round != wait[0] or \
+                has_base(wait[1]):
+            self._wait = None
+            return
+        self._warned = True
+        log.warning("round %d is based on %s and this box still has %s after %.0f s: it "
+                    "cannot join the round until that result reaches it and is applied "
+                    "(fedface-edge model status)", wait[0], wait[1], version,
+                    time.monotonic() - wait[2])

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-import edge.federated.joining as joining
+import edge.federated.round_gate as round_gate
 from edge.federated.api import ClientConfig, ClientEvents
 from edge.federated.joining import RoundJoiner
 from edge.federated.verdicts import RoundVerdicts
@@ -53,7 +53,7 @@ def test_a_wait_for_the_base_result_is_said_once_and_warned_once_when_it_lasts(
         monkeypatch: pytest.MonkeyPatch) -> None:
     served: dict[str, Any] = {}
     joiner = _joiner(tmp_path, served)
-    caplog.set_level(logging.INFO, logger="edge.federated.joining")
+    caplog.set_level(logging.INFO, logger="edge.federated.round_gate")
     for _ in range(3):  # the announce, its redelivery after a reconnect, an extension
         joiner.announced(_announce(4, "round-4"))
     joiner.maybe_join()  # a job's end, a result of another round applied
@@ -62,7 +62,7 @@ def test_a_wait_for_the_base_result_is_said_once_and_warned_once_when_it_lasts(
     assert _said(caplog, WAITING) == [logging.INFO], caplog.text
     assert _said(caplog, STUCK) == [], caplog.text
 
-    monkeypatch.setattr(joining, "BASE_WAIT_WARN_SECONDS", 0.0)  # the wait has lasted
+    monkeypatch.setattr(round_gate, "BASE_WAIT_WARN_SECONDS", 0.0)  # the wait has lasted
     for _ in range(5):
         joiner.recount()
         joiner.announced(_announce(4, "round-4"))
@@ -84,10 +84,10 @@ def test_no_warning_once_the_result_came(tmp_path: Path, caplog: pytest.LogCaptu
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     served: dict[str, Any] = {}
     joiner = _joiner(tmp_path, served)
-    caplog.set_level(logging.INFO, logger="edge.federated.joining")
+    caplog.set_level(logging.INFO, logger="edge.federated.round_gate")
     joiner.announced(_announce(4, "round-4"))
     served["round-4"] = np.zeros(PART.size, dtype=np.float32)  # applied (no callback yet)
-    monkeypatch.setattr(joining, "BASE_WAIT_WARN_SECONDS", 0.0)
+    monkeypatch.setattr(round_gate, "BASE_WAIT_WARN_SECONDS", 0.0)
     joiner.recount()
     joiner.recount()
     assert _said(caplog, WAITING) == [logging.INFO], caplog.text
