@@ -26,8 +26,12 @@ $(VENV)/.fedface-installed: pyproject.toml
 setup-test: setup
 	bash firmware_scripts/dev/install-test-deps.sh
 
+# FACES reaches the recipe through its environment, taken as typed ($(value): no make
+# expansion of a $ in it), so a path with quotes, spaces or $ in it is one argument
+# ('$(FACES)' in the recipe broke on "St Mary's staff")
+demo: export FEDFACE_DEMO_FACES := $(value FACES)
 demo: setup
-	$(VENV)/bin/fedface-edge demo --faces '$(FACES)'
+	$(VENV)/bin/fedface-edge demo --faces "$$FEDFACE_DEMO_FACES"
 
 test: setup-test
 	$(VENV)/bin/ruff check .
