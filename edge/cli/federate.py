@@ -61,7 +61,8 @@ def demo(
     """Run a whole federation on this machine: keys, aggregator, N boxes, R rounds."""
     import signal
 
-    from edge.demo.run import DemoOptions, run_demo
+    from edge.demo.faces import DemoOptions
+    from edge.demo.run import run_demo
 
     def interrupted(*_: object) -> None:
         # as Ctrl-C: the demo stops its boxes, then its aggregator, and says `interrupted`

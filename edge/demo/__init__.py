@@ -1,6 +1,7 @@
 """``fedface-edge demo``: a whole federation on one machine, from a folder of faces.
 
-``run`` (split the people over boxes, start a broker and an aggregator, run rounds),
+``run`` (start a broker, an aggregator and the boxes, run rounds), ``faces`` (split the
+people of the faces folder over the boxes, pick their photos and the strangers),
 ``camera`` (each box's camera look applied to its photos), ``progress`` (the boxes'
 events, a block per round with each box's held-out identification before -> after),
 ``table`` (the closing per-box before/after table), ``box`` (one demo box: its data dir,

@@ -202,7 +202,7 @@ def test_round_lines_and_table_show_each_models_threshold_and_strangers_named() 
 
 def test_strangers_are_people_no_box_enrols_one_photo_each_disjoint_per_box(
         tmp_path: Path) -> None:
-    from edge.demo.run import DemoOptions, pick_people, pick_strangers
+    from edge.demo.faces import DemoOptions, pick_people, pick_strangers
 
     for i in range(12):
         person = tmp_path / f"p{i:02d}"
