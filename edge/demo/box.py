@@ -14,6 +14,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,29 +60,51 @@ class HeldOut:
     strangers: list[np.ndarray]  # people no box enrolled, through this box's camera
 
 
+Skip = Callable[[Path, str, str], None]  # (photo, which photo, why) of a photo left out
+
+
 def enrol(pipeline: FacePipeline, gallery: Gallery, people: list[dict[str, Any]],
-          strangers: list[str]) -> HeldOut:
+          strangers: list[str], skip: Skip = lambda *_: None) -> HeldOut:
+    """Enrol the people, embed their held-out photos and the strangers'; every photo
+    without a face (or that cannot be read) goes to ``skip`` and is left out."""
     recognizer = Recognizer(pipeline, gallery, threshold=0.0)
     held = HeldOut([], [], [])
     for person in people:
         outcome = recognizer.enroll_images(person["name"], [Path(p) for p in person["enrol"]])
+        for photo, reason in outcome.skipped:
+            skip(Path(photo), "enrolment photo", reason)
         if not outcome.added:
             log.warning("%s: no usable enrolment photo", person["name"])
+            emit("not_enrolled", person=person["name"])
             continue
         for path in person["heldout"]:
             try:
                 face = pipeline.embed_image_file(Path(path))
-            except Exception as exc:  # a held-out photo without a face is just skipped
-                log.info("held-out %s skipped: %s", path, exc)
+            except Exception as exc:  # a held-out photo without a face is left out
+                skip(Path(path), "held-out photo", str(exc))
                 continue
             held.names.append(person["name"])
             held.crops.append(face.crop)
-    for path in strangers:
+    for stranger in strangers:
         try:
-            held.strangers.append(pipeline.embed_image_file(Path(path)).crop)
+            held.strangers.append(pipeline.embed_image_file(Path(stranger)).crop)
         except Exception as exc:  # as a held-out photo
-            log.info("stranger %s skipped: %s", path, exc)
+            skip(Path(stranger), "stranger's photo", str(exc))
     return held
+
+
+def skip_event(cfg: dict[str, Any]) -> Skip:
+    """``enrol``'s ``skip`` for a demo box: logged, and an event naming the photo of the
+    faces folder it was taken from (the parent prints it: not only in box.log)."""
+    originals: dict[str, str] = cfg.get("originals", {})
+    camera = cfg.get("camera", "clean")
+
+    def skip(path: Path, what: str, reason: str) -> None:
+        log.info("%s %s skipped: %s", what, path, reason)
+        original = originals.get(str(path), str(path))
+        shot = "it" if original == str(path) else f"the {camera} camera's shot of it ({path})"
+        emit("skipped", file=original, what=what, reason=reason.replace(str(path), shot))
+    return skip
 
 
 def accuracy(embed: Any, version: str, gallery: Gallery, held: HeldOut,
@@ -146,7 +169,7 @@ def run(cfg: dict[str, Any]) -> int:
     pipeline = box.pipeline()
     gallery = box.gallery()
     t0 = time.perf_counter()
-    held = enrol(pipeline, gallery, cfg["people"], cfg.get("strangers", []))
+    held = enrol(pipeline, gallery, cfg["people"], cfg.get("strangers", []), skip_event(cfg))
     base_version = pipeline.embedder.version
     acc0 = accuracy(pipeline.embedder.embed, base_version, gallery, held)
     named0 = strangers_named(pipeline.embedder.embed, base_version, gallery, held)

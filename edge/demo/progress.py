@@ -49,6 +49,12 @@ class Progress:
                          f"{ev['people']} people ({ev['crops']} photos), {ev['heldout']} "
                          f"held-out; identification {_pct(acc)} with the pretrained model "
                          f"({ev['seconds']:.1f} s)")
+            elif kind == "skipped":  # a photo the box left out (no face, unreadable)
+                self.out(f"  {box}: skipped {ev.get('file')} ({ev.get('what')}): "
+                         f"{ev.get('reason')}")
+            elif kind == "not_enrolled":
+                self.out(f"  {box}: not enrolled: {ev.get('person')} (no enrolment photo "
+                         "with a face; the lines above say why)")
             elif kind == "trainer":
                 self.trainer[box] = ev["kind"]
                 if ev["kind"] != "torch":

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.demo.camera import box_cameras, shoot
-from edge.demo.faces import DemoError, DemoOptions, pick_people, pick_strangers
+from edge.demo.faces import DemoError, DemoOptions, pick
 from edge.demo.progress import BoxProc, Progress, read_events
 from edge.demo.table import before_after_table, mean_gain
 from edge.lifetime import tethered
@@ -89,8 +89,8 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> dict[str,
         cameras = box_cameras(opts.cameras, opts.boxes)
     except ValueError as exc:
         raise DemoError(str(exc), "--cameras takes names separated by commas") from None
-    plan = pick_people(opts)
-    strangers = pick_strangers(opts, plan)
+    picked = pick(opts)
+    plan, strangers = picked.boxes, picked.strangers
     if opts.broker:
         check_broker(opts.broker)
     workdir = _prepare_workdir(opts.workdir)
@@ -102,6 +102,8 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> dict[str,
         "camera, named as the right person at the served model's match threshold (its own, "
         "calibrated at each swap); strangers named = share of photos of people no box "
         "enrolled, through the same camera, named as someone")
+    for line in picked.report(opts):
+        out(line)
 
     embedded = None
     broker_url = opts.broker
@@ -128,9 +130,15 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> dict[str,
         for b_index, (name, people) in enumerate(zip(box_names, plan, strict=True)):
             box_dir = workdir / name
             make_dirs(box_dir, PRIVATE_DIR)
-            people = shoot(people, cameras[b_index], box_dir / "camera", seed=b_index)
+            shot = shoot(people, cameras[b_index], box_dir / "camera", seed=b_index)
             seen = shoot(strangers[b_index], cameras[b_index], box_dir / "camera-strangers",
                          seed=1000 + b_index)
+            # the photo of the faces folder each camera shot was taken from: what the box
+            # names when it finds no face in a shot
+            originals = {str(s): str(o) for p, q in zip([*people, *strangers[b_index]],
+                                                         [*shot, *seen], strict=True)
+                         for o, s in zip(p.enrol + p.heldout, q.enrol + q.heldout, strict=True)}
+            people = shot
             key = generate_signing_key()
             write_private_key(box_dir / "device.key", key)
             write_public_key(box_dir / "device.pub", key.public_key())
@@ -145,6 +153,7 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> dict[str,
                 "people": [{"name": p.name, "enrol": [str(x) for x in p.enrol],
                             "heldout": [str(x) for x in p.heldout]} for p in people],
                 "strangers": [str(x) for p in seen for x in p.heldout],
+                "originals": originals,
                 "train_budget_s": opts.train_budget_s,
                 "model_dir": os.environ.get("FEDFACE_MODEL_DIR"),
             }

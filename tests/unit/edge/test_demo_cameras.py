@@ -202,21 +202,24 @@ def test_round_lines_and_table_show_each_models_threshold_and_strangers_named() 
 
 def test_strangers_are_people_no_box_enrols_one_photo_each_disjoint_per_box(
         tmp_path: Path) -> None:
-    from edge.demo.faces import DemoOptions, pick_people, pick_strangers
+    from edge.demo.faces import DemoOptions, pick
 
+    ok, photo = cv2.imencode(".jpg", np.full((8, 8, 3), 128, np.uint8))
+    assert ok  # an image by the box's rule (its content), no face needed to be picked
     for i in range(12):
         person = tmp_path / f"p{i:02d}"
         person.mkdir()
         for k in range(3 if i % 2 else 1):  # odd people have 3 photos, even ones 1
-            (person / f"{k}.jpg").write_bytes(b"x")
+            (person / f"{k}.jpg").write_bytes(photo.tobytes())
     opts = DemoOptions(faces=tmp_path, boxes=2, people_per_box=2, images_per_person=2,
                        heldout_per_person=1, strangers_per_box=3)
-    plan = pick_people(opts)
-    strangers = pick_strangers(opts, plan)
+    picked = pick(opts)
+    plan, strangers = picked.boxes, picked.strangers
     enrolled = {p.name for people in plan for p in people}
     seen = [p.name for people in strangers for p in people]
     assert [len(s) for s in strangers] == [3, 3] and len(set(seen)) == 6
     assert not enrolled & set(seen)
     assert all(len(p.heldout) == 1 and not p.enrol for people in strangers for p in people)
-    few = pick_strangers(DemoOptions(faces=tmp_path, boxes=2, strangers_per_box=50), plan)
+    few = pick(DemoOptions(faces=tmp_path, boxes=2, people_per_box=2, images_per_person=2,
+                           heldout_per_person=1, strangers_per_box=50)).strangers
     assert sum(len(s) for s in few) == 12 - len(enrolled)  # as many as there are
