@@ -25,8 +25,10 @@ from edge.box import Box, build_box
 from edge.config import EdgeSettings
 from edge.federated.api import ClientConfig, ClientEvent
 from edge.federated.verdicts import RoundVerdicts
+from edge.gallery.holdout import EVERY, is_calibration_person
 from edge.gallery.match import DEFAULT_MATCH_THRESHOLD
 from edge.gallery.store import Gallery
+from edge.serving.calibration import MIN_HELD_OUT_PEOPLE, MIN_PEOPLE
 from edge.serving.recognizer import Recognizer
 from edge.training.api import LocalTrainer
 from edge.vision.pipeline import FacePipeline
@@ -40,6 +42,10 @@ from models.federated_parts import DEFAULT_PART, FederatedPart
 log = logging.getLogger(__name__)
 
 EVENT_PREFIX = "FEDFACE-EVENT "
+# the fewest people (enrolment ids 1, 2, ...) of whom enough are calibration people for a
+# federated model to get its own threshold: 10 (ids 5 and 10)
+OWN_THRESHOLD_PEOPLE = next(n for n in range(MIN_PEOPLE, 10_000) if sum(
+    is_calibration_person(i) for i in range(1, n + 1)) >= MIN_HELD_OUT_PEOPLE)
 _emit_lock = threading.Lock()
 
 
@@ -174,10 +180,16 @@ def run(cfg: dict[str, Any]) -> int:
     acc0 = accuracy(pipeline.embedder.embed, base_version, gallery, held)
     named0 = strangers_named(pipeline.embedder.embed, base_version, gallery, held)
     counts = gallery.count_rows()
+    calibration = sum(is_calibration_person(p.id) for p in gallery.people() if p.crops)
     emit("enrolled", camera=cfg.get("camera", "clean"), people=counts["people"],
          crops=counts["crops"], heldout=len(held.crops), accuracy=acc0,
          threshold=DEFAULT_MATCH_THRESHOLD, strangers=len(held.strangers),
-         strangers_named=named0,
+         strangers_named=named0, calibration_people=calibration,
+         # each federated model at its own threshold (edge.serving.calibration), else 0.40
+         own_threshold=box.settings.calibrate_threshold and counts["people"] >= MIN_PEOPLE
+         and calibration >= MIN_HELD_OUT_PEOPLE,
+         threshold_needs=f"{MIN_PEOPLE} people, {MIN_HELD_OUT_PEOPLE} of them calibration "
+         f"people (one enrolled person in {EVERY}: {OWN_THRESHOLD_PEOPLE} or more people)",
          seconds=time.perf_counter() - t0)
 
     sink = box.model_sink(part)

@@ -48,7 +48,7 @@ class Progress:
                 self.out(f"  {box} ({ev.get('camera', 'clean')} camera): enrolled "
                          f"{ev['people']} people ({ev['crops']} photos), {ev['heldout']} "
                          f"held-out; identification {_pct(acc)} with the pretrained model "
-                         f"({ev['seconds']:.1f} s)")
+                         f"({ev['seconds']:.1f} s){_deployed(ev)}")
             elif kind == "skipped":  # a photo the box left out (no face, unreadable)
                 self.out(f"  {box}: skipped {ev.get('file')} ({ev.get('what')}): "
                          f"{ev.get('reason')}")
@@ -161,7 +161,8 @@ class Progress:
                                    enrolled.get("accuracy"), after,
                                    enrolled.get("strangers_named"),
                                    self.strangers_after(box, self.done_rounds()[-1])
-                                   if self.done_rounds() else None))
+                                   if self.done_rounds() else None,
+                                   bool(enrolled.get("own_threshold", True))))
         return rows
 
     def wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
@@ -187,6 +188,15 @@ def _own_check(outcome: dict[str, Any]) -> str:
         return "; own check: not compared (model status says why)"
     return (f"; own check (model status): {_pct(check['before'])} -> {_pct(check['after'])}"
             f" over {check['probes']} enrolment photos")
+
+
+def _deployed(ev: dict[str, Any]) -> str:
+    """Why a box's models will keep the deployed threshold (its enrolled event)."""
+    if ev.get("own_threshold", True):
+        return ""
+    return (f"; its models keep the deployed threshold {ev['threshold']:.2f}: a model's own "
+            f"needs {ev.get('threshold_needs', '?')}, this box has {ev['people']} people, "
+            f"{ev.get('calibration_people', '?')} of them calibration people")
 
 
 def _at(threshold: float | None) -> str:

@@ -26,10 +26,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edge.demo.box import OWN_THRESHOLD_PEOPLE
 from edge.demo.camera import box_cameras, shoot
 from edge.demo.faces import DemoError, DemoOptions, pick
 from edge.demo.progress import BoxProc, Progress, read_events
 from edge.demo.table import before_after_table, mean_gain
+from edge.gallery.match import DEFAULT_MATCH_THRESHOLD
 from edge.lifetime import tethered
 from federation.crypto.keys import create_federation_keys, write_private_key, write_public_key
 from federation.crypto.signing import generate_signing_key
@@ -99,9 +101,8 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> dict[str,
         f"rounds, federated part {part.key} ({part.size:,} values{default}); work dir "
         f"{workdir}")
     out("held-out identification = share of each box's held-out photos, taken by its own "
-        "camera, named as the right person at the served model's match threshold (its own, "
-        "calibrated at each swap); strangers named = share of photos of people no box "
-        "enrolled, through the same camera, named as someone")
+        f"camera, named as the right person {_threshold_said(opts)}; strangers named = share "
+        "of photos of people no box enrolled, through the same camera, named as someone")
     for line in picked.report(opts):
         out(line)
 
@@ -230,6 +231,18 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> dict[str,
             embedded.stop()
         if opts.workdir is None:
             _leave_temporary_workdir(workdir, failed, out)
+
+
+def _threshold_said(opts: DemoOptions) -> str:
+    """The threshold the figures are at: a federated model's own needs a box of
+    OWN_THRESHOLD_PEOPLE (docs/operations.md, "Each model's own threshold")."""
+    deployed = f"the deployed {DEFAULT_MATCH_THRESHOLD:.2f}"
+    if opts.people_per_box < OWN_THRESHOLD_PEOPLE:
+        return (f"at {deployed} (a federated model gets its own threshold, calibrated at each "
+                f"swap, only on a box of {OWN_THRESHOLD_PEOPLE} or more people: these boxes "
+                f"have {opts.people_per_box})")
+    return ("at the served model's match threshold (its own, calibrated at each swap; a box "
+            f"left with fewer than {OWN_THRESHOLD_PEOPLE} people keeps {deployed})")
 
 
 def _prepare_workdir(workdir: Path | None) -> Path:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# fewer held-out photos than this on a box: one photo is more than 3 points of its figure
+FEW_HELD_OUT = 30
+
 
 @dataclass(frozen=True)
 class BoxHistory:
@@ -16,6 +19,7 @@ class BoxHistory:
     rounds: list[float | None]  # the same after each round, in order
     strangers_before: float | None = None  # share of strangers named, pretrained model
     strangers_after: float | None = None  # the same after the last round
+    own_threshold: bool = True  # its models get their own threshold (else the deployed)
 
     @property
     def final(self) -> float | None:
@@ -61,13 +65,35 @@ def before_after_table(rows: list[BoxHistory], rounds: list[int]) -> list[str]:
              "  " + "-+-".join("-" * w for w in widths)]
     lines += [fmt(cells) for cells in body]
     mean = mean_gain(rows)
-    lines.append("mean gain over the boxes: "
+    with_gain = sum(r.gain is not None for r in rows)
+    lines.append(f"mean gain over the {_boxes(with_gain, len(rows), 'with both figures')}: "
                  + ("n/a" if mean is None else f"{100 * mean:+.1f} points"))
     pairs = [(r.strangers_before, r.strangers_after) for r in rows
              if r.strangers_before is not None and r.strangers_after is not None]
     if pairs:
         first = sum(b for b, _ in pairs) / len(pairs)
         last = sum(a for _, a in pairs) / len(pairs)
-        lines.append(f"strangers named as someone, mean over the boxes: {pct(first)} -> "
-                     f"{pct(last)} (each model at its own threshold)")
+        lines.append(f"strangers named as someone, mean over the "
+                     f"{_boxes(len(pairs), len(rows), 'with strangers')}: {pct(first)} -> "
+                     f"{pct(last)} ({_thresholds(rows)})")
+    few = [r for r in rows if 0 < r.heldout < FEW_HELD_OUT]
+    if few:
+        lines.append(
+            f"few held-out photos ({', '.join(f'{r.box} {r.heldout}' for r in few)}; one "
+            f"photo is {100 / max(r.heldout for r in few):.1f} points or more): these "
+            f"figures are too few to measure a gain (under {FEW_HELD_OUT} a box)")
     return lines
+
+
+def _boxes(n: int, of: int, which: str) -> str:
+    """"boxes" when every box counts, else how many of them do."""
+    return "boxes" if n == of else f"{n} box{'es' * (n != 1)} {which} (of {of})"
+
+
+def _thresholds(rows: list[BoxHistory]) -> str:
+    deployed = [r.box for r in rows if not r.own_threshold]
+    if not deployed:
+        return "each model at its own threshold"
+    if len(deployed) == len(rows):
+        return "each model at the deployed threshold: too few people for its own"
+    return f"each model at its own threshold; at the deployed one on {', '.join(deployed)}"

@@ -91,7 +91,10 @@ def test_before_after_table_and_mean_gain() -> None:
     assert [c.strip() for c in lines[3].split("|")] == [
         "box-1", "low-light", "8", "16", "75.0%", "81.2%", "87.5%", "+12.5", "n/a"]
     assert lines[5].rstrip().endswith("n/a")
-    assert lines[-1] == "mean gain over the boxes: +6.2 points"
+    # over the boxes that have both figures, said when not every box has them
+    assert lines[6] == "mean gain over the 2 boxes with both figures (of 3): +6.2 points"
+    assert lines[7].startswith("few held-out photos (box-1 16, box-2 15; one photo is 6.2 "
+                               "points or more)")
     assert before_after_table([], [1])[-1] == "mean gain over the boxes: n/a"
 
 
