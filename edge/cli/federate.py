@@ -47,7 +47,11 @@ def demo(
                                       f"{DEFAULT_PART}).")] = DEMO_PART,
     timeout: Annotated[float, typer.Option("--timeout", help="Give up after (s).")] = 900.0,
     train_budget: Annotated[float, typer.Option(
-        "--train-budget", help="Max training seconds per box per round.")] = 20.0,
+        "--train-budget", help="Max seconds a box optimises per round (its class centres "
+        "and its steps; at least one step is taken). Not counted: starting the round's "
+        "training process and, at a box's first round, extracting its photos' trunk "
+        "features (tens of seconds on a loaded machine), so a round's `train` time can be "
+        "longer.")] = 20.0,
     cameras: Annotated[str | None, typer.Option(
         "--cameras", help="Each box's camera look, dealt to the boxes in turn, comma-separated:"
         " clean (the photos as they are), ir-grey, cheap-webcam, motion-blur, backlight,"

@@ -211,6 +211,11 @@ def run(cfg: dict[str, Any]) -> int:
                                                       data["threshold"])
         if event.kind in ("applied", "result_rejected"):
             data["check"] = own_check(verdicts, event.round)
+        fit = getattr(trainer, "last_result", None)  # the round's training, just done
+        if event.kind == "submitted" and fit is not None:
+            # what --train-budget bounds: the optimisation steps (edge.training.loop.fit),
+            # not the round's process start or its first extraction of the trunk features
+            data["fit_s"] = fit.seconds
         emit(event.kind, round=event.round, **data)
 
     def transport(will: Will) -> MqttTransport:

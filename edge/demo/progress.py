@@ -99,12 +99,13 @@ class Progress:
         down = sum(a["bytes"] for a in applied)
         enc = [s["encrypt_s"] for s in subs]
         train = [s["train_s"] for s in subs]
+        fit = [s["fit_s"] for s in subs if "fit_s" in s]
         dec = [a["decrypt_s"] for a in applied]
         span = (max(ends) - min(starts)) if starts else 0.0
         updates = applied[0]["updates"] if applied else len(subs)
         self.out(
             f"round {r}: {updates} updates in | wire {_mb(up)} up + {_mb(down)} "
-            f"down | train {_avg(train):.1f} s, encrypt {_avg(enc):.2f} s, decrypt "
+            f"down | train {_avg(train):.1f} s{_fit(fit)}, encrypt {_avg(enc):.2f} s, decrypt "
             f"{_avg(dec):.2f} s (mean per box) | round {span:.1f} s")
         for box in self.boxes:
             back = boxes[box].get("back_to_initial")
@@ -188,6 +189,13 @@ def _own_check(outcome: dict[str, Any]) -> str:
         return "; own check: not compared (model status says why)"
     return (f"; own check (model status): {_pct(check['before'])} -> {_pct(check['after'])}"
             f" over {check['probes']} enrolment photos")
+
+
+def _fit(fit: list[float]) -> str:
+    """The part of the training time --train-budget bounds (edge.training.loop.fit: the
+    class centres and the steps); the rest is the round's training process starting and,
+    at a box's first round, its photos' trunk features."""
+    return f" (optimising {_avg(fit):.1f} s of it: what --train-budget bounds)" if fit else ""
 
 
 def _deployed(ev: dict[str, Any]) -> str:

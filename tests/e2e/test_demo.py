@@ -125,6 +125,8 @@ def test_demo_with_embedded_broker(lfw_dir: Path, tmp_path: Path) -> None:
     proc = _demo("--faces", str(lfw_dir), "--workdir", str(workdir), *TINY)
     assert "embedded amqtt" in proc.stdout
     _check_finished_federation(proc, workdir)
+    # each box's optimising time, what --train-budget bounds, beside its whole training
+    assert "s (optimising " in proc.stdout and "what --train-budget bounds)" in proc.stdout
     # Issue 13.1 as reported: a demo box's data dir is a box's data dir, and the box's
     # commands serve its federated model and keep it.
     box = workdir / "box-1"

@@ -1,8 +1,10 @@
 """What the demo says of its figures on a small site: which threshold they are at, over
-how many boxes a mean is and how few held-out photos they stand on."""
+how many boxes a mean is, how few held-out photos they stand on, and what the training
+time budget bounds."""
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 from edge.demo.faces import DemoOptions
@@ -26,7 +28,7 @@ def _small_site(own_threshold: bool | None) -> Progress:
                            **own})
         progress.add(box, {"event": "joined", "round": 1, "t": 0.0})
         progress.add(box, {"event": "submitted", "round": 1, "t": 50.0, "bytes": 10,
-                           "encrypt_s": 0.1, "train_s": 48.5})
+                           "encrypt_s": 0.1, "train_s": 48.5, "fit_s": 1.25})
         progress.add(box, {"event": "applied", "round": 1, "t": 52.0, "model": "round-1",
                            "updates": 3, "bytes": 20, "decrypt_s": 0.1, "accuracy": 0.7,
                            "threshold": 0.40, "strangers_named": None if i else 1.0})
@@ -74,3 +76,18 @@ def test_a_site_of_enough_people_says_nothing_more_of_its_threshold() -> None:
                                  own_threshold=False)]
     assert before_after_table(mixed, [1])[-1].endswith(
         "(each model at its own threshold; at the deployed one on box-2)")
+
+
+def test_the_round_line_says_what_the_training_budget_bounds() -> None:
+    """`train 48.5 s` under a 20 s --train-budget: the budget bounds the optimisation
+    steps only (not the round's process start nor the first round's trunk features)."""
+    said = _small_site(own_threshold=None).said  # type: ignore[attr-defined]
+    line = next(s for s in said if s.startswith("round 1:"))
+    assert "| train 48.5 s (optimising 1.2 s of it: what --train-budget bounds), " in line
+    from edge.cli.federate import demo
+
+    option = typing.get_type_hints(demo, include_extras=True)["train_budget"].__metadata__[0]
+    text = " ".join(str(option.help).split())
+    assert text.startswith("Max seconds a box optimises per round (its class centres and "
+                           "its steps; at least one step is taken)")
+    assert "Not counted: starting the round's training process" in text
