@@ -137,10 +137,13 @@ def strangers_named(embed: Any, version: str, gallery: Gallery, held: HeldOut,
 def own_check(verdicts: RoundVerdicts, round_no: int) -> dict[str, Any] | None:
     """The box's own before/after of a round, as ``fedface-edge model status`` and the
     kiosk show it: the canary's leave-one-out identification over the enrolment crops,
-    served model -> round's model (None when no canary compared them)."""
+    served model -> round's model; when the canary did not compare them, only why, as
+    model status says it (None: no verdict)."""
     verdict = next((v for v in reversed(verdicts.all()) if v.round == round_no), None)
-    if verdict is None or verdict.before is None or verdict.after is None:
+    if verdict is None:
         return None
+    if verdict.before is None or verdict.after is None:
+        return {"reason": verdict.reason}  # e.g. "only 4 probe(s), 10 needed: ..."
     return {"before": verdict.before, "after": verdict.after, "probes": verdict.probes}
 
 

@@ -187,6 +187,8 @@ def _own_check(outcome: dict[str, Any]) -> str:
     check = event.get("check")
     if not isinstance(check, dict):
         return "; own check: not compared (model status says why)"
+    if "before" not in check:  # not compared, and why (too few enrolment photos)
+        return f"; own check (model status): {check.get('reason', 'not compared')}"
     return (f"; own check (model status): {_pct(check['before'])} -> {_pct(check['after'])}"
             f" over {check['probes']} enrolment photos")
 

@@ -98,8 +98,8 @@ def _check_own_check_is_model_status(out: str, box: Path, compared: bool = False
         line = next(line for line in out.splitlines()
                     if line.startswith(f"  {box.name}: serves round-{r}, "))
         assert compared == (v["before"] is not None), v
-        if v["before"] is None or v["after"] is None:
-            assert line.endswith("; own check: not compared (model status says why)"), line
+        if v["before"] is None or v["after"] is None:  # and why, as model status says
+            assert line.endswith(f"; own check (model status): {v['reason']}"), line
         else:
             assert line.endswith(f"; own check (model status): {100 * v['before']:.1f}% -> "
                                  f"{100 * v['after']:.1f}% over {v['probes']} enrolment "

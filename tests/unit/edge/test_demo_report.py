@@ -31,7 +31,9 @@ def _small_site(own_threshold: bool | None) -> Progress:
                            "encrypt_s": 0.1, "train_s": 48.5, "fit_s": 1.25})
         progress.add(box, {"event": "applied", "round": 1, "t": 52.0, "model": "round-1",
                            "updates": 3, "bytes": 20, "decrypt_s": 0.1, "accuracy": 0.7,
-                           "threshold": 0.40, "strangers_named": None if i else 1.0})
+                           "threshold": 0.40, "strangers_named": None if i else 1.0,
+                           "check": {"reason": "only 10 probe(s), 20 needed: accuracy not "
+                                               "compared"}})
     progress.print_ready()
     return progress
 
@@ -55,6 +57,10 @@ def test_a_box_too_small_for_its_own_threshold_says_it_keeps_the_deployed_one() 
                        "keep the deployed threshold 0.40: a model's own needs 5 people, 2 of "
                        "them calibration people (one enrolled person in 5: 10 or more "
                        "people), this box has 5 people, 1 of them calibration people")
+    # the canary's "not compared" says why (as model status), not "model status says why"
+    assert said[4].endswith("at threshold 0.400, strangers named 0.0% -> 100.0%; own check "
+                            "(model status): only 10 probe(s), 20 needed: accuracy not "
+                            "compared"), said[4]
     table = before_after_table(progress.history(), progress.done_rounds())
     assert table[-2] == ("strangers named as someone, mean over the 1 box with strangers (of "
                          "3): 0.0% -> 100.0% (each model at the deployed threshold: too few "
