@@ -3,7 +3,8 @@
 ``client`` (the threads of ``join``'s round loop: delivery and worker), ``api`` (what a
 caller hands the client: config, model sink, event callback), ``joining`` (whether to
 join an announced round, and its training job), ``round_gate`` (sit out with nothing
-new, or wait for the result a round builds on), ``sealing`` (train, clip, encrypt with CKKS, sign, chunk), ``outbox`` and
+new, or wait for the result a round builds on), ``sealing`` (train, clip, encrypt with
+CKKS, sign, chunk), ``outbox`` and
 ``sender`` (keep an update until the aggregator acknowledges it), ``delivery`` (say
 whether it went out or waits for the broker), ``acks`` (what an ack or a revocation
 notice means), ``result_fetch`` (reassemble and verify a published result),
