@@ -64,6 +64,7 @@ class Federation:
             DeviceRegistry(with_store).add(d, bytes.fromhex(public_key_hex(k)))
         with_store.close()
         self.threads: list[tuple[threading.Event, threading.Thread, Store]] = []
+        self.services: list[AggregatorService] = []
         self.clients: dict[str, FederationClient] = {}
         self.sinks: dict[str, HotSwapper] = {}
         self.trainers: dict[str, GatedTrainer] = {}
@@ -84,7 +85,22 @@ class Federation:
         thread = threading.Thread(target=service.run, args=(stop, 0.05), daemon=True)
         thread.start()
         self.threads.append((stop, thread, store))
+        self.services.append(service)
         return service
+
+    def host_dies(self) -> None:
+        """The aggregator's host goes: its serve stops, and with it its broker link. The
+        link was left subscribed on the bus, so a dead serve's intake kept spooling the
+        boxes' updates into the same spool files as the next serve's (a restored state's
+        round 4 update read empty: "shorter than its header", a loaded CI)."""
+        for stop, thread, store in self.threads:
+            stop.set()
+            thread.join(10)
+            store.close()
+        for service in self.services:
+            service.transport.close()
+        self.threads.clear()
+        self.services.clear()
 
     def start_box(self, device: str) -> None:
         base = part_base_vector()
@@ -244,11 +260,7 @@ def test_an_aggregator_restored_from_a_backup_federates_again(fed: Federation) -
     wait_for(lambda: all(fed.applied(d) == ["round-1", "round-2", "round-3"]
                          for d in DEVICES), 60, "rounds 2 and 3 applied")
     wait_for(second.finished.is_set, 10, "the second serve run to stop")
-    for stop, thread, store in fed.threads:  # the host dies
-        stop.set()
-        thread.join(10)
-        store.close()
-    fed.threads.clear()
+    fed.host_dies()
     shutil.rmtree(fed.root / "agg")
     shutil.copytree(backup, fed.root / "agg")  # restored
 
@@ -320,11 +332,7 @@ def test_a_state_restored_from_before_any_result_clears_the_lost_pointer(
     wait_for(second.finished.is_set, 10, "the second serve run to stop")
     _, pointer = envelope_json(fed.bus.retained[topics.model_latest(FED)])
     assert pointer["model"] == "round-2"
-    for stop, thread, store in fed.threads:  # the host dies
-        stop.set()
-        thread.join(10)
-        store.close()
-    fed.threads.clear()
+    fed.host_dies()
     shutil.rmtree(fed.root / "agg")
     shutil.copytree(backup, fed.root / "agg")  # restored
     for trainer in fed.trainers.values():
@@ -351,11 +359,7 @@ def test_a_state_one_round_behind_is_found_out_before_the_deadline(fed: Federati
     backup = fed.root / "agg-backup"
     shutil.copytree(fed.root / "agg", backup)  # taken at commissioning: the devices only
     _round_1_applied(fed)
-    for stop, thread, store in fed.threads:  # the host dies
-        stop.set()
-        thread.join(10)
-        store.close()
-    fed.threads.clear()
+    fed.host_dies()
     shutil.rmtree(fed.root / "agg")
     shutil.copytree(backup, fed.root / "agg")  # restored
     started = time.monotonic()
@@ -387,11 +391,7 @@ def test_an_aggregator_recommissioned_empty_numbers_its_rounds_above_its_boxes(
     wait_for(lambda: all(fed.applied(d) == ["round-1", "round-2"] for d in DEVICES), 60,
              "round 2 applied")
     wait_for(second.finished.is_set, 10, "the second serve run to stop")
-    for stop, thread, store in fed.threads:
-        stop.set()
-        thread.join(10)
-        store.close()
-    fed.threads.clear()
+    fed.host_dies()
     shutil.rmtree(fed.root / "agg")
     (fed.root / "agg").mkdir()
     state = Store(fed.root / "agg")

@@ -7,6 +7,7 @@ tests that need a broker on a fixed port or with TLS start one themselves.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -16,9 +17,31 @@ from pathlib import Path
 
 import pytest
 
+_PICK = random.SystemRandom()  # not the per-test seeded ``random``: workers must differ
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A loopback port free now, below the kernel's ephemeral range. A port from bind(0)
+    is in that range, where any outgoing connection may take it as its source port
+    before the test binds it: the journey's kiosk, bound minutes after its port was
+    picked, found "Address already in use" (a loaded fresh-clone CI)."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = _PICK.randrange(max(1025, low - 12000), low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # a crowded range
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
