@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,10 +85,16 @@ class FeatureCache:
         features = self._runner.run(views)[self.cut].astype(np.float16)
         # features of enrolled faces are biometric data: private to the box user
         make_dirs(self.dir, PRIVATE_DIR)
-        tmp = path.with_suffix(".tmp.npy")
-        with open_new(tmp, 0o600) as f:
-            np.save(f, features)
-        os.replace(tmp, path)  # atomic: a crash never leaves a half-written entry
+        # a temp file of this writer's own: two trainings on one box (`train` during a
+        # federated round) computing the same crop shared ".tmp.npy", and the second's
+        # rename found it gone (FileNotFoundError, a fresh-clone CI)
+        tmp = path.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp.npy")
+        try:
+            with open_new(tmp, 0o600) as f:
+                np.save(f, features)
+            os.replace(tmp, path)  # atomic: a crash never leaves a half-written entry
+        finally:
+            tmp.unlink(missing_ok=True)  # gone after the rename; a failed write's is not
         return features
 
     def features_for(self, crop: np.ndarray) -> np.ndarray:

@@ -290,3 +290,43 @@ def test_two_trainings_on_one_box_each_train_on_their_own_crops(
         thread.join(120)
     assert results == {"federated": 12, "local": 6}
     assert not list((tmp_path / "round").glob("crops*.npz"))  # theirs and the dead run's
+
+
+def test_two_writers_of_one_cached_feature_both_succeed(
+    sface: Path, crops_by_person: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two trainings on one box (`train` during a federated round) computing the same
+    crop's trunk features wrote one ".tmp.npy"; the second's rename found it gone
+    (FileNotFoundError, a fresh-clone CI's two-trainings test). Each writer has its own."""
+    import threading
+
+    import edge.training.feature_cache as cache_module
+    from edge.training.feature_cache import FeatureCache
+    from models.federated_parts import get_part
+
+    both_written = threading.Barrier(2, timeout=60)
+    replace = os.replace
+
+    def after_both_wrote(src: Any, dst: Any) -> None:
+        both_written.wait()  # both temp files written before either is renamed
+        replace(src, dst)
+
+    monkeypatch.setattr(cache_module.os, "replace", after_both_wrote)
+    crop = crops_by_person[PEOPLE[0]][0]
+    cut = get_part("embed_bn").cut
+    results: list[object] = []
+
+    def compute() -> None:
+        try:
+            results.append(FeatureCache(sface, cut, tmp_path, n_views=1).features_for(crop))
+        except Exception as exc:  # the test reports what either met
+            results.append(exc)
+
+    threads = [threading.Thread(target=compute) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(results) == 2 and all(isinstance(r, np.ndarray) for r in results), results
+    assert np.array_equal(results[0], results[1])  # type: ignore[arg-type]
+    assert not list(tmp_path.rglob("*.tmp.npy"))  # no temp file left behind
